@@ -1,0 +1,311 @@
+//! Block-shipping benchmark: the same harness run twice on the same disk in
+//! one process: first a local baseline that writes every block twice (a
+//! primary copy and a mirror copy, no network), then a real primary
+//! shipping to a real mirror daemon over loopback TCP. Ratios between the
+//! two are what the project's performance targets are stated in.
+
+use crate::config::{Filespace, PairIdentity, StreamTuning, SyncLevel};
+use crate::disk::{DiskFile, FsPath, OpenMode};
+use crate::error::{Error, Result};
+use crate::path::RelPath;
+use crate::primary::{Primary, PrimaryConfig};
+use crate::process::{MirrorArgs, MirrorProcess};
+use crate::protocol::handshake::ClusterKey;
+use hdrhistogram::Histogram;
+use rand::{RngCore, SeedableRng};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Debug)]
+pub struct BenchConfig {
+    pub writers: usize,
+    pub block_size: u32,
+    pub sync_level: SyncLevel,
+    /// Length of each phase (baseline, replicated) unless `count` is set.
+    pub phase: Duration,
+    /// Blocks written per phase (all writers together), instead of a duration.
+    pub count: Option<u64>,
+    /// Where the files go (put it on the disk under test).
+    pub dir: PathBuf,
+    /// Blocks per writer's file; writes wrap around this working set.
+    pub file_blocks: u64,
+    /// Each writer syncs its file after this many writes (0: never).
+    pub flush_every: u64,
+    pub prefer_uring: bool,
+    /// The `filerep` executable that runs the mirror daemon.
+    pub exe: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub writers: usize,
+    pub block_size: u32,
+    pub sync_level: String,
+    pub io_backend: String,
+    pub phase_seconds: f64,
+    pub baseline_double_write_mb_s: f64,
+    pub baseline_blocks_s: f64,
+    pub baseline_write_p50_us: f64,
+    pub baseline_write_p99_us: f64,
+    pub local_fdatasync_p50_us: f64,
+    pub local_fdatasync_p99_us: f64,
+    pub replicated_mb_s: f64,
+    pub replicated_blocks_s: f64,
+    pub write_p50_us: f64,
+    pub write_p99_us: f64,
+    pub write_p999_us: f64,
+    pub flush_p50_us: f64,
+    pub flush_p99_us: f64,
+    pub wire_bytes_per_block: f64,
+    pub wire_overhead_pct: f64,
+    pub throughput_ratio: f64,
+    pub flush_ratio: f64,
+}
+
+fn hist() -> Histogram<u64> {
+    // 1 µs to 60 s at three significant digits.
+    Histogram::new_with_bounds(1, 60_000_000, 3).unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()))
+}
+
+fn us(d: Duration) -> u64 {
+    (d.as_micros() as u64).max(1)
+}
+
+struct PhaseResult {
+    blocks: u64,
+    elapsed: Duration,
+    writes: Histogram<u64>,
+    flushes: Histogram<u64>,
+}
+
+fn mb_s(blocks: u64, bs: u32, d: Duration) -> f64 {
+    blocks as f64 * bs as f64 / 1e6 / d.as_secs_f64().max(1e-9)
+}
+
+fn random_blocks(bs: u32, seed: u64) -> Vec<Vec<u8>> {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    (0..16)
+        .map(|_| {
+            let mut b = vec![0u8; bs as usize];
+            rng.fill_bytes(&mut b);
+            b
+        })
+        .collect()
+}
+
+/// Run `body(writer, block_index)` on every writer until the phase ends;
+/// `body` returns (write latency, optional flush latency).
+fn run_phase<F>(cfg: &BenchConfig, body: F) -> Result<PhaseResult>
+where
+    F: Fn(usize, u64) -> Result<(Duration, Option<Duration>)> + Sync,
+{
+    let stop = AtomicBool::new(false);
+    let per_writer = cfg.count.map(|c| c.div_ceil(cfg.writers as u64));
+    let results = Mutex::new(Vec::new());
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for w in 0..cfg.writers {
+            let (stop, results, body) = (&stop, &results, &body);
+            s.spawn(move || {
+                let (mut wh, mut fh) = (hist(), hist());
+                let mut n = 0u64;
+                let r = loop {
+                    if stop.load(Ordering::Relaxed) || per_writer.is_some_and(|p| n >= p) {
+                        break Ok(());
+                    }
+                    match body(w, n) {
+                        Ok((wd, fd)) => {
+                            let _ = wh.record(us(wd));
+                            if let Some(fd) = fd {
+                                let _ = fh.record(us(fd));
+                            }
+                            n += 1;
+                        }
+                        Err(e) => break Err(e),
+                    }
+                };
+                results.lock().unwrap_or_else(|e| e.into_inner()).push((r, n, wh, fh));
+            });
+        }
+        if cfg.count.is_none() {
+            // The coordinator's timer: writers check the flag between writes.
+            std::thread::sleep(cfg.phase);
+            stop.store(true, Ordering::Relaxed);
+        }
+    });
+    let elapsed = start.elapsed();
+    let (mut writes, mut flushes, mut blocks) = (hist(), hist(), 0);
+    for (r, n, wh, fh) in results.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        r?;
+        blocks += n;
+        let _ = writes.add(&wh);
+        let _ = flushes.add(&fh);
+    }
+    Ok(PhaseResult { blocks, elapsed, writes, flushes })
+}
+
+fn fresh_dir(p: &Path) -> Result<()> {
+    if p.exists() {
+        std::fs::remove_dir_all(p).map_err(|e| Error::io(format!("clearing {}", p.display()), e))?;
+    }
+    std::fs::create_dir_all(p).map_err(|e| Error::io(format!("creating {}", p.display()), e))
+}
+
+fn p50(h: &Histogram<u64>) -> f64 {
+    h.value_at_quantile(0.5) as f64
+}
+
+fn q(h: &Histogram<u64>, x: f64) -> f64 {
+    h.value_at_quantile(x) as f64
+}
+
+/// The whole benchmark: baseline, then replicated, then the report.
+pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
+    if cfg.writers == 0 || cfg.writers > 1024 {
+        return Err(Error::InvalidArgument(format!("writers must be 1..=1024, got {}", cfg.writers)));
+    }
+    if cfg.file_blocks == 0 {
+        return Err(Error::InvalidArgument("file blocks must be at least 1".into()));
+    }
+    crate::config::check_block_size(cfg.block_size)?;
+    let bs = cfg.block_size;
+    let blocks = random_blocks(bs, 7);
+    let name = |w: usize| FsPath::new(0, RelPath::new(&format!("bench{w}")).unwrap_or_else(|_| unreachable!()));
+
+    // ---- baseline: every block written twice, locally ----
+    let base = cfg.dir.join("baseline");
+    let (bp, bm) = (base.join("primary"), base.join("mirror"));
+    fresh_dir(&bp)?;
+    fresh_dir(&bm)?;
+    let disk = crate::disk::open_local(&[bp.clone(), bm.clone()], cfg.prefer_uring)?;
+    let backend = disk.name().to_string();
+    let mut files: Vec<(Arc<dyn DiskFile>, Arc<dyn DiskFile>)> = Vec::new();
+    for w in 0..cfg.writers {
+        let p = name(w);
+        let a = disk.open(&p, OpenMode::CreateNew)?;
+        let b = disk.open(&FsPath::new(1, p.path.clone()), OpenMode::CreateNew)?;
+        files.push((a, b));
+    }
+    let fsync_hist = Mutex::new(hist());
+    let baseline = run_phase(cfg, |w, n| {
+        let (a, b) = &files[w];
+        let data = &blocks[(n % 16) as usize];
+        let off = (n % cfg.file_blocks) * bs as u64;
+        let t = Instant::now();
+        a.write_at(off, data)?;
+        b.write_at(off, data)?;
+        let wd = t.elapsed();
+        let mut fd = None;
+        if cfg.flush_every > 0 && (n + 1) % cfg.flush_every == 0 {
+            let t = Instant::now();
+            a.sync_data()?;
+            let one = t.elapsed();
+            b.sync_data()?;
+            fd = Some(t.elapsed());
+            let _ = fsync_hist.lock().unwrap_or_else(|e| e.into_inner()).record(us(one));
+        }
+        Ok((wd, fd))
+    })?;
+    drop(files);
+    drop(disk);
+    let fsync_hist = fsync_hist.into_inner().unwrap_or_else(|e| e.into_inner());
+    let _ = std::fs::remove_dir_all(&base);
+
+    // ---- replicated: a real primary and a real mirror daemon ----
+    let rep = cfg.dir.join("replicated");
+    let (rp, rm) = (rep.join("primary"), rep.join("mirror"));
+    fresh_dir(&rp)?;
+    fresh_dir(&rm)?;
+    let key_file = rep.join("cluster.key");
+    let mut material = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut material);
+    let hex: String = material.iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::write(&key_file, &hex).map_err(|e| Error::io("writing the key file", e))?;
+    let identity = PairIdentity { cluster_id: 0xbe4c, content_id: 0, block_size: bs, generation: 1 };
+    let mut extra = vec![];
+    if !cfg.prefer_uring {
+        extra.push("--std-io".to_string());
+    }
+    let mirror = MirrorProcess::spawn(
+        &cfg.exe,
+        &MirrorArgs {
+            filespaces: vec![Filespace { name: "pg_system".into(), root: rm.clone() }],
+            key_file: key_file.clone(),
+            cluster_id: identity.cluster_id,
+            content_id: 0,
+            block_size: bs,
+            generation: 1,
+            listen: "127.0.0.1:0".into(),
+            extra,
+        },
+    )?;
+    let stream = std::net::TcpStream::connect(mirror.addr).map_err(|e| Error::io("connecting to the mirror", e))?;
+    let conn = crate::net::tcp(stream).map_err(|e| Error::io("configuring the connection", e))?;
+    let primary = Primary::start(
+        PrimaryConfig {
+            identity,
+            filespaces: vec![Filespace { name: "pg_system".into(), root: rp.clone() }],
+            key: ClusterKey::from_material(hex.as_bytes()).map_err(|e| Error::InvalidArgument(e.to_string()))?,
+            sync_level: cfg.sync_level,
+            tuning: StreamTuning::default(),
+            prefer_uring: cfg.prefer_uring,
+        },
+        conn,
+        &mirror.addr.to_string(),
+    )?;
+    for w in 0..cfg.writers {
+        primary.create(0, name(w).path.as_str())?;
+    }
+    let before = primary.stats();
+    let replicated = run_phase(cfg, |w, n| {
+        let p = name(w);
+        let data = &blocks[(n % 16) as usize];
+        let t = Instant::now();
+        primary.write_block(0, p.path.as_str(), n % cfg.file_blocks, data)?;
+        let wd = t.elapsed();
+        let mut fd = None;
+        if cfg.flush_every > 0 && (n + 1) % cfg.flush_every == 0 {
+            let t = Instant::now();
+            primary.sync(0, p.path.as_str())?;
+            fd = Some(t.elapsed());
+        }
+        Ok((wd, fd))
+    })?;
+    let after = primary.stats();
+    primary.shutdown(Duration::from_secs(30))?;
+    drop(primary);
+    let _ = mirror.stop();
+    let _ = std::fs::remove_dir_all(&rep);
+
+    let wire = (after.wire_bytes_sent - before.wire_bytes_sent) as f64;
+    let wire_per_block = wire / replicated.blocks.max(1) as f64;
+    let base_mb = mb_s(baseline.blocks, bs, baseline.elapsed);
+    let rep_mb = mb_s(replicated.blocks, bs, replicated.elapsed);
+    Ok(BenchReport {
+        writers: cfg.writers,
+        block_size: bs,
+        sync_level: cfg.sync_level.name(),
+        io_backend: backend,
+        phase_seconds: replicated.elapsed.as_secs_f64(),
+        baseline_double_write_mb_s: base_mb,
+        baseline_blocks_s: baseline.blocks as f64 / baseline.elapsed.as_secs_f64(),
+        baseline_write_p50_us: p50(&baseline.writes),
+        baseline_write_p99_us: q(&baseline.writes, 0.99),
+        local_fdatasync_p50_us: p50(&fsync_hist),
+        local_fdatasync_p99_us: q(&fsync_hist, 0.99),
+        replicated_mb_s: rep_mb,
+        replicated_blocks_s: replicated.blocks as f64 / replicated.elapsed.as_secs_f64(),
+        write_p50_us: p50(&replicated.writes),
+        write_p99_us: q(&replicated.writes, 0.99),
+        write_p999_us: q(&replicated.writes, 0.999),
+        flush_p50_us: p50(&replicated.flushes),
+        flush_p99_us: q(&replicated.flushes, 0.99),
+        wire_bytes_per_block: wire_per_block,
+        wire_overhead_pct: (wire_per_block - bs as f64) / bs as f64 * 100.0,
+        throughput_ratio: rep_mb / base_mb.max(1e-9),
+        flush_ratio: p50(&replicated.flushes) / p50(&fsync_hist).max(1.0),
+    })
+}

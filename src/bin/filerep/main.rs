@@ -1,0 +1,279 @@
+//! The `filerep` command: thin wrappers that parse arguments, call the
+//! library and print.
+
+mod demo;
+
+use clap::{Parser, Subcommand};
+use filerep::config::{check_block_size, Filespace, StreamTuning, SyncLevel};
+use filerep::mirror::{MirrorConfig, MirrorServer};
+use filerep::protocol::handshake::ClusterKey;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "filerep", version, about = "Block-level file replication: primary and mirror for a segment's data directory")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a mirror daemon: accept a primary's stream and apply it to this host's filespaces.
+    Mirror(MirrorCmd),
+    /// Start a real mirror daemon and a primary on loopback, run a randomized workload, prove the mirror identical.
+    Demo(demo::DemoCmd),
+    /// Block-shipping benchmark: a local double-write baseline, then a replicated pair, on the same disk.
+    Bench(BenchCmd),
+    /// Run the deterministic simulator over a range of seeds.
+    Sim(SimCmd),
+    /// Compare two copies of a filespace offline (per-file xxh3).
+    Compare(CompareCmd),
+}
+
+#[derive(clap::Args)]
+struct MirrorCmd {
+    /// Address to listen on (port 0 picks a free port; the chosen address is printed).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: String,
+    /// A filespace as NAME=DIRECTORY, in the primary's order; repeat for each.
+    #[arg(long = "filespace", required = true)]
+    filespaces: Vec<String>,
+    /// File holding the cluster key (at least 16 bytes).
+    #[arg(long)]
+    key_file: PathBuf,
+    #[arg(long)]
+    cluster_id: u64,
+    /// The segment's content id.
+    #[arg(long, default_value_t = 0)]
+    content: u32,
+    #[arg(long, default_value_t = 32768)]
+    block_size: u32,
+    /// Lowest generation accepted (streams from older generations are refused).
+    #[arg(long, default_value_t = 1)]
+    generation: u64,
+    /// Use the std I/O backend instead of io_uring.
+    #[arg(long)]
+    std_io: bool,
+}
+
+#[derive(clap::Args)]
+struct BenchCmd {
+    #[arg(long, default_value_t = 8)]
+    writers: usize,
+    #[arg(long, default_value_t = 32768)]
+    block_size: u32,
+    /// applied (default), durable, async or async:WINDOW
+    #[arg(long, default_value = "applied")]
+    sync_level: String,
+    /// Seconds per phase (baseline, then replicated): about twice this in all.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Blocks per phase instead of a duration.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Directory for the data (put it on the disk under test). Default: a temporary directory here.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Blocks in each writer's file (the working set wraps around it).
+    #[arg(long, default_value_t = 2048)]
+    file_blocks: u64,
+    /// Each writer syncs after this many writes (0: never).
+    #[arg(long, default_value_t = 64)]
+    flush_every: u64,
+    #[arg(long)]
+    std_io: bool,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct SimCmd {
+    /// Run this one seed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Otherwise run this many seeds starting at --first.
+    #[arg(long, default_value_t = 1000)]
+    seeds: u64,
+    #[arg(long, default_value_t = 0)]
+    first: u64,
+    #[arg(long, default_value_t = 400)]
+    operations: usize,
+}
+
+#[derive(clap::Args)]
+struct CompareCmd {
+    /// NAME=PRIMARY_DIR=MIRROR_DIR; repeat per filespace.
+    #[arg(long = "filespace", required = true)]
+    filespaces: Vec<String>,
+    #[arg(long)]
+    json: bool,
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FILEREP_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+fn main() -> ExitCode {
+    init_tracing();
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Cmd::Mirror(c) => run_mirror(c),
+        Cmd::Demo(c) => demo::run(c),
+        Cmd::Bench(c) => run_bench(c),
+        Cmd::Sim(c) => run_sim(c),
+        Cmd::Compare(c) => run_compare(c),
+    };
+    match r {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("filerep: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+type CmdResult = Result<ExitCode, Box<dyn std::error::Error>>;
+
+fn run_mirror(c: MirrorCmd) -> CmdResult {
+    let filespaces = c.filespaces.iter().map(|s| Filespace::parse(s)).collect::<Result<Vec<_>, _>>()?;
+    let key = ClusterKey::from_file(&c.key_file)?;
+    check_block_size(c.block_size)?;
+    let server = MirrorServer::new(MirrorConfig {
+        cluster_id: c.cluster_id,
+        content_id: c.content,
+        block_size: c.block_size,
+        filespaces,
+        key,
+        generation: c.generation,
+        tuning: StreamTuning::default(),
+        prefer_uring: !c.std_io,
+    })?;
+    let listener = std::net::TcpListener::bind(&c.listen)
+        .map_err(|e| format!("cannot listen on {}: {e}", c.listen))?;
+    let addr = listener.local_addr()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
+    signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
+    tracing::info!(%addr, backend = server.disk_name(), "mirror ready");
+    println!("{}{addr}", filerep::process::READY_PREFIX);
+    server.serve(&listener, &stop)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_bench(c: BenchCmd) -> CmdResult {
+    let sync_level = SyncLevel::parse(&c.sync_level)?;
+    if !(c.duration > 0.0 && c.duration <= 3600.0) {
+        return Err(format!("--duration {}: give 0 < seconds <= 3600", c.duration).into());
+    }
+    let tmp;
+    let dir = match c.dir {
+        Some(d) => d,
+        None => {
+            tmp = tempfile::Builder::new().prefix("filerep-bench").tempdir_in(".")?;
+            tmp.path().to_path_buf()
+        }
+    };
+    let cfg = filerep::bench::BenchConfig {
+        writers: c.writers,
+        block_size: c.block_size,
+        sync_level,
+        phase: Duration::from_secs_f64(c.duration),
+        count: c.count,
+        dir,
+        file_blocks: c.file_blocks,
+        flush_every: c.flush_every,
+        prefer_uring: !c.std_io,
+        exe: std::env::current_exe()?,
+    };
+    if !c.json {
+        eprintln!(
+            "bench: {} writers, {} B blocks, sync level {}, {} per phase, data in {}",
+            cfg.writers,
+            cfg.block_size,
+            sync_level.name(),
+            match cfg.count {
+                Some(n) => format!("{n} blocks"),
+                None => format!("{:.0} s", c.duration),
+            },
+            cfg.dir.display()
+        );
+    }
+    let r = filerep::bench::run(&cfg)?;
+    if c.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        println!("{:<34} {:>12} {:>12} {:>8}", "", "baseline", "replicated", "ratio");
+        println!(
+            "{:<34} {:>12.1} {:>12.1} {:>8.2}",
+            "throughput (MB/s)", r.baseline_double_write_mb_s, r.replicated_mb_s, r.throughput_ratio
+        );
+        println!("{:<34} {:>12.0} {:>12.0}", "blocks/s", r.baseline_blocks_s, r.replicated_blocks_s);
+        println!("{:<34} {:>12.0} {:>12.0}", "write p50 (us)", r.baseline_write_p50_us, r.write_p50_us);
+        println!("{:<34} {:>12.0} {:>12.0}", "write p99 (us)", r.baseline_write_p99_us, r.write_p99_us);
+        println!("{:<34} {:>12} {:>12.0}", "write p99.9 (us)", "", r.write_p999_us);
+        println!(
+            "{:<34} {:>12.0} {:>12.0} {:>8.2}",
+            "fdatasync / flush p50 (us)", r.local_fdatasync_p50_us, r.flush_p50_us, r.flush_ratio
+        );
+        println!("{:<34} {:>12.0} {:>12.0}", "fdatasync / flush p99 (us)", r.local_fdatasync_p99_us, r.flush_p99_us);
+        println!(
+            "{:<34} {:>12} {:>12.1} ({:.3}% over the payload)",
+            "wire bytes per block", "", r.wire_bytes_per_block, r.wire_overhead_pct
+        );
+        println!("io backend: {}", r.io_backend);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_sim(c: SimCmd) -> CmdResult {
+    let cfg = filerep::sim::SimConfig { operations: c.operations, ..Default::default() };
+    let seeds: Vec<u64> = match c.seed {
+        Some(s) => vec![s],
+        None => (c.first..c.first.saturating_add(c.seeds)).collect(),
+    };
+    let start = std::time::Instant::now();
+    let mut frames = 0;
+    for &seed in &seeds {
+        match filerep::sim::run(seed, &cfg) {
+            Ok(r) => frames += r.frames,
+            Err(f) => {
+                eprintln!("{f}");
+                return Ok(ExitCode::from(1));
+            }
+        }
+    }
+    println!(
+        "{} seeds passed ({} frames) in {:.1} s",
+        seeds.len(),
+        frames,
+        start.elapsed().as_secs_f64()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_compare(c: CompareCmd) -> CmdResult {
+    let mut specs = Vec::new();
+    for s in &c.filespaces {
+        let parts: Vec<&str> = s.splitn(3, '=').collect();
+        if parts.len() != 3 || parts.iter().any(|p| p.is_empty()) {
+            return Err(format!("--filespace {s:?}: expected NAME=PRIMARY_DIR=MIRROR_DIR").into());
+        }
+        specs.push((parts[0].to_string(), PathBuf::from(parts[1]), PathBuf::from(parts[2])));
+    }
+    let refs: Vec<(String, &std::path::Path, &std::path::Path)> =
+        specs.iter().map(|(n, a, b)| (n.clone(), a.as_path(), b.as_path())).collect();
+    let cmp = filerep::verify::compare(&refs)?;
+    if c.json {
+        println!("{}", serde_json::to_string_pretty(&cmp)?);
+    } else {
+        demo::print_comparison(&cmp, usize::MAX);
+    }
+    Ok(if cmp.identical() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}

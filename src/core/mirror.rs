@@ -1,0 +1,276 @@
+//! The mirror side of one session, as a plain state machine: every frame
+//! that passed the codec's checksums comes in; either a fully resolved
+//! operation comes out, or the reason the session must end.
+//!
+//! Nothing here touches a file: it checks sequence order, file-id bindings,
+//! per-kind bounds and paths (brief rule 9), and keeps the id → path map in
+//! step with the primary's. The executor (`crate::apply`) performs the result.
+
+use crate::core::primary::MAX_BOUND_FILES;
+use crate::disk::FsPath;
+use crate::path::{PathError, RelPath};
+use crate::protocol::{Frame, Kind, FLAG_DURABLE, MAX_FILE_BYTES, MAX_WRITE_AT};
+use bytes::Bytes;
+use std::collections::HashMap;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SessionError {
+    #[error("frame {got} is out of order (expected {want})")]
+    OutOfOrder { want: u64, got: u64 },
+    #[error("{kind} frame {seq}: file id {id} is not bound")]
+    UnknownFile { kind: &'static str, seq: u64, id: u32 },
+    #[error("bind frame {seq}: file id {id} is already bound")]
+    Rebind { seq: u64, id: u32 },
+    #[error("frame {seq}: filespace {fs} does not exist (this mirror has {count})")]
+    NoFilespace { seq: u64, fs: u16, count: u16 },
+    #[error("frame {seq}: path refused: {err}")]
+    BadPath { seq: u64, err: PathError },
+    #[error("{kind} frame {seq}: {what}")]
+    Bounds { kind: &'static str, seq: u64, what: String },
+    #[error("{kind} frame is not valid from a primary")]
+    WrongDirection { kind: &'static str },
+    #[error("more than {MAX_BOUND_FILES} files bound in one session")]
+    TooManyFiles,
+}
+
+/// A validated operation, ready to execute.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Binding only: nothing to do on disk.
+    Bind,
+    Create { id: u32, path: FsPath },
+    Write { id: u32, path: FsPath, offset: u64, data: Bytes },
+    Truncate { id: u32, path: FsPath, len: u64 },
+    Unlink { id: u32, path: FsPath },
+    /// Sync or flush: everything up to here must be durable.
+    Sync,
+    Mkdir { path: FsPath },
+    Rmdir { path: FsPath },
+    Rename { from: FsPath, to: FsPath },
+}
+
+/// What one frame asks of the mirror.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    Apply { seq: u64, op: Op, durable: bool },
+    /// Answer with an acknowledgement.
+    Heartbeat,
+    /// Make everything durable, acknowledge, close.
+    Shutdown,
+}
+
+#[derive(Debug)]
+pub struct MirrorSession {
+    block_size: u32,
+    filespaces: u16,
+    expected_seq: u64,
+    bindings: HashMap<u32, FsPath>,
+}
+
+impl MirrorSession {
+    pub fn new(block_size: u32, filespaces: u16, start_seq: u64) -> MirrorSession {
+        MirrorSession { block_size, filespaces, expected_seq: start_seq.max(1), bindings: HashMap::new() }
+    }
+
+    /// The last sequence number accepted.
+    pub fn received(&self) -> u64 {
+        self.expected_seq - 1
+    }
+
+    fn path_of(&self, kind: Kind, seq: u64, id: u32) -> Result<FsPath, SessionError> {
+        self.bindings
+            .get(&id)
+            .cloned()
+            .ok_or(SessionError::UnknownFile { kind: kind.name(), seq, id })
+    }
+
+    fn body_path(&self, seq: u64, fs: u16, raw: &[u8]) -> Result<FsPath, SessionError> {
+        if fs >= self.filespaces {
+            return Err(SessionError::NoFilespace { seq, fs, count: self.filespaces });
+        }
+        let p = RelPath::from_bytes(raw).map_err(|err| SessionError::BadPath { seq, err })?;
+        Ok(FsPath::new(fs, p))
+    }
+
+    pub fn on_frame(&mut self, f: &Frame) -> Result<Step, SessionError> {
+        let h = &f.header;
+        let kind = h.kind.name();
+        if !h.kind.is_operation() {
+            return match h.kind {
+                Kind::Heartbeat => Ok(Step::Heartbeat),
+                Kind::Shutdown => Ok(Step::Shutdown),
+                _ => Err(SessionError::WrongDirection { kind }),
+            };
+        }
+        if h.seq != self.expected_seq {
+            return Err(SessionError::OutOfOrder { want: self.expected_seq, got: h.seq });
+        }
+        let seq = h.seq;
+        let bounds = |what: String| SessionError::Bounds { kind, seq, what };
+        let no_body = |len: usize| {
+            if len != 0 {
+                Err(SessionError::Bounds { kind, seq, what: format!("carries a {len}-byte body; none expected") })
+            } else {
+                Ok(())
+            }
+        };
+        let op = match h.kind {
+            Kind::Bind => {
+                if self.bindings.contains_key(&h.file_id) || h.file_id == 0 {
+                    return Err(SessionError::Rebind { seq, id: h.file_id });
+                }
+                if self.bindings.len() >= MAX_BOUND_FILES {
+                    return Err(SessionError::TooManyFiles);
+                }
+                let p = self.body_path(seq, h.filespace, &f.body)?;
+                self.bindings.insert(h.file_id, p);
+                Op::Bind
+            }
+            Kind::Create => {
+                no_body(f.body.len())?;
+                Op::Create { id: h.file_id, path: self.path_of(h.kind, seq, h.file_id)? }
+            }
+            Kind::WriteBlock | Kind::Extend => {
+                if f.body.len() != self.block_size as usize {
+                    return Err(bounds(format!(
+                        "body is {} bytes; the block size is {}",
+                        f.body.len(),
+                        self.block_size
+                    )));
+                }
+                let offset = h
+                    .offset
+                    .checked_mul(self.block_size as u64)
+                    .filter(|o| o + self.block_size as u64 <= MAX_FILE_BYTES)
+                    .ok_or_else(|| bounds(format!("block {} is beyond the largest file", h.offset)))?;
+                Op::Write { id: h.file_id, path: self.path_of(h.kind, seq, h.file_id)?, offset, data: f.body.clone() }
+            }
+            Kind::WriteAt => {
+                if f.body.is_empty() || f.body.len() > MAX_WRITE_AT {
+                    return Err(bounds(format!("body is {} bytes; 1..={MAX_WRITE_AT} allowed", f.body.len())));
+                }
+                if h.offset.checked_add(f.body.len() as u64).is_none_or(|end| end > MAX_FILE_BYTES) {
+                    return Err(bounds(format!("offset {} is beyond the largest file", h.offset)));
+                }
+                Op::Write { id: h.file_id, path: self.path_of(h.kind, seq, h.file_id)?, offset: h.offset, data: f.body.clone() }
+            }
+            Kind::Truncate => {
+                no_body(f.body.len())?;
+                if h.offset > MAX_FILE_BYTES {
+                    return Err(bounds(format!("length {} is beyond the largest file", h.offset)));
+                }
+                Op::Truncate { id: h.file_id, path: self.path_of(h.kind, seq, h.file_id)?, len: h.offset }
+            }
+            Kind::Unlink => {
+                no_body(f.body.len())?;
+                let path = self.path_of(h.kind, seq, h.file_id)?;
+                self.bindings.remove(&h.file_id);
+                Op::Unlink { id: h.file_id, path }
+            }
+            Kind::Sync | Kind::Flush => {
+                no_body(f.body.len())?;
+                Op::Sync
+            }
+            Kind::Mkdir => Op::Mkdir { path: self.body_path(seq, h.filespace, &f.body)? },
+            Kind::Rmdir => Op::Rmdir { path: self.body_path(seq, h.filespace, &f.body)? },
+            Kind::Rename => {
+                let split = h.aux as usize;
+                if split == 0 || split >= f.body.len() {
+                    return Err(bounds(format!("source length {split} does not split a {}-byte body", f.body.len())));
+                }
+                let from = self.body_path(seq, h.filespace, &f.body[..split])?;
+                let to = self.body_path(seq, h.filespace, &f.body[split..])?;
+                if to.path.is_within(&from.path) {
+                    return Err(bounds(format!("cannot move {} into itself ({})", from.path, to.path)));
+                }
+                self.rebind(&from, &to);
+                Op::Rename { from, to }
+            }
+            Kind::Heartbeat | Kind::Shutdown | Kind::Ack | Kind::Fault => {
+                return Err(SessionError::WrongDirection { kind })
+            }
+        };
+        self.expected_seq += 1;
+        Ok(Step::Apply { seq, op, durable: h.flags & FLAG_DURABLE != 0 })
+    }
+
+    fn rebind(&mut self, from: &FsPath, to: &FsPath) {
+        self.bindings.retain(|_, p| {
+            !(p.filespace == to.filespace && p.path.is_within(&to.path)) || p.path.is_within(&from.path)
+        });
+        for p in self.bindings.values_mut() {
+            if p.filespace == from.filespace {
+                if let Some(np) = p.path.rebase(&from.path, &to.path) {
+                    p.path = np;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Header;
+
+    fn frame(kind: Kind, seq: u64, id: u32, offset: u64, body: &[u8]) -> Frame {
+        let mut h = Header::new(kind);
+        h.seq = seq;
+        h.file_id = id;
+        h.offset = offset;
+        Frame::new(h, Bytes::copy_from_slice(body))
+    }
+
+    #[test]
+    fn binds_then_writes_in_order() {
+        let mut m = MirrorSession::new(8192, 2, 1);
+        assert!(matches!(m.on_frame(&frame(Kind::Bind, 1, 5, 0, b"base/1")), Ok(Step::Apply { op: Op::Bind, .. })));
+        let step = m.on_frame(&frame(Kind::WriteBlock, 2, 5, 3, &[1; 8192])).unwrap();
+        match step {
+            Step::Apply { seq: 2, op: Op::Write { offset, path, .. }, durable: false } => {
+                assert_eq!(offset, 3 * 8192);
+                assert_eq!(path.path.as_str(), "base/1");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(m.received(), 2);
+        assert_eq!(
+            m.on_frame(&frame(Kind::Sync, 4, 5, 0, b"")),
+            Err(SessionError::OutOfOrder { want: 3, got: 4 })
+        );
+    }
+
+    #[test]
+    fn refuses_hostile_frames() {
+        let mut m = MirrorSession::new(8192, 1, 1);
+        assert!(matches!(m.on_frame(&frame(Kind::Bind, 1, 1, 0, b"../etc/passwd")), Err(SessionError::BadPath { .. })));
+        let mut m = MirrorSession::new(8192, 1, 1);
+        assert!(matches!(m.on_frame(&frame(Kind::Bind, 1, 1, 0, b"/etc/passwd")), Err(SessionError::BadPath { .. })));
+        let mut m = MirrorSession::new(8192, 1, 1);
+        assert!(matches!(m.on_frame(&frame(Kind::WriteBlock, 1, 9, 0, &[0; 8192])), Err(SessionError::UnknownFile { .. })));
+        let mut m = MirrorSession::new(8192, 1, 1);
+        m.on_frame(&frame(Kind::Bind, 1, 1, 0, b"f")).unwrap();
+        assert!(matches!(m.on_frame(&frame(Kind::WriteBlock, 2, 1, 0, &[0; 100])), Err(SessionError::Bounds { .. })));
+        assert!(matches!(m.on_frame(&frame(Kind::WriteBlock, 2, 1, u64::MAX / 2, &[0; 8192])), Err(SessionError::Bounds { .. })));
+        assert!(matches!(m.on_frame(&frame(Kind::WriteAt, 2, 1, MAX_FILE_BYTES, b"x")), Err(SessionError::Bounds { .. })));
+        assert!(matches!(m.on_frame(&frame(Kind::Ack, 0, 0, 0, b"")), Err(SessionError::WrongDirection { .. })));
+        let mut h = Header::new(Kind::Mkdir);
+        h.seq = 2;
+        h.filespace = 3;
+        assert!(matches!(m.on_frame(&Frame::new(h, Bytes::from_static(b"d"))), Err(SessionError::NoFilespace { .. })));
+    }
+
+    #[test]
+    fn rename_rebinds_ids() {
+        let mut m = MirrorSession::new(8192, 1, 1);
+        m.on_frame(&frame(Kind::Bind, 1, 1, 0, b"d/f")).unwrap();
+        let mut h = Header::new(Kind::Rename);
+        h.seq = 2;
+        h.aux = 1;
+        m.on_frame(&Frame::new(h, Bytes::from_static(b"de"))).unwrap();
+        match m.on_frame(&frame(Kind::Truncate, 3, 1, 0, b"")).unwrap() {
+            Step::Apply { op: Op::Truncate { path, .. }, .. } => assert_eq!(path.path.as_str(), "e/f"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}

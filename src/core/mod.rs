@@ -1,0 +1,5 @@
+//! I/O-free state machines: events in, decisions out. No threads, files,
+//! sockets or clocks inside, so they are tested exhaustively without any.
+
+pub mod mirror;
+pub mod primary;

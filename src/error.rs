@@ -1,0 +1,44 @@
+//! The library's error type.
+
+use crate::disk::DiskError;
+use crate::path::PathError;
+use crate::protocol::handshake::{HandshakeError, Status};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    #[error("invalid path: {0}")]
+    Path(#[from] PathError),
+    #[error(transparent)]
+    Disk(#[from] DiskError),
+    /// The mirror stopped answering or broke the protocol. No further call
+    /// succeeds on this stream: the pair is no longer synchronized.
+    #[error("mirror lost: {0}")]
+    MirrorLost(String),
+    /// A local write or fsync failed; nothing more is reported durable (brief rule 8).
+    #[error("segment faulted: {0}")]
+    Faulted(String),
+    #[error("handshake with {peer}: {source}")]
+    Handshake {
+        peer: String,
+        #[source]
+        source: HandshakeError,
+    },
+    #[error("mirror {peer} refused the stream ({status:?}): {reason}")]
+    Refused { peer: String, status: Status, reason: String },
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Error {
+        Error::Io { context: context.into(), source }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,27 @@
+//! filerep: block-level file replication for a segment's data directory.
+//!
+//! Layers, bottom up:
+//! - [`protocol`]: the wire format (frames, handshake), sans I/O.
+//! - [`core`]: the primary's and mirror's stream logic as state machines.
+//! - [`disk`] and [`net`]: narrow traits with real and simulated backends.
+//! - [`apply`]: the mirror's executor, shared by the daemon and the simulator.
+//! - [`primary`] and [`mirror`]: the runtimes that put it together with threads.
+//! - [`sim`]: the deterministic simulator; [`verify`] compares two trees.
+
+pub mod apply;
+pub mod bench;
+pub mod config;
+pub mod core;
+pub mod disk;
+pub mod error;
+pub mod mirror;
+pub mod net;
+pub mod path;
+pub mod primary;
+pub mod process;
+pub mod protocol;
+pub mod sim;
+pub mod verify;
+pub mod workload;
+
+pub use error::{Error, Result};

@@ -1,0 +1,338 @@
+//! The mirror daemon's runtime: accept a primary, check who it is, then
+//! receive, validate and apply its stream.
+//!
+//! Per connection: this thread reads large chunks, decodes frames in place
+//! and validates each one through [`MirrorSession`]; whole chunks of valid
+//! operations go to an applier thread that executes them with [`Applier`]
+//! (batched io_uring writes, grouped fsyncs) and acknowledges once per
+//! batch. A bad frame ends the connection with a logged reason; the batch
+//! it arrived in is discarded, and the daemon serves the next connection.
+
+use crate::apply::{Applier, Sequenced};
+use crate::config::{check_block_size, check_filespaces, Filespace, StreamTuning};
+use crate::core::mirror::{MirrorSession, Step};
+use crate::disk::Disk;
+use crate::error::{Error, Result};
+use crate::net::{is_timeout, Conn, ConnReader, ConnWriter};
+use crate::primary::read_message;
+use crate::protocol::handshake::{self, ClusterKey, Hello, Status, Verdict};
+use crate::protocol::{Ack, Decoder, Frame, Header, Kind};
+use bytes::Bytes;
+use std::io::IoSlice;
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Receive buffer growth per read.
+const READ_CHUNK: usize = 1 << 20;
+/// Batches queued between the receiver and the applier.
+const APPLY_QUEUE: usize = 8;
+
+#[derive(Clone, Debug)]
+pub struct MirrorConfig {
+    pub cluster_id: u64,
+    pub content_id: u32,
+    pub block_size: u32,
+    pub filespaces: Vec<Filespace>,
+    pub key: ClusterKey,
+    /// The lowest generation accepted; the mirror adopts any higher one it sees.
+    pub generation: u64,
+    pub tuning: StreamTuning,
+    pub prefer_uring: bool,
+}
+
+/// How a connection ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// Orderly shutdown by the primary; everything durable.
+    Shutdown,
+    /// The primary went away (end of stream, reset, silence).
+    Disconnected(String),
+    /// The handshake refused the peer.
+    Refused(Status, String),
+    /// A frame failed validation; nothing of its batch was applied.
+    BadFrame(String),
+    /// The mirror could not apply an operation (reported to the primary).
+    ApplyFailed(String),
+}
+
+impl std::fmt::Display for SessionEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SessionEnd::Shutdown => write!(f, "orderly shutdown"),
+            SessionEnd::Disconnected(r) => write!(f, "disconnected: {r}"),
+            SessionEnd::Refused(s, r) => write!(f, "refused ({s:?}): {r}"),
+            SessionEnd::BadFrame(r) => write!(f, "bad frame: {r}"),
+            SessionEnd::ApplyFailed(r) => write!(f, "apply failed: {r}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SessionReport {
+    pub peer: String,
+    pub end: SessionEnd,
+    pub frames: u64,
+    pub applied_through: u64,
+    pub durable_through: u64,
+}
+
+pub struct MirrorServer {
+    cfg: MirrorConfig,
+    disk: Arc<dyn Disk>,
+    generation: AtomicU64,
+}
+
+enum ToApplier {
+    Batch { ops: Vec<Sequenced>, received: u64 },
+    Shutdown { received: u64 },
+}
+
+impl MirrorServer {
+    pub fn new(cfg: MirrorConfig) -> Result<MirrorServer> {
+        check_block_size(cfg.block_size)?;
+        check_filespaces(&cfg.filespaces)?;
+        let roots: Vec<_> = cfg.filespaces.iter().map(|f| f.root.clone()).collect();
+        let disk = crate::disk::open_local(&roots, cfg.prefer_uring)?;
+        Ok(Self::with_disk(cfg, disk))
+    }
+
+    pub fn with_disk(cfg: MirrorConfig, disk: Arc<dyn Disk>) -> MirrorServer {
+        let generation = AtomicU64::new(cfg.generation);
+        MirrorServer { cfg, disk, generation }
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    pub fn disk_name(&self) -> &'static str {
+        self.disk.name()
+    }
+
+    /// Serve connections one after another until `stop` is set.
+    pub fn serve(&self, listener: &TcpListener, stop: &AtomicBool) -> Result<()> {
+        listener.set_nonblocking(true).map_err(|e| Error::io("listener", e))?;
+        while !stop.load(Ordering::SeqCst) {
+            match listener.accept() {
+                Ok((stream, addr)) => {
+                    let _ = stream.set_nonblocking(false);
+                    let conn = crate::net::tcp(stream).map_err(|e| Error::io("accepted connection", e))?;
+                    let report = self.serve_conn(conn, &addr.to_string());
+                    log_report(&report);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Handshake, then receive and apply until the connection ends.
+    pub fn serve_conn(&self, conn: Conn, peer: &str) -> SessionReport {
+        let (mut reader, mut writer) = conn;
+        let span = tracing::info_span!("mirror_session", peer);
+        let _e = span.enter();
+        let hello = match self.server_handshake(reader.as_mut(), writer.as_mut()) {
+            Ok(h) => h,
+            Err(end) => {
+                writer.close();
+                return SessionReport { peer: peer.into(), end, frames: 0, applied_through: 0, durable_through: 0 };
+            }
+        };
+        tracing::info!(generation = hello.generation, start = hello.start_seq, "stream accepted");
+        self.stream(hello, reader, writer, peer)
+    }
+
+    fn server_handshake(&self, reader: &mut dyn ConnReader, writer: &mut dyn ConnWriter) -> Result<Hello, SessionEnd> {
+        let refuse = |writer: &mut dyn ConnWriter, status: Status, reason: String| {
+            let v = Verdict { status, generation: self.generation(), mirror_proof: [0; 32], reason: reason.clone() };
+            let _ = writer.send_all(&[IoSlice::new(&v.encode())]);
+            SessionEnd::Refused(status, reason)
+        };
+        let disconnected = |e: std::io::Error| SessionEnd::Disconnected(format!("during handshake: {e}"));
+        let _ = reader.set_timeout(Some(self.cfg.tuning.handshake_timeout));
+        let raw = read_message(reader).map_err(disconnected)?;
+        let hello = match Hello::decode(&raw) {
+            Ok(h) => h,
+            Err(e) => return Err(refuse(writer, Status::Malformed, e.to_string())),
+        };
+        let mut server_nonce = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut server_nonce);
+        writer
+            .send_all(&[IoSlice::new(&handshake::Challenge { server_nonce }.encode())])
+            .map_err(disconnected)?;
+        let proof = read_message(reader).map_err(disconnected)?;
+        let proof = match handshake::Proof::decode(&proof) {
+            Ok(p) => p,
+            Err(e) => return Err(refuse(writer, Status::Malformed, e.to_string())),
+        };
+        let key: &ClusterKey = &self.cfg.key;
+        let expect = key.primary_proof(&raw, &hello.client_nonce, &server_nonce);
+        if !handshake::proofs_equal(&expect, &proof.proof) {
+            return Err(refuse(writer, Status::BadKey, "the peer did not prove it holds the cluster key".into()));
+        }
+        let cfg = &self.cfg;
+        if hello.cluster_id != cfg.cluster_id {
+            return Err(refuse(writer, Status::WrongCluster, format!(
+                "cluster id {:#x} is not this mirror's cluster {:#x}", hello.cluster_id, cfg.cluster_id)));
+        }
+        if hello.content_id != cfg.content_id {
+            return Err(refuse(writer, Status::WrongContent, format!(
+                "content {} is not this mirror's content {}", hello.content_id, cfg.content_id)));
+        }
+        if hello.block_size != cfg.block_size {
+            return Err(refuse(writer, Status::WrongBlockSize, format!(
+                "block size {} differs from this mirror's {}", hello.block_size, cfg.block_size)));
+        }
+        let names: Vec<&str> = cfg.filespaces.iter().map(|f| f.name.as_str()).collect();
+        if hello.filespaces.iter().map(String::as_str).ne(names.iter().copied()) {
+            return Err(refuse(writer, Status::FilespaceMismatch, format!(
+                "filespaces {:?} differ from this mirror's {:?}", hello.filespaces, names)));
+        }
+        let current = self.generation();
+        if hello.generation < current {
+            return Err(refuse(writer, Status::StaleGeneration, format!(
+                "generation {} is older than this mirror's {current}: that primary was replaced", hello.generation)));
+        }
+        self.generation.store(hello.generation, Ordering::SeqCst);
+        let mirror_proof = key.mirror_proof(&raw, &hello.client_nonce, &server_nonce);
+        let v = Verdict { status: Status::Accepted, generation: hello.generation, mirror_proof, reason: String::new() };
+        writer.send_all(&[IoSlice::new(&v.encode())]).map_err(disconnected)?;
+        Ok(hello)
+    }
+
+    fn stream(&self, hello: Hello, mut reader: Box<dyn ConnReader>, writer: Box<dyn ConnWriter>, peer: &str) -> SessionReport {
+        let mut session = MirrorSession::new(self.cfg.block_size, self.cfg.filespaces.len() as u16, hello.start_seq);
+        let applier = Applier::new(self.disk.clone(), hello.start_seq);
+        let (tx, rx) = crossbeam_channel::bounded::<ToApplier>(APPLY_QUEUE);
+        let apply_failed = Arc::new(AtomicBool::new(false));
+        let failed = apply_failed.clone();
+        let handle = std::thread::Builder::new()
+            .name("filerep-applier".into())
+            .spawn(move || applier_loop(applier, rx, writer, failed));
+        let handle = match handle {
+            Ok(h) => h,
+            Err(e) => {
+                return SessionReport {
+                    peer: peer.into(),
+                    end: SessionEnd::ApplyFailed(format!("cannot start the applier thread: {e}")),
+                    frames: 0,
+                    applied_through: 0,
+                    durable_through: 0,
+                }
+            }
+        };
+        let _ = reader.set_timeout(Some(self.cfg.tuning.ack_timeout));
+        let mut dec = Decoder::new();
+        let mut frames = 0u64;
+        let end = 'conn: loop {
+            let buf = dec.spare(READ_CHUNK);
+            let n = match reader.recv(buf) {
+                Ok(0) => {
+                    dec.commit(READ_CHUNK, 0);
+                    break match dec.finish() {
+                        Err(e) => SessionEnd::BadFrame(e.to_string()),
+                        Ok(()) => SessionEnd::Disconnected("the primary closed the connection".into()),
+                    };
+                }
+                Ok(n) => n,
+                Err(e) => {
+                    dec.commit(READ_CHUNK, 0);
+                    if is_timeout(&e) {
+                        break SessionEnd::Disconnected(format!("silent for {:?}", self.cfg.tuning.ack_timeout));
+                    }
+                    break SessionEnd::Disconnected(format!("receive failed: {e}"));
+                }
+            };
+            dec.commit(READ_CHUNK, n);
+            let mut ops = Vec::new();
+            let mut wake = false;
+            loop {
+                let frame: Frame = match dec.next_frame() {
+                    Ok(Some(f)) => f,
+                    Ok(None) => break,
+                    Err(e) => break 'conn SessionEnd::BadFrame(e.to_string()),
+                };
+                frames += 1;
+                match session.on_frame(&frame) {
+                    Ok(Step::Apply { seq, op, durable }) => ops.push(Sequenced { seq, op, durable }),
+                    Ok(Step::Heartbeat) => wake = true,
+                    Ok(Step::Shutdown) => {
+                        let received = session.received();
+                        if !ops.is_empty() {
+                            let _ = tx.send(ToApplier::Batch { ops: std::mem::take(&mut ops), received });
+                        }
+                        let _ = tx.send(ToApplier::Shutdown { received });
+                        break 'conn SessionEnd::Shutdown;
+                    }
+                    Err(e) => break 'conn SessionEnd::BadFrame(e.to_string()),
+                }
+            }
+            if !ops.is_empty() || wake {
+                if tx.send(ToApplier::Batch { ops, received: session.received() }).is_err() || apply_failed.load(Ordering::SeqCst) {
+                    break SessionEnd::ApplyFailed("the applier stopped".into());
+                }
+            }
+        };
+        drop(tx);
+        let (applied, durable, apply_error) = handle.join().unwrap_or((0, 0, Some("applier panicked".into())));
+        let end = match apply_error {
+            Some(e) => SessionEnd::ApplyFailed(e),
+            None => end,
+        };
+        SessionReport { peer: peer.into(), end, frames, applied_through: applied, durable_through: durable }
+    }
+}
+
+fn log_report(r: &SessionReport) {
+    match &r.end {
+        SessionEnd::Shutdown => tracing::info!(peer = %r.peer, frames = r.frames, durable = r.durable_through, "session ended: orderly shutdown"),
+        end => tracing::warn!(peer = %r.peer, frames = r.frames, applied = r.applied_through, "session ended: {end}"),
+    }
+}
+
+/// Apply batches in order and acknowledge each. Returns (applied, durable, error).
+fn applier_loop(
+    mut applier: Applier,
+    rx: crossbeam_channel::Receiver<ToApplier>,
+    mut writer: Box<dyn ConnWriter>,
+    failed: Arc<AtomicBool>,
+) -> (u64, u64, Option<String>) {
+    let mut error = None;
+    while let Ok(msg) = rx.recv() {
+        let (ops, received, shutdown) = match msg {
+            ToApplier::Batch { ops, received } => (ops, received, false),
+            ToApplier::Shutdown { received } => (Vec::new(), received, true),
+        };
+        let mut result = applier.apply(&ops);
+        if shutdown && result.is_ok() {
+            result = applier.sync_all();
+        }
+        if let Err(e) = result {
+            tracing::error!(seq = e.seq, error = %e, "apply failed; ending the session");
+            let mut h = Header::new(Kind::Fault);
+            h.seq = e.seq;
+            let f = Frame::new(h, Bytes::from(e.to_string().into_bytes()));
+            let _ = writer.send_all(&[IoSlice::new(&f.to_vec())]);
+            error = Some(e.to_string());
+            failed.store(true, Ordering::SeqCst);
+            break;
+        }
+        let ack = Ack { received, applied: applier.applied(), durable: applier.durable() };
+        if writer.send_all(&[IoSlice::new(&ack.to_frame().to_vec())]).is_err() {
+            break;
+        }
+        if shutdown {
+            break;
+        }
+    }
+    writer.close();
+    (applier.applied(), applier.durable(), error)
+}

@@ -1,0 +1,281 @@
+//! The `net` layer: a connection is a reader half and a writer half of an
+//! ordered byte stream. Backends: TCP (with `TCP_NODELAY` and large socket
+//! buffers) and an in-memory pipe that delivers in arbitrary chunk sizes, for
+//! tests that run the real primary and mirror threads without sockets.
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use std::io::{self, IoSlice, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::time::Duration;
+
+/// Socket buffers large enough for a few hundred 32 KiB frames in flight.
+pub const SOCKET_BUFFER_BYTES: usize = 4 << 20;
+
+pub trait ConnReader: Send {
+    /// Read some bytes; `Ok(0)` at end of stream. With a timeout set, an
+    /// expired wait is `ErrorKind::WouldBlock` or `ErrorKind::TimedOut`.
+    fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize>;
+    fn set_timeout(&mut self, t: Option<Duration>) -> io::Result<()>;
+}
+
+pub trait ConnWriter: Send {
+    /// Write every byte of every slice, in order.
+    fn send_all(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<()>;
+    /// Close both directions: the peer's reads see end of stream, and a
+    /// local reader blocked on this connection wakes up.
+    fn close(&mut self);
+}
+
+pub type Conn = (Box<dyn ConnReader>, Box<dyn ConnWriter>);
+
+/// Whether an error is a read timeout rather than a failure.
+pub fn is_timeout(e: &io::Error) -> bool {
+    matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
+}
+
+struct TcpReader(TcpStream);
+struct TcpWriter(TcpStream);
+
+impl ConnReader for TcpReader {
+    fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match self.0.read(buf) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                r => return r,
+            }
+        }
+    }
+    fn set_timeout(&mut self, t: Option<Duration>) -> io::Result<()> {
+        self.0.set_read_timeout(t)
+    }
+}
+
+impl ConnWriter for TcpWriter {
+    fn send_all(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<()> {
+        let mut owned: Vec<IoSlice<'_>> = bufs.to_vec();
+        let mut slices: &mut [IoSlice<'_>] = &mut owned;
+        while !slices.is_empty() {
+            // writev takes at most IOV_MAX (1024) slices at a time.
+            let n = slices.len().min(1024);
+            match self.0.write_vectored(&slices[..n]) {
+                Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "peer stopped reading")),
+                Ok(written) => IoSlice::advance_slices(&mut slices, written),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+    fn close(&mut self) {
+        let _ = self.0.shutdown(Shutdown::Both);
+    }
+}
+
+/// Tune a TCP stream for the replication stream and split it.
+pub fn tcp(stream: TcpStream) -> io::Result<Conn> {
+    stream.set_nodelay(true)?;
+    let sock = socket2_ref(&stream);
+    // Larger buffers than the defaults let the sender keep whole batches in flight.
+    let _ = nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::SndBuf, &SOCKET_BUFFER_BYTES);
+    let _ = nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::RcvBuf, &SOCKET_BUFFER_BYTES);
+    let reader = stream.try_clone()?;
+    Ok((Box::new(TcpReader(reader)), Box::new(TcpWriter(stream))))
+}
+
+fn socket2_ref(s: &TcpStream) -> std::os::fd::BorrowedFd<'_> {
+    use std::os::fd::AsFd;
+    s.as_fd()
+}
+
+/// Bytes travelling through an in-memory pipe; `None` is end of stream.
+type Chunk = Option<Vec<u8>>;
+
+pub struct MemReader {
+    rx: Receiver<Chunk>,
+    leftover: Vec<u8>,
+    at: usize,
+    timeout: Option<Duration>,
+    eof: bool,
+}
+
+pub struct MemWriter {
+    tx: Sender<Chunk>,
+    /// Wakes our own reader on close, as shutting down a socket does.
+    own_rx_wake: Sender<Chunk>,
+    /// Split every send into pieces of at most this many bytes.
+    chunk: usize,
+    closed: bool,
+}
+
+impl ConnReader for MemReader {
+    fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.at == self.leftover.len() {
+            if self.eof {
+                return Ok(0);
+            }
+            let next = match self.timeout {
+                None => self.rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                Some(t) => self.rx.recv_timeout(t),
+            };
+            match next {
+                Ok(Some(v)) => {
+                    self.leftover = v;
+                    self.at = 0;
+                }
+                Ok(None) | Err(RecvTimeoutError::Disconnected) => {
+                    self.eof = true;
+                    return Ok(0);
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    return Err(io::Error::new(io::ErrorKind::TimedOut, "read timed out"))
+                }
+            }
+        }
+        let n = buf.len().min(self.leftover.len() - self.at);
+        buf[..n].copy_from_slice(&self.leftover[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+    fn set_timeout(&mut self, t: Option<Duration>) -> io::Result<()> {
+        self.timeout = t;
+        Ok(())
+    }
+}
+
+impl ConnWriter for MemWriter {
+    fn send_all(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<()> {
+        if self.closed {
+            return Err(io::Error::new(io::ErrorKind::BrokenPipe, "connection closed"));
+        }
+        for b in bufs {
+            for piece in b.chunks(self.chunk.max(1)) {
+                self.tx
+                    .send(Some(piece.to_vec()))
+                    .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "peer went away"))?;
+            }
+        }
+        Ok(())
+    }
+    fn close(&mut self) {
+        if !self.closed {
+            self.closed = true;
+            let _ = self.tx.send(None);
+            let _ = self.own_rx_wake.send(None);
+        }
+    }
+}
+
+impl Drop for MemWriter {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// Two connected in-memory endpoints; each send is delivered in pieces of at
+/// most `chunk` bytes. Bounded, like a socket buffer: a writer blocks when
+/// `capacity` pieces are queued.
+pub fn mem_pair(chunk: usize, capacity: usize) -> (Conn, Conn) {
+    let (a_tx, a_rx) = crossbeam_channel::bounded::<Chunk>(capacity);
+    let (b_tx, b_rx) = crossbeam_channel::bounded::<Chunk>(capacity);
+    let reader = |rx| MemReader { rx, leftover: Vec::new(), at: 0, timeout: None, eof: false };
+    let a = (
+        Box::new(reader(b_rx)) as Box<dyn ConnReader>,
+        Box::new(MemWriter { tx: a_tx.clone(), own_rx_wake: b_tx.clone(), chunk, closed: false }) as Box<dyn ConnWriter>,
+    );
+    let b = (
+        Box::new(reader(a_rx)) as Box<dyn ConnReader>,
+        Box::new(MemWriter { tx: b_tx, own_rx_wake: a_tx, chunk, closed: false }) as Box<dyn ConnWriter>,
+    );
+    (a, b)
+}
+
+/// Read exactly `buf.len()` bytes, or fail on end of stream.
+pub fn recv_exact(r: &mut dyn ConnReader, buf: &mut [u8]) -> io::Result<()> {
+    let mut at = 0;
+    while at < buf.len() {
+        match r.recv(&mut buf[at..])? {
+            0 => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed")),
+            n => at += n,
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod conformance {
+    //! One suite, run against TCP on loopback and the in-memory pipe.
+    use super::*;
+    use std::net::TcpListener;
+
+    fn tcp_pair() -> (Conn, Conn) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let c = TcpStream::connect(addr).unwrap();
+        let (s, _) = l.accept().unwrap();
+        (tcp(c).unwrap(), tcp(s).unwrap())
+    }
+
+    fn ordered_vectored_delivery(make: fn() -> (Conn, Conn)) {
+        let ((_ar, mut aw), (mut br, _bw)) = make();
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let sent = data.clone();
+        let t = std::thread::spawn(move || {
+            let slices: Vec<IoSlice<'_>> = sent.chunks(4099).map(IoSlice::new).collect();
+            aw.send_all(&slices).unwrap();
+            aw.close();
+        });
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 10_000];
+        loop {
+            let n = br.recv(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        t.join().unwrap();
+        assert_eq!(got, data);
+    }
+
+    fn timeout_then_data(make: fn() -> (Conn, Conn)) {
+        let ((_ar, mut aw), (mut br, _bw)) = make();
+        br.set_timeout(Some(Duration::from_millis(20))).unwrap();
+        let mut buf = [0u8; 4];
+        let e = br.recv(&mut buf).unwrap_err();
+        assert!(is_timeout(&e), "{e:?}");
+        aw.send_all(&[IoSlice::new(b"ping")]).unwrap();
+        br.set_timeout(None).unwrap();
+        recv_exact(br.as_mut(), &mut buf).unwrap();
+        assert_eq!(&buf, b"ping");
+    }
+
+    fn close_wakes_both_sides(make: fn() -> (Conn, Conn)) {
+        let ((mut ar, mut aw), (mut br, mut bw)) = make();
+        let t = std::thread::spawn(move || {
+            let mut b = [0u8; 1];
+            ar.recv(&mut b)
+        });
+        aw.close();
+        assert_eq!(t.join().unwrap().unwrap(), 0, "own reader sees end of stream after close");
+        let mut b = [0u8; 1];
+        assert_eq!(br.recv(&mut b).unwrap(), 0, "peer sees end of stream");
+        bw.close();
+    }
+
+    #[test]
+    fn tcp_conformance() {
+        ordered_vectored_delivery(tcp_pair);
+        timeout_then_data(tcp_pair);
+        close_wakes_both_sides(tcp_pair);
+    }
+
+    #[test]
+    fn mem_conformance() {
+        fn make() -> (Conn, Conn) {
+            mem_pair(777, 64)
+        }
+        ordered_vectored_delivery(make);
+        timeout_then_data(make);
+        close_wakes_both_sides(make);
+    }
+}
