@@ -4,12 +4,14 @@
 //!
 //! Consecutive writes go to the backend as one batch (one io_uring
 //! submission). Durability is grouped: a batch that holds a sync, a flush or
-//! a write flagged durable ends with one round of `fdatasync` over every
-//! file written since the last round, and `fsync` of every directory whose
-//! entries changed, after which everything applied is durable.
+//! a write flagged durable yields a [`SyncJob`]: one round of `fdatasync`
+//! over every file written since the last round and `fsync` of every
+//! directory whose entries changed, after which everything applied up to
+//! that batch is durable. The daemon runs jobs on a syncer thread, so
+//! writes keep being applied while earlier ones are made durable.
 
 use crate::core::mirror::Op;
-use crate::disk::{BatchWrite, Disk, DiskError, DiskErrorKind, DiskFile, FsPath, OpenMode};
+use crate::disk::{BatchWrite, Disk, DiskError, DiskFile, FsPath, OpenMode};
 use crate::path::RelPath;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -37,12 +39,45 @@ pub struct Sequenced {
 
 type DirKey = (u16, Option<RelPath>);
 
+/// Everything to make durable for "durable through `through`": files
+/// written and directories whose entries changed, as open handles (they
+/// follow renames). Run it on any thread; jobs merge for group commit.
+pub struct SyncJob {
+    pub through: u64,
+    files: Vec<Arc<dyn DiskFile>>,
+    dirs: Vec<Arc<dyn DiskFile>>,
+}
+
+impl SyncJob {
+    /// Fold a later job into this one.
+    pub fn merge(&mut self, later: SyncJob) {
+        self.through = self.through.max(later.through);
+        self.files.extend(later.files);
+        self.dirs.extend(later.dirs);
+    }
+
+    /// fdatasync every file, then fsync every directory. On success,
+    /// everything through `through` is durable.
+    pub fn run(&self, disk: &dyn Disk) -> Result<u64, ApplyError> {
+        let seq = self.through;
+        let files: Vec<&dyn DiskFile> = self.files.iter().map(|f| f.as_ref()).collect();
+        for r in disk.sync_batch(&files) {
+            r.map_err(|error| ApplyError { seq, op: "fdatasync", error })?;
+        }
+        let dirs: Vec<&dyn DiskFile> = self.dirs.iter().map(|f| f.as_ref()).collect();
+        for r in disk.sync_batch(&dirs) {
+            r.map_err(|error| ApplyError { seq, op: "fsync directory", error })?;
+        }
+        Ok(seq)
+    }
+}
+
 pub struct Applier {
     disk: Arc<dyn Disk>,
     open: HashMap<u32, Arc<dyn DiskFile>>,
     dirty_files: HashMap<u32, Arc<dyn DiskFile>>,
-    /// Directories whose entries changed, each with one child path to name it by.
-    dirty_dirs: BTreeMap<DirKey, FsPath>,
+    /// Directories whose entries changed since the last sync job.
+    dirty_dirs: BTreeMap<DirKey, Arc<dyn DiskFile>>,
     applied: u64,
     durable: u64,
 }
@@ -65,8 +100,14 @@ impl Applier {
         self.applied
     }
 
+    /// Durable through, as far as [`Applier::sync_all`] knows (jobs run
+    /// elsewhere report through their own channel).
     pub fn durable(&self) -> u64 {
         self.durable
+    }
+
+    pub fn disk(&self) -> &Arc<dyn Disk> {
+        &self.disk
     }
 
     fn file(&mut self, seq: u64, id: u32, path: &FsPath) -> Result<Arc<dyn DiskFile>, ApplyError> {
@@ -89,13 +130,22 @@ impl Applier {
         self.open.insert(id, f);
     }
 
-    fn dirty_dir(&mut self, child: &FsPath) {
-        self.dirty_dirs.insert((child.filespace, child.path.parent()), child.clone());
+    fn dirty_dir(&mut self, seq: u64, child: &FsPath) -> Result<(), ApplyError> {
+        let key = (child.filespace, child.path.parent());
+        if !self.dirty_dirs.contains_key(&key) {
+            let h = self
+                .disk
+                .parent_dir_handle(child)
+                .map_err(|error| ApplyError { seq, op: "open directory", error })?;
+            self.dirty_dirs.insert(key, h);
+        }
+        Ok(())
     }
 
-    /// Apply a batch in order. On error, everything before the failing
-    /// operation has been applied and `applied()` says through which one.
-    pub fn apply(&mut self, batch: &[Sequenced]) -> Result<(), ApplyError> {
+    /// Apply a batch in order. Returns whether anything in it asked for
+    /// durability (then take a [`SyncJob`]). On error, everything before
+    /// the failing operation has been applied and `applied()` says so.
+    pub fn apply(&mut self, batch: &[Sequenced]) -> Result<bool, ApplyError> {
         let mut pending: Vec<(u64, Arc<dyn DiskFile>, u64, &[u8])> = Vec::new();
         let mut wants_durable = false;
         for s in batch {
@@ -113,10 +163,7 @@ impl Applier {
         if let Some(last) = batch.last() {
             self.applied = last.seq;
         }
-        if wants_durable {
-            self.sync_all()?;
-        }
-        Ok(())
+        Ok(wants_durable)
     }
 
     fn flush_writes(&mut self, pending: &mut Vec<(u64, Arc<dyn DiskFile>, u64, &[u8])>) -> Result<(), ApplyError> {
@@ -148,7 +195,7 @@ impl Applier {
                 let f = self.disk.open(path, OpenMode::CreateTruncate).map_err(err("create"))?;
                 self.dirty_files.insert(*id, f.clone());
                 self.cache(*id, f);
-                self.dirty_dir(path);
+                self.dirty_dir(seq, path)?;
             }
             Op::Truncate { id, path, len } => {
                 let f = self.file(seq, *id, path)?;
@@ -159,61 +206,39 @@ impl Applier {
                 self.open.remove(id);
                 self.dirty_files.remove(id);
                 self.disk.remove_file(path).map_err(err("unlink"))?;
-                self.dirty_dir(path);
+                self.dirty_dir(seq, path)?;
             }
             Op::Mkdir { path } => {
                 self.disk.create_dir(path).map_err(err("mkdir"))?;
-                self.dirty_dir(path);
+                self.dirty_dir(seq, path)?;
             }
             Op::Rmdir { path } => {
                 self.disk.remove_dir(path).map_err(err("rmdir"))?;
-                let gone = (path.filespace, Some(path.path.clone()));
-                self.dirty_dirs.remove(&gone);
-                self.dirty_dir(path);
+                self.dirty_dir(seq, path)?;
             }
             Op::Rename { from, to } => {
                 self.disk.rename(from, to).map_err(err("rename"))?;
-                // Dirty directories inside a moved directory now live under `to`.
-                let moved: Vec<DirKey> = self
-                    .dirty_dirs
-                    .iter()
-                    .filter(|(_, child)| child.filespace == from.filespace && child.path.is_within(&from.path))
-                    .map(|(k, _)| k.clone())
-                    .collect();
-                for k in moved {
-                    if let Some(child) = self.dirty_dirs.remove(&k) {
-                        if let Some(np) = child.path.rebase(&from.path, &to.path) {
-                            self.dirty_dir(&FsPath::new(child.filespace, np));
-                        }
-                    }
-                }
-                self.dirty_dir(from);
-                self.dirty_dir(to);
+                self.dirty_dir(seq, from)?;
+                self.dirty_dir(seq, to)?;
             }
         }
         self.applied = seq;
         Ok(())
     }
 
-    /// Make everything applied durable: fdatasync dirty files, fsync
-    /// directories whose entries changed. Then `durable() == applied()`.
+    /// Everything applied so far that is not yet durable, as a job.
+    pub fn take_sync_job(&mut self) -> SyncJob {
+        SyncJob {
+            through: self.applied,
+            files: self.dirty_files.drain().map(|(_, f)| f).collect(),
+            dirs: std::mem::take(&mut self.dirty_dirs).into_values().collect(),
+        }
+    }
+
+    /// Make everything applied durable here and now.
     pub fn sync_all(&mut self) -> Result<(), ApplyError> {
-        let seq = self.applied;
-        let files: Vec<Arc<dyn DiskFile>> = self.dirty_files.values().cloned().collect();
-        let refs: Vec<&dyn DiskFile> = files.iter().map(|f| f.as_ref()).collect();
-        for r in self.disk.sync_batch(&refs) {
-            r.map_err(|error| ApplyError { seq, op: "fdatasync", error })?;
-        }
-        self.dirty_files.clear();
-        let dirs = std::mem::take(&mut self.dirty_dirs);
-        for child in dirs.values() {
-            match self.disk.sync_parent_dir(child) {
-                // A directory removed since is recorded in its parent, which is dirty too.
-                Err(e) if e.kind == DiskErrorKind::NotFound => {}
-                r => r.map_err(|error| ApplyError { seq, op: "fsync directory", error })?,
-            }
-        }
-        self.durable = self.applied;
+        let job = self.take_sync_job();
+        self.durable = job.run(self.disk.as_ref())?;
         Ok(())
     }
 }

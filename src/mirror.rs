@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Receive buffer growth per read.
+/// Largest single read from the socket.
 const READ_CHUNK: usize = 1 << 20;
 /// Batches queued between the receiver and the applier.
 const APPLY_QUEUE: usize = 8;
@@ -231,12 +231,11 @@ impl MirrorServer {
         };
         let _ = reader.set_timeout(Some(self.cfg.tuning.ack_timeout));
         let mut dec = Decoder::new();
+        let mut buf = vec![0u8; READ_CHUNK];
         let mut frames = 0u64;
         let end = 'conn: loop {
-            let buf = dec.spare(READ_CHUNK);
-            let n = match reader.recv(buf) {
+            let n = match reader.recv(&mut buf) {
                 Ok(0) => {
-                    dec.commit(READ_CHUNK, 0);
                     break match dec.finish() {
                         Err(e) => SessionEnd::BadFrame(e.to_string()),
                         Ok(()) => SessionEnd::Disconnected("the primary closed the connection".into()),
@@ -244,14 +243,13 @@ impl MirrorServer {
                 }
                 Ok(n) => n,
                 Err(e) => {
-                    dec.commit(READ_CHUNK, 0);
                     if is_timeout(&e) {
                         break SessionEnd::Disconnected(format!("silent for {:?}", self.cfg.tuning.ack_timeout));
                     }
                     break SessionEnd::Disconnected(format!("receive failed: {e}"));
                 }
             };
-            dec.commit(READ_CHUNK, n);
+            dec.feed(&buf[..n]);
             let mut ops = Vec::new();
             let mut wake = false;
             loop {
@@ -298,41 +296,125 @@ fn log_report(r: &SessionReport) {
     }
 }
 
-/// Apply batches in order and acknowledge each. Returns (applied, durable, error).
+/// The watermarks acknowledged to the primary, shared by applier and syncer.
+#[derive(Default)]
+struct Marks {
+    received: AtomicU64,
+    applied: AtomicU64,
+    durable: AtomicU64,
+}
+
+struct AckSender {
+    marks: Marks,
+    writer: std::sync::Mutex<Box<dyn ConnWriter>>,
+}
+
+impl AckSender {
+    /// Send the current watermarks. They are read under the writer lock,
+    /// durable first, so every acknowledgement is monotonic and consistent.
+    fn send(&self) -> bool {
+        let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let durable = self.marks.durable.load(Ordering::SeqCst);
+        let applied = self.marks.applied.load(Ordering::SeqCst);
+        let received = self.marks.received.load(Ordering::SeqCst);
+        let ack = Ack { received, applied, durable };
+        w.send_all(&[IoSlice::new(&ack.to_frame().to_vec())]).is_ok()
+    }
+
+    fn fault(&self, seq: u64, reason: &str) {
+        let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let mut h = Header::new(Kind::Fault);
+        h.seq = seq;
+        let f = Frame::new(h, Bytes::from(reason.as_bytes().to_vec()));
+        let _ = w.send_all(&[IoSlice::new(&f.to_vec())]);
+        w.close();
+    }
+
+    fn close(&self) {
+        self.writer.lock().unwrap_or_else(|e| e.into_inner()).close();
+    }
+}
+
+/// Apply batches in order and acknowledge each; hand durability to the
+/// syncer thread. Returns (applied, durable, error).
 fn applier_loop(
     mut applier: Applier,
     rx: crossbeam_channel::Receiver<ToApplier>,
-    mut writer: Box<dyn ConnWriter>,
+    writer: Box<dyn ConnWriter>,
     failed: Arc<AtomicBool>,
 ) -> (u64, u64, Option<String>) {
+    let base = applier.applied();
+    let acks = Arc::new(AckSender { marks: Marks::default(), writer: std::sync::Mutex::new(writer) });
+    for m in [&acks.marks.received, &acks.marks.applied, &acks.marks.durable] {
+        m.store(base, Ordering::SeqCst);
+    }
+    let (sync_tx, sync_rx) = crossbeam_channel::unbounded::<crate::apply::SyncJob>();
+    let disk = applier.disk().clone();
+    let s_acks = acks.clone();
+    let s_failed = failed.clone();
+    let syncer = std::thread::Builder::new().name("filerep-syncer".into()).spawn(move || {
+        while let Ok(mut job) = sync_rx.recv() {
+            // Group commit: everything queued meanwhile rides along.
+            while let Ok(more) = sync_rx.try_recv() {
+                job.merge(more);
+            }
+            match job.run(disk.as_ref()) {
+                Ok(through) => {
+                    s_acks.marks.durable.store(through, Ordering::SeqCst);
+                    if !s_acks.send() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    // Rule 8: a failed fsync is never retried into a success.
+                    tracing::error!(seq = e.seq, error = %e, "sync failed; ending the session");
+                    s_failed.store(true, Ordering::SeqCst);
+                    s_acks.fault(e.seq, &e.to_string());
+                    return Some(e.to_string());
+                }
+            }
+        }
+        None
+    });
+    let syncer = match syncer {
+        Ok(h) => h,
+        Err(e) => {
+            acks.close();
+            return (base, base, Some(format!("cannot start the syncer thread: {e}")));
+        }
+    };
     let mut error = None;
     while let Ok(msg) = rx.recv() {
+        if failed.load(Ordering::SeqCst) {
+            break;
+        }
         let (ops, received, shutdown) = match msg {
             ToApplier::Batch { ops, received } => (ops, received, false),
             ToApplier::Shutdown { received } => (Vec::new(), received, true),
         };
-        let mut result = applier.apply(&ops);
-        if shutdown && result.is_ok() {
-            result = applier.sync_all();
+        match applier.apply(&ops) {
+            Ok(wants_durable) => {
+                acks.marks.received.store(received, Ordering::SeqCst);
+                acks.marks.applied.store(applier.applied(), Ordering::SeqCst);
+                if wants_durable || shutdown {
+                    let _ = sync_tx.send(applier.take_sync_job());
+                }
+            }
+            Err(e) => {
+                tracing::error!(seq = e.seq, error = %e, "apply failed; ending the session");
+                failed.store(true, Ordering::SeqCst);
+                acks.fault(e.seq, &e.to_string());
+                error = Some(e.to_string());
+                break;
+            }
         }
-        if let Err(e) = result {
-            tracing::error!(seq = e.seq, error = %e, "apply failed; ending the session");
-            let mut h = Header::new(Kind::Fault);
-            h.seq = e.seq;
-            let f = Frame::new(h, Bytes::from(e.to_string().into_bytes()));
-            let _ = writer.send_all(&[IoSlice::new(&f.to_vec())]);
-            error = Some(e.to_string());
-            failed.store(true, Ordering::SeqCst);
-            break;
-        }
-        let ack = Ack { received, applied: applier.applied(), durable: applier.durable() };
-        if writer.send_all(&[IoSlice::new(&ack.to_frame().to_vec())]).is_err() {
-            break;
-        }
-        if shutdown {
+        if !acks.send() || shutdown {
             break;
         }
     }
-    writer.close();
-    (applier.applied(), applier.durable(), error)
+    drop(sync_tx);
+    let sync_error = syncer.join().unwrap_or_else(|_| Some("syncer panicked".into()));
+    acks.close();
+    let durable = acks.marks.durable.load(Ordering::SeqCst);
+    (applier.applied(), durable, error.or(sync_error))
 }

@@ -752,25 +752,18 @@ fn sender_loop(inner: Arc<Inner>, rx: Receiver<Out>, mut writer: Box<dyn ConnWri
 
 fn receiver_loop(inner: Arc<Inner>, mut reader: Box<dyn ConnReader>) {
     let mut dec = Decoder::new();
+    let mut buf = vec![0u8; 64 * 1024];
     let reason = loop {
         if let Some(l) = lock(&inner.marks).lost.clone() {
             break l;
         }
-        let spare = 64 * 1024;
-        let buf = dec.spare(spare);
-        let n = match reader.recv(buf) {
-            Ok(0) => {
-                dec.commit(spare, 0);
-                break "the mirror closed the connection".to_string();
-            }
+        let n = match reader.recv(&mut buf) {
+            Ok(0) => break "the mirror closed the connection".to_string(),
             Ok(n) => n,
             Err(e) if is_timeout(&e) => 0,
-            Err(e) => {
-                dec.commit(spare, 0);
-                break format!("receive failed: {e}");
-            }
+            Err(e) => break format!("receive failed: {e}"),
         };
-        dec.commit(spare, n);
+        dec.feed(&buf[..n]);
         let mut stop = None;
         loop {
             match dec.next_frame() {

@@ -134,6 +134,10 @@ pub trait Disk: Send + Sync {
     fn remove_dir(&self, path: &FsPath) -> DiskResult<()>;
     /// fsync the directory that contains `path` (the filespace root for a top-level name).
     fn sync_parent_dir(&self, path: &FsPath) -> DiskResult<()>;
+    /// A handle on the directory that contains `path`; its `sync_data`
+    /// fsyncs that directory. The handle follows the directory through
+    /// renames, so a deferred directory sync never loses its target.
+    fn parent_dir_handle(&self, path: &FsPath) -> DiskResult<Arc<dyn DiskFile>>;
     /// Whether `path` exists (without following a final symlink).
     fn exists(&self, path: &FsPath) -> DiskResult<bool>;
     /// The backend's name, for logs and benchmark reports.

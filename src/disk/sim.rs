@@ -538,6 +538,18 @@ impl Disk for SimDisk {
         Ok(())
     }
 
+    fn parent_dir_handle(&self, path: &FsPath) -> DiskResult<Arc<dyn DiskFile>> {
+        const OP: &str = "open_parent_dir";
+        let ns = lock(&self.shared.ns);
+        let dir_id = ns.parent_dir(path).map_err(|e| err(OP, path, e))?;
+        Ok(Arc::new(SimDirHandle {
+            shared: Arc::clone(&self.shared),
+            dir_id,
+            path: path.to_string(),
+            epoch: self.shared.epoch.load(Ordering::SeqCst),
+        }))
+    }
+
     fn exists(&self, path: &FsPath) -> DiskResult<bool> {
         const OP: &str = "exists";
         let ns = lock(&self.shared.ns);
@@ -691,5 +703,55 @@ impl DiskFile for SimFile {
     fn len(&self) -> DiskResult<u64> {
         self.check_epoch("len")?;
         Ok(lock(&self.data).live.len() as u64)
+    }
+}
+
+/// An open simulated directory: `sync_data` makes its entries durable.
+pub struct SimDirHandle {
+    shared: Arc<Shared>,
+    dir_id: DirId,
+    path: String,
+    epoch: u64,
+}
+
+impl std::fmt::Debug for SimDirHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimDirHandle").field("path", &self.path).field("dir", &self.dir_id).finish()
+    }
+}
+
+impl SimDirHandle {
+    fn not_a_file(&self, op: &'static str) -> DiskError {
+        DiskError::new(op, &self.path, DiskErrorKind::Io, "EISDIR: a directory handle")
+    }
+}
+
+impl DiskFile for SimDirHandle {
+    fn write_at(&self, _offset: u64, _buf: &[u8]) -> DiskResult<()> {
+        Err(self.not_a_file("write"))
+    }
+    fn read_at(&self, _offset: u64, _buf: &mut [u8]) -> DiskResult<usize> {
+        Err(self.not_a_file("read"))
+    }
+    fn sync_data(&self) -> DiskResult<()> {
+        const OP: &str = "sync_dir";
+        if self.shared.epoch.load(Ordering::SeqCst) != self.epoch {
+            return Err(DiskError::new(OP, &self.path, DiskErrorKind::Io, "EBADF: handle opened before a crash"));
+        }
+        if take(&mut lock(&self.shared.faults).fail_syncs) {
+            return Err(DiskError::new(OP, &self.path, DiskErrorKind::Io, "injected sync failure"));
+        }
+        let mut ns = lock(&self.shared.ns);
+        // A removed directory has nothing left to make durable.
+        if let Ok(dir) = ns.dir_mut(self.dir_id) {
+            dir.durable = dir.live.clone();
+        }
+        Ok(())
+    }
+    fn set_len(&self, _len: u64) -> DiskResult<()> {
+        Err(self.not_a_file("set_len"))
+    }
+    fn len(&self) -> DiskResult<u64> {
+        Err(self.not_a_file("len"))
     }
 }

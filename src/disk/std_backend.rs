@@ -298,6 +298,19 @@ impl Disk for StdDisk {
         }
     }
 
+    fn parent_dir_handle(&self, path: &FsPath) -> DiskResult<Arc<dyn DiskFile>> {
+        const OP: &str = "open_parent_dir";
+        let file = match self.parent_of(OP, path, OFlag::O_RDONLY)? {
+            DirFd::Root(root) => root.try_clone().map_err(|e| DiskError::from_io(OP, path, &e))?,
+            DirFd::Opened(fd) => File::from(fd),
+        };
+        let shown = match path.path.parent() {
+            Some(p) => format!("fs{}:{p}", path.filespace),
+            None => format!("fs{}:", path.filespace),
+        };
+        Ok(Arc::new(StdFile { file, path: shown }))
+    }
+
     fn exists(&self, path: &FsPath) -> DiskResult<bool> {
         const OP: &str = "exists";
         let root = self.root(OP, path)?;

@@ -368,6 +368,10 @@ impl Disk for UringDisk {
         self.std.sync_parent_dir(path)
     }
 
+    fn parent_dir_handle(&self, path: &FsPath) -> DiskResult<Arc<dyn DiskFile>> {
+        self.std.parent_dir_handle(path)
+    }
+
     fn exists(&self, path: &FsPath) -> DiskResult<bool> {
         self.std.exists(path)
     }

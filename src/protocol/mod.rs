@@ -312,19 +312,6 @@ impl Decoder {
         self.buf.extend_from_slice(data);
     }
 
-    /// Space to read into directly, avoiding a copy: call [`Decoder::commit`] after.
-    pub fn spare(&mut self, want: usize) -> &mut [u8] {
-        let len = self.buf.len();
-        self.buf.resize(len + want, 0);
-        &mut self.buf[len..]
-    }
-
-    /// Keep `n` bytes of the last [`Decoder::spare`] and drop the rest.
-    pub fn commit(&mut self, spare_len: usize, n: usize) {
-        let len = self.buf.len();
-        self.buf.truncate(len - spare_len + n);
-    }
-
     /// Bytes buffered but not yet returned as frames.
     pub fn buffered(&self) -> usize {
         self.buf.len()

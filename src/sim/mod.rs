@@ -148,6 +148,9 @@ struct Sim {
     report: SimReport,
     /// Mirror-side "received" for acknowledgements.
     received: u64,
+    /// Sync jobs waiting for the simulated syncer thread.
+    sync_jobs: VecDeque<crate::apply::SyncJob>,
+    mirror_durable: u64,
 }
 
 impl Sim {
@@ -419,17 +422,42 @@ impl Sim {
         while !rest.is_empty() {
             let n = self.rng.gen_range(1..=rest.len());
             let (batch, tail) = rest.split_at(n);
-            self.applier.apply(batch).map_err(|e| self.fail(format!("mirror apply: {e}")))?;
+            let wants_durable = self.applier.apply(batch).map_err(|e| self.fail(format!("mirror apply: {e}")))?;
+            if wants_durable {
+                // As the daemon's syncer thread: the job runs later, while
+                // later batches are applied.
+                self.sync_jobs.push_back(self.applier.take_sync_job());
+            }
             rest = tail;
-            let ack = Ack { received: self.received, applied: self.applier.applied(), durable: self.applier.durable() };
-            let bytes = ack.to_frame().to_vec();
-            self.to_primary.send(&mut self.rng, self.now, &bytes);
+            self.mirror_ack();
         }
         if ops.is_empty() {
-            let ack = Ack { received: self.received, applied: self.applier.applied(), durable: self.applier.durable() };
-            let bytes = ack.to_frame().to_vec();
-            self.to_primary.send(&mut self.rng, self.now, &bytes);
+            self.mirror_ack();
         }
+        Ok(())
+    }
+
+    fn mirror_ack(&mut self) {
+        let ack = Ack { received: self.received, applied: self.applier.applied(), durable: self.mirror_durable };
+        let bytes = ack.to_frame().to_vec();
+        self.to_primary.send(&mut self.rng, self.now, &bytes);
+    }
+
+    /// The syncer: run queued jobs, merged as the daemon merges them.
+    fn syncer_step(&mut self) -> Result<(), SimFailure> {
+        let Some(mut job) = self.sync_jobs.pop_front() else { return Ok(()) };
+        while self.rng.gen_bool(0.5) {
+            match self.sync_jobs.pop_front() {
+                Some(more) => job.merge(more),
+                None => break,
+            }
+        }
+        let through = job.run(self.mirror_disk.as_ref()).map_err(|e| self.fail(format!("mirror sync: {e}")))?;
+        if through < self.mirror_durable {
+            return Err(self.fail(format!("durable went backwards: {through} < {}", self.mirror_durable)));
+        }
+        self.mirror_durable = through;
+        self.mirror_ack();
         Ok(())
     }
 
@@ -445,7 +473,7 @@ impl Sim {
             }
             let ack = Ack::from_body(&f.body).ok_or_else(|| self.fail("malformed ack"))?;
             // Acknowledgements may only claim what the mirror really did.
-            if ack.applied > self.applier.applied() || ack.durable > self.applier.durable() {
+            if ack.applied > self.applier.applied() || ack.durable > self.mirror_durable {
                 return Err(self.fail(format!("ack {ack:?} runs ahead of the mirror")));
             }
             self.stream.on_ack(ack, self.now).map_err(|e| self.fail(format!("primary refused ack: {e}")))?;
@@ -483,16 +511,20 @@ impl Sim {
             if self.rng.gen_bool(0.8) {
                 self.primary_step()?;
             }
+            if self.rng.gen_bool(0.3) {
+                self.syncer_step()?;
+            }
             self.now += 1;
         }
         // Orderly end: the mirror makes everything durable.
         let mut h = Header::new(Kind::Shutdown);
         h.offset = self.stream.last_seq();
         self.ship(h, Bytes::new());
-        while !self.to_mirror.is_empty() || !self.to_primary.is_empty() {
+        while !self.to_mirror.is_empty() || !self.to_primary.is_empty() || !self.sync_jobs.is_empty() {
             self.now += 1;
             self.mirror_step()?;
             self.primary_step()?;
+            self.syncer_step()?;
         }
         self.applier.sync_all().map_err(|e| self.fail(format!("final sync: {e}")))?;
         let last = self.stream.last_seq();
@@ -553,6 +585,8 @@ pub fn run(seed: u64, cfg: &SimConfig) -> Result<SimReport, SimFailure> {
         writers: vec![Wait::Idle; cfg.writers.max(1)],
         report: SimReport::default(),
         received: 0,
+        sync_jobs: VecDeque::new(),
+        mirror_durable: 0,
     };
     sim.run()?;
     Ok(sim.report)
