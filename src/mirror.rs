@@ -1,14 +1,16 @@
 //! The mirror daemon's runtime: accept a primary, check who it is, then
 //! receive, validate and apply its stream.
 //!
-//! Per connection: this thread reads large chunks, decodes frames in place
-//! and validates each one through [`MirrorSession`]; whole chunks of valid
-//! operations go to an applier thread that executes them with [`Applier`]
-//! (batched io_uring writes, grouped fsyncs) and acknowledges once per
-//! batch. A bad frame ends the connection with a logged reason; the batch
-//! it arrived in is discarded, and the daemon serves the next connection.
+//! Per connection: this thread reads large chunks, decodes frames in place,
+//! validates each one through [`MirrorSession`], applies each chunk's valid
+//! operations as one batch with [`Applier`] and acknowledges once per
+//! batch. Durability (grouped fdatasync and directory fsync) runs on a
+//! syncer thread, so applying never waits for the disk to flush. A bad frame
+//! ends the connection with a logged reason; the chunk it arrived in is
+//! discarded, and the daemon serves the next connection.
 
-use crate::apply::{Applier, Sequenced};
+use crate::apply::{Applier, Sequenced, SyncJob};
+use crossbeam_channel::Sender;
 use crate::config::{check_block_size, check_filespaces, Filespace, StreamTuning};
 use crate::core::mirror::{MirrorSession, Step};
 use crate::disk::Disk;
@@ -21,13 +23,11 @@ use bytes::Bytes;
 use std::io::IoSlice;
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Largest single read from the socket.
 const READ_CHUNK: usize = 1 << 20;
-/// Batches queued between the receiver and the applier.
-const APPLY_QUEUE: usize = 8;
 
 #[derive(Clone, Debug)]
 pub struct MirrorConfig {
@@ -82,11 +82,6 @@ pub struct MirrorServer {
     cfg: MirrorConfig,
     disk: Arc<dyn Disk>,
     generation: AtomicU64,
-}
-
-enum ToApplier {
-    Batch { ops: Vec<Sequenced>, received: u64 },
-    Shutdown { received: u64 },
 }
 
 impl MirrorServer {
@@ -210,30 +205,36 @@ impl MirrorServer {
 
     fn stream(&self, hello: Hello, mut reader: Box<dyn ConnReader>, writer: Box<dyn ConnWriter>, peer: &str) -> SessionReport {
         let mut session = MirrorSession::new(self.cfg.block_size, self.cfg.filespaces.len() as u16, hello.start_seq);
-        let applier = Applier::new(self.disk.clone(), hello.start_seq);
-        let (tx, rx) = crossbeam_channel::bounded::<ToApplier>(APPLY_QUEUE);
-        let apply_failed = Arc::new(AtomicBool::new(false));
-        let failed = apply_failed.clone();
-        let handle = std::thread::Builder::new()
-            .name("filerep-applier".into())
-            .spawn(move || applier_loop(applier, rx, writer, failed));
-        let handle = match handle {
-            Ok(h) => h,
+        let mut applier = Applier::new(self.disk.clone(), hello.start_seq);
+        let base = applier.applied();
+        let acks = Arc::new(AckSender { marks: Marks::default(), writer: Mutex::new(writer), failed: AtomicBool::new(false) });
+        for m in [&acks.marks.received, &acks.marks.applied, &acks.marks.durable] {
+            m.store(base, Ordering::SeqCst);
+        }
+        let report = |end, frames| SessionReport {
+            peer: peer.into(),
+            end,
+            frames,
+            applied_through: acks.marks.applied.load(Ordering::SeqCst),
+            durable_through: acks.marks.durable.load(Ordering::SeqCst),
+        };
+        let (sync_tx, syncer) = match spawn_syncer(self.disk.clone(), acks.clone()) {
+            Ok(x) => x,
             Err(e) => {
-                return SessionReport {
-                    peer: peer.into(),
-                    end: SessionEnd::ApplyFailed(format!("cannot start the applier thread: {e}")),
-                    frames: 0,
-                    applied_through: 0,
-                    durable_through: 0,
-                }
+                acks.close();
+                return report(SessionEnd::ApplyFailed(format!("cannot start the syncer thread: {e}")), 0);
             }
         };
         let _ = reader.set_timeout(Some(self.cfg.tuning.ack_timeout));
         let mut dec = Decoder::new();
         let mut buf = vec![0u8; READ_CHUNK];
         let mut frames = 0u64;
+        // Receive, validate and apply on this thread: one wake-up per batch
+        // between the socket and the disk. Only durability is handed off.
         let end = 'conn: loop {
+            if acks.failed.load(Ordering::SeqCst) {
+                break SessionEnd::ApplyFailed("a sync failed".into());
+            }
             let n = match reader.recv(&mut buf) {
                 Ok(0) => {
                     break match dec.finish() {
@@ -242,16 +243,15 @@ impl MirrorServer {
                     };
                 }
                 Ok(n) => n,
-                Err(e) => {
-                    if is_timeout(&e) {
-                        break SessionEnd::Disconnected(format!("silent for {:?}", self.cfg.tuning.ack_timeout));
-                    }
-                    break SessionEnd::Disconnected(format!("receive failed: {e}"));
+                Err(e) if is_timeout(&e) => {
+                    break SessionEnd::Disconnected(format!("silent for {:?}", self.cfg.tuning.ack_timeout))
                 }
+                Err(e) => break SessionEnd::Disconnected(format!("receive failed: {e}")),
             };
             dec.feed(&buf[..n]);
             let mut ops = Vec::new();
             let mut wake = false;
+            let mut shutdown = false;
             loop {
                 let frame: Frame = match dec.next_frame() {
                     Ok(Some(f)) => f,
@@ -263,29 +263,49 @@ impl MirrorServer {
                     Ok(Step::Apply { seq, op, durable }) => ops.push(Sequenced { seq, op, durable }),
                     Ok(Step::Heartbeat) => wake = true,
                     Ok(Step::Shutdown) => {
-                        let received = session.received();
-                        if !ops.is_empty() {
-                            let _ = tx.send(ToApplier::Batch { ops: std::mem::take(&mut ops), received });
-                        }
-                        let _ = tx.send(ToApplier::Shutdown { received });
-                        break 'conn SessionEnd::Shutdown;
+                        shutdown = true;
+                        break;
                     }
+                    // The whole chunk is dropped: nothing of it is applied.
                     Err(e) => break 'conn SessionEnd::BadFrame(e.to_string()),
                 }
             }
-            if !ops.is_empty() || wake {
-                if tx.send(ToApplier::Batch { ops, received: session.received() }).is_err() || apply_failed.load(Ordering::SeqCst) {
-                    break SessionEnd::ApplyFailed("the applier stopped".into());
+            if ops.is_empty() && !wake && !shutdown {
+                continue;
+            }
+            match applier.apply(&ops) {
+                Ok(wants_durable) => {
+                    acks.marks.received.store(session.received(), Ordering::SeqCst);
+                    acks.marks.applied.store(applier.applied(), Ordering::SeqCst);
+                    if wants_durable || shutdown {
+                        let _ = sync_tx.send(applier.take_sync_job());
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(seq = e.seq, error = %e, "apply failed; ending the session");
+                    acks.fault(e.seq, &e.to_string());
+                    break SessionEnd::ApplyFailed(e.to_string());
                 }
             }
+            if shutdown {
+                break SessionEnd::Shutdown;
+            }
+            if !acks.send() {
+                break SessionEnd::Disconnected("sending an acknowledgement failed".into());
+            }
         };
-        drop(tx);
-        let (applied, durable, apply_error) = handle.join().unwrap_or((0, 0, Some("applier panicked".into())));
-        let end = match apply_error {
+        drop(sync_tx);
+        let sync_error = syncer.join().unwrap_or_else(|_| Some("syncer panicked".into()));
+        if end == SessionEnd::Shutdown && sync_error.is_none() {
+            // The final acknowledgement: everything durable.
+            acks.send();
+        }
+        acks.close();
+        let end = match sync_error {
             Some(e) => SessionEnd::ApplyFailed(e),
             None => end,
         };
-        SessionReport { peer: peer.into(), end, frames, applied_through: applied, durable_through: durable }
+        report(end, frames)
     }
 }
 
@@ -296,7 +316,7 @@ fn log_report(r: &SessionReport) {
     }
 }
 
-/// The watermarks acknowledged to the primary, shared by applier and syncer.
+/// The watermarks acknowledged to the primary, shared by receiver and syncer.
 #[derive(Default)]
 struct Marks {
     received: AtomicU64,
@@ -306,7 +326,9 @@ struct Marks {
 
 struct AckSender {
     marks: Marks,
-    writer: std::sync::Mutex<Box<dyn ConnWriter>>,
+    writer: Mutex<Box<dyn ConnWriter>>,
+    /// Set when the session must end (a failed sync).
+    failed: AtomicBool,
 }
 
 impl AckSender {
@@ -335,86 +357,34 @@ impl AckSender {
     }
 }
 
-/// Apply batches in order and acknowledge each; hand durability to the
-/// syncer thread. Returns (applied, durable, error).
-fn applier_loop(
-    mut applier: Applier,
-    rx: crossbeam_channel::Receiver<ToApplier>,
-    writer: Box<dyn ConnWriter>,
-    failed: Arc<AtomicBool>,
-) -> (u64, u64, Option<String>) {
-    let base = applier.applied();
-    let acks = Arc::new(AckSender { marks: Marks::default(), writer: std::sync::Mutex::new(writer) });
-    for m in [&acks.marks.received, &acks.marks.applied, &acks.marks.durable] {
-        m.store(base, Ordering::SeqCst);
-    }
-    let (sync_tx, sync_rx) = crossbeam_channel::unbounded::<crate::apply::SyncJob>();
-    let disk = applier.disk().clone();
-    let s_acks = acks.clone();
-    let s_failed = failed.clone();
-    let syncer = std::thread::Builder::new().name("filerep-syncer".into()).spawn(move || {
-        while let Ok(mut job) = sync_rx.recv() {
-            // Group commit: everything queued meanwhile rides along.
-            while let Ok(more) = sync_rx.try_recv() {
+type SyncerHandle = std::thread::JoinHandle<Option<String>>;
+
+/// The syncer thread: runs sync jobs (merged when several are queued: group
+/// commit), then acknowledges the new durable watermark.
+fn spawn_syncer(disk: Arc<dyn Disk>, acks: Arc<AckSender>) -> std::io::Result<(Sender<SyncJob>, SyncerHandle)> {
+    let (tx, rx) = crossbeam_channel::unbounded::<SyncJob>();
+    let h = std::thread::Builder::new().name("filerep-syncer".into()).spawn(move || {
+        while let Ok(mut job) = rx.recv() {
+            while let Ok(more) = rx.try_recv() {
                 job.merge(more);
             }
             match job.run(disk.as_ref()) {
                 Ok(through) => {
-                    s_acks.marks.durable.store(through, Ordering::SeqCst);
-                    if !s_acks.send() {
+                    acks.marks.durable.store(through, Ordering::SeqCst);
+                    if !acks.send() {
                         break;
                     }
                 }
                 Err(e) => {
                     // Rule 8: a failed fsync is never retried into a success.
                     tracing::error!(seq = e.seq, error = %e, "sync failed; ending the session");
-                    s_failed.store(true, Ordering::SeqCst);
-                    s_acks.fault(e.seq, &e.to_string());
+                    acks.failed.store(true, Ordering::SeqCst);
+                    acks.fault(e.seq, &e.to_string());
                     return Some(e.to_string());
                 }
             }
         }
         None
-    });
-    let syncer = match syncer {
-        Ok(h) => h,
-        Err(e) => {
-            acks.close();
-            return (base, base, Some(format!("cannot start the syncer thread: {e}")));
-        }
-    };
-    let mut error = None;
-    while let Ok(msg) = rx.recv() {
-        if failed.load(Ordering::SeqCst) {
-            break;
-        }
-        let (ops, received, shutdown) = match msg {
-            ToApplier::Batch { ops, received } => (ops, received, false),
-            ToApplier::Shutdown { received } => (Vec::new(), received, true),
-        };
-        match applier.apply(&ops) {
-            Ok(wants_durable) => {
-                acks.marks.received.store(received, Ordering::SeqCst);
-                acks.marks.applied.store(applier.applied(), Ordering::SeqCst);
-                if wants_durable || shutdown {
-                    let _ = sync_tx.send(applier.take_sync_job());
-                }
-            }
-            Err(e) => {
-                tracing::error!(seq = e.seq, error = %e, "apply failed; ending the session");
-                failed.store(true, Ordering::SeqCst);
-                acks.fault(e.seq, &e.to_string());
-                error = Some(e.to_string());
-                break;
-            }
-        }
-        if !acks.send() || shutdown {
-            break;
-        }
-    }
-    drop(sync_tx);
-    let sync_error = syncer.join().unwrap_or_else(|_| Some("syncer panicked".into()));
-    acks.close();
-    let durable = acks.marks.durable.load(Ordering::SeqCst);
-    (applier.applied(), durable, error.or(sync_error))
+    })?;
+    Ok((tx, h))
 }

@@ -24,6 +24,9 @@ pub trait ConnWriter: Send {
     /// Close both directions: the peer's reads see end of stream, and a
     /// local reader blocked on this connection wakes up.
     fn close(&mut self);
+    /// A second handle on the same connection, so another thread can
+    /// close it while this one is blocked in a send.
+    fn clone_writer(&self) -> io::Result<Box<dyn ConnWriter>>;
 }
 
 pub type Conn = (Box<dyn ConnReader>, Box<dyn ConnWriter>);
@@ -68,6 +71,9 @@ impl ConnWriter for TcpWriter {
     }
     fn close(&mut self) {
         let _ = self.0.shutdown(Shutdown::Both);
+    }
+    fn clone_writer(&self) -> io::Result<Box<dyn ConnWriter>> {
+        Ok(Box::new(TcpWriter(self.0.try_clone()?)))
     }
 }
 
@@ -159,9 +165,18 @@ impl ConnWriter for MemWriter {
     fn close(&mut self) {
         if !self.closed {
             self.closed = true;
-            let _ = self.tx.send(None);
-            let _ = self.own_rx_wake.send(None);
+            // Never block in close: a full pipe still ends when its senders drop.
+            let _ = self.tx.try_send(None);
+            let _ = self.own_rx_wake.try_send(None);
         }
+    }
+    fn clone_writer(&self) -> io::Result<Box<dyn ConnWriter>> {
+        Ok(Box::new(MemWriter {
+            tx: self.tx.clone(),
+            own_rx_wake: self.own_rx_wake.clone(),
+            chunk: self.chunk,
+            closed: self.closed,
+        }))
     }
 }
 

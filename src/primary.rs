@@ -2,10 +2,11 @@
 //! change. Each call does its local I/O and ships the change to the mirror
 //! in one ordered stream, then returns when its sync level is met.
 //!
-//! Threads: callers (any number), one sender that drains the bounded frame
-//! queue into large vectored socket writes, one receiver that reads the
-//! mirror's cumulative acknowledgements and wakes every caller at or below
-//! them. The only lock every mutating call takes is the queue lock, held
+//! Threads: callers (any number) and one receiver. A caller queues its
+//! frame and, if no other caller is sending, drains the queue into one
+//! vectored socket write (so frames of many callers leave together with no
+//! thread hop); the receiver reads the mirror's cumulative acknowledgements
+//! and wakes exactly the callers they cover. The only lock every mutating call takes is the queue lock, held
 //! for a sequence number and a push; per-file and per-block stripes order
 //! calls that touch the same file or block, so local and mirror order agree.
 
@@ -18,7 +19,6 @@ use crate::path::RelPath;
 use crate::protocol::handshake::{self, ClusterKey, Hello, Status};
 use crate::protocol::{body_hash, Ack, Decoder, Header, Kind, FLAG_DURABLE, HEADER_LEN, MAX_WRITE_AT};
 use bytes::Bytes;
-use crossbeam_channel::{Receiver, Sender};
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::io::IoSlice;
@@ -30,10 +30,9 @@ use std::time::{Duration, Instant};
 const FILE_STRIPES: usize = 256;
 const BLOCK_STRIPES: usize = 4096;
 const CACHE_SHARDS: usize = 64;
+/// How long a caller polls for its acknowledgement before it parks.
+const SPIN_BEFORE_PARK: Duration = Duration::from_micros(50);
 const MAX_CACHED_PER_SHARD: usize = 64;
-/// Frames the sender gathers into one vectored write.
-const MAX_BATCH_FRAMES: usize = 512;
-const MAX_BATCH_BYTES: usize = 8 << 20;
 
 /// Everything the primary needs to start.
 #[derive(Clone, Debug)]
@@ -69,18 +68,31 @@ pub struct StatsSnapshot {
     pub acked_durable: u64,
 }
 
-enum Out {
-    Frame { header: [u8; HEADER_LEN], body: Bytes },
+/// A frame waiting to be sent: encoded header and body.
+struct Out {
+    header: [u8; HEADER_LEN],
+    body: Bytes,
 }
 
 struct Queue {
     stream: PrimaryStream,
-    tx: Sender<Out>,
+    pending: Vec<Out>,
+    pending_bytes: usize,
+    /// A caller is draining `pending` into the socket; others leave it to them.
+    sending: bool,
+}
+
+/// A caller parked until a watermark reaches its sequence number.
+struct Waiter {
+    seq: u64,
+    durable: bool,
+    thread: std::thread::Thread,
 }
 
 struct Marks {
     ack: Ack,
     lost: Option<String>,
+    waiters: Vec<Waiter>,
 }
 
 struct Inner {
@@ -89,8 +101,17 @@ struct Inner {
     disk: Arc<dyn Disk>,
     filespaces: Vec<Filespace>,
     queue: Mutex<Queue>,
+    /// Signalled when `pending` drains below the bound (backpressure).
+    queue_cv: Condvar,
+    max_pending_bytes: usize,
+    /// The socket; held only by the caller that is sending.
+    sock: Mutex<Box<dyn ConnWriter>>,
+    /// A second handle to close the connection from any thread.
+    closer: Mutex<Box<dyn ConnWriter>>,
     marks: Mutex<Marks>,
-    marks_cv: Condvar,
+    /// Copies of the applied and durable watermarks, for lock-free polling.
+    applied_mark: AtomicU64,
+    durable_mark: AtomicU64,
     file_stripes: Vec<RwLock<()>>,
     block_stripes: Vec<Mutex<()>>,
     /// Taken for writing by directory operations and renames, for reading
@@ -135,8 +156,8 @@ impl Primary {
         let start_seq = 1;
         client_handshake(&cfg, start_seq, reader.as_mut(), writer.as_mut(), peer)?;
         let tuning = cfg.tuning.clone();
-        let (tx, rx) = crossbeam_channel::bounded(tuning.queue_frames.max(1));
         let epoch = Instant::now();
+        let closer = writer.clone_writer().map_err(|e| Error::io("cloning the connection", e))?;
         let inner = Arc::new(Inner {
             identity: cfg.identity.clone(),
             level: cfg.sync_level,
@@ -149,10 +170,17 @@ impl Primary {
                     tuning.heartbeat.as_millis() as u64,
                     tuning.ack_timeout.as_millis() as u64,
                 ),
-                tx,
+                pending: Vec::new(),
+                pending_bytes: 0,
+                sending: false,
             }),
-            marks: Mutex::new(Marks { ack: Ack::default(), lost: None }),
-            marks_cv: Condvar::new(),
+            queue_cv: Condvar::new(),
+            max_pending_bytes: tuning.queue_frames.max(1) * (HEADER_LEN + 32 * 1024),
+            sock: Mutex::new(writer),
+            closer: Mutex::new(closer),
+            marks: Mutex::new(Marks { ack: Ack::default(), lost: None, waiters: Vec::new() }),
+            applied_mark: AtomicU64::new(0),
+            durable_mark: AtomicU64::new(0),
             file_stripes: (0..FILE_STRIPES).map(|_| RwLock::new(())).collect(),
             block_stripes: (0..BLOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             namespace: RwLock::new(()),
@@ -163,11 +191,6 @@ impl Primary {
         });
         tracing::info!(peer, content = cfg.identity.content_id, generation = cfg.identity.generation,
             backend = inner.disk.name(), level = %cfg.sync_level.name(), "primary streaming to mirror");
-        let s_inner = inner.clone();
-        let sender = std::thread::Builder::new()
-            .name("filerep-sender".into())
-            .spawn(move || sender_loop(s_inner, rx, writer))
-            .map_err(|e| Error::io("spawning the sender thread", e))?;
         let r_inner = inner.clone();
         reader
             .set_timeout(Some(tuning.heartbeat))
@@ -176,7 +199,7 @@ impl Primary {
             .name("filerep-receiver".into())
             .spawn(move || receiver_loop(r_inner, reader))
             .map_err(|e| Error::io("spawning the receiver thread", e))?;
-        Ok(Primary { inner, threads: Mutex::new(vec![sender, receiver]) })
+        Ok(Primary { inner, threads: Mutex::new(vec![receiver]) })
     }
 
     pub fn block_size(&self) -> u32 {
@@ -475,11 +498,12 @@ impl Primary {
             let body = Bytes::from(body);
             h.body_len = body.len() as u32;
             h.body_hash = body_hash(&body);
-            let mut q = lock(&inner.queue);
-            let seq = inner.push_locked(&mut q, h, body)?;
+            let mut q = inner.queue_space()?;
+            let seq = inner.push_locked(&mut q, h, body);
             q.stream.rebind(&from, &to);
             seq
         };
+        inner.flush();
         inner.wait_namespace(seq)
     }
 
@@ -494,14 +518,15 @@ impl Primary {
     pub fn shutdown(&self, timeout: Duration) -> Result<u64> {
         let inner = &self.inner;
         let last = {
-            let q = lock(&inner.queue);
+            let mut q = lock(&inner.queue);
             let last = q.stream.last_seq();
             let mut h = Header::new(Kind::Shutdown);
             h.offset = last;
-            let _ = q.tx.send(Out::Frame { header: h.encode(), body: Bytes::new() });
+            q.pending.push(Out { header: h.encode(), body: Bytes::new() });
             last
         };
-        let result = inner.wait_timeout(last, timeout);
+        inner.flush();
+        let result = inner.wait_mark(last, true, Some(Instant::now() + timeout));
         inner.stop("shut down");
         for t in lock(&self.threads).drain(..) {
             let _ = t.join();
@@ -583,7 +608,7 @@ impl Inner {
         if self.level == SyncLevel::Durable && matches!(h.kind, Kind::WriteBlock | Kind::Extend | Kind::WriteAt) {
             h.flags |= FLAG_DURABLE;
         }
-        let mut q = lock(&self.queue);
+        let mut q = self.queue_space()?;
         let (id, bind) = q.stream.bind(p).map_err(|e| Error::InvalidArgument(e.to_string()))?;
         if let Some((bh, path)) = bind {
             // A path is a few bytes: hashing it under the lock costs little.
@@ -591,38 +616,99 @@ impl Inner {
             let mut bh = bh;
             bh.body_len = path.len() as u32;
             bh.body_hash = body_hash(&path);
-            self.send_locked(&q, bh, path)?;
+            Self::push_out(&mut q, bh, path);
         }
         h.file_id = id;
-        let seq = self.push_locked(&mut q, h, body)?;
+        let seq = self.push_locked(&mut q, h, body);
+        drop(q);
         self.stats.operations.fetch_add(1, Ordering::Relaxed);
         self.stats.payload_bytes.fetch_add(payload as u64, Ordering::Relaxed);
+        self.flush();
         Ok(seq)
     }
 
     fn ship_unbound(&self, mut h: Header, body: Bytes) -> Result<u64> {
         h.body_len = body.len() as u32;
         h.body_hash = body_hash(&body);
+        let mut q = self.queue_space()?;
+        let seq = self.push_locked(&mut q, h, body);
+        drop(q);
+        self.flush();
+        Ok(seq)
+    }
+
+    /// The queue lock, once there is room (backpressure: a full queue makes
+    /// callers wait for the sender to drain it).
+    fn queue_space(&self) -> Result<MutexGuard<'_, Queue>> {
         let mut q = lock(&self.queue);
-        self.push_locked(&mut q, h, body)
+        while q.pending_bytes >= self.max_pending_bytes {
+            if let Some(l) = lock(&self.marks).lost.clone() {
+                return Err(Error::MirrorLost(l));
+            }
+            q = self.queue_cv.wait_timeout(q, Duration::from_millis(100)).unwrap_or_else(|e| e.into_inner()).0;
+        }
+        Ok(q)
     }
 
     /// `h` must already carry the body's length and checksum.
-    fn push_locked(&self, q: &mut Queue, h: Header, body: Bytes) -> Result<u64> {
+    fn push_locked(&self, q: &mut Queue, h: Header, body: Bytes) -> u64 {
         let h = q.stream.operation(h);
         q.stream.on_sent(self.now_ms());
-        self.send_locked(q, h, body)?;
-        Ok(h.seq)
+        Self::push_out(q, h, body);
+        h.seq
     }
 
-    fn send_locked(&self, q: &Queue, h: Header, body: Bytes) -> Result<()> {
-        // Blocking here while full is the backpressure: callers queue behind.
-        q.tx.send(Out::Frame { header: h.encode(), body })
-            .map_err(|_| Error::MirrorLost(self.lost_reason()))
+    fn push_out(q: &mut Queue, h: Header, body: Bytes) {
+        q.pending_bytes += HEADER_LEN + body.len();
+        q.pending.push(Out { header: h.encode(), body });
     }
 
-    fn lost_reason(&self) -> String {
-        lock(&self.marks).lost.clone().unwrap_or_else(|| "the sender stopped".into())
+    /// Send what is queued, unless another caller already is: that one
+    /// takes ours too. No sender thread means no wake-up between a caller
+    /// and the socket; whoever finds the queue idle drains it in batches.
+    fn flush(&self) {
+        let mut q = lock(&self.queue);
+        if q.sending {
+            return;
+        }
+        q.sending = true;
+        loop {
+            let batch = std::mem::take(&mut q.pending);
+            q.pending_bytes = 0;
+            if batch.is_empty() {
+                q.sending = false;
+                return;
+            }
+            drop(q);
+            self.queue_cv.notify_all();
+            self.send_batch(&batch);
+            q = lock(&self.queue);
+        }
+    }
+
+    fn send_batch(&self, batch: &[Out]) {
+        if lock(&self.marks).lost.is_some() {
+            return;
+        }
+        let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(batch.len() * 2);
+        let mut wire = 0u64;
+        for out in batch {
+            slices.push(IoSlice::new(&out.header));
+            wire += HEADER_LEN as u64;
+            if !out.body.is_empty() {
+                slices.push(IoSlice::new(&out.body));
+                wire += out.body.len() as u64;
+            }
+        }
+        let r = lock(&self.sock).send_all(&slices);
+        match r {
+            Ok(()) => {
+                self.stats.frames_sent.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                self.stats.wire_bytes_sent.fetch_add(wire, Ordering::Relaxed);
+                self.stats.batches_sent.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => self.lose(format!("send failed: {e}")),
+        }
     }
 
     fn wait_level(&self, seq: u64) -> Result<()> {
@@ -643,111 +729,89 @@ impl Inner {
     }
 
     fn wait_for(&self, seq: u64, mark: impl Fn(&Ack) -> u64) -> Result<()> {
-        let mut m = lock(&self.marks);
-        loop {
-            if mark(&m.ack) >= seq {
+        let durable = mark(&Ack { received: 0, applied: 0, durable: 1 }) == 1;
+        self.wait_mark(seq, durable, None)
+    }
+
+    /// Park until the applied (or durable) watermark reaches `seq`. Only
+    /// the acknowledgement that covers a caller wakes it.
+    fn wait_mark(&self, seq: u64, durable: bool, deadline: Option<Instant>) -> Result<()> {
+        let reached = |m: &Marks| if durable { m.ack.durable >= seq } else { m.ack.applied >= seq };
+        // An acknowledgement usually arrives within tens of microseconds:
+        // poll briefly before parking, which saves a futex wake-up per call.
+        let mark = if durable { &self.durable_mark } else { &self.applied_mark };
+        let spin_until = Instant::now() + SPIN_BEFORE_PARK;
+        while Instant::now() < spin_until {
+            if mark.load(Ordering::Acquire) >= seq {
                 return Ok(());
             }
+            std::thread::yield_now();
+        }
+        let mut m = lock(&self.marks);
+        if reached(&m) {
+            return Ok(());
+        }
+        m.waiters.push(Waiter { seq, durable, thread: std::thread::current() });
+        loop {
             if let Some(l) = &m.lost {
                 return Err(Error::MirrorLost(l.clone()));
             }
-            m = self.marks_cv.wait(m).unwrap_or_else(|e| e.into_inner());
+            drop(m);
+            match deadline {
+                None => std::thread::park(),
+                Some(d) => std::thread::park_timeout(d.saturating_duration_since(Instant::now())),
+            }
+            m = lock(&self.marks);
+            if reached(&m) {
+                return Ok(());
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(Error::MirrorLost(format!("no acknowledgement of {seq} in time")));
+            }
         }
     }
 
-    fn wait_timeout(&self, seq: u64, timeout: Duration) -> Result<()> {
-        let deadline = Instant::now() + timeout;
+    /// A new acknowledgement: record it and wake exactly the callers it covers.
+    fn acknowledge(&self, ack: Ack) {
+        self.applied_mark.store(ack.applied, Ordering::Release);
+        self.durable_mark.store(ack.durable, Ordering::Release);
         let mut m = lock(&self.marks);
-        loop {
-            if m.ack.durable >= seq {
-                return Ok(());
+        m.ack = ack;
+        m.waiters.retain(|w| {
+            let done = if w.durable { ack.durable >= w.seq } else { ack.applied >= w.seq };
+            if done {
+                w.thread.unpark();
             }
-            if let Some(l) = &m.lost {
-                return Err(Error::MirrorLost(l.clone()));
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(Error::MirrorLost(format!("no durable acknowledgement of {seq} within {timeout:?}")));
-            }
-            m = self.marks_cv.wait_timeout(m, left).unwrap_or_else(|e| e.into_inner()).0;
-        }
+            !done
+        });
     }
 
     fn lose(&self, reason: String) {
+        self.end_stream(reason, true);
+    }
+
+    fn end_stream(&self, reason: String, unexpected: bool) {
         let mut m = lock(&self.marks);
         if m.lost.is_none() {
-            tracing::warn!(%reason, "mirror lost");
+            if unexpected {
+                tracing::warn!(%reason, "mirror lost");
+            } else {
+                tracing::info!(%reason, "stream closed");
+            }
             m.lost = Some(reason);
         }
+        for w in m.waiters.drain(..) {
+            w.thread.unpark();
+        }
         drop(m);
-        self.marks_cv.notify_all();
+        self.queue_cv.notify_all();
+        lock(&self.closer).close();
     }
 
     /// End the stream on purpose: the threads see it and close the connection.
     fn stop(&self, why: &str) {
-        let mut m = lock(&self.marks);
-        if m.lost.is_none() {
-            tracing::info!(why, "stream closed");
-            m.lost = Some(why.to_string());
-        }
-        drop(m);
-        self.marks_cv.notify_all();
+        self.end_stream(why.to_string(), false);
     }
-}
-
-fn sender_loop(inner: Arc<Inner>, rx: Receiver<Out>, mut writer: Box<dyn ConnWriter>) {
-    let mut batch: Vec<Out> = Vec::with_capacity(MAX_BATCH_FRAMES);
-    loop {
-        // Wake now and then to notice a lost stream even when idle.
-        let first = match rx.recv_timeout(Duration::from_millis(100)) {
-            Ok(f) => f,
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
-                if lock(&inner.marks).lost.is_some() {
-                    break;
-                }
-                continue;
-            }
-            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
-        };
-        batch.push(first);
-        let mut bytes = 0usize;
-        while batch.len() < MAX_BATCH_FRAMES && bytes < MAX_BATCH_BYTES {
-            match rx.try_recv() {
-                Ok(f) => {
-                    let Out::Frame { body, .. } = &f;
-                    bytes += HEADER_LEN + body.len();
-                    batch.push(f);
-                }
-                Err(_) => break,
-            }
-        }
-        let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(batch.len() * 2);
-        let mut wire = 0u64;
-        for Out::Frame { header, body } in &batch {
-            slices.push(IoSlice::new(header));
-            wire += HEADER_LEN as u64;
-            if !body.is_empty() {
-                slices.push(IoSlice::new(body));
-                wire += body.len() as u64;
-            }
-        }
-        let r = writer.send_all(&slices);
-        drop(slices);
-        let frames = batch.len() as u64;
-        batch.clear();
-        if let Err(e) = r {
-            tracing::warn!(error = %e, "send to mirror failed");
-            inner.lose(format!("send failed: {e}"));
-            break;
-        }
-        inner.stats.frames_sent.fetch_add(frames, Ordering::Relaxed);
-        inner.stats.wire_bytes_sent.fetch_add(wire, Ordering::Relaxed);
-        inner.stats.batches_sent.fetch_add(1, Ordering::Relaxed);
-        if lock(&inner.marks).lost.is_some() {
-            break;
-        }
-    }
-    writer.close();
 }
 
 fn receiver_loop(inner: Arc<Inner>, mut reader: Box<dyn ConnReader>) {
@@ -776,10 +840,7 @@ fn receiver_loop(inner: Arc<Inner>, mut reader: Box<dyn ConnReader>) {
                         let now = inner.now_ms();
                         let r = lock(&inner.queue).stream.on_ack(ack, now);
                         match r {
-                            Ok(a) => {
-                                lock(&inner.marks).ack = a;
-                                inner.marks_cv.notify_all();
-                            }
+                            Ok(a) => inner.acknowledge(a),
                             Err(e) => {
                                 stop = Some(format!("protocol violation: {e}"));
                                 break;
@@ -816,10 +877,13 @@ fn receiver_loop(inner: Arc<Inner>, mut reader: Box<dyn ConnReader>) {
             if a == TimerAction::SendHeartbeat {
                 let mut h = Header::new(Kind::Heartbeat);
                 h.offset = q.stream.last_seq();
-                let _ = q.tx.try_send(Out::Frame { header: h.encode(), body: Bytes::new() });
+                Inner::push_out(&mut q, h, Bytes::new());
             }
             a
         };
+        if action == TimerAction::SendHeartbeat {
+            inner.flush();
+        }
         if let TimerAction::MirrorSilent { silent_ms } = action {
             break format!("no acknowledgement for {silent_ms} ms");
         }
