@@ -3,12 +3,14 @@
 //! same code.
 //!
 //! Consecutive writes go to the backend as one batch (one io_uring
-//! submission). Durability is grouped: a batch that holds a sync, a flush or
-//! a write flagged durable yields a [`SyncJob`]: one round of `fdatasync`
-//! over every file written since the last round and `fsync` of every
-//! directory whose entries changed, after which everything applied up to
-//! that batch is durable. The daemon runs jobs on a syncer thread, so
-//! writes keep being applied while earlier ones are made durable.
+//! submission). Durability is grouped into [`SyncJob`]s that the daemon runs
+//! on a syncer thread, so writes keep being applied while earlier ones are
+//! made durable:
+//! - a sync or flush frame asks for its own file (`fdatasync`) and every
+//!   directory whose entries changed (`fsync`): then "synced through" moves;
+//! - a write flagged durable, a shutdown, or the periodic checkpoint asks
+//!   for everything written since the last full job: then "durable through"
+//!   moves too.
 
 use crate::core::mirror::Op;
 use crate::disk::{BatchWrite, Disk, DiskError, DiskFile, FsPath, OpenMode};
@@ -39,11 +41,14 @@ pub struct Sequenced {
 
 type DirKey = (u16, Option<RelPath>);
 
-/// Everything to make durable for "durable through `through`": files
-/// written and directories whose entries changed, as open handles (they
-/// follow renames). Run it on any thread; jobs merge for group commit.
+/// Handles to make durable, as open descriptors (they follow renames).
+/// Run it on any thread; consecutive jobs merge (group commit).
 pub struct SyncJob {
+    /// Every sync/flush frame up to here is covered.
     pub through: u64,
+    /// Set when everything applied up to this point is covered, not only
+    /// the files that asked: completing the job moves "durable through".
+    pub durable_through: Option<u64>,
     files: Vec<Arc<dyn DiskFile>>,
     dirs: Vec<Arc<dyn DiskFile>>,
 }
@@ -52,6 +57,7 @@ impl SyncJob {
     /// Fold a later job into this one.
     pub fn merge(&mut self, later: SyncJob) {
         self.through = self.through.max(later.through);
+        self.durable_through = self.durable_through.max(later.durable_through);
         self.files.extend(later.files);
         self.dirs.extend(later.dirs);
     }
@@ -78,6 +84,9 @@ pub struct Applier {
     dirty_files: HashMap<u32, Arc<dyn DiskFile>>,
     /// Directories whose entries changed since the last sync job.
     dirty_dirs: BTreeMap<DirKey, Arc<dyn DiskFile>>,
+    /// Files whose sync or flush frames wait for the next job.
+    sync_requests: HashMap<u32, Arc<dyn DiskFile>>,
+    full_requested: bool,
     applied: u64,
     durable: u64,
 }
@@ -91,6 +100,8 @@ impl Applier {
             open: HashMap::new(),
             dirty_files: HashMap::new(),
             dirty_dirs: BTreeMap::new(),
+            sync_requests: HashMap::new(),
+            full_requested: false,
             applied: base,
             durable: base,
         }
@@ -147,7 +158,6 @@ impl Applier {
     /// the failing operation has been applied and `applied()` says so.
     pub fn apply(&mut self, batch: &[Sequenced]) -> Result<bool, ApplyError> {
         let mut pending: Vec<(u64, Arc<dyn DiskFile>, u64, &[u8])> = Vec::new();
-        let mut wants_durable = false;
         for s in batch {
             if let Op::Write { id, path, offset, data } = &s.op {
                 let f = self.file(s.seq, *id, path)?;
@@ -157,13 +167,28 @@ impl Applier {
                 self.flush_writes(&mut pending)?;
                 self.apply_one(s)?;
             }
-            wants_durable |= s.durable || matches!(s.op, Op::Sync);
+            self.full_requested |= s.durable;
         }
         self.flush_writes(&mut pending)?;
         if let Some(last) = batch.last() {
             self.applied = last.seq;
         }
-        Ok(wants_durable)
+        Ok(self.wants_sync())
+    }
+
+    /// Whether a sync job is wanted.
+    pub fn wants_sync(&self) -> bool {
+        self.full_requested || !self.sync_requests.is_empty()
+    }
+
+    /// Ask for a full job (shutdown, periodic checkpoint).
+    pub fn request_full(&mut self) {
+        self.full_requested = true;
+    }
+
+    /// Whether anything applied is not yet known durable by a full job.
+    pub fn has_unsynced(&self) -> bool {
+        !self.dirty_files.is_empty() || !self.dirty_dirs.is_empty()
     }
 
     fn flush_writes(&mut self, pending: &mut Vec<(u64, Arc<dyn DiskFile>, u64, &[u8])>) -> Result<(), ApplyError> {
@@ -190,7 +215,13 @@ impl Applier {
         let seq = s.seq;
         let err = |op: &'static str| move |error: DiskError| ApplyError { seq, op, error };
         match &s.op {
-            Op::Bind | Op::Sync | Op::Write { .. } => {}
+            Op::Bind | Op::Write { .. } => {}
+            Op::Sync { id, path } => {
+                let f = self.file(seq, *id, path)?;
+                // Its data up to here is covered by the next job.
+                self.dirty_files.remove(id);
+                self.sync_requests.insert(*id, f);
+            }
             Op::Create { id, path } => {
                 let f = self.disk.open(path, OpenMode::CreateTruncate).map_err(err("create"))?;
                 self.dirty_files.insert(*id, f.clone());
@@ -226,17 +257,25 @@ impl Applier {
         Ok(())
     }
 
-    /// Everything applied so far that is not yet durable, as a job.
+    /// The files that asked for a sync (all dirty files when a full job
+    /// was requested) and every dirty directory, as a job.
     pub fn take_sync_job(&mut self) -> SyncJob {
+        let full = std::mem::take(&mut self.full_requested);
+        let mut files: Vec<Arc<dyn DiskFile>> = self.sync_requests.drain().map(|(_, f)| f).collect();
+        if full {
+            files.extend(self.dirty_files.drain().map(|(_, f)| f));
+        }
         SyncJob {
             through: self.applied,
-            files: self.dirty_files.drain().map(|(_, f)| f).collect(),
+            durable_through: full.then_some(self.applied),
+            files,
             dirs: std::mem::take(&mut self.dirty_dirs).into_values().collect(),
         }
     }
 
     /// Make everything applied durable here and now.
     pub fn sync_all(&mut self) -> Result<(), ApplyError> {
+        self.request_full();
         let job = self.take_sync_job();
         self.durable = job.run(self.disk.as_ref())?;
         Ok(())

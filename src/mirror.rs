@@ -24,8 +24,10 @@ use std::io::IoSlice;
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+/// A full sync at least this often while anything is dirty.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 /// Largest single read from the socket.
 const READ_CHUNK: usize = 1 << 20;
 
@@ -208,7 +210,7 @@ impl MirrorServer {
         let mut applier = Applier::new(self.disk.clone(), hello.start_seq);
         let base = applier.applied();
         let acks = Arc::new(AckSender { marks: Marks::default(), writer: Mutex::new(writer), failed: AtomicBool::new(false) });
-        for m in [&acks.marks.received, &acks.marks.applied, &acks.marks.durable] {
+        for m in [&acks.marks.received, &acks.marks.applied, &acks.marks.synced, &acks.marks.durable] {
             m.store(base, Ordering::SeqCst);
         }
         let report = |end, frames| SessionReport {
@@ -229,6 +231,7 @@ impl MirrorServer {
         let mut dec = Decoder::new();
         let mut buf = vec![0u8; READ_CHUNK];
         let mut frames = 0u64;
+        let mut last_full = Instant::now();
         // Receive, validate and apply on this thread: one wake-up per batch
         // between the socket and the disk. Only durability is handed off.
         let end = 'conn: loop {
@@ -274,10 +277,15 @@ impl MirrorServer {
                 continue;
             }
             match applier.apply(&ops) {
-                Ok(wants_durable) => {
+                Ok(wants_sync) => {
                     acks.marks.received.store(session.received(), Ordering::SeqCst);
                     acks.marks.applied.store(applier.applied(), Ordering::SeqCst);
-                    if wants_durable || shutdown {
+                    // A checkpoint bounds how far "durable through" lags.
+                    if shutdown || (applier.has_unsynced() && last_full.elapsed() >= CHECKPOINT_INTERVAL) {
+                        applier.request_full();
+                        last_full = Instant::now();
+                    }
+                    if wants_sync || applier.wants_sync() {
                         let _ = sync_tx.send(applier.take_sync_job());
                     }
                 }
@@ -321,6 +329,7 @@ fn log_report(r: &SessionReport) {
 struct Marks {
     received: AtomicU64,
     applied: AtomicU64,
+    synced: AtomicU64,
     durable: AtomicU64,
 }
 
@@ -337,9 +346,10 @@ impl AckSender {
     fn send(&self) -> bool {
         let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let durable = self.marks.durable.load(Ordering::SeqCst);
+        let synced = self.marks.synced.load(Ordering::SeqCst);
         let applied = self.marks.applied.load(Ordering::SeqCst);
         let received = self.marks.received.load(Ordering::SeqCst);
-        let ack = Ack { received, applied, durable };
+        let ack = Ack { received, applied, synced, durable };
         w.send_all(&[IoSlice::new(&ack.to_frame().to_vec())]).is_ok()
     }
 
@@ -370,7 +380,10 @@ fn spawn_syncer(disk: Arc<dyn Disk>, acks: Arc<AckSender>) -> std::io::Result<(S
             }
             match job.run(disk.as_ref()) {
                 Ok(through) => {
-                    acks.marks.durable.store(through, Ordering::SeqCst);
+                    acks.marks.synced.fetch_max(through, Ordering::SeqCst);
+                    if let Some(d) = job.durable_through {
+                        acks.marks.durable.fetch_max(d, Ordering::SeqCst);
+                    }
                     if !acks.send() {
                         break;
                     }

@@ -82,10 +82,28 @@ struct Queue {
     sending: bool,
 }
 
+/// Which acknowledgement watermark a caller waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mark {
+    Applied = 0,
+    Synced = 1,
+    Durable = 2,
+}
+
+impl Mark {
+    fn of(self, a: &Ack) -> u64 {
+        match self {
+            Mark::Applied => a.applied,
+            Mark::Synced => a.synced,
+            Mark::Durable => a.durable,
+        }
+    }
+}
+
 /// A caller parked until a watermark reaches its sequence number.
 struct Waiter {
     seq: u64,
-    durable: bool,
+    mark: Mark,
     thread: std::thread::Thread,
 }
 
@@ -109,9 +127,8 @@ struct Inner {
     /// A second handle to close the connection from any thread.
     closer: Mutex<Box<dyn ConnWriter>>,
     marks: Mutex<Marks>,
-    /// Copies of the applied and durable watermarks, for lock-free polling.
-    applied_mark: AtomicU64,
-    durable_mark: AtomicU64,
+    /// Copies of the watermarks (by [`Mark`]), for lock-free polling.
+    mark_copies: [AtomicU64; 3],
     file_stripes: Vec<RwLock<()>>,
     block_stripes: Vec<Mutex<()>>,
     /// Taken for writing by directory operations and renames, for reading
@@ -179,8 +196,7 @@ impl Primary {
             sock: Mutex::new(writer),
             closer: Mutex::new(closer),
             marks: Mutex::new(Marks { ack: Ack::default(), lost: None, waiters: Vec::new() }),
-            applied_mark: AtomicU64::new(0),
-            durable_mark: AtomicU64::new(0),
+            mark_copies: [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)],
             file_stripes: (0..FILE_STRIPES).map(|_| RwLock::new(())).collect(),
             block_stripes: (0..BLOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             namespace: RwLock::new(()),
@@ -441,7 +457,7 @@ impl Primary {
         if let Err(e) = file.sync_data() {
             return Err(inner.fault(format!("local fdatasync of {p} failed: {e}; nothing written to it is durable")));
         }
-        inner.wait_for(seq, |a| a.durable)
+        inner.wait_mark(seq, Mark::Synced, None)
     }
 
     // ---- filespace operations -------------------------------------------
@@ -526,7 +542,7 @@ impl Primary {
             last
         };
         inner.flush();
-        let result = inner.wait_mark(last, true, Some(Instant::now() + timeout));
+        let result = inner.wait_mark(last, Mark::Durable, Some(Instant::now() + timeout));
         inner.stop("shut down");
         for t in lock(&self.threads).drain(..) {
             let _ = t.join();
@@ -713,9 +729,9 @@ impl Inner {
 
     fn wait_level(&self, seq: u64) -> Result<()> {
         match self.level {
-            SyncLevel::Applied => self.wait_for(seq, |a| a.applied),
-            SyncLevel::Durable => self.wait_for(seq, |a| a.durable),
-            SyncLevel::Async { window } => self.wait_for(seq.saturating_sub(window), |a| a.applied),
+            SyncLevel::Applied => self.wait_mark(seq, Mark::Applied, None),
+            SyncLevel::Durable => self.wait_mark(seq, Mark::Durable, None),
+            SyncLevel::Async { window } => self.wait_mark(seq.saturating_sub(window), Mark::Applied, None),
         }
     }
 
@@ -723,35 +739,29 @@ impl Inner {
     /// they are rare and a later write depends on them.
     fn wait_namespace(&self, seq: u64) -> Result<()> {
         match self.level {
-            SyncLevel::Durable => self.wait_for(seq, |a| a.durable),
-            _ => self.wait_for(seq, |a| a.applied),
+            SyncLevel::Durable => self.wait_mark(seq, Mark::Durable, None),
+            _ => self.wait_mark(seq, Mark::Applied, None),
         }
     }
 
-    fn wait_for(&self, seq: u64, mark: impl Fn(&Ack) -> u64) -> Result<()> {
-        let durable = mark(&Ack { received: 0, applied: 0, durable: 1 }) == 1;
-        self.wait_mark(seq, durable, None)
-    }
-
-    /// Park until the applied (or durable) watermark reaches `seq`. Only
-    /// the acknowledgement that covers a caller wakes it.
-    fn wait_mark(&self, seq: u64, durable: bool, deadline: Option<Instant>) -> Result<()> {
-        let reached = |m: &Marks| if durable { m.ack.durable >= seq } else { m.ack.applied >= seq };
+    /// Park until watermark `mark` reaches `seq`. Only the acknowledgement
+    /// that covers a caller wakes it.
+    fn wait_mark(&self, seq: u64, mark: Mark, deadline: Option<Instant>) -> Result<()> {
         // An acknowledgement usually arrives within tens of microseconds:
         // poll briefly before parking, which saves a futex wake-up per call.
-        let mark = if durable { &self.durable_mark } else { &self.applied_mark };
+        let polled = &self.mark_copies[mark as usize];
         let spin_until = Instant::now() + SPIN_BEFORE_PARK;
         while Instant::now() < spin_until {
-            if mark.load(Ordering::Acquire) >= seq {
+            if polled.load(Ordering::Acquire) >= seq {
                 return Ok(());
             }
             std::thread::yield_now();
         }
         let mut m = lock(&self.marks);
-        if reached(&m) {
+        if mark.of(&m.ack) >= seq {
             return Ok(());
         }
-        m.waiters.push(Waiter { seq, durable, thread: std::thread::current() });
+        m.waiters.push(Waiter { seq, mark, thread: std::thread::current() });
         loop {
             if let Some(l) = &m.lost {
                 return Err(Error::MirrorLost(l.clone()));
@@ -762,7 +772,7 @@ impl Inner {
                 Some(d) => std::thread::park_timeout(d.saturating_duration_since(Instant::now())),
             }
             m = lock(&self.marks);
-            if reached(&m) {
+            if mark.of(&m.ack) >= seq {
                 return Ok(());
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -773,12 +783,13 @@ impl Inner {
 
     /// A new acknowledgement: record it and wake exactly the callers it covers.
     fn acknowledge(&self, ack: Ack) {
-        self.applied_mark.store(ack.applied, Ordering::Release);
-        self.durable_mark.store(ack.durable, Ordering::Release);
+        for mark in [Mark::Applied, Mark::Synced, Mark::Durable] {
+            self.mark_copies[mark as usize].store(mark.of(&ack), Ordering::Release);
+        }
         let mut m = lock(&self.marks);
         m.ack = ack;
         m.waiters.retain(|w| {
-            let done = if w.durable { ack.durable >= w.seq } else { ack.applied >= w.seq };
+            let done = w.mark.of(&ack) >= w.seq;
             if done {
                 w.thread.unpark();
             }

@@ -42,8 +42,9 @@ pub enum Op {
     Write { id: u32, path: FsPath, offset: u64, data: Bytes },
     Truncate { id: u32, path: FsPath, len: u64 },
     Unlink { id: u32, path: FsPath },
-    /// Sync or flush: everything up to here must be durable.
-    Sync,
+    /// Sync or flush: the file's data up to here, and every directory
+    /// entry changed so far, must be durable.
+    Sync { id: u32, path: FsPath },
     Mkdir { path: FsPath },
     Rmdir { path: FsPath },
     Rename { from: FsPath, to: FsPath },
@@ -169,7 +170,7 @@ impl MirrorSession {
             }
             Kind::Sync | Kind::Flush => {
                 no_body(f.body.len())?;
-                Op::Sync
+                Op::Sync { id: h.file_id, path: self.path_of(h.kind, seq, h.file_id)? }
             }
             Kind::Mkdir => Op::Mkdir { path: self.body_path(seq, h.filespace, &f.body)? },
             Kind::Rmdir => Op::Rmdir { path: self.body_path(seq, h.filespace, &f.body)? },
@@ -235,7 +236,7 @@ mod tests {
         }
         assert_eq!(m.received(), 2);
         assert_eq!(
-            m.on_frame(&frame(Kind::Sync, 4, 5, 0, b"")),
+            m.on_frame(&frame(Kind::Flush, 4, 5, 0, b"")),
             Err(SessionError::OutOfOrder { want: 3, got: 4 })
         );
     }

@@ -19,7 +19,7 @@ pub enum StreamViolation {
     Backwards { had: Ack, got: Ack },
     #[error("acknowledgement {got:?} is beyond the last sequence sent ({last})")]
     Ahead { got: Ack, last: u64 },
-    #[error("acknowledgement {0:?} claims more applied than received or more durable than applied")]
+    #[error("acknowledgement {0:?} breaks durable <= synced <= applied <= received")]
     Inconsistent(Ack),
     #[error("more than {MAX_BOUND_FILES} files bound in one session")]
     TooManyFiles,
@@ -52,7 +52,7 @@ impl PrimaryStream {
         let start = start_seq.max(1);
         PrimaryStream {
             next_seq: start,
-            acked: Ack { received: start - 1, applied: start - 1, durable: start - 1 },
+            acked: Ack { received: start - 1, applied: start - 1, synced: start - 1, durable: start - 1 },
             bindings: HashMap::new(),
             next_file_id: 1,
             heartbeat_ms,
@@ -134,13 +134,17 @@ impl PrimaryStream {
     /// A cumulative acknowledgement arrived. Returns the new watermarks.
     pub fn on_ack(&mut self, got: Ack, now_ms: u64) -> Result<Ack, StreamViolation> {
         let had = self.acked;
-        if got.received < had.received || got.applied < had.applied || got.durable < had.durable {
+        if got.received < had.received
+            || got.applied < had.applied
+            || got.synced < had.synced
+            || got.durable < had.durable
+        {
             return Err(StreamViolation::Backwards { had, got });
         }
         if got.received > self.last_seq() {
             return Err(StreamViolation::Ahead { got, last: self.last_seq() });
         }
-        if got.applied > got.received || got.durable > got.applied {
+        if got.applied > got.received || got.synced > got.applied || got.durable > got.synced {
             return Err(StreamViolation::Inconsistent(got));
         }
         self.acked = got;
@@ -203,11 +207,14 @@ mod tests {
         for _ in 0..5 {
             s.operation(Header::new(Kind::Sync));
         }
-        let a = Ack { received: 4, applied: 3, durable: 1 };
+        let a = Ack { received: 4, applied: 3, synced: 2, durable: 1 };
         assert_eq!(s.on_ack(a, 1), Ok(a));
-        assert!(matches!(s.on_ack(Ack { received: 3, applied: 3, durable: 1 }, 2), Err(StreamViolation::Backwards { .. })));
-        assert!(matches!(s.on_ack(Ack { received: 6, applied: 3, durable: 1 }, 2), Err(StreamViolation::Ahead { .. })));
-        assert!(matches!(s.on_ack(Ack { received: 5, applied: 3, durable: 4 }, 2), Err(StreamViolation::Inconsistent(_))));
+        let ack = |received, applied, synced, durable| Ack { received, applied, synced, durable };
+        assert!(matches!(s.on_ack(ack(3, 3, 2, 1), 2), Err(StreamViolation::Backwards { .. })));
+        assert!(matches!(s.on_ack(ack(4, 3, 1, 1), 2), Err(StreamViolation::Backwards { .. })));
+        assert!(matches!(s.on_ack(ack(6, 3, 2, 1), 2), Err(StreamViolation::Ahead { .. })));
+        assert!(matches!(s.on_ack(ack(5, 3, 3, 4), 2), Err(StreamViolation::Inconsistent(_))));
+        assert!(matches!(s.on_ack(ack(5, 3, 4, 1), 2), Err(StreamViolation::Inconsistent(_))));
     }
 
     #[test]

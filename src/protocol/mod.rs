@@ -72,7 +72,7 @@ pub enum Kind {
     Heartbeat = 32,
     /// Orderly end of the stream: the mirror makes everything durable, acknowledges, closes.
     Shutdown = 33,
-    /// Mirror → primary cumulative acknowledgement. Body: received, applied, durable (u64 each).
+    /// Mirror → primary cumulative acknowledgement. Body: received, applied, synced, durable (u64 each).
     Ack = 64,
     /// Mirror → primary: the mirror could not apply `seq`; body: reason. The stream ends.
     Fault = 65,
@@ -263,22 +263,30 @@ impl Frame {
     }
 }
 
-/// Cumulative acknowledgement carried by [`Kind::Ack`] frames.
+/// Cumulative acknowledgement carried by [`Kind::Ack`] frames. Each field
+/// is "through N": every operation with a sequence number up to N.
+/// Always `durable <= synced <= applied <= received`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Ack {
+    /// Received and validated.
     pub received: u64,
+    /// Written to the mirror's files (page cache).
     pub applied: u64,
+    /// Every sync and flush frame: its file is durable on the mirror.
+    pub synced: u64,
+    /// Everything, data and directory entries, is durable on the mirror.
     pub durable: u64,
 }
 
 impl Ack {
-    pub const BODY_LEN: usize = 24;
+    pub const BODY_LEN: usize = 32;
 
     pub fn to_frame(self) -> Frame {
         let mut body = [0u8; Self::BODY_LEN];
         body[0..8].copy_from_slice(&self.received.to_le_bytes());
         body[8..16].copy_from_slice(&self.applied.to_le_bytes());
-        body[16..24].copy_from_slice(&self.durable.to_le_bytes());
+        body[16..24].copy_from_slice(&self.synced.to_le_bytes());
+        body[24..32].copy_from_slice(&self.durable.to_le_bytes());
         Frame::new(Header::new(Kind::Ack), Bytes::copy_from_slice(&body))
     }
 
@@ -289,7 +297,8 @@ impl Ack {
         Some(Ack {
             received: u64::from_le_bytes(le8(&body[0..8])),
             applied: u64::from_le_bytes(le8(&body[8..16])),
-            durable: u64::from_le_bytes(le8(&body[16..24])),
+            synced: u64::from_le_bytes(le8(&body[16..24])),
+            durable: u64::from_le_bytes(le8(&body[24..32])),
         })
     }
 }
@@ -442,7 +451,7 @@ mod tests {
 
     #[test]
     fn ack_round_trip() {
-        let a = Ack { received: 9, applied: 8, durable: 3 };
+        let a = Ack { received: 9, applied: 8, synced: 5, durable: 3 };
         let f = a.to_frame();
         assert_eq!(f.header.kind, Kind::Ack);
         assert_eq!(Ack::from_body(&f.body), Some(a));

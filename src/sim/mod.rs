@@ -125,7 +125,7 @@ struct Model {
 enum Wait {
     Idle,
     Applied(u64),
-    Durable(u64),
+    Synced(u64),
 }
 
 struct Sim {
@@ -150,6 +150,7 @@ struct Sim {
     received: u64,
     /// Sync jobs waiting for the simulated syncer thread.
     sync_jobs: VecDeque<crate::apply::SyncJob>,
+    mirror_synced: u64,
     mirror_durable: u64,
 }
 
@@ -272,7 +273,7 @@ impl Sim {
                 let f = disk.open(&p, OpenMode::Existing).map_err(|e| dfail(self, "open", e))?;
                 let seq = self.ship_op(&p, Header::new(if kind == FileKind::Flat { Kind::Flush } else { Kind::Sync }), Bytes::new())?;
                 f.sync_data().map_err(|e| dfail(self, "sync", e))?;
-                Wait::Durable(seq)
+                Wait::Synced(seq)
             }
             69..=74 => {
                 let Some(p) = self.pick_file(FileKind::Relation) else { return Ok(Wait::Idle) };
@@ -405,12 +406,14 @@ impl Sim {
         self.mirror_dec.feed(&bytes);
         let mut ops = Vec::new();
         let mut wake = false;
+        let mut shutdown = false;
         while let Some(f) = self.mirror_dec.next_frame().map_err(|e| self.fail(format!("mirror decode: {e}")))? {
             match self.session.on_frame(&f).map_err(|e| self.fail(format!("mirror refused frame: {e}")))? {
                 Step::Apply { seq, op, durable } => ops.push(Sequenced { seq, op, durable }),
                 Step::Heartbeat => wake = true,
                 Step::Shutdown => {
                     wake = true;
+                    shutdown = true;
                 }
             }
         }
@@ -422,14 +425,22 @@ impl Sim {
         while !rest.is_empty() {
             let n = self.rng.gen_range(1..=rest.len());
             let (batch, tail) = rest.split_at(n);
-            let wants_durable = self.applier.apply(batch).map_err(|e| self.fail(format!("mirror apply: {e}")))?;
-            if wants_durable {
+            self.applier.apply(batch).map_err(|e| self.fail(format!("mirror apply: {e}")))?;
+            // The daemon's periodic checkpoint, at random moments.
+            if self.rng.gen_bool(0.05) {
+                self.applier.request_full();
+            }
+            if self.applier.wants_sync() {
                 // As the daemon's syncer thread: the job runs later, while
                 // later batches are applied.
                 self.sync_jobs.push_back(self.applier.take_sync_job());
             }
             rest = tail;
             self.mirror_ack();
+        }
+        if shutdown {
+            self.applier.request_full();
+            self.sync_jobs.push_back(self.applier.take_sync_job());
         }
         if ops.is_empty() {
             self.mirror_ack();
@@ -438,7 +449,12 @@ impl Sim {
     }
 
     fn mirror_ack(&mut self) {
-        let ack = Ack { received: self.received, applied: self.applier.applied(), durable: self.mirror_durable };
+        let ack = Ack {
+            received: self.received,
+            applied: self.applier.applied(),
+            synced: self.mirror_synced,
+            durable: self.mirror_durable,
+        };
         let bytes = ack.to_frame().to_vec();
         self.to_primary.send(&mut self.rng, self.now, &bytes);
     }
@@ -453,10 +469,13 @@ impl Sim {
             }
         }
         let through = job.run(self.mirror_disk.as_ref()).map_err(|e| self.fail(format!("mirror sync: {e}")))?;
-        if through < self.mirror_durable {
-            return Err(self.fail(format!("durable went backwards: {through} < {}", self.mirror_durable)));
+        if through < self.mirror_synced {
+            return Err(self.fail(format!("synced went backwards: {through} < {}", self.mirror_synced)));
         }
-        self.mirror_durable = through;
+        self.mirror_synced = through;
+        if let Some(d) = job.durable_through {
+            self.mirror_durable = self.mirror_durable.max(d);
+        }
         self.mirror_ack();
         Ok(())
     }
@@ -473,7 +492,7 @@ impl Sim {
             }
             let ack = Ack::from_body(&f.body).ok_or_else(|| self.fail("malformed ack"))?;
             // Acknowledgements may only claim what the mirror really did.
-            if ack.applied > self.applier.applied() || ack.durable > self.mirror_durable {
+            if ack.applied > self.applier.applied() || ack.synced > self.mirror_synced || ack.durable > self.mirror_durable {
                 return Err(self.fail(format!("ack {ack:?} runs ahead of the mirror")));
             }
             self.stream.on_ack(ack, self.now).map_err(|e| self.fail(format!("primary refused ack: {e}")))?;
@@ -486,7 +505,7 @@ impl Sim {
         match w {
             Wait::Idle => true,
             Wait::Applied(s) => a.applied >= s,
-            Wait::Durable(s) => a.durable >= s,
+            Wait::Synced(s) => a.synced >= s,
         }
     }
 
@@ -586,6 +605,7 @@ pub fn run(seed: u64, cfg: &SimConfig) -> Result<SimReport, SimFailure> {
         report: SimReport::default(),
         received: 0,
         sync_jobs: VecDeque::new(),
+        mirror_synced: 0,
         mirror_durable: 0,
     };
     sim.run()?;
