@@ -41,6 +41,9 @@ pub struct Sequenced {
 
 type DirKey = (u16, Option<RelPath>);
 
+/// A write waiting for its batch: (sequence number, file, offset, data).
+type PendingWrite<'a> = (u64, Arc<dyn DiskFile>, u64, &'a [u8]);
+
 /// Handles to make durable, as open descriptors (they follow renames).
 /// Run it on any thread; consecutive jobs merge (group commit).
 pub struct SyncJob {
@@ -125,10 +128,7 @@ impl Applier {
         if let Some(f) = self.open.get(&id) {
             return Ok(f.clone());
         }
-        let f = self
-            .disk
-            .open(path, OpenMode::Existing)
-            .map_err(|error| ApplyError { seq, op: "open", error })?;
+        let f = self.disk.open(path, OpenMode::Existing).map_err(|error| ApplyError { seq, op: "open", error })?;
         self.cache(id, f.clone());
         Ok(f)
     }
@@ -144,10 +144,8 @@ impl Applier {
     fn dirty_dir(&mut self, seq: u64, child: &FsPath) -> Result<(), ApplyError> {
         let key = (child.filespace, child.path.parent());
         if !self.dirty_dirs.contains_key(&key) {
-            let h = self
-                .disk
-                .parent_dir_handle(child)
-                .map_err(|error| ApplyError { seq, op: "open directory", error })?;
+            let h =
+                self.disk.parent_dir_handle(child).map_err(|error| ApplyError { seq, op: "open directory", error })?;
             self.dirty_dirs.insert(key, h);
         }
         Ok(())
@@ -157,7 +155,7 @@ impl Applier {
     /// durability (then take a [`SyncJob`]). On error, everything before
     /// the failing operation has been applied and `applied()` says so.
     pub fn apply(&mut self, batch: &[Sequenced]) -> Result<bool, ApplyError> {
-        let mut pending: Vec<(u64, Arc<dyn DiskFile>, u64, &[u8])> = Vec::new();
+        let mut pending: Vec<PendingWrite<'_>> = Vec::new();
         for s in batch {
             if let Op::Write { id, path, offset, data } = &s.op {
                 let f = self.file(s.seq, *id, path)?;
@@ -191,14 +189,12 @@ impl Applier {
         !self.dirty_files.is_empty() || !self.dirty_dirs.is_empty()
     }
 
-    fn flush_writes(&mut self, pending: &mut Vec<(u64, Arc<dyn DiskFile>, u64, &[u8])>) -> Result<(), ApplyError> {
+    fn flush_writes(&mut self, pending: &mut Vec<PendingWrite<'_>>) -> Result<(), ApplyError> {
         if pending.is_empty() {
             return Ok(());
         }
-        let writes: Vec<BatchWrite<'_>> = pending
-            .iter()
-            .map(|(_, f, offset, data)| BatchWrite { file: f.as_ref(), offset: *offset, data })
-            .collect();
+        let writes: Vec<BatchWrite<'_>> =
+            pending.iter().map(|(_, f, offset, data)| BatchWrite { file: f.as_ref(), offset: *offset, data }).collect();
         let results = self.disk.write_batch(&writes);
         drop(writes);
         for ((seq, ..), r) in pending.iter().zip(results) {

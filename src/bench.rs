@@ -67,7 +67,8 @@ pub struct BenchReport {
 
 fn hist() -> Histogram<u64> {
     // 1 µs to 60 s at three significant digits.
-    Histogram::new_with_bounds(1, 60_000_000, 3).unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()))
+    Histogram::new_with_bounds(1, 60_000_000, 3)
+        .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()))
 }
 
 fn us(d: Duration) -> u64 {

@@ -44,9 +44,7 @@ pub fn check_block_size(bs: u32) -> Result<u32> {
     if BLOCK_SIZES.contains(&bs) {
         Ok(bs)
     } else {
-        Err(Error::InvalidArgument(format!(
-            "block size {bs}: choose 8192, 16384 or 32768 (8, 16 or 32 KiB)"
-        )))
+        Err(Error::InvalidArgument(format!("block size {bs}: choose 8192, 16384 or 32768 (8, 16 or 32 KiB)")))
     }
 }
 
@@ -87,7 +85,9 @@ impl SyncLevel {
             other => {
                 if let Some(w) = other.strip_prefix("async:") {
                     let window = w.parse::<u64>().ok().filter(|w| (1..=1_000_000).contains(w)).ok_or_else(|| {
-                        Error::InvalidArgument(format!("sync level {other:?}: the window must be 1..=1000000 operations"))
+                        Error::InvalidArgument(format!(
+                            "sync level {other:?}: the window must be 1..=1000000 operations"
+                        ))
                     })?;
                     return Ok(SyncLevel::Async { window });
                 }

@@ -10,7 +10,6 @@
 //! discarded, and the daemon serves the next connection.
 
 use crate::apply::{Applier, Sequenced, SyncJob};
-use crossbeam_channel::Sender;
 use crate::config::{check_block_size, check_filespaces, Filespace, StreamTuning};
 use crate::core::mirror::{MirrorSession, Step};
 use crate::disk::Disk;
@@ -20,6 +19,7 @@ use crate::primary::read_message;
 use crate::protocol::handshake::{self, ClusterKey, Hello, Status, Verdict};
 use crate::protocol::{Ack, Decoder, Frame, Header, Kind};
 use bytes::Bytes;
+use crossbeam_channel::Sender;
 use std::io::IoSlice;
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -155,16 +155,20 @@ impl MirrorServer {
         };
         let disconnected = |e: std::io::Error| SessionEnd::Disconnected(format!("during handshake: {e}"));
         let _ = reader.set_timeout(Some(self.cfg.tuning.handshake_timeout));
-        let raw = read_message(reader).map_err(disconnected)?;
+        let raw = match read_message(reader) {
+            Ok(r) => r,
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                return Err(refuse(writer, Status::Malformed, e.to_string()))
+            }
+            Err(e) => return Err(disconnected(e)),
+        };
         let hello = match Hello::decode(&raw) {
             Ok(h) => h,
             Err(e) => return Err(refuse(writer, Status::Malformed, e.to_string())),
         };
         let mut server_nonce = [0u8; 32];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut server_nonce);
-        writer
-            .send_all(&[IoSlice::new(&handshake::Challenge { server_nonce }.encode())])
-            .map_err(disconnected)?;
+        writer.send_all(&[IoSlice::new(&handshake::Challenge { server_nonce }.encode())]).map_err(disconnected)?;
         let proof = read_message(reader).map_err(disconnected)?;
         let proof = match handshake::Proof::decode(&proof) {
             Ok(p) => p,
@@ -177,26 +181,44 @@ impl MirrorServer {
         }
         let cfg = &self.cfg;
         if hello.cluster_id != cfg.cluster_id {
-            return Err(refuse(writer, Status::WrongCluster, format!(
-                "cluster id {:#x} is not this mirror's cluster {:#x}", hello.cluster_id, cfg.cluster_id)));
+            return Err(refuse(
+                writer,
+                Status::WrongCluster,
+                format!("cluster id {:#x} is not this mirror's cluster {:#x}", hello.cluster_id, cfg.cluster_id),
+            ));
         }
         if hello.content_id != cfg.content_id {
-            return Err(refuse(writer, Status::WrongContent, format!(
-                "content {} is not this mirror's content {}", hello.content_id, cfg.content_id)));
+            return Err(refuse(
+                writer,
+                Status::WrongContent,
+                format!("content {} is not this mirror's content {}", hello.content_id, cfg.content_id),
+            ));
         }
         if hello.block_size != cfg.block_size {
-            return Err(refuse(writer, Status::WrongBlockSize, format!(
-                "block size {} differs from this mirror's {}", hello.block_size, cfg.block_size)));
+            return Err(refuse(
+                writer,
+                Status::WrongBlockSize,
+                format!("block size {} differs from this mirror's {}", hello.block_size, cfg.block_size),
+            ));
         }
         let names: Vec<&str> = cfg.filespaces.iter().map(|f| f.name.as_str()).collect();
         if hello.filespaces.iter().map(String::as_str).ne(names.iter().copied()) {
-            return Err(refuse(writer, Status::FilespaceMismatch, format!(
-                "filespaces {:?} differ from this mirror's {:?}", hello.filespaces, names)));
+            return Err(refuse(
+                writer,
+                Status::FilespaceMismatch,
+                format!("filespaces {:?} differ from this mirror's {:?}", hello.filespaces, names),
+            ));
         }
         let current = self.generation();
         if hello.generation < current {
-            return Err(refuse(writer, Status::StaleGeneration, format!(
-                "generation {} is older than this mirror's {current}: that primary was replaced", hello.generation)));
+            return Err(refuse(
+                writer,
+                Status::StaleGeneration,
+                format!(
+                    "generation {} is older than this mirror's {current}: that primary was replaced",
+                    hello.generation
+                ),
+            ));
         }
         self.generation.store(hello.generation, Ordering::SeqCst);
         let mirror_proof = key.mirror_proof(&raw, &hello.client_nonce, &server_nonce);
@@ -205,11 +227,18 @@ impl MirrorServer {
         Ok(hello)
     }
 
-    fn stream(&self, hello: Hello, mut reader: Box<dyn ConnReader>, writer: Box<dyn ConnWriter>, peer: &str) -> SessionReport {
+    fn stream(
+        &self,
+        hello: Hello,
+        mut reader: Box<dyn ConnReader>,
+        writer: Box<dyn ConnWriter>,
+        peer: &str,
+    ) -> SessionReport {
         let mut session = MirrorSession::new(self.cfg.block_size, self.cfg.filespaces.len() as u16, hello.start_seq);
         let mut applier = Applier::new(self.disk.clone(), hello.start_seq);
         let base = applier.applied();
-        let acks = Arc::new(AckSender { marks: Marks::default(), writer: Mutex::new(writer), failed: AtomicBool::new(false) });
+        let acks =
+            Arc::new(AckSender { marks: Marks::default(), writer: Mutex::new(writer), failed: AtomicBool::new(false) });
         for m in [&acks.marks.received, &acks.marks.applied, &acks.marks.synced, &acks.marks.durable] {
             m.store(base, Ordering::SeqCst);
         }
@@ -319,7 +348,9 @@ impl MirrorServer {
 
 fn log_report(r: &SessionReport) {
     match &r.end {
-        SessionEnd::Shutdown => tracing::info!(peer = %r.peer, frames = r.frames, durable = r.durable_through, "session ended: orderly shutdown"),
+        SessionEnd::Shutdown => {
+            tracing::info!(peer = %r.peer, frames = r.frames, durable = r.durable_through, "session ended: orderly shutdown")
+        }
         end => tracing::warn!(peer = %r.peer, frames = r.frames, applied = r.applied_through, "session ended: {end}"),
     }
 }

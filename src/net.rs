@@ -195,7 +195,8 @@ pub fn mem_pair(chunk: usize, capacity: usize) -> (Conn, Conn) {
     let reader = |rx| MemReader { rx, leftover: Vec::new(), at: 0, timeout: None, eof: false };
     let a = (
         Box::new(reader(b_rx)) as Box<dyn ConnReader>,
-        Box::new(MemWriter { tx: a_tx.clone(), own_rx_wake: b_tx.clone(), chunk, closed: false }) as Box<dyn ConnWriter>,
+        Box::new(MemWriter { tx: a_tx.clone(), own_rx_wake: b_tx.clone(), chunk, closed: false })
+            as Box<dyn ConnWriter>,
     );
     let b = (
         Box::new(reader(a_rx)) as Box<dyn ConnReader>,

@@ -52,9 +52,7 @@ impl RelPath {
             match component {
                 ".." => return Err(PathError::DotDot(s.to_string())),
                 "" | "." => return Err(PathError::EmptyComponent(s.to_string())),
-                c if c.len() > MAX_COMPONENT_BYTES => {
-                    return Err(PathError::ComponentTooLong(s.to_string()))
-                }
+                c if c.len() > MAX_COMPONENT_BYTES => return Err(PathError::ComponentTooLong(s.to_string())),
                 _ => {}
             }
         }

@@ -208,9 +208,7 @@ impl Primary {
         tracing::info!(peer, content = cfg.identity.content_id, generation = cfg.identity.generation,
             backend = inner.disk.name(), level = %cfg.sync_level.name(), "primary streaming to mirror");
         let r_inner = inner.clone();
-        reader
-            .set_timeout(Some(tuning.heartbeat))
-            .map_err(|e| Error::io("setting the receive timeout", e))?;
+        reader.set_timeout(Some(tuning.heartbeat)).map_err(|e| Error::io("setting the receive timeout", e))?;
         let receiver = std::thread::Builder::new()
             .name("filerep-receiver".into())
             .spawn(move || receiver_loop(r_inner, reader))
@@ -902,8 +900,9 @@ fn receiver_loop(inner: Arc<Inner>, mut reader: Box<dyn ConnReader>) {
     inner.lose(reason);
 }
 
-/// Run the primary's side of the handshake.
-fn client_handshake(
+/// Run the primary's side of the handshake (public for tools and tests
+/// that speak the protocol directly).
+pub fn client_handshake(
     cfg: &PrimaryConfig,
     start_seq: u64,
     reader: &mut dyn ConnReader,
@@ -929,9 +928,7 @@ fn client_handshake(
     let challenge = read_message(reader).map_err(io_err)?;
     let challenge = handshake::Challenge::decode(&challenge).map_err(hs_err)?;
     let proof = cfg.key.primary_proof(handshake::payload(&hello_bytes), &client_nonce, &challenge.server_nonce);
-    writer
-        .send_all(&[IoSlice::new(&handshake::Proof { proof }.encode())])
-        .map_err(io_err)?;
+    writer.send_all(&[IoSlice::new(&handshake::Proof { proof }.encode())]).map_err(io_err)?;
     let verdict = read_message(reader).map_err(io_err)?;
     let verdict = handshake::Verdict::decode(&verdict).map_err(hs_err)?;
     if verdict.status != Status::Accepted {

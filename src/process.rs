@@ -63,10 +63,8 @@ impl MirrorProcess {
             .spawn()
             .map_err(|e| Error::io(format!("starting {} mirror", exe.display()), e))?;
         let pid = child.id();
-        let stdout = child
-            .stdout
-            .take()
-            .ok_or_else(|| Error::InvalidArgument("mirror stdout was not captured".into()))?;
+        let stdout =
+            child.stdout.take().ok_or_else(|| Error::InvalidArgument("mirror stdout was not captured".into()))?;
         let mut lines = BufReader::new(stdout).lines();
         let addr = loop {
             match lines.next() {
@@ -92,7 +90,8 @@ impl MirrorProcess {
     /// Ask the daemon to stop (SIGTERM) and wait for it.
     pub fn stop(mut self) -> Result<ExitStatus> {
         let mut child = self.child.take().ok_or_else(|| Error::InvalidArgument("mirror already stopped".into()))?;
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+        let _ =
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
         child.wait().map_err(|e| Error::io("waiting for the mirror", e))
     }
 

@@ -124,7 +124,9 @@ impl Writer {
                         let mut back = vec![0u8; self.block_size];
                         p.read_block(fs, &path, b, &mut back)?;
                         if back != data {
-                            return Err(Error::InvalidArgument(format!("read_block of {path} block {b} returned other data")));
+                            return Err(Error::InvalidArgument(format!(
+                                "read_block of {path} block {b} returned other data"
+                            )));
                         }
                         self.count("read_block");
                     }
@@ -267,6 +269,16 @@ pub fn run(primary: &Arc<Primary>, cfg: &WorkloadConfig) -> Result<WorkloadRepor
 
 /// Every operation type of the storage API.
 pub const ALL_KINDS: [&str; 12] = [
-    "create", "extend", "write_block", "read_block", "write_at", "flush", "sync", "truncate", "unlink", "rename", "mkdir",
+    "create",
+    "extend",
+    "write_block",
+    "read_block",
+    "write_at",
+    "flush",
+    "sync",
+    "truncate",
+    "unlink",
+    "rename",
+    "mkdir",
     "rmdir",
 ];

@@ -38,22 +38,51 @@ pub enum SessionError {
 pub enum Op {
     /// Binding only: nothing to do on disk.
     Bind,
-    Create { id: u32, path: FsPath },
-    Write { id: u32, path: FsPath, offset: u64, data: Bytes },
-    Truncate { id: u32, path: FsPath, len: u64 },
-    Unlink { id: u32, path: FsPath },
+    Create {
+        id: u32,
+        path: FsPath,
+    },
+    Write {
+        id: u32,
+        path: FsPath,
+        offset: u64,
+        data: Bytes,
+    },
+    Truncate {
+        id: u32,
+        path: FsPath,
+        len: u64,
+    },
+    Unlink {
+        id: u32,
+        path: FsPath,
+    },
     /// Sync or flush: the file's data up to here, and every directory
     /// entry changed so far, must be durable.
-    Sync { id: u32, path: FsPath },
-    Mkdir { path: FsPath },
-    Rmdir { path: FsPath },
-    Rename { from: FsPath, to: FsPath },
+    Sync {
+        id: u32,
+        path: FsPath,
+    },
+    Mkdir {
+        path: FsPath,
+    },
+    Rmdir {
+        path: FsPath,
+    },
+    Rename {
+        from: FsPath,
+        to: FsPath,
+    },
 }
 
 /// What one frame asks of the mirror.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
-    Apply { seq: u64, op: Op, durable: bool },
+    Apply {
+        seq: u64,
+        op: Op,
+        durable: bool,
+    },
     /// Answer with an acknowledgement.
     Heartbeat,
     /// Make everything durable, acknowledge, close.
@@ -79,10 +108,7 @@ impl MirrorSession {
     }
 
     fn path_of(&self, kind: Kind, seq: u64, id: u32) -> Result<FsPath, SessionError> {
-        self.bindings
-            .get(&id)
-            .cloned()
-            .ok_or(SessionError::UnknownFile { kind: kind.name(), seq, id })
+        self.bindings.get(&id).cloned().ok_or(SessionError::UnknownFile { kind: kind.name(), seq, id })
     }
 
     fn body_path(&self, seq: u64, fs: u16, raw: &[u8]) -> Result<FsPath, SessionError> {
@@ -153,7 +179,12 @@ impl MirrorSession {
                 if h.offset.checked_add(f.body.len() as u64).is_none_or(|end| end > MAX_FILE_BYTES) {
                     return Err(bounds(format!("offset {} is beyond the largest file", h.offset)));
                 }
-                Op::Write { id: h.file_id, path: self.path_of(h.kind, seq, h.file_id)?, offset: h.offset, data: f.body.clone() }
+                Op::Write {
+                    id: h.file_id,
+                    path: self.path_of(h.kind, seq, h.file_id)?,
+                    offset: h.offset,
+                    data: f.body.clone(),
+                }
             }
             Kind::Truncate => {
                 no_body(f.body.len())?;
@@ -235,10 +266,7 @@ mod tests {
             other => panic!("unexpected {other:?}"),
         }
         assert_eq!(m.received(), 2);
-        assert_eq!(
-            m.on_frame(&frame(Kind::Flush, 4, 5, 0, b"")),
-            Err(SessionError::OutOfOrder { want: 3, got: 4 })
-        );
+        assert_eq!(m.on_frame(&frame(Kind::Flush, 4, 5, 0, b"")), Err(SessionError::OutOfOrder { want: 3, got: 4 }));
     }
 
     #[test]
@@ -248,12 +276,21 @@ mod tests {
         let mut m = MirrorSession::new(8192, 1, 1);
         assert!(matches!(m.on_frame(&frame(Kind::Bind, 1, 1, 0, b"/etc/passwd")), Err(SessionError::BadPath { .. })));
         let mut m = MirrorSession::new(8192, 1, 1);
-        assert!(matches!(m.on_frame(&frame(Kind::WriteBlock, 1, 9, 0, &[0; 8192])), Err(SessionError::UnknownFile { .. })));
+        assert!(matches!(
+            m.on_frame(&frame(Kind::WriteBlock, 1, 9, 0, &[0; 8192])),
+            Err(SessionError::UnknownFile { .. })
+        ));
         let mut m = MirrorSession::new(8192, 1, 1);
         m.on_frame(&frame(Kind::Bind, 1, 1, 0, b"f")).unwrap();
         assert!(matches!(m.on_frame(&frame(Kind::WriteBlock, 2, 1, 0, &[0; 100])), Err(SessionError::Bounds { .. })));
-        assert!(matches!(m.on_frame(&frame(Kind::WriteBlock, 2, 1, u64::MAX / 2, &[0; 8192])), Err(SessionError::Bounds { .. })));
-        assert!(matches!(m.on_frame(&frame(Kind::WriteAt, 2, 1, MAX_FILE_BYTES, b"x")), Err(SessionError::Bounds { .. })));
+        assert!(matches!(
+            m.on_frame(&frame(Kind::WriteBlock, 2, 1, u64::MAX / 2, &[0; 8192])),
+            Err(SessionError::Bounds { .. })
+        ));
+        assert!(matches!(
+            m.on_frame(&frame(Kind::WriteAt, 2, 1, MAX_FILE_BYTES, b"x")),
+            Err(SessionError::Bounds { .. })
+        ));
         assert!(matches!(m.on_frame(&frame(Kind::Ack, 0, 0, 0, b"")), Err(SessionError::WrongDirection { .. })));
         let mut h = Header::new(Kind::Mkdir);
         h.seq = 2;

@@ -25,13 +25,18 @@ pub enum StreamViolation {
     TooManyFiles,
 }
 
+/// A `Bind` header (sequence number assigned) and its body, the path.
+pub type BindFrame = (Header, Vec<u8>);
+
 /// What the timer says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TimerAction {
     Nothing,
     SendHeartbeat,
     /// No acknowledgement for longer than the timeout: the mirror is lost.
-    MirrorSilent { silent_ms: u64 },
+    MirrorSilent {
+        silent_ms: u64,
+    },
 }
 
 #[derive(Debug)]
@@ -79,7 +84,7 @@ impl PrimaryStream {
 
     /// The id bound to `path`, binding it first if needed; a new binding
     /// yields a `Bind` header that must be sent before the caller's frame.
-    pub fn bind(&mut self, path: &FsPath) -> Result<(u32, Option<(Header, Vec<u8>)>), StreamViolation> {
+    pub fn bind(&mut self, path: &FsPath) -> Result<(u32, Option<BindFrame>), StreamViolation> {
         if let Some(&id) = self.bindings.get(path) {
             return Ok((id, None));
         }
@@ -111,7 +116,9 @@ impl PrimaryStream {
     /// After a rename: bindings at or under `from` move to `to`; a file
     /// replaced at `to` loses its binding. The mirror does the same.
     pub fn rebind(&mut self, from: &FsPath, to: &FsPath) {
-        self.bindings.retain(|p, _| !(p.filespace == to.filespace && p.path.is_within(&to.path)) || p.path.is_within(&from.path));
+        self.bindings.retain(|p, _| {
+            !(p.filespace == to.filespace && p.path.is_within(&to.path)) || p.path.is_within(&from.path)
+        });
         let moved: Vec<(FsPath, u32)> = self
             .bindings
             .iter()

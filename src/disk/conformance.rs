@@ -139,27 +139,15 @@ fn check_set_len(d: &dyn Disk) {
 
 fn check_create_new_twice(d: &dyn Disk) {
     let _f = d.open(&p(0, "f"), OpenMode::CreateNew).unwrap();
-    assert_eq!(
-        kind(d.open(&p(0, "f"), OpenMode::CreateNew)),
-        DiskErrorKind::AlreadyExists
-    );
+    assert_eq!(kind(d.open(&p(0, "f"), OpenMode::CreateNew)), DiskErrorKind::AlreadyExists);
     d.create_dir(&p(0, "d")).unwrap();
-    assert_eq!(
-        kind(d.open(&p(0, "d"), OpenMode::CreateNew)),
-        DiskErrorKind::AlreadyExists
-    );
+    assert_eq!(kind(d.open(&p(0, "d"), OpenMode::CreateNew)), DiskErrorKind::AlreadyExists);
     // Opening a directory as a file fails.
-    assert_eq!(
-        kind(d.open(&p(0, "d"), OpenMode::Existing)),
-        DiskErrorKind::Io
-    );
+    assert_eq!(kind(d.open(&p(0, "d"), OpenMode::Existing)), DiskErrorKind::Io);
 }
 
 fn check_existing_on_missing(d: &dyn Disk) {
-    assert_eq!(
-        kind(d.open(&p(0, "missing"), OpenMode::Existing)),
-        DiskErrorKind::NotFound
-    );
+    assert_eq!(kind(d.open(&p(0, "missing"), OpenMode::Existing)), DiskErrorKind::NotFound);
     assert!(!d.exists(&p(0, "missing")).unwrap());
 }
 
@@ -175,25 +163,11 @@ fn check_create_truncate(d: &dyn Disk) {
 }
 
 fn check_create_in_missing_dir(d: &dyn Disk) {
-    for mode in [
-        OpenMode::CreateNew,
-        OpenMode::CreateTruncate,
-        OpenMode::Existing,
-    ] {
-        assert_eq!(
-            kind(d.open(&p(0, "nope/f"), mode)),
-            DiskErrorKind::NotFound,
-            "{mode:?}"
-        );
+    for mode in [OpenMode::CreateNew, OpenMode::CreateTruncate, OpenMode::Existing] {
+        assert_eq!(kind(d.open(&p(0, "nope/f"), mode)), DiskErrorKind::NotFound, "{mode:?}");
     }
-    assert_eq!(
-        kind(d.create_dir(&p(0, "nope/sub"))),
-        DiskErrorKind::NotFound
-    );
-    assert_eq!(
-        kind(d.create_dir(&p(0, "nope/deeper/sub"))),
-        DiskErrorKind::NotFound
-    );
+    assert_eq!(kind(d.create_dir(&p(0, "nope/sub"))), DiskErrorKind::NotFound);
+    assert_eq!(kind(d.create_dir(&p(0, "nope/deeper/sub"))), DiskErrorKind::NotFound);
     assert!(!d.exists(&p(0, "nope")).unwrap());
 }
 
@@ -203,10 +177,7 @@ fn check_dirs(d: &dyn Disk) {
     assert_eq!(kind(d.create_dir(&p(0, "a"))), DiskErrorKind::AlreadyExists);
     assert!(d.exists(&p(0, "a/b")).unwrap());
     new_file(d, &p(0, "a/b/f"), b"x");
-    assert_eq!(
-        kind(d.create_dir(&p(0, "a/b/f"))),
-        DiskErrorKind::AlreadyExists
-    );
+    assert_eq!(kind(d.create_dir(&p(0, "a/b/f"))), DiskErrorKind::AlreadyExists);
     assert_eq!(kind(d.remove_dir(&p(0, "a/b"))), DiskErrorKind::NotEmpty);
     assert_eq!(kind(d.remove_dir(&p(0, "a"))), DiskErrorKind::NotEmpty);
     // remove_dir on a file fails.
@@ -231,10 +202,7 @@ fn check_rename_file(d: &dyn Disk) {
     // The handle still refers to the file, now named g.
     f.write_at(6, b"+after").unwrap();
     assert_eq!(read_path(d, &p(0, "g")), b"before+after");
-    assert_eq!(
-        kind(d.open(&p(0, "f"), OpenMode::Existing)),
-        DiskErrorKind::NotFound
-    );
+    assert_eq!(kind(d.open(&p(0, "f"), OpenMode::Existing)), DiskErrorKind::NotFound);
     // Into a subdirectory and back out.
     d.create_dir(&p(0, "sub")).unwrap();
     d.rename(&p(0, "g"), &p(0, "sub/h")).unwrap();
@@ -282,23 +250,14 @@ fn check_rename_dir(d: &dyn Disk) {
 }
 
 fn check_rename_errors(d: &dyn Disk) {
-    assert_eq!(
-        kind(d.rename(&p(0, "missing"), &p(0, "x"))),
-        DiskErrorKind::NotFound
-    );
+    assert_eq!(kind(d.rename(&p(0, "missing"), &p(0, "x"))), DiskErrorKind::NotFound);
     new_file(d, &p(0, "f"), b"f");
-    assert_eq!(
-        kind(d.rename(&p(0, "f"), &p(0, "nodir/f"))),
-        DiskErrorKind::NotFound
-    );
+    assert_eq!(kind(d.rename(&p(0, "f"), &p(0, "nodir/f"))), DiskErrorKind::NotFound);
     d.create_dir(&p(0, "full")).unwrap();
     new_file(d, &p(0, "full/x"), b"x");
     d.create_dir(&p(0, "other")).unwrap();
     // A directory over a non-empty directory.
-    assert_eq!(
-        kind(d.rename(&p(0, "other"), &p(0, "full"))),
-        DiskErrorKind::NotEmpty
-    );
+    assert_eq!(kind(d.rename(&p(0, "other"), &p(0, "full"))), DiskErrorKind::NotEmpty);
     // A file over a directory, a directory over a file, a directory into itself.
     assert!(d.rename(&p(0, "f"), &p(0, "other")).is_err());
     assert!(d.rename(&p(0, "other"), &p(0, "f")).is_err());
@@ -316,10 +275,7 @@ fn check_remove_file(d: &dyn Disk) {
     d.remove_file(&p(0, "f")).unwrap();
     assert!(!d.exists(&p(0, "f")).unwrap());
     assert_eq!(kind(d.remove_file(&p(0, "f"))), DiskErrorKind::NotFound);
-    assert_eq!(
-        kind(d.remove_file(&p(0, "nodir/f"))),
-        DiskErrorKind::NotFound
-    );
+    assert_eq!(kind(d.remove_file(&p(0, "nodir/f"))), DiskErrorKind::NotFound);
     d.create_dir(&p(0, "d")).unwrap();
     assert_eq!(kind(d.remove_file(&p(0, "d"))), DiskErrorKind::Io);
     assert!(d.exists(&p(0, "d")).unwrap());
@@ -376,18 +332,11 @@ impl XorShift {
 }
 
 fn check_write_batch(d: &dyn Disk) {
-    let files: Vec<Arc<dyn DiskFile>> = (0..3)
-        .map(|i| {
-            d.open(&p(i % 2, &format!("batch{i}")), OpenMode::CreateNew)
-                .unwrap()
-        })
-        .collect();
+    let files: Vec<Arc<dyn DiskFile>> =
+        (0..3).map(|i| d.open(&p(i % 2, &format!("batch{i}")), OpenMode::CreateNew).unwrap()).collect();
     // A second handle on batch0: writes through it order with the others too.
-    let handles: Vec<Arc<dyn DiskFile>> = files
-        .iter()
-        .cloned()
-        .chain([d.open(&p(0, "batch0"), OpenMode::Existing).unwrap()])
-        .collect();
+    let handles: Vec<Arc<dyn DiskFile>> =
+        files.iter().cloned().chain([d.open(&p(0, "batch0"), OpenMode::Existing).unwrap()]).collect();
     let model_of = |h: usize| if h == 3 { 0 } else { h };
     let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
     // (handle, offset, data): mostly disjoint blocks, some overlapping earlier
@@ -398,10 +347,7 @@ fn check_write_batch(d: &dyn Disk) {
         let (offset, len) = if i % 10 == 9 {
             (rng.next() % (100 * 4096), 1 + (rng.next() % 9000) as usize)
         } else {
-            (
-                (i / 3) * 4096 + rng.next() % 64,
-                1 + (rng.next() % 4000) as usize,
-            )
+            ((i / 3) * 4096 + rng.next() % 64, 1 + (rng.next() % 4000) as usize)
         };
         let data: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
         plan.push((file, offset, data));
@@ -411,14 +357,8 @@ fn check_write_batch(d: &dyn Disk) {
     plan.push((0, 50, vec![2u8; 100]));
     plan.push((3, 25, vec![3u8; 50]));
 
-    let writes: Vec<BatchWrite<'_>> = plan
-        .iter()
-        .map(|(f, offset, data)| BatchWrite {
-            file: &*handles[*f],
-            offset: *offset,
-            data,
-        })
-        .collect();
+    let writes: Vec<BatchWrite<'_>> =
+        plan.iter().map(|(f, offset, data)| BatchWrite { file: &*handles[*f], offset: *offset, data }).collect();
     let results = d.write_batch(&writes);
     assert_eq!(results.len(), writes.len());
     for (i, r) in results.iter().enumerate() {
@@ -441,9 +381,8 @@ fn check_write_batch(d: &dyn Disk) {
 }
 
 fn check_sync(d: &dyn Disk) {
-    let files: Vec<Arc<dyn DiskFile>> = (0..3)
-        .map(|i| new_file(d, &p(0, &format!("s{i}")), format!("data{i}").as_bytes()))
-        .collect();
+    let files: Vec<Arc<dyn DiskFile>> =
+        (0..3).map(|i| new_file(d, &p(0, &format!("s{i}")), format!("data{i}").as_bytes())).collect();
     files[0].sync_data().unwrap();
     let refs: Vec<&dyn DiskFile> = files.iter().map(|f| &**f).chain([&*files[1]]).collect();
     let results = d.sync_batch(&refs);
@@ -466,25 +405,18 @@ fn check_sync_parent_dir(d: &dyn Disk) {
     d.sync_parent_dir(&p(1, "a")).unwrap();
     // The final component need not exist; its directory must.
     d.sync_parent_dir(&p(1, "a/b/not-yet")).unwrap();
-    assert_eq!(
-        kind(d.sync_parent_dir(&p(1, "a/missing/f"))),
-        DiskErrorKind::NotFound
-    );
+    assert_eq!(kind(d.sync_parent_dir(&p(1, "a/missing/f"))), DiskErrorKind::NotFound);
 }
 
 // ---------------------------------------------------------------- backends
 
 fn tempdirs() -> (tempfile::TempDir, tempfile::TempDir) {
-    (
-        tempfile::tempdir().expect("tempdir"),
-        tempfile::tempdir().expect("tempdir"),
-    )
+    (tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir"))
 }
 
 fn make_std() -> (Arc<dyn Disk>, Box<dyn Any>) {
     let (a, b) = tempdirs();
-    let disk =
-        StdDisk::open(&[a.path().to_path_buf(), b.path().to_path_buf()]).expect("open std disk");
+    let disk = StdDisk::open(&[a.path().to_path_buf(), b.path().to_path_buf()]).expect("open std disk");
     (Arc::new(disk), Box::new((a, b)))
 }
 
@@ -526,10 +458,7 @@ fn conformance_sim() {
 fn std_open_rejects_bad_roots() {
     let t = tempfile::tempdir().unwrap();
     let missing = t.path().join("missing");
-    assert_eq!(
-        StdDisk::open(&[missing]).unwrap_err().kind,
-        DiskErrorKind::NotFound
-    );
+    assert_eq!(StdDisk::open(&[missing]).unwrap_err().kind, DiskErrorKind::NotFound);
     let file = t.path().join("file");
     std::fs::write(&file, b"x").unwrap();
     assert!(StdDisk::open(&[t.path().to_path_buf(), file]).is_err());
@@ -560,11 +489,7 @@ fn escape_checks(d: &dyn Disk, root: &Path, outside: &Path) {
 
     let esc = DiskErrorKind::Escapes;
     for path in ["link/secret", "a/link/secret", "inner/x"] {
-        for mode in [
-            OpenMode::Existing,
-            OpenMode::CreateNew,
-            OpenMode::CreateTruncate,
-        ] {
+        for mode in [OpenMode::Existing, OpenMode::CreateNew, OpenMode::CreateTruncate] {
             assert_eq!(kind(d.open(&p(0, path), mode)), esc, "open {path} {mode:?}");
         }
     }
@@ -583,10 +508,7 @@ fn escape_checks(d: &dyn Disk, root: &Path, outside: &Path) {
         for mode in [OpenMode::Existing, OpenMode::CreateTruncate] {
             assert_eq!(kind(d.open(&p(0, path), mode)), esc, "open {path} {mode:?}");
         }
-        assert_eq!(
-            kind(d.open(&p(0, path), OpenMode::CreateNew)),
-            DiskErrorKind::AlreadyExists
-        );
+        assert_eq!(kind(d.open(&p(0, path), OpenMode::CreateNew)), DiskErrorKind::AlreadyExists);
         assert!(d.exists(&p(0, path)).unwrap(), "the link itself exists");
     }
     assert!(d.create_dir(&p(0, "link")).is_err());
@@ -597,10 +519,7 @@ fn escape_checks(d: &dyn Disk, root: &Path, outside: &Path) {
     // Outside is untouched.
     assert_eq!(std::fs::read(outside.join("secret")).unwrap(), b"secret");
     assert!(outside.join("sub").is_dir());
-    let mut names: Vec<_> = std::fs::read_dir(outside)
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
+    let mut names: Vec<_> = std::fs::read_dir(outside).unwrap().map(|e| e.unwrap().file_name()).collect();
     names.sort();
     assert_eq!(names, ["secret", "sub"]);
 }
@@ -636,20 +555,12 @@ fn uring_batches_from_many_threads() {
         for t in 0..4u16 {
             let d = &d;
             s.spawn(move || {
-                let f = d
-                    .open(&p(t % 2, &format!("t{t}")), OpenMode::CreateNew)
-                    .unwrap();
-                let bufs: Vec<Vec<u8>> = (0..600u32)
-                    .map(|i| vec![(i % 256) as u8 ^ t as u8; 512])
-                    .collect();
+                let f = d.open(&p(t % 2, &format!("t{t}")), OpenMode::CreateNew).unwrap();
+                let bufs: Vec<Vec<u8>> = (0..600u32).map(|i| vec![(i % 256) as u8 ^ t as u8; 512]).collect();
                 let writes: Vec<BatchWrite<'_>> = bufs
                     .iter()
                     .enumerate()
-                    .map(|(i, b)| BatchWrite {
-                        file: &*f,
-                        offset: i as u64 * 512,
-                        data: b,
-                    })
+                    .map(|(i, b)| BatchWrite { file: &*f, offset: i as u64 * 512, data: b })
                     .collect();
                 assert!(d.write_batch(&writes).iter().all(|r| r.is_ok()));
                 assert!(d.sync_batch(&[&*f]).iter().all(|r| r.is_ok()));
@@ -661,11 +572,7 @@ fn uring_batches_from_many_threads() {
 
 // ---------------------------------------------------------------- simulator
 
-fn sim_file(
-    snap: &std::collections::BTreeMap<(u16, String), SimEntry>,
-    fs: u16,
-    path: &str,
-) -> Option<Vec<u8>> {
+fn sim_file(snap: &std::collections::BTreeMap<(u16, String), SimEntry>, fs: u16, path: &str) -> Option<Vec<u8>> {
     match snap.get(&(fs, path.to_string())) {
         Some(SimEntry::File(b)) => Some(b.clone()),
         Some(SimEntry::Dir) => panic!("{path} is a directory"),
@@ -775,15 +682,9 @@ fn sim_injected_faults_fire_once() {
     d.sync_parent_dir(&p(0, "f")).unwrap();
     d.inject(SimFault::FailNextSync);
     assert_eq!(kind(f.sync_data()), DiskErrorKind::Io);
-    assert_eq!(
-        sim_file(&d.durable_snapshot(), 0, "f").as_deref(),
-        Some(&b""[..])
-    );
+    assert_eq!(sim_file(&d.durable_snapshot(), 0, "f").as_deref(), Some(&b""[..]));
     f.sync_data().unwrap();
-    assert_eq!(
-        sim_file(&d.durable_snapshot(), 0, "f").as_deref(),
-        Some(&b"abc"[..])
-    );
+    assert_eq!(sim_file(&d.durable_snapshot(), 0, "f").as_deref(), Some(&b"abc"[..]));
 
     d.inject(SimFault::FailNextWrite);
     assert_eq!(kind(f.write_at(0, b"X")), DiskErrorKind::Io);
@@ -814,8 +715,5 @@ fn sim_same_operations_same_snapshot() {
     let a = run();
     assert_eq!(a, run());
     assert_eq!(a.get(&(1, "dir".to_string())), Some(&SimEntry::Dir));
-    assert_eq!(
-        a.get(&(0, "y".to_string())),
-        Some(&SimEntry::File(vec![5u8; 20]))
-    );
+    assert_eq!(a.get(&(0, "y".to_string())), Some(&SimEntry::File(vec![5u8; 20])));
 }

@@ -12,9 +12,9 @@
 //!   (one ring per thread; [`Disk::write_batch`] submits a whole batch at once).
 //! - [`SimDisk`]: in memory, with a live and a durable image, for the simulator.
 
+mod sim;
 mod std_backend;
 mod uring;
-mod sim;
 
 pub use sim::{SimDisk, SimEntry, SimFault};
 pub use std_backend::StdDisk;
@@ -110,6 +110,9 @@ pub trait DiskFile: Send + Sync + std::fmt::Debug {
     fn sync_data(&self) -> DiskResult<()>;
     fn set_len(&self, len: u64) -> DiskResult<()>;
     fn len(&self) -> DiskResult<u64>;
+    fn is_empty(&self) -> DiskResult<bool> {
+        Ok(self.len()? == 0)
+    }
     /// The descriptor, for backends that batch by fd (io_uring); `None` in simulation.
     fn raw_fd(&self) -> Option<i32> {
         None

@@ -122,23 +122,16 @@ impl Namespace {
     }
 
     fn dir(&self, id: DirId) -> Result<&DirInode, LookupErr> {
-        self.dirs
-            .get(&id)
-            .ok_or((DiskErrorKind::Io, "simulator: dangling directory inode"))
+        self.dirs.get(&id).ok_or((DiskErrorKind::Io, "simulator: dangling directory inode"))
     }
 
     fn dir_mut(&mut self, id: DirId) -> Result<&mut DirInode, LookupErr> {
-        self.dirs
-            .get_mut(&id)
-            .ok_or((DiskErrorKind::Io, "simulator: dangling directory inode"))
+        self.dirs.get_mut(&id).ok_or((DiskErrorKind::Io, "simulator: dangling directory inode"))
     }
 
     /// The live directory that holds `path`'s final component.
     fn parent_dir(&self, path: &FsPath) -> Result<DirId, LookupErr> {
-        let mut cur = *self
-            .roots
-            .get(usize::from(path.filespace))
-            .ok_or((DiskErrorKind::Io, "no such filespace"))?;
+        let mut cur = *self.roots.get(usize::from(path.filespace)).ok_or((DiskErrorKind::Io, "no such filespace"))?;
         if let Some(parent) = path.path.parent() {
             for comp in parent.as_str().split('/') {
                 cur = match self.dir(cur)?.live.get(comp) {
@@ -181,11 +174,7 @@ impl Namespace {
                 };
                 let children = if durable { &dir.durable } else { &dir.live };
                 for (name, node) in children {
-                    let path = if prefix.is_empty() {
-                        name.clone()
-                    } else {
-                        format!("{prefix}/{name}")
-                    };
+                    let path = if prefix.is_empty() { name.clone() } else { format!("{prefix}/{name}") };
                     match node {
                         Node::Dir(child) => {
                             if visited.insert(*child) {
@@ -195,11 +184,7 @@ impl Namespace {
                         }
                         Node::File(f) => {
                             let data = lock(f);
-                            let bytes = if durable {
-                                data.durable.clone()
-                            } else {
-                                data.live.clone()
-                            };
+                            let bytes = if durable { data.durable.clone() } else { data.live.clone() };
                             out.insert((fs, path), SimEntry::File(bytes));
                         }
                     }
@@ -311,16 +296,10 @@ impl SimDisk {
                             let ptr = Arc::as_ptr(f) as usize;
                             let file = files.entry(ptr).or_insert_with(|| {
                                 let mut durable = lock(f).durable.clone();
-                                if let Some((_, offset, keep)) =
-                                    torn.as_ref().filter(|t| t.0 == ptr)
-                                {
+                                if let Some((_, offset, keep)) = torn.as_ref().filter(|t| t.0 == ptr) {
                                     apply_write(&mut durable, *offset, keep);
                                 }
-                                Arc::new(Mutex::new(SimFileData {
-                                    live: durable.clone(),
-                                    durable,
-                                    last_write: None,
-                                }))
+                                Arc::new(Mutex::new(SimFileData { live: durable.clone(), durable, last_write: None }))
                             });
                             children.insert(name.clone(), Node::File(Arc::clone(file)));
                         }
@@ -378,22 +357,17 @@ impl Disk for SimDisk {
         let name = path.path.file_name();
         let dir = ns.dir_mut(dir_id).map_err(|e| err(OP, path, e))?;
         let data = match (dir.live.get(name), mode) {
-            (Some(_), OpenMode::CreateNew) => {
-                return Err(err(OP, path, (DiskErrorKind::AlreadyExists, "EEXIST")))
-            }
+            (Some(_), OpenMode::CreateNew) => return Err(err(OP, path, (DiskErrorKind::AlreadyExists, "EEXIST"))),
             (Some(Node::Dir(_)), _) => return Err(err(OP, path, (DiskErrorKind::Io, "EISDIR"))),
             (Some(Node::File(f)), OpenMode::Existing) => Arc::clone(f),
             (Some(Node::File(f)), OpenMode::CreateTruncate) => {
                 lock(f).live.clear();
                 Arc::clone(f)
             }
-            (None, OpenMode::Existing) => {
-                return Err(err(OP, path, (DiskErrorKind::NotFound, "ENOENT")))
-            }
+            (None, OpenMode::Existing) => return Err(err(OP, path, (DiskErrorKind::NotFound, "ENOENT"))),
             (None, OpenMode::CreateNew | OpenMode::CreateTruncate) => {
                 let f: FileRef = Arc::default();
-                dir.live
-                    .insert(name.to_string(), Node::File(Arc::clone(&f)));
+                dir.live.insert(name.to_string(), Node::File(Arc::clone(&f)));
                 f
             }
         };
@@ -424,22 +398,13 @@ impl Disk for SimDisk {
         const OP: &str = "rename";
         let label = format!("{from} -> {to}");
         if from.filespace != to.filespace {
-            return Err(err(
-                OP,
-                label,
-                (DiskErrorKind::Io, "rename across filespaces"),
-            ));
+            return Err(err(OP, label, (DiskErrorKind::Io, "rename across filespaces")));
         }
         let mut ns = lock(&self.shared.ns);
         let from_dir = ns.parent_dir(from).map_err(|e| err(OP, &label, e))?;
         let to_dir = ns.parent_dir(to).map_err(|e| err(OP, &label, e))?;
         let (from_name, to_name) = (from.path.file_name(), to.path.file_name());
-        let src = match ns
-            .dir(from_dir)
-            .map_err(|e| err(OP, &label, e))?
-            .live
-            .get(from_name)
-        {
+        let src = match ns.dir(from_dir).map_err(|e| err(OP, &label, e))?.live.get(from_name) {
             Some(node) => node.clone(),
             None => return Err(err(OP, label, (DiskErrorKind::NotFound, "ENOENT"))),
         };
@@ -447,40 +412,20 @@ impl Disk for SimDisk {
             return Ok(());
         }
         if matches!(src, Node::Dir(_)) && to.path.is_within(&from.path) {
-            return Err(err(
-                OP,
-                label,
-                (DiskErrorKind::Io, "EINVAL: directory into itself"),
-            ));
+            return Err(err(OP, label, (DiskErrorKind::Io, "EINVAL: directory into itself")));
         }
-        match (
-            &src,
-            ns.dir(to_dir)
-                .map_err(|e| err(OP, &label, e))?
-                .live
-                .get(to_name),
-        ) {
+        match (&src, ns.dir(to_dir).map_err(|e| err(OP, &label, e))?.live.get(to_name)) {
             (_, None) | (Node::File(_), Some(Node::File(_))) => {}
-            (Node::File(_), Some(Node::Dir(_))) => {
-                return Err(err(OP, label, (DiskErrorKind::Io, "EISDIR")))
-            }
-            (Node::Dir(_), Some(Node::File(_))) => {
-                return Err(err(OP, label, (DiskErrorKind::Io, "ENOTDIR")))
-            }
+            (Node::File(_), Some(Node::Dir(_))) => return Err(err(OP, label, (DiskErrorKind::Io, "EISDIR"))),
+            (Node::Dir(_), Some(Node::File(_))) => return Err(err(OP, label, (DiskErrorKind::Io, "ENOTDIR"))),
             (Node::Dir(_), Some(Node::Dir(d))) => {
                 if !ns.dir(*d).map_err(|e| err(OP, &label, e))?.live.is_empty() {
                     return Err(err(OP, label, (DiskErrorKind::NotEmpty, "ENOTEMPTY")));
                 }
             }
         }
-        ns.dir_mut(from_dir)
-            .map_err(|e| err(OP, &label, e))?
-            .live
-            .remove(from_name);
-        ns.dir_mut(to_dir)
-            .map_err(|e| err(OP, &label, e))?
-            .live
-            .insert(to_name.to_string(), src);
+        ns.dir_mut(from_dir).map_err(|e| err(OP, &label, e))?.live.remove(from_name);
+        ns.dir_mut(to_dir).map_err(|e| err(OP, &label, e))?.live.insert(to_name.to_string(), src);
         Ok(())
     }
 
@@ -489,19 +434,11 @@ impl Disk for SimDisk {
         let mut ns = lock(&self.shared.ns);
         let dir_id = ns.parent_dir(path).map_err(|e| err(OP, path, e))?;
         let name = path.path.file_name();
-        if ns
-            .dir(dir_id)
-            .map_err(|e| err(OP, path, e))?
-            .live
-            .contains_key(name)
-        {
+        if ns.dir(dir_id).map_err(|e| err(OP, path, e))?.live.contains_key(name) {
             return Err(err(OP, path, (DiskErrorKind::AlreadyExists, "EEXIST")));
         }
         let id = ns.alloc_dir();
-        ns.dir_mut(dir_id)
-            .map_err(|e| err(OP, path, e))?
-            .live
-            .insert(name.to_string(), Node::Dir(id));
+        ns.dir_mut(dir_id).map_err(|e| err(OP, path, e))?.live.insert(name.to_string(), Node::Dir(id));
         Ok(())
     }
 
@@ -519,10 +456,7 @@ impl Disk for SimDisk {
                 }
             }
         }
-        ns.dir_mut(dir_id)
-            .map_err(|e| err(OP, path, e))?
-            .live
-            .remove(name);
+        ns.dir_mut(dir_id).map_err(|e| err(OP, path, e))?.live.remove(name);
         Ok(())
     }
 
@@ -558,11 +492,7 @@ impl Disk for SimDisk {
             Err((DiskErrorKind::NotFound, _)) | Err((_, "ENOTDIR")) => return Ok(false),
             Err(e) => return Err(err(OP, path, e)),
         };
-        Ok(ns
-            .dir(dir_id)
-            .map_err(|e| err(OP, path, e))?
-            .live
-            .contains_key(path.path.file_name()))
+        Ok(ns.dir(dir_id).map_err(|e| err(OP, path, e))?.live.contains_key(path.path.file_name()))
     }
 
     fn name(&self) -> &'static str {
@@ -580,10 +510,7 @@ pub struct SimFile {
 
 impl std::fmt::Debug for SimFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SimFile")
-            .field("path", &self.path)
-            .field("epoch", &self.epoch)
-            .finish()
+        f.debug_struct("SimFile").field("path", &self.path).field("epoch", &self.epoch).finish()
     }
 }
 
@@ -592,12 +519,7 @@ impl SimFile {
         if self.shared.epoch.load(Ordering::SeqCst) == self.epoch {
             Ok(())
         } else {
-            Err(DiskError::new(
-                op,
-                &self.path,
-                DiskErrorKind::Io,
-                "EBADF: handle opened before a crash",
-            ))
+            Err(DiskError::new(op, &self.path, DiskErrorKind::Io, "EBADF: handle opened before a crash"))
         }
     }
 
@@ -605,12 +527,7 @@ impl SimFile {
     fn check_size(&self, op: &'static str, end: Option<u64>) -> DiskResult<()> {
         match end {
             Some(end) if end <= MAX_SIM_FILE_BYTES => Ok(()),
-            _ => Err(DiskError::new(
-                op,
-                &self.path,
-                DiskErrorKind::NoSpace,
-                "over the simulated file size limit",
-            )),
+            _ => Err(DiskError::new(op, &self.path, DiskErrorKind::NoSpace, "over the simulated file size limit")),
         }
     }
 }
@@ -622,20 +539,10 @@ impl DiskFile for SimFile {
         {
             let mut faults = lock(&self.shared.faults);
             if take(&mut faults.fail_writes) {
-                return Err(DiskError::new(
-                    OP,
-                    &self.path,
-                    DiskErrorKind::Io,
-                    "injected write failure",
-                ));
+                return Err(DiskError::new(OP, &self.path, DiskErrorKind::Io, "injected write failure"));
             }
             if take(&mut faults.no_space) {
-                return Err(DiskError::new(
-                    OP,
-                    &self.path,
-                    DiskErrorKind::NoSpace,
-                    "injected ENOSPC",
-                ));
+                return Err(DiskError::new(OP, &self.path, DiskErrorKind::NoSpace, "injected ENOSPC"));
             }
         }
         if buf.is_empty() {
@@ -645,11 +552,7 @@ impl DiskFile for SimFile {
         let mut data = lock(&self.data);
         apply_write(&mut data.live, offset, buf);
         let seq = self.shared.write_seq.fetch_add(1, Ordering::SeqCst);
-        data.last_write = Some(PendingWrite {
-            seq,
-            offset,
-            data: buf.to_vec(),
-        });
+        data.last_write = Some(PendingWrite { seq, offset, data: buf.to_vec() });
         Ok(())
     }
 
@@ -670,12 +573,7 @@ impl DiskFile for SimFile {
         const OP: &str = "sync_data";
         self.check_epoch(OP)?;
         if take(&mut lock(&self.shared.faults).fail_syncs) {
-            return Err(DiskError::new(
-                OP,
-                &self.path,
-                DiskErrorKind::Io,
-                "injected sync failure",
-            ));
+            return Err(DiskError::new(OP, &self.path, DiskErrorKind::Io, "injected sync failure"));
         }
         let mut data = lock(&self.data);
         data.durable = data.live.clone();
@@ -689,12 +587,7 @@ impl DiskFile for SimFile {
         self.check_size(OP, Some(len))?;
         let mut data = lock(&self.data);
         if len > data.live.len() as u64 && take(&mut lock(&self.shared.faults).no_space) {
-            return Err(DiskError::new(
-                OP,
-                &self.path,
-                DiskErrorKind::NoSpace,
-                "injected ENOSPC",
-            ));
+            return Err(DiskError::new(OP, &self.path, DiskErrorKind::NoSpace, "injected ENOSPC"));
         }
         data.live.resize(len as usize, 0);
         Ok(())

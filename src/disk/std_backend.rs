@@ -23,18 +23,14 @@ use std::sync::Arc;
 
 /// Resolution rules for every lookup beneath a root.
 fn beneath() -> ResolveFlag {
-    ResolveFlag::RESOLVE_BENEATH
-        | ResolveFlag::RESOLVE_NO_SYMLINKS
-        | ResolveFlag::RESOLVE_NO_MAGICLINKS
+    ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_MAGICLINKS
 }
 
 /// `openat2` relative to `dirfd`, confined beneath it, as an owned descriptor.
 /// `mode` is only passed along when `flags` creates a file (the kernel rejects
 /// a non-zero mode otherwise).
 fn open_beneath(dirfd: RawFd, rel: &str, flags: OFlag, mode: Mode) -> nix::Result<OwnedFd> {
-    let mut how = OpenHow::new()
-        .flags(flags | OFlag::O_CLOEXEC)
-        .resolve(beneath());
+    let mut how = OpenHow::new().flags(flags | OFlag::O_CLOEXEC).resolve(beneath());
     if flags.contains(OFlag::O_CREAT) {
         how = how.mode(mode);
     }
@@ -68,9 +64,7 @@ pub struct StdDisk {
 
 impl std::fmt::Debug for StdDisk {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StdDisk")
-            .field("roots", &self.root_paths)
-            .finish()
+        f.debug_struct("StdDisk").field("roots", &self.root_paths).finish()
     }
 }
 
@@ -79,23 +73,14 @@ impl StdDisk {
     /// descriptor. Fails if a root is missing or is not a directory.
     pub fn open(roots: &[PathBuf]) -> DiskResult<StdDisk> {
         if roots.is_empty() {
-            return Err(DiskError::new(
-                "open_roots",
-                "",
-                DiskErrorKind::Io,
-                "no filespace roots given",
-            ));
+            return Err(DiskError::new("open_roots", "", DiskErrorKind::Io, "no filespace roots given"));
         }
         if roots.len() > usize::from(u16::MAX) + 1 {
             return Err(DiskError::new(
                 "open_roots",
                 "",
                 DiskErrorKind::Io,
-                format!(
-                    "{} filespace roots; at most {} are addressable",
-                    roots.len(),
-                    usize::from(u16::MAX) + 1
-                ),
+                format!("{} filespace roots; at most {} are addressable", roots.len(), usize::from(u16::MAX) + 1),
             ));
         }
         let mut files = Vec::with_capacity(roots.len());
@@ -106,26 +91,13 @@ impl StdDisk {
                 .custom_flags(libc::O_DIRECTORY)
                 .open(root)
                 .map_err(|e| DiskError::from_io("open_root", root.display(), &e))?;
-            let meta = file
-                .metadata()
-                .map_err(|e| DiskError::from_io("open_root", root.display(), &e))?;
+            let meta = file.metadata().map_err(|e| DiskError::from_io("open_root", root.display(), &e))?;
             if !meta.is_dir() {
-                return Err(DiskError::new(
-                    "open_root",
-                    root.display(),
-                    DiskErrorKind::Io,
-                    "not a directory",
-                ));
+                return Err(DiskError::new("open_root", root.display(), DiskErrorKind::Io, "not a directory"));
             }
             // Fail here, not on first use, where openat2 is missing (Linux < 5.6)
             // or filtered out (some seccomp profiles).
-            open_beneath(
-                file.as_raw_fd(),
-                ".",
-                OFlag::O_PATH | OFlag::O_DIRECTORY,
-                Mode::empty(),
-            )
-            .map_err(|e| {
+            open_beneath(file.as_raw_fd(), ".", OFlag::O_PATH | OFlag::O_DIRECTORY, Mode::empty()).map_err(|e| {
                 DiskError::new(
                     "open_root",
                     root.display(),
@@ -135,10 +107,7 @@ impl StdDisk {
             })?;
             files.push(file);
         }
-        Ok(StdDisk {
-            roots: files,
-            root_paths: roots.to_vec(),
-        })
+        Ok(StdDisk { roots: files, root_paths: roots.to_vec() })
     }
 
     /// The filespace roots this disk was opened on.
@@ -152,11 +121,7 @@ impl StdDisk {
                 op,
                 path,
                 DiskErrorKind::Io,
-                format!(
-                    "no filespace {} (have {})",
-                    path.filespace,
-                    self.roots.len()
-                ),
+                format!("no filespace {} (have {})", path.filespace, self.roots.len()),
             )
         })
     }
@@ -167,13 +132,8 @@ impl StdDisk {
     fn parent<'a>(root: &'a File, path: &FsPath, extra: OFlag) -> nix::Result<DirFd<'a>> {
         match path.path.parent() {
             None => Ok(DirFd::Root(root)),
-            Some(parent) => open_beneath(
-                root.as_raw_fd(),
-                parent.as_str(),
-                OFlag::O_DIRECTORY | extra,
-                Mode::empty(),
-            )
-            .map(DirFd::Opened),
+            Some(parent) => open_beneath(root.as_raw_fd(), parent.as_str(), OFlag::O_DIRECTORY | extra, Mode::empty())
+                .map(DirFd::Opened),
         }
     }
 
@@ -194,29 +154,14 @@ impl StdDisk {
                 OpenMode::CreateNew => OFlag::O_CREAT | OFlag::O_EXCL,
                 OpenMode::CreateTruncate => OFlag::O_CREAT | OFlag::O_TRUNC,
             };
-        let fd = open_beneath(
-            root.as_raw_fd(),
-            path.path.as_str(),
-            flags,
-            Mode::from_bits_truncate(0o644),
-        )
-        .map_err(|e| DiskError::from_errno(OP, path, e))?;
+        let fd = open_beneath(root.as_raw_fd(), path.path.as_str(), flags, Mode::from_bits_truncate(0o644))
+            .map_err(|e| DiskError::from_errno(OP, path, e))?;
         let file = File::from(fd);
-        let meta = file
-            .metadata()
-            .map_err(|e| DiskError::from_io(OP, path, &e))?;
+        let meta = file.metadata().map_err(|e| DiskError::from_io(OP, path, &e))?;
         if !meta.file_type().is_file() {
-            return Err(DiskError::new(
-                OP,
-                path,
-                DiskErrorKind::Io,
-                "not a regular file",
-            ));
+            return Err(DiskError::new(OP, path, DiskErrorKind::Io, "not a regular file"));
         }
-        Ok(StdFile {
-            file,
-            path: path.to_string(),
-        })
+        Ok(StdFile { file, path: path.to_string() })
     }
 }
 
@@ -228,55 +173,32 @@ impl Disk for StdDisk {
     fn remove_file(&self, path: &FsPath) -> DiskResult<()> {
         const OP: &str = "remove_file";
         let dir = self.parent_of(OP, path, OFlag::O_PATH)?;
-        unlinkat(
-            Some(dir.raw()),
-            path.path.file_name(),
-            UnlinkatFlags::NoRemoveDir,
-        )
-        .map_err(|e| DiskError::from_errno(OP, path, e))
+        unlinkat(Some(dir.raw()), path.path.file_name(), UnlinkatFlags::NoRemoveDir)
+            .map_err(|e| DiskError::from_errno(OP, path, e))
     }
 
     fn rename(&self, from: &FsPath, to: &FsPath) -> DiskResult<()> {
         const OP: &str = "rename";
         if from.filespace != to.filespace {
-            return Err(DiskError::new(
-                OP,
-                format!("{from} -> {to}"),
-                DiskErrorKind::Io,
-                "rename across filespaces",
-            ));
+            return Err(DiskError::new(OP, format!("{from} -> {to}"), DiskErrorKind::Io, "rename across filespaces"));
         }
         let from_dir = self.parent_of(OP, from, OFlag::O_PATH)?;
         let to_dir = self.parent_of(OP, to, OFlag::O_PATH)?;
-        renameat(
-            Some(from_dir.raw()),
-            from.path.file_name(),
-            Some(to_dir.raw()),
-            to.path.file_name(),
-        )
-        .map_err(|e| DiskError::from_errno(OP, format!("{from} -> {to}"), e))
+        renameat(Some(from_dir.raw()), from.path.file_name(), Some(to_dir.raw()), to.path.file_name())
+            .map_err(|e| DiskError::from_errno(OP, format!("{from} -> {to}"), e))
     }
 
     fn create_dir(&self, path: &FsPath) -> DiskResult<()> {
         const OP: &str = "create_dir";
         let dir = self.parent_of(OP, path, OFlag::O_PATH)?;
-        mkdirat(
-            Some(dir.raw()),
-            path.path.file_name(),
-            Mode::from_bits_truncate(0o755),
-        )
-        .map_err(|e| DiskError::from_errno(OP, path, e))
+        mkdirat(Some(dir.raw()), path.path.file_name(), Mode::from_bits_truncate(0o755))
+            .map_err(|e| DiskError::from_errno(OP, path, e))
     }
 
     fn remove_dir(&self, path: &FsPath) -> DiskResult<()> {
         const OP: &str = "remove_dir";
         let dir = self.parent_of(OP, path, OFlag::O_PATH)?;
-        unlinkat(
-            Some(dir.raw()),
-            path.path.file_name(),
-            UnlinkatFlags::RemoveDir,
-        )
-        .map_err(|e| {
+        unlinkat(Some(dir.raw()), path.path.file_name(), UnlinkatFlags::RemoveDir).map_err(|e| {
             // POSIX lets rmdir report a non-empty directory as EEXIST too.
             if e == Errno::EEXIST {
                 DiskError::new(OP, path, DiskErrorKind::NotEmpty, e)
@@ -289,12 +211,8 @@ impl Disk for StdDisk {
     fn sync_parent_dir(&self, path: &FsPath) -> DiskResult<()> {
         const OP: &str = "sync_parent_dir";
         match self.parent_of(OP, path, OFlag::O_RDONLY)? {
-            DirFd::Root(root) => root
-                .sync_all()
-                .map_err(|e| DiskError::from_io(OP, path, &e)),
-            DirFd::Opened(fd) => File::from(fd)
-                .sync_all()
-                .map_err(|e| DiskError::from_io(OP, path, &e)),
+            DirFd::Root(root) => root.sync_all().map_err(|e| DiskError::from_io(OP, path, &e)),
+            DirFd::Opened(fd) => File::from(fd).sync_all().map_err(|e| DiskError::from_io(OP, path, &e)),
         }
     }
 
@@ -320,11 +238,7 @@ impl Disk for StdDisk {
             Err(Errno::ENOENT | Errno::ENOTDIR) => return Ok(false),
             Err(e) => return Err(DiskError::from_errno(OP, path, e)),
         };
-        match fstatat(
-            Some(dir.raw()),
-            path.path.file_name(),
-            AtFlags::AT_SYMLINK_NOFOLLOW,
-        ) {
+        match fstatat(Some(dir.raw()), path.path.file_name(), AtFlags::AT_SYMLINK_NOFOLLOW) {
             Ok(_) => Ok(true),
             Err(Errno::ENOENT) => Ok(false),
             Err(e) => Err(DiskError::from_errno(OP, path, e)),
@@ -356,17 +270,15 @@ impl StdFile {
 
 impl DiskFile for StdFile {
     fn write_at(&self, offset: u64, buf: &[u8]) -> DiskResult<()> {
-        self.file
-            .write_all_at(buf, offset)
-            .map_err(|e| DiskError::from_io("write", &self.path, &e))
+        self.file.write_all_at(buf, offset).map_err(|e| DiskError::from_io("write", &self.path, &e))
     }
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> DiskResult<usize> {
         let mut done = 0;
         while done < buf.len() {
-            let at = offset.checked_add(done as u64).ok_or_else(|| {
-                DiskError::new("read", &self.path, DiskErrorKind::Io, "offset overflows")
-            })?;
+            let at = offset
+                .checked_add(done as u64)
+                .ok_or_else(|| DiskError::new("read", &self.path, DiskErrorKind::Io, "offset overflows"))?;
             match self.file.read_at(&mut buf[done..], at) {
                 Ok(0) => break,
                 Ok(n) => done += n,
@@ -378,22 +290,15 @@ impl DiskFile for StdFile {
     }
 
     fn sync_data(&self) -> DiskResult<()> {
-        self.file
-            .sync_data()
-            .map_err(|e| DiskError::from_io("sync_data", &self.path, &e))
+        self.file.sync_data().map_err(|e| DiskError::from_io("sync_data", &self.path, &e))
     }
 
     fn set_len(&self, len: u64) -> DiskResult<()> {
-        self.file
-            .set_len(len)
-            .map_err(|e| DiskError::from_io("set_len", &self.path, &e))
+        self.file.set_len(len).map_err(|e| DiskError::from_io("set_len", &self.path, &e))
     }
 
     fn len(&self) -> DiskResult<u64> {
-        self.file
-            .metadata()
-            .map(|m| m.len())
-            .map_err(|e| DiskError::from_io("len", &self.path, &e))
+        self.file.metadata().map(|m| m.len()).map_err(|e| DiskError::from_io("len", &self.path, &e))
     }
 
     fn raw_fd(&self) -> Option<i32> {

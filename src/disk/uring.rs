@@ -77,11 +77,7 @@ fn put_ring(key: &'static LocalKey<RefCell<Option<IoUring>>>, ring: IoUring) {
 /// the buffers. While operations are in flight it keeps waiting (and, after
 /// [`MAX_ENTER_FAILURES`] consecutive failures, aborts the process rather
 /// than return while the kernel may still write into freed memory).
-fn submit_and_drain(
-    ring: &mut IoUring,
-    expected: usize,
-    mut on_cqe: impl FnMut(u64, i32),
-) -> io::Result<()> {
+fn submit_and_drain(ring: &mut IoUring, expected: usize, mut on_cqe: impl FnMut(u64, i32)) -> io::Result<()> {
     let mut reaped = 0usize;
     let mut failures = 0u32;
     loop {
@@ -170,9 +166,7 @@ fn uring_write_all(file: &File, mut offset: u64, mut buf: &[u8]) -> io::Result<(
     while !buf.is_empty() {
         check_offset(offset)?;
         let len = buf.len().min(MAX_RW);
-        let entry = opcode::Write::new(types::Fd(fd), buf.as_ptr(), len as u32)
-            .offset(offset)
-            .build();
+        let entry = opcode::Write::new(types::Fd(fd), buf.as_ptr(), len as u32).offset(offset).build();
         // SAFETY: `buf` is borrowed for this whole call and `file` (hence
         // `fd`) is borrowed too, so both outlive the operation, which
         // run_one waits for before returning.
@@ -188,10 +182,7 @@ fn uring_write_all(file: &File, mut offset: u64, mut buf: &[u8]) -> io::Result<(
         }
         let n = (res as usize).min(len);
         if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::WriteZero,
-                "write returned 0 bytes",
-            ));
+            return Err(io::Error::new(io::ErrorKind::WriteZero, "write returned 0 bytes"));
         }
         buf = &buf[n..];
         offset += n as u64;
@@ -205,15 +196,11 @@ fn uring_read(file: &File, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
     let fd = file.as_raw_fd();
     let mut done = 0usize;
     while done < buf.len() {
-        let at = offset
-            .checked_add(done as u64)
-            .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+        let at = offset.checked_add(done as u64).ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
         check_offset(at)?;
         let rest = &mut buf[done..];
         let len = rest.len().min(MAX_RW);
-        let entry = opcode::Read::new(types::Fd(fd), rest.as_mut_ptr(), len as u32)
-            .offset(at)
-            .build();
+        let entry = opcode::Read::new(types::Fd(fd), rest.as_mut_ptr(), len as u32).offset(at).build();
         // SAFETY: `rest` is an exclusive borrow of the caller's buffer for
         // this whole call, not touched until run_one returns, which it does
         // only after the read completed (or was never submitted).
@@ -238,9 +225,7 @@ fn uring_read(file: &File, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
 /// Finish a read with std `pread` (no ring): fill `buf[done..]` until full or end of file.
 fn std_read(file: &File, offset: u64, buf: &mut [u8], mut done: usize) -> io::Result<usize> {
     while done < buf.len() {
-        let at = offset
-            .checked_add(done as u64)
-            .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+        let at = offset.checked_add(done as u64).ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
         match file.read_at(&mut buf[done..], at) {
             Ok(0) => break,
             Ok(n) => done += n,
@@ -253,9 +238,7 @@ fn std_read(file: &File, offset: u64, buf: &mut [u8], mut done: usize) -> io::Re
 
 /// `fdatasync` through the single-op ring.
 fn uring_sync_data(file: &File) -> io::Result<()> {
-    let entry = opcode::Fsync::new(types::Fd(file.as_raw_fd()))
-        .flags(types::FsyncFlags::DATASYNC)
-        .build();
+    let entry = opcode::Fsync::new(types::Fd(file.as_raw_fd())).flags(types::FsyncFlags::DATASYNC).build();
     loop {
         // SAFETY: an fsync entry points to no buffer; `file` is borrowed for
         // the whole call, so its descriptor stays open until completion.
@@ -285,12 +268,10 @@ enum FileKey {
 }
 
 fn file_key(fd: RawFd, cache: &mut HashMap<RawFd, FileKey>) -> FileKey {
-    *cache
-        .entry(fd)
-        .or_insert_with(|| match nix::sys::stat::fstat(fd) {
-            Ok(st) => FileKey::Inode(st.st_dev, st.st_ino),
-            Err(_) => FileKey::Fd(fd),
-        })
+    *cache.entry(fd).or_insert_with(|| match nix::sys::stat::fstat(fd) {
+        Ok(st) => FileKey::Inode(st.st_dev, st.st_ino),
+        Err(_) => FileKey::Fd(fd),
+    })
 }
 
 /// The local file system with file data through io_uring.
@@ -305,9 +286,7 @@ impl UringDisk {
     /// [`DiskErrorKind::Io`] otherwise, so the caller can fall back to std.
     pub fn open(roots: &[PathBuf]) -> DiskResult<UringDisk> {
         probe_io_uring().map_err(|e| DiskError::new("io_uring_probe", "", DiskErrorKind::Io, e))?;
-        Ok(UringDisk {
-            std: StdDisk::open(roots)?,
-        })
+        Ok(UringDisk { std: StdDisk::open(roots)? })
     }
 }
 
@@ -315,16 +294,9 @@ fn probe_io_uring() -> io::Result<()> {
     let mut ring = IoUring::new(8)?;
     let mut probe = Probe::new();
     ring.submitter().register_probe(&mut probe)?;
-    for (name, code) in [
-        ("read", opcode::Read::CODE),
-        ("write", opcode::Write::CODE),
-        ("fsync", opcode::Fsync::CODE),
-    ] {
+    for (name, code) in [("read", opcode::Read::CODE), ("write", opcode::Write::CODE), ("fsync", opcode::Fsync::CODE)] {
         if !probe.is_supported(code) {
-            return Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                format!("io_uring lacks the {name} opcode"),
-            ));
+            return Err(io::Error::new(io::ErrorKind::Unsupported, format!("io_uring lacks the {name} opcode")));
         }
     }
     // One round trip, in case setup works but submission is blocked.
@@ -335,17 +307,13 @@ fn probe_io_uring() -> io::Result<()> {
     submit_and_drain(&mut ring, 1, |ud, res| seen = Some((ud, res)))?;
     match seen {
         Some((7, 0)) => Ok(()),
-        other => Err(io::Error::other(format!(
-            "io_uring NOP completed unexpectedly: {other:?}"
-        ))),
+        other => Err(io::Error::other(format!("io_uring NOP completed unexpectedly: {other:?}"))),
     }
 }
 
 impl Disk for UringDisk {
     fn open(&self, path: &FsPath, mode: OpenMode) -> DiskResult<Arc<dyn DiskFile>> {
-        Ok(Arc::new(UringFile {
-            inner: self.std.open_file(path, mode)?,
-        }))
+        Ok(Arc::new(UringFile { inner: self.std.open_file(path, mode)? }))
     }
 
     fn remove_file(&self, path: &FsPath) -> DiskResult<()> {
@@ -402,9 +370,7 @@ impl Disk for UringDisk {
             };
             let key = file_key(fd, &mut keys);
             let end = w.offset.saturating_add(w.data.len() as u64);
-            let overlaps = ranges
-                .get(&key)
-                .is_some_and(|rs| rs.iter().any(|&(s, e)| w.offset < e && s < end));
+            let overlaps = ranges.get(&key).is_some_and(|rs| rs.iter().any(|&(s, e)| w.offset < e && s < end));
             if overlaps || round.len() == BATCH_RING_ENTRIES as usize {
                 write_round(writes, &round, &mut results);
                 round.clear();
@@ -418,14 +384,7 @@ impl Disk for UringDisk {
         results
             .into_iter()
             .map(|r| {
-                r.unwrap_or_else(|| {
-                    Err(DiskError::new(
-                        "write_batch",
-                        "",
-                        DiskErrorKind::Io,
-                        "write not performed",
-                    ))
-                })
+                r.unwrap_or_else(|| Err(DiskError::new("write_batch", "", DiskErrorKind::Io, "write not performed")))
             })
             .collect()
     }
@@ -450,14 +409,7 @@ impl Disk for UringDisk {
         results
             .into_iter()
             .map(|r| {
-                r.unwrap_or_else(|| {
-                    Err(DiskError::new(
-                        "sync_batch",
-                        "",
-                        DiskErrorKind::Io,
-                        "sync not performed",
-                    ))
-                })
+                r.unwrap_or_else(|| Err(DiskError::new("sync_batch", "", DiskErrorKind::Io, "sync not performed")))
             })
             .collect()
     }
@@ -477,10 +429,8 @@ fn write_round(writes: &[BatchWrite<'_>], round: &[usize], results: &mut [Option
             let w = &writes[i];
             let Some(fd) = w.file.raw_fd() else { continue };
             let len = w.data.len().min(MAX_RW) as u32;
-            let entry = opcode::Write::new(types::Fd(fd), w.data.as_ptr(), len)
-                .offset(w.offset)
-                .build()
-                .user_data(i as u64);
+            let entry =
+                opcode::Write::new(types::Fd(fd), w.data.as_ptr(), len).offset(w.offset).build().user_data(i as u64);
             // SAFETY: `w.data` and `w.file` are borrowed from `writes`, which
             // outlives this function, and we do not return before the kernel
             // is done with every pushed entry: submit_and_drain waits for all
@@ -523,11 +473,7 @@ fn write_round(writes: &[BatchWrite<'_>], round: &[usize], results: &mut [Option
 }
 
 /// Submit an `fdatasync` for every `(index, fd)` of `round` together and wait for all.
-fn sync_round(
-    files: &[&dyn DiskFile],
-    round: &[(usize, RawFd)],
-    results: &mut [Option<DiskResult<()>>],
-) {
+fn sync_round(files: &[&dyn DiskFile], round: &[(usize, RawFd)], results: &mut [Option<DiskResult<()>>]) {
     if round.is_empty() {
         return;
     }
@@ -535,10 +481,8 @@ fn sync_round(
     if let Some(mut ring) = take_ring(&BATCH_RING, BATCH_RING_ENTRIES) {
         let mut pushed = 0usize;
         for &(i, fd) in round {
-            let entry = opcode::Fsync::new(types::Fd(fd))
-                .flags(types::FsyncFlags::DATASYNC)
-                .build()
-                .user_data(i as u64);
+            let entry =
+                opcode::Fsync::new(types::Fd(fd)).flags(types::FsyncFlags::DATASYNC).build().user_data(i as u64);
             // SAFETY: an fsync entry points to no buffer; the descriptors
             // belong to files borrowed in `files`, which stay open until we
             // return, and we return only after every pushed entry completed
@@ -562,11 +506,7 @@ fn sync_round(
         results[i] = Some(match cqe_res.get(&i).copied() {
             Some(res) if res >= 0 => Ok(()),
             Some(res) if res == -libc::EINTR => files[i].sync_data(),
-            Some(res) => Err(DiskError::from_io(
-                "sync_data",
-                fd_label(fd),
-                &io::Error::from_raw_os_error(-res),
-            )),
+            Some(res) => Err(DiskError::from_io("sync_data", fd_label(fd), &io::Error::from_raw_os_error(-res))),
             // Never submitted: sync it on its own.
             None => files[i].sync_data(),
         });
@@ -581,18 +521,15 @@ pub struct UringFile {
 
 impl DiskFile for UringFile {
     fn write_at(&self, offset: u64, buf: &[u8]) -> DiskResult<()> {
-        uring_write_all(self.inner.file(), offset, buf)
-            .map_err(|e| DiskError::from_io("write", self.inner.path(), &e))
+        uring_write_all(self.inner.file(), offset, buf).map_err(|e| DiskError::from_io("write", self.inner.path(), &e))
     }
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> DiskResult<usize> {
-        uring_read(self.inner.file(), offset, buf)
-            .map_err(|e| DiskError::from_io("read", self.inner.path(), &e))
+        uring_read(self.inner.file(), offset, buf).map_err(|e| DiskError::from_io("read", self.inner.path(), &e))
     }
 
     fn sync_data(&self) -> DiskResult<()> {
-        uring_sync_data(self.inner.file())
-            .map_err(|e| DiskError::from_io("sync_data", self.inner.path(), &e))
+        uring_sync_data(self.inner.file()).map_err(|e| DiskError::from_io("sync_data", self.inner.path(), &e))
     }
 
     fn set_len(&self, len: u64) -> DiskResult<()> {

@@ -45,12 +45,9 @@ impl ClusterKey {
     }
 
     pub fn from_file(path: &std::path::Path) -> Result<ClusterKey, HandshakeError> {
-        let bytes = std::fs::read(path).map_err(|e| {
-            HandshakeError::Malformed(format!("cannot read key file {}: {e}", path.display()))
-        })?;
-        Self::from_material(&bytes).map_err(|e| {
-            HandshakeError::Malformed(format!("key file {}: {e}", path.display()))
-        })
+        let bytes = std::fs::read(path)
+            .map_err(|e| HandshakeError::Malformed(format!("cannot read key file {}: {e}", path.display())))?;
+        Self::from_material(&bytes).map_err(|e| HandshakeError::Malformed(format!("key file {}: {e}", path.display())))
     }
 
     fn mac(&self, label: &[u8], hello: &[u8], client_nonce: &[u8; 32], server_nonce: &[u8; 32]) -> [u8; 32] {
@@ -236,9 +233,7 @@ pub fn split_message(buf: &[u8]) -> Result<Option<(&[u8], usize)>, HandshakeErro
     }
     let len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
     if len > MAX_MESSAGE {
-        return Err(HandshakeError::Malformed(format!(
-            "message length {len} is over the limit of {MAX_MESSAGE}"
-        )));
+        return Err(HandshakeError::Malformed(format!("message length {len} is over the limit of {MAX_MESSAGE}")));
     }
     if buf.len() < 4 + len {
         return Ok(None);
@@ -292,9 +287,7 @@ impl Hello {
         let client_nonce = r.array32("nonce")?;
         let n = r.u16("filespace count")? as usize;
         if n == 0 || n > MAX_FILESPACES {
-            return Err(HandshakeError::Malformed(format!(
-                "filespace count {n} is outside 1..={MAX_FILESPACES}"
-            )));
+            return Err(HandshakeError::Malformed(format!("filespace count {n} is outside 1..={MAX_FILESPACES}")));
         }
         let mut filespaces = Vec::with_capacity(n);
         for i in 0..n {
@@ -374,8 +367,8 @@ impl Verdict {
     pub fn decode(msg: &[u8]) -> Result<Verdict, HandshakeError> {
         let mut r = Reader::open(msg)?;
         let code = r.u16("status")?;
-        let status = Status::from_u16(code)
-            .ok_or_else(|| HandshakeError::Malformed(format!("unknown status {code}")))?;
+        let status =
+            Status::from_u16(code).ok_or_else(|| HandshakeError::Malformed(format!("unknown status {code}")))?;
         let generation = r.u64("generation")?;
         let mirror_proof = r.array32("proof")?;
         let n = r.u16("reason length")? as usize;
@@ -416,7 +409,8 @@ mod tests {
         let (msg, used) = split_message(&enc).unwrap().unwrap();
         assert_eq!(used, enc.len());
         assert_eq!(Hello::decode(msg).unwrap(), h);
-        let v = Verdict { status: Status::StaleGeneration, generation: 9, mirror_proof: [0; 32], reason: "stale".into() };
+        let v =
+            Verdict { status: Status::StaleGeneration, generation: 9, mirror_proof: [0; 32], reason: "stale".into() };
         assert_eq!(Verdict::decode(payload(&v.encode())).unwrap(), v);
         let c = Challenge { server_nonce: [1; 32] };
         assert_eq!(Challenge::decode(payload(&c.encode())).unwrap(), c);

@@ -361,13 +361,10 @@ impl Decoder {
     /// Call at end of stream: an error if a frame was cut short.
     pub fn finish(&self) -> Result<(), FrameError> {
         match self.pending {
-            Some(h) => Err(FrameError::Truncated {
-                have: HEADER_LEN + self.buf.len(),
-                need: HEADER_LEN + h.body_len as usize,
-            }),
-            None if !self.buf.is_empty() => {
-                Err(FrameError::Truncated { have: self.buf.len(), need: HEADER_LEN })
+            Some(h) => {
+                Err(FrameError::Truncated { have: HEADER_LEN + self.buf.len(), need: HEADER_LEN + h.body_len as usize })
             }
+            None if !self.buf.is_empty() => Err(FrameError::Truncated { have: self.buf.len(), need: HEADER_LEN }),
             None => Ok(()),
         }
     }

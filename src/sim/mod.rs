@@ -229,101 +229,109 @@ impl Sim {
         let choice = self.rng.gen_range(0..100);
         let disk = self.primary_disk.clone();
         let dfail = |s: &Sim, what: &str, e: crate::disk::DiskError| s.fail(format!("primary {what}: {e}"));
-        let wait = match choice {
-            0..=7 => {
-                let parent = self.random_parent(fs);
-                let name = self.fresh_name("rel");
-                let Some(child) = Self::child(parent, &name) else { return Ok(Wait::Idle) };
-                let p = FsPath::new(fs, child);
-                disk.open(&p, OpenMode::CreateNew).map_err(|e| dfail(self, "create", e))?;
-                let kind = if self.rng.gen_bool(0.7) { FileKind::Relation } else { FileKind::Flat };
-                self.model.files.insert(p.clone(), kind);
-                Wait::Applied(self.ship_op(&p, Header::new(Kind::Create), Bytes::new())?)
-            }
-            8..=45 => {
-                let Some(p) = self.pick_file(FileKind::Relation) else { return Ok(Wait::Idle) };
-                let f = disk.open(&p, OpenMode::Existing).map_err(|e| dfail(self, "open", e))?;
-                let n = f.len().map_err(|e| dfail(self, "len", e))? / bs;
-                let extend = self.rng.gen_bool(0.4);
-                let block = if extend { n } else { self.rng.gen_range(0..n + 2) };
-                let fill: u8 = self.rng.gen();
-                let data = vec![fill; bs as usize];
-                let mut h = Header::new(if extend { Kind::Extend } else { Kind::WriteBlock });
-                h.offset = block;
-                let seq = self.ship_op(&p, h, Bytes::from(data.clone()))?;
-                f.write_at(block * bs, &data).map_err(|e| dfail(self, "write", e))?;
-                Wait::Applied(seq)
-            }
-            46..=60 => {
-                let Some(p) = self.pick_file(FileKind::Flat) else { return Ok(Wait::Idle) };
-                let f = disk.open(&p, OpenMode::Existing).map_err(|e| dfail(self, "open", e))?;
-                let len = f.len().map_err(|e| dfail(self, "len", e))?;
-                let offset = if self.rng.gen_bool(0.7) { len } else { self.rng.gen_range(0..len + 100) };
-                let n = self.rng.gen_range(1..3000);
-                let data: Vec<u8> = (0..n).map(|_| self.rng.gen()).collect();
-                let mut h = Header::new(Kind::WriteAt);
-                h.offset = offset;
-                let seq = self.ship_op(&p, h, Bytes::from(data.clone()))?;
-                f.write_at(offset, &data).map_err(|e| dfail(self, "write_at", e))?;
-                Wait::Applied(seq)
-            }
-            61..=68 => {
-                let kind = if self.rng.gen_bool(0.5) { FileKind::Flat } else { FileKind::Relation };
-                let Some(p) = self.pick_file(kind) else { return Ok(Wait::Idle) };
-                let f = disk.open(&p, OpenMode::Existing).map_err(|e| dfail(self, "open", e))?;
-                let seq = self.ship_op(&p, Header::new(if kind == FileKind::Flat { Kind::Flush } else { Kind::Sync }), Bytes::new())?;
-                f.sync_data().map_err(|e| dfail(self, "sync", e))?;
-                Wait::Synced(seq)
-            }
-            69..=74 => {
-                let Some(p) = self.pick_file(FileKind::Relation) else { return Ok(Wait::Idle) };
-                let f = disk.open(&p, OpenMode::Existing).map_err(|e| dfail(self, "open", e))?;
-                let n = f.len().map_err(|e| dfail(self, "len", e))? / bs;
-                let len = self.rng.gen_range(0..=n) * bs;
-                f.set_len(len).map_err(|e| dfail(self, "truncate", e))?;
-                let mut h = Header::new(Kind::Truncate);
-                h.offset = len;
-                Wait::Applied(self.ship_op(&p, h, Bytes::new())?)
-            }
-            75..=79 => {
-                let kind = if self.rng.gen_bool(0.5) { FileKind::Flat } else { FileKind::Relation };
-                let Some(p) = self.pick_file(kind) else { return Ok(Wait::Idle) };
-                disk.remove_file(&p).map_err(|e| dfail(self, "unlink", e))?;
-                self.model.files.remove(&p);
-                let seq = self.ship_op(&p, Header::new(Kind::Unlink), Bytes::new())?;
-                self.stream.unbind(&p);
-                Wait::Applied(seq)
-            }
-            80..=86 => {
-                let parent = self.random_parent(fs);
-                let name = self.fresh_name("dir");
-                let Some(child) = Self::child(parent, &name) else { return Ok(Wait::Idle) };
-                let p = FsPath::new(fs, child);
-                disk.create_dir(&p).map_err(|e| dfail(self, "mkdir", e))?;
-                self.model.dirs.insert(p.clone());
-                Wait::Applied(self.ship_path_op(Kind::Mkdir, &p, 0, p.path.as_str().as_bytes().to_vec()))
-            }
-            87..=90 => {
-                let empty: Vec<FsPath> = self
-                    .model
-                    .dirs
-                    .iter()
-                    .filter(|d| {
-                        !self.model.files.keys().any(|f| f.filespace == d.filespace && f.path != d.path && f.path.is_within(&d.path))
-                            && !self.model.dirs.iter().any(|e| e.filespace == d.filespace && e.path != d.path && e.path.is_within(&d.path))
-                    })
-                    .cloned()
-                    .collect();
-                if empty.is_empty() {
-                    return Ok(Wait::Idle);
+        let wait =
+            match choice {
+                0..=7 => {
+                    let parent = self.random_parent(fs);
+                    let name = self.fresh_name("rel");
+                    let Some(child) = Self::child(parent, &name) else { return Ok(Wait::Idle) };
+                    let p = FsPath::new(fs, child);
+                    disk.open(&p, OpenMode::CreateNew).map_err(|e| dfail(self, "create", e))?;
+                    let kind = if self.rng.gen_bool(0.7) { FileKind::Relation } else { FileKind::Flat };
+                    self.model.files.insert(p.clone(), kind);
+                    Wait::Applied(self.ship_op(&p, Header::new(Kind::Create), Bytes::new())?)
                 }
-                let p = empty[self.rng.gen_range(0..empty.len())].clone();
-                disk.remove_dir(&p).map_err(|e| dfail(self, "rmdir", e))?;
-                self.model.dirs.remove(&p);
-                Wait::Applied(self.ship_path_op(Kind::Rmdir, &p, 0, p.path.as_str().as_bytes().to_vec()))
-            }
-            _ => self.issue_rename(fs)?,
-        };
+                8..=45 => {
+                    let Some(p) = self.pick_file(FileKind::Relation) else { return Ok(Wait::Idle) };
+                    let f = disk.open(&p, OpenMode::Existing).map_err(|e| dfail(self, "open", e))?;
+                    let n = f.len().map_err(|e| dfail(self, "len", e))? / bs;
+                    let extend = self.rng.gen_bool(0.4);
+                    let block = if extend { n } else { self.rng.gen_range(0..n + 2) };
+                    let fill: u8 = self.rng.gen();
+                    let data = vec![fill; bs as usize];
+                    let mut h = Header::new(if extend { Kind::Extend } else { Kind::WriteBlock });
+                    h.offset = block;
+                    let seq = self.ship_op(&p, h, Bytes::from(data.clone()))?;
+                    f.write_at(block * bs, &data).map_err(|e| dfail(self, "write", e))?;
+                    Wait::Applied(seq)
+                }
+                46..=60 => {
+                    let Some(p) = self.pick_file(FileKind::Flat) else { return Ok(Wait::Idle) };
+                    let f = disk.open(&p, OpenMode::Existing).map_err(|e| dfail(self, "open", e))?;
+                    let len = f.len().map_err(|e| dfail(self, "len", e))?;
+                    let offset = if self.rng.gen_bool(0.7) { len } else { self.rng.gen_range(0..len + 100) };
+                    let n = self.rng.gen_range(1..3000);
+                    let data: Vec<u8> = (0..n).map(|_| self.rng.gen()).collect();
+                    let mut h = Header::new(Kind::WriteAt);
+                    h.offset = offset;
+                    let seq = self.ship_op(&p, h, Bytes::from(data.clone()))?;
+                    f.write_at(offset, &data).map_err(|e| dfail(self, "write_at", e))?;
+                    Wait::Applied(seq)
+                }
+                61..=68 => {
+                    let kind = if self.rng.gen_bool(0.5) { FileKind::Flat } else { FileKind::Relation };
+                    let Some(p) = self.pick_file(kind) else { return Ok(Wait::Idle) };
+                    let f = disk.open(&p, OpenMode::Existing).map_err(|e| dfail(self, "open", e))?;
+                    let seq = self.ship_op(
+                        &p,
+                        Header::new(if kind == FileKind::Flat { Kind::Flush } else { Kind::Sync }),
+                        Bytes::new(),
+                    )?;
+                    f.sync_data().map_err(|e| dfail(self, "sync", e))?;
+                    Wait::Synced(seq)
+                }
+                69..=74 => {
+                    let Some(p) = self.pick_file(FileKind::Relation) else { return Ok(Wait::Idle) };
+                    let f = disk.open(&p, OpenMode::Existing).map_err(|e| dfail(self, "open", e))?;
+                    let n = f.len().map_err(|e| dfail(self, "len", e))? / bs;
+                    let len = self.rng.gen_range(0..=n) * bs;
+                    f.set_len(len).map_err(|e| dfail(self, "truncate", e))?;
+                    let mut h = Header::new(Kind::Truncate);
+                    h.offset = len;
+                    Wait::Applied(self.ship_op(&p, h, Bytes::new())?)
+                }
+                75..=79 => {
+                    let kind = if self.rng.gen_bool(0.5) { FileKind::Flat } else { FileKind::Relation };
+                    let Some(p) = self.pick_file(kind) else { return Ok(Wait::Idle) };
+                    disk.remove_file(&p).map_err(|e| dfail(self, "unlink", e))?;
+                    self.model.files.remove(&p);
+                    let seq = self.ship_op(&p, Header::new(Kind::Unlink), Bytes::new())?;
+                    self.stream.unbind(&p);
+                    Wait::Applied(seq)
+                }
+                80..=86 => {
+                    let parent = self.random_parent(fs);
+                    let name = self.fresh_name("dir");
+                    let Some(child) = Self::child(parent, &name) else { return Ok(Wait::Idle) };
+                    let p = FsPath::new(fs, child);
+                    disk.create_dir(&p).map_err(|e| dfail(self, "mkdir", e))?;
+                    self.model.dirs.insert(p.clone());
+                    Wait::Applied(self.ship_path_op(Kind::Mkdir, &p, 0, p.path.as_str().as_bytes().to_vec()))
+                }
+                87..=90 => {
+                    let empty: Vec<FsPath> =
+                        self.model
+                            .dirs
+                            .iter()
+                            .filter(|d| {
+                                !self.model.files.keys().any(|f| {
+                                    f.filespace == d.filespace && f.path != d.path && f.path.is_within(&d.path)
+                                }) && !self.model.dirs.iter().any(|e| {
+                                    e.filespace == d.filespace && e.path != d.path && e.path.is_within(&d.path)
+                                })
+                            })
+                            .cloned()
+                            .collect();
+                    if empty.is_empty() {
+                        return Ok(Wait::Idle);
+                    }
+                    let p = empty[self.rng.gen_range(0..empty.len())].clone();
+                    disk.remove_dir(&p).map_err(|e| dfail(self, "rmdir", e))?;
+                    self.model.dirs.remove(&p);
+                    Wait::Applied(self.ship_path_op(Kind::Rmdir, &p, 0, p.path.as_str().as_bytes().to_vec()))
+                }
+                _ => self.issue_rename(fs)?,
+            };
         Ok(wait)
     }
 
@@ -377,13 +385,8 @@ impl Sim {
                 self.model.files.insert(FsPath::new(fs, np), k);
             }
         }
-        let moved_dirs: Vec<FsPath> = self
-            .model
-            .dirs
-            .iter()
-            .filter(|p| p.filespace == fs && p.path.is_within(&from.path))
-            .cloned()
-            .collect();
+        let moved_dirs: Vec<FsPath> =
+            self.model.dirs.iter().filter(|p| p.filespace == fs && p.path.is_within(&from.path)).cloned().collect();
         for p in moved_dirs {
             self.model.dirs.remove(&p);
             if let Some(np) = p.path.rebase(&from.path, &to.path) {
@@ -492,7 +495,10 @@ impl Sim {
             }
             let ack = Ack::from_body(&f.body).ok_or_else(|| self.fail("malformed ack"))?;
             // Acknowledgements may only claim what the mirror really did.
-            if ack.applied > self.applier.applied() || ack.synced > self.mirror_synced || ack.durable > self.mirror_durable {
+            if ack.applied > self.applier.applied()
+                || ack.synced > self.mirror_synced
+                || ack.durable > self.mirror_durable
+            {
                 return Err(self.fail(format!("ack {ack:?} runs ahead of the mirror")));
             }
             self.stream.on_ack(ack, self.now).map_err(|e| self.fail(format!("primary refused ack: {e}")))?;
@@ -576,9 +582,7 @@ fn first_difference(
             _ => {}
         }
     }
-    b.keys()
-        .find(|k| !a.contains_key(*k))
-        .map(|k| format!("fs{}:{} exists only on the mirror", k.0, k.1))
+    b.keys().find(|k| !a.contains_key(*k)).map(|k| format!("fs{}:{} exists only on the mirror", k.0, k.1))
 }
 
 /// Run one seed.

@@ -48,7 +48,7 @@ fn show(e: &Option<Entry>) -> (String, String) {
 }
 
 pub fn print_comparison(cmp: &Comparison, rows: usize) {
-    println!("{:<10} {:<36} {:>10} {:<16} {:<16} {}", "filespace", "path", "bytes", "primary xxh3", "mirror xxh3", "");
+    println!("{:<10} {:<36} {:>10} {:<16} {:<16} status", "filespace", "path", "bytes", "primary xxh3", "mirror xxh3");
     for (i, r) in cmp.rows.iter().enumerate() {
         if i >= rows {
             println!("... {} more rows", cmp.rows.len() - rows);
@@ -65,7 +65,11 @@ pub fn print_comparison(cmp: &Comparison, rows: usize) {
         cmp.files,
         cmp.dirs,
         cmp.bytes,
-        if cmp.identical() { "the mirror is byte-identical".to_string() } else { format!("{} DIFFERENCES", cmp.differences) }
+        if cmp.identical() {
+            "the mirror is byte-identical".to_string()
+        } else {
+            format!("{} DIFFERENCES", cmp.differences)
+        }
     );
 }
 
@@ -95,7 +99,13 @@ pub fn run(c: DemoCmd) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let hex: String = material.iter().map(|b| format!("{b:02x}")).collect();
     std::fs::write(&key_file, &hex)?;
 
-    println!("filerep demo: seed {seed}, {} writers x {} operations, {} B blocks, sync level {}", c.writers, c.ops, c.block_size, sync_level.name());
+    println!(
+        "filerep demo: seed {seed}, {} writers x {} operations, {} B blocks, sync level {}",
+        c.writers,
+        c.ops,
+        c.block_size,
+        sync_level.name()
+    );
     println!("data under {}", root.display());
     let identity = PairIdentity { cluster_id: 0xdead_beef, content_id: 0, block_size: c.block_size, generation: 1 };
     let exe = std::env::current_exe()?;
@@ -160,11 +170,8 @@ pub fn run(c: DemoCmd) -> Result<ExitCode, Box<dyn std::error::Error>> {
     );
     println!("mirror daemon stopped: {status}\n");
 
-    let refs: Vec<(String, &std::path::Path, &std::path::Path)> = primary_fs
-        .iter()
-        .zip(&mirror_fs)
-        .map(|(p, m)| (p.name.clone(), p.root.as_path(), m.root.as_path()))
-        .collect();
+    let refs: Vec<(String, &std::path::Path, &std::path::Path)> =
+        primary_fs.iter().zip(&mirror_fs).map(|(p, m)| (p.name.clone(), p.root.as_path(), m.root.as_path())).collect();
     let cmp = filerep::verify::compare(&refs)?;
     print_comparison(&cmp, if c.rows == 0 { usize::MAX } else { c.rows });
     if c.keep {

@@ -14,7 +14,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(name = "filerep", version, about = "Block-level file replication: primary and mirror for a segment's data directory")]
+#[command(
+    name = "filerep",
+    version,
+    about = "Block-level file replication: primary and mirror for a segment's data directory"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -155,8 +159,7 @@ fn run_mirror(c: MirrorCmd) -> CmdResult {
         tuning: StreamTuning::default(),
         prefer_uring: !c.std_io,
     })?;
-    let listener = std::net::TcpListener::bind(&c.listen)
-        .map_err(|e| format!("cannot listen on {}: {e}", c.listen))?;
+    let listener = std::net::TcpListener::bind(&c.listen).map_err(|e| format!("cannot listen on {}: {e}", c.listen))?;
     let addr = listener.local_addr()?;
     let stop = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
@@ -249,12 +252,7 @@ fn run_sim(c: SimCmd) -> CmdResult {
             }
         }
     }
-    println!(
-        "{} seeds passed ({} frames) in {:.1} s",
-        seeds.len(),
-        frames,
-        start.elapsed().as_secs_f64()
-    );
+    println!("{} seeds passed ({} frames) in {:.1} s", seeds.len(), frames, start.elapsed().as_secs_f64());
     Ok(ExitCode::SUCCESS)
 }
 
