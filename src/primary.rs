@@ -301,7 +301,7 @@ impl Primary {
         let bs = inner.identity.block_size as u64;
         let offset = block
             .checked_mul(bs)
-            .filter(|o| o + bs <= crate::protocol::MAX_FILE_BYTES)
+            .filter(|o| o.checked_add(bs).is_some_and(|end| end <= crate::protocol::MAX_FILE_BYTES))
             .ok_or_else(|| Error::InvalidArgument(format!("block {block} is beyond the largest file")))?;
         // Extends of one file serialize on its stripe so that "block == nblocks" holds.
         let file_guard = inner.file_stripe(p);
@@ -449,6 +449,8 @@ impl Primary {
         let p = self.fspath(fs, path)?;
         let inner = &self.inner;
         inner.usable()?;
+        // Shared: a sync never races an unlink or truncate of its file.
+        let _f = inner.file_stripe(&p).read().unwrap_or_else(|e| e.into_inner());
         let file = inner.file(&p)?;
         let seq = inner.ship(&p, Header::new(kind), Bytes::new(), 0)?;
         // The mirror syncs while we do: the caller waits for the slower.

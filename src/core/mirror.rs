@@ -123,6 +123,13 @@ impl MirrorSession {
         let h = &f.header;
         let kind = h.kind.name();
         if !h.kind.is_operation() {
+            if !f.body.is_empty() || h.seq != 0 {
+                return Err(SessionError::Bounds {
+                    kind,
+                    seq: h.seq,
+                    what: "a control frame carries no body and no sequence number".into(),
+                });
+            }
             return match h.kind {
                 Kind::Heartbeat => Ok(Step::Heartbeat),
                 Kind::Shutdown => Ok(Step::Shutdown),
@@ -168,7 +175,7 @@ impl MirrorSession {
                 let offset = h
                     .offset
                     .checked_mul(self.block_size as u64)
-                    .filter(|o| o + self.block_size as u64 <= MAX_FILE_BYTES)
+                    .filter(|o| o.checked_add(self.block_size as u64).is_some_and(|end| end <= MAX_FILE_BYTES))
                     .ok_or_else(|| bounds(format!("block {} is beyond the largest file", h.offset)))?;
                 Op::Write { id: h.file_id, path: self.path_of(h.kind, seq, h.file_id)?, offset, data: f.body.clone() }
             }
@@ -230,13 +237,19 @@ impl MirrorSession {
         self.bindings.retain(|_, p| {
             !(p.filespace == to.filespace && p.path.is_within(&to.path)) || p.path.is_within(&from.path)
         });
-        for p in self.bindings.values_mut() {
-            if p.filespace == from.filespace {
-                if let Some(np) = p.path.rebase(&from.path, &to.path) {
-                    p.path = np;
-                }
+        // A binding whose new path would be too long is retired, as on the primary.
+        self.bindings.retain(|_, p| {
+            if p.filespace != from.filespace || !p.path.is_within(&from.path) {
+                return true;
             }
-        }
+            match p.path.rebase(&from.path, &to.path) {
+                Some(np) => {
+                    p.path = np;
+                    true
+                }
+                None => false,
+            }
+        });
     }
 }
 
@@ -292,6 +305,12 @@ mod tests {
             Err(SessionError::Bounds { .. })
         ));
         assert!(matches!(m.on_frame(&frame(Kind::Ack, 0, 0, 0, b"")), Err(SessionError::WrongDirection { .. })));
+        assert!(matches!(m.on_frame(&frame(Kind::Heartbeat, 0, 0, 0, b"x")), Err(SessionError::Bounds { .. })));
+        let top = u64::MAX / 8192;
+        assert!(matches!(
+            m.on_frame(&frame(Kind::WriteBlock, 2, 1, top, &[0; 8192])),
+            Err(SessionError::Bounds { .. })
+        ));
         let mut h = Header::new(Kind::Mkdir);
         h.seq = 2;
         h.filespace = 3;

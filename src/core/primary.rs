@@ -8,7 +8,7 @@
 
 use crate::disk::FsPath;
 use crate::protocol::{Ack, Header, Kind};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// Most file ids bound at once in one session; the mirror enforces the same.
 pub const MAX_BOUND_FILES: usize = 1 << 20;
@@ -44,6 +44,7 @@ pub struct PrimaryStream {
     next_seq: u64,
     acked: Ack,
     bindings: HashMap<FsPath, u32>,
+    bound_ids: HashSet<u32>,
     next_file_id: u32,
     heartbeat_ms: u64,
     timeout_ms: u64,
@@ -59,6 +60,7 @@ impl PrimaryStream {
             next_seq: start,
             acked: Ack { received: start - 1, applied: start - 1, synced: start - 1, durable: start - 1 },
             bindings: HashMap::new(),
+            bound_ids: HashSet::new(),
             next_file_id: 1,
             heartbeat_ms,
             timeout_ms,
@@ -91,9 +93,14 @@ impl PrimaryStream {
         if self.bindings.len() >= MAX_BOUND_FILES {
             return Err(StreamViolation::TooManyFiles);
         }
-        let id = self.next_file_id;
-        self.next_file_id = self.next_file_id.wrapping_add(1).max(1);
+        // Ids wrap after 2^32 binds; skip any still bound (at most 2^20 are).
+        let mut id = self.next_file_id;
+        while self.bound_ids.contains(&id) {
+            id = id.wrapping_add(1).max(1);
+        }
+        self.next_file_id = id.wrapping_add(1).max(1);
         self.bindings.insert(path.clone(), id);
+        self.bound_ids.insert(id);
         let mut h = Header::new(Kind::Bind);
         h.seq = self.take_seq();
         h.file_id = id;
@@ -110,14 +117,21 @@ impl PrimaryStream {
 
     /// After an unlink: the id is retired on both sides.
     pub fn unbind(&mut self, path: &FsPath) {
-        self.bindings.remove(path);
+        if let Some(id) = self.bindings.remove(path) {
+            self.bound_ids.remove(&id);
+        }
     }
 
     /// After a rename: bindings at or under `from` move to `to`; a file
     /// replaced at `to` loses its binding. The mirror does the same.
     pub fn rebind(&mut self, from: &FsPath, to: &FsPath) {
-        self.bindings.retain(|p, _| {
-            !(p.filespace == to.filespace && p.path.is_within(&to.path)) || p.path.is_within(&from.path)
+        let ids = &mut self.bound_ids;
+        self.bindings.retain(|p, id| {
+            let keep = !(p.filespace == to.filespace && p.path.is_within(&to.path)) || p.path.is_within(&from.path);
+            if !keep {
+                ids.remove(id);
+            }
+            keep
         });
         let moved: Vec<(FsPath, u32)> = self
             .bindings
@@ -127,8 +141,13 @@ impl PrimaryStream {
             .collect();
         for (old, id) in moved {
             self.bindings.remove(&old);
-            if let Some(np) = old.path.rebase(&from.path, &to.path) {
-                self.bindings.insert(FsPath::new(to.filespace, np), id);
+            match old.path.rebase(&from.path, &to.path) {
+                Some(np) => {
+                    self.bindings.insert(FsPath::new(to.filespace, np), id);
+                }
+                None => {
+                    self.bound_ids.remove(&id);
+                }
             }
         }
     }
