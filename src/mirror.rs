@@ -22,10 +22,12 @@ use bytes::Bytes;
 use crossbeam_channel::Sender;
 use std::io::IoSlice;
 use std::net::TcpListener;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+/// Connections open at once (handshaking or streaming).
+pub const MAX_CONNECTIONS: usize = 16;
 /// A full sync at least this often while anything is dirty.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 /// Largest single read from the socket.
@@ -84,6 +86,8 @@ pub struct MirrorServer {
     cfg: MirrorConfig,
     disk: Arc<dyn Disk>,
     generation: AtomicU64,
+    /// Held by the one session that streams.
+    streaming: Mutex<()>,
 }
 
 impl MirrorServer {
@@ -97,7 +101,7 @@ impl MirrorServer {
 
     pub fn with_disk(cfg: MirrorConfig, disk: Arc<dyn Disk>) -> MirrorServer {
         let generation = AtomicU64::new(cfg.generation);
-        MirrorServer { cfg, disk, generation }
+        MirrorServer { cfg, disk, generation, streaming: Mutex::new(()) }
     }
 
     pub fn generation(&self) -> u64 {
@@ -108,26 +112,42 @@ impl MirrorServer {
         self.disk.name()
     }
 
-    /// Serve connections one after another until `stop` is set.
+    /// Serve connections until `stop` is set. Each connection gets its own
+    /// thread (at most [`MAX_CONNECTIONS`]), so a silent or slow peer cannot
+    /// hold up a primary; only one of them may stream at a time.
     pub fn serve(&self, listener: &TcpListener, stop: &AtomicBool) -> Result<()> {
         listener.set_nonblocking(true).map_err(|e| Error::io("listener", e))?;
-        while !stop.load(Ordering::SeqCst) {
-            match listener.accept() {
-                Ok((stream, addr)) => {
-                    let _ = stream.set_nonblocking(false);
-                    let conn = crate::net::tcp(stream).map_err(|e| Error::io("accepted connection", e))?;
-                    let report = self.serve_conn(conn, &addr.to_string());
-                    log_report(&report);
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    std::thread::sleep(Duration::from_millis(20));
+        let open = AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            while !stop.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((stream, addr)) => {
+                        if open.load(Ordering::SeqCst) >= MAX_CONNECTIONS {
+                            tracing::warn!(peer = %addr, "connection refused: {MAX_CONNECTIONS} already open");
+                            continue;
+                        }
+                        open.fetch_add(1, Ordering::SeqCst);
+                        let open = &open;
+                        s.spawn(move || {
+                            let _ = stream.set_nonblocking(false);
+                            match crate::net::tcp(stream) {
+                                Ok(conn) => log_report(&self.serve_conn(conn, &addr.to_string())),
+                                Err(e) => tracing::warn!(peer = %addr, error = %e, "cannot set up the connection"),
+                            }
+                            open.fetch_sub(1, Ordering::SeqCst);
+                        });
+                    }
+                    // Nothing pending: look at the stop flag again shortly.
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
                 }
             }
-        }
+        });
         Ok(())
     }
 
@@ -136,7 +156,7 @@ impl MirrorServer {
         let (mut reader, mut writer) = conn;
         let span = tracing::info_span!("mirror_session", peer);
         let _e = span.enter();
-        let hello = match self.server_handshake(reader.as_mut(), writer.as_mut()) {
+        let (hello, _streaming) = match self.server_handshake(reader.as_mut(), writer.as_mut()) {
             Ok(h) => h,
             Err(end) => {
                 writer.close();
@@ -147,7 +167,12 @@ impl MirrorServer {
         self.stream(hello, reader, writer, peer)
     }
 
-    fn server_handshake(&self, reader: &mut dyn ConnReader, writer: &mut dyn ConnWriter) -> Result<Hello, SessionEnd> {
+    /// Returns the peer's hello and the right to stream (held for the session).
+    fn server_handshake(
+        &self,
+        reader: &mut dyn ConnReader,
+        writer: &mut dyn ConnWriter,
+    ) -> Result<(Hello, MutexGuard<'_, ()>), SessionEnd> {
         let refuse = |writer: &mut dyn ConnWriter, status: Status, reason: String| {
             let v = Verdict { status, generation: self.generation(), mirror_proof: [0; 32], reason: reason.clone() };
             let _ = writer.send_all(&[IoSlice::new(&v.encode())]);
@@ -220,11 +245,19 @@ impl MirrorServer {
                 ),
             ));
         }
+        let streaming = match self.streaming.try_lock() {
+            Ok(g) => g,
+            // A session that panicked left nothing half-applied worth guarding.
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                return Err(refuse(writer, Status::Busy, "another primary is streaming to this mirror".into()));
+            }
+        };
         self.generation.store(hello.generation, Ordering::SeqCst);
         let mirror_proof = key.mirror_proof(&raw, &hello.client_nonce, &server_nonce);
         let v = Verdict { status: Status::Accepted, generation: hello.generation, mirror_proof, reason: String::new() };
         writer.send_all(&[IoSlice::new(&v.encode())]).map_err(disconnected)?;
-        Ok(hello)
+        Ok((hello, streaming))
     }
 
     fn stream(

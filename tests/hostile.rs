@@ -263,3 +263,69 @@ fn random_mutations_never_panic() {
     }
     assert!(refused > 2500, "most random mutations must be caught ({refused} of 3000)");
 }
+
+/// The real daemon process logs why it dropped a connection and goes on serving.
+#[test]
+fn daemon_logs_the_reason_and_keeps_serving() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let dirs = Dirs::new();
+    let args = filerep::process::MirrorArgs {
+        filespaces: dirs.mirror.clone(),
+        key_file: dirs.key_file(),
+        cluster_id: CLUSTER,
+        content_id: 0,
+        block_size: 8192,
+        generation: 1,
+        listen: "127.0.0.1:0".into(),
+        extra: vec![],
+    };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_filerep"))
+        .args(args.to_args())
+        .env("FILEREP_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("daemon");
+    let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut lines = stdout.lines();
+    let addr: std::net::SocketAddr = loop {
+        let line = lines.next().expect("ready line").expect("read");
+        if let Some(a) = line.strip_prefix(filerep::process::READY_PREFIX) {
+            break a.trim().parse().expect("address");
+        }
+    };
+    let (tx, rx) = crossbeam_channel::unbounded::<String>();
+    let stderr = child.stderr.take().expect("stderr");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let wait_for = |needle: &str| -> String {
+        loop {
+            let line =
+                rx.recv_timeout(Duration::from_secs(30)).unwrap_or_else(|_| panic!("no log line with {needle:?}"));
+            if line.contains(needle) {
+                return line;
+            }
+        }
+    };
+    // A peer that speaks garbage after a genuine handshake.
+    let cfg = primary_config(&dirs, 8192, SyncLevel::Applied);
+    let (mut r2, mut w2) = tcp(TcpStream::connect(addr).expect("connect")).expect("tcp");
+    client_handshake(&cfg, 1, r2.as_mut(), w2.as_mut(), "test").expect("handshake");
+    w2.send_all(&[IoSlice::new(&[0xee; 100])]).expect("send");
+    let line = wait_for("bad frame");
+    assert!(line.contains("header checksum"), "{line}");
+    w2.close();
+    drop(r2);
+    assert_eq!(dirs.mirror_entries(), 0);
+    let p = connect_primary(primary_config(&dirs, 8192, SyncLevel::Applied), addr).expect("good primary");
+    p.mkdir(0, "served").expect("mkdir");
+    p.shutdown(Duration::from_secs(10)).expect("shutdown");
+    wait_for("orderly shutdown");
+    assert!(dirs.mirror[0].root.join("served").is_dir());
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -114,3 +114,44 @@ fn demo_command_exits_zero_and_proves_identity() {
     assert!(out.status.success(), "demo failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("the mirror is byte-identical"), "{stdout}");
 }
+
+#[test]
+fn a_silent_peer_does_not_hold_up_the_primary_and_a_second_primary_is_refused() {
+    let dirs = Dirs::new();
+    let daemon = spawn_daemon(&dirs, 8192);
+    // Connects and says nothing: the daemon handshakes it on its own thread.
+    let _silent = std::net::TcpStream::connect(daemon.addr).expect("connect");
+    let started = std::time::Instant::now();
+    let first = connect_primary(primary_config(&dirs, 8192, SyncLevel::Applied), daemon.addr).expect("primary");
+    first.mkdir(0, "d").expect("mkdir");
+    assert!(
+        started.elapsed() < filerep::config::StreamTuning::default().handshake_timeout,
+        "the silent peer did not block the primary"
+    );
+    match connect_primary(primary_config(&dirs, 8192, SyncLevel::Applied), daemon.addr) {
+        Err(filerep::Error::Refused { status, .. }) => {
+            assert_eq!(status, filerep::protocol::handshake::Status::Busy)
+        }
+        other => panic!("a second primary must be refused, got {:?}", other.map(|_| ())),
+    }
+    first.shutdown(Duration::from_secs(10)).expect("shutdown");
+    drop(first);
+    // Once the first session has ended, a new one is served.
+    let mut again = None;
+    for _ in 0..200 {
+        match connect_primary(primary_config(&dirs, 8192, SyncLevel::Applied), daemon.addr) {
+            Ok(p) => {
+                again = Some(p);
+                break;
+            }
+            Err(filerep::Error::Refused { status: filerep::protocol::handshake::Status::Busy, .. }) => {
+                std::thread::yield_now()
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let again = again.expect("served after the first session ended");
+    again.rmdir(0, "d").expect("rmdir");
+    again.shutdown(Duration::from_secs(10)).expect("shutdown");
+    dirs.assert_identical();
+}
