@@ -89,6 +89,8 @@ pub struct Applier {
     dirty_dirs: BTreeMap<DirKey, Arc<dyn DiskFile>>,
     /// Files whose sync or flush frames wait for the next job.
     sync_requests: HashMap<u32, Arc<dyn DiskFile>>,
+    /// A durable-flagged namespace operation waits for the next job.
+    dirs_requested: bool,
     full_requested: bool,
     applied: u64,
     durable: u64,
@@ -104,6 +106,7 @@ impl Applier {
             dirty_files: HashMap::new(),
             dirty_dirs: BTreeMap::new(),
             sync_requests: HashMap::new(),
+            dirs_requested: false,
             full_requested: false,
             applied: base,
             durable: base,
@@ -165,7 +168,9 @@ impl Applier {
                 self.flush_writes(&mut pending)?;
                 self.apply_one(s)?;
             }
-            self.full_requested |= s.durable;
+            if s.durable {
+                self.request_durable(s)?;
+            }
         }
         self.flush_writes(&mut pending)?;
         if let Some(last) = batch.last() {
@@ -174,9 +179,24 @@ impl Applier {
         Ok(self.wants_sync())
     }
 
+    /// The strict level: this operation must be durable before it is
+    /// acknowledged. Its file is synced by the next job; directory entries
+    /// are synced by every job.
+    fn request_durable(&mut self, s: &Sequenced) -> Result<(), ApplyError> {
+        match &s.op {
+            Op::Write { id, path, .. } | Op::Truncate { id, path, .. } | Op::Create { id, path } => {
+                let f = self.file(s.seq, *id, path)?;
+                self.dirty_files.remove(id);
+                self.sync_requests.insert(*id, f);
+            }
+            _ => self.dirs_requested = true,
+        }
+        Ok(())
+    }
+
     /// Whether a sync job is wanted.
     pub fn wants_sync(&self) -> bool {
-        self.full_requested || !self.sync_requests.is_empty()
+        self.full_requested || self.dirs_requested || !self.sync_requests.is_empty()
     }
 
     /// Ask for a full job (shutdown, periodic checkpoint).
@@ -257,6 +277,7 @@ impl Applier {
     /// was requested) and every dirty directory, as a job.
     pub fn take_sync_job(&mut self) -> SyncJob {
         let full = std::mem::take(&mut self.full_requested);
+        self.dirs_requested = false;
         let mut files: Vec<Arc<dyn DiskFile>> = self.sync_requests.drain().map(|(_, f)| f).collect();
         if full {
             files.extend(self.dirty_files.drain().map(|(_, f)| f));

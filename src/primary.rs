@@ -508,6 +508,7 @@ impl Primary {
             let mut h = Header::new(Kind::Rename);
             h.filespace = fs;
             h.aux = from.path.as_str().len() as u32;
+            h.flags |= inner.level_flags();
             let mut body = Vec::with_capacity(from.path.as_str().len() + to.path.as_str().len());
             body.extend_from_slice(from.path.as_str().as_bytes());
             body.extend_from_slice(to.path.as_str().as_bytes());
@@ -621,9 +622,7 @@ impl Inner {
         h.filespace = p.filespace;
         h.body_len = body.len() as u32;
         h.body_hash = body_hash(&body);
-        if self.level == SyncLevel::Durable && matches!(h.kind, Kind::WriteBlock | Kind::Extend | Kind::WriteAt) {
-            h.flags |= FLAG_DURABLE;
-        }
+        h.flags |= self.level_flags();
         let mut q = self.queue_space()?;
         let (id, bind) = q.stream.bind(p).map_err(|e| Error::InvalidArgument(e.to_string()))?;
         if let Some((bh, path)) = bind {
@@ -643,7 +642,17 @@ impl Inner {
         Ok(seq)
     }
 
+    /// The strict level asks the mirror to make every operation durable.
+    fn level_flags(&self) -> u8 {
+        if self.level == SyncLevel::Durable {
+            FLAG_DURABLE
+        } else {
+            0
+        }
+    }
+
     fn ship_unbound(&self, mut h: Header, body: Bytes) -> Result<u64> {
+        h.flags |= self.level_flags();
         h.body_len = body.len() as u32;
         h.body_hash = body_hash(&body);
         let mut q = self.queue_space()?;
@@ -730,7 +739,7 @@ impl Inner {
     fn wait_level(&self, seq: u64) -> Result<()> {
         match self.level {
             SyncLevel::Applied => self.wait_mark(seq, Mark::Applied, None),
-            SyncLevel::Durable => self.wait_mark(seq, Mark::Durable, None),
+            SyncLevel::Durable => self.wait_mark(seq, Mark::Synced, None),
             SyncLevel::Async { window } => self.wait_mark(seq.saturating_sub(window), Mark::Applied, None),
         }
     }
@@ -739,7 +748,7 @@ impl Inner {
     /// they are rare and a later write depends on them.
     fn wait_namespace(&self, seq: u64) -> Result<()> {
         match self.level {
-            SyncLevel::Durable => self.wait_mark(seq, Mark::Durable, None),
+            SyncLevel::Durable => self.wait_mark(seq, Mark::Synced, None),
             _ => self.wait_mark(seq, Mark::Applied, None),
         }
     }
