@@ -6,11 +6,11 @@
 //! submission). Durability is grouped into [`SyncJob`]s that the daemon runs
 //! on a syncer thread, so writes keep being applied while earlier ones are
 //! made durable:
-//! - a sync or flush frame asks for its own file (`fdatasync`) and every
-//!   directory whose entries changed (`fsync`): then "synced through" moves;
-//! - a write flagged durable, a shutdown, or the periodic checkpoint asks
-//!   for everything written since the last full job: then "durable through"
-//!   moves too.
+//! - a sync or flush frame, or an operation flagged durable, asks for its
+//!   own file (`fdatasync`) and every directory whose entries changed
+//!   (`fsync`): then "synced through" moves;
+//! - a shutdown or the periodic checkpoint asks for everything written since
+//!   the last full job: then "durable through" moves too.
 
 use crate::core::mirror::Op;
 use crate::disk::{BatchWrite, Disk, DiskError, DiskFile, FsPath, OpenMode};

@@ -34,8 +34,8 @@ pub const MAX_FILE_BYTES: u64 = 1 << 50;
 /// Block sizes a cluster may choose.
 pub const BLOCK_SIZES: [u32; 3] = [8 * 1024, 16 * 1024, 32 * 1024];
 
-/// The mirror must make this operation durable before it reports it durable
-/// (the strict sync level sets it on every write).
+/// The mirror must make this operation durable before it acknowledges it as
+/// synced (the strict sync level sets it on every operation).
 pub const FLAG_DURABLE: u8 = 0x01;
 const KNOWN_FLAGS: u8 = FLAG_DURABLE;
 
@@ -272,7 +272,8 @@ pub struct Ack {
     pub received: u64,
     /// Written to the mirror's files (page cache).
     pub applied: u64,
-    /// Every sync and flush frame: its file is durable on the mirror.
+    /// Every sync/flush frame and every operation flagged durable: its file
+    /// (and every changed directory) is durable on the mirror.
     pub synced: u64,
     /// Everything, data and directory entries, is durable on the mirror.
     pub durable: u64,
