@@ -150,6 +150,8 @@ struct Sim {
     received: u64,
     /// Sync jobs waiting for the simulated syncer thread.
     sync_jobs: VecDeque<crate::apply::SyncJob>,
+    /// The operation being issued carries `FLAG_DURABLE`.
+    strict_next: bool,
     mirror_synced: u64,
     mirror_durable: u64,
 }
@@ -161,6 +163,9 @@ impl Sim {
 
     fn ship(&mut self, h: Header, body: Bytes) {
         let mut h = h;
+        if self.strict_next && h.kind.is_operation() && h.kind != Kind::Bind {
+            h.flags |= crate::protocol::FLAG_DURABLE;
+        }
         h.body_len = body.len() as u32;
         h.body_hash = body_hash(&body);
         let f = Frame { header: h, body };
@@ -526,7 +531,12 @@ impl Sim {
             // Each ready writer may issue its next operation.
             for w in 0..self.writers.len() {
                 if issued < self.cfg.operations && self.satisfied(self.writers[w]) && self.rng.gen_bool(0.5) {
-                    self.writers[w] = self.issue()?;
+                    // Now and then an operation at the strict level: it waits until synced.
+                    self.strict_next = self.rng.gen_bool(0.1);
+                    self.writers[w] = match self.issue()? {
+                        Wait::Applied(s) if self.strict_next => Wait::Synced(s),
+                        other => other,
+                    };
                     issued += 1;
                 }
             }
@@ -609,6 +619,7 @@ pub fn run(seed: u64, cfg: &SimConfig) -> Result<SimReport, SimFailure> {
         report: SimReport::default(),
         received: 0,
         sync_jobs: VecDeque::new(),
+        strict_next: false,
         mirror_synced: 0,
         mirror_durable: 0,
     };
