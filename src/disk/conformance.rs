@@ -34,6 +34,7 @@ const CHECKS: &[Check] = &[
     ("write_batch", check_write_batch),
     ("sync", check_sync),
     ("sync_parent_dir", check_sync_parent_dir),
+    ("parent_dir_handle", check_parent_dir_handle),
 ];
 
 /// Run every check against fresh disks from `make`.
@@ -406,6 +407,33 @@ fn check_sync_parent_dir(d: &dyn Disk) {
     // The final component need not exist; its directory must.
     d.sync_parent_dir(&p(1, "a/b/not-yet")).unwrap();
     assert_eq!(kind(d.sync_parent_dir(&p(1, "a/missing/f"))), DiskErrorKind::NotFound);
+}
+
+fn check_parent_dir_handle(d: &dyn Disk) {
+    d.create_dir(&p(0, "a")).unwrap();
+    let h = d.parent_dir_handle(&p(0, "a/f")).unwrap();
+    new_file(d, &p(0, "a/f"), b"f");
+    // The handle follows its directory through a rename.
+    d.rename(&p(0, "a"), &p(0, "b")).unwrap();
+    h.sync_data().unwrap();
+    assert!(h.write_at(0, b"x").is_err(), "a directory handle takes no data");
+    let top = d.parent_dir_handle(&p(1, "top")).unwrap();
+    top.sync_data().unwrap();
+    assert_eq!(kind(d.parent_dir_handle(&p(0, "missing/f"))), DiskErrorKind::NotFound);
+}
+
+#[test]
+fn sim_dir_handle_makes_entries_durable_after_a_rename() {
+    let d = SimDisk::new(1);
+    d.create_dir(&p(0, "a")).unwrap();
+    d.sync_parent_dir(&p(0, "a")).unwrap();
+    let h = d.parent_dir_handle(&p(0, "a/f")).unwrap();
+    new_file(&d, &p(0, "a/f"), b"f").sync_data().unwrap();
+    d.rename(&p(0, "a"), &p(0, "b")).unwrap();
+    d.sync_parent_dir(&p(0, "b")).unwrap();
+    h.sync_data().unwrap();
+    d.crash(None);
+    assert_eq!(sim_file(&d.snapshot(), 0, "b/f").as_deref(), Some(&b"f"[..]));
 }
 
 // ---------------------------------------------------------------- backends
