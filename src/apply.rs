@@ -20,6 +20,8 @@ use std::sync::Arc;
 
 /// Open files kept between batches; dirty files stay open until synced.
 const MAX_CACHED_FILES: usize = 1024;
+/// Dirty files (open descriptors) before a full sync job is asked for.
+pub const MAX_DIRTY_FILES: usize = 512;
 
 #[derive(Debug, thiserror::Error)]
 #[error("applying {op} #{seq}: {error}")]
@@ -87,6 +89,9 @@ pub struct Applier {
     dirty_files: HashMap<u32, Arc<dyn DiskFile>>,
     /// Directories whose entries changed since the last sync job.
     dirty_dirs: BTreeMap<DirKey, Arc<dyn DiskFile>>,
+    /// Dirty directories that were renamed or removed since: no longer
+    /// reachable by their old name, still synced by the next job.
+    moved_dirs: Vec<Arc<dyn DiskFile>>,
     /// Files whose sync or flush frames wait for the next job.
     sync_requests: HashMap<u32, Arc<dyn DiskFile>>,
     /// A durable-flagged namespace operation waits for the next job.
@@ -105,6 +110,7 @@ impl Applier {
             open: HashMap::new(),
             dirty_files: HashMap::new(),
             dirty_dirs: BTreeMap::new(),
+            moved_dirs: Vec::new(),
             sync_requests: HashMap::new(),
             dirs_requested: false,
             full_requested: false,
@@ -142,6 +148,23 @@ impl Applier {
             self.open.retain(|k, _| dirty.contains_key(k));
         }
         self.open.insert(id, f);
+    }
+
+    /// Move dirty directory handles whose key lies at or under `path` out
+    /// of the keyed map: they are still synced by the next job, but a new
+    /// directory created at that name gets a handle of its own.
+    fn unkey_dirs_under(&mut self, path: &FsPath) {
+        let stale: Vec<DirKey> = self
+            .dirty_dirs
+            .keys()
+            .filter(|(fs, dir)| *fs == path.filespace && dir.as_ref().is_some_and(|d| d.is_within(&path.path)))
+            .cloned()
+            .collect();
+        for k in stale {
+            if let Some(h) = self.dirty_dirs.remove(&k) {
+                self.moved_dirs.push(h);
+            }
+        }
     }
 
     fn dirty_dir(&mut self, seq: u64, child: &FsPath) -> Result<(), ApplyError> {
@@ -206,7 +229,13 @@ impl Applier {
 
     /// Whether anything applied is not yet known durable by a full job.
     pub fn has_unsynced(&self) -> bool {
-        !self.dirty_files.is_empty() || !self.dirty_dirs.is_empty()
+        !self.dirty_files.is_empty() || !self.dirty_dirs.is_empty() || !self.moved_dirs.is_empty()
+    }
+
+    /// Dirty files stay open until synced: past this many, the caller
+    /// should ask for a full job so descriptors are released.
+    pub fn too_many_dirty(&self) -> bool {
+        self.dirty_files.len() + self.sync_requests.len() >= MAX_DIRTY_FILES
     }
 
     fn flush_writes(&mut self, pending: &mut Vec<PendingWrite<'_>>) -> Result<(), ApplyError> {
@@ -261,10 +290,15 @@ impl Applier {
             }
             Op::Rmdir { path } => {
                 self.disk.remove_dir(path).map_err(err("rmdir"))?;
+                self.unkey_dirs_under(path);
                 self.dirty_dir(seq, path)?;
             }
             Op::Rename { from, to } => {
                 self.disk.rename(from, to).map_err(err("rename"))?;
+                // Handles follow their directories; the names they were
+                // keyed by may now name other directories.
+                self.unkey_dirs_under(from);
+                self.unkey_dirs_under(to);
                 self.dirty_dir(seq, from)?;
                 self.dirty_dir(seq, to)?;
             }
@@ -282,12 +316,9 @@ impl Applier {
         if full {
             files.extend(self.dirty_files.drain().map(|(_, f)| f));
         }
-        SyncJob {
-            through: self.applied,
-            durable_through: full.then_some(self.applied),
-            files,
-            dirs: std::mem::take(&mut self.dirty_dirs).into_values().collect(),
-        }
+        let mut dirs: Vec<Arc<dyn DiskFile>> = std::mem::take(&mut self.moved_dirs);
+        dirs.extend(std::mem::take(&mut self.dirty_dirs).into_values());
+        SyncJob { through: self.applied, durable_through: full.then_some(self.applied), files, dirs }
     }
 
     /// Make everything applied durable here and now.
@@ -296,5 +327,69 @@ impl Applier {
         let job = self.take_sync_job();
         self.durable = job.run(self.disk.as_ref())?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::disk::{SimDisk, SimEntry};
+
+    fn p(s: &str) -> FsPath {
+        FsPath::new(0, RelPath::new(s).unwrap())
+    }
+
+    fn op(seq: u64, op: Op) -> Sequenced {
+        Sequenced { seq, op, durable: false }
+    }
+
+    /// A directory renamed away and re-created under its old name: a sync
+    /// must still make the new directory's entries durable.
+    #[test]
+    fn recreated_directory_gets_its_own_handle() {
+        let disk = Arc::new(SimDisk::new(1));
+        let mut a = Applier::new(disk.clone(), 1);
+        a.apply(&[op(1, Op::Mkdir { path: p("d") }), op(2, Op::Create { id: 1, path: p("d/x") })]).unwrap();
+        a.sync_all().unwrap();
+        a.apply(&[
+            op(3, Op::Create { id: 2, path: p("d/w") }),
+            op(4, Op::Rename { from: p("d"), to: p("e") }),
+            op(5, Op::Mkdir { path: p("d") }),
+            op(6, Op::Create { id: 3, path: p("d/y") }),
+            op(7, Op::Sync { id: 3, path: p("d/y") }),
+        ])
+        .unwrap();
+        assert!(a.wants_sync());
+        let job = a.take_sync_job();
+        assert_eq!(job.through, 7);
+        assert_eq!(job.durable_through, None, "a sync job is not a full checkpoint");
+        job.run(disk.as_ref()).unwrap();
+        disk.crash(None);
+        let snap = disk.snapshot();
+        assert_eq!(snap.get(&(0, "d/y".to_string())), Some(&SimEntry::File(vec![])), "{snap:?}");
+        assert_eq!(snap.get(&(0, "e/w".to_string())), Some(&SimEntry::File(vec![])), "{snap:?}");
+    }
+
+    #[test]
+    fn durable_flag_syncs_its_file_and_full_jobs_cover_everything() {
+        let disk = Arc::new(SimDisk::new(1));
+        let mut a = Applier::new(disk.clone(), 1);
+        a.apply(&[op(1, Op::Create { id: 1, path: p("a") }), op(2, Op::Create { id: 2, path: p("b") })]).unwrap();
+        a.sync_all().unwrap();
+        let w = |seq, id, path: &str, durable| Sequenced {
+            seq,
+            op: Op::Write { id, path: p(path), offset: 0, data: bytes::Bytes::from_static(b"data") },
+            durable,
+        };
+        assert!(!a.apply(&[w(3, 2, "b", false)]).unwrap(), "a plain write asks for no sync");
+        assert!(a.apply(&[w(4, 1, "a", true)]).unwrap(), "a durable write asks for a sync");
+        a.take_sync_job().run(disk.as_ref()).unwrap();
+        let durable = disk.durable_snapshot();
+        assert_eq!(durable.get(&(0, "a".to_string())), Some(&SimEntry::File(b"data".to_vec())));
+        assert_eq!(durable.get(&(0, "b".to_string())), Some(&SimEntry::File(vec![])), "b was not asked for");
+        assert!(a.has_unsynced());
+        a.sync_all().unwrap();
+        assert_eq!(a.durable(), 4);
+        assert_eq!(disk.durable_snapshot(), disk.snapshot());
     }
 }

@@ -16,6 +16,9 @@ pub enum Error {
     /// succeeds on this stream: the pair is no longer synchronized.
     #[error("mirror lost: {0}")]
     MirrorLost(String),
+    /// The stream was shut down; no further call is accepted.
+    #[error("closed: {0}")]
+    Closed(String),
     /// A local write or fsync failed; nothing more is reported durable (brief rule 8).
     #[error("segment faulted: {0}")]
     Faulted(String),

@@ -12,7 +12,7 @@
 use crate::apply::{Applier, Sequenced, SyncJob};
 use crate::config::{check_block_size, check_filespaces, Filespace, StreamTuning};
 use crate::core::mirror::{MirrorSession, Step};
-use crate::disk::Disk;
+use crate::disk::{Disk, DiskErrorKind};
 use crate::error::{Error, Result};
 use crate::net::{is_timeout, Conn, ConnReader, ConnWriter};
 use crate::primary::read_message;
@@ -26,6 +26,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+/// Highest first sequence number a primary may announce (room to count up).
+const MAX_START_SEQ: u64 = 1 << 62;
 /// Connections open at once (handshaking or streaming).
 pub const MAX_CONNECTIONS: usize = 16;
 /// A full sync at least this often while anything is dirty.
@@ -88,6 +90,11 @@ pub struct MirrorServer {
     generation: AtomicU64,
     /// Held by the one session that streams.
     streaming: Mutex<()>,
+    /// Set after a failed write or fsync: the files are in doubt, and no
+    /// primary is accepted until they are rebuilt.
+    fault: Mutex<Option<String>>,
+    /// Set when `serve` is asked to stop: sessions end.
+    stopping: AtomicBool,
 }
 
 impl MirrorServer {
@@ -101,7 +108,14 @@ impl MirrorServer {
 
     pub fn with_disk(cfg: MirrorConfig, disk: Arc<dyn Disk>) -> MirrorServer {
         let generation = AtomicU64::new(cfg.generation);
-        MirrorServer { cfg, disk, generation, streaming: Mutex::new(()) }
+        MirrorServer {
+            cfg,
+            disk,
+            generation,
+            streaming: Mutex::new(()),
+            fault: Mutex::new(None),
+            stopping: AtomicBool::new(false),
+        }
     }
 
     pub fn generation(&self) -> u64 {
@@ -112,6 +126,19 @@ impl MirrorServer {
         self.disk.name()
     }
 
+    /// Why this mirror faulted, if it did.
+    pub fn fault(&self) -> Option<String> {
+        self.fault.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set_fault(&self, reason: String) {
+        tracing::error!(%reason, "mirror faulted: refusing primaries until its files are rebuilt");
+        let mut f = self.fault.lock().unwrap_or_else(|e| e.into_inner());
+        if f.is_none() {
+            *f = Some(reason);
+        }
+    }
+
     /// Serve connections until `stop` is set. Each connection gets its own
     /// thread (at most [`MAX_CONNECTIONS`]), so a silent or slow peer cannot
     /// hold up a primary; only one of them may stream at a time.
@@ -120,6 +147,7 @@ impl MirrorServer {
         let open = AtomicUsize::new(0);
         std::thread::scope(|s| {
             while !stop.load(Ordering::SeqCst) {
+                self.stopping.store(false, Ordering::SeqCst);
                 match listener.accept() {
                     Ok((stream, addr)) => {
                         if open.load(Ordering::SeqCst) >= MAX_CONNECTIONS {
@@ -147,6 +175,8 @@ impl MirrorServer {
                     }
                 }
             }
+            // Sessions see this and end (after making what they applied durable).
+            self.stopping.store(true, Ordering::SeqCst);
         });
         Ok(())
     }
@@ -179,8 +209,10 @@ impl MirrorServer {
             SessionEnd::Refused(status, reason)
         };
         let disconnected = |e: std::io::Error| SessionEnd::Disconnected(format!("during handshake: {e}"));
-        let _ = reader.set_timeout(Some(self.cfg.tuning.handshake_timeout));
-        let raw = match read_message(reader) {
+        // One deadline for the whole handshake: a peer trickling bytes
+        // cannot hold a connection slot longer than this.
+        let deadline = Instant::now() + self.cfg.tuning.handshake_timeout;
+        let raw = match read_message(reader, Some(deadline)) {
             Ok(r) => r,
             Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
                 return Err(refuse(writer, Status::Malformed, e.to_string()))
@@ -194,7 +226,7 @@ impl MirrorServer {
         let mut server_nonce = [0u8; 32];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut server_nonce);
         writer.send_all(&[IoSlice::new(&handshake::Challenge { server_nonce }.encode())]).map_err(disconnected)?;
-        let proof = read_message(reader).map_err(disconnected)?;
+        let proof = read_message(reader, Some(deadline)).map_err(disconnected)?;
         let proof = match handshake::Proof::decode(&proof) {
             Ok(p) => p,
             Err(e) => return Err(refuse(writer, Status::Malformed, e.to_string())),
@@ -204,7 +236,21 @@ impl MirrorServer {
         if !handshake::proofs_equal(&expect, &proof.proof) {
             return Err(refuse(writer, Status::BadKey, "the peer did not prove it holds the cluster key".into()));
         }
+        if let Some(f) = self.fault.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+            return Err(refuse(
+                writer,
+                Status::Faulted,
+                format!("this mirror faulted ({f}); its files are in doubt until a full resync"),
+            ));
+        }
         let cfg = &self.cfg;
+        if hello.start_seq == 0 || hello.start_seq > MAX_START_SEQ {
+            return Err(refuse(
+                writer,
+                Status::Malformed,
+                format!("start sequence {} is out of range", hello.start_seq),
+            ));
+        }
         if hello.cluster_id != cfg.cluster_id {
             return Err(refuse(
                 writer,
@@ -290,6 +336,12 @@ impl MirrorServer {
             }
         };
         let _ = reader.set_timeout(Some(self.cfg.tuning.ack_timeout));
+        // A primary that stops reading acknowledgements ends the session.
+        if let Err(e) =
+            acks.writer.lock().unwrap_or_else(|e| e.into_inner()).set_send_timeout(Some(self.cfg.tuning.ack_timeout))
+        {
+            tracing::warn!(error = %e, "cannot set the send timeout");
+        }
         let mut dec = Decoder::new();
         let mut buf = vec![0u8; READ_CHUNK];
         let mut frames = 0u64;
@@ -299,6 +351,9 @@ impl MirrorServer {
         let end = 'conn: loop {
             if acks.failed.load(Ordering::SeqCst) {
                 break SessionEnd::ApplyFailed("a sync failed".into());
+            }
+            if self.stopping.load(Ordering::SeqCst) {
+                break SessionEnd::Disconnected("the mirror daemon is stopping".into());
             }
             let n = match reader.recv(&mut buf) {
                 Ok(0) => {
@@ -343,7 +398,10 @@ impl MirrorServer {
                     acks.marks.received.store(session.received(), Ordering::SeqCst);
                     acks.marks.applied.store(applier.applied(), Ordering::SeqCst);
                     // A checkpoint bounds how far "durable through" lags.
-                    if shutdown || (applier.has_unsynced() && last_full.elapsed() >= CHECKPOINT_INTERVAL) {
+                    if shutdown
+                        || applier.too_many_dirty()
+                        || (applier.has_unsynced() && last_full.elapsed() >= CHECKPOINT_INTERVAL)
+                    {
                         applier.request_full();
                         last_full = Instant::now();
                     }
@@ -354,6 +412,11 @@ impl MirrorServer {
                 Err(e) => {
                     tracing::error!(seq = e.seq, error = %e, "apply failed; ending the session");
                     acks.fault(e.seq, &e.to_string());
+                    // An I/O error leaves the written data in doubt (rule 8);
+                    // a refused path or a missing file does not.
+                    if matches!(e.error.kind, DiskErrorKind::Io | DiskErrorKind::NoSpace) {
+                        self.set_fault(e.to_string());
+                    }
                     break SessionEnd::ApplyFailed(e.to_string());
                 }
             }
@@ -364,8 +427,17 @@ impl MirrorServer {
                 break SessionEnd::Disconnected("sending an acknowledgement failed".into());
             }
         };
+        // Whatever was applied is made durable before the session ends.
+        if !matches!(end, SessionEnd::ApplyFailed(_)) && applier.has_unsynced() {
+            applier.request_full();
+            let _ = sync_tx.send(applier.take_sync_job());
+        }
         drop(sync_tx);
         let sync_error = syncer.join().unwrap_or_else(|_| Some("syncer panicked".into()));
+        if let Some(e) = &sync_error {
+            // Rule 8: after a failed fsync nothing here is reported durable again.
+            self.set_fault(e.clone());
+        }
         if end == SessionEnd::Shutdown && sync_error.is_none() {
             // The final acknowledgement: everything durable.
             acks.send();

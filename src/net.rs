@@ -27,6 +27,8 @@ pub trait ConnWriter: Send {
     /// A second handle on the same connection, so another thread can
     /// close it while this one is blocked in a send.
     fn clone_writer(&self) -> io::Result<Box<dyn ConnWriter>>;
+    /// Fail a send that cannot complete within `t` (the peer stopped reading).
+    fn set_send_timeout(&mut self, t: Option<Duration>) -> io::Result<()>;
 }
 
 pub type Conn = (Box<dyn ConnReader>, Box<dyn ConnWriter>);
@@ -75,6 +77,9 @@ impl ConnWriter for TcpWriter {
     fn clone_writer(&self) -> io::Result<Box<dyn ConnWriter>> {
         Ok(Box::new(TcpWriter(self.0.try_clone()?)))
     }
+    fn set_send_timeout(&mut self, t: Option<Duration>) -> io::Result<()> {
+        self.0.set_write_timeout(t)
+    }
 }
 
 /// Tune a TCP stream for the replication stream and split it.
@@ -111,6 +116,7 @@ pub struct MemWriter {
     /// Split every send into pieces of at most this many bytes.
     chunk: usize,
     closed: bool,
+    send_timeout: Option<Duration>,
 }
 
 impl ConnReader for MemReader {
@@ -155,9 +161,15 @@ impl ConnWriter for MemWriter {
         }
         for b in bufs {
             for piece in b.chunks(self.chunk.max(1)) {
-                self.tx
-                    .send(Some(piece.to_vec()))
-                    .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "peer went away"))?;
+                let msg = Some(piece.to_vec());
+                let sent = match self.send_timeout {
+                    None => self.tx.send(msg).map_err(|_| io::ErrorKind::BrokenPipe),
+                    Some(t) => self.tx.send_timeout(msg, t).map_err(|e| match e {
+                        crossbeam_channel::SendTimeoutError::Timeout(_) => io::ErrorKind::TimedOut,
+                        crossbeam_channel::SendTimeoutError::Disconnected(_) => io::ErrorKind::BrokenPipe,
+                    }),
+                };
+                sent.map_err(|k| io::Error::new(k, "in-memory send failed"))?;
             }
         }
         Ok(())
@@ -176,7 +188,12 @@ impl ConnWriter for MemWriter {
             own_rx_wake: self.own_rx_wake.clone(),
             chunk: self.chunk,
             closed: self.closed,
+            send_timeout: self.send_timeout,
         }))
+    }
+    fn set_send_timeout(&mut self, t: Option<Duration>) -> io::Result<()> {
+        self.send_timeout = t;
+        Ok(())
     }
 }
 
@@ -195,14 +212,38 @@ pub fn mem_pair(chunk: usize, capacity: usize) -> (Conn, Conn) {
     let reader = |rx| MemReader { rx, leftover: Vec::new(), at: 0, timeout: None, eof: false };
     let a = (
         Box::new(reader(b_rx)) as Box<dyn ConnReader>,
-        Box::new(MemWriter { tx: a_tx.clone(), own_rx_wake: b_tx.clone(), chunk, closed: false })
+        Box::new(MemWriter { tx: a_tx.clone(), own_rx_wake: b_tx.clone(), chunk, closed: false, send_timeout: None })
             as Box<dyn ConnWriter>,
     );
     let b = (
         Box::new(reader(a_rx)) as Box<dyn ConnReader>,
-        Box::new(MemWriter { tx: b_tx, own_rx_wake: a_tx, chunk, closed: false }) as Box<dyn ConnWriter>,
+        Box::new(MemWriter { tx: b_tx, own_rx_wake: a_tx, chunk, closed: false, send_timeout: None })
+            as Box<dyn ConnWriter>,
     );
     (a, b)
+}
+
+/// Read exactly `buf.len()` bytes before `deadline` (if any), or fail.
+pub fn recv_exact_until(
+    r: &mut dyn ConnReader,
+    buf: &mut [u8],
+    deadline: Option<std::time::Instant>,
+) -> io::Result<()> {
+    let mut at = 0;
+    while at < buf.len() {
+        if let Some(d) = deadline {
+            let left = d.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "deadline passed"));
+            }
+            r.set_timeout(Some(left))?;
+        }
+        match r.recv(&mut buf[at..])? {
+            0 => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed")),
+            n => at += n,
+        }
+    }
+    Ok(())
 }
 
 /// Read exactly `buf.len()` bytes, or fail on end of stream.

@@ -14,7 +14,7 @@ use crate::config::{check_block_size, check_filespaces, Filespace, PairIdentity,
 use crate::core::primary::{PrimaryStream, TimerAction};
 use crate::disk::{Disk, DiskError, DiskFile, FsPath, OpenMode};
 use crate::error::{Error, Result};
-use crate::net::{is_timeout, recv_exact, Conn, ConnReader, ConnWriter};
+use crate::net::{is_timeout, recv_exact_until, Conn, ConnReader, ConnWriter};
 use crate::path::RelPath;
 use crate::protocol::handshake::{self, ClusterKey, Hello, Status};
 use crate::protocol::{body_hash, Ack, Decoder, Header, Kind, FLAG_DURABLE, HEADER_LEN, MAX_WRITE_AT};
@@ -22,7 +22,7 @@ use bytes::Bytes;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::io::IoSlice;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -54,6 +54,13 @@ pub struct Stats {
     pub frames_sent: AtomicU64,
     pub wire_bytes_sent: AtomicU64,
     pub batches_sent: AtomicU64,
+}
+
+/// A file stripe held shared or exclusive (held for its drop).
+#[allow(dead_code)]
+enum StripeGuard<'a> {
+    Read(std::sync::RwLockReadGuard<'a, ()>),
+    Write(std::sync::RwLockWriteGuard<'a, ()>),
 }
 
 /// A plain copy of [`Stats`].
@@ -131,6 +138,10 @@ struct Inner {
     mark_copies: [AtomicU64; 3],
     file_stripes: Vec<RwLock<()>>,
     block_stripes: Vec<Mutex<()>>,
+    /// Serialize local fdatasync calls per file (rule 8).
+    sync_stripes: Vec<Mutex<()>>,
+    /// Set by `shutdown`: new calls are refused.
+    closing: AtomicBool,
     /// Taken for writing by directory operations and renames, for reading
     /// when a file is opened: the open-file cache never serves a stale path.
     namespace: RwLock<()>,
@@ -175,6 +186,9 @@ impl Primary {
         let tuning = cfg.tuning.clone();
         let epoch = Instant::now();
         let closer = writer.clone_writer().map_err(|e| Error::io("cloning the connection", e))?;
+        // A mirror that stops reading must not hold a sending caller (or the
+        // heartbeat) forever: a send that cannot finish in time loses the mirror.
+        writer.set_send_timeout(Some(tuning.ack_timeout)).map_err(|e| Error::io("setting the send timeout", e))?;
         let inner = Arc::new(Inner {
             identity: cfg.identity.clone(),
             level: cfg.sync_level,
@@ -199,6 +213,8 @@ impl Primary {
             mark_copies: [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)],
             file_stripes: (0..FILE_STRIPES).map(|_| RwLock::new(())).collect(),
             block_stripes: (0..BLOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+            sync_stripes: (0..FILE_STRIPES).map(|_| Mutex::new(())).collect(),
+            closing: AtomicBool::new(false),
             namespace: RwLock::new(()),
             cache: (0..CACHE_SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             faulted: Mutex::new(None),
@@ -266,19 +282,29 @@ impl Primary {
     }
 
     // ---- relation files -------------------------------------------------
+    //
+    // Locking, for every mutating call: the file's stripe (shared for block
+    // and byte writes, exclusive for create, truncate, unlink and byte-range
+    // writes), then the block's stripe for block writes, held from the
+    // handle lookup through queueing the frame and the local I/O, so local
+    // order and sequence order agree for any one file or block. Renames and
+    // shutdown take every file stripe. Callers never wait for the mirror
+    // while holding a stripe.
 
     /// Create a relation (or flat) file. Fails if it exists.
     pub fn create(&self, fs: u16, path: &str) -> Result<()> {
         let p = self.fspath(fs, path)?;
-        self.inner.usable()?;
-        let _f = self.inner.file_stripe(&p).write().unwrap_or_else(|e| e.into_inner());
+        let inner = &self.inner;
+        inner.usable()?;
         let seq = {
-            let _ns = self.inner.namespace.read().unwrap_or_else(|e| e.into_inner());
-            let file = self.inner.disk.open(&p, OpenMode::CreateNew)?;
-            self.inner.cache_put(&p, file);
-            self.inner.ship(&p, Header::new(Kind::Create), Bytes::new(), 0)?
+            let _f = inner.file_stripe(&p).write().unwrap_or_else(|e| e.into_inner());
+            let _ns = inner.namespace.read().unwrap_or_else(|e| e.into_inner());
+            let file = inner.disk.open(&p, OpenMode::CreateNew)?;
+            inner.cache_put(&p, file);
+            inner.ship(&p, Header::new(Kind::Create), Bytes::new(), 0)?
         };
-        self.inner.wait_namespace(seq)
+        inner.flush();
+        inner.wait_namespace(seq)
     }
 
     /// Write one block (an evicted dirty buffer).
@@ -303,32 +329,29 @@ impl Primary {
             .checked_mul(bs)
             .filter(|o| o.checked_add(bs).is_some_and(|end| end <= crate::protocol::MAX_FILE_BYTES))
             .ok_or_else(|| Error::InvalidArgument(format!("block {block} is beyond the largest file")))?;
-        // Extends of one file serialize on its stripe so that "block == nblocks" holds.
-        let file_guard = inner.file_stripe(p);
-        let (_shared, _exclusive);
-        if extend {
-            _exclusive = Some(file_guard.write().unwrap_or_else(|e| e.into_inner()));
-            _shared = None;
-        } else {
-            _shared = Some(file_guard.read().unwrap_or_else(|e| e.into_inner()));
-            _exclusive = None;
-        }
-        let _b = lock(&inner.block_stripes[stripe_of(&(p, block), BLOCK_STRIPES)]);
-        let file = inner.file(p)?;
-        if extend {
-            let n = file.len()? / bs;
-            if block != n {
-                return Err(Error::InvalidArgument(format!("extend of {p} at block {block}: the file has {n} blocks")));
+        let seq = {
+            // Extends of one file serialize on its stripe so that "block == nblocks" holds.
+            let _file = inner.file_guard(p, extend);
+            let _b = lock(&inner.block_stripes[stripe_of(&(p, block), BLOCK_STRIPES)]);
+            let file = inner.file(p)?;
+            if extend {
+                let n = file.len()? / bs;
+                if block != n {
+                    return Err(Error::InvalidArgument(format!(
+                        "extend of {p} at block {block}: the file has {n} blocks"
+                    )));
+                }
             }
-        }
-        let mut h = Header::new(kind);
-        h.offset = block;
-        let seq = inner.ship(p, h, Bytes::copy_from_slice(data), data.len())?;
-        // The frame is on its way; the local write overlaps the network.
-        if let Err(e) = file.write_at(offset, data) {
-            return Err(inner.fault(format!("local write of {p} block {block} failed: {e}")));
-        }
-        drop(_b);
+            let mut h = Header::new(kind);
+            h.offset = block;
+            let seq = inner.ship(p, h, Bytes::copy_from_slice(data), data.len())?;
+            // The frame leaves first; the local write overlaps the network.
+            inner.flush();
+            if let Err(e) = file.write_at(offset, data) {
+                return Err(inner.fault(format!("local write of {p} block {block} failed: {e}")));
+            }
+            seq
+        };
         inner.wait_level(seq)
     }
 
@@ -336,10 +359,10 @@ impl Primary {
     pub fn read_block(&self, fs: u16, path: &str, block: u64, buf: &mut [u8]) -> Result<()> {
         let p = self.fspath(fs, path)?;
         self.check_block(buf.len())?;
-        let file = self.inner.file(&p)?;
         let offset = block
             .checked_mul(self.inner.identity.block_size as u64)
             .ok_or_else(|| Error::InvalidArgument(format!("block {block} is beyond the largest file")))?;
+        let file = self.inner.file_shared(&p)?;
         let n = file.read_at(offset, buf)?;
         if n != buf.len() {
             return Err(Error::InvalidArgument(format!("block {block} of {p} is past the end of the file")));
@@ -350,7 +373,7 @@ impl Primary {
     /// Number of whole blocks in a relation file.
     pub fn nblocks(&self, fs: u16, path: &str) -> Result<u64> {
         let p = self.fspath(fs, path)?;
-        Ok(self.inner.file(&p)?.len()? / self.inner.identity.block_size as u64)
+        Ok(self.inner.file_shared(&p)?.len()? / self.inner.identity.block_size as u64)
     }
 
     /// Truncate a relation file to `nblocks` blocks.
@@ -370,15 +393,17 @@ impl Primary {
         }
         let inner = &self.inner;
         inner.usable()?;
-        let _f = inner.file_stripe(&p).write().unwrap_or_else(|e| e.into_inner());
-        let file = inner.file(&p)?;
-        if let Err(e) = file.set_len(len) {
-            return Err(inner.fault(format!("local truncate of {p} failed: {e}")));
-        }
-        let mut h = Header::new(Kind::Truncate);
-        h.offset = len;
-        let seq = inner.ship(&p, h, Bytes::new(), 0)?;
-        drop(_f);
+        let seq = {
+            let _f = inner.file_stripe(&p).write().unwrap_or_else(|e| e.into_inner());
+            let file = inner.file(&p)?;
+            if let Err(e) = file.set_len(len) {
+                return Err(inner.fault(format!("local truncate of {p} failed: {e}")));
+            }
+            let mut h = Header::new(Kind::Truncate);
+            h.offset = len;
+            inner.ship(&p, h, Bytes::new(), 0)?
+        };
+        inner.flush();
         inner.wait_namespace(seq)
     }
 
@@ -387,8 +412,8 @@ impl Primary {
         let p = self.fspath(fs, path)?;
         let inner = &self.inner;
         inner.usable()?;
-        let _f = inner.file_stripe(&p).write().unwrap_or_else(|e| e.into_inner());
         let seq = {
+            let _f = inner.file_stripe(&p).write().unwrap_or_else(|e| e.into_inner());
             let _ns = inner.namespace.read().unwrap_or_else(|e| e.into_inner());
             inner.disk.remove_file(&p)?;
             inner.cache_remove_under(&p);
@@ -396,6 +421,7 @@ impl Primary {
             lock(&inner.queue).stream.unbind(&p);
             seq
         };
+        inner.flush();
         inner.wait_namespace(seq)
     }
 
@@ -420,17 +446,19 @@ impl Primary {
         }
         let inner = &self.inner;
         inner.usable()?;
-        let _f = inner.file_stripe(&p).read().unwrap_or_else(|e| e.into_inner());
-        // Byte ranges of one file may overlap: order them per file.
-        let _b = lock(&inner.block_stripes[stripe_of(&p, BLOCK_STRIPES)]);
-        let file = inner.file(&p)?;
-        let mut h = Header::new(Kind::WriteAt);
-        h.offset = offset;
-        let seq = inner.ship(&p, h, Bytes::copy_from_slice(data), data.len())?;
-        if let Err(e) = file.write_at(offset, data) {
-            return Err(inner.fault(format!("local write of {p} at {offset} failed: {e}")));
-        }
-        drop(_b);
+        let seq = {
+            // Byte ranges may overlap each other and any block: exclusive per file.
+            let _f = inner.file_stripe(&p).write().unwrap_or_else(|e| e.into_inner());
+            let file = inner.file(&p)?;
+            let mut h = Header::new(Kind::WriteAt);
+            h.offset = offset;
+            let seq = inner.ship(&p, h, Bytes::copy_from_slice(data), data.len())?;
+            inner.flush();
+            if let Err(e) = file.write_at(offset, data) {
+                return Err(inner.fault(format!("local write of {p} at {offset} failed: {e}")));
+            }
+            seq
+        };
         inner.wait_level(seq)
     }
 
@@ -442,20 +470,30 @@ impl Primary {
     /// Length of a flat file in bytes.
     pub fn len(&self, fs: u16, path: &str) -> Result<u64> {
         let p = self.fspath(fs, path)?;
-        Ok(self.inner.file(&p)?.len()?)
+        Ok(self.inner.file_shared(&p)?.len()?)
     }
 
     fn durable_point(&self, fs: u16, path: &str, kind: Kind) -> Result<()> {
         let p = self.fspath(fs, path)?;
         let inner = &self.inner;
         inner.usable()?;
-        // Shared: a sync never races an unlink or truncate of its file.
-        let _f = inner.file_stripe(&p).read().unwrap_or_else(|e| e.into_inner());
-        let file = inner.file(&p)?;
-        let seq = inner.ship(&p, Header::new(kind), Bytes::new(), 0)?;
+        let (seq, file) = {
+            let _f = inner.file_stripe(&p).read().unwrap_or_else(|e| e.into_inner());
+            let file = inner.file(&p)?;
+            (inner.ship(&p, Header::new(kind), Bytes::new(), 0)?, file)
+        };
+        inner.flush();
         // The mirror syncs while we do: the caller waits for the slower.
-        if let Err(e) = file.sync_data() {
-            return Err(inner.fault(format!("local fdatasync of {p} failed: {e}; nothing written to it is durable")));
+        // Syncs of one file are serialized: a write-back error is reported
+        // to one fdatasync only, and the others must not miss it (rule 8).
+        {
+            let _s = lock(&inner.sync_stripes[stripe_of(&p, FILE_STRIPES)]);
+            inner.usable_locally()?;
+            if let Err(e) = file.sync_data() {
+                return Err(
+                    inner.fault(format!("local fdatasync of {p} failed: {e}; nothing written to it is durable"))
+                );
+            }
         }
         inner.wait_mark(seq, Mark::Synced, None)
     }
@@ -482,6 +520,7 @@ impl Primary {
             h.filespace = p.filespace;
             inner.ship_unbound(h, Bytes::copy_from_slice(p.path.as_str().as_bytes()))?
         };
+        inner.flush();
         inner.wait_namespace(seq)
     }
 
@@ -494,13 +533,9 @@ impl Primary {
         }
         let inner = &self.inner;
         inner.usable()?;
-        let (a, b) = {
-            let (x, y) = (stripe_of(&from, FILE_STRIPES), stripe_of(&to, FILE_STRIPES));
-            (x.min(y), x.max(y))
-        };
-        let _ga = inner.file_stripes[a].write().unwrap_or_else(|e| e.into_inner());
-        let _gb = (a != b).then(|| inner.file_stripes[b].write().unwrap_or_else(|e| e.into_inner()));
         let seq = {
+            // A directory rename moves files under any stripe: quiesce them all.
+            let _all = inner.all_file_stripes();
             let _ns = inner.namespace.write().unwrap_or_else(|e| e.into_inner());
             inner.disk.rename(&from, &to)?;
             inner.cache_remove_under(&from);
@@ -530,11 +565,15 @@ impl Primary {
         Ok(self.inner.disk.exists(&p)?)
     }
 
-    /// Orderly end: the mirror makes everything durable and acknowledges,
+    /// Orderly end: new calls are refused, calls already past their local
+    /// step finish, the mirror makes everything durable and acknowledges,
     /// then both sides close. Returns the last sequence number shipped.
     pub fn shutdown(&self, timeout: Duration) -> Result<u64> {
         let inner = &self.inner;
+        inner.closing.store(true, Ordering::SeqCst);
         let last = {
+            let _all = inner.all_file_stripes();
+            let _ns = inner.namespace.write().unwrap_or_else(|e| e.into_inner());
             let mut q = lock(&inner.queue);
             let last = q.stream.last_seq();
             let mut h = Header::new(Kind::Shutdown);
@@ -571,13 +610,43 @@ impl Inner {
     }
 
     fn usable(&self) -> Result<()> {
-        if let Some(f) = lock(&self.faulted).clone() {
-            return Err(Error::Faulted(f));
+        if self.closing.load(Ordering::SeqCst) {
+            return Err(Error::Closed("the stream is shutting down".into()));
         }
+        self.usable_locally()?;
         if let Some(l) = lock(&self.marks).lost.clone() {
             return Err(Error::MirrorLost(l));
         }
         Ok(())
+    }
+
+    /// Whether the local side has faulted (rule 8).
+    fn usable_locally(&self) -> Result<()> {
+        match lock(&self.faulted).clone() {
+            Some(f) => Err(Error::Faulted(f)),
+            None => Ok(()),
+        }
+    }
+
+    fn file_guard(&self, p: &FsPath, exclusive: bool) -> StripeGuard<'_> {
+        let l = self.file_stripe(p);
+        if exclusive {
+            StripeGuard::Write(l.write().unwrap_or_else(|e| e.into_inner()))
+        } else {
+            StripeGuard::Read(l.read().unwrap_or_else(|e| e.into_inner()))
+        }
+    }
+
+    /// Every file stripe, exclusively, in index order (no deadlock).
+    fn all_file_stripes(&self) -> Vec<std::sync::RwLockWriteGuard<'_, ()>> {
+        self.file_stripes.iter().map(|l| l.write().unwrap_or_else(|e| e.into_inner())).collect()
+    }
+
+    /// A handle for reading, looked up under the file's stripe so that an
+    /// unlink in progress cannot leave a stale handle in the cache.
+    fn file_shared(&self, p: &FsPath) -> Result<Arc<dyn DiskFile>> {
+        let _f = self.file_stripe(p).read().unwrap_or_else(|e| e.into_inner());
+        self.file(p)
     }
 
     /// Rule 8: after a local write or fsync failure nothing is reported durable.
@@ -638,7 +707,6 @@ impl Inner {
         drop(q);
         self.stats.operations.fetch_add(1, Ordering::Relaxed);
         self.stats.payload_bytes.fetch_add(payload as u64, Ordering::Relaxed);
-        self.flush();
         Ok(seq)
     }
 
@@ -658,7 +726,6 @@ impl Inner {
         let mut q = self.queue_space()?;
         let seq = self.push_locked(&mut q, h, body);
         drop(q);
-        self.flush();
         Ok(seq)
     }
 
@@ -922,7 +989,7 @@ pub fn client_handshake(
 ) -> Result<()> {
     let hs_err = |source| Error::Handshake { peer: peer.to_string(), source };
     let io_err = |e: std::io::Error| Error::io(format!("handshake with {peer}"), e);
-    reader.set_timeout(Some(cfg.tuning.handshake_timeout)).map_err(io_err)?;
+    let deadline = Some(Instant::now() + cfg.tuning.handshake_timeout);
     let mut client_nonce = [0u8; 32];
     rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut client_nonce);
     let hello = Hello {
@@ -936,11 +1003,11 @@ pub fn client_handshake(
     };
     let hello_bytes = hello.encode();
     writer.send_all(&[IoSlice::new(&hello_bytes)]).map_err(io_err)?;
-    let challenge = read_message(reader).map_err(io_err)?;
+    let challenge = read_message(reader, deadline).map_err(io_err)?;
     let challenge = handshake::Challenge::decode(&challenge).map_err(hs_err)?;
     let proof = cfg.key.primary_proof(handshake::payload(&hello_bytes), &client_nonce, &challenge.server_nonce);
     writer.send_all(&[IoSlice::new(&handshake::Proof { proof }.encode())]).map_err(io_err)?;
-    let verdict = read_message(reader).map_err(io_err)?;
+    let verdict = read_message(reader, deadline).map_err(io_err)?;
     let verdict = handshake::Verdict::decode(&verdict).map_err(hs_err)?;
     if verdict.status != Status::Accepted {
         return Err(Error::Refused { peer: peer.to_string(), status: verdict.status, reason: verdict.reason });
@@ -955,9 +1022,10 @@ pub fn client_handshake(
 }
 
 /// Read one length-prefixed handshake message; returns it without the prefix.
-pub fn read_message(reader: &mut dyn ConnReader) -> std::io::Result<Vec<u8>> {
+/// With a deadline, the whole message must arrive before it.
+pub fn read_message(reader: &mut dyn ConnReader, deadline: Option<Instant>) -> std::io::Result<Vec<u8>> {
     let mut len = [0u8; 4];
-    recv_exact(reader, &mut len)?;
+    recv_exact_until(reader, &mut len, deadline)?;
     let n = u32::from_le_bytes(len) as usize;
     if n > handshake::MAX_MESSAGE {
         return Err(std::io::Error::new(
@@ -966,6 +1034,6 @@ pub fn read_message(reader: &mut dyn ConnReader) -> std::io::Result<Vec<u8>> {
         ));
     }
     let mut msg = vec![0u8; n];
-    recv_exact(reader, &mut msg)?;
+    recv_exact_until(reader, &mut msg, deadline)?;
     Ok(msg)
 }

@@ -155,3 +155,120 @@ fn a_silent_peer_does_not_hold_up_the_primary_and_a_second_primary_is_refused() 
     again.shutdown(Duration::from_secs(10)).expect("shutdown");
     dirs.assert_identical();
 }
+
+/// Writers keep writing files inside directories that another thread keeps
+/// renaming away and re-creating under the same names. Calls may fail with
+/// "not found" (the directory moved), but the pair never diverges and the
+/// mirror never faults.
+#[test]
+fn renames_of_parent_directories_under_concurrent_writes_keep_the_pair_identical() {
+    let dirs = Dirs::new();
+    let daemon = spawn_daemon(&dirs, 8192);
+    let primary = Arc::new(connect_primary(primary_config(&dirs, 8192, SyncLevel::Applied), daemon.addr).expect("p"));
+    for d in 0..3 {
+        primary.mkdir(0, &format!("d{d}")).expect("mkdir");
+        primary.create(0, &format!("d{d}/f")).expect("create");
+    }
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = (0..4u64)
+        .map(|w| {
+            let (primary, stop) = (primary.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let path = format!("d{}/f", (n + w) % 3);
+                    match primary.write_block(0, &path, n % 8, &[(n % 251) as u8; 8192]) {
+                        Ok(()) | Err(filerep::Error::Disk(_)) => {}
+                        Err(e) => panic!("writer {w}: {e}"),
+                    }
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    for round in 0..1500 {
+        let d = round % 3;
+        let moved = format!("moved{round}");
+        primary.rename(0, &format!("d{d}"), &moved).expect("rename away");
+        primary.mkdir(0, &format!("d{d}")).expect("re-create");
+        primary.create(0, &format!("d{d}/f")).expect("create");
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let writes: u64 = writers.into_iter().map(|t| t.join().expect("writer")).sum();
+    assert!(writes > 0);
+    primary.shutdown(Duration::from_secs(30)).expect("shutdown: the mirror never faulted");
+    drop(primary);
+    daemon.stop().expect("daemon");
+    dirs.assert_identical();
+}
+
+#[test]
+fn calls_after_shutdown_are_refused() {
+    let dirs = Dirs::new();
+    let mirror = InProcessMirror::start(&dirs, 8192, 1);
+    let primary = connect_primary(primary_config(&dirs, 8192, SyncLevel::Applied), mirror.addr).expect("primary");
+    primary.create(0, "f").expect("create");
+    primary.shutdown(Duration::from_secs(10)).expect("shutdown");
+    assert!(matches!(primary.write_block(0, "f", 0, &[1u8; 8192]), Err(filerep::Error::Closed(_))));
+    assert!(matches!(primary.mkdir(0, "d"), Err(filerep::Error::Closed(_))));
+    assert_eq!(mirror.next_report().end, filerep::mirror::SessionEnd::Shutdown);
+    dirs.assert_identical();
+}
+
+/// Rule 8 on the mirror: once an fsync failed, it refuses every primary.
+#[test]
+fn a_failed_mirror_fsync_faults_the_mirror_for_good() {
+    use filerep::disk::{Disk, SimDisk, SimFault};
+    use filerep::mirror::{MirrorConfig, MirrorServer, SessionEnd};
+    let dirs = Dirs::new();
+    let mirror_disk = Arc::new(SimDisk::new(2));
+    let primary_disk = Arc::new(SimDisk::new(2));
+    let server = Arc::new(MirrorServer::with_disk(
+        MirrorConfig {
+            cluster_id: CLUSTER,
+            content_id: 0,
+            block_size: 8192,
+            filespaces: dirs.mirror.clone(),
+            key: filerep::protocol::handshake::ClusterKey::from_material(KEY).expect("key"),
+            generation: 1,
+            tuning: filerep::config::StreamTuning::default(),
+            prefer_uring: false,
+        },
+        mirror_disk.clone() as Arc<dyn Disk>,
+    ));
+    let session = |server: Arc<MirrorServer>| {
+        let (p_conn, m_conn) = filerep::net::mem_pair(64 * 1024, 256);
+        let t = std::thread::spawn(move || server.serve_conn(m_conn, "mem"));
+        (p_conn, t)
+    };
+    let (conn, t) = session(server.clone());
+    let primary = filerep::primary::Primary::start_with_disk(
+        primary_config(&dirs, 8192, SyncLevel::Applied),
+        primary_disk.clone() as Arc<dyn Disk>,
+        conn,
+        "mem",
+    )
+    .expect("primary");
+    primary.create(0, "f").expect("create");
+    primary.write_block(0, "f", 0, &[9u8; 8192]).expect("write");
+    mirror_disk.inject(SimFault::FailNextSync);
+    let err = primary.sync(0, "f").expect_err("the mirror's fsync failed");
+    assert!(matches!(err, filerep::Error::MirrorLost(_)), "{err}");
+    assert!(matches!(t.join().expect("session").end, SessionEnd::ApplyFailed(_)));
+    assert!(server.fault().is_some());
+    drop(primary);
+    let (conn, t) = session(server.clone());
+    match filerep::primary::Primary::start_with_disk(
+        primary_config(&dirs, 8192, SyncLevel::Applied),
+        primary_disk as Arc<dyn Disk>,
+        conn,
+        "mem",
+    ) {
+        Err(filerep::Error::Refused { status, .. }) => {
+            assert_eq!(status, filerep::protocol::handshake::Status::Faulted)
+        }
+        other => panic!("a faulted mirror must refuse, got {:?}", other.map(|_| ())),
+    }
+    assert!(matches!(t.join().expect("session").end, SessionEnd::Refused(..)));
+}

@@ -132,6 +132,12 @@ impl MirrorSession {
             }
             return match h.kind {
                 Kind::Heartbeat => Ok(Step::Heartbeat),
+                // The primary names its last frame: nothing may follow it.
+                Kind::Shutdown if h.offset != self.received() => Err(SessionError::Bounds {
+                    kind,
+                    seq: h.offset,
+                    what: format!("shutdown after {} but {} frames were received", h.offset, self.received()),
+                }),
                 Kind::Shutdown => Ok(Step::Shutdown),
                 _ => Err(SessionError::WrongDirection { kind }),
             };

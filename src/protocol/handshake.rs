@@ -108,6 +108,8 @@ pub enum Status {
     FilespaceMismatch = 6,
     Busy = 7,
     Malformed = 8,
+    /// The mirror's files are in doubt after a failed write or fsync.
+    Faulted = 9,
 }
 
 impl Status {
@@ -122,6 +124,7 @@ impl Status {
             6 => Status::FilespaceMismatch,
             7 => Status::Busy,
             8 => Status::Malformed,
+            9 => Status::Faulted,
             _ => return None,
         })
     }

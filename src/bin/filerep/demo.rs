@@ -106,7 +106,11 @@ pub fn run(c: DemoCmd) -> Result<ExitCode, Box<dyn std::error::Error>> {
         c.block_size,
         sync_level.name()
     );
-    println!("data under {} ({})", root.display(), if c.keep { "kept afterwards" } else { "removed at the end; --keep keeps it" });
+    println!(
+        "data under {} ({})",
+        root.display(),
+        if c.keep { "kept afterwards" } else { "removed at the end; --keep keeps it" }
+    );
     let identity = PairIdentity { cluster_id: 0xdead_beef, content_id: 0, block_size: c.block_size, generation: 1 };
     let exe = std::env::current_exe()?;
     let mirror = MirrorProcess::spawn(

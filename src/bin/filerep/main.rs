@@ -124,8 +124,22 @@ fn init_tracing() {
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
 
+/// Dirty files stay open until synced, on both sides: use the hard limit
+/// on descriptors rather than the (often 1024) soft one.
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!(error = %e, soft, hard, "cannot raise the open-file limit");
+            }
+        }
+    }
+}
+
 fn main() -> ExitCode {
     init_tracing();
+    raise_fd_limit();
     let cli = Cli::parse();
     let r = match cli.cmd {
         Cmd::Mirror(c) => run_mirror(c),
