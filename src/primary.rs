@@ -737,6 +737,13 @@ impl Inner {
             if let Some(l) = lock(&self.marks).lost.clone() {
                 return Err(Error::MirrorLost(l));
             }
+            if !q.sending {
+                // Nobody is draining: do it ourselves rather than wait.
+                drop(q);
+                self.flush();
+                q = lock(&self.queue);
+                continue;
+            }
             q = self.queue_cv.wait_timeout(q, Duration::from_millis(100)).unwrap_or_else(|e| e.into_inner()).0;
         }
         Ok(q)
