@@ -299,6 +299,7 @@ impl Primary {
         let seq = {
             let _f = inner.file_stripe(&p).write().unwrap_or_else(|e| e.into_inner());
             let _ns = inner.namespace.read().unwrap_or_else(|e| e.into_inner());
+            inner.check_open()?;
             let file = inner.disk.open(&p, OpenMode::CreateNew)?;
             inner.cache_put(&p, file);
             inner.ship(&p, Header::new(Kind::Create), Bytes::new(), 0)?
@@ -333,6 +334,7 @@ impl Primary {
             // Extends of one file serialize on its stripe so that "block == nblocks" holds.
             let _file = inner.file_guard(p, extend);
             let _b = lock(&inner.block_stripes[stripe_of(&(p, block), BLOCK_STRIPES)]);
+            inner.check_open()?;
             let file = inner.file(p)?;
             if extend {
                 let n = file.len()? / bs;
@@ -395,6 +397,7 @@ impl Primary {
         inner.usable()?;
         let seq = {
             let _f = inner.file_stripe(&p).write().unwrap_or_else(|e| e.into_inner());
+            inner.check_open()?;
             let file = inner.file(&p)?;
             if let Err(e) = file.set_len(len) {
                 return Err(inner.fault(format!("local truncate of {p} failed: {e}")));
@@ -415,6 +418,7 @@ impl Primary {
         let seq = {
             let _f = inner.file_stripe(&p).write().unwrap_or_else(|e| e.into_inner());
             let _ns = inner.namespace.read().unwrap_or_else(|e| e.into_inner());
+            inner.check_open()?;
             inner.disk.remove_file(&p)?;
             inner.cache_remove_under(&p);
             let seq = inner.ship(&p, Header::new(Kind::Unlink), Bytes::new(), 0)?;
@@ -449,6 +453,7 @@ impl Primary {
         let seq = {
             // Byte ranges may overlap each other and any block: exclusive per file.
             let _f = inner.file_stripe(&p).write().unwrap_or_else(|e| e.into_inner());
+            inner.check_open()?;
             let file = inner.file(&p)?;
             let mut h = Header::new(Kind::WriteAt);
             h.offset = offset;
@@ -479,6 +484,7 @@ impl Primary {
         inner.usable()?;
         let (seq, file) = {
             let _f = inner.file_stripe(&p).read().unwrap_or_else(|e| e.into_inner());
+            inner.check_open()?;
             let file = inner.file(&p)?;
             (inner.ship(&p, Header::new(kind), Bytes::new(), 0)?, file)
         };
@@ -515,6 +521,7 @@ impl Primary {
         inner.usable()?;
         let seq = {
             let _ns = inner.namespace.write().unwrap_or_else(|e| e.into_inner());
+            inner.check_open()?;
             local(inner.disk.as_ref())?;
             let mut h = Header::new(kind);
             h.filespace = p.filespace;
@@ -537,6 +544,7 @@ impl Primary {
             // A directory rename moves files under any stripe: quiesce them all.
             let _all = inner.all_file_stripes();
             let _ns = inner.namespace.write().unwrap_or_else(|e| e.into_inner());
+            inner.check_open()?;
             inner.disk.rename(&from, &to)?;
             inner.cache_remove_under(&from);
             inner.cache_remove_under(&to);
@@ -616,6 +624,16 @@ impl Inner {
         self.usable_locally()?;
         if let Some(l) = lock(&self.marks).lost.clone() {
             return Err(Error::MirrorLost(l));
+        }
+        Ok(())
+    }
+
+    /// Checked again once a call holds its locks: `shutdown` sets the flag
+    /// before it takes every lock, so a call that gets its locks after the
+    /// Shutdown frame was queued never changes anything locally.
+    fn check_open(&self) -> Result<()> {
+        if self.closing.load(Ordering::SeqCst) {
+            return Err(Error::Closed("the stream is shutting down".into()));
         }
         Ok(())
     }
