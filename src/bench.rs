@@ -1,8 +1,8 @@
-//! Block-shipping benchmark: the same harness run twice on the same disk in
-//! one process: first a local baseline that writes every block twice (a
-//! primary copy and a mirror copy, no network), then a real primary
-//! shipping to a real mirror daemon over loopback TCP. Ratios between the
-//! two are what the project's performance targets are stated in.
+//! Block-shipping benchmark: the same harness on the same disk in one
+//! process, alternating in rounds between a local baseline that writes every
+//! block twice (a primary copy and a mirror copy, no network) and a real
+//! primary shipping to a real mirror daemon over loopback TCP. Ratios
+//! between the two are what the project's performance targets are stated in.
 
 use crate::config::{Filespace, PairIdentity, StreamTuning, SyncLevel};
 use crate::disk::{DiskFile, FsPath, OpenMode};
@@ -24,8 +24,11 @@ pub struct BenchConfig {
     pub writers: usize,
     pub block_size: u32,
     pub sync_level: SyncLevel,
-    /// Length of each phase (baseline, replicated) unless `count` is set.
+    /// Total time of each side (baseline, replicated) unless `count` is set.
     pub phase: Duration,
+    /// The two sides alternate this many times, each round getting an equal
+    /// share of `phase` (or `count`).
+    pub rounds: u32,
     /// Blocks written per phase (all writers together), instead of a duration.
     pub count: Option<u64>,
     /// Where the files go (put it on the disk under test).
@@ -45,6 +48,7 @@ pub struct BenchReport {
     pub block_size: u32,
     pub sync_level: String,
     pub io_backend: String,
+    pub rounds: u32,
     pub phase_seconds: f64,
     pub baseline_double_write_mb_s: f64,
     pub baseline_blocks_s: f64,
@@ -80,6 +84,15 @@ struct PhaseResult {
     elapsed: Duration,
     writes: Histogram<u64>,
     flushes: Histogram<u64>,
+}
+
+impl PhaseResult {
+    fn merge(&mut self, other: &PhaseResult) {
+        self.blocks += other.blocks;
+        self.elapsed += other.elapsed;
+        let _ = self.writes.add(&other.writes);
+        let _ = self.flushes.add(&other.flushes);
+    }
 }
 
 fn mb_s(blocks: u64, bs: u32, d: Duration) -> f64 {
@@ -171,10 +184,21 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
     if cfg.file_blocks == 0 {
         return Err(Error::InvalidArgument("file blocks must be at least 1".into()));
     }
+    if cfg.rounds == 0 || cfg.rounds > 100 {
+        return Err(Error::InvalidArgument(format!("rounds must be 1..=100, got {}", cfg.rounds)));
+    }
     crate::config::check_block_size(cfg.block_size)?;
     let bs = cfg.block_size;
     let blocks = random_blocks(bs, 7);
     let name = |w: usize| FsPath::new(0, RelPath::new(&format!("bench{w}")).unwrap_or_else(|_| unreachable!()));
+    // Each round runs the baseline, then the pair, for an equal share of
+    // the time: drift of a shared machine (other tenants, write-back of
+    // earlier data) falls on both sides alike.
+    let round_cfg = BenchConfig {
+        phase: cfg.phase / cfg.rounds,
+        count: cfg.count.map(|c| c.div_ceil(cfg.rounds as u64)),
+        ..cfg.clone()
+    };
 
     // ---- baseline: every block written twice, locally ----
     let base = cfg.dir.join("baseline");
@@ -191,29 +215,6 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
         files.push((a, b));
     }
     let fsync_hist = Mutex::new(hist());
-    let baseline = run_phase(cfg, |w, n| {
-        let (a, b) = &files[w];
-        let data = &blocks[(n % 16) as usize];
-        let off = (n % cfg.file_blocks) * bs as u64;
-        let t = Instant::now();
-        a.write_at(off, data)?;
-        b.write_at(off, data)?;
-        let wd = t.elapsed();
-        let mut fd = None;
-        if cfg.flush_every > 0 && (n + 1) % cfg.flush_every == 0 {
-            let t = Instant::now();
-            a.sync_data()?;
-            let one = t.elapsed();
-            b.sync_data()?;
-            fd = Some(t.elapsed());
-            let _ = fsync_hist.lock().unwrap_or_else(|e| e.into_inner()).record(us(one));
-        }
-        Ok((wd, fd))
-    })?;
-    drop(files);
-    drop(disk);
-    let fsync_hist = fsync_hist.into_inner().unwrap_or_else(|e| e.into_inner());
-    let _ = std::fs::remove_dir_all(&base);
 
     // ---- replicated: a real primary and a real mirror daemon ----
     let rep = cfg.dir.join("replicated");
@@ -260,29 +261,70 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
     for w in 0..cfg.writers {
         primary.create(0, name(w).path.as_str())?;
     }
-    let before = primary.stats();
-    let replicated = run_phase(cfg, |w, n| {
-        let p = name(w);
-        let data = &blocks[(n % 16) as usize];
-        let t = Instant::now();
-        primary.write_block(0, p.path.as_str(), n % cfg.file_blocks, data)?;
-        let wd = t.elapsed();
-        let mut fd = None;
-        if cfg.flush_every > 0 && (n + 1) % cfg.flush_every == 0 {
+
+    let mut baseline = PhaseResult { blocks: 0, elapsed: Duration::ZERO, writes: hist(), flushes: hist() };
+    let mut replicated = PhaseResult { blocks: 0, elapsed: Duration::ZERO, writes: hist(), flushes: hist() };
+    let mut wire = 0u64;
+    // Every phase continues where the last one of its kind stopped in the
+    // working set, so both sides allocate and overwrite alike.
+    let base_offset = std::sync::atomic::AtomicU64::new(0);
+    let rep_offset = std::sync::atomic::AtomicU64::new(0);
+    for _round in 0..cfg.rounds {
+        let start = base_offset.load(Ordering::Relaxed);
+        let b = run_phase(&round_cfg, |w, n| {
+            let (a, b) = &files[w];
+            let k = start + n;
+            let data = &blocks[(k % 16) as usize];
+            let off = (k % cfg.file_blocks) * bs as u64;
             let t = Instant::now();
-            primary.sync(0, p.path.as_str())?;
-            fd = Some(t.elapsed());
-        }
-        Ok((wd, fd))
-    })?;
-    let after = primary.stats();
+            a.write_at(off, data)?;
+            b.write_at(off, data)?;
+            let wd = t.elapsed();
+            let mut fd = None;
+            if cfg.flush_every > 0 && (n + 1) % cfg.flush_every == 0 {
+                let t = Instant::now();
+                a.sync_data()?;
+                let one = t.elapsed();
+                b.sync_data()?;
+                fd = Some(t.elapsed());
+                let _ = fsync_hist.lock().unwrap_or_else(|e| e.into_inner()).record(us(one));
+            }
+            Ok((wd, fd))
+        })?;
+        base_offset.fetch_add(b.blocks / cfg.writers as u64 + 1, Ordering::Relaxed);
+        baseline.merge(&b);
+
+        let before = primary.stats();
+        let start = rep_offset.load(Ordering::Relaxed);
+        let r = run_phase(&round_cfg, |w, n| {
+            let p = name(w);
+            let k = start + n;
+            let data = &blocks[(k % 16) as usize];
+            let t = Instant::now();
+            primary.write_block(0, p.path.as_str(), k % cfg.file_blocks, data)?;
+            let wd = t.elapsed();
+            let mut fd = None;
+            if cfg.flush_every > 0 && (n + 1) % cfg.flush_every == 0 {
+                let t = Instant::now();
+                primary.sync(0, p.path.as_str())?;
+                fd = Some(t.elapsed());
+            }
+            Ok((wd, fd))
+        })?;
+        wire += primary.stats().wire_bytes_sent - before.wire_bytes_sent;
+        rep_offset.fetch_add(r.blocks / cfg.writers as u64 + 1, Ordering::Relaxed);
+        replicated.merge(&r);
+    }
     primary.shutdown(Duration::from_secs(30))?;
     drop(primary);
     let _ = mirror.stop();
+    drop(files);
+    drop(disk);
+    let fsync_hist = fsync_hist.into_inner().unwrap_or_else(|e| e.into_inner());
+    let _ = std::fs::remove_dir_all(&base);
     let _ = std::fs::remove_dir_all(&rep);
 
-    let wire = (after.wire_bytes_sent - before.wire_bytes_sent) as f64;
-    let wire_per_block = wire / replicated.blocks.max(1) as f64;
+    let wire_per_block = wire as f64 / replicated.blocks.max(1) as f64;
     let base_mb = mb_s(baseline.blocks, bs, baseline.elapsed);
     let rep_mb = mb_s(replicated.blocks, bs, replicated.elapsed);
     Ok(BenchReport {
@@ -290,6 +332,7 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
         block_size: bs,
         sync_level: cfg.sync_level.name(),
         io_backend: backend,
+        rounds: cfg.rounds,
         phase_seconds: replicated.elapsed.as_secs_f64(),
         baseline_double_write_mb_s: base_mb,
         baseline_blocks_s: baseline.blocks as f64 / baseline.elapsed.as_secs_f64(),

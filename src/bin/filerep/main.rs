@@ -73,9 +73,12 @@ struct BenchCmd {
     /// applied (default), durable, async or async:WINDOW
     #[arg(long, default_value = "applied")]
     sync_level: String,
-    /// Seconds per phase (baseline, then replicated): about twice this in all.
+    /// Seconds for each side (baseline and replicated): about twice this in all.
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
+    /// The sides alternate this many times (each round gets an equal share).
+    #[arg(long, default_value_t = 2)]
+    rounds: u32,
     /// Blocks per phase instead of a duration.
     #[arg(long)]
     count: Option<u64>,
@@ -202,6 +205,7 @@ fn run_bench(c: BenchCmd) -> CmdResult {
         block_size: c.block_size,
         sync_level,
         phase: Duration::from_secs_f64(c.duration),
+        rounds: c.rounds,
         count: c.count,
         dir,
         file_blocks: c.file_blocks,
@@ -211,7 +215,7 @@ fn run_bench(c: BenchCmd) -> CmdResult {
     };
     if !c.json {
         eprintln!(
-            "bench: {} writers, {} B blocks, sync level {}, {} per phase, data in {}",
+            "bench: {} writers, {} B blocks, sync level {}, {} per side in {} rounds, data in {}",
             cfg.writers,
             cfg.block_size,
             sync_level.name(),
@@ -219,6 +223,7 @@ fn run_bench(c: BenchCmd) -> CmdResult {
                 Some(n) => format!("{n} blocks"),
                 None => format!("{:.0} s", c.duration),
             },
+            cfg.rounds,
             cfg.dir.display()
         );
     }
