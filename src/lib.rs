@@ -10,6 +10,7 @@
 
 pub mod apply;
 pub mod bench;
+pub mod changelog;
 pub mod config;
 pub mod core;
 pub mod disk;
