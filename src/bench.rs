@@ -12,6 +12,7 @@ use crate::primary::{Primary, PrimaryConfig};
 use crate::process::{MirrorArgs, MirrorProcess};
 use crate::protocol::handshake::ClusterKey;
 use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
 use rand::{RngCore, SeedableRng};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -40,6 +41,8 @@ pub struct BenchConfig {
     pub prefer_uring: bool,
     /// The `filerep` executable that runs the mirror daemon.
     pub exe: PathBuf,
+    /// Show a progress bar with ETA on stderr when it is a terminal.
+    pub progress: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -112,7 +115,7 @@ fn random_blocks(bs: u32, seed: u64) -> Vec<Vec<u8>> {
 
 /// Run `body(writer, block_index)` on every writer until the phase ends;
 /// `body` returns (write latency, optional flush latency).
-fn run_phase<F>(cfg: &BenchConfig, body: F) -> Result<PhaseResult>
+fn run_phase<F>(cfg: &BenchConfig, bar: &ProgressBar, body: F) -> Result<PhaseResult>
 where
     F: Fn(usize, u64) -> Result<(Duration, Option<Duration>)> + Sync,
 {
@@ -146,7 +149,11 @@ where
         }
         if cfg.count.is_none() {
             // The coordinator's timer: writers check the flag between writes.
-            std::thread::sleep(cfg.phase);
+            let until = Instant::now() + cfg.phase;
+            while let Some(left) = until.checked_duration_since(Instant::now()) {
+                std::thread::sleep(left.min(Duration::from_millis(100)));
+                bar.set_position(bar.position() + 100.min(left.as_millis() as u64));
+            }
             stop.store(true, Ordering::Relaxed);
         }
     });
@@ -262,6 +269,17 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
         primary.create(0, name(w).path.as_str())?;
     }
 
+    // Time-based runs show a bar with ETA on a terminal (hidden otherwise).
+    let bar = if cfg.progress && cfg.count.is_none() {
+        let b = ProgressBar::new(2 * cfg.phase.as_millis() as u64);
+        b.set_style(
+            ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {percent}% ETA {eta} {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        b
+    } else {
+        ProgressBar::hidden()
+    };
     let mut baseline = PhaseResult { blocks: 0, elapsed: Duration::ZERO, writes: hist(), flushes: hist() };
     let mut replicated = PhaseResult { blocks: 0, elapsed: Duration::ZERO, writes: hist(), flushes: hist() };
     let mut wire = 0u64;
@@ -271,7 +289,8 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
     let rep_offset = std::sync::atomic::AtomicU64::new(0);
     for _round in 0..cfg.rounds {
         let start = base_offset.load(Ordering::Relaxed);
-        let b = run_phase(&round_cfg, |w, n| {
+        bar.set_message(format!("round {} of {}: baseline", _round + 1, cfg.rounds));
+        let b = run_phase(&round_cfg, &bar, |w, n| {
             let (a, b) = &files[w];
             let k = start + n;
             let data = &blocks[(k % 16) as usize];
@@ -296,7 +315,8 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
 
         let before = primary.stats();
         let start = rep_offset.load(Ordering::Relaxed);
-        let r = run_phase(&round_cfg, |w, n| {
+        bar.set_message(format!("round {} of {}: replicated", _round + 1, cfg.rounds));
+        let r = run_phase(&round_cfg, &bar, |w, n| {
             let p = name(w);
             let k = start + n;
             let data = &blocks[(k % 16) as usize];
@@ -315,6 +335,7 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
         rep_offset.fetch_add(r.blocks / cfg.writers as u64 + 1, Ordering::Relaxed);
         replicated.merge(&r);
     }
+    bar.finish_and_clear();
     primary.shutdown(Duration::from_secs(30))?;
     drop(primary);
     let _ = mirror.stop();

@@ -329,3 +329,42 @@ fn daemon_logs_the_reason_and_keeps_serving() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// Random and mutated handshake messages never panic the decoders.
+#[test]
+fn handshake_decoders_survive_random_input() {
+    use filerep::protocol::handshake::{split_message, Challenge, Hello, Proof, Verdict};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(31);
+    let valid = Hello {
+        cluster_id: 1,
+        content_id: 2,
+        block_size: 8192,
+        generation: 3,
+        start_seq: 1,
+        client_nonce: [9; 32],
+        filespaces: vec!["pg_system".into(), "fs_fast".into()],
+    }
+    .encode();
+    let mut refused = 0;
+    for i in 0..20_000 {
+        let bytes: Vec<u8> = if i % 2 == 0 {
+            let n = rng.gen_range(0..300);
+            (0..n).map(|_| rng.gen()).collect()
+        } else {
+            let mut v = valid.clone();
+            let j = rng.gen_range(0..v.len());
+            v[j] ^= rng.gen_range(1..=255u8);
+            v
+        };
+        if let Ok(Some((msg, _))) = split_message(&bytes) {
+            let all_failed = Hello::decode(msg).is_err()
+                && Challenge::decode(msg).is_err()
+                && Proof::decode(msg).is_err()
+                && Verdict::decode(msg).is_err();
+            refused += all_failed as u32;
+        } else {
+            refused += 1;
+        }
+    }
+    assert!(refused > 19_900, "nearly every random or mutated message is refused ({refused})");
+}

@@ -212,6 +212,7 @@ fn run_bench(c: BenchCmd) -> CmdResult {
         flush_every: c.flush_every,
         prefer_uring: !c.std_io,
         exe: std::env::current_exe()?,
+        progress: !c.json,
     };
     if !c.json {
         eprintln!(
@@ -262,15 +263,24 @@ fn run_sim(c: SimCmd) -> CmdResult {
     };
     let start = std::time::Instant::now();
     let mut frames = 0;
+    // A bar with ETA on a terminal; nothing when stderr is not one.
+    let bar = indicatif::ProgressBar::new(seeds.len() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("[{elapsed_precise}] {bar:40} {pos}/{len} seeds ETA {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
     for &seed in &seeds {
         match filerep::sim::run(seed, &cfg) {
             Ok(r) => frames += r.frames,
             Err(f) => {
+                bar.abandon();
                 eprintln!("{f}");
                 return Ok(ExitCode::from(1));
             }
         }
+        bar.inc(1);
     }
+    bar.finish_and_clear();
     println!("{} seeds passed ({} frames) in {:.1} s", seeds.len(), frames, start.elapsed().as_secs_f64());
     Ok(ExitCode::SUCCESS)
 }
