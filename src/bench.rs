@@ -261,6 +261,7 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
             sync_level: cfg.sync_level,
             tuning: StreamTuning::default(),
             prefer_uring: cfg.prefer_uring,
+            change_tracking: None,
         },
         conn,
         &mirror.addr.to_string(),

@@ -441,6 +441,43 @@ impl ChangeLog {
         self.wait_durable(s, n)
     }
 
+    /// Record many changes with one group commit (a whole in-flight window
+    /// when the mirror is lost).
+    pub fn record_batch(
+        &self,
+        blocks: impl IntoIterator<Item = (FsPath, u64)>,
+        touched: impl IntoIterator<Item = (FsPath, bool)>,
+    ) -> Result<()> {
+        let mut s = lock(&self.shared);
+        if let Some(f) = &s.failed {
+            return Err(ChangeLogError::Failed(f.clone()));
+        }
+        for (file, block) in blocks {
+            if s.inner.set.blocks.get(&file).is_some_and(|b| b.contains(&block)) {
+                continue;
+            }
+            let no = s.inner.file_no(&file)?;
+            s.inner.pending.blocks(no, block, 1);
+            s.inner.set.blocks.entry(file.clone()).or_default().insert(block);
+            s.recorded += 1;
+            let n = s.recorded;
+            s.pending_index.insert((file.clone(), block), n);
+            s.inner.pending_blocks.push((file, block));
+        }
+        for (path, subtree) in touched {
+            if s.inner.set.touched.get(&path).is_some_and(|t| *t || !subtree) {
+                continue;
+            }
+            s.inner.pending.touched(&path, subtree);
+            let e = s.inner.set.touched.entry(path).or_insert(false);
+            *e |= subtree;
+            s.recorded += 1;
+        }
+        // Everything recorded so far, ours included, must be durable.
+        let n = s.recorded;
+        self.wait_durable(s, n)
+    }
+
     /// Wait until record `n` is durable, leading the group commit if nobody is.
     fn wait_durable<'a>(&'a self, mut s: MutexGuard<'a, Shared>, n: u64) -> Result<()> {
         loop {

@@ -16,6 +16,9 @@ pub enum Error {
     /// succeeds on this stream: the pair is no longer synchronized.
     #[error("mirror lost: {0}")]
     MirrorLost(String),
+    /// The change-log cannot be written: the segment needs a full resync.
+    #[error("change tracking failed, a full resync is needed: {0}")]
+    ChangeLog(#[from] crate::changelog::ChangeLogError),
     /// The stream was shut down; no further call is accepted.
     #[error("closed: {0}")]
     Closed(String),

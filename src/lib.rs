@@ -9,6 +9,7 @@
 //! - [`sim`]: the deterministic simulator; [`verify`] compares two trees.
 
 pub mod apply;
+pub mod arbiter;
 pub mod bench;
 pub mod changelog;
 pub mod config;

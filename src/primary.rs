@@ -10,6 +10,8 @@
 //! for a sequence number and a push; per-file and per-block stripes order
 //! calls that touch the same file or block, so local and mirror order agree.
 
+use crate::arbiter::{Arbiter, Decision};
+use crate::changelog::ChangeLog;
 use crate::config::{check_block_size, check_filespaces, Filespace, PairIdentity, StreamTuning, SyncLevel};
 use crate::core::primary::{PrimaryStream, TimerAction};
 use crate::disk::{Disk, DiskError, DiskFile, FsPath, OpenMode};
@@ -30,6 +32,9 @@ use std::time::{Duration, Instant};
 const FILE_STRIPES: usize = 256;
 const BLOCK_STRIPES: usize = 4096;
 const CACHE_SHARDS: usize = 64;
+/// Changes shipped but not yet durable on the mirror, before callers wait
+/// (the mirror's checkpoint makes them durable at least once a second).
+const MAX_WINDOW: usize = 1 << 20;
 /// How long a caller polls for its acknowledgement before it parks.
 const SPIN_BEFORE_PARK: Duration = Duration::from_micros(50);
 const MAX_CACHED_PER_SHARD: usize = 64;
@@ -44,6 +49,51 @@ pub struct PrimaryConfig {
     pub tuning: StreamTuning,
     /// Use io_uring for local I/O when the kernel offers it.
     pub prefer_uring: bool,
+    /// What to do when the mirror is lost. `None`: calls fail (`MirrorLost`).
+    pub change_tracking: Option<ChangeTracking>,
+}
+
+/// Change tracking: when the mirror is lost, ask the arbiter; if it marks
+/// the mirror down, record every change the mirror has not durably
+/// acknowledged in the change-log and go on alone (brief rules 3 and 4).
+#[derive(Clone)]
+pub struct ChangeTracking {
+    pub changelog: Arc<ChangeLog>,
+    pub arbiter: Arc<dyn Arbiter>,
+    /// How long to wait for the arbiter before failing calls.
+    pub decision_timeout: Duration,
+}
+
+impl std::fmt::Debug for ChangeTracking {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChangeTracking").field("decision_timeout", &self.decision_timeout).finish()
+    }
+}
+
+/// Where the pair stands, as the primary sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Shipping every change to the mirror.
+    Streaming,
+    /// The mirror was lost; mutating calls wait for the arbiter.
+    Deciding,
+    /// The mirror is down: changes are recorded in the change-log.
+    ChangeTracking,
+    /// Calls fail: demoted, no answer from the arbiter, or no change tracking.
+    Failed(String),
+}
+
+/// What one operation changed, kept until the mirror makes it durable.
+#[derive(Clone, Debug)]
+enum Change {
+    Blocks { path: FsPath, first: u64, last: u64 },
+    Touched { path: FsPath, subtree: bool },
+}
+
+impl Change {
+    fn touched(path: &FsPath, subtree: bool) -> Option<Change> {
+        Some(Change::Touched { path: path.clone(), subtree })
+    }
 }
 
 /// Counters for reports and monitoring.
@@ -83,6 +133,8 @@ struct Out {
 
 struct Queue {
     stream: PrimaryStream,
+    /// Changes shipped but not yet durable on the mirror, by sequence number.
+    window: std::collections::VecDeque<(u64, Change)>,
     pending: Vec<Out>,
     pending_bytes: usize,
     /// A caller is draining `pending` into the socket; others leave it to them.
@@ -142,6 +194,11 @@ struct Inner {
     sync_stripes: Vec<Mutex<()>>,
     /// Set by `shutdown`: new calls are refused.
     closing: AtomicBool,
+    mode: Mutex<Mode>,
+    mode_cv: Condvar,
+    tracking: Option<ChangeTracking>,
+    /// Ourselves, for the thread that takes the arbiter's decision.
+    me: std::sync::OnceLock<std::sync::Weak<Inner>>,
     /// Taken for writing by directory operations and renames, for reading
     /// when a file is opened: the open-file cache never serves a stale path.
     namespace: RwLock<()>,
@@ -204,7 +261,12 @@ impl Primary {
                 pending: Vec::new(),
                 pending_bytes: 0,
                 sending: false,
+                window: std::collections::VecDeque::new(),
             }),
+            mode: Mutex::new(Mode::Streaming),
+            mode_cv: Condvar::new(),
+            tracking: cfg.change_tracking.clone(),
+            me: std::sync::OnceLock::new(),
             queue_cv: Condvar::new(),
             max_pending_bytes: tuning.queue_frames.max(1) * (HEADER_LEN + 32 * 1024),
             sock: Mutex::new(writer),
@@ -223,6 +285,7 @@ impl Primary {
         });
         tracing::info!(peer, content = cfg.identity.content_id, generation = cfg.identity.generation,
             backend = inner.disk.name(), level = %cfg.sync_level.name(), "primary streaming to mirror");
+        let _ = inner.me.set(Arc::downgrade(&inner));
         let r_inner = inner.clone();
         reader.set_timeout(Some(tuning.heartbeat)).map_err(|e| Error::io("setting the receive timeout", e))?;
         let receiver = std::thread::Builder::new()
@@ -256,6 +319,11 @@ impl Primary {
             acked_applied: ack.applied,
             acked_durable: ack.durable,
         }
+    }
+
+    /// Where the pair stands.
+    pub fn mode(&self) -> Mode {
+        self.inner.mode.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Why the mirror was lost, if it was.
@@ -300,12 +368,18 @@ impl Primary {
             let _f = inner.file_stripe(&p).write().unwrap_or_else(|e| e.into_inner());
             let _ns = inner.namespace.read().unwrap_or_else(|e| e.into_inner());
             inner.check_open()?;
+            let tracking = inner.tracking_now();
+            if let Some(t) = &tracking {
+                t.changelog.record_touched(&p, false).map_err(|e| inner.tracking_failed(e))?;
+            }
             let file = inner.disk.open(&p, OpenMode::CreateNew)?;
             inner.cache_put(&p, file);
-            inner.ship(&p, Header::new(Kind::Create), Bytes::new(), 0)?
+            match tracking {
+                Some(_) => None,
+                None => Some(inner.ship(&p, Header::new(Kind::Create), Bytes::new(), 0, Change::touched(&p, false))?),
+            }
         };
-        inner.flush();
-        inner.wait_namespace(seq)
+        inner.finish_namespace(seq)
     }
 
     /// Write one block (an evicted dirty buffer).
@@ -344,17 +418,31 @@ impl Primary {
                     )));
                 }
             }
-            let mut h = Header::new(kind);
-            h.offset = block;
-            let seq = inner.ship(p, h, Bytes::copy_from_slice(data), data.len())?;
-            // The frame leaves first; the local write overlaps the network.
-            inner.flush();
+            let seq = match inner.tracking_now() {
+                // Rule 4: the block is recorded durably before it is written.
+                Some(t) => {
+                    t.changelog.record_block(p, block).map_err(|e| inner.tracking_failed(e))?;
+                    None
+                }
+                None => {
+                    let mut h = Header::new(kind);
+                    h.offset = block;
+                    let change = Change::Blocks { path: p.clone(), first: block, last: block };
+                    let seq = inner.ship(p, h, Bytes::copy_from_slice(data), data.len(), Some(change))?;
+                    // The frame leaves first; the local write overlaps the network.
+                    inner.flush();
+                    Some(seq)
+                }
+            };
             if let Err(e) = file.write_at(offset, data) {
                 return Err(inner.fault(format!("local write of {p} block {block} failed: {e}")));
             }
             seq
         };
-        inner.wait_level(seq)
+        match seq {
+            Some(seq) => inner.wait_level(seq),
+            None => Ok(()),
+        }
     }
 
     /// Read one block. A block past the end of the file is an error.
@@ -399,15 +487,23 @@ impl Primary {
             let _f = inner.file_stripe(&p).write().unwrap_or_else(|e| e.into_inner());
             inner.check_open()?;
             let file = inner.file(&p)?;
+            let tracking = inner.tracking_now();
+            if let Some(t) = &tracking {
+                t.changelog.record_touched(&p, false).map_err(|e| inner.tracking_failed(e))?;
+            }
             if let Err(e) = file.set_len(len) {
                 return Err(inner.fault(format!("local truncate of {p} failed: {e}")));
             }
-            let mut h = Header::new(Kind::Truncate);
-            h.offset = len;
-            inner.ship(&p, h, Bytes::new(), 0)?
+            match tracking {
+                Some(_) => None,
+                None => {
+                    let mut h = Header::new(Kind::Truncate);
+                    h.offset = len;
+                    Some(inner.ship(&p, h, Bytes::new(), 0, Change::touched(&p, false))?)
+                }
+            }
         };
-        inner.flush();
-        inner.wait_namespace(seq)
+        inner.finish_namespace(seq)
     }
 
     /// Remove a file.
@@ -419,14 +515,22 @@ impl Primary {
             let _f = inner.file_stripe(&p).write().unwrap_or_else(|e| e.into_inner());
             let _ns = inner.namespace.read().unwrap_or_else(|e| e.into_inner());
             inner.check_open()?;
+            let tracking = inner.tracking_now();
+            if let Some(t) = &tracking {
+                t.changelog.record_touched(&p, false).map_err(|e| inner.tracking_failed(e))?;
+            }
             inner.disk.remove_file(&p)?;
             inner.cache_remove_under(&p);
-            let seq = inner.ship(&p, Header::new(Kind::Unlink), Bytes::new(), 0)?;
-            lock(&inner.queue).stream.unbind(&p);
-            seq
+            match tracking {
+                Some(_) => None,
+                None => {
+                    let seq = inner.ship(&p, Header::new(Kind::Unlink), Bytes::new(), 0, Change::touched(&p, false))?;
+                    lock(&inner.queue).stream.unbind(&p);
+                    Some(seq)
+                }
+            }
         };
-        inner.flush();
-        inner.wait_namespace(seq)
+        inner.finish_namespace(seq)
     }
 
     /// Make a relation file durable on both sides.
@@ -450,21 +554,37 @@ impl Primary {
         }
         let inner = &self.inner;
         inner.usable()?;
+        let bs = inner.identity.block_size as u64;
+        let (first, last) = (offset / bs, (offset + data.len() as u64 - 1) / bs);
         let seq = {
             // Byte ranges may overlap each other and any block: exclusive per file.
             let _f = inner.file_stripe(&p).write().unwrap_or_else(|e| e.into_inner());
             inner.check_open()?;
             let file = inner.file(&p)?;
-            let mut h = Header::new(Kind::WriteAt);
-            h.offset = offset;
-            let seq = inner.ship(&p, h, Bytes::copy_from_slice(data), data.len())?;
-            inner.flush();
+            let seq = match inner.tracking_now() {
+                Some(t) => {
+                    let blocks = (first..=last).map(|b| (p.clone(), b));
+                    t.changelog.record_batch(blocks, std::iter::empty()).map_err(|e| inner.tracking_failed(e))?;
+                    None
+                }
+                None => {
+                    let mut h = Header::new(Kind::WriteAt);
+                    h.offset = offset;
+                    let change = Change::Blocks { path: p.clone(), first, last };
+                    let seq = inner.ship(&p, h, Bytes::copy_from_slice(data), data.len(), Some(change))?;
+                    inner.flush();
+                    Some(seq)
+                }
+            };
             if let Err(e) = file.write_at(offset, data) {
                 return Err(inner.fault(format!("local write of {p} at {offset} failed: {e}")));
             }
             seq
         };
-        inner.wait_level(seq)
+        match seq {
+            Some(seq) => inner.wait_level(seq),
+            None => Ok(()),
+        }
     }
 
     /// Make a flat or log file durable on both sides.
@@ -486,9 +606,15 @@ impl Primary {
             let _f = inner.file_stripe(&p).read().unwrap_or_else(|e| e.into_inner());
             inner.check_open()?;
             let file = inner.file(&p)?;
-            (inner.ship(&p, Header::new(kind), Bytes::new(), 0)?, file)
+            match inner.tracking_now() {
+                // Alone, durable means durable here; the changes are tracked.
+                Some(_) => (None, file),
+                None => (Some(inner.ship(&p, Header::new(kind), Bytes::new(), 0, None)?), file),
+            }
         };
-        inner.flush();
+        if seq.is_some() {
+            inner.flush();
+        }
         // The mirror syncs while we do: the caller waits for the slower.
         // Syncs of one file are serialized: a write-back error is reported
         // to one fdatasync only, and the others must not miss it (rule 8).
@@ -501,7 +627,10 @@ impl Primary {
                 );
             }
         }
-        inner.wait_mark(seq, Mark::Synced, None)
+        match seq {
+            Some(seq) => inner.wait_mark(seq, Mark::Synced, None),
+            None => Ok(()),
+        }
     }
 
     // ---- filespace operations -------------------------------------------
@@ -522,13 +651,22 @@ impl Primary {
         let seq = {
             let _ns = inner.namespace.write().unwrap_or_else(|e| e.into_inner());
             inner.check_open()?;
+            let tracking = inner.tracking_now();
+            if let Some(t) = &tracking {
+                t.changelog.record_touched(p, true).map_err(|e| inner.tracking_failed(e))?;
+            }
             local(inner.disk.as_ref())?;
-            let mut h = Header::new(kind);
-            h.filespace = p.filespace;
-            inner.ship_unbound(h, Bytes::copy_from_slice(p.path.as_str().as_bytes()))?
+            match tracking {
+                Some(_) => None,
+                None => {
+                    let mut h = Header::new(kind);
+                    h.filespace = p.filespace;
+                    let body = Bytes::copy_from_slice(p.path.as_str().as_bytes());
+                    Some(inner.ship_unbound(h, body, Change::touched(p, true))?)
+                }
+            }
         };
-        inner.flush();
-        inner.wait_namespace(seq)
+        inner.finish_namespace(seq)
     }
 
     /// Rename a file or directory within a filespace (atomic, replaces a file at `to`).
@@ -545,26 +683,39 @@ impl Primary {
             let _all = inner.all_file_stripes();
             let _ns = inner.namespace.write().unwrap_or_else(|e| e.into_inner());
             inner.check_open()?;
+            let tracking = inner.tracking_now();
+            if let Some(t) = &tracking {
+                let touched = [(from.clone(), true), (to.clone(), true)];
+                t.changelog.record_batch(std::iter::empty(), touched).map_err(|e| inner.tracking_failed(e))?;
+            }
             inner.disk.rename(&from, &to)?;
             inner.cache_remove_under(&from);
             inner.cache_remove_under(&to);
-            let mut h = Header::new(Kind::Rename);
-            h.filespace = fs;
-            h.aux = from.path.as_str().len() as u32;
-            h.flags |= inner.level_flags();
-            let mut body = Vec::with_capacity(from.path.as_str().len() + to.path.as_str().len());
-            body.extend_from_slice(from.path.as_str().as_bytes());
-            body.extend_from_slice(to.path.as_str().as_bytes());
-            let body = Bytes::from(body);
-            h.body_len = body.len() as u32;
-            h.body_hash = body_hash(&body);
-            let mut q = inner.queue_space()?;
-            let seq = inner.push_locked(&mut q, h, body);
-            q.stream.rebind(&from, &to);
-            seq
+            match tracking {
+                Some(_) => None,
+                None => {
+                    let mut h = Header::new(Kind::Rename);
+                    h.filespace = fs;
+                    h.aux = from.path.as_str().len() as u32;
+                    h.flags |= inner.level_flags();
+                    let mut body = Vec::with_capacity(from.path.as_str().len() + to.path.as_str().len());
+                    body.extend_from_slice(from.path.as_str().as_bytes());
+                    body.extend_from_slice(to.path.as_str().as_bytes());
+                    let body = Bytes::from(body);
+                    h.body_len = body.len() as u32;
+                    h.body_hash = body_hash(&body);
+                    let mut q = inner.queue_space()?;
+                    let changes = [
+                        Change::Touched { path: from.clone(), subtree: true },
+                        Change::Touched { path: to.clone(), subtree: true },
+                    ];
+                    let seq = inner.push_locked(&mut q, h, body, changes);
+                    q.stream.rebind(&from, &to);
+                    Some(seq)
+                }
+            }
         };
-        inner.flush();
-        inner.wait_namespace(seq)
+        inner.finish_namespace(seq)
     }
 
     /// Whether a file or directory exists on the primary.
@@ -623,9 +774,120 @@ impl Inner {
         }
         self.usable_locally()?;
         if let Some(l) = lock(&self.marks).lost.clone() {
-            return Err(Error::MirrorLost(l));
+            // Rule 3: no mutating call goes on until the arbiter has decided.
+            return self.after_loss(l);
         }
         Ok(())
+    }
+
+    /// The mirror is gone: with change tracking, wait for the arbiter's
+    /// decision and go on if the mirror was marked down.
+    fn after_loss(&self, lost: String) -> Result<()> {
+        let Some(t) = &self.tracking else {
+            return Err(Error::MirrorLost(lost));
+        };
+        let deadline = Instant::now() + t.decision_timeout + Duration::from_secs(5);
+        let mut mode = self.mode.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            match &*mode {
+                Mode::ChangeTracking => return Ok(()),
+                Mode::Failed(why) => return Err(Error::MirrorLost(format!("{lost}; {why}"))),
+                Mode::Streaming | Mode::Deciding => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(Error::MirrorLost(format!("{lost}; no decision in time")));
+                    }
+                    mode = self.mode_cv.wait_timeout(mode, left).unwrap_or_else(|e| e.into_inner()).0;
+                }
+            }
+        }
+    }
+
+    /// The change tracking in force, if the pair is in change tracking now.
+    fn tracking_now(&self) -> Option<ChangeTracking> {
+        let mode = self.mode.lock().unwrap_or_else(|e| e.into_inner());
+        match *mode {
+            Mode::ChangeTracking => self.tracking.clone(),
+            _ => None,
+        }
+    }
+
+    /// The change-log cannot be written: say so, and stop claiming anything.
+    fn tracking_failed(&self, e: crate::changelog::ChangeLogError) -> Error {
+        let why = format!("the change-log cannot be written ({e}); the segment needs a full resync");
+        tracing::error!(%why, "change tracking failed");
+        self.set_mode(Mode::Failed(why));
+        Error::ChangeLog(e)
+    }
+
+    fn set_mode(&self, m: Mode) {
+        let mut mode = self.mode.lock().unwrap_or_else(|e| e.into_inner());
+        tracing::info!(from = ?*mode, to = ?m, "pair mode");
+        *mode = m;
+        drop(mode);
+        self.mode_cv.notify_all();
+    }
+
+    /// After a namespace operation: wait for the mirror when one was shipped.
+    fn finish_namespace(&self, seq: Option<u64>) -> Result<()> {
+        match seq {
+            Some(seq) => {
+                self.flush();
+                self.wait_namespace(seq)
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// The arbiter's decision, taken on a thread of its own (callers may be
+    /// holding locks the recording needs).
+    fn decide(self: Arc<Inner>, lost: String) {
+        let Some(t) = self.tracking.clone() else { return };
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let arbiter = t.arbiter.clone();
+        let (content, generation) = (self.identity.content_id, self.identity.generation);
+        let why = lost.clone();
+        let asked = std::thread::Builder::new().name("filerep-arbiter-ask".into()).spawn(move || {
+            let _ = tx.send(arbiter.mirror_lost(content, generation, &why));
+        });
+        let decision = match asked {
+            Err(e) => Err(format!("cannot ask the arbiter: {e}")),
+            Ok(_) => match rx.recv_timeout(t.decision_timeout) {
+                Ok(r) => r,
+                Err(_) => Err(format!("no answer from the arbiter within {:?}", t.decision_timeout)),
+            },
+        };
+        match decision {
+            Ok(Decision::MirrorDown) => {
+                // Quiesce every call, then record everything the mirror has
+                // not durably acknowledged (rule 3), then go on alone.
+                let _all = self.all_file_stripes();
+                let _ns = self.namespace.write().unwrap_or_else(|e| e.into_inner());
+                let window = std::mem::take(&mut lock(&self.queue).window);
+                let mut blocks = Vec::new();
+                let mut touched = Vec::new();
+                for (_, c) in window {
+                    match c {
+                        Change::Blocks { path, first, last } => {
+                            blocks.extend((first..=last).map(|b| (path.clone(), b)))
+                        }
+                        Change::Touched { path, subtree } => touched.push((path, subtree)),
+                    }
+                }
+                let n = (blocks.len(), touched.len());
+                match t.changelog.record_batch(blocks, touched) {
+                    Ok(()) => {
+                        tracing::warn!(blocks = n.0, paths = n.1, "mirror marked down: change tracking");
+                        self.set_mode(Mode::ChangeTracking);
+                    }
+                    Err(e) => {
+                        let _ = self.tracking_failed(e);
+                    }
+                }
+            }
+            Ok(Decision::Demoted) => self.set_mode(Mode::Failed("demoted by the arbiter".into())),
+            Err(e) => self.set_mode(Mode::Failed(e)),
+        }
     }
 
     /// Checked again once a call holds its locks: `shutdown` sets the flag
@@ -705,7 +967,7 @@ impl Inner {
 
     /// Assign a sequence number (binding the file first if needed) and queue
     /// the frame. The body checksum is computed before the lock is taken.
-    fn ship(&self, p: &FsPath, mut h: Header, body: Bytes, payload: usize) -> Result<u64> {
+    fn ship(&self, p: &FsPath, mut h: Header, body: Bytes, payload: usize, change: Option<Change>) -> Result<u64> {
         h.filespace = p.filespace;
         h.body_len = body.len() as u32;
         h.body_hash = body_hash(&body);
@@ -721,7 +983,7 @@ impl Inner {
             Self::push_out(&mut q, bh, path);
         }
         h.file_id = id;
-        let seq = self.push_locked(&mut q, h, body);
+        let seq = self.push_locked(&mut q, h, body, change);
         drop(q);
         self.stats.operations.fetch_add(1, Ordering::Relaxed);
         self.stats.payload_bytes.fetch_add(payload as u64, Ordering::Relaxed);
@@ -737,12 +999,12 @@ impl Inner {
         }
     }
 
-    fn ship_unbound(&self, mut h: Header, body: Bytes) -> Result<u64> {
+    fn ship_unbound(&self, mut h: Header, body: Bytes, change: Option<Change>) -> Result<u64> {
         h.flags |= self.level_flags();
         h.body_len = body.len() as u32;
         h.body_hash = body_hash(&body);
         let mut q = self.queue_space()?;
-        let seq = self.push_locked(&mut q, h, body);
+        let seq = self.push_locked(&mut q, h, body, change);
         drop(q);
         Ok(seq)
     }
@@ -751,7 +1013,7 @@ impl Inner {
     /// callers wait for the sender to drain it).
     fn queue_space(&self) -> Result<MutexGuard<'_, Queue>> {
         let mut q = lock(&self.queue);
-        while q.pending_bytes >= self.max_pending_bytes {
+        while q.pending_bytes >= self.max_pending_bytes || q.window.len() >= MAX_WINDOW {
             if let Some(l) = lock(&self.marks).lost.clone() {
                 return Err(Error::MirrorLost(l));
             }
@@ -768,8 +1030,13 @@ impl Inner {
     }
 
     /// `h` must already carry the body's length and checksum.
-    fn push_locked(&self, q: &mut Queue, h: Header, body: Bytes) -> u64 {
+    fn push_locked(&self, q: &mut Queue, h: Header, body: Bytes, changes: impl IntoIterator<Item = Change>) -> u64 {
         let h = q.stream.operation(h);
+        // Kept until the mirror acknowledges it durable: if the mirror is
+        // lost first, these go into the change-log.
+        if self.tracking.is_some() {
+            q.window.extend(changes.into_iter().map(|c| (h.seq, c)));
+        }
         q.stream.on_sent(self.now_ms());
         Self::push_out(q, h, body);
         h.seq
@@ -865,7 +1132,11 @@ impl Inner {
         m.waiters.push(Waiter { seq, mark, thread: std::thread::current() });
         loop {
             if let Some(l) = &m.lost {
-                return Err(Error::MirrorLost(l.clone()));
+                let l = l.clone();
+                drop(m);
+                // With change tracking, an operation the mirror never
+                // confirmed is in the window and lands in the change-log.
+                return self.after_loss(l);
             }
             drop(m);
             match deadline {
@@ -899,7 +1170,21 @@ impl Inner {
     }
 
     fn lose(&self, reason: String) {
-        self.end_stream(reason, true);
+        self.end_stream(reason.clone(), true);
+        if self.tracking.is_some() {
+            let mut mode = self.mode.lock().unwrap_or_else(|e| e.into_inner());
+            if *mode == Mode::Streaming {
+                *mode = Mode::Deciding;
+                drop(mode);
+                if let Some(me) = self.me.get().and_then(|w| w.upgrade()) {
+                    let spawned =
+                        std::thread::Builder::new().name("filerep-decide".into()).spawn(move || me.decide(reason));
+                    if let Err(e) = spawned {
+                        self.set_mode(Mode::Failed(format!("cannot ask the arbiter: {e}")));
+                    }
+                }
+            }
+        }
     }
 
     fn end_stream(&self, reason: String, unexpected: bool) {
@@ -950,7 +1235,16 @@ fn receiver_loop(inner: Arc<Inner>, mut reader: Box<dyn ConnReader>) {
                             break;
                         };
                         let now = inner.now_ms();
-                        let r = lock(&inner.queue).stream.on_ack(ack, now);
+                        let r = {
+                            let mut q = lock(&inner.queue);
+                            let r = q.stream.on_ack(ack, now);
+                            if let Ok(a) = &r {
+                                while q.window.front().is_some_and(|(s, _)| *s <= a.durable) {
+                                    q.window.pop_front();
+                                }
+                            }
+                            r
+                        };
                         match r {
                             Ok(a) => inner.acknowledge(a),
                             Err(e) => {

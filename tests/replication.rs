@@ -4,27 +4,9 @@ mod common;
 
 use common::*;
 use filerep::config::SyncLevel;
-use filerep::process::{MirrorArgs, MirrorProcess};
 use filerep::workload::{self, WorkloadConfig, ALL_KINDS};
 use std::sync::Arc;
 use std::time::Duration;
-
-fn spawn_daemon(dirs: &Dirs, block_size: u32) -> MirrorProcess {
-    MirrorProcess::spawn(
-        std::path::Path::new(env!("CARGO_BIN_EXE_filerep")),
-        &MirrorArgs {
-            filespaces: dirs.mirror.clone(),
-            key_file: dirs.key_file(),
-            cluster_id: CLUSTER,
-            content_id: 0,
-            block_size,
-            generation: 1,
-            listen: "127.0.0.1:0".into(),
-            extra: vec![],
-        },
-    )
-    .expect("mirror daemon")
-}
 
 fn run_pair(block_size: u32, level: SyncLevel, writers: usize, ops: usize, seed: u64) {
     let dirs = Dirs::new();

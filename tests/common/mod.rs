@@ -76,6 +76,7 @@ pub fn primary_config(dirs: &Dirs, block_size: u32, level: SyncLevel) -> Primary
         sync_level: level,
         tuning: StreamTuning::default(),
         prefer_uring: true,
+        change_tracking: None,
     }
 }
 
@@ -142,4 +143,22 @@ impl Drop for InProcessMirror {
             let _ = t.join();
         }
     }
+}
+
+/// A real `filerep mirror` daemon process for `dirs`.
+pub fn spawn_daemon(dirs: &Dirs, block_size: u32) -> filerep::process::MirrorProcess {
+    filerep::process::MirrorProcess::spawn(
+        std::path::Path::new(env!("CARGO_BIN_EXE_filerep")),
+        &filerep::process::MirrorArgs {
+            filespaces: dirs.mirror.clone(),
+            key_file: dirs.key_file(),
+            cluster_id: CLUSTER,
+            content_id: 0,
+            block_size,
+            generation: 1,
+            listen: "127.0.0.1:0".into(),
+            extra: vec![],
+        },
+    )
+    .expect("mirror daemon")
 }

@@ -136,6 +136,7 @@ pub fn run(c: DemoCmd) -> Result<ExitCode, Box<dyn std::error::Error>> {
             sync_level,
             tuning: StreamTuning::default(),
             prefer_uring: !c.std_io,
+            change_tracking: None,
         },
         filerep::net::tcp(stream)?,
         &mirror.addr.to_string(),

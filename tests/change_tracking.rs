@@ -1,0 +1,237 @@
+//! Losing the mirror under load: the arbiter decides, the primary goes on
+//! alone, and the change-log names every block that differs from the mirror.
+
+mod common;
+
+use common::*;
+use filerep::arbiter::{Arbiter, Decision, FixedArbiter};
+use filerep::changelog::{ChangeLog, ChangeSet};
+use filerep::config::SyncLevel;
+use filerep::disk::{FsPath, StdDisk};
+use filerep::path::RelPath;
+use filerep::primary::{ChangeTracking, Mode};
+use filerep::verify::Entry;
+use filerep::workload::{self, WorkloadConfig};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const BS: u32 = 8192;
+
+fn changelog(dir: &Path) -> Arc<ChangeLog> {
+    let disk = Arc::new(StdDisk::open(&[dir.to_path_buf()]).expect("state disk"));
+    Arc::new(ChangeLog::create(disk, FsPath::new(0, RelPath::new("changelog").unwrap()), BS).expect("change-log"))
+}
+
+fn tracking(log: &Arc<ChangeLog>, arbiter: Arc<dyn Arbiter>) -> ChangeTracking {
+    ChangeTracking { changelog: log.clone(), arbiter, decision_timeout: Duration::from_secs(2) }
+}
+
+/// Whether a path, or a directory above it recorded as a subtree, is touched.
+fn path_covered(set: &ChangeSet, fs: u16, path: &str) -> bool {
+    let mut cur = Some(path.to_string());
+    let mut first = true;
+    while let Some(p) = cur {
+        if let Some(&subtree) = set.touched.get(&FsPath::new(fs, RelPath::new(&p).unwrap())) {
+            if first || subtree {
+                return true;
+            }
+        }
+        first = false;
+        cur = p.rfind('/').map(|i| p[..i].to_string());
+    }
+    false
+}
+
+fn read_blocks(path: &Path) -> Vec<Vec<u8>> {
+    let data = std::fs::read(path).unwrap_or_default();
+    data.chunks(BS as usize).map(|c| c.to_vec()).collect()
+}
+
+/// Rule 4: everything that differs between primary and mirror is named by
+/// the change set (a block, the file, or a directory above it).
+fn assert_covered(dirs: &Dirs, set: &ChangeSet) -> usize {
+    let mut differing = 0;
+    for (fs, (p, m)) in dirs.primary.iter().zip(&dirs.mirror).enumerate() {
+        let fs = fs as u16;
+        let pe = filerep::verify::scan(&p.root).expect("scan primary");
+        let me = filerep::verify::scan(&m.root).expect("scan mirror");
+        let mut paths: Vec<&String> = pe.keys().chain(me.keys()).collect();
+        paths.sort();
+        paths.dedup();
+        for path in paths {
+            let (a, b) = (pe.get(path), me.get(path));
+            if a == b {
+                continue;
+            }
+            differing += 1;
+            if path_covered(set, fs, path) {
+                continue;
+            }
+            match (a, b) {
+                (Some(Entry::File { .. }), Some(Entry::File { .. })) => {
+                    let (pb, mb) = (read_blocks(&p.root.join(path)), read_blocks(&m.root.join(path)));
+                    let key = FsPath::new(fs, RelPath::new(path).unwrap());
+                    let recorded = set.blocks.get(&key);
+                    for i in 0..pb.len().max(mb.len()) {
+                        if pb.get(i) != mb.get(i) {
+                            assert!(
+                                recorded.is_some_and(|r| r.contains(&(i as u64))),
+                                "block {i} of fs{fs}:{path} differs but the change-log does not name it"
+                            );
+                        }
+                    }
+                }
+                _ => panic!("fs{fs}:{path} differs ({a:?} vs {b:?}) but the change-log does not name it"),
+            }
+        }
+    }
+    differing
+}
+
+#[test]
+fn mirror_killed_under_load_the_primary_goes_on_and_tracks_every_change() {
+    let dirs = Dirs::new();
+    let state = tempfile::tempdir().expect("state dir");
+    let log = changelog(state.path());
+    let mut daemon = spawn_daemon(&dirs, BS);
+    let mut cfg = primary_config(&dirs, BS, SyncLevel::Applied);
+    cfg.change_tracking = Some(tracking(&log, Arc::new(FixedArbiter(Decision::MirrorDown))));
+    let primary = Arc::new(connect_primary(cfg, daemon.addr).expect("primary"));
+    let load = {
+        let primary = primary.clone();
+        std::thread::spawn(move || {
+            workload::run(&primary, &WorkloadConfig { writers: 8, ops_per_writer: 250, seed: 77 })
+        })
+    };
+    // Kill the mirror once the load is well under way.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while primary.stats().operations < 300 {
+        assert!(Instant::now() < deadline, "the workload did not start");
+        std::thread::yield_now();
+    }
+    daemon.kill();
+    let report = load.join().expect("workload thread").expect("no call failed: the primary went on alone");
+    assert!(report.operations >= 2000);
+    assert_eq!(primary.mode(), Mode::ChangeTracking);
+    let set = log.change_set();
+    assert!(!set.is_empty(), "changes after the loss were tracked");
+    let differing = assert_covered(&dirs, &set);
+    assert!(differing > 0, "the mirror missed the changes made after it died");
+    // The change-log is durable: reopening it finds the same set.
+    drop(primary);
+    let disk = Arc::new(StdDisk::open(&[state.path().to_path_buf()]).expect("state disk"));
+    let (reopened, _) =
+        ChangeLog::open(disk, FsPath::new(0, RelPath::new("changelog").unwrap())).expect("reopen change-log");
+    assert_eq!(reopened.change_set(), set);
+}
+
+#[test]
+fn a_demoted_primary_fails_its_calls() {
+    let dirs = Dirs::new();
+    let state = tempfile::tempdir().expect("state dir");
+    let log = changelog(state.path());
+    let mut daemon = spawn_daemon(&dirs, BS);
+    let mut cfg = primary_config(&dirs, BS, SyncLevel::Applied);
+    cfg.change_tracking = Some(tracking(&log, Arc::new(FixedArbiter(Decision::Demoted))));
+    let primary = connect_primary(cfg, daemon.addr).expect("primary");
+    primary.create(0, "f").expect("create");
+    daemon.kill();
+    let mut err = None;
+    for i in 0..10_000u64 {
+        if let Err(e) = primary.write_block(0, "f", i % 4, &[1u8; BS as usize]) {
+            err = Some(e);
+            break;
+        }
+    }
+    let e = err.expect("calls fail once the mirror is gone and the primary is demoted");
+    assert!(e.to_string().contains("demoted"), "{e}");
+    assert!(matches!(primary.mode(), Mode::Failed(_)));
+    assert!(primary.create(0, "g").is_err());
+    assert!(log.change_set().touched.is_empty() || !dirs.primary[0].root.join("g").exists());
+}
+
+/// An arbiter that never answers.
+struct Silent(std::sync::Mutex<Option<crossbeam_channel::Receiver<()>>>);
+
+impl Arbiter for Silent {
+    fn mirror_lost(&self, _: u32, _: u64, _: &str) -> Result<Decision, String> {
+        let rx = self.0.lock().unwrap().take();
+        if let Some(rx) = rx {
+            let _ = rx.recv();
+        }
+        Err("gone".into())
+    }
+}
+
+#[test]
+fn no_answer_from_the_arbiter_fails_calls_rather_than_diverging() {
+    let dirs = Dirs::new();
+    let state = tempfile::tempdir().expect("state dir");
+    let log = changelog(state.path());
+    let mut daemon = spawn_daemon(&dirs, BS);
+    let (_keep, rx) = crossbeam_channel::bounded::<()>(1);
+    let mut cfg = primary_config(&dirs, BS, SyncLevel::Applied);
+    cfg.change_tracking = Some(tracking(&log, Arc::new(Silent(std::sync::Mutex::new(Some(rx))))));
+    let primary = connect_primary(cfg, daemon.addr).expect("primary");
+    primary.create(0, "f").expect("create");
+    daemon.kill();
+    let started = Instant::now();
+    let mut err = None;
+    for i in 0..10_000u64 {
+        if let Err(e) = primary.write_block(0, "f", i % 4, &[1u8; BS as usize]) {
+            err = Some(e);
+            break;
+        }
+    }
+    let e = err.expect("calls fail without a decision");
+    assert!(e.to_string().contains("no answer from the arbiter"), "{e}");
+    assert!(started.elapsed() < Duration::from_secs(30), "calls do not hang beyond the decision timeout");
+}
+
+/// A mirror that freezes (SIGSTOP) stops acknowledging: the primary notices
+/// the silence, and the operations the mirror never applied, still waiting
+/// for their acknowledgement, land in the change-log before their callers
+/// return.
+#[test]
+fn a_frozen_mirror_is_noticed_and_unapplied_operations_are_tracked() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let dirs = Dirs::new();
+    let state = tempfile::tempdir().expect("state dir");
+    let log = changelog(state.path());
+    let mut daemon = spawn_daemon(&dirs, BS);
+    let mut cfg = primary_config(&dirs, BS, SyncLevel::Applied);
+    cfg.tuning.ack_timeout = Duration::from_millis(800);
+    cfg.change_tracking = Some(tracking(&log, Arc::new(FixedArbiter(Decision::MirrorDown))));
+    let primary = Arc::new(connect_primary(cfg, daemon.addr).expect("primary"));
+    for w in 0..8 {
+        primary.create(0, &format!("f{w}")).expect("create");
+    }
+    let pid = Pid::from_raw(daemon.pid as i32);
+    kill(pid, Signal::SIGSTOP).expect("freeze the mirror");
+    // Each writer's first write is shipped but never applied.
+    let writers: Vec<_> = (0..8u64)
+        .map(|w| {
+            let primary = primary.clone();
+            std::thread::spawn(move || {
+                for b in 0..20u64 {
+                    primary.write_block(0, &format!("f{w}"), b, &[(w * 20 + b) as u8; BS as usize])?;
+                }
+                Ok::<(), filerep::Error>(())
+            })
+        })
+        .collect();
+    for t in writers {
+        t.join().expect("writer").expect("every call succeeds: the primary went on alone");
+    }
+    assert_eq!(primary.mode(), Mode::ChangeTracking);
+    kill(pid, Signal::SIGKILL).expect("kill the mirror");
+    daemon.kill();
+    let set = log.change_set();
+    for w in 0..8 {
+        let f = FsPath::new(0, RelPath::new(&format!("f{w}")).unwrap());
+        assert_eq!(set.blocks.get(&f).map(|b| b.len()), Some(20), "every block of f{w} is tracked");
+    }
+    assert!(assert_covered(&dirs, &set) >= 8);
+}
