@@ -96,6 +96,9 @@ struct BenchCmd {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+    /// Measure writes in change tracking (mirror down) beside local-only writes.
+    #[arg(long)]
+    mirror_down: bool,
 }
 
 #[derive(clap::Args)]
@@ -227,6 +230,28 @@ fn run_bench(c: BenchCmd) -> CmdResult {
             cfg.rounds,
             cfg.dir.display()
         );
+    }
+    if c.mirror_down {
+        let r = filerep::bench::run_mirror_down(&cfg)?;
+        if c.json {
+            println!("{}", serde_json::to_string_pretty(&r)?);
+        } else {
+            println!("{:<34} {:>12} {:>16} {:>8}", "", "local only", "change tracking", "ratio");
+            println!(
+                "{:<34} {:>12.1} {:>16.1} {:>8.2}",
+                "throughput (MB/s)", r.local_mb_s, r.change_tracking_mb_s, r.ratio
+            );
+            println!("{:<34} {:>12.0} {:>16.0}", "write p50 (us)", r.local_write_p50_us, r.change_tracking_write_p50_us);
+            println!(
+                "change-log: {} distinct blocks, {} bytes, {} after compaction ({:.1} bytes a block)",
+                r.changelog_distinct_blocks,
+                r.changelog_bytes,
+                r.changelog_bytes_after_compaction,
+                r.changelog_bytes_after_compaction as f64 / r.changelog_distinct_blocks.max(1) as f64
+            );
+            println!("io backend: {}", r.io_backend);
+        }
+        return Ok(ExitCode::SUCCESS);
     }
     let r = filerep::bench::run(&cfg)?;
     if c.json {
