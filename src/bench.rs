@@ -404,8 +404,11 @@ pub fn run_mirror_down(cfg: &BenchConfig) -> Result<MirrorDownReport> {
     let bs = cfg.block_size;
     let blocks = random_blocks(bs, 11);
     let name = |w: usize| format!("bench{w}");
-    let round_cfg =
-        BenchConfig { phase: cfg.phase / cfg.rounds, count: cfg.count.map(|c| c.div_ceil(cfg.rounds as u64)), ..cfg.clone() };
+    let round_cfg = BenchConfig {
+        phase: cfg.phase / cfg.rounds,
+        count: cfg.count.map(|c| c.div_ceil(cfg.rounds as u64)),
+        ..cfg.clone()
+    };
 
     // Local-only: each block written once, each sync one fdatasync.
     let local_dir = cfg.dir.join("local");

@@ -34,6 +34,13 @@ pub const MAX_FILES: usize = 1 << 22;
 const REC_FILE: u8 = 1;
 const REC_BLOCKS: u8 = 2;
 const REC_TOUCHED: u8 = 3;
+const REC_EXTENT: u8 = 4;
+
+/// Blocks per extent. The first write into an extent waits for a durable
+/// extent record; later writes into it record their block exactly, lazily
+/// (with the next group commit). After a crash every block of a recorded
+/// extent counts as changed (the activity-log design of brief rule 4).
+pub const EXTENT_BLOCKS: u64 = 32;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ChangeLogError {
@@ -65,15 +72,24 @@ fn disk_err(op: &'static str) -> impl FnOnce(DiskError) -> ChangeLogError {
 pub struct ChangeSet {
     pub blocks: BTreeMap<FsPath, BTreeSet<u64>>,
     pub touched: BTreeMap<FsPath, bool>,
+    /// Extents (of [`EXTENT_BLOCKS`] blocks) every block of which may have
+    /// changed: their exact records may not have reached the disk.
+    pub extents: BTreeMap<FsPath, BTreeSet<u64>>,
 }
 
 impl ChangeSet {
+    /// Whether `block` of `file` is named, exactly or by its extent.
+    pub fn covers_block(&self, file: &FsPath, block: u64) -> bool {
+        self.blocks.get(file).is_some_and(|b| b.contains(&block))
+            || self.extents.get(file).is_some_and(|e| e.contains(&(block / EXTENT_BLOCKS)))
+    }
+
     pub fn distinct_blocks(&self) -> u64 {
         self.blocks.values().map(|b| b.len() as u64).sum()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.blocks.is_empty() && self.touched.is_empty()
+        self.blocks.is_empty() && self.touched.is_empty() && self.extents.is_empty()
     }
 }
 
@@ -114,6 +130,12 @@ impl Encoder {
         self.buf.extend_from_slice(&no.to_le_bytes());
         self.buf.extend_from_slice(&first.to_le_bytes());
         self.buf.extend_from_slice(&count.to_le_bytes());
+    }
+
+    fn extent(&mut self, no: u32, extent: u64) {
+        self.buf.push(REC_EXTENT);
+        self.buf.extend_from_slice(&no.to_le_bytes());
+        self.buf.extend_from_slice(&extent.to_le_bytes());
     }
 
     fn touched(&mut self, p: &FsPath, subtree: bool) {
@@ -268,6 +290,13 @@ impl Inner {
                     let e = self.set.touched.entry(FsPath::new(fs, path)).or_insert(false);
                     *e |= subtree;
                 }
+                REC_EXTENT => {
+                    let f = take(&mut b, 12).ok_or_else(|| bad("a cut extent record"))?;
+                    let no = u32::from_le_bytes(f[0..4].try_into().unwrap_or_default());
+                    let extent = u64::from_le_bytes(f[4..12].try_into().unwrap_or_default());
+                    let p = names.get(&no).ok_or_else(|| bad(&format!("an extent of unnamed file {no}")))?;
+                    self.set.extents.entry(p.clone()).or_default().insert(extent);
+                }
                 other => return Err(bad(&format!("unknown record kind {other}"))),
             }
         }
@@ -311,6 +340,8 @@ struct Shared {
     failed: Option<String>,
     /// Blocks whose record is pending, with the number that makes them durable.
     pending_index: HashMap<(FsPath, u64), u64>,
+    /// Extents whose record is pending, likewise.
+    extent_pending: HashMap<(FsPath, u64), u64>,
 }
 
 /// A change-log shared by any number of threads.
@@ -372,6 +403,7 @@ impl ChangeLog {
                 leader: false,
                 failed: None,
                 pending_index: HashMap::new(),
+                extent_pending: HashMap::new(),
             }),
             committed: Condvar::new(),
         }
@@ -405,19 +437,36 @@ impl ChangeLog {
         if let Some(f) = &s.failed {
             return Err(ChangeLogError::Failed(f.clone()));
         }
-        if let Some(&n) = s.pending_index.get(&(file.clone(), block)) {
-            return self.wait_durable(s, n);
-        }
-        if s.inner.set.blocks.get(file).is_some_and(|b| b.contains(&block)) {
+        let exact_pending = s.pending_index.get(&(file.clone(), block)).copied();
+        let known = s.inner.set.blocks.get(file).is_some_and(|b| b.contains(&block));
+        if known && exact_pending.is_none() {
             return Ok(());
         }
+        if !known {
+            // The exact record goes out with the next group commit; nobody waits for it.
+            let no = s.inner.file_no(file)?;
+            s.inner.pending.blocks(no, block, 1);
+            s.inner.set.blocks.entry(file.clone()).or_default().insert(block);
+            s.recorded += 1;
+            let n = s.recorded;
+            s.pending_index.insert((file.clone(), block), n);
+            s.inner.pending_blocks.push((file.clone(), block));
+        }
+        // Covered once its extent's record is durable.
+        let extent = block / EXTENT_BLOCKS;
+        let key = (file.clone(), extent);
+        if s.inner.set.extents.get(file).is_some_and(|e| e.contains(&extent)) {
+            return match s.extent_pending.get(&key).copied() {
+                Some(n) => self.wait_durable(s, n),
+                None => Ok(()),
+            };
+        }
         let no = s.inner.file_no(file)?;
-        s.inner.pending.blocks(no, block, 1);
-        s.inner.set.blocks.entry(file.clone()).or_default().insert(block);
+        s.inner.pending.extent(no, extent);
+        s.inner.set.extents.entry(file.clone()).or_default().insert(extent);
         s.recorded += 1;
         let n = s.recorded;
-        s.pending_index.insert((file.clone(), block), n);
-        s.inner.pending_blocks.push((file.clone(), block));
+        s.extent_pending.insert(key, n);
         self.wait_durable(s, n)
     }
 
@@ -510,6 +559,7 @@ impl ChangeLog {
                         for b in blocks {
                             s.pending_index.remove(&b);
                         }
+                        s.extent_pending.retain(|_, n| *n > upto);
                     }
                     Err(e) => {
                         // Rule 8: never retried into a success.
@@ -574,8 +624,12 @@ impl ChangeLog {
         inner.file_nos = inner.set.blocks.keys().enumerate().map(|(n, p)| (p.clone(), n as u32)).collect();
         inner.pending = Encoder::default();
         inner.pending_blocks.clear();
+        // Every block is now recorded exactly and durably: extents are moot.
+        s.inner.set.extents.clear();
+        s.extent_pending.clear();
         s.durable = s.recorded;
         s.pending_index.clear();
+        self.committed.notify_all();
         Ok(())
     }
 
@@ -635,7 +689,7 @@ mod tests {
         let before = log.change_set();
         // The next append is torn by a crash before its fdatasync completes.
         disk.inject(SimFault::FailNextSync);
-        assert!(log.record_block(&p("f"), 2).is_err());
+        assert!(log.record_block(&p("f"), 2 * EXTENT_BLOCKS).is_err(), "a new extent waits for its record");
         assert!(matches!(log.record_block(&p("f"), 3), Err(ChangeLogError::Failed(_))), "no retry into success");
         drop(log);
         disk.crash(Some(10));
@@ -643,11 +697,11 @@ mod tests {
         assert!(rec.torn_bytes > 0, "{rec:?}");
         assert_eq!(log.change_set(), before);
         // And it goes on working.
-        log.record_block(&p("f"), 4).unwrap();
+        log.record_block(&p("f"), 5 * EXTENT_BLOCKS).unwrap();
         drop(log);
         let (log, rec) = ChangeLog::open(disk, log_path()).unwrap();
         assert_eq!(rec.torn_bytes, 0);
-        assert!(log.contains_block(&p("f"), 4));
+        assert!(log.change_set().covers_block(&p("f"), 5 * EXTENT_BLOCKS));
     }
 
     #[test]
@@ -710,11 +764,34 @@ mod tests {
         let st = log.stats();
         assert_eq!(st.distinct_blocks, 1600);
         assert!(st.groups_written <= 1600 + 3);
+        log.compact().unwrap();
         let want = log.change_set();
         drop(log);
         disk.crash(None);
         let (log, _) = ChangeLog::open(disk, log_path()).unwrap();
         assert_eq!(log.change_set(), want);
+    }
+
+    /// Exact records after the first write into an extent are lazy: a
+    /// crash may lose them, and the durable extent record covers them.
+    #[test]
+    fn a_crash_loses_lazy_records_and_their_extent_covers_them() {
+        let disk = Arc::new(SimDisk::new(1));
+        let log = ChangeLog::create(disk.clone(), log_path(), 8192).unwrap();
+        let f = p("rel");
+        for b in 0..10 {
+            log.record_block(&f, b).unwrap();
+        }
+        assert_eq!(log.stats().groups_written, 1, "only the first block of the extent waited");
+        drop(log);
+        disk.crash(None);
+        let (log, _) = ChangeLog::open(disk, log_path()).unwrap();
+        let set = log.change_set();
+        assert!(set.blocks.get(&f).map_or(0, |b| b.len()) < 10, "later exact records were lazy");
+        for b in 0..10 {
+            assert!(set.covers_block(&f, b), "block {b} is covered");
+        }
+        assert!(!set.covers_block(&f, EXTENT_BLOCKS), "the next extent is not");
     }
 
     #[test]

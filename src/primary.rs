@@ -197,6 +197,8 @@ struct Inner {
     mode: Mutex<Mode>,
     mode_cv: Condvar,
     tracking: Option<ChangeTracking>,
+    /// Mirrors `mode == ChangeTracking`, for the write path's check.
+    tracking_on: AtomicBool,
     /// Ourselves, for the thread that takes the arbiter's decision.
     me: std::sync::OnceLock<std::sync::Weak<Inner>>,
     /// Taken for writing by directory operations and renames, for reading
@@ -267,6 +269,7 @@ impl Primary {
             mode_cv: Condvar::new(),
             tracking: cfg.change_tracking.clone(),
             me: std::sync::OnceLock::new(),
+            tracking_on: AtomicBool::new(false),
             queue_cv: Condvar::new(),
             max_pending_bytes: tuning.queue_frames.max(1) * (HEADER_LEN + 32 * 1024),
             sock: Mutex::new(writer),
@@ -773,6 +776,9 @@ impl Inner {
             return Err(Error::Closed("the stream is shutting down".into()));
         }
         self.usable_locally()?;
+        if self.tracking_on.load(Ordering::Acquire) {
+            return Ok(());
+        }
         if let Some(l) = lock(&self.marks).lost.clone() {
             // Rule 3: no mutating call goes on until the arbiter has decided.
             return self.after_loss(l);
@@ -804,11 +810,11 @@ impl Inner {
     }
 
     /// The change tracking in force, if the pair is in change tracking now.
-    fn tracking_now(&self) -> Option<ChangeTracking> {
-        let mode = self.mode.lock().unwrap_or_else(|e| e.into_inner());
-        match *mode {
-            Mode::ChangeTracking => self.tracking.clone(),
-            _ => None,
+    fn tracking_now(&self) -> Option<&ChangeTracking> {
+        if self.tracking_on.load(Ordering::Acquire) {
+            self.tracking.as_ref()
+        } else {
+            None
         }
     }
 
@@ -823,6 +829,7 @@ impl Inner {
     fn set_mode(&self, m: Mode) {
         let mut mode = self.mode.lock().unwrap_or_else(|e| e.into_inner());
         tracing::info!(from = ?*mode, to = ?m, "pair mode");
+        self.tracking_on.store(m == Mode::ChangeTracking, Ordering::Release);
         *mode = m;
         drop(mode);
         self.mode_cv.notify_all();

@@ -72,11 +72,10 @@ fn assert_covered(dirs: &Dirs, set: &ChangeSet) -> usize {
                 (Some(Entry::File { .. }), Some(Entry::File { .. })) => {
                     let (pb, mb) = (read_blocks(&p.root.join(path)), read_blocks(&m.root.join(path)));
                     let key = FsPath::new(fs, RelPath::new(path).unwrap());
-                    let recorded = set.blocks.get(&key);
                     for i in 0..pb.len().max(mb.len()) {
                         if pb.get(i) != mb.get(i) {
                             assert!(
-                                recorded.is_some_and(|r| r.contains(&(i as u64))),
+                                set.covers_block(&key, i as u64),
                                 "block {i} of fs{fs}:{path} differs but the change-log does not name it"
                             );
                         }
@@ -307,12 +306,12 @@ fn a_mirror_crash_loses_unsynced_data_and_the_change_log_names_all_of_it() {
             }
             match (a, b) {
                 (Some(SimEntry::File(x)), Some(SimEntry::File(y))) => {
-                    let recorded = set.blocks.get(&FsPath::new(key.0, RelPath::new(&key.1).unwrap()));
+                    let file = FsPath::new(key.0, RelPath::new(&key.1).unwrap());
                     let (xb, yb): (Vec<_>, Vec<_>) = (x.chunks(BS as usize).collect(), y.chunks(BS as usize).collect());
                     for i in 0..xb.len().max(yb.len()) {
                         if xb.get(i) != yb.get(i) {
                             assert!(
-                                recorded.is_some_and(|r| r.contains(&(i as u64))),
+                                set.covers_block(&file, i as u64),
                                 "seed {seed}: block {i} of fs{}:{} differs after the mirror's crash but is not tracked",
                                 key.0,
                                 key.1

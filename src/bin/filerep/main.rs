@@ -241,7 +241,10 @@ fn run_bench(c: BenchCmd) -> CmdResult {
                 "{:<34} {:>12.1} {:>16.1} {:>8.2}",
                 "throughput (MB/s)", r.local_mb_s, r.change_tracking_mb_s, r.ratio
             );
-            println!("{:<34} {:>12.0} {:>16.0}", "write p50 (us)", r.local_write_p50_us, r.change_tracking_write_p50_us);
+            println!(
+                "{:<34} {:>12.0} {:>16.0}",
+                "write p50 (us)", r.local_write_p50_us, r.change_tracking_write_p50_us
+            );
             println!(
                 "change-log: {} distinct blocks, {} bytes, {} after compaction ({:.1} bytes a block)",
                 r.changelog_distinct_blocks,
