@@ -182,9 +182,19 @@ struct Inner {
     len: u64,
     next_group: u64,
     groups_written: u64,
+    /// Extents found by replay: their lazy exact records may have been lost
+    /// in the crash, so they stay (through compactions) until `clear`.
+    recovered: BTreeMap<FsPath, BTreeSet<u64>>,
 }
 
 impl Inner {
+    /// Files in snapshot order: with exact blocks or recovered extents.
+    fn snapshot_files(&self) -> Vec<FsPath> {
+        let mut files: BTreeSet<&FsPath> = self.set.blocks.keys().collect();
+        files.extend(self.recovered.keys());
+        files.into_iter().cloned().collect()
+    }
+
     fn file_no(&mut self, p: &FsPath) -> Result<u32> {
         if let Some(&n) = self.file_nos.get(p) {
             return Ok(n);
@@ -244,6 +254,7 @@ impl Inner {
         }
         self.len = at;
         self.file_nos = names.into_iter().map(|(n, p)| (p, n)).collect();
+        self.recovered = self.set.extents.clone();
         Ok(rec)
     }
 
@@ -303,12 +314,18 @@ impl Inner {
         Ok(())
     }
 
-    /// The current set as one payload: runs of consecutive blocks.
+    /// The current set as one payload: runs of consecutive blocks, touched
+    /// paths, and the extents recovered from a crash.
     fn snapshot_payload(&self) -> Vec<u8> {
         let mut enc = Encoder::default();
-        for (no, (p, blocks)) in self.set.blocks.iter().enumerate() {
+        let empty = BTreeSet::new();
+        for (no, p) in self.snapshot_files().iter().enumerate() {
             let no = no as u32;
             enc.file(no, p);
+            for e in self.recovered.get(p).unwrap_or(&empty) {
+                enc.extent(no, *e);
+            }
+            let blocks = self.set.blocks.get(p).unwrap_or(&empty);
             let mut it = blocks.iter().copied();
             if let Some(mut first) = it.next() {
                 let mut count = 1u32;
@@ -370,6 +387,7 @@ impl ChangeLog {
             len: HEADER_LEN as u64,
             next_group: 1,
             groups_written: 0,
+            recovered: BTreeMap::new(),
         };
         Ok(Self::wrap(inner))
     }
@@ -389,6 +407,7 @@ impl ChangeLog {
             len: 0,
             next_group: 1,
             groups_written: 0,
+            recovered: BTreeMap::new(),
         };
         let rec = inner.replay()?;
         Ok((Self::wrap(inner), rec))
@@ -621,11 +640,12 @@ impl ChangeLog {
         }
         inner.next_group = 2;
         // File numbers restart with the snapshot's numbering.
-        inner.file_nos = inner.set.blocks.keys().enumerate().map(|(n, p)| (p.clone(), n as u32)).collect();
+        inner.file_nos = inner.snapshot_files().into_iter().enumerate().map(|(n, p)| (p, n as u32)).collect();
         inner.pending = Encoder::default();
         inner.pending_blocks.clear();
-        // Every block is now recorded exactly and durably: extents are moot.
-        s.inner.set.extents.clear();
+        // Every block written since start is now recorded exactly and
+        // durably; only extents recovered from a crash still stand.
+        s.inner.set.extents = s.inner.recovered.clone();
         s.extent_pending.clear();
         s.durable = s.recorded;
         s.pending_index.clear();
@@ -641,6 +661,7 @@ impl ChangeLog {
                 s = self.committed.wait(s).unwrap_or_else(|e| e.into_inner());
             }
             s.inner.set = ChangeSet::default();
+            s.inner.recovered.clear();
             s.inner.file_nos.clear();
         }
         self.compact()
@@ -792,6 +813,15 @@ mod tests {
             assert!(set.covers_block(&f, b), "block {b} is covered");
         }
         assert!(!set.covers_block(&f, EXTENT_BLOCKS), "the next extent is not");
+        // Compaction after the crash keeps the recovered extent: its lost
+        // exact records are unknown.
+        log.compact().unwrap();
+        let after = log.change_set();
+        for b in 0..10 {
+            assert!(after.covers_block(&f, b), "block {b} is still covered after compaction");
+        }
+        log.clear().unwrap();
+        assert!(log.change_set().is_empty());
     }
 
     #[test]

@@ -22,6 +22,7 @@ use bytes::Bytes;
 use crossbeam_channel::Sender;
 use std::io::IoSlice;
 use std::net::TcpListener;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -46,6 +47,45 @@ pub struct MirrorConfig {
     pub generation: u64,
     pub tuning: StreamTuning,
     pub prefer_uring: bool,
+    /// Where the mirror keeps its generation and fault state across restarts
+    /// (rule 7: a restarted mirror still refuses a stale primary; rule 8: a
+    /// faulted one still refuses every primary). `None`: memory only.
+    pub state_dir: Option<PathBuf>,
+}
+
+/// What a mirror remembers across restarts.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MirrorState {
+    pub generation: u64,
+    pub fault: Option<String>,
+}
+
+const STATE_FILE: &str = "mirror-state.json";
+
+impl MirrorState {
+    /// Load the state file; a missing file is the empty state.
+    pub fn load(dir: &Path) -> Result<MirrorState> {
+        let path = dir.join(STATE_FILE);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| Error::InvalidArgument(format!("state file {}: {e}; fix or remove it", path.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(MirrorState::default()),
+            Err(e) => Err(Error::io(format!("reading {}", path.display()), e)),
+        }
+    }
+
+    /// Replace the state file atomically and durably.
+    pub fn store(&self, dir: &Path) -> Result<()> {
+        let tmp = dir.join(format!("{STATE_FILE}.tmp"));
+        let path = dir.join(STATE_FILE);
+        let io = |what: &str, e| Error::io(format!("{what} {}", path.display()), e);
+        let bytes = serde_json::to_vec_pretty(self).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        let mut f = std::fs::File::create(&tmp).map_err(|e| io("writing", e))?;
+        std::io::Write::write_all(&mut f, &bytes).map_err(|e| io("writing", e))?;
+        f.sync_all().map_err(|e| io("syncing", e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| io("replacing", e))?;
+        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io("syncing the directory of", e))
+    }
 }
 
 /// How a connection ended.
@@ -103,19 +143,20 @@ impl MirrorServer {
         check_filespaces(&cfg.filespaces)?;
         let roots: Vec<_> = cfg.filespaces.iter().map(|f| f.root.clone()).collect();
         let disk = crate::disk::open_local(&roots, cfg.prefer_uring)?;
-        Ok(Self::with_disk(cfg, disk))
+        Self::with_disk(cfg, disk)
     }
 
-    pub fn with_disk(cfg: MirrorConfig, disk: Arc<dyn Disk>) -> MirrorServer {
-        let generation = AtomicU64::new(cfg.generation);
-        MirrorServer {
-            cfg,
-            disk,
-            generation,
-            streaming: Mutex::new(()),
-            fault: Mutex::new(None),
-            stopping: AtomicBool::new(false),
+    pub fn with_disk(cfg: MirrorConfig, disk: Arc<dyn Disk>) -> Result<MirrorServer> {
+        let state = match &cfg.state_dir {
+            Some(dir) => MirrorState::load(dir)?,
+            None => MirrorState::default(),
+        };
+        if let Some(f) = &state.fault {
+            tracing::error!(fault = %f, "this mirror faulted before it was restarted: refusing primaries");
         }
+        let generation = AtomicU64::new(cfg.generation.max(state.generation));
+        let fault = Mutex::new(state.fault);
+        Ok(MirrorServer { cfg, disk, generation, streaming: Mutex::new(()), fault, stopping: AtomicBool::new(false) })
     }
 
     pub fn generation(&self) -> u64 {
@@ -136,6 +177,17 @@ impl MirrorServer {
         let mut f = self.fault.lock().unwrap_or_else(|e| e.into_inner());
         if f.is_none() {
             *f = Some(reason);
+        }
+        drop(f);
+        if let Err(e) = self.persist() {
+            tracing::error!(error = %e, "cannot record the fault in the state file");
+        }
+    }
+
+    fn persist(&self) -> Result<()> {
+        match &self.cfg.state_dir {
+            None => Ok(()),
+            Some(dir) => MirrorState { generation: self.generation(), fault: self.fault() }.store(dir),
         }
     }
 
@@ -299,7 +351,18 @@ impl MirrorServer {
                 return Err(refuse(writer, Status::Busy, "another primary is streaming to this mirror".into()));
             }
         };
-        self.generation.store(hello.generation, Ordering::SeqCst);
+        if hello.generation > current {
+            self.generation.store(hello.generation, Ordering::SeqCst);
+            // Recorded before the stream is accepted: a restart cannot forget it.
+            if let Err(e) = self.persist() {
+                self.generation.store(current, Ordering::SeqCst);
+                return Err(refuse(
+                    writer,
+                    Status::Faulted,
+                    format!("cannot record generation {}: {e}", hello.generation),
+                ));
+            }
+        }
         let mirror_proof = key.mirror_proof(&raw, &hello.client_nonce, &server_nonce);
         let v = Verdict { status: Status::Accepted, generation: hello.generation, mirror_proof, reason: String::new() };
         writer.send_all(&[IoSlice::new(&v.encode())]).map_err(disconnected)?;

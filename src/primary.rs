@@ -1022,6 +1022,11 @@ impl Inner {
         let mut q = lock(&self.queue);
         while q.pending_bytes >= self.max_pending_bytes || q.window.len() >= MAX_WINDOW {
             if let Some(l) = lock(&self.marks).lost.clone() {
+                if self.tracking.is_some() {
+                    // Nothing more is sent or acknowledged: queue it anyway,
+                    // so the window still records it for the change-log.
+                    break;
+                }
                 return Err(Error::MirrorLost(l));
             }
             if !q.sending {

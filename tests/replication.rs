@@ -206,19 +206,23 @@ fn a_failed_mirror_fsync_faults_the_mirror_for_good() {
     let dirs = Dirs::new();
     let mirror_disk = Arc::new(SimDisk::new(2));
     let primary_disk = Arc::new(SimDisk::new(2));
-    let server = Arc::new(MirrorServer::with_disk(
-        MirrorConfig {
-            cluster_id: CLUSTER,
-            content_id: 0,
-            block_size: 8192,
-            filespaces: dirs.mirror.clone(),
-            key: filerep::protocol::handshake::ClusterKey::from_material(KEY).expect("key"),
-            generation: 1,
-            tuning: filerep::config::StreamTuning::default(),
-            prefer_uring: false,
-        },
-        mirror_disk.clone() as Arc<dyn Disk>,
-    ));
+    let server = Arc::new(
+        MirrorServer::with_disk(
+            MirrorConfig {
+                cluster_id: CLUSTER,
+                content_id: 0,
+                block_size: 8192,
+                filespaces: dirs.mirror.clone(),
+                key: filerep::protocol::handshake::ClusterKey::from_material(KEY).expect("key"),
+                generation: 1,
+                tuning: filerep::config::StreamTuning::default(),
+                prefer_uring: false,
+                state_dir: None,
+            },
+            mirror_disk.clone() as Arc<dyn Disk>,
+        )
+        .expect("mirror"),
+    );
     let session = |server: Arc<MirrorServer>| {
         let (p_conn, m_conn) = filerep::net::mem_pair(64 * 1024, 256);
         let t = std::thread::spawn(move || server.serve_conn(m_conn, "mem"));
@@ -267,4 +271,46 @@ fn a_tiny_send_queue_applies_backpressure_without_losing_anything() {
     workload::run(&primary, &WorkloadConfig { writers: 8, ops_per_writer: 60, seed: 21 }).expect("workload");
     primary.shutdown(Duration::from_secs(30)).expect("shutdown");
     dirs.assert_identical();
+}
+
+/// Rule 7 across restarts: a mirror that has seen generation 3 refuses a
+/// generation-2 primary even after it was restarted with `--generation 1`.
+#[test]
+fn a_restarted_mirror_remembers_its_generation() {
+    let dirs = Dirs::new();
+    let state = tempfile::tempdir().expect("state dir");
+    let args = filerep::process::MirrorArgs {
+        filespaces: dirs.mirror.clone(),
+        key_file: dirs.key_file(),
+        cluster_id: CLUSTER,
+        content_id: 0,
+        block_size: 8192,
+        generation: 1,
+        listen: "127.0.0.1:0".into(),
+        extra: vec!["--state-dir".into(), state.path().display().to_string()],
+    };
+    let exe = std::path::Path::new(env!("CARGO_BIN_EXE_filerep"));
+    let daemon = filerep::process::MirrorProcess::spawn(exe, &args).expect("daemon");
+    let mut cfg = primary_config(&dirs, 8192, SyncLevel::Applied);
+    cfg.identity.generation = 3;
+    let p = connect_primary(cfg, daemon.addr).expect("generation 3 accepted");
+    p.mkdir(0, "g3").expect("mkdir");
+    p.shutdown(Duration::from_secs(10)).expect("shutdown");
+    drop(p);
+    daemon.stop().expect("stop");
+    let saved = filerep::mirror::MirrorState::load(state.path()).expect("state file");
+    assert_eq!(saved.generation, 3);
+    let daemon = filerep::process::MirrorProcess::spawn(exe, &args).expect("restarted daemon");
+    let mut cfg = primary_config(&dirs, 8192, SyncLevel::Applied);
+    cfg.identity.generation = 2;
+    match connect_primary(cfg, daemon.addr) {
+        Err(filerep::Error::Refused { status, .. }) => {
+            assert_eq!(status, filerep::protocol::handshake::Status::StaleGeneration)
+        }
+        other => panic!("a stale primary must be refused after a restart, got {:?}", other.map(|_| ())),
+    }
+    // A corrupt state file is refused with a message naming it.
+    std::fs::write(state.path().join("mirror-state.json"), b"{ not json").expect("write");
+    let err = filerep::mirror::MirrorState::load(state.path()).expect_err("corrupt state");
+    assert!(err.to_string().contains("mirror-state.json"), "{err}");
 }

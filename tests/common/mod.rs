@@ -105,6 +105,7 @@ impl InProcessMirror {
             generation,
             tuning: StreamTuning { ack_timeout: Duration::from_secs(5), ..StreamTuning::default() },
             prefer_uring: true,
+            state_dir: None,
         })
         .expect("mirror");
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");

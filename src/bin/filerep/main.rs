@@ -62,6 +62,9 @@ struct MirrorCmd {
     /// Use the std I/O backend instead of io_uring.
     #[arg(long)]
     std_io: bool,
+    /// Keep the generation and fault state here across restarts.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -178,6 +181,7 @@ fn run_mirror(c: MirrorCmd) -> CmdResult {
         generation: c.generation,
         tuning: StreamTuning::default(),
         prefer_uring: !c.std_io,
+        state_dir: c.state_dir,
     })?;
     let listener = std::net::TcpListener::bind(&c.listen).map_err(|e| format!("cannot listen on {}: {e}", c.listen))?;
     let addr = listener.local_addr()?;
