@@ -864,36 +864,38 @@ impl Inner {
                 Err(_) => Err(format!("no answer from the arbiter within {:?}", t.decision_timeout)),
             },
         };
-        match decision {
-            Ok(Decision::MirrorDown) => {
-                // Quiesce every call, then record everything the mirror has
-                // not durably acknowledged (rule 3), then go on alone.
-                let _all = self.all_file_stripes();
-                let _ns = self.namespace.write().unwrap_or_else(|e| e.into_inner());
-                let window = std::mem::take(&mut lock(&self.queue).window);
-                let mut blocks = Vec::new();
-                let mut touched = Vec::new();
-                for (_, c) in window {
-                    match c {
-                        Change::Blocks { path, first, last } => {
-                            blocks.extend((first..=last).map(|b| (path.clone(), b)))
-                        }
-                        Change::Touched { path, subtree } => touched.push((path, subtree)),
-                    }
-                }
-                let n = (blocks.len(), touched.len());
-                match t.changelog.record_batch(blocks, touched) {
-                    Ok(()) => {
-                        tracing::warn!(blocks = n.0, paths = n.1, "mirror marked down: change tracking");
-                        self.set_mode(Mode::ChangeTracking);
-                    }
-                    Err(e) => {
-                        let _ = self.tracking_failed(e);
-                    }
+        // Whatever the answer, record everything the mirror has not durably
+        // acknowledged, with every call quiesced: going on alone needs it
+        // (rule 3), and a demoted primary's unshipped local writes are exactly
+        // what must be overwritten when it returns as a mirror (rule 5).
+        let recorded = {
+            let _all = self.all_file_stripes();
+            let _ns = self.namespace.write().unwrap_or_else(|e| e.into_inner());
+            let window = std::mem::take(&mut lock(&self.queue).window);
+            let mut blocks = Vec::new();
+            let mut touched = Vec::new();
+            for (_, c) in window {
+                match c {
+                    Change::Blocks { path, first, last } => blocks.extend((first..=last).map(|b| (path.clone(), b))),
+                    Change::Touched { path, subtree } => touched.push((path, subtree)),
                 }
             }
-            Ok(Decision::Demoted) => self.set_mode(Mode::Failed("demoted by the arbiter".into())),
-            Err(e) => self.set_mode(Mode::Failed(e)),
+            let n = (blocks.len(), touched.len());
+            let r = t.changelog.record_batch(blocks, touched);
+            if r.is_ok() && decision == Ok(Decision::MirrorDown) {
+                tracing::warn!(blocks = n.0, paths = n.1, "mirror marked down: change tracking");
+                // Still under the locks: no call runs before the mode is set.
+                self.set_mode(Mode::ChangeTracking);
+            }
+            r
+        };
+        match (decision, recorded) {
+            (_, Err(e)) => {
+                let _ = self.tracking_failed(e);
+            }
+            (Ok(Decision::MirrorDown), Ok(())) => {}
+            (Ok(Decision::Demoted), Ok(())) => self.set_mode(Mode::Failed("demoted by the arbiter".into())),
+            (Err(e), Ok(())) => self.set_mode(Mode::Failed(e)),
         }
     }
 

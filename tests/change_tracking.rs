@@ -343,3 +343,62 @@ fn a_mirror_crash_loses_unsynced_data_and_the_change_log_names_all_of_it() {
         }
     }
 }
+
+/// The pair arbiter applies the transitions: the loss of the mirror moves
+/// the pair to change tracking with the mirror down, recorded with a reason.
+#[test]
+fn the_pair_arbiter_records_the_transition() {
+    use filerep::arbiter::PairArbiter;
+    use filerep::core::pair::{Pair, PairMode};
+    let dirs = Dirs::new();
+    let state = tempfile::tempdir().expect("state dir");
+    let log = changelog(state.path());
+    let mut daemon = spawn_daemon(&dirs, BS);
+    let arbiter = Arc::new(PairArbiter::new(Pair::new(0, 2, 4)));
+    let mut cfg = primary_config(&dirs, BS, SyncLevel::Applied);
+    cfg.change_tracking = Some(tracking(&log, arbiter.clone()));
+    let primary = connect_primary(cfg, daemon.addr).expect("primary");
+    primary.create(0, "f").expect("create");
+    daemon.kill();
+    for b in 0..50u64 {
+        primary.write_block(0, "f", b, &[b as u8; BS as usize]).expect("writes go on");
+    }
+    let pair = arbiter.pair();
+    assert_eq!((pair.mode, pair.generation), (PairMode::ChangeTracking, 1));
+    assert!(pair.acting_primary().up && !pair.acting_mirror().up);
+    let history = arbiter.history();
+    assert_eq!(history.len(), 1, "{history:?}");
+    assert!(history[0].reason.contains("lost"), "{:?}", history[0]);
+    assert!(history[0].before.contains("mode s") && history[0].after.contains("mode c"), "{:?}", history[0]);
+}
+
+/// Fencing: the arbiter already promoted the mirror (the primary missed its
+/// probes); when the old primary reports its mirror lost, it is demoted and
+/// its calls fail: two writers never serve one generation.
+#[test]
+fn a_primary_replaced_by_a_promotion_is_demoted() {
+    use filerep::arbiter::PairArbiter;
+    use filerep::core::pair::{Event, Pair};
+    let dirs = Dirs::new();
+    let state = tempfile::tempdir().expect("state dir");
+    let log = changelog(state.path());
+    let mut daemon = spawn_daemon(&dirs, BS);
+    let arbiter = Arc::new(PairArbiter::new(Pair::new(0, 2, 4)));
+    let mut cfg = primary_config(&dirs, BS, SyncLevel::Applied);
+    cfg.change_tracking = Some(tracking(&log, arbiter.clone()));
+    let primary = connect_primary(cfg, daemon.addr).expect("primary");
+    primary.create(0, "f").expect("create");
+    arbiter.apply(&Event::ProbeFailed { dbid: 2 });
+    assert_eq!(arbiter.pair().generation, 2);
+    daemon.kill();
+    let mut err = None;
+    for i in 0..10_000u64 {
+        if let Err(e) = primary.write_block(0, "f", i % 4, &[1u8; BS as usize]) {
+            err = Some(e);
+            break;
+        }
+    }
+    let e = err.expect("the old primary's calls fail");
+    assert!(e.to_string().contains("demoted"), "{e}");
+    assert!(matches!(primary.mode(), Mode::Failed(_)));
+}

@@ -3,3 +3,5 @@
 
 pub mod mirror;
 pub mod primary;
+
+pub mod pair;
