@@ -225,47 +225,7 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
 
     // ---- replicated: a real primary and a real mirror daemon ----
     let rep = cfg.dir.join("replicated");
-    let (rp, rm) = (rep.join("primary"), rep.join("mirror"));
-    fresh_dir(&rp)?;
-    fresh_dir(&rm)?;
-    let key_file = rep.join("cluster.key");
-    let mut material = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut material);
-    let hex: String = material.iter().map(|b| format!("{b:02x}")).collect();
-    std::fs::write(&key_file, &hex).map_err(|e| Error::io("writing the key file", e))?;
-    let identity = PairIdentity { cluster_id: 0xbe4c, content_id: 0, block_size: bs, generation: 1 };
-    let mut extra = vec![];
-    if !cfg.prefer_uring {
-        extra.push("--std-io".to_string());
-    }
-    let mirror = MirrorProcess::spawn(
-        &cfg.exe,
-        &MirrorArgs {
-            filespaces: vec![Filespace { name: "pg_system".into(), root: rm.clone() }],
-            key_file: key_file.clone(),
-            cluster_id: identity.cluster_id,
-            content_id: 0,
-            block_size: bs,
-            generation: 1,
-            listen: "127.0.0.1:0".into(),
-            extra,
-        },
-    )?;
-    let stream = std::net::TcpStream::connect(mirror.addr).map_err(|e| Error::io("connecting to the mirror", e))?;
-    let conn = crate::net::tcp(stream).map_err(|e| Error::io("configuring the connection", e))?;
-    let primary = Primary::start(
-        PrimaryConfig {
-            identity,
-            filespaces: vec![Filespace { name: "pg_system".into(), root: rp.clone() }],
-            key: ClusterKey::from_material(hex.as_bytes()).map_err(|e| Error::InvalidArgument(e.to_string()))?,
-            sync_level: cfg.sync_level,
-            tuning: StreamTuning::default(),
-            prefer_uring: cfg.prefer_uring,
-            change_tracking: None,
-        },
-        conn,
-        &mirror.addr.to_string(),
-    )?;
+    let (mirror, primary) = start_pair(cfg, &rep, None)?;
     for w in 0..cfg.writers {
         primary.create(0, name(w).path.as_str())?;
     }
@@ -376,6 +336,53 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
     })
 }
 
+/// A real mirror daemon and a primary connected to it, under `dir`
+/// (`primary/`, `mirror/`, a fresh cluster key).
+fn start_pair(
+    cfg: &BenchConfig,
+    dir: &Path,
+    change_tracking: Option<crate::primary::ChangeTracking>,
+) -> Result<(MirrorProcess, Primary)> {
+    let (rp, rm) = (dir.join("primary"), dir.join("mirror"));
+    fresh_dir(&rp)?;
+    fresh_dir(&rm)?;
+    let key_file = dir.join("cluster.key");
+    let mut material = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut material);
+    let hex: String = material.iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::write(&key_file, &hex).map_err(|e| Error::io("writing the key file", e))?;
+    let identity = PairIdentity { cluster_id: 0xbe4c, content_id: 0, block_size: cfg.block_size, generation: 1 };
+    let mirror = MirrorProcess::spawn(
+        &cfg.exe,
+        &MirrorArgs {
+            filespaces: vec![Filespace { name: "pg_system".into(), root: rm }],
+            key_file,
+            cluster_id: identity.cluster_id,
+            content_id: 0,
+            block_size: cfg.block_size,
+            generation: 1,
+            listen: "127.0.0.1:0".into(),
+            extra: if cfg.prefer_uring { vec![] } else { vec!["--std-io".into()] },
+        },
+    )?;
+    let stream = std::net::TcpStream::connect(mirror.addr).map_err(|e| Error::io("connecting to the mirror", e))?;
+    let conn = crate::net::tcp(stream).map_err(|e| Error::io("configuring the connection", e))?;
+    let primary = Primary::start(
+        PrimaryConfig {
+            identity,
+            filespaces: vec![Filespace { name: "pg_system".into(), root: rp }],
+            key: ClusterKey::from_material(hex.as_bytes()).map_err(|e| Error::InvalidArgument(e.to_string()))?,
+            sync_level: cfg.sync_level,
+            tuning: StreamTuning::default(),
+            prefer_uring: cfg.prefer_uring,
+            change_tracking,
+        },
+        conn,
+        &mirror.addr.to_string(),
+    )?;
+    Ok((mirror, primary))
+}
+
 /// `filerep bench --mirror-down`: writes in change tracking beside
 /// local-only writes, the same harness on the same disk, sides alternating.
 #[derive(Debug, Clone, Serialize)]
@@ -422,51 +429,17 @@ pub fn run_mirror_down(cfg: &BenchConfig) -> Result<MirrorDownReport> {
 
     // A real pair whose mirror is then killed: the primary goes on in change tracking.
     let rep = cfg.dir.join("tracked");
-    let (rp, rm, st) = (rep.join("primary"), rep.join("mirror"), rep.join("state"));
-    for d in [&rp, &rm, &st] {
-        fresh_dir(d)?;
-    }
-    let key_file = rep.join("cluster.key");
-    let mut material = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut material);
-    let hex: String = material.iter().map(|b| format!("{b:02x}")).collect();
-    std::fs::write(&key_file, &hex).map_err(|e| Error::io("writing the key file", e))?;
-    let identity = PairIdentity { cluster_id: 0xbe4d, content_id: 0, block_size: bs, generation: 1 };
-    let mut mirror = MirrorProcess::spawn(
-        &cfg.exe,
-        &MirrorArgs {
-            filespaces: vec![Filespace { name: "pg_system".into(), root: rm.clone() }],
-            key_file,
-            cluster_id: identity.cluster_id,
-            content_id: 0,
-            block_size: bs,
-            generation: 1,
-            listen: "127.0.0.1:0".into(),
-            extra: if cfg.prefer_uring { vec![] } else { vec!["--std-io".into()] },
-        },
-    )?;
+    let st = rep.join("state");
+    fresh_dir(&st)?;
     let state_disk: Arc<dyn crate::disk::Disk> = Arc::new(crate::disk::StdDisk::open(std::slice::from_ref(&st))?);
     let log_path = FsPath::new(0, RelPath::new("changelog").map_err(Error::from)?);
     let log = Arc::new(crate::changelog::ChangeLog::create(state_disk, log_path, bs)?);
-    let stream = std::net::TcpStream::connect(mirror.addr).map_err(|e| Error::io("connecting to the mirror", e))?;
-    let conn = crate::net::tcp(stream).map_err(|e| Error::io("configuring the connection", e))?;
-    let primary = Primary::start(
-        PrimaryConfig {
-            identity,
-            filespaces: vec![Filespace { name: "pg_system".into(), root: rp.clone() }],
-            key: ClusterKey::from_material(hex.as_bytes()).map_err(|e| Error::InvalidArgument(e.to_string()))?,
-            sync_level: cfg.sync_level,
-            tuning: StreamTuning::default(),
-            prefer_uring: cfg.prefer_uring,
-            change_tracking: Some(crate::primary::ChangeTracking {
-                changelog: log.clone(),
-                arbiter: Arc::new(crate::arbiter::FixedArbiter(crate::arbiter::Decision::MirrorDown)),
-                decision_timeout: Duration::from_secs(10),
-            }),
-        },
-        conn,
-        &mirror.addr.to_string(),
-    )?;
+    let tracking = crate::primary::ChangeTracking {
+        changelog: log.clone(),
+        arbiter: Arc::new(crate::arbiter::FixedArbiter(crate::arbiter::Decision::MirrorDown)),
+        decision_timeout: Duration::from_secs(10),
+    };
+    let (mut mirror, primary) = start_pair(cfg, &rep, Some(tracking))?;
     for w in 0..cfg.writers {
         primary.create(0, &name(w))?;
     }

@@ -442,10 +442,7 @@ impl Primary {
             }
             seq
         };
-        match seq {
-            Some(seq) => inner.wait_level(seq),
-            None => Ok(()),
-        }
+        inner.wait_level_opt(seq)
     }
 
     /// Read one block. A block past the end of the file is an error.
@@ -584,10 +581,7 @@ impl Primary {
             }
             seq
         };
-        match seq {
-            Some(seq) => inner.wait_level(seq),
-            None => Ok(()),
-        }
+        inner.wait_level_opt(seq)
     }
 
     /// Make a flat or log file durable on both sides.
@@ -1106,6 +1100,14 @@ impl Inner {
                 self.stats.batches_sent.fetch_add(1, Ordering::Relaxed);
             }
             Err(e) => self.lose(format!("send failed: {e}")),
+        }
+    }
+
+    /// Wait for the sync level when something was shipped (not in change tracking).
+    fn wait_level_opt(&self, seq: Option<u64>) -> Result<()> {
+        match seq {
+            Some(seq) => self.wait_level(seq),
+            None => Ok(()),
         }
     }
 

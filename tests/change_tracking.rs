@@ -151,14 +151,7 @@ fn a_demoted_primary_fails_its_calls() {
     let primary = connect_primary(cfg, daemon.addr).expect("primary");
     primary.create(0, "f").expect("create");
     daemon.kill();
-    let mut err = None;
-    for i in 0..10_000u64 {
-        if let Err(e) = primary.write_block(0, "f", i % 4, &[1u8; BS as usize]) {
-            err = Some(e);
-            break;
-        }
-    }
-    let e = err.expect("calls fail once the mirror is gone and the primary is demoted");
+    let e = first_failing_write(&primary, "f", BS as usize);
     assert!(e.to_string().contains("demoted"), "{e}");
     assert!(matches!(primary.mode(), Mode::Failed(_)));
     assert!(primary.create(0, "g").is_err());
@@ -191,14 +184,7 @@ fn no_answer_from_the_arbiter_fails_calls_rather_than_diverging() {
     primary.create(0, "f").expect("create");
     daemon.kill();
     let started = Instant::now();
-    let mut err = None;
-    for i in 0..10_000u64 {
-        if let Err(e) = primary.write_block(0, "f", i % 4, &[1u8; BS as usize]) {
-            err = Some(e);
-            break;
-        }
-    }
-    let e = err.expect("calls fail without a decision");
+    let e = first_failing_write(&primary, "f", BS as usize);
     assert!(e.to_string().contains("no answer from the arbiter"), "{e}");
     assert!(started.elapsed() < Duration::from_secs(30), "calls do not hang beyond the decision timeout");
 }
@@ -391,14 +377,7 @@ fn a_primary_replaced_by_a_promotion_is_demoted() {
     arbiter.apply(&Event::ProbeFailed { dbid: 2 });
     assert_eq!(arbiter.pair().generation, 2);
     daemon.kill();
-    let mut err = None;
-    for i in 0..10_000u64 {
-        if let Err(e) = primary.write_block(0, "f", i % 4, &[1u8; BS as usize]) {
-            err = Some(e);
-            break;
-        }
-    }
-    let e = err.expect("the old primary's calls fail");
+    let e = first_failing_write(&primary, "f", BS as usize);
     assert!(e.to_string().contains("demoted"), "{e}");
     assert!(matches!(primary.mode(), Mode::Failed(_)));
 }

@@ -52,14 +52,7 @@ fn calls_fail_cleanly_when_the_mirror_dies() {
     daemon.kill();
     // Until change tracking exists, a lost mirror fails calls rather than
     // letting the pair silently diverge (brief rule 3).
-    let mut failed = None;
-    for i in 0..10_000u64 {
-        if let Err(e) = primary.write_block(0, "f", i % 4, &[2u8; 8192]) {
-            failed = Some(e);
-            break;
-        }
-    }
-    let e = failed.expect("a call fails once the mirror is gone");
+    let e = first_failing_write(&primary, "f", 8192);
     assert!(matches!(e, filerep::Error::MirrorLost(_)), "{e}");
     assert!(primary.mirror_lost().is_some());
     assert!(matches!(primary.create(0, "g"), Err(filerep::Error::MirrorLost(_))));

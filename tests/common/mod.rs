@@ -163,3 +163,14 @@ pub fn spawn_daemon(dirs: &Dirs, block_size: u32) -> filerep::process::MirrorPro
     )
     .expect("mirror daemon")
 }
+
+/// Write blocks 0..4 of `path` over and over until a call fails (the mirror
+/// is gone); panics if 10,000 calls all succeed.
+pub fn first_failing_write(p: &Primary, path: &str, block_size: usize) -> filerep::Error {
+    for i in 0..10_000u64 {
+        if let Err(e) = p.write_block(0, path, i % 4, &vec![(i % 251) as u8; block_size]) {
+            return e;
+        }
+    }
+    panic!("10,000 writes succeeded after the mirror was lost");
+}
