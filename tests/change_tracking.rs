@@ -27,6 +27,29 @@ fn tracking(log: &Arc<ChangeLog>, arbiter: Arc<dyn Arbiter>) -> ChangeTracking {
     ChangeTracking { changelog: log.clone(), arbiter, decision_timeout: Duration::from_secs(2) }
 }
 
+/// A primary with change tracking (`arbiter`) streaming to a real daemon.
+struct Tracked {
+    _dirs_state: tempfile::TempDir,
+    log: Arc<ChangeLog>,
+    daemon: filerep::process::MirrorProcess,
+    primary: filerep::primary::Primary,
+}
+
+fn tracked_pair(
+    dirs: &Dirs,
+    arbiter: Arc<dyn Arbiter>,
+    tune: impl FnOnce(&mut filerep::primary::PrimaryConfig),
+) -> Tracked {
+    let state = tempfile::tempdir().expect("state dir");
+    let log = changelog(state.path());
+    let daemon = spawn_daemon(dirs, BS);
+    let mut cfg = primary_config(dirs, BS, SyncLevel::Applied);
+    cfg.change_tracking = Some(tracking(&log, arbiter));
+    tune(&mut cfg);
+    let primary = connect_primary(cfg, daemon.addr).expect("primary");
+    Tracked { _dirs_state: state, log, daemon, primary }
+}
+
 /// Whether a path, or a directory above it recorded as a subtree, is touched.
 fn path_covered(set: &ChangeSet, fs: u16, path: &str) -> bool {
     let mut cur = Some(path.to_string());
@@ -143,12 +166,8 @@ fn mirror_killed_under_load_the_primary_goes_on_and_tracks_every_change() {
 #[test]
 fn a_demoted_primary_fails_its_calls() {
     let dirs = Dirs::new();
-    let state = tempfile::tempdir().expect("state dir");
-    let log = changelog(state.path());
-    let mut daemon = spawn_daemon(&dirs, BS);
-    let mut cfg = primary_config(&dirs, BS, SyncLevel::Applied);
-    cfg.change_tracking = Some(tracking(&log, Arc::new(FixedArbiter(Decision::Demoted))));
-    let primary = connect_primary(cfg, daemon.addr).expect("primary");
+    let Tracked { _dirs_state, log, mut daemon, primary } =
+        tracked_pair(&dirs, Arc::new(FixedArbiter(Decision::Demoted)), |_| {});
     primary.create(0, "f").expect("create");
     daemon.kill();
     let e = first_failing_write(&primary, "f", BS as usize);
@@ -243,7 +262,7 @@ fn a_frozen_mirror_is_noticed_and_unapplied_operations_are_tracked() {
 #[test]
 fn a_mirror_crash_loses_unsynced_data_and_the_change_log_names_all_of_it() {
     use filerep::disk::{Disk, SimDisk, SimEntry};
-    use filerep::mirror::{MirrorConfig, MirrorServer};
+    use filerep::mirror::MirrorServer;
     use std::collections::BTreeMap;
     for seed in 0..12u64 {
         let dirs = Dirs::new();
@@ -254,21 +273,7 @@ fn a_mirror_crash_loses_unsynced_data_and_the_change_log_names_all_of_it() {
             ChangeLog::create(log_disk, FsPath::new(0, RelPath::new("changelog").unwrap()), BS).expect("change-log"),
         );
         let server = Arc::new(
-            MirrorServer::with_disk(
-                MirrorConfig {
-                    cluster_id: CLUSTER,
-                    content_id: 0,
-                    block_size: BS,
-                    filespaces: dirs.mirror.clone(),
-                    key: filerep::protocol::handshake::ClusterKey::from_material(KEY).expect("key"),
-                    generation: 1,
-                    tuning: filerep::config::StreamTuning::default(),
-                    prefer_uring: false,
-                    state_dir: None,
-                },
-                mirror_disk.clone() as Arc<dyn Disk>,
-            )
-            .expect("mirror"),
+            MirrorServer::with_disk(mirror_config(&dirs, BS), mirror_disk.clone() as Arc<dyn Disk>).expect("mirror"),
         );
         let (p_conn, m_conn) = filerep::net::mem_pair(64 * 1024, 1024);
         let session = {
@@ -337,13 +342,8 @@ fn the_pair_arbiter_records_the_transition() {
     use filerep::arbiter::PairArbiter;
     use filerep::core::pair::{Pair, PairMode};
     let dirs = Dirs::new();
-    let state = tempfile::tempdir().expect("state dir");
-    let log = changelog(state.path());
-    let mut daemon = spawn_daemon(&dirs, BS);
     let arbiter = Arc::new(PairArbiter::new(Pair::new(0, 2, 4)));
-    let mut cfg = primary_config(&dirs, BS, SyncLevel::Applied);
-    cfg.change_tracking = Some(tracking(&log, arbiter.clone()));
-    let primary = connect_primary(cfg, daemon.addr).expect("primary");
+    let Tracked { _dirs_state, mut daemon, primary, .. } = tracked_pair(&dirs, arbiter.clone(), |_| {});
     primary.create(0, "f").expect("create");
     daemon.kill();
     for b in 0..50u64 {
@@ -366,13 +366,8 @@ fn a_primary_replaced_by_a_promotion_is_demoted() {
     use filerep::arbiter::PairArbiter;
     use filerep::core::pair::{Event, Pair};
     let dirs = Dirs::new();
-    let state = tempfile::tempdir().expect("state dir");
-    let log = changelog(state.path());
-    let mut daemon = spawn_daemon(&dirs, BS);
     let arbiter = Arc::new(PairArbiter::new(Pair::new(0, 2, 4)));
-    let mut cfg = primary_config(&dirs, BS, SyncLevel::Applied);
-    cfg.change_tracking = Some(tracking(&log, arbiter.clone()));
-    let primary = connect_primary(cfg, daemon.addr).expect("primary");
+    let Tracked { _dirs_state, mut daemon, primary, .. } = tracked_pair(&dirs, arbiter.clone(), |_| {});
     primary.create(0, "f").expect("create");
     arbiter.apply(&Event::ProbeFailed { dbid: 2 });
     assert_eq!(arbiter.pair().generation, 2);

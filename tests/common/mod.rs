@@ -174,3 +174,18 @@ pub fn first_failing_write(p: &Primary, path: &str, block_size: usize) -> filere
     }
     panic!("10,000 writes succeeded after the mirror was lost");
 }
+
+/// A mirror configuration for `dirs` (no state directory, std I/O).
+pub fn mirror_config(dirs: &Dirs, block_size: u32) -> filerep::mirror::MirrorConfig {
+    filerep::mirror::MirrorConfig {
+        cluster_id: CLUSTER,
+        content_id: 0,
+        block_size,
+        filespaces: dirs.mirror.clone(),
+        key: ClusterKey::from_material(KEY).expect("key"),
+        generation: 1,
+        tuning: StreamTuning::default(),
+        prefer_uring: false,
+        state_dir: None,
+    }
+}
