@@ -376,3 +376,35 @@ fn a_primary_replaced_by_a_promotion_is_demoted() {
     assert!(e.to_string().contains("demoted"), "{e}");
     assert!(matches!(primary.mode(), Mode::Failed(_)));
 }
+
+/// The change-log cannot be written (an fsync fails): the primary says so,
+/// claims nothing more, and every later call fails (a full resync is needed).
+#[test]
+fn a_change_log_that_cannot_be_written_stops_the_primary() {
+    use filerep::disk::{Disk, SimDisk, SimFault};
+    let dirs = Dirs::new();
+    let log_disk = Arc::new(SimDisk::new(1));
+    let log = Arc::new(
+        ChangeLog::create(log_disk.clone() as Arc<dyn Disk>, FsPath::new(0, RelPath::new("changelog").unwrap()), BS)
+            .expect("change-log"),
+    );
+    let mut daemon = spawn_daemon(&dirs, BS);
+    let mut cfg = primary_config(&dirs, BS, SyncLevel::Applied);
+    cfg.change_tracking = Some(tracking(&log, Arc::new(FixedArbiter(Decision::MirrorDown))));
+    let primary = connect_primary(cfg, daemon.addr).expect("primary");
+    primary.create(0, "f").expect("create");
+    daemon.kill();
+    primary.write_block(0, "f", 0, &[1u8; BS as usize]).expect("change tracking");
+    assert_eq!(primary.mode(), Mode::ChangeTracking);
+    log_disk.inject(SimFault::FailNextSync);
+    // A block in a new extent needs a durable record: the append fails.
+    let e = primary.write_block(0, "f", 5 * filerep::changelog::EXTENT_BLOCKS, &[2u8; BS as usize]).expect_err("fails");
+    assert!(matches!(e, filerep::Error::ChangeLog(_)), "{e}");
+    assert!(e.to_string().contains("full resync"), "{e}");
+    match primary.mode() {
+        Mode::Failed(why) => assert!(why.contains("full resync"), "{why}"),
+        other => panic!("expected a failed pair, got {other:?}"),
+    }
+    assert!(primary.write_block(0, "f", 0, &[3u8; BS as usize]).is_err(), "nothing more is accepted");
+    assert_eq!(primary.nblocks(0, "f").expect("nblocks"), 1, "the refused write changed nothing");
+}
