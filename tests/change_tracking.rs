@@ -24,7 +24,8 @@ fn changelog(dir: &Path) -> Arc<ChangeLog> {
 }
 
 fn tracking(log: &Arc<ChangeLog>, arbiter: Arc<dyn Arbiter>) -> ChangeTracking {
-    ChangeTracking { changelog: log.clone(), arbiter, decision_timeout: Duration::from_secs(2) }
+    // Generous: tests run side by side on two cores.
+    ChangeTracking { changelog: log.clone(), arbiter, decision_timeout: Duration::from_secs(10) }
 }
 
 /// A primary with change tracking (`arbiter`) streaming to a real daemon.
@@ -198,7 +199,9 @@ fn no_answer_from_the_arbiter_fails_calls_rather_than_diverging() {
     let mut daemon = spawn_daemon(&dirs, BS);
     let (_keep, rx) = crossbeam_channel::bounded::<()>(1);
     let mut cfg = primary_config(&dirs, BS, SyncLevel::Applied);
-    cfg.change_tracking = Some(tracking(&log, Arc::new(Silent(std::sync::Mutex::new(Some(rx))))));
+    let mut t = tracking(&log, Arc::new(Silent(std::sync::Mutex::new(Some(rx)))));
+    t.decision_timeout = Duration::from_secs(2);
+    cfg.change_tracking = Some(t);
     let primary = connect_primary(cfg, daemon.addr).expect("primary");
     primary.create(0, "f").expect("create");
     daemon.kill();
@@ -299,7 +302,9 @@ fn a_mirror_crash_loses_unsynced_data_and_the_change_log_names_all_of_it() {
             std::thread::yield_now();
         }
         mirror_disk.crash(Some((seed as usize * 7919) % 4096));
-        load.join().expect("workload thread").unwrap_or_else(|e| panic!("seed {seed}: a call failed: {e}"));
+        load.join()
+            .expect("workload thread")
+            .unwrap_or_else(|e| panic!("seed {seed}: a call failed: {e} (pair {:?})", primary.mode()));
         let _ = session.join();
         assert_eq!(primary.mode(), Mode::ChangeTracking, "seed {seed}");
         // Compare the primary's image with what the mirror has after its crash.
