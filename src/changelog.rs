@@ -109,14 +109,41 @@ pub struct ChangeLogStats {
     pub groups_written: u64,
 }
 
-/// Encodes records into a payload.
+/// Encodes records into a payload, remembering where each record starts so
+/// the payload can be split into groups of at most [`MAX_GROUP`] bytes.
 #[derive(Default)]
 struct Encoder {
     buf: Vec<u8>,
+    starts: Vec<usize>,
 }
 
 impl Encoder {
+    fn start(&mut self) {
+        self.starts.push(self.buf.len());
+    }
+
+    /// The payload as consecutive groups numbered from `first`, split at
+    /// record boundaries; returns the bytes and the number of groups.
+    fn groups(&self, first: u64) -> (Vec<u8>, u64) {
+        let mut out = Vec::with_capacity(self.buf.len() + GROUP_HEADER_LEN);
+        let (mut n, mut begin, mut prev) = (0u64, 0usize, 0usize);
+        for end in self.starts.iter().skip(1).copied().chain(std::iter::once(self.buf.len())) {
+            if end - begin > MAX_GROUP && prev > begin {
+                out.extend(group_bytes(first + n, &self.buf[begin..prev]));
+                n += 1;
+                begin = prev;
+            }
+            prev = end;
+        }
+        if prev > begin {
+            out.extend(group_bytes(first + n, &self.buf[begin..prev]));
+            n += 1;
+        }
+        (out, n)
+    }
+
     fn file(&mut self, no: u32, p: &FsPath) {
+        self.start();
         let path = p.path.as_str().as_bytes();
         self.buf.push(REC_FILE);
         self.buf.extend_from_slice(&no.to_le_bytes());
@@ -126,6 +153,7 @@ impl Encoder {
     }
 
     fn blocks(&mut self, no: u32, first: u64, count: u32) {
+        self.start();
         self.buf.push(REC_BLOCKS);
         self.buf.extend_from_slice(&no.to_le_bytes());
         self.buf.extend_from_slice(&first.to_le_bytes());
@@ -133,12 +161,14 @@ impl Encoder {
     }
 
     fn extent(&mut self, no: u32, extent: u64) {
+        self.start();
         self.buf.push(REC_EXTENT);
         self.buf.extend_from_slice(&no.to_le_bytes());
         self.buf.extend_from_slice(&extent.to_le_bytes());
     }
 
     fn touched(&mut self, p: &FsPath, subtree: bool) {
+        self.start();
         let path = p.path.as_str().as_bytes();
         self.buf.push(REC_TOUCHED);
         self.buf.extend_from_slice(&p.filespace.to_le_bytes());
@@ -202,7 +232,8 @@ impl Inner {
         if self.file_nos.len() >= MAX_FILES {
             return Err(ChangeLogError::TooManyFiles);
         }
-        let n = self.file_nos.len() as u32;
+        // One past the highest number in use: numbers are never reused.
+        let n = self.file_nos.values().copied().max().map_or(0, |m| m + 1);
         self.file_nos.insert(p.clone(), n);
         self.pending.file(n, p);
         Ok(n)
@@ -231,15 +262,17 @@ impl Inner {
                 break;
             }
             self.file.read_at(at, &mut gh).map_err(disk_err("read"))?;
-            let len = u32::from_le_bytes(gh[4..8].try_into().unwrap_or_default()) as usize;
-            if gh[..4] != GROUP_MAGIC || len > MAX_GROUP || total - at - (GROUP_HEADER_LEN as u64) < len as u64 {
+            let Some(payload) = self.group_at(at, total, &gh)? else {
+                // Only the last append can be torn: a good group further on
+                // means the damage is in the middle, and that is corruption.
+                if let Some(good) = self.next_good_group(at + 1, total)? {
+                    return Err(ChangeLogError::Corrupt(format!(
+                        "a damaged group at byte {at} is followed by a good one at byte {good}"
+                    )));
+                }
                 break;
-            }
-            let mut payload = vec![0u8; len];
-            self.file.read_at(at + GROUP_HEADER_LEN as u64, &mut payload).map_err(disk_err("read"))?;
-            if u64::from_le_bytes(gh[16..24].try_into().unwrap_or_default()) != xxh3_64(&payload) {
-                break;
-            }
+            };
+            let len = payload.len();
             let seq = u64::from_le_bytes(gh[8..16].try_into().unwrap_or_default());
             self.apply_payload(&payload, &mut names)?;
             at += (GROUP_HEADER_LEN + len) as u64;
@@ -256,6 +289,39 @@ impl Inner {
         self.file_nos = names.into_iter().map(|(n, p)| (p, n)).collect();
         self.recovered = self.set.extents.clone();
         Ok(rec)
+    }
+
+    /// The payload of a whole, checksum-matching group at `at`, if there is one.
+    fn group_at(&self, at: u64, total: u64, gh: &[u8; GROUP_HEADER_LEN]) -> Result<Option<Vec<u8>>> {
+        let len = u32::from_le_bytes(gh[4..8].try_into().unwrap_or_default()) as usize;
+        if gh[..4] != GROUP_MAGIC || len > MAX_GROUP || total - at - (GROUP_HEADER_LEN as u64) < len as u64 {
+            return Ok(None);
+        }
+        let mut payload = vec![0u8; len];
+        self.file.read_at(at + GROUP_HEADER_LEN as u64, &mut payload).map_err(disk_err("read"))?;
+        if u64::from_le_bytes(gh[16..24].try_into().unwrap_or_default()) != xxh3_64(&payload) {
+            return Ok(None);
+        }
+        Ok(Some(payload))
+    }
+
+    /// The offset of the first good group at or after `from`, scanning for
+    /// its magic (recovery only).
+    fn next_good_group(&self, from: u64, total: u64) -> Result<Option<u64>> {
+        let mut rest = vec![0u8; (total - from.min(total)) as usize];
+        self.file.read_at(from, &mut rest).map_err(disk_err("read"))?;
+        let mut i = 0;
+        while i + GROUP_HEADER_LEN <= rest.len() {
+            if rest[i..i + 4] == GROUP_MAGIC {
+                let mut gh = [0u8; GROUP_HEADER_LEN];
+                gh.copy_from_slice(&rest[i..i + GROUP_HEADER_LEN]);
+                if self.group_at(from + i as u64, total, &gh)?.is_some() {
+                    return Ok(Some(from + i as u64));
+                }
+            }
+            i += 1;
+        }
+        Ok(None)
     }
 
     fn apply_payload(&mut self, mut b: &[u8], names: &mut HashMap<u32, FsPath>) -> Result<()> {
@@ -316,7 +382,7 @@ impl Inner {
 
     /// The current set as one payload: runs of consecutive blocks, touched
     /// paths, and the extents recovered from a crash.
-    fn snapshot_payload(&self) -> Vec<u8> {
+    fn snapshot_payload(&self) -> Encoder {
         let mut enc = Encoder::default();
         let empty = BTreeSet::new();
         for (no, p) in self.snapshot_files().iter().enumerate() {
@@ -344,7 +410,7 @@ impl Inner {
         for (p, subtree) in &self.set.touched {
             enc.touched(p, *subtree);
         }
-        enc.buf
+        enc
     }
 }
 
@@ -374,7 +440,7 @@ fn lock(m: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
 impl ChangeLog {
     /// Create an empty change-log at `path` (replacing any file there).
     pub fn create(disk: Arc<dyn Disk>, path: FsPath, block_size: u32) -> Result<ChangeLog> {
-        let file = Self::write_fresh(&disk, &path, block_size, &[])?;
+        let (file, _, _) = Self::write_fresh(&disk, &path, block_size, &Encoder::default())?;
         let inner = Inner {
             disk,
             path,
@@ -430,7 +496,12 @@ impl ChangeLog {
 
     /// Write header + optional single group to `path` atomically (a temporary
     /// file, fsync, rename, fsync of the directory).
-    fn write_fresh(disk: &Arc<dyn Disk>, path: &FsPath, block_size: u32, payload: &[u8]) -> Result<Arc<dyn DiskFile>> {
+    fn write_fresh(
+        disk: &Arc<dyn Disk>,
+        path: &FsPath,
+        block_size: u32,
+        payload: &Encoder,
+    ) -> Result<(Arc<dyn DiskFile>, u64, u64)> {
         let tmp_name = format!("{}.tmp", path.path.as_str());
         let tmp = FsPath::new(
             path.filespace,
@@ -438,14 +509,13 @@ impl ChangeLog {
         );
         let f = disk.open(&tmp, OpenMode::CreateTruncate).map_err(disk_err("create"))?;
         let mut bytes = file_header(block_size).to_vec();
-        if !payload.is_empty() {
-            bytes.extend(group_bytes(1, payload));
-        }
+        let (groups, n) = payload.groups(1);
+        bytes.extend(groups);
         f.write_at(0, &bytes).map_err(disk_err("write"))?;
         f.sync_data().map_err(disk_err("fdatasync"))?;
         disk.rename(&tmp, path).map_err(disk_err("rename"))?;
         disk.sync_parent_dir(path).map_err(disk_err("fsync directory"))?;
-        Ok(f)
+        Ok((f, bytes.len() as u64, n))
     }
 
     /// Record that `block` of `file` changed, and return once that record is
@@ -558,12 +628,12 @@ impl ChangeLog {
             if !s.leader {
                 // Lead: take everything pending, write it with the lock released.
                 s.leader = true;
-                let payload = std::mem::take(&mut s.inner.pending.buf);
+                let payload = std::mem::take(&mut s.inner.pending);
                 let blocks = std::mem::take(&mut s.inner.pending_blocks);
                 let upto = s.recorded;
                 let Shared { inner, .. } = &mut *s;
                 let file = inner.file.clone();
-                let g = group_bytes(inner.next_group, &payload);
+                let (g, ngroups) = payload.groups(inner.next_group);
                 let at = inner.len;
                 drop(s);
                 let r = file.write_at(at, &g).and_then(|_| file.sync_data());
@@ -572,8 +642,8 @@ impl ChangeLog {
                 match r {
                     Ok(()) => {
                         s.inner.len += g.len() as u64;
-                        s.inner.next_group += 1;
-                        s.inner.groups_written += 1;
+                        s.inner.next_group += ngroups;
+                        s.inner.groups_written += ngroups;
                         s.durable = upto;
                         for b in blocks {
                             s.pending_index.remove(&b);
@@ -625,20 +695,30 @@ impl ChangeLog {
         while s.leader {
             s = self.committed.wait(s).unwrap_or_else(|e| e.into_inner());
         }
+        self.compact_locked(&mut s)
+    }
+
+    fn compact_locked(&self, s: &mut MutexGuard<'_, Shared>) -> Result<()> {
         if let Some(f) = &s.failed {
             return Err(ChangeLogError::Failed(f.clone()));
         }
         let payload = s.inner.snapshot_payload();
         let disk = s.inner.disk.clone();
         let path = s.inner.path.clone();
-        let file = Self::write_fresh(&disk, &path, s.inner.block_size, &payload)?;
+        let (file, len, groups) = match Self::write_fresh(&disk, &path, s.inner.block_size, &payload) {
+            Ok(x) => x,
+            Err(e) => {
+                // The directory may now name the new file or the old one:
+                // nothing appended from here on could be trusted (rule 8).
+                s.failed = Some(e.to_string());
+                self.committed.notify_all();
+                return Err(e);
+            }
+        };
         let inner = &mut s.inner;
         inner.file = file;
-        inner.len = (HEADER_LEN + GROUP_HEADER_LEN + payload.len()) as u64;
-        if payload.is_empty() {
-            inner.len = HEADER_LEN as u64;
-        }
-        inner.next_group = 2;
+        inner.len = len;
+        inner.next_group = 1 + groups;
         // File numbers restart with the snapshot's numbering.
         inner.file_nos = inner.snapshot_files().into_iter().enumerate().map(|(n, p)| (p, n as u32)).collect();
         inner.pending = Encoder::default();
@@ -655,16 +735,15 @@ impl ChangeLog {
 
     /// Forget everything (after a completed resync), durably.
     pub fn clear(&self) -> Result<()> {
-        {
-            let mut s = lock(&self.shared);
-            while s.leader {
-                s = self.committed.wait(s).unwrap_or_else(|e| e.into_inner());
-            }
-            s.inner.set = ChangeSet::default();
-            s.inner.recovered.clear();
-            s.inner.file_nos.clear();
+        // One lock hold: no commit can slip in between forgetting and rewriting.
+        let mut s = lock(&self.shared);
+        while s.leader {
+            s = self.committed.wait(s).unwrap_or_else(|e| e.into_inner());
         }
-        self.compact()
+        s.inner.set = ChangeSet::default();
+        s.inner.recovered.clear();
+        s.inner.file_nos.clear();
+        self.compact_locked(&mut s)
     }
 }
 
@@ -822,6 +901,53 @@ mod tests {
         }
         log.clear().unwrap();
         assert!(log.change_set().is_empty());
+    }
+
+    /// A payload over the group limit is split at record boundaries.
+    #[test]
+    fn large_payloads_split_into_groups() {
+        let mut enc = Encoder::default();
+        let f = p("f");
+        enc.file(0, &f);
+        for b in 0..(MAX_GROUP as u64 / 17 + 1000) {
+            enc.blocks(0, b * 2, 1);
+        }
+        let (bytes, n) = enc.groups(7);
+        assert!(n >= 2, "{n} groups");
+        let mut at = 0;
+        let mut payload = Vec::new();
+        for i in 0..n {
+            assert_eq!(&bytes[at..at + 4], &GROUP_MAGIC);
+            let len = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().unwrap()) as usize;
+            assert!(len <= MAX_GROUP);
+            assert_eq!(u64::from_le_bytes(bytes[at + 8..at + 16].try_into().unwrap()), 7 + i);
+            payload.extend_from_slice(&bytes[at + GROUP_HEADER_LEN..at + GROUP_HEADER_LEN + len]);
+            at += GROUP_HEADER_LEN + len;
+        }
+        assert_eq!(at, bytes.len());
+        assert_eq!(payload, enc.buf);
+    }
+
+    /// Damage in the middle of the file is corruption, not a torn tail: it
+    /// is refused rather than cut (which would drop durable records after it).
+    #[test]
+    fn damage_before_good_groups_is_refused() {
+        let disk = Arc::new(SimDisk::new(1));
+        let log = ChangeLog::create(disk.clone(), log_path(), 8192).unwrap();
+        for e in 0..4 {
+            log.record_block(&p("f"), e * EXTENT_BLOCKS).unwrap();
+        }
+        assert!(log.stats().groups_written >= 4);
+        drop(log);
+        let f = disk.open(&log_path(), OpenMode::Existing).unwrap();
+        let mut b = [0u8; 1];
+        let at = (HEADER_LEN + GROUP_HEADER_LEN + 3) as u64;
+        f.read_at(at, &mut b).unwrap();
+        f.write_at(at, &[b[0] ^ 0xff]).unwrap();
+        match ChangeLog::open(disk, log_path()) {
+            Err(ChangeLogError::Corrupt(why)) => assert!(why.contains("followed by a good one"), "{why}"),
+            other => panic!("expected corruption, got {:?}", other.map(|(_, r)| r)),
+        }
     }
 
     #[test]

@@ -199,6 +199,8 @@ struct Inner {
     tracking: Option<ChangeTracking>,
     /// Mirrors `mode == ChangeTracking`, for the write path's check.
     tracking_on: AtomicBool,
+    /// Mirrors `mode == Failed`, checked by every call under its locks.
+    pair_failed: AtomicBool,
     /// Ourselves, for the thread that takes the arbiter's decision.
     me: std::sync::OnceLock<std::sync::Weak<Inner>>,
     /// Taken for writing by directory operations and renames, for reading
@@ -270,6 +272,7 @@ impl Primary {
             tracking: cfg.change_tracking.clone(),
             me: std::sync::OnceLock::new(),
             tracking_on: AtomicBool::new(false),
+            pair_failed: AtomicBool::new(false),
             queue_cv: Condvar::new(),
             max_pending_bytes: tuning.queue_frames.max(1) * (HEADER_LEN + 32 * 1024),
             sock: Mutex::new(writer),
@@ -824,6 +827,7 @@ impl Inner {
         let mut mode = self.mode.lock().unwrap_or_else(|e| e.into_inner());
         tracing::info!(from = ?*mode, to = ?m, "pair mode");
         self.tracking_on.store(m == Mode::ChangeTracking, Ordering::Release);
+        self.pair_failed.store(matches!(m, Mode::Failed(_)), Ordering::Release);
         *mode = m;
         drop(mode);
         self.mode_cv.notify_all();
@@ -844,6 +848,12 @@ impl Inner {
     /// holding locks the recording needs).
     fn decide(self: Arc<Inner>, lost: String) {
         let Some(t) = self.tracking.clone() else { return };
+        // Phase 1: record what the mirror has not durably acknowledged before
+        // asking, so a crash after the arbiter's answer finds it recorded.
+        if let Err(e) = self.record_window(&t) {
+            let _ = self.tracking_failed(e);
+            return;
+        }
         let (tx, rx) = crossbeam_channel::bounded(1);
         let arbiter = t.arbiter.clone();
         let (content, generation) = (self.identity.content_id, self.identity.generation);
@@ -858,39 +868,39 @@ impl Inner {
                 Err(_) => Err(format!("no answer from the arbiter within {:?}", t.decision_timeout)),
             },
         };
-        // Whatever the answer, record everything the mirror has not durably
-        // acknowledged, with every call quiesced: going on alone needs it
-        // (rule 3), and a demoted primary's unshipped local writes are exactly
-        // what must be overwritten when it returns as a mirror (rule 5).
-        let recorded = {
-            let _all = self.all_file_stripes();
-            let _ns = self.namespace.write().unwrap_or_else(|e| e.into_inner());
-            let window = std::mem::take(&mut lock(&self.queue).window);
-            let mut blocks = Vec::new();
-            let mut touched = Vec::new();
-            for (_, c) in window {
-                match c {
-                    Change::Blocks { path, first, last } => blocks.extend((first..=last).map(|b| (path.clone(), b))),
-                    Change::Touched { path, subtree } => touched.push((path, subtree)),
-                }
-            }
-            let n = (blocks.len(), touched.len());
-            let r = t.changelog.record_batch(blocks, touched);
-            if r.is_ok() && decision == Ok(Decision::MirrorDown) {
-                tracing::warn!(blocks = n.0, paths = n.1, "mirror marked down: change tracking");
-                // Still under the locks: no call runs before the mode is set.
-                self.set_mode(Mode::ChangeTracking);
-            }
-            r
-        };
-        match (decision, recorded) {
+        // Phase 2, with every call quiesced: record what calls already past
+        // their first check shipped meanwhile, and set the mode before any
+        // call runs again. A demoted primary records too: its unshipped
+        // local writes are what must be overwritten when it returns (rule 5).
+        let _all = self.all_file_stripes();
+        let _ns = self.namespace.write().unwrap_or_else(|e| e.into_inner());
+        match (decision, self.record_window(&t)) {
             (_, Err(e)) => {
                 let _ = self.tracking_failed(e);
             }
-            (Ok(Decision::MirrorDown), Ok(())) => {}
+            (Ok(Decision::MirrorDown), Ok(())) => {
+                tracing::warn!("mirror marked down: change tracking");
+                self.set_mode(Mode::ChangeTracking);
+            }
             (Ok(Decision::Demoted), Ok(())) => self.set_mode(Mode::Failed("demoted by the arbiter".into())),
             (Err(e), Ok(())) => self.set_mode(Mode::Failed(e)),
         }
+    }
+
+    /// Move the window into the change-log (one group commit). Whether calls
+    /// are quiesced meanwhile is the caller's choice.
+    fn record_window(&self, t: &ChangeTracking) -> std::result::Result<(), crate::changelog::ChangeLogError> {
+        let window = std::mem::take(&mut lock(&self.queue).window);
+        let mut blocks = Vec::new();
+        let mut touched = Vec::new();
+        for (_, c) in window {
+            match c {
+                Change::Blocks { path, first, last } => blocks.extend((first..=last).map(|b| (path.clone(), b))),
+                Change::Touched { path, subtree } => touched.push((path, subtree)),
+            }
+        }
+        tracing::info!(blocks = blocks.len(), paths = touched.len(), "recording the unacknowledged window");
+        t.changelog.record_batch(blocks, touched)
     }
 
     /// Checked again once a call holds its locks: `shutdown` sets the flag
@@ -899,6 +909,15 @@ impl Inner {
     fn check_open(&self) -> Result<()> {
         if self.closing.load(Ordering::SeqCst) {
             return Err(Error::Closed("the stream is shutting down".into()));
+        }
+        // A call that passed its first check before the pair failed must not
+        // change anything now: it would be neither shipped nor recorded.
+        if self.pair_failed.load(Ordering::Acquire) {
+            let why = match &*self.mode.lock().unwrap_or_else(|e| e.into_inner()) {
+                Mode::Failed(w) => w.clone(),
+                _ => "the pair failed".to_string(),
+            };
+            return Err(Error::MirrorLost(why));
         }
         Ok(())
     }
@@ -1025,7 +1044,7 @@ impl Inner {
                 }
                 return Err(Error::MirrorLost(l));
             }
-            if !q.sending {
+            if !q.sending && !q.pending.is_empty() {
                 // Nobody is draining: do it ourselves rather than wait.
                 drop(q);
                 self.flush();
@@ -1186,7 +1205,11 @@ impl Inner {
     }
 
     fn lose(&self, reason: String) {
-        self.end_stream(reason.clone(), true);
+        // An orderly shutdown (or a drop) already ended the stream: that is
+        // no loss of the mirror, and the arbiter is not asked.
+        if !self.end_stream(reason.clone(), true) {
+            return;
+        }
         if self.tracking.is_some() {
             let mut mode = self.mode.lock().unwrap_or_else(|e| e.into_inner());
             if *mode == Mode::Streaming {
@@ -1203,9 +1226,11 @@ impl Inner {
         }
     }
 
-    fn end_stream(&self, reason: String, unexpected: bool) {
+    /// End the stream; whether this call was the one that ended it.
+    fn end_stream(&self, reason: String, unexpected: bool) -> bool {
         let mut m = lock(&self.marks);
-        if m.lost.is_none() {
+        let first = m.lost.is_none();
+        if first {
             if unexpected {
                 tracing::warn!(%reason, "mirror lost");
             } else {
@@ -1219,11 +1244,12 @@ impl Inner {
         drop(m);
         self.queue_cv.notify_all();
         lock(&self.closer).close();
+        first
     }
 
     /// End the stream on purpose: the threads see it and close the connection.
     fn stop(&self, why: &str) {
-        self.end_stream(why.to_string(), false);
+        let _ = self.end_stream(why.to_string(), false);
     }
 }
 

@@ -413,3 +413,21 @@ fn a_change_log_that_cannot_be_written_stops_the_primary() {
     assert!(primary.write_block(0, "f", 0, &[3u8; BS as usize]).is_err(), "nothing more is accepted");
     assert_eq!(primary.nblocks(0, "f").expect("nblocks"), 1, "the refused write changed nothing");
 }
+
+/// An orderly shutdown (and dropping the primary) is no loss of the mirror:
+/// the arbiter is not asked and the pair stays synchronized.
+#[test]
+fn an_orderly_shutdown_does_not_report_a_lost_mirror() {
+    use filerep::arbiter::PairArbiter;
+    use filerep::core::pair::{Pair, PairMode};
+    let dirs = Dirs::new();
+    let arbiter = Arc::new(PairArbiter::new(Pair::new(0, 2, 4)));
+    let Tracked { _dirs_state, mut daemon, primary, .. } = tracked_pair(&dirs, arbiter.clone(), |_| {});
+    primary.create(0, "f").expect("create");
+    primary.write_block(0, "f", 0, &[1u8; BS as usize]).expect("write");
+    primary.shutdown(Duration::from_secs(10)).expect("shutdown");
+    drop(primary);
+    daemon.kill();
+    assert_eq!(arbiter.pair().mode, PairMode::Synchronized);
+    assert!(arbiter.history().is_empty(), "{:?}", arbiter.history());
+}

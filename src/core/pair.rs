@@ -159,14 +159,19 @@ impl Pair {
                     | PairMode::NotInSync => {
                         let from = self.mode;
                         self.segments[m].up = false;
-                        self.mode = PairMode::ChangeTracking;
+                        // Not in sync stays so: the change-log never covered
+                        // the differences, only a full resync can.
+                        if from != PairMode::NotInSync {
+                            self.mode = PairMode::ChangeTracking;
+                        }
                         Outcome {
                             verdict: Verdict::MirrorDown,
                             changed: true,
                             reason: format!(
-                                "mirror {} lost ({} -> c): the primary tracks changes",
+                                "mirror {} lost ({} -> {}): the primary goes on alone",
                                 self.segments[m].dbid,
-                                from.letter()
+                                from.letter(),
+                                self.mode.letter()
                             ),
                         }
                     }
@@ -182,11 +187,13 @@ impl Pair {
                     // probe of the mirror alone changes the same things.
                     self.segments[m].up = false;
                     let from = self.mode;
-                    self.mode = PairMode::ChangeTracking;
+                    if from != PairMode::NotInSync {
+                        self.mode = PairMode::ChangeTracking;
+                    }
                     return Outcome {
                         verdict: Verdict::None,
                         changed: true,
-                        reason: format!("mirror {dbid} failed its probe ({} -> c)", from.letter()),
+                        reason: format!("mirror {dbid} failed its probe ({} -> {})", from.letter(), self.mode.letter()),
                     };
                 }
                 // The acting primary is gone.
