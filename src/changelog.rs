@@ -427,6 +427,40 @@ struct Shared {
     extent_pending: HashMap<(FsPath, u64), u64>,
 }
 
+impl Shared {
+    /// An earlier append failed: nothing more is claimed durable (rule 8).
+    fn usable(&self) -> Result<()> {
+        match &self.failed {
+            Some(f) => Err(ChangeLogError::Failed(f.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Queue the exact record of a block not yet known; whether it was new.
+    fn add_block(&mut self, file: &FsPath, block: u64) -> Result<bool> {
+        if self.inner.set.blocks.get(file).is_some_and(|b| b.contains(&block)) {
+            return Ok(false);
+        }
+        let no = self.inner.file_no(file)?;
+        self.inner.pending.blocks(no, block, 1);
+        self.inner.set.blocks.entry(file.clone()).or_default().insert(block);
+        self.recorded += 1;
+        self.pending_index.insert((file.clone(), block), self.recorded);
+        self.inner.pending_blocks.push((file.clone(), block));
+        Ok(true)
+    }
+
+    /// Queue a touched record unless the path is recorded at least as broadly.
+    fn add_touched(&mut self, path: &FsPath, subtree: bool) {
+        if self.inner.set.touched.get(path).is_some_and(|t| *t || !subtree) {
+            return;
+        }
+        self.inner.pending.touched(path, subtree);
+        *self.inner.set.touched.entry(path.clone()).or_insert(false) |= subtree;
+        self.recorded += 1;
+    }
+}
+
 /// A change-log shared by any number of threads.
 pub struct ChangeLog {
     shared: Mutex<Shared>,
@@ -523,23 +557,10 @@ impl ChangeLog {
     /// record is pending waits for the same group commit.
     pub fn record_block(&self, file: &FsPath, block: u64) -> Result<()> {
         let mut s = lock(&self.shared);
-        if let Some(f) = &s.failed {
-            return Err(ChangeLogError::Failed(f.clone()));
-        }
-        let exact_pending = s.pending_index.get(&(file.clone(), block)).copied();
-        let known = s.inner.set.blocks.get(file).is_some_and(|b| b.contains(&block));
-        if known && exact_pending.is_none() {
+        s.usable()?;
+        // The exact record goes out with the next group commit; nobody waits for it.
+        if !s.add_block(file, block)? && !s.pending_index.contains_key(&(file.clone(), block)) {
             return Ok(());
-        }
-        if !known {
-            // The exact record goes out with the next group commit; nobody waits for it.
-            let no = s.inner.file_no(file)?;
-            s.inner.pending.blocks(no, block, 1);
-            s.inner.set.blocks.entry(file.clone()).or_default().insert(block);
-            s.recorded += 1;
-            let n = s.recorded;
-            s.pending_index.insert((file.clone(), block), n);
-            s.inner.pending_blocks.push((file.clone(), block));
         }
         // Covered once its extent's record is durable.
         let extent = block / EXTENT_BLOCKS;
@@ -563,18 +584,9 @@ impl ChangeLog {
     /// everything under it), durably.
     pub fn record_touched(&self, path: &FsPath, subtree: bool) -> Result<()> {
         let mut s = lock(&self.shared);
-        if let Some(f) = &s.failed {
-            return Err(ChangeLogError::Failed(f.clone()));
-        }
-        if s.inner.set.touched.get(path).is_some_and(|t| *t || !subtree) {
-            // Already recorded at least as broadly; wait only if still pending.
-            let n = s.recorded;
-            return self.wait_durable(s, n);
-        }
-        s.inner.pending.touched(path, subtree);
-        let e = s.inner.set.touched.entry(path.clone()).or_insert(false);
-        *e |= subtree;
-        s.recorded += 1;
+        s.usable()?;
+        s.add_touched(path, subtree);
+        // Already recorded at least as broadly or not, it must be durable.
         let n = s.recorded;
         self.wait_durable(s, n)
     }
@@ -587,29 +599,12 @@ impl ChangeLog {
         touched: impl IntoIterator<Item = (FsPath, bool)>,
     ) -> Result<()> {
         let mut s = lock(&self.shared);
-        if let Some(f) = &s.failed {
-            return Err(ChangeLogError::Failed(f.clone()));
-        }
+        s.usable()?;
         for (file, block) in blocks {
-            if s.inner.set.blocks.get(&file).is_some_and(|b| b.contains(&block)) {
-                continue;
-            }
-            let no = s.inner.file_no(&file)?;
-            s.inner.pending.blocks(no, block, 1);
-            s.inner.set.blocks.entry(file.clone()).or_default().insert(block);
-            s.recorded += 1;
-            let n = s.recorded;
-            s.pending_index.insert((file.clone(), block), n);
-            s.inner.pending_blocks.push((file, block));
+            s.add_block(&file, block)?;
         }
         for (path, subtree) in touched {
-            if s.inner.set.touched.get(&path).is_some_and(|t| *t || !subtree) {
-                continue;
-            }
-            s.inner.pending.touched(&path, subtree);
-            let e = s.inner.set.touched.entry(path).or_insert(false);
-            *e |= subtree;
-            s.recorded += 1;
+            s.add_touched(&path, subtree);
         }
         // Everything recorded so far, ours included, must be durable.
         let n = s.recorded;
@@ -699,9 +694,7 @@ impl ChangeLog {
     }
 
     fn compact_locked(&self, s: &mut MutexGuard<'_, Shared>) -> Result<()> {
-        if let Some(f) = &s.failed {
-            return Err(ChangeLogError::Failed(f.clone()));
-        }
+        s.usable()?;
         let payload = s.inner.snapshot_payload();
         let disk = s.inner.disk.clone();
         let path = s.inner.path.clone();

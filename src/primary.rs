@@ -433,16 +433,10 @@ impl Primary {
                 None => {
                     let mut h = Header::new(kind);
                     h.offset = block;
-                    let change = Change::Blocks { path: p.clone(), first: block, last: block };
-                    let seq = inner.ship(p, h, Bytes::copy_from_slice(data), data.len(), Some(change))?;
-                    // The frame leaves first; the local write overlaps the network.
-                    inner.flush();
-                    Some(seq)
+                    Some(inner.ship_data(p, h, data, Change::Blocks { path: p.clone(), first: block, last: block })?)
                 }
             };
-            if let Err(e) = file.write_at(offset, data) {
-                return Err(inner.fault(format!("local write of {p} block {block} failed: {e}")));
-            }
+            inner.write_local(file.as_ref(), p, offset, data)?;
             seq
         };
         inner.wait_level_opt(seq)
@@ -573,15 +567,10 @@ impl Primary {
                 None => {
                     let mut h = Header::new(Kind::WriteAt);
                     h.offset = offset;
-                    let change = Change::Blocks { path: p.clone(), first, last };
-                    let seq = inner.ship(&p, h, Bytes::copy_from_slice(data), data.len(), Some(change))?;
-                    inner.flush();
-                    Some(seq)
+                    Some(inner.ship_data(&p, h, data, Change::Blocks { path: p.clone(), first, last })?)
                 }
             };
-            if let Err(e) = file.write_at(offset, data) {
-                return Err(inner.fault(format!("local write of {p} at {offset} failed: {e}")));
-            }
+            inner.write_local(file.as_ref(), &p, offset, data)?;
             seq
         };
         inner.wait_level_opt(seq)
@@ -1010,6 +999,21 @@ impl Inner {
         self.stats.operations.fetch_add(1, Ordering::Relaxed);
         self.stats.payload_bytes.fetch_add(payload as u64, Ordering::Relaxed);
         Ok(seq)
+    }
+
+    /// Queue a data frame and send it at once: the caller's local write then
+    /// overlaps the network.
+    fn ship_data(&self, p: &FsPath, h: Header, data: &[u8], change: Change) -> Result<u64> {
+        let seq = self.ship(p, h, Bytes::copy_from_slice(data), data.len(), Some(change))?;
+        self.flush();
+        Ok(seq)
+    }
+
+    /// The local half of a data write; a failure faults the segment (rule 8).
+    fn write_local(&self, file: &dyn DiskFile, p: &FsPath, offset: u64, data: &[u8]) -> Result<()> {
+        file.write_at(offset, data).map_err(|e| {
+            self.fault(format!("local write of {} bytes of {p} at offset {offset} failed: {e}", data.len()))
+        })
     }
 
     /// The strict level asks the mirror to make every operation durable.

@@ -270,16 +270,7 @@ fn daemon_logs_the_reason_and_keeps_serving() {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
     let dirs = Dirs::new();
-    let args = filerep::process::MirrorArgs {
-        filespaces: dirs.mirror.clone(),
-        key_file: dirs.key_file(),
-        cluster_id: CLUSTER,
-        content_id: 0,
-        block_size: 8192,
-        generation: 1,
-        listen: "127.0.0.1:0".into(),
-        extra: vec![],
-    };
+    let args = mirror_args(&dirs, 8192, vec![]);
     let mut child = Command::new(env!("CARGO_BIN_EXE_filerep"))
         .args(args.to_args())
         .env("FILEREP_LOG", "info")

@@ -272,16 +272,7 @@ fn a_tiny_send_queue_applies_backpressure_without_losing_anything() {
 fn a_restarted_mirror_remembers_its_generation() {
     let dirs = Dirs::new();
     let state = tempfile::tempdir().expect("state dir");
-    let args = filerep::process::MirrorArgs {
-        filespaces: dirs.mirror.clone(),
-        key_file: dirs.key_file(),
-        cluster_id: CLUSTER,
-        content_id: 0,
-        block_size: 8192,
-        generation: 1,
-        listen: "127.0.0.1:0".into(),
-        extra: vec!["--state-dir".into(), state.path().display().to_string()],
-    };
+    let args = mirror_args(&dirs, 8192, vec!["--state-dir".into(), state.path().display().to_string()]);
     let exe = std::path::Path::new(env!("CARGO_BIN_EXE_filerep"));
     let daemon = filerep::process::MirrorProcess::spawn(exe, &args).expect("daemon");
     let mut cfg = primary_config(&dirs, 8192, SyncLevel::Applied);

@@ -146,20 +146,25 @@ impl Drop for InProcessMirror {
     }
 }
 
+/// Arguments for a `filerep mirror` daemon serving `dirs` on a free port.
+pub fn mirror_args(dirs: &Dirs, block_size: u32, extra: Vec<String>) -> filerep::process::MirrorArgs {
+    filerep::process::MirrorArgs {
+        filespaces: dirs.mirror.clone(),
+        key_file: dirs.key_file(),
+        cluster_id: CLUSTER,
+        content_id: 0,
+        block_size,
+        generation: 1,
+        listen: "127.0.0.1:0".into(),
+        extra,
+    }
+}
+
 /// A real `filerep mirror` daemon process for `dirs`.
 pub fn spawn_daemon(dirs: &Dirs, block_size: u32) -> filerep::process::MirrorProcess {
     filerep::process::MirrorProcess::spawn(
         std::path::Path::new(env!("CARGO_BIN_EXE_filerep")),
-        &filerep::process::MirrorArgs {
-            filespaces: dirs.mirror.clone(),
-            key_file: dirs.key_file(),
-            cluster_id: CLUSTER,
-            content_id: 0,
-            block_size,
-            generation: 1,
-            listen: "127.0.0.1:0".into(),
-            extra: vec![],
-        },
+        &mirror_args(dirs, block_size, vec![]),
     )
     .expect("mirror daemon")
 }
