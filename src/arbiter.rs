@@ -32,7 +32,7 @@ impl Arbiter for FixedArbiter {
 }
 
 /// One recorded change of a pair: when, what it was, what it became, why.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HistoryEntry {
     pub unix_ms: u64,
     pub content: u32,
@@ -48,20 +48,8 @@ pub struct PairArbiter {
     state: std::sync::Mutex<(Pair, Vec<HistoryEntry>)>,
 }
 
+use crate::catalog::describe;
 use crate::core::pair::{Event, Pair, Verdict};
-
-fn describe(p: &Pair) -> String {
-    let seg =
-        |s: &crate::core::pair::Segment| format!("{}:{}{}", s.dbid, s.role.letter(), if s.up { 'u' } else { 'd' });
-    format!(
-        "gen {} mode {} {} {}{}",
-        p.generation,
-        p.mode.letter(),
-        seg(&p.segments[0]),
-        seg(&p.segments[1]),
-        if p.down { " (segment down)" } else { "" }
-    )
-}
 
 impl PairArbiter {
     pub fn new(pair: Pair) -> PairArbiter {

@@ -215,13 +215,15 @@ struct Inner {
     /// Extents found by replay: their lazy exact records may have been lost
     /// in the crash, so they stay (through compactions) until `clear`.
     recovered: BTreeMap<FsPath, BTreeSet<u64>>,
+    /// Paths found by replay: kept when active entries are retired.
+    recovered_touched: BTreeMap<FsPath, bool>,
 }
 
 impl Inner {
     /// Files in snapshot order: with exact blocks or recovered extents.
-    fn snapshot_files(&self) -> Vec<FsPath> {
+    fn snapshot_files(&self, extents: &BTreeMap<FsPath, BTreeSet<u64>>) -> Vec<FsPath> {
         let mut files: BTreeSet<&FsPath> = self.set.blocks.keys().collect();
-        files.extend(self.recovered.keys());
+        files.extend(extents.keys());
         files.into_iter().cloned().collect()
     }
 
@@ -288,6 +290,7 @@ impl Inner {
         self.len = at;
         self.file_nos = names.into_iter().map(|(n, p)| (p, n)).collect();
         self.recovered = self.set.extents.clone();
+        self.recovered_touched = self.set.touched.clone();
         Ok(rec)
     }
 
@@ -381,14 +384,14 @@ impl Inner {
     }
 
     /// The current set as one payload: runs of consecutive blocks, touched
-    /// paths, and the extents recovered from a crash.
-    fn snapshot_payload(&self) -> Encoder {
+    /// paths, and `extents` (recovered from a crash, or still active).
+    fn snapshot_payload(&self, extents: &BTreeMap<FsPath, BTreeSet<u64>>) -> Encoder {
         let mut enc = Encoder::default();
         let empty = BTreeSet::new();
-        for (no, p) in self.snapshot_files().iter().enumerate() {
+        for (no, p) in self.snapshot_files(extents).iter().enumerate() {
             let no = no as u32;
             enc.file(no, p);
-            for e in self.recovered.get(p).unwrap_or(&empty) {
+            for e in extents.get(p).unwrap_or(&empty) {
                 enc.extent(no, *e);
             }
             let blocks = self.set.blocks.get(p).unwrap_or(&empty);
@@ -450,6 +453,21 @@ impl Shared {
         Ok(true)
     }
 
+    /// Queue an extent record unless the extent is recorded; the record
+    /// number to wait for (0: already durable).
+    fn add_extent(&mut self, file: &FsPath, extent: u64) -> Result<u64> {
+        let key = (file.clone(), extent);
+        if self.inner.set.extents.get(file).is_some_and(|e| e.contains(&extent)) {
+            return Ok(self.extent_pending.get(&key).copied().unwrap_or(0));
+        }
+        let no = self.inner.file_no(file)?;
+        self.inner.pending.extent(no, extent);
+        self.inner.set.extents.entry(file.clone()).or_default().insert(extent);
+        self.recorded += 1;
+        self.extent_pending.insert(key, self.recorded);
+        Ok(self.recorded)
+    }
+
     /// Queue a touched record unless the path is recorded at least as broadly.
     fn add_touched(&mut self, path: &FsPath, subtree: bool) {
         if self.inner.set.touched.get(path).is_some_and(|t| *t || !subtree) {
@@ -488,6 +506,7 @@ impl ChangeLog {
             next_group: 1,
             groups_written: 0,
             recovered: BTreeMap::new(),
+            recovered_touched: BTreeMap::new(),
         };
         Ok(Self::wrap(inner))
     }
@@ -508,6 +527,7 @@ impl ChangeLog {
             next_group: 1,
             groups_written: 0,
             recovered: BTreeMap::new(),
+            recovered_touched: BTreeMap::new(),
         };
         let rec = inner.replay()?;
         Ok((Self::wrap(inner), rec))
@@ -563,21 +583,10 @@ impl ChangeLog {
             return Ok(());
         }
         // Covered once its extent's record is durable.
-        let extent = block / EXTENT_BLOCKS;
-        let key = (file.clone(), extent);
-        if s.inner.set.extents.get(file).is_some_and(|e| e.contains(&extent)) {
-            return match s.extent_pending.get(&key).copied() {
-                Some(n) => self.wait_durable(s, n),
-                None => Ok(()),
-            };
+        match s.add_extent(file, block / EXTENT_BLOCKS)? {
+            0 => Ok(()),
+            n => self.wait_durable(s, n),
         }
-        let no = s.inner.file_no(file)?;
-        s.inner.pending.extent(no, extent);
-        s.inner.set.extents.entry(file.clone()).or_default().insert(extent);
-        s.recorded += 1;
-        let n = s.recorded;
-        s.extent_pending.insert(key, n);
-        self.wait_durable(s, n)
     }
 
     /// Record a namespace change of `path` (and, with `subtree`, of
@@ -690,12 +699,15 @@ impl ChangeLog {
         while s.leader {
             s = self.committed.wait(s).unwrap_or_else(|e| e.into_inner());
         }
-        self.compact_locked(&mut s)
+        let extents = s.inner.recovered.clone();
+        self.compact_locked(&mut s, extents)
     }
 
-    fn compact_locked(&self, s: &mut MutexGuard<'_, Shared>) -> Result<()> {
+    /// Rewrite the file keeping `extents` (and every exact block and touched
+    /// path); afterwards the in-memory extents are exactly those.
+    fn compact_locked(&self, s: &mut MutexGuard<'_, Shared>, extents: BTreeMap<FsPath, BTreeSet<u64>>) -> Result<()> {
         s.usable()?;
-        let payload = s.inner.snapshot_payload();
+        let payload = s.inner.snapshot_payload(&extents);
         let disk = s.inner.disk.clone();
         let path = s.inner.path.clone();
         let (file, len, groups) = match Self::write_fresh(&disk, &path, s.inner.block_size, &payload) {
@@ -713,12 +725,12 @@ impl ChangeLog {
         inner.len = len;
         inner.next_group = 1 + groups;
         // File numbers restart with the snapshot's numbering.
-        inner.file_nos = inner.snapshot_files().into_iter().enumerate().map(|(n, p)| (p, n as u32)).collect();
+        inner.file_nos = inner.snapshot_files(&extents).into_iter().enumerate().map(|(n, p)| (p, n as u32)).collect();
         inner.pending = Encoder::default();
         inner.pending_blocks.clear();
         // Every block written since start is now recorded exactly and
-        // durably; only extents recovered from a crash still stand.
-        s.inner.set.extents = s.inner.recovered.clone();
+        // durably; only the extents kept still stand.
+        s.inner.set.extents = extents;
         s.extent_pending.clear();
         s.durable = s.recorded;
         s.pending_index.clear();
@@ -735,8 +747,69 @@ impl ChangeLog {
         }
         s.inner.set = ChangeSet::default();
         s.inner.recovered.clear();
+        s.inner.recovered_touched.clear();
         s.inner.file_nos.clear();
-        self.compact_locked(&mut s)
+        self.compact_locked(&mut s, BTreeMap::new())
+    }
+
+    /// Activity log (brief rule 5): make sure every extent holding blocks
+    /// `first..=last` of `file` is recorded durably, without recording the
+    /// blocks themselves. An extent already durable costs nothing; one whose
+    /// record is pending waits for the same group commit.
+    pub fn record_extents(&self, file: &FsPath, first: u64, last: u64) -> Result<()> {
+        let mut s = lock(&self.shared);
+        s.usable()?;
+        let mut wait_for = 0;
+        for extent in first / EXTENT_BLOCKS..=last / EXTENT_BLOCKS {
+            wait_for = wait_for.max(s.add_extent(file, extent)?);
+        }
+        if wait_for == 0 {
+            return Ok(());
+        }
+        self.wait_durable(s, wait_for)
+    }
+
+    /// Retire activity-log entries the peer now has durably: rewrite the
+    /// file without the extents in `extents` and the paths in `touched`
+    /// (anything recovered from a crash, and every exact block, stays).
+    pub fn retire_active(&self, extents: &BTreeMap<FsPath, BTreeSet<u64>>, touched: &BTreeSet<FsPath>) -> Result<()> {
+        let mut s = lock(&self.shared);
+        while s.leader {
+            s = self.committed.wait(s).unwrap_or_else(|e| e.into_inner());
+        }
+        let mut keep = s.inner.set.extents.clone();
+        for (p, es) in extents {
+            if let Some(k) = keep.get_mut(p) {
+                let recovered = s.inner.recovered.get(p);
+                k.retain(|e| !es.contains(e) || recovered.is_some_and(|r| r.contains(e)));
+                if k.is_empty() {
+                    keep.remove(p);
+                }
+            }
+        }
+        let Inner { set, recovered_touched, .. } = &mut s.inner;
+        set.touched.retain(|p, _| !touched.contains(p) || recovered_touched.contains_key(p));
+        self.compact_locked(&mut s, keep)
+    }
+
+    /// Add a peer's change set (an old primary's activity log handed over
+    /// when it returns as the mirror), durably, as exact blocks and paths.
+    pub fn merge(&self, set: &ChangeSet) -> Result<()> {
+        let mut blocks = Vec::new();
+        for (p, bs) in &set.blocks {
+            blocks.extend(bs.iter().map(|b| (p.clone(), *b)));
+        }
+        for (p, es) in &set.extents {
+            for e in es {
+                blocks.extend((e * EXTENT_BLOCKS..(e + 1) * EXTENT_BLOCKS).map(|b| (p.clone(), b)));
+            }
+        }
+        self.record_batch(blocks, set.touched.iter().map(|(p, t)| (p.clone(), *t)))
+    }
+
+    /// Whether nothing at all is recorded.
+    pub fn is_empty(&self) -> bool {
+        lock(&self.shared).inner.set.is_empty()
     }
 }
 

@@ -25,6 +25,9 @@ pub enum Error {
     /// A local write or fsync failed; nothing more is reported durable (brief rule 8).
     #[error("segment faulted: {0}")]
     Faulted(String),
+    /// An order or request that does not fit this segment's role or state.
+    #[error("refused: {0}")]
+    Rejected(String),
     #[error("handshake with {peer}: {source}")]
     Handshake {
         peer: String,

@@ -8,11 +8,15 @@
 //! - [`primary`] and [`mirror`]: the runtimes that put it together with threads.
 //! - [`sim`]: the deterministic simulator; [`verify`] compares two trees.
 
+pub mod activity;
 pub mod apply;
 pub mod arbiter;
 pub mod bench;
+pub mod catalog;
 pub mod changelog;
+pub mod client;
 pub mod config;
+pub mod control;
 pub mod core;
 pub mod disk;
 pub mod error;
@@ -20,8 +24,10 @@ pub mod mirror;
 pub mod net;
 pub mod path;
 pub mod primary;
+pub mod probe;
 pub mod process;
 pub mod protocol;
+pub mod segment;
 pub mod sim;
 pub mod verify;
 pub mod workload;

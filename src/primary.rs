@@ -10,6 +10,7 @@
 //! for a sequence number and a push; per-file and per-block stripes order
 //! calls that touch the same file or block, so local and mirror order agree.
 
+use crate::activity::{ActivityLog, Cover};
 use crate::arbiter::{Arbiter, Decision};
 use crate::changelog::ChangeLog;
 use crate::config::{check_block_size, check_filespaces, Filespace, PairIdentity, StreamTuning, SyncLevel};
@@ -197,6 +198,8 @@ struct Inner {
     mode: Mutex<Mode>,
     mode_cv: Condvar,
     tracking: Option<ChangeTracking>,
+    /// Present with change tracking: covers changes while streaming (rule 5).
+    activity: Option<ActivityLog>,
     /// Mirrors `mode == ChangeTracking`, for the write path's check.
     tracking_on: AtomicBool,
     /// Mirrors `mode == Failed`, checked by every call under its locks.
@@ -244,12 +247,47 @@ impl Primary {
         let (mut reader, mut writer) = conn;
         let start_seq = 1;
         client_handshake(&cfg, start_seq, reader.as_mut(), writer.as_mut(), peer)?;
-        let tuning = cfg.tuning.clone();
-        let epoch = Instant::now();
         let closer = writer.clone_writer().map_err(|e| Error::io("cloning the connection", e))?;
         // A mirror that stops reading must not hold a sending caller (or the
         // heartbeat) forever: a send that cannot finish in time loses the mirror.
-        writer.set_send_timeout(Some(tuning.ack_timeout)).map_err(|e| Error::io("setting the send timeout", e))?;
+        writer.set_send_timeout(Some(cfg.tuning.ack_timeout)).map_err(|e| Error::io("setting the send timeout", e))?;
+        tracing::info!(peer, content = cfg.identity.content_id, generation = cfg.identity.generation,
+            level = %cfg.sync_level.name(), "primary streaming to mirror");
+        Self::launch(cfg, disk, writer, closer, Some(reader))
+    }
+
+    /// Start with no mirror, in change tracking from the first call: a
+    /// mirror promoted by the arbiter, or a primary whose mirror the
+    /// arbiter has marked down. Every change goes to the change-log.
+    pub fn start_alone(cfg: PrimaryConfig, disk: Arc<dyn Disk>, why: &str) -> Result<Primary> {
+        if cfg.change_tracking.is_none() {
+            return Err(Error::InvalidArgument("a primary without a mirror needs change tracking".into()));
+        }
+        // A pipe nobody reads: nothing is ever sent on it.
+        let ((_r, writer), _other) = crate::net::mem_pair(1, 1);
+        let closer = writer.clone_writer().map_err(|e| Error::io("cloning the connection", e))?;
+        tracing::warn!(
+            content = cfg.identity.content_id,
+            generation = cfg.identity.generation,
+            why,
+            "primary starting alone: change tracking"
+        );
+        let p = Self::launch(cfg, disk, writer, closer, None)?;
+        lock(&p.inner.marks).lost = Some(format!("no mirror: {why}"));
+        p.inner.set_mode(Mode::ChangeTracking);
+        Ok(p)
+    }
+
+    fn launch(
+        cfg: PrimaryConfig,
+        disk: Arc<dyn Disk>,
+        writer: Box<dyn ConnWriter>,
+        closer: Box<dyn ConnWriter>,
+        reader: Option<Box<dyn ConnReader>>,
+    ) -> Result<Primary> {
+        let start_seq = 1;
+        let tuning = cfg.tuning.clone();
+        let epoch = Instant::now();
         let inner = Arc::new(Inner {
             identity: cfg.identity.clone(),
             level: cfg.sync_level,
@@ -269,6 +307,10 @@ impl Primary {
             }),
             mode: Mutex::new(Mode::Streaming),
             mode_cv: Condvar::new(),
+            activity: cfg
+                .change_tracking
+                .as_ref()
+                .map(|t| ActivityLog::new(t.changelog.clone(), crate::activity::DEFAULT_LIMIT)),
             tracking: cfg.change_tracking.clone(),
             me: std::sync::OnceLock::new(),
             tracking_on: AtomicBool::new(false),
@@ -289,16 +331,24 @@ impl Primary {
             stats: Stats::default(),
             epoch,
         });
-        tracing::info!(peer, content = cfg.identity.content_id, generation = cfg.identity.generation,
-            backend = inner.disk.name(), level = %cfg.sync_level.name(), "primary streaming to mirror");
+        tracing::debug!(backend = inner.disk.name(), "primary local I/O");
         let _ = inner.me.set(Arc::downgrade(&inner));
-        let r_inner = inner.clone();
-        reader.set_timeout(Some(tuning.heartbeat)).map_err(|e| Error::io("setting the receive timeout", e))?;
-        let receiver = std::thread::Builder::new()
-            .name("filerep-receiver".into())
-            .spawn(move || receiver_loop(r_inner, reader))
-            .map_err(|e| Error::io("spawning the receiver thread", e))?;
-        Ok(Primary { inner, threads: Mutex::new(vec![receiver]) })
+        let mut threads = Vec::new();
+        if let Some(mut reader) = reader {
+            let r_inner = inner.clone();
+            reader.set_timeout(Some(tuning.heartbeat)).map_err(|e| Error::io("setting the receive timeout", e))?;
+            let receiver = std::thread::Builder::new()
+                .name("filerep-receiver".into())
+                .spawn(move || receiver_loop(r_inner, reader))
+                .map_err(|e| Error::io("spawning the receiver thread", e))?;
+            threads.push(receiver);
+        }
+        Ok(Primary { inner, threads: Mutex::new(threads) })
+    }
+
+    /// The generation this primary streams in.
+    pub fn generation(&self) -> u64 {
+        self.inner.identity.generation
     }
 
     pub fn block_size(&self) -> u32 {
@@ -375,6 +425,7 @@ impl Primary {
             let _ns = inner.namespace.read().unwrap_or_else(|e| e.into_inner());
             inner.check_open()?;
             let tracking = inner.tracking_now();
+            let mut cover = inner.cover_path(&p, false)?;
             if let Some(t) = &tracking {
                 t.changelog.record_touched(&p, false).map_err(|e| inner.tracking_failed(e))?;
             }
@@ -382,7 +433,10 @@ impl Primary {
             inner.cache_put(&p, file);
             match tracking {
                 Some(_) => None,
-                None => Some(inner.ship(&p, Header::new(Kind::Create), Bytes::new(), 0, Change::touched(&p, false))?),
+                None => {
+                    let seq = inner.ship(&p, Header::new(Kind::Create), Bytes::new(), 0, Change::touched(&p, false))?;
+                    Some(Inner::shipped(&mut cover, seq))
+                }
             }
         };
         inner.finish_namespace(seq)
@@ -431,13 +485,16 @@ impl Primary {
                     None
                 }
                 None => {
+                    let mut cover = inner.cover_blocks(p, block, block)?;
                     let mut h = Header::new(kind);
                     h.offset = block;
-                    Some(inner.ship_data(p, h, data, Change::Blocks { path: p.clone(), first: block, last: block })?)
+                    let seq =
+                        inner.ship_data(p, h, data, Change::Blocks { path: p.clone(), first: block, last: block })?;
+                    Some((Inner::shipped(&mut cover, seq), cover))
                 }
             };
             inner.write_local(file.as_ref(), p, offset, data)?;
-            seq
+            seq.map(|(seq, _cover)| seq)
         };
         inner.wait_level_opt(seq)
     }
@@ -485,6 +542,7 @@ impl Primary {
             inner.check_open()?;
             let file = inner.file(&p)?;
             let tracking = inner.tracking_now();
+            let mut cover = inner.cover_path(&p, false)?;
             if let Some(t) = &tracking {
                 t.changelog.record_touched(&p, false).map_err(|e| inner.tracking_failed(e))?;
             }
@@ -496,7 +554,8 @@ impl Primary {
                 None => {
                     let mut h = Header::new(Kind::Truncate);
                     h.offset = len;
-                    Some(inner.ship(&p, h, Bytes::new(), 0, Change::touched(&p, false))?)
+                    let seq = inner.ship(&p, h, Bytes::new(), 0, Change::touched(&p, false))?;
+                    Some(Inner::shipped(&mut cover, seq))
                 }
             }
         };
@@ -513,6 +572,7 @@ impl Primary {
             let _ns = inner.namespace.read().unwrap_or_else(|e| e.into_inner());
             inner.check_open()?;
             let tracking = inner.tracking_now();
+            let mut cover = inner.cover_path(&p, false)?;
             if let Some(t) = &tracking {
                 t.changelog.record_touched(&p, false).map_err(|e| inner.tracking_failed(e))?;
             }
@@ -523,7 +583,7 @@ impl Primary {
                 None => {
                     let seq = inner.ship(&p, Header::new(Kind::Unlink), Bytes::new(), 0, Change::touched(&p, false))?;
                     lock(&inner.queue).stream.unbind(&p);
-                    Some(seq)
+                    Some(Inner::shipped(&mut cover, seq))
                 }
             }
         };
@@ -565,13 +625,15 @@ impl Primary {
                     None
                 }
                 None => {
+                    let mut cover = inner.cover_blocks(&p, first, last)?;
                     let mut h = Header::new(Kind::WriteAt);
                     h.offset = offset;
-                    Some(inner.ship_data(&p, h, data, Change::Blocks { path: p.clone(), first, last })?)
+                    let seq = inner.ship_data(&p, h, data, Change::Blocks { path: p.clone(), first, last })?;
+                    Some((Inner::shipped(&mut cover, seq), cover))
                 }
             };
             inner.write_local(file.as_ref(), &p, offset, data)?;
-            seq
+            seq.map(|(seq, _cover)| seq)
         };
         inner.wait_level_opt(seq)
     }
@@ -641,6 +703,7 @@ impl Primary {
             let _ns = inner.namespace.write().unwrap_or_else(|e| e.into_inner());
             inner.check_open()?;
             let tracking = inner.tracking_now();
+            let mut cover = inner.cover_path(p, true)?;
             if let Some(t) = &tracking {
                 t.changelog.record_touched(p, true).map_err(|e| inner.tracking_failed(e))?;
             }
@@ -651,7 +714,8 @@ impl Primary {
                     let mut h = Header::new(kind);
                     h.filespace = p.filespace;
                     let body = Bytes::copy_from_slice(p.path.as_str().as_bytes());
-                    Some(inner.ship_unbound(h, body, Change::touched(p, true))?)
+                    let seq = inner.ship_unbound(h, body, Change::touched(p, true))?;
+                    Some(Inner::shipped(&mut cover, seq))
                 }
             }
         };
@@ -673,6 +737,8 @@ impl Primary {
             let _ns = inner.namespace.write().unwrap_or_else(|e| e.into_inner());
             inner.check_open()?;
             let tracking = inner.tracking_now();
+            let mut cover_from = inner.cover_path(&from, true)?;
+            let mut cover_to = inner.cover_path(&to, true)?;
             if let Some(t) = &tracking {
                 let touched = [(from.clone(), true), (to.clone(), true)];
                 t.changelog.record_batch(std::iter::empty(), touched).map_err(|e| inner.tracking_failed(e))?;
@@ -700,7 +766,8 @@ impl Primary {
                     ];
                     let seq = inner.push_locked(&mut q, h, body, changes);
                     q.stream.rebind(&from, &to);
-                    Some(seq)
+                    Inner::shipped(&mut cover_from, seq);
+                    Some(Inner::shipped(&mut cover_to, seq))
                 }
             }
         };
@@ -719,6 +786,13 @@ impl Primary {
     pub fn shutdown(&self, timeout: Duration) -> Result<u64> {
         let inner = &self.inner;
         inner.closing.store(true, Ordering::SeqCst);
+        if *inner.mode.lock().unwrap_or_else(|e| e.into_inner()) != Mode::Streaming {
+            // No stream to end: let calls past their checks finish, then stop.
+            let _all = inner.all_file_stripes();
+            let _ns = inner.namespace.write().unwrap_or_else(|e| e.into_inner());
+            inner.stop("shut down");
+            return Ok(lock(&inner.queue).stream.last_seq());
+        }
         let last = {
             let _all = inner.all_file_stripes();
             let _ns = inner.namespace.write().unwrap_or_else(|e| e.into_inner());
@@ -749,6 +823,38 @@ impl Drop for Primary {
 }
 
 impl Inner {
+    /// Rule 5: while streaming, the activity log covers a change before it
+    /// is shipped or written (a crash then finds it). In change tracking
+    /// the change-log records it exactly instead; without change tracking
+    /// there is nothing to record into.
+    fn cover_blocks(&self, p: &FsPath, first: u64, last: u64) -> Result<Option<Cover<'_>>> {
+        match &self.activity {
+            Some(al) if !self.tracking_on.load(Ordering::Acquire) => {
+                let durable = self.mark_copies[Mark::Durable as usize].load(Ordering::Acquire);
+                al.cover_blocks(p, first, last, durable).map(Some).map_err(|e| self.tracking_failed(e))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    fn cover_path(&self, p: &FsPath, subtree: bool) -> Result<Option<Cover<'_>>> {
+        match &self.activity {
+            Some(al) if !self.tracking_on.load(Ordering::Acquire) => {
+                let durable = self.mark_copies[Mark::Durable as usize].load(Ordering::Acquire);
+                al.cover_path(p, subtree, durable).map(Some).map_err(|e| self.tracking_failed(e))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Tell a cover the sequence number its change went out with.
+    fn shipped(cover: &mut Option<Cover<'_>>, seq: u64) -> u64 {
+        if let Some(c) = cover {
+            c.shipped(seq);
+        }
+        seq
+    }
+
     fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
     }

@@ -60,6 +60,18 @@ impl ClusterKey {
         *h.finalize().as_bytes()
     }
 
+    /// A MAC for the control channel: `label` keeps request and response
+    /// MACs apart; `nonce` binds it to one connection (no replay).
+    pub fn control_mac(&self, label: &[u8], nonce: &[u8; 32], body: &[u8]) -> [u8; 32] {
+        let mut h = blake3::Hasher::new_keyed(&self.0);
+        h.update(b"filerep v1 control ");
+        h.update(label);
+        h.update(nonce);
+        h.update(&(body.len() as u64).to_le_bytes());
+        h.update(body);
+        *h.finalize().as_bytes()
+    }
+
     /// The primary's proof over the transcript.
     pub fn primary_proof(&self, hello: &[u8], cn: &[u8; 32], sn: &[u8; 32]) -> [u8; 32] {
         self.mac(b"filerep v1 primary proof", hello, cn, sn)

@@ -1,6 +1,7 @@
 //! The `filerep` command: thin wrappers that parse arguments, call the
 //! library and print.
 
+mod cluster;
 mod demo;
 
 use clap::{Parser, Subcommand};
@@ -36,6 +37,10 @@ enum Cmd {
     Sim(SimCmd),
     /// Compare two copies of a filespace offline (per-file xxh3).
     Compare(CompareCmd),
+    /// Run a segment storage process: it serves as primary or mirror as the arbiter orders.
+    Segment(cluster::SegmentCmd),
+    /// Run the arbiter (fault probe): probe every segment, decide roles and modes, keep the catalog.
+    Arbiter(cluster::ArbiterCmd),
 }
 
 #[derive(clap::Args)]
@@ -156,6 +161,8 @@ fn main() -> ExitCode {
         Cmd::Bench(c) => run_bench(c),
         Cmd::Sim(c) => run_sim(c),
         Cmd::Compare(c) => run_compare(c),
+        Cmd::Segment(c) => cluster::run_segment(c).map(|_| ExitCode::SUCCESS).map_err(Into::into),
+        Cmd::Arbiter(c) => cluster::run_arbiter(c).map(|_| ExitCode::SUCCESS).map_err(Into::into),
     };
     match r {
         Ok(code) => code,

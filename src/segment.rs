@@ -1,0 +1,797 @@
+//! `filerep segment`: the segment storage process. It hosts the storage
+//! layer in whichever role the arbiter gives it: a mirror (the applier
+//! behind the replication port) or the primary (the storage API, served to
+//! local clients over a Unix socket, shipping to the mirror or tracking
+//! changes alone). It never picks a role itself: it starts idle, writes
+//! nothing, and waits for the arbiter's order (brief rules 3 and 7).
+//!
+//! Orders arrive on the control endpoint ([`crate::control`]): probe,
+//! become mirror, become primary, hand over / add / clear changes, stop.
+
+use crate::arbiter::{Arbiter, Decision};
+use crate::changelog::{ChangeLog, ChangeSet, EXTENT_BLOCKS};
+use crate::client::{self, ErrorClass, Op, Request};
+use crate::config::{Filespace, PairIdentity, StreamTuning, SyncLevel};
+use crate::control;
+use crate::disk::{Disk, FsPath, StdDisk};
+use crate::error::{Error, Result};
+use crate::mirror::{MirrorConfig, MirrorServer};
+use crate::path::RelPath;
+use crate::primary::{ChangeTracking, Mode, Primary, PrimaryConfig};
+use crate::protocol::handshake::ClusterKey;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// Client connections served at once.
+pub const MAX_CLIENTS: usize = 256;
+/// Most entries in a handed-over change set.
+pub const MAX_WIRE_ENTRIES: usize = 1 << 20;
+
+/// A segment's settings (a JSON file; `docs/operations.md`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SegmentConfig {
+    pub dbid: u32,
+    pub content: u32,
+    pub cluster_id: u64,
+    pub block_size: u32,
+    /// `NAME=DIRECTORY`, in the cluster's filespace order.
+    pub filespaces: Vec<String>,
+    pub key_file: PathBuf,
+    /// Control endpoint (probes and orders), `HOST:PORT`.
+    pub control_listen: String,
+    /// Replication endpoint (used when this segment is the mirror).
+    pub data_listen: String,
+    /// Unix socket for local clients (used when it is the primary).
+    pub socket: PathBuf,
+    /// Change-log, activity log and mirror state live here.
+    pub state_dir: PathBuf,
+    /// The arbiter's control endpoint.
+    pub arbiter: String,
+    #[serde(default = "default_level")]
+    pub sync_level: String,
+    #[serde(default = "default_decision_ms")]
+    pub decision_timeout_ms: u64,
+    #[serde(default = "default_ack_ms")]
+    pub ack_timeout_ms: u64,
+    #[serde(default = "default_heartbeat_ms")]
+    pub heartbeat_ms: u64,
+    #[serde(default = "default_true")]
+    pub prefer_uring: bool,
+}
+
+fn default_level() -> String {
+    "applied".into()
+}
+fn default_decision_ms() -> u64 {
+    5000
+}
+fn default_ack_ms() -> u64 {
+    3000
+}
+fn default_heartbeat_ms() -> u64 {
+    200
+}
+fn default_true() -> bool {
+    true
+}
+
+impl SegmentConfig {
+    pub fn load(path: &std::path::Path) -> Result<SegmentConfig> {
+        let bytes =
+            std::fs::read(path).map_err(|e| Error::io(format!("reading segment config {}", path.display()), e))?;
+        let c: SegmentConfig = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::InvalidArgument(format!("segment config {}: {e}", path.display())))?;
+        c.check().map_err(|e| Error::InvalidArgument(format!("segment config {}: {e}", path.display())))?;
+        Ok(c)
+    }
+
+    fn check(&self) -> Result<()> {
+        crate::config::check_block_size(self.block_size)?;
+        self.filespaces()?;
+        SyncLevel::parse(&self.sync_level)?;
+        for (what, v) in [("decision_timeout_ms", self.decision_timeout_ms), ("ack_timeout_ms", self.ack_timeout_ms)] {
+            if !(10..=600_000).contains(&v) {
+                return Err(Error::InvalidArgument(format!("{what} = {v}: use 10 to 600000")));
+            }
+        }
+        if !(10..=60_000).contains(&self.heartbeat_ms) || self.heartbeat_ms >= self.ack_timeout_ms {
+            return Err(Error::InvalidArgument(format!(
+                "heartbeat_ms = {}: use 10 to 60000, below ack_timeout_ms",
+                self.heartbeat_ms
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn filespaces(&self) -> Result<Vec<Filespace>> {
+        let fs = self.filespaces.iter().map(|s| Filespace::parse(s)).collect::<Result<Vec<_>>>()?;
+        crate::config::check_filespaces(&fs)?;
+        Ok(fs)
+    }
+
+    fn tuning(&self) -> StreamTuning {
+        StreamTuning {
+            heartbeat: Duration::from_millis(self.heartbeat_ms),
+            ack_timeout: Duration::from_millis(self.ack_timeout_ms),
+            ..StreamTuning::default()
+        }
+    }
+}
+
+// ---- control messages ------------------------------------------------------
+
+/// Orders and questions from the arbiter to a segment.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum SegmentRequest {
+    Probe,
+    /// Serve as the mirror, refusing any primary below `generation`.
+    BecomeMirror {
+        generation: u64,
+    },
+    /// Serve as the primary at `generation`: streaming to the mirror at
+    /// `mirror` (Synchronized), or alone in change tracking (`None`).
+    BecomePrimary {
+        generation: u64,
+        mirror: Option<String>,
+    },
+    /// The change set this segment holds (an old primary's activity log).
+    TakeChanges,
+    /// Add a peer's change set to this primary's change-log.
+    AddChanges {
+        set: WireChangeSet,
+    },
+    /// Forget the change set (after it was handed over).
+    ClearChanges,
+    /// Stop the process.
+    Stop,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum SegmentResponse {
+    Status(SegmentStatus),
+    Changes(WireChangeSet),
+    Done,
+    Refused(String),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Acting {
+    /// Waiting for the arbiter; writes nothing.
+    Idle,
+    /// Carrying out an order.
+    Starting,
+    Mirror,
+    Primary,
+    /// Refusing all work (a failed order, or stopping).
+    Stopped,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SegmentStatus {
+    pub dbid: u32,
+    pub content: u32,
+    pub acting: Acting,
+    pub generation: u64,
+    /// The primary's view: `s` streaming, `c` change tracking, `d` deciding,
+    /// `f` failed; `-` for other roles.
+    pub mode: char,
+    pub detail: String,
+    /// The change-log holds changes (for a non-primary: to hand over).
+    pub changes_pending: bool,
+}
+
+/// Questions from a segment to the arbiter.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum ArbiterRequest {
+    MirrorLost {
+        dbid: u32,
+        content: u32,
+        generation: u64,
+        reason: String,
+    },
+    /// The whole catalog (for operators and tests).
+    Catalog,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum ArbiterResponse {
+    MirrorDown,
+    Demoted,
+    Catalog(Box<crate::catalog::Catalog>),
+    Refused(String),
+}
+
+/// A change set on the wire: runs of blocks, extents and touched paths per file.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireChangeSet {
+    pub files: Vec<WireFile>,
+    pub touched: Vec<(u16, String, bool)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireFile {
+    pub filespace: u16,
+    pub path: String,
+    /// `(first block, count)` runs.
+    pub runs: Vec<(u64, u64)>,
+    pub extents: Vec<u64>,
+}
+
+impl WireChangeSet {
+    pub fn from_set(set: &ChangeSet) -> WireChangeSet {
+        let mut files: BTreeMap<&FsPath, WireFile> = BTreeMap::new();
+        let entry = |p: &FsPath| WireFile {
+            filespace: p.filespace,
+            path: p.path.as_str().to_string(),
+            runs: Vec::new(),
+            extents: Vec::new(),
+        };
+        for (p, blocks) in &set.blocks {
+            let f = files.entry(p).or_insert_with(|| entry(p));
+            for b in blocks {
+                match f.runs.last_mut() {
+                    Some((first, n)) if *first + *n == *b => *n += 1,
+                    _ => f.runs.push((*b, 1)),
+                }
+            }
+        }
+        for (p, es) in &set.extents {
+            files.entry(p).or_insert_with(|| entry(p)).extents.extend(es.iter().copied());
+        }
+        WireChangeSet {
+            files: files.into_values().collect(),
+            touched: set.touched.iter().map(|(p, s)| (p.filespace, p.path.as_str().to_string(), *s)).collect(),
+        }
+    }
+
+    /// Back to a change set; paths, filespaces and sizes are checked.
+    pub fn to_set(&self, filespaces: usize) -> std::result::Result<ChangeSet, String> {
+        let mut set = ChangeSet::default();
+        let mut entries = 0usize;
+        let path = |fs: u16, p: &str| -> std::result::Result<FsPath, String> {
+            if fs as usize >= filespaces {
+                return Err(format!("filespace {fs} does not exist"));
+            }
+            Ok(FsPath::new(fs, RelPath::new(p).map_err(|e| format!("path {p:?}: {e}"))?))
+        };
+        for f in &self.files {
+            let p = path(f.filespace, &f.path)?;
+            for (first, n) in &f.runs {
+                entries = entries.saturating_add(*n as usize);
+                if entries > MAX_WIRE_ENTRIES || first.checked_add(*n).is_none() {
+                    return Err(format!("more than {MAX_WIRE_ENTRIES} blocks"));
+                }
+                set.blocks.entry(p.clone()).or_default().extend(*first..*first + *n);
+            }
+            for e in &f.extents {
+                entries = entries.saturating_add(EXTENT_BLOCKS as usize);
+                if entries > MAX_WIRE_ENTRIES || e.checked_mul(EXTENT_BLOCKS).is_none() {
+                    return Err(format!("more than {MAX_WIRE_ENTRIES} blocks"));
+                }
+                set.extents.entry(p.clone()).or_default().insert(*e);
+            }
+        }
+        for (fs, p, subtree) in &self.touched {
+            *set.touched.entry(path(*fs, p)?).or_insert(false) |= *subtree;
+        }
+        Ok(set)
+    }
+}
+
+/// The arbiter as a primary sees it: a control call to the arbiter process.
+pub struct RemoteArbiter {
+    pub addr: String,
+    pub key: ClusterKey,
+    pub dbid: u32,
+    pub timeout: Duration,
+}
+
+impl Arbiter for RemoteArbiter {
+    fn mirror_lost(&self, content: u32, generation: u64, reason: &str) -> std::result::Result<Decision, String> {
+        let req = ArbiterRequest::MirrorLost { dbid: self.dbid, content, generation, reason: reason.into() };
+        match control::call::<_, ArbiterResponse>(&self.addr, &self.key, &req, self.timeout) {
+            Ok(ArbiterResponse::MirrorDown) => Ok(Decision::MirrorDown),
+            Ok(ArbiterResponse::Demoted) => Ok(Decision::Demoted),
+            Ok(other) => Err(format!("the arbiter answered {other:?}")),
+            Err(e) => Err(format!("cannot reach the arbiter: {e}")),
+        }
+    }
+}
+
+// ---- the process -------------------------------------------------------------
+
+enum Role {
+    Idle,
+    Starting,
+    Mirror { server: Arc<MirrorServer>, stop: Arc<AtomicBool>, thread: JoinHandle<()> },
+    Primary(Arc<Primary>),
+    Stopped(String),
+}
+
+struct Shared {
+    cfg: SegmentConfig,
+    key: ClusterKey,
+    filespaces: Vec<Filespace>,
+    disk: Arc<dyn Disk>,
+    changelog: Arc<ChangeLog>,
+    data_listener: TcpListener,
+    role: Mutex<Role>,
+    stop: Arc<AtomicBool>,
+    /// Serializes orders: one role change at a time.
+    orders: Mutex<()>,
+}
+
+pub struct Segment {
+    shared: Arc<Shared>,
+    control: TcpListener,
+    clients: UnixListener,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Segment {
+    /// Open the filespaces and the change-log, bind every endpoint. Nothing
+    /// is written to the filespaces until the arbiter gives a role.
+    pub fn open(cfg: SegmentConfig) -> Result<Segment> {
+        cfg.check()?;
+        let key = ClusterKey::from_file(&cfg.key_file).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        let filespaces = cfg.filespaces()?;
+        let roots: Vec<_> = filespaces.iter().map(|f| f.root.clone()).collect();
+        let disk = crate::disk::open_local(&roots, cfg.prefer_uring)?;
+        std::fs::create_dir_all(&cfg.state_dir)
+            .map_err(|e| Error::io(format!("creating state directory {}", cfg.state_dir.display()), e))?;
+        let state_disk: Arc<dyn Disk> = Arc::new(StdDisk::open(std::slice::from_ref(&cfg.state_dir))?);
+        let log_path = FsPath::new(0, RelPath::new("changelog")?);
+        let changelog = if state_disk.exists(&log_path)? {
+            let (log, rec) = ChangeLog::open(state_disk, log_path)?;
+            let set = log.change_set();
+            tracing::warn!(
+                groups = rec.groups,
+                torn = rec.torn_bytes,
+                blocks = set.distinct_blocks(),
+                extents = set.extents.values().map(|e| e.len()).sum::<usize>(),
+                paths = set.touched.len(),
+                "change-log recovered: everything in it counts as changed"
+            );
+            log
+        } else {
+            ChangeLog::create(state_disk, log_path, cfg.block_size)?
+        };
+        let control = TcpListener::bind(&cfg.control_listen)
+            .map_err(|e| Error::io(format!("binding {}", cfg.control_listen), e))?;
+        let data_listener =
+            TcpListener::bind(&cfg.data_listen).map_err(|e| Error::io(format!("binding {}", cfg.data_listen), e))?;
+        let _ = std::fs::remove_file(&cfg.socket);
+        let clients = UnixListener::bind(&cfg.socket)
+            .map_err(|e| Error::io(format!("binding socket {}", cfg.socket.display()), e))?;
+        let shared = Arc::new(Shared {
+            cfg,
+            key,
+            filespaces,
+            disk,
+            changelog: Arc::new(changelog),
+            data_listener,
+            role: Mutex::new(Role::Idle),
+            stop: Arc::new(AtomicBool::new(false)),
+            orders: Mutex::new(()),
+        });
+        Ok(Segment { shared, control, clients })
+    }
+
+    pub fn control_addr(&self) -> Result<std::net::SocketAddr> {
+        self.control.local_addr().map_err(|e| Error::io("control address", e))
+    }
+
+    /// A flag that stops [`Segment::run`] when set.
+    pub fn stop_flag(&self) -> Arc<AtomicBool> {
+        self.shared.stop.clone()
+    }
+
+    /// Serve until stopped (an order, or the flag).
+    pub fn run(self) -> Result<()> {
+        let Segment { shared, control, clients } = self;
+        let span = tracing::info_span!("segment", dbid = shared.cfg.dbid, content = shared.cfg.content);
+        let _e = span.enter();
+        tracing::info!("segment idle: waiting for the arbiter");
+        let c_shared = shared.clone();
+        let timeout = Duration::from_secs(10);
+        let control_thread = std::thread::Builder::new()
+            .name("filerep-control".into())
+            .spawn({
+                let (key, stop) = (shared.key.clone(), shared.stop.clone());
+                move || control::serve(control, key, stop, timeout, move |r| c_shared.order(r))
+            })
+            .map_err(|e| Error::io("spawning the control thread", e))?;
+        clients.set_nonblocking(true).map_err(|e| Error::io("client socket", e))?;
+        let open = Arc::new(AtomicUsize::new(0));
+        while !shared.stop.load(Ordering::SeqCst) {
+            match clients.accept() {
+                Ok((stream, _)) => {
+                    if open.load(Ordering::SeqCst) >= MAX_CLIENTS {
+                        tracing::warn!("client refused: {MAX_CLIENTS} already connected");
+                        continue;
+                    }
+                    open.fetch_add(1, Ordering::SeqCst);
+                    let (s, open) = (shared.clone(), open.clone());
+                    let spawned = std::thread::Builder::new().name("filerep-client".into()).spawn(move || {
+                        s.serve_client(stream);
+                        open.fetch_sub(1, Ordering::SeqCst);
+                    });
+                    if let Err(e) = spawned {
+                        tracing::error!(error = %e, "cannot spawn a client thread");
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(10)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "client accept failed");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+        }
+        let _ = control_thread.join();
+        let role = std::mem::replace(&mut *lock(&shared.role), Role::Stopped("stopped".into()));
+        shared.end_role(role);
+        let _ = std::fs::remove_file(&shared.cfg.socket);
+        tracing::info!("segment stopped");
+        Ok(())
+    }
+}
+
+impl Shared {
+    fn status(&self) -> SegmentStatus {
+        let role = lock(&self.role);
+        let (acting, generation, mode, detail) = match &*role {
+            Role::Idle => (Acting::Idle, 0, '-', "waiting for the arbiter".to_string()),
+            Role::Starting => (Acting::Starting, 0, '-', "carrying out an order".to_string()),
+            Role::Mirror { server, .. } => {
+                (Acting::Mirror, server.generation(), '-', server.fault().unwrap_or_else(|| "serving".into()))
+            }
+            Role::Primary(p) => {
+                let (mode, detail) = match p.mode() {
+                    Mode::Streaming => ('s', "streaming to the mirror".to_string()),
+                    Mode::Deciding => ('d', "mirror lost: asking the arbiter".to_string()),
+                    Mode::ChangeTracking => ('c', "change tracking".to_string()),
+                    Mode::Failed(w) => ('f', w),
+                };
+                (Acting::Primary, p.generation(), mode, detail)
+            }
+            Role::Stopped(w) => (Acting::Stopped, 0, '-', w.clone()),
+        };
+        drop(role);
+        SegmentStatus {
+            dbid: self.cfg.dbid,
+            content: self.cfg.content,
+            acting,
+            generation,
+            mode,
+            detail,
+            changes_pending: !self.changelog.is_empty(),
+        }
+    }
+
+    /// Carry out one control request.
+    fn order(self: &Arc<Self>, req: SegmentRequest) -> SegmentResponse {
+        let refused = |e: String| {
+            tracing::warn!(reason = %e, "order refused");
+            SegmentResponse::Refused(e)
+        };
+        match req {
+            SegmentRequest::Probe => SegmentResponse::Status(self.status()),
+            SegmentRequest::BecomeMirror { generation } => match self.become_mirror(generation) {
+                Ok(()) => SegmentResponse::Done,
+                Err(e) => refused(e.to_string()),
+            },
+            SegmentRequest::BecomePrimary { generation, mirror } => {
+                // Connecting (and maybe asking the arbiter) takes time, and
+                // the arbiter may be waiting on this reply: answer now.
+                {
+                    let mut role = lock(&self.role);
+                    if matches!(&*role, Role::Primary(p) if p.generation() == generation) {
+                        return SegmentResponse::Done;
+                    }
+                    if matches!(&*role, Role::Starting) {
+                        return refused("already carrying out an order".into());
+                    }
+                    let old = std::mem::replace(&mut *role, Role::Starting);
+                    drop(role);
+                    self.end_role(old);
+                }
+                let me = self.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("filerep-promote".into())
+                    .spawn(move || me.become_primary(generation, mirror));
+                match spawned {
+                    Ok(_) => SegmentResponse::Done,
+                    Err(e) => refused(format!("cannot start: {e}")),
+                }
+            }
+            SegmentRequest::TakeChanges => {
+                if matches!(&*lock(&self.role), Role::Primary(_) | Role::Starting) {
+                    return refused("the acting primary keeps its change-log".into());
+                }
+                SegmentResponse::Changes(WireChangeSet::from_set(&self.changelog.change_set()))
+            }
+            SegmentRequest::AddChanges { set } => {
+                if !matches!(&*lock(&self.role), Role::Primary(_)) {
+                    return refused("only the acting primary takes a peer's changes".into());
+                }
+                let set = match set.to_set(self.filespaces.len()) {
+                    Ok(s) => s,
+                    Err(e) => return refused(format!("bad change set: {e}")),
+                };
+                match self.changelog.merge(&set) {
+                    Ok(()) => {
+                        tracing::info!(
+                            blocks = set.distinct_blocks(),
+                            paths = set.touched.len(),
+                            "a peer's changes added to the change-log"
+                        );
+                        SegmentResponse::Done
+                    }
+                    Err(e) => refused(e.to_string()),
+                }
+            }
+            SegmentRequest::ClearChanges => {
+                if matches!(&*lock(&self.role), Role::Primary(_) | Role::Starting) {
+                    return refused("the acting primary keeps its change-log".into());
+                }
+                match self.changelog.clear() {
+                    Ok(()) => SegmentResponse::Done,
+                    Err(e) => refused(e.to_string()),
+                }
+            }
+            SegmentRequest::Stop => {
+                tracing::info!("stop ordered");
+                self.stop.store(true, Ordering::SeqCst);
+                SegmentResponse::Done
+            }
+        }
+    }
+
+    /// End a role: a mirror's sessions finish (what they applied is made
+    /// durable) before anything else runs; a primary stops taking calls.
+    fn end_role(&self, role: Role) {
+        match role {
+            Role::Mirror { stop, thread, .. } => {
+                stop.store(true, Ordering::SeqCst);
+                let _ = thread.join();
+                tracing::info!("mirror stopped");
+            }
+            Role::Primary(p) => {
+                if let Err(e) = p.shutdown(Duration::from_secs(5)) {
+                    tracing::warn!(error = %e, "primary shut down uncleanly");
+                }
+            }
+            Role::Idle | Role::Starting | Role::Stopped(_) => {}
+        }
+    }
+
+    fn become_mirror(&self, generation: u64) -> Result<()> {
+        let _order = lock(&self.orders);
+        let mut role = lock(&self.role);
+        if let Role::Mirror { server, .. } = &*role {
+            if server.generation() >= generation {
+                return Ok(());
+            }
+        }
+        if matches!(&*role, Role::Starting) {
+            return Err(Error::Rejected("already carrying out an order".into()));
+        }
+        let old = std::mem::replace(&mut *role, Role::Starting);
+        drop(role);
+        self.end_role(old);
+        let mcfg = MirrorConfig {
+            cluster_id: self.cfg.cluster_id,
+            content_id: self.cfg.content,
+            block_size: self.cfg.block_size,
+            filespaces: self.filespaces.clone(),
+            key: self.key.clone(),
+            generation,
+            tuning: self.cfg.tuning(),
+            prefer_uring: self.cfg.prefer_uring,
+            state_dir: Some(self.cfg.state_dir.clone()),
+        };
+        let result = (|| {
+            let server = Arc::new(MirrorServer::with_disk(mcfg, self.disk.clone())?);
+            let listener = self.data_listener.try_clone().map_err(|e| Error::io("replication listener", e))?;
+            let stop = Arc::new(AtomicBool::new(false));
+            let (s, st) = (server.clone(), stop.clone());
+            let thread = std::thread::Builder::new()
+                .name("filerep-mirror".into())
+                .spawn(move || {
+                    if let Err(e) = s.serve(&listener, &st) {
+                        tracing::error!(error = %e, "mirror serving failed");
+                    }
+                })
+                .map_err(|e| Error::io("spawning the mirror thread", e))?;
+            Ok(Role::Mirror { server, stop, thread })
+        })();
+        match result {
+            Ok(r) => {
+                tracing::warn!(generation, "role: mirror");
+                *lock(&self.role) = r;
+                Ok(())
+            }
+            Err(e) => {
+                *lock(&self.role) = Role::Stopped(format!("cannot serve as mirror: {e}"));
+                Err(e)
+            }
+        }
+    }
+
+    fn become_primary(self: Arc<Self>, generation: u64, mirror: Option<String>) {
+        let _order = lock(&self.orders);
+        let span = tracing::info_span!("become_primary", generation);
+        let _e = span.enter();
+        let result = self.start_primary(generation, mirror);
+        let mut role = lock(&self.role);
+        match result {
+            Ok(p) => {
+                tracing::warn!(generation, mode = ?p.mode(), "role: primary");
+                *role = Role::Primary(Arc::new(p));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot serve as primary");
+                *role = Role::Stopped(format!("cannot serve as primary: {e}"));
+            }
+        }
+    }
+
+    fn start_primary(&self, generation: u64, mirror: Option<String>) -> Result<Primary> {
+        let decision_timeout = Duration::from_millis(self.cfg.decision_timeout_ms);
+        let arbiter = Arc::new(RemoteArbiter {
+            addr: self.cfg.arbiter.clone(),
+            key: self.key.clone(),
+            dbid: self.cfg.dbid,
+            timeout: decision_timeout,
+        });
+        let cfg = PrimaryConfig {
+            identity: PairIdentity {
+                cluster_id: self.cfg.cluster_id,
+                content_id: self.cfg.content,
+                block_size: self.cfg.block_size,
+                generation,
+            },
+            filespaces: self.filespaces.clone(),
+            key: self.key.clone(),
+            sync_level: SyncLevel::parse(&self.cfg.sync_level)?,
+            tuning: self.cfg.tuning(),
+            prefer_uring: self.cfg.prefer_uring,
+            change_tracking: Some(ChangeTracking {
+                changelog: self.changelog.clone(),
+                arbiter: arbiter.clone(),
+                decision_timeout,
+            }),
+        };
+        let Some(addr) = mirror else {
+            return Primary::start_alone(cfg, self.disk.clone(), "the arbiter marked the mirror down");
+        };
+        let connected = (|| {
+            let target = std::net::ToSocketAddrs::to_socket_addrs(&addr)
+                .map_err(|e| Error::io(format!("resolving {addr}"), e))?
+                .next()
+                .ok_or_else(|| Error::InvalidArgument(format!("{addr} resolves to nothing")))?;
+            let s = std::net::TcpStream::connect_timeout(&target, cfg.tuning.handshake_timeout)
+                .map_err(|e| Error::io(format!("connecting to the mirror at {addr}"), e))?;
+            let conn = crate::net::tcp(s).map_err(|e| Error::io("setting up the connection", e))?;
+            Primary::start_with_disk(cfg.clone(), self.disk.clone(), conn, &addr)
+        })();
+        match connected {
+            Ok(p) => Ok(p),
+            Err(e) => {
+                // Rule 3: never on alone without the arbiter's word.
+                let why = format!("mirror unreachable at start: {e}");
+                match arbiter.mirror_lost(self.cfg.content, generation, &why) {
+                    Ok(Decision::MirrorDown) => Primary::start_alone(cfg, self.disk.clone(), &why),
+                    Ok(Decision::Demoted) => Err(Error::Rejected("the arbiter says this segment was demoted".into())),
+                    Err(a) => Err(Error::MirrorLost(format!("{why}; {a}"))),
+                }
+            }
+        }
+    }
+
+    fn primary(&self) -> std::result::Result<Arc<Primary>, (ErrorClass, String)> {
+        match &*lock(&self.role) {
+            Role::Primary(p) => Ok(p.clone()),
+            Role::Mirror { server, .. } => Err((
+                ErrorClass::NotPrimary,
+                format!(
+                    "segment {} is the mirror (generation {}): retry on the primary",
+                    self.cfg.dbid,
+                    server.generation()
+                ),
+            )),
+            Role::Idle | Role::Starting => {
+                Err((ErrorClass::NotPrimary, format!("segment {} has no role yet: retry shortly", self.cfg.dbid)))
+            }
+            Role::Stopped(w) => Err((ErrorClass::NotPrimary, format!("segment {} is not serving: {w}", self.cfg.dbid))),
+        }
+    }
+
+    fn serve_client(&self, mut stream: UnixStream) {
+        let _ = stream.set_nonblocking(false);
+        loop {
+            let body = match client::read_message(&mut stream) {
+                Ok(Some(b)) => b,
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "client connection closed");
+                    return;
+                }
+            };
+            let result = match Request::decode(&body) {
+                Ok(req) => self.primary().and_then(|p| call(&p, &req).map_err(|e| (ErrorClass::of(&e), e.to_string()))),
+                Err(e) => Err((ErrorClass::Invalid, format!("malformed request: {e}"))),
+            };
+            if std::io::Write::write_all(&mut stream, &client::response(result)).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// One client call against the primary.
+fn call(p: &Primary, r: &Request) -> Result<(u64, Vec<u8>)> {
+    let (fs, path) = (r.filespace, r.path.as_str());
+    let none = |x: Result<()>| x.map(|_| (0, Vec::new()));
+    match r.op {
+        Op::Create => none(p.create(fs, path)),
+        Op::WriteBlock => none(p.write_block(fs, path, r.a, &r.data)),
+        Op::Extend => none(p.extend(fs, path, r.a, &r.data)),
+        Op::ReadBlock => {
+            let mut buf = vec![0u8; p.block_size() as usize];
+            p.read_block(fs, path, r.a, &mut buf).map(|_| (0, buf))
+        }
+        Op::Nblocks => p.nblocks(fs, path).map(|n| (n, Vec::new())),
+        Op::Truncate => none(p.truncate(fs, path, r.a)),
+        Op::Unlink => none(p.unlink(fs, path)),
+        Op::Sync => none(p.sync(fs, path)),
+        Op::WriteAt => none(p.write_at(fs, path, r.a, &r.data)),
+        Op::Flush => none(p.flush(fs, path)),
+        Op::Len => p.len(fs, path).map(|n| (n, Vec::new())),
+        Op::SetLen => none(p.set_len(fs, path, r.a)),
+        Op::Mkdir => none(p.mkdir(fs, path)),
+        Op::Rmdir => none(p.rmdir(fs, path)),
+        Op::Rename => none(p.rename(fs, path, &r.path2)),
+        Op::Exists => p.exists(fs, path).map(|e| (e as u64, Vec::new())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> FsPath {
+        FsPath::new(0, RelPath::new(s).unwrap())
+    }
+
+    #[test]
+    fn change_sets_cross_the_wire_intact_and_bad_ones_are_refused() {
+        let mut set = ChangeSet::default();
+        set.blocks.entry(p("a")).or_default().extend([1, 2, 3, 7]);
+        set.extents.entry(p("b")).or_default().insert(4);
+        set.touched.insert(p("d"), true);
+        let w = WireChangeSet::from_set(&set);
+        assert_eq!(w.files[0].runs, vec![(1, 3), (7, 1)]);
+        assert_eq!(w.to_set(1).unwrap(), set);
+        let mut bad = w.clone();
+        bad.files[0].path = "../escape".into();
+        assert!(bad.to_set(1).is_err());
+        let mut bad = w.clone();
+        bad.files[0].filespace = 3;
+        assert!(bad.to_set(1).unwrap_err().contains("filespace 3"));
+        let mut bad = w;
+        bad.files[0].runs.push((u64::MAX, 2));
+        assert!(bad.to_set(1).is_err());
+    }
+}
