@@ -15,17 +15,16 @@
 use crate::changelog::{ChangeLog, ChangeLogError, EXTENT_BLOCKS};
 use crate::disk::FsPath;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Entries held before retiring is tried (1024 extents of 32 blocks of
 /// 32 KiB: 1 GiB of hot data; the file stays a few tens of KiB).
 pub const DEFAULT_LIMIT: usize = 1024;
-
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-enum Key {
-    Extent(FsPath, u64),
-    Path(FsPath),
-}
+/// The table is split by file so writers of different files do not meet
+/// on one lock: this sits on every write's path.
+const SHARDS: usize = 64;
 
 #[derive(Clone, Copy, Debug, Default)]
 struct Heat {
@@ -35,17 +34,37 @@ struct Heat {
     last_seq: u64,
 }
 
+#[derive(Default)]
+struct Shard {
+    extents: HashMap<FsPath, HashMap<u64, Heat>>,
+    paths: HashMap<FsPath, Heat>,
+}
+
 pub struct ActivityLog {
     log: Arc<ChangeLog>,
-    hot: Mutex<HashMap<Key, Heat>>,
+    shards: Vec<Mutex<Shard>>,
+    /// Entries in all shards (approximate between locks; exact under all).
+    entries: AtomicUsize,
+    /// Entries at which retiring is tried next: after an attempt that could
+    /// retire too little (the mirror's durable mark lags), not before more
+    /// entries came, so a scan does not run on every newly hot extent.
+    next_try: AtomicUsize,
     limit: usize,
+}
+
+/// What a cover holds.
+enum Covered {
+    Extents(u64, u64),
+    Path,
 }
 
 /// Keeps its entries from being retired until dropped; `shipped` tells them
 /// the sequence number the change went out with.
 pub struct Cover<'a> {
     al: &'a ActivityLog,
-    keys: Vec<Key>,
+    shard: usize,
+    file: &'a FsPath,
+    what: Covered,
     seq: u64,
 }
 
@@ -57,24 +76,54 @@ impl Cover<'_> {
 
 impl Drop for Cover<'_> {
     fn drop(&mut self) {
-        let mut hot = self.al.hot.lock().unwrap_or_else(|e| e.into_inner());
-        for k in &self.keys {
-            if let Some(h) = hot.get_mut(k) {
-                h.in_flight = h.in_flight.saturating_sub(1);
-                h.last_seq = h.last_seq.max(self.seq);
+        let mut shard = lock(&self.al.shards[self.shard]);
+        let done = |h: &mut Heat| {
+            h.in_flight = h.in_flight.saturating_sub(1);
+            h.last_seq = h.last_seq.max(self.seq);
+        };
+        match self.what {
+            Covered::Extents(first, last) => {
+                if let Some(es) = shard.extents.get_mut(self.file) {
+                    for e in first..=last {
+                        if let Some(h) = es.get_mut(&e) {
+                            done(h);
+                        }
+                    }
+                }
+            }
+            Covered::Path => {
+                if let Some(h) = shard.paths.get_mut(self.file) {
+                    done(h);
+                }
             }
         }
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn shard_of(p: &FsPath) -> usize {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    p.hash(&mut h);
+    (h.finish() as usize) % SHARDS
+}
+
 impl ActivityLog {
     pub fn new(log: Arc<ChangeLog>, limit: usize) -> ActivityLog {
-        ActivityLog { log, hot: Mutex::new(HashMap::new()), limit: limit.max(1) }
+        ActivityLog {
+            log,
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            entries: AtomicUsize::new(0),
+            next_try: AtomicUsize::new(limit.max(1) + 1),
+            limit: limit.max(1),
+        }
     }
 
     /// Entries currently hot.
     pub fn len(&self) -> usize {
-        self.hot.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.entries.load(Ordering::Acquire)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -83,84 +132,119 @@ impl ActivityLog {
 
     /// Cover blocks `first..=last` of `file` before they are shipped or
     /// written. `durable` is the mirror's durable mark, for retiring.
-    pub fn cover_blocks(
-        &self,
-        file: &FsPath,
+    pub fn cover_blocks<'a>(
+        &'a self,
+        file: &'a FsPath,
         first: u64,
         last: u64,
         durable: u64,
-    ) -> Result<Cover<'_>, ChangeLogError> {
-        let keys: Vec<Key> =
-            (first / EXTENT_BLOCKS..=last / EXTENT_BLOCKS).map(|e| Key::Extent(file.clone(), e)).collect();
-        let cover = self.enter(keys, durable)?;
-        if cover.1 {
+    ) -> Result<Cover<'a>, ChangeLogError> {
+        let (first_e, last_e) = (first / EXTENT_BLOCKS, last / EXTENT_BLOCKS);
+        let shard = shard_of(file);
+        let mut new = 0;
+        {
+            let mut sh = lock(&self.shards[shard]);
+            // Only a file not seen before costs a clone of its name.
+            if !sh.extents.contains_key(file) {
+                sh.extents.insert(file.clone(), HashMap::new());
+            }
+            if let Some(es) = sh.extents.get_mut(file) {
+                for e in first_e..=last_e {
+                    let h = es.entry(e).or_insert_with(|| {
+                        new += 1;
+                        Heat::default()
+                    });
+                    h.in_flight += 1;
+                }
+            }
+        }
+        let cover = Cover { al: self, shard, file, what: Covered::Extents(first_e, last_e), seq: 0 };
+        if new > 0 {
+            self.grown(new, durable)?;
             self.log.record_extents(file, first, last)?;
         }
-        Ok(cover.0)
+        Ok(cover)
     }
 
     /// Cover a namespace change of `path` (create, drop, truncate, rename,
     /// directories): recorded as touched, with `subtree` for directories.
-    pub fn cover_path(&self, path: &FsPath, subtree: bool, durable: u64) -> Result<Cover<'_>, ChangeLogError> {
-        let (cover, _) = self.enter(vec![Key::Path(path.clone())], durable)?;
+    pub fn cover_path<'a>(
+        &'a self,
+        path: &'a FsPath,
+        subtree: bool,
+        durable: u64,
+    ) -> Result<Cover<'a>, ChangeLogError> {
+        let shard = shard_of(path);
+        let new = {
+            let mut sh = lock(&self.shards[shard]);
+            let new = !sh.paths.contains_key(path);
+            sh.paths.entry(path.clone()).or_default().in_flight += 1;
+            new
+        };
+        let cover = Cover { al: self, shard, file: path, what: Covered::Path, seq: 0 };
+        if new {
+            self.grown(1, durable)?;
+        }
         // A path is recorded on every namespace change (they are rare), so
         // the subtree flag is never lost to an earlier plain record.
         self.log.record_touched(path, subtree)?;
         Ok(cover)
     }
 
-    /// Mark `keys` in flight; whether any of them was new.
-    fn enter(&self, keys: Vec<Key>, durable: u64) -> Result<(Cover<'_>, bool), ChangeLogError> {
-        let mut hot = self.hot.lock().unwrap_or_else(|e| e.into_inner());
-        let mut new = false;
-        for k in &keys {
-            let h = hot.entry(k.clone()).or_insert_with(|| {
-                new = true;
-                Heat::default()
-            });
-            h.in_flight += 1;
+    /// Count new entries; past the limit, retire what the mirror has.
+    fn grown(&self, n: usize, durable: u64) -> Result<(), ChangeLogError> {
+        let now = self.entries.fetch_add(n, Ordering::AcqRel) + n;
+        if now >= self.next_try.load(Ordering::Acquire) {
+            let retired = self.retire(durable, self.limit / 4)?;
+            let next = if retired > 0 { self.limit + 1 } else { now + (self.limit / 8).max(1) };
+            self.next_try.store(next, Ordering::Release);
         }
-        if new && hot.len() > self.limit {
-            self.retire(&mut hot, durable, self.limit / 4)?;
-        }
-        Ok((Cover { al: self, keys, seq: 0 }, new))
+        Ok(())
     }
 
     /// Retire every entry with nothing in flight whose changes the mirror
-    /// has durably. Called with the table locked, so no entry is covered
+    /// has durably. Every shard is locked meanwhile, so no entry is covered
     /// anew while the file is rewritten. Skipped when fewer than `least`
     /// would go (a rewrite costs the same for one entry or a thousand).
-    fn retire(&self, hot: &mut HashMap<Key, Heat>, durable: u64, least: usize) -> Result<(), ChangeLogError> {
-        let done: Vec<Key> =
-            hot.iter().filter(|(_, h)| h.in_flight == 0 && h.last_seq <= durable).map(|(k, _)| k.clone()).collect();
-        if done.is_empty() || done.len() < least {
-            return Ok(());
-        }
+    fn retire(&self, durable: u64, least: usize) -> Result<usize, ChangeLogError> {
+        let mut all: Vec<_> = self.shards.iter().map(lock).collect();
+        let idle = |h: &Heat| h.in_flight == 0 && h.last_seq <= durable;
         let mut extents: BTreeMap<FsPath, BTreeSet<u64>> = BTreeMap::new();
         let mut touched = BTreeSet::new();
-        for k in &done {
-            match k {
-                Key::Extent(p, e) => {
-                    extents.entry(p.clone()).or_default().insert(*e);
-                }
-                Key::Path(p) => {
-                    touched.insert(p.clone());
+        for sh in all.iter() {
+            for (p, es) in &sh.extents {
+                let done: BTreeSet<u64> = es.iter().filter(|(_, h)| idle(h)).map(|(e, _)| *e).collect();
+                if !done.is_empty() {
+                    extents.insert(p.clone(), done);
                 }
             }
+            touched.extend(sh.paths.iter().filter(|(_, h)| idle(h)).map(|(p, _)| p.clone()));
+        }
+        let n = extents.values().map(|e| e.len()).sum::<usize>() + touched.len();
+        if n == 0 || n < least {
+            return Ok(0);
         }
         self.log.retire_active(&extents, &touched)?;
-        for k in done {
-            hot.remove(&k);
+        for sh in all.iter_mut() {
+            for (p, done) in &extents {
+                if let Some(es) = sh.extents.get_mut(p) {
+                    es.retain(|e, _| !done.contains(e));
+                    if es.is_empty() {
+                        sh.extents.remove(p);
+                    }
+                }
+            }
+            sh.paths.retain(|p, _| !touched.contains(p));
         }
-        tracing::debug!(hot = hot.len(), "activity log: retired entries the mirror has durably");
-        Ok(())
+        self.entries.fetch_sub(n, Ordering::AcqRel);
+        tracing::debug!(retired = n, hot = self.len(), "activity log: retired entries the mirror has durably");
+        Ok(n)
     }
 
     /// Retire whatever can be retired now, regardless of the limit (when
     /// the mirror has everything, say after an orderly shutdown).
-    pub fn retire_all(&self, durable: u64) -> Result<(), ChangeLogError> {
-        let mut hot = self.hot.lock().unwrap_or_else(|e| e.into_inner());
-        self.retire(&mut hot, durable, 1)
+    pub fn retire_all(&self, durable: u64) -> Result<usize, ChangeLogError> {
+        self.retire(durable, 1)
     }
 }
 
@@ -184,11 +268,12 @@ mod tests {
     #[test]
     fn a_hot_extent_survives_a_crash_and_covers_every_block_in_it() {
         let (disk, _log, al) = setup(16);
+        let (rel, dir) = (p("rel"), p("dir"));
         {
-            let mut c = al.cover_blocks(&p("rel"), 33, 33, 0).unwrap();
+            let mut c = al.cover_blocks(&rel, 33, 33, 0).unwrap();
             c.shipped(5);
         }
-        let _c = al.cover_path(&p("dir"), true, 0).unwrap();
+        let _c = al.cover_path(&dir, true, 0).unwrap();
         disk.crash(None);
         let (log, _) = ChangeLog::open(disk.clone(), p("changelog")).unwrap();
         let set = log.change_set();
@@ -202,10 +287,11 @@ mod tests {
     #[test]
     fn writes_into_a_hot_extent_add_no_records() {
         let (_disk, log, al) = setup(16);
-        drop(al.cover_blocks(&p("rel"), 0, 0, 0).unwrap());
+        let rel = p("rel");
+        drop(al.cover_blocks(&rel, 0, 0, 0).unwrap());
         let groups = log.stats().groups_written;
         for b in 1..EXTENT_BLOCKS {
-            drop(al.cover_blocks(&p("rel"), b, b, 0).unwrap());
+            drop(al.cover_blocks(&rel, b, b, 0).unwrap());
         }
         assert_eq!(log.stats().groups_written, groups, "one record per newly hot extent, none per write");
     }
@@ -213,14 +299,15 @@ mod tests {
     #[test]
     fn entries_are_retired_only_once_durable_on_the_mirror_and_idle() {
         let (disk, log, al) = setup(8);
+        let (rel, busy_file) = (p("rel"), p("busy"));
         for e in 0..8u64 {
-            let mut c = al.cover_blocks(&p("rel"), e * EXTENT_BLOCKS, e * EXTENT_BLOCKS, 0).unwrap();
+            let mut c = al.cover_blocks(&rel, e * EXTENT_BLOCKS, e * EXTENT_BLOCKS, 0).unwrap();
             c.shipped(e + 1);
         }
         // One still in flight: never retired.
-        let busy = al.cover_blocks(&p("busy"), 0, 0, 0).unwrap();
+        let busy = al.cover_blocks(&busy_file, 0, 0, 0).unwrap();
         // The mirror has everything through 4 durably: extents 0..4 may go.
-        drop(al.cover_blocks(&p("rel"), 100 * EXTENT_BLOCKS, 100 * EXTENT_BLOCKS, 4).unwrap());
+        drop(al.cover_blocks(&rel, 100 * EXTENT_BLOCKS, 100 * EXTENT_BLOCKS, 4).unwrap());
         assert_eq!(al.len(), 10 - 4, "four retired");
         let set = log.change_set();
         assert!(!set.covers_block(&p("rel"), 0));
@@ -239,14 +326,29 @@ mod tests {
     #[test]
     fn recovered_entries_are_never_retired() {
         let (disk, _log, al) = setup(4);
-        drop(al.cover_blocks(&p("old"), 0, 0, 0).unwrap());
+        let old = p("old");
+        drop(al.cover_blocks(&old, 0, 0, 0).unwrap());
         drop(al);
         disk.crash(None);
         let (log, _) = ChangeLog::open(disk, p("changelog")).unwrap();
         let log = Arc::new(log);
         let al = ActivityLog::new(log.clone(), 4);
-        al.cover_blocks(&p("old"), 0, 0, 0).map(drop).unwrap();
+        al.cover_blocks(&old, 0, 0, 0).map(drop).unwrap();
         al.retire_all(u64::MAX).unwrap();
-        assert!(log.change_set().covers_block(&p("old"), 5), "a crash's extent stays until the resync clears it");
+        assert!(log.change_set().covers_block(&old, 5), "a crash's extent stays until the resync clears it");
+    }
+
+    #[test]
+    fn an_orderly_shutdown_leaves_nothing_in_doubt() {
+        let (disk, _log, al) = setup(64);
+        let rel = p("rel");
+        for b in 0..100 {
+            let mut c = al.cover_blocks(&rel, b, b, 0).unwrap();
+            c.shipped(b + 1);
+        }
+        assert_eq!(al.retire_all(100).unwrap(), 4, "four extents, all durable on the mirror");
+        disk.crash(None);
+        let (log, _) = ChangeLog::open(disk, p("changelog")).unwrap();
+        assert!(log.change_set().is_empty());
     }
 }

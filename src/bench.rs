@@ -43,6 +43,9 @@ pub struct BenchConfig {
     pub exe: PathBuf,
     /// Show a progress bar with ETA on stderr when it is a terminal.
     pub progress: bool,
+    /// Run the replicated side as a segment runs: with change tracking
+    /// configured, so the activity log covers every write (rule 5).
+    pub activity_log: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -51,6 +54,7 @@ pub struct BenchReport {
     pub block_size: u32,
     pub sync_level: String,
     pub io_backend: String,
+    pub activity_log: bool,
     pub rounds: u32,
     pub phase_seconds: f64,
     pub baseline_double_write_mb_s: f64,
@@ -225,7 +229,8 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
 
     // ---- replicated: a real primary and a real mirror daemon ----
     let rep = cfg.dir.join("replicated");
-    let (mirror, primary) = start_pair(cfg, &rep, None)?;
+    let tracking = if cfg.activity_log { Some(tracking_in(&cfg.dir.join("replicated-state"), bs)?) } else { None };
+    let (mirror, primary) = start_pair(cfg, &rep, tracking)?;
     for w in 0..cfg.writers {
         primary.create(0, name(w).path.as_str())?;
     }
@@ -305,6 +310,7 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
     let fsync_hist = fsync_hist.into_inner().unwrap_or_else(|e| e.into_inner());
     let _ = std::fs::remove_dir_all(&base);
     let _ = std::fs::remove_dir_all(&rep);
+    let _ = std::fs::remove_dir_all(cfg.dir.join("replicated-state"));
 
     let wire_per_block = wire as f64 / replicated.blocks.max(1) as f64;
     let base_mb = mb_s(baseline.blocks, bs, baseline.elapsed);
@@ -314,6 +320,7 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
         block_size: bs,
         sync_level: cfg.sync_level.name(),
         io_backend: backend,
+        activity_log: cfg.activity_log,
         rounds: cfg.rounds,
         phase_seconds: replicated.elapsed.as_secs_f64(),
         baseline_double_write_mb_s: base_mb,
@@ -333,6 +340,20 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
         wire_overhead_pct: (wire_per_block - bs as f64) / bs as f64 * 100.0,
         throughput_ratio: rep_mb / base_mb.max(1e-9),
         flush_ratio: p50(&replicated.flushes) / p50(&fsync_hist).max(1.0),
+    })
+}
+
+/// Change tracking with a change-log in `state` and an arbiter that marks
+/// a lost mirror down.
+fn tracking_in(state: &Path, bs: u32) -> Result<crate::primary::ChangeTracking> {
+    fresh_dir(state)?;
+    let state_disk: Arc<dyn crate::disk::Disk> = Arc::new(crate::disk::StdDisk::open(&[state.to_path_buf()])?);
+    let log_path = FsPath::new(0, RelPath::new("changelog").map_err(Error::from)?);
+    let log = Arc::new(crate::changelog::ChangeLog::create(state_disk, log_path, bs)?);
+    Ok(crate::primary::ChangeTracking {
+        changelog: log,
+        arbiter: Arc::new(crate::arbiter::FixedArbiter(crate::arbiter::Decision::MirrorDown)),
+        decision_timeout: Duration::from_secs(10),
     })
 }
 
@@ -429,16 +450,8 @@ pub fn run_mirror_down(cfg: &BenchConfig) -> Result<MirrorDownReport> {
 
     // A real pair whose mirror is then killed: the primary goes on in change tracking.
     let rep = cfg.dir.join("tracked");
-    let st = rep.join("state");
-    fresh_dir(&st)?;
-    let state_disk: Arc<dyn crate::disk::Disk> = Arc::new(crate::disk::StdDisk::open(std::slice::from_ref(&st))?);
-    let log_path = FsPath::new(0, RelPath::new("changelog").map_err(Error::from)?);
-    let log = Arc::new(crate::changelog::ChangeLog::create(state_disk, log_path, bs)?);
-    let tracking = crate::primary::ChangeTracking {
-        changelog: log.clone(),
-        arbiter: Arc::new(crate::arbiter::FixedArbiter(crate::arbiter::Decision::MirrorDown)),
-        decision_timeout: Duration::from_secs(10),
-    };
+    let tracking = tracking_in(&rep.join("state"), bs)?;
+    let log = tracking.changelog.clone();
     let (mut mirror, primary) = start_pair(cfg, &rep, Some(tracking))?;
     for w in 0..cfg.writers {
         primary.create(0, &name(w))?;

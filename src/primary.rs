@@ -805,7 +805,14 @@ impl Primary {
         };
         inner.flush();
         let result = inner.wait_mark(last, Mark::Durable, Some(Instant::now() + timeout));
+        // Ended before anything else: the mirror closing its side next is no loss.
         inner.stop("shut down");
+        if let (Ok(()), Some(al)) = (&result, &inner.activity) {
+            // The mirror has everything durably: nothing is in doubt after a restart.
+            if let Err(e) = al.retire_all(last) {
+                tracing::warn!(error = %e, "cannot retire the activity log after an orderly shutdown");
+            }
+        }
         for t in lock(&self.threads).drain(..) {
             let _ = t.join();
         }
@@ -827,7 +834,7 @@ impl Inner {
     /// is shipped or written (a crash then finds it). In change tracking
     /// the change-log records it exactly instead; without change tracking
     /// there is nothing to record into.
-    fn cover_blocks(&self, p: &FsPath, first: u64, last: u64) -> Result<Option<Cover<'_>>> {
+    fn cover_blocks<'a>(&'a self, p: &'a FsPath, first: u64, last: u64) -> Result<Option<Cover<'a>>> {
         match &self.activity {
             Some(al) if !self.tracking_on.load(Ordering::Acquire) => {
                 let durable = self.mark_copies[Mark::Durable as usize].load(Ordering::Acquire);
@@ -837,7 +844,7 @@ impl Inner {
         }
     }
 
-    fn cover_path(&self, p: &FsPath, subtree: bool) -> Result<Option<Cover<'_>>> {
+    fn cover_path<'a>(&'a self, p: &'a FsPath, subtree: bool) -> Result<Option<Cover<'a>>> {
         match &self.activity {
             Some(al) if !self.tracking_on.load(Ordering::Acquire) => {
                 let durable = self.mark_copies[Mark::Durable as usize].load(Ordering::Acquire);

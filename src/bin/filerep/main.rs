@@ -107,6 +107,9 @@ struct BenchCmd {
     /// Measure writes in change tracking (mirror down) beside local-only writes.
     #[arg(long)]
     mirror_down: bool,
+    /// Replicate without change tracking configured (no activity log), unlike a segment.
+    #[arg(long)]
+    no_activity_log: bool,
 }
 
 #[derive(clap::Args)]
@@ -227,6 +230,7 @@ fn run_bench(c: BenchCmd) -> CmdResult {
         prefer_uring: !c.std_io,
         exe: std::env::current_exe()?,
         progress: !c.json,
+        activity_log: !c.no_activity_log,
     };
     if !c.json {
         eprintln!(
