@@ -584,3 +584,53 @@ fn losing_the_primary_in_change_tracking_is_a_double_fault_and_nothing_is_promot
     assert_eq!(tree(&roots), files, "nothing written after the double fault");
     assert!(c.catalog().history.iter().any(|h| h.reason.contains("double fault")), "{:#?}", c.catalog().history);
 }
+
+/// Run the command to completion; its exit code and stderr.
+fn run_fails(args: &[&str]) -> (i32, String) {
+    let out = Command::new(exe()).args(args).env("FILEREP_LOG", "off").output().expect("run");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn bad_configurations_and_catalogs_are_refused_with_what_and_where() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("segment.json");
+    let key = dir.path().join("k");
+    std::fs::write(&key, KEY).unwrap();
+    let base = serde_json::json!({
+        "dbid": 2, "content": 0, "cluster_id": 1, "block_size": 8192,
+        "filespaces": [format!("pg_system={}", dir.path().join("fs").display())],
+        "key_file": key, "control_listen": "127.0.0.1:0", "data_listen": "127.0.0.1:0",
+        "socket": dir.path().join("s.sock"), "state_dir": dir.path().join("state"), "arbiter": "127.0.0.1:1"
+    });
+    let cases: Vec<(serde_json::Value, &str)> = vec![
+        (serde_json::json!({"block_size": 1000}), "block size"),
+        (serde_json::json!({"filespaces": ["no-equals-sign"]}), "NAME=DIRECTORY"),
+        (serde_json::json!({"sync_level": "sometimes"}), "sometimes"),
+        (serde_json::json!({"heartbeat_ms": 5000, "ack_timeout_ms": 1000}), "heartbeat_ms"),
+        (serde_json::json!({"surprise": 1}), "surprise"),
+    ];
+    for (patch, expect) in cases {
+        let mut v = base.clone();
+        for (k, x) in patch.as_object().unwrap() {
+            v[k] = x.clone();
+        }
+        std::fs::write(&cfg, serde_json::to_vec(&v).unwrap()).unwrap();
+        let (code, err) = run_fails(&["segment", "--config", cfg.to_str().unwrap()]);
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains("segment.json") && err.contains(expect), "{expect}: {err}");
+    }
+    std::fs::write(&cfg, b"{ truncated").unwrap();
+    let (code, err) = run_fails(&["segment", "--config", cfg.to_str().unwrap()]);
+    assert!(code == 2 && err.contains("segment.json"), "{err}");
+    // A catalog naming one dbid twice.
+    let cat = dir.path().join("catalog.json");
+    let a = |dbid| SegmentAddress { dbid, host: "h".into(), control: "127.0.0.1:1".into(), data: "127.0.0.1:2".into() };
+    let mut c = Catalog::new(1, 8192, vec![(0, a(2), a(3))]);
+    c.pairs.push(c.pairs[0].clone());
+    c.pairs[1].pair.content = 1;
+    std::fs::write(&cat, serde_json::to_vec(&c).unwrap()).unwrap();
+    let (code, err) = run_fails(&["arbiter", "--catalog", cat.to_str().unwrap(), "--key-file", key.to_str().unwrap()]);
+    assert!(code == 2 && err.contains("catalog.json") && err.contains("appears twice"), "{err}");
+    assert!(!dir.path().join("state").exists(), "nothing was created for a refused configuration");
+}
