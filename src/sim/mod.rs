@@ -12,6 +12,14 @@
 //! - at the end, the mirror's live and durable images equal the primary's.
 //!
 //! A failure names its seed and the command that replays it.
+//!
+//! [`faults`] runs a pair and an arbiter through fault schedules (crashes,
+//! disconnects, partitions, torn writes, fsync errors, a full disk) and
+//! checks the change-tracking invariants.
+
+mod faults;
+
+pub use faults::{run_faults, FaultConfig, FaultKind, FaultReport, PlantedBug, Point, Side, Victim};
 
 use crate::apply::{Applier, Sequenced};
 use crate::core::mirror::{MirrorSession, Step};
@@ -54,13 +62,16 @@ pub struct SimFailure {
     pub seed: u64,
     pub step: u64,
     pub message: String,
+    /// A fault-schedule run ([`run_faults`]) rather than the happy path.
+    pub faults: bool,
 }
 
 impl std::fmt::Display for SimFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (flag, test) = if self.faults { (" --faults", " fault") } else { ("", "") };
         write!(
             f,
-            "simulation seed {} failed at step {}: {}\n  replay: cargo run --release -- sim --seed {}\n  or:     FILEREP_SIM_SEED={} cargo test --release --test simulation",
+            "simulation seed {} failed at step {}: {}\n  replay: cargo run --release -- sim{flag} --seed {}\n  or:     FILEREP_SIM_SEED={} cargo test --release --test simulation{test}",
             self.seed, self.step, self.message, self.seed, self.seed
         )
     }
@@ -158,7 +169,7 @@ struct Sim {
 
 impl Sim {
     fn fail(&self, message: impl Into<String>) -> SimFailure {
-        SimFailure { seed: self.seed, step: self.step, message: message.into() }
+        SimFailure { seed: self.seed, step: self.step, message: message.into(), faults: false }
     }
 
     fn ship(&mut self, h: Header, body: Bytes) {

@@ -122,8 +122,17 @@ struct SimCmd {
     seeds: u64,
     #[arg(long, default_value_t = 0)]
     first: u64,
-    #[arg(long, default_value_t = 400)]
-    operations: usize,
+    /// Calls per seed (default: 400, or 300 with --faults).
+    #[arg(long)]
+    operations: Option<usize>,
+    /// Fault schedules: crashes, disconnects, partitions, torn writes, fsync errors, a full disk.
+    #[arg(long)]
+    faults: bool,
+    /// With --faults: run with a deliberate defect, to see the checks catch it
+    /// (skip-record-block, skip-activity-cover, ack-without-mirror, self-promote,
+    /// drop-activity-without-local-sync, sync-without-directory, repair-without-sync).
+    #[arg(long, requires = "faults")]
+    bug: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -135,9 +144,10 @@ struct CompareCmd {
     json: bool,
 }
 
-fn init_tracing() {
+/// `default` unless FILEREP_LOG says otherwise.
+fn init_tracing(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("FILEREP_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
 
@@ -155,9 +165,10 @@ fn raise_fd_limit() {
 }
 
 fn main() -> ExitCode {
-    init_tracing();
-    raise_fd_limit();
     let cli = Cli::parse();
+    // The simulator injects failures on purpose: their error logs are noise there.
+    init_tracing(if matches!(cli.cmd, Cmd::Sim(_)) { "off" } else { "warn" });
+    raise_fd_limit();
     let r = match cli.cmd {
         Cmd::Mirror(c) => run_mirror(c),
         Cmd::Demo(c) => demo::run(c),
@@ -299,19 +310,17 @@ fn run_bench(c: BenchCmd) -> CmdResult {
 }
 
 fn run_sim(c: SimCmd) -> CmdResult {
-    let cfg = filerep::sim::SimConfig { operations: c.operations, ..Default::default() };
     let seeds: Vec<u64> = match c.seed {
         Some(s) => vec![s],
         None => (c.first..c.first.saturating_add(c.seeds)).collect(),
     };
+    if c.faults {
+        return run_fault_sim(&c, &seeds);
+    }
+    let cfg = filerep::sim::SimConfig { operations: c.operations.unwrap_or(400), ..Default::default() };
     let start = std::time::Instant::now();
     let mut frames = 0;
-    // A bar with ETA on a terminal; nothing when stderr is not one.
-    let bar = indicatif::ProgressBar::new(seeds.len() as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("[{elapsed_precise}] {bar:40} {pos}/{len} seeds ETA {eta}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
+    let bar = seed_bar(seeds.len());
     for &seed in &seeds {
         match filerep::sim::run(seed, &cfg) {
             Ok(r) => frames += r.frames,
@@ -326,6 +335,72 @@ fn run_sim(c: SimCmd) -> CmdResult {
     bar.finish_and_clear();
     println!("{} seeds passed ({} frames) in {:.1} s", seeds.len(), frames, start.elapsed().as_secs_f64());
     Ok(ExitCode::SUCCESS)
+}
+
+/// A bar with ETA on a terminal; nothing when stderr is not one.
+fn seed_bar(n: usize) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(n as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("[{elapsed_precise}] {bar:40} {pos}/{len} seeds ETA {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+fn run_fault_sim(c: &SimCmd, seeds: &[u64]) -> CmdResult {
+    use filerep::sim::{FaultConfig, FaultKind, PlantedBug};
+    let bug = c.bug.as_deref().map(str::parse::<PlantedBug>).transpose()?;
+    let defaults = FaultConfig::default();
+    let cfg = FaultConfig { operations: c.operations.unwrap_or(defaults.operations), bug, ..defaults };
+    let start = std::time::Instant::now();
+    let mut faults: std::collections::BTreeMap<FaultKind, u64> = Default::default();
+    let mut outcomes: std::collections::BTreeMap<&'static str, u64> = Default::default();
+    let (mut ran, mut calls, mut acked) = (0, 0, 0);
+    let bar = seed_bar(seeds.len());
+    let mut failed = None;
+    for &seed in seeds {
+        match filerep::sim::run_faults(seed, &cfg) {
+            Ok(r) => {
+                ran += 1;
+                calls += r.operations;
+                acked += r.acked;
+                for (k, v) in r.faults {
+                    *faults.entry(k).or_default() += v;
+                }
+                for (k, v) in r.outcomes {
+                    *outcomes.entry(k).or_default() += v;
+                }
+            }
+            Err(f) => {
+                failed = Some(f);
+                break;
+            }
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    println!("{ran} fault schedules, {calls} calls ({acked} succeeded) in {:.1} s", start.elapsed().as_secs_f64());
+    println!("faults that fired:");
+    for k in FaultKind::all() {
+        println!("  {:<44} {:>6}", k.to_string(), faults.get(&k).copied().unwrap_or(0));
+    }
+    println!("outcomes:");
+    for (k, v) in &outcomes {
+        println!("  {k:<62} {v:>6}");
+    }
+    match failed {
+        Some(f) => {
+            eprintln!("{f}");
+            if let Some(n) = c.operations {
+                eprintln!("  (add --operations {n} to the replay)");
+            }
+            if let Some(b) = &c.bug {
+                eprintln!("  (add --bug {b} to the replay)");
+            }
+            Ok(ExitCode::from(1))
+        }
+        None => Ok(ExitCode::SUCCESS),
+    }
 }
 
 fn run_compare(c: CompareCmd) -> CmdResult {

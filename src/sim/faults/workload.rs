@@ -1,0 +1,311 @@
+//! The workload: random calls over a model of the primary's namespace,
+//! and what each call may change (for invariant 1).
+
+use super::*;
+
+#[derive(Clone, Debug)]
+pub(super) enum OpSpec {
+    Create(FsPath),
+    Block { p: FsPath, block: u64, extend: bool, fill: u8 },
+    WriteAt { p: FsPath, offset: u64, data: Vec<u8> },
+    Sync { p: FsPath, flat: bool },
+    Truncate { p: FsPath, len: u64 },
+    Unlink(FsPath),
+    Mkdir(FsPath),
+    Rmdir(FsPath),
+    Rename { from: FsPath, to: FsPath },
+}
+
+/// Same filespace, and one path is the other or lies under it.
+pub(super) fn related(a: &FsPath, b: &FsPath) -> bool {
+    a.filespace == b.filespace && (a.path.is_within(&b.path) || b.path.is_within(&a.path))
+}
+
+impl OpSpec {
+    pub(super) fn name(&self) -> &'static str {
+        match self {
+            OpSpec::Create(_) => "create",
+            OpSpec::Block { extend: true, .. } => "extend",
+            OpSpec::Block { .. } => "write_block",
+            OpSpec::WriteAt { .. } => "write_at",
+            OpSpec::Sync { flat: true, .. } => "flush",
+            OpSpec::Sync { .. } => "sync",
+            OpSpec::Truncate { .. } => "truncate",
+            OpSpec::Unlink(_) => "unlink",
+            OpSpec::Mkdir(_) => "mkdir",
+            OpSpec::Rmdir(_) => "rmdir",
+            OpSpec::Rename { .. } => "rename",
+        }
+    }
+
+    /// Paths whose existence the operation changes.
+    pub(super) fn namespace_paths(&self) -> Vec<&FsPath> {
+        match self {
+            OpSpec::Create(p) | OpSpec::Unlink(p) | OpSpec::Mkdir(p) | OpSpec::Rmdir(p) => vec![p],
+            OpSpec::Rename { from, to } => vec![from, to],
+            _ => Vec::new(),
+        }
+    }
+
+    pub(super) fn changes_existence(&self, p: &FsPath) -> bool {
+        self.namespace_paths().iter().any(|q| related(q, p))
+    }
+
+    /// Whether it may change bytes `start..end` of the file at `p`.
+    pub(super) fn changes_content(&self, p: &FsPath, start: u64, end: u64, bs: u64) -> bool {
+        let overlaps = |s: u64, e: u64| s < end && start < e;
+        match self {
+            OpSpec::Block { p: q, block, .. } => q == p && overlaps(block * bs, block * bs + bs),
+            OpSpec::WriteAt { p: q, offset, data } => q == p && overlaps(*offset, offset + data.len() as u64),
+            OpSpec::Truncate { p: q, len } => q == p && *len < end,
+            OpSpec::Sync { .. } => false,
+            _ => self.changes_existence(p),
+        }
+    }
+
+    pub(super) fn changes_length(&self, p: &FsPath) -> bool {
+        match self {
+            OpSpec::Block { p: q, .. } | OpSpec::WriteAt { p: q, .. } | OpSpec::Truncate { p: q, .. } => q == p,
+            _ => self.changes_existence(p),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum CallState {
+    Pending,
+    Acked,
+    Failed,
+}
+
+pub(super) struct Issued {
+    pub(super) spec: OpSpec,
+    pub(super) state: CallState,
+}
+
+/// A writer waiting for its level.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Waiting {
+    pub(super) op: usize,
+    pub(super) node: usize,
+    pub(super) seq: u64,
+    pub(super) synced: bool,
+}
+
+#[derive(Debug)]
+pub(super) enum Done {
+    Acked,
+    Wait { seq: u64, synced: bool },
+    Failed,
+}
+
+impl FaultSim {
+    /// The model of segment `n`'s namespace, from its live image.
+    pub(super) fn rebuild_model(&mut self, n: usize) -> Result<(), SimFailure> {
+        let mut files = BTreeMap::new();
+        let mut dirs = BTreeSet::new();
+        for ((fs, path), e) in self.nodes[n].data_sim.snapshot() {
+            let p = FsPath::new(fs, self.rel(&path)?);
+            match e {
+                SimEntry::Dir => {
+                    dirs.insert(p);
+                }
+                SimEntry::File(_) => {
+                    let k = self.kind_hints.get(&p).copied().unwrap_or(FileKind::Flat);
+                    files.insert(p, k);
+                }
+            }
+        }
+        self.model.files = files;
+        self.model.dirs = dirs;
+        self.model_node = Some(n);
+        Ok(())
+    }
+
+    pub(super) fn model_apply(&mut self, spec: &OpSpec) {
+        match spec {
+            OpSpec::Create(p) => {
+                let k = self.kind_hints.get(p).copied().unwrap_or(FileKind::Flat);
+                self.model.files.insert(p.clone(), k);
+            }
+            OpSpec::Unlink(p) => {
+                self.model.files.remove(p);
+            }
+            OpSpec::Mkdir(p) => {
+                self.model.dirs.insert(p.clone());
+            }
+            OpSpec::Rmdir(p) => {
+                self.model.dirs.remove(p);
+            }
+            OpSpec::Rename { from, to } => {
+                let fs = from.filespace;
+                let moved: Vec<(FsPath, FileKind)> = self
+                    .model
+                    .files
+                    .iter()
+                    .filter(|(p, _)| p.filespace == fs && p.path.is_within(&from.path))
+                    .map(|(p, k)| (p.clone(), *k))
+                    .collect();
+                self.model.files.remove(to);
+                for (p, k) in moved {
+                    self.model.files.remove(&p);
+                    if let Some(np) = p.path.rebase(&from.path, &to.path) {
+                        let np = FsPath::new(fs, np);
+                        self.kind_hints.insert(np.clone(), k);
+                        self.model.files.insert(np, k);
+                    }
+                }
+                let dirs: Vec<FsPath> = self
+                    .model
+                    .dirs
+                    .iter()
+                    .filter(|p| p.filespace == fs && p.path.is_within(&from.path))
+                    .cloned()
+                    .collect();
+                for p in dirs {
+                    self.model.dirs.remove(&p);
+                    if let Some(np) = p.path.rebase(&from.path, &to.path) {
+                        self.model.dirs.insert(FsPath::new(fs, np));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    pub(super) fn fresh_name(&mut self, prefix: &str) -> String {
+        self.model.next_name += 1;
+        format!("{prefix}{}", self.model.next_name)
+    }
+
+    pub(super) fn random_parent(&mut self, fs: u16) -> Option<RelPath> {
+        let dirs: Vec<&FsPath> = self.model.dirs.iter().filter(|d| d.filespace == fs).collect();
+        if dirs.is_empty() || self.rng.gen_bool(0.3) {
+            return None;
+        }
+        Some(dirs[self.rng.gen_range(0..dirs.len())].path.clone())
+    }
+
+    pub(super) fn child(parent: Option<RelPath>, name: &str) -> Option<RelPath> {
+        let s = match parent {
+            Some(p) => format!("{p}/{name}"),
+            None => name.to_string(),
+        };
+        RelPath::new(&s).ok()
+    }
+
+    pub(super) fn pick_file(&mut self, kind: Option<FileKind>) -> Option<FsPath> {
+        let v: Vec<&FsPath> =
+            self.model.files.iter().filter(|(_, k)| kind.is_none_or(|want| **k == want)).map(|(p, _)| p).collect();
+        if v.is_empty() {
+            return None;
+        }
+        Some(v[self.rng.gen_range(0..v.len())].clone())
+    }
+
+    pub(super) fn file_len(&self, n: usize, p: &FsPath) -> Result<u64, SimFailure> {
+        let f = self.nodes[n].data_sim.open(p, OpenMode::Existing).map_err(|e| self.fail(format!("model: {e}")))?;
+        f.len().map_err(|e| self.fail(format!("model: {e}")))
+    }
+
+    /// A random operation on segment `n`'s namespace (the mix of the happy-path simulator).
+    pub(super) fn generate(&mut self, n: usize) -> Result<Option<OpSpec>, SimFailure> {
+        let bs = self.bs;
+        let fs = self.rng.gen_range(0..self.cfg.filespaces);
+        Ok(match self.rng.gen_range(0..100) {
+            0..=7 => {
+                let parent = self.random_parent(fs);
+                let name = self.fresh_name("rel");
+                let Some(child) = Self::child(parent, &name) else { return Ok(None) };
+                let p = FsPath::new(fs, child);
+                let kind = if self.rng.gen_bool(0.7) { FileKind::Relation } else { FileKind::Flat };
+                self.kind_hints.insert(p.clone(), kind);
+                Some(OpSpec::Create(p))
+            }
+            8..=45 => {
+                let Some(p) = self.pick_file(Some(FileKind::Relation)) else { return Ok(None) };
+                let nblocks = self.file_len(n, &p)? / bs;
+                let extend = self.rng.gen_bool(0.4);
+                let block = if extend { nblocks } else { self.rng.gen_range(0..nblocks + 2) };
+                Some(OpSpec::Block { p, block, extend, fill: self.rng.gen() })
+            }
+            46..=60 => {
+                let Some(p) = self.pick_file(Some(FileKind::Flat)) else { return Ok(None) };
+                let len = self.file_len(n, &p)?;
+                let offset = if self.rng.gen_bool(0.7) { len } else { self.rng.gen_range(0..len + 100) };
+                let count = self.rng.gen_range(1..3000);
+                let data: Vec<u8> = (0..count).map(|_| self.rng.gen()).collect();
+                Some(OpSpec::WriteAt { p, offset, data })
+            }
+            61..=68 => {
+                let Some(p) = self.pick_file(None) else { return Ok(None) };
+                let flat = self.model.files.get(&p) == Some(&FileKind::Flat);
+                Some(OpSpec::Sync { p, flat })
+            }
+            69..=74 => {
+                let Some(p) = self.pick_file(Some(FileKind::Relation)) else { return Ok(None) };
+                let nblocks = self.file_len(n, &p)? / bs;
+                Some(OpSpec::Truncate { len: self.rng.gen_range(0..=nblocks) * bs, p })
+            }
+            75..=79 => self.pick_file(None).map(OpSpec::Unlink),
+            80..=86 => {
+                let parent = self.random_parent(fs);
+                let name = self.fresh_name("dir");
+                Self::child(parent, &name).map(|c| OpSpec::Mkdir(FsPath::new(fs, c)))
+            }
+            87..=90 => {
+                let m = &self.model;
+                let empty: Vec<FsPath> = m
+                    .dirs
+                    .iter()
+                    .filter(|d| {
+                        !m.files.keys().any(|f| related(f, d))
+                            && !m
+                                .dirs
+                                .iter()
+                                .any(|e| e != *d && e.filespace == d.filespace && e.path.is_within(&d.path))
+                    })
+                    .cloned()
+                    .collect();
+                if empty.is_empty() {
+                    return Ok(None);
+                }
+                Some(OpSpec::Rmdir(empty[self.rng.gen_range(0..empty.len())].clone()))
+            }
+            _ => self.generate_rename(fs),
+        })
+    }
+
+    pub(super) fn generate_rename(&mut self, fs: u16) -> Option<OpSpec> {
+        let move_dir = self.rng.gen_bool(0.3);
+        let from = if move_dir {
+            let v: Vec<FsPath> = self.model.dirs.iter().filter(|d| d.filespace == fs).cloned().collect();
+            if v.is_empty() {
+                return None;
+            }
+            v[self.rng.gen_range(0..v.len())].clone()
+        } else {
+            let v: Vec<FsPath> = self.model.files.keys().filter(|d| d.filespace == fs).cloned().collect();
+            if v.is_empty() {
+                return None;
+            }
+            v[self.rng.gen_range(0..v.len())].clone()
+        };
+        // Sometimes replace an existing file of the same kind; otherwise a fresh name.
+        let to = if !move_dir && self.rng.gen_bool(0.3) {
+            let kind = self.model.files.get(&from).copied();
+            match self.pick_file(kind) {
+                Some(t) if t != from && t.filespace == fs => t,
+                _ => return None,
+            }
+        } else {
+            let parent = self.random_parent(fs);
+            if parent.as_ref().is_some_and(|p| p.is_within(&from.path)) {
+                return None;
+            }
+            let name = self.fresh_name("mv");
+            FsPath::new(fs, Self::child(parent, &name)?)
+        };
+        Some(OpSpec::Rename { from, to })
+    }
+}
