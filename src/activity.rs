@@ -13,7 +13,7 @@
 //! the log has grown past its limit, and then retires many entries at once.
 
 use crate::changelog::{ChangeLog, ChangeLogError, EXTENT_BLOCKS};
-use crate::disk::FsPath;
+use crate::disk::{Disk, DiskError, DiskErrorKind, FsPath, OpenMode};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -42,6 +42,9 @@ struct Shard {
 
 pub struct ActivityLog {
     log: Arc<ChangeLog>,
+    /// The primary's own filespaces: what an entry covers is made durable
+    /// here before the entry is retired.
+    data: Arc<dyn Disk>,
     shards: Vec<Mutex<Shard>>,
     /// Entries in all shards (approximate between locks; exact under all).
     entries: AtomicUsize,
@@ -111,9 +114,10 @@ fn shard_of(p: &FsPath) -> usize {
 }
 
 impl ActivityLog {
-    pub fn new(log: Arc<ChangeLog>, limit: usize) -> ActivityLog {
+    pub fn new(log: Arc<ChangeLog>, data: Arc<dyn Disk>, limit: usize) -> ActivityLog {
         ActivityLog {
             log,
+            data,
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             entries: AtomicUsize::new(0),
             next_try: AtomicUsize::new(limit.max(1) + 1),
@@ -203,30 +207,63 @@ impl ActivityLog {
     }
 
     /// Retire every entry with nothing in flight whose changes the mirror
-    /// has durably. Every shard is locked meanwhile, so no entry is covered
-    /// anew while the file is rewritten. Skipped when fewer than `least`
-    /// would go (a rewrite costs the same for one entry or a thousand).
+    /// has durably, once they are durable here too: a write the mirror has
+    /// may still sit in this host's page cache, and a crash that loses it
+    /// leaves a difference only this entry names. Skipped when fewer than
+    /// `least` would go (a rewrite costs the same for one entry or a
+    /// thousand). Returns how many were retired.
     fn retire(&self, durable: u64, least: usize) -> Result<usize, ChangeLogError> {
-        let mut all: Vec<_> = self.shards.iter().map(lock).collect();
+        // 1. Candidates, with the sequence number each was last shipped with.
         let idle = |h: &Heat| h.in_flight == 0 && h.last_seq <= durable;
-        let mut extents: BTreeMap<FsPath, BTreeSet<u64>> = BTreeMap::new();
-        let mut touched = BTreeSet::new();
-        for sh in all.iter() {
+        let mut extents: BTreeMap<FsPath, BTreeMap<u64, u64>> = BTreeMap::new();
+        let mut paths: BTreeMap<FsPath, u64> = BTreeMap::new();
+        for shard in &self.shards {
+            let sh = lock(shard);
             for (p, es) in &sh.extents {
-                let done: BTreeSet<u64> = es.iter().filter(|(_, h)| idle(h)).map(|(e, _)| *e).collect();
+                let done: BTreeMap<u64, u64> =
+                    es.iter().filter(|(_, h)| idle(h)).map(|(e, h)| (*e, h.last_seq)).collect();
                 if !done.is_empty() {
                     extents.insert(p.clone(), done);
                 }
             }
-            touched.extend(sh.paths.iter().filter(|(_, h)| idle(h)).map(|(p, _)| p.clone()));
+            paths.extend(sh.paths.iter().filter(|(_, h)| idle(h)).map(|(p, h)| (p.clone(), h.last_seq)));
         }
-        let n = extents.values().map(|e| e.len()).sum::<usize>() + touched.len();
+        let n = extents.values().map(|e| e.len()).sum::<usize>() + paths.len();
         if n == 0 || n < least {
             return Ok(0);
         }
-        self.log.retire_active(&extents, &touched)?;
+        // 2. Make them durable here, without holding the table: writers go on.
+        self.sync_local(extents.keys(), paths.keys())?;
+        // 3. Retire those untouched since step 1 (a later write may be only
+        // in the page cache), with every shard locked so none is covered anew
+        // while the file is rewritten.
+        let mut all: Vec<_> = self.shards.iter().map(lock).collect();
+        let same = |h: Option<&Heat>, seq: u64| h.is_some_and(|h| h.in_flight == 0 && h.last_seq == seq);
+        let mut gone_extents: BTreeMap<FsPath, BTreeSet<u64>> = BTreeMap::new();
+        let mut gone_paths = BTreeSet::new();
+        for sh in all.iter() {
+            for (p, es) in &extents {
+                if let Some(hot) = sh.extents.get(p) {
+                    let keep: BTreeSet<u64> =
+                        es.iter().filter(|(e, seq)| same(hot.get(e), **seq)).map(|(e, _)| *e).collect();
+                    if !keep.is_empty() {
+                        gone_extents.entry(p.clone()).or_default().extend(keep);
+                    }
+                }
+            }
+            for (p, seq) in &paths {
+                if same(sh.paths.get(p), *seq) {
+                    gone_paths.insert(p.clone());
+                }
+            }
+        }
+        let n = gone_extents.values().map(|e| e.len()).sum::<usize>() + gone_paths.len();
+        if n == 0 {
+            return Ok(0);
+        }
+        self.log.retire_active(&gone_extents, &gone_paths)?;
         for sh in all.iter_mut() {
-            for (p, done) in &extents {
+            for (p, done) in &gone_extents {
                 if let Some(es) = sh.extents.get_mut(p) {
                     es.retain(|e, _| !done.contains(e));
                     if es.is_empty() {
@@ -234,11 +271,39 @@ impl ActivityLog {
                     }
                 }
             }
-            sh.paths.retain(|p, _| !touched.contains(p));
+            sh.paths.retain(|p, _| !gone_paths.contains(p));
         }
         self.entries.fetch_sub(n, Ordering::AcqRel);
-        tracing::debug!(retired = n, hot = self.len(), "activity log: retired entries the mirror has durably");
+        tracing::debug!(retired = n, hot = self.len(), "activity log: retired entries durable on both sides");
         Ok(n)
+    }
+
+    /// fdatasync every file with entries, and the directory holding each
+    /// path with entries (its name, created, removed or renamed). A file or
+    /// directory that is gone needs nothing: its removal is a path entry of
+    /// its own. Any other failure keeps the entries (rule 8).
+    fn sync_local<'a>(
+        &self,
+        files: impl Iterator<Item = &'a FsPath>,
+        paths: impl Iterator<Item = &'a FsPath>,
+    ) -> Result<(), ChangeLogError> {
+        let gone = |e: &DiskError| e.kind == DiskErrorKind::NotFound;
+        let failed = |source| ChangeLogError::Disk { op: "sync the primary's data before retiring", source };
+        for f in files {
+            match self.data.open(f, OpenMode::Existing) {
+                Ok(h) => h.sync_data().map_err(failed)?,
+                Err(e) if gone(&e) => {}
+                Err(e) => return Err(failed(e)),
+            }
+        }
+        for p in paths {
+            match self.data.sync_parent_dir(p) {
+                Ok(()) => {}
+                Err(e) if gone(&e) => {}
+                Err(e) => return Err(failed(e)),
+            }
+        }
+        Ok(())
     }
 
     /// Retire whatever can be retired now, regardless of the limit (when
@@ -261,7 +326,7 @@ mod tests {
     fn setup(limit: usize) -> (Arc<SimDisk>, Arc<ChangeLog>, ActivityLog) {
         let disk = Arc::new(SimDisk::new(1));
         let log = Arc::new(ChangeLog::create(disk.clone(), p("changelog"), 8192).unwrap());
-        let al = ActivityLog::new(log.clone(), limit);
+        let al = ActivityLog::new(log.clone(), disk.clone(), limit);
         (disk, log, al)
     }
 
@@ -330,12 +395,48 @@ mod tests {
         drop(al.cover_blocks(&old, 0, 0, 0).unwrap());
         drop(al);
         disk.crash(None);
-        let (log, _) = ChangeLog::open(disk, p("changelog")).unwrap();
+        let (log, _) = ChangeLog::open(disk.clone(), p("changelog")).unwrap();
         let log = Arc::new(log);
-        let al = ActivityLog::new(log.clone(), 4);
+        let al = ActivityLog::new(log.clone(), disk, 4);
         al.cover_blocks(&old, 0, 0, 0).map(drop).unwrap();
         al.retire_all(u64::MAX).unwrap();
         assert!(log.change_set().covers_block(&old, 5), "a crash's extent stays until the resync clears it");
+    }
+
+    #[test]
+    fn an_entry_is_retired_only_once_the_primarys_own_write_is_durable() {
+        // The hazard the fault simulator found: the mirror has the write
+        // durably, this host only in its page cache. Retiring first would
+        // leave a crash's difference unnamed.
+        let (disk, _log, al) = setup(64);
+        let rel = p("rel");
+        let f = disk.open(&rel, OpenMode::CreateNew).unwrap();
+        disk.sync_parent_dir(&rel).unwrap();
+        {
+            let mut c = al.cover_blocks(&rel, 3, 3, 0).unwrap();
+            f.write_at(3 * 8192, &[7u8; 8192]).unwrap();
+            c.shipped(1);
+        }
+        assert_eq!(al.retire_all(1).unwrap(), 1);
+        disk.crash(None);
+        let f = disk.open(&rel, OpenMode::Existing).unwrap();
+        let mut buf = vec![0u8; 8192];
+        assert_eq!(f.read_at(3 * 8192, &mut buf).unwrap(), 8192, "the write was made durable before its entry went");
+        assert_eq!(buf, vec![7u8; 8192]);
+    }
+
+    #[test]
+    fn a_write_after_the_local_sync_keeps_its_entry() {
+        let (_disk, log, al) = setup(64);
+        let rel = p("rel");
+        drop(al.cover_blocks(&rel, 0, 0, 0).unwrap());
+        // Shipped again with a newer number before the retire commits: the
+        // snapshot's number no longer matches, so the entry stays.
+        let mut c = al.cover_blocks(&rel, 1, 1, 0).unwrap();
+        c.shipped(9);
+        assert_eq!(al.retire_all(5).unwrap(), 0, "in flight or newer than the mirror's durable mark");
+        drop(c);
+        assert!(log.change_set().covers_block(&rel, 1));
     }
 
     #[test]

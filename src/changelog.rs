@@ -807,6 +807,17 @@ impl ChangeLog {
         self.record_batch(blocks, set.touched.iter().map(|(p, t)| (p.clone(), *t)))
     }
 
+    /// Keep every extent recorded so far through later compactions, as if
+    /// recovered from a crash (until `clear`): entering change tracking,
+    /// the activity log's extents may cover writes not yet durable locally.
+    pub fn pin_extents(&self) {
+        let mut s = lock(&self.shared);
+        let Inner { set, recovered, .. } = &mut s.inner;
+        for (p, es) in &set.extents {
+            recovered.entry(p.clone()).or_default().extend(es.iter().copied());
+        }
+    }
+
     /// Whether nothing at all is recorded.
     pub fn is_empty(&self) -> bool {
         lock(&self.shared).inner.set.is_empty()

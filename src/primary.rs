@@ -39,6 +39,9 @@ const MAX_WINDOW: usize = 1 << 20;
 /// How long a caller polls for its acknowledgement before it parks.
 const SPIN_BEFORE_PARK: Duration = Duration::from_micros(50);
 const MAX_CACHED_PER_SHARD: usize = 64;
+/// Changed directories remembered for the next sync before a namespace
+/// call syncs them itself.
+const MAX_DIRTY_DIRS: usize = 4096;
 
 /// Everything the primary needs to start.
 #[derive(Clone, Debug)]
@@ -211,6 +214,10 @@ struct Inner {
     namespace: RwLock<()>,
     cache: Vec<Mutex<HashMap<FsPath, Arc<dyn DiskFile>>>>,
     faulted: Mutex<Option<String>>,
+    /// Directories whose entries changed since the last `sync`/`flush`
+    /// (a create, unlink, rename or directory operation): made durable by
+    /// the next one, so a synced file keeps its name through a crash.
+    dirty_dirs: Mutex<HashMap<String, Arc<dyn DiskFile>>>,
     stats: Stats,
     epoch: Instant,
 }
@@ -288,6 +295,10 @@ impl Primary {
         let start_seq = 1;
         let tuning = cfg.tuning.clone();
         let epoch = Instant::now();
+        let activity = cfg
+            .change_tracking
+            .as_ref()
+            .map(|t| ActivityLog::new(t.changelog.clone(), disk.clone(), crate::activity::DEFAULT_LIMIT));
         let inner = Arc::new(Inner {
             identity: cfg.identity.clone(),
             level: cfg.sync_level,
@@ -307,10 +318,7 @@ impl Primary {
             }),
             mode: Mutex::new(Mode::Streaming),
             mode_cv: Condvar::new(),
-            activity: cfg
-                .change_tracking
-                .as_ref()
-                .map(|t| ActivityLog::new(t.changelog.clone(), crate::activity::DEFAULT_LIMIT)),
+            activity,
             tracking: cfg.change_tracking.clone(),
             me: std::sync::OnceLock::new(),
             tracking_on: AtomicBool::new(false),
@@ -328,6 +336,7 @@ impl Primary {
             namespace: RwLock::new(()),
             cache: (0..CACHE_SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             faulted: Mutex::new(None),
+            dirty_dirs: Mutex::new(HashMap::new()),
             stats: Stats::default(),
             epoch,
         });
@@ -431,6 +440,7 @@ impl Primary {
             }
             let file = inner.disk.open(&p, OpenMode::CreateNew)?;
             inner.cache_put(&p, file);
+            inner.dirty_dir(&p)?;
             match tracking {
                 Some(_) => None,
                 None => {
@@ -578,6 +588,7 @@ impl Primary {
             }
             inner.disk.remove_file(&p)?;
             inner.cache_remove_under(&p);
+            inner.dirty_dir(&p)?;
             match tracking {
                 Some(_) => None,
                 None => {
@@ -678,6 +689,7 @@ impl Primary {
                 );
             }
         }
+        inner.sync_dirty_dirs()?;
         match seq {
             Some(seq) => inner.wait_mark(seq, Mark::Synced, None),
             None => Ok(()),
@@ -708,6 +720,7 @@ impl Primary {
                 t.changelog.record_touched(p, true).map_err(|e| inner.tracking_failed(e))?;
             }
             local(inner.disk.as_ref())?;
+            inner.dirty_dir(p)?;
             match tracking {
                 Some(_) => None,
                 None => {
@@ -746,6 +759,8 @@ impl Primary {
             inner.disk.rename(&from, &to)?;
             inner.cache_remove_under(&from);
             inner.cache_remove_under(&to);
+            inner.dirty_dir(&from)?;
+            inner.dirty_dir(&to)?;
             match tracking {
                 Some(_) => None,
                 None => {
@@ -852,6 +867,41 @@ impl Inner {
             }
             _ => Ok(None),
         }
+    }
+
+    /// Note that the directory holding `p` changed (after the local change).
+    fn dirty_dir(&self, p: &FsPath) -> Result<()> {
+        let key = format!("{}:{}", p.filespace, p.path.parent().map(|d| d.as_str().to_string()).unwrap_or_default());
+        let mut dirs = lock(&self.dirty_dirs);
+        if dirs.contains_key(&key) {
+            return Ok(());
+        }
+        let handle = self
+            .disk
+            .parent_dir_handle(p)
+            .map_err(|e| self.fault(format!("cannot open the directory of {p} to sync it later: {e}")))?;
+        dirs.insert(key, handle);
+        let over = dirs.len() > MAX_DIRTY_DIRS;
+        drop(dirs);
+        if over {
+            // Bounded: past the limit, the namespace call pays for the syncs.
+            self.sync_dirty_dirs()?;
+        }
+        Ok(())
+    }
+
+    /// fsync every directory changed since the last call. Held locked
+    /// throughout, so a caller never returns before the syncs it relies on.
+    fn sync_dirty_dirs(&self) -> Result<()> {
+        let mut dirs = lock(&self.dirty_dirs);
+        for (key, handle) in dirs.iter() {
+            if let Err(e) = handle.sync_data() {
+                let why = format!("local fsync of directory {key} failed: {e}; its entries are not durable");
+                return Err(self.fault(why));
+            }
+        }
+        dirs.clear();
+        Ok(())
     }
 
     /// Tell a cover the sequence number its change went out with.
@@ -982,6 +1032,9 @@ impl Inner {
             }
             (Ok(Decision::MirrorDown), Ok(())) => {
                 tracing::warn!("mirror marked down: change tracking");
+                // Activity-log entries may cover writes still only in this
+                // host's page cache: they stay until the resync clears them.
+                t.changelog.pin_extents();
                 self.set_mode(Mode::ChangeTracking);
             }
             (Ok(Decision::Demoted), Ok(())) => self.set_mode(Mode::Failed("demoted by the arbiter".into())),

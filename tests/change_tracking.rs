@@ -431,3 +431,32 @@ fn an_orderly_shutdown_does_not_report_a_lost_mirror() {
     assert_eq!(arbiter.pair().mode, PairMode::Synchronized);
     assert!(arbiter.history().is_empty(), "{:?}", arbiter.history());
 }
+
+/// Found by the fault simulator: alone, `sync` must make the file's name
+/// durable too (its directory entries), not only its data.
+#[test]
+fn in_change_tracking_a_synced_file_keeps_its_name_through_a_crash() {
+    use filerep::disk::{Disk, OpenMode, SimDisk};
+    let dirs = Dirs::new();
+    let state = tempfile::tempdir().expect("state dir");
+    let log = changelog(state.path());
+    let disk = Arc::new(SimDisk::new(2));
+    let mut cfg = primary_config(&dirs, BS, SyncLevel::Applied);
+    cfg.change_tracking = Some(tracking(&log, Arc::new(FixedArbiter(Decision::MirrorDown))));
+    let p = filerep::primary::Primary::start_alone(cfg, disk.clone(), "test").expect("start alone");
+    assert_eq!(p.mode(), Mode::ChangeTracking);
+    p.mkdir(0, "d").unwrap();
+    p.create(0, "d/f").unwrap();
+    p.extend(0, "d/f", 0, &[5u8; BS as usize]).unwrap();
+    p.sync(0, "d/f").unwrap();
+    p.create(0, "unsynced").unwrap();
+    drop(p);
+    disk.crash(None);
+    let f = FsPath::new(0, RelPath::new("d/f").unwrap());
+    assert!(disk.exists(&f).unwrap(), "a synced file lost its name in the crash");
+    let mut buf = vec![0u8; BS as usize];
+    disk.open(&f, OpenMode::Existing).unwrap().read_at(0, &mut buf).unwrap();
+    assert_eq!(buf, vec![5u8; BS as usize]);
+    let blocks = log.change_set();
+    assert!(blocks.covers_block(&f, 0), "and the change-log names the block");
+}
