@@ -34,10 +34,14 @@ struct Heat {
     last_seq: u64,
 }
 
+/// xxh3 rather than SipHash: these maps are looked up twice per write, and
+/// their keys come from the host, not from the network.
+type Fast = xxhash_rust::xxh3::Xxh3DefaultBuilder;
+
 #[derive(Default)]
 struct Shard {
-    extents: HashMap<FsPath, HashMap<u64, Heat>>,
-    paths: HashMap<FsPath, Heat>,
+    extents: HashMap<FsPath, HashMap<u64, Heat, Fast>, Fast>,
+    paths: HashMap<FsPath, Heat, Fast>,
 }
 
 pub struct ActivityLog {
@@ -108,7 +112,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 fn shard_of(p: &FsPath) -> usize {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let mut h = xxhash_rust::xxh3::Xxh3Default::new();
     p.hash(&mut h);
     (h.finish() as usize) % SHARDS
 }
@@ -150,7 +154,7 @@ impl ActivityLog {
             let mut sh = lock(&self.shards[shard]);
             // Only a file not seen before costs a clone of its name.
             if !sh.extents.contains_key(file) {
-                sh.extents.insert(file.clone(), HashMap::new());
+                sh.extents.insert(file.clone(), HashMap::default());
             }
             if let Some(es) = sh.extents.get_mut(file) {
                 for e in first_e..=last_e {

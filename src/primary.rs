@@ -820,8 +820,15 @@ impl Primary {
         };
         inner.flush();
         let result = inner.wait_mark(last, Mark::Durable, Some(Instant::now() + timeout));
-        // Ended before anything else: the mirror closing its side next is no loss.
         inner.stop("shut down");
+        if let (Err(e), Some(t)) = (&result, &inner.tracking) {
+            // The mirror did not confirm everything: what it lacks must not
+            // be forgotten once this process is gone.
+            tracing::warn!(error = %e, "orderly shutdown unconfirmed: recording the window in the change-log");
+            if let Err(e) = inner.record_window(t) {
+                tracing::error!(error = %e, "cannot record the window; the segment needs a full resync");
+            }
+        }
         if let (Ok(()), Some(al)) = (&result, &inner.activity) {
             // The mirror has everything durably: nothing is in doubt after a restart.
             if let Err(e) = al.retire_all(last) {
@@ -1375,8 +1382,14 @@ impl Inner {
     }
 
     fn lose(&self, reason: String) {
-        // An orderly shutdown (or a drop) already ended the stream: that is
-        // no loss of the mirror, and the arbiter is not asked.
+        // During an orderly shutdown the mirror closes its side once it has
+        // everything: no loss of the mirror, and the arbiter is not asked
+        // (`shutdown` records the window itself if the mirror fell short).
+        if self.closing.load(Ordering::SeqCst) {
+            let _ = self.end_stream(reason, false);
+            return;
+        }
+        // A drop already ended the stream: likewise.
         if !self.end_stream(reason.clone(), true) {
             return;
         }
