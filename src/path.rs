@@ -28,6 +28,8 @@ pub enum PathError {
     Nul(String),
     #[error("path {0:?} has a component over {MAX_COMPONENT_BYTES} bytes")]
     ComponentTooLong(String),
+    #[error("{0:?} is not a single path component")]
+    BadComponent(String),
 }
 
 /// A validated relative path (see the module docs for the rules).
@@ -74,6 +76,22 @@ impl RelPath {
     /// The parent directory, or `None` for a top-level name.
     pub fn parent(&self) -> Option<RelPath> {
         self.0.rfind('/').map(|i| RelPath(self.0[..i].to_string()))
+    }
+
+    /// `self/name`, validated like any path (`name` must be one component).
+    pub fn join(&self, name: &str) -> Result<RelPath, PathError> {
+        if name.contains('/') {
+            return Err(PathError::BadComponent(name.to_string()));
+        }
+        RelPath::new(&format!("{}/{name}", self.0))
+    }
+
+    /// A top-level name as a path (one component).
+    pub fn top(name: &str) -> Result<RelPath, PathError> {
+        if name.contains('/') {
+            return Err(PathError::BadComponent(name.to_string()));
+        }
+        RelPath::new(name)
     }
 
     /// The last component.

@@ -35,6 +35,9 @@ const CHECKS: &[Check] = &[
     ("sync", check_sync),
     ("sync_parent_dir", check_sync_parent_dir),
     ("parent_dir_handle", check_parent_dir_handle),
+    ("create_keeps_contents", check_create_keeps_contents),
+    ("entry_kind_and_list_dir", check_entry_kind_and_list_dir),
+    ("remove_tree", check_remove_tree),
 ];
 
 /// Run every check against fresh disks from `make`.
@@ -75,6 +78,53 @@ fn new_file(d: &dyn Disk, path: &FsPath, content: &[u8]) -> Arc<dyn DiskFile> {
     let f = d.open(path, OpenMode::CreateNew).expect("create");
     f.write_at(0, content).expect("write");
     f
+}
+
+fn check_create_keeps_contents(d: &dyn Disk) {
+    new_file(d, &p(0, "f"), b"kept");
+    let f = d.open(&p(0, "f"), OpenMode::Create).unwrap();
+    assert_eq!(read_all(&*f), b"kept");
+    let g = d.open(&p(0, "g"), OpenMode::Create).unwrap();
+    assert_eq!(g.len().unwrap(), 0, "created when missing");
+    d.create_dir(&p(0, "d")).unwrap();
+    assert!(d.open(&p(0, "d"), OpenMode::Create).is_err(), "a directory is not a file");
+}
+
+fn check_entry_kind_and_list_dir(d: &dyn Disk) {
+    d.create_dir(&p(0, "d")).unwrap();
+    new_file(d, &p(0, "d/b"), b"1");
+    d.create_dir(&p(0, "d/a")).unwrap();
+    new_file(d, &p(0, "top"), b"2");
+    assert_eq!(d.entry_kind(&p(0, "d")).unwrap(), Some(EntryKind::Dir));
+    assert_eq!(d.entry_kind(&p(0, "d/b")).unwrap(), Some(EntryKind::File));
+    assert_eq!(d.entry_kind(&p(0, "d/missing")).unwrap(), None);
+    assert_eq!(d.entry_kind(&p(0, "top/under")).unwrap(), None, "beneath a file");
+    assert_eq!(d.entry_kind(&p(0, "nodir/x")).unwrap(), None);
+    let d_path = RelPath::new("d").unwrap();
+    assert_eq!(
+        d.list_dir(0, Some(&d_path)).unwrap(),
+        vec![("a".to_string(), EntryKind::Dir), ("b".to_string(), EntryKind::File)]
+    );
+    assert_eq!(
+        d.list_dir(0, None).unwrap(),
+        vec![("d".to_string(), EntryKind::Dir), ("top".to_string(), EntryKind::File)]
+    );
+    assert!(d.list_dir(1, None).unwrap().is_empty(), "filespaces are separate");
+    assert_eq!(kind(d.list_dir(0, Some(&RelPath::new("missing").unwrap()))), DiskErrorKind::NotFound);
+    assert!(d.list_dir(9, None).is_err());
+}
+
+fn check_remove_tree(d: &dyn Disk) {
+    d.create_dir(&p(0, "t")).unwrap();
+    d.create_dir(&p(0, "t/u")).unwrap();
+    new_file(d, &p(0, "t/u/f"), b"x");
+    new_file(d, &p(0, "t/g"), b"y");
+    new_file(d, &p(0, "keep"), b"z");
+    remove_tree(d, &p(0, "t")).unwrap();
+    assert!(!d.exists(&p(0, "t")).unwrap());
+    remove_tree(d, &p(0, "t")).unwrap();
+    remove_tree(d, &p(0, "keep")).unwrap();
+    assert!(d.list_dir(0, None).unwrap().is_empty());
 }
 
 fn check_write_read_round_trip(d: &dyn Disk) {
@@ -523,6 +573,12 @@ fn escape_checks(d: &dyn Disk, root: &Path, outside: &Path) {
     }
     assert_eq!(kind(d.open(&p(0, "link/new"), OpenMode::CreateNew)), esc);
     assert_eq!(kind(d.create_dir(&p(0, "link/d"))), esc);
+    // Listing, probing and removing trees do not pass through symlinks either.
+    for dir in ["link", "a/link", "inner"] {
+        assert!(d.list_dir(0, Some(&RelPath::new(dir).unwrap())).is_err(), "list {dir}");
+    }
+    assert_eq!(d.entry_kind(&p(0, "link")).unwrap(), Some(EntryKind::Other), "a symlink is not followed");
+    assert!(d.entry_kind(&p(0, "link/secret")).is_err());
     assert_eq!(kind(d.create_dir(&p(0, "a/link/d"))), esc);
     assert_eq!(kind(d.remove_file(&p(0, "link/secret"))), esc);
     assert_eq!(kind(d.remove_dir(&p(0, "link/sub"))), esc);
@@ -550,6 +606,10 @@ fn escape_checks(d: &dyn Disk, root: &Path, outside: &Path) {
     let mut names: Vec<_> = std::fs::read_dir(outside).unwrap().map(|e| e.unwrap().file_name()).collect();
     names.sort();
     assert_eq!(names, ["secret", "sub"]);
+    // Removing a tree with a symlink in it removes the link, not its target.
+    remove_tree(d, &p(0, "a")).unwrap();
+    assert!(!d.exists(&p(0, "a")).unwrap());
+    assert!(outside.join("secret").exists() && outside.join("sub").exists(), "removal stayed inside");
 }
 
 #[test]

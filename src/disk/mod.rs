@@ -51,6 +51,16 @@ pub enum OpenMode {
     CreateNew,
     /// Create the file if missing, truncate it to zero length if present.
     CreateTruncate,
+    /// Create the file if missing; keep its contents if present.
+    Create,
+}
+
+/// What a directory entry is (a final symlink is not followed: `Other`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum EntryKind {
+    File,
+    Dir,
+    Other,
 }
 
 /// What went wrong in a disk operation, reduced to what callers act on.
@@ -143,6 +153,10 @@ pub trait Disk: Send + Sync {
     fn parent_dir_handle(&self, path: &FsPath) -> DiskResult<Arc<dyn DiskFile>>;
     /// Whether `path` exists (without following a final symlink).
     fn exists(&self, path: &FsPath) -> DiskResult<bool>;
+    /// What is at `path` (without following a final symlink), if anything.
+    fn entry_kind(&self, path: &FsPath) -> DiskResult<Option<EntryKind>>;
+    /// The entries of a directory (`None`: the filespace's root), sorted by name.
+    fn list_dir(&self, filespace: u16, dir: Option<&RelPath>) -> DiskResult<Vec<(String, EntryKind)>>;
     /// The backend's name, for logs and benchmark reports.
     fn name(&self) -> &'static str;
 
@@ -155,6 +169,22 @@ pub trait Disk: Send + Sync {
     /// `fdatasync` every file; the default syncs in turn.
     fn sync_batch(&self, files: &[&dyn DiskFile]) -> Vec<DiskResult<()>> {
         files.iter().map(|f| f.sync_data()).collect()
+    }
+}
+
+/// Remove `path` and everything beneath it; nothing there is no error.
+/// Entries that are neither files nor directories (symlinks) are removed as files.
+pub fn remove_tree(disk: &dyn Disk, path: &FsPath) -> DiskResult<()> {
+    match disk.entry_kind(path)? {
+        None => Ok(()),
+        Some(EntryKind::Dir) => {
+            for (name, _) in disk.list_dir(path.filespace, Some(&path.path))? {
+                let child = path.path.join(&name).map_err(|e| DiskError::new("remove_tree", path, DiskErrorKind::Io, e))?;
+                remove_tree(disk, &FsPath::new(path.filespace, child))?;
+            }
+            disk.remove_dir(path)
+        }
+        Some(_) => disk.remove_file(path),
     }
 }
 

@@ -359,13 +359,13 @@ impl Disk for SimDisk {
         let data = match (dir.live.get(name), mode) {
             (Some(_), OpenMode::CreateNew) => return Err(err(OP, path, (DiskErrorKind::AlreadyExists, "EEXIST"))),
             (Some(Node::Dir(_)), _) => return Err(err(OP, path, (DiskErrorKind::Io, "EISDIR"))),
-            (Some(Node::File(f)), OpenMode::Existing) => Arc::clone(f),
+            (Some(Node::File(f)), OpenMode::Existing | OpenMode::Create) => Arc::clone(f),
             (Some(Node::File(f)), OpenMode::CreateTruncate) => {
                 lock(f).live.clear();
                 Arc::clone(f)
             }
             (None, OpenMode::Existing) => return Err(err(OP, path, (DiskErrorKind::NotFound, "ENOENT"))),
-            (None, OpenMode::CreateNew | OpenMode::CreateTruncate) => {
+            (None, OpenMode::CreateNew | OpenMode::CreateTruncate | OpenMode::Create) => {
                 let f: FileRef = Arc::default();
                 dir.live.insert(name.to_string(), Node::File(Arc::clone(&f)));
                 f
@@ -493,6 +493,54 @@ impl Disk for SimDisk {
             Err(e) => return Err(err(OP, path, e)),
         };
         Ok(ns.dir(dir_id).map_err(|e| err(OP, path, e))?.live.contains_key(path.path.file_name()))
+    }
+
+    fn entry_kind(&self, path: &FsPath) -> DiskResult<Option<super::EntryKind>> {
+        const OP: &str = "entry_kind";
+        let ns = lock(&self.shared.ns);
+        let dir_id = match ns.parent_dir(path) {
+            Ok(id) => id,
+            Err((DiskErrorKind::NotFound, _)) | Err((_, "ENOTDIR")) => return Ok(None),
+            Err(e) => return Err(err(OP, path, e)),
+        };
+        Ok(ns.dir(dir_id).map_err(|e| err(OP, path, e))?.live.get(path.path.file_name()).map(|n| match n {
+            Node::Dir(_) => super::EntryKind::Dir,
+            Node::File(_) => super::EntryKind::File,
+        }))
+    }
+
+    fn list_dir(
+        &self,
+        filespace: u16,
+        dir: Option<&crate::path::RelPath>,
+    ) -> DiskResult<Vec<(String, super::EntryKind)>> {
+        const OP: &str = "list_dir";
+        let ns = lock(&self.shared.ns);
+        let shown = format!("fs{filespace}:{}", dir.map(|d| d.as_str()).unwrap_or(""));
+        let fail = |e: LookupErr| DiskError::new(OP, &shown, e.0, e.1);
+        let mut cur = *ns.roots.get(usize::from(filespace)).ok_or_else(|| fail((DiskErrorKind::Io, "no such filespace")))?;
+        if let Some(d) = dir {
+            for comp in d.as_str().split('/') {
+                cur = match ns.dir(cur).map_err(fail)?.live.get(comp) {
+                    Some(Node::Dir(id)) => *id,
+                    Some(Node::File(_)) => return Err(fail((DiskErrorKind::Io, "ENOTDIR"))),
+                    None => return Err(fail((DiskErrorKind::NotFound, "ENOENT"))),
+                };
+            }
+        }
+        Ok(ns
+            .dir(cur)
+            .map_err(fail)?
+            .live
+            .iter()
+            .map(|(name, n)| {
+                let kind = match n {
+                    Node::Dir(_) => super::EntryKind::Dir,
+                    Node::File(_) => super::EntryKind::File,
+                };
+                (name.clone(), kind)
+            })
+            .collect())
     }
 
     fn name(&self) -> &'static str {

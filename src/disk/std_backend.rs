@@ -10,16 +10,25 @@
 //! that way and then act on the final component with the `*at` calls, which
 //! never follow a final symlink either.
 
-use super::{Disk, DiskError, DiskErrorKind, DiskFile, DiskResult, FsPath, OpenMode};
+use super::{Disk, DiskError, DiskErrorKind, DiskFile, DiskResult, EntryKind, FsPath, OpenMode};
+use crate::path::RelPath;
 use nix::errno::Errno;
 use nix::fcntl::{openat2, renameat, AtFlags, OFlag, OpenHow, ResolveFlag};
 use nix::sys::stat::{fstatat, mkdirat, Mode};
 use nix::unistd::{unlinkat, UnlinkatFlags};
 use std::fs::File;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::PathBuf;
 use std::sync::Arc;
+
+fn kind_of_mode(mode: libc::mode_t) -> EntryKind {
+    match mode & libc::S_IFMT {
+        libc::S_IFREG => EntryKind::File,
+        libc::S_IFDIR => EntryKind::Dir,
+        _ => EntryKind::Other,
+    }
+}
 
 /// Resolution rules for every lookup beneath a root.
 fn beneath() -> ResolveFlag {
@@ -153,6 +162,7 @@ impl StdDisk {
                 OpenMode::Existing => OFlag::empty(),
                 OpenMode::CreateNew => OFlag::O_CREAT | OFlag::O_EXCL,
                 OpenMode::CreateTruncate => OFlag::O_CREAT | OFlag::O_TRUNC,
+                OpenMode::Create => OFlag::O_CREAT,
             };
         let fd = open_beneath(root.as_raw_fd(), path.path.as_str(), flags, Mode::from_bits_truncate(0o644))
             .map_err(|e| DiskError::from_errno(OP, path, e))?;
@@ -243,6 +253,57 @@ impl Disk for StdDisk {
             Err(Errno::ENOENT) => Ok(false),
             Err(e) => Err(DiskError::from_errno(OP, path, e)),
         }
+    }
+
+    fn entry_kind(&self, path: &FsPath) -> DiskResult<Option<EntryKind>> {
+        const OP: &str = "entry_kind";
+        let root = self.root(OP, path)?;
+        let dir = match Self::parent(root, path, OFlag::O_PATH) {
+            Ok(dir) => dir,
+            Err(Errno::ENOENT | Errno::ENOTDIR) => return Ok(None),
+            Err(e) => return Err(DiskError::from_errno(OP, path, e)),
+        };
+        match fstatat(Some(dir.raw()), path.path.file_name(), AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) => Ok(Some(kind_of_mode(st.st_mode))),
+            Err(Errno::ENOENT) => Ok(None),
+            Err(e) => Err(DiskError::from_errno(OP, path, e)),
+        }
+    }
+
+    fn list_dir(&self, filespace: u16, dir: Option<&RelPath>) -> DiskResult<Vec<(String, EntryKind)>> {
+        const OP: &str = "list_dir";
+        let shown = format!("fs{filespace}:{}", dir.map(|d| d.as_str()).unwrap_or(""));
+        let root = self
+            .roots
+            .get(usize::from(filespace))
+            .ok_or_else(|| DiskError::new(OP, &shown, DiskErrorKind::Io, "no such filespace"))?;
+        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY;
+        let fd = open_beneath(root.as_raw_fd(), dir.map(|d| d.as_str()).unwrap_or("."), flags, Mode::empty())
+            .map_err(|e| DiskError::from_errno(OP, &shown, e))?;
+        let mut d = nix::dir::Dir::from_fd(fd.into_raw_fd()).map_err(|e| DiskError::from_errno(OP, &shown, e))?;
+        let dfd = d.as_raw_fd();
+        let mut out = Vec::new();
+        for entry in d.iter() {
+            let entry = entry.map_err(|e| DiskError::from_errno(OP, &shown, e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name == "." || name == ".." {
+                continue;
+            }
+            let kind = match entry.file_type() {
+                Some(nix::dir::Type::File) => EntryKind::File,
+                Some(nix::dir::Type::Directory) => EntryKind::Dir,
+                Some(_) => EntryKind::Other,
+                // Some file systems do not fill d_type: ask.
+                None => match fstatat(Some(dfd), entry.file_name(), AtFlags::AT_SYMLINK_NOFOLLOW) {
+                    Ok(st) => kind_of_mode(st.st_mode),
+                    Err(Errno::ENOENT) => continue,
+                    Err(e) => return Err(DiskError::from_errno(OP, &shown, e)),
+                },
+            };
+            out.push((name, kind));
+        }
+        out.sort();
+        Ok(out)
     }
 
     fn name(&self) -> &'static str {

@@ -344,6 +344,18 @@ impl Disk for UringDisk {
         self.std.exists(path)
     }
 
+    fn entry_kind(&self, path: &FsPath) -> DiskResult<Option<super::EntryKind>> {
+        self.std.entry_kind(path)
+    }
+
+    fn list_dir(
+        &self,
+        filespace: u16,
+        dir: Option<&crate::path::RelPath>,
+    ) -> DiskResult<Vec<(String, super::EntryKind)>> {
+        self.std.list_dir(filespace, dir)
+    }
+
     fn name(&self) -> &'static str {
         "io_uring"
     }

@@ -210,6 +210,20 @@ impl Disk for FaultyDisk {
         self.sim.exists(path)
     }
 
+    fn entry_kind(&self, path: &FsPath) -> DiskResult<Option<crate::disk::EntryKind>> {
+        alive(&self.arms, "entry_kind", &path.to_string())?;
+        self.sim.entry_kind(path)
+    }
+
+    fn list_dir(
+        &self,
+        filespace: u16,
+        dir: Option<&crate::path::RelPath>,
+    ) -> DiskResult<Vec<(String, crate::disk::EntryKind)>> {
+        alive(&self.arms, "list_dir", &format!("fs{filespace}"))?;
+        self.sim.list_dir(filespace, dir)
+    }
+
     fn name(&self) -> &'static str {
         "sim-faulty"
     }
