@@ -13,8 +13,9 @@
 //!   the last full job: then "durable through" moves too.
 
 use crate::core::mirror::Op;
-use crate::disk::{BatchWrite, Disk, DiskError, DiskFile, FsPath, OpenMode};
+use crate::disk::{remove_tree, BatchWrite, Disk, DiskError, DiskFile, EntryKind, FsPath, OpenMode};
 use crate::path::RelPath;
+use crate::protocol::{ChildKind, ReconcileEntry};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -92,6 +93,8 @@ pub struct Applier {
     /// Dirty directories that were renamed or removed since: no longer
     /// reachable by their old name, still synced by the next job.
     moved_dirs: Vec<Arc<dyn DiskFile>>,
+    /// Files whose length a resync set, until the next full job.
+    reconciled: Vec<Arc<dyn DiskFile>>,
     /// Files whose sync or flush frames wait for the next job.
     sync_requests: HashMap<u32, Arc<dyn DiskFile>>,
     /// A durable-flagged namespace operation waits for the next job.
@@ -111,6 +114,7 @@ impl Applier {
             dirty_files: HashMap::new(),
             dirty_dirs: BTreeMap::new(),
             moved_dirs: Vec::new(),
+            reconciled: Vec::new(),
             sync_requests: HashMap::new(),
             dirs_requested: false,
             full_requested: false,
@@ -229,7 +233,10 @@ impl Applier {
 
     /// Whether anything applied is not yet known durable by a full job.
     pub fn has_unsynced(&self) -> bool {
-        !self.dirty_files.is_empty() || !self.dirty_dirs.is_empty() || !self.moved_dirs.is_empty()
+        !self.dirty_files.is_empty()
+            || !self.dirty_dirs.is_empty()
+            || !self.moved_dirs.is_empty()
+            || !self.reconciled.is_empty()
     }
 
     /// Dirty files stay open until synced: past this many, the caller
@@ -302,8 +309,111 @@ impl Applier {
                 self.dirty_dir(seq, from)?;
                 self.dirty_dir(seq, to)?;
             }
+            Op::Reconcile { filespace, path, entry, len } => {
+                self.reconcile(seq, *filespace, path.as_ref(), entry, *len)?
+            }
         }
         self.applied = seq;
+        Ok(())
+    }
+
+    /// Resync: make one path what the primary has. Removed files may have
+    /// open handles cached by id: the cache is dropped (dirty handles stay
+    /// to be synced), so a later write reopens by path.
+    fn reconcile(
+        &mut self,
+        seq: u64,
+        fs: u16,
+        path: Option<&RelPath>,
+        entry: &ReconcileEntry,
+        len: u64,
+    ) -> Result<(), ApplyError> {
+        let err = |op: &'static str| move |error: DiskError| ApplyError { seq, op, error };
+        let disk = self.disk.clone();
+        let here = path.map(|p| FsPath::new(fs, p.clone()));
+        let kind = match &here {
+            Some(p) => disk.entry_kind(p).map_err(err("reconcile"))?,
+            None => Some(EntryKind::Dir),
+        };
+        match (entry, &here) {
+            (ReconcileEntry::Absent, Some(p)) => {
+                if kind.is_some() {
+                    self.open.clear();
+                    remove_tree(disk.as_ref(), p).map_err(err("reconcile: remove"))?;
+                    self.unkey_dirs_under(p);
+                    self.dirty_dir(seq, p)?;
+                }
+            }
+            (ReconcileEntry::File, Some(p)) => {
+                if matches!(kind, Some(EntryKind::Dir) | Some(EntryKind::Other)) {
+                    self.open.clear();
+                    remove_tree(disk.as_ref(), p).map_err(err("reconcile: remove"))?;
+                    self.unkey_dirs_under(p);
+                }
+                let f = disk.open(p, OpenMode::Create).map_err(err("reconcile: open"))?;
+                f.set_len(len).map_err(err("reconcile: set length"))?;
+                // Not cached by id (a later write opens it by path); its new
+                // length is made durable by the next full job.
+                self.reconciled.push(f);
+                if kind != Some(EntryKind::File) {
+                    self.dirty_dir(seq, p)?;
+                }
+            }
+            (ReconcileEntry::Dir { keep }, _) => {
+                if let Some(p) = &here {
+                    if matches!(kind, Some(EntryKind::File) | Some(EntryKind::Other)) {
+                        self.open.clear();
+                        disk.remove_file(p).map_err(err("reconcile: remove"))?;
+                    }
+                    if kind != Some(EntryKind::Dir) {
+                        disk.create_dir(p).map_err(err("reconcile: mkdir"))?;
+                        self.dirty_dir(seq, p)?;
+                    }
+                }
+                if let Some(keep) = keep {
+                    let keep: std::collections::BTreeMap<&str, ChildKind> =
+                        keep.iter().map(|(n, k)| (n.as_str(), *k)).collect();
+                    for (name, have) in disk.list_dir(fs, path).map_err(err("reconcile: list"))? {
+                        let wanted = match keep.get(name.as_str()) {
+                            Some(ChildKind::File) => have == EntryKind::File,
+                            Some(ChildKind::Dir) => have == EntryKind::Dir,
+                            None => false,
+                        };
+                        if wanted {
+                            continue;
+                        }
+                        let child = match path {
+                            Some(p) => p.join(&name),
+                            None => RelPath::top(&name),
+                        };
+                        // A name the path rules refuse cannot have come from a primary.
+                        let child = child.map_err(|e| ApplyError {
+                            seq,
+                            op: "reconcile: list",
+                            error: DiskError::new("reconcile", &name, crate::disk::DiskErrorKind::Io, e),
+                        })?;
+                        let child = FsPath::new(fs, child);
+                        self.open.clear();
+                        remove_tree(disk.as_ref(), &child).map_err(err("reconcile: prune"))?;
+                        self.unkey_dirs_under(&child);
+                        self.dirty_dir(seq, &child)?;
+                    }
+                }
+            }
+            (_, None) => {
+                // Refused by the session before it gets here.
+                return Err(ApplyError {
+                    seq,
+                    op: "reconcile",
+                    error: DiskError::new(
+                        "reconcile",
+                        "",
+                        crate::disk::DiskErrorKind::Io,
+                        "only a directory is a root",
+                    ),
+                });
+            }
+        }
         Ok(())
     }
 
@@ -315,6 +425,7 @@ impl Applier {
         let mut files: Vec<Arc<dyn DiskFile>> = self.sync_requests.drain().map(|(_, f)| f).collect();
         if full {
             files.extend(self.dirty_files.drain().map(|(_, f)| f));
+            files.append(&mut self.reconciled);
         }
         let mut dirs: Vec<Arc<dyn DiskFile>> = std::mem::take(&mut self.moved_dirs);
         dirs.extend(std::mem::take(&mut self.dirty_dirs).into_values());
@@ -341,6 +452,51 @@ mod tests {
 
     fn op(seq: u64, op: Op) -> Sequenced {
         Sequenced { seq, op, durable: false }
+    }
+
+    #[test]
+    fn reconcile_makes_paths_what_the_primary_has_and_prunes_the_rest() {
+        use crate::protocol::{ChildKind, ReconcileEntry};
+        let disk = Arc::new(SimDisk::new(1));
+        let mut a = Applier::new(disk.clone(), 1);
+        let rec = |seq, path: Option<&str>, entry, len| {
+            op(seq, Op::Reconcile { filespace: 0, path: path.map(|x| RelPath::new(x).unwrap()), entry, len })
+        };
+        // The mirror's tree: a file where the primary has a directory, extra
+        // files, a directory where the primary has a file.
+        a.apply(&[
+            op(1, Op::Mkdir { path: p("d") }),
+            op(2, Op::Create { id: 1, path: p("d/stale") }),
+            op(3, Op::Create { id: 2, path: p("x") }),
+            op(4, Op::Mkdir { path: p("y") }),
+            op(5, Op::Create { id: 3, path: p("y/z") }),
+            op(6, Op::Create { id: 4, path: p("keep") }),
+            op(7, Op::Write { id: 4, path: p("keep"), offset: 0, data: bytes::Bytes::from_static(b"abcdef") }),
+        ])
+        .unwrap();
+        let keep =
+            vec![("d".to_string(), ChildKind::Dir), ("keep".into(), ChildKind::File), ("x".into(), ChildKind::Dir)];
+        a.apply(&[
+            rec(8, None, ReconcileEntry::Dir { keep: Some(keep) }, 0),
+            rec(9, Some("d"), ReconcileEntry::Dir { keep: Some(vec![]) }, 0),
+            rec(10, Some("x"), ReconcileEntry::Dir { keep: None }, 0),
+            rec(11, Some("keep"), ReconcileEntry::File, 3),
+            rec(12, Some("gone"), ReconcileEntry::Absent, 0),
+            rec(13, Some("new"), ReconcileEntry::File, 4),
+        ])
+        .unwrap();
+        // Running it again changes nothing.
+        let before = disk.snapshot();
+        a.apply(&[rec(14, Some("keep"), ReconcileEntry::File, 3), rec(15, Some("gone"), ReconcileEntry::Absent, 0)])
+            .unwrap();
+        assert_eq!(disk.snapshot(), before);
+        a.sync_all().unwrap();
+        let snap = disk.durable_snapshot();
+        let names: Vec<&str> = snap.keys().map(|(_, n)| n.as_str()).collect();
+        assert_eq!(names, vec!["d", "keep", "new", "x"], "{snap:?}");
+        assert_eq!(snap.get(&(0, "keep".to_string())), Some(&SimEntry::File(b"abc".to_vec())));
+        assert_eq!(snap.get(&(0, "new".to_string())), Some(&SimEntry::File(vec![0; 4])));
+        assert_eq!(snap.get(&(0, "x".to_string())), Some(&SimEntry::Dir));
     }
 
     /// A directory renamed away and re-created under its old name: a sync

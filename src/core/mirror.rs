@@ -9,7 +9,7 @@
 use crate::core::primary::MAX_BOUND_FILES;
 use crate::disk::FsPath;
 use crate::path::{PathError, RelPath};
-use crate::protocol::{Frame, Kind, FLAG_DURABLE, MAX_FILE_BYTES, MAX_WRITE_AT};
+use crate::protocol::{Frame, Kind, ReconcileBody, ReconcileEntry, FLAG_DURABLE, MAX_FILE_BYTES, MAX_WRITE_AT};
 use bytes::Bytes;
 use std::collections::HashMap;
 
@@ -72,6 +72,14 @@ pub enum Op {
     Rename {
         from: FsPath,
         to: FsPath,
+    },
+    /// Resync: make `path` (`None`: the filespace root) what the primary has.
+    Reconcile {
+        filespace: u16,
+        path: Option<RelPath>,
+        entry: ReconcileEntry,
+        /// For a file: its length.
+        len: u64,
     },
 }
 
@@ -231,6 +239,23 @@ impl MirrorSession {
                 self.rebind(&from, &to);
                 Op::Rename { from, to }
             }
+            Kind::Reconcile => {
+                let body = ReconcileBody::decode(&f.body).map_err(bounds)?;
+                if h.filespace >= self.filespaces {
+                    return Err(SessionError::NoFilespace { seq, fs: h.filespace, count: self.filespaces });
+                }
+                if h.offset > MAX_FILE_BYTES {
+                    return Err(bounds(format!("length {} is beyond the largest file", h.offset)));
+                }
+                let path =
+                    if body.path.is_empty() { None } else { Some(self.body_path(seq, h.filespace, &body.path)?.path) };
+                if let ReconcileEntry::Dir { keep: Some(children) } = &body.entry {
+                    for (name, _) in children {
+                        RelPath::top(name).map_err(|err| SessionError::BadPath { seq, err })?;
+                    }
+                }
+                Op::Reconcile { filespace: h.filespace, path, entry: body.entry, len: h.offset }
+            }
             Kind::Heartbeat | Kind::Shutdown | Kind::Ack | Kind::Fault => {
                 return Err(SessionError::WrongDirection { kind })
             }
@@ -321,6 +346,49 @@ mod tests {
         h.seq = 2;
         h.filespace = 3;
         assert!(matches!(m.on_frame(&Frame::new(h, Bytes::from_static(b"d"))), Err(SessionError::NoFilespace { .. })));
+    }
+
+    #[test]
+    fn reconcile_frames_are_checked() {
+        use crate::protocol::{ChildKind, ReconcileBody};
+        let frame_of = |body: &ReconcileBody, seq: u64, fs: u16| {
+            let mut h = Header::new(Kind::Reconcile);
+            h.seq = seq;
+            h.filespace = fs;
+            h.offset = 5;
+            Frame::new(h, Bytes::from(body.encode()))
+        };
+        let mut m = MirrorSession::new(8192, 1, 1);
+        let keep = vec![("a".to_string(), ChildKind::File), ("b".to_string(), ChildKind::Dir)];
+        let good = ReconcileBody { entry: ReconcileEntry::Dir { keep: Some(keep) }, path: vec![] };
+        match m.on_frame(&frame_of(&good, 1, 0)).unwrap() {
+            Step::Apply { op: Op::Reconcile { path: None, entry, .. }, .. } => assert_eq!(entry, good.entry),
+            other => panic!("unexpected {other:?}"),
+        }
+        for bad in [
+            ReconcileBody { entry: ReconcileEntry::Absent, path: b"../x".to_vec() },
+            ReconcileBody { entry: ReconcileEntry::File, path: vec![] },
+            ReconcileBody {
+                entry: ReconcileEntry::Dir { keep: Some(vec![("x/y".into(), ChildKind::File)]) },
+                path: b"d".to_vec(),
+            },
+            ReconcileBody {
+                entry: ReconcileEntry::Dir { keep: Some(vec![("..".into(), ChildKind::Dir)]) },
+                path: vec![],
+            },
+        ] {
+            let mut m = MirrorSession::new(8192, 1, 1);
+            assert!(m.on_frame(&frame_of(&bad, 1, 0)).is_err(), "{bad:?}");
+        }
+        let mut m = MirrorSession::new(8192, 1, 1);
+        assert!(matches!(m.on_frame(&frame_of(&good, 1, 4)), Err(SessionError::NoFilespace { .. })));
+        // A cut body and trailing bytes.
+        let mut raw = good.encode();
+        raw.truncate(raw.len() - 1);
+        assert!(ReconcileBody::decode(&raw).is_err());
+        let mut raw = ReconcileBody { entry: ReconcileEntry::File, path: b"f".to_vec() }.encode();
+        raw.push(0);
+        assert!(ReconcileBody::decode(&raw).is_err());
     }
 
     #[test]

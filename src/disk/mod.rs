@@ -179,7 +179,8 @@ pub fn remove_tree(disk: &dyn Disk, path: &FsPath) -> DiskResult<()> {
         None => Ok(()),
         Some(EntryKind::Dir) => {
             for (name, _) in disk.list_dir(path.filespace, Some(&path.path))? {
-                let child = path.path.join(&name).map_err(|e| DiskError::new("remove_tree", path, DiskErrorKind::Io, e))?;
+                let child =
+                    path.path.join(&name).map_err(|e| DiskError::new("remove_tree", path, DiskErrorKind::Io, e))?;
                 remove_tree(disk, &FsPath::new(path.filespace, child))?;
             }
             disk.remove_dir(path)

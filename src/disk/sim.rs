@@ -518,7 +518,8 @@ impl Disk for SimDisk {
         let ns = lock(&self.shared.ns);
         let shown = format!("fs{filespace}:{}", dir.map(|d| d.as_str()).unwrap_or(""));
         let fail = |e: LookupErr| DiskError::new(OP, &shown, e.0, e.1);
-        let mut cur = *ns.roots.get(usize::from(filespace)).ok_or_else(|| fail((DiskErrorKind::Io, "no such filespace")))?;
+        let mut cur =
+            *ns.roots.get(usize::from(filespace)).ok_or_else(|| fail((DiskErrorKind::Io, "no such filespace")))?;
         if let Some(d) = dir {
             for comp in d.as_str().split('/') {
                 cur = match ns.dir(cur).map_err(fail)?.live.get(comp) {

@@ -68,6 +68,10 @@ pub enum Kind {
     Rmdir = 11,
     /// Rename a file or directory. Body: source path then destination path; aux = source length.
     Rename = 12,
+    /// Resync: make one path on the mirror what it is on the primary (absent,
+    /// a file of length `offset`, or a directory, optionally holding nothing
+    /// but the listed children). Body: [`ReconcileBody`].
+    Reconcile = 13,
     /// Primary → mirror keep-alive; the mirror answers with an [`Kind::Ack`].
     Heartbeat = 32,
     /// Orderly end of the stream: the mirror makes everything durable, acknowledges, closes.
@@ -93,6 +97,7 @@ impl Kind {
             10 => Kind::Mkdir,
             11 => Kind::Rmdir,
             12 => Kind::Rename,
+            13 => Kind::Reconcile,
             32 => Kind::Heartbeat,
             33 => Kind::Shutdown,
             64 => Kind::Ack,
@@ -120,6 +125,7 @@ impl Kind {
             Kind::Mkdir => "mkdir",
             Kind::Rmdir => "rmdir",
             Kind::Rename => "rename",
+            Kind::Reconcile => "reconcile",
             Kind::Heartbeat => "heartbeat",
             Kind::Shutdown => "shutdown",
             Kind::Ack => "ack",
@@ -459,5 +465,97 @@ mod tests {
     #[test]
     fn header_overhead_under_one_percent_of_a_32k_block() {
         assert!((HEADER_LEN as f64) / (32.0 * 1024.0) < 0.01);
+    }
+}
+
+/// What a [`Kind::Reconcile`] frame makes a path into.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReconcileEntry {
+    /// Nothing there: remove whatever is (a whole tree for a directory).
+    Absent,
+    /// A regular file of the frame's length (contents follow as writes).
+    File,
+    /// A directory; with `keep`, any child not listed (or of another kind)
+    /// is removed.
+    Dir { keep: Option<Vec<(String, ChildKind)>> },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ChildKind {
+    File = 1,
+    Dir = 2,
+}
+
+/// The body of a [`Kind::Reconcile`] frame: entry u8 (0 absent, 1 file,
+/// 2 directory, 3 directory holding only the listed children), path length
+/// u16 (0: the filespace root, directories only), path, then for entry 3
+/// the children: kind u8 (1 file, 2 directory), name length u16, name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReconcileBody {
+    pub entry: ReconcileEntry,
+    /// Raw path bytes (validated by the receiver); empty for the root.
+    pub path: Vec<u8>,
+}
+
+impl ReconcileBody {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(3 + self.path.len());
+        b.push(match &self.entry {
+            ReconcileEntry::Absent => 0,
+            ReconcileEntry::File => 1,
+            ReconcileEntry::Dir { keep: None } => 2,
+            ReconcileEntry::Dir { keep: Some(_) } => 3,
+        });
+        b.extend_from_slice(&(self.path.len() as u16).to_le_bytes());
+        b.extend_from_slice(&self.path);
+        if let ReconcileEntry::Dir { keep: Some(children) } = &self.entry {
+            for (name, kind) in children {
+                b.push(*kind as u8);
+                b.extend_from_slice(&(name.len() as u16).to_le_bytes());
+                b.extend_from_slice(name.as_bytes());
+            }
+        }
+        b
+    }
+
+    /// Decode; every length is checked against the body. Names are checked
+    /// for being single valid components by the receiver.
+    pub fn decode(b: &[u8]) -> Result<ReconcileBody, String> {
+        if b.len() < 3 {
+            return Err(format!("a {}-byte body is shorter than 3", b.len()));
+        }
+        let plen = u16::from_le_bytes([b[1], b[2]]) as usize;
+        let path = b.get(3..3 + plen).ok_or("the path runs past the body")?.to_vec();
+        let mut rest = &b[3 + plen..];
+        let entry = match b[0] {
+            0 | 1 | 2 if !rest.is_empty() => return Err("trailing bytes after the path".into()),
+            0 => ReconcileEntry::Absent,
+            1 => ReconcileEntry::File,
+            2 => ReconcileEntry::Dir { keep: None },
+            3 => {
+                let mut keep = Vec::new();
+                while !rest.is_empty() {
+                    if rest.len() < 3 {
+                        return Err("a cut child entry".into());
+                    }
+                    let kind = match rest[0] {
+                        1 => ChildKind::File,
+                        2 => ChildKind::Dir,
+                        k => return Err(format!("child kind {k}")),
+                    };
+                    let n = u16::from_le_bytes([rest[1], rest[2]]) as usize;
+                    let name = rest.get(3..3 + n).ok_or("a child name runs past the body")?;
+                    let name = std::str::from_utf8(name).map_err(|_| "a child name is not UTF-8")?;
+                    keep.push((name.to_string(), kind));
+                    rest = &rest[3 + n..];
+                }
+                ReconcileEntry::Dir { keep: Some(keep) }
+            }
+            e => return Err(format!("entry type {e}")),
+        };
+        if path.is_empty() && !matches!(entry, ReconcileEntry::Dir { .. }) {
+            return Err("only a directory may name the filespace root".into());
+        }
+        Ok(ReconcileBody { entry, path })
     }
 }
