@@ -27,6 +27,7 @@ pub mod primary;
 pub mod probe;
 pub mod process;
 pub mod protocol;
+pub mod resync;
 pub mod segment;
 pub mod sim;
 pub mod verify;

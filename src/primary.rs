@@ -220,6 +220,14 @@ struct Inner {
     dirty_dirs: Mutex<HashMap<String, Arc<dyn DiskFile>>>,
     stats: Stats,
     epoch: Instant,
+    /// The configuration, for handshakes with a mirror taken back (resync).
+    config: PrimaryConfig,
+    /// Held while the window is recorded into the change-log and while a
+    /// finished resync clears it, so a clear never wipes a window recorded
+    /// after the mirror was lost.
+    record_lock: Mutex<()>,
+    /// A resync is shipping the change-log's contents.
+    resyncing: AtomicBool,
 }
 
 /// The primary side of a pair. Cheap to share: wrap it in an `Arc` and call
@@ -339,6 +347,9 @@ impl Primary {
             dirty_dirs: Mutex::new(HashMap::new()),
             stats: Stats::default(),
             epoch,
+            config: cfg.clone(),
+            record_lock: Mutex::new(()),
+            resyncing: AtomicBool::new(false),
         });
         tracing::debug!(backend = inner.disk.name(), "primary local I/O");
         let _ = inner.me.set(Arc::downgrade(&inner));
@@ -842,6 +853,201 @@ impl Primary {
     }
 }
 
+/// What a path is on the primary, as a resync found it and shipped it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LocalEntry {
+    Absent,
+    File { len: u64 },
+    Dir { children: Vec<(String, crate::disk::EntryKind)> },
+}
+
+impl Primary {
+    /// Take a repaired mirror back (resync): from change tracking, hand-
+    /// shake over `conn` and stream again. New calls ship from here on; the
+    /// change-log keeps what the mirror lacks until [`crate::resync`] has
+    /// shipped it and [`Primary::resync_finish`] clears it.
+    pub fn attach_mirror(&self, conn: Conn, peer: &str) -> Result<()> {
+        let inner = &self.inner;
+        if inner.tracking.is_none() || self.mode() != Mode::ChangeTracking {
+            return Err(Error::InvalidArgument(format!(
+                "only a primary in change tracking takes a mirror back (this one is {:?})",
+                self.mode()
+            )));
+        }
+        let (mut reader, mut writer) = conn;
+        client_handshake(&inner.config, 1, reader.as_mut(), writer.as_mut(), peer)?;
+        let tuning = &inner.config.tuning;
+        let closer = writer.clone_writer().map_err(|e| Error::io("cloning the connection", e))?;
+        writer.set_send_timeout(Some(tuning.ack_timeout)).map_err(|e| Error::io("setting the send timeout", e))?;
+        reader.set_timeout(Some(tuning.heartbeat)).map_err(|e| Error::io("setting the receive timeout", e))?;
+        {
+            // Quiesce every call: none is between its mode check and its push.
+            let _all = inner.all_file_stripes();
+            let _ns = inner.namespace.write().unwrap_or_else(|e| e.into_inner());
+            let _r = lock(&inner.record_lock);
+            *lock(&inner.sock) = writer;
+            *lock(&inner.closer) = closer;
+            {
+                let mut q = lock(&inner.queue);
+                q.stream = PrimaryStream::new(
+                    1,
+                    inner.now_ms(),
+                    tuning.heartbeat.as_millis() as u64,
+                    tuning.ack_timeout.as_millis() as u64,
+                );
+                // Queued after the loss and never sent: in the change-log already.
+                q.pending.clear();
+                q.pending_bytes = 0;
+                q.window.clear();
+            }
+            for m in &inner.mark_copies {
+                m.store(0, Ordering::Release);
+            }
+            *lock(&inner.marks) = Marks { ack: Ack::default(), lost: None, waiters: Vec::new() };
+            inner.resyncing.store(true, Ordering::SeqCst);
+            inner.set_mode(Mode::Streaming);
+        }
+        let r_inner = inner.clone();
+        let receiver = std::thread::Builder::new()
+            .name("filerep-receiver".into())
+            .spawn(move || receiver_loop(r_inner, reader))
+            .map_err(|e| Error::io("spawning the receiver thread", e))?;
+        lock(&self.threads).push(receiver);
+        tracing::warn!(peer, generation = inner.identity.generation, "mirror taken back: streaming, resync pending");
+        Ok(())
+    }
+
+    /// Whether a resync is in progress (the stream runs, the change-log is not yet drained).
+    pub fn resyncing(&self) -> bool {
+        self.inner.resyncing.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn resync_log(&self) -> Option<Arc<ChangeLog>> {
+        self.inner.tracking.as_ref().map(|t| t.changelog.clone())
+    }
+
+    pub(crate) fn disk(&self) -> &Arc<dyn Disk> {
+        &self.inner.disk
+    }
+
+    /// Resync: look at one path (`None`: the filespace root) and ship what
+    /// it is, with no call changing it meanwhile. With `prune`, a directory's
+    /// children are listed and the mirror keeps only those.
+    pub(crate) fn resync_reconcile(&self, fs: u16, path: Option<&RelPath>, prune: bool) -> Result<LocalEntry> {
+        use crate::disk::EntryKind;
+        use crate::protocol::{ChildKind, ReconcileBody, ReconcileEntry};
+        let inner = &self.inner;
+        inner.usable()?;
+        let here = path.map(|p| FsPath::new(fs, p.clone()));
+        // File stripe, then the namespace: the order every call takes them in.
+        let _f = here.as_ref().map(|p| inner.file_stripe(p).write().unwrap_or_else(|e| e.into_inner()));
+        let _ns = inner.namespace.write().unwrap_or_else(|e| e.into_inner());
+        inner.check_open()?;
+        let kind = match &here {
+            Some(p) => inner.disk.entry_kind(p)?,
+            None => Some(EntryKind::Dir),
+        };
+        let (entry, local, len) = match kind {
+            None | Some(EntryKind::Other) => (ReconcileEntry::Absent, LocalEntry::Absent, 0),
+            Some(EntryKind::File) => {
+                let p = here.as_ref().ok_or_else(|| Error::InvalidArgument("a root is a directory".into()))?;
+                // Not through the handle cache: it takes the namespace lock we hold.
+                let len = inner.disk.open(p, OpenMode::Existing)?.len()?;
+                (ReconcileEntry::File, LocalEntry::File { len }, len)
+            }
+            Some(EntryKind::Dir) => {
+                let children: Vec<(String, EntryKind)> =
+                    inner.disk.list_dir(fs, path)?.into_iter().filter(|(_, k)| *k != EntryKind::Other).collect();
+                let keep = prune.then(|| {
+                    children
+                        .iter()
+                        .map(|(n, k)| (n.clone(), if *k == EntryKind::Dir { ChildKind::Dir } else { ChildKind::File }))
+                        .collect()
+                });
+                (ReconcileEntry::Dir { keep }, LocalEntry::Dir { children }, 0)
+            }
+        };
+        let body = ReconcileBody { entry, path: path.map(|p| p.as_str().as_bytes().to_vec()).unwrap_or_default() };
+        let body = Bytes::from(body.encode());
+        if body.len() > crate::protocol::MAX_BODY {
+            return Err(Error::InvalidArgument(format!(
+                "directory fs{fs}:{} has too many entries to reconcile in one frame",
+                path.map(|p| p.as_str()).unwrap_or("")
+            )));
+        }
+        let mut h = Header::new(Kind::Reconcile);
+        h.filespace = fs;
+        h.offset = len;
+        let change = here.as_ref().map(|p| Change::Touched { path: p.clone(), subtree: true });
+        inner.ship_unbound(h, body, change)?;
+        Ok(local)
+    }
+
+    /// Resync: copy blocks `first..first + count` of `p` (as far as the file
+    /// reaches) to the mirror, read and queued with the file locked against
+    /// writes, so any later write of them is queued after (rule 6). At most
+    /// 256 KiB a call. Returns the bytes shipped (0 if the file is gone).
+    pub(crate) fn resync_copy(&self, p: &FsPath, first: u64, count: u64) -> Result<u64> {
+        let inner = &self.inner;
+        inner.usable()?;
+        let bs = inner.identity.block_size as u64;
+        if count == 0 || count * bs > MAX_WRITE_AT as u64 {
+            return Err(Error::InvalidArgument(format!("{count} blocks do not fit one copy")));
+        }
+        let seq = {
+            let _f = inner.file_stripe(p).write().unwrap_or_else(|e| e.into_inner());
+            inner.check_open()?;
+            let file = match inner.file(p) {
+                Ok(f) => f,
+                Err(Error::Disk(e)) if e.kind == crate::disk::DiskErrorKind::NotFound => return Ok(0),
+                Err(e) => return Err(e),
+            };
+            let offset = first.checked_mul(bs).ok_or_else(|| Error::InvalidArgument("block past the end".into()))?;
+            let len = file.len()?;
+            if offset >= len {
+                return Ok(0);
+            }
+            let mut buf = vec![0u8; (count * bs).min(len - offset) as usize];
+            let n = file.read_at(offset, &mut buf)?;
+            buf.truncate(n);
+            if buf.is_empty() {
+                return Ok(0);
+            }
+            let last = first + (n as u64).div_ceil(bs) - 1;
+            let mut cover = inner.cover_blocks(p, first, last)?;
+            let mut h = Header::new(Kind::WriteAt);
+            h.offset = offset;
+            let n = buf.len() as u64;
+            let seq = inner.ship_data(p, h, &buf, Change::Blocks { path: p.clone(), first, last })?;
+            Inner::shipped(&mut cover, seq);
+            (seq, n)
+        };
+        Ok(seq.1)
+    }
+
+    /// Resync done shipping: wait until the mirror has everything durably,
+    /// then clear the change-log, unless the mirror was lost meanwhile (then
+    /// the window goes to the change-log instead and the resync is over).
+    pub(crate) fn resync_finish(&self, timeout: Duration) -> Result<()> {
+        let inner = &self.inner;
+        let last = lock(&inner.queue).stream.last_seq();
+        // The mirror's checkpoint makes everything durable at least once a second.
+        inner.wait_mark(last, Mark::Durable, Some(Instant::now() + timeout))?;
+        let t = inner.tracking.as_ref().ok_or_else(|| Error::InvalidArgument("no change tracking".into()))?;
+        let _r = lock(&inner.record_lock);
+        if let Some(l) = lock(&inner.marks).lost.clone() {
+            return Err(Error::MirrorLost(l));
+        }
+        if *inner.mode.lock().unwrap_or_else(|e| e.into_inner()) != Mode::Streaming {
+            return Err(Error::MirrorLost("the pair left streaming during the resync".into()));
+        }
+        t.changelog.clear().map_err(|e| inner.tracking_failed(e))?;
+        inner.resyncing.store(false, Ordering::SeqCst);
+        tracing::warn!("resync complete: the change-log is drained, the pair is synchronized");
+        Ok(())
+    }
+}
+
 impl Drop for Primary {
     fn drop(&mut self) {
         self.inner.stop("primary dropped");
@@ -986,6 +1192,10 @@ impl Inner {
         let mut mode = self.mode.lock().unwrap_or_else(|e| e.into_inner());
         tracing::info!(from = ?*mode, to = ?m, "pair mode");
         self.tracking_on.store(m == Mode::ChangeTracking, Ordering::Release);
+        if m != Mode::Streaming {
+            // A resync ends with the stream: the change-log still names everything.
+            self.resyncing.store(false, Ordering::SeqCst);
+        }
         self.pair_failed.store(matches!(m, Mode::Failed(_)), Ordering::Release);
         *mode = m;
         drop(mode);
@@ -1052,6 +1262,7 @@ impl Inner {
     /// Move the window into the change-log (one group commit). Whether calls
     /// are quiesced meanwhile is the caller's choice.
     fn record_window(&self, t: &ChangeTracking) -> std::result::Result<(), crate::changelog::ChangeLogError> {
+        let _r = lock(&self.record_lock);
         let window = std::mem::take(&mut lock(&self.queue).window);
         let mut blocks = Vec::new();
         let mut touched = Vec::new();

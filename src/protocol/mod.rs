@@ -528,7 +528,7 @@ impl ReconcileBody {
         let path = b.get(3..3 + plen).ok_or("the path runs past the body")?.to_vec();
         let mut rest = &b[3 + plen..];
         let entry = match b[0] {
-            0 | 1 | 2 if !rest.is_empty() => return Err("trailing bytes after the path".into()),
+            0..=2 if !rest.is_empty() => return Err("trailing bytes after the path".into()),
             0 => ReconcileEntry::Absent,
             1 => ReconcileEntry::File,
             2 => ReconcileEntry::Dir { keep: None },

@@ -1,0 +1,242 @@
+//! Resynchronization (brief rule 6): ship what the change-log names to a
+//! mirror taken back with [`Primary::attach_mirror`], through the same
+//! ordered stream as new writes, while the primary keeps serving.
+//!
+//! Order: namespace first (every touched path, parents before children,
+//! made on the mirror what it is here: absent, a file of the right length,
+//! or a directory; a touched directory's whole subtree is walked and its
+//! files copied), then the changed blocks in file order, batched into
+//! copies of up to 256 KiB. Each copy is read and queued with its file
+//! locked against writes, so a later write of the same block is queued
+//! after it and the mirror never goes back in time. When everything
+//! shipped is durable on the mirror, the change-log is cleared (unless the
+//! mirror was lost meanwhile: then the pair is back in change tracking and
+//! the log still names everything). Running it again changes nothing.
+//!
+//! A full resync (`full`) does the same for every file and directory of
+//! every filespace, removing what the mirror has and the primary does not:
+//! it builds a mirror from an empty directory.
+
+use crate::changelog::EXTENT_BLOCKS;
+use crate::disk::{EntryKind, FsPath};
+use crate::error::{Error, Result};
+use crate::path::RelPath;
+use crate::primary::{LocalEntry, Primary};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Debug, Default)]
+pub struct ResyncOptions {
+    /// Every file of every filespace, not only the change-log's.
+    pub full: bool,
+    /// Bytes per second of block copies, at most (`None`: as fast as it goes).
+    pub max_rate: Option<u64>,
+    /// How long to wait at the end for the mirror to make everything durable.
+    pub finish_timeout: Option<Duration>,
+}
+
+/// Live counters, read by status probes while the resync runs.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub paths_done: AtomicU64,
+    pub blocks_total: AtomicU64,
+    pub blocks_done: AtomicU64,
+    pub bytes_done: AtomicU64,
+    pub started_unix_ms: AtomicU64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ProgressSnapshot {
+    pub paths_done: u64,
+    pub blocks_total: u64,
+    pub blocks_done: u64,
+    pub bytes_done: u64,
+    pub started_unix_ms: u64,
+}
+
+impl Progress {
+    pub fn snapshot(&self) -> ProgressSnapshot {
+        ProgressSnapshot {
+            paths_done: self.paths_done.load(Ordering::Relaxed),
+            blocks_total: self.blocks_total.load(Ordering::Relaxed),
+            blocks_done: self.blocks_done.load(Ordering::Relaxed),
+            bytes_done: self.bytes_done.load(Ordering::Relaxed),
+            started_unix_ms: self.started_unix_ms.load(Ordering::Relaxed),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct ResyncReport {
+    pub full: bool,
+    pub paths: u64,
+    pub blocks: u64,
+    pub bytes: u64,
+    pub seconds: f64,
+}
+
+struct Run<'a> {
+    p: &'a Primary,
+    opts: &'a ResyncOptions,
+    progress: &'a Progress,
+    bs: u64,
+    started: Instant,
+    /// Files already copied whole, and trees already walked whole.
+    whole_files: BTreeSet<FsPath>,
+    whole_trees: Vec<(u16, Option<RelPath>)>,
+}
+
+impl Run<'_> {
+    fn covered(&self, fs: u16, path: &RelPath) -> bool {
+        self.whole_files.contains(&FsPath::new(fs, path.clone()))
+            || self.whole_trees.iter().any(|(f, t)| *f == fs && t.as_ref().is_none_or(|t| path.is_within(t)))
+    }
+
+    fn reconcile(&mut self, fs: u16, path: Option<&RelPath>, prune: bool) -> Result<LocalEntry> {
+        let local = self.p.resync_reconcile(fs, path, prune)?;
+        self.progress.paths_done.fetch_add(1, Ordering::Relaxed);
+        Ok(local)
+    }
+
+    /// A directory and everything under it, pruned on the mirror to what is here.
+    fn tree(&mut self, fs: u16, dir: Option<&RelPath>) -> Result<()> {
+        let LocalEntry::Dir { children } = self.reconcile(fs, dir, true)? else {
+            return Ok(()); // Gone or replaced meanwhile: its own change is queued.
+        };
+        self.whole_trees.push((fs, dir.cloned()));
+        for (name, kind) in children {
+            let child = match dir {
+                Some(d) => d.join(&name)?,
+                None => RelPath::top(&name)?,
+            };
+            match kind {
+                EntryKind::Dir => self.tree(fs, Some(&child))?,
+                EntryKind::File => self.whole_file(fs, &child)?,
+                EntryKind::Other => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// One file, made the right length and copied whole.
+    fn whole_file(&mut self, fs: u16, path: &RelPath) -> Result<()> {
+        if let LocalEntry::File { len } = self.reconcile(fs, Some(path), false)? {
+            let file = FsPath::new(fs, path.clone());
+            let n = len.div_ceil(self.bs);
+            self.progress.blocks_total.fetch_add(n, Ordering::Relaxed);
+            self.copy_runs(&file, (0..n).collect())?;
+            self.whole_files.insert(file);
+        }
+        Ok(())
+    }
+
+    /// Copy the listed blocks, consecutive ones together (up to 256 KiB).
+    fn copy_runs(&mut self, file: &FsPath, blocks: BTreeSet<u64>) -> Result<()> {
+        let per_copy = (crate::protocol::MAX_WRITE_AT as u64 / self.bs).max(1);
+        let mut it = blocks.into_iter().peekable();
+        while let Some(first) = it.next() {
+            let mut count = 1;
+            while count < per_copy && it.peek() == Some(&(first + count)) {
+                it.next();
+                count += 1;
+            }
+            let bytes = self.p.resync_copy(file, first, count)?;
+            self.progress.blocks_done.fetch_add(count, Ordering::Relaxed);
+            let done = self.progress.bytes_done.fetch_add(bytes, Ordering::Relaxed) + bytes;
+            self.throttle(done);
+        }
+        Ok(())
+    }
+
+    /// Keep the copies under `max_rate` on average (sleeping is the point here).
+    fn throttle(&self, bytes_done: u64) {
+        if let Some(rate) = self.opts.max_rate.filter(|r| *r > 0) {
+            let due = Duration::from_secs_f64(bytes_done as f64 / rate as f64);
+            let elapsed = self.started.elapsed();
+            if due > elapsed {
+                std::thread::sleep(due - elapsed);
+            }
+        }
+    }
+}
+
+/// Run a resync on a primary that has taken its mirror back.
+pub fn run(p: &Primary, opts: &ResyncOptions, progress: &Progress) -> Result<ResyncReport> {
+    let log = p.resync_log().ok_or_else(|| Error::InvalidArgument("a resync needs change tracking".into()))?;
+    if !p.resyncing() {
+        return Err(Error::InvalidArgument("no mirror taken back: attach one first".into()));
+    }
+    let span = tracing::info_span!("resync", full = opts.full);
+    let _e = span.enter();
+    let unix_ms =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    progress.started_unix_ms.store(unix_ms, Ordering::Relaxed);
+    let mut run = Run {
+        p,
+        opts,
+        progress,
+        bs: p.block_size() as u64,
+        started: Instant::now(),
+        whole_files: BTreeSet::new(),
+        whole_trees: Vec::new(),
+    };
+    let filespaces = p.filespaces().len() as u16;
+    if opts.full {
+        for fs in 0..filespaces {
+            run.tree(fs, None)?;
+        }
+    } else {
+        let set = log.change_set();
+        // Blocks named exactly or by their extent, per file, in file order.
+        let mut blocks: BTreeMap<FsPath, BTreeSet<u64>> = set.blocks.clone();
+        for (f, es) in &set.extents {
+            let b = blocks.entry(f.clone()).or_default();
+            for e in es {
+                b.extend(e * EXTENT_BLOCKS..(e + 1) * EXTENT_BLOCKS);
+            }
+        }
+        tracing::info!(paths = set.touched.len(), files = blocks.len(), "resync: shipping the change-log");
+        // Namespace first; a prefix sorts before what it contains.
+        for (path, subtree) in &set.touched {
+            if run.covered(path.filespace, &path.path) {
+                continue;
+            }
+            // A peek: the reconcile itself looks again with the path locked,
+            // and anything that changes meanwhile streams to the mirror anyway.
+            match p.disk().entry_kind(path)? {
+                Some(EntryKind::Dir) if *subtree => run.tree(path.filespace, Some(&path.path))?,
+                Some(EntryKind::File) => run.whole_file(path.filespace, &path.path)?,
+                _ => {
+                    run.reconcile(path.filespace, Some(&path.path), false)?;
+                }
+            }
+        }
+        let listed: u64 =
+            blocks.iter().filter(|(f, _)| !run.covered(f.filespace, &f.path)).map(|(_, b)| b.len() as u64).sum();
+        progress.blocks_total.fetch_add(listed, Ordering::Relaxed);
+        for (file, wanted) in blocks {
+            if run.covered(file.filespace, &file.path) {
+                continue;
+            }
+            // Its length first (writes may have extended or shortened it).
+            if let LocalEntry::File { len } = run.reconcile(file.filespace, Some(&file.path), false)? {
+                let n = len.div_ceil(run.bs);
+                let (inside, past): (BTreeSet<u64>, BTreeSet<u64>) = wanted.into_iter().partition(|b| *b < n);
+                progress.blocks_done.fetch_add(past.len() as u64, Ordering::Relaxed);
+                run.copy_runs(&file, inside)?;
+            } else {
+                progress.blocks_done.fetch_add(wanted.len() as u64, Ordering::Relaxed);
+            }
+        }
+    }
+    p.resync_finish(opts.finish_timeout.unwrap_or(Duration::from_secs(60)))?;
+    let s = progress.snapshot();
+    Ok(ResyncReport {
+        full: opts.full,
+        paths: s.paths_done,
+        blocks: s.blocks_done,
+        bytes: s.bytes_done,
+        seconds: run.started.elapsed().as_secs_f64(),
+    })
+}

@@ -1,0 +1,188 @@
+//! Resynchronization with a real mirror daemon: the mirror is killed, the
+//! primary goes on in change tracking (every operation type), the mirror
+//! comes back, the primary takes it back and ships what the change-log
+//! names while writers keep going; afterwards both trees are identical,
+//! file by file and byte by byte.
+
+mod common;
+
+use common::*;
+use filerep::arbiter::{Decision, FixedArbiter};
+use filerep::changelog::ChangeLog;
+use filerep::config::SyncLevel;
+use filerep::disk::{FsPath, StdDisk};
+use filerep::path::RelPath;
+use filerep::primary::{ChangeTracking, Mode, Primary};
+use filerep::resync::{self, Progress, ResyncOptions};
+use filerep::workload::{self, WorkloadConfig};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+const BS: u32 = 8192;
+
+struct Pair {
+    dirs: Dirs,
+    _state: tempfile::TempDir,
+    log: Arc<ChangeLog>,
+    primary: Arc<Primary>,
+    daemon: filerep::process::MirrorProcess,
+}
+
+fn pair() -> Pair {
+    let dirs = Dirs::new();
+    let state = tempfile::tempdir().unwrap();
+    let disk = Arc::new(StdDisk::open(&[state.path().to_path_buf()]).unwrap());
+    let log =
+        Arc::new(ChangeLog::create(disk, FsPath::new(0, RelPath::new("changelog").unwrap()), BS).expect("change-log"));
+    let daemon = spawn_daemon(&dirs, BS);
+    let mut cfg = primary_config(&dirs, BS, SyncLevel::Applied);
+    cfg.change_tracking = Some(ChangeTracking {
+        changelog: log.clone(),
+        arbiter: Arc::new(FixedArbiter(Decision::MirrorDown)),
+        decision_timeout: Duration::from_secs(10),
+    });
+    let primary = Arc::new(connect_primary(cfg, daemon.addr).expect("primary"));
+    Pair { dirs, _state: state, log, primary, daemon }
+}
+
+/// Kill the mirror and make the primary notice (its next call goes on alone).
+fn lose_mirror(p: &mut Pair) {
+    p.daemon.kill();
+    p.primary.create(0, "after-the-loss").expect("the first call after the loss goes on alone");
+    assert_eq!(p.primary.mode(), Mode::ChangeTracking);
+}
+
+/// Start a new daemon on the same mirror directories and take it back.
+fn take_back(p: &mut Pair) {
+    p.daemon = spawn_daemon(&p.dirs, BS);
+    let stream = std::net::TcpStream::connect(p.daemon.addr).unwrap();
+    p.primary.attach_mirror(filerep::net::tcp(stream).unwrap(), &p.daemon.addr.to_string()).expect("attach");
+    assert!(p.primary.resyncing());
+}
+
+fn resync(p: &Pair, full: bool) -> resync::ResyncReport {
+    let progress = Progress::default();
+    let r = resync::run(&p.primary, &ResyncOptions { full, ..Default::default() }, &progress).expect("resync");
+    assert!(!p.primary.resyncing());
+    assert!(p.log.change_set().is_empty(), "the change-log is cleared once the mirror has everything");
+    r
+}
+
+fn finish(p: Pair) {
+    p.primary.shutdown(Duration::from_secs(30)).expect("orderly shutdown");
+    p.dirs.assert_identical();
+}
+
+#[test]
+fn every_operation_type_in_change_tracking_is_repaired_by_an_incremental_resync() {
+    let mut p = pair();
+    let bs = BS as usize;
+    // Before the loss: files both sides have, some to be changed later.
+    p.primary.mkdir(0, "base").unwrap();
+    for f in ["base/a", "base/b", "base/c", "log"] {
+        p.primary.create(0, f).unwrap();
+    }
+    for b in 0..64 {
+        p.primary.extend(0, "base/a", b, &vec![1u8; bs]).unwrap();
+        p.primary.extend(0, "base/b", b, &vec![2u8; bs]).unwrap();
+    }
+    p.primary.mkdir(1, "old").unwrap();
+    p.primary.create(1, "old/x").unwrap();
+    p.primary.write_at(0, "log", 0, b"first records").unwrap();
+    lose_mirror(&mut p);
+    // Every kind of change while the mirror is down.
+    p.primary.write_block(0, "base/a", 7, &vec![9u8; bs]).unwrap(); // write
+    p.primary.extend(0, "base/a", 64, &vec![8u8; bs]).unwrap(); // extend
+    p.primary.truncate(0, "base/b", 10).unwrap(); // truncate
+    p.primary.create(0, "base/new").unwrap(); // create
+    p.primary.extend(0, "base/new", 0, &vec![7u8; bs]).unwrap();
+    p.primary.unlink(0, "base/c").unwrap(); // drop
+    p.primary.rename(1, "old", "renamed").unwrap(); // rename of a directory
+    p.primary.mkdir(1, "fresh").unwrap(); // directories
+    p.primary.mkdir(1, "fresh/deeper").unwrap();
+    p.primary.rmdir(1, "fresh/deeper").unwrap();
+    p.primary.write_at(0, "log", 13, b", then more records").unwrap(); // log append
+    p.primary.flush(0, "log").unwrap();
+    take_back(&mut p);
+    let r = resync(&p, false);
+    assert!(r.blocks > 0 && r.paths > 0, "{r:?}");
+    // Streaming again: a write after the resync reaches the mirror as usual.
+    p.primary.write_block(0, "base/a", 0, &vec![6u8; bs]).unwrap();
+    finish(p);
+}
+
+#[test]
+fn writers_hammering_the_same_blocks_during_a_resync_never_leave_the_mirror_behind() {
+    let mut p = pair();
+    let bs = BS as usize;
+    p.primary.create(0, "hot").unwrap();
+    for b in 0..32 {
+        p.primary.extend(0, "hot", b, &vec![0u8; bs]).unwrap();
+    }
+    lose_mirror(&mut p);
+    for b in 0..32 {
+        p.primary.write_block(0, "hot", b, &vec![b as u8 + 1; bs]).unwrap();
+    }
+    take_back(&mut p);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..4u64)
+        .map(|w| {
+            let (primary, stop) = (p.primary.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut i = 0u64;
+                while !stop.load(Ordering::SeqCst) {
+                    let b = (i * 7 + w) % 32;
+                    primary.write_block(0, "hot", b, &vec![(i % 250) as u8; bs]).expect("write during resync");
+                    i += 1;
+                }
+                i
+            })
+        })
+        .collect();
+    resync(&p, false);
+    stop.store(true, Ordering::SeqCst);
+    let writes: u64 = writers.into_iter().map(|w| w.join().unwrap()).sum();
+    assert!(writes > 0);
+    finish(p);
+}
+
+#[test]
+fn a_full_resync_builds_an_empty_mirror_and_removes_what_the_primary_lacks() {
+    let mut p = pair();
+    let report = workload::run(&p.primary, &WorkloadConfig { writers: 4, ops_per_writer: 120, seed: 5 }).unwrap();
+    assert!(report.operations > 0);
+    lose_mirror(&mut p);
+    // The mirror host's disks are replaced: empty, plus junk to be removed.
+    for fs in &p.dirs.mirror {
+        std::fs::remove_dir_all(&fs.root).unwrap();
+        std::fs::create_dir_all(fs.root.join("junk/dir")).unwrap();
+        std::fs::write(fs.root.join("junk/dir/file"), b"not on the primary").unwrap();
+        std::fs::write(fs.root.join("stray"), b"nor this").unwrap();
+    }
+    take_back(&mut p);
+    let r = resync(&p, true);
+    assert!(r.bytes > 0, "{r:?}");
+    finish(p);
+}
+
+#[test]
+fn the_demo_workload_in_change_tracking_is_repaired_by_one_resync() {
+    // The demo workload (creates, unlinks, renames, directories, logs) in
+    // change tracking, then one resync.
+    let mut p = pair();
+    workload::run(&p.primary, &WorkloadConfig { writers: 3, ops_per_writer: 60, seed: 1 }).unwrap();
+    lose_mirror(&mut p);
+    // The second run makes its own writer directories: move the first ones away.
+    for fs in 0..2u16 {
+        for w in 0..3 {
+            if p.primary.exists(fs, &format!("writer{w}")).unwrap() {
+                p.primary.rename(fs, &format!("writer{w}"), &format!("before{w}")).unwrap();
+            }
+        }
+    }
+    workload::run(&p.primary, &WorkloadConfig { writers: 3, ops_per_writer: 150, seed: 2 }).unwrap();
+    take_back(&mut p);
+    resync(&p, false);
+    finish(p);
+}
