@@ -131,6 +131,7 @@ impl State {
     fn answer(&self, req: ArbiterRequest) -> ArbiterResponse {
         match req {
             ArbiterRequest::Catalog => ArbiterResponse::Catalog(Box::new(lock(&self.catalog).clone())),
+            ArbiterRequest::Recover { content, full, max_rate } => self.recover(content, full, max_rate),
             ArbiterRequest::MirrorLost { dbid, content, generation, reason } => {
                 let span = tracing::info_span!("mirror_lost", dbid, content, generation);
                 let _e = span.enter();
@@ -152,6 +153,56 @@ impl State {
                     Verdict::Demoted | Verdict::None => ArbiterResponse::Demoted,
                 }
             }
+        }
+    }
+
+    /// Start a resync: the pair goes to `r` in the stored catalog, then the
+    /// acting primary is told to take its mirror back.
+    fn recover(&self, content: u32, full: bool, max_rate: Option<u64>) -> ArbiterResponse {
+        let span = tracing::info_span!("recover", content, full);
+        let _e = span.enter();
+        let (order, primary_addr) = {
+            let mut cat = lock(&self.catalog);
+            let Some(cp) = cat.pair(content).cloned() else {
+                return ArbiterResponse::Refused(format!("no content {content} in the catalog"));
+            };
+            let pair = &cp.pair;
+            if pair.down {
+                return ArbiterResponse::Refused(format!(
+                    "content {content} is down (a double fault): recover it by hand from the segment that has the data"
+                ));
+            }
+            if !pair.segments.iter().all(|s| s.up) {
+                return ArbiterResponse::Refused(format!("content {content}: both segments must be up to resync"));
+            }
+            match pair.mode {
+                PairMode::Synchronized => {
+                    return ArbiterResponse::Refused(format!("content {content} is already synchronized"))
+                }
+                PairMode::NotInSync if !full => return ArbiterResponse::Refused(format!(
+                    "content {content} is not in sync and no change-log covers the differences: use a full resync (-F)"
+                )),
+                _ => {}
+            }
+            let (p, m) = (pair.acting_primary().dbid, pair.acting_mirror().dbid);
+            let (Some(pa), Some(ma)) = (cp.address(p), cp.address(m)) else {
+                return ArbiterResponse::Refused(format!("content {content}: addresses missing"));
+            };
+            let (pc, md) = (pa.control.clone(), ma.data.clone());
+            if pair.mode != PairMode::Resynchronizing {
+                let before = cat.clone();
+                cat.apply(content, &Event::ResyncStarted);
+                if *cat != before && !self.store(&mut cat) {
+                    return ArbiterResponse::Refused("the catalog cannot be written".into());
+                }
+            }
+            let generation = cat.pair(content).map(|c| c.pair.generation).unwrap_or(0);
+            (SegmentRequest::StartResync { generation, mirror: md, full, max_rate }, pc)
+        };
+        match self.order(&primary_addr, order) {
+            Some(SegmentResponse::Done) => ArbiterResponse::Started,
+            Some(SegmentResponse::Refused(why)) => ArbiterResponse::Refused(format!("the primary refused: {why}")),
+            _ => ArbiterResponse::Refused("the primary did not answer; the resync did not start".into()),
         }
     }
 
@@ -214,6 +265,22 @@ impl State {
             };
             if pair.pair.down {
                 continue; // Said in the catalog; nobody gets an order.
+            }
+            // A resync is done when the acting primary streams with its
+            // change-log drained (it clears it only once the mirror has
+            // everything durably).
+            let acting = pair.pair.acting_primary().dbid;
+            let done = statuses
+                .iter()
+                .any(|(d, s)| *d == acting && s.as_ref().is_some_and(|s| s.acting == Acting::Primary && s.mode == 's'));
+            if pair.pair.mode == PairMode::Resynchronizing && done {
+                let mut cat = lock(&self.catalog);
+                let before = cat.clone();
+                cat.apply(content, &Event::ResyncCompleted);
+                if *cat != before {
+                    self.store(&mut cat);
+                }
+                continue;
             }
             let status = |dbid: u32| statuses.iter().find(|(d, _)| *d == dbid).and_then(|(_, s)| s.clone());
             let p = pair.pair.acting_primary().clone();

@@ -150,6 +150,14 @@ pub enum SegmentRequest {
     },
     /// Forget the change set (after it was handed over).
     ClearChanges,
+    /// Take the mirror at `mirror` back and resync it (from change
+    /// tracking), or run the resync again (a mirror already taken back).
+    StartResync {
+        generation: u64,
+        mirror: String,
+        full: bool,
+        max_rate: Option<u64>,
+    },
     /// Stop the process.
     Stop,
 }
@@ -186,6 +194,12 @@ pub struct SegmentStatus {
     pub detail: String,
     /// The change-log holds changes (for a non-primary: to hand over).
     pub changes_pending: bool,
+    /// The resync in progress (or the last one), as counted so far.
+    #[serde(default)]
+    pub resync: Option<crate::resync::ProgressSnapshot>,
+    /// Why the last resync stopped short, if it did.
+    #[serde(default)]
+    pub resync_error: Option<String>,
 }
 
 /// Questions from a segment to the arbiter.
@@ -199,6 +213,13 @@ pub enum ArbiterRequest {
     },
     /// The whole catalog (for operators and tests).
     Catalog,
+    /// `filerep recover`: resync the pair (`full`: every file), at most
+    /// `max_rate` bytes a second.
+    Recover {
+        content: u32,
+        full: bool,
+        max_rate: Option<u64>,
+    },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -206,6 +227,8 @@ pub enum ArbiterResponse {
     MirrorDown,
     Demoted,
     Catalog(Box<crate::catalog::Catalog>),
+    /// The resync was ordered.
+    Started,
     Refused(String),
 }
 
@@ -327,6 +350,14 @@ struct Shared {
     stop: Arc<AtomicBool>,
     /// Serializes orders: one role change at a time.
     orders: Mutex<()>,
+    resync: Mutex<ResyncState>,
+}
+
+#[derive(Default)]
+struct ResyncState {
+    running: bool,
+    progress: Option<Arc<crate::resync::Progress>>,
+    error: Option<String>,
 }
 
 pub struct Segment {
@@ -384,6 +415,7 @@ impl Segment {
             role: Mutex::new(Role::Idle),
             stop: Arc::new(AtomicBool::new(false)),
             orders: Mutex::new(()),
+            resync: Mutex::new(ResyncState::default()),
         });
         Ok(Segment { shared, control, clients })
     }
@@ -458,6 +490,7 @@ impl Shared {
             }
             Role::Primary(p) => {
                 let (mode, detail) = match p.mode() {
+                    Mode::Streaming if p.resyncing() => ('r', "resynchronizing the mirror".to_string()),
                     Mode::Streaming => ('s', "streaming to the mirror".to_string()),
                     Mode::Deciding => ('d', "mirror lost: asking the arbiter".to_string()),
                     Mode::ChangeTracking => ('c', "change tracking".to_string()),
@@ -468,6 +501,7 @@ impl Shared {
             Role::Stopped(w) => (Acting::Stopped, 0, '-', w.clone()),
         };
         drop(role);
+        let rs = lock(&self.resync);
         SegmentStatus {
             dbid: self.cfg.dbid,
             content: self.cfg.content,
@@ -476,6 +510,8 @@ impl Shared {
             mode,
             detail,
             changes_pending: !self.changelog.is_empty(),
+            resync: rs.progress.as_ref().map(|p| p.snapshot()),
+            resync_error: rs.error.clone(),
         }
     }
 
@@ -550,6 +586,32 @@ impl Shared {
                     Err(e) => refused(e.to_string()),
                 }
             }
+            SegmentRequest::StartResync { generation, mirror, full, max_rate } => {
+                let p = match &*lock(&self.role) {
+                    Role::Primary(p) if p.generation() == generation => p.clone(),
+                    _ => return refused(format!("not the acting primary of generation {generation}")),
+                };
+                {
+                    let mut rs = lock(&self.resync);
+                    if rs.running {
+                        return SegmentResponse::Done;
+                    }
+                    rs.running = true;
+                    rs.error = None;
+                    rs.progress = Some(Arc::new(crate::resync::Progress::default()));
+                }
+                let me = self.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("filerep-resync".into())
+                    .spawn(move || me.run_resync(p, generation, mirror, full, max_rate));
+                match spawned {
+                    Ok(_) => SegmentResponse::Done,
+                    Err(e) => {
+                        lock(&self.resync).running = false;
+                        refused(format!("cannot start the resync: {e}"))
+                    }
+                }
+            }
             SegmentRequest::Stop => {
                 tracing::info!("stop ordered");
                 self.stop.store(true, Ordering::SeqCst);
@@ -574,6 +636,59 @@ impl Shared {
             }
             Role::Idle | Role::Starting | Role::Stopped(_) => {}
         }
+    }
+
+    /// Take the mirror back (unless it already is) and resync it.
+    fn run_resync(&self, p: Arc<Primary>, generation: u64, mirror: String, full: bool, max_rate: Option<u64>) {
+        let span = tracing::info_span!("resync", generation, full);
+        let _e = span.enter();
+        let progress = lock(&self.resync).progress.clone().unwrap_or_default();
+        let result = (|| {
+            if p.mode() == Mode::ChangeTracking {
+                let attached = self.connect(&mirror).and_then(|conn| p.attach_mirror(conn, &mirror));
+                if let Err(e) = attached {
+                    // Still alone: the arbiter hears the mirror is not back.
+                    let why = format!("the mirror could not be taken back: {e}");
+                    let _ = self.remote_arbiter().mirror_lost(self.cfg.content, generation, &why);
+                    return Err(e);
+                }
+            } else if !p.resyncing() {
+                return Err(Error::InvalidArgument(format!("the pair is {:?}: nothing to resync", p.mode())));
+            }
+            let opts = crate::resync::ResyncOptions { full, max_rate, finish_timeout: None };
+            crate::resync::run(&p, &opts, &progress)
+        })();
+        let mut rs = lock(&self.resync);
+        rs.running = false;
+        match result {
+            Ok(r) => {
+                tracing::warn!(paths = r.paths, blocks = r.blocks, bytes = r.bytes, seconds = r.seconds, "resync done");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "resync stopped short");
+                rs.error = Some(e.to_string());
+            }
+        }
+    }
+
+    fn remote_arbiter(&self) -> RemoteArbiter {
+        RemoteArbiter {
+            addr: self.cfg.arbiter.clone(),
+            key: self.key.clone(),
+            dbid: self.cfg.dbid,
+            timeout: Duration::from_millis(self.cfg.decision_timeout_ms),
+        }
+    }
+
+    /// A replication connection to `addr`.
+    fn connect(&self, addr: &str) -> Result<crate::net::Conn> {
+        let target = std::net::ToSocketAddrs::to_socket_addrs(addr)
+            .map_err(|e| Error::io(format!("resolving {addr}"), e))?
+            .next()
+            .ok_or_else(|| Error::InvalidArgument(format!("{addr} resolves to nothing")))?;
+        let s = std::net::TcpStream::connect_timeout(&target, Duration::from_secs(10))
+            .map_err(|e| Error::io(format!("connecting to the mirror at {addr}"), e))?;
+        crate::net::tcp(s).map_err(|e| Error::io("setting up the connection", e))
     }
 
     fn become_mirror(&self, generation: u64) -> Result<()> {
@@ -649,12 +764,7 @@ impl Shared {
 
     fn start_primary(&self, generation: u64, mirror: Option<String>) -> Result<Primary> {
         let decision_timeout = Duration::from_millis(self.cfg.decision_timeout_ms);
-        let arbiter = Arc::new(RemoteArbiter {
-            addr: self.cfg.arbiter.clone(),
-            key: self.key.clone(),
-            dbid: self.cfg.dbid,
-            timeout: decision_timeout,
-        });
+        let arbiter = Arc::new(self.remote_arbiter());
         let cfg = PrimaryConfig {
             identity: PairIdentity {
                 cluster_id: self.cfg.cluster_id,
@@ -676,16 +786,8 @@ impl Shared {
         let Some(addr) = mirror else {
             return Primary::start_alone(cfg, self.disk.clone(), "the arbiter marked the mirror down");
         };
-        let connected = (|| {
-            let target = std::net::ToSocketAddrs::to_socket_addrs(&addr)
-                .map_err(|e| Error::io(format!("resolving {addr}"), e))?
-                .next()
-                .ok_or_else(|| Error::InvalidArgument(format!("{addr} resolves to nothing")))?;
-            let s = std::net::TcpStream::connect_timeout(&target, cfg.tuning.handshake_timeout)
-                .map_err(|e| Error::io(format!("connecting to the mirror at {addr}"), e))?;
-            let conn = crate::net::tcp(s).map_err(|e| Error::io("setting up the connection", e))?;
-            Primary::start_with_disk(cfg.clone(), self.disk.clone(), conn, &addr)
-        })();
+        let connected =
+            self.connect(&addr).and_then(|conn| Primary::start_with_disk(cfg.clone(), self.disk.clone(), conn, &addr));
         match connected {
             Ok(p) => Ok(p),
             Err(e) => {

@@ -162,6 +162,7 @@ impl Drop for Seg {
 struct Cluster {
     _dir: tempfile::TempDir,
     key: ClusterKey,
+    key_file: PathBuf,
     arbiter_addr: String,
     arbiter: Option<Child>,
     segs: Vec<Seg>,
@@ -279,7 +280,7 @@ impl Cluster {
         .map(|s| s.to_string())
         .collect();
         let (arbiter, addr) = spawn_ready(&args, "filerep arbiter ready on ");
-        let c = Cluster { _dir: dir, key, arbiter_addr: addr, arbiter: Some(arbiter), segs, proxies };
+        let c = Cluster { _dir: dir, key, key_file, arbiter_addr: addr, arbiter: Some(arbiter), segs, proxies };
         c.wait_for("the pair to stream", Duration::from_secs(20), || {
             c.seg(2).status(&c.key).is_some_and(|s| s.acting == Acting::Primary && s.mode == 's')
         });
@@ -633,4 +634,101 @@ fn bad_configurations_and_catalogs_are_refused_with_what_and_where() {
     let (code, err) = run_fails(&["arbiter", "--catalog", cat.to_str().unwrap(), "--key-file", key.to_str().unwrap()]);
     assert!(code == 2 && err.contains("catalog.json") && err.contains("appears twice"), "{err}");
     assert!(!dir.path().join("state").exists(), "nothing was created for a refused configuration");
+}
+
+impl Cluster {
+    /// Run `filerep recover` to the end; its exit code, stdout and stderr.
+    fn recover(&self, extra: &[&str]) -> (i32, String, String) {
+        let key = self.key_file.display().to_string();
+        let mut args =
+            vec!["recover", "--arbiter", &self.arbiter_addr, "--json", "--timeout", "60", "--key-file", &key];
+        args.extend(extra);
+        let out = Command::new(exe()).args(&args).env("FILEREP_LOG", "warn").output().expect("recover");
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
+    }
+
+    fn wait_mirror_serving(&self, dbid: u32, generation: u64) {
+        self.wait_for("the mirror to serve", Duration::from_secs(20), || {
+            self.seg(dbid).status(&self.key).is_some_and(|s| s.acting == Acting::Mirror && s.generation == generation)
+        });
+    }
+}
+
+fn summary(stdout: &str) -> serde_json::Value {
+    serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap_or_else(|e| panic!("{e}: {stdout:?}"))
+}
+
+#[test]
+fn recover_after_a_mirror_loss_returns_the_pair_to_synchronized_and_identical() {
+    let mut c = Cluster::start(Links::Direct);
+    let mut cl = c.seg(2).client();
+    cl.mkdir(0, "base").unwrap();
+    cl.create(0, "base/rel").unwrap();
+    for i in 0..32 {
+        cl.extend(0, "base/rel", i, &block(1, i)).unwrap();
+    }
+    cl.create(1, "gone").unwrap();
+    c.seg_mut(3).kill();
+    c.wait_for("change tracking", Duration::from_secs(20), || c.seg(2).status(&c.key).is_some_and(|s| s.mode == 'c'));
+    // Every kind of change while the mirror is down.
+    for i in 0..8 {
+        cl.write_block(0, "base/rel", i * 3, &block(2, i)).unwrap();
+    }
+    cl.truncate(0, "base/rel", 20).unwrap();
+    cl.unlink(1, "gone").unwrap();
+    cl.mkdir(1, "new").unwrap();
+    cl.create(1, "new/file").unwrap();
+    cl.write_at(1, "new/file", 0, b"written while the mirror was down").unwrap();
+    cl.rename(0, "base", "moved").unwrap();
+    c.seg_mut(3).start();
+    c.wait_mirror_serving(3, 1);
+    let (code, out, err) = c.recover(&[]);
+    assert_eq!(code, 0, "{out}{err}");
+    let s = summary(&out);
+    assert_eq!(s["result"], "synchronized", "{s}");
+    assert!(s["blocks"].as_u64().unwrap() > 0, "{s}");
+    let p = c.pair();
+    assert_eq!((p.mode, p.generation), (PairMode::Synchronized, 1));
+    assert!(c.catalog().history.iter().any(|h| h.reason.contains("resync completed")));
+    // Streaming again: a new write reaches the mirror; then both sides match.
+    cl.write_block(0, "moved/rel", 0, &block(3, 0)).unwrap();
+    cl.sync(0, "moved/rel").unwrap();
+    assert_trees_equal(&c.seg(2).roots(), &c.seg(3).roots());
+    // Nothing left to recover: refused, with the reason.
+    let (code, _, err) = c.recover(&["--content", "0"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("already synchronized"), "{err}");
+}
+
+#[test]
+fn after_a_failover_one_recover_makes_the_returning_old_primary_identical() {
+    let mut c = Cluster::start(Links::Direct);
+    let mut cl = c.seg(2).client();
+    cl.create(0, "rel").unwrap();
+    for i in 0..40 {
+        cl.extend(0, "rel", i, &block(4, i)).unwrap();
+    }
+    c.seg_mut(2).kill();
+    c.wait_for("the promotion", Duration::from_secs(20), || {
+        c.seg(3).status(&c.key).is_some_and(|s| s.acting == Acting::Primary && s.mode == 'c')
+    });
+    let mut nl = c.seg(3).client();
+    for i in 0..10 {
+        nl.write_block(0, "rel", i * 2, &block(5, i)).unwrap();
+    }
+    nl.create(1, "made-after-failover").unwrap();
+    c.seg_mut(2).start();
+    c.wait_for("the old primary to serve as mirror, its activity log handed over", Duration::from_secs(20), || {
+        c.seg(2).status(&c.key).is_some_and(|s| s.acting == Acting::Mirror && s.generation == 2 && !s.changes_pending)
+    });
+    let (code, out, err) = c.recover(&[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(summary(&out)["result"], "synchronized");
+    let p = c.pair();
+    assert_eq!((p.mode, p.generation), (PairMode::Synchronized, 2));
+    assert_eq!(role_of(&p, 3), (Role::Primary, true));
+    assert_eq!(role_of(&p, 2), (Role::Mirror, true));
+    nl.sync(0, "rel").unwrap();
+    assert_trees_equal(&c.seg(3).roots(), &c.seg(2).roots());
 }

@@ -3,6 +3,7 @@
 
 mod cluster;
 mod demo;
+mod recover;
 
 use clap::{Parser, Subcommand};
 use filerep::config::{check_block_size, Filespace, StreamTuning, SyncLevel};
@@ -41,6 +42,8 @@ enum Cmd {
     Segment(cluster::SegmentCmd),
     /// Run the arbiter (fault probe): probe every segment, decide roles and modes, keep the catalog.
     Arbiter(cluster::ArbiterCmd),
+    /// Resynchronize pairs that left Synchronized (incremental, or -F full) while their primaries serve.
+    Recover(recover::RecoverCmd),
 }
 
 #[derive(clap::Args)]
@@ -177,6 +180,7 @@ fn main() -> ExitCode {
         Cmd::Compare(c) => run_compare(c),
         Cmd::Segment(c) => cluster::run_segment(c).map(|_| ExitCode::SUCCESS).map_err(Into::into),
         Cmd::Arbiter(c) => cluster::run_arbiter(c).map(|_| ExitCode::SUCCESS).map_err(Into::into),
+        Cmd::Recover(c) => recover::run(c).map_err(Into::into),
     };
     match r {
         Ok(code) => code,
