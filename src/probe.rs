@@ -179,9 +179,11 @@ impl State {
                 PairMode::Synchronized => {
                     return ArbiterResponse::Refused(format!("content {content} is already synchronized"))
                 }
-                PairMode::NotInSync if !full => return ArbiterResponse::Refused(format!(
+                PairMode::NotInSync if !full => {
+                    return ArbiterResponse::Refused(format!(
                     "content {content} is not in sync and no change-log covers the differences: use a full resync (-F)"
-                )),
+                ))
+                }
                 _ => {}
             }
             let (p, m) = (pair.acting_primary().dbid, pair.acting_mirror().dbid);

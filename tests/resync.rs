@@ -186,3 +186,42 @@ fn the_demo_workload_in_change_tracking_is_repaired_by_one_resync() {
     resync(&p, false);
     finish(p);
 }
+
+#[test]
+fn losing_the_mirror_during_a_resync_returns_to_change_tracking_and_a_second_resync_finishes() {
+    let mut p = pair();
+    let bs = BS as usize;
+    p.primary.create(0, "big").unwrap();
+    for b in 0..64 {
+        p.primary.extend(0, "big", b, &vec![1u8; bs]).unwrap();
+    }
+    lose_mirror(&mut p);
+    for b in 0..2048 {
+        p.primary.extend(0, "big", 64 + b, &vec![(b % 200) as u8 + 2; bs]).unwrap();
+    }
+    take_back(&mut p);
+    // Kill the mirror while the resync ships: slow it down so the kill lands mid-way.
+    let progress = Arc::new(Progress::default());
+    let (primary, prog) = (p.primary.clone(), progress.clone());
+    let run = std::thread::spawn(move || {
+        let opts = ResyncOptions { max_rate: Some(4 << 20), ..Default::default() };
+        resync::run(&primary, &opts, &prog)
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while progress.snapshot().blocks_done < 64 {
+        assert!(std::time::Instant::now() < deadline, "the resync did not start shipping");
+        std::thread::yield_now();
+    }
+    p.daemon.kill();
+    let err = run.join().unwrap().expect_err("the resync cannot finish without its mirror");
+    assert!(matches!(err, filerep::Error::MirrorLost(_)), "{err}");
+    // Writes go on alone; the change-log still names everything (nothing was cleared).
+    p.primary.write_block(0, "big", 5, &vec![9u8; bs]).expect("change tracking again");
+    assert_eq!(p.primary.mode(), Mode::ChangeTracking);
+    let big = FsPath::new(0, RelPath::new("big").unwrap());
+    let set = p.log.change_set();
+    assert!((64..64 + 2048).all(|b| set.covers_block(&big, b)), "shipped-but-interrupted blocks stay tracked");
+    take_back(&mut p);
+    resync(&p, false);
+    finish(p);
+}
