@@ -310,6 +310,20 @@ impl ActivityLog {
         Ok(())
     }
 
+    /// Clear the change-log (a finished resync) and forget every entry, as
+    /// one step: no cover can find an entry hot whose record the clear wiped.
+    pub fn clear_with_log(&self) -> Result<(), ChangeLogError> {
+        let mut all: Vec<_> = self.shards.iter().map(lock).collect();
+        self.log.clear()?;
+        for sh in all.iter_mut() {
+            sh.extents.clear();
+            sh.paths.clear();
+        }
+        self.entries.store(0, Ordering::Release);
+        self.next_try.store(self.limit + 1, Ordering::Release);
+        Ok(())
+    }
+
     /// Retire whatever can be retired now, regardless of the limit (when
     /// the mirror has everything, say after an orderly shutdown).
     pub fn retire_all(&self, durable: u64) -> Result<usize, ChangeLogError> {

@@ -93,7 +93,7 @@ pub struct Applier {
     /// Dirty directories that were renamed or removed since: no longer
     /// reachable by their old name, still synced by the next job.
     moved_dirs: Vec<Arc<dyn DiskFile>>,
-    /// Files whose length a resync set, until the next full job.
+    /// Files whose length a resync set, until the next sync job.
     reconciled: Vec<Arc<dyn DiskFile>>,
     /// Files whose sync or flush frames wait for the next job.
     sync_requests: HashMap<u32, Arc<dyn DiskFile>>,
@@ -425,8 +425,9 @@ impl Applier {
         let mut files: Vec<Arc<dyn DiskFile>> = self.sync_requests.drain().map(|(_, f)| f).collect();
         if full {
             files.extend(self.dirty_files.drain().map(|(_, f)| f));
-            files.append(&mut self.reconciled);
         }
+        // Lengths a resync set, like directory entries, go with every job.
+        files.append(&mut self.reconciled);
         let mut dirs: Vec<Arc<dyn DiskFile>> = std::mem::take(&mut self.moved_dirs);
         dirs.extend(std::mem::take(&mut self.dirty_dirs).into_values());
         SyncJob { through: self.applied, durable_through: full.then_some(self.applied), files, dirs }

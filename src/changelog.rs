@@ -818,6 +818,19 @@ impl ChangeLog {
         }
     }
 
+    /// What a resync must ship: every exact block and path, and only the
+    /// extents that stand for blocks not known exactly (recovered from a
+    /// crash, or pinned from the activity log). Extents this process
+    /// recorded in change tracking have all their written blocks exactly.
+    pub fn resync_set(&self) -> ChangeSet {
+        let s = lock(&self.shared);
+        ChangeSet {
+            blocks: s.inner.set.blocks.clone(),
+            touched: s.inner.set.touched.clone(),
+            extents: s.inner.recovered.clone(),
+        }
+    }
+
     /// Whether nothing at all is recorded.
     pub fn is_empty(&self) -> bool {
         lock(&self.shared).inner.set.is_empty()

@@ -12,6 +12,7 @@ pub mod activity;
 pub mod apply;
 pub mod arbiter;
 pub mod bench;
+pub mod bench_resync;
 pub mod catalog;
 pub mod changelog;
 pub mod client;

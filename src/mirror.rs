@@ -33,6 +33,17 @@ const MAX_START_SEQ: u64 = 1 << 62;
 pub const MAX_CONNECTIONS: usize = 16;
 /// A full sync at least this often while anything is dirty.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+/// Block until the listener has a connection to accept or `ms` pass.
+fn wait_readable(listener: &TcpListener, ms: u16) {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
+    if poll(&mut fds, PollTimeout::from(ms)).is_err() {
+        // EINTR and the like: the loop simply tries again.
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 /// Largest single read from the socket.
 const READ_CHUNK: usize = 1 << 20;
 
@@ -218,9 +229,9 @@ impl MirrorServer {
                         });
                     }
                     // Nothing pending: look at the stop flag again shortly.
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        std::thread::sleep(Duration::from_millis(20));
-                    }
+                    // Nothing pending: wait for a connection, looking at the
+                    // stop flag again at least every 50 ms.
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => wait_readable(listener, 50),
                     Err(e) => {
                         tracing::warn!(error = %e, "accept failed");
                         std::thread::sleep(Duration::from_millis(20));

@@ -1018,21 +1018,60 @@ impl Primary {
             let mut h = Header::new(Kind::WriteAt);
             h.offset = offset;
             let n = buf.len() as u64;
-            let seq = inner.ship_data(p, h, &buf, Change::Blocks { path: p.clone(), first, last })?;
+            // Queued only: the engine sends copies in batches (`resync_send`).
+            let body = Bytes::from(buf);
+            let seq = inner.ship(p, h, body, n as usize, Some(Change::Blocks { path: p.clone(), first, last }))?;
             Inner::shipped(&mut cover, seq);
             (seq, n)
         };
         Ok(seq.1)
     }
 
+    /// Resync: send whatever copies are queued.
+    pub(crate) fn resync_send(&self) {
+        self.inner.flush();
+    }
+
+    /// Resync: ask the mirror to make `p` durable (a flush frame); returns
+    /// its sequence number, or `None` if the file is gone here.
+    pub(crate) fn resync_flush(&self, p: &FsPath) -> Result<Option<u64>> {
+        let inner = &self.inner;
+        inner.usable()?;
+        let _f = inner.file_stripe(p).read().unwrap_or_else(|e| e.into_inner());
+        inner.check_open()?;
+        match inner.file(p) {
+            Ok(_) => {}
+            Err(Error::Disk(e)) if e.kind == crate::disk::DiskErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        }
+        let seq = inner.ship(p, Header::new(Kind::Flush), Bytes::new(), 0, None)?;
+        inner.flush();
+        Ok(Some(seq))
+    }
+
     /// Resync done shipping: wait until the mirror has everything durably,
     /// then clear the change-log, unless the mirror was lost meanwhile (then
     /// the window goes to the change-log instead and the resync is over).
-    pub(crate) fn resync_finish(&self, timeout: Duration) -> Result<()> {
+    /// `synced`: the last flush of every file the resync wrote; the mirror
+    /// syncs changed directories and resynced lengths with every sync, so
+    /// once that flush is synced, everything the resync shipped is durable.
+    /// Without it, the next full checkpoint is waited for.
+    pub(crate) fn resync_finish(
+        &self,
+        synced: Option<u64>,
+        flushed: &std::collections::BTreeSet<FsPath>,
+        timeout: Duration,
+    ) -> Result<()> {
         let inner = &self.inner;
-        let last = lock(&inner.queue).stream.last_seq();
-        // The mirror's checkpoint makes everything durable at least once a second.
-        inner.wait_mark(last, Mark::Durable, Some(Instant::now() + timeout))?;
+        let deadline = Some(Instant::now() + timeout);
+        match synced {
+            Some(seq) => inner.wait_mark(seq, Mark::Synced, deadline)?,
+            None => {
+                // The mirror's checkpoint makes everything durable at least once a second.
+                let last = lock(&inner.queue).stream.last_seq();
+                inner.wait_mark(last, Mark::Durable, deadline)?;
+            }
+        }
         let t = inner.tracking.as_ref().ok_or_else(|| Error::InvalidArgument("no change tracking".into()))?;
         let _r = lock(&inner.record_lock);
         if let Some(l) = lock(&inner.marks).lost.clone() {
@@ -1041,7 +1080,24 @@ impl Primary {
         if *inner.mode.lock().unwrap_or_else(|e| e.into_inner()) != Mode::Streaming {
             return Err(Error::MirrorLost("the pair left streaming during the resync".into()));
         }
-        t.changelog.clear().map_err(|e| inner.tracking_failed(e))?;
+        match &inner.activity {
+            Some(al) => al.clear_with_log(),
+            None => t.changelog.clear(),
+        }
+        .map_err(|e| inner.tracking_failed(e))?;
+        if let Some(seq) = synced {
+            // What the resync shipped up to its last flush is durable on the
+            // mirror (its files were flushed; directory entries and lengths go
+            // with every sync): no later loss needs to record it again.
+            let mut q = lock(&inner.queue);
+            q.window.retain(|(s, c)| {
+                *s > seq
+                    || match c {
+                        Change::Touched { .. } => false,
+                        Change::Blocks { path, .. } => !flushed.contains(path),
+                    }
+            });
+        }
         inner.resyncing.store(false, Ordering::SeqCst);
         tracing::warn!("resync complete: the change-log is drained, the pair is synchronized");
         Ok(())

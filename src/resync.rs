@@ -74,6 +74,8 @@ pub struct ResyncReport {
     pub blocks: u64,
     pub bytes: u64,
     pub seconds: f64,
+    /// Of which: waiting for the mirror to make everything durable.
+    pub durable_wait_seconds: f64,
 }
 
 struct Run<'a> {
@@ -85,7 +87,14 @@ struct Run<'a> {
     /// Files already copied whole, and trees already walked whole.
     whole_files: BTreeSet<FsPath>,
     whole_trees: Vec<(u16, Option<RelPath>)>,
+    /// Every file a copy or a length went to, for the final flushes.
+    written: BTreeSet<FsPath>,
+    /// Copies queued since the last send.
+    queued: usize,
 }
+
+/// Copies queued before they are sent together (one vectored write).
+const SEND_EVERY: usize = 16;
 
 impl Run<'_> {
     fn covered(&self, fs: u16, path: &RelPath) -> bool {
@@ -95,6 +104,9 @@ impl Run<'_> {
 
     fn reconcile(&mut self, fs: u16, path: Option<&RelPath>, prune: bool) -> Result<LocalEntry> {
         let local = self.p.resync_reconcile(fs, path, prune)?;
+        if let (LocalEntry::File { .. }, Some(path)) = (&local, path) {
+            self.written.insert(FsPath::new(fs, path.clone()));
+        }
         self.progress.paths_done.fetch_add(1, Ordering::Relaxed);
         Ok(local)
     }
@@ -142,6 +154,11 @@ impl Run<'_> {
                 count += 1;
             }
             let bytes = self.p.resync_copy(file, first, count)?;
+            self.queued += 1;
+            if self.queued >= SEND_EVERY {
+                self.p.resync_send();
+                self.queued = 0;
+            }
             self.progress.blocks_done.fetch_add(count, Ordering::Relaxed);
             let done = self.progress.bytes_done.fetch_add(bytes, Ordering::Relaxed) + bytes;
             self.throttle(done);
@@ -180,6 +197,8 @@ pub fn run(p: &Primary, opts: &ResyncOptions, progress: &Progress) -> Result<Res
         started: Instant::now(),
         whole_files: BTreeSet::new(),
         whole_trees: Vec::new(),
+        written: BTreeSet::new(),
+        queued: 0,
     };
     let filespaces = p.filespaces().len() as u16;
     if opts.full {
@@ -187,7 +206,7 @@ pub fn run(p: &Primary, opts: &ResyncOptions, progress: &Progress) -> Result<Res
             run.tree(fs, None)?;
         }
     } else {
-        let set = log.change_set();
+        let set = log.resync_set();
         // Blocks named exactly or by their extent, per file, in file order.
         let mut blocks: BTreeMap<FsPath, BTreeSet<u64>> = set.blocks.clone();
         for (f, es) in &set.extents {
@@ -230,7 +249,22 @@ pub fn run(p: &Primary, opts: &ResyncOptions, progress: &Progress) -> Result<Res
             }
         }
     }
-    p.resync_finish(opts.finish_timeout.unwrap_or(Duration::from_secs(60)))?;
+    let shipped = run.started.elapsed();
+    // Durable on the mirror: one flush per file written, then wait for the last.
+    let mut synced = None;
+    let written: Vec<FsPath> = std::mem::take(&mut run.written).into_iter().collect();
+    for f in &written {
+        if let Some(seq) = p.resync_flush(f)? {
+            synced = Some(seq);
+        }
+    }
+    if written.is_empty() {
+        // Only namespace changes: any flush carries the directories along,
+        // but there is no file to name, so wait for the checkpoint instead.
+        synced = None;
+    }
+    let flushed: BTreeSet<FsPath> = written.into_iter().collect();
+    p.resync_finish(synced, &flushed, opts.finish_timeout.unwrap_or(Duration::from_secs(60)))?;
     let s = progress.snapshot();
     Ok(ResyncReport {
         full: opts.full,
@@ -238,5 +272,6 @@ pub fn run(p: &Primary, opts: &ResyncOptions, progress: &Progress) -> Result<Res
         blocks: s.blocks_done,
         bytes: s.bytes_done,
         seconds: run.started.elapsed().as_secs_f64(),
+        durable_wait_seconds: (run.started.elapsed() - shipped).as_secs_f64(),
     })
 }

@@ -113,6 +113,12 @@ struct BenchCmd {
     /// Replicate without change tracking configured (no activity log), unlike a segment.
     #[arg(long)]
     no_activity_log: bool,
+    /// Measure resync (1 %, 10 %, 100 % of the blocks changed, and a full resync) beside rsync.
+    #[arg(long)]
+    resync: bool,
+    /// With --resync: the data set in GiB.
+    #[arg(long, default_value_t = 2.0)]
+    data_gib: f64,
 }
 
 #[derive(clap::Args)]
@@ -260,6 +266,40 @@ fn run_bench(c: BenchCmd) -> CmdResult {
             cfg.rounds,
             cfg.dir.display()
         );
+    }
+    if c.resync {
+        if !(c.data_gib > 0.0 && c.data_gib <= 1024.0) {
+            return Err(format!("--data-gib {}: give 0 < GiB <= 1024", c.data_gib).into());
+        }
+        let rc = filerep::bench_resync::ResyncBenchConfig {
+            dir: cfg.dir.clone(),
+            data_bytes: (c.data_gib * (1u64 << 30) as f64) as u64,
+            block_size: c.block_size,
+            prefer_uring: !c.std_io,
+            exe: cfg.exe.clone(),
+            verbose: !c.json,
+        };
+        let r = filerep::bench_resync::run(&rc)?;
+        if c.json {
+            println!("{}", serde_json::to_string_pretty(&r)?);
+        } else {
+            let gib = r.data_bytes as f64 / (1u64 << 30) as f64;
+            println!("data set: {gib:.1} GiB in {} files of {} B blocks", r.files, r.block_size);
+            println!("{:<40} {:>10}", "", "seconds");
+            for (what, s) in [
+                ("incremental resync, 1 % changed", r.incremental_1pct_s),
+                ("rsync -a --inplace --no-whole-file, 1 %", r.rsync_inplace_1pct_s),
+                ("incremental resync, 10 % changed", r.incremental_10pct_s),
+                ("incremental resync, 100 % changed", r.incremental_100pct_s),
+                ("full resync into an empty directory", r.full_s),
+                ("rsync -a -W into an empty directory", r.rsync_whole_s),
+            ] {
+                println!("{what:<40} {s:>10.2}");
+            }
+            println!("1 %: {:.1}x faster than rsync --inplace (target 20x)", r.speedup_1pct);
+            println!("full: {:.2}x faster than rsync -W (target 1.5x)", r.speedup_full);
+        }
+        return Ok(ExitCode::SUCCESS);
     }
     if c.mirror_down {
         let r = filerep::bench::run_mirror_down(&cfg)?;
