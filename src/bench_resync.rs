@@ -69,7 +69,14 @@ fn fresh(p: &Path) -> Result<()> {
     std::fs::create_dir_all(p).map_err(io("creating a benchmark directory"))
 }
 
+/// Every step starts with nothing dirty in the page cache: write-back of an
+/// earlier step (or of a copy made for rsync) must not slow the next.
+fn quiet_disk() {
+    nix::unistd::sync();
+}
+
 fn rsync(args: &[&str]) -> Result<f64> {
+    quiet_disk();
     let t = Instant::now();
     let out = Command::new("rsync")
         .args(args)
@@ -128,6 +135,7 @@ impl Bench<'_> {
     /// the connection to the durable end. The daemon is then stopped and
     /// the primary goes back to change tracking.
     fn resync_into(&self, dir: &Path, full: bool) -> Result<f64> {
+        quiet_disk();
         let mut daemon = MirrorProcess::spawn(
             &self.cfg.exe,
             &MirrorArgs {
