@@ -153,7 +153,12 @@ impl Bench<'_> {
         let stream = std::net::TcpStream::connect(daemon.addr).map_err(io("connecting to the mirror"))?;
         let conn = crate::net::tcp(stream).map_err(io("configuring the connection"))?;
         self.primary.attach_mirror(conn, &daemon.addr.to_string())?;
-        let opts = ResyncOptions { full, max_rate: None, finish_timeout: Some(Duration::from_secs(600)) };
+        let opts = ResyncOptions {
+            full,
+            max_rate: None,
+            finish_timeout: Some(Duration::from_secs(600)),
+            checkpoint_bytes: None,
+        };
         let r = resync::run(&self.primary, &opts, &Progress::default())?;
         let secs = t.elapsed().as_secs_f64();
         self.say(&format!(

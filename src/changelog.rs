@@ -35,6 +35,10 @@ const REC_FILE: u8 = 1;
 const REC_BLOCKS: u8 = 2;
 const REC_TOUCHED: u8 = 3;
 const REC_EXTENT: u8 = 4;
+/// A resync's progress: these blocks (and extents wholly inside) no longer differ.
+const REC_CLEARED: u8 = 5;
+/// A resync's progress: this path's namespace state no longer differs.
+const REC_CLEARED_PATH: u8 = 6;
 
 /// Blocks per extent. The first write into an extent waits for a durable
 /// extent record; later writes into it record their block exactly, lazily
@@ -82,6 +86,25 @@ impl ChangeSet {
     pub fn covers_block(&self, file: &FsPath, block: u64) -> bool {
         self.blocks.get(file).is_some_and(|b| b.contains(&block))
             || self.extents.get(file).is_some_and(|e| e.contains(&(block / EXTENT_BLOCKS)))
+    }
+
+    /// Forget blocks `first..end` of `file`, and its extents wholly inside.
+    fn remove_blocks(&mut self, file: &FsPath, first: u64, end: u64) {
+        if let Some(b) = self.blocks.get_mut(file) {
+            let gone: Vec<u64> = b.range(first..end).copied().collect();
+            for x in gone {
+                b.remove(&x);
+            }
+            if b.is_empty() {
+                self.blocks.remove(file);
+            }
+        }
+        if let Some(es) = self.extents.get_mut(file) {
+            es.retain(|e| !(e * EXTENT_BLOCKS >= first && (e + 1) * EXTENT_BLOCKS <= end));
+            if es.is_empty() {
+                self.extents.remove(file);
+            }
+        }
     }
 
     pub fn distinct_blocks(&self) -> u64 {
@@ -165,6 +188,24 @@ impl Encoder {
         self.buf.push(REC_EXTENT);
         self.buf.extend_from_slice(&no.to_le_bytes());
         self.buf.extend_from_slice(&extent.to_le_bytes());
+    }
+
+    fn cleared(&mut self, no: u32, first: u64, count: u32) {
+        self.start();
+        self.buf.push(REC_CLEARED);
+        self.buf.extend_from_slice(&no.to_le_bytes());
+        self.buf.extend_from_slice(&first.to_le_bytes());
+        self.buf.extend_from_slice(&count.to_le_bytes());
+    }
+
+    fn cleared_path(&mut self, p: &FsPath) {
+        self.start();
+        let path = p.path.as_str().as_bytes();
+        self.buf.push(REC_CLEARED_PATH);
+        self.buf.extend_from_slice(&p.filespace.to_le_bytes());
+        self.buf.push(0);
+        self.buf.extend_from_slice(&(path.len() as u16).to_le_bytes());
+        self.buf.extend_from_slice(path);
     }
 
     fn touched(&mut self, p: &FsPath, subtree: bool) {
@@ -376,6 +417,24 @@ impl Inner {
                     let extent = u64::from_le_bytes(f[4..12].try_into().unwrap_or_default());
                     let p = names.get(&no).ok_or_else(|| bad(&format!("an extent of unnamed file {no}")))?;
                     self.set.extents.entry(p.clone()).or_default().insert(extent);
+                }
+                REC_CLEARED => {
+                    let f = take(&mut b, 16).ok_or_else(|| bad("a cut cleared record"))?;
+                    let no = u32::from_le_bytes(f[0..4].try_into().unwrap_or_default());
+                    let first = u64::from_le_bytes(f[4..12].try_into().unwrap_or_default());
+                    let count = u32::from_le_bytes(f[12..16].try_into().unwrap_or_default());
+                    let p = names.get(&no).ok_or_else(|| bad(&format!("cleared blocks of unnamed file {no}")))?;
+                    let end = first.checked_add(count as u64).ok_or_else(|| bad("a cleared run past the end"))?;
+                    let p = p.clone();
+                    self.set.remove_blocks(&p, first, end);
+                }
+                REC_CLEARED_PATH => {
+                    let f = take(&mut b, 5).ok_or_else(|| bad("a cut cleared path record"))?;
+                    let fs = u16::from_le_bytes([f[0], f[1]]);
+                    let len = u16::from_le_bytes([f[3], f[4]]) as usize;
+                    let raw = take(&mut b, len).ok_or_else(|| bad("a cut path"))?;
+                    let path = RelPath::from_bytes(raw).map_err(|e| bad(&format!("a bad path ({e})")))?;
+                    self.set.touched.remove(&FsPath::new(fs, path));
                 }
                 other => return Err(bad(&format!("unknown record kind {other}"))),
             }
@@ -831,6 +890,45 @@ impl ChangeLog {
         }
     }
 
+    /// A resync's progress, durably: `blocks` of each file and `paths` no
+    /// longer differ from the peer (extents wholly inside a cleared run go
+    /// too, recovered or not). Appended as records, so a resync that stops
+    /// continues with what is left.
+    pub fn clear_entries(&self, blocks: &BTreeMap<FsPath, BTreeSet<u64>>, paths: &[FsPath]) -> Result<()> {
+        let mut s = lock(&self.shared);
+        s.usable()?;
+        for (file, set) in blocks {
+            if set.is_empty() {
+                continue;
+            }
+            let no = s.inner.file_no(file)?;
+            let mut it = set.iter().copied().peekable();
+            while let Some(first) = it.next() {
+                let mut count = 1u32;
+                while count < u32::MAX && it.peek() == Some(&(first + count as u64)) {
+                    it.next();
+                    count += 1;
+                }
+                let end = first + count as u64;
+                s.inner.pending.cleared(no, first, count);
+                s.inner.set.remove_blocks(file, first, end);
+                let Inner { recovered, .. } = &mut s.inner;
+                if let Some(es) = recovered.get_mut(file) {
+                    es.retain(|e| !(e * EXTENT_BLOCKS >= first && (e + 1) * EXTENT_BLOCKS <= end));
+                }
+                s.recorded += 1;
+            }
+        }
+        for p in paths {
+            s.inner.pending.cleared_path(p);
+            s.inner.set.touched.remove(p);
+            s.inner.recovered_touched.remove(p);
+            s.recorded += 1;
+        }
+        let n = s.recorded;
+        self.wait_durable(s, n)
+    }
+
     /// Whether nothing at all is recorded.
     pub fn is_empty(&self) -> bool {
         lock(&self.shared).inner.set.is_empty()
@@ -849,6 +947,25 @@ mod tests {
 
     fn log_path() -> FsPath {
         p("changelog")
+    }
+
+    #[test]
+    fn cleared_entries_stay_cleared_after_replay_and_compaction() {
+        let disk = Arc::new(SimDisk::new(1));
+        let log = ChangeLog::create(disk.clone(), log_path(), 8192).unwrap();
+        log.record_batch((0..64).map(|b| (p("f"), b)), [(p("d"), true), (p("e"), false)]).unwrap();
+        let mut done = BTreeMap::new();
+        done.insert(p("f"), (0..40).collect::<BTreeSet<u64>>());
+        log.clear_entries(&done, &[p("d")]).unwrap();
+        disk.crash(None);
+        let (log, _) = ChangeLog::open(disk.clone(), log_path()).unwrap();
+        let set = log.change_set();
+        assert_eq!(set.blocks.get(&p("f")).map(|b| b.len()), Some(24));
+        assert!(!set.covers_block(&p("f"), 39) && set.covers_block(&p("f"), 40));
+        assert_eq!(set.touched.keys().cloned().collect::<Vec<_>>(), vec![p("e")]);
+        log.compact().unwrap();
+        let (log, _) = ChangeLog::open(disk, log_path()).unwrap();
+        assert_eq!(log.change_set(), set, "compaction keeps exactly what is left");
     }
 
     #[test]

@@ -1049,6 +1049,33 @@ impl Primary {
         Ok(Some(seq))
     }
 
+    /// Resync progress: once the flush `synced` is synced on the mirror,
+    /// record durably that `blocks` and `paths` no longer differ (unless the
+    /// mirror was lost meanwhile), so a resync that stops later continues
+    /// with what is left.
+    pub(crate) fn resync_checkpoint(
+        &self,
+        synced: u64,
+        flushed: &std::collections::BTreeSet<FsPath>,
+        blocks: &std::collections::BTreeMap<FsPath, std::collections::BTreeSet<u64>>,
+        paths: &[FsPath],
+        timeout: Duration,
+    ) -> Result<()> {
+        let inner = &self.inner;
+        inner.wait_mark(synced, Mark::Synced, Some(Instant::now() + timeout))?;
+        let t = inner.tracking.as_ref().ok_or_else(|| Error::InvalidArgument("no change tracking".into()))?;
+        // With the record lock: a loss either comes after (its window, with
+        // any newer write of these blocks, is recorded after this) or before
+        // (then nothing is cleared).
+        let _r = lock(&inner.record_lock);
+        if let Some(l) = lock(&inner.marks).lost.clone() {
+            return Err(Error::MirrorLost(l));
+        }
+        t.changelog.clear_entries(blocks, paths).map_err(|e| inner.tracking_failed(e))?;
+        inner.prune_window(synced, flushed);
+        Ok(())
+    }
+
     /// Resync done shipping: wait until the mirror has everything durably,
     /// then clear the change-log, unless the mirror was lost meanwhile (then
     /// the window goes to the change-log instead and the resync is over).
@@ -1086,17 +1113,7 @@ impl Primary {
         }
         .map_err(|e| inner.tracking_failed(e))?;
         if let Some(seq) = synced {
-            // What the resync shipped up to its last flush is durable on the
-            // mirror (its files were flushed; directory entries and lengths go
-            // with every sync): no later loss needs to record it again.
-            let mut q = lock(&inner.queue);
-            q.window.retain(|(s, c)| {
-                *s > seq
-                    || match c {
-                        Change::Touched { .. } => false,
-                        Change::Blocks { path, .. } => !flushed.contains(path),
-                    }
-            });
+            inner.prune_window(seq, flushed);
         }
         inner.resyncing.store(false, Ordering::SeqCst);
         tracing::warn!("resync complete: the change-log is drained, the pair is synchronized");
@@ -1171,6 +1188,22 @@ impl Inner {
         }
         dirs.clear();
         Ok(())
+    }
+
+    /// What the resync shipped up to `seq` is durable on the mirror (its
+    /// files were flushed; directory entries and lengths go with every
+    /// sync): no later loss needs to record it again.
+    fn prune_window(&self, seq: u64, flushed: &std::collections::BTreeSet<FsPath>) {
+        let mut q = lock(&self.queue);
+        q.window.retain(|(s, c)| {
+            *s > seq
+                || match c {
+                    // Directory entries go with every sync; a file's length
+                    // (a truncate) only with a sync of that file.
+                    Change::Touched { path, subtree } => !(*subtree || flushed.contains(path)),
+                    Change::Blocks { path, .. } => !flushed.contains(path),
+                }
+        });
     }
 
     /// Tell a cover the sequence number its change went out with.

@@ -34,6 +34,8 @@ pub struct ResyncOptions {
     pub max_rate: Option<u64>,
     /// How long to wait at the end for the mirror to make everything durable.
     pub finish_timeout: Option<Duration>,
+    /// Bytes shipped between durable progress records (default 64 MiB).
+    pub checkpoint_bytes: Option<u64>,
 }
 
 /// Live counters, read by status probes while the resync runs.
@@ -89,9 +91,21 @@ struct Run<'a> {
     whole_trees: Vec<(u16, Option<RelPath>)>,
     /// Every file a copy or a length went to, for the final flushes.
     written: BTreeSet<FsPath>,
+    /// Files written since the last checkpoint.
+    written_since: BTreeSet<FsPath>,
     /// Copies queued since the last send.
     queued: usize,
+    /// Since the last checkpoint: files whose change-log blocks are shipped,
+    /// touched paths done, bytes shipped.
+    done_blocks: BTreeMap<FsPath, BTreeSet<u64>>,
+    done_paths: Vec<FsPath>,
+    since_checkpoint: u64,
+    /// The change-log's blocks per file (extents expanded), to clear as done.
+    listed: BTreeMap<FsPath, BTreeSet<u64>>,
 }
+
+/// Bytes shipped between durable progress records.
+const CHECKPOINT_BYTES: u64 = 64 << 20;
 
 /// Copies queued before they are sent together (one vectored write).
 const SEND_EVERY: usize = 16;
@@ -106,6 +120,7 @@ impl Run<'_> {
         let local = self.p.resync_reconcile(fs, path, prune)?;
         if let (LocalEntry::File { .. }, Some(path)) = (&local, path) {
             self.written.insert(FsPath::new(fs, path.clone()));
+            self.written_since.insert(FsPath::new(fs, path.clone()));
         }
         self.progress.paths_done.fetch_add(1, Ordering::Relaxed);
         Ok(local)
@@ -138,6 +153,7 @@ impl Run<'_> {
             let n = len.div_ceil(self.bs);
             self.progress.blocks_total.fetch_add(n, Ordering::Relaxed);
             self.copy_runs(&file, (0..n).collect())?;
+            self.file_done(&file);
             self.whole_files.insert(file);
         }
         Ok(())
@@ -154,6 +170,7 @@ impl Run<'_> {
                 count += 1;
             }
             let bytes = self.p.resync_copy(file, first, count)?;
+            self.since_checkpoint += bytes;
             self.queued += 1;
             if self.queued >= SEND_EVERY {
                 self.p.resync_send();
@@ -163,6 +180,39 @@ impl Run<'_> {
             let done = self.progress.bytes_done.fetch_add(bytes, Ordering::Relaxed) + bytes;
             self.throttle(done);
         }
+        Ok(())
+    }
+
+    /// `file`'s change-log blocks are all shipped (copied or past its end).
+    fn file_done(&mut self, file: &FsPath) {
+        if let Some(b) = self.listed.get(file) {
+            self.done_blocks.insert(file.clone(), b.clone());
+        }
+    }
+
+    /// Record progress durably once enough has been shipped (or `force`):
+    /// flush the files written since, and once the mirror has them, mark
+    /// their blocks and the paths done as no longer differing.
+    fn checkpoint(&mut self, force: bool) -> Result<()> {
+        if !force && self.since_checkpoint < self.opts.checkpoint_bytes.unwrap_or(CHECKPOINT_BYTES) {
+            return Ok(());
+        }
+        if self.done_blocks.is_empty() && self.done_paths.is_empty() {
+            return Ok(());
+        }
+        let flushed = std::mem::take(&mut self.written_since);
+        let mut synced = None;
+        for f in &flushed {
+            if let Some(seq) = self.p.resync_flush(f)? {
+                synced = Some(seq);
+            }
+        }
+        let Some(seq) = synced else { return Ok(()) };
+        let timeout = self.opts.finish_timeout.unwrap_or(Duration::from_secs(60));
+        self.p.resync_checkpoint(seq, &flushed, &self.done_blocks, &self.done_paths, timeout)?;
+        self.done_blocks.clear();
+        self.done_paths.clear();
+        self.since_checkpoint = 0;
         Ok(())
     }
 
@@ -198,7 +248,12 @@ pub fn run(p: &Primary, opts: &ResyncOptions, progress: &Progress) -> Result<Res
         whole_files: BTreeSet::new(),
         whole_trees: Vec::new(),
         written: BTreeSet::new(),
+        written_since: BTreeSet::new(),
         queued: 0,
+        done_blocks: BTreeMap::new(),
+        done_paths: Vec::new(),
+        since_checkpoint: 0,
+        listed: BTreeMap::new(),
     };
     let filespaces = p.filespaces().len() as u16;
     if opts.full {
@@ -216,8 +271,10 @@ pub fn run(p: &Primary, opts: &ResyncOptions, progress: &Progress) -> Result<Res
             }
         }
         tracing::info!(paths = set.touched.len(), files = blocks.len(), "resync: shipping the change-log");
+        run.listed = blocks.clone();
         // Namespace first; a prefix sorts before what it contains.
         for (path, subtree) in &set.touched {
+            run.done_paths.push(path.clone());
             if run.covered(path.filespace, &path.path) {
                 continue;
             }
@@ -230,12 +287,16 @@ pub fn run(p: &Primary, opts: &ResyncOptions, progress: &Progress) -> Result<Res
                     run.reconcile(path.filespace, Some(&path.path), false)?;
                 }
             }
+            // Between touched entries only: inside a tree walk its root is not done yet.
+            run.checkpoint(false)?;
         }
         let listed: u64 =
             blocks.iter().filter(|(f, _)| !run.covered(f.filespace, &f.path)).map(|(_, b)| b.len() as u64).sum();
         progress.blocks_total.fetch_add(listed, Ordering::Relaxed);
+        run.checkpoint(true)?;
         for (file, wanted) in blocks {
             if run.covered(file.filespace, &file.path) {
+                run.file_done(&file);
                 continue;
             }
             // Its length first (writes may have extended or shortened it).
@@ -247,6 +308,8 @@ pub fn run(p: &Primary, opts: &ResyncOptions, progress: &Progress) -> Result<Res
             } else {
                 progress.blocks_done.fetch_add(wanted.len() as u64, Ordering::Relaxed);
             }
+            run.file_done(&file);
+            run.checkpoint(false)?;
         }
     }
     let shipped = run.started.elapsed();

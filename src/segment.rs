@@ -655,7 +655,7 @@ impl Shared {
             } else if !p.resyncing() {
                 return Err(Error::InvalidArgument(format!("the pair is {:?}: nothing to resync", p.mode())));
             }
-            let opts = crate::resync::ResyncOptions { full, max_rate, finish_timeout: None };
+            let opts = crate::resync::ResyncOptions { full, max_rate, finish_timeout: None, checkpoint_bytes: None };
             crate::resync::run(&p, &opts, &progress)
         })();
         let mut rs = lock(&self.resync);

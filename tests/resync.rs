@@ -225,3 +225,48 @@ fn losing_the_mirror_during_a_resync_returns_to_change_tracking_and_a_second_res
     resync(&p, false);
     finish(p);
 }
+
+#[test]
+fn an_interrupted_resync_keeps_its_progress_durably_and_the_next_one_continues() {
+    let mut p = pair();
+    let bs = BS as usize;
+    // Many files, each a little over the checkpoint size.
+    for f in 0..12 {
+        p.primary.create(0, &format!("f{f}")).unwrap();
+    }
+    lose_mirror(&mut p);
+    for f in 0..12 {
+        for b in 0..160u64 {
+            p.primary.extend(0, &format!("f{f}"), b, &vec![(f * 16 + b % 16) as u8; bs]).unwrap();
+        }
+    }
+    let before = p.log.change_set().distinct_blocks();
+    assert!(before >= 12 * 160);
+    take_back(&mut p);
+    let progress = Arc::new(Progress::default());
+    let (primary, prog) = (p.primary.clone(), progress.clone());
+    let run = std::thread::spawn(move || {
+        // 1 MiB checkpoints, slowed so the kill lands part way through.
+        let opts = ResyncOptions { max_rate: Some(8 << 20), checkpoint_bytes: Some(1 << 20), ..Default::default() };
+        resync::run(&primary, &opts, &prog)
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while progress.snapshot().blocks_done < 6 * 160 {
+        assert!(std::time::Instant::now() < deadline, "the resync did not get half way");
+        std::thread::yield_now();
+    }
+    p.daemon.kill();
+    assert!(run.join().unwrap().is_err(), "interrupted");
+    // Progress was recorded durably: replay the change-log file itself.
+    let disk = Arc::new(StdDisk::open(&[p._state.path().to_path_buf()]).unwrap());
+    let (replayed, _) = ChangeLog::open(disk, FsPath::new(0, RelPath::new("changelog").unwrap())).unwrap();
+    assert_eq!(replayed.change_set().blocks, p.log.change_set().blocks, "the file says what memory says");
+    let left = replayed.change_set().distinct_blocks();
+    assert!(left < before, "nothing recorded as done ({left} of {before} blocks left)");
+    assert!(left > 0, "everything recorded as done although the resync was interrupted");
+    // The next resync ships only what is left, and the pair ends identical.
+    take_back(&mut p);
+    let r = resync(&p, false);
+    assert!(r.blocks < before, "the second resync shipped {} blocks, the first change set had {before}", r.blocks);
+    finish(p);
+}
