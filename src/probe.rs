@@ -132,6 +132,22 @@ impl State {
         match req {
             ArbiterRequest::Catalog => ArbiterResponse::Catalog(Box::new(lock(&self.catalog).clone())),
             ArbiterRequest::Recover { content, full, max_rate } => self.recover(content, full, max_rate),
+            ArbiterRequest::Rebalance { content } => {
+                let mut cat = lock(&self.catalog);
+                let before = cat.clone();
+                let Some(o) = cat.apply(content, &Event::Rebalance) else {
+                    return ArbiterResponse::Refused(format!("no content {content} in the catalog"));
+                };
+                if !o.changed {
+                    return ArbiterResponse::Refused(format!("content {content}: {}", o.reason));
+                }
+                // Stored first; the next rounds give the orders (mirror first:
+                // the old primary shuts down in order, then the other streams to it).
+                if *cat != before && !self.store(&mut cat) {
+                    return ArbiterResponse::Refused("the catalog cannot be written".into());
+                }
+                ArbiterResponse::Started
+            }
             ArbiterRequest::MirrorLost { dbid, content, generation, reason } => {
                 let span = tracing::info_span!("mirror_lost", dbid, content, generation);
                 let _e = span.enter();

@@ -220,6 +220,10 @@ pub enum ArbiterRequest {
         full: bool,
         max_rate: Option<u64>,
     },
+    /// `filerep recover -r`: return the pair's segments to their preferred roles.
+    Rebalance {
+        content: u32,
+    },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -832,7 +836,17 @@ impl Shared {
                 }
             };
             let result = match Request::decode(&body) {
-                Ok(req) => self.primary().and_then(|p| call(&p, &req).map_err(|e| (ErrorClass::of(&e), e.to_string()))),
+                Ok(req) => self.primary().and_then(|p| {
+                    call(&p, &req).map_err(|e| match e {
+                        // Shut down for a role change (rebalance, demotion): the
+                        // call changed nothing here and belongs on the new primary.
+                        Error::Closed(_) => (
+                            ErrorClass::NotPrimary,
+                            format!("segment {} is handing over its role: retry on the new primary", self.cfg.dbid),
+                        ),
+                        e => (ErrorClass::of(&e), e.to_string()),
+                    })
+                }),
                 Err(e) => Err((ErrorClass::Invalid, format!("malformed request: {e}"))),
             };
             if std::io::Write::write_all(&mut stream, &client::response(result)).is_err() {

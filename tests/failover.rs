@@ -731,4 +731,53 @@ fn after_a_failover_one_recover_makes_the_returning_old_primary_identical() {
     assert_eq!(role_of(&p, 2), (Role::Mirror, true));
     nl.sync(0, "rel").unwrap();
     assert_trees_equal(&c.seg(3).roots(), &c.seg(2).roots());
+    // Rebalance: back to the preferred roles, in order, at a new generation,
+    // with a client writing to the old primary throughout.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (mut w, stop) = (c.seg(3).client(), stop.clone());
+        std::thread::spawn(move || {
+            let (mut acked, mut refused) = (BTreeMap::new(), Vec::new());
+            let mut i = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                let b = 5 + i % 35;
+                let t = Instant::now();
+                match w.write_block(0, "rel", b, &block(100 + i, b)) {
+                    Ok(()) => {
+                        acked.insert(b, i);
+                    }
+                    Err(e) => refused.push((e.class(), e.to_string())),
+                }
+                assert!(t.elapsed() < Duration::from_secs(10), "a call hung for {:?}", t.elapsed());
+                i += 1;
+            }
+            (acked, refused)
+        })
+    };
+    let (code, out, err) = c.recover(&["-r"]);
+    stop.store(true, Ordering::SeqCst);
+    let (acked, refused) = writer.join().unwrap();
+    assert!(!acked.is_empty(), "the writer got some calls through before the switch");
+    for (class, msg) in &refused {
+        assert_eq!(*class, Some(ErrorClass::NotPrimary), "a call failed unclearly during the switch: {msg}");
+    }
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(summary(&out)["result"], "rebalanced", "{out}");
+    let p = c.pair();
+    assert_eq!((p.mode, p.generation), (PairMode::Synchronized, 3));
+    assert_eq!(role_of(&p, 2), (Role::Primary, true));
+    assert_eq!(role_of(&p, 3), (Role::Mirror, true));
+    // The old mirror's clients are told to go elsewhere; the preferred primary serves.
+    let e = c.seg(3).client().write_block(0, "rel", 0, &block(6, 0)).unwrap_err();
+    assert_eq!(e.class(), Some(ErrorClass::NotPrimary), "{e}");
+    let mut back = c.seg(2).client();
+    for i in 0..5 {
+        back.write_block(0, "rel", i, &block(7, i)).unwrap();
+    }
+    back.sync(0, "rel").unwrap();
+    // Every write acknowledged before the switch is on the preferred primary.
+    for (b, i) in &acked {
+        assert_eq!(back.read_block(0, "rel", *b).unwrap(), block(100 + i, *b), "acknowledged block {b} lost");
+    }
+    assert_trees_equal(&c.seg(2).roots(), &c.seg(3).roots());
 }

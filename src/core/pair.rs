@@ -76,6 +76,9 @@ pub enum Event {
     ResyncStarted,
     /// The resync drained the change-log, durably on both sides.
     ResyncCompleted,
+    /// The operator asked every segment back to its preferred role
+    /// (`filerep recover -r`): only a synchronized pair switches.
+    Rebalance,
 }
 
 /// What the reporter of a lost mirror is told.
@@ -272,6 +275,26 @@ impl Pair {
                 self.mode = PairMode::Synchronized;
                 Outcome { verdict: Verdict::None, changed: true, reason: "resync completed (r -> s)".into() }
             }
+            Event::Rebalance => {
+                if self.segments[p].preferred_role == Role::Primary {
+                    return unchanged(Verdict::None, "already in the preferred roles");
+                }
+                if self.down || self.mode != PairMode::Synchronized || !self.segments.iter().all(|s| s.up) {
+                    return unchanged(Verdict::None, "only a synchronized pair with both segments up switches");
+                }
+                // An orderly switch is a promotion too: a new generation fences the old one.
+                self.segments[p].role = Role::Mirror;
+                self.segments[m].role = Role::Primary;
+                self.generation += 1;
+                Outcome {
+                    verdict: Verdict::None,
+                    changed: true,
+                    reason: format!(
+                        "rebalance: {} back to primary, {} to mirror, generation {}",
+                        self.segments[m].dbid, self.segments[p].dbid, self.generation
+                    ),
+                }
+            }
         }
     }
 
@@ -376,6 +399,21 @@ mod tests {
         p.check().unwrap();
     }
 
+    #[test]
+    fn rebalance_switches_only_a_synchronized_pair_out_of_its_preferred_roles() {
+        let mut p = pair();
+        assert!(!p.apply(&Event::Rebalance).changed, "already preferred");
+        p.apply(&Event::ProbeFailed { dbid: 2 });
+        assert!(!p.apply(&Event::Rebalance).changed, "not synchronized");
+        p.apply(&Event::SegmentUp { dbid: 2 });
+        p.apply(&Event::ResyncStarted);
+        p.apply(&Event::ResyncCompleted);
+        let o = p.apply(&Event::Rebalance);
+        assert!(o.changed, "{o:?}");
+        assert_eq!((p.acting_primary().dbid, p.generation, p.mode), (2, 3, PairMode::Synchronized));
+        p.check().unwrap();
+    }
+
     /// Every sequence of up to six events from every reachable state keeps
     /// the invariants, and no generation ever has two primaries.
     #[test]
@@ -390,6 +428,7 @@ mod tests {
             Event::SegmentUp { dbid: 4 },
             Event::ResyncStarted,
             Event::ResyncCompleted,
+            Event::Rebalance,
         ];
         let mut frontier = vec![pair()];
         let mut seen = std::collections::HashSet::new();

@@ -24,6 +24,9 @@ pub struct RecoverCmd {
     /// Full resync: every file, and remove what the mirror has and the primary lacks.
     #[arg(short = 'F', long)]
     full: bool,
+    /// Rebalance: return every synchronized pair to its preferred roles (an orderly switch).
+    #[arg(short = 'r', long, conflicts_with = "full")]
+    rebalance: bool,
     /// Limit block copies to this many MB/s.
     #[arg(long)]
     max_rate: Option<f64>,
@@ -69,6 +72,9 @@ pub fn run(c: RecoverCmd) -> Result<std::process::ExitCode, String> {
         Some(r) => return Err(format!("--max-rate {r}: give 0 < MB/s <= 1000000")),
     };
     let cat = catalog(&c.arbiter, &key)?;
+    if c.rebalance {
+        return rebalance(&c, &key, &cat);
+    }
     let contents: Vec<u32> = match c.content {
         Some(x) if cat.pair(x).is_none() => return Err(format!("--content {x}: no such content in the catalog")),
         Some(x) => vec![x],
@@ -197,4 +203,77 @@ fn follow(c: &RecoverCmd, key: &ClusterKey, content: u32, max_rate: Option<u64>)
         mode: pair.as_ref().map_or('-', |p| p.mode.letter()),
         generation: pair.map_or(0, |p| p.generation),
     })
+}
+
+/// `-r`: ask for the switch, then follow until the preferred primary streams.
+fn rebalance(c: &RecoverCmd, key: &ClusterKey, cat: &Catalog) -> Result<std::process::ExitCode, String> {
+    use filerep::core::pair::Role;
+    let contents: Vec<u32> = match c.content {
+        Some(x) if cat.pair(x).is_none() => return Err(format!("--content {x}: no such content in the catalog")),
+        Some(x) => vec![x],
+        None => cat
+            .pairs
+            .iter()
+            .filter(|p| p.pair.acting_primary().preferred_role != Role::Primary)
+            .map(|p| p.pair.content)
+            .collect(),
+    };
+    if contents.is_empty() {
+        if !c.json {
+            eprintln!("every pair is in its preferred roles: nothing to rebalance");
+        }
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
+    let mut failed = false;
+    for content in contents {
+        let started = Instant::now();
+        match filerep::control::call::<_, ArbiterResponse>(&c.arbiter, key, &ArbiterRequest::Rebalance { content }, RPC)
+        {
+            Ok(ArbiterResponse::Started) => {}
+            Ok(ArbiterResponse::Refused(why)) => return Err(format!("content {content}: {why}")),
+            Ok(other) => return Err(format!("content {content}: unexpected answer {other:?}")),
+            Err(e) => return Err(format!("cannot reach the arbiter: {e}")),
+        }
+        let result = loop {
+            if started.elapsed() > Duration::from_secs(c.timeout) {
+                break "still switching (stopped following)".to_string();
+            }
+            std::thread::sleep(Duration::from_millis(100)); // polling interval of a progress display
+            let cat = catalog(&c.arbiter, key)?;
+            let Some(cp) = cat.pair(content) else { break "the content left the catalog".into() };
+            let p = cp.pair.acting_primary();
+            let streaming = cp.address(p.dbid).and_then(|a| status(&a.control, key)).is_some_and(|s| {
+                s.acting == filerep::segment::Acting::Primary && s.mode == 's' && s.generation == cp.pair.generation
+            });
+            if streaming && cp.pair.mode == PairMode::Synchronized {
+                break "rebalanced".into();
+            }
+            if cp.pair.down || cp.pair.mode != PairMode::Synchronized {
+                break format!("the pair left synchronized ({})", cp.pair.mode.letter());
+            }
+        };
+        let cat = catalog(&c.arbiter, key)?;
+        let pair = cat.pair(content).map(|p| p.pair.clone());
+        failed |= result != "rebalanced";
+        let s = Summary {
+            content,
+            full: false,
+            result,
+            seconds: started.elapsed().as_secs_f64(),
+            paths: 0,
+            blocks: 0,
+            bytes: 0,
+            mode: pair.as_ref().map_or('-', |p| p.mode.letter()),
+            generation: pair.as_ref().map_or(0, |p| p.generation),
+        };
+        if c.json {
+            println!("{}", serde_json::to_string(&s).map_err(|e| e.to_string())?);
+        } else {
+            println!(
+                "content {}: {} in {:.1} s; mode {}, generation {}",
+                s.content, s.result, s.seconds, s.mode, s.generation
+            );
+        }
+    }
+    Ok(if failed { std::process::ExitCode::from(1) } else { std::process::ExitCode::SUCCESS })
 }
