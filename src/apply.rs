@@ -93,6 +93,8 @@ pub struct Applier {
     /// Dirty directories that were renamed or removed since: no longer
     /// reachable by their old name, still synced by the next job.
     moved_dirs: Vec<Arc<dyn DiskFile>>,
+    /// Answers to hash requests, for the session to send after the batch.
+    hash_replies: Vec<(u64, Vec<u64>)>,
     /// Files whose length a resync set, until the next sync job.
     reconciled: Vec<Arc<dyn DiskFile>>,
     /// Files whose sync or flush frames wait for the next job.
@@ -115,6 +117,7 @@ impl Applier {
             dirty_dirs: BTreeMap::new(),
             moved_dirs: Vec::new(),
             reconciled: Vec::new(),
+            hash_replies: Vec::new(),
             sync_requests: HashMap::new(),
             dirs_requested: false,
             full_requested: false,
@@ -312,9 +315,24 @@ impl Applier {
             Op::Reconcile { filespace, path, entry, len } => {
                 self.reconcile(seq, *filespace, path.as_ref(), entry, *len)?
             }
+            Op::Hash { id, path, first, count, block_size } => {
+                let file = match self.file(seq, *id, path) {
+                    Ok(f) => Some(f),
+                    Err(e) if e.error.kind == crate::disk::DiskErrorKind::NotFound => None,
+                    Err(e) => return Err(e),
+                };
+                let hashes =
+                    crate::resync::hash_blocks(file.as_deref(), *first, *count, *block_size).map_err(err("hash"))?;
+                self.hash_replies.push((seq, hashes));
+            }
         }
         self.applied = seq;
         Ok(())
+    }
+
+    /// Answers to hash requests applied since the last call.
+    pub fn take_hash_replies(&mut self) -> Vec<(u64, Vec<u64>)> {
+        std::mem::take(&mut self.hash_replies)
     }
 
     /// Resync: make one path what the primary has. Removed files may have

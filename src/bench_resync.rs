@@ -158,6 +158,7 @@ impl Bench<'_> {
             max_rate: None,
             finish_timeout: Some(Duration::from_secs(600)),
             checkpoint_bytes: None,
+            compare: false,
         };
         let r = resync::run(&self.primary, &opts, &Progress::default())?;
         let secs = t.elapsed().as_secs_f64();

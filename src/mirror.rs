@@ -494,6 +494,10 @@ impl MirrorServer {
                     break SessionEnd::ApplyFailed(e.to_string());
                 }
             }
+            let replies = applier.take_hash_replies();
+            if !replies.is_empty() && !acks.hashes(replies) {
+                break SessionEnd::Disconnected("sending hashes failed".into());
+            }
             if shutdown {
                 break SessionEnd::Shutdown;
             }
@@ -561,6 +565,21 @@ impl AckSender {
         let received = self.marks.received.load(Ordering::SeqCst);
         let ack = Ack { received, applied, synced, durable };
         w.send_all(&[IoSlice::new(&ack.to_frame().to_vec())]).is_ok()
+    }
+
+    /// Answer hash requests (compare-mode resync), in order.
+    fn hashes(&self, replies: Vec<(u64, Vec<u64>)>) -> bool {
+        let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        for (seq, hashes) in replies {
+            let mut h = Header::new(Kind::Hashes);
+            h.seq = seq;
+            let body: Vec<u8> = hashes.iter().flat_map(|x| x.to_le_bytes()).collect();
+            let f = Frame::new(h, Bytes::from(body));
+            if w.send_all(&[IoSlice::new(&f.to_vec())]).is_err() {
+                return false;
+            }
+        }
+        true
     }
 
     fn fault(&self, seq: u64, reason: &str) {

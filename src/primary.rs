@@ -228,6 +228,11 @@ struct Inner {
     record_lock: Mutex<()>,
     /// A resync is shipping the change-log's contents.
     resyncing: AtomicBool,
+    /// Compare mode: hash requests awaiting the mirror's answer (by
+    /// sequence number: the count asked), and answers not yet taken.
+    hash_wanted: Mutex<HashMap<u64, u32>>,
+    hash_answers: Mutex<HashMap<u64, Vec<u64>>>,
+    hash_cv: Condvar,
 }
 
 /// The primary side of a pair. Cheap to share: wrap it in an `Arc` and call
@@ -350,6 +355,9 @@ impl Primary {
             config: cfg.clone(),
             record_lock: Mutex::new(()),
             resyncing: AtomicBool::new(false),
+            hash_wanted: Mutex::new(HashMap::new()),
+            hash_answers: Mutex::new(HashMap::new()),
+            hash_cv: Condvar::new(),
         });
         tracing::debug!(backend = inner.disk.name(), "primary local I/O");
         let _ = inner.me.set(Arc::downgrade(&inner));
@@ -1027,6 +1035,64 @@ impl Primary {
         Ok(seq.1)
     }
 
+    /// Resync, compare mode: hashes of `count` blocks of `p` from `first`,
+    /// here and on the mirror at the same point of the stream (the local
+    /// ones read, and the request queued, with the file locked against
+    /// writes). `None` if the file is gone here.
+    pub(crate) fn resync_hashes(
+        &self,
+        p: &FsPath,
+        first: u64,
+        count: u32,
+        timeout: Duration,
+    ) -> Result<Option<(Vec<u64>, Vec<u64>)>> {
+        let inner = &self.inner;
+        inner.usable()?;
+        if count == 0 || count > crate::protocol::MAX_HASH_BLOCKS {
+            return Err(Error::InvalidArgument(format!("{count} blocks do not fit one hash request")));
+        }
+        let (local, seq) = {
+            let _f = inner.file_stripe(p).write().unwrap_or_else(|e| e.into_inner());
+            inner.check_open()?;
+            let file = match inner.file(p) {
+                Ok(f) => f,
+                Err(Error::Disk(e)) if e.kind == crate::disk::DiskErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            let local = crate::resync::hash_blocks(Some(file.as_ref()), first, count, inner.identity.block_size)?;
+            let mut h = Header::new(Kind::HashRequest);
+            h.offset = first;
+            h.aux = count;
+            // Registered before it can be answered.
+            let mut wanted = lock(&inner.hash_wanted);
+            let seq = inner.ship(p, h, Bytes::new(), 0, None)?;
+            wanted.insert(seq, count);
+            (local, seq)
+        };
+        inner.flush();
+        let deadline = Instant::now() + timeout;
+        let mut answers = lock(&inner.hash_answers);
+        loop {
+            if let Some(remote) = answers.remove(&seq) {
+                return Ok(Some((local, remote)));
+            }
+            if let Some(l) = lock(&inner.marks).lost.clone() {
+                lock(&inner.hash_wanted).remove(&seq);
+                return Err(Error::MirrorLost(l));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                lock(&inner.hash_wanted).remove(&seq);
+                return Err(Error::MirrorLost(format!("no hashes for #{seq} in time")));
+            }
+            answers = inner
+                .hash_cv
+                .wait_timeout(answers, left.min(Duration::from_millis(50)))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
     /// Resync: send whatever copies are queued.
     pub(crate) fn resync_send(&self) {
         self.inner.flush();
@@ -1204,6 +1270,19 @@ impl Inner {
                     Change::Blocks { path, .. } => !flushed.contains(path),
                 }
         });
+    }
+
+    /// A Hashes frame: accepted only as the answer to a request we made,
+    /// with exactly the hashes asked for.
+    fn hashes_arrived(&self, seq: u64, body: &[u8]) -> std::result::Result<(), String> {
+        let want = lock(&self.hash_wanted).remove(&seq).ok_or_else(|| format!("unasked-for hashes for #{seq}"))?;
+        if body.len() != want as usize * 8 {
+            return Err(format!("hashes for #{seq}: {} bytes for {want} blocks", body.len()));
+        }
+        let hashes = body.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default())).collect();
+        lock(&self.hash_answers).insert(seq, hashes);
+        self.hash_cv.notify_all();
+        Ok(())
     }
 
     /// Tell a cover the sequence number its change went out with.
@@ -1776,6 +1855,12 @@ fn receiver_loop(inner: Arc<Inner>, mut reader: Box<dyn ConnReader>) {
                                 stop = Some(format!("protocol violation: {e}"));
                                 break;
                             }
+                        }
+                    }
+                    Kind::Hashes => {
+                        if let Err(why) = inner.hashes_arrived(f.header.seq, &f.body) {
+                            stop = Some(why);
+                            break;
                         }
                     }
                     Kind::Fault => {

@@ -131,7 +131,9 @@ impl State {
     fn answer(&self, req: ArbiterRequest) -> ArbiterResponse {
         match req {
             ArbiterRequest::Catalog => ArbiterResponse::Catalog(Box::new(lock(&self.catalog).clone())),
-            ArbiterRequest::Recover { content, full, max_rate } => self.recover(content, full, max_rate),
+            ArbiterRequest::Recover { content, full, max_rate, compare } => {
+                self.recover(content, (full, compare), max_rate)
+            }
             ArbiterRequest::Rebalance { content } => {
                 let mut cat = lock(&self.catalog);
                 let before = cat.clone();
@@ -174,7 +176,8 @@ impl State {
 
     /// Start a resync: the pair goes to `r` in the stored catalog, then the
     /// acting primary is told to take its mirror back.
-    fn recover(&self, content: u32, full: bool, max_rate: Option<u64>) -> ArbiterResponse {
+    fn recover(&self, content: u32, how: (bool, bool), max_rate: Option<u64>) -> ArbiterResponse {
+        let (full, compare) = how;
         let span = tracing::info_span!("recover", content, full);
         let _e = span.enter();
         let (order, primary_addr) = {
@@ -215,7 +218,7 @@ impl State {
                 }
             }
             let generation = cat.pair(content).map(|c| c.pair.generation).unwrap_or(0);
-            (SegmentRequest::StartResync { generation, mirror: md, full, max_rate }, pc)
+            (SegmentRequest::StartResync { generation, mirror: md, full, max_rate, compare }, pc)
         };
         match self.order(&primary_addr, order) {
             Some(SegmentResponse::Done) => ArbiterResponse::Started,

@@ -36,6 +36,9 @@ pub struct ResyncOptions {
     pub finish_timeout: Option<Duration>,
     /// Bytes shipped between durable progress records (default 64 MiB).
     pub checkpoint_bytes: Option<u64>,
+    /// Compare every listed block's hash on both sides and ship only those
+    /// that differ (extents recovered from a crash are always compared).
+    pub compare: bool,
 }
 
 /// Live counters, read by status probes while the resync runs.
@@ -78,6 +81,8 @@ pub struct ResyncReport {
     pub seconds: f64,
     /// Of which: waiting for the mirror to make everything durable.
     pub durable_wait_seconds: f64,
+    /// Blocks found equal on both sides by compare mode (not shipped).
+    pub compared_equal: u64,
 }
 
 struct Run<'a> {
@@ -95,6 +100,8 @@ struct Run<'a> {
     written_since: BTreeSet<FsPath>,
     /// Copies queued since the last send.
     queued: usize,
+    /// Blocks compare mode found equal on both sides (not shipped).
+    compared_equal: u64,
     /// Since the last checkpoint: files whose change-log blocks are shipped,
     /// touched paths done, bytes shipped.
     done_blocks: BTreeMap<FsPath, BTreeSet<u64>>,
@@ -152,7 +159,8 @@ impl Run<'_> {
             let file = FsPath::new(fs, path.clone());
             let n = len.div_ceil(self.bs);
             self.progress.blocks_total.fetch_add(n, Ordering::Relaxed);
-            self.copy_runs(&file, (0..n).collect())?;
+            let blocks = if self.opts.compare { self.differing(&file, (0..n).collect())? } else { (0..n).collect() };
+            self.copy_runs(&file, blocks)?;
             self.file_done(&file);
             self.whole_files.insert(file);
         }
@@ -181,6 +189,42 @@ impl Run<'_> {
             self.throttle(done);
         }
         Ok(())
+    }
+
+    /// Of `blocks`, those whose hash differs between here and the mirror
+    /// (compare mode); the others count as done.
+    fn differing(&mut self, file: &FsPath, blocks: BTreeSet<u64>) -> Result<BTreeSet<u64>> {
+        let mut out = BTreeSet::new();
+        let timeout = self.opts.finish_timeout.unwrap_or(Duration::from_secs(60));
+        let mut it = blocks.into_iter().peekable();
+        while let Some(first) = it.next() {
+            let mut count = 1u32;
+            while count < crate::protocol::MAX_HASH_BLOCKS && it.peek() == Some(&(first + count as u64)) {
+                it.next();
+                count += 1;
+            }
+            // Queued copies go first: the hashes must see them.
+            self.p.resync_send();
+            match self.p.resync_hashes(file, first, count, timeout)? {
+                Some((local, remote)) => {
+                    let mut same = 0u64;
+                    for (i, (a, b)) in local.iter().zip(&remote).enumerate() {
+                        if a == b {
+                            same += 1;
+                        } else {
+                            out.insert(first + i as u64);
+                        }
+                    }
+                    self.progress.blocks_done.fetch_add(same, Ordering::Relaxed);
+                    self.compared_equal += same;
+                }
+                // Gone here meanwhile: its removal streams to the mirror.
+                None => {
+                    self.progress.blocks_done.fetch_add(count as u64, Ordering::Relaxed);
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// `file`'s change-log blocks are all shipped (copied or past its end).
@@ -250,6 +294,7 @@ pub fn run(p: &Primary, opts: &ResyncOptions, progress: &Progress) -> Result<Res
         written: BTreeSet::new(),
         written_since: BTreeSet::new(),
         queued: 0,
+        compared_equal: 0,
         done_blocks: BTreeMap::new(),
         done_paths: Vec::new(),
         since_checkpoint: 0,
@@ -264,10 +309,14 @@ pub fn run(p: &Primary, opts: &ResyncOptions, progress: &Progress) -> Result<Res
         let set = log.resync_set();
         // Blocks named exactly or by their extent, per file, in file order.
         let mut blocks: BTreeMap<FsPath, BTreeSet<u64>> = set.blocks.clone();
+        // Blocks named only by an extent may well be unchanged: compared first.
+        let mut by_extent: BTreeMap<FsPath, BTreeSet<u64>> = BTreeMap::new();
         for (f, es) in &set.extents {
             let b = blocks.entry(f.clone()).or_default();
+            let x = by_extent.entry(f.clone()).or_default();
             for e in es {
                 b.extend(e * EXTENT_BLOCKS..(e + 1) * EXTENT_BLOCKS);
+                x.extend(e * EXTENT_BLOCKS..(e + 1) * EXTENT_BLOCKS);
             }
         }
         tracing::info!(paths = set.touched.len(), files = blocks.len(), "resync: shipping the change-log");
@@ -304,7 +353,11 @@ pub fn run(p: &Primary, opts: &ResyncOptions, progress: &Progress) -> Result<Res
                 let n = len.div_ceil(run.bs);
                 let (inside, past): (BTreeSet<u64>, BTreeSet<u64>) = wanted.into_iter().partition(|b| *b < n);
                 progress.blocks_done.fetch_add(past.len() as u64, Ordering::Relaxed);
-                run.copy_runs(&file, inside)?;
+                let (compare, mut copy): (BTreeSet<u64>, BTreeSet<u64>) = inside
+                    .into_iter()
+                    .partition(|b| opts.compare || by_extent.get(&file).is_some_and(|x| x.contains(b)));
+                copy.extend(run.differing(&file, compare)?);
+                run.copy_runs(&file, copy)?;
             } else {
                 progress.blocks_done.fetch_add(wanted.len() as u64, Ordering::Relaxed);
             }
@@ -336,5 +389,28 @@ pub fn run(p: &Primary, opts: &ResyncOptions, progress: &Progress) -> Result<Res
         bytes: s.bytes_done,
         seconds: run.started.elapsed().as_secs_f64(),
         durable_wait_seconds: (run.started.elapsed() - shipped).as_secs_f64(),
+        compared_equal: run.compared_equal,
     })
+}
+
+/// xxh3-64 of each of `count` blocks from `first`, as read: a block past
+/// the end (or of a missing file) hashes its short or empty contents. Both
+/// sides compute it the same way, so equal hashes mean equal blocks.
+pub fn hash_blocks(
+    file: Option<&dyn crate::disk::DiskFile>,
+    first: u64,
+    count: u32,
+    block_size: u32,
+) -> std::result::Result<Vec<u64>, crate::disk::DiskError> {
+    let bs = block_size as u64;
+    let mut buf = vec![0u8; block_size as usize];
+    let mut out = Vec::with_capacity(count as usize);
+    for b in first..first + count as u64 {
+        let n = match file {
+            Some(f) => f.read_at(b * bs, &mut buf)?,
+            None => 0,
+        };
+        out.push(xxhash_rust::xxh3::xxh3_64(&buf[..n]));
+    }
+    Ok(out)
 }

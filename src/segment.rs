@@ -157,6 +157,9 @@ pub enum SegmentRequest {
         mirror: String,
         full: bool,
         max_rate: Option<u64>,
+        /// Compare hashes of every listed block and ship only those that differ.
+        #[serde(default)]
+        compare: bool,
     },
     /// Stop the process.
     Stop,
@@ -219,6 +222,8 @@ pub enum ArbiterRequest {
         content: u32,
         full: bool,
         max_rate: Option<u64>,
+        #[serde(default)]
+        compare: bool,
     },
     /// `filerep recover -r`: return the pair's segments to their preferred roles.
     Rebalance {
@@ -590,7 +595,7 @@ impl Shared {
                     Err(e) => refused(e.to_string()),
                 }
             }
-            SegmentRequest::StartResync { generation, mirror, full, max_rate } => {
+            SegmentRequest::StartResync { generation, mirror, full, max_rate, compare } => {
                 let p = match &*lock(&self.role) {
                     Role::Primary(p) if p.generation() == generation => p.clone(),
                     _ => return refused(format!("not the acting primary of generation {generation}")),
@@ -607,7 +612,7 @@ impl Shared {
                 let me = self.clone();
                 let spawned = std::thread::Builder::new()
                     .name("filerep-resync".into())
-                    .spawn(move || me.run_resync(p, generation, mirror, full, max_rate));
+                    .spawn(move || me.run_resync(p, generation, mirror, (full, compare), max_rate));
                 match spawned {
                     Ok(_) => SegmentResponse::Done,
                     Err(e) => {
@@ -643,7 +648,8 @@ impl Shared {
     }
 
     /// Take the mirror back (unless it already is) and resync it.
-    fn run_resync(&self, p: Arc<Primary>, generation: u64, mirror: String, full: bool, max_rate: Option<u64>) {
+    fn run_resync(&self, p: Arc<Primary>, generation: u64, mirror: String, how: (bool, bool), max_rate: Option<u64>) {
+        let (full, compare) = how;
         let span = tracing::info_span!("resync", generation, full);
         let _e = span.enter();
         let progress = lock(&self.resync).progress.clone().unwrap_or_default();
@@ -659,7 +665,8 @@ impl Shared {
             } else if !p.resyncing() {
                 return Err(Error::InvalidArgument(format!("the pair is {:?}: nothing to resync", p.mode())));
             }
-            let opts = crate::resync::ResyncOptions { full, max_rate, finish_timeout: None, checkpoint_bytes: None };
+            let opts =
+                crate::resync::ResyncOptions { full, max_rate, finish_timeout: None, checkpoint_bytes: None, compare };
             crate::resync::run(&p, &opts, &progress)
         })();
         let mut rs = lock(&self.resync);

@@ -270,3 +270,27 @@ fn an_interrupted_resync_keeps_its_progress_durably_and_the_next_one_continues()
     assert!(r.blocks < before, "the second resync shipped {} blocks, the first change set had {before}", r.blocks);
     finish(p);
 }
+
+#[test]
+fn compare_mode_ships_only_the_blocks_that_really_differ() {
+    let mut p = pair();
+    let bs = BS as usize;
+    p.primary.create(0, "rel").unwrap();
+    for b in 0..64u64 {
+        p.primary.extend(0, "rel", b, &vec![b as u8; bs]).unwrap();
+    }
+    lose_mirror(&mut p);
+    // Every block rewritten, only three with new contents: all 64 are listed.
+    for b in 0..64u64 {
+        let byte = if [5, 17, 40].contains(&b) { 200 } else { b as u8 };
+        p.primary.write_block(0, "rel", b, &vec![byte; bs]).unwrap();
+    }
+    take_back(&mut p);
+    let progress = Progress::default();
+    let opts = ResyncOptions { compare: true, ..Default::default() };
+    let r = resync::run(&p.primary, &opts, &progress).expect("resync");
+    assert_eq!(r.compared_equal, 61, "{r:?}");
+    assert_eq!(r.bytes, 3 * BS as u64, "only the three changed blocks were shipped: {r:?}");
+    assert!(p.log.change_set().is_empty());
+    finish(p);
+}

@@ -73,6 +73,14 @@ pub enum Op {
         from: FsPath,
         to: FsPath,
     },
+    /// Resync, compare mode: hash `count` blocks from `first` and answer.
+    Hash {
+        id: u32,
+        path: FsPath,
+        first: u64,
+        count: u32,
+        block_size: u32,
+    },
     /// Resync: make `path` (`None`: the filespace root) what the primary has.
     Reconcile {
         filespace: u16,
@@ -256,7 +264,24 @@ impl MirrorSession {
                 }
                 Op::Reconcile { filespace: h.filespace, path, entry: body.entry, len: h.offset }
             }
-            Kind::Heartbeat | Kind::Shutdown | Kind::Ack | Kind::Fault => {
+            Kind::HashRequest => {
+                no_body(f.body.len())?;
+                if h.aux == 0 || h.aux > crate::protocol::MAX_HASH_BLOCKS {
+                    return Err(bounds(format!("{} blocks; 1..={} allowed", h.aux, crate::protocol::MAX_HASH_BLOCKS)));
+                }
+                let end = h.offset.checked_add(h.aux as u64).and_then(|e| e.checked_mul(self.block_size as u64));
+                if end.is_none_or(|e| e > MAX_FILE_BYTES) {
+                    return Err(bounds(format!("block {} is beyond the largest file", h.offset)));
+                }
+                Op::Hash {
+                    id: h.file_id,
+                    path: self.path_of(h.kind, seq, h.file_id)?,
+                    first: h.offset,
+                    count: h.aux,
+                    block_size: self.block_size,
+                }
+            }
+            Kind::Heartbeat | Kind::Shutdown | Kind::Ack | Kind::Fault | Kind::Hashes => {
                 return Err(SessionError::WrongDirection { kind })
             }
         };
@@ -389,6 +414,31 @@ mod tests {
         let mut raw = ReconcileBody { entry: ReconcileEntry::File, path: b"f".to_vec() }.encode();
         raw.push(0);
         assert!(ReconcileBody::decode(&raw).is_err());
+    }
+
+    #[test]
+    fn hash_requests_are_bounded() {
+        let req = |seq, count: u32, first: u64| {
+            let mut h = Header::new(Kind::HashRequest);
+            h.seq = seq;
+            h.file_id = 1;
+            h.offset = first;
+            h.aux = count;
+            Frame::new(h, Bytes::new())
+        };
+        let mut m = MirrorSession::new(8192, 1, 1);
+        m.on_frame(&frame(Kind::Bind, 1, 1, 0, b"f")).unwrap();
+        match m.on_frame(&req(2, 32, 64)).unwrap() {
+            Step::Apply { op: Op::Hash { first: 64, count: 32, block_size: 8192, .. }, .. } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+        for (count, first) in [(0, 0), (crate::protocol::MAX_HASH_BLOCKS + 1, 0), (1, u64::MAX / 2)] {
+            let mut m = MirrorSession::new(8192, 1, 1);
+            m.on_frame(&frame(Kind::Bind, 1, 1, 0, b"f")).unwrap();
+            assert!(matches!(m.on_frame(&req(2, count, first)), Err(SessionError::Bounds { .. })), "{count} {first}");
+        }
+        let mut m = MirrorSession::new(8192, 1, 1);
+        assert!(matches!(m.on_frame(&frame(Kind::Hashes, 0, 0, 0, b"")), Err(SessionError::WrongDirection { .. })));
     }
 
     #[test]

@@ -72,6 +72,10 @@ pub enum Kind {
     /// a file of length `offset`, or a directory, optionally holding nothing
     /// but the listed children). Body: [`ReconcileBody`].
     Reconcile = 13,
+    /// Resync, compare mode: hash blocks `offset..offset + aux` of the bound
+    /// file as they are after every earlier operation; the mirror answers
+    /// with a [`Kind::Hashes`] frame carrying this frame's sequence number.
+    HashRequest = 14,
     /// Primary → mirror keep-alive; the mirror answers with an [`Kind::Ack`].
     Heartbeat = 32,
     /// Orderly end of the stream: the mirror makes everything durable, acknowledges, closes.
@@ -80,6 +84,10 @@ pub enum Kind {
     Ack = 64,
     /// Mirror → primary: the mirror could not apply `seq`; body: reason. The stream ends.
     Fault = 65,
+    /// Mirror → primary: the answer to the HashRequest `seq`; body: one
+    /// xxh3-64 (u64) per block, of the block's bytes as read (short or
+    /// empty past the end of the file).
+    Hashes = 66,
 }
 
 impl Kind {
@@ -98,10 +106,12 @@ impl Kind {
             11 => Kind::Rmdir,
             12 => Kind::Rename,
             13 => Kind::Reconcile,
+            14 => Kind::HashRequest,
             32 => Kind::Heartbeat,
             33 => Kind::Shutdown,
             64 => Kind::Ack,
             65 => Kind::Fault,
+            66 => Kind::Hashes,
             _ => return None,
         })
     }
@@ -126,6 +136,8 @@ impl Kind {
             Kind::Rmdir => "rmdir",
             Kind::Rename => "rename",
             Kind::Reconcile => "reconcile",
+            Kind::HashRequest => "hash_request",
+            Kind::Hashes => "hashes",
             Kind::Heartbeat => "heartbeat",
             Kind::Shutdown => "shutdown",
             Kind::Ack => "ack",
@@ -467,6 +479,9 @@ mod tests {
         assert!((HEADER_LEN as f64) / (32.0 * 1024.0) < 0.01);
     }
 }
+
+/// Most blocks one HashRequest may name.
+pub const MAX_HASH_BLOCKS: u32 = 1024;
 
 /// What a [`Kind::Reconcile`] frame makes a path into.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -27,6 +27,9 @@ pub struct RecoverCmd {
     /// Rebalance: return every synchronized pair to its preferred roles (an orderly switch).
     #[arg(short = 'r', long, conflicts_with = "full")]
     rebalance: bool,
+    /// Compare hashes of every listed block on both sides and ship only those that differ.
+    #[arg(long, conflicts_with = "full")]
+    compare: bool,
     /// Limit block copies to this many MB/s.
     #[arg(long)]
     max_rate: Option<f64>,
@@ -111,7 +114,7 @@ pub fn run(c: RecoverCmd) -> Result<std::process::ExitCode, String> {
 
 fn follow(c: &RecoverCmd, key: &ClusterKey, content: u32, max_rate: Option<u64>) -> Result<Summary, String> {
     let started = Instant::now();
-    let req = ArbiterRequest::Recover { content, full: c.full, max_rate };
+    let req = ArbiterRequest::Recover { content, full: c.full, max_rate, compare: c.compare };
     match filerep::control::call::<_, ArbiterResponse>(&c.arbiter, key, &req, RPC) {
         Ok(ArbiterResponse::Started) => {}
         Ok(ArbiterResponse::Refused(why)) => return Err(format!("content {content}: {why}")),
