@@ -854,16 +854,26 @@ impl ChangeLog {
     /// Add a peer's change set (an old primary's activity log handed over
     /// when it returns as the mirror), durably, as exact blocks and paths.
     pub fn merge(&self, set: &ChangeSet) -> Result<()> {
-        let mut blocks = Vec::new();
+        let mut s = lock(&self.shared);
+        s.usable()?;
         for (p, bs) in &set.blocks {
-            blocks.extend(bs.iter().map(|b| (p.clone(), *b)));
-        }
-        for (p, es) in &set.extents {
-            for e in es {
-                blocks.extend((e * EXTENT_BLOCKS..(e + 1) * EXTENT_BLOCKS).map(|b| (p.clone(), b)));
+            for b in bs {
+                s.add_block(p, *b)?;
             }
         }
-        self.record_batch(blocks, set.touched.iter().map(|(p, t)| (p.clone(), *t)))
+        // A peer's extents stay extents ("may differ"), kept like recovered
+        // ones: the resync compares their blocks rather than shipping them all.
+        for (p, es) in &set.extents {
+            for e in es {
+                s.add_extent(p, *e)?;
+                s.inner.recovered.entry(p.clone()).or_default().insert(*e);
+            }
+        }
+        for (p, t) in &set.touched {
+            s.add_touched(p, *t);
+        }
+        let n = s.recorded;
+        self.wait_durable(s, n)
     }
 
     /// Keep every extent recorded so far through later compactions, as if
