@@ -781,3 +781,67 @@ fn after_a_failover_one_recover_makes_the_returning_old_primary_identical() {
     }
     assert_trees_equal(&c.seg(2).roots(), &c.seg(3).roots());
 }
+
+/// Start `filerep recover` in the background, slowed down, and wait until the pair is resynchronizing.
+fn slow_recover(c: &Cluster) -> std::process::Child {
+    let key = c.key_file.display().to_string();
+    let child = Command::new(exe())
+        .args(["recover", "--arbiter", &c.arbiter_addr, "--key-file", &key, "--json", "--max-rate", "1"])
+        .env("FILEREP_LOG", "off")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("recover");
+    c.wait_for("the resync to run", Duration::from_secs(20), || {
+        c.seg(2).status(&c.key).is_some_and(|s| s.mode == 'r') && c.pair().mode == PairMode::Resynchronizing
+    });
+    child
+}
+
+/// A pair in change tracking with 16 MiB to resync (16 s at 1 MB/s).
+fn diverged_cluster() -> Cluster {
+    let mut c = Cluster::start(Links::Direct);
+    let mut cl = c.seg(2).client();
+    cl.create(0, "big").unwrap();
+    c.seg_mut(3).kill();
+    c.wait_for("change tracking", Duration::from_secs(20), || c.seg(2).status(&c.key).is_some_and(|s| s.mode == 'c'));
+    for i in 0..2048 {
+        cl.extend(0, "big", i, &block(11, i)).unwrap();
+    }
+    c.seg_mut(3).start();
+    c.wait_mirror_serving(3, 1);
+    c
+}
+
+#[test]
+fn losing_the_mirror_during_a_resync_returns_the_pair_to_change_tracking() {
+    let mut c = diverged_cluster();
+    let tool = slow_recover(&c);
+    c.seg_mut(3).kill();
+    c.wait_for("change tracking again", Duration::from_secs(20), || c.pair().mode == PairMode::ChangeTracking);
+    let out = tool.wait_with_output().unwrap();
+    assert!(!out.status.success(), "the tool reports that the resync did not finish");
+    let p = c.pair();
+    assert_eq!(p.generation, 1);
+    assert_eq!(role_of(&p, 2), (Role::Primary, true));
+    // The primary goes on alone.
+    c.wait_for("the primary to track changes", Duration::from_secs(20), || {
+        c.seg(2).status(&c.key).is_some_and(|s| s.mode == 'c')
+    });
+    c.seg(2).client().write_block(0, "big", 0, &block(12, 0)).unwrap();
+}
+
+#[test]
+fn losing_the_primary_during_a_resync_takes_the_segment_down_without_a_promotion() {
+    let mut c = diverged_cluster();
+    let tool = slow_recover(&c);
+    c.seg_mut(2).kill();
+    c.wait_for("the segment to be down", Duration::from_secs(20), || c.pair().down);
+    let out = tool.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let p = c.pair();
+    assert_eq!(p.generation, 1, "a mirror that is not yet consistent is never promoted");
+    assert_eq!(role_of(&p, 3).0, Role::Mirror);
+    assert_ne!(c.seg(3).status(&c.key).unwrap().acting, Acting::Primary);
+    assert!(c.catalog().history.iter().any(|h| h.reason.contains("during resync")), "{:#?}", c.catalog().history);
+}

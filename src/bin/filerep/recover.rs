@@ -177,6 +177,10 @@ fn follow(c: &RecoverCmd, key: &ClusterKey, content: u32, max_rate: Option<u64>)
                 last_line = Instant::now();
             }
         }
+        if cp.pair.down {
+            let why = cat.history.iter().rev().find(|h| h.content == content).map(|h| h.reason.clone());
+            break format!("the content is down ({})", why.unwrap_or_default());
+        }
         match cp.pair.mode {
             PairMode::Synchronized => break "synchronized".into(),
             PairMode::Resynchronizing => {
@@ -184,7 +188,6 @@ fn follow(c: &RecoverCmd, key: &ClusterKey, content: u32, max_rate: Option<u64>)
                     break format!("resync stopped short: {e}; run filerep recover again");
                 }
             }
-            _ if cp.pair.down => break "the content is down".into(),
             m => {
                 let why = cat.history.iter().rev().find(|h| h.content == content).map(|h| h.reason.clone());
                 break format!("the pair went back to {} ({})", m.letter(), why.unwrap_or_default());
