@@ -453,10 +453,7 @@ impl Primary {
             let _ns = inner.namespace.read().unwrap_or_else(|e| e.into_inner());
             inner.check_open()?;
             let tracking = inner.tracking_now();
-            let mut cover = inner.cover_path(&p, false)?;
-            if let Some(t) = &tracking {
-                t.changelog.record_touched(&p, false).map_err(|e| inner.tracking_failed(e))?;
-            }
+            let mut cover = inner.note_namespace_change(&p, false, tracking)?;
             let file = inner.disk.open(&p, OpenMode::CreateNew)?;
             inner.cache_put(&p, file);
             inner.dirty_dir(&p)?;
@@ -571,10 +568,7 @@ impl Primary {
             inner.check_open()?;
             let file = inner.file(&p)?;
             let tracking = inner.tracking_now();
-            let mut cover = inner.cover_path(&p, false)?;
-            if let Some(t) = &tracking {
-                t.changelog.record_touched(&p, false).map_err(|e| inner.tracking_failed(e))?;
-            }
+            let mut cover = inner.note_namespace_change(&p, false, tracking)?;
             if let Err(e) = file.set_len(len) {
                 return Err(inner.fault(format!("local truncate of {p} failed: {e}")));
             }
@@ -601,10 +595,7 @@ impl Primary {
             let _ns = inner.namespace.read().unwrap_or_else(|e| e.into_inner());
             inner.check_open()?;
             let tracking = inner.tracking_now();
-            let mut cover = inner.cover_path(&p, false)?;
-            if let Some(t) = &tracking {
-                t.changelog.record_touched(&p, false).map_err(|e| inner.tracking_failed(e))?;
-            }
+            let mut cover = inner.note_namespace_change(&p, false, tracking)?;
             inner.disk.remove_file(&p)?;
             inner.cache_remove_under(&p);
             inner.dirty_dir(&p)?;
@@ -734,10 +725,7 @@ impl Primary {
             let _ns = inner.namespace.write().unwrap_or_else(|e| e.into_inner());
             inner.check_open()?;
             let tracking = inner.tracking_now();
-            let mut cover = inner.cover_path(p, true)?;
-            if let Some(t) = &tracking {
-                t.changelog.record_touched(p, true).map_err(|e| inner.tracking_failed(e))?;
-            }
+            let mut cover = inner.note_namespace_change(p, true, tracking)?;
             local(inner.disk.as_ref())?;
             inner.dirty_dir(p)?;
             match tracking {
@@ -1005,11 +993,7 @@ impl Primary {
         let seq = {
             let _f = inner.file_stripe(p).write().unwrap_or_else(|e| e.into_inner());
             inner.check_open()?;
-            let file = match inner.file(p) {
-                Ok(f) => f,
-                Err(Error::Disk(e)) if e.kind == crate::disk::DiskErrorKind::NotFound => return Ok(0),
-                Err(e) => return Err(e),
-            };
+            let Some(file) = inner.file_if_present(p)? else { return Ok(0) };
             let offset = first.checked_mul(bs).ok_or_else(|| Error::InvalidArgument("block past the end".into()))?;
             let len = file.len()?;
             if offset >= len {
@@ -1054,11 +1038,7 @@ impl Primary {
         let (local, seq) = {
             let _f = inner.file_stripe(p).write().unwrap_or_else(|e| e.into_inner());
             inner.check_open()?;
-            let file = match inner.file(p) {
-                Ok(f) => f,
-                Err(Error::Disk(e)) if e.kind == crate::disk::DiskErrorKind::NotFound => return Ok(None),
-                Err(e) => return Err(e),
-            };
+            let Some(file) = inner.file_if_present(p)? else { return Ok(None) };
             let local = crate::resync::hash_blocks(Some(file.as_ref()), first, count, inner.identity.block_size)?;
             let mut h = Header::new(Kind::HashRequest);
             h.offset = first;
@@ -1105,10 +1085,8 @@ impl Primary {
         inner.usable()?;
         let _f = inner.file_stripe(p).read().unwrap_or_else(|e| e.into_inner());
         inner.check_open()?;
-        match inner.file(p) {
-            Ok(_) => {}
-            Err(Error::Disk(e)) if e.kind == crate::disk::DiskErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e),
+        if inner.file_if_present(p)?.is_none() {
+            return Ok(None);
         }
         let seq = inner.ship(p, Header::new(Kind::Flush), Bytes::new(), 0, None)?;
         inner.flush();
@@ -1283,6 +1261,24 @@ impl Inner {
         lock(&self.hash_answers).insert(seq, hashes);
         self.hash_cv.notify_all();
         Ok(())
+    }
+
+    /// Before a namespace change of `p` is made locally: in change tracking
+    /// the change-log records it (rule 4); while streaming the activity log
+    /// covers it (rule 5). Either way durably, and first.
+    fn note_namespace_change<'a>(
+        &'a self,
+        p: &'a FsPath,
+        subtree: bool,
+        tracking: Option<&ChangeTracking>,
+    ) -> Result<Option<Cover<'a>>> {
+        match tracking {
+            Some(t) => {
+                t.changelog.record_touched(p, subtree).map_err(|e| self.tracking_failed(e))?;
+                Ok(None)
+            }
+            None => self.cover_path(p, subtree),
+        }
     }
 
     /// Tell a cover the sequence number its change went out with.
@@ -1511,6 +1507,16 @@ impl Inner {
         let f = self.disk.open(p, OpenMode::Existing)?;
         self.cache_put(p, f.clone());
         Ok(f)
+    }
+
+    /// The file's handle, or `None` if it is gone (a resync finds files
+    /// removed since the change-log named them; their removal streams too).
+    fn file_if_present(&self, p: &FsPath) -> Result<Option<Arc<dyn DiskFile>>> {
+        match self.file(p) {
+            Ok(f) => Ok(Some(f)),
+            Err(Error::Disk(e)) if e.kind == crate::disk::DiskErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     fn cache_put(&self, p: &FsPath, f: Arc<dyn DiskFile>) {

@@ -245,13 +245,7 @@ impl Run<'_> {
             return Ok(());
         }
         let flushed = std::mem::take(&mut self.written_since);
-        let mut synced = None;
-        for f in &flushed {
-            if let Some(seq) = self.p.resync_flush(f)? {
-                synced = Some(seq);
-            }
-        }
-        let Some(seq) = synced else { return Ok(()) };
+        let Some(seq) = flush_all(self.p, &flushed)? else { return Ok(()) };
         let timeout = self.opts.finish_timeout.unwrap_or(Duration::from_secs(60));
         self.p.resync_checkpoint(seq, &flushed, &self.done_blocks, &self.done_paths, timeout)?;
         self.done_blocks.clear();
@@ -270,6 +264,15 @@ impl Run<'_> {
             }
         }
     }
+}
+
+/// Ask the mirror to make each file durable; the last flush's number.
+fn flush_all(p: &Primary, files: &BTreeSet<FsPath>) -> Result<Option<u64>> {
+    let mut last = None;
+    for f in files {
+        last = p.resync_flush(f)?.or(last);
+    }
+    Ok(last)
 }
 
 /// Run a resync on a primary that has taken its mirror back.
@@ -367,19 +370,9 @@ pub fn run(p: &Primary, opts: &ResyncOptions, progress: &Progress) -> Result<Res
     }
     let shipped = run.started.elapsed();
     // Durable on the mirror: one flush per file written, then wait for the last.
-    let mut synced = None;
-    let written: Vec<FsPath> = std::mem::take(&mut run.written).into_iter().collect();
-    for f in &written {
-        if let Some(seq) = p.resync_flush(f)? {
-            synced = Some(seq);
-        }
-    }
-    if written.is_empty() {
-        // Only namespace changes: any flush carries the directories along,
-        // but there is no file to name, so wait for the checkpoint instead.
-        synced = None;
-    }
-    let flushed: BTreeSet<FsPath> = written.into_iter().collect();
+    // With no file to flush (only namespace changes), the checkpoint is waited for instead.
+    let flushed = std::mem::take(&mut run.written);
+    let synced = flush_all(p, &flushed)?;
     p.resync_finish(synced, &flushed, opts.finish_timeout.unwrap_or(Duration::from_secs(60)))?;
     let s = progress.snapshot();
     Ok(ResyncReport {
