@@ -57,6 +57,10 @@ pub struct ActivityLog {
     /// entries came, so a scan does not run on every newly hot extent.
     next_try: AtomicUsize,
     limit: usize,
+    /// Set by [`ActivityLog::shared`]: retiring then runs on a thread of its
+    /// own; without it (unit tests) it runs inline.
+    me: std::sync::OnceLock<std::sync::Weak<ActivityLog>>,
+    retiring: std::sync::atomic::AtomicBool,
 }
 
 /// What a cover holds.
@@ -126,7 +130,16 @@ impl ActivityLog {
             entries: AtomicUsize::new(0),
             next_try: AtomicUsize::new(limit.max(1) + 1),
             limit: limit.max(1),
+            me: std::sync::OnceLock::new(),
+            retiring: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// An activity log that retires in the background (the primary's).
+    pub fn shared(log: Arc<ChangeLog>, data: Arc<dyn Disk>, limit: usize) -> Arc<ActivityLog> {
+        let al = Arc::new(ActivityLog::new(log, data, limit));
+        let _ = al.me.set(Arc::downgrade(&al));
+        al
     }
 
     /// Entries currently hot.
@@ -202,11 +215,32 @@ impl ActivityLog {
     /// Count new entries; past the limit, retire what the mirror has.
     fn grown(&self, n: usize, durable: u64) -> Result<(), ChangeLogError> {
         let now = self.entries.fetch_add(n, Ordering::AcqRel) + n;
-        if now >= self.next_try.load(Ordering::Acquire) {
-            let retired = self.retire(durable, self.limit / 4)?;
-            let next = if retired > 0 { self.limit + 1 } else { now + (self.limit / 8).max(1) };
-            self.next_try.store(next, Ordering::Release);
+        if now < self.next_try.load(Ordering::Acquire) {
+            return Ok(());
         }
+        // Retiring syncs files and rewrites the log: not on a writer's path
+        // (it holds its file's lock, which a mirror-loss decision waits for).
+        if let Some(me) = self.me.get().and_then(std::sync::Weak::upgrade) {
+            if !self.retiring.swap(true, Ordering::AcqRel) {
+                let spawned = std::thread::Builder::new().name("filerep-al-retire".into()).spawn(move || {
+                    if let Err(e) = me.retire_and_schedule(now, durable) {
+                        tracing::error!(error = %e, "activity log: retiring failed; entries stay");
+                    }
+                    me.retiring.store(false, Ordering::Release);
+                });
+                if spawned.is_err() {
+                    self.retiring.store(false, Ordering::Release);
+                }
+            }
+            return Ok(());
+        }
+        self.retire_and_schedule(now, durable)
+    }
+
+    fn retire_and_schedule(&self, now: usize, durable: u64) -> Result<(), ChangeLogError> {
+        let retired = self.retire(durable, self.limit / 4)?;
+        let next = if retired > 0 { self.limit + 1 } else { now + (self.limit / 8).max(1) };
+        self.next_try.store(next, Ordering::Release);
         Ok(())
     }
 

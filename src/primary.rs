@@ -202,7 +202,7 @@ struct Inner {
     mode_cv: Condvar,
     tracking: Option<ChangeTracking>,
     /// Present with change tracking: covers changes while streaming (rule 5).
-    activity: Option<ActivityLog>,
+    activity: Option<Arc<ActivityLog>>,
     /// Mirrors `mode == ChangeTracking`, for the write path's check.
     tracking_on: AtomicBool,
     /// Mirrors `mode == Failed`, checked by every call under its locks.
@@ -311,7 +311,7 @@ impl Primary {
         let activity = cfg
             .change_tracking
             .as_ref()
-            .map(|t| ActivityLog::new(t.changelog.clone(), disk.clone(), crate::activity::DEFAULT_LIMIT));
+            .map(|t| ActivityLog::shared(t.changelog.clone(), disk.clone(), crate::activity::DEFAULT_LIMIT));
         let inner = Arc::new(Inner {
             identity: cfg.identity.clone(),
             level: cfg.sync_level,
