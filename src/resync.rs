@@ -17,11 +17,12 @@
 //! every filespace, removing what the mirror has and the primary does not:
 //! it builds a mirror from an empty directory.
 
-use crate::changelog::EXTENT_BLOCKS;
+use crate::changelog::{ChangeSet, EXTENT_BLOCKS};
 use crate::disk::{EntryKind, FsPath};
 use crate::error::{Error, Result};
 use crate::path::RelPath;
-use crate::primary::{LocalEntry, Primary};
+pub use crate::primary::LocalEntry;
+use crate::primary::Primary;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -85,8 +86,105 @@ pub struct ResyncReport {
     pub compared_equal: u64,
 }
 
+/// What the resync engine drives: the primary's end of the stream, one
+/// step at a time. The runtime implements it over its threads and socket
+/// ([`Primary`]); the fault simulator implements it on its virtual clock,
+/// so the same engine runs there under crashes, disconnects and writers.
+/// Blocking steps (`hashes`, `checkpoint`, `finish`) wait for the mirror.
+pub trait ResyncLink {
+    fn block_size(&self) -> u32;
+    fn filespace_count(&self) -> u16;
+    /// What the change-log says differs; an error if there is no change
+    /// tracking or no mirror taken back.
+    fn change_set(&mut self) -> Result<ChangeSet>;
+    /// What `p` is here, unlocked (a peek: `reconcile` looks again locked).
+    fn entry_kind(&mut self, p: &FsPath) -> Result<Option<EntryKind>>;
+    /// Ship what one path (`None`: the filespace root) is here, locked
+    /// against calls; with `prune`, the mirror keeps only its children.
+    fn reconcile(&mut self, fs: u16, path: Option<&RelPath>, prune: bool) -> Result<LocalEntry>;
+    /// Queue a copy of blocks `first..first + count` (at most 256 KiB),
+    /// read and queued with the file locked; the bytes queued.
+    fn copy(&mut self, p: &FsPath, first: u64, count: u64) -> Result<u64>;
+    /// Hashes of `count` blocks from `first` here and on the mirror, at
+    /// the same point of the stream; `None` if the file is gone here.
+    fn hashes(&mut self, p: &FsPath, first: u64, count: u32, timeout: Duration)
+        -> Result<Option<(Vec<u64>, Vec<u64>)>>;
+    /// Send whatever is queued.
+    fn send(&mut self);
+    /// Ask the mirror to make `p` durable; the flush's sequence number.
+    fn flush(&mut self, p: &FsPath) -> Result<Option<u64>>;
+    /// Once `synced` is synced on the mirror, record durably that `blocks`
+    /// and `paths` no longer differ (unless the mirror was lost).
+    fn checkpoint(
+        &mut self,
+        synced: u64,
+        flushed: &BTreeSet<FsPath>,
+        blocks: &BTreeMap<FsPath, BTreeSet<u64>>,
+        paths: &[FsPath],
+        timeout: Duration,
+    ) -> Result<()>;
+    /// Everything shipped is durable on the mirror: clear the change-log.
+    fn finish(&mut self, synced: Option<u64>, flushed: &BTreeSet<FsPath>, timeout: Duration) -> Result<()>;
+}
+
+/// The runtime's link: a [`Primary`] that has taken its mirror back.
+struct PrimaryLink<'a>(&'a Primary);
+
+impl ResyncLink for PrimaryLink<'_> {
+    fn block_size(&self) -> u32 {
+        self.0.block_size()
+    }
+    fn filespace_count(&self) -> u16 {
+        self.0.filespaces().len() as u16
+    }
+    fn change_set(&mut self) -> Result<ChangeSet> {
+        let log = self.0.resync_log().ok_or_else(|| Error::InvalidArgument("a resync needs change tracking".into()))?;
+        if !self.0.resyncing() {
+            return Err(Error::InvalidArgument("no mirror taken back: attach one first".into()));
+        }
+        Ok(log.resync_set())
+    }
+    fn entry_kind(&mut self, p: &FsPath) -> Result<Option<EntryKind>> {
+        Ok(self.0.disk().entry_kind(p)?)
+    }
+    fn reconcile(&mut self, fs: u16, path: Option<&RelPath>, prune: bool) -> Result<LocalEntry> {
+        self.0.resync_reconcile(fs, path, prune)
+    }
+    fn copy(&mut self, p: &FsPath, first: u64, count: u64) -> Result<u64> {
+        self.0.resync_copy(p, first, count)
+    }
+    fn hashes(
+        &mut self,
+        p: &FsPath,
+        first: u64,
+        count: u32,
+        timeout: Duration,
+    ) -> Result<Option<(Vec<u64>, Vec<u64>)>> {
+        self.0.resync_hashes(p, first, count, timeout)
+    }
+    fn send(&mut self) {
+        self.0.resync_send()
+    }
+    fn flush(&mut self, p: &FsPath) -> Result<Option<u64>> {
+        self.0.resync_flush(p)
+    }
+    fn checkpoint(
+        &mut self,
+        synced: u64,
+        flushed: &BTreeSet<FsPath>,
+        blocks: &BTreeMap<FsPath, BTreeSet<u64>>,
+        paths: &[FsPath],
+        timeout: Duration,
+    ) -> Result<()> {
+        self.0.resync_checkpoint(synced, flushed, blocks, paths, timeout)
+    }
+    fn finish(&mut self, synced: Option<u64>, flushed: &BTreeSet<FsPath>, timeout: Duration) -> Result<()> {
+        self.0.resync_finish(synced, flushed, timeout)
+    }
+}
+
 struct Run<'a> {
-    p: &'a Primary,
+    p: &'a mut dyn ResyncLink,
     opts: &'a ResyncOptions,
     progress: &'a Progress,
     bs: u64,
@@ -124,7 +222,7 @@ impl Run<'_> {
     }
 
     fn reconcile(&mut self, fs: u16, path: Option<&RelPath>, prune: bool) -> Result<LocalEntry> {
-        let local = self.p.resync_reconcile(fs, path, prune)?;
+        let local = self.p.reconcile(fs, path, prune)?;
         if let (LocalEntry::File { .. }, Some(path)) = (&local, path) {
             self.written.insert(FsPath::new(fs, path.clone()));
             self.written_since.insert(FsPath::new(fs, path.clone()));
@@ -177,11 +275,11 @@ impl Run<'_> {
                 it.next();
                 count += 1;
             }
-            let bytes = self.p.resync_copy(file, first, count)?;
+            let bytes = self.p.copy(file, first, count)?;
             self.since_checkpoint += bytes;
             self.queued += 1;
             if self.queued >= SEND_EVERY {
-                self.p.resync_send();
+                self.p.send();
                 self.queued = 0;
             }
             self.progress.blocks_done.fetch_add(count, Ordering::Relaxed);
@@ -204,8 +302,8 @@ impl Run<'_> {
                 count += 1;
             }
             // Queued copies go first: the hashes must see them.
-            self.p.resync_send();
-            match self.p.resync_hashes(file, first, count, timeout)? {
+            self.p.send();
+            match self.p.hashes(file, first, count, timeout)? {
                 Some((local, remote)) => {
                     let mut same = 0u64;
                     for (i, (a, b)) in local.iter().zip(&remote).enumerate() {
@@ -247,7 +345,7 @@ impl Run<'_> {
         let flushed = std::mem::take(&mut self.written_since);
         let Some(seq) = flush_all(self.p, &flushed)? else { return Ok(()) };
         let timeout = self.opts.finish_timeout.unwrap_or(Duration::from_secs(60));
-        self.p.resync_checkpoint(seq, &flushed, &self.done_blocks, &self.done_paths, timeout)?;
+        self.p.checkpoint(seq, &flushed, &self.done_blocks, &self.done_paths, timeout)?;
         self.done_blocks.clear();
         self.done_paths.clear();
         self.since_checkpoint = 0;
@@ -267,30 +365,34 @@ impl Run<'_> {
 }
 
 /// Ask the mirror to make each file durable; the last flush's number.
-fn flush_all(p: &Primary, files: &BTreeSet<FsPath>) -> Result<Option<u64>> {
+fn flush_all(p: &mut dyn ResyncLink, files: &BTreeSet<FsPath>) -> Result<Option<u64>> {
     let mut last = None;
     for f in files {
-        last = p.resync_flush(f)?.or(last);
+        last = p.flush(f)?.or(last);
     }
     Ok(last)
 }
 
 /// Run a resync on a primary that has taken its mirror back.
 pub fn run(p: &Primary, opts: &ResyncOptions, progress: &Progress) -> Result<ResyncReport> {
-    let log = p.resync_log().ok_or_else(|| Error::InvalidArgument("a resync needs change tracking".into()))?;
-    if !p.resyncing() {
-        return Err(Error::InvalidArgument("no mirror taken back: attach one first".into()));
-    }
+    run_on(&mut PrimaryLink(p), opts, progress)
+}
+
+/// The engine itself, over any [`ResyncLink`].
+pub fn run_on(p: &mut dyn ResyncLink, opts: &ResyncOptions, progress: &Progress) -> Result<ResyncReport> {
+    let set = p.change_set()?;
     let span = tracing::info_span!("resync", full = opts.full);
     let _e = span.enter();
     let unix_ms =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
     progress.started_unix_ms.store(unix_ms, Ordering::Relaxed);
+    let bs = p.block_size() as u64;
+    let filespaces = p.filespace_count();
     let mut run = Run {
         p,
         opts,
         progress,
-        bs: p.block_size() as u64,
+        bs,
         started: Instant::now(),
         whole_files: BTreeSet::new(),
         whole_trees: Vec::new(),
@@ -303,13 +405,11 @@ pub fn run(p: &Primary, opts: &ResyncOptions, progress: &Progress) -> Result<Res
         since_checkpoint: 0,
         listed: BTreeMap::new(),
     };
-    let filespaces = p.filespaces().len() as u16;
     if opts.full {
         for fs in 0..filespaces {
             run.tree(fs, None)?;
         }
     } else {
-        let set = log.resync_set();
         // Blocks named exactly or by their extent, per file, in file order.
         let mut blocks: BTreeMap<FsPath, BTreeSet<u64>> = set.blocks.clone();
         // Blocks named only by an extent may well be unchanged: compared first.
@@ -332,7 +432,7 @@ pub fn run(p: &Primary, opts: &ResyncOptions, progress: &Progress) -> Result<Res
             }
             // A peek: the reconcile itself looks again with the path locked,
             // and anything that changes meanwhile streams to the mirror anyway.
-            match p.disk().entry_kind(path)? {
+            match run.p.entry_kind(path)? {
                 Some(EntryKind::Dir) if *subtree => run.tree(path.filespace, Some(&path.path))?,
                 Some(EntryKind::File) => run.whole_file(path.filespace, &path.path)?,
                 _ => {
@@ -372,8 +472,8 @@ pub fn run(p: &Primary, opts: &ResyncOptions, progress: &Progress) -> Result<Res
     // Durable on the mirror: one flush per file written, then wait for the last.
     // With no file to flush (only namespace changes), the checkpoint is waited for instead.
     let flushed = std::mem::take(&mut run.written);
-    let synced = flush_all(p, &flushed)?;
-    p.resync_finish(synced, &flushed, opts.finish_timeout.unwrap_or(Duration::from_secs(60)))?;
+    let synced = flush_all(run.p, &flushed)?;
+    run.p.finish(synced, &flushed, opts.finish_timeout.unwrap_or(Duration::from_secs(60)))?;
     let s = progress.snapshot();
     Ok(ResyncReport {
         full: opts.full,
