@@ -228,6 +228,9 @@ struct Inner {
     record_lock: Mutex<()>,
     /// A resync is shipping the change-log's contents.
     resyncing: AtomicBool,
+    /// Mirrors taken back so far: a resync stops when its mirror is gone,
+    /// even if another is taken back meanwhile.
+    attachments: AtomicU64,
     /// Compare mode: hash requests awaiting the mirror's answer (by
     /// sequence number: the count asked), and answers not yet taken.
     hash_wanted: Mutex<HashMap<u64, u32>>,
@@ -355,6 +358,7 @@ impl Primary {
             config: cfg.clone(),
             record_lock: Mutex::new(()),
             resyncing: AtomicBool::new(false),
+            attachments: AtomicU64::new(0),
             hash_wanted: Mutex::new(HashMap::new()),
             hash_answers: Mutex::new(HashMap::new()),
             hash_cv: Condvar::new(),
@@ -900,6 +904,7 @@ impl Primary {
                 m.store(0, Ordering::Release);
             }
             *lock(&inner.marks) = Marks { ack: Ack::default(), lost: None, waiters: Vec::new() };
+            inner.attachments.fetch_add(1, Ordering::SeqCst);
             inner.resyncing.store(true, Ordering::SeqCst);
             inner.set_mode(Mode::Streaming);
         }
@@ -916,6 +921,21 @@ impl Primary {
     /// Whether a resync is in progress (the stream runs, the change-log is not yet drained).
     pub fn resyncing(&self) -> bool {
         self.inner.resyncing.load(Ordering::SeqCst)
+    }
+
+    /// Which mirror taken back a resync works for (see [`Primary::resync_check`]).
+    pub(crate) fn attachment(&self) -> u64 {
+        self.inner.attachments.load(Ordering::SeqCst)
+    }
+
+    /// A resync step goes on only while the mirror it was started for
+    /// streams: once that mirror is lost, every later step fails (the
+    /// change-log still names everything not yet recorded as done).
+    pub(crate) fn resync_check(&self, attachment: u64) -> Result<()> {
+        if !self.resyncing() || self.attachment() != attachment {
+            return Err(Error::MirrorLost("the mirror was lost during the resync".into()));
+        }
+        Ok(())
     }
 
     pub(crate) fn resync_log(&self) -> Option<Arc<ChangeLog>> {

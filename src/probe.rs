@@ -131,8 +131,8 @@ impl State {
     fn answer(&self, req: ArbiterRequest) -> ArbiterResponse {
         match req {
             ArbiterRequest::Catalog => ArbiterResponse::Catalog(Box::new(lock(&self.catalog).clone())),
-            ArbiterRequest::Recover { content, full, max_rate, compare } => {
-                self.recover(content, (full, compare), max_rate)
+            ArbiterRequest::Recover { content, full, max_rate, compare, checkpoint_bytes } => {
+                self.recover(content, (full, compare), (max_rate, checkpoint_bytes))
             }
             ArbiterRequest::Rebalance { content } => {
                 let mut cat = lock(&self.catalog);
@@ -176,8 +176,9 @@ impl State {
 
     /// Start a resync: the pair goes to `r` in the stored catalog, then the
     /// acting primary is told to take its mirror back.
-    fn recover(&self, content: u32, how: (bool, bool), max_rate: Option<u64>) -> ArbiterResponse {
+    fn recover(&self, content: u32, how: (bool, bool), limits: (Option<u64>, Option<u64>)) -> ArbiterResponse {
         let (full, compare) = how;
+        let (max_rate, checkpoint_bytes) = limits;
         let span = tracing::info_span!("recover", content, full);
         let _e = span.enter();
         let (order, primary_addr) = {
@@ -187,9 +188,27 @@ impl State {
             };
             let pair = &cp.pair;
             if pair.down {
-                return ArbiterResponse::Refused(format!(
-                    "content {content} is down (a double fault): recover it by hand from the segment that has the data"
-                ));
+                // Back from its acting primary's own data and change-log,
+                // once that primary answers again (the rounds then order it
+                // to serve alone at the new generation).
+                let p = pair.acting_primary();
+                if !p.up {
+                    return ArbiterResponse::Refused(format!(
+                        "content {content} is down and its acting primary {} does not answer: start that segment \
+                         (its data and change-log are the pair's), then run filerep recover again",
+                        p.dbid
+                    ));
+                }
+                let before = cat.clone();
+                let Some(o) = cat.apply(content, &Event::Restore) else {
+                    return ArbiterResponse::Refused(format!("no content {content} in the catalog"));
+                };
+                if *cat != before && !self.store(&mut cat) {
+                    return ArbiterResponse::Refused("the catalog cannot be written".into());
+                }
+                tracing::warn!(content, reason = %o.reason, "restored a down segment");
+                let generation = cat.pair(content).map(|c| c.pair.generation).unwrap_or(0);
+                return ArbiterResponse::Restored { generation };
             }
             if !pair.segments.iter().all(|s| s.up) {
                 return ArbiterResponse::Refused(format!("content {content}: both segments must be up to resync"));
@@ -218,7 +237,7 @@ impl State {
                 }
             }
             let generation = cat.pair(content).map(|c| c.pair.generation).unwrap_or(0);
-            (SegmentRequest::StartResync { generation, mirror: md, full, max_rate, compare }, pc)
+            (SegmentRequest::StartResync { generation, mirror: md, full, max_rate, compare, checkpoint_bytes }, pc)
         };
         match self.order(&primary_addr, order) {
             Some(SegmentResponse::Done) => ArbiterResponse::Started,

@@ -111,6 +111,9 @@ pub trait ResyncLink {
         -> Result<Option<(Vec<u64>, Vec<u64>)>>;
     /// Send whatever is queued.
     fn send(&mut self);
+    /// Whether the resync may go on (its mirror still streams); checked
+    /// while it waits to keep under its rate.
+    fn check(&mut self) -> Result<()>;
     /// Ask the mirror to make `p` durable; the flush's sequence number.
     fn flush(&mut self, p: &FsPath) -> Result<Option<u64>>;
     /// Once `synced` is synced on the mirror, record durably that `blocks`
@@ -127,8 +130,9 @@ pub trait ResyncLink {
     fn finish(&mut self, synced: Option<u64>, flushed: &BTreeSet<FsPath>, timeout: Duration) -> Result<()>;
 }
 
-/// The runtime's link: a [`Primary`] that has taken its mirror back.
-struct PrimaryLink<'a>(&'a Primary);
+/// The runtime's link: a [`Primary`] that has taken its mirror back, and
+/// which taking-back this resync works for.
+struct PrimaryLink<'a>(&'a Primary, u64);
 
 impl ResyncLink for PrimaryLink<'_> {
     fn block_size(&self) -> u32 {
@@ -145,12 +149,15 @@ impl ResyncLink for PrimaryLink<'_> {
         Ok(log.resync_set())
     }
     fn entry_kind(&mut self, p: &FsPath) -> Result<Option<EntryKind>> {
+        self.0.resync_check(self.1)?;
         Ok(self.0.disk().entry_kind(p)?)
     }
     fn reconcile(&mut self, fs: u16, path: Option<&RelPath>, prune: bool) -> Result<LocalEntry> {
+        self.0.resync_check(self.1)?;
         self.0.resync_reconcile(fs, path, prune)
     }
     fn copy(&mut self, p: &FsPath, first: u64, count: u64) -> Result<u64> {
+        self.0.resync_check(self.1)?;
         self.0.resync_copy(p, first, count)
     }
     fn hashes(
@@ -160,12 +167,17 @@ impl ResyncLink for PrimaryLink<'_> {
         count: u32,
         timeout: Duration,
     ) -> Result<Option<(Vec<u64>, Vec<u64>)>> {
+        self.0.resync_check(self.1)?;
         self.0.resync_hashes(p, first, count, timeout)
     }
     fn send(&mut self) {
         self.0.resync_send()
     }
+    fn check(&mut self) -> Result<()> {
+        self.0.resync_check(self.1)
+    }
     fn flush(&mut self, p: &FsPath) -> Result<Option<u64>> {
+        self.0.resync_check(self.1)?;
         self.0.resync_flush(p)
     }
     fn checkpoint(
@@ -176,9 +188,11 @@ impl ResyncLink for PrimaryLink<'_> {
         paths: &[FsPath],
         timeout: Duration,
     ) -> Result<()> {
+        self.0.resync_check(self.1)?;
         self.0.resync_checkpoint(synced, flushed, blocks, paths, timeout)
     }
     fn finish(&mut self, synced: Option<u64>, flushed: &BTreeSet<FsPath>, timeout: Duration) -> Result<()> {
+        self.0.resync_check(self.1)?;
         self.0.resync_finish(synced, flushed, timeout)
     }
 }
@@ -284,7 +298,7 @@ impl Run<'_> {
             }
             self.progress.blocks_done.fetch_add(count, Ordering::Relaxed);
             let done = self.progress.bytes_done.fetch_add(bytes, Ordering::Relaxed) + bytes;
-            self.throttle(done);
+            self.throttle(done)?;
         }
         Ok(())
     }
@@ -352,15 +366,21 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Keep the copies under `max_rate` on average (sleeping is the point here).
-    fn throttle(&self, bytes_done: u64) {
+    /// Keep the copies under `max_rate` on average (sleeping is the point
+    /// here), in short naps so a lost mirror ends the resync promptly.
+    fn throttle(&mut self, bytes_done: u64) -> Result<()> {
         if let Some(rate) = self.opts.max_rate.filter(|r| *r > 0) {
             let due = Duration::from_secs_f64(bytes_done as f64 / rate as f64);
-            let elapsed = self.started.elapsed();
-            if due > elapsed {
-                std::thread::sleep(due - elapsed);
+            loop {
+                let elapsed = self.started.elapsed();
+                if due <= elapsed {
+                    break;
+                }
+                self.p.check()?;
+                std::thread::sleep((due - elapsed).min(Duration::from_millis(50)));
             }
         }
+        Ok(())
     }
 }
 
@@ -375,7 +395,7 @@ fn flush_all(p: &mut dyn ResyncLink, files: &BTreeSet<FsPath>) -> Result<Option<
 
 /// Run a resync on a primary that has taken its mirror back.
 pub fn run(p: &Primary, opts: &ResyncOptions, progress: &Progress) -> Result<ResyncReport> {
-    run_on(&mut PrimaryLink(p), opts, progress)
+    run_on(&mut PrimaryLink(p, p.attachment()), opts, progress)
 }
 
 /// The engine itself, over any [`ResyncLink`].

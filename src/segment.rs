@@ -160,6 +160,9 @@ pub enum SegmentRequest {
         /// Compare hashes of every listed block and ship only those that differ.
         #[serde(default)]
         compare: bool,
+        /// Bytes shipped between durable progress records (`None`: the default).
+        #[serde(default)]
+        checkpoint_bytes: Option<u64>,
     },
     /// Stop the process.
     Stop,
@@ -224,6 +227,8 @@ pub enum ArbiterRequest {
         max_rate: Option<u64>,
         #[serde(default)]
         compare: bool,
+        #[serde(default)]
+        checkpoint_bytes: Option<u64>,
     },
     /// `filerep recover -r`: return the pair's segments to their preferred roles.
     Rebalance {
@@ -238,6 +243,11 @@ pub enum ArbiterResponse {
     Catalog(Box<crate::catalog::Catalog>),
     /// The resync was ordered.
     Started,
+    /// The segment was down; it is back in change tracking at `generation`
+    /// from its acting primary. Ask again once the primary serves there.
+    Restored {
+        generation: u64,
+    },
     Refused(String),
 }
 
@@ -360,6 +370,8 @@ struct Shared {
     /// Serializes orders: one role change at a time.
     orders: Mutex<()>,
     resync: Mutex<ResyncState>,
+    /// Signalled when a resync thread ends.
+    resync_ended: std::sync::Condvar,
 }
 
 #[derive(Default)]
@@ -425,6 +437,7 @@ impl Segment {
             stop: Arc::new(AtomicBool::new(false)),
             orders: Mutex::new(()),
             resync: Mutex::new(ResyncState::default()),
+            resync_ended: std::sync::Condvar::new(),
         });
         Ok(Segment { shared, control, clients })
     }
@@ -595,13 +608,22 @@ impl Shared {
                     Err(e) => refused(e.to_string()),
                 }
             }
-            SegmentRequest::StartResync { generation, mirror, full, max_rate, compare } => {
+            SegmentRequest::StartResync { generation, mirror, full, max_rate, compare, checkpoint_bytes } => {
                 let p = match &*lock(&self.role) {
                     Role::Primary(p) if p.generation() == generation => p.clone(),
                     _ => return refused(format!("not the acting primary of generation {generation}")),
                 };
                 {
                     let mut rs = lock(&self.resync);
+                    // One that lost its mirror stops at its next step: let it end.
+                    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+                    while rs.running && !p.resyncing() {
+                        let left = deadline.saturating_duration_since(std::time::Instant::now());
+                        if left.is_zero() {
+                            return refused("the previous resync is still stopping; run filerep recover again".into());
+                        }
+                        rs = self.resync_ended.wait_timeout(rs, left).unwrap_or_else(|e| e.into_inner()).0;
+                    }
                     if rs.running {
                         return SegmentResponse::Done;
                     }
@@ -612,7 +634,7 @@ impl Shared {
                 let me = self.clone();
                 let spawned = std::thread::Builder::new()
                     .name("filerep-resync".into())
-                    .spawn(move || me.run_resync(p, generation, mirror, (full, compare), max_rate));
+                    .spawn(move || me.run_resync(p, generation, mirror, (full, compare), (max_rate, checkpoint_bytes)));
                 match spawned {
                     Ok(_) => SegmentResponse::Done,
                     Err(e) => {
@@ -648,8 +670,16 @@ impl Shared {
     }
 
     /// Take the mirror back (unless it already is) and resync it.
-    fn run_resync(&self, p: Arc<Primary>, generation: u64, mirror: String, how: (bool, bool), max_rate: Option<u64>) {
+    fn run_resync(
+        &self,
+        p: Arc<Primary>,
+        generation: u64,
+        mirror: String,
+        how: (bool, bool),
+        limits: (Option<u64>, Option<u64>),
+    ) {
         let (full, compare) = how;
+        let (max_rate, checkpoint_bytes) = limits;
         let span = tracing::info_span!("resync", generation, full);
         let _e = span.enter();
         let progress = lock(&self.resync).progress.clone().unwrap_or_default();
@@ -665,12 +695,12 @@ impl Shared {
             } else if !p.resyncing() {
                 return Err(Error::InvalidArgument(format!("the pair is {:?}: nothing to resync", p.mode())));
             }
-            let opts =
-                crate::resync::ResyncOptions { full, max_rate, finish_timeout: None, checkpoint_bytes: None, compare };
+            let opts = crate::resync::ResyncOptions { full, max_rate, finish_timeout: None, checkpoint_bytes, compare };
             crate::resync::run(&p, &opts, &progress)
         })();
         let mut rs = lock(&self.resync);
         rs.running = false;
+        self.resync_ended.notify_all();
         match result {
             Ok(r) => {
                 tracing::warn!(paths = r.paths, blocks = r.blocks, bytes = r.bytes, seconds = r.seconds, "resync done");

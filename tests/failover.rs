@@ -331,14 +331,17 @@ fn role_of(p: &filerep::core::pair::Pair, dbid: u32) -> (Role, bool) {
     (s.role, s.up)
 }
 
-/// Hash every file under the roots (path -> xxh3 of contents).
-fn tree(roots: &[PathBuf]) -> BTreeMap<String, u64> {
+/// Hash every file under the roots block by block (path -> xxh3 of each
+/// block), so a difference names the file and the block.
+fn tree(roots: &[PathBuf]) -> BTreeMap<String, Vec<u64>> {
     let mut out = BTreeMap::new();
     for (i, r) in roots.iter().enumerate() {
         for (p, e) in filerep::verify::scan(r).unwrap() {
             let h = match e {
-                filerep::verify::Entry::File { .. } => filerep::verify::hash_file(&r.join(&p)).unwrap().0,
-                _ => 0,
+                filerep::verify::Entry::File { .. } => {
+                    std::fs::read(r.join(&p)).unwrap().chunks(BS as usize).map(xxhash_rust::xxh3::xxh3_64).collect()
+                }
+                _ => Vec::new(),
             };
             out.insert(format!("{i}/{p}"), h);
         }
@@ -347,7 +350,20 @@ fn tree(roots: &[PathBuf]) -> BTreeMap<String, u64> {
 }
 
 fn assert_trees_equal(a: &[PathBuf], b: &[PathBuf]) {
-    assert_eq!(tree(a), tree(b), "the two segments' filespaces differ");
+    let (x, y) = (tree(a), tree(b));
+    for (path, blocks) in &x {
+        let Some(other) = y.get(path) else { panic!("{path} is on one side only") };
+        assert_eq!(blocks.len(), other.len(), "{path}: {} blocks against {}", blocks.len(), other.len());
+        if let Some(b) = blocks.iter().zip(other).position(|(p, q)| p != q) {
+            panic!("{path}: block {b} differs");
+        }
+    }
+    assert_eq!(
+        x.len(),
+        y.len(),
+        "entries on one side only: {:?}",
+        y.keys().filter(|k| !x.contains_key(*k)).collect::<Vec<_>>()
+    );
 }
 
 #[test]
@@ -844,4 +860,221 @@ fn losing_the_primary_during_a_resync_takes_the_segment_down_without_a_promotion
     assert_eq!(role_of(&p, 3).0, Role::Mirror);
     assert_ne!(c.seg(3).status(&c.key).unwrap().acting, Acting::Primary);
     assert!(c.catalog().history.iter().any(|h| h.reason.contains("during resync")), "{:#?}", c.catalog().history);
+}
+
+// ---- a crash at each step of a resync -----------------------------------
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Victim {
+    Primary,
+    Mirror,
+    /// `filerep recover` itself: the resync runs in the primary and goes on.
+    Tool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Moment {
+    /// Shipping the namespace (new directories and files, copied whole).
+    Namespace,
+    /// Copying changed blocks, before the first durable progress record.
+    Copying,
+    /// Copying, after several progress records.
+    AfterCheckpoints,
+}
+
+/// Blocks of `hot` the writers hammer during the resync.
+const HOT_BLOCKS: u64 = 64;
+/// Files whose blocks change while the mirror is down, and their blocks.
+const RELS: u64 = 16;
+const REL_BLOCKS: u64 = 64;
+/// New directories (each with one file of `DIR_FILE_BLOCKS`), shipped first.
+const DIRS: u64 = 8;
+const DIR_FILE_BLOCKS: u64 = 8;
+
+/// Writer `w` of two hammering its half of `hot` until stopped or refused:
+/// per block, the last tag acknowledged and the tag of a call that failed
+/// (which may or may not have landed).
+fn hammer(seg: &Seg, w: u64, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<BTreeMap<u64, (u64, Option<u64>)>> {
+    let mut cl = seg.client();
+    std::thread::spawn(move || {
+        let mut seen = BTreeMap::new();
+        let mut tag = 1000;
+        while !stop.load(Ordering::SeqCst) {
+            let b = (tag * 7) % (HOT_BLOCKS / 2) * 2 + w;
+            tag += 1;
+            if cl.write_block(0, "hot", b, &block(tag, b)).is_err() {
+                seen.entry(b).or_insert((0, None)).1 = Some(tag);
+                break;
+            }
+            seen.insert(b, (tag, None));
+        }
+        seen
+    })
+}
+
+fn crash_during_resync(victim: Victim, moment: Moment) {
+    let mut c = Cluster::start(Links::Direct);
+    let mut cl = c.seg(2).client();
+    cl.create(0, "hot").unwrap();
+    for i in 0..HOT_BLOCKS {
+        cl.extend(0, "hot", i, &block(1, i)).unwrap();
+    }
+    for r in 0..RELS {
+        cl.create(0, &format!("r{r:02}")).unwrap();
+        cl.extend(0, &format!("r{r:02}"), 0, &block(5, r)).unwrap();
+    }
+    cl.create(1, "gone").unwrap();
+    c.seg_mut(3).kill();
+    c.wait_for("change tracking", Duration::from_secs(20), || c.seg(2).status(&c.key).is_some_and(|s| s.mode == 'c'));
+    // Every kind of change. The namespace ships first ("a.." sorts before
+    // the rest), then the files' blocks: progress is recorded between files.
+    for d in 0..DIRS {
+        let dir = format!("a{d:02}");
+        cl.mkdir(0, &dir).unwrap();
+        cl.create(0, &format!("{dir}/f")).unwrap();
+        for i in 0..DIR_FILE_BLOCKS {
+            cl.extend(0, &format!("{dir}/f"), i, &block(20 + d, i)).unwrap();
+        }
+    }
+    cl.rename(0, "a00", "z00").unwrap();
+    cl.unlink(1, "gone").unwrap();
+    for r in 0..RELS {
+        for i in 0..REL_BLOCKS {
+            let rel = format!("r{r:02}");
+            if i == 0 {
+                cl.write_block(0, &rel, 0, &block(6, r)).unwrap();
+            } else {
+                cl.extend(0, &rel, i, &block(7 + r, i)).unwrap();
+            }
+        }
+    }
+    cl.truncate(0, "hot", HOT_BLOCKS - 4).unwrap();
+    for i in HOT_BLOCKS - 4..HOT_BLOCKS {
+        cl.extend(0, "hot", i, &block(2, i)).unwrap();
+    }
+    c.seg_mut(3).start();
+    c.wait_mirror_serving(3, 1);
+
+    // A slow resync (1 MB/s, progress recorded every 1 MiB) with writers hammering `hot`.
+    let key = c.key_file.display().to_string();
+    let mut tool = Command::new(exe())
+        .args(["recover", "--arbiter", &c.arbiter_addr, "--key-file", &key, "--json"])
+        .args(["--max-rate", "1", "--checkpoint-mib", "1"])
+        .env("FILEREP_LOG", "off")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("recover");
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..2).map(|w| hammer(c.seg(2), w, stop.clone())).collect();
+    let progress = || c.seg(2).status(&c.key).and_then(|s| s.resync);
+    let per_mib = (1 << 20) / BS as u64;
+    c.wait_for(&format!("{moment:?} in the resync"), Duration::from_secs(60), || {
+        progress().is_some_and(|p| match moment {
+            Moment::Namespace => p.paths_done >= 2,
+            Moment::Copying => p.blocks_done >= DIRS * DIR_FILE_BLOCKS + 16,
+            Moment::AfterCheckpoints => p.blocks_done >= 4 * per_mib,
+        })
+    });
+    let at = progress().unwrap_or_default();
+    match moment {
+        Moment::Namespace => assert!(at.blocks_done < DIRS * DIR_FILE_BLOCKS, "still early: {at:?}"),
+        Moment::Copying => assert!(at.blocks_done < per_mib, "before the first progress record: {at:?}"),
+        Moment::AfterCheckpoints => {}
+    }
+    match victim {
+        Victim::Primary => {
+            c.seg_mut(2).kill();
+            c.wait_for("the segment to be down", Duration::from_secs(20), || c.pair().down);
+        }
+        Victim::Mirror => {
+            c.seg_mut(3).kill();
+            c.wait_for("change tracking", Duration::from_secs(20), || c.pair().mode == PairMode::ChangeTracking);
+        }
+        Victim::Tool => {
+            let _ = tool.kill();
+            assert_eq!(c.pair().mode, PairMode::Resynchronizing, "the resync goes on without its tool");
+        }
+    }
+    let _ = tool.kill();
+    let _ = tool.wait();
+    stop.store(true, Ordering::SeqCst);
+    let hot: Vec<_> = writers.into_iter().map(|w| w.join().unwrap()).collect();
+    match victim {
+        Victim::Primary => c.seg_mut(2).start(),
+        Victim::Mirror => c.seg_mut(3).start(),
+        Victim::Tool => {}
+    }
+    c.wait_for("both segments up", Duration::from_secs(20), || c.pair().segments.iter().all(|s| s.up));
+
+    // One `filerep recover` (the restore of a down segment included) finishes the job.
+    let (code, out, err) = c.recover(&["--checkpoint-mib", "1"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let s = summary(&out);
+    assert_eq!(s["result"], "synchronized", "{s}");
+    let p = c.pair();
+    let generation = if victim == Victim::Primary { 2 } else { 1 };
+    assert_eq!((p.mode, p.generation, p.acting_primary().dbid), (PairMode::Synchronized, generation, 2), "{p:?}");
+    if moment == Moment::AfterCheckpoints && victim != Victim::Tool {
+        // Progress was kept: the second resync did not ship everything again.
+        let all = (RELS * REL_BLOCKS + DIRS * DIR_FILE_BLOCKS + HOT_BLOCKS) * BS as u64;
+        assert!(s["bytes"].as_u64().unwrap() < all, "{s}");
+    }
+    // Every acknowledged write is on the primary (a failed one may have landed or not).
+    let mut cl = c.seg(2).client();
+    for seen in &hot {
+        for (b, (acked, failed)) in seen {
+            let now = cl.read_block(0, "hot", *b).unwrap();
+            let ok = now == block(*acked, *b) || failed.is_some_and(|t| now == block(t, *b));
+            assert!(ok, "acknowledged write {acked} of hot block {b} lost");
+        }
+    }
+    cl.write_block(0, "r00", 0, &block(3, 0)).unwrap();
+    cl.sync(0, "r00").unwrap();
+    assert_trees_equal(&c.seg(2).roots(), &c.seg(3).roots());
+}
+
+#[test]
+fn primary_killed_while_the_resync_ships_the_namespace() {
+    crash_during_resync(Victim::Primary, Moment::Namespace);
+}
+
+#[test]
+fn primary_killed_while_the_resync_copies_blocks() {
+    crash_during_resync(Victim::Primary, Moment::Copying);
+}
+
+#[test]
+fn primary_killed_after_resync_progress_records() {
+    crash_during_resync(Victim::Primary, Moment::AfterCheckpoints);
+}
+
+#[test]
+fn mirror_killed_while_the_resync_ships_the_namespace() {
+    crash_during_resync(Victim::Mirror, Moment::Namespace);
+}
+
+#[test]
+fn mirror_killed_while_the_resync_copies_blocks() {
+    crash_during_resync(Victim::Mirror, Moment::Copying);
+}
+
+#[test]
+fn mirror_killed_after_resync_progress_records() {
+    crash_during_resync(Victim::Mirror, Moment::AfterCheckpoints);
+}
+
+#[test]
+fn recover_tool_killed_while_the_resync_ships_the_namespace() {
+    crash_during_resync(Victim::Tool, Moment::Namespace);
+}
+
+#[test]
+fn recover_tool_killed_while_the_resync_copies_blocks() {
+    crash_during_resync(Victim::Tool, Moment::Copying);
+}
+
+#[test]
+fn recover_tool_killed_after_resync_progress_records() {
+    crash_during_resync(Victim::Tool, Moment::AfterCheckpoints);
 }

@@ -79,6 +79,12 @@ pub enum Event {
     /// The operator asked every segment back to its preferred role
     /// (`filerep recover -r`): only a synchronized pair switches.
     Rebalance,
+    /// The operator recovers a segment that is down (a double fault, or
+    /// its primary lost during a resync) from its acting primary, which
+    /// answers again with its data and change-log intact: the pair comes
+    /// back in change tracking at a new generation (fencing any earlier
+    /// incarnation of that primary), and a resync repairs the mirror.
+    Restore,
 }
 
 /// What the reporter of a lost mirror is told.
@@ -295,6 +301,30 @@ impl Pair {
                     ),
                 }
             }
+            Event::Restore => {
+                if !self.down {
+                    return unchanged(Verdict::None, "the segment is not down");
+                }
+                if !self.segments[p].up {
+                    return unchanged(Verdict::None, "the acting primary does not answer");
+                }
+                self.down = false;
+                self.generation += 1;
+                // Whatever the mirror has, only a resync makes it consistent.
+                if self.mode != PairMode::NotInSync {
+                    self.mode = PairMode::ChangeTracking;
+                }
+                Outcome {
+                    verdict: Verdict::None,
+                    changed: true,
+                    reason: format!(
+                        "restored from primary {} at generation {} ({}): resync the mirror",
+                        self.segments[p].dbid,
+                        self.generation,
+                        self.mode.letter()
+                    ),
+                }
+            }
         }
     }
 
@@ -414,6 +444,26 @@ mod tests {
         p.check().unwrap();
     }
 
+    #[test]
+    fn a_down_segment_is_restored_from_its_primary_at_a_new_generation() {
+        let mut p = pair();
+        assert!(!p.apply(&Event::Restore).changed, "not down");
+        p.apply(&Event::MirrorLost { reporter: 2, generation: 1 });
+        p.apply(&Event::SegmentUp { dbid: 4 });
+        p.apply(&Event::ResyncStarted);
+        p.apply(&Event::ProbeFailed { dbid: 2 });
+        assert!(p.down);
+        assert!(!p.apply(&Event::Restore).changed, "the primary must answer first");
+        p.apply(&Event::SegmentUp { dbid: 2 });
+        let o = p.apply(&Event::Restore);
+        assert!(o.changed, "{o:?}");
+        assert!(!p.down);
+        assert_eq!((p.acting_primary().dbid, p.generation, p.mode), (2, 2, PairMode::ChangeTracking));
+        // The earlier incarnation, at generation 1, is fenced.
+        assert_eq!(p.apply(&Event::MirrorLost { reporter: 2, generation: 1 }).verdict, Verdict::Demoted);
+        p.check().unwrap();
+    }
+
     /// Every sequence of up to six events from every reachable state keeps
     /// the invariants, and no generation ever has two primaries.
     #[test]
@@ -429,6 +479,7 @@ mod tests {
             Event::ResyncStarted,
             Event::ResyncCompleted,
             Event::Rebalance,
+            Event::Restore,
         ];
         let mut frontier = vec![pair()];
         let mut seen = std::collections::HashSet::new();
@@ -441,12 +492,16 @@ mod tests {
                     let o = s.apply(e);
                     s.check().unwrap_or_else(|err| panic!("{state:?} + {e:?} -> {s:?}: {err}"));
                     assert!(s.generation >= before, "generations never go back");
-                    if s.generation > before {
+                    if s.generation > before && *e != Event::Restore {
                         assert_ne!(
                             s.acting_primary().dbid,
                             state.acting_primary().dbid,
                             "a new generation, a new primary"
                         );
+                    }
+                    if *e == Event::Restore && o.changed {
+                        assert!(state.down && !s.down, "only a down segment is restored");
+                        assert_eq!(s.acting_primary().dbid, state.acting_primary().dbid, "from its own primary");
                     }
                     if o.verdict == Verdict::MirrorDown {
                         if let Event::MirrorLost { reporter, generation } = e {

@@ -33,6 +33,9 @@ pub struct RecoverCmd {
     /// Limit block copies to this many MB/s.
     #[arg(long)]
     max_rate: Option<f64>,
+    /// Record progress durably every this many MiB shipped (default 64).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
+    checkpoint_mib: Option<u64>,
     /// Give up following after this many seconds (the resync itself goes on).
     #[arg(long, default_value_t = 3600)]
     timeout: u64,
@@ -114,12 +117,27 @@ pub fn run(c: RecoverCmd) -> Result<std::process::ExitCode, String> {
 
 fn follow(c: &RecoverCmd, key: &ClusterKey, content: u32, max_rate: Option<u64>) -> Result<Summary, String> {
     let started = Instant::now();
-    let req = ArbiterRequest::Recover { content, full: c.full, max_rate, compare: c.compare };
-    match filerep::control::call::<_, ArbiterResponse>(&c.arbiter, key, &req, RPC) {
-        Ok(ArbiterResponse::Started) => {}
-        Ok(ArbiterResponse::Refused(why)) => return Err(format!("content {content}: {why}")),
-        Ok(other) => return Err(format!("content {content}: unexpected answer {other:?}")),
-        Err(e) => return Err(format!("cannot reach the arbiter: {e}")),
+    let checkpoint_bytes = c.checkpoint_mib.map(|m| m << 20);
+    let req = ArbiterRequest::Recover { content, full: c.full, max_rate, compare: c.compare, checkpoint_bytes };
+    let mut restored = false;
+    loop {
+        match filerep::control::call::<_, ArbiterResponse>(&c.arbiter, key, &req, RPC) {
+            Ok(ArbiterResponse::Started) => break,
+            // Once only: a second answer like it means the primary fell again.
+            Ok(ArbiterResponse::Restored { generation }) if !restored => {
+                restored = true;
+                if !c.json {
+                    eprintln!(
+                        "content {content} was down: restored from its acting primary at generation {generation}; \
+                         waiting for it to serve, then resynchronizing the mirror"
+                    );
+                }
+                wait_serving(c, key, content, generation, started)?;
+            }
+            Ok(ArbiterResponse::Refused(why)) => return Err(format!("content {content}: {why}")),
+            Ok(other) => return Err(format!("content {content}: unexpected answer {other:?}")),
+            Err(e) => return Err(format!("cannot reach the arbiter: {e}")),
+        }
     }
     let terminal = std::io::stderr().is_terminal() && !c.json;
     let bar = if terminal {
@@ -209,6 +227,43 @@ fn follow(c: &RecoverCmd, key: &ClusterKey, content: u32, max_rate: Option<u64>)
         mode: pair.as_ref().map_or('-', |p| p.mode.letter()),
         generation: pair.map_or(0, |p| p.generation),
     })
+}
+
+/// Wait until a restored pair's primary serves alone at `generation` and
+/// its mirror is up at it, so a resync can be ordered.
+fn wait_serving(
+    c: &RecoverCmd,
+    key: &ClusterKey,
+    content: u32,
+    generation: u64,
+    started: Instant,
+) -> Result<(), String> {
+    loop {
+        if started.elapsed() > Duration::from_secs(c.timeout) {
+            return Err(format!(
+                "content {content}: the restored primary did not serve at generation {generation} in time"
+            ));
+        }
+        let cat = catalog(&c.arbiter, key)?;
+        let Some(cp) = cat.pair(content) else { return Err(format!("content {content} left the catalog")) };
+        if cp.pair.down || cp.pair.generation != generation {
+            return Err(format!(
+                "content {content} changed while being restored (generation {}, {}): run filerep recover again",
+                cp.pair.generation,
+                if cp.pair.down { "down" } else { "up" }
+            ));
+        }
+        let ready = |dbid: u32, want: filerep::segment::Acting| {
+            cp.address(dbid)
+                .and_then(|a| status(&a.control, key))
+                .is_some_and(|s| s.acting == want && s.generation == generation)
+        };
+        let (p, m) = (cp.pair.acting_primary(), cp.pair.acting_mirror());
+        if ready(p.dbid, filerep::segment::Acting::Primary) && m.up && ready(m.dbid, filerep::segment::Acting::Mirror) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100)); // polling the arbiter's rounds
+    }
 }
 
 /// `-r`: ask for the switch, then follow until the preferred primary streams.
