@@ -13,7 +13,9 @@
 //!   the last full job: then "durable through" moves too.
 
 use crate::core::mirror::Op;
-use crate::disk::{remove_tree, BatchWrite, Disk, DiskError, DiskFile, EntryKind, FsPath, OpenMode};
+use crate::disk::{
+    remove_tree, BatchWrite, Disk, DiskError, DiskErrorKind, DiskFile, DiskResult, EntryKind, FsPath, OpenMode,
+};
 use crate::path::RelPath;
 use crate::protocol::{ChildKind, ReconcileEntry};
 use std::collections::{BTreeMap, HashMap};
@@ -40,6 +42,9 @@ pub struct Sequenced {
     pub op: Op,
     /// The primary asked for this one to be durable before acknowledgement.
     pub durable: bool,
+    /// Shipped while a resync catches this mirror up: what it names may be
+    /// missing here (or still here), and is made so rather than refused.
+    pub catching_up: bool,
 }
 
 type DirKey = (u16, Option<RelPath>);
@@ -149,6 +154,49 @@ impl Applier {
         Ok(f)
     }
 
+    /// The file a write names; while catching up, created (with its
+    /// directories) if this mirror does not have it yet: the resync ships
+    /// its length and contents later, ordered after this write.
+    fn file_for_write(&mut self, s: &Sequenced, id: u32, path: &FsPath) -> Result<Arc<dyn DiskFile>, ApplyError> {
+        match self.file(s.seq, id, path) {
+            Err(e) if s.catching_up && e.error.kind == DiskErrorKind::NotFound => {
+                self.make_parents(s.seq, path)?;
+                let f = self.disk.open(path, OpenMode::Create).map_err(|error| ApplyError {
+                    seq: s.seq,
+                    op: "create",
+                    error,
+                })?;
+                self.dirty_dir(s.seq, path)?;
+                self.cache(id, f.clone());
+                Ok(f)
+            }
+            r => r,
+        }
+    }
+
+    /// Catching up: create `path`'s missing ancestors.
+    fn make_parents(&mut self, seq: u64, path: &FsPath) -> Result<(), ApplyError> {
+        let mut missing = Vec::new();
+        let mut at = path.path.parent();
+        while let Some(dir) = at {
+            let p = FsPath::new(path.filespace, dir.clone());
+            match self.disk.entry_kind(&p) {
+                Ok(Some(_)) => break,
+                Ok(None) => missing.push(p),
+                Err(error) => return Err(ApplyError { seq, op: "look up", error }),
+            }
+            at = dir.parent();
+        }
+        for p in missing.into_iter().rev() {
+            match self.disk.create_dir(&p) {
+                Ok(()) => self.dirty_dir(seq, &p)?,
+                Err(e) if e.kind == DiskErrorKind::AlreadyExists => {}
+                Err(error) => return Err(ApplyError { seq, op: "mkdir", error }),
+            }
+        }
+        Ok(())
+    }
+
     fn cache(&mut self, id: u32, f: Arc<dyn DiskFile>) {
         if self.open.len() >= MAX_CACHED_FILES {
             let dirty = &self.dirty_files;
@@ -191,7 +239,7 @@ impl Applier {
         let mut pending: Vec<PendingWrite<'_>> = Vec::new();
         for s in batch {
             if let Op::Write { id, path, offset, data } = &s.op {
-                let f = self.file(s.seq, *id, path)?;
+                let f = self.file_for_write(s, *id, path)?;
                 self.dirty_files.insert(*id, f.clone());
                 pending.push((s.seq, f, *offset, data));
             } else {
@@ -269,41 +317,73 @@ impl Applier {
     fn apply_one(&mut self, s: &Sequenced) -> Result<(), ApplyError> {
         let seq = s.seq;
         let err = |op: &'static str| move |error: DiskError| ApplyError { seq, op, error };
+        // While catching up, what is already as asked (absent, present) is fine.
+        let lenient = |r: DiskResult<()>, ok: &[DiskErrorKind]| match r {
+            Err(e) if s.catching_up && ok.contains(&e.kind) => Ok(()),
+            r => r,
+        };
         match &s.op {
             Op::Bind | Op::Write { .. } => {}
-            Op::Sync { id, path } => {
-                let f = self.file(seq, *id, path)?;
-                // Its data up to here is covered by the next job.
-                self.dirty_files.remove(id);
-                self.sync_requests.insert(*id, f);
-            }
+            Op::Sync { id, path } => match self.file(seq, *id, path) {
+                Ok(f) => {
+                    // Its data up to here is covered by the next job.
+                    self.dirty_files.remove(id);
+                    self.sync_requests.insert(*id, f);
+                }
+                Err(e) if s.catching_up && e.error.kind == DiskErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            },
             Op::Create { id, path } => {
+                if s.catching_up {
+                    self.make_parents(seq, path)?;
+                }
                 let f = self.disk.open(path, OpenMode::CreateTruncate).map_err(err("create"))?;
                 self.dirty_files.insert(*id, f.clone());
                 self.cache(*id, f);
                 self.dirty_dir(seq, path)?;
             }
             Op::Truncate { id, path, len } => {
-                let f = self.file(seq, *id, path)?;
+                let f = self.file_for_write(s, *id, path)?;
                 f.set_len(*len).map_err(err("truncate"))?;
                 self.dirty_files.insert(*id, f);
             }
             Op::Unlink { id, path } => {
                 self.open.remove(id);
                 self.dirty_files.remove(id);
-                self.disk.remove_file(path).map_err(err("unlink"))?;
-                self.dirty_dir(seq, path)?;
+                lenient(self.disk.remove_file(path), &[DiskErrorKind::NotFound]).map_err(err("unlink"))?;
+                // Catching up, its directory may be missing too: nothing to sync then.
+                self.dirty_dir(seq, path).or_else(|e| if s.catching_up { Ok(()) } else { Err(e) })?;
             }
             Op::Mkdir { path } => {
-                self.disk.create_dir(path).map_err(err("mkdir"))?;
+                if s.catching_up {
+                    self.make_parents(seq, path)?;
+                }
+                lenient(self.disk.create_dir(path), &[DiskErrorKind::AlreadyExists]).map_err(err("mkdir"))?;
                 self.dirty_dir(seq, path)?;
             }
             Op::Rmdir { path } => {
-                self.disk.remove_dir(path).map_err(err("rmdir"))?;
+                match self.disk.remove_dir(path) {
+                    // The primary has no such directory: neither will this mirror.
+                    Err(e) if s.catching_up && e.kind == DiskErrorKind::NotEmpty => {
+                        crate::disk::remove_tree(self.disk.as_ref(), path).map_err(err("rmdir"))?
+                    }
+                    r => lenient(r, &[DiskErrorKind::NotFound]).map_err(err("rmdir"))?,
+                }
                 self.unkey_dirs_under(path);
-                self.dirty_dir(seq, path)?;
+                self.dirty_dir(seq, path).or_else(|e| if s.catching_up { Ok(()) } else { Err(e) })?;
             }
             Op::Rename { from, to } => {
+                if s.catching_up {
+                    if self.disk.entry_kind(from).map_err(err("look up"))?.is_none() {
+                        // Not here yet: the resync reconciles both names.
+                        self.applied = seq;
+                        return Ok(());
+                    }
+                    self.make_parents(seq, to)?;
+                    if self.disk.entry_kind(to).map_err(err("look up"))? == Some(crate::disk::EntryKind::Dir) {
+                        crate::disk::remove_tree(self.disk.as_ref(), to).map_err(err("rename"))?;
+                    }
+                }
                 self.disk.rename(from, to).map_err(err("rename"))?;
                 // Handles follow their directories; the names they were
                 // keyed by may now name other directories.
@@ -470,7 +550,46 @@ mod tests {
     }
 
     fn op(seq: u64, op: Op) -> Sequenced {
-        Sequenced { seq, op, durable: false }
+        Sequenced { seq, op, durable: false, catching_up: false }
+    }
+
+    #[test]
+    fn catching_up_a_mirror_makes_what_live_changes_name_instead_of_failing() {
+        let disk = Arc::new(SimDisk::new(1));
+        let mut a = Applier::new(disk.clone(), 1);
+        let data = bytes::Bytes::from_static(b"new");
+        let write = |seq, path: &str| Op::Write { id: seq as u32, path: p(path), offset: 4, data: data.clone() };
+        // Strict, a write to a file this mirror lacks is refused.
+        assert!(a.apply(&[op(1, write(1, "d/e/f"))]).is_err());
+        let mut a = Applier::new(disk.clone(), 1);
+        let up = |seq, o| Sequenced { seq, op: o, durable: false, catching_up: true };
+        a.apply(&[
+            up(1, write(1, "d/e/f")),
+            up(2, Op::Unlink { id: 9, path: p("x/missing") }),
+            up(3, Op::Rmdir { path: p("gone") }),
+            up(4, Op::Mkdir { path: p("m/n") }),
+            up(5, Op::Mkdir { path: p("m/n") }),
+            up(6, Op::Rename { from: p("not/here"), to: p("there") }),
+            up(7, Op::Create { id: 7, path: p("q/r") }),
+            up(8, Op::Sync { id: 10, path: p("nowhere") }),
+            up(9, Op::Truncate { id: 11, path: p("t/u"), len: 8192 }),
+        ])
+        .unwrap();
+        assert_eq!(a.applied(), 9);
+        a.sync_all().unwrap();
+        let snap = disk.snapshot();
+        let file = |x: &str| match snap.get(&(0, x.to_string())) {
+            Some(SimEntry::File(d)) => d.clone(),
+            other => panic!("{x}: {other:?}"),
+        };
+        assert_eq!(file("d/e/f"), b"\0\0\0\0new");
+        assert!(file("q/r").is_empty());
+        assert_eq!(file("t/u").len(), 8192);
+        assert!(matches!(snap.get(&(0, "m/n".to_string())), Some(SimEntry::Dir)));
+        assert!(!snap.contains_key(&(0, "there".to_string())));
+        // A directory the primary removed goes with whatever this mirror still has in it.
+        a.apply(&[up(10, Op::Create { id: 12, path: p("m/n/stale") }), up(11, Op::Rmdir { path: p("m/n") })]).unwrap();
+        assert!(!disk.snapshot().contains_key(&(0, "m/n".to_string())));
     }
 
     #[test]
@@ -552,6 +671,7 @@ mod tests {
         a.apply(&[op(1, Op::Create { id: 1, path: p("a") }), op(2, Op::Create { id: 2, path: p("b") })]).unwrap();
         a.sync_all().unwrap();
         let w = |seq, id, path: &str, durable| Sequenced {
+            catching_up: false,
             seq,
             op: Op::Write { id, path: p(path), offset: 0, data: bytes::Bytes::from_static(b"data") },
             durable,

@@ -10,7 +10,7 @@ use crate::arbiter::HistoryEntry;
 use crate::core::pair::{Event, Outcome, Pair};
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Most history entries kept (the oldest are dropped first).
 pub const MAX_HISTORY: usize = 10_000;
@@ -24,6 +24,42 @@ pub struct SegmentAddress {
     pub control: String,
     /// The replication endpoint (the stream, when it is the mirror).
     pub data: String,
+    /// Its data directory per filespace, `NAME=DIRECTORY`, in the
+    /// cluster's filespace order (empty in catalogs written by hand).
+    #[serde(default)]
+    pub filespaces: Vec<String>,
+}
+
+impl SegmentAddress {
+    /// The port of `HOST:PORT`, if it has one.
+    fn port_of(addr: &str) -> Option<u16> {
+        addr.rsplit_once(':').and_then(|(_, p)| p.parse().ok())
+    }
+
+    /// The control port: Greenplum's `port` column.
+    pub fn port(&self) -> Option<u16> {
+        Self::port_of(&self.control)
+    }
+
+    /// The replication port (where it listens as a mirror).
+    pub fn replication_port(&self) -> Option<u16> {
+        Self::port_of(&self.data)
+    }
+
+    /// The address the control endpoint binds (`HOST` of `HOST:PORT`).
+    pub fn address(&self) -> &str {
+        self.control.rsplit_once(':').map_or(self.control.as_str(), |(h, _)| h)
+    }
+}
+
+/// A content without a mirror (yet): its primary serves alone, tracking
+/// every change, until `filerep addmirrors` gives it one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CatalogSolo {
+    pub content: u32,
+    pub generation: u64,
+    pub up: bool,
+    pub address: SegmentAddress,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,8 +79,61 @@ pub struct Catalog {
     pub cluster_id: u64,
     pub block_size: u32,
     pub pairs: Vec<CatalogPair>,
+    /// Contents without a mirror.
+    #[serde(default)]
+    pub unmirrored: Vec<CatalogSolo>,
     #[serde(default)]
     pub history: Vec<HistoryEntry>,
+}
+
+/// Where the catalog is kept. The arbiter reads it once and replaces it
+/// before every order that depends on it. A file today; this is the seam
+/// for a replicated store later.
+pub trait CatalogStore: Send + Sync {
+    fn load(&self) -> Result<Catalog>;
+    fn store(&self, c: &Catalog) -> Result<()>;
+    /// Where it is, for messages.
+    fn describe(&self) -> String;
+}
+
+/// The catalog in one JSON file, replaced atomically, with an exclusive
+/// lock (`flock` on `<file>.lock`) held as long as this value lives: a
+/// second writer (another arbiter, an offline tool) is refused.
+pub struct FileStore {
+    path: PathBuf,
+    _lock: nix::fcntl::Flock<std::fs::File>,
+}
+
+impl FileStore {
+    pub fn lock(path: &Path) -> Result<FileStore> {
+        let lock_path = path.with_extension("lock");
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| Error::io(format!("opening the catalog lock {}", lock_path.display()), e))?;
+        let lock = nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
+            Error::InvalidArgument(format!(
+                "catalog {} is in use by another writer (an arbiter or an operator tool holds {}): {e}; stop it first",
+                path.display(),
+                lock_path.display()
+            ))
+        })?;
+        Ok(FileStore { path: path.to_path_buf(), _lock: lock })
+    }
+}
+
+impl CatalogStore for FileStore {
+    fn load(&self) -> Result<Catalog> {
+        Catalog::load(&self.path)
+    }
+    fn store(&self, c: &Catalog) -> Result<()> {
+        c.store(&self.path)
+    }
+    fn describe(&self) -> String {
+        self.path.display().to_string()
+    }
 }
 
 fn unix_ms() -> u64 {
@@ -80,6 +169,17 @@ impl Catalog {
         crate::config::check_block_size(self.block_size).map_err(|e| e.to_string())?;
         let mut dbids = std::collections::BTreeSet::new();
         let mut contents = std::collections::BTreeSet::new();
+        for s in &self.unmirrored {
+            if !contents.insert(s.content) {
+                return Err(format!("content {} appears twice", s.content));
+            }
+            if !dbids.insert(s.address.dbid) {
+                return Err(format!("dbid {} appears twice", s.address.dbid));
+            }
+            if s.generation == 0 {
+                return Err(format!("content {}: generation 0", s.content));
+            }
+        }
         for p in &self.pairs {
             if !contents.insert(p.pair.content) {
                 return Err(format!("content {} appears twice", p.pair.content));
@@ -148,7 +248,68 @@ impl Catalog {
 
     /// The content a dbid belongs to.
     pub fn content_of(&self, dbid: u32) -> Option<u32> {
-        self.pairs.iter().find(|p| p.pair.segments.iter().any(|s| s.dbid == dbid)).map(|p| p.pair.content)
+        self.pairs
+            .iter()
+            .find(|p| p.pair.segments.iter().any(|s| s.dbid == dbid))
+            .map(|p| p.pair.content)
+            .or_else(|| self.unmirrored.iter().find(|s| s.address.dbid == dbid).map(|s| s.content))
+    }
+
+    /// Record a change that is not a pair transition (a content without a
+    /// mirror up or down, mirrors added) in the history.
+    pub fn note(&mut self, content: u32, before: String, after: String, reason: String) {
+        tracing::warn!(content, %before, %after, %reason, "catalog change");
+        self.history.push(HistoryEntry { unix_ms: unix_ms(), content, before, after, reason });
+        if self.history.len() > MAX_HISTORY {
+            let excess = self.history.len() - MAX_HISTORY;
+            self.history.drain(..excess);
+        }
+    }
+
+    /// Every segment's address, with its content (pairs and unmirrored).
+    pub fn addresses(&self) -> impl Iterator<Item = (u32, &SegmentAddress)> {
+        self.pairs
+            .iter()
+            .flat_map(|p| p.addresses.iter().map(move |a| (p.pair.content, a)))
+            .chain(self.unmirrored.iter().map(|s| (s.content, &s.address)))
+    }
+
+    /// Give unmirrored `content` a mirror: the pair starts not in sync
+    /// (`n`, the mirror down until it answers), at the content's generation;
+    /// only a full resync can make it synchronized.
+    pub fn add_mirror(
+        &mut self,
+        content: u32,
+        mirror: SegmentAddress,
+        primary_data: Option<String>,
+    ) -> std::result::Result<(), String> {
+        let i = self
+            .unmirrored
+            .iter()
+            .position(|s| s.content == content)
+            .ok_or_else(|| format!("content {content} has a mirror already or does not exist"))?;
+        if self.addresses().any(|(_, a)| a.dbid == mirror.dbid) {
+            return Err(format!("dbid {} is taken", mirror.dbid));
+        }
+        if !self.unmirrored[i].up {
+            return Err(format!("content {content}: its primary is down; start it first"));
+        }
+        let mut solo = self.unmirrored.remove(i);
+        if let Some(d) = primary_data {
+            solo.address.data = d;
+        }
+        let mut pair = Pair::new(content, solo.address.dbid, mirror.dbid);
+        pair.generation = solo.generation;
+        pair.mode = crate::core::pair::PairMode::NotInSync;
+        pair.segments[0].up = solo.up;
+        pair.segments[1].up = false;
+        let after = describe(&pair);
+        let dbid = mirror.dbid;
+        let before = format!("gen {} primary {} without a mirror", solo.generation, solo.address.dbid);
+        self.pairs.push(CatalogPair { pair, addresses: [solo.address, mirror] });
+        self.pairs.sort_by_key(|p| p.pair.content);
+        self.note(content, before, after, format!("mirror {dbid} added: a full resync builds it (n -> r -> s)"));
+        Ok(())
     }
 
     /// A new catalog of one pair per `(content, primary, mirror)`.
@@ -157,7 +318,7 @@ impl Catalog {
             .into_iter()
             .map(|(content, p, m)| CatalogPair { pair: Pair::new(content, p.dbid, m.dbid), addresses: [p, m] })
             .collect();
-        Catalog { cluster_id, block_size, pairs, history: Vec::new() }
+        Catalog { cluster_id, block_size, pairs, unmirrored: Vec::new(), history: Vec::new() }
     }
 }
 
@@ -171,6 +332,7 @@ mod tests {
             host: "h".into(),
             control: format!("127.0.0.1:{}", 7000 + dbid),
             data: format!("127.0.0.1:{}", 8000 + dbid),
+            filespaces: Vec::new(),
         }
     }
 

@@ -16,6 +16,7 @@ pub mod bench_resync;
 pub mod catalog;
 pub mod changelog;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod core;

@@ -454,7 +454,9 @@ impl MirrorServer {
                 };
                 frames += 1;
                 match session.on_frame(&frame) {
-                    Ok(Step::Apply { seq, op, durable }) => ops.push(Sequenced { seq, op, durable }),
+                    Ok(Step::Apply { seq, op, durable, catching_up }) => {
+                        ops.push(Sequenced { seq, op, durable, catching_up })
+                    }
                     Ok(Step::Heartbeat) => wake = true,
                     Ok(Step::Shutdown) => {
                         shutdown = true;
@@ -472,9 +474,13 @@ impl MirrorServer {
                     acks.marks.received.store(session.received(), Ordering::SeqCst);
                     acks.marks.applied.store(applier.applied(), Ordering::SeqCst);
                     // A checkpoint bounds how far "durable through" lags.
+                    // With nothing unsynced (operations that changed nothing, such
+                    // as a reconcile of what is already so) an empty checkpoint
+                    // still moves "durable through" up to what was applied.
+                    let behind = acks.marks.durable.load(Ordering::SeqCst) < applier.applied();
                     if shutdown
                         || applier.too_many_dirty()
-                        || (applier.has_unsynced() && last_full.elapsed() >= CHECKPOINT_INTERVAL)
+                        || ((applier.has_unsynced() || behind) && last_full.elapsed() >= CHECKPOINT_INTERVAL)
                     {
                         applier.request_full();
                         last_full = Instant::now();

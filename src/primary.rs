@@ -1596,10 +1596,13 @@ impl Inner {
 
     /// The strict level asks the mirror to make every operation durable.
     fn level_flags(&self) -> u8 {
-        if self.level == SyncLevel::Durable {
-            FLAG_DURABLE
+        let level = if self.level == SyncLevel::Durable { FLAG_DURABLE } else { 0 };
+        // While a resync catches the mirror up, a live change may name what
+        // it does not have yet; the flag lets it make that so.
+        if self.resyncing.load(Ordering::Relaxed) {
+            level | crate::protocol::FLAG_CATCHING_UP
         } else {
-            0
+            level
         }
     }
 

@@ -11,12 +11,14 @@
 //! mirrors first (so a primary finds its mirror listening), then primaries;
 //! and hand a returning old primary's activity log to the acting primary.
 
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, CatalogStore, FileStore};
 use crate::control;
 use crate::core::pair::{Event, PairMode, Role, Verdict};
 use crate::error::{Error, Result};
 use crate::protocol::handshake::ClusterKey;
-use crate::segment::{Acting, ArbiterRequest, ArbiterResponse, SegmentRequest, SegmentResponse, SegmentStatus};
+use crate::segment::{
+    Acting, ArbiterRequest, ArbiterResponse, NewMirror, SegmentRequest, SegmentResponse, SegmentStatus,
+};
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -51,6 +53,7 @@ impl ProbeConfig {
 
 struct State {
     cfg: ProbeConfig,
+    store: Box<dyn CatalogStore>,
     catalog: Mutex<Catalog>,
 }
 
@@ -67,10 +70,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl ArbiterProcess {
     pub fn open(cfg: ProbeConfig) -> Result<ArbiterProcess> {
         cfg.check()?;
-        let catalog = Catalog::load(&cfg.catalog)?;
+        // Held for the arbiter's life: one writer per catalog.
+        let store: Box<dyn CatalogStore> = Box::new(FileStore::lock(&cfg.catalog)?);
+        let catalog = store.load()?;
         let listener = TcpListener::bind(&cfg.listen).map_err(|e| Error::io(format!("binding {}", cfg.listen), e))?;
         Ok(ArbiterProcess {
-            state: Arc::new(State { cfg, catalog: Mutex::new(catalog) }),
+            state: Arc::new(State { cfg, store, catalog: Mutex::new(catalog) }),
             listener,
             stop: Arc::new(AtomicBool::new(false)),
         })
@@ -98,7 +103,7 @@ impl ArbiterProcess {
                 })
             })
             .map_err(|e| Error::io("spawning the control thread", e))?;
-        tracing::info!(catalog = %state.cfg.catalog.display(), "arbiter probing");
+        tracing::info!(catalog = %state.store.describe(), "arbiter probing");
         while !stop.load(Ordering::SeqCst) {
             let started = Instant::now();
             state.round();
@@ -116,11 +121,11 @@ impl State {
     /// Store the catalog; if that fails nothing is acted on (the caller
     /// refuses), and the in-memory copy is reloaded from the file.
     fn store(&self, cat: &mut Catalog) -> bool {
-        match cat.store(&self.cfg.catalog) {
+        match self.store.store(cat) {
             Ok(()) => true,
             Err(e) => {
                 tracing::error!(error = %e, "cannot store the catalog: nothing is decided");
-                if let Ok(old) = Catalog::load(&self.cfg.catalog) {
+                if let Ok(old) = self.store.load() {
                     *cat = old;
                 }
                 false
@@ -134,6 +139,7 @@ impl State {
             ArbiterRequest::Recover { content, full, max_rate, compare, checkpoint_bytes } => {
                 self.recover(content, (full, compare), (max_rate, checkpoint_bytes))
             }
+            ArbiterRequest::AddMirrors { mirrors } => self.add_mirrors(mirrors),
             ArbiterRequest::Rebalance { content } => {
                 let mut cat = lock(&self.catalog);
                 let before = cat.clone();
@@ -274,8 +280,78 @@ impl State {
     }
 
     /// One probe round over every pair.
+    /// `filerep addmirrors`: every new mirror is checked against the whole
+    /// catalog before any is added; then all are added in one store, each
+    /// pair not in sync (`n`) until a full resync builds its mirror.
+    fn add_mirrors(&self, mirrors: Vec<NewMirror>) -> ArbiterResponse {
+        let span = tracing::info_span!("add_mirrors", count = mirrors.len());
+        let _e = span.enter();
+        let mut cat = lock(&self.catalog);
+        let mut next = cat.clone();
+        for m in mirrors {
+            if let Err(why) = next.add_mirror(m.content, m.address, m.primary_data) {
+                tracing::error!(content = m.content, %why, "mirror refused");
+                return ArbiterResponse::Refused(format!("content {}: {why}; nothing was added", m.content));
+            }
+        }
+        if let Err(why) = next.check() {
+            return ArbiterResponse::Refused(format!("the catalog would be invalid: {why}; nothing was added"));
+        }
+        if !self.store(&mut next) {
+            return ArbiterResponse::Refused("the catalog cannot be written; nothing was added".into());
+        }
+        *cat = next;
+        ArbiterResponse::Started
+    }
+
+    /// Contents without a mirror: their primary serves alone (change
+    /// tracking), told so whenever it answers and does not serve yet.
+    fn solo_round(&self, snapshot: &Catalog) {
+        for solo in &snapshot.unmirrored {
+            let status = self.probe(&solo.address.control);
+            let up = status.as_ref().is_some_and(|s| s.dbid == solo.address.dbid);
+            if up != solo.up {
+                let mut cat = lock(&self.catalog);
+                let before = cat.clone();
+                if let Some(s) = cat.unmirrored.iter_mut().find(|s| s.content == solo.content) {
+                    s.up = up;
+                }
+                let word = |u: bool| if u { "up" } else { "down" };
+                cat.note(
+                    solo.content,
+                    format!("gen {} primary {} {}", solo.generation, solo.address.dbid, word(solo.up)),
+                    format!("gen {} primary {} {}", solo.generation, solo.address.dbid, word(up)),
+                    format!(
+                        "primary {} (no mirror) is {}{}",
+                        solo.address.dbid,
+                        word(up),
+                        if up { "" } else { ": the content is unavailable until it returns" }
+                    ),
+                );
+                if *cat != before && !self.store(&mut cat) {
+                    continue;
+                }
+            }
+            if let Some(s) = status.filter(|_| up) {
+                let serving = s.acting == Acting::Primary && s.generation == solo.generation;
+                if !serving && s.acting != Acting::Starting {
+                    tracing::info!(
+                        dbid = solo.address.dbid,
+                        generation = solo.generation,
+                        "ordering: become primary (no mirror)"
+                    );
+                    self.order(
+                        &solo.address.control,
+                        SegmentRequest::BecomePrimary { generation: solo.generation, mirror: None },
+                    );
+                }
+            }
+        }
+    }
+
     fn round(&self) {
         let snapshot = lock(&self.catalog).clone();
+        self.solo_round(&snapshot);
         for cp in &snapshot.pairs {
             let content = cp.pair.content;
             let statuses: Vec<(u32, Option<SegmentStatus>)> =

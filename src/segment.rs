@@ -164,6 +164,12 @@ pub enum SegmentRequest {
         #[serde(default)]
         checkpoint_bytes: Option<u64>,
     },
+    /// Listen for replication on another address from now on (not while
+    /// acting as mirror). `filerep addmirrors` gives a primary its
+    /// replication port by the seeds' arithmetic.
+    Rebind {
+        data_listen: String,
+    },
     /// Stop the process.
     Stop,
 }
@@ -234,6 +240,20 @@ pub enum ArbiterRequest {
     Rebalance {
         content: u32,
     },
+    /// `filerep addmirrors`: give unmirrored contents their mirrors (all or none).
+    AddMirrors {
+        mirrors: Vec<NewMirror>,
+    },
+}
+
+/// A mirror to add: its content and where it listens.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NewMirror {
+    pub content: u32,
+    pub address: crate::catalog::SegmentAddress,
+    /// The primary's replication address from now on (`None`: unchanged).
+    #[serde(default)]
+    pub primary_data: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -364,7 +384,9 @@ struct Shared {
     filespaces: Vec<Filespace>,
     disk: Arc<dyn Disk>,
     changelog: Arc<ChangeLog>,
-    data_listener: TcpListener,
+    /// Where it listens as a mirror; rebound by `Rebind` (addmirrors may
+    /// give a primary a new replication port).
+    data_listener: Mutex<TcpListener>,
     role: Mutex<Role>,
     stop: Arc<AtomicBool>,
     /// Serializes orders: one role change at a time.
@@ -432,7 +454,7 @@ impl Segment {
             filespaces,
             disk,
             changelog: Arc::new(changelog),
-            data_listener,
+            data_listener: Mutex::new(data_listener),
             role: Mutex::new(Role::Idle),
             stop: Arc::new(AtomicBool::new(false)),
             orders: Mutex::new(()),
@@ -643,6 +665,24 @@ impl Shared {
                     }
                 }
             }
+            SegmentRequest::Rebind { data_listen } => {
+                let _order = lock(&self.orders);
+                if matches!(&*lock(&self.role), Role::Mirror { .. }) {
+                    return refused("acting as mirror: its replication address cannot change now".into());
+                }
+                let mut current = lock(&self.data_listener);
+                let same = current.local_addr().ok().map(|a| a.to_string()) == Some(data_listen.clone());
+                if !same {
+                    match TcpListener::bind(&data_listen) {
+                        Ok(l) => {
+                            tracing::warn!(%data_listen, "replication address changed");
+                            *current = l;
+                        }
+                        Err(e) => return refused(format!("cannot listen on {data_listen}: {e}")),
+                    }
+                }
+                SegmentResponse::Done
+            }
             SegmentRequest::Stop => {
                 tracing::info!("stop ordered");
                 self.stop.store(true, Ordering::SeqCst);
@@ -759,7 +799,7 @@ impl Shared {
         };
         let result = (|| {
             let server = Arc::new(MirrorServer::with_disk(mcfg, self.disk.clone())?);
-            let listener = self.data_listener.try_clone().map_err(|e| Error::io("replication listener", e))?;
+            let listener = lock(&self.data_listener).try_clone().map_err(|e| Error::io("replication listener", e))?;
             let stop = Arc::new(AtomicBool::new(false));
             let (s, st) = (server.clone(), stop.clone());
             let thread = std::thread::Builder::new()

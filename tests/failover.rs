@@ -253,6 +253,7 @@ impl Cluster {
                 host: "localhost".into(),
                 control: control_in_catalog.clone(),
                 data: data_in_catalog,
+                filespaces: Vec::new(),
             });
             segs.push(Seg { dbid, cfg, cfg_path, child: None });
         }
@@ -642,7 +643,13 @@ fn bad_configurations_and_catalogs_are_refused_with_what_and_where() {
     assert!(code == 2 && err.contains("segment.json"), "{err}");
     // A catalog naming one dbid twice.
     let cat = dir.path().join("catalog.json");
-    let a = |dbid| SegmentAddress { dbid, host: "h".into(), control: "127.0.0.1:1".into(), data: "127.0.0.1:2".into() };
+    let a = |dbid| SegmentAddress {
+        dbid,
+        host: "h".into(),
+        control: "127.0.0.1:1".into(),
+        data: "127.0.0.1:2".into(),
+        filespaces: Vec::new(),
+    };
     let mut c = Catalog::new(1, 8192, vec![(0, a(2), a(3))]);
     c.pairs.push(c.pairs[0].clone());
     c.pairs[1].pair.content = 1;

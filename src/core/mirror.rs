@@ -9,7 +9,9 @@
 use crate::core::primary::MAX_BOUND_FILES;
 use crate::disk::FsPath;
 use crate::path::{PathError, RelPath};
-use crate::protocol::{Frame, Kind, ReconcileBody, ReconcileEntry, FLAG_DURABLE, MAX_FILE_BYTES, MAX_WRITE_AT};
+use crate::protocol::{
+    Frame, Kind, ReconcileBody, ReconcileEntry, FLAG_CATCHING_UP, FLAG_DURABLE, MAX_FILE_BYTES, MAX_WRITE_AT,
+};
 use bytes::Bytes;
 use std::collections::HashMap;
 
@@ -98,6 +100,8 @@ pub enum Step {
         seq: u64,
         op: Op,
         durable: bool,
+        /// Shipped during a resync ([`crate::protocol::FLAG_CATCHING_UP`]).
+        catching_up: bool,
     },
     /// Answer with an acknowledgement.
     Heartbeat,
@@ -286,7 +290,7 @@ impl MirrorSession {
             }
         };
         self.expected_seq += 1;
-        Ok(Step::Apply { seq, op, durable: h.flags & FLAG_DURABLE != 0 })
+        Ok(Step::Apply { seq, op, durable: h.flags & FLAG_DURABLE != 0, catching_up: h.flags & FLAG_CATCHING_UP != 0 })
     }
 
     fn rebind(&mut self, from: &FsPath, to: &FsPath) {
@@ -328,7 +332,7 @@ mod tests {
         assert!(matches!(m.on_frame(&frame(Kind::Bind, 1, 5, 0, b"base/1")), Ok(Step::Apply { op: Op::Bind, .. })));
         let step = m.on_frame(&frame(Kind::WriteBlock, 2, 5, 3, &[1; 8192])).unwrap();
         match step {
-            Step::Apply { seq: 2, op: Op::Write { offset, path, .. }, durable: false } => {
+            Step::Apply { seq: 2, op: Op::Write { offset, path, .. }, durable: false, .. } => {
                 assert_eq!(offset, 3 * 8192);
                 assert_eq!(path.path.as_str(), "base/1");
             }

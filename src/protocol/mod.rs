@@ -5,7 +5,7 @@
 //! | offset | size | field |
 //! |---|---|---|
 //! | 0 | 1 | kind ([`Kind`]) |
-//! | 1 | 1 | flags ([`FLAG_DURABLE`]) |
+//! | 1 | 1 | flags ([`FLAG_DURABLE`], [`FLAG_CATCHING_UP`]) |
 //! | 2 | 2 | filespace index |
 //! | 4 | 4 | body length |
 //! | 8 | 8 | sequence number (0 for control frames) |
@@ -37,7 +37,11 @@ pub const BLOCK_SIZES: [u32; 3] = [8 * 1024, 16 * 1024, 32 * 1024];
 /// The mirror must make this operation durable before it acknowledges it as
 /// synced (the strict sync level sets it on every operation).
 pub const FLAG_DURABLE: u8 = 0x01;
-const KNOWN_FLAGS: u8 = FLAG_DURABLE;
+/// Shipped while a resync catches the mirror up: what the operation names
+/// may not exist there yet (or may still exist), and the mirror makes it so
+/// instead of failing; the resync reconciles the rest.
+pub const FLAG_CATCHING_UP: u8 = 0x02;
+const KNOWN_FLAGS: u8 = FLAG_DURABLE | FLAG_CATCHING_UP;
 
 /// Frame kinds. Values 1..=31 are replicated operations and carry a sequence
 /// number; 32.. are control frames.

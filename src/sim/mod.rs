@@ -428,7 +428,7 @@ impl Sim {
         let mut shutdown = false;
         while let Some(f) = self.mirror_dec.next_frame().map_err(|e| self.fail(format!("mirror decode: {e}")))? {
             match self.session.on_frame(&f).map_err(|e| self.fail(format!("mirror refused frame: {e}")))? {
-                Step::Apply { seq, op, durable } => ops.push(Sequenced { seq, op, durable }),
+                Step::Apply { seq, op, durable, catching_up } => ops.push(Sequenced { seq, op, durable, catching_up }),
                 Step::Heartbeat => wake = true,
                 Step::Shutdown => {
                     wake = true;

@@ -3,7 +3,9 @@
 
 mod cluster;
 mod demo;
+mod ops;
 mod recover;
+mod state;
 
 use clap::{Parser, Subcommand};
 use filerep::config::{check_block_size, Filespace, StreamTuning, SyncLevel};
@@ -44,6 +46,16 @@ enum Cmd {
     Arbiter(cluster::ArbiterCmd),
     /// Resynchronize pairs that left Synchronized (incremental, or -F full) while their primaries serve.
     Recover(recover::RecoverCmd),
+    /// Create a cluster directory: hosts, segments per host, ports, data directories, optionally mirrors.
+    Init(ops::InitCmd),
+    /// Start a cluster's segment processes and its arbiter (those of one host with --host).
+    Start(ops::StartCmd),
+    /// Stop a cluster in order: the arbiter, then primaries, then mirrors.
+    Stop(ops::StopCmd),
+    /// Add mirrors to the contents that have none (gpaddmirrors): -p OFFSET [-s], -o FILE, or -i FILE.
+    Addmirrors(ops::AddMirrorsCmd),
+    /// Show the cluster's state (gpstate): summary, -m mirrors, -c mapping, -s details, --catalog.
+    State(state::StateCmd),
 }
 
 #[derive(clap::Args)]
@@ -187,6 +199,11 @@ fn main() -> ExitCode {
         Cmd::Segment(c) => cluster::run_segment(c).map(|_| ExitCode::SUCCESS).map_err(Into::into),
         Cmd::Arbiter(c) => cluster::run_arbiter(c).map(|_| ExitCode::SUCCESS).map_err(Into::into),
         Cmd::Recover(c) => recover::run(c).map_err(Into::into),
+        Cmd::Init(c) => ops::init(c).map_err(Into::into),
+        Cmd::Start(c) => ops::start(c).map_err(Into::into),
+        Cmd::Stop(c) => ops::stop(c).map_err(Into::into),
+        Cmd::Addmirrors(c) => ops::addmirrors(c).map_err(Into::into),
+        Cmd::State(c) => state::run(c).map_err(Into::into),
     };
     match r {
         Ok(code) => code,

@@ -44,6 +44,30 @@ pub struct RecoverCmd {
     json: bool,
 }
 
+impl RecoverCmd {
+    /// A full resync of one content (how `filerep addmirrors` builds a new mirror).
+    pub fn full_resync(
+        arbiter: &str,
+        key_file: &std::path::Path,
+        content: u32,
+        max_rate: Option<f64>,
+        json: bool,
+    ) -> RecoverCmd {
+        RecoverCmd {
+            arbiter: arbiter.to_string(),
+            key_file: key_file.to_path_buf(),
+            content: Some(content),
+            full: true,
+            rebalance: false,
+            compare: false,
+            max_rate,
+            checkpoint_mib: None,
+            timeout: 3600,
+            json,
+        }
+    }
+}
+
 #[derive(serde::Serialize)]
 struct Summary {
     content: u32,

@@ -430,7 +430,7 @@ impl FaultSim {
         let mut shutdown = false;
         while let Some(f) = dec.next_frame().map_err(|e| self.fail(format!("repair decode: {e}")))? {
             match session.on_frame(&f).map_err(|e| self.fail(format!("repair: mirror refused a frame: {e}")))? {
-                Step::Apply { seq, op, durable } => ops.push(Sequenced { seq, op, durable }),
+                Step::Apply { seq, op, durable, catching_up } => ops.push(Sequenced { seq, op, durable, catching_up }),
                 Step::Heartbeat => {}
                 Step::Shutdown => shutdown = true,
             }

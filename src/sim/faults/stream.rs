@@ -174,7 +174,9 @@ impl FaultSim {
         loop {
             match s.mirror_dec.next_frame() {
                 Ok(Some(f)) => match s.session.on_frame(&f) {
-                    Ok(Step::Apply { seq, op, durable }) => ops.push(Sequenced { seq, op, durable }),
+                    Ok(Step::Apply { seq, op, durable, catching_up }) => {
+                        ops.push(Sequenced { seq, op, durable, catching_up })
+                    }
                     Ok(Step::Heartbeat) => wake = true,
                     Ok(Step::Shutdown) => {
                         wake = true;

@@ -1,0 +1,224 @@
+//! Operating a cluster with the real commands: `filerep init` (2 hosts on
+//! loopback addresses, 2 segments each, no mirrors), `start`, a workload,
+//! `addmirrors -p` while the workload goes on, every pair synchronized and
+//! identical, `state`, bad mirror configurations refused, `stop`.
+
+use filerep::catalog::Catalog;
+use filerep::client::Client;
+use filerep::cluster::ClusterDir;
+use filerep::core::pair::PairMode;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const BS: u64 = 8192;
+
+fn filerep(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_filerep"))
+        .args(args)
+        .env("FILEREP_LOG", "warn")
+        .output()
+        .expect("run filerep");
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
+}
+
+/// The cluster's log directory, shown when a command fails.
+static LOGS: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+fn ok(args: &[&str]) -> String {
+    let (code, out, err) = filerep(args);
+    if code != 0 {
+        let mut logs = String::new();
+        for e in LOGS.get().and_then(|d| std::fs::read_dir(d).ok()).into_iter().flatten().flatten() {
+            let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(15).collect();
+            logs += &format!("--- {}\n{}\n", e.path().display(), tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+        }
+        panic!("filerep {} exited {code}: {out}{err}\n{logs}", args.join(" "));
+    }
+    out
+}
+
+/// Stops the cluster whatever happens to the test.
+struct Running(PathBuf);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = filerep(&["stop", "--cluster-dir", &self.0.display().to_string()]);
+    }
+}
+
+/// Per file, the xxh3 of each block.
+fn blocks(root: &Path) -> BTreeMap<String, Vec<u64>> {
+    let mut out = BTreeMap::new();
+    for (p, e) in filerep::verify::scan(root).unwrap() {
+        let h = match e {
+            filerep::verify::Entry::File { .. } => {
+                std::fs::read(root.join(&p)).unwrap().chunks(BS as usize).map(xxhash_rust::xxh3::xxh3_64).collect()
+            }
+            _ => Vec::new(),
+        };
+        out.insert(p, h);
+    }
+    out
+}
+
+fn block(tag: u64, i: u64) -> Vec<u8> {
+    (0..BS).map(|j| (tag.wrapping_mul(31).wrapping_add(i * 7 + j) % 251) as u8).collect()
+}
+
+#[test]
+fn init_start_addmirrors_under_load_state_and_stop() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cdir = tmp.path().join("cluster");
+    let cd = cdir.display().to_string();
+    LOGS.get_or_init(|| cdir.join("logs"));
+    // Ports from the process id: tests of other runs on this machine keep clear.
+    let base = 20000 + (std::process::id() % 400) as u16 * 20;
+    let offset = "3000";
+    let fs0 = format!("pg_system={}", tmp.path().join("primary").display());
+    let fs1 = format!("fs_fast={}", tmp.path().join("fast").display());
+    ok(&[
+        "init",
+        "--cluster-dir",
+        &cd,
+        "--hosts",
+        "127.0.0.2,127.0.0.3",
+        "--segments-per-host",
+        "2",
+        "--base-port",
+        &base.to_string(),
+        "--data-dir",
+        &fs0,
+        "--data-dir",
+        &fs1,
+        "--block-size",
+        &BS.to_string(),
+    ]);
+    // A second init into the same directory changes nothing.
+    let (code, _, err) = filerep(&["init", "--cluster-dir", &cd, "--hosts", "127.0.0.2", "--data-dir", &fs0]);
+    assert_ne!(code, 0);
+    assert!(err.contains("not empty"), "{err}");
+    ok(&["start", "--cluster-dir", &cd]);
+    let _running = Running(cdir.clone());
+    let dir = ClusterDir::new(&cdir);
+    let catalog = || Catalog::load(&dir.catalog()).unwrap();
+    let cat = catalog();
+    assert_eq!((cat.unmirrored.len(), cat.pairs.len()), (4, 0));
+
+    // A workload on every content, going on while the mirrors are added.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = cat
+        .unmirrored
+        .iter()
+        .map(|s| {
+            let socket = dir.segment_dir(s.address.dbid).join("segment.sock");
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let deadline = Instant::now() + Duration::from_secs(20);
+                let mut cl = loop {
+                    match Client::connect(&socket) {
+                        Ok(c) => break c,
+                        Err(e) => assert!(Instant::now() < deadline, "{}: {e}", socket.display()),
+                    }
+                    std::thread::sleep(Duration::from_millis(20)); // the primary starting
+                };
+                let mut acked = BTreeMap::new();
+                let mut i = 0u64;
+                while !stop.load(Ordering::SeqCst) || i < 64 {
+                    let file = format!("rel{}", i % 3);
+                    if i < 3 {
+                        cl.create(0, &file).unwrap();
+                    }
+                    let b = (i / 3) % 48;
+                    let r = if i / 3 < 48 {
+                        cl.extend(0, &file, b, &block(i, b))
+                    } else {
+                        cl.write_block(0, &file, b, &block(i, b))
+                    };
+                    r.unwrap_or_else(|e| panic!("write {i}: {e}"));
+                    acked.insert((file, b), i);
+                    i += 1;
+                }
+                (i, acked)
+            })
+        })
+        .collect();
+
+    // Bad configurations are refused with file, line and column, changing nothing.
+    let before = std::fs::read_to_string(dir.catalog()).unwrap();
+    let bad = tmp.path().join("bad.cfg");
+    std::fs::write(&bad, "filespaceOrder=fs_fast\nmirror0=0:127.0.0.3:x:1:2:/a:/b\n").unwrap();
+    let (code, _, err) = filerep(&["addmirrors", "--cluster-dir", &cd, "-i", &bad.display().to_string()]);
+    assert_ne!(code, 0);
+    assert!(err.contains("bad.cfg:2:"), "{err}");
+    assert!(std::fs::read_to_string(dir.catalog()).unwrap() == before, "a refused configuration changes nothing");
+
+    // -o writes the computed configuration, -i reads it back: the same mirrors.
+    let mdir = |n: &str| format!("{n}={}", tmp.path().join(format!("mirror_{n}")).display());
+    let cfg = tmp.path().join("mirrors.cfg");
+    let (m0, m1) = (mdir("pg_system"), mdir("fs_fast"));
+    let cf = cfg.display().to_string();
+    ok(&[
+        "addmirrors",
+        "--cluster-dir",
+        &cd,
+        "-p",
+        offset,
+        "--mirror-data-dir",
+        &m0,
+        "--mirror-data-dir",
+        &m1,
+        "-o",
+        &cf,
+    ]);
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let parsed = filerep::layout::MirrorConfig::parse(&text, "mirrors.cfg").unwrap();
+    assert_eq!(parsed.mirrors.len(), 4);
+    for m in &parsed.mirrors {
+        let p = cat.unmirrored.iter().find(|s| s.content == m.content).unwrap();
+        assert_ne!(p.address.host, m.address, "content {}: a mirror never shares its primary's host", m.content);
+        assert_eq!(m.port as u32, p.address.port().unwrap() as u32 + 3000, "mirror port = primary port + offset");
+    }
+    assert!(std::fs::read_to_string(dir.catalog()).unwrap() == before, "-o changes nothing");
+
+    // Add them, with the workload running: each pair goes n -> r -> s.
+    let out = ok(&["addmirrors", "--cluster-dir", &cd, "-i", &cf, "--json"]);
+    assert_eq!(out.lines().filter(|l| l.contains("\"synchronized\"")).count(), 4, "{out}");
+    stop.store(true, Ordering::SeqCst);
+    let results: Vec<_> = writers.into_iter().map(|w| w.join().unwrap()).collect();
+    assert!(results.iter().all(|(n, _)| *n >= 64));
+    let cat = catalog();
+    assert!(cat.unmirrored.is_empty());
+    assert_eq!(cat.pairs.len(), 4);
+    for p in &cat.pairs {
+        assert_eq!((p.pair.mode, p.pair.generation), (PairMode::Synchronized, 1), "content {}", p.pair.content);
+        assert!(cat.history.iter().any(|h| h.content == p.pair.content && h.reason.contains("resync completed")));
+    }
+
+    // Every acknowledged write is there, and each mirror is identical to its primary, block by block.
+    for (p, (_, acked)) in cat.pairs.iter().zip(&results) {
+        let mut cl = Client::connect(&dir.segment_dir(p.addresses[0].dbid).join("segment.sock")).unwrap();
+        for ((file, b), i) in acked.iter().take(8) {
+            assert_eq!(cl.read_block(0, file, *b).unwrap(), block(*i, *b));
+        }
+        cl.sync(0, "rel0").unwrap();
+    }
+    let out = ok(&["state", "--cluster-dir", &cd, "-m"]);
+    assert_eq!(out.matches("Passive").count(), 4, "{out}");
+    assert_eq!(out.matches("Synchronized").count(), 4, "{out}");
+    ok(&["stop", "--cluster-dir", &cd]);
+    for p in &cat.pairs {
+        for i in 0..2 {
+            let dirs = |a: &filerep::catalog::SegmentAddress| PathBuf::from(a.filespaces[i].split_once('=').unwrap().1);
+            let (a, b) = (dirs(&p.addresses[0]), dirs(&p.addresses[1]));
+            assert_eq!(blocks(&a), blocks(&b), "content {} filespace {i}", p.pair.content);
+        }
+    }
+    let out = ok(&["state", "--cluster-dir", &cd, "--catalog"]);
+    assert!(out.contains("(8 rows)"), "{out}");
+}
