@@ -22,6 +22,7 @@ pub mod core;
 pub mod disk;
 pub mod error;
 pub mod mirror;
+pub mod mount;
 pub mod net;
 pub mod path;
 pub mod primary;

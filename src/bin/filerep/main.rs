@@ -3,6 +3,7 @@
 
 mod cluster;
 mod demo;
+mod mount;
 mod recover;
 
 use clap::{Parser, Subcommand};
@@ -44,6 +45,8 @@ enum Cmd {
     Arbiter(cluster::ArbiterCmd),
     /// Resynchronize pairs that left Synchronized (incremental, or -F full) while their primaries serve.
     Recover(recover::RecoverCmd),
+    /// Expose one filespace of the acting primary as a FUSE file system: every change is replicated.
+    Mount(mount::MountCmd),
 }
 
 #[derive(clap::Args)]
@@ -187,6 +190,7 @@ fn main() -> ExitCode {
         Cmd::Segment(c) => cluster::run_segment(c).map(|_| ExitCode::SUCCESS).map_err(Into::into),
         Cmd::Arbiter(c) => cluster::run_arbiter(c).map(|_| ExitCode::SUCCESS).map_err(Into::into),
         Cmd::Recover(c) => recover::run(c).map_err(Into::into),
+        Cmd::Mount(c) => mount::run(c).map(|_| ExitCode::SUCCESS).map_err(Into::into),
     };
     match r {
         Ok(code) => code,
