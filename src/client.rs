@@ -10,6 +10,7 @@
 //! the data (a block read) or the error message. One request at a time
 //! per connection; open several connections for parallel calls.
 
+use crate::disk::DiskErrorKind;
 use crate::protocol::MAX_WRITE_AT;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -81,6 +82,14 @@ pub enum ErrorClass {
     Faulted = 4,
     /// Anything else (I/O errors, a malformed request).
     Other = 5,
+    /// The path, or a directory on the way to it, does not exist.
+    NotFound = 6,
+    /// The path exists already (create, mkdir).
+    Exists = 7,
+    /// The directory to remove, or to rename over, is not empty.
+    NotEmpty = 8,
+    /// The primary's disk is full (or over quota).
+    NoSpace = 9,
 }
 
 impl ErrorClass {
@@ -90,6 +99,10 @@ impl ErrorClass {
             2 => ErrorClass::NotPrimary,
             3 => ErrorClass::Unavailable,
             4 => ErrorClass::Faulted,
+            6 => ErrorClass::NotFound,
+            7 => ErrorClass::Exists,
+            8 => ErrorClass::NotEmpty,
+            9 => ErrorClass::NoSpace,
             _ => ErrorClass::Other,
         }
     }
@@ -101,6 +114,15 @@ impl ErrorClass {
                 ErrorClass::Unavailable
             }
             crate::Error::Faulted(_) => ErrorClass::Faulted,
+            // A namespace error on the primary: nothing was changed, and a
+            // caller (the FUSE mount) needs to tell these apart (errno).
+            crate::Error::Disk(d) => match d.kind {
+                DiskErrorKind::NotFound => ErrorClass::NotFound,
+                DiskErrorKind::AlreadyExists => ErrorClass::Exists,
+                DiskErrorKind::NotEmpty => ErrorClass::NotEmpty,
+                DiskErrorKind::NoSpace => ErrorClass::NoSpace,
+                DiskErrorKind::Escapes | DiskErrorKind::Io => ErrorClass::Other,
+            },
             _ => ErrorClass::Other,
         }
     }
@@ -344,5 +366,22 @@ mod tests {
         bad[0] = 99;
         assert!(Request::decode(&bad).unwrap_err().contains("unknown operation"));
         assert!(Request::decode(&enc[4..10]).is_err());
+    }
+
+    #[test]
+    fn namespace_errors_keep_their_kind_across_the_socket() {
+        use crate::disk::{DiskError, DiskErrorKind as K};
+        for (kind, class) in [
+            (K::NotFound, ErrorClass::NotFound),
+            (K::AlreadyExists, ErrorClass::Exists),
+            (K::NotEmpty, ErrorClass::NotEmpty),
+            (K::NoSpace, ErrorClass::NoSpace),
+            (K::Io, ErrorClass::Other),
+        ] {
+            let e = crate::Error::Disk(DiskError::new("op", "fs0:p", kind, "detail"));
+            assert_eq!(ErrorClass::of(&e), class);
+            assert_eq!(ErrorClass::from_u8(class as u8), class);
+        }
+        assert_eq!(ErrorClass::from_u8(200), ErrorClass::Other);
     }
 }

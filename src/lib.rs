@@ -24,6 +24,7 @@ pub mod disk;
 pub mod error;
 pub mod layout;
 pub mod mirror;
+pub mod mount;
 pub mod net;
 pub mod path;
 pub mod primary;

@@ -69,7 +69,10 @@ fn resync(p: &Pair, full: bool) -> resync::ResyncReport {
     // add activity-log entries, extents and paths, which are not differences
     // and are not asserted on; without writers the whole set is empty.)
     let left = p.log.resync_set();
-    assert!(left.blocks.is_empty() && left.extents.is_empty(), "the change-log is cleared once the mirror has everything");
+    assert!(
+        left.blocks.is_empty() && left.extents.is_empty(),
+        "the change-log is cleared once the mirror has everything"
+    );
     r
 }
 

@@ -3,6 +3,7 @@
 
 mod cluster;
 mod demo;
+mod mount;
 mod ops;
 mod recover;
 mod state;
@@ -56,6 +57,8 @@ enum Cmd {
     Addmirrors(ops::AddMirrorsCmd),
     /// Show the cluster's state (gpstate): summary, -m mirrors, -c mapping, -s details, --catalog.
     State(state::StateCmd),
+    /// Expose one filespace of the acting primary as a FUSE file system: every change is replicated.
+    Mount(mount::MountCmd),
 }
 
 #[derive(clap::Args)]
@@ -204,6 +207,7 @@ fn main() -> ExitCode {
         Cmd::Stop(c) => ops::stop(c).map_err(Into::into),
         Cmd::Addmirrors(c) => ops::addmirrors(c).map_err(Into::into),
         Cmd::State(c) => state::run(c).map_err(Into::into),
+        Cmd::Mount(c) => mount::run(c).map(|_| ExitCode::SUCCESS).map_err(Into::into),
     };
     match r {
         Ok(code) => code,

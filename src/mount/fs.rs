@@ -1,0 +1,781 @@
+//! The FUSE request handlers: changes go to the segment's client API,
+//! reads come from the local root (see `docs/mount.md` for why that is safe).
+
+use super::inodes::{Inodes, Resolved, ROOT};
+use super::local::{LocalEntry, Root};
+use super::pool::Pool;
+use crate::client::{ClientError, ErrorClass};
+use crate::path::{PathError, RelPath};
+use crate::protocol::MAX_WRITE_AT;
+use fuser::{
+    BsdFileFlags, Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, KernelConfig, LockOwner,
+    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
+    ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
+};
+use std::collections::{HashMap, VecDeque};
+use std::ffi::OsStr;
+use std::fs::{File, Metadata};
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// How long the kernel may keep attributes and entries. Every change goes
+/// through this mount, so the kernel's caches only go stale if something
+/// else changes the filespace (see `docs/mount.md`).
+const TTL: Duration = Duration::from_secs(1);
+/// Permission bits presented: owner only, what PostgreSQL insists on for
+/// its data directory (nothing is stored: the engine replicates contents,
+/// not modes).
+const DIR_PERM: u16 = 0o700;
+const FILE_PERM: u16 = 0o600;
+/// Directory entries examined when looking for a file whose sync carries
+/// a directory fsync.
+const CARRIER_SEARCH_LIMIT: usize = 4096;
+
+enum Handle {
+    File(File),
+    Dir(Vec<LocalEntry>),
+}
+
+pub(crate) struct FilerepFs {
+    fs: u16,
+    bs: u64,
+    root: Root,
+    pool: Pool,
+    inodes: Mutex<Inodes>,
+    /// Shared by every request that turns an inode into a path and hands
+    /// it to the segment; exclusive for unlink, rmdir and rename, which
+    /// change what paths name. So a path sent to the segment always names
+    /// the inode the kernel meant, never a file renamed into its place.
+    ns: RwLock<()>,
+    handles: Mutex<HashMap<u64, Arc<Handle>>>,
+    next_fh: AtomicU64,
+    uid: Option<u32>,
+    gid: Option<u32>,
+    /// The last file created or synced: a cheap carrier for a directory fsync.
+    carrier: Mutex<Option<String>>,
+    temporaries: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The errno for a refused or failed call (`docs/mount.md`, errno mapping).
+pub fn errno_of(e: &ClientError) -> Errno {
+    match e.class() {
+        Some(ErrorClass::Invalid) => Errno::EINVAL,
+        Some(ErrorClass::NotFound) => Errno::ENOENT,
+        Some(ErrorClass::Exists) => Errno::EEXIST,
+        Some(ErrorClass::NotEmpty) => Errno::ENOTEMPTY,
+        Some(ErrorClass::NoSpace) => Errno::ENOSPC,
+        // Not the primary, the pair cannot take changes, the segment
+        // faulted, or it cannot be reached: the change was not made (or not
+        // made durable), which callers must see as an I/O error.
+        Some(ErrorClass::NotPrimary | ErrorClass::Unavailable | ErrorClass::Faulted | ErrorClass::Other) | None => {
+            Errno::EIO
+        }
+    }
+}
+
+fn io_errno(e: &std::io::Error) -> Errno {
+    Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+fn path_errno(e: &PathError) -> Errno {
+    match e {
+        PathError::TooLong(_) | PathError::ComponentTooLong(_) => Errno::ENAMETOOLONG,
+        _ => Errno::EINVAL,
+    }
+}
+
+fn time(secs: i64, nsecs: i64) -> SystemTime {
+    if secs < 0 {
+        return UNIX_EPOCH;
+    }
+    UNIX_EPOCH + Duration::new(secs as u64, nsecs.clamp(0, 999_999_999) as u32)
+}
+
+pub(crate) struct FsParams {
+    pub filespace: u16,
+    pub block_size: u32,
+    pub root: Root,
+    pub pool: Pool,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+}
+
+impl FilerepFs {
+    pub fn new(p: FsParams) -> FilerepFs {
+        FilerepFs {
+            fs: p.filespace,
+            bs: u64::from(p.block_size),
+            root: p.root,
+            pool: p.pool,
+            inodes: Mutex::new(Inodes::new()),
+            ns: RwLock::new(()),
+            handles: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            uid: p.uid,
+            gid: p.gid,
+            carrier: Mutex::new(None),
+            temporaries: AtomicU64::new(0),
+        }
+    }
+
+    fn ns_shared(&self) -> std::sync::RwLockReadGuard<'_, ()> {
+        self.ns.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn ns_exclusive(&self) -> std::sync::RwLockWriteGuard<'_, ()> {
+        self.ns.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The path an inode names now. A detached inode (unlinked or replaced
+    /// since it was opened) names none: ESTALE, as NFS reports it.
+    fn path_of(&self, ino: INodeNo) -> Result<String, Errno> {
+        match lock(&self.inodes).resolve(ino.0) {
+            Resolved::Path(p) => Ok(p.to_string()),
+            Resolved::Detached | Resolved::Unknown => Err(Errno::ESTALE),
+        }
+    }
+
+    /// The path of `name` in directory `parent`, checked as the engine checks paths.
+    fn child_of(&self, parent: INodeNo, name: &OsStr) -> Result<String, Errno> {
+        let name = name.to_str().ok_or(Errno::EINVAL)?;
+        if name.contains('/') {
+            return Err(Errno::EINVAL);
+        }
+        let dir = self.path_of(parent)?;
+        let path = if dir.is_empty() { name.to_string() } else { format!("{dir}/{name}") };
+        RelPath::new(&path).map_err(|e| path_errno(&e))?;
+        Ok(path)
+    }
+
+    fn attr(&self, ino: u64, md: &Metadata) -> FileAttr {
+        let kind = super::local::kind_of_mode(md.mode());
+        FileAttr {
+            ino: INodeNo(ino),
+            size: md.size(),
+            blocks: md.blocks(),
+            atime: time(md.atime(), md.atime_nsec()),
+            mtime: time(md.mtime(), md.mtime_nsec()),
+            ctime: time(md.ctime(), md.ctime_nsec()),
+            crtime: UNIX_EPOCH,
+            kind,
+            perm: if kind == FileType::Directory { DIR_PERM } else { FILE_PERM },
+            nlink: md.nlink().try_into().unwrap_or(u32::MAX),
+            uid: self.uid.unwrap_or(md.uid()),
+            gid: self.gid.unwrap_or(md.gid()),
+            rdev: 0,
+            // Applications size their I/O by st_blksize: whole blocks
+            // become block writes.
+            blksize: self.bs as u32,
+            flags: 0,
+        }
+    }
+
+    /// Stat `path` locally and hand the kernel a reference to its inode.
+    /// Callers hold the namespace lock (shared or exclusive).
+    fn entry(&self, path: &str) -> Result<FileAttr, Errno> {
+        let md = self.root.metadata(path).map_err(|e| io_errno(&e))?;
+        let ino = lock(&self.inodes).lookup(path);
+        Ok(self.attr(ino, &md))
+    }
+
+    fn handle(&self, fh: FileHandle) -> Option<Arc<Handle>> {
+        lock(&self.handles).get(&fh.0).cloned()
+    }
+
+    fn add_handle(&self, h: Handle) -> FileHandle {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        lock(&self.handles).insert(fh, Arc::new(h));
+        FileHandle(fh)
+    }
+
+    fn stat(&self, ino: INodeNo, fh: Option<FileHandle>) -> Result<FileAttr, Errno> {
+        // An open file answers from its descriptor, even once unlinked.
+        if let Some(h) = fh.and_then(|fh| self.handle(fh)) {
+            if let Handle::File(f) = h.as_ref() {
+                return f.metadata().map(|md| self.attr(ino.0, &md)).map_err(|e| io_errno(&e));
+            }
+        }
+        let path = self.path_of(ino)?;
+        let md = self.root.metadata(&path).map_err(|e| io_errno(&e))?;
+        Ok(self.attr(ino.0, &md))
+    }
+
+    /// Map a failed call to its errno, logging what callers must not miss.
+    fn failed(&self, op: &'static str, path: &str, e: &ClientError) -> Errno {
+        let errno = errno_of(e);
+        if errno == Errno::EIO {
+            tracing::warn!(op, path, error = %e, "the segment refused or failed a change: EIO");
+        } else {
+            tracing::debug!(op, path, error = %e, errno = errno.code(), "refused");
+        }
+        errno
+    }
+
+    /// Write through the segment. Whole aligned blocks are block writes
+    /// (an extend when the block is the next one), anything else byte
+    /// writes of at most the API's limit. A failure after some progress
+    /// is a short write, as POSIX has it.
+    fn write_through(
+        &self,
+        path: &str,
+        offset: u64,
+        data: &[u8],
+        local_len: impl FnOnce() -> std::io::Result<u64>,
+    ) -> Result<usize, Errno> {
+        let fs = self.fs;
+        let bs = self.bs as usize;
+        let mut done = 0usize;
+        let result = if offset % self.bs == 0 && data.len() % bs == 0 {
+            let mut len = local_len().map_err(|e| io_errno(&e))?;
+            let mut r = Ok(());
+            for (i, block) in data.chunks(bs).enumerate() {
+                let b = offset / self.bs + i as u64;
+                let call = if len == b * self.bs {
+                    self.pool.call(|c| c.extend(fs, path, b, block)).or_else(|e| match e.class() {
+                        // Another writer extended first (a write-back racing
+                        // a write): the block is no longer the next one.
+                        Some(ErrorClass::Invalid) => self.pool.call(|c| c.write_block(fs, path, b, block)),
+                        _ => Err(e),
+                    })
+                } else {
+                    self.pool.call(|c| c.write_block(fs, path, b, block))
+                };
+                if let Err(e) = call {
+                    r = Err(("write_block", e));
+                    break;
+                }
+                len = len.max((b + 1) * self.bs);
+                done += bs;
+            }
+            r
+        } else {
+            let mut r = Ok(());
+            for chunk in data.chunks(MAX_WRITE_AT) {
+                let at = offset + done as u64;
+                if let Err(e) = self.pool.call(|c| c.write_at(fs, path, at, chunk)) {
+                    r = Err(("write_at", e));
+                    break;
+                }
+                done += chunk.len();
+            }
+            r
+        };
+        match result {
+            Ok(()) => Ok(done),
+            Err((op, e)) => {
+                let errno = self.failed(op, path, &e);
+                if done > 0 {
+                    Ok(done)
+                } else {
+                    Err(errno)
+                }
+            }
+        }
+    }
+
+    /// A regular file whose sync makes every directory change durable on
+    /// both sides (a sync carries all changed directories, on the primary
+    /// and on the mirror; which file does not matter). Preference: the last
+    /// file created or synced (in the usual "fsync the file, then its
+    /// directory" that is the file just synced: little left to flush), a
+    /// file in `dir`, then the first found from the root.
+    fn find_carrier(&self, dir: Option<&str>) -> Option<String> {
+        let join = |d: &str, n: &str| if d.is_empty() { n.to_string() } else { format!("{d}/{n}") };
+        if let Some(c) = lock(&self.carrier).clone() {
+            if self.root.metadata(&c).is_ok_and(|m| m.is_file()) {
+                return Some(c);
+            }
+        }
+        if let Some(d) = dir {
+            if let Ok(entries) = self.root.list(d) {
+                if let Some(e) = entries.iter().find(|e| e.kind == FileType::RegularFile) {
+                    return Some(join(d, &e.name));
+                }
+            }
+        }
+        let mut queue = VecDeque::from([String::new()]);
+        let mut seen = 0usize;
+        while let Some(d) = queue.pop_front() {
+            let Ok(entries) = self.root.list(&d) else { continue };
+            for e in entries {
+                seen += 1;
+                match e.kind {
+                    FileType::RegularFile => return Some(join(&d, &e.name)),
+                    FileType::Directory => queue.push_back(join(&d, &e.name)),
+                    _ => {}
+                }
+            }
+            if seen > CARRIER_SEARCH_LIMIT {
+                break;
+            }
+        }
+        None
+    }
+
+    /// Make the namespace durable on both sides: a directory has no sync
+    /// call of its own in the client API, but every sync carries all
+    /// changed directories with it.
+    fn sync_namespace(&self, dir: Option<&str>) -> Result<(), Errno> {
+        let fs = self.fs;
+        if let Some(carrier) = self.find_carrier(dir) {
+            return self.pool.call(|c| c.sync(fs, &carrier)).map_err(|e| self.failed("sync", &carrier, &e));
+        }
+        // No regular file anywhere: create one to carry the sync, then
+        // remove it (that removal becomes durable with the next sync).
+        let n = self.temporaries.fetch_add(1, Ordering::Relaxed);
+        let tmp = format!(".filerep-dirsync-{}-{n}", std::process::id());
+        self.pool
+            .call(|c| {
+                c.create(fs, &tmp)?;
+                let synced = c.sync(fs, &tmp);
+                let removed = c.unlink(fs, &tmp);
+                synced.and(removed)
+            })
+            .map_err(|e| self.failed("sync", &tmp, &e))
+    }
+
+    fn create_file(&self, path: &str, exclusive: bool, truncate: bool) -> Result<(), Errno> {
+        let fs = self.fs;
+        match self.pool.call(|c| c.create(fs, path)) {
+            Ok(()) => {}
+            // O_CREAT without O_EXCL: someone created it first; open theirs.
+            Err(e) if e.class() == Some(ErrorClass::Exists) && !exclusive => {
+                if truncate {
+                    self.pool.call(|c| c.set_len(fs, path, 0)).map_err(|e| self.failed("set_len", path, &e))?;
+                }
+            }
+            Err(e) => return Err(self.failed("create", path, &e)),
+        }
+        *lock(&self.carrier) = Some(path.to_string());
+        Ok(())
+    }
+}
+
+impl fuser::Filesystem for FilerepFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // One write request is at most one write_at call (larger ones
+        // would be split anyway).
+        if let Err(max) = config.set_max_write(MAX_WRITE_AT as u32) {
+            tracing::warn!(max, "the kernel refused {MAX_WRITE_AT}-byte writes");
+        }
+        // Lookups and readdirs in one directory may run in parallel: the
+        // namespace lock keeps them consistent with changes.
+        let _ = config.add_capabilities(fuser::InitFlags::FUSE_PARALLEL_DIROPS);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let _ns = self.ns_shared();
+        match self.child_of(parent, name).and_then(|p| self.entry(&p)) {
+            Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        lock(&self.inodes).forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.stat(ino, fh) {
+            Ok(attr) => reply.attr(&TTL, &attr),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _mode: Option<u32>,
+        _uid: Option<u32>,
+        _gid: Option<u32>,
+        size: Option<u64>,
+        _atime: Option<TimeOrNow>,
+        _mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        // Modes, owners and times are accepted and not stored: the engine
+        // replicates contents and names only (docs/mount.md).
+        if let Some(size) = size {
+            let _ns = self.ns_shared();
+            let path = match self.path_of(ino) {
+                Ok(p) => p,
+                Err(e) => return reply.error(e),
+            };
+            let fs = self.fs;
+            if let Err(e) = self.pool.call(|c| c.set_len(fs, &path, size)) {
+                return reply.error(self.failed("set_len", &path, &e));
+            }
+        }
+        match self.stat(ino, fh) {
+            Ok(attr) => reply.attr(&TTL, &attr),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn mknod(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        // Only regular files are replicated.
+        if mode & libc::S_IFMT != libc::S_IFREG {
+            return reply.error(Errno::EPERM);
+        }
+        let _ns = self.ns_shared();
+        let r = self.child_of(parent, name).and_then(|p| {
+            self.create_file(&p, true, false)?;
+            self.entry(&p)
+        });
+        match r {
+            Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn mkdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, _mode: u32, _umask: u32, reply: ReplyEntry) {
+        let _ns = self.ns_shared();
+        let fs = self.fs;
+        let r = self.child_of(parent, name).and_then(|p| {
+            self.pool.call(|c| c.mkdir(fs, &p)).map_err(|e| self.failed("mkdir", &p, &e))?;
+            self.entry(&p)
+        });
+        match r {
+            Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _ns = self.ns_exclusive();
+        let fs = self.fs;
+        let r = self.child_of(parent, name).and_then(|p| {
+            self.pool.call(|c| c.unlink(fs, &p)).map_err(|e| self.failed("unlink", &p, &e))?;
+            lock(&self.inodes).detach(&p, false);
+            Ok(())
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _ns = self.ns_exclusive();
+        let fs = self.fs;
+        let r = self.child_of(parent, name).and_then(|p| {
+            self.pool.call(|c| c.rmdir(fs, &p)).map_err(|e| self.failed("rmdir", &p, &e))?;
+            lock(&self.inodes).detach(&p, true);
+            Ok(())
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn symlink(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, _target: &std::path::Path, reply: ReplyEntry) {
+        // The engine replicates regular files and directories only.
+        reply.error(Errno::EPERM);
+    }
+
+    fn link(&self, _req: &Request, _ino: INodeNo, _newparent: INodeNo, _newname: &OsStr, reply: ReplyEntry) {
+        reply.error(Errno::EPERM);
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        if flags.intersects(RenameFlags::RENAME_EXCHANGE | RenameFlags::RENAME_WHITEOUT) {
+            return reply.error(Errno::EINVAL);
+        }
+        let _ns = self.ns_exclusive();
+        let r = (|| {
+            let from = self.child_of(parent, name)?;
+            let to = self.child_of(newparent, newname)?;
+            let src = self.root.metadata(&from).map_err(|e| io_errno(&e))?;
+            if from == to {
+                return Ok(());
+            }
+            // POSIX rename's checks, before the engine is asked (the kernel
+            // makes most of them too). Exclusive: nothing changes meanwhile.
+            match self.root.metadata(&to) {
+                Ok(dst) => {
+                    if flags.contains(RenameFlags::RENAME_NOREPLACE) {
+                        return Err(Errno::EEXIST);
+                    }
+                    match (src.is_dir(), dst.is_dir()) {
+                        (true, false) => return Err(Errno::ENOTDIR),
+                        (false, true) => return Err(Errno::EISDIR),
+                        _ => {}
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_errno(&e)),
+            }
+            if src.is_dir() && to.starts_with(&format!("{from}/")) {
+                return Err(Errno::EINVAL);
+            }
+            let fs = self.fs;
+            self.pool.call(|c| c.rename(fs, &from, &to)).map_err(|e| self.failed("rename", &from, &e))?;
+            lock(&self.inodes).rename(&from, &to, src.is_dir());
+            Ok(())
+        })();
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // Reads and fstat use a local read-only descriptor; writes go by
+        // path to the segment. O_TRUNC arrives as a setattr.
+        let r = self.path_of(ino).and_then(|p| self.root.open_read(&p).map_err(|e| io_errno(&e)));
+        match r {
+            Ok(f) => reply.opened(self.add_handle(Handle::File(f)), FopenFlags::empty()),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let Some(h) = self.handle(fh) else { return reply.error(Errno::EBADF) };
+        let Handle::File(f) = h.as_ref() else { return reply.error(Errno::EISDIR) };
+        let mut buf = vec![0u8; size as usize];
+        let mut got = 0usize;
+        while got < buf.len() {
+            match f.read_at(&mut buf[got..], offset + got as u64) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return reply.error(io_errno(&e)),
+            }
+        }
+        reply.data(&buf[..got]);
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        if data.is_empty() {
+            return reply.written(0);
+        }
+        let _ns = self.ns_shared();
+        let path = match self.path_of(ino) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(ino = ino.0, "a write to a file unlinked or replaced while open: ESTALE");
+                return reply.error(e);
+            }
+        };
+        let len = || match self.handle(fh).as_deref() {
+            // The segment writes the same inode: its length here is current.
+            Some(Handle::File(f)) => f.metadata().map(|m| m.len()),
+            _ => self.root.metadata(&path).map(|m| m.len()),
+        };
+        match self.write_through(&path, offset, data, len) {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        // Writes go through at once: close has nothing left to send.
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        lock(&self.handles).remove(&fh.0);
+        reply.ok();
+    }
+
+    fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        let _ns = self.ns_shared();
+        let path = match self.path_of(ino) {
+            Ok(p) => p,
+            // Unlinked or replaced while open: no name is left whose data
+            // could be lost, and every write to it was refused.
+            Err(_) => return reply.ok(),
+        };
+        let fs = self.fs;
+        match self.pool.call(|c| c.sync(fs, &path)) {
+            Ok(()) => {
+                *lock(&self.carrier) = Some(path);
+                reply.ok()
+            }
+            Err(e) => reply.error(self.failed("sync", &path, &e)),
+        }
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let _ns = self.ns_shared();
+        // A snapshot: offsets stay meaningful while the directory changes.
+        let r = self.path_of(ino).and_then(|p| self.root.list(&p).map_err(|e| io_errno(&e)));
+        match r {
+            Ok(entries) => reply.opened(self.add_handle(Handle::Dir(entries)), FopenFlags::empty()),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let Some(h) = self.handle(fh) else { return reply.error(Errno::EBADF) };
+        let Handle::Dir(entries) = h.as_ref() else { return reply.error(Errno::ENOTDIR) };
+        let dir = match self.path_of(ino) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        let inodes = lock(&self.inodes);
+        let parent = match dir.rsplit_once('/') {
+            Some((p, _)) => inodes.peek(p).unwrap_or(ROOT),
+            None => ROOT,
+        };
+        let dots = [(".".to_string(), ino.0, FileType::Directory), ("..".to_string(), parent, FileType::Directory)];
+        let rest = entries.iter().map(|e| {
+            let path = if dir.is_empty() { e.name.clone() } else { format!("{dir}/{}", e.name) };
+            // d_ino is informational: the kernel's inode if it holds one.
+            (e.name.clone(), inodes.peek(&path).unwrap_or(e.ino), e.kind)
+        });
+        for (i, (name, ino, kind)) in dots.into_iter().chain(rest).enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(ino), i as u64 + 1, kind, &name) {
+                break;
+            }
+        }
+        drop(inodes);
+        reply.ok();
+    }
+
+    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+        lock(&self.handles).remove(&fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        let _ns = self.ns_shared();
+        let dir = self.path_of(ino).ok();
+        match self.sync_namespace(dir.as_deref()) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match self.root.statvfs() {
+            Ok(s) => reply.statfs(
+                s.blocks(),
+                s.blocks_free(),
+                s.blocks_available(),
+                s.files(),
+                s.files_free(),
+                s.block_size() as u32,
+                s.name_max().min(crate::path::MAX_COMPONENT_BYTES as u64) as u32,
+                s.fragment_size() as u32,
+            ),
+            Err(e) => reply.error(io_errno(&e)),
+        }
+    }
+
+    fn create(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let _ns = self.ns_shared();
+        let r = self.child_of(parent, name).and_then(|p| {
+            self.create_file(&p, flags & libc::O_EXCL != 0, flags & libc::O_TRUNC != 0)?;
+            let f = self.root.open_read(&p).map_err(|e| io_errno(&e))?;
+            let attr = self.entry(&p)?;
+            Ok((attr, f))
+        });
+        match r {
+            Ok((attr, f)) => {
+                let fh = self.add_handle(Handle::File(f));
+                reply.created(&TTL, &attr, Generation(0), fh, FopenFlags::empty())
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engine_errors_map_to_the_documented_errnos() {
+        let call = |class| ClientError::Call { class, message: String::new() };
+        for (class, errno) in [
+            (ErrorClass::Invalid, Errno::EINVAL),
+            (ErrorClass::NotFound, Errno::ENOENT),
+            (ErrorClass::Exists, Errno::EEXIST),
+            (ErrorClass::NotEmpty, Errno::ENOTEMPTY),
+            (ErrorClass::NoSpace, Errno::ENOSPC),
+            (ErrorClass::NotPrimary, Errno::EIO),
+            (ErrorClass::Unavailable, Errno::EIO),
+            (ErrorClass::Faulted, Errno::EIO),
+            (ErrorClass::Other, Errno::EIO),
+        ] {
+            assert_eq!(errno_of(&call(class)), errno, "{class:?}");
+        }
+        let gone = ClientError::Io(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        assert_eq!(errno_of(&gone), Errno::EIO, "an unreachable segment is an I/O error");
+        assert_eq!(path_errno(&PathError::TooLong(2000)), Errno::ENAMETOOLONG);
+        assert_eq!(path_errno(&PathError::DotDot("..".into())), Errno::EINVAL);
+    }
+}

@@ -1,0 +1,239 @@
+//! `filerep mount`: one filespace of a segment, exposed as a FUSE file
+//! system, so that unmodified programs get mirroring. Every change (create,
+//! write, truncate, unlink, rename, mkdir, rmdir, fsync) goes through the
+//! segment's client API and is therefore replicated or change-tracked;
+//! reads, attributes and listings are served from the filespace's local
+//! root, which the segment writes through the same page cache.
+//! Semantics, errno mapping and operation: `docs/mount.md`.
+
+mod fs;
+mod inodes;
+mod local;
+mod pool;
+
+pub use fs::errno_of;
+
+use crate::client::{Client, ClientError, ErrorClass};
+use crate::segment::SegmentConfig;
+use std::path::{Path, PathBuf};
+
+/// The line `filerep mount` prints on stdout once the file system is mounted.
+pub const MOUNT_READY: &str = "filerep mount ready on ";
+/// Most FUSE request threads (each may hold one segment connection).
+pub const MAX_THREADS: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    /// A bad argument or setting; the message names it.
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot reach the segment on its client socket {socket} (is `filerep segment` running with this config?): {source}")]
+    Segment {
+        socket: PathBuf,
+        #[source]
+        source: ClientError,
+    },
+}
+
+impl MountError {
+    fn io(context: impl Into<String>, source: std::io::Error) -> MountError {
+        MountError::Io { context: context.into(), source }
+    }
+}
+
+/// What to mount, and how to present it.
+#[derive(Clone, Debug)]
+pub struct MountOptions {
+    /// The segment's client socket.
+    pub socket: PathBuf,
+    /// The filespace's index in the segment's configuration, and its name.
+    pub filespace: u16,
+    pub filespace_name: String,
+    /// The filespace's local root on this host (served for reads).
+    pub root: PathBuf,
+    pub block_size: u32,
+    pub mountpoint: PathBuf,
+    /// Present every entry as owned by this user and group (nothing is stored).
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    /// Let other users than the one mounting use the file system.
+    pub allow_other: bool,
+    /// FUSE request threads.
+    pub threads: usize,
+}
+
+impl MountOptions {
+    /// Options for filespace `name` of the segment configured by `cfg`
+    /// (loaded from `config_path`, named in messages).
+    pub fn from_segment(
+        cfg: &SegmentConfig,
+        config_path: &Path,
+        name: &str,
+        mountpoint: PathBuf,
+    ) -> Result<MountOptions, MountError> {
+        let filespaces =
+            cfg.filespaces().map_err(|e| MountError::Invalid(format!("{}: {e}", config_path.display())))?;
+        let Some(index) = filespaces.iter().position(|f| f.name == name) else {
+            let known: Vec<&str> = filespaces.iter().map(|f| f.name.as_str()).collect();
+            return Err(MountError::Invalid(format!(
+                "--filespace {name}: the segment config {} has no such filespace (it has {})",
+                config_path.display(),
+                known.join(", ")
+            )));
+        };
+        Ok(MountOptions {
+            socket: cfg.socket.clone(),
+            filespace: index as u16,
+            filespace_name: name.to_string(),
+            root: filespaces[index].root.clone(),
+            block_size: cfg.block_size,
+            mountpoint,
+            uid: None,
+            gid: None,
+            allow_other: false,
+            threads: 8,
+        })
+    }
+
+    /// Check everything that can be checked before mounting.
+    pub fn check(&self) -> Result<(), MountError> {
+        crate::config::check_block_size(self.block_size).map_err(|e| MountError::Invalid(e.to_string()))?;
+        if !(1..=MAX_THREADS).contains(&self.threads) {
+            return Err(MountError::Invalid(format!("--threads {}: use 1 to {MAX_THREADS}", self.threads)));
+        }
+        let mp = self.mountpoint.canonicalize().map_err(|e| {
+            MountError::Invalid(format!("mountpoint {}: {e} (give an existing directory)", self.mountpoint.display()))
+        })?;
+        if !mp.is_dir() {
+            return Err(MountError::Invalid(format!("mountpoint {}: not a directory", self.mountpoint.display())));
+        }
+        let root = self.root.canonicalize().map_err(|e| {
+            MountError::Invalid(format!("filespace {} root {}: {e}", self.filespace_name, self.root.display()))
+        })?;
+        // The mount serves reads from the root: a mount inside it (or over
+        // it) would read through itself.
+        if mp.starts_with(&root) || root.starts_with(&mp) {
+            return Err(MountError::Invalid(format!(
+                "mountpoint {}: overlaps filespace {}'s root {}; mount outside it",
+                mp.display(),
+                self.filespace_name,
+                root.display()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// A mounted file system, not yet serving requests.
+pub struct MountSession {
+    session: fuser::Session<fs::FilerepFs>,
+    mountpoint: PathBuf,
+}
+
+/// Unmounts a [`MountSession`] from another thread (a signal handler thread).
+pub struct Unmounter {
+    inner: fuser::SessionUnmounter,
+    mountpoint: PathBuf,
+}
+
+impl Unmounter {
+    /// Unmount; if the file system is busy (a process has a file open or
+    /// its working directory there), detach it lazily instead: it goes on
+    /// serving those users and disappears once they let go.
+    pub fn unmount(&mut self) -> Result<(), MountError> {
+        match self.inner.unmount() {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                tracing::warn!(error = %e, mountpoint = %self.mountpoint.display(),
+                    "unmount failed; detaching lazily: open files are served until closed");
+                nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::MNT_DETACH)
+                    .map_err(|e| MountError::io(format!("unmounting {}", self.mountpoint.display()), e.into()))
+            }
+        }
+    }
+}
+
+impl MountSession {
+    pub fn mountpoint(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    pub fn unmounter(&mut self) -> Unmounter {
+        Unmounter { inner: self.session.unmount_callable(), mountpoint: self.mountpoint.clone() }
+    }
+
+    /// Serve requests until the file system is unmounted.
+    pub fn run(self) -> Result<(), MountError> {
+        let mp = self.mountpoint.clone();
+        self.session.run().map_err(|e| MountError::io(format!("serving {}", mp.display()), e))
+    }
+}
+
+/// Mount the filespace (after checking the options and that the segment
+/// answers on its socket). The file system is live when this returns;
+/// requests are served once [`MountSession::run`] is called.
+pub fn mount(opts: &MountOptions) -> Result<MountSession, MountError> {
+    opts.check()?;
+    probe_segment(opts)?;
+    let root = local::Root::open(&opts.root).map_err(|e| {
+        MountError::io(format!("opening filespace {} root {}", opts.filespace_name, opts.root.display()), e)
+    })?;
+    let fs = fs::FilerepFs::new(fs::FsParams {
+        filespace: opts.filespace,
+        block_size: opts.block_size,
+        root,
+        pool: pool::Pool::new(opts.socket.clone(), opts.threads),
+        uid: opts.uid,
+        gid: opts.gid,
+    });
+    let mountpoint = opts.mountpoint.canonicalize().map_err(|e| MountError::io("mountpoint", e))?;
+    let mut config = fuser::Config::default();
+    config.mount_options = vec![
+        fuser::MountOption::FSName(format!("filerep:{}", opts.filespace_name)),
+        fuser::MountOption::Subtype("filerep".into()),
+        // The kernel checks permissions against the presented owner and
+        // modes: with allow_other, only that owner (and root) get in.
+        fuser::MountOption::DefaultPermissions,
+    ];
+    config.acl = if opts.allow_other { fuser::SessionACL::All } else { fuser::SessionACL::Owner };
+    config.n_threads = Some(opts.threads);
+    config.clone_fd = true;
+    let session = fuser::Session::new(fs, &mountpoint, &config).map_err(|e| {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let root = unsafe { libc::geteuid() } == 0;
+        let hint = if root {
+            "is /dev/fuse available?"
+        } else {
+            "is /dev/fuse open to this user, fusermount3 (Debian package fuse3) installed, \
+             and user_allow_other set in /etc/fuse.conf for --allow-other?"
+        };
+        MountError::io(format!("mounting {} ({hint})", mountpoint.display()), e)
+    })?;
+    tracing::info!(mountpoint = %mountpoint.display(), filespace = %opts.filespace_name, "mounted");
+    Ok(MountSession { session, mountpoint })
+}
+
+/// Fail early and clearly when the segment is not there; warn when it is
+/// not (yet) the acting primary: reads work, changes fail with EIO.
+fn probe_segment(opts: &MountOptions) -> Result<(), MountError> {
+    let segment = |source| MountError::Segment { socket: opts.socket.clone(), source };
+    let mut c = Client::connect(&opts.socket).map_err(segment)?;
+    match c.exists(opts.filespace, ".filerep-mount-probe") {
+        Ok(_) => Ok(()),
+        Err(e) if e.class() == Some(ErrorClass::NotPrimary) => {
+            tracing::warn!(error = %e, "the segment is not the acting primary: changes through the mount fail (EIO) until it is");
+            Ok(())
+        }
+        Err(e @ ClientError::Call { .. }) => {
+            tracing::warn!(error = %e, "the segment refused a probe");
+            Ok(())
+        }
+        Err(e) => Err(segment(e)),
+    }
+}

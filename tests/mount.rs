@@ -1,0 +1,873 @@
+//! `filerep mount` against real processes: an arbiter and two `filerep
+//! segment` processes on loopback, the primary's filespace mounted with
+//! FUSE, files changed through the mount with std::fs, and both segments'
+//! directories compared afterwards. Skipped, with the reason printed, where
+//! FUSE cannot be mounted (no /dev/fuse, or neither root nor fusermount3).
+
+use filerep::catalog::{Catalog, SegmentAddress};
+use filerep::client::Client;
+use filerep::protocol::handshake::ClusterKey;
+use filerep::segment::{Acting, SegmentConfig, SegmentRequest, SegmentResponse, SegmentStatus};
+use rand::{Rng, SeedableRng};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const KEY: &[u8] = b"mount test cluster key material!";
+const FS: [&str; 2] = ["pg_system", "fs_fast"];
+const READY_SEGMENT: &str = "filerep segment ready, control on ";
+const READY_ARBITER: &str = "filerep arbiter ready on ";
+const READY_MOUNT: &str = "filerep mount ready on ";
+
+/// Why FUSE cannot be used here, if it cannot.
+fn fuse_unavailable() -> Option<String> {
+    if !Path::new("/dev/fuse").exists() {
+        return Some("/dev/fuse does not exist".into());
+    }
+    // The mount opens the device itself first, whoever runs it.
+    if let Err(e) = OpenOptions::new().read(true).write(true).open("/dev/fuse") {
+        return Some(format!("cannot open /dev/fuse: {e}"));
+    }
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    // Root mounts directly; anyone else through the setuid helper.
+    if !root && !Command::new("fusermount3").arg("-V").output().is_ok_and(|o| o.status.success()) {
+        return Some("not root, and no fusermount3 (Debian package fuse3) to mount with".into());
+    }
+    None
+}
+
+/// Print why a test is skipped where cargo test shows it (the print macros
+/// are captured; a direct write to stderr is not).
+macro_rules! skip_without_fuse {
+    ($name:expr) => {
+        if let Some(why) = fuse_unavailable() {
+            let _ = writeln!(std::io::stderr(), "SKIPPED {}: {why}", $name);
+            return;
+        }
+    };
+}
+
+fn exe() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_filerep"))
+}
+
+fn free_addr() -> String {
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").to_string()
+}
+
+/// Start a process and wait for the line that says it serves.
+fn spawn_ready(args: &[String], ready: &str) -> (Child, String) {
+    try_spawn_ready(args, ready).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Start a process; if it does not say it serves, it is reaped and the
+/// line it printed instead is the error.
+fn try_spawn_ready(args: &[String], ready: &str) -> Result<(Child, String), String> {
+    let mut child = Command::new(exe())
+        .args(args)
+        .env("FILEREP_LOG", "filerep=warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn");
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    out.read_line(&mut line).expect("ready line");
+    if !line.starts_with(ready) {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(format!("{args:?}: unexpected first line {line:?}"));
+    }
+    Ok((child, line[ready.len()..].trim().to_string()))
+}
+
+fn wait_for(what: &str, limit: Duration, cond: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn kill(child: &mut Option<Child>) {
+    if let Some(mut c) = child.take() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+struct Seg {
+    cfg: SegmentConfig,
+    cfg_path: PathBuf,
+    child: Option<Child>,
+}
+
+impl Drop for Seg {
+    fn drop(&mut self) {
+        kill(&mut self.child);
+    }
+}
+
+impl Seg {
+    fn root(&self, fs: usize) -> PathBuf {
+        PathBuf::from(self.cfg.filespaces[fs].split_once('=').expect("NAME=DIR").1)
+    }
+
+    fn status(&self, key: &ClusterKey) -> Option<SegmentStatus> {
+        match filerep::control::call::<_, SegmentResponse>(
+            &self.cfg.control_listen,
+            key,
+            &SegmentRequest::Probe,
+            Duration::from_secs(2),
+        ) {
+            Ok(SegmentResponse::Status(s)) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+/// An arbiter and two segments (dbid 2 the primary, dbid 3 its mirror), synchronized.
+struct Pair {
+    dir: tempfile::TempDir,
+    key: ClusterKey,
+    arbiter: Option<Child>,
+    segs: Vec<Seg>,
+}
+
+impl Drop for Pair {
+    fn drop(&mut self) {
+        kill(&mut self.arbiter);
+    }
+}
+
+impl Pair {
+    fn start(block_size: u32) -> Pair {
+        // Ports are picked free and bound by the child a moment later:
+        // another process on this machine may take one in between.
+        let mut errors = Vec::new();
+        for _ in 0..5 {
+            match Pair::try_start(block_size) {
+                Ok(p) => return p,
+                Err(e) => errors.push(e),
+            }
+        }
+        panic!("cannot start a pair: {errors:#?}");
+    }
+
+    fn try_start(block_size: u32) -> Result<Pair, String> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key_file = dir.path().join("cluster.key");
+        std::fs::write(&key_file, KEY).unwrap();
+        let key = ClusterKey::from_material(KEY).unwrap();
+        let arbiter_listen = free_addr();
+        let mut segs = Vec::new();
+        let mut addrs = Vec::new();
+        for dbid in [2u32, 3] {
+            let base = dir.path().join(format!("seg{dbid}"));
+            let filespaces = FS
+                .iter()
+                .map(|n| {
+                    let root = base.join(n);
+                    std::fs::create_dir_all(&root).unwrap();
+                    format!("{n}={}", root.display())
+                })
+                .collect();
+            let cfg = SegmentConfig {
+                dbid,
+                content: 0,
+                cluster_id: 0x6d,
+                block_size,
+                filespaces,
+                key_file: key_file.clone(),
+                control_listen: free_addr(),
+                data_listen: free_addr(),
+                socket: base.join("segment.sock"),
+                state_dir: base.join("state"),
+                arbiter: arbiter_listen.clone(),
+                sync_level: "applied".into(),
+                decision_timeout_ms: 2000,
+                ack_timeout_ms: 2000,
+                heartbeat_ms: 100,
+                prefer_uring: true,
+            };
+            let cfg_path = base.join("segment.json");
+            std::fs::write(&cfg_path, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
+            addrs.push(SegmentAddress {
+                dbid,
+                host: "localhost".into(),
+                control: cfg.control_listen.clone(),
+                data: cfg.data_listen.clone(),
+                filespaces: Vec::new(),
+            });
+            segs.push(Seg { cfg, cfg_path, child: None });
+        }
+        let catalog = dir.path().join("catalog.json");
+        Catalog::new(0x6d, block_size, vec![(0, addrs[0].clone(), addrs[1].clone())]).store(&catalog).unwrap();
+        for s in &mut segs {
+            let args = vec!["segment".into(), "--config".into(), s.cfg_path.display().to_string()];
+            s.child = Some(try_spawn_ready(&args, READY_SEGMENT)?.0);
+        }
+        let args: Vec<String> = [
+            "arbiter",
+            "--catalog",
+            &catalog.display().to_string(),
+            "--key-file",
+            &key_file.display().to_string(),
+            "--listen",
+            &arbiter_listen,
+            "--interval-ms",
+            "100",
+            "--timeout-ms",
+            "300",
+            "--retries",
+            "1",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let arbiter = Some(try_spawn_ready(&args, READY_ARBITER)?.0);
+        let p = Pair { dir, key, arbiter, segs };
+        wait_for("the pair to stream", Duration::from_secs(30), || {
+            p.seg(2).status(&p.key).is_some_and(|s| s.acting == Acting::Primary && s.mode == 's')
+        });
+        Ok(p)
+    }
+
+    fn seg(&self, dbid: u32) -> &Seg {
+        &self.segs[(dbid - 2) as usize]
+    }
+
+    fn seg_mut(&mut self, dbid: u32) -> &mut Seg {
+        &mut self.segs[(dbid - 2) as usize]
+    }
+
+    fn mount(&self, dbid: u32, filespace: &str) -> Mount {
+        self.mount_with(dbid, filespace, &[])
+    }
+
+    fn mount_with(&self, dbid: u32, filespace: &str, extra: &[&str]) -> Mount {
+        let path = self.dir.path().join(format!("mnt{dbid}-{filespace}"));
+        std::fs::create_dir_all(&path).unwrap();
+        let mut args = vec![
+            "mount".to_string(),
+            "--config".into(),
+            self.seg(dbid).cfg_path.display().to_string(),
+            "--filespace".into(),
+            filespace.into(),
+            path.display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let (child, shown) = spawn_ready(&args, READY_MOUNT);
+        assert_eq!(PathBuf::from(shown), path.canonicalize().unwrap());
+        Mount { child: Some(child), path }
+    }
+}
+
+struct Mount {
+    child: Option<Child>,
+    path: PathBuf,
+}
+
+fn mounted(path: &Path) -> bool {
+    let mp = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    info.lines().any(|l| l.split(' ').nth(4) == Some(mp.to_str().unwrap_or("")))
+}
+
+impl Mount {
+    fn p(&self, rel: &str) -> PathBuf {
+        self.path.join(rel)
+    }
+
+    /// SIGTERM, as an operator would stop it: it unmounts and exits 0.
+    fn stop(&mut self) {
+        let Some(mut c) = self.child.take() else { return };
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM)
+            .expect("SIGTERM");
+        let start = Instant::now();
+        let status = loop {
+            if let Some(s) = c.try_wait().expect("wait") {
+                break s;
+            }
+            assert!(start.elapsed() < Duration::from_secs(20), "the mount did not exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(status.success(), "filerep mount exited with {status}");
+        assert!(!mounted(&self.path), "{} is still mounted", self.path.display());
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // Never leave a dead mount behind a failed test.
+        if mounted(&self.path) {
+            let _ = nix::mount::umount2(&self.path, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+fn errno(e: &std::io::Error) -> i32 {
+    e.raw_os_error().unwrap_or(0)
+}
+
+// ---- the model -------------------------------------------------------------
+
+/// What the mount's tree must hold: files with their contents, directories.
+#[derive(Default)]
+struct Model {
+    files: BTreeMap<String, Vec<u8>>,
+    dirs: BTreeSet<String>,
+}
+
+impl Model {
+    fn write(&mut self, path: &str, offset: u64, data: &[u8]) {
+        let f = self.files.get_mut(path).expect("modelled file");
+        let end = offset as usize + data.len();
+        if f.len() < end {
+            f.resize(end, 0);
+        }
+        f[offset as usize..end].copy_from_slice(data);
+    }
+
+    fn is_empty_dir(&self, d: &str) -> bool {
+        let prefix = format!("{d}/");
+        !self.files.keys().chain(self.dirs.iter()).any(|p| p.starts_with(&prefix))
+    }
+
+    /// Move `from` (and everything under it) to `to`.
+    fn rename(&mut self, from: &str, to: &str) {
+        let moved = |p: &str| -> Option<String> {
+            if p == from {
+                Some(to.to_string())
+            } else {
+                p.strip_prefix(&format!("{from}/")).map(|rest| format!("{to}/{rest}"))
+            }
+        };
+        self.files.remove(to);
+        self.dirs.remove(to);
+        self.files = std::mem::take(&mut self.files).into_iter().map(|(p, c)| (moved(&p).unwrap_or(p), c)).collect();
+        self.dirs = std::mem::take(&mut self.dirs).into_iter().map(|p| moved(&p).unwrap_or(p)).collect();
+    }
+}
+
+/// Everything under `root`: files with contents, directories.
+fn walk(root: &Path) -> Model {
+    let mut m = Model::default();
+    let mut stack = vec![String::new()];
+    while let Some(rel) = stack.pop() {
+        for e in std::fs::read_dir(root.join(&rel)).expect("read_dir") {
+            let e = e.expect("entry");
+            let name = e.file_name().into_string().expect("UTF-8");
+            let p = if rel.is_empty() { name } else { format!("{rel}/{name}") };
+            if e.file_type().expect("type").is_dir() {
+                m.dirs.insert(p.clone());
+                stack.push(p);
+            } else {
+                m.files.insert(p.clone(), std::fs::read(root.join(&p)).expect("read"));
+            }
+        }
+    }
+    m
+}
+
+fn assert_matches(what: &str, got: &Model, want: &Model, seed: u64) {
+    assert_eq!(got.dirs, want.dirs, "{what}: directories differ (seed {seed})");
+    assert_eq!(
+        got.files.keys().collect::<Vec<_>>(),
+        want.files.keys().collect::<Vec<_>>(),
+        "{what}: file names differ (seed {seed})"
+    );
+    for (p, c) in &want.files {
+        let g = &got.files[p];
+        assert!(
+            g == c,
+            "{what}: {p} differs (seed {seed}): {} bytes, {} expected; first difference at {:?}",
+            g.len(),
+            c.len(),
+            g.iter().zip(c).position(|(a, b)| a != b)
+        );
+    }
+}
+
+fn random_bytes(rng: &mut impl Rng, n: usize) -> Vec<u8> {
+    let mut v = vec![0u8; n];
+    rng.fill(&mut v[..]);
+    v
+}
+
+#[test]
+fn a_mixed_workload_through_the_mount_matches_its_model_and_the_mirror() {
+    skip_without_fuse!("a_mixed_workload_through_the_mount_matches_its_model_and_the_mirror");
+    const BS: u64 = 8192;
+    let seed: u64 = std::env::var("FILEREP_MOUNT_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x6d6f_756e);
+    let ops: usize = std::env::var("FILEREP_MOUNT_OPS").ok().and_then(|s| s.parse().ok()).unwrap_or(600);
+    let pair = Pair::start(BS as u32);
+    let mut mnt = pair.mount(2, "pg_system");
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut m = Model::default();
+    let mut done: BTreeMap<&str, usize> = BTreeMap::new();
+
+    // Fixed cases first: a handle follows its file through a rename; a
+    // handle on a file replaced by rename-over refuses writes (ESTALE).
+    std::fs::write(mnt.p("a"), b"first").unwrap();
+    std::fs::write(mnt.p("b"), b"second").unwrap();
+    let follows = OpenOptions::new().write(true).open(mnt.p("a")).unwrap();
+    let replaced = OpenOptions::new().write(true).open(mnt.p("b")).unwrap();
+    std::fs::rename(mnt.p("a"), mnt.p("b")).unwrap();
+    follows.write_all_at(b"FI", 0).unwrap();
+    let e = replaced.write_all_at(b"lost", 0).unwrap_err();
+    assert_eq!(errno(&e), libc::ESTALE, "a write to a replaced file: {e}");
+    replaced.sync_all().unwrap();
+    drop((follows, replaced));
+    assert_eq!(std::fs::read(mnt.p("b")).unwrap(), b"FIrst");
+    m.files.insert("b".into(), b"FIrst".to_vec());
+
+    for step in 0..ops {
+        let ctx = |what: &str| format!("step {step} ({what}), seed {seed}");
+        let files: Vec<String> = m.files.keys().cloned().collect();
+        let dirs: Vec<String> = m.dirs.iter().cloned().collect();
+        let pick_file = |rng: &mut rand_chacha::ChaCha8Rng| files[rng.gen_range(0..files.len())].clone();
+        let parent = |rng: &mut rand_chacha::ChaCha8Rng| -> String {
+            if dirs.is_empty() || rng.gen_bool(0.4) {
+                String::new()
+            } else {
+                format!("{}/", dirs[rng.gen_range(0..dirs.len())])
+            }
+        };
+        let roll = rng.gen_range(0..100);
+        match roll {
+            // create (sometimes File::create over an existing file: truncation)
+            0..=15 => {
+                if !files.is_empty() && rng.gen_bool(0.2) {
+                    let f = pick_file(&mut rng);
+                    File::create(mnt.p(&f)).unwrap_or_else(|e| panic!("{}: {e}", ctx("create over")));
+                    m.files.insert(f, Vec::new());
+                    *done.entry("create over (truncate)").or_default() += 1;
+                } else {
+                    let p = format!("{}f{}", parent(&mut rng), rng.gen_range(0..1000));
+                    if m.files.contains_key(&p) || m.dirs.contains(&p) {
+                        continue;
+                    }
+                    OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .open(mnt.p(&p))
+                        .unwrap_or_else(|e| panic!("{} {p}: {e}", ctx("create")));
+                    m.files.insert(p, Vec::new());
+                    *done.entry("create").or_default() += 1;
+                }
+            }
+            // writes: whole aligned blocks (in place, appended, past the end)
+            // or any offset and size
+            16..=46 if !files.is_empty() => {
+                let f = pick_file(&mut rng);
+                let len = m.files[&f].len() as u64;
+                let (kind, offset, size) = match rng.gen_range(0..4) {
+                    0 => ("write: aligned blocks at the end", len.div_ceil(BS) * BS, BS * rng.gen_range(1..=3)),
+                    1 => ("write: aligned blocks", rng.gen_range(0..=len / BS + 1) * BS, BS * rng.gen_range(1..=4)),
+                    2 => ("write: any offset and size", rng.gen_range(0..=len + BS), rng.gen_range(1..=3 * BS)),
+                    _ => ("write: small", rng.gen_range(0..=len), rng.gen_range(1..=600)),
+                };
+                *done.entry(kind).or_default() += 1;
+                let data = random_bytes(&mut rng, size as usize);
+                let h = OpenOptions::new().write(true).open(mnt.p(&f)).unwrap();
+                h.write_all_at(&data, offset).unwrap_or_else(|e| panic!("{} {f}@{offset}+{size}: {e}", ctx("write")));
+                m.write(&f, offset, &data);
+            }
+            // truncate shorter or longer
+            45..=52 if !files.is_empty() => {
+                let f = pick_file(&mut rng);
+                let len = m.files[&f].len() as u64;
+                let new = rng.gen_range(0..=len + 2 * BS);
+                OpenOptions::new().write(true).open(mnt.p(&f)).unwrap().set_len(new).unwrap();
+                m.files.get_mut(&f).unwrap().resize(new as usize, 0);
+                *done.entry(if new < len { "truncate shorter" } else { "truncate longer" }).or_default() += 1;
+            }
+            // rename a file: to a new name, or over an existing file, with a
+            // handle opened before it that must follow
+            53..=61 if !files.is_empty() => {
+                let from = pick_file(&mut rng);
+                let to = if files.len() > 1 && rng.gen_bool(0.3) {
+                    pick_file(&mut rng)
+                } else {
+                    format!("{}r{}", parent(&mut rng), rng.gen_range(0..1000))
+                };
+                if to == from || m.dirs.contains(&to) {
+                    continue;
+                }
+                let h = OpenOptions::new().write(true).open(mnt.p(&from)).unwrap();
+                std::fs::rename(mnt.p(&from), mnt.p(&to))
+                    .unwrap_or_else(|e| panic!("{} {from}->{to}: {e}", ctx("rename")));
+                *done.entry(if m.files.contains_key(&to) { "rename over a file" } else { "rename" }).or_default() += 1;
+                m.rename(&from, &to);
+                let data = random_bytes(&mut rng, 100);
+                h.write_all_at(&data, 0).unwrap_or_else(|e| panic!("{} {to}: {e}", ctx("write after rename")));
+                m.write(&to, 0, &data);
+            }
+            // rename a directory (its files move with it)
+            62..=64 if !dirs.is_empty() => {
+                let from = dirs[rng.gen_range(0..dirs.len())].clone();
+                let to = format!("dr{}", rng.gen_range(0..1000));
+                if m.dirs.contains(&to) || m.files.contains_key(&to) {
+                    continue;
+                }
+                std::fs::rename(mnt.p(&from), mnt.p(&to))
+                    .unwrap_or_else(|e| panic!("{} {from}->{to}: {e}", ctx("rename dir")));
+                m.rename(&from, &to);
+                *done.entry("rename a directory").or_default() += 1;
+            }
+            // mkdir
+            65..=71 => {
+                let p = format!("{}d{}", parent(&mut rng), rng.gen_range(0..100));
+                if p.matches('/').count() > 2 || m.dirs.contains(&p) || m.files.contains_key(&p) {
+                    continue;
+                }
+                std::fs::create_dir(mnt.p(&p)).unwrap_or_else(|e| panic!("{} {p}: {e}", ctx("mkdir")));
+                m.dirs.insert(p);
+                *done.entry("mkdir").or_default() += 1;
+            }
+            // rmdir: an empty one goes, a full one is refused with ENOTEMPTY
+            72..=76 if !dirs.is_empty() => {
+                let d = dirs[rng.gen_range(0..dirs.len())].clone();
+                let r = std::fs::remove_dir(mnt.p(&d));
+                if m.is_empty_dir(&d) {
+                    r.unwrap_or_else(|e| panic!("{} {d}: {e}", ctx("rmdir")));
+                    m.dirs.remove(&d);
+                    *done.entry("rmdir").or_default() += 1;
+                } else {
+                    let e = r.expect_err("rmdir of a directory with entries");
+                    assert_eq!(errno(&e), libc::ENOTEMPTY, "{}: {e}", ctx("rmdir non-empty"));
+                    *done.entry("rmdir refused: not empty").or_default() += 1;
+                }
+            }
+            // unlink
+            77..=80 if !files.is_empty() => {
+                let f = pick_file(&mut rng);
+                std::fs::remove_file(mnt.p(&f)).unwrap_or_else(|e| panic!("{} {f}: {e}", ctx("unlink")));
+                m.files.remove(&f);
+                *done.entry("unlink").or_default() += 1;
+            }
+            // fsync a file / a directory
+            81..=86 if !files.is_empty() => {
+                let f = pick_file(&mut rng);
+                let h = OpenOptions::new().write(true).open(mnt.p(&f)).unwrap();
+                if rng.gen_bool(0.5) { h.sync_all() } else { h.sync_data() }
+                    .unwrap_or_else(|e| panic!("{} {f}: {e}", ctx("fsync")));
+                *done.entry("fsync a file").or_default() += 1;
+            }
+            87..=89 => {
+                let d = if dirs.is_empty() || rng.gen_bool(0.3) {
+                    String::new()
+                } else {
+                    dirs[rng.gen_range(0..dirs.len())].clone()
+                };
+                File::open(mnt.p(&d)).unwrap().sync_all().unwrap_or_else(|e| panic!("{} {d:?}: {e}", ctx("fsync dir")));
+                *done.entry("fsync a directory").or_default() += 1;
+            }
+            // read back through the mount
+            90..=96 if !files.is_empty() => {
+                let f = pick_file(&mut rng);
+                let got = std::fs::read(mnt.p(&f)).unwrap();
+                assert!(got == m.files[&f], "{}: {f} differs from the model", ctx("read"));
+                *done.entry("read back").or_default() += 1;
+            }
+            // errors that must surface as their errnos
+            97..=99 if !files.is_empty() => {
+                let f = pick_file(&mut rng);
+                let e = OpenOptions::new().write(true).create_new(true).open(mnt.p(&f)).unwrap_err();
+                assert_eq!(errno(&e), libc::EEXIST, "{}: {e}", ctx("create existing"));
+                let e = std::fs::remove_file(mnt.p("no-such-file")).unwrap_err();
+                assert_eq!(errno(&e), libc::ENOENT, "{}: {e}", ctx("unlink missing"));
+                let e = std::fs::create_dir(mnt.p(&f)).unwrap_err();
+                assert_eq!(errno(&e), libc::EEXIST, "{}: {e}", ctx("mkdir over a file"));
+                *done.entry("errno checks").or_default() += 1;
+            }
+            _ => {}
+        }
+    }
+
+    // Concurrent requests: writers on their own files beside a thread
+    // churning the namespace, all at once through the mount's threads.
+    std::fs::create_dir(mnt.p("conc")).unwrap();
+    std::fs::create_dir(mnt.p("churn")).unwrap();
+    m.dirs.extend(["conc".to_string(), "churn".to_string()]);
+    let writers: Vec<_> = (0..4u64)
+        .map(|t| {
+            let path = mnt.p(&format!("conc/t{t}"));
+            std::thread::spawn(move || {
+                let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ (t + 1));
+                let f = OpenOptions::new().write(true).create_new(true).open(&path).unwrap();
+                let mut model = Vec::new();
+                for i in 0..150 {
+                    let (offset, data) = if rng.gen_bool(0.6) {
+                        (rng.gen_range(0..32) * BS, random_bytes(&mut rng, BS as usize))
+                    } else {
+                        let n = rng.gen_range(1..=2 * BS as usize);
+                        (rng.gen_range(0..32 * BS), random_bytes(&mut rng, n))
+                    };
+                    f.write_all_at(&data, offset).unwrap();
+                    let end = offset as usize + data.len();
+                    if model.len() < end {
+                        model.resize(end, 0);
+                    }
+                    model[offset as usize..end].copy_from_slice(&data);
+                    if i % 20 == 19 {
+                        f.sync_data().unwrap();
+                    }
+                }
+                (format!("conc/t{t}"), model)
+            })
+        })
+        .collect();
+    let churn = {
+        let dir = mnt.p("churn");
+        std::thread::spawn(move || {
+            for i in 0..60 {
+                let (a, b) = (dir.join(format!("a{i}")), dir.join(format!("b{i}")));
+                std::fs::write(&a, format!("file {i}")).unwrap();
+                std::fs::rename(&a, &b).unwrap();
+                std::fs::create_dir(dir.join(format!("d{i}"))).unwrap();
+                File::open(&dir).unwrap().sync_all().unwrap();
+                if i % 2 == 0 {
+                    std::fs::remove_file(&b).unwrap();
+                    std::fs::remove_dir(dir.join(format!("d{i}"))).unwrap();
+                }
+            }
+        })
+    };
+    for w in writers {
+        let (path, contents) = w.join().expect("writer");
+        m.files.insert(path, contents);
+    }
+    churn.join().expect("namespace churn");
+    for i in (1..60).step_by(2) {
+        m.files.insert(format!("churn/b{i}"), format!("file {i}").into_bytes());
+        m.dirs.insert(format!("churn/d{i}"));
+    }
+
+    // Everything read back through the mount is what the model says.
+    let through_mount = walk(&mnt.path);
+    assert_matches("through the mount", &through_mount, &m, seed);
+    // Durable on both sides, then the two segments' directories match.
+    for f in m.files.keys() {
+        File::open(mnt.p(f)).unwrap().sync_all().unwrap();
+    }
+    File::open(&mnt.path).unwrap().sync_all().unwrap();
+    let primary = pair.seg(2).root(0);
+    let mirror = pair.seg(3).root(0);
+    assert_matches("on the primary", &walk(&primary), &m, seed);
+    assert_matches("on the mirror", &walk(&mirror), &m, seed);
+    assert_eq!(filerep::verify::scan(&primary).unwrap(), filerep::verify::scan(&mirror).unwrap());
+    let (nf, nd) = (m.files.len(), m.dirs.len());
+    let bytes: usize = m.files.values().map(Vec::len).sum();
+    let _ = writeln!(
+        std::io::stderr(),
+        "mount workload, seed {seed}: {done:?}; {nf} files ({bytes} bytes) in {nd} directories identical through the mount, on the primary and on the mirror"
+    );
+    for kind in
+        ["write: aligned blocks", "write: any offset and size", "rename over a file", "rmdir", "fsync a directory"]
+    {
+        assert!(done.get(kind).is_some_and(|n| *n > 0), "the workload never did {kind:?} (seed {seed}): {done:?}");
+    }
+    mnt.stop();
+}
+
+#[test]
+fn engine_refusals_surface_as_errnos_never_as_success() {
+    skip_without_fuse!("engine_refusals_surface_as_errnos_never_as_success");
+    let mut pair = Pair::start(8192);
+
+    // The mirror's filespace: readable, but it is not the primary (EIO).
+    let mut on_mirror = pair.mount(3, "fs_fast");
+    let e = std::fs::write(on_mirror.p("x"), b"x").unwrap_err();
+    assert_eq!(errno(&e), libc::EIO, "create on the mirror: {e}");
+    let e = std::fs::create_dir(on_mirror.p("d")).unwrap_err();
+    assert_eq!(errno(&e), libc::EIO, "mkdir on the mirror: {e}");
+    on_mirror.stop();
+
+    let mnt = pair.mount(2, "fs_fast");
+    std::fs::create_dir(mnt.p("d")).unwrap();
+    std::fs::write(mnt.p("d/f"), b"kept").unwrap();
+    let e = std::fs::remove_dir(mnt.p("d")).unwrap_err();
+    assert_eq!(errno(&e), libc::ENOTEMPTY, "{e}");
+    let e = std::fs::rename(mnt.p("d"), mnt.p("d/f")).unwrap_err();
+    assert!(matches!(errno(&e), libc::EINVAL | libc::ENOTDIR), "{e}");
+    let e = std::fs::hard_link(mnt.p("d/f"), mnt.p("link")).unwrap_err();
+    assert_eq!(errno(&e), libc::EPERM, "hard links are not replicated: {e}");
+    let e = std::os::unix::fs::symlink("d/f", mnt.p("sym")).unwrap_err();
+    assert_eq!(errno(&e), libc::EPERM, "symlinks are not replicated: {e}");
+    let f = OpenOptions::new().write(true).open(mnt.p("d/f")).unwrap();
+    f.sync_all().unwrap();
+
+    // The pair can take no more changes: the arbiter is gone, then the
+    // mirror. The primary cannot hear "mirror down", so its calls fail.
+    kill(&mut pair.arbiter);
+    kill(&mut pair.seg_mut(3).child);
+    let e = f.write_all_at(b"LOST", 0).unwrap_err();
+    assert_eq!(errno(&e), libc::EIO, "a write the pair cannot take: {e}");
+    let e = f.sync_all().unwrap_err();
+    assert_eq!(errno(&e), libc::EIO, "fsync: {e}");
+    let e = std::fs::write(mnt.p("new"), b"x").unwrap_err();
+    assert_eq!(errno(&e), libc::EIO, "create: {e}");
+    // Nothing was changed by the refused calls; reads are local and still work.
+    assert_eq!(std::fs::read(mnt.p("d/f")).unwrap(), b"kept");
+
+    // The primary is gone altogether: its socket is closed, still EIO.
+    kill(&mut pair.seg_mut(2).child);
+    let e = f.write_all_at(b"LOST", 0).unwrap_err();
+    assert_eq!(errno(&e), libc::EIO, "a write with the segment gone: {e}");
+    drop(mnt);
+}
+
+#[test]
+fn a_database_user_owns_what_it_sees_and_chmod_chown_do_not_fail() {
+    skip_without_fuse!("a_database_user_owns_what_it_sees_and_chmod_chown_do_not_fail");
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        let _ =
+            writeln!(std::io::stderr(), "SKIPPED a_database_user_owns_what_it_sees: needs root to act as another user");
+        return;
+    }
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::os::unix::process::CommandExt;
+    const DB_UID: u32 = 4711;
+    const DB_GID: u32 = 4712;
+    let pair = Pair::start(8192);
+    // The database user must be able to reach the mount point.
+    std::fs::set_permissions(pair.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mnt = pair.mount_with(2, "pg_system", &["--uid", "4711", "--gid", "4712", "-o", "allow_other"]);
+    std::fs::create_dir(mnt.p("data")).unwrap();
+    std::fs::write(mnt.p("data/PG_VERSION"), b"16\n").unwrap();
+    for (p, mode) in [("", 0o700), ("data", 0o700), ("data/PG_VERSION", 0o600)] {
+        let md = std::fs::metadata(mnt.p(p)).unwrap();
+        assert_eq!((md.uid(), md.gid(), md.mode() & 0o7777), (DB_UID, DB_GID, mode), "{p:?}");
+    }
+    // initdb and the postmaster chmod their data directory; root chowns.
+    std::fs::set_permissions(mnt.p("data"), std::fs::Permissions::from_mode(0o750)).unwrap();
+    std::os::unix::fs::chown(mnt.p("data/PG_VERSION"), Some(DB_UID), Some(DB_GID)).unwrap();
+    // Another user entirely is kept out by the presented modes; the
+    // database user gets in and its changes are replicated.
+    let as_user = |uid: u32, script: &str| {
+        Command::new("/bin/sh").arg("-c").arg(script).current_dir("/").uid(uid).gid(uid).output().expect("sh")
+    };
+    let d = mnt.p("data");
+    let out = as_user(DB_UID, &format!("echo hello > {0}/by-user && mkdir {0}/sub && cat {0}/PG_VERSION", d.display()));
+    assert!(out.status.success(), "the database user: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.stdout, b"16\n");
+    let out = as_user(4999, &format!("ls {}", d.display()));
+    assert!(!out.status.success(), "another user listed the data directory");
+    File::open(&d).unwrap().sync_all().unwrap();
+    assert_eq!(std::fs::read(pair.seg(3).root(0).join("data/by-user")).unwrap(), b"hello\n");
+    assert!(pair.seg(3).root(0).join("data/sub").is_dir());
+}
+
+#[test]
+fn bad_arguments_are_refused_naming_the_field() {
+    // No FUSE needed: everything here is refused before mounting.
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    std::fs::create_dir(&root).unwrap();
+    let cfg = SegmentConfig {
+        dbid: 2,
+        content: 0,
+        cluster_id: 1,
+        block_size: 8192,
+        filespaces: vec![format!("pg_system={}", root.display())],
+        key_file: dir.path().join("key"),
+        control_listen: "127.0.0.1:0".into(),
+        data_listen: "127.0.0.1:0".into(),
+        socket: dir.path().join("no.sock"),
+        state_dir: dir.path().join("state"),
+        arbiter: "127.0.0.1:1".into(),
+        sync_level: "applied".into(),
+        decision_timeout_ms: 1000,
+        ack_timeout_ms: 1000,
+        heartbeat_ms: 100,
+        prefer_uring: false,
+    };
+    let cfg_path = dir.path().join("segment.json");
+    std::fs::write(&cfg_path, serde_json::to_vec(&cfg).unwrap()).unwrap();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(exe()).arg("mount").args(args).output().expect("run");
+        assert!(!out.status.success(), "{args:?} was accepted");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let (c, m) = (cfg_path.to_str().unwrap(), mnt.to_str().unwrap());
+    let inside = root.join("sub");
+    std::fs::create_dir(&inside).unwrap();
+    for (args, expect) in [
+        (vec!["--config", c, "--filespace", "nope", m], "--filespace nope"),
+        (vec!["--config", c, "--filespace", "pg_system", "/no/such/dir"], "mountpoint /no/such/dir"),
+        (vec!["--config", c, "--filespace", "pg_system", inside.to_str().unwrap()], "overlaps filespace pg_system"),
+        (vec!["--config", c, "--filespace", "pg_system", "-o", "bogus", m], "-o bogus"),
+        (vec!["--config", c, "--filespace", "pg_system", "--threads", "0", m], "--threads 0"),
+        (vec!["--config", c, "--filespace", "pg_system", "--uid", "x", m], "--uid"),
+        (vec!["--config", "/no/such.json", "--filespace", "pg_system", m], "--config"),
+        (vec!["--config", c, "--filespace", "pg_system", m], "cannot reach the segment"),
+    ] {
+        let err = run(&args);
+        assert!(err.contains(expect), "{args:?}: expected {expect:?} in {err:?}");
+    }
+    assert!(!mounted(&mnt));
+}
+
+/// Not a test: the mount's throughput against the client API on the same
+/// pair. `cargo test --release --test mount -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn perf_sequential_32k_writes_fsync_every_64() {
+    skip_without_fuse!("perf_sequential_32k_writes_fsync_every_64");
+    const BS: usize = 32768;
+    let blocks: u64 = std::env::var("FILEREP_MOUNT_PERF_BLOCKS").ok().and_then(|s| s.parse().ok()).unwrap_or(4096);
+    let pair = Pair::start(BS as u32);
+    let mnt = pair.mount(2, "pg_system");
+    let block = vec![0x5au8; BS];
+    let mb = (blocks as usize * BS) as f64 / 1e6;
+    let mut results = Vec::new();
+    for round in 0..3 {
+        let t = Instant::now();
+        let mut f = File::create(mnt.p(&format!("through-mount-{round}"))).unwrap();
+        for i in 0..blocks {
+            f.write_all(&block).unwrap();
+            if (i + 1) % 64 == 0 {
+                f.sync_data().unwrap();
+            }
+        }
+        f.sync_data().unwrap();
+        let mount_s = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let mut c = Client::connect(&pair.seg(2).cfg.socket).unwrap();
+        let path = format!("direct-{round}");
+        c.create(0, &path).unwrap();
+        for i in 0..blocks {
+            c.extend(0, &path, i, &block).unwrap();
+            if (i + 1) % 64 == 0 {
+                c.sync(0, &path).unwrap();
+            }
+        }
+        c.sync(0, &path).unwrap();
+        let direct_s = t.elapsed().as_secs_f64();
+        println!(
+            "round {round}: through the mount {:.1} MB/s, client API {:.1} MB/s, ratio {:.2}",
+            mb / mount_s,
+            mb / direct_s,
+            direct_s / mount_s
+        );
+        results.push(direct_s / mount_s);
+    }
+    results.sort_by(f64::total_cmp);
+    println!("{blocks} writes of 32 KiB, fsync every 64: median ratio mount/direct {:.2}", results[1]);
+}
