@@ -1,6 +1,7 @@
-//! `filerep demo`: a real mirror daemon process and a primary on loopback,
-//! a randomized multi-writer workload over two filespaces, and the proof
-//! that the mirror is byte-identical.
+//! `filerep demo`: by default the whole story of a mirrored cluster
+//! (`story.rs`). With `--pair`: a real mirror daemon process and a primary
+//! on loopback, a randomized multi-writer workload over two filespaces, and
+//! the proof that the mirror is byte-identical.
 
 use filerep::config::{Filespace, PairIdentity, StreamTuning, SyncLevel};
 use filerep::primary::{Primary, PrimaryConfig};
@@ -15,6 +16,9 @@ use std::time::{Duration, Instant};
 
 #[derive(clap::Args)]
 pub struct DemoCmd {
+    /// One pair and a workload only (no cluster, arbiter or failover).
+    #[arg(long)]
+    pair: bool,
     #[arg(long, default_value_t = 8)]
     writers: usize,
     /// Operations per writer.
@@ -80,6 +84,9 @@ pub fn run(c: DemoCmd) -> Result<ExitCode, Box<dyn std::error::Error>> {
         return Err(format!("--writers {}: give 1 to 256", c.writers).into());
     }
     let seed = c.seed.unwrap_or_else(|| rand::rngs::OsRng.next_u64() >> 16);
+    if !c.pair {
+        return crate::story::run_story(c.block_size, seed, c.keep);
+    }
     let tmp = tempfile::Builder::new().prefix("filerep-demo").tempdir()?;
     let root = tmp.path();
     let names = ["pg_system", "fs_fast"];

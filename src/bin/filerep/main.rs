@@ -7,6 +7,7 @@ mod mount;
 mod ops;
 mod recover;
 mod state;
+mod story;
 
 use clap::{Parser, Subcommand};
 use filerep::config::{check_block_size, Filespace, StreamTuning, SyncLevel};
