@@ -368,4 +368,38 @@ mod tests {
         c.block_size = 1000;
         assert!(c.check().is_err());
     }
+
+    #[test]
+    fn a_content_without_a_mirror_gets_one_not_in_sync() {
+        let mut c = Catalog::new(7, 8192, vec![]);
+        c.unmirrored.push(CatalogSolo { content: 4, generation: 3, up: true, address: addr(6) });
+        c.check().unwrap();
+        assert_eq!(c.content_of(6), Some(4));
+        assert!(c.add_mirror(4, addr(6), None).unwrap_err().contains("taken"));
+        assert!(c.add_mirror(5, addr(9), None).unwrap_err().contains("content 5"));
+        c.unmirrored[0].up = false;
+        assert!(c.add_mirror(4, addr(9), None).unwrap_err().contains("down"));
+        c.unmirrored[0].up = true;
+        c.add_mirror(4, addr(9), Some("127.0.0.1:9999".into())).unwrap();
+        assert!(c.unmirrored.is_empty());
+        let p = c.pair(4).unwrap();
+        assert_eq!((p.pair.mode, p.pair.generation), (crate::core::pair::PairMode::NotInSync, 3));
+        assert_eq!((p.pair.segments[0].up, p.pair.segments[1].up), (true, false));
+        assert_eq!(p.addresses[0].data, "127.0.0.1:9999", "the primary's new replication port");
+        assert!(c.history.last().unwrap().reason.contains("mirror 9 added"));
+        c.check().unwrap();
+    }
+
+    #[test]
+    fn one_writer_per_catalog_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("catalog.json");
+        Catalog::new(7, 8192, vec![(0, addr(2), addr(3))]).store(&path).unwrap();
+        let first = FileStore::lock(&path).unwrap();
+        let e = FileStore::lock(&path).err().expect("a second writer is refused").to_string();
+        assert!(e.contains("in use") && e.contains("catalog.json"), "{e}");
+        assert_eq!(first.load().unwrap().pairs.len(), 1);
+        drop(first);
+        FileStore::lock(&path).expect("free again once the first is gone");
+    }
 }
