@@ -697,6 +697,18 @@ fn engine_refusals_surface_as_errnos_never_as_success() {
     on_mirror.stop();
 
     let mnt = pair.mount(2, "fs_fast");
+    // Directory fsyncs in a filespace without a single regular file (the
+    // engine's directory sync; nothing is created to carry it), and of a
+    // directory removed while open.
+    std::fs::create_dir(mnt.p("empty")).unwrap();
+    File::open(mnt.p("empty")).unwrap().sync_all().unwrap();
+    std::fs::create_dir(mnt.p("removed")).unwrap();
+    let removed = File::open(mnt.p("removed")).unwrap();
+    std::fs::remove_dir(mnt.p("removed")).unwrap();
+    removed.sync_all().unwrap();
+    let on_mirror = walk(&pair.seg(3).root(1));
+    assert_eq!(on_mirror.dirs, BTreeSet::from(["empty".to_string()]));
+    assert!(on_mirror.files.is_empty(), "{:?}", on_mirror.files.keys());
     std::fs::create_dir(mnt.p("d")).unwrap();
     std::fs::write(mnt.p("d/f"), b"kept").unwrap();
     let e = std::fs::remove_dir(mnt.p("d")).unwrap_err();
