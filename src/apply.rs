@@ -333,6 +333,8 @@ impl Applier {
                 Err(e) if s.catching_up && e.error.kind == DiskErrorKind::NotFound => {}
                 Err(e) => return Err(e),
             },
+            // Every sync job syncs every changed directory: ask for one.
+            Op::SyncDirs => self.dirs_requested = true,
             Op::Create { id, path } => {
                 if s.catching_up {
                     self.make_parents(seq, path)?;
@@ -551,6 +553,20 @@ mod tests {
 
     fn op(seq: u64, op: Op) -> Sequenced {
         Sequenced { seq, op, durable: false, catching_up: false }
+    }
+
+    #[test]
+    fn sync_dirs_asks_for_a_job_that_makes_changed_directories_durable() {
+        let disk = Arc::new(SimDisk::new(1));
+        let mut a = Applier::new(disk.clone(), 1);
+        let wants = a.apply(&[op(1, Op::Mkdir { path: p("d") }), op(2, Op::Create { id: 1, path: p("d/f") })]).unwrap();
+        assert!(!wants, "namespace changes alone wait for a sync");
+        assert!(disk.durable_snapshot().is_empty());
+        assert!(a.apply(&[op(3, Op::SyncDirs)]).unwrap(), "a directory sync asks for a job");
+        let job = a.take_sync_job();
+        assert_eq!(job.run(disk.as_ref()).unwrap(), 3, "synced through the directory sync");
+        let names: Vec<String> = disk.durable_snapshot().into_keys().map(|(_, n)| n).collect();
+        assert_eq!(names, ["d", "d/f"]);
     }
 
     #[test]

@@ -40,6 +40,8 @@ pub enum Op {
     Rmdir = 14,
     Rename = 15,
     Exists = 16,
+    /// A directory fsync: every namespace change made before it durable on both hosts.
+    SyncDir = 17,
 }
 
 impl Op {
@@ -62,6 +64,7 @@ impl Op {
             14 => Rmdir,
             15 => Rename,
             16 => Exists,
+            17 => SyncDir,
             _ => return None,
         })
     }
@@ -339,6 +342,12 @@ impl Client {
     }
     pub fn exists(&mut self, fs: u16, path: &str) -> Result<bool, ClientError> {
         self.simple(Op::Exists, fs, path, 0, &[]).map(|v| v != 0)
+    }
+    /// Make every change to directories made before the call (creates,
+    /// unlinks, renames, mkdir, rmdir) durable on both hosts, as an fsync of
+    /// a directory would. `dir` names an existing directory ("" the root).
+    pub fn sync_dir(&mut self, fs: u16, dir: &str) -> Result<(), ClientError> {
+        self.simple(Op::SyncDir, fs, dir, 0, &[]).map(drop)
     }
 }
 

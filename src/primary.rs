@@ -15,7 +15,7 @@ use crate::arbiter::{Arbiter, Decision};
 use crate::changelog::ChangeLog;
 use crate::config::{check_block_size, check_filespaces, Filespace, PairIdentity, StreamTuning, SyncLevel};
 use crate::core::primary::{PrimaryStream, TimerAction};
-use crate::disk::{Disk, DiskError, DiskFile, FsPath, OpenMode};
+use crate::disk::{Disk, DiskError, DiskErrorKind, DiskFile, EntryKind, FsPath, OpenMode};
 use crate::error::{Error, Result};
 use crate::net::{is_timeout, recv_exact_until, Conn, ConnReader, ConnWriter};
 use crate::path::RelPath;
@@ -666,6 +666,53 @@ impl Primary {
     /// Make a flat or log file durable on both sides.
     pub fn flush(&self, fs: u16, path: &str) -> Result<()> {
         self.durable_point(fs, path, Kind::Flush)
+    }
+
+    /// Make every directory change made before this call (creates,
+    /// unlinks, renames, mkdir, rmdir, anywhere in any filespace) durable on
+    /// both sides: a directory fsync. `dir` names an existing directory of
+    /// filespace `fs` ("" for its root); the engine tracks which directories
+    /// changed and syncs all of them, here and on the mirror.
+    pub fn sync_dir(&self, fs: u16, dir: &str) -> Result<()> {
+        if dir.is_empty() {
+            if fs as usize >= self.inner.filespaces.len() {
+                return Err(Error::InvalidArgument(format!("filespace {fs} does not exist")));
+            }
+        } else {
+            let p = self.fspath(fs, dir)?;
+            match self.inner.disk.entry_kind(&p)? {
+                Some(EntryKind::Dir) => {}
+                Some(_) => return Err(Error::InvalidArgument(format!("{p} is not a directory"))),
+                None => {
+                    return Err(Error::Disk(DiskError::new(
+                        "sync_dir",
+                        &p,
+                        DiskErrorKind::NotFound,
+                        "no such directory",
+                    )))
+                }
+            }
+        }
+        let inner = &self.inner;
+        inner.usable()?;
+        inner.check_open()?;
+        let seq = match inner.tracking_now() {
+            // Alone, durable means durable here; the changes are tracked.
+            Some(_) => None,
+            None => {
+                let mut h = Header::new(Kind::SyncDirs);
+                h.filespace = fs;
+                let seq = inner.ship_unbound(h, Bytes::new(), None)?;
+                inner.flush();
+                Some(seq)
+            }
+        };
+        // The mirror syncs its changed directories while we sync ours.
+        inner.sync_dirty_dirs()?;
+        match seq {
+            Some(seq) => inner.wait_mark(seq, Mark::Synced, None),
+            None => Ok(()),
+        }
     }
 
     /// Length of a flat file in bytes.

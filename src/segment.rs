@@ -957,6 +957,7 @@ fn call(p: &Primary, r: &Request) -> Result<(u64, Vec<u8>)> {
         Op::Rmdir => none(p.rmdir(fs, path)),
         Op::Rename => none(p.rename(fs, path, &r.path2)),
         Op::Exists => p.exists(fs, path).map(|e| (e as u64, Vec::new())),
+        Op::SyncDir => none(p.sync_dir(fs, path)),
     }
 }
 

@@ -4,318 +4,20 @@
 //! directories compared afterwards. Skipped, with the reason printed, where
 //! FUSE cannot be mounted (no /dev/fuse, or neither root nor fusermount3).
 
-use filerep::catalog::{Catalog, SegmentAddress};
+#[macro_use]
+mod common;
+
+use common::pair::{exe, kill, mounted, Pair};
 use filerep::client::Client;
-use filerep::protocol::handshake::ClusterKey;
-use filerep::segment::{Acting, SegmentConfig, SegmentRequest, SegmentResponse, SegmentStatus};
+use filerep::segment::SegmentConfig;
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
+use std::io::Write;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
-const KEY: &[u8] = b"mount test cluster key material!";
-const FS: [&str; 2] = ["pg_system", "fs_fast"];
-const READY_SEGMENT: &str = "filerep segment ready, control on ";
-const READY_ARBITER: &str = "filerep arbiter ready on ";
-const READY_MOUNT: &str = "filerep mount ready on ";
-
-/// Why FUSE cannot be used here, if it cannot.
-fn fuse_unavailable() -> Option<String> {
-    if !Path::new("/dev/fuse").exists() {
-        return Some("/dev/fuse does not exist".into());
-    }
-    // The mount opens the device itself first, whoever runs it.
-    if let Err(e) = OpenOptions::new().read(true).write(true).open("/dev/fuse") {
-        return Some(format!("cannot open /dev/fuse: {e}"));
-    }
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    // Root mounts directly; anyone else through the setuid helper.
-    if !root && !Command::new("fusermount3").arg("-V").output().is_ok_and(|o| o.status.success()) {
-        return Some("not root, and no fusermount3 (Debian package fuse3) to mount with".into());
-    }
-    None
-}
-
-/// Print why a test is skipped where cargo test shows it (the print macros
-/// are captured; a direct write to stderr is not).
-macro_rules! skip_without_fuse {
-    ($name:expr) => {
-        if let Some(why) = fuse_unavailable() {
-            let _ = writeln!(std::io::stderr(), "SKIPPED {}: {why}", $name);
-            return;
-        }
-    };
-}
-
-fn exe() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_filerep"))
-}
-
-fn free_addr() -> String {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").to_string()
-}
-
-/// Start a process and wait for the line that says it serves.
-fn spawn_ready(args: &[String], ready: &str) -> (Child, String) {
-    try_spawn_ready(args, ready).unwrap_or_else(|e| panic!("{e}"))
-}
-
-/// Start a process; if it does not say it serves, it is reaped and the
-/// line it printed instead is the error.
-fn try_spawn_ready(args: &[String], ready: &str) -> Result<(Child, String), String> {
-    let mut child = Command::new(exe())
-        .args(args)
-        .env("FILEREP_LOG", "filerep=warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn");
-    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
-    let mut line = String::new();
-    out.read_line(&mut line).expect("ready line");
-    if !line.starts_with(ready) {
-        let _ = child.kill();
-        let _ = child.wait();
-        return Err(format!("{args:?}: unexpected first line {line:?}"));
-    }
-    Ok((child, line[ready.len()..].trim().to_string()))
-}
-
-fn wait_for(what: &str, limit: Duration, cond: impl Fn() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn kill(child: &mut Option<Child>) {
-    if let Some(mut c) = child.take() {
-        let _ = c.kill();
-        let _ = c.wait();
-    }
-}
-
-struct Seg {
-    cfg: SegmentConfig,
-    cfg_path: PathBuf,
-    child: Option<Child>,
-}
-
-impl Drop for Seg {
-    fn drop(&mut self) {
-        kill(&mut self.child);
-    }
-}
-
-impl Seg {
-    fn root(&self, fs: usize) -> PathBuf {
-        PathBuf::from(self.cfg.filespaces[fs].split_once('=').expect("NAME=DIR").1)
-    }
-
-    fn status(&self, key: &ClusterKey) -> Option<SegmentStatus> {
-        match filerep::control::call::<_, SegmentResponse>(
-            &self.cfg.control_listen,
-            key,
-            &SegmentRequest::Probe,
-            Duration::from_secs(2),
-        ) {
-            Ok(SegmentResponse::Status(s)) => Some(s),
-            _ => None,
-        }
-    }
-}
-
-/// An arbiter and two segments (dbid 2 the primary, dbid 3 its mirror), synchronized.
-struct Pair {
-    dir: tempfile::TempDir,
-    key: ClusterKey,
-    arbiter: Option<Child>,
-    segs: Vec<Seg>,
-}
-
-impl Drop for Pair {
-    fn drop(&mut self) {
-        kill(&mut self.arbiter);
-    }
-}
-
-impl Pair {
-    fn start(block_size: u32) -> Pair {
-        // Ports are picked free and bound by the child a moment later:
-        // another process on this machine may take one in between.
-        let mut errors = Vec::new();
-        for _ in 0..5 {
-            match Pair::try_start(block_size) {
-                Ok(p) => return p,
-                Err(e) => errors.push(e),
-            }
-        }
-        panic!("cannot start a pair: {errors:#?}");
-    }
-
-    fn try_start(block_size: u32) -> Result<Pair, String> {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let key_file = dir.path().join("cluster.key");
-        std::fs::write(&key_file, KEY).unwrap();
-        let key = ClusterKey::from_material(KEY).unwrap();
-        let arbiter_listen = free_addr();
-        let mut segs = Vec::new();
-        let mut addrs = Vec::new();
-        for dbid in [2u32, 3] {
-            let base = dir.path().join(format!("seg{dbid}"));
-            let filespaces = FS
-                .iter()
-                .map(|n| {
-                    let root = base.join(n);
-                    std::fs::create_dir_all(&root).unwrap();
-                    format!("{n}={}", root.display())
-                })
-                .collect();
-            let cfg = SegmentConfig {
-                dbid,
-                content: 0,
-                cluster_id: 0x6d,
-                block_size,
-                filespaces,
-                key_file: key_file.clone(),
-                control_listen: free_addr(),
-                data_listen: free_addr(),
-                socket: base.join("segment.sock"),
-                state_dir: base.join("state"),
-                arbiter: arbiter_listen.clone(),
-                sync_level: "applied".into(),
-                decision_timeout_ms: 2000,
-                ack_timeout_ms: 2000,
-                heartbeat_ms: 100,
-                prefer_uring: true,
-            };
-            let cfg_path = base.join("segment.json");
-            std::fs::write(&cfg_path, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
-            addrs.push(SegmentAddress {
-                dbid,
-                host: "localhost".into(),
-                control: cfg.control_listen.clone(),
-                data: cfg.data_listen.clone(),
-                filespaces: Vec::new(),
-            });
-            segs.push(Seg { cfg, cfg_path, child: None });
-        }
-        let catalog = dir.path().join("catalog.json");
-        Catalog::new(0x6d, block_size, vec![(0, addrs[0].clone(), addrs[1].clone())]).store(&catalog).unwrap();
-        for s in &mut segs {
-            let args = vec!["segment".into(), "--config".into(), s.cfg_path.display().to_string()];
-            s.child = Some(try_spawn_ready(&args, READY_SEGMENT)?.0);
-        }
-        let args: Vec<String> = [
-            "arbiter",
-            "--catalog",
-            &catalog.display().to_string(),
-            "--key-file",
-            &key_file.display().to_string(),
-            "--listen",
-            &arbiter_listen,
-            "--interval-ms",
-            "100",
-            "--timeout-ms",
-            "300",
-            "--retries",
-            "1",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        let arbiter = Some(try_spawn_ready(&args, READY_ARBITER)?.0);
-        let p = Pair { dir, key, arbiter, segs };
-        wait_for("the pair to stream", Duration::from_secs(30), || {
-            p.seg(2).status(&p.key).is_some_and(|s| s.acting == Acting::Primary && s.mode == 's')
-        });
-        Ok(p)
-    }
-
-    fn seg(&self, dbid: u32) -> &Seg {
-        &self.segs[(dbid - 2) as usize]
-    }
-
-    fn seg_mut(&mut self, dbid: u32) -> &mut Seg {
-        &mut self.segs[(dbid - 2) as usize]
-    }
-
-    fn mount(&self, dbid: u32, filespace: &str) -> Mount {
-        self.mount_with(dbid, filespace, &[])
-    }
-
-    fn mount_with(&self, dbid: u32, filespace: &str, extra: &[&str]) -> Mount {
-        let path = self.dir.path().join(format!("mnt{dbid}-{filespace}"));
-        std::fs::create_dir_all(&path).unwrap();
-        let mut args = vec![
-            "mount".to_string(),
-            "--config".into(),
-            self.seg(dbid).cfg_path.display().to_string(),
-            "--filespace".into(),
-            filespace.into(),
-            path.display().to_string(),
-        ];
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let (child, shown) = spawn_ready(&args, READY_MOUNT);
-        assert_eq!(PathBuf::from(shown), path.canonicalize().unwrap());
-        Mount { child: Some(child), path }
-    }
-}
-
-struct Mount {
-    child: Option<Child>,
-    path: PathBuf,
-}
-
-fn mounted(path: &Path) -> bool {
-    let mp = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    info.lines().any(|l| l.split(' ').nth(4) == Some(mp.to_str().unwrap_or("")))
-}
-
-impl Mount {
-    fn p(&self, rel: &str) -> PathBuf {
-        self.path.join(rel)
-    }
-
-    /// SIGTERM, as an operator would stop it: it unmounts and exits 0.
-    fn stop(&mut self) {
-        let Some(mut c) = self.child.take() else { return };
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM)
-            .expect("SIGTERM");
-        let start = Instant::now();
-        let status = loop {
-            if let Some(s) = c.try_wait().expect("wait") {
-                break s;
-            }
-            assert!(start.elapsed() < Duration::from_secs(20), "the mount did not exit after SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        assert!(status.success(), "filerep mount exited with {status}");
-        assert!(!mounted(&self.path), "{} is still mounted", self.path.display());
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        // Never leave a dead mount behind a failed test.
-        if mounted(&self.path) {
-            let _ = nix::mount::umount2(&self.path, nix::mount::MntFlags::MNT_DETACH);
-        }
-    }
-}
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
 
 fn errno(e: &std::io::Error) -> i32 {
     e.raw_os_error().unwrap_or(0)
@@ -697,6 +399,18 @@ fn engine_refusals_surface_as_errnos_never_as_success() {
     on_mirror.stop();
 
     let mnt = pair.mount(2, "fs_fast");
+    // Directory fsyncs in a filespace without a single regular file (the
+    // engine's directory sync; nothing is created to carry it), and of a
+    // directory removed while open.
+    std::fs::create_dir(mnt.p("empty")).unwrap();
+    File::open(mnt.p("empty")).unwrap().sync_all().unwrap();
+    std::fs::create_dir(mnt.p("removed")).unwrap();
+    let removed = File::open(mnt.p("removed")).unwrap();
+    std::fs::remove_dir(mnt.p("removed")).unwrap();
+    removed.sync_all().unwrap();
+    let on_mirror = walk(&pair.seg(3).root(1));
+    assert_eq!(on_mirror.dirs, BTreeSet::from(["empty".to_string()]));
+    assert!(on_mirror.files.is_empty(), "{:?}", on_mirror.files.keys());
     std::fs::create_dir(mnt.p("d")).unwrap();
     std::fs::write(mnt.p("d/f"), b"kept").unwrap();
     let e = std::fs::remove_dir(mnt.p("d")).unwrap_err();

@@ -298,3 +298,56 @@ fn a_restarted_mirror_remembers_its_generation() {
     let err = filerep::mirror::MirrorState::load(state.path()).expect_err("corrupt state");
     assert!(err.to_string().contains("mirror-state.json"), "{err}");
 }
+
+/// `sync_dir`, a directory fsync: every namespace change made before it is
+/// in the durable image of both disks afterwards, none of the file data it
+/// was not asked for needs to be; bad targets are refused.
+#[test]
+fn sync_dir_makes_every_namespace_change_durable_on_both_sides() {
+    use filerep::disk::{Disk, SimDisk, SimEntry};
+    use filerep::mirror::MirrorServer;
+    let dirs = Dirs::new();
+    let primary_disk = Arc::new(SimDisk::new(2));
+    let mirror_disk = Arc::new(SimDisk::new(2));
+    let server =
+        Arc::new(MirrorServer::with_disk(mirror_config(&dirs, 8192), mirror_disk.clone() as Arc<dyn Disk>).unwrap());
+    let (p_conn, m_conn) = filerep::net::mem_pair(64 * 1024, 256);
+    let session = std::thread::spawn(move || server.serve_conn(m_conn, "mem"));
+    let primary = filerep::primary::Primary::start_with_disk(
+        primary_config(&dirs, 8192, SyncLevel::Applied),
+        primary_disk.clone() as Arc<dyn Disk>,
+        p_conn,
+        "mem",
+    )
+    .expect("primary");
+    primary.mkdir(0, "base").unwrap();
+    primary.mkdir(0, "base/1").unwrap();
+    primary.create(0, "base/1/tmp").unwrap();
+    primary.rename(0, "base/1/tmp", "base/1/rel").unwrap();
+    primary.mkdir(0, "gone").unwrap();
+    primary.rmdir(0, "gone").unwrap();
+    primary.mkdir(1, "other").unwrap();
+    let entries = |disk: &SimDisk| -> Vec<(u16, String, bool)> {
+        disk.durable_snapshot().into_iter().map(|((fs, p), e)| (fs, p, matches!(e, SimEntry::Dir))).collect()
+    };
+    assert!(entries(&primary_disk).is_empty(), "nothing durable before the directory sync");
+    primary.sync_dir(0, "base/1").expect("sync_dir");
+    let want = vec![
+        (0, "base".to_string(), true),
+        (0, "base/1".to_string(), true),
+        (0, "base/1/rel".to_string(), false),
+        (1, "other".to_string(), true),
+    ];
+    assert_eq!(entries(&primary_disk), want, "the primary's durable namespace");
+    assert_eq!(entries(&mirror_disk), want, "the mirror's durable namespace");
+    // The root, again (nothing left to sync), and what is refused.
+    primary.sync_dir(1, "").expect("sync_dir of a root");
+    let e = primary.sync_dir(0, "base/1/rel").unwrap_err();
+    assert!(matches!(e, filerep::Error::InvalidArgument(_)), "{e}");
+    let e = primary.sync_dir(0, "nowhere").unwrap_err();
+    assert!(matches!(e, filerep::Error::Disk(ref d) if d.kind == filerep::disk::DiskErrorKind::NotFound), "{e}");
+    assert!(primary.sync_dir(0, "../x").is_err());
+    assert!(primary.sync_dir(9, "").is_err());
+    primary.shutdown(Duration::from_secs(10)).expect("shutdown");
+    assert_eq!(session.join().unwrap().end, filerep::mirror::SessionEnd::Shutdown);
+}

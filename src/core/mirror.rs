@@ -65,6 +65,8 @@ pub enum Op {
         id: u32,
         path: FsPath,
     },
+    /// Every directory entry changed so far must be durable.
+    SyncDirs,
     Mkdir {
         path: FsPath,
     },
@@ -236,6 +238,13 @@ impl MirrorSession {
                 no_body(f.body.len())?;
                 Op::Sync { id: h.file_id, path: self.path_of(h.kind, seq, h.file_id)? }
             }
+            Kind::SyncDirs => {
+                no_body(f.body.len())?;
+                if h.filespace >= self.filespaces {
+                    return Err(SessionError::NoFilespace { seq, fs: h.filespace, count: self.filespaces });
+                }
+                Op::SyncDirs
+            }
             Kind::Mkdir => Op::Mkdir { path: self.body_path(seq, h.filespace, &f.body)? },
             Kind::Rmdir => Op::Rmdir { path: self.body_path(seq, h.filespace, &f.body)? },
             Kind::Rename => {
@@ -324,6 +333,19 @@ mod tests {
         h.file_id = id;
         h.offset = offset;
         Frame::new(h, Bytes::copy_from_slice(body))
+    }
+
+    #[test]
+    fn sync_dirs_carries_no_body_and_names_a_filespace() {
+        let mut m = MirrorSession::new(8192, 2, 1);
+        assert!(matches!(m.on_frame(&frame(Kind::SyncDirs, 1, 0, 0, b"x")), Err(SessionError::Bounds { .. })));
+        let mut h = Header::new(Kind::SyncDirs);
+        h.seq = 1;
+        h.filespace = 2;
+        let e = m.on_frame(&Frame::new(h, Bytes::new())).unwrap_err();
+        assert!(matches!(e, SessionError::NoFilespace { fs: 2, .. }), "{e}");
+        h.filespace = 1;
+        assert!(matches!(m.on_frame(&Frame::new(h, Bytes::new())), Ok(Step::Apply { seq: 1, op: Op::SyncDirs, .. })));
     }
 
     #[test]

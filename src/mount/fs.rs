@@ -12,7 +12,7 @@ use fuser::{
     OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
     ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::{File, Metadata};
 use std::os::unix::fs::{FileExt, MetadataExt};
@@ -29,9 +29,6 @@ const TTL: Duration = Duration::from_secs(1);
 /// not modes).
 const DIR_PERM: u16 = 0o700;
 const FILE_PERM: u16 = 0o600;
-/// Directory entries examined when looking for a file whose sync carries
-/// a directory fsync.
-const CARRIER_SEARCH_LIMIT: usize = 4096;
 
 enum Handle {
     File(File),
@@ -53,9 +50,6 @@ pub(crate) struct FilerepFs {
     next_fh: AtomicU64,
     uid: Option<u32>,
     gid: Option<u32>,
-    /// The last file created or synced: a cheap carrier for a directory fsync.
-    carrier: Mutex<Option<String>>,
-    temporaries: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -119,8 +113,6 @@ impl FilerepFs {
             next_fh: AtomicU64::new(1),
             uid: p.uid,
             gid: p.gid,
-            carrier: Mutex::new(None),
-            temporaries: AtomicU64::new(0),
         }
     }
 
@@ -279,67 +271,6 @@ impl FilerepFs {
         }
     }
 
-    /// A regular file whose sync makes every directory change durable on
-    /// both sides (a sync carries all changed directories, on the primary
-    /// and on the mirror; which file does not matter). Preference: the last
-    /// file created or synced (in the usual "fsync the file, then its
-    /// directory" that is the file just synced: little left to flush), a
-    /// file in `dir`, then the first found from the root.
-    fn find_carrier(&self, dir: Option<&str>) -> Option<String> {
-        let join = |d: &str, n: &str| if d.is_empty() { n.to_string() } else { format!("{d}/{n}") };
-        if let Some(c) = lock(&self.carrier).clone() {
-            if self.root.metadata(&c).is_ok_and(|m| m.is_file()) {
-                return Some(c);
-            }
-        }
-        if let Some(d) = dir {
-            if let Ok(entries) = self.root.list(d) {
-                if let Some(e) = entries.iter().find(|e| e.kind == FileType::RegularFile) {
-                    return Some(join(d, &e.name));
-                }
-            }
-        }
-        let mut queue = VecDeque::from([String::new()]);
-        let mut seen = 0usize;
-        while let Some(d) = queue.pop_front() {
-            let Ok(entries) = self.root.list(&d) else { continue };
-            for e in entries {
-                seen += 1;
-                match e.kind {
-                    FileType::RegularFile => return Some(join(&d, &e.name)),
-                    FileType::Directory => queue.push_back(join(&d, &e.name)),
-                    _ => {}
-                }
-            }
-            if seen > CARRIER_SEARCH_LIMIT {
-                break;
-            }
-        }
-        None
-    }
-
-    /// Make the namespace durable on both sides: a directory has no sync
-    /// call of its own in the client API, but every sync carries all
-    /// changed directories with it.
-    fn sync_namespace(&self, dir: Option<&str>) -> Result<(), Errno> {
-        let fs = self.fs;
-        if let Some(carrier) = self.find_carrier(dir) {
-            return self.pool.call(|c| c.sync(fs, &carrier)).map_err(|e| self.failed("sync", &carrier, &e));
-        }
-        // No regular file anywhere: create one to carry the sync, then
-        // remove it (that removal becomes durable with the next sync).
-        let n = self.temporaries.fetch_add(1, Ordering::Relaxed);
-        let tmp = format!(".filerep-dirsync-{}-{n}", std::process::id());
-        self.pool
-            .call(|c| {
-                c.create(fs, &tmp)?;
-                let synced = c.sync(fs, &tmp);
-                let removed = c.unlink(fs, &tmp);
-                synced.and(removed)
-            })
-            .map_err(|e| self.failed("sync", &tmp, &e))
-    }
-
     fn create_file(&self, path: &str, exclusive: bool, truncate: bool) -> Result<(), Errno> {
         let fs = self.fs;
         match self.pool.call(|c| c.create(fs, path)) {
@@ -352,7 +283,6 @@ impl FilerepFs {
             }
             Err(e) => return Err(self.failed("create", path, &e)),
         }
-        *lock(&self.carrier) = Some(path.to_string());
         Ok(())
     }
 }
@@ -651,10 +581,7 @@ impl fuser::Filesystem for FilerepFs {
         };
         let fs = self.fs;
         match self.pool.call(|c| c.sync(fs, &path)) {
-            Ok(()) => {
-                *lock(&self.carrier) = Some(path);
-                reply.ok()
-            }
+            Ok(()) => reply.ok(),
             Err(e) => reply.error(self.failed("sync", &path, &e)),
         }
     }
@@ -702,11 +629,15 @@ impl fuser::Filesystem for FilerepFs {
     }
 
     fn fsyncdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        // The engine syncs every changed directory, here and on the mirror.
+        // A directory removed while open names none: what its removal
+        // changed (its parent) is synced with the rest, from the root.
         let _ns = self.ns_shared();
-        let dir = self.path_of(ino).ok();
-        match self.sync_namespace(dir.as_deref()) {
+        let dir = self.path_of(ino).unwrap_or_default();
+        let fs = self.fs;
+        match self.pool.call(|c| c.sync_dir(fs, &dir)) {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
+            Err(e) => reply.error(self.failed("sync_dir", &dir, &e)),
         }
     }
 

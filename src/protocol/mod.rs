@@ -80,6 +80,9 @@ pub enum Kind {
     /// file as they are after every earlier operation; the mirror answers
     /// with a [`Kind::Hashes`] frame carrying this frame's sequence number.
     HashRequest = 14,
+    /// Make every directory changed up to this frame durable (a directory
+    /// fsync: no file, no body).
+    SyncDirs = 16,
     /// Primary → mirror keep-alive; the mirror answers with an [`Kind::Ack`].
     Heartbeat = 32,
     /// Orderly end of the stream: the mirror makes everything durable, acknowledges, closes.
@@ -111,6 +114,7 @@ impl Kind {
             12 => Kind::Rename,
             13 => Kind::Reconcile,
             14 => Kind::HashRequest,
+            16 => Kind::SyncDirs,
             32 => Kind::Heartbeat,
             33 => Kind::Shutdown,
             64 => Kind::Ack,
@@ -141,6 +145,7 @@ impl Kind {
             Kind::Rename => "rename",
             Kind::Reconcile => "reconcile",
             Kind::HashRequest => "hash_request",
+            Kind::SyncDirs => "sync_dirs",
             Kind::Hashes => "hashes",
             Kind::Heartbeat => "heartbeat",
             Kind::Shutdown => "shutdown",

@@ -1,6 +1,9 @@
 //! Shared helpers for the integration tests.
 #![allow(dead_code)]
 
+#[macro_use]
+pub mod pair;
+
 use filerep::config::{Filespace, PairIdentity, StreamTuning, SyncLevel};
 use filerep::mirror::{MirrorConfig, MirrorServer, SessionReport};
 use filerep::primary::{Primary, PrimaryConfig};

@@ -1,0 +1,370 @@
+//! A real pair for tests that mount: an arbiter and two `filerep segment`
+//! processes on loopback (dbid 2 the preferred primary, dbid 3 its mirror),
+//! and `filerep mount` processes on their filespaces. Used by
+//! `tests/mount.rs` and `tests/postgres.rs`.
+
+use filerep::catalog::{Catalog, SegmentAddress};
+use filerep::protocol::handshake::ClusterKey;
+use filerep::segment::{Acting, SegmentConfig, SegmentRequest, SegmentResponse, SegmentStatus};
+use std::fs::OpenOptions;
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const KEY: &[u8] = b"mount test cluster key material!";
+pub const FS: [&str; 2] = ["pg_system", "fs_fast"];
+pub const READY_SEGMENT: &str = "filerep segment ready, control on ";
+pub const READY_ARBITER: &str = "filerep arbiter ready on ";
+pub const READY_MOUNT: &str = "filerep mount ready on ";
+
+/// Why FUSE cannot be used here, if it cannot.
+pub fn fuse_unavailable() -> Option<String> {
+    if !Path::new("/dev/fuse").exists() {
+        return Some("/dev/fuse does not exist".into());
+    }
+    // The mount opens the device itself first, whoever runs it.
+    if let Err(e) = OpenOptions::new().read(true).write(true).open("/dev/fuse") {
+        return Some(format!("cannot open /dev/fuse: {e}"));
+    }
+    // Root mounts directly; anyone else through the setuid helper.
+    if !is_root() && !Command::new("fusermount3").arg("-V").output().is_ok_and(|o| o.status.success()) {
+        return Some("not root, and no fusermount3 (Debian package fuse3) to mount with".into());
+    }
+    None
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Print why a test is skipped where cargo test shows it (the print macros
+/// are captured; a direct write to stderr is not).
+pub fn skipped(name: &str, why: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIPPED {name}: {why}");
+}
+
+/// Skip (return from) the calling test, saying why, where FUSE cannot mount.
+#[allow(unused_macros)]
+macro_rules! skip_without_fuse {
+    ($name:expr) => {
+        if let Some(why) = $crate::common::pair::fuse_unavailable() {
+            $crate::common::pair::skipped($name, &why);
+            return;
+        }
+    };
+}
+
+pub fn exe() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_filerep"))
+}
+
+pub fn free_addr() -> String {
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").to_string()
+}
+
+/// Start a process and wait for the line that says it serves.
+pub fn spawn_ready(args: &[String], ready: &str) -> (Child, String) {
+    try_spawn_ready(args, ready).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Start a process; if it does not say it serves, it is reaped and the
+/// line it printed instead is the error.
+pub fn try_spawn_ready(args: &[String], ready: &str) -> Result<(Child, String), String> {
+    let mut child = Command::new(exe())
+        .args(args)
+        .env("FILEREP_LOG", "filerep=warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn");
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    out.read_line(&mut line).expect("ready line");
+    if !line.starts_with(ready) {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(format!("{args:?}: unexpected first line {line:?}"));
+    }
+    Ok((child, line[ready.len()..].trim().to_string()))
+}
+
+/// Poll a condition until it holds (a deadline, not a sleep: the test
+/// fails with what it was waiting for).
+pub fn wait_for(what: &str, limit: Duration, cond: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// SIGKILL and reap.
+pub fn kill(child: &mut Option<Child>) {
+    if let Some(mut c) = child.take() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+pub struct Seg {
+    pub cfg: SegmentConfig,
+    pub cfg_path: PathBuf,
+    pub child: Option<Child>,
+}
+
+impl Drop for Seg {
+    fn drop(&mut self) {
+        kill(&mut self.child);
+    }
+}
+
+impl Seg {
+    pub fn root(&self, fs: usize) -> PathBuf {
+        PathBuf::from(self.cfg.filespaces[fs].split_once('=').expect("NAME=DIR").1)
+    }
+
+    pub fn status(&self, key: &ClusterKey) -> Option<SegmentStatus> {
+        match filerep::control::call::<_, SegmentResponse>(
+            &self.cfg.control_listen,
+            key,
+            &SegmentRequest::Probe,
+            Duration::from_secs(2),
+        ) {
+            Ok(SegmentResponse::Status(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    fn try_start(&mut self) -> Result<(), String> {
+        let args = vec!["segment".into(), "--config".into(), self.cfg_path.display().to_string()];
+        self.child = Some(try_spawn_ready(&args, READY_SEGMENT)?.0);
+        Ok(())
+    }
+
+    /// (Re)start the segment process (it learns its role from the arbiter).
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "segment {} is running", self.cfg.dbid);
+        self.try_start().unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
+/// An arbiter and two segments (dbid 2 the primary, dbid 3 its mirror), synchronized.
+pub struct Pair {
+    pub dir: tempfile::TempDir,
+    pub key: ClusterKey,
+    pub key_file: PathBuf,
+    pub arbiter_addr: String,
+    pub arbiter: Option<Child>,
+    pub segs: Vec<Seg>,
+}
+
+impl Drop for Pair {
+    fn drop(&mut self) {
+        kill(&mut self.arbiter);
+    }
+}
+
+impl Pair {
+    pub fn start(block_size: u32) -> Pair {
+        // Ports are picked free and bound by the child a moment later:
+        // another process on this machine may take one in between.
+        let mut errors = Vec::new();
+        for _ in 0..5 {
+            match Pair::try_start(block_size) {
+                Ok(p) => return p,
+                Err(e) => errors.push(e),
+            }
+        }
+        panic!("cannot start a pair: {errors:#?}");
+    }
+
+    fn try_start(block_size: u32) -> Result<Pair, String> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key_file = dir.path().join("cluster.key");
+        std::fs::write(&key_file, KEY).unwrap();
+        let key = ClusterKey::from_material(KEY).unwrap();
+        let arbiter_listen = free_addr();
+        let mut segs = Vec::new();
+        let mut addrs = Vec::new();
+        for dbid in [2u32, 3] {
+            let base = dir.path().join(format!("seg{dbid}"));
+            let filespaces = FS
+                .iter()
+                .map(|n| {
+                    let root = base.join(n);
+                    std::fs::create_dir_all(&root).unwrap();
+                    format!("{n}={}", root.display())
+                })
+                .collect();
+            let cfg = SegmentConfig {
+                dbid,
+                content: 0,
+                cluster_id: 0x6d,
+                block_size,
+                filespaces,
+                key_file: key_file.clone(),
+                control_listen: free_addr(),
+                data_listen: free_addr(),
+                socket: base.join("segment.sock"),
+                state_dir: base.join("state"),
+                arbiter: arbiter_listen.clone(),
+                sync_level: "applied".into(),
+                decision_timeout_ms: 2000,
+                ack_timeout_ms: 2000,
+                heartbeat_ms: 100,
+                prefer_uring: true,
+            };
+            let cfg_path = base.join("segment.json");
+            std::fs::write(&cfg_path, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
+            addrs.push(SegmentAddress {
+                dbid,
+                host: "localhost".into(),
+                control: cfg.control_listen.clone(),
+                data: cfg.data_listen.clone(),
+                filespaces: Vec::new(),
+            });
+            segs.push(Seg { cfg, cfg_path, child: None });
+        }
+        let catalog = dir.path().join("catalog.json");
+        Catalog::new(0x6d, block_size, vec![(0, addrs[0].clone(), addrs[1].clone())]).store(&catalog).unwrap();
+        for s in &mut segs {
+            s.try_start()?;
+        }
+        let args: Vec<String> = [
+            "arbiter",
+            "--catalog",
+            &catalog.display().to_string(),
+            "--key-file",
+            &key_file.display().to_string(),
+            "--listen",
+            &arbiter_listen,
+            "--interval-ms",
+            "100",
+            "--timeout-ms",
+            "300",
+            "--retries",
+            "1",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let (arbiter, arbiter_addr) = try_spawn_ready(&args, READY_ARBITER)?;
+        let p = Pair { dir, key, key_file, arbiter_addr, arbiter: Some(arbiter), segs };
+        wait_for("the pair to stream", Duration::from_secs(30), || {
+            p.seg(2).status(&p.key).is_some_and(|s| s.acting == Acting::Primary && s.mode == 's')
+        });
+        Ok(p)
+    }
+
+    pub fn seg(&self, dbid: u32) -> &Seg {
+        &self.segs[(dbid - 2) as usize]
+    }
+
+    pub fn seg_mut(&mut self, dbid: u32) -> &mut Seg {
+        &mut self.segs[(dbid - 2) as usize]
+    }
+
+    pub fn mount(&self, dbid: u32, filespace: &str) -> Mount {
+        self.mount_with(dbid, filespace, &[])
+    }
+
+    pub fn mount_with(&self, dbid: u32, filespace: &str, extra: &[&str]) -> Mount {
+        let path = self.dir.path().join(format!("mnt{dbid}-{filespace}"));
+        std::fs::create_dir_all(&path).unwrap();
+        let mut args = vec![
+            "mount".to_string(),
+            "--config".into(),
+            self.seg(dbid).cfg_path.display().to_string(),
+            "--filespace".into(),
+            filespace.into(),
+            path.display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let (child, shown) = spawn_ready(&args, READY_MOUNT);
+        assert_eq!(PathBuf::from(shown), path.canonicalize().unwrap());
+        Mount { child: Some(child), path }
+    }
+
+    /// The arbiter's catalog.
+    pub fn catalog(&self) -> Catalog {
+        filerep::probe::fetch_catalog(&self.arbiter_addr, &self.key, Duration::from_secs(5)).expect("catalog")
+    }
+
+    /// Run `filerep recover --json` to the end: its exit code, stdout and stderr.
+    pub fn recover(&self, extra: &[&str]) -> (i32, String, String) {
+        let key = self.key_file.display().to_string();
+        let mut args =
+            vec!["recover", "--arbiter", &self.arbiter_addr, "--json", "--timeout", "60", "--key-file", &key];
+        args.extend(extra);
+        let out = Command::new(exe()).args(&args).env("FILEREP_LOG", "warn").output().expect("recover");
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
+    }
+}
+
+pub struct Mount {
+    pub child: Option<Child>,
+    pub path: PathBuf,
+}
+
+/// Whether `path` is a mount point now.
+pub fn mounted(path: &Path) -> bool {
+    let mp = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    info.lines().any(|l| l.split(' ').nth(4) == Some(mp.to_str().unwrap_or("")))
+}
+
+/// Detach a mount (lazily: a dead FUSE mount has users that cannot finish).
+pub fn detach(path: &Path) {
+    if is_root() {
+        let _ = nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH);
+    } else {
+        let _ = Command::new("fusermount3").arg("-uz").arg(path).status();
+    }
+}
+
+impl Mount {
+    pub fn p(&self, rel: &str) -> PathBuf {
+        self.path.join(rel)
+    }
+
+    /// SIGTERM, as an operator would stop it: it unmounts and exits 0.
+    pub fn stop(&mut self) {
+        let Some(mut c) = self.child.take() else { return };
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM)
+            .expect("SIGTERM");
+        let start = Instant::now();
+        let status = loop {
+            if let Some(s) = c.try_wait().expect("wait") {
+                break s;
+            }
+            assert!(start.elapsed() < Duration::from_secs(20), "the mount did not exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(status.success(), "filerep mount exited with {status}");
+        assert!(!mounted(&self.path), "{} is still mounted", self.path.display());
+    }
+
+    /// SIGKILL, as a host crash would end it, then detach the dead mount.
+    pub fn crash(&mut self) {
+        kill(&mut self.child);
+        if mounted(&self.path) {
+            detach(&self.path);
+        }
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        kill(&mut self.child);
+        // Never leave a dead mount behind a failed test.
+        if mounted(&self.path) {
+            detach(&self.path);
+        }
+    }
+}
