@@ -21,6 +21,7 @@ pub mod control;
 pub mod core;
 pub mod disk;
 pub mod error;
+pub mod metrics;
 pub mod mirror;
 pub mod net;
 pub mod path;

@@ -4,6 +4,7 @@
 mod cluster;
 mod demo;
 mod recover;
+mod verify;
 
 use clap::{Parser, Subcommand};
 use filerep::config::{check_block_size, Filespace, StreamTuning, SyncLevel};
@@ -44,6 +45,8 @@ enum Cmd {
     Arbiter(cluster::ArbiterCmd),
     /// Resynchronize pairs that left Synchronized (incremental, or -F full) while their primaries serve.
     Recover(recover::RecoverCmd),
+    /// Compare synchronized pairs online, block by block, with no false mismatches under load (--repair: fix them).
+    Verify(verify::VerifyCmd),
 }
 
 #[derive(clap::Args)]
@@ -187,6 +190,7 @@ fn main() -> ExitCode {
         Cmd::Segment(c) => cluster::run_segment(c).map(|_| ExitCode::SUCCESS).map_err(Into::into),
         Cmd::Arbiter(c) => cluster::run_arbiter(c).map(|_| ExitCode::SUCCESS).map_err(Into::into),
         Cmd::Recover(c) => recover::run(c).map_err(Into::into),
+        Cmd::Verify(c) => verify::run(c).map_err(Into::into),
     };
     match r {
         Ok(code) => code,
