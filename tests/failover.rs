@@ -1224,6 +1224,18 @@ fn verify_finds_a_flipped_byte_on_the_mirror_and_repair_fixes_exactly_that_block
     assert_eq!(rows[0]["kind"], "blocks");
     assert_eq!(rows[0]["blocks"], serde_json::json!([[17, 1]]));
     assert_eq!(rows[0]["repaired"], false);
+    // The same as a table and a summary line.
+    let key = c.key_file.display().to_string();
+    let out = Command::new(exe())
+        .args(["verify", "--arbiter", &c.arbiter_addr, "--key-file", &key])
+        .env("FILEREP_LOG", "off")
+        .output()
+        .expect("verify");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    let row = text.lines().find(|l| l.contains("base/rel")).unwrap_or_else(|| panic!("no row: {text}"));
+    assert!(row.contains("fs_fast") && row.contains("blocks") && row.trim_end().ends_with("17"), "{row}");
+    assert!(text.contains("content 0: differences") && text.contains("1 mismatches (1 blocks)"), "{text}");
     // Repair: exactly that block is shipped, and made durable.
     let (code, pairs, err) = c.verify(&["--repair"]);
     assert_eq!(code, 1, "differences were found: {pairs:?} {err}");

@@ -287,9 +287,12 @@ pub fn run(p: &Primary, opts: &VerifyOptions, progress: &VerifyProgress) -> Resu
         v.dir(fs, None, false)?;
     }
     if v.repaired_any {
-        // Every repair is durable on the mirror before it is reported.
+        // Every repair is durable on the mirror before it is reported. A
+        // loss meanwhile returns from the wait too (the repairs then sit in
+        // the change-log): the check says so.
         p.flush_queue();
         p.wait_all_durable(opts.timeout)?;
+        p.verify_check(attachment)?;
     }
     let mut report = v.report;
     report.summary.millis = started.elapsed().as_millis() as u64;
