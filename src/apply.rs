@@ -522,6 +522,39 @@ mod tests {
     }
 
     #[test]
+    fn list_requests_answer_what_is_there_and_hashes_of_a_directory_do_not_fail() {
+        let disk = Arc::new(SimDisk::new(1));
+        let mut a = Applier::new(disk.clone(), 1);
+        a.apply(&[op(1, Op::Mkdir { path: p("d") }), op(2, Op::Create { id: 1, path: p("d/f") })]).unwrap();
+        let list =
+            |seq, path: Option<&str>| op(seq, Op::List { filespace: 0, path: path.map(|x| RelPath::new(x).unwrap()) });
+        a.apply(&[
+            list(3, None),
+            list(4, Some("d")),
+            list(5, Some("d/f")),
+            list(6, Some("missing")),
+            op(7, Op::Hash { id: 2, path: p("d"), first: 0, count: 2, block_size: 8192 }),
+        ])
+        .unwrap();
+        let empty = xxhash_rust::xxh3::xxh3_64(b"");
+        let r = a.take_replies();
+        let dir = |kids: &[(&str, ListedKind)]| {
+            ListingBody::build(ListedKind::Dir, &kids.iter().map(|(n, k)| (n.to_string(), *k)).collect::<Vec<_>>())
+        };
+        assert_eq!(
+            r,
+            vec![
+                Reply::Listing { seq: 3, body: dir(&[("d", ListedKind::Dir)]) },
+                Reply::Listing { seq: 4, body: dir(&[("f", ListedKind::File)]) },
+                Reply::Listing { seq: 5, body: ListingBody::build(ListedKind::File, &[]) },
+                Reply::Listing { seq: 6, body: ListingBody::build(ListedKind::Absent, &[]) },
+                Reply::Hashes { seq: 7, hashes: vec![empty, empty] },
+            ]
+        );
+        assert_eq!(a.applied(), 7);
+    }
+
+    #[test]
     fn reconcile_makes_paths_what_the_primary_has_and_prunes_the_rest() {
         use crate::protocol::{ChildKind, ReconcileEntry};
         let disk = Arc::new(SimDisk::new(1));

@@ -769,6 +769,33 @@ mod listing_tests {
     }
 
     #[test]
+    fn random_and_mutated_listings_never_panic_and_what_decodes_re_encodes() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let kids: Vec<(String, ListedKind)> =
+            (0..20).map(|i| (format!("n{i}"), if i % 3 == 0 { ListedKind::Dir } else { ListedKind::File })).collect();
+        let good = ListingBody::build(ListedKind::Dir, &kids).encode();
+        for _ in 0..20_000 {
+            let mut b = if rng.gen_bool(0.5) {
+                (0..rng.gen_range(0..64)).map(|_| rng.gen()).collect::<Vec<u8>>()
+            } else {
+                good.clone()
+            };
+            for _ in 0..rng.gen_range(0..4) {
+                if b.is_empty() {
+                    break;
+                }
+                let i = rng.gen_range(0..b.len());
+                b[i] = rng.gen();
+            }
+            b.truncate(rng.gen_range(0..=b.len()));
+            if let Ok(l) = ListingBody::decode(&b) {
+                assert_eq!(ListingBody::decode(&l.encode()), Ok(l));
+            }
+        }
+    }
+
+    #[test]
     fn a_listing_too_large_for_one_body_is_cut_but_hashed_whole() {
         let kids: Vec<(String, ListedKind)> = (0..2000).map(|i| (format!("{i:0>200}"), ListedKind::File)).collect();
         let l = ListingBody::build(ListedKind::Dir, &kids);
