@@ -1409,6 +1409,13 @@ impl Primary {
         let inner = &self.inner;
         inner.wait_mark(synced, Mark::Synced, Some(Instant::now() + timeout))?;
         let t = inner.tracking.as_ref().ok_or_else(|| Error::InvalidArgument("no change tracking".into()))?;
+        // Calls quiesced (every stripe, then the namespace: the order every
+        // caller takes them in), so no cover starts meanwhile and the
+        // activity log's table is exactly what it has recorded: entries it
+        // holds are not cleared (a newer write they cover may not be on the
+        // mirror yet). Held for one group commit, once per checkpoint.
+        let _all = inner.all_file_stripes();
+        let _ns = inner.namespace.write().unwrap_or_else(|e| e.into_inner());
         // With the record lock: a loss either comes after (its window, with
         // any newer write of these blocks, is recorded after this) or before
         // (then nothing is cleared).
@@ -1416,7 +1423,11 @@ impl Primary {
         if let Some(l) = lock(&inner.marks).lost.clone() {
             return Err(Error::MirrorLost(l));
         }
-        t.changelog.clear_entries(blocks, paths).map_err(|e| inner.tracking_failed(e))?;
+        let (blocks, paths) = match &inner.activity {
+            Some(al) => al.without_hot(blocks, paths),
+            None => (blocks.clone(), paths.to_vec()),
+        };
+        t.changelog.clear_entries(&blocks, &paths).map_err(|e| inner.tracking_failed(e))?;
         inner.prune_window(synced, flushed);
         Ok(())
     }

@@ -189,6 +189,11 @@ impl Cluster {
     /// An arbiter and two segments (dbid 2 preferred primary, dbid 3
     /// preferred mirror), started and synchronized.
     fn start(links: Links) -> Cluster {
+        Cluster::start_with(links, false)
+    }
+
+    /// The same, with `/metrics` served by each segment when `metrics` is set.
+    fn start_with(links: Links, metrics: bool) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let key_file = dir.path().join("cluster.key");
         std::fs::write(&key_file, KEY).unwrap();
@@ -245,7 +250,7 @@ impl Cluster {
                 ack_timeout_ms: ACK_TIMEOUT_MS,
                 heartbeat_ms: 100,
                 prefer_uring: true,
-                metrics_listen: Some(free_addr()),
+                metrics_listen: metrics.then(free_addr),
             };
             let cfg_path = base.join("segment.json");
             std::fs::write(&cfg_path, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
@@ -1351,7 +1356,7 @@ fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
 
 #[test]
 fn metrics_show_operations_moving_and_the_lag_draining_after_a_sync() {
-    let c = Cluster::start(Links::Direct);
+    let c = Cluster::start_with(Links::Direct, true);
     let addr = c.seg(2).cfg.metrics_listen.clone().unwrap();
     let scrape = || {
         let (code, ctype, body) = http_get(&addr, "/metrics");
