@@ -17,7 +17,7 @@ use crate::disk::{
     remove_tree, BatchWrite, Disk, DiskError, DiskErrorKind, DiskFile, DiskResult, EntryKind, FsPath, OpenMode,
 };
 use crate::path::RelPath;
-use crate::protocol::{ChildKind, ReconcileEntry};
+use crate::protocol::{ChildKind, ListedKind, ListingBody, ReconcileEntry};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -33,6 +33,23 @@ pub struct ApplyError {
     pub op: &'static str,
     #[source]
     pub error: DiskError,
+}
+
+/// An answer the mirror owes the primary once the batch is applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// To a HashRequest: one xxh3 per block.
+    Hashes { seq: u64, hashes: Vec<u64> },
+    /// To a ListRequest.
+    Listing { seq: u64, body: ListingBody },
+}
+
+fn listed(k: EntryKind) -> ListedKind {
+    match k {
+        EntryKind::File => ListedKind::File,
+        EntryKind::Dir => ListedKind::Dir,
+        EntryKind::Other => ListedKind::Other,
+    }
 }
 
 /// One validated operation with its sequence number.
@@ -98,8 +115,8 @@ pub struct Applier {
     /// Dirty directories that were renamed or removed since: no longer
     /// reachable by their old name, still synced by the next job.
     moved_dirs: Vec<Arc<dyn DiskFile>>,
-    /// Answers to hash requests, for the session to send after the batch.
-    hash_replies: Vec<(u64, Vec<u64>)>,
+    /// Answers to hash and list requests, for the session to send after the batch.
+    replies: Vec<Reply>,
     /// Files whose length a resync set, until the next sync job.
     reconciled: Vec<Arc<dyn DiskFile>>,
     /// Files whose sync or flush frames wait for the next job.
@@ -122,7 +139,7 @@ impl Applier {
             dirty_dirs: BTreeMap::new(),
             moved_dirs: Vec::new(),
             reconciled: Vec::new(),
-            hash_replies: Vec::new(),
+            replies: Vec::new(),
             sync_requests: HashMap::new(),
             dirs_requested: false,
             full_requested: false,
@@ -400,21 +417,52 @@ impl Applier {
             Op::Hash { id, path, first, count, block_size } => {
                 let file = match self.file(seq, *id, path) {
                     Ok(f) => Some(f),
-                    Err(e) if e.error.kind == crate::disk::DiskErrorKind::NotFound => None,
+                    // Not a regular file here (missing, a directory, a symlink):
+                    // it hashes as empty, and the primary sees the difference.
+                    Err(e) if matches!(e.error.kind, DiskErrorKind::NotFound | DiskErrorKind::Escapes) => None,
+                    Err(_) if self.disk.entry_kind(path).is_ok_and(|k| k != Some(EntryKind::File)) => None,
                     Err(e) => return Err(e),
                 };
                 let hashes =
                     crate::resync::hash_blocks(file.as_deref(), *first, *count, *block_size).map_err(err("hash"))?;
-                self.hash_replies.push((seq, hashes));
+                self.replies.push(Reply::Hashes { seq, hashes });
+            }
+            Op::List { filespace, path } => {
+                let body = self.listing(*filespace, path.as_ref()).map_err(err("list"))?;
+                self.replies.push(Reply::Listing { seq, body });
             }
         }
         self.applied = seq;
         Ok(())
     }
 
-    /// Answers to hash requests applied since the last call.
-    pub fn take_hash_replies(&mut self) -> Vec<(u64, Vec<u64>)> {
-        std::mem::take(&mut self.hash_replies)
+    /// What a directory holds here, for a verification's list request. A
+    /// path that is not a directory lists as what it is, with no children.
+    fn listing(&self, fs: u16, path: Option<&RelPath>) -> Result<ListingBody, DiskError> {
+        let kind = match path {
+            None => Some(EntryKind::Dir),
+            Some(p) => match self.disk.entry_kind(&FsPath::new(fs, p.clone())) {
+                Ok(k) => k,
+                // A symlink on the way: nothing the primary could have made.
+                Err(e) if e.kind == DiskErrorKind::Escapes => Some(EntryKind::Other),
+                Err(e) => return Err(e),
+            },
+        };
+        Ok(match kind {
+            None => ListingBody::build(ListedKind::Absent, &[]),
+            Some(EntryKind::File) => ListingBody::build(ListedKind::File, &[]),
+            Some(EntryKind::Other) => ListingBody::build(ListedKind::Other, &[]),
+            Some(EntryKind::Dir) => {
+                let children: Vec<(String, ListedKind)> =
+                    self.disk.list_dir(fs, path)?.into_iter().map(|(n, k)| (n, listed(k))).collect();
+                ListingBody::build(ListedKind::Dir, &children)
+            }
+        })
+    }
+
+    /// Answers to hash and list requests applied since the last call, in order.
+    pub fn take_replies(&mut self) -> Vec<Reply> {
+        std::mem::take(&mut self.replies)
     }
 
     /// Resync: make one path what the primary has. Removed files may have
@@ -606,6 +654,39 @@ mod tests {
         // A directory the primary removed goes with whatever this mirror still has in it.
         a.apply(&[up(10, Op::Create { id: 12, path: p("m/n/stale") }), up(11, Op::Rmdir { path: p("m/n") })]).unwrap();
         assert!(!disk.snapshot().contains_key(&(0, "m/n".to_string())));
+    }
+
+    #[test]
+    fn list_requests_answer_what_is_there_and_hashes_of_a_directory_do_not_fail() {
+        let disk = Arc::new(SimDisk::new(1));
+        let mut a = Applier::new(disk.clone(), 1);
+        a.apply(&[op(1, Op::Mkdir { path: p("d") }), op(2, Op::Create { id: 1, path: p("d/f") })]).unwrap();
+        let list =
+            |seq, path: Option<&str>| op(seq, Op::List { filespace: 0, path: path.map(|x| RelPath::new(x).unwrap()) });
+        a.apply(&[
+            list(3, None),
+            list(4, Some("d")),
+            list(5, Some("d/f")),
+            list(6, Some("missing")),
+            op(7, Op::Hash { id: 2, path: p("d"), first: 0, count: 2, block_size: 8192 }),
+        ])
+        .unwrap();
+        let empty = xxhash_rust::xxh3::xxh3_64(b"");
+        let r = a.take_replies();
+        let dir = |kids: &[(&str, ListedKind)]| {
+            ListingBody::build(ListedKind::Dir, &kids.iter().map(|(n, k)| (n.to_string(), *k)).collect::<Vec<_>>())
+        };
+        assert_eq!(
+            r,
+            vec![
+                Reply::Listing { seq: 3, body: dir(&[("d", ListedKind::Dir)]) },
+                Reply::Listing { seq: 4, body: dir(&[("f", ListedKind::File)]) },
+                Reply::Listing { seq: 5, body: ListingBody::build(ListedKind::File, &[]) },
+                Reply::Listing { seq: 6, body: ListingBody::build(ListedKind::Absent, &[]) },
+                Reply::Hashes { seq: 7, hashes: vec![empty, empty] },
+            ]
+        );
+        assert_eq!(a.applied(), 7);
     }
 
     #[test]

@@ -124,9 +124,13 @@ pub struct Recovery {
     pub torn_bytes: u64,
 }
 
-#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ChangeLogStats {
+    /// Blocks named exactly.
     pub distinct_blocks: u64,
+    /// Extents of [`EXTENT_BLOCKS`] blocks named as "may differ" (activity log, crash recovery).
+    #[serde(default)]
+    pub extents: u64,
     pub touched_paths: u64,
     pub bytes_on_disk: u64,
     pub groups_written: u64,
@@ -740,6 +744,7 @@ impl ChangeLog {
         let s = lock(&self.shared);
         ChangeLogStats {
             distinct_blocks: s.inner.set.distinct_blocks(),
+            extents: s.inner.set.extents.values().map(|e| e.len() as u64).sum(),
             touched_paths: s.inner.set.touched.len() as u64,
             bytes_on_disk: s.inner.len,
             groups_written: s.inner.groups_written,

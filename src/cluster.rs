@@ -230,6 +230,8 @@ pub fn segment_config(
         ack_timeout_ms: 3000,
         heartbeat_ms: 200,
         prefer_uring: true,
+        // Prometheus metrics are asked for per segment (docs/operations.md, Metrics).
+        metrics_listen: None,
     })
 }
 

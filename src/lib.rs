@@ -23,6 +23,7 @@ pub mod core;
 pub mod disk;
 pub mod error;
 pub mod layout;
+pub mod metrics;
 pub mod mirror;
 pub mod mount;
 pub mod net;

@@ -500,9 +500,9 @@ impl MirrorServer {
                     break SessionEnd::ApplyFailed(e.to_string());
                 }
             }
-            let replies = applier.take_hash_replies();
-            if !replies.is_empty() && !acks.hashes(replies) {
-                break SessionEnd::Disconnected("sending hashes failed".into());
+            let replies = applier.take_replies();
+            if !replies.is_empty() && !acks.replies(replies) {
+                break SessionEnd::Disconnected("sending hashes or a listing failed".into());
             }
             if shutdown {
                 break SessionEnd::Shutdown;
@@ -573,13 +573,19 @@ impl AckSender {
         w.send_all(&[IoSlice::new(&ack.to_frame().to_vec())]).is_ok()
     }
 
-    /// Answer hash requests (compare-mode resync), in order.
-    fn hashes(&self, replies: Vec<(u64, Vec<u64>)>) -> bool {
+    /// Answer hash requests (compare-mode resync, verification) and list
+    /// requests (verification), in order.
+    fn replies(&self, replies: Vec<crate::apply::Reply>) -> bool {
         let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        for (seq, hashes) in replies {
-            let mut h = Header::new(Kind::Hashes);
+        for reply in replies {
+            let (kind, seq, body) = match reply {
+                crate::apply::Reply::Hashes { seq, hashes } => {
+                    (Kind::Hashes, seq, hashes.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>())
+                }
+                crate::apply::Reply::Listing { seq, body } => (Kind::Listing, seq, body.encode()),
+            };
+            let mut h = Header::new(kind);
             h.seq = seq;
-            let body: Vec<u8> = hashes.iter().flat_map(|x| x.to_le_bytes()).collect();
             let f = Frame::new(h, Bytes::from(body));
             if w.send_all(&[IoSlice::new(&f.to_vec())]).is_err() {
                 return false;

@@ -129,10 +129,12 @@ pub struct StatsSnapshot {
     pub acked_durable: u64,
 }
 
-/// A frame waiting to be sent: encoded header and body.
+/// A frame waiting to be sent: encoded header and body, and its sequence
+/// number (0 for control frames and binds) for the "sent through" counter.
 struct Out {
     header: [u8; HEADER_LEN],
     body: Bytes,
+    seq: u64,
 }
 
 struct Queue {
@@ -143,6 +145,101 @@ struct Queue {
     pending_bytes: usize,
     /// A caller is draining `pending` into the socket; others leave it to them.
     sending: bool,
+    /// Wire bytes of every frame ever queued (all sessions), for the lag figures.
+    bytes_queued: u64,
+}
+
+/// Operations whose cumulative byte count is remembered by sequence number:
+/// the byte lag is exact while fewer operations than this are unacknowledged.
+const LAG_RING: usize = 1 << 16;
+
+/// Replication counters for status probes and `/metrics`. The write path
+/// pays a few relaxed stores into them under the queue lock it already
+/// holds; everything else is derived when they are read.
+struct Counters {
+    /// Last sequence number assigned, and last one written to the socket (this session).
+    last_assigned: AtomicU64,
+    last_sent: AtomicU64,
+    /// `Queue::bytes_queued`, readable without the lock.
+    bytes_queued: AtomicU64,
+    /// `bytes_queued` just after operation `seq` was queued, at `seq % LAG_RING`.
+    bytes_at: Box<[AtomicU64]>,
+    /// Operations assigned in earlier sessions (a mirror taken back restarts at 1),
+    /// and `bytes_queued` when this session began.
+    ops_base: AtomicU64,
+    bytes_base: AtomicU64,
+    /// When the last acknowledgement arrived (ms since the epoch + 1; 0: none yet).
+    last_ack_ms: AtomicU64,
+}
+
+impl Counters {
+    fn new() -> Counters {
+        Counters {
+            last_assigned: AtomicU64::new(0),
+            last_sent: AtomicU64::new(0),
+            bytes_queued: AtomicU64::new(0),
+            bytes_at: (0..LAG_RING).map(|_| AtomicU64::new(0)).collect(),
+            ops_base: AtomicU64::new(0),
+            bytes_base: AtomicU64::new(0),
+            last_ack_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// Bytes queued up to and including operation `seq` of this session:
+    /// exact from the ring while `seq` is recent, else prorated.
+    fn bytes_through(&self, seq: u64, last: u64, total: u64) -> u64 {
+        let base = self.bytes_base.load(Ordering::Relaxed);
+        if seq == 0 {
+            return base;
+        }
+        if seq >= last {
+            return total;
+        }
+        if last - seq < LAG_RING as u64 {
+            return self.bytes_at[(seq % LAG_RING as u64) as usize].load(Ordering::Relaxed).clamp(base, total);
+        }
+        base + ((total - base) as u128 * seq as u128 / last as u128) as u64
+    }
+}
+
+/// Replication figures of one primary (`filerep segment` status, `/metrics`).
+/// Operations are sequence-numbered changes shipped to the mirror; bytes are
+/// wire bytes (headers included). Totals count every session of this
+/// primary; lags, in-flight and queue figures are zero unless streaming.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct ReplicationStats {
+    /// Operations queued for the mirror.
+    pub ops_sent: u64,
+    /// Operations the mirror acknowledged applied, synced, durable.
+    pub ops_applied: u64,
+    pub ops_synced: u64,
+    pub ops_durable: u64,
+    /// Bytes queued for the mirror, and written to the socket.
+    pub bytes_queued: u64,
+    pub bytes_sent: u64,
+    /// Bytes of the operations acknowledged applied and durable.
+    pub bytes_applied: u64,
+    pub bytes_durable: u64,
+    pub frames_sent: u64,
+    pub batches_sent: u64,
+    /// Written to the socket, not yet acknowledged applied.
+    pub in_flight_ops: u64,
+    /// Queued, not yet applied on the mirror (operations, bytes).
+    pub lag_ops: u64,
+    pub lag_bytes: u64,
+    /// Queued, not yet durable on the mirror.
+    pub durable_lag_ops: u64,
+    pub durable_lag_bytes: u64,
+    /// Frames and bytes waiting to be written to the socket.
+    pub queue_frames: u64,
+    pub queue_bytes: u64,
+    /// Changes shipped but not yet durable on the mirror (what a loss records).
+    pub window_changes: u64,
+    /// Milliseconds since the last acknowledgement (`None`: none this session).
+    pub since_ack_ms: Option<u64>,
+    /// Streaming sessions so far (1, plus each mirror taken back).
+    pub sessions: u64,
 }
 
 /// Which acknowledgement watermark a caller waits for.
@@ -235,7 +332,12 @@ struct Inner {
     /// sequence number: the count asked), and answers not yet taken.
     hash_wanted: Mutex<HashMap<u64, u32>>,
     hash_answers: Mutex<HashMap<u64, Vec<u64>>>,
+    /// Verification: list requests awaiting the mirror's listing, and
+    /// listings not yet taken (signalled on `hash_cv` too).
+    list_wanted: Mutex<std::collections::HashSet<u64>>,
+    list_answers: Mutex<HashMap<u64, crate::protocol::ListingBody>>,
     hash_cv: Condvar,
+    counters: Counters,
 }
 
 /// The primary side of a pair. Cheap to share: wrap it in an `Arc` and call
@@ -331,6 +433,7 @@ impl Primary {
                 pending_bytes: 0,
                 sending: false,
                 window: std::collections::VecDeque::new(),
+                bytes_queued: 0,
             }),
             mode: Mutex::new(Mode::Streaming),
             mode_cv: Condvar::new(),
@@ -361,7 +464,10 @@ impl Primary {
             attachments: AtomicU64::new(0),
             hash_wanted: Mutex::new(HashMap::new()),
             hash_answers: Mutex::new(HashMap::new()),
+            list_wanted: Mutex::new(std::collections::HashSet::new()),
+            list_answers: Mutex::new(HashMap::new()),
             hash_cv: Condvar::new(),
+            counters: Counters::new(),
         });
         tracing::debug!(backend = inner.disk.name(), "primary local I/O");
         let _ = inner.me.set(Arc::downgrade(&inner));
@@ -406,6 +512,49 @@ impl Primary {
             batches_sent: s.batches_sent.load(Ordering::Relaxed),
             acked_applied: ack.applied,
             acked_durable: ack.durable,
+        }
+    }
+
+    /// Replication figures (cheap: atomics, and the queue lock for a moment).
+    pub fn replication(&self) -> ReplicationStats {
+        let inner = &self.inner;
+        let c = &inner.counters;
+        let (queue_frames, queue_bytes, window_changes) = {
+            let q = lock(&inner.queue);
+            (q.pending.len() as u64, q.pending_bytes as u64, q.window.len() as u64)
+        };
+        let last = c.last_assigned.load(Ordering::Relaxed);
+        let sent = c.last_sent.load(Ordering::Relaxed).min(last);
+        let total = c.bytes_queued.load(Ordering::Relaxed);
+        let base = c.ops_base.load(Ordering::Relaxed);
+        let mark = |m: Mark| inner.mark_copies[m as usize].load(Ordering::Acquire).min(last);
+        let (applied, synced, durable) = (mark(Mark::Applied), mark(Mark::Synced), mark(Mark::Durable));
+        let streaming = self.mode() == Mode::Streaming && lock(&inner.marks).lost.is_none();
+        let (bytes_applied, bytes_durable) =
+            (c.bytes_through(applied, last, total), c.bytes_through(durable, last, total));
+        let live = |x: u64| if streaming { x } else { 0 };
+        let ack = c.last_ack_ms.load(Ordering::Relaxed);
+        ReplicationStats {
+            ops_sent: base + last,
+            ops_applied: base + applied,
+            ops_synced: base + synced,
+            ops_durable: base + durable,
+            bytes_queued: total,
+            bytes_sent: inner.stats.wire_bytes_sent.load(Ordering::Relaxed),
+            bytes_applied,
+            bytes_durable,
+            frames_sent: inner.stats.frames_sent.load(Ordering::Relaxed),
+            batches_sent: inner.stats.batches_sent.load(Ordering::Relaxed),
+            in_flight_ops: live(sent.saturating_sub(applied)),
+            lag_ops: live(last - applied),
+            lag_bytes: live(total.saturating_sub(bytes_applied)),
+            durable_lag_ops: live(last - durable),
+            durable_lag_bytes: live(total.saturating_sub(bytes_durable)),
+            queue_frames: live(queue_frames),
+            queue_bytes: live(queue_bytes),
+            window_changes,
+            since_ack_ms: (ack > 0 && streaming).then(|| inner.now_ms().saturating_sub(ack - 1)),
+            sessions: inner.attachments.load(Ordering::SeqCst) + 1,
         }
     }
 
@@ -873,7 +1022,7 @@ impl Primary {
             let last = q.stream.last_seq();
             let mut h = Header::new(Kind::Shutdown);
             h.offset = last;
-            q.pending.push(Out { header: h.encode(), body: Bytes::new() });
+            Inner::push_out(&mut q, h, Bytes::new());
             last
         };
         inner.flush();
@@ -898,6 +1047,26 @@ impl Primary {
         }
         result.map(|_| last)
     }
+}
+
+/// A hash request queued with [`Primary::queue_hashes`]: blocks
+/// `first..first + local.len()`, their hashes here, the request's sequence
+/// number, and the file's size when they were read (blocks, and the bytes
+/// of the range that lay inside the file).
+pub(crate) struct HashTicket {
+    pub first: u64,
+    pub local: Vec<u64>,
+    pub seq: u64,
+    pub blocks: u64,
+    pub bytes: u64,
+}
+
+/// A list request queued with [`Primary::queue_listing`]: what the path is
+/// here, its children here (sorted by name), and the request's sequence number.
+pub(crate) struct ListTicket {
+    pub kind: Option<crate::disk::EntryKind>,
+    pub children: Vec<(String, crate::disk::EntryKind)>,
+    pub seq: u64,
 }
 
 /// What a path is on the primary, as a resync found it and shipped it.
@@ -946,6 +1115,11 @@ impl Primary {
                 q.pending.clear();
                 q.pending_bytes = 0;
                 q.window.clear();
+                let c = &inner.counters;
+                c.ops_base.fetch_add(c.last_assigned.swap(0, Ordering::Relaxed), Ordering::Relaxed);
+                c.last_sent.store(0, Ordering::Relaxed);
+                c.bytes_base.store(q.bytes_queued, Ordering::Relaxed);
+                c.last_ack_ms.store(0, Ordering::Relaxed);
             }
             for m in &inner.mark_copies {
                 m.store(0, Ordering::Release);
@@ -1097,31 +1271,51 @@ impl Primary {
         count: u32,
         timeout: Duration,
     ) -> Result<Option<(Vec<u64>, Vec<u64>)>> {
+        let Some(t) = self.queue_hashes(p, |_| (first, count))? else { return Ok(None) };
+        self.inner.flush();
+        let remote = self.await_hashes(t.seq, timeout)?;
+        Ok(Some((t.local, remote)))
+    }
+
+    /// Queue a hash request for blocks of `p` chosen by `pick` from the
+    /// file's current size in blocks (a partial last block counts): the
+    /// local hashes are read and the request queued with the file locked
+    /// against writes, so both sides hash the same point of the stream.
+    /// `None` if the file is gone here. Not sent yet (see `flush_queue`).
+    pub(crate) fn queue_hashes(&self, p: &FsPath, pick: impl FnOnce(u64) -> (u64, u32)) -> Result<Option<HashTicket>> {
         let inner = &self.inner;
         inner.usable()?;
+        let bs = inner.identity.block_size as u64;
+        let _f = inner.file_stripe(p).write().unwrap_or_else(|e| e.into_inner());
+        inner.check_open()?;
+        let Some(file) = inner.file_if_present(p)? else { return Ok(None) };
+        let len = file.len()?;
+        let blocks = len.div_ceil(bs);
+        let (first, count) = pick(blocks);
         if count == 0 || count > crate::protocol::MAX_HASH_BLOCKS {
             return Err(Error::InvalidArgument(format!("{count} blocks do not fit one hash request")));
         }
-        let (local, seq) = {
-            let _f = inner.file_stripe(p).write().unwrap_or_else(|e| e.into_inner());
-            inner.check_open()?;
-            let Some(file) = inner.file_if_present(p)? else { return Ok(None) };
-            let local = crate::resync::hash_blocks(Some(file.as_ref()), first, count, inner.identity.block_size)?;
-            let mut h = Header::new(Kind::HashRequest);
-            h.offset = first;
-            h.aux = count;
-            // Registered before it can be answered.
-            let mut wanted = lock(&inner.hash_wanted);
-            let seq = inner.ship(p, h, Bytes::new(), 0, None)?;
-            wanted.insert(seq, count);
-            (local, seq)
-        };
-        inner.flush();
+        let local = crate::resync::hash_blocks(Some(file.as_ref()), first, count, inner.identity.block_size)?;
+        let end = (first + count as u64).saturating_mul(bs).min(len);
+        let bytes = end.saturating_sub(first.saturating_mul(bs));
+        let mut h = Header::new(Kind::HashRequest);
+        h.offset = first;
+        h.aux = count;
+        // Registered before it can be answered.
+        let mut wanted = lock(&inner.hash_wanted);
+        let seq = inner.ship(p, h, Bytes::new(), 0, None)?;
+        wanted.insert(seq, count);
+        Ok(Some(HashTicket { first, local, seq, blocks, bytes }))
+    }
+
+    /// The mirror's answer to the hash request `seq`.
+    pub(crate) fn await_hashes(&self, seq: u64, timeout: Duration) -> Result<Vec<u64>> {
+        let inner = &self.inner;
         let deadline = Instant::now() + timeout;
         let mut answers = lock(&inner.hash_answers);
         loop {
             if let Some(remote) = answers.remove(&seq) {
-                return Ok(Some((local, remote)));
+                return Ok(remote);
             }
             if let Some(l) = lock(&inner.marks).lost.clone() {
                 lock(&inner.hash_wanted).remove(&seq);
@@ -1138,6 +1332,93 @@ impl Primary {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
+    }
+
+    /// Verification: list directory `dir` of filespace `fs` (`None`: its
+    /// root) here, and queue a request for the mirror's listing, with the
+    /// namespace locked: every create, unlink, rename and directory change
+    /// is then either in both listings or in neither.
+    pub(crate) fn queue_listing(&self, fs: u16, dir: Option<&RelPath>) -> Result<ListTicket> {
+        use crate::disk::EntryKind;
+        let inner = &self.inner;
+        inner.usable()?;
+        if fs as usize >= inner.filespaces.len() {
+            return Err(Error::InvalidArgument(format!("filespace {fs} does not exist")));
+        }
+        let _ns = inner.namespace.write().unwrap_or_else(|e| e.into_inner());
+        inner.check_open()?;
+        let kind = match dir {
+            Some(d) => inner.disk.entry_kind(&FsPath::new(fs, d.clone()))?,
+            None => Some(EntryKind::Dir),
+        };
+        let children = match kind {
+            Some(EntryKind::Dir) => inner.disk.list_dir(fs, dir)?,
+            _ => Vec::new(),
+        };
+        let mut h = Header::new(Kind::ListRequest);
+        h.filespace = fs;
+        let body = Bytes::copy_from_slice(dir.map(|d| d.as_str().as_bytes()).unwrap_or_default());
+        let mut wanted = lock(&inner.list_wanted);
+        let seq = inner.ship_unbound(h, body, None)?;
+        wanted.insert(seq);
+        Ok(ListTicket { kind, children, seq })
+    }
+
+    /// The mirror's answer to the list request `seq`.
+    pub(crate) fn await_listing(&self, seq: u64, timeout: Duration) -> Result<crate::protocol::ListingBody> {
+        let inner = &self.inner;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(l) = lock(&inner.list_answers).remove(&seq) {
+                return Ok(l);
+            }
+            if let Some(l) = lock(&inner.marks).lost.clone() {
+                lock(&inner.list_wanted).remove(&seq);
+                return Err(Error::MirrorLost(l));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                lock(&inner.list_wanted).remove(&seq);
+                return Err(Error::MirrorLost(format!("no listing for #{seq} in time")));
+            }
+            // Answers are signalled on the hash condvar, under the hash answers' lock.
+            let answers = lock(&inner.hash_answers);
+            if lock(&inner.list_answers).contains_key(&seq) {
+                continue;
+            }
+            drop(inner.hash_cv.wait_timeout(answers, left.min(Duration::from_millis(50))));
+        }
+    }
+
+    /// Send whatever is queued (verification and resync requests).
+    pub(crate) fn flush_queue(&self) {
+        self.inner.flush();
+    }
+
+    /// Verification goes on only while the pair streams with the mirror
+    /// it started with, and no resync runs.
+    pub(crate) fn verify_check(&self, attachment: u64) -> Result<()> {
+        if let Some(l) = self.mirror_lost() {
+            return Err(Error::MirrorLost(l));
+        }
+        if self.attachment() != attachment {
+            return Err(Error::MirrorLost("the mirror was lost and taken back during the verification".into()));
+        }
+        match self.mode() {
+            Mode::Streaming if self.resyncing() => {
+                Err(Error::Rejected("the mirror is being resynchronized: nothing to verify until it is done".into()))
+            }
+            Mode::Streaming => Ok(()),
+            m => Err(Error::Rejected(format!("the pair is not streaming ({m:?})"))),
+        }
+    }
+
+    /// Wait until everything queued so far is durable on the mirror, files
+    /// and directory entries (its checkpoint runs at least once a second).
+    pub(crate) fn wait_all_durable(&self, timeout: Duration) -> Result<()> {
+        let last = lock(&self.inner.queue).stream.last_seq();
+        self.inner.flush();
+        self.inner.wait_mark(last, Mark::Durable, Some(Instant::now() + timeout))
     }
 
     /// Resync: send whatever copies are queued.
@@ -1175,6 +1456,13 @@ impl Primary {
         let inner = &self.inner;
         inner.wait_mark(synced, Mark::Synced, Some(Instant::now() + timeout))?;
         let t = inner.tracking.as_ref().ok_or_else(|| Error::InvalidArgument("no change tracking".into()))?;
+        // Calls quiesced (every stripe, then the namespace: the order every
+        // caller takes them in), so no cover starts meanwhile and the
+        // activity log's table is exactly what it has recorded: entries it
+        // holds are not cleared (a newer write they cover may not be on the
+        // mirror yet). Held for one group commit, once per checkpoint.
+        let _all = inner.all_file_stripes();
+        let _ns = inner.namespace.write().unwrap_or_else(|e| e.into_inner());
         // With the record lock: a loss either comes after (its window, with
         // any newer write of these blocks, is recorded after this) or before
         // (then nothing is cleared).
@@ -1182,7 +1470,11 @@ impl Primary {
         if let Some(l) = lock(&inner.marks).lost.clone() {
             return Err(Error::MirrorLost(l));
         }
-        t.changelog.clear_entries(blocks, paths).map_err(|e| inner.tracking_failed(e))?;
+        let (blocks, paths) = match &inner.activity {
+            Some(al) => al.without_hot(blocks, paths),
+            None => (blocks.clone(), paths.to_vec()),
+        };
+        t.changelog.clear_entries(&blocks, &paths).map_err(|e| inner.tracking_failed(e))?;
         inner.prune_window(synced, flushed);
         Ok(())
     }
@@ -1326,6 +1618,20 @@ impl Inner {
         }
         let hashes = body.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default())).collect();
         lock(&self.hash_answers).insert(seq, hashes);
+        self.hash_cv.notify_all();
+        Ok(())
+    }
+
+    /// A Listing frame: accepted only as the answer to a list request we
+    /// made, and only well formed.
+    fn listing_arrived(&self, seq: u64, body: &[u8]) -> std::result::Result<(), String> {
+        if !lock(&self.list_wanted).remove(&seq) {
+            return Err(format!("unasked-for listing for #{seq}"));
+        }
+        let listing = crate::protocol::ListingBody::decode(body).map_err(|e| format!("listing for #{seq}: {e}"))?;
+        lock(&self.list_answers).insert(seq, listing);
+        // Under the lock a waiter checks before it sleeps: no wake-up is lost.
+        let _answers = lock(&self.hash_answers);
         self.hash_cv.notify_all();
         Ok(())
     }
@@ -1698,12 +2004,18 @@ impl Inner {
         }
         q.stream.on_sent(self.now_ms());
         Self::push_out(q, h, body);
+        let c = &self.counters;
+        c.bytes_at[(h.seq % LAG_RING as u64) as usize].store(q.bytes_queued, Ordering::Relaxed);
+        c.bytes_queued.store(q.bytes_queued, Ordering::Relaxed);
+        c.last_assigned.store(h.seq, Ordering::Relaxed);
         h.seq
     }
 
     fn push_out(q: &mut Queue, h: Header, body: Bytes) {
-        q.pending_bytes += HEADER_LEN + body.len();
-        q.pending.push(Out { header: h.encode(), body });
+        let n = HEADER_LEN + body.len();
+        q.pending_bytes += n;
+        q.bytes_queued += n as u64;
+        q.pending.push(Out { header: h.encode(), body, seq: h.seq });
     }
 
     /// Send what is queued, unless another caller already is: that one
@@ -1746,6 +2058,8 @@ impl Inner {
         let r = lock(&self.sock).send_all(&slices);
         match r {
             Ok(()) => {
+                let top = batch.iter().map(|o| o.seq).max().unwrap_or(0);
+                self.counters.last_sent.fetch_max(top, Ordering::Relaxed);
                 self.stats.frames_sent.fetch_add(batch.len() as u64, Ordering::Relaxed);
                 self.stats.wire_bytes_sent.fetch_add(wire, Ordering::Relaxed);
                 self.stats.batches_sent.fetch_add(1, Ordering::Relaxed);
@@ -1822,6 +2136,7 @@ impl Inner {
 
     /// A new acknowledgement: record it and wake exactly the callers it covers.
     fn acknowledge(&self, ack: Ack) {
+        self.counters.last_ack_ms.store(self.now_ms() + 1, Ordering::Relaxed);
         for mark in [Mark::Applied, Mark::Synced, Mark::Durable] {
             self.mark_copies[mark as usize].store(mark.of(&ack), Ordering::Release);
         }
@@ -1935,6 +2250,12 @@ fn receiver_loop(inner: Arc<Inner>, mut reader: Box<dyn ConnReader>) {
                     }
                     Kind::Hashes => {
                         if let Err(why) = inner.hashes_arrived(f.header.seq, &f.body) {
+                            stop = Some(why);
+                            break;
+                        }
+                    }
+                    Kind::Listing => {
+                        if let Err(why) = inner.listing_arrived(f.header.seq, &f.body) {
                             stop = Some(why);
                             break;
                         }

@@ -140,6 +140,7 @@ impl State {
                 self.recover(content, (full, compare), (max_rate, checkpoint_bytes))
             }
             ArbiterRequest::AddMirrors { mirrors } => self.add_mirrors(mirrors),
+            ArbiterRequest::Verify { content, repair } => self.verify(content, repair),
             ArbiterRequest::Rebalance { content } => {
                 let mut cat = lock(&self.catalog);
                 let before = cat.clone();
@@ -249,6 +250,44 @@ impl State {
             Some(SegmentResponse::Done) => ArbiterResponse::Started,
             Some(SegmentResponse::Refused(why)) => ArbiterResponse::Refused(format!("the primary refused: {why}")),
             _ => ArbiterResponse::Refused("the primary did not answer; the resync did not start".into()),
+        }
+    }
+
+    /// Start a verification: only a synchronized pair with both segments
+    /// up; the acting primary runs it (and refuses if it is not streaming).
+    fn verify(&self, content: u32, repair: bool) -> ArbiterResponse {
+        let span = tracing::info_span!("verify", content, repair);
+        let _e = span.enter();
+        let (dbid, generation, addr) = {
+            let cat = lock(&self.catalog);
+            let Some(cp) = cat.pair(content) else {
+                return ArbiterResponse::Refused(format!("no content {content} in the catalog"));
+            };
+            let pair = &cp.pair;
+            if pair.down {
+                return ArbiterResponse::Refused(format!("content {content} is down: recover it first"));
+            }
+            if pair.mode != PairMode::Synchronized || !pair.segments.iter().all(|s| s.up) {
+                return ArbiterResponse::Refused(format!(
+                    "content {content} is not synchronized (mode {}{}): only a synchronized pair can be verified; \
+                     run filerep recover first",
+                    pair.mode.letter(),
+                    if pair.segments.iter().all(|s| s.up) { "" } else { ", a segment is down" }
+                ));
+            }
+            let p = pair.acting_primary().dbid;
+            let Some(a) = cp.address(p) else {
+                return ArbiterResponse::Refused(format!("content {content}: addresses missing"));
+            };
+            (p, pair.generation, a.control.clone())
+        };
+        match self.order(&addr, SegmentRequest::StartVerify { generation, repair }) {
+            Some(SegmentResponse::Verifying { id }) => {
+                tracing::info!(dbid, id, "verification started");
+                ArbiterResponse::Verifying { dbid, generation, id }
+            }
+            Some(SegmentResponse::Refused(why)) => ArbiterResponse::Refused(format!("the primary refused: {why}")),
+            _ => ArbiterResponse::Refused("the primary did not answer; the verification did not start".into()),
         }
     }
 

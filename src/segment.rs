@@ -65,6 +65,10 @@ pub struct SegmentConfig {
     pub heartbeat_ms: u64,
     #[serde(default = "default_true")]
     pub prefer_uring: bool,
+    /// Serve replication statistics as Prometheus text on `HOST:PORT`
+    /// (`GET /metrics`); none when absent.
+    #[serde(default)]
+    pub metrics_listen: Option<String>,
 }
 
 fn default_level() -> String {
@@ -170,16 +174,35 @@ pub enum SegmentRequest {
     Rebind {
         data_listen: String,
     },
+    /// Compare the mirror with this primary online, block by block, in a
+    /// background thread (`filerep verify`); with `repair`, ship what
+    /// differs. Progress and counts show in the status (`verify`).
+    StartVerify {
+        generation: u64,
+        #[serde(default)]
+        repair: bool,
+    },
+    /// The full report (every mismatch row) of verification `id`.
+    VerifyReport {
+        id: u64,
+    },
     /// Stop the process.
     Stop,
 }
 
+// One per control call: the size of the status variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum SegmentResponse {
     Status(SegmentStatus),
     Changes(WireChangeSet),
     Done,
     Refused(String),
+    /// Verification `id` runs (just started, or already running).
+    Verifying {
+        id: u64,
+    },
+    VerifyReport(Box<crate::verify::online::VerifyReport>),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -212,6 +235,15 @@ pub struct SegmentStatus {
     /// Why the last resync stopped short, if it did.
     #[serde(default)]
     pub resync_error: Option<String>,
+    /// The running (or last) verification.
+    #[serde(default)]
+    pub verify: Option<crate::verify::online::VerifyState>,
+    /// Replication figures, while this segment is the primary.
+    #[serde(default)]
+    pub replication: Option<crate::primary::ReplicationStats>,
+    /// What the change-log holds.
+    #[serde(default)]
+    pub changelog: Option<crate::changelog::ChangeLogStats>,
 }
 
 /// Questions from a segment to the arbiter.
@@ -244,6 +276,12 @@ pub enum ArbiterRequest {
     AddMirrors {
         mirrors: Vec<NewMirror>,
     },
+    /// `filerep verify`: compare a synchronized pair online (and repair it).
+    Verify {
+        content: u32,
+        #[serde(default)]
+        repair: bool,
+    },
 }
 
 /// A mirror to add: its content and where it listens.
@@ -267,6 +305,13 @@ pub enum ArbiterResponse {
     /// from its acting primary. Ask again once the primary serves there.
     Restored {
         generation: u64,
+    },
+    /// Verification `id` runs on the acting primary `dbid` (at `generation`):
+    /// follow it with probes there.
+    Verifying {
+        dbid: u32,
+        generation: u64,
+        id: u64,
     },
     Refused(String),
 }
@@ -394,6 +439,18 @@ struct Shared {
     resync: Mutex<ResyncState>,
     /// Signalled when a resync thread ends.
     resync_ended: std::sync::Condvar,
+    verify: Mutex<VerifyJob>,
+}
+
+/// The running (or last) verification, and the last report.
+#[derive(Default)]
+struct VerifyJob {
+    id: u64,
+    repair: bool,
+    running: bool,
+    progress: Option<Arc<crate::verify::online::VerifyProgress>>,
+    report: Option<crate::verify::online::VerifyReport>,
+    error: Option<String>,
 }
 
 #[derive(Default)]
@@ -407,6 +464,7 @@ pub struct Segment {
     shared: Arc<Shared>,
     control: TcpListener,
     clients: UnixListener,
+    metrics: Option<TcpListener>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -445,6 +503,10 @@ impl Segment {
             .map_err(|e| Error::io(format!("binding {}", cfg.control_listen), e))?;
         let data_listener =
             TcpListener::bind(&cfg.data_listen).map_err(|e| Error::io(format!("binding {}", cfg.data_listen), e))?;
+        let metrics = match &cfg.metrics_listen {
+            Some(a) => Some(TcpListener::bind(a).map_err(|e| Error::io(format!("binding metrics_listen {a}"), e))?),
+            None => None,
+        };
         let _ = std::fs::remove_file(&cfg.socket);
         let clients = UnixListener::bind(&cfg.socket)
             .map_err(|e| Error::io(format!("binding socket {}", cfg.socket.display()), e))?;
@@ -460,8 +522,14 @@ impl Segment {
             orders: Mutex::new(()),
             resync: Mutex::new(ResyncState::default()),
             resync_ended: std::sync::Condvar::new(),
+            verify: Mutex::new(VerifyJob::default()),
         });
-        Ok(Segment { shared, control, clients })
+        Ok(Segment { shared, control, clients, metrics })
+    }
+
+    /// Where `/metrics` is served, if it is.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     pub fn control_addr(&self) -> Result<std::net::SocketAddr> {
@@ -475,7 +543,7 @@ impl Segment {
 
     /// Serve until stopped (an order, or the flag).
     pub fn run(self) -> Result<()> {
-        let Segment { shared, control, clients } = self;
+        let Segment { shared, control, clients, metrics } = self;
         let span = tracing::info_span!("segment", dbid = shared.cfg.dbid, content = shared.cfg.content);
         let _e = span.enter();
         tracing::info!("segment idle: waiting for the arbiter");
@@ -488,6 +556,18 @@ impl Segment {
                 move || control::serve(control, key, stop, timeout, move |r| c_shared.order(r))
             })
             .map_err(|e| Error::io("spawning the control thread", e))?;
+        let metrics_thread = match metrics {
+            Some(listener) => {
+                let (s, stop) = (shared.clone(), shared.stop.clone());
+                tracing::info!(addr = ?listener.local_addr().ok(), "serving /metrics");
+                let t = std::thread::Builder::new()
+                    .name("filerep-metrics".into())
+                    .spawn(move || crate::metrics::serve(listener, &stop, || s.status()))
+                    .map_err(|e| Error::io("spawning the metrics thread", e))?;
+                Some(t)
+            }
+            None => None,
+        };
         clients.set_nonblocking(true).map_err(|e| Error::io("client socket", e))?;
         let open = Arc::new(AtomicUsize::new(0));
         while !shared.stop.load(Ordering::SeqCst) {
@@ -515,6 +595,9 @@ impl Segment {
             }
         }
         let _ = control_thread.join();
+        if let Some(t) = metrics_thread {
+            let _ = t.join();
+        }
         let role = std::mem::replace(&mut *lock(&shared.role), Role::Stopped("stopped".into()));
         shared.end_role(role);
         let _ = std::fs::remove_file(&shared.cfg.socket);
@@ -525,6 +608,7 @@ impl Segment {
 
 impl Shared {
     fn status(&self) -> SegmentStatus {
+        let mut replication = None;
         let role = lock(&self.role);
         let (acting, generation, mode, detail) = match &*role {
             Role::Idle => (Acting::Idle, 0, '-', "waiting for the arbiter".to_string()),
@@ -533,6 +617,7 @@ impl Shared {
                 (Acting::Mirror, server.generation(), '-', server.fault().unwrap_or_else(|| "serving".into()))
             }
             Role::Primary(p) => {
+                replication = Some(p.replication());
                 let (mode, detail) = match p.mode() {
                     Mode::Streaming if p.resyncing() => ('r', "resynchronizing the mirror".to_string()),
                     Mode::Streaming => ('s', "streaming to the mirror".to_string()),
@@ -545,6 +630,17 @@ impl Shared {
             Role::Stopped(w) => (Acting::Stopped, 0, '-', w.clone()),
         };
         drop(role);
+        let verify = {
+            let v = lock(&self.verify);
+            (v.id > 0).then(|| crate::verify::online::VerifyState {
+                id: v.id,
+                repair: v.repair,
+                running: v.running,
+                progress: v.progress.as_ref().map(|p| p.snapshot()).unwrap_or_default(),
+                summary: v.report.as_ref().map(|r| r.summary.clone()),
+                error: v.error.clone(),
+            })
+        };
         let rs = lock(&self.resync);
         SegmentStatus {
             dbid: self.cfg.dbid,
@@ -556,6 +652,9 @@ impl Shared {
             changes_pending: !self.changelog.is_empty(),
             resync: rs.progress.as_ref().map(|p| p.snapshot()),
             resync_error: rs.error.clone(),
+            verify,
+            replication,
+            changelog: Some(self.changelog.stats()),
         }
     }
 
@@ -683,10 +782,83 @@ impl Shared {
                 }
                 SegmentResponse::Done
             }
+            SegmentRequest::StartVerify { generation, repair } => match self.start_verify(generation, repair) {
+                Ok(id) => SegmentResponse::Verifying { id },
+                Err(e) => refused(e.to_string()),
+            },
+            SegmentRequest::VerifyReport { id } => {
+                let v = lock(&self.verify);
+                match &v.report {
+                    Some(r) if v.id == id => SegmentResponse::VerifyReport(Box::new(r.clone())),
+                    _ if v.id == id && v.running => refused(format!("verification {id} is still running")),
+                    _ if v.id == id => {
+                        refused(format!("verification {id} stopped short: {}", v.error.clone().unwrap_or_default()))
+                    }
+                    _ => refused(format!("no report for verification {id} (the last one is {})", v.id)),
+                }
+            }
             SegmentRequest::Stop => {
                 tracing::info!("stop ordered");
                 self.stop.store(true, Ordering::SeqCst);
                 SegmentResponse::Done
+            }
+        }
+    }
+
+    /// Start a verification on this acting primary (or join the one that
+    /// runs, if it was started the same way); its id.
+    fn start_verify(self: &Arc<Self>, generation: u64, repair: bool) -> Result<u64> {
+        let p = match &*lock(&self.role) {
+            Role::Primary(p) if p.generation() == generation => p.clone(),
+            _ => return Err(Error::Rejected(format!("not the acting primary of generation {generation}"))),
+        };
+        p.verify_check(p.attachment())
+            .map_err(|e| Error::Rejected(format!("only a synchronized pair can be verified: {e}")))?;
+        let mut v = lock(&self.verify);
+        if v.running {
+            if v.repair == repair {
+                return Ok(v.id);
+            }
+            return Err(Error::Rejected(format!(
+                "verification {} ({}) is running: wait for it to end",
+                v.id,
+                if v.repair { "with repair" } else { "without repair" }
+            )));
+        }
+        let progress = Arc::new(crate::verify::online::VerifyProgress::default());
+        *v = VerifyJob {
+            id: v.id + 1,
+            repair,
+            running: true,
+            progress: Some(progress.clone()),
+            report: None,
+            error: None,
+        };
+        let id = v.id;
+        drop(v);
+        let me = self.clone();
+        let spawned = std::thread::Builder::new().name("filerep-verify".into()).spawn(move || {
+            let span = tracing::info_span!("verify", id, generation, repair);
+            let _e = span.enter();
+            let opts = crate::verify::online::VerifyOptions { repair, ..Default::default() };
+            let result = crate::verify::online::run(&p, &opts, &progress);
+            let mut v = lock(&me.verify);
+            v.running = false;
+            match result {
+                Ok(r) => v.report = Some(r),
+                Err(e) => {
+                    tracing::error!(error = %e, "verification stopped short");
+                    v.error = Some(e.to_string());
+                }
+            }
+        });
+        match spawned {
+            Ok(_) => Ok(id),
+            Err(e) => {
+                let mut v = lock(&self.verify);
+                v.running = false;
+                v.error = Some(format!("cannot start: {e}"));
+                Err(Error::io("spawning the verification thread", e))
             }
         }
     }

@@ -1,5 +1,8 @@
 //! Offline comparison of two copies of a segment's filespaces: every
-//! directory and file, with a per-file xxh3 of the contents.
+//! directory and file, with a per-file xxh3 of the contents. [`online`]
+//! compares a streaming pair while it serves (`filerep verify`).
+
+pub mod online;
 
 use crate::error::{Error, Result};
 use serde::Serialize;

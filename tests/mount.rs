@@ -509,6 +509,7 @@ fn bad_arguments_are_refused_naming_the_field() {
         ack_timeout_ms: 1000,
         heartbeat_ms: 100,
         prefer_uring: false,
+        metrics_listen: None,
     };
     let cfg_path = dir.path().join("segment.json");
     std::fs::write(&cfg_path, serde_json::to_vec(&cfg).unwrap()).unwrap();

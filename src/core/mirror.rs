@@ -85,6 +85,11 @@ pub enum Op {
         count: u32,
         block_size: u32,
     },
+    /// Verification: list the directory `path` (`None`: the filespace root) and answer.
+    List {
+        filespace: u16,
+        path: Option<RelPath>,
+    },
     /// Resync: make `path` (`None`: the filespace root) what the primary has.
     Reconcile {
         filespace: u16,
@@ -294,7 +299,14 @@ impl MirrorSession {
                     block_size: self.block_size,
                 }
             }
-            Kind::Heartbeat | Kind::Shutdown | Kind::Ack | Kind::Fault | Kind::Hashes => {
+            Kind::ListRequest => {
+                if h.filespace >= self.filespaces {
+                    return Err(SessionError::NoFilespace { seq, fs: h.filespace, count: self.filespaces });
+                }
+                let path = if f.body.is_empty() { None } else { Some(self.body_path(seq, h.filespace, &f.body)?.path) };
+                Op::List { filespace: h.filespace, path }
+            }
+            Kind::Heartbeat | Kind::Shutdown | Kind::Ack | Kind::Fault | Kind::Hashes | Kind::Listing => {
                 return Err(SessionError::WrongDirection { kind })
             }
         };
@@ -465,6 +477,31 @@ mod tests {
         }
         let mut m = MirrorSession::new(8192, 1, 1);
         assert!(matches!(m.on_frame(&frame(Kind::Hashes, 0, 0, 0, b"")), Err(SessionError::WrongDirection { .. })));
+    }
+
+    #[test]
+    fn list_requests_name_a_directory_of_an_existing_filespace() {
+        let list = |seq, fs: u16, body: &[u8]| {
+            let mut h = Header::new(Kind::ListRequest);
+            h.seq = seq;
+            h.filespace = fs;
+            Frame::new(h, Bytes::copy_from_slice(body))
+        };
+        let mut m = MirrorSession::new(8192, 2, 1);
+        match m.on_frame(&list(1, 1, b"")).unwrap() {
+            Step::Apply { op: Op::List { filespace: 1, path: None }, .. } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+        match m.on_frame(&list(2, 0, b"a/b")).unwrap() {
+            Step::Apply { op: Op::List { filespace: 0, path: Some(p) }, .. } => assert_eq!(p.as_str(), "a/b"),
+            other => panic!("unexpected {other:?}"),
+        }
+        let mut m = MirrorSession::new(8192, 2, 1);
+        assert!(m.on_frame(&list(1, 0, b"../x")).is_err());
+        let mut m = MirrorSession::new(8192, 2, 1);
+        assert!(matches!(m.on_frame(&list(1, 2, b"")), Err(SessionError::NoFilespace { .. })));
+        let mut m = MirrorSession::new(8192, 2, 1);
+        assert!(matches!(m.on_frame(&frame(Kind::Listing, 0, 0, 0, b"")), Err(SessionError::WrongDirection { .. })));
     }
 
     #[test]

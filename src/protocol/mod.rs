@@ -83,6 +83,11 @@ pub enum Kind {
     /// Make every directory changed up to this frame durable (a directory
     /// fsync: no file, no body).
     SyncDirs = 16,
+    /// Verification: list the directory named by the body (empty: the
+    /// filespace root) as it is after every earlier operation; the mirror
+    /// answers with a [`Kind::Listing`] frame carrying this frame's sequence
+    /// number. Body: path.
+    ListRequest = 15,
     /// Primary → mirror keep-alive; the mirror answers with an [`Kind::Ack`].
     Heartbeat = 32,
     /// Orderly end of the stream: the mirror makes everything durable, acknowledges, closes.
@@ -95,6 +100,8 @@ pub enum Kind {
     /// xxh3-64 (u64) per block, of the block's bytes as read (short or
     /// empty past the end of the file).
     Hashes = 66,
+    /// Mirror → primary: the answer to the ListRequest `seq`. Body: [`ListingBody`].
+    Listing = 67,
 }
 
 impl Kind {
@@ -115,11 +122,13 @@ impl Kind {
             13 => Kind::Reconcile,
             14 => Kind::HashRequest,
             16 => Kind::SyncDirs,
+            15 => Kind::ListRequest,
             32 => Kind::Heartbeat,
             33 => Kind::Shutdown,
             64 => Kind::Ack,
             65 => Kind::Fault,
             66 => Kind::Hashes,
+            67 => Kind::Listing,
             _ => return None,
         })
     }
@@ -147,6 +156,8 @@ impl Kind {
             Kind::HashRequest => "hash_request",
             Kind::SyncDirs => "sync_dirs",
             Kind::Hashes => "hashes",
+            Kind::ListRequest => "list_request",
+            Kind::Listing => "listing",
             Kind::Heartbeat => "heartbeat",
             Kind::Shutdown => "shutdown",
             Kind::Ack => "ack",
@@ -581,5 +592,225 @@ impl ReconcileBody {
             return Err("only a directory may name the filespace root".into());
         }
         Ok(ReconcileBody { entry, path })
+    }
+}
+
+/// What a path is, in a [`Kind::Listing`] answer (and each of its children).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ListedKind {
+    Absent = 0,
+    File = 1,
+    Dir = 2,
+    /// Neither a regular file nor a directory (a symlink, a socket…).
+    Other = 3,
+}
+
+impl ListedKind {
+    fn from_u8(v: u8) -> Option<ListedKind> {
+        Some(match v {
+            0 => ListedKind::Absent,
+            1 => ListedKind::File,
+            2 => ListedKind::Dir,
+            3 => ListedKind::Other,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ListedKind::Absent => "absent",
+            ListedKind::File => "file",
+            ListedKind::Dir => "directory",
+            ListedKind::Other => "other",
+        }
+    }
+}
+
+/// Bytes of a [`ListingBody`] before its children.
+pub const LISTING_FIXED: usize = 14;
+
+/// The body of a [`Kind::Listing`] frame: entry u8 (what the listed path
+/// is), complete u8 (1: every child follows), others u32 (children that are
+/// neither files nor directories), hash u64 ([`listing_hash`] of the files
+/// and directories), then children in name order as far as they fit one
+/// body: kind u8 (1 file, 2 directory, 3 other), name length u16, name.
+/// A directory too large to list whole is still compared by its hash.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListingBody {
+    pub entry: ListedKind,
+    pub complete: bool,
+    pub others: u32,
+    pub hash: u64,
+    pub children: Vec<(String, ListedKind)>,
+}
+
+/// xxh3 over the files and directories of a listing (kind u8, name length
+/// u16, name, in the order given: by name); other entries do not count.
+/// Both sides compute it the same way, so equal hashes mean equal listings.
+pub fn listing_hash<'a>(children: impl IntoIterator<Item = (&'a str, ListedKind)>) -> u64 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    for (name, kind) in children {
+        if matches!(kind, ListedKind::File | ListedKind::Dir) {
+            h.update(&[kind as u8]);
+            h.update(&(name.len() as u16).to_le_bytes());
+            h.update(name.as_bytes());
+        }
+    }
+    h.digest()
+}
+
+/// A child name as a listing carries it: 1..=255 bytes, no `/` or NUL, not `.` or `..`.
+fn listing_name_ok(n: &str) -> bool {
+    !n.is_empty() && n.len() <= crate::path::MAX_COMPONENT_BYTES && n != "." && n != ".." && !n.contains(['/', '\0'])
+}
+
+impl ListingBody {
+    /// The listing of a path: every child (sorted by name) for its hash,
+    /// as many as fit in one body for the names.
+    pub fn build(entry: ListedKind, children: &[(String, ListedKind)]) -> ListingBody {
+        let hash = listing_hash(children.iter().map(|(n, k)| (n.as_str(), *k)));
+        let others = children.iter().filter(|(_, k)| *k == ListedKind::Other).count() as u32;
+        let mut size = LISTING_FIXED;
+        let mut listed = Vec::new();
+        for (name, kind) in children {
+            // A name the file system gave lossily may be longer; never more than a component.
+            let mut n = name.as_str();
+            while n.len() > crate::path::MAX_COMPONENT_BYTES {
+                let mut cut = crate::path::MAX_COMPONENT_BYTES;
+                while !n.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                n = &n[..cut];
+            }
+            if size + 3 + n.len() > MAX_BODY {
+                break;
+            }
+            size += 3 + n.len();
+            listed.push((n.to_string(), *kind));
+        }
+        ListingBody { entry, complete: listed.len() == children.len(), others, hash, children: listed }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(LISTING_FIXED + self.children.iter().map(|(n, _)| 3 + n.len()).sum::<usize>());
+        b.push(self.entry as u8);
+        b.push(self.complete as u8);
+        b.extend_from_slice(&self.others.to_le_bytes());
+        b.extend_from_slice(&self.hash.to_le_bytes());
+        for (name, kind) in &self.children {
+            b.push(*kind as u8);
+            b.extend_from_slice(&(name.len() as u16).to_le_bytes());
+            b.extend_from_slice(name.as_bytes());
+        }
+        b
+    }
+
+    /// Decode; every length and kind is checked, and every name must be one
+    /// plausible component (the primary prints them).
+    pub fn decode(b: &[u8]) -> Result<ListingBody, String> {
+        if b.len() < LISTING_FIXED {
+            return Err(format!("a {}-byte listing is shorter than {LISTING_FIXED}", b.len()));
+        }
+        let entry = ListedKind::from_u8(b[0]).ok_or_else(|| format!("entry type {}", b[0]))?;
+        let complete = match b[1] {
+            0 => false,
+            1 => true,
+            c => return Err(format!("complete flag {c}")),
+        };
+        let others = u32::from_le_bytes(le4(&b[2..6]));
+        let hash = u64::from_le_bytes(le8(&b[6..14]));
+        let mut rest = &b[LISTING_FIXED..];
+        let mut children = Vec::new();
+        while !rest.is_empty() {
+            if rest.len() < 3 {
+                return Err("a cut child entry".into());
+            }
+            let kind = match ListedKind::from_u8(rest[0]) {
+                Some(k) if k != ListedKind::Absent => k,
+                _ => return Err(format!("child kind {}", rest[0])),
+            };
+            let n = u16::from_le_bytes([rest[1], rest[2]]) as usize;
+            let name = rest.get(3..3 + n).ok_or("a child name runs past the body")?;
+            let name = std::str::from_utf8(name).map_err(|_| "a child name is not UTF-8")?;
+            if !listing_name_ok(name) {
+                return Err(format!("child name {name:?} is not one path component"));
+            }
+            children.push((name.to_string(), kind));
+            rest = &rest[3 + n..];
+        }
+        if entry != ListedKind::Dir && (!children.is_empty() || others != 0) {
+            return Err(format!("a {} has children", entry.name()));
+        }
+        Ok(ListingBody { entry, complete, others, hash, children })
+    }
+}
+
+#[cfg(test)]
+mod listing_tests {
+    use super::*;
+
+    #[test]
+    fn listings_round_trip_and_bad_ones_are_refused() {
+        let kids =
+            vec![("a".to_string(), ListedKind::File), ("b".into(), ListedKind::Dir), ("l".into(), ListedKind::Other)];
+        let l = ListingBody::build(ListedKind::Dir, &kids);
+        assert!(l.complete);
+        assert_eq!(l.others, 1);
+        assert_eq!(l.hash, listing_hash([("a", ListedKind::File), ("b", ListedKind::Dir)]), "others do not count");
+        assert_ne!(l.hash, listing_hash([("a", ListedKind::Dir), ("b", ListedKind::Dir)]), "kinds count");
+        assert_eq!(ListingBody::decode(&l.encode()).unwrap(), l);
+        let absent = ListingBody::build(ListedKind::Absent, &[]);
+        assert_eq!(ListingBody::decode(&absent.encode()).unwrap(), absent);
+        let good = l.encode();
+        for (i, v) in [(0usize, 9u8), (1, 2), (LISTING_FIXED, 0), (LISTING_FIXED, 7)] {
+            let mut bad = good.clone();
+            bad[i] = v;
+            assert!(ListingBody::decode(&bad).is_err(), "byte {i} = {v}");
+        }
+        assert!(ListingBody::decode(&good[..good.len() - 1]).is_err(), "cut name");
+        assert!(ListingBody::decode(&good[..5]).is_err());
+        let mut slash = ListingBody::build(ListedKind::Dir, &[("x".into(), ListedKind::File)]).encode();
+        *slash.last_mut().unwrap() = b'/';
+        assert!(ListingBody::decode(&slash).is_err());
+        let mut file_with_kids = l.clone();
+        file_with_kids.entry = ListedKind::File;
+        assert!(ListingBody::decode(&file_with_kids.encode()).is_err());
+    }
+
+    #[test]
+    fn random_and_mutated_listings_never_panic_and_what_decodes_re_encodes() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let kids: Vec<(String, ListedKind)> =
+            (0..20).map(|i| (format!("n{i}"), if i % 3 == 0 { ListedKind::Dir } else { ListedKind::File })).collect();
+        let good = ListingBody::build(ListedKind::Dir, &kids).encode();
+        for _ in 0..20_000 {
+            let mut b = if rng.gen_bool(0.5) {
+                (0..rng.gen_range(0..64)).map(|_| rng.gen()).collect::<Vec<u8>>()
+            } else {
+                good.clone()
+            };
+            for _ in 0..rng.gen_range(0..4) {
+                if b.is_empty() {
+                    break;
+                }
+                let i = rng.gen_range(0..b.len());
+                b[i] = rng.gen();
+            }
+            b.truncate(rng.gen_range(0..=b.len()));
+            if let Ok(l) = ListingBody::decode(&b) {
+                assert_eq!(ListingBody::decode(&l.encode()), Ok(l));
+            }
+        }
+    }
+
+    #[test]
+    fn a_listing_too_large_for_one_body_is_cut_but_hashed_whole() {
+        let kids: Vec<(String, ListedKind)> = (0..2000).map(|i| (format!("{i:0>200}"), ListedKind::File)).collect();
+        let l = ListingBody::build(ListedKind::Dir, &kids);
+        assert!(!l.complete && !l.children.is_empty() && l.children.len() < kids.len());
+        assert!(l.encode().len() <= MAX_BODY);
+        assert_eq!(l.hash, listing_hash(kids.iter().map(|(n, k)| (n.as_str(), *k))));
+        assert_eq!(ListingBody::decode(&l.encode()).unwrap(), l);
     }
 }

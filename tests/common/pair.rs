@@ -218,6 +218,7 @@ impl Pair {
                 ack_timeout_ms: 2000,
                 heartbeat_ms: 100,
                 prefer_uring: true,
+                metrics_listen: None,
             };
             let cfg_path = base.join("segment.json");
             std::fs::write(&cfg_path, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();

@@ -8,6 +8,7 @@ mod ops;
 mod recover;
 mod state;
 mod story;
+mod verify;
 
 use clap::{Parser, Subcommand};
 use filerep::config::{check_block_size, Filespace, StreamTuning, SyncLevel};
@@ -60,6 +61,8 @@ enum Cmd {
     State(state::StateCmd),
     /// Expose one filespace of the acting primary as a FUSE file system: every change is replicated.
     Mount(mount::MountCmd),
+    /// Compare synchronized pairs online, block by block, with no false mismatches under load (--repair: fix them).
+    Verify(verify::VerifyCmd),
 }
 
 #[derive(clap::Args)]
@@ -209,6 +212,7 @@ fn main() -> ExitCode {
         Cmd::Addmirrors(c) => ops::addmirrors(c).map_err(Into::into),
         Cmd::State(c) => state::run(c).map_err(Into::into),
         Cmd::Mount(c) => mount::run(c).map(|_| ExitCode::SUCCESS).map_err(Into::into),
+        Cmd::Verify(c) => verify::run(c).map_err(Into::into),
     };
     match r {
         Ok(code) => code,

@@ -188,6 +188,9 @@ fn follow(c: &RecoverCmd, key: &ClusterKey, content: u32, max_rate: Option<u64>)
         changes_pending: false,
         resync: None,
         resync_error: None,
+        verify: None,
+        replication: None,
+        changelog: None,
     };
     let result = loop {
         if started.elapsed() > Duration::from_secs(c.timeout) {
