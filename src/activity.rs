@@ -142,30 +142,30 @@ impl ActivityLog {
         al
     }
 
-    /// Of a resync's progress, what may be marked no longer differing
-    /// without losing the record of a change in flight: blocks inside an
-    /// extent this log holds, and paths it holds, are left out. (A Cleared
-    /// record would otherwise drop the extent or path from the durable log
-    /// while this table still believes it recorded, so a crash before the
-    /// mirror has the change would forget it.) Call with calls quiesced.
-    pub fn without_hot(
+    /// For a resync's progress record: the extents of the files of
+    /// `blocks` whose changes may not be durable on the mirror: something in
+    /// flight, or shipped after `flushed_at(file)`, the sequence number of
+    /// the flush of that file the mirror has synced (0: none). A Cleared run
+    /// must not drop such an extent from the durable log: this table records
+    /// an entry only once, so a primary crash would forget the newer write.
+    /// Call with calls quiesced.
+    pub fn held(
         &self,
         blocks: &BTreeMap<FsPath, BTreeSet<u64>>,
-        paths: &[FsPath],
-    ) -> (BTreeMap<FsPath, BTreeSet<u64>>, Vec<FsPath>) {
-        let mut kept_blocks = BTreeMap::new();
-        for (file, set) in blocks {
+        flushed_at: impl Fn(&FsPath) -> u64,
+    ) -> BTreeMap<FsPath, BTreeSet<u64>> {
+        let mut held = BTreeMap::new();
+        for file in blocks.keys() {
+            let synced = flushed_at(file);
             let sh = lock(&self.shards[shard_of(file)]);
-            let hot = sh.extents.get(file);
-            let kept: BTreeSet<u64> =
-                set.iter().copied().filter(|b| !hot.is_some_and(|h| h.contains_key(&(b / EXTENT_BLOCKS)))).collect();
-            if !kept.is_empty() {
-                kept_blocks.insert(file.clone(), kept);
+            let Some(es) = sh.extents.get(file) else { continue };
+            let h: BTreeSet<u64> =
+                es.iter().filter(|(_, h)| h.in_flight > 0 || h.last_seq > synced).map(|(e, _)| *e).collect();
+            if !h.is_empty() {
+                held.insert(file.clone(), h);
             }
         }
-        let kept_paths =
-            paths.iter().filter(|p| !lock(&self.shards[shard_of(p)]).paths.contains_key(*p)).cloned().collect();
-        (kept_blocks, kept_paths)
+        held
     }
 
     /// Entries currently hot.
@@ -409,28 +409,32 @@ mod tests {
     }
 
     #[test]
-    fn a_resync_checkpoint_never_clears_what_the_activity_log_holds() {
+    fn a_resync_checkpoint_never_clears_an_extent_with_a_write_the_mirror_may_lack() {
         let (disk, log, al) = setup(16);
-        let (rel, dir, other) = (p("rel"), p("dir"), p("other"));
-        {
-            let mut c = al.cover_blocks(&rel, 33, 33, 0).unwrap();
-            c.shipped(5);
+        let rel = p("rel");
+        // Extent 0: a copy shipped as #5; extent 1: a write shipped as #7.
+        for (b, seq) in [(3, 5), (33, 7)] {
+            let mut c = al.cover_blocks(&rel, b, b, 0).unwrap();
+            c.shipped(seq);
         }
-        let _c = al.cover_path(&dir, true, 0).unwrap();
-        // The resync shipped blocks 0..96 of rel and the path dir (its copies
-        // are durable on the mirror); a newer write into extent 1 may not be.
-        let done: BTreeMap<FsPath, BTreeSet<u64>> =
-            [(rel.clone(), (0..96).collect()), (other.clone(), (0..4).collect())].into_iter().collect();
-        let (blocks, paths) = al.without_hot(&done, &[dir.clone(), other.clone()]);
-        assert_eq!(blocks[&rel], (0..32).chain(64..96).collect::<BTreeSet<u64>>());
-        assert_eq!(blocks[&other], (0..4).collect::<BTreeSet<u64>>());
-        assert_eq!(paths, vec![other.clone()]);
-        log.clear_entries(&blocks, &paths).unwrap();
-        disk.crash(None);
-        let (log, _) = ChangeLog::open(disk.clone(), p("changelog")).unwrap();
-        let set = log.change_set();
-        assert!((32..64).all(|b| set.covers_block(&rel, b)), "the hot extent survives the checkpoint and a crash");
-        assert!(set.touched.contains_key(&dir));
+        log.record_batch((0..96).map(|b| (rel.clone(), b)), std::iter::empty()).unwrap();
+        let done: BTreeMap<FsPath, BTreeSet<u64>> = [(rel.clone(), (0..96).collect())].into_iter().collect();
+        assert_eq!(al.held(&done, |_| 8), BTreeMap::new(), "everything synced on the mirror: nothing held");
+        let held = al.held(&done, |_| 6);
+        assert_eq!(held.get(&rel), Some(&[1u64].into_iter().collect()), "shipped after rel's flush #6: held");
+        {
+            let _in_flight = al.cover_blocks(&rel, 70, 70, 0).unwrap();
+            assert!(al.held(&done, |_| 8).get(&rel).is_some_and(|h| h.contains(&2)), "in flight: held");
+        }
+        log.clear_entries(&done, &[], &held).unwrap();
+        for set in [log.change_set(), {
+            disk.crash(None);
+            ChangeLog::open(disk.clone(), p("changelog")).unwrap().0.change_set()
+        }] {
+            assert_eq!(set.distinct_blocks(), 0, "every exact block is recorded done");
+            assert!((32..64).all(|b| set.covers_block(&rel, b)), "the held extent survives the checkpoint and a crash");
+            assert!(!set.covers_block(&rel, 0) && !set.covers_block(&rel, 64), "the others go");
+        }
     }
 
     #[test]

@@ -907,9 +907,15 @@ impl ChangeLog {
 
     /// A resync's progress, durably: `blocks` of each file and `paths` no
     /// longer differ from the peer (extents wholly inside a cleared run go
-    /// too, recovered or not). Appended as records, so a resync that stops
-    /// continues with what is left.
-    pub fn clear_entries(&self, blocks: &BTreeMap<FsPath, BTreeSet<u64>>, paths: &[FsPath]) -> Result<()> {
+    /// too, recovered or not, except those in `keep`: runs are split in the
+    /// middle of a kept extent so that none wholly contains it). Appended as
+    /// records, so a resync that stops continues with what is left.
+    pub fn clear_entries(
+        &self,
+        blocks: &BTreeMap<FsPath, BTreeSet<u64>>,
+        paths: &[FsPath],
+        keep: &BTreeMap<FsPath, BTreeSet<u64>>,
+    ) -> Result<()> {
         let mut s = lock(&self.shared);
         s.usable()?;
         for (file, set) in blocks {
@@ -917,10 +923,15 @@ impl ChangeLog {
                 continue;
             }
             let no = s.inner.file_no(file)?;
+            let kept = keep.get(file);
+            // A run stops before the middle block of a kept extent.
+            let splits = |b: u64| {
+                b % EXTENT_BLOCKS == EXTENT_BLOCKS / 2 && kept.is_some_and(|k| k.contains(&(b / EXTENT_BLOCKS)))
+            };
             let mut it = set.iter().copied().peekable();
             while let Some(first) = it.next() {
                 let mut count = 1u32;
-                while count < u32::MAX && it.peek() == Some(&(first + count as u64)) {
+                while count < u32::MAX && it.peek() == Some(&(first + count as u64)) && !splits(first + count as u64) {
                     it.next();
                     count += 1;
                 }
@@ -971,7 +982,7 @@ mod tests {
         log.record_batch((0..64).map(|b| (p("f"), b)), [(p("d"), true), (p("e"), false)]).unwrap();
         let mut done = BTreeMap::new();
         done.insert(p("f"), (0..40).collect::<BTreeSet<u64>>());
-        log.clear_entries(&done, &[p("d")]).unwrap();
+        log.clear_entries(&done, &[p("d")], &BTreeMap::new()).unwrap();
         disk.crash(None);
         let (log, _) = ChangeLog::open(disk.clone(), log_path()).unwrap();
         let set = log.change_set();

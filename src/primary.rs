@@ -337,6 +337,9 @@ struct Inner {
     list_wanted: Mutex<std::collections::HashSet<u64>>,
     list_answers: Mutex<HashMap<u64, crate::protocol::ListingBody>>,
     hash_cv: Condvar,
+    /// The last resync flush of each file (this session): what the mirror
+    /// has durably of it once that flush is synced.
+    resync_flushes: Mutex<HashMap<FsPath, u64>>,
     counters: Counters,
 }
 
@@ -466,6 +469,7 @@ impl Primary {
             hash_answers: Mutex::new(HashMap::new()),
             list_wanted: Mutex::new(std::collections::HashSet::new()),
             list_answers: Mutex::new(HashMap::new()),
+            resync_flushes: Mutex::new(HashMap::new()),
             hash_cv: Condvar::new(),
             counters: Counters::new(),
         });
@@ -1121,6 +1125,8 @@ impl Primary {
                 c.bytes_base.store(q.bytes_queued, Ordering::Relaxed);
                 c.last_ack_ms.store(0, Ordering::Relaxed);
             }
+            // Sequence numbers restart with the new stream.
+            lock(&inner.resync_flushes).clear();
             for m in &inner.mark_copies {
                 m.store(0, Ordering::Release);
             }
@@ -1437,6 +1443,7 @@ impl Primary {
             return Ok(None);
         }
         let seq = inner.ship(p, Header::new(Kind::Flush), Bytes::new(), 0, None)?;
+        lock(&inner.resync_flushes).insert(p.clone(), seq);
         inner.flush();
         Ok(Some(seq))
     }
@@ -1458,9 +1465,9 @@ impl Primary {
         let t = inner.tracking.as_ref().ok_or_else(|| Error::InvalidArgument("no change tracking".into()))?;
         // Calls quiesced (every stripe, then the namespace: the order every
         // caller takes them in), so no cover starts meanwhile and the
-        // activity log's table is exactly what it has recorded: entries it
-        // holds are not cleared (a newer write they cover may not be on the
-        // mirror yet). Held for one group commit, once per checkpoint.
+        // activity log's table is exactly what it has recorded: an extent
+        // covering a write the mirror may lack is not cleared (the table
+        // records it only once). Held for one group commit per checkpoint.
         let _all = inner.all_file_stripes();
         let _ns = inner.namespace.write().unwrap_or_else(|e| e.into_inner());
         // With the record lock: a loss either comes after (its window, with
@@ -1470,11 +1477,13 @@ impl Primary {
         if let Some(l) = lock(&inner.marks).lost.clone() {
             return Err(Error::MirrorLost(l));
         }
-        let (blocks, paths) = match &inner.activity {
-            Some(al) => al.without_hot(blocks, paths),
-            None => (blocks.clone(), paths.to_vec()),
+        let flushes = lock(&inner.resync_flushes).clone();
+        let held = match &inner.activity {
+            Some(al) => al
+                .held(blocks, |f| flushes.get(f).copied().filter(|s| *s <= synced && flushed.contains(f)).unwrap_or(0)),
+            None => Default::default(),
         };
-        t.changelog.clear_entries(&blocks, &paths).map_err(|e| inner.tracking_failed(e))?;
+        t.changelog.clear_entries(blocks, paths, &held).map_err(|e| inner.tracking_failed(e))?;
         inner.prune_window(synced, flushed);
         Ok(())
     }

@@ -28,7 +28,17 @@ fn exe() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_filerep"))
 }
 
+/// A port nothing listens on now, picked below the kernel's usual
+/// ephemeral range (32768..): between this check and the segment's bind,
+/// no outgoing connection (probes, clients: many, in parallel tests) is
+/// handed that port, which happened with port 0 ("Address already in use").
 fn free_addr() -> String {
+    for _ in 0..1000 {
+        let port = rand::random::<u16>() % 12_000 + 20_000;
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
+            return l.local_addr().expect("addr").to_string();
+        }
+    }
     let l = TcpListener::bind("127.0.0.1:0").expect("bind");
     l.local_addr().expect("addr").to_string()
 }
