@@ -117,11 +117,18 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) {
     let mut w: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
     for r in rows {
         for (i, c) in r.iter().enumerate() {
+            if i >= w.len() {
+                w.push(0);
+            }
             w[i] = w[i].max(c.chars().count());
         }
     }
     let line = |cells: Vec<String>| {
-        let s: Vec<String> = cells.iter().enumerate().map(|(i, c)| format!("{c:<width$}", width = w[i])).collect();
+        let s: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<width$}", width = w.get(i).copied().unwrap_or(0)))
+            .collect();
         println!("{}", s.join("  ").trim_end());
     };
     line(headers.iter().map(|h| h.to_string()).collect());
@@ -275,7 +282,11 @@ pub fn run(c: StateCmd) -> Result<ExitCode, String> {
                     r.data_status.clone(),
                     r.generation.to_string(),
                     p.map_or("not answering".into(), |s| format!("{:?} {}", s.acting, s.mode)),
-                    p.map_or(String::new(), |s| if s.changes_pending { "yes".into() } else { "no".into() }),
+                    p.and_then(|s| s.replication.as_ref())
+                        .map_or(String::new(), |x| format!("{} ops / {} B", x.lag_ops, x.lag_bytes)),
+                    p.and_then(|s| s.changelog.as_ref()).map_or(String::new(), |c| {
+                        format!("{} blocks, {} paths, {} B", c.distinct_blocks, c.touched_paths, c.bytes_on_disk)
+                    }),
                     resync_text(&r.process),
                     r.last_event.clone().unwrap_or_default(),
                 ]
@@ -290,7 +301,8 @@ pub fn run(c: StateCmd) -> Result<ExitCode, String> {
                 "data status",
                 "gen",
                 "process",
-                "changes",
+                "lag",
+                "change-log",
                 "resync",
                 "last event",
             ],

@@ -295,8 +295,11 @@ pub fn run_story(block_size: u32, seed: u64, keep: bool) -> Result<ExitCode, Box
     })?;
     run(&exe, &["state", "--cluster-dir", &cd, "-m"])?;
 
+    println!("\n== verify every pair online, block by block, while the workload still runs");
+    run(&exe, &["verify", "--arbiter", &arbiter, "--key-file", &key])?;
     let (acked, retried) = work.finish()?;
     println!("\n== the workload: {acked} block writes acknowledged; {retried} calls retried on the new primary");
+    run(&exe, &["state", "--cluster-dir", &cd, "-s"])?;
     let cat = catalog()?;
     // Durable on both sides, then stopped in order, then compared.
     for p in &cat.pairs {
@@ -309,7 +312,7 @@ pub fn run_story(block_size: u32, seed: u64, keep: bool) -> Result<ExitCode, Box
         }
     }
     run(&exe, &["stop", "--cluster-dir", &cd])?;
-    println!("\n== every pair, file by file, block by block");
+    println!("\n== and once stopped, every pair's directories compared offline, file by file");
     let mut differences = 0;
     for p in &cat.pairs {
         let dirs = |i: usize| -> Vec<(String, PathBuf)> {
