@@ -82,12 +82,27 @@ fn bad_arguments_are_refused_without_shipping_anything() {
 #[test]
 fn demo_command_exits_zero_and_proves_identity() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_filerep"))
-        .args(["demo", "--writers", "4", "--ops", "60", "--seed", "5", "--rows", "5"])
+        .args(["demo", "--pair", "--writers", "4", "--ops", "60", "--seed", "5", "--rows", "5"])
         .output()
         .expect("run demo");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "demo failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("the mirror is byte-identical"), "{stdout}");
+}
+
+#[test]
+fn the_cluster_demo_tells_the_whole_story_and_ends_identical() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_filerep"))
+        .args(["demo", "--seed", "6", "--block-size", "8192"])
+        .output()
+        .expect("run demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "demo failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    for step in ["$ filerep addmirrors", "Acting as Primary", "Change Tracking", "rebalanced", "$ filerep verify"] {
+        assert!(stdout.contains(step), "no {step:?} in {stdout}");
+    }
+    assert_eq!(stdout.matches("compared: identical").count(), 4, "{stdout}");
+    assert!(!stdout.contains("DIFFERENCES"), "{stdout}");
 }
 
 #[test]
