@@ -298,9 +298,18 @@ impl Pair {
 
     /// Run `filerep recover --json` to the end: its exit code, stdout and stderr.
     pub fn recover(&self, extra: &[&str]) -> (i32, String, String) {
+        self.tool("recover", extra)
+    }
+
+    /// Run `filerep verify --json` (online, through the stream): exit code 0 means identical.
+    #[allow(dead_code)] // not every test binary that shares this module verifies
+    pub fn verify(&self, extra: &[&str]) -> (i32, String, String) {
+        self.tool("verify", extra)
+    }
+
+    fn tool(&self, name: &str, extra: &[&str]) -> (i32, String, String) {
         let key = self.key_file.display().to_string();
-        let mut args =
-            vec!["recover", "--arbiter", &self.arbiter_addr, "--json", "--timeout", "60", "--key-file", &key];
+        let mut args = vec![name, "--arbiter", &self.arbiter_addr, "--json", "--timeout", "60", "--key-file", &key];
         args.extend(extra);
         let out = Command::new(exe()).args(&args).env("FILEREP_LOG", "warn").output().expect("recover");
         let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
