@@ -231,17 +231,7 @@ impl Catalog {
         if outcome.changed {
             let after = describe(&p.pair);
             tracing::warn!(content, %before, %after, reason = %outcome.reason, "pair transition");
-            self.history.push(HistoryEntry {
-                unix_ms: unix_ms(),
-                content,
-                before,
-                after,
-                reason: outcome.reason.clone(),
-            });
-            if self.history.len() > MAX_HISTORY {
-                let excess = self.history.len() - MAX_HISTORY;
-                self.history.drain(..excess);
-            }
+            self.push_history(content, before, after, outcome.reason.clone());
         }
         Some(outcome)
     }
@@ -259,6 +249,11 @@ impl Catalog {
     /// mirror up or down, mirrors added) in the history.
     pub fn note(&mut self, content: u32, before: String, after: String, reason: String) {
         tracing::warn!(content, %before, %after, %reason, "catalog change");
+        self.push_history(content, before, after, reason);
+    }
+
+    /// Append to the history, dropping the oldest past [`MAX_HISTORY`].
+    fn push_history(&mut self, content: u32, before: String, after: String, reason: String) {
         self.history.push(HistoryEntry { unix_ms: unix_ms(), content, before, after, reason });
         if self.history.len() > MAX_HISTORY {
             let excess = self.history.len() - MAX_HISTORY;

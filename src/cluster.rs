@@ -469,7 +469,7 @@ fn spawn_detached(exe: &Path, args: &[String], log: &Path, pid_file: &Path) -> R
 }
 
 /// Wait until `ready()` or the deadline; `what` names it in the error.
-fn wait_until(what: &str, limit: Duration, mut ready: impl FnMut() -> bool) -> Result<()> {
+pub fn wait_until(what: &str, limit: Duration, mut ready: impl FnMut() -> bool) -> Result<()> {
     let start = Instant::now();
     while !ready() {
         if start.elapsed() > limit {

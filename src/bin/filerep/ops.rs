@@ -328,20 +328,9 @@ fn wait_mirror_serving(
     m: &filerep::catalog::SegmentAddress,
     limit: Duration,
 ) -> Result<(), String> {
-    let start = std::time::Instant::now();
-    loop {
-        if cluster::probe(&m.control, key, Duration::from_secs(1))
+    cluster::wait_until(&format!("mirror dbid {} serving", m.dbid), limit, || {
+        cluster::probe(&m.control, key, Duration::from_secs(1))
             .is_some_and(|s| s.acting == filerep::segment::Acting::Mirror)
-        {
-            return Ok(());
-        }
-        if start.elapsed() > limit {
-            return Err(format!(
-                "mirror dbid {} did not start serving within {limit:?}; see {}",
-                m.dbid,
-                dir.log(&format!("dbid{}", m.dbid)).display()
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(100)); // polling another process
-    }
+    })
+    .map_err(|e| format!("{e}; see {}", dir.log(&format!("dbid{}", m.dbid)).display()))
 }

@@ -44,6 +44,22 @@ pub struct RecoverCmd {
     json: bool,
 }
 
+/// A progress bar for one content's long job on a terminal (hidden
+/// otherwise, or with `--json`: the caller prints plain lines instead);
+/// whether it shows.
+pub fn progress_bar(content: u32, template: &str, json: bool) -> (indicatif::ProgressBar, bool) {
+    let terminal = std::io::stderr().is_terminal() && !json;
+    if !terminal {
+        return (indicatif::ProgressBar::hidden(), false);
+    }
+    let b = indicatif::ProgressBar::new(0);
+    b.set_style(
+        indicatif::ProgressStyle::with_template(template).unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    b.set_prefix(content.to_string());
+    (b, true)
+}
+
 impl RecoverCmd {
     /// A full resync of one content (how `filerep addmirrors` builds a new mirror).
     pub fn full_resync(
@@ -163,20 +179,11 @@ fn follow(c: &RecoverCmd, key: &ClusterKey, content: u32, max_rate: Option<u64>)
             Err(e) => return Err(format!("cannot reach the arbiter: {e}")),
         }
     }
-    let terminal = std::io::stderr().is_terminal() && !c.json;
-    let bar = if terminal {
-        let b = indicatif::ProgressBar::new(0);
-        b.set_style(
-            indicatif::ProgressStyle::with_template(
-                "content {prefix} [{elapsed_precise}] {bar:30} {pos}/{len} blocks {msg} ETA {eta}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        b.set_prefix(content.to_string());
-        b
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
+    let (bar, terminal) = progress_bar(
+        content,
+        "content {prefix} [{elapsed_precise}] {bar:30} {pos}/{len} blocks {msg} ETA {eta}",
+        c.json,
+    );
     let mut last_line = Instant::now();
     let mut last = SegmentStatus {
         dbid: 0,

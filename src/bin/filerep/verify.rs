@@ -12,7 +12,6 @@
 use filerep::protocol::handshake::ClusterKey;
 use filerep::segment::{ArbiterRequest, ArbiterResponse, SegmentRequest, SegmentResponse, SegmentStatus};
 use filerep::verify::online::{Mismatch, VerifyReport, VerifySummary};
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -201,20 +200,11 @@ fn follow(c: &VerifyCmd, key: &ClusterKey, content: u32, out: &mut PairResult) -
         .and_then(|cp| cp.address(dbid))
         .map(|a| a.control.clone())
         .ok_or_else(|| format!("no address for segment {dbid}"))?;
-    let terminal = std::io::stderr().is_terminal() && !c.json;
-    let bar = if terminal {
-        let b = indicatif::ProgressBar::new(0);
-        b.set_style(
-            indicatif::ProgressStyle::with_template(
-                "content {prefix} [{elapsed_precise}] {bar:30} {bytes}/{total_bytes} {msg} ETA {eta}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        b.set_prefix(content.to_string());
-        b
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
+    let (bar, terminal) = crate::recover::progress_bar(
+        content,
+        "content {prefix} [{elapsed_precise}] {bar:30} {bytes}/{total_bytes} {msg} ETA {eta}",
+        c.json,
+    );
     let mut last_line = Instant::now();
     let mut unanswered = 0;
     loop {
