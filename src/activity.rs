@@ -344,18 +344,86 @@ impl ActivityLog {
         Ok(())
     }
 
-    /// Clear the change-log (a finished resync) and forget every entry, as
-    /// one step: no cover can find an entry hot whose record the clear wiped.
-    pub fn clear_with_log(&self) -> Result<(), ChangeLogError> {
+    /// A new stream (a mirror taken back from change tracking): the table
+    /// starts empty. Its entries' sequence numbers belong to the old stream,
+    /// and what they covered stays in the change-log, pinned (extents when
+    /// the mirror was marked down, paths when it is taken back), for the
+    /// resync to ship and clear once it is durable on both sides. Kept here,
+    /// they would retire against the new stream's acknowledgements, or be
+    /// kept through every resync checkpoint.
+    pub fn restart_stream(&self) {
         let mut all: Vec<_> = self.shards.iter().map(lock).collect();
-        self.log.clear()?;
         for sh in all.iter_mut() {
             sh.extents.clear();
             sh.paths.clear();
         }
         self.entries.store(0, Ordering::Release);
         self.next_try.store(self.limit + 1, Ordering::Release);
-        Ok(())
+    }
+
+    /// Clear the change-log (a finished resync) but this table's entries,
+    /// which stay recorded and are retired as usual: they cover writes
+    /// streamed during the resync that may not be durable on both sides yet
+    /// (found by the fault simulator: forgetting them left such a write
+    /// named nowhere). Settled entries go (see
+    /// [`ActivityLog::clear_entries`]). One step with every shard locked,
+    /// so no cover makes an entry hot in between.
+    pub fn clear_with_log(&self, flushes: &BTreeMap<FsPath, u64>) -> Result<(), ChangeLogError> {
+        let mut all: Vec<_> = self.shards.iter().map(lock).collect();
+        self.drop_settled(&mut all, flushes);
+        let (extents, paths) = Self::entries_of(&all);
+        self.log.clear_keeping(&extents, &paths)
+    }
+
+    /// A resync's progress ([`ChangeLog::clear_entries`]), keeping this
+    /// table's entries recorded: a write streamed meanwhile into a cleared
+    /// extent or path is covered by nothing else until it is durable on
+    /// both sides. Except the settled ones: extents of a file in `flushes`
+    /// (synced on the mirror through that file's flush, and on this host by
+    /// the caller) with nothing in flight and nothing shipped after that
+    /// flush; kept, a later loss would pin them and the next resync would
+    /// compare them again. With every shard locked, as
+    /// [`ActivityLog::clear_with_log`].
+    pub fn clear_entries(
+        &self,
+        blocks: &BTreeMap<FsPath, BTreeSet<u64>>,
+        paths: &[FsPath],
+        flushes: &BTreeMap<FsPath, u64>,
+    ) -> Result<(), ChangeLogError> {
+        let mut all: Vec<_> = self.shards.iter().map(lock).collect();
+        self.drop_settled(&mut all, flushes);
+        let (keep_extents, keep_paths) = Self::entries_of(&all);
+        self.log.clear_entries_keeping(blocks, paths, &keep_extents, &keep_paths)
+    }
+
+    fn drop_settled(&self, shards: &mut [std::sync::MutexGuard<'_, Shard>], flushes: &BTreeMap<FsPath, u64>) {
+        let mut gone = 0;
+        for (f, synced) in flushes {
+            let sh = &mut shards[shard_of(f)];
+            if let Some(es) = sh.extents.get_mut(f) {
+                let before = es.len();
+                es.retain(|_, h| h.in_flight > 0 || h.last_seq > *synced);
+                gone += before - es.len();
+                if es.is_empty() {
+                    sh.extents.remove(f);
+                }
+            }
+        }
+        self.entries.fetch_sub(gone, Ordering::AcqRel);
+    }
+
+    fn entries_of(shards: &[std::sync::MutexGuard<'_, Shard>]) -> (BTreeMap<FsPath, BTreeSet<u64>>, BTreeSet<FsPath>) {
+        let mut extents: BTreeMap<FsPath, BTreeSet<u64>> = BTreeMap::new();
+        let mut paths = BTreeSet::new();
+        for sh in shards {
+            for (p, es) in &sh.extents {
+                if !es.is_empty() {
+                    extents.entry(p.clone()).or_default().extend(es.keys().copied());
+                }
+            }
+            paths.extend(sh.paths.keys().cloned());
+        }
+        (extents, paths)
     }
 
     /// Retire whatever can be retired now, regardless of the limit (when
@@ -489,6 +557,33 @@ mod tests {
         assert_eq!(al.retire_all(5).unwrap(), 0, "in flight or newer than the mirror's durable mark");
         drop(c);
         assert!(log.change_set().covers_block(&rel, 1));
+    }
+
+    /// A resync checkpoint keeps a live entry (a write after the file's
+    /// flush) and lets a settled one go (nothing after the flush); the
+    /// final clear does the same; a new stream starts with an empty table.
+    #[test]
+    fn resync_clears_keep_live_entries_and_drop_settled_ones() {
+        let (_disk, log, al) = setup(64);
+        let (a, b) = (p("a"), p("b"));
+        for (f, seq) in [(&a, 5), (&b, 9)] {
+            let mut c = al.cover_blocks(f, 0, 0, 0).unwrap();
+            c.shipped(seq);
+        }
+        // Both files flushed at #7: `a` is settled, `b` was written after.
+        let flushes = BTreeMap::from([(a.clone(), 7u64), (b.clone(), 7u64)]);
+        let done = BTreeMap::from([(a.clone(), (0..32).collect()), (b.clone(), (0..32).collect())]);
+        al.clear_entries(&done, &[], &flushes).unwrap();
+        let set = log.change_set();
+        assert!(!set.covers_block(&a, 0) && set.covers_block(&b, 0), "{set:?}");
+        assert_eq!(al.len(), 1);
+        al.clear_with_log(&BTreeMap::from([(b.clone(), 12u64)])).unwrap();
+        assert!(log.change_set().is_empty() && al.is_empty());
+        let mut c = al.cover_blocks(&a, 40, 40, 0).unwrap();
+        c.shipped(3);
+        drop(c);
+        al.restart_stream();
+        assert!(al.is_empty());
     }
 
     #[test]

@@ -471,11 +471,12 @@ impl MirrorServer {
                 Ok(wants_sync) => {
                     acks.marks.received.store(session.received(), Ordering::SeqCst);
                     acks.marks.applied.store(applier.applied(), Ordering::SeqCst);
-                    // A checkpoint bounds how far "durable through" lags.
-                    if shutdown
-                        || applier.too_many_dirty()
-                        || (applier.has_unsynced() && last_full.elapsed() >= CHECKPOINT_INTERVAL)
-                    {
+                    // A checkpoint bounds how far "durable through" lags,
+                    // also when everything applied is synced already (an
+                    // empty job): a primary may be waiting for that mark.
+                    let lagging =
+                        applier.has_unsynced() || acks.marks.durable.load(Ordering::SeqCst) < applier.applied();
+                    if shutdown || applier.too_many_dirty() || (lagging && last_full.elapsed() >= CHECKPOINT_INTERVAL) {
                         applier.request_full();
                         last_full = Instant::now();
                     }

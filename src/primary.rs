@@ -22,7 +22,7 @@ use crate::path::RelPath;
 use crate::protocol::handshake::{self, ClusterKey, Hello, Status};
 use crate::protocol::{body_hash, Ack, Decoder, Header, Kind, FLAG_DURABLE, HEADER_LEN, MAX_WRITE_AT};
 use bytes::Bytes;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 use std::io::IoSlice;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -232,6 +232,9 @@ struct Inner {
     /// sequence number: the count asked), and answers not yet taken.
     hash_wanted: Mutex<HashMap<u64, u32>>,
     hash_answers: Mutex<HashMap<u64, Vec<u64>>>,
+    /// Resync: the last flush queued for each file, until a checkpoint or
+    /// the finish settles it.
+    resync_flushes: Mutex<HashMap<FsPath, u64>>,
     hash_cv: Condvar,
 }
 
@@ -357,6 +360,7 @@ impl Primary {
             resyncing: AtomicBool::new(false),
             hash_wanted: Mutex::new(HashMap::new()),
             hash_answers: Mutex::new(HashMap::new()),
+            resync_flushes: Mutex::new(HashMap::new()),
             hash_cv: Condvar::new(),
         });
         tracing::debug!(backend = inner.disk.name(), "primary local I/O");
@@ -900,6 +904,19 @@ impl Primary {
                 m.store(0, Ordering::Release);
             }
             *lock(&inner.marks) = Marks { ack: Ack::default(), lost: None, waiters: Vec::new() };
+            // The paths change tracking recorded are owed to the resync, as
+            // the extents pinned when the mirror was marked down: an
+            // activity entry of the same path (hot before the loss, its
+            // sequence number from the old stream) must not take the record
+            // with it when it retires (found by the fault simulator). The
+            // activity table starts afresh with the stream.
+            if let Some(t) = &inner.tracking {
+                t.changelog.pin_touched();
+            }
+            if let Some(al) = &inner.activity {
+                al.restart_stream();
+            }
+            lock(&inner.resync_flushes).clear();
             inner.resyncing.store(true, Ordering::SeqCst);
             inner.set_mode(Mode::Streaming);
         }
@@ -930,8 +947,6 @@ impl Primary {
     /// it is, with no call changing it meanwhile. With `prune`, a directory's
     /// children are listed and the mirror keeps only those.
     pub(crate) fn resync_reconcile(&self, fs: u16, path: Option<&RelPath>, prune: bool) -> Result<LocalEntry> {
-        use crate::disk::EntryKind;
-        use crate::protocol::{ChildKind, ReconcileBody, ReconcileEntry};
         let inner = &self.inner;
         inner.usable()?;
         let here = path.map(|p| FsPath::new(fs, p.clone()));
@@ -939,42 +954,9 @@ impl Primary {
         let _f = here.as_ref().map(|p| inner.file_stripe(p).write().unwrap_or_else(|e| e.into_inner()));
         let _ns = inner.namespace.write().unwrap_or_else(|e| e.into_inner());
         inner.check_open()?;
-        let kind = match &here {
-            Some(p) => inner.disk.entry_kind(p)?,
-            None => Some(EntryKind::Dir),
-        };
-        let (entry, local, len) = match kind {
-            None | Some(EntryKind::Other) => (ReconcileEntry::Absent, LocalEntry::Absent, 0),
-            Some(EntryKind::File) => {
-                let p = here.as_ref().ok_or_else(|| Error::InvalidArgument("a root is a directory".into()))?;
-                // Not through the handle cache: it takes the namespace lock we hold.
-                let len = inner.disk.open(p, OpenMode::Existing)?.len()?;
-                (ReconcileEntry::File, LocalEntry::File { len }, len)
-            }
-            Some(EntryKind::Dir) => {
-                let children: Vec<(String, EntryKind)> =
-                    inner.disk.list_dir(fs, path)?.into_iter().filter(|(_, k)| *k != EntryKind::Other).collect();
-                let keep = prune.then(|| {
-                    children
-                        .iter()
-                        .map(|(n, k)| (n.clone(), if *k == EntryKind::Dir { ChildKind::Dir } else { ChildKind::File }))
-                        .collect()
-                });
-                (ReconcileEntry::Dir { keep }, LocalEntry::Dir { children }, 0)
-            }
-        };
-        let body = ReconcileBody { entry, path: path.map(|p| p.as_str().as_bytes().to_vec()).unwrap_or_default() };
-        let body = Bytes::from(body.encode());
-        if body.len() > crate::protocol::MAX_BODY {
-            return Err(Error::InvalidArgument(format!(
-                "directory fs{fs}:{} has too many entries to reconcile in one frame",
-                path.map(|p| p.as_str()).unwrap_or("")
-            )));
-        }
-        let mut h = Header::new(Kind::Reconcile);
-        h.filespace = fs;
-        h.offset = len;
-        let change = here.as_ref().map(|p| Change::Touched { path: p.clone(), subtree: true });
+        // Not through the handle cache: it takes the namespace lock we hold.
+        let (h, body, local) = reconcile_frame(inner.disk.as_ref(), fs, path, prune)?;
+        let change = here.map(|p| Change::Touched { path: p, subtree: true });
         inner.ship_unbound(h, body, change)?;
         Ok(local)
     }
@@ -1089,6 +1071,7 @@ impl Primary {
             return Ok(None);
         }
         let seq = inner.ship(p, Header::new(Kind::Flush), Bytes::new(), 0, None)?;
+        lock(&inner.resync_flushes).insert(p.clone(), seq);
         inner.flush();
         Ok(Some(seq))
     }
@@ -1108,6 +1091,7 @@ impl Primary {
         let inner = &self.inner;
         inner.wait_mark(synced, Mark::Synced, Some(Instant::now() + timeout))?;
         let t = inner.tracking.as_ref().ok_or_else(|| Error::InvalidArgument("no change tracking".into()))?;
+        inner.sync_resynced(flushed.iter().chain(blocks.keys()))?;
         // With the record lock: a loss either comes after (its window, with
         // any newer write of these blocks, is recorded after this) or before
         // (then nothing is cleared).
@@ -1115,7 +1099,12 @@ impl Primary {
         if let Some(l) = lock(&inner.marks).lost.clone() {
             return Err(Error::MirrorLost(l));
         }
-        t.changelog.clear_entries(blocks, paths).map_err(|e| inner.tracking_failed(e))?;
+        let flushes = inner.take_resync_flushes(flushed);
+        match &inner.activity {
+            Some(al) => al.clear_entries(blocks, paths, &flushes),
+            None => t.changelog.clear_entries(blocks, paths),
+        }
+        .map_err(|e| inner.tracking_failed(e))?;
         inner.prune_window(synced, flushed);
         Ok(())
     }
@@ -1144,6 +1133,7 @@ impl Primary {
             }
         }
         let t = inner.tracking.as_ref().ok_or_else(|| Error::InvalidArgument("no change tracking".into()))?;
+        inner.sync_resynced(flushed.iter())?;
         let _r = lock(&inner.record_lock);
         if let Some(l) = lock(&inner.marks).lost.clone() {
             return Err(Error::MirrorLost(l));
@@ -1151,8 +1141,9 @@ impl Primary {
         if *inner.mode.lock().unwrap_or_else(|e| e.into_inner()) != Mode::Streaming {
             return Err(Error::MirrorLost("the pair left streaming during the resync".into()));
         }
+        let flushes = inner.take_resync_flushes(flushed);
         match &inner.activity {
-            Some(al) => al.clear_with_log(),
+            Some(al) => al.clear_with_log(&flushes),
             None => t.changelog.clear(),
         }
         .map_err(|e| inner.tracking_failed(e))?;
@@ -1160,9 +1151,70 @@ impl Primary {
             inner.prune_window(seq, flushed);
         }
         inner.resyncing.store(false, Ordering::SeqCst);
+        drop(_r);
+        // What the activity log kept and is settled (durable on the mirror,
+        // nothing in flight) goes once durable here too; a failure only
+        // keeps entries, which is safe.
+        if let Some(al) = &inner.activity {
+            let durable = inner.mark_copies[Mark::Durable as usize].load(Ordering::Acquire);
+            if let Err(e) = al.retire_all(durable) {
+                tracing::warn!(error = %e, "activity log: retiring after the resync failed; entries stay");
+            }
+        }
         tracing::warn!("resync complete: the change-log is drained, the pair is synchronized");
         Ok(())
     }
+}
+
+/// What one path (`None`: the filespace root) is on `disk`, as the
+/// Reconcile frame a resync ships for it (header without a sequence
+/// number) and as the engine sees it. With `prune`, a directory's children
+/// are listed and the mirror keeps only those. Shared by the runtime and
+/// the fault simulator, so both ship exactly the same frame.
+pub(crate) fn reconcile_frame(
+    disk: &dyn Disk,
+    fs: u16,
+    path: Option<&RelPath>,
+    prune: bool,
+) -> Result<(Header, Bytes, LocalEntry)> {
+    use crate::disk::EntryKind;
+    use crate::protocol::{ChildKind, ReconcileBody, ReconcileEntry};
+    let here = path.map(|p| FsPath::new(fs, p.clone()));
+    let kind = match &here {
+        Some(p) => disk.entry_kind(p)?,
+        None => Some(EntryKind::Dir),
+    };
+    let (entry, local, len) = match kind {
+        None | Some(EntryKind::Other) => (ReconcileEntry::Absent, LocalEntry::Absent, 0),
+        Some(EntryKind::File) => {
+            let p = here.as_ref().ok_or_else(|| Error::InvalidArgument("a root is a directory".into()))?;
+            let len = disk.open(p, OpenMode::Existing)?.len()?;
+            (ReconcileEntry::File, LocalEntry::File { len }, len)
+        }
+        Some(EntryKind::Dir) => {
+            let children: Vec<(String, EntryKind)> =
+                disk.list_dir(fs, path)?.into_iter().filter(|(_, k)| *k != EntryKind::Other).collect();
+            let keep = prune.then(|| {
+                children
+                    .iter()
+                    .map(|(n, k)| (n.clone(), if *k == EntryKind::Dir { ChildKind::Dir } else { ChildKind::File }))
+                    .collect()
+            });
+            (ReconcileEntry::Dir { keep }, LocalEntry::Dir { children }, 0)
+        }
+    };
+    let body = ReconcileBody { entry, path: path.map(|p| p.as_str().as_bytes().to_vec()).unwrap_or_default() };
+    let body = Bytes::from(body.encode());
+    if body.len() > crate::protocol::MAX_BODY {
+        return Err(Error::InvalidArgument(format!(
+            "directory fs{fs}:{} has too many entries to reconcile in one frame",
+            path.map(|p| p.as_str()).unwrap_or("")
+        )));
+    }
+    let mut h = Header::new(Kind::Reconcile);
+    h.filespace = fs;
+    h.offset = len;
+    Ok((h, body, local))
 }
 
 impl Drop for Primary {
@@ -1232,6 +1284,35 @@ impl Inner {
         }
         dirs.clear();
         Ok(())
+    }
+
+    /// Resync: the flush queued last for each of `files`, now synced on the
+    /// mirror (its file is durable there through that flush; a write after
+    /// it is not, even if a later flush of another file is synced).
+    fn take_resync_flushes(&self, files: &std::collections::BTreeSet<FsPath>) -> BTreeMap<FsPath, u64> {
+        let mut all = lock(&self.resync_flushes);
+        files.iter().filter_map(|f| all.remove(f).map(|seq| (f.clone(), seq))).collect()
+    }
+
+    /// Resync: before entries are cleared, make this side's copy of what
+    /// they name durable too: the files (`files`), and every directory
+    /// changed since the last local sync. The mirror having a change
+    /// durably says nothing of this host's page cache, where changes made
+    /// in change tracking may still sit (found by the fault simulator: a
+    /// crash then lost a change no log named any more). A failure faults
+    /// the segment (rule 8).
+    fn sync_resynced<'a>(&self, files: impl Iterator<Item = &'a FsPath>) -> Result<()> {
+        let files: std::collections::BTreeSet<&FsPath> = files.collect();
+        for p in files {
+            if let Some(f) = self.file_if_present(p)? {
+                let _s = lock(&self.sync_stripes[stripe_of(p, FILE_STRIPES)]);
+                self.usable_locally()?;
+                if let Err(e) = f.sync_data() {
+                    return Err(self.fault(format!("local fdatasync of {p} before a resync checkpoint failed: {e}")));
+                }
+            }
+        }
+        self.sync_dirty_dirs()
     }
 
     /// What the resync shipped up to `seq` is durable on the mirror (its
