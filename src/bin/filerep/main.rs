@@ -399,6 +399,7 @@ fn run_fault_sim(c: &SimCmd, seeds: &[u64]) -> CmdResult {
     let start = std::time::Instant::now();
     let mut faults: std::collections::BTreeMap<FaultKind, u64> = Default::default();
     let mut outcomes: std::collections::BTreeMap<&'static str, u64> = Default::default();
+    let mut resync = filerep::sim::ResyncTotals::default();
     let (mut ran, mut calls, mut acked) = (0, 0, 0);
     let bar = seed_bar(seeds.len());
     let mut failed = None;
@@ -414,6 +415,7 @@ fn run_fault_sim(c: &SimCmd, seeds: &[u64]) -> CmdResult {
                 for (k, v) in r.outcomes {
                     *outcomes.entry(k).or_default() += v;
                 }
+                resync.add(&r.resync);
             }
             Err(f) => {
                 failed = Some(f);
@@ -432,6 +434,18 @@ fn run_fault_sim(c: &SimCmd, seeds: &[u64]) -> CmdResult {
     for (k, v) in &outcomes {
         println!("  {k:<62} {v:>6}");
     }
+    println!(
+        "resync engine: {} runs, {} completed, {} interrupted by their fault; {} paths, {} blocks ({} bytes) \
+         shipped or compared, {} compared equal; {} calls by writers while a resync ran",
+        resync.runs,
+        resync.completed,
+        resync.interrupted,
+        resync.paths,
+        resync.blocks,
+        resync.bytes,
+        resync.compared_equal,
+        resync.concurrent_calls
+    );
     match failed {
         Some(f) => {
             eprintln!("{f}");
