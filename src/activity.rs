@@ -142,32 +142,6 @@ impl ActivityLog {
         al
     }
 
-    /// For a resync's progress record: the extents of the files of
-    /// `blocks` whose changes may not be durable on the mirror: something in
-    /// flight, or shipped after `flushed_at(file)`, the sequence number of
-    /// the flush of that file the mirror has synced (0: none). A Cleared run
-    /// must not drop such an extent from the durable log: this table records
-    /// an entry only once, so a primary crash would forget the newer write.
-    /// Call with calls quiesced.
-    pub fn held(
-        &self,
-        blocks: &BTreeMap<FsPath, BTreeSet<u64>>,
-        flushed_at: impl Fn(&FsPath) -> u64,
-    ) -> BTreeMap<FsPath, BTreeSet<u64>> {
-        let mut held = BTreeMap::new();
-        for file in blocks.keys() {
-            let synced = flushed_at(file);
-            let sh = lock(&self.shards[shard_of(file)]);
-            let Some(es) = sh.extents.get(file) else { continue };
-            let h: BTreeSet<u64> =
-                es.iter().filter(|(_, h)| h.in_flight > 0 || h.last_seq > synced).map(|(e, _)| *e).collect();
-            if !h.is_empty() {
-                held.insert(file.clone(), h);
-            }
-        }
-        held
-    }
-
     /// Entries currently hot.
     pub fn len(&self) -> usize {
         self.entries.load(Ordering::Acquire)
@@ -370,18 +344,86 @@ impl ActivityLog {
         Ok(())
     }
 
-    /// Clear the change-log (a finished resync) and forget every entry, as
-    /// one step: no cover can find an entry hot whose record the clear wiped.
-    pub fn clear_with_log(&self) -> Result<(), ChangeLogError> {
+    /// A new stream (a mirror taken back from change tracking): the table
+    /// starts empty. Its entries' sequence numbers belong to the old stream,
+    /// and what they covered stays in the change-log, pinned (extents when
+    /// the mirror was marked down, paths when it is taken back), for the
+    /// resync to ship and clear once it is durable on both sides. Kept here,
+    /// they would retire against the new stream's acknowledgements, or be
+    /// kept through every resync checkpoint.
+    pub fn restart_stream(&self) {
         let mut all: Vec<_> = self.shards.iter().map(lock).collect();
-        self.log.clear()?;
         for sh in all.iter_mut() {
             sh.extents.clear();
             sh.paths.clear();
         }
         self.entries.store(0, Ordering::Release);
         self.next_try.store(self.limit + 1, Ordering::Release);
-        Ok(())
+    }
+
+    /// Clear the change-log (a finished resync) but this table's entries,
+    /// which stay recorded and are retired as usual: they cover writes
+    /// streamed during the resync that may not be durable on both sides yet
+    /// (found by the fault simulator: forgetting them left such a write
+    /// named nowhere). Settled entries go (see
+    /// [`ActivityLog::clear_entries`]). One step with every shard locked,
+    /// so no cover makes an entry hot in between.
+    pub fn clear_with_log(&self, flushes: &BTreeMap<FsPath, u64>) -> Result<(), ChangeLogError> {
+        let mut all: Vec<_> = self.shards.iter().map(lock).collect();
+        self.drop_settled(&mut all, flushes);
+        let (extents, paths) = Self::entries_of(&all);
+        self.log.clear_keeping(&extents, &paths)
+    }
+
+    /// A resync's progress ([`ChangeLog::clear_entries`]), keeping this
+    /// table's entries recorded: a write streamed meanwhile into a cleared
+    /// extent or path is covered by nothing else until it is durable on
+    /// both sides. Except the settled ones: extents of a file in `flushes`
+    /// (synced on the mirror through that file's flush, and on this host by
+    /// the caller) with nothing in flight and nothing shipped after that
+    /// flush; kept, a later loss would pin them and the next resync would
+    /// compare them again. With every shard locked, as
+    /// [`ActivityLog::clear_with_log`].
+    pub fn clear_entries(
+        &self,
+        blocks: &BTreeMap<FsPath, BTreeSet<u64>>,
+        paths: &[FsPath],
+        flushes: &BTreeMap<FsPath, u64>,
+    ) -> Result<(), ChangeLogError> {
+        let mut all: Vec<_> = self.shards.iter().map(lock).collect();
+        self.drop_settled(&mut all, flushes);
+        let (keep_extents, keep_paths) = Self::entries_of(&all);
+        self.log.clear_entries_keeping(blocks, paths, &keep_extents, &keep_paths)
+    }
+
+    fn drop_settled(&self, shards: &mut [std::sync::MutexGuard<'_, Shard>], flushes: &BTreeMap<FsPath, u64>) {
+        let mut gone = 0;
+        for (f, synced) in flushes {
+            let sh = &mut shards[shard_of(f)];
+            if let Some(es) = sh.extents.get_mut(f) {
+                let before = es.len();
+                es.retain(|_, h| h.in_flight > 0 || h.last_seq > *synced);
+                gone += before - es.len();
+                if es.is_empty() {
+                    sh.extents.remove(f);
+                }
+            }
+        }
+        self.entries.fetch_sub(gone, Ordering::AcqRel);
+    }
+
+    fn entries_of(shards: &[std::sync::MutexGuard<'_, Shard>]) -> (BTreeMap<FsPath, BTreeSet<u64>>, BTreeSet<FsPath>) {
+        let mut extents: BTreeMap<FsPath, BTreeSet<u64>> = BTreeMap::new();
+        let mut paths = BTreeSet::new();
+        for sh in shards {
+            for (p, es) in &sh.extents {
+                if !es.is_empty() {
+                    extents.entry(p.clone()).or_default().extend(es.keys().copied());
+                }
+            }
+            paths.extend(sh.paths.keys().cloned());
+        }
+        (extents, paths)
     }
 
     /// Retire whatever can be retired now, regardless of the limit (when
@@ -406,35 +448,6 @@ mod tests {
         let log = Arc::new(ChangeLog::create(disk.clone(), p("changelog"), 8192).unwrap());
         let al = ActivityLog::new(log.clone(), disk.clone(), limit);
         (disk, log, al)
-    }
-
-    #[test]
-    fn a_resync_checkpoint_never_clears_an_extent_with_a_write_the_mirror_may_lack() {
-        let (disk, log, al) = setup(16);
-        let rel = p("rel");
-        // Extent 0: a copy shipped as #5; extent 1: a write shipped as #7.
-        for (b, seq) in [(3, 5), (33, 7)] {
-            let mut c = al.cover_blocks(&rel, b, b, 0).unwrap();
-            c.shipped(seq);
-        }
-        log.record_batch((0..96).map(|b| (rel.clone(), b)), std::iter::empty()).unwrap();
-        let done: BTreeMap<FsPath, BTreeSet<u64>> = [(rel.clone(), (0..96).collect())].into_iter().collect();
-        assert_eq!(al.held(&done, |_| 8), BTreeMap::new(), "everything synced on the mirror: nothing held");
-        let held = al.held(&done, |_| 6);
-        assert_eq!(held.get(&rel), Some(&[1u64].into_iter().collect()), "shipped after rel's flush #6: held");
-        {
-            let _in_flight = al.cover_blocks(&rel, 70, 70, 0).unwrap();
-            assert!(al.held(&done, |_| 8).get(&rel).is_some_and(|h| h.contains(&2)), "in flight: held");
-        }
-        log.clear_entries(&done, &[], &held).unwrap();
-        for set in [log.change_set(), {
-            disk.crash(None);
-            ChangeLog::open(disk.clone(), p("changelog")).unwrap().0.change_set()
-        }] {
-            assert_eq!(set.distinct_blocks(), 0, "every exact block is recorded done");
-            assert!((32..64).all(|b| set.covers_block(&rel, b)), "the held extent survives the checkpoint and a crash");
-            assert!(!set.covers_block(&rel, 0) && !set.covers_block(&rel, 64), "the others go");
-        }
     }
 
     #[test]
@@ -544,6 +557,62 @@ mod tests {
         assert_eq!(al.retire_all(5).unwrap(), 0, "in flight or newer than the mirror's durable mark");
         drop(c);
         assert!(log.change_set().covers_block(&rel, 1));
+    }
+
+    /// Across a crash too: a checkpoint keeps the extents covering a write
+    /// the mirror may lack (in flight, or shipped after the file's synced
+    /// flush) and records every exact block done.
+    #[test]
+    fn a_resync_checkpoint_never_clears_an_extent_with_a_write_the_mirror_may_lack() {
+        let (disk, log, al) = setup(16);
+        let rel = p("rel");
+        // Extent 0: a copy shipped as #5; extent 1: a write shipped as #7.
+        for (b, seq) in [(3, 5), (33, 7)] {
+            let mut c = al.cover_blocks(&rel, b, b, 0).unwrap();
+            c.shipped(seq);
+        }
+        log.record_batch((0..96).map(|b| (rel.clone(), b)), std::iter::empty()).unwrap();
+        let done: BTreeMap<FsPath, BTreeSet<u64>> = [(rel.clone(), (0..96).collect())].into_iter().collect();
+        {
+            // Extent 2: a write in flight; the mirror synced rel through #6.
+            let _in_flight = al.cover_blocks(&rel, 70, 70, 0).unwrap();
+            al.clear_entries(&done, &[], &BTreeMap::from([(rel.clone(), 6u64)])).unwrap();
+        }
+        for set in [log.change_set(), {
+            disk.crash(None);
+            ChangeLog::open(disk.clone(), p("changelog")).unwrap().0.change_set()
+        }] {
+            assert_eq!(set.distinct_blocks(), 0, "every exact block is recorded done");
+            assert!((32..96).all(|b| set.covers_block(&rel, b)), "the live extents survive the checkpoint and a crash");
+            assert!(!set.covers_block(&rel, 0), "the settled one goes");
+        }
+    }
+
+    /// A resync checkpoint keeps a live entry (a write after the file's
+    /// flush) and lets a settled one go (nothing after the flush); the
+    /// final clear does the same; a new stream starts with an empty table.
+    #[test]
+    fn resync_clears_keep_live_entries_and_drop_settled_ones() {
+        let (_disk, log, al) = setup(64);
+        let (a, b) = (p("a"), p("b"));
+        for (f, seq) in [(&a, 5), (&b, 9)] {
+            let mut c = al.cover_blocks(f, 0, 0, 0).unwrap();
+            c.shipped(seq);
+        }
+        // Both files flushed at #7: `a` is settled, `b` was written after.
+        let flushes = BTreeMap::from([(a.clone(), 7u64), (b.clone(), 7u64)]);
+        let done = BTreeMap::from([(a.clone(), (0..32).collect()), (b.clone(), (0..32).collect())]);
+        al.clear_entries(&done, &[], &flushes).unwrap();
+        let set = log.change_set();
+        assert!(!set.covers_block(&a, 0) && set.covers_block(&b, 0), "{set:?}");
+        assert_eq!(al.len(), 1);
+        al.clear_with_log(&BTreeMap::from([(b.clone(), 12u64)])).unwrap();
+        assert!(log.change_set().is_empty() && al.is_empty());
+        let mut c = al.cover_blocks(&a, 40, 40, 0).unwrap();
+        c.shipped(3);
+        drop(c);
+        al.restart_stream();
+        assert!(al.is_empty());
     }
 
     #[test]

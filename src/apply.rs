@@ -44,6 +44,20 @@ pub enum Reply {
     Listing { seq: u64, body: ListingBody },
 }
 
+impl Reply {
+    /// The frame the mirror sends for it (the daemon and the simulator alike).
+    pub fn into_frame(self) -> crate::protocol::Frame {
+        use crate::protocol::{Header, Kind};
+        let (kind, seq, body) = match self {
+            Reply::Hashes { seq, hashes } => (Kind::Hashes, seq, hashes.iter().flat_map(|x| x.to_le_bytes()).collect()),
+            Reply::Listing { seq, body } => (Kind::Listing, seq, body.encode()),
+        };
+        let mut h = Header::new(kind);
+        h.seq = seq;
+        crate::protocol::Frame::new(h, bytes::Bytes::from(body))
+    }
+}
+
 fn listed(k: EntryKind) -> ListedKind {
     match k {
         EntryKind::File => ListedKind::File,
@@ -483,13 +497,21 @@ impl Applier {
             Some(p) => disk.entry_kind(p).map_err(err("reconcile"))?,
             None => Some(EntryKind::Dir),
         };
+        // Whatever the path was, its directory entry is synced by the next
+        // job even when nothing changed here: what this host has may itself
+        // not be durable (a demoted primary's page cache), and the primary
+        // counts the path as equal once that job is done.
         match (entry, &here) {
             (ReconcileEntry::Absent, Some(p)) => {
                 if kind.is_some() {
                     self.open.clear();
                     remove_tree(disk.as_ref(), p).map_err(err("reconcile: remove"))?;
                     self.unkey_dirs_under(p);
-                    self.dirty_dir(seq, p)?;
+                }
+                // A missing parent is absent itself: its own reconcile syncs it.
+                match self.dirty_dir(seq, p) {
+                    Err(e) if e.error.kind == crate::disk::DiskErrorKind::NotFound => {}
+                    r => r?,
                 }
             }
             (ReconcileEntry::File, Some(p)) => {
@@ -503,9 +525,7 @@ impl Applier {
                 // Not cached by id (a later write opens it by path); its new
                 // length is made durable by the next full job.
                 self.reconciled.push(f);
-                if kind != Some(EntryKind::File) {
-                    self.dirty_dir(seq, p)?;
-                }
+                self.dirty_dir(seq, p)?;
             }
             (ReconcileEntry::Dir { keep }, _) => {
                 if let Some(p) = &here {
@@ -515,8 +535,8 @@ impl Applier {
                     }
                     if kind != Some(EntryKind::Dir) {
                         disk.create_dir(p).map_err(err("reconcile: mkdir"))?;
-                        self.dirty_dir(seq, p)?;
                     }
+                    self.dirty_dir(seq, p)?;
                 }
                 if let Some(keep) = keep {
                     let keep: std::collections::BTreeMap<&str, ChildKind> =
@@ -544,8 +564,18 @@ impl Applier {
                         self.open.clear();
                         remove_tree(disk.as_ref(), &child).map_err(err("reconcile: prune"))?;
                         self.unkey_dirs_under(&child);
-                        self.dirty_dir(seq, &child)?;
                     }
+                    // Its list of children, pruned or not, is synced too.
+                    let probe = match path {
+                        Some(p) => p.join("x"),
+                        None => RelPath::top("x"),
+                    };
+                    let probe = probe.map_err(|e| ApplyError {
+                        seq,
+                        op: "reconcile",
+                        error: DiskError::new("reconcile", "", crate::disk::DiskErrorKind::Io, e),
+                    })?;
+                    self.dirty_dir(seq, &FsPath::new(fs, probe))?;
                 }
             }
             (_, None) => {
@@ -732,6 +762,30 @@ mod tests {
         assert_eq!(snap.get(&(0, "keep".to_string())), Some(&SimEntry::File(b"abc".to_vec())));
         assert_eq!(snap.get(&(0, "new".to_string())), Some(&SimEntry::File(vec![0; 4])));
         assert_eq!(snap.get(&(0, "x".to_string())), Some(&SimEntry::Dir));
+    }
+
+    /// A reconcile that finds the path already as the primary has it still
+    /// makes that durable with the next job: this host's state may only be
+    /// in its page cache (a demoted primary's unsynced rmdir, found by the
+    /// fault simulator).
+    #[test]
+    fn a_reconcile_that_changes_nothing_still_makes_the_path_durable() {
+        use crate::protocol::ReconcileEntry;
+        let disk = Arc::new(SimDisk::new(1));
+        disk.create_dir(&p("gone")).unwrap();
+        disk.sync_parent_dir(&p("gone")).unwrap();
+        disk.remove_dir(&p("gone")).unwrap();
+        disk.create_dir(&p("new")).unwrap();
+        let mut a = Applier::new(disk.clone(), 1);
+        let rec = |seq, path: &str, entry| {
+            op(seq, Op::Reconcile { filespace: 0, path: Some(RelPath::new(path).unwrap()), entry, len: 0 })
+        };
+        a.apply(&[rec(1, "gone", ReconcileEntry::Absent), rec(2, "new", ReconcileEntry::Dir { keep: None })]).unwrap();
+        assert!(a.has_unsynced());
+        a.take_sync_job().run(disk.as_ref()).unwrap();
+        let durable = disk.durable_snapshot();
+        assert!(!durable.contains_key(&(0, "gone".to_string())), "{durable:?}");
+        assert_eq!(durable.get(&(0, "new".to_string())), Some(&SimEntry::Dir));
     }
 
     /// A directory renamed away and re-created under its old name: a sync

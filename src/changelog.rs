@@ -876,6 +876,10 @@ impl ChangeLog {
         }
         for (p, t) in &set.touched {
             s.add_touched(p, *t);
+            // Owed to the resync: retiring an activity entry of the same
+            // path must not drop it.
+            let e = s.inner.recovered_touched.entry(p.clone()).or_insert(false);
+            *e |= *t;
         }
         let n = s.recorded;
         self.wait_durable(s, n)
@@ -889,6 +893,35 @@ impl ChangeLog {
         let Inner { set, recovered, .. } = &mut s.inner;
         for (p, es) in &set.extents {
             recovered.entry(p.clone()).or_default().extend(es.iter().copied());
+        }
+    }
+
+    /// Keep these recorded extents through compactions and retiring, as if
+    /// recovered from a crash (until a resync clears them): the activity
+    /// log's entries when a mirror is taken back ([`ChangeLog::pin_extents`]
+    /// pins them all when the mirror is marked down).
+    pub fn pin_extents_of(&self, extents: &BTreeMap<FsPath, BTreeSet<u64>>) {
+        let mut s = lock(&self.shared);
+        let Inner { set, recovered, .. } = &mut s.inner;
+        for (p, es) in extents {
+            let pinned: Vec<u64> =
+                set.extents.get(p).map(|have| es.intersection(have).copied().collect()).unwrap_or_default();
+            if !pinned.is_empty() {
+                recovered.entry(p.clone()).or_default().extend(pinned);
+            }
+        }
+    }
+
+    /// Keep every touched path recorded so far through retiring, as if
+    /// recovered from a crash (until a resync clears it): taking a mirror
+    /// back, the paths change tracking recorded are owed to the resync, and
+    /// an activity-log entry of the same path (hot before the loss, or
+    /// covered anew) must not take the record with it when it retires.
+    pub fn pin_touched(&self) {
+        let mut s = lock(&self.shared);
+        let Inner { set, recovered_touched, .. } = &mut s.inner;
+        for (p, t) in &set.touched {
+            *recovered_touched.entry(p.clone()).or_insert(false) |= *t;
         }
     }
 
@@ -907,52 +940,90 @@ impl ChangeLog {
 
     /// A resync's progress, durably: `blocks` of each file and `paths` no
     /// longer differ from the peer (extents wholly inside a cleared run go
-    /// too, recovered or not, except those in `keep`: runs are split in the
-    /// middle of a kept extent so that none wholly contains it). Appended as
-    /// records, so a resync that stops continues with what is left.
-    pub fn clear_entries(
+    /// too, recovered or not). Appended as records, so a resync that stops
+    /// continues with what is left.
+    pub fn clear_entries(&self, blocks: &BTreeMap<FsPath, BTreeSet<u64>>, paths: &[FsPath]) -> Result<()> {
+        self.clear_entries_keeping(blocks, paths, &BTreeMap::new(), &BTreeSet::new())
+    }
+
+    /// [`ChangeLog::clear_entries`], except that the extents and paths in
+    /// `keep_extents` and `keep_paths` stay recorded (no longer as
+    /// recovered): the activity log's live entries, which cover writes
+    /// streamed meanwhile that are not yet durable on both sides. An extent
+    /// inside a cleared run is recorded again after the run's Cleared
+    /// record, in the same group, so a replay finds it.
+    pub fn clear_entries_keeping(
         &self,
         blocks: &BTreeMap<FsPath, BTreeSet<u64>>,
         paths: &[FsPath],
-        keep: &BTreeMap<FsPath, BTreeSet<u64>>,
+        keep_extents: &BTreeMap<FsPath, BTreeSet<u64>>,
+        keep_paths: &BTreeSet<FsPath>,
     ) -> Result<()> {
         let mut s = lock(&self.shared);
         s.usable()?;
+        let none = BTreeSet::new();
         for (file, set) in blocks {
             if set.is_empty() {
                 continue;
             }
             let no = s.inner.file_no(file)?;
-            let kept = keep.get(file);
-            // A run stops before the middle block of a kept extent.
-            let splits = |b: u64| {
-                b % EXTENT_BLOCKS == EXTENT_BLOCKS / 2 && kept.is_some_and(|k| k.contains(&(b / EXTENT_BLOCKS)))
-            };
+            let kept = keep_extents.get(file).unwrap_or(&none);
             let mut it = set.iter().copied().peekable();
             while let Some(first) = it.next() {
                 let mut count = 1u32;
-                while count < u32::MAX && it.peek() == Some(&(first + count as u64)) && !splits(first + count as u64) {
+                while count < u32::MAX && it.peek() == Some(&(first + count as u64)) {
                     it.next();
                     count += 1;
                 }
                 let end = first + count as u64;
+                let inside = |e: &u64| *e * EXTENT_BLOCKS >= first && (*e + 1) * EXTENT_BLOCKS <= end;
                 s.inner.pending.cleared(no, first, count);
                 s.inner.set.remove_blocks(file, first, end);
                 let Inner { recovered, .. } = &mut s.inner;
                 if let Some(es) = recovered.get_mut(file) {
-                    es.retain(|e| !(e * EXTENT_BLOCKS >= first && (e + 1) * EXTENT_BLOCKS <= end));
+                    es.retain(|e| !inside(e));
+                    if es.is_empty() {
+                        recovered.remove(file);
+                    }
                 }
                 s.recorded += 1;
+                for e in kept.iter().filter(|e| inside(e)) {
+                    s.inner.pending.extent(no, *e);
+                    s.inner.set.extents.entry(file.clone()).or_default().insert(*e);
+                    s.recorded += 1;
+                }
             }
         }
         for p in paths {
+            s.inner.recovered_touched.remove(p);
+            if keep_paths.contains(p) {
+                continue;
+            }
             s.inner.pending.cleared_path(p);
             s.inner.set.touched.remove(p);
-            s.inner.recovered_touched.remove(p);
             s.recorded += 1;
         }
         let n = s.recorded;
         self.wait_durable(s, n)
+    }
+
+    /// Forget everything but the activity log's live entries (a finished
+    /// resync while calls stream on), durably, in one rewrite: `extents`
+    /// and the touched `paths` stay, as active entries (no longer recovered).
+    pub fn clear_keeping(&self, extents: &BTreeMap<FsPath, BTreeSet<u64>>, paths: &BTreeSet<FsPath>) -> Result<()> {
+        let mut s = lock(&self.shared);
+        while s.leader {
+            s = self.committed.wait(s).unwrap_or_else(|e| e.into_inner());
+        }
+        // A kept path keeps its subtree flag; one never recorded (its record
+        // failed) counts as a whole subtree.
+        let touched: BTreeMap<FsPath, bool> =
+            paths.iter().map(|p| (p.clone(), s.inner.set.touched.get(p).copied().unwrap_or(true))).collect();
+        s.inner.set = ChangeSet { touched, ..ChangeSet::default() };
+        s.inner.recovered.clear();
+        s.inner.recovered_touched.clear();
+        s.inner.file_nos.clear();
+        self.compact_locked(&mut s, extents.clone())
     }
 
     /// Whether nothing at all is recorded.
@@ -982,7 +1053,7 @@ mod tests {
         log.record_batch((0..64).map(|b| (p("f"), b)), [(p("d"), true), (p("e"), false)]).unwrap();
         let mut done = BTreeMap::new();
         done.insert(p("f"), (0..40).collect::<BTreeSet<u64>>());
-        log.clear_entries(&done, &[p("d")], &BTreeMap::new()).unwrap();
+        log.clear_entries(&done, &[p("d")]).unwrap();
         disk.crash(None);
         let (log, _) = ChangeLog::open(disk.clone(), log_path()).unwrap();
         let set = log.change_set();
@@ -992,6 +1063,57 @@ mod tests {
         log.compact().unwrap();
         let (log, _) = ChangeLog::open(disk, log_path()).unwrap();
         assert_eq!(log.change_set(), set, "compaction keeps exactly what is left");
+    }
+
+    /// A resync clearing a run that holds a live activity-log extent and
+    /// path: both stay recorded, through a crash too (the extent is written
+    /// again after the run's Cleared record), and are no longer pinned.
+    #[test]
+    fn clearing_keeps_the_activity_logs_live_entries_across_a_crash() {
+        let disk = Arc::new(SimDisk::new(1));
+        let log = ChangeLog::create(disk.clone(), log_path(), 8192).unwrap();
+        log.record_batch((0..64).map(|b| (p("f"), b)), [(p("d"), true)]).unwrap();
+        log.record_extents(&p("f"), 0, 63).unwrap();
+        let mut live = BTreeMap::new();
+        live.insert(p("f"), BTreeSet::from([1u64]));
+        log.pin_extents_of(&live);
+        log.pin_touched();
+        let mut done = BTreeMap::new();
+        done.insert(p("f"), (0..64).collect::<BTreeSet<u64>>());
+        log.clear_entries_keeping(&done, &[p("d")], &live, &BTreeSet::from([p("d")])).unwrap();
+        let set = log.change_set();
+        assert!(set.blocks.is_empty());
+        assert!(!set.covers_block(&p("f"), 0) && set.covers_block(&p("f"), 32), "{set:?}");
+        assert_eq!(set.touched.get(&p("d")), Some(&true));
+        assert!(log.resync_set().extents.is_empty(), "no longer pinned: {:?}", log.resync_set());
+        disk.crash(None);
+        let (log, _) = ChangeLog::open(disk.clone(), log_path()).unwrap();
+        assert_eq!(log.change_set(), set);
+        // The final clear keeps them likewise, in one rewrite.
+        log.clear_keeping(&live, &BTreeSet::from([p("d")])).unwrap();
+        disk.crash(None);
+        let (log, _) = ChangeLog::open(disk, log_path()).unwrap();
+        assert_eq!(log.change_set(), set);
+    }
+
+    /// Paths owed to a resync (pinned when the mirror is taken back, or
+    /// handed over by an old primary) survive retiring an activity entry of
+    /// the same path.
+    #[test]
+    fn pinned_and_handed_over_paths_survive_retiring() {
+        let disk = Arc::new(SimDisk::new(1));
+        let log = ChangeLog::create(disk.clone(), log_path(), 8192).unwrap();
+        log.record_touched(&p("tracked"), false).unwrap();
+        log.record_touched(&p("activity"), false).unwrap();
+        log.pin_touched();
+        let mut peer = ChangeSet::default();
+        peer.touched.insert(p("handed"), true);
+        log.merge(&peer).unwrap();
+        log.record_touched(&p("later"), false).unwrap();
+        let all = BTreeSet::from([p("tracked"), p("activity"), p("handed"), p("later")]);
+        log.retire_active(&BTreeMap::new(), &all).unwrap();
+        let left: Vec<FsPath> = log.change_set().touched.keys().cloned().collect();
+        assert_eq!(left, vec![p("activity"), p("handed"), p("tracked")]);
     }
 
     #[test]

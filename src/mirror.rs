@@ -578,15 +578,7 @@ impl AckSender {
     fn replies(&self, replies: Vec<crate::apply::Reply>) -> bool {
         let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         for reply in replies {
-            let (kind, seq, body) = match reply {
-                crate::apply::Reply::Hashes { seq, hashes } => {
-                    (Kind::Hashes, seq, hashes.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>())
-                }
-                crate::apply::Reply::Listing { seq, body } => (Kind::Listing, seq, body.encode()),
-            };
-            let mut h = Header::new(kind);
-            h.seq = seq;
-            let f = Frame::new(h, Bytes::from(body));
+            let f = reply.into_frame();
             if w.send_all(&[IoSlice::new(&f.to_vec())]).is_err() {
                 return false;
             }

@@ -22,7 +22,7 @@ use crate::path::RelPath;
 use crate::protocol::handshake::{self, ClusterKey, Hello, Status};
 use crate::protocol::{body_hash, Ack, Decoder, Header, Kind, FLAG_DURABLE, HEADER_LEN, MAX_WRITE_AT};
 use bytes::Bytes;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 use std::io::IoSlice;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -337,8 +337,9 @@ struct Inner {
     list_wanted: Mutex<std::collections::HashSet<u64>>,
     list_answers: Mutex<HashMap<u64, crate::protocol::ListingBody>>,
     hash_cv: Condvar,
-    /// The last resync flush of each file (this session): what the mirror
-    /// has durably of it once that flush is synced.
+    /// Resync: the last flush queued for each file (this stream), until a
+    /// checkpoint or the finish settles it: what the mirror has durably of
+    /// that file once the flush is synced.
     resync_flushes: Mutex<HashMap<FsPath, u64>>,
     counters: Counters,
 }
@@ -1132,6 +1133,18 @@ impl Primary {
             }
             *lock(&inner.marks) = Marks { ack: Ack::default(), lost: None, waiters: Vec::new() };
             inner.attachments.fetch_add(1, Ordering::SeqCst);
+            // The paths change tracking recorded are owed to the resync, as
+            // the extents pinned when the mirror was marked down: an
+            // activity entry of the same path (hot before the loss, its
+            // sequence number from the old stream) must not take the record
+            // with it when it retires (found by the fault simulator). The
+            // activity table starts afresh with the stream.
+            if let Some(t) = &inner.tracking {
+                t.changelog.pin_touched();
+            }
+            if let Some(al) = &inner.activity {
+                al.restart_stream();
+            }
             inner.resyncing.store(true, Ordering::SeqCst);
             inner.set_mode(Mode::Streaming);
         }
@@ -1177,8 +1190,6 @@ impl Primary {
     /// it is, with no call changing it meanwhile. With `prune`, a directory's
     /// children are listed and the mirror keeps only those.
     pub(crate) fn resync_reconcile(&self, fs: u16, path: Option<&RelPath>, prune: bool) -> Result<LocalEntry> {
-        use crate::disk::EntryKind;
-        use crate::protocol::{ChildKind, ReconcileBody, ReconcileEntry};
         let inner = &self.inner;
         inner.usable()?;
         let here = path.map(|p| FsPath::new(fs, p.clone()));
@@ -1186,42 +1197,9 @@ impl Primary {
         let _f = here.as_ref().map(|p| inner.file_stripe(p).write().unwrap_or_else(|e| e.into_inner()));
         let _ns = inner.namespace.write().unwrap_or_else(|e| e.into_inner());
         inner.check_open()?;
-        let kind = match &here {
-            Some(p) => inner.disk.entry_kind(p)?,
-            None => Some(EntryKind::Dir),
-        };
-        let (entry, local, len) = match kind {
-            None | Some(EntryKind::Other) => (ReconcileEntry::Absent, LocalEntry::Absent, 0),
-            Some(EntryKind::File) => {
-                let p = here.as_ref().ok_or_else(|| Error::InvalidArgument("a root is a directory".into()))?;
-                // Not through the handle cache: it takes the namespace lock we hold.
-                let len = inner.disk.open(p, OpenMode::Existing)?.len()?;
-                (ReconcileEntry::File, LocalEntry::File { len }, len)
-            }
-            Some(EntryKind::Dir) => {
-                let children: Vec<(String, EntryKind)> =
-                    inner.disk.list_dir(fs, path)?.into_iter().filter(|(_, k)| *k != EntryKind::Other).collect();
-                let keep = prune.then(|| {
-                    children
-                        .iter()
-                        .map(|(n, k)| (n.clone(), if *k == EntryKind::Dir { ChildKind::Dir } else { ChildKind::File }))
-                        .collect()
-                });
-                (ReconcileEntry::Dir { keep }, LocalEntry::Dir { children }, 0)
-            }
-        };
-        let body = ReconcileBody { entry, path: path.map(|p| p.as_str().as_bytes().to_vec()).unwrap_or_default() };
-        let body = Bytes::from(body.encode());
-        if body.len() > crate::protocol::MAX_BODY {
-            return Err(Error::InvalidArgument(format!(
-                "directory fs{fs}:{} has too many entries to reconcile in one frame",
-                path.map(|p| p.as_str()).unwrap_or("")
-            )));
-        }
-        let mut h = Header::new(Kind::Reconcile);
-        h.filespace = fs;
-        h.offset = len;
-        let change = here.as_ref().map(|p| Change::Touched { path: p.clone(), subtree: true });
+        // Not through the handle cache: it takes the namespace lock we hold.
+        let (h, body, local) = reconcile_frame(inner.disk.as_ref(), fs, path, prune)?;
+        let change = here.map(|p| Change::Touched { path: p, subtree: true });
         inner.ship_unbound(h, body, change)?;
         Ok(local)
     }
@@ -1234,36 +1212,22 @@ impl Primary {
         let inner = &self.inner;
         inner.usable()?;
         let bs = inner.identity.block_size as u64;
-        if count == 0 || count * bs > MAX_WRITE_AT as u64 {
-            return Err(Error::InvalidArgument(format!("{count} blocks do not fit one copy")));
-        }
-        let seq = {
+        let shipped = {
             let _f = inner.file_stripe(p).write().unwrap_or_else(|e| e.into_inner());
             inner.check_open()?;
             let Some(file) = inner.file_if_present(p)? else { return Ok(0) };
-            let offset = first.checked_mul(bs).ok_or_else(|| Error::InvalidArgument("block past the end".into()))?;
-            let len = file.len()?;
-            if offset >= len {
-                return Ok(0);
-            }
-            let mut buf = vec![0u8; (count * bs).min(len - offset) as usize];
-            let n = file.read_at(offset, &mut buf)?;
-            buf.truncate(n);
-            if buf.is_empty() {
-                return Ok(0);
-            }
+            let Some((offset, buf)) = crate::resync::read_copy(file.as_ref(), first, count, bs)? else { return Ok(0) };
+            let n = buf.len();
             let last = first + (n as u64).div_ceil(bs) - 1;
             let mut cover = inner.cover_blocks(p, first, last)?;
             let mut h = Header::new(Kind::WriteAt);
             h.offset = offset;
-            let n = buf.len() as u64;
             // Queued only: the engine sends copies in batches (`resync_send`).
-            let body = Bytes::from(buf);
-            let seq = inner.ship(p, h, body, n as usize, Some(Change::Blocks { path: p.clone(), first, last }))?;
+            let seq = inner.ship(p, h, Bytes::from(buf), n, Some(Change::Blocks { path: p.clone(), first, last }))?;
             Inner::shipped(&mut cover, seq);
-            (seq, n)
+            n as u64
         };
-        Ok(seq.1)
+        Ok(shipped)
     }
 
     /// Resync, compare mode: hashes of `count` blocks of `p` from `first`,
@@ -1463,13 +1427,7 @@ impl Primary {
         let inner = &self.inner;
         inner.wait_mark(synced, Mark::Synced, Some(Instant::now() + timeout))?;
         let t = inner.tracking.as_ref().ok_or_else(|| Error::InvalidArgument("no change tracking".into()))?;
-        // Calls quiesced (every stripe, then the namespace: the order every
-        // caller takes them in), so no cover starts meanwhile and the
-        // activity log's table is exactly what it has recorded: an extent
-        // covering a write the mirror may lack is not cleared (the table
-        // records it only once). Held for one group commit per checkpoint.
-        let _all = inner.all_file_stripes();
-        let _ns = inner.namespace.write().unwrap_or_else(|e| e.into_inner());
+        inner.sync_resynced(flushed.iter().chain(blocks.keys()))?;
         // With the record lock: a loss either comes after (its window, with
         // any newer write of these blocks, is recorded after this) or before
         // (then nothing is cleared).
@@ -1477,13 +1435,12 @@ impl Primary {
         if let Some(l) = lock(&inner.marks).lost.clone() {
             return Err(Error::MirrorLost(l));
         }
-        let flushes = lock(&inner.resync_flushes).clone();
-        let held = match &inner.activity {
-            Some(al) => al
-                .held(blocks, |f| flushes.get(f).copied().filter(|s| *s <= synced && flushed.contains(f)).unwrap_or(0)),
-            None => Default::default(),
-        };
-        t.changelog.clear_entries(blocks, paths, &held).map_err(|e| inner.tracking_failed(e))?;
+        let flushes = inner.take_resync_flushes(flushed);
+        match &inner.activity {
+            Some(al) => al.clear_entries(blocks, paths, &flushes),
+            None => t.changelog.clear_entries(blocks, paths),
+        }
+        .map_err(|e| inner.tracking_failed(e))?;
         inner.prune_window(synced, flushed);
         Ok(())
     }
@@ -1512,6 +1469,7 @@ impl Primary {
             }
         }
         let t = inner.tracking.as_ref().ok_or_else(|| Error::InvalidArgument("no change tracking".into()))?;
+        inner.sync_resynced(flushed.iter())?;
         let _r = lock(&inner.record_lock);
         if let Some(l) = lock(&inner.marks).lost.clone() {
             return Err(Error::MirrorLost(l));
@@ -1519,8 +1477,9 @@ impl Primary {
         if *inner.mode.lock().unwrap_or_else(|e| e.into_inner()) != Mode::Streaming {
             return Err(Error::MirrorLost("the pair left streaming during the resync".into()));
         }
+        let flushes = inner.take_resync_flushes(flushed);
         match &inner.activity {
-            Some(al) => al.clear_with_log(),
+            Some(al) => al.clear_with_log(&flushes),
             None => t.changelog.clear(),
         }
         .map_err(|e| inner.tracking_failed(e))?;
@@ -1528,9 +1487,70 @@ impl Primary {
             inner.prune_window(seq, flushed);
         }
         inner.resyncing.store(false, Ordering::SeqCst);
+        drop(_r);
+        // What the activity log kept and is settled (durable on the mirror,
+        // nothing in flight) goes once durable here too; a failure only
+        // keeps entries, which is safe.
+        if let Some(al) = &inner.activity {
+            let durable = inner.mark_copies[Mark::Durable as usize].load(Ordering::Acquire);
+            if let Err(e) = al.retire_all(durable) {
+                tracing::warn!(error = %e, "activity log: retiring after the resync failed; entries stay");
+            }
+        }
         tracing::warn!("resync complete: the change-log is drained, the pair is synchronized");
         Ok(())
     }
+}
+
+/// What one path (`None`: the filespace root) is on `disk`, as the
+/// Reconcile frame a resync ships for it (header without a sequence
+/// number) and as the engine sees it. With `prune`, a directory's children
+/// are listed and the mirror keeps only those. Shared by the runtime and
+/// the fault simulator, so both ship exactly the same frame.
+pub(crate) fn reconcile_frame(
+    disk: &dyn Disk,
+    fs: u16,
+    path: Option<&RelPath>,
+    prune: bool,
+) -> Result<(Header, Bytes, LocalEntry)> {
+    use crate::disk::EntryKind;
+    use crate::protocol::{ChildKind, ReconcileBody, ReconcileEntry};
+    let here = path.map(|p| FsPath::new(fs, p.clone()));
+    let kind = match &here {
+        Some(p) => disk.entry_kind(p)?,
+        None => Some(EntryKind::Dir),
+    };
+    let (entry, local, len) = match kind {
+        None | Some(EntryKind::Other) => (ReconcileEntry::Absent, LocalEntry::Absent, 0),
+        Some(EntryKind::File) => {
+            let p = here.as_ref().ok_or_else(|| Error::InvalidArgument("a root is a directory".into()))?;
+            let len = disk.open(p, OpenMode::Existing)?.len()?;
+            (ReconcileEntry::File, LocalEntry::File { len }, len)
+        }
+        Some(EntryKind::Dir) => {
+            let children: Vec<(String, EntryKind)> =
+                disk.list_dir(fs, path)?.into_iter().filter(|(_, k)| *k != EntryKind::Other).collect();
+            let keep = prune.then(|| {
+                children
+                    .iter()
+                    .map(|(n, k)| (n.clone(), if *k == EntryKind::Dir { ChildKind::Dir } else { ChildKind::File }))
+                    .collect()
+            });
+            (ReconcileEntry::Dir { keep }, LocalEntry::Dir { children }, 0)
+        }
+    };
+    let body = ReconcileBody { entry, path: path.map(|p| p.as_str().as_bytes().to_vec()).unwrap_or_default() };
+    let body = Bytes::from(body.encode());
+    if body.len() > crate::protocol::MAX_BODY {
+        return Err(Error::InvalidArgument(format!(
+            "directory fs{fs}:{} has too many entries to reconcile in one frame",
+            path.map(|p| p.as_str()).unwrap_or("")
+        )));
+    }
+    let mut h = Header::new(Kind::Reconcile);
+    h.filespace = fs;
+    h.offset = len;
+    Ok((h, body, local))
 }
 
 impl Drop for Primary {
@@ -1600,6 +1620,35 @@ impl Inner {
         }
         dirs.clear();
         Ok(())
+    }
+
+    /// Resync: the flush queued last for each of `files`, now synced on the
+    /// mirror (its file is durable there through that flush; a write after
+    /// it is not, even if a later flush of another file is synced).
+    fn take_resync_flushes(&self, files: &std::collections::BTreeSet<FsPath>) -> BTreeMap<FsPath, u64> {
+        let mut all = lock(&self.resync_flushes);
+        files.iter().filter_map(|f| all.remove(f).map(|seq| (f.clone(), seq))).collect()
+    }
+
+    /// Resync: before entries are cleared, make this side's copy of what
+    /// they name durable too: the files (`files`), and every directory
+    /// changed since the last local sync. The mirror having a change
+    /// durably says nothing of this host's page cache, where changes made
+    /// in change tracking may still sit (found by the fault simulator: a
+    /// crash then lost a change no log named any more). A failure faults
+    /// the segment (rule 8).
+    fn sync_resynced<'a>(&self, files: impl Iterator<Item = &'a FsPath>) -> Result<()> {
+        let files: std::collections::BTreeSet<&FsPath> = files.collect();
+        for p in files {
+            if let Some(f) = self.file_if_present(p)? {
+                let _s = lock(&self.sync_stripes[stripe_of(p, FILE_STRIPES)]);
+                self.usable_locally()?;
+                if let Err(e) = f.sync_data() {
+                    return Err(self.fault(format!("local fdatasync of {p} before a resync checkpoint failed: {e}")));
+                }
+            }
+        }
+        self.sync_dirty_dirs()
     }
 
     /// What the resync shipped up to `seq` is durable on the mirror (its

@@ -3,8 +3,9 @@
 //! `FILEREP_SIM_SEEDS=N` runs N seeds (default 500); `FILEREP_SIM_SEED=S`
 //! replays one. A failure prints its seed and the command that replays it.
 
-use filerep::sim::{run, run_faults, FaultConfig, FaultKind, SimConfig};
+use filerep::sim::{run, run_faults, FaultConfig, FaultKind, ResyncFault, ResyncTotals, SimConfig};
 use std::collections::BTreeMap;
+use std::sync::OnceLock;
 
 fn seeds() -> Vec<u64> {
     match std::env::var("FILEREP_SIM_SEED") {
@@ -67,24 +68,39 @@ fn fault_schedules_keep_the_invariants() {
     }
 }
 
+/// What schedules 0..500 reached, run once for the tests below (a fixed
+/// range whatever FILEREP_SIM_SEED says: these are claims about the schedules).
+struct Survey {
+    faults: BTreeMap<FaultKind, u64>,
+    outcomes: BTreeMap<&'static str, u64>,
+    resync: ResyncTotals,
+}
+
+fn survey() -> &'static Survey {
+    static SURVEY: OnceLock<Survey> = OnceLock::new();
+    SURVEY.get_or_init(|| {
+        let cfg = FaultConfig::default();
+        let mut s = Survey { faults: BTreeMap::new(), outcomes: BTreeMap::new(), resync: ResyncTotals::default() };
+        for seed in 0..500 {
+            let r = run_faults(seed, &cfg).unwrap_or_else(|f| panic!("{f}"));
+            for (k, v) in r.faults {
+                *s.faults.entry(k).or_default() += v;
+            }
+            for (k, v) in r.outcomes {
+                *s.outcomes.entry(k).or_default() += v;
+            }
+            s.resync.add(&r.resync);
+        }
+        s
+    })
+}
+
 /// Over 500 seeds the schedules really reach every fault kind, and the
 /// states the invariants are about (a failover, a double fault, change
 /// tracking, an arbiter that does not answer, failed disks on both sides).
 #[test]
 fn fault_schedules_reach_every_fault_kind() {
-    // A fixed range whatever FILEREP_SIM_SEED says: this is a claim about the schedules.
-    let cfg = FaultConfig::default();
-    let mut faults: BTreeMap<FaultKind, u64> = BTreeMap::new();
-    let mut outcomes: BTreeMap<&'static str, u64> = BTreeMap::new();
-    for seed in 0..500 {
-        let r = run_faults(seed, &cfg).unwrap_or_else(|f| panic!("{f}"));
-        for (k, v) in r.faults {
-            *faults.entry(k).or_default() += v;
-        }
-        for (k, v) in r.outcomes {
-            *outcomes.entry(k).or_default() += v;
-        }
-    }
+    let Survey { faults, outcomes, .. } = survey();
     let missing: Vec<String> =
         FaultKind::all().into_iter().filter(|k| !faults.contains_key(k)).map(|k| k.to_string()).collect();
     assert!(missing.is_empty(), "never fired in 500 schedules: {missing:?} (fired: {faults:?})");
@@ -101,4 +117,36 @@ fn fault_schedules_reach_every_fault_kind() {
     ] {
         assert!(outcomes.contains_key(want), "no schedule led to {want:?}: {outcomes:?}");
     }
+}
+
+/// The real resync engine repairs every pair that is not down, with writers
+/// calling throughout, and one fault at a random step of it in half the
+/// schedules: over 500 seeds every resync fault kind fires, at every kind
+/// of step; interrupted resyncs are resumed on their stream or restarted
+/// after change tracking and complete; every invariant held throughout
+/// (each schedule passed).
+#[test]
+fn resyncs_under_faults_reach_every_fault_and_step() {
+    let Survey { faults, outcomes, resync } = survey();
+    for kind in ResyncFault::ALL.map(FaultKind::Resync) {
+        assert!(faults.get(&kind).is_some_and(|n| *n > 0), "{kind} never fired: {faults:?}");
+    }
+    for want in [
+        "mirror taken back for a resync",
+        "resync completed",
+        "resync interrupted by its fault",
+        "resync resumed on the same stream",
+        "resync restarted after change tracking",
+        "resync fault fired during a reconcile",
+        "resync fault fired during a block copy",
+        "resync fault fired during a hash comparison",
+        "resync fault fired during a flush",
+        "resync fault fired during a checkpoint",
+        "resync fault fired during the finish",
+    ] {
+        assert!(outcomes.get(want).is_some_and(|n| *n > 0), "no schedule led to {want:?}: {outcomes:?}");
+    }
+    assert!(resync.completed > 0 && resync.interrupted > 0, "{resync:?}");
+    assert!(resync.blocks > 0 && resync.paths > 0 && resync.compared_equal > 0, "{resync:?}");
+    assert!(resync.concurrent_calls > 0, "writers called during the resyncs: {resync:?}");
 }

@@ -625,7 +625,11 @@ impl DiskFile for SimFile {
             return Err(DiskError::new(OP, &self.path, DiskErrorKind::Io, "injected sync failure"));
         }
         let mut data = lock(&self.data);
-        data.durable = data.live.clone();
+        // In place: the simulator syncs often, mostly unchanged files.
+        let SimFileData { live, durable, .. } = &mut *data;
+        if durable != live {
+            durable.clone_from(live);
+        }
         data.last_write = None;
         Ok(())
     }

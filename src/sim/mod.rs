@@ -14,12 +14,15 @@
 //! A failure names its seed and the command that replays it.
 //!
 //! [`faults`] runs a pair and an arbiter through fault schedules (crashes,
-//! disconnects, partitions, torn writes, fsync errors, a full disk) and
-//! checks the change-tracking invariants.
+//! disconnects, partitions, torn writes, fsync errors, a full disk), checks
+//! the change-tracking invariants, and repairs the pair with the real resync
+//! engine while writers call and one more fault may strike.
 
 mod faults;
 
-pub use faults::{run_faults, FaultConfig, FaultKind, FaultReport, PlantedBug, Point, Side, Victim};
+pub use faults::{
+    run_faults, FaultConfig, FaultKind, FaultReport, PlantedBug, Point, ResyncFault, ResyncTotals, Side, Victim,
+};
 
 use crate::apply::{Applier, Sequenced};
 use crate::core::mirror::{MirrorSession, Step};

@@ -156,9 +156,8 @@ struct SimCmd {
     /// Fault schedules: crashes, disconnects, partitions, torn writes, fsync errors, a full disk.
     #[arg(long)]
     faults: bool,
-    /// With --faults: run with a deliberate defect, to see the checks catch it
-    /// (skip-record-block, skip-activity-cover, ack-without-mirror, self-promote,
-    /// drop-activity-without-local-sync, sync-without-directory, repair-without-sync).
+    /// With --faults: run with a deliberate defect by name, to see the checks
+    /// catch it (an unknown name lists them all).
     #[arg(long, requires = "faults")]
     bug: Option<String>,
 }
@@ -425,6 +424,7 @@ fn run_fault_sim(c: &SimCmd, seeds: &[u64]) -> CmdResult {
     let start = std::time::Instant::now();
     let mut faults: std::collections::BTreeMap<FaultKind, u64> = Default::default();
     let mut outcomes: std::collections::BTreeMap<&'static str, u64> = Default::default();
+    let mut resync = filerep::sim::ResyncTotals::default();
     let (mut ran, mut calls, mut acked) = (0, 0, 0);
     let bar = seed_bar(seeds.len());
     let mut failed = None;
@@ -440,6 +440,7 @@ fn run_fault_sim(c: &SimCmd, seeds: &[u64]) -> CmdResult {
                 for (k, v) in r.outcomes {
                     *outcomes.entry(k).or_default() += v;
                 }
+                resync.add(&r.resync);
             }
             Err(f) => {
                 failed = Some(f);
@@ -458,6 +459,18 @@ fn run_fault_sim(c: &SimCmd, seeds: &[u64]) -> CmdResult {
     for (k, v) in &outcomes {
         println!("  {k:<62} {v:>6}");
     }
+    println!(
+        "resync engine: {} runs, {} completed, {} interrupted by their fault; {} paths, {} blocks ({} bytes) \
+         shipped or compared, {} compared equal; {} calls by writers while a resync ran",
+        resync.runs,
+        resync.completed,
+        resync.interrupted,
+        resync.paths,
+        resync.blocks,
+        resync.bytes,
+        resync.compared_equal,
+        resync.concurrent_calls
+    );
     match failed {
         Some(f) => {
             eprintln!("{f}");

@@ -3,9 +3,19 @@
 use super::*;
 
 impl FaultSim {
-    /// Faults stop, every partition heals, the arbiter comes back, failed
-    /// segments restart; run until every segment knows its role.
+    /// [`FaultSim::heal`], then a healthy stream ends in order.
     pub(super) fn settle(&mut self) -> Result<(), SimFailure> {
+        self.heal()?;
+        if self.session.is_some() {
+            self.orderly_shutdown()?;
+        }
+        Ok(())
+    }
+
+    /// Faults stop, every partition heals, the arbiter comes back, failed
+    /// segments restart; run until every segment knows its role and no
+    /// call is pending. A healthy stream stays up.
+    pub(super) fn heal(&mut self) -> Result<(), SimFailure> {
         self.schedule.clear();
         self.armed = None;
         for node in &mut self.nodes {
@@ -39,9 +49,6 @@ impl FaultSim {
             if self.settled() {
                 break;
             }
-        }
-        if self.session.is_some() {
-            self.orderly_shutdown()?;
         }
         Ok(())
     }
@@ -136,11 +143,15 @@ impl FaultSim {
         }
     }
 
-    pub(super) fn check_and_repair(&mut self) -> Result<(), SimFailure> {
+    /// The acting primary and its peer, with the change-log the checks
+    /// read: a segment that is not a working primary (down, halted) is
+    /// restarted for recovery, its change-log replayed from disk. After a
+    /// failover the old primary hands over what its change-log (its
+    /// activity log) names, once: blocks it wrote that may never have
+    /// reached the new primary (rule 5); it then forgets them.
+    fn recovery_logs(&mut self) -> Result<(usize, usize), SimFailure> {
         let a = self.node_of(self.pair.acting_primary().dbid)?;
         let b = 1 - a;
-        // A segment that is not a working primary (down, halted) is
-        // restarted for recovery: its change-log is replayed from disk.
         let working = matches!(self.nodes[a].role, Role::Primary { mode: Mode::Streaming | Mode::Tracking, .. });
         if self.nodes[a].log.is_none() || !working {
             self.nodes[a].log = self.replay(a)?;
@@ -153,11 +164,10 @@ impl FaultSim {
                 .map_err(|e| self.fail(format!("recovery: creating a change-log: {e}")))?;
             self.nodes[a].log = Some(log);
         }
-        // After a failover the old primary hands over what its change-log
-        // (its activity log) names: blocks it wrote that may never have
-        // reached the new primary (rule 5).
-        if self.pair.generation > 1 {
-            let set = self.replay(b)?.map(|l| l.change_set()).unwrap_or_default();
+        if self.pair.generation > 1 && !self.handed_over {
+            self.handed_over = true;
+            let old = self.replay(b)?;
+            let set = old.as_ref().map(|l| l.change_set()).unwrap_or_default();
             let merged = match self.nodes[a].log.as_ref() {
                 Some(log) => log.merge(&set).map_err(|e| e.to_string()),
                 None => Ok(()),
@@ -165,11 +175,25 @@ impl FaultSim {
             if let Err(e) = merged {
                 return Err(self.fail(format!("invariant 3: the old primary's change set cannot be merged: {e}")));
             }
+            // `ClearChanges`: handed over durably, the old primary forgets them.
+            if let Some(old) = old {
+                old.clear().map_err(|e| self.fail(format!("recovery: clearing the old primary's change-log: {e}")))?;
+            }
             self.outcome("change set handed over");
         }
+        Ok((a, b))
+    }
+
+    /// Invariants 1 and 3 on the healed pair, then the repair and invariant
+    /// 4: the resync engine, or a full copy when the segment is down.
+    pub(super) fn check_and_repair(&mut self) -> Result<(), SimFailure> {
+        let (a, b) = self.recovery_logs()?;
         let set = self.nodes[a].log.as_ref().map(|l| l.change_set()).unwrap_or_default();
         self.check_acked(a)?;
         self.check_tracked(&set, a, b)?;
+        if !self.pair.down {
+            return self.resync_repair(a);
+        }
         self.repair(a, b)?;
         self.check_identical(a, b)
     }
@@ -198,19 +222,43 @@ impl FaultSim {
         let down = self.pair.down;
         let bs = self.bs;
         let key = |p: &FsPath| (p.filespace, p.path.as_str().to_string());
+        // Which later calls may have changed what call `i` did: the calls on
+        // the same file, and every namespace call (they reach by ancestry).
+        // Indexed once: asking every later call is quadratic.
+        let mut on_file: BTreeMap<&FsPath, Vec<usize>> = BTreeMap::new();
+        let mut namespace: Vec<usize> = Vec::new();
+        for (j, op) in self.ops.iter().enumerate() {
+            match &op.spec {
+                OpSpec::Block { p, .. } | OpSpec::WriteAt { p, .. } | OpSpec::Truncate { p, .. } => {
+                    on_file.entry(p).or_default().push(j)
+                }
+                OpSpec::Sync { .. } => {}
+                _ => namespace.push(j),
+            }
+        }
+        let none = Vec::new();
         for i in 0..self.ops.len() {
             if self.ops[i].state != CallState::Acked || (down && !self.durably_acked(i)) {
                 continue;
             }
-            let later = &self.ops[i + 1..];
             let spec = &self.ops[i].spec;
+            fn after(v: &[usize], i: usize) -> &[usize] {
+                &v[v.partition_point(|j| *j <= i)..]
+            }
+            let same_file = match spec {
+                OpSpec::Block { p, .. } | OpSpec::WriteAt { p, .. } | OpSpec::Truncate { p, .. } => {
+                    after(on_file.get(p).unwrap_or(&none), i)
+                }
+                _ => &[],
+            };
+            let later = || same_file.iter().chain(after(&namespace, i)).map(|j| &self.ops[*j]);
             let bad = |what: String| {
                 Err(self.fail(format!("invariant 1: call #{i} ({}) returned success but {what}", spec.name())))
             };
             match spec {
                 OpSpec::Block { p, block, fill, .. } => {
                     let (start, end) = (block * bs, block * bs + bs);
-                    if later.iter().any(|l| l.spec.changes_content(p, start, end, bs)) {
+                    if later().any(|l| l.spec.changes_content(p, start, end, bs)) {
                         continue;
                     }
                     match image.get(&key(p)) {
@@ -229,7 +277,7 @@ impl FaultSim {
                 }
                 OpSpec::WriteAt { p, offset, data } => {
                     let (start, end) = (*offset, offset + data.len() as u64);
-                    if later.iter().any(|l| l.spec.changes_content(p, start, end, bs)) {
+                    if later().any(|l| l.spec.changes_content(p, start, end, bs)) {
                         continue;
                     }
                     match image.get(&key(p)) {
@@ -239,7 +287,7 @@ impl FaultSim {
                 }
                 _ if down => {}
                 OpSpec::Truncate { p, len } => {
-                    if !later.iter().any(|l| l.spec.changes_length(p)) {
+                    if !later().any(|l| l.spec.changes_length(p)) {
                         match image.get(&key(p)) {
                             Some(SimEntry::File(b)) if b.len() as u64 == *len => {}
                             _ => return bad(format!("{p} is not {len} bytes long")),
@@ -248,7 +296,7 @@ impl FaultSim {
                 }
                 OpSpec::Create(p) | OpSpec::Mkdir(p) => {
                     let want_dir = matches!(spec, OpSpec::Mkdir(_));
-                    if !later.iter().any(|l| l.spec.changes_existence(p)) {
+                    if !later().any(|l| l.spec.changes_existence(p)) {
                         match image.get(&key(p)) {
                             Some(SimEntry::Dir) if want_dir => {}
                             Some(SimEntry::File(_)) if !want_dir => {}
@@ -257,15 +305,15 @@ impl FaultSim {
                     }
                 }
                 OpSpec::Unlink(p) | OpSpec::Rmdir(p) => {
-                    if !later.iter().any(|l| l.spec.changes_existence(p)) && image.contains_key(&key(p)) {
+                    if !later().any(|l| l.spec.changes_existence(p)) && image.contains_key(&key(p)) {
                         return bad(format!("{p} still exists"));
                     }
                 }
                 OpSpec::Rename { from, to } => {
-                    if !later.iter().any(|l| l.spec.changes_existence(to)) && !image.contains_key(&key(to)) {
+                    if !later().any(|l| l.spec.changes_existence(to)) && !image.contains_key(&key(to)) {
                         return bad(format!("{to} is missing"));
                     }
-                    if !later.iter().any(|l| l.spec.changes_existence(from)) && image.contains_key(&key(from)) {
+                    if !later().any(|l| l.spec.changes_existence(from)) && image.contains_key(&key(from)) {
                         return bad(format!("{from} still exists"));
                     }
                 }
@@ -344,20 +392,11 @@ impl FaultSim {
         Ok(None)
     }
 
-    /// Until incremental resync lands: a full copy of the acting primary's
-    /// files to the peer, through the stream, then the change-log is cleared.
+    /// A segment that is down (a double fault) is not resynchronized by
+    /// `filerep recover`: it is rebuilt from the acting primary by a full
+    /// copy through the stream, then the change-log is cleared.
     pub(super) fn repair(&mut self, a: usize, b: usize) -> Result<(), SimFailure> {
-        if !self.pair.down {
-            if !self.seg_up(b) {
-                let dbid = self.nodes[b].dbid;
-                self.arbiter_apply(Event::SegmentUp { dbid })?;
-            }
-            self.arbiter_apply(Event::ResyncStarted)?;
-        }
         self.full_copy(a, b)?;
-        if !self.pair.down && self.pair.mode == PairMode::Resynchronizing {
-            self.arbiter_apply(Event::ResyncCompleted)?;
-        }
         if let Some(log) = self.nodes[a].log.as_ref() {
             if let Err(e) = log.clear() {
                 return Err(self.fail(format!("repair: clearing the change-log: {e}")));

@@ -1,42 +1,56 @@
 //! Fault schedules: one seed runs a pair (two segments) and its arbiter
 //! through a random workload and injects faults at random moments, then
-//! heals everything, repairs the pair and checks the invariants.
+//! heals everything, checks the invariants and repairs the pair: with the
+//! real resync engine, under writers and possibly one more fault, unless the
+//! segment is down.
 //!
 //! What runs is real library code: the stream state machines
 //! ([`PrimaryStream`], [`MirrorSession`]), the codec, the mirror's executor
 //! ([`Applier`], [`SyncJob`]), the change-log ([`ChangeLog`]: activity-log
-//! extents, exact records, group commit, compaction, replay, merge) and the
+//! extents, exact records, group commit, compaction, replay, merge, resync
+//! progress records), the resync engine ([`crate::resync::run_on`]) and the
 //! arbiter's pair transitions ([`Pair`], checked with [`Pair::check`] after
 //! every event). The primary's runtime rules (`src/primary.rs`: cover before
-//! ship or write, the window, decide, change tracking) are modelled here,
-//! single-threaded, on a virtual clock; each segment has a data disk and a
-//! change-log disk ([`SimDisk`]s behind [`FaultyDisk`]s).
+//! ship or write, the window, decide, change tracking, the resync's steps)
+//! are modelled here, single-threaded, on a virtual clock; each segment has
+//! a data disk and a change-log disk ([`SimDisk`]s behind [`FaultyDisk`]s).
 //!
 //! Faults ([`FaultKind`]): a crash of the primary, the mirror or the arbiter
 //! at each point of an operation (before/after the local write, the send,
 //! the acknowledgement; inside a change-log append; inside a compaction),
 //! disconnects, two partitions, torn writes, fsync errors and a full disk on
-//! either side's data or on the change-log.
+//! either side's data or on the change-log; and, armed at a random step of
+//! the resync ([`ResyncFault`]), a crash of the primary (also inside the
+//! change-log write that clears entries), of the mirror, of the arbiter and
+//! the recover tool, a disconnect, an fsync error or a full disk on the
+//! mirror's data.
 //!
-//! Invariants, checked after healing and before repair:
+//! Invariants, checked after healing and before repair, and again after a
+//! resync's fault:
 //! 1. every call that returned success is present on the acting primary
 //!    (after a double fault, the segment is down: only changes a successful
 //!    `sync` made durable are owed);
 //! 2. never two writers in one generation (checked at every local write);
 //! 3. every block and path that differs between the two segments, any of
 //!    their live and durable images, is named by the acting primary's
-//!    change set (merged with the old primary's after a failover);
-//! 4. after repair (a full copy through the stream) both segments are
-//!    byte-identical, live and durable.
+//!    change set (merged with the old primary's after a failover); while a
+//!    resync streams (after its checkpoints and its finish), by the
+//!    change-log for the primary's durable image and by the change-log and
+//!    the window for its live one: a checkpoint never clears what is not
+//!    durable on both sides;
+//! 4. after repair (a resync that completed, or a full copy of a segment
+//!    that is down) both segments are byte-identical, live and durable.
 //!
 //! Layout: this file holds the types, the calls on the primary and the main
 //! loop; [`workload`] the random calls, [`stream`] the replication stream,
 //! [`segments`] crashes, the armed faults, the arbiter and change-log
-//! upkeep, [`checks`] healing, the invariants and the repair, and
-//! [`faulty`] the disk that fails on purpose.
+//! upkeep, [`checks`] healing, the invariants and the full-copy repair,
+//! [`resync`] the resync engine's link, its faults and what follows them,
+//! and [`faulty`] the disk that fails on purpose.
 
 mod checks;
 mod faulty;
+mod resync;
 mod segments;
 mod stream;
 mod workload;
@@ -63,6 +77,8 @@ const HEARTBEAT_MS: u64 = 20;
 const ACK_TIMEOUT_MS: u64 = 150;
 const DECISION_TIMEOUT_MS: u64 = 100;
 const PROBE_EVERY_MS: u64 = 25;
+/// The mirror daemon's periodic checkpoint, in virtual time.
+const MIRROR_CHECKPOINT_MS: u64 = 100;
 /// An armed fault whose moment never came is dropped after this long.
 const FAULT_EXPIRES_MS: u64 = 600;
 
@@ -117,6 +133,43 @@ pub enum FaultKind {
     TornWrite,
     FsyncError(Side),
     DiskFull(Side),
+    /// A fault armed at a random step of the resync that repairs the pair.
+    Resync(ResyncFault),
+}
+
+/// What can hit a resync (after the fault phase has healed): armed at a
+/// random call of the engine on the link, it fires a few virtual
+/// milliseconds later, wherever the resync then is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ResyncFault {
+    /// Power loss on the acting primary: the pair (resynchronizing) goes down.
+    CrashPrimary,
+    /// Power loss on the acting primary inside the change-log write of a
+    /// checkpoint (Cleared records) or of the final clear.
+    CrashPrimaryClearing,
+    /// Power loss on the mirror being resynchronized.
+    CrashMirror,
+    /// The arbiter crashes, and with it the recover tool driving the
+    /// resync: the resync is abandoned where it stands (the stream stays);
+    /// the next `filerep recover` runs it again.
+    CrashArbiter,
+    Disconnect,
+    /// The mirror's next fsync fails (rule 8: it faults).
+    MirrorFsyncError,
+    /// The mirror's next write finds its disk full.
+    MirrorDiskFull,
+}
+
+impl ResyncFault {
+    pub const ALL: [ResyncFault; 7] = [
+        ResyncFault::CrashPrimary,
+        ResyncFault::CrashPrimaryClearing,
+        ResyncFault::CrashMirror,
+        ResyncFault::CrashArbiter,
+        ResyncFault::Disconnect,
+        ResyncFault::MirrorFsyncError,
+        ResyncFault::MirrorDiskFull,
+    ];
 }
 
 impl FaultKind {
@@ -124,6 +177,7 @@ impl FaultKind {
     pub fn all() -> Vec<FaultKind> {
         let mut v = Self::scheduled();
         v.push(FaultKind::TornWrite);
+        v.extend(ResyncFault::ALL.map(FaultKind::Resync));
         v
     }
 
@@ -185,6 +239,15 @@ impl std::fmt::Display for FaultKind {
             FaultKind::TornWrite => f.write_str("torn write"),
             FaultKind::FsyncError(s) => write!(f, "fsync error on {}", side(s)),
             FaultKind::DiskFull(s) => write!(f, "full disk on {}", side(s)),
+            FaultKind::Resync(r) => f.write_str(match r {
+                ResyncFault::CrashPrimary => "resync: crash primary",
+                ResyncFault::CrashPrimaryClearing => "resync: crash primary clearing the change-log",
+                ResyncFault::CrashMirror => "resync: crash mirror",
+                ResyncFault::CrashArbiter => "resync: crash arbiter (recover abandoned)",
+                ResyncFault::Disconnect => "resync: disconnect",
+                ResyncFault::MirrorFsyncError => "resync: fsync error on mirror data",
+                ResyncFault::MirrorDiskFull => "resync: full disk on mirror data",
+            }),
         }
     }
 }
@@ -213,11 +276,41 @@ pub enum PlantedBug {
     SyncWithoutDirectory,
     /// The repair copy is never made durable on the peer.
     RepairWithoutSync,
+    /// A resync copy is read, then the file is let go before the copy is
+    /// queued: a write in between is queued before the older copy, and the
+    /// mirror goes back in time (rule 6).
+    ResyncCopyWithoutLock,
+    /// A resync checkpoint clears its entries once the mirror has applied
+    /// the flush, not synced it: a mirror crash then loses copies no log names.
+    ResyncCheckpointBeforeSynced,
+    /// Writers during a resync also call on paths it has still to
+    /// reconcile, as the runtime lets them: the mirror lacks such a path
+    /// (or has another kind of entry there), refuses the call and ends the
+    /// session, so the resync cannot finish while writers touch them.
+    ResyncWritersOnUnreconciledPaths,
+    /// Writers during a resync also rename files whose blocks it has still
+    /// to copy, as the runtime lets them: the mirror's stale copy moves to
+    /// a name the resync never visits, and the final clear forgets it.
+    ResyncRenamesUncopiedFiles,
+    /// A resync's checkpoint and its final clear also drop the activity
+    /// log's entries (what the runtime did): writes streamed meanwhile,
+    /// not yet durable on both sides, are then named nowhere.
+    ResyncClearDropsActivity,
+    /// A resync clears entries once the mirror has them durably, without
+    /// first making the primary's own copy durable (what the runtime did):
+    /// a change made in change tracking, still in the primary's page cache,
+    /// is lost in a crash and named nowhere.
+    ResyncClearWithoutLocalSync,
+    /// Taking the mirror back pins nothing and keeps the activity table
+    /// (what the runtime did): an entry hot before the loss retires against
+    /// the new stream's acknowledgements, and takes with it the exact record
+    /// change tracking made of the same path.
+    RetireDropsTrackedPaths,
 }
 
 impl PlantedBug {
     /// Every defect with its name on the command line (`filerep sim --faults --bug NAME`).
-    pub const ALL: [(PlantedBug, &'static str); 7] = [
+    pub const ALL: [(PlantedBug, &'static str); 14] = [
         (PlantedBug::SkipRecordBlock, "skip-record-block"),
         (PlantedBug::SkipActivityCover, "skip-activity-cover"),
         (PlantedBug::AckWithoutMirror, "ack-without-mirror"),
@@ -225,6 +318,13 @@ impl PlantedBug {
         (PlantedBug::DropActivityWithoutLocalSync, "drop-activity-without-local-sync"),
         (PlantedBug::SyncWithoutDirectory, "sync-without-directory"),
         (PlantedBug::RepairWithoutSync, "repair-without-sync"),
+        (PlantedBug::ResyncCopyWithoutLock, "resync-copy-without-lock"),
+        (PlantedBug::ResyncCheckpointBeforeSynced, "resync-checkpoint-before-synced"),
+        (PlantedBug::ResyncWritersOnUnreconciledPaths, "resync-writers-on-unreconciled-paths"),
+        (PlantedBug::ResyncRenamesUncopiedFiles, "resync-renames-uncopied-files"),
+        (PlantedBug::ResyncClearDropsActivity, "resync-clear-drops-activity"),
+        (PlantedBug::ResyncClearWithoutLocalSync, "resync-clear-without-local-sync"),
+        (PlantedBug::RetireDropsTrackedPaths, "retire-drops-tracked-paths"),
     ];
 }
 
@@ -267,6 +367,38 @@ pub struct FaultReport {
     /// What the faults led to (failover, double fault, change tracking, ...).
     pub outcomes: BTreeMap<&'static str, u64>,
     pub virtual_ms: u64,
+    /// What the resync engine did repairing the pair.
+    pub resync: ResyncTotals,
+}
+
+/// What the resync engine did in a schedule (or, summed, over many).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResyncTotals {
+    /// Runs of the engine, and how they ended.
+    pub runs: u64,
+    pub completed: u64,
+    pub interrupted: u64,
+    /// As the engine reports them (`ResyncReport`), over completed runs.
+    pub paths: u64,
+    pub blocks: u64,
+    pub bytes: u64,
+    /// Blocks compare mode found equal on both sides (not shipped).
+    pub compared_equal: u64,
+    /// Calls the writers issued while a resync ran.
+    pub concurrent_calls: u64,
+}
+
+impl ResyncTotals {
+    pub fn add(&mut self, o: &ResyncTotals) {
+        self.runs += o.runs;
+        self.completed += o.completed;
+        self.interrupted += o.interrupted;
+        self.paths += o.paths;
+        self.blocks += o.blocks;
+        self.bytes += o.bytes;
+        self.compared_equal += o.compared_equal;
+        self.concurrent_calls += o.concurrent_calls;
+    }
 }
 
 // ---- the state of a schedule -----------------------------------------------
@@ -362,6 +494,50 @@ struct Session {
     cut: bool,
     mirror_heard: u64,
     shutdown_seen: bool,
+    /// Which session this is (a resync run is bound to the one it started on).
+    id: u64,
+    /// Hash requests shipped and not yet answered (sequence number, blocks),
+    /// and the answers that came.
+    hash_wanted: BTreeMap<u64, u32>,
+    hash_answers: BTreeMap<u64, Vec<u64>>,
+    /// When the mirror last asked for a full checkpoint (the daemon's periodic one).
+    last_full: u64,
+    /// A resync's stream: the mirror is not in sync yet.
+    resync: bool,
+}
+
+impl Session {
+    /// A new stream from `primary` to `mirror`, sequence numbers from 1.
+    fn new(primary: usize, mirror: usize, mirror_disk: Arc<dyn Disk>, cfg: &FaultConfig, now: u64, id: u64) -> Session {
+        Session {
+            primary,
+            mirror,
+            stream: PrimaryStream::new(1, now, HEARTBEAT_MS, ACK_TIMEOUT_MS),
+            window: VecDeque::new(),
+            to_mirror: Link::new(),
+            to_primary: Link::new(),
+            mirror_dec: Decoder::new(),
+            primary_dec: Decoder::new(),
+            session: MirrorSession::new(cfg.block_size, cfg.filespaces, 1),
+            applier: Applier::new(mirror_disk, 1),
+            sync_jobs: VecDeque::new(),
+            received: 0,
+            synced: 0,
+            durable: 0,
+            primary_on: true,
+            mirror_on: true,
+            primary_closed: false,
+            mirror_closed: false,
+            cut: false,
+            mirror_heard: now,
+            shutdown_seen: false,
+            id,
+            hash_wanted: BTreeMap::new(),
+            hash_answers: BTreeMap::new(),
+            last_full: now,
+            resync: id > 1,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -401,6 +577,21 @@ struct FaultSim {
     schedule: VecDeque<(usize, FaultKind)>,
     armed: Option<Armed>,
     report: FaultReport,
+    /// Writers issue calls until this many were issued (raised while a resync runs).
+    op_limit: usize,
+    /// The last session id handed out.
+    sessions: u64,
+    /// The old primary's change set was handed over (once per schedule).
+    handed_over: bool,
+    /// The fault armed for the resync, if any, and where the resync is.
+    resync_fault: Option<resync::Pending>,
+    resync_step: Option<resync::Step>,
+    /// While a resync runs: what it set out to ship (writers keep off its paths).
+    resync_plan: Option<ChangeSet>,
+    /// The plan's blocks, for writers to aim at.
+    resync_targets: Vec<(FsPath, u64)>,
+    /// Why a resync's mirror refused an operation, if it did.
+    mirror_refusal: Option<String>,
 }
 
 impl FaultSim {
@@ -416,6 +607,9 @@ impl FaultSim {
     fn count(&mut self, kind: FaultKind) {
         tracing::debug!(seed = self.seed, step = self.step, now = self.now, fault = %kind, "sim: fault fired");
         *self.report.faults.entry(kind).or_default() += 1;
+        if let FaultKind::Resync(_) = kind {
+            self.resync_fault_fired();
+        }
     }
 
     fn rel(&self, s: &str) -> Result<RelPath, SimFailure> {
@@ -485,7 +679,7 @@ impl FaultSim {
 
     fn writers_step(&mut self) -> Result<(), SimFailure> {
         for w in 0..self.writers.len() {
-            if self.ops.len() >= self.cfg.operations {
+            if self.ops.len() >= self.op_limit {
                 break;
             }
             if self.writers[w].is_some() || !self.rng.gen_bool(0.5) {
@@ -506,7 +700,14 @@ impl FaultSim {
         if self.model_node != Some(n) {
             self.rebuild_model(n)?;
         }
-        let Some(spec) = self.generate(n)? else { return Ok(()) };
+        let spec = match self.hammer() {
+            Some(spec) => Some(spec),
+            None => self.generate(n)?,
+        };
+        let Some(spec) = spec else { return Ok(()) };
+        if self.resync_avoids(&spec) {
+            return Ok(());
+        }
         let idx = self.ops.len();
         self.ops.push(Issued { spec: spec.clone(), state: CallState::Pending });
         let streaming = matches!(self.nodes[n].role, Role::Primary { mode: Mode::Streaming, .. });
@@ -881,29 +1082,7 @@ pub fn run_faults(seed: u64, cfg: &FaultConfig) -> Result<FaultReport, SimFailur
         .map(|_| (rng.gen_range(ops / 8..ops * 7 / 8), kinds[rng.gen_range(0..kinds.len())]))
         .collect();
     schedule.sort_by_key(|(at, _)| *at);
-    let session = Session {
-        primary: 0,
-        mirror: 1,
-        stream: PrimaryStream::new(1, 0, HEARTBEAT_MS, ACK_TIMEOUT_MS),
-        window: VecDeque::new(),
-        to_mirror: Link::new(),
-        to_primary: Link::new(),
-        mirror_dec: Decoder::new(),
-        primary_dec: Decoder::new(),
-        session: MirrorSession::new(cfg.block_size, cfg.filespaces, 1),
-        applier: Applier::new(nodes[1].data.clone(), 1),
-        sync_jobs: VecDeque::new(),
-        received: 0,
-        synced: 0,
-        durable: 0,
-        primary_on: true,
-        mirror_on: true,
-        primary_closed: false,
-        mirror_closed: false,
-        cut: false,
-        mirror_heard: 0,
-        shutdown_seen: false,
-    };
+    let session = Session::new(0, 1, nodes[1].data.clone(), cfg, 0, 1);
     let mut sim = FaultSim {
         seed,
         cfg: cfg.clone(),
@@ -927,6 +1106,14 @@ pub fn run_faults(seed: u64, cfg: &FaultConfig) -> Result<FaultReport, SimFailur
         schedule: schedule.into(),
         armed: None,
         report: FaultReport::default(),
+        op_limit: cfg.operations,
+        sessions: 1,
+        handed_over: false,
+        resync_fault: None,
+        resync_step: None,
+        resync_plan: None,
+        resync_targets: Vec::new(),
+        mirror_refusal: None,
     };
     sim.run()?;
     Ok(sim.report)
@@ -989,6 +1176,38 @@ mod tests {
     #[test]
     fn a_repair_that_is_not_made_durable_breaks_invariant_4() {
         caught(PlantedBug::RepairWithoutSync, "invariant 4", 50);
+    }
+
+    #[test]
+    fn a_resync_copy_queued_after_a_newer_write_breaks_invariant_4() {
+        caught(PlantedBug::ResyncCopyWithoutLock, "invariant 4", 300);
+    }
+
+    #[test]
+    fn a_resync_checkpoint_before_the_mirror_synced_breaks_invariant_3() {
+        caught(PlantedBug::ResyncCheckpointBeforeSynced, "invariant 3", 300);
+    }
+
+    #[test]
+    fn a_resync_clear_that_drops_the_activity_log_breaks_invariant_3() {
+        caught(PlantedBug::ResyncClearDropsActivity, "invariant 3", 300);
+    }
+
+    #[test]
+    fn a_resync_clear_before_the_primary_synced_breaks_invariant_3() {
+        caught(PlantedBug::ResyncClearWithoutLocalSync, "invariant 3", 300);
+    }
+
+    #[test]
+    fn retiring_an_activity_entry_with_a_tracked_path_breaks_invariant_3() {
+        caught(PlantedBug::RetireDropsTrackedPaths, "invariant 3", 300);
+    }
+
+    /// What the runtime still lets writers do during a resync, and how it breaks.
+    #[test]
+    fn writers_on_paths_the_resync_has_not_reached_break_it() {
+        caught(PlantedBug::ResyncWritersOnUnreconciledPaths, "resync liveness", 100);
+        caught(PlantedBug::ResyncRenamesUncopiedFiles, "invariant", 300);
     }
 
     #[test]

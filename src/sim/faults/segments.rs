@@ -2,6 +2,7 @@
 //! arbiter's probes and decisions, promotion, change-log upkeep.
 
 use super::*;
+use crate::disk::EntryKind;
 
 impl FaultSim {
     // ---- crashes, restarts -------------------------------------------------
@@ -26,6 +27,9 @@ impl FaultSim {
                             DiskOf::Log,
                             Fired::PowerLoss
                         )
+                        | (FaultKind::Resync(ResyncFault::MirrorFsyncError), DiskOf::Data, Fired::Fsync)
+                        | (FaultKind::Resync(ResyncFault::MirrorDiskFull), DiskOf::Data, Fired::NoSpace)
+                        | (FaultKind::Resync(ResyncFault::CrashPrimaryClearing), DiskOf::Log, Fired::PowerLoss)
                 );
                 if hit {
                     self.count(a.kind);
@@ -50,6 +54,7 @@ impl FaultSim {
         if torn {
             self.count(FaultKind::TornWrite);
         }
+
         let node = &mut self.nodes[n];
         node.data.reset();
         node.log_io.reset();
@@ -372,14 +377,29 @@ impl FaultSim {
         let fired = disk.fired_total();
         let mut dirs: Vec<FsPath> = Vec::new();
         let mut files: Vec<FsPath> = Vec::new();
-        for ((fs, path), e) in self.nodes[n].data_sim.snapshot() {
-            match e {
-                SimEntry::Dir => dirs.push(FsPath::new(fs, self.rel(&format!("{path}/x"))?)),
-                SimEntry::File(_) => files.push(FsPath::new(fs, self.rel(&path)?)),
-            }
-        }
+        // Listed, not snapshotted: a snapshot copies every file's contents.
+        let sim = self.nodes[n].data_sim.clone();
         for fs in 0..self.cfg.filespaces {
-            dirs.push(FsPath::new(fs, self.rel("x")?));
+            let mut todo: Vec<Option<RelPath>> = vec![None];
+            while let Some(dir) = todo.pop() {
+                let probe = match &dir {
+                    Some(d) => d.join("x"),
+                    None => RelPath::top("x"),
+                };
+                dirs.push(FsPath::new(fs, probe.map_err(|e| self.fail(format!("checkpoint: {e}")))?));
+                let children = sim.list_dir(fs, dir.as_ref()).map_err(|e| self.fail(format!("checkpoint: {e}")))?;
+                for (name, kind) in children {
+                    let child = match &dir {
+                        Some(d) => d.join(&name),
+                        None => RelPath::top(&name),
+                    };
+                    let child = child.map_err(|e| self.fail(format!("checkpoint: {e}")))?;
+                    match kind {
+                        EntryKind::Dir => todo.push(Some(child)),
+                        _ => files.push(FsPath::new(fs, child)),
+                    }
+                }
+            }
         }
         let r: DiskResult<()> = (|| {
             for f in &files {
@@ -464,7 +484,15 @@ impl FaultSim {
                 for k in &done {
                     self.nodes[n].hot.remove(k);
                 }
+                if !streaming {
+                    // `compact` kept no extent but recovered ones (the files
+                    // were synced first): the table forgets them too, so a
+                    // write after a resync takes the mirror back records its
+                    // extent again.
+                    self.nodes[n].hot.retain(|k, _| matches!(k, Hot::Path(_)));
+                }
             }
+
             if armed_here && !matches!(self.nodes[n].role, Role::Down { .. }) {
                 self.nodes[n].log_io.disarm_power();
             }

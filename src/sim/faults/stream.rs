@@ -211,15 +211,30 @@ impl FaultSim {
                     self.mirror_fault(m);
                     return Ok(());
                 }
+                // A stream in sync never refuses an operation. A resync's
+                // mirror may lack what a call changes: the daemon sends a
+                // Fault and ends the session (a missing file does not fault it).
+                if s.resync {
+                    return self.mirror_refused(m, &e.to_string());
+                }
                 return Err(self.fail(format!("mirror apply: {e}")));
             }
             // The daemon's periodic checkpoint, at random moments.
             if self.rng.gen_bool(0.05) {
                 s.applier.request_full();
+                s.last_full = now;
             }
             if s.applier.wants_sync() {
                 let job = s.applier.take_sync_job();
                 s.sync_jobs.push_back(job);
+            }
+            // Answers to hash requests go out after their batch, before its
+            // acknowledgement, as the daemon sends them.
+            let replies = s.applier.take_replies();
+            if !replies.is_empty() && s.primary_on && !s.cut {
+                for reply in replies {
+                    s.to_primary.send(&mut self.rng, now, &reply.into_frame().to_vec());
+                }
             }
             self.hook(Point::BeforeAck, p)?;
             if !self.mirror_alive() {
@@ -236,6 +251,17 @@ impl FaultSim {
             }
         }
         if ops.is_empty() && wake {
+            // A heartbeat also runs the daemon's periodic checkpoint: an idle
+            // stream's "durable through" catches up with what was applied.
+            if let Some(s) = self.session.as_mut() {
+                let lagging = s.applier.has_unsynced() || s.durable < s.applier.applied();
+                if lagging && now.saturating_sub(s.last_full) >= MIRROR_CHECKPOINT_MS {
+                    s.applier.request_full();
+                    s.last_full = now;
+                    let job = s.applier.take_sync_job();
+                    s.sync_jobs.push_back(job);
+                }
+            }
             self.mirror_ack();
         }
         Ok(())
@@ -296,6 +322,31 @@ impl FaultSim {
             }
         }
         self.drop_session_if_done();
+    }
+
+    /// The mirror could not apply an operation (not an I/O error): as the
+    /// daemon does, it runs the sync jobs already queued and closes; the
+    /// primary loses it once the bytes in flight are read.
+    pub(super) fn mirror_refused(&mut self, m: usize, why: &str) -> Result<(), SimFailure> {
+        tracing::debug!(seed = self.seed, step = self.step, why, "sim: the mirror refused an operation");
+        self.outcome("resync: the mirror refused an operation");
+        self.mirror_refusal.get_or_insert_with(|| why.to_string());
+        let Some(s) = self.session.as_mut() else { return Ok(()) };
+        s.mirror_on = false;
+        s.mirror_closed = true;
+        s.to_mirror.queue.clear();
+        let jobs: Vec<SyncJob> = s.sync_jobs.drain(..).collect();
+        let disk = self.nodes[m].data.clone();
+        let fired = disk.fired_total();
+        if let Err(e) = jobs.iter().try_for_each(|j| j.run(disk.as_ref()).map(drop)) {
+            if disk.fired_total() > fired {
+                self.mirror_fault(m);
+                return Ok(());
+            }
+            return Err(self.fail(format!("mirror sync: {e}")));
+        }
+        self.drop_session_if_done();
+        Ok(())
     }
 
     /// The mirror ends its session (not by a crash): it drains its syncer
@@ -362,6 +413,10 @@ impl FaultSim {
             return Err(self.fail(e));
         }
         for f in frames {
+            if f.header.kind == Kind::Hashes {
+                self.hashes_arrived(f.header.seq, &f.body)?;
+                continue;
+            }
             if f.header.kind != Kind::Ack {
                 return Err(self.fail(format!("primary got a {} frame", f.header.kind.name())));
             }
@@ -398,6 +453,25 @@ impl FaultSim {
         if self.session.as_ref().is_some_and(|s| s.primary_on && s.mirror_closed && s.to_primary.is_empty()) {
             self.lose(n, "the mirror closed the stream")?;
         }
+        Ok(())
+    }
+
+    /// A Hashes frame: accepted only as the answer to a request the primary
+    /// made, with exactly the hashes asked for (as `Primary` checks them).
+    /// The mirror is the real `Applier`, so anything else is a bug.
+    fn hashes_arrived(&mut self, seq: u64, body: &[u8]) -> Result<(), SimFailure> {
+        let Some(s) = self.session.as_mut() else { return Ok(()) };
+        if !s.primary_on {
+            return Ok(());
+        }
+        let Some(want) = s.hash_wanted.remove(&seq) else {
+            return Err(self.fail(format!("the mirror sent unasked-for hashes for #{seq}")));
+        };
+        if body.len() != want as usize * 8 {
+            return Err(self.fail(format!("hashes for #{seq}: {} bytes for {want} blocks", body.len())));
+        }
+        let hashes = body.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default())).collect();
+        s.hash_answers.insert(seq, hashes);
         Ok(())
     }
 
