@@ -367,8 +367,9 @@ impl ActivityLog {
     /// (found by the fault simulator: forgetting them left such a write
     /// named nowhere). Settled entries go (see
     /// [`ActivityLog::clear_entries`]). One step with every shard locked,
-    /// so no cover makes an entry hot in between.
-    pub fn clear_with_log(&self, flushes: &BTreeMap<FsPath, u64>) -> Result<(), ChangeLogError> {
+    /// so no cover makes an entry hot in between. `false` if a rename owes
+    /// the resync another pass ([`ChangeLog::clear_keeping`]): nothing cleared.
+    pub fn clear_with_log(&self, flushes: &BTreeMap<FsPath, u64>) -> Result<bool, ChangeLogError> {
         let mut all: Vec<_> = self.shards.iter().map(lock).collect();
         self.drop_settled(&mut all, flushes);
         let (extents, paths) = Self::entries_of(&all);
@@ -606,7 +607,7 @@ mod tests {
         let set = log.change_set();
         assert!(!set.covers_block(&a, 0) && set.covers_block(&b, 0), "{set:?}");
         assert_eq!(al.len(), 1);
-        al.clear_with_log(&BTreeMap::from([(b.clone(), 12u64)])).unwrap();
+        assert!(al.clear_with_log(&BTreeMap::from([(b.clone(), 12u64)])).unwrap());
         assert!(log.change_set().is_empty() && al.is_empty());
         let mut c = al.cover_blocks(&a, 40, 40, 0).unwrap();
         c.shipped(3);

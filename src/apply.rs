@@ -408,7 +408,8 @@ impl Applier {
             Op::Rename { from, to } => {
                 if s.catching_up {
                     if self.disk.entry_kind(from).map_err(err("look up"))?.is_none() {
-                        // Not here yet: the resync reconciles both names.
+                        // Not here yet: the resync reconciles `from`, and
+                        // owes `to` another pass (`ChangeLog::redo_if_owed`).
                         self.applied = seq;
                         return Ok(());
                     }

@@ -262,6 +262,15 @@ struct Inner {
     recovered: BTreeMap<FsPath, BTreeSet<u64>>,
     /// Paths found by replay: kept when active entries are retired.
     recovered_touched: BTreeMap<FsPath, bool>,
+    /// Resync: files whose exact blocks were recorded before the mirror was
+    /// taken back (change tracking, replay, a peer's set), until a resync
+    /// checkpoint clears them: their copies on the mirror may be stale.
+    /// Exact records the activity log adds while streaming are not owed.
+    owed_files: BTreeSet<FsPath>,
+    /// Resync: rename targets recorded since the engine last took them
+    /// ([`ChangeLog::redo_if_owed`]); in memory only, their records are
+    /// durable and pinned.
+    redo: BTreeSet<FsPath>,
 }
 
 impl Inner {
@@ -336,6 +345,7 @@ impl Inner {
         self.file_nos = names.into_iter().map(|(n, p)| (p, n)).collect();
         self.recovered = self.set.extents.clone();
         self.recovered_touched = self.set.touched.clone();
+        self.owed_files = self.set.blocks.keys().cloned().collect();
         Ok(rec)
     }
 
@@ -570,6 +580,8 @@ impl ChangeLog {
             groups_written: 0,
             recovered: BTreeMap::new(),
             recovered_touched: BTreeMap::new(),
+            owed_files: BTreeSet::new(),
+            redo: BTreeSet::new(),
         };
         Ok(Self::wrap(inner))
     }
@@ -591,6 +603,8 @@ impl ChangeLog {
             groups_written: 0,
             recovered: BTreeMap::new(),
             recovered_touched: BTreeMap::new(),
+            owed_files: BTreeSet::new(),
+            redo: BTreeSet::new(),
         };
         let rec = inner.replay()?;
         Ok((Self::wrap(inner), rec))
@@ -812,6 +826,7 @@ impl ChangeLog {
         s.inner.set = ChangeSet::default();
         s.inner.recovered.clear();
         s.inner.recovered_touched.clear();
+        s.inner.owed_files.clear();
         s.inner.file_nos.clear();
         self.compact_locked(&mut s, BTreeMap::new())
     }
@@ -865,6 +880,7 @@ impl ChangeLog {
             for b in bs {
                 s.add_block(p, *b)?;
             }
+            s.inner.owed_files.insert(p.clone());
         }
         // A peer's extents stay extents ("may differ"), kept like recovered
         // ones: the resync compares their blocks rather than shipping them all.
@@ -917,12 +933,14 @@ impl ChangeLog {
     /// back, the paths change tracking recorded are owed to the resync, and
     /// an activity-log entry of the same path (hot before the loss, or
     /// covered anew) must not take the record with it when it retires.
+    /// The files with exact blocks are owed likewise ([`ChangeLog::redo_if_owed`]).
     pub fn pin_touched(&self) {
         let mut s = lock(&self.shared);
-        let Inner { set, recovered_touched, .. } = &mut s.inner;
+        let Inner { set, recovered_touched, owed_files, .. } = &mut s.inner;
         for (p, t) in &set.touched {
             *recovered_touched.entry(p.clone()).or_insert(false) |= *t;
         }
+        owed_files.extend(set.blocks.keys().cloned());
     }
 
     /// What a resync must ship: every exact block and path, and only the
@@ -963,6 +981,8 @@ impl ChangeLog {
         s.usable()?;
         let none = BTreeSet::new();
         for (file, set) in blocks {
+            // Every block the resync listed for it is done.
+            s.inner.owed_files.remove(file);
             if set.is_empty() {
                 continue;
             }
@@ -995,6 +1015,10 @@ impl ChangeLog {
             }
         }
         for p in paths {
+            // Recorded again after the resync took it: another pass owes it.
+            if s.inner.redo.contains(p) {
+                continue;
+            }
             s.inner.recovered_touched.remove(p);
             if keep_paths.contains(p) {
                 continue;
@@ -1010,10 +1034,16 @@ impl ChangeLog {
     /// Forget everything but the activity log's live entries (a finished
     /// resync while calls stream on), durably, in one rewrite: `extents`
     /// and the touched `paths` stay, as active entries (no longer recovered).
-    pub fn clear_keeping(&self, extents: &BTreeMap<FsPath, BTreeSet<u64>>, paths: &BTreeSet<FsPath>) -> Result<()> {
+    /// Unless a rename recorded a path for another pass since the resync
+    /// last took them ([`ChangeLog::take_redo`]): then nothing is cleared
+    /// and the answer is `false`.
+    pub fn clear_keeping(&self, extents: &BTreeMap<FsPath, BTreeSet<u64>>, paths: &BTreeSet<FsPath>) -> Result<bool> {
         let mut s = lock(&self.shared);
         while s.leader {
             s = self.committed.wait(s).unwrap_or_else(|e| e.into_inner());
+        }
+        if !s.inner.redo.is_empty() {
+            return Ok(false);
         }
         // A kept path keeps its subtree flag; one never recorded (its record
         // failed) counts as a whole subtree.
@@ -1022,8 +1052,45 @@ impl ChangeLog {
         s.inner.set = ChangeSet { touched, ..ChangeSet::default() };
         s.inner.recovered.clear();
         s.inner.recovered_touched.clear();
+        s.inner.owed_files.clear();
         s.inner.file_nos.clear();
-        self.compact_locked(&mut s, extents.clone())
+        self.compact_locked(&mut s, extents.clone())?;
+        Ok(true)
+    }
+
+    /// Resync: a call renames `from` to `to`. If the resync still owes
+    /// `from` (or anything above or under it) to the mirror, or owes
+    /// everything (`all`: a full resync), the mirror's copy may be stale
+    /// and the rename moves it to a name the resync may never visit: `to`
+    /// is recorded (its whole subtree), durably and pinned (retiring an
+    /// activity entry keeps it), and kept for another pass. Checked and
+    /// recorded in one step with the lock held, so a resync's final clear
+    /// comes wholly before (then nothing is owed any more) or after (then
+    /// it sees the pass owed and clears nothing). Whether it was recorded.
+    pub fn redo_if_owed(&self, from: &FsPath, to: &FsPath, all: bool) -> Result<bool> {
+        let mut s = lock(&self.shared);
+        s.usable()?;
+        let inner = &s.inner;
+        let owed = all
+            || inner.owed_files.iter().chain(inner.recovered.keys()).any(|f| f.related(from))
+            || inner.recovered_touched.keys().any(|p| p.related(from))
+            || inner.redo.iter().any(|p| p.related(from));
+        if !owed {
+            return Ok(false);
+        }
+        s.add_touched(to, true);
+        s.inner.recovered_touched.insert(to.clone(), true);
+        s.inner.redo.insert(to.clone());
+        let n = s.recorded;
+        self.wait_durable(s, n)?;
+        Ok(true)
+    }
+
+    /// Resync: the paths [`ChangeLog::redo_if_owed`] recorded since the
+    /// last call, for another pass (their records stay until it clears
+    /// them). Called when a mirror is taken back too, to start afresh.
+    pub fn take_redo(&self) -> BTreeSet<FsPath> {
+        std::mem::take(&mut lock(&self.shared).inner.redo)
     }
 
     /// Whether nothing at all is recorded.
@@ -1090,7 +1157,7 @@ mod tests {
         let (log, _) = ChangeLog::open(disk.clone(), log_path()).unwrap();
         assert_eq!(log.change_set(), set);
         // The final clear keeps them likewise, in one rewrite.
-        log.clear_keeping(&live, &BTreeSet::from([p("d")])).unwrap();
+        assert!(log.clear_keeping(&live, &BTreeSet::from([p("d")])).unwrap());
         disk.crash(None);
         let (log, _) = ChangeLog::open(disk, log_path()).unwrap();
         assert_eq!(log.change_set(), set);

@@ -604,8 +604,15 @@ type SyncerHandle = std::thread::JoinHandle<Option<String>>;
 
 /// The syncer thread: runs sync jobs (merged when several are queued: group
 /// commit), then acknowledges the new durable watermark.
+/// Sync jobs waiting for the syncer, at most. Each holds open handles of
+/// up to [`crate::apply::MAX_DIRTY_FILES`] files: when fsyncs are slower
+/// than the stream, the applier waits here (and the primary behind it)
+/// instead of piling up jobs until the process runs out of descriptors
+/// (seen under a disk slowed by other work: EMFILE faulted the mirror).
+const SYNC_JOBS_QUEUED: usize = 2;
+
 fn spawn_syncer(disk: Arc<dyn Disk>, acks: Arc<AckSender>) -> std::io::Result<(Sender<SyncJob>, SyncerHandle)> {
-    let (tx, rx) = crossbeam_channel::unbounded::<SyncJob>();
+    let (tx, rx) = crossbeam_channel::bounded::<SyncJob>(SYNC_JOBS_QUEUED);
     let h = std::thread::Builder::new().name("filerep-syncer".into()).spawn(move || {
         while let Ok(mut job) = rx.recv() {
             while let Ok(more) = rx.try_recv() {

@@ -325,6 +325,8 @@ struct Inner {
     record_lock: Mutex<()>,
     /// A resync is shipping the change-log's contents.
     resyncing: AtomicBool,
+    /// The resync running is a full one: it owes the mirror every path.
+    resync_full: AtomicBool,
     /// Mirrors taken back so far: a resync stops when its mirror is gone,
     /// even if another is taken back meanwhile.
     attachments: AtomicU64,
@@ -465,6 +467,7 @@ impl Primary {
             config: cfg.clone(),
             record_lock: Mutex::new(()),
             resyncing: AtomicBool::new(false),
+            resync_full: AtomicBool::new(false),
             attachments: AtomicU64::new(0),
             hash_wanted: Mutex::new(HashMap::new()),
             hash_answers: Mutex::new(HashMap::new()),
@@ -967,6 +970,14 @@ impl Primary {
             if let Some(t) = &tracking {
                 let touched = [(from.clone(), true), (to.clone(), true)];
                 t.changelog.record_batch(std::iter::empty(), touched).map_err(|e| inner.tracking_failed(e))?;
+            } else if inner.resyncing.load(Ordering::SeqCst) {
+                // The mirror's copy of `from` may still be stale; the rename
+                // moves it where the resync may never look: `to` is owed
+                // another pass (found by the fault simulator).
+                if let Some(t) = &inner.tracking {
+                    let all = inner.resync_full.load(Ordering::SeqCst);
+                    t.changelog.redo_if_owed(&from, &to, all).map_err(|e| inner.tracking_failed(e))?;
+                }
             }
             inner.disk.rename(&from, &to)?;
             inner.cache_remove_under(&from);
@@ -1141,6 +1152,8 @@ impl Primary {
             // activity table starts afresh with the stream.
             if let Some(t) = &inner.tracking {
                 t.changelog.pin_touched();
+                // A stopped resync's passes owed are in its plan now.
+                t.changelog.take_redo();
             }
             if let Some(al) = &inner.activity {
                 al.restart_stream();
@@ -1178,8 +1191,30 @@ impl Primary {
         Ok(())
     }
 
-    pub(crate) fn resync_log(&self) -> Option<Arc<ChangeLog>> {
-        self.inner.tracking.as_ref().map(|t| t.changelog.clone())
+    /// What a resync must ship (all of it, and every rename meanwhile,
+    /// with `full`), from the change-log.
+    pub(crate) fn resync_plan(&self, full: bool) -> Result<crate::changelog::ChangeSet> {
+        let t = self
+            .inner
+            .tracking
+            .as_ref()
+            .ok_or_else(|| Error::InvalidArgument("a resync needs change tracking".into()))?;
+        if !self.resyncing() {
+            return Err(Error::InvalidArgument("no mirror taken back: attach one first".into()));
+        }
+        self.inner.resync_full.store(full, Ordering::SeqCst);
+        Ok(t.changelog.resync_set())
+    }
+
+    /// Paths renamed during the resync that it owes another pass
+    /// ([`ChangeLog::redo_if_owed`]).
+    pub(crate) fn resync_redo(&self) -> Result<std::collections::BTreeSet<FsPath>> {
+        let t = self
+            .inner
+            .tracking
+            .as_ref()
+            .ok_or_else(|| Error::InvalidArgument("a resync needs change tracking".into()))?;
+        Ok(t.changelog.take_redo())
     }
 
     pub(crate) fn disk(&self) -> &Arc<dyn Disk> {
@@ -1451,13 +1486,14 @@ impl Primary {
     /// `synced`: the last flush of every file the resync wrote; the mirror
     /// syncs changed directories and resynced lengths with every sync, so
     /// once that flush is synced, everything the resync shipped is durable.
-    /// Without it, the next full checkpoint is waited for.
+    /// Without it, the next full checkpoint is waited for. `false` (nothing
+    /// cleared, still resyncing) if a rename owes the resync another pass.
     pub(crate) fn resync_finish(
         &self,
         synced: Option<u64>,
         flushed: &std::collections::BTreeSet<FsPath>,
         timeout: Duration,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let inner = &self.inner;
         let deadline = Some(Instant::now() + timeout);
         match synced {
@@ -1478,11 +1514,15 @@ impl Primary {
             return Err(Error::MirrorLost("the pair left streaming during the resync".into()));
         }
         let flushes = inner.take_resync_flushes(flushed);
-        match &inner.activity {
+        let cleared = match &inner.activity {
             Some(al) => al.clear_with_log(&flushes),
-            None => t.changelog.clear(),
+            None => t.changelog.clear_keeping(&Default::default(), &Default::default()),
         }
         .map_err(|e| inner.tracking_failed(e))?;
+        if !cleared {
+            tracing::info!("resync: renames during the pass owe the mirror another one");
+            return Ok(false);
+        }
         if let Some(seq) = synced {
             inner.prune_window(seq, flushed);
         }
@@ -1498,7 +1538,7 @@ impl Primary {
             }
         }
         tracing::warn!("resync complete: the change-log is drained, the pair is synchronized");
-        Ok(())
+        Ok(true)
     }
 }
 

@@ -84,7 +84,14 @@ pub struct ResyncReport {
     pub durable_wait_seconds: f64,
     /// Blocks found equal on both sides by compare mode (not shipped).
     pub compared_equal: u64,
+    /// Extra passes over paths renamed while the resync still owed them.
+    pub extra_passes: u64,
 }
+
+/// Extra passes a resync takes over renamed paths before it gives up: a
+/// workload that keeps renaming what the resync has not copied yet faster
+/// than it copies would otherwise keep it from ever finishing.
+pub const MAX_EXTRA_PASSES: u64 = 1000;
 
 /// What the resync engine drives: the primary's end of the stream, one
 /// step at a time. The runtime implements it over its threads and socket
@@ -96,7 +103,10 @@ pub trait ResyncLink {
     fn filespace_count(&self) -> u16;
     /// What the change-log says differs; an error if there is no change
     /// tracking or no mirror taken back.
-    fn change_set(&mut self) -> Result<ChangeSet>;
+    /// What to ship (`full`: every path is owed, renames included).
+    fn change_set(&mut self, full: bool) -> Result<ChangeSet>;
+    /// Paths renamed meanwhile that the resync owes another pass.
+    fn redo(&mut self) -> Result<BTreeSet<FsPath>>;
     /// What `p` is here, unlocked (a peek: `reconcile` looks again locked).
     fn entry_kind(&mut self, p: &FsPath) -> Result<Option<EntryKind>>;
     /// Ship what one path (`None`: the filespace root) is here, locked
@@ -126,13 +136,22 @@ pub trait ResyncLink {
         paths: &[FsPath],
         timeout: Duration,
     ) -> Result<()>;
-    /// Everything shipped is durable on the mirror: clear the change-log.
-    fn finish(&mut self, synced: Option<u64>, flushed: &BTreeSet<FsPath>, timeout: Duration) -> Result<()>;
+    /// Everything shipped is durable on the mirror: clear the change-log;
+    /// `false` (nothing cleared) if a rename owes another pass.
+    fn finish(&mut self, synced: Option<u64>, flushed: &BTreeSet<FsPath>, timeout: Duration) -> Result<bool>;
 }
 
 /// The runtime's link: a [`Primary`] that has taken its mirror back, and
 /// which taking-back this resync works for.
-struct PrimaryLink<'a>(&'a Primary, u64);
+pub struct PrimaryLink<'a>(&'a Primary, u64);
+
+impl<'a> PrimaryLink<'a> {
+    /// The link for the mirror `p` has taken back last (tests wrap it to
+    /// act at a chosen step of a resync).
+    pub fn new(p: &'a Primary) -> Self {
+        PrimaryLink(p, p.attachment())
+    }
+}
 
 impl ResyncLink for PrimaryLink<'_> {
     fn block_size(&self) -> u32 {
@@ -141,12 +160,12 @@ impl ResyncLink for PrimaryLink<'_> {
     fn filespace_count(&self) -> u16 {
         self.0.filespaces().len() as u16
     }
-    fn change_set(&mut self) -> Result<ChangeSet> {
-        let log = self.0.resync_log().ok_or_else(|| Error::InvalidArgument("a resync needs change tracking".into()))?;
-        if !self.0.resyncing() {
-            return Err(Error::InvalidArgument("no mirror taken back: attach one first".into()));
-        }
-        Ok(log.resync_set())
+    fn change_set(&mut self, full: bool) -> Result<ChangeSet> {
+        self.0.resync_plan(full)
+    }
+    fn redo(&mut self) -> Result<BTreeSet<FsPath>> {
+        self.0.resync_check(self.1)?;
+        self.0.resync_redo()
     }
     fn entry_kind(&mut self, p: &FsPath) -> Result<Option<EntryKind>> {
         self.0.resync_check(self.1)?;
@@ -191,7 +210,7 @@ impl ResyncLink for PrimaryLink<'_> {
         self.0.resync_check(self.1)?;
         self.0.resync_checkpoint(synced, flushed, blocks, paths, timeout)
     }
-    fn finish(&mut self, synced: Option<u64>, flushed: &BTreeSet<FsPath>, timeout: Duration) -> Result<()> {
+    fn finish(&mut self, synced: Option<u64>, flushed: &BTreeSet<FsPath>, timeout: Duration) -> Result<bool> {
         self.0.resync_check(self.1)?;
         self.0.resync_finish(synced, flushed, timeout)
     }
@@ -395,12 +414,12 @@ fn flush_all(p: &mut dyn ResyncLink, files: &BTreeSet<FsPath>) -> Result<Option<
 
 /// Run a resync on a primary that has taken its mirror back.
 pub fn run(p: &Primary, opts: &ResyncOptions, progress: &Progress) -> Result<ResyncReport> {
-    run_on(&mut PrimaryLink(p, p.attachment()), opts, progress)
+    run_on(&mut PrimaryLink::new(p), opts, progress)
 }
 
 /// The engine itself, over any [`ResyncLink`].
 pub fn run_on(p: &mut dyn ResyncLink, opts: &ResyncOptions, progress: &Progress) -> Result<ResyncReport> {
-    let set = p.change_set()?;
+    let set = p.change_set(opts.full)?;
     let span = tracing::info_span!("resync", full = opts.full);
     let _e = span.enter();
     let unix_ms =
@@ -488,12 +507,48 @@ pub fn run_on(p: &mut dyn ResyncLink, opts: &ResyncOptions, progress: &Progress)
             run.checkpoint(false)?;
         }
     }
-    let shipped = run.started.elapsed();
-    // Durable on the mirror: one flush per file written, then wait for the last.
-    // With no file to flush (only namespace changes), the checkpoint is waited for instead.
-    let flushed = std::mem::take(&mut run.written);
-    let synced = flush_all(run.p, &flushed)?;
-    run.p.finish(synced, &flushed, opts.finish_timeout.unwrap_or(Duration::from_secs(60)))?;
+    // Renames of paths still owed moved the mirror's stale copies to names
+    // this pass may not have visited: each gets another pass, whole, until
+    // the change-log can be cleared with nothing owed.
+    let mut extra_passes = 0;
+    let shipped = loop {
+        run.checkpoint(true)?;
+        let redo = run.p.redo()?;
+        if redo.is_empty() {
+            let shipped = run.started.elapsed();
+            // Durable on the mirror: one flush per file written, then wait for the last.
+            // With no file to flush (only namespace changes), the checkpoint is waited for instead.
+            let flushed = run.written.clone();
+            let synced = flush_all(run.p, &flushed)?;
+            if run.p.finish(synced, &flushed, opts.finish_timeout.unwrap_or(Duration::from_secs(60)))? {
+                break shipped;
+            }
+            continue;
+        }
+        extra_passes += 1;
+        if extra_passes > MAX_EXTRA_PASSES {
+            return Err(Error::Rejected(format!(
+                "the resync took {MAX_EXTRA_PASSES} extra passes over paths renamed while it still owed them, \
+                 and calls keep renaming them: run filerep recover again when fewer renames run"
+            )));
+        }
+        tracing::info!(paths = redo.len(), pass = extra_passes, "resync: another pass over renamed paths");
+        run.whole_files.clear();
+        run.whole_trees.clear();
+        for path in &redo {
+            run.done_paths.push(path.clone());
+            if run.covered(path.filespace, &path.path) {
+                continue;
+            }
+            match run.p.entry_kind(path)? {
+                Some(EntryKind::Dir) => run.tree(path.filespace, Some(&path.path))?,
+                Some(EntryKind::File) => run.whole_file(path.filespace, &path.path)?,
+                _ => {
+                    run.reconcile(path.filespace, Some(&path.path), false)?;
+                }
+            }
+        }
+    };
     let s = progress.snapshot();
     Ok(ResyncReport {
         full: opts.full,
@@ -503,6 +558,7 @@ pub fn run_on(p: &mut dyn ResyncLink, opts: &ResyncOptions, progress: &Progress)
         seconds: run.started.elapsed().as_secs_f64(),
         durable_wait_seconds: (run.started.elapsed() - shipped).as_secs_f64(),
         compared_equal: run.compared_equal,
+        extra_passes,
     })
 }
 

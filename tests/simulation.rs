@@ -149,4 +149,5 @@ fn resyncs_under_faults_reach_every_fault_and_step() {
     assert!(resync.completed > 0 && resync.interrupted > 0, "{resync:?}");
     assert!(resync.blocks > 0 && resync.paths > 0 && resync.compared_equal > 0, "{resync:?}");
     assert!(resync.concurrent_calls > 0, "writers called during the resyncs: {resync:?}");
+    assert!(resync.extra_passes > 0, "renames of paths a resync owed led to another pass: {resync:?}");
 }

@@ -34,6 +34,11 @@ impl FsPath {
     pub fn new(filespace: u16, path: RelPath) -> Self {
         FsPath { filespace, path }
     }
+
+    /// Same filespace, and one path is the other or lies under it.
+    pub fn related(&self, other: &FsPath) -> bool {
+        self.filespace == other.filespace && (self.path.is_within(&other.path) || other.path.is_within(&self.path))
+    }
 }
 
 impl std::fmt::Display for FsPath {

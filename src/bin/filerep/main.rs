@@ -461,7 +461,8 @@ fn run_fault_sim(c: &SimCmd, seeds: &[u64]) -> CmdResult {
     }
     println!(
         "resync engine: {} runs, {} completed, {} interrupted by their fault; {} paths, {} blocks ({} bytes) \
-         shipped or compared, {} compared equal; {} calls by writers while a resync ran",
+         shipped or compared, {} compared equal, {} extra passes over renamed paths; {} calls by writers while a \
+         resync ran",
         resync.runs,
         resync.completed,
         resync.interrupted,
@@ -469,6 +470,7 @@ fn run_fault_sim(c: &SimCmd, seeds: &[u64]) -> CmdResult {
         resync.blocks,
         resync.bytes,
         resync.compared_equal,
+        resync.extra_passes,
         resync.concurrent_calls
     );
     match failed {

@@ -283,15 +283,16 @@ pub enum PlantedBug {
     /// A resync checkpoint clears its entries once the mirror has applied
     /// the flush, not synced it: a mirror crash then loses copies no log names.
     ResyncCheckpointBeforeSynced,
-    /// Writers during a resync also call on paths it has still to
-    /// reconcile, as the runtime lets them: the mirror lacks such a path
-    /// (or has another kind of entry there), refuses the call and ends the
-    /// session, so the resync cannot finish while writers touch them.
-    ResyncWritersOnUnreconciledPaths,
-    /// Writers during a resync also rename files whose blocks it has still
-    /// to copy, as the runtime lets them: the mirror's stale copy moves to
+    /// Calls during a resync are not flagged as catching up (what the
+    /// runtime did): the mirror lacks a path the resync has still to
+    /// reconcile (or has another kind of entry there), refuses the call
+    /// and ends the session, so the resync cannot finish while writers
+    /// touch such paths.
+    ResyncWithoutCatchingUp,
+    /// A rename during a resync of a path it still owes is not recorded for
+    /// another pass (what the runtime did): the mirror's stale copy moves to
     /// a name the resync never visits, and the final clear forgets it.
-    ResyncRenamesUncopiedFiles,
+    ResyncRenameWithoutAnotherPass,
     /// A resync's checkpoint and its final clear also drop the activity
     /// log's entries (what the runtime did): writes streamed meanwhile,
     /// not yet durable on both sides, are then named nowhere.
@@ -320,8 +321,8 @@ impl PlantedBug {
         (PlantedBug::RepairWithoutSync, "repair-without-sync"),
         (PlantedBug::ResyncCopyWithoutLock, "resync-copy-without-lock"),
         (PlantedBug::ResyncCheckpointBeforeSynced, "resync-checkpoint-before-synced"),
-        (PlantedBug::ResyncWritersOnUnreconciledPaths, "resync-writers-on-unreconciled-paths"),
-        (PlantedBug::ResyncRenamesUncopiedFiles, "resync-renames-uncopied-files"),
+        (PlantedBug::ResyncWithoutCatchingUp, "resync-without-catching-up"),
+        (PlantedBug::ResyncRenameWithoutAnotherPass, "resync-rename-without-another-pass"),
         (PlantedBug::ResyncClearDropsActivity, "resync-clear-drops-activity"),
         (PlantedBug::ResyncClearWithoutLocalSync, "resync-clear-without-local-sync"),
         (PlantedBug::RetireDropsTrackedPaths, "retire-drops-tracked-paths"),
@@ -384,6 +385,8 @@ pub struct ResyncTotals {
     pub bytes: u64,
     /// Blocks compare mode found equal on both sides (not shipped).
     pub compared_equal: u64,
+    /// Extra passes over paths renamed while a resync still owed them.
+    pub extra_passes: u64,
     /// Calls the writers issued while a resync ran.
     pub concurrent_calls: u64,
 }
@@ -397,6 +400,7 @@ impl ResyncTotals {
         self.blocks += o.blocks;
         self.bytes += o.bytes;
         self.compared_equal += o.compared_equal;
+        self.extra_passes += o.extra_passes;
         self.concurrent_calls += o.concurrent_calls;
     }
 }
@@ -588,6 +592,8 @@ struct FaultSim {
     resync_step: Option<resync::Step>,
     /// While a resync runs: what it set out to ship (writers keep off its paths).
     resync_plan: Option<ChangeSet>,
+    /// The running resync is a full one (`Primary::resync_full`).
+    resync_full: bool,
     /// The plan's blocks, for writers to aim at.
     resync_targets: Vec<(FsPath, u64)>,
     /// Why a resync's mirror refused an operation, if it did.
@@ -705,9 +711,6 @@ impl FaultSim {
             None => self.generate(n)?,
         };
         let Some(spec) = spec else { return Ok(()) };
-        if self.resync_avoids(&spec) {
-            return Ok(());
-        }
         let idx = self.ops.len();
         self.ops.push(Issued { spec: spec.clone(), state: CallState::Pending });
         let streaming = matches!(self.nodes[n].role, Role::Primary { mode: Mode::Streaming, .. });
@@ -749,6 +752,17 @@ impl FaultSim {
             };
             if !covered {
                 return Ok(Done::Failed);
+            }
+        }
+        // `Primary::rename` during a resync: a path it still owes moves
+        // where it may never look, so the target is owed another pass.
+        if let OpSpec::Rename { from, to } = spec {
+            let resyncing = self.session.as_ref().is_some_and(|s| s.resync && s.primary == n);
+            if resyncing && self.cfg.bug != Some(PlantedBug::ResyncRenameWithoutAnotherPass) {
+                let all = self.resync_full;
+                if !self.log_call(n, |log| log.redo_if_owed(from, to, all).map(|_| ()))? {
+                    return Ok(Done::Failed);
+                }
             }
         }
         match spec {
@@ -1112,6 +1126,7 @@ pub fn run_faults(seed: u64, cfg: &FaultConfig) -> Result<FaultReport, SimFailur
         resync_fault: None,
         resync_step: None,
         resync_plan: None,
+        resync_full: false,
         resync_targets: Vec::new(),
         mirror_refusal: None,
     };
@@ -1178,9 +1193,11 @@ mod tests {
         caught(PlantedBug::RepairWithoutSync, "invariant 4", 50);
     }
 
+    /// The older copy lands after the newer write, whose entry has retired:
+    /// a difference nothing names, seen at the next checkpoint's check.
     #[test]
-    fn a_resync_copy_queued_after_a_newer_write_breaks_invariant_4() {
-        caught(PlantedBug::ResyncCopyWithoutLock, "invariant 4", 300);
+    fn a_resync_copy_queued_after_a_newer_write_breaks_invariant_3() {
+        caught(PlantedBug::ResyncCopyWithoutLock, "invariant 3", 300);
     }
 
     #[test]
@@ -1203,11 +1220,13 @@ mod tests {
         caught(PlantedBug::RetireDropsTrackedPaths, "invariant 3", 300);
     }
 
-    /// What the runtime still lets writers do during a resync, and how it breaks.
+    /// Calls on paths the resync has not reached yet: without the
+    /// catching-up flag the mirror refuses them; without another pass a
+    /// rename hides a stale copy.
     #[test]
-    fn writers_on_paths_the_resync_has_not_reached_break_it() {
-        caught(PlantedBug::ResyncWritersOnUnreconciledPaths, "resync liveness", 100);
-        caught(PlantedBug::ResyncRenamesUncopiedFiles, "invariant", 300);
+    fn calls_on_paths_the_resync_has_not_reached_need_the_flag_and_another_pass() {
+        caught(PlantedBug::ResyncWithoutCatchingUp, "resync liveness", 100);
+        caught(PlantedBug::ResyncRenameWithoutAnotherPass, "invariant", 300);
     }
 
     #[test]

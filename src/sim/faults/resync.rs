@@ -391,9 +391,10 @@ impl ResyncLink for SimLink<'_> {
         self.sim.cfg.filespaces
     }
 
-    fn change_set(&mut self) -> EResult<ChangeSet> {
+    fn change_set(&mut self, full: bool) -> EResult<ChangeSet> {
         self.sim.resync_step = Some(Step::ChangeSet);
         self.usable()?;
+        self.sim.resync_full = full;
         let set = match self.sim.nodes[self.a].log.as_ref() {
             Some(log) => log.resync_set(),
             None => return Err(Error::InvalidArgument("a resync needs change tracking".into())),
@@ -508,6 +509,14 @@ impl ResyncLink for SimLink<'_> {
         self.usable()
     }
 
+    fn redo(&mut self) -> EResult<BTreeSet<FsPath>> {
+        self.usable()?;
+        match self.sim.nodes[self.a].log.as_ref() {
+            Some(log) => Ok(log.take_redo()),
+            None => Err(Error::InvalidArgument("a resync needs change tracking".into())),
+        }
+    }
+
     fn flush(&mut self, p: &FsPath) -> EResult<Option<u64>> {
         self.enter(Step::Flush)?;
         if self.open_if_present(p)?.is_none() {
@@ -566,7 +575,7 @@ impl ResyncLink for SimLink<'_> {
         self.sim.check_live(a, b).map_err(|f| self.stash(f))
     }
 
-    fn finish(&mut self, synced: Option<u64>, flushed: &BTreeSet<FsPath>, timeout: Duration) -> EResult<()> {
+    fn finish(&mut self, synced: Option<u64>, flushed: &BTreeSet<FsPath>, timeout: Duration) -> EResult<bool> {
         self.enter(Step::Finish)?;
         match synced {
             Some(seq) => self.wait_for("synced flush", timeout, |s| s.stream.acked().synced >= seq)?,
@@ -581,9 +590,18 @@ impl ResyncLink for SimLink<'_> {
         self.drop_settled(flushed);
         let (extents, touched) = self.hot_entries();
         let armed = self.arm_clearing_crash(5);
-        let r = self.log_call(|log| log.clear_keeping(&extents, &touched));
+        let mut cleared = false;
+        let r = self.log_call(|log| log.clear_keeping(&extents, &touched).map(|c| cleared = c));
         self.disarm_clearing_crash(armed);
         r?;
+        if !cleared {
+            // A rename owes another pass (`Primary::resync_finish`).
+            return Ok(false);
+        }
+        // Calls are no longer flagged as catching up (`resyncing` cleared).
+        if let Some(s) = self.sim.session.as_mut() {
+            s.resync = false;
+        }
         if self.sim.cfg.bug == Some(PlantedBug::ResyncClearDropsActivity) {
             self.sim.nodes[self.a].hot.clear();
         }
@@ -592,45 +610,12 @@ impl ResyncLink for SimLink<'_> {
         }
         self.retire_settled()?;
         let (a, b) = (self.a, self.b);
-        self.sim.check_live(a, b).map_err(|f| self.stash(f))
+        self.sim.check_live(a, b).map_err(|f| self.stash(f))?;
+        Ok(true)
     }
 }
 
 impl FaultSim {
-    /// Whether writers keep off this call while a resync runs. The runtime
-    /// as it stands cannot take every call during a resync (see
-    /// [`PlantedBug::ResyncWritersOnUnreconciledPaths`] and
-    /// [`PlantedBug::ResyncRenamesUncopiedFiles`]): a call on a path the resync
-    /// has still to reconcile (touched, under a touched directory, or a
-    /// directory above one) finds the mirror without that path, and a
-    /// rename of a file whose blocks it has still to copy moves the
-    /// mirror's stale copy to a name the resync never visits. Every other
-    /// call goes on, data writes into the very blocks being copied included.
-    pub(super) fn resync_avoids(&self, spec: &OpSpec) -> bool {
-        let Some(plan) = &self.resync_plan else { return false };
-        let anywhere = self.cfg.bug == Some(PlantedBug::ResyncWritersOnUnreconciledPaths);
-        let paths: Vec<&FsPath> = match spec {
-            OpSpec::Block { p, .. }
-            | OpSpec::WriteAt { p, .. }
-            | OpSpec::Sync { p, .. }
-            | OpSpec::Truncate { p, .. }
-            | OpSpec::Create(p)
-            | OpSpec::Unlink(p)
-            | OpSpec::Mkdir(p)
-            | OpSpec::Rmdir(p) => vec![p],
-            OpSpec::Rename { from, to } => vec![from, to],
-        };
-        if !anywhere && paths.iter().any(|p| plan.touched.keys().any(|t| workload::related(t, p))) {
-            return true;
-        }
-        match spec {
-            OpSpec::Rename { from, .. } if self.cfg.bug != Some(PlantedBug::ResyncRenamesUncopiedFiles) => {
-                plan.blocks.keys().chain(plan.extents.keys()).any(|f| workload::related(f, from))
-            }
-            _ => false,
-        }
-    }
-
     /// While a resync runs, writers aim at the blocks it copies about one
     /// call in three, so a copy and a newer write of the same block really
     /// meet in the stream (rule 6).
@@ -782,12 +767,14 @@ impl FaultSim {
         t.blocks += r.blocks;
         t.bytes += r.bytes;
         t.compared_equal += r.compared_equal;
+        t.extra_passes += r.extra_passes;
     }
 
     /// One run of the engine on the stream from `a`, with writers going on.
     fn run_engine(&mut self, a: usize) -> Result<EResult<ResyncReport>, SimFailure> {
         let opts = ResyncOptions {
-            full: false,
+            // A full resync now and then: every path owed, renames included.
+            full: self.rng.gen_bool(0.1),
             max_rate: None,
             finish_timeout: Some(Duration::from_millis(RESYNC_WAIT_MS)),
             // Small, so checkpoints (Cleared records) happen within a run.

@@ -10,6 +10,14 @@ impl FaultSim {
         if strict && h.kind.is_operation() && h.kind != Kind::Bind {
             h.flags |= FLAG_DURABLE;
         }
+        // `Inner::level_flags`: while a resync catches the mirror up.
+        if s.resync
+            && h.kind.is_operation()
+            && h.kind != Kind::Bind
+            && self.cfg.bug != Some(PlantedBug::ResyncWithoutCatchingUp)
+        {
+            h.flags |= crate::protocol::FLAG_CATCHING_UP;
+        }
         h.body_len = body.len() as u32;
         h.body_hash = body_hash(&body);
         let bytes = Frame { header: h, body }.to_vec();

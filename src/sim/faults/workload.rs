@@ -16,11 +16,6 @@ pub(super) enum OpSpec {
     Rename { from: FsPath, to: FsPath },
 }
 
-/// Same filespace, and one path is the other or lies under it.
-pub(super) fn related(a: &FsPath, b: &FsPath) -> bool {
-    a.filespace == b.filespace && (a.path.is_within(&b.path) || b.path.is_within(&a.path))
-}
-
 impl OpSpec {
     pub(super) fn name(&self) -> &'static str {
         match self {
@@ -42,8 +37,8 @@ impl OpSpec {
     pub(super) fn changes_existence(&self, p: &FsPath) -> bool {
         // Not through `namespace_paths`: this runs quadratically often in the checks.
         match self {
-            OpSpec::Create(q) | OpSpec::Unlink(q) | OpSpec::Mkdir(q) | OpSpec::Rmdir(q) => related(q, p),
-            OpSpec::Rename { from, to } => related(from, p) || related(to, p),
+            OpSpec::Create(q) | OpSpec::Unlink(q) | OpSpec::Mkdir(q) | OpSpec::Rmdir(q) => q.related(p),
+            OpSpec::Rename { from, to } => from.related(p) || to.related(p),
             _ => false,
         }
     }
@@ -256,7 +251,7 @@ impl FaultSim {
                     .dirs
                     .iter()
                     .filter(|d| {
-                        !m.files.keys().any(|f| related(f, d))
+                        !m.files.keys().any(|f| f.related(d))
                             && !m
                                 .dirs
                                 .iter()
