@@ -512,8 +512,10 @@ pub fn run_on(p: &mut dyn ResyncLink, opts: &ResyncOptions, progress: &Progress)
     // the change-log can be cleared with nothing owed.
     let mut extra_passes = 0;
     let shipped = loop {
-        run.checkpoint(true)?;
         let redo = run.p.redo()?;
+        // Not done any more: a checkpoint must not clear them before this
+        // pass has walked them again (the change-log keeps them meanwhile).
+        run.done_paths.retain(|p| !redo.contains(p));
         if redo.is_empty() {
             let shipped = run.started.elapsed();
             // Durable on the mirror: one flush per file written, then wait for the last.
@@ -547,6 +549,7 @@ pub fn run_on(p: &mut dyn ResyncLink, opts: &ResyncOptions, progress: &Progress)
                     run.reconcile(path.filespace, Some(&path.path), false)?;
                 }
             }
+            run.checkpoint(false)?;
         }
     };
     let s = progress.snapshot();
