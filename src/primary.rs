@@ -573,7 +573,7 @@ impl Primary {
 
     /// Why the mirror was lost, if it was.
     pub fn mirror_lost(&self) -> Option<String> {
-        lock(&self.inner.marks).lost.clone()
+        self.inner.lost()
     }
 
     fn fspath(&self, fs: u16, path: &str) -> Result<FsPath> {
@@ -1322,7 +1322,7 @@ impl Primary {
             if let Some(remote) = answers.remove(&seq) {
                 return Ok(remote);
             }
-            if let Some(l) = lock(&inner.marks).lost.clone() {
+            if let Some(l) = inner.lost() {
                 lock(&inner.hash_wanted).remove(&seq);
                 return Err(Error::MirrorLost(l));
             }
@@ -1377,7 +1377,7 @@ impl Primary {
             if let Some(l) = lock(&inner.list_answers).remove(&seq) {
                 return Ok(l);
             }
-            if let Some(l) = lock(&inner.marks).lost.clone() {
+            if let Some(l) = inner.lost() {
                 lock(&inner.list_wanted).remove(&seq);
                 return Err(Error::MirrorLost(l));
             }
@@ -1467,7 +1467,7 @@ impl Primary {
         // any newer write of these blocks, is recorded after this) or before
         // (then nothing is cleared).
         let _r = lock(&inner.record_lock);
-        if let Some(l) = lock(&inner.marks).lost.clone() {
+        if let Some(l) = inner.lost() {
             return Err(Error::MirrorLost(l));
         }
         let flushes = inner.take_resync_flushes(flushed);
@@ -1507,7 +1507,7 @@ impl Primary {
         let t = inner.tracking.as_ref().ok_or_else(|| Error::InvalidArgument("no change tracking".into()))?;
         inner.sync_resynced(flushed.iter())?;
         let _r = lock(&inner.record_lock);
-        if let Some(l) = lock(&inner.marks).lost.clone() {
+        if let Some(l) = inner.lost() {
             return Err(Error::MirrorLost(l));
         }
         if *inner.mode.lock().unwrap_or_else(|e| e.into_inner()) != Mode::Streaming {
@@ -1776,28 +1776,55 @@ impl Inner {
         if self.tracking_on.load(Ordering::Acquire) {
             return Ok(());
         }
-        if let Some(l) = lock(&self.marks).lost.clone() {
+        // Through `lost()`, never `if let Some(l) = lock(&self.marks).lost.clone()`:
+        // a guard in an `if let` scrutinee is a temporary that lives through
+        // the body (Rust 2024 only ends it before an `else`), so the marks
+        // lock would be held while `after_loss` waits for the decision. A
+        // call already inside its file stripe then blocks on the marks lock
+        // (its send, `queue_space`, `lose`), the decision's second phase
+        // waits for that stripe, and nothing moves until this call's
+        // deadline: it fails with "no decision in time" and the pair goes to
+        // change tracking a moment later (found as a flaky mirror-crash test).
+        if let Some(l) = self.lost() {
             // Rule 3: no mutating call goes on until the arbiter has decided.
             return self.after_loss(l);
         }
         Ok(())
     }
 
+    /// Why the mirror was lost, if it was. The marks lock is released
+    /// before this returns, so the answer can be acted on (waited on) with
+    /// no lock held.
+    fn lost(&self) -> Option<String> {
+        lock(&self.marks).lost.clone()
+    }
+
     /// The mirror is gone: with change tracking, wait for the arbiter's
     /// decision and go on if the mirror was marked down.
+    ///
+    /// Called with no lock held: the decision's second phase takes every
+    /// file stripe and the namespace lock, and calls holding those take the
+    /// marks, queue and mode locks; waiting here with any of them held
+    /// stalls the decision until this call's deadline.
     fn after_loss(&self, lost: String) -> Result<()> {
         let Some(t) = &self.tracking else {
             return Err(Error::MirrorLost(lost));
         };
         let deadline = Instant::now() + t.decision_timeout + Duration::from_secs(5);
         let mut mode = self.mode.lock().unwrap_or_else(|e| e.into_inner());
+        let mut waiting = false;
         loop {
             match &*mode {
                 Mode::ChangeTracking => return Ok(()),
                 Mode::Failed(why) => return Err(Error::MirrorLost(format!("{lost}; {why}"))),
                 Mode::Streaming | Mode::Deciding => {
+                    if !waiting {
+                        waiting = true;
+                        tracing::debug!(%lost, "waiting for the arbiter's decision");
+                    }
                     let left = deadline.saturating_duration_since(Instant::now());
                     if left.is_zero() {
+                        tracing::error!(%lost, mode = ?*mode, "no decision from the arbiter in time: the call fails");
                         return Err(Error::MirrorLost(format!("{lost}; no decision in time")));
                     }
                     mode = self.mode_cv.wait_timeout(mode, left).unwrap_or_else(|e| e.into_inner()).0;
@@ -2072,7 +2099,7 @@ impl Inner {
     fn queue_space(&self) -> Result<MutexGuard<'_, Queue>> {
         let mut q = lock(&self.queue);
         while q.pending_bytes >= self.max_pending_bytes || q.window.len() >= MAX_WINDOW {
-            if let Some(l) = lock(&self.marks).lost.clone() {
+            if let Some(l) = self.lost() {
                 if self.tracking.is_some() {
                     // Nothing more is sent or acknowledged: queue it anyway,
                     // so the window still records it for the change-log.
@@ -2308,7 +2335,7 @@ fn receiver_loop(inner: Arc<Inner>, mut reader: Box<dyn ConnReader>) {
     let mut dec = Decoder::new();
     let mut buf = vec![0u8; 64 * 1024];
     let reason = loop {
-        if let Some(l) = lock(&inner.marks).lost.clone() {
+        if let Some(l) = inner.lost() {
             break l;
         }
         let n = match reader.recv(&mut buf) {

@@ -258,6 +258,189 @@ fn a_frozen_mirror_is_noticed_and_unapplied_operations_are_tracked() {
     assert!(assert_covered(&dirs, &set) >= 8);
 }
 
+/// Holds the change-log's next append once closed: the commit says it got
+/// there and waits until the test opens the gate again.
+struct Gate {
+    closed: std::sync::atomic::AtomicBool,
+    reached: crossbeam_channel::Sender<()>,
+    open: crossbeam_channel::Receiver<()>,
+}
+
+impl Gate {
+    fn pass(&self) {
+        if self.closed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            let _ = self.reached.send(());
+            let _ = self.open.recv();
+        }
+    }
+}
+
+/// A disk whose files' writes pass through a [`Gate`].
+struct GatedDisk {
+    inner: Arc<dyn filerep::disk::Disk>,
+    gate: Arc<Gate>,
+}
+
+#[derive(Debug)]
+struct GatedFile {
+    inner: Arc<dyn filerep::disk::DiskFile>,
+    gate: Arc<Gate>,
+}
+
+impl std::fmt::Debug for Gate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Gate")
+    }
+}
+
+impl filerep::disk::DiskFile for GatedFile {
+    fn write_at(&self, offset: u64, buf: &[u8]) -> filerep::disk::DiskResult<()> {
+        self.gate.pass();
+        self.inner.write_at(offset, buf)
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> filerep::disk::DiskResult<usize> {
+        self.inner.read_at(offset, buf)
+    }
+    fn sync_data(&self) -> filerep::disk::DiskResult<()> {
+        self.inner.sync_data()
+    }
+    fn set_len(&self, len: u64) -> filerep::disk::DiskResult<()> {
+        self.inner.set_len(len)
+    }
+    fn len(&self) -> filerep::disk::DiskResult<u64> {
+        self.inner.len()
+    }
+}
+
+impl filerep::disk::Disk for GatedDisk {
+    fn open(
+        &self,
+        path: &FsPath,
+        mode: filerep::disk::OpenMode,
+    ) -> filerep::disk::DiskResult<Arc<dyn filerep::disk::DiskFile>> {
+        let inner = self.inner.open(path, mode)?;
+        Ok(Arc::new(GatedFile { inner, gate: self.gate.clone() }))
+    }
+    fn remove_file(&self, path: &FsPath) -> filerep::disk::DiskResult<()> {
+        self.inner.remove_file(path)
+    }
+    fn rename(&self, from: &FsPath, to: &FsPath) -> filerep::disk::DiskResult<()> {
+        self.inner.rename(from, to)
+    }
+    fn create_dir(&self, path: &FsPath) -> filerep::disk::DiskResult<()> {
+        self.inner.create_dir(path)
+    }
+    fn remove_dir(&self, path: &FsPath) -> filerep::disk::DiskResult<()> {
+        self.inner.remove_dir(path)
+    }
+    fn sync_parent_dir(&self, path: &FsPath) -> filerep::disk::DiskResult<()> {
+        self.inner.sync_parent_dir(path)
+    }
+    fn parent_dir_handle(&self, path: &FsPath) -> filerep::disk::DiskResult<Arc<dyn filerep::disk::DiskFile>> {
+        self.inner.parent_dir_handle(path)
+    }
+    fn exists(&self, path: &FsPath) -> filerep::disk::DiskResult<bool> {
+        self.inner.exists(path)
+    }
+    fn entry_kind(&self, path: &FsPath) -> filerep::disk::DiskResult<Option<filerep::disk::EntryKind>> {
+        self.inner.entry_kind(path)
+    }
+    fn list_dir(
+        &self,
+        filespace: u16,
+        dir: Option<&RelPath>,
+    ) -> filerep::disk::DiskResult<Vec<(String, filerep::disk::EntryKind)>> {
+        self.inner.list_dir(filespace, dir)
+    }
+    fn name(&self) -> &'static str {
+        "gated"
+    }
+}
+
+/// Signals each event with the given message, on the thread it is installed on.
+struct OnMessage {
+    message: &'static str,
+    seen: crossbeam_channel::Sender<()>,
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for OnMessage {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        struct Message(Option<String>);
+        impl tracing::field::Visit for Message {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                if field.name() == "message" {
+                    self.0 = Some(format!("{value:?}"));
+                }
+            }
+        }
+        let mut m = Message(None);
+        event.record(&mut m);
+        if m.0.as_deref() == Some(self.message) {
+            let _ = self.seen.send(());
+        }
+    }
+}
+
+/// A call that waits for the arbiter's decision holds no lock another call
+/// needs. The interleaving that once stalled the decision until the waiting
+/// call's deadline ("no decision in time", then change tracking anyway):
+/// call B is inside its file stripe when the mirror is lost (here held at
+/// the change-log's gate); call A starts after the loss and waits for the
+/// decision; B goes on and sends, which reads the loss under the marks
+/// lock; the decision's second phase takes every file stripe, B's too.
+/// A waiting with the marks lock held closed that circle.
+#[test]
+fn a_call_waiting_for_the_decision_holds_up_no_call_inside_its_stripe() {
+    use tracing_subscriber::layer::SubscriberExt;
+    let limit = Duration::from_secs(60);
+    let dirs = Dirs::new();
+    let (reached_tx, reached) = crossbeam_channel::unbounded();
+    let (open, open_rx) = crossbeam_channel::unbounded();
+    let gate = Arc::new(Gate { closed: false.into(), reached: reached_tx, open: open_rx });
+    let log_disk: Arc<dyn filerep::disk::Disk> =
+        Arc::new(GatedDisk { inner: Arc::new(filerep::disk::SimDisk::new(1)), gate: gate.clone() });
+    let log = Arc::new(
+        ChangeLog::create(log_disk, FsPath::new(0, RelPath::new("changelog").unwrap()), BS).expect("change-log"),
+    );
+    let mut daemon = spawn_daemon(&dirs, BS);
+    let mut cfg = primary_config(&dirs, BS, SyncLevel::Applied);
+    cfg.change_tracking = Some(tracking(&log, Arc::new(FixedArbiter(Decision::MirrorDown))));
+    let primary = connect_primary(cfg, daemon.addr).expect("primary");
+    primary.create(0, "b").expect("create");
+    primary.create(0, "a").expect("create");
+    let (waiting_tx, waiting) = crossbeam_channel::unbounded();
+    std::thread::scope(|s| {
+        // B: the first write into an extent records it in the change-log
+        // (activity log), inside the file's stripe; it stops at the gate.
+        gate.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+        let b = s.spawn(|| primary.write_block(0, "b", 0, &[1u8; BS as usize]));
+        reached.recv_timeout(limit).expect("B reaches the change-log inside its stripe");
+        daemon.kill();
+        let deadline = Instant::now() + limit;
+        while primary.mirror_lost().is_none() {
+            assert!(Instant::now() < deadline, "the loss of the mirror is noticed");
+            std::thread::yield_now();
+        }
+        // A: a call after the loss waits for the decision.
+        let a = s.spawn(|| {
+            let signal = OnMessage { message: "waiting for the arbiter's decision", seen: waiting_tx };
+            tracing::subscriber::with_default(tracing_subscriber::registry().with(signal), || {
+                primary.write_block(0, "a", 0, &[2u8; BS as usize])
+            })
+        });
+        waiting.recv_timeout(limit).expect("A waits for the decision");
+        // B goes on: it sends (reading the loss) and waits for the decision too.
+        open.send(()).expect("open the gate");
+        a.join().expect("A").expect("A goes on once the mirror is marked down");
+        b.join().expect("B").expect("B goes on once the mirror is marked down");
+    });
+    assert_eq!(primary.mode(), Mode::ChangeTracking);
+    let set = log.change_set();
+    for f in ["a", "b"] {
+        assert!(set.covers_block(&FsPath::new(0, RelPath::new(f).unwrap()), 0), "block 0 of {f} is tracked");
+    }
+}
+
 /// The mirror's host crashes mid-stream: its disk keeps only what was
 /// durable (with the last write torn), and its session fails. Everything
 /// the mirror acknowledged as applied but had not made durable is lost
