@@ -8,6 +8,11 @@
 //! - [`primary`] and [`mirror`]: the runtimes that put it together with threads.
 //! - [`sim`]: the deterministic simulator; [`verify`] compares two trees.
 
+// A lock guard in an `if let` or `match` scrutinee lives through the whole
+// body: a call once waited for the arbiter's decision holding the marks
+// lock, and the decision waited for it ("no decision in time").
+#![warn(clippy::significant_drop_in_scrutinee)]
+
 pub mod activity;
 pub mod apply;
 pub mod arbiter;

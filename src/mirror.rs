@@ -299,7 +299,8 @@ impl MirrorServer {
         if !handshake::proofs_equal(&expect, &proof.proof) {
             return Err(refuse(writer, Status::BadKey, "the peer did not prove it holds the cluster key".into()));
         }
-        if let Some(f) = self.fault.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+        let fault = self.fault.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(f) = fault {
             return Err(refuse(
                 writer,
                 Status::Faulted,
@@ -411,9 +412,9 @@ impl MirrorServer {
         };
         let _ = reader.set_timeout(Some(self.cfg.tuning.ack_timeout));
         // A primary that stops reading acknowledgements ends the session.
-        if let Err(e) =
-            acks.writer.lock().unwrap_or_else(|e| e.into_inner()).set_send_timeout(Some(self.cfg.tuning.ack_timeout))
-        {
+        let timeout_set =
+            acks.writer.lock().unwrap_or_else(|e| e.into_inner()).set_send_timeout(Some(self.cfg.tuning.ack_timeout));
+        if let Err(e) = timeout_set {
             tracing::warn!(error = %e, "cannot set the send timeout");
         }
         let mut dec = Decoder::new();

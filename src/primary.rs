@@ -601,8 +601,11 @@ impl Primary {
     // writes), then the block's stripe for block writes, held from the
     // handle lookup through queueing the frame and the local I/O, so local
     // order and sequence order agree for any one file or block. Renames and
-    // shutdown take every file stripe. Callers never wait for the mirror
-    // while holding a stripe.
+    // shutdown take every file stripe. Callers never wait for the mirror's
+    // acknowledgement while holding a stripe, but a data write sends its
+    // frame before its local I/O: a mirror that stops reading holds that
+    // send, and the stripe, for at most the send timeout (`ack_timeout`),
+    // which the decision's deadline leaves room for.
 
     /// Create a relation (or flat) file. Fails if it exists.
     pub fn create(&self, fs: u16, path: &str) -> Result<()> {
@@ -1374,7 +1377,8 @@ impl Primary {
         let inner = &self.inner;
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(l) = lock(&inner.list_answers).remove(&seq) {
+            let answer = lock(&inner.list_answers).remove(&seq);
+            if let Some(l) = answer {
                 return Ok(l);
             }
             if let Some(l) = inner.lost() {
@@ -1959,7 +1963,8 @@ impl Inner {
 
     /// Whether the local side has faulted (rule 8).
     fn usable_locally(&self) -> Result<()> {
-        match lock(&self.faulted).clone() {
+        let faulted = lock(&self.faulted).clone();
+        match faulted {
             Some(f) => Err(Error::Faulted(f)),
             None => Ok(()),
         }
