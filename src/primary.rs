@@ -1464,9 +1464,11 @@ impl Primary {
         timeout: Duration,
     ) -> Result<()> {
         let inner = &self.inner;
-        inner.wait_mark(synced, Mark::Synced, Some(Instant::now() + timeout))?;
+        let deadline = Some(Instant::now() + timeout);
         let t = inner.tracking.as_ref().ok_or_else(|| Error::InvalidArgument("no change tracking".into()))?;
+        // This side's fsyncs while the mirror runs its own (the flushes are sent).
         inner.sync_resynced(flushed.iter().chain(blocks.keys()))?;
+        inner.wait_mark(synced, Mark::Synced, deadline)?;
         // With the record lock: a loss either comes after (its window, with
         // any newer write of these blocks, is recorded after this) or before
         // (then nothing is cleared).
@@ -1500,6 +1502,9 @@ impl Primary {
     ) -> Result<bool> {
         let inner = &self.inner;
         let deadline = Some(Instant::now() + timeout);
+        let t = inner.tracking.as_ref().ok_or_else(|| Error::InvalidArgument("no change tracking".into()))?;
+        // This side's fsyncs while the mirror runs its own (the flushes are sent).
+        inner.sync_resynced(flushed.iter())?;
         match synced {
             Some(seq) => inner.wait_mark(seq, Mark::Synced, deadline)?,
             None => {
@@ -1508,8 +1513,6 @@ impl Primary {
                 inner.wait_mark(last, Mark::Durable, deadline)?;
             }
         }
-        let t = inner.tracking.as_ref().ok_or_else(|| Error::InvalidArgument("no change tracking".into()))?;
-        inner.sync_resynced(flushed.iter())?;
         let _r = lock(&inner.record_lock);
         if let Some(l) = inner.lost() {
             return Err(Error::MirrorLost(l));

@@ -428,14 +428,22 @@ fn engine_refusals_surface_as_errnos_never_as_success() {
     // mirror. The primary cannot hear "mirror down", so its calls fail.
     kill(&mut pair.arbiter);
     kill(&mut pair.seg_mut(3).child);
+    // The first write may already be on its way when the loss is seen (its
+    // local write overlaps the send): it fails, and may or may not have
+    // changed the primary's copy, as a failed write may.
     let e = f.write_all_at(b"LOST", 0).unwrap_err();
     assert_eq!(errno(&e), libc::EIO, "a write the pair cannot take: {e}");
+    // From then on the loss is known: every call is refused before it changes anything.
+    let e = f.write_all_at(b"GONE", 0).unwrap_err();
+    assert_eq!(errno(&e), libc::EIO, "a write after the loss: {e}");
     let e = f.sync_all().unwrap_err();
     assert_eq!(errno(&e), libc::EIO, "fsync: {e}");
     let e = std::fs::write(mnt.p("new"), b"x").unwrap_err();
     assert_eq!(errno(&e), libc::EIO, "create: {e}");
-    // Nothing was changed by the refused calls; reads are local and still work.
-    assert_eq!(std::fs::read(mnt.p("d/f")).unwrap(), b"kept");
+    assert!(!mnt.p("new").exists(), "a refused create made nothing");
+    // Reads are local and still work.
+    let now = std::fs::read(mnt.p("d/f")).unwrap();
+    assert!(now == b"kept" || now == b"LOST", "a refused write after the loss changed nothing: {now:?}");
 
     // The primary is gone altogether: its socket is closed, still EIO.
     kill(&mut pair.seg_mut(2).child);
