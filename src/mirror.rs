@@ -610,7 +610,10 @@ type SyncerHandle = std::thread::JoinHandle<Option<String>>;
 /// than the stream, the applier waits here (and the primary behind it)
 /// instead of piling up jobs until the process runs out of descriptors
 /// (seen under a disk slowed by other work: EMFILE faulted the mirror).
-const SYNC_JOBS_QUEUED: usize = 2;
+/// Eight jobs (at most 4,096 handles) leave room for a slow fsync before
+/// the applier stops reading: a primary whose send then waits longer than
+/// its `ack_timeout` counts the mirror as lost.
+const SYNC_JOBS_QUEUED: usize = 8;
 
 fn spawn_syncer(disk: Arc<dyn Disk>, acks: Arc<AckSender>) -> std::io::Result<(Sender<SyncJob>, SyncerHandle)> {
     let (tx, rx) = crossbeam_channel::bounded::<SyncJob>(SYNC_JOBS_QUEUED);

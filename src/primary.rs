@@ -1217,7 +1217,17 @@ impl Primary {
             .tracking
             .as_ref()
             .ok_or_else(|| Error::InvalidArgument("a resync needs change tracking".into()))?;
+        // A rename records its target before it renames (holding the
+        // namespace lock throughout): taken under the lock, every target
+        // is already what the pass will look at.
+        let _ns = self.inner.namespace.read().unwrap_or_else(|e| e.into_inner());
         Ok(t.changelog.take_redo())
+    }
+
+    /// A full resync has walked everything: from now on a rename owes
+    /// another pass only what the change-log still names.
+    pub(crate) fn resync_walked(&self) {
+        self.inner.resync_full.store(false, Ordering::SeqCst);
     }
 
     pub(crate) fn disk(&self) -> &Arc<dyn Disk> {
@@ -1440,7 +1450,11 @@ impl Primary {
     pub(crate) fn resync_flush(&self, p: &FsPath) -> Result<Option<u64>> {
         let inner = &self.inner;
         inner.usable()?;
-        let _f = inner.file_stripe(p).read().unwrap_or_else(|e| e.into_inner());
+        // Exclusive: every write queued before this flush has done its
+        // local write too, so the local fsync that follows covers it before
+        // its activity entry counts as settled (a write still in flight
+        // here would be dropped while only in this host's page cache).
+        let _f = inner.file_stripe(p).write().unwrap_or_else(|e| e.into_inner());
         inner.check_open()?;
         if inner.file_if_present(p)?.is_none() {
             return Ok(None);
@@ -1921,6 +1935,10 @@ impl Inner {
                 // Activity-log entries may cover writes still only in this
                 // host's page cache: they stay until the resync clears them.
                 t.changelog.pin_extents();
+                // And the paths: a retire already under way (it picked a
+                // path while streaming) must not drop one that change
+                // tracking records again meanwhile.
+                t.changelog.pin_touched();
                 self.set_mode(Mode::ChangeTracking);
             }
             (Ok(Decision::Demoted), Ok(())) => self.set_mode(Mode::Failed("demoted by the arbiter".into())),

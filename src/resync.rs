@@ -107,6 +107,8 @@ pub trait ResyncLink {
     fn change_set(&mut self, full: bool) -> Result<ChangeSet>;
     /// Paths renamed meanwhile that the resync owes another pass.
     fn redo(&mut self) -> Result<BTreeSet<FsPath>>;
+    /// A full resync's walk is done: renames owe only what is still named.
+    fn walked(&mut self);
     /// What `p` is here, unlocked (a peek: `reconcile` looks again locked).
     fn entry_kind(&mut self, p: &FsPath) -> Result<Option<EntryKind>>;
     /// Ship what one path (`None`: the filespace root) is here, locked
@@ -166,6 +168,9 @@ impl ResyncLink for PrimaryLink<'_> {
     fn redo(&mut self) -> Result<BTreeSet<FsPath>> {
         self.0.resync_check(self.1)?;
         self.0.resync_redo()
+    }
+    fn walked(&mut self) {
+        self.0.resync_walked()
     }
     fn entry_kind(&mut self, p: &FsPath) -> Result<Option<EntryKind>> {
         self.0.resync_check(self.1)?;
@@ -448,6 +453,21 @@ pub fn run_on(p: &mut dyn ResyncLink, opts: &ResyncOptions, progress: &Progress)
         for fs in 0..filespaces {
             run.tree(fs, None)?;
         }
+        // The walk covered everything the change-log named: recorded done
+        // once durable, so renames from here on (databases rename all the
+        // time) owe another pass only for what is named again.
+        run.p.walked();
+        run.done_paths.extend(set.touched.keys().cloned());
+        for (f, bs) in &set.blocks {
+            run.done_blocks.entry(f.clone()).or_default().extend(bs.iter().copied());
+        }
+        for (f, es) in &set.extents {
+            let done = run.done_blocks.entry(f.clone()).or_default();
+            for e in es {
+                done.extend(e * EXTENT_BLOCKS..(e + 1) * EXTENT_BLOCKS);
+            }
+        }
+        run.checkpoint(true)?;
     } else {
         // Blocks named exactly or by their extent, per file, in file order.
         let mut blocks: BTreeMap<FsPath, BTreeSet<u64>> = set.blocks.clone();
@@ -512,6 +532,11 @@ pub fn run_on(p: &mut dyn ResyncLink, opts: &ResyncOptions, progress: &Progress)
     // the change-log can be cleared with nothing owed.
     let mut extra_passes = 0;
     let shipped = loop {
+        // After an extra pass, its progress first: what is checkpointed is
+        // no longer owed, so renames of it stop asking for more passes.
+        if extra_passes > 0 {
+            run.checkpoint(true)?;
+        }
         let redo = run.p.redo()?;
         // Not done any more: a checkpoint must not clear them before this
         // pass has walked them again (the change-log keeps them meanwhile).

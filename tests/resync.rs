@@ -233,6 +233,9 @@ impl resync::ResyncLink for RenameBeforeFirstCopy<'_> {
     fn redo(&mut self) -> filerep::Result<BTreeSet<FsPath>> {
         self.link.redo()
     }
+    fn walked(&mut self) {
+        self.link.walked()
+    }
     fn entry_kind(&mut self, p: &FsPath) -> filerep::Result<Option<filerep::disk::EntryKind>> {
         self.link.entry_kind(p)
     }

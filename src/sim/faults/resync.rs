@@ -509,6 +509,10 @@ impl ResyncLink for SimLink<'_> {
         self.usable()
     }
 
+    fn walked(&mut self) {
+        self.sim.resync_full = false;
+    }
+
     fn redo(&mut self) -> EResult<BTreeSet<FsPath>> {
         self.usable()?;
         match self.sim.nodes[self.a].log.as_ref() {
@@ -537,6 +541,8 @@ impl ResyncLink for SimLink<'_> {
         timeout: Duration,
     ) -> EResult<()> {
         self.enter(Step::Checkpoint)?;
+        // This side's copy first, while the mirror syncs (as the runtime).
+        self.sync_local(flushed.iter().chain(blocks.keys()))?;
         if self.sim.cfg.bug == Some(PlantedBug::ResyncCheckpointBeforeSynced) {
             self.wait_for("applied flush", timeout, |s| s.stream.acked().applied >= synced)?;
         } else {
@@ -545,7 +551,6 @@ impl ResyncLink for SimLink<'_> {
         // Single-threaded, so nothing is lost between that check and this
         // clear: a loss comes after it, and records its window (newer
         // writes of these blocks included) after the Cleared records.
-        self.sync_local(flushed.iter().chain(blocks.keys()))?;
         // The activity log's entries stay: they cover writes streamed
         // meanwhile, which the mirror may not have durably yet. Settled
         // ones (a flushed file, nothing shipped after its flush) go.
@@ -577,6 +582,7 @@ impl ResyncLink for SimLink<'_> {
 
     fn finish(&mut self, synced: Option<u64>, flushed: &BTreeSet<FsPath>, timeout: Duration) -> EResult<bool> {
         self.enter(Step::Finish)?;
+        self.sync_local(flushed.iter())?;
         match synced {
             Some(seq) => self.wait_for("synced flush", timeout, |s| s.stream.acked().synced >= seq)?,
             None => {
@@ -584,7 +590,6 @@ impl ResyncLink for SimLink<'_> {
                 self.wait_for("durable stream", timeout, |s| s.stream.acked().durable >= last)?;
             }
         }
-        self.sync_local(flushed.iter())?;
         // `ActivityLog::clear_with_log`: everything goes but the activity
         // log's live entries, which are retired later as usual.
         self.drop_settled(flushed);
@@ -681,6 +686,8 @@ impl FaultSim {
             Some(log) => {
                 log.pin_extents_of(&extents);
                 log.pin_touched();
+                // A stopped resync's passes owed are in its plan now.
+                log.take_redo();
                 self.nodes[a].hot.clear();
             }
             None => return Err(self.fail("resync: the acting primary has no change-log")),
