@@ -235,7 +235,24 @@ impl State {
             let (Some(pa), Some(ma)) = (cp.address(p), cp.address(m)) else {
                 return ArbiterResponse::Refused(format!("content {content}: addresses missing"));
             };
-            let (pc, md) = (pa.control.clone(), ma.data.clone());
+            let (pc, md, mc) = (pa.control.clone(), ma.data.clone(), ma.control.clone());
+            // A returning old primary's activity log joins the primary's
+            // change-log before the resync reads its plan: merged after,
+            // its blocks would be missed and its record wiped by the clear.
+            drop(cat);
+            if self.probe(&mc).is_some_and(|s| s.changes_pending) {
+                self.hand_over(&mc, &pc, self.probe(&pc).as_ref());
+                if self.probe(&mc).is_none_or(|s| s.changes_pending) {
+                    return ArbiterResponse::Refused(format!(
+                        "content {content}: the returning old primary's activity log is not handed over yet; \
+                         run filerep recover again"
+                    ));
+                }
+            }
+            let mut cat = lock(&self.catalog);
+            let Some(pair) = cat.pair(content).map(|c| c.pair.clone()) else {
+                return ArbiterResponse::Refused(format!("no content {content} in the catalog"));
+            };
             if pair.mode != PairMode::Resynchronizing {
                 let before = cat.clone();
                 cat.apply(content, &Event::ResyncStarted);
