@@ -1197,11 +1197,7 @@ impl Primary {
     /// What a resync must ship (all of it, and every rename meanwhile,
     /// with `full`), from the change-log.
     pub(crate) fn resync_plan(&self, full: bool) -> Result<crate::changelog::ChangeSet> {
-        let t = self
-            .inner
-            .tracking
-            .as_ref()
-            .ok_or_else(|| Error::InvalidArgument("a resync needs change tracking".into()))?;
+        let t = self.inner.resync_tracking()?;
         if !self.resyncing() {
             return Err(Error::InvalidArgument("no mirror taken back: attach one first".into()));
         }
@@ -1212,11 +1208,7 @@ impl Primary {
     /// Paths renamed during the resync that it owes another pass
     /// ([`ChangeLog::redo_if_owed`]).
     pub(crate) fn resync_redo(&self) -> Result<std::collections::BTreeSet<FsPath>> {
-        let t = self
-            .inner
-            .tracking
-            .as_ref()
-            .ok_or_else(|| Error::InvalidArgument("a resync needs change tracking".into()))?;
+        let t = self.inner.resync_tracking()?;
         // A rename records its target before it renames (holding the
         // namespace lock throughout): taken under the lock, every target
         // is already what the pass will look at.
@@ -1479,7 +1471,7 @@ impl Primary {
     ) -> Result<()> {
         let inner = &self.inner;
         let deadline = Some(Instant::now() + timeout);
-        let t = inner.tracking.as_ref().ok_or_else(|| Error::InvalidArgument("no change tracking".into()))?;
+        let t = inner.resync_tracking()?;
         // This side's fsyncs while the mirror runs its own (the flushes are sent).
         inner.sync_resynced(flushed.iter().chain(blocks.keys()))?;
         inner.wait_mark(synced, Mark::Synced, deadline)?;
@@ -1516,7 +1508,7 @@ impl Primary {
     ) -> Result<bool> {
         let inner = &self.inner;
         let deadline = Some(Instant::now() + timeout);
-        let t = inner.tracking.as_ref().ok_or_else(|| Error::InvalidArgument("no change tracking".into()))?;
+        let t = inner.resync_tracking()?;
         // This side's fsyncs while the mirror runs its own (the flushes are sent).
         inner.sync_resynced(flushed.iter())?;
         match synced {
@@ -1811,6 +1803,11 @@ impl Inner {
             return self.after_loss(l);
         }
         Ok(())
+    }
+
+    /// The change tracking a resync works from (its change-log).
+    fn resync_tracking(&self) -> Result<&ChangeTracking> {
+        self.tracking.as_ref().ok_or_else(|| Error::InvalidArgument("a resync needs change tracking".into()))
     }
 
     /// Why the mirror was lost, if it was. The marks lock is released

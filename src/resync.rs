@@ -269,6 +269,26 @@ impl Run<'_> {
         Ok(local)
     }
 
+    /// One path the change-log names (or a rename made owed): made what it
+    /// is here, a directory walked whole with `subtree`, a file copied whole.
+    fn touched(&mut self, path: &FsPath, subtree: bool) -> Result<()> {
+        self.done_paths.push(path.clone());
+        if self.covered(path.filespace, &path.path) {
+            return Ok(());
+        }
+        // A peek: the reconcile itself looks again with the path locked,
+        // and anything that changes meanwhile streams to the mirror anyway.
+        match self.p.entry_kind(path)? {
+            Some(EntryKind::Dir) if subtree => self.tree(path.filespace, Some(&path.path))?,
+            Some(EntryKind::File) => self.whole_file(path.filespace, &path.path)?,
+            _ => {
+                self.reconcile(path.filespace, Some(&path.path), false)?;
+            }
+        }
+        // Between paths only: inside a tree walk its root is not done yet.
+        self.checkpoint(false)
+    }
+
     /// A directory and everything under it, pruned on the mirror to what is here.
     fn tree(&mut self, fs: u16, dir: Option<&RelPath>) -> Result<()> {
         let LocalEntry::Dir { children } = self.reconcile(fs, dir, true)? else {
@@ -485,21 +505,7 @@ pub fn run_on(p: &mut dyn ResyncLink, opts: &ResyncOptions, progress: &Progress)
         run.listed = blocks.clone();
         // Namespace first; a prefix sorts before what it contains.
         for (path, subtree) in &set.touched {
-            run.done_paths.push(path.clone());
-            if run.covered(path.filespace, &path.path) {
-                continue;
-            }
-            // A peek: the reconcile itself looks again with the path locked,
-            // and anything that changes meanwhile streams to the mirror anyway.
-            match run.p.entry_kind(path)? {
-                Some(EntryKind::Dir) if *subtree => run.tree(path.filespace, Some(&path.path))?,
-                Some(EntryKind::File) => run.whole_file(path.filespace, &path.path)?,
-                _ => {
-                    run.reconcile(path.filespace, Some(&path.path), false)?;
-                }
-            }
-            // Between touched entries only: inside a tree walk its root is not done yet.
-            run.checkpoint(false)?;
+            run.touched(path, *subtree)?;
         }
         let listed: u64 =
             blocks.iter().filter(|(f, _)| !run.covered(f.filespace, &f.path)).map(|(_, b)| b.len() as u64).sum();
@@ -563,18 +569,7 @@ pub fn run_on(p: &mut dyn ResyncLink, opts: &ResyncOptions, progress: &Progress)
         run.whole_files.clear();
         run.whole_trees.clear();
         for path in &redo {
-            run.done_paths.push(path.clone());
-            if run.covered(path.filespace, &path.path) {
-                continue;
-            }
-            match run.p.entry_kind(path)? {
-                Some(EntryKind::Dir) => run.tree(path.filespace, Some(&path.path))?,
-                Some(EntryKind::File) => run.whole_file(path.filespace, &path.path)?,
-                _ => {
-                    run.reconcile(path.filespace, Some(&path.path), false)?;
-                }
-            }
-            run.checkpoint(false)?;
+            run.touched(path, true)?;
         }
     };
     let s = progress.snapshot();

@@ -3,13 +3,16 @@
 //! Each test asserts the catalog's mode, roles and generation afterwards
 //! (brief section 3), and what clients saw.
 
+mod common;
+
+use common::pair::{arbiter_args, exe, free_addr, spawn_ready, READY_ARBITER, READY_SEGMENT};
 use filerep::catalog::{Catalog, SegmentAddress};
 use filerep::client::{Client, ClientError, ErrorClass};
 use filerep::core::pair::{PairMode, Role};
 use filerep::protocol::handshake::ClusterKey;
 use filerep::segment::{Acting, SegmentConfig, SegmentRequest, SegmentResponse, SegmentStatus};
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -23,42 +26,6 @@ const FS: [&str; 2] = ["pg_system", "fs_fast"];
 /// Configured on both segments; client calls must never stall beyond them.
 const ACK_TIMEOUT_MS: u64 = 1000;
 const DECISION_TIMEOUT_MS: u64 = 3000;
-
-fn exe() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_filerep"))
-}
-
-/// A port nothing listens on now, picked below the kernel's usual
-/// ephemeral range (32768..): between this check and the segment's bind,
-/// no outgoing connection (probes, clients: many, in parallel tests) is
-/// handed that port, which happened with port 0 ("Address already in use").
-fn free_addr() -> String {
-    for _ in 0..1000 {
-        let port = rand::random::<u16>() % 12_000 + 20_000;
-        if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
-            return l.local_addr().expect("addr").to_string();
-        }
-    }
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").to_string()
-}
-
-/// Start a process and wait for the line that says it serves.
-fn spawn_ready(args: &[String], ready: &str) -> (Child, String) {
-    let mut child = Command::new(exe())
-        .args(args)
-        .env("FILEREP_LOG", "filerep=warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn");
-    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
-    let mut line = String::new();
-    out.read_line(&mut line).expect("ready line");
-    assert!(line.starts_with(ready), "unexpected first line {line:?}");
-    (child, line[ready.len()..].trim().to_string())
-}
 
 /// A TCP proxy that can cut every connection through it and refuse new ones.
 struct Proxy {
@@ -130,7 +97,7 @@ struct Seg {
 impl Seg {
     fn start(&mut self) {
         let args = vec!["segment".into(), "--config".into(), self.cfg_path.display().to_string()];
-        let (child, addr) = spawn_ready(&args, "filerep segment ready, control on ");
+        let (child, addr) = spawn_ready(&args, READY_SEGMENT);
         assert_eq!(addr, self.cfg.control_listen);
         self.child = Some(child);
     }
@@ -278,25 +245,8 @@ impl Cluster {
         for s in &mut segs {
             s.start();
         }
-        let args: Vec<String> = [
-            "arbiter",
-            "--catalog",
-            &catalog_path.display().to_string(),
-            "--key-file",
-            &key_file.display().to_string(),
-            "--listen",
-            &arbiter_listen,
-            "--interval-ms",
-            "100",
-            "--timeout-ms",
-            "300",
-            "--retries",
-            "1",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        let (arbiter, addr) = spawn_ready(&args, "filerep arbiter ready on ");
+        let args = arbiter_args(&catalog_path, &key_file, &arbiter_listen);
+        let (arbiter, addr) = spawn_ready(&args, READY_ARBITER);
         let c = Cluster { _dir: dir, key, key_file, arbiter_addr: addr, arbiter: Some(arbiter), segs, proxies };
         c.wait_for("the pair to stream", Duration::from_secs(20), || {
             c.seg(2).status(&c.key).is_some_and(|s| s.acting == Acting::Primary && s.mode == 's')

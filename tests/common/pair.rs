@@ -1,7 +1,8 @@
 //! A real pair for tests that mount: an arbiter and two `filerep segment`
 //! processes on loopback (dbid 2 the preferred primary, dbid 3 its mirror),
 //! and `filerep mount` processes on their filespaces. Used by
-//! `tests/mount.rs` and `tests/postgres.rs`.
+//! `tests/mount.rs` and `tests/postgres.rs`; its process helpers
+//! (`spawn_ready`, `free_addr`, `arbiter_args`) by `tests/failover.rs` too.
 
 use filerep::catalog::{Catalog, SegmentAddress};
 use filerep::protocol::handshake::ClusterKey;
@@ -62,8 +63,40 @@ pub fn exe() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_filerep"))
 }
 
+/// A port nothing listens on now, picked below the kernel's usual
+/// ephemeral range (32768..): between this check and the segment's bind,
+/// no outgoing connection (probes, clients: many, in parallel tests) is
+/// handed that port, which happened with port 0 ("Address already in use").
 pub fn free_addr() -> String {
+    for _ in 0..1000 {
+        let port = rand::random::<u16>() % 12_000 + 20_000;
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
+            return l.local_addr().expect("addr").to_string();
+        }
+    }
     TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").to_string()
+}
+
+/// `filerep arbiter` on `catalog`, probing every 100 ms (a test's pace).
+pub fn arbiter_args(catalog: &Path, key_file: &Path, listen: &str) -> Vec<String> {
+    [
+        "arbiter",
+        "--catalog",
+        &catalog.display().to_string(),
+        "--key-file",
+        &key_file.display().to_string(),
+        "--listen",
+        listen,
+        "--interval-ms",
+        "100",
+        "--timeout-ms",
+        "300",
+        "--retries",
+        "1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
 }
 
 /// Start a process and wait for the line that says it serves.
@@ -236,24 +269,7 @@ impl Pair {
         for s in &mut segs {
             s.try_start()?;
         }
-        let args: Vec<String> = [
-            "arbiter",
-            "--catalog",
-            &catalog.display().to_string(),
-            "--key-file",
-            &key_file.display().to_string(),
-            "--listen",
-            &arbiter_listen,
-            "--interval-ms",
-            "100",
-            "--timeout-ms",
-            "300",
-            "--retries",
-            "1",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let args = arbiter_args(&catalog, &key_file, &arbiter_listen);
         let (arbiter, arbiter_addr) = try_spawn_ready(&args, READY_ARBITER)?;
         let p = Pair { dir, key, key_file, arbiter_addr, arbiter: Some(arbiter), segs };
         wait_for("the pair to stream", Duration::from_secs(30), || {
