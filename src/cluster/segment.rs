@@ -480,8 +480,9 @@ impl Segment {
         let filespaces = cfg.filespaces()?;
         let roots: Vec<_> = filespaces.iter().map(|f| f.root.clone()).collect();
         let disk = crate::io::disk::open_local(&roots, cfg.prefer_uring)?;
-        std::fs::create_dir_all(&cfg.state_dir)
-            .map_err(|e| Error::io(format!("creating state directory {}", cfg.state_dir.display()), e))?;
+        // Named durably before anything is written in it: a power cut must
+        // not take the change-log (and the activity log in it) away.
+        crate::durable::files::create_dir_all(&cfg.state_dir)?;
         let state_disk: Arc<dyn Disk> = Arc::new(StdDisk::open(std::slice::from_ref(&cfg.state_dir))?);
         let log_path = FsPath::new(0, RelPath::new("changelog")?);
         let changelog = if state_disk.exists(&log_path)? {

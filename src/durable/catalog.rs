@@ -143,7 +143,9 @@ fn unix_ms() -> u64 {
 impl Catalog {
     /// Read and check a catalog file; every problem names the file and what is wrong.
     pub fn load(path: &Path) -> Result<Catalog> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(format!("reading catalog {}", path.display()), e))?;
+        let bytes = crate::durable::files::read_file(path)?.ok_or_else(|| {
+            Error::io(format!("reading catalog {}", path.display()), std::io::ErrorKind::NotFound.into())
+        })?;
         let c: Catalog = serde_json::from_slice(&bytes)
             .map_err(|e| Error::InvalidArgument(format!("catalog {}: {e}", path.display())))?;
         c.check().map_err(|e| Error::InvalidArgument(format!("catalog {}: {e}", path.display())))?;
@@ -192,17 +194,10 @@ impl Catalog {
     }
 
     /// Replace the file atomically and durably (temporary file, fsync,
-    /// rename, fsync of the directory).
+    /// rename, fsync of the directory: [`crate::durable::files`]).
     pub fn store(&self, path: &Path) -> Result<()> {
-        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        let tmp = path.with_extension("tmp");
-        let io = |what: &str, e| Error::io(format!("{what} catalog {}", path.display()), e);
         let bytes = serde_json::to_vec_pretty(self).map_err(|e| Error::InvalidArgument(e.to_string()))?;
-        let mut f = std::fs::File::create(&tmp).map_err(|e| io("writing", e))?;
-        std::io::Write::write_all(&mut f, &bytes).map_err(|e| io("writing", e))?;
-        f.sync_all().map_err(|e| io("syncing", e))?;
-        std::fs::rename(&tmp, path).map_err(|e| io("replacing", e))?;
-        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io("syncing the directory of", e))
+        crate::durable::files::replace_file(path, &bytes)
     }
 
     pub fn pair(&self, content: u32) -> Option<&CatalogPair> {

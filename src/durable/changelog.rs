@@ -15,6 +15,7 @@
 //! them (the leader) writes and syncs everything pending while the others
 //! wait for it; a block already recorded durably needs no wait at all.
 
+use crate::durable::files;
 use crate::io::disk::{Disk, DiskError, DiskFile, FsPath, OpenMode};
 use crate::protocol::path::RelPath;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -625,27 +626,18 @@ impl ChangeLog {
         }
     }
 
-    /// Write header + optional single group to `path` atomically (a temporary
-    /// file, fsync, rename, fsync of the directory).
+    /// Write header + groups to `path` atomically ([`files::replace`]: a
+    /// temporary file, fdatasync, rename, fsync of the directory).
     fn write_fresh(
         disk: &Arc<dyn Disk>,
         path: &FsPath,
         block_size: u32,
         payload: &Encoder,
     ) -> Result<(Arc<dyn DiskFile>, u64, u64)> {
-        let tmp_name = format!("{}.tmp", path.path.as_str());
-        let tmp = FsPath::new(
-            path.filespace,
-            RelPath::new(&tmp_name).map_err(|e| ChangeLogError::Corrupt(format!("change-log path: {e}")))?,
-        );
-        let f = disk.open(&tmp, OpenMode::CreateTruncate).map_err(disk_err("create"))?;
         let mut bytes = file_header(block_size).to_vec();
         let (groups, n) = payload.groups(1);
         bytes.extend(groups);
-        f.write_at(0, &bytes).map_err(disk_err("write"))?;
-        f.sync_data().map_err(disk_err("fdatasync"))?;
-        disk.rename(&tmp, path).map_err(disk_err("rename"))?;
-        disk.sync_parent_dir(path).map_err(disk_err("fsync directory"))?;
+        let f = files::replace(disk.as_ref(), path, &bytes).map_err(disk_err("rewrite"))?;
         Ok((f, bytes.len() as u64, n))
     }
 

@@ -1,7 +1,9 @@
 //! What must survive a crash, each format documented in `docs/`: the
 //! [`changelog`] (change tracking and resync progress), the [`activity`] log
-//! (rule 5, kept inside the change-log file) and the [`catalog`].
+//! (rule 5, kept inside the change-log file) and the [`catalog`]; and
+//! [`files`], the one way small state files are replaced.
 
 pub mod activity;
 pub mod catalog;
 pub mod changelog;
+pub mod files;

@@ -77,25 +77,17 @@ impl MirrorState {
     /// Load the state file; a missing file is the empty state.
     pub fn load(dir: &Path) -> Result<MirrorState> {
         let path = dir.join(STATE_FILE);
-        match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
+        match crate::durable::files::read_file(&path)? {
+            Some(bytes) => serde_json::from_slice(&bytes)
                 .map_err(|e| Error::InvalidArgument(format!("state file {}: {e}; fix or remove it", path.display()))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(MirrorState::default()),
-            Err(e) => Err(Error::io(format!("reading {}", path.display()), e)),
+            None => Ok(MirrorState::default()),
         }
     }
 
     /// Replace the state file atomically and durably.
     pub fn store(&self, dir: &Path) -> Result<()> {
-        let tmp = dir.join(format!("{STATE_FILE}.tmp"));
-        let path = dir.join(STATE_FILE);
-        let io = |what: &str, e| Error::io(format!("{what} {}", path.display()), e);
         let bytes = serde_json::to_vec_pretty(self).map_err(|e| Error::InvalidArgument(e.to_string()))?;
-        let mut f = std::fs::File::create(&tmp).map_err(|e| io("writing", e))?;
-        std::io::Write::write_all(&mut f, &bytes).map_err(|e| io("writing", e))?;
-        f.sync_all().map_err(|e| io("syncing", e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| io("replacing", e))?;
-        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io("syncing the directory of", e))
+        crate::durable::files::replace_file(&dir.join(STATE_FILE), &bytes)
     }
 }
 

@@ -100,21 +100,20 @@ impl ClusterDir {
         SegmentConfig::load(&self.segment_config(dbid))
     }
 
-    /// Write a segment's configuration (atomically: a temporary file renamed).
+    /// Write a segment's configuration (atomically and durably).
     pub fn write_segment(&self, cfg: &SegmentConfig) -> Result<()> {
         write_json(&self.segment_config(cfg.dbid), cfg)
     }
 }
 
+/// Write a JSON file whole: a power cut leaves the old one or the new one
+/// ([`filerep::durable::files`]), in a directory that stays named.
 fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
-    let io = |e| Error::io(format!("writing {}", path.display()), e);
-    if let Some(d) = path.parent() {
-        std::fs::create_dir_all(d).map_err(io)?;
+    if let Some(d) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        filerep::durable::files::create_dir_all(d)?;
     }
-    let tmp = path.with_extension("tmp");
     let bytes = serde_json::to_vec_pretty(v).map_err(|e| Error::InvalidArgument(e.to_string()))?;
-    std::fs::write(&tmp, bytes).map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
+    filerep::durable::files::replace_file(path, &bytes)
 }
 
 /// What `filerep init` creates.
@@ -321,13 +320,13 @@ pub fn init(dir: &ClusterDir, spec: &InitSpec) -> Result<Catalog> {
         }
     }
     catalog.check().map_err(Error::InvalidArgument)?;
-    std::fs::create_dir_all(&dir.root).map_err(|e| Error::io(format!("creating {}", dir.root.display()), e))?;
+    filerep::durable::files::create_dir_all(&dir.root)?;
     write_key(&dir.key_file())?;
     write_json(&dir.cluster_file(), &file)?;
     for (content, a) in &segments {
         for fs in &a.filespaces {
             if let Some((_, d)) = fs.split_once('=') {
-                std::fs::create_dir_all(d).map_err(|e| Error::io(format!("creating {d}"), e))?;
+                filerep::durable::files::create_dir_all(Path::new(d))?;
             }
         }
         dir.write_segment(&segment_config(dir, &file, *content, a)?)?;
@@ -400,17 +399,24 @@ fn random_bytes<const N: usize>() -> Result<[u8; N]> {
     Ok(b)
 }
 
+/// The key, readable by its owner only, written whole and durably: the
+/// temporary file is made with mode 0600 first, and the replace keeps it.
 fn write_key(path: &Path) -> Result<()> {
-    use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
+    if path.exists() {
+        return Err(Error::InvalidArgument(format!("key file {} exists already", path.display())));
+    }
     let hex: String = random_bytes::<32>()?.iter().map(|b| format!("{b:02x}")).collect();
-    let mut f = std::fs::OpenOptions::new()
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    std::fs::OpenOptions::new()
         .write(true)
-        .create_new(true)
+        .create(true)
+        .truncate(true)
         .mode(0o600)
-        .open(path)
+        .open(&tmp)
         .map_err(|e| Error::io(format!("creating key file {}", path.display()), e))?;
-    f.write_all(hex.as_bytes()).map_err(|e| Error::io(format!("writing key file {}", path.display()), e))
+    filerep::durable::files::replace_file(path, hex.as_bytes())
 }
 
 // ---- processes -------------------------------------------------------------

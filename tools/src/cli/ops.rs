@@ -276,7 +276,7 @@ pub fn addmirrors(c: AddMirrorsCmd) -> Result<ExitCode, String> {
     for (content, m, _, _) in &mirrors {
         for fs in &m.filespaces {
             if let Some((_, d)) = fs.split_once('=') {
-                std::fs::create_dir_all(d).map_err(|e| format!("creating {d}: {e}"))?;
+                filerep::durable::files::create_dir_all(std::path::Path::new(d)).map_err(|e| e.to_string())?;
             }
         }
         dir.write_segment(&cluster::segment_config(&dir, &file, *content, m).map_err(|e| e.to_string())?)
