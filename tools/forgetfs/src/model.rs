@@ -93,9 +93,9 @@ struct FileData {
     /// Live content of every page changed since the last sync (bytes past
     /// the live length are zero).
     pages: BTreeMap<u64, Box<[u8]>>,
-    /// The last write since the last sync, if nothing but writes followed it:
-    /// what a torn cut keeps a prefix of.
-    last_write: Option<(u64, Vec<u8>)>,
+    /// The last write since the last sync (offset, length), if nothing but
+    /// writes followed it: a torn cut keeps a prefix of its sectors.
+    last_write: Option<(u64, u64)>,
     store: Option<File>,
 }
 
@@ -574,7 +574,7 @@ impl Model {
             }
         }
         f.live_len = f.live_len.max(end);
-        f.last_write = Some((off, data.to_vec()));
+        f.last_write = Some((off, data.len() as u64));
         self.touch(ino);
         Ok(data.len())
     }
@@ -874,8 +874,31 @@ impl Model {
                 }
             }
         }
+        // Torn writes, read before the live image goes: the sectors the
+        // device had written when the power went hold what the page cache
+        // held (other unsynced writes sharing a sector included).
+        let mut tears = Vec::new();
+        if let Some(seed) = tear {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+            for &ino in &inos {
+                let last = match self.nodes.get(&ino).map(|n| &n.body) {
+                    Some(Body::File(f)) => f.last_write,
+                    _ => None,
+                };
+                let Some((off, len)) = last else { continue };
+                let start = off - off % SECTOR;
+                let end = torn_end(start, off + len, &mut rng);
+                if self.open_store_if_needed(ino).is_err() {
+                    continue;
+                }
+                let Ok(Body::File(f)) = self.node(ino).map(|n| &n.body) else { continue };
+                match self.read_live(f, start, end.min(f.live_len)) {
+                    Ok(bytes) => tears.push((ino, off, len, start, bytes)),
+                    Err(e) => tracing::error!(ino, errno = e, "cannot read a torn write"),
+                }
+            }
+        }
         let mut links: HashMap<Ino, u32> = HashMap::new();
-        let mut last_writes = Vec::new();
         for &ino in &inos {
             let Some(node) = self.nodes.get_mut(&ino) else { continue };
             node.open = 0;
@@ -891,38 +914,31 @@ impl Model {
                     f.pages.clear();
                     f.live_len = f.durable_len;
                     f.floor = f.durable_len;
-                    if let Some(w) = f.last_write.take() {
-                        last_writes.push((ino, w));
-                    }
+                    f.last_write = None;
                 }
             }
         }
-        if let Some(seed) = tear {
-            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-            let durable_paths = self.paths(true);
-            for (ino, (off, data)) in last_writes {
-                let keep = torn_end(off, data.len() as u64, &mut rng);
-                let shown = durable_paths.get(&ino).cloned().unwrap_or_else(|| format!("(inode {ino})"));
-                r.torn += 1;
-                r.lines.push(format!(
-                    "{shown}: last write at {off}..{} torn: its first {} bytes kept",
-                    off + data.len() as u64,
-                    keep - off
-                ));
-                if keep == off {
-                    continue;
-                }
-                let kept = &data[..(keep - off) as usize];
-                match self.store_file(ino).and_then(|s| s.write_all_at(kept, off).map_err(eio)) {
-                    Ok(()) => {
-                        if let Ok(f) = self.file_mut(ino) {
-                            f.durable_len = f.durable_len.max(keep);
-                            f.live_len = f.durable_len;
-                            f.floor = f.durable_len;
-                        }
+        let durable_paths = self.paths(true);
+        for (ino, off, len, start, bytes) in tears {
+            let shown = durable_paths.get(&ino).cloned().unwrap_or_else(|| format!("(inode {ino})"));
+            r.torn += 1;
+            r.lines.push(format!(
+                "{shown}: last write at {off}..{} torn: sectors {start}..{} kept",
+                off + len,
+                start + bytes.len() as u64
+            ));
+            if bytes.is_empty() {
+                continue;
+            }
+            match self.store_file(ino).and_then(|s| s.write_all_at(&bytes, start).map_err(eio)) {
+                Ok(()) => {
+                    if let Ok(f) = self.file_mut(ino) {
+                        f.durable_len = f.durable_len.max(start + bytes.len() as u64);
+                        f.live_len = f.durable_len;
+                        f.floor = f.durable_len;
                     }
-                    Err(e) => tracing::error!(ino, errno = e, "cannot store a torn write"),
                 }
+                Err(e) => tracing::error!(ino, errno = e, "cannot store a torn write"),
             }
         }
         for (ino, node) in &mut self.nodes {
@@ -982,12 +998,11 @@ fn map_diff(live: &BTreeMap<OsString, Ino>, durable: &BTreeMap<OsString, Ino>) -
     out
 }
 
-/// Where a torn write of `len` bytes at `off` ends: a seeded number of its
-/// pieces between sector boundaries (in file offsets) survive, from none to all.
-fn torn_end(off: u64, len: u64, rng: &mut impl Rng) -> u64 {
-    let end = off + len;
-    let mut bounds = vec![off];
-    let mut b = (off / SECTOR + 1) * SECTOR;
+/// Where a torn write-back of `start..end` (`start` on a sector boundary)
+/// stops: a seeded number of its sectors survive, from none to all.
+fn torn_end(start: u64, end: u64, rng: &mut impl Rng) -> u64 {
+    let mut bounds = vec![start];
+    let mut b = start + SECTOR;
     while b < end {
         bounds.push(b);
         b += SECTOR;

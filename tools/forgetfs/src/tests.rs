@@ -279,6 +279,28 @@ fn a_torn_write_keeps_a_seeded_prefix_of_whole_sectors() {
 }
 
 #[test]
+fn a_torn_sector_holds_all_the_page_cache_held_in_it() {
+    for seed in 0..32 {
+        let mut t = model();
+        let f = t.file(ROOT, "log");
+        t.m.fsync(ROOT).unwrap();
+        t.m.write(f, 0, &[1u8; 100]).unwrap();
+        t.m.fsync(f).unwrap();
+        // Two unsynced appends sharing the sector 512..1024; the second torn.
+        t.m.write(f, 100, &[b'a'; 600]).unwrap();
+        t.m.write(f, 700, &[b'b'; 800]).unwrap();
+        t.m.cut(Some(seed));
+        let c = t.content(ROOT, "log").unwrap();
+        assert!([100, 1024, 1500].contains(&c.len()), "seed {seed}: {}", c.len());
+        if c.len() > 100 {
+            assert!(c[100..512].iter().all(|b| *b == 0), "seed {seed}: that sector was not written back");
+            assert!(c[512..700].iter().all(|b| *b == b'a'), "seed {seed}: the sector as the page cache held it");
+            assert!(c[700..].iter().all(|b| *b == b'b'));
+        }
+    }
+}
+
+#[test]
 fn no_tear_after_a_truncate_or_a_sync() {
     let mut t = model();
     let f = t.file(ROOT, "f");
