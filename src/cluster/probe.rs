@@ -15,7 +15,7 @@ use crate::cluster::control;
 use crate::cluster::segment::{
     Acting, ArbiterRequest, ArbiterResponse, NewMirror, SegmentRequest, SegmentResponse, SegmentStatus,
 };
-use crate::core::pair::{Event, PairMode, Role, Verdict};
+use crate::core::pair::{Event, Pair, PairMode, Role, Verdict};
 use crate::durable::catalog::{Catalog, CatalogStore, FileStore};
 use crate::error::{Error, Result};
 use crate::protocol::handshake::ClusterKey;
@@ -417,6 +417,18 @@ impl State {
                 let mut cat = lock(&self.catalog);
                 let before = cat.clone();
                 for (dbid, st) in &statuses {
+                    if restarted_primary(cat.pair(content).map(|c| &c.pair), *dbid, st.as_ref()) {
+                        // Between two probes the acting primary went down and
+                        // came back (a crash or power loss the probes did not
+                        // see): its change-log names what may differ from the
+                        // mirror, so the pair is not synchronized; it is lost,
+                        // as if a probe had failed (then back: the next event).
+                        tracing::warn!(
+                            dbid,
+                            "the acting primary restarted with changes in its change-log: counted as lost"
+                        );
+                        cat.apply(content, &Event::ProbeFailed { dbid: *dbid });
+                    }
                     let event = match st {
                         None => Event::ProbeFailed { dbid: *dbid },
                         Some(s) if s.dbid == *dbid => Event::SegmentUp { dbid: *dbid },
@@ -460,6 +472,27 @@ impl State {
             let gen = pair.pair.generation;
             let (Some(p_addr), Some(m_addr)) = (pair.address(p.dbid), pair.address(m.dbid)) else { continue };
             let m_status = status(m.dbid);
+            if p.up && failed_primary(&pair.pair, status(p.dbid).as_ref()) {
+                // It lost its mirror and could not hear this arbiter then
+                // (rule 3: its calls fail). Decide now what it could not
+                // hear: the mirror is down, it goes on alone, tracking
+                // changes; its change-log holds what the mirror may lack.
+                // Left as it is, the pair would stay stuck; told to stream
+                // as synchronized, that difference would be recorded nowhere.
+                let mut cat = lock(&self.catalog);
+                let before = cat.clone();
+                let lost = Event::MirrorLost { reporter: p.dbid, generation: gen };
+                if let Some(o) = cat.apply(content, &lost) {
+                    tracing::warn!(dbid = p.dbid, reason = %o.reason, "the acting primary failed its calls after losing its mirror");
+                }
+                if *cat != before && !self.store(&mut cat) {
+                    continue;
+                }
+                drop(cat);
+                tracing::info!(dbid = p.dbid, generation = gen, "ordering: become primary again, alone");
+                self.order(&p_addr.control, SegmentRequest::BecomePrimary { generation: gen, mirror: None });
+                continue;
+            }
             // Mirrors first: a primary told to stream finds its mirror listening.
             if let (true, Some(ms)) = (m.up, &m_status) {
                 let stale = ms.acting != Acting::Mirror || ms.generation < gen;
@@ -514,6 +547,34 @@ impl State {
             tracing::warn!(files, "an old primary's activity log handed to the acting primary");
         }
     }
+}
+
+/// Whether `dbid`, the acting primary of a synchronized pair, answers as a
+/// freshly started segment (idle) whose change-log holds changes: it
+/// restarted since the last round, and the mirror may hold writes it lost
+/// or lack writes it made (its activity log names them). Streaming on as
+/// synchronized would leave them so.
+fn restarted_primary(pair: Option<&Pair>, dbid: u32, st: Option<&SegmentStatus>) -> bool {
+    let (Some(pair), Some(st)) = (pair, st) else { return false };
+    st.dbid == dbid
+        && st.acting == Acting::Idle
+        && st.changes_pending
+        && !pair.down
+        && pair.mode == PairMode::Synchronized
+        && pair.acting_primary().dbid == dbid
+        && pair.acting_primary().up
+}
+
+/// Whether the acting primary of a synchronized (or resynchronizing) pair
+/// serves this generation but has failed its calls: it lost its mirror and
+/// no decision reached it.
+fn failed_primary(pair: &Pair, st: Option<&SegmentStatus>) -> bool {
+    let p = pair.acting_primary();
+    !pair.down
+        && matches!(pair.mode, PairMode::Synchronized | PairMode::Resynchronizing)
+        && st.is_some_and(|s| {
+            s.dbid == p.dbid && s.acting == Acting::Primary && s.generation == pair.generation && s.mode == 'f'
+        })
 }
 
 /// Ask an arbiter for its catalog (operators, tests).

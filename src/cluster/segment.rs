@@ -672,7 +672,11 @@ impl Shared {
                 // the arbiter may be waiting on this reply: answer now.
                 {
                     let mut role = lock(&self.role);
-                    if matches!(&*role, Role::Primary(p) if p.generation() == generation) {
+                    // A primary of this generation that failed its calls
+                    // (it could not reach the arbiter when it lost its
+                    // mirror) starts again, as the arbiter now says.
+                    if matches!(&*role, Role::Primary(p) if p.generation() == generation && !matches!(p.mode(), Mode::Failed(_)))
+                    {
                         return SegmentResponse::Done;
                     }
                     if matches!(&*role, Role::Starting) {
