@@ -477,6 +477,79 @@ fn kill_9_of_the_primary_promotes_the_mirror_and_the_old_primary_returns_as_mirr
     assert!(c.catalog().history.iter().any(|h| h.reason.contains("promoted")), "{:#?}", c.catalog().history);
 }
 
+/// A primary killed and started again at once, maybe before any probe
+/// fails: its activity log names blocks its mirror may lack, so it is lost
+/// all the same (it used to be told to stream on as synchronized, and
+/// those blocks were never resynced).
+#[test]
+fn a_primary_restarted_at_once_is_still_counted_as_lost() {
+    let mut c = Cluster::start(Links::Direct);
+    let mut cl = c.seg(2).client();
+    cl.create(0, "rel").unwrap();
+    for i in 0..40 {
+        cl.extend(0, "rel", i, &block(8, i)).unwrap();
+    }
+    c.seg_mut(2).kill();
+    c.seg_mut(2).start();
+    c.wait_for("the mirror promoted, the old primary its mirror", Duration::from_secs(20), || {
+        c.seg(2).status(&c.key).is_some_and(|s| s.acting == Acting::Mirror && s.generation == 2 && !s.changes_pending)
+    });
+    let p = c.pair();
+    assert_eq!((p.mode, p.generation, p.acting_primary().dbid), (PairMode::ChangeTracking, 2, 3));
+    let (code, out, err) = c.recover(&[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(c.pair().mode, PairMode::Synchronized);
+    c.seg(3).client().sync(0, "rel").unwrap();
+    assert_trees_equal(&c.seg(3).roots(), &c.seg(2).roots());
+}
+
+/// The mirror lost while the arbiter is away: the primary cannot ask, so
+/// its calls fail (rule 3). Once the arbiter is back it is told what it
+/// could not hear, goes on alone, and one recover makes the pair identical
+/// (it used to stay failed, every recover refused).
+#[test]
+fn a_primary_that_loses_its_mirror_while_the_arbiter_is_away_recovers_once_it_is_back() {
+    let mut c = Cluster::start(Links::Direct);
+    let mut cl = c.seg(2).client();
+    cl.create(0, "rel").unwrap();
+    for i in 0..8 {
+        cl.extend(0, "rel", i, &block(9, i)).unwrap();
+    }
+    if let Some(mut a) = c.arbiter.take() {
+        let _ = a.kill();
+        let _ = a.wait();
+    }
+    c.seg_mut(3).kill();
+    let mut refused = None;
+    for i in 0..10_000u64 {
+        if let Err(e) = cl.write_block(0, "rel", i % 8, &block(10 + i, i % 8)) {
+            refused = Some(e);
+            break;
+        }
+    }
+    let e = refused.expect("writes went on without the arbiter's word");
+    assert_eq!(e.class(), Some(ErrorClass::Unavailable), "{e}");
+    common::pair::wait_for("the primary to fail its calls", Duration::from_secs(20), || {
+        c.seg(2).status(&c.key).is_some_and(|s| s.mode == 'f')
+    });
+    let catalog = c._dir.path().join("catalog.json");
+    let (arbiter, _) = spawn_ready(&arbiter_args(&catalog, &c.key_file, &c.arbiter_addr), READY_ARBITER);
+    c.arbiter = Some(arbiter);
+    c.seg_mut(3).start();
+    c.wait_for("the primary to go on alone", Duration::from_secs(20), || {
+        c.seg(2).status(&c.key).is_some_and(|s| s.acting == Acting::Primary && s.mode == 'c')
+    });
+    let p = c.pair();
+    assert_eq!((p.mode, p.generation, p.acting_primary().dbid), (PairMode::ChangeTracking, 1, 2));
+    c.seg(2).client().write_block(0, "rel", 0, &block(11, 0)).unwrap();
+    c.wait_mirror_serving(3, 1);
+    let (code, out, err) = c.recover(&[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(c.pair().mode, PairMode::Synchronized);
+    c.seg(2).client().sync(0, "rel").unwrap();
+    assert_trees_equal(&c.seg(2).roots(), &c.seg(3).roots());
+}
+
 #[test]
 fn an_isolated_primary_fails_its_calls_and_the_mirror_is_promoted() {
     let c = Cluster::start(Links::PrimaryProxied);
