@@ -2,7 +2,8 @@
 //! segment` processes on loopback, the primary's filespace mounted with
 //! FUSE, files changed through the mount with std::fs, and both segments'
 //! directories compared afterwards. Skipped, with the reason printed, where
-//! FUSE cannot be mounted (no /dev/fuse, or neither root nor fusermount3).
+//! FUSE cannot be mounted (no /dev/fuse, or neither root nor fusermount3),
+//! unless FILEREP_REQUIRE_FUSE=1 (CI), which makes that a failure.
 
 #[macro_use]
 mod common;

@@ -7,7 +7,6 @@
 use filerep::cluster::segment::{Acting, SegmentConfig, SegmentRequest, SegmentResponse, SegmentStatus};
 use filerep::durable::catalog::{Catalog, SegmentAddress};
 use filerep::protocol::handshake::ClusterKey;
-use std::fs::OpenOptions;
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -21,20 +20,8 @@ pub const READY_ARBITER: &str = "filerep arbiter ready on ";
 pub const READY_MOUNT: &str = "filerep mount ready on ";
 
 /// Why FUSE cannot be used here, if it cannot.
-pub fn fuse_unavailable() -> Option<String> {
-    if !Path::new("/dev/fuse").exists() {
-        return Some("/dev/fuse does not exist".into());
-    }
-    // The mount opens the device itself first, whoever runs it.
-    if let Err(e) = OpenOptions::new().read(true).write(true).open("/dev/fuse") {
-        return Some(format!("cannot open /dev/fuse: {e}"));
-    }
-    // Root mounts directly; anyone else through the setuid helper.
-    if !is_root() && !Command::new("fusermount3").arg("-V").output().is_ok_and(|o| o.status.success()) {
-        return Some("not root, and no fusermount3 (Debian package fuse3) to mount with".into());
-    }
-    None
-}
+#[allow(unused_imports)] // not every test binary that shares this module mounts
+pub use forgetfs::fuse_unavailable;
 
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
@@ -48,11 +35,15 @@ pub fn skipped(name: &str, why: &str) {
     let _ = writeln!(std::io::stderr(), "SKIPPED {name}: {why}");
 }
 
-/// Skip (return from) the calling test, saying why, where FUSE cannot mount.
+/// Skip (return from) the calling test, saying why, where FUSE cannot
+/// mount; with FILEREP_REQUIRE_FUSE=1 (CI) fail instead.
 #[allow(unused_macros)]
 macro_rules! skip_without_fuse {
     ($name:expr) => {
         if let Some(why) = $crate::common::pair::fuse_unavailable() {
+            if std::env::var_os("FILEREP_REQUIRE_FUSE").is_some_and(|v| v == "1") {
+                panic!("{}: FILEREP_REQUIRE_FUSE=1 but {why}", $name);
+            }
             $crate::common::pair::skipped($name, &why);
             return;
         }
@@ -107,12 +98,23 @@ pub fn spawn_ready(args: &[String], ready: &str) -> (Child, String) {
 /// Start a process; if it does not say it serves, it is reaped and the
 /// line it printed instead is the error.
 pub fn try_spawn_ready(args: &[String], ready: &str) -> Result<(Child, String), String> {
+    try_spawn_ready_with(args, ready, &[], Stdio::inherit())
+}
+
+/// [`try_spawn_ready`] with more environment and stderr sent where asked.
+pub fn try_spawn_ready_with(
+    args: &[String],
+    ready: &str,
+    env: &[(String, String)],
+    stderr: Stdio,
+) -> Result<(Child, String), String> {
     let mut child = Command::new(exe())
         .args(args)
         .env("FILEREP_LOG", "filerep=warn")
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(stderr)
         .spawn()
         .expect("spawn");
     let mut out = BufReader::new(child.stdout.take().expect("stdout"));
@@ -186,6 +188,18 @@ impl Seg {
     }
 }
 
+/// Write a segment's configuration to `path`; its addresses for the catalog.
+pub fn store_config(cfg: &SegmentConfig, path: &Path, host: &str) -> SegmentAddress {
+    std::fs::write(path, serde_json::to_vec_pretty(cfg).unwrap()).unwrap();
+    SegmentAddress {
+        dbid: cfg.dbid,
+        host: host.into(),
+        control: cfg.control_listen.clone(),
+        data: cfg.data_listen.clone(),
+        filespaces: Vec::new(),
+    }
+}
+
 /// An arbiter and two segments (dbid 2 the primary, dbid 3 its mirror), synchronized.
 pub struct Pair {
     pub dir: tempfile::TempDir,
@@ -254,14 +268,7 @@ impl Pair {
                 metrics_listen: None,
             };
             let cfg_path = base.join("segment.json");
-            std::fs::write(&cfg_path, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
-            addrs.push(SegmentAddress {
-                dbid,
-                host: "localhost".into(),
-                control: cfg.control_listen.clone(),
-                data: cfg.data_listen.clone(),
-                filespaces: Vec::new(),
-            });
+            addrs.push(store_config(&cfg, &cfg_path, "localhost"));
             segs.push(Seg { cfg, cfg_path, child: None });
         }
         let catalog = dir.path().join("catalog.json");
@@ -338,21 +345,8 @@ pub struct Mount {
     pub path: PathBuf,
 }
 
-/// Whether `path` is a mount point now.
-pub fn mounted(path: &Path) -> bool {
-    let mp = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    info.lines().any(|l| l.split(' ').nth(4) == Some(mp.to_str().unwrap_or("")))
-}
-
-/// Detach a mount (lazily: a dead FUSE mount has users that cannot finish).
-pub fn detach(path: &Path) {
-    if is_root() {
-        let _ = nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH);
-    } else {
-        let _ = Command::new("fusermount3").arg("-uz").arg(path).status();
-    }
-}
+#[allow(unused_imports)]
+pub use forgetfs::process::{detach, mounted};
 
 impl Mount {
     pub fn p(&self, rel: &str) -> PathBuf {
