@@ -8,7 +8,9 @@
 
 use crate::core::pair::{describe, HistoryEntry};
 use crate::core::pair::{Event, Outcome, Pair};
+use crate::durable::files;
 use crate::error::{Error, Result};
+use crate::io::disk::{Disk, FsPath};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -143,12 +145,22 @@ fn unix_ms() -> u64 {
 impl Catalog {
     /// Read and check a catalog file; every problem names the file and what is wrong.
     pub fn load(path: &Path) -> Result<Catalog> {
-        let bytes = crate::durable::files::read_file(path)?.ok_or_else(|| {
-            Error::io(format!("reading catalog {}", path.display()), std::io::ErrorKind::NotFound.into())
-        })?;
+        match files::on_host(path)? {
+            Some((disk, p)) => Self::load_from(&disk, &p, path),
+            None => Err(Error::io(format!("reading catalog {}", path.display()), std::io::ErrorKind::NotFound.into())),
+        }
+    }
+
+    /// [`Catalog::load`] through any disk (`shown` names it in messages).
+    pub fn load_from(disk: &dyn Disk, path: &FsPath, shown: &Path) -> Result<Catalog> {
+        let bytes = files::read(disk, path)
+            .map_err(|e| Error::io(format!("reading catalog {}", shown.display()), std::io::Error::other(e)))?
+            .ok_or_else(|| {
+                Error::io(format!("reading catalog {}", shown.display()), std::io::ErrorKind::NotFound.into())
+            })?;
         let c: Catalog = serde_json::from_slice(&bytes)
-            .map_err(|e| Error::InvalidArgument(format!("catalog {}: {e}", path.display())))?;
-        c.check().map_err(|e| Error::InvalidArgument(format!("catalog {}: {e}", path.display())))?;
+            .map_err(|e| Error::InvalidArgument(format!("catalog {}: {e}", shown.display())))?;
+        c.check().map_err(|e| Error::InvalidArgument(format!("catalog {}: {e}", shown.display())))?;
         Ok(c)
     }
 
@@ -194,10 +206,20 @@ impl Catalog {
     }
 
     /// Replace the file atomically and durably (temporary file, fsync,
-    /// rename, fsync of the directory: [`crate::durable::files`]).
+    /// rename, fsync of the directory: [`files::replace`]).
     pub fn store(&self, path: &Path) -> Result<()> {
+        match files::on_host(path)? {
+            Some((disk, p)) => self.store_to(&disk, &p, path),
+            None => Err(Error::io(format!("writing catalog {}", path.display()), std::io::ErrorKind::NotFound.into())),
+        }
+    }
+
+    /// [`Catalog::store`] through any disk.
+    pub fn store_to(&self, disk: &dyn Disk, path: &FsPath, shown: &Path) -> Result<()> {
         let bytes = serde_json::to_vec_pretty(self).map_err(|e| Error::InvalidArgument(e.to_string()))?;
-        crate::durable::files::replace_file(path, &bytes)
+        files::replace(disk, path, &bytes)
+            .map(drop)
+            .map_err(|e| Error::io(format!("writing catalog {}", shown.display()), std::io::Error::other(e)))
     }
 
     pub fn pair(&self, content: u32) -> Option<&CatalogPair> {

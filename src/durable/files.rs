@@ -4,7 +4,7 @@
 //! file, `fsync` the directory. Every state and configuration file the
 //! engine and its tools write goes through here (the change-log's own
 //! rewrites too), through the [`Disk`] trait, so the crash tests of
-//! `crashtest.rs` enumerate every step of it.
+//! `crashtest.rs` cut power at every step of it.
 
 use crate::error::{Error, Result};
 use crate::io::disk::{Disk, DiskError, DiskErrorKind, DiskFile, DiskResult, FsPath, OpenMode, StdDisk};
@@ -55,28 +55,37 @@ pub fn read(disk: &dyn Disk, path: &FsPath) -> DiskResult<Option<Vec<u8>>> {
     Ok(Some(buf))
 }
 
-/// A host path as (a disk over its directory, the file's name in it).
-fn beneath(path: &Path) -> Result<(StdDisk, FsPath)> {
+/// A host path as (a disk over its directory, the file's name in it): how
+/// the path-based functions here, and the state files' `load`/`store`,
+/// reach [`replace`] and [`read`]. `None`: the directory does not exist.
+pub fn on_host(path: &Path) -> Result<Option<(StdDisk, FsPath)>> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = path
         .file_name()
         .and_then(|n| n.to_str())
         .ok_or_else(|| Error::InvalidArgument(format!("{}: not a file name", path.display())))?;
-    let disk = StdDisk::open(&[dir.to_path_buf()])?;
-    Ok((disk, FsPath::new(0, RelPath::new(name)?)))
+    let rel = FsPath::new(0, RelPath::new(name)?);
+    match StdDisk::open(&[dir.to_path_buf()]) {
+        Ok(disk) => Ok(Some((disk, rel))),
+        Err(e) if e.kind == DiskErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
 
-/// [`replace`] for a file named by a host path.
+/// [`replace`] for a file named by a host path (its directory must exist).
 pub fn replace_file(path: &Path, bytes: &[u8]) -> Result<()> {
-    let (disk, p) = beneath(path)?;
+    let Some((disk, p)) = on_host(path)? else {
+        return Err(Error::io(format!("replacing {}", path.display()), std::io::ErrorKind::NotFound.into()));
+    };
     replace(&disk, &p, bytes)
         .map(drop)
         .map_err(|e| Error::io(format!("replacing {}", path.display()), std::io::Error::other(e)))
 }
 
-/// [`read`] for a file named by a host path.
+/// [`read`] for a file named by a host path (`None`: no such file, or no
+/// such directory).
 pub fn read_file(path: &Path) -> Result<Option<Vec<u8>>> {
-    let (disk, p) = beneath(path)?;
+    let Some((disk, p)) = on_host(path)? else { return Ok(None) };
     read(&disk, &p).map_err(|e| Error::io(format!("reading {}", path.display()), std::io::Error::other(e)))
 }
 

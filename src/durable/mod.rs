@@ -7,3 +7,6 @@ pub mod activity;
 pub mod catalog;
 pub mod changelog;
 pub mod files;
+
+#[cfg(test)]
+mod crashtest;

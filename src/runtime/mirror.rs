@@ -11,8 +11,9 @@
 
 use crate::config::{check_block_size, check_filespaces, Filespace, StreamTuning};
 use crate::core::mirror::{MirrorSession, Step};
+use crate::durable::files;
 use crate::error::{Error, Result};
-use crate::io::disk::{Disk, DiskErrorKind};
+use crate::io::disk::{Disk, DiskErrorKind, FsPath};
 use crate::io::net::{is_timeout, Conn, ConnReader, ConnWriter};
 use crate::protocol::handshake::{self, ClusterKey, Hello, Status, Verdict};
 use crate::protocol::{Ack, Decoder, Frame, Header, Kind};
@@ -77,17 +78,36 @@ impl MirrorState {
     /// Load the state file; a missing file is the empty state.
     pub fn load(dir: &Path) -> Result<MirrorState> {
         let path = dir.join(STATE_FILE);
-        match crate::durable::files::read_file(&path)? {
-            Some(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| Error::InvalidArgument(format!("state file {}: {e}; fix or remove it", path.display()))),
+        match files::on_host(&path)? {
+            Some((disk, p)) => Self::load_from(&disk, &p, &path),
             None => Ok(MirrorState::default()),
         }
     }
 
     /// Replace the state file atomically and durably.
     pub fn store(&self, dir: &Path) -> Result<()> {
+        let path = dir.join(STATE_FILE);
+        match files::on_host(&path)? {
+            Some((disk, p)) => self.store_to(&disk, &p, &path),
+            None => Err(Error::InvalidArgument(format!("state directory {} does not exist", dir.display()))),
+        }
+    }
+
+    /// [`MirrorState::load`] through any disk (`shown` names it in messages).
+    pub fn load_from(disk: &dyn Disk, path: &FsPath, shown: &Path) -> Result<MirrorState> {
+        match files::read(disk, path)? {
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| Error::InvalidArgument(format!("state file {}: {e}; fix or remove it", shown.display()))),
+            None => Ok(MirrorState::default()),
+        }
+    }
+
+    /// [`MirrorState::store`] through any disk.
+    pub fn store_to(&self, disk: &dyn Disk, path: &FsPath, shown: &Path) -> Result<()> {
         let bytes = serde_json::to_vec_pretty(self).map_err(|e| Error::InvalidArgument(e.to_string()))?;
-        crate::durable::files::replace_file(&dir.join(STATE_FILE), &bytes)
+        files::replace(disk, path, &bytes)
+            .map(drop)
+            .map_err(|e| Error::io(format!("replacing {}", shown.display()), std::io::Error::other(e)))
     }
 }
 
