@@ -163,26 +163,25 @@ impl ResyncLink for PrimaryLink<'_> {
         self.0.filespaces().len() as u16
     }
     fn change_set(&mut self, full: bool) -> Result<ChangeSet> {
-        self.0.resync_plan(full)
+        self.0.resync_plan(self.1, full)
     }
     fn redo(&mut self) -> Result<BTreeSet<FsPath>> {
-        self.0.resync_check(self.1)?;
-        self.0.resync_redo()
+        self.0.resync_redo(self.1)
     }
     fn walked(&mut self) {
-        self.0.resync_walked()
+        if let Err(e) = self.0.resync_walked(self.1) {
+            tracing::debug!(error = %e, "resync: the walk's end was not recorded");
+        }
     }
     fn entry_kind(&mut self, p: &FsPath) -> Result<Option<EntryKind>> {
         self.0.resync_check(self.1)?;
         Ok(self.0.disk().entry_kind(p)?)
     }
     fn reconcile(&mut self, fs: u16, path: Option<&RelPath>, prune: bool) -> Result<LocalEntry> {
-        self.0.resync_check(self.1)?;
-        self.0.resync_reconcile(fs, path, prune)
+        self.0.reconcile_bound(Some(self.1), fs, path, prune)
     }
     fn copy(&mut self, p: &FsPath, first: u64, count: u64) -> Result<u64> {
-        self.0.resync_check(self.1)?;
-        self.0.resync_copy(p, first, count)
+        self.0.copy_bound(Some(self.1), p, first, count)
     }
     fn hashes(
         &mut self,
@@ -191,8 +190,7 @@ impl ResyncLink for PrimaryLink<'_> {
         count: u32,
         timeout: Duration,
     ) -> Result<Option<(Vec<u64>, Vec<u64>)>> {
-        self.0.resync_check(self.1)?;
-        self.0.resync_hashes(p, first, count, timeout)
+        self.0.resync_hashes(Some(self.1), p, first, count, timeout)
     }
     fn send(&mut self) {
         self.0.resync_send()
@@ -201,8 +199,7 @@ impl ResyncLink for PrimaryLink<'_> {
         self.0.resync_check(self.1)
     }
     fn flush(&mut self, p: &FsPath) -> Result<Option<u64>> {
-        self.0.resync_check(self.1)?;
-        self.0.resync_flush(p)
+        self.0.flush_bound(Some(self.1), p)
     }
     fn checkpoint(
         &mut self,
@@ -212,12 +209,10 @@ impl ResyncLink for PrimaryLink<'_> {
         paths: &[FsPath],
         timeout: Duration,
     ) -> Result<()> {
-        self.0.resync_check(self.1)?;
-        self.0.resync_checkpoint(synced, flushed, blocks, paths, timeout)
+        self.0.resync_checkpoint(self.1, synced, flushed, blocks, paths, timeout)
     }
     fn finish(&mut self, synced: Option<u64>, flushed: &BTreeSet<FsPath>, timeout: Duration) -> Result<bool> {
-        self.0.resync_check(self.1)?;
-        self.0.resync_finish(synced, flushed, timeout)
+        self.0.resync_finish(self.1, synced, flushed, timeout)
     }
 }
 
