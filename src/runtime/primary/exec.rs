@@ -5,21 +5,20 @@
 //! clock; a background worker runs the loss decision and retiring. No lock
 //! is held across I/O.
 
-use super::{ChangeTracking, LocalEntry};
-use crate::core::primary::{CallId, Command, Engine, Event, Failure, LocalStep, LogOp, Opened, OutFrame, Owner, Reply};
-use crate::durable::changelog::ChangeLogError;
+use super::ChangeTracking;
+use crate::core::primary::{CallId, Command, Engine, Event, Failure, OutFrame, Owner, Reply};
 use crate::error::{Error, Result};
-use crate::io::disk::{Disk, DiskErrorKind, DiskFile, EntryKind, FsPath, OpenMode};
+pub(super) use crate::exec::primary::{Extras, Pick};
+use crate::exec::primary::{Performed, PrimaryExec};
+use crate::io::disk::Disk;
 use crate::io::net::{is_timeout, ConnReader, ConnWriter};
-use crate::protocol::{body_hash, Decoder};
+use crate::protocol::Decoder;
 use std::collections::{HashMap, VecDeque};
 use std::io::IoSlice;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-const CACHE_SHARDS: usize = 64;
-const MAX_CACHED_PER_SHARD: usize = 64;
 /// How long a caller polls for its next command before it parks: an
 /// acknowledgement usually arrives within tens of microseconds, and polling
 /// saves a futex wake-up per call.
@@ -31,13 +30,6 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn shard_of(p: &FsPath) -> usize {
-    use std::hash::{Hash, Hasher};
-    let mut h = xxhash_rust::xxh3::Xxh3Default::new();
-    p.hash(&mut h);
-    (h.finish() as usize) % CACHE_SHARDS
-}
-
 /// A call's mailbox: commands other threads route to it, and its result.
 pub(super) struct Slot {
     inbox: Mutex<Inbox>,
@@ -47,10 +39,6 @@ pub(super) struct Slot {
 
 /// A call's result as the engine gives it.
 type Outcome = std::result::Result<Reply, Failure>;
-/// What a directory held here: its kind and its children.
-pub(super) type Listed = (Option<EntryKind>, Vec<(String, EntryKind)>);
-/// Chooses a hash request's blocks from the file's size in blocks.
-pub(super) type Pick = Box<dyn FnOnce(u64) -> (u64, u32) + Send>;
 
 #[derive(Default)]
 struct Inbox {
@@ -97,19 +85,6 @@ impl Slot {
     }
 }
 
-/// What a call's own commands leave for its caller beyond the engine's reply.
-#[derive(Default)]
-pub(super) struct Extras {
-    pub local_error: Option<Error>,
-    pub changelog_error: Option<ChangeLogError>,
-    pub entry: Option<LocalEntry>,
-    /// Local hashes of a hash request, with the file's size in blocks and
-    /// the bytes of the range inside the file.
-    pub hashes: Option<(u64, Vec<u64>, u64, u64)>,
-    pub pick: Option<Pick>,
-    pub listing: Option<Listed>,
-}
-
 /// The engine and the mailboxes of the calls in progress.
 pub(super) struct Core {
     pub engine: Engine,
@@ -146,14 +121,12 @@ pub(super) struct Conn {
 
 pub(super) struct Runtime {
     pub core: Mutex<Core>,
-    pub disk: Arc<dyn Disk>,
+    pub exec: PrimaryExec,
     pub tracking: Option<ChangeTracking>,
     pub identity: crate::config::PairIdentity,
-    pub block_size: u32,
     pub conn: Mutex<Conn>,
     /// A second handle on the connection, to close it from any thread.
     pub closer: Mutex<Box<dyn ConnWriter>>,
-    cache: Vec<Mutex<HashMap<FsPath, Arc<dyn DiskFile>>>>,
     background: Mutex<Option<crossbeam_channel::Sender<Command>>>,
     next_call: AtomicU64,
     clock: Instant,
@@ -168,15 +141,14 @@ impl Runtime {
         conn: Conn,
         closer: Box<dyn ConnWriter>,
     ) -> Runtime {
+        let changelog = tracking.as_ref().map(|t| t.changelog.clone());
         Runtime {
             core: Mutex::new(Core::new(engine)),
-            disk,
+            exec: PrimaryExec::new(disk, changelog, identity.block_size),
             tracking,
-            block_size: identity.block_size,
             identity,
             conn: Mutex::new(conn),
             closer: Mutex::new(closer),
-            cache: (0..CACHE_SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             background: Mutex::new(None),
             next_call: AtomicU64::new(1),
             clock: Instant::now(),
@@ -330,240 +302,25 @@ impl Runtime {
         }
     }
 
-    // ---- the open-file cache --------------------------------------------
-
-    pub fn file(&self, p: &FsPath) -> Result<Arc<dyn DiskFile>> {
-        let shard = &self.cache[shard_of(p)];
-        if let Some(f) = lock(shard).get(p) {
-            return Ok(f.clone());
-        }
-        let f = self.disk.open(p, OpenMode::Existing)?;
-        self.cache_put(p, f.clone());
-        Ok(f)
-    }
-
-    /// The file's handle, or `None` if it is gone.
-    pub fn file_if_present(&self, p: &FsPath) -> Result<Option<Arc<dyn DiskFile>>> {
-        match self.file(p) {
-            Ok(f) => Ok(Some(f)),
-            Err(Error::Disk(e)) if e.kind == DiskErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-
-    fn cache_put(&self, p: &FsPath, f: Arc<dyn DiskFile>) {
-        let mut shard = lock(&self.cache[shard_of(p)]);
-        if shard.len() >= MAX_CACHED_PER_SHARD {
-            shard.clear();
-        }
-        shard.insert(p.clone(), f);
-    }
-
-    /// Forget cached handles at or under `p` (after an unlink, a rename, a directory removed).
-    fn cache_remove_under(&self, p: &FsPath) {
-        for shard in &self.cache {
-            lock(shard).retain(|k, _| !(k.filespace == p.filespace && k.path.is_within(&p.path)));
-        }
-    }
-
-    fn changelog(&self) -> std::result::Result<&crate::durable::changelog::ChangeLog, String> {
-        self.tracking.as_ref().map(|t| t.changelog.as_ref()).ok_or_else(|| "no change tracking configured".to_string())
-    }
-
-    // ---- carrying out commands --------------------------------------------
-
     /// Carry out one command; the event it leads to.
     pub fn execute(&self, cmd: Command, x: &mut Extras) -> Option<Event> {
-        match cmd {
-            Command::Open { call, file, want_len, absent_ok } => {
-                let opened = match self.file(&file) {
-                    Ok(f) => match want_len.then(|| f.len()).transpose() {
-                        Ok(len) => Ok(Opened { present: true, len }),
-                        Err(e) => Err(Error::from(e)),
-                    },
-                    Err(Error::Disk(e)) if absent_ok && e.kind == DiskErrorKind::NotFound => {
-                        Ok(Opened { present: false, len: None })
-                    }
-                    Err(e) => Err(e),
-                };
-                Some(Event::Opened { call, result: opened.map_err(|e| keep(x, e)) })
+        match self.exec.perform(cmd, x) {
+            Performed::Done(ev) => ev,
+            Performed::Driver(Command::Send { epoch, frames }) => {
+                Some(Event::Sent { epoch, result: self.send(epoch, &frames) })
             }
-            Command::Record { call, blocks, touched } => {
-                let r = self.changelog().and_then(|log| {
-                    let r = match (blocks.as_slice(), touched.is_empty()) {
-                        ([(f, b)], true) => log.record_block(f, *b),
-                        _ => log.record_batch(blocks, touched),
-                    };
-                    r.map_err(|e| keep_log(x, e))
-                });
-                Some(Event::Recorded { call, result: r })
-            }
-            Command::CoverBlocks { call, file, first, last } => {
-                let r = self.changelog().and_then(|l| l.record_extents(&file, first, last).map_err(|e| keep_log(x, e)));
-                Some(Event::Recorded { call, result: r })
-            }
-            Command::CoverPath { call, path, subtree } => {
-                let r = self.changelog().and_then(|l| l.record_touched(&path, subtree).map_err(|e| keep_log(x, e)));
-                Some(Event::Recorded { call, result: r })
-            }
-            Command::RedoIfOwed { call, from, to, all } => {
-                let r = self
-                    .changelog()
-                    .and_then(|l| l.redo_if_owed(&from, &to, all).map(|_| ()).map_err(|e| keep_log(x, e)));
-                Some(Event::Recorded { call, result: r })
-            }
-            Command::Local { call, step } => Some(Event::LocalDone { call, result: self.local(step, x) }),
-            Command::ReadCopy { call, file, first, count } => {
-                let r = self
-                    .file_if_present(&file)
-                    .and_then(|f| match f {
-                        None => Ok(None),
-                        Some(f) => crate::runtime::resync::read_copy(f.as_ref(), first, count, self.block_size as u64),
-                    })
-                    .map(|c| {
-                        c.map(|(offset, buf)| {
-                            let hash = body_hash(&buf);
-                            (offset, bytes::Bytes::from(buf), hash)
-                        })
-                    });
-                Some(Event::CopyRead { call, result: r.map_err(|e| keep(x, e)) })
-            }
-            Command::ReadReconcile { call, fs, path, prune } => {
-                let r = super::reconcile_frame(self.disk.as_ref(), fs, path.as_ref(), prune).map(|(h, body, local)| {
-                    x.entry = Some(local);
-                    (h, body)
-                });
-                Some(Event::ReconcileRead { call, result: r.map_err(|e| keep(x, e)) })
-            }
-            Command::HashLocal { call, file } => {
-                let r = self.hash_local(&file, x);
-                Some(Event::HashedLocal { call, result: r.map_err(|e| keep(x, e)) })
-            }
-            Command::ListLocal { call, fs, dir } => {
-                let r = self.list_local(fs, dir.as_ref()).map(|l| {
-                    x.listing = Some(l);
-                });
-                Some(Event::ListedLocal { call, result: r.map_err(|e| keep(x, e)) })
-            }
-            Command::TakeRedo { call } => {
-                let paths = self.tracking.as_ref().map(|t| t.changelog.take_redo()).unwrap_or_default();
-                Some(Event::RedoTaken { call, paths })
-            }
-            Command::Log { call, op } => {
-                let r = self.log_op(op);
-                if let (Some(_), Err(e)) = (call, &r) {
-                    x.changelog_error = Some(ChangeLogError::Failed(e.clone()));
-                }
-                Some(Event::Logged { result: r })
-            }
-            Command::Send { epoch, frames } => Some(Event::Sent { epoch, result: self.send(epoch, &frames) }),
-            Command::Close => {
+            Performed::Driver(Command::Close) => {
                 lock(&self.closer).close();
                 None
             }
-            Command::AskArbiter { reason } => Some(Event::ArbiterAnswered { result: self.ask_arbiter(reason) }),
-            Command::RetireSync { files, dirs } => {
-                Some(Event::RetireSynced { result: self.retire_sync(&files, &dirs) })
+            Performed::Driver(Command::AskArbiter { reason }) => {
+                Some(Event::ArbiterAnswered { result: self.ask_arbiter(reason) })
             }
-            Command::Complete { call, .. } => {
-                tracing::error!(call, "a completion reached the wrong thread");
+            Performed::Driver(other) => {
+                tracing::error!(command = other.name(), "a command reached the wrong thread");
                 None
             }
         }
-    }
-
-    fn local(&self, step: LocalStep, x: &mut Extras) -> std::result::Result<(), String> {
-        let r: Result<()> = match step {
-            LocalStep::Write { file, offset, data } => self.file(&file).and_then(|f| Ok(f.write_at(offset, &data)?)),
-            LocalStep::Create { file } => {
-                self.disk.open(&file, OpenMode::CreateNew).map(|f| self.cache_put(&file, f)).map_err(Error::from)
-            }
-            LocalStep::SetLen { file, len } => self.file(&file).and_then(|f| Ok(f.set_len(len)?)),
-            LocalStep::Unlink { file } => {
-                let r = self.disk.remove_file(&file);
-                self.cache_remove_under(&file);
-                r.map_err(Error::from)
-            }
-            LocalStep::Mkdir { dir } => self.disk.create_dir(&dir).map_err(Error::from),
-            LocalStep::Rmdir { dir } => {
-                let r = self.disk.remove_dir(&dir);
-                self.cache_remove_under(&dir);
-                r.map_err(Error::from)
-            }
-            LocalStep::Rename { from, to } => {
-                let r = self.disk.rename(&from, &to);
-                self.cache_remove_under(&from);
-                self.cache_remove_under(&to);
-                r.map_err(Error::from)
-            }
-            LocalStep::SyncFiles { files } => files.iter().try_for_each(|f| match self.file_if_present(f)? {
-                Some(h) => Ok(h.sync_data()?),
-                None => Ok(()),
-            }),
-            LocalStep::SyncDirs { dirs } => {
-                dirs.iter().try_for_each(|(fs, d)| match self.disk.sync_dir(*fs, d.as_ref()) {
-                    // A directory removed since: its removal is its parent's entry, synced too.
-                    Err(e) if e.kind == DiskErrorKind::NotFound => Ok(()),
-                    r => r.map_err(Error::from),
-                })
-            }
-        };
-        r.map_err(|e| keep(x, e))
-    }
-
-    fn hash_local(&self, file: &FsPath, x: &mut Extras) -> Result<Option<(u64, u32)>> {
-        let Some(f) = self.file_if_present(file)? else { return Ok(None) };
-        let bs = self.block_size as u64;
-        let len = f.len()?;
-        let blocks = len.div_ceil(bs);
-        let (first, count) = match x.pick.take() {
-            Some(pick) => pick(blocks),
-            None => return Err(Error::InvalidArgument("a hash request with no blocks chosen".into())),
-        };
-        if count == 0 || count > crate::protocol::MAX_HASH_BLOCKS {
-            return Err(Error::InvalidArgument(format!("{count} blocks do not fit one hash request")));
-        }
-        let local = crate::runtime::resync::hash_blocks(Some(f.as_ref()), first, count, self.block_size)?;
-        let end = (first + count as u64).saturating_mul(bs).min(len);
-        let bytes = end.saturating_sub(first.saturating_mul(bs));
-        x.hashes = Some((first, local, blocks, bytes));
-        Ok(Some((first, count)))
-    }
-
-    fn list_local(&self, fs: u16, dir: Option<&crate::protocol::path::RelPath>) -> Result<Listed> {
-        let kind = match dir {
-            Some(d) => self.disk.entry_kind(&FsPath::new(fs, d.clone()))?,
-            None => Some(EntryKind::Dir),
-        };
-        let children = match kind {
-            Some(EntryKind::Dir) => self.disk.list_dir(fs, dir)?,
-            _ => Vec::new(),
-        };
-        Ok((kind, children))
-    }
-
-    fn log_op(&self, op: LogOp) -> std::result::Result<bool, String> {
-        let log = self.changelog()?;
-        let r = match op {
-            LogOp::RecordWindow { blocks, touched } => log.record_batch(blocks, touched).map(|_| true),
-            LogOp::PinDown => {
-                log.pin_extents();
-                log.pin_touched();
-                Ok(true)
-            }
-            LogOp::PinAttach => {
-                log.pin_touched();
-                // A stopped resync's passes owed are in its plan now.
-                log.take_redo();
-                Ok(true)
-            }
-            LogOp::ClearEntries { blocks, paths, keep_extents, keep_paths } => {
-                log.clear_entries_keeping(&blocks, &paths, &keep_extents, &keep_paths).map(|_| true)
-            }
-            LogOp::ClearKeeping { extents, paths } => log.clear_keeping(&extents, &paths),
-            LogOp::Retire { extents, paths } => log.retire_active(&extents, &paths).map(|_| true),
-        };
-        r.map_err(|e| e.to_string())
     }
 
     fn send(&self, epoch: u64, frames: &[OutFrame]) -> std::result::Result<u64, String> {
@@ -599,42 +356,6 @@ impl Runtime {
             },
         }
     }
-
-    /// fdatasync every file with entries, and the directory holding each
-    /// path with entries. A file or directory that is gone needs nothing:
-    /// its removal is a path entry of its own.
-    fn retire_sync(&self, files: &[FsPath], paths: &[FsPath]) -> std::result::Result<(), String> {
-        let gone = |e: &crate::io::disk::DiskError| e.kind == DiskErrorKind::NotFound;
-        for f in files {
-            match self.disk.open(f, OpenMode::Existing) {
-                Ok(h) => h.sync_data().map_err(|e| e.to_string())?,
-                Err(e) if gone(&e) => {}
-                Err(e) => return Err(e.to_string()),
-            }
-        }
-        for p in paths {
-            match self.disk.sync_parent_dir(p) {
-                Ok(()) => {}
-                Err(e) if gone(&e) => {}
-                Err(e) => return Err(e.to_string()),
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Keep a local error for the caller; the engine gets its text.
-fn keep(x: &mut Extras, e: impl Into<Error>) -> String {
-    let e = e.into();
-    let text = e.to_string();
-    x.local_error = Some(e);
-    text
-}
-
-fn keep_log(x: &mut Extras, e: ChangeLogError) -> String {
-    let text = e.to_string();
-    x.changelog_error = Some(e);
-    text
 }
 
 /// The receiver: reads the mirror's frames and feeds them with the clock.

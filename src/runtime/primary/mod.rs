@@ -10,8 +10,8 @@ mod exec;
 mod steps;
 
 pub use crate::core::primary::{Decision, Mode, ReplicationStats};
-pub use steps::LocalEntry;
-pub(crate) use steps::{reconcile_frame, HashTicket};
+pub use crate::exec::primary::LocalEntry;
+pub(crate) use steps::HashTicket;
 
 use crate::config::{check_block_size, check_filespaces, Filespace, PairIdentity, StreamTuning, SyncLevel};
 use crate::core::primary::{EngineConfig, Failure, Op, Reply};
@@ -300,7 +300,7 @@ impl Primary {
         let offset = block
             .checked_mul(self.config.identity.block_size as u64)
             .ok_or_else(|| Error::InvalidArgument(format!("block {block} is beyond the largest file")))?;
-        let file = self.rt.file(&p)?;
+        let file = self.rt.exec.file(&p)?;
         let n = file.read_at(offset, buf)?;
         if n != buf.len() {
             return Err(Error::InvalidArgument(format!("block {block} of {p} is past the end of the file")));
@@ -311,7 +311,7 @@ impl Primary {
     /// Number of whole blocks in a relation file.
     pub fn nblocks(&self, fs: u16, path: &str) -> Result<u64> {
         let p = self.fspath(fs, path)?;
-        Ok(self.rt.file(&p)?.len()? / self.config.identity.block_size as u64)
+        Ok(self.rt.exec.file(&p)?.len()? / self.config.identity.block_size as u64)
     }
 
     /// Truncate a relation file to `nblocks` blocks.
@@ -381,7 +381,7 @@ impl Primary {
             }
         } else {
             let p = self.fspath(fs, dir)?;
-            match self.rt.disk.entry_kind(&p)? {
+            match self.rt.exec.disk.entry_kind(&p)? {
                 Some(EntryKind::Dir) => {}
                 Some(_) => return Err(Error::InvalidArgument(format!("{p} is not a directory"))),
                 None => {
@@ -400,7 +400,7 @@ impl Primary {
     /// Length of a flat file in bytes.
     pub fn len(&self, fs: u16, path: &str) -> Result<u64> {
         let p = self.fspath(fs, path)?;
-        Ok(self.rt.file(&p)?.len()?)
+        Ok(self.rt.exec.file(&p)?.len()?)
     }
 
     // ---- filespace operations -------------------------------------------
@@ -428,7 +428,7 @@ impl Primary {
     /// Whether a file or directory exists on the primary.
     pub fn exists(&self, fs: u16, path: &str) -> Result<bool> {
         let p = self.fspath(fs, path)?;
-        Ok(self.rt.disk.exists(&p)?)
+        Ok(self.rt.exec.disk.exists(&p)?)
     }
 
     /// Orderly end: new calls are refused, calls already past their local
@@ -484,7 +484,7 @@ impl Primary {
     }
 
     pub(crate) fn disk(&self) -> &Arc<dyn Disk> {
-        &self.rt.disk
+        &self.rt.exec.disk
     }
 }
 

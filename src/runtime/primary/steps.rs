@@ -6,10 +6,9 @@ use super::exec::{lock, Extras};
 use super::Primary;
 use crate::core::primary::{Bound, Mode, Op, Reply, ResyncStep};
 use crate::error::{Error, Result};
-use crate::io::disk::{Disk, FsPath, OpenMode};
+use crate::exec::primary::LocalEntry;
+use crate::io::disk::FsPath;
 use crate::protocol::path::RelPath;
-use crate::protocol::{Header, Kind};
-use bytes::Bytes;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
@@ -31,14 +30,6 @@ pub(crate) struct ListTicket {
     pub kind: Option<crate::io::disk::EntryKind>,
     pub children: Vec<(String, crate::io::disk::EntryKind)>,
     pub seq: u64,
-}
-
-/// What a path is on the primary, as a resync found it and shipped it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum LocalEntry {
-    Absent,
-    File { len: u64 },
-    Dir { children: Vec<(String, crate::io::disk::EntryKind)> },
 }
 
 impl Primary {
@@ -306,55 +297,4 @@ impl Primary {
             other => Err(Error::Rejected(format!("internal: a finish answered {other:?}"))),
         }
     }
-}
-
-/// What one path (`None`: the filespace root) is on `disk`, as the
-/// Reconcile frame a resync ships for it (header without a sequence
-/// number) and as the engine sees it. With `prune`, a directory's children
-/// are listed and the mirror keeps only those. Shared by the runtime and
-/// the fault simulator, so both ship exactly the same frame.
-pub(crate) fn reconcile_frame(
-    disk: &dyn Disk,
-    fs: u16,
-    path: Option<&RelPath>,
-    prune: bool,
-) -> Result<(Header, Bytes, LocalEntry)> {
-    use crate::io::disk::EntryKind;
-    use crate::protocol::{ChildKind, ReconcileBody, ReconcileEntry};
-    let here = path.map(|p| FsPath::new(fs, p.clone()));
-    let kind = match &here {
-        Some(p) => disk.entry_kind(p)?,
-        None => Some(EntryKind::Dir),
-    };
-    let (entry, local, len) = match kind {
-        None | Some(EntryKind::Other) => (ReconcileEntry::Absent, LocalEntry::Absent, 0),
-        Some(EntryKind::File) => {
-            let p = here.as_ref().ok_or_else(|| Error::InvalidArgument("a root is a directory".into()))?;
-            let len = disk.open(p, OpenMode::Existing)?.len()?;
-            (ReconcileEntry::File, LocalEntry::File { len }, len)
-        }
-        Some(EntryKind::Dir) => {
-            let children: Vec<(String, EntryKind)> =
-                disk.list_dir(fs, path)?.into_iter().filter(|(_, k)| *k != EntryKind::Other).collect();
-            let keep = prune.then(|| {
-                children
-                    .iter()
-                    .map(|(n, k)| (n.clone(), if *k == EntryKind::Dir { ChildKind::Dir } else { ChildKind::File }))
-                    .collect()
-            });
-            (ReconcileEntry::Dir { keep }, LocalEntry::Dir { children }, 0)
-        }
-    };
-    let body = ReconcileBody { entry, path: path.map(|p| p.as_str().as_bytes().to_vec()).unwrap_or_default() };
-    let body = Bytes::from(body.encode());
-    if body.len() > crate::protocol::MAX_BODY {
-        return Err(Error::InvalidArgument(format!(
-            "directory fs{fs}:{} has too many entries to reconcile in one frame",
-            path.map(|p| p.as_str()).unwrap_or("")
-        )));
-    }
-    let mut h = Header::new(Kind::Reconcile);
-    h.filespace = fs;
-    h.offset = len;
-    Ok((h, body, local))
 }
