@@ -334,6 +334,49 @@ impl MirrorSession {
     }
 }
 
+/// How often a mirror makes everything durable (its checkpoint), at least:
+/// it bounds how far "durable through" lags what was applied.
+pub const CHECKPOINT_MS: u64 = 1000;
+
+/// The mirror's durability policy after each batch it applied: whether to
+/// make everything durable now (a full checkpoint) rather than only what
+/// the batch asked for.
+#[derive(Clone, Debug, Default)]
+pub struct Checkpoints {
+    last_full_ms: u64,
+}
+
+/// What the executor reports about itself after a batch.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ApplyState {
+    /// The batch ended the stream (a Shutdown frame).
+    pub shutdown: bool,
+    /// As many files are dirty as a sync job may hold open.
+    pub too_many_dirty: bool,
+    /// Something applied is not durable yet.
+    pub unsynced: bool,
+    /// "Durable through" is behind "applied through" (an empty checkpoint
+    /// still moves it up, after operations that changed nothing).
+    pub durable_behind: bool,
+}
+
+impl Checkpoints {
+    pub fn new(now_ms: u64) -> Checkpoints {
+        Checkpoints { last_full_ms: now_ms }
+    }
+
+    /// Whether the next sync job must be a full one.
+    pub fn full_due(&mut self, now_ms: u64, s: ApplyState) -> bool {
+        let due = s.shutdown
+            || s.too_many_dirty
+            || ((s.unsynced || s.durable_behind) && now_ms.saturating_sub(self.last_full_ms) >= CHECKPOINT_MS);
+        if due {
+            self.last_full_ms = now_ms;
+        }
+        due
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,3 +5,4 @@ pub mod arbiter;
 pub mod mirror;
 pub mod pair;
 pub mod primary;
+pub mod resync;

@@ -32,7 +32,6 @@ const MAX_START_SEQ: u64 = 1 << 62;
 /// Connections open at once (handshaking or streaming).
 pub const MAX_CONNECTIONS: usize = 16;
 /// A full sync at least this often while anything is dirty.
-const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 /// Block until the listener has a connection to accept or `ms` pass.
 fn wait_readable(listener: &TcpListener, ms: u16) {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -420,7 +419,9 @@ impl MirrorServer {
         let mut dec = Decoder::new();
         let mut buf = vec![0u8; READ_CHUNK];
         let mut frames = 0u64;
-        let mut last_full = Instant::now();
+        let clock = Instant::now();
+        let now_ms = || clock.elapsed().as_millis() as u64;
+        let mut checkpoints = crate::core::mirror::Checkpoints::new(0);
         // Receive, validate and apply on this thread: one wake-up per batch
         // between the socket and the disk. Only durability is handed off.
         let end = 'conn: loop {
@@ -478,13 +479,14 @@ impl MirrorServer {
                     // With nothing unsynced (operations that changed nothing, such
                     // as a reconcile of what is already so) an empty checkpoint
                     // still moves "durable through" up to what was applied.
-                    let behind = acks.marks.durable.load(Ordering::SeqCst) < applier.applied();
-                    if shutdown
-                        || applier.too_many_dirty()
-                        || ((applier.has_unsynced() || behind) && last_full.elapsed() >= CHECKPOINT_INTERVAL)
-                    {
+                    let state = crate::core::mirror::ApplyState {
+                        shutdown,
+                        too_many_dirty: applier.too_many_dirty(),
+                        unsynced: applier.has_unsynced(),
+                        durable_behind: acks.marks.durable.load(Ordering::SeqCst) < applier.applied(),
+                    };
+                    if checkpoints.full_due(now_ms(), state) {
                         applier.request_full();
-                        last_full = Instant::now();
                     }
                     if wants_sync || applier.wants_sync() {
                         let _ = sync_tx.send(applier.take_sync_job());

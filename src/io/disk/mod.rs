@@ -20,8 +20,8 @@ pub use sim::{SimDisk, SimEntry, SimFault};
 pub use std_backend::StdDisk;
 pub use uring::UringDisk;
 
-pub use crate::protocol::path::FsPath;
 use crate::protocol::path::RelPath;
+pub use crate::protocol::path::{EntryKind, FsPath};
 use std::sync::Arc;
 
 /// How [`Disk::open`] treats a missing or existing file.
@@ -35,14 +35,6 @@ pub enum OpenMode {
     CreateTruncate,
     /// Create the file if missing; keep its contents if present.
     Create,
-}
-
-/// What a directory entry is (a final symlink is not followed: `Other`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum EntryKind {
-    File,
-    Dir,
-    Other,
 }
 
 /// What went wrong in a disk operation, reduced to what callers act on.

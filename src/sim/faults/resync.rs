@@ -383,6 +383,14 @@ impl SimLink<'_> {
 }
 
 impl ResyncLink for SimLink<'_> {
+    fn now_ms(&self) -> u64 {
+        self.sim.now
+    }
+    fn pause(&mut self, ms: u64) {
+        if let Err(f) = self.advance(ms) {
+            self.failure.get_or_insert(f);
+        }
+    }
     fn block_size(&self) -> u32 {
         self.sim.cfg.block_size
     }
