@@ -442,7 +442,7 @@ impl State {
                 }
             };
             let status = |dbid: u32| statuses.iter().find(|(d, _)| *d == dbid).and_then(|(_, s)| s.clone());
-            for order in arbiter::orders(&pair.pair, &seen) {
+            for order in arbiter::orders(&pair.pair, &seen, None) {
                 match order {
                     Order::BecomeMirror { dbid, generation } => {
                         let Some(a) = pair.address(dbid) else { continue };

@@ -912,6 +912,7 @@ impl Shared {
                 finish_timeout: None,
                 checkpoint_bytes,
                 compare,
+                planted: None,
             };
             crate::runtime::resync::run(&p, &opts, &progress)
         })();

@@ -98,6 +98,8 @@ pub struct ResyncOptions {
     /// Compare every listed block's hash on both sides and ship only those
     /// that differ (extents recovered from a crash are always compared).
     pub compare: bool,
+    /// Only the simulator sets this (see [`PlantedBug`]).
+    pub planted: Option<crate::core::PlantedBug>,
 }
 
 /// Live counters, read by status probes while the resync runs.
@@ -454,17 +456,19 @@ pub fn run_on(p: &mut dyn ResyncLink, opts: &ResyncOptions, progress: &Progress)
         // once durable, so renames from here on (databases rename all the
         // time) owe another pass only for what is named again.
         run.p.walked();
-        run.done_paths.extend(set.touched.keys().cloned());
-        for (f, bs) in &set.blocks {
-            run.done_blocks.entry(f.clone()).or_default().extend(bs.iter().copied());
-        }
-        for (f, es) in &set.extents {
-            let done = run.done_blocks.entry(f.clone()).or_default();
-            for e in es {
-                done.extend(e * EXTENT_BLOCKS..(e + 1) * EXTENT_BLOCKS);
+        if opts.planted != Some(crate::core::PlantedBug::FullResyncWithoutWalkCheckpoint) {
+            run.done_paths.extend(set.touched.keys().cloned());
+            for (f, bs) in &set.blocks {
+                run.done_blocks.entry(f.clone()).or_default().extend(bs.iter().copied());
             }
+            for (f, es) in &set.extents {
+                let done = run.done_blocks.entry(f.clone()).or_default();
+                for e in es {
+                    done.extend(e * EXTENT_BLOCKS..(e + 1) * EXTENT_BLOCKS);
+                }
+            }
+            run.checkpoint(true)?;
         }
-        run.checkpoint(true)?;
     } else {
         // Blocks named exactly or by their extent, per file, in file order.
         let mut blocks: BTreeMap<FsPath, BTreeSet<u64>> = set.blocks.clone();

@@ -797,6 +797,7 @@ impl FaultSim {
             // Small, so checkpoints (Cleared records) happen within a run.
             checkpoint_bytes: Some(self.rng.gen_range(1..=16) * 16 * 1024),
             compare: self.rng.gen_bool(0.25),
+            planted: None,
         };
         let extra = self.rng.gen_range(10..=80);
         self.op_limit = self.ops.len() + extra;
