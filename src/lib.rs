@@ -14,6 +14,7 @@
 #![warn(clippy::significant_drop_in_scrutinee)]
 
 pub mod activity;
+pub mod admission;
 pub mod apply;
 pub mod arbiter;
 pub mod bench;

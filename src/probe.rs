@@ -11,6 +11,7 @@
 //! mirrors first (so a primary finds its mirror listening), then primaries;
 //! and hand a returning old primary's activity log to the acting primary.
 
+use crate::admission::{Limits, Stop};
 use crate::catalog::{Catalog, CatalogStore, FileStore};
 use crate::control;
 use crate::core::pair::{Event, PairMode, Role, Verdict};
@@ -21,7 +22,6 @@ use crate::segment::{
 };
 use std::net::TcpListener;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -36,6 +36,8 @@ pub struct ProbeConfig {
     pub timeout: Duration,
     /// Probes retried before a segment is declared down.
     pub retries: u32,
+    /// How long a new control connection may take to send its request.
+    pub handshake_timeout: Duration,
 }
 
 impl ProbeConfig {
@@ -44,6 +46,7 @@ impl ProbeConfig {
         if !(10..=600_000).contains(&ms(self.interval)) || !(10..=600_000).contains(&ms(self.timeout)) {
             return Err(Error::InvalidArgument("probe interval and timeout: use 10 ms to 10 minutes".into()));
         }
+        Limits::new(1).with_deadline(self.handshake_timeout).check().map_err(Error::InvalidArgument)?;
         if self.retries > 100 {
             return Err(Error::InvalidArgument(format!("{} probe retries: at most 100", self.retries)));
         }
@@ -60,7 +63,7 @@ struct State {
 pub struct ArbiterProcess {
     state: Arc<State>,
     listener: TcpListener,
-    stop: Arc<AtomicBool>,
+    stop: Arc<Stop>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -77,7 +80,7 @@ impl ArbiterProcess {
         Ok(ArbiterProcess {
             state: Arc::new(State { cfg, store, catalog: Mutex::new(catalog) }),
             listener,
-            stop: Arc::new(AtomicBool::new(false)),
+            stop: Stop::new().map_err(|e| Error::io("making the stop signal", e))?,
         })
     }
 
@@ -85,7 +88,8 @@ impl ArbiterProcess {
         self.listener.local_addr().map_err(|e| Error::io("arbiter address", e))
     }
 
-    pub fn stop_flag(&self) -> Arc<AtomicBool> {
+    /// Stops [`ArbiterProcess::run`] (wire it to signals with [`Stop::on_signals`]).
+    pub fn stop_signal(&self) -> Arc<Stop> {
         self.stop.clone()
     }
 
@@ -97,18 +101,19 @@ impl ArbiterProcess {
         let server = std::thread::Builder::new()
             .name("filerep-arbiter-control".into())
             .spawn(move || {
-                control::serve(listener, s.cfg.key.clone(), st, Duration::from_secs(10), {
+                let limits = Limits::new(control::MAX_CONNECTIONS).with_deadline(s.cfg.handshake_timeout);
+                control::serve(listener, s.cfg.key.clone(), st, limits, Duration::from_secs(10), {
                     let s = s.clone();
                     move |r| s.answer(r)
                 })
             })
             .map_err(|e| Error::io("spawning the control thread", e))?;
         tracing::info!(catalog = %state.store.describe(), "arbiter probing");
-        while !stop.load(Ordering::SeqCst) {
+        while !stop.is_stopped() {
             let started = Instant::now();
             state.round();
             // Sleep out the interval, waking early to stop.
-            while !stop.load(Ordering::SeqCst) && started.elapsed() < state.cfg.interval {
+            while !stop.is_stopped() && started.elapsed() < state.cfg.interval {
                 std::thread::sleep(Duration::from_millis(5).min(state.cfg.interval));
             }
         }
