@@ -125,7 +125,7 @@ impl Default for StreamTuning {
             ack_timeout: Duration::from_secs(5),
             queue_frames: 1024,
             // Also the mirror's deadline for an unauthenticated connection.
-            handshake_timeout: crate::admission::DEFAULT_DEADLINE,
+            handshake_timeout: crate::io::admission::DEFAULT_DEADLINE,
         }
     }
 }

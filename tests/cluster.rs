@@ -3,10 +3,10 @@
 //! `addmirrors -p` while the workload goes on, every pair synchronized and
 //! identical, `state`, bad mirror configurations refused, `stop`.
 
-use filerep::catalog::Catalog;
-use filerep::client::Client;
-use filerep::cluster::ClusterDir;
+use filerep::cluster::client::Client;
 use filerep::core::pair::PairMode;
+use filerep::durable::catalog::Catalog;
+use filerep_tools::cluster::ClusterDir;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -177,7 +177,7 @@ fn init_start_addmirrors_under_load_state_and_stop() {
         &cf,
     ]);
     let text = std::fs::read_to_string(&cfg).unwrap();
-    let parsed = filerep::layout::MirrorConfig::parse(&text, "mirrors.cfg").unwrap();
+    let parsed = filerep::cluster::layout::MirrorConfig::parse(&text, "mirrors.cfg").unwrap();
     assert_eq!(parsed.mirrors.len(), 4);
     for m in &parsed.mirrors {
         let p = cat.unmirrored.iter().find(|s| s.content == m.content).unwrap();
@@ -214,7 +214,9 @@ fn init_start_addmirrors_under_load_state_and_stop() {
     ok(&["stop", "--cluster-dir", &cd]);
     for p in &cat.pairs {
         for i in 0..2 {
-            let dirs = |a: &filerep::catalog::SegmentAddress| PathBuf::from(a.filespaces[i].split_once('=').unwrap().1);
+            let dirs = |a: &filerep::durable::catalog::SegmentAddress| {
+                PathBuf::from(a.filespaces[i].split_once('=').unwrap().1)
+            };
             let (a, b) = (dirs(&p.addresses[0]), dirs(&p.addresses[1]));
             assert_eq!(blocks(&a), blocks(&b), "content {} filespace {i}", p.pair.content);
         }

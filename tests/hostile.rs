@@ -7,11 +7,11 @@ mod common;
 use bytes::Bytes;
 use common::*;
 use filerep::config::SyncLevel;
-use filerep::mirror::SessionEnd;
-use filerep::net::{tcp, Conn};
-use filerep::primary::client_handshake;
+use filerep::io::net::{tcp, Conn};
 use filerep::protocol::handshake::{ClusterKey, Status};
 use filerep::protocol::{Frame, Header, Kind, HEADER_LEN, MAX_BODY};
+use filerep::runtime::mirror::SessionEnd;
+use filerep::runtime::primary::client_handshake;
 use rand::{Rng, SeedableRng};
 use std::io::IoSlice;
 use std::net::TcpStream;
@@ -218,7 +218,11 @@ fn path_through_a_symlink_out_of_the_filespace() {
     good_primary_still_served(&mirror, &dirs);
 }
 
-fn refused_case(tweak: impl FnOnce(&mut filerep::primary::PrimaryConfig), mirror_generation: u64, want: Status) {
+fn refused_case(
+    tweak: impl FnOnce(&mut filerep::runtime::primary::PrimaryConfig),
+    mirror_generation: u64,
+    want: Status,
+) {
     let dirs = Dirs::new();
     let mirror = InProcessMirror::start(&dirs, 8192, mirror_generation);
     let mut cfg = primary_config(&dirs, 8192, SyncLevel::Applied);
@@ -331,7 +335,7 @@ fn daemon_logs_the_reason_and_keeps_serving() {
     let mut lines = stdout.lines();
     let addr: std::net::SocketAddr = loop {
         let line = lines.next().expect("ready line").expect("read");
-        if let Some(a) = line.strip_prefix(filerep::process::READY_PREFIX) {
+        if let Some(a) = line.strip_prefix(filerep_tools::process::READY_PREFIX) {
             break a.trim().parse().expect("address");
         }
     };
@@ -412,7 +416,7 @@ fn handshake_decoders_survive_random_input() {
 // ---- a flood of connections that never authenticate ------------------------
 
 use common::pair::{kill, wait_for, Pair};
-use filerep::segment::Acting;
+use filerep::cluster::segment::Acting;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -603,14 +607,14 @@ fn a_connection_flood_does_not_lock_out_the_pair() {
     });
     let key = pair.key.clone();
     let mut steps = Vec::new();
-    let mut cl = filerep::client::Client::connect(&pair.seg(2).cfg.socket).expect("client");
+    let mut cl = filerep::cluster::client::Client::connect(&pair.seg(2).cfg.socket).expect("client");
     // Every TCP listener that accepts has closed the small sources' first
     // connections at the handshake deadline (2 s) by the end of this step
     // (the primary's replication port is not served while it is primary).
     let first_round = 3 * 2 * 4;
     let mut streamed = 0u64;
     timed("stream through a deadline round of the flood", &mut steps, || {
-        let mut fresh = filerep::client::Client::connect(&pair.seg(2).cfg.socket).expect("client");
+        let mut fresh = filerep::cluster::client::Client::connect(&pair.seg(2).cfg.socket).expect("client");
         fresh.create(0, "rel").expect("create");
         let started = Instant::now();
         while at_deadline.load(Ordering::SeqCst) < first_round {
@@ -645,7 +649,7 @@ fn a_connection_flood_does_not_lock_out_the_pair() {
         wait_for("the promotion", Duration::from_secs(20), || {
             pair.seg(3).status(&key).is_some_and(|s| s.acting == Acting::Primary && s.mode == 'c')
         });
-        let mut nl = filerep::client::Client::connect(&pair.seg(3).cfg.socket).expect("client");
+        let mut nl = filerep::cluster::client::Client::connect(&pair.seg(3).cfg.socket).expect("client");
         assert_eq!(nl.read_block(0, "rel", 0).expect("read on the new primary"), vec![0x5e; 8192]);
         nl.write_block(0, "rel", 1, &[0xfa; 8192]).expect("write on the new primary");
     });

@@ -5,13 +5,13 @@
 //! from; this test keeps it and the code in step.
 
 use bytes::Bytes;
+use filerep::cluster::segment::{ArbiterRequest, ArbiterResponse, SegmentRequest, SegmentResponse};
 use filerep::protocol::handshake::{
     payload, split_message, Challenge, ClusterKey, Hello, Proof, Status, Verdict, CHALLENGE_LEN,
 };
 use filerep::protocol::{
     Ack, ChildKind, Decoder, Frame, Header, Kind, ListedKind, ListingBody, ReconcileBody, ReconcileEntry, HEADER_LEN,
 };
-use filerep::segment::{ArbiterRequest, ArbiterResponse, SegmentRequest, SegmentResponse};
 use std::collections::{BTreeMap, BTreeSet};
 
 const DOC: &str = include_str!("../docs/protocol-vectors.md");
@@ -229,7 +229,8 @@ fn the_handshake_transcript_is_what_both_sides_compute() {
     let lines = block(&all, "verdict");
     let mp = key.mirror_proof(payload(&hello_wire), &hello.client_nonce, &sn);
     assert_eq!(mp.to_vec(), hex(&fields(&lines[0], "verdict ")["mirror_proof"]), "the mirror proof");
-    let accepted = Verdict { status: Status::Accepted, generation: hello.generation, mirror_proof: mp, reason: String::new() };
+    let accepted =
+        Verdict { status: Status::Accepted, generation: hello.generation, mirror_proof: mp, reason: String::new() };
     let wire = dump_bytes(&lines[1..]);
     assert_eq!(accepted.encode(), wire, "accepted Verdict");
     assert_eq!(Verdict::decode(payload(&wire)).expect("decodes"), accepted);
@@ -362,10 +363,7 @@ fn every_control_message_has_a_json_example_that_round_trips() {
         ),
         ("SegmentResponse", want(&["Status", "Changes", "Done", "Refused", "Verifying", "VerifyReport"])),
         ("ArbiterRequest", want(&["MirrorLost", "Catalog", "Recover", "Rebalance", "AddMirrors", "Verify"])),
-        (
-            "ArbiterResponse",
-            want(&["MirrorDown", "Demoted", "Catalog", "Started", "Restored", "Verifying", "Refused"]),
-        ),
+        ("ArbiterResponse", want(&["MirrorDown", "Demoted", "Catalog", "Started", "Restored", "Verifying", "Refused"])),
     ];
     for (ty, names) in expect {
         assert_eq!(seen.get(ty), Some(&names), "{ty}: every variant has an example");

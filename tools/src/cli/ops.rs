@@ -1,0 +1,337 @@
+//! `filerep init`, `start`, `stop` and `addmirrors`: creating and running a
+//! cluster from its directory (`filerep::cluster`).
+
+use filerep::cluster::layout::{self, MirrorConfig, Placement};
+use filerep::cluster::segment::{ArbiterRequest, ArbiterResponse, NewMirror, SegmentRequest, SegmentResponse};
+use filerep::durable::catalog::Catalog;
+use filerep_tools::cluster::{self, ClusterDir, InitSpec};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+const RPC: Duration = Duration::from_secs(10);
+
+#[derive(clap::Args)]
+pub struct InitCmd {
+    /// The new cluster's directory (must be absent or empty).
+    #[arg(long)]
+    cluster_dir: PathBuf,
+    /// Segment hosts, comma-separated (loopback addresses on one machine: 127.0.0.2,127.0.0.3).
+    #[arg(long, value_delimiter = ',', required = true)]
+    hosts: Vec<String>,
+    #[arg(long, default_value_t = 2)]
+    segments_per_host: u32,
+    /// The first primary port on each host (slot j uses BASE + j).
+    #[arg(long, default_value_t = 40000)]
+    base_port: u16,
+    /// NAME=BASE per filespace, the default one first; each primary keeps its data in BASE/gpseg<content>.
+    #[arg(long = "data-dir", required = true)]
+    data_dirs: Vec<String>,
+    #[arg(long, default_value_t = 32768)]
+    block_size: u32,
+    /// Create mirrors too, with this placement (group or spread).
+    #[arg(long)]
+    mirrors: Option<Placement>,
+    /// Mirror port offset (mirror port = primary port + OFFSET, as gpaddmirrors -p).
+    #[arg(short = 'p', long, default_value_t = layout::DEFAULT_PORT_OFFSET)]
+    mirror_offset: u32,
+    /// NAME=BASE per filespace for the mirrors' directories (with --mirrors).
+    #[arg(long = "mirror-data-dir")]
+    mirror_data_dirs: Vec<String>,
+    /// The arbiter's control address (default 127.0.0.1:BASE-1).
+    #[arg(long)]
+    arbiter: Option<String>,
+}
+
+#[derive(clap::Args)]
+pub struct StartCmd {
+    #[arg(long)]
+    cluster_dir: PathBuf,
+    /// Start only this host's segments (and the arbiter if it lives there).
+    #[arg(long)]
+    host: Option<String>,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+pub struct StopCmd {
+    #[arg(long)]
+    cluster_dir: PathBuf,
+    /// Stop only this host's segments (and the arbiter if it lives there).
+    #[arg(long)]
+    host: Option<String>,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+pub struct AddMirrorsCmd {
+    #[arg(long)]
+    cluster_dir: PathBuf,
+    /// Port offset: mirror port = P + OFFSET, mirror replication port = P + 2 OFFSET, primary replication port = P + 3 OFFSET.
+    #[arg(short = 'p', long, default_value_t = layout::DEFAULT_PORT_OFFSET)]
+    offset: u32,
+    /// Spread placement (default: group).
+    #[arg(short = 's', long)]
+    spread: bool,
+    /// NAME=BASE per filespace for the mirrors' directories (each mirror gets BASE/<its primary's directory name>).
+    #[arg(long = "mirror-data-dir")]
+    mirror_data_dirs: Vec<String>,
+    /// Write the computed configuration to FILE and change nothing.
+    #[arg(short = 'o', long, conflicts_with = "input")]
+    output: Option<PathBuf>,
+    /// Read the mirrors from FILE (gpaddmirrors format) instead of computing them.
+    #[arg(short = 'i', long = "input")]
+    input: Option<PathBuf>,
+    /// Limit the initial full resyncs to this many MB/s.
+    #[arg(long)]
+    max_rate: Option<f64>,
+    #[arg(long)]
+    json: bool,
+}
+
+/// `NAME=DIR` options, checked against the cluster's filespace names, in its order.
+fn bases_by_name(opts: &[String], names: &[String], flag: &str) -> Result<Vec<PathBuf>, String> {
+    let mut given = std::collections::BTreeMap::new();
+    for o in opts {
+        let (n, d) = o.split_once('=').ok_or_else(|| format!("{flag} {o:?}: expected NAME=DIRECTORY"))?;
+        if d.is_empty() {
+            return Err(format!("{flag} {o:?}: the directory is empty"));
+        }
+        if !names.iter().any(|x| x == n) {
+            return Err(format!("{flag} {o:?}: no filespace {n:?} (the cluster has {})", names.join(", ")));
+        }
+        if given.insert(n.to_string(), PathBuf::from(d)).is_some() {
+            return Err(format!("{flag}: filespace {n} given twice"));
+        }
+    }
+    names.iter().map(|n| given.remove(n).ok_or_else(|| format!("{flag}: give a directory for filespace {n}"))).collect()
+}
+
+pub fn init(c: InitCmd) -> Result<ExitCode, String> {
+    let mut names = Vec::new();
+    let mut data_dirs = Vec::new();
+    for o in &c.data_dirs {
+        let f = filerep::config::Filespace::parse(o).map_err(|e| format!("--data-dir: {e}"))?;
+        names.push(f.name.clone());
+        data_dirs.push((f.name, f.root));
+    }
+    let mirrors = match c.mirrors {
+        Some(p) => Some((p, c.mirror_offset, bases_by_name(&c.mirror_data_dirs, &names, "--mirror-data-dir")?)),
+        None if !c.mirror_data_dirs.is_empty() => return Err("--mirror-data-dir needs --mirrors group|spread".into()),
+        None => None,
+    };
+    let arbiter = match c.arbiter {
+        Some(a) => a,
+        None if c.base_port > 1 => format!("127.0.0.1:{}", c.base_port - 1),
+        None => return Err("--base-port 1: give --arbiter HOST:PORT".into()),
+    };
+    let spec = InitSpec {
+        hosts: c.hosts,
+        segments_per_host: c.segments_per_host,
+        base_port: c.base_port,
+        data_dirs,
+        block_size: c.block_size,
+        mirrors,
+        arbiter,
+    };
+    let dir = ClusterDir::new(&c.cluster_dir);
+    let cat = cluster::init(&dir, &spec).map_err(|e| e.to_string())?;
+    println!(
+        "cluster created in {}: {} contents ({} with mirrors) on {} hosts; start it with: filerep start --cluster-dir {}",
+        c.cluster_dir.display(),
+        cat.pairs.len() + cat.unmirrored.len(),
+        cat.pairs.len(),
+        spec.hosts.len(),
+        c.cluster_dir.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn exe() -> Result<PathBuf, String> {
+    std::env::current_exe().map_err(|e| format!("cannot find the filerep executable: {e}"))
+}
+
+pub fn start(c: StartCmd) -> Result<ExitCode, String> {
+    let dir = ClusterDir::new(&c.cluster_dir);
+    let r = cluster::start(&dir, &exe()?, c.host.as_deref()).map_err(|e| e.to_string())?;
+    if c.json {
+        println!("{}", serde_json::to_string(&r).map_err(|e| e.to_string())?);
+    } else {
+        println!(
+            "started {} segments{}{}",
+            r.started.len(),
+            r.arbiter.as_ref().map(|a| format!(" and the arbiter on {a}")).unwrap_or_default(),
+            if r.already_running.is_empty() {
+                String::new()
+            } else {
+                format!(" ({} were running already)", r.already_running.len())
+            }
+        );
+        if !r.without_role.is_empty() {
+            eprintln!("dbids {:?} run but have no role yet: see filerep state -s", r.without_role);
+        }
+    }
+    Ok(if r.without_role.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+pub fn stop(c: StopCmd) -> Result<ExitCode, String> {
+    let dir = ClusterDir::new(&c.cluster_dir);
+    let r = cluster::stop(&dir, c.host.as_deref()).map_err(|e| e.to_string())?;
+    if c.json {
+        println!("{}", serde_json::to_string(&r).map_err(|e| e.to_string())?);
+    } else {
+        println!(
+            "stopped {} segments{}{}",
+            r.stopped.len(),
+            if r.arbiter { " and the arbiter" } else { "" },
+            if r.killed.is_empty() { String::new() } else { format!("; killed {:?} (no orderly stop)", r.killed) }
+        );
+    }
+    Ok(if r.killed.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// The catalog: from the arbiter when it runs, else from the file.
+pub fn current_catalog(dir: &ClusterDir) -> Result<(Catalog, bool), String> {
+    let file = dir.load().map_err(|e| e.to_string())?;
+    let key = dir.key().map_err(|e| e.to_string())?;
+    match filerep::cluster::probe::fetch_catalog(&file.arbiter, &key, Duration::from_secs(3)) {
+        Ok(c) => Ok((c, true)),
+        Err(_) => Catalog::load(&dir.catalog()).map(|c| (c, false)).map_err(|e| e.to_string()),
+    }
+}
+
+pub fn addmirrors(c: AddMirrorsCmd) -> Result<ExitCode, String> {
+    let dir = ClusterDir::new(&c.cluster_dir);
+    let mut file = dir.load().map_err(|e| e.to_string())?;
+    let key = dir.key().map_err(|e| e.to_string())?;
+    let (cat, live) = current_catalog(&dir)?;
+    let cluster = cluster::catalog_layout(&file, &cat);
+    // The configuration: read, or computed by placement.
+    let (config, placement) = match &c.input {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+            let cfg = MirrorConfig::parse(&text, &path.display().to_string()).map_err(|e| e.to_string())?;
+            (cfg, "custom".to_string())
+        }
+        None => {
+            let bases = bases_by_name(&c.mirror_data_dirs, &file.filespaces, "--mirror-data-dir")?;
+            let placement = if c.spread { Placement::Spread } else { Placement::Group };
+            let cfg = layout::place(&cluster, placement, c.offset, &bases).map_err(|e| e.to_string())?;
+            (cfg, placement.name().to_string())
+        }
+    };
+    if let Some(out) = &c.output {
+        let text = config.format().map_err(|e| e.to_string())?;
+        std::fs::write(out, text).map_err(|e| format!("writing {}: {e}", out.display()))?;
+        eprintln!(
+            "wrote {} mirrors to {}; edit it if needed, then run filerep addmirrors -i {}",
+            config.mirrors.len(),
+            out.display(),
+            out.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    // Everything is checked before anything changes.
+    let planned = layout::validate(&config, &cluster, &layout::LocalFs).map_err(|e| e.to_string())?;
+    if !live {
+        return Err(format!(
+            "the arbiter on {} does not answer: start the cluster first (filerep start --cluster-dir {})",
+            file.arbiter,
+            c.cluster_dir.display()
+        ));
+    }
+    let first_dbid = cat.addresses().map(|(_, a)| a.dbid).max().unwrap_or(1) + 1;
+    let mut mirrors = Vec::new();
+    for (i, m) in planned.iter().enumerate() {
+        let address = cluster::planned_address(first_dbid + i as u32, m, &file.filespaces);
+        let primary = cat
+            .unmirrored
+            .iter()
+            .find(|s| s.content == m.content)
+            .ok_or_else(|| format!("content {}: not a content without a mirror", m.content))?;
+        let primary_data = format!("{}:{}", primary.address.address(), m.primary_replication_port);
+        mirrors.push((m.content, address, primary.address.clone(), primary_data));
+    }
+    // The primaries listen for replication on their new ports first (used
+    // only once they act as mirrors), and their configurations say so.
+    for (content, _, p, data) in &mirrors {
+        match filerep::cluster::control::call::<_, SegmentResponse>(
+            &p.control,
+            &key,
+            &SegmentRequest::Rebind { data_listen: data.clone() },
+            RPC,
+        ) {
+            Ok(SegmentResponse::Done) => {}
+            Ok(SegmentResponse::Refused(why)) => {
+                return Err(format!("content {content}: primary dbid {}: {why}", p.dbid))
+            }
+            other => return Err(format!("content {content}: primary dbid {} did not answer: {other:?}", p.dbid)),
+        }
+        let mut pc = dir.segment(p.dbid).map_err(|e| e.to_string())?;
+        pc.data_listen = data.clone();
+        dir.write_segment(&pc).map_err(|e| e.to_string())?;
+    }
+    for (content, m, _, _) in &mirrors {
+        for fs in &m.filespaces {
+            if let Some((_, d)) = fs.split_once('=') {
+                std::fs::create_dir_all(d).map_err(|e| format!("creating {d}: {e}"))?;
+            }
+        }
+        dir.write_segment(&cluster::segment_config(&dir, &file, *content, m).map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    }
+    let req = ArbiterRequest::AddMirrors {
+        mirrors: mirrors
+            .iter()
+            .map(|(content, m, _, data)| NewMirror {
+                content: *content,
+                address: m.clone(),
+                primary_data: Some(data.clone()),
+            })
+            .collect(),
+    };
+    match filerep::cluster::control::call::<_, ArbiterResponse>(&file.arbiter, &key, &req, RPC) {
+        Ok(ArbiterResponse::Started) => {}
+        Ok(ArbiterResponse::Refused(why)) => return Err(why),
+        other => return Err(format!("the arbiter did not add the mirrors: {other:?}")),
+    }
+    file.placement = Some(placement);
+    std::fs::write(dir.cluster_file(), serde_json::to_vec_pretty(&file).map_err(|e| e.to_string())?)
+        .map_err(|e| format!("writing {}: {e}", dir.cluster_file().display()))?;
+    let exe = exe()?;
+    let started = cluster::start(&dir, &exe, None).map_err(|e| e.to_string())?;
+    if !c.json {
+        eprintln!(
+            "added {} mirrors and started {} segments; building them with full resyncs while the primaries serve",
+            mirrors.len(),
+            started.started.len()
+        );
+    }
+    // Each new mirror is built by an online full resync: the pair shows r, then s.
+    let mut code = ExitCode::SUCCESS;
+    for (content, m, _, _) in &mirrors {
+        wait_mirror_serving(&dir, &key, m, Duration::from_secs(60))?;
+        let rc =
+            crate::cli::recover::RecoverCmd::full_resync(&file.arbiter, &dir.key_file(), *content, c.max_rate, c.json);
+        if crate::cli::recover::run(rc)? != ExitCode::SUCCESS {
+            code = ExitCode::from(1);
+        }
+    }
+    Ok(code)
+}
+
+/// Wait until a new mirror serves as mirror (the arbiter's rounds order it).
+fn wait_mirror_serving(
+    dir: &ClusterDir,
+    key: &filerep::protocol::handshake::ClusterKey,
+    m: &filerep::durable::catalog::SegmentAddress,
+    limit: Duration,
+) -> Result<(), String> {
+    cluster::wait_until(&format!("mirror dbid {} serving", m.dbid), limit, || {
+        cluster::probe(&m.control, key, Duration::from_secs(1))
+            .is_some_and(|s| s.acting == filerep::cluster::segment::Acting::Mirror)
+    })
+    .map_err(|e| format!("{e}; see {}", dir.log(&format!("dbid{}", m.dbid)).display()))
+}

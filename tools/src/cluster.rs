@@ -1,0 +1,636 @@
+//! A cluster on disk, and its processes: what `filerep init`, `start`,
+//! `stop` and the operator tools share.
+//!
+//! A cluster directory (on the host that runs the arbiter) holds:
+//!
+//! | path | what |
+//! |---|---|
+//! | `cluster.json` | [`ClusterFile`]: id, block size, filespace names, hosts, the arbiter's address |
+//! | `cluster.key` | the cluster key (random, hex), mode 0600 |
+//! | `catalog.json` | the catalog ([`crate::catalog`]), owned by the arbiter while it runs |
+//! | `segments/dbid<N>.json` | each segment's [`SegmentConfig`] |
+//! | `segments/dbid<N>/` | its state directory (change-log, activity log) and client socket |
+//! | `logs/`, `run/` | process logs and pid files |
+//!
+//! On one machine every "host" is a loopback address (127.0.0.2, ...). On
+//! several machines, copy the directory to each host and run
+//! `filerep start --host H` there: each host starts only its own segments,
+//! and the host named by `cluster.json`'s arbiter address starts the arbiter.
+
+use filerep::cluster::layout::{self, Placement};
+use filerep::cluster::segment::{Acting, SegmentConfig, SegmentRequest, SegmentResponse, SegmentStatus};
+use filerep::core::pair::Pair;
+use filerep::durable::catalog::{Catalog, CatalogPair, CatalogSolo, SegmentAddress};
+use filerep::error::{Error, Result};
+use filerep::protocol::handshake::ClusterKey;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// The cluster's settings, fixed at `filerep init`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterFile {
+    pub cluster_id: u64,
+    pub block_size: u32,
+    /// Filespace names, the default one first.
+    pub filespaces: Vec<String>,
+    /// Segment hosts, in content order.
+    pub hosts: Vec<String>,
+    /// The arbiter's control address, `HOST:PORT`.
+    pub arbiter: String,
+    /// How the mirrors were placed (`group`, `spread`, `custom`), if any.
+    #[serde(default)]
+    pub placement: Option<String>,
+}
+
+/// The paths of a cluster directory.
+#[derive(Clone, Debug)]
+pub struct ClusterDir {
+    pub root: PathBuf,
+}
+
+impl ClusterDir {
+    pub fn new(root: impl Into<PathBuf>) -> ClusterDir {
+        ClusterDir { root: root.into() }
+    }
+    pub fn cluster_file(&self) -> PathBuf {
+        self.root.join("cluster.json")
+    }
+    pub fn key_file(&self) -> PathBuf {
+        self.root.join("cluster.key")
+    }
+    pub fn catalog(&self) -> PathBuf {
+        self.root.join("catalog.json")
+    }
+    pub fn segment_config(&self, dbid: u32) -> PathBuf {
+        self.root.join("segments").join(format!("dbid{dbid}.json"))
+    }
+    pub fn segment_dir(&self, dbid: u32) -> PathBuf {
+        self.root.join("segments").join(format!("dbid{dbid}"))
+    }
+    pub fn log(&self, name: &str) -> PathBuf {
+        self.root.join("logs").join(format!("{name}.log"))
+    }
+    pub fn pid(&self, name: &str) -> PathBuf {
+        self.root.join("run").join(format!("{name}.pid"))
+    }
+
+    pub fn load(&self) -> Result<ClusterFile> {
+        let path = self.cluster_file();
+        let bytes = std::fs::read(&path).map_err(|e| {
+            Error::io(
+                format!(
+                    "reading {} (is {} a cluster directory? see filerep init)",
+                    path.display(),
+                    self.root.display()
+                ),
+                e,
+            )
+        })?;
+        serde_json::from_slice(&bytes).map_err(|e| Error::InvalidArgument(format!("{}: {e}", path.display())))
+    }
+
+    pub fn key(&self) -> Result<ClusterKey> {
+        ClusterKey::from_file(&self.key_file())
+            .map_err(|e| Error::InvalidArgument(format!("key file {}: {e}", self.key_file().display())))
+    }
+
+    pub fn segment(&self, dbid: u32) -> Result<SegmentConfig> {
+        SegmentConfig::load(&self.segment_config(dbid))
+    }
+
+    /// Write a segment's configuration (atomically: a temporary file renamed).
+    pub fn write_segment(&self, cfg: &SegmentConfig) -> Result<()> {
+        write_json(&self.segment_config(cfg.dbid), cfg)
+    }
+}
+
+fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
+    let io = |e| Error::io(format!("writing {}", path.display()), e);
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d).map_err(io)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let bytes = serde_json::to_vec_pretty(v).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+    std::fs::write(&tmp, bytes).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
+}
+
+/// What `filerep init` creates.
+#[derive(Clone, Debug)]
+pub struct InitSpec {
+    /// Segment hosts (loopback addresses on one machine).
+    pub hosts: Vec<String>,
+    pub segments_per_host: u32,
+    /// The first primary port on each host; slot `j` uses `base_port + j`.
+    pub base_port: u16,
+    /// Per filespace, its name and the base under which each primary gets
+    /// `gpseg<content>` (the default filespace first).
+    pub data_dirs: Vec<(String, PathBuf)>,
+    pub block_size: u32,
+    /// Mirrors from the start: placement, port offset, and per filespace
+    /// the base of the mirrors' directories.
+    pub mirrors: Option<(Placement, u32, Vec<PathBuf>)>,
+    /// The arbiter's control address.
+    pub arbiter: String,
+}
+
+/// Most hosts and segments per host `init` accepts (a bound, not a goal).
+pub const MAX_HOSTS: usize = 256;
+pub const MAX_SEGMENTS_PER_HOST: u32 = 64;
+
+impl InitSpec {
+    fn check(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::InvalidArgument(m));
+        if self.hosts.is_empty() || self.hosts.len() > MAX_HOSTS {
+            return bad(format!("--hosts: give 1 to {MAX_HOSTS} hosts (got {})", self.hosts.len()));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for h in &self.hosts {
+            if h.is_empty() || h.contains([':', ' ', '/']) {
+                return bad(format!("--hosts: {h:?} is not a host name or IPv4 address"));
+            }
+            if !seen.insert(h) {
+                return bad(format!("--hosts: {h} appears twice"));
+            }
+        }
+        if self.segments_per_host == 0 || self.segments_per_host > MAX_SEGMENTS_PER_HOST {
+            return bad(format!("--segments-per-host {}: give 1 to {MAX_SEGMENTS_PER_HOST}", self.segments_per_host));
+        }
+        if self.data_dirs.is_empty() {
+            return bad("--data-dir: give at least one NAME=DIRECTORY (the default filespace first)".into());
+        }
+        filerep::config::check_block_size(self.block_size)?;
+        let last = self.base_port as u64 + self.segments_per_host as u64 - 1;
+        if self.base_port == 0 || last > 65535 {
+            return bad(format!("--base-port {}: the primaries' ports would run past 65535", self.base_port));
+        }
+        if let Some((_, offset, bases)) = &self.mirrors {
+            if bases.len() != self.data_dirs.len() {
+                return bad(format!(
+                    "--mirror-data-dir: {} given for {} filespaces; give one per --data-dir, in the same order",
+                    bases.len(),
+                    self.data_dirs.len()
+                ));
+            }
+            for slot in 0..self.segments_per_host {
+                layout::mirror_ports(slot, self.base_port + slot as u16, *offset)
+                    .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The directory a segment keeps filespace `base`'s data in.
+pub fn segment_data_dir(base: &Path, content: u32) -> PathBuf {
+    base.join(format!("gpseg{content}"))
+}
+
+/// A directory a new segment may use: absent, or empty.
+fn check_fresh_dir(d: &Path, what: &str) -> Result<()> {
+    match std::fs::read_dir(d) {
+        Ok(mut it) => {
+            if it.next().is_some() {
+                return Err(Error::InvalidArgument(format!(
+                    "{what} {} is not empty: give a new or empty directory",
+                    d.display()
+                )));
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(format!("{what} {}", d.display()), e)),
+    }
+}
+
+/// A segment's configuration in this cluster directory.
+pub fn segment_config(
+    dir: &ClusterDir,
+    file: &ClusterFile,
+    content: u32,
+    address: &SegmentAddress,
+) -> Result<SegmentConfig> {
+    let home = dir.segment_dir(address.dbid);
+    Ok(SegmentConfig {
+        dbid: address.dbid,
+        content,
+        cluster_id: file.cluster_id,
+        block_size: file.block_size,
+        filespaces: address.filespaces.clone(),
+        key_file: dir.key_file(),
+        control_listen: address.control.clone(),
+        data_listen: address.data.clone(),
+        socket: home.join("segment.sock"),
+        state_dir: home.join("state"),
+        arbiter: file.arbiter.clone(),
+        sync_level: "applied".into(),
+        decision_timeout_ms: 5000,
+        ack_timeout_ms: 3000,
+        heartbeat_ms: 200,
+        handshake_timeout_ms: 2000,
+        prefer_uring: true,
+        // Prometheus metrics are asked for per segment (docs/operations.md, Metrics).
+        metrics_listen: None,
+    })
+}
+
+/// Create a cluster directory: key, catalog, every segment's configuration
+/// and data directories. Nothing is started. Refused, changing nothing,
+/// when the directory is in use or any data directory is not empty.
+pub fn init(dir: &ClusterDir, spec: &InitSpec) -> Result<Catalog> {
+    spec.check()?;
+    check_fresh_dir(&dir.root, "cluster directory")?;
+    let spp = spec.segments_per_host;
+    let names: Vec<String> = spec.data_dirs.iter().map(|(n, _)| n.clone()).collect();
+    let fs_of = |bases: &[PathBuf], content: u32| -> Vec<String> {
+        names.iter().zip(bases).map(|(n, b)| format!("{n}={}", segment_data_dir(b, content).display())).collect()
+    };
+    let primary_bases: Vec<PathBuf> = spec.data_dirs.iter().map(|(_, b)| b.clone()).collect();
+    // Primaries: content = host index * segments per host + slot; dbid = content + 2
+    // (dbid 1 is Greenplum's coordinator; kept free so the numbers match its tools).
+    let mut primaries = Vec::new();
+    for (h, host) in spec.hosts.iter().enumerate() {
+        for slot in 0..spp {
+            let content = h as u32 * spp + slot;
+            let port = spec.base_port + slot as u16;
+            let offset = spec.mirrors.as_ref().map_or(layout::DEFAULT_PORT_OFFSET, |m| m.1);
+            let repl = layout::mirror_ports(content, port, offset)
+                .map_err(|e| Error::InvalidArgument(e.to_string()))?
+                .primary_replication;
+            primaries.push((
+                content,
+                SegmentAddress {
+                    dbid: content + 2,
+                    host: host.clone(),
+                    control: format!("{host}:{port}"),
+                    data: format!("{host}:{repl}"),
+                    filespaces: fs_of(&primary_bases, content),
+                },
+            ));
+        }
+    }
+    let cluster_id = u64::from_le_bytes(random_bytes::<8>()?);
+    let file = ClusterFile {
+        cluster_id,
+        block_size: spec.block_size,
+        filespaces: names.clone(),
+        hosts: spec.hosts.clone(),
+        arbiter: spec.arbiter.clone(),
+        placement: spec.mirrors.as_ref().map(|m| m.0.name().to_string()),
+    };
+    let mut catalog = Catalog::new(cluster_id, spec.block_size, Vec::new());
+    let mut segments: Vec<(u32, SegmentAddress)> = primaries.clone();
+    match &spec.mirrors {
+        None => {
+            catalog.unmirrored = primaries
+                .into_iter()
+                .map(|(content, address)| CatalogSolo { content, generation: 1, up: false, address })
+                .collect();
+        }
+        Some((placement, offset, bases)) => {
+            let cluster = layout_cluster(&names, primaries.iter().map(|(c, a)| (*c, a, layout::Role::Primary)));
+            let cfg = layout::place(&cluster, *placement, *offset, bases)
+                .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+            let planned = layout::validate(&cfg, &cluster, &layout::LocalFs)
+                .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+            let next_dbid = primaries.len() as u32 + 2;
+            for (i, m) in planned.iter().enumerate() {
+                let (_, p) = primaries.iter().find(|(c, _)| *c == m.content).ok_or_else(|| {
+                    Error::InvalidArgument(format!("placement named content {} that has no primary", m.content))
+                })?;
+                let mirror = planned_address(next_dbid + i as u32, m, &names);
+                let mut primary = p.clone();
+                primary.data = format!("{}:{}", primary.address(), m.primary_replication_port);
+                // Both start empty: identical, hence synchronized.
+                let pair = Pair::new(m.content, primary.dbid, mirror.dbid);
+                segments.retain(|(c, _)| *c != m.content);
+                segments.push((m.content, primary.clone()));
+                segments.push((m.content, mirror.clone()));
+                catalog.pairs.push(CatalogPair { pair, addresses: [primary, mirror] });
+            }
+            catalog.pairs.sort_by_key(|p| p.pair.content);
+        }
+    }
+    // Every data directory must be new or empty before anything is written.
+    for (_, a) in &segments {
+        for fs in &a.filespaces {
+            if let Some((_, d)) = fs.split_once('=') {
+                check_fresh_dir(Path::new(d), &format!("data directory of dbid {}", a.dbid))?;
+            }
+        }
+    }
+    catalog.check().map_err(Error::InvalidArgument)?;
+    std::fs::create_dir_all(&dir.root).map_err(|e| Error::io(format!("creating {}", dir.root.display()), e))?;
+    write_key(&dir.key_file())?;
+    write_json(&dir.cluster_file(), &file)?;
+    for (content, a) in &segments {
+        for fs in &a.filespaces {
+            if let Some((_, d)) = fs.split_once('=') {
+                std::fs::create_dir_all(d).map_err(|e| Error::io(format!("creating {d}"), e))?;
+            }
+        }
+        dir.write_segment(&segment_config(dir, &file, *content, a)?)?;
+    }
+    catalog.store(&dir.catalog())?;
+    Ok(catalog)
+}
+
+/// The address of a planned mirror.
+pub fn planned_address(dbid: u32, m: &layout::PlannedMirror, names: &[String]) -> SegmentAddress {
+    SegmentAddress {
+        dbid,
+        host: m.host.clone(),
+        control: format!("{}:{}", m.address, m.port),
+        data: format!("{}:{}", m.address, m.mirror_replication_port),
+        filespaces: names.iter().zip(&m.data_dirs).map(|(n, d)| format!("{n}={}", d.display())).collect(),
+    }
+}
+
+/// The cluster as the layout module sees it.
+pub fn layout_cluster<'a>(
+    names: &[String],
+    instances: impl Iterator<Item = (u32, &'a SegmentAddress, layout::Role)>,
+) -> layout::Cluster {
+    layout::Cluster {
+        filespaces: names.to_vec(),
+        instances: instances
+            .map(|(content, a, role)| layout::Instance {
+                content,
+                dbid: a.dbid,
+                role,
+                host: a.host.clone(),
+                address: a.address().to_string(),
+                port: a.port().unwrap_or(0),
+                replication_port: a.replication_port(),
+                data_dirs: a
+                    .filespaces
+                    .iter()
+                    .map(|f| PathBuf::from(f.split_once('=').map_or(f.as_str(), |(_, d)| d)))
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
+/// The catalog's segments as the layout module sees them (roles as preferred).
+pub fn catalog_layout(file: &ClusterFile, cat: &Catalog) -> layout::Cluster {
+    let mut all = Vec::new();
+    for p in &cat.pairs {
+        for (s, a) in p.pair.segments.iter().zip(&p.addresses) {
+            let role = match s.preferred_role {
+                filerep::core::pair::Role::Primary => layout::Role::Primary,
+                filerep::core::pair::Role::Mirror => layout::Role::Mirror,
+            };
+            all.push((p.pair.content, a, role));
+        }
+    }
+    for s in &cat.unmirrored {
+        all.push((s.content, &s.address, layout::Role::Primary));
+    }
+    layout_cluster(&file.filespaces, all.into_iter())
+}
+
+fn random_bytes<const N: usize>() -> Result<[u8; N]> {
+    let mut b = [0u8; N];
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .map_err(|e| Error::io("reading random bytes for the cluster key", e))?;
+    Ok(b)
+}
+
+fn write_key(path: &Path) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let hex: String = random_bytes::<32>()?.iter().map(|b| format!("{b:02x}")).collect();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| Error::io(format!("creating key file {}", path.display()), e))?;
+    f.write_all(hex.as_bytes()).map_err(|e| Error::io(format!("writing key file {}", path.display()), e))
+}
+
+// ---- processes -------------------------------------------------------------
+
+/// Ask a segment for its status (`None`: it does not answer).
+pub fn probe(control: &str, key: &ClusterKey, timeout: Duration) -> Option<SegmentStatus> {
+    match filerep::cluster::control::call::<_, SegmentResponse>(control, key, &SegmentRequest::Probe, timeout) {
+        Ok(SegmentResponse::Status(s)) => Some(s),
+        _ => None,
+    }
+}
+
+fn read_pid(path: &Path) -> Option<i32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// Whether process `pid` runs. A zombie does not: a process started by an
+/// earlier `filerep start` is reaped by whoever adopted it, maybe late.
+fn alive(pid: i32) -> bool {
+    if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err() {
+        return false;
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name in parentheses.
+        Ok(stat) => stat.rsplit_once(')').is_none_or(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X'])),
+        Err(_) => false,
+    }
+}
+
+/// Start `exe args...` in its own process group (a Ctrl-C of the caller
+/// does not reach it), output appended to `log`, pid in `pid_file`.
+fn spawn_detached(exe: &Path, args: &[String], log: &Path, pid_file: &Path) -> Result<u32> {
+    use std::os::unix::process::CommandExt;
+    for p in [log, pid_file] {
+        if let Some(d) = p.parent() {
+            std::fs::create_dir_all(d).map_err(|e| Error::io(format!("creating {}", d.display()), e))?;
+        }
+    }
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(|e| Error::io(format!("opening log {}", log.display()), e))?;
+    let err = out.try_clone().map_err(|e| Error::io("log handle", e))?;
+    let child = std::process::Command::new(exe)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .process_group(0)
+        .spawn()
+        .map_err(|e| Error::io(format!("starting {} {}", exe.display(), args.join(" ")), e))?;
+    std::fs::write(pid_file, child.id().to_string())
+        .map_err(|e| Error::io(format!("writing {}", pid_file.display()), e))?;
+    Ok(child.id())
+}
+
+/// Wait until `ready()` or the deadline; `what` names it in the error.
+pub fn wait_until(what: &str, limit: Duration, mut ready: impl FnMut() -> bool) -> Result<()> {
+    let start = Instant::now();
+    while !ready() {
+        if start.elapsed() > limit {
+            return Err(Error::Rejected(format!("{what} did not happen within {limit:?}")));
+        }
+        std::thread::sleep(Duration::from_millis(50)); // polling another process
+    }
+    Ok(())
+}
+
+/// The host part of `HOST:PORT`.
+fn host_of(addr: &str) -> &str {
+    addr.rsplit_once(':').map_or(addr, |(h, _)| h)
+}
+
+/// What `start` did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct StartReport {
+    pub arbiter: Option<String>,
+    pub started: Vec<u32>,
+    pub already_running: Vec<u32>,
+    /// Started, but given no role by the arbiter in time (see `filerep state`).
+    pub without_role: Vec<u32>,
+}
+
+/// Start the arbiter (if this is its host and it is not running) and
+/// every segment of `host` (all when `None`) that is not running; wait
+/// until each answers.
+pub fn start(dir: &ClusterDir, exe: &Path, host: Option<&str>) -> Result<StartReport> {
+    let file = dir.load()?;
+    let key = dir.key()?;
+    let cat = Catalog::load(&dir.catalog())?;
+    let mut report = StartReport::default();
+    let mine = |h: &str| host.is_none_or(|x| x == h);
+    let mut waiting = Vec::new();
+    for (_, a) in cat.addresses() {
+        if !mine(&a.host) {
+            continue;
+        }
+        let name = format!("dbid{}", a.dbid);
+        if read_pid(&dir.pid(&name)).is_some_and(alive) {
+            report.already_running.push(a.dbid);
+            continue;
+        }
+        let args: Vec<String> =
+            vec!["segment".into(), "--config".into(), dir.segment_config(a.dbid).display().to_string()];
+        spawn_detached(exe, &args, &dir.log(&name), &dir.pid(&name))?;
+        waiting.push(a.clone());
+        report.started.push(a.dbid);
+    }
+    for a in &waiting {
+        wait_until(&format!("segment dbid {} answering on {}", a.dbid, a.control), Duration::from_secs(30), || {
+            probe(&a.control, &key, Duration::from_secs(1)).is_some()
+        })
+        .map_err(|e| Error::Rejected(format!("{e}; see {}", dir.log(&format!("dbid{}", a.dbid)).display())))?;
+    }
+    // The arbiter last: segments that are not answering yet would fail its probes.
+    if mine(host_of(&file.arbiter)) {
+        let running = read_pid(&dir.pid("arbiter")).is_some_and(alive);
+        if !running {
+            let args: Vec<String> = vec![
+                "arbiter".into(),
+                "--catalog".into(),
+                dir.catalog().display().to_string(),
+                "--key-file".into(),
+                dir.key_file().display().to_string(),
+                "--listen".into(),
+                file.arbiter.clone(),
+                "--interval-ms".into(),
+                "200".into(),
+            ];
+            spawn_detached(exe, &args, &dir.log("arbiter"), &dir.pid("arbiter"))?;
+            wait_until("the arbiter answering", Duration::from_secs(20), || {
+                filerep::cluster::probe::fetch_catalog(&file.arbiter, &key, Duration::from_secs(1)).is_ok()
+            })?;
+            report.arbiter = Some(file.arbiter.clone());
+        }
+    }
+    // Started means serving: wait until the arbiter has given every started
+    // segment its role (one of a content that is down gets none: reported).
+    if report.arbiter.is_some() || read_pid(&dir.pid("arbiter")).is_some_and(alive) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for a in &waiting {
+            while !probe(&a.control, &key, Duration::from_secs(1))
+                .is_some_and(|s| matches!(s.acting, Acting::Primary | Acting::Mirror))
+            {
+                if Instant::now() > deadline {
+                    report.without_role.push(a.dbid);
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50)); // the arbiter's rounds
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// What `stop` did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct StopReport {
+    pub arbiter: bool,
+    pub stopped: Vec<u32>,
+    pub killed: Vec<u32>,
+}
+
+/// Stop a cluster in order: the arbiter first (so stopping segments is not
+/// taken for failures), then primaries (each shuts down in order: its
+/// mirror confirms everything durable), then mirrors.
+pub fn stop(dir: &ClusterDir, host: Option<&str>) -> Result<StopReport> {
+    let file = dir.load()?;
+    let key = dir.key()?;
+    let cat = Catalog::load(&dir.catalog())?;
+    let mut report = StopReport::default();
+    let mine = |h: &str| host.is_none_or(|x| x == h);
+    let stop_pid = |name: &str| -> bool {
+        let Some(pid) = read_pid(&dir.pid(name)).filter(|p| alive(*p)) else { return false };
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+        let gone = wait_until(&format!("{name} exiting"), Duration::from_secs(20), || !alive(pid)).is_ok();
+        if !gone {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+        let _ = std::fs::remove_file(dir.pid(name));
+        gone
+    };
+    if mine(host_of(&file.arbiter)) {
+        report.arbiter = stop_pid("arbiter");
+    }
+    // The catalog as the arbiter left it: primaries first.
+    let cat = Catalog::load(&dir.catalog()).unwrap_or(cat);
+    let mut order: Vec<(bool, &SegmentAddress)> = Vec::new();
+    for p in &cat.pairs {
+        for (s, a) in p.pair.segments.iter().zip(&p.addresses) {
+            order.push((s.role == filerep::core::pair::Role::Mirror, a));
+        }
+    }
+    for s in &cat.unmirrored {
+        order.push((false, &s.address));
+    }
+    order.sort_by_key(|(mirror, a)| (*mirror, a.dbid));
+    for (_, a) in order {
+        if !mine(&a.host) {
+            continue;
+        }
+        let name = format!("dbid{}", a.dbid);
+        let Some(pid) = read_pid(&dir.pid(&name)).filter(|p| alive(*p)) else { continue };
+        // An orderly stop first; a signal if it does not answer.
+        let _ = filerep::cluster::control::call::<_, SegmentResponse>(
+            &a.control,
+            &key,
+            &SegmentRequest::Stop,
+            Duration::from_secs(5),
+        );
+        if wait_until(&format!("dbid {} exiting", a.dbid), Duration::from_secs(30), || !alive(pid)).is_ok() {
+            report.stopped.push(a.dbid);
+            let _ = std::fs::remove_file(dir.pid(&name));
+        } else if stop_pid(&name) {
+            report.stopped.push(a.dbid);
+        } else {
+            report.killed.push(a.dbid);
+        }
+    }
+    Ok(report)
+}
