@@ -99,9 +99,14 @@ impl SegmentConfig {
     pub fn load(path: &std::path::Path) -> Result<SegmentConfig> {
         let bytes =
             std::fs::read(path).map_err(|e| Error::io(format!("reading segment config {}", path.display()), e))?;
-        let c: SegmentConfig = serde_json::from_slice(&bytes)
-            .map_err(|e| Error::InvalidArgument(format!("segment config {}: {e}", path.display())))?;
-        c.check().map_err(|e| Error::InvalidArgument(format!("segment config {}: {e}", path.display())))?;
+        Self::parse(&bytes, &path.display().to_string())
+    }
+
+    /// Decode and check a configuration's bytes; `origin` names them in messages.
+    pub fn parse(bytes: &[u8], origin: &str) -> Result<SegmentConfig> {
+        let c: SegmentConfig = serde_json::from_slice(bytes)
+            .map_err(|e| Error::InvalidArgument(format!("segment config {origin}: {e}")))?;
+        c.check().map_err(|e| Error::InvalidArgument(format!("segment config {origin}: {e}")))?;
         Ok(c)
     }
 
