@@ -183,7 +183,7 @@ fn frames(u: &mut Unstructured) -> arbitrary::Result<()> {
     let mut dec = Decoder::new();
     let mut session = MirrorSession::new(8192, 2, 1);
     // What passes the checks is applied to a simulated mirror's disk.
-    let mut applier = filerep::runtime::apply::Applier::new(Arc::new(SimDisk::new(2)), 1);
+    let mut applier = filerep::exec::apply::Applier::new(Arc::new(SimDisk::new(2)), 1);
     let mut at = 0;
     while at < wire.len() {
         let step = u.int_in_range(1..=wire.len() - at)?;
@@ -195,7 +195,7 @@ fn frames(u: &mut Unstructured) -> arbitrary::Result<()> {
                     check_bodies(&f);
                     let r = session.on_frame(&f);
                     if let Ok(filerep::core::mirror::Step::Apply { seq, op, durable, catching_up }) = &r {
-                        let s = filerep::runtime::apply::Sequenced {
+                        let s = filerep::exec::apply::Sequenced {
                             seq: *seq,
                             op: op.clone(),
                             durable: *durable,
