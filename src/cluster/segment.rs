@@ -239,6 +239,9 @@ pub struct SegmentStatus {
     pub detail: String,
     /// The change-log holds changes (for a non-primary: to hand over).
     pub changes_pending: bool,
+    /// A mirror that faulted (its disk failed): never promoted.
+    #[serde(default)]
+    pub faulted: bool,
     /// The resync in progress (or the last one), as counted so far.
     #[serde(default)]
     pub resync: Option<crate::runtime::resync::ProgressSnapshot>,
@@ -265,6 +268,7 @@ impl SegmentStatus {
             generation: self.generation,
             mode: self.mode,
             changes_pending: self.changes_pending,
+            faulted: self.faulted,
         }
     }
 }
@@ -618,6 +622,7 @@ impl Shared {
     fn status(&self) -> SegmentStatus {
         let mut replication = None;
         let role = lock(&self.role);
+        let faulted = matches!(&*role, Role::Mirror { server, .. } if server.fault().is_some());
         let (acting, generation, mode, detail) = match &*role {
             Role::Idle => (Acting::Idle, 0, '-', "waiting for the arbiter".to_string()),
             Role::Starting => (Acting::Starting, 0, '-', "carrying out an order".to_string()),
@@ -658,6 +663,7 @@ impl Shared {
             mode,
             detail,
             changes_pending: !self.changelog.is_empty(),
+            faulted,
             resync: rs.progress.as_ref().map(|p| p.snapshot()),
             resync_error: rs.error.clone(),
             verify,
