@@ -298,6 +298,7 @@ impl Cluster {
                 decision_timeout_ms: 2000,
                 ack_timeout_ms: 1000,
                 heartbeat_ms: 100,
+                handshake_timeout_ms: 2000,
                 prefer_uring: true,
                 metrics_listen: None,
             };

@@ -19,7 +19,6 @@
 //! activity log in it (cover, retire), the mirror's state file and the
 //! catalog.
 
-use super::activity::ActivityLog;
 use super::catalog::{Catalog, SegmentAddress};
 use super::changelog::{ChangeLog, ChangeSet};
 use super::files;
@@ -446,31 +445,21 @@ fn a_change_log_being_created_is_absent_or_empty_at_every_cut() {
     case.check();
 }
 
+/// The activity log's records as the primary's executor writes them
+/// (`exec::primary`): newly hot extents and paths recorded durably before
+/// the write, then retired once the mirror has them (a rewrite).
 fn activity_run(d: Arc<dyn Disk>, upto: usize) -> Result<(), String> {
-    let log = Arc::new(log_open_handle(d)?);
-    // The data files the retiring syncs first (on a disk of their own).
-    let data = Arc::new(SimDisk::new(1));
-    for f in ["base/rel", "base/hot"] {
-        if let Some(parent) = p(f).path.parent() {
-            let _ = data.create_dir(&FsPath::new(0, parent.clone()));
-        }
-        data.open(&p(f), OpenMode::Create).map_err(|e| e.to_string())?;
-    }
-    let al = ActivityLog::new(log, data, 1);
+    let log = log_open_handle(d)?;
     let e = |e: super::changelog::ChangeLogError| e.to_string();
-    let (hot, new) = (p("base/hot"), p("base/new"));
     if upto > 0 {
-        // Newly hot extents, recorded durably before the write.
-        let mut c = al.cover_blocks(&hot, 0, 70, 0).map_err(e)?;
-        c.shipped(1);
+        log.record_extents(&p("base/hot"), 0, 1).map_err(e)?;
     }
     if upto > 1 {
-        let mut c = al.cover_path(&new, false, 0).map_err(e)?;
-        c.shipped(2);
+        log.record_touched(&p("base/new"), false).map_err(e)?;
     }
     if upto > 2 {
-        // Durable on the mirror: retired (a rewrite of the file).
-        al.retire_all(2).map_err(e)?;
+        let extents = BTreeMap::from([(p("base/hot"), BTreeSet::from([0, 1]))]);
+        log.retire_active(&extents, &BTreeSet::from([p("base/new")])).map_err(e)?;
     }
     Ok(())
 }
