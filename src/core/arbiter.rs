@@ -147,9 +147,11 @@ pub fn orders(pair: &Pair, probes: &[(u32, Option<Seen>)], bug: Option<PlantedBu
         }
     }
     if let (true, Some(ps)) = (p.up, ps) {
-        // A failed primary whose mirror is marked down is told to go on
-        // alone (the segment starts its role again on that order).
-        let failed_alone = failed_primary(pair, &ps) && !m.up;
+        // A failed primary of a pair that left sync (its mirror was marked
+        // down, perhaps back since) is told to go on alone: the segment
+        // starts its role again on that order.
+        let failed_alone =
+            failed_primary(pair, &ps) && matches!(pair.mode, PairMode::ChangeTracking | PairMode::NotInSync);
         let serving = ps.acting == Acting::Primary && ps.generation == gen && !failed_alone;
         if !serving && ps.acting != Acting::Starting {
             let mirror = match pair.mode {
@@ -318,6 +320,18 @@ mod tests {
             assert_eq!(
                 orders(&pair, &probes, None),
                 vec![Order::BecomePrimary { dbid: 1, generation: 1, mirror: None }],
+                "{mode:?}"
+            );
+            // Its mirror back before the next round: still alone, the mirror told first.
+            let probes = [(1, failed), (2, seen(2, Acting::Idle, 0))];
+            let e = events(&pair, &probes);
+            apply(&mut pair, e);
+            assert_eq!(
+                orders(&pair, &probes, None),
+                vec![
+                    Order::BecomeMirror { dbid: 2, generation: 1 },
+                    Order::BecomePrimary { dbid: 1, generation: 1, mirror: None }
+                ],
                 "{mode:?}"
             );
         }
