@@ -35,8 +35,9 @@ pub const PAGE: u64 = 4096;
 pub const SECTOR: u64 = 512;
 /// Longest name in a directory.
 pub const MAX_NAME: usize = 255;
-/// Largest file (a write or truncate past it fails with EFBIG).
-pub const MAX_FILE: u64 = 1 << 40;
+/// Largest file (a write or truncate past it fails with EFBIG): the largest
+/// a pair holds (4 TiB), which a segment checks its filespaces can hold.
+pub const MAX_FILE: u64 = 1 << 42;
 
 /// An errno (`libc::E*`): what a refused call returns.
 pub type Errno = i32;
