@@ -91,18 +91,6 @@ pub fn events(pair: &Pair, probes: &[(u32, Option<Seen>)]) -> Vec<Event> {
             out.push(Event::ProbeFailed { dbid: m.dbid });
         }
     }
-    if !pair.down && matches!(pair.mode, PairMode::Synchronized | PairMode::Resynchronizing) {
-        // The acting primary failed its calls after losing its mirror: it
-        // could not reach this arbiter then (rule 3). What it could not hear
-        // is decided now: the mirror is down, it goes on alone and its
-        // change-log holds what the mirror may lack. Left so, the pair stays
-        // stuck; told to stream as synchronized, that difference would be
-        // recorded nowhere.
-        let p = pair.acting_primary();
-        if seen(p.dbid).is_some_and(|s| failed_primary(pair, &s)) {
-            out.push(Event::MirrorLost { reporter: p.dbid, generation: pair.generation });
-        }
-    }
     for (dbid, _) in probes {
         match seen(*dbid) {
             Some(_) => out.push(Event::SegmentUp { dbid: *dbid }),
@@ -110,11 +98,6 @@ pub fn events(pair: &Pair, probes: &[(u32, Option<Seen>)]) -> Vec<Event> {
         }
     }
     out
-}
-
-/// The acting primary of this generation, failed (`f`): its calls fail.
-fn failed_primary(pair: &Pair, s: &Seen) -> bool {
-    s.acting == Acting::Primary && s.generation == pair.generation && s.mode == 'f'
 }
 
 /// A resync is done when the acting primary streams with its change-log
@@ -147,12 +130,7 @@ pub fn orders(pair: &Pair, probes: &[(u32, Option<Seen>)], bug: Option<PlantedBu
         }
     }
     if let (true, Some(ps)) = (p.up, ps) {
-        // A failed primary of a pair that left sync (its mirror was marked
-        // down, perhaps back since) is told to go on alone: the segment
-        // starts its role again on that order.
-        let failed_alone =
-            failed_primary(pair, &ps) && matches!(pair.mode, PairMode::ChangeTracking | PairMode::NotInSync);
-        let serving = ps.acting == Acting::Primary && ps.generation == gen && !failed_alone;
+        let serving = ps.acting == Acting::Primary && ps.generation == gen;
         if !serving && ps.acting != Acting::Starting {
             let mirror = match pair.mode {
                 // Stream only to a mirror that is ready; until then, wait.
@@ -304,42 +282,6 @@ mod tests {
         let e = events(&pair, &probes);
         apply(&mut pair, e);
         assert_eq!((pair.acting_primary().dbid, pair.generation), (1, 1));
-    }
-
-    #[test]
-    fn a_primary_that_failed_its_calls_after_losing_its_mirror_goes_on_alone() {
-        for mode in [PairMode::Synchronized, PairMode::Resynchronizing] {
-            let mut pair = Pair::new(0, 1, 2);
-            pair.mode = mode;
-            let failed = Some(Seen { mode: 'f', ..seen(1, Acting::Primary, 1).unwrap() });
-            let probes = [(1, failed), (2, None)];
-            let e = events(&pair, &probes);
-            assert_eq!(e[0], Event::MirrorLost { reporter: 1, generation: 1 }, "{mode:?}");
-            apply(&mut pair, e);
-            assert_eq!((pair.acting_primary().dbid, pair.generation, pair.mode), (1, 1, PairMode::ChangeTracking));
-            assert_eq!(
-                orders(&pair, &probes, None),
-                vec![Order::BecomePrimary { dbid: 1, generation: 1, mirror: None }],
-                "{mode:?}"
-            );
-            // Its mirror back before the next round: still alone, the mirror told first.
-            let probes = [(1, failed), (2, seen(2, Acting::Idle, 0))];
-            let e = events(&pair, &probes);
-            apply(&mut pair, e);
-            assert_eq!(
-                orders(&pair, &probes, None),
-                vec![
-                    Order::BecomeMirror { dbid: 2, generation: 1 },
-                    Order::BecomePrimary { dbid: 1, generation: 1, mirror: None }
-                ],
-                "{mode:?}"
-            );
-        }
-        // A primary serving beside its mirror gets no order.
-        let pair = Pair::new(0, 1, 2);
-        let probes = [(1, seen(1, Acting::Primary, 1)), (2, seen(2, Acting::Mirror, 1))];
-        assert!(events(&pair, &probes).iter().all(|e| matches!(e, Event::SegmentUp { .. })));
-        assert!(orders(&pair, &probes, None).is_empty());
     }
 
     #[test]
