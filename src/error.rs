@@ -25,6 +25,11 @@ pub enum Error {
     /// A local write or fsync failed; nothing more is reported durable (brief rule 8).
     #[error("segment faulted: {0}")]
     Faulted(String),
+    /// This segment is not the acting primary (it is the mirror, has no role
+    /// yet, is handing its role over or stopping): retry the call on the
+    /// acting primary. Nothing was changed.
+    #[error("not the acting primary: {0}")]
+    NotPrimary(String),
     /// An order or request that does not fit this segment's role or state.
     #[error("refused: {0}")]
     Rejected(String),

@@ -1,7 +1,7 @@
-//! A segment as a process of a cluster: the [`segment`] process itself, the
-//! authenticated [`control`] channel, the local [`client`] socket, the arbiter
-//! process ([`probe`]), [`metrics`], and the mirror [`layout`] the cluster
-//! tools place mirrors with.
+//! A segment as a process of a cluster: the [`segment`] process itself and
+//! its [`storage`] API, the authenticated [`control`] channel, the local
+//! [`client`] socket, the arbiter process ([`probe`]), [`metrics`], and the
+//! mirror [`layout`] the cluster tools place mirrors with.
 
 pub mod client;
 pub mod control;
@@ -9,3 +9,4 @@ pub mod layout;
 pub mod metrics;
 pub mod probe;
 pub mod segment;
+pub mod storage;

@@ -7,9 +7,16 @@
 //!
 //! Orders arrive on the control endpoint ([`crate::control`]): probe,
 //! become mirror, become primary, hand over / add / clear changes, stop.
+//!
+//! [`Segment::start`] runs it inside the calling process (the control
+//! server, the client socket and `/metrics` on their own threads) and hands
+//! back a [`SegmentHandle`]; its [`Storage`] is the storage API of the
+//! acting primary, for a storage process that is the segment itself (the C
+//! ABI). `filerep segment` is the same, started and waited for.
 
-use crate::cluster::client::{self, ErrorClass, Op, Request};
+use crate::cluster::client::{self, ErrorClass, Request};
 use crate::cluster::control;
+pub use crate::cluster::storage::Storage;
 use crate::config::{Filespace, PairIdentity, StreamTuning, SyncLevel};
 use crate::durable::changelog::{ChangeLog, ChangeSet, EXTENT_BLOCKS};
 use crate::error::{Error, Result};
@@ -423,10 +430,10 @@ enum Role {
     Stopped(String),
 }
 
-struct Shared {
-    cfg: SegmentConfig,
+pub(crate) struct Shared {
+    pub(crate) cfg: SegmentConfig,
     key: ClusterKey,
-    filespaces: Vec<Filespace>,
+    pub(crate) filespaces: Vec<Filespace>,
     disk: Arc<dyn Disk>,
     changelog: Arc<ChangeLog>,
     /// Where it listens as a mirror; rebound by `Rebind` (addmirrors may
@@ -440,6 +447,17 @@ struct Shared {
     /// Signalled when a resync thread ends.
     resync_ended: std::sync::Condvar,
     verify: Mutex<VerifyJob>,
+    /// Why the segment faulted, if it did ([`SegmentHandle::fault`]): every
+    /// storage call fails with it, and the segment stops.
+    fault: Mutex<Option<String>>,
+}
+
+struct RoleView {
+    acting: Acting,
+    generation: u64,
+    mode: char,
+    detail: String,
+    primary: Option<Arc<Primary>>,
 }
 
 /// The running (or last) verification, and the last report.
@@ -530,6 +548,7 @@ impl Segment {
             resync: Mutex::new(ResyncState::default()),
             resync_ended: std::sync::Condvar::new(),
             verify: Mutex::new(VerifyJob::default()),
+            fault: Mutex::new(None),
         });
         Ok(Segment { shared, control, clients, metrics })
     }
@@ -550,10 +569,16 @@ impl Segment {
 
     /// Serve until stopped (an order, or the flag).
     pub fn run(self) -> Result<()> {
+        self.start()?.wait();
+        Ok(())
+    }
+
+    /// Serve from threads of this process: the control server, the client
+    /// socket and `/metrics`. Nothing here needs the `filerep` command.
+    pub fn start(self) -> Result<SegmentHandle> {
         let Segment { shared, control, clients, metrics } = self;
-        let span = tracing::info_span!("segment", dbid = shared.cfg.dbid, content = shared.cfg.content);
-        let _e = span.enter();
-        tracing::info!("segment idle: waiting for the arbiter");
+        let control_addr = control.local_addr().map_err(|e| Error::io("control address", e))?;
+        clients.set_nonblocking(true).map_err(|e| Error::io("client socket", e))?;
         let c_shared = shared.clone();
         let timeout = Duration::from_secs(10);
         let control_thread = std::thread::Builder::new()
@@ -563,10 +588,137 @@ impl Segment {
                 move || control::serve(control, key, stop, timeout, move |r| c_shared.order(r))
             })
             .map_err(|e| Error::io("spawning the control thread", e))?;
-        let metrics_thread = spawn_metrics(metrics, &shared)?;
-        clients.set_nonblocking(true).map_err(|e| Error::io("client socket", e))?;
+        let metrics_thread = match spawn_metrics(metrics, &shared) {
+            Ok(t) => t,
+            Err(e) => {
+                shared.stop.store(true, Ordering::SeqCst);
+                let _ = control_thread.join();
+                return Err(e);
+            }
+        };
+        let s = shared.clone();
+        let main = std::thread::Builder::new().name("filerep-segment".into()).spawn(move || {
+            let span = tracing::info_span!("segment", dbid = s.cfg.dbid, content = s.cfg.content);
+            let _e = span.enter();
+            tracing::info!("segment idle: waiting for the arbiter");
+            s.accept_clients(&clients);
+            let _ = control_thread.join();
+            if let Some(t) = metrics_thread {
+                let _ = t.join();
+            }
+            // After an order in progress, and no order after this (each
+            // checks the flag under the same lock).
+            let _order = lock(&s.orders);
+            let role = std::mem::replace(&mut *lock(&s.role), Role::Stopped("stopped".into()));
+            s.end_role(role);
+            let _ = std::fs::remove_file(&s.cfg.socket);
+            tracing::info!("segment stopped");
+        });
+        match main {
+            Ok(t) => Ok(SegmentHandle { shared, control_addr, main: Mutex::new(Some(t)) }),
+            Err(e) => {
+                shared.stop.store(true, Ordering::SeqCst);
+                Err(Error::io("spawning the segment thread", e))
+            }
+        }
+    }
+}
+
+/// A segment running in this process ([`Segment::start`]). Dropping it
+/// leaves the segment running; [`SegmentHandle::close`] stops it in order.
+pub struct SegmentHandle {
+    shared: Arc<Shared>,
+    control_addr: std::net::SocketAddr,
+    main: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// Where a segment stands: its role, the pair's mode as its primary sees
+/// it, and the generation of that role.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SegmentInfo {
+    pub dbid: u32,
+    pub content: u32,
+    pub acting: Acting,
+    /// As in [`SegmentStatus::mode`]: `s`, `r`, `c`, `d`, `f`, or `-`.
+    pub mode: char,
+    pub generation: u64,
+    /// Why it faulted, if it did.
+    pub fault: Option<String>,
+}
+
+impl SegmentHandle {
+    /// The storage API, routed to the acting primary in this process.
+    pub fn storage(&self) -> Storage {
+        Storage { shared: self.shared.clone() }
+    }
+
+    /// Role, mode and generation (cheap: no statistics).
+    pub fn info(&self) -> SegmentInfo {
+        let v = self.shared.role_view();
+        SegmentInfo {
+            dbid: self.shared.cfg.dbid,
+            content: self.shared.cfg.content,
+            acting: v.acting,
+            mode: v.mode,
+            generation: v.generation,
+            fault: lock(&self.shared.fault).clone(),
+        }
+    }
+
+    /// The full status, as the arbiter's probe sees it.
+    pub fn status(&self) -> SegmentStatus {
+        self.shared.status()
+    }
+
+    pub fn control_addr(&self) -> std::net::SocketAddr {
+        self.control_addr
+    }
+
+    /// Whether the segment was stopped (an order, [`Self::close`], a fault).
+    pub fn stopping(&self) -> bool {
+        self.shared.stop.load(Ordering::SeqCst)
+    }
+
+    /// Fault the segment: every storage call fails with `Faulted(reason)`
+    /// from now on, and it stops serving (its role ends, the arbiter stops
+    /// hearing from it and decides, as for a crash). The first reason stays.
+    pub fn fault(&self, reason: &str) {
+        {
+            let mut f = lock(&self.shared.fault);
+            if f.is_none() {
+                tracing::error!(dbid = self.shared.cfg.dbid, reason, "segment faulted: stopping");
+                *f = Some(reason.to_string());
+            }
+        }
+        self.shared.stop.store(true, Ordering::SeqCst);
+    }
+
+    /// Wait until the segment has stopped (an order, the stop flag, a
+    /// fault) and its role has ended. Returns at once after the first call.
+    pub fn wait(&self) {
+        // Held through the join: a second caller returns once it is over.
+        let mut main = lock(&self.main);
+        if let Some(t) = main.take() {
+            if t.join().is_err() {
+                tracing::error!("the segment thread panicked");
+            }
+        }
+    }
+
+    /// Stop serving and end the role in order (a primary's mirror confirms
+    /// everything durable first), then return. Calls made meanwhile fail
+    /// with `NotPrimary`.
+    pub fn close(&self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        self.wait();
+    }
+}
+
+impl Shared {
+    /// Accept local clients until stopped, one thread each.
+    fn accept_clients(self: &Arc<Self>, clients: &UnixListener) {
         let open = Arc::new(AtomicUsize::new(0));
-        while !shared.stop.load(Ordering::SeqCst) {
+        while !self.stop.load(Ordering::SeqCst) {
             match clients.accept() {
                 Ok((stream, _)) => {
                     if open.load(Ordering::SeqCst) >= MAX_CLIENTS {
@@ -574,7 +726,7 @@ impl Segment {
                         continue;
                     }
                     open.fetch_add(1, Ordering::SeqCst);
-                    let (s, open) = (shared.clone(), open.clone());
+                    let (s, open) = (self.clone(), open.clone());
                     let spawned = std::thread::Builder::new().name("filerep-client".into()).spawn(move || {
                         s.serve_client(stream);
                         open.fetch_sub(1, Ordering::SeqCst);
@@ -590,30 +742,19 @@ impl Segment {
                 }
             }
         }
-        let _ = control_thread.join();
-        if let Some(t) = metrics_thread {
-            let _ = t.join();
-        }
-        let role = std::mem::replace(&mut *lock(&shared.role), Role::Stopped("stopped".into()));
-        shared.end_role(role);
-        let _ = std::fs::remove_file(&shared.cfg.socket);
-        tracing::info!("segment stopped");
-        Ok(())
     }
-}
 
-impl Shared {
-    fn status(&self) -> SegmentStatus {
-        let mut replication = None;
+    /// The role, the mode its primary sees and the generation, read under
+    /// the role lock only (no statistics).
+    fn role_view(&self) -> RoleView {
         let role = lock(&self.role);
-        let (acting, generation, mode, detail) = match &*role {
-            Role::Idle => (Acting::Idle, 0, '-', "waiting for the arbiter".to_string()),
-            Role::Starting => (Acting::Starting, 0, '-', "carrying out an order".to_string()),
+        let (acting, generation, mode, detail, primary) = match &*role {
+            Role::Idle => (Acting::Idle, 0, '-', "waiting for the arbiter".to_string(), None),
+            Role::Starting => (Acting::Starting, 0, '-', "carrying out an order".to_string(), None),
             Role::Mirror { server, .. } => {
-                (Acting::Mirror, server.generation(), '-', server.fault().unwrap_or_else(|| "serving".into()))
+                (Acting::Mirror, server.generation(), '-', server.fault().unwrap_or_else(|| "serving".into()), None)
             }
             Role::Primary(p) => {
-                replication = Some(p.replication());
                 let (mode, detail) = match p.mode() {
                     Mode::Streaming if p.resyncing() => ('r', "resynchronizing the mirror".to_string()),
                     Mode::Streaming => ('s', "streaming to the mirror".to_string()),
@@ -621,11 +762,16 @@ impl Shared {
                     Mode::ChangeTracking => ('c', "change tracking".to_string()),
                     Mode::Failed(w) => ('f', w),
                 };
-                (Acting::Primary, p.generation(), mode, detail)
+                (Acting::Primary, p.generation(), mode, detail, Some(p.clone()))
             }
-            Role::Stopped(w) => (Acting::Stopped, 0, '-', w.clone()),
+            Role::Stopped(w) => (Acting::Stopped, 0, '-', w.clone(), None),
         };
-        drop(role);
+        RoleView { acting, generation, mode, detail, primary }
+    }
+
+    fn status(&self) -> SegmentStatus {
+        let RoleView { acting, generation, mode, detail, primary } = self.role_view();
+        let replication = primary.map(|p| p.replication());
         let verify = {
             let v = lock(&self.verify);
             (v.id > 0).then(|| crate::verify::online::VerifyState {
@@ -948,6 +1094,9 @@ impl Shared {
 
     fn become_mirror(&self, generation: u64) -> Result<()> {
         let _order = lock(&self.orders);
+        if self.stopped_for_orders() {
+            return Err(Error::Rejected("the segment is stopping".into()));
+        }
         let mut role = lock(&self.role);
         if let Role::Mirror { server, .. } = &*role {
             if server.generation() >= generation {
@@ -1001,6 +1150,9 @@ impl Shared {
 
     fn become_primary(self: Arc<Self>, generation: u64, mirror: Option<String>) {
         let _order = lock(&self.orders);
+        if self.stopped_for_orders() {
+            return;
+        }
         let span = tracing::info_span!("become_primary", generation);
         let _e = span.enter();
         let result = self.start_primary(generation, mirror);
@@ -1057,26 +1209,43 @@ impl Shared {
         }
     }
 
-    fn primary(&self) -> std::result::Result<Arc<Primary>, (ErrorClass, String)> {
+    /// Whether the segment is stopping; if so its role is left stopped (an
+    /// order that arrived as it stopped may have set it starting). Called
+    /// with the orders lock held.
+    fn stopped_for_orders(&self) -> bool {
+        if !self.stop.load(Ordering::SeqCst) {
+            return false;
+        }
+        let mut role = lock(&self.role);
+        if matches!(&*role, Role::Starting) {
+            *role = Role::Stopped("stopped".into());
+        }
+        true
+    }
+
+    /// The acting primary this segment hosts, for one storage call.
+    pub(crate) fn acting_primary(&self) -> Result<Arc<Primary>> {
+        let fault = lock(&self.fault).clone();
+        if let Some(why) = fault {
+            return Err(Error::Faulted(why));
+        }
+        let dbid = self.cfg.dbid;
         match &*lock(&self.role) {
             Role::Primary(p) => Ok(p.clone()),
-            Role::Mirror { server, .. } => Err((
-                ErrorClass::NotPrimary,
-                format!(
-                    "segment {} is the mirror (generation {}): retry on the primary",
-                    self.cfg.dbid,
-                    server.generation()
-                ),
-            )),
+            Role::Mirror { server, .. } => Err(Error::NotPrimary(format!(
+                "segment {dbid} is the mirror (generation {}): retry on the primary",
+                server.generation()
+            ))),
             Role::Idle | Role::Starting => {
-                Err((ErrorClass::NotPrimary, format!("segment {} has no role yet: retry shortly", self.cfg.dbid)))
+                Err(Error::NotPrimary(format!("segment {dbid} has no role yet: retry shortly")))
             }
-            Role::Stopped(w) => Err((ErrorClass::NotPrimary, format!("segment {} is not serving: {w}", self.cfg.dbid))),
+            Role::Stopped(w) => Err(Error::NotPrimary(format!("segment {dbid} is not serving: {w}"))),
         }
     }
 
-    fn serve_client(&self, mut stream: UnixStream) {
+    fn serve_client(self: &Arc<Self>, mut stream: UnixStream) {
         let _ = stream.set_nonblocking(false);
+        let storage = Storage { shared: self.clone() };
         loop {
             let body = match client::read_message(&mut stream) {
                 Ok(Some(b)) => b,
@@ -1087,51 +1256,13 @@ impl Shared {
                 }
             };
             let result = match Request::decode(&body) {
-                Ok(req) => self.primary().and_then(|p| {
-                    call(&p, &req).map_err(|e| match e {
-                        // Shut down for a role change (rebalance, demotion): the
-                        // call changed nothing here and belongs on the new primary.
-                        Error::Closed(_) => (
-                            ErrorClass::NotPrimary,
-                            format!("segment {} is handing over its role: retry on the new primary", self.cfg.dbid),
-                        ),
-                        e => (ErrorClass::of(&e), e.to_string()),
-                    })
-                }),
+                Ok(req) => storage.request(&req).map_err(|e| (ErrorClass::of(&e), e.to_string())),
                 Err(e) => Err((ErrorClass::Invalid, format!("malformed request: {e}"))),
             };
             if std::io::Write::write_all(&mut stream, &client::response(result)).is_err() {
                 return;
             }
         }
-    }
-}
-
-/// One client call against the primary.
-fn call(p: &Primary, r: &Request) -> Result<(u64, Vec<u8>)> {
-    let (fs, path) = (r.filespace, r.path.as_str());
-    let none = |x: Result<()>| x.map(|_| (0, Vec::new()));
-    match r.op {
-        Op::Create => none(p.create(fs, path)),
-        Op::WriteBlock => none(p.write_block(fs, path, r.a, &r.data)),
-        Op::Extend => none(p.extend(fs, path, r.a, &r.data)),
-        Op::ReadBlock => {
-            let mut buf = vec![0u8; p.block_size() as usize];
-            p.read_block(fs, path, r.a, &mut buf).map(|_| (0, buf))
-        }
-        Op::Nblocks => p.nblocks(fs, path).map(|n| (n, Vec::new())),
-        Op::Truncate => none(p.truncate(fs, path, r.a)),
-        Op::Unlink => none(p.unlink(fs, path)),
-        Op::Sync => none(p.sync(fs, path)),
-        Op::WriteAt => none(p.write_at(fs, path, r.a, &r.data)),
-        Op::Flush => none(p.flush(fs, path)),
-        Op::Len => p.len(fs, path).map(|n| (n, Vec::new())),
-        Op::SetLen => none(p.set_len(fs, path, r.a)),
-        Op::Mkdir => none(p.mkdir(fs, path)),
-        Op::Rmdir => none(p.rmdir(fs, path)),
-        Op::Rename => none(p.rename(fs, path, &r.path2)),
-        Op::Exists => p.exists(fs, path).map(|e| (e as u64, Vec::new())),
-        Op::SyncDir => none(p.sync_dir(fs, path)),
     }
 }
 
