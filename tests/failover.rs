@@ -298,39 +298,13 @@ fn role_of(p: &filerep::core::pair::Pair, dbid: u32) -> (Role, bool) {
     (s.role, s.up)
 }
 
-/// Hash every file under the roots block by block (path -> xxh3 of each
-/// block), so a difference names the file and the block.
+/// Every file under the roots, block by block (see `common::pair::block_tree`).
 fn tree(roots: &[PathBuf]) -> BTreeMap<String, Vec<u64>> {
-    let mut out = BTreeMap::new();
-    for (i, r) in roots.iter().enumerate() {
-        for (p, e) in filerep::verify::scan(r).unwrap() {
-            let h = match e {
-                filerep::verify::Entry::File { .. } => {
-                    std::fs::read(r.join(&p)).unwrap().chunks(BS as usize).map(xxhash_rust::xxh3::xxh3_64).collect()
-                }
-                _ => Vec::new(),
-            };
-            out.insert(format!("{i}/{p}"), h);
-        }
-    }
-    out
+    common::pair::block_tree(roots, BS)
 }
 
 fn assert_trees_equal(a: &[PathBuf], b: &[PathBuf]) {
-    let (x, y) = (tree(a), tree(b));
-    for (path, blocks) in &x {
-        let Some(other) = y.get(path) else { panic!("{path} is on one side only") };
-        assert_eq!(blocks.len(), other.len(), "{path}: {} blocks against {}", blocks.len(), other.len());
-        if let Some(b) = blocks.iter().zip(other).position(|(p, q)| p != q) {
-            panic!("{path}: block {b} differs");
-        }
-    }
-    assert_eq!(
-        x.len(),
-        y.len(),
-        "entries on one side only: {:?}",
-        y.keys().filter(|k| !x.contains_key(*k)).collect::<Vec<_>>()
-    );
+    common::pair::assert_trees_equal(a, b, BS)
 }
 
 #[test]
