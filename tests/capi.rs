@@ -10,9 +10,10 @@
 
 mod common;
 
-use common::pair::{assert_trees_equal, kill, Pair, Seg};
+use common::pair::{assert_trees_equal, kill, wait_for, Pair, Seg};
 use filerep::cluster::segment::Acting;
 use filerep::core::pair::PairMode;
+use filerep::protocol::handshake::ClusterKey;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -61,24 +62,31 @@ enum Build {
     Asan,
 }
 
-/// The example, compiled as the CI does: warnings are errors.
+/// The example, compiled once per run.
 fn example(build: Build) -> PathBuf {
     static BUILT: Mutex<Vec<(Build, PathBuf)>> = Mutex::new(Vec::new());
     let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
     if let Some((_, p)) = built.iter().find(|(b, _)| *b == build) {
         return p.clone();
     }
-    let lib = library();
-    let dir = lib.join("capi-example");
+    let dir = library().join("capi-example");
     std::fs::create_dir_all(&dir).expect("mkdir");
     let out = dir.join(format!("storage-{build:?}").to_lowercase());
-    let ws = workspace();
+    let exe = compile(&workspace().join("examples/c/storage.c"), &out, build);
+    built.push((build, exe.clone()));
+    exe
+}
+
+/// Compile a C program against the header and the library as the CI
+/// does: warnings are errors.
+fn compile(source: &Path, out: &Path, build: Build) -> PathBuf {
+    let lib = library();
     let mut cc = Command::new("cc");
     cc.args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-pthread", "-I"])
-        .arg(ws.join("include"))
-        .arg(ws.join("examples/c/storage.c"))
+        .arg(workspace().join("include"))
+        .arg(source)
         .arg("-o")
-        .arg(&out);
+        .arg(out);
     match build {
         Build::Shared => {
             cc.arg("-O2").arg("-L").arg(lib).arg("-lfilerep").arg(format!("-Wl,-rpath,{}", lib.display()));
@@ -95,15 +103,15 @@ fn example(build: Build) -> PathBuf {
     });
     assert!(
         result.status.success(),
-        "cc failed for {build:?}:\n{}{}",
+        "cc failed on {} ({build:?}):\n{}{}",
+        source.display(),
         String::from_utf8_lossy(&result.stdout),
         String::from_utf8_lossy(&result.stderr)
     );
-    built.push((build, out.clone()));
-    out
+    out.to_path_buf()
 }
 
-/// The C storage process: its stdin (commands), its stdout lines, its stderr.
+/// A C process: its stdin (commands), its stdout lines, its stderr.
 struct CProcess {
     child: Child,
     stdin: Option<ChildStdin>,
@@ -111,13 +119,29 @@ struct CProcess {
     stderr: Option<std::thread::JoinHandle<String>>,
 }
 
+/// How a C process ended.
+struct Ended {
+    status: std::process::ExitStatus,
+    stdout: Vec<String>,
+    stderr: String,
+}
+
+impl Ended {
+    /// Its stdout line that starts with `prefix`.
+    fn line(&self, prefix: &str) -> &str {
+        let found = self.stdout.iter().find(|l| l.starts_with(prefix));
+        found.unwrap_or_else(|| panic!("no line {prefix:?} in {:?}; stderr:\n{}", self.stdout, self.stderr))
+    }
+}
+
 impl CProcess {
-    /// Start it on `seg`'s configuration; it has opened the segment once it says so.
-    fn spawn(exe: &Path, seg: &Seg, threads: u32, rounds: u32, env: &[(&str, &str)]) -> Result<CProcess, String> {
+    /// Start `exe` with `seg`'s configuration file first among its
+    /// arguments; it has opened the segment once it answers the arbiter's
+    /// probes on the segment's control address.
+    fn spawn(exe: &Path, seg: &Seg, args: &[String], env: &[(&str, &str)]) -> Result<CProcess, String> {
         let mut child = Command::new(exe)
             .arg(&seg.cfg_path)
-            .arg(threads.to_string())
-            .arg(rounds.to_string())
+            .args(args)
             .env("FILEREP_LOG", "filerep=warn")
             .envs(env.iter().copied())
             .stdin(Stdio::piped())
@@ -141,32 +165,33 @@ impl CProcess {
             s
         });
         let mut p = CProcess { stdin: child.stdin.take(), child, lines, stderr: Some(stderr) };
-        match p.line("segment open", Duration::from_secs(30)) {
-            Ok(_) => Ok(p),
-            Err(e) => {
+        let key = ClusterKey::from_file(&seg.cfg.key_file).map_err(|e| e.to_string())?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while seg.status(&key).is_none() {
+            let exited = p.child.try_wait().map_err(|e| e.to_string())?;
+            if exited.is_some() || Instant::now() >= deadline {
                 let _ = p.child.kill();
                 let _ = p.child.wait();
-                Err(format!("{e}; stderr: {}", p.stderr.take().and_then(|t| t.join().ok()).unwrap_or_default()))
+                let stderr = p.stderr.take().and_then(|t| t.join().ok()).unwrap_or_default();
+                return Err(format!("{} did not open its segment ({exited:?}): {stderr}", exe.display()));
             }
+            std::thread::sleep(Duration::from_millis(20));
         }
+        Ok(p)
     }
 
     /// The next stdout line that starts with `prefix` (others are skipped).
-    fn line(&self, prefix: &str, limit: Duration) -> Result<String, String> {
+    fn expect_line(&self, prefix: &str, limit: Duration) -> String {
         let deadline = Instant::now() + limit;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
-                Ok(l) if l.starts_with(prefix) => return Ok(l),
+                Ok(l) if l.starts_with(prefix) => return l,
                 Ok(_) => {}
-                Err(RecvTimeoutError::Timeout) => return Err(format!("no line {prefix:?} within {limit:?}")),
-                Err(RecvTimeoutError::Disconnected) => return Err(format!("the process ended before {prefix:?}")),
+                Err(RecvTimeoutError::Timeout) => panic!("no line {prefix:?} within {limit:?}"),
+                Err(RecvTimeoutError::Disconnected) => panic!("the process ended before {prefix:?}"),
             }
         }
-    }
-
-    fn expect_line(&self, prefix: &str, limit: Duration) -> String {
-        self.line(prefix, limit).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// (calls, calls in change tracking) so far; none refused or failed.
@@ -193,21 +218,22 @@ impl CProcess {
         }
     }
 
-    /// Close its stdin (it stops, closes the segment, exits): its "done"
-    /// line, exit status and stderr.
-    fn finish(mut self) -> (String, std::process::ExitStatus, String) {
+    /// Close its stdin (the example stops, closes its segment and exits)
+    /// and wait for it to exit.
+    fn finish(mut self) -> Ended {
         drop(self.stdin.take());
-        let done = self.line("done: ", Duration::from_secs(120));
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + Duration::from_secs(120);
         let status = loop {
             if let Some(s) = self.child.try_wait().expect("wait") {
                 break s;
             }
-            assert!(Instant::now() < deadline, "the C process did not exit after closing its segment");
+            assert!(Instant::now() < deadline, "the C process did not exit");
             std::thread::sleep(Duration::from_millis(20));
         };
         let stderr = self.stderr.take().and_then(|t| t.join().ok()).unwrap_or_default();
-        (done.unwrap_or_else(|e| format!("{e}; stderr: {stderr}")), status, stderr)
+        // The reader ends at the pipe's end: every line is in the channel.
+        let stdout = self.lines.iter().collect();
+        Ended { status, stdout, stderr }
     }
 }
 
@@ -218,26 +244,37 @@ impl Drop for CProcess {
     }
 }
 
-/// A pair whose primary is the C process.
-fn pair_with_c_primary(exe: &Path, threads: u32, rounds: u32, env: &[(&str, &str)]) -> (Pair, CProcess) {
+/// A pair whose primary is a C process (`args` after its configuration file).
+fn pair_with_c_primary(exe: &Path, args: &[String], env: &[(&str, &str)]) -> (Pair, CProcess) {
     let mut c = None;
     let pair = Pair::start_with(BS, |seg| {
-        c = Some(CProcess::spawn(exe, seg, threads, rounds, env)?);
+        c = Some(CProcess::spawn(exe, seg, args, env)?);
         Ok(())
     });
-    let c = c.expect("the C process");
+    (pair, c.expect("the C process"))
+}
+
+/// The example as the primary: `threads` threads, `rounds` rounds each (0:
+/// until told to stop).
+fn example_primary(build: Build, threads: u32, rounds: u32, env: &[(&str, &str)]) -> (Pair, CProcess) {
+    let (pair, c) = pair_with_c_primary(&example(build), &[threads.to_string(), rounds.to_string()], env);
     let l = c.expect_line("primary at generation ", Duration::from_secs(60));
     assert_eq!(l, format!("primary at generation 1, block size {BS}, 2 filespaces"));
     (pair, c)
 }
 
 /// Stop the arbiter (nothing is promoted when the primary goes), then the
-/// C process; it must exit 0 having seen no failure.
+/// example; it must exit 0 with no call refused or failed, and no report
+/// from AddressSanitizer (when built with it). Its "done" line.
 fn stop(pair: &mut Pair, c: CProcess) -> String {
     kill(&mut pair.arbiter);
-    let (done, status, stderr) = c.finish();
-    assert!(status.success(), "the C process exited with {status}: {done}\n{stderr}");
-    assert!(done.ends_with(" 0 refused as not primary, 0 failures"), "{done}\n{stderr}");
+    let end = c.finish();
+    for report in ["AddressSanitizer", "LeakSanitizer"] {
+        assert!(!end.stderr.contains(report), "{report} reported:\n{}", end.stderr);
+    }
+    let done = end.line("done: ").to_string();
+    assert!(end.status.success(), "the C process exited with {}: {done}\n{}", end.status, end.stderr);
+    assert!(done.ends_with(" 0 refused as not primary, 0 failures"), "{done}\n{}", end.stderr);
     done
 }
 
@@ -264,7 +301,7 @@ fn assert_work_done(seg: &Seg, threads: u32, rounds: u64) {
 #[test]
 fn a_c_storage_process_is_the_primary_of_a_real_pair_and_its_mirror_is_identical() {
     let (threads, rounds) = (4, 60);
-    let (mut pair, c) = pair_with_c_primary(&example(Build::Shared), threads, rounds, &[]);
+    let (mut pair, c) = example_primary(Build::Shared, threads, rounds, &[]);
     c.expect_line("workers finished: ", Duration::from_secs(120));
     let status = pair.seg(2).status(&pair.key).expect("the C process answers probes");
     assert_eq!((status.acting, status.mode, status.generation), (Acting::Primary, 's', 1));
@@ -279,33 +316,25 @@ fn a_c_storage_process_is_the_primary_of_a_real_pair_and_its_mirror_is_identical
 fn under_address_sanitizer_the_c_process_runs_with_no_error_and_no_leak() {
     let (threads, rounds) = (3, 24);
     let asan = [("ASAN_OPTIONS", "detect_leaks=1:halt_on_error=1:exitcode=23")];
-    let (mut pair, c) = pair_with_c_primary(&example(Build::Asan), threads, rounds, &asan);
+    let (mut pair, c) = example_primary(Build::Asan, threads, rounds, &asan);
     c.expect_line("workers finished: ", Duration::from_secs(120));
-    let (done, status, stderr) = {
-        kill(&mut pair.arbiter);
-        c.finish()
-    };
-    for report in ["AddressSanitizer", "LeakSanitizer"] {
-        assert!(!stderr.contains(report), "{report} reported:\n{stderr}");
-    }
-    assert!(status.success(), "exited with {status}: {done}\n{stderr}");
-    assert!(done.ends_with(" 0 refused as not primary, 0 failures"), "{done}\n{stderr}");
+    stop(&mut pair, c);
     assert_work_done(pair.seg(2), threads, rounds.into());
     assert_trees_equal(&roots(pair.seg(2)), &roots(pair.seg(3)), BS);
 }
 
 #[test]
 fn the_mirror_killed_under_load_the_c_process_tracks_changes_and_recover_makes_the_pair_identical() {
-    let (mut pair, mut c) = pair_with_c_primary(&example(Build::Shared), 4, 0, &[]);
+    let (mut pair, mut c) = example_primary(Build::Shared, 4, 0, &[]);
     c.wait_report("calls while synchronized", |(calls, _)| calls >= 2000);
     kill(&mut pair.seg_mut(3).child);
-    common::pair::wait_for("the C primary to track changes", Duration::from_secs(30), || {
+    wait_for("the C primary to track changes", Duration::from_secs(30), || {
         pair.seg(2).status(&pair.key).is_some_and(|s| s.mode == 'c')
     });
     c.wait_report("calls in change tracking", |(_, tracking)| tracking >= 2000);
     assert_eq!(pair.catalog().pairs[0].pair.mode, PairMode::ChangeTracking);
     pair.seg_mut(3).start();
-    common::pair::wait_for("the mirror to serve again", Duration::from_secs(30), || {
+    wait_for("the mirror to serve again", Duration::from_secs(30), || {
         pair.seg(3).status(&pair.key).is_some_and(|s| s.acting == Acting::Mirror && s.generation == 1)
     });
     // The resync runs while the C process keeps writing.
@@ -319,5 +348,33 @@ fn the_mirror_killed_under_load_the_c_process_tracks_changes_and_recover_makes_t
     assert_eq!(pair.seg(2).status(&pair.key).expect("probe").mode, 's');
     let done = stop(&mut pair, c);
     assert!(!done.contains(" 0 in change tracking"), "{done}");
+    assert_trees_equal(&roots(pair.seg(2)), &roots(pair.seg(3)), BS);
+}
+
+/// The program in docs/c-api.md, as it is printed there.
+fn docs_program() -> PathBuf {
+    let doc = std::fs::read_to_string(workspace().join("docs/c-api.md")).expect("docs/c-api.md");
+    let section = doc.split("## A complete minimal program").nth(1).expect("the section");
+    let code = section.split("```c\n").nth(1).and_then(|c| c.split("```").next()).expect("a C block");
+    let dir = library().join("capi-example");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let source = dir.join("minimal.c");
+    std::fs::write(&source, code).expect("write");
+    compile(&source, &dir.join("minimal"), Build::Shared)
+}
+
+#[test]
+fn the_minimal_program_of_the_docs_runs_as_the_primary_and_its_mirror_is_identical() {
+    let (mut pair, c) = pair_with_c_primary(&docs_program(), &[], &[]);
+    // Streaming: nothing needs the arbiter now, and nothing is promoted
+    // when the program closes its segment.
+    kill(&mut pair.arbiter);
+    let end = c.finish();
+    assert!(end.status.success(), "exited with {}: {:?}\n{}", end.status, end.stdout, end.stderr);
+    assert_eq!(end.line("primary at generation"), "primary at generation 1: done");
+    let root = pair.seg(3).root(0);
+    assert_eq!(std::fs::read(root.join("wal")).expect("wal on the mirror"), b"BEGIN; INSERT ...; COMMIT;\n");
+    assert_eq!(std::fs::metadata(root.join("base/16385")).expect("the renamed relation").len(), BS as u64);
+    assert!(!root.join("base/16384").exists());
     assert_trees_equal(&roots(pair.seg(2)), &roots(pair.seg(3)), BS);
 }
