@@ -212,17 +212,7 @@ pub enum SegmentResponse {
     VerifyReport(Box<crate::verify::online::VerifyReport>),
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Acting {
-    /// Waiting for the arbiter; writes nothing.
-    Idle,
-    /// Carrying out an order.
-    Starting,
-    Mirror,
-    Primary,
-    /// Refusing all work (a failed order, or stopping).
-    Stopped,
-}
+pub use crate::core::arbiter::Acting;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SegmentStatus {
@@ -251,6 +241,19 @@ pub struct SegmentStatus {
     /// What the change-log holds.
     #[serde(default)]
     pub changelog: Option<crate::durable::changelog::ChangeLogStats>,
+}
+
+impl SegmentStatus {
+    /// What the arbiter's round decides from.
+    pub fn seen(&self) -> crate::core::arbiter::Seen {
+        crate::core::arbiter::Seen {
+            dbid: self.dbid,
+            acting: self.acting,
+            generation: self.generation,
+            mode: self.mode,
+            changes_pending: self.changes_pending,
+        }
+    }
 }
 
 /// Questions from a segment to the arbiter.

@@ -44,7 +44,7 @@ const REC_CLEARED_PATH: u8 = 6;
 /// extent record; later writes into it record their block exactly, lazily
 /// (with the next group commit). After a crash every block of a recorded
 /// extent counts as changed (the activity-log design of brief rule 4).
-pub const EXTENT_BLOCKS: u64 = 32;
+pub const EXTENT_BLOCKS: u64 = crate::core::primary::EXTENT_BLOCKS;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ChangeLogError {

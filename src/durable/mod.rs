@@ -1,7 +1,7 @@
 //! What must survive a crash, each format documented in `docs/`: the
-//! [`changelog`] (change tracking and resync progress), the [`activity`] log
-//! (rule 5, kept inside the change-log file) and the [`catalog`].
+//! [`changelog`] (change tracking, the activity log's records of rule 5,
+//! resync progress) and the [`catalog`]. When records are written and
+//! dropped is decided by the core; this layer keeps them.
 
-pub mod activity;
 pub mod catalog;
 pub mod changelog;

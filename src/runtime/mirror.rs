@@ -12,11 +12,11 @@
 use crate::config::{check_block_size, check_filespaces, Filespace, StreamTuning};
 use crate::core::mirror::{MirrorSession, Step};
 use crate::error::{Error, Result};
+use crate::exec::apply::{Applier, Sequenced, SyncJob};
 use crate::io::disk::{Disk, DiskErrorKind};
 use crate::io::net::{is_timeout, Conn, ConnReader, ConnWriter};
 use crate::protocol::handshake::{self, ClusterKey, Hello, Status, Verdict};
 use crate::protocol::{Ack, Decoder, Frame, Header, Kind};
-use crate::runtime::apply::{Applier, Sequenced, SyncJob};
 use crate::runtime::primary::read_message;
 use bytes::Bytes;
 use crossbeam_channel::Sender;
@@ -576,7 +576,7 @@ impl AckSender {
 
     /// Answer hash requests (compare-mode resync, verification) and list
     /// requests (verification), in order.
-    fn replies(&self, replies: Vec<crate::runtime::apply::Reply>) -> bool {
+    fn replies(&self, replies: Vec<crate::exec::apply::Reply>) -> bool {
         let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         for reply in replies {
             let f = reply.into_frame();
@@ -606,7 +606,7 @@ type SyncerHandle = std::thread::JoinHandle<Option<String>>;
 /// The syncer thread: runs sync jobs (merged when several are queued: group
 /// commit), then acknowledges the new durable watermark.
 /// Sync jobs waiting for the syncer, at most. Each holds open handles of
-/// up to [`crate::runtime::apply::MAX_DIRTY_FILES`] files: when fsyncs are slower
+/// up to [`crate::exec::apply::MAX_DIRTY_FILES`] files: when fsyncs are slower
 /// than the stream, the applier waits here (and the primary behind it)
 /// instead of piling up jobs until the process runs out of descriptors
 /// (seen under a disk slowed by other work: EMFILE faulted the mirror).

@@ -19,9 +19,9 @@
 
 use crate::durable::changelog::{ChangeSet, EXTENT_BLOCKS};
 use crate::error::{Error, Result};
+pub use crate::exec::primary::LocalEntry;
 use crate::io::disk::{EntryKind, FsPath};
 use crate::protocol::path::RelPath;
-pub use crate::runtime::primary::LocalEntry;
 use crate::runtime::primary::Primary;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -163,26 +163,25 @@ impl ResyncLink for PrimaryLink<'_> {
         self.0.filespaces().len() as u16
     }
     fn change_set(&mut self, full: bool) -> Result<ChangeSet> {
-        self.0.resync_plan(full)
+        self.0.resync_plan(self.1, full)
     }
     fn redo(&mut self) -> Result<BTreeSet<FsPath>> {
-        self.0.resync_check(self.1)?;
-        self.0.resync_redo()
+        self.0.resync_redo(self.1)
     }
     fn walked(&mut self) {
-        self.0.resync_walked()
+        if let Err(e) = self.0.resync_walked(self.1) {
+            tracing::debug!(error = %e, "resync: the walk's end was not recorded");
+        }
     }
     fn entry_kind(&mut self, p: &FsPath) -> Result<Option<EntryKind>> {
         self.0.resync_check(self.1)?;
         Ok(self.0.disk().entry_kind(p)?)
     }
     fn reconcile(&mut self, fs: u16, path: Option<&RelPath>, prune: bool) -> Result<LocalEntry> {
-        self.0.resync_check(self.1)?;
-        self.0.resync_reconcile(fs, path, prune)
+        self.0.reconcile_bound(Some(self.1), fs, path, prune)
     }
     fn copy(&mut self, p: &FsPath, first: u64, count: u64) -> Result<u64> {
-        self.0.resync_check(self.1)?;
-        self.0.resync_copy(p, first, count)
+        self.0.copy_bound(Some(self.1), p, first, count)
     }
     fn hashes(
         &mut self,
@@ -191,8 +190,7 @@ impl ResyncLink for PrimaryLink<'_> {
         count: u32,
         timeout: Duration,
     ) -> Result<Option<(Vec<u64>, Vec<u64>)>> {
-        self.0.resync_check(self.1)?;
-        self.0.resync_hashes(p, first, count, timeout)
+        self.0.resync_hashes(Some(self.1), p, first, count, timeout)
     }
     fn send(&mut self) {
         self.0.resync_send()
@@ -201,8 +199,7 @@ impl ResyncLink for PrimaryLink<'_> {
         self.0.resync_check(self.1)
     }
     fn flush(&mut self, p: &FsPath) -> Result<Option<u64>> {
-        self.0.resync_check(self.1)?;
-        self.0.resync_flush(p)
+        self.0.flush_bound(Some(self.1), p)
     }
     fn checkpoint(
         &mut self,
@@ -212,12 +209,10 @@ impl ResyncLink for PrimaryLink<'_> {
         paths: &[FsPath],
         timeout: Duration,
     ) -> Result<()> {
-        self.0.resync_check(self.1)?;
-        self.0.resync_checkpoint(synced, flushed, blocks, paths, timeout)
+        self.0.resync_checkpoint(self.1, synced, flushed, blocks, paths, timeout)
     }
     fn finish(&mut self, synced: Option<u64>, flushed: &BTreeSet<FsPath>, timeout: Duration) -> Result<bool> {
-        self.0.resync_check(self.1)?;
-        self.0.resync_finish(synced, flushed, timeout)
+        self.0.resync_finish(self.1, synced, flushed, timeout)
     }
 }
 
@@ -583,49 +578,4 @@ pub fn run_on(p: &mut dyn ResyncLink, opts: &ResyncOptions, progress: &Progress)
         compared_equal: run.compared_equal,
         extra_passes,
     })
-}
-
-/// A copy's bytes: blocks `first..first + count` of `file` as far as it
-/// reaches (at most 256 KiB), with their offset; `None` past its end. The
-/// runtime and the fault simulator read copies the same way.
-pub(crate) fn read_copy(
-    file: &dyn crate::io::disk::DiskFile,
-    first: u64,
-    count: u64,
-    bs: u64,
-) -> Result<Option<(u64, Vec<u8>)>> {
-    if count == 0 || count * bs > crate::protocol::MAX_WRITE_AT as u64 {
-        return Err(Error::InvalidArgument(format!("{count} blocks do not fit one copy")));
-    }
-    let offset = first.checked_mul(bs).ok_or_else(|| Error::InvalidArgument("block past the end".into()))?;
-    let len = file.len()?;
-    if offset >= len {
-        return Ok(None);
-    }
-    let mut buf = vec![0u8; (count * bs).min(len - offset) as usize];
-    let n = file.read_at(offset, &mut buf)?;
-    buf.truncate(n);
-    Ok((!buf.is_empty()).then_some((offset, buf)))
-}
-
-/// xxh3-64 of each of `count` blocks from `first`, as read: a block past
-/// the end (or of a missing file) hashes its short or empty contents. Both
-/// sides compute it the same way, so equal hashes mean equal blocks.
-pub fn hash_blocks(
-    file: Option<&dyn crate::io::disk::DiskFile>,
-    first: u64,
-    count: u32,
-    block_size: u32,
-) -> std::result::Result<Vec<u64>, crate::io::disk::DiskError> {
-    let bs = block_size as u64;
-    let mut buf = vec![0u8; block_size as usize];
-    let mut out = Vec::with_capacity(count as usize);
-    for b in first..first + count as u64 {
-        let n = match file {
-            Some(f) => f.read_at(b * bs, &mut buf)?,
-            None => 0,
-        };
-        out.push(xxhash_rust::xxh3::xxh3_64(&buf[..n]));
-    }
-    Ok(out)
 }

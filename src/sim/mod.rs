@@ -26,10 +26,10 @@ pub use faults::{
 
 use crate::core::mirror::{MirrorSession, Step};
 use crate::core::primary::PrimaryStream;
+use crate::exec::apply::{Applier, Sequenced};
 use crate::io::disk::{Disk, DiskErrorKind, FsPath, OpenMode, SimDisk};
 use crate::protocol::path::RelPath;
 use crate::protocol::{body_hash, Ack, Decoder, Frame, Header, Kind};
-use crate::runtime::apply::{Applier, Sequenced};
 use bytes::Bytes;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -163,7 +163,7 @@ struct Sim {
     /// Mirror-side "received" for acknowledgements.
     received: u64,
     /// Sync jobs waiting for the simulated syncer thread.
-    sync_jobs: VecDeque<crate::runtime::apply::SyncJob>,
+    sync_jobs: VecDeque<crate::exec::apply::SyncJob>,
     /// The operation being issued carries `FLAG_DURABLE`.
     strict_next: bool,
     mirror_synced: u64,

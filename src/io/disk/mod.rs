@@ -144,6 +144,18 @@ pub trait Disk: Send + Sync {
 
     /// Write every entry; results in the same order. Backends that can,
     /// submit the whole batch at once (io_uring); the default writes in turn.
+    /// fsync directory `dir` of filespace `fs` (`None`: its root), so the
+    /// entries made in it so far survive a crash.
+    fn sync_dir(&self, fs: u16, dir: Option<&RelPath>) -> DiskResult<()> {
+        const PROBE: &str = ".filerep-dir";
+        let child = match dir {
+            Some(d) => d.join(PROBE),
+            None => RelPath::top(PROBE),
+        }
+        .map_err(|e| DiskError::new("sync_dir", format!("fs{fs}"), DiskErrorKind::Io, e))?;
+        self.sync_parent_dir(&FsPath::new(fs, child))
+    }
+
     fn write_batch(&self, writes: &[BatchWrite<'_>]) -> Vec<DiskResult<()>> {
         writes.iter().map(|w| w.file.write_at(w.offset, w.data)).collect()
     }

@@ -426,7 +426,7 @@ impl ResyncLink for SimLink<'_> {
         // Looked at and queued in one step: no call runs in between (the
         // runtime holds the path's stripe and the namespace lock).
         let disk = self.sim.nodes[self.a].data.clone();
-        let (h, body, local) = crate::runtime::primary::reconcile_frame(disk.as_ref(), fs, path, prune)?;
+        let (h, body, local) = crate::exec::primary::reconcile_frame(disk.as_ref(), fs, path, prune)?;
         let h = match self.sim.stream() {
             Ok(s) => s.stream.operation(h),
             Err(f) => return Err(self.stash(f)),
@@ -445,7 +445,7 @@ impl ResyncLink for SimLink<'_> {
         self.enter(Step::Copy)?;
         let bs = self.sim.bs;
         let Some(file) = self.open_if_present(p)? else { return Ok(0) };
-        let Some((offset, buf)) = crate::runtime::resync::read_copy(file.as_ref(), first, count, bs)? else {
+        let Some((offset, buf)) = crate::exec::read_copy(file.as_ref(), first, count, bs)? else {
             return Ok(0);
         };
         let n = buf.len();
@@ -491,7 +491,7 @@ impl ResyncLink for SimLink<'_> {
         }
         let Some(file) = self.open_if_present(p)? else { return Ok(None) };
         // Read and queued in one step, so both hashes describe the same point of the stream.
-        let local = crate::runtime::resync::hash_blocks(Some(file.as_ref()), first, count, self.sim.cfg.block_size)?;
+        let local = crate::exec::hash_blocks(Some(file.as_ref()), first, count, self.sim.cfg.block_size)?;
         let mut h = Header::new(Kind::HashRequest);
         h.offset = first;
         h.aux = count;

@@ -438,8 +438,8 @@ impl Applier {
                     Err(_) if self.disk.entry_kind(path).is_ok_and(|k| k != Some(EntryKind::File)) => None,
                     Err(e) => return Err(e),
                 };
-                let hashes = crate::runtime::resync::hash_blocks(file.as_deref(), *first, *count, *block_size)
-                    .map_err(err("hash"))?;
+                let hashes =
+                    crate::exec::hash_blocks(file.as_deref(), *first, *count, *block_size).map_err(err("hash"))?;
                 self.replies.push(Reply::Hashes { seq, hashes });
             }
             Op::List { filespace, path } => {
