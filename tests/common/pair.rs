@@ -249,7 +249,17 @@ impl Pair {
     /// A pair whose primary (dbid 2) is started by `primary` (another
     /// program that opens the segment from `cfg_path`, such as a C storage
     /// process); its mirror is a `filerep segment`.
-    pub fn start_with(block_size: u32, mut primary: impl FnMut(&mut Seg) -> Result<(), String>) -> Pair {
+    pub fn start_with(block_size: u32, primary: impl FnMut(&mut Seg) -> Result<(), String>) -> Pair {
+        let p = Pair::launch_with(block_size, primary);
+        wait_for("the pair to stream", Duration::from_secs(30), || {
+            p.seg(2).status(&p.key).is_some_and(|s| s.acting == Acting::Primary && s.mode == 's')
+        });
+        p
+    }
+
+    /// The same, without waiting for the pair to stream (a primary that
+    /// may be done and gone by then).
+    pub fn launch_with(block_size: u32, mut primary: impl FnMut(&mut Seg) -> Result<(), String>) -> Pair {
         // Ports are picked free and bound by the child a moment later:
         // another process on this machine may take one in between.
         let mut errors = Vec::new();
@@ -316,11 +326,7 @@ impl Pair {
         segs[1].try_start()?;
         let args = arbiter_args(&catalog, &key_file, &arbiter_listen);
         let (arbiter, arbiter_addr) = try_spawn_ready(&args, READY_ARBITER)?;
-        let p = Pair { dir, key, key_file, arbiter_addr, arbiter: Some(arbiter), segs };
-        wait_for("the pair to stream", Duration::from_secs(30), || {
-            p.seg(2).status(&p.key).is_some_and(|s| s.acting == Acting::Primary && s.mode == 's')
-        });
-        Ok(p)
+        Ok(Pair { dir, key, key_file, arbiter_addr, arbiter: Some(arbiter), segs })
     }
 
     pub fn seg(&self, dbid: u32) -> &Seg {
