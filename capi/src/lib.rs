@@ -22,6 +22,10 @@
 // The C names are the ABI.
 #![allow(non_camel_case_types)]
 
+// catch_unwind is how no panic crosses into C: it needs unwinding.
+#[cfg(panic = "abort")]
+compile_error!("the C ABI catches panics at its boundary: build it with panic = \"unwind\"");
+
 use filerep_lib::cluster::client::ErrorClass;
 use filerep_lib::cluster::segment::{Acting, Segment, SegmentConfig, SegmentHandle, Storage};
 use filerep_lib::Error;

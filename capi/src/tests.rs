@@ -417,3 +417,26 @@ fn codes_have_names_and_the_version_is_the_crates() {
     let v = unsafe { CStr::from_ptr(filerep_version()) };
     assert_eq!(v.to_str().expect("utf-8"), env!("CARGO_PKG_VERSION"));
 }
+
+#[test]
+fn a_stopped_segment_ends_a_wait_for_the_primary_role_at_once() {
+    let f = Fixture::new();
+    let seg = f.open();
+    let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let s = started.clone();
+    let waiter = std::thread::spawn(move || {
+        s.store(true, Ordering::SeqCst);
+        let t = std::time::Instant::now();
+        (filerep_segment_wait_primary(seg, 60_000), last_error(), t.elapsed())
+    });
+    while !started.load(Ordering::SeqCst) {
+        std::thread::yield_now();
+    }
+    // Stopped by its cluster (`filerep stop`), while or before it waits.
+    order(seg, SegmentRequest::Stop);
+    let (rc, msg, waited) = waiter.join().expect("waiter");
+    assert_eq!(rc, FILEREP_ERR_NOT_PRIMARY, "{msg}");
+    assert!(waited < Duration::from_secs(10), "waited {waited:?} on a stopped segment: {msg}");
+    assert_eq!(info(seg).role, FILEREP_ROLE_STOPPED);
+    assert_eq!(filerep_segment_close(seg), FILEREP_OK, "{}", last_error());
+}

@@ -655,13 +655,14 @@ impl SegmentHandle {
         Storage { shared: self.shared.clone() }
     }
 
-    /// Role, mode and generation (cheap: no statistics).
+    /// Role, mode and generation (cheap: no statistics). A segment told to
+    /// stop is `Stopped` at once, before its role has ended.
     pub fn info(&self) -> SegmentInfo {
         let v = self.shared.role_view();
         SegmentInfo {
             dbid: self.shared.cfg.dbid,
             content: self.shared.cfg.content,
-            acting: v.acting,
+            acting: if self.stopping() { Acting::Stopped } else { v.acting },
             mode: v.mode,
             generation: v.generation,
             fault: lock(&self.shared.fault).clone(),
@@ -679,7 +680,7 @@ impl SegmentHandle {
 
     /// Whether the segment was stopped (an order, [`Self::close`], a fault).
     pub fn stopping(&self) -> bool {
-        self.shared.stop.load(Ordering::SeqCst)
+        self.shared.stopping()
     }
 
     /// Fault the segment: every storage call fails with `Faulted(reason)`
@@ -718,6 +719,10 @@ impl SegmentHandle {
 }
 
 impl Shared {
+    pub(crate) fn stopping(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
     /// Accept local clients until stopped, one thread each.
     fn accept_clients(self: &Arc<Self>, clients: &UnixListener) {
         let open = Arc::new(AtomicUsize::new(0));

@@ -37,14 +37,15 @@ impl Storage {
     }
 
     /// Wait until this segment acts as the primary; `NotPrimary`, saying
-    /// what it is instead, once `timeout` has passed.
+    /// what it is instead, once `timeout` has passed or at once when the
+    /// segment is stopping (it never will be).
     pub fn wait_primary(&self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
             match self.acting() {
                 Ok(_) => return Ok(()),
                 Err(e @ Error::Faulted(_)) => return Err(e),
-                Err(e) if Instant::now() >= deadline => return Err(e),
+                Err(e) if Instant::now() >= deadline || self.shared.stopping() => return Err(e),
                 // The role is set by the arbiter's order on another thread;
                 // the storage process has nothing to do until then.
                 Err(_) => std::thread::sleep(Duration::from_millis(10)),
