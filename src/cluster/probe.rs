@@ -19,10 +19,10 @@ use crate::core::arbiter::{self, Order};
 use crate::core::pair::{Event, PairMode, Role, Verdict};
 use crate::durable::catalog::{Catalog, CatalogStore, FileStore};
 use crate::error::{Error, Result};
+use crate::io::admission::{Limits, Stop};
 use crate::protocol::handshake::ClusterKey;
 use std::net::TcpListener;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -37,6 +37,8 @@ pub struct ProbeConfig {
     pub timeout: Duration,
     /// Probes retried before a segment is declared down.
     pub retries: u32,
+    /// How long a new control connection may take to send its request.
+    pub handshake_timeout: Duration,
 }
 
 impl ProbeConfig {
@@ -45,6 +47,7 @@ impl ProbeConfig {
         if !(10..=600_000).contains(&ms(self.interval)) || !(10..=600_000).contains(&ms(self.timeout)) {
             return Err(Error::InvalidArgument("probe interval and timeout: use 10 ms to 10 minutes".into()));
         }
+        Limits::new(1).with_deadline(self.handshake_timeout).check().map_err(Error::InvalidArgument)?;
         if self.retries > 100 {
             return Err(Error::InvalidArgument(format!("{} probe retries: at most 100", self.retries)));
         }
@@ -61,7 +64,7 @@ struct State {
 pub struct ArbiterProcess {
     state: Arc<State>,
     listener: TcpListener,
-    stop: Arc<AtomicBool>,
+    stop: Arc<Stop>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -78,7 +81,7 @@ impl ArbiterProcess {
         Ok(ArbiterProcess {
             state: Arc::new(State { cfg, store, catalog: Mutex::new(catalog) }),
             listener,
-            stop: Arc::new(AtomicBool::new(false)),
+            stop: Stop::new().map_err(|e| Error::io("making the stop signal", e))?,
         })
     }
 
@@ -86,7 +89,8 @@ impl ArbiterProcess {
         self.listener.local_addr().map_err(|e| Error::io("arbiter address", e))
     }
 
-    pub fn stop_flag(&self) -> Arc<AtomicBool> {
+    /// Stops [`ArbiterProcess::run`] (wire it to signals with [`Stop::on_signals`]).
+    pub fn stop_signal(&self) -> Arc<Stop> {
         self.stop.clone()
     }
 
@@ -98,18 +102,19 @@ impl ArbiterProcess {
         let server = std::thread::Builder::new()
             .name("filerep-arbiter-control".into())
             .spawn(move || {
-                control::serve(listener, s.cfg.key.clone(), st, Duration::from_secs(10), {
+                let limits = Limits::new(control::MAX_CONNECTIONS).with_deadline(s.cfg.handshake_timeout);
+                control::serve(listener, s.cfg.key.clone(), st, limits, Duration::from_secs(10), {
                     let s = s.clone();
                     move |r| s.answer(r)
                 })
             })
             .map_err(|e| Error::io("spawning the control thread", e))?;
         tracing::info!(catalog = %state.store.describe(), "arbiter probing");
-        while !stop.load(Ordering::SeqCst) {
+        while !stop.is_stopped() {
             let started = Instant::now();
             state.round();
             // Sleep out the interval, waking early to stop.
-            while !stop.load(Ordering::SeqCst) && started.elapsed() < state.cfg.interval {
+            while !stop.is_stopped() && started.elapsed() < state.cfg.interval {
                 std::thread::sleep(Duration::from_millis(5).min(state.cfg.interval));
             }
         }
@@ -442,7 +447,7 @@ impl State {
                 }
             };
             let status = |dbid: u32| statuses.iter().find(|(d, _)| *d == dbid).and_then(|(_, s)| s.clone());
-            for order in arbiter::orders(&pair.pair, &seen) {
+            for order in arbiter::orders(&pair.pair, &seen, None) {
                 match order {
                     Order::BecomeMirror { dbid, generation } => {
                         let Some(a) = pair.address(dbid) else { continue };

@@ -5,7 +5,7 @@
 //! changes alone). It never picks a role itself: it starts idle, writes
 //! nothing, and waits for the arbiter's order (brief rules 3 and 7).
 //!
-//! Orders arrive on the control endpoint ([`crate::control`]): probe,
+//! Orders arrive on the control endpoint ([`crate::cluster::control`]): probe,
 //! become mirror, become primary, hand over / add / clear changes, stop.
 //!
 //! [`Segment::start`] runs it inside the calling process (the control
@@ -20,6 +20,7 @@ pub use crate::cluster::storage::Storage;
 use crate::config::{Filespace, PairIdentity, StreamTuning, SyncLevel};
 use crate::durable::changelog::{ChangeLog, ChangeSet, EXTENT_BLOCKS};
 use crate::error::{Error, Result};
+use crate::io::admission::{Gate, Stop, Ticket};
 use crate::io::disk::{Disk, FsPath, StdDisk};
 use crate::protocol::handshake::ClusterKey;
 use crate::protocol::path::RelPath;
@@ -31,12 +32,12 @@ use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-/// Client connections served at once.
+/// Client connections served at once, once they made a request (before it,
+/// they are held to the admission gate's small budget: [`crate::io::admission`]).
 pub const MAX_CLIENTS: usize = 256;
 /// Most entries in a handed-over change set.
 pub const MAX_WIRE_ENTRIES: usize = 1 << 20;
@@ -70,6 +71,10 @@ pub struct SegmentConfig {
     pub ack_timeout_ms: u64,
     #[serde(default = "default_heartbeat_ms")]
     pub heartbeat_ms: u64,
+    /// How long a new connection (replication, control or client socket)
+    /// may take to prove itself before it is closed.
+    #[serde(default = "default_handshake_ms")]
+    pub handshake_timeout_ms: u64,
     #[serde(default = "default_true")]
     pub prefer_uring: bool,
     /// Serve replication statistics as Prometheus text on `HOST:PORT`
@@ -90,6 +95,9 @@ fn default_ack_ms() -> u64 {
 fn default_heartbeat_ms() -> u64 {
     200
 }
+fn default_handshake_ms() -> u64 {
+    crate::io::admission::DEFAULT_DEADLINE.as_millis() as u64
+}
 fn default_true() -> bool {
     true
 }
@@ -98,9 +106,14 @@ impl SegmentConfig {
     pub fn load(path: &std::path::Path) -> Result<SegmentConfig> {
         let bytes =
             std::fs::read(path).map_err(|e| Error::io(format!("reading segment config {}", path.display()), e))?;
-        let c: SegmentConfig = serde_json::from_slice(&bytes)
-            .map_err(|e| Error::InvalidArgument(format!("segment config {}: {e}", path.display())))?;
-        c.check().map_err(|e| Error::InvalidArgument(format!("segment config {}: {e}", path.display())))?;
+        Self::parse(&bytes, &path.display().to_string())
+    }
+
+    /// Decode and check a configuration's bytes; `origin` names them in messages.
+    pub fn parse(bytes: &[u8], origin: &str) -> Result<SegmentConfig> {
+        let c: SegmentConfig = serde_json::from_slice(bytes)
+            .map_err(|e| Error::InvalidArgument(format!("segment config {origin}: {e}")))?;
+        c.check().map_err(|e| Error::InvalidArgument(format!("segment config {origin}: {e}")))?;
         Ok(c)
     }
 
@@ -113,6 +126,7 @@ impl SegmentConfig {
                 return Err(Error::InvalidArgument(format!("{what} = {v}: use 10 to 600000")));
             }
         }
+        self.limits(1).check().map_err(|e| Error::InvalidArgument(format!("handshake_timeout_ms: {e}")))?;
         if !(10..=60_000).contains(&self.heartbeat_ms) || self.heartbeat_ms >= self.ack_timeout_ms {
             return Err(Error::InvalidArgument(format!(
                 "heartbeat_ms = {}: use 10 to 60000, below ack_timeout_ms",
@@ -132,8 +146,14 @@ impl SegmentConfig {
         StreamTuning {
             heartbeat: Duration::from_millis(self.heartbeat_ms),
             ack_timeout: Duration::from_millis(self.ack_timeout_ms),
+            handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),
             ..StreamTuning::default()
         }
+    }
+
+    /// A listener's admission budgets, with this segment's handshake deadline.
+    fn limits(&self, established: usize) -> crate::io::admission::Limits {
+        crate::io::admission::Limits::new(established).with_deadline(Duration::from_millis(self.handshake_timeout_ms))
     }
 }
 
@@ -428,7 +448,7 @@ impl Arbiter for RemoteArbiter {
 enum Role {
     Idle,
     Starting,
-    Mirror { server: Arc<MirrorServer>, stop: Arc<AtomicBool>, thread: JoinHandle<()> },
+    Mirror { server: Arc<MirrorServer>, stop: Arc<Stop>, thread: JoinHandle<()> },
     Primary(Arc<Primary>),
     Stopped(String),
 }
@@ -443,7 +463,7 @@ pub(crate) struct Shared {
     /// give a primary a new replication port).
     data_listener: Mutex<TcpListener>,
     role: Mutex<Role>,
-    stop: Arc<AtomicBool>,
+    stop: Arc<Stop>,
     /// Serializes orders: one role change at a time.
     orders: Mutex<()>,
     resync: Mutex<ResyncState>,
@@ -501,6 +521,7 @@ impl Segment {
         let filespaces = cfg.filespaces()?;
         let roots: Vec<_> = filespaces.iter().map(|f| f.root.clone()).collect();
         let disk = crate::io::disk::open_local(&roots, cfg.prefer_uring)?;
+        crate::io::disk::check_largest_file(&roots)?;
         std::fs::create_dir_all(&cfg.state_dir)
             .map_err(|e| Error::io(format!("creating state directory {}", cfg.state_dir.display()), e))?;
         let state_disk: Arc<dyn Disk> = Arc::new(StdDisk::open(std::slice::from_ref(&cfg.state_dir))?);
@@ -546,7 +567,7 @@ impl Segment {
             changelog: Arc::new(changelog),
             data_listener: Mutex::new(data_listener),
             role: Mutex::new(Role::Idle),
-            stop: Arc::new(AtomicBool::new(false)),
+            stop: Stop::new().map_err(|e| Error::io("making the stop signal", e))?,
             orders: Mutex::new(()),
             resync: Mutex::new(ResyncState::default()),
             resync_ended: std::sync::Condvar::new(),
@@ -565,8 +586,8 @@ impl Segment {
         self.control.local_addr().map_err(|e| Error::io("control address", e))
     }
 
-    /// A flag that stops [`Segment::run`] when set.
-    pub fn stop_flag(&self) -> Arc<AtomicBool> {
+    /// Stops [`Segment::run`] (wire it to signals with [`Stop::on_signals`]).
+    pub fn stop_signal(&self) -> Arc<Stop> {
         self.shared.stop.clone()
     }
 
@@ -581,20 +602,20 @@ impl Segment {
     pub fn start(self) -> Result<SegmentHandle> {
         let Segment { shared, control, clients, metrics } = self;
         let control_addr = control.local_addr().map_err(|e| Error::io("control address", e))?;
-        clients.set_nonblocking(true).map_err(|e| Error::io("client socket", e))?;
         let c_shared = shared.clone();
         let timeout = Duration::from_secs(10);
         let control_thread = std::thread::Builder::new()
             .name("filerep-control".into())
             .spawn({
                 let (key, stop) = (shared.key.clone(), shared.stop.clone());
-                move || control::serve(control, key, stop, timeout, move |r| c_shared.order(r))
+                let limits = shared.cfg.limits(control::MAX_CONNECTIONS);
+                move || control::serve(control, key, stop, limits, timeout, move |r| c_shared.order(r))
             })
             .map_err(|e| Error::io("spawning the control thread", e))?;
         let metrics_thread = match spawn_metrics(metrics, &shared) {
             Ok(t) => t,
             Err(e) => {
-                shared.stop.store(true, Ordering::SeqCst);
+                shared.stop.stop();
                 let _ = control_thread.join();
                 return Err(e);
             }
@@ -604,7 +625,7 @@ impl Segment {
             let span = tracing::info_span!("segment", dbid = s.cfg.dbid, content = s.cfg.content);
             let _e = span.enter();
             tracing::info!("segment idle: waiting for the arbiter");
-            s.accept_clients(&clients);
+            s.serve_clients(&clients);
             let _ = control_thread.join();
             if let Some(t) = metrics_thread {
                 let _ = t.join();
@@ -620,7 +641,7 @@ impl Segment {
         match main {
             Ok(t) => Ok(SegmentHandle { shared, control_addr, main: Mutex::new(Some(t)) }),
             Err(e) => {
-                shared.stop.store(true, Ordering::SeqCst);
+                shared.stop.stop();
                 Err(Error::io("spawning the segment thread", e))
             }
         }
@@ -694,11 +715,11 @@ impl SegmentHandle {
                 *f = Some(reason.to_string());
             }
         }
-        self.shared.stop.store(true, Ordering::SeqCst);
+        self.shared.stop.stop();
     }
 
-    /// Wait until the segment has stopped (an order, the stop flag, a
-    /// fault) and its role has ended. Returns at once after the first call.
+    /// Wait until the segment has stopped (an order, the stop signal, a
+    /// fault) and its role has ended.
     pub fn wait(&self) {
         // Held through the join: a second caller returns once it is over.
         let mut main = lock(&self.main);
@@ -713,42 +734,31 @@ impl SegmentHandle {
     /// everything durable first), then return. Calls made meanwhile fail
     /// with `NotPrimary`.
     pub fn close(&self) {
-        self.shared.stop.store(true, Ordering::SeqCst);
+        self.shared.stop.stop();
         self.wait();
     }
 }
 
 impl Shared {
     pub(crate) fn stopping(&self) -> bool {
-        self.stop.load(Ordering::SeqCst)
+        self.stop.is_stopped()
     }
 
-    /// Accept local clients until stopped, one thread each.
-    fn accept_clients(self: &Arc<Self>, clients: &UnixListener) {
-        let open = Arc::new(AtomicUsize::new(0));
-        while !self.stop.load(Ordering::SeqCst) {
-            match clients.accept() {
-                Ok((stream, _)) => {
-                    if open.load(Ordering::SeqCst) >= MAX_CLIENTS {
-                        tracing::warn!("client refused: {MAX_CLIENTS} already connected");
-                        continue;
-                    }
-                    open.fetch_add(1, Ordering::SeqCst);
-                    let (s, open) = (self.clone(), open.clone());
-                    let spawned = std::thread::Builder::new().name("filerep-client".into()).spawn(move || {
-                        s.serve_client(stream);
-                        open.fetch_sub(1, Ordering::SeqCst);
-                    });
-                    if let Err(e) = spawned {
-                        tracing::error!(error = %e, "cannot spawn a client thread");
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(10)),
-                Err(e) => {
-                    tracing::warn!(error = %e, "client accept failed");
-                    std::thread::sleep(Duration::from_millis(10));
-                }
+    /// Serve local clients until stopped, one thread each, admitted by the
+    /// gate.
+    fn serve_clients(self: &Arc<Self>, clients: &UnixListener) {
+        let gate = Gate::new("client socket", self.cfg.limits(MAX_CLIENTS));
+        let served = crate::io::admission::serve(clients, &gate, &self.stop, |stream, ticket| {
+            let s = self.clone();
+            let spawned =
+                std::thread::Builder::new().name("filerep-client".into()).spawn(move || s.serve_client(stream, ticket));
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "cannot spawn a client thread");
             }
+        });
+        if let Err(e) = served {
+            tracing::error!(error = %e, "client socket failed: stopping");
+            self.stop.stop();
         }
     }
 
@@ -949,7 +959,7 @@ impl Shared {
             }
             SegmentRequest::Stop => {
                 tracing::info!("stop ordered");
-                self.stop.store(true, Ordering::SeqCst);
+                self.stop.stop();
                 SegmentResponse::Done
             }
         }
@@ -1018,7 +1028,7 @@ impl Shared {
     fn end_role(&self, role: Role) {
         match role {
             Role::Mirror { stop, thread, .. } => {
-                stop.store(true, Ordering::SeqCst);
+                stop.stop();
                 let _ = thread.join();
                 tracing::info!("mirror stopped");
             }
@@ -1063,6 +1073,7 @@ impl Shared {
                 finish_timeout: None,
                 checkpoint_bytes,
                 compare,
+                planted: None,
             };
             crate::runtime::resync::run(&p, &opts, &progress)
         })();
@@ -1131,7 +1142,7 @@ impl Shared {
         let result = (|| {
             let server = Arc::new(MirrorServer::with_disk(mcfg, self.disk.clone())?);
             let listener = lock(&self.data_listener).try_clone().map_err(|e| Error::io("replication listener", e))?;
-            let stop = Arc::new(AtomicBool::new(false));
+            let stop = Stop::new().map_err(|e| Error::io("making the stop signal", e))?;
             let (s, st) = (server.clone(), stop.clone());
             let thread = std::thread::Builder::new()
                 .name("filerep-mirror".into())
@@ -1221,7 +1232,7 @@ impl Shared {
     /// order that arrived as it stopped may have set it starting). Called
     /// with the orders lock held.
     fn stopped_for_orders(&self) -> bool {
-        if !self.stop.load(Ordering::SeqCst) {
+        if !self.stopping() {
             return false;
         }
         let mut role = lock(&self.role);
@@ -1251,19 +1262,44 @@ impl Shared {
         }
     }
 
-    fn serve_client(self: &Arc<Self>, mut stream: UnixStream) {
-        let _ = stream.set_nonblocking(false);
+    /// Serve one local client. Until its first request arrives whole, the
+    /// connection is held to the gate's unauthenticated budget and deadline
+    /// (an idle connection is closed; [`client::Client`] reconnects once
+    /// for a first call on a connection closed unused).
+    fn serve_client(self: &Arc<Self>, mut stream: UnixStream, mut ticket: Ticket) {
         let storage = Storage { shared: self.clone() };
+        let left = ticket.deadline().saturating_duration_since(std::time::Instant::now());
+        if stream.set_read_timeout(Some(left.max(Duration::from_millis(1)))).is_err() {
+            return;
+        }
         loop {
             let body = match client::read_message(&mut stream) {
                 Ok(Some(b)) => b,
                 Ok(None) => return,
                 Err(e) => {
-                    tracing::warn!(error = %e, "client connection closed");
+                    match ticket.closed() {
+                        Some(why) => tracing::debug!(reason = %why, "client connection closed before a request"),
+                        None if crate::io::net::is_timeout(&e) => {
+                            tracing::debug!("client connection closed: no request within the deadline")
+                        }
+                        None => tracing::warn!(error = %e, "client connection closed"),
+                    }
                     return;
                 }
             };
-            let result = match Request::decode(&body) {
+            let decoded = Request::decode(&body);
+            if decoded.is_ok() {
+                if let Err(e) = ticket.authenticate() {
+                    let refusal = client::response(Err((ErrorClass::Unavailable, format!("segment busy: {e}"))));
+                    let _ = std::io::Write::write_all(&mut stream, &refusal);
+                    return;
+                }
+                // A known client may stay idle between calls.
+                if stream.set_read_timeout(None).is_err() {
+                    return;
+                }
+            }
+            let result = match decoded {
                 Ok(req) => storage.request(&req).map_err(|e| (ErrorClass::of(&e), e.to_string())),
                 Err(e) => Err((ErrorClass::Invalid, format!("malformed request: {e}"))),
             };
@@ -1282,7 +1318,7 @@ fn spawn_metrics(listener: Option<TcpListener>, shared: &Arc<Shared>) -> Result<
     tracing::info!(addr = ?listener.local_addr().ok(), "serving /metrics");
     let t = std::thread::Builder::new()
         .name("filerep-metrics".into())
-        .spawn(move || crate::cluster::metrics::serve(listener, &stop, || s.status()))
+        .spawn(move || crate::cluster::metrics::serve(listener, stop.flag(), || s.status()))
         .map_err(|e| Error::io("spawning the metrics thread", e))?;
     Ok(Some(t))
 }

@@ -5,6 +5,7 @@
 //! same with its segments. Neither decides anything of its own.
 
 use super::pair::{Event, Pair, PairMode};
+use super::PlantedBug;
 use serde::{Deserialize, Serialize};
 
 /// What a segment process is doing, as its status reports it.
@@ -94,7 +95,7 @@ pub fn resync_completed(pair: &Pair, probes: &[(u32, Option<Seen>)]) -> bool {
 /// What each segment of the pair must be told, given what its probe saw.
 /// Mirrors first, so a primary told to stream finds its mirror listening;
 /// a down pair gets no order (the catalog says why).
-pub fn orders(pair: &Pair, probes: &[(u32, Option<Seen>)]) -> Vec<Order> {
+pub fn orders(pair: &Pair, probes: &[(u32, Option<Seen>)], bug: Option<PlantedBug>) -> Vec<Order> {
     let mut out = Vec::new();
     if pair.down {
         return out;
@@ -122,7 +123,12 @@ pub fn orders(pair: &Pair, probes: &[(u32, Option<Seen>)]) -> Vec<Order> {
                 _ => Some(None),
             };
             if let Some(mirror) = mirror {
-                out.push(Order::BecomePrimary { dbid: p.dbid, generation: gen, mirror });
+                let generation = match bug {
+                    // The defect: a promoted mirror serves in the old generation.
+                    Some(PlantedBug::PromoteInSameGeneration) if gen > 1 => gen - 1,
+                    _ => gen,
+                };
+                out.push(Order::BecomePrimary { dbid: p.dbid, generation, mirror });
             }
         }
     }
@@ -147,11 +153,14 @@ mod tests {
     fn a_fresh_pair_gets_its_mirror_first_then_its_primary() {
         let pair = Pair::new(0, 1, 2);
         let probes = [(1, seen(1, Acting::Idle, 0)), (2, seen(2, Acting::Idle, 0))];
-        assert_eq!(orders(&pair, &probes), vec![Order::BecomeMirror { dbid: 2, generation: 1 }]);
+        assert_eq!(orders(&pair, &probes, None), vec![Order::BecomeMirror { dbid: 2, generation: 1 }]);
         let probes = [(1, seen(1, Acting::Idle, 0)), (2, seen(2, Acting::Mirror, 1))];
-        assert_eq!(orders(&pair, &probes), vec![Order::BecomePrimary { dbid: 1, generation: 1, mirror: Some(2) }]);
+        assert_eq!(
+            orders(&pair, &probes, None),
+            vec![Order::BecomePrimary { dbid: 1, generation: 1, mirror: Some(2) }]
+        );
         let probes = [(1, seen(1, Acting::Primary, 1)), (2, seen(2, Acting::Mirror, 1))];
-        assert!(orders(&pair, &probes).is_empty());
+        assert!(orders(&pair, &probes, None).is_empty());
     }
 
     #[test]
@@ -161,7 +170,7 @@ mod tests {
         let e = events(&pair, &probes);
         apply(&mut pair, e);
         assert_eq!((pair.acting_primary().dbid, pair.generation, pair.mode), (2, 2, PairMode::ChangeTracking));
-        assert_eq!(orders(&pair, &probes), vec![Order::BecomePrimary { dbid: 2, generation: 2, mirror: None }]);
+        assert_eq!(orders(&pair, &probes, None), vec![Order::BecomePrimary { dbid: 2, generation: 2, mirror: None }]);
     }
 
     #[test]
@@ -174,13 +183,13 @@ mod tests {
         assert_eq!(pair.acting_primary().dbid, 2, "the mirror is promoted: the old primary's last writes are in doubt");
         assert!(pair.segments.iter().all(|s| s.up));
         // It becomes the mirror, then hands its log to the new primary.
-        let o = orders(&pair, &probes);
+        let o = orders(&pair, &probes, None);
         assert!(o.contains(&Order::BecomeMirror { dbid: 1, generation: 2 }), "{o:?}");
         let probes = [
             (1, Some(Seen { dbid: 1, acting: Acting::Mirror, generation: 2, mode: '-', changes_pending: true })),
             (2, seen(2, Acting::Primary, 2)),
         ];
-        assert_eq!(orders(&pair, &probes), vec![Order::HandOver { from: 1, to: 2 }]);
+        assert_eq!(orders(&pair, &probes, None), vec![Order::HandOver { from: 1, to: 2 }]);
     }
 
     #[test]

@@ -35,6 +35,89 @@ pub struct ApplyError {
     pub error: DiskError,
 }
 
+impl ApplyError {
+    pub fn class(&self) -> FaultClass {
+        fault_class(&self.error)
+    }
+}
+
+/// What an error applying an operation says, and so what the mirror does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultClass {
+    /// The request asks for what this mirror's files cannot be (past the
+    /// largest file, a name the file system refuses, a missing or
+    /// unexpected entry): the session ends with a Fault frame naming it, and
+    /// the mirror stays in service. Its files are as sound as before.
+    BadRequest,
+    /// The disk failed, or this host cannot write its own files: what was
+    /// written is in doubt, so the mirror faults (refuses every primary
+    /// until a full resync; rule 8).
+    DiskFailing,
+    /// A passing shortage (memory, descriptors, a signal): the operation is
+    /// tried again a few times; if it still fails, the session ends and the
+    /// mirror stays in service (the primary tracks what it did not get).
+    Retry,
+}
+
+/// Every errno the applier can see, sorted: the one table the mirror acts
+/// on. An errno not listed counts as a failing disk (the safe side).
+pub const ERRNO_CLASSES: &[(i32, &str, FaultClass)] = {
+    use FaultClass::*;
+    &[
+        (libc::EFBIG, "EFBIG", BadRequest),
+        (libc::EOVERFLOW, "EOVERFLOW", BadRequest),
+        (libc::EINVAL, "EINVAL", BadRequest),
+        (libc::ENAMETOOLONG, "ENAMETOOLONG", BadRequest),
+        (libc::ENOENT, "ENOENT", BadRequest),
+        (libc::EEXIST, "EEXIST", BadRequest),
+        (libc::ENOTEMPTY, "ENOTEMPTY", BadRequest),
+        (libc::ENOTDIR, "ENOTDIR", BadRequest),
+        (libc::EISDIR, "EISDIR", BadRequest),
+        (libc::ELOOP, "ELOOP", BadRequest),
+        (libc::EXDEV, "EXDEV", BadRequest),
+        (libc::EMLINK, "EMLINK", BadRequest),
+        (libc::ETXTBSY, "ETXTBSY", BadRequest),
+        (libc::EIO, "EIO", DiskFailing),
+        (libc::EROFS, "EROFS", DiskFailing),
+        (libc::EUCLEAN, "EUCLEAN", DiskFailing),
+        (libc::EBADMSG, "EBADMSG", DiskFailing),
+        (libc::ENXIO, "ENXIO", DiskFailing),
+        (libc::ENODEV, "ENODEV", DiskFailing),
+        (libc::ESTALE, "ESTALE", DiskFailing),
+        (libc::EREMOTEIO, "EREMOTEIO", DiskFailing),
+        (libc::EACCES, "EACCES", DiskFailing),
+        (libc::EPERM, "EPERM", DiskFailing),
+        (libc::EBADF, "EBADF", DiskFailing),
+        // A full disk faults too: a write cut short may have left part of a
+        // block, and the simulator's rules (src/sim) fault it the same way.
+        (libc::ENOSPC, "ENOSPC", DiskFailing),
+        (libc::EDQUOT, "EDQUOT", DiskFailing),
+        (libc::EINTR, "EINTR", Retry),
+        (libc::EAGAIN, "EAGAIN", Retry),
+        (libc::ENOMEM, "ENOMEM", Retry),
+        (libc::ENOBUFS, "ENOBUFS", Retry),
+        (libc::EMFILE, "EMFILE", Retry),
+        (libc::ENFILE, "ENFILE", Retry),
+        (libc::EBUSY, "EBUSY", Retry),
+        (libc::ETIMEDOUT, "ETIMEDOUT", Retry),
+    ]
+};
+
+/// How the mirror treats an error applying an operation: by its errno in
+/// [`ERRNO_CLASSES`]; an error with none (the simulator, checks of our
+/// own) by its kind.
+pub fn fault_class(e: &DiskError) -> FaultClass {
+    if let Some(n) = e.errno {
+        return ERRNO_CLASSES.iter().find(|(errno, ..)| *errno == n).map_or(FaultClass::DiskFailing, |(.., c)| *c);
+    }
+    match e.kind {
+        DiskErrorKind::NotFound | DiskErrorKind::AlreadyExists | DiskErrorKind::NotEmpty | DiskErrorKind::Escapes => {
+            FaultClass::BadRequest
+        }
+        DiskErrorKind::NoSpace | DiskErrorKind::Io => FaultClass::DiskFailing,
+    }
+}
+
 /// An answer the mirror owes the primary once the batch is applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {
@@ -632,6 +715,72 @@ mod tests {
 
     fn op(seq: u64, op: Op) -> Sequenced {
         Sequenced { seq, op, durable: false, catching_up: false }
+    }
+
+    /// A real file on this host's disk, through the std backend.
+    fn real_file(dir: &std::path::Path) -> (Arc<dyn Disk>, Arc<dyn DiskFile>) {
+        let disk: Arc<dyn Disk> = Arc::new(crate::io::disk::StdDisk::open(&[dir.to_path_buf()]).unwrap());
+        let f = disk.open(&p("f"), OpenMode::CreateTruncate).unwrap();
+        (disk, f)
+    }
+
+    fn kernel(op: &'static str, errno: i32) -> DiskError {
+        DiskError::from_io(op, "fs0:f", &std::io::Error::from_raw_os_error(errno))
+    }
+
+    #[test]
+    fn a_write_past_what_the_file_system_holds_is_a_bad_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let (disk, _f) = real_file(dir.path());
+        // EFBIG is what ext4 answers for a write ending past 16 TiB.
+        let e = kernel("write", libc::EFBIG);
+        assert_eq!((e.errno, e.kind), (Some(libc::EFBIG), DiskErrorKind::Io));
+        assert_eq!(fault_class(&e), FaultClass::BadRequest);
+        disk.create_dir(&p("d")).unwrap();
+        let e = disk.open(&p("d"), OpenMode::Existing).unwrap_err();
+        assert_eq!((e.errno, fault_class(&e)), (Some(libc::EISDIR), FaultClass::BadRequest), "{e}");
+        let e = disk.open(&p("missing"), OpenMode::Existing).unwrap_err();
+        assert_eq!((e.errno, fault_class(&e)), (Some(libc::ENOENT), FaultClass::BadRequest));
+        let e = disk.remove_dir(&p("f")).unwrap_err();
+        assert_eq!((e.errno, fault_class(&e)), (Some(libc::ENOTDIR), FaultClass::BadRequest));
+        for errno in [libc::EINVAL, libc::ENAMETOOLONG, libc::EEXIST, libc::ENOTEMPTY, libc::EISDIR, libc::EXDEV] {
+            assert_eq!(fault_class(&kernel("write", errno)), FaultClass::BadRequest, "errno {errno}");
+        }
+        // The simulator's refusals carry no errno: sorted by kind.
+        let sim = DiskError::new("open", "fs0:f", DiskErrorKind::NotFound, "no such file");
+        assert_eq!(fault_class(&sim), FaultClass::BadRequest);
+    }
+
+    #[test]
+    fn an_io_error_or_a_read_only_or_full_disk_is_a_failing_disk() {
+        for errno in [libc::EIO, libc::EROFS, libc::EUCLEAN, libc::EACCES, libc::ENOSPC, libc::EDQUOT] {
+            assert_eq!(fault_class(&kernel("write", errno)), FaultClass::DiskFailing, "errno {errno}");
+        }
+        // An errno nobody sorted counts as a failing disk: the safe side.
+        assert_eq!(fault_class(&kernel("write", libc::EHWPOISON)), FaultClass::DiskFailing);
+        let injected = DiskError::new("fdatasync", "fs0:f", DiskErrorKind::Io, "injected fsync failure");
+        assert_eq!(fault_class(&injected), FaultClass::DiskFailing);
+        let full = DiskError::new("write", "fs0:f", DiskErrorKind::NoSpace, "injected ENOSPC");
+        assert_eq!(fault_class(&full), FaultClass::DiskFailing, "as the simulator faults a full mirror");
+    }
+
+    #[test]
+    fn a_passing_shortage_is_retried() {
+        for errno in [libc::EINTR, libc::EAGAIN, libc::ENOMEM, libc::ENOBUFS, libc::EMFILE, libc::ENFILE, libc::EBUSY] {
+            let e = ApplyError { seq: 7, op: "write", error: kernel("write", errno) };
+            assert_eq!(e.class(), FaultClass::Retry, "errno {errno}");
+        }
+    }
+
+    #[test]
+    fn the_errno_table_names_each_errno_once_and_by_its_name() {
+        let mut seen = std::collections::BTreeSet::new();
+        for (errno, name, _) in ERRNO_CLASSES {
+            assert!(seen.insert(*errno), "{name} twice");
+            let text = std::io::Error::from_raw_os_error(*errno).to_string();
+            assert!(!text.contains("Unknown error"), "{name} ({errno}): {text}");
+        }
+        assert!(ERRNO_CLASSES.iter().any(|(.., c)| *c == FaultClass::Retry));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! to the driver (they are about the connection and the cluster).
 
 use crate::core::primary::{Command, Event, LocalStep, LogOp, Opened};
+pub use crate::core::resync::LocalEntry;
 use crate::durable::changelog::{ChangeLog, ChangeLogError};
 use crate::error::{Error, Result};
 use crate::io::disk::{Disk, DiskErrorKind, DiskFile, EntryKind, FsPath, OpenMode};
@@ -44,14 +45,6 @@ pub struct Extras {
     pub hashes: Option<(u64, Vec<u64>, u64, u64)>,
     pub pick: Option<Pick>,
     pub listing: Option<Listed>,
-}
-
-/// What a path is on the primary, as a resync found it and shipped it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum LocalEntry {
-    Absent,
-    File { len: u64 },
-    Dir { children: Vec<(String, crate::io::disk::EntryKind)> },
 }
 
 /// What performing a command came to.

@@ -11,8 +11,6 @@ use filerep::protocol::handshake::ClusterKey;
 use filerep::runtime::mirror::{MirrorConfig, MirrorServer};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Parser)]
@@ -87,6 +85,9 @@ struct MirrorCmd {
     /// Keep the generation and fault state here across restarts.
     #[arg(long)]
     state_dir: Option<PathBuf>,
+    /// Milliseconds a new connection may take to prove the cluster key before it is closed.
+    #[arg(long, default_value_t = 2000)]
+    handshake_timeout_ms: u64,
 }
 
 #[derive(clap::Args)]
@@ -170,7 +171,53 @@ struct CompareCmd {
 fn init_tracing(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("FILEREP_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    // Colour codes only for a person at a terminal, never into a log file.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let subscriber = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    if tracing::subscriber::set_global_default(subscriber.finish()).is_ok()
+        && log::set_boxed_logger(Box::new(LogBridge(tracing_log::LogTracer::new()))).is_ok()
+    {
+        log::set_max_level(tracing_log::AsLog::as_log(&tracing::level_filters::LevelFilter::current()));
+    }
+}
+
+/// Stop on SIGTERM or SIGINT: the handler sets the flag, then writes the
+/// wake-up that the accept loops block on.
+fn stop_on_signals(stop: &filerep::io::admission::Stop) -> std::io::Result<()> {
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, stop.flag().clone())?;
+        signal_hook::low_level::pipe::register(sig, stop.wake_handle()?)?;
+    }
+    Ok(())
+}
+
+/// Records of crates that log through `log` (the FUSE library), passed on
+/// to tracing; those that report normal client behaviour go at debug level.
+struct LogBridge(tracing_log::LogTracer);
+
+impl log::Log for LogBridge {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        self.0.enabled(metadata)
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if record.level() <= log::Level::Warn && filerep::mount::normal_fuse_message(record.target(), record.args()) {
+            let quiet = log::Record::builder()
+                .args(*record.args())
+                .level(log::Level::Debug)
+                .target(record.target())
+                .module_path(record.module_path())
+                .file(record.file())
+                .line(record.line())
+                .build();
+            return self.0.log(&quiet);
+        }
+        self.0.log(record)
+    }
+
+    fn flush(&self) {
+        self.0.flush()
+    }
 }
 
 /// Dirty files stay open until synced, on both sides: use the hard limit
@@ -230,15 +277,14 @@ fn run_mirror(c: MirrorCmd) -> CmdResult {
         filespaces,
         key,
         generation: c.generation,
-        tuning: StreamTuning::default(),
+        tuning: StreamTuning { handshake_timeout: Duration::from_millis(c.handshake_timeout_ms), ..Default::default() },
         prefer_uring: !c.std_io,
         state_dir: c.state_dir,
     })?;
     let listener = std::net::TcpListener::bind(&c.listen).map_err(|e| format!("cannot listen on {}: {e}", c.listen))?;
     let addr = listener.local_addr()?;
-    let stop = Arc::new(AtomicBool::new(false));
-    signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
-    signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
+    let stop = filerep::io::admission::Stop::new()?;
+    stop_on_signals(&stop)?;
     tracing::info!(%addr, backend = server.disk_name(), "mirror ready");
     println!("{}{addr}", filerep_tools::process::READY_PREFIX);
     server.serve(&listener, &stop)?;

@@ -162,7 +162,8 @@ impl Engine {
             Kind::Fault => {
                 self.lose(format!("the mirror could not apply #{}: {}", f.header.seq, String::from_utf8_lossy(&f.body)))
             }
-            other => self.lose(format!("unexpected {} frame from the mirror", other.name())),
+            // Every other kind goes from primary to mirror.
+            other => self.lose(format!("the mirror sent a {} frame, which only a primary sends", other.name())),
         }
     }
 

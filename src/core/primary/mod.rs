@@ -71,52 +71,7 @@ pub enum Mode {
     Failed(String),
 }
 
-/// A deliberate defect, switched on only by the simulator, to show that its
-/// checks catch a broken rule of the code that ships. Each names the rule
-/// it breaks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum PlantedBug {
-    /// Rule 4: in change tracking, block writes are not recorded first.
-    SkipRecordBlock,
-    /// Rule 5: while streaming, changes are not covered in the activity log first.
-    SkipActivityCover,
-    /// Rule 2: a data write returns once written locally, without the mirror.
-    AckWithoutMirror,
-    /// Rule 5: activity entries are retired without first making this
-    /// host's own writes durable.
-    DropActivityWithoutLocalSync,
-    /// A local sync fdatasyncs the file but no changed directory: a file
-    /// created or renamed since loses its name in a power loss.
-    SyncWithoutDirectory,
-    /// Rule 6: a resync copy is read, then the file let go before the copy
-    /// is queued: a write in between is queued before the older copy.
-    ResyncCopyWithoutLock,
-    /// A resync checkpoint clears its entries once the mirror has applied
-    /// the flush, not synced it.
-    ResyncCheckpointBeforeSynced,
-    /// Calls during a resync are not flagged as catching up.
-    ResyncWithoutCatchingUp,
-    /// A rename during a resync of a path it still owes is not recorded for
-    /// another pass.
-    ResyncRenameWithoutAnotherPass,
-    /// A resync's checkpoint and final clear also drop the activity table's entries.
-    ResyncClearDropsActivity,
-    /// A resync clears entries without first making this host's copy durable.
-    ResyncClearWithoutLocalSync,
-    /// Taking the mirror back pins nothing and keeps the activity table.
-    RetireDropsTrackedPaths,
-    /// The resync takes its redo set while a rename is between recording
-    /// its target and renaming (the set was once taken without the
-    /// namespace lock).
-    RedoWhileRenaming,
-    /// A resync flush lets writes of its file still in their local step
-    /// through (the flush once took its file's lock shared).
-    ResyncFlushWithWritesInFlight,
-    /// The loss decision waits for every call to leave its claims, while
-    /// calls parked for the decision hold theirs (the "no decision in time"
-    /// deadlock, once through the marks lock).
-    DecisionDrainsCalls,
-}
+pub use crate::core::PlantedBug;
 
 /// Limits and settings of one engine.
 #[derive(Clone, Debug)]

@@ -210,7 +210,14 @@ impl std::fmt::Debug for SimDisk {
 }
 
 fn err(op: &'static str, path: impl ToString, (kind, detail): LookupErr) -> DiskError {
-    DiskError::new(op, path, kind, detail)
+    let e = DiskError::new(op, path, kind, detail);
+    // What a kernel would say, so the simulated mirror sorts it as the real one does.
+    match detail {
+        "ENOTDIR" => e.with_errno(libc::ENOTDIR),
+        "EISDIR" => e.with_errno(libc::EISDIR),
+        "rename across filespaces" => e.with_errno(libc::EXDEV),
+        _ => e,
+    }
 }
 
 impl SimDisk {

@@ -119,6 +119,7 @@ impl Primary {
         check_filespaces(&cfg.filespaces)?;
         let roots: Vec<_> = cfg.filespaces.iter().map(|f| f.root.clone()).collect();
         let disk = crate::io::disk::open_local(&roots, cfg.prefer_uring)?;
+        crate::io::disk::check_largest_file(&roots)?;
         Self::start_with_disk(cfg, disk, conn, peer)
     }
 
@@ -283,10 +284,8 @@ impl Primary {
         let file = self.fspath(fs, path)?;
         self.check_block(data.len())?;
         let bs = self.config.identity.block_size as u64;
-        block
-            .checked_mul(bs)
-            .filter(|o| o.checked_add(bs).is_some_and(|end| end <= crate::protocol::MAX_FILE_BYTES))
-            .ok_or_else(|| Error::InvalidArgument(format!("block {block} is beyond the largest file")))?;
+        let what = if extend { "extend" } else { "write_block" };
+        check_file_limit(|| format!("{what} of {file} at block {block}"), block.checked_mul(bs), bs)?;
         // Copied and hashed here, outside the engine's lock.
         let data = Bytes::copy_from_slice(data);
         let hash = body_hash(&data);
@@ -316,19 +315,15 @@ impl Primary {
 
     /// Truncate a relation file to `nblocks` blocks.
     pub fn truncate(&self, fs: u16, path: &str, nblocks: u64) -> Result<()> {
-        let len = nblocks
-            .checked_mul(self.config.identity.block_size as u64)
-            .filter(|l| *l <= crate::protocol::MAX_FILE_BYTES)
-            .ok_or_else(|| Error::InvalidArgument(format!("{nblocks} blocks is beyond the largest file")))?;
-        self.set_len(fs, path, len)
+        let len = nblocks.checked_mul(self.config.identity.block_size as u64);
+        check_file_limit(|| format!("truncate of {path} to {nblocks} blocks"), len, 0)?;
+        self.set_len(fs, path, len.unwrap_or_default())
     }
 
     /// Set a flat file's length in bytes.
     pub fn set_len(&self, fs: u16, path: &str, len: u64) -> Result<()> {
         let file = self.fspath(fs, path)?;
-        if len > crate::protocol::MAX_FILE_BYTES {
-            return Err(Error::InvalidArgument(format!("length {len} is beyond the largest file")));
-        }
+        check_file_limit(|| format!("set_len of {file} to {len} bytes"), Some(len), 0)?;
         self.run_simple(Op::SetLen { file, len })
     }
 
@@ -355,9 +350,7 @@ impl Primary {
                 data.len()
             )));
         }
-        if offset.checked_add(data.len() as u64).is_none_or(|e| e > crate::protocol::MAX_FILE_BYTES) {
-            return Err(Error::InvalidArgument(format!("offset {offset} is beyond the largest file")));
-        }
+        check_file_limit(|| format!("write_at of {file} at byte {offset}"), Some(offset), data.len() as u64)?;
         let data = Bytes::copy_from_slice(data);
         let hash = body_hash(&data);
         self.run_simple(Op::WriteAt { file, offset, data, hash })
@@ -515,8 +508,18 @@ pub fn client_handshake(
     peer: &str,
 ) -> Result<()> {
     let hs_err = |source| Error::Handshake { peer: peer.to_string(), source };
-    let io_err = |e: std::io::Error| Error::io(format!("handshake with {peer}"), e);
-    let deadline = Some(Instant::now() + cfg.tuning.handshake_timeout);
+    let limit = cfg.tuning.handshake_timeout;
+    let io_err = |e: std::io::Error| match crate::io::net::is_timeout(&e) {
+        true => Error::io(
+            format!("handshake with {peer}"),
+            std::io::Error::new(
+                e.kind(),
+                format!("no answer within the handshake deadline ({} ms)", limit.as_millis()),
+            ),
+        ),
+        false => Error::io(format!("handshake with {peer}"), e),
+    };
+    let deadline = Some(Instant::now() + limit);
     let mut client_nonce = [0u8; 32];
     rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut client_nonce);
     let hello = Hello {
@@ -531,6 +534,12 @@ pub fn client_handshake(
     let hello_bytes = hello.encode();
     writer.send_all(&[IoSlice::new(&hello_bytes)]).map_err(io_err)?;
     let challenge = read_message(reader, deadline).map_err(io_err)?;
+    // A mirror that refuses the Hello answers with a Verdict at once; the
+    // two are told apart by their length (docs/protocol.md § 2.3).
+    if challenge.len() != handshake::CHALLENGE_LEN {
+        let verdict = handshake::Verdict::decode(&challenge).map_err(hs_err)?;
+        return Err(Error::Refused { peer: peer.to_string(), status: verdict.status, reason: verdict.reason });
+    }
     let challenge = handshake::Challenge::decode(&challenge).map_err(hs_err)?;
     let proof = cfg.key.primary_proof(handshake::payload(&hello_bytes), &client_nonce, &challenge.server_nonce);
     writer.send_all(&[IoSlice::new(&handshake::Proof { proof }.encode())]).map_err(io_err)?;
@@ -546,6 +555,21 @@ pub fn client_handshake(
         )));
     }
     Ok(())
+}
+
+/// The one limit on file sizes (docs/protocol.md § 3.4), checked before a
+/// call does anything locally: `len` bytes from `start` (`None`: the start
+/// overflowed) must end within [`crate::protocol::MAX_FILE_BYTES`].
+fn check_file_limit(what: impl FnOnce() -> String, start: Option<u64>, len: u64) -> Result<()> {
+    match crate::protocol::file_end(start, len) {
+        Some(_) => Ok(()),
+        None => Err(Error::InvalidArgument(format!(
+            "{} would end past the largest file a pair holds ({} bytes, 4 TiB; docs/protocol.md § 3.4): \
+             refused, nothing changed",
+            what(),
+            crate::protocol::MAX_FILE_BYTES
+        ))),
+    }
 }
 
 /// Read one length-prefixed handshake message; returns it without the prefix.

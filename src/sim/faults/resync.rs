@@ -383,6 +383,14 @@ impl SimLink<'_> {
 }
 
 impl ResyncLink for SimLink<'_> {
+    fn now_ms(&self) -> u64 {
+        self.sim.now
+    }
+    fn pause(&mut self, ms: u64) {
+        if let Err(f) = self.advance(ms) {
+            self.failure.get_or_insert(f);
+        }
+    }
     fn block_size(&self) -> u32 {
         self.sim.cfg.block_size
     }
@@ -789,6 +797,7 @@ impl FaultSim {
             // Small, so checkpoints (Cleared records) happen within a run.
             checkpoint_bytes: Some(self.rng.gen_range(1..=16) * 16 * 1024),
             compare: self.rng.gen_bool(0.25),
+            planted: None,
         };
         let extra = self.rng.gen_range(10..=80);
         self.op_limit = self.ops.len() + extra;
