@@ -392,6 +392,8 @@ fn a_panic_is_caught_the_segment_faults_and_every_later_call_says_so() {
         refused(filerep_create(seg, 0, rel.as_ptr()), FILEREP_ERR_FAULTED, "filerep_create", "a planted bug");
     }
     assert_eq!(info(seg).role, FILEREP_ROLE_STOPPED);
+    // A probe that reaches it before it stops hears that it faulted.
+    assert!(entry(seg).ok().expect("open").handle.status().faulted);
     assert!(!f.root("pg_system").join("rel").exists());
     // It stops answering the arbiter, which then decides as for a crash.
     let key = ClusterKey::from_material(KEY).expect("key");

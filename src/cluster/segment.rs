@@ -246,6 +246,9 @@ pub struct SegmentStatus {
     pub detail: String,
     /// The change-log holds changes (for a non-primary: to hand over).
     pub changes_pending: bool,
+    /// A mirror that faulted (its disk failed): never promoted.
+    #[serde(default)]
+    pub faulted: bool,
     /// The resync in progress (or the last one), as counted so far.
     #[serde(default)]
     pub resync: Option<crate::runtime::resync::ProgressSnapshot>,
@@ -272,6 +275,7 @@ impl SegmentStatus {
             generation: self.generation,
             mode: self.mode,
             changes_pending: self.changes_pending,
+            faulted: self.faulted,
         }
     }
 }
@@ -480,6 +484,8 @@ struct RoleView {
     generation: u64,
     mode: char,
     detail: String,
+    /// A mirror whose disk failed.
+    faulted: bool,
     primary: Option<Arc<Primary>>,
 }
 
@@ -766,6 +772,8 @@ impl Shared {
     /// the role lock only (no statistics).
     fn role_view(&self) -> RoleView {
         let role = lock(&self.role);
+        // A mirror whose disk failed (rule 8) says so: it is never promoted.
+        let faulted = matches!(&*role, Role::Mirror { server, .. } if server.fault().is_some());
         let (acting, generation, mode, detail, primary) = match &*role {
             Role::Idle => (Acting::Idle, 0, '-', "waiting for the arbiter".to_string(), None),
             Role::Starting => (Acting::Starting, 0, '-', "carrying out an order".to_string(), None),
@@ -784,11 +792,14 @@ impl Shared {
             }
             Role::Stopped(w) => (Acting::Stopped, 0, '-', w.clone(), None),
         };
-        RoleView { acting, generation, mode, detail, primary }
+        RoleView { acting, generation, mode, detail, faulted, primary }
     }
 
     fn status(&self) -> SegmentStatus {
-        let RoleView { acting, generation, mode, detail, primary } = self.role_view();
+        let RoleView { acting, generation, mode, detail, faulted, primary } = self.role_view();
+        // A segment faulted through its handle (a caught panic in the C ABI)
+        // counts too, for the probes that reach it before it stops.
+        let faulted = faulted || lock(&self.fault).is_some();
         let replication = primary.map(|p| p.replication());
         let verify = {
             let v = lock(&self.verify);
@@ -810,6 +821,7 @@ impl Shared {
             mode,
             detail,
             changes_pending: !self.changelog.is_empty(),
+            faulted,
             resync: rs.progress.as_ref().map(|p| p.snapshot()),
             resync_error: rs.error.clone(),
             verify,

@@ -34,6 +34,9 @@ pub struct Seen {
     /// Its change-log holds changes: for a segment that is not serving,
     /// what it wrote before it stopped (its activity log after a crash).
     pub changes_pending: bool,
+    /// A mirror that faulted (its disk failed, rule 8): its files are in
+    /// doubt, so it is never promoted and no longer counts as in sync.
+    pub faulted: bool,
 }
 
 /// An order for a segment.
@@ -60,23 +63,38 @@ pub enum Order {
 /// answer (or where another answers) failed its probe. The acting primary
 /// found idle with changes in its log, in a synchronized pair, restarted
 /// after a crash: what it wrote last may not be on the mirror, nor what the
-/// mirror applied on it, so it counts as lost and the mirror is promoted
-/// (it returns as the mirror and hands its activity log over, rule 5).
+/// mirror applied on it. If its mirror is serving, the mirror has what was
+/// acknowledged and is promoted (the old primary returns as the mirror and
+/// hands its activity log over, rule 5); if the mirror restarted too, it
+/// counts as lost instead, and the primary's log names what may differ for
+/// the resync.
 pub fn events(pair: &Pair, probes: &[(u32, Option<Seen>)]) -> Vec<Event> {
+    let seen = |dbid: u32| probes.iter().find(|(d, _)| *d == dbid).and_then(|(_, s)| *s).filter(|s| s.dbid == dbid);
     let mut out = Vec::new();
-    for (dbid, seen) in probes {
-        let dbid = *dbid;
-        match seen {
-            Some(s) if s.dbid == dbid => {
-                let acting = !pair.down && pair.acting_primary().dbid == dbid;
-                let restarted =
-                    acting && s.acting == Acting::Idle && s.changes_pending && pair.mode == PairMode::Synchronized;
-                if restarted {
-                    out.push(Event::ProbeFailed { dbid });
-                }
-                out.push(Event::SegmentUp { dbid });
-            }
-            _ => out.push(Event::ProbeFailed { dbid }),
+    if !pair.down && pair.mode == PairMode::Synchronized {
+        let (p, m) = (pair.acting_primary(), pair.acting_mirror());
+        let restarted = seen(p.dbid).is_some_and(|s| s.acting == Acting::Idle && s.changes_pending);
+        let mirror_serving =
+            seen(m.dbid).is_some_and(|s| s.acting == Acting::Mirror && s.generation >= pair.generation);
+        // A mirror found idle beside a primary that serves restarted on
+        // its own: what it had only applied may be gone, so it is no longer
+        // in sync (its primary may not have been able to say so).
+        let mirror_restarted = seen(m.dbid).is_some_and(|s| s.acting == Acting::Idle)
+            && seen(p.dbid).is_some_and(|s| s.acting == Acting::Primary && s.generation == pair.generation);
+        // A faulted mirror whose primary could not tell the arbiter (cut
+        // off from it) must not be promoted: it leaves the pair's sync
+        // now, so a later loss of the primary is a double fault.
+        let mirror_faulted = seen(m.dbid).is_some_and(|s| s.acting == Acting::Mirror && s.faulted);
+        if restarted {
+            out.push(Event::ProbeFailed { dbid: if mirror_serving { p.dbid } else { m.dbid } });
+        } else if mirror_restarted || mirror_faulted {
+            out.push(Event::ProbeFailed { dbid: m.dbid });
+        }
+    }
+    for (dbid, _) in probes {
+        match seen(*dbid) {
+            Some(_) => out.push(Event::SegmentUp { dbid: *dbid }),
+            None => out.push(Event::ProbeFailed { dbid: *dbid }),
         }
     }
     out
@@ -140,7 +158,7 @@ mod tests {
     use super::*;
 
     fn seen(dbid: u32, acting: Acting, generation: u64) -> Option<Seen> {
-        Some(Seen { dbid, acting, generation, mode: '-', changes_pending: false })
+        Some(Seen { dbid, acting, generation, mode: '-', changes_pending: false, faulted: false })
     }
 
     fn apply(pair: &mut Pair, events: Vec<Event>) {
@@ -176,7 +194,14 @@ mod tests {
     #[test]
     fn a_primary_restarted_with_its_activity_log_is_replaced_and_hands_it_over() {
         let mut pair = Pair::new(0, 1, 2);
-        let back = Some(Seen { dbid: 1, acting: Acting::Idle, generation: 1, mode: '-', changes_pending: true });
+        let back = Some(Seen {
+            dbid: 1,
+            acting: Acting::Idle,
+            generation: 1,
+            mode: '-',
+            changes_pending: true,
+            faulted: false,
+        });
         let probes = [(1, back), (2, seen(2, Acting::Mirror, 1))];
         let e = events(&pair, &probes);
         apply(&mut pair, e);
@@ -186,10 +211,68 @@ mod tests {
         let o = orders(&pair, &probes, None);
         assert!(o.contains(&Order::BecomeMirror { dbid: 1, generation: 2 }), "{o:?}");
         let probes = [
-            (1, Some(Seen { dbid: 1, acting: Acting::Mirror, generation: 2, mode: '-', changes_pending: true })),
+            (
+                1,
+                Some(Seen {
+                    dbid: 1,
+                    acting: Acting::Mirror,
+                    generation: 2,
+                    mode: '-',
+                    changes_pending: true,
+                    faulted: false,
+                }),
+            ),
             (2, seen(2, Acting::Primary, 2)),
         ];
         assert_eq!(orders(&pair, &probes, None), vec![Order::HandOver { from: 1, to: 2 }]);
+    }
+
+    #[test]
+    fn a_primary_restarted_with_its_log_beside_a_restarted_mirror_keeps_its_role_alone() {
+        let mut pair = Pair::new(0, 1, 2);
+        let back = Some(Seen {
+            dbid: 1,
+            acting: Acting::Idle,
+            generation: 0,
+            mode: '-',
+            changes_pending: true,
+            faulted: false,
+        });
+        let probes = [(1, back), (2, seen(2, Acting::Idle, 0))];
+        let e = events(&pair, &probes);
+        apply(&mut pair, e);
+        assert_eq!((pair.acting_primary().dbid, pair.generation, pair.mode), (1, 1, PairMode::ChangeTracking));
+        assert_eq!(
+            orders(&pair, &probes, None),
+            vec![
+                Order::BecomeMirror { dbid: 2, generation: 1 },
+                Order::BecomePrimary { dbid: 1, generation: 1, mirror: None }
+            ]
+        );
+    }
+
+    #[test]
+    fn a_mirror_restarted_beside_its_serving_primary_is_out_of_sync() {
+        let mut pair = Pair::new(0, 1, 2);
+        let probes = [(1, seen(1, Acting::Primary, 1)), (2, seen(2, Acting::Idle, 0))];
+        let e = events(&pair, &probes);
+        apply(&mut pair, e);
+        assert_eq!((pair.acting_primary().dbid, pair.mode), (1, PairMode::ChangeTracking));
+    }
+
+    #[test]
+    fn a_faulted_mirror_leaves_the_sync_and_is_never_promoted() {
+        let mut pair = Pair::new(0, 1, 2);
+        let faulted = Some(Seen { faulted: true, ..seen(2, Acting::Mirror, 1).unwrap() });
+        // Its primary is cut off from the arbiter and cannot say so.
+        let probes = [(1, seen(1, Acting::Primary, 1)), (2, faulted)];
+        let e = events(&pair, &probes);
+        apply(&mut pair, e);
+        assert_eq!((pair.acting_primary().dbid, pair.mode), (1, PairMode::ChangeTracking));
+        // The primary is lost next: a double fault, not a failover.
+        let e = events(&pair, &[(1, None), (2, faulted)]);
+        apply(&mut pair, e);
+        assert!(pair.down && pair.acting_primary().dbid == 1, "{pair:?}");
     }
 
     #[test]

@@ -363,9 +363,10 @@ pub const CHECKPOINT_MS: u64 = 1000;
 /// The mirror's durability policy after each batch it applied: whether to
 /// make everything durable now (a full checkpoint) rather than only what
 /// the batch asked for.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Checkpoints {
     last_full_ms: u64,
+    interval_ms: u64,
 }
 
 /// What the executor reports about itself after a batch.
@@ -384,14 +385,19 @@ pub struct ApplyState {
 
 impl Checkpoints {
     pub fn new(now_ms: u64) -> Checkpoints {
-        Checkpoints { last_full_ms: now_ms }
+        Checkpoints::every(now_ms, CHECKPOINT_MS)
+    }
+
+    /// A checkpoint at least every `interval_ms` (the simulator varies it).
+    pub fn every(now_ms: u64, interval_ms: u64) -> Checkpoints {
+        Checkpoints { last_full_ms: now_ms, interval_ms: interval_ms.max(1) }
     }
 
     /// Whether the next sync job must be a full one.
     pub fn full_due(&mut self, now_ms: u64, s: ApplyState) -> bool {
         let due = s.shutdown
             || s.too_many_dirty
-            || ((s.unsynced || s.durable_behind) && now_ms.saturating_sub(self.last_full_ms) >= CHECKPOINT_MS);
+            || ((s.unsynced || s.durable_behind) && now_ms.saturating_sub(self.last_full_ms) >= self.interval_ms);
         if due {
             self.last_full_ms = now_ms;
         }

@@ -566,3 +566,108 @@ pub fn run_on(p: &mut dyn ResyncLink, opts: &ResyncOptions, progress: &Progress)
         extra_passes,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> FsPath {
+        FsPath::new(0, RelPath::new(s).unwrap_or_else(|e| panic!("{s}: {e}")))
+    }
+
+    /// A link over a filespace holding one empty file, whose change-log names `owed`, where
+    /// every path the change-log still owes is renamed by a call right
+    /// after the walk (a database renames all the time): a rename of an
+    /// owed path asks for another pass, as the primary's RedoIfOwed does.
+    struct Renaming {
+        owed: BTreeSet<FsPath>,
+        walked: bool,
+        renamed: bool,
+        passes: u64,
+    }
+
+    impl ResyncLink for Renaming {
+        fn now_ms(&self) -> u64 {
+            0
+        }
+        fn pause(&mut self, _ms: u64) {}
+        fn block_size(&self) -> u32 {
+            8192
+        }
+        fn filespace_count(&self) -> u16 {
+            1
+        }
+        fn change_set(&mut self, _full: bool) -> Result<ChangeSet> {
+            Ok(ChangeSet { touched: self.owed.iter().map(|p| (p.clone(), true)).collect(), ..ChangeSet::default() })
+        }
+        fn redo(&mut self) -> Result<BTreeSet<FsPath>> {
+            // The renames happen once, after the walk; each owed path renamed
+            // owes another pass (taken once).
+            if self.walked && !self.renamed {
+                self.renamed = true;
+                self.passes += 1;
+                return Ok(self.owed.clone());
+            }
+            Ok(BTreeSet::new())
+        }
+        fn walked(&mut self) {
+            self.walked = true;
+        }
+        fn entry_kind(&mut self, _p: &FsPath) -> Result<Option<EntryKind>> {
+            Ok(None)
+        }
+        fn reconcile(&mut self, _fs: u16, path: Option<&RelPath>, _prune: bool) -> Result<LocalEntry> {
+            Ok(match path {
+                None => LocalEntry::Dir { children: vec![("f".to_string(), EntryKind::File)] },
+                Some(_) => LocalEntry::File { len: 0 },
+            })
+        }
+        fn copy(&mut self, _p: &FsPath, _first: u64, _count: u64) -> Result<u64> {
+            Ok(0)
+        }
+        fn hashes(&mut self, _p: &FsPath, _f: u64, _c: u32, _t: Duration) -> Result<Option<(Vec<u64>, Vec<u64>)>> {
+            Ok(None)
+        }
+        fn send(&mut self) {}
+        fn check(&mut self) -> Result<()> {
+            Ok(())
+        }
+        fn flush(&mut self, _p: &FsPath) -> Result<Option<u64>> {
+            Ok(Some(1))
+        }
+        fn checkpoint(
+            &mut self,
+            _synced: u64,
+            _flushed: &BTreeSet<FsPath>,
+            _blocks: &BTreeMap<FsPath, BTreeSet<u64>>,
+            paths: &[FsPath],
+            _timeout: Duration,
+        ) -> Result<()> {
+            for done in paths {
+                self.owed.remove(done);
+            }
+            Ok(())
+        }
+        fn finish(&mut self, _synced: Option<u64>, _flushed: &BTreeSet<FsPath>, _t: Duration) -> Result<bool> {
+            Ok(true)
+        }
+    }
+
+    fn full_resync(planted: Option<crate::core::PlantedBug>) -> ResyncReport {
+        let owed = ["a", "b/c", "d"].into_iter().map(p).collect();
+        let mut link = Renaming { owed, walked: false, renamed: false, passes: 0 };
+        let opts = ResyncOptions { full: true, planted, ..ResyncOptions::default() };
+        run_on(&mut link, &opts, &Progress::default()).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// A full resync records what its walk covered as soon as the walk is
+    /// done, so renames after it owe nothing the walk shipped (it once
+    /// kept every path owed until its end: each rename meanwhile cost a
+    /// pass over the renamed tree).
+    #[test]
+    fn renames_after_a_full_resyncs_walk_owe_no_pass() {
+        assert_eq!(full_resync(None).extra_passes, 0);
+        let planted = full_resync(Some(crate::core::PlantedBug::FullResyncWithoutWalkCheckpoint));
+        assert!(planted.extra_passes > 0, "the schedule must fail with the fix removed: {planted:?}");
+    }
+}

@@ -316,6 +316,15 @@ impl PrimaryExec {
             }
         }
         for p in paths {
+            // A file's own entry may stand for its length (a truncate):
+            // its data is made durable too, not only its name.
+            if let Ok(Some(crate::protocol::path::EntryKind::File)) = self.disk.entry_kind(p) {
+                match self.disk.open(p, OpenMode::Existing) {
+                    Ok(h) => h.sync_data().map_err(|e| e.to_string())?,
+                    Err(e) if gone(&e) => {}
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
             match self.disk.sync_parent_dir(p) {
                 Ok(()) => {}
                 Err(e) if gone(&e) => {}

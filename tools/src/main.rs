@@ -156,6 +156,10 @@ struct SimCmd {
     /// catch it (an unknown name lists them all).
     #[arg(long, requires = "faults")]
     bug: Option<String>,
+    /// With --faults: namespace calls only in the first third of each
+    /// schedule, data calls after (a steady OLTP-like workload).
+    #[arg(long, requires = "faults")]
+    steady: bool,
 }
 
 #[derive(clap::Args)]
@@ -458,30 +462,21 @@ fn seed_bar(n: usize) -> indicatif::ProgressBar {
 }
 
 fn run_fault_sim(c: &SimCmd, seeds: &[u64]) -> CmdResult {
-    use filerep::sim::{FaultConfig, FaultKind, PlantedBug};
+    use filerep::sim::{FaultConfig, FaultKind, FaultReport, PlantedBug};
     let bug = c.bug.as_deref().map(str::parse::<PlantedBug>).transpose()?;
     let defaults = FaultConfig::default();
-    let cfg = FaultConfig { operations: c.operations.unwrap_or(defaults.operations), bug, ..defaults };
+    let cfg =
+        FaultConfig { operations: c.operations.unwrap_or(defaults.operations), bug, steady: c.steady, ..defaults };
     let start = std::time::Instant::now();
-    let mut faults: std::collections::BTreeMap<FaultKind, u64> = Default::default();
-    let mut outcomes: std::collections::BTreeMap<&'static str, u64> = Default::default();
-    let mut resync = filerep::sim::ResyncTotals::default();
-    let (mut ran, mut calls, mut acked) = (0, 0, 0);
+    let mut total = FaultReport::default();
+    let mut ran = 0;
     let bar = seed_bar(seeds.len());
     let mut failed = None;
     for &seed in seeds {
         match filerep::sim::run_faults(seed, &cfg) {
             Ok(r) => {
                 ran += 1;
-                calls += r.operations;
-                acked += r.acked;
-                for (k, v) in r.faults {
-                    *faults.entry(k).or_default() += v;
-                }
-                for (k, v) in r.outcomes {
-                    *outcomes.entry(k).or_default() += v;
-                }
-                resync.add(&r.resync);
+                total.add(&r);
             }
             Err(f) => {
                 failed = Some(f);
@@ -491,15 +486,29 @@ fn run_fault_sim(c: &SimCmd, seeds: &[u64]) -> CmdResult {
         bar.inc(1);
     }
     bar.finish_and_clear();
-    println!("{ran} fault schedules, {calls} calls ({acked} succeeded) in {:.1} s", start.elapsed().as_secs_f64());
+    println!(
+        "{ran} fault schedules, {} calls ({} succeeded) in {:.1} s",
+        total.operations,
+        total.acked,
+        start.elapsed().as_secs_f64()
+    );
     println!("faults that fired:");
     for k in FaultKind::all() {
-        println!("  {:<44} {:>6}", k.to_string(), faults.get(&k).copied().unwrap_or(0));
+        println!("  {:<44} {:>8}", k.to_string(), total.faults.get(&k).copied().unwrap_or(0));
     }
     println!("outcomes:");
-    for (k, v) in &outcomes {
-        println!("  {k:<62} {v:>6}");
+    for (k, v) in &total.outcomes {
+        println!("  {k:<62} {v:>8}");
     }
+    println!("the primary engine's commands carried out (what the schedules exercised):");
+    for (k, v) in &total.commands {
+        println!("  {k:<30} {v:>10}");
+    }
+    println!("events fed to it:");
+    for (k, v) in &total.events {
+        println!("  {k:<30} {v:>10}");
+    }
+    let resync = &total.resync;
     println!(
         "resync engine: {} runs, {} completed, {} interrupted by their fault; {} paths, {} blocks ({} bytes) \
          shipped or compared, {} compared equal, {} extra passes over renamed paths; {} calls by writers while a \

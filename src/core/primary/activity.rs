@@ -21,7 +21,7 @@ pub const EXTENT_BLOCKS: u64 = 32;
 /// 32 KiB: 1 GiB of hot data; the log stays a few tens of KiB).
 pub const DEFAULT_LIMIT: usize = 1024;
 
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct Heat {
     /// Calls between their cover and the end of their local step.
     in_flight: u32,
@@ -31,14 +31,42 @@ struct Heat {
     durable: bool,
     /// Part of a retire being written: a new cover waits until it is gone.
     retiring: bool,
+    /// Paths the change-log may hold its records under besides its own,
+    /// when a rename has moved the entry since.
+    logged: Vec<FsPath>,
+    /// Moved by a rename and not recorded under its new path since.
+    renamed: bool,
+}
+
+impl Heat {
+    /// The entry under its new path: its records are under the old one, so
+    /// the next cover records it again where it is now (a crash must find
+    /// the file by its current name).
+    fn moved(mut self, old: &FsPath) -> Heat {
+        self.renamed = true;
+        self.logged.push(old.clone());
+        self
+    }
+
+    /// Join the entry of a file renamed over this one's path.
+    fn absorb(&mut self, other: Heat, old: &FsPath) {
+        self.in_flight += other.in_flight;
+        self.last_seq = self.last_seq.max(other.last_seq);
+        self.durable &= other.durable;
+        self.renamed = true;
+        self.retiring |= other.retiring;
+        self.logged.push(old.clone());
+        self.logged.extend(other.logged);
+    }
 }
 
 /// Entries to retire: each with the sequence number it was last shipped
-/// with when picked (retired only if still so).
+/// with when picked (retired only if still so), and the paths its records
+/// are under in the change-log.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RetireSet {
-    pub extents: BTreeMap<FsPath, BTreeMap<u64, u64>>,
-    pub paths: BTreeMap<FsPath, u64>,
+    pub extents: BTreeMap<FsPath, BTreeMap<u64, (u64, Vec<FsPath>)>>,
+    pub paths: BTreeMap<FsPath, (u64, Vec<FsPath>)>,
 }
 
 impl RetireSet {
@@ -50,7 +78,8 @@ impl RetireSet {
         self.len() == 0
     }
 
-    /// The files and paths whose local copies must be durable first.
+    /// The files and paths (where they are now) whose local copies must be
+    /// durable first.
     pub fn files(&self) -> Vec<FsPath> {
         self.extents.keys().cloned().collect()
     }
@@ -59,11 +88,27 @@ impl RetireSet {
         self.paths.keys().cloned().collect()
     }
 
-    /// As the change-log's retire takes them.
+    /// As the change-log's retire takes them: under the paths they were recorded under.
     pub fn as_records(&self) -> (BTreeMap<FsPath, BTreeSet<u64>>, BTreeSet<FsPath>) {
-        let extents = self.extents.iter().map(|(p, es)| (p.clone(), es.keys().copied().collect())).collect();
-        (extents, self.paths.keys().cloned().collect())
+        let mut extents: BTreeMap<FsPath, BTreeSet<u64>> = BTreeMap::new();
+        for (p, es) in &self.extents {
+            for (e, (_, logged)) in es {
+                for q in logged_or(p, logged) {
+                    extents.entry(q.clone()).or_default().insert(*e);
+                }
+            }
+        }
+        let mut paths = BTreeSet::new();
+        for (p, (_, logged)) in &self.paths {
+            paths.extend(logged_or(p, logged).cloned());
+        }
+        (extents, paths)
     }
+}
+
+/// An entry's record paths: its own and those it had before renames.
+fn logged_or<'a>(own: &'a FsPath, logged: &'a [FsPath]) -> impl Iterator<Item = &'a FsPath> {
+    std::iter::once(own).chain(logged.iter())
 }
 
 /// What a cover needs before its change may go out.
@@ -106,7 +151,7 @@ impl ActivityTable {
         for e in first / EXTENT_BLOCKS..=last / EXTENT_BLOCKS {
             match hot.and_then(|es| es.get(&e)) {
                 Some(h) if h.retiring => return CoverNeed::Wait,
-                Some(h) if h.durable => {}
+                Some(h) if h.durable && !h.renamed => {}
                 _ if rewriting => return CoverNeed::Wait,
                 _ => need = CoverNeed::Record,
             }
@@ -161,6 +206,7 @@ impl ActivityTable {
             for e in first / EXTENT_BLOCKS..=last / EXTENT_BLOCKS {
                 if let Some(h) = es.get_mut(&e) {
                     h.durable = true;
+                    h.renamed = false;
                 }
             }
         }
@@ -169,6 +215,7 @@ impl ActivityTable {
     pub fn path_recorded(&mut self, path: &FsPath) {
         if let Some(h) = self.paths.get_mut(path) {
             h.durable = true;
+            h.renamed = false;
         }
     }
 
@@ -202,12 +249,15 @@ impl ActivityTable {
         let idle = |h: &Heat| h.in_flight == 0 && h.last_seq <= durable && h.durable && !h.retiring;
         let mut set = RetireSet::default();
         for (p, es) in &self.extents {
-            let done: BTreeMap<u64, u64> = es.iter().filter(|(_, h)| idle(h)).map(|(e, h)| (*e, h.last_seq)).collect();
+            let done: BTreeMap<u64, (u64, Vec<FsPath>)> =
+                es.iter().filter(|(_, h)| idle(h)).map(|(e, h)| (*e, (h.last_seq, h.logged.clone()))).collect();
             if !done.is_empty() {
                 set.extents.insert(p.clone(), done);
             }
         }
-        set.paths.extend(self.paths.iter().filter(|(_, h)| idle(h)).map(|(p, h)| (p.clone(), h.last_seq)));
+        set.paths.extend(
+            self.paths.iter().filter(|(_, h)| idle(h)).map(|(p, h)| (p.clone(), (h.last_seq, h.logged.clone()))),
+        );
         (set.len() >= least.max(1)).then_some(set)
     }
 
@@ -222,19 +272,32 @@ impl ActivityTable {
         let mut out = RetireSet::default();
         for (p, es) in &picked.extents {
             if let Some(hot) = self.extents.get_mut(p) {
-                for (e, seq) in es {
-                    if let Some(h) = hot.get_mut(e).filter(|h| h.in_flight == 0 && h.last_seq == *seq) {
+                for (e, (seq, logged)) in es {
+                    let same = |h: &&mut Heat| h.in_flight == 0 && h.last_seq == *seq && h.logged == *logged;
+                    if let Some(h) = hot.get_mut(e).filter(same) {
                         h.retiring = true;
-                        out.extents.entry(p.clone()).or_default().insert(*e, *seq);
+                        out.extents.entry(p.clone()).or_default().insert(*e, (*seq, logged.clone()));
                     }
                 }
             }
         }
-        for (p, seq) in &picked.paths {
-            if let Some(h) = self.paths.get_mut(p).filter(|h| h.in_flight == 0 && h.last_seq == *seq) {
+        for (p, (seq, logged)) in &picked.paths {
+            let same = |h: &&mut Heat| h.in_flight == 0 && h.last_seq == *seq && h.logged == *logged;
+            if let Some(h) = self.paths.get_mut(p).filter(same) {
                 h.retiring = true;
-                out.paths.insert(p.clone(), *seq);
+                out.paths.insert(p.clone(), (*seq, logged.clone()));
             }
+        }
+        // A record under an old path that a live entry (a file created
+        // there since) also stands on stays in the log.
+        for (p, es) in out.extents.iter_mut() {
+            for (e, (_, logged)) in es.iter_mut() {
+                logged
+                    .retain(|q| q == p || self.extents.get(q).is_none_or(|hot| hot.get(e).is_none_or(|h| h.retiring)));
+            }
+        }
+        for (p, (_, logged)) in out.paths.iter_mut() {
+            logged.retain(|q| q == p || self.paths.get(q).is_none_or(|h| h.retiring));
         }
         out
     }
@@ -244,11 +307,12 @@ impl ActivityTable {
         for (p, es) in &set.extents {
             if let Some(hot) = self.extents.get_mut(p) {
                 for e in es.keys() {
+                    // Not retiring: one a rename moved over it since, not picked.
+                    let Some(h) = hot.get_mut(e).filter(|h| h.retiring) else { continue };
                     if ok {
-                        if hot.remove(e).is_some() {
-                            self.entries -= 1;
-                        }
-                    } else if let Some(h) = hot.get_mut(e) {
+                        hot.remove(e);
+                        self.entries -= 1;
+                    } else {
                         h.retiring = false;
                     }
                 }
@@ -258,15 +322,85 @@ impl ActivityTable {
             }
         }
         for p in set.paths.keys() {
+            let Some(h) = self.paths.get_mut(p).filter(|h| h.retiring) else { continue };
             if ok {
-                if self.paths.remove(p).is_some() {
-                    self.entries -= 1;
-                }
-            } else if let Some(h) = self.paths.get_mut(p) {
+                self.paths.remove(p);
+                self.entries -= 1;
+            } else {
                 h.retiring = false;
             }
         }
         self.next_try = if ok { self.limit + 1 } else { self.entries + (self.limit / 8).max(1) };
+    }
+
+    /// The entries being retired, for a diagnosis.
+    pub fn describe_retiring(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .extents
+            .iter()
+            .flat_map(|(p, es)| es.iter().filter(|(_, h)| h.retiring).map(move |(e, _)| format!("{p} extent {e}")))
+            .chain(self.paths.iter().filter(|(_, h)| h.retiring).map(|(p, _)| p.to_string()))
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// A rename moved `from` (and what lies under it) to `to`: the entries
+    /// follow, so retiring makes the files durable where they are now (and
+    /// the directories their names are in), and clears their records under
+    /// the paths they were written under. An entry of a file `to` replaced
+    /// joins the moved one's. (Retiring by the old path found nothing there
+    /// and dropped a record of data only in the page cache: found by the
+    /// simulator once it ran the engine.)
+    pub fn rebase(&mut self, from: &FsPath, to: &FsPath) {
+        let moved = |p: &FsPath| p.filespace == from.filespace && p.path.is_within(&from.path);
+        let dest = |p: &FsPath| p.path.rebase(&from.path, &to.path).map(|np| FsPath::new(to.filespace, np));
+        let extents: Vec<FsPath> = self.extents.keys().filter(|p| moved(p)).cloned().collect();
+        for old in extents {
+            let Some(new) = dest(&old) else { continue };
+            let Some(es) = self.extents.get_mut(&old) else { continue };
+            // An entry being retired stays where it was picked: the retire
+            // removes it there (its data is durable on both sides already).
+            let going: Vec<u64> = es.iter().filter(|(_, h)| !h.retiring).map(|(e, _)| *e).collect();
+            let mut taken = Vec::new();
+            for e in going {
+                if let Some(h) = es.remove(&e) {
+                    taken.push((e, h));
+                }
+            }
+            if es.is_empty() {
+                self.extents.remove(&old);
+            }
+            let target = self.extents.entry(new).or_default();
+            for (e, h) in taken {
+                if let Some(t) = target.get_mut(&e) {
+                    self.entries -= 1;
+                    if !t.retiring {
+                        t.absorb(h, &old);
+                        continue;
+                    }
+                }
+                // New here, or over one being retired (the replaced file's):
+                // that retire leaves an entry it did not pick alone.
+                target.insert(e, Heat::moved(h, &old));
+            }
+        }
+        // The rename's own entry for `from` stays: it names the removal,
+        // whose directory is `from`'s parent.
+        let paths: Vec<FsPath> =
+            self.paths.iter().filter(|(p, h)| moved(p) && *p != from && !h.retiring).map(|(p, _)| p.clone()).collect();
+        for old in paths {
+            let Some(new) = dest(&old) else { continue };
+            let Some(h) = self.paths.remove(&old) else { continue };
+            if let Some(t) = self.paths.get_mut(&new) {
+                self.entries -= 1;
+                if !t.retiring {
+                    t.absorb(h, &old);
+                    continue;
+                }
+            }
+            self.paths.insert(new, Heat::moved(h, &old));
+        }
     }
 
     /// A new stream (a mirror taken back): the table starts empty. What its
@@ -360,6 +494,38 @@ mod tests {
         t.cover_blocks(&a, 0, 0);
         t.end_blocks(&a, 0, 0, 9);
         assert!(t.still_idle(&picked).is_empty());
+    }
+
+    #[test]
+    fn entries_follow_a_rename_and_retire_under_the_paths_they_were_recorded_under() {
+        let mut t = ActivityTable::new(1);
+        let (d_x, d, e, e_x) = (p("d/x"), p("d"), p("e"), p("e/x"));
+        t.cover_blocks(&d_x, 0, 0);
+        t.blocks_recorded(&d_x, 0, 0);
+        t.end_blocks(&d_x, 0, 0, 2);
+        t.cover_path(&d_x);
+        t.path_recorded(&d_x);
+        t.end_path(&d_x, 1);
+        t.cover_path(&d);
+        t.path_recorded(&d);
+        t.end_path(&d, 3);
+        t.rebase(&d, &e);
+        let picked = t.candidates(3, 1).unwrap();
+        // The data is synced where it is now, its record retired where it was written.
+        assert_eq!(picked.files(), vec![e_x.clone()]);
+        assert_eq!(picked.path_list(), vec![d.clone(), e_x.clone()]);
+        let (extents, paths) = picked.as_records();
+        assert_eq!(extents.keys().cloned().collect::<Vec<_>>(), vec![d_x.clone(), e_x.clone()]);
+        assert_eq!(paths, BTreeSet::from([d, d_x.clone(), e_x.clone()]));
+        let _ = e;
+        // A write after the rename records the file under its new name first.
+        assert_eq!(t.blocks_need(&e_x, 0, 0, false), CoverNeed::Record);
+        // A file made at the old name since keeps its own record.
+        t.cover_blocks(&d_x, 0, 0);
+        t.blocks_recorded(&d_x, 0, 0);
+        let retiring = t.still_idle(&picked);
+        let (extents, _) = retiring.as_records();
+        assert_eq!(extents.keys().cloned().collect::<Vec<_>>(), vec![e_x.clone()]);
     }
 
     #[test]

@@ -620,6 +620,7 @@ impl Engine {
         match &op {
             Op::Rename { from, to } => {
                 self.rebase_dirty(from, to);
+                self.activity.rebase(from, to);
                 self.dirty(&[from, to])
             }
             Op::Create { file } | Op::Unlink { file } => self.dirty(&[file]),

@@ -195,6 +195,15 @@ impl Engine {
         if !self.link_up {
             return;
         }
+        // Frames a resync queued to send in batches go out at the latest
+        // now: the stream counts them as sent, so no heartbeat would.
+        self.kick();
+        if self.shutdown_sent {
+            if let TimerAction::MirrorSilent { silent_ms } = self.stream.on_tick(self.now) {
+                self.lose(format!("no acknowledgement for {silent_ms} ms"));
+            }
+            return;
+        }
         match self.stream.on_tick(self.now) {
             TimerAction::Nothing => {}
             TimerAction::SendHeartbeat => {
@@ -561,6 +570,7 @@ impl Engine {
         let mut h = Header::new(Kind::Shutdown);
         h.offset = last;
         self.push_out(h, Bytes::new());
+        self.shutdown_sent = true;
         self.kick();
         self.release_claims(id);
         self.set_step(id, step::MARK);
@@ -601,6 +611,7 @@ impl Engine {
     /// A mirror taken back: a new stream from sequence number 1.
     pub(super) fn attach_granted(&mut self, id: CallId) {
         self.epoch += 1;
+        self.shutdown_sent = false;
         self.stream = PrimaryStream::new(1, self.now, self.cfg.heartbeat_ms, self.cfg.ack_timeout_ms);
         // Queued after the loss and never sent: in the change-log already.
         self.pending.clear();

@@ -813,6 +813,10 @@ pub struct Engine {
     /// The connection can take frames.
     link_up: bool,
     closing: bool,
+    /// The Shutdown frame is out: nothing may follow it (the mirror closes
+    /// after its last acknowledgement, and a frame behind it could meet a
+    /// reset connection before that acknowledgement is read).
+    shutdown_sent: bool,
     faulted: Option<String>,
     calls: HashMap<CallId, Call>,
     claims: Claims,
@@ -862,6 +866,7 @@ impl Engine {
             lost: None,
             link_up: true,
             closing: false,
+            shutdown_sent: false,
             faulted: None,
             calls: HashMap::new(),
             claims: Claims::default(),
@@ -958,6 +963,20 @@ impl Engine {
         self.activity.len()
     }
 
+    /// What the window holds (shipped, not yet durable on the mirror), as
+    /// change-log records: what a loss would record now.
+    pub fn window_records(&self) -> Records {
+        let mut blocks = Vec::new();
+        let mut touched = Vec::new();
+        for (_, c) in &self.window {
+            match c {
+                Change::Blocks { path, first, last } => blocks.extend((*first..=*last).map(|b| (path.clone(), b))),
+                Change::Touched { path, subtree } => touched.push((path.clone(), *subtree)),
+            }
+        }
+        (blocks, touched)
+    }
+
     /// The state of every call and queue, for a diagnosis of a stall.
     pub fn describe(&self) -> String {
         let mut calls: Vec<String> = self
@@ -969,7 +988,9 @@ impl Engine {
             .collect();
         calls.sort();
         format!(
-            "mode {:?} lost {:?} link_up {} deciding {:?} log_busy {:?} log_queue {} retiring {} sending {} pending {} window {} acked {:?} last {} claims held by {} waiting {}; waiters {:?} room {:?} decision {:?} log {:?}; calls: {}",
+            "faulted {:?} closing {} mode {:?} lost {:?} link_up {} deciding {:?} log_busy {:?} log_queue {} retiring {} {:?} sending {} pending {} window {} acked {:?} last {} claims held by {} waiting {}; waiters {:?} room {:?} decision {:?} log {:?}; calls: {}",
+            self.faulted,
+            self.closing,
             self.mode,
             self.lost,
             self.link_up,
@@ -977,6 +998,7 @@ impl Engine {
             self.log_busy,
             self.log_queue.len(),
             !matches!(self.retiring, Retiring::Idle),
+            self.activity.describe_retiring(),
             self.sending,
             self.pending.len(),
             self.window.len(),

@@ -177,6 +177,41 @@ pub trait Disk: Send + Sync {
     }
 }
 
+/// Make every file and directory of filespaces `0..filespaces` durable,
+/// children before the directories that name them; returns how many
+/// entries were synced. A process that starts as primary does this first
+/// (as PostgreSQL syncs its data directory at crash recovery): a previous
+/// process may have died with changes in the page cache that its change
+/// records no longer name, and this one cannot know which directories they
+/// are in.
+pub fn sync_tree(disk: &dyn Disk, filespaces: u16) -> DiskResult<u64> {
+    fn walk(disk: &dyn Disk, fs: u16, dir: Option<&RelPath>, count: &mut u64) -> DiskResult<()> {
+        for (name, kind) in disk.list_dir(fs, dir)? {
+            let child = match dir {
+                Some(d) => d.join(&name),
+                None => RelPath::top(&name),
+            }
+            .map_err(|e| DiskError::new("sync_tree", format!("fs{fs}"), DiskErrorKind::Io, e))?;
+            match kind {
+                EntryKind::Dir => walk(disk, fs, Some(&child), count)?,
+                EntryKind::File => {
+                    disk.open(&FsPath::new(fs, child), OpenMode::Existing)?.sync_data()?;
+                    *count += 1;
+                }
+                EntryKind::Other => {}
+            }
+        }
+        disk.sync_dir(fs, dir)?;
+        *count += 1;
+        Ok(())
+    }
+    let mut count = 0;
+    for fs in 0..filespaces {
+        walk(disk, fs, None, &mut count)?;
+    }
+    Ok(count)
+}
+
 /// Remove `path` and everything beneath it; nothing there is no error.
 /// Entries that are neither files nor directories (symlinks) are removed as files.
 pub fn remove_tree(disk: &dyn Disk, path: &FsPath) -> DiskResult<()> {

@@ -97,7 +97,7 @@ fn engine_config(cfg: &PrimaryConfig) -> EngineConfig {
 
 /// An engine's failure as the library's error; `x` holds what the call's
 /// own steps reported.
-fn error_of(f: Failure, x: &mut Extras) -> Error {
+pub(crate) fn error_of(f: Failure, x: &mut Extras) -> Error {
     match f {
         Failure::InvalidArgument(s) => Error::InvalidArgument(s),
         Failure::MirrorLost(s) => Error::MirrorLost(s),
@@ -164,6 +164,10 @@ impl Primary {
         closer: Box<dyn ConnWriter>,
         alone: Option<String>,
     ) -> Result<Primary> {
+        // What an earlier process left in the page cache becomes durable
+        // before anything is cleared on the strength of it.
+        let synced = crate::io::disk::sync_tree(disk.as_ref(), cfg.filespaces.len() as u16)?;
+        tracing::debug!(entries = synced, "primary: the data directories are durable");
         let engine = crate::core::primary::Engine::new(engine_config(&cfg), 0, alone);
         tracing::debug!(backend = disk.name(), "primary local I/O");
         let rt = Arc::new(Runtime::new(
