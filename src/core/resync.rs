@@ -179,7 +179,8 @@ pub trait ResyncLink {
     /// against calls; with `prune`, the mirror keeps only its children.
     fn reconcile(&mut self, fs: u16, path: Option<&RelPath>, prune: bool) -> Result<LocalEntry>;
     /// Queue a copy of blocks `first..first + count` (at most 256 KiB),
-    /// read and queued with the file locked; the bytes queued.
+    /// read and queued while the step claims the file (no write of it runs
+    /// meanwhile); the bytes queued.
     fn copy(&mut self, p: &FsPath, first: u64, count: u64) -> Result<u64>;
     /// Hashes of `count` blocks from `first` here and on the mirror, at
     /// the same point of the stream; `None` if the file is gone here.
