@@ -21,6 +21,10 @@ struct Fixture {
 
 impl Fixture {
     fn new() -> Fixture {
+        Fixture::with_dbid(2)
+    }
+
+    fn with_dbid(dbid: u32) -> Fixture {
         let dir = tempfile::tempdir().expect("tempdir");
         let key_file = dir.path().join("cluster.key");
         std::fs::write(&key_file, KEY).expect("key");
@@ -33,7 +37,7 @@ impl Fixture {
             })
             .collect();
         let cfg = serde_json::json!({
-            "dbid": 2, "content": 0, "cluster_id": 7, "block_size": BS,
+            "dbid": dbid, "content": 0, "cluster_id": 7, "block_size": BS,
             "filespaces": fs, "key_file": key_file,
             "control_listen": "127.0.0.1:0", "data_listen": "127.0.0.1:0",
             "socket": dir.path().join("segment.sock"), "state_dir": dir.path().join("state"),
@@ -441,4 +445,58 @@ fn a_stopped_segment_ends_a_wait_for_the_primary_role_at_once() {
     assert!(waited < Duration::from_secs(10), "waited {waited:?} on a stopped segment: {msg}");
     assert_eq!(info(seg).role, FILEREP_ROLE_STOPPED);
     assert_eq!(filerep_segment_close(seg), FILEREP_OK, "{}", last_error());
+}
+
+#[test]
+fn two_segments_opened_through_the_abi_stream_as_a_pair_and_the_mirror_takes_over() {
+    let (pf, mf) = (Fixture::with_dbid(2), Fixture::with_dbid(3));
+    let m = mf.open();
+    order(m, SegmentRequest::BecomeMirror { generation: 1 });
+    assert_eq!((info(m).role, info(m).generation), (FILEREP_ROLE_MIRROR, 1));
+    let mirror = entry(m).ok().expect("open").handle.data_addr().expect("address").to_string();
+    let p = pf.open();
+    order(p, SegmentRequest::BecomePrimary { generation: 1, mirror: Some(mirror) });
+    assert_eq!(filerep_segment_wait_primary(p, 20_000), FILEREP_OK, "{}", last_error());
+    let i = info(p);
+    assert_eq!((i.role, i.mode, i.generation), (FILEREP_ROLE_PRIMARY, FILEREP_MODE_SYNCHRONIZED, 1));
+    let (base, rel, moved, log) = (cstring("base"), cstring("base/rel"), cstring("base/moved"), cstring("log"));
+    let block: Vec<u8> = (0..BS).map(|i| (i % 241) as u8).collect();
+    let record = b"commit 1\n";
+    // SAFETY: valid C strings and buffers of the lengths given.
+    unsafe {
+        assert_eq!(filerep_mkdir(p, 0, base.as_ptr()), FILEREP_OK, "{}", last_error());
+        assert_eq!(filerep_create(p, 0, rel.as_ptr()), FILEREP_OK, "{}", last_error());
+        for b in 0..3 {
+            assert_eq!(filerep_extend(p, 0, rel.as_ptr(), b, block.as_ptr().cast(), BS), FILEREP_OK);
+        }
+        assert_eq!(filerep_truncate(p, 0, rel.as_ptr(), 2), FILEREP_OK, "{}", last_error());
+        assert_eq!(filerep_rename(p, 0, rel.as_ptr(), moved.as_ptr()), FILEREP_OK, "{}", last_error());
+        assert_eq!(filerep_create(p, 1, log.as_ptr()), FILEREP_OK, "{}", last_error());
+        assert_eq!(filerep_write_at(p, 1, log.as_ptr(), 0, record.as_ptr().cast(), record.len()), FILEREP_OK);
+        assert_eq!(filerep_flush(p, 1, log.as_ptr()), FILEREP_OK, "{}", last_error());
+        assert_eq!(filerep_sync_dir(p, 0, base.as_ptr()), FILEREP_OK, "{}", last_error());
+        // The mirror takes no storage call of its own.
+        refused(filerep_create(m, 0, rel.as_ptr()), FILEREP_ERR_NOT_PRIMARY, "filerep_create", "is the mirror");
+    }
+    // Every call returned once applied on the mirror: the copies are the same.
+    assert_eq!(mf.tree(), pf.tree());
+    assert_eq!(std::fs::read(mf.root("pg_system").join("base/moved")).expect("on the mirror").len(), 2 * BS);
+    // The primary closes in order; the mirror is promoted (alone) and serves the same data.
+    assert_eq!(filerep_segment_close(p), FILEREP_OK, "{}", last_error());
+    order(m, SegmentRequest::BecomePrimary { generation: 2, mirror: None });
+    assert_eq!(filerep_segment_wait_primary(m, 20_000), FILEREP_OK, "{}", last_error());
+    let i = info(m);
+    assert_eq!((i.role, i.mode, i.generation), (FILEREP_ROLE_PRIMARY, FILEREP_MODE_CHANGE_TRACKING, 2));
+    let mut back = vec![0u8; BS];
+    let mut len = 0u64;
+    // SAFETY: valid C strings and buffers of the lengths given.
+    unsafe {
+        assert_eq!(filerep_read_block(m, 0, moved.as_ptr(), 1, back.as_mut_ptr().cast(), BS), FILEREP_OK);
+        assert_eq!(filerep_len(m, 1, log.as_ptr(), &mut len), FILEREP_OK, "{}", last_error());
+        assert_eq!(filerep_write_at(m, 1, log.as_ptr(), len, record.as_ptr().cast(), record.len()), FILEREP_OK);
+    }
+    assert_eq!(back, block);
+    assert_eq!(len, record.len() as u64);
+    assert_eq!(std::fs::read(mf.root("fs_fast").join("log")).expect("log"), [&record[..], &record[..]].concat());
+    assert_eq!(filerep_segment_close(m), FILEREP_OK, "{}", last_error());
 }

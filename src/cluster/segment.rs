@@ -705,6 +705,11 @@ impl SegmentHandle {
         self.control_addr
     }
 
+    /// The replication address, where it takes a primary's stream as the mirror.
+    pub fn data_addr(&self) -> Result<std::net::SocketAddr> {
+        lock(&self.shared.data_listener).local_addr().map_err(|e| Error::io("replication address", e))
+    }
+
     /// Whether the segment was stopped (an order, [`Self::close`], a fault).
     pub fn stopping(&self) -> bool {
         self.shared.stopping()
