@@ -363,6 +363,11 @@ impl World {
     /// meet in the stream (rule 6).
     pub(super) fn hammer(&mut self) -> Option<super::workload::OpSpec> {
         use super::workload::OpSpec;
+        if self.cfg.rename_storm && self.rng.gen_bool(0.5) {
+            // Renames of what the resync still owes, while it runs.
+            let fs = self.rng.gen_range(0..self.cfg.filespaces);
+            return self.generate_rename(fs);
+        }
         if self.resync.targets.is_empty() || !self.rng.gen_bool(0.3) {
             return None;
         }

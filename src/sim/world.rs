@@ -221,6 +221,9 @@ impl World {
         if self.cfg.steady {
             flags.push_str(" --steady");
         }
+        if self.cfg.rename_storm {
+            flags.push_str(" --rename-storm");
+        }
         SimFailure { seed: self.seed, step: self.step, message: message.into(), faults: true, flags }
     }
 

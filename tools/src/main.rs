@@ -160,6 +160,10 @@ struct SimCmd {
     /// schedule, data calls after (a steady OLTP-like workload).
     #[arg(long, requires = "faults")]
     steady: bool,
+    /// With --faults: while a resync runs, half the writers' calls rename
+    /// files and directories.
+    #[arg(long, requires = "faults")]
+    rename_storm: bool,
 }
 
 #[derive(clap::Args)]
@@ -465,8 +469,13 @@ fn run_fault_sim(c: &SimCmd, seeds: &[u64]) -> CmdResult {
     use filerep::sim::{FaultConfig, FaultKind, FaultReport, PlantedBug};
     let bug = c.bug.as_deref().map(str::parse::<PlantedBug>).transpose()?;
     let defaults = FaultConfig::default();
-    let cfg =
-        FaultConfig { operations: c.operations.unwrap_or(defaults.operations), bug, steady: c.steady, ..defaults };
+    let cfg = FaultConfig {
+        operations: c.operations.unwrap_or(defaults.operations),
+        bug,
+        steady: c.steady,
+        rename_storm: c.rename_storm,
+        ..defaults
+    };
     let start = std::time::Instant::now();
     let mut total = FaultReport::default();
     let mut ran = 0;
