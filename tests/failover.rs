@@ -986,6 +986,8 @@ fn crash_during_resync(victim: Victim, moment: Moment) {
     assert_eq!(code, 0, "{out}{err}");
     let s = summary(&out);
     assert_eq!(s["result"], "synchronized", "{s}");
+    // What the resync shipped and how many extra passes it made are reported.
+    assert!(s["bytes"].is_u64() && s["passes"].is_u64(), "{s}");
     let p = c.pair();
     let generation = if victim == Victim::Primary { 2 } else { 1 };
     assert_eq!((p.mode, p.generation, p.acting_primary().dbid), (PairMode::Synchronized, generation, 2), "{p:?}");

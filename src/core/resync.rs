@@ -110,6 +110,8 @@ pub struct Progress {
     pub blocks_done: AtomicU64,
     pub bytes_done: AtomicU64,
     pub started_unix_ms: AtomicU64,
+    /// Extra passes over paths renamed while the resync still owed them.
+    pub passes: AtomicU64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -119,6 +121,9 @@ pub struct ProgressSnapshot {
     pub blocks_done: u64,
     pub bytes_done: u64,
     pub started_unix_ms: u64,
+    /// Extra passes so far (absent in older answers: 0).
+    #[serde(default)]
+    pub passes: u64,
 }
 
 impl Progress {
@@ -129,6 +134,7 @@ impl Progress {
             blocks_done: self.blocks_done.load(Ordering::Relaxed),
             bytes_done: self.bytes_done.load(Ordering::Relaxed),
             started_unix_ms: self.started_unix_ms.load(Ordering::Relaxed),
+            passes: self.passes.load(Ordering::Relaxed),
         }
     }
 }
@@ -541,6 +547,7 @@ pub fn run_on(p: &mut dyn ResyncLink, opts: &ResyncOptions, progress: &Progress)
             continue;
         }
         extra_passes += 1;
+        progress.passes.store(extra_passes, Ordering::Relaxed);
         if extra_passes > MAX_EXTRA_PASSES {
             return Err(Error::Rejected(format!(
                 "the resync took {MAX_EXTRA_PASSES} extra passes over paths renamed while it still owed them, \

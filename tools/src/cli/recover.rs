@@ -93,6 +93,8 @@ struct Summary {
     paths: u64,
     blocks: u64,
     bytes: u64,
+    /// Extra passes over paths renamed while the resync owed them.
+    passes: u64,
     mode: char,
     generation: u64,
 }
@@ -141,13 +143,14 @@ pub fn run(c: RecoverCmd) -> Result<std::process::ExitCode, String> {
             println!("{}", serde_json::to_string(&s).map_err(|e| e.to_string())?);
         } else {
             println!(
-                "content {}: {} in {:.1} s ({} paths, {} blocks, {:.1} MiB shipped); mode {}, generation {}",
+                "content {}: {} in {:.1} s ({} paths, {} blocks, {:.1} MiB shipped, {} extra passes); mode {}, generation {}",
                 s.content,
                 s.result,
                 s.seconds,
                 s.paths,
                 s.blocks,
                 s.bytes as f64 / 1048576.0,
+                s.passes,
                 s.mode,
                 s.generation
             );
@@ -260,6 +263,7 @@ fn follow(c: &RecoverCmd, key: &ClusterKey, content: u32, max_rate: Option<u64>)
         paths: p.paths_done,
         blocks: p.blocks_done,
         bytes: p.bytes_done,
+        passes: p.passes,
         mode: pair.as_ref().map_or('-', |p| p.mode.letter()),
         generation: pair.map_or(0, |p| p.generation),
     })
@@ -369,6 +373,7 @@ fn rebalance(c: &RecoverCmd, key: &ClusterKey, cat: &Catalog) -> Result<std::pro
             paths: 0,
             blocks: 0,
             bytes: 0,
+            passes: 0,
             mode: pair.as_ref().map_or('-', |p| p.mode.letter()),
             generation: pair.as_ref().map_or(0, |p| p.generation),
         };

@@ -152,7 +152,8 @@ fn resync_text(s: &Option<SegmentStatus>) -> String {
     } else {
         String::new()
     };
-    format!("{}/{} blocks ({pct:.0}%){eta}", p.blocks_done, p.blocks_total)
+    let passes = if p.passes > 0 { format!(", {} extra passes", p.passes) } else { String::new() };
+    format!("{}/{} blocks ({pct:.0}%), {} bytes shipped{passes}{eta}", p.blocks_done, p.blocks_total, p.bytes_done)
 }
 
 pub fn run(c: StateCmd) -> Result<ExitCode, String> {
