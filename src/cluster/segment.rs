@@ -760,6 +760,11 @@ impl Shared {
                         rs = self.resync_ended.wait_timeout(rs, left).unwrap_or_else(|e| e.into_inner()).0;
                     }
                     if rs.running {
+                        // A rate given to a later recover reaches the running resync.
+                        if let (Some(rate), Some(progress)) = (max_rate, rs.progress.as_ref()) {
+                            progress.max_rate.store(rate, std::sync::atomic::Ordering::Relaxed);
+                            tracing::warn!(bytes_per_second = rate, "the running resync's rate changed");
+                        }
                         return SegmentResponse::Done;
                     }
                     rs.running = true;

@@ -30,7 +30,8 @@ pub struct RecoverCmd {
     /// Compare hashes of every listed block on both sides and ship only those that differ.
     #[arg(long, conflicts_with = "full")]
     compare: bool,
-    /// Limit block copies to this many MB/s.
+    /// Limit block copies to this many MB/s (10^6 bytes a second). Given
+    /// while a resync runs, it changes that resync's rate from then on.
     #[arg(long)]
     max_rate: Option<f64>,
     /// Record progress durably every this many MiB shipped (default 64).
