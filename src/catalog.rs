@@ -32,7 +32,7 @@ pub struct SegmentAddress {
 
 impl SegmentAddress {
     /// The port of `HOST:PORT`, if it has one.
-    fn port_of(addr: &str) -> Option<u16> {
+    pub fn port_of(addr: &str) -> Option<u16> {
         addr.rsplit_once(':').and_then(|(_, p)| p.parse().ok())
     }
 

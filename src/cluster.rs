@@ -20,7 +20,8 @@
 use crate::catalog::{Catalog, CatalogPair, CatalogSolo, SegmentAddress};
 use crate::core::pair::Pair;
 use crate::error::{Error, Result};
-use crate::layout::{self, Placement};
+use crate::hosts;
+use crate::layout::{self, DirIndex, HostProbe, Placement};
 use crate::protocol::handshake::ClusterKey;
 use crate::segment::{Acting, SegmentConfig, SegmentRequest, SegmentResponse, SegmentStatus};
 use serde::{Deserialize, Serialize};
@@ -42,6 +43,10 @@ pub struct ClusterFile {
     /// How the mirrors were placed (`group`, `spread`, `custom`), if any.
     #[serde(default)]
     pub placement: Option<String>,
+    /// The operator allowed hosts that are one machine (`--allow-one-machine`:
+    /// a test cluster on loopback addresses); `addmirrors` keeps to it.
+    #[serde(default)]
+    pub one_machine: bool,
 }
 
 /// The paths of a cluster directory.
@@ -134,6 +139,9 @@ pub struct InitSpec {
     pub mirrors: Option<(Placement, u32, Vec<PathBuf>)>,
     /// The arbiter's control address.
     pub arbiter: String,
+    /// Accept hosts that are all this machine (test clusters on loopback
+    /// addresses); without it two such hosts are refused.
+    pub allow_one_machine: bool,
 }
 
 /// Most hosts and segments per host `init` accepts (a bound, not a goal).
@@ -141,7 +149,9 @@ pub const MAX_HOSTS: usize = 256;
 pub const MAX_SEGMENTS_PER_HOST: u32 = 64;
 
 impl InitSpec {
-    fn check(&self) -> Result<()> {
+    /// Every value on its own, and the hosts: each resolved, no two one
+    /// host, no two this machine unless allowed.
+    fn check(&self) -> Result<Vec<hosts::Host>> {
         let bad = |m: String| Err(Error::InvalidArgument(m));
         if self.hosts.is_empty() || self.hosts.len() > MAX_HOSTS {
             return bad(format!("--hosts: give 1 to {MAX_HOSTS} hosts (got {})", self.hosts.len()));
@@ -149,22 +159,34 @@ impl InitSpec {
         let mut seen = std::collections::BTreeSet::new();
         for h in &self.hosts {
             if h.is_empty() || h.contains([':', ' ', '/']) {
-                return bad(format!("--hosts: {h:?} is not a host name or IPv4 address"));
+                return bad(format!("--hosts: {:?} is not a host name or IPv4 address", layout::elide(h)));
             }
             if !seen.insert(h) {
                 return bad(format!("--hosts: {h} appears twice"));
             }
         }
+        let hosts = hosts::check_hosts(&self.hosts, self.allow_one_machine)
+            .map_err(|e| Error::InvalidArgument(format!("--hosts: {e}")))?;
         if self.segments_per_host == 0 || self.segments_per_host > MAX_SEGMENTS_PER_HOST {
             return bad(format!("--segments-per-host {}: give 1 to {MAX_SEGMENTS_PER_HOST}", self.segments_per_host));
         }
         if self.data_dirs.is_empty() {
             return bad("--data-dir: give at least one NAME=DIRECTORY (the default filespace first)".into());
         }
+        let here = hosts.iter().any(|h| h.machine == hosts::Machine::This);
+        check_bases("--data-dir", &self.data_dirs, here)?;
         crate::config::check_block_size(self.block_size)?;
         let last = self.base_port as u64 + self.segments_per_host as u64 - 1;
-        if self.base_port == 0 || last > 65535 {
-            return bad(format!("--base-port {}: the primaries' ports would run past 65535", self.base_port));
+        if self.base_port == 0 {
+            return bad("--base-port 0: give the first primary port, from 1 to 65535".into());
+        }
+        if last > 65535 {
+            return bad(format!(
+                "--base-port {}: {} segments per host would use ports up to {last}, past 65535; choose a base port of at most {}",
+                self.base_port,
+                self.segments_per_host,
+                65536 - self.segments_per_host as u64
+            ));
         }
         if let Some((_, offset, bases)) = &self.mirrors {
             if bases.len() != self.data_dirs.len() {
@@ -174,12 +196,224 @@ impl InitSpec {
                     self.data_dirs.len()
                 ));
             }
+            let named: Vec<(String, PathBuf)> =
+                self.data_dirs.iter().map(|(n, _)| n.clone()).zip(bases.iter().cloned()).collect();
+            check_bases("--mirror-data-dir", &named, here)?;
             for slot in 0..self.segments_per_host {
                 layout::mirror_ports(slot, self.base_port + slot as u16, *offset)
                     .map_err(|e| Error::InvalidArgument(e.to_string()))?;
             }
         }
-        Ok(())
+        Ok(hosts)
+    }
+}
+
+/// Filespace bases as given: each name once, absolute paths without `.` or
+/// `..` (a relative one would depend on where each command runs), no base
+/// the same as or inside another, as written and (`resolve`: some host is
+/// this machine) once symbolic links are resolved here.
+fn check_bases(flag: &str, bases: &[(String, PathBuf)], resolve: bool) -> Result<()> {
+    let bad = |m: String| Err(Error::InvalidArgument(m));
+    let mut names = std::collections::BTreeSet::new();
+    let mut taken: DirIndex<(String, PathBuf)> = DirIndex::default();
+    let mut resolver = hosts::Resolver::default();
+    for (name, base) in bases {
+        if !names.insert(name) {
+            return bad(format!("{flag}: filespace {name} is given twice; give each filespace once"));
+        }
+        if !hosts::plain_absolute(base) {
+            return bad(format!(
+                "{flag} {name}={}: not an absolute path without . or ..; give the full path, starting with / (a relative one would depend on where each command runs)",
+                layout::shown(base)
+            ));
+        }
+        let written: PathBuf = base.components().collect();
+        let real = if resolve { resolver.resolve(base).unwrap_or_else(|_| written.clone()) } else { written.clone() };
+        for (path, how) in [
+            (&written, String::new()),
+            (&real, format!(" (which is {} once symbolic links are resolved)", layout::shown(&real))),
+        ] {
+            if let Some((relation, other, (other_name, other_base))) = taken.overlap("", path) {
+                let _ = other;
+                let how = if path == &written { String::new() } else { how };
+                return bad(format!(
+                    "{flag} {name}={}{how} {} {}, the base of filespace {other_name}; every filespace needs a base of its own, apart from the others",
+                    layout::shown(base),
+                    relation.words(),
+                    layout::shown(other_base)
+                ));
+            }
+        }
+        taken.insert("", written.clone(), (name.clone(), written.clone()));
+        if real != written {
+            taken.insert("", real, (name.clone(), written));
+        }
+    }
+    Ok(())
+}
+
+/// What the operator tools ask of the hosts ([`layout::HostProbe`]):
+/// answered on this machine for the hosts that are this machine, and by a
+/// segment running there for another machine's (over the control channel,
+/// `SegmentRequest::Inspect`). Before any segment exists (`filerep init`),
+/// another machine's paths can be taken as written: they are then listed
+/// by [`ClusterProbe::unchecked`], for the operator to check by hand.
+pub struct ClusterProbe {
+    machines: std::collections::BTreeMap<String, hosts::Machine>,
+    key: Option<ClusterKey>,
+    /// Host → the control endpoints of its segments, to ask.
+    agents: std::collections::BTreeMap<String, Vec<String>>,
+    as_written: bool,
+    unchecked: std::sync::Mutex<std::collections::BTreeSet<String>>,
+}
+
+/// The answers of one host: per path, per port.
+type Answers = (Vec<std::result::Result<layout::PathInfo, String>>, Vec<std::result::Result<(), String>>);
+
+impl ClusterProbe {
+    pub fn new(hosts: &[hosts::Host]) -> ClusterProbe {
+        ClusterProbe {
+            machines: hosts.iter().map(|h| (h.name.clone(), h.machine.clone())).collect(),
+            key: None,
+            agents: Default::default(),
+            as_written: false,
+            unchecked: Default::default(),
+        }
+    }
+
+    /// Ask these segments (host → control endpoints) about their machines.
+    pub fn with_agents(mut self, key: ClusterKey, agents: std::collections::BTreeMap<String, Vec<String>>) -> Self {
+        self.key = Some(key);
+        self.agents = agents;
+        self
+    }
+
+    /// Take another machine's paths as written when no segment there answers.
+    pub fn taking_remote_paths_as_written(mut self) -> Self {
+        self.as_written = true;
+        self
+    }
+
+    /// The hosts whose paths and ports were taken as written, unchecked.
+    pub fn unchecked(&self) -> Vec<String> {
+        self.unchecked.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect()
+    }
+
+    fn here(&self, host: &str) -> bool {
+        host == layout::THIS_MACHINE || self.machines.get(host) == Some(&hosts::Machine::This)
+    }
+
+    /// Ask a segment of `host` (the first that answers).
+    fn ask(
+        &self,
+        host: &str,
+        paths: &[(PathBuf, bool)],
+        ports: &[(String, u16)],
+    ) -> std::result::Result<Answers, String> {
+        let agents = self.agents.get(host).map(Vec::as_slice).unwrap_or_default();
+        let Some(key) = &self.key else { return Err(format!("no segment of host {host} to ask")) };
+        let mut why = format!("no segment of host {host} is known to ask");
+        for agent in agents {
+            let (mut p, mut q) = (Vec::new(), Vec::new());
+            let chunks = paths.len().max(ports.len()).div_ceil(crate::segment::MAX_INSPECT).max(1);
+            let mut ok = true;
+            for c in 0..chunks {
+                let range =
+                    |n: usize| (c * crate::segment::MAX_INSPECT).min(n)..((c + 1) * crate::segment::MAX_INSPECT).min(n);
+                let req = SegmentRequest::Inspect {
+                    paths: paths[range(paths.len())].to_vec(),
+                    ports: ports[range(ports.len())].to_vec(),
+                };
+                match crate::control::call::<_, SegmentResponse>(agent, key, &req, Duration::from_secs(30)) {
+                    Ok(SegmentResponse::Inspected { paths, ports }) => {
+                        p.extend(paths);
+                        q.extend(ports);
+                    }
+                    Ok(SegmentResponse::Refused(r)) => {
+                        why = format!("the segment on {agent} refused: {r}");
+                        ok = false;
+                        break;
+                    }
+                    Ok(other) => {
+                        why = format!("the segment on {agent} answered {other:?}");
+                        ok = false;
+                        break;
+                    }
+                    Err(e) => {
+                        why = e.to_string();
+                        ok = false;
+                        break;
+                    }
+                }
+            }
+            if ok && p.len() == paths.len() && q.len() == ports.len() {
+                return Ok((p, q));
+            }
+        }
+        Err(why)
+    }
+
+    fn remote_unchecked(&self, host: &str) -> bool {
+        let unchecked = self.as_written && !self.agents.contains_key(host);
+        if unchecked {
+            self.unchecked.lock().unwrap_or_else(|e| e.into_inner()).insert(host.to_string());
+        }
+        unchecked
+    }
+}
+
+impl layout::HostProbe for ClusterProbe {
+    fn machine(&self, host: &str) -> String {
+        if self.here(host) {
+            return hosts::Machine::This.key();
+        }
+        self.machines.get(host).map_or_else(|| format!("host {host}"), hosts::Machine::key)
+    }
+
+    fn state(&self, host: &str, path: &Path) -> std::io::Result<layout::PathState> {
+        let mut r = self.inspect(host, &[(path.to_path_buf(), false)]);
+        r.pop().unwrap_or_else(|| Err(std::io::Error::other("no answer"))).map(|i| i.state)
+    }
+
+    fn inspect(&self, host: &str, paths: &[(PathBuf, bool)]) -> Vec<std::io::Result<layout::PathInfo>> {
+        if self.here(host) {
+            return hosts::inspect_paths(paths);
+        }
+        if self.remote_unchecked(host) {
+            let written = |p: &PathBuf| layout::PathInfo {
+                state: layout::PathState::Absent,
+                resolved: p.components().collect(),
+                unwritable: None,
+            };
+            return paths.iter().map(|(p, _)| Ok(written(p))).collect();
+        }
+        match self.ask(host, paths, &[]) {
+            Ok((answers, _)) => answers.into_iter().map(|a| a.map_err(std::io::Error::other)).collect(),
+            Err(why) => {
+                let e = format!("host {host} is another machine, where this command cannot look itself, and no segment there answered to look for it ({why}); start that host's segments, or check by hand there that the path is absent or an empty directory and not a symbolic link into another segment's directory (readlink -f PATH)");
+                paths.iter().map(|_| Err(std::io::Error::other(e.clone()))).collect()
+            }
+        }
+    }
+
+    fn ports_free(&self, host: &str, ports: &[(String, u16)]) -> Vec<std::result::Result<(), String>> {
+        if self.here(host) {
+            return ports.iter().map(|(a, p)| hosts::port_free(a, *p)).collect();
+        }
+        if self.remote_unchecked(host) {
+            return ports.iter().map(|_| Ok(())).collect();
+        }
+        match self.ask(host, &[], ports) {
+            Ok((_, answers)) => answers,
+            Err(why) => ports
+                .iter()
+                .map(|(a, p)| {
+                    Err(format!(
+                        "cannot tell whether port {p} is free on {a}: no segment of host {host} answered ({why})"
+                    ))
+                })
+                .collect(),
+        }
     }
 }
 
@@ -235,18 +469,210 @@ pub fn segment_config(
     })
 }
 
+/// What `filerep init` made.
+#[derive(Clone, Debug)]
+pub struct Initialized {
+    pub catalog: Catalog,
+    /// Hosts on other machines: their directories and ports were taken as
+    /// written (no segment runs there yet to look) and not created; the
+    /// operator checks and creates them there (docs/operations.md, Placement).
+    pub elsewhere: Vec<String>,
+}
+
+/// What a command created, undone in reverse order when a later step
+/// fails, so that a refusal leaves things as they were.
+#[derive(Default)]
+pub struct Journal {
+    created: Vec<PathBuf>,
+}
+
+impl Journal {
+    /// `create_dir_all`, remembering the topmost directory it made.
+    pub fn create_dir_all(&mut self, d: &Path) -> Result<()> {
+        let top = d.ancestors().take_while(|a| !a.exists()).last().map(Path::to_path_buf);
+        std::fs::create_dir_all(d).map_err(|e| Error::io(format!("creating {}", d.display()), e))?;
+        self.created.extend(top);
+        Ok(())
+    }
+
+    /// Remember a file this command created (it did not exist before).
+    pub fn created(&mut self, f: &Path) {
+        self.created.push(f.to_path_buf());
+    }
+
+    /// Remove everything made, newest first; what could not be removed.
+    pub fn undo(self) -> Vec<String> {
+        let mut left = Vec::new();
+        for p in self.created.into_iter().rev() {
+            let r = match std::fs::symlink_metadata(&p) {
+                Ok(m) if m.is_dir() => std::fs::remove_dir_all(&p),
+                Ok(_) => std::fs::remove_file(&p),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = r {
+                tracing::error!(path = %p.display(), error = %e, "cannot undo");
+                left.push(format!("{}: {e}", p.display()));
+            }
+        }
+        left
+    }
+}
+
+/// One message for a list of problems.
+fn problems_error(what: &str, problems: Vec<String>) -> Error {
+    let n = problems.len();
+    let shown: Vec<String> = problems.iter().take(layout::SHOWN_PROBLEMS).map(|p| format!("\n  {p}")).collect();
+    let more = if n > layout::SHOWN_PROBLEMS {
+        format!("\n  … and {} more", n - layout::SHOWN_PROBLEMS)
+    } else {
+        String::new()
+    };
+    Error::InvalidArgument(format!("{what} ({n} problem{}):{}{more}", if n == 1 { "" } else { "s" }, shown.concat()))
+}
+
+/// Before `init` writes anything: every segment directory, on its host
+/// (symbolic links resolved there), is absent or empty, can be created
+/// and written, and overlaps no other segment's directory on its machine
+/// nor the cluster directory; no two endpoints share a port; every port
+/// is free.
+fn check_placement(
+    dir: &ClusterDir,
+    spec: &InitSpec,
+    segments: &[(u32, SegmentAddress)],
+    probe: &ClusterProbe,
+) -> Result<()> {
+    let mut problems = Vec::new();
+    let here = probe.machine(layout::THIS_MACHINE);
+    let mut taken: DirIndex<String> = DirIndex::default();
+    let root = hosts::Resolver::default().resolve(&dir.root).unwrap_or_else(|_| dir.root.clone());
+    taken.insert(&here, root, "the cluster directory".to_string());
+    // Every directory of a host in one question.
+    let mut asks: std::collections::BTreeMap<&str, Vec<(PathBuf, bool)>> = Default::default();
+    let mut dirs = Vec::new();
+    for (_, a) in segments {
+        for fs in &a.filespaces {
+            let Some((name, d)) = fs.split_once('=') else { continue };
+            let list = asks.entry(a.host.as_str()).or_default();
+            list.push((PathBuf::from(d), true));
+            dirs.push((a, name, PathBuf::from(d), list.len() - 1));
+        }
+    }
+    let answers: std::collections::BTreeMap<&str, Vec<std::io::Result<layout::PathInfo>>> =
+        asks.iter().map(|(h, paths)| (*h, probe.inspect(h, paths))).collect();
+    for (a, name, d, k) in dirs {
+        let what =
+            format!("data directory {} of dbid {} (filespace {name}) on host {}", layout::shown(&d), a.dbid, a.host);
+        let info = match &answers[a.host.as_str()][k] {
+            Ok(info) => info,
+            Err(e) => {
+                problems.push(format!("cannot check the {what}: {e}"));
+                continue;
+            }
+        };
+        let machine = probe.machine(&a.host);
+        if let Some((relation, other, owner)) = taken.overlap(&machine, &info.resolved) {
+            let via = if info.resolved == d {
+                String::new()
+            } else {
+                format!(" (which is {} once symbolic links are resolved)", layout::shown(&info.resolved))
+            };
+            problems.push(format!(
+                "the {what}{via} {} {}, {owner}; give every segment a directory of its own, outside the cluster directory",
+                relation.words(),
+                layout::shown(other)
+            ));
+        }
+        taken.insert(
+            &machine,
+            info.resolved.clone(),
+            format!("the {name} directory of dbid {} on host {}", a.dbid, a.host),
+        );
+        match (info.state, &info.unwritable) {
+            (layout::PathState::NonEmptyDirectory, _) => {
+                problems.push(format!("the {what} is not empty: give a new or empty directory"))
+            }
+            (layout::PathState::NotADirectory, _) => {
+                problems.push(format!("the {what} exists and is not a directory: remove it or give another base"))
+            }
+            (_, Some(why)) => problems.push(format!("the {what} cannot be created: {why}")),
+            _ => {}
+        }
+    }
+    // Endpoints: no two on one port of one host, each free there.
+    let mut ports: std::collections::BTreeMap<(String, u16), String> = Default::default();
+    let mut free: std::collections::BTreeMap<&str, Vec<(String, u16, String)>> = Default::default();
+    for (_, a) in segments {
+        for (which, endpoint) in [("control", &a.control), ("replication", &a.data)] {
+            let Some(port) = SegmentAddress::port_of(endpoint) else { continue };
+            let who = format!("the {which} port of dbid {} ({endpoint})", a.dbid);
+            if let Some(first) = ports.insert((a.host.clone(), port), who.clone()) {
+                problems.push(format!("{who} is also {first}; choose another --base-port or offset"));
+            }
+            free.entry(a.host.as_str()).or_default().push((host_of(endpoint).to_string(), port, who));
+        }
+    }
+    for (host, list) in free {
+        let asked: Vec<(String, u16)> = list.iter().map(|(a, p, _)| (a.clone(), *p)).collect();
+        for ((_, _, who), r) in list.iter().zip(probe.ports_free(host, &asked)) {
+            if let Err(why) = r {
+                problems.push(format!("{who} on host {host}: {why}"));
+            }
+        }
+    }
+    // The arbiter's endpoint: on a segment's port, or taken on this machine.
+    match (spec.arbiter.rsplit_once(':'), SegmentAddress::port_of(&spec.arbiter)) {
+        (Some((h, _)), Some(port)) => match hosts::resolve_host(h) {
+            Ok(arbiter_host) => {
+                for (_, a) in segments {
+                    let same_host = hosts::resolve_host(&a.host)
+                        .is_ok_and(|s| s.addrs.iter().any(|x| arbiter_host.addrs.contains(x)));
+                    for endpoint in [&a.control, &a.data] {
+                        if same_host && SegmentAddress::port_of(endpoint) == Some(port) {
+                            problems.push(format!("the arbiter's address {} is also the endpoint {endpoint} of dbid {}; give --arbiter another port", spec.arbiter, a.dbid));
+                        }
+                    }
+                }
+                if arbiter_host.machine == hosts::Machine::This {
+                    if let Err(why) = hosts::port_free(h, port) {
+                        problems.push(format!(
+                            "the arbiter's address {}: {why}; give --arbiter another port",
+                            spec.arbiter
+                        ));
+                    }
+                }
+            }
+            Err(e) => problems.push(format!("--arbiter {}: {e}", spec.arbiter)),
+        },
+        _ => problems.push(format!("--arbiter {:?}: give HOST:PORT", spec.arbiter)),
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems_error("the cluster cannot be created as given", problems))
+    }
+}
+
 /// Create a cluster directory: key, catalog, every segment's configuration
-/// and data directories. Nothing is started. Refused, changing nothing,
-/// when the directory is in use or any data directory is not empty.
-pub fn init(dir: &ClusterDir, spec: &InitSpec) -> Result<Catalog> {
-    spec.check()?;
+/// and data directories. Nothing is started. Everything is checked first
+/// (hosts, directories on their machines, ports); a step that still fails
+/// undoes what was made, so a refusal changes nothing.
+pub fn init(dir: &ClusterDir, spec: &InitSpec) -> Result<Initialized> {
+    let hosts = spec.check()?;
+    if !hosts::plain_absolute(&dir.root) {
+        return Err(Error::InvalidArgument(format!(
+            "--cluster-dir {}: give an absolute path without . or ..",
+            layout::shown(&dir.root)
+        )));
+    }
     check_fresh_dir(&dir.root, "cluster directory")?;
+    let probe = ClusterProbe::new(&hosts).taking_remote_paths_as_written();
     let spp = spec.segments_per_host;
     let names: Vec<String> = spec.data_dirs.iter().map(|(n, _)| n.clone()).collect();
     let fs_of = |bases: &[PathBuf], content: u32| -> Vec<String> {
         names.iter().zip(bases).map(|(n, b)| format!("{n}={}", segment_data_dir(b, content).display())).collect()
     };
-    let primary_bases: Vec<PathBuf> = spec.data_dirs.iter().map(|(_, b)| b.clone()).collect();
+    let primary_bases: Vec<PathBuf> = spec.data_dirs.iter().map(|(_, b)| b.components().collect()).collect();
     // Primaries: content = host index * segments per host + slot; dbid = content + 2
     // (dbid 1 is Greenplum's coordinator; kept free so the numbers match its tools).
     let mut primaries = Vec::new();
@@ -278,6 +704,7 @@ pub fn init(dir: &ClusterDir, spec: &InitSpec) -> Result<Catalog> {
         hosts: spec.hosts.clone(),
         arbiter: spec.arbiter.clone(),
         placement: spec.mirrors.as_ref().map(|m| m.0.name().to_string()),
+        one_machine: spec.allow_one_machine,
     };
     let mut catalog = Catalog::new(cluster_id, spec.block_size, Vec::new());
     let mut segments: Vec<(u32, SegmentAddress)> = primaries.clone();
@@ -289,11 +716,13 @@ pub fn init(dir: &ClusterDir, spec: &InitSpec) -> Result<Catalog> {
                 .collect();
         }
         Some((placement, offset, bases)) => {
-            let cluster = layout_cluster(&names, primaries.iter().map(|(c, a)| (*c, a, layout::Role::Primary)));
-            let cfg = layout::place(&cluster, *placement, *offset, bases)
+            let bases: Vec<PathBuf> = bases.iter().map(|b| b.components().collect()).collect();
+            let mut cluster = layout_cluster(&names, primaries.iter().map(|(c, a)| (*c, a, layout::Role::Primary)));
+            cluster.local_paths.push((dir.root.clone(), "the cluster directory".into()));
+            let cfg = layout::place(&cluster, *placement, *offset, &bases)
                 .map_err(|e| Error::InvalidArgument(e.to_string()))?;
-            let planned = layout::validate(&cfg, &cluster, &layout::LocalFs)
-                .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+            let planned =
+                layout::validate(&cfg, &cluster, &probe).map_err(|e| Error::InvalidArgument(e.to_string()))?;
             let next_dbid = primaries.len() as u32 + 2;
             for (i, m) in planned.iter().enumerate() {
                 let (_, p) = primaries.iter().find(|(c, _)| *c == m.content).ok_or_else(|| {
@@ -312,28 +741,51 @@ pub fn init(dir: &ClusterDir, spec: &InitSpec) -> Result<Catalog> {
             catalog.pairs.sort_by_key(|p| p.pair.content);
         }
     }
-    // Every data directory must be new or empty before anything is written.
-    for (_, a) in &segments {
-        for fs in &a.filespaces {
-            if let Some((_, d)) = fs.split_once('=') {
-                check_fresh_dir(Path::new(d), &format!("data directory of dbid {}", a.dbid))?;
-            }
-        }
-    }
+    check_placement(dir, spec, &segments, &probe)?;
     catalog.check().map_err(Error::InvalidArgument)?;
-    std::fs::create_dir_all(&dir.root).map_err(|e| Error::io(format!("creating {}", dir.root.display()), e))?;
+    let mut journal = Journal::default();
+    let made = write_cluster(dir, &file, &catalog, &segments, &probe, &mut journal);
+    if let Err(e) = made {
+        let left = journal.undo();
+        return Err(Error::InvalidArgument(format!(
+            "{e}; {}",
+            if left.is_empty() {
+                "everything made so far was removed: nothing changed".to_string()
+            } else {
+                format!("these could not be removed: {}", left.join(", "))
+            }
+        )));
+    }
+    Ok(Initialized { catalog, elsewhere: probe.unchecked() })
+}
+
+/// `init`'s writes, each recorded in `journal`.
+fn write_cluster(
+    dir: &ClusterDir,
+    file: &ClusterFile,
+    catalog: &Catalog,
+    segments: &[(u32, SegmentAddress)],
+    probe: &ClusterProbe,
+    journal: &mut Journal,
+) -> Result<()> {
+    journal.create_dir_all(&dir.root)?;
+    for f in [dir.key_file(), dir.cluster_file(), dir.catalog(), dir.root.join("segments")] {
+        journal.created(&f);
+    }
     write_key(&dir.key_file())?;
-    write_json(&dir.cluster_file(), &file)?;
-    for (content, a) in &segments {
-        for fs in &a.filespaces {
-            if let Some((_, d)) = fs.split_once('=') {
-                std::fs::create_dir_all(d).map_err(|e| Error::io(format!("creating {d}"), e))?;
+    write_json(&dir.cluster_file(), file)?;
+    for (content, a) in segments {
+        // Another machine's directories are made there (docs/operations.md, Placement).
+        if probe.machine(&a.host) == probe.machine(layout::THIS_MACHINE) {
+            for fs in &a.filespaces {
+                if let Some((_, d)) = fs.split_once('=') {
+                    journal.create_dir_all(Path::new(d))?;
+                }
             }
         }
-        dir.write_segment(&segment_config(dir, &file, *content, a)?)?;
+        dir.write_segment(&segment_config(dir, file, *content, a)?)?;
     }
-    catalog.store(&dir.catalog())?;
-    Ok(catalog)
+    catalog.store(&dir.catalog())
 }
 
 /// The address of a planned mirror.
@@ -370,6 +822,7 @@ pub fn layout_cluster<'a>(
                     .collect(),
             })
             .collect(),
+        local_paths: Vec::new(),
     }
 }
 

@@ -27,6 +27,7 @@ pub mod control;
 pub mod core;
 pub mod disk;
 pub mod error;
+pub mod hosts;
 pub mod layout;
 pub mod metrics;
 pub mod mirror;

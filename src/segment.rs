@@ -186,9 +186,22 @@ pub enum SegmentRequest {
     VerifyReport {
         id: u64,
     },
+    /// Answer for this machine what the operator tools cannot see from
+    /// another one (`filerep addmirrors`): each path with its symbolic
+    /// links resolved here, what is there, and (flag set) whether a
+    /// directory can be created and written there; whether each
+    /// `(address, port)` is free here. Changes nothing (a directory made
+    /// to prove it can be is removed at once). At most [`MAX_INSPECT`] of each.
+    Inspect {
+        paths: Vec<(PathBuf, bool)>,
+        ports: Vec<(String, u16)>,
+    },
     /// Stop the process.
     Stop,
 }
+
+/// Most paths (and ports) one `Inspect` asks about.
+pub const MAX_INSPECT: usize = 8192;
 
 // One per control call: the size of the status variant does not matter.
 #[allow(clippy::large_enum_variant)]
@@ -203,6 +216,11 @@ pub enum SegmentResponse {
         id: u64,
     },
     VerifyReport(Box<crate::verify::online::VerifyReport>),
+    /// The answers to `Inspect`, in its order.
+    Inspected {
+        paths: Vec<std::result::Result<crate::layout::PathInfo, String>>,
+        ports: Vec<std::result::Result<(), String>>,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -796,6 +814,22 @@ impl Shared {
                     }
                     _ => refused(format!("no report for verification {id} (the last one is {})", v.id)),
                 }
+            }
+            SegmentRequest::Inspect { paths, ports } => {
+                if paths.len() > MAX_INSPECT || ports.len() > MAX_INSPECT {
+                    return refused(format!(
+                        "{} paths and {} ports asked; at most {MAX_INSPECT} of each",
+                        paths.len(),
+                        ports.len()
+                    ));
+                }
+                if let Some((p, _)) = paths.iter().find(|(p, _)| p.as_os_str().len() > 4096) {
+                    return refused(format!("a path of {} bytes asked; at most 4096", p.as_os_str().len()));
+                }
+                let paths =
+                    crate::hosts::inspect_paths(&paths).into_iter().map(|r| r.map_err(|e| e.to_string())).collect();
+                let ports = ports.iter().map(|(a, p)| crate::hosts::port_free(a, *p)).collect();
+                SegmentResponse::Inspected { paths, ports }
             }
             SegmentRequest::Stop => {
                 tracing::info!("stop ordered");

@@ -98,6 +98,7 @@ fn init_start_addmirrors_under_load_state_and_stop() {
         &fs1,
         "--block-size",
         &BS.to_string(),
+        "--allow-one-machine",
     ]);
     // A second init into the same directory changes nothing.
     let (code, _, err) = filerep(&["init", "--cluster-dir", &cd, "--hosts", "127.0.0.2", "--data-dir", &fs0]);
@@ -109,6 +110,34 @@ fn init_start_addmirrors_under_load_state_and_stop() {
     let catalog = || Catalog::load(&dir.catalog()).unwrap();
     let cat = catalog();
     assert_eq!((cat.unmirrored.len(), cat.pairs.len()), (4, 0));
+
+    // A segment answers for its machine what the tools cannot see from
+    // another one: a path through a link, resolved there; a busy port.
+    let link = tmp.path().join("link");
+    std::os::unix::fs::symlink(tmp.path().join("primary"), &link).unwrap();
+    let busy = std::net::TcpListener::bind("127.0.0.2:0").unwrap();
+    let busy_port = busy.local_addr().unwrap().port();
+    let ask = filerep::segment::SegmentRequest::Inspect {
+        paths: vec![(link.join("new"), true), ("relative".into(), false)],
+        ports: vec![("127.0.0.2".into(), busy_port)],
+    };
+    let key = dir.key().unwrap();
+    match filerep::control::call::<_, filerep::segment::SegmentResponse>(
+        &cat.unmirrored[0].address.control,
+        &key,
+        &ask,
+        Duration::from_secs(10),
+    ) {
+        Ok(filerep::segment::SegmentResponse::Inspected { paths, ports }) => {
+            let real = std::fs::canonicalize(tmp.path().join("primary")).unwrap().join("new");
+            let first = paths[0].as_ref().unwrap();
+            assert_eq!((first.resolved.clone(), first.unwritable.clone()), (real, None));
+            assert!(paths[1].is_err(), "a relative path is not answered: {paths:?}");
+            assert!(ports[0].as_ref().unwrap_err().contains("in use"), "{ports:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    drop(busy);
 
     // A workload on every content, going on while the mirrors are added.
     let stop = Arc::new(AtomicBool::new(false));

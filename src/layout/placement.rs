@@ -168,7 +168,7 @@ mod tests {
                 });
             }
         }
-        Cluster { filespaces: vec!["pg_system".into(), "fast".into()], instances }
+        Cluster { filespaces: vec!["pg_system".into(), "fast".into()], instances, ..Default::default() }
     }
 
     fn bases() -> Vec<PathBuf> {
@@ -276,6 +276,7 @@ mod tests {
         let c = Cluster {
             filespaces: vec!["pg_system".into()],
             instances: vec![p(0, "sdw1", 40000), p(2, "sdw2", 40000), p(1, "sdw1", 40001), p(3, "sdw2", 40001)],
+            ..Default::default()
         };
         let base = [PathBuf::from("/home/hanson/data/mirror")];
         let config = place(&c, Placement::Group, 1000, &base).unwrap();

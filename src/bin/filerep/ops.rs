@@ -41,6 +41,12 @@ pub struct InitCmd {
     /// The arbiter's control address (default 127.0.0.1:BASE-1).
     #[arg(long)]
     arbiter: Option<String>,
+    /// Accept hosts that are all this machine (a test cluster on loopback
+    /// addresses such as 127.0.0.2,127.0.0.3): without it, two hosts that
+    /// are one machine are refused, since a mirror "on another host" would
+    /// share its primary's machine.
+    #[arg(long)]
+    allow_one_machine: bool,
 }
 
 #[derive(clap::Args)]
@@ -87,6 +93,10 @@ pub struct AddMirrorsCmd {
     /// Limit the initial full resyncs to this many MB/s.
     #[arg(long)]
     max_rate: Option<f64>,
+    /// Accept a cluster whose hosts are all this machine (a test cluster;
+    /// `init --allow-one-machine` records it for the cluster).
+    #[arg(long)]
+    allow_one_machine: bool,
     #[arg(long)]
     json: bool,
 }
@@ -125,7 +135,10 @@ pub fn init(c: InitCmd) -> Result<ExitCode, String> {
     let arbiter = match c.arbiter {
         Some(a) => a,
         None if c.base_port > 1 => format!("127.0.0.1:{}", c.base_port - 1),
-        None => return Err("--base-port 1: give --arbiter HOST:PORT".into()),
+        None if c.base_port == 0 => return Err("--base-port 0: give the first primary port, from 1 to 65535".into()),
+        None => {
+            return Err("--base-port 1 leaves no port below it for the arbiter (by default on BASE-1): give --arbiter HOST:PORT, or a higher --base-port".into())
+        }
     };
     let spec = InitSpec {
         hosts: c.hosts,
@@ -135,18 +148,33 @@ pub fn init(c: InitCmd) -> Result<ExitCode, String> {
         block_size: c.block_size,
         mirrors,
         arbiter,
+        allow_one_machine: c.allow_one_machine,
     };
-    let dir = ClusterDir::new(&c.cluster_dir);
-    let cat = cluster::init(&dir, &spec).map_err(|e| e.to_string())?;
+    let dir = ClusterDir::new(absolute(&c.cluster_dir)?);
+    let made = cluster::init(&dir, &spec).map_err(|e| e.to_string())?;
+    let cat = &made.catalog;
     println!(
         "cluster created in {}: {} contents ({} with mirrors) on {} hosts; start it with: filerep start --cluster-dir {}",
-        c.cluster_dir.display(),
+        dir.root.display(),
         cat.pairs.len() + cat.unmirrored.len(),
         cat.pairs.len(),
         spec.hosts.len(),
-        c.cluster_dir.display()
+        dir.root.display()
     );
+    for host in &made.elsewhere {
+        eprintln!(
+            "host {host} is another machine: its data directories were not created, and were compared with the others as written; \
+             there, create each one empty and make sure none is a symbolic link into another's (readlink -f DIR), \
+             and that its ports are free, before filerep start --host {host}"
+        );
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `p` made absolute against the current directory (a cluster directory
+/// is written into every segment's configuration).
+pub fn absolute(p: &std::path::Path) -> Result<PathBuf, String> {
+    std::path::absolute(p).map_err(|e| format!("{}: {e}", p.display()))
 }
 
 fn exe() -> Result<PathBuf, String> {
@@ -203,11 +231,12 @@ pub fn current_catalog(dir: &ClusterDir) -> Result<(Catalog, bool), String> {
 }
 
 pub fn addmirrors(c: AddMirrorsCmd) -> Result<ExitCode, String> {
-    let dir = ClusterDir::new(&c.cluster_dir);
+    let dir = ClusterDir::new(absolute(&c.cluster_dir)?);
     let mut file = dir.load().map_err(|e| e.to_string())?;
     let key = dir.key().map_err(|e| e.to_string())?;
     let (cat, live) = current_catalog(&dir)?;
-    let cluster = cluster::catalog_layout(&file, &cat);
+    let mut cluster = cluster::catalog_layout(&file, &cat);
+    cluster.local_paths.push((dir.root.clone(), "the cluster directory".into()));
     // The configuration: read, or computed by placement.
     let (config, placement) = match &c.input {
         Some(path) => {
@@ -233,8 +262,17 @@ pub fn addmirrors(c: AddMirrorsCmd) -> Result<ExitCode, String> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    // Everything is checked before anything changes.
-    let planned = layout::validate(&config, &cluster, &layout::LocalFs).map_err(|e| e.to_string())?;
+    // Everything is checked before anything changes: the hosts are
+    // different machines (or the operator said they may not be), and each
+    // mirror's place on its host, asked of that host.
+    let hosts = filerep::hosts::check_hosts(&file.hosts, file.one_machine || c.allow_one_machine)
+        .map_err(|e| format!("the cluster's hosts (cluster.json): {e}"))?;
+    let mut agents: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for (_, a) in cat.addresses() {
+        agents.entry(a.host.clone()).or_default().push(a.control.clone());
+    }
+    let probe = cluster::ClusterProbe::new(&hosts).with_agents(key.clone(), agents);
+    let planned = layout::validate(&config, &cluster, &probe).map_err(|e| e.to_string())?;
     if !live {
         return Err(format!(
             "the arbiter on {} does not answer: start the cluster first (filerep start --cluster-dir {})",

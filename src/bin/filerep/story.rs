@@ -201,6 +201,7 @@ pub fn run_story(block_size: u32, seed: u64, keep: bool) -> Result<ExitCode, Box
             &fs1,
             "--block-size",
             &bs,
+            "--allow-one-machine",
         ],
     )?;
     // Stop whatever runs, however the story ends.

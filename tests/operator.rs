@@ -1,0 +1,214 @@
+//! An operator cannot hurt the cluster by mistake: placements that would
+//! overlap (through symbolic links too) and hosts that are one machine are
+//! refused before anything is written; the refusals change nothing.
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Run `filerep`; exit code, stdout, stderr.
+fn filerep(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_filerep"))
+        .args(args)
+        .env("FILEREP_LOG", "warn")
+        .env_remove("FILEREP_CLUSTER_DIR")
+        .output()
+        .expect("run filerep");
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
+}
+
+/// The stderr of a command that must be refused (exit code 2).
+fn refused(args: &[&str]) -> String {
+    let (code, out, err) = filerep(args);
+    assert_eq!(code, 2, "filerep {} must be refused: {out}{err}", args.join(" "));
+    assert!(!err.contains("refused: refused"), "{err}");
+    err
+}
+
+/// A base port whose 4 × 16 ports are free on 127.0.0.2 and 127.0.0.3
+/// (and the arbiter's, below it, on 127.0.0.1), off the ephemeral range.
+fn free_base() -> u16 {
+    for _ in 0..1000 {
+        let base = rand::random::<u16>() % 2_000 * 4 + 21_000;
+        let free = |h: &str, p: u16| TcpListener::bind((h, p)).is_ok();
+        let ports = (0..4).flat_map(|k| (0..16).map(move |j| base + j + k * 1000));
+        if free("127.0.0.1", base - 1) && ports.clone().all(|p| free("127.0.0.2", p) && free("127.0.0.3", p)) {
+            return base;
+        }
+    }
+    panic!("no free base port");
+}
+
+/// Every file under `root` (symbolic links not followed) with its bytes,
+/// or `None` for directories and links: what a refusal must leave as it was.
+fn tree(root: &Path) -> BTreeMap<PathBuf, Option<Vec<u8>>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for e in entries.flatten() {
+            let p = e.path();
+            let t = e.file_type().unwrap();
+            if t.is_dir() {
+                stack.push(p.clone());
+                out.insert(p, None);
+            } else if t.is_file() {
+                out.insert(p.clone(), Some(std::fs::read(&p).unwrap()));
+            } else {
+                out.insert(p, None);
+            }
+        }
+    }
+    out
+}
+
+struct Init<'a> {
+    cluster: PathBuf,
+    hosts: &'a str,
+    data: Vec<String>,
+    extra: Vec<String>,
+}
+
+impl Init<'_> {
+    fn args(&self) -> Vec<String> {
+        let mut a: Vec<String> = ["init", "--cluster-dir", &self.cluster.display().to_string(), "--hosts", self.hosts]
+            .map(String::from)
+            .into();
+        for d in &self.data {
+            a.extend(["--data-dir".to_string(), d.clone()]);
+        }
+        a.extend(self.extra.iter().cloned());
+        a
+    }
+
+    fn run(&self) -> (i32, String, String) {
+        let args = self.args();
+        filerep(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+}
+
+#[test]
+fn one_host_named_twice_is_refused_even_with_the_flag() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = format!("pg_system={}", tmp.path().join("primary").display());
+    for hosts in ["127.0.0.2,127.0.0.02", "localhost,127.0.0.1"] {
+        for flag in [None, Some("--allow-one-machine")] {
+            let init = Init {
+                cluster: tmp.path().join("cluster"),
+                hosts,
+                data: vec![data.clone()],
+                extra: flag.into_iter().map(String::from).collect(),
+            };
+            let args = init.args();
+            let err = refused(&args.iter().map(String::as_str).collect::<Vec<_>>());
+            assert!(err.contains("are one host: both resolve to"), "{hosts}: {err}");
+            assert!(!tmp.path().join("cluster").exists() && !tmp.path().join("primary").exists(), "nothing is made");
+        }
+    }
+    // Two loopback addresses are two names of this machine: only with the flag.
+    let base = free_base().to_string();
+    let init = Init {
+        cluster: tmp.path().join("cluster"),
+        hosts: "127.0.0.2,127.0.0.3",
+        data: vec![data.clone()],
+        extra: vec!["--base-port".into(), base.clone()],
+    };
+    let (code, _, err) = init.run();
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("both this machine") && err.contains("--allow-one-machine"), "{err}");
+    assert!(!tmp.path().join("cluster").exists());
+    let init = Init { extra: vec!["--base-port".into(), base, "--allow-one-machine".into()], ..init };
+    let (code, out, err) = init.run();
+    assert_eq!(code, 0, "{out}{err}");
+}
+
+#[test]
+fn overlapping_filespaces_and_data_in_the_cluster_directory_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = std::fs::canonicalize(tmp.path()).unwrap();
+    let d = |p: &str| t.join(p).display().to_string();
+    std::fs::create_dir(t.join("real")).unwrap();
+    std::os::unix::fs::symlink(t.join("real"), t.join("link")).unwrap();
+    let base = free_base().to_string();
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (vec![format!("pg_system={}", d("a")), format!("pg_system={}", d("b"))], "filespace pg_system is given twice"),
+        (vec![format!("pg_system={}", d("a")), format!("fast={}", d("a"))], "is the same as"),
+        (vec![format!("pg_system={}", d("a")), format!("fast={}", d("a/gpseg0/fast"))], "is inside"),
+        (vec![format!("pg_system={}", d("a/x")), format!("fast={}", d("a"))], "contains"),
+        (vec![format!("pg_system={}", d("cluster/data"))], "inside"),
+        (vec!["pg_system=relative/data".to_string()], "not an absolute path"),
+        (vec![format!("pg_system={}", d("real")), format!("fast={}", d("link"))], "once symbolic links are resolved"),
+        // Content 1's directory is a link to content 0's.
+        (vec![format!("pg_system={}", d("real"))], "is the same as"),
+    ];
+    std::fs::create_dir(t.join("real/gpseg0")).unwrap();
+    std::os::unix::fs::symlink(t.join("real/gpseg0"), t.join("real/gpseg1")).unwrap();
+    let before = tree(&t);
+    for (data, expect) in cases {
+        let init = Init {
+            cluster: t.join("cluster"),
+            hosts: "127.0.0.2,127.0.0.3",
+            data: data.clone(),
+            extra: vec!["--base-port".into(), base.clone(), "--allow-one-machine".into()],
+        };
+        let (code, out, err) = init.run();
+        assert_eq!(code, 2, "{data:?} must be refused: {out}{err}");
+        assert!(err.contains(expect), "{data:?}: expected {expect:?} in {err}");
+        assert_eq!(tree(&t), before, "{data:?}: a refusal changes nothing");
+    }
+}
+
+#[test]
+fn a_mirror_location_through_a_symbolic_link_into_another_contents_directory_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = std::fs::canonicalize(tmp.path()).unwrap();
+    let cluster = t.join("cluster");
+    let cd = cluster.display().to_string();
+    let base = free_base();
+    let init = Init {
+        cluster: cluster.clone(),
+        hosts: "127.0.0.2,127.0.0.3",
+        data: vec![format!("pg_system={}", t.join("primary").display())],
+        extra: vec![
+            "--segments-per-host".into(),
+            "1".into(),
+            "--base-port".into(),
+            base.to_string(),
+            "--allow-one-machine".into(),
+        ],
+    };
+    let (code, out, err) = init.run();
+    assert_eq!(code, 0, "{out}{err}");
+    // Content 0's primary is on 127.0.0.2, content 1's on 127.0.0.3.
+    // mirror0 goes on 127.0.0.3 through a link into content 1's directory.
+    std::fs::create_dir(t.join("mirrors")).unwrap();
+    std::os::unix::fs::symlink(t.join("primary/gpseg1"), t.join("mirrors/m0")).unwrap();
+    std::fs::write(t.join("primary/gpseg1/base_file"), b"content 1's data").unwrap();
+    let (p, m, r) = (base + 1000, base + 2000, base + 3000);
+    let cfg = t.join("mirrors.cfg");
+    let text = format!(
+        "filespaceOrder=\nmirror0=0:127.0.0.3:{p}:{m}:{r}:{}\nmirror1=1:127.0.0.2:{p}:{m}:{r}:{}\n",
+        t.join("mirrors/m0").display(),
+        t.join("mirrors/m1").display()
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let before = tree(&t);
+    let err = refused(&["addmirrors", "--cluster-dir", &cd, "-i", &cfg.display().to_string()]);
+    assert!(err.contains("mirrors.cfg:2:"), "{err}");
+    assert!(
+        err.contains(&format!(
+            "which is {} once symbolic links are resolved) is the same as {}, the pg_system directory of primary content 1 (dbid 3)",
+            t.join("primary/gpseg1").display(),
+            t.join("primary/gpseg1").display()
+        )),
+        "{err}"
+    );
+    assert_eq!(tree(&t), before, "a refused configuration changes nothing");
+    // Into the cluster directory, through a link: refused too.
+    std::fs::remove_file(t.join("mirrors/m0")).unwrap();
+    std::os::unix::fs::symlink(&cluster, t.join("mirrors/m0")).unwrap();
+    let err = refused(&["addmirrors", "--cluster-dir", &cd, "-i", &cfg.display().to_string()]);
+    assert!(err.contains("the cluster directory on this machine"), "{err}");
+}
