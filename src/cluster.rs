@@ -105,6 +105,11 @@ impl ClusterDir {
         SegmentConfig::load(&self.segment_config(dbid))
     }
 
+    /// Replace `cluster.json` (atomically: a temporary file renamed).
+    pub fn write_cluster_file(&self, file: &ClusterFile) -> Result<()> {
+        write_json(&self.cluster_file(), file)
+    }
+
     /// Write a segment's configuration (atomically: a temporary file renamed).
     pub fn write_segment(&self, cfg: &SegmentConfig) -> Result<()> {
         write_json(&self.segment_config(cfg.dbid), cfg)
@@ -519,6 +524,22 @@ impl Journal {
     }
 }
 
+/// Longest path a Unix socket takes (`sun_path` holds 108 bytes with the NUL).
+pub const MAX_SOCKET_PATH: usize = 107;
+
+/// Why segment `dbid`'s client socket cannot be made in this cluster
+/// directory (its path too long for a Unix socket), if it cannot.
+pub fn socket_path_problem(dir: &ClusterDir, dbid: u32) -> Option<String> {
+    let sock = dir.segment_dir(dbid).join("segment.sock");
+    let n = sock.as_os_str().len();
+    (n > MAX_SOCKET_PATH).then(|| {
+        format!(
+            "the client socket of dbid {dbid} would be {} ({n} bytes), longer than the {MAX_SOCKET_PATH} a Unix socket path holds; use a cluster directory with a shorter path",
+            layout::shown(&sock)
+        )
+    })
+}
+
 /// One message for a list of problems.
 fn problems_error(what: &str, problems: Vec<String>) -> Error {
     let n = problems.len();
@@ -599,6 +620,7 @@ fn check_placement(
             _ => {}
         }
     }
+    problems.extend(segments.iter().filter_map(|(_, a)| socket_path_problem(dir, a.dbid)));
     // Endpoints: no two on one port of one host, each free there.
     let mut ports: std::collections::BTreeMap<(String, u16), String> = Default::default();
     let mut free: std::collections::BTreeMap<&str, Vec<(String, u16, String)>> = Default::default();
@@ -893,9 +915,30 @@ fn alive(pid: i32) -> bool {
     }
 }
 
+/// The pid of process `name` of this cluster (`arbiter`, `dbid<N>`) if it
+/// runs: its pid file names a live process whose command line holds
+/// `mark` (its configuration or catalog path). A stale or damaged pid file
+/// naming another process is not ours: nothing is ever signalled by it.
+fn running(dir: &ClusterDir, name: &str) -> Option<i32> {
+    let pid = read_pid(&dir.pid(name)).filter(|p| alive(*p))?;
+    let mark = match name.strip_prefix("dbid").and_then(|d| d.parse::<u32>().ok()) {
+        Some(dbid) => dir.segment_config(dbid),
+        None => dir.catalog(),
+    };
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    let mark = mark.as_os_str().as_encoded_bytes();
+    if args.contains(&mark) {
+        Some(pid)
+    } else {
+        tracing::warn!(name, pid, "the pid file names a process that is not this cluster's: ignored");
+        None
+    }
+}
+
 /// Start `exe args...` in its own process group (a Ctrl-C of the caller
 /// does not reach it), output appended to `log`, pid in `pid_file`.
-fn spawn_detached(exe: &Path, args: &[String], log: &Path, pid_file: &Path) -> Result<u32> {
+fn spawn_detached(exe: &Path, args: &[String], log: &Path, pid_file: &Path) -> Result<i32> {
     use std::os::unix::process::CommandExt;
     for p in [log, pid_file] {
         if let Some(d) = p.parent() {
@@ -916,9 +959,9 @@ fn spawn_detached(exe: &Path, args: &[String], log: &Path, pid_file: &Path) -> R
         .process_group(0)
         .spawn()
         .map_err(|e| Error::io(format!("starting {} {}", exe.display(), args.join(" ")), e))?;
-    std::fs::write(pid_file, child.id().to_string())
+    std::fs::write(pid_file, format!("{}\n", child.id()))
         .map_err(|e| Error::io(format!("writing {}", pid_file.display()), e))?;
-    Ok(child.id())
+    Ok(child.id() as i32)
 }
 
 /// Wait until `ready()` or the deadline; `what` names it in the error.
@@ -926,7 +969,7 @@ pub fn wait_until(what: &str, limit: Duration, mut ready: impl FnMut() -> bool) 
     let start = Instant::now();
     while !ready() {
         if start.elapsed() > limit {
-            return Err(Error::Rejected(format!("{what} did not happen within {limit:?}")));
+            return Err(Error::NotDone(format!("{what} did not happen within {} s", limit.as_secs())));
         }
         std::thread::sleep(Duration::from_millis(50)); // polling another process
     }
@@ -938,6 +981,114 @@ fn host_of(addr: &str) -> &str {
     addr.rsplit_once(':').map_or(addr, |(h, _)| h)
 }
 
+/// The line of a process's log that says why it stopped: the last one it
+/// printed as `filerep: …` (its fatal error), else its last line; terminal
+/// colours removed.
+pub fn log_cause(log: &Path) -> Option<String> {
+    let text = std::fs::read(log).ok()?;
+    let text = String::from_utf8_lossy(&text);
+    let plain = |l: &str| {
+        let mut out = String::new();
+        let mut chars = l.chars();
+        while let Some(c) = chars.next() {
+            if c == '\u{1b}' {
+                // ESC [ … letter
+                for d in chars.by_ref() {
+                    if d.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        out.trim().to_string()
+    };
+    let lines: Vec<String> = text.lines().map(plain).filter(|l| !l.is_empty()).collect();
+    let fatal = lines.iter().rev().find(|l| l.starts_with("filerep: "));
+    fatal.or(lines.last()).map(|l| layout::elide(l.trim_start_matches("filerep: ")))
+}
+
+/// A segment process this command started.
+#[derive(Clone, Debug)]
+pub struct Spawned {
+    pub dbid: u32,
+    pub pid: i32,
+}
+
+/// Start the segments of `addrs`, each in its own process group, and wait
+/// until each answers on its control port (a process that exits is seen
+/// at once). The failures, each with its cause from the segment's log.
+pub fn start_segments(
+    dir: &ClusterDir,
+    exe: &Path,
+    key: &ClusterKey,
+    addrs: &[SegmentAddress],
+    limit: Duration,
+) -> (Vec<Spawned>, Vec<(u32, String)>) {
+    let mut spawned = Vec::new();
+    let mut failed = Vec::new();
+    for a in addrs {
+        let name = format!("dbid{}", a.dbid);
+        let args: Vec<String> =
+            vec!["segment".into(), "--config".into(), dir.segment_config(a.dbid).display().to_string()];
+        match spawn_detached(exe, &args, &dir.log(&name), &dir.pid(&name)) {
+            Ok(pid) => spawned.push((a, Spawned { dbid: a.dbid, pid })),
+            Err(e) => failed.push((a.dbid, e.to_string())),
+        }
+    }
+    let deadline = Instant::now() + limit;
+    let mut answered = Vec::new();
+    for (a, s) in spawned {
+        let log = dir.log(&format!("dbid{}", a.dbid));
+        loop {
+            if probe(&a.control, key, Duration::from_secs(1)).is_some() {
+                answered.push(s);
+                break;
+            }
+            let gone = !alive(s.pid);
+            if gone || Instant::now() > deadline {
+                let cause = log_cause(&log).unwrap_or_else(|| "its log is empty".into());
+                let what = if gone {
+                    format!("segment dbid {} exited before answering on {}: {cause}", a.dbid, a.control)
+                } else {
+                    format!(
+                        "segment dbid {} did not answer on {} within {} s (its log ends: {cause})",
+                        a.dbid,
+                        a.control,
+                        limit.as_secs()
+                    )
+                };
+                tracing::error!(dbid = a.dbid, %what, "segment did not start");
+                failed.push((a.dbid, format!("{what}; log {}", log.display())));
+                if !gone {
+                    // Neither serving nor gone: it is not left half-started.
+                    stop_spawned(dir, std::slice::from_ref(&s));
+                }
+                let _ = std::fs::remove_file(dir.pid(&format!("dbid{}", a.dbid)));
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50)); // polling another process
+        }
+    }
+    (answered, failed)
+}
+
+/// Stop processes this command started (SIGTERM, then SIGKILL), and
+/// remove their pid files.
+pub fn stop_spawned(dir: &ClusterDir, spawned: &[Spawned]) {
+    use nix::sys::signal::{kill, Signal};
+    for s in spawned {
+        let pid = nix::unistd::Pid::from_raw(s.pid);
+        let _ = kill(pid, Signal::SIGTERM);
+        if wait_until("exit", Duration::from_secs(10), || !alive(s.pid)).is_err() {
+            let _ = kill(pid, Signal::SIGKILL);
+            let _ = wait_until("exit", Duration::from_secs(5), || !alive(s.pid));
+        }
+        let _ = std::fs::remove_file(dir.pid(&format!("dbid{}", s.dbid)));
+    }
+}
+
 /// What `start` did.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct StartReport {
@@ -946,66 +1097,77 @@ pub struct StartReport {
     pub already_running: Vec<u32>,
     /// Started, but given no role by the arbiter in time (see `filerep state`).
     pub without_role: Vec<u32>,
+    /// Not started: dbid and why (from its log).
+    pub failed: Vec<(u32, String)>,
+    /// Contents that are down (a double fault, or the primary lost while
+    /// resynchronizing): their segments run but get no role until
+    /// `filerep recover` restores them; not waited for.
+    pub down: Vec<u32>,
 }
 
 /// Start the arbiter (if this is its host and it is not running) and
 /// every segment of `host` (all when `None`) that is not running; wait
-/// until each answers.
+/// until each answers, and then until the arbiter has given each its role
+/// (except those of a content that is down: none is coming).
 pub fn start(dir: &ClusterDir, exe: &Path, host: Option<&str>) -> Result<StartReport> {
     let file = dir.load()?;
     let key = dir.key()?;
     let cat = Catalog::load(&dir.catalog())?;
     let mut report = StartReport::default();
     let mine = |h: &str| host.is_none_or(|x| x == h);
-    let mut waiting = Vec::new();
+    let mut to_start = Vec::new();
     for (_, a) in cat.addresses() {
         if !mine(&a.host) {
             continue;
         }
-        let name = format!("dbid{}", a.dbid);
-        if read_pid(&dir.pid(&name)).is_some_and(alive) {
+        if running(dir, &format!("dbid{}", a.dbid)).is_some() {
             report.already_running.push(a.dbid);
-            continue;
+        } else {
+            to_start.push(a.clone());
         }
-        let args: Vec<String> =
-            vec!["segment".into(), "--config".into(), dir.segment_config(a.dbid).display().to_string()];
-        spawn_detached(exe, &args, &dir.log(&name), &dir.pid(&name))?;
-        waiting.push(a.clone());
-        report.started.push(a.dbid);
     }
-    for a in &waiting {
-        wait_until(&format!("segment dbid {} answering on {}", a.dbid, a.control), Duration::from_secs(30), || {
-            probe(&a.control, &key, Duration::from_secs(1)).is_some()
-        })
-        .map_err(|e| Error::Rejected(format!("{e}; see {}", dir.log(&format!("dbid{}", a.dbid)).display())))?;
-    }
+    let (spawned, failed) = start_segments(dir, exe, &key, &to_start, Duration::from_secs(30));
+    report.started = spawned.iter().map(|s| s.dbid).collect();
+    report.failed = failed;
     // The arbiter last: segments that are not answering yet would fail its probes.
-    if mine(host_of(&file.arbiter)) {
-        let running = read_pid(&dir.pid("arbiter")).is_some_and(alive);
-        if !running {
-            let args: Vec<String> = vec![
-                "arbiter".into(),
-                "--catalog".into(),
-                dir.catalog().display().to_string(),
-                "--key-file".into(),
-                dir.key_file().display().to_string(),
-                "--listen".into(),
-                file.arbiter.clone(),
-                "--interval-ms".into(),
-                "200".into(),
-            ];
-            spawn_detached(exe, &args, &dir.log("arbiter"), &dir.pid("arbiter"))?;
-            wait_until("the arbiter answering", Duration::from_secs(20), || {
-                crate::probe::fetch_catalog(&file.arbiter, &key, Duration::from_secs(1)).is_ok()
-            })?;
-            report.arbiter = Some(file.arbiter.clone());
+    if mine(host_of(&file.arbiter)) && running(dir, "arbiter").is_none() {
+        let args: Vec<String> = vec![
+            "arbiter".into(),
+            "--catalog".into(),
+            dir.catalog().display().to_string(),
+            "--key-file".into(),
+            dir.key_file().display().to_string(),
+            "--listen".into(),
+            file.arbiter.clone(),
+            "--interval-ms".into(),
+            "200".into(),
+        ];
+        let pid = spawn_detached(exe, &args, &dir.log("arbiter"), &dir.pid("arbiter"))?;
+        let answering = wait_until("the arbiter answering", Duration::from_secs(20), || {
+            !alive(pid) || crate::probe::fetch_catalog(&file.arbiter, &key, Duration::from_secs(1)).is_ok()
+        });
+        if answering.is_err() || !alive(pid) {
+            let cause = log_cause(&dir.log("arbiter")).unwrap_or_else(|| "its log is empty".into());
+            return Err(Error::NotDone(format!(
+                "the arbiter did not start on {}: {cause}; log {}",
+                file.arbiter,
+                dir.log("arbiter").display()
+            )));
         }
+        report.arbiter = Some(file.arbiter.clone());
     }
     // Started means serving: wait until the arbiter has given every started
-    // segment its role (one of a content that is down gets none: reported).
-    if report.arbiter.is_some() || read_pid(&dir.pid("arbiter")).is_some_and(alive) {
+    // segment its role. A content that is down gets none: said, not waited for.
+    let down: Vec<u32> = cat.pairs.iter().filter(|p| p.pair.down).map(|p| p.pair.content).collect();
+    if report.arbiter.is_some() || running(dir, "arbiter").is_some() {
         let deadline = Instant::now() + Duration::from_secs(30);
-        for a in &waiting {
+        for a in &to_start {
+            if !report.started.contains(&a.dbid) {
+                continue;
+            }
+            if cat.content_of(a.dbid).is_some_and(|c| down.contains(&c)) {
+                continue;
+            }
             while !probe(&a.control, &key, Duration::from_secs(1))
                 .is_some_and(|s| matches!(s.acting, Acting::Primary | Acting::Mirror))
             {
@@ -1017,6 +1179,7 @@ pub fn start(dir: &ClusterDir, exe: &Path, host: Option<&str>) -> Result<StartRe
             }
         }
     }
+    report.down = down;
     Ok(report)
 }
 
@@ -1038,7 +1201,7 @@ pub fn stop(dir: &ClusterDir, host: Option<&str>) -> Result<StopReport> {
     let mut report = StopReport::default();
     let mine = |h: &str| host.is_none_or(|x| x == h);
     let stop_pid = |name: &str| -> bool {
-        let Some(pid) = read_pid(&dir.pid(name)).filter(|p| alive(*p)) else { return false };
+        let Some(pid) = running(dir, name) else { return false };
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
         let gone = wait_until(&format!("{name} exiting"), Duration::from_secs(20), || !alive(pid)).is_ok();
         if !gone {
@@ -1067,10 +1230,13 @@ pub fn stop(dir: &ClusterDir, host: Option<&str>) -> Result<StopReport> {
             continue;
         }
         let name = format!("dbid{}", a.dbid);
-        let Some(pid) = read_pid(&dir.pid(&name)).filter(|p| alive(*p)) else { continue };
-        // An orderly stop first; a signal if it does not answer.
-        let _ =
-            crate::control::call::<_, SegmentResponse>(&a.control, &key, &SegmentRequest::Stop, Duration::from_secs(5));
+        let Some(pid) = running(dir, &name) else { continue };
+        // An orderly stop first, once the process on that address says it
+        // is this dbid; a signal if it does not answer.
+        if probe(&a.control, &key, Duration::from_secs(2)).is_some_and(|s| s.dbid == a.dbid) {
+            let stop = SegmentRequest::Stop;
+            let _ = crate::control::call::<_, SegmentResponse>(&a.control, &key, &stop, Duration::from_secs(5));
+        }
         if wait_until(&format!("dbid {} exiting", a.dbid), Duration::from_secs(30), || !alive(pid)).is_ok() {
             report.stopped.push(a.dbid);
             let _ = std::fs::remove_file(dir.pid(&name));
@@ -1081,4 +1247,58 @@ pub fn stop(dir: &ClusterDir, host: Option<&str>) -> Result<StopReport> {
         }
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listing(root: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap().flatten() {
+                if e.file_type().unwrap().is_dir() {
+                    stack.push(e.path());
+                }
+                out.push(e.path());
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn a_journal_undoes_what_was_made_and_nothing_else() {
+        let tmp = tempfile::tempdir().unwrap();
+        let t = tmp.path();
+        std::fs::create_dir_all(t.join("data/existing")).unwrap();
+        std::fs::write(t.join("data/existing/keep"), b"mine").unwrap();
+        let before = listing(t);
+        let mut j = Journal::default();
+        j.create_dir_all(&t.join("data/mirror/gpseg0")).unwrap();
+        j.create_dir_all(&t.join("data/mirror/gpseg1")).unwrap();
+        j.create_dir_all(&t.join("data/existing")).unwrap();
+        std::fs::write(t.join("data/new.json"), b"{}").unwrap();
+        j.created(&t.join("data/new.json"));
+        j.created(&t.join("data/never-made"));
+        assert!(t.join("data/mirror/gpseg1").is_dir());
+        assert_eq!(j.undo(), Vec::<String>::new());
+        assert_eq!(listing(t), before, "everything made is gone; what was there stays");
+    }
+
+    #[test]
+    fn a_segment_log_names_its_fatal_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = tmp.path().join("dbid9.log");
+        std::fs::write(
+            &log,
+            "\u{1b}[2m2026\u{1b}[0m \u{1b}[33m WARN\u{1b}[0m starting\nfilerep: binding 127.0.0.3:41000: Address already in use (os error 98)\n\n",
+        )
+        .unwrap();
+        assert_eq!(log_cause(&log).unwrap(), "binding 127.0.0.3:41000: Address already in use (os error 98)");
+        std::fs::write(&log, "\u{1b}[2m2026\u{1b}[0m \u{1b}[33m WARN\u{1b}[0m still starting\n").unwrap();
+        assert_eq!(log_cause(&log).unwrap(), "2026  WARN still starting");
+        assert_eq!(log_cause(&tmp.path().join("none.log")), None);
+    }
 }

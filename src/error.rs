@@ -28,6 +28,10 @@ pub enum Error {
     /// An order or request that does not fit this segment's role or state.
     #[error("refused: {0}")]
     Rejected(String),
+    /// Something that was to happen did not (a process that did not start,
+    /// a wait that ran out); the message names what and why.
+    #[error("{0}")]
+    NotDone(String),
     #[error("handshake with {peer}: {source}")]
     Handshake {
         peer: String,
@@ -47,6 +51,15 @@ pub enum Error {
 impl Error {
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Error {
         Error::Io { context: context.into(), source }
+    }
+
+    /// The message without its kind's prefix (`refused: `, `invalid
+    /// argument: `), for a line that already says what happened.
+    pub fn cause(&self) -> String {
+        match self {
+            Error::Rejected(m) | Error::InvalidArgument(m) | Error::NotDone(m) => m.clone(),
+            e => e.to_string(),
+        }
     }
 }
 

@@ -953,7 +953,7 @@ impl Shared {
             }
             Err(e) => {
                 tracing::error!(error = %e, "resync stopped short");
-                rs.error = Some(e.to_string());
+                rs.error = Some(e.cause());
             }
         }
     }

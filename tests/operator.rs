@@ -212,3 +212,143 @@ fn a_mirror_location_through_a_symbolic_link_into_another_contents_directory_is_
     let err = refused(&["addmirrors", "--cluster-dir", &cd, "-i", &cfg.display().to_string()]);
     assert!(err.contains("the cluster directory on this machine"), "{err}");
 }
+
+/// Run `filerep` with only `FILEREP_CLUSTER_DIR` naming the cluster.
+fn by_dir(cluster: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_filerep"))
+        .args(args)
+        .env("FILEREP_LOG", "warn")
+        .env("FILEREP_CLUSTER_DIR", cluster)
+        .output()
+        .expect("run filerep");
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
+}
+
+fn by_dir_ok(cluster: &Path, args: &[&str]) -> String {
+    let (code, out, err) = by_dir(cluster, args);
+    if code != 0 {
+        let mut logs = String::new();
+        for e in std::fs::read_dir(cluster.join("logs")).into_iter().flatten().flatten() {
+            let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(10).collect();
+            logs += &format!("--- {}\n{}\n", e.path().display(), tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+        }
+        panic!("filerep {} exited {code}: {out}{err}\n{logs}", args.join(" "));
+    }
+    out
+}
+
+/// The processes whose command line names `cluster` (its segments and arbiter).
+fn processes(cluster: &Path) -> Vec<(i32, String)> {
+    let needle = cluster.display().to_string();
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else { continue };
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if cmd.contains(&needle) && cmd.contains("filerep") {
+            out.push((pid, cmd));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Stops the cluster whatever happens to the test.
+struct Running(PathBuf);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = by_dir(&self.0, &["stop"]);
+    }
+}
+
+#[test]
+fn a_cluster_named_by_its_directory_alone_refuses_what_would_hurt_it_and_changes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = std::fs::canonicalize(tmp.path()).unwrap();
+    let cluster = t.join("cluster");
+    let base = free_base();
+    let init = Init {
+        cluster: cluster.clone(),
+        hosts: "127.0.0.2,127.0.0.3",
+        data: vec![format!("pg_system={}", t.join("primary").display())],
+        extra: [
+            "--segments-per-host",
+            "1",
+            "--base-port",
+            &base.to_string(),
+            "--block-size",
+            "8192",
+            "--allow-one-machine",
+        ]
+        .map(String::from)
+        .into(),
+    };
+    let (code, out, err) = init.run();
+    assert_eq!(code, 0, "{out}{err}");
+    by_dir_ok(&cluster, &["start"]);
+    let _running = Running(cluster.clone());
+    assert!(by_dir_ok(&cluster, &["state"]).contains("contents without a mirror"));
+
+    // What a refusal must leave alone: the cluster directory (its logs
+    // aside), the data directories, the running processes.
+    let snapshot = || {
+        let mut c = tree(&cluster);
+        c.retain(|p, _| !p.starts_with(cluster.join("logs")));
+        (c, tree(&t.join("primary")), processes(&cluster))
+    };
+    let before = snapshot();
+    assert_eq!(before.2.len(), 3, "two segments and the arbiter: {:?}", before.2);
+    let (p, m, r) = (base + 1000, base + 2000, base + 3000);
+    let cfg = t.join("mirrors.cfg");
+    let write_cfg = |m0: &Path| {
+        let text = format!(
+            "filespaceOrder=\nmirror0=0:127.0.0.3:{p}:{m}:{r}:{}\nmirror1=1:127.0.0.2:{p}:{m}:{r}:{}\n",
+            m0.display(),
+            t.join("mirror/gpseg1").display()
+        );
+        std::fs::write(&cfg, text).unwrap();
+    };
+    let cf = cfg.display().to_string();
+    // A location that cannot be created.
+    write_cfg(Path::new("/proc/filerep-mirror/gpseg0"));
+    let (code, _, err) = by_dir(&cluster, &["addmirrors", "-i", &cf]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("mirrors.cfg:2:") && err.contains("cannot be made the mirror's directory"), "{err}");
+    assert!(!err.contains("refused: refused"), "{err}");
+    assert!(snapshot() == before, "a refusal changes nothing");
+    assert!(!t.join("mirror").exists());
+    // A port another process holds.
+    write_cfg(&t.join("mirror/gpseg0"));
+    let holder = TcpListener::bind(("127.0.0.3", p)).unwrap();
+    let (code, _, err) = by_dir(&cluster, &["addmirrors", "-i", &cf]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains(&format!("port {p} on 127.0.0.3 is in use by another process")), "{err}");
+    assert!(snapshot() == before, "a refusal changes nothing");
+    drop(holder);
+
+    // Every command by the directory alone: add the mirrors, lose one,
+    // start it again, recover, verify, state, stop.
+    let out = by_dir_ok(&cluster, &["addmirrors", "-i", &cf, "--json"]);
+    assert_eq!(out.matches("\"synchronized\"").count(), 2, "{out}");
+    let mirror0: i32 = std::fs::read_to_string(cluster.join("run/dbid4.pid")).unwrap().trim().parse().unwrap();
+    assert!(std::fs::read_to_string(cluster.join("run/dbid4.pid")).unwrap().ends_with('\n'));
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(mirror0), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !by_dir_ok(&cluster, &["state", "-m"]).contains("Change Tracking") {
+        assert!(std::time::Instant::now() < deadline, "the mirror's loss is never seen");
+        std::thread::sleep(std::time::Duration::from_millis(100)); // the arbiter's probe rounds
+    }
+    by_dir_ok(&cluster, &["start"]);
+    let out = by_dir_ok(&cluster, &["recover", "--json"]);
+    assert!(out.contains("\"synchronized\""), "{out}");
+    let out = by_dir_ok(&cluster, &["verify", "--json"]);
+    assert_eq!(out.matches("\"identical\"").count(), 2, "{out}");
+    let state: serde_json::Value = serde_json::from_str(&by_dir_ok(&cluster, &["state", "--json"])).unwrap();
+    assert_eq!(state["segments"].as_array().unwrap().len(), 4, "{state}");
+    assert!(state["arbiter_answers"].as_bool().unwrap());
+    by_dir_ok(&cluster, &["stop"]);
+    assert!(processes(&cluster).is_empty(), "{:?}", processes(&cluster));
+}

@@ -8,6 +8,7 @@ mod ops;
 mod recover;
 mod state;
 mod story;
+mod target;
 mod verify;
 
 use clap::{Parser, Subcommand};

@@ -1,9 +1,10 @@
 //! `filerep init`, `start`, `stop` and `addmirrors`: creating and running a
 //! cluster from its directory (`filerep::cluster`).
 
-use filerep::catalog::Catalog;
+use filerep::catalog::{Catalog, SegmentAddress};
 use filerep::cluster::{self, ClusterDir, InitSpec};
 use filerep::layout::{self, MirrorConfig, Placement};
+use filerep::protocol::handshake::ClusterKey;
 use filerep::segment::{ArbiterRequest, ArbiterResponse, NewMirror, SegmentRequest, SegmentResponse};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -51,8 +52,8 @@ pub struct InitCmd {
 
 #[derive(clap::Args)]
 pub struct StartCmd {
-    #[arg(long)]
-    cluster_dir: PathBuf,
+    #[command(flatten)]
+    cluster: crate::target::ClusterArg,
     /// Start only this host's segments (and the arbiter if it lives there).
     #[arg(long)]
     host: Option<String>,
@@ -62,8 +63,8 @@ pub struct StartCmd {
 
 #[derive(clap::Args)]
 pub struct StopCmd {
-    #[arg(long)]
-    cluster_dir: PathBuf,
+    #[command(flatten)]
+    cluster: crate::target::ClusterArg,
     /// Stop only this host's segments (and the arbiter if it lives there).
     #[arg(long)]
     host: Option<String>,
@@ -73,8 +74,8 @@ pub struct StopCmd {
 
 #[derive(clap::Args)]
 pub struct AddMirrorsCmd {
-    #[arg(long)]
-    cluster_dir: PathBuf,
+    #[command(flatten)]
+    cluster: crate::target::ClusterArg,
     /// Port offset: mirror port = P + OFFSET, mirror replication port = P + 2 OFFSET, primary replication port = P + 3 OFFSET.
     #[arg(short = 'p', long, default_value_t = layout::DEFAULT_PORT_OFFSET)]
     offset: u32,
@@ -182,7 +183,7 @@ fn exe() -> Result<PathBuf, String> {
 }
 
 pub fn start(c: StartCmd) -> Result<ExitCode, String> {
-    let dir = ClusterDir::new(&c.cluster_dir);
+    let dir = c.cluster.dir()?;
     let r = cluster::start(&dir, &exe()?, c.host.as_deref()).map_err(|e| e.to_string())?;
     if c.json {
         println!("{}", serde_json::to_string(&r).map_err(|e| e.to_string())?);
@@ -197,15 +198,24 @@ pub fn start(c: StartCmd) -> Result<ExitCode, String> {
                 format!(" ({} were running already)", r.already_running.len())
             }
         );
+        for (dbid, why) in &r.failed {
+            eprintln!("dbid {dbid} did not start: {why}");
+        }
+        for content in &r.down {
+            eprintln!(
+                "content {content} is down (a double fault, or its primary lost during a resync): its segments get no role \
+                 until filerep recover restores it from its acting primary (docs/operations.md, When things go wrong)"
+            );
+        }
         if !r.without_role.is_empty() {
             eprintln!("dbids {:?} run but have no role yet: see filerep state -s", r.without_role);
         }
     }
-    Ok(if r.without_role.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if r.without_role.is_empty() && r.failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 pub fn stop(c: StopCmd) -> Result<ExitCode, String> {
-    let dir = ClusterDir::new(&c.cluster_dir);
+    let dir = c.cluster.dir()?;
     let r = cluster::stop(&dir, c.host.as_deref()).map_err(|e| e.to_string())?;
     if c.json {
         println!("{}", serde_json::to_string(&r).map_err(|e| e.to_string())?);
@@ -231,7 +241,7 @@ pub fn current_catalog(dir: &ClusterDir) -> Result<(Catalog, bool), String> {
 }
 
 pub fn addmirrors(c: AddMirrorsCmd) -> Result<ExitCode, String> {
-    let dir = ClusterDir::new(absolute(&c.cluster_dir)?);
+    let dir = c.cluster.dir()?;
     let mut file = dir.load().map_err(|e| e.to_string())?;
     let key = dir.key().map_err(|e| e.to_string())?;
     let (cat, live) = current_catalog(&dir)?;
@@ -277,7 +287,7 @@ pub fn addmirrors(c: AddMirrorsCmd) -> Result<ExitCode, String> {
         return Err(format!(
             "the arbiter on {} does not answer: start the cluster first (filerep start --cluster-dir {})",
             file.arbiter,
-            c.cluster_dir.display()
+            dir.root.display()
         ));
     }
     let first_dbid = cat.addresses().map(|(_, a)| a.dbid).max().unwrap_or(1) + 1;
@@ -292,33 +302,152 @@ pub fn addmirrors(c: AddMirrorsCmd) -> Result<ExitCode, String> {
         let primary_data = format!("{}:{}", primary.address.address(), m.primary_replication_port);
         mirrors.push((m.content, address, primary.address.clone(), primary_data));
     }
-    // The primaries listen for replication on their new ports first (used
-    // only once they act as mirrors), and their configurations say so.
-    for (content, _, p, data) in &mirrors {
-        match filerep::control::call::<_, SegmentResponse>(
-            &p.control,
-            &key,
-            &SegmentRequest::Rebind { data_listen: data.clone() },
-            RPC,
-        ) {
-            Ok(SegmentResponse::Done) => {}
-            Ok(SegmentResponse::Refused(why)) => {
-                return Err(format!("content {content}: primary dbid {}: {why}", p.dbid))
+    let long: Vec<String> =
+        mirrors.iter().filter_map(|(_, m, _, _)| cluster::socket_path_problem(&dir, m.dbid)).collect();
+    if !long.is_empty() {
+        return Err(format!("nothing was changed: {}", long.join("; ")));
+    }
+    // Every primary that gets a mirror serves, before anything changes.
+    let idle: Vec<String> = mirrors
+        .iter()
+        .filter(|(_, _, p, _)| {
+            cluster::probe(&p.control, &key, Duration::from_secs(2))
+                .is_none_or(|s| s.dbid != p.dbid || s.acting != filerep::segment::Acting::Primary)
+        })
+        .map(|(content, _, p, _)| format!("content {content} (primary dbid {} on {})", p.dbid, p.control))
+        .collect();
+    if !idle.is_empty() {
+        return Err(format!(
+            "nothing was changed: these primaries do not serve: {}; start them (filerep start) and see filerep state -s",
+            idle.join(", ")
+        ));
+    }
+    let exe = exe()?;
+    let mut applied = Applied::default();
+    if let Err(why) = add(&dir, &file, &key, &exe, &mirrors, &mut applied) {
+        let left = applied.undo(&dir, &key);
+        return Err(if left.is_empty() {
+            format!("{why}; everything addmirrors had done was undone: the cluster is as it was")
+        } else {
+            format!(
+                "{why}; undoing what addmirrors had done left these behind: {}; the catalog was not changed",
+                left.join("; ")
+            )
+        });
+    }
+    file.placement = Some(placement);
+    dir.write_cluster_file(&file).map_err(|e| e.to_string())?;
+    if !c.json {
+        eprintln!("added {} mirrors; building them with full resyncs while the primaries serve", mirrors.len());
+    }
+    // Each new mirror is built by an online full resync: the pair shows r, then s.
+    // The mirrors are in the catalog now: a pair not built stays `n`, and
+    // `filerep recover -F --content N` builds it later.
+    let mut code = ExitCode::SUCCESS;
+    for (content, m, _, _) in &mirrors {
+        let built = wait_mirror_serving(&dir, &key, m, Duration::from_secs(60)).and_then(|()| {
+            let rc = crate::recover::RecoverCmd::full_resync(&dir, *content, c.max_rate, c.json);
+            crate::recover::run(rc)
+        });
+        match built {
+            Ok(ExitCode::SUCCESS) => {}
+            other => {
+                code = ExitCode::from(1);
+                eprintln!(
+                    "content {content}: its mirror (dbid {}) was added but is not built yet{}; build it with: filerep recover -F --content {content} --cluster-dir {}",
+                    m.dbid,
+                    other.err().map(|e| format!(" ({e})")).unwrap_or_default(),
+                    dir.root.display()
+                );
             }
-            other => return Err(format!("content {content}: primary dbid {} did not answer: {other:?}", p.dbid)),
         }
+    }
+    Ok(code)
+}
+
+/// What `addmirrors` changed before the arbiter added the mirrors: undone,
+/// newest first, when a later step fails.
+#[derive(Default)]
+struct Applied {
+    /// Directories, configurations, logs and state made for the new mirrors.
+    journal: cluster::Journal,
+    /// Primaries told to listen for replication elsewhere: their address,
+    /// the old replication address, the old configuration file's bytes.
+    rebound: Vec<(SegmentAddress, String, Vec<u8>)>,
+    /// Mirror processes started.
+    spawned: Vec<cluster::Spawned>,
+}
+
+impl Applied {
+    fn undo(self, dir: &ClusterDir, key: &ClusterKey) -> Vec<String> {
+        let mut left = Vec::new();
+        cluster::stop_spawned(dir, &self.spawned);
+        for (p, old, bytes) in self.rebound.into_iter().rev() {
+            if let Err(e) = rebind(key, &p, &old) {
+                left.push(format!("primary dbid {} still listens for replication on its new port ({e})", p.dbid));
+            }
+            let path = dir.segment_config(p.dbid);
+            if let Err(e) = std::fs::write(&path, bytes) {
+                left.push(format!("{}: {e}", path.display()));
+            }
+        }
+        left.extend(self.journal.undo());
+        left
+    }
+}
+
+/// Tell a primary to listen for replication on `data`.
+fn rebind(key: &ClusterKey, p: &SegmentAddress, data: &str) -> Result<(), String> {
+    let req = SegmentRequest::Rebind { data_listen: data.to_string() };
+    match filerep::control::call::<_, SegmentResponse>(&p.control, key, &req, RPC) {
+        Ok(SegmentResponse::Done) => Ok(()),
+        Ok(SegmentResponse::Refused(why)) => Err(format!("primary dbid {} cannot listen on {data}: {why}", p.dbid)),
+        Ok(other) => Err(format!("primary dbid {} answered {other:?}", p.dbid)),
+        Err(e) => Err(format!("primary dbid {} did not answer: {e}", p.dbid)),
+    }
+}
+
+/// The changes, in order, each recorded in `applied`: the mirrors' directories and
+/// configurations; the primaries' new replication ports; the mirror
+/// processes, each answering; then the arbiter adds them all in one store.
+fn add(
+    dir: &ClusterDir,
+    file: &cluster::ClusterFile,
+    key: &ClusterKey,
+    exe: &std::path::Path,
+    mirrors: &[(u32, SegmentAddress, SegmentAddress, String)],
+    applied: &mut Applied,
+) -> Result<(), String> {
+    for (content, m, _, _) in mirrors {
+        for fs in &m.filespaces {
+            if let Some((_, d)) = fs.split_once('=') {
+                applied.journal.create_dir_all(std::path::Path::new(d)).map_err(|e| e.to_string())?;
+            }
+        }
+        // A mirror that does not start keeps its log (logs/dbid<N>.log), for the record.
+        for made in [dir.segment_config(m.dbid), dir.segment_dir(m.dbid)] {
+            applied.journal.created(&made);
+        }
+        let cfg = cluster::segment_config(dir, file, *content, m).map_err(|e| e.to_string())?;
+        dir.write_segment(&cfg).map_err(|e| e.to_string())?;
+    }
+    // The primaries listen for replication on their new ports first (used
+    // only once they act as mirrors; a mirror may take a port a primary gives up).
+    for (_, _, p, data) in mirrors {
+        let bytes = std::fs::read(dir.segment_config(p.dbid))
+            .map_err(|e| format!("reading dbid {}'s configuration: {e}", p.dbid))?;
+        rebind(key, p, data)?;
+        applied.rebound.push((p.clone(), p.data.clone(), bytes));
         let mut pc = dir.segment(p.dbid).map_err(|e| e.to_string())?;
         pc.data_listen = data.clone();
         dir.write_segment(&pc).map_err(|e| e.to_string())?;
     }
-    for (content, m, _, _) in &mirrors {
-        for fs in &m.filespaces {
-            if let Some((_, d)) = fs.split_once('=') {
-                std::fs::create_dir_all(d).map_err(|e| format!("creating {d}: {e}"))?;
-            }
-        }
-        dir.write_segment(&cluster::segment_config(&dir, &file, *content, m).map_err(|e| e.to_string())?)
-            .map_err(|e| e.to_string())?;
+    let addrs: Vec<SegmentAddress> = mirrors.iter().map(|(_, m, _, _)| m.clone()).collect();
+    let (spawned, failed) = cluster::start_segments(dir, exe, key, &addrs, Duration::from_secs(30));
+    applied.spawned = spawned;
+    if !failed.is_empty() {
+        let why: Vec<String> = failed.into_iter().map(|(_, why)| why).collect();
+        return Err(why.join("; "));
     }
     let req = ArbiterRequest::AddMirrors {
         mirrors: mirrors
@@ -330,33 +459,18 @@ pub fn addmirrors(c: AddMirrorsCmd) -> Result<ExitCode, String> {
             })
             .collect(),
     };
-    match filerep::control::call::<_, ArbiterResponse>(&file.arbiter, &key, &req, RPC) {
-        Ok(ArbiterResponse::Started) => {}
-        Ok(ArbiterResponse::Refused(why)) => return Err(why),
-        other => return Err(format!("the arbiter did not add the mirrors: {other:?}")),
+    match filerep::control::call::<_, ArbiterResponse>(&file.arbiter, key, &req, RPC) {
+        Ok(ArbiterResponse::Started) => Ok(()),
+        Ok(ArbiterResponse::Refused(why)) => Err(format!("the arbiter refused the mirrors: {why}")),
+        Ok(other) => Err(format!("the arbiter answered {other:?}")),
+        // The answer may be lost after the store: then they are added, and stay.
+        Err(e) => match filerep::probe::fetch_catalog(&file.arbiter, key, RPC) {
+            Ok(cat) if mirrors.iter().all(|(c, m, _, _)| cat.pair(*c).is_some_and(|p| p.address(m.dbid).is_some())) => {
+                Ok(())
+            }
+            _ => Err(format!("the arbiter did not answer: {e}")),
+        },
     }
-    file.placement = Some(placement);
-    std::fs::write(dir.cluster_file(), serde_json::to_vec_pretty(&file).map_err(|e| e.to_string())?)
-        .map_err(|e| format!("writing {}: {e}", dir.cluster_file().display()))?;
-    let exe = exe()?;
-    let started = cluster::start(&dir, &exe, None).map_err(|e| e.to_string())?;
-    if !c.json {
-        eprintln!(
-            "added {} mirrors and started {} segments; building them with full resyncs while the primaries serve",
-            mirrors.len(),
-            started.started.len()
-        );
-    }
-    // Each new mirror is built by an online full resync: the pair shows r, then s.
-    let mut code = ExitCode::SUCCESS;
-    for (content, m, _, _) in &mirrors {
-        wait_mirror_serving(&dir, &key, m, Duration::from_secs(60))?;
-        let rc = crate::recover::RecoverCmd::full_resync(&file.arbiter, &dir.key_file(), *content, c.max_rate, c.json);
-        if crate::recover::run(rc)? != ExitCode::SUCCESS {
-            code = ExitCode::from(1);
-        }
-    }
-    Ok(code)
 }
 
 /// Wait until a new mirror serves as mirror (the arbiter's rounds order it).

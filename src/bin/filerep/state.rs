@@ -4,18 +4,17 @@
 
 use crate::ops::current_catalog;
 use filerep::catalog::{Catalog, SegmentAddress};
-use filerep::cluster::{self, ClusterDir};
+use filerep::cluster;
 use filerep::core::pair::{Pair, PairMode, Role};
 use filerep::segment::{Acting, SegmentStatus};
 use serde::Serialize;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 #[derive(clap::Args)]
 pub struct StateCmd {
-    #[arg(long)]
-    cluster_dir: PathBuf,
+    #[command(flatten)]
+    cluster: crate::target::ClusterArg,
     /// The mirror list: host, data directory, port, status, data status.
     #[arg(short = 'm', long, group = "view")]
     mirrors: bool,
@@ -156,7 +155,7 @@ fn resync_text(s: &Option<SegmentStatus>) -> String {
 }
 
 pub fn run(c: StateCmd) -> Result<ExitCode, String> {
-    let dir = ClusterDir::new(&c.cluster_dir);
+    let dir = c.cluster.dir()?;
     let file = dir.load().map_err(|e| e.to_string())?;
     let key = dir.key().map_err(|e| e.to_string())?;
     let (cat, live) = current_catalog(&dir)?;
