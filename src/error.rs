@@ -1,8 +1,8 @@
 //! The library's error type.
 
-use crate::disk::DiskError;
-use crate::path::PathError;
+use crate::io::disk::DiskError;
 use crate::protocol::handshake::{HandshakeError, Status};
+use crate::protocol::path::PathError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -18,7 +18,7 @@ pub enum Error {
     MirrorLost(String),
     /// The change-log cannot be written: the segment needs a full resync.
     #[error("change tracking failed, a full resync is needed: {0}")]
-    ChangeLog(#[from] crate::changelog::ChangeLogError),
+    ChangeLog(#[from] crate::durable::changelog::ChangeLogError),
     /// The stream was shut down; no further call is accepted.
     #[error("closed: {0}")]
     Closed(String),

@@ -1,47 +1,37 @@
 //! filerep: block-level file replication for a segment's data directory.
 //!
-//! Layers, bottom up:
-//! - [`protocol`]: the wire format (frames, handshake), sans I/O.
-//! - [`core`]: the primary's and mirror's stream logic as state machines.
-//! - [`disk`] and [`net`]: narrow traits with real and simulated backends.
-//! - [`apply`]: the mirror's executor, shared by the daemon and the simulator.
-//! - [`primary`] and [`mirror`]: the runtimes that put it together with threads.
-//! - [`sim`]: the deterministic simulator; [`verify`] compares two trees.
+//! Layers, bottom up; each imports only layers below it:
+//! - [`protocol`]: the wire format (frames, handshake, path rules), sans I/O.
+//! - [`core`]: the rules as I/O-free state machines (events in, commands out).
+//! - [`io`]: the `Disk` and connection traits with real and simulated backends.
+//! - [`durable`]: the change-log, the activity log and the catalog.
+//! - [`runtime`]: threads and sockets that execute the core (primary, mirror
+//!   and its applier, resync).
+//! - [`cluster`]: the segment process, the control channel, the local client,
+//!   the arbiter process, metrics and the mirror layout.
+//! - [`verify`] and [`mount`]: comparison of two copies; a filespace as a
+//!   FUSE file system.
+//! - [`sim`]: the deterministic simulator.
+//!
+//! The `filerep` command, the benchmark and the demo workload live in the
+//! `filerep-tools` crate of the workspace, so a host that links this library
+//! carries none of what only they need.
 
 // A lock guard in an `if let` or `match` scrutinee lives through the whole
 // body: a call once waited for the arbiter's decision holding the marks
 // lock, and the decision waited for it ("no decision in time").
 #![warn(clippy::significant_drop_in_scrutinee)]
 
-pub mod activity;
-pub mod apply;
-pub mod arbiter;
-pub mod bench;
-pub mod bench_resync;
-pub mod catalog;
-pub mod changelog;
-pub mod client;
 pub mod cluster;
 pub mod config;
-pub mod control;
 pub mod core;
-pub mod disk;
+pub mod durable;
 pub mod error;
-pub mod hosts;
-pub mod layout;
-pub mod metrics;
-pub mod mirror;
+pub mod io;
 pub mod mount;
-pub mod net;
-pub mod path;
-pub mod primary;
-pub mod probe;
-pub mod process;
 pub mod protocol;
-pub mod resync;
-pub mod segment;
+pub mod runtime;
 pub mod sim;
 pub mod verify;
-pub mod workload;
 
 pub use error::{Error, Result};

@@ -4,14 +4,14 @@
 mod common;
 
 use common::*;
-use filerep::arbiter::{Arbiter, Decision, FixedArbiter};
-use filerep::changelog::{ChangeLog, ChangeSet};
 use filerep::config::SyncLevel;
-use filerep::disk::{FsPath, StdDisk};
-use filerep::path::RelPath;
-use filerep::primary::{ChangeTracking, Mode};
+use filerep::durable::changelog::{ChangeLog, ChangeSet};
+use filerep::io::disk::{FsPath, StdDisk};
+use filerep::protocol::path::RelPath;
+use filerep::runtime::arbiter::{Arbiter, Decision, FixedArbiter};
+use filerep::runtime::primary::{ChangeTracking, Mode};
 use filerep::verify::Entry;
-use filerep::workload::{self, WorkloadConfig};
+use filerep_tools::workload::{self, WorkloadConfig};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,14 +32,14 @@ fn tracking(log: &Arc<ChangeLog>, arbiter: Arc<dyn Arbiter>) -> ChangeTracking {
 struct Tracked {
     _dirs_state: tempfile::TempDir,
     log: Arc<ChangeLog>,
-    daemon: filerep::process::MirrorProcess,
-    primary: filerep::primary::Primary,
+    daemon: filerep_tools::process::MirrorProcess,
+    primary: filerep::runtime::primary::Primary,
 }
 
 fn tracked_pair(
     dirs: &Dirs,
     arbiter: Arc<dyn Arbiter>,
-    tune: impl FnOnce(&mut filerep::primary::PrimaryConfig),
+    tune: impl FnOnce(&mut filerep::runtime::primary::PrimaryConfig),
 ) -> Tracked {
     let state = tempfile::tempdir().expect("state dir");
     let log = changelog(state.path());
@@ -277,13 +277,13 @@ impl Gate {
 
 /// A disk whose files' writes pass through a [`Gate`].
 struct GatedDisk {
-    inner: Arc<dyn filerep::disk::Disk>,
+    inner: Arc<dyn filerep::io::disk::Disk>,
     gate: Arc<Gate>,
 }
 
 #[derive(Debug)]
 struct GatedFile {
-    inner: Arc<dyn filerep::disk::DiskFile>,
+    inner: Arc<dyn filerep::io::disk::DiskFile>,
     gate: Arc<Gate>,
 }
 
@@ -293,63 +293,63 @@ impl std::fmt::Debug for Gate {
     }
 }
 
-impl filerep::disk::DiskFile for GatedFile {
-    fn write_at(&self, offset: u64, buf: &[u8]) -> filerep::disk::DiskResult<()> {
+impl filerep::io::disk::DiskFile for GatedFile {
+    fn write_at(&self, offset: u64, buf: &[u8]) -> filerep::io::disk::DiskResult<()> {
         self.gate.pass();
         self.inner.write_at(offset, buf)
     }
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> filerep::disk::DiskResult<usize> {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> filerep::io::disk::DiskResult<usize> {
         self.inner.read_at(offset, buf)
     }
-    fn sync_data(&self) -> filerep::disk::DiskResult<()> {
+    fn sync_data(&self) -> filerep::io::disk::DiskResult<()> {
         self.inner.sync_data()
     }
-    fn set_len(&self, len: u64) -> filerep::disk::DiskResult<()> {
+    fn set_len(&self, len: u64) -> filerep::io::disk::DiskResult<()> {
         self.inner.set_len(len)
     }
-    fn len(&self) -> filerep::disk::DiskResult<u64> {
+    fn len(&self) -> filerep::io::disk::DiskResult<u64> {
         self.inner.len()
     }
 }
 
-impl filerep::disk::Disk for GatedDisk {
+impl filerep::io::disk::Disk for GatedDisk {
     fn open(
         &self,
         path: &FsPath,
-        mode: filerep::disk::OpenMode,
-    ) -> filerep::disk::DiskResult<Arc<dyn filerep::disk::DiskFile>> {
+        mode: filerep::io::disk::OpenMode,
+    ) -> filerep::io::disk::DiskResult<Arc<dyn filerep::io::disk::DiskFile>> {
         let inner = self.inner.open(path, mode)?;
         Ok(Arc::new(GatedFile { inner, gate: self.gate.clone() }))
     }
-    fn remove_file(&self, path: &FsPath) -> filerep::disk::DiskResult<()> {
+    fn remove_file(&self, path: &FsPath) -> filerep::io::disk::DiskResult<()> {
         self.inner.remove_file(path)
     }
-    fn rename(&self, from: &FsPath, to: &FsPath) -> filerep::disk::DiskResult<()> {
+    fn rename(&self, from: &FsPath, to: &FsPath) -> filerep::io::disk::DiskResult<()> {
         self.inner.rename(from, to)
     }
-    fn create_dir(&self, path: &FsPath) -> filerep::disk::DiskResult<()> {
+    fn create_dir(&self, path: &FsPath) -> filerep::io::disk::DiskResult<()> {
         self.inner.create_dir(path)
     }
-    fn remove_dir(&self, path: &FsPath) -> filerep::disk::DiskResult<()> {
+    fn remove_dir(&self, path: &FsPath) -> filerep::io::disk::DiskResult<()> {
         self.inner.remove_dir(path)
     }
-    fn sync_parent_dir(&self, path: &FsPath) -> filerep::disk::DiskResult<()> {
+    fn sync_parent_dir(&self, path: &FsPath) -> filerep::io::disk::DiskResult<()> {
         self.inner.sync_parent_dir(path)
     }
-    fn parent_dir_handle(&self, path: &FsPath) -> filerep::disk::DiskResult<Arc<dyn filerep::disk::DiskFile>> {
+    fn parent_dir_handle(&self, path: &FsPath) -> filerep::io::disk::DiskResult<Arc<dyn filerep::io::disk::DiskFile>> {
         self.inner.parent_dir_handle(path)
     }
-    fn exists(&self, path: &FsPath) -> filerep::disk::DiskResult<bool> {
+    fn exists(&self, path: &FsPath) -> filerep::io::disk::DiskResult<bool> {
         self.inner.exists(path)
     }
-    fn entry_kind(&self, path: &FsPath) -> filerep::disk::DiskResult<Option<filerep::disk::EntryKind>> {
+    fn entry_kind(&self, path: &FsPath) -> filerep::io::disk::DiskResult<Option<filerep::io::disk::EntryKind>> {
         self.inner.entry_kind(path)
     }
     fn list_dir(
         &self,
         filespace: u16,
         dir: Option<&RelPath>,
-    ) -> filerep::disk::DiskResult<Vec<(String, filerep::disk::EntryKind)>> {
+    ) -> filerep::io::disk::DiskResult<Vec<(String, filerep::io::disk::EntryKind)>> {
         self.inner.list_dir(filespace, dir)
     }
     fn name(&self) -> &'static str {
@@ -397,8 +397,8 @@ fn a_call_waiting_for_the_decision_holds_up_no_call_inside_its_stripe() {
     let (reached_tx, reached) = crossbeam_channel::unbounded();
     let (open, open_rx) = crossbeam_channel::unbounded();
     let gate = Arc::new(Gate { closed: false.into(), reached: reached_tx, open: open_rx });
-    let log_disk: Arc<dyn filerep::disk::Disk> =
-        Arc::new(GatedDisk { inner: Arc::new(filerep::disk::SimDisk::new(1)), gate: gate.clone() });
+    let log_disk: Arc<dyn filerep::io::disk::Disk> =
+        Arc::new(GatedDisk { inner: Arc::new(filerep::io::disk::SimDisk::new(1)), gate: gate.clone() });
     let log = Arc::new(
         ChangeLog::create(log_disk, FsPath::new(0, RelPath::new("changelog").unwrap()), BS).expect("change-log"),
     );
@@ -447,8 +447,8 @@ fn a_call_waiting_for_the_decision_holds_up_no_call_inside_its_stripe() {
 /// there, so it must be in the change-log. In memory, over many seeds.
 #[test]
 fn a_mirror_crash_loses_unsynced_data_and_the_change_log_names_all_of_it() {
-    use filerep::disk::{Disk, SimDisk, SimEntry};
-    use filerep::mirror::MirrorServer;
+    use filerep::io::disk::{Disk, SimDisk, SimEntry};
+    use filerep::runtime::mirror::MirrorServer;
     use std::collections::BTreeMap;
     for seed in 0..12u64 {
         let dirs = Dirs::new();
@@ -461,7 +461,7 @@ fn a_mirror_crash_loses_unsynced_data_and_the_change_log_names_all_of_it() {
         let server = Arc::new(
             MirrorServer::with_disk(mirror_config(&dirs, BS), mirror_disk.clone() as Arc<dyn Disk>).expect("mirror"),
         );
-        let (p_conn, m_conn) = filerep::net::mem_pair(64 * 1024, 1024);
+        let (p_conn, m_conn) = filerep::io::net::mem_pair(64 * 1024, 1024);
         let session = {
             let server = server.clone();
             std::thread::spawn(move || server.serve_conn(m_conn, "mem"))
@@ -469,8 +469,13 @@ fn a_mirror_crash_loses_unsynced_data_and_the_change_log_names_all_of_it() {
         let mut cfg = primary_config(&dirs, BS, SyncLevel::Applied);
         cfg.change_tracking = Some(tracking(&log, Arc::new(FixedArbiter(Decision::MirrorDown))));
         let primary = Arc::new(
-            filerep::primary::Primary::start_with_disk(cfg, primary_disk.clone() as Arc<dyn Disk>, p_conn, "mem")
-                .expect("primary"),
+            filerep::runtime::primary::Primary::start_with_disk(
+                cfg,
+                primary_disk.clone() as Arc<dyn Disk>,
+                p_conn,
+                "mem",
+            )
+            .expect("primary"),
         );
         let load = {
             let primary = primary.clone();
@@ -527,8 +532,8 @@ fn a_mirror_crash_loses_unsynced_data_and_the_change_log_names_all_of_it() {
 /// the pair to change tracking with the mirror down, recorded with a reason.
 #[test]
 fn the_pair_arbiter_records_the_transition() {
-    use filerep::arbiter::PairArbiter;
     use filerep::core::pair::{Pair, PairMode};
+    use filerep::runtime::arbiter::PairArbiter;
     let dirs = Dirs::new();
     let arbiter = Arc::new(PairArbiter::new(Pair::new(0, 2, 4)));
     let Tracked { _dirs_state, mut daemon, primary, .. } = tracked_pair(&dirs, arbiter.clone(), |_| {});
@@ -551,8 +556,8 @@ fn the_pair_arbiter_records_the_transition() {
 /// its calls fail: two writers never serve one generation.
 #[test]
 fn a_primary_replaced_by_a_promotion_is_demoted() {
-    use filerep::arbiter::PairArbiter;
     use filerep::core::pair::{Event, Pair};
+    use filerep::runtime::arbiter::PairArbiter;
     let dirs = Dirs::new();
     let arbiter = Arc::new(PairArbiter::new(Pair::new(0, 2, 4)));
     let Tracked { _dirs_state, mut daemon, primary, .. } = tracked_pair(&dirs, arbiter.clone(), |_| {});
@@ -569,7 +574,7 @@ fn a_primary_replaced_by_a_promotion_is_demoted() {
 /// claims nothing more, and every later call fails (a full resync is needed).
 #[test]
 fn a_change_log_that_cannot_be_written_stops_the_primary() {
-    use filerep::disk::{Disk, SimDisk, SimFault};
+    use filerep::io::disk::{Disk, SimDisk, SimFault};
     let dirs = Dirs::new();
     let log_disk = Arc::new(SimDisk::new(1));
     let log = Arc::new(
@@ -586,7 +591,9 @@ fn a_change_log_that_cannot_be_written_stops_the_primary() {
     assert_eq!(primary.mode(), Mode::ChangeTracking);
     log_disk.inject(SimFault::FailNextSync);
     // A block in a new extent needs a durable record: the append fails.
-    let e = primary.write_block(0, "f", 5 * filerep::changelog::EXTENT_BLOCKS, &[2u8; BS as usize]).expect_err("fails");
+    let e = primary
+        .write_block(0, "f", 5 * filerep::durable::changelog::EXTENT_BLOCKS, &[2u8; BS as usize])
+        .expect_err("fails");
     assert!(matches!(e, filerep::Error::ChangeLog(_)), "{e}");
     assert!(e.to_string().contains("full resync"), "{e}");
     match primary.mode() {
@@ -601,8 +608,8 @@ fn a_change_log_that_cannot_be_written_stops_the_primary() {
 /// the arbiter is not asked and the pair stays synchronized.
 #[test]
 fn an_orderly_shutdown_does_not_report_a_lost_mirror() {
-    use filerep::arbiter::PairArbiter;
     use filerep::core::pair::{Pair, PairMode};
+    use filerep::runtime::arbiter::PairArbiter;
     let dirs = Dirs::new();
     let arbiter = Arc::new(PairArbiter::new(Pair::new(0, 2, 4)));
     let Tracked { _dirs_state, mut daemon, primary, .. } = tracked_pair(&dirs, arbiter.clone(), |_| {});
@@ -619,14 +626,14 @@ fn an_orderly_shutdown_does_not_report_a_lost_mirror() {
 /// durable too (its directory entries), not only its data.
 #[test]
 fn in_change_tracking_a_synced_file_keeps_its_name_through_a_crash() {
-    use filerep::disk::{Disk, OpenMode, SimDisk};
+    use filerep::io::disk::{Disk, OpenMode, SimDisk};
     let dirs = Dirs::new();
     let state = tempfile::tempdir().expect("state dir");
     let log = changelog(state.path());
     let disk = Arc::new(SimDisk::new(2));
     let mut cfg = primary_config(&dirs, BS, SyncLevel::Applied);
     cfg.change_tracking = Some(tracking(&log, Arc::new(FixedArbiter(Decision::MirrorDown))));
-    let p = filerep::primary::Primary::start_alone(cfg, disk.clone(), "test").expect("start alone");
+    let p = filerep::runtime::primary::Primary::start_alone(cfg, disk.clone(), "test").expect("start alone");
     assert_eq!(p.mode(), Mode::ChangeTracking);
     p.mkdir(0, "d").unwrap();
     p.create(0, "d/f").unwrap();

@@ -3,10 +3,10 @@
 //! `addmirrors -p` while the workload goes on, every pair synchronized and
 //! identical, `state`, bad mirror configurations refused, `stop`.
 
-use filerep::catalog::Catalog;
-use filerep::client::Client;
-use filerep::cluster::ClusterDir;
+use filerep::cluster::client::Client;
 use filerep::core::pair::PairMode;
+use filerep::durable::catalog::Catalog;
+use filerep_tools::cluster::ClusterDir;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -117,18 +117,18 @@ fn init_start_addmirrors_under_load_state_and_stop() {
     std::os::unix::fs::symlink(tmp.path().join("primary"), &link).unwrap();
     let busy = std::net::TcpListener::bind("127.0.0.2:0").unwrap();
     let busy_port = busy.local_addr().unwrap().port();
-    let ask = filerep::segment::SegmentRequest::Inspect {
+    let ask = filerep::cluster::segment::SegmentRequest::Inspect {
         paths: vec![(link.join("new"), true), ("relative".into(), false)],
         ports: vec![("127.0.0.2".into(), busy_port)],
     };
     let key = dir.key().unwrap();
-    match filerep::control::call::<_, filerep::segment::SegmentResponse>(
+    match filerep::cluster::control::call::<_, filerep::cluster::segment::SegmentResponse>(
         &cat.unmirrored[0].address.control,
         &key,
         &ask,
         Duration::from_secs(10),
     ) {
-        Ok(filerep::segment::SegmentResponse::Inspected { paths, ports }) => {
+        Ok(filerep::cluster::segment::SegmentResponse::Inspected { paths, ports }) => {
             let real = std::fs::canonicalize(tmp.path().join("primary")).unwrap().join("new");
             let first = paths[0].as_ref().unwrap();
             assert_eq!((first.resolved.clone(), first.unwritable.clone()), (real, None));
@@ -206,7 +206,7 @@ fn init_start_addmirrors_under_load_state_and_stop() {
         &cf,
     ]);
     let text = std::fs::read_to_string(&cfg).unwrap();
-    let parsed = filerep::layout::MirrorConfig::parse(&text, "mirrors.cfg").unwrap();
+    let parsed = filerep::cluster::layout::MirrorConfig::parse(&text, "mirrors.cfg").unwrap();
     assert_eq!(parsed.mirrors.len(), 4);
     for m in &parsed.mirrors {
         let p = cat.unmirrored.iter().find(|s| s.content == m.content).unwrap();
@@ -243,7 +243,9 @@ fn init_start_addmirrors_under_load_state_and_stop() {
     ok(&["stop", "--cluster-dir", &cd]);
     for p in &cat.pairs {
         for i in 0..2 {
-            let dirs = |a: &filerep::catalog::SegmentAddress| PathBuf::from(a.filespaces[i].split_once('=').unwrap().1);
+            let dirs = |a: &filerep::durable::catalog::SegmentAddress| {
+                PathBuf::from(a.filespaces[i].split_once('=').unwrap().1)
+            };
             let (a, b) = (dirs(&p.addresses[0]), dirs(&p.addresses[1]));
             assert_eq!(blocks(&a), blocks(&b), "content {} filespace {i}", p.pair.content);
         }

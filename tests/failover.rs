@@ -6,11 +6,11 @@
 mod common;
 
 use common::pair::{arbiter_args, exe, free_addr, spawn_ready, READY_ARBITER, READY_SEGMENT};
-use filerep::catalog::{Catalog, SegmentAddress};
-use filerep::client::{Client, ClientError, ErrorClass};
+use filerep::cluster::client::{Client, ClientError, ErrorClass};
+use filerep::cluster::segment::{Acting, SegmentConfig, SegmentRequest, SegmentResponse, SegmentStatus};
 use filerep::core::pair::{PairMode, Role};
+use filerep::durable::catalog::{Catalog, SegmentAddress};
 use filerep::protocol::handshake::ClusterKey;
-use filerep::segment::{Acting, SegmentConfig, SegmentRequest, SegmentResponse, SegmentStatus};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -118,7 +118,7 @@ impl Seg {
     }
 
     fn status(&self, key: &ClusterKey) -> Option<SegmentStatus> {
-        match filerep::control::call::<_, SegmentResponse>(
+        match filerep::cluster::control::call::<_, SegmentResponse>(
             &self.cfg.control_listen,
             key,
             &SegmentRequest::Probe,
@@ -263,7 +263,7 @@ impl Cluster {
     }
 
     fn catalog(&self) -> Catalog {
-        filerep::probe::fetch_catalog(&self.arbiter_addr, &self.key, Duration::from_secs(5)).expect("catalog")
+        filerep::cluster::probe::fetch_catalog(&self.arbiter_addr, &self.key, Duration::from_secs(5)).expect("catalog")
     }
 
     /// Poll a condition until it holds (a deadline, not a sleep: the test
@@ -455,10 +455,10 @@ fn kill_9_of_the_primary_promotes_the_mirror_and_the_old_primary_returns_as_mirr
     // written without the mirror: every block of "rel" it wrote.
     {
         let state = c.seg(2).cfg.state_dir.clone();
-        let disk = std::sync::Arc::new(filerep::disk::StdDisk::open(&[state]).unwrap());
-        let log_path = filerep::disk::FsPath::new(0, filerep::path::RelPath::new("changelog").unwrap());
-        let (log, _) = filerep::changelog::ChangeLog::open(disk, log_path).unwrap();
-        let rel = filerep::disk::FsPath::new(0, filerep::path::RelPath::new("rel").unwrap());
+        let disk = std::sync::Arc::new(filerep::io::disk::StdDisk::open(&[state]).unwrap());
+        let log_path = filerep::io::disk::FsPath::new(0, filerep::protocol::path::RelPath::new("changelog").unwrap());
+        let (log, _) = filerep::durable::changelog::ChangeLog::open(disk, log_path).unwrap();
+        let rel = filerep::io::disk::FsPath::new(0, filerep::protocol::path::RelPath::new("rel").unwrap());
         let set = log.change_set();
         assert!((0..40).all(|b| set.covers_block(&rel, b)), "the activity log misses blocks: {set:?}");
     }

@@ -7,11 +7,11 @@ mod common;
 use bytes::Bytes;
 use common::*;
 use filerep::config::SyncLevel;
-use filerep::mirror::SessionEnd;
-use filerep::net::{tcp, Conn};
-use filerep::primary::client_handshake;
+use filerep::io::net::{tcp, Conn};
 use filerep::protocol::handshake::{ClusterKey, Status};
 use filerep::protocol::{Frame, Header, Kind, HEADER_LEN, MAX_BODY};
+use filerep::runtime::mirror::SessionEnd;
+use filerep::runtime::primary::client_handshake;
 use rand::{Rng, SeedableRng};
 use std::io::IoSlice;
 use std::net::TcpStream;
@@ -169,7 +169,11 @@ fn path_through_a_symlink_out_of_the_filespace() {
     good_primary_still_served(&mirror, &dirs);
 }
 
-fn refused_case(tweak: impl FnOnce(&mut filerep::primary::PrimaryConfig), mirror_generation: u64, want: Status) {
+fn refused_case(
+    tweak: impl FnOnce(&mut filerep::runtime::primary::PrimaryConfig),
+    mirror_generation: u64,
+    want: Status,
+) {
     let dirs = Dirs::new();
     let mirror = InProcessMirror::start(&dirs, 8192, mirror_generation);
     let mut cfg = primary_config(&dirs, 8192, SyncLevel::Applied);
@@ -282,7 +286,7 @@ fn daemon_logs_the_reason_and_keeps_serving() {
     let mut lines = stdout.lines();
     let addr: std::net::SocketAddr = loop {
         let line = lines.next().expect("ready line").expect("read");
-        if let Some(a) = line.strip_prefix(filerep::process::READY_PREFIX) {
+        if let Some(a) = line.strip_prefix(filerep_tools::process::READY_PREFIX) {
             break a.trim().parse().expect("address");
         }
     };

@@ -8,8 +8,8 @@
 mod common;
 
 use common::pair::{exe, kill, mounted, Pair};
-use filerep::client::Client;
-use filerep::segment::SegmentConfig;
+use filerep::cluster::client::Client;
+use filerep::cluster::segment::SegmentConfig;
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};

@@ -31,8 +31,8 @@
 mod common;
 
 use common::pair::{fuse_unavailable, is_root, kill, skipped, wait_for, Pair};
+use filerep::cluster::segment::Acting;
 use filerep::core::pair::{PairMode, Role};
-use filerep::segment::Acting;
 use std::ffi::CString;
 use std::fs::File;
 use std::io::Write;

@@ -4,7 +4,7 @@ mod common;
 
 use common::*;
 use filerep::config::SyncLevel;
-use filerep::workload::{self, WorkloadConfig, ALL_KINDS};
+use filerep_tools::workload::{self, WorkloadConfig, ALL_KINDS};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -202,15 +202,15 @@ fn calls_after_shutdown_are_refused() {
     primary.shutdown(Duration::from_secs(10)).expect("shutdown");
     assert!(matches!(primary.write_block(0, "f", 0, &[1u8; 8192]), Err(filerep::Error::Closed(_))));
     assert!(matches!(primary.mkdir(0, "d"), Err(filerep::Error::Closed(_))));
-    assert_eq!(mirror.next_report().end, filerep::mirror::SessionEnd::Shutdown);
+    assert_eq!(mirror.next_report().end, filerep::runtime::mirror::SessionEnd::Shutdown);
     dirs.assert_identical();
 }
 
 /// Rule 8 on the mirror: once an fsync failed, it refuses every primary.
 #[test]
 fn a_failed_mirror_fsync_faults_the_mirror_for_good() {
-    use filerep::disk::{Disk, SimDisk, SimFault};
-    use filerep::mirror::{MirrorConfig, MirrorServer, SessionEnd};
+    use filerep::io::disk::{Disk, SimDisk, SimFault};
+    use filerep::runtime::mirror::{MirrorConfig, MirrorServer, SessionEnd};
     let dirs = Dirs::new();
     let mirror_disk = Arc::new(SimDisk::new(2));
     let primary_disk = Arc::new(SimDisk::new(2));
@@ -232,12 +232,12 @@ fn a_failed_mirror_fsync_faults_the_mirror_for_good() {
         .expect("mirror"),
     );
     let session = |server: Arc<MirrorServer>| {
-        let (p_conn, m_conn) = filerep::net::mem_pair(64 * 1024, 256);
+        let (p_conn, m_conn) = filerep::io::net::mem_pair(64 * 1024, 256);
         let t = std::thread::spawn(move || server.serve_conn(m_conn, "mem"));
         (p_conn, t)
     };
     let (conn, t) = session(server.clone());
-    let primary = filerep::primary::Primary::start_with_disk(
+    let primary = filerep::runtime::primary::Primary::start_with_disk(
         primary_config(&dirs, 8192, SyncLevel::Applied),
         primary_disk.clone() as Arc<dyn Disk>,
         conn,
@@ -253,7 +253,7 @@ fn a_failed_mirror_fsync_faults_the_mirror_for_good() {
     assert!(server.fault().is_some());
     drop(primary);
     let (conn, t) = session(server.clone());
-    match filerep::primary::Primary::start_with_disk(
+    match filerep::runtime::primary::Primary::start_with_disk(
         primary_config(&dirs, 8192, SyncLevel::Applied),
         primary_disk as Arc<dyn Disk>,
         conn,
@@ -289,7 +289,7 @@ fn a_restarted_mirror_remembers_its_generation() {
     let state = tempfile::tempdir().expect("state dir");
     let args = mirror_args(&dirs, 8192, vec!["--state-dir".into(), state.path().display().to_string()]);
     let exe = std::path::Path::new(env!("CARGO_BIN_EXE_filerep"));
-    let daemon = filerep::process::MirrorProcess::spawn(exe, &args).expect("daemon");
+    let daemon = filerep_tools::process::MirrorProcess::spawn(exe, &args).expect("daemon");
     let mut cfg = primary_config(&dirs, 8192, SyncLevel::Applied);
     cfg.identity.generation = 3;
     let p = connect_primary(cfg, daemon.addr).expect("generation 3 accepted");
@@ -297,9 +297,9 @@ fn a_restarted_mirror_remembers_its_generation() {
     p.shutdown(Duration::from_secs(10)).expect("shutdown");
     drop(p);
     daemon.stop().expect("stop");
-    let saved = filerep::mirror::MirrorState::load(state.path()).expect("state file");
+    let saved = filerep::runtime::mirror::MirrorState::load(state.path()).expect("state file");
     assert_eq!(saved.generation, 3);
-    let daemon = filerep::process::MirrorProcess::spawn(exe, &args).expect("restarted daemon");
+    let daemon = filerep_tools::process::MirrorProcess::spawn(exe, &args).expect("restarted daemon");
     let mut cfg = primary_config(&dirs, 8192, SyncLevel::Applied);
     cfg.identity.generation = 2;
     match connect_primary(cfg, daemon.addr) {
@@ -310,7 +310,7 @@ fn a_restarted_mirror_remembers_its_generation() {
     }
     // A corrupt state file is refused with a message naming it.
     std::fs::write(state.path().join("mirror-state.json"), b"{ not json").expect("write");
-    let err = filerep::mirror::MirrorState::load(state.path()).expect_err("corrupt state");
+    let err = filerep::runtime::mirror::MirrorState::load(state.path()).expect_err("corrupt state");
     assert!(err.to_string().contains("mirror-state.json"), "{err}");
 }
 
@@ -319,16 +319,16 @@ fn a_restarted_mirror_remembers_its_generation() {
 /// was not asked for needs to be; bad targets are refused.
 #[test]
 fn sync_dir_makes_every_namespace_change_durable_on_both_sides() {
-    use filerep::disk::{Disk, SimDisk, SimEntry};
-    use filerep::mirror::MirrorServer;
+    use filerep::io::disk::{Disk, SimDisk, SimEntry};
+    use filerep::runtime::mirror::MirrorServer;
     let dirs = Dirs::new();
     let primary_disk = Arc::new(SimDisk::new(2));
     let mirror_disk = Arc::new(SimDisk::new(2));
     let server =
         Arc::new(MirrorServer::with_disk(mirror_config(&dirs, 8192), mirror_disk.clone() as Arc<dyn Disk>).unwrap());
-    let (p_conn, m_conn) = filerep::net::mem_pair(64 * 1024, 256);
+    let (p_conn, m_conn) = filerep::io::net::mem_pair(64 * 1024, 256);
     let session = std::thread::spawn(move || server.serve_conn(m_conn, "mem"));
-    let primary = filerep::primary::Primary::start_with_disk(
+    let primary = filerep::runtime::primary::Primary::start_with_disk(
         primary_config(&dirs, 8192, SyncLevel::Applied),
         primary_disk.clone() as Arc<dyn Disk>,
         p_conn,
@@ -360,9 +360,9 @@ fn sync_dir_makes_every_namespace_change_durable_on_both_sides() {
     let e = primary.sync_dir(0, "base/1/rel").unwrap_err();
     assert!(matches!(e, filerep::Error::InvalidArgument(_)), "{e}");
     let e = primary.sync_dir(0, "nowhere").unwrap_err();
-    assert!(matches!(e, filerep::Error::Disk(ref d) if d.kind == filerep::disk::DiskErrorKind::NotFound), "{e}");
+    assert!(matches!(e, filerep::Error::Disk(ref d) if d.kind == filerep::io::disk::DiskErrorKind::NotFound), "{e}");
     assert!(primary.sync_dir(0, "../x").is_err());
     assert!(primary.sync_dir(9, "").is_err());
     primary.shutdown(Duration::from_secs(10)).expect("shutdown");
-    assert_eq!(session.join().unwrap().end, filerep::mirror::SessionEnd::Shutdown);
+    assert_eq!(session.join().unwrap().end, filerep::runtime::mirror::SessionEnd::Shutdown);
 }

@@ -7,14 +7,14 @@
 mod common;
 
 use common::*;
-use filerep::arbiter::{Decision, FixedArbiter};
-use filerep::changelog::ChangeLog;
 use filerep::config::SyncLevel;
-use filerep::disk::{FsPath, StdDisk};
-use filerep::path::RelPath;
-use filerep::primary::{ChangeTracking, Mode, Primary};
-use filerep::resync::{self, Progress, ResyncOptions};
-use filerep::workload::{self, WorkloadConfig};
+use filerep::durable::changelog::ChangeLog;
+use filerep::io::disk::{FsPath, StdDisk};
+use filerep::protocol::path::RelPath;
+use filerep::runtime::arbiter::{Decision, FixedArbiter};
+use filerep::runtime::primary::{ChangeTracking, Mode, Primary};
+use filerep::runtime::resync::{self, Progress, ResyncOptions};
+use filerep_tools::workload::{self, WorkloadConfig};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -27,7 +27,7 @@ struct Pair {
     _state: tempfile::TempDir,
     log: Arc<ChangeLog>,
     primary: Arc<Primary>,
-    daemon: filerep::process::MirrorProcess,
+    daemon: filerep_tools::process::MirrorProcess,
 }
 
 fn pair() -> Pair {
@@ -58,7 +58,7 @@ fn lose_mirror(p: &mut Pair) {
 fn take_back(p: &mut Pair) {
     p.daemon = spawn_daemon(&p.dirs, BS);
     let stream = std::net::TcpStream::connect(p.daemon.addr).unwrap();
-    p.primary.attach_mirror(filerep::net::tcp(stream).unwrap(), &p.daemon.addr.to_string()).expect("attach");
+    p.primary.attach_mirror(filerep::io::net::tcp(stream).unwrap(), &p.daemon.addr.to_string()).expect("attach");
     assert!(p.primary.resyncing());
 }
 
@@ -227,7 +227,7 @@ impl resync::ResyncLink for RenameBeforeFirstCopy<'_> {
     fn filespace_count(&self) -> u16 {
         self.link.filespace_count()
     }
-    fn change_set(&mut self, full: bool) -> filerep::Result<filerep::changelog::ChangeSet> {
+    fn change_set(&mut self, full: bool) -> filerep::Result<filerep::durable::changelog::ChangeSet> {
         self.link.change_set(full)
     }
     fn redo(&mut self) -> filerep::Result<BTreeSet<FsPath>> {
@@ -236,7 +236,7 @@ impl resync::ResyncLink for RenameBeforeFirstCopy<'_> {
     fn walked(&mut self) {
         self.link.walked()
     }
-    fn entry_kind(&mut self, p: &FsPath) -> filerep::Result<Option<filerep::disk::EntryKind>> {
+    fn entry_kind(&mut self, p: &FsPath) -> filerep::Result<Option<filerep::io::disk::EntryKind>> {
         self.link.entry_kind(p)
     }
     fn reconcile(&mut self, fs: u16, path: Option<&RelPath>, prune: bool) -> filerep::Result<resync::LocalEntry> {

@@ -7,8 +7,8 @@
 //! step with the primary's. The executor (`crate::apply`) performs the result.
 
 use crate::core::primary::MAX_BOUND_FILES;
-use crate::disk::FsPath;
-use crate::path::{PathError, RelPath};
+use crate::protocol::path::FsPath;
+use crate::protocol::path::{PathError, RelPath};
 use crate::protocol::{
     Frame, Kind, ReconcileBody, ReconcileEntry, FLAG_CATCHING_UP, FLAG_DURABLE, MAX_FILE_BYTES, MAX_WRITE_AT,
 };

@@ -344,6 +344,29 @@ impl Pair {
     }
 }
 
+/// One recorded change of a pair: when, what it was, what it became, why.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HistoryEntry {
+    pub unix_ms: u64,
+    pub content: u32,
+    pub before: String,
+    pub after: String,
+    pub reason: String,
+}
+
+/// A pair as one line: generation, mode, and each segment's dbid, role, status.
+pub fn describe(p: &Pair) -> String {
+    let seg = |s: &Segment| format!("{}:{}{}", s.dbid, s.role.letter(), if s.up { 'u' } else { 'd' });
+    format!(
+        "gen {} mode {} {} {}{}",
+        p.generation,
+        p.mode.letter(),
+        seg(&p.segments[0]),
+        seg(&p.segments[1]),
+        if p.down { " (segment down)" } else { "" }
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,7 +6,7 @@
 //! under its queue lock and executes what it says; the simulator drives it
 //! directly. Time is passed in as milliseconds, never read.
 
-use crate::disk::FsPath;
+use crate::protocol::path::FsPath;
 use crate::protocol::{Ack, Header, Kind};
 use std::collections::{HashMap, HashSet};
 
@@ -194,7 +194,7 @@ impl PrimaryStream {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::path::RelPath;
+    use crate::protocol::path::RelPath;
 
     fn p(s: &str) -> FsPath {
         FsPath::new(0, RelPath::new(s).unwrap())

@@ -4,8 +4,8 @@
 use super::inodes::{Inodes, Resolved, ROOT};
 use super::local::{LocalEntry, Root};
 use super::pool::Pool;
-use crate::client::{ClientError, ErrorClass};
-use crate::path::{PathError, RelPath};
+use crate::cluster::client::{ClientError, ErrorClass};
+use crate::protocol::path::{PathError, RelPath};
 use crate::protocol::MAX_WRITE_AT;
 use fuser::{
     BsdFileFlags, Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, KernelConfig, LockOwner,
@@ -650,7 +650,7 @@ impl fuser::Filesystem for FilerepFs {
                 s.files(),
                 s.files_free(),
                 s.block_size() as u32,
-                s.name_max().min(crate::path::MAX_COMPONENT_BYTES as u64) as u32,
+                s.name_max().min(crate::protocol::path::MAX_COMPONENT_BYTES as u64) as u32,
                 s.fragment_size() as u32,
             ),
             Err(e) => reply.error(io_errno(&e)),

@@ -13,8 +13,8 @@ mod pool;
 
 pub use fs::errno_of;
 
-use crate::client::{Client, ClientError, ErrorClass};
-use crate::segment::SegmentConfig;
+use crate::cluster::client::{Client, ClientError, ErrorClass};
+use crate::cluster::segment::SegmentConfig;
 use std::path::{Path, PathBuf};
 
 /// The line `filerep mount` prints on stdout once the file system is mounted.

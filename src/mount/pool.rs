@@ -3,7 +3,7 @@
 //! their own: idle ones are kept (at most one per FUSE thread), new ones
 //! opened on demand.
 
-use crate::client::{Client, ClientError};
+use crate::cluster::client::{Client, ClientError};
 use std::path::PathBuf;
 use std::sync::Mutex;
 

@@ -20,6 +20,7 @@
 //! checksum before the body is used. `docs/protocol.md` is the full reference.
 
 pub mod handshake;
+pub mod path;
 
 use bytes::{Bytes, BytesMut};
 use xxhash_rust::xxh3::xxh3_64;
@@ -661,7 +662,11 @@ pub fn listing_hash<'a>(children: impl IntoIterator<Item = (&'a str, ListedKind)
 
 /// A child name as a listing carries it: 1..=255 bytes, no `/` or NUL, not `.` or `..`.
 fn listing_name_ok(n: &str) -> bool {
-    !n.is_empty() && n.len() <= crate::path::MAX_COMPONENT_BYTES && n != "." && n != ".." && !n.contains(['/', '\0'])
+    !n.is_empty()
+        && n.len() <= crate::protocol::path::MAX_COMPONENT_BYTES
+        && n != "."
+        && n != ".."
+        && !n.contains(['/', '\0'])
 }
 
 impl ListingBody {
@@ -675,8 +680,8 @@ impl ListingBody {
         for (name, kind) in children {
             // A name the file system gave lossily may be longer; never more than a component.
             let mut n = name.as_str();
-            while n.len() > crate::path::MAX_COMPONENT_BYTES {
-                let mut cut = crate::path::MAX_COMPONENT_BYTES;
+            while n.len() > crate::protocol::path::MAX_COMPONENT_BYTES {
+                let mut cut = crate::protocol::path::MAX_COMPONENT_BYTES;
                 while !n.is_char_boundary(cut) {
                     cut -= 1;
                 }

@@ -24,12 +24,12 @@ pub use faults::{
     run_faults, FaultConfig, FaultKind, FaultReport, PlantedBug, Point, ResyncFault, ResyncTotals, Side, Victim,
 };
 
-use crate::apply::{Applier, Sequenced};
 use crate::core::mirror::{MirrorSession, Step};
 use crate::core::primary::PrimaryStream;
-use crate::disk::{Disk, DiskErrorKind, FsPath, OpenMode, SimDisk};
-use crate::path::RelPath;
+use crate::io::disk::{Disk, DiskErrorKind, FsPath, OpenMode, SimDisk};
+use crate::protocol::path::RelPath;
 use crate::protocol::{body_hash, Ack, Decoder, Frame, Header, Kind};
+use crate::runtime::apply::{Applier, Sequenced};
 use bytes::Bytes;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -163,7 +163,7 @@ struct Sim {
     /// Mirror-side "received" for acknowledgements.
     received: u64,
     /// Sync jobs waiting for the simulated syncer thread.
-    sync_jobs: VecDeque<crate::apply::SyncJob>,
+    sync_jobs: VecDeque<crate::runtime::apply::SyncJob>,
     /// The operation being issued carries `FLAG_DURABLE`.
     strict_next: bool,
     mirror_synced: u64,
@@ -247,7 +247,7 @@ impl Sim {
         let fs = self.rng.gen_range(0..self.cfg.filespaces);
         let choice = self.rng.gen_range(0..100);
         let disk = self.primary_disk.clone();
-        let dfail = |s: &Sim, what: &str, e: crate::disk::DiskError| s.fail(format!("primary {what}: {e}"));
+        let dfail = |s: &Sim, what: &str, e: crate::io::disk::DiskError| s.fail(format!("primary {what}: {e}"));
         let wait =
             match choice {
                 0..=7 => {
@@ -596,8 +596,8 @@ impl Sim {
 }
 
 fn first_difference(
-    a: &BTreeMap<(u16, String), crate::disk::SimEntry>,
-    b: &BTreeMap<(u16, String), crate::disk::SimEntry>,
+    a: &BTreeMap<(u16, String), crate::io::disk::SimEntry>,
+    b: &BTreeMap<(u16, String), crate::io::disk::SimEntry>,
 ) -> Option<String> {
     for (k, v) in a {
         match b.get(k) {

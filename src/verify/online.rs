@@ -19,11 +19,11 @@
 //! block copies read and queued with the file locked, then flushes), so
 //! they never go back in time either (brief rule 6).
 
-use crate::disk::{EntryKind, FsPath, OpenMode};
 use crate::error::Result;
-use crate::path::RelPath;
-use crate::primary::{HashTicket, LocalEntry, Primary};
+use crate::io::disk::{EntryKind, FsPath, OpenMode};
+use crate::protocol::path::RelPath;
 use crate::protocol::{listing_hash, ListedKind, ListingBody, MAX_WRITE_AT};
+use crate::runtime::primary::{HashTicket, LocalEntry, Primary};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -507,7 +507,7 @@ impl Verifier<'_> {
     fn file_absent_there(&mut self, file: &FsPath, there: Option<ListedKind>) -> Result<()> {
         let len = match self.p.disk().open(file, OpenMode::Existing).and_then(|f| f.len()) {
             Ok(l) => l,
-            Err(e) if e.kind == crate::disk::DiskErrorKind::NotFound => return Ok(()),
+            Err(e) if e.kind == crate::io::disk::DiskErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(e.into()),
         };
         self.report.summary.files += 1;

@@ -5,9 +5,9 @@
 pub mod pair;
 
 use filerep::config::{Filespace, PairIdentity, StreamTuning, SyncLevel};
-use filerep::mirror::{MirrorConfig, MirrorServer, SessionReport};
-use filerep::primary::{Primary, PrimaryConfig};
 use filerep::protocol::handshake::ClusterKey;
+use filerep::runtime::mirror::{MirrorConfig, MirrorServer, SessionReport};
+use filerep::runtime::primary::{Primary, PrimaryConfig};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -85,7 +85,7 @@ pub fn primary_config(dirs: &Dirs, block_size: u32, level: SyncLevel) -> Primary
 
 pub fn connect_primary(cfg: PrimaryConfig, addr: SocketAddr) -> filerep::Result<Primary> {
     let stream = TcpStream::connect(addr).expect("connect");
-    Primary::start(cfg, filerep::net::tcp(stream).expect("tcp"), &addr.to_string())
+    Primary::start(cfg, filerep::io::net::tcp(stream).expect("tcp"), &addr.to_string())
 }
 
 /// An in-process mirror serving one connection after another on loopback,
@@ -123,7 +123,7 @@ impl InProcessMirror {
                 }
                 let Ok(stream) = stream else { continue };
                 let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-                let conn = filerep::net::tcp(stream).expect("tcp");
+                let conn = filerep::io::net::tcp(stream).expect("tcp");
                 let report = server.serve_conn(conn, &peer);
                 if tx.send(report).is_err() {
                     break;
@@ -150,8 +150,8 @@ impl Drop for InProcessMirror {
 }
 
 /// Arguments for a `filerep mirror` daemon serving `dirs` on a free port.
-pub fn mirror_args(dirs: &Dirs, block_size: u32, extra: Vec<String>) -> filerep::process::MirrorArgs {
-    filerep::process::MirrorArgs {
+pub fn mirror_args(dirs: &Dirs, block_size: u32, extra: Vec<String>) -> filerep_tools::process::MirrorArgs {
+    filerep_tools::process::MirrorArgs {
         filespaces: dirs.mirror.clone(),
         key_file: dirs.key_file(),
         cluster_id: CLUSTER,
@@ -164,8 +164,8 @@ pub fn mirror_args(dirs: &Dirs, block_size: u32, extra: Vec<String>) -> filerep:
 }
 
 /// A real `filerep mirror` daemon process for `dirs`.
-pub fn spawn_daemon(dirs: &Dirs, block_size: u32) -> filerep::process::MirrorProcess {
-    filerep::process::MirrorProcess::spawn(
+pub fn spawn_daemon(dirs: &Dirs, block_size: u32) -> filerep_tools::process::MirrorProcess {
+    filerep_tools::process::MirrorProcess::spawn(
         std::path::Path::new(env!("CARGO_BIN_EXE_filerep")),
         &mirror_args(dirs, block_size, vec![]),
     )
@@ -184,8 +184,8 @@ pub fn first_failing_write(p: &Primary, path: &str, block_size: usize) -> filere
 }
 
 /// A mirror configuration for `dirs` (no state directory, std I/O).
-pub fn mirror_config(dirs: &Dirs, block_size: u32) -> filerep::mirror::MirrorConfig {
-    filerep::mirror::MirrorConfig {
+pub fn mirror_config(dirs: &Dirs, block_size: u32) -> filerep::runtime::mirror::MirrorConfig {
+    filerep::runtime::mirror::MirrorConfig {
         cluster_id: CLUSTER,
         content_id: 0,
         block_size,

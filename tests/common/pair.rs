@@ -4,9 +4,9 @@
 //! `tests/mount.rs` and `tests/postgres.rs`; its process helpers
 //! (`spawn_ready`, `free_addr`, `arbiter_args`) by `tests/failover.rs` too.
 
-use filerep::catalog::{Catalog, SegmentAddress};
+use filerep::cluster::segment::{Acting, SegmentConfig, SegmentRequest, SegmentResponse, SegmentStatus};
+use filerep::durable::catalog::{Catalog, SegmentAddress};
 use filerep::protocol::handshake::ClusterKey;
-use filerep::segment::{Acting, SegmentConfig, SegmentRequest, SegmentResponse, SegmentStatus};
 use std::fs::OpenOptions;
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
@@ -162,7 +162,7 @@ impl Seg {
     }
 
     pub fn status(&self, key: &ClusterKey) -> Option<SegmentStatus> {
-        match filerep::control::call::<_, SegmentResponse>(
+        match filerep::cluster::control::call::<_, SegmentResponse>(
             &self.cfg.control_listen,
             key,
             &SegmentRequest::Probe,
@@ -309,7 +309,7 @@ impl Pair {
 
     /// The arbiter's catalog.
     pub fn catalog(&self) -> Catalog {
-        filerep::probe::fetch_catalog(&self.arbiter_addr, &self.key, Duration::from_secs(5)).expect("catalog")
+        filerep::cluster::probe::fetch_catalog(&self.arbiter_addr, &self.key, Duration::from_secs(5)).expect("catalog")
     }
 
     /// Run `filerep recover --json` to the end: its exit code, stdout and stderr.

@@ -9,7 +9,7 @@
 //! loss itself ([`SimDisk::crash`], which may tear the write that was in
 //! progress) as soon as it sees [`FaultyDisk::power_lost`].
 
-use crate::disk::{Disk, DiskError, DiskErrorKind, DiskFile, DiskResult, FsPath, OpenMode, SimDisk};
+use crate::io::disk::{Disk, DiskError, DiskErrorKind, DiskFile, DiskResult, FsPath, OpenMode, SimDisk};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// A fault that fired.
@@ -210,7 +210,7 @@ impl Disk for FaultyDisk {
         self.sim.exists(path)
     }
 
-    fn entry_kind(&self, path: &FsPath) -> DiskResult<Option<crate::disk::EntryKind>> {
+    fn entry_kind(&self, path: &FsPath) -> DiskResult<Option<crate::io::disk::EntryKind>> {
         alive(&self.arms, "entry_kind", &path.to_string())?;
         self.sim.entry_kind(path)
     }
@@ -218,8 +218,8 @@ impl Disk for FaultyDisk {
     fn list_dir(
         &self,
         filespace: u16,
-        dir: Option<&crate::path::RelPath>,
-    ) -> DiskResult<Vec<(String, crate::disk::EntryKind)>> {
+        dir: Option<&crate::protocol::path::RelPath>,
+    ) -> DiskResult<Vec<(String, crate::io::disk::EntryKind)>> {
         alive(&self.arms, "list_dir", &format!("fs{filespace}"))?;
         self.sim.list_dir(filespace, dir)
     }

@@ -8,7 +8,7 @@
 //! ([`PrimaryStream`], [`MirrorSession`]), the codec, the mirror's executor
 //! ([`Applier`], [`SyncJob`]), the change-log ([`ChangeLog`]: activity-log
 //! extents, exact records, group commit, compaction, replay, merge, resync
-//! progress records), the resync engine ([`crate::resync::run_on`]) and the
+//! progress records), the resync engine ([`crate::runtime::resync::run_on`]) and the
 //! arbiter's pair transitions ([`Pair`], checked with [`Pair::check`] after
 //! every event). The primary's runtime rules (`src/primary.rs`: cover before
 //! ship or write, the window, decide, change tracking, the resync's steps)
@@ -56,14 +56,14 @@ mod stream;
 mod workload;
 
 use super::{first_difference, FileKind, Link, Model, SimFailure};
-use crate::apply::{Applier, Sequenced, SyncJob};
-use crate::changelog::{ChangeLog, ChangeLogError, ChangeSet, EXTENT_BLOCKS};
 use crate::core::mirror::{MirrorSession, Step};
 use crate::core::pair::{Event, Outcome, Pair, PairMode, Verdict};
 use crate::core::primary::{PrimaryStream, TimerAction};
-use crate::disk::{Disk, DiskErrorKind, DiskFile, DiskResult, FsPath, OpenMode, SimDisk, SimEntry};
-use crate::path::RelPath;
+use crate::durable::changelog::{ChangeLog, ChangeLogError, ChangeSet, EXTENT_BLOCKS};
+use crate::io::disk::{Disk, DiskErrorKind, DiskFile, DiskResult, FsPath, OpenMode, SimDisk, SimEntry};
+use crate::protocol::path::RelPath;
 use crate::protocol::{body_hash, Ack, Decoder, Frame, Header, Kind, FLAG_DURABLE, MAX_WRITE_AT};
+use crate::runtime::apply::{Applier, Sequenced, SyncJob};
 use bytes::Bytes;
 use faulty::{FaultyDisk, Fired};
 use rand::{Rng, SeedableRng};

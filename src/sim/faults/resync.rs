@@ -1,5 +1,5 @@
 //! The repair of a pair that is not down: the real resync engine
-//! ([`crate::resync::run_on`]) drives the acting primary through
+//! ([`crate::runtime::resync::run_on`]) drives the acting primary through
 //! [`SimLink`], the simulator's [`ResyncLink`], on the virtual clock and
 //! through the schedule's own stream (the same `PrimaryStream`, links,
 //! `MirrorSession`, `Applier`, sync jobs, acknowledgements, window and
@@ -15,10 +15,10 @@
 //! when only the recover tool went away), resync again, then invariant 4.
 
 use super::*;
-use crate::disk::EntryKind;
 use crate::error::{Error, Result as EResult};
-use crate::primary::LocalEntry;
-use crate::resync::{ResyncLink, ResyncOptions, ResyncReport};
+use crate::io::disk::EntryKind;
+use crate::runtime::primary::LocalEntry;
+use crate::runtime::resync::{ResyncLink, ResyncOptions, ResyncReport};
 use std::time::Duration;
 
 /// How long a step of the engine waits for the mirror, in virtual ms.
@@ -426,7 +426,7 @@ impl ResyncLink for SimLink<'_> {
         // Looked at and queued in one step: no call runs in between (the
         // runtime holds the path's stripe and the namespace lock).
         let disk = self.sim.nodes[self.a].data.clone();
-        let (h, body, local) = crate::primary::reconcile_frame(disk.as_ref(), fs, path, prune)?;
+        let (h, body, local) = crate::runtime::primary::reconcile_frame(disk.as_ref(), fs, path, prune)?;
         let h = match self.sim.stream() {
             Ok(s) => s.stream.operation(h),
             Err(f) => return Err(self.stash(f)),
@@ -445,7 +445,9 @@ impl ResyncLink for SimLink<'_> {
         self.enter(Step::Copy)?;
         let bs = self.sim.bs;
         let Some(file) = self.open_if_present(p)? else { return Ok(0) };
-        let Some((offset, buf)) = crate::resync::read_copy(file.as_ref(), first, count, bs)? else { return Ok(0) };
+        let Some((offset, buf)) = crate::runtime::resync::read_copy(file.as_ref(), first, count, bs)? else {
+            return Ok(0);
+        };
         let n = buf.len();
         if self.sim.cfg.bug == Some(PlantedBug::ResyncCopyWithoutLock) {
             // The file is let go between the read and the queueing: writes
@@ -489,7 +491,7 @@ impl ResyncLink for SimLink<'_> {
         }
         let Some(file) = self.open_if_present(p)? else { return Ok(None) };
         // Read and queued in one step, so both hashes describe the same point of the stream.
-        let local = crate::resync::hash_blocks(Some(file.as_ref()), first, count, self.sim.cfg.block_size)?;
+        let local = crate::runtime::resync::hash_blocks(Some(file.as_ref()), first, count, self.sim.cfg.block_size)?;
         let mut h = Header::new(Kind::HashRequest);
         h.offset = first;
         h.aux = count;
@@ -818,8 +820,8 @@ impl FaultSim {
             deadline,
             flushes: BTreeMap::new(),
         };
-        let progress = crate::resync::Progress::default();
-        let result = crate::resync::run_on(&mut link, &opts, &progress);
+        let progress = crate::runtime::resync::Progress::default();
+        let result = crate::runtime::resync::run_on(&mut link, &opts, &progress);
         let failure = link.failure.take();
         self.resync_step = None;
         self.resync_plan = None;

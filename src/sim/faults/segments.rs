@@ -2,7 +2,7 @@
 //! arbiter's probes and decisions, promotion, change-log upkeep.
 
 use super::*;
-use crate::disk::EntryKind;
+use crate::io::disk::EntryKind;
 
 impl FaultSim {
     // ---- crashes, restarts -------------------------------------------------

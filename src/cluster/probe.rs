@@ -1,0 +1,507 @@
+//! `filerep arbiter`: the cluster's fault probe. It owns the catalog,
+//! probes every segment at an interval (with a timeout and retries),
+//! applies the pair transitions of [`crate::core::pair`] and nothing else,
+//! records each change with its history durably *before* acting on it, and
+//! then gives the segments their orders. It also answers a primary's "my
+//! mirror is gone" (brief rule 3).
+//!
+//! One round: probe everyone (without holding the catalog), feed failures
+//! and recoveries to the pair state machine, store the catalog if it
+//! changed, then bring each segment to the role the catalog gives it:
+//! mirrors first (so a primary finds its mirror listening), then primaries;
+//! and hand a returning old primary's activity log to the acting primary.
+
+use crate::cluster::control;
+use crate::cluster::segment::{
+    Acting, ArbiterRequest, ArbiterResponse, NewMirror, SegmentRequest, SegmentResponse, SegmentStatus,
+};
+use crate::core::pair::{Event, PairMode, Role, Verdict};
+use crate::durable::catalog::{Catalog, CatalogStore, FileStore};
+use crate::error::{Error, Result};
+use crate::protocol::handshake::ClusterKey;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Debug)]
+pub struct ProbeConfig {
+    pub catalog: PathBuf,
+    pub key: ClusterKey,
+    pub listen: String,
+    /// Time between probe rounds.
+    pub interval: Duration,
+    /// One probe's time limit.
+    pub timeout: Duration,
+    /// Probes retried before a segment is declared down.
+    pub retries: u32,
+}
+
+impl ProbeConfig {
+    pub fn check(&self) -> Result<()> {
+        let ms = |d: Duration| d.as_millis();
+        if !(10..=600_000).contains(&ms(self.interval)) || !(10..=600_000).contains(&ms(self.timeout)) {
+            return Err(Error::InvalidArgument("probe interval and timeout: use 10 ms to 10 minutes".into()));
+        }
+        if self.retries > 100 {
+            return Err(Error::InvalidArgument(format!("{} probe retries: at most 100", self.retries)));
+        }
+        Ok(())
+    }
+}
+
+struct State {
+    cfg: ProbeConfig,
+    store: Box<dyn CatalogStore>,
+    catalog: Mutex<Catalog>,
+}
+
+pub struct ArbiterProcess {
+    state: Arc<State>,
+    listener: TcpListener,
+    stop: Arc<AtomicBool>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl ArbiterProcess {
+    pub fn open(cfg: ProbeConfig) -> Result<ArbiterProcess> {
+        cfg.check()?;
+        // Held for the arbiter's life: one writer per catalog.
+        let store: Box<dyn CatalogStore> = Box::new(FileStore::lock(&cfg.catalog)?);
+        let catalog = store.load()?;
+        let listener = TcpListener::bind(&cfg.listen).map_err(|e| Error::io(format!("binding {}", cfg.listen), e))?;
+        Ok(ArbiterProcess {
+            state: Arc::new(State { cfg, store, catalog: Mutex::new(catalog) }),
+            listener,
+            stop: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    pub fn local_addr(&self) -> Result<std::net::SocketAddr> {
+        self.listener.local_addr().map_err(|e| Error::io("arbiter address", e))
+    }
+
+    pub fn stop_flag(&self) -> Arc<AtomicBool> {
+        self.stop.clone()
+    }
+
+    /// Serve segments' questions and probe until stopped.
+    pub fn run(self) -> Result<()> {
+        let ArbiterProcess { state, listener, stop } = self;
+        let s = state.clone();
+        let st = stop.clone();
+        let server = std::thread::Builder::new()
+            .name("filerep-arbiter-control".into())
+            .spawn(move || {
+                control::serve(listener, s.cfg.key.clone(), st, Duration::from_secs(10), {
+                    let s = s.clone();
+                    move |r| s.answer(r)
+                })
+            })
+            .map_err(|e| Error::io("spawning the control thread", e))?;
+        tracing::info!(catalog = %state.store.describe(), "arbiter probing");
+        while !stop.load(Ordering::SeqCst) {
+            let started = Instant::now();
+            state.round();
+            // Sleep out the interval, waking early to stop.
+            while !stop.load(Ordering::SeqCst) && started.elapsed() < state.cfg.interval {
+                std::thread::sleep(Duration::from_millis(5).min(state.cfg.interval));
+            }
+        }
+        let _ = server.join();
+        Ok(())
+    }
+}
+
+impl State {
+    /// Store the catalog; if that fails nothing is acted on (the caller
+    /// refuses), and the in-memory copy is reloaded from the file.
+    fn store(&self, cat: &mut Catalog) -> bool {
+        match self.store.store(cat) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot store the catalog: nothing is decided");
+                if let Ok(old) = self.store.load() {
+                    *cat = old;
+                }
+                false
+            }
+        }
+    }
+
+    fn answer(&self, req: ArbiterRequest) -> ArbiterResponse {
+        match req {
+            ArbiterRequest::Catalog => ArbiterResponse::Catalog(Box::new(lock(&self.catalog).clone())),
+            ArbiterRequest::Recover { content, full, max_rate, compare, checkpoint_bytes } => {
+                self.recover(content, (full, compare), (max_rate, checkpoint_bytes))
+            }
+            ArbiterRequest::AddMirrors { mirrors } => self.add_mirrors(mirrors),
+            ArbiterRequest::Verify { content, repair } => self.verify(content, repair),
+            ArbiterRequest::Rebalance { content } => {
+                let mut cat = lock(&self.catalog);
+                let before = cat.clone();
+                let Some(o) = cat.apply(content, &Event::Rebalance) else {
+                    return ArbiterResponse::Refused(format!("no content {content} in the catalog"));
+                };
+                if !o.changed {
+                    return ArbiterResponse::Refused(format!("content {content}: {}", o.reason));
+                }
+                // Stored first; the next rounds give the orders (mirror first:
+                // the old primary shuts down in order, then the other streams to it).
+                if *cat != before && !self.store(&mut cat) {
+                    return ArbiterResponse::Refused("the catalog cannot be written".into());
+                }
+                ArbiterResponse::Started
+            }
+            ArbiterRequest::MirrorLost { dbid, content, generation, reason } => {
+                let span = tracing::info_span!("mirror_lost", dbid, content, generation);
+                let _e = span.enter();
+                tracing::warn!(%reason, "a primary reports its mirror lost");
+                let mut cat = lock(&self.catalog);
+                if cat.content_of(dbid) != Some(content) {
+                    return ArbiterResponse::Refused(format!("dbid {dbid} is not a segment of content {content}"));
+                }
+                let before = cat.clone();
+                let Some(outcome) = cat.apply(content, &Event::MirrorLost { reporter: dbid, generation }) else {
+                    return ArbiterResponse::Refused(format!("no content {content}"));
+                };
+                // Recorded durably before the primary hears it (it then goes on alone).
+                if *cat != before && !self.store(&mut cat) {
+                    return ArbiterResponse::Refused("the catalog cannot be written".into());
+                }
+                match outcome.verdict {
+                    Verdict::MirrorDown => ArbiterResponse::MirrorDown,
+                    Verdict::Demoted | Verdict::None => ArbiterResponse::Demoted,
+                }
+            }
+        }
+    }
+
+    /// Start a resync: the pair goes to `r` in the stored catalog, then the
+    /// acting primary is told to take its mirror back.
+    fn recover(&self, content: u32, how: (bool, bool), limits: (Option<u64>, Option<u64>)) -> ArbiterResponse {
+        let (full, compare) = how;
+        let (max_rate, checkpoint_bytes) = limits;
+        let span = tracing::info_span!("recover", content, full);
+        let _e = span.enter();
+        let (order, primary_addr) = {
+            let mut cat = lock(&self.catalog);
+            let Some(cp) = cat.pair(content).cloned() else {
+                return ArbiterResponse::Refused(format!("no content {content} in the catalog"));
+            };
+            let pair = &cp.pair;
+            if let Some(why) = cp.recover_refusal(full) {
+                return ArbiterResponse::Refused(why);
+            }
+            if pair.down {
+                // Back from its acting primary's own data and change-log,
+                // once that primary answers again (the rounds then order it
+                // to serve alone at the new generation).
+                let before = cat.clone();
+                let Some(o) = cat.apply(content, &Event::Restore) else {
+                    return ArbiterResponse::Refused(format!("no content {content} in the catalog"));
+                };
+                if *cat != before && !self.store(&mut cat) {
+                    return ArbiterResponse::Refused("the catalog cannot be written".into());
+                }
+                tracing::warn!(content, reason = %o.reason, "restored a down segment");
+                let generation = cat.pair(content).map(|c| c.pair.generation).unwrap_or(0);
+                return ArbiterResponse::Restored { generation };
+            }
+            let (p, m) = (pair.acting_primary().dbid, pair.acting_mirror().dbid);
+            let (Some(pa), Some(ma)) = (cp.address(p), cp.address(m)) else {
+                return ArbiterResponse::Refused(format!("content {content}: addresses missing"));
+            };
+            let (pc, md, mc) = (pa.control.clone(), ma.data.clone(), ma.control.clone());
+            // A returning old primary's activity log joins the primary's
+            // change-log before the resync reads its plan: merged after,
+            // its blocks would be missed and its record wiped by the clear.
+            drop(cat);
+            if self.probe(&mc).is_some_and(|s| s.changes_pending) {
+                self.hand_over(&mc, &pc, self.probe(&pc).as_ref());
+                if self.probe(&mc).is_none_or(|s| s.changes_pending) {
+                    return ArbiterResponse::Refused(format!(
+                        "content {content}: the returning old primary's activity log is not handed over yet; \
+                         run filerep recover again"
+                    ));
+                }
+            }
+            let mut cat = lock(&self.catalog);
+            let Some(pair) = cat.pair(content).map(|c| c.pair.clone()) else {
+                return ArbiterResponse::Refused(format!("no content {content} in the catalog"));
+            };
+            if pair.mode != PairMode::Resynchronizing {
+                let before = cat.clone();
+                cat.apply(content, &Event::ResyncStarted);
+                if *cat != before && !self.store(&mut cat) {
+                    return ArbiterResponse::Refused("the catalog cannot be written".into());
+                }
+            }
+            let generation = cat.pair(content).map(|c| c.pair.generation).unwrap_or(0);
+            (SegmentRequest::StartResync { generation, mirror: md, full, max_rate, compare, checkpoint_bytes }, pc)
+        };
+        match self.order(&primary_addr, order) {
+            Some(SegmentResponse::Done) => ArbiterResponse::Started,
+            Some(SegmentResponse::Refused(why)) => ArbiterResponse::Refused(format!("the primary refused: {why}")),
+            _ => ArbiterResponse::Refused("the primary did not answer; the resync did not start".into()),
+        }
+    }
+
+    /// Start a verification: only a synchronized pair with both segments
+    /// up; the acting primary runs it (and refuses if it is not streaming).
+    fn verify(&self, content: u32, repair: bool) -> ArbiterResponse {
+        let span = tracing::info_span!("verify", content, repair);
+        let _e = span.enter();
+        let (dbid, generation, addr) = {
+            let cat = lock(&self.catalog);
+            let Some(cp) = cat.pair(content) else {
+                return ArbiterResponse::Refused(format!("no content {content} in the catalog"));
+            };
+            let pair = &cp.pair;
+            if pair.down {
+                return ArbiterResponse::Refused(format!("content {content} is down: recover it first"));
+            }
+            if pair.mode != PairMode::Synchronized || !pair.segments.iter().all(|s| s.up) {
+                return ArbiterResponse::Refused(format!(
+                    "content {content} is not synchronized (mode {}{}): only a synchronized pair can be verified; \
+                     run filerep recover first",
+                    pair.mode.letter(),
+                    if pair.segments.iter().all(|s| s.up) { "" } else { ", a segment is down" }
+                ));
+            }
+            let p = pair.acting_primary().dbid;
+            let Some(a) = cp.address(p) else {
+                return ArbiterResponse::Refused(format!("content {content}: addresses missing"));
+            };
+            (p, pair.generation, a.control.clone())
+        };
+        match self.order(&addr, SegmentRequest::StartVerify { generation, repair }) {
+            Some(SegmentResponse::Verifying { id }) => {
+                tracing::info!(dbid, id, "verification started");
+                ArbiterResponse::Verifying { dbid, generation, id }
+            }
+            Some(SegmentResponse::Refused(why)) => ArbiterResponse::Refused(format!("the primary refused: {why}")),
+            _ => ArbiterResponse::Refused("the primary did not answer; the verification did not start".into()),
+        }
+    }
+
+    fn probe(&self, addr: &str) -> Option<SegmentStatus> {
+        for attempt in 0..=self.cfg.retries {
+            match control::call::<_, SegmentResponse>(addr, &self.cfg.key, &SegmentRequest::Probe, self.cfg.timeout) {
+                Ok(SegmentResponse::Status(s)) => return Some(s),
+                Ok(other) => tracing::warn!(addr, ?other, "unexpected probe answer"),
+                Err(e) => tracing::debug!(addr, attempt, error = %e, "probe failed"),
+            }
+        }
+        None
+    }
+
+    fn order(&self, addr: &str, req: SegmentRequest) -> Option<SegmentResponse> {
+        let what = format!("{req:?}");
+        match control::call::<_, SegmentResponse>(addr, &self.cfg.key, &req, self.cfg.timeout) {
+            Ok(r) => {
+                if let SegmentResponse::Refused(why) = &r {
+                    tracing::warn!(addr, order = %what, %why, "order refused");
+                }
+                Some(r)
+            }
+            Err(e) => {
+                tracing::warn!(addr, order = %what, error = %e, "order not delivered");
+                None
+            }
+        }
+    }
+
+    /// One probe round over every pair.
+    /// `filerep addmirrors`: every new mirror is checked against the whole
+    /// catalog before any is added; then all are added in one store, each
+    /// pair not in sync (`n`) until a full resync builds its mirror.
+    fn add_mirrors(&self, mirrors: Vec<NewMirror>) -> ArbiterResponse {
+        let span = tracing::info_span!("add_mirrors", count = mirrors.len());
+        let _e = span.enter();
+        let mut cat = lock(&self.catalog);
+        let mut next = cat.clone();
+        for m in mirrors {
+            if let Err(why) = next.add_mirror(m.content, m.address, m.primary_data) {
+                tracing::error!(content = m.content, %why, "mirror refused");
+                return ArbiterResponse::Refused(format!("content {}: {why}; nothing was added", m.content));
+            }
+        }
+        if let Err(why) = next.check() {
+            return ArbiterResponse::Refused(format!("the catalog would be invalid: {why}; nothing was added"));
+        }
+        if !self.store(&mut next) {
+            return ArbiterResponse::Refused("the catalog cannot be written; nothing was added".into());
+        }
+        *cat = next;
+        ArbiterResponse::Started
+    }
+
+    /// Contents without a mirror: their primary serves alone (change
+    /// tracking), told so whenever it answers and does not serve yet.
+    fn solo_round(&self, snapshot: &Catalog) {
+        for solo in &snapshot.unmirrored {
+            let status = self.probe(&solo.address.control);
+            let up = status.as_ref().is_some_and(|s| s.dbid == solo.address.dbid);
+            if up != solo.up {
+                let mut cat = lock(&self.catalog);
+                let before = cat.clone();
+                if let Some(s) = cat.unmirrored.iter_mut().find(|s| s.content == solo.content) {
+                    s.up = up;
+                }
+                let word = |u: bool| if u { "up" } else { "down" };
+                cat.note(
+                    solo.content,
+                    format!("gen {} primary {} {}", solo.generation, solo.address.dbid, word(solo.up)),
+                    format!("gen {} primary {} {}", solo.generation, solo.address.dbid, word(up)),
+                    format!(
+                        "primary {} (no mirror) is {}{}",
+                        solo.address.dbid,
+                        word(up),
+                        if up { "" } else { ": the content is unavailable until it returns" }
+                    ),
+                );
+                if *cat != before && !self.store(&mut cat) {
+                    continue;
+                }
+            }
+            if let Some(s) = status.filter(|_| up) {
+                let serving = s.acting == Acting::Primary && s.generation == solo.generation;
+                if !serving && s.acting != Acting::Starting {
+                    tracing::info!(
+                        dbid = solo.address.dbid,
+                        generation = solo.generation,
+                        "ordering: become primary (no mirror)"
+                    );
+                    self.order(
+                        &solo.address.control,
+                        SegmentRequest::BecomePrimary { generation: solo.generation, mirror: None },
+                    );
+                }
+            }
+        }
+    }
+
+    fn round(&self) {
+        let snapshot = lock(&self.catalog).clone();
+        self.solo_round(&snapshot);
+        for cp in &snapshot.pairs {
+            let content = cp.pair.content;
+            let statuses: Vec<(u32, Option<SegmentStatus>)> =
+                cp.addresses.iter().map(|a| (a.dbid, self.probe(&a.control))).collect();
+            // Feed what the probe saw to the state machine, record, then act.
+            let pair = {
+                let mut cat = lock(&self.catalog);
+                let before = cat.clone();
+                for (dbid, st) in &statuses {
+                    let event = match st {
+                        None => Event::ProbeFailed { dbid: *dbid },
+                        Some(s) if s.dbid == *dbid => Event::SegmentUp { dbid: *dbid },
+                        Some(s) => {
+                            tracing::error!(expected = dbid, answered = s.dbid, "a different segment answers there");
+                            Event::ProbeFailed { dbid: *dbid }
+                        }
+                    };
+                    cat.apply(content, &event);
+                }
+                if *cat != before && !self.store(&mut cat) {
+                    continue;
+                }
+                match cat.pair(content) {
+                    Some(p) => p.clone(),
+                    None => continue,
+                }
+            };
+            if pair.pair.down {
+                continue; // Said in the catalog; nobody gets an order.
+            }
+            // A resync is done when the acting primary streams with its
+            // change-log drained (it clears it only once the mirror has
+            // everything durably).
+            let acting = pair.pair.acting_primary().dbid;
+            let done = statuses
+                .iter()
+                .any(|(d, s)| *d == acting && s.as_ref().is_some_and(|s| s.acting == Acting::Primary && s.mode == 's'));
+            if pair.pair.mode == PairMode::Resynchronizing && done {
+                let mut cat = lock(&self.catalog);
+                let before = cat.clone();
+                cat.apply(content, &Event::ResyncCompleted);
+                if *cat != before {
+                    self.store(&mut cat);
+                }
+                continue;
+            }
+            let status = |dbid: u32| statuses.iter().find(|(d, _)| *d == dbid).and_then(|(_, s)| s.clone());
+            let p = pair.pair.acting_primary().clone();
+            let m = pair.pair.acting_mirror().clone();
+            let gen = pair.pair.generation;
+            let (Some(p_addr), Some(m_addr)) = (pair.address(p.dbid), pair.address(m.dbid)) else { continue };
+            let m_status = status(m.dbid);
+            // Mirrors first: a primary told to stream finds its mirror listening.
+            if let (true, Some(ms)) = (m.up, &m_status) {
+                let stale = ms.acting != Acting::Mirror || ms.generation < gen;
+                if stale && ms.acting != Acting::Starting {
+                    tracing::info!(dbid = m.dbid, generation = gen, "ordering: become mirror");
+                    self.order(&m_addr.control, SegmentRequest::BecomeMirror { generation: gen });
+                } else if ms.acting == Acting::Mirror && ms.changes_pending {
+                    self.hand_over(&m_addr.control, &p_addr.control, status(p.dbid).as_ref());
+                }
+            }
+            if let (true, Some(ps)) = (p.up, status(p.dbid)) {
+                let serving = ps.acting == Acting::Primary && ps.generation == gen;
+                if !serving && ps.acting != Acting::Starting {
+                    let mirror = match pair.pair.mode {
+                        PairMode::Synchronized => {
+                            // Wait for the mirror to be ready before streaming.
+                            match &m_status {
+                                Some(ms) if ms.acting == Acting::Mirror && ms.generation >= gen => {
+                                    Some(m_addr.data.clone())
+                                }
+                                _ => continue,
+                            }
+                        }
+                        _ => None,
+                    };
+                    tracing::info!(
+                        dbid = p.dbid,
+                        generation = gen,
+                        streaming = mirror.is_some(),
+                        "ordering: become primary"
+                    );
+                    self.order(&p_addr.control, SegmentRequest::BecomePrimary { generation: gen, mirror });
+                }
+            }
+            debug_assert!(pair.pair.segments.iter().filter(|s| s.role == Role::Primary).count() == 1);
+        }
+    }
+
+    /// A returning old primary's activity log goes to the acting primary's
+    /// change-log, then is cleared (brief rule 5). A crash in between
+    /// leaves it in place; adding it twice changes nothing.
+    fn hand_over(&self, from: &str, to: &str, primary: Option<&SegmentStatus>) {
+        if !primary.is_some_and(|p| p.acting == Acting::Primary) {
+            return; // Next round: the primary is not serving yet.
+        }
+        let Some(SegmentResponse::Changes(set)) = self.order(from, SegmentRequest::TakeChanges) else { return };
+        let files = set.files.len();
+        if !matches!(self.order(to, SegmentRequest::AddChanges { set }), Some(SegmentResponse::Done)) {
+            return;
+        }
+        if matches!(self.order(from, SegmentRequest::ClearChanges), Some(SegmentResponse::Done)) {
+            tracing::warn!(files, "an old primary's activity log handed to the acting primary");
+        }
+    }
+}
+
+/// Ask an arbiter for its catalog (operators, tests).
+pub fn fetch_catalog(addr: &str, key: &ClusterKey, timeout: Duration) -> Result<Catalog> {
+    match control::call::<_, ArbiterResponse>(addr, key, &ArbiterRequest::Catalog, timeout) {
+        Ok(ArbiterResponse::Catalog(c)) => Ok(*c),
+        Ok(other) => Err(Error::InvalidArgument(format!("the arbiter answered {other:?}"))),
+        Err(e) => Err(Error::InvalidArgument(e.to_string())),
+    }
+}

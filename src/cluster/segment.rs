@@ -1,0 +1,1220 @@
+//! `filerep segment`: the segment storage process. It hosts the storage
+//! layer in whichever role the arbiter gives it: a mirror (the applier
+//! behind the replication port) or the primary (the storage API, served to
+//! local clients over a Unix socket, shipping to the mirror or tracking
+//! changes alone). It never picks a role itself: it starts idle, writes
+//! nothing, and waits for the arbiter's order (brief rules 3 and 7).
+//!
+//! Orders arrive on the control endpoint ([`crate::control`]): probe,
+//! become mirror, become primary, hand over / add / clear changes, stop.
+
+use crate::cluster::client::{self, ErrorClass, Op, Request};
+use crate::cluster::control;
+use crate::config::{Filespace, PairIdentity, StreamTuning, SyncLevel};
+use crate::durable::changelog::{ChangeLog, ChangeSet, EXTENT_BLOCKS};
+use crate::error::{Error, Result};
+use crate::io::disk::{Disk, FsPath, StdDisk};
+use crate::protocol::handshake::ClusterKey;
+use crate::protocol::path::RelPath;
+use crate::runtime::arbiter::{Arbiter, Decision};
+use crate::runtime::mirror::{MirrorConfig, MirrorServer};
+use crate::runtime::primary::{ChangeTracking, Mode, Primary, PrimaryConfig};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// Client connections served at once.
+pub const MAX_CLIENTS: usize = 256;
+/// Most entries in a handed-over change set.
+pub const MAX_WIRE_ENTRIES: usize = 1 << 20;
+
+/// A segment's settings (a JSON file; `docs/operations.md`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SegmentConfig {
+    pub dbid: u32,
+    pub content: u32,
+    pub cluster_id: u64,
+    pub block_size: u32,
+    /// `NAME=DIRECTORY`, in the cluster's filespace order.
+    pub filespaces: Vec<String>,
+    pub key_file: PathBuf,
+    /// Control endpoint (probes and orders), `HOST:PORT`.
+    pub control_listen: String,
+    /// Replication endpoint (used when this segment is the mirror).
+    pub data_listen: String,
+    /// Unix socket for local clients (used when it is the primary).
+    pub socket: PathBuf,
+    /// Change-log, activity log and mirror state live here.
+    pub state_dir: PathBuf,
+    /// The arbiter's control endpoint.
+    pub arbiter: String,
+    #[serde(default = "default_level")]
+    pub sync_level: String,
+    #[serde(default = "default_decision_ms")]
+    pub decision_timeout_ms: u64,
+    #[serde(default = "default_ack_ms")]
+    pub ack_timeout_ms: u64,
+    #[serde(default = "default_heartbeat_ms")]
+    pub heartbeat_ms: u64,
+    #[serde(default = "default_true")]
+    pub prefer_uring: bool,
+    /// Serve replication statistics as Prometheus text on `HOST:PORT`
+    /// (`GET /metrics`); none when absent.
+    #[serde(default)]
+    pub metrics_listen: Option<String>,
+}
+
+fn default_level() -> String {
+    "applied".into()
+}
+fn default_decision_ms() -> u64 {
+    5000
+}
+fn default_ack_ms() -> u64 {
+    3000
+}
+fn default_heartbeat_ms() -> u64 {
+    200
+}
+fn default_true() -> bool {
+    true
+}
+
+impl SegmentConfig {
+    pub fn load(path: &std::path::Path) -> Result<SegmentConfig> {
+        let bytes =
+            std::fs::read(path).map_err(|e| Error::io(format!("reading segment config {}", path.display()), e))?;
+        let c: SegmentConfig = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::InvalidArgument(format!("segment config {}: {e}", path.display())))?;
+        c.check().map_err(|e| Error::InvalidArgument(format!("segment config {}: {e}", path.display())))?;
+        Ok(c)
+    }
+
+    fn check(&self) -> Result<()> {
+        crate::config::check_block_size(self.block_size)?;
+        self.filespaces()?;
+        SyncLevel::parse(&self.sync_level)?;
+        for (what, v) in [("decision_timeout_ms", self.decision_timeout_ms), ("ack_timeout_ms", self.ack_timeout_ms)] {
+            if !(10..=600_000).contains(&v) {
+                return Err(Error::InvalidArgument(format!("{what} = {v}: use 10 to 600000")));
+            }
+        }
+        if !(10..=60_000).contains(&self.heartbeat_ms) || self.heartbeat_ms >= self.ack_timeout_ms {
+            return Err(Error::InvalidArgument(format!(
+                "heartbeat_ms = {}: use 10 to 60000, below ack_timeout_ms",
+                self.heartbeat_ms
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn filespaces(&self) -> Result<Vec<Filespace>> {
+        let fs = self.filespaces.iter().map(|s| Filespace::parse(s)).collect::<Result<Vec<_>>>()?;
+        crate::config::check_filespaces(&fs)?;
+        Ok(fs)
+    }
+
+    fn tuning(&self) -> StreamTuning {
+        StreamTuning {
+            heartbeat: Duration::from_millis(self.heartbeat_ms),
+            ack_timeout: Duration::from_millis(self.ack_timeout_ms),
+            ..StreamTuning::default()
+        }
+    }
+}
+
+// ---- control messages ------------------------------------------------------
+
+/// Orders and questions from the arbiter to a segment.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum SegmentRequest {
+    Probe,
+    /// Serve as the mirror, refusing any primary below `generation`.
+    BecomeMirror {
+        generation: u64,
+    },
+    /// Serve as the primary at `generation`: streaming to the mirror at
+    /// `mirror` (Synchronized), or alone in change tracking (`None`).
+    BecomePrimary {
+        generation: u64,
+        mirror: Option<String>,
+    },
+    /// The change set this segment holds (an old primary's activity log).
+    TakeChanges,
+    /// Add a peer's change set to this primary's change-log.
+    AddChanges {
+        set: WireChangeSet,
+    },
+    /// Forget the change set (after it was handed over).
+    ClearChanges,
+    /// Take the mirror at `mirror` back and resync it (from change
+    /// tracking), or run the resync again (a mirror already taken back).
+    StartResync {
+        generation: u64,
+        mirror: String,
+        full: bool,
+        max_rate: Option<u64>,
+        /// Compare hashes of every listed block and ship only those that differ.
+        #[serde(default)]
+        compare: bool,
+        /// Bytes shipped between durable progress records (`None`: the default).
+        #[serde(default)]
+        checkpoint_bytes: Option<u64>,
+    },
+    /// Listen for replication on another address from now on (not while
+    /// acting as mirror). `filerep addmirrors` gives a primary its
+    /// replication port by the seeds' arithmetic.
+    Rebind {
+        data_listen: String,
+    },
+    /// Compare the mirror with this primary online, block by block, in a
+    /// background thread (`filerep verify`); with `repair`, ship what
+    /// differs. Progress and counts show in the status (`verify`).
+    StartVerify {
+        generation: u64,
+        #[serde(default)]
+        repair: bool,
+    },
+    /// The full report (every mismatch row) of verification `id`.
+    VerifyReport {
+        id: u64,
+    },
+    /// Answer for this machine what the operator tools cannot see from
+    /// another one (`filerep addmirrors`): each path with its symbolic
+    /// links resolved here, what is there, and (flag set) whether a
+    /// directory can be created and written there; whether each
+    /// `(address, port)` is free here. Changes nothing (a directory made
+    /// to prove it can be is removed at once). At most [`MAX_INSPECT`] of each.
+    Inspect {
+        paths: Vec<(PathBuf, bool)>,
+        ports: Vec<(String, u16)>,
+    },
+    /// Stop the process.
+    Stop,
+}
+
+/// Most paths (and ports) one `Inspect` asks about.
+pub const MAX_INSPECT: usize = 8192;
+
+// One per control call: the size of the status variant does not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum SegmentResponse {
+    Status(SegmentStatus),
+    Changes(WireChangeSet),
+    Done,
+    Refused(String),
+    /// Verification `id` runs (just started, or already running).
+    Verifying {
+        id: u64,
+    },
+    VerifyReport(Box<crate::verify::online::VerifyReport>),
+    /// The answers to `Inspect`, in its order.
+    Inspected {
+        paths: Vec<std::result::Result<crate::cluster::layout::PathInfo, String>>,
+        ports: Vec<std::result::Result<(), String>>,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Acting {
+    /// Waiting for the arbiter; writes nothing.
+    Idle,
+    /// Carrying out an order.
+    Starting,
+    Mirror,
+    Primary,
+    /// Refusing all work (a failed order, or stopping).
+    Stopped,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SegmentStatus {
+    pub dbid: u32,
+    pub content: u32,
+    pub acting: Acting,
+    pub generation: u64,
+    /// The primary's view: `s` streaming, `c` change tracking, `d` deciding,
+    /// `f` failed; `-` for other roles.
+    pub mode: char,
+    pub detail: String,
+    /// The change-log holds changes (for a non-primary: to hand over).
+    pub changes_pending: bool,
+    /// The resync in progress (or the last one), as counted so far.
+    #[serde(default)]
+    pub resync: Option<crate::runtime::resync::ProgressSnapshot>,
+    /// Why the last resync stopped short, if it did.
+    #[serde(default)]
+    pub resync_error: Option<String>,
+    /// The running (or last) verification.
+    #[serde(default)]
+    pub verify: Option<crate::verify::online::VerifyState>,
+    /// Replication figures, while this segment is the primary.
+    #[serde(default)]
+    pub replication: Option<crate::runtime::primary::ReplicationStats>,
+    /// What the change-log holds.
+    #[serde(default)]
+    pub changelog: Option<crate::durable::changelog::ChangeLogStats>,
+}
+
+/// Questions from a segment to the arbiter.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum ArbiterRequest {
+    MirrorLost {
+        dbid: u32,
+        content: u32,
+        generation: u64,
+        reason: String,
+    },
+    /// The whole catalog (for operators and tests).
+    Catalog,
+    /// `filerep recover`: resync the pair (`full`: every file), at most
+    /// `max_rate` bytes a second.
+    Recover {
+        content: u32,
+        full: bool,
+        max_rate: Option<u64>,
+        #[serde(default)]
+        compare: bool,
+        #[serde(default)]
+        checkpoint_bytes: Option<u64>,
+    },
+    /// `filerep recover -r`: return the pair's segments to their preferred roles.
+    Rebalance {
+        content: u32,
+    },
+    /// `filerep addmirrors`: give unmirrored contents their mirrors (all or none).
+    AddMirrors {
+        mirrors: Vec<NewMirror>,
+    },
+    /// `filerep verify`: compare a synchronized pair online (and repair it).
+    Verify {
+        content: u32,
+        #[serde(default)]
+        repair: bool,
+    },
+}
+
+/// A mirror to add: its content and where it listens.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NewMirror {
+    pub content: u32,
+    pub address: crate::durable::catalog::SegmentAddress,
+    /// The primary's replication address from now on (`None`: unchanged).
+    #[serde(default)]
+    pub primary_data: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum ArbiterResponse {
+    MirrorDown,
+    Demoted,
+    Catalog(Box<crate::durable::catalog::Catalog>),
+    /// The resync was ordered.
+    Started,
+    /// The segment was down; it is back in change tracking at `generation`
+    /// from its acting primary. Ask again once the primary serves there.
+    Restored {
+        generation: u64,
+    },
+    /// Verification `id` runs on the acting primary `dbid` (at `generation`):
+    /// follow it with probes there.
+    Verifying {
+        dbid: u32,
+        generation: u64,
+        id: u64,
+    },
+    Refused(String),
+}
+
+/// A change set on the wire: runs of blocks, extents and touched paths per file.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireChangeSet {
+    pub files: Vec<WireFile>,
+    pub touched: Vec<(u16, String, bool)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireFile {
+    pub filespace: u16,
+    pub path: String,
+    /// `(first block, count)` runs.
+    pub runs: Vec<(u64, u64)>,
+    pub extents: Vec<u64>,
+}
+
+impl WireChangeSet {
+    pub fn from_set(set: &ChangeSet) -> WireChangeSet {
+        let mut files: BTreeMap<&FsPath, WireFile> = BTreeMap::new();
+        let entry = |p: &FsPath| WireFile {
+            filespace: p.filespace,
+            path: p.path.as_str().to_string(),
+            runs: Vec::new(),
+            extents: Vec::new(),
+        };
+        for (p, blocks) in &set.blocks {
+            let f = files.entry(p).or_insert_with(|| entry(p));
+            for b in blocks {
+                match f.runs.last_mut() {
+                    Some((first, n)) if *first + *n == *b => *n += 1,
+                    _ => f.runs.push((*b, 1)),
+                }
+            }
+        }
+        for (p, es) in &set.extents {
+            files.entry(p).or_insert_with(|| entry(p)).extents.extend(es.iter().copied());
+        }
+        WireChangeSet {
+            files: files.into_values().collect(),
+            touched: set.touched.iter().map(|(p, s)| (p.filespace, p.path.as_str().to_string(), *s)).collect(),
+        }
+    }
+
+    /// Back to a change set; paths, filespaces and sizes are checked.
+    pub fn to_set(&self, filespaces: usize) -> std::result::Result<ChangeSet, String> {
+        let mut set = ChangeSet::default();
+        let mut entries = 0usize;
+        let path = |fs: u16, p: &str| -> std::result::Result<FsPath, String> {
+            if fs as usize >= filespaces {
+                return Err(format!("filespace {fs} does not exist"));
+            }
+            Ok(FsPath::new(fs, RelPath::new(p).map_err(|e| format!("path {p:?}: {e}"))?))
+        };
+        for f in &self.files {
+            let p = path(f.filespace, &f.path)?;
+            for (first, n) in &f.runs {
+                entries = entries.saturating_add(*n as usize);
+                if entries > MAX_WIRE_ENTRIES || first.checked_add(*n).is_none() {
+                    return Err(format!("more than {MAX_WIRE_ENTRIES} blocks"));
+                }
+                set.blocks.entry(p.clone()).or_default().extend(*first..*first + *n);
+            }
+            for e in &f.extents {
+                entries = entries.saturating_add(EXTENT_BLOCKS as usize);
+                if entries > MAX_WIRE_ENTRIES || e.checked_mul(EXTENT_BLOCKS).is_none() {
+                    return Err(format!("more than {MAX_WIRE_ENTRIES} blocks"));
+                }
+                set.extents.entry(p.clone()).or_default().insert(*e);
+            }
+        }
+        for (fs, p, subtree) in &self.touched {
+            *set.touched.entry(path(*fs, p)?).or_insert(false) |= *subtree;
+        }
+        Ok(set)
+    }
+}
+
+/// The arbiter as a primary sees it: a control call to the arbiter process.
+pub struct RemoteArbiter {
+    pub addr: String,
+    pub key: ClusterKey,
+    pub dbid: u32,
+    pub timeout: Duration,
+}
+
+impl Arbiter for RemoteArbiter {
+    fn mirror_lost(&self, content: u32, generation: u64, reason: &str) -> std::result::Result<Decision, String> {
+        let req = ArbiterRequest::MirrorLost { dbid: self.dbid, content, generation, reason: reason.into() };
+        match control::call::<_, ArbiterResponse>(&self.addr, &self.key, &req, self.timeout) {
+            Ok(ArbiterResponse::MirrorDown) => Ok(Decision::MirrorDown),
+            Ok(ArbiterResponse::Demoted) => Ok(Decision::Demoted),
+            Ok(other) => Err(format!("the arbiter answered {other:?}")),
+            Err(e) => Err(format!("cannot reach the arbiter: {e}")),
+        }
+    }
+}
+
+// ---- the process -------------------------------------------------------------
+
+enum Role {
+    Idle,
+    Starting,
+    Mirror { server: Arc<MirrorServer>, stop: Arc<AtomicBool>, thread: JoinHandle<()> },
+    Primary(Arc<Primary>),
+    Stopped(String),
+}
+
+struct Shared {
+    cfg: SegmentConfig,
+    key: ClusterKey,
+    filespaces: Vec<Filespace>,
+    disk: Arc<dyn Disk>,
+    changelog: Arc<ChangeLog>,
+    /// Where it listens as a mirror; rebound by `Rebind` (addmirrors may
+    /// give a primary a new replication port).
+    data_listener: Mutex<TcpListener>,
+    role: Mutex<Role>,
+    stop: Arc<AtomicBool>,
+    /// Serializes orders: one role change at a time.
+    orders: Mutex<()>,
+    resync: Mutex<ResyncState>,
+    /// Signalled when a resync thread ends.
+    resync_ended: std::sync::Condvar,
+    verify: Mutex<VerifyJob>,
+}
+
+/// The running (or last) verification, and the last report.
+#[derive(Default)]
+struct VerifyJob {
+    id: u64,
+    repair: bool,
+    running: bool,
+    progress: Option<Arc<crate::verify::online::VerifyProgress>>,
+    report: Option<crate::verify::online::VerifyReport>,
+    error: Option<String>,
+}
+
+#[derive(Default)]
+struct ResyncState {
+    running: bool,
+    progress: Option<Arc<crate::runtime::resync::Progress>>,
+    error: Option<String>,
+}
+
+pub struct Segment {
+    shared: Arc<Shared>,
+    control: TcpListener,
+    clients: UnixListener,
+    metrics: Option<TcpListener>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Segment {
+    /// Open the filespaces and the change-log, bind every endpoint. Nothing
+    /// is written to the filespaces until the arbiter gives a role.
+    pub fn open(cfg: SegmentConfig) -> Result<Segment> {
+        cfg.check()?;
+        let key = ClusterKey::from_file(&cfg.key_file).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        let filespaces = cfg.filespaces()?;
+        let roots: Vec<_> = filespaces.iter().map(|f| f.root.clone()).collect();
+        let disk = crate::io::disk::open_local(&roots, cfg.prefer_uring)?;
+        std::fs::create_dir_all(&cfg.state_dir)
+            .map_err(|e| Error::io(format!("creating state directory {}", cfg.state_dir.display()), e))?;
+        let state_disk: Arc<dyn Disk> = Arc::new(StdDisk::open(std::slice::from_ref(&cfg.state_dir))?);
+        let log_path = FsPath::new(0, RelPath::new("changelog")?);
+        let changelog = if state_disk.exists(&log_path)? {
+            let (log, rec) = ChangeLog::open(state_disk, log_path)?;
+            let set = log.change_set();
+            tracing::warn!(
+                groups = rec.groups,
+                torn = rec.torn_bytes,
+                blocks = set.distinct_blocks(),
+                extents = set.extents.values().map(|e| e.len()).sum::<usize>(),
+                paths = set.touched.len(),
+                "change-log recovered: everything in it counts as changed"
+            );
+            log
+        } else {
+            ChangeLog::create(state_disk, log_path, cfg.block_size)?
+        };
+        let control = TcpListener::bind(&cfg.control_listen)
+            .map_err(|e| Error::io(format!("binding {}", cfg.control_listen), e))?;
+        let data_listener =
+            TcpListener::bind(&cfg.data_listen).map_err(|e| Error::io(format!("binding {}", cfg.data_listen), e))?;
+        let metrics = match &cfg.metrics_listen {
+            Some(a) if cfg!(feature = "metrics-http") => {
+                Some(TcpListener::bind(a).map_err(|e| Error::io(format!("binding metrics_listen {a}"), e))?)
+            }
+            Some(a) => {
+                return Err(Error::InvalidArgument(format!(
+                    "metrics_listen is {a}, but this build of the library serves no /metrics (built without the feature metrics-http); remove the setting or rebuild with it"
+                )))
+            }
+            None => None,
+        };
+        let _ = std::fs::remove_file(&cfg.socket);
+        let clients = UnixListener::bind(&cfg.socket)
+            .map_err(|e| Error::io(format!("binding socket {}", cfg.socket.display()), e))?;
+        let shared = Arc::new(Shared {
+            cfg,
+            key,
+            filespaces,
+            disk,
+            changelog: Arc::new(changelog),
+            data_listener: Mutex::new(data_listener),
+            role: Mutex::new(Role::Idle),
+            stop: Arc::new(AtomicBool::new(false)),
+            orders: Mutex::new(()),
+            resync: Mutex::new(ResyncState::default()),
+            resync_ended: std::sync::Condvar::new(),
+            verify: Mutex::new(VerifyJob::default()),
+        });
+        Ok(Segment { shared, control, clients, metrics })
+    }
+
+    /// Where `/metrics` is served, if it is.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    pub fn control_addr(&self) -> Result<std::net::SocketAddr> {
+        self.control.local_addr().map_err(|e| Error::io("control address", e))
+    }
+
+    /// A flag that stops [`Segment::run`] when set.
+    pub fn stop_flag(&self) -> Arc<AtomicBool> {
+        self.shared.stop.clone()
+    }
+
+    /// Serve until stopped (an order, or the flag).
+    pub fn run(self) -> Result<()> {
+        let Segment { shared, control, clients, metrics } = self;
+        let span = tracing::info_span!("segment", dbid = shared.cfg.dbid, content = shared.cfg.content);
+        let _e = span.enter();
+        tracing::info!("segment idle: waiting for the arbiter");
+        let c_shared = shared.clone();
+        let timeout = Duration::from_secs(10);
+        let control_thread = std::thread::Builder::new()
+            .name("filerep-control".into())
+            .spawn({
+                let (key, stop) = (shared.key.clone(), shared.stop.clone());
+                move || control::serve(control, key, stop, timeout, move |r| c_shared.order(r))
+            })
+            .map_err(|e| Error::io("spawning the control thread", e))?;
+        let metrics_thread = spawn_metrics(metrics, &shared)?;
+        clients.set_nonblocking(true).map_err(|e| Error::io("client socket", e))?;
+        let open = Arc::new(AtomicUsize::new(0));
+        while !shared.stop.load(Ordering::SeqCst) {
+            match clients.accept() {
+                Ok((stream, _)) => {
+                    if open.load(Ordering::SeqCst) >= MAX_CLIENTS {
+                        tracing::warn!("client refused: {MAX_CLIENTS} already connected");
+                        continue;
+                    }
+                    open.fetch_add(1, Ordering::SeqCst);
+                    let (s, open) = (shared.clone(), open.clone());
+                    let spawned = std::thread::Builder::new().name("filerep-client".into()).spawn(move || {
+                        s.serve_client(stream);
+                        open.fetch_sub(1, Ordering::SeqCst);
+                    });
+                    if let Err(e) = spawned {
+                        tracing::error!(error = %e, "cannot spawn a client thread");
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(10)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "client accept failed");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+        }
+        let _ = control_thread.join();
+        if let Some(t) = metrics_thread {
+            let _ = t.join();
+        }
+        let role = std::mem::replace(&mut *lock(&shared.role), Role::Stopped("stopped".into()));
+        shared.end_role(role);
+        let _ = std::fs::remove_file(&shared.cfg.socket);
+        tracing::info!("segment stopped");
+        Ok(())
+    }
+}
+
+impl Shared {
+    fn status(&self) -> SegmentStatus {
+        let mut replication = None;
+        let role = lock(&self.role);
+        let (acting, generation, mode, detail) = match &*role {
+            Role::Idle => (Acting::Idle, 0, '-', "waiting for the arbiter".to_string()),
+            Role::Starting => (Acting::Starting, 0, '-', "carrying out an order".to_string()),
+            Role::Mirror { server, .. } => {
+                (Acting::Mirror, server.generation(), '-', server.fault().unwrap_or_else(|| "serving".into()))
+            }
+            Role::Primary(p) => {
+                replication = Some(p.replication());
+                let (mode, detail) = match p.mode() {
+                    Mode::Streaming if p.resyncing() => ('r', "resynchronizing the mirror".to_string()),
+                    Mode::Streaming => ('s', "streaming to the mirror".to_string()),
+                    Mode::Deciding => ('d', "mirror lost: asking the arbiter".to_string()),
+                    Mode::ChangeTracking => ('c', "change tracking".to_string()),
+                    Mode::Failed(w) => ('f', w),
+                };
+                (Acting::Primary, p.generation(), mode, detail)
+            }
+            Role::Stopped(w) => (Acting::Stopped, 0, '-', w.clone()),
+        };
+        drop(role);
+        let verify = {
+            let v = lock(&self.verify);
+            (v.id > 0).then(|| crate::verify::online::VerifyState {
+                id: v.id,
+                repair: v.repair,
+                running: v.running,
+                progress: v.progress.as_ref().map(|p| p.snapshot()).unwrap_or_default(),
+                summary: v.report.as_ref().map(|r| r.summary.clone()),
+                error: v.error.clone(),
+            })
+        };
+        let rs = lock(&self.resync);
+        SegmentStatus {
+            dbid: self.cfg.dbid,
+            content: self.cfg.content,
+            acting,
+            generation,
+            mode,
+            detail,
+            changes_pending: !self.changelog.is_empty(),
+            resync: rs.progress.as_ref().map(|p| p.snapshot()),
+            resync_error: rs.error.clone(),
+            verify,
+            replication,
+            changelog: Some(self.changelog.stats()),
+        }
+    }
+
+    /// Carry out one control request.
+    fn order(self: &Arc<Self>, req: SegmentRequest) -> SegmentResponse {
+        let refused = |e: String| {
+            tracing::warn!(reason = %e, "order refused");
+            SegmentResponse::Refused(e)
+        };
+        match req {
+            SegmentRequest::Probe => SegmentResponse::Status(self.status()),
+            SegmentRequest::BecomeMirror { generation } => match self.become_mirror(generation) {
+                Ok(()) => SegmentResponse::Done,
+                Err(e) => refused(e.to_string()),
+            },
+            SegmentRequest::BecomePrimary { generation, mirror } => {
+                // Connecting (and maybe asking the arbiter) takes time, and
+                // the arbiter may be waiting on this reply: answer now.
+                {
+                    let mut role = lock(&self.role);
+                    if matches!(&*role, Role::Primary(p) if p.generation() == generation) {
+                        return SegmentResponse::Done;
+                    }
+                    if matches!(&*role, Role::Starting) {
+                        return refused("already carrying out an order".into());
+                    }
+                    let old = std::mem::replace(&mut *role, Role::Starting);
+                    drop(role);
+                    self.end_role(old);
+                }
+                let me = self.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("filerep-promote".into())
+                    .spawn(move || me.become_primary(generation, mirror));
+                match spawned {
+                    Ok(_) => SegmentResponse::Done,
+                    Err(e) => refused(format!("cannot start: {e}")),
+                }
+            }
+            SegmentRequest::TakeChanges => {
+                if matches!(&*lock(&self.role), Role::Primary(_) | Role::Starting) {
+                    return refused("the acting primary keeps its change-log".into());
+                }
+                SegmentResponse::Changes(WireChangeSet::from_set(&self.changelog.change_set()))
+            }
+            SegmentRequest::AddChanges { set } => {
+                if !matches!(&*lock(&self.role), Role::Primary(_)) {
+                    return refused("only the acting primary takes a peer's changes".into());
+                }
+                let set = match set.to_set(self.filespaces.len()) {
+                    Ok(s) => s,
+                    Err(e) => return refused(format!("bad change set: {e}")),
+                };
+                match self.changelog.merge(&set) {
+                    Ok(()) => {
+                        tracing::info!(
+                            blocks = set.distinct_blocks(),
+                            paths = set.touched.len(),
+                            "a peer's changes added to the change-log"
+                        );
+                        SegmentResponse::Done
+                    }
+                    Err(e) => refused(e.to_string()),
+                }
+            }
+            SegmentRequest::ClearChanges => {
+                if matches!(&*lock(&self.role), Role::Primary(_) | Role::Starting) {
+                    return refused("the acting primary keeps its change-log".into());
+                }
+                match self.changelog.clear() {
+                    Ok(()) => SegmentResponse::Done,
+                    Err(e) => refused(e.to_string()),
+                }
+            }
+            SegmentRequest::StartResync { generation, mirror, full, max_rate, compare, checkpoint_bytes } => {
+                let p = match &*lock(&self.role) {
+                    Role::Primary(p) if p.generation() == generation => p.clone(),
+                    _ => return refused(format!("not the acting primary of generation {generation}")),
+                };
+                {
+                    let mut rs = lock(&self.resync);
+                    // One that lost its mirror stops at its next step: let it end.
+                    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+                    while rs.running && !p.resyncing() {
+                        let left = deadline.saturating_duration_since(std::time::Instant::now());
+                        if left.is_zero() {
+                            return refused("the previous resync is still stopping; run filerep recover again".into());
+                        }
+                        rs = self.resync_ended.wait_timeout(rs, left).unwrap_or_else(|e| e.into_inner()).0;
+                    }
+                    if rs.running {
+                        return SegmentResponse::Done;
+                    }
+                    rs.running = true;
+                    rs.error = None;
+                    rs.progress = Some(Arc::new(crate::runtime::resync::Progress::default()));
+                }
+                let me = self.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("filerep-resync".into())
+                    .spawn(move || me.run_resync(p, generation, mirror, (full, compare), (max_rate, checkpoint_bytes)));
+                match spawned {
+                    Ok(_) => SegmentResponse::Done,
+                    Err(e) => {
+                        lock(&self.resync).running = false;
+                        refused(format!("cannot start the resync: {e}"))
+                    }
+                }
+            }
+            SegmentRequest::Rebind { data_listen } => {
+                let _order = lock(&self.orders);
+                if matches!(&*lock(&self.role), Role::Mirror { .. }) {
+                    return refused("acting as mirror: its replication address cannot change now".into());
+                }
+                let mut current = lock(&self.data_listener);
+                let same = current.local_addr().ok().map(|a| a.to_string()) == Some(data_listen.clone());
+                if !same {
+                    match TcpListener::bind(&data_listen) {
+                        Ok(l) => {
+                            tracing::warn!(%data_listen, "replication address changed");
+                            *current = l;
+                        }
+                        Err(e) => return refused(format!("cannot listen on {data_listen}: {e}")),
+                    }
+                }
+                SegmentResponse::Done
+            }
+            SegmentRequest::StartVerify { generation, repair } => match self.start_verify(generation, repair) {
+                Ok(id) => SegmentResponse::Verifying { id },
+                Err(e) => refused(e.to_string()),
+            },
+            SegmentRequest::VerifyReport { id } => {
+                let v = lock(&self.verify);
+                match &v.report {
+                    Some(r) if v.id == id => SegmentResponse::VerifyReport(Box::new(r.clone())),
+                    _ if v.id == id && v.running => refused(format!("verification {id} is still running")),
+                    _ if v.id == id => {
+                        refused(format!("verification {id} stopped short: {}", v.error.clone().unwrap_or_default()))
+                    }
+                    _ => refused(format!("no report for verification {id} (the last one is {})", v.id)),
+                }
+            }
+            SegmentRequest::Inspect { paths, ports } => {
+                if paths.len() > MAX_INSPECT || ports.len() > MAX_INSPECT {
+                    return refused(format!(
+                        "{} paths and {} ports asked; at most {MAX_INSPECT} of each",
+                        paths.len(),
+                        ports.len()
+                    ));
+                }
+                if let Some((p, _)) = paths.iter().find(|(p, _)| p.as_os_str().len() > 4096) {
+                    return refused(format!("a path of {} bytes asked; at most 4096", p.as_os_str().len()));
+                }
+                let paths = crate::cluster::hosts::inspect_paths(&paths)
+                    .into_iter()
+                    .map(|r| r.map_err(|e| e.to_string()))
+                    .collect();
+                let ports = ports.iter().map(|(a, p)| crate::cluster::hosts::port_free(a, *p)).collect();
+                SegmentResponse::Inspected { paths, ports }
+            }
+            SegmentRequest::Stop => {
+                tracing::info!("stop ordered");
+                self.stop.store(true, Ordering::SeqCst);
+                SegmentResponse::Done
+            }
+        }
+    }
+
+    /// Start a verification on this acting primary (or join the one that
+    /// runs, if it was started the same way); its id.
+    fn start_verify(self: &Arc<Self>, generation: u64, repair: bool) -> Result<u64> {
+        let p = match &*lock(&self.role) {
+            Role::Primary(p) if p.generation() == generation => p.clone(),
+            _ => return Err(Error::Rejected(format!("not the acting primary of generation {generation}"))),
+        };
+        p.verify_check(p.attachment())
+            .map_err(|e| Error::Rejected(format!("only a synchronized pair can be verified: {e}")))?;
+        let mut v = lock(&self.verify);
+        if v.running {
+            if v.repair == repair {
+                return Ok(v.id);
+            }
+            return Err(Error::Rejected(format!(
+                "verification {} ({}) is running: wait for it to end",
+                v.id,
+                if v.repair { "with repair" } else { "without repair" }
+            )));
+        }
+        let progress = Arc::new(crate::verify::online::VerifyProgress::default());
+        *v = VerifyJob {
+            id: v.id + 1,
+            repair,
+            running: true,
+            progress: Some(progress.clone()),
+            report: None,
+            error: None,
+        };
+        let id = v.id;
+        drop(v);
+        let me = self.clone();
+        let spawned = std::thread::Builder::new().name("filerep-verify".into()).spawn(move || {
+            let span = tracing::info_span!("verify", id, generation, repair);
+            let _e = span.enter();
+            let opts = crate::verify::online::VerifyOptions { repair, ..Default::default() };
+            let result = crate::verify::online::run(&p, &opts, &progress);
+            let mut v = lock(&me.verify);
+            v.running = false;
+            match result {
+                Ok(r) => v.report = Some(r),
+                Err(e) => {
+                    tracing::error!(error = %e, "verification stopped short");
+                    v.error = Some(e.to_string());
+                }
+            }
+        });
+        match spawned {
+            Ok(_) => Ok(id),
+            Err(e) => {
+                let mut v = lock(&self.verify);
+                v.running = false;
+                v.error = Some(format!("cannot start: {e}"));
+                Err(Error::io("spawning the verification thread", e))
+            }
+        }
+    }
+
+    /// End a role: a mirror's sessions finish (what they applied is made
+    /// durable) before anything else runs; a primary stops taking calls.
+    fn end_role(&self, role: Role) {
+        match role {
+            Role::Mirror { stop, thread, .. } => {
+                stop.store(true, Ordering::SeqCst);
+                let _ = thread.join();
+                tracing::info!("mirror stopped");
+            }
+            Role::Primary(p) => {
+                if let Err(e) = p.shutdown(Duration::from_secs(5)) {
+                    tracing::warn!(error = %e, "primary shut down uncleanly");
+                }
+            }
+            Role::Idle | Role::Starting | Role::Stopped(_) => {}
+        }
+    }
+
+    /// Take the mirror back (unless it already is) and resync it.
+    fn run_resync(
+        &self,
+        p: Arc<Primary>,
+        generation: u64,
+        mirror: String,
+        how: (bool, bool),
+        limits: (Option<u64>, Option<u64>),
+    ) {
+        let (full, compare) = how;
+        let (max_rate, checkpoint_bytes) = limits;
+        let span = tracing::info_span!("resync", generation, full);
+        let _e = span.enter();
+        let progress = lock(&self.resync).progress.clone().unwrap_or_default();
+        let result = (|| {
+            if p.mode() == Mode::ChangeTracking {
+                let attached = self.connect(&mirror).and_then(|conn| p.attach_mirror(conn, &mirror));
+                if let Err(e) = attached {
+                    // Still alone: the arbiter hears the mirror is not back.
+                    let why = format!("the mirror could not be taken back: {e}");
+                    let _ = self.remote_arbiter().mirror_lost(self.cfg.content, generation, &why);
+                    return Err(e);
+                }
+            } else if !p.resyncing() {
+                return Err(Error::InvalidArgument(format!("the pair is {:?}: nothing to resync", p.mode())));
+            }
+            let opts = crate::runtime::resync::ResyncOptions {
+                full,
+                max_rate,
+                finish_timeout: None,
+                checkpoint_bytes,
+                compare,
+            };
+            crate::runtime::resync::run(&p, &opts, &progress)
+        })();
+        let mut rs = lock(&self.resync);
+        rs.running = false;
+        self.resync_ended.notify_all();
+        match result {
+            Ok(r) => {
+                tracing::warn!(paths = r.paths, blocks = r.blocks, bytes = r.bytes, seconds = r.seconds, "resync done");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "resync stopped short");
+                rs.error = Some(e.cause());
+            }
+        }
+    }
+
+    fn remote_arbiter(&self) -> RemoteArbiter {
+        RemoteArbiter {
+            addr: self.cfg.arbiter.clone(),
+            key: self.key.clone(),
+            dbid: self.cfg.dbid,
+            timeout: Duration::from_millis(self.cfg.decision_timeout_ms),
+        }
+    }
+
+    /// A replication connection to `addr`.
+    fn connect(&self, addr: &str) -> Result<crate::io::net::Conn> {
+        let target = std::net::ToSocketAddrs::to_socket_addrs(addr)
+            .map_err(|e| Error::io(format!("resolving {addr}"), e))?
+            .next()
+            .ok_or_else(|| Error::InvalidArgument(format!("{addr} resolves to nothing")))?;
+        let s = std::net::TcpStream::connect_timeout(&target, Duration::from_secs(10))
+            .map_err(|e| Error::io(format!("connecting to the mirror at {addr}"), e))?;
+        crate::io::net::tcp(s).map_err(|e| Error::io("setting up the connection", e))
+    }
+
+    fn become_mirror(&self, generation: u64) -> Result<()> {
+        let _order = lock(&self.orders);
+        let mut role = lock(&self.role);
+        if let Role::Mirror { server, .. } = &*role {
+            if server.generation() >= generation {
+                return Ok(());
+            }
+        }
+        if matches!(&*role, Role::Starting) {
+            return Err(Error::Rejected("already carrying out an order".into()));
+        }
+        let old = std::mem::replace(&mut *role, Role::Starting);
+        drop(role);
+        self.end_role(old);
+        let mcfg = MirrorConfig {
+            cluster_id: self.cfg.cluster_id,
+            content_id: self.cfg.content,
+            block_size: self.cfg.block_size,
+            filespaces: self.filespaces.clone(),
+            key: self.key.clone(),
+            generation,
+            tuning: self.cfg.tuning(),
+            prefer_uring: self.cfg.prefer_uring,
+            state_dir: Some(self.cfg.state_dir.clone()),
+        };
+        let result = (|| {
+            let server = Arc::new(MirrorServer::with_disk(mcfg, self.disk.clone())?);
+            let listener = lock(&self.data_listener).try_clone().map_err(|e| Error::io("replication listener", e))?;
+            let stop = Arc::new(AtomicBool::new(false));
+            let (s, st) = (server.clone(), stop.clone());
+            let thread = std::thread::Builder::new()
+                .name("filerep-mirror".into())
+                .spawn(move || {
+                    if let Err(e) = s.serve(&listener, &st) {
+                        tracing::error!(error = %e, "mirror serving failed");
+                    }
+                })
+                .map_err(|e| Error::io("spawning the mirror thread", e))?;
+            Ok(Role::Mirror { server, stop, thread })
+        })();
+        match result {
+            Ok(r) => {
+                tracing::warn!(generation, "role: mirror");
+                *lock(&self.role) = r;
+                Ok(())
+            }
+            Err(e) => {
+                *lock(&self.role) = Role::Stopped(format!("cannot serve as mirror: {e}"));
+                Err(e)
+            }
+        }
+    }
+
+    fn become_primary(self: Arc<Self>, generation: u64, mirror: Option<String>) {
+        let _order = lock(&self.orders);
+        let span = tracing::info_span!("become_primary", generation);
+        let _e = span.enter();
+        let result = self.start_primary(generation, mirror);
+        let mut role = lock(&self.role);
+        match result {
+            Ok(p) => {
+                tracing::warn!(generation, mode = ?p.mode(), "role: primary");
+                *role = Role::Primary(Arc::new(p));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot serve as primary");
+                *role = Role::Stopped(format!("cannot serve as primary: {e}"));
+            }
+        }
+    }
+
+    fn start_primary(&self, generation: u64, mirror: Option<String>) -> Result<Primary> {
+        let decision_timeout = Duration::from_millis(self.cfg.decision_timeout_ms);
+        let arbiter = Arc::new(self.remote_arbiter());
+        let cfg = PrimaryConfig {
+            identity: PairIdentity {
+                cluster_id: self.cfg.cluster_id,
+                content_id: self.cfg.content,
+                block_size: self.cfg.block_size,
+                generation,
+            },
+            filespaces: self.filespaces.clone(),
+            key: self.key.clone(),
+            sync_level: SyncLevel::parse(&self.cfg.sync_level)?,
+            tuning: self.cfg.tuning(),
+            prefer_uring: self.cfg.prefer_uring,
+            change_tracking: Some(ChangeTracking {
+                changelog: self.changelog.clone(),
+                arbiter: arbiter.clone(),
+                decision_timeout,
+            }),
+        };
+        let Some(addr) = mirror else {
+            return Primary::start_alone(cfg, self.disk.clone(), "the arbiter marked the mirror down");
+        };
+        let connected =
+            self.connect(&addr).and_then(|conn| Primary::start_with_disk(cfg.clone(), self.disk.clone(), conn, &addr));
+        match connected {
+            Ok(p) => Ok(p),
+            Err(e) => {
+                // Rule 3: never on alone without the arbiter's word.
+                let why = format!("mirror unreachable at start: {e}");
+                match arbiter.mirror_lost(self.cfg.content, generation, &why) {
+                    Ok(Decision::MirrorDown) => Primary::start_alone(cfg, self.disk.clone(), &why),
+                    Ok(Decision::Demoted) => Err(Error::Rejected("the arbiter says this segment was demoted".into())),
+                    Err(a) => Err(Error::MirrorLost(format!("{why}; {a}"))),
+                }
+            }
+        }
+    }
+
+    fn primary(&self) -> std::result::Result<Arc<Primary>, (ErrorClass, String)> {
+        match &*lock(&self.role) {
+            Role::Primary(p) => Ok(p.clone()),
+            Role::Mirror { server, .. } => Err((
+                ErrorClass::NotPrimary,
+                format!(
+                    "segment {} is the mirror (generation {}): retry on the primary",
+                    self.cfg.dbid,
+                    server.generation()
+                ),
+            )),
+            Role::Idle | Role::Starting => {
+                Err((ErrorClass::NotPrimary, format!("segment {} has no role yet: retry shortly", self.cfg.dbid)))
+            }
+            Role::Stopped(w) => Err((ErrorClass::NotPrimary, format!("segment {} is not serving: {w}", self.cfg.dbid))),
+        }
+    }
+
+    fn serve_client(&self, mut stream: UnixStream) {
+        let _ = stream.set_nonblocking(false);
+        loop {
+            let body = match client::read_message(&mut stream) {
+                Ok(Some(b)) => b,
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "client connection closed");
+                    return;
+                }
+            };
+            let result = match Request::decode(&body) {
+                Ok(req) => self.primary().and_then(|p| {
+                    call(&p, &req).map_err(|e| match e {
+                        // Shut down for a role change (rebalance, demotion): the
+                        // call changed nothing here and belongs on the new primary.
+                        Error::Closed(_) => (
+                            ErrorClass::NotPrimary,
+                            format!("segment {} is handing over its role: retry on the new primary", self.cfg.dbid),
+                        ),
+                        e => (ErrorClass::of(&e), e.to_string()),
+                    })
+                }),
+                Err(e) => Err((ErrorClass::Invalid, format!("malformed request: {e}"))),
+            };
+            if std::io::Write::write_all(&mut stream, &client::response(result)).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// One client call against the primary.
+fn call(p: &Primary, r: &Request) -> Result<(u64, Vec<u8>)> {
+    let (fs, path) = (r.filespace, r.path.as_str());
+    let none = |x: Result<()>| x.map(|_| (0, Vec::new()));
+    match r.op {
+        Op::Create => none(p.create(fs, path)),
+        Op::WriteBlock => none(p.write_block(fs, path, r.a, &r.data)),
+        Op::Extend => none(p.extend(fs, path, r.a, &r.data)),
+        Op::ReadBlock => {
+            let mut buf = vec![0u8; p.block_size() as usize];
+            p.read_block(fs, path, r.a, &mut buf).map(|_| (0, buf))
+        }
+        Op::Nblocks => p.nblocks(fs, path).map(|n| (n, Vec::new())),
+        Op::Truncate => none(p.truncate(fs, path, r.a)),
+        Op::Unlink => none(p.unlink(fs, path)),
+        Op::Sync => none(p.sync(fs, path)),
+        Op::WriteAt => none(p.write_at(fs, path, r.a, &r.data)),
+        Op::Flush => none(p.flush(fs, path)),
+        Op::Len => p.len(fs, path).map(|n| (n, Vec::new())),
+        Op::SetLen => none(p.set_len(fs, path, r.a)),
+        Op::Mkdir => none(p.mkdir(fs, path)),
+        Op::Rmdir => none(p.rmdir(fs, path)),
+        Op::Rename => none(p.rename(fs, path, &r.path2)),
+        Op::Exists => p.exists(fs, path).map(|e| (e as u64, Vec::new())),
+        Op::SyncDir => none(p.sync_dir(fs, path)),
+    }
+}
+
+/// The `/metrics` server's thread, when `metrics_listen` is set.
+#[cfg(feature = "metrics-http")]
+fn spawn_metrics(listener: Option<TcpListener>, shared: &Arc<Shared>) -> Result<Option<std::thread::JoinHandle<()>>> {
+    let Some(listener) = listener else { return Ok(None) };
+    let (s, stop) = (shared.clone(), shared.stop.clone());
+    tracing::info!(addr = ?listener.local_addr().ok(), "serving /metrics");
+    let t = std::thread::Builder::new()
+        .name("filerep-metrics".into())
+        .spawn(move || crate::cluster::metrics::serve(listener, &stop, || s.status()))
+        .map_err(|e| Error::io("spawning the metrics thread", e))?;
+    Ok(Some(t))
+}
+
+/// Without the HTTP server `Segment::open` refuses `metrics_listen`.
+#[cfg(not(feature = "metrics-http"))]
+fn spawn_metrics(_listener: Option<TcpListener>, _shared: &Arc<Shared>) -> Result<Option<std::thread::JoinHandle<()>>> {
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> FsPath {
+        FsPath::new(0, RelPath::new(s).unwrap())
+    }
+
+    #[test]
+    fn change_sets_cross_the_wire_intact_and_bad_ones_are_refused() {
+        let mut set = ChangeSet::default();
+        set.blocks.entry(p("a")).or_default().extend([1, 2, 3, 7]);
+        set.extents.entry(p("b")).or_default().insert(4);
+        set.touched.insert(p("d"), true);
+        let w = WireChangeSet::from_set(&set);
+        assert_eq!(w.files[0].runs, vec![(1, 3), (7, 1)]);
+        assert_eq!(w.to_set(1).unwrap(), set);
+        let mut bad = w.clone();
+        bad.files[0].path = "../escape".into();
+        assert!(bad.to_set(1).is_err());
+        let mut bad = w.clone();
+        bad.files[0].filespace = 3;
+        assert!(bad.to_set(1).unwrap_err().contains("filespace 3"));
+        let mut bad = w;
+        bad.files[0].runs.push((u64::MAX, 2));
+        assert!(bad.to_set(1).is_err());
+    }
+}

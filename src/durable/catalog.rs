@@ -1,0 +1,416 @@
+//! The catalog: every pair's roles, mode, status and generation, where its
+//! segments listen, and the history of every change (Greenplum's
+//! `gp_segment_configuration` plus its configuration history). Owned by
+//! the arbiter; written atomically and durably before any order that
+//! depends on it is sent, so a restarted arbiter never goes back in time.
+//!
+//! Format: one JSON document (`docs/catalog.md`).
+
+use crate::core::pair::{describe, HistoryEntry};
+use crate::core::pair::{Event, Outcome, Pair, PairMode};
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Most history entries kept (the oldest are dropped first).
+pub const MAX_HISTORY: usize = 10_000;
+
+/// Where one segment listens.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SegmentAddress {
+    pub dbid: u32,
+    pub host: String,
+    /// The control endpoint (probes and orders).
+    pub control: String,
+    /// The replication endpoint (the stream, when it is the mirror).
+    pub data: String,
+    /// Its data directory per filespace, `NAME=DIRECTORY`, in the
+    /// cluster's filespace order (empty in catalogs written by hand).
+    #[serde(default)]
+    pub filespaces: Vec<String>,
+}
+
+impl SegmentAddress {
+    /// The port of `HOST:PORT`, if it has one.
+    pub fn port_of(addr: &str) -> Option<u16> {
+        addr.rsplit_once(':').and_then(|(_, p)| p.parse().ok())
+    }
+
+    /// The control port: Greenplum's `port` column.
+    pub fn port(&self) -> Option<u16> {
+        Self::port_of(&self.control)
+    }
+
+    /// The replication port (where it listens as a mirror).
+    pub fn replication_port(&self) -> Option<u16> {
+        Self::port_of(&self.data)
+    }
+
+    /// The address the control endpoint binds (`HOST` of `HOST:PORT`).
+    pub fn address(&self) -> &str {
+        self.control.rsplit_once(':').map_or(self.control.as_str(), |(h, _)| h)
+    }
+}
+
+/// A content without a mirror (yet): its primary serves alone, tracking
+/// every change, until `filerep addmirrors` gives it one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CatalogSolo {
+    pub content: u32,
+    pub generation: u64,
+    pub up: bool,
+    pub address: SegmentAddress,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CatalogPair {
+    pub pair: Pair,
+    pub addresses: [SegmentAddress; 2],
+}
+
+impl CatalogPair {
+    pub fn address(&self, dbid: u32) -> Option<&SegmentAddress> {
+        self.addresses.iter().find(|a| a.dbid == dbid)
+    }
+
+    /// Why a resync of this pair (`full`: a full one) cannot start now, as
+    /// the arbiter answers `filerep recover`; `None` when it can (a pair
+    /// that is down is first restored from its acting primary).
+    pub fn recover_refusal(&self, full: bool) -> Option<String> {
+        let (pair, content) = (&self.pair, self.pair.content);
+        if pair.down {
+            let p = pair.acting_primary();
+            return (!p.up).then(|| {
+                format!(
+                    "content {content} is down and its acting primary {} does not answer: start that segment \
+                     (its data and change-log are the pair's), then run filerep recover again",
+                    p.dbid
+                )
+            });
+        }
+        if let Some(s) = pair.segments.iter().find(|s| !s.up) {
+            return Some(format!(
+                "content {content}: both segments must be up to resync, and dbid {} is down: start it (filerep start), then run filerep recover again",
+                s.dbid
+            ));
+        }
+        match pair.mode {
+            PairMode::Synchronized => Some(format!("content {content} is already synchronized")),
+            PairMode::NotInSync if !full => Some(format!(
+                "content {content} is not in sync and no change-log covers the differences: use a full resync (-F)"
+            )),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Catalog {
+    pub cluster_id: u64,
+    pub block_size: u32,
+    pub pairs: Vec<CatalogPair>,
+    /// Contents without a mirror.
+    #[serde(default)]
+    pub unmirrored: Vec<CatalogSolo>,
+    #[serde(default)]
+    pub history: Vec<HistoryEntry>,
+}
+
+/// Where the catalog is kept. The arbiter reads it once and replaces it
+/// before every order that depends on it. A file today; this is the seam
+/// for a replicated store later.
+pub trait CatalogStore: Send + Sync {
+    fn load(&self) -> Result<Catalog>;
+    fn store(&self, c: &Catalog) -> Result<()>;
+    /// Where it is, for messages.
+    fn describe(&self) -> String;
+}
+
+/// The catalog in one JSON file, replaced atomically, with an exclusive
+/// lock (`flock` on `<file>.lock`) held as long as this value lives: a
+/// second writer (another arbiter, an offline tool) is refused.
+pub struct FileStore {
+    path: PathBuf,
+    _lock: nix::fcntl::Flock<std::fs::File>,
+}
+
+impl FileStore {
+    pub fn lock(path: &Path) -> Result<FileStore> {
+        let lock_path = path.with_extension("lock");
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| Error::io(format!("opening the catalog lock {}", lock_path.display()), e))?;
+        let lock = nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
+            Error::InvalidArgument(format!(
+                "catalog {} is in use by another writer (an arbiter or an operator tool holds {}): {e}; stop it first",
+                path.display(),
+                lock_path.display()
+            ))
+        })?;
+        Ok(FileStore { path: path.to_path_buf(), _lock: lock })
+    }
+}
+
+impl CatalogStore for FileStore {
+    fn load(&self) -> Result<Catalog> {
+        Catalog::load(&self.path)
+    }
+    fn store(&self, c: &Catalog) -> Result<()> {
+        c.store(&self.path)
+    }
+    fn describe(&self) -> String {
+        self.path.display().to_string()
+    }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+impl Catalog {
+    /// Read and check a catalog file; every problem names the file and what is wrong.
+    pub fn load(path: &Path) -> Result<Catalog> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(format!("reading catalog {}", path.display()), e))?;
+        let c: Catalog = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::InvalidArgument(format!("catalog {}: {e}", path.display())))?;
+        c.check().map_err(|e| Error::InvalidArgument(format!("catalog {}: {e}", path.display())))?;
+        Ok(c)
+    }
+
+    /// The rules every catalog keeps.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        crate::config::check_block_size(self.block_size).map_err(|e| e.to_string())?;
+        let mut dbids = std::collections::BTreeSet::new();
+        let mut contents = std::collections::BTreeSet::new();
+        for s in &self.unmirrored {
+            if !contents.insert(s.content) {
+                return Err(format!("content {} appears twice", s.content));
+            }
+            if !dbids.insert(s.address.dbid) {
+                return Err(format!("dbid {} appears twice", s.address.dbid));
+            }
+            if s.generation == 0 {
+                return Err(format!("content {}: generation 0", s.content));
+            }
+        }
+        for p in &self.pairs {
+            if !contents.insert(p.pair.content) {
+                return Err(format!("content {} appears twice", p.pair.content));
+            }
+            p.pair.check().map_err(|e| format!("content {}: {e}", p.pair.content))?;
+            for (s, a) in p.pair.segments.iter().zip(&p.addresses) {
+                if s.dbid != a.dbid {
+                    return Err(format!(
+                        "content {}: segment {} has the addresses of {}",
+                        p.pair.content, s.dbid, a.dbid
+                    ));
+                }
+                if !dbids.insert(s.dbid) {
+                    return Err(format!("dbid {} appears twice", s.dbid));
+                }
+                for (what, addr) in [("control", &a.control), ("data", &a.data)] {
+                    if addr.parse::<std::net::SocketAddr>().is_err() && !addr.contains(':') {
+                        return Err(format!("dbid {}: {what} address {addr:?} is not HOST:PORT", a.dbid));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Replace the file atomically and durably (temporary file, fsync,
+    /// rename, fsync of the directory).
+    pub fn store(&self, path: &Path) -> Result<()> {
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let tmp = path.with_extension("tmp");
+        let io = |what: &str, e| Error::io(format!("{what} catalog {}", path.display()), e);
+        let bytes = serde_json::to_vec_pretty(self).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        let mut f = std::fs::File::create(&tmp).map_err(|e| io("writing", e))?;
+        std::io::Write::write_all(&mut f, &bytes).map_err(|e| io("writing", e))?;
+        f.sync_all().map_err(|e| io("syncing", e))?;
+        std::fs::rename(&tmp, path).map_err(|e| io("replacing", e))?;
+        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io("syncing the directory of", e))
+    }
+
+    pub fn pair(&self, content: u32) -> Option<&CatalogPair> {
+        self.pairs.iter().find(|p| p.pair.content == content)
+    }
+
+    /// Apply an event to a pair and record the change, if any, in the history.
+    pub fn apply(&mut self, content: u32, event: &Event) -> Option<Outcome> {
+        let p = self.pairs.iter_mut().find(|p| p.pair.content == content)?;
+        let before = describe(&p.pair);
+        let outcome = p.pair.apply(event);
+        if outcome.changed {
+            let after = describe(&p.pair);
+            tracing::warn!(content, %before, %after, reason = %outcome.reason, "pair transition");
+            self.push_history(content, before, after, outcome.reason.clone());
+        }
+        Some(outcome)
+    }
+
+    /// The content a dbid belongs to.
+    pub fn content_of(&self, dbid: u32) -> Option<u32> {
+        self.pairs
+            .iter()
+            .find(|p| p.pair.segments.iter().any(|s| s.dbid == dbid))
+            .map(|p| p.pair.content)
+            .or_else(|| self.unmirrored.iter().find(|s| s.address.dbid == dbid).map(|s| s.content))
+    }
+
+    /// Record a change that is not a pair transition (a content without a
+    /// mirror up or down, mirrors added) in the history.
+    pub fn note(&mut self, content: u32, before: String, after: String, reason: String) {
+        tracing::warn!(content, %before, %after, %reason, "catalog change");
+        self.push_history(content, before, after, reason);
+    }
+
+    /// Append to the history, dropping the oldest past [`MAX_HISTORY`].
+    fn push_history(&mut self, content: u32, before: String, after: String, reason: String) {
+        self.history.push(HistoryEntry { unix_ms: unix_ms(), content, before, after, reason });
+        if self.history.len() > MAX_HISTORY {
+            let excess = self.history.len() - MAX_HISTORY;
+            self.history.drain(..excess);
+        }
+    }
+
+    /// Every segment's address, with its content (pairs and unmirrored).
+    pub fn addresses(&self) -> impl Iterator<Item = (u32, &SegmentAddress)> {
+        self.pairs
+            .iter()
+            .flat_map(|p| p.addresses.iter().map(move |a| (p.pair.content, a)))
+            .chain(self.unmirrored.iter().map(|s| (s.content, &s.address)))
+    }
+
+    /// Give unmirrored `content` a mirror: the pair starts not in sync
+    /// (`n`, the mirror down until it answers), at the content's generation;
+    /// only a full resync can make it synchronized.
+    pub fn add_mirror(
+        &mut self,
+        content: u32,
+        mirror: SegmentAddress,
+        primary_data: Option<String>,
+    ) -> std::result::Result<(), String> {
+        let i = self
+            .unmirrored
+            .iter()
+            .position(|s| s.content == content)
+            .ok_or_else(|| format!("content {content} has a mirror already or does not exist"))?;
+        if self.addresses().any(|(_, a)| a.dbid == mirror.dbid) {
+            return Err(format!("dbid {} is taken", mirror.dbid));
+        }
+        if !self.unmirrored[i].up {
+            return Err(format!("content {content}: its primary is down; start it first"));
+        }
+        let mut solo = self.unmirrored.remove(i);
+        if let Some(d) = primary_data {
+            solo.address.data = d;
+        }
+        let mut pair = Pair::new(content, solo.address.dbid, mirror.dbid);
+        pair.generation = solo.generation;
+        pair.mode = crate::core::pair::PairMode::NotInSync;
+        pair.segments[0].up = solo.up;
+        pair.segments[1].up = false;
+        let after = describe(&pair);
+        let dbid = mirror.dbid;
+        let before = format!("gen {} primary {} without a mirror", solo.generation, solo.address.dbid);
+        self.pairs.push(CatalogPair { pair, addresses: [solo.address, mirror] });
+        self.pairs.sort_by_key(|p| p.pair.content);
+        self.note(content, before, after, format!("mirror {dbid} added: a full resync builds it (n -> r -> s)"));
+        Ok(())
+    }
+
+    /// A new catalog of one pair per `(content, primary, mirror)`.
+    pub fn new(cluster_id: u64, block_size: u32, pairs: Vec<(u32, SegmentAddress, SegmentAddress)>) -> Catalog {
+        let pairs = pairs
+            .into_iter()
+            .map(|(content, p, m)| CatalogPair { pair: Pair::new(content, p.dbid, m.dbid), addresses: [p, m] })
+            .collect();
+        Catalog { cluster_id, block_size, pairs, unmirrored: Vec::new(), history: Vec::new() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(dbid: u32) -> SegmentAddress {
+        SegmentAddress {
+            dbid,
+            host: "h".into(),
+            control: format!("127.0.0.1:{}", 7000 + dbid),
+            data: format!("127.0.0.1:{}", 8000 + dbid),
+            filespaces: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_catalog_round_trips_and_records_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("catalog.json");
+        let mut c = Catalog::new(7, 8192, vec![(0, addr(2), addr(3))]);
+        c.store(&path).unwrap();
+        assert_eq!(Catalog::load(&path).unwrap(), c);
+        let o = c.apply(0, &Event::ProbeFailed { dbid: 2 }).unwrap();
+        assert!(o.changed);
+        assert_eq!(c.pairs[0].pair.generation, 2, "a promotion increments the generation");
+        assert_eq!(c.history.len(), 1);
+        assert!(c.history[0].before.contains("gen 1") && c.history[0].after.contains("gen 2"));
+        c.store(&path).unwrap();
+        assert_eq!(Catalog::load(&path).unwrap().history.len(), 1);
+    }
+
+    #[test]
+    fn bad_catalogs_are_refused_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("catalog.json");
+        std::fs::write(&path, b"{ not json").unwrap();
+        let e = Catalog::load(&path).unwrap_err().to_string();
+        assert!(e.contains("catalog.json"), "{e}");
+        let mut c = Catalog::new(7, 8192, vec![(0, addr(2), addr(3)), (1, addr(2), addr(5))]);
+        assert!(c.check().unwrap_err().contains("dbid 2 appears twice"));
+        c.pairs.pop();
+        c.pairs[0].addresses[0].control = "nowhere".into();
+        assert!(c.check().unwrap_err().contains("not HOST:PORT"));
+        c.pairs[0].addresses[0].control = "127.0.0.1:1".into();
+        c.block_size = 1000;
+        assert!(c.check().is_err());
+    }
+
+    #[test]
+    fn a_content_without_a_mirror_gets_one_not_in_sync() {
+        let mut c = Catalog::new(7, 8192, vec![]);
+        c.unmirrored.push(CatalogSolo { content: 4, generation: 3, up: true, address: addr(6) });
+        c.check().unwrap();
+        assert_eq!(c.content_of(6), Some(4));
+        assert!(c.add_mirror(4, addr(6), None).unwrap_err().contains("taken"));
+        assert!(c.add_mirror(5, addr(9), None).unwrap_err().contains("content 5"));
+        c.unmirrored[0].up = false;
+        assert!(c.add_mirror(4, addr(9), None).unwrap_err().contains("down"));
+        c.unmirrored[0].up = true;
+        c.add_mirror(4, addr(9), Some("127.0.0.1:9999".into())).unwrap();
+        assert!(c.unmirrored.is_empty());
+        let p = c.pair(4).unwrap();
+        assert_eq!((p.pair.mode, p.pair.generation), (crate::core::pair::PairMode::NotInSync, 3));
+        assert_eq!((p.pair.segments[0].up, p.pair.segments[1].up), (true, false));
+        assert_eq!(p.addresses[0].data, "127.0.0.1:9999", "the primary's new replication port");
+        assert!(c.history.last().unwrap().reason.contains("mirror 9 added"));
+        c.check().unwrap();
+    }
+
+    #[test]
+    fn one_writer_per_catalog_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("catalog.json");
+        Catalog::new(7, 8192, vec![(0, addr(2), addr(3))]).store(&path).unwrap();
+        let first = FileStore::lock(&path).unwrap();
+        let e = FileStore::lock(&path).err().expect("a second writer is refused").to_string();
+        assert!(e.contains("in use") && e.contains("catalog.json"), "{e}");
+        assert_eq!(first.load().unwrap().pairs.len(), 1);
+        drop(first);
+        FileStore::lock(&path).expect("free again once the first is gone");
+    }
+}

@@ -1,0 +1,1387 @@
+//! The change-log: a durable record of every block and namespace change the
+//! peer has not durably received (change tracking, brief rule 4).
+//!
+//! It lives in a file of its own (behind the [`Disk`] trait, so the simulator
+//! can crash it and tear its tail). The file is a header followed by groups;
+//! a group is one append, made durable by one `fdatasync`, holding any number
+//! of records. Every group carries the xxh3 of its payload: replay stops at
+//! the first group that is short or does not match (a torn tail), and the
+//! file is cut back to the last good group. Compaction rewrites the file
+//! with one record per run of consecutive changed blocks, so its size grows
+//! with the distinct blocks changed, not with the writes.
+//! `docs/changelog.md` describes the format byte by byte.
+//!
+//! Concurrency is group commit: any number of threads record changes; one of
+//! them (the leader) writes and syncs everything pending while the others
+//! wait for it; a block already recorded durably needs no wait at all.
+
+use crate::io::disk::{Disk, DiskError, DiskFile, FsPath, OpenMode};
+use crate::protocol::path::RelPath;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use xxhash_rust::xxh3::xxh3_64;
+
+pub const FILE_MAGIC: [u8; 4] = *b"FRCL";
+pub const GROUP_MAGIC: [u8; 4] = *b"FRCG";
+pub const VERSION: u16 = 1;
+pub const HEADER_LEN: usize = 24;
+pub const GROUP_HEADER_LEN: usize = 24;
+/// Largest group payload (a torn or hostile length is refused before use).
+pub const MAX_GROUP: usize = 16 << 20;
+/// Most files one change-log can name.
+pub const MAX_FILES: usize = 1 << 22;
+
+const REC_FILE: u8 = 1;
+const REC_BLOCKS: u8 = 2;
+const REC_TOUCHED: u8 = 3;
+const REC_EXTENT: u8 = 4;
+/// A resync's progress: these blocks (and extents wholly inside) no longer differ.
+const REC_CLEARED: u8 = 5;
+/// A resync's progress: this path's namespace state no longer differs.
+const REC_CLEARED_PATH: u8 = 6;
+
+/// Blocks per extent. The first write into an extent waits for a durable
+/// extent record; later writes into it record their block exactly, lazily
+/// (with the next group commit). After a crash every block of a recorded
+/// extent counts as changed (the activity-log design of brief rule 4).
+pub const EXTENT_BLOCKS: u64 = 32;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeLogError {
+    #[error("change-log {op}: {source}")]
+    Disk {
+        op: &'static str,
+        #[source]
+        source: DiskError,
+    },
+    #[error("change-log is not usable: {0}")]
+    Corrupt(String),
+    #[error("change-log is full: more than {MAX_FILES} files")]
+    TooManyFiles,
+    /// An earlier append failed: nothing more is claimed durable (rule 8).
+    #[error("change-log failed earlier ({0}); a full resync is required")]
+    Failed(String),
+}
+
+type Result<T> = std::result::Result<T, ChangeLogError>;
+
+fn disk_err(op: &'static str) -> impl FnOnce(DiskError) -> ChangeLogError {
+    move |source| ChangeLogError::Disk { op, source }
+}
+
+/// What the change-log knows: the changed blocks of each file and the paths
+/// whose namespace state changed (created, dropped, truncated, renamed,
+/// directories; `subtree` when everything under the path may differ).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ChangeSet {
+    pub blocks: BTreeMap<FsPath, BTreeSet<u64>>,
+    pub touched: BTreeMap<FsPath, bool>,
+    /// Extents (of [`EXTENT_BLOCKS`] blocks) every block of which may have
+    /// changed: their exact records may not have reached the disk.
+    pub extents: BTreeMap<FsPath, BTreeSet<u64>>,
+}
+
+impl ChangeSet {
+    /// Whether `block` of `file` is named, exactly or by its extent.
+    pub fn covers_block(&self, file: &FsPath, block: u64) -> bool {
+        self.blocks.get(file).is_some_and(|b| b.contains(&block))
+            || self.extents.get(file).is_some_and(|e| e.contains(&(block / EXTENT_BLOCKS)))
+    }
+
+    /// Forget blocks `first..end` of `file`, and its extents wholly inside.
+    fn remove_blocks(&mut self, file: &FsPath, first: u64, end: u64) {
+        if let Some(b) = self.blocks.get_mut(file) {
+            let gone: Vec<u64> = b.range(first..end).copied().collect();
+            for x in gone {
+                b.remove(&x);
+            }
+            if b.is_empty() {
+                self.blocks.remove(file);
+            }
+        }
+        if let Some(es) = self.extents.get_mut(file) {
+            es.retain(|e| !(e * EXTENT_BLOCKS >= first && (e + 1) * EXTENT_BLOCKS <= end));
+            if es.is_empty() {
+                self.extents.remove(file);
+            }
+        }
+    }
+
+    pub fn distinct_blocks(&self) -> u64 {
+        self.blocks.values().map(|b| b.len() as u64).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.blocks.is_empty() && self.touched.is_empty() && self.extents.is_empty()
+    }
+}
+
+/// What replay found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recovery {
+    pub groups: u64,
+    /// Bytes cut from the end: a group torn by a crash.
+    pub torn_bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ChangeLogStats {
+    /// Blocks named exactly.
+    pub distinct_blocks: u64,
+    /// Extents of [`EXTENT_BLOCKS`] blocks named as "may differ" (activity log, crash recovery).
+    #[serde(default)]
+    pub extents: u64,
+    pub touched_paths: u64,
+    pub bytes_on_disk: u64,
+    pub groups_written: u64,
+}
+
+/// Encodes records into a payload, remembering where each record starts so
+/// the payload can be split into groups of at most [`MAX_GROUP`] bytes.
+#[derive(Default)]
+struct Encoder {
+    buf: Vec<u8>,
+    starts: Vec<usize>,
+}
+
+impl Encoder {
+    fn start(&mut self) {
+        self.starts.push(self.buf.len());
+    }
+
+    /// The payload as consecutive groups numbered from `first`, split at
+    /// record boundaries; returns the bytes and the number of groups.
+    fn groups(&self, first: u64) -> (Vec<u8>, u64) {
+        let mut out = Vec::with_capacity(self.buf.len() + GROUP_HEADER_LEN);
+        let (mut n, mut begin, mut prev) = (0u64, 0usize, 0usize);
+        for end in self.starts.iter().skip(1).copied().chain(std::iter::once(self.buf.len())) {
+            if end - begin > MAX_GROUP && prev > begin {
+                out.extend(group_bytes(first + n, &self.buf[begin..prev]));
+                n += 1;
+                begin = prev;
+            }
+            prev = end;
+        }
+        if prev > begin {
+            out.extend(group_bytes(first + n, &self.buf[begin..prev]));
+            n += 1;
+        }
+        (out, n)
+    }
+
+    fn file(&mut self, no: u32, p: &FsPath) {
+        self.start();
+        let path = p.path.as_str().as_bytes();
+        self.buf.push(REC_FILE);
+        self.buf.extend_from_slice(&no.to_le_bytes());
+        self.buf.extend_from_slice(&p.filespace.to_le_bytes());
+        self.buf.extend_from_slice(&(path.len() as u16).to_le_bytes());
+        self.buf.extend_from_slice(path);
+    }
+
+    fn blocks(&mut self, no: u32, first: u64, count: u32) {
+        self.start();
+        self.buf.push(REC_BLOCKS);
+        self.buf.extend_from_slice(&no.to_le_bytes());
+        self.buf.extend_from_slice(&first.to_le_bytes());
+        self.buf.extend_from_slice(&count.to_le_bytes());
+    }
+
+    fn extent(&mut self, no: u32, extent: u64) {
+        self.start();
+        self.buf.push(REC_EXTENT);
+        self.buf.extend_from_slice(&no.to_le_bytes());
+        self.buf.extend_from_slice(&extent.to_le_bytes());
+    }
+
+    fn cleared(&mut self, no: u32, first: u64, count: u32) {
+        self.start();
+        self.buf.push(REC_CLEARED);
+        self.buf.extend_from_slice(&no.to_le_bytes());
+        self.buf.extend_from_slice(&first.to_le_bytes());
+        self.buf.extend_from_slice(&count.to_le_bytes());
+    }
+
+    fn cleared_path(&mut self, p: &FsPath) {
+        self.start();
+        let path = p.path.as_str().as_bytes();
+        self.buf.push(REC_CLEARED_PATH);
+        self.buf.extend_from_slice(&p.filespace.to_le_bytes());
+        self.buf.push(0);
+        self.buf.extend_from_slice(&(path.len() as u16).to_le_bytes());
+        self.buf.extend_from_slice(path);
+    }
+
+    fn touched(&mut self, p: &FsPath, subtree: bool) {
+        self.start();
+        let path = p.path.as_str().as_bytes();
+        self.buf.push(REC_TOUCHED);
+        self.buf.extend_from_slice(&p.filespace.to_le_bytes());
+        self.buf.push(subtree as u8);
+        self.buf.extend_from_slice(&(path.len() as u16).to_le_bytes());
+        self.buf.extend_from_slice(path);
+    }
+}
+
+fn group_bytes(seq: u64, payload: &[u8]) -> Vec<u8> {
+    let mut g = Vec::with_capacity(GROUP_HEADER_LEN + payload.len());
+    g.extend_from_slice(&GROUP_MAGIC);
+    g.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    g.extend_from_slice(&seq.to_le_bytes());
+    g.extend_from_slice(&xxh3_64(payload).to_le_bytes());
+    g.extend_from_slice(payload);
+    g
+}
+
+fn file_header(block_size: u32) -> [u8; HEADER_LEN] {
+    let mut h = [0u8; HEADER_LEN];
+    h[0..4].copy_from_slice(&FILE_MAGIC);
+    h[4..6].copy_from_slice(&VERSION.to_le_bytes());
+    h[8..12].copy_from_slice(&block_size.to_le_bytes());
+    let sum = xxh3_64(&h[..16]);
+    h[16..24].copy_from_slice(&sum.to_le_bytes());
+    h
+}
+
+/// The single-threaded core: state, encoding, replay, compaction.
+struct Inner {
+    disk: Arc<dyn Disk>,
+    path: FsPath,
+    file: Arc<dyn DiskFile>,
+    block_size: u32,
+    set: ChangeSet,
+    file_nos: HashMap<FsPath, u32>,
+    /// Records not yet durable, and which blocks they add (for waiters).
+    pending: Encoder,
+    pending_blocks: Vec<(FsPath, u64)>,
+    len: u64,
+    next_group: u64,
+    groups_written: u64,
+    /// Extents found by replay: their lazy exact records may have been lost
+    /// in the crash, so they stay (through compactions) until `clear`.
+    recovered: BTreeMap<FsPath, BTreeSet<u64>>,
+    /// Paths found by replay: kept when active entries are retired.
+    recovered_touched: BTreeMap<FsPath, bool>,
+    /// Resync: files whose exact blocks were recorded before the mirror was
+    /// taken back (change tracking, replay, a peer's set), until a resync
+    /// checkpoint clears them: their copies on the mirror may be stale.
+    /// Exact records the activity log adds while streaming are not owed.
+    owed_files: BTreeSet<FsPath>,
+    /// Resync: rename targets recorded since the engine last took them
+    /// ([`ChangeLog::redo_if_owed`]); in memory only, their records are
+    /// durable and pinned.
+    redo: BTreeSet<FsPath>,
+}
+
+impl Inner {
+    /// Files in snapshot order: with exact blocks or recovered extents.
+    fn snapshot_files(&self, extents: &BTreeMap<FsPath, BTreeSet<u64>>) -> Vec<FsPath> {
+        let mut files: BTreeSet<&FsPath> = self.set.blocks.keys().collect();
+        files.extend(extents.keys());
+        files.into_iter().cloned().collect()
+    }
+
+    fn file_no(&mut self, p: &FsPath) -> Result<u32> {
+        if let Some(&n) = self.file_nos.get(p) {
+            return Ok(n);
+        }
+        if self.file_nos.len() >= MAX_FILES {
+            return Err(ChangeLogError::TooManyFiles);
+        }
+        // One past the highest number in use: numbers are never reused.
+        let n = self.file_nos.values().copied().max().map_or(0, |m| m + 1);
+        self.file_nos.insert(p.clone(), n);
+        self.pending.file(n, p);
+        Ok(n)
+    }
+
+    fn replay(&mut self) -> Result<Recovery> {
+        let total = self.file.len().map_err(disk_err("length"))?;
+        let mut header = [0u8; HEADER_LEN];
+        if self.file.read_at(0, &mut header).map_err(disk_err("read header"))? != HEADER_LEN
+            || header[..4] != FILE_MAGIC
+            || u64::from_le_bytes(header[16..24].try_into().unwrap_or_default()) != xxh3_64(&header[..16])
+        {
+            return Err(ChangeLogError::Corrupt("bad file header".into()));
+        }
+        let version = u16::from_le_bytes([header[4], header[5]]);
+        if version != VERSION {
+            return Err(ChangeLogError::Corrupt(format!("version {version} is not {VERSION}")));
+        }
+        self.block_size = u32::from_le_bytes(header[8..12].try_into().unwrap_or_default());
+        let mut at = HEADER_LEN as u64;
+        let mut names: HashMap<u32, FsPath> = HashMap::new();
+        let mut rec = Recovery::default();
+        loop {
+            let mut gh = [0u8; GROUP_HEADER_LEN];
+            if total - at < GROUP_HEADER_LEN as u64 {
+                break;
+            }
+            self.file.read_at(at, &mut gh).map_err(disk_err("read"))?;
+            let Some(payload) = self.group_at(at, total, &gh)? else {
+                // Only the last append can be torn: a good group further on
+                // means the damage is in the middle, and that is corruption.
+                if let Some(good) = self.next_good_group(at + 1, total)? {
+                    return Err(ChangeLogError::Corrupt(format!(
+                        "a damaged group at byte {at} is followed by a good one at byte {good}"
+                    )));
+                }
+                break;
+            };
+            let len = payload.len();
+            let seq = u64::from_le_bytes(gh[8..16].try_into().unwrap_or_default());
+            self.apply_payload(&payload, &mut names)?;
+            at += (GROUP_HEADER_LEN + len) as u64;
+            self.next_group = seq + 1;
+            rec.groups += 1;
+        }
+        rec.torn_bytes = total - at;
+        if rec.torn_bytes > 0 {
+            tracing::warn!(torn = rec.torn_bytes, "change-log: cutting a torn tail");
+            self.file.set_len(at).map_err(disk_err("truncate torn tail"))?;
+            self.file.sync_data().map_err(disk_err("fdatasync"))?;
+        }
+        self.len = at;
+        self.file_nos = names.into_iter().map(|(n, p)| (p, n)).collect();
+        self.recovered = self.set.extents.clone();
+        self.recovered_touched = self.set.touched.clone();
+        self.owed_files = self.set.blocks.keys().cloned().collect();
+        Ok(rec)
+    }
+
+    /// The payload of a whole, checksum-matching group at `at`, if there is one.
+    fn group_at(&self, at: u64, total: u64, gh: &[u8; GROUP_HEADER_LEN]) -> Result<Option<Vec<u8>>> {
+        let len = u32::from_le_bytes(gh[4..8].try_into().unwrap_or_default()) as usize;
+        if gh[..4] != GROUP_MAGIC || len > MAX_GROUP || total - at - (GROUP_HEADER_LEN as u64) < len as u64 {
+            return Ok(None);
+        }
+        let mut payload = vec![0u8; len];
+        self.file.read_at(at + GROUP_HEADER_LEN as u64, &mut payload).map_err(disk_err("read"))?;
+        if u64::from_le_bytes(gh[16..24].try_into().unwrap_or_default()) != xxh3_64(&payload) {
+            return Ok(None);
+        }
+        Ok(Some(payload))
+    }
+
+    /// The offset of the first good group at or after `from`, scanning for
+    /// its magic (recovery only).
+    fn next_good_group(&self, from: u64, total: u64) -> Result<Option<u64>> {
+        let mut rest = vec![0u8; (total - from.min(total)) as usize];
+        self.file.read_at(from, &mut rest).map_err(disk_err("read"))?;
+        let mut i = 0;
+        while i + GROUP_HEADER_LEN <= rest.len() {
+            if rest[i..i + 4] == GROUP_MAGIC {
+                let mut gh = [0u8; GROUP_HEADER_LEN];
+                gh.copy_from_slice(&rest[i..i + GROUP_HEADER_LEN]);
+                if self.group_at(from + i as u64, total, &gh)?.is_some() {
+                    return Ok(Some(from + i as u64));
+                }
+            }
+            i += 1;
+        }
+        Ok(None)
+    }
+
+    fn apply_payload(&mut self, mut b: &[u8], names: &mut HashMap<u32, FsPath>) -> Result<()> {
+        let bad = |what: &str| ChangeLogError::Corrupt(format!("a checksummed group holds {what}"));
+        fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+            if b.len() < n {
+                return None;
+            }
+            let (h, t) = b.split_at(n);
+            *b = t;
+            Some(h)
+        }
+        while let Some(kind) = take(&mut b, 1) {
+            match kind[0] {
+                REC_FILE => {
+                    let f = take(&mut b, 8).ok_or_else(|| bad("a cut file record"))?;
+                    let no = u32::from_le_bytes(f[0..4].try_into().unwrap_or_default());
+                    let fs = u16::from_le_bytes([f[4], f[5]]);
+                    let len = u16::from_le_bytes([f[6], f[7]]) as usize;
+                    let raw = take(&mut b, len).ok_or_else(|| bad("a cut path"))?;
+                    let path = RelPath::from_bytes(raw).map_err(|e| bad(&format!("a bad path ({e})")))?;
+                    if names.len() >= MAX_FILES {
+                        return Err(ChangeLogError::TooManyFiles);
+                    }
+                    names.insert(no, FsPath::new(fs, path));
+                }
+                REC_BLOCKS => {
+                    let f = take(&mut b, 16).ok_or_else(|| bad("a cut block record"))?;
+                    let no = u32::from_le_bytes(f[0..4].try_into().unwrap_or_default());
+                    let first = u64::from_le_bytes(f[4..12].try_into().unwrap_or_default());
+                    let count = u32::from_le_bytes(f[12..16].try_into().unwrap_or_default());
+                    let p = names.get(&no).ok_or_else(|| bad(&format!("blocks of unnamed file {no}")))?;
+                    let end = first.checked_add(count as u64).ok_or_else(|| bad("a block run past the end"))?;
+                    self.set.blocks.entry(p.clone()).or_default().extend(first..end);
+                }
+                REC_TOUCHED => {
+                    let f = take(&mut b, 5).ok_or_else(|| bad("a cut path record"))?;
+                    let fs = u16::from_le_bytes([f[0], f[1]]);
+                    let subtree = f[2] != 0;
+                    let len = u16::from_le_bytes([f[3], f[4]]) as usize;
+                    let raw = take(&mut b, len).ok_or_else(|| bad("a cut path"))?;
+                    let path = RelPath::from_bytes(raw).map_err(|e| bad(&format!("a bad path ({e})")))?;
+                    let e = self.set.touched.entry(FsPath::new(fs, path)).or_insert(false);
+                    *e |= subtree;
+                }
+                REC_EXTENT => {
+                    let f = take(&mut b, 12).ok_or_else(|| bad("a cut extent record"))?;
+                    let no = u32::from_le_bytes(f[0..4].try_into().unwrap_or_default());
+                    let extent = u64::from_le_bytes(f[4..12].try_into().unwrap_or_default());
+                    let p = names.get(&no).ok_or_else(|| bad(&format!("an extent of unnamed file {no}")))?;
+                    self.set.extents.entry(p.clone()).or_default().insert(extent);
+                }
+                REC_CLEARED => {
+                    let f = take(&mut b, 16).ok_or_else(|| bad("a cut cleared record"))?;
+                    let no = u32::from_le_bytes(f[0..4].try_into().unwrap_or_default());
+                    let first = u64::from_le_bytes(f[4..12].try_into().unwrap_or_default());
+                    let count = u32::from_le_bytes(f[12..16].try_into().unwrap_or_default());
+                    let p = names.get(&no).ok_or_else(|| bad(&format!("cleared blocks of unnamed file {no}")))?;
+                    let end = first.checked_add(count as u64).ok_or_else(|| bad("a cleared run past the end"))?;
+                    let p = p.clone();
+                    self.set.remove_blocks(&p, first, end);
+                }
+                REC_CLEARED_PATH => {
+                    let f = take(&mut b, 5).ok_or_else(|| bad("a cut cleared path record"))?;
+                    let fs = u16::from_le_bytes([f[0], f[1]]);
+                    let len = u16::from_le_bytes([f[3], f[4]]) as usize;
+                    let raw = take(&mut b, len).ok_or_else(|| bad("a cut path"))?;
+                    let path = RelPath::from_bytes(raw).map_err(|e| bad(&format!("a bad path ({e})")))?;
+                    self.set.touched.remove(&FsPath::new(fs, path));
+                }
+                other => return Err(bad(&format!("unknown record kind {other}"))),
+            }
+        }
+        Ok(())
+    }
+
+    /// The current set as one payload: runs of consecutive blocks, touched
+    /// paths, and `extents` (recovered from a crash, or still active).
+    fn snapshot_payload(&self, extents: &BTreeMap<FsPath, BTreeSet<u64>>) -> Encoder {
+        let mut enc = Encoder::default();
+        let empty = BTreeSet::new();
+        for (no, p) in self.snapshot_files(extents).iter().enumerate() {
+            let no = no as u32;
+            enc.file(no, p);
+            for e in extents.get(p).unwrap_or(&empty) {
+                enc.extent(no, *e);
+            }
+            let blocks = self.set.blocks.get(p).unwrap_or(&empty);
+            let mut it = blocks.iter().copied();
+            if let Some(mut first) = it.next() {
+                let mut count = 1u32;
+                for b in it {
+                    if b == first + count as u64 && count < u32::MAX {
+                        count += 1;
+                    } else {
+                        enc.blocks(no, first, count);
+                        first = b;
+                        count = 1;
+                    }
+                }
+                enc.blocks(no, first, count);
+            }
+        }
+        for (p, subtree) in &self.set.touched {
+            enc.touched(p, *subtree);
+        }
+        enc
+    }
+}
+
+struct Shared {
+    inner: Inner,
+    /// Pending records have numbers up to `recorded`; durable up to `durable`.
+    recorded: u64,
+    durable: u64,
+    leader: bool,
+    failed: Option<String>,
+    /// Blocks whose record is pending, with the number that makes them durable.
+    pending_index: HashMap<(FsPath, u64), u64>,
+    /// Extents whose record is pending, likewise.
+    extent_pending: HashMap<(FsPath, u64), u64>,
+}
+
+impl Shared {
+    /// An earlier append failed: nothing more is claimed durable (rule 8).
+    fn usable(&self) -> Result<()> {
+        match &self.failed {
+            Some(f) => Err(ChangeLogError::Failed(f.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Queue the exact record of a block not yet known; whether it was new.
+    fn add_block(&mut self, file: &FsPath, block: u64) -> Result<bool> {
+        if self.inner.set.blocks.get(file).is_some_and(|b| b.contains(&block)) {
+            return Ok(false);
+        }
+        let no = self.inner.file_no(file)?;
+        self.inner.pending.blocks(no, block, 1);
+        self.inner.set.blocks.entry(file.clone()).or_default().insert(block);
+        self.recorded += 1;
+        self.pending_index.insert((file.clone(), block), self.recorded);
+        self.inner.pending_blocks.push((file.clone(), block));
+        Ok(true)
+    }
+
+    /// Queue an extent record unless the extent is recorded; the record
+    /// number to wait for (0: already durable).
+    fn add_extent(&mut self, file: &FsPath, extent: u64) -> Result<u64> {
+        let key = (file.clone(), extent);
+        if self.inner.set.extents.get(file).is_some_and(|e| e.contains(&extent)) {
+            return Ok(self.extent_pending.get(&key).copied().unwrap_or(0));
+        }
+        let no = self.inner.file_no(file)?;
+        self.inner.pending.extent(no, extent);
+        self.inner.set.extents.entry(file.clone()).or_default().insert(extent);
+        self.recorded += 1;
+        self.extent_pending.insert(key, self.recorded);
+        Ok(self.recorded)
+    }
+
+    /// Queue a touched record unless the path is recorded at least as broadly.
+    fn add_touched(&mut self, path: &FsPath, subtree: bool) {
+        if self.inner.set.touched.get(path).is_some_and(|t| *t || !subtree) {
+            return;
+        }
+        self.inner.pending.touched(path, subtree);
+        *self.inner.set.touched.entry(path.clone()).or_insert(false) |= subtree;
+        self.recorded += 1;
+    }
+}
+
+/// A change-log shared by any number of threads.
+pub struct ChangeLog {
+    shared: Mutex<Shared>,
+    committed: Condvar,
+}
+
+fn lock(m: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl ChangeLog {
+    /// Create an empty change-log at `path` (replacing any file there).
+    pub fn create(disk: Arc<dyn Disk>, path: FsPath, block_size: u32) -> Result<ChangeLog> {
+        let (file, _, _) = Self::write_fresh(&disk, &path, block_size, &Encoder::default())?;
+        let inner = Inner {
+            disk,
+            path,
+            file,
+            block_size,
+            set: ChangeSet::default(),
+            file_nos: HashMap::new(),
+            pending: Encoder::default(),
+            pending_blocks: Vec::new(),
+            len: HEADER_LEN as u64,
+            next_group: 1,
+            groups_written: 0,
+            recovered: BTreeMap::new(),
+            recovered_touched: BTreeMap::new(),
+            owed_files: BTreeSet::new(),
+            redo: BTreeSet::new(),
+        };
+        Ok(Self::wrap(inner))
+    }
+
+    /// Open and replay an existing change-log, cutting a torn tail.
+    pub fn open(disk: Arc<dyn Disk>, path: FsPath) -> Result<(ChangeLog, Recovery)> {
+        let file = disk.open(&path, OpenMode::Existing).map_err(disk_err("open"))?;
+        let mut inner = Inner {
+            disk,
+            path,
+            file,
+            block_size: 0,
+            set: ChangeSet::default(),
+            file_nos: HashMap::new(),
+            pending: Encoder::default(),
+            pending_blocks: Vec::new(),
+            len: 0,
+            next_group: 1,
+            groups_written: 0,
+            recovered: BTreeMap::new(),
+            recovered_touched: BTreeMap::new(),
+            owed_files: BTreeSet::new(),
+            redo: BTreeSet::new(),
+        };
+        let rec = inner.replay()?;
+        Ok((Self::wrap(inner), rec))
+    }
+
+    fn wrap(inner: Inner) -> ChangeLog {
+        ChangeLog {
+            shared: Mutex::new(Shared {
+                inner,
+                recorded: 0,
+                durable: 0,
+                leader: false,
+                failed: None,
+                pending_index: HashMap::new(),
+                extent_pending: HashMap::new(),
+            }),
+            committed: Condvar::new(),
+        }
+    }
+
+    /// Write header + optional single group to `path` atomically (a temporary
+    /// file, fsync, rename, fsync of the directory).
+    fn write_fresh(
+        disk: &Arc<dyn Disk>,
+        path: &FsPath,
+        block_size: u32,
+        payload: &Encoder,
+    ) -> Result<(Arc<dyn DiskFile>, u64, u64)> {
+        let tmp_name = format!("{}.tmp", path.path.as_str());
+        let tmp = FsPath::new(
+            path.filespace,
+            RelPath::new(&tmp_name).map_err(|e| ChangeLogError::Corrupt(format!("change-log path: {e}")))?,
+        );
+        let f = disk.open(&tmp, OpenMode::CreateTruncate).map_err(disk_err("create"))?;
+        let mut bytes = file_header(block_size).to_vec();
+        let (groups, n) = payload.groups(1);
+        bytes.extend(groups);
+        f.write_at(0, &bytes).map_err(disk_err("write"))?;
+        f.sync_data().map_err(disk_err("fdatasync"))?;
+        disk.rename(&tmp, path).map_err(disk_err("rename"))?;
+        disk.sync_parent_dir(path).map_err(disk_err("fsync directory"))?;
+        Ok((f, bytes.len() as u64, n))
+    }
+
+    /// Record that `block` of `file` changed, and return once that record is
+    /// durable. A block already recorded durably returns at once; one whose
+    /// record is pending waits for the same group commit.
+    pub fn record_block(&self, file: &FsPath, block: u64) -> Result<()> {
+        let mut s = lock(&self.shared);
+        s.usable()?;
+        // The exact record goes out with the next group commit; nobody waits for it.
+        if !s.add_block(file, block)? && !s.pending_index.contains_key(&(file.clone(), block)) {
+            return Ok(());
+        }
+        // Covered once its extent's record is durable.
+        match s.add_extent(file, block / EXTENT_BLOCKS)? {
+            0 => Ok(()),
+            n => self.wait_durable(s, n),
+        }
+    }
+
+    /// Record a namespace change of `path` (and, with `subtree`, of
+    /// everything under it), durably.
+    pub fn record_touched(&self, path: &FsPath, subtree: bool) -> Result<()> {
+        let mut s = lock(&self.shared);
+        s.usable()?;
+        s.add_touched(path, subtree);
+        // Already recorded at least as broadly or not, it must be durable.
+        let n = s.recorded;
+        self.wait_durable(s, n)
+    }
+
+    /// Record many changes with one group commit (a whole in-flight window
+    /// when the mirror is lost).
+    pub fn record_batch(
+        &self,
+        blocks: impl IntoIterator<Item = (FsPath, u64)>,
+        touched: impl IntoIterator<Item = (FsPath, bool)>,
+    ) -> Result<()> {
+        let mut s = lock(&self.shared);
+        s.usable()?;
+        for (file, block) in blocks {
+            s.add_block(&file, block)?;
+        }
+        for (path, subtree) in touched {
+            s.add_touched(&path, subtree);
+        }
+        // Everything recorded so far, ours included, must be durable.
+        let n = s.recorded;
+        self.wait_durable(s, n)
+    }
+
+    /// Wait until record `n` is durable, leading the group commit if nobody is.
+    fn wait_durable<'a>(&'a self, mut s: MutexGuard<'a, Shared>, n: u64) -> Result<()> {
+        loop {
+            if s.durable >= n {
+                return Ok(());
+            }
+            if let Some(f) = &s.failed {
+                return Err(ChangeLogError::Failed(f.clone()));
+            }
+            if !s.leader {
+                // Lead: take everything pending, write it with the lock released.
+                s.leader = true;
+                let payload = std::mem::take(&mut s.inner.pending);
+                let blocks = std::mem::take(&mut s.inner.pending_blocks);
+                let upto = s.recorded;
+                let Shared { inner, .. } = &mut *s;
+                let file = inner.file.clone();
+                let (g, ngroups) = payload.groups(inner.next_group);
+                let at = inner.len;
+                drop(s);
+                let r = file.write_at(at, &g).and_then(|_| file.sync_data());
+                s = lock(&self.shared);
+                s.leader = false;
+                match r {
+                    Ok(()) => {
+                        s.inner.len += g.len() as u64;
+                        s.inner.next_group += ngroups;
+                        s.inner.groups_written += ngroups;
+                        s.durable = upto;
+                        for b in blocks {
+                            s.pending_index.remove(&b);
+                        }
+                        s.extent_pending.retain(|_, n| *n > upto);
+                    }
+                    Err(e) => {
+                        // Rule 8: never retried into a success.
+                        tracing::error!(error = %e, "change-log append failed");
+                        s.failed = Some(e.to_string());
+                    }
+                }
+                self.committed.notify_all();
+                continue;
+            }
+            s = self.committed.wait(s).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Whether `block` of `file` is recorded (durably or pending).
+    pub fn contains_block(&self, file: &FsPath, block: u64) -> bool {
+        lock(&self.shared).inner.set.blocks.get(file).is_some_and(|b| b.contains(&block))
+    }
+
+    /// A copy of everything recorded.
+    pub fn change_set(&self) -> ChangeSet {
+        lock(&self.shared).inner.set.clone()
+    }
+
+    pub fn stats(&self) -> ChangeLogStats {
+        let s = lock(&self.shared);
+        ChangeLogStats {
+            distinct_blocks: s.inner.set.distinct_blocks(),
+            extents: s.inner.set.extents.values().map(|e| e.len() as u64).sum(),
+            touched_paths: s.inner.set.touched.len() as u64,
+            bytes_on_disk: s.inner.len,
+            groups_written: s.inner.groups_written,
+        }
+    }
+
+    pub fn block_size(&self) -> u32 {
+        lock(&self.shared).inner.block_size
+    }
+
+    /// Rewrite the file with one record per run of consecutive blocks
+    /// (atomically: a crash leaves the old file or the new one).
+    pub fn compact(&self) -> Result<()> {
+        let mut s = lock(&self.shared);
+        // Let a running group commit finish first: it appends to the old file.
+        while s.leader {
+            s = self.committed.wait(s).unwrap_or_else(|e| e.into_inner());
+        }
+        let extents = s.inner.recovered.clone();
+        self.compact_locked(&mut s, extents)
+    }
+
+    /// Rewrite the file keeping `extents` (and every exact block and touched
+    /// path); afterwards the in-memory extents are exactly those.
+    fn compact_locked(&self, s: &mut MutexGuard<'_, Shared>, extents: BTreeMap<FsPath, BTreeSet<u64>>) -> Result<()> {
+        s.usable()?;
+        let payload = s.inner.snapshot_payload(&extents);
+        let disk = s.inner.disk.clone();
+        let path = s.inner.path.clone();
+        let (file, len, groups) = match Self::write_fresh(&disk, &path, s.inner.block_size, &payload) {
+            Ok(x) => x,
+            Err(e) => {
+                // The directory may now name the new file or the old one:
+                // nothing appended from here on could be trusted (rule 8).
+                s.failed = Some(e.to_string());
+                self.committed.notify_all();
+                return Err(e);
+            }
+        };
+        let inner = &mut s.inner;
+        inner.file = file;
+        inner.len = len;
+        inner.next_group = 1 + groups;
+        // File numbers restart with the snapshot's numbering.
+        inner.file_nos = inner.snapshot_files(&extents).into_iter().enumerate().map(|(n, p)| (p, n as u32)).collect();
+        inner.pending = Encoder::default();
+        inner.pending_blocks.clear();
+        // Every block written since start is now recorded exactly and
+        // durably; only the extents kept still stand.
+        s.inner.set.extents = extents;
+        s.extent_pending.clear();
+        s.durable = s.recorded;
+        s.pending_index.clear();
+        self.committed.notify_all();
+        Ok(())
+    }
+
+    /// Forget everything (after a completed resync), durably.
+    pub fn clear(&self) -> Result<()> {
+        // One lock hold: no commit can slip in between forgetting and rewriting.
+        let mut s = lock(&self.shared);
+        while s.leader {
+            s = self.committed.wait(s).unwrap_or_else(|e| e.into_inner());
+        }
+        s.inner.set = ChangeSet::default();
+        s.inner.recovered.clear();
+        s.inner.recovered_touched.clear();
+        s.inner.owed_files.clear();
+        s.inner.file_nos.clear();
+        self.compact_locked(&mut s, BTreeMap::new())
+    }
+
+    /// Activity log (brief rule 5): make sure every extent holding blocks
+    /// `first..=last` of `file` is recorded durably, without recording the
+    /// blocks themselves. An extent already durable costs nothing; one whose
+    /// record is pending waits for the same group commit.
+    pub fn record_extents(&self, file: &FsPath, first: u64, last: u64) -> Result<()> {
+        let mut s = lock(&self.shared);
+        s.usable()?;
+        let mut wait_for = 0;
+        for extent in first / EXTENT_BLOCKS..=last / EXTENT_BLOCKS {
+            wait_for = wait_for.max(s.add_extent(file, extent)?);
+        }
+        if wait_for == 0 {
+            return Ok(());
+        }
+        self.wait_durable(s, wait_for)
+    }
+
+    /// Retire activity-log entries the peer now has durably: rewrite the
+    /// file without the extents in `extents` and the paths in `touched`
+    /// (anything recovered from a crash, and every exact block, stays).
+    pub fn retire_active(&self, extents: &BTreeMap<FsPath, BTreeSet<u64>>, touched: &BTreeSet<FsPath>) -> Result<()> {
+        let mut s = lock(&self.shared);
+        while s.leader {
+            s = self.committed.wait(s).unwrap_or_else(|e| e.into_inner());
+        }
+        let mut keep = s.inner.set.extents.clone();
+        for (p, es) in extents {
+            if let Some(k) = keep.get_mut(p) {
+                let recovered = s.inner.recovered.get(p);
+                k.retain(|e| !es.contains(e) || recovered.is_some_and(|r| r.contains(e)));
+                if k.is_empty() {
+                    keep.remove(p);
+                }
+            }
+        }
+        let Inner { set, recovered_touched, .. } = &mut s.inner;
+        set.touched.retain(|p, _| !touched.contains(p) || recovered_touched.contains_key(p));
+        self.compact_locked(&mut s, keep)
+    }
+
+    /// Add a peer's change set (an old primary's activity log handed over
+    /// when it returns as the mirror), durably, as exact blocks and paths.
+    pub fn merge(&self, set: &ChangeSet) -> Result<()> {
+        let mut s = lock(&self.shared);
+        s.usable()?;
+        for (p, bs) in &set.blocks {
+            for b in bs {
+                s.add_block(p, *b)?;
+            }
+            s.inner.owed_files.insert(p.clone());
+        }
+        // A peer's extents stay extents ("may differ"), kept like recovered
+        // ones: the resync compares their blocks rather than shipping them all.
+        for (p, es) in &set.extents {
+            for e in es {
+                s.add_extent(p, *e)?;
+                s.inner.recovered.entry(p.clone()).or_default().insert(*e);
+            }
+        }
+        for (p, t) in &set.touched {
+            s.add_touched(p, *t);
+            // Owed to the resync: retiring an activity entry of the same
+            // path must not drop it.
+            let e = s.inner.recovered_touched.entry(p.clone()).or_insert(false);
+            *e |= *t;
+        }
+        let n = s.recorded;
+        self.wait_durable(s, n)
+    }
+
+    /// Keep every extent recorded so far through later compactions, as if
+    /// recovered from a crash (until `clear`): entering change tracking,
+    /// the activity log's extents may cover writes not yet durable locally.
+    pub fn pin_extents(&self) {
+        let mut s = lock(&self.shared);
+        let Inner { set, recovered, .. } = &mut s.inner;
+        for (p, es) in &set.extents {
+            recovered.entry(p.clone()).or_default().extend(es.iter().copied());
+        }
+    }
+
+    /// Keep these recorded extents through compactions and retiring, as if
+    /// recovered from a crash (until a resync clears them): the activity
+    /// log's entries when a mirror is taken back ([`ChangeLog::pin_extents`]
+    /// pins them all when the mirror is marked down).
+    pub fn pin_extents_of(&self, extents: &BTreeMap<FsPath, BTreeSet<u64>>) {
+        let mut s = lock(&self.shared);
+        let Inner { set, recovered, .. } = &mut s.inner;
+        for (p, es) in extents {
+            let pinned: Vec<u64> =
+                set.extents.get(p).map(|have| es.intersection(have).copied().collect()).unwrap_or_default();
+            if !pinned.is_empty() {
+                recovered.entry(p.clone()).or_default().extend(pinned);
+            }
+        }
+    }
+
+    /// Keep every touched path recorded so far through retiring, as if
+    /// recovered from a crash (until a resync clears it): taking a mirror
+    /// back, the paths change tracking recorded are owed to the resync, and
+    /// an activity-log entry of the same path (hot before the loss, or
+    /// covered anew) must not take the record with it when it retires.
+    /// The files with exact blocks are owed likewise ([`ChangeLog::redo_if_owed`]).
+    pub fn pin_touched(&self) {
+        let mut s = lock(&self.shared);
+        let Inner { set, recovered_touched, owed_files, .. } = &mut s.inner;
+        for (p, t) in &set.touched {
+            *recovered_touched.entry(p.clone()).or_insert(false) |= *t;
+        }
+        owed_files.extend(set.blocks.keys().cloned());
+    }
+
+    /// What a resync must ship: every exact block and path, and only the
+    /// extents that stand for blocks not known exactly (recovered from a
+    /// crash, or pinned from the activity log). Extents this process
+    /// recorded in change tracking have all their written blocks exactly.
+    pub fn resync_set(&self) -> ChangeSet {
+        let s = lock(&self.shared);
+        ChangeSet {
+            blocks: s.inner.set.blocks.clone(),
+            touched: s.inner.set.touched.clone(),
+            extents: s.inner.recovered.clone(),
+        }
+    }
+
+    /// A resync's progress, durably: `blocks` of each file and `paths` no
+    /// longer differ from the peer (extents wholly inside a cleared run go
+    /// too, recovered or not). Appended as records, so a resync that stops
+    /// continues with what is left.
+    pub fn clear_entries(&self, blocks: &BTreeMap<FsPath, BTreeSet<u64>>, paths: &[FsPath]) -> Result<()> {
+        self.clear_entries_keeping(blocks, paths, &BTreeMap::new(), &BTreeSet::new())
+    }
+
+    /// [`ChangeLog::clear_entries`], except that the extents and paths in
+    /// `keep_extents` and `keep_paths` stay recorded (no longer as
+    /// recovered): the activity log's live entries, which cover writes
+    /// streamed meanwhile that are not yet durable on both sides. An extent
+    /// inside a cleared run is recorded again after the run's Cleared
+    /// record, in the same group, so a replay finds it.
+    pub fn clear_entries_keeping(
+        &self,
+        blocks: &BTreeMap<FsPath, BTreeSet<u64>>,
+        paths: &[FsPath],
+        keep_extents: &BTreeMap<FsPath, BTreeSet<u64>>,
+        keep_paths: &BTreeSet<FsPath>,
+    ) -> Result<()> {
+        let mut s = lock(&self.shared);
+        s.usable()?;
+        let none = BTreeSet::new();
+        for (file, set) in blocks {
+            // Every block the resync listed for it is done.
+            s.inner.owed_files.remove(file);
+            if set.is_empty() {
+                continue;
+            }
+            let no = s.inner.file_no(file)?;
+            let kept = keep_extents.get(file).unwrap_or(&none);
+            let mut it = set.iter().copied().peekable();
+            while let Some(first) = it.next() {
+                let mut count = 1u32;
+                while count < u32::MAX && it.peek() == Some(&(first + count as u64)) {
+                    it.next();
+                    count += 1;
+                }
+                let end = first + count as u64;
+                let inside = |e: &u64| *e * EXTENT_BLOCKS >= first && (*e + 1) * EXTENT_BLOCKS <= end;
+                s.inner.pending.cleared(no, first, count);
+                s.inner.set.remove_blocks(file, first, end);
+                let Inner { recovered, .. } = &mut s.inner;
+                if let Some(es) = recovered.get_mut(file) {
+                    es.retain(|e| !inside(e));
+                    if es.is_empty() {
+                        recovered.remove(file);
+                    }
+                }
+                s.recorded += 1;
+                for e in kept.iter().filter(|e| inside(e)) {
+                    s.inner.pending.extent(no, *e);
+                    s.inner.set.extents.entry(file.clone()).or_default().insert(*e);
+                    s.recorded += 1;
+                }
+            }
+        }
+        for p in paths {
+            // Recorded again after the resync took it: another pass owes it.
+            if s.inner.redo.contains(p) {
+                continue;
+            }
+            s.inner.recovered_touched.remove(p);
+            if keep_paths.contains(p) {
+                continue;
+            }
+            s.inner.pending.cleared_path(p);
+            s.inner.set.touched.remove(p);
+            s.recorded += 1;
+        }
+        let n = s.recorded;
+        self.wait_durable(s, n)
+    }
+
+    /// Forget everything but the activity log's live entries (a finished
+    /// resync while calls stream on), durably, in one rewrite: `extents`
+    /// and the touched `paths` stay, as active entries (no longer recovered).
+    /// Unless a rename recorded a path for another pass since the resync
+    /// last took them ([`ChangeLog::take_redo`]): then nothing is cleared
+    /// and the answer is `false`.
+    pub fn clear_keeping(&self, extents: &BTreeMap<FsPath, BTreeSet<u64>>, paths: &BTreeSet<FsPath>) -> Result<bool> {
+        let mut s = lock(&self.shared);
+        while s.leader {
+            s = self.committed.wait(s).unwrap_or_else(|e| e.into_inner());
+        }
+        if !s.inner.redo.is_empty() {
+            return Ok(false);
+        }
+        // A kept path keeps its subtree flag; one never recorded (its record
+        // failed) counts as a whole subtree.
+        let touched: BTreeMap<FsPath, bool> =
+            paths.iter().map(|p| (p.clone(), s.inner.set.touched.get(p).copied().unwrap_or(true))).collect();
+        s.inner.set = ChangeSet { touched, ..ChangeSet::default() };
+        s.inner.recovered.clear();
+        s.inner.recovered_touched.clear();
+        s.inner.owed_files.clear();
+        s.inner.file_nos.clear();
+        self.compact_locked(&mut s, extents.clone())?;
+        Ok(true)
+    }
+
+    /// Resync: a call renames `from` to `to`. If the resync still owes
+    /// `from` (or anything above or under it) to the mirror, or owes
+    /// everything (`all`: a full resync), the mirror's copy may be stale
+    /// and the rename moves it to a name the resync may never visit: `to`
+    /// is recorded (its whole subtree), durably and pinned (retiring an
+    /// activity entry keeps it), and kept for another pass. Checked and
+    /// recorded in one step with the lock held, so a resync's final clear
+    /// comes wholly before (then nothing is owed any more) or after (then
+    /// it sees the pass owed and clears nothing). Whether it was recorded.
+    pub fn redo_if_owed(&self, from: &FsPath, to: &FsPath, all: bool) -> Result<bool> {
+        let mut s = lock(&self.shared);
+        s.usable()?;
+        let inner = &s.inner;
+        let owed = all
+            || inner.owed_files.iter().chain(inner.recovered.keys()).any(|f| f.related(from))
+            || inner.recovered_touched.keys().any(|p| p.related(from))
+            || inner.redo.iter().any(|p| p.related(from));
+        if !owed {
+            return Ok(false);
+        }
+        s.add_touched(to, true);
+        s.inner.recovered_touched.insert(to.clone(), true);
+        s.inner.redo.insert(to.clone());
+        let n = s.recorded;
+        self.wait_durable(s, n)?;
+        Ok(true)
+    }
+
+    /// Resync: the paths [`ChangeLog::redo_if_owed`] recorded since the
+    /// last call, for another pass (their records stay until it clears
+    /// them). Called when a mirror is taken back too, to start afresh.
+    pub fn take_redo(&self) -> BTreeSet<FsPath> {
+        std::mem::take(&mut lock(&self.shared).inner.redo)
+    }
+
+    /// Whether nothing at all is recorded.
+    pub fn is_empty(&self) -> bool {
+        lock(&self.shared).inner.set.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::disk::{SimDisk, SimFault};
+    use rand::{Rng, SeedableRng};
+
+    fn p(s: &str) -> FsPath {
+        FsPath::new(0, RelPath::new(s).unwrap())
+    }
+
+    fn log_path() -> FsPath {
+        p("changelog")
+    }
+
+    #[test]
+    fn cleared_entries_stay_cleared_after_replay_and_compaction() {
+        let disk = Arc::new(SimDisk::new(1));
+        let log = ChangeLog::create(disk.clone(), log_path(), 8192).unwrap();
+        log.record_batch((0..64).map(|b| (p("f"), b)), [(p("d"), true), (p("e"), false)]).unwrap();
+        let mut done = BTreeMap::new();
+        done.insert(p("f"), (0..40).collect::<BTreeSet<u64>>());
+        log.clear_entries(&done, &[p("d")]).unwrap();
+        disk.crash(None);
+        let (log, _) = ChangeLog::open(disk.clone(), log_path()).unwrap();
+        let set = log.change_set();
+        assert_eq!(set.blocks.get(&p("f")).map(|b| b.len()), Some(24));
+        assert!(!set.covers_block(&p("f"), 39) && set.covers_block(&p("f"), 40));
+        assert_eq!(set.touched.keys().cloned().collect::<Vec<_>>(), vec![p("e")]);
+        log.compact().unwrap();
+        let (log, _) = ChangeLog::open(disk, log_path()).unwrap();
+        assert_eq!(log.change_set(), set, "compaction keeps exactly what is left");
+    }
+
+    /// A resync clearing a run that holds a live activity-log extent and
+    /// path: both stay recorded, through a crash too (the extent is written
+    /// again after the run's Cleared record), and are no longer pinned.
+    #[test]
+    fn clearing_keeps_the_activity_logs_live_entries_across_a_crash() {
+        let disk = Arc::new(SimDisk::new(1));
+        let log = ChangeLog::create(disk.clone(), log_path(), 8192).unwrap();
+        log.record_batch((0..64).map(|b| (p("f"), b)), [(p("d"), true)]).unwrap();
+        log.record_extents(&p("f"), 0, 63).unwrap();
+        let mut live = BTreeMap::new();
+        live.insert(p("f"), BTreeSet::from([1u64]));
+        log.pin_extents_of(&live);
+        log.pin_touched();
+        let mut done = BTreeMap::new();
+        done.insert(p("f"), (0..64).collect::<BTreeSet<u64>>());
+        log.clear_entries_keeping(&done, &[p("d")], &live, &BTreeSet::from([p("d")])).unwrap();
+        let set = log.change_set();
+        assert!(set.blocks.is_empty());
+        assert!(!set.covers_block(&p("f"), 0) && set.covers_block(&p("f"), 32), "{set:?}");
+        assert_eq!(set.touched.get(&p("d")), Some(&true));
+        assert!(log.resync_set().extents.is_empty(), "no longer pinned: {:?}", log.resync_set());
+        disk.crash(None);
+        let (log, _) = ChangeLog::open(disk.clone(), log_path()).unwrap();
+        assert_eq!(log.change_set(), set);
+        // The final clear keeps them likewise, in one rewrite.
+        assert!(log.clear_keeping(&live, &BTreeSet::from([p("d")])).unwrap());
+        disk.crash(None);
+        let (log, _) = ChangeLog::open(disk, log_path()).unwrap();
+        assert_eq!(log.change_set(), set);
+    }
+
+    /// Paths owed to a resync (pinned when the mirror is taken back, or
+    /// handed over by an old primary) survive retiring an activity entry of
+    /// the same path.
+    #[test]
+    fn pinned_and_handed_over_paths_survive_retiring() {
+        let disk = Arc::new(SimDisk::new(1));
+        let log = ChangeLog::create(disk.clone(), log_path(), 8192).unwrap();
+        log.record_touched(&p("tracked"), false).unwrap();
+        log.record_touched(&p("activity"), false).unwrap();
+        log.pin_touched();
+        let mut peer = ChangeSet::default();
+        peer.touched.insert(p("handed"), true);
+        log.merge(&peer).unwrap();
+        log.record_touched(&p("later"), false).unwrap();
+        let all = BTreeSet::from([p("tracked"), p("activity"), p("handed"), p("later")]);
+        log.retire_active(&BTreeMap::new(), &all).unwrap();
+        let left: Vec<FsPath> = log.change_set().touched.keys().cloned().collect();
+        assert_eq!(left, vec![p("activity"), p("handed"), p("tracked")]);
+    }
+
+    #[test]
+    fn records_survive_reopen() {
+        let disk = Arc::new(SimDisk::new(1));
+        let log = ChangeLog::create(disk.clone(), log_path(), 8192).unwrap();
+        log.record_block(&p("base/1"), 7).unwrap();
+        log.record_block(&p("base/1"), 8).unwrap();
+        log.record_block(&p("base/2"), 0).unwrap();
+        log.record_touched(&p("base/3"), false).unwrap();
+        log.record_touched(&p("dir"), true).unwrap();
+        let want = log.change_set();
+        drop(log);
+        disk.crash(None);
+        let (log, rec) = ChangeLog::open(disk.clone(), log_path()).unwrap();
+        assert_eq!(rec.torn_bytes, 0);
+        assert_eq!(log.change_set(), want);
+        assert_eq!(log.block_size(), 8192);
+        assert!(log.contains_block(&p("base/1"), 8));
+        assert!(!log.contains_block(&p("base/1"), 9));
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_and_earlier_groups_kept() {
+        let disk = Arc::new(SimDisk::new(1));
+        let log = ChangeLog::create(disk.clone(), log_path(), 8192).unwrap();
+        log.record_block(&p("f"), 1).unwrap();
+        let before = log.change_set();
+        // The next append is torn by a crash before its fdatasync completes.
+        disk.inject(SimFault::FailNextSync);
+        assert!(log.record_block(&p("f"), 2 * EXTENT_BLOCKS).is_err(), "a new extent waits for its record");
+        assert!(matches!(log.record_block(&p("f"), 3), Err(ChangeLogError::Failed(_))), "no retry into success");
+        drop(log);
+        disk.crash(Some(10));
+        let (log, rec) = ChangeLog::open(disk.clone(), log_path()).unwrap();
+        assert!(rec.torn_bytes > 0, "{rec:?}");
+        assert_eq!(log.change_set(), before);
+        // And it goes on working.
+        log.record_block(&p("f"), 5 * EXTENT_BLOCKS).unwrap();
+        drop(log);
+        let (log, rec) = ChangeLog::open(disk, log_path()).unwrap();
+        assert_eq!(rec.torn_bytes, 0);
+        assert!(log.change_set().covers_block(&p("f"), 5 * EXTENT_BLOCKS));
+    }
+
+    #[test]
+    fn corrupt_header_is_refused() {
+        let disk = Arc::new(SimDisk::new(1));
+        drop(ChangeLog::create(disk.clone(), log_path(), 8192).unwrap());
+        let f = disk.open(&log_path(), OpenMode::Existing).unwrap();
+        f.write_at(0, b"XXXX").unwrap();
+        assert!(matches!(ChangeLog::open(disk, log_path()), Err(ChangeLogError::Corrupt(_))));
+    }
+
+    /// A million writes over ten thousand blocks: after compaction the log
+    /// costs at most 32 bytes per distinct block, whatever the write count.
+    #[test]
+    fn compaction_bounds_size_by_distinct_blocks() {
+        let disk = Arc::new(SimDisk::new(1));
+        let log = ChangeLog::create(disk.clone(), log_path(), 8192).unwrap();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        // 10,000 scattered blocks (no two adjacent, the worst case for runs)
+        // over ten files, then a million writes among them.
+        let files: Vec<FsPath> = (0..10).map(|i| p(&format!("base/16384/{}", 16000 + i))).collect();
+        let blocks: Vec<(usize, u64)> = (0..10_000u64).map(|i| ((i % 10) as usize, (i / 10) * 2 * 131 + 1)).collect();
+        for _ in 0..1_000_000 {
+            let (f, b) = blocks[rng.gen_range(0..blocks.len())];
+            log.record_block(&files[f], b).unwrap();
+        }
+        let before = log.stats();
+        assert_eq!(before.distinct_blocks, 10_000, "{before:?}");
+        log.compact().unwrap();
+        let st = log.stats();
+        eprintln!(
+            "change-log: {} distinct blocks, {} bytes before compaction, {} after ({:.1} bytes a block)",
+            st.distinct_blocks,
+            before.bytes_on_disk,
+            st.bytes_on_disk,
+            st.bytes_on_disk as f64 / st.distinct_blocks as f64
+        );
+        assert!(st.bytes_on_disk <= 32 * st.distinct_blocks, "{st:?}");
+        let want = log.change_set();
+        drop(log);
+        disk.crash(None);
+        let (log, _) = ChangeLog::open(disk, log_path()).unwrap();
+        assert_eq!(log.change_set(), want);
+    }
+
+    #[test]
+    fn group_commit_from_many_threads() {
+        let disk = Arc::new(SimDisk::new(1));
+        let log = Arc::new(ChangeLog::create(disk.clone(), log_path(), 8192).unwrap());
+        std::thread::scope(|s| {
+            for t in 0..8u64 {
+                let log = log.clone();
+                s.spawn(move || {
+                    for b in 0..200 {
+                        log.record_block(&p(&format!("f{}", t % 3)), b * 8 + t).unwrap();
+                    }
+                });
+            }
+        });
+        let st = log.stats();
+        assert_eq!(st.distinct_blocks, 1600);
+        assert!(st.groups_written <= 1600 + 3);
+        log.compact().unwrap();
+        let want = log.change_set();
+        drop(log);
+        disk.crash(None);
+        let (log, _) = ChangeLog::open(disk, log_path()).unwrap();
+        assert_eq!(log.change_set(), want);
+    }
+
+    /// Exact records after the first write into an extent are lazy: a
+    /// crash may lose them, and the durable extent record covers them.
+    #[test]
+    fn a_crash_loses_lazy_records_and_their_extent_covers_them() {
+        let disk = Arc::new(SimDisk::new(1));
+        let log = ChangeLog::create(disk.clone(), log_path(), 8192).unwrap();
+        let f = p("rel");
+        for b in 0..10 {
+            log.record_block(&f, b).unwrap();
+        }
+        assert_eq!(log.stats().groups_written, 1, "only the first block of the extent waited");
+        drop(log);
+        disk.crash(None);
+        let (log, _) = ChangeLog::open(disk, log_path()).unwrap();
+        let set = log.change_set();
+        assert!(set.blocks.get(&f).map_or(0, |b| b.len()) < 10, "later exact records were lazy");
+        for b in 0..10 {
+            assert!(set.covers_block(&f, b), "block {b} is covered");
+        }
+        assert!(!set.covers_block(&f, EXTENT_BLOCKS), "the next extent is not");
+        // Compaction after the crash keeps the recovered extent: its lost
+        // exact records are unknown.
+        log.compact().unwrap();
+        let after = log.change_set();
+        for b in 0..10 {
+            assert!(after.covers_block(&f, b), "block {b} is still covered after compaction");
+        }
+        log.clear().unwrap();
+        assert!(log.change_set().is_empty());
+    }
+
+    /// A payload over the group limit is split at record boundaries.
+    #[test]
+    fn large_payloads_split_into_groups() {
+        let mut enc = Encoder::default();
+        let f = p("f");
+        enc.file(0, &f);
+        for b in 0..(MAX_GROUP as u64 / 17 + 1000) {
+            enc.blocks(0, b * 2, 1);
+        }
+        let (bytes, n) = enc.groups(7);
+        assert!(n >= 2, "{n} groups");
+        let mut at = 0;
+        let mut payload = Vec::new();
+        for i in 0..n {
+            assert_eq!(&bytes[at..at + 4], &GROUP_MAGIC);
+            let len = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().unwrap()) as usize;
+            assert!(len <= MAX_GROUP);
+            assert_eq!(u64::from_le_bytes(bytes[at + 8..at + 16].try_into().unwrap()), 7 + i);
+            payload.extend_from_slice(&bytes[at + GROUP_HEADER_LEN..at + GROUP_HEADER_LEN + len]);
+            at += GROUP_HEADER_LEN + len;
+        }
+        assert_eq!(at, bytes.len());
+        assert_eq!(payload, enc.buf);
+    }
+
+    /// Damage in the middle of the file is corruption, not a torn tail: it
+    /// is refused rather than cut (which would drop durable records after it).
+    #[test]
+    fn damage_before_good_groups_is_refused() {
+        let disk = Arc::new(SimDisk::new(1));
+        let log = ChangeLog::create(disk.clone(), log_path(), 8192).unwrap();
+        for e in 0..4 {
+            log.record_block(&p("f"), e * EXTENT_BLOCKS).unwrap();
+        }
+        assert!(log.stats().groups_written >= 4);
+        drop(log);
+        let f = disk.open(&log_path(), OpenMode::Existing).unwrap();
+        let mut b = [0u8; 1];
+        let at = (HEADER_LEN + GROUP_HEADER_LEN + 3) as u64;
+        f.read_at(at, &mut b).unwrap();
+        f.write_at(at, &[b[0] ^ 0xff]).unwrap();
+        match ChangeLog::open(disk, log_path()) {
+            Err(ChangeLogError::Corrupt(why)) => assert!(why.contains("followed by a good one"), "{why}"),
+            other => panic!("expected corruption, got {:?}", other.map(|(_, r)| r)),
+        }
+    }
+
+    #[test]
+    fn clear_empties_durably() {
+        let disk = Arc::new(SimDisk::new(1));
+        let log = ChangeLog::create(disk.clone(), log_path(), 8192).unwrap();
+        log.record_block(&p("f"), 1).unwrap();
+        log.clear().unwrap();
+        assert!(log.change_set().is_empty());
+        drop(log);
+        disk.crash(None);
+        let (log, _) = ChangeLog::open(disk, log_path()).unwrap();
+        assert!(log.change_set().is_empty());
+    }
+}

@@ -1,0 +1,7 @@
+//! What must survive a crash, each format documented in `docs/`: the
+//! [`changelog`] (change tracking and resync progress), the [`activity`] log
+//! (rule 5, kept inside the change-log file) and the [`catalog`].
+
+pub mod activity;
+pub mod catalog;
+pub mod changelog;

@@ -1,0 +1,187 @@
+//! The `disk` layer: a narrow storage trait with real and simulated backends.
+//!
+//! Every path handed to a [`Disk`] is a [`FsPath`]: a filespace index plus a
+//! validated relative path. Backends resolve it beneath that filespace's root
+//! and never follow a symlink, so a hostile path can not leave its filespace
+//! even if the validation in [`crate::protocol::path`] were bypassed.
+//!
+//! Backends:
+//! - [`StdDisk`]: `pread`/`pwrite`/`fdatasync` on file descriptors opened with
+//!   `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`.
+//! - [`UringDisk`]: the same namespace handling, file data through io_uring
+//!   (one ring per thread; [`Disk::write_batch`] submits a whole batch at once).
+//! - [`SimDisk`]: in memory, with a live and a durable image, for the simulator.
+
+mod sim;
+mod std_backend;
+mod uring;
+
+pub use sim::{SimDisk, SimEntry, SimFault};
+pub use std_backend::StdDisk;
+pub use uring::UringDisk;
+
+pub use crate::protocol::path::FsPath;
+use crate::protocol::path::RelPath;
+use std::sync::Arc;
+
+/// How [`Disk::open`] treats a missing or existing file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpenMode {
+    /// The file must exist.
+    Existing,
+    /// Create the file; fail with [`DiskErrorKind::AlreadyExists`] if it exists.
+    CreateNew,
+    /// Create the file if missing, truncate it to zero length if present.
+    CreateTruncate,
+    /// Create the file if missing; keep its contents if present.
+    Create,
+}
+
+/// What a directory entry is (a final symlink is not followed: `Other`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum EntryKind {
+    File,
+    Dir,
+    Other,
+}
+
+/// What went wrong in a disk operation, reduced to what callers act on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DiskErrorKind {
+    NotFound,
+    AlreadyExists,
+    /// The path would resolve outside its filespace root or through a symlink.
+    Escapes,
+    NotEmpty,
+    NoSpace,
+    /// Anything else the kernel (or the simulator) reported.
+    Io,
+}
+
+/// A disk error with the operation and the path it concerned.
+#[derive(Debug, thiserror::Error)]
+#[error("{op} {path}: {kind:?}: {detail}")]
+pub struct DiskError {
+    pub op: &'static str,
+    pub path: String,
+    pub kind: DiskErrorKind,
+    pub detail: String,
+}
+
+impl DiskError {
+    pub fn new(op: &'static str, path: impl ToString, kind: DiskErrorKind, detail: impl ToString) -> Self {
+        DiskError { op, path: path.to_string(), kind, detail: detail.to_string() }
+    }
+
+    pub fn from_io(op: &'static str, path: impl ToString, err: &std::io::Error) -> Self {
+        let kind = match err.raw_os_error() {
+            Some(libc::ENOENT) => DiskErrorKind::NotFound,
+            Some(libc::EEXIST) => DiskErrorKind::AlreadyExists,
+            Some(libc::EXDEV) | Some(libc::ELOOP) => DiskErrorKind::Escapes,
+            Some(libc::ENOTEMPTY) => DiskErrorKind::NotEmpty,
+            Some(libc::ENOSPC) | Some(libc::EDQUOT) => DiskErrorKind::NoSpace,
+            _ => DiskErrorKind::Io,
+        };
+        DiskError::new(op, path, kind, err)
+    }
+
+    pub fn from_errno(op: &'static str, path: impl ToString, errno: nix::errno::Errno) -> Self {
+        Self::from_io(op, path, &std::io::Error::from_raw_os_error(errno as i32))
+    }
+}
+
+pub type DiskResult<T> = Result<T, DiskError>;
+
+/// An open file. Offsets are absolute; writes never move a cursor.
+pub trait DiskFile: Send + Sync + std::fmt::Debug {
+    /// Write all of `buf` at `offset`, extending the file if needed.
+    fn write_at(&self, offset: u64, buf: &[u8]) -> DiskResult<()>;
+    /// Read up to `buf.len()` bytes at `offset`; returns the count (short at end of file).
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> DiskResult<usize>;
+    /// Make the file's data (and the size) durable: `fdatasync`.
+    fn sync_data(&self) -> DiskResult<()>;
+    fn set_len(&self, len: u64) -> DiskResult<()>;
+    fn len(&self) -> DiskResult<u64>;
+    fn is_empty(&self) -> DiskResult<bool> {
+        Ok(self.len()? == 0)
+    }
+    /// The descriptor, for backends that batch by fd (io_uring); `None` in simulation.
+    fn raw_fd(&self) -> Option<i32> {
+        None
+    }
+}
+
+/// One write of a batch handed to [`Disk::write_batch`].
+pub struct BatchWrite<'a> {
+    pub file: &'a dyn DiskFile,
+    pub offset: u64,
+    pub data: &'a [u8],
+}
+
+/// The namespace side of a backend. Directory entries become durable only
+/// after [`Disk::sync_dir`] on their parent.
+pub trait Disk: Send + Sync {
+    fn open(&self, path: &FsPath, mode: OpenMode) -> DiskResult<Arc<dyn DiskFile>>;
+    fn remove_file(&self, path: &FsPath) -> DiskResult<()>;
+    /// Rename a file or directory within one filespace; replaces a file at `to`.
+    fn rename(&self, from: &FsPath, to: &FsPath) -> DiskResult<()>;
+    fn create_dir(&self, path: &FsPath) -> DiskResult<()>;
+    fn remove_dir(&self, path: &FsPath) -> DiskResult<()>;
+    /// fsync the directory that contains `path` (the filespace root for a top-level name).
+    fn sync_parent_dir(&self, path: &FsPath) -> DiskResult<()>;
+    /// A handle on the directory that contains `path`; its `sync_data`
+    /// fsyncs that directory. The handle follows the directory through
+    /// renames, so a deferred directory sync never loses its target.
+    fn parent_dir_handle(&self, path: &FsPath) -> DiskResult<Arc<dyn DiskFile>>;
+    /// Whether `path` exists (without following a final symlink).
+    fn exists(&self, path: &FsPath) -> DiskResult<bool>;
+    /// What is at `path` (without following a final symlink), if anything.
+    fn entry_kind(&self, path: &FsPath) -> DiskResult<Option<EntryKind>>;
+    /// The entries of a directory (`None`: the filespace's root), sorted by name.
+    fn list_dir(&self, filespace: u16, dir: Option<&RelPath>) -> DiskResult<Vec<(String, EntryKind)>>;
+    /// The backend's name, for logs and benchmark reports.
+    fn name(&self) -> &'static str;
+
+    /// Write every entry; results in the same order. Backends that can,
+    /// submit the whole batch at once (io_uring); the default writes in turn.
+    fn write_batch(&self, writes: &[BatchWrite<'_>]) -> Vec<DiskResult<()>> {
+        writes.iter().map(|w| w.file.write_at(w.offset, w.data)).collect()
+    }
+
+    /// `fdatasync` every file; the default syncs in turn.
+    fn sync_batch(&self, files: &[&dyn DiskFile]) -> Vec<DiskResult<()>> {
+        files.iter().map(|f| f.sync_data()).collect()
+    }
+}
+
+/// Remove `path` and everything beneath it; nothing there is no error.
+/// Entries that are neither files nor directories (symlinks) are removed as files.
+pub fn remove_tree(disk: &dyn Disk, path: &FsPath) -> DiskResult<()> {
+    match disk.entry_kind(path)? {
+        None => Ok(()),
+        Some(EntryKind::Dir) => {
+            for (name, _) in disk.list_dir(path.filespace, Some(&path.path))? {
+                let child =
+                    path.path.join(&name).map_err(|e| DiskError::new("remove_tree", path, DiskErrorKind::Io, e))?;
+                remove_tree(disk, &FsPath::new(path.filespace, child))?;
+            }
+            disk.remove_dir(path)
+        }
+        Some(_) => disk.remove_file(path),
+    }
+}
+
+/// Choose the local backend at start: io_uring when the kernel offers it,
+/// the std backend otherwise (old kernels, io_uring disabled by sysctl or seccomp).
+pub fn open_local(roots: &[std::path::PathBuf], prefer_uring: bool) -> DiskResult<Arc<dyn Disk>> {
+    if prefer_uring {
+        match UringDisk::open(roots) {
+            Ok(d) => return Ok(Arc::new(d)),
+            Err(e) => tracing::warn!(error = %e, "io_uring unavailable; using the std backend"),
+        }
+    }
+    Ok(Arc::new(StdDisk::open(roots)?))
+}
+
+#[cfg(test)]
+pub(crate) mod conformance;

@@ -1,0 +1,703 @@
+//! An in-memory disk for the seeded simulator, with a live and a durable image.
+//!
+//! The namespace is a tree of directory inodes. Each directory keeps a *live*
+//! map of its children (what the running process sees) and a *durable* map
+//! (what survives a crash); [`Disk::sync_parent_dir`] copies a directory's
+//! live map to its durable map, as `fsync` on a directory does. Because the
+//! maps hold inodes rather than paths, a renamed directory takes its whole
+//! subtree (live and durable) along, as on a real file system.
+//!
+//! Each file inode holds its live and its durable content; [`DiskFile::sync_data`]
+//! copies live to durable. An open [`SimFile`] refers to the inode, so it
+//! stays valid across renames and unlinks, like a descriptor.
+//!
+//! [`SimDisk::crash`] replaces the live image with the durable one (optionally
+//! keeping a prefix of the most recent un-synced write: a torn write), and
+//! invalidates every handle opened before it. Errors mirror what the std
+//! backend reports for the same calls on Linux.
+
+use super::{Disk, DiskError, DiskErrorKind, DiskFile, DiskResult, FsPath, OpenMode};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// The largest file the simulator holds (a write past it fails with NoSpace).
+const MAX_SIM_FILE_BYTES: u64 = 1 << 30;
+
+/// A fault to inject; each one fires once, on the next matching call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SimFault {
+    /// The next sync (`sync_data` or `sync_parent_dir`) fails with `Io` and makes nothing durable.
+    FailNextSync,
+    /// The next `write_at` fails with `Io` and writes nothing.
+    FailNextWrite,
+    /// The next `write_at` or growing `set_len` fails with `NoSpace` and changes nothing.
+    NoSpace,
+}
+
+/// One entry of a [`SimDisk::snapshot`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SimEntry {
+    Dir,
+    File(Vec<u8>),
+}
+
+/// The last write to a file since it was last synced (for torn writes).
+struct PendingWrite {
+    seq: u64,
+    offset: u64,
+    data: Vec<u8>,
+}
+
+#[derive(Default)]
+struct SimFileData {
+    live: Vec<u8>,
+    durable: Vec<u8>,
+    last_write: Option<PendingWrite>,
+}
+
+type FileRef = Arc<Mutex<SimFileData>>;
+type DirId = u64;
+
+#[derive(Clone)]
+enum Node {
+    Dir(DirId),
+    File(FileRef),
+}
+
+#[derive(Default)]
+struct DirInode {
+    live: BTreeMap<String, Node>,
+    durable: BTreeMap<String, Node>,
+}
+
+/// Directory inodes live in an arena keyed by id; a directory stays in it
+/// while any durable map may still name it (until the next crash compacts it).
+#[derive(Default)]
+struct Namespace {
+    roots: Vec<DirId>,
+    dirs: BTreeMap<DirId, DirInode>,
+    next_id: DirId,
+}
+
+#[derive(Default)]
+struct Faults {
+    fail_syncs: u32,
+    fail_writes: u32,
+    no_space: u32,
+}
+
+struct Shared {
+    ns: Mutex<Namespace>,
+    faults: Mutex<Faults>,
+    /// Bumped by every crash; handles from an older epoch are dead.
+    epoch: AtomicU64,
+    /// Orders writes across files, to find the most recent one at a crash.
+    write_seq: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Consume one pending fault counter; whether it fired.
+fn take(counter: &mut u32) -> bool {
+    if *counter > 0 {
+        *counter -= 1;
+        true
+    } else {
+        false
+    }
+}
+
+/// Why a lookup failed: the kind plus the errno the kernel would report.
+type LookupErr = (DiskErrorKind, &'static str);
+
+impl Namespace {
+    fn alloc_dir(&mut self) -> DirId {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.dirs.insert(id, DirInode::default());
+        id
+    }
+
+    fn dir(&self, id: DirId) -> Result<&DirInode, LookupErr> {
+        self.dirs.get(&id).ok_or((DiskErrorKind::Io, "simulator: dangling directory inode"))
+    }
+
+    fn dir_mut(&mut self, id: DirId) -> Result<&mut DirInode, LookupErr> {
+        self.dirs.get_mut(&id).ok_or((DiskErrorKind::Io, "simulator: dangling directory inode"))
+    }
+
+    /// The live directory that holds `path`'s final component.
+    fn parent_dir(&self, path: &FsPath) -> Result<DirId, LookupErr> {
+        let mut cur = *self.roots.get(usize::from(path.filespace)).ok_or((DiskErrorKind::Io, "no such filespace"))?;
+        if let Some(parent) = path.path.parent() {
+            for comp in parent.as_str().split('/') {
+                cur = match self.dir(cur)?.live.get(comp) {
+                    Some(Node::Dir(id)) => *id,
+                    Some(Node::File(_)) => return Err((DiskErrorKind::Io, "ENOTDIR")),
+                    None => return Err((DiskErrorKind::NotFound, "ENOENT")),
+                };
+            }
+        }
+        Ok(cur)
+    }
+
+    /// Every file inode reachable through live or durable maps.
+    fn all_files(&self) -> Vec<FileRef> {
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for dir in self.dirs.values() {
+            for node in dir.live.values().chain(dir.durable.values()) {
+                if let Node::File(f) = node {
+                    if seen.insert(Arc::as_ptr(f) as usize) {
+                        out.push(Arc::clone(f));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Walk the live (or durable) tree into `out`, file contents from the
+    /// same image. `visited` guards against a cycle that partial directory
+    /// syncs after renames can create in the durable maps.
+    fn walk(&self, durable: bool, out: &mut BTreeMap<(u16, String), SimEntry>) {
+        let mut visited: HashSet<DirId> = self.roots.iter().copied().collect();
+        for (fs, &root) in self.roots.iter().enumerate() {
+            let fs = u16::try_from(fs).unwrap_or(u16::MAX);
+            let mut stack = vec![(root, String::new())];
+            while let Some((id, prefix)) = stack.pop() {
+                let Some(dir) = self.dirs.get(&id) else {
+                    continue;
+                };
+                let children = if durable { &dir.durable } else { &dir.live };
+                for (name, node) in children {
+                    let path = if prefix.is_empty() { name.clone() } else { format!("{prefix}/{name}") };
+                    match node {
+                        Node::Dir(child) => {
+                            if visited.insert(*child) {
+                                out.insert((fs, path.clone()), SimEntry::Dir);
+                                stack.push((*child, path));
+                            }
+                        }
+                        Node::File(f) => {
+                            let data = lock(f);
+                            let bytes = if durable { data.durable.clone() } else { data.live.clone() };
+                            out.insert((fs, path), SimEntry::File(bytes));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The simulated disk. Cheap to share: clones of the `Arc` it is usually
+/// held in see the same state.
+pub struct SimDisk {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for SimDisk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimDisk")
+            .field("filespaces", &lock(&self.shared.ns).roots.len())
+            .field("epoch", &self.shared.epoch.load(Ordering::SeqCst))
+            .finish()
+    }
+}
+
+fn err(op: &'static str, path: impl ToString, (kind, detail): LookupErr) -> DiskError {
+    DiskError::new(op, path, kind, detail)
+}
+
+impl SimDisk {
+    /// A disk with `filespaces` roots, each an empty (durable) directory.
+    pub fn new(filespaces: u16) -> SimDisk {
+        let mut ns = Namespace::default();
+        for _ in 0..filespaces {
+            let id = ns.alloc_dir();
+            ns.roots.push(id);
+        }
+        SimDisk {
+            shared: Arc::new(Shared {
+                ns: Mutex::new(ns),
+                faults: Mutex::new(Faults::default()),
+                epoch: AtomicU64::new(0),
+                write_seq: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// Arm a fault; it fires once, on the next matching call (several
+    /// injections of one kind queue up).
+    pub fn inject(&self, fault: SimFault) {
+        let mut f = lock(&self.shared.faults);
+        match fault {
+            SimFault::FailNextSync => f.fail_syncs += 1,
+            SimFault::FailNextWrite => f.fail_writes += 1,
+            SimFault::NoSpace => f.no_space += 1,
+        }
+    }
+
+    /// Disarm every pending fault.
+    pub fn clear_faults(&self) {
+        *lock(&self.shared.faults) = Faults::default();
+    }
+
+    /// Lose power: the live image becomes the durable image (namespace and
+    /// contents), and every handle opened before now fails from now on.
+    /// With `Some(n)`, the most recent un-synced write (of any file) is torn:
+    /// its first `n` bytes survive on top of that file's durable content.
+    pub fn crash(&self, rng_torn_bytes: Option<usize>) {
+        let mut ns = lock(&self.shared.ns);
+
+        // The torn write: (file inode, offset, surviving bytes).
+        let torn = rng_torn_bytes.and_then(|n| {
+            let mut best: Option<(u64, usize, u64, Vec<u8>)> = None;
+            for f in ns.all_files() {
+                let data = lock(&f);
+                if let Some(w) = &data.last_write {
+                    if best.as_ref().is_none_or(|b| w.seq > b.0) {
+                        let keep = w.data[..n.min(w.data.len())].to_vec();
+                        best = Some((w.seq, Arc::as_ptr(&f) as usize, w.offset, keep));
+                    }
+                }
+            }
+            best.map(|(_, ptr, offset, keep)| (ptr, offset, keep))
+        });
+
+        let mut new = Namespace::default();
+        let mut files: HashMap<usize, FileRef> = HashMap::new();
+        let mut visited: HashSet<DirId> = ns.roots.iter().copied().collect();
+        let old_roots = ns.roots.clone();
+        for old_root in old_roots {
+            let root = new.alloc_dir();
+            new.roots.push(root);
+            // (old directory, its new id) still to copy.
+            let mut stack = vec![(old_root, root)];
+            while let Some((old_id, new_id)) = stack.pop() {
+                let Some(old_dir) = ns.dirs.get(&old_id) else {
+                    continue;
+                };
+                let mut children = BTreeMap::new();
+                for (name, node) in &old_dir.durable {
+                    match node {
+                        Node::Dir(child) => {
+                            if visited.insert(*child) {
+                                let id = new.alloc_dir();
+                                children.insert(name.clone(), Node::Dir(id));
+                                stack.push((*child, id));
+                            }
+                        }
+                        Node::File(f) => {
+                            let ptr = Arc::as_ptr(f) as usize;
+                            let file = files.entry(ptr).or_insert_with(|| {
+                                let mut durable = lock(f).durable.clone();
+                                if let Some((_, offset, keep)) = torn.as_ref().filter(|t| t.0 == ptr) {
+                                    apply_write(&mut durable, *offset, keep);
+                                }
+                                Arc::new(Mutex::new(SimFileData { live: durable.clone(), durable, last_write: None }))
+                            });
+                            children.insert(name.clone(), Node::File(Arc::clone(file)));
+                        }
+                    }
+                }
+                if let Some(dir) = new.dirs.get_mut(&new_id) {
+                    dir.live = children.clone();
+                    dir.durable = children;
+                }
+            }
+        }
+        *ns = new;
+        self.shared.epoch.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// The live image: every directory and file (with its live content) by
+    /// (filespace, path). Filespace roots are not listed.
+    pub fn snapshot(&self) -> BTreeMap<(u16, String), SimEntry> {
+        let mut out = BTreeMap::new();
+        lock(&self.shared.ns).walk(false, &mut out);
+        out
+    }
+
+    /// The durable image: what [`SimDisk::crash`] (without a torn write) would leave.
+    pub fn durable_snapshot(&self) -> BTreeMap<(u16, String), SimEntry> {
+        let mut out = BTreeMap::new();
+        lock(&self.shared.ns).walk(true, &mut out);
+        out
+    }
+
+    fn take_sync_fault(&self) -> bool {
+        take(&mut lock(&self.shared.faults).fail_syncs)
+    }
+}
+
+/// Write `buf` at `offset` into `content`, zero-filling any gap.
+fn apply_write(content: &mut Vec<u8>, offset: u64, buf: &[u8]) {
+    if buf.is_empty() {
+        return;
+    }
+    // Callers keep offset + len within MAX_SIM_FILE_BYTES, so this fits usize.
+    let start = offset as usize;
+    let end = start + buf.len();
+    if content.len() < end {
+        content.resize(end, 0);
+    }
+    content[start..end].copy_from_slice(buf);
+}
+
+impl Disk for SimDisk {
+    fn open(&self, path: &FsPath, mode: OpenMode) -> DiskResult<Arc<dyn DiskFile>> {
+        const OP: &str = "open";
+        let mut ns = lock(&self.shared.ns);
+        let dir_id = ns.parent_dir(path).map_err(|e| err(OP, path, e))?;
+        let name = path.path.file_name();
+        let dir = ns.dir_mut(dir_id).map_err(|e| err(OP, path, e))?;
+        let data = match (dir.live.get(name), mode) {
+            (Some(_), OpenMode::CreateNew) => return Err(err(OP, path, (DiskErrorKind::AlreadyExists, "EEXIST"))),
+            (Some(Node::Dir(_)), _) => return Err(err(OP, path, (DiskErrorKind::Io, "EISDIR"))),
+            (Some(Node::File(f)), OpenMode::Existing | OpenMode::Create) => Arc::clone(f),
+            (Some(Node::File(f)), OpenMode::CreateTruncate) => {
+                lock(f).live.clear();
+                Arc::clone(f)
+            }
+            (None, OpenMode::Existing) => return Err(err(OP, path, (DiskErrorKind::NotFound, "ENOENT"))),
+            (None, OpenMode::CreateNew | OpenMode::CreateTruncate | OpenMode::Create) => {
+                let f: FileRef = Arc::default();
+                dir.live.insert(name.to_string(), Node::File(Arc::clone(&f)));
+                f
+            }
+        };
+        Ok(Arc::new(SimFile {
+            shared: Arc::clone(&self.shared),
+            data,
+            path: path.to_string(),
+            epoch: self.shared.epoch.load(Ordering::SeqCst),
+        }))
+    }
+
+    fn remove_file(&self, path: &FsPath) -> DiskResult<()> {
+        const OP: &str = "remove_file";
+        let mut ns = lock(&self.shared.ns);
+        let dir_id = ns.parent_dir(path).map_err(|e| err(OP, path, e))?;
+        let dir = ns.dir_mut(dir_id).map_err(|e| err(OP, path, e))?;
+        match dir.live.get(path.path.file_name()) {
+            None => Err(err(OP, path, (DiskErrorKind::NotFound, "ENOENT"))),
+            Some(Node::Dir(_)) => Err(err(OP, path, (DiskErrorKind::Io, "EISDIR"))),
+            Some(Node::File(_)) => {
+                dir.live.remove(path.path.file_name());
+                Ok(())
+            }
+        }
+    }
+
+    fn rename(&self, from: &FsPath, to: &FsPath) -> DiskResult<()> {
+        const OP: &str = "rename";
+        let label = format!("{from} -> {to}");
+        if from.filespace != to.filespace {
+            return Err(err(OP, label, (DiskErrorKind::Io, "rename across filespaces")));
+        }
+        let mut ns = lock(&self.shared.ns);
+        let from_dir = ns.parent_dir(from).map_err(|e| err(OP, &label, e))?;
+        let to_dir = ns.parent_dir(to).map_err(|e| err(OP, &label, e))?;
+        let (from_name, to_name) = (from.path.file_name(), to.path.file_name());
+        let src = match ns.dir(from_dir).map_err(|e| err(OP, &label, e))?.live.get(from_name) {
+            Some(node) => node.clone(),
+            None => return Err(err(OP, label, (DiskErrorKind::NotFound, "ENOENT"))),
+        };
+        if from.path == to.path {
+            return Ok(());
+        }
+        if matches!(src, Node::Dir(_)) && to.path.is_within(&from.path) {
+            return Err(err(OP, label, (DiskErrorKind::Io, "EINVAL: directory into itself")));
+        }
+        match (&src, ns.dir(to_dir).map_err(|e| err(OP, &label, e))?.live.get(to_name)) {
+            (_, None) | (Node::File(_), Some(Node::File(_))) => {}
+            (Node::File(_), Some(Node::Dir(_))) => return Err(err(OP, label, (DiskErrorKind::Io, "EISDIR"))),
+            (Node::Dir(_), Some(Node::File(_))) => return Err(err(OP, label, (DiskErrorKind::Io, "ENOTDIR"))),
+            (Node::Dir(_), Some(Node::Dir(d))) => {
+                if !ns.dir(*d).map_err(|e| err(OP, &label, e))?.live.is_empty() {
+                    return Err(err(OP, label, (DiskErrorKind::NotEmpty, "ENOTEMPTY")));
+                }
+            }
+        }
+        ns.dir_mut(from_dir).map_err(|e| err(OP, &label, e))?.live.remove(from_name);
+        ns.dir_mut(to_dir).map_err(|e| err(OP, &label, e))?.live.insert(to_name.to_string(), src);
+        Ok(())
+    }
+
+    fn create_dir(&self, path: &FsPath) -> DiskResult<()> {
+        const OP: &str = "create_dir";
+        let mut ns = lock(&self.shared.ns);
+        let dir_id = ns.parent_dir(path).map_err(|e| err(OP, path, e))?;
+        let name = path.path.file_name();
+        if ns.dir(dir_id).map_err(|e| err(OP, path, e))?.live.contains_key(name) {
+            return Err(err(OP, path, (DiskErrorKind::AlreadyExists, "EEXIST")));
+        }
+        let id = ns.alloc_dir();
+        ns.dir_mut(dir_id).map_err(|e| err(OP, path, e))?.live.insert(name.to_string(), Node::Dir(id));
+        Ok(())
+    }
+
+    fn remove_dir(&self, path: &FsPath) -> DiskResult<()> {
+        const OP: &str = "remove_dir";
+        let mut ns = lock(&self.shared.ns);
+        let dir_id = ns.parent_dir(path).map_err(|e| err(OP, path, e))?;
+        let name = path.path.file_name();
+        match ns.dir(dir_id).map_err(|e| err(OP, path, e))?.live.get(name) {
+            None => return Err(err(OP, path, (DiskErrorKind::NotFound, "ENOENT"))),
+            Some(Node::File(_)) => return Err(err(OP, path, (DiskErrorKind::Io, "ENOTDIR"))),
+            Some(Node::Dir(d)) => {
+                if !ns.dir(*d).map_err(|e| err(OP, path, e))?.live.is_empty() {
+                    return Err(err(OP, path, (DiskErrorKind::NotEmpty, "ENOTEMPTY")));
+                }
+            }
+        }
+        ns.dir_mut(dir_id).map_err(|e| err(OP, path, e))?.live.remove(name);
+        Ok(())
+    }
+
+    fn sync_parent_dir(&self, path: &FsPath) -> DiskResult<()> {
+        const OP: &str = "sync_parent_dir";
+        let mut ns = lock(&self.shared.ns);
+        let dir_id = ns.parent_dir(path).map_err(|e| err(OP, path, e))?;
+        if self.take_sync_fault() {
+            return Err(err(OP, path, (DiskErrorKind::Io, "injected sync failure")));
+        }
+        let dir = ns.dir_mut(dir_id).map_err(|e| err(OP, path, e))?;
+        dir.durable = dir.live.clone();
+        Ok(())
+    }
+
+    fn parent_dir_handle(&self, path: &FsPath) -> DiskResult<Arc<dyn DiskFile>> {
+        const OP: &str = "open_parent_dir";
+        let ns = lock(&self.shared.ns);
+        let dir_id = ns.parent_dir(path).map_err(|e| err(OP, path, e))?;
+        Ok(Arc::new(SimDirHandle {
+            shared: Arc::clone(&self.shared),
+            dir_id,
+            path: path.to_string(),
+            epoch: self.shared.epoch.load(Ordering::SeqCst),
+        }))
+    }
+
+    fn exists(&self, path: &FsPath) -> DiskResult<bool> {
+        const OP: &str = "exists";
+        let ns = lock(&self.shared.ns);
+        let dir_id = match ns.parent_dir(path) {
+            Ok(id) => id,
+            Err((DiskErrorKind::NotFound, _)) | Err((_, "ENOTDIR")) => return Ok(false),
+            Err(e) => return Err(err(OP, path, e)),
+        };
+        Ok(ns.dir(dir_id).map_err(|e| err(OP, path, e))?.live.contains_key(path.path.file_name()))
+    }
+
+    fn entry_kind(&self, path: &FsPath) -> DiskResult<Option<super::EntryKind>> {
+        const OP: &str = "entry_kind";
+        let ns = lock(&self.shared.ns);
+        let dir_id = match ns.parent_dir(path) {
+            Ok(id) => id,
+            Err((DiskErrorKind::NotFound, _)) | Err((_, "ENOTDIR")) => return Ok(None),
+            Err(e) => return Err(err(OP, path, e)),
+        };
+        Ok(ns.dir(dir_id).map_err(|e| err(OP, path, e))?.live.get(path.path.file_name()).map(|n| match n {
+            Node::Dir(_) => super::EntryKind::Dir,
+            Node::File(_) => super::EntryKind::File,
+        }))
+    }
+
+    fn list_dir(
+        &self,
+        filespace: u16,
+        dir: Option<&crate::protocol::path::RelPath>,
+    ) -> DiskResult<Vec<(String, super::EntryKind)>> {
+        const OP: &str = "list_dir";
+        let ns = lock(&self.shared.ns);
+        let shown = format!("fs{filespace}:{}", dir.map(|d| d.as_str()).unwrap_or(""));
+        let fail = |e: LookupErr| DiskError::new(OP, &shown, e.0, e.1);
+        let mut cur =
+            *ns.roots.get(usize::from(filespace)).ok_or_else(|| fail((DiskErrorKind::Io, "no such filespace")))?;
+        if let Some(d) = dir {
+            for comp in d.as_str().split('/') {
+                cur = match ns.dir(cur).map_err(fail)?.live.get(comp) {
+                    Some(Node::Dir(id)) => *id,
+                    Some(Node::File(_)) => return Err(fail((DiskErrorKind::Io, "ENOTDIR"))),
+                    None => return Err(fail((DiskErrorKind::NotFound, "ENOENT"))),
+                };
+            }
+        }
+        Ok(ns
+            .dir(cur)
+            .map_err(fail)?
+            .live
+            .iter()
+            .map(|(name, n)| {
+                let kind = match n {
+                    Node::Dir(_) => super::EntryKind::Dir,
+                    Node::File(_) => super::EntryKind::File,
+                };
+                (name.clone(), kind)
+            })
+            .collect())
+    }
+
+    fn name(&self) -> &'static str {
+        "sim"
+    }
+}
+
+/// An open simulated file: refers to the file inode, like a descriptor.
+pub struct SimFile {
+    shared: Arc<Shared>,
+    data: FileRef,
+    path: String,
+    epoch: u64,
+}
+
+impl std::fmt::Debug for SimFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimFile").field("path", &self.path).field("epoch", &self.epoch).finish()
+    }
+}
+
+impl SimFile {
+    fn check_epoch(&self, op: &'static str) -> DiskResult<()> {
+        if self.shared.epoch.load(Ordering::SeqCst) == self.epoch {
+            Ok(())
+        } else {
+            Err(DiskError::new(op, &self.path, DiskErrorKind::Io, "EBADF: handle opened before a crash"))
+        }
+    }
+
+    /// Fail with NoSpace if the file would grow past the simulator's limit.
+    fn check_size(&self, op: &'static str, end: Option<u64>) -> DiskResult<()> {
+        match end {
+            Some(end) if end <= MAX_SIM_FILE_BYTES => Ok(()),
+            _ => Err(DiskError::new(op, &self.path, DiskErrorKind::NoSpace, "over the simulated file size limit")),
+        }
+    }
+}
+
+impl DiskFile for SimFile {
+    fn write_at(&self, offset: u64, buf: &[u8]) -> DiskResult<()> {
+        const OP: &str = "write";
+        self.check_epoch(OP)?;
+        {
+            let mut faults = lock(&self.shared.faults);
+            if take(&mut faults.fail_writes) {
+                return Err(DiskError::new(OP, &self.path, DiskErrorKind::Io, "injected write failure"));
+            }
+            if take(&mut faults.no_space) {
+                return Err(DiskError::new(OP, &self.path, DiskErrorKind::NoSpace, "injected ENOSPC"));
+            }
+        }
+        if buf.is_empty() {
+            return Ok(());
+        }
+        self.check_size(OP, offset.checked_add(buf.len() as u64))?;
+        let mut data = lock(&self.data);
+        apply_write(&mut data.live, offset, buf);
+        let seq = self.shared.write_seq.fetch_add(1, Ordering::SeqCst);
+        data.last_write = Some(PendingWrite { seq, offset, data: buf.to_vec() });
+        Ok(())
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> DiskResult<usize> {
+        self.check_epoch("read")?;
+        let data = lock(&self.data);
+        let len = data.live.len() as u64;
+        if offset >= len {
+            return Ok(0);
+        }
+        let start = offset as usize;
+        let n = buf.len().min(data.live.len() - start);
+        buf[..n].copy_from_slice(&data.live[start..start + n]);
+        Ok(n)
+    }
+
+    fn sync_data(&self) -> DiskResult<()> {
+        const OP: &str = "sync_data";
+        self.check_epoch(OP)?;
+        if take(&mut lock(&self.shared.faults).fail_syncs) {
+            return Err(DiskError::new(OP, &self.path, DiskErrorKind::Io, "injected sync failure"));
+        }
+        let mut data = lock(&self.data);
+        // In place: the simulator syncs often, mostly unchanged files.
+        let SimFileData { live, durable, .. } = &mut *data;
+        if durable != live {
+            durable.clone_from(live);
+        }
+        data.last_write = None;
+        Ok(())
+    }
+
+    fn set_len(&self, len: u64) -> DiskResult<()> {
+        const OP: &str = "set_len";
+        self.check_epoch(OP)?;
+        self.check_size(OP, Some(len))?;
+        let mut data = lock(&self.data);
+        if len > data.live.len() as u64 && take(&mut lock(&self.shared.faults).no_space) {
+            return Err(DiskError::new(OP, &self.path, DiskErrorKind::NoSpace, "injected ENOSPC"));
+        }
+        data.live.resize(len as usize, 0);
+        Ok(())
+    }
+
+    fn len(&self) -> DiskResult<u64> {
+        self.check_epoch("len")?;
+        Ok(lock(&self.data).live.len() as u64)
+    }
+}
+
+/// An open simulated directory: `sync_data` makes its entries durable.
+pub struct SimDirHandle {
+    shared: Arc<Shared>,
+    dir_id: DirId,
+    path: String,
+    epoch: u64,
+}
+
+impl std::fmt::Debug for SimDirHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimDirHandle").field("path", &self.path).field("dir", &self.dir_id).finish()
+    }
+}
+
+impl SimDirHandle {
+    fn not_a_file(&self, op: &'static str) -> DiskError {
+        DiskError::new(op, &self.path, DiskErrorKind::Io, "EISDIR: a directory handle")
+    }
+}
+
+impl DiskFile for SimDirHandle {
+    fn write_at(&self, _offset: u64, _buf: &[u8]) -> DiskResult<()> {
+        Err(self.not_a_file("write"))
+    }
+    fn read_at(&self, _offset: u64, _buf: &mut [u8]) -> DiskResult<usize> {
+        Err(self.not_a_file("read"))
+    }
+    fn sync_data(&self) -> DiskResult<()> {
+        const OP: &str = "sync_dir";
+        if self.shared.epoch.load(Ordering::SeqCst) != self.epoch {
+            return Err(DiskError::new(OP, &self.path, DiskErrorKind::Io, "EBADF: handle opened before a crash"));
+        }
+        if take(&mut lock(&self.shared.faults).fail_syncs) {
+            return Err(DiskError::new(OP, &self.path, DiskErrorKind::Io, "injected sync failure"));
+        }
+        let mut ns = lock(&self.shared.ns);
+        // A removed directory has nothing left to make durable.
+        if let Ok(dir) = ns.dir_mut(self.dir_id) {
+            dir.durable = dir.live.clone();
+        }
+        Ok(())
+    }
+    fn set_len(&self, _len: u64) -> DiskResult<()> {
+        Err(self.not_a_file("set_len"))
+    }
+    fn len(&self) -> DiskResult<u64> {
+        Err(self.not_a_file("len"))
+    }
+}

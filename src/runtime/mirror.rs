@@ -1,0 +1,647 @@
+//! The mirror daemon's runtime: accept a primary, check who it is, then
+//! receive, validate and apply its stream.
+//!
+//! Per connection: this thread reads large chunks, decodes frames in place,
+//! validates each one through [`MirrorSession`], applies each chunk's valid
+//! operations as one batch with [`Applier`] and acknowledges once per
+//! batch. Durability (grouped fdatasync and directory fsync) runs on a
+//! syncer thread, so applying never waits for the disk to flush. A bad frame
+//! ends the connection with a logged reason; the chunk it arrived in is
+//! discarded, and the daemon serves the next connection.
+
+use crate::config::{check_block_size, check_filespaces, Filespace, StreamTuning};
+use crate::core::mirror::{MirrorSession, Step};
+use crate::error::{Error, Result};
+use crate::io::disk::{Disk, DiskErrorKind};
+use crate::io::net::{is_timeout, Conn, ConnReader, ConnWriter};
+use crate::protocol::handshake::{self, ClusterKey, Hello, Status, Verdict};
+use crate::protocol::{Ack, Decoder, Frame, Header, Kind};
+use crate::runtime::apply::{Applier, Sequenced, SyncJob};
+use crate::runtime::primary::read_message;
+use bytes::Bytes;
+use crossbeam_channel::Sender;
+use std::io::IoSlice;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// Highest first sequence number a primary may announce (room to count up).
+const MAX_START_SEQ: u64 = 1 << 62;
+/// Connections open at once (handshaking or streaming).
+pub const MAX_CONNECTIONS: usize = 16;
+/// A full sync at least this often while anything is dirty.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+/// Block until the listener has a connection to accept or `ms` pass.
+fn wait_readable(listener: &TcpListener, ms: u16) {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
+    if poll(&mut fds, PollTimeout::from(ms)).is_err() {
+        // EINTR and the like: the loop simply tries again.
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Largest single read from the socket.
+const READ_CHUNK: usize = 1 << 20;
+
+#[derive(Clone, Debug)]
+pub struct MirrorConfig {
+    pub cluster_id: u64,
+    pub content_id: u32,
+    pub block_size: u32,
+    pub filespaces: Vec<Filespace>,
+    pub key: ClusterKey,
+    /// The lowest generation accepted; the mirror adopts any higher one it sees.
+    pub generation: u64,
+    pub tuning: StreamTuning,
+    pub prefer_uring: bool,
+    /// Where the mirror keeps its generation and fault state across restarts
+    /// (rule 7: a restarted mirror still refuses a stale primary; rule 8: a
+    /// faulted one still refuses every primary). `None`: memory only.
+    pub state_dir: Option<PathBuf>,
+}
+
+/// What a mirror remembers across restarts.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MirrorState {
+    pub generation: u64,
+    pub fault: Option<String>,
+}
+
+const STATE_FILE: &str = "mirror-state.json";
+
+impl MirrorState {
+    /// Load the state file; a missing file is the empty state.
+    pub fn load(dir: &Path) -> Result<MirrorState> {
+        let path = dir.join(STATE_FILE);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| Error::InvalidArgument(format!("state file {}: {e}; fix or remove it", path.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(MirrorState::default()),
+            Err(e) => Err(Error::io(format!("reading {}", path.display()), e)),
+        }
+    }
+
+    /// Replace the state file atomically and durably.
+    pub fn store(&self, dir: &Path) -> Result<()> {
+        let tmp = dir.join(format!("{STATE_FILE}.tmp"));
+        let path = dir.join(STATE_FILE);
+        let io = |what: &str, e| Error::io(format!("{what} {}", path.display()), e);
+        let bytes = serde_json::to_vec_pretty(self).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        let mut f = std::fs::File::create(&tmp).map_err(|e| io("writing", e))?;
+        std::io::Write::write_all(&mut f, &bytes).map_err(|e| io("writing", e))?;
+        f.sync_all().map_err(|e| io("syncing", e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| io("replacing", e))?;
+        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io("syncing the directory of", e))
+    }
+}
+
+/// How a connection ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// Orderly shutdown by the primary; everything durable.
+    Shutdown,
+    /// The primary went away (end of stream, reset, silence).
+    Disconnected(String),
+    /// The handshake refused the peer.
+    Refused(Status, String),
+    /// A frame failed validation; nothing of its batch was applied.
+    BadFrame(String),
+    /// The mirror could not apply an operation (reported to the primary).
+    ApplyFailed(String),
+}
+
+impl std::fmt::Display for SessionEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SessionEnd::Shutdown => write!(f, "orderly shutdown"),
+            SessionEnd::Disconnected(r) => write!(f, "disconnected: {r}"),
+            SessionEnd::Refused(s, r) => write!(f, "refused ({s:?}): {r}"),
+            SessionEnd::BadFrame(r) => write!(f, "bad frame: {r}"),
+            SessionEnd::ApplyFailed(r) => write!(f, "apply failed: {r}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SessionReport {
+    pub peer: String,
+    pub end: SessionEnd,
+    pub frames: u64,
+    pub applied_through: u64,
+    pub durable_through: u64,
+}
+
+pub struct MirrorServer {
+    cfg: MirrorConfig,
+    disk: Arc<dyn Disk>,
+    generation: AtomicU64,
+    /// Held by the one session that streams.
+    streaming: Mutex<()>,
+    /// Set after a failed write or fsync: the files are in doubt, and no
+    /// primary is accepted until they are rebuilt.
+    fault: Mutex<Option<String>>,
+    /// Set when `serve` is asked to stop: sessions end.
+    stopping: AtomicBool,
+}
+
+impl MirrorServer {
+    pub fn new(cfg: MirrorConfig) -> Result<MirrorServer> {
+        check_block_size(cfg.block_size)?;
+        check_filespaces(&cfg.filespaces)?;
+        let roots: Vec<_> = cfg.filespaces.iter().map(|f| f.root.clone()).collect();
+        let disk = crate::io::disk::open_local(&roots, cfg.prefer_uring)?;
+        Self::with_disk(cfg, disk)
+    }
+
+    pub fn with_disk(cfg: MirrorConfig, disk: Arc<dyn Disk>) -> Result<MirrorServer> {
+        let state = match &cfg.state_dir {
+            Some(dir) => MirrorState::load(dir)?,
+            None => MirrorState::default(),
+        };
+        if let Some(f) = &state.fault {
+            tracing::error!(fault = %f, "this mirror faulted before it was restarted: refusing primaries");
+        }
+        let generation = AtomicU64::new(cfg.generation.max(state.generation));
+        let fault = Mutex::new(state.fault);
+        Ok(MirrorServer { cfg, disk, generation, streaming: Mutex::new(()), fault, stopping: AtomicBool::new(false) })
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    pub fn disk_name(&self) -> &'static str {
+        self.disk.name()
+    }
+
+    /// Why this mirror faulted, if it did.
+    pub fn fault(&self) -> Option<String> {
+        self.fault.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set_fault(&self, reason: String) {
+        tracing::error!(%reason, "mirror faulted: refusing primaries until its files are rebuilt");
+        let mut f = self.fault.lock().unwrap_or_else(|e| e.into_inner());
+        if f.is_none() {
+            *f = Some(reason);
+        }
+        drop(f);
+        if let Err(e) = self.persist() {
+            tracing::error!(error = %e, "cannot record the fault in the state file");
+        }
+    }
+
+    fn persist(&self) -> Result<()> {
+        match &self.cfg.state_dir {
+            None => Ok(()),
+            Some(dir) => MirrorState { generation: self.generation(), fault: self.fault() }.store(dir),
+        }
+    }
+
+    /// Serve connections until `stop` is set. Each connection gets its own
+    /// thread (at most [`MAX_CONNECTIONS`]), so a silent or slow peer cannot
+    /// hold up a primary; only one of them may stream at a time.
+    pub fn serve(&self, listener: &TcpListener, stop: &AtomicBool) -> Result<()> {
+        listener.set_nonblocking(true).map_err(|e| Error::io("listener", e))?;
+        let open = AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            while !stop.load(Ordering::SeqCst) {
+                self.stopping.store(false, Ordering::SeqCst);
+                match listener.accept() {
+                    Ok((stream, addr)) => {
+                        if open.load(Ordering::SeqCst) >= MAX_CONNECTIONS {
+                            tracing::warn!(peer = %addr, "connection refused: {MAX_CONNECTIONS} already open");
+                            continue;
+                        }
+                        open.fetch_add(1, Ordering::SeqCst);
+                        let open = &open;
+                        s.spawn(move || {
+                            let _ = stream.set_nonblocking(false);
+                            match crate::io::net::tcp(stream) {
+                                Ok(conn) => log_report(&self.serve_conn(conn, &addr.to_string())),
+                                Err(e) => tracing::warn!(peer = %addr, error = %e, "cannot set up the connection"),
+                            }
+                            open.fetch_sub(1, Ordering::SeqCst);
+                        });
+                    }
+                    // Nothing pending: look at the stop flag again shortly.
+                    // Nothing pending: wait for a connection, looking at the
+                    // stop flag again at least every 50 ms.
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => wait_readable(listener, 50),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                }
+            }
+            // Sessions see this and end (after making what they applied durable).
+            self.stopping.store(true, Ordering::SeqCst);
+        });
+        Ok(())
+    }
+
+    /// Handshake, then receive and apply until the connection ends.
+    pub fn serve_conn(&self, conn: Conn, peer: &str) -> SessionReport {
+        let (mut reader, mut writer) = conn;
+        let span = tracing::info_span!("mirror_session", peer);
+        let _e = span.enter();
+        let (hello, _streaming) = match self.server_handshake(reader.as_mut(), writer.as_mut()) {
+            Ok(h) => h,
+            Err(end) => {
+                writer.close();
+                return SessionReport { peer: peer.into(), end, frames: 0, applied_through: 0, durable_through: 0 };
+            }
+        };
+        tracing::info!(generation = hello.generation, start = hello.start_seq, "stream accepted");
+        self.stream(hello, reader, writer, peer)
+    }
+
+    /// Returns the peer's hello and the right to stream (held for the session).
+    fn server_handshake(
+        &self,
+        reader: &mut dyn ConnReader,
+        writer: &mut dyn ConnWriter,
+    ) -> Result<(Hello, MutexGuard<'_, ()>), SessionEnd> {
+        let refuse = |writer: &mut dyn ConnWriter, status: Status, reason: String| {
+            let v = Verdict { status, generation: self.generation(), mirror_proof: [0; 32], reason: reason.clone() };
+            let _ = writer.send_all(&[IoSlice::new(&v.encode())]);
+            SessionEnd::Refused(status, reason)
+        };
+        let disconnected = |e: std::io::Error| SessionEnd::Disconnected(format!("during handshake: {e}"));
+        // One deadline for the whole handshake: a peer trickling bytes
+        // cannot hold a connection slot longer than this.
+        let deadline = Instant::now() + self.cfg.tuning.handshake_timeout;
+        let raw = match read_message(reader, Some(deadline)) {
+            Ok(r) => r,
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                return Err(refuse(writer, Status::Malformed, e.to_string()))
+            }
+            Err(e) => return Err(disconnected(e)),
+        };
+        let hello = match Hello::decode(&raw) {
+            Ok(h) => h,
+            Err(e) => return Err(refuse(writer, Status::Malformed, e.to_string())),
+        };
+        let mut server_nonce = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut server_nonce);
+        writer.send_all(&[IoSlice::new(&handshake::Challenge { server_nonce }.encode())]).map_err(disconnected)?;
+        let proof = read_message(reader, Some(deadline)).map_err(disconnected)?;
+        let proof = match handshake::Proof::decode(&proof) {
+            Ok(p) => p,
+            Err(e) => return Err(refuse(writer, Status::Malformed, e.to_string())),
+        };
+        let key: &ClusterKey = &self.cfg.key;
+        let expect = key.primary_proof(&raw, &hello.client_nonce, &server_nonce);
+        if !handshake::proofs_equal(&expect, &proof.proof) {
+            return Err(refuse(writer, Status::BadKey, "the peer did not prove it holds the cluster key".into()));
+        }
+        let fault = self.fault.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(f) = fault {
+            return Err(refuse(
+                writer,
+                Status::Faulted,
+                format!("this mirror faulted ({f}); its files are in doubt until a full resync"),
+            ));
+        }
+        let cfg = &self.cfg;
+        if hello.start_seq == 0 || hello.start_seq > MAX_START_SEQ {
+            return Err(refuse(
+                writer,
+                Status::Malformed,
+                format!("start sequence {} is out of range", hello.start_seq),
+            ));
+        }
+        if hello.cluster_id != cfg.cluster_id {
+            return Err(refuse(
+                writer,
+                Status::WrongCluster,
+                format!("cluster id {:#x} is not this mirror's cluster {:#x}", hello.cluster_id, cfg.cluster_id),
+            ));
+        }
+        if hello.content_id != cfg.content_id {
+            return Err(refuse(
+                writer,
+                Status::WrongContent,
+                format!("content {} is not this mirror's content {}", hello.content_id, cfg.content_id),
+            ));
+        }
+        if hello.block_size != cfg.block_size {
+            return Err(refuse(
+                writer,
+                Status::WrongBlockSize,
+                format!("block size {} differs from this mirror's {}", hello.block_size, cfg.block_size),
+            ));
+        }
+        let names: Vec<&str> = cfg.filespaces.iter().map(|f| f.name.as_str()).collect();
+        if hello.filespaces.iter().map(String::as_str).ne(names.iter().copied()) {
+            return Err(refuse(
+                writer,
+                Status::FilespaceMismatch,
+                format!("filespaces {:?} differ from this mirror's {:?}", hello.filespaces, names),
+            ));
+        }
+        let current = self.generation();
+        if hello.generation < current {
+            return Err(refuse(
+                writer,
+                Status::StaleGeneration,
+                format!(
+                    "generation {} is older than this mirror's {current}: that primary was replaced",
+                    hello.generation
+                ),
+            ));
+        }
+        let streaming = match self.streaming.try_lock() {
+            Ok(g) => g,
+            // A session that panicked left nothing half-applied worth guarding.
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                return Err(refuse(writer, Status::Busy, "another primary is streaming to this mirror".into()));
+            }
+        };
+        if hello.generation > current {
+            self.generation.store(hello.generation, Ordering::SeqCst);
+            // Recorded before the stream is accepted: a restart cannot forget it.
+            if let Err(e) = self.persist() {
+                self.generation.store(current, Ordering::SeqCst);
+                return Err(refuse(
+                    writer,
+                    Status::Faulted,
+                    format!("cannot record generation {}: {e}", hello.generation),
+                ));
+            }
+        }
+        let mirror_proof = key.mirror_proof(&raw, &hello.client_nonce, &server_nonce);
+        let v = Verdict { status: Status::Accepted, generation: hello.generation, mirror_proof, reason: String::new() };
+        writer.send_all(&[IoSlice::new(&v.encode())]).map_err(disconnected)?;
+        Ok((hello, streaming))
+    }
+
+    fn stream(
+        &self,
+        hello: Hello,
+        mut reader: Box<dyn ConnReader>,
+        writer: Box<dyn ConnWriter>,
+        peer: &str,
+    ) -> SessionReport {
+        let mut session = MirrorSession::new(self.cfg.block_size, self.cfg.filespaces.len() as u16, hello.start_seq);
+        let mut applier = Applier::new(self.disk.clone(), hello.start_seq);
+        let base = applier.applied();
+        let acks =
+            Arc::new(AckSender { marks: Marks::default(), writer: Mutex::new(writer), failed: AtomicBool::new(false) });
+        for m in [&acks.marks.received, &acks.marks.applied, &acks.marks.synced, &acks.marks.durable] {
+            m.store(base, Ordering::SeqCst);
+        }
+        let report = |end, frames| SessionReport {
+            peer: peer.into(),
+            end,
+            frames,
+            applied_through: acks.marks.applied.load(Ordering::SeqCst),
+            durable_through: acks.marks.durable.load(Ordering::SeqCst),
+        };
+        let (sync_tx, syncer) = match spawn_syncer(self.disk.clone(), acks.clone()) {
+            Ok(x) => x,
+            Err(e) => {
+                acks.close();
+                return report(SessionEnd::ApplyFailed(format!("cannot start the syncer thread: {e}")), 0);
+            }
+        };
+        let _ = reader.set_timeout(Some(self.cfg.tuning.ack_timeout));
+        // A primary that stops reading acknowledgements ends the session.
+        let timeout_set =
+            acks.writer.lock().unwrap_or_else(|e| e.into_inner()).set_send_timeout(Some(self.cfg.tuning.ack_timeout));
+        if let Err(e) = timeout_set {
+            tracing::warn!(error = %e, "cannot set the send timeout");
+        }
+        let mut dec = Decoder::new();
+        let mut buf = vec![0u8; READ_CHUNK];
+        let mut frames = 0u64;
+        let mut last_full = Instant::now();
+        // Receive, validate and apply on this thread: one wake-up per batch
+        // between the socket and the disk. Only durability is handed off.
+        let end = 'conn: loop {
+            if acks.failed.load(Ordering::SeqCst) {
+                break SessionEnd::ApplyFailed("a sync failed".into());
+            }
+            if self.stopping.load(Ordering::SeqCst) {
+                break SessionEnd::Disconnected("the mirror daemon is stopping".into());
+            }
+            let n = match reader.recv(&mut buf) {
+                Ok(0) => {
+                    break match dec.finish() {
+                        Err(e) => SessionEnd::BadFrame(e.to_string()),
+                        Ok(()) => SessionEnd::Disconnected("the primary closed the connection".into()),
+                    };
+                }
+                Ok(n) => n,
+                Err(e) if is_timeout(&e) => {
+                    break SessionEnd::Disconnected(format!("silent for {:?}", self.cfg.tuning.ack_timeout))
+                }
+                Err(e) => break SessionEnd::Disconnected(format!("receive failed: {e}")),
+            };
+            dec.feed(&buf[..n]);
+            let mut ops = Vec::new();
+            let mut wake = false;
+            let mut shutdown = false;
+            loop {
+                let frame: Frame = match dec.next_frame() {
+                    Ok(Some(f)) => f,
+                    Ok(None) => break,
+                    Err(e) => break 'conn SessionEnd::BadFrame(e.to_string()),
+                };
+                frames += 1;
+                match session.on_frame(&frame) {
+                    Ok(Step::Apply { seq, op, durable, catching_up }) => {
+                        ops.push(Sequenced { seq, op, durable, catching_up })
+                    }
+                    Ok(Step::Heartbeat) => wake = true,
+                    Ok(Step::Shutdown) => {
+                        shutdown = true;
+                        break;
+                    }
+                    // The whole chunk is dropped: nothing of it is applied.
+                    Err(e) => break 'conn SessionEnd::BadFrame(e.to_string()),
+                }
+            }
+            if ops.is_empty() && !wake && !shutdown {
+                continue;
+            }
+            match applier.apply(&ops) {
+                Ok(wants_sync) => {
+                    acks.marks.received.store(session.received(), Ordering::SeqCst);
+                    acks.marks.applied.store(applier.applied(), Ordering::SeqCst);
+                    // A checkpoint bounds how far "durable through" lags.
+                    // With nothing unsynced (operations that changed nothing, such
+                    // as a reconcile of what is already so) an empty checkpoint
+                    // still moves "durable through" up to what was applied.
+                    let behind = acks.marks.durable.load(Ordering::SeqCst) < applier.applied();
+                    if shutdown
+                        || applier.too_many_dirty()
+                        || ((applier.has_unsynced() || behind) && last_full.elapsed() >= CHECKPOINT_INTERVAL)
+                    {
+                        applier.request_full();
+                        last_full = Instant::now();
+                    }
+                    if wants_sync || applier.wants_sync() {
+                        let _ = sync_tx.send(applier.take_sync_job());
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(seq = e.seq, error = %e, "apply failed; ending the session");
+                    acks.fault(e.seq, &e.to_string());
+                    // An I/O error leaves the written data in doubt (rule 8);
+                    // a refused path or a missing file does not.
+                    if matches!(e.error.kind, DiskErrorKind::Io | DiskErrorKind::NoSpace) {
+                        self.set_fault(e.to_string());
+                    }
+                    break SessionEnd::ApplyFailed(e.to_string());
+                }
+            }
+            let replies = applier.take_replies();
+            if !replies.is_empty() && !acks.replies(replies) {
+                break SessionEnd::Disconnected("sending hashes or a listing failed".into());
+            }
+            if shutdown {
+                break SessionEnd::Shutdown;
+            }
+            if !acks.send() {
+                break SessionEnd::Disconnected("sending an acknowledgement failed".into());
+            }
+        };
+        // Whatever was applied is made durable before the session ends.
+        if !matches!(end, SessionEnd::ApplyFailed(_)) && applier.has_unsynced() {
+            applier.request_full();
+            let _ = sync_tx.send(applier.take_sync_job());
+        }
+        drop(sync_tx);
+        let sync_error = syncer.join().unwrap_or_else(|_| Some("syncer panicked".into()));
+        if let Some(e) = &sync_error {
+            // Rule 8: after a failed fsync nothing here is reported durable again.
+            self.set_fault(e.clone());
+        }
+        if end == SessionEnd::Shutdown && sync_error.is_none() {
+            // The final acknowledgement: everything durable.
+            acks.send();
+        }
+        acks.close();
+        let end = match sync_error {
+            Some(e) => SessionEnd::ApplyFailed(e),
+            None => end,
+        };
+        report(end, frames)
+    }
+}
+
+fn log_report(r: &SessionReport) {
+    match &r.end {
+        SessionEnd::Shutdown => {
+            tracing::info!(peer = %r.peer, frames = r.frames, durable = r.durable_through, "session ended: orderly shutdown")
+        }
+        end => tracing::warn!(peer = %r.peer, frames = r.frames, applied = r.applied_through, "session ended: {end}"),
+    }
+}
+
+/// The watermarks acknowledged to the primary, shared by receiver and syncer.
+#[derive(Default)]
+struct Marks {
+    received: AtomicU64,
+    applied: AtomicU64,
+    synced: AtomicU64,
+    durable: AtomicU64,
+}
+
+struct AckSender {
+    marks: Marks,
+    writer: Mutex<Box<dyn ConnWriter>>,
+    /// Set when the session must end (a failed sync).
+    failed: AtomicBool,
+}
+
+impl AckSender {
+    /// Send the current watermarks. They are read under the writer lock,
+    /// durable first, so every acknowledgement is monotonic and consistent.
+    fn send(&self) -> bool {
+        let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let durable = self.marks.durable.load(Ordering::SeqCst);
+        let synced = self.marks.synced.load(Ordering::SeqCst);
+        let applied = self.marks.applied.load(Ordering::SeqCst);
+        let received = self.marks.received.load(Ordering::SeqCst);
+        let ack = Ack { received, applied, synced, durable };
+        w.send_all(&[IoSlice::new(&ack.to_frame().to_vec())]).is_ok()
+    }
+
+    /// Answer hash requests (compare-mode resync, verification) and list
+    /// requests (verification), in order.
+    fn replies(&self, replies: Vec<crate::runtime::apply::Reply>) -> bool {
+        let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        for reply in replies {
+            let f = reply.into_frame();
+            if w.send_all(&[IoSlice::new(&f.to_vec())]).is_err() {
+                return false;
+            }
+        }
+        true
+    }
+
+    fn fault(&self, seq: u64, reason: &str) {
+        let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let mut h = Header::new(Kind::Fault);
+        h.seq = seq;
+        let f = Frame::new(h, Bytes::from(reason.as_bytes().to_vec()));
+        let _ = w.send_all(&[IoSlice::new(&f.to_vec())]);
+        w.close();
+    }
+
+    fn close(&self) {
+        self.writer.lock().unwrap_or_else(|e| e.into_inner()).close();
+    }
+}
+
+type SyncerHandle = std::thread::JoinHandle<Option<String>>;
+
+/// The syncer thread: runs sync jobs (merged when several are queued: group
+/// commit), then acknowledges the new durable watermark.
+/// Sync jobs waiting for the syncer, at most. Each holds open handles of
+/// up to [`crate::runtime::apply::MAX_DIRTY_FILES`] files: when fsyncs are slower
+/// than the stream, the applier waits here (and the primary behind it)
+/// instead of piling up jobs until the process runs out of descriptors
+/// (seen under a disk slowed by other work: EMFILE faulted the mirror).
+/// Eight jobs (at most 4,096 handles) leave room for a slow fsync before
+/// the applier stops reading: a primary whose send then waits longer than
+/// its `ack_timeout` counts the mirror as lost.
+const SYNC_JOBS_QUEUED: usize = 8;
+
+fn spawn_syncer(disk: Arc<dyn Disk>, acks: Arc<AckSender>) -> std::io::Result<(Sender<SyncJob>, SyncerHandle)> {
+    let (tx, rx) = crossbeam_channel::bounded::<SyncJob>(SYNC_JOBS_QUEUED);
+    let h = std::thread::Builder::new().name("filerep-syncer".into()).spawn(move || {
+        while let Ok(mut job) = rx.recv() {
+            while let Ok(more) = rx.try_recv() {
+                job.merge(more);
+            }
+            match job.run(disk.as_ref()) {
+                Ok(through) => {
+                    acks.marks.synced.fetch_max(through, Ordering::SeqCst);
+                    if let Some(d) = job.durable_through {
+                        acks.marks.durable.fetch_max(d, Ordering::SeqCst);
+                    }
+                    if !acks.send() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    // Rule 8: a failed fsync is never retried into a success.
+                    tracing::error!(seq = e.seq, error = %e, "sync failed; ending the session");
+                    acks.failed.store(true, Ordering::SeqCst);
+                    acks.fault(e.seq, &e.to_string());
+                    return Some(e.to_string());
+                }
+            }
+        }
+        None
+    })?;
+    Ok((tx, h))
+}

@@ -1,0 +1,525 @@
+//! Block-shipping benchmark: the same harness on the same disk in one
+//! process, alternating in rounds between a local baseline that writes every
+//! block twice (a primary copy and a mirror copy, no network) and a real
+//! primary shipping to a real mirror daemon over loopback TCP. Ratios
+//! between the two are what the project's performance targets are stated in.
+
+use crate::process::{MirrorArgs, MirrorProcess};
+use filerep::config::{Filespace, PairIdentity, StreamTuning, SyncLevel};
+use filerep::error::{Error, Result};
+use filerep::io::disk::{DiskFile, FsPath, OpenMode};
+use filerep::protocol::handshake::ClusterKey;
+use filerep::protocol::path::RelPath;
+use filerep::runtime::primary::{Primary, PrimaryConfig};
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::{RngCore, SeedableRng};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Debug)]
+pub struct BenchConfig {
+    pub writers: usize,
+    pub block_size: u32,
+    pub sync_level: SyncLevel,
+    /// Total time of each side (baseline, replicated) unless `count` is set.
+    pub phase: Duration,
+    /// The two sides alternate this many times, each round getting an equal
+    /// share of `phase` (or `count`).
+    pub rounds: u32,
+    /// Blocks written per phase (all writers together), instead of a duration.
+    pub count: Option<u64>,
+    /// Where the files go (put it on the disk under test).
+    pub dir: PathBuf,
+    /// Blocks per writer's file; writes wrap around this working set.
+    pub file_blocks: u64,
+    /// Each writer syncs its file after this many writes (0: never).
+    pub flush_every: u64,
+    pub prefer_uring: bool,
+    /// The `filerep` executable that runs the mirror daemon.
+    pub exe: PathBuf,
+    /// Show a progress bar with ETA on stderr when it is a terminal.
+    pub progress: bool,
+    /// Run the replicated side as a segment runs: with change tracking
+    /// configured, so the activity log covers every write (rule 5).
+    pub activity_log: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub writers: usize,
+    pub block_size: u32,
+    pub sync_level: String,
+    pub io_backend: String,
+    pub activity_log: bool,
+    pub rounds: u32,
+    pub phase_seconds: f64,
+    pub baseline_double_write_mb_s: f64,
+    pub baseline_blocks_s: f64,
+    pub baseline_write_p50_us: f64,
+    pub baseline_write_p99_us: f64,
+    pub local_fdatasync_p50_us: f64,
+    pub local_fdatasync_p99_us: f64,
+    pub replicated_mb_s: f64,
+    pub replicated_blocks_s: f64,
+    pub write_p50_us: f64,
+    pub write_p99_us: f64,
+    pub write_p999_us: f64,
+    pub flush_p50_us: f64,
+    pub flush_p99_us: f64,
+    pub wire_bytes_per_block: f64,
+    pub wire_overhead_pct: f64,
+    pub throughput_ratio: f64,
+    pub flush_ratio: f64,
+}
+
+fn hist() -> Histogram<u64> {
+    // 1 µs to 60 s at three significant digits.
+    Histogram::new_with_bounds(1, 60_000_000, 3)
+        .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()))
+}
+
+fn us(d: Duration) -> u64 {
+    (d.as_micros() as u64).max(1)
+}
+
+struct PhaseResult {
+    blocks: u64,
+    elapsed: Duration,
+    writes: Histogram<u64>,
+    flushes: Histogram<u64>,
+}
+
+impl PhaseResult {
+    fn merge(&mut self, other: &PhaseResult) {
+        self.blocks += other.blocks;
+        self.elapsed += other.elapsed;
+        let _ = self.writes.add(&other.writes);
+        let _ = self.flushes.add(&other.flushes);
+    }
+}
+
+fn mb_s(blocks: u64, bs: u32, d: Duration) -> f64 {
+    blocks as f64 * bs as f64 / 1e6 / d.as_secs_f64().max(1e-9)
+}
+
+fn random_blocks(bs: u32, seed: u64) -> Vec<Vec<u8>> {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    (0..16)
+        .map(|_| {
+            let mut b = vec![0u8; bs as usize];
+            rng.fill_bytes(&mut b);
+            b
+        })
+        .collect()
+}
+
+/// Run `body(writer, block_index)` on every writer until the phase ends;
+/// `body` returns (write latency, optional flush latency).
+fn run_phase<F>(cfg: &BenchConfig, bar: &ProgressBar, body: F) -> Result<PhaseResult>
+where
+    F: Fn(usize, u64) -> Result<(Duration, Option<Duration>)> + Sync,
+{
+    let stop = AtomicBool::new(false);
+    let per_writer = cfg.count.map(|c| c.div_ceil(cfg.writers as u64));
+    let results = Mutex::new(Vec::new());
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for w in 0..cfg.writers {
+            let (stop, results, body) = (&stop, &results, &body);
+            s.spawn(move || {
+                let (mut wh, mut fh) = (hist(), hist());
+                let mut n = 0u64;
+                let r = loop {
+                    if stop.load(Ordering::Relaxed) || per_writer.is_some_and(|p| n >= p) {
+                        break Ok(());
+                    }
+                    match body(w, n) {
+                        Ok((wd, fd)) => {
+                            let _ = wh.record(us(wd));
+                            if let Some(fd) = fd {
+                                let _ = fh.record(us(fd));
+                            }
+                            n += 1;
+                        }
+                        Err(e) => break Err(e),
+                    }
+                };
+                results.lock().unwrap_or_else(|e| e.into_inner()).push((r, n, wh, fh));
+            });
+        }
+        if cfg.count.is_none() {
+            // The coordinator's timer: writers check the flag between writes.
+            let until = Instant::now() + cfg.phase;
+            while let Some(left) = until.checked_duration_since(Instant::now()) {
+                std::thread::sleep(left.min(Duration::from_millis(100)));
+                bar.set_position(bar.position() + 100.min(left.as_millis() as u64));
+            }
+            stop.store(true, Ordering::Relaxed);
+        }
+    });
+    let elapsed = start.elapsed();
+    let (mut writes, mut flushes, mut blocks) = (hist(), hist(), 0);
+    for (r, n, wh, fh) in results.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        r?;
+        blocks += n;
+        let _ = writes.add(&wh);
+        let _ = flushes.add(&fh);
+    }
+    Ok(PhaseResult { blocks, elapsed, writes, flushes })
+}
+
+fn fresh_dir(p: &Path) -> Result<()> {
+    if p.exists() {
+        std::fs::remove_dir_all(p).map_err(|e| Error::io(format!("clearing {}", p.display()), e))?;
+    }
+    std::fs::create_dir_all(p).map_err(|e| Error::io(format!("creating {}", p.display()), e))
+}
+
+fn p50(h: &Histogram<u64>) -> f64 {
+    h.value_at_quantile(0.5) as f64
+}
+
+fn q(h: &Histogram<u64>, x: f64) -> f64 {
+    h.value_at_quantile(x) as f64
+}
+
+/// The whole benchmark: baseline, then replicated, then the report.
+pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
+    if cfg.writers == 0 || cfg.writers > 1024 {
+        return Err(Error::InvalidArgument(format!("writers must be 1..=1024, got {}", cfg.writers)));
+    }
+    if cfg.file_blocks == 0 {
+        return Err(Error::InvalidArgument("file blocks must be at least 1".into()));
+    }
+    if cfg.rounds == 0 || cfg.rounds > 100 {
+        return Err(Error::InvalidArgument(format!("rounds must be 1..=100, got {}", cfg.rounds)));
+    }
+    filerep::config::check_block_size(cfg.block_size)?;
+    let bs = cfg.block_size;
+    let blocks = random_blocks(bs, 7);
+    let name = |w: usize| FsPath::new(0, RelPath::new(&format!("bench{w}")).unwrap_or_else(|_| unreachable!()));
+    // Each round runs the baseline, then the pair, for an equal share of
+    // the time: drift of a shared machine (other tenants, write-back of
+    // earlier data) falls on both sides alike.
+    let round_cfg = BenchConfig {
+        phase: cfg.phase / cfg.rounds,
+        count: cfg.count.map(|c| c.div_ceil(cfg.rounds as u64)),
+        ..cfg.clone()
+    };
+
+    // ---- baseline: every block written twice, locally ----
+    let base = cfg.dir.join("baseline");
+    let (bp, bm) = (base.join("primary"), base.join("mirror"));
+    fresh_dir(&bp)?;
+    fresh_dir(&bm)?;
+    let disk = filerep::io::disk::open_local(&[bp.clone(), bm.clone()], cfg.prefer_uring)?;
+    let backend = disk.name().to_string();
+    let mut files: Vec<(Arc<dyn DiskFile>, Arc<dyn DiskFile>)> = Vec::new();
+    for w in 0..cfg.writers {
+        let p = name(w);
+        let a = disk.open(&p, OpenMode::CreateNew)?;
+        let b = disk.open(&FsPath::new(1, p.path.clone()), OpenMode::CreateNew)?;
+        files.push((a, b));
+    }
+    let fsync_hist = Mutex::new(hist());
+
+    // ---- replicated: a real primary and a real mirror daemon ----
+    let rep = cfg.dir.join("replicated");
+    let tracking = if cfg.activity_log { Some(tracking_in(&cfg.dir.join("replicated-state"), bs)?) } else { None };
+    let (mirror, primary) = start_pair(cfg, &rep, tracking)?;
+    for w in 0..cfg.writers {
+        primary.create(0, name(w).path.as_str())?;
+    }
+
+    // Time-based runs show a bar with ETA on a terminal (hidden otherwise).
+    let bar = if cfg.progress && cfg.count.is_none() {
+        let b = ProgressBar::new(2 * cfg.phase.as_millis() as u64);
+        b.set_style(
+            ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {percent}% ETA {eta} {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        b
+    } else {
+        ProgressBar::hidden()
+    };
+    let mut baseline = PhaseResult { blocks: 0, elapsed: Duration::ZERO, writes: hist(), flushes: hist() };
+    let mut replicated = PhaseResult { blocks: 0, elapsed: Duration::ZERO, writes: hist(), flushes: hist() };
+    let mut wire = 0u64;
+    // Every phase continues where the last one of its kind stopped in the
+    // working set, so both sides allocate and overwrite alike.
+    let base_offset = std::sync::atomic::AtomicU64::new(0);
+    let rep_offset = std::sync::atomic::AtomicU64::new(0);
+    for _round in 0..cfg.rounds {
+        let start = base_offset.load(Ordering::Relaxed);
+        bar.set_message(format!("round {} of {}: baseline", _round + 1, cfg.rounds));
+        let b = run_phase(&round_cfg, &bar, |w, n| {
+            let (a, b) = &files[w];
+            let k = start + n;
+            let data = &blocks[(k % 16) as usize];
+            let off = (k % cfg.file_blocks) * bs as u64;
+            let t = Instant::now();
+            a.write_at(off, data)?;
+            b.write_at(off, data)?;
+            let wd = t.elapsed();
+            let mut fd = None;
+            if cfg.flush_every > 0 && (n + 1) % cfg.flush_every == 0 {
+                let t = Instant::now();
+                a.sync_data()?;
+                let one = t.elapsed();
+                b.sync_data()?;
+                fd = Some(t.elapsed());
+                let _ = fsync_hist.lock().unwrap_or_else(|e| e.into_inner()).record(us(one));
+            }
+            Ok((wd, fd))
+        })?;
+        base_offset.fetch_add(b.blocks / cfg.writers as u64 + 1, Ordering::Relaxed);
+        baseline.merge(&b);
+
+        let before = primary.stats();
+        let start = rep_offset.load(Ordering::Relaxed);
+        bar.set_message(format!("round {} of {}: replicated", _round + 1, cfg.rounds));
+        let r = run_phase(&round_cfg, &bar, |w, n| {
+            let p = name(w);
+            let k = start + n;
+            let data = &blocks[(k % 16) as usize];
+            let t = Instant::now();
+            primary.write_block(0, p.path.as_str(), k % cfg.file_blocks, data)?;
+            let wd = t.elapsed();
+            let mut fd = None;
+            if cfg.flush_every > 0 && (n + 1) % cfg.flush_every == 0 {
+                let t = Instant::now();
+                primary.sync(0, p.path.as_str())?;
+                fd = Some(t.elapsed());
+            }
+            Ok((wd, fd))
+        })?;
+        wire += primary.stats().wire_bytes_sent - before.wire_bytes_sent;
+        rep_offset.fetch_add(r.blocks / cfg.writers as u64 + 1, Ordering::Relaxed);
+        replicated.merge(&r);
+    }
+    bar.finish_and_clear();
+    primary.shutdown(Duration::from_secs(30))?;
+    drop(primary);
+    let _ = mirror.stop();
+    drop(files);
+    drop(disk);
+    let fsync_hist = fsync_hist.into_inner().unwrap_or_else(|e| e.into_inner());
+    let _ = std::fs::remove_dir_all(&base);
+    let _ = std::fs::remove_dir_all(&rep);
+    let _ = std::fs::remove_dir_all(cfg.dir.join("replicated-state"));
+
+    let wire_per_block = wire as f64 / replicated.blocks.max(1) as f64;
+    let base_mb = mb_s(baseline.blocks, bs, baseline.elapsed);
+    let rep_mb = mb_s(replicated.blocks, bs, replicated.elapsed);
+    Ok(BenchReport {
+        writers: cfg.writers,
+        block_size: bs,
+        sync_level: cfg.sync_level.name(),
+        io_backend: backend,
+        activity_log: cfg.activity_log,
+        rounds: cfg.rounds,
+        phase_seconds: replicated.elapsed.as_secs_f64(),
+        baseline_double_write_mb_s: base_mb,
+        baseline_blocks_s: baseline.blocks as f64 / baseline.elapsed.as_secs_f64(),
+        baseline_write_p50_us: p50(&baseline.writes),
+        baseline_write_p99_us: q(&baseline.writes, 0.99),
+        local_fdatasync_p50_us: p50(&fsync_hist),
+        local_fdatasync_p99_us: q(&fsync_hist, 0.99),
+        replicated_mb_s: rep_mb,
+        replicated_blocks_s: replicated.blocks as f64 / replicated.elapsed.as_secs_f64(),
+        write_p50_us: p50(&replicated.writes),
+        write_p99_us: q(&replicated.writes, 0.99),
+        write_p999_us: q(&replicated.writes, 0.999),
+        flush_p50_us: p50(&replicated.flushes),
+        flush_p99_us: q(&replicated.flushes, 0.99),
+        wire_bytes_per_block: wire_per_block,
+        wire_overhead_pct: (wire_per_block - bs as f64) / bs as f64 * 100.0,
+        throughput_ratio: rep_mb / base_mb.max(1e-9),
+        flush_ratio: p50(&replicated.flushes) / p50(&fsync_hist).max(1.0),
+    })
+}
+
+/// Change tracking with a change-log in `state` and an arbiter that marks
+/// a lost mirror down.
+fn tracking_in(state: &Path, bs: u32) -> Result<filerep::runtime::primary::ChangeTracking> {
+    fresh_dir(state)?;
+    let state_disk: Arc<dyn filerep::io::disk::Disk> =
+        Arc::new(filerep::io::disk::StdDisk::open(&[state.to_path_buf()])?);
+    let log_path = FsPath::new(0, RelPath::new("changelog").map_err(Error::from)?);
+    let log = Arc::new(filerep::durable::changelog::ChangeLog::create(state_disk, log_path, bs)?);
+    Ok(filerep::runtime::primary::ChangeTracking {
+        changelog: log,
+        arbiter: Arc::new(filerep::runtime::arbiter::FixedArbiter(filerep::runtime::arbiter::Decision::MirrorDown)),
+        decision_timeout: Duration::from_secs(10),
+    })
+}
+
+/// A real mirror daemon and a primary connected to it, under `dir`
+/// (`primary/`, `mirror/`, a fresh cluster key).
+fn start_pair(
+    cfg: &BenchConfig,
+    dir: &Path,
+    change_tracking: Option<filerep::runtime::primary::ChangeTracking>,
+) -> Result<(MirrorProcess, Primary)> {
+    let (rp, rm) = (dir.join("primary"), dir.join("mirror"));
+    fresh_dir(&rp)?;
+    fresh_dir(&rm)?;
+    let key_file = dir.join("cluster.key");
+    let mut material = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut material);
+    let hex: String = material.iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::write(&key_file, &hex).map_err(|e| Error::io("writing the key file", e))?;
+    let identity = PairIdentity { cluster_id: 0xbe4c, content_id: 0, block_size: cfg.block_size, generation: 1 };
+    let mirror = MirrorProcess::spawn(
+        &cfg.exe,
+        &MirrorArgs {
+            filespaces: vec![Filespace { name: "pg_system".into(), root: rm }],
+            key_file,
+            cluster_id: identity.cluster_id,
+            content_id: 0,
+            block_size: cfg.block_size,
+            generation: 1,
+            listen: "127.0.0.1:0".into(),
+            extra: if cfg.prefer_uring { vec![] } else { vec!["--std-io".into()] },
+        },
+    )?;
+    let stream = std::net::TcpStream::connect(mirror.addr).map_err(|e| Error::io("connecting to the mirror", e))?;
+    let conn = filerep::io::net::tcp(stream).map_err(|e| Error::io("configuring the connection", e))?;
+    let primary = Primary::start(
+        PrimaryConfig {
+            identity,
+            filespaces: vec![Filespace { name: "pg_system".into(), root: rp }],
+            key: ClusterKey::from_material(hex.as_bytes()).map_err(|e| Error::InvalidArgument(e.to_string()))?,
+            sync_level: cfg.sync_level,
+            tuning: StreamTuning::default(),
+            prefer_uring: cfg.prefer_uring,
+            change_tracking,
+        },
+        conn,
+        &mirror.addr.to_string(),
+    )?;
+    Ok((mirror, primary))
+}
+
+/// `filerep bench --mirror-down`: writes in change tracking beside
+/// local-only writes, the same harness on the same disk, sides alternating.
+#[derive(Debug, Clone, Serialize)]
+pub struct MirrorDownReport {
+    pub writers: usize,
+    pub block_size: u32,
+    pub io_backend: String,
+    pub rounds: u32,
+    pub phase_seconds: f64,
+    pub local_mb_s: f64,
+    pub local_write_p50_us: f64,
+    pub change_tracking_mb_s: f64,
+    pub change_tracking_write_p50_us: f64,
+    pub change_tracking_write_p99_us: f64,
+    pub ratio: f64,
+    pub changelog_distinct_blocks: u64,
+    pub changelog_bytes: u64,
+    pub changelog_bytes_after_compaction: u64,
+}
+
+pub fn run_mirror_down(cfg: &BenchConfig) -> Result<MirrorDownReport> {
+    if cfg.writers == 0 || cfg.writers > 1024 || cfg.file_blocks == 0 || cfg.rounds == 0 || cfg.rounds > 100 {
+        return Err(Error::InvalidArgument("writers 1..=1024, file blocks >= 1, rounds 1..=100".into()));
+    }
+    filerep::config::check_block_size(cfg.block_size)?;
+    let bs = cfg.block_size;
+    let blocks = random_blocks(bs, 11);
+    let name = |w: usize| format!("bench{w}");
+    let round_cfg = BenchConfig {
+        phase: cfg.phase / cfg.rounds,
+        count: cfg.count.map(|c| c.div_ceil(cfg.rounds as u64)),
+        ..cfg.clone()
+    };
+
+    // Local-only: each block written once, each sync one fdatasync.
+    let local_dir = cfg.dir.join("local");
+    fresh_dir(&local_dir)?;
+    let disk = filerep::io::disk::open_local(std::slice::from_ref(&local_dir), cfg.prefer_uring)?;
+    let backend = disk.name().to_string();
+    let mut files = Vec::new();
+    for w in 0..cfg.writers {
+        files.push(disk.open(&FsPath::new(0, RelPath::new(&name(w)).map_err(Error::from)?), OpenMode::CreateNew)?);
+    }
+
+    // A real pair whose mirror is then killed: the primary goes on in change tracking.
+    let rep = cfg.dir.join("tracked");
+    let tracking = tracking_in(&rep.join("state"), bs)?;
+    let log = tracking.changelog.clone();
+    let (mut mirror, primary) = start_pair(cfg, &rep, Some(tracking))?;
+    for w in 0..cfg.writers {
+        primary.create(0, &name(w))?;
+    }
+    mirror.kill();
+    // The next call waits for the arbiter's decision, then goes on alone.
+    primary.write_block(0, &name(0), 0, &blocks[0])?;
+    if primary.mode() != filerep::runtime::primary::Mode::ChangeTracking {
+        return Err(Error::MirrorLost(format!("expected change tracking, the pair is {:?}", primary.mode())));
+    }
+
+    let bar = ProgressBar::hidden();
+    let mut local = PhaseResult { blocks: 0, elapsed: Duration::ZERO, writes: hist(), flushes: hist() };
+    let mut tracked = PhaseResult { blocks: 0, elapsed: Duration::ZERO, writes: hist(), flushes: hist() };
+    for _ in 0..cfg.rounds {
+        let l = run_phase(&round_cfg, &bar, |w, n| {
+            let data = &blocks[(n % 16) as usize];
+            let t = Instant::now();
+            files[w].write_at((n % cfg.file_blocks) * bs as u64, data)?;
+            let wd = t.elapsed();
+            let mut fd = None;
+            if cfg.flush_every > 0 && (n + 1) % cfg.flush_every == 0 {
+                let t = Instant::now();
+                files[w].sync_data()?;
+                fd = Some(t.elapsed());
+            }
+            Ok((wd, fd))
+        })?;
+        local.merge(&l);
+        let t = run_phase(&round_cfg, &bar, |w, n| {
+            let data = &blocks[(n % 16) as usize];
+            let t = Instant::now();
+            primary.write_block(0, &name(w), n % cfg.file_blocks, data)?;
+            let wd = t.elapsed();
+            let mut fd = None;
+            if cfg.flush_every > 0 && (n + 1) % cfg.flush_every == 0 {
+                let t = Instant::now();
+                primary.sync(0, &name(w))?;
+                fd = Some(t.elapsed());
+            }
+            Ok((wd, fd))
+        })?;
+        tracked.merge(&t);
+    }
+    let before = log.stats();
+    log.compact()?;
+    let after = log.stats();
+    drop(primary);
+    drop(files);
+    let _ = std::fs::remove_dir_all(&local_dir);
+    let _ = std::fs::remove_dir_all(&rep);
+    let local_mb = mb_s(local.blocks, bs, local.elapsed);
+    let tracked_mb = mb_s(tracked.blocks, bs, tracked.elapsed);
+    Ok(MirrorDownReport {
+        writers: cfg.writers,
+        block_size: bs,
+        io_backend: backend,
+        rounds: cfg.rounds,
+        phase_seconds: tracked.elapsed.as_secs_f64(),
+        local_mb_s: local_mb,
+        local_write_p50_us: p50(&local.writes),
+        change_tracking_mb_s: tracked_mb,
+        change_tracking_write_p50_us: p50(&tracked.writes),
+        change_tracking_write_p99_us: q(&tracked.writes, 0.99),
+        ratio: tracked_mb / local_mb.max(1e-9),
+        changelog_distinct_blocks: after.distinct_blocks,
+        changelog_bytes: before.bytes_on_disk,
+        changelog_bytes_after_compaction: after.bytes_on_disk,
+    })
+}

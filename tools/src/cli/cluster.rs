@@ -1,0 +1,74 @@
+//! `filerep segment` and `filerep arbiter`: the two long-running processes
+//! of a mirrored cluster.
+
+use filerep::cluster::probe::{ArbiterProcess, ProbeConfig};
+use filerep::cluster::segment::{Segment, SegmentConfig};
+use filerep::protocol::handshake::ClusterKey;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The line each process prints on stdout once it serves (for scripts and tests).
+pub const SEGMENT_READY: &str = "filerep segment ready, control on ";
+pub const ARBITER_READY: &str = "filerep arbiter ready on ";
+
+#[derive(clap::Args)]
+pub struct SegmentCmd {
+    /// The segment's settings (JSON; see docs/operations.md).
+    #[arg(long)]
+    config: PathBuf,
+}
+
+#[derive(clap::Args)]
+pub struct ArbiterCmd {
+    /// The catalog file (JSON); rewritten atomically on every change.
+    #[arg(long)]
+    catalog: PathBuf,
+    /// File holding the cluster key.
+    #[arg(long)]
+    key_file: PathBuf,
+    /// Address for the segments' questions (port 0 picks one; it is printed).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: String,
+    /// Milliseconds between probe rounds.
+    #[arg(long, default_value_t = 1000)]
+    interval_ms: u64,
+    /// Milliseconds one probe may take.
+    #[arg(long, default_value_t = 1000)]
+    timeout_ms: u64,
+    /// Failed probes retried before a segment is declared down.
+    #[arg(long, default_value_t = 2)]
+    retries: u32,
+}
+
+fn stop_on_signals(flag: &std::sync::Arc<std::sync::atomic::AtomicBool>) -> Result<(), String> {
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, flag.clone()).map_err(|e| format!("cannot handle signals: {e}"))?;
+    }
+    Ok(())
+}
+
+pub fn run_segment(c: SegmentCmd) -> Result<(), String> {
+    let cfg = SegmentConfig::load(&c.config).map_err(|e| e.to_string())?;
+    let seg = Segment::open(cfg).map_err(|e| e.to_string())?;
+    stop_on_signals(&seg.stop_flag())?;
+    let addr = seg.control_addr().map_err(|e| e.to_string())?;
+    println!("{SEGMENT_READY}{addr}");
+    seg.run().map_err(|e| e.to_string())
+}
+
+pub fn run_arbiter(c: ArbiterCmd) -> Result<(), String> {
+    let key = ClusterKey::from_file(&c.key_file).map_err(|e| e.to_string())?;
+    let cfg = ProbeConfig {
+        catalog: c.catalog,
+        key,
+        listen: c.listen,
+        interval: Duration::from_millis(c.interval_ms),
+        timeout: Duration::from_millis(c.timeout_ms),
+        retries: c.retries,
+    };
+    let arb = ArbiterProcess::open(cfg).map_err(|e| e.to_string())?;
+    stop_on_signals(&arb.stop_flag())?;
+    let addr = arb.local_addr().map_err(|e| e.to_string())?;
+    println!("{ARBITER_READY}{addr}");
+    arb.run().map_err(|e| e.to_string())
+}

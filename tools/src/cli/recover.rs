@@ -1,0 +1,439 @@
+//! `filerep recover`: ask the arbiter to resynchronize pairs, then follow
+//! each resync to the end with a progress bar (or plain lines when stderr
+//! is not a terminal) and a summary (`--json` for scripts).
+
+use filerep::cluster::segment::{ArbiterRequest, ArbiterResponse, SegmentRequest, SegmentResponse, SegmentStatus};
+use filerep::core::pair::PairMode;
+use filerep::durable::catalog::Catalog;
+use filerep::protocol::handshake::ClusterKey;
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
+#[derive(clap::Args)]
+pub struct RecoverCmd {
+    #[command(flatten)]
+    target: crate::cli::target::Target,
+    /// The arbiter's address, from `target`.
+    #[arg(skip)]
+    arbiter: String,
+    /// Only this content (default: every pair that is not synchronized).
+    #[arg(long)]
+    content: Option<u32>,
+    /// Full resync: every file, and remove what the mirror has and the primary lacks.
+    #[arg(short = 'F', long)]
+    full: bool,
+    /// Rebalance: return every synchronized pair to its preferred roles (an orderly switch).
+    #[arg(short = 'r', long, conflicts_with = "full")]
+    rebalance: bool,
+    /// Compare hashes of every listed block on both sides and ship only those that differ.
+    #[arg(long, conflicts_with = "full")]
+    compare: bool,
+    /// Limit block copies to this many MB/s.
+    #[arg(long)]
+    max_rate: Option<f64>,
+    /// Record progress durably every this many MiB shipped (default 64).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
+    checkpoint_mib: Option<u64>,
+    /// Give up following after this many seconds (the resync itself goes on).
+    #[arg(long, default_value_t = 3600)]
+    timeout: u64,
+    /// One JSON object per pair instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// A progress bar for one content's long job on a terminal (hidden
+/// otherwise, or with `--json`: the caller prints plain lines instead);
+/// whether it shows.
+pub fn progress_bar(content: u32, template: &str, json: bool) -> (indicatif::ProgressBar, bool) {
+    let terminal = std::io::stderr().is_terminal() && !json;
+    if !terminal {
+        return (indicatif::ProgressBar::hidden(), false);
+    }
+    let b = indicatif::ProgressBar::new(0);
+    b.set_style(
+        indicatif::ProgressStyle::with_template(template).unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    b.set_prefix(content.to_string());
+    (b, true)
+}
+
+impl RecoverCmd {
+    /// A full resync of one content (how `filerep addmirrors` builds a new mirror).
+    pub fn full_resync(
+        dir: &filerep_tools::cluster::ClusterDir,
+        content: u32,
+        max_rate: Option<f64>,
+        json: bool,
+    ) -> RecoverCmd {
+        RecoverCmd {
+            target: crate::cli::target::Target::of(dir),
+            arbiter: String::new(),
+            content: Some(content),
+            full: true,
+            rebalance: false,
+            compare: false,
+            max_rate,
+            checkpoint_mib: None,
+            timeout: 3600,
+            json,
+        }
+    }
+}
+
+#[derive(serde::Serialize)]
+struct Summary {
+    content: u32,
+    full: bool,
+    result: String,
+    seconds: f64,
+    paths: u64,
+    blocks: u64,
+    bytes: u64,
+    mode: char,
+    generation: u64,
+}
+
+impl Summary {
+    fn not_started(content: u32, full: bool, why: String) -> Summary {
+        Summary {
+            content,
+            full,
+            result: format!("not started: {why}"),
+            seconds: 0.0,
+            paths: 0,
+            blocks: 0,
+            bytes: 0,
+            mode: '-',
+            generation: 0,
+        }
+    }
+}
+
+/// The result of a resync the segment stopped short: its cause, and the
+/// advice to run the command again unless the cause gives its own.
+fn stopped_short(cause: &str) -> String {
+    let cause = cause.trim_start_matches("refused: ");
+    if cause.contains("filerep recover") {
+        format!("resync stopped short: {cause}")
+    } else {
+        format!("resync stopped short: {cause}; run filerep recover again")
+    }
+}
+
+const RPC: Duration = Duration::from_secs(5);
+
+fn catalog(addr: &str, key: &ClusterKey) -> Result<Catalog, String> {
+    filerep::cluster::probe::fetch_catalog(addr, key, RPC)
+        .map_err(|e| format!("cannot read the catalog from {addr}: {e}"))
+}
+
+fn status(addr: &str, key: &ClusterKey) -> Option<SegmentStatus> {
+    match filerep::cluster::control::call::<_, SegmentResponse>(addr, key, &SegmentRequest::Probe, RPC) {
+        Ok(SegmentResponse::Status(s)) => Some(s),
+        _ => None,
+    }
+}
+
+pub fn run(mut c: RecoverCmd) -> Result<std::process::ExitCode, String> {
+    let (arbiter, key) = c.target.reach()?;
+    c.arbiter = arbiter;
+    let max_rate = match c.max_rate {
+        None => None,
+        Some(r) if r > 0.0 && r <= 1e6 => Some((r * 1e6) as u64),
+        Some(r) => return Err(format!("--max-rate {r}: give 0 < MB/s <= 1000000")),
+    };
+    let cat = catalog(&c.arbiter, &key)?;
+    if c.rebalance {
+        return rebalance(&c, &key, &cat);
+    }
+    let contents: Vec<u32> = match c.content {
+        Some(x) if cat.pair(x).is_none() => return Err(format!("--content {x}: no such content in the catalog")),
+        Some(x) => vec![x],
+        None => cat.pairs.iter().filter(|p| p.pair.mode != PairMode::Synchronized).map(|p| p.pair.content).collect(),
+    };
+    if contents.is_empty() {
+        if !c.json {
+            eprintln!("every pair is synchronized: nothing to recover");
+        }
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
+    // Every pair can start before any is started.
+    let refusals: Vec<String> =
+        contents.iter().filter_map(|x| cat.pair(*x).and_then(|p| p.recover_refusal(c.full))).collect();
+    if !refusals.is_empty() {
+        let also =
+            if contents.len() > refusals.len() { "; nothing was started (name the others with --content)" } else { "" };
+        return Err(format!("{}{also}", refusals.join("; ")));
+    }
+    let mut failed = false;
+    let several = contents.len() > 1;
+    for content in contents {
+        // A pair that cannot start after all stays as it is (c, r or n);
+        // the others go on, and running the command again completes it.
+        let s = match follow(&c, &key, content, max_rate) {
+            Ok(s) => s,
+            Err(e) if several => Summary::not_started(content, c.full, e),
+            Err(e) => return Err(e),
+        };
+        failed |= s.result != "synchronized";
+        if c.json {
+            println!("{}", serde_json::to_string(&s).map_err(|e| e.to_string())?);
+        } else {
+            println!(
+                "content {}: {} in {:.1} s ({} paths, {} blocks, {:.1} MiB shipped); mode {}, generation {}",
+                s.content,
+                s.result,
+                s.seconds,
+                s.paths,
+                s.blocks,
+                s.bytes as f64 / 1048576.0,
+                s.mode,
+                s.generation
+            );
+        }
+    }
+    Ok(if failed { std::process::ExitCode::from(1) } else { std::process::ExitCode::SUCCESS })
+}
+
+fn follow(c: &RecoverCmd, key: &ClusterKey, content: u32, max_rate: Option<u64>) -> Result<Summary, String> {
+    let started = Instant::now();
+    let checkpoint_bytes = c.checkpoint_mib.map(|m| m << 20);
+    let req = ArbiterRequest::Recover { content, full: c.full, max_rate, compare: c.compare, checkpoint_bytes };
+    let mut restored = false;
+    loop {
+        match filerep::cluster::control::call::<_, ArbiterResponse>(&c.arbiter, key, &req, RPC) {
+            Ok(ArbiterResponse::Started) => break,
+            // Once only: a second answer like it means the primary fell again.
+            Ok(ArbiterResponse::Restored { generation }) if !restored => {
+                restored = true;
+                if !c.json {
+                    eprintln!(
+                        "content {content} was down: restored from its acting primary at generation {generation}; \
+                         waiting for it to serve, then resynchronizing the mirror"
+                    );
+                }
+                wait_serving(c, key, content, generation, started)?;
+            }
+            Ok(ArbiterResponse::Refused(why)) => return Err(format!("content {content}: {why}")),
+            Ok(other) => return Err(format!("content {content}: unexpected answer {other:?}")),
+            Err(e) => return Err(format!("cannot reach the arbiter: {e}")),
+        }
+    }
+    let (bar, terminal) = progress_bar(
+        content,
+        "content {prefix} [{elapsed_precise}] {bar:30} {pos}/{len} blocks {msg} ETA {eta}",
+        c.json,
+    );
+    let mut last_line = Instant::now();
+    let mut last = SegmentStatus {
+        dbid: 0,
+        content,
+        acting: filerep::cluster::segment::Acting::Idle,
+        generation: 0,
+        mode: '-',
+        detail: String::new(),
+        changes_pending: false,
+        resync: None,
+        resync_error: None,
+        verify: None,
+        replication: None,
+        changelog: None,
+    };
+    let result = loop {
+        if started.elapsed() > Duration::from_secs(c.timeout) {
+            break "still resynchronizing (stopped following)".to_string();
+        }
+        std::thread::sleep(Duration::from_millis(200)); // polling interval of a progress display
+        let cat = catalog(&c.arbiter, key)?;
+        let Some(cp) = cat.pair(content) else { break "the content left the catalog".into() };
+        let primary = cp.pair.acting_primary().dbid;
+        if let Some(s) = cp.address(primary).and_then(|a| status(&a.control, key)) {
+            last = s;
+        }
+        if let Some(p) = &last.resync {
+            bar.set_length(p.blocks_total);
+            bar.set_position(p.blocks_done);
+            let secs = started.elapsed().as_secs_f64().max(0.001);
+            bar.set_message(format!(
+                "{:.1} MiB at {:.1} MiB/s",
+                p.bytes_done as f64 / 1048576.0,
+                p.bytes_done as f64 / 1048576.0 / secs
+            ));
+            if !terminal && !c.json && last_line.elapsed() > Duration::from_secs(2) {
+                eprintln!(
+                    "content {content}: {}/{} blocks, {:.1} MiB",
+                    p.blocks_done,
+                    p.blocks_total,
+                    p.bytes_done as f64 / 1048576.0
+                );
+                last_line = Instant::now();
+            }
+        }
+        if cp.pair.down {
+            let why = cat.history.iter().rev().find(|h| h.content == content).map(|h| h.reason.clone());
+            break format!("the content is down ({})", why.unwrap_or_default());
+        }
+        match cp.pair.mode {
+            PairMode::Synchronized => break "synchronized".into(),
+            PairMode::Resynchronizing => {
+                if let Some(e) = &last.resync_error {
+                    break stopped_short(e);
+                }
+            }
+            m => {
+                let why = cat.history.iter().rev().find(|h| h.content == content).map(|h| h.reason.clone());
+                break format!("the pair went back to {} ({})", m.letter(), why.unwrap_or_default());
+            }
+        }
+    };
+    bar.finish_and_clear();
+    let p = last.resync.clone().unwrap_or_default();
+    let cat = catalog(&c.arbiter, key)?;
+    let pair = cat.pair(content).map(|p| p.pair.clone());
+    Ok(Summary {
+        content,
+        full: c.full,
+        result,
+        seconds: started.elapsed().as_secs_f64(),
+        paths: p.paths_done,
+        blocks: p.blocks_done,
+        bytes: p.bytes_done,
+        mode: pair.as_ref().map_or('-', |p| p.mode.letter()),
+        generation: pair.map_or(0, |p| p.generation),
+    })
+}
+
+/// Wait until a restored pair's primary serves alone at `generation` and
+/// its mirror is up at it, so a resync can be ordered.
+fn wait_serving(
+    c: &RecoverCmd,
+    key: &ClusterKey,
+    content: u32,
+    generation: u64,
+    started: Instant,
+) -> Result<(), String> {
+    loop {
+        if started.elapsed() > Duration::from_secs(c.timeout) {
+            return Err(format!(
+                "content {content}: the restored primary did not serve at generation {generation} in time"
+            ));
+        }
+        let cat = catalog(&c.arbiter, key)?;
+        let Some(cp) = cat.pair(content) else { return Err(format!("content {content} left the catalog")) };
+        if cp.pair.down || cp.pair.generation != generation {
+            return Err(format!(
+                "content {content} changed while being restored (generation {}, {}): run filerep recover again",
+                cp.pair.generation,
+                if cp.pair.down { "down" } else { "up" }
+            ));
+        }
+        let ready = |dbid: u32, want: filerep::cluster::segment::Acting| {
+            cp.address(dbid)
+                .and_then(|a| status(&a.control, key))
+                .is_some_and(|s| s.acting == want && s.generation == generation)
+        };
+        let (p, m) = (cp.pair.acting_primary(), cp.pair.acting_mirror());
+        if ready(p.dbid, filerep::cluster::segment::Acting::Primary)
+            && m.up
+            && ready(m.dbid, filerep::cluster::segment::Acting::Mirror)
+        {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100)); // polling the arbiter's rounds
+    }
+}
+
+/// `-r`: ask for the switch, then follow until the preferred primary streams.
+fn rebalance(c: &RecoverCmd, key: &ClusterKey, cat: &Catalog) -> Result<std::process::ExitCode, String> {
+    use filerep::core::pair::Role;
+    let contents: Vec<u32> = match c.content {
+        Some(x) if cat.pair(x).is_none() => return Err(format!("--content {x}: no such content in the catalog")),
+        Some(x) => vec![x],
+        None => cat
+            .pairs
+            .iter()
+            .filter(|p| p.pair.acting_primary().preferred_role != Role::Primary)
+            .map(|p| p.pair.content)
+            .collect(),
+    };
+    if contents.is_empty() {
+        if !c.json {
+            eprintln!("every pair is in its preferred roles: nothing to rebalance");
+        }
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
+    let mut failed = false;
+    for content in contents {
+        let started = Instant::now();
+        match filerep::cluster::control::call::<_, ArbiterResponse>(
+            &c.arbiter,
+            key,
+            &ArbiterRequest::Rebalance { content },
+            RPC,
+        ) {
+            Ok(ArbiterResponse::Started) => {}
+            Ok(ArbiterResponse::Refused(why)) => return Err(format!("content {content}: {why}")),
+            Ok(other) => return Err(format!("content {content}: unexpected answer {other:?}")),
+            Err(e) => return Err(format!("cannot reach the arbiter: {e}")),
+        }
+        let result = loop {
+            if started.elapsed() > Duration::from_secs(c.timeout) {
+                break "still switching (stopped following)".to_string();
+            }
+            std::thread::sleep(Duration::from_millis(100)); // polling interval of a progress display
+            let cat = catalog(&c.arbiter, key)?;
+            let Some(cp) = cat.pair(content) else { break "the content left the catalog".into() };
+            let p = cp.pair.acting_primary();
+            let streaming = cp.address(p.dbid).and_then(|a| status(&a.control, key)).is_some_and(|s| {
+                s.acting == filerep::cluster::segment::Acting::Primary
+                    && s.mode == 's'
+                    && s.generation == cp.pair.generation
+            });
+            if streaming && cp.pair.mode == PairMode::Synchronized {
+                break "rebalanced".into();
+            }
+            if cp.pair.down || cp.pair.mode != PairMode::Synchronized {
+                break format!("the pair left synchronized ({})", cp.pair.mode.letter());
+            }
+        };
+        let cat = catalog(&c.arbiter, key)?;
+        let pair = cat.pair(content).map(|p| p.pair.clone());
+        failed |= result != "rebalanced";
+        let s = Summary {
+            content,
+            full: false,
+            result,
+            seconds: started.elapsed().as_secs_f64(),
+            paths: 0,
+            blocks: 0,
+            bytes: 0,
+            mode: pair.as_ref().map_or('-', |p| p.mode.letter()),
+            generation: pair.as_ref().map_or(0, |p| p.generation),
+        };
+        if c.json {
+            println!("{}", serde_json::to_string(&s).map_err(|e| e.to_string())?);
+        } else {
+            println!(
+                "content {}: {} in {:.1} s; mode {}, generation {}",
+                s.content, s.result, s.seconds, s.mode, s.generation
+            );
+        }
+    }
+    Ok(if failed { std::process::ExitCode::from(1) } else { std::process::ExitCode::SUCCESS })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn stopped_short_says_why_once_and_never_refused() {
+        assert_eq!(
+            super::stopped_short("refused: the mirror could not be taken back: connection refused"),
+            "resync stopped short: the mirror could not be taken back: connection refused; run filerep recover again"
+        );
+        let own = "the resync took 1000 extra passes ...: run filerep recover again when fewer renames run";
+        let m = super::stopped_short(own);
+        assert_eq!(m.matches("filerep recover").count(), 1, "{m}");
+        assert!(!m.contains("refused"), "{m}");
+    }
+}

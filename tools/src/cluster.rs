@@ -1,0 +1,1307 @@
+//! A cluster on disk, and its processes: what `filerep init`, `start`,
+//! `stop` and the operator tools share.
+//!
+//! A cluster directory (on the host that runs the arbiter) holds:
+//!
+//! | path | what |
+//! |---|---|
+//! | `cluster.json` | [`ClusterFile`]: id, block size, filespace names, hosts, the arbiter's address |
+//! | `cluster.key` | the cluster key (random, hex), mode 0600 |
+//! | `catalog.json` | the catalog ([`filerep::durable::catalog`]), owned by the arbiter while it runs |
+//! | `segments/dbid<N>.json` | each segment's [`SegmentConfig`] |
+//! | `segments/dbid<N>/` | its state directory (change-log, activity log) and client socket |
+//! | `logs/`, `run/` | process logs and pid files |
+//!
+//! On one machine every "host" is a loopback address (127.0.0.2, ...). On
+//! several machines, copy the directory to each host and run
+//! `filerep start --host H` there: each host starts only its own segments,
+//! and the host named by `cluster.json`'s arbiter address starts the arbiter.
+
+use filerep::cluster::hosts;
+use filerep::cluster::layout::{self, DirIndex, HostProbe, Placement};
+use filerep::cluster::segment::{Acting, SegmentConfig, SegmentRequest, SegmentResponse, SegmentStatus};
+use filerep::core::pair::Pair;
+use filerep::durable::catalog::{Catalog, CatalogPair, CatalogSolo, SegmentAddress};
+use filerep::error::{Error, Result};
+use filerep::protocol::handshake::ClusterKey;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// The cluster's settings, fixed at `filerep init`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterFile {
+    pub cluster_id: u64,
+    pub block_size: u32,
+    /// Filespace names, the default one first.
+    pub filespaces: Vec<String>,
+    /// Segment hosts, in content order.
+    pub hosts: Vec<String>,
+    /// The arbiter's control address, `HOST:PORT`.
+    pub arbiter: String,
+    /// How the mirrors were placed (`group`, `spread`, `custom`), if any.
+    #[serde(default)]
+    pub placement: Option<String>,
+    /// The operator allowed hosts that are one machine (`--allow-one-machine`:
+    /// a test cluster on loopback addresses); `addmirrors` keeps to it.
+    #[serde(default)]
+    pub one_machine: bool,
+}
+
+/// The paths of a cluster directory.
+#[derive(Clone, Debug)]
+pub struct ClusterDir {
+    pub root: PathBuf,
+}
+
+impl ClusterDir {
+    pub fn new(root: impl Into<PathBuf>) -> ClusterDir {
+        ClusterDir { root: root.into() }
+    }
+    pub fn cluster_file(&self) -> PathBuf {
+        self.root.join("cluster.json")
+    }
+    pub fn key_file(&self) -> PathBuf {
+        self.root.join("cluster.key")
+    }
+    pub fn catalog(&self) -> PathBuf {
+        self.root.join("catalog.json")
+    }
+    pub fn segment_config(&self, dbid: u32) -> PathBuf {
+        self.root.join("segments").join(format!("dbid{dbid}.json"))
+    }
+    pub fn segment_dir(&self, dbid: u32) -> PathBuf {
+        self.root.join("segments").join(format!("dbid{dbid}"))
+    }
+    pub fn log(&self, name: &str) -> PathBuf {
+        self.root.join("logs").join(format!("{name}.log"))
+    }
+    pub fn pid(&self, name: &str) -> PathBuf {
+        self.root.join("run").join(format!("{name}.pid"))
+    }
+
+    pub fn load(&self) -> Result<ClusterFile> {
+        let path = self.cluster_file();
+        let bytes = std::fs::read(&path).map_err(|e| {
+            Error::io(
+                format!(
+                    "reading {} (is {} a cluster directory? see filerep init)",
+                    path.display(),
+                    self.root.display()
+                ),
+                e,
+            )
+        })?;
+        serde_json::from_slice(&bytes).map_err(|e| Error::InvalidArgument(format!("{}: {e}", path.display())))
+    }
+
+    pub fn key(&self) -> Result<ClusterKey> {
+        ClusterKey::from_file(&self.key_file())
+            .map_err(|e| Error::InvalidArgument(format!("key file {}: {e}", self.key_file().display())))
+    }
+
+    pub fn segment(&self, dbid: u32) -> Result<SegmentConfig> {
+        SegmentConfig::load(&self.segment_config(dbid))
+    }
+
+    /// Replace `cluster.json` (atomically: a temporary file renamed).
+    pub fn write_cluster_file(&self, file: &ClusterFile) -> Result<()> {
+        write_json(&self.cluster_file(), file)
+    }
+
+    /// Write a segment's configuration (atomically: a temporary file renamed).
+    pub fn write_segment(&self, cfg: &SegmentConfig) -> Result<()> {
+        write_json(&self.segment_config(cfg.dbid), cfg)
+    }
+}
+
+fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
+    let io = |e| Error::io(format!("writing {}", path.display()), e);
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d).map_err(io)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let bytes = serde_json::to_vec_pretty(v).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+    std::fs::write(&tmp, bytes).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
+}
+
+/// What `filerep init` creates.
+#[derive(Clone, Debug)]
+pub struct InitSpec {
+    /// Segment hosts (loopback addresses on one machine).
+    pub hosts: Vec<String>,
+    pub segments_per_host: u32,
+    /// The first primary port on each host; slot `j` uses `base_port + j`.
+    pub base_port: u16,
+    /// Per filespace, its name and the base under which each primary gets
+    /// `gpseg<content>` (the default filespace first).
+    pub data_dirs: Vec<(String, PathBuf)>,
+    pub block_size: u32,
+    /// Mirrors from the start: placement, port offset, and per filespace
+    /// the base of the mirrors' directories.
+    pub mirrors: Option<(Placement, u32, Vec<PathBuf>)>,
+    /// The arbiter's control address.
+    pub arbiter: String,
+    /// Accept hosts that are all this machine (test clusters on loopback
+    /// addresses); without it two such hosts are refused.
+    pub allow_one_machine: bool,
+}
+
+/// Most hosts and segments per host `init` accepts (a bound, not a goal).
+pub const MAX_HOSTS: usize = 256;
+pub const MAX_SEGMENTS_PER_HOST: u32 = 64;
+
+impl InitSpec {
+    /// Every value on its own, and the hosts: each resolved, no two one
+    /// host, no two this machine unless allowed.
+    fn check(&self) -> Result<Vec<hosts::Host>> {
+        let bad = |m: String| Err(Error::InvalidArgument(m));
+        if self.hosts.is_empty() || self.hosts.len() > MAX_HOSTS {
+            return bad(format!("--hosts: give 1 to {MAX_HOSTS} hosts (got {})", self.hosts.len()));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for h in &self.hosts {
+            if h.is_empty() || h.contains([':', ' ', '/']) {
+                return bad(format!("--hosts: {:?} is not a host name or IPv4 address", layout::elide(h)));
+            }
+            if !seen.insert(h) {
+                return bad(format!("--hosts: {h} appears twice"));
+            }
+        }
+        let hosts = hosts::check_hosts(&self.hosts, self.allow_one_machine)
+            .map_err(|e| Error::InvalidArgument(format!("--hosts: {e}")))?;
+        if self.segments_per_host == 0 || self.segments_per_host > MAX_SEGMENTS_PER_HOST {
+            return bad(format!("--segments-per-host {}: give 1 to {MAX_SEGMENTS_PER_HOST}", self.segments_per_host));
+        }
+        if self.data_dirs.is_empty() {
+            return bad("--data-dir: give at least one NAME=DIRECTORY (the default filespace first)".into());
+        }
+        let here = hosts.iter().any(|h| h.machine == hosts::Machine::This);
+        check_bases("--data-dir", &self.data_dirs, here)?;
+        filerep::config::check_block_size(self.block_size)?;
+        let last = self.base_port as u64 + self.segments_per_host as u64 - 1;
+        if self.base_port == 0 {
+            return bad("--base-port 0: give the first primary port, from 1 to 65535".into());
+        }
+        if last > 65535 {
+            return bad(format!(
+                "--base-port {}: {} segments per host would use ports up to {last}, past 65535; choose a base port of at most {}",
+                self.base_port,
+                self.segments_per_host,
+                65536 - self.segments_per_host as u64
+            ));
+        }
+        if let Some((_, offset, bases)) = &self.mirrors {
+            if bases.len() != self.data_dirs.len() {
+                return bad(format!(
+                    "--mirror-data-dir: {} given for {} filespaces; give one per --data-dir, in the same order",
+                    bases.len(),
+                    self.data_dirs.len()
+                ));
+            }
+            let named: Vec<(String, PathBuf)> =
+                self.data_dirs.iter().map(|(n, _)| n.clone()).zip(bases.iter().cloned()).collect();
+            check_bases("--mirror-data-dir", &named, here)?;
+            for slot in 0..self.segments_per_host {
+                layout::mirror_ports(slot, self.base_port + slot as u16, *offset)
+                    .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+            }
+        }
+        Ok(hosts)
+    }
+}
+
+/// Filespace bases as given: each name once, absolute paths without `.` or
+/// `..` (a relative one would depend on where each command runs), no base
+/// the same as or inside another, as written and (`resolve`: some host is
+/// this machine) once symbolic links are resolved here.
+fn check_bases(flag: &str, bases: &[(String, PathBuf)], resolve: bool) -> Result<()> {
+    let bad = |m: String| Err(Error::InvalidArgument(m));
+    let mut names = std::collections::BTreeSet::new();
+    let mut taken: DirIndex<(String, PathBuf)> = DirIndex::default();
+    let mut resolver = hosts::Resolver::default();
+    for (name, base) in bases {
+        if !names.insert(name) {
+            return bad(format!("{flag}: filespace {name} is given twice; give each filespace once"));
+        }
+        if !hosts::plain_absolute(base) {
+            return bad(format!(
+                "{flag} {name}={}: not an absolute path without . or ..; give the full path, starting with / (a relative one would depend on where each command runs)",
+                layout::shown(base)
+            ));
+        }
+        let written: PathBuf = base.components().collect();
+        let real = if resolve { resolver.resolve(base).unwrap_or_else(|_| written.clone()) } else { written.clone() };
+        for (path, how) in [
+            (&written, String::new()),
+            (&real, format!(" (which is {} once symbolic links are resolved)", layout::shown(&real))),
+        ] {
+            if let Some((relation, other, (other_name, other_base))) = taken.overlap("", path) {
+                let _ = other;
+                let how = if path == &written { String::new() } else { how };
+                return bad(format!(
+                    "{flag} {name}={}{how} {} {}, the base of filespace {other_name}; every filespace needs a base of its own, apart from the others",
+                    layout::shown(base),
+                    relation.words(),
+                    layout::shown(other_base)
+                ));
+            }
+        }
+        taken.insert("", written.clone(), (name.clone(), written.clone()));
+        if real != written {
+            taken.insert("", real, (name.clone(), written));
+        }
+    }
+    Ok(())
+}
+
+/// What the operator tools ask of the hosts ([`layout::HostProbe`]):
+/// answered on this machine for the hosts that are this machine, and by a
+/// segment running there for another machine's (over the control channel,
+/// `SegmentRequest::Inspect`). Before any segment exists (`filerep init`),
+/// another machine's paths can be taken as written: they are then listed
+/// by [`ClusterProbe::unchecked`], for the operator to check by hand.
+pub struct ClusterProbe {
+    machines: std::collections::BTreeMap<String, hosts::Machine>,
+    key: Option<ClusterKey>,
+    /// Host → the control endpoints of its segments, to ask.
+    agents: std::collections::BTreeMap<String, Vec<String>>,
+    as_written: bool,
+    unchecked: std::sync::Mutex<std::collections::BTreeSet<String>>,
+}
+
+/// The answers of one host: per path, per port.
+type Answers = (Vec<std::result::Result<layout::PathInfo, String>>, Vec<std::result::Result<(), String>>);
+
+impl ClusterProbe {
+    pub fn new(hosts: &[hosts::Host]) -> ClusterProbe {
+        ClusterProbe {
+            machines: hosts.iter().map(|h| (h.name.clone(), h.machine.clone())).collect(),
+            key: None,
+            agents: Default::default(),
+            as_written: false,
+            unchecked: Default::default(),
+        }
+    }
+
+    /// Ask these segments (host → control endpoints) about their machines.
+    pub fn with_agents(mut self, key: ClusterKey, agents: std::collections::BTreeMap<String, Vec<String>>) -> Self {
+        self.key = Some(key);
+        self.agents = agents;
+        self
+    }
+
+    /// Take another machine's paths as written when no segment there answers.
+    pub fn taking_remote_paths_as_written(mut self) -> Self {
+        self.as_written = true;
+        self
+    }
+
+    /// The hosts whose paths and ports were taken as written, unchecked.
+    pub fn unchecked(&self) -> Vec<String> {
+        self.unchecked.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect()
+    }
+
+    fn here(&self, host: &str) -> bool {
+        host == layout::THIS_MACHINE || self.machines.get(host) == Some(&hosts::Machine::This)
+    }
+
+    /// Ask a segment of `host` (the first that answers).
+    fn ask(
+        &self,
+        host: &str,
+        paths: &[(PathBuf, bool)],
+        ports: &[(String, u16)],
+    ) -> std::result::Result<Answers, String> {
+        let agents = self.agents.get(host).map(Vec::as_slice).unwrap_or_default();
+        let Some(key) = &self.key else { return Err(format!("no segment of host {host} to ask")) };
+        let mut why = format!("no segment of host {host} is known to ask");
+        for agent in agents {
+            let (mut p, mut q) = (Vec::new(), Vec::new());
+            let chunks = paths.len().max(ports.len()).div_ceil(filerep::cluster::segment::MAX_INSPECT).max(1);
+            let mut ok = true;
+            for c in 0..chunks {
+                let range = |n: usize| {
+                    (c * filerep::cluster::segment::MAX_INSPECT).min(n)
+                        ..((c + 1) * filerep::cluster::segment::MAX_INSPECT).min(n)
+                };
+                let req = SegmentRequest::Inspect {
+                    paths: paths[range(paths.len())].to_vec(),
+                    ports: ports[range(ports.len())].to_vec(),
+                };
+                match filerep::cluster::control::call::<_, SegmentResponse>(agent, key, &req, Duration::from_secs(30)) {
+                    Ok(SegmentResponse::Inspected { paths, ports }) => {
+                        p.extend(paths);
+                        q.extend(ports);
+                    }
+                    Ok(SegmentResponse::Refused(r)) => {
+                        why = format!("the segment on {agent} refused: {r}");
+                        ok = false;
+                        break;
+                    }
+                    Ok(other) => {
+                        why = format!("the segment on {agent} answered {other:?}");
+                        ok = false;
+                        break;
+                    }
+                    Err(e) => {
+                        why = e.to_string();
+                        ok = false;
+                        break;
+                    }
+                }
+            }
+            if ok && p.len() == paths.len() && q.len() == ports.len() {
+                return Ok((p, q));
+            }
+        }
+        Err(why)
+    }
+
+    fn remote_unchecked(&self, host: &str) -> bool {
+        let unchecked = self.as_written && !self.agents.contains_key(host);
+        if unchecked {
+            self.unchecked.lock().unwrap_or_else(|e| e.into_inner()).insert(host.to_string());
+        }
+        unchecked
+    }
+}
+
+impl layout::HostProbe for ClusterProbe {
+    fn machine(&self, host: &str) -> String {
+        if self.here(host) {
+            return hosts::Machine::This.key();
+        }
+        self.machines.get(host).map_or_else(|| format!("host {host}"), hosts::Machine::key)
+    }
+
+    fn state(&self, host: &str, path: &Path) -> std::io::Result<layout::PathState> {
+        let mut r = self.inspect(host, &[(path.to_path_buf(), false)]);
+        r.pop().unwrap_or_else(|| Err(std::io::Error::other("no answer"))).map(|i| i.state)
+    }
+
+    fn inspect(&self, host: &str, paths: &[(PathBuf, bool)]) -> Vec<std::io::Result<layout::PathInfo>> {
+        if self.here(host) {
+            return hosts::inspect_paths(paths);
+        }
+        if self.remote_unchecked(host) {
+            let written = |p: &PathBuf| layout::PathInfo {
+                state: layout::PathState::Absent,
+                resolved: p.components().collect(),
+                unwritable: None,
+            };
+            return paths.iter().map(|(p, _)| Ok(written(p))).collect();
+        }
+        match self.ask(host, paths, &[]) {
+            Ok((answers, _)) => answers.into_iter().map(|a| a.map_err(std::io::Error::other)).collect(),
+            Err(why) => {
+                let e = format!("host {host} is another machine, where this command cannot look itself, and no segment there answered to look for it ({why}); start that host's segments, or check by hand there that the path is absent or an empty directory and not a symbolic link into another segment's directory (readlink -f PATH)");
+                paths.iter().map(|_| Err(std::io::Error::other(e.clone()))).collect()
+            }
+        }
+    }
+
+    fn ports_free(&self, host: &str, ports: &[(String, u16)]) -> Vec<std::result::Result<(), String>> {
+        if self.here(host) {
+            return ports.iter().map(|(a, p)| hosts::port_free(a, *p)).collect();
+        }
+        if self.remote_unchecked(host) {
+            return ports.iter().map(|_| Ok(())).collect();
+        }
+        match self.ask(host, &[], ports) {
+            Ok((_, answers)) => answers,
+            Err(why) => ports
+                .iter()
+                .map(|(a, p)| {
+                    Err(format!(
+                        "cannot tell whether port {p} is free on {a}: no segment of host {host} answered ({why})"
+                    ))
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The directory a segment keeps filespace `base`'s data in.
+pub fn segment_data_dir(base: &Path, content: u32) -> PathBuf {
+    base.join(format!("gpseg{content}"))
+}
+
+/// A directory a new segment may use: absent, or empty.
+fn check_fresh_dir(d: &Path, what: &str) -> Result<()> {
+    match std::fs::read_dir(d) {
+        Ok(mut it) => {
+            if it.next().is_some() {
+                return Err(Error::InvalidArgument(format!(
+                    "{what} {} is not empty: give a new or empty directory",
+                    d.display()
+                )));
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(format!("{what} {}", d.display()), e)),
+    }
+}
+
+/// A segment's configuration in this cluster directory.
+pub fn segment_config(
+    dir: &ClusterDir,
+    file: &ClusterFile,
+    content: u32,
+    address: &SegmentAddress,
+) -> Result<SegmentConfig> {
+    let home = dir.segment_dir(address.dbid);
+    Ok(SegmentConfig {
+        dbid: address.dbid,
+        content,
+        cluster_id: file.cluster_id,
+        block_size: file.block_size,
+        filespaces: address.filespaces.clone(),
+        key_file: dir.key_file(),
+        control_listen: address.control.clone(),
+        data_listen: address.data.clone(),
+        socket: home.join("segment.sock"),
+        state_dir: home.join("state"),
+        arbiter: file.arbiter.clone(),
+        sync_level: "applied".into(),
+        decision_timeout_ms: 5000,
+        ack_timeout_ms: 3000,
+        heartbeat_ms: 200,
+        prefer_uring: true,
+        // Prometheus metrics are asked for per segment (docs/operations.md, Metrics).
+        metrics_listen: None,
+    })
+}
+
+/// What `filerep init` made.
+#[derive(Clone, Debug)]
+pub struct Initialized {
+    pub catalog: Catalog,
+    /// Hosts on other machines: their directories and ports were taken as
+    /// written (no segment runs there yet to look) and not created; the
+    /// operator checks and creates them there (docs/operations.md, Placement).
+    pub elsewhere: Vec<String>,
+}
+
+/// What a command created, undone in reverse order when a later step
+/// fails, so that a refusal leaves things as they were.
+#[derive(Default)]
+pub struct Journal {
+    created: Vec<PathBuf>,
+}
+
+impl Journal {
+    /// `create_dir_all`, remembering the topmost directory it made.
+    pub fn create_dir_all(&mut self, d: &Path) -> Result<()> {
+        let top = d.ancestors().take_while(|a| !a.exists()).last().map(Path::to_path_buf);
+        std::fs::create_dir_all(d).map_err(|e| Error::io(format!("creating {}", d.display()), e))?;
+        self.created.extend(top);
+        Ok(())
+    }
+
+    /// Remember a file this command created (it did not exist before).
+    pub fn created(&mut self, f: &Path) {
+        self.created.push(f.to_path_buf());
+    }
+
+    /// Remove everything made, newest first; what could not be removed.
+    pub fn undo(self) -> Vec<String> {
+        let mut left = Vec::new();
+        for p in self.created.into_iter().rev() {
+            let r = match std::fs::symlink_metadata(&p) {
+                Ok(m) if m.is_dir() => std::fs::remove_dir_all(&p),
+                Ok(_) => std::fs::remove_file(&p),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = r {
+                tracing::error!(path = %p.display(), error = %e, "cannot undo");
+                left.push(format!("{}: {e}", p.display()));
+            }
+        }
+        left
+    }
+}
+
+/// Longest path a Unix socket takes (`sun_path` holds 108 bytes with the NUL).
+pub const MAX_SOCKET_PATH: usize = 107;
+
+/// Why segment `dbid`'s client socket cannot be made in this cluster
+/// directory (its path too long for a Unix socket), if it cannot.
+pub fn socket_path_problem(dir: &ClusterDir, dbid: u32) -> Option<String> {
+    let sock = dir.segment_dir(dbid).join("segment.sock");
+    let n = sock.as_os_str().len();
+    (n > MAX_SOCKET_PATH).then(|| {
+        format!(
+            "the client socket of dbid {dbid} would be {} ({n} bytes), longer than the {MAX_SOCKET_PATH} a Unix socket path holds; use a cluster directory with a shorter path",
+            layout::shown(&sock)
+        )
+    })
+}
+
+/// One message for a list of problems.
+fn problems_error(what: &str, problems: Vec<String>) -> Error {
+    let n = problems.len();
+    let shown: Vec<String> = problems.iter().take(layout::SHOWN_PROBLEMS).map(|p| format!("\n  {p}")).collect();
+    let more = if n > layout::SHOWN_PROBLEMS {
+        format!("\n  … and {} more", n - layout::SHOWN_PROBLEMS)
+    } else {
+        String::new()
+    };
+    Error::InvalidArgument(format!("{what} ({n} problem{}):{}{more}", if n == 1 { "" } else { "s" }, shown.concat()))
+}
+
+/// Before `init` writes anything: every segment directory, on its host
+/// (symbolic links resolved there), is absent or empty, can be created
+/// and written, and overlaps no other segment's directory on its machine
+/// nor the cluster directory; no two endpoints share a port; every port
+/// is free.
+fn check_placement(
+    dir: &ClusterDir,
+    spec: &InitSpec,
+    segments: &[(u32, SegmentAddress)],
+    probe: &ClusterProbe,
+) -> Result<()> {
+    let mut problems = Vec::new();
+    let here = probe.machine(layout::THIS_MACHINE);
+    let mut taken: DirIndex<String> = DirIndex::default();
+    let root = hosts::Resolver::default().resolve(&dir.root).unwrap_or_else(|_| dir.root.clone());
+    taken.insert(&here, root, "the cluster directory".to_string());
+    // Every directory of a host in one question.
+    let mut asks: std::collections::BTreeMap<&str, Vec<(PathBuf, bool)>> = Default::default();
+    let mut dirs = Vec::new();
+    for (_, a) in segments {
+        for fs in &a.filespaces {
+            let Some((name, d)) = fs.split_once('=') else { continue };
+            let list = asks.entry(a.host.as_str()).or_default();
+            list.push((PathBuf::from(d), true));
+            dirs.push((a, name, PathBuf::from(d), list.len() - 1));
+        }
+    }
+    let answers: std::collections::BTreeMap<&str, Vec<std::io::Result<layout::PathInfo>>> =
+        asks.iter().map(|(h, paths)| (*h, probe.inspect(h, paths))).collect();
+    for (a, name, d, k) in dirs {
+        let what =
+            format!("data directory {} of dbid {} (filespace {name}) on host {}", layout::shown(&d), a.dbid, a.host);
+        let info = match &answers[a.host.as_str()][k] {
+            Ok(info) => info,
+            Err(e) => {
+                problems.push(format!("cannot check the {what}: {e}"));
+                continue;
+            }
+        };
+        let machine = probe.machine(&a.host);
+        if let Some((relation, other, owner)) = taken.overlap(&machine, &info.resolved) {
+            let via = if info.resolved == d {
+                String::new()
+            } else {
+                format!(" (which is {} once symbolic links are resolved)", layout::shown(&info.resolved))
+            };
+            problems.push(format!(
+                "the {what}{via} {} {}, {owner}; give every segment a directory of its own, outside the cluster directory",
+                relation.words(),
+                layout::shown(other)
+            ));
+        }
+        taken.insert(
+            &machine,
+            info.resolved.clone(),
+            format!("the {name} directory of dbid {} on host {}", a.dbid, a.host),
+        );
+        match (info.state, &info.unwritable) {
+            (layout::PathState::NonEmptyDirectory, _) => {
+                problems.push(format!("the {what} is not empty: give a new or empty directory"))
+            }
+            (layout::PathState::NotADirectory, _) => {
+                problems.push(format!("the {what} exists and is not a directory: remove it or give another base"))
+            }
+            (_, Some(why)) => problems.push(format!("the {what} cannot be created: {why}")),
+            _ => {}
+        }
+    }
+    problems.extend(segments.iter().filter_map(|(_, a)| socket_path_problem(dir, a.dbid)));
+    // Endpoints: no two on one port of one host, each free there.
+    let mut ports: std::collections::BTreeMap<(String, u16), String> = Default::default();
+    let mut free: std::collections::BTreeMap<&str, Vec<(String, u16, String)>> = Default::default();
+    for (_, a) in segments {
+        for (which, endpoint) in [("control", &a.control), ("replication", &a.data)] {
+            let Some(port) = SegmentAddress::port_of(endpoint) else { continue };
+            let who = format!("the {which} port of dbid {} ({endpoint})", a.dbid);
+            if let Some(first) = ports.insert((a.host.clone(), port), who.clone()) {
+                problems.push(format!("{who} is also {first}; choose another --base-port or offset"));
+            }
+            free.entry(a.host.as_str()).or_default().push((host_of(endpoint).to_string(), port, who));
+        }
+    }
+    for (host, list) in free {
+        let asked: Vec<(String, u16)> = list.iter().map(|(a, p, _)| (a.clone(), *p)).collect();
+        for ((_, _, who), r) in list.iter().zip(probe.ports_free(host, &asked)) {
+            if let Err(why) = r {
+                problems.push(format!("{who} on host {host}: {why}"));
+            }
+        }
+    }
+    // The arbiter's endpoint: on a segment's port, or taken on this machine.
+    match (spec.arbiter.rsplit_once(':'), SegmentAddress::port_of(&spec.arbiter)) {
+        (Some((h, _)), Some(port)) => match hosts::resolve_host(h) {
+            Ok(arbiter_host) => {
+                for (_, a) in segments {
+                    let same_host = hosts::resolve_host(&a.host)
+                        .is_ok_and(|s| s.addrs.iter().any(|x| arbiter_host.addrs.contains(x)));
+                    for endpoint in [&a.control, &a.data] {
+                        if same_host && SegmentAddress::port_of(endpoint) == Some(port) {
+                            problems.push(format!("the arbiter's address {} is also the endpoint {endpoint} of dbid {}; give --arbiter another port", spec.arbiter, a.dbid));
+                        }
+                    }
+                }
+                if arbiter_host.machine == hosts::Machine::This {
+                    if let Err(why) = hosts::port_free(h, port) {
+                        problems.push(format!(
+                            "the arbiter's address {}: {why}; give --arbiter another port",
+                            spec.arbiter
+                        ));
+                    }
+                }
+            }
+            Err(e) => problems.push(format!("--arbiter {}: {e}", spec.arbiter)),
+        },
+        _ => problems.push(format!("--arbiter {:?}: give HOST:PORT", spec.arbiter)),
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems_error("the cluster cannot be created as given", problems))
+    }
+}
+
+/// Create a cluster directory: key, catalog, every segment's configuration
+/// and data directories. Nothing is started. Everything is checked first
+/// (hosts, directories on their machines, ports); a step that still fails
+/// undoes what was made, so a refusal changes nothing.
+pub fn init(dir: &ClusterDir, spec: &InitSpec) -> Result<Initialized> {
+    let hosts = spec.check()?;
+    if !hosts::plain_absolute(&dir.root) {
+        return Err(Error::InvalidArgument(format!(
+            "--cluster-dir {}: give an absolute path without . or ..",
+            layout::shown(&dir.root)
+        )));
+    }
+    check_fresh_dir(&dir.root, "cluster directory")?;
+    let probe = ClusterProbe::new(&hosts).taking_remote_paths_as_written();
+    let spp = spec.segments_per_host;
+    let names: Vec<String> = spec.data_dirs.iter().map(|(n, _)| n.clone()).collect();
+    let fs_of = |bases: &[PathBuf], content: u32| -> Vec<String> {
+        names.iter().zip(bases).map(|(n, b)| format!("{n}={}", segment_data_dir(b, content).display())).collect()
+    };
+    let primary_bases: Vec<PathBuf> = spec.data_dirs.iter().map(|(_, b)| b.components().collect()).collect();
+    // Primaries: content = host index * segments per host + slot; dbid = content + 2
+    // (dbid 1 is Greenplum's coordinator; kept free so the numbers match its tools).
+    let mut primaries = Vec::new();
+    for (h, host) in spec.hosts.iter().enumerate() {
+        for slot in 0..spp {
+            let content = h as u32 * spp + slot;
+            let port = spec.base_port + slot as u16;
+            let offset = spec.mirrors.as_ref().map_or(layout::DEFAULT_PORT_OFFSET, |m| m.1);
+            let repl = layout::mirror_ports(content, port, offset)
+                .map_err(|e| Error::InvalidArgument(e.to_string()))?
+                .primary_replication;
+            primaries.push((
+                content,
+                SegmentAddress {
+                    dbid: content + 2,
+                    host: host.clone(),
+                    control: format!("{host}:{port}"),
+                    data: format!("{host}:{repl}"),
+                    filespaces: fs_of(&primary_bases, content),
+                },
+            ));
+        }
+    }
+    let cluster_id = u64::from_le_bytes(random_bytes::<8>()?);
+    let file = ClusterFile {
+        cluster_id,
+        block_size: spec.block_size,
+        filespaces: names.clone(),
+        hosts: spec.hosts.clone(),
+        arbiter: spec.arbiter.clone(),
+        placement: spec.mirrors.as_ref().map(|m| m.0.name().to_string()),
+        one_machine: spec.allow_one_machine,
+    };
+    let mut catalog = Catalog::new(cluster_id, spec.block_size, Vec::new());
+    let mut segments: Vec<(u32, SegmentAddress)> = primaries.clone();
+    match &spec.mirrors {
+        None => {
+            catalog.unmirrored = primaries
+                .into_iter()
+                .map(|(content, address)| CatalogSolo { content, generation: 1, up: false, address })
+                .collect();
+        }
+        Some((placement, offset, bases)) => {
+            let bases: Vec<PathBuf> = bases.iter().map(|b| b.components().collect()).collect();
+            let mut cluster = layout_cluster(&names, primaries.iter().map(|(c, a)| (*c, a, layout::Role::Primary)));
+            cluster.local_paths.push((dir.root.clone(), "the cluster directory".into()));
+            let cfg = layout::place(&cluster, *placement, *offset, &bases)
+                .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+            let planned =
+                layout::validate(&cfg, &cluster, &probe).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+            let next_dbid = primaries.len() as u32 + 2;
+            for (i, m) in planned.iter().enumerate() {
+                let (_, p) = primaries.iter().find(|(c, _)| *c == m.content).ok_or_else(|| {
+                    Error::InvalidArgument(format!("placement named content {} that has no primary", m.content))
+                })?;
+                let mirror = planned_address(next_dbid + i as u32, m, &names);
+                let mut primary = p.clone();
+                primary.data = format!("{}:{}", primary.address(), m.primary_replication_port);
+                // Both start empty: identical, hence synchronized.
+                let pair = Pair::new(m.content, primary.dbid, mirror.dbid);
+                segments.retain(|(c, _)| *c != m.content);
+                segments.push((m.content, primary.clone()));
+                segments.push((m.content, mirror.clone()));
+                catalog.pairs.push(CatalogPair { pair, addresses: [primary, mirror] });
+            }
+            catalog.pairs.sort_by_key(|p| p.pair.content);
+        }
+    }
+    check_placement(dir, spec, &segments, &probe)?;
+    catalog.check().map_err(Error::InvalidArgument)?;
+    let mut journal = Journal::default();
+    let made = write_cluster(dir, &file, &catalog, &segments, &probe, &mut journal);
+    if let Err(e) = made {
+        let left = journal.undo();
+        return Err(Error::InvalidArgument(format!(
+            "{e}; {}",
+            if left.is_empty() {
+                "everything made so far was removed: nothing changed".to_string()
+            } else {
+                format!("these could not be removed: {}", left.join(", "))
+            }
+        )));
+    }
+    Ok(Initialized { catalog, elsewhere: probe.unchecked() })
+}
+
+/// `init`'s writes, each recorded in `journal`.
+fn write_cluster(
+    dir: &ClusterDir,
+    file: &ClusterFile,
+    catalog: &Catalog,
+    segments: &[(u32, SegmentAddress)],
+    probe: &ClusterProbe,
+    journal: &mut Journal,
+) -> Result<()> {
+    journal.create_dir_all(&dir.root)?;
+    for f in [dir.key_file(), dir.cluster_file(), dir.catalog(), dir.root.join("segments")] {
+        journal.created(&f);
+    }
+    write_key(&dir.key_file())?;
+    write_json(&dir.cluster_file(), file)?;
+    for (content, a) in segments {
+        // Another machine's directories are made there (docs/operations.md, Placement).
+        if probe.machine(&a.host) == probe.machine(layout::THIS_MACHINE) {
+            for fs in &a.filespaces {
+                if let Some((_, d)) = fs.split_once('=') {
+                    journal.create_dir_all(Path::new(d))?;
+                }
+            }
+        }
+        dir.write_segment(&segment_config(dir, file, *content, a)?)?;
+    }
+    catalog.store(&dir.catalog())
+}
+
+/// The address of a planned mirror.
+pub fn planned_address(dbid: u32, m: &layout::PlannedMirror, names: &[String]) -> SegmentAddress {
+    SegmentAddress {
+        dbid,
+        host: m.host.clone(),
+        control: format!("{}:{}", m.address, m.port),
+        data: format!("{}:{}", m.address, m.mirror_replication_port),
+        filespaces: names.iter().zip(&m.data_dirs).map(|(n, d)| format!("{n}={}", d.display())).collect(),
+    }
+}
+
+/// The cluster as the layout module sees it.
+pub fn layout_cluster<'a>(
+    names: &[String],
+    instances: impl Iterator<Item = (u32, &'a SegmentAddress, layout::Role)>,
+) -> layout::Cluster {
+    layout::Cluster {
+        filespaces: names.to_vec(),
+        instances: instances
+            .map(|(content, a, role)| layout::Instance {
+                content,
+                dbid: a.dbid,
+                role,
+                host: a.host.clone(),
+                address: a.address().to_string(),
+                port: a.port().unwrap_or(0),
+                replication_port: a.replication_port(),
+                data_dirs: a
+                    .filespaces
+                    .iter()
+                    .map(|f| PathBuf::from(f.split_once('=').map_or(f.as_str(), |(_, d)| d)))
+                    .collect(),
+            })
+            .collect(),
+        local_paths: Vec::new(),
+    }
+}
+
+/// The catalog's segments as the layout module sees them (roles as preferred).
+pub fn catalog_layout(file: &ClusterFile, cat: &Catalog) -> layout::Cluster {
+    let mut all = Vec::new();
+    for p in &cat.pairs {
+        for (s, a) in p.pair.segments.iter().zip(&p.addresses) {
+            let role = match s.preferred_role {
+                filerep::core::pair::Role::Primary => layout::Role::Primary,
+                filerep::core::pair::Role::Mirror => layout::Role::Mirror,
+            };
+            all.push((p.pair.content, a, role));
+        }
+    }
+    for s in &cat.unmirrored {
+        all.push((s.content, &s.address, layout::Role::Primary));
+    }
+    layout_cluster(&file.filespaces, all.into_iter())
+}
+
+fn random_bytes<const N: usize>() -> Result<[u8; N]> {
+    let mut b = [0u8; N];
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .map_err(|e| Error::io("reading random bytes for the cluster key", e))?;
+    Ok(b)
+}
+
+fn write_key(path: &Path) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let hex: String = random_bytes::<32>()?.iter().map(|b| format!("{b:02x}")).collect();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| Error::io(format!("creating key file {}", path.display()), e))?;
+    f.write_all(hex.as_bytes()).map_err(|e| Error::io(format!("writing key file {}", path.display()), e))
+}
+
+// ---- processes -------------------------------------------------------------
+
+/// Ask a segment for its status (`None`: it does not answer).
+pub fn probe(control: &str, key: &ClusterKey, timeout: Duration) -> Option<SegmentStatus> {
+    match filerep::cluster::control::call::<_, SegmentResponse>(control, key, &SegmentRequest::Probe, timeout) {
+        Ok(SegmentResponse::Status(s)) => Some(s),
+        _ => None,
+    }
+}
+
+fn read_pid(path: &Path) -> Option<i32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// Whether process `pid` runs. A zombie does not: a process started by an
+/// earlier `filerep start` is reaped by whoever adopted it, maybe late.
+fn alive(pid: i32) -> bool {
+    if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err() {
+        return false;
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name in parentheses.
+        Ok(stat) => stat.rsplit_once(')').is_none_or(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X'])),
+        Err(_) => false,
+    }
+}
+
+/// The pid of process `name` of this cluster (`arbiter`, `dbid<N>`) if it
+/// runs: its pid file names a live process whose command line holds
+/// `mark` (its configuration or catalog path). A stale or damaged pid file
+/// naming another process is not ours: nothing is ever signalled by it.
+fn running(dir: &ClusterDir, name: &str) -> Option<i32> {
+    let pid = read_pid(&dir.pid(name)).filter(|p| alive(*p))?;
+    let mark = match name.strip_prefix("dbid").and_then(|d| d.parse::<u32>().ok()) {
+        Some(dbid) => dir.segment_config(dbid),
+        None => dir.catalog(),
+    };
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    let mark = mark.as_os_str().as_encoded_bytes();
+    if args.contains(&mark) {
+        Some(pid)
+    } else {
+        tracing::warn!(name, pid, "the pid file names a process that is not this cluster's: ignored");
+        None
+    }
+}
+
+/// Start `exe args...` in its own process group (a Ctrl-C of the caller
+/// does not reach it), output appended to `log`, pid in `pid_file`.
+fn spawn_detached(exe: &Path, args: &[String], log: &Path, pid_file: &Path) -> Result<i32> {
+    use std::os::unix::process::CommandExt;
+    for p in [log, pid_file] {
+        if let Some(d) = p.parent() {
+            std::fs::create_dir_all(d).map_err(|e| Error::io(format!("creating {}", d.display()), e))?;
+        }
+    }
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(|e| Error::io(format!("opening log {}", log.display()), e))?;
+    let err = out.try_clone().map_err(|e| Error::io("log handle", e))?;
+    let child = std::process::Command::new(exe)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .process_group(0)
+        .spawn()
+        .map_err(|e| Error::io(format!("starting {} {}", exe.display(), args.join(" ")), e))?;
+    std::fs::write(pid_file, format!("{}\n", child.id()))
+        .map_err(|e| Error::io(format!("writing {}", pid_file.display()), e))?;
+    Ok(child.id() as i32)
+}
+
+/// Wait until `ready()` or the deadline; `what` names it in the error.
+pub fn wait_until(what: &str, limit: Duration, mut ready: impl FnMut() -> bool) -> Result<()> {
+    let start = Instant::now();
+    while !ready() {
+        if start.elapsed() > limit {
+            return Err(Error::NotDone(format!("{what} did not happen within {} s", limit.as_secs())));
+        }
+        std::thread::sleep(Duration::from_millis(50)); // polling another process
+    }
+    Ok(())
+}
+
+/// The host part of `HOST:PORT`.
+fn host_of(addr: &str) -> &str {
+    addr.rsplit_once(':').map_or(addr, |(h, _)| h)
+}
+
+/// The line of a process's log that says why it stopped: the last one it
+/// printed as `filerep: …` (its fatal error), else its last line; terminal
+/// colours removed.
+pub fn log_cause(log: &Path) -> Option<String> {
+    let text = std::fs::read(log).ok()?;
+    let text = String::from_utf8_lossy(&text);
+    let plain = |l: &str| {
+        let mut out = String::new();
+        let mut chars = l.chars();
+        while let Some(c) = chars.next() {
+            if c == '\u{1b}' {
+                // ESC [ … letter
+                for d in chars.by_ref() {
+                    if d.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        out.trim().to_string()
+    };
+    let lines: Vec<String> = text.lines().map(plain).filter(|l| !l.is_empty()).collect();
+    let fatal = lines.iter().rev().find(|l| l.starts_with("filerep: "));
+    fatal.or(lines.last()).map(|l| layout::elide(l.trim_start_matches("filerep: ")))
+}
+
+/// A segment process this command started.
+#[derive(Clone, Debug)]
+pub struct Spawned {
+    pub dbid: u32,
+    pub pid: i32,
+}
+
+/// Start the segments of `addrs`, each in its own process group, and wait
+/// until each answers on its control port (a process that exits is seen
+/// at once). The failures, each with its cause from the segment's log.
+pub fn start_segments(
+    dir: &ClusterDir,
+    exe: &Path,
+    key: &ClusterKey,
+    addrs: &[SegmentAddress],
+    limit: Duration,
+) -> (Vec<Spawned>, Vec<(u32, String)>) {
+    let mut spawned = Vec::new();
+    let mut failed = Vec::new();
+    for a in addrs {
+        let name = format!("dbid{}", a.dbid);
+        let args: Vec<String> =
+            vec!["segment".into(), "--config".into(), dir.segment_config(a.dbid).display().to_string()];
+        match spawn_detached(exe, &args, &dir.log(&name), &dir.pid(&name)) {
+            Ok(pid) => spawned.push((a, Spawned { dbid: a.dbid, pid })),
+            Err(e) => failed.push((a.dbid, e.to_string())),
+        }
+    }
+    let deadline = Instant::now() + limit;
+    let mut answered = Vec::new();
+    for (a, s) in spawned {
+        let log = dir.log(&format!("dbid{}", a.dbid));
+        loop {
+            if probe(&a.control, key, Duration::from_secs(1)).is_some() {
+                answered.push(s);
+                break;
+            }
+            let gone = !alive(s.pid);
+            if gone || Instant::now() > deadline {
+                let cause = log_cause(&log).unwrap_or_else(|| "its log is empty".into());
+                let what = if gone {
+                    format!("segment dbid {} exited before answering on {}: {cause}", a.dbid, a.control)
+                } else {
+                    format!(
+                        "segment dbid {} did not answer on {} within {} s (its log ends: {cause})",
+                        a.dbid,
+                        a.control,
+                        limit.as_secs()
+                    )
+                };
+                tracing::error!(dbid = a.dbid, %what, "segment did not start");
+                failed.push((a.dbid, format!("{what}; log {}", log.display())));
+                if !gone {
+                    // Neither serving nor gone: it is not left half-started.
+                    stop_spawned(dir, std::slice::from_ref(&s));
+                }
+                let _ = std::fs::remove_file(dir.pid(&format!("dbid{}", a.dbid)));
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50)); // polling another process
+        }
+    }
+    (answered, failed)
+}
+
+/// Stop processes this command started (SIGTERM, then SIGKILL), and
+/// remove their pid files.
+pub fn stop_spawned(dir: &ClusterDir, spawned: &[Spawned]) {
+    use nix::sys::signal::{kill, Signal};
+    for s in spawned {
+        let pid = nix::unistd::Pid::from_raw(s.pid);
+        let _ = kill(pid, Signal::SIGTERM);
+        if wait_until("exit", Duration::from_secs(10), || !alive(s.pid)).is_err() {
+            let _ = kill(pid, Signal::SIGKILL);
+            let _ = wait_until("exit", Duration::from_secs(5), || !alive(s.pid));
+        }
+        let _ = std::fs::remove_file(dir.pid(&format!("dbid{}", s.dbid)));
+    }
+}
+
+/// What `start` did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct StartReport {
+    pub arbiter: Option<String>,
+    pub started: Vec<u32>,
+    pub already_running: Vec<u32>,
+    /// Started, but given no role by the arbiter in time (see `filerep state`).
+    pub without_role: Vec<u32>,
+    /// Not started: dbid and why (from its log).
+    pub failed: Vec<(u32, String)>,
+    /// Contents that are down (a double fault, or the primary lost while
+    /// resynchronizing): their segments run but get no role until
+    /// `filerep recover` restores them; not waited for.
+    pub down: Vec<u32>,
+}
+
+/// Start the arbiter (if this is its host and it is not running) and
+/// every segment of `host` (all when `None`) that is not running; wait
+/// until each answers, and then until the arbiter has given each its role
+/// (except those of a content that is down: none is coming).
+pub fn start(dir: &ClusterDir, exe: &Path, host: Option<&str>) -> Result<StartReport> {
+    let file = dir.load()?;
+    let key = dir.key()?;
+    let cat = Catalog::load(&dir.catalog())?;
+    let mut report = StartReport::default();
+    let mine = |h: &str| host.is_none_or(|x| x == h);
+    let mut to_start = Vec::new();
+    for (_, a) in cat.addresses() {
+        if !mine(&a.host) {
+            continue;
+        }
+        if running(dir, &format!("dbid{}", a.dbid)).is_some() {
+            report.already_running.push(a.dbid);
+        } else {
+            to_start.push(a.clone());
+        }
+    }
+    let (spawned, failed) = start_segments(dir, exe, &key, &to_start, Duration::from_secs(30));
+    report.started = spawned.iter().map(|s| s.dbid).collect();
+    report.failed = failed;
+    // The arbiter last: segments that are not answering yet would fail its probes.
+    if mine(host_of(&file.arbiter)) && running(dir, "arbiter").is_none() {
+        let args: Vec<String> = vec![
+            "arbiter".into(),
+            "--catalog".into(),
+            dir.catalog().display().to_string(),
+            "--key-file".into(),
+            dir.key_file().display().to_string(),
+            "--listen".into(),
+            file.arbiter.clone(),
+            "--interval-ms".into(),
+            "200".into(),
+        ];
+        let pid = spawn_detached(exe, &args, &dir.log("arbiter"), &dir.pid("arbiter"))?;
+        let answering = wait_until("the arbiter answering", Duration::from_secs(20), || {
+            !alive(pid) || filerep::cluster::probe::fetch_catalog(&file.arbiter, &key, Duration::from_secs(1)).is_ok()
+        });
+        if answering.is_err() || !alive(pid) {
+            let cause = log_cause(&dir.log("arbiter")).unwrap_or_else(|| "its log is empty".into());
+            return Err(Error::NotDone(format!(
+                "the arbiter did not start on {}: {cause}; log {}",
+                file.arbiter,
+                dir.log("arbiter").display()
+            )));
+        }
+        report.arbiter = Some(file.arbiter.clone());
+    }
+    // Started means serving: wait until the arbiter has given every started
+    // segment its role. A content that is down gets none: said, not waited for.
+    let down: Vec<u32> = cat.pairs.iter().filter(|p| p.pair.down).map(|p| p.pair.content).collect();
+    if report.arbiter.is_some() || running(dir, "arbiter").is_some() {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for a in &to_start {
+            if !report.started.contains(&a.dbid) {
+                continue;
+            }
+            if cat.content_of(a.dbid).is_some_and(|c| down.contains(&c)) {
+                continue;
+            }
+            while !probe(&a.control, &key, Duration::from_secs(1))
+                .is_some_and(|s| matches!(s.acting, Acting::Primary | Acting::Mirror))
+            {
+                if Instant::now() > deadline {
+                    report.without_role.push(a.dbid);
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50)); // the arbiter's rounds
+            }
+        }
+    }
+    report.down = down;
+    Ok(report)
+}
+
+/// What `stop` did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct StopReport {
+    pub arbiter: bool,
+    pub stopped: Vec<u32>,
+    pub killed: Vec<u32>,
+}
+
+/// Stop a cluster in order: the arbiter first (so stopping segments is not
+/// taken for failures), then primaries (each shuts down in order: its
+/// mirror confirms everything durable), then mirrors.
+pub fn stop(dir: &ClusterDir, host: Option<&str>) -> Result<StopReport> {
+    let file = dir.load()?;
+    let key = dir.key()?;
+    let cat = Catalog::load(&dir.catalog())?;
+    let mut report = StopReport::default();
+    let mine = |h: &str| host.is_none_or(|x| x == h);
+    let stop_pid = |name: &str| -> bool {
+        let Some(pid) = running(dir, name) else { return false };
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+        let gone = wait_until(&format!("{name} exiting"), Duration::from_secs(20), || !alive(pid)).is_ok();
+        if !gone {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+        let _ = std::fs::remove_file(dir.pid(name));
+        gone
+    };
+    if mine(host_of(&file.arbiter)) {
+        report.arbiter = stop_pid("arbiter");
+    }
+    // The catalog as the arbiter left it: primaries first.
+    let cat = Catalog::load(&dir.catalog()).unwrap_or(cat);
+    let mut order: Vec<(bool, &SegmentAddress)> = Vec::new();
+    for p in &cat.pairs {
+        for (s, a) in p.pair.segments.iter().zip(&p.addresses) {
+            order.push((s.role == filerep::core::pair::Role::Mirror, a));
+        }
+    }
+    for s in &cat.unmirrored {
+        order.push((false, &s.address));
+    }
+    order.sort_by_key(|(mirror, a)| (*mirror, a.dbid));
+    for (_, a) in order {
+        if !mine(&a.host) {
+            continue;
+        }
+        let name = format!("dbid{}", a.dbid);
+        let Some(pid) = running(dir, &name) else { continue };
+        // An orderly stop first, once the process on that address says it
+        // is this dbid; a signal if it does not answer.
+        if probe(&a.control, &key, Duration::from_secs(2)).is_some_and(|s| s.dbid == a.dbid) {
+            let stop = SegmentRequest::Stop;
+            let _ =
+                filerep::cluster::control::call::<_, SegmentResponse>(&a.control, &key, &stop, Duration::from_secs(5));
+        }
+        if wait_until(&format!("dbid {} exiting", a.dbid), Duration::from_secs(30), || !alive(pid)).is_ok() {
+            report.stopped.push(a.dbid);
+            let _ = std::fs::remove_file(dir.pid(&name));
+        } else if stop_pid(&name) {
+            report.stopped.push(a.dbid);
+        } else {
+            report.killed.push(a.dbid);
+        }
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listing(root: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap().flatten() {
+                if e.file_type().unwrap().is_dir() {
+                    stack.push(e.path());
+                }
+                out.push(e.path());
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn a_journal_undoes_what_was_made_and_nothing_else() {
+        let tmp = tempfile::tempdir().unwrap();
+        let t = tmp.path();
+        std::fs::create_dir_all(t.join("data/existing")).unwrap();
+        std::fs::write(t.join("data/existing/keep"), b"mine").unwrap();
+        let before = listing(t);
+        let mut j = Journal::default();
+        j.create_dir_all(&t.join("data/mirror/gpseg0")).unwrap();
+        j.create_dir_all(&t.join("data/mirror/gpseg1")).unwrap();
+        j.create_dir_all(&t.join("data/existing")).unwrap();
+        std::fs::write(t.join("data/new.json"), b"{}").unwrap();
+        j.created(&t.join("data/new.json"));
+        j.created(&t.join("data/never-made"));
+        assert!(t.join("data/mirror/gpseg1").is_dir());
+        assert_eq!(j.undo(), Vec::<String>::new());
+        assert_eq!(listing(t), before, "everything made is gone; what was there stays");
+    }
+
+    #[test]
+    fn a_segment_log_names_its_fatal_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = tmp.path().join("dbid9.log");
+        std::fs::write(
+            &log,
+            "\u{1b}[2m2026\u{1b}[0m \u{1b}[33m WARN\u{1b}[0m starting\nfilerep: binding 127.0.0.3:41000: Address already in use (os error 98)\n\n",
+        )
+        .unwrap();
+        assert_eq!(log_cause(&log).unwrap(), "binding 127.0.0.3:41000: Address already in use (os error 98)");
+        std::fs::write(&log, "\u{1b}[2m2026\u{1b}[0m \u{1b}[33m WARN\u{1b}[0m still starting\n").unwrap();
+        assert_eq!(log_cause(&log).unwrap(), "2026  WARN still starting");
+        assert_eq!(log_cause(&tmp.path().join("none.log")), None);
+    }
+}
