@@ -28,6 +28,10 @@ pub enum Error {
     /// An order or request that does not fit this segment's role or state.
     #[error("refused: {0}")]
     Rejected(String),
+    /// A state file whose checksums or rules do not hold: said as damage,
+    /// with the command that restores it.
+    #[error("the {what} is damaged: {path}: {reason}; {restore}")]
+    Damaged { what: &'static str, path: String, reason: String, restore: String },
     /// Something that was to happen did not (a process that did not start,
     /// a wait that ran out); the message names what and why.
     #[error("{0}")]
@@ -58,6 +62,7 @@ impl Error {
     pub fn cause(&self) -> String {
         match self {
             Error::Rejected(m) | Error::InvalidArgument(m) | Error::NotDone(m) => m.clone(),
+            Error::Damaged { path, reason, .. } => format!("{path}: {reason}"),
             e => e.to_string(),
         }
     }

@@ -179,13 +179,13 @@ fn init_start_addmirrors_under_load_state_and_stop() {
         .collect();
 
     // Bad configurations are refused with file, line and column, changing nothing.
-    let before = std::fs::read_to_string(dir.catalog()).unwrap();
+    let before = std::fs::read(dir.catalog()).unwrap();
     let bad = tmp.path().join("bad.cfg");
     std::fs::write(&bad, "filespaceOrder=fs_fast\nmirror0=0:127.0.0.3:x:1:2:/a:/b\n").unwrap();
     let (code, _, err) = filerep(&["addmirrors", "--cluster-dir", &cd, "-i", &bad.display().to_string()]);
     assert_ne!(code, 0);
     assert!(err.contains("bad.cfg:2:"), "{err}");
-    assert!(std::fs::read_to_string(dir.catalog()).unwrap() == before, "a refused configuration changes nothing");
+    assert!(std::fs::read(dir.catalog()).unwrap() == before, "a refused configuration changes nothing");
 
     // -o writes the computed configuration, -i reads it back: the same mirrors.
     let mdir = |n: &str| format!("{n}={}", tmp.path().join(format!("mirror_{n}")).display());
@@ -213,7 +213,7 @@ fn init_start_addmirrors_under_load_state_and_stop() {
         assert_ne!(p.address.host, m.address, "content {}: a mirror never shares its primary's host", m.content);
         assert_eq!(m.port as u32, p.address.port().unwrap() as u32 + 3000, "mirror port = primary port + offset");
     }
-    assert!(std::fs::read_to_string(dir.catalog()).unwrap() == before, "-o changes nothing");
+    assert!(std::fs::read(dir.catalog()).unwrap() == before, "-o changes nothing");
 
     // Add them, with the workload running: each pair goes n -> r -> s.
     let out = ok(&["addmirrors", "--cluster-dir", &cd, "-i", &cf, "--json"]);

@@ -349,6 +349,54 @@ fn a_cluster_named_by_its_directory_alone_refuses_what_would_hurt_it_and_changes
     let state: serde_json::Value = serde_json::from_str(&by_dir_ok(&cluster, &["state", "--json"])).unwrap();
     assert_eq!(state["segments"].as_array().unwrap().len(), 4, "{state}");
     assert!(state["arbiter_answers"].as_bool().unwrap());
+
+    // The catalog file damaged while the arbiter runs: state says so; the
+    // arbiter writes back the catalog it holds.
+    let catalog = cluster.join("catalog.json");
+    let flip = |path: &Path| {
+        let mut bytes = std::fs::read(path).unwrap();
+        let at = bytes.windows(10).position(|w| w == b"127.0.0.2:").unwrap() + 10;
+        bytes[at] = if bytes[at] == b'9' { b'8' } else { bytes[at] + 1 };
+        std::fs::write(path, bytes).unwrap();
+    };
+    flip(&catalog);
+    let (code, _, err) = by_dir(&cluster, &["state"]);
+    assert_eq!(code, 0, "the arbiter's catalog is whole: {err}");
+    assert!(err.contains("the catalog is damaged") && err.contains("body checksum"), "{err}");
+    let out = by_dir_ok(&cluster, &["catalog", "restore"]);
+    assert!(out.contains("written again by the running arbiter"), "{out}");
+    by_dir_ok(&cluster, &["catalog", "check"]);
     by_dir_ok(&cluster, &["stop"]);
     assert!(processes(&cluster).is_empty(), "{:?}", processes(&cluster));
+
+    // Damaged while stopped: every command says so, with the command that restores it.
+    flip(&catalog);
+    for args in [&["state"][..], &["start"], &["stop"], &["addmirrors", "-i", &cf]] {
+        let (code, _, err) = by_dir(&cluster, args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains("the catalog is damaged: "), "{args:?}: {err}");
+        assert!(err.contains(&format!("filerep catalog restore --cluster-dir {}", cluster.display())), "{err}");
+    }
+    assert!(processes(&cluster).is_empty(), "nothing was started on a damaged catalog");
+    let (code, out, _) = by_dir(&cluster, &["catalog", "check"]);
+    assert_eq!(code, 1, "{out}");
+    let out = by_dir_ok(&cluster, &["catalog", "restore"]);
+    assert!(out.contains("put back from its last good copy"), "{out}");
+    by_dir_ok(&cluster, &["catalog", "check"]);
+
+    // Both the catalog and its copy lost: rebuilt from the segments' role
+    // records; the pairs are marked not in sync and rebuilt by recover -F.
+    std::fs::remove_file(&catalog).unwrap();
+    std::fs::remove_file(cluster.join("catalog.json.good")).unwrap();
+    let out = by_dir_ok(&cluster, &["catalog", "restore"]);
+    assert!(out.contains("rebuilt from the segments"), "{out}");
+    assert!(out.contains("recover -F --content 0") && out.contains("recover -F --content 1"), "{out}");
+    by_dir_ok(&cluster, &["start"]);
+    let out = by_dir_ok(&cluster, &["recover", "-F", "--json"]);
+    assert_eq!(out.matches("\"synchronized\"").count(), 2, "{out}");
+    let out = by_dir_ok(&cluster, &["verify", "--json"]);
+    assert_eq!(out.matches("\"identical\"").count(), 2, "{out}");
+    let out = by_dir_ok(&cluster, &["state", "-c"]);
+    assert_eq!(out.matches("Synchronized").count(), 2, "{out}");
+    by_dir_ok(&cluster, &["stop"]);
 }

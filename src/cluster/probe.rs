@@ -136,6 +136,14 @@ impl State {
     fn answer(&self, req: ArbiterRequest) -> ArbiterResponse {
         match req {
             ArbiterRequest::Catalog => ArbiterResponse::Catalog(Box::new(lock(&self.catalog).clone())),
+            ArbiterRequest::StoreCatalog => {
+                let mut cat = lock(&self.catalog);
+                tracing::warn!(catalog = %self.store.describe(), "catalog written again on request");
+                match self.store(&mut cat) {
+                    true => ArbiterResponse::Started,
+                    false => ArbiterResponse::Refused("the catalog cannot be written".into()),
+                }
+            }
             ArbiterRequest::Recover { content, full, max_rate, compare, checkpoint_bytes } => {
                 self.recover(content, (full, compare), (max_rate, checkpoint_bytes))
             }

@@ -22,9 +22,11 @@ use filerep::cluster::layout::{self, DirIndex, HostProbe, Placement};
 use filerep::cluster::segment::{Acting, SegmentConfig, SegmentRequest, SegmentResponse, SegmentStatus};
 use filerep::core::pair::Pair;
 use filerep::durable::catalog::{Catalog, CatalogPair, CatalogSolo, SegmentAddress};
+use filerep::durable::sealed;
 use filerep::error::{Error, Result};
 use filerep::protocol::handshake::ClusterKey;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -81,9 +83,17 @@ impl ClusterDir {
         self.root.join("run").join(format!("{name}.pid"))
     }
 
+    /// Read `cluster.json` (sealed; a changed byte is damage).
     pub fn load(&self) -> Result<ClusterFile> {
         let path = self.cluster_file();
         let bytes = std::fs::read(&path).map_err(|e| {
+            if sealed::good_copy(&path).exists() {
+                return self.damaged(
+                    "cluster file",
+                    &path,
+                    format!("it cannot be read ({e}), but its last good copy is there"),
+                );
+            }
             Error::io(
                 format!(
                     "reading {} (is {} a cluster directory? see filerep init)",
@@ -93,7 +103,51 @@ impl ClusterDir {
                 e,
             )
         })?;
-        serde_json::from_slice(&bytes).map_err(|e| Error::InvalidArgument(format!("{}: {e}", path.display())))
+        ClusterFile::from_bytes(&bytes).map_err(|reason| self.damaged("cluster file", &path, reason))
+    }
+
+    /// The error for a damaged file of this directory, with the command that restores it.
+    pub fn damaged(&self, what: &'static str, path: &Path, reason: String) -> Error {
+        tracing::info!(path = %path.display(), %reason, "{what} damaged");
+        let restore = format!("restore it with: filerep catalog restore --cluster-dir {}", self.root.display());
+        let restore = match reason.contains("plain JSON") {
+            true => format!(
+                "if it was written by hand or by an older filerep, seal it with: filerep catalog seal --cluster-dir {}; else {restore}",
+                self.root.display()
+            ),
+            false => restore,
+        };
+        Error::Damaged { what, path: path.display().to_string(), reason, restore }
+    }
+
+    /// The catalog file, checked against this directory: the cluster's id
+    /// and block size, and each segment's configuration (its cluster,
+    /// content and control address). A catalog that disagrees is damaged.
+    pub fn load_catalog(&self, file: &ClusterFile) -> Result<Catalog> {
+        let cat = Catalog::load(&self.catalog())?;
+        self.agrees(file, &cat).map_err(|reason| self.damaged("catalog", &self.catalog(), reason))?;
+        Ok(cat)
+    }
+
+    /// Whether `cat` agrees with the cluster file and every segment's
+    /// configuration; else what disagrees.
+    pub fn agrees(&self, file: &ClusterFile, cat: &Catalog) -> std::result::Result<(), String> {
+        if cat.cluster_id != file.cluster_id || cat.block_size != file.block_size {
+            return Err(format!(
+                "it is of cluster {:016x} with {} B blocks, the cluster file says {:016x} with {} B blocks",
+                cat.cluster_id, cat.block_size, file.cluster_id, file.block_size
+            ));
+        }
+        for (content, a) in cat.addresses() {
+            let cfg = self.segment(a.dbid).map_err(|e| format!("dbid {}: {}", a.dbid, e.cause()))?;
+            if cfg.cluster_id != cat.cluster_id || cfg.content != content || cfg.control_listen != a.control {
+                return Err(format!(
+                    "dbid {} is content {content} of cluster {:016x} on {} in the catalog, but its configuration says content {} of cluster {:016x} on {}",
+                    a.dbid, cat.cluster_id, a.control, cfg.content, cfg.cluster_id, cfg.control_listen
+                ));
+            }
+        }
+        Ok(())
     }
 
     pub fn key(&self) -> Result<ClusterKey> {
@@ -105,26 +159,34 @@ impl ClusterDir {
         SegmentConfig::load(&self.segment_config(dbid))
     }
 
-    /// Replace `cluster.json` (atomically: a temporary file renamed).
+    /// Replace `cluster.json`, sealed, atomically and durably, with its
+    /// last good copy beside it.
     pub fn write_cluster_file(&self, file: &ClusterFile) -> Result<()> {
-        write_json(&self.cluster_file(), file)
+        let path = self.cluster_file();
+        let json = serde_json::to_vec_pretty(file).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        sealed::store_with_copy(&path, sealed::Kind::ClusterFile, CLUSTER_FILE_VERSION, &json)
+            .map_err(|e| Error::io(format!("writing {}", path.display()), e))
     }
 
-    /// Write a segment's configuration (atomically: a temporary file renamed).
+    /// Write a segment's configuration, sealed, atomically and durably.
     pub fn write_segment(&self, cfg: &SegmentConfig) -> Result<()> {
-        write_json(&self.segment_config(cfg.dbid), cfg)
+        let path = self.segment_config(cfg.dbid);
+        if let Some(d) = path.parent() {
+            std::fs::create_dir_all(d).map_err(|e| Error::io(format!("creating {}", d.display()), e))?;
+        }
+        sealed::replace(&path, &cfg.to_sealed()?).map_err(|e| Error::io(format!("writing {}", path.display()), e))
     }
 }
 
-fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
-    let io = |e| Error::io(format!("writing {}", path.display()), e);
-    if let Some(d) = path.parent() {
-        std::fs::create_dir_all(d).map_err(io)?;
+/// The format version of a sealed cluster file.
+pub const CLUSTER_FILE_VERSION: u32 = 1;
+
+impl ClusterFile {
+    /// From a sealed file's bytes; `Err`: what is wrong.
+    pub fn from_bytes(bytes: &[u8]) -> std::result::Result<ClusterFile, String> {
+        let s = sealed::open(sealed::Kind::ClusterFile, CLUSTER_FILE_VERSION, bytes).map_err(|e| e.to_string())?;
+        serde_json::from_slice(s.body).map_err(|e| format!("its JSON does not read: {e}"))
     }
-    let tmp = path.with_extension("tmp");
-    let bytes = serde_json::to_vec_pretty(v).map_err(|e| Error::InvalidArgument(e.to_string()))?;
-    std::fs::write(&tmp, bytes).map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
 }
 
 /// What `filerep init` creates.
@@ -793,11 +855,18 @@ fn write_cluster(
     journal: &mut Journal,
 ) -> Result<()> {
     journal.create_dir_all(&dir.root)?;
-    for f in [dir.key_file(), dir.cluster_file(), dir.catalog(), dir.root.join("segments")] {
+    for f in [
+        dir.key_file(),
+        dir.cluster_file(),
+        sealed::good_copy(&dir.cluster_file()),
+        dir.catalog(),
+        sealed::good_copy(&dir.catalog()),
+        dir.root.join("segments"),
+    ] {
         journal.created(&f);
     }
     write_key(&dir.key_file())?;
-    write_json(&dir.cluster_file(), file)?;
+    dir.write_cluster_file(file)?;
     for (content, a) in segments {
         // Another machine's directories are made there (docs/operations.md, Placement).
         if probe.machine(&a.host) == probe.machine(layout::THIS_MACHINE) {
@@ -1061,7 +1130,7 @@ pub fn start_segments(
                         limit.as_secs()
                     )
                 };
-                tracing::error!(dbid = a.dbid, %what, "segment did not start");
+                tracing::info!(dbid = a.dbid, %what, "segment did not start");
                 failed.push((a.dbid, format!("{what}; log {}", log.display())));
                 if !gone {
                     // Neither serving nor gone: it is not left half-started.
@@ -1114,7 +1183,7 @@ pub struct StartReport {
 pub fn start(dir: &ClusterDir, exe: &Path, host: Option<&str>) -> Result<StartReport> {
     let file = dir.load()?;
     let key = dir.key()?;
-    let cat = Catalog::load(&dir.catalog())?;
+    let cat = dir.load_catalog(&file)?;
     let mut report = StartReport::default();
     let mine = |h: &str| host.is_none_or(|x| x == h);
     let mut to_start = Vec::new();
@@ -1199,7 +1268,7 @@ pub struct StopReport {
 pub fn stop(dir: &ClusterDir, host: Option<&str>) -> Result<StopReport> {
     let file = dir.load()?;
     let key = dir.key()?;
-    let cat = Catalog::load(&dir.catalog())?;
+    let cat = dir.load_catalog(&file)?;
     let mut report = StopReport::default();
     let mine = |h: &str| host.is_none_or(|x| x == h);
     let stop_pid = |name: &str| -> bool {
@@ -1216,7 +1285,7 @@ pub fn stop(dir: &ClusterDir, host: Option<&str>) -> Result<StopReport> {
         report.arbiter = stop_pid("arbiter");
     }
     // The catalog as the arbiter left it: primaries first.
-    let cat = Catalog::load(&dir.catalog()).unwrap_or(cat);
+    let cat = dir.load_catalog(&file).unwrap_or(cat);
     let mut order: Vec<(bool, &SegmentAddress)> = Vec::new();
     for p in &cat.pairs {
         for (s, a) in p.pair.segments.iter().zip(&p.addresses) {
@@ -1250,6 +1319,333 @@ pub fn stop(dir: &ClusterDir, host: Option<&str>) -> Result<StopReport> {
         }
     }
     Ok(report)
+}
+
+// ---- damage and restore ----------------------------------------------------
+
+/// What `filerep catalog restore` did, file by file.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Restored {
+    /// One line per file: what was wrong and where the good version came from.
+    pub done: Vec<String>,
+    /// Notes on a rebuilt catalog (what was assumed, what to run next).
+    pub notes: Vec<String>,
+}
+
+/// Put back a damaged cluster file and catalog. The cluster file comes
+/// from its last good copy (`cluster.json.good`), else is rebuilt from the
+/// catalog and the segments' configurations. The catalog comes, in this
+/// order, from the running arbiter (asked to write the one it holds), its
+/// last good copy (`catalog.json.good`), or, when neither is whole and
+/// agrees with the segments' configurations (or `rebuild` is asked), from
+/// the segments themselves ([`rebuild_catalog`]; `primaries` names the
+/// acting primary of a content where the segments cannot tell).
+pub fn restore(dir: &ClusterDir, rebuild: bool, primaries: &BTreeMap<u32, u32>) -> Result<Restored> {
+    let mut out = Restored::default();
+    let key = dir.key()?;
+    let file = match dir.load() {
+        Ok(f) => f,
+        Err(e) => {
+            let good = std::fs::read(sealed::good_copy(&dir.cluster_file()))
+                .map_err(|e| e.to_string())
+                .and_then(|b| ClusterFile::from_bytes(&b));
+            let file = match good {
+                Ok(f) => {
+                    out.done.push(format!(
+                        "{}: {}; put back from its last good copy",
+                        dir.cluster_file().display(),
+                        reason(&e)
+                    ));
+                    f
+                }
+                Err(why) => {
+                    let f = rebuild_cluster_file(dir)?;
+                    out.done.push(format!(
+                        "{}: {}; its last good copy is not whole either ({why}): rebuilt from the catalog and the segments' configurations",
+                        dir.cluster_file().display(),
+                        reason(&e)
+                    ));
+                    f
+                }
+            };
+            dir.write_cluster_file(&file)?;
+            file
+        }
+    };
+    let catalog_ok = dir.load_catalog(&file);
+    if catalog_ok.is_ok() && !rebuild {
+        if out.done.is_empty() {
+            out.done.push(format!(
+                "{}: whole, and it agrees with the segments: nothing to restore",
+                dir.catalog().display()
+            ));
+        }
+        return Ok(out);
+    }
+    let why = catalog_ok.err().map_or_else(|| "a rebuild was asked".to_string(), |e| reason(&e));
+    // The running arbiter's own catalog: it writes it itself, under its lock.
+    if !rebuild {
+        if let Ok(live) = filerep::cluster::probe::fetch_catalog(&file.arbiter, &key, Duration::from_secs(3)) {
+            if dir.agrees(&file, &live).is_ok() {
+                let req = filerep::cluster::segment::ArbiterRequest::StoreCatalog;
+                match filerep::cluster::control::call::<_, filerep::cluster::segment::ArbiterResponse>(
+                    &file.arbiter,
+                    &key,
+                    &req,
+                    Duration::from_secs(10),
+                ) {
+                    Ok(filerep::cluster::segment::ArbiterResponse::Started) => {
+                        dir.load_catalog(&file)?;
+                        out.done.push(format!(
+                            "{}: {why}; written again by the running arbiter from the catalog it holds",
+                            dir.catalog().display()
+                        ));
+                        return Ok(out);
+                    }
+                    other => {
+                        return Err(Error::NotDone(format!("the running arbiter did not write its catalog: {other:?}")))
+                    }
+                }
+            }
+        }
+    }
+    // With no arbiter running: the file is ours to replace.
+    let _lock = filerep::durable::catalog::FileStore::lock(&dir.catalog()).map_err(|e| {
+        Error::NotDone(format!("{}; stop it first (filerep stop --cluster-dir {})", e.cause(), dir.root.display()))
+    })?;
+    if !rebuild {
+        let good = sealed::good_copy(&dir.catalog());
+        let copy = std::fs::read(&good).map_err(|e| e.to_string()).and_then(|b| {
+            let c = Catalog::from_bytes(&b)?;
+            dir.agrees(&file, &c)?;
+            Ok((b, c))
+        });
+        match copy {
+            Ok((bytes, _)) => {
+                sealed::replace(&dir.catalog(), &bytes)
+                    .map_err(|e| Error::io(format!("writing {}", dir.catalog().display()), e))?;
+                dir.load_catalog(&file)?;
+                out.done.push(format!(
+                    "{}: {why}; put back from its last good copy {}",
+                    dir.catalog().display(),
+                    good.display()
+                ));
+                return Ok(out);
+            }
+            Err(copy_why) => out.notes.push(format!("the last good copy {} is not usable: {copy_why}", good.display())),
+        }
+    }
+    let (cat, notes) = rebuild_catalog(dir, &file, &key, primaries)?;
+    out.notes.extend(notes);
+    cat.store(&dir.catalog())?;
+    dir.load_catalog(&file)?;
+    out.done.push(format!(
+        "{}: {why}; rebuilt from the segments' configurations, role records and answers",
+        dir.catalog().display()
+    ));
+    Ok(out)
+}
+
+/// What is wrong with a file, without its path.
+fn reason(e: &Error) -> String {
+    match e {
+        Error::Damaged { reason, .. } => reason.clone(),
+        e => e.cause(),
+    }
+}
+
+/// The cluster file again, from the catalog (or its last good copy) and
+/// the segments' configurations.
+fn rebuild_cluster_file(dir: &ClusterDir) -> Result<ClusterFile> {
+    let cat = Catalog::load(&dir.catalog()).or_else(|e| {
+        std::fs::read(sealed::good_copy(&dir.catalog()))
+            .map_err(|_| e.cause())
+            .and_then(|b| Catalog::from_bytes(&b))
+            .map_err(|why| {
+                Error::NotDone(format!(
+                    "the cluster file cannot be rebuilt: neither the catalog nor its last good copy is whole ({why})"
+                ))
+            })
+    })?;
+    let mut hosts: Vec<String> = Vec::new();
+    let mut filespaces = Vec::new();
+    let mut arbiter = None;
+    let mut addrs: Vec<(u32, &SegmentAddress)> = cat.addresses().collect();
+    addrs.sort_by_key(|(c, a)| (*c, a.dbid));
+    for (_, a) in addrs {
+        if !hosts.contains(&a.host) {
+            hosts.push(a.host.clone());
+        }
+        let cfg = dir.segment(a.dbid)?;
+        if filespaces.is_empty() {
+            filespaces =
+                cfg.filespaces.iter().map(|f| f.split_once('=').map_or(f.clone(), |(n, _)| n.to_string())).collect();
+        }
+        arbiter.get_or_insert(cfg.arbiter);
+    }
+    let arbiter = arbiter
+        .ok_or_else(|| Error::NotDone("the cluster file cannot be rebuilt: the catalog lists no segment".into()))?;
+    let one_machine = hosts::check_hosts(&hosts, false).is_err();
+    Ok(ClusterFile {
+        cluster_id: cat.cluster_id,
+        block_size: cat.block_size,
+        filespaces,
+        hosts,
+        arbiter,
+        placement: (!cat.pairs.is_empty()).then(|| "custom".to_string()),
+        one_machine,
+    })
+}
+
+/// What one segment says of itself: as it answers now, and as its state
+/// directory records (when it is on this machine).
+struct Evidence {
+    cfg: SegmentConfig,
+    live: Option<SegmentStatus>,
+    roles: filerep::cluster::segment::RoleRecord,
+    mirror_generation: u64,
+}
+
+/// A catalog rebuilt from the segments, for when the catalog and its last
+/// good copy are both lost: the segments' configurations give every
+/// segment (its dbid, content, addresses, directories); which of a pair
+/// acts as primary, and the generation, come from the segments running
+/// now, else from their role records (`roles.json`: the highest generation
+/// each was ordered to act as primary and as mirror), else from
+/// `primaries` (content → dbid), else the content is refused. The lower
+/// dbid of a pair is its preferred primary (as init and addmirrors number
+/// them). A pair is synchronized only if its two segments say so now;
+/// every other is `n`, to be rebuilt by `filerep recover -F` (its mirror
+/// may lack what the primary wrote while they were apart).
+pub fn rebuild_catalog(
+    dir: &ClusterDir,
+    file: &ClusterFile,
+    key: &ClusterKey,
+    primaries: &BTreeMap<u32, u32>,
+) -> Result<(Catalog, Vec<String>)> {
+    let mut evidence: BTreeMap<u32, Vec<Evidence>> = BTreeMap::new();
+    let entries = std::fs::read_dir(dir.root.join("segments"))
+        .map_err(|e| Error::io(format!("reading {}", dir.root.join("segments").display()), e))?;
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(dbid) =
+            name.strip_prefix("dbid").and_then(|n| n.strip_suffix(".json")).and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let cfg = dir.segment(dbid)?;
+        if cfg.cluster_id != file.cluster_id || cfg.dbid != dbid {
+            return Err(Error::NotDone(format!(
+                "segments/{name} is dbid {} of cluster {:016x}, not dbid {dbid} of this cluster ({:016x}): remove it or put the right one back",
+                cfg.dbid, cfg.cluster_id, file.cluster_id
+            )));
+        }
+        let live = probe(&cfg.control_listen, key, Duration::from_secs(2)).filter(|s| s.dbid == dbid);
+        let roles = filerep::cluster::segment::RoleRecord::load(&cfg.state_dir).unwrap_or_default();
+        let mirror_generation = filerep::runtime::mirror::MirrorState::load(&cfg.state_dir).map_or(0, |m| m.generation);
+        evidence.entry(cfg.content).or_default().push(Evidence { cfg, live, roles, mirror_generation });
+    }
+    let mut cat = Catalog::new(file.cluster_id, file.block_size, Vec::new());
+    let mut notes = Vec::new();
+    let address = |e: &Evidence| SegmentAddress {
+        dbid: e.cfg.dbid,
+        host: host_of(&e.cfg.control_listen).to_string(),
+        control: e.cfg.control_listen.clone(),
+        data: e.cfg.data_listen.clone(),
+        filespaces: e.cfg.filespaces.clone(),
+    };
+    for (content, mut segs) in evidence {
+        segs.sort_by_key(|e| e.cfg.dbid);
+        let newest = |e: &Evidence| {
+            e.live
+                .as_ref()
+                .map_or(0, |s| s.generation)
+                .max(e.roles.primary)
+                .max(e.roles.mirror)
+                .max(e.mirror_generation)
+        };
+        let generation = segs.iter().map(newest).max().unwrap_or(0).max(1);
+        match segs.as_slice() {
+            [one] => cat.unmirrored.push(CatalogSolo { content, generation, up: false, address: address(one) }),
+            [a, b] => {
+                let acting_live =
+                    |e: &Evidence| e.live.as_ref().filter(|s| s.acting == Acting::Primary).map(|s| s.generation);
+                let primary = match (acting_live(a), acting_live(b)) {
+                    (Some(x), Some(y)) if x == y => None,
+                    (Some(x), Some(y)) => Some(if x > y { 0 } else { 1 }),
+                    (Some(_), None) => Some(0),
+                    (None, Some(_)) => Some(1),
+                    (None, None) if a.roles.primary != b.roles.primary => {
+                        Some(if a.roles.primary > b.roles.primary { 0 } else { 1 })
+                    }
+                    (None, None) => None,
+                };
+                let primary = match (primary, primaries.get(&content)) {
+                    (_, Some(&dbid)) if dbid == a.cfg.dbid => 0,
+                    (_, Some(&dbid)) if dbid == b.cfg.dbid => 1,
+                    (_, Some(&dbid)) => {
+                        return Err(Error::InvalidArgument(format!("--primary {content}={dbid}: content {content}'s segments are dbid {} and {}", a.cfg.dbid, b.cfg.dbid)))
+                    }
+                    (Some(p), None) => p,
+                    (None, None) => {
+                        return Err(Error::NotDone(format!(
+                            "content {content}: neither dbid {} nor dbid {} answers as primary, and their role records do not tell which acted as primary last; if you know it, say so with --primary {content}=DBID",
+                            a.cfg.dbid, b.cfg.dbid
+                        )))
+                    }
+                };
+                let (p, m) = if primary == 0 { (a, b) } else { (b, a) };
+                let synchronized = p.live.as_ref().is_some_and(|s| s.mode == 's' && s.generation == generation)
+                    && m.live.as_ref().is_some_and(|s| s.acting == Acting::Mirror && s.generation == generation);
+                let role = |e: &Evidence, r| filerep::core::pair::Segment {
+                    dbid: e.cfg.dbid,
+                    role: r,
+                    preferred_role: if e.cfg.dbid == a.cfg.dbid {
+                        filerep::core::pair::Role::Primary
+                    } else {
+                        filerep::core::pair::Role::Mirror
+                    },
+                    up: r == filerep::core::pair::Role::Primary || e.live.is_some(),
+                };
+                let pair = Pair {
+                    content,
+                    generation,
+                    mode: if synchronized {
+                        filerep::core::pair::PairMode::Synchronized
+                    } else {
+                        filerep::core::pair::PairMode::NotInSync
+                    },
+                    segments: [role(p, filerep::core::pair::Role::Primary), role(m, filerep::core::pair::Role::Mirror)],
+                    down: false,
+                };
+                if !synchronized {
+                    notes.push(format!(
+                        "content {content}: dbid {} acts as primary at generation {generation}; the pair is marked not in sync: rebuild its mirror with filerep recover -F --content {content}",
+                        p.cfg.dbid
+                    ));
+                }
+                let after = filerep::core::pair::describe(&pair);
+                cat.pairs.push(CatalogPair { pair, addresses: [address(p), address(m)] });
+                cat.note(
+                    content,
+                    "catalog lost".into(),
+                    after,
+                    "catalog rebuilt from the segments (filerep catalog restore)".into(),
+                );
+            }
+            more => {
+                return Err(Error::NotDone(format!(
+                "content {content} has {} segment configurations ({}); a content has one or two: remove the extra ones",
+                more.len(),
+                more.iter().map(|e| format!("dbid {}", e.cfg.dbid)).collect::<Vec<_>>().join(", ")
+            )))
+            }
+        }
+    }
+    cat.pairs.sort_by_key(|p| p.pair.content);
+    cat.unmirrored.sort_by_key(|s| s.content);
+    cat.check().map_err(|e| Error::NotDone(format!("the rebuilt catalog does not hold together: {e}")))?;
+    Ok((cat, notes))
 }
 
 #[cfg(test)]

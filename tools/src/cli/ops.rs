@@ -235,8 +235,14 @@ pub fn current_catalog(dir: &ClusterDir) -> Result<(Catalog, bool), String> {
     let file = dir.load().map_err(|e| e.to_string())?;
     let key = dir.key().map_err(|e| e.to_string())?;
     match filerep::cluster::probe::fetch_catalog(&file.arbiter, &key, Duration::from_secs(3)) {
-        Ok(c) => Ok((c, true)),
-        Err(_) => Catalog::load(&dir.catalog()).map(|c| (c, false)).map_err(|e| e.to_string()),
+        Ok(c) => {
+            dir.agrees(&file, &c).map_err(|r| dir.damaged("catalog", &dir.catalog(), r).to_string())?;
+            if let Err(e) = dir.load_catalog(&file) {
+                eprintln!("warning: {e} (the running arbiter holds a good catalog, which restore writes back)");
+            }
+            Ok((c, true))
+        }
+        Err(_) => dir.load_catalog(&file).map(|c| (c, false)).map_err(|e| e.to_string()),
     }
 }
 
