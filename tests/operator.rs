@@ -400,3 +400,44 @@ fn a_cluster_named_by_its_directory_alone_refuses_what_would_hurt_it_and_changes
     assert_eq!(out.matches("Synchronized").count(), 2, "{out}");
     by_dir_ok(&cluster, &["stop"]);
 }
+
+#[test]
+fn a_mirror_file_of_a_hundred_thousand_lines_is_answered_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = std::fs::canonicalize(tmp.path()).unwrap();
+    let cluster = t.join("cluster");
+    let init = Init {
+        cluster: cluster.clone(),
+        hosts: "127.0.0.2,127.0.0.3",
+        data: vec![format!("pg_system={}", t.join("primary").display())],
+        extra: ["--segments-per-host", "1", "--base-port", &free_base().to_string(), "--allow-one-machine"]
+            .map(String::from)
+            .into(),
+    };
+    let (code, out, err) = init.run();
+    assert_eq!(code, 0, "{out}{err}");
+    let mut text = String::from("filespaceOrder=\n");
+    for n in 0..100_000u32 {
+        text += &format!(
+            "mirror{n}={n}:127.0.0.3:{}:{}:{}:{}\n",
+            30000 + n % 1000,
+            31000 + n % 1000,
+            32000 + n % 1000,
+            t.join(format!("m/gpseg{n}")).display()
+        );
+    }
+    let cfg = t.join("big.cfg");
+    std::fs::write(&cfg, text).unwrap();
+    let started = std::time::Instant::now();
+    let (code, _, err) =
+        filerep(&["addmirrors", "--cluster-dir", &cluster.display().to_string(), "-i", &cfg.display().to_string()]);
+    let took = started.elapsed();
+    println!("addmirrors -i with 100,000 lines: refused in {:.0} ms", took.as_secs_f64() * 1e3);
+    assert_eq!(code, 2, "{err}");
+    let first = err.lines().next().unwrap();
+    assert!(first.starts_with("filerep: the mirror configuration has "), "{first}");
+    assert!(err.contains("big.cfg:4:9: content 2 has no primary in the cluster (its contents: 0, 1)"), "{err}");
+    assert!(err.contains("… and ") && err.contains("more (the first 50 are shown"), "{err}");
+    assert!(err.lines().count() <= 53, "the message stays readable: {} lines", err.lines().count());
+    assert!(!t.join("m").exists(), "nothing was made");
+}

@@ -242,6 +242,22 @@ pub struct LineOrigin {
     pub end: usize,
 }
 
+/// Content `content`'s primary on `host` (dbid content + 2), its data
+/// directory per filespace `BASE/gpseg<content>`: the tests' clusters.
+#[cfg(test)]
+pub(crate) fn test_primary(content: u32, host: &str, port: u16, bases: &[&str]) -> Instance {
+    Instance {
+        content,
+        dbid: content + 2,
+        role: Role::Primary,
+        host: host.into(),
+        address: host.into(),
+        port,
+        replication_port: None,
+        data_dirs: bases.iter().map(|b| format!("{b}/gpseg{content}").into()).collect(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,10 +1,11 @@
 //! Directories by machine, for the one question placement asks of every
 //! new directory: is it the same as, inside, or around one already taken
-//! on that machine? Each answer costs O(depth × log n), so checking n
-//! directories is O(n log n), not O(n²).
+//! on that machine? Each answer costs O(depth × log n) byte comparisons,
+//! so checking n directories is O(n log n), not O(n²).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 /// How a directory stands to one already taken.
@@ -25,38 +26,54 @@ impl Relation {
     }
 }
 
-/// Taken directories, keyed by machine and path (compared component by
-/// component, so a directory's descendants sort right after it).
+/// Taken directories, per machine. A path's key is its bytes with each
+/// `/` as a NUL (which no path holds): byte order is then component order,
+/// a directory's descendants sort right after it, and every comparison is
+/// one `memcmp`.
 pub struct DirIndex<T> {
-    map: BTreeMap<(String, PathBuf), T>,
+    machines: HashMap<String, BTreeMap<Vec<u8>, (PathBuf, T)>>,
 }
 
 impl<T> Default for DirIndex<T> {
     fn default() -> Self {
-        DirIndex { map: BTreeMap::new() }
+        DirIndex { machines: HashMap::new() }
     }
+}
+
+/// The key of a path (normalized: no `.`, no trailing `/`).
+fn key(path: &Path) -> Vec<u8> {
+    let normal: PathBuf = path.components().collect();
+    normal.as_os_str().as_bytes().iter().map(|&b| if b == b'/' { 0 } else { b }).collect()
 }
 
 impl<T> DirIndex<T> {
     /// The first taken directory `path` overlaps on `machine`: the same
     /// one, else the nearest one it is inside, else the first one inside it.
     pub fn overlap(&self, machine: &str, path: &Path) -> Option<(Relation, &Path, &T)> {
-        let key = (machine.to_string(), path.to_path_buf());
-        if let Some((k, v)) = self.map.get_key_value(&key) {
-            return Some((Relation::Same, &k.1, v));
+        let map = self.machines.get(machine)?;
+        let k = key(path);
+        let found = |k: &[u8]| map.get(k).map(|(p, v)| (p.as_path(), v));
+        if let Some((p, v)) = found(&k) {
+            return Some((Relation::Same, p, v));
         }
-        for a in path.ancestors().skip(1) {
-            if let Some((k, v)) = self.map.get_key_value(&(key.0.clone(), a.to_path_buf())) {
-                return Some((Relation::Inside, &k.1, v));
+        // Ancestors: the prefixes that end before a separator (the root's is the separator itself).
+        for end in (0..k.len()).rev().filter(|&i| k[i] == 0) {
+            if let Some((p, v)) = found(&k[..end.max(1)]) {
+                return Some((Relation::Inside, p, v));
             }
         }
-        let ((m, p), v) = self.map.range((Bound::Excluded(key), Bound::Unbounded)).next()?;
-        (m == machine && p.starts_with(path)).then_some((Relation::Contains, p.as_path(), v))
+        let (next, (p, v)) = map.range::<[u8], _>((Bound::Excluded(k.as_slice()), Bound::Unbounded)).next()?;
+        let below = next.starts_with(&k) && (k == [0] || next.get(k.len()) == Some(&0));
+        below.then_some((Relation::Contains, p.as_path(), v))
     }
 
     /// Take `path` on `machine` (the first owner stays).
     pub fn insert(&mut self, machine: &str, path: PathBuf, value: T) {
-        self.map.entry((machine.to_string(), path)).or_insert(value);
+        let map = match self.machines.get_mut(machine) {
+            Some(m) => m,
+            None => self.machines.entry(machine.to_string()).or_default(),
+        };
+        map.entry(key(&path)).or_insert((path, value));
     }
 }
 

@@ -263,15 +263,8 @@ mod tests {
         // gp_segment_configuration of the seed: contents 0,1 on sdw1 and
         // 2,3 on sdw2, ports 40000 and 40001; gpstate -m shows group
         // mirroring with gpseg0,1 mirrored on sdw2 and gpseg2,3 on sdw1.
-        let p = |content: u32, host: &str, port: u16| Instance {
-            content,
-            dbid: content + 2,
-            role: Role::Primary,
-            host: host.into(),
-            address: host.into(),
-            port,
-            replication_port: None,
-            data_dirs: vec![format!("/home/hanson/data/primary/gpseg{content}").into()],
+        let p = |content: u32, host: &str, port: u16| {
+            super::super::test_primary(content, host, port, &["/home/hanson/data/primary"])
         };
         let c = Cluster {
             filespaces: vec!["pg_system".into()],

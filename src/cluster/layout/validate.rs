@@ -269,6 +269,15 @@ fn normalized(p: &Path) -> PathBuf {
     p.components().collect()
 }
 
+/// How a message refers to mirror line `i`: `mirror1 (line 3)`.
+fn line_label(config: &MirrorConfig, i: usize) -> String {
+    let name = config.mirrors[i].name();
+    match config.origin.as_ref().and_then(|o| o.lines.get(i)) {
+        Some(l) => format!("{name} (line {})", l.line),
+        None => name,
+    }
+}
+
 fn instance_name(i: &Instance) -> String {
     format!("{} content {} (dbid {})", i.role.name(), i.content, i.dbid)
 }
@@ -340,11 +349,7 @@ impl<'a> Check<'a> {
 
     /// How a message refers to mirror line `i`: `mirror1 (line 3)`.
     fn line_name(&self, i: usize) -> String {
-        let name = self.config.mirrors[i].name();
-        match self.config.origin.as_ref().and_then(|o| o.lines.get(i)) {
-            Some(l) => format!("{name} (line {})", l.line),
-            None => name,
-        }
+        line_label(self.config, i)
     }
 
     fn cluster_sanity(&mut self) {
@@ -490,7 +495,7 @@ impl<'a> Check<'a> {
         }
         // Balance, unless an address is unknown (its mirror's host is too).
         if hosts.iter().all(Option::is_some) {
-            let mut count: BTreeMap<&str, (usize, usize, Vec<String>)> = BTreeMap::new();
+            let mut count: HashMap<&str, (usize, usize, Vec<usize>)> = HashMap::new();
             for i in &c.instances {
                 let e = count.entry(&i.host).or_default();
                 match i.role {
@@ -502,12 +507,16 @@ impl<'a> Check<'a> {
                 if let Some(h) = h {
                     let e = count.entry(h).or_default();
                     e.1 += 1;
-                    e.2.push(self.line_name(i));
+                    e.2.push(i);
                 }
             }
+            let mut count: Vec<_> = count.into_iter().filter(|(_, (p, m, _))| p != m).collect();
+            count.sort_by_key(|(h, _)| *h);
             for (h, (p, m, lines)) in count {
-                if p != m {
-                    let listed = if lines.is_empty() { String::new() } else { format!(" ({})", lines.join(", ")) };
+                {
+                    let names: Vec<String> = lines.iter().map(|&i| self.line_name(i)).collect();
+                    let listed =
+                        if names.is_empty() { String::new() } else { format!(" ({})", elide(&names.join(", "))) };
                     let msg = format!("would run {p} primaries and {m} mirrors{listed}; every host needs as many mirrors as primaries: move mirrors between hosts");
                     self.push(Where::Host { host: h.to_string() }, ProblemKind::Unbalanced, msg);
                 }
@@ -552,20 +561,28 @@ impl<'a> Check<'a> {
     /// replication port for the configuration's primary replication port.
     fn ports(&mut self, hosts: &[Option<&str>]) {
         let (c, config) = (self.cluster, self.config);
-        let mut taken: BTreeMap<(&str, u16), String> = BTreeMap::new();
+        // Who holds a port: (instance, its replication port?) or (line, claim); said only in a message.
+        enum Holder {
+            Instance(usize, bool),
+            Line(usize, usize),
+        }
+        let mut taken: HashMap<(&str, u16), Holder> = HashMap::new();
         let replaced: BTreeSet<u32> = config.mirrors.iter().map(|m| m.content).collect();
-        for i in &c.instances {
-            taken.entry((&i.host, i.port)).or_insert_with(|| format!("the port of {}", instance_name(i)));
+        for (n, i) in c.instances.iter().enumerate() {
+            taken.entry((&i.host, i.port)).or_insert(Holder::Instance(n, false));
             if let Some(r) = i.replication_port {
                 if !(i.role == Role::Primary && replaced.contains(&i.content)) {
-                    taken
-                        .entry((&i.host, r))
-                        .or_insert_with(|| format!("the replication port of {}", instance_name(i)));
+                    taken.entry((&i.host, r)).or_insert(Holder::Instance(n, true));
                 }
             }
         }
+        let owner = |h: &Holder| match *h {
+            Holder::Instance(n, false) => format!("the port of {}", instance_name(&c.instances[n])),
+            Holder::Instance(n, true) => format!("the replication port of {}", instance_name(&c.instances[n])),
+            Holder::Line(i, k) => format!("the {} of {}", Self::claims(&config.mirrors[i])[k].1, line_label(config, i)),
+        };
+        let mut collisions = Vec::new();
         for (i, m) in config.mirrors.iter().enumerate() {
-            let who = self.line_name(i);
             let primary_host = self.primary(m.content).map(|p| p.host.as_str());
             for (k, (field, what, port)) in Self::claims(m).into_iter().enumerate() {
                 let host = if k == 2 { primary_host } else { hosts[i] };
@@ -577,19 +594,23 @@ impl<'a> Check<'a> {
                 }
                 let Some(host) = host else { continue };
                 match taken.get(&(host, port)) {
-                    Some(owner) => {
+                    Some(holder) => {
                         let msg = format!(
-                            "{what} {port} on host {host} is already {owner}; choose another {what} for {}",
+                            "{what} {port} on host {host} is already {}; choose another {what} for {}",
+                            owner(holder),
                             m.name()
                         );
-                        self.push(self.at(i, field), ProblemKind::PortCollision, msg);
+                        collisions.push((self.at(i, field), msg));
                         self.refused_ports.insert((i, k));
                     }
                     None => {
-                        taken.insert((host, port), format!("the {what} of {who}"));
+                        taken.insert((host, port), Holder::Line(i, k));
                     }
                 }
             }
+        }
+        for (at, msg) in collisions {
+            self.push(at, ProblemKind::PortCollision, msg);
         }
     }
 
@@ -609,7 +630,7 @@ impl<'a> Check<'a> {
     /// port that stays taken was refused as a collision already).
     fn free_ports(&mut self, hosts: &[Option<&'a str>], probe: &dyn HostProbe) {
         let config = self.config;
-        let mut cluster_ports: BTreeSet<(&str, u16)> = BTreeSet::new();
+        let mut cluster_ports: std::collections::HashSet<(&str, u16)> = Default::default();
         for i in &self.cluster.instances {
             cluster_ports.insert((i.host.as_str(), i.port));
             cluster_ports.extend(i.replication_port.map(|r| (i.host.as_str(), r)));
@@ -650,7 +671,7 @@ impl<'a> Check<'a> {
         let (c, config) = (self.cluster, self.config);
         // What to ask each host: the instances' directories (resolved only),
         // then the locations of the lines to build (checked for writing too).
-        let mut asks: BTreeMap<&str, Vec<(PathBuf, bool)>> = BTreeMap::new();
+        let mut asks: HashMap<&str, Vec<(PathBuf, bool)>> = HashMap::new();
         let mut ask = |host: &'a str, path: &Path, write: bool| -> (&'a str, usize) {
             let list = asks.entry(host).or_default();
             list.push((normalized(path), write));
@@ -671,89 +692,92 @@ impl<'a> Check<'a> {
                 m.locations.iter().map(|l| host.filter(|_| plain_absolute(l)).map(|h| ask(h, l, true))).collect(),
             );
         }
-        let answers: BTreeMap<&str, Vec<std::io::Result<PathInfo>>> =
+        let answers: HashMap<&str, Vec<std::io::Result<PathInfo>>> =
             asks.iter().map(|(h, paths)| (*h, probe.inspect(h, paths))).collect();
         let answer = |a: Option<(&str, usize)>| a.and_then(|(h, k)| answers.get(h).and_then(|v| v.get(k)));
         let resolved = |a: Option<(&str, usize)>, written: &Path| match answer(a) {
             Some(Ok(info)) => info.resolved.clone(),
             _ => normalized(written),
         };
-        // The directories already taken, per machine: every instance's, then the cluster's own.
-        struct Owner {
-            host: String,
-            written: PathBuf,
-            what: String,
+        let mut machines: HashMap<&str, String> = HashMap::new();
+        let mut machine = |host: &'a str| machines.entry(host).or_insert_with(|| probe.machine(host)).clone();
+        // The directories already taken, per machine: every instance's, the
+        // cluster's own, then each new location. Described only in a message.
+        #[derive(Clone, Copy)]
+        enum Taker {
+            Instance(usize, usize),
+            Local(usize),
+            Line(usize, usize),
         }
-        let mut taken: DirIndex<Owner> = DirIndex::default();
-        let mut k = 0;
-        for i in &c.instances {
-            for (ci, d) in i.data_dirs.iter().enumerate() {
-                let fs = c.filespaces.get(ci).map_or("a", String::as_str);
-                let what = format!("the {fs} directory of {}", instance_name(i));
-                if let Some(Err(e)) = answer(instance_asks[k]) {
-                    let msg = format!("cannot resolve {} ({what}) on host {}: {e}; the new mirrors' directories cannot be compared with it: make sure the host answers", shown(d), i.host);
-                    self.push(
-                        Where::Segment { host: i.host.clone(), content: i.content, dbid: i.dbid },
-                        ProblemKind::ProbeFailed,
-                        msg,
-                    );
+        let describe = |t: Taker| -> (&str, PathBuf, String) {
+            match t {
+                Taker::Instance(n, ci) => {
+                    let i = &c.instances[n];
+                    let fs = c.filespaces.get(ci).map_or("a", String::as_str);
+                    (&i.host, normalized(&i.data_dirs[ci]), format!("the {fs} directory of {}", instance_name(i)))
                 }
-                let owner = Owner { host: i.host.clone(), written: normalized(d), what };
-                taken.insert(&probe.machine(&i.host), resolved(instance_asks[k], d), owner);
+                Taker::Local(n) => (THIS_MACHINE, normalized(&c.local_paths[n].0), c.local_paths[n].1.clone()),
+                Taker::Line(i, li) => {
+                    let host = hosts[i].unwrap_or_default();
+                    let what = fs_name(li);
+                    let what =
+                        format!("the {} directory of {}", what.trim_start_matches("filespace "), line_label(config, i));
+                    (host, normalized(&config.mirrors[i].locations[li]), what)
+                }
+            }
+        };
+        let mut taken: DirIndex<Taker> = DirIndex::default();
+        let mut k = 0;
+        for (n, i) in c.instances.iter().enumerate() {
+            for (ci, d) in i.data_dirs.iter().enumerate() {
+                if let Some(Err(e)) = answer(instance_asks[k]) {
+                    let what = describe(Taker::Instance(n, ci)).2;
+                    let msg = format!("cannot resolve {} ({what}) on host {}: {e}; the new mirrors' directories cannot be compared with it: make sure the host answers", shown(d), i.host);
+                    let at = Where::Segment { host: i.host.clone(), content: i.content, dbid: i.dbid };
+                    self.push(at, ProblemKind::ProbeFailed, msg);
+                }
+                taken.insert(&machine(&i.host), resolved(instance_asks[k], d), Taker::Instance(n, ci));
                 k += 1;
             }
         }
-        let here = probe.machine(THIS_MACHINE);
-        for ((p, what), a) in c.local_paths.iter().zip(&local_asks) {
-            let owner = Owner { host: THIS_MACHINE.into(), written: normalized(p), what: what.clone() };
-            taken.insert(&here, resolved(*a, p), owner);
+        let here = machine(THIS_MACHINE);
+        for (n, ((p, _), a)) in c.local_paths.iter().zip(&local_asks).enumerate() {
+            taken.insert(&here, resolved(*a, p), Taker::Local(n));
         }
         for (i, m) in config.mirrors.iter().enumerate() {
-            let name = m.name();
             let primary = self.primary(m.content);
             for (li, loc) in m.locations.iter().enumerate() {
-                let at = self.at(i, Field::Location(li));
-                let what = fs_name(li);
+                let at = || self.at(i, Field::Location(li));
                 if !plain_absolute(loc) {
-                    let msg = format!("location {:?} of {name} ({what}) is not an absolute path without . or ..; give the full path, starting with /", elide(&loc.display().to_string()));
-                    self.push(at, ProblemKind::RelativeLocation, msg);
+                    let msg = format!("location {:?} of {} ({}) is not an absolute path without . or ..; give the full path, starting with /", elide(&loc.display().to_string()), m.name(), fs_name(li));
+                    self.push(at(), ProblemKind::RelativeLocation, msg);
                     continue;
                 }
                 let norm = normalized(loc);
                 if let Some(p) = primary {
                     if let Some(ci) = p.data_dirs.iter().position(|d| normalized(d) == norm) {
                         let fs = c.filespaces.get(ci).map_or("a", String::as_str);
-                        let msg = format!("location {} of {name} is its primary's own {fs} directory; a mirror needs a directory of its own", shown(loc));
-                        self.push(at, ProblemKind::SameDirectoryAsPrimary, msg);
+                        let msg = format!("location {} of {} is its primary's own {fs} directory; a mirror needs a directory of its own", shown(loc), m.name());
+                        self.push(at(), ProblemKind::SameDirectoryAsPrimary, msg);
                         continue;
                     }
                 }
                 let Some(host) = hosts[i] else { continue };
                 let a = location_asks[i][li];
                 let real = resolved(a, loc);
-                let machine = probe.machine(host);
-                let overlap = taken.overlap(&machine, &real).map(|(relation, other, owner)| {
-                    let via = if owner.written == other {
+                let on = machine(host);
+                let overlap = taken.overlap(&on, &real).map(|(relation, other, &t)| {
+                    let (owner_host, written, what) = describe(t);
+                    let via = if written == other { String::new() } else { format!(" (written {})", shown(&written)) };
+                    let elsewhere = if owner_host == host {
                         String::new()
-                    } else {
-                        format!(" (written {})", shown(&owner.written))
-                    };
-                    let elsewhere = if owner.host == host {
-                        String::new()
-                    } else if owner.host == THIS_MACHINE {
+                    } else if owner_host == THIS_MACHINE {
                         " on this machine".to_string()
                     } else {
-                        format!(" on host {}, the same machine", owner.host)
+                        format!(" on host {owner_host}, the same machine")
                     };
-                    format!("{} {}{via}, {}{elsewhere}", relation.words(), shown(other), owner.what)
+                    format!("{} {}{via}, {what}{elsewhere}", relation.words(), shown(other))
                 });
-                let line_what =
-                    format!("the {} directory of {}", what.trim_start_matches("filespace "), self.line_name(i));
-                taken.insert(
-                    &machine,
-                    real.clone(),
-                    Owner { host: host.to_string(), written: norm.clone(), what: line_what },
-                );
                 if let Some(o) = overlap {
                     let via = if real == norm {
                         String::new()
@@ -761,27 +785,22 @@ impl<'a> Check<'a> {
                         format!(" (which is {} once symbolic links are resolved)", shown(&real))
                     };
                     let msg = format!(
-                        "location {} of {name} on host {host}{via} {o}; give each instance a directory of its own",
-                        shown(loc)
+                        "location {} of {} on host {host}{via} {o}; give each instance a directory of its own",
+                        shown(loc),
+                        m.name()
                     );
-                    self.push(at, ProblemKind::DirectoryOverlap, msg);
+                    taken.insert(&on, real, Taker::Line(i, li));
+                    self.push(at(), ProblemKind::DirectoryOverlap, msg);
                     continue;
                 }
+                taken.insert(&on, real, Taker::Line(i, li));
                 let Some(answer) = answer(a) else { continue };
-                match answer {
-                    Ok(PathInfo { state: PathState::NonEmptyDirectory, .. }) => {
-                        let msg = format!("directory {} on host {host} ({name}, {what}) is not empty; empty it or choose another location", shown(loc));
-                        self.push(at, ProblemKind::DirectoryNotEmpty, msg);
-                    }
-                    Ok(PathInfo { state: PathState::NotADirectory, .. }) => {
-                        let msg = format!("{} on host {host} ({name}, {what}) exists and is not a directory; remove it or choose another location", shown(loc));
-                        self.push(at, ProblemKind::NotADirectory, msg);
-                    }
-                    Ok(PathInfo { unwritable: Some(why), .. }) => {
-                        let msg = format!("{} on host {host} ({name}, {what}) cannot be made the mirror's directory: {why}; choose a location on a writable file system", shown(loc));
-                        self.push(at, ProblemKind::NotWritable, msg);
-                    }
-                    Ok(_) => {}
+                let (name, what) = (m.name(), fs_name(li));
+                let problem = match answer {
+                    Ok(PathInfo { state: PathState::NonEmptyDirectory, .. }) => Some((ProblemKind::DirectoryNotEmpty, format!("directory {} on host {host} ({name}, {what}) is not empty; empty it or choose another location", shown(loc)))),
+                    Ok(PathInfo { state: PathState::NotADirectory, .. }) => Some((ProblemKind::NotADirectory, format!("{} on host {host} ({name}, {what}) exists and is not a directory; remove it or choose another location", shown(loc)))),
+                    Ok(PathInfo { unwritable: Some(why), .. }) => Some((ProblemKind::NotWritable, format!("{} on host {host} ({name}, {what}) cannot be made the mirror's directory: {why}; choose a location on a writable file system", shown(loc)))),
+                    Ok(_) => None,
                     Err(e) => {
                         let advice = match e.raw_os_error() {
                             Some(libc::ENAMETOOLONG) => "the path or one of its names is too long for the file system (at most 4095 bytes, 255 per name)",
@@ -789,9 +808,11 @@ impl<'a> Check<'a> {
                             Some(libc::EACCES) => "a directory on the way cannot be read: check its permissions",
                             _ => "make sure the host answers and the path can be read",
                         };
-                        let msg = format!("cannot check {} on host {host} ({name}, {what}): {e}; {advice}", shown(loc));
-                        self.push(at, ProblemKind::ProbeFailed, msg);
+                        Some((ProblemKind::ProbeFailed, format!("cannot check {} on host {host} ({name}, {what}): {e}; {advice}", shown(loc))))
                     }
+                };
+                if let Some((kind, msg)) = problem {
+                    self.push(at(), kind, msg);
                 }
             }
         }
@@ -819,7 +840,7 @@ pub fn validate(
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Instance, MirrorLine};
+    use super::super::{test_primary as primary, MirrorLine};
     use super::*;
     use std::io;
 
@@ -830,19 +851,9 @@ mod tests {
         let mut instances = Vec::new();
         for content in 0..6u32 {
             let (h, s) = (content / 2 + 1, content % 2);
-            instances.push(Instance {
-                content,
-                dbid: content + 2,
-                role: Role::Primary,
-                host: format!("sdw{h}"),
-                address: format!("sdw{h}"),
-                port: 40000 + s as u16,
-                replication_port: Some(39000 + s as u16),
-                data_dirs: vec![
-                    format!("/data/primary/gpseg{content}").into(),
-                    format!("/fs1/primary/gpseg{content}").into(),
-                ],
-            });
+            let mut p = primary(content, &format!("sdw{h}"), 40000 + s as u16, &["/data/primary", "/fs1/primary"]);
+            p.replication_port = Some(39000 + s as u16);
+            instances.push(p);
         }
         Cluster { filespaces: vec!["pg_system".into(), "fs1".into()], instances, ..Default::default() }
     }
@@ -1345,5 +1356,54 @@ mirror5=5:sdw1:41001:42001:43001:/data/mirror/gpseg5:/fs1/mirror/gpseg5
             ]
         );
         assert_eq!(p.len(), 3, "{p:#?}");
+    }
+
+    /// `hosts` hosts of `per_host` primaries each (one filespace), mirrors
+    /// placed by group placement: the configuration as a file's text.
+    fn large(hosts: usize, per_host: usize) -> (Cluster, String) {
+        let mut instances = Vec::with_capacity(hosts * per_host);
+        for h in 0..hosts {
+            for slot in 0..per_host {
+                let content = (h * per_host + slot) as u32;
+                instances.push(primary(content, &format!("sdw{h}"), 20000 + slot as u16, &["/data/primary"]));
+            }
+        }
+        let c = Cluster { filespaces: vec!["pg_system".into()], instances, ..Default::default() };
+        let config =
+            crate::cluster::layout::place(&c, crate::cluster::layout::Placement::Group, 100, &["/data/mirror".into()])
+                .unwrap();
+        (c, config.format().unwrap())
+    }
+
+    #[test]
+    fn a_hundred_thousand_lines_are_validated_in_one_pass() {
+        // 1,000 hosts of 100 primaries: 100,000 mirror lines, all valid.
+        let (c, text) = large(1000, 100);
+        assert_eq!(text.lines().count(), 100_001);
+        let started = std::time::Instant::now();
+        let config = MirrorConfig::parse(&text, "mirrors.cfg").unwrap();
+        let parsed = started.elapsed();
+        let plan = validate(&config, &c, &absent).unwrap();
+        let total = started.elapsed();
+        assert_eq!(plan.len(), 100_000);
+        println!(
+            "100,000 valid lines: parsed in {:.0} ms, validated in {:.0} ms",
+            parsed.as_secs_f64() * 1e3,
+            (total - parsed).as_secs_f64() * 1e3
+        );
+        // The same lines against a cluster of 4 contents: every problem
+        // found, the message lists the first ones and counts the rest.
+        let (small, _) = large(2, 2);
+        let started = std::time::Instant::now();
+        let e = validate(&config, &small, &absent).unwrap_err();
+        println!(
+            "100,000 lines for 4 contents: {} problems in {:.0} ms",
+            e.0.len(),
+            started.elapsed().as_secs_f64() * 1e3
+        );
+        assert!(e.0.len() >= 99_996, "{}", e.0.len());
+        let shown = e.to_string();
+        assert_eq!(shown.lines().count(), SHOWN_PROBLEMS + 2, "{shown}");
+        assert!(shown.contains("more (the first 50 are shown"), "{shown}");
     }
 }
