@@ -398,7 +398,83 @@ fn a_cluster_named_by_its_directory_alone_refuses_what_would_hurt_it_and_changes
     assert_eq!(out.matches("\"identical\"").count(), 2, "{out}");
     let out = by_dir_ok(&cluster, &["state", "-c"]);
     assert_eq!(out.matches("Synchronized").count(), 2, "{out}");
+
+    // Content 0's mirror directory swapped for a link into content 1's
+    // primary directory after addmirrors checked it: a full rebuild would
+    // empty content 1's files, so recover -F refuses and changes nothing.
+    let m0 = t.join("mirror/gpseg0");
+    std::fs::rename(&m0, t.join("mirror/gpseg0.moved")).unwrap();
+    std::os::unix::fs::symlink(t.join("primary/gpseg1"), &m0).unwrap();
+    let primaries = tree(&t.join("primary"));
+    assert!(primaries.keys().any(|p| p.starts_with(t.join("primary/gpseg1/"))), "content 1 has files");
+    let (code, _, err) = by_dir(&cluster, &["recover", "-F", "--content", "0"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(&format!(
+            "content 0: the pg_system directory {} (which is {} once symbolic links are resolved) of content 0 (dbid 4) is the same as the pg_system directory {} of content 1 (dbid 3)",
+            m0.display(),
+            t.join("primary/gpseg1").display(),
+            t.join("primary/gpseg1").display()
+        )),
+        "{err}"
+    );
+    assert!(err.contains("would delete the other segment's files; nothing was started"), "{err}");
+    assert_eq!(tree(&t.join("primary")), primaries, "the refusal changes nothing");
+    std::fs::remove_file(&m0).unwrap();
+    std::fs::rename(t.join("mirror/gpseg0.moved"), &m0).unwrap();
+    let out = by_dir_ok(&cluster, &["state", "-c"]);
+    assert_eq!(out.matches("Synchronized").count(), 2, "nothing was started: {out}");
     by_dir_ok(&cluster, &["stop"]);
+}
+
+#[test]
+fn messages_name_the_value_and_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    // --base-port 0 is said as given, not as --base-port 1.
+    let init = Init {
+        cluster: tmp.path().join("cluster"),
+        hosts: "127.0.0.2,127.0.0.3",
+        data: vec![format!("pg_system={}", tmp.path().join("primary").display())],
+        extra: vec!["--base-port".into(), "0".into(), "--allow-one-machine".into()],
+    };
+    let args = init.args();
+    let err = refused(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(err.contains("--base-port 0: give the first primary port, from 1 to 65535"), "{err}");
+    assert!(!err.contains("--base-port 1"), "{err}");
+    // A missing key file is named as such, not as a malformed handshake.
+    let key = tmp.path().join("no.key");
+    let (code, _, err) = filerep(&["recover", "--arbiter", "127.0.0.1:1", "--key-file", &key.display().to_string()]);
+    assert_ne!(code, 0, "{err}");
+    assert!(err.contains(&format!("key file {}: cannot be read", key.display())), "{err}");
+    assert!(!err.contains("handshake"), "{err}");
+    // A UTF-16 mirror file: its encoding named, with the line and column.
+    let cfg = tmp.path().join("mirrors.cfg");
+    let utf16: Vec<u8> =
+        [0xff, 0xfe].into_iter().chain("filespaceOrder=\n".encode_utf16().flat_map(u16::to_le_bytes)).collect();
+    std::fs::write(&cfg, utf16).unwrap();
+    let (init_code, out, err) = init_cluster(&tmp.path().join("c2"), &tmp.path().join("p2"));
+    assert_eq!(init_code, 0, "{out}{err}");
+    let err = refused(&[
+        "addmirrors",
+        "--cluster-dir",
+        &tmp.path().join("c2").display().to_string(),
+        "-i",
+        &cfg.display().to_string(),
+    ]);
+    assert!(err.contains("mirrors.cfg:1:1: byte 0 (0xFF) is not UTF-8 text") && err.contains("UTF-16"), "{err}");
+}
+
+/// A stopped cluster of two segments on two loopback addresses.
+fn init_cluster(cluster: &Path, data: &Path) -> (i32, String, String) {
+    Init {
+        cluster: cluster.to_path_buf(),
+        hosts: "127.0.0.2,127.0.0.3",
+        data: vec![format!("pg_system={}", data.display())],
+        extra: ["--segments-per-host", "1", "--base-port", &free_base().to_string(), "--allow-one-machine"]
+            .map(String::from)
+            .into(),
+    }
+    .run()
 }
 
 #[test]

@@ -256,8 +256,8 @@ pub fn addmirrors(c: AddMirrorsCmd) -> Result<ExitCode, String> {
     // The configuration: read, or computed by placement.
     let (config, placement) = match &c.input {
         Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-            let cfg = MirrorConfig::parse(&text, &path.display().to_string()).map_err(|e| e.to_string())?;
+            let bytes = std::fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+            let cfg = MirrorConfig::parse_bytes(&bytes, &path.display().to_string()).map_err(|e| e.to_string())?;
             (cfg, "custom".to_string())
         }
         None => {

@@ -158,6 +158,22 @@ pub fn run(mut c: RecoverCmd) -> Result<std::process::ExitCode, String> {
         }
         return Ok(std::process::ExitCode::SUCCESS);
     }
+    // A full rebuild empties the segment it rebuilds: never when one of the
+    // pair's directories is, through a symbolic link, another segment's.
+    if c.full {
+        let overlaps: Vec<String> = contents
+            .iter()
+            .flat_map(|&x| filerep_tools::cluster::rebuild_overlaps(&cat, &key, x).into_iter().map(move |p| (x, p)))
+            .map(|(x, p)| format!("content {x}: {p}"))
+            .collect();
+        if !overlaps.is_empty() {
+            return Err(format!(
+                "{}: a full recovery empties the segment it rebuilds and would delete the other segment's files; nothing was started. \
+                 Give each segment a directory of its own (no symbolic link into another segment's), then run recover -F again",
+                overlaps.join("; ")
+            ));
+        }
+    }
     // Every pair can start before any is started.
     let refusals: Vec<String> =
         contents.iter().filter_map(|x| cat.pair(*x).and_then(|p| p.recover_refusal(c.full))).collect();
