@@ -124,7 +124,8 @@ impl Default for StreamTuning {
             heartbeat: Duration::from_millis(200),
             ack_timeout: Duration::from_secs(5),
             queue_frames: 1024,
-            handshake_timeout: Duration::from_secs(10),
+            // Also the mirror's deadline for an unauthenticated connection.
+            handshake_timeout: crate::io::admission::DEFAULT_DEADLINE,
         }
     }
 }

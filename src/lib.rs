@@ -4,7 +4,9 @@
 //! - [`protocol`]: the wire format (frames, handshake, path rules), sans I/O.
 //! - [`core`]: the rules as I/O-free state machines (events in, commands out).
 //! - [`io`]: the `Disk` and connection traits with real and simulated backends.
-//! - [`durable`]: the change-log, the activity log and the catalog.
+//! - [`durable`]: the change-log (with the activity log's records) and the catalog.
+//! - [`exec`]: the core's commands carried out on disks and change-logs,
+//!   with no threads (the runtime and the simulator share it).
 //! - [`runtime`]: threads and sockets that execute the core (primary, mirror
 //!   and its applier, resync).
 //! - [`cluster`]: the segment process, the control channel, the local client,
@@ -27,6 +29,7 @@ pub mod config;
 pub mod core;
 pub mod durable;
 pub mod error;
+pub mod exec;
 pub mod io;
 pub mod mount;
 pub mod protocol;

@@ -226,6 +226,7 @@ impl Cluster {
                 decision_timeout_ms: DECISION_TIMEOUT_MS,
                 ack_timeout_ms: ACK_TIMEOUT_MS,
                 heartbeat_ms: 100,
+                handshake_timeout_ms: 2000,
                 prefer_uring: true,
                 metrics_listen: metrics.then(free_addr),
             };

@@ -137,6 +137,55 @@ fn random_bytes_instead_of_a_handshake() {
     good_primary_still_served(&mirror, &dirs);
 }
 
+/// A frame past the largest file (docs/protocol.md § 3.4) is a protocol
+/// error on its session; the mirror stays in service.
+#[test]
+fn frames_past_the_largest_file_end_the_session_not_the_mirror() {
+    use filerep::protocol::MAX_FILE_BYTES;
+    bad_frame_case(with_valid_prefix(frame(Kind::Truncate, 3, 1, MAX_FILE_BYTES + 1, b"")), false, "largest file");
+    let block = MAX_FILE_BYTES / 8192;
+    bad_frame_case(with_valid_prefix(frame(Kind::WriteBlock, 3, 1, block, &[1u8; 8192])), false, "largest file");
+    bad_frame_case(with_valid_prefix(frame(Kind::WriteAt, 3, 1, MAX_FILE_BYTES, b"x")), false, "largest file");
+}
+
+/// The primary's API refuses a write or truncate past the largest file
+/// before it changes anything, with a message that says so; the pair
+/// goes on streaming. A file of exactly the largest size is held by both.
+#[test]
+fn a_write_or_truncate_past_the_largest_file_is_refused_and_the_pair_goes_on() {
+    use filerep::protocol::MAX_FILE_BYTES;
+    let dirs = Dirs::new();
+    let mirror = InProcessMirror::start(&dirs, 8192, 1);
+    let p = connect_primary(primary_config(&dirs, 8192, SyncLevel::Applied), mirror.addr).expect("primary");
+    p.create(0, "rel").expect("create");
+    p.extend(0, "rel", 0, &[1u8; 8192]).expect("extend");
+    let past = MAX_FILE_BYTES / 8192;
+    for (what, r) in [
+        ("write_block", p.write_block(0, "rel", past, &[2u8; 8192])),
+        ("extend", p.extend(0, "rel", past, &[2u8; 8192])),
+        ("truncate", p.truncate(0, "rel", past + 1)),
+        ("set_len", p.set_len(0, "rel", MAX_FILE_BYTES + 1)),
+        ("write_at", p.write_at(0, "rel", MAX_FILE_BYTES - 1, b"xy")),
+    ] {
+        let e = r.expect_err(what);
+        assert!(matches!(e, filerep::Error::InvalidArgument(_)), "{what}: {e}");
+        let text = e.to_string();
+        assert!(text.contains("largest file") && text.contains("nothing changed"), "{what}: {text}");
+    }
+    let local = dirs.primary[0].root.join("rel");
+    assert_eq!(std::fs::metadata(&local).expect("stat").len(), 8192, "nothing changed locally");
+    // Exactly the largest file: both sides hold it (sparse), the pair goes on.
+    p.set_len(0, "rel", MAX_FILE_BYTES).expect("a file of the largest size");
+    p.write_at(0, "rel", MAX_FILE_BYTES - 2, b"ok").expect("a write ending at the limit");
+    p.flush(0, "rel").expect("flush");
+    assert_eq!(std::fs::metadata(dirs.mirror[0].root.join("rel")).expect("stat").len(), MAX_FILE_BYTES);
+    p.set_len(0, "rel", 8192).expect("back to one block");
+    p.write_block(0, "rel", 0, &[3u8; 8192]).expect("streaming still");
+    p.shutdown(Duration::from_secs(10)).expect("shutdown");
+    assert_eq!(mirror.next_report().end, SessionEnd::Shutdown, "the mirror stayed in service");
+    dirs.assert_identical();
+}
+
 #[test]
 fn path_with_dot_dot() {
     bad_frame_case(frame(Kind::Bind, 1, 1, 0, b"base/../../etc/passwd"), false, "'..'");
@@ -362,4 +411,272 @@ fn handshake_decoders_survive_random_input() {
         }
     }
     assert!(refused > 19_900, "nearly every random or mutated message is refused ({refused})");
+}
+
+// ---- a flood of connections that never authenticate ------------------------
+
+use common::pair::{kill, wait_for, Pair};
+use filerep::cluster::segment::Acting;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Where a flood thread connects, and from where.
+#[derive(Clone, Debug)]
+enum Target {
+    Tcp { name: &'static str, addr: SocketAddr, from: Ipv4Addr },
+    Unix { name: &'static str, path: std::path::PathBuf },
+}
+
+/// A connection the flood holds: idle ones send nothing, trickling ones one
+/// byte per tick, and both are opened again whenever the server closes them.
+enum Held {
+    Tcp(std::net::TcpStream),
+    Unix(UnixStream),
+}
+
+impl Held {
+    fn io(&mut self) -> &mut dyn ReadWrite {
+        match self {
+            Held::Tcp(s) => s,
+            Held::Unix(s) => s,
+        }
+    }
+}
+
+trait ReadWrite: std::io::Read + std::io::Write {}
+impl<T: std::io::Read + std::io::Write> ReadWrite for T {}
+
+#[derive(Default, Debug, Clone)]
+struct FloodFigures {
+    opened: u64,
+    closed_by_server: u64,
+    /// Of those, closed after living 1.5 s or more: at the handshake deadline.
+    closed_at_deadline: u64,
+    refused: u64,
+    held_most: usize,
+}
+
+/// Bounds on the whole flood: connections opened, and ticks of 100 ms.
+const FLOOD_MAX_CONNECTIONS: u64 = 60_000;
+const FLOOD_TICK: Duration = Duration::from_millis(100);
+
+fn open(t: &Target) -> std::io::Result<Held> {
+    match t {
+        Target::Tcp { addr: SocketAddr::V4(to), from, .. } => {
+            use nix::sys::socket::{bind, connect, socket, AddressFamily, SockFlag, SockType, SockaddrIn};
+            use std::os::fd::AsRawFd;
+            let fd = socket(AddressFamily::Inet, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+            bind(fd.as_raw_fd(), &SockaddrIn::from(SocketAddrV4::new(*from, 0)))?;
+            connect(fd.as_raw_fd(), &SockaddrIn::from(*to))?;
+            let s = std::net::TcpStream::from(fd);
+            s.set_nonblocking(true)?;
+            Ok(Held::Tcp(s))
+        }
+        Target::Tcp { .. } => Err(std::io::Error::other("IPv4 targets only")),
+        Target::Unix { path, .. } => {
+            let s = UnixStream::connect(path)?;
+            s.set_nonblocking(true)?;
+            Ok(Held::Unix(s))
+        }
+    }
+}
+
+/// Whether the server closed it (reads what it sent, if anything).
+fn closed(h: &mut Held) -> bool {
+    let mut buf = [0u8; 256];
+    loop {
+        match h.io().read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
+            Err(_) => return true,
+        }
+    }
+}
+
+/// Hold `idle + trickle` connections to `target` until `stop`, renewing
+/// each one the server closes, one tick at a time.
+fn flood(
+    target: Target,
+    idle: usize,
+    trickle: usize,
+    stop: Arc<AtomicBool>,
+    total: Arc<AtomicU64>,
+    at_deadline: Arc<AtomicU64>,
+) -> std::thread::JoinHandle<FloodFigures> {
+    std::thread::spawn(move || {
+        let mut f = FloodFigures::default();
+        // Slow trickles announce a 4 KiB message, then send one byte a tick.
+        let trickled = |k: u64| [0x00, 0x10, 0x00, 0x00].get(k as usize).copied().unwrap_or(b'A');
+        let mut slots: Vec<Option<(Held, u64, Instant)>> = (0..idle + trickle).map(|_| None).collect();
+        while !stop.load(Ordering::SeqCst) {
+            for (i, slot) in slots.iter_mut().enumerate() {
+                if let Some((h, sent, since)) = slot {
+                    if closed(h) {
+                        f.closed_by_server += 1;
+                        if since.elapsed() >= Duration::from_millis(1500) {
+                            f.closed_at_deadline += 1;
+                            at_deadline.fetch_add(1, Ordering::SeqCst);
+                        }
+                        *slot = None;
+                    } else if i >= idle && h.io().write(&[trickled(*sent)]).is_ok() {
+                        *sent += 1;
+                    }
+                }
+                if slot.is_none() && total.load(Ordering::SeqCst) < FLOOD_MAX_CONNECTIONS {
+                    match open(&target) {
+                        Ok(h) => {
+                            total.fetch_add(1, Ordering::SeqCst);
+                            f.opened += 1;
+                            *slot = Some((h, 0, Instant::now()));
+                        }
+                        // The process is down (killed on purpose): try again next tick.
+                        Err(_) => f.refused += 1,
+                    }
+                }
+            }
+            f.held_most = f.held_most.max(slots.iter().flatten().count());
+            // Pacing of the load (each slot renews at most once a tick), not synchronisation.
+            std::thread::sleep(FLOOD_TICK);
+        }
+        f
+    })
+}
+
+/// Say something in the test's output whether or not it passes.
+fn figure(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "flood: {line}");
+}
+
+fn timed(what: &str, steps: &mut Vec<(String, Duration)>, f: impl FnOnce()) {
+    let t = Instant::now();
+    f();
+    steps.push((what.to_string(), t.elapsed()));
+}
+
+/// Idle and slow-trickle connections from four loopback addresses other
+/// than the pair's, held and renewed for the whole test against every
+/// listener (both segments' replication and control ports, the arbiter's
+/// control port, both client sockets), more of them than any listener
+/// used to allow at once. Meanwhile the pair streams, loses its mirror,
+/// is recovered, and fails over: every step must finish in its bound.
+#[test]
+fn a_connection_flood_does_not_lock_out_the_pair() {
+    let mut pair = Pair::start(8192);
+    let stop = Arc::new(AtomicBool::new(false));
+    let total = Arc::new(AtomicU64::new(0));
+    let at_deadline = Arc::new(AtomicU64::new(0));
+    let addr = |s: &str| -> SocketAddr { s.parse().expect("address") };
+    let mut targets = Vec::new();
+    for from in 2..=5u8 {
+        let from = Ipv4Addr::new(127, 0, 0, from);
+        for (name, a) in [
+            ("primary's replication port", pair.seg(2).cfg.data_listen.clone()),
+            ("mirror's replication port", pair.seg(3).cfg.data_listen.clone()),
+            ("primary's control port", pair.seg(2).cfg.control_listen.clone()),
+            ("mirror's control port", pair.seg(3).cfg.control_listen.clone()),
+            ("arbiter's control port", pair.arbiter_addr.clone()),
+        ] {
+            targets.push(Target::Tcp { name, addr: addr(&a), from });
+        }
+    }
+    targets.push(Target::Unix { name: "primary's client socket", path: pair.seg(2).cfg.socket.clone() });
+    targets.push(Target::Unix { name: "mirror's client socket", path: pair.seg(3).cfg.socket.clone() });
+    // Two sources hold 14 connections per port, over the per-source budget
+    // (4), so each renewal drops one of their own; two hold 3, which stay
+    // until the handshake deadline closes them. 34 per port: over the 32
+    // the control port used to serve at once (16 on the replication port).
+    let size = |t: &Target| match t {
+        Target::Tcp { from, .. } if from.octets()[3] <= 3 => (8, 6),
+        Target::Tcp { .. } => (2, 1),
+        Target::Unix { .. } => (8, 6),
+    };
+    let floods: Vec<_> = targets
+        .iter()
+        .map(|t| {
+            let (idle, trickle) = size(t);
+            (t.clone(), flood(t.clone(), idle, trickle, stop.clone(), total.clone(), at_deadline.clone()))
+        })
+        .collect();
+    wait_for("the flood to open its connections", Duration::from_secs(10), || {
+        total.load(Ordering::SeqCst) >= targets.iter().map(|t| size(t).0 + size(t).1).sum::<usize>() as u64
+    });
+    let key = pair.key.clone();
+    let mut steps = Vec::new();
+    let mut cl = filerep::cluster::client::Client::connect(&pair.seg(2).cfg.socket).expect("client");
+    // Every TCP listener that accepts has closed the small sources' first
+    // connections at the handshake deadline (2 s) by the end of this step
+    // (the primary's replication port is not served while it is primary).
+    let first_round = 3 * 2 * 4;
+    let mut streamed = 0u64;
+    timed("stream through a deadline round of the flood", &mut steps, || {
+        let mut fresh = filerep::cluster::client::Client::connect(&pair.seg(2).cfg.socket).expect("client");
+        fresh.create(0, "rel").expect("create");
+        let started = Instant::now();
+        while at_deadline.load(Ordering::SeqCst) < first_round {
+            assert!(started.elapsed() < Duration::from_secs(30), "the flood was not closed at the deadline");
+            cl.write_block(0, "rel", streamed % 50, &[streamed as u8; 8192]).expect("write while streaming");
+            streamed += 1;
+        }
+        assert_eq!(pair.seg(2).status(&key).map(|s| s.mode), Some('s'));
+    });
+    figure(&format!("{streamed} blocks written and acknowledged by the mirror in the first step"));
+    timed("lose the mirror: change tracking", &mut steps, || {
+        kill(&mut pair.seg_mut(3).child);
+        wait_for("change tracking", Duration::from_secs(20), || {
+            pair.seg(2).status(&key).is_some_and(|s| s.mode == 'c')
+        });
+        for i in 0..50 {
+            cl.write_block(0, "rel", i, &[0xc0; 8192]).expect("write in change tracking");
+        }
+    });
+    timed("mirror back and recovered: synchronized", &mut steps, || {
+        pair.seg_mut(3).start();
+        wait_for("the mirror to serve", Duration::from_secs(20), || {
+            pair.seg(3).status(&key).is_some_and(|s| s.acting == Acting::Mirror)
+        });
+        let (code, out, err) = pair.recover(&[]);
+        assert_eq!(code, 0, "recover under the flood: {out}{err}");
+        wait_for("synchronized", Duration::from_secs(20), || pair.seg(2).status(&key).is_some_and(|s| s.mode == 's'));
+        cl.write_block(0, "rel", 0, &[0x5e; 8192]).expect("write once synchronized");
+    });
+    timed("primary killed: the mirror takes over", &mut steps, || {
+        kill(&mut pair.seg_mut(2).child);
+        wait_for("the promotion", Duration::from_secs(20), || {
+            pair.seg(3).status(&key).is_some_and(|s| s.acting == Acting::Primary && s.mode == 'c')
+        });
+        let mut nl = filerep::cluster::client::Client::connect(&pair.seg(3).cfg.socket).expect("client");
+        assert_eq!(nl.read_block(0, "rel", 0).expect("read on the new primary"), vec![0x5e; 8192]);
+        nl.write_block(0, "rel", 1, &[0xfa; 8192]).expect("write on the new primary");
+    });
+    stop.store(true, Ordering::SeqCst);
+    let mut all = FloodFigures::default();
+    for (t, h) in floods {
+        let f = h.join().expect("flood thread");
+        match &t {
+            Target::Unix { name, .. } => figure(&format!("{name}: {f:?}")),
+            Target::Tcp { name, from, .. } if from.octets()[3] == 2 => figure(&format!("{name}, from {from}: {f:?}")),
+            Target::Tcp { .. } => {}
+        }
+        all.opened += f.opened;
+        all.closed_by_server += f.closed_by_server;
+        all.closed_at_deadline += f.closed_at_deadline;
+        all.refused += f.refused;
+        all.held_most += f.held_most;
+    }
+    figure(&format!(
+        "{} connections opened from 4 addresses to 7 listeners, {} closed by the servers ({} at the handshake \
+         deadline, the others for newer ones), {} refused while a process was down, {} held at once at most",
+        all.opened, all.closed_by_server, all.closed_at_deadline, all.refused, all.held_most
+    ));
+    for (what, d) in &steps {
+        figure(&format!("{what}: {} ms", d.as_millis()));
+    }
+    assert!(all.closed_by_server > 100, "the flood was renewed: the servers closed its connections");
+    assert!(all.closed_at_deadline >= first_round, "the deadline closed silent connections");
+    assert!(all.opened < FLOOD_MAX_CONNECTIONS, "the flood stayed within its bound ({})", all.opened);
 }

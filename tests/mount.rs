@@ -516,6 +516,7 @@ fn bad_arguments_are_refused_naming_the_field() {
         decision_timeout_ms: 1000,
         ack_timeout_ms: 1000,
         heartbeat_ms: 100,
+        handshake_timeout_ms: 2000,
         prefer_uring: false,
         metrics_listen: None,
     };
@@ -593,4 +594,129 @@ fn perf_sequential_32k_writes_fsync_every_64() {
     }
     results.sort_by(f64::total_cmp);
     println!("{blocks} writes of 32 KiB, fsync every 64: median ratio mount/direct {:.2}", results[1]);
+}
+
+/// `filerep mount` with its log (warnings and errors only) captured.
+fn spawn_logged_mount(pair: &Pair, path: &Path, extra: &[&str]) -> (std::process::Child, std::path::PathBuf) {
+    use std::io::BufRead;
+    let log = pair.dir.path().join(format!("mount-{}.log", rand::random::<u32>()));
+    let mut cmd = Command::new(exe());
+    cmd.arg("mount")
+        .args(["--config", pair.seg(2).cfg_path.to_str().unwrap(), "--filespace", "pg_system"])
+        .arg(path)
+        .args(extra)
+        .env("FILEREP_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(File::create(&log).unwrap());
+    let mut child = cmd.spawn().expect("mount");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).expect("ready line");
+    assert!(line.starts_with(common::pair::READY_MOUNT), "{line:?}: {}", std::fs::read_to_string(&log).unwrap());
+    (child, log)
+}
+
+fn sigterm_and_wait(child: &mut std::process::Child) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM)
+        .expect("SIGTERM");
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "filerep mount exited with {status}");
+}
+
+/// After kill -9 of a mount, a new `filerep mount` on the same mountpoint
+/// names the dead mount and the command that clears it; with --force it
+/// clears it and mounts. Nothing else is touched.
+#[test]
+fn a_dead_mountpoint_is_named_with_its_remedy_and_force_clears_it() {
+    let pair = Pair::start(8192);
+    let path = pair.dir.path().join("mnt-dead");
+    std::fs::create_dir(&path).unwrap();
+    let (mut first, _) = spawn_logged_mount(&pair, &path, &[]);
+    std::fs::write(path.join("kept"), b"written before the crash").unwrap();
+    let _ = first.kill();
+    let _ = first.wait();
+    assert!(mounted(&path), "a killed mount stays behind, dead");
+    let err = std::fs::metadata(&path).unwrap_err();
+    assert_eq!(errno(&err), libc::ENOTCONN, "{err}");
+    let out = Command::new(exe())
+        .args(["mount", "--config", pair.seg(2).cfg_path.to_str().unwrap(), "--filespace", "pg_system"])
+        .arg(&path)
+        .output()
+        .expect("run");
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "mounted over a dead mount: {text}");
+    let clear = filerep::mount::clear_command(&path);
+    assert!(text.contains("dead FUSE mount") && text.contains(&clear) && text.contains("--force"), "{text}");
+    let (mut second, log) = spawn_logged_mount(&pair, &path, &["--force"]);
+    assert_eq!(std::fs::read(path.join("kept")).unwrap(), b"written before the crash");
+    std::fs::write(path.join("after"), b"through the new mount").unwrap();
+    sigterm_and_wait(&mut second);
+    assert!(!mounted(&path), "--force left one live mount, now gone");
+    let log = std::fs::read_to_string(log).unwrap();
+    assert!(log.contains("dead mount was cleared"), "{log}");
+    assert_eq!(std::fs::read(pair.seg(2).root(0).join("after")).unwrap(), b"through the new mount");
+}
+
+/// What clients do all the time (probe a file with terminal and file
+/// system ioctls, ask for extended attributes, seek for data, preallocate,
+/// lock, get signals in the middle of a write) logs no warning and no
+/// error; what the mount does not offer is refused with the usual errno.
+#[test]
+fn normal_client_behaviour_leaves_the_log_quiet() {
+    let pair = Pair::start(8192);
+    let path = pair.dir.path().join("mnt-quiet");
+    std::fs::create_dir(&path).unwrap();
+    let (mut m, log) = spawn_logged_mount(&pair, &path, &[]);
+    let file = path.join("f");
+    std::fs::write(&file, vec![7u8; 16384]).unwrap();
+    let f = OpenOptions::new().read(true).write(true).open(&file).unwrap();
+    {
+        use std::os::fd::AsRawFd;
+        let fd = f.as_raw_fd();
+        let mut termios = std::mem::MaybeUninit::<libc::termios>::uninit();
+        // SAFETY: TCGETS writes one termios into the buffer it is given.
+        let r = unsafe { libc::ioctl(fd, libc::TCGETS, termios.as_mut_ptr()) };
+        assert_eq!((r, std::io::Error::last_os_error().raw_os_error()), (-1, Some(libc::ENOTTY)));
+        let mut flags: libc::c_long = 0;
+        // SAFETY: FS_IOC_GETFLAGS writes one long into the buffer it is given.
+        let r = unsafe { libc::ioctl(fd, libc::FS_IOC_GETFLAGS as _, &mut flags) };
+        assert_eq!(r, -1, "file flags are not offered");
+        // SAFETY: the name is NUL-terminated and the buffer 64 bytes long.
+        let r = unsafe { libc::fgetxattr(fd, c"user.x".as_ptr(), [0u8; 64].as_mut_ptr().cast(), 64) };
+        assert_eq!(r, -1);
+        // SAFETY: plain calls on an open descriptor.
+        unsafe {
+            libc::lseek(fd, 0, libc::SEEK_DATA);
+            libc::posix_fallocate(fd, 0, 8192);
+            libc::flock(fd, libc::LOCK_EX);
+            libc::flock(fd, libc::LOCK_UN);
+        }
+    }
+    // Writers get a signal now and then in the middle of a write: the
+    // kernel sends the mount an INTERRUPT (a handler is set, so the signal
+    // is delivered, not ignored).
+    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    signal_hook::flag::register(libc::SIGURG, flag.clone()).unwrap();
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let file = path.join(format!("w{w}"));
+            std::thread::spawn(move || {
+                let f = File::create(&file).unwrap();
+                (0..300u64).all(|i| f.write_at(&[i as u8; 8192], (i % 16) * 8192).is_ok())
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    while writers.iter().any(|w| !w.is_finished()) && started.elapsed() < std::time::Duration::from_secs(60) {
+        // SAFETY: sends a signal to this process; its handler only sets a flag.
+        unsafe { libc::kill(libc::getpid(), libc::SIGURG) };
+        std::thread::yield_now();
+    }
+    for w in writers {
+        assert!(w.join().unwrap(), "a write failed under signals");
+    }
+    drop(f);
+    sigterm_and_wait(&mut m);
+    let log = std::fs::read_to_string(log).unwrap();
+    let loud: Vec<&str> = log.lines().filter(|l| l.contains("WARN") || l.contains("ERROR")).collect();
+    assert!(loud.is_empty(), "normal client behaviour was logged as a problem:\n{}", loud.join("\n"));
 }

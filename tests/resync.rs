@@ -221,6 +221,12 @@ struct RenameBeforeFirstCopy<'a> {
 }
 
 impl resync::ResyncLink for RenameBeforeFirstCopy<'_> {
+    fn now_ms(&self) -> u64 {
+        self.link.now_ms()
+    }
+    fn pause(&mut self, ms: u64) {
+        self.link.pause(ms)
+    }
     fn block_size(&self) -> u32 {
         self.link.block_size()
     }

@@ -14,7 +14,7 @@ use crate::io::disk::DiskErrorKind;
 use crate::protocol::MAX_WRITE_AT;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 pub const REQUEST_HEADER: usize = 27;
 pub const RESPONSE_HEADER: usize = 13;
@@ -250,17 +250,56 @@ pub fn response(result: Result<(u64, Vec<u8>), (ErrorClass, String)>) -> Vec<u8>
 /// A connection to a segment's client socket.
 pub struct Client {
     stream: UnixStream,
+    socket: PathBuf,
+    /// A request was answered on this connection.
+    used: bool,
+}
+
+/// How one request and its response went.
+enum Exchange {
+    Answered(Vec<u8>),
+    /// The segment closed the connection before answering.
+    Closed(ClientError),
+    Failed(ClientError),
 }
 
 impl Client {
     pub fn connect(socket: &Path) -> Result<Client, ClientError> {
-        Ok(Client { stream: UnixStream::connect(socket)? })
+        Ok(Client { stream: UnixStream::connect(socket)?, socket: socket.to_path_buf(), used: false })
+    }
+
+    fn exchange(&mut self, req: &[u8]) -> Exchange {
+        let closed = |e: &std::io::Error| {
+            matches!(e.kind(), std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset)
+        };
+        match self.stream.write_all(req) {
+            Err(e) if closed(&e) => return Exchange::Closed(e.into()),
+            Err(e) => return Exchange::Failed(e.into()),
+            Ok(()) => {}
+        }
+        match read_message(&mut self.stream) {
+            Ok(Some(body)) => Exchange::Answered(body),
+            Ok(None) => Exchange::Closed(ClientError::Malformed("the segment closed the connection".into())),
+            Err(e) if closed(&e) => Exchange::Closed(e.into()),
+            Err(e) => Exchange::Failed(e.into()),
+        }
     }
 
     fn call(&mut self, req: Request) -> Result<(u64, Vec<u8>), ClientError> {
-        self.stream.write_all(&req.encode())?;
-        let body = read_message(&mut self.stream)?
-            .ok_or_else(|| ClientError::Malformed("the segment closed the connection".into()))?;
+        let bytes = req.encode();
+        let mut answer = self.exchange(&bytes);
+        // The segment closes a connection that makes no request within its
+        // handshake deadline, before reading anything: a first call on it
+        // was never seen, so it is sent once more on a new connection.
+        if let (Exchange::Closed(_), false) = (&answer, self.used) {
+            self.stream = UnixStream::connect(&self.socket)?;
+            answer = self.exchange(&bytes);
+        }
+        let body = match answer {
+            Exchange::Answered(b) => b,
+            Exchange::Closed(e) | Exchange::Failed(e) => return Err(e),
+        };
+        self.used = true;
         if body.len() < RESPONSE_HEADER {
             return Err(ClientError::Malformed(format!("a response of {} bytes", body.len())));
         }

@@ -14,11 +14,11 @@
 //! Bodies are JSON (serde): messages are small and rare, and an operator
 //! can read them in a packet capture. Every length is bounded before use.
 
+use crate::io::admission::{Gate, Limits, Stop, Ticket};
 use crate::protocol::handshake::{proofs_equal, ClusterKey};
 use serde::{de::DeserializeOwned, Serialize};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,7 +26,8 @@ pub const MAGIC: [u8; 4] = *b"FRCT";
 pub const VERSION: u16 = 1;
 /// Largest body (a handed-over change set is the biggest message).
 pub const MAX_BODY: usize = 16 << 20;
-/// Connections served at once; more are closed at once.
+/// Authenticated requests handled at once (unauthenticated connections
+/// have their own budget: [`crate::io::admission`]).
 pub const MAX_CONNECTIONS: usize = 32;
 
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +42,8 @@ pub enum ControlError {
     Malformed { addr: String, reason: String },
     #[error("control message from {addr} failed authentication (wrong cluster key?)")]
     BadMac { addr: String },
+    #[error("control connection from {addr} closed before a request arrived: {reason}")]
+    Unauthenticated { addr: String, reason: String },
 }
 
 fn io_err(addr: &str) -> impl Fn(std::io::Error) -> ControlError + '_ {
@@ -119,46 +122,51 @@ pub fn call<Req: Serialize, Resp: DeserializeOwned>(
     serde_json::from_slice(&resp).map_err(|e| ControlError::Malformed { addr: addr.into(), reason: e.to_string() })
 }
 
-/// Serve requests until `stop` is set: each connection on its own thread
-/// (at most [`MAX_CONNECTIONS`]); `handle` turns a request into a response.
-/// A bad request is logged and its connection closed; serving goes on.
-pub fn serve<Req, Resp, H>(listener: TcpListener, key: ClusterKey, stop: Arc<AtomicBool>, timeout: Duration, handle: H)
-where
+/// Serve requests until `stop`: each connection on its own thread.
+/// Connections whose request has not yet passed its MAC are held to the
+/// admission gate's small budget and deadline ([`crate::io::admission`]), so a
+/// flood of silent connections cannot keep the arbiter's probes out;
+/// authenticated ones (the handler running) count against
+/// `limits.established`. `timeout` bounds sending the response. A bad
+/// request is logged and its connection closed; serving goes on.
+pub fn serve<Req, Resp, H>(
+    listener: TcpListener,
+    key: ClusterKey,
+    stop: Arc<Stop>,
+    limits: Limits,
+    timeout: Duration,
+    handle: H,
+) where
     Req: DeserializeOwned,
     Resp: Serialize,
     H: Fn(Req) -> Resp + Send + Sync + 'static,
 {
     let handle = Arc::new(handle);
-    let open = Arc::new(AtomicUsize::new(0));
-    if let Err(e) = listener.set_nonblocking(true) {
-        tracing::error!(error = %e, "control listener");
-        return;
-    }
-    while !stop.load(Ordering::SeqCst) {
-        match listener.accept() {
-            Ok((stream, peer)) => {
-                if open.load(Ordering::SeqCst) >= MAX_CONNECTIONS {
-                    tracing::warn!(%peer, "control connection refused: {MAX_CONNECTIONS} already open");
-                    continue;
+    let gate = Gate::new("control", limits);
+    let served = crate::io::admission::serve(&listener, &gate, &stop, |stream, ticket| {
+        let (key, handle) = (key.clone(), handle.clone());
+        let spawned = std::thread::Builder::new().name("filerep-control".into()).spawn(move || {
+            let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "unknown peer".into());
+            let gate = ticket.gate_handle();
+            match serve_one(stream, &peer, &key, ticket, timeout, handle.as_ref()) {
+                Ok(()) => {}
+                // Normal on an open port: the gate sums these up in the log.
+                Err(e @ ControlError::Unauthenticated { .. }) => {
+                    tracing::debug!(%peer, error = %e, "control connection closed")
                 }
-                open.fetch_add(1, Ordering::SeqCst);
-                let (key, handle, open) = (key.clone(), handle.clone(), open.clone());
-                let spawned = std::thread::Builder::new().name("filerep-control".into()).spawn(move || {
-                    if let Err(e) = serve_one(stream, &peer.to_string(), &key, timeout, handle.as_ref()) {
-                        tracing::warn!(%peer, error = %e, "control request refused");
-                    }
-                    open.fetch_sub(1, Ordering::SeqCst);
-                });
-                if let Err(e) = spawned {
-                    tracing::error!(error = %e, "cannot spawn a control thread");
+                // Before the MAC checked: anyone can send garbage.
+                Err(e @ (ControlError::BadMac { .. } | ControlError::Malformed { .. })) => {
+                    gate.refused(&peer, &e.to_string())
                 }
+                Err(e) => tracing::warn!(%peer, error = %e, "control request refused"),
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(10)),
-            Err(e) => {
-                tracing::warn!(error = %e, "control accept failed");
-                std::thread::sleep(Duration::from_millis(10));
-            }
+        });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot spawn a control thread");
         }
+    });
+    if let Err(e) = served {
+        tracing::error!(error = %e, "control listener failed");
     }
 }
 
@@ -166,26 +174,44 @@ fn serve_one<Req: DeserializeOwned, Resp: Serialize>(
     mut s: TcpStream,
     peer: &str,
     key: &ClusterKey,
+    mut ticket: Ticket,
     timeout: Duration,
     handle: &dyn Fn(Req) -> Resp,
 ) -> Result<(), ControlError> {
-    s.set_nonblocking(false).map_err(io_err(peer))?;
-    s.set_read_timeout(Some(timeout)).map_err(io_err(peer))?;
-    s.set_write_timeout(Some(timeout)).map_err(io_err(peer))?;
+    let unauthenticated = |ticket: &Ticket, e: ControlError| match (ticket.closed(), &e) {
+        (Some(why), _) => ControlError::Unauthenticated { addr: peer.into(), reason: why.to_string() },
+        (None, ControlError::Io { source, .. }) if crate::io::net::is_timeout(source) => {
+            ControlError::Unauthenticated {
+                addr: peer.into(),
+                reason: format!("the request did not arrive within the deadline ({} ms)", ticket.limit().as_millis()),
+            }
+        }
+        (None, ControlError::Io { source, .. }) => {
+            ControlError::Unauthenticated { addr: peer.into(), reason: source.to_string() }
+        }
+        _ => e,
+    };
     let _ = s.set_nodelay(true);
+    let left = ticket.deadline().saturating_duration_since(std::time::Instant::now()).max(Duration::from_millis(1));
+    s.set_read_timeout(Some(left)).map_err(io_err(peer))?;
+    s.set_write_timeout(Some(left)).map_err(io_err(peer))?;
     let mut nonce = [0u8; 32];
     rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut nonce);
     let mut hello = Vec::with_capacity(38);
     hello.extend_from_slice(&MAGIC);
     hello.extend_from_slice(&VERSION.to_le_bytes());
     hello.extend_from_slice(&nonce);
-    s.write_all(&hello).map_err(io_err(peer))?;
-    let body = read_body(&mut s, peer, key, b"request", &nonce)?;
+    s.write_all(&hello).map_err(io_err(peer)).map_err(|e| unauthenticated(&ticket, e))?;
+    // A peer trickling bytes is closed by the gate at the deadline.
+    let body = read_body(&mut s, peer, key, b"request", &nonce).map_err(|e| unauthenticated(&ticket, e))?;
+    // The MAC checked: out of the unauthenticated budget while it is handled.
+    ticket.authenticate().map_err(|e| ControlError::Malformed { addr: peer.into(), reason: e.to_string() })?;
     let req: Req = serde_json::from_slice(&body)
         .map_err(|e| ControlError::Malformed { addr: peer.into(), reason: e.to_string() })?;
     let resp = handle(req);
     let out =
         serde_json::to_vec(&resp).map_err(|e| ControlError::Malformed { addr: peer.into(), reason: e.to_string() })?;
+    s.set_write_timeout(Some(timeout)).map_err(io_err(peer))?;
     write_body(&mut s, peer, key, b"response", &nonce, &out)
 }
 
@@ -197,12 +223,14 @@ mod tests {
         ClusterKey::from_material(m.as_bytes()).unwrap()
     }
 
-    fn server(k: ClusterKey) -> (String, Arc<AtomicBool>) {
+    fn server(k: ClusterKey) -> (String, Arc<Stop>) {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap().to_string();
-        let stop = Arc::new(AtomicBool::new(false));
+        let stop = Stop::new().unwrap();
         let st = stop.clone();
-        std::thread::spawn(move || serve(l, k, st, Duration::from_secs(5), |x: u64| x + 1));
+        std::thread::spawn(move || {
+            serve(l, k, st, Limits::new(MAX_CONNECTIONS), Duration::from_secs(5), |x: u64| x + 1)
+        });
         (addr, stop)
     }
 
@@ -211,7 +239,7 @@ mod tests {
         let (addr, stop) = server(key("the cluster key material"));
         let r: u64 = call(&addr, &key("the cluster key material"), &41u64, Duration::from_secs(5)).unwrap();
         assert_eq!(r, 42);
-        stop.store(true, Ordering::SeqCst);
+        stop.stop();
     }
 
     #[test]
@@ -229,6 +257,6 @@ mod tests {
         assert!(rest.is_empty(), "no response to a malformed request");
         let r: u64 = call(&addr, &key("the cluster key material"), &1u64, Duration::from_secs(5)).unwrap();
         assert_eq!(r, 2);
-        stop.store(true, Ordering::SeqCst);
+        stop.stop();
     }
 }

@@ -222,6 +222,7 @@ mod tests {
             mode: 's',
             detail: String::new(),
             changes_pending: false,
+            faulted: false,
             resync: Some(Default::default()),
             resync_error: None,
             verify: Some(Default::default()),

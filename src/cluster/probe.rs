@@ -15,13 +15,14 @@ use crate::cluster::control;
 use crate::cluster::segment::{
     Acting, ArbiterRequest, ArbiterResponse, NewMirror, SegmentRequest, SegmentResponse, SegmentStatus,
 };
+use crate::core::arbiter::{self, Order};
 use crate::core::pair::{Event, PairMode, Role, Verdict};
 use crate::durable::catalog::{Catalog, CatalogStore, FileStore};
 use crate::error::{Error, Result};
+use crate::io::admission::{Limits, Stop};
 use crate::protocol::handshake::ClusterKey;
 use std::net::TcpListener;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -36,6 +37,8 @@ pub struct ProbeConfig {
     pub timeout: Duration,
     /// Probes retried before a segment is declared down.
     pub retries: u32,
+    /// How long a new control connection may take to send its request.
+    pub handshake_timeout: Duration,
 }
 
 impl ProbeConfig {
@@ -44,6 +47,7 @@ impl ProbeConfig {
         if !(10..=600_000).contains(&ms(self.interval)) || !(10..=600_000).contains(&ms(self.timeout)) {
             return Err(Error::InvalidArgument("probe interval and timeout: use 10 ms to 10 minutes".into()));
         }
+        Limits::new(1).with_deadline(self.handshake_timeout).check().map_err(Error::InvalidArgument)?;
         if self.retries > 100 {
             return Err(Error::InvalidArgument(format!("{} probe retries: at most 100", self.retries)));
         }
@@ -60,7 +64,7 @@ struct State {
 pub struct ArbiterProcess {
     state: Arc<State>,
     listener: TcpListener,
-    stop: Arc<AtomicBool>,
+    stop: Arc<Stop>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -77,7 +81,7 @@ impl ArbiterProcess {
         Ok(ArbiterProcess {
             state: Arc::new(State { cfg, store, catalog: Mutex::new(catalog) }),
             listener,
-            stop: Arc::new(AtomicBool::new(false)),
+            stop: Stop::new().map_err(|e| Error::io("making the stop signal", e))?,
         })
     }
 
@@ -85,7 +89,8 @@ impl ArbiterProcess {
         self.listener.local_addr().map_err(|e| Error::io("arbiter address", e))
     }
 
-    pub fn stop_flag(&self) -> Arc<AtomicBool> {
+    /// Stops [`ArbiterProcess::run`] (wire it to signals with [`Stop::on_signals`]).
+    pub fn stop_signal(&self) -> Arc<Stop> {
         self.stop.clone()
     }
 
@@ -97,18 +102,19 @@ impl ArbiterProcess {
         let server = std::thread::Builder::new()
             .name("filerep-arbiter-control".into())
             .spawn(move || {
-                control::serve(listener, s.cfg.key.clone(), st, Duration::from_secs(10), {
+                let limits = Limits::new(control::MAX_CONNECTIONS).with_deadline(s.cfg.handshake_timeout);
+                control::serve(listener, s.cfg.key.clone(), st, limits, Duration::from_secs(10), {
                     let s = s.clone();
                     move |r| s.answer(r)
                 })
             })
             .map_err(|e| Error::io("spawning the control thread", e))?;
         tracing::info!(catalog = %state.store.describe(), "arbiter probing");
-        while !stop.load(Ordering::SeqCst) {
+        while !stop.is_stopped() {
             let started = Instant::now();
             state.round();
             // Sleep out the interval, waking early to stop.
-            while !stop.load(Ordering::SeqCst) && started.elapsed() < state.cfg.interval {
+            while !stop.is_stopped() && started.elapsed() < state.cfg.interval {
                 std::thread::sleep(Duration::from_millis(5).min(state.cfg.interval));
             }
         }
@@ -401,20 +407,25 @@ impl State {
             let content = cp.pair.content;
             let statuses: Vec<(u32, Option<SegmentStatus>)> =
                 cp.addresses.iter().map(|a| (a.dbid, self.probe(&a.control))).collect();
-            // Feed what the probe saw to the state machine, record, then act.
+            for (dbid, st) in &statuses {
+                if let Some(s) = st.as_ref().filter(|s| s.dbid != *dbid) {
+                    tracing::error!(expected = dbid, answered = s.dbid, "a different segment answers there");
+                }
+            }
+            let seen: Vec<(u32, Option<arbiter::Seen>)> =
+                statuses.iter().map(|(d, s)| (*d, s.as_ref().map(SegmentStatus::seen))).collect();
+            // Feed what the probes saw to the state machine, record, then act.
             let pair = {
                 let mut cat = lock(&self.catalog);
                 let before = cat.clone();
-                for (dbid, st) in &statuses {
-                    let event = match st {
-                        None => Event::ProbeFailed { dbid: *dbid },
-                        Some(s) if s.dbid == *dbid => Event::SegmentUp { dbid: *dbid },
-                        Some(s) => {
-                            tracing::error!(expected = dbid, answered = s.dbid, "a different segment answers there");
-                            Event::ProbeFailed { dbid: *dbid }
-                        }
-                    };
+                let Some(current) = cat.pair(content).map(|p| p.pair.clone()) else { continue };
+                for event in arbiter::events(&current, &seen) {
                     cat.apply(content, &event);
+                }
+                if let Some(p) = cat.pair(content).map(|p| p.pair.clone()) {
+                    if arbiter::resync_completed(&p, &seen) {
+                        cat.apply(content, &Event::ResyncCompleted);
+                    }
                 }
                 if *cat != before && !self.store(&mut cat) {
                     continue;
@@ -424,63 +435,30 @@ impl State {
                     None => continue,
                 }
             };
-            if pair.pair.down {
-                continue; // Said in the catalog; nobody gets an order.
-            }
-            // A resync is done when the acting primary streams with its
-            // change-log drained (it clears it only once the mirror has
-            // everything durably).
-            let acting = pair.pair.acting_primary().dbid;
-            let done = statuses
-                .iter()
-                .any(|(d, s)| *d == acting && s.as_ref().is_some_and(|s| s.acting == Acting::Primary && s.mode == 's'));
-            if pair.pair.mode == PairMode::Resynchronizing && done {
-                let mut cat = lock(&self.catalog);
-                let before = cat.clone();
-                cat.apply(content, &Event::ResyncCompleted);
-                if *cat != before {
-                    self.store(&mut cat);
-                }
-                continue;
-            }
             let status = |dbid: u32| statuses.iter().find(|(d, _)| *d == dbid).and_then(|(_, s)| s.clone());
-            let p = pair.pair.acting_primary().clone();
-            let m = pair.pair.acting_mirror().clone();
-            let gen = pair.pair.generation;
-            let (Some(p_addr), Some(m_addr)) = (pair.address(p.dbid), pair.address(m.dbid)) else { continue };
-            let m_status = status(m.dbid);
-            // Mirrors first: a primary told to stream finds its mirror listening.
-            if let (true, Some(ms)) = (m.up, &m_status) {
-                let stale = ms.acting != Acting::Mirror || ms.generation < gen;
-                if stale && ms.acting != Acting::Starting {
-                    tracing::info!(dbid = m.dbid, generation = gen, "ordering: become mirror");
-                    self.order(&m_addr.control, SegmentRequest::BecomeMirror { generation: gen });
-                } else if ms.acting == Acting::Mirror && ms.changes_pending {
-                    self.hand_over(&m_addr.control, &p_addr.control, status(p.dbid).as_ref());
-                }
-            }
-            if let (true, Some(ps)) = (p.up, status(p.dbid)) {
-                let serving = ps.acting == Acting::Primary && ps.generation == gen;
-                if !serving && ps.acting != Acting::Starting {
-                    let mirror = match pair.pair.mode {
-                        PairMode::Synchronized => {
-                            // Wait for the mirror to be ready before streaming.
-                            match &m_status {
-                                Some(ms) if ms.acting == Acting::Mirror && ms.generation >= gen => {
-                                    Some(m_addr.data.clone())
-                                }
-                                _ => continue,
-                            }
-                        }
-                        _ => None,
-                    };
-                    tracing::info!(
-                        dbid = p.dbid,
-                        generation = gen,
-                        streaming = mirror.is_some(),
-                        "ordering: become primary"
-                    );
-                    self.order(&p_addr.control, SegmentRequest::BecomePrimary { generation: gen, mirror });
+            for order in arbiter::orders(&pair.pair, &seen, None) {
+                match order {
+                    Order::BecomeMirror { dbid, generation } => {
+                        let Some(a) = pair.address(dbid) else { continue };
+                        tracing::info!(dbid, generation, "ordering: become mirror");
+                        self.order(&a.control, SegmentRequest::BecomeMirror { generation });
+                    }
+                    Order::BecomePrimary { dbid, generation, mirror } => {
+                        let Some(a) = pair.address(dbid) else { continue };
+                        let mirror = match mirror {
+                            Some(m) => match pair.address(m) {
+                                Some(ma) => Some(ma.data.clone()),
+                                None => continue,
+                            },
+                            None => None,
+                        };
+                        tracing::info!(dbid, generation, streaming = mirror.is_some(), "ordering: become primary");
+                        self.order(&a.control, SegmentRequest::BecomePrimary { generation, mirror });
+                    }
+                    Order::HandOver { from, to } => {
+                        let (Some(f), Some(t)) = (pair.address(from), pair.address(to)) else { continue };
+                        self.hand_over(&f.control, &t.control, status(to).as_ref());
+                    }
                 }
             }
             debug_assert!(pair.pair.segments.iter().filter(|s| s.role == Role::Primary).count() == 1);

@@ -5,7 +5,7 @@
 //! changes alone). It never picks a role itself: it starts idle, writes
 //! nothing, and waits for the arbiter's order (brief rules 3 and 7).
 //!
-//! Orders arrive on the control endpoint ([`crate::control`]): probe,
+//! Orders arrive on the control endpoint ([`crate::cluster::control`]): probe,
 //! become mirror, become primary, hand over / add / clear changes, stop.
 
 use crate::cluster::client::{self, ErrorClass, Op, Request};
@@ -13,6 +13,7 @@ use crate::cluster::control;
 use crate::config::{Filespace, PairIdentity, StreamTuning, SyncLevel};
 use crate::durable::changelog::{ChangeLog, ChangeSet, EXTENT_BLOCKS};
 use crate::error::{Error, Result};
+use crate::io::admission::{Gate, Stop, Ticket};
 use crate::io::disk::{Disk, FsPath, StdDisk};
 use crate::protocol::handshake::ClusterKey;
 use crate::protocol::path::RelPath;
@@ -24,12 +25,12 @@ use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-/// Client connections served at once.
+/// Client connections served at once, once they made a request (before it,
+/// they are held to the admission gate's small budget: [`crate::io::admission`]).
 pub const MAX_CLIENTS: usize = 256;
 /// Most entries in a handed-over change set.
 pub const MAX_WIRE_ENTRIES: usize = 1 << 20;
@@ -106,6 +107,10 @@ pub struct SegmentConfig {
     pub ack_timeout_ms: u64,
     #[serde(default = "default_heartbeat_ms")]
     pub heartbeat_ms: u64,
+    /// How long a new connection (replication, control or client socket)
+    /// may take to prove itself before it is closed.
+    #[serde(default = "default_handshake_ms")]
+    pub handshake_timeout_ms: u64,
     #[serde(default = "default_true")]
     pub prefer_uring: bool,
     /// Serve replication statistics as Prometheus text on `HOST:PORT`
@@ -125,6 +130,9 @@ fn default_ack_ms() -> u64 {
 }
 fn default_heartbeat_ms() -> u64 {
     200
+}
+fn default_handshake_ms() -> u64 {
+    crate::io::admission::DEFAULT_DEADLINE.as_millis() as u64
 }
 fn default_true() -> bool {
     true
@@ -146,9 +154,14 @@ impl SegmentConfig {
                     "copy it back from another copy of the cluster directory, or write it again (docs/operations.md)"
                         .into(),
             })?;
-        let c: SegmentConfig = serde_json::from_slice(json)
-            .map_err(|e| Error::InvalidArgument(format!("segment config {}: {e}", path.display())))?;
-        c.check().map_err(|e| Error::InvalidArgument(format!("segment config {}: {e}", path.display())))?;
+        Self::parse(json, &path.display().to_string())
+    }
+
+    /// Decode and check a configuration's JSON; `origin` names it in messages.
+    pub fn parse(bytes: &[u8], origin: &str) -> Result<SegmentConfig> {
+        let c: SegmentConfig = serde_json::from_slice(bytes)
+            .map_err(|e| Error::InvalidArgument(format!("segment config {origin}: {e}")))?;
+        c.check().map_err(|e| Error::InvalidArgument(format!("segment config {origin}: {e}")))?;
         Ok(c)
     }
 
@@ -167,6 +180,7 @@ impl SegmentConfig {
                 return Err(Error::InvalidArgument(format!("{what} = {v}: use 10 to 600000")));
             }
         }
+        self.limits(1).check().map_err(|e| Error::InvalidArgument(format!("handshake_timeout_ms: {e}")))?;
         if !(10..=60_000).contains(&self.heartbeat_ms) || self.heartbeat_ms >= self.ack_timeout_ms {
             return Err(Error::InvalidArgument(format!(
                 "heartbeat_ms = {}: use 10 to 60000, below ack_timeout_ms",
@@ -186,8 +200,14 @@ impl SegmentConfig {
         StreamTuning {
             heartbeat: Duration::from_millis(self.heartbeat_ms),
             ack_timeout: Duration::from_millis(self.ack_timeout_ms),
+            handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),
             ..StreamTuning::default()
         }
+    }
+
+    /// A listener's admission budgets, with this segment's handshake deadline.
+    fn limits(&self, established: usize) -> crate::io::admission::Limits {
+        crate::io::admission::Limits::new(established).with_deadline(Duration::from_millis(self.handshake_timeout_ms))
     }
 }
 
@@ -284,17 +304,7 @@ pub enum SegmentResponse {
     },
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Acting {
-    /// Waiting for the arbiter; writes nothing.
-    Idle,
-    /// Carrying out an order.
-    Starting,
-    Mirror,
-    Primary,
-    /// Refusing all work (a failed order, or stopping).
-    Stopped,
-}
+pub use crate::core::arbiter::Acting;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SegmentStatus {
@@ -308,6 +318,9 @@ pub struct SegmentStatus {
     pub detail: String,
     /// The change-log holds changes (for a non-primary: to hand over).
     pub changes_pending: bool,
+    /// A mirror that faulted (its disk failed): never promoted.
+    #[serde(default)]
+    pub faulted: bool,
     /// The resync in progress (or the last one), as counted so far.
     #[serde(default)]
     pub resync: Option<crate::runtime::resync::ProgressSnapshot>,
@@ -323,6 +336,20 @@ pub struct SegmentStatus {
     /// What the change-log holds.
     #[serde(default)]
     pub changelog: Option<crate::durable::changelog::ChangeLogStats>,
+}
+
+impl SegmentStatus {
+    /// What the arbiter's round decides from.
+    pub fn seen(&self) -> crate::core::arbiter::Seen {
+        crate::core::arbiter::Seen {
+            dbid: self.dbid,
+            acting: self.acting,
+            generation: self.generation,
+            mode: self.mode,
+            changes_pending: self.changes_pending,
+            faulted: self.faulted,
+        }
+    }
 }
 
 /// Questions from a segment to the arbiter.
@@ -500,7 +527,7 @@ impl Arbiter for RemoteArbiter {
 enum Role {
     Idle,
     Starting,
-    Mirror { server: Arc<MirrorServer>, stop: Arc<AtomicBool>, thread: JoinHandle<()> },
+    Mirror { server: Arc<MirrorServer>, stop: Arc<Stop>, thread: JoinHandle<()> },
     Primary(Arc<Primary>),
     Stopped(String),
 }
@@ -515,7 +542,7 @@ struct Shared {
     /// give a primary a new replication port).
     data_listener: Mutex<TcpListener>,
     role: Mutex<Role>,
-    stop: Arc<AtomicBool>,
+    stop: Arc<Stop>,
     /// Serializes orders: one role change at a time.
     orders: Mutex<()>,
     resync: Mutex<ResyncState>,
@@ -562,6 +589,7 @@ impl Segment {
         let filespaces = cfg.filespaces()?;
         let roots: Vec<_> = filespaces.iter().map(|f| f.root.clone()).collect();
         let disk = crate::io::disk::open_local(&roots, cfg.prefer_uring)?;
+        crate::io::disk::check_largest_file(&roots)?;
         std::fs::create_dir_all(&cfg.state_dir)
             .map_err(|e| Error::io(format!("creating state directory {}", cfg.state_dir.display()), e))?;
         let state_disk: Arc<dyn Disk> = Arc::new(StdDisk::open(std::slice::from_ref(&cfg.state_dir))?);
@@ -607,7 +635,7 @@ impl Segment {
             changelog: Arc::new(changelog),
             data_listener: Mutex::new(data_listener),
             role: Mutex::new(Role::Idle),
-            stop: Arc::new(AtomicBool::new(false)),
+            stop: Stop::new().map_err(|e| Error::io("making the stop signal", e))?,
             orders: Mutex::new(()),
             resync: Mutex::new(ResyncState::default()),
             resync_ended: std::sync::Condvar::new(),
@@ -625,8 +653,8 @@ impl Segment {
         self.control.local_addr().map_err(|e| Error::io("control address", e))
     }
 
-    /// A flag that stops [`Segment::run`] when set.
-    pub fn stop_flag(&self) -> Arc<AtomicBool> {
+    /// Stops [`Segment::run`] (wire it to signals with [`Stop::on_signals`]).
+    pub fn stop_signal(&self) -> Arc<Stop> {
         self.shared.stop.clone()
     }
 
@@ -642,35 +670,23 @@ impl Segment {
             .name("filerep-control".into())
             .spawn({
                 let (key, stop) = (shared.key.clone(), shared.stop.clone());
-                move || control::serve(control, key, stop, timeout, move |r| c_shared.order(r))
+                let limits = shared.cfg.limits(control::MAX_CONNECTIONS);
+                move || control::serve(control, key, stop, limits, timeout, move |r| c_shared.order(r))
             })
             .map_err(|e| Error::io("spawning the control thread", e))?;
         let metrics_thread = spawn_metrics(metrics, &shared)?;
-        clients.set_nonblocking(true).map_err(|e| Error::io("client socket", e))?;
-        let open = Arc::new(AtomicUsize::new(0));
-        while !shared.stop.load(Ordering::SeqCst) {
-            match clients.accept() {
-                Ok((stream, _)) => {
-                    if open.load(Ordering::SeqCst) >= MAX_CLIENTS {
-                        tracing::warn!("client refused: {MAX_CLIENTS} already connected");
-                        continue;
-                    }
-                    open.fetch_add(1, Ordering::SeqCst);
-                    let (s, open) = (shared.clone(), open.clone());
-                    let spawned = std::thread::Builder::new().name("filerep-client".into()).spawn(move || {
-                        s.serve_client(stream);
-                        open.fetch_sub(1, Ordering::SeqCst);
-                    });
-                    if let Err(e) = spawned {
-                        tracing::error!(error = %e, "cannot spawn a client thread");
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(10)),
-                Err(e) => {
-                    tracing::warn!(error = %e, "client accept failed");
-                    std::thread::sleep(Duration::from_millis(10));
-                }
+        let gate = Gate::new("client socket", shared.cfg.limits(MAX_CLIENTS));
+        let served = crate::io::admission::serve(&clients, &gate, &shared.stop, |stream, ticket| {
+            let s = shared.clone();
+            let spawned =
+                std::thread::Builder::new().name("filerep-client".into()).spawn(move || s.serve_client(stream, ticket));
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "cannot spawn a client thread");
             }
+        });
+        if let Err(e) = served {
+            tracing::error!(error = %e, "client socket failed: stopping");
+            shared.stop.stop();
         }
         let _ = control_thread.join();
         if let Some(t) = metrics_thread {
@@ -688,6 +704,7 @@ impl Shared {
     fn status(&self) -> SegmentStatus {
         let mut replication = None;
         let role = lock(&self.role);
+        let faulted = matches!(&*role, Role::Mirror { server, .. } if server.fault().is_some());
         let (acting, generation, mode, detail) = match &*role {
             Role::Idle => (Acting::Idle, 0, '-', "waiting for the arbiter".to_string()),
             Role::Starting => (Acting::Starting, 0, '-', "carrying out an order".to_string()),
@@ -728,6 +745,7 @@ impl Shared {
             mode,
             detail,
             changes_pending: !self.changelog.is_empty(),
+            faulted,
             resync: rs.progress.as_ref().map(|p| p.snapshot()),
             resync_error: rs.error.clone(),
             verify,
@@ -895,7 +913,7 @@ impl Shared {
             }
             SegmentRequest::Stop => {
                 tracing::info!("stop ordered");
-                self.stop.store(true, Ordering::SeqCst);
+                self.stop.stop();
                 SegmentResponse::Done
             }
         }
@@ -964,7 +982,7 @@ impl Shared {
     fn end_role(&self, role: Role) {
         match role {
             Role::Mirror { stop, thread, .. } => {
-                stop.store(true, Ordering::SeqCst);
+                stop.stop();
                 let _ = thread.join();
                 tracing::info!("mirror stopped");
             }
@@ -1009,6 +1027,7 @@ impl Shared {
                 finish_timeout: None,
                 checkpoint_bytes,
                 compare,
+                planted: None,
             };
             crate::runtime::resync::run(&p, &opts, &progress)
         })();
@@ -1075,7 +1094,7 @@ impl Shared {
             RoleRecord::note(&self.cfg.state_dir, None, Some(generation))?;
             let server = Arc::new(MirrorServer::with_disk(mcfg, self.disk.clone())?);
             let listener = lock(&self.data_listener).try_clone().map_err(|e| Error::io("replication listener", e))?;
-            let stop = Arc::new(AtomicBool::new(false));
+            let stop = Stop::new().map_err(|e| Error::io("making the stop signal", e))?;
             let (s, st) = (server.clone(), stop.clone());
             let thread = std::thread::Builder::new()
                 .name("filerep-mirror".into())
@@ -1177,18 +1196,43 @@ impl Shared {
         }
     }
 
-    fn serve_client(&self, mut stream: UnixStream) {
-        let _ = stream.set_nonblocking(false);
+    /// Serve one local client. Until its first request arrives whole, the
+    /// connection is held to the gate's unauthenticated budget and deadline
+    /// (an idle connection is closed; [`client::Client`] reconnects once
+    /// for a first call on a connection closed unused).
+    fn serve_client(&self, mut stream: UnixStream, mut ticket: Ticket) {
+        let left = ticket.deadline().saturating_duration_since(std::time::Instant::now());
+        if stream.set_read_timeout(Some(left.max(Duration::from_millis(1)))).is_err() {
+            return;
+        }
         loop {
             let body = match client::read_message(&mut stream) {
                 Ok(Some(b)) => b,
                 Ok(None) => return,
                 Err(e) => {
-                    tracing::warn!(error = %e, "client connection closed");
+                    match ticket.closed() {
+                        Some(why) => tracing::debug!(reason = %why, "client connection closed before a request"),
+                        None if crate::io::net::is_timeout(&e) => {
+                            tracing::debug!("client connection closed: no request within the deadline")
+                        }
+                        None => tracing::warn!(error = %e, "client connection closed"),
+                    }
                     return;
                 }
             };
-            let result = match Request::decode(&body) {
+            let decoded = Request::decode(&body);
+            if decoded.is_ok() {
+                if let Err(e) = ticket.authenticate() {
+                    let refusal = client::response(Err((ErrorClass::Unavailable, format!("segment busy: {e}"))));
+                    let _ = std::io::Write::write_all(&mut stream, &refusal);
+                    return;
+                }
+                // A known client may stay idle between calls.
+                if stream.set_read_timeout(None).is_err() {
+                    return;
+                }
+            }
+            let result = match decoded {
                 Ok(req) => self.primary().and_then(|p| {
                     call(&p, &req).map_err(|e| match e {
                         // Shut down for a role change (rebalance, demotion): the
@@ -1245,7 +1289,7 @@ fn spawn_metrics(listener: Option<TcpListener>, shared: &Arc<Shared>) -> Result<
     tracing::info!(addr = ?listener.local_addr().ok(), "serving /metrics");
     let t = std::thread::Builder::new()
         .name("filerep-metrics".into())
-        .spawn(move || crate::cluster::metrics::serve(listener, &stop, || s.status()))
+        .spawn(move || crate::cluster::metrics::serve(listener, stop.flag(), || s.status()))
         .map_err(|e| Error::io("spawning the metrics thread", e))?;
     Ok(Some(t))
 }

@@ -21,15 +21,19 @@ pub enum SessionError {
     OutOfOrder { want: u64, got: u64 },
     #[error("{kind} frame {seq}: file id {id} is not bound")]
     UnknownFile { kind: &'static str, seq: u64, id: u32 },
+    #[error("{kind} frame {seq} names no file: its file id field is unset (a Bind gives a path an id from 1 up)")]
+    NoFile { kind: &'static str, seq: u64 },
     #[error("bind frame {seq}: file id {id} is already bound")]
     Rebind { seq: u64, id: u32 },
+    #[error("bind frame {seq}: file ids start at 1 (the field is unset)")]
+    BindNoId { seq: u64 },
     #[error("frame {seq}: filespace {fs} does not exist (this mirror has {count})")]
     NoFilespace { seq: u64, fs: u16, count: u16 },
     #[error("frame {seq}: path refused: {err}")]
     BadPath { seq: u64, err: PathError },
     #[error("{kind} frame {seq}: {what}")]
     Bounds { kind: &'static str, seq: u64, what: String },
-    #[error("{kind} frame is not valid from a primary")]
+    #[error("a {kind} frame goes from mirror to primary: a primary must not send one")]
     WrongDirection { kind: &'static str },
     #[error("more than {MAX_BOUND_FILES} files bound in one session")]
     TooManyFiles,
@@ -135,6 +139,9 @@ impl MirrorSession {
     }
 
     fn path_of(&self, kind: Kind, seq: u64, id: u32) -> Result<FsPath, SessionError> {
+        if id == 0 {
+            return Err(SessionError::NoFile { kind: kind.name(), seq });
+        }
         self.bindings.get(&id).cloned().ok_or(SessionError::UnknownFile { kind: kind.name(), seq, id })
     }
 
@@ -183,7 +190,10 @@ impl MirrorSession {
         };
         let op = match h.kind {
             Kind::Bind => {
-                if self.bindings.contains_key(&h.file_id) || h.file_id == 0 {
+                if h.file_id == 0 {
+                    return Err(SessionError::BindNoId { seq });
+                }
+                if self.bindings.contains_key(&h.file_id) {
                     return Err(SessionError::Rebind { seq, id: h.file_id });
                 }
                 if self.bindings.len() >= MAX_BOUND_FILES {
@@ -205,19 +215,22 @@ impl MirrorSession {
                         self.block_size
                     )));
                 }
-                let offset = h
-                    .offset
-                    .checked_mul(self.block_size as u64)
-                    .filter(|o| o.checked_add(self.block_size as u64).is_some_and(|end| end <= MAX_FILE_BYTES))
-                    .ok_or_else(|| bounds(format!("block {} is beyond the largest file", h.offset)))?;
+                let start = h.offset.checked_mul(self.block_size as u64);
+                crate::protocol::file_end(start, self.block_size as u64).ok_or_else(|| {
+                    bounds(format!("block {} ends past the largest file ({MAX_FILE_BYTES} bytes)", h.offset))
+                })?;
+                let offset = start.unwrap_or_default();
                 Op::Write { id: h.file_id, path: self.path_of(h.kind, seq, h.file_id)?, offset, data: f.body.clone() }
             }
             Kind::WriteAt => {
                 if f.body.is_empty() || f.body.len() > MAX_WRITE_AT {
                     return Err(bounds(format!("body is {} bytes; 1..={MAX_WRITE_AT} allowed", f.body.len())));
                 }
-                if h.offset.checked_add(f.body.len() as u64).is_none_or(|end| end > MAX_FILE_BYTES) {
-                    return Err(bounds(format!("offset {} is beyond the largest file", h.offset)));
+                if crate::protocol::file_end(Some(h.offset), f.body.len() as u64).is_none() {
+                    return Err(bounds(format!(
+                        "byte {} ends past the largest file ({MAX_FILE_BYTES} bytes)",
+                        h.offset
+                    )));
                 }
                 Op::Write {
                     id: h.file_id,
@@ -228,8 +241,11 @@ impl MirrorSession {
             }
             Kind::Truncate => {
                 no_body(f.body.len())?;
-                if h.offset > MAX_FILE_BYTES {
-                    return Err(bounds(format!("length {} is beyond the largest file", h.offset)));
+                if crate::protocol::file_end(Some(h.offset), 0).is_none() {
+                    return Err(bounds(format!(
+                        "length {} is past the largest file ({MAX_FILE_BYTES} bytes)",
+                        h.offset
+                    )));
                 }
                 Op::Truncate { id: h.file_id, path: self.path_of(h.kind, seq, h.file_id)?, len: h.offset }
             }
@@ -270,8 +286,11 @@ impl MirrorSession {
                 if h.filespace >= self.filespaces {
                     return Err(SessionError::NoFilespace { seq, fs: h.filespace, count: self.filespaces });
                 }
-                if h.offset > MAX_FILE_BYTES {
-                    return Err(bounds(format!("length {} is beyond the largest file", h.offset)));
+                if crate::protocol::file_end(Some(h.offset), 0).is_none() {
+                    return Err(bounds(format!(
+                        "length {} is past the largest file ({MAX_FILE_BYTES} bytes)",
+                        h.offset
+                    )));
                 }
                 let path =
                     if body.path.is_empty() { None } else { Some(self.body_path(seq, h.filespace, &body.path)?.path) };
@@ -288,8 +307,11 @@ impl MirrorSession {
                     return Err(bounds(format!("{} blocks; 1..={} allowed", h.aux, crate::protocol::MAX_HASH_BLOCKS)));
                 }
                 let end = h.offset.checked_add(h.aux as u64).and_then(|e| e.checked_mul(self.block_size as u64));
-                if end.is_none_or(|e| e > MAX_FILE_BYTES) {
-                    return Err(bounds(format!("block {} is beyond the largest file", h.offset)));
+                if crate::protocol::file_end(end, 0).is_none() {
+                    return Err(bounds(format!(
+                        "block {} is past the largest file ({MAX_FILE_BYTES} bytes)",
+                        h.offset
+                    )));
                 }
                 Op::Hash {
                     id: h.file_id,
@@ -331,6 +353,55 @@ impl MirrorSession {
                 None => false,
             }
         });
+    }
+}
+
+/// How often a mirror makes everything durable (its checkpoint), at least:
+/// it bounds how far "durable through" lags what was applied.
+pub const CHECKPOINT_MS: u64 = 1000;
+
+/// The mirror's durability policy after each batch it applied: whether to
+/// make everything durable now (a full checkpoint) rather than only what
+/// the batch asked for.
+#[derive(Clone, Debug)]
+pub struct Checkpoints {
+    last_full_ms: u64,
+    interval_ms: u64,
+}
+
+/// What the executor reports about itself after a batch.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ApplyState {
+    /// The batch ended the stream (a Shutdown frame).
+    pub shutdown: bool,
+    /// As many files are dirty as a sync job may hold open.
+    pub too_many_dirty: bool,
+    /// Something applied is not durable yet.
+    pub unsynced: bool,
+    /// "Durable through" is behind "applied through" (an empty checkpoint
+    /// still moves it up, after operations that changed nothing).
+    pub durable_behind: bool,
+}
+
+impl Checkpoints {
+    pub fn new(now_ms: u64) -> Checkpoints {
+        Checkpoints::every(now_ms, CHECKPOINT_MS)
+    }
+
+    /// A checkpoint at least every `interval_ms` (the simulator varies it).
+    pub fn every(now_ms: u64, interval_ms: u64) -> Checkpoints {
+        Checkpoints { last_full_ms: now_ms, interval_ms: interval_ms.max(1) }
+    }
+
+    /// Whether the next sync job must be a full one.
+    pub fn full_due(&mut self, now_ms: u64, s: ApplyState) -> bool {
+        let due = s.shutdown
+            || s.too_many_dirty
+            || ((s.unsynced || s.durable_behind) && now_ms.saturating_sub(self.last_full_ms) >= self.interval_ms);
+        if due {
+            self.last_full_ms = now_ms;
+        }
+        due
     }
 }
 

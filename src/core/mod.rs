@@ -1,7 +1,100 @@
 //! I/O-free state machines: events in, decisions out. No threads, files,
 //! sockets or clocks inside, so they are tested exhaustively without any.
 
+pub mod arbiter;
 pub mod mirror;
-pub mod primary;
-
 pub mod pair;
+pub mod primary;
+pub mod resync;
+
+/// A deliberate defect in the rules, switched on only by the simulator (a
+/// field no runtime sets), to show that its checks catch a broken rule of
+/// the code that ships, not of a model. Each names the rule it breaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PlantedBug {
+    /// Rule 4: in change tracking, block writes are not recorded first.
+    SkipRecordBlock,
+    /// Rule 5: while streaming, changes are not covered in the activity log first.
+    SkipActivityCover,
+    /// Rule 2: a data write returns once written locally, without the mirror.
+    AckWithoutMirror,
+    /// Rule 5: activity entries are retired without first making this
+    /// host's own writes durable.
+    DropActivityWithoutLocalSync,
+    /// A local sync fdatasyncs the file but no changed directory: a file
+    /// created or renamed since loses its name in a power loss.
+    SyncWithoutDirectory,
+    /// Rule 6: a resync copy is read, then the file let go before the copy
+    /// is queued: a write in between is queued before the older copy.
+    ResyncCopyWithoutLock,
+    /// A resync checkpoint clears its entries once the mirror has applied
+    /// the flush, not synced it.
+    ResyncCheckpointBeforeSynced,
+    /// Calls during a resync are not flagged as catching up.
+    ResyncWithoutCatchingUp,
+    /// A rename during a resync of a path it still owes is not recorded for
+    /// another pass.
+    ResyncRenameWithoutAnotherPass,
+    /// A resync's checkpoint and final clear also drop the activity table's entries.
+    ResyncClearDropsActivity,
+    /// A resync clears entries without first making this host's copy durable.
+    ResyncClearWithoutLocalSync,
+    /// Taking the mirror back pins nothing and keeps the activity table.
+    RetireDropsTrackedPaths,
+    /// The resync takes its redo set while a rename is between recording
+    /// its target and renaming (the set was once taken without the
+    /// namespace lock).
+    RedoWhileRenaming,
+    /// A resync flush lets writes of its file still in their local step
+    /// through (the flush once took its file's lock shared).
+    ResyncFlushWithWritesInFlight,
+    /// The loss decision waits for every call to leave its claims, while
+    /// calls parked for the decision hold theirs (the "no decision in time"
+    /// deadlock, once through the marks lock).
+    DecisionDrainsCalls,
+    /// Rule 7: the arbiter orders a promoted mirror to serve in the
+    /// generation it was promoted from, so a primary cut off from the
+    /// arbiter and the new one both write in one generation.
+    PromoteInSameGeneration,
+    /// A full resync does not record what its walk covered once the walk
+    /// is done, so every rename until its end owes another pass.
+    FullResyncWithoutWalkCheckpoint,
+}
+
+impl PlantedBug {
+    /// Every defect with its name on the command line (`filerep sim --faults --bug NAME`).
+    pub const ALL: [(PlantedBug, &'static str); 17] = [
+        (PlantedBug::SkipRecordBlock, "skip-record-block"),
+        (PlantedBug::SkipActivityCover, "skip-activity-cover"),
+        (PlantedBug::AckWithoutMirror, "ack-without-mirror"),
+        (PlantedBug::DropActivityWithoutLocalSync, "drop-activity-without-local-sync"),
+        (PlantedBug::SyncWithoutDirectory, "sync-without-directory"),
+        (PlantedBug::ResyncCopyWithoutLock, "resync-copy-without-lock"),
+        (PlantedBug::ResyncCheckpointBeforeSynced, "resync-checkpoint-before-synced"),
+        (PlantedBug::ResyncWithoutCatchingUp, "resync-without-catching-up"),
+        (PlantedBug::ResyncRenameWithoutAnotherPass, "resync-rename-without-another-pass"),
+        (PlantedBug::ResyncClearDropsActivity, "resync-clear-drops-activity"),
+        (PlantedBug::ResyncClearWithoutLocalSync, "resync-clear-without-local-sync"),
+        (PlantedBug::RetireDropsTrackedPaths, "retire-drops-tracked-paths"),
+        (PlantedBug::RedoWhileRenaming, "redo-while-renaming"),
+        (PlantedBug::ResyncFlushWithWritesInFlight, "resync-flush-with-writes-in-flight"),
+        (PlantedBug::DecisionDrainsCalls, "decision-drains-calls"),
+        (PlantedBug::PromoteInSameGeneration, "promote-in-same-generation"),
+        (PlantedBug::FullResyncWithoutWalkCheckpoint, "full-resync-without-walk-checkpoint"),
+    ];
+
+    pub fn name(self) -> &'static str {
+        Self::ALL.iter().find(|(b, _)| *b == self).map(|(_, n)| *n).unwrap_or("unknown")
+    }
+}
+
+impl std::str::FromStr for PlantedBug {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL.iter().find(|(_, name)| *name == s).map(|(b, _)| *b).ok_or_else(|| {
+            let names: Vec<&str> = Self::ALL.iter().map(|(_, n)| *n).collect();
+            format!("unknown defect {s:?}; one of {}", names.join(", "))
+        })
+    }
+}

@@ -44,7 +44,7 @@ const REC_CLEARED_PATH: u8 = 6;
 /// extent record; later writes into it record their block exactly, lazily
 /// (with the next group commit). After a crash every block of a recorded
 /// extent counts as changed (the activity-log design of brief rule 4).
-pub const EXTENT_BLOCKS: u64 = 32;
+pub const EXTENT_BLOCKS: u64 = crate::core::primary::EXTENT_BLOCKS;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ChangeLogError {
@@ -69,52 +69,7 @@ fn disk_err(op: &'static str) -> impl FnOnce(DiskError) -> ChangeLogError {
     move |source| ChangeLogError::Disk { op, source }
 }
 
-/// What the change-log knows: the changed blocks of each file and the paths
-/// whose namespace state changed (created, dropped, truncated, renamed,
-/// directories; `subtree` when everything under the path may differ).
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct ChangeSet {
-    pub blocks: BTreeMap<FsPath, BTreeSet<u64>>,
-    pub touched: BTreeMap<FsPath, bool>,
-    /// Extents (of [`EXTENT_BLOCKS`] blocks) every block of which may have
-    /// changed: their exact records may not have reached the disk.
-    pub extents: BTreeMap<FsPath, BTreeSet<u64>>,
-}
-
-impl ChangeSet {
-    /// Whether `block` of `file` is named, exactly or by its extent.
-    pub fn covers_block(&self, file: &FsPath, block: u64) -> bool {
-        self.blocks.get(file).is_some_and(|b| b.contains(&block))
-            || self.extents.get(file).is_some_and(|e| e.contains(&(block / EXTENT_BLOCKS)))
-    }
-
-    /// Forget blocks `first..end` of `file`, and its extents wholly inside.
-    fn remove_blocks(&mut self, file: &FsPath, first: u64, end: u64) {
-        if let Some(b) = self.blocks.get_mut(file) {
-            let gone: Vec<u64> = b.range(first..end).copied().collect();
-            for x in gone {
-                b.remove(&x);
-            }
-            if b.is_empty() {
-                self.blocks.remove(file);
-            }
-        }
-        if let Some(es) = self.extents.get_mut(file) {
-            es.retain(|e| !(e * EXTENT_BLOCKS >= first && (e + 1) * EXTENT_BLOCKS <= end));
-            if es.is_empty() {
-                self.extents.remove(file);
-            }
-        }
-    }
-
-    pub fn distinct_blocks(&self) -> u64 {
-        self.blocks.values().map(|b| b.len() as u64).sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.blocks.is_empty() && self.touched.is_empty() && self.extents.is_empty()
-    }
-}
+pub use crate::core::resync::ChangeSet;
 
 /// What replay found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -66,6 +66,9 @@ pub struct MountOptions {
     pub allow_other: bool,
     /// FUSE request threads.
     pub threads: usize,
+    /// Clear a dead mount found on the mountpoint (one whose process was
+    /// killed) before mounting, instead of refusing.
+    pub force: bool,
 }
 
 impl MountOptions {
@@ -98,6 +101,7 @@ impl MountOptions {
             gid: None,
             allow_other: false,
             threads: 8,
+            force: false,
         })
     }
 
@@ -107,11 +111,25 @@ impl MountOptions {
         if !(1..=MAX_THREADS).contains(&self.threads) {
             return Err(MountError::Invalid(format!("--threads {}: use 1 to {MAX_THREADS}", self.threads)));
         }
+        // A dead FUSE mount (its process killed) answers ENOTCONN to a stat.
+        if let Err(e) = std::fs::metadata(&self.mountpoint) {
+            if e.raw_os_error() == Some(libc::ENOTCONN) {
+                return Err(MountError::Invalid(dead_mount_message(&self.mountpoint)));
+            }
+        }
         let mp = self.mountpoint.canonicalize().map_err(|e| {
             MountError::Invalid(format!("mountpoint {}: {e} (give an existing directory)", self.mountpoint.display()))
         })?;
         if !mp.is_dir() {
             return Err(MountError::Invalid(format!("mountpoint {}: not a directory", self.mountpoint.display())));
+        }
+        if fuse_mounted_at(&mp) {
+            return Err(MountError::Invalid(format!(
+                "mountpoint {}: a FUSE file system is mounted there and serving (another filerep mount?); \
+                 stop it first (SIGTERM), or `{}`",
+                self.mountpoint.display(),
+                clear_command(&mp)
+            )));
         }
         let root = self.root.canonicalize().map_err(|e| {
             MountError::Invalid(format!("filespace {} root {}: {e}", self.filespace_name, self.root.display()))
@@ -128,6 +146,110 @@ impl MountOptions {
         }
         Ok(())
     }
+}
+
+/// Whether a message the FUSE library logs as an error or warning reports
+/// normal client behaviour. The library answers the kernel's INTERRUPT
+/// requests with ENOSYS (the kernel then lets each request finish, which
+/// every request here does in bounded time: a change handed to the segment
+/// cannot be taken back); a reply the kernel no longer waits for (its
+/// caller was interrupted or killed, or an interrupt's answer raced the
+/// request's) fails with ENOENT, and that is no error.
+pub fn normal_fuse_message(target: &str, message: &std::fmt::Arguments<'_>) -> bool {
+    if !target.starts_with("fuser") {
+        return false;
+    }
+    let text = message.to_string();
+    let enoent = std::io::Error::from_raw_os_error(libc::ENOENT).to_string();
+    text.starts_with("Failed to send FUSE reply") && (text.contains(&enoent) || text.contains("ENOENT"))
+}
+
+/// The absolute path of `mountpoint` as `/proc/self/mountinfo` shows it,
+/// without touching the mountpoint itself (a dead mount answers ENOTCONN).
+fn mount_path(mountpoint: &Path) -> Option<PathBuf> {
+    let parent = mountpoint.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    Some(parent.canonicalize().ok()?.join(mountpoint.file_name()?))
+}
+
+/// Whether a FUSE file system is mounted at `mountpoint` (live or dead).
+pub fn fuse_mounted_at(mountpoint: &Path) -> bool {
+    let Some(want) = mount_path(mountpoint) else { return false };
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
+    // Fields: id, parent, dev, root, mount point, options, optional..., "-", type, ...
+    info.lines().any(|l| {
+        let mut fields = l.split(' ');
+        let point = fields.nth(4).map(unescape_mountinfo);
+        let fstype = l.split(" - ").nth(1).and_then(|r| r.split(' ').next()).unwrap_or("");
+        point.as_deref() == Some(want.as_os_str().to_str().unwrap_or("")) && fstype.starts_with("fuse")
+    })
+}
+
+/// mountinfo escapes space, tab, newline and backslash as octal (`\040`).
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let octal =
+            b.get(i + 1..i + 4).and_then(|d| std::str::from_utf8(d).ok()).and_then(|d| u8::from_str_radix(d, 8).ok());
+        match (b[i], octal) {
+            (b'\\', Some(v)) => {
+                out.push(v);
+                i += 4;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// How to clear a dead mount, as the operator would type it.
+pub fn clear_command(mountpoint: &Path) -> String {
+    let p = mount_path(mountpoint).unwrap_or_else(|| mountpoint.to_path_buf());
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        format!("umount -l {}", p.display())
+    } else {
+        format!("fusermount3 -uz {}", p.display())
+    }
+}
+
+fn dead_mount_message(mountpoint: &Path) -> String {
+    format!(
+        "mountpoint {}: a dead FUSE mount is still there (the process that served it is gone, e.g. killed); \
+         clear it with `{}`, or run filerep mount again with --force to clear it",
+        mountpoint.display(),
+        clear_command(mountpoint)
+    )
+}
+
+/// Clear a dead mount at `mountpoint` (lazily detached: anything still
+/// holding a file there keeps an error, not a hang). Only a mount whose
+/// process is gone is cleared: a live one answers, and is left alone.
+pub fn clear_dead_mount(mountpoint: &Path) -> Result<bool, MountError> {
+    let dead = matches!(std::fs::metadata(mountpoint), Err(e) if e.raw_os_error() == Some(libc::ENOTCONN));
+    if !dead || !fuse_mounted_at(mountpoint) {
+        return Ok(false);
+    }
+    let p = mount_path(mountpoint).unwrap_or_else(|| mountpoint.to_path_buf());
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let detached = if unsafe { libc::geteuid() } == 0 {
+        nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH).map_err(std::io::Error::from)
+    } else {
+        match std::process::Command::new("fusermount3").arg("-uz").arg(&p).status() {
+            Ok(s) if s.success() => Ok(()),
+            Ok(s) => Err(std::io::Error::other(format!("fusermount3 -uz exited with {s}"))),
+            Err(e) => Err(e),
+        }
+    };
+    detached.map_err(|e| {
+        MountError::io(format!("clearing the dead mount at {} (`{}`)", p.display(), clear_command(mountpoint)), e)
+    })?;
+    tracing::warn!(mountpoint = %p.display(), "a dead mount was cleared (--force)");
+    Ok(true)
 }
 
 /// A mounted file system, not yet serving requests.
@@ -179,6 +301,9 @@ impl MountSession {
 /// answers on its socket). The file system is live when this returns;
 /// requests are served once [`MountSession::run`] is called.
 pub fn mount(opts: &MountOptions) -> Result<MountSession, MountError> {
+    if opts.force {
+        clear_dead_mount(&opts.mountpoint)?;
+    }
     opts.check()?;
     probe_segment(opts)?;
     let root = local::Root::open(&opts.root).map_err(|e| {
@@ -235,5 +360,27 @@ fn probe_segment(opts: &MountOptions) -> Result<(), MountError> {
             Ok(())
         }
         Err(e) => Err(segment(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reply_the_kernel_no_longer_wants_is_normal_and_other_failures_are_not() {
+        let gone = std::io::Error::from_raw_os_error(libc::ENOENT);
+        assert!(normal_fuse_message("fuser::reply", &format_args!("Failed to send FUSE reply: {gone}")));
+        let dead = std::io::Error::from_raw_os_error(libc::EBADF);
+        assert!(!normal_fuse_message("fuser::reply", &format_args!("Failed to send FUSE reply: {dead}")));
+        assert!(!normal_fuse_message("other", &format_args!("Failed to send FUSE reply: {gone}")));
+        assert!(!normal_fuse_message("fuser::request", &format_args!("Reply not sent for operation 7")));
+    }
+
+    #[test]
+    fn mountinfo_paths_are_unescaped() {
+        assert_eq!(unescape_mountinfo("/tmp/a\\040b"), "/tmp/a b");
+        assert_eq!(unescape_mountinfo("/plain"), "/plain");
+        assert_eq!(unescape_mountinfo("/odd\\9"), "/odd\\9");
     }
 }

@@ -19,6 +19,12 @@ pub const MAX_MESSAGE: usize = 8 * 1024;
 pub const MAX_FILESPACES: usize = 64;
 pub const MAX_FILESPACE_NAME: usize = 64;
 pub const MAX_REASON: usize = 1024;
+/// A Challenge's length `L` (magic, version, nonce, checksum). A Verdict
+/// is at least [`VERDICT_MIN_LEN`]: that is how a primary tells an early
+/// refusal from a Challenge.
+pub const CHALLENGE_LEN: usize = 46;
+/// The shortest Verdict's length `L` (no reason).
+pub const VERDICT_MIN_LEN: usize = 58;
 const KEY_CONTEXT: &str = "filerep cluster key v1";
 
 /// The cluster's shared secret, derived from the key file's contents.
@@ -42,6 +48,12 @@ impl ClusterKey {
             )));
         }
         Ok(ClusterKey(blake3::derive_key(KEY_CONTEXT, trimmed)))
+    }
+
+    /// The derived 32-byte key: for test vectors (docs/protocol-vectors.md)
+    /// and nothing else. Never log it.
+    pub fn derived_bytes(&self) -> &[u8; 32] {
+        &self.0
     }
 
     pub fn from_file(path: &std::path::Path) -> Result<ClusterKey, HandshakeError> {

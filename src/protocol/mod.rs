@@ -30,8 +30,18 @@ pub const HEADER_LEN: usize = 48;
 pub const MAX_WRITE_AT: usize = 256 * 1024;
 /// Largest body of any frame: a write, or two maximal paths for a rename.
 pub const MAX_BODY: usize = MAX_WRITE_AT;
-/// Largest file the protocol can address, in bytes (1 PiB).
-pub const MAX_FILE_BYTES: u64 = 1 << 50;
+/// Largest file a pair holds, in bytes: 4 TiB. No write may end past it and
+/// no length exceed it, on either side. Every file system a mirror may use
+/// holds it (ext4 with 4 KiB blocks stops just under 16 TiB; XFS, btrfs and
+/// tmpfs far beyond); both sides check that theirs does at startup.
+pub const MAX_FILE_BYTES: u64 = 1 << 42;
+
+/// The end of `len` bytes from `start` (`None`: computing the start
+/// overflowed), if it is within [`MAX_FILE_BYTES`]: the one limit check
+/// both sides make.
+pub fn file_end(start: Option<u64>, len: u64) -> Option<u64> {
+    start?.checked_add(len).filter(|end| *end <= MAX_FILE_BYTES)
+}
 /// Block sizes a cluster may choose.
 pub const BLOCK_SIZES: [u32; 3] = [8 * 1024, 16 * 1024, 32 * 1024];
 

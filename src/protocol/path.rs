@@ -157,6 +157,14 @@ impl std::fmt::Display for FsPath {
     }
 }
 
+/// What a directory entry is (a final symlink is not followed: `Other`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum EntryKind {
+    File,
+    Dir,
+    Other,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,14 +5,7 @@
 //! The cluster's arbiter process (the fault probe) answers over the network;
 //! [`FixedArbiter`] answers from memory for tests and single-pair setups.
 
-/// The arbiter's answer to "my mirror is gone".
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Decision {
-    /// The mirror is marked down: go on alone and track every change.
-    MirrorDown,
-    /// This segment is no longer the primary: fail every call.
-    Demoted,
-}
+pub use crate::core::primary::Decision;
 
 pub trait Arbiter: Send + Sync {
     /// Report the loss of the mirror and get a decision. An error means the

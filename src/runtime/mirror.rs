@@ -12,37 +12,27 @@
 use crate::config::{check_block_size, check_filespaces, Filespace, StreamTuning};
 use crate::core::mirror::{MirrorSession, Step};
 use crate::error::{Error, Result};
-use crate::io::disk::{Disk, DiskErrorKind};
+use crate::exec::apply::{Applier, FaultClass, Sequenced, SyncJob};
+use crate::io::admission::{Gate, Limits, Stop, Ticket};
+use crate::io::disk::Disk;
 use crate::io::net::{is_timeout, Conn, ConnReader, ConnWriter};
 use crate::protocol::handshake::{self, ClusterKey, Hello, Status, Verdict};
 use crate::protocol::{Ack, Decoder, Frame, Header, Kind};
-use crate::runtime::apply::{Applier, Sequenced, SyncJob};
 use crate::runtime::primary::read_message;
 use bytes::Bytes;
 use crossbeam_channel::Sender;
 use std::io::IoSlice;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// Highest first sequence number a primary may announce (room to count up).
 const MAX_START_SEQ: u64 = 1 << 62;
-/// Connections open at once (handshaking or streaming).
+/// Authenticated sessions open at once (one streams; the others are
+/// refused with Busy once they prove the key).
 pub const MAX_CONNECTIONS: usize = 16;
-/// A full sync at least this often while anything is dirty.
-const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
-/// Block until the listener has a connection to accept or `ms` pass.
-fn wait_readable(listener: &TcpListener, ms: u16) {
-    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    use std::os::fd::AsFd;
-    let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
-    if poll(&mut fds, PollTimeout::from(ms)).is_err() {
-        // EINTR and the like: the loop simply tries again.
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
 
 /// Largest single read from the socket.
 const READ_CHUNK: usize = 1 << 20;
@@ -104,6 +94,9 @@ pub enum SessionEnd {
     Shutdown,
     /// The primary went away (end of stream, reset, silence).
     Disconnected(String),
+    /// The peer went away, or was closed, before it proved the key: a port
+    /// scan, a health check, a flood, or the handshake deadline.
+    Unauthenticated(String),
     /// The handshake refused the peer.
     Refused(Status, String),
     /// A frame failed validation; nothing of its batch was applied.
@@ -117,6 +110,7 @@ impl std::fmt::Display for SessionEnd {
         match self {
             SessionEnd::Shutdown => write!(f, "orderly shutdown"),
             SessionEnd::Disconnected(r) => write!(f, "disconnected: {r}"),
+            SessionEnd::Unauthenticated(r) => write!(f, "closed before it authenticated: {r}"),
             SessionEnd::Refused(s, r) => write!(f, "refused ({s:?}): {r}"),
             SessionEnd::BadFrame(r) => write!(f, "bad frame: {r}"),
             SessionEnd::ApplyFailed(r) => write!(f, "apply failed: {r}"),
@@ -152,6 +146,7 @@ impl MirrorServer {
         check_filespaces(&cfg.filespaces)?;
         let roots: Vec<_> = cfg.filespaces.iter().map(|f| f.root.clone()).collect();
         let disk = crate::io::disk::open_local(&roots, cfg.prefer_uring)?;
+        crate::io::disk::check_largest_file(&roots)?;
         Self::with_disk(cfg, disk)
     }
 
@@ -200,54 +195,56 @@ impl MirrorServer {
         }
     }
 
-    /// Serve connections until `stop` is set. Each connection gets its own
-    /// thread (at most [`MAX_CONNECTIONS`]), so a silent or slow peer cannot
-    /// hold up a primary; only one of them may stream at a time.
-    pub fn serve(&self, listener: &TcpListener, stop: &AtomicBool) -> Result<()> {
-        listener.set_nonblocking(true).map_err(|e| Error::io("listener", e))?;
-        let open = AtomicUsize::new(0);
-        std::thread::scope(|s| {
-            while !stop.load(Ordering::SeqCst) {
-                self.stopping.store(false, Ordering::SeqCst);
-                match listener.accept() {
-                    Ok((stream, addr)) => {
-                        if open.load(Ordering::SeqCst) >= MAX_CONNECTIONS {
-                            tracing::warn!(peer = %addr, "connection refused: {MAX_CONNECTIONS} already open");
-                            continue;
-                        }
-                        open.fetch_add(1, Ordering::SeqCst);
-                        let open = &open;
-                        s.spawn(move || {
-                            let _ = stream.set_nonblocking(false);
-                            match crate::io::net::tcp(stream) {
-                                Ok(conn) => log_report(&self.serve_conn(conn, &addr.to_string())),
-                                Err(e) => tracing::warn!(peer = %addr, error = %e, "cannot set up the connection"),
+    /// Serve connections until `stop`. Each connection gets its own thread;
+    /// unauthenticated ones are bounded by the admission gate
+    /// ([`crate::io::admission`]: a small budget, per source, closed at the
+    /// handshake deadline), so silent or slow peers cannot keep a primary
+    /// out; only one session may stream at a time.
+    pub fn serve(&self, listener: &TcpListener, stop: &Stop) -> Result<()> {
+        let limits = Limits::new(MAX_CONNECTIONS).with_deadline(self.cfg.tuning.handshake_timeout);
+        let gate = Gate::new("replication port", limits);
+        let gate = &gate;
+        self.stopping.store(false, Ordering::SeqCst);
+        let served = std::thread::scope(|s| {
+            let r = crate::io::admission::serve(listener, gate, stop, |stream, ticket| {
+                let spawned = std::thread::Builder::new().name("filerep-session".into()).spawn_scoped(s, move || {
+                    let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "unknown peer".into());
+                    match crate::io::net::tcp(stream) {
+                        Ok(conn) => {
+                            let report = self.serve_admitted(conn, &peer, ticket);
+                            match &report.end {
+                                // Before the key proof: anyone can send garbage.
+                                SessionEnd::Refused(Status::Malformed | Status::BadKey, _) => {
+                                    gate.refused(&peer, &report.end.to_string())
+                                }
+                                _ => log_report(&report),
                             }
-                            open.fetch_sub(1, Ordering::SeqCst);
-                        });
+                        }
+                        Err(e) => tracing::debug!(%peer, error = %e, "cannot set up the connection"),
                     }
-                    // Nothing pending: look at the stop flag again shortly.
-                    // Nothing pending: wait for a connection, looking at the
-                    // stop flag again at least every 50 ms.
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => wait_readable(listener, 50),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        std::thread::sleep(Duration::from_millis(20));
-                    }
+                });
+                if let Err(e) = spawned {
+                    tracing::error!(error = %e, "cannot spawn a session thread");
                 }
-            }
+            });
             // Sessions see this and end (after making what they applied durable).
             self.stopping.store(true, Ordering::SeqCst);
+            r
         });
-        Ok(())
+        served.map_err(|e| Error::io("accepting on the replication port", e))
     }
 
-    /// Handshake, then receive and apply until the connection ends.
+    /// Handshake, then receive and apply until the connection ends (a
+    /// connection accepted by the caller: no admission limits).
     pub fn serve_conn(&self, conn: Conn, peer: &str) -> SessionReport {
+        self.serve_admitted(conn, peer, Ticket::unlimited())
+    }
+
+    fn serve_admitted(&self, conn: Conn, peer: &str, mut ticket: Ticket) -> SessionReport {
         let (mut reader, mut writer) = conn;
         let span = tracing::info_span!("mirror_session", peer);
         let _e = span.enter();
-        let (hello, _streaming) = match self.server_handshake(reader.as_mut(), writer.as_mut()) {
+        let (hello, _streaming) = match self.server_handshake(reader.as_mut(), writer.as_mut(), &mut ticket) {
             Ok(h) => h,
             Err(end) => {
                 writer.close();
@@ -263,22 +260,32 @@ impl MirrorServer {
         &self,
         reader: &mut dyn ConnReader,
         writer: &mut dyn ConnWriter,
+        ticket: &mut Ticket,
     ) -> Result<(Hello, MutexGuard<'_, ()>), SessionEnd> {
         let refuse = |writer: &mut dyn ConnWriter, status: Status, reason: String| {
             let v = Verdict { status, generation: self.generation(), mirror_proof: [0; 32], reason: reason.clone() };
             let _ = writer.send_all(&[IoSlice::new(&v.encode())]);
             SessionEnd::Refused(status, reason)
         };
-        let disconnected = |e: std::io::Error| SessionEnd::Disconnected(format!("during handshake: {e}"));
         // One deadline for the whole handshake: a peer trickling bytes
         // cannot hold a connection slot longer than this.
-        let deadline = Instant::now() + self.cfg.tuning.handshake_timeout;
+        let limit = self.cfg.tuning.handshake_timeout;
+        let deadline = ticket.deadline().min(Instant::now() + limit);
+        let disconnected = |e: std::io::Error, ticket: &Ticket| {
+            SessionEnd::Unauthenticated(match ticket.closed() {
+                Some(why) => format!("during the handshake: {why}"),
+                None if is_timeout(&e) => {
+                    format!("the handshake deadline ({} ms) passed", limit.as_millis())
+                }
+                None => format!("during the handshake: {e}"),
+            })
+        };
         let raw = match read_message(reader, Some(deadline)) {
             Ok(r) => r,
             Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
                 return Err(refuse(writer, Status::Malformed, e.to_string()))
             }
-            Err(e) => return Err(disconnected(e)),
+            Err(e) => return Err(disconnected(e, ticket)),
         };
         let hello = match Hello::decode(&raw) {
             Ok(h) => h,
@@ -286,8 +293,10 @@ impl MirrorServer {
         };
         let mut server_nonce = [0u8; 32];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut server_nonce);
-        writer.send_all(&[IoSlice::new(&handshake::Challenge { server_nonce }.encode())]).map_err(disconnected)?;
-        let proof = read_message(reader, Some(deadline)).map_err(disconnected)?;
+        writer
+            .send_all(&[IoSlice::new(&handshake::Challenge { server_nonce }.encode())])
+            .map_err(|e| disconnected(e, ticket))?;
+        let proof = read_message(reader, Some(deadline)).map_err(|e| disconnected(e, ticket))?;
         let proof = match handshake::Proof::decode(&proof) {
             Ok(p) => p,
             Err(e) => return Err(refuse(writer, Status::Malformed, e.to_string())),
@@ -296,6 +305,10 @@ impl MirrorServer {
         let expect = key.primary_proof(&raw, &hello.client_nonce, &server_nonce);
         if !handshake::proofs_equal(&expect, &proof.proof) {
             return Err(refuse(writer, Status::BadKey, "the peer did not prove it holds the cluster key".into()));
+        }
+        // Authenticated: out of the small unauthenticated budget.
+        if let Err(e) = ticket.authenticate() {
+            return Err(refuse(writer, Status::Busy, format!("no room for another session: {e}")));
         }
         let fault = self.fault.lock().unwrap_or_else(|e| e.into_inner()).clone();
         if let Some(f) = fault {
@@ -375,7 +388,9 @@ impl MirrorServer {
         }
         let mirror_proof = key.mirror_proof(&raw, &hello.client_nonce, &server_nonce);
         let v = Verdict { status: Status::Accepted, generation: hello.generation, mirror_proof, reason: String::new() };
-        writer.send_all(&[IoSlice::new(&v.encode())]).map_err(disconnected)?;
+        writer
+            .send_all(&[IoSlice::new(&v.encode())])
+            .map_err(|e| SessionEnd::Disconnected(format!("sending the verdict: {e}")))?;
         Ok((hello, streaming))
     }
 
@@ -418,7 +433,9 @@ impl MirrorServer {
         let mut dec = Decoder::new();
         let mut buf = vec![0u8; READ_CHUNK];
         let mut frames = 0u64;
-        let mut last_full = Instant::now();
+        let clock = Instant::now();
+        let now_ms = || clock.elapsed().as_millis() as u64;
+        let mut checkpoints = crate::core::mirror::Checkpoints::new(0);
         // Receive, validate and apply on this thread: one wake-up per batch
         // between the socket and the disk. Only durability is handed off.
         let end = 'conn: loop {
@@ -468,7 +485,7 @@ impl MirrorServer {
             if ops.is_empty() && !wake && !shutdown {
                 continue;
             }
-            match applier.apply(&ops) {
+            match apply_retrying(&mut applier, &ops) {
                 Ok(wants_sync) => {
                     acks.marks.received.store(session.received(), Ordering::SeqCst);
                     acks.marks.applied.store(applier.applied(), Ordering::SeqCst);
@@ -476,25 +493,32 @@ impl MirrorServer {
                     // With nothing unsynced (operations that changed nothing, such
                     // as a reconcile of what is already so) an empty checkpoint
                     // still moves "durable through" up to what was applied.
-                    let behind = acks.marks.durable.load(Ordering::SeqCst) < applier.applied();
-                    if shutdown
-                        || applier.too_many_dirty()
-                        || ((applier.has_unsynced() || behind) && last_full.elapsed() >= CHECKPOINT_INTERVAL)
-                    {
+                    let state = crate::core::mirror::ApplyState {
+                        shutdown,
+                        too_many_dirty: applier.too_many_dirty(),
+                        unsynced: applier.has_unsynced(),
+                        durable_behind: acks.marks.durable.load(Ordering::SeqCst) < applier.applied(),
+                    };
+                    if checkpoints.full_due(now_ms(), state) {
                         applier.request_full();
-                        last_full = Instant::now();
                     }
                     if wants_sync || applier.wants_sync() {
                         let _ = sync_tx.send(applier.take_sync_job());
                     }
                 }
                 Err(e) => {
-                    tracing::error!(seq = e.seq, error = %e, "apply failed; ending the session");
                     acks.fault(e.seq, &e.to_string());
-                    // An I/O error leaves the written data in doubt (rule 8);
-                    // a refused path or a missing file does not.
-                    if matches!(e.error.kind, DiskErrorKind::Io | DiskErrorKind::NoSpace) {
-                        self.set_fault(e.to_string());
+                    // What the error says decides (one table: apply::ERRNO_CLASSES).
+                    match e.class() {
+                        FaultClass::DiskFailing => {
+                            tracing::error!(seq = e.seq, error = %e, "apply failed: the disk is failing; ending the session");
+                            // The written data is in doubt (rule 8).
+                            self.set_fault(e.to_string());
+                        }
+                        FaultClass::BadRequest => tracing::warn!(seq = e.seq, error = %e,
+                            "the primary asked for what this mirror's files cannot do; session ended, the mirror stays in service"),
+                        FaultClass::Retry => tracing::warn!(seq = e.seq, error = %e, tries = RETRY_PAUSES.len() + 1,
+                            "apply kept failing for a passing reason; session ended, the mirror stays in service"),
                     }
                     break SessionEnd::ApplyFailed(e.to_string());
                 }
@@ -534,11 +558,38 @@ impl MirrorServer {
     }
 }
 
+/// Pauses before each new try of an operation that failed for a passing
+/// reason ([`FaultClass::Retry`]); well under any primary's ack timeout.
+const RETRY_PAUSES: [Duration; 3] = [Duration::from_millis(10), Duration::from_millis(50), Duration::from_millis(200)];
+
+/// Apply a batch; an operation that fails for a passing reason is tried
+/// again (with what follows it) after a pause, a few times. Safe: the
+/// failed operation did not happen, and everything before it is applied
+/// (`Applier::applied` says how far).
+fn apply_retrying(applier: &mut Applier, ops: &[Sequenced]) -> Result<bool, crate::exec::apply::ApplyError> {
+    let mut pauses = RETRY_PAUSES.iter();
+    let mut rest = ops;
+    loop {
+        match applier.apply(rest) {
+            Err(e) if e.class() == FaultClass::Retry => {
+                let Some(pause) = pauses.next() else { return Err(e) };
+                tracing::debug!(seq = e.seq, error = %e, "apply failed for a passing reason: trying again");
+                std::thread::sleep(*pause);
+                let done = applier.applied();
+                rest = &rest[rest.iter().position(|o| o.seq > done).unwrap_or(rest.len())..];
+            }
+            r => return r,
+        }
+    }
+}
+
 fn log_report(r: &SessionReport) {
     match &r.end {
         SessionEnd::Shutdown => {
             tracing::info!(peer = %r.peer, frames = r.frames, durable = r.durable_through, "session ended: orderly shutdown")
         }
+        // Normal on an open port: the gate sums these up in the log.
+        SessionEnd::Unauthenticated(_) => tracing::debug!(peer = %r.peer, "connection ended: {}", r.end),
         end => tracing::warn!(peer = %r.peer, frames = r.frames, applied = r.applied_through, "session ended: {end}"),
     }
 }
@@ -574,7 +625,7 @@ impl AckSender {
 
     /// Answer hash requests (compare-mode resync, verification) and list
     /// requests (verification), in order.
-    fn replies(&self, replies: Vec<crate::runtime::apply::Reply>) -> bool {
+    fn replies(&self, replies: Vec<crate::exec::apply::Reply>) -> bool {
         let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         for reply in replies {
             let f = reply.into_frame();
@@ -604,7 +655,7 @@ type SyncerHandle = std::thread::JoinHandle<Option<String>>;
 /// The syncer thread: runs sync jobs (merged when several are queued: group
 /// commit), then acknowledges the new durable watermark.
 /// Sync jobs waiting for the syncer, at most. Each holds open handles of
-/// up to [`crate::runtime::apply::MAX_DIRTY_FILES`] files: when fsyncs are slower
+/// up to [`crate::exec::apply::MAX_DIRTY_FILES`] files: when fsyncs are slower
 /// than the stream, the applier waits here (and the primary behind it)
 /// instead of piling up jobs until the process runs out of descriptors
 /// (seen under a disk slowed by other work: EMFILE faulted the mirror).

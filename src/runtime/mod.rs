@@ -1,8 +1,7 @@
 //! Threads and sockets around the rules: the [`primary`] the host calls, the
-//! [`mirror`] daemon and its executor ([`apply`]), the [`resync`] engine, and
-//! the [`arbiter`] interface a primary asks when its mirror is lost.
+//! [`mirror`] daemon, the [`resync`] engine, and the [`arbiter`] interface a
+//! primary asks when its mirror is lost.
 
-pub mod apply;
 pub mod arbiter;
 pub mod mirror;
 pub mod primary;

@@ -1,161 +1,38 @@
-//! Resynchronization (brief rule 6): ship what the change-log names to a
-//! mirror taken back with [`Primary::attach_mirror`], through the same
-//! ordered stream as new writes, while the primary keeps serving.
-//!
-//! Order: namespace first (every touched path, parents before children,
-//! made on the mirror what it is here: absent, a file of the right length,
-//! or a directory; a touched directory's whole subtree is walked and its
-//! files copied), then the changed blocks in file order, batched into
-//! copies of up to 256 KiB. Each copy is read and queued with its file
-//! locked against writes, so a later write of the same block is queued
-//! after it and the mirror never goes back in time. When everything
-//! shipped is durable on the mirror, the change-log is cleared (unless the
-//! mirror was lost meanwhile: then the pair is back in change tracking and
-//! the log still names everything). Running it again changes nothing.
-//!
-//! A full resync (`full`) does the same for every file and directory of
-//! every filespace, removing what the mirror has and the primary does not:
-//! it builds a mirror from an empty directory.
+//! The runtime's side of a resync: the engine ([`crate::core::resync`]) over
+//! a [`Primary`] that has taken its mirror back.
 
-use crate::durable::changelog::{ChangeSet, EXTENT_BLOCKS};
-use crate::error::{Error, Result};
+pub use crate::core::resync::{
+    run_on, ChangeSet, LocalEntry, Progress, ProgressSnapshot, ResyncLink, ResyncOptions, ResyncReport,
+    MAX_EXTRA_PASSES,
+};
+use crate::error::Result;
 use crate::io::disk::{EntryKind, FsPath};
 use crate::protocol::path::RelPath;
-pub use crate::runtime::primary::LocalEntry;
 use crate::runtime::primary::Primary;
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-
-#[derive(Clone, Debug, Default)]
-pub struct ResyncOptions {
-    /// Every file of every filespace, not only the change-log's.
-    pub full: bool,
-    /// Bytes per second of block copies, at most (`None`: as fast as it goes).
-    pub max_rate: Option<u64>,
-    /// How long to wait at the end for the mirror to make everything durable.
-    pub finish_timeout: Option<Duration>,
-    /// Bytes shipped between durable progress records (default 64 MiB).
-    pub checkpoint_bytes: Option<u64>,
-    /// Compare every listed block's hash on both sides and ship only those
-    /// that differ (extents recovered from a crash are always compared).
-    pub compare: bool,
-}
-
-/// Live counters, read by status probes while the resync runs.
-#[derive(Debug, Default)]
-pub struct Progress {
-    pub paths_done: AtomicU64,
-    pub blocks_total: AtomicU64,
-    pub blocks_done: AtomicU64,
-    pub bytes_done: AtomicU64,
-    pub started_unix_ms: AtomicU64,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct ProgressSnapshot {
-    pub paths_done: u64,
-    pub blocks_total: u64,
-    pub blocks_done: u64,
-    pub bytes_done: u64,
-    pub started_unix_ms: u64,
-}
-
-impl Progress {
-    pub fn snapshot(&self) -> ProgressSnapshot {
-        ProgressSnapshot {
-            paths_done: self.paths_done.load(Ordering::Relaxed),
-            blocks_total: self.blocks_total.load(Ordering::Relaxed),
-            blocks_done: self.blocks_done.load(Ordering::Relaxed),
-            bytes_done: self.bytes_done.load(Ordering::Relaxed),
-            started_unix_ms: self.started_unix_ms.load(Ordering::Relaxed),
-        }
-    }
-}
-
-#[derive(Clone, Debug, Default, serde::Serialize)]
-pub struct ResyncReport {
-    pub full: bool,
-    pub paths: u64,
-    pub blocks: u64,
-    pub bytes: u64,
-    pub seconds: f64,
-    /// Of which: waiting for the mirror to make everything durable.
-    pub durable_wait_seconds: f64,
-    /// Blocks found equal on both sides by compare mode (not shipped).
-    pub compared_equal: u64,
-    /// Extra passes over paths renamed while the resync still owed them.
-    pub extra_passes: u64,
-}
-
-/// Extra passes a resync takes over renamed paths before it gives up: a
-/// workload that keeps renaming what the resync has not copied yet faster
-/// than it copies would otherwise keep it from ever finishing.
-pub const MAX_EXTRA_PASSES: u64 = 1000;
-
-/// What the resync engine drives: the primary's end of the stream, one
-/// step at a time. The runtime implements it over its threads and socket
-/// ([`Primary`]); the fault simulator implements it on its virtual clock,
-/// so the same engine runs there under crashes, disconnects and writers.
-/// Blocking steps (`hashes`, `checkpoint`, `finish`) wait for the mirror.
-pub trait ResyncLink {
-    fn block_size(&self) -> u32;
-    fn filespace_count(&self) -> u16;
-    /// What the change-log says differs; an error if there is no change
-    /// tracking or no mirror taken back.
-    /// What to ship (`full`: every path is owed, renames included).
-    fn change_set(&mut self, full: bool) -> Result<ChangeSet>;
-    /// Paths renamed meanwhile that the resync owes another pass.
-    fn redo(&mut self) -> Result<BTreeSet<FsPath>>;
-    /// A full resync's walk is done: renames owe only what is still named.
-    fn walked(&mut self);
-    /// What `p` is here, unlocked (a peek: `reconcile` looks again locked).
-    fn entry_kind(&mut self, p: &FsPath) -> Result<Option<EntryKind>>;
-    /// Ship what one path (`None`: the filespace root) is here, locked
-    /// against calls; with `prune`, the mirror keeps only its children.
-    fn reconcile(&mut self, fs: u16, path: Option<&RelPath>, prune: bool) -> Result<LocalEntry>;
-    /// Queue a copy of blocks `first..first + count` (at most 256 KiB),
-    /// read and queued with the file locked; the bytes queued.
-    fn copy(&mut self, p: &FsPath, first: u64, count: u64) -> Result<u64>;
-    /// Hashes of `count` blocks from `first` here and on the mirror, at
-    /// the same point of the stream; `None` if the file is gone here.
-    fn hashes(&mut self, p: &FsPath, first: u64, count: u32, timeout: Duration)
-        -> Result<Option<(Vec<u64>, Vec<u64>)>>;
-    /// Send whatever is queued.
-    fn send(&mut self);
-    /// Whether the resync may go on (its mirror still streams); checked
-    /// while it waits to keep under its rate.
-    fn check(&mut self) -> Result<()>;
-    /// Ask the mirror to make `p` durable; the flush's sequence number.
-    fn flush(&mut self, p: &FsPath) -> Result<Option<u64>>;
-    /// Once `synced` is synced on the mirror, record durably that `blocks`
-    /// and `paths` no longer differ (unless the mirror was lost).
-    fn checkpoint(
-        &mut self,
-        synced: u64,
-        flushed: &BTreeSet<FsPath>,
-        blocks: &BTreeMap<FsPath, BTreeSet<u64>>,
-        paths: &[FsPath],
-        timeout: Duration,
-    ) -> Result<()>;
-    /// Everything shipped is durable on the mirror: clear the change-log;
-    /// `false` (nothing cleared) if a rename owes another pass.
-    fn finish(&mut self, synced: Option<u64>, flushed: &BTreeSet<FsPath>, timeout: Duration) -> Result<bool>;
-}
 
 /// The runtime's link: a [`Primary`] that has taken its mirror back, and
 /// which taking-back this resync works for.
-pub struct PrimaryLink<'a>(&'a Primary, u64);
+pub struct PrimaryLink<'a>(&'a Primary, u64, Instant);
 
 impl<'a> PrimaryLink<'a> {
     /// The link for the mirror `p` has taken back last (tests wrap it to
     /// act at a chosen step of a resync).
     pub fn new(p: &'a Primary) -> Self {
-        PrimaryLink(p, p.attachment())
+        PrimaryLink(p, p.attachment(), Instant::now())
     }
 }
 
 impl ResyncLink for PrimaryLink<'_> {
+    fn now_ms(&self) -> u64 {
+        self.2.elapsed().as_millis() as u64
+    }
+    fn pause(&mut self, ms: u64) {
+        // Sleeping is the point here: the resync keeps under its rate.
+        std::thread::sleep(Duration::from_millis(ms));
+    }
     fn block_size(&self) -> u32 {
         self.0.block_size()
     }
@@ -163,26 +40,25 @@ impl ResyncLink for PrimaryLink<'_> {
         self.0.filespaces().len() as u16
     }
     fn change_set(&mut self, full: bool) -> Result<ChangeSet> {
-        self.0.resync_plan(full)
+        self.0.resync_plan(self.1, full)
     }
     fn redo(&mut self) -> Result<BTreeSet<FsPath>> {
-        self.0.resync_check(self.1)?;
-        self.0.resync_redo()
+        self.0.resync_redo(self.1)
     }
     fn walked(&mut self) {
-        self.0.resync_walked()
+        if let Err(e) = self.0.resync_walked(self.1) {
+            tracing::debug!(error = %e, "resync: the walk's end was not recorded");
+        }
     }
     fn entry_kind(&mut self, p: &FsPath) -> Result<Option<EntryKind>> {
         self.0.resync_check(self.1)?;
         Ok(self.0.disk().entry_kind(p)?)
     }
     fn reconcile(&mut self, fs: u16, path: Option<&RelPath>, prune: bool) -> Result<LocalEntry> {
-        self.0.resync_check(self.1)?;
-        self.0.resync_reconcile(fs, path, prune)
+        self.0.reconcile_bound(Some(self.1), fs, path, prune)
     }
     fn copy(&mut self, p: &FsPath, first: u64, count: u64) -> Result<u64> {
-        self.0.resync_check(self.1)?;
-        self.0.resync_copy(p, first, count)
+        self.0.copy_bound(Some(self.1), p, first, count)
     }
     fn hashes(
         &mut self,
@@ -191,8 +67,7 @@ impl ResyncLink for PrimaryLink<'_> {
         count: u32,
         timeout: Duration,
     ) -> Result<Option<(Vec<u64>, Vec<u64>)>> {
-        self.0.resync_check(self.1)?;
-        self.0.resync_hashes(p, first, count, timeout)
+        self.0.resync_hashes(Some(self.1), p, first, count, timeout)
     }
     fn send(&mut self) {
         self.0.resync_send()
@@ -201,8 +76,7 @@ impl ResyncLink for PrimaryLink<'_> {
         self.0.resync_check(self.1)
     }
     fn flush(&mut self, p: &FsPath) -> Result<Option<u64>> {
-        self.0.resync_check(self.1)?;
-        self.0.resync_flush(p)
+        self.0.flush_bound(Some(self.1), p)
     }
     fn checkpoint(
         &mut self,
@@ -212,420 +86,17 @@ impl ResyncLink for PrimaryLink<'_> {
         paths: &[FsPath],
         timeout: Duration,
     ) -> Result<()> {
-        self.0.resync_check(self.1)?;
-        self.0.resync_checkpoint(synced, flushed, blocks, paths, timeout)
+        self.0.resync_checkpoint(self.1, synced, flushed, blocks, paths, timeout)
     }
     fn finish(&mut self, synced: Option<u64>, flushed: &BTreeSet<FsPath>, timeout: Duration) -> Result<bool> {
-        self.0.resync_check(self.1)?;
-        self.0.resync_finish(synced, flushed, timeout)
+        self.0.resync_finish(self.1, synced, flushed, timeout)
     }
-}
-
-struct Run<'a> {
-    p: &'a mut dyn ResyncLink,
-    opts: &'a ResyncOptions,
-    progress: &'a Progress,
-    bs: u64,
-    started: Instant,
-    /// Files already copied whole, and trees already walked whole.
-    whole_files: BTreeSet<FsPath>,
-    whole_trees: Vec<(u16, Option<RelPath>)>,
-    /// Every file a copy or a length went to, for the final flushes.
-    written: BTreeSet<FsPath>,
-    /// Files written since the last checkpoint.
-    written_since: BTreeSet<FsPath>,
-    /// Copies queued since the last send.
-    queued: usize,
-    /// Blocks compare mode found equal on both sides (not shipped).
-    compared_equal: u64,
-    /// Since the last checkpoint: files whose change-log blocks are shipped,
-    /// touched paths done, bytes shipped.
-    done_blocks: BTreeMap<FsPath, BTreeSet<u64>>,
-    done_paths: Vec<FsPath>,
-    since_checkpoint: u64,
-    /// The change-log's blocks per file (extents expanded), to clear as done.
-    listed: BTreeMap<FsPath, BTreeSet<u64>>,
-}
-
-/// Bytes shipped between durable progress records.
-const CHECKPOINT_BYTES: u64 = 64 << 20;
-
-/// Copies queued before they are sent together (one vectored write).
-const SEND_EVERY: usize = 16;
-
-impl Run<'_> {
-    fn covered(&self, fs: u16, path: &RelPath) -> bool {
-        self.whole_files.contains(&FsPath::new(fs, path.clone()))
-            || self.whole_trees.iter().any(|(f, t)| *f == fs && t.as_ref().is_none_or(|t| path.is_within(t)))
-    }
-
-    fn reconcile(&mut self, fs: u16, path: Option<&RelPath>, prune: bool) -> Result<LocalEntry> {
-        let local = self.p.reconcile(fs, path, prune)?;
-        if let (LocalEntry::File { .. }, Some(path)) = (&local, path) {
-            self.written.insert(FsPath::new(fs, path.clone()));
-            self.written_since.insert(FsPath::new(fs, path.clone()));
-        }
-        self.progress.paths_done.fetch_add(1, Ordering::Relaxed);
-        Ok(local)
-    }
-
-    /// One path the change-log names (or a rename made owed): made what it
-    /// is here, a directory walked whole with `subtree`, a file copied whole.
-    fn touched(&mut self, path: &FsPath, subtree: bool) -> Result<()> {
-        self.done_paths.push(path.clone());
-        if self.covered(path.filespace, &path.path) {
-            return Ok(());
-        }
-        // A peek: the reconcile itself looks again with the path locked,
-        // and anything that changes meanwhile streams to the mirror anyway.
-        match self.p.entry_kind(path)? {
-            Some(EntryKind::Dir) if subtree => self.tree(path.filespace, Some(&path.path))?,
-            Some(EntryKind::File) => self.whole_file(path.filespace, &path.path)?,
-            _ => {
-                self.reconcile(path.filespace, Some(&path.path), false)?;
-            }
-        }
-        // Between paths only: inside a tree walk its root is not done yet.
-        self.checkpoint(false)
-    }
-
-    /// A directory and everything under it, pruned on the mirror to what is here.
-    fn tree(&mut self, fs: u16, dir: Option<&RelPath>) -> Result<()> {
-        let LocalEntry::Dir { children } = self.reconcile(fs, dir, true)? else {
-            return Ok(()); // Gone or replaced meanwhile: its own change is queued.
-        };
-        self.whole_trees.push((fs, dir.cloned()));
-        for (name, kind) in children {
-            let child = match dir {
-                Some(d) => d.join(&name)?,
-                None => RelPath::top(&name)?,
-            };
-            match kind {
-                EntryKind::Dir => self.tree(fs, Some(&child))?,
-                EntryKind::File => self.whole_file(fs, &child)?,
-                EntryKind::Other => {}
-            }
-        }
-        Ok(())
-    }
-
-    /// One file, made the right length and copied whole.
-    fn whole_file(&mut self, fs: u16, path: &RelPath) -> Result<()> {
-        if let LocalEntry::File { len } = self.reconcile(fs, Some(path), false)? {
-            let file = FsPath::new(fs, path.clone());
-            let n = len.div_ceil(self.bs);
-            self.progress.blocks_total.fetch_add(n, Ordering::Relaxed);
-            let blocks = if self.opts.compare { self.differing(&file, (0..n).collect())? } else { (0..n).collect() };
-            self.copy_runs(&file, blocks)?;
-            self.file_done(&file);
-            self.whole_files.insert(file);
-        }
-        Ok(())
-    }
-
-    /// Copy the listed blocks, consecutive ones together (up to 256 KiB).
-    fn copy_runs(&mut self, file: &FsPath, blocks: BTreeSet<u64>) -> Result<()> {
-        let per_copy = (crate::protocol::MAX_WRITE_AT as u64 / self.bs).max(1);
-        let mut it = blocks.into_iter().peekable();
-        while let Some(first) = it.next() {
-            let mut count = 1;
-            while count < per_copy && it.peek() == Some(&(first + count)) {
-                it.next();
-                count += 1;
-            }
-            let bytes = self.p.copy(file, first, count)?;
-            self.since_checkpoint += bytes;
-            self.queued += 1;
-            if self.queued >= SEND_EVERY {
-                self.p.send();
-                self.queued = 0;
-            }
-            self.progress.blocks_done.fetch_add(count, Ordering::Relaxed);
-            let done = self.progress.bytes_done.fetch_add(bytes, Ordering::Relaxed) + bytes;
-            self.throttle(done)?;
-        }
-        Ok(())
-    }
-
-    /// Of `blocks`, those whose hash differs between here and the mirror
-    /// (compare mode); the others count as done.
-    fn differing(&mut self, file: &FsPath, blocks: BTreeSet<u64>) -> Result<BTreeSet<u64>> {
-        let mut out = BTreeSet::new();
-        let timeout = self.opts.finish_timeout.unwrap_or(Duration::from_secs(60));
-        let mut it = blocks.into_iter().peekable();
-        while let Some(first) = it.next() {
-            let mut count = 1u32;
-            while count < crate::protocol::MAX_HASH_BLOCKS && it.peek() == Some(&(first + count as u64)) {
-                it.next();
-                count += 1;
-            }
-            // Queued copies go first: the hashes must see them.
-            self.p.send();
-            match self.p.hashes(file, first, count, timeout)? {
-                Some((local, remote)) => {
-                    let mut same = 0u64;
-                    for (i, (a, b)) in local.iter().zip(&remote).enumerate() {
-                        if a == b {
-                            same += 1;
-                        } else {
-                            out.insert(first + i as u64);
-                        }
-                    }
-                    self.progress.blocks_done.fetch_add(same, Ordering::Relaxed);
-                    self.compared_equal += same;
-                }
-                // Gone here meanwhile: its removal streams to the mirror.
-                None => {
-                    self.progress.blocks_done.fetch_add(count as u64, Ordering::Relaxed);
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    /// `file`'s change-log blocks are all shipped (copied or past its end).
-    fn file_done(&mut self, file: &FsPath) {
-        if let Some(b) = self.listed.get(file) {
-            self.done_blocks.insert(file.clone(), b.clone());
-        }
-    }
-
-    /// Record progress durably once enough has been shipped (or `force`):
-    /// flush the files written since, and once the mirror has them, mark
-    /// their blocks and the paths done as no longer differing.
-    fn checkpoint(&mut self, force: bool) -> Result<()> {
-        if !force && self.since_checkpoint < self.opts.checkpoint_bytes.unwrap_or(CHECKPOINT_BYTES) {
-            return Ok(());
-        }
-        if self.done_blocks.is_empty() && self.done_paths.is_empty() {
-            return Ok(());
-        }
-        let flushed = std::mem::take(&mut self.written_since);
-        let Some(seq) = flush_all(self.p, &flushed)? else { return Ok(()) };
-        let timeout = self.opts.finish_timeout.unwrap_or(Duration::from_secs(60));
-        self.p.checkpoint(seq, &flushed, &self.done_blocks, &self.done_paths, timeout)?;
-        self.done_blocks.clear();
-        self.done_paths.clear();
-        self.since_checkpoint = 0;
-        Ok(())
-    }
-
-    /// Keep the copies under `max_rate` on average (sleeping is the point
-    /// here), in short naps so a lost mirror ends the resync promptly.
-    fn throttle(&mut self, bytes_done: u64) -> Result<()> {
-        if let Some(rate) = self.opts.max_rate.filter(|r| *r > 0) {
-            let due = Duration::from_secs_f64(bytes_done as f64 / rate as f64);
-            loop {
-                let elapsed = self.started.elapsed();
-                if due <= elapsed {
-                    break;
-                }
-                self.p.check()?;
-                std::thread::sleep((due - elapsed).min(Duration::from_millis(50)));
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Ask the mirror to make each file durable; the last flush's number.
-fn flush_all(p: &mut dyn ResyncLink, files: &BTreeSet<FsPath>) -> Result<Option<u64>> {
-    let mut last = None;
-    for f in files {
-        last = p.flush(f)?.or(last);
-    }
-    Ok(last)
 }
 
 /// Run a resync on a primary that has taken its mirror back.
 pub fn run(p: &Primary, opts: &ResyncOptions, progress: &Progress) -> Result<ResyncReport> {
-    run_on(&mut PrimaryLink::new(p), opts, progress)
-}
-
-/// The engine itself, over any [`ResyncLink`].
-pub fn run_on(p: &mut dyn ResyncLink, opts: &ResyncOptions, progress: &Progress) -> Result<ResyncReport> {
-    let set = p.change_set(opts.full)?;
-    let span = tracing::info_span!("resync", full = opts.full);
-    let _e = span.enter();
     let unix_ms =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
     progress.started_unix_ms.store(unix_ms, Ordering::Relaxed);
-    let bs = p.block_size() as u64;
-    let filespaces = p.filespace_count();
-    let mut run = Run {
-        p,
-        opts,
-        progress,
-        bs,
-        started: Instant::now(),
-        whole_files: BTreeSet::new(),
-        whole_trees: Vec::new(),
-        written: BTreeSet::new(),
-        written_since: BTreeSet::new(),
-        queued: 0,
-        compared_equal: 0,
-        done_blocks: BTreeMap::new(),
-        done_paths: Vec::new(),
-        since_checkpoint: 0,
-        listed: BTreeMap::new(),
-    };
-    if opts.full {
-        for fs in 0..filespaces {
-            run.tree(fs, None)?;
-        }
-        // The walk covered everything the change-log named: recorded done
-        // once durable, so renames from here on (databases rename all the
-        // time) owe another pass only for what is named again.
-        run.p.walked();
-        run.done_paths.extend(set.touched.keys().cloned());
-        for (f, bs) in &set.blocks {
-            run.done_blocks.entry(f.clone()).or_default().extend(bs.iter().copied());
-        }
-        for (f, es) in &set.extents {
-            let done = run.done_blocks.entry(f.clone()).or_default();
-            for e in es {
-                done.extend(e * EXTENT_BLOCKS..(e + 1) * EXTENT_BLOCKS);
-            }
-        }
-        run.checkpoint(true)?;
-    } else {
-        // Blocks named exactly or by their extent, per file, in file order.
-        let mut blocks: BTreeMap<FsPath, BTreeSet<u64>> = set.blocks.clone();
-        // Blocks named only by an extent may well be unchanged: compared first.
-        let mut by_extent: BTreeMap<FsPath, BTreeSet<u64>> = BTreeMap::new();
-        for (f, es) in &set.extents {
-            let b = blocks.entry(f.clone()).or_default();
-            let x = by_extent.entry(f.clone()).or_default();
-            for e in es {
-                b.extend(e * EXTENT_BLOCKS..(e + 1) * EXTENT_BLOCKS);
-                x.extend(e * EXTENT_BLOCKS..(e + 1) * EXTENT_BLOCKS);
-            }
-        }
-        tracing::info!(paths = set.touched.len(), files = blocks.len(), "resync: shipping the change-log");
-        run.listed = blocks.clone();
-        // Namespace first; a prefix sorts before what it contains.
-        for (path, subtree) in &set.touched {
-            run.touched(path, *subtree)?;
-        }
-        let listed: u64 =
-            blocks.iter().filter(|(f, _)| !run.covered(f.filespace, &f.path)).map(|(_, b)| b.len() as u64).sum();
-        progress.blocks_total.fetch_add(listed, Ordering::Relaxed);
-        run.checkpoint(true)?;
-        for (file, wanted) in blocks {
-            if run.covered(file.filespace, &file.path) {
-                run.file_done(&file);
-                continue;
-            }
-            // Its length first (writes may have extended or shortened it).
-            if let LocalEntry::File { len } = run.reconcile(file.filespace, Some(&file.path), false)? {
-                let n = len.div_ceil(run.bs);
-                let (inside, past): (BTreeSet<u64>, BTreeSet<u64>) = wanted.into_iter().partition(|b| *b < n);
-                progress.blocks_done.fetch_add(past.len() as u64, Ordering::Relaxed);
-                let (compare, mut copy): (BTreeSet<u64>, BTreeSet<u64>) = inside
-                    .into_iter()
-                    .partition(|b| opts.compare || by_extent.get(&file).is_some_and(|x| x.contains(b)));
-                copy.extend(run.differing(&file, compare)?);
-                run.copy_runs(&file, copy)?;
-            } else {
-                progress.blocks_done.fetch_add(wanted.len() as u64, Ordering::Relaxed);
-            }
-            run.file_done(&file);
-            run.checkpoint(false)?;
-        }
-    }
-    // Renames of paths still owed moved the mirror's stale copies to names
-    // this pass may not have visited: each gets another pass, whole, until
-    // the change-log can be cleared with nothing owed.
-    let mut extra_passes = 0;
-    let shipped = loop {
-        // After an extra pass, its progress first: what is checkpointed is
-        // no longer owed, so renames of it stop asking for more passes.
-        if extra_passes > 0 {
-            run.checkpoint(true)?;
-        }
-        let redo = run.p.redo()?;
-        // Not done any more: a checkpoint must not clear them before this
-        // pass has walked them again (the change-log keeps them meanwhile).
-        run.done_paths.retain(|p| !redo.contains(p));
-        if redo.is_empty() {
-            let shipped = run.started.elapsed();
-            // Durable on the mirror: one flush per file written, then wait for the last.
-            // With no file to flush (only namespace changes), the checkpoint is waited for instead.
-            let flushed = run.written.clone();
-            let synced = flush_all(run.p, &flushed)?;
-            if run.p.finish(synced, &flushed, opts.finish_timeout.unwrap_or(Duration::from_secs(60)))? {
-                break shipped;
-            }
-            continue;
-        }
-        extra_passes += 1;
-        if extra_passes > MAX_EXTRA_PASSES {
-            return Err(Error::Rejected(format!(
-                "the resync took {MAX_EXTRA_PASSES} extra passes over paths renamed while it still owed them, \
-                 and calls keep renaming them: run filerep recover again when fewer renames run"
-            )));
-        }
-        tracing::info!(paths = redo.len(), pass = extra_passes, "resync: another pass over renamed paths");
-        run.whole_files.clear();
-        run.whole_trees.clear();
-        for path in &redo {
-            run.touched(path, true)?;
-        }
-    };
-    let s = progress.snapshot();
-    Ok(ResyncReport {
-        full: opts.full,
-        paths: s.paths_done,
-        blocks: s.blocks_done,
-        bytes: s.bytes_done,
-        seconds: run.started.elapsed().as_secs_f64(),
-        durable_wait_seconds: (run.started.elapsed() - shipped).as_secs_f64(),
-        compared_equal: run.compared_equal,
-        extra_passes,
-    })
-}
-
-/// A copy's bytes: blocks `first..first + count` of `file` as far as it
-/// reaches (at most 256 KiB), with their offset; `None` past its end. The
-/// runtime and the fault simulator read copies the same way.
-pub(crate) fn read_copy(
-    file: &dyn crate::io::disk::DiskFile,
-    first: u64,
-    count: u64,
-    bs: u64,
-) -> Result<Option<(u64, Vec<u8>)>> {
-    if count == 0 || count * bs > crate::protocol::MAX_WRITE_AT as u64 {
-        return Err(Error::InvalidArgument(format!("{count} blocks do not fit one copy")));
-    }
-    let offset = first.checked_mul(bs).ok_or_else(|| Error::InvalidArgument("block past the end".into()))?;
-    let len = file.len()?;
-    if offset >= len {
-        return Ok(None);
-    }
-    let mut buf = vec![0u8; (count * bs).min(len - offset) as usize];
-    let n = file.read_at(offset, &mut buf)?;
-    buf.truncate(n);
-    Ok((!buf.is_empty()).then_some((offset, buf)))
-}
-
-/// xxh3-64 of each of `count` blocks from `first`, as read: a block past
-/// the end (or of a missing file) hashes its short or empty contents. Both
-/// sides compute it the same way, so equal hashes mean equal blocks.
-pub fn hash_blocks(
-    file: Option<&dyn crate::io::disk::DiskFile>,
-    first: u64,
-    count: u32,
-    block_size: u32,
-) -> std::result::Result<Vec<u64>, crate::io::disk::DiskError> {
-    let bs = block_size as u64;
-    let mut buf = vec![0u8; block_size as usize];
-    let mut out = Vec::with_capacity(count as usize);
-    for b in first..first + count as u64 {
-        let n = match file {
-            Some(f) => f.read_at(b * bs, &mut buf)?,
-            None => 0,
-        };
-        out.push(xxhash_rust::xxh3::xxh3_64(&buf[..n]));
-    }
-    Ok(out)
+    run_on(&mut PrimaryLink::new(p), opts, progress)
 }

@@ -457,8 +457,9 @@ impl Verifier<'_> {
                 self.p.verify_check(self.attachment)?;
                 // The range follows the file's size at the moment it is locked;
                 // the last one takes the block past the end.
-                let pick = |n: u64| {
-                    let first = next.min(n);
+                let from = next;
+                let pick = move |n: u64| {
+                    let first = from.min(n);
                     (first, (n + 1 - first).min(RANGE_BLOCKS as u64) as u32)
                 };
                 match self.p.queue_hashes(&file, pick)? {

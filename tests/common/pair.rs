@@ -250,6 +250,7 @@ impl Pair {
                 decision_timeout_ms: 2000,
                 ack_timeout_ms: 2000,
                 heartbeat_ms: 100,
+                handshake_timeout_ms: 2000,
                 prefer_uring: true,
                 metrics_listen: None,
             };

@@ -159,6 +159,7 @@ impl Bench<'_> {
             finish_timeout: Some(Duration::from_secs(600)),
             checkpoint_bytes: None,
             compare: false,
+            planted: None,
         };
         let r = resync::run(&self.primary, &opts, &Progress::default())?;
         let secs = t.elapsed().as_secs_f64();

@@ -532,6 +532,7 @@ pub fn segment_config(
         decision_timeout_ms: 5000,
         ack_timeout_ms: 3000,
         heartbeat_ms: 200,
+        handshake_timeout_ms: 2000,
         prefer_uring: true,
         // Prometheus metrics are asked for per segment (docs/operations.md, Metrics).
         metrics_listen: None,

@@ -11,8 +11,6 @@ use filerep::protocol::handshake::ClusterKey;
 use filerep::runtime::mirror::{MirrorConfig, MirrorServer};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Parser)]
@@ -89,6 +87,9 @@ struct MirrorCmd {
     /// Keep the generation and fault state here across restarts.
     #[arg(long)]
     state_dir: Option<PathBuf>,
+    /// Milliseconds a new connection may take to prove the cluster key before it is closed.
+    #[arg(long, default_value_t = 2000)]
+    handshake_timeout_ms: u64,
 }
 
 #[derive(clap::Args)]
@@ -157,6 +158,14 @@ struct SimCmd {
     /// catch it (an unknown name lists them all).
     #[arg(long, requires = "faults")]
     bug: Option<String>,
+    /// With --faults: namespace calls only in the first third of each
+    /// schedule, data calls after (a steady OLTP-like workload).
+    #[arg(long, requires = "faults")]
+    steady: bool,
+    /// With --faults: while a resync runs, half the writers' calls rename
+    /// files and directories.
+    #[arg(long, requires = "faults")]
+    rename_storm: bool,
 }
 
 #[derive(clap::Args)]
@@ -172,7 +181,53 @@ struct CompareCmd {
 fn init_tracing(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("FILEREP_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    // Colour codes only for a person at a terminal, never into a log file.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let subscriber = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    if tracing::subscriber::set_global_default(subscriber.finish()).is_ok()
+        && log::set_boxed_logger(Box::new(LogBridge(tracing_log::LogTracer::new()))).is_ok()
+    {
+        log::set_max_level(tracing_log::AsLog::as_log(&tracing::level_filters::LevelFilter::current()));
+    }
+}
+
+/// Stop on SIGTERM or SIGINT: the handler sets the flag, then writes the
+/// wake-up that the accept loops block on.
+fn stop_on_signals(stop: &filerep::io::admission::Stop) -> std::io::Result<()> {
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, stop.flag().clone())?;
+        signal_hook::low_level::pipe::register(sig, stop.wake_handle()?)?;
+    }
+    Ok(())
+}
+
+/// Records of crates that log through `log` (the FUSE library), passed on
+/// to tracing; those that report normal client behaviour go at debug level.
+struct LogBridge(tracing_log::LogTracer);
+
+impl log::Log for LogBridge {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        self.0.enabled(metadata)
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if record.level() <= log::Level::Warn && filerep::mount::normal_fuse_message(record.target(), record.args()) {
+            let quiet = log::Record::builder()
+                .args(*record.args())
+                .level(log::Level::Debug)
+                .target(record.target())
+                .module_path(record.module_path())
+                .file(record.file())
+                .line(record.line())
+                .build();
+            return self.0.log(&quiet);
+        }
+        self.0.log(record)
+    }
+
+    fn flush(&self) {
+        self.0.flush()
+    }
 }
 
 /// Dirty files stay open until synced, on both sides: use the hard limit
@@ -233,15 +288,14 @@ fn run_mirror(c: MirrorCmd) -> CmdResult {
         filespaces,
         key,
         generation: c.generation,
-        tuning: StreamTuning::default(),
+        tuning: StreamTuning { handshake_timeout: Duration::from_millis(c.handshake_timeout_ms), ..Default::default() },
         prefer_uring: !c.std_io,
         state_dir: c.state_dir,
     })?;
     let listener = std::net::TcpListener::bind(&c.listen).map_err(|e| format!("cannot listen on {}: {e}", c.listen))?;
     let addr = listener.local_addr()?;
-    let stop = Arc::new(AtomicBool::new(false));
-    signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
-    signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
+    let stop = filerep::io::admission::Stop::new()?;
+    stop_on_signals(&stop)?;
     tracing::info!(%addr, backend = server.disk_name(), "mirror ready");
     println!("{}{addr}", filerep_tools::process::READY_PREFIX);
     server.serve(&listener, &stop)?;
@@ -415,30 +469,26 @@ fn seed_bar(n: usize) -> indicatif::ProgressBar {
 }
 
 fn run_fault_sim(c: &SimCmd, seeds: &[u64]) -> CmdResult {
-    use filerep::sim::{FaultConfig, FaultKind, PlantedBug};
+    use filerep::sim::{FaultConfig, FaultKind, FaultReport, PlantedBug};
     let bug = c.bug.as_deref().map(str::parse::<PlantedBug>).transpose()?;
     let defaults = FaultConfig::default();
-    let cfg = FaultConfig { operations: c.operations.unwrap_or(defaults.operations), bug, ..defaults };
+    let cfg = FaultConfig {
+        operations: c.operations.unwrap_or(defaults.operations),
+        bug,
+        steady: c.steady,
+        rename_storm: c.rename_storm,
+        ..defaults
+    };
     let start = std::time::Instant::now();
-    let mut faults: std::collections::BTreeMap<FaultKind, u64> = Default::default();
-    let mut outcomes: std::collections::BTreeMap<&'static str, u64> = Default::default();
-    let mut resync = filerep::sim::ResyncTotals::default();
-    let (mut ran, mut calls, mut acked) = (0, 0, 0);
+    let mut total = FaultReport::default();
+    let mut ran = 0;
     let bar = seed_bar(seeds.len());
     let mut failed = None;
     for &seed in seeds {
         match filerep::sim::run_faults(seed, &cfg) {
             Ok(r) => {
                 ran += 1;
-                calls += r.operations;
-                acked += r.acked;
-                for (k, v) in r.faults {
-                    *faults.entry(k).or_default() += v;
-                }
-                for (k, v) in r.outcomes {
-                    *outcomes.entry(k).or_default() += v;
-                }
-                resync.add(&r.resync);
+                total.add(&r);
             }
             Err(f) => {
                 failed = Some(f);
@@ -448,15 +498,29 @@ fn run_fault_sim(c: &SimCmd, seeds: &[u64]) -> CmdResult {
         bar.inc(1);
     }
     bar.finish_and_clear();
-    println!("{ran} fault schedules, {calls} calls ({acked} succeeded) in {:.1} s", start.elapsed().as_secs_f64());
+    println!(
+        "{ran} fault schedules, {} calls ({} succeeded) in {:.1} s",
+        total.operations,
+        total.acked,
+        start.elapsed().as_secs_f64()
+    );
     println!("faults that fired:");
     for k in FaultKind::all() {
-        println!("  {:<44} {:>6}", k.to_string(), faults.get(&k).copied().unwrap_or(0));
+        println!("  {:<44} {:>8}", k.to_string(), total.faults.get(&k).copied().unwrap_or(0));
     }
     println!("outcomes:");
-    for (k, v) in &outcomes {
-        println!("  {k:<62} {v:>6}");
+    for (k, v) in &total.outcomes {
+        println!("  {k:<62} {v:>8}");
     }
+    println!("the primary engine's commands carried out (what the schedules exercised):");
+    for (k, v) in &total.commands {
+        println!("  {k:<30} {v:>10}");
+    }
+    println!("events fed to it:");
+    for (k, v) in &total.events {
+        println!("  {k:<30} {v:>10}");
+    }
+    let resync = &total.resync;
     println!(
         "resync engine: {} runs, {} completed, {} interrupted by their fault; {} paths, {} blocks ({} bytes) \
          shipped or compared, {} compared equal, {} extra passes over renamed paths; {} calls by writers while a \

@@ -20,8 +20,8 @@ pub use sim::{SimDisk, SimEntry, SimFault};
 pub use std_backend::StdDisk;
 pub use uring::UringDisk;
 
-pub use crate::protocol::path::FsPath;
 use crate::protocol::path::RelPath;
+pub use crate::protocol::path::{EntryKind, FsPath};
 use std::sync::Arc;
 
 /// How [`Disk::open`] treats a missing or existing file.
@@ -35,14 +35,6 @@ pub enum OpenMode {
     CreateTruncate,
     /// Create the file if missing; keep its contents if present.
     Create,
-}
-
-/// What a directory entry is (a final symlink is not followed: `Other`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum EntryKind {
-    File,
-    Dir,
-    Other,
 }
 
 /// What went wrong in a disk operation, reduced to what callers act on.
@@ -66,11 +58,26 @@ pub struct DiskError {
     pub path: String,
     pub kind: DiskErrorKind,
     pub detail: String,
+    /// The kernel's error number, when the kernel reported it (the
+    /// mirror sorts errors by it: `crate::exec::apply::ERRNO_CLASSES`).
+    pub errno: Option<i32>,
 }
 
 impl DiskError {
     pub fn new(op: &'static str, path: impl ToString, kind: DiskErrorKind, detail: impl ToString) -> Self {
-        DiskError { op, path: path.to_string(), kind, detail: detail.to_string() }
+        DiskError { op, path: path.to_string(), kind, detail: detail.to_string(), errno: None }
+    }
+
+    /// The same error, with another explanation.
+    pub fn with_detail(mut self, detail: String) -> Self {
+        self.detail = detail;
+        self
+    }
+
+    /// The same error, with the errno it stands for.
+    pub fn with_errno(mut self, errno: i32) -> Self {
+        self.errno = Some(errno);
+        self
     }
 
     pub fn from_io(op: &'static str, path: impl ToString, err: &std::io::Error) -> Self {
@@ -82,7 +89,11 @@ impl DiskError {
             Some(libc::ENOSPC) | Some(libc::EDQUOT) => DiskErrorKind::NoSpace,
             _ => DiskErrorKind::Io,
         };
-        DiskError::new(op, path, kind, err)
+        let e = DiskError::new(op, path, kind, err);
+        match err.raw_os_error() {
+            Some(n) => e.with_errno(n),
+            None => e,
+        }
     }
 
     pub fn from_errno(op: &'static str, path: impl ToString, errno: nix::errno::Errno) -> Self {
@@ -144,6 +155,18 @@ pub trait Disk: Send + Sync {
 
     /// Write every entry; results in the same order. Backends that can,
     /// submit the whole batch at once (io_uring); the default writes in turn.
+    /// fsync directory `dir` of filespace `fs` (`None`: its root), so the
+    /// entries made in it so far survive a crash.
+    fn sync_dir(&self, fs: u16, dir: Option<&RelPath>) -> DiskResult<()> {
+        const PROBE: &str = ".filerep-dir";
+        let child = match dir {
+            Some(d) => d.join(PROBE),
+            None => RelPath::top(PROBE),
+        }
+        .map_err(|e| DiskError::new("sync_dir", format!("fs{fs}"), DiskErrorKind::Io, e))?;
+        self.sync_parent_dir(&FsPath::new(fs, child))
+    }
+
     fn write_batch(&self, writes: &[BatchWrite<'_>]) -> Vec<DiskResult<()>> {
         writes.iter().map(|w| w.file.write_at(w.offset, w.data)).collect()
     }
@@ -152,6 +175,41 @@ pub trait Disk: Send + Sync {
     fn sync_batch(&self, files: &[&dyn DiskFile]) -> Vec<DiskResult<()>> {
         files.iter().map(|f| f.sync_data()).collect()
     }
+}
+
+/// Make every file and directory of filespaces `0..filespaces` durable,
+/// children before the directories that name them; returns how many
+/// entries were synced. A process that starts as primary does this first
+/// (as PostgreSQL syncs its data directory at crash recovery): a previous
+/// process may have died with changes in the page cache that its change
+/// records no longer name, and this one cannot know which directories they
+/// are in.
+pub fn sync_tree(disk: &dyn Disk, filespaces: u16) -> DiskResult<u64> {
+    fn walk(disk: &dyn Disk, fs: u16, dir: Option<&RelPath>, count: &mut u64) -> DiskResult<()> {
+        for (name, kind) in disk.list_dir(fs, dir)? {
+            let child = match dir {
+                Some(d) => d.join(&name),
+                None => RelPath::top(&name),
+            }
+            .map_err(|e| DiskError::new("sync_tree", format!("fs{fs}"), DiskErrorKind::Io, e))?;
+            match kind {
+                EntryKind::Dir => walk(disk, fs, Some(&child), count)?,
+                EntryKind::File => {
+                    disk.open(&FsPath::new(fs, child), OpenMode::Existing)?.sync_data()?;
+                    *count += 1;
+                }
+                EntryKind::Other => {}
+            }
+        }
+        disk.sync_dir(fs, dir)?;
+        *count += 1;
+        Ok(())
+    }
+    let mut count = 0;
+    for fs in 0..filespaces {
+        walk(disk, fs, None, &mut count)?;
+    }
+    Ok(count)
 }
 
 /// Remove `path` and everything beneath it; nothing there is no error.
@@ -168,6 +226,50 @@ pub fn remove_tree(disk: &dyn Disk, path: &FsPath) -> DiskResult<()> {
             disk.remove_dir(path)
         }
         Some(_) => disk.remove_file(path),
+    }
+}
+
+/// Check that the file system of every root holds a file of the largest
+/// size a pair holds ([`crate::protocol::MAX_FILE_BYTES`]): a sparse
+/// unnamed file is set to that length and dropped (no block is written).
+/// A write the protocol allows must never fail for its size alone: the
+/// mirror would count a request as a failing disk.
+pub fn check_largest_file(roots: &[std::path::PathBuf]) -> DiskResult<()> {
+    const OP: &str = "check the largest file";
+    let max = crate::protocol::MAX_FILE_BYTES;
+    for root in roots {
+        let f = unnamed_file_in(root).map_err(|e| DiskError::from_io(OP, root.display(), &e))?;
+        if let Err(e) = f.set_len(max) {
+            return Err(DiskError::from_io(OP, root.display(), &e).with_detail(format!(
+                "this file system cannot hold a file of {max} bytes (4 TiB), the largest a pair holds \
+                 (docs/protocol.md § 3.4): {e}; put the filespace on one that can (ext4 with 4 KiB blocks, XFS, btrfs)"
+            )));
+        }
+    }
+    tracing::info!(
+        max_file_bytes = max,
+        roots = roots.len(),
+        "every filespace holds the largest file a pair holds (4 TiB)"
+    );
+    Ok(())
+}
+
+/// A file in `dir` with no name (O_TMPFILE): nothing is left behind, even
+/// after a crash. A file system without O_TMPFILE gets a named file,
+/// removed at once.
+fn unnamed_file_in(dir: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let open = |path: &std::path::Path, flags| {
+        std::fs::OpenOptions::new().read(true).write(true).mode(0o600).custom_flags(flags).open(path)
+    };
+    match open(dir, libc::O_TMPFILE) {
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP) | Some(libc::EISDIR) | Some(libc::EINVAL)) => {
+            let path = dir.join(format!(".filerep-size-check-{}", std::process::id()));
+            let f = std::fs::OpenOptions::new().read(true).write(true).create_new(true).mode(0o600).open(&path)?;
+            std::fs::remove_file(&path)?;
+            Ok(f)
+        }
+        r => r,
     }
 }
 

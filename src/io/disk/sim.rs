@@ -78,6 +78,33 @@ struct Namespace {
     roots: Vec<DirId>,
     dirs: BTreeMap<DirId, DirInode>,
     next_id: DirId,
+    /// Renames between two directories not yet made durable: a journaling
+    /// file system commits a rename whole, so syncing either directory
+    /// makes both of its entries durable (never a file under both names).
+    renames: Vec<(DirId, String, DirId, String)>,
+}
+
+impl Namespace {
+    /// `fsync` of directory `id`: its entries, and both sides of every
+    /// rename it took part in.
+    fn sync_dir(&mut self, id: DirId) {
+        if let Some(dir) = self.dirs.get_mut(&id) {
+            dir.durable = dir.live.clone();
+        }
+        let (done, rest): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.renames).into_iter().partition(|(a, _, b, _)| *a == id || *b == id);
+        self.renames = rest;
+        for (from_dir, from_name, to_dir, to_name) in done {
+            for (d, name) in [(from_dir, from_name), (to_dir, to_name)] {
+                if let Some(dir) = self.dirs.get_mut(&d) {
+                    match dir.live.get(&name).cloned() {
+                        Some(node) => dir.durable.insert(name, node),
+                        None => dir.durable.remove(&name),
+                    };
+                }
+            }
+        }
+    }
 }
 
 #[derive(Default)]
@@ -210,7 +237,14 @@ impl std::fmt::Debug for SimDisk {
 }
 
 fn err(op: &'static str, path: impl ToString, (kind, detail): LookupErr) -> DiskError {
-    DiskError::new(op, path, kind, detail)
+    let e = DiskError::new(op, path, kind, detail);
+    // What a kernel would say, so the simulated mirror sorts it as the real one does.
+    match detail {
+        "ENOTDIR" => e.with_errno(libc::ENOTDIR),
+        "EISDIR" => e.with_errno(libc::EISDIR),
+        "rename across filespaces" => e.with_errno(libc::EXDEV),
+        _ => e,
+    }
 }
 
 impl SimDisk {
@@ -426,6 +460,9 @@ impl Disk for SimDisk {
         }
         ns.dir_mut(from_dir).map_err(|e| err(OP, &label, e))?.live.remove(from_name);
         ns.dir_mut(to_dir).map_err(|e| err(OP, &label, e))?.live.insert(to_name.to_string(), src);
+        if from_dir != to_dir {
+            ns.renames.push((from_dir, from_name.to_string(), to_dir, to_name.to_string()));
+        }
         Ok(())
     }
 
@@ -467,8 +504,8 @@ impl Disk for SimDisk {
         if self.take_sync_fault() {
             return Err(err(OP, path, (DiskErrorKind::Io, "injected sync failure")));
         }
-        let dir = ns.dir_mut(dir_id).map_err(|e| err(OP, path, e))?;
-        dir.durable = dir.live.clone();
+        ns.dir_mut(dir_id).map_err(|e| err(OP, path, e))?;
+        ns.sync_dir(dir_id);
         Ok(())
     }
 
@@ -689,9 +726,7 @@ impl DiskFile for SimDirHandle {
         }
         let mut ns = lock(&self.shared.ns);
         // A removed directory has nothing left to make durable.
-        if let Ok(dir) = ns.dir_mut(self.dir_id) {
-            dir.durable = dir.live.clone();
-        }
+        ns.sync_dir(self.dir_id);
         Ok(())
     }
     fn set_len(&self, _len: u64) -> DiskResult<()> {
@@ -699,5 +734,34 @@ impl DiskFile for SimDirHandle {
     }
     fn len(&self) -> DiskResult<u64> {
         Err(self.not_a_file("len"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::path::RelPath;
+
+    fn p(s: &str) -> FsPath {
+        FsPath::new(0, RelPath::new(s).unwrap())
+    }
+
+    /// A rename between two directories is durable whole once either is
+    /// synced, as a journaling file system commits it: a crash never
+    /// leaves the file under both names (nor under neither).
+    #[test]
+    fn a_rename_between_directories_is_made_durable_whole() {
+        let disk = SimDisk::new(1);
+        disk.create_dir(&p("a")).unwrap();
+        disk.open(&p("a/f"), OpenMode::CreateNew).unwrap().sync_data().unwrap();
+        disk.sync_parent_dir(&p("a/f")).unwrap();
+        disk.sync_parent_dir(&p("a")).unwrap();
+        disk.rename(&p("a/f"), &p("g")).unwrap();
+        // Only the target's directory is synced.
+        disk.sync_parent_dir(&p("g")).unwrap();
+        disk.crash(None);
+        let image = disk.snapshot();
+        assert!(image.contains_key(&(0, "g".to_string())), "{:?}", image.keys());
+        assert!(!image.contains_key(&(0, "a/f".to_string())), "{:?}", image.keys());
     }
 }

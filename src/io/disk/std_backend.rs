@@ -169,7 +169,7 @@ impl StdDisk {
         let file = File::from(fd);
         let meta = file.metadata().map_err(|e| DiskError::from_io(OP, path, &e))?;
         if !meta.file_type().is_file() {
-            return Err(DiskError::new(OP, path, DiskErrorKind::Io, "not a regular file"));
+            return Err(DiskError::new(OP, path, DiskErrorKind::Io, "not a regular file").with_errno(libc::EISDIR));
         }
         Ok(StdFile { file, path: path.to_string() })
     }
@@ -190,7 +190,8 @@ impl Disk for StdDisk {
     fn rename(&self, from: &FsPath, to: &FsPath) -> DiskResult<()> {
         const OP: &str = "rename";
         if from.filespace != to.filespace {
-            return Err(DiskError::new(OP, format!("{from} -> {to}"), DiskErrorKind::Io, "rename across filespaces"));
+            return Err(DiskError::new(OP, format!("{from} -> {to}"), DiskErrorKind::Io, "rename across filespaces")
+                .with_errno(libc::EXDEV));
         }
         let from_dir = self.parent_of(OP, from, OFlag::O_PATH)?;
         let to_dir = self.parent_of(OP, to, OFlag::O_PATH)?;
@@ -273,10 +274,9 @@ impl Disk for StdDisk {
     fn list_dir(&self, filespace: u16, dir: Option<&RelPath>) -> DiskResult<Vec<(String, EntryKind)>> {
         const OP: &str = "list_dir";
         let shown = format!("fs{filespace}:{}", dir.map(|d| d.as_str()).unwrap_or(""));
-        let root = self
-            .roots
-            .get(usize::from(filespace))
-            .ok_or_else(|| DiskError::new(OP, &shown, DiskErrorKind::Io, "no such filespace"))?;
+        let root = self.roots.get(usize::from(filespace)).ok_or_else(|| {
+            DiskError::new(OP, &shown, DiskErrorKind::Io, "no such filespace").with_errno(libc::EINVAL)
+        })?;
         let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY;
         let fd = open_beneath(root.as_raw_fd(), dir.map(|d| d.as_str()).unwrap_or("."), flags, Mode::empty())
             .map_err(|e| DiskError::from_errno(OP, &shown, e))?;
@@ -337,9 +337,9 @@ impl DiskFile for StdFile {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> DiskResult<usize> {
         let mut done = 0;
         while done < buf.len() {
-            let at = offset
-                .checked_add(done as u64)
-                .ok_or_else(|| DiskError::new("read", &self.path, DiskErrorKind::Io, "offset overflows"))?;
+            let at = offset.checked_add(done as u64).ok_or_else(|| {
+                DiskError::new("read", &self.path, DiskErrorKind::Io, "offset overflows").with_errno(libc::EOVERFLOW)
+            })?;
             match self.file.read_at(&mut buf[done..], at) {
                 Ok(0) => break,
                 Ok(n) => done += n,

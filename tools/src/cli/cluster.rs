@@ -38,19 +38,19 @@ pub struct ArbiterCmd {
     /// Failed probes retried before a segment is declared down.
     #[arg(long, default_value_t = 2)]
     retries: u32,
+    /// Milliseconds a new control connection may take to send its request before it is closed.
+    #[arg(long, default_value_t = 2000)]
+    handshake_timeout_ms: u64,
 }
 
-fn stop_on_signals(flag: &std::sync::Arc<std::sync::atomic::AtomicBool>) -> Result<(), String> {
-    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(sig, flag.clone()).map_err(|e| format!("cannot handle signals: {e}"))?;
-    }
-    Ok(())
+fn stop_on_signals(stop: &filerep::io::admission::Stop) -> Result<(), String> {
+    crate::stop_on_signals(stop).map_err(|e| format!("cannot handle signals: {e}"))
 }
 
 pub fn run_segment(c: SegmentCmd) -> Result<(), String> {
     let cfg = SegmentConfig::load(&c.config).map_err(|e| e.to_string())?;
     let seg = Segment::open(cfg).map_err(|e| e.to_string())?;
-    stop_on_signals(&seg.stop_flag())?;
+    stop_on_signals(&seg.stop_signal())?;
     let addr = seg.control_addr().map_err(|e| e.to_string())?;
     println!("{SEGMENT_READY}{addr}");
     seg.run().map_err(|e| e.to_string())
@@ -65,9 +65,10 @@ pub fn run_arbiter(c: ArbiterCmd) -> Result<(), String> {
         interval: Duration::from_millis(c.interval_ms),
         timeout: Duration::from_millis(c.timeout_ms),
         retries: c.retries,
+        handshake_timeout: Duration::from_millis(c.handshake_timeout_ms),
     };
     let arb = ArbiterProcess::open(cfg).map_err(|e| e.to_string())?;
-    stop_on_signals(&arb.stop_flag())?;
+    stop_on_signals(&arb.stop_signal())?;
     let addr = arb.local_addr().map_err(|e| e.to_string())?;
     println!("{ARBITER_READY}{addr}");
     arb.run().map_err(|e| e.to_string())

@@ -31,6 +31,9 @@ pub struct MountCmd {
     /// Threads serving FUSE requests (each with its own connection to the segment).
     #[arg(long, default_value_t = 8)]
     threads: usize,
+    /// Clear a dead mount left on the mountpoint (its process was killed) before mounting.
+    #[arg(long)]
+    force: bool,
 }
 
 pub fn run(c: MountCmd) -> Result<(), String> {
@@ -51,6 +54,7 @@ pub fn run(c: MountCmd) -> Result<(), String> {
     opts.gid = c.gid;
     opts.allow_other = allow_other;
     opts.threads = c.threads;
+    opts.force = c.force;
     // Taken before mounting: a signal during set-up waits for the handler
     // instead of killing the process with the file system mounted.
     let mut signals =

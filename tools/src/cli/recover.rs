@@ -250,6 +250,7 @@ fn follow(c: &RecoverCmd, key: &ClusterKey, content: u32, max_rate: Option<u64>)
         mode: '-',
         detail: String::new(),
         changes_pending: false,
+        faulted: false,
         resync: None,
         resync_error: None,
         verify: None,

@@ -143,11 +143,6 @@ impl FaultyDisk {
         lock(&self.arms).power_lost
     }
 
-    /// Mutating calls so far (to tell whether a call wrote anything).
-    pub(super) fn mutations(&self) -> u64 {
-        lock(&self.arms).mutations
-    }
-
     /// Faults fired so far (to tell whether an error was injected).
     pub(super) fn fired_total(&self) -> u64 {
         lock(&self.arms).fired_total

@@ -1,0 +1,293 @@
+//! The arbiter's probe round as decisions: what the probes saw becomes
+//! events for the pair's state machine ([`crate::core::pair`]), and the
+//! pair's state becomes orders for its segments. The arbiter process
+//! probes, stores the catalog and sends the orders; the simulator does the
+//! same with its segments. Neither decides anything of its own.
+
+use super::pair::{Event, Pair, PairMode};
+use super::PlantedBug;
+use serde::{Deserialize, Serialize};
+
+/// What a segment process is doing, as its status reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Acting {
+    /// Waiting for the arbiter; writes nothing.
+    Idle,
+    /// Carrying out an order.
+    Starting,
+    Mirror,
+    Primary,
+    /// Refusing all work (a failed order, or stopping).
+    Stopped,
+}
+
+/// What one probe saw of a segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Seen {
+    /// Who answered at the segment's address.
+    pub dbid: u32,
+    pub acting: Acting,
+    pub generation: u64,
+    /// The primary's mode (`s` streaming, `c` change tracking, `d`
+    /// deciding, `f` failed; `-` for other roles).
+    pub mode: char,
+    /// Its change-log holds changes: for a segment that is not serving,
+    /// what it wrote before it stopped (its activity log after a crash).
+    pub changes_pending: bool,
+    /// A mirror that faulted (its disk failed, rule 8): its files are in
+    /// doubt, so it is never promoted and no longer counts as in sync.
+    pub faulted: bool,
+}
+
+/// An order for a segment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Order {
+    BecomeMirror {
+        dbid: u32,
+        generation: u64,
+    },
+    /// Serve as primary; `mirror`: stream to that segment (else alone, in change tracking).
+    BecomePrimary {
+        dbid: u32,
+        generation: u64,
+        mirror: Option<u32>,
+    },
+    /// Move a returning old primary's change set to the acting primary, then clear it.
+    HandOver {
+        from: u32,
+        to: u32,
+    },
+}
+
+/// What the probes of one pair say happened. A segment that does not
+/// answer (or where another answers) failed its probe. The acting primary
+/// found idle with changes in its log, in a synchronized pair, restarted
+/// after a crash: what it wrote last may not be on the mirror, nor what the
+/// mirror applied on it. If its mirror is serving, the mirror has what was
+/// acknowledged and is promoted (the old primary returns as the mirror and
+/// hands its activity log over, rule 5); if the mirror restarted too, it
+/// counts as lost instead, and the primary's log names what may differ for
+/// the resync.
+pub fn events(pair: &Pair, probes: &[(u32, Option<Seen>)]) -> Vec<Event> {
+    let seen = |dbid: u32| probes.iter().find(|(d, _)| *d == dbid).and_then(|(_, s)| *s).filter(|s| s.dbid == dbid);
+    let mut out = Vec::new();
+    if !pair.down && pair.mode == PairMode::Synchronized {
+        let (p, m) = (pair.acting_primary(), pair.acting_mirror());
+        let restarted = seen(p.dbid).is_some_and(|s| s.acting == Acting::Idle && s.changes_pending);
+        let mirror_serving =
+            seen(m.dbid).is_some_and(|s| s.acting == Acting::Mirror && s.generation >= pair.generation);
+        // A mirror found idle beside a primary that serves restarted on
+        // its own: what it had only applied may be gone, so it is no longer
+        // in sync (its primary may not have been able to say so).
+        let mirror_restarted = seen(m.dbid).is_some_and(|s| s.acting == Acting::Idle)
+            && seen(p.dbid).is_some_and(|s| s.acting == Acting::Primary && s.generation == pair.generation);
+        // A faulted mirror whose primary could not tell the arbiter (cut
+        // off from it) must not be promoted: it leaves the pair's sync
+        // now, so a later loss of the primary is a double fault.
+        let mirror_faulted = seen(m.dbid).is_some_and(|s| s.acting == Acting::Mirror && s.faulted);
+        if restarted {
+            out.push(Event::ProbeFailed { dbid: if mirror_serving { p.dbid } else { m.dbid } });
+        } else if mirror_restarted || mirror_faulted {
+            out.push(Event::ProbeFailed { dbid: m.dbid });
+        }
+    }
+    for (dbid, _) in probes {
+        match seen(*dbid) {
+            Some(_) => out.push(Event::SegmentUp { dbid: *dbid }),
+            None => out.push(Event::ProbeFailed { dbid: *dbid }),
+        }
+    }
+    out
+}
+
+/// A resync is done when the acting primary streams with its change-log
+/// drained (it clears it only once the mirror has everything durably).
+pub fn resync_completed(pair: &Pair, probes: &[(u32, Option<Seen>)]) -> bool {
+    if pair.down || pair.mode != PairMode::Resynchronizing {
+        return false;
+    }
+    let acting = pair.acting_primary().dbid;
+    probes.iter().any(|(d, s)| *d == acting && s.is_some_and(|s| s.acting == Acting::Primary && s.mode == 's'))
+}
+
+/// What each segment of the pair must be told, given what its probe saw.
+/// Mirrors first, so a primary told to stream finds its mirror listening;
+/// a down pair gets no order (the catalog says why).
+pub fn orders(pair: &Pair, probes: &[(u32, Option<Seen>)], bug: Option<PlantedBug>) -> Vec<Order> {
+    let mut out = Vec::new();
+    if pair.down {
+        return out;
+    }
+    let seen = |dbid: u32| probes.iter().find(|(d, _)| *d == dbid).and_then(|(_, s)| *s).filter(|s| s.dbid == dbid);
+    let (p, m, gen) = (pair.acting_primary(), pair.acting_mirror(), pair.generation);
+    let (ps, ms) = (seen(p.dbid), seen(m.dbid));
+    if let (true, Some(ms)) = (m.up, ms) {
+        let stale = ms.acting != Acting::Mirror || ms.generation < gen;
+        if stale && ms.acting != Acting::Starting {
+            out.push(Order::BecomeMirror { dbid: m.dbid, generation: gen });
+        } else if ms.acting == Acting::Mirror && ms.changes_pending && ps.is_some_and(|p| p.acting == Acting::Primary) {
+            out.push(Order::HandOver { from: m.dbid, to: p.dbid });
+        }
+    }
+    if let (true, Some(ps)) = (p.up, ps) {
+        let serving = ps.acting == Acting::Primary && ps.generation == gen;
+        if !serving && ps.acting != Acting::Starting {
+            let mirror = match pair.mode {
+                // Stream only to a mirror that is ready; until then, wait.
+                PairMode::Synchronized => match ms {
+                    Some(ms) if m.up && ms.acting == Acting::Mirror && ms.generation >= gen => Some(Some(m.dbid)),
+                    _ => None,
+                },
+                _ => Some(None),
+            };
+            if let Some(mirror) = mirror {
+                let generation = match bug {
+                    // The defect: a promoted mirror serves in the old generation.
+                    Some(PlantedBug::PromoteInSameGeneration) if gen > 1 => gen - 1,
+                    _ => gen,
+                };
+                out.push(Order::BecomePrimary { dbid: p.dbid, generation, mirror });
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seen(dbid: u32, acting: Acting, generation: u64) -> Option<Seen> {
+        Some(Seen { dbid, acting, generation, mode: '-', changes_pending: false, faulted: false })
+    }
+
+    fn apply(pair: &mut Pair, events: Vec<Event>) {
+        for e in events {
+            pair.apply(&e);
+        }
+    }
+
+    #[test]
+    fn a_fresh_pair_gets_its_mirror_first_then_its_primary() {
+        let pair = Pair::new(0, 1, 2);
+        let probes = [(1, seen(1, Acting::Idle, 0)), (2, seen(2, Acting::Idle, 0))];
+        assert_eq!(orders(&pair, &probes, None), vec![Order::BecomeMirror { dbid: 2, generation: 1 }]);
+        let probes = [(1, seen(1, Acting::Idle, 0)), (2, seen(2, Acting::Mirror, 1))];
+        assert_eq!(
+            orders(&pair, &probes, None),
+            vec![Order::BecomePrimary { dbid: 1, generation: 1, mirror: Some(2) }]
+        );
+        let probes = [(1, seen(1, Acting::Primary, 1)), (2, seen(2, Acting::Mirror, 1))];
+        assert!(orders(&pair, &probes, None).is_empty());
+    }
+
+    #[test]
+    fn a_failed_primary_probe_promotes_the_mirror_alone() {
+        let mut pair = Pair::new(0, 1, 2);
+        let probes = [(1, None), (2, seen(2, Acting::Mirror, 1))];
+        let e = events(&pair, &probes);
+        apply(&mut pair, e);
+        assert_eq!((pair.acting_primary().dbid, pair.generation, pair.mode), (2, 2, PairMode::ChangeTracking));
+        assert_eq!(orders(&pair, &probes, None), vec![Order::BecomePrimary { dbid: 2, generation: 2, mirror: None }]);
+    }
+
+    #[test]
+    fn a_primary_restarted_with_its_activity_log_is_replaced_and_hands_it_over() {
+        let mut pair = Pair::new(0, 1, 2);
+        let back = Some(Seen {
+            dbid: 1,
+            acting: Acting::Idle,
+            generation: 1,
+            mode: '-',
+            changes_pending: true,
+            faulted: false,
+        });
+        let probes = [(1, back), (2, seen(2, Acting::Mirror, 1))];
+        let e = events(&pair, &probes);
+        apply(&mut pair, e);
+        assert_eq!(pair.acting_primary().dbid, 2, "the mirror is promoted: the old primary's last writes are in doubt");
+        assert!(pair.segments.iter().all(|s| s.up));
+        // It becomes the mirror, then hands its log to the new primary.
+        let o = orders(&pair, &probes, None);
+        assert!(o.contains(&Order::BecomeMirror { dbid: 1, generation: 2 }), "{o:?}");
+        let probes = [
+            (
+                1,
+                Some(Seen {
+                    dbid: 1,
+                    acting: Acting::Mirror,
+                    generation: 2,
+                    mode: '-',
+                    changes_pending: true,
+                    faulted: false,
+                }),
+            ),
+            (2, seen(2, Acting::Primary, 2)),
+        ];
+        assert_eq!(orders(&pair, &probes, None), vec![Order::HandOver { from: 1, to: 2 }]);
+    }
+
+    #[test]
+    fn a_primary_restarted_with_its_log_beside_a_restarted_mirror_keeps_its_role_alone() {
+        let mut pair = Pair::new(0, 1, 2);
+        let back = Some(Seen {
+            dbid: 1,
+            acting: Acting::Idle,
+            generation: 0,
+            mode: '-',
+            changes_pending: true,
+            faulted: false,
+        });
+        let probes = [(1, back), (2, seen(2, Acting::Idle, 0))];
+        let e = events(&pair, &probes);
+        apply(&mut pair, e);
+        assert_eq!((pair.acting_primary().dbid, pair.generation, pair.mode), (1, 1, PairMode::ChangeTracking));
+        assert_eq!(
+            orders(&pair, &probes, None),
+            vec![
+                Order::BecomeMirror { dbid: 2, generation: 1 },
+                Order::BecomePrimary { dbid: 1, generation: 1, mirror: None }
+            ]
+        );
+    }
+
+    #[test]
+    fn a_mirror_restarted_beside_its_serving_primary_is_out_of_sync() {
+        let mut pair = Pair::new(0, 1, 2);
+        let probes = [(1, seen(1, Acting::Primary, 1)), (2, seen(2, Acting::Idle, 0))];
+        let e = events(&pair, &probes);
+        apply(&mut pair, e);
+        assert_eq!((pair.acting_primary().dbid, pair.mode), (1, PairMode::ChangeTracking));
+    }
+
+    #[test]
+    fn a_faulted_mirror_leaves_the_sync_and_is_never_promoted() {
+        let mut pair = Pair::new(0, 1, 2);
+        let faulted = Some(Seen { faulted: true, ..seen(2, Acting::Mirror, 1).unwrap() });
+        // Its primary is cut off from the arbiter and cannot say so.
+        let probes = [(1, seen(1, Acting::Primary, 1)), (2, faulted)];
+        let e = events(&pair, &probes);
+        apply(&mut pair, e);
+        assert_eq!((pair.acting_primary().dbid, pair.mode), (1, PairMode::ChangeTracking));
+        // The primary is lost next: a double fault, not a failover.
+        let e = events(&pair, &[(1, None), (2, faulted)]);
+        apply(&mut pair, e);
+        assert!(pair.down && pair.acting_primary().dbid == 1, "{pair:?}");
+    }
+
+    #[test]
+    fn a_clean_restart_of_the_whole_pair_keeps_the_roles() {
+        let mut pair = Pair::new(0, 1, 2);
+        let probes = [(1, seen(1, Acting::Idle, 1)), (2, seen(2, Acting::Idle, 1))];
+        let e = events(&pair, &probes);
+        apply(&mut pair, e);
+        assert_eq!((pair.acting_primary().dbid, pair.generation), (1, 1));
+    }
+
+    #[test]
+    fn another_segment_answering_counts_as_a_failed_probe() {
+        let pair = Pair::new(0, 1, 2);
+        let probes = [(1, seen(9, Acting::Primary, 1)), (2, seen(2, Acting::Mirror, 1))];
+        assert_eq!(events(&pair, &probes)[0], Event::ProbeFailed { dbid: 1 });
+    }
+}

@@ -1,0 +1,259 @@
+//! The arbiter and the segments' processes: probe rounds decided by the
+//! arbiter's own rules ([`crate::core::arbiter`]) over the pair's state
+//! machine ([`crate::core::pair`]), and the orders carried out as a segment
+//! process does: become the mirror, become the primary (streaming or
+//! alone), hand a returning old primary's change set over.
+
+use super::world::{Role, World, PROBE_EVERY_MS};
+use super::*;
+use crate::core::arbiter::{self, Acting, Order, Seen};
+use crate::core::pair::{Event, Outcome, Verdict};
+use crate::core::primary::Mode;
+
+impl World {
+    /// An event for the pair's state machine, checked after it applies.
+    pub(super) fn arbiter_apply(&mut self, e: Event) -> Result<Outcome, SimFailure> {
+        let (gen, down) = (self.pair.generation, self.pair.down);
+        let out = self.pair.apply(&e);
+        tracing::debug!(seed = self.seed, step = self.step, event = ?e, verdict = ?out.verdict, reason = %out.reason, "sim: arbiter");
+        if let Err(why) = self.pair.check() {
+            return Err(self.fail(format!("arbiter: Pair::check after {e:?}: {why} ({:?})", self.pair)));
+        }
+        if self.pair.generation > gen {
+            self.outcome("failover: mirror promoted");
+        }
+        if self.pair.down && !down {
+            self.double_fault = true;
+            self.outcome("segment down (double fault)");
+        }
+        Ok(out)
+    }
+
+    /// What a probe of segment `n` sees (`None`: no answer).
+    fn seen(&self, n: usize) -> Option<Seen> {
+        let node = &self.nodes[n];
+        if !node.reaches_arbiter {
+            return None;
+        }
+        let pending = node.log.as_ref().is_some_and(|l| !l.is_empty());
+        let faulted = matches!(node.role, Role::Mirror { faulted: true, .. });
+        let seen = |acting, generation, mode| {
+            Some(Seen { dbid: node.dbid, acting, generation, mode, changes_pending: pending, faulted })
+        };
+        match &node.role {
+            Role::Down { .. } => None,
+            Role::Idle => seen(Acting::Idle, 0, '-'),
+            Role::Halted => seen(Acting::Stopped, 0, '-'),
+            Role::Mirror { gen, .. } => seen(Acting::Mirror, *gen, '-'),
+            Role::Primary { gen } => {
+                let engine = node.primary.as_ref().map(|s| (s.engine.mode(), s.engine.resyncing()));
+                let mode = match engine {
+                    Some((Mode::Streaming, true)) => 'r',
+                    Some((Mode::Streaming, false)) => 's',
+                    Some((Mode::Deciding, _)) => 'd',
+                    Some((Mode::ChangeTracking, _)) => 'c',
+                    Some((Mode::Failed(_), _)) | None => 'f',
+                };
+                seen(Acting::Primary, *gen, mode)
+            }
+        }
+    }
+
+    /// The first round, before any call.
+    pub(super) fn arbiter_step_now(&mut self) -> Result<(), SimFailure> {
+        for _ in 0..4 {
+            self.round()?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn arbiter_step(&mut self) -> Result<(), SimFailure> {
+        if !self.arbiter_up {
+            if self.now < self.arbiter_back_at {
+                return Ok(());
+            }
+            self.arbiter_up = true;
+        }
+        if self.now % PROBE_EVERY_MS != 0 {
+            return Ok(());
+        }
+        self.round()
+    }
+
+    /// One probe round: events, then orders.
+    fn round(&mut self) -> Result<(), SimFailure> {
+        if let Some(m) = self.report.arbiter_failure.take() {
+            return Err(self.fail(m));
+        }
+        let probes: Vec<(u32, Option<Seen>)> =
+            (0..self.nodes.len()).map(|n| (self.nodes[n].dbid, self.seen(n))).collect();
+        let pair = self.pair.clone();
+        for e in arbiter::events(&pair, &probes) {
+            self.arbiter_apply(e)?;
+        }
+        if arbiter::resync_completed(&self.pair, &probes) {
+            self.arbiter_apply(Event::ResyncCompleted)?;
+        }
+        if self.pair.down {
+            for n in 0..self.nodes.len() {
+                if self.nodes[n].reaches_arbiter && !matches!(self.nodes[n].role, Role::Down { .. }) {
+                    self.halt(n)?;
+                }
+            }
+            return Ok(());
+        }
+        let orders = arbiter::orders(&self.pair, &probes, self.cfg.bug);
+        for order in orders {
+            self.carry_out(order)?;
+        }
+        Ok(())
+    }
+
+    /// A segment carries out an order as its process does.
+    fn carry_out(&mut self, order: Order) -> Result<(), SimFailure> {
+        match order {
+            Order::BecomeMirror { dbid, generation } => {
+                let n = self.node_of(dbid)?;
+                self.become_mirror(n, generation)
+            }
+            Order::BecomePrimary { dbid, generation, mirror } => {
+                let n = self.node_of(dbid)?;
+                let m = mirror.map(|m| self.node_of(m)).transpose()?;
+                self.become_primary(n, generation, m)
+            }
+            Order::HandOver { from, to } => {
+                let (f, t) = (self.node_of(from)?, self.node_of(to)?);
+                self.hand_over(f, t)
+            }
+        }
+    }
+
+    fn become_mirror(&mut self, n: usize, gen: u64) -> Result<(), SimFailure> {
+        match self.nodes[n].role {
+            Role::Mirror { faulted: true, .. } | Role::Down { .. } | Role::Halted => return Ok(()),
+            Role::Primary { .. } => {
+                self.outcome("old primary demoted");
+                self.drop_engine(n);
+            }
+            _ => {}
+        }
+        if self.session.as_ref().is_some_and(|s| s.mirror == n && s.mirror_on) {
+            self.end_mirror_side("the arbiter restarted it")?;
+        }
+        self.nodes[n].role = Role::Mirror { gen, faulted: false };
+        Ok(())
+    }
+
+    /// Start serving as primary of `gen`: streaming to `mirror`, or alone.
+    fn become_primary(&mut self, n: usize, gen: u64, mirror: Option<usize>) -> Result<(), SimFailure> {
+        match self.nodes[n].role {
+            Role::Mirror { faulted: true, .. } | Role::Down { .. } | Role::Halted => return Ok(()),
+            Role::Primary { .. } => {
+                // Serving another generation (or not at all): start afresh.
+                self.drop_engine(n);
+            }
+            Role::Mirror { .. } => {
+                // A promoted mirror refuses the old generation's stream from now on (rule 7).
+                if self.session.as_ref().is_some_and(|s| s.mirror == n && s.mirror_on) {
+                    self.end_mirror_side("promoted")?;
+                }
+                if matches!(self.nodes[n].role, Role::Mirror { faulted: true, .. }) {
+                    return Ok(());
+                }
+            }
+            Role::Idle => {}
+        }
+        if self.nodes[n].log.is_none() {
+            self.open_log(n)?;
+            if self.nodes[n].log.is_none() {
+                return Ok(());
+            }
+        }
+        if !self.sync_at_start(n)? {
+            return Ok(());
+        }
+        match mirror {
+            None => {
+                self.start_engine(n, gen, Some("the arbiter marked the mirror down"));
+            }
+            Some(m) => match self.open_session(n, m, gen, 0) {
+                Ok(()) => self.start_engine(n, gen, None),
+                Err(why) => {
+                    // Rule 3: never on alone without the arbiter's word.
+                    tracing::debug!(seed = self.seed, why, "sim: the mirror refused the new primary");
+                    if !self.arbiter_up || !self.nodes[n].reaches_arbiter {
+                        return Ok(());
+                    }
+                    let reporter = self.nodes[n].dbid;
+                    let out = self.arbiter_apply(Event::MirrorLost { reporter, generation: gen })?;
+                    if out.verdict == Verdict::MirrorDown {
+                        self.start_engine(n, gen, Some("mirror unreachable at start"));
+                    }
+                }
+            },
+        }
+        Ok(())
+    }
+
+    /// A process starting as primary makes its data directories durable
+    /// first, as the runtime does; a disk that fails it stops the start
+    /// (the process exits and is restarted later).
+    fn sync_at_start(&mut self, n: usize) -> Result<bool, SimFailure> {
+        let disk = self.nodes[n].data.clone();
+        let fired = disk.fired_total();
+        match crate::io::disk::sync_tree(disk.as_ref(), self.cfg.filespaces) {
+            Ok(_) => Ok(true),
+            Err(_) if disk.fired_total() > fired => {
+                self.outcome("a primary could not sync its data at start");
+                self.nodes[n].role = Role::Down { restart_at: self.now + self.rng.gen_range(20..200) };
+                Ok(false)
+            }
+            Err(e) => Err(self.fail(format!("syncing segment {}'s data at start: {e}", self.nodes[n].dbid))),
+        }
+    }
+
+    /// A returning old primary's change set goes to the acting primary's
+    /// change-log, durably, then it forgets it (rule 5).
+    fn hand_over(&mut self, from: usize, to: usize) -> Result<(), SimFailure> {
+        let (Some(old), Some(new)) = (self.nodes[from].log.clone(), self.nodes[to].log.clone()) else { return Ok(()) };
+        let set = old.change_set();
+        let merged = new.merge(&set);
+        if self.nodes[to].log_io.power_lost() {
+            return self.crash_node(to);
+        }
+        if let Err(e) = merged {
+            tracing::debug!(seed = self.seed, error = %e, "sim: hand-over failed");
+            return Ok(());
+        }
+        let cleared = old.clear();
+        if self.nodes[from].log_io.power_lost() {
+            return self.crash_node(from);
+        }
+        if cleared.is_ok() {
+            self.outcome("change set handed over");
+        }
+        Ok(())
+    }
+
+    /// The segment is down: nothing is written anywhere.
+    fn halt(&mut self, n: usize) -> Result<(), SimFailure> {
+        if matches!(self.nodes[n].role, Role::Halted) {
+            return Ok(());
+        }
+        if self.nodes[n].primary.is_some() {
+            self.drop_engine(n);
+        }
+        if self.session.as_ref().is_some_and(|s| s.mirror == n && s.mirror_on) {
+            self.end_mirror_side("halted or restarted")?;
+        }
+        self.nodes[n].role = Role::Halted;
+        Ok(())
+    }
+
+    /// A crashed segment's process starts again: it replays its change-log
+    /// and waits for the arbiter.
+    pub(super) fn restart(&mut self, n: usize) -> Result<(), SimFailure> {
+        self.nodes[n].role = Role::Idle;
+        self.open_log(n)
+    }
+}

@@ -1,0 +1,351 @@
+//! The stream's mirror end: the real session checks ([`MirrorSession`]),
+//! executor ([`Applier`]) and checkpoint policy ([`Checkpoints`]) as the
+//! mirror daemon runs them, with sync jobs run by a simulated syncer.
+
+use super::net::Link;
+use super::world::{Role, World, ACK_TIMEOUT_MS};
+use super::*;
+use crate::core::mirror::{ApplyState, Checkpoints, MirrorSession, Step};
+use crate::exec::apply::{Applier, FaultClass, Sequenced, SyncJob};
+use crate::protocol::{Ack, Decoder, Frame, Header, Kind};
+
+/// One stream from a primary to its mirror.
+pub(super) struct Session {
+    pub(super) primary: usize,
+    pub(super) mirror: usize,
+    /// The primary engine's number for this connection.
+    pub(super) epoch: u64,
+    pub(super) to_mirror: Link,
+    pub(super) to_primary: Link,
+    pub(super) mirror_dec: Decoder,
+    pub(super) primary_dec: Decoder,
+    pub(super) session: MirrorSession,
+    pub(super) applier: Applier,
+    pub(super) checkpoints: Checkpoints,
+    pub(super) sync_jobs: VecDeque<SyncJob>,
+    /// The mirror's real watermarks (acknowledgements may not claim more).
+    pub(super) synced: u64,
+    pub(super) durable: u64,
+    pub(super) primary_on: bool,
+    pub(super) mirror_on: bool,
+    /// Each side closed the connection: the other sees it after the bytes in flight.
+    pub(super) primary_closed: bool,
+    pub(super) mirror_closed: bool,
+    /// Partitioned: everything sent is lost.
+    pub(super) cut: bool,
+    pub(super) mirror_heard: u64,
+    pub(super) shutdown_seen: bool,
+}
+
+impl World {
+    /// The primary `p` of `gen` connects to `m`: the mirror daemon's
+    /// handshake checks (not faulted, not a stale generation, not busy),
+    /// then a new session whose connection is the engine's `epoch`.
+    pub(super) fn open_session(&mut self, p: usize, m: usize, gen: u64, epoch: u64) -> Result<(), String> {
+        let mg = match self.nodes[m].role {
+            Role::Mirror { faulted: true, .. } => return Err("the mirror faulted: its files are in doubt".into()),
+            Role::Mirror { gen, .. } => gen,
+            ref other => return Err(format!("no mirror listening ({other:?})")),
+        };
+        if gen < mg {
+            return Err(format!("generation {gen} is older than the mirror's {mg}"));
+        }
+        if !self.nodes[m].reaches_arbiter && !self.nodes[p].reaches_arbiter {
+            return Err("unreachable".into());
+        }
+        if self.session.as_ref().is_some_and(|s| s.mirror_on) {
+            return Err("another primary is streaming to this mirror".into());
+        }
+        self.session = None;
+        // The mirror adopts a newer generation before it accepts (persisted).
+        self.nodes[m].role = Role::Mirror { gen, faulted: false };
+        let (bs, fs) = (self.cfg.block_size, self.cfg.filespaces);
+        self.session = Some(Session {
+            primary: p,
+            mirror: m,
+            epoch,
+            to_mirror: Link::new(),
+            to_primary: Link::new(),
+            mirror_dec: Decoder::new(),
+            primary_dec: Decoder::new(),
+            session: MirrorSession::new(bs, fs, 1),
+            applier: Applier::new(self.nodes[m].data.clone(), 1),
+            // Some mirrors checkpoint often: "durable through" keeps up,
+            // and the primary's activity entries retire while it streams.
+            checkpoints: Checkpoints::every(
+                self.now,
+                if self.rng.gen_bool(0.5) { self.rng.gen_range(10..100) } else { 1000 },
+            ),
+            sync_jobs: VecDeque::new(),
+            synced: 0,
+            durable: 0,
+            primary_on: true,
+            mirror_on: true,
+            primary_closed: false,
+            mirror_closed: false,
+            cut: false,
+            mirror_heard: self.now,
+            shutdown_seen: false,
+        });
+        Ok(())
+    }
+
+    pub(super) fn drop_session_if_done(&mut self) {
+        if self.session.as_ref().is_some_and(|s| !s.primary_on && !s.mirror_on) {
+            self.session = None;
+        }
+    }
+
+    fn mirror_ack(&mut self) {
+        let now = self.now;
+        let Some(s) = self.session.as_mut() else { return };
+        if !s.mirror_on || s.mirror_closed || s.cut {
+            return;
+        }
+        let ack =
+            Ack { received: s.session.received(), applied: s.applier.applied(), synced: s.synced, durable: s.durable };
+        s.to_primary.send(&mut self.rng, now, &ack.to_frame().to_vec());
+    }
+
+    /// The mirror: take delivered bytes, validate, apply in random batches, acknowledge.
+    pub(super) fn mirror_step(&mut self) -> Result<(), SimFailure> {
+        let now = self.now;
+        let Some(s) = self.session.as_mut() else { return Ok(()) };
+        if !s.mirror_on {
+            return Ok(());
+        }
+        let bytes = s.to_mirror.deliver(now);
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        s.mirror_heard = now;
+        s.mirror_dec.feed(&bytes);
+        let (mut ops, mut wake, mut shutdown, mut err) = (Vec::new(), false, false, None);
+        loop {
+            match s.mirror_dec.next_frame() {
+                Ok(Some(f)) => match s.session.on_frame(&f) {
+                    Ok(Step::Apply { seq, op, durable, catching_up }) => {
+                        ops.push(Sequenced { seq, op, durable, catching_up })
+                    }
+                    Ok(Step::Heartbeat) => wake = true,
+                    Ok(Step::Shutdown) => {
+                        wake = true;
+                        shutdown = true;
+                    }
+                    Err(e) => {
+                        err = Some(format!("the mirror refused a frame: {e}"));
+                        break;
+                    }
+                },
+                Ok(None) => break,
+                Err(e) => {
+                    err = Some(format!("the mirror could not decode the primary's frames: {e}"));
+                    break;
+                }
+            }
+        }
+        let m = s.mirror;
+        if let Some(e) = err {
+            // The primary is the real engine: anything it sends must pass.
+            return Err(self.fail(e));
+        }
+        let mut at = 0;
+        while at < ops.len() {
+            let k = self.rng.gen_range(1..=ops.len() - at);
+            let batch = &ops[at..at + k];
+            at += k;
+            let fired = self.nodes[m].data.fired_total();
+            let Some(s) = self.session.as_mut() else { return Ok(()) };
+            if let Err(e) = s.applier.apply(batch) {
+                if self.nodes[m].data.fired_total() > fired || e.class() == FaultClass::DiskFailing {
+                    self.mirror_fault(m);
+                    return Ok(());
+                }
+                // A stream in sync never refuses an operation: the primary
+                // ships what it did. A resync's mirror may lack what a call
+                // changes: the daemon sends a Fault and ends the session.
+                if self.resync.running {
+                    return self.mirror_refused(e.seq, &e.to_string());
+                }
+                return Err(self.fail(format!("the mirror could not apply an operation of a stream in sync: {e}")));
+            }
+            self.after_batch(now, false)?;
+            // The hook names the pair by its primary.
+            let primary = self.session.as_ref().map_or(1 - m, |s| s.primary);
+            self.hook(Point::BeforeAck, primary)?;
+            if !self.mirror_alive() {
+                return Ok(());
+            }
+            self.mirror_ack();
+        }
+        if shutdown {
+            self.after_batch(now, true)?;
+            if let Some(s) = self.session.as_mut() {
+                s.shutdown_seen = true;
+            }
+        }
+        if ops.is_empty() && wake {
+            // A heartbeat runs the daemon's checkpoint too: an idle stream's
+            // "durable through" catches up with what was applied.
+            self.after_batch(now, false)?;
+            self.mirror_ack();
+        }
+        Ok(())
+    }
+
+    /// The daemon's policy after a batch: a sync job when asked for, a full
+    /// one when the checkpoint is due; answers to requests go out.
+    fn after_batch(&mut self, now: u64, shutdown: bool) -> Result<(), SimFailure> {
+        let Some(s) = self.session.as_mut() else { return Ok(()) };
+        let state = ApplyState {
+            shutdown,
+            too_many_dirty: s.applier.too_many_dirty(),
+            unsynced: s.applier.has_unsynced(),
+            durable_behind: s.durable < s.applier.applied(),
+        };
+        if s.checkpoints.full_due(now, state) {
+            s.applier.request_full();
+        }
+        if s.applier.wants_sync() {
+            let job = s.applier.take_sync_job();
+            s.sync_jobs.push_back(job);
+        }
+        let replies = s.applier.take_replies();
+        if !replies.is_empty() && s.primary_on && !s.cut {
+            for reply in replies {
+                s.to_primary.send(&mut self.rng, now, &reply.into_frame().to_vec());
+            }
+        }
+        Ok(())
+    }
+
+    /// The mirror's syncer: run queued jobs, merged as the daemon merges them.
+    pub(super) fn syncer_step(&mut self) -> Result<(), SimFailure> {
+        let Some(s) = self.session.as_mut() else { return Ok(()) };
+        if !s.mirror_on {
+            return Ok(());
+        }
+        let Some(mut job) = s.sync_jobs.pop_front() else { return Ok(()) };
+        while self.rng.gen_bool(0.5) {
+            match s.sync_jobs.pop_front() {
+                Some(more) => job.merge(more),
+                None => break,
+            }
+        }
+        let m = s.mirror;
+        let disk = self.nodes[m].data.clone();
+        let fired = disk.fired_total();
+        match job.run(disk.as_ref()) {
+            Err(e) => {
+                if disk.fired_total() > fired {
+                    // Rule 8: a failed fsync is never retried into a success.
+                    self.mirror_fault(m);
+                    return Ok(());
+                }
+                Err(self.fail(format!("mirror sync: {e}")))
+            }
+            Ok(through) => {
+                let Some(s) = self.session.as_mut() else { return Ok(()) };
+                if through < s.synced {
+                    let had = s.synced;
+                    return Err(self.fail(format!("synced went backwards: {through} < {had}")));
+                }
+                s.synced = through;
+                if let Some(d) = job.durable_through {
+                    s.durable = s.durable.max(d);
+                }
+                self.mirror_ack();
+                Ok(())
+            }
+        }
+    }
+
+    pub(super) fn mirror_alive(&self) -> bool {
+        self.session.as_ref().is_some_and(|s| s.mirror_on)
+    }
+
+    /// The mirror's disk failed (rule 8): Fault, the session ends, the mirror refuses primaries.
+    pub(super) fn mirror_fault(&mut self, m: usize) {
+        self.outcome("mirror faulted");
+        if let Role::Mirror { faulted, .. } = &mut self.nodes[m].role {
+            *faulted = true;
+        }
+        if let Some(s) = self.session.as_mut() {
+            if s.mirror == m {
+                s.mirror_on = false;
+                s.mirror_closed = true;
+                s.sync_jobs.clear();
+                s.to_mirror.queue.clear();
+            }
+        }
+        self.drop_session_if_done();
+    }
+
+    /// The mirror could not apply an operation (not its disk's fault): as
+    /// the daemon does, it runs the sync jobs already queued, sends a Fault
+    /// naming the operation and closes; the mirror stays in service.
+    fn mirror_refused(&mut self, seq: u64, why: &str) -> Result<(), SimFailure> {
+        tracing::debug!(seed = self.seed, step = self.step, why, "sim: the mirror refused an operation");
+        self.outcome("resync: the mirror refused an operation");
+        self.resync.refusal.get_or_insert_with(|| why.to_string());
+        let now = self.now;
+        let Some(s) = self.session.as_mut() else { return Ok(()) };
+        if s.primary_on && !s.cut {
+            let mut h = Header::new(Kind::Fault);
+            h.seq = seq;
+            let f = Frame::new(h, bytes::Bytes::from(why.as_bytes().to_vec()));
+            s.to_primary.send(&mut self.rng, now, &f.to_vec());
+        }
+        self.end_mirror_side("refused an operation")
+    }
+
+    /// The mirror ends its session (not by a crash): it drains its syncer
+    /// and makes what it applied durable, as the daemon does.
+    pub(super) fn end_mirror_side(&mut self, why: &str) -> Result<(), SimFailure> {
+        let Some(s) = self.session.as_mut() else { return Ok(()) };
+        if !s.mirror_on {
+            return Ok(());
+        }
+        tracing::debug!(seed = self.seed, step = self.step, why, "sim: the mirror ends its session");
+        s.mirror_on = false;
+        s.mirror_closed = true;
+        s.to_mirror.queue.clear();
+        let m = s.mirror;
+        let jobs: Vec<SyncJob> = s.sync_jobs.drain(..).collect();
+        let disk = self.nodes[m].data.clone();
+        let fired = disk.fired_total();
+        let mut r = jobs.iter().try_for_each(|j| j.run(disk.as_ref()).map(drop));
+        if r.is_ok() {
+            if let Some(s) = self.session.as_mut() {
+                r = s.applier.sync_all();
+            }
+        }
+        if let Err(e) = r {
+            if disk.fired_total() > fired {
+                self.mirror_fault(m);
+                return Ok(());
+            }
+            return Err(self.fail(format!("mirror final sync: {e}")));
+        }
+        self.drop_session_if_done();
+        Ok(())
+    }
+
+    /// The mirror's side of silence and closing.
+    pub(super) fn mirror_timers(&mut self) -> Result<(), SimFailure> {
+        let now = self.now;
+        let Some(s) = self.session.as_ref() else { return Ok(()) };
+        if s.mirror_on && !s.shutdown_seen {
+            let silent = now.saturating_sub(s.mirror_heard) > ACK_TIMEOUT_MS;
+            let closed = s.primary_closed && s.to_mirror.is_empty();
+            if silent || closed {
+                self.end_mirror_side("silence or the primary closed")?;
+            }
+        } else if s.mirror_on && s.shutdown_seen && s.sync_jobs.is_empty() && s.to_mirror.is_empty() {
+            // After the final acknowledgement of an orderly end.
+            self.mirror_ack();
+            self.end_mirror_side("orderly end")?;
+        }
+        Ok(())
+    }
+}
