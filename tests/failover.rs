@@ -594,7 +594,14 @@ fn bad_configurations_and_catalogs_are_refused_with_what_and_where() {
     let mut c = Catalog::new(1, 8192, vec![(0, a(2), a(3))]);
     c.pairs.push(c.pairs[0].clone());
     c.pairs[1].pair.content = 1;
-    std::fs::write(&cat, serde_json::to_vec(&c).unwrap()).unwrap();
+    // Sealed as a writer would (its checksums hold): the rules are what refuse it.
+    let json = serde_json::to_vec(&c).unwrap();
+    let sealed = filerep::durable::sealed::seal(
+        filerep::durable::sealed::Kind::Catalog,
+        filerep::durable::catalog::FORMAT_VERSION,
+        &json,
+    );
+    std::fs::write(&cat, sealed).unwrap();
     let (code, err) = run_fails(&["arbiter", "--catalog", cat.to_str().unwrap(), "--key-file", key.to_str().unwrap()]);
     assert!(code == 2 && err.contains("catalog.json") && err.contains("appears twice"), "{err}");
     assert!(!dir.path().join("state").exists(), "nothing was created for a refused configuration");
@@ -960,6 +967,8 @@ fn crash_during_resync(victim: Victim, moment: Moment) {
     assert_eq!(code, 0, "{out}{err}");
     let s = summary(&out);
     assert_eq!(s["result"], "synchronized", "{s}");
+    // What the resync shipped and how many extra passes it made are reported.
+    assert!(s["bytes"].is_u64() && s["passes"].is_u64(), "{s}");
     let p = c.pair();
     let generation = if victim == Victim::Primary { 2 } else { 1 };
     assert_eq!((p.mode, p.generation, p.acting_primary().dbid), (PairMode::Synchronized, generation, 2), "{p:?}");

@@ -42,6 +42,49 @@ pub const MAX_CLIENTS: usize = 256;
 /// Most entries in a handed-over change set.
 pub const MAX_WIRE_ENTRIES: usize = 1 << 20;
 
+/// The highest generation at which a segment was ordered to act as
+/// primary, and as mirror, recorded before it does (`roles.json` in its
+/// state directory, sealed): which segment of a pair acted as primary
+/// last, for `filerep catalog restore` when it rebuilds a catalog while
+/// the cluster is stopped.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleRecord {
+    pub primary: u64,
+    pub mirror: u64,
+}
+
+impl RoleRecord {
+    pub const FILE: &'static str = "roles.json";
+    pub const VERSION: u32 = 1;
+
+    /// The record in `state_dir` (none yet: zeros).
+    pub fn load(state_dir: &std::path::Path) -> Result<RoleRecord> {
+        use crate::durable::sealed;
+        let restore = "remove it: the arbiter's next order writes it again";
+        let path = state_dir.join(Self::FILE);
+        Ok(sealed::read_state(&path, sealed::Kind::SegmentRoles, Self::VERSION, false, restore)?.unwrap_or_default())
+    }
+
+    /// Raise the record to these generations, durably.
+    fn note(state_dir: &std::path::Path, primary: Option<u64>, mirror: Option<u64>) -> Result<()> {
+        use crate::durable::sealed;
+        let old = RoleRecord::load(state_dir).unwrap_or_default();
+        let new =
+            RoleRecord { primary: old.primary.max(primary.unwrap_or(0)), mirror: old.mirror.max(mirror.unwrap_or(0)) };
+        if new == old {
+            return Ok(());
+        }
+        let path = state_dir.join(Self::FILE);
+        let json = serde_json::to_vec(&new).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        sealed::replace(&path, &sealed::seal(sealed::Kind::SegmentRoles, Self::VERSION, &json))
+            .map_err(|e| Error::io(format!("recording the role in {}", path.display()), e))
+    }
+}
+
+/// The format version of a sealed segment configuration.
+pub const CONFIG_VERSION: u32 = 1;
+
 /// A segment's settings (a JSON file; `docs/operations.md`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -103,18 +146,36 @@ fn default_true() -> bool {
 }
 
 impl SegmentConfig {
+    /// Read a configuration: sealed (as the cluster tools write it: a
+    /// changed byte is damage) or plain JSON (written by hand).
     pub fn load(path: &std::path::Path) -> Result<SegmentConfig> {
+        use crate::durable::sealed;
         let bytes =
             std::fs::read(path).map_err(|e| Error::io(format!("reading segment config {}", path.display()), e))?;
-        Self::parse(&bytes, &path.display().to_string())
+        let json =
+            sealed::body_or_plain(sealed::Kind::SegmentConfig, CONFIG_VERSION, &bytes).map_err(|e| Error::Damaged {
+                what: "segment configuration",
+                path: path.display().to_string(),
+                reason: e.to_string(),
+                restore:
+                    "copy it back from another copy of the cluster directory, or write it again (docs/operations.md)"
+                        .into(),
+            })?;
+        Self::parse(json, &path.display().to_string())
     }
 
-    /// Decode and check a configuration's bytes; `origin` names them in messages.
+    /// Decode and check a configuration's JSON; `origin` names it in messages.
     pub fn parse(bytes: &[u8], origin: &str) -> Result<SegmentConfig> {
         let c: SegmentConfig = serde_json::from_slice(bytes)
             .map_err(|e| Error::InvalidArgument(format!("segment config {origin}: {e}")))?;
         c.check().map_err(|e| Error::InvalidArgument(format!("segment config {origin}: {e}")))?;
         Ok(c)
+    }
+
+    /// The sealed form the cluster tools write.
+    pub fn to_sealed(&self) -> Result<Vec<u8>> {
+        let json = serde_json::to_vec_pretty(self).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        Ok(crate::durable::sealed::seal(crate::durable::sealed::Kind::SegmentConfig, CONFIG_VERSION, &json))
     }
 
     fn check(&self) -> Result<()> {
@@ -213,9 +274,22 @@ pub enum SegmentRequest {
     VerifyReport {
         id: u64,
     },
+    /// Answer for this machine what the operator tools cannot see from
+    /// another one (`filerep addmirrors`): each path with its symbolic
+    /// links resolved here, what is there, and (flag set) whether a
+    /// directory can be created and written there; whether each
+    /// `(address, port)` is free here. Changes nothing (a directory made
+    /// to prove it can be is removed at once). At most [`MAX_INSPECT`] of each.
+    Inspect {
+        paths: Vec<(PathBuf, bool)>,
+        ports: Vec<(String, u16)>,
+    },
     /// Stop the process.
     Stop,
 }
+
+/// Most paths (and ports) one `Inspect` asks about.
+pub const MAX_INSPECT: usize = 8192;
 
 // One per control call: the size of the status variant does not matter.
 #[allow(clippy::large_enum_variant)]
@@ -230,6 +304,11 @@ pub enum SegmentResponse {
         id: u64,
     },
     VerifyReport(Box<crate::verify::online::VerifyReport>),
+    /// The answers to `Inspect`, in its order.
+    Inspected {
+        paths: Vec<std::result::Result<crate::cluster::layout::PathInfo, String>>,
+        ports: Vec<std::result::Result<(), String>>,
+    },
 }
 
 pub use crate::core::arbiter::Acting;
@@ -291,6 +370,9 @@ pub enum ArbiterRequest {
     },
     /// The whole catalog (for operators and tests).
     Catalog,
+    /// Write the catalog the arbiter holds to its file again (and the last
+    /// good copy): `filerep catalog restore` while the arbiter runs.
+    StoreCatalog,
     /// `filerep recover`: resync the pair (`full`: every file), at most
     /// `max_rate` bytes a second.
     Recover {
@@ -923,6 +1005,11 @@ impl Shared {
                         rs = self.resync_ended.wait_timeout(rs, left).unwrap_or_else(|e| e.into_inner()).0;
                     }
                     if rs.running {
+                        // A rate given to a later recover reaches the running resync.
+                        if let (Some(rate), Some(progress)) = (max_rate, rs.progress.as_ref()) {
+                            progress.max_rate.store(rate, std::sync::atomic::Ordering::Relaxed);
+                            tracing::warn!(bytes_per_second = rate, "the running resync's rate changed");
+                        }
                         return SegmentResponse::Done;
                     }
                     rs.running = true;
@@ -973,6 +1060,24 @@ impl Shared {
                     }
                     _ => refused(format!("no report for verification {id} (the last one is {})", v.id)),
                 }
+            }
+            SegmentRequest::Inspect { paths, ports } => {
+                if paths.len() > MAX_INSPECT || ports.len() > MAX_INSPECT {
+                    return refused(format!(
+                        "{} paths and {} ports asked; at most {MAX_INSPECT} of each",
+                        paths.len(),
+                        ports.len()
+                    ));
+                }
+                if let Some((p, _)) = paths.iter().find(|(p, _)| p.as_os_str().len() > 4096) {
+                    return refused(format!("a path of {} bytes asked; at most 4096", p.as_os_str().len()));
+                }
+                let paths = crate::cluster::hosts::inspect_paths(&paths)
+                    .into_iter()
+                    .map(|r| r.map_err(|e| e.to_string()))
+                    .collect();
+                let ports = ports.iter().map(|(a, p)| crate::cluster::hosts::port_free(a, *p)).collect();
+                SegmentResponse::Inspected { paths, ports }
             }
             SegmentRequest::Stop => {
                 tracing::info!("stop ordered");
@@ -1103,7 +1208,7 @@ impl Shared {
             }
             Err(e) => {
                 tracing::error!(error = %e, "resync stopped short");
-                rs.error = Some(e.to_string());
+                rs.error = Some(e.cause());
             }
         }
     }
@@ -1157,6 +1262,7 @@ impl Shared {
             state_dir: Some(self.cfg.state_dir.clone()),
         };
         let result = (|| {
+            RoleRecord::note(&self.cfg.state_dir, None, Some(generation))?;
             let server = Arc::new(MirrorServer::with_disk(mcfg, self.disk.clone())?);
             let listener = lock(&self.data_listener).try_clone().map_err(|e| Error::io("replication listener", e))?;
             let stop = Stop::new().map_err(|e| Error::io("making the stop signal", e))?;
@@ -1206,6 +1312,7 @@ impl Shared {
     }
 
     fn start_primary(&self, generation: u64, mirror: Option<String>) -> Result<Primary> {
+        RoleRecord::note(&self.cfg.state_dir, Some(generation), None)?;
         let decision_timeout = Duration::from_millis(self.cfg.decision_timeout_ms);
         let arbiter = Arc::new(self.remote_arbiter());
         let cfg = PrimaryConfig {

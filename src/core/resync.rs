@@ -110,6 +110,12 @@ pub struct Progress {
     pub blocks_done: AtomicU64,
     pub bytes_done: AtomicU64,
     pub started_unix_ms: AtomicU64,
+    /// Extra passes over paths renamed while the resync still owed them.
+    pub passes: AtomicU64,
+    /// Bytes a second of block copies (0: no limit). Set from the options
+    /// at the start; a later `filerep recover --max-rate` changes it while
+    /// the resync runs.
+    pub max_rate: AtomicU64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -119,6 +125,9 @@ pub struct ProgressSnapshot {
     pub blocks_done: u64,
     pub bytes_done: u64,
     pub started_unix_ms: u64,
+    /// Extra passes so far (absent in older answers: 0).
+    #[serde(default)]
+    pub passes: u64,
 }
 
 impl Progress {
@@ -129,6 +138,7 @@ impl Progress {
             blocks_done: self.blocks_done.load(Ordering::Relaxed),
             bytes_done: self.bytes_done.load(Ordering::Relaxed),
             started_unix_ms: self.started_unix_ms.load(Ordering::Relaxed),
+            passes: self.passes.load(Ordering::Relaxed),
         }
     }
 }
@@ -232,6 +242,9 @@ struct Run<'a> {
     since_checkpoint: u64,
     /// The change-log's blocks per file (extents expanded), to clear as done.
     listed: BTreeMap<FsPath, BTreeSet<u64>>,
+    /// The rate in force (bytes a second, 0: none), since when, and the
+    /// bytes shipped by then.
+    rate: (u64, u64, u64),
 }
 
 /// Bytes shipped between durable progress records.
@@ -400,10 +413,17 @@ impl Run<'_> {
     /// Keep the copies under `max_rate` on average, in short pauses so a
     /// lost mirror ends the resync promptly.
     fn throttle(&mut self, bytes_done: u64) -> Result<()> {
-        if let Some(rate) = self.opts.max_rate.filter(|r| *r > 0) {
-            let due_ms = (bytes_done as u128 * 1000 / rate as u128) as u64;
+        let rate = self.progress.max_rate.load(Ordering::Relaxed);
+        if rate != self.rate.0 {
+            // A new rate counts from now: the average before it is history.
+            self.rate = (rate, self.p.now_ms(), bytes_done);
+            tracing::info!(bytes_per_second = rate, "resync: rate changed");
+        }
+        let (rate, since_ms, base) = self.rate;
+        if rate > 0 {
+            let due_ms = ((bytes_done - base) as u128 * 1000 / rate as u128) as u64;
             loop {
-                let elapsed = self.p.now_ms().saturating_sub(self.started_ms);
+                let elapsed = self.p.now_ms().saturating_sub(since_ms);
                 if due_ms <= elapsed {
                     break;
                 }
@@ -448,7 +468,9 @@ pub fn run_on(p: &mut dyn ResyncLink, opts: &ResyncOptions, progress: &Progress)
         done_paths: Vec::new(),
         since_checkpoint: 0,
         listed: BTreeMap::new(),
+        rate: (opts.max_rate.unwrap_or(0), started_ms, 0),
     };
+    progress.max_rate.store(opts.max_rate.unwrap_or(0), Ordering::Relaxed);
     if opts.full {
         for fs in 0..filespaces {
             run.tree(fs, None)?;
@@ -541,6 +563,7 @@ pub fn run_on(p: &mut dyn ResyncLink, opts: &ResyncOptions, progress: &Progress)
             continue;
         }
         extra_passes += 1;
+        progress.passes.store(extra_passes, Ordering::Relaxed);
         if extra_passes > MAX_EXTRA_PASSES {
             return Err(Error::Rejected(format!(
                 "the resync took {MAX_EXTRA_PASSES} extra passes over paths renamed while it still owed them, \
@@ -670,5 +693,89 @@ mod tests {
         assert_eq!(full_resync(None).extra_passes, 0);
         let planted = full_resync(Some(crate::core::PlantedBug::FullResyncWithoutWalkCheckpoint));
         assert!(planted.extra_passes > 0, "the schedule must fail with the fix removed: {planted:?}");
+    }
+    /// A link with one file of 64 blocks owed, whose clock moves only when
+    /// the resync pauses; after the first copy an operator doubles the rate.
+    struct Copying<'a> {
+        now: u64,
+        progress: &'a Progress,
+        copies: u64,
+        doubled_to: u64,
+    }
+
+    impl ResyncLink for Copying<'_> {
+        fn now_ms(&self) -> u64 {
+            self.now
+        }
+        fn pause(&mut self, ms: u64) {
+            self.now += ms;
+        }
+        fn block_size(&self) -> u32 {
+            8192
+        }
+        fn filespace_count(&self) -> u16 {
+            1
+        }
+        fn change_set(&mut self, _full: bool) -> Result<ChangeSet> {
+            Ok(ChangeSet { blocks: BTreeMap::from([(p("f"), (0..64).collect())]), ..ChangeSet::default() })
+        }
+        fn redo(&mut self) -> Result<BTreeSet<FsPath>> {
+            Ok(BTreeSet::new())
+        }
+        fn walked(&mut self) {}
+        fn entry_kind(&mut self, _p: &FsPath) -> Result<Option<EntryKind>> {
+            Ok(Some(EntryKind::File))
+        }
+        fn reconcile(&mut self, _fs: u16, _path: Option<&RelPath>, _prune: bool) -> Result<LocalEntry> {
+            Ok(LocalEntry::File { len: 64 * 8192 })
+        }
+        fn copy(&mut self, _p: &FsPath, _first: u64, count: u64) -> Result<u64> {
+            self.copies += 1;
+            if self.copies == 1 {
+                self.progress.max_rate.store(self.doubled_to, Ordering::Relaxed);
+            }
+            Ok(count * 8192)
+        }
+        fn hashes(&mut self, _p: &FsPath, _f: u64, _c: u32, _t: Duration) -> Result<Option<(Vec<u64>, Vec<u64>)>> {
+            Ok(None)
+        }
+        fn send(&mut self) {}
+        fn check(&mut self) -> Result<()> {
+            Ok(())
+        }
+        fn flush(&mut self, _p: &FsPath) -> Result<Option<u64>> {
+            Ok(Some(1))
+        }
+        fn checkpoint(
+            &mut self,
+            _synced: u64,
+            _flushed: &BTreeSet<FsPath>,
+            _blocks: &BTreeMap<FsPath, BTreeSet<u64>>,
+            _paths: &[FsPath],
+            _timeout: Duration,
+        ) -> Result<()> {
+            Ok(())
+        }
+        fn finish(&mut self, _synced: Option<u64>, _flushed: &BTreeSet<FsPath>, _t: Duration) -> Result<bool> {
+            Ok(true)
+        }
+    }
+
+    /// A rate given while the resync runs applies from then on: 512 KiB in
+    /// two copies of 256 KiB at 256 KiB/s takes 2 s of pauses; doubled after
+    /// the first copy, the second takes 0.5 s and the first is not made up for.
+    #[test]
+    fn a_rate_changed_during_the_resync_applies_from_then_on() {
+        let rate = 256 * 1024;
+        let elapsed = |doubled_to: u64| {
+            let progress = Progress::default();
+            let mut link = Copying { now: 0, progress: &progress, copies: 0, doubled_to };
+            let opts = ResyncOptions { max_rate: Some(rate), ..ResyncOptions::default() };
+            run_on(&mut link, &opts, &progress).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(link.copies, 2);
+            link.now
+        };
+        assert_eq!(elapsed(rate), 2000);
+        assert_eq!(elapsed(2 * rate), 500);
     }
 }

@@ -1,7 +1,9 @@
 //! What must survive a crash, each format documented in `docs/`: the
 //! [`changelog`] (change tracking, the activity log's records of rule 5,
-//! resync progress) and the [`catalog`]. When records are written and
-//! dropped is decided by the core; this layer keeps them.
+//! resync progress) and the [`catalog`]; the [`sealed`] framing every JSON
+//! state file is written in. When records are written and dropped is
+//! decided by the core; this layer keeps them.
 
 pub mod catalog;
 pub mod changelog;
+pub mod sealed;

@@ -64,28 +64,26 @@ pub struct MirrorState {
 const STATE_FILE: &str = "mirror-state.json";
 
 impl MirrorState {
-    /// Load the state file; a missing file is the empty state.
+    /// The format version of the sealed state file.
+    pub const VERSION: u32 = 1;
+
+    /// Load the state file; a missing file is the empty state. A sealed
+    /// file must be whole; plain JSON (an older filerep's) is read as is.
     pub fn load(dir: &Path) -> Result<MirrorState> {
-        let path = dir.join(STATE_FILE);
-        match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| Error::InvalidArgument(format!("state file {}: {e}; fix or remove it", path.display()))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(MirrorState::default()),
-            Err(e) => Err(Error::io(format!("reading {}", path.display()), e)),
-        }
+        use crate::durable::sealed;
+        let restore = "its generation and fault record cannot be trusted: remove the file, start the segment, and \
+                       rebuild this mirror with a full resync (filerep recover -F --content N)";
+        let state = sealed::read_state(&dir.join(STATE_FILE), sealed::Kind::MirrorState, Self::VERSION, true, restore)?;
+        Ok(state.unwrap_or_default())
     }
 
-    /// Replace the state file atomically and durably.
+    /// Replace the state file, sealed, atomically and durably.
     pub fn store(&self, dir: &Path) -> Result<()> {
-        let tmp = dir.join(format!("{STATE_FILE}.tmp"));
+        use crate::durable::sealed;
         let path = dir.join(STATE_FILE);
-        let io = |what: &str, e| Error::io(format!("{what} {}", path.display()), e);
-        let bytes = serde_json::to_vec_pretty(self).map_err(|e| Error::InvalidArgument(e.to_string()))?;
-        let mut f = std::fs::File::create(&tmp).map_err(|e| io("writing", e))?;
-        std::io::Write::write_all(&mut f, &bytes).map_err(|e| io("writing", e))?;
-        f.sync_all().map_err(|e| io("syncing", e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| io("replacing", e))?;
-        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io("syncing the directory of", e))
+        let json = serde_json::to_vec_pretty(self).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        sealed::replace(&path, &sealed::seal(sealed::Kind::MirrorState, Self::VERSION, &json))
+            .map_err(|e| Error::io(format!("writing {}", path.display()), e))
     }
 }
 

@@ -3,7 +3,7 @@
 
 mod cli;
 
-use cli::{cluster, demo, mount, ops, recover, state, verify};
+use cli::{catalog, cluster, demo, mount, ops, recover, state, verify};
 
 use clap::{Parser, Subcommand};
 use filerep::config::{check_block_size, Filespace, StreamTuning, SyncLevel};
@@ -56,6 +56,8 @@ enum Cmd {
     Mount(mount::MountCmd),
     /// Compare synchronized pairs online, block by block, with no false mismatches under load (--repair: fix them).
     Verify(verify::VerifyCmd),
+    /// The catalog and the cluster's other state files: check, restore when damaged, seal, show.
+    Catalog(catalog::CatalogCmd),
 }
 
 #[derive(clap::Args)]
@@ -262,6 +264,7 @@ fn main() -> ExitCode {
         Cmd::State(c) => state::run(c).map_err(Into::into),
         Cmd::Mount(c) => mount::run(c).map(|_| ExitCode::SUCCESS).map_err(Into::into),
         Cmd::Verify(c) => verify::run(c).map_err(Into::into),
+        Cmd::Catalog(c) => catalog::run(c).map_err(Into::into),
     };
     match r {
         Ok(code) => code,

@@ -48,6 +48,14 @@ pub enum ParseErrorKind {
     EmptyLocation,
     BadFilespaceName,
     DuplicateFilespace,
+    /// A byte-order mark after the file's start.
+    ByteOrderMark,
+    /// A CR inside a line (CR-only line endings).
+    LineEnding,
+    /// Not UTF-8 text (UTF-16, Latin-1, …).
+    Encoding,
+    /// A location or address longer than a path or host name can be.
+    TooLong,
 }
 
 /// One mistake in a configuration file: where, what is wrong, what to do.
@@ -102,6 +110,57 @@ fn forbidden(c: char) -> bool {
     c.is_whitespace() || c.is_control() || fullwidth_name(c).is_some()
 }
 
+/// User text in a message: quoted, and cut in the middle when long.
+fn q(text: &str) -> String {
+    format!("{:?}", super::elide(text))
+}
+
+/// Longest path a location may be (Linux's PATH_MAX less the NUL), and
+/// longest name in it.
+const MAX_PATH: usize = 4095;
+const MAX_NAME: usize = 255;
+
+/// An IPv6 address written without brackets, as the text from the address
+/// field to the first location shows it (`::1:41000:42000:43000:/m` →
+/// `::1`): its colons were read as separators.
+fn unbracketed_ipv6(from_address: &str) -> Option<String> {
+    let upto = from_address.split_once(":/").map_or(from_address, |(a, _)| a);
+    let mut parts = upto.rsplitn(4, ':');
+    let (_, _, _) = (parts.next()?, parts.next()?, parts.next()?);
+    let address = parts.next()?;
+    let ipv6 = address.contains(':') && address.chars().all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.');
+    ipv6.then(|| address.to_string())
+}
+
+/// Where a file stops being UTF-8 text, and what it seems to be instead.
+fn encoding_error(bytes: &[u8], file_name: &str) -> ParseError {
+    let bad = match std::str::from_utf8(bytes) {
+        Ok(_) => bytes.iter().position(|&b| b == 0).unwrap_or(0),
+        Err(e) => e.valid_up_to(),
+    };
+    let good = String::from_utf8_lossy(&bytes[..bad]);
+    let line_start = good.rfind('\n').map_or(0, |i| i + 1);
+    let (line, column) = (good.matches('\n').count() + 1, good[line_start..].chars().count() + 1);
+    let seems = if bytes.starts_with(&[0xff, 0xfe, 0, 0]) || bytes.starts_with(&[0, 0, 0xfe, 0xff]) {
+        "UTF-32 (it starts with a UTF-32 byte-order mark)"
+    } else if bytes.starts_with(&[0xff, 0xfe]) || bytes.starts_with(&[0xfe, 0xff]) {
+        "UTF-16 (it starts with a UTF-16 byte-order mark)"
+    } else if bytes.contains(&0) {
+        "UTF-16 or UTF-32 (it holds NUL bytes, as their ASCII characters do)"
+    } else {
+        "in a single-byte encoding such as Latin-1 or Windows-1252"
+    };
+    ParseError {
+        file: file_name.to_string(),
+        line,
+        column,
+        kind: ParseErrorKind::Encoding,
+        what: format!("byte {bad} (0x{:02X}) is not UTF-8 text: the file seems to be {seems}", bytes[bad]),
+        fix: "save it as UTF-8 (for example: iconv -f UTF-16 -t UTF-8 FILE > FILE.new, naming its real encoding)"
+            .into(),
+    }
+}
+
 /// The 1-based column (in characters) of byte `at` of `raw`.
 fn column(raw: &str, at: usize) -> usize {
     raw[..at].chars().count() + 1
@@ -131,6 +190,17 @@ struct Parser {
 }
 
 impl MirrorConfig {
+    /// Read a configuration file's bytes: UTF-8 text (a leading BOM
+    /// allowed). UTF-16, UTF-32 and other encodings are refused with the
+    /// line and column of the first byte that is not UTF-8 and what the
+    /// file seems to be.
+    pub fn parse_bytes(bytes: &[u8], file_name: &str) -> Result<MirrorConfig, ParseErrors> {
+        match std::str::from_utf8(bytes) {
+            Ok(text) if !text.contains('\0') => Self::parse(text, file_name),
+            Ok(_) | Err(_) => Err(ParseErrors(vec![encoding_error(bytes, file_name)])),
+        }
+    }
+
     /// Read a configuration file's text. `file_name` is only used in the
     /// messages. Every line is checked; all mistakes are returned together.
     pub fn parse(text: &str, file_name: &str) -> Result<MirrorConfig, ParseErrors> {
@@ -163,6 +233,8 @@ impl MirrorConfig {
                 what: "the file has no filespaceOrder= line and no mirror lines".into(),
                 fix: format!("write filespaceOrder= (followed by the other filespaces' names, if any), then one line per mirror: {LINE_SYNTAX}"),
             }),
+            // A file whose lines end in CR alone is one line: its CR says it all.
+            Some(_) if p.errors.iter().any(|e| e.kind == ParseErrorKind::LineEnding) => {}
             Some((line, column)) if !p.order_seen => p.errors.push(ParseError {
                 file,
                 line,
@@ -192,7 +264,7 @@ impl MirrorConfig {
             if !valid_filespace_name(name) {
                 return Err(bad(
                     "filespaceOrder",
-                    format!("filespace name {name:?} is not 1 to 64 letters, digits, '_', '-' or '.'"),
+                    format!("filespace name {} is not 1 to 64 letters, digits, '_', '-' or '.'", q(name)),
                 ));
             }
             if self.filespace_order[..i].contains(name) {
@@ -300,23 +372,57 @@ impl Parser {
                 format!("replace it with {ascii}: switch the input method to half-width (English) and retype it"),
             ));
         }
+        if let Some(i) = body.find('\u{feff}') {
+            return Err(l.err(
+                start + i,
+                ByteOrderMark,
+                "a byte-order mark (U+FEFF, bytes EF BB BF) inside the file, where only its very start may hold one (were two files joined?)".into(),
+                "remove it: most editors show it as nothing, so delete the character before the line's first visible one, or save the file as UTF-8 without BOM".into(),
+            ));
+        }
         if let Some((i, c)) = body.char_indices().find(|&(_, c)| c.is_whitespace() || c.is_control()) {
             let at = start + i;
+            if c == '\r' {
+                return Err(l.err(
+                    at,
+                    LineEnding,
+                    "a carriage return (CR, U+000D) inside the line: the file ends its lines with CR alone (an old Mac format), or holds a stray CR".into(),
+                    "save it with LF line endings (for example: tr '\\r' '\\n' < FILE > FILE.new)".into(),
+                ));
+            }
+            if c == '\t' {
+                return Err(l.err(
+                    at,
+                    Whitespace,
+                    "a tab inside the line".into(),
+                    "fields are separated by ':' and hold no tabs: if it stands between two fields, put ':' in its place; otherwise remove it".into(),
+                ));
+            }
             if c.is_whitespace() {
                 let rest = body[i..].trim_start();
+                let what =
+                    if c == ' ' { "a space".to_string() } else { format!("the space character U+{:04X}", c as u32) };
+                if rest.starts_with('#') {
+                    return Err(l.err(
+                        end - rest.len(),
+                        TrailingText,
+                        format!("unexpected text {} after the line's last field", q(rest)),
+                        "remove it; a comment goes on a line of its own, starting with #".into(),
+                    ));
+                }
                 if !rest.contains([':', '=']) {
                     return Err(l.err(
                         end - rest.len(),
                         TrailingText,
-                        format!("unexpected text {rest:?} after the line's last field"),
-                        "remove it; a comment goes on a line of its own, starting with #".into(),
+                        format!("unexpected text {} after {what}", q(rest)),
+                        "if it is another field, put ':' in place of the space; if it is a comment, it goes on a line of its own, starting with #".into(),
                     ));
                 }
                 return Err(l.err(
                     at,
                     Whitespace,
-                    "unexpected space or tab inside the line".into(),
-                    "remove it: fields hold no spaces, and nothing goes around ':' or '='".into(),
+                    format!("{what} inside the line"),
+                    "fields hold no spaces and nothing goes around ':' or '=': if it stands between two fields, put ':' in its place; otherwise remove it".into(),
                 ));
             }
             return Err(l.err(
@@ -330,7 +436,7 @@ impl Parser {
             return Err(l.err(
                 start,
                 NoEquals,
-                format!("{body:?} has no '='"),
+                format!("{} has no '='", q(body)),
                 format!("lines read filespaceOrder=... (first) or {LINE_SYNTAX}"),
             ));
         };
@@ -349,7 +455,7 @@ impl Parser {
             return Err(l.err(
                 start,
                 UnknownKey,
-                format!("unknown key {key:?}{hint}"),
+                format!("unknown key {}{hint}", q(key)),
                 format!("the keys are filespaceOrder (first line) and mirror<N>; lines read {LINE_SYNTAX}"),
             ));
         };
@@ -359,7 +465,7 @@ impl Parser {
                 Err(_) => return Err(l.err(
                     start,
                     BadKey,
-                    format!("key {key:?} is not mirror followed by a number"),
+                    format!("key {} is not mirror followed by a number", q(key)),
                     "name the line mirror<N>, N a number unique in the file (by convention the content: mirror0=0:...)"
                         .into(),
                 )),
@@ -403,7 +509,7 @@ impl Parser {
                         if name.is_empty() {
                             "empty filespace name".to_string()
                         } else {
-                            format!("filespace name {name:?} is not 1 to 64 letters, digits, '_', '-' or '.'")
+                            format!("filespace name {} is not 1 to 64 letters, digits, '_', '-' or '.'", q(name))
                         },
                         "list the filespaces other than the default one, separated by ':' with none empty (nothing after = when there are none)".into(),
                     ));
@@ -493,6 +599,16 @@ impl Parser {
     ) -> Result<(MirrorLine, LineOrigin), ParseError> {
         use ParseErrorKind::*;
         let fields = Self::fields(l, name, eq, end)?;
+        if let Some(&(at, _)) = fields.get(1).filter(|(at, _)| !l.raw[*at..].starts_with('[')) {
+            if let Some(a) = unbracketed_ipv6(&l.raw[at..end]) {
+                return Err(l.err(
+                    at,
+                    BadAddress,
+                    format!("the address of {name} looks like an IPv6 address written without brackets ({}): its ':' read as field separators", q(&a)),
+                    format!("write it in brackets: [{}]", super::elide(&a)),
+                ));
+            }
+        }
         if fields.len() < FIELDS.len() {
             let missing = FIELDS[fields.len()];
             let after = if fields.len() == 1 && fields[0].1.is_empty() {
@@ -520,11 +636,23 @@ impl Parser {
                 "give the host name or address the mirror is reached at".into(),
             ));
         }
+        if address.len() > 253 {
+            return Err(l.err(
+                address_at,
+                TooLong,
+                format!(
+                    "the address of {name} is {} characters long ({}); a host name holds at most 253",
+                    address.chars().count(),
+                    q(address)
+                ),
+                "give the host name or address the mirror is reached at".into(),
+            ));
+        }
         if address.contains(['[', ']']) {
             return Err(l.err(
                 address_at,
                 BadAddress,
-                format!("address {address:?} of {name} holds a stray bracket"),
+                format!("address {} of {name} holds a stray bracket", q(address)),
                 "write a host name, an IPv4 address, or an IPv6 address in brackets ([::1])".into(),
             ));
         }
@@ -551,8 +679,22 @@ impl Parser {
                 return Err(l.err(
                     at,
                     TrailingText,
-                    format!("unexpected field {text:?} after the last location of {name}: filespaceOrder names {which}, so a line has {need} location(s), the default filespace's first"),
+                    format!("unexpected field {} after the last location of {name}: filespaceOrder names {which}, so a line has {need} location(s), the default filespace's first", q(text)),
                     "remove it, or name its filespace in filespaceOrder".into(),
+                ));
+            }
+            let long_name = text.split('/').map(str::len).max().unwrap_or(0);
+            if text.len() > MAX_PATH || long_name > MAX_NAME {
+                let what = if text.len() > MAX_PATH {
+                    format!("{} bytes long; a path holds at most {MAX_PATH}", text.len())
+                } else {
+                    format!("holds a name of {long_name} bytes; a name in a path holds at most {MAX_NAME}")
+                };
+                return Err(l.err(
+                    at,
+                    TooLong,
+                    format!("location {} of {name} ({}) is {what}", i + 1, q(text)),
+                    "give a shorter path".into(),
                 ));
             }
             if text.is_empty() {
@@ -613,7 +755,9 @@ impl Parser {
         let fix = format!("fix the {field} field of {name}");
         match e {
             BadNumber::Empty => l.err(at, EmptyField, format!("the {field} of {name} is empty ({range})"), fix),
-            BadNumber::NotDigits => l.err(at, NotANumber, format!("{field} {text:?} is not a number ({range})"), fix),
+            BadNumber::NotDigits => {
+                l.err(at, NotANumber, format!("{field} {} is not a number ({range})", q(text)), fix)
+            }
             BadNumber::OutOfRange => l.err(at, OutOfRange, format!("{field} {text} is out of range ({range})"), fix),
         }
     }
@@ -924,5 +1068,63 @@ mirror1=1:sdw1：50000：51000：52000：/data/mirror/gpseg1
         let at: Vec<(usize, ParseErrorKind)> = e.0.iter().map(|e| (e.line, e.kind)).collect();
         assert_eq!(at, vec![(2, NotANumber), (4, MissingField), (5, UnknownKey)]);
         assert_eq!(e.to_string().lines().count(), 3);
+    }
+
+    #[test]
+    fn messages_that_used_to_mislead() {
+        // IPv6 without brackets: named, with the fix.
+        let e = one_error("filespaceOrder=\nmirror0=0:::1:41000:42000:43000:/m/0\n");
+        assert_at(&e, BadAddress, 2, 11);
+        assert!(e.what.contains("IPv6 address written without brackets (\"::1\")") && e.fix.contains("[::1]"), "{e}");
+        assert!(!e.to_string().contains("is empty"), "{e}");
+        // A tab between two fields: put ':' in its place (not "remove the text").
+        let e = one_error("filespaceOrder=\nmirror0=0:h2:41000\t42000:43000:/m/0\n");
+        assert_at(&e, Whitespace, 2, 19);
+        assert!(e.what == "a tab inside the line" && e.fix.contains("put ':' in its place"), "{e}");
+        // A space before another field: the same advice.
+        let e = one_error("filespaceOrder=\nmirror0=0:h2:41000:42000:43000:/m/0 /fs/0\n");
+        assert_eq!(e.kind, TrailingText, "{e}");
+        assert!(e.what.contains("after a space") && e.fix.contains("put ':' in place of the space"), "{e}");
+        // A CR alone is a line ending, not "a space or tab".
+        let e = one_error("filespaceOrder=\rmirror0=0:h2:41000:42000:43000:/m/0\n");
+        assert_at(&e, LineEnding, 1, 16);
+        assert!(e.what.contains("carriage return") && !e.what.contains("space or tab"), "{e}");
+        // A second BOM (two files joined) is not an unknown key.
+        let e = one_error("\u{feff}filespaceOrder=\n\u{feff}mirror0=0:h2:41000:42000:43000:/m/0\n");
+        assert_at(&e, ByteOrderMark, 2, 1);
+        // A 5,000-character path: said to be too long, the message short, no advice about hosts.
+        let long = format!("/{}", "d/".repeat(2500));
+        let e = one_error(&format!("filespaceOrder=\nmirror0=0:h2:41000:42000:43000:{long}\n"));
+        assert_eq!(e.kind, TooLong, "{e}");
+        assert!(
+            e.to_string().len() < 400 && !e.to_string().contains("host"),
+            "{} characters: {e}",
+            e.to_string().len()
+        );
+        let e = one_error(&format!("filespaceOrder=\nmirror0=0:h2:41000:42000:43000:/m/{}\n", "n".repeat(300)));
+        assert!(e.kind == TooLong && e.what.contains("a name of 300 bytes"), "{e}");
+        let e = one_error(&format!("filespaceOrder=\nmirror0=0:{}:41000:42000:43000:/m/0\n", "h".repeat(300)));
+        assert!(e.kind == TooLong && e.to_string().len() < 400, "{e}");
+    }
+
+    #[test]
+    fn files_that_are_not_utf8_say_where_and_what_they_seem_to_be() {
+        let text = "filespaceOrder=\nmirror0=0:h2:41000:42000:43000:/m/0\n";
+        let utf16: Vec<u8> = [0xff, 0xfe].into_iter().chain(text.encode_utf16().flat_map(u16::to_le_bytes)).collect();
+        let e = MirrorConfig::parse_bytes(&utf16, "mirrors.cfg").unwrap_err().0;
+        assert_eq!(e.len(), 1);
+        assert_at(&e[0], Encoding, 1, 1);
+        assert!(e[0].what.contains("UTF-16") && e[0].fix.contains("save it as UTF-8"), "{}", e[0]);
+        // UTF-16 without a BOM: NUL bytes.
+        let bare: Vec<u8> = text.encode_utf16().flat_map(u16::to_le_bytes).collect();
+        let e = MirrorConfig::parse_bytes(&bare, "mirrors.cfg").unwrap_err().0;
+        assert!(e[0].what.contains("NUL bytes"), "{}", e[0]);
+        // Latin-1: the line and column of the first byte that is not UTF-8.
+        let mut latin1 = b"filespaceOrder=\nmirror0=0:h2:41000:42000:43000:/m/caf".to_vec();
+        latin1.extend([0xe9, b'\n']);
+        let e = MirrorConfig::parse_bytes(&latin1, "mirrors.cfg").unwrap_err().0;
+        assert_at(&e[0], Encoding, 2, 38);
+        assert!(e[0].what.contains("0xE9") && e[0].what.contains("Latin-1"), "{}", e[0]);
+        assert!(MirrorConfig::parse_bytes(text.as_bytes(), "mirrors.cfg").is_ok());
     }
 }
