@@ -778,5 +778,4 @@ mod tests {
         assert_eq!(elapsed(rate), 2000);
         assert_eq!(elapsed(2 * rate), 500);
     }
-
 }
