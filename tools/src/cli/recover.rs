@@ -107,6 +107,7 @@ impl Summary {
             paths: 0,
             blocks: 0,
             bytes: 0,
+            passes: 0,
             mode: '-',
             generation: 0,
         }
