@@ -599,22 +599,34 @@ mod tests {
         FsPath::new(0, RelPath::new(s).unwrap_or_else(|e| panic!("{s}: {e}")))
     }
 
-    /// A link over a filespace holding one empty file, whose change-log names `owed`, where
-    /// every path the change-log still owes is renamed by a call right
-    /// after the walk (a database renames all the time): a rename of an
-    /// owed path asks for another pass, as the primary's RedoIfOwed does.
-    struct Renaming {
+    /// A scripted link: one filespace holding one file `f` of `len` bytes,
+    /// a change-log naming the paths `owed` and the blocks `blocks`, a
+    /// clock that moves only when the resync pauses. Once the walk of a
+    /// full resync is done, every path still owed is renamed by a call (a
+    /// database renames all the time) and asks for one more pass, as the
+    /// primary's RedoIfOwed does. After the first copy an operator may
+    /// change the rate to `rate_after_first_copy`.
+    #[derive(Default)]
+    struct Scripted<'a> {
         owed: BTreeSet<FsPath>,
+        blocks: BTreeMap<FsPath, BTreeSet<u64>>,
+        len: u64,
+        kind: Option<EntryKind>,
         walked: bool,
         renamed: bool,
-        passes: u64,
+        now: u64,
+        copies: u64,
+        progress: Option<&'a Progress>,
+        rate_after_first_copy: u64,
     }
 
-    impl ResyncLink for Renaming {
+    impl ResyncLink for Scripted<'_> {
         fn now_ms(&self) -> u64 {
-            0
+            self.now
         }
-        fn pause(&mut self, _ms: u64) {}
+        fn pause(&mut self, ms: u64) {
+            self.now += ms;
+        }
         fn block_size(&self) -> u32 {
             8192
         }
@@ -622,14 +634,12 @@ mod tests {
             1
         }
         fn change_set(&mut self, _full: bool) -> Result<ChangeSet> {
-            Ok(ChangeSet { touched: self.owed.iter().map(|p| (p.clone(), true)).collect(), ..ChangeSet::default() })
+            let touched = self.owed.iter().map(|p| (p.clone(), true)).collect();
+            Ok(ChangeSet { touched, blocks: self.blocks.clone(), ..ChangeSet::default() })
         }
         fn redo(&mut self) -> Result<BTreeSet<FsPath>> {
-            // The renames happen once, after the walk; each owed path renamed
-            // owes another pass (taken once).
             if self.walked && !self.renamed {
                 self.renamed = true;
-                self.passes += 1;
                 return Ok(self.owed.clone());
             }
             Ok(BTreeSet::new())
@@ -638,16 +648,22 @@ mod tests {
             self.walked = true;
         }
         fn entry_kind(&mut self, _p: &FsPath) -> Result<Option<EntryKind>> {
-            Ok(None)
+            Ok(self.kind)
         }
         fn reconcile(&mut self, _fs: u16, path: Option<&RelPath>, _prune: bool) -> Result<LocalEntry> {
             Ok(match path {
                 None => LocalEntry::Dir { children: vec![("f".to_string(), EntryKind::File)] },
-                Some(_) => LocalEntry::File { len: 0 },
+                Some(_) => LocalEntry::File { len: self.len },
             })
         }
-        fn copy(&mut self, _p: &FsPath, _first: u64, _count: u64) -> Result<u64> {
-            Ok(0)
+        fn copy(&mut self, _p: &FsPath, _first: u64, count: u64) -> Result<u64> {
+            self.copies += 1;
+            if let (1, Some(progress)) = (self.copies, self.progress) {
+                if self.rate_after_first_copy > 0 {
+                    progress.max_rate.store(self.rate_after_first_copy, Ordering::Relaxed);
+                }
+            }
+            Ok(count * 8192)
         }
         fn hashes(&mut self, _p: &FsPath, _f: u64, _c: u32, _t: Duration) -> Result<Option<(Vec<u64>, Vec<u64>)>> {
             Ok(None)
@@ -679,7 +695,7 @@ mod tests {
 
     fn full_resync(planted: Option<crate::core::PlantedBug>) -> ResyncReport {
         let owed = ["a", "b/c", "d"].into_iter().map(p).collect();
-        let mut link = Renaming { owed, walked: false, renamed: false, passes: 0 };
+        let mut link = Scripted { owed, ..Scripted::default() };
         let opts = ResyncOptions { full: true, planted, ..ResyncOptions::default() };
         run_on(&mut link, &opts, &Progress::default()).unwrap_or_else(|e| panic!("{e}"))
     }
@@ -694,73 +710,6 @@ mod tests {
         let planted = full_resync(Some(crate::core::PlantedBug::FullResyncWithoutWalkCheckpoint));
         assert!(planted.extra_passes > 0, "the schedule must fail with the fix removed: {planted:?}");
     }
-    /// A link with one file of 64 blocks owed, whose clock moves only when
-    /// the resync pauses; after the first copy an operator doubles the rate.
-    struct Copying<'a> {
-        now: u64,
-        progress: &'a Progress,
-        copies: u64,
-        doubled_to: u64,
-    }
-
-    impl ResyncLink for Copying<'_> {
-        fn now_ms(&self) -> u64 {
-            self.now
-        }
-        fn pause(&mut self, ms: u64) {
-            self.now += ms;
-        }
-        fn block_size(&self) -> u32 {
-            8192
-        }
-        fn filespace_count(&self) -> u16 {
-            1
-        }
-        fn change_set(&mut self, _full: bool) -> Result<ChangeSet> {
-            Ok(ChangeSet { blocks: BTreeMap::from([(p("f"), (0..64).collect())]), ..ChangeSet::default() })
-        }
-        fn redo(&mut self) -> Result<BTreeSet<FsPath>> {
-            Ok(BTreeSet::new())
-        }
-        fn walked(&mut self) {}
-        fn entry_kind(&mut self, _p: &FsPath) -> Result<Option<EntryKind>> {
-            Ok(Some(EntryKind::File))
-        }
-        fn reconcile(&mut self, _fs: u16, _path: Option<&RelPath>, _prune: bool) -> Result<LocalEntry> {
-            Ok(LocalEntry::File { len: 64 * 8192 })
-        }
-        fn copy(&mut self, _p: &FsPath, _first: u64, count: u64) -> Result<u64> {
-            self.copies += 1;
-            if self.copies == 1 {
-                self.progress.max_rate.store(self.doubled_to, Ordering::Relaxed);
-            }
-            Ok(count * 8192)
-        }
-        fn hashes(&mut self, _p: &FsPath, _f: u64, _c: u32, _t: Duration) -> Result<Option<(Vec<u64>, Vec<u64>)>> {
-            Ok(None)
-        }
-        fn send(&mut self) {}
-        fn check(&mut self) -> Result<()> {
-            Ok(())
-        }
-        fn flush(&mut self, _p: &FsPath) -> Result<Option<u64>> {
-            Ok(Some(1))
-        }
-        fn checkpoint(
-            &mut self,
-            _synced: u64,
-            _flushed: &BTreeSet<FsPath>,
-            _blocks: &BTreeMap<FsPath, BTreeSet<u64>>,
-            _paths: &[FsPath],
-            _timeout: Duration,
-        ) -> Result<()> {
-            Ok(())
-        }
-        fn finish(&mut self, _synced: Option<u64>, _flushed: &BTreeSet<FsPath>, _t: Duration) -> Result<bool> {
-            Ok(true)
-        }
-    }
-
     /// A rate given while the resync runs applies from then on: 512 KiB in
     /// two copies of 256 KiB at 256 KiB/s takes 2 s of pauses; doubled after
     /// the first copy, the second takes 0.5 s and the first is not made up for.
@@ -769,7 +718,14 @@ mod tests {
         let rate = 256 * 1024;
         let elapsed = |doubled_to: u64| {
             let progress = Progress::default();
-            let mut link = Copying { now: 0, progress: &progress, copies: 0, doubled_to };
+            let mut link = Scripted {
+                blocks: BTreeMap::from([(p("f"), (0..64).collect())]),
+                len: 64 * 8192,
+                kind: Some(EntryKind::File),
+                progress: Some(&progress),
+                rate_after_first_copy: doubled_to,
+                ..Scripted::default()
+            };
             let opts = ResyncOptions { max_rate: Some(rate), ..ResyncOptions::default() };
             run_on(&mut link, &opts, &progress).unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(link.copies, 2);

@@ -325,14 +325,7 @@ impl World {
             self.calls.remove(&c);
         }
         self.answers.retain(|a| a.node != n);
-        if let Some(s) = self.session.as_mut() {
-            if s.primary == n && s.primary_on {
-                s.primary_on = false;
-                s.primary_closed = true;
-                s.to_primary.queue.clear();
-            }
-        }
-        self.drop_session_if_done();
+        self.close_primary_side(n);
     }
 
     /// A call to segment `n`'s engine.

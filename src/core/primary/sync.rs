@@ -9,33 +9,49 @@ use super::*;
 use crate::protocol::Kind;
 
 impl Engine {
-    pub(super) fn sync_opened(&mut self, id: CallId, file: &FsPath, flush: bool) {
+    /// A sync's or a directory sync's frame, by mode: parked for the
+    /// decision, failed, tracked (alone, durable means durable here) or
+    /// shipped. Whether the call goes on to its local step.
+    fn ship_sync_frame(&mut self, id: CallId, file: Option<&FsPath>, h: Header) -> bool {
         match self.mode.clone() {
             Mode::Deciding => {
                 self.release_claims(id);
                 self.set_step(id, step::START);
                 self.park_for_decision(id);
-                return;
+                false
             }
-            Mode::Failed(why) => return self.fail(id, Failure::MirrorLost(why)),
+            Mode::Failed(why) => {
+                self.fail(id, Failure::MirrorLost(why));
+                false
+            }
             Mode::ChangeTracking => {
-                // Alone, durable means durable here; the changes are tracked.
                 if let Some(c) = self.calls.get_mut(&id) {
                     c.tracked = true;
                 }
+                true
             }
-            Mode::Streaming => {
-                let h = Header::new(if flush { Kind::Flush } else { Kind::Sync });
-                match self.ship_op(Some(file), h, Bytes::new(), 0, Vec::new()) {
-                    Shipped::Seq(seq) => {
-                        if let Some(c) = self.calls.get_mut(&id) {
-                            c.seq = seq;
-                        }
+            Mode::Streaming => match self.ship_op(file, h, Bytes::new(), 0, Vec::new()) {
+                Shipped::Seq(seq) => {
+                    if let Some(c) = self.calls.get_mut(&id) {
+                        c.seq = seq;
                     }
-                    Shipped::NoRoom => return self.wait_room(id),
-                    Shipped::Failed(f) => return self.fail(id, f),
+                    true
                 }
-            }
+                Shipped::NoRoom => {
+                    self.wait_room(id);
+                    false
+                }
+                Shipped::Failed(f) => {
+                    self.fail(id, f);
+                    false
+                }
+            },
+        }
+    }
+
+    pub(super) fn sync_opened(&mut self, id: CallId, file: &FsPath, flush: bool) {
+        if !self.ship_sync_frame(id, Some(file), Header::new(if flush { Kind::Flush } else { Kind::Sync })) {
+            return;
         }
         self.release_claims(id);
         // The mirror syncs while this side does: the caller waits for the slower.
@@ -73,34 +89,12 @@ impl Engine {
     }
 
     pub(super) fn sync_dir_start(&mut self, id: CallId, fs: u16) {
-        match self.mode.clone() {
-            Mode::Deciding => {
-                self.release_claims(id);
-                self.set_step(id, step::START);
-                self.park_for_decision(id);
-                return;
-            }
-            Mode::Failed(why) => return self.fail(id, Failure::MirrorLost(why)),
-            Mode::ChangeTracking => {
-                if let Some(c) = self.calls.get_mut(&id) {
-                    c.tracked = true;
-                }
-            }
-            Mode::Streaming => {
-                let mut h = Header::new(Kind::SyncDirs);
-                h.filespace = fs;
-                match self.ship_op(None, h, Bytes::new(), 0, Vec::new()) {
-                    Shipped::Seq(seq) => {
-                        if let Some(c) = self.calls.get_mut(&id) {
-                            c.seq = seq;
-                        }
-                        self.kick();
-                    }
-                    Shipped::NoRoom => return self.wait_room(id),
-                    Shipped::Failed(f) => return self.fail(id, f),
-                }
-            }
+        let mut h = Header::new(Kind::SyncDirs);
+        h.filespace = fs;
+        if !self.ship_sync_frame(id, None, h) {
+            return;
         }
+        self.kick();
         self.release_claims(id);
         self.set_step(id, step::SYNC_DIRS);
         self.request_dir_sync(id)
