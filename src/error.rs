@@ -25,9 +25,22 @@ pub enum Error {
     /// A local write or fsync failed; nothing more is reported durable (brief rule 8).
     #[error("segment faulted: {0}")]
     Faulted(String),
+    /// This segment is not the acting primary (it is the mirror, has no role
+    /// yet, is handing its role over or stopping): retry the call on the
+    /// acting primary. Nothing was changed.
+    #[error("not the acting primary: {0}")]
+    NotPrimary(String),
     /// An order or request that does not fit this segment's role or state.
     #[error("refused: {0}")]
     Rejected(String),
+    /// A state file whose checksums or rules do not hold: said as damage,
+    /// with the command that restores it.
+    #[error("the {what} is damaged: {path}: {reason}; {restore}")]
+    Damaged { what: &'static str, path: String, reason: String, restore: String },
+    /// Something that was to happen did not (a process that did not start,
+    /// a wait that ran out); the message names what and why.
+    #[error("{0}")]
+    NotDone(String),
     #[error("handshake with {peer}: {source}")]
     Handshake {
         peer: String,
@@ -47,6 +60,16 @@ pub enum Error {
 impl Error {
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Error {
         Error::Io { context: context.into(), source }
+    }
+
+    /// The message without its kind's prefix (`refused: `, `invalid
+    /// argument: `), for a line that already says what happened.
+    pub fn cause(&self) -> String {
+        match self {
+            Error::Rejected(m) | Error::InvalidArgument(m) | Error::NotDone(m) => m.clone(),
+            Error::Damaged { path, reason, .. } => format!("{path}: {reason}"),
+            e => e.to_string(),
+        }
     }
 }
 

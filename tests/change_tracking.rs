@@ -381,14 +381,14 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for OnMessage {
     }
 }
 
-/// A call that waits for the arbiter's decision holds no lock another call
-/// needs. The interleaving that once stalled the decision until the waiting
-/// call's deadline ("no decision in time", then change tracking anyway):
-/// call B is inside its file stripe when the mirror is lost (here held at
-/// the change-log's gate); call A starts after the loss and waits for the
-/// decision; B goes on and sends, which reads the loss under the marks
-/// lock; the decision's second phase takes every file stripe, B's too.
-/// A waiting with the marks lock held closed that circle.
+/// A call that waits for the arbiter's decision holds up no other call.
+/// The interleaving that once stalled the decision until the waiting call's
+/// deadline ("no decision in time", then change tracking anyway): call B is
+/// in flight on its file when the mirror is lost (here held at the
+/// change-log's gate); call A starts after the loss and waits for the
+/// decision; B goes on. The decision once waited for every call to leave
+/// its file (then its stripe) while A held what B needed; the engine's
+/// decision now takes no claim (`core::primary::tests` scripts it).
 #[test]
 fn a_call_waiting_for_the_decision_holds_up_no_call_inside_its_stripe() {
     use tracing_subscriber::layer::SubscriberExt;

@@ -98,6 +98,7 @@ fn init_start_addmirrors_under_load_state_and_stop() {
         &fs1,
         "--block-size",
         &BS.to_string(),
+        "--allow-one-machine",
     ]);
     // A second init into the same directory changes nothing.
     let (code, _, err) = filerep(&["init", "--cluster-dir", &cd, "--hosts", "127.0.0.2", "--data-dir", &fs0]);
@@ -109,6 +110,34 @@ fn init_start_addmirrors_under_load_state_and_stop() {
     let catalog = || Catalog::load(&dir.catalog()).unwrap();
     let cat = catalog();
     assert_eq!((cat.unmirrored.len(), cat.pairs.len()), (4, 0));
+
+    // A segment answers for its machine what the tools cannot see from
+    // another one: a path through a link, resolved there; a busy port.
+    let link = tmp.path().join("link");
+    std::os::unix::fs::symlink(tmp.path().join("primary"), &link).unwrap();
+    let busy = std::net::TcpListener::bind("127.0.0.2:0").unwrap();
+    let busy_port = busy.local_addr().unwrap().port();
+    let ask = filerep::cluster::segment::SegmentRequest::Inspect {
+        paths: vec![(link.join("new"), true), ("relative".into(), false)],
+        ports: vec![("127.0.0.2".into(), busy_port)],
+    };
+    let key = dir.key().unwrap();
+    match filerep::cluster::control::call::<_, filerep::cluster::segment::SegmentResponse>(
+        &cat.unmirrored[0].address.control,
+        &key,
+        &ask,
+        Duration::from_secs(10),
+    ) {
+        Ok(filerep::cluster::segment::SegmentResponse::Inspected { paths, ports }) => {
+            let real = std::fs::canonicalize(tmp.path().join("primary")).unwrap().join("new");
+            let first = paths[0].as_ref().unwrap();
+            assert_eq!((first.resolved.clone(), first.unwritable.clone()), (real, None));
+            assert!(paths[1].is_err(), "a relative path is not answered: {paths:?}");
+            assert!(ports[0].as_ref().unwrap_err().contains("in use"), "{ports:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    drop(busy);
 
     // A workload on every content, going on while the mirrors are added.
     let stop = Arc::new(AtomicBool::new(false));
@@ -150,13 +179,13 @@ fn init_start_addmirrors_under_load_state_and_stop() {
         .collect();
 
     // Bad configurations are refused with file, line and column, changing nothing.
-    let before = std::fs::read_to_string(dir.catalog()).unwrap();
+    let before = std::fs::read(dir.catalog()).unwrap();
     let bad = tmp.path().join("bad.cfg");
     std::fs::write(&bad, "filespaceOrder=fs_fast\nmirror0=0:127.0.0.3:x:1:2:/a:/b\n").unwrap();
     let (code, _, err) = filerep(&["addmirrors", "--cluster-dir", &cd, "-i", &bad.display().to_string()]);
     assert_ne!(code, 0);
     assert!(err.contains("bad.cfg:2:"), "{err}");
-    assert!(std::fs::read_to_string(dir.catalog()).unwrap() == before, "a refused configuration changes nothing");
+    assert!(std::fs::read(dir.catalog()).unwrap() == before, "a refused configuration changes nothing");
 
     // -o writes the computed configuration, -i reads it back: the same mirrors.
     let mdir = |n: &str| format!("{n}={}", tmp.path().join(format!("mirror_{n}")).display());
@@ -184,7 +213,7 @@ fn init_start_addmirrors_under_load_state_and_stop() {
         assert_ne!(p.address.host, m.address, "content {}: a mirror never shares its primary's host", m.content);
         assert_eq!(m.port as u32, p.address.port().unwrap() as u32 + 3000, "mirror port = primary port + offset");
     }
-    assert!(std::fs::read_to_string(dir.catalog()).unwrap() == before, "-o changes nothing");
+    assert!(std::fs::read(dir.catalog()).unwrap() == before, "-o changes nothing");
 
     // Add them, with the workload running: each pair goes n -> r -> s.
     let out = ok(&["addmirrors", "--cluster-dir", &cd, "-i", &cf, "--json"]);

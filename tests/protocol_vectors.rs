@@ -281,6 +281,7 @@ fn segment_request_name(r: &SegmentRequest) -> &'static str {
         SegmentRequest::Rebind { .. } => "Rebind",
         SegmentRequest::StartVerify { .. } => "StartVerify",
         SegmentRequest::VerifyReport { .. } => "VerifyReport",
+        SegmentRequest::Inspect { .. } => "Inspect",
         SegmentRequest::Stop => "Stop",
     }
 }
@@ -293,6 +294,7 @@ fn segment_response_name(r: &SegmentResponse) -> &'static str {
         SegmentResponse::Refused(_) => "Refused",
         SegmentResponse::Verifying { .. } => "Verifying",
         SegmentResponse::VerifyReport(_) => "VerifyReport",
+        SegmentResponse::Inspected { .. } => "Inspected",
     }
 }
 
@@ -300,6 +302,7 @@ fn arbiter_request_name(r: &ArbiterRequest) -> &'static str {
     match r {
         ArbiterRequest::MirrorLost { .. } => "MirrorLost",
         ArbiterRequest::Catalog => "Catalog",
+        ArbiterRequest::StoreCatalog => "StoreCatalog",
         ArbiterRequest::Recover { .. } => "Recover",
         ArbiterRequest::Rebalance { .. } => "Rebalance",
         ArbiterRequest::AddMirrors { .. } => "AddMirrors",
@@ -358,11 +361,15 @@ fn every_control_message_has_a_json_example_that_round_trips() {
                 "Rebind",
                 "StartVerify",
                 "VerifyReport",
+                "Inspect",
                 "Stop",
             ]),
         ),
-        ("SegmentResponse", want(&["Status", "Changes", "Done", "Refused", "Verifying", "VerifyReport"])),
-        ("ArbiterRequest", want(&["MirrorLost", "Catalog", "Recover", "Rebalance", "AddMirrors", "Verify"])),
+        ("SegmentResponse", want(&["Status", "Changes", "Done", "Refused", "Verifying", "VerifyReport", "Inspected"])),
+        (
+            "ArbiterRequest",
+            want(&["MirrorLost", "Catalog", "StoreCatalog", "Recover", "Rebalance", "AddMirrors", "Verify"]),
+        ),
         ("ArbiterResponse", want(&["MirrorDown", "Demoted", "Catalog", "Started", "Restored", "Verifying", "Refused"])),
     ];
     for (ty, names) in expect {

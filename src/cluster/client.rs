@@ -117,6 +117,7 @@ impl ErrorClass {
                 ErrorClass::Unavailable
             }
             crate::Error::Faulted(_) => ErrorClass::Faulted,
+            crate::Error::NotPrimary(_) => ErrorClass::NotPrimary,
             // A namespace error on the primary: nothing was changed, and a
             // caller (the FUSE mount) needs to tell these apart (errno).
             crate::Error::Disk(d) => match d.kind {

@@ -147,6 +147,12 @@ pub fn render(s: &SegmentStatus) -> String {
         o.one("filerep_resync_blocks_done", "gauge", "Blocks the current (or last) resync has shipped.", p.blocks_done);
         o.one("filerep_resync_bytes_done", "gauge", "Bytes the current (or last) resync has shipped.", p.bytes_done);
         o.one("filerep_resync_paths_done", "gauge", "Paths the current (or last) resync has reconciled.", p.paths_done);
+        o.one(
+            "filerep_resync_passes",
+            "gauge",
+            "Extra passes the current (or last) resync made over renamed paths.",
+            p.passes,
+        );
     }
     if let Some(v) = &s.verify {
         o.one("filerep_verify_running", "gauge", "1 while a verification runs.", v.running as u64);
@@ -223,6 +229,7 @@ mod tests {
             detail: String::new(),
             changes_pending: false,
             faulted: false,
+            unheard: false,
             resync: Some(Default::default()),
             resync_error: None,
             verify: Some(Default::default()),

@@ -142,6 +142,14 @@ impl State {
     fn answer(&self, req: ArbiterRequest) -> ArbiterResponse {
         match req {
             ArbiterRequest::Catalog => ArbiterResponse::Catalog(Box::new(lock(&self.catalog).clone())),
+            ArbiterRequest::StoreCatalog => {
+                let mut cat = lock(&self.catalog);
+                tracing::warn!(catalog = %self.store.describe(), "catalog written again on request");
+                match self.store(&mut cat) {
+                    true => ArbiterResponse::Started,
+                    false => ArbiterResponse::Refused("the catalog cannot be written".into()),
+                }
+            }
             ArbiterRequest::Recover { content, full, max_rate, compare, checkpoint_bytes } => {
                 self.recover(content, (full, compare), (max_rate, checkpoint_bytes))
             }
@@ -200,18 +208,13 @@ impl State {
                 return ArbiterResponse::Refused(format!("no content {content} in the catalog"));
             };
             let pair = &cp.pair;
+            if let Some(why) = cp.recover_refusal(full) {
+                return ArbiterResponse::Refused(why);
+            }
             if pair.down {
                 // Back from its acting primary's own data and change-log,
                 // once that primary answers again (the rounds then order it
                 // to serve alone at the new generation).
-                let p = pair.acting_primary();
-                if !p.up {
-                    return ArbiterResponse::Refused(format!(
-                        "content {content} is down and its acting primary {} does not answer: start that segment \
-                         (its data and change-log are the pair's), then run filerep recover again",
-                        p.dbid
-                    ));
-                }
                 let before = cat.clone();
                 let Some(o) = cat.apply(content, &Event::Restore) else {
                     return ArbiterResponse::Refused(format!("no content {content} in the catalog"));
@@ -222,20 +225,6 @@ impl State {
                 tracing::warn!(content, reason = %o.reason, "restored a down segment");
                 let generation = cat.pair(content).map(|c| c.pair.generation).unwrap_or(0);
                 return ArbiterResponse::Restored { generation };
-            }
-            if !pair.segments.iter().all(|s| s.up) {
-                return ArbiterResponse::Refused(format!("content {content}: both segments must be up to resync"));
-            }
-            match pair.mode {
-                PairMode::Synchronized => {
-                    return ArbiterResponse::Refused(format!("content {content} is already synchronized"))
-                }
-                PairMode::NotInSync if !full => {
-                    return ArbiterResponse::Refused(format!(
-                    "content {content} is not in sync and no change-log covers the differences: use a full resync (-F)"
-                ))
-                }
-                _ => {}
             }
             let (p, m) = (pair.acting_primary().dbid, pair.acting_mirror().dbid);
             let (Some(pa), Some(ma)) = (cp.address(p), cp.address(m)) else {

@@ -7,9 +7,16 @@
 //!
 //! Orders arrive on the control endpoint ([`crate::cluster::control`]): probe,
 //! become mirror, become primary, hand over / add / clear changes, stop.
+//!
+//! [`Segment::start`] runs it inside the calling process (the control
+//! server, the client socket and `/metrics` on their own threads) and hands
+//! back a [`SegmentHandle`]; its [`Storage`] is the storage API of the
+//! acting primary, for a storage process that is the segment itself (the C
+//! ABI). `filerep segment` is the same, started and waited for.
 
-use crate::cluster::client::{self, ErrorClass, Op, Request};
+use crate::cluster::client::{self, ErrorClass, Request};
 use crate::cluster::control;
+pub use crate::cluster::storage::Storage;
 use crate::config::{Filespace, PairIdentity, StreamTuning, SyncLevel};
 use crate::durable::changelog::{ChangeLog, ChangeSet, EXTENT_BLOCKS};
 use crate::error::{Error, Result};
@@ -34,6 +41,49 @@ use std::time::Duration;
 pub const MAX_CLIENTS: usize = 256;
 /// Most entries in a handed-over change set.
 pub const MAX_WIRE_ENTRIES: usize = 1 << 20;
+
+/// The highest generation at which a segment was ordered to act as
+/// primary, and as mirror, recorded before it does (`roles.json` in its
+/// state directory, sealed): which segment of a pair acted as primary
+/// last, for `filerep catalog restore` when it rebuilds a catalog while
+/// the cluster is stopped.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleRecord {
+    pub primary: u64,
+    pub mirror: u64,
+}
+
+impl RoleRecord {
+    pub const FILE: &'static str = "roles.json";
+    pub const VERSION: u32 = 1;
+
+    /// The record in `state_dir` (none yet: zeros).
+    pub fn load(state_dir: &std::path::Path) -> Result<RoleRecord> {
+        use crate::durable::sealed;
+        let restore = "remove it: the arbiter's next order writes it again";
+        let path = state_dir.join(Self::FILE);
+        Ok(sealed::read_state(&path, sealed::Kind::SegmentRoles, Self::VERSION, false, restore)?.unwrap_or_default())
+    }
+
+    /// Raise the record to these generations, durably.
+    fn note(state_dir: &std::path::Path, primary: Option<u64>, mirror: Option<u64>) -> Result<()> {
+        use crate::durable::sealed;
+        let old = RoleRecord::load(state_dir).unwrap_or_default();
+        let new =
+            RoleRecord { primary: old.primary.max(primary.unwrap_or(0)), mirror: old.mirror.max(mirror.unwrap_or(0)) };
+        if new == old {
+            return Ok(());
+        }
+        let path = state_dir.join(Self::FILE);
+        let json = serde_json::to_vec(&new).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        sealed::replace(&path, &sealed::seal(sealed::Kind::SegmentRoles, Self::VERSION, &json))
+            .map_err(|e| Error::io(format!("recording the role in {}", path.display()), e))
+    }
+}
+
+/// The format version of a sealed segment configuration.
+pub const CONFIG_VERSION: u32 = 1;
 
 /// A segment's settings (a JSON file; `docs/operations.md`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -96,18 +146,36 @@ fn default_true() -> bool {
 }
 
 impl SegmentConfig {
+    /// Read a configuration: sealed (as the cluster tools write it: a
+    /// changed byte is damage) or plain JSON (written by hand).
     pub fn load(path: &std::path::Path) -> Result<SegmentConfig> {
+        use crate::durable::sealed;
         let bytes =
             std::fs::read(path).map_err(|e| Error::io(format!("reading segment config {}", path.display()), e))?;
-        Self::parse(&bytes, &path.display().to_string())
+        let json =
+            sealed::body_or_plain(sealed::Kind::SegmentConfig, CONFIG_VERSION, &bytes).map_err(|e| Error::Damaged {
+                what: "segment configuration",
+                path: path.display().to_string(),
+                reason: e.to_string(),
+                restore:
+                    "copy it back from another copy of the cluster directory, or write it again (docs/operations.md)"
+                        .into(),
+            })?;
+        Self::parse(json, &path.display().to_string())
     }
 
-    /// Decode and check a configuration's bytes; `origin` names them in messages.
+    /// Decode and check a configuration's JSON; `origin` names it in messages.
     pub fn parse(bytes: &[u8], origin: &str) -> Result<SegmentConfig> {
         let c: SegmentConfig = serde_json::from_slice(bytes)
             .map_err(|e| Error::InvalidArgument(format!("segment config {origin}: {e}")))?;
         c.check().map_err(|e| Error::InvalidArgument(format!("segment config {origin}: {e}")))?;
         Ok(c)
+    }
+
+    /// The sealed form the cluster tools write.
+    pub fn to_sealed(&self) -> Result<Vec<u8>> {
+        let json = serde_json::to_vec_pretty(self).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        Ok(crate::durable::sealed::seal(crate::durable::sealed::Kind::SegmentConfig, CONFIG_VERSION, &json))
     }
 
     fn check(&self) -> Result<()> {
@@ -206,9 +274,22 @@ pub enum SegmentRequest {
     VerifyReport {
         id: u64,
     },
+    /// Answer for this machine what the operator tools cannot see from
+    /// another one (`filerep addmirrors`): each path with its symbolic
+    /// links resolved here, what is there, and (flag set) whether a
+    /// directory can be created and written there; whether each
+    /// `(address, port)` is free here. Changes nothing (a directory made
+    /// to prove it can be is removed at once). At most [`MAX_INSPECT`] of each.
+    Inspect {
+        paths: Vec<(PathBuf, bool)>,
+        ports: Vec<(String, u16)>,
+    },
     /// Stop the process.
     Stop,
 }
+
+/// Most paths (and ports) one `Inspect` asks about.
+pub const MAX_INSPECT: usize = 8192;
 
 // One per control call: the size of the status variant does not matter.
 #[allow(clippy::large_enum_variant)]
@@ -223,6 +304,11 @@ pub enum SegmentResponse {
         id: u64,
     },
     VerifyReport(Box<crate::verify::online::VerifyReport>),
+    /// The answers to `Inspect`, in its order.
+    Inspected {
+        paths: Vec<std::result::Result<crate::cluster::layout::PathInfo, String>>,
+        ports: Vec<std::result::Result<(), String>>,
+    },
 }
 
 pub use crate::core::arbiter::Acting;
@@ -242,6 +328,10 @@ pub struct SegmentStatus {
     /// A mirror that faulted (its disk failed): never promoted.
     #[serde(default)]
     pub faulted: bool,
+    /// A primary failed (`f`) only because it could not ask the arbiter
+    /// about its lost mirror: the arbiter may tell it to go on alone.
+    #[serde(default)]
+    pub unheard: bool,
     /// The resync in progress (or the last one), as counted so far.
     #[serde(default)]
     pub resync: Option<crate::runtime::resync::ProgressSnapshot>,
@@ -269,6 +359,7 @@ impl SegmentStatus {
             mode: self.mode,
             changes_pending: self.changes_pending,
             faulted: self.faulted,
+            unheard: self.unheard,
         }
     }
 }
@@ -284,6 +375,9 @@ pub enum ArbiterRequest {
     },
     /// The whole catalog (for operators and tests).
     Catalog,
+    /// Write the catalog the arbiter holds to its file again (and the last
+    /// good copy): `filerep catalog restore` while the arbiter runs.
+    StoreCatalog,
     /// `filerep recover`: resync the pair (`full`: every file), at most
     /// `max_rate` bytes a second.
     Recover {
@@ -450,10 +544,10 @@ enum Role {
     Stopped(String),
 }
 
-struct Shared {
-    cfg: SegmentConfig,
+pub(crate) struct Shared {
+    pub(crate) cfg: SegmentConfig,
     key: ClusterKey,
-    filespaces: Vec<Filespace>,
+    pub(crate) filespaces: Vec<Filespace>,
     disk: Arc<dyn Disk>,
     changelog: Arc<ChangeLog>,
     /// Where it listens as a mirror; rebound by `Rebind` (addmirrors may
@@ -467,6 +561,19 @@ struct Shared {
     /// Signalled when a resync thread ends.
     resync_ended: std::sync::Condvar,
     verify: Mutex<VerifyJob>,
+    /// Why the segment faulted, if it did ([`SegmentHandle::fault`]): every
+    /// storage call fails with it, and the segment stops.
+    fault: Mutex<Option<String>>,
+}
+
+struct RoleView {
+    acting: Acting,
+    generation: u64,
+    mode: char,
+    detail: String,
+    /// A mirror whose disk failed.
+    faulted: bool,
+    primary: Option<Arc<Primary>>,
 }
 
 /// The running (or last) verification, and the last report.
@@ -559,6 +666,7 @@ impl Segment {
             resync: Mutex::new(ResyncState::default()),
             resync_ended: std::sync::Condvar::new(),
             verify: Mutex::new(VerifyJob::default()),
+            fault: Mutex::new(None),
         });
         Ok(Segment { shared, control, clients, metrics })
     }
@@ -579,10 +687,15 @@ impl Segment {
 
     /// Serve until stopped (an order, or the flag).
     pub fn run(self) -> Result<()> {
+        self.start()?.wait();
+        Ok(())
+    }
+
+    /// Serve from threads of this process: the control server, the client
+    /// socket and `/metrics`. Nothing here needs the `filerep` command.
+    pub fn start(self) -> Result<SegmentHandle> {
         let Segment { shared, control, clients, metrics } = self;
-        let span = tracing::info_span!("segment", dbid = shared.cfg.dbid, content = shared.cfg.content);
-        let _e = span.enter();
-        tracing::info!("segment idle: waiting for the arbiter");
+        let control_addr = control.local_addr().map_err(|e| Error::io("control address", e))?;
         let c_shared = shared.clone();
         let timeout = Duration::from_secs(10);
         let control_thread = std::thread::Builder::new()
@@ -593,10 +706,149 @@ impl Segment {
                 move || control::serve(control, key, stop, limits, timeout, move |r| c_shared.order(r))
             })
             .map_err(|e| Error::io("spawning the control thread", e))?;
-        let metrics_thread = spawn_metrics(metrics, &shared)?;
-        let gate = Gate::new("client socket", shared.cfg.limits(MAX_CLIENTS));
-        let served = crate::io::admission::serve(&clients, &gate, &shared.stop, |stream, ticket| {
-            let s = shared.clone();
+        let metrics_thread = match spawn_metrics(metrics, &shared) {
+            Ok(t) => t,
+            Err(e) => {
+                shared.stop.stop();
+                let _ = control_thread.join();
+                return Err(e);
+            }
+        };
+        let s = shared.clone();
+        let main = std::thread::Builder::new().name("filerep-segment".into()).spawn(move || {
+            let span = tracing::info_span!("segment", dbid = s.cfg.dbid, content = s.cfg.content);
+            let _e = span.enter();
+            tracing::info!("segment idle: waiting for the arbiter");
+            s.serve_clients(&clients);
+            let _ = control_thread.join();
+            if let Some(t) = metrics_thread {
+                let _ = t.join();
+            }
+            // After an order in progress, and no order after this (each
+            // checks the flag under the same lock).
+            let _order = lock(&s.orders);
+            let role = std::mem::replace(&mut *lock(&s.role), Role::Stopped("stopped".into()));
+            s.end_role(role);
+            let _ = std::fs::remove_file(&s.cfg.socket);
+            tracing::info!("segment stopped");
+        });
+        match main {
+            Ok(t) => Ok(SegmentHandle { shared, control_addr, main: Mutex::new(Some(t)) }),
+            Err(e) => {
+                shared.stop.stop();
+                Err(Error::io("spawning the segment thread", e))
+            }
+        }
+    }
+}
+
+/// A segment running in this process ([`Segment::start`]). Dropping it
+/// leaves the segment running; [`SegmentHandle::close`] stops it in order.
+pub struct SegmentHandle {
+    shared: Arc<Shared>,
+    control_addr: std::net::SocketAddr,
+    main: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// Where a segment stands: its role, the pair's mode as its primary sees
+/// it, and the generation of that role.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SegmentInfo {
+    pub dbid: u32,
+    pub content: u32,
+    pub acting: Acting,
+    /// As in [`SegmentStatus::mode`]: `s`, `r`, `c`, `d`, `f`, or `-`.
+    pub mode: char,
+    pub generation: u64,
+    /// Why it faulted, if it did.
+    pub fault: Option<String>,
+}
+
+impl SegmentHandle {
+    /// The storage API, routed to the acting primary in this process.
+    pub fn storage(&self) -> Storage {
+        Storage { shared: self.shared.clone() }
+    }
+
+    /// Role, mode and generation (cheap: no statistics). A segment told to
+    /// stop is `Stopped` at once, before its role has ended.
+    pub fn info(&self) -> SegmentInfo {
+        let v = self.shared.role_view();
+        SegmentInfo {
+            dbid: self.shared.cfg.dbid,
+            content: self.shared.cfg.content,
+            acting: if self.stopping() { Acting::Stopped } else { v.acting },
+            mode: v.mode,
+            generation: v.generation,
+            fault: lock(&self.shared.fault).clone(),
+        }
+    }
+
+    /// The full status, as the arbiter's probe sees it.
+    pub fn status(&self) -> SegmentStatus {
+        self.shared.status()
+    }
+
+    pub fn control_addr(&self) -> std::net::SocketAddr {
+        self.control_addr
+    }
+
+    /// The replication address, where it takes a primary's stream as the mirror.
+    pub fn data_addr(&self) -> Result<std::net::SocketAddr> {
+        lock(&self.shared.data_listener).local_addr().map_err(|e| Error::io("replication address", e))
+    }
+
+    /// Whether the segment was stopped (an order, [`Self::close`], a fault).
+    pub fn stopping(&self) -> bool {
+        self.shared.stopping()
+    }
+
+    /// Fault the segment: every storage call fails with `Faulted(reason)`
+    /// from now on, and it stops serving (its role ends, the arbiter stops
+    /// hearing from it and decides, as for a crash). The first reason stays.
+    pub fn fault(&self, reason: &str) {
+        {
+            let mut f = lock(&self.shared.fault);
+            if f.is_none() {
+                tracing::error!(dbid = self.shared.cfg.dbid, reason, "segment faulted: stopping");
+                *f = Some(reason.to_string());
+            }
+        }
+        self.shared.stop.stop();
+    }
+
+    /// Wait until the segment has stopped (an order, the stop signal, a
+    /// fault) and its role has ended.
+    pub fn wait(&self) {
+        // Held through the join: a second caller returns once it is over.
+        let mut main = lock(&self.main);
+        if let Some(t) = main.take() {
+            if t.join().is_err() {
+                tracing::error!("the segment thread panicked");
+            }
+        }
+    }
+
+    /// Stop serving and end the role in order (a primary's mirror confirms
+    /// everything durable first), then return. Calls made meanwhile fail
+    /// with `NotPrimary`.
+    pub fn close(&self) {
+        self.shared.stop.stop();
+        self.wait();
+    }
+}
+
+impl Shared {
+    pub(crate) fn stopping(&self) -> bool {
+        self.stop.is_stopped()
+    }
+
+    /// Serve local clients until stopped, one thread each, admitted by the
+    /// gate.
+    fn serve_clients(self: &Arc<Self>, clients: &UnixListener) {
+        let gate = Gate::new("client socket", self.cfg.limits(MAX_CLIENTS));
+        let served = crate::io::admission::serve(clients, &gate, &self.stop, |stream, ticket| {
+            let s = self.clone();
             let spawned =
                 std::thread::Builder::new().name("filerep-client".into()).spawn(move || s.serve_client(stream, ticket));
             if let Err(e) = spawned {
@@ -605,33 +857,23 @@ impl Segment {
         });
         if let Err(e) = served {
             tracing::error!(error = %e, "client socket failed: stopping");
-            shared.stop.stop();
+            self.stop.stop();
         }
-        let _ = control_thread.join();
-        if let Some(t) = metrics_thread {
-            let _ = t.join();
-        }
-        let role = std::mem::replace(&mut *lock(&shared.role), Role::Stopped("stopped".into()));
-        shared.end_role(role);
-        let _ = std::fs::remove_file(&shared.cfg.socket);
-        tracing::info!("segment stopped");
-        Ok(())
     }
-}
 
-impl Shared {
-    fn status(&self) -> SegmentStatus {
-        let mut replication = None;
+    /// The role, the mode its primary sees and the generation, read under
+    /// the role lock only (no statistics).
+    fn role_view(&self) -> RoleView {
         let role = lock(&self.role);
+        // A mirror whose disk failed (rule 8) says so: it is never promoted.
         let faulted = matches!(&*role, Role::Mirror { server, .. } if server.fault().is_some());
-        let (acting, generation, mode, detail) = match &*role {
-            Role::Idle => (Acting::Idle, 0, '-', "waiting for the arbiter".to_string()),
-            Role::Starting => (Acting::Starting, 0, '-', "carrying out an order".to_string()),
+        let (acting, generation, mode, detail, primary) = match &*role {
+            Role::Idle => (Acting::Idle, 0, '-', "waiting for the arbiter".to_string(), None),
+            Role::Starting => (Acting::Starting, 0, '-', "carrying out an order".to_string(), None),
             Role::Mirror { server, .. } => {
-                (Acting::Mirror, server.generation(), '-', server.fault().unwrap_or_else(|| "serving".into()))
+                (Acting::Mirror, server.generation(), '-', server.fault().unwrap_or_else(|| "serving".into()), None)
             }
             Role::Primary(p) => {
-                replication = Some(p.replication());
                 let (mode, detail) = match p.mode() {
                     Mode::Streaming if p.resyncing() => ('r', "resynchronizing the mirror".to_string()),
                     Mode::Streaming => ('s', "streaming to the mirror".to_string()),
@@ -639,11 +881,20 @@ impl Shared {
                     Mode::ChangeTracking => ('c', "change tracking".to_string()),
                     Mode::Failed(w) => ('f', w),
                 };
-                (Acting::Primary, p.generation(), mode, detail)
+                (Acting::Primary, p.generation(), mode, detail, Some(p.clone()))
             }
-            Role::Stopped(w) => (Acting::Stopped, 0, '-', w.clone()),
+            Role::Stopped(w) => (Acting::Stopped, 0, '-', w.clone(), None),
         };
-        drop(role);
+        RoleView { acting, generation, mode, detail, faulted, primary }
+    }
+
+    fn status(&self) -> SegmentStatus {
+        let RoleView { acting, generation, mode, detail, faulted, primary } = self.role_view();
+        // A segment faulted through its handle (a caught panic in the C ABI)
+        // counts too, for the probes that reach it before it stops.
+        let faulted = faulted || lock(&self.fault).is_some();
+        let unheard = mode == 'f' && primary.as_ref().is_some_and(|p| p.failed_unheard());
+        let replication = primary.map(|p| p.replication());
         let verify = {
             let v = lock(&self.verify);
             (v.id > 0).then(|| crate::verify::online::VerifyState {
@@ -665,6 +916,7 @@ impl Shared {
             detail,
             changes_pending: !self.changelog.is_empty(),
             faulted,
+            unheard,
             resync: rs.progress.as_ref().map(|p| p.snapshot()),
             resync_error: rs.error.clone(),
             verify,
@@ -765,6 +1017,11 @@ impl Shared {
                         rs = self.resync_ended.wait_timeout(rs, left).unwrap_or_else(|e| e.into_inner()).0;
                     }
                     if rs.running {
+                        // A rate given to a later recover reaches the running resync.
+                        if let (Some(rate), Some(progress)) = (max_rate, rs.progress.as_ref()) {
+                            progress.max_rate.store(rate, std::sync::atomic::Ordering::Relaxed);
+                            tracing::warn!(bytes_per_second = rate, "the running resync's rate changed");
+                        }
                         return SegmentResponse::Done;
                     }
                     rs.running = true;
@@ -815,6 +1072,24 @@ impl Shared {
                     }
                     _ => refused(format!("no report for verification {id} (the last one is {})", v.id)),
                 }
+            }
+            SegmentRequest::Inspect { paths, ports } => {
+                if paths.len() > MAX_INSPECT || ports.len() > MAX_INSPECT {
+                    return refused(format!(
+                        "{} paths and {} ports asked; at most {MAX_INSPECT} of each",
+                        paths.len(),
+                        ports.len()
+                    ));
+                }
+                if let Some((p, _)) = paths.iter().find(|(p, _)| p.as_os_str().len() > 4096) {
+                    return refused(format!("a path of {} bytes asked; at most 4096", p.as_os_str().len()));
+                }
+                let paths = crate::cluster::hosts::inspect_paths(&paths)
+                    .into_iter()
+                    .map(|r| r.map_err(|e| e.to_string()))
+                    .collect();
+                let ports = ports.iter().map(|(a, p)| crate::cluster::hosts::port_free(a, *p)).collect();
+                SegmentResponse::Inspected { paths, ports }
             }
             SegmentRequest::Stop => {
                 tracing::info!("stop ordered");
@@ -945,7 +1220,7 @@ impl Shared {
             }
             Err(e) => {
                 tracing::error!(error = %e, "resync stopped short");
-                rs.error = Some(e.to_string());
+                rs.error = Some(e.cause());
             }
         }
     }
@@ -972,6 +1247,9 @@ impl Shared {
 
     fn become_mirror(&self, generation: u64) -> Result<()> {
         let _order = lock(&self.orders);
+        if self.stopped_for_orders() {
+            return Err(Error::Rejected("the segment is stopping".into()));
+        }
         let mut role = lock(&self.role);
         if let Role::Mirror { server, .. } = &*role {
             if server.generation() >= generation {
@@ -996,6 +1274,7 @@ impl Shared {
             state_dir: Some(self.cfg.state_dir.clone()),
         };
         let result = (|| {
+            RoleRecord::note(&self.cfg.state_dir, None, Some(generation))?;
             let server = Arc::new(MirrorServer::with_disk(mcfg, self.disk.clone())?);
             let listener = lock(&self.data_listener).try_clone().map_err(|e| Error::io("replication listener", e))?;
             let stop = Stop::new().map_err(|e| Error::io("making the stop signal", e))?;
@@ -1025,6 +1304,9 @@ impl Shared {
 
     fn become_primary(self: Arc<Self>, generation: u64, mirror: Option<String>) {
         let _order = lock(&self.orders);
+        if self.stopped_for_orders() {
+            return;
+        }
         let span = tracing::info_span!("become_primary", generation);
         let _e = span.enter();
         let result = self.start_primary(generation, mirror);
@@ -1042,6 +1324,7 @@ impl Shared {
     }
 
     fn start_primary(&self, generation: u64, mirror: Option<String>) -> Result<Primary> {
+        RoleRecord::note(&self.cfg.state_dir, Some(generation), None)?;
         let decision_timeout = Duration::from_millis(self.cfg.decision_timeout_ms);
         let arbiter = Arc::new(self.remote_arbiter());
         let cfg = PrimaryConfig {
@@ -1081,21 +1364,37 @@ impl Shared {
         }
     }
 
-    fn primary(&self) -> std::result::Result<Arc<Primary>, (ErrorClass, String)> {
+    /// Whether the segment is stopping; if so its role is left stopped (an
+    /// order that arrived as it stopped may have set it starting). Called
+    /// with the orders lock held.
+    fn stopped_for_orders(&self) -> bool {
+        if !self.stopping() {
+            return false;
+        }
+        let mut role = lock(&self.role);
+        if matches!(&*role, Role::Starting) {
+            *role = Role::Stopped("stopped".into());
+        }
+        true
+    }
+
+    /// The acting primary this segment hosts, for one storage call.
+    pub(crate) fn acting_primary(&self) -> Result<Arc<Primary>> {
+        let fault = lock(&self.fault).clone();
+        if let Some(why) = fault {
+            return Err(Error::Faulted(why));
+        }
+        let dbid = self.cfg.dbid;
         match &*lock(&self.role) {
             Role::Primary(p) => Ok(p.clone()),
-            Role::Mirror { server, .. } => Err((
-                ErrorClass::NotPrimary,
-                format!(
-                    "segment {} is the mirror (generation {}): retry on the primary",
-                    self.cfg.dbid,
-                    server.generation()
-                ),
-            )),
+            Role::Mirror { server, .. } => Err(Error::NotPrimary(format!(
+                "segment {dbid} is the mirror (generation {}): retry on the primary",
+                server.generation()
+            ))),
             Role::Idle | Role::Starting => {
-                Err((ErrorClass::NotPrimary, format!("segment {} has no role yet: retry shortly", self.cfg.dbid)))
+                Err(Error::NotPrimary(format!("segment {dbid} has no role yet: retry shortly")))
             }
-            Role::Stopped(w) => Err((ErrorClass::NotPrimary, format!("segment {} is not serving: {w}", self.cfg.dbid))),
+            Role::Stopped(w) => Err(Error::NotPrimary(format!("segment {dbid} is not serving: {w}"))),
         }
     }
 
@@ -1103,7 +1402,8 @@ impl Shared {
     /// connection is held to the gate's unauthenticated budget and deadline
     /// (an idle connection is closed; [`client::Client`] reconnects once
     /// for a first call on a connection closed unused).
-    fn serve_client(&self, mut stream: UnixStream, mut ticket: Ticket) {
+    fn serve_client(self: &Arc<Self>, mut stream: UnixStream, mut ticket: Ticket) {
+        let storage = Storage { shared: self.clone() };
         let left = ticket.deadline().saturating_duration_since(std::time::Instant::now());
         if stream.set_read_timeout(Some(left.max(Duration::from_millis(1)))).is_err() {
             return;
@@ -1136,51 +1436,13 @@ impl Shared {
                 }
             }
             let result = match decoded {
-                Ok(req) => self.primary().and_then(|p| {
-                    call(&p, &req).map_err(|e| match e {
-                        // Shut down for a role change (rebalance, demotion): the
-                        // call changed nothing here and belongs on the new primary.
-                        Error::Closed(_) => (
-                            ErrorClass::NotPrimary,
-                            format!("segment {} is handing over its role: retry on the new primary", self.cfg.dbid),
-                        ),
-                        e => (ErrorClass::of(&e), e.to_string()),
-                    })
-                }),
+                Ok(req) => storage.request(&req).map_err(|e| (ErrorClass::of(&e), e.to_string())),
                 Err(e) => Err((ErrorClass::Invalid, format!("malformed request: {e}"))),
             };
             if std::io::Write::write_all(&mut stream, &client::response(result)).is_err() {
                 return;
             }
         }
-    }
-}
-
-/// One client call against the primary.
-fn call(p: &Primary, r: &Request) -> Result<(u64, Vec<u8>)> {
-    let (fs, path) = (r.filespace, r.path.as_str());
-    let none = |x: Result<()>| x.map(|_| (0, Vec::new()));
-    match r.op {
-        Op::Create => none(p.create(fs, path)),
-        Op::WriteBlock => none(p.write_block(fs, path, r.a, &r.data)),
-        Op::Extend => none(p.extend(fs, path, r.a, &r.data)),
-        Op::ReadBlock => {
-            let mut buf = vec![0u8; p.block_size() as usize];
-            p.read_block(fs, path, r.a, &mut buf).map(|_| (0, buf))
-        }
-        Op::Nblocks => p.nblocks(fs, path).map(|n| (n, Vec::new())),
-        Op::Truncate => none(p.truncate(fs, path, r.a)),
-        Op::Unlink => none(p.unlink(fs, path)),
-        Op::Sync => none(p.sync(fs, path)),
-        Op::WriteAt => none(p.write_at(fs, path, r.a, &r.data)),
-        Op::Flush => none(p.flush(fs, path)),
-        Op::Len => p.len(fs, path).map(|n| (n, Vec::new())),
-        Op::SetLen => none(p.set_len(fs, path, r.a)),
-        Op::Mkdir => none(p.mkdir(fs, path)),
-        Op::Rmdir => none(p.rmdir(fs, path)),
-        Op::Rename => none(p.rename(fs, path, &r.path2)),
-        Op::Exists => p.exists(fs, path).map(|e| (e as u64, Vec::new())),
-        Op::SyncDir => none(p.sync_dir(fs, path)),
     }
 }
 

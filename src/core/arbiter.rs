@@ -37,6 +37,11 @@ pub struct Seen {
     /// A mirror that faulted (its disk failed, rule 8): its files are in
     /// doubt, so it is never promoted and no longer counts as in sync.
     pub faulted: bool,
+    /// A primary failed (`f`) only because it could not ask the arbiter
+    /// about its lost mirror: its change-log holds what the mirror may
+    /// lack. (A primary the arbiter demoted, or whose change-log failed,
+    /// is failed for good.)
+    pub unheard: bool,
 }
 
 /// An order for a segment.
@@ -91,6 +96,18 @@ pub fn events(pair: &Pair, probes: &[(u32, Option<Seen>)]) -> Vec<Event> {
             out.push(Event::ProbeFailed { dbid: m.dbid });
         }
     }
+    if !pair.down && matches!(pair.mode, PairMode::Synchronized | PairMode::Resynchronizing) {
+        // The acting primary failed its calls after losing its mirror: it
+        // could not reach this arbiter then (rule 3). What it could not hear
+        // is decided now: the mirror is down, it goes on alone and its
+        // change-log holds what the mirror may lack. Left so, the pair stays
+        // stuck; told to stream as synchronized, that difference would be
+        // recorded nowhere.
+        let p = pair.acting_primary();
+        if seen(p.dbid).is_some_and(|s| failed_unheard(pair, &s)) {
+            out.push(Event::MirrorLost { reporter: p.dbid, generation: pair.generation });
+        }
+    }
     for (dbid, _) in probes {
         match seen(*dbid) {
             Some(_) => out.push(Event::SegmentUp { dbid: *dbid }),
@@ -98,6 +115,12 @@ pub fn events(pair: &Pair, probes: &[(u32, Option<Seen>)]) -> Vec<Event> {
         }
     }
     out
+}
+
+/// The acting primary of this generation, failed (`f`) only because it
+/// could not ask the arbiter about its lost mirror.
+fn failed_unheard(pair: &Pair, s: &Seen) -> bool {
+    s.acting == Acting::Primary && s.generation == pair.generation && s.mode == 'f' && s.unheard
 }
 
 /// A resync is done when the acting primary streams with its change-log
@@ -130,7 +153,12 @@ pub fn orders(pair: &Pair, probes: &[(u32, Option<Seen>)], bug: Option<PlantedBu
         }
     }
     if let (true, Some(ps)) = (p.up, ps) {
-        let serving = ps.acting == Acting::Primary && ps.generation == gen;
+        // Failed only for want of an answer, in a pair that left sync (its
+        // mirror marked down, perhaps back since): told to go on alone, on
+        // which the segment starts its role again.
+        let failed_alone =
+            failed_unheard(pair, &ps) && matches!(pair.mode, PairMode::ChangeTracking | PairMode::NotInSync);
+        let serving = ps.acting == Acting::Primary && ps.generation == gen && !failed_alone;
         if !serving && ps.acting != Acting::Starting {
             let mirror = match pair.mode {
                 // Stream only to a mirror that is ready; until then, wait.
@@ -158,7 +186,7 @@ mod tests {
     use super::*;
 
     fn seen(dbid: u32, acting: Acting, generation: u64) -> Option<Seen> {
-        Some(Seen { dbid, acting, generation, mode: '-', changes_pending: false, faulted: false })
+        Some(Seen { dbid, acting, generation, mode: '-', changes_pending: false, faulted: false, unheard: false })
     }
 
     fn apply(pair: &mut Pair, events: Vec<Event>) {
@@ -201,6 +229,7 @@ mod tests {
             mode: '-',
             changes_pending: true,
             faulted: false,
+            unheard: false,
         });
         let probes = [(1, back), (2, seen(2, Acting::Mirror, 1))];
         let e = events(&pair, &probes);
@@ -220,6 +249,7 @@ mod tests {
                     mode: '-',
                     changes_pending: true,
                     faulted: false,
+                    unheard: false,
                 }),
             ),
             (2, seen(2, Acting::Primary, 2)),
@@ -237,6 +267,7 @@ mod tests {
             mode: '-',
             changes_pending: true,
             faulted: false,
+            unheard: false,
         });
         let probes = [(1, back), (2, seen(2, Acting::Idle, 0))];
         let e = events(&pair, &probes);
@@ -282,6 +313,59 @@ mod tests {
         let e = events(&pair, &probes);
         apply(&mut pair, e);
         assert_eq!((pair.acting_primary().dbid, pair.generation), (1, 1));
+    }
+
+    #[test]
+    fn a_primary_that_failed_its_calls_unheard_after_losing_its_mirror_goes_on_alone() {
+        for mode in [PairMode::Synchronized, PairMode::Resynchronizing] {
+            let mut pair = Pair::new(0, 1, 2);
+            pair.mode = mode;
+            let failed = Some(Seen { mode: 'f', unheard: true, ..seen(1, Acting::Primary, 1).unwrap() });
+            let probes = [(1, failed), (2, None)];
+            let e = events(&pair, &probes);
+            assert_eq!(e[0], Event::MirrorLost { reporter: 1, generation: 1 }, "{mode:?}");
+            apply(&mut pair, e);
+            assert_eq!((pair.acting_primary().dbid, pair.generation, pair.mode), (1, 1, PairMode::ChangeTracking));
+            assert_eq!(
+                orders(&pair, &probes, None),
+                vec![Order::BecomePrimary { dbid: 1, generation: 1, mirror: None }],
+                "{mode:?}"
+            );
+            // Its mirror back before the next round: still alone, the mirror told first.
+            let probes = [(1, failed), (2, seen(2, Acting::Idle, 0))];
+            let e = events(&pair, &probes);
+            apply(&mut pair, e);
+            assert_eq!(
+                orders(&pair, &probes, None),
+                vec![
+                    Order::BecomeMirror { dbid: 2, generation: 1 },
+                    Order::BecomePrimary { dbid: 1, generation: 1, mirror: None }
+                ],
+                "{mode:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_primary_failed_by_its_change_log_or_demoted_is_never_told_to_go_on_alone() {
+        for mode in [PairMode::Synchronized, PairMode::ChangeTracking] {
+            let mut pair = Pair::new(0, 1, 2);
+            pair.mode = mode;
+            // Failed, but not for want of an answer: its change-log may not
+            // name what the mirror lacks.
+            let failed = Some(Seen { mode: 'f', ..seen(1, Acting::Primary, 1).unwrap() });
+            let probes = [(1, failed), (2, seen(2, Acting::Mirror, 1))];
+            let e = events(&pair, &probes);
+            assert!(e.iter().all(|e| matches!(e, Event::SegmentUp { .. })), "{mode:?}: {e:?}");
+            apply(&mut pair, e);
+            assert_eq!((pair.acting_primary().dbid, pair.mode), (1, mode));
+            assert!(orders(&pair, &probes, None).is_empty(), "{mode:?}");
+        }
+        // A primary serving beside its mirror gets no order.
+        let pair = Pair::new(0, 1, 2);
+        let probes = [(1, seen(1, Acting::Primary, 1)), (2, seen(2, Acting::Mirror, 1))];
+        assert!(events(&pair, &probes).iter().all(|e| matches!(e, Event::SegmentUp { .. })));
+        assert!(orders(&pair, &probes, None).is_empty());
     }
 
     #[test]

@@ -110,6 +110,12 @@ pub struct Progress {
     pub blocks_done: AtomicU64,
     pub bytes_done: AtomicU64,
     pub started_unix_ms: AtomicU64,
+    /// Extra passes over paths renamed while the resync still owed them.
+    pub passes: AtomicU64,
+    /// Bytes a second of block copies (0: no limit). Set from the options
+    /// at the start; a later `filerep recover --max-rate` changes it while
+    /// the resync runs.
+    pub max_rate: AtomicU64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -119,6 +125,9 @@ pub struct ProgressSnapshot {
     pub blocks_done: u64,
     pub bytes_done: u64,
     pub started_unix_ms: u64,
+    /// Extra passes so far (absent in older answers: 0).
+    #[serde(default)]
+    pub passes: u64,
 }
 
 impl Progress {
@@ -129,6 +138,7 @@ impl Progress {
             blocks_done: self.blocks_done.load(Ordering::Relaxed),
             bytes_done: self.bytes_done.load(Ordering::Relaxed),
             started_unix_ms: self.started_unix_ms.load(Ordering::Relaxed),
+            passes: self.passes.load(Ordering::Relaxed),
         }
     }
 }
@@ -179,7 +189,8 @@ pub trait ResyncLink {
     /// against calls; with `prune`, the mirror keeps only its children.
     fn reconcile(&mut self, fs: u16, path: Option<&RelPath>, prune: bool) -> Result<LocalEntry>;
     /// Queue a copy of blocks `first..first + count` (at most 256 KiB),
-    /// read and queued with the file locked; the bytes queued.
+    /// read and queued while the step claims the file (no write of it runs
+    /// meanwhile); the bytes queued.
     fn copy(&mut self, p: &FsPath, first: u64, count: u64) -> Result<u64>;
     /// Hashes of `count` blocks from `first` here and on the mirror, at
     /// the same point of the stream; `None` if the file is gone here.
@@ -231,6 +242,9 @@ struct Run<'a> {
     since_checkpoint: u64,
     /// The change-log's blocks per file (extents expanded), to clear as done.
     listed: BTreeMap<FsPath, BTreeSet<u64>>,
+    /// The rate in force (bytes a second, 0: none), since when, and the
+    /// bytes shipped by then.
+    rate: (u64, u64, u64),
 }
 
 /// Bytes shipped between durable progress records.
@@ -399,10 +413,17 @@ impl Run<'_> {
     /// Keep the copies under `max_rate` on average, in short pauses so a
     /// lost mirror ends the resync promptly.
     fn throttle(&mut self, bytes_done: u64) -> Result<()> {
-        if let Some(rate) = self.opts.max_rate.filter(|r| *r > 0) {
-            let due_ms = (bytes_done as u128 * 1000 / rate as u128) as u64;
+        let rate = self.progress.max_rate.load(Ordering::Relaxed);
+        if rate != self.rate.0 {
+            // A new rate counts from now: the average before it is history.
+            self.rate = (rate, self.p.now_ms(), bytes_done);
+            tracing::info!(bytes_per_second = rate, "resync: rate changed");
+        }
+        let (rate, since_ms, base) = self.rate;
+        if rate > 0 {
+            let due_ms = ((bytes_done - base) as u128 * 1000 / rate as u128) as u64;
             loop {
-                let elapsed = self.p.now_ms().saturating_sub(self.started_ms);
+                let elapsed = self.p.now_ms().saturating_sub(since_ms);
                 if due_ms <= elapsed {
                     break;
                 }
@@ -447,7 +468,9 @@ pub fn run_on(p: &mut dyn ResyncLink, opts: &ResyncOptions, progress: &Progress)
         done_paths: Vec::new(),
         since_checkpoint: 0,
         listed: BTreeMap::new(),
+        rate: (opts.max_rate.unwrap_or(0), started_ms, 0),
     };
+    progress.max_rate.store(opts.max_rate.unwrap_or(0), Ordering::Relaxed);
     if opts.full {
         for fs in 0..filespaces {
             run.tree(fs, None)?;
@@ -540,6 +563,7 @@ pub fn run_on(p: &mut dyn ResyncLink, opts: &ResyncOptions, progress: &Progress)
             continue;
         }
         extra_passes += 1;
+        progress.passes.store(extra_passes, Ordering::Relaxed);
         if extra_passes > MAX_EXTRA_PASSES {
             return Err(Error::Rejected(format!(
                 "the resync took {MAX_EXTRA_PASSES} extra passes over paths renamed while it still owed them, \
@@ -575,22 +599,34 @@ mod tests {
         FsPath::new(0, RelPath::new(s).unwrap_or_else(|e| panic!("{s}: {e}")))
     }
 
-    /// A link over a filespace holding one empty file, whose change-log names `owed`, where
-    /// every path the change-log still owes is renamed by a call right
-    /// after the walk (a database renames all the time): a rename of an
-    /// owed path asks for another pass, as the primary's RedoIfOwed does.
-    struct Renaming {
+    /// A scripted link: one filespace holding one file `f` of `len` bytes,
+    /// a change-log naming the paths `owed` and the blocks `blocks`, a
+    /// clock that moves only when the resync pauses. Once the walk of a
+    /// full resync is done, every path still owed is renamed by a call (a
+    /// database renames all the time) and asks for one more pass, as the
+    /// primary's RedoIfOwed does. After the first copy an operator may
+    /// change the rate to `rate_after_first_copy`.
+    #[derive(Default)]
+    struct Scripted<'a> {
         owed: BTreeSet<FsPath>,
+        blocks: BTreeMap<FsPath, BTreeSet<u64>>,
+        len: u64,
+        kind: Option<EntryKind>,
         walked: bool,
         renamed: bool,
-        passes: u64,
+        now: u64,
+        copies: u64,
+        progress: Option<&'a Progress>,
+        rate_after_first_copy: u64,
     }
 
-    impl ResyncLink for Renaming {
+    impl ResyncLink for Scripted<'_> {
         fn now_ms(&self) -> u64 {
-            0
+            self.now
         }
-        fn pause(&mut self, _ms: u64) {}
+        fn pause(&mut self, ms: u64) {
+            self.now += ms;
+        }
         fn block_size(&self) -> u32 {
             8192
         }
@@ -598,14 +634,12 @@ mod tests {
             1
         }
         fn change_set(&mut self, _full: bool) -> Result<ChangeSet> {
-            Ok(ChangeSet { touched: self.owed.iter().map(|p| (p.clone(), true)).collect(), ..ChangeSet::default() })
+            let touched = self.owed.iter().map(|p| (p.clone(), true)).collect();
+            Ok(ChangeSet { touched, blocks: self.blocks.clone(), ..ChangeSet::default() })
         }
         fn redo(&mut self) -> Result<BTreeSet<FsPath>> {
-            // The renames happen once, after the walk; each owed path renamed
-            // owes another pass (taken once).
             if self.walked && !self.renamed {
                 self.renamed = true;
-                self.passes += 1;
                 return Ok(self.owed.clone());
             }
             Ok(BTreeSet::new())
@@ -614,16 +648,22 @@ mod tests {
             self.walked = true;
         }
         fn entry_kind(&mut self, _p: &FsPath) -> Result<Option<EntryKind>> {
-            Ok(None)
+            Ok(self.kind)
         }
         fn reconcile(&mut self, _fs: u16, path: Option<&RelPath>, _prune: bool) -> Result<LocalEntry> {
             Ok(match path {
                 None => LocalEntry::Dir { children: vec![("f".to_string(), EntryKind::File)] },
-                Some(_) => LocalEntry::File { len: 0 },
+                Some(_) => LocalEntry::File { len: self.len },
             })
         }
-        fn copy(&mut self, _p: &FsPath, _first: u64, _count: u64) -> Result<u64> {
-            Ok(0)
+        fn copy(&mut self, _p: &FsPath, _first: u64, count: u64) -> Result<u64> {
+            self.copies += 1;
+            if let (1, Some(progress)) = (self.copies, self.progress) {
+                if self.rate_after_first_copy > 0 {
+                    progress.max_rate.store(self.rate_after_first_copy, Ordering::Relaxed);
+                }
+            }
+            Ok(count * 8192)
         }
         fn hashes(&mut self, _p: &FsPath, _f: u64, _c: u32, _t: Duration) -> Result<Option<(Vec<u64>, Vec<u64>)>> {
             Ok(None)
@@ -655,7 +695,7 @@ mod tests {
 
     fn full_resync(planted: Option<crate::core::PlantedBug>) -> ResyncReport {
         let owed = ["a", "b/c", "d"].into_iter().map(p).collect();
-        let mut link = Renaming { owed, walked: false, renamed: false, passes: 0 };
+        let mut link = Scripted { owed, ..Scripted::default() };
         let opts = ResyncOptions { full: true, planted, ..ResyncOptions::default() };
         run_on(&mut link, &opts, &Progress::default()).unwrap_or_else(|e| panic!("{e}"))
     }
@@ -669,5 +709,29 @@ mod tests {
         assert_eq!(full_resync(None).extra_passes, 0);
         let planted = full_resync(Some(crate::core::PlantedBug::FullResyncWithoutWalkCheckpoint));
         assert!(planted.extra_passes > 0, "the schedule must fail with the fix removed: {planted:?}");
+    }
+    /// A rate given while the resync runs applies from then on: 512 KiB in
+    /// two copies of 256 KiB at 256 KiB/s takes 2 s of pauses; doubled after
+    /// the first copy, the second takes 0.5 s and the first is not made up for.
+    #[test]
+    fn a_rate_changed_during_the_resync_applies_from_then_on() {
+        let rate = 256 * 1024;
+        let elapsed = |doubled_to: u64| {
+            let progress = Progress::default();
+            let mut link = Scripted {
+                blocks: BTreeMap::from([(p("f"), (0..64).collect())]),
+                len: 64 * 8192,
+                kind: Some(EntryKind::File),
+                progress: Some(&progress),
+                rate_after_first_copy: doubled_to,
+                ..Scripted::default()
+            };
+            let opts = ResyncOptions { max_rate: Some(rate), ..ResyncOptions::default() };
+            run_on(&mut link, &opts, &progress).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(link.copies, 2);
+            link.now
+        };
+        assert_eq!(elapsed(rate), 2000);
+        assert_eq!(elapsed(2 * rate), 500);
     }
 }

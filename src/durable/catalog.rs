@@ -4,15 +4,23 @@
 //! the arbiter; written atomically and durably before any order that
 //! depends on it is sent, so a restarted arbiter never goes back in time.
 //!
-//! Format: one JSON document (`docs/catalog.md`).
+//! Format: one JSON document in a sealed file (`docs/catalog.md`): a
+//! header with a format version and xxh3 checksums, so that a changed byte
+//! anywhere is reported as damage, never read as a valid catalog. Every
+//! store also writes the last good copy beside it (`catalog.json.good`),
+//! which `filerep catalog restore` puts back.
 
 use crate::core::pair::{describe, HistoryEntry};
-use crate::core::pair::{Event, Outcome, Pair};
+use crate::core::pair::{Event, Outcome, Pair, PairMode};
 use crate::durable::files;
 use crate::error::{Error, Result};
 use crate::io::disk::{Disk, FsPath};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
+
+/// The catalog's format version (in its sealed header): 2 since the
+/// header came; 1 was plain JSON.
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Most history entries kept (the oldest are dropped first).
 pub const MAX_HISTORY: usize = 10_000;
@@ -34,7 +42,7 @@ pub struct SegmentAddress {
 
 impl SegmentAddress {
     /// The port of `HOST:PORT`, if it has one.
-    fn port_of(addr: &str) -> Option<u16> {
+    pub fn port_of(addr: &str) -> Option<u16> {
         addr.rsplit_once(':').and_then(|(_, p)| p.parse().ok())
     }
 
@@ -73,6 +81,36 @@ pub struct CatalogPair {
 impl CatalogPair {
     pub fn address(&self, dbid: u32) -> Option<&SegmentAddress> {
         self.addresses.iter().find(|a| a.dbid == dbid)
+    }
+
+    /// Why a resync of this pair (`full`: a full one) cannot start now, as
+    /// the arbiter answers `filerep recover`; `None` when it can (a pair
+    /// that is down is first restored from its acting primary).
+    pub fn recover_refusal(&self, full: bool) -> Option<String> {
+        let (pair, content) = (&self.pair, self.pair.content);
+        if pair.down {
+            let p = pair.acting_primary();
+            return (!p.up).then(|| {
+                format!(
+                    "content {content} is down and its acting primary {} does not answer: start that segment \
+                     (its data and change-log are the pair's), then run filerep recover again",
+                    p.dbid
+                )
+            });
+        }
+        if let Some(s) = pair.segments.iter().find(|s| !s.up) {
+            return Some(format!(
+                "content {content}: both segments must be up to resync, and dbid {} is down: start it (filerep start), then run filerep recover again",
+                s.dbid
+            ));
+        }
+        match pair.mode {
+            PairMode::Synchronized => Some(format!("content {content} is already synchronized")),
+            PairMode::NotInSync if !full => Some(format!(
+                "content {content} is not in sync and no change-log covers the differences: use a full resync (-F)"
+            )),
+            _ => None,
+        }
     }
 }
 
@@ -142,8 +180,19 @@ fn unix_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
+/// The command that restores the catalog at `path`: by its cluster
+/// directory when it lives in one, else by the file.
+pub fn restore_command(path: &Path) -> String {
+    match path.parent().filter(|d| d.join("cluster.json").exists()) {
+        Some(dir) => format!("restore it with: filerep catalog restore --cluster-dir {}", dir.display()),
+        None => format!("restore it with: filerep catalog restore --catalog {}", path.display()),
+    }
+}
+
 impl Catalog {
-    /// Read and check a catalog file; every problem names the file and what is wrong.
+    /// Read and check a catalog file. A file that cannot be read is an I/O
+    /// error; one whose checksums, JSON or rules do not hold is
+    /// [`Error::Damaged`], with the command that restores it.
     pub fn load(path: &Path) -> Result<Catalog> {
         match files::on_host(path)? {
             Some((disk, p)) => Self::load_from(&disk, &p, path),
@@ -158,10 +207,39 @@ impl Catalog {
             .ok_or_else(|| {
                 Error::io(format!("reading catalog {}", shown.display()), std::io::ErrorKind::NotFound.into())
             })?;
-        let c: Catalog = serde_json::from_slice(&bytes)
-            .map_err(|e| Error::InvalidArgument(format!("catalog {}: {e}", shown.display())))?;
-        c.check().map_err(|e| Error::InvalidArgument(format!("catalog {}: {e}", shown.display())))?;
+        Catalog::from_bytes(&bytes).map_err(|reason| {
+            tracing::info!(path = %shown.display(), %reason, "the catalog is damaged");
+            let restore = match reason.contains("plain JSON") {
+                true => format!(
+                    "if it was written by hand on purpose, seal it with: filerep catalog seal --catalog {}; else {}",
+                    shown.display(),
+                    restore_command(shown)
+                ),
+                false => restore_command(shown),
+            };
+            Error::Damaged { what: "catalog", path: shown.display().to_string(), reason, restore }
+        })
+    }
+
+    /// A catalog from a sealed file's bytes: the header and checksums,
+    /// the JSON, then [`Catalog::check`]. `Err`: what is wrong.
+    pub fn from_bytes(bytes: &[u8]) -> std::result::Result<Catalog, String> {
+        let sealed =
+            super::sealed::open(super::sealed::Kind::Catalog, FORMAT_VERSION, bytes).map_err(|e| e.to_string())?;
+        Catalog::from_json(sealed.body)
+    }
+
+    /// A catalog from its JSON alone (a hand-written one, to be sealed), checked.
+    pub fn from_json(json: &[u8]) -> std::result::Result<Catalog, String> {
+        let c: Catalog = serde_json::from_slice(json).map_err(|e| format!("its JSON does not read: {e}"))?;
+        c.check()?;
         Ok(c)
+    }
+
+    /// The sealed bytes of this catalog (what [`Catalog::store`] writes).
+    pub fn to_sealed(&self) -> Result<Vec<u8>> {
+        let json = serde_json::to_vec_pretty(self).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        Ok(super::sealed::seal(super::sealed::Kind::Catalog, FORMAT_VERSION, &json))
     }
 
     /// The rules every catalog keeps.
@@ -195,18 +273,30 @@ impl Catalog {
                 if !dbids.insert(s.dbid) {
                     return Err(format!("dbid {} appears twice", s.dbid));
                 }
-                for (what, addr) in [("control", &a.control), ("data", &a.data)] {
-                    if addr.parse::<std::net::SocketAddr>().is_err() && !addr.contains(':') {
-                        return Err(format!("dbid {}: {what} address {addr:?} is not HOST:PORT", a.dbid));
-                    }
+            }
+        }
+        // Two segments never listen on one address.
+        let mut endpoints: std::collections::BTreeMap<String, String> = Default::default();
+        for (_, a) in self.addresses() {
+            for (what, addr) in [("control", &a.control), ("data", &a.data)] {
+                let port = SegmentAddress::port_of(addr);
+                if port.is_none_or(|p| p == 0) || addr.rsplit_once(':').is_none_or(|(h, _)| h.is_empty()) {
+                    return Err(format!("dbid {}: {what} address {addr:?} is not HOST:PORT", a.dbid));
+                }
+                let key =
+                    addr.parse::<std::net::SocketAddr>().map_or_else(|_| addr.to_ascii_lowercase(), |s| s.to_string());
+                let who = format!("the {what} address of dbid {}", a.dbid);
+                if let Some(first) = endpoints.insert(key, who.clone()) {
+                    return Err(format!("{addr} is {who} and also {first}: two segments cannot listen on one address"));
                 }
             }
         }
         Ok(())
     }
 
-    /// Replace the file atomically and durably (temporary file, fsync,
-    /// rename, fsync of the directory: [`files::replace`]).
+    /// Replace the file, sealed, atomically and durably, and its last good
+    /// copy beside it (`FILE.good`, written first: see
+    /// [`super::sealed::store_with_copy`]).
     pub fn store(&self, path: &Path) -> Result<()> {
         match files::on_host(path)? {
             Some((disk, p)) => self.store_to(&disk, &p, path),
@@ -216,10 +306,9 @@ impl Catalog {
 
     /// [`Catalog::store`] through any disk.
     pub fn store_to(&self, disk: &dyn Disk, path: &FsPath, shown: &Path) -> Result<()> {
-        let bytes = serde_json::to_vec_pretty(self).map_err(|e| Error::InvalidArgument(e.to_string()))?;
-        files::replace(disk, path, &bytes)
-            .map(drop)
-            .map_err(|e| Error::io(format!("writing catalog {}", shown.display()), std::io::Error::other(e)))
+        let json = serde_json::to_vec_pretty(self).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        super::sealed::store_with_copy_on(disk, path, super::sealed::Kind::Catalog, FORMAT_VERSION, &json)
+            .map_err(|e| Error::io(format!("writing catalog {}", shown.display()), e))
     }
 
     pub fn pair(&self, content: u32) -> Option<&CatalogPair> {
@@ -362,9 +451,87 @@ mod tests {
         c.pairs.pop();
         c.pairs[0].addresses[0].control = "nowhere".into();
         assert!(c.check().unwrap_err().contains("not HOST:PORT"));
+        c.pairs[0].addresses[0].control = c.pairs[0].addresses[1].data.clone();
+        assert!(c.check().unwrap_err().contains("two segments cannot listen on one address"));
         c.pairs[0].addresses[0].control = "127.0.0.1:1".into();
         c.block_size = 1000;
         assert!(c.check().is_err());
+    }
+
+    /// A catalog with a pair, a content without a mirror and history.
+    fn sample() -> Catalog {
+        let mut c = Catalog::new(0xfa, 8192, vec![(0, addr(2), addr(3))]);
+        c.unmirrored.push(CatalogSolo { content: 1, generation: 4, up: true, address: addr(4) });
+        c.apply(0, &Event::ProbeFailed { dbid: 3 });
+        c
+    }
+
+    #[test]
+    fn every_single_byte_change_to_a_catalog_is_detected() {
+        let c = sample();
+        let bytes = c.to_sealed().unwrap();
+        assert_eq!(Catalog::from_bytes(&bytes).unwrap(), c);
+        let mut damaged = bytes.clone();
+        let mut seen = 0u64;
+        for at in 0..bytes.len() {
+            for v in 0..=255u8 {
+                if v != bytes[at] {
+                    damaged[at] = v;
+                    assert!(
+                        Catalog::from_bytes(&damaged).is_err(),
+                        "byte {at} set to {v:#04x} was read as a valid catalog"
+                    );
+                    seen += 1;
+                }
+            }
+            damaged[at] = bytes[at];
+        }
+        assert_eq!(seen, bytes.len() as u64 * 255);
+        // Truncated at every length, and one byte too many.
+        for n in 0..bytes.len() {
+            assert!(Catalog::from_bytes(&bytes[..n]).is_err(), "truncated to {n} bytes");
+        }
+        let mut longer = bytes.clone();
+        longer.push(b'\n');
+        assert!(Catalog::from_bytes(&longer).is_err());
+    }
+
+    #[test]
+    fn damage_is_said_as_damage_with_the_command_that_restores_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("catalog.json");
+        let c = sample();
+        c.store(&path).unwrap();
+        let good = crate::durable::sealed::good_copy(&path);
+        assert_eq!(std::fs::read(&good).unwrap(), std::fs::read(&path).unwrap(), "the last good copy is beside it");
+        // A digit of a port flipped: 7002 -> 7003, dbid 2's control port is now dbid 3's.
+        let mut bytes = std::fs::read(&path).unwrap();
+        let at = bytes.windows(4).position(|w| w == b"7002").unwrap();
+        bytes[at + 3] = b'3';
+        std::fs::write(&path, &bytes).unwrap();
+        let e = Catalog::load(&path).unwrap_err();
+        assert!(matches!(e, Error::Damaged { .. }), "{e}");
+        let m = e.to_string();
+        assert!(m.starts_with("the catalog is damaged: ") && m.contains("body checksum"), "{m}");
+        assert!(m.contains(&format!("filerep catalog restore --catalog {}", path.display())), "{m}");
+        // Sealed with the flip (a writer's mistake, not a disk's): the rules still catch it.
+        let mut wrong = c.clone();
+        wrong.pairs[0].addresses[0].control = wrong.pairs[0].addresses[1].control.clone();
+        let json = serde_json::to_vec(&wrong).unwrap();
+        std::fs::write(
+            &path,
+            crate::durable::sealed::seal(crate::durable::sealed::Kind::Catalog, FORMAT_VERSION, &json),
+        )
+        .unwrap();
+        let m = Catalog::load(&path).unwrap_err().to_string();
+        assert!(m.contains("two segments cannot listen on one address"), "{m}");
+        // Plain JSON (by hand, or an older filerep): said so, with the way to seal it.
+        std::fs::write(&path, serde_json::to_vec(&c).unwrap()).unwrap();
+        let m = Catalog::load(&path).unwrap_err().to_string();
+        assert!(m.contains("plain JSON") && m.contains("filerep catalog seal"), "{m}");
+        // Truncated.
+        std::fs::write(&path, &bytes[..100]).unwrap();
+        assert!(Catalog::load(&path).unwrap_err().to_string().contains("the catalog is damaged"));
     }
 
     #[test]

@@ -57,9 +57,12 @@ impl ClusterKey {
     }
 
     pub fn from_file(path: &std::path::Path) -> Result<ClusterKey, HandshakeError> {
-        let bytes = std::fs::read(path)
-            .map_err(|e| HandshakeError::Malformed(format!("cannot read key file {}: {e}", path.display())))?;
-        Self::from_material(&bytes).map_err(|e| HandshakeError::Malformed(format!("key file {}: {e}", path.display())))
+        let key_file = |why: String| HandshakeError::KeyFile { path: path.display().to_string(), why };
+        let bytes = std::fs::read(path).map_err(|e| key_file(format!("cannot be read: {e}")))?;
+        Self::from_material(&bytes).map_err(|e| match e {
+            HandshakeError::Malformed(why) => key_file(why),
+            other => key_file(other.to_string()),
+        })
     }
 
     fn mac(&self, label: &[u8], hello: &[u8], client_nonce: &[u8; 32], server_nonce: &[u8; 32]) -> [u8; 32] {
@@ -111,6 +114,10 @@ pub fn proofs_equal(a: &[u8; 32], b: &[u8; 32]) -> bool {
 pub enum HandshakeError {
     #[error("malformed handshake: {0}")]
     Malformed(String),
+    /// The cluster key file is missing, unreadable or unusable (not a
+    /// handshake's fault: said apart so the message points at the file).
+    #[error("key file {path}: {why}")]
+    KeyFile { path: String, why: String },
     #[error("handshake checksum mismatch")]
     Checksum,
     #[error("bad magic {0:02x?}: the peer does not speak filerep")]
@@ -415,6 +422,18 @@ pub fn payload(encoded: &[u8]) -> &[u8] {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_key_file_problem_names_the_file_not_a_handshake() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let missing = dir.path().join("cluster.key");
+        let e = ClusterKey::from_file(&missing).expect_err("no such file").to_string();
+        assert!(e.starts_with(&format!("key file {}: cannot be read: ", missing.display())), "{e}");
+        assert!(!e.contains("handshake"), "{e}");
+        std::fs::write(&missing, b"short").expect("write");
+        let e = ClusterKey::from_file(&missing).expect_err("too short").to_string();
+        assert!(e.contains("key material is 5 bytes") && !e.contains("handshake"), "{e}");
+    }
+
     use super::*;
 
     fn hello() -> Hello {

@@ -65,7 +65,11 @@ pub struct MirrorState {
 const STATE_FILE: &str = "mirror-state.json";
 
 impl MirrorState {
-    /// Load the state file; a missing file is the empty state.
+    /// The format version of the sealed state file.
+    pub const VERSION: u32 = 1;
+
+    /// Load the state file; a missing file is the empty state. A sealed
+    /// file must be whole; plain JSON (an older filerep's) is read as is.
     pub fn load(dir: &Path) -> Result<MirrorState> {
         let path = dir.join(STATE_FILE);
         match files::on_host(&path)? {
@@ -74,7 +78,7 @@ impl MirrorState {
         }
     }
 
-    /// Replace the state file atomically and durably.
+    /// Replace the state file, sealed, atomically and durably.
     pub fn store(&self, dir: &Path) -> Result<()> {
         let path = dir.join(STATE_FILE);
         match files::on_host(&path)? {
@@ -85,19 +89,19 @@ impl MirrorState {
 
     /// [`MirrorState::load`] through any disk (`shown` names it in messages).
     pub fn load_from(disk: &dyn Disk, path: &FsPath, shown: &Path) -> Result<MirrorState> {
-        match files::read(disk, path)? {
-            Some(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| Error::InvalidArgument(format!("state file {}: {e}; fix or remove it", shown.display()))),
-            None => Ok(MirrorState::default()),
-        }
+        use crate::durable::sealed;
+        let restore = "its generation and fault record cannot be trusted: remove the file, start the segment, and \
+                       rebuild this mirror with a full resync (filerep recover -F --content N)";
+        let state = sealed::read_state_on(disk, path, shown, sealed::Kind::MirrorState, Self::VERSION, true, restore)?;
+        Ok(state.unwrap_or_default())
     }
 
     /// [`MirrorState::store`] through any disk.
     pub fn store_to(&self, disk: &dyn Disk, path: &FsPath, shown: &Path) -> Result<()> {
-        let bytes = serde_json::to_vec_pretty(self).map_err(|e| Error::InvalidArgument(e.to_string()))?;
-        files::replace(disk, path, &bytes)
-            .map(drop)
-            .map_err(|e| Error::io(format!("replacing {}", shown.display()), std::io::Error::other(e)))
+        use crate::durable::sealed;
+        let json = serde_json::to_vec_pretty(self).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        sealed::replace_on(disk, path, &sealed::seal(sealed::Kind::MirrorState, Self::VERSION, &json))
+            .map_err(|e| Error::io(format!("writing {}", shown.display()), e))
     }
 }
 

@@ -37,8 +37,9 @@ impl World {
         }
         let pending = node.log.as_ref().is_some_and(|l| !l.is_empty());
         let faulted = matches!(node.role, Role::Mirror { faulted: true, .. });
+        let unheard = node.primary.as_ref().is_some_and(|s| s.engine.failed_unheard());
         let seen = |acting, generation, mode| {
-            Some(Seen { dbid: node.dbid, acting, generation, mode, changes_pending: pending, faulted })
+            Some(Seen { dbid: node.dbid, acting, generation, mode, changes_pending: pending, faulted, unheard })
         };
         match &node.role {
             Role::Down { .. } => None,

@@ -146,7 +146,7 @@ impl World {
     /// The change set the checks read: the acting primary's change-log
     /// (replayed from disk if its process is not serving) and, with a
     /// stream up, its window.
-    fn change_set_of(&mut self, a: usize) -> Result<(ChangeSet, ChangeSet), SimFailure> {
+    pub(super) fn change_set_of(&mut self, a: usize) -> Result<(ChangeSet, ChangeSet), SimFailure> {
         let log = match &self.nodes[a].log {
             Some(l) => l.change_set(),
             None => {

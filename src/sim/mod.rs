@@ -285,6 +285,9 @@ pub struct FaultConfig {
     /// Namespace calls only in the first third of the schedule, data calls
     /// after (an OLTP-like steady state).
     pub steady: bool,
+    /// While a resync runs, half the writers' calls rename files and
+    /// directories (what the resync owes among them).
+    pub rename_storm: bool,
 }
 
 impl Default for FaultConfig {
@@ -297,6 +300,7 @@ impl Default for FaultConfig {
             max_faults: 3,
             bug: None,
             steady: false,
+            rename_storm: false,
         }
     }
 }
@@ -427,6 +431,7 @@ pub fn run(seed: u64, cfg: &SimConfig) -> Result<SimReport, SimFailure> {
         max_faults: 0,
         bug: None,
         steady: false,
+        rename_storm: false,
     };
     let r = run_faults(seed, &fc).map_err(|f| SimFailure { faults: false, ..f })?;
     Ok(SimReport {

@@ -363,6 +363,11 @@ impl World {
     /// meet in the stream (rule 6).
     pub(super) fn hammer(&mut self) -> Option<super::workload::OpSpec> {
         use super::workload::OpSpec;
+        if self.cfg.rename_storm && self.rng.gen_bool(0.5) {
+            // Renames of what the resync still owes, while it runs.
+            let fs = self.rng.gen_range(0..self.cfg.filespaces);
+            return self.generate_rename(fs);
+        }
         if self.resync.targets.is_empty() || !self.rng.gen_bool(0.3) {
             return None;
         }
@@ -612,17 +617,7 @@ impl World {
     /// its change-log alone (a crash loses the window), its live image
     /// against the change-log and the window.
     pub(super) fn check_live(&mut self, a: usize, b: usize) -> Result<(), SimFailure> {
-        let log = self.nodes[a].log.as_ref().map(|l| l.change_set()).unwrap_or_default();
-        let mut with_window = log.clone();
-        if let Some(side) = self.nodes[a].primary.as_ref() {
-            let (blocks, touched) = side.engine.window_records();
-            for (p, blk) in blocks {
-                with_window.blocks.entry(p).or_default().insert(blk);
-            }
-            for (p, sub) in touched {
-                *with_window.touched.entry(p).or_insert(false) |= sub;
-            }
-        }
+        let (log, with_window) = self.change_set_of(a)?;
         self.check_tracked(&log, &with_window, a, b)
     }
 }

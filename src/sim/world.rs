@@ -221,6 +221,9 @@ impl World {
         if self.cfg.steady {
             flags.push_str(" --steady");
         }
+        if self.cfg.rename_storm {
+            flags.push_str(" --rename-storm");
+        }
         SimFailure { seed: self.seed, step: self.step, message: message.into(), faults: true, flags }
     }
 
@@ -322,14 +325,7 @@ impl World {
             self.calls.remove(&c);
         }
         self.answers.retain(|a| a.node != n);
-        if let Some(s) = self.session.as_mut() {
-            if s.primary == n && s.primary_on {
-                s.primary_on = false;
-                s.primary_closed = true;
-                s.to_primary.queue.clear();
-            }
-        }
-        self.drop_session_if_done();
+        self.close_primary_side(n);
     }
 
     /// A call to segment `n`'s engine.

@@ -138,6 +138,45 @@ pub fn wait_for(what: &str, limit: Duration, cond: impl Fn() -> bool) {
     }
 }
 
+/// Hash every file under the roots block by block (path -> xxh3 of each
+/// block), so a difference names the file and the block.
+pub fn block_tree(roots: &[PathBuf], block_size: u32) -> std::collections::BTreeMap<String, Vec<u64>> {
+    let mut out = std::collections::BTreeMap::new();
+    for (i, r) in roots.iter().enumerate() {
+        for (p, e) in filerep::verify::scan(r).unwrap() {
+            let h = match e {
+                filerep::verify::Entry::File { .. } => std::fs::read(r.join(&p))
+                    .unwrap()
+                    .chunks(block_size as usize)
+                    .map(xxhash_rust::xxh3::xxh3_64)
+                    .collect(),
+                _ => Vec::new(),
+            };
+            out.insert(format!("{i}/{p}"), h);
+        }
+    }
+    out
+}
+
+/// Two copies hold the same entries and every block matches; a panic names
+/// the first path or block that differs.
+pub fn assert_trees_equal(a: &[PathBuf], b: &[PathBuf], block_size: u32) {
+    let (x, y) = (block_tree(a, block_size), block_tree(b, block_size));
+    for (path, blocks) in &x {
+        let Some(other) = y.get(path) else { panic!("{path} is on one side only") };
+        assert_eq!(blocks.len(), other.len(), "{path}: {} blocks against {}", blocks.len(), other.len());
+        if let Some(b) = blocks.iter().zip(other).position(|(p, q)| p != q) {
+            panic!("{path}: block {b} differs");
+        }
+    }
+    assert_eq!(
+        x.len(),
+        y.len(),
+        "entries on one side only: {:?}",
+        y.keys().filter(|k| !x.contains_key(*k)).collect::<Vec<_>>()
+    );
+}
+
 /// SIGKILL and reap.
 pub fn kill(child: &mut Option<Child>) {
     if let Some(mut c) = child.take() {
@@ -175,7 +214,7 @@ impl Seg {
         }
     }
 
-    fn try_start(&mut self) -> Result<(), String> {
+    pub fn try_start(&mut self) -> Result<(), String> {
         let args = vec!["segment".into(), "--config".into(), self.cfg_path.display().to_string()];
         self.child = Some(try_spawn_ready(&args, READY_SEGMENT)?.0);
         Ok(())
@@ -218,11 +257,28 @@ impl Drop for Pair {
 
 impl Pair {
     pub fn start(block_size: u32) -> Pair {
+        Pair::start_with(block_size, Seg::try_start)
+    }
+
+    /// A pair whose primary (dbid 2) is started by `primary` (another
+    /// program that opens the segment from `cfg_path`, such as a C storage
+    /// process); its mirror is a `filerep segment`.
+    pub fn start_with(block_size: u32, primary: impl FnMut(&mut Seg) -> Result<(), String>) -> Pair {
+        let p = Pair::launch_with(block_size, primary);
+        wait_for("the pair to stream", Duration::from_secs(30), || {
+            p.seg(2).status(&p.key).is_some_and(|s| s.acting == Acting::Primary && s.mode == 's')
+        });
+        p
+    }
+
+    /// The same, without waiting for the pair to stream (a primary that
+    /// may be done and gone by then).
+    pub fn launch_with(block_size: u32, mut primary: impl FnMut(&mut Seg) -> Result<(), String>) -> Pair {
         // Ports are picked free and bound by the child a moment later:
         // another process on this machine may take one in between.
         let mut errors = Vec::new();
         for _ in 0..5 {
-            match Pair::try_start(block_size) {
+            match Pair::try_start(block_size, &mut primary) {
                 Ok(p) => return p,
                 Err(e) => errors.push(e),
             }
@@ -230,7 +286,7 @@ impl Pair {
         panic!("cannot start a pair: {errors:#?}");
     }
 
-    fn try_start(block_size: u32) -> Result<Pair, String> {
+    fn try_start(block_size: u32, primary: &mut impl FnMut(&mut Seg) -> Result<(), String>) -> Result<Pair, String> {
         let dir = tempfile::tempdir().expect("tempdir");
         let key_file = dir.path().join("cluster.key");
         std::fs::write(&key_file, KEY).unwrap();
@@ -274,16 +330,11 @@ impl Pair {
         }
         let catalog = dir.path().join("catalog.json");
         Catalog::new(0x6d, block_size, vec![(0, addrs[0].clone(), addrs[1].clone())]).store(&catalog).unwrap();
-        for s in &mut segs {
-            s.try_start()?;
-        }
+        primary(&mut segs[0])?;
+        segs[1].try_start()?;
         let args = arbiter_args(&catalog, &key_file, &arbiter_listen);
         let (arbiter, arbiter_addr) = try_spawn_ready(&args, READY_ARBITER)?;
-        let p = Pair { dir, key, key_file, arbiter_addr, arbiter: Some(arbiter), segs };
-        wait_for("the pair to stream", Duration::from_secs(30), || {
-            p.seg(2).status(&p.key).is_some_and(|s| s.acting == Acting::Primary && s.mode == 's')
-        });
-        Ok(p)
+        Ok(Pair { dir, key, key_file, arbiter_addr, arbiter: Some(arbiter), segs })
     }
 
     pub fn seg(&self, dbid: u32) -> &Seg {

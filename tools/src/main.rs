@@ -3,7 +3,7 @@
 
 mod cli;
 
-use cli::{cluster, demo, mount, ops, recover, state, verify};
+use cli::{catalog, cluster, demo, mount, ops, recover, state, verify};
 
 use clap::{Parser, Subcommand};
 use filerep::config::{check_block_size, Filespace, StreamTuning, SyncLevel};
@@ -56,6 +56,8 @@ enum Cmd {
     Mount(mount::MountCmd),
     /// Compare synchronized pairs online, block by block, with no false mismatches under load (--repair: fix them).
     Verify(verify::VerifyCmd),
+    /// The catalog and the cluster's other state files: check, restore when damaged, seal, show.
+    Catalog(catalog::CatalogCmd),
 }
 
 #[derive(clap::Args)]
@@ -160,6 +162,10 @@ struct SimCmd {
     /// schedule, data calls after (a steady OLTP-like workload).
     #[arg(long, requires = "faults")]
     steady: bool,
+    /// With --faults: while a resync runs, half the writers' calls rename
+    /// files and directories.
+    #[arg(long, requires = "faults")]
+    rename_storm: bool,
 }
 
 #[derive(clap::Args)]
@@ -258,6 +264,7 @@ fn main() -> ExitCode {
         Cmd::State(c) => state::run(c).map_err(Into::into),
         Cmd::Mount(c) => mount::run(c).map(|_| ExitCode::SUCCESS).map_err(Into::into),
         Cmd::Verify(c) => verify::run(c).map_err(Into::into),
+        Cmd::Catalog(c) => catalog::run(c).map_err(Into::into),
     };
     match r {
         Ok(code) => code,
@@ -465,8 +472,13 @@ fn run_fault_sim(c: &SimCmd, seeds: &[u64]) -> CmdResult {
     use filerep::sim::{FaultConfig, FaultKind, FaultReport, PlantedBug};
     let bug = c.bug.as_deref().map(str::parse::<PlantedBug>).transpose()?;
     let defaults = FaultConfig::default();
-    let cfg =
-        FaultConfig { operations: c.operations.unwrap_or(defaults.operations), bug, steady: c.steady, ..defaults };
+    let cfg = FaultConfig {
+        operations: c.operations.unwrap_or(defaults.operations),
+        bug,
+        steady: c.steady,
+        rename_storm: c.rename_storm,
+        ..defaults
+    };
     let start = std::time::Instant::now();
     let mut total = FaultReport::default();
     let mut ran = 0;

@@ -48,6 +48,14 @@ pub enum ParseErrorKind {
     EmptyLocation,
     BadFilespaceName,
     DuplicateFilespace,
+    /// A byte-order mark after the file's start.
+    ByteOrderMark,
+    /// A CR inside a line (CR-only line endings).
+    LineEnding,
+    /// Not UTF-8 text (UTF-16, Latin-1, …).
+    Encoding,
+    /// A location or address longer than a path or host name can be.
+    TooLong,
 }
 
 /// One mistake in a configuration file: where, what is wrong, what to do.
@@ -102,6 +110,57 @@ fn forbidden(c: char) -> bool {
     c.is_whitespace() || c.is_control() || fullwidth_name(c).is_some()
 }
 
+/// User text in a message: quoted, and cut in the middle when long.
+fn q(text: &str) -> String {
+    format!("{:?}", super::elide(text))
+}
+
+/// Longest path a location may be (Linux's PATH_MAX less the NUL), and
+/// longest name in it.
+const MAX_PATH: usize = 4095;
+const MAX_NAME: usize = 255;
+
+/// An IPv6 address written without brackets, as the text from the address
+/// field to the first location shows it (`::1:41000:42000:43000:/m` →
+/// `::1`): its colons were read as separators.
+fn unbracketed_ipv6(from_address: &str) -> Option<String> {
+    let upto = from_address.split_once(":/").map_or(from_address, |(a, _)| a);
+    let mut parts = upto.rsplitn(4, ':');
+    let (_, _, _) = (parts.next()?, parts.next()?, parts.next()?);
+    let address = parts.next()?;
+    let ipv6 = address.contains(':') && address.chars().all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.');
+    ipv6.then(|| address.to_string())
+}
+
+/// Where a file stops being UTF-8 text, and what it seems to be instead.
+fn encoding_error(bytes: &[u8], file_name: &str) -> ParseError {
+    let bad = match std::str::from_utf8(bytes) {
+        Ok(_) => bytes.iter().position(|&b| b == 0).unwrap_or(0),
+        Err(e) => e.valid_up_to(),
+    };
+    let good = String::from_utf8_lossy(&bytes[..bad]);
+    let line_start = good.rfind('\n').map_or(0, |i| i + 1);
+    let (line, column) = (good.matches('\n').count() + 1, good[line_start..].chars().count() + 1);
+    let seems = if bytes.starts_with(&[0xff, 0xfe, 0, 0]) || bytes.starts_with(&[0, 0, 0xfe, 0xff]) {
+        "UTF-32 (it starts with a UTF-32 byte-order mark)"
+    } else if bytes.starts_with(&[0xff, 0xfe]) || bytes.starts_with(&[0xfe, 0xff]) {
+        "UTF-16 (it starts with a UTF-16 byte-order mark)"
+    } else if bytes.contains(&0) {
+        "UTF-16 or UTF-32 (it holds NUL bytes, as their ASCII characters do)"
+    } else {
+        "in a single-byte encoding such as Latin-1 or Windows-1252"
+    };
+    ParseError {
+        file: file_name.to_string(),
+        line,
+        column,
+        kind: ParseErrorKind::Encoding,
+        what: format!("byte {bad} (0x{:02X}) is not UTF-8 text: the file seems to be {seems}", bytes[bad]),
+        fix: "save it as UTF-8 (for example: iconv -f UTF-16 -t UTF-8 FILE > FILE.new, naming its real encoding)"
+            .into(),
+    }
+}
+
 /// The 1-based column (in characters) of byte `at` of `raw`.
 fn column(raw: &str, at: usize) -> usize {
     raw[..at].chars().count() + 1
@@ -131,6 +190,17 @@ struct Parser {
 }
 
 impl MirrorConfig {
+    /// Read a configuration file's bytes: UTF-8 text (a leading BOM
+    /// allowed). UTF-16, UTF-32 and other encodings are refused with the
+    /// line and column of the first byte that is not UTF-8 and what the
+    /// file seems to be.
+    pub fn parse_bytes(bytes: &[u8], file_name: &str) -> Result<MirrorConfig, ParseErrors> {
+        match std::str::from_utf8(bytes) {
+            Ok(text) if !text.contains('\0') => Self::parse(text, file_name),
+            Ok(_) | Err(_) => Err(ParseErrors(vec![encoding_error(bytes, file_name)])),
+        }
+    }
+
     /// Read a configuration file's text. `file_name` is only used in the
     /// messages. Every line is checked; all mistakes are returned together.
     pub fn parse(text: &str, file_name: &str) -> Result<MirrorConfig, ParseErrors> {
@@ -163,6 +233,8 @@ impl MirrorConfig {
                 what: "the file has no filespaceOrder= line and no mirror lines".into(),
                 fix: format!("write filespaceOrder= (followed by the other filespaces' names, if any), then one line per mirror: {LINE_SYNTAX}"),
             }),
+            // A file whose lines end in CR alone is one line: its CR says it all.
+            Some(_) if p.errors.iter().any(|e| e.kind == ParseErrorKind::LineEnding) => {}
             Some((line, column)) if !p.order_seen => p.errors.push(ParseError {
                 file,
                 line,
@@ -192,7 +264,7 @@ impl MirrorConfig {
             if !valid_filespace_name(name) {
                 return Err(bad(
                     "filespaceOrder",
-                    format!("filespace name {name:?} is not 1 to 64 letters, digits, '_', '-' or '.'"),
+                    format!("filespace name {} is not 1 to 64 letters, digits, '_', '-' or '.'", q(name)),
                 ));
             }
             if self.filespace_order[..i].contains(name) {
@@ -300,23 +372,57 @@ impl Parser {
                 format!("replace it with {ascii}: switch the input method to half-width (English) and retype it"),
             ));
         }
+        if let Some(i) = body.find('\u{feff}') {
+            return Err(l.err(
+                start + i,
+                ByteOrderMark,
+                "a byte-order mark (U+FEFF, bytes EF BB BF) inside the file, where only its very start may hold one (were two files joined?)".into(),
+                "remove it: most editors show it as nothing, so delete the character before the line's first visible one, or save the file as UTF-8 without BOM".into(),
+            ));
+        }
         if let Some((i, c)) = body.char_indices().find(|&(_, c)| c.is_whitespace() || c.is_control()) {
             let at = start + i;
+            if c == '\r' {
+                return Err(l.err(
+                    at,
+                    LineEnding,
+                    "a carriage return (CR, U+000D) inside the line: the file ends its lines with CR alone (an old Mac format), or holds a stray CR".into(),
+                    "save it with LF line endings (for example: tr '\\r' '\\n' < FILE > FILE.new)".into(),
+                ));
+            }
+            if c == '\t' {
+                return Err(l.err(
+                    at,
+                    Whitespace,
+                    "a tab inside the line".into(),
+                    "fields are separated by ':' and hold no tabs: if it stands between two fields, put ':' in its place; otherwise remove it".into(),
+                ));
+            }
             if c.is_whitespace() {
                 let rest = body[i..].trim_start();
+                let what =
+                    if c == ' ' { "a space".to_string() } else { format!("the space character U+{:04X}", c as u32) };
+                if rest.starts_with('#') {
+                    return Err(l.err(
+                        end - rest.len(),
+                        TrailingText,
+                        format!("unexpected text {} after the line's last field", q(rest)),
+                        "remove it; a comment goes on a line of its own, starting with #".into(),
+                    ));
+                }
                 if !rest.contains([':', '=']) {
                     return Err(l.err(
                         end - rest.len(),
                         TrailingText,
-                        format!("unexpected text {rest:?} after the line's last field"),
-                        "remove it; a comment goes on a line of its own, starting with #".into(),
+                        format!("unexpected text {} after {what}", q(rest)),
+                        "if it is another field, put ':' in place of the space; if it is a comment, it goes on a line of its own, starting with #".into(),
                     ));
                 }
                 return Err(l.err(
                     at,
                     Whitespace,
-                    "unexpected space or tab inside the line".into(),
-                    "remove it: fields hold no spaces, and nothing goes around ':' or '='".into(),
+                    format!("{what} inside the line"),
+                    "fields hold no spaces and nothing goes around ':' or '=': if it stands between two fields, put ':' in its place; otherwise remove it".into(),
                 ));
             }
             return Err(l.err(
@@ -330,7 +436,7 @@ impl Parser {
             return Err(l.err(
                 start,
                 NoEquals,
-                format!("{body:?} has no '='"),
+                format!("{} has no '='", q(body)),
                 format!("lines read filespaceOrder=... (first) or {LINE_SYNTAX}"),
             ));
         };
@@ -349,7 +455,7 @@ impl Parser {
             return Err(l.err(
                 start,
                 UnknownKey,
-                format!("unknown key {key:?}{hint}"),
+                format!("unknown key {}{hint}", q(key)),
                 format!("the keys are filespaceOrder (first line) and mirror<N>; lines read {LINE_SYNTAX}"),
             ));
         };
@@ -359,7 +465,7 @@ impl Parser {
                 Err(_) => return Err(l.err(
                     start,
                     BadKey,
-                    format!("key {key:?} is not mirror followed by a number"),
+                    format!("key {} is not mirror followed by a number", q(key)),
                     "name the line mirror<N>, N a number unique in the file (by convention the content: mirror0=0:...)"
                         .into(),
                 )),
@@ -403,7 +509,7 @@ impl Parser {
                         if name.is_empty() {
                             "empty filespace name".to_string()
                         } else {
-                            format!("filespace name {name:?} is not 1 to 64 letters, digits, '_', '-' or '.'")
+                            format!("filespace name {} is not 1 to 64 letters, digits, '_', '-' or '.'", q(name))
                         },
                         "list the filespaces other than the default one, separated by ':' with none empty (nothing after = when there are none)".into(),
                     ));
@@ -493,6 +599,16 @@ impl Parser {
     ) -> Result<(MirrorLine, LineOrigin), ParseError> {
         use ParseErrorKind::*;
         let fields = Self::fields(l, name, eq, end)?;
+        if let Some(&(at, _)) = fields.get(1).filter(|(at, _)| !l.raw[*at..].starts_with('[')) {
+            if let Some(a) = unbracketed_ipv6(&l.raw[at..end]) {
+                return Err(l.err(
+                    at,
+                    BadAddress,
+                    format!("the address of {name} looks like an IPv6 address written without brackets ({}): its ':' read as field separators", q(&a)),
+                    format!("write it in brackets: [{}]", super::elide(&a)),
+                ));
+            }
+        }
         if fields.len() < FIELDS.len() {
             let missing = FIELDS[fields.len()];
             let after = if fields.len() == 1 && fields[0].1.is_empty() {
@@ -520,11 +636,23 @@ impl Parser {
                 "give the host name or address the mirror is reached at".into(),
             ));
         }
+        if address.len() > 253 {
+            return Err(l.err(
+                address_at,
+                TooLong,
+                format!(
+                    "the address of {name} is {} characters long ({}); a host name holds at most 253",
+                    address.chars().count(),
+                    q(address)
+                ),
+                "give the host name or address the mirror is reached at".into(),
+            ));
+        }
         if address.contains(['[', ']']) {
             return Err(l.err(
                 address_at,
                 BadAddress,
-                format!("address {address:?} of {name} holds a stray bracket"),
+                format!("address {} of {name} holds a stray bracket", q(address)),
                 "write a host name, an IPv4 address, or an IPv6 address in brackets ([::1])".into(),
             ));
         }
@@ -551,8 +679,22 @@ impl Parser {
                 return Err(l.err(
                     at,
                     TrailingText,
-                    format!("unexpected field {text:?} after the last location of {name}: filespaceOrder names {which}, so a line has {need} location(s), the default filespace's first"),
+                    format!("unexpected field {} after the last location of {name}: filespaceOrder names {which}, so a line has {need} location(s), the default filespace's first", q(text)),
                     "remove it, or name its filespace in filespaceOrder".into(),
+                ));
+            }
+            let long_name = text.split('/').map(str::len).max().unwrap_or(0);
+            if text.len() > MAX_PATH || long_name > MAX_NAME {
+                let what = if text.len() > MAX_PATH {
+                    format!("{} bytes long; a path holds at most {MAX_PATH}", text.len())
+                } else {
+                    format!("holds a name of {long_name} bytes; a name in a path holds at most {MAX_NAME}")
+                };
+                return Err(l.err(
+                    at,
+                    TooLong,
+                    format!("location {} of {name} ({}) is {what}", i + 1, q(text)),
+                    "give a shorter path".into(),
                 ));
             }
             if text.is_empty() {
@@ -613,316 +755,14 @@ impl Parser {
         let fix = format!("fix the {field} field of {name}");
         match e {
             BadNumber::Empty => l.err(at, EmptyField, format!("the {field} of {name} is empty ({range})"), fix),
-            BadNumber::NotDigits => l.err(at, NotANumber, format!("{field} {text:?} is not a number ({range})"), fix),
+            BadNumber::NotDigits => {
+                l.err(at, NotANumber, format!("{field} {} is not a number ({range})", q(text)), fix)
+            }
             BadNumber::OutOfRange => l.err(at, OutOfRange, format!("{field} {text} is out of range ({range})"), fix),
         }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use ParseErrorKind::*;
-
-    /// The sample of the `gpaddmirrors` documentation, verbatim (it is
-    /// indented in the document, and ends with an indented blank line).
-    const SEED_SAMPLE: &str = "    filespaceOrder=
-    mirror0=0:sdw1-1:52001:53001:54001:/gpdata/mir1/gp0
-    mirror1=1:sdw1-2:52002:53002:54002:/gpdata/mir1/gp1
-    mirror2=2:sdw2-1:52001:53001:54001:/gpdata/mir1/gp2
-    mirror3=3:sdw2-2:52002:53002:54002:/gpdata/mir1/gp3
-    
-";
-
-    /// The second sample (a blog's), typed with a Chinese input method.
-    const SEED_FULLWIDTH: &str = "filespaceOrder=
-mirror0=0:sdw2：50000：51000：52000：/data/mirror/gpseg0
-mirror1=1:sdw1：50000：51000：52000：/data/mirror/gpseg1
-";
-
-    fn line(key: u32, content: u32, address: &str, ports: [u16; 3], locations: &[&str]) -> MirrorLine {
-        MirrorLine {
-            key,
-            content,
-            address: address.into(),
-            port: ports[0],
-            mirror_replication_port: ports[1],
-            primary_replication_port: ports[2],
-            locations: locations.iter().map(PathBuf::from).collect(),
-        }
-    }
-
-    /// The one error of a text that must have exactly one.
-    fn one_error(text: &str) -> ParseError {
-        let mut e = MirrorConfig::parse(text, "mirrors.cfg").expect_err("the text must be refused").0;
-        assert_eq!(e.len(), 1, "{e:?}");
-        e.remove(0)
-    }
-
-    fn assert_at(e: &ParseError, kind: ParseErrorKind, line: usize, column: usize) {
-        assert_eq!((e.kind, e.line, e.column), (kind, line, column), "{e}");
-        assert!(e.to_string().starts_with(&format!("mirrors.cfg:{line}:{column}: ")), "{e}");
-    }
-
-    #[test]
-    fn the_seed_sample_parses_exactly() {
-        let c = MirrorConfig::parse(SEED_SAMPLE, "seed.cfg").unwrap();
-        assert!(c.filespace_order.is_empty());
-        assert_eq!(
-            c.mirrors,
-            vec![
-                line(0, 0, "sdw1-1", [52001, 53001, 54001], &["/gpdata/mir1/gp0"]),
-                line(1, 1, "sdw1-2", [52002, 53002, 54002], &["/gpdata/mir1/gp1"]),
-                line(2, 2, "sdw2-1", [52001, 53001, 54001], &["/gpdata/mir1/gp2"]),
-                line(3, 3, "sdw2-2", [52002, 53002, 54002], &["/gpdata/mir1/gp3"]),
-            ]
-        );
-        let o = c.origin.as_ref().unwrap();
-        assert_eq!((o.file.as_str(), o.filespace_order_line), ("seed.cfg", 1));
-        assert_eq!(o.lines.len(), 4);
-        let l = &o.lines[1];
-        // "    mirror1=1:sdw1-2:52002:53002:54002:/gpdata/mir1/gp1"
-        assert_eq!((l.line, l.key, l.content, l.address, l.port), (3, 5, 13, 15, 22));
-        assert_eq!((l.mirror_replication_port, l.primary_replication_port, l.locations.clone()), (28, 34, vec![40]));
-        // Written back the way the seed writes it, without the indentation.
-        let text = c.format().unwrap();
-        let unindented: String =
-            SEED_SAMPLE.lines().map(str::trim).filter(|l| !l.is_empty()).map(|l| format!("{l}\n")).collect();
-        assert_eq!(text, unindented);
-    }
-
-    #[test]
-    fn format_then_parse_round_trips() {
-        let c = MirrorConfig {
-            filespace_order: vec!["fast_fs".into(), "archive".into()],
-            mirrors: vec![
-                line(0, 0, "sdw2", [41000, 42000, 43000], &["/m/gpseg0", "/fast/m/gpseg0", "/arch/m/gpseg0"]),
-                line(7, 1, "fe80::1", [41001, 42001, 43001], &["/m/gpseg1", "/fast/m/gpseg1", "/arch/m/gpseg1"]),
-            ],
-            origin: None,
-        };
-        let text = c.format().unwrap();
-        assert!(text.starts_with("filespaceOrder=fast_fs:archive\nmirror0=0:sdw2:41000:"), "{text}");
-        assert!(
-            text.contains("mirror7=1:[fe80::1]:41001:42001:43001:/m/gpseg1:/fast/m/gpseg1:/arch/m/gpseg1\n"),
-            "{text}"
-        );
-        let back = MirrorConfig::parse(&text, "out.cfg").unwrap();
-        assert_eq!((&back.filespace_order, &back.mirrors), (&c.filespace_order, &c.mirrors));
-        assert_eq!(back.format().unwrap(), text);
-    }
-
-    #[test]
-    fn format_refuses_what_it_cannot_write() {
-        let mut c = MirrorConfig {
-            filespace_order: vec![],
-            mirrors: vec![line(0, 0, "sdw2", [41000, 42000, 43000], &["/m/a:b"])],
-            origin: None,
-        };
-        let e = c.format().unwrap_err();
-        assert!(matches!(&e, LayoutError::Unrepresentable { mirror, .. } if mirror == "mirror0"), "{e}");
-        c.mirrors[0].locations = vec!["/m/a b".into()];
-        assert!(c.format().is_err());
-        c.mirrors[0].locations = vec!["/m/a".into(), "/m/b".into()];
-        assert!(c.format().unwrap_err().to_string().contains("2 locations for 1 filespaces"));
-        c.mirrors[0].locations = vec!["/m/a".into()];
-        c.mirrors[0].address = "sdw 2".into();
-        assert!(c.format().is_err());
-        c.mirrors[0].address = "sdw2".into();
-        c.mirrors[0].port = 0;
-        assert!(c.format().unwrap_err().to_string().contains("port is 0"));
-        c.mirrors[0].port = 1;
-        c.mirrors.push(c.mirrors[0].clone());
-        assert!(c.format().unwrap_err().to_string().contains("used twice"));
-        c.mirrors.pop();
-        c.filespace_order = vec!["a b".into()];
-        c.mirrors[0].locations.push("/m/b".into());
-        assert!(c.format().is_err());
-        c.filespace_order = vec!["fs1".into()];
-        assert!(c.format().is_ok());
-    }
-
-    #[test]
-    fn blank_lines_comments_and_crlf_are_accepted() {
-        let text = "\u{feff}# mirrors for the test cluster\r\n\r\n  filespaceOrder=fs1 \r\n# content 0\r\n\tmirror0=0:h2:41000:42000:43000:/m/gpseg0:/fs1/gpseg0\t\r\n";
-        let c = MirrorConfig::parse(text, "mirrors.cfg").unwrap();
-        assert_eq!(c.filespace_order, vec!["fs1".to_string()]);
-        assert_eq!(c.mirrors, vec![line(0, 0, "h2", [41000, 42000, 43000], &["/m/gpseg0", "/fs1/gpseg0"])]);
-        let o = c.origin.unwrap();
-        assert_eq!(
-            (o.filespace_order_line, o.filespace_order_columns.clone(), o.filespace_order_end),
-            (3, vec![18], 21)
-        );
-        assert_eq!((o.lines[0].line, o.lines[0].key, o.lines[0].locations.clone()), (5, 2, vec![33, 43]));
-    }
-
-    #[test]
-    fn the_fullwidth_colons_of_the_second_seed_sample_are_named_with_their_columns() {
-        let e = MirrorConfig::parse(SEED_FULLWIDTH, "mirror_config_file").unwrap_err().0;
-        assert_eq!(e.len(), 2, "one error per line: {e:?}");
-        // "mirror0=0:sdw2" is 14 characters: the first fullwidth colon is column 15.
-        for (i, e) in e.iter().enumerate() {
-            assert_eq!((e.kind, e.line, e.column), (Fullwidth, i + 2, 15), "{e}");
-            let m = e.to_string();
-            assert!(m.starts_with(&format!("mirror_config_file:{}:15: fullwidth colon \"：\" (U+FF1A)", i + 2)), "{m}");
-            assert!(m.contains("input method") && m.contains("columns 15, 21, 27, 33"), "{m}");
-            assert!(m.contains("ASCII colon"), "{m}");
-        }
-        // Columns count characters, not bytes: a fullwidth colon is 3 bytes.
-        let e = one_error("filespaceOrder=\nmirror0=0:h：1:2:3:/m\n");
-        assert_at(&e, Fullwidth, 2, 12);
-        assert!(!e.what.contains("columns"), "a single one lists no others: {e}");
-        let e = one_error("filespaceOrder=\nmirror0＝0:h:1:2:3:/m\n");
-        assert_at(&e, Fullwidth, 2, 8);
-        assert!(e.what.contains("fullwidth equals sign"), "{e}");
-        let e = one_error("filespaceOrder=\nmirror0=0:h:５２００１:2:3:/m\n");
-        assert_at(&e, Fullwidth, 2, 13);
-        assert!(e.what.contains("fullwidth digit"), "{e}");
-    }
-
-    #[test]
-    fn bad_ports_name_the_field_and_the_mirror() {
-        let e =
-            one_error("filespaceOrder=\nmirror0=0:h1:41000:42000:43000:/m/0\nmirror1=1:h1:5200x:42001:43001:/m/1\n");
-        assert_at(&e, NotANumber, 3, 14);
-        assert_eq!(
-            e.to_string(),
-            "mirrors.cfg:3:14: port \"5200x\" is not a number (1-65535); fix the port field of mirror1"
-        );
-        let e = one_error("filespaceOrder=\nmirror1=1:h1:41001:70000:43001:/m/1\n");
-        assert_at(&e, OutOfRange, 2, 20);
-        assert!(e.to_string().contains("mirror replication port 70000 is out of range (1-65535); fix the mirror replication port field of mirror1"), "{e}");
-        let e = one_error("filespaceOrder=\nmirror1=1:h1:41001:42001:0:/m/1\n");
-        assert_at(&e, OutOfRange, 2, 26);
-        assert!(e.what.contains("primary replication port 0 is out of range"), "{e}");
-        let e = one_error("filespaceOrder=\nmirror1=1:h1:99999999999999999999999:42001:1:/m/1\n");
-        assert_at(&e, OutOfRange, 2, 14);
-        let e = one_error("filespaceOrder=\nmirror1=1:h1::42001:1:/m/1\n");
-        assert_at(&e, EmptyField, 2, 14);
-        assert!(e.what.contains("the port of mirror1 is empty"), "{e}");
-        let e = one_error("filespaceOrder=\nmirror1=-1:h1:1:2:3:/m/1\n");
-        assert_at(&e, NotANumber, 2, 9);
-        assert!(e.what.contains("content \"-1\" is not a number"), "{e}");
-    }
-
-    #[test]
-    fn missing_fields_say_which_one() {
-        let e = one_error("filespaceOrder=\nmirror0=0:h1:41000:42000\n");
-        assert_at(&e, MissingField, 2, 25);
-        assert!(
-            e.what.contains(
-                "mirror0 ends after its mirror replication port field: the primary replication port is missing"
-            ),
-            "{e}"
-        );
-        let e = one_error("filespaceOrder=\nmirror0=0:h1:41000:42000:43000\n");
-        assert_at(&e, MissingField, 2, 31);
-        assert!(e.what.contains("the location is missing"), "{e}");
-        let e = one_error("filespaceOrder=\nmirror0=\n");
-        assert_at(&e, MissingField, 2, 9);
-        assert!(e.what.contains("mirror0 has no value"), "{e}");
-        // One location short of what filespaceOrder asks for.
-        let e = one_error("filespaceOrder=fs1:fs2\nmirror0=0:h1:41000:42000:43000:/m/0:/fs1/0\n");
-        assert_at(&e, MissingField, 2, 43);
-        assert!(e.what.contains("has 2 location(s) but 3 are needed"), "{e}");
-        assert_eq!(e.fix, "add the location for filespace fs2");
-    }
-
-    #[test]
-    fn trailing_garbage_is_refused_at_its_column() {
-        // A field too many: the location count comes from filespaceOrder.
-        let e = one_error("filespaceOrder=\nmirror0=0:h1:41000:42000:43000:/m/0:/extra\n");
-        assert_at(&e, TrailingText, 2, 37);
-        assert!(e.what.contains("unexpected field \"/extra\" after the last location of mirror0"), "{e}");
-        assert!(e.what.contains("names 0 filespaces, so a line has 1 location(s)"), "{e}");
-        // Text after a space: an attempted trailing comment.
-        let e = one_error("filespaceOrder=\nmirror0=0:h1:41000:42000:43000:/m/0   # first one\n");
-        assert_at(&e, TrailingText, 2, 39);
-        assert!(e.what.contains("unexpected text \"# first one\""), "{e}");
-        assert!(e.fix.contains("line of its own"), "{e}");
-        // A space inside the line.
-        let e = one_error("filespaceOrder=\nmirror0 = 0:h1:41000:42000:43000:/m/0\n");
-        assert_at(&e, Whitespace, 2, 8);
-        let e = one_error("filespaceOrder=\nmirror0=0:h1:41000:42000:43000:/m/0\u{7}\n");
-        assert_at(&e, ControlCharacter, 2, 36);
-        // After a bracketed address.
-        let e = one_error("filespaceOrder=\nmirror0=0:[::1]x:41000:42000:43000:/m/0\n");
-        assert_at(&e, BadAddress, 2, 16);
-        let e = one_error("filespaceOrder=\nmirror0=0:[::1:41000:42000:43000:/m/0\n");
-        assert_at(&e, BadAddress, 2, 11);
-        let e = one_error("filespaceOrder=\nmirror0=0:h]:41000:42000:43000:/m/0\n");
-        assert_at(&e, BadAddress, 2, 11);
-        let e = one_error("filespaceOrder=\nmirror0=0::41000:42000:43000:/m/0\n");
-        assert_at(&e, EmptyField, 2, 11);
-    }
-
-    #[test]
-    fn duplicate_and_unknown_keys() {
-        let text = "filespaceOrder=\nmirror0=0:h2:1:2:3:/m/0\n\nmirror0=1:h1:1:2:3:/m/1\n";
-        let e = one_error(text);
-        assert_at(&e, DuplicateKey, 4, 1);
-        assert!(e.what.contains("duplicate key mirror0 (first on line 2)"), "{e}");
-        // Leading zeros name the same key.
-        assert_at(
-            &one_error("filespaceOrder=\nmirror1=0:h2:1:2:3:/m/0\nmirror01=1:h1:1:2:3:/m/1\n"),
-            DuplicateKey,
-            3,
-            1,
-        );
-        let e = one_error("filespaceOrder=\nmirorr0=0:h2:1:2:3:/m/0\n");
-        assert_at(&e, UnknownKey, 2, 1);
-        assert!(e.what.contains("unknown key \"mirorr0\""), "{e}");
-        let e = one_error("filespaceOrder=\nMirror0=0:h2:1:2:3:/m/0\n");
-        assert!(e.what.contains("lower-case"), "{e}");
-        let e = one_error("filespaceOrder=\nmirrorX=0:h2:1:2:3:/m/0\n");
-        assert_at(&e, BadKey, 2, 1);
-        let e = one_error("filespaceOrder=\n  just some words\n");
-        assert_at(&e, TrailingText, 2, 8);
-        let e = one_error("filespaceOrder=\nmirror0:0:h2:1:2:3:/m/0\n");
-        assert_at(&e, NoEquals, 2, 1);
-    }
-
-    #[test]
-    fn a_missing_or_misplaced_filespace_order_line() {
-        let e = one_error("# no order\nmirror0=0:h2:1:2:3:/m/0\n");
-        assert_at(&e, MissingFilespaceOrder, 2, 1);
-        assert!(e.what.contains("filespaceOrder= line is missing"), "{e}");
-        let e = one_error("mirror0=0:h2:1:2:3:/m/0\nfilespaceOrder=\nmirror1=1:h1:1:2:3:/m/1\n");
-        assert_at(&e, MisplacedFilespaceOrder, 2, 1);
-        assert!(e.what.contains("line 1 comes before it"), "{e}");
-        let e = one_error("filespaceOrder=\nmirror0=0:h2:1:2:3:/m/0\nfilespaceOrder=\n");
-        assert_at(&e, MisplacedFilespaceOrder, 3, 1);
-        assert!(e.what.contains("second filespaceOrder= line (the first is on line 1)"), "{e}");
-        // The misspelt key is unknown, and the real one is then missing: two errors.
-        let all = MirrorConfig::parse("filespaceorder=\nmirror0=0:h2:1:2:3:/m/0\n", "mirrors.cfg").unwrap_err().0;
-        assert_eq!(all.len(), 2);
-        assert_at(&all[0], UnknownKey, 1, 1);
-        assert!(all[0].what.contains("capital O"), "{}", all[0]);
-        assert_at(&all[1], MissingFilespaceOrder, 1, 1);
-        let e = one_error("\n# nothing\n   \n");
-        assert_at(&e, Empty, 1, 1);
-        let e = one_error("filespaceOrder=fs1::fs2\n");
-        assert_at(&e, BadFilespaceName, 1, 20);
-        let e = one_error("filespaceOrder=fs1:fs1\n");
-        assert_at(&e, DuplicateFilespace, 1, 20);
-    }
-
-    #[test]
-    fn an_empty_location() {
-        let e = one_error("filespaceOrder=fs1\nmirror0=0:h2:1:2:3::/fs1/0\n");
-        assert_at(&e, EmptyLocation, 2, 20);
-        assert!(e.what.contains("location 1 of mirror0 (for the default filespace) is empty"), "{e}");
-        let e = one_error("filespaceOrder=fs1\nmirror0=0:h2:1:2:3:/m/0:\n");
-        assert_at(&e, EmptyLocation, 2, 25);
-        assert!(e.what.contains("(for filespace fs1)"), "{e}");
-    }
-
-    #[test]
-    fn every_bad_line_is_reported_in_file_order() {
-        let text = "filespaceOrder=\nmirror0=0:h2:x:2:3:/m/0\nmirror1=1:h1:1:2:3:/m/1\nmirror2=2:h1:1:2\nbogus=1\n";
-        let e = MirrorConfig::parse(text, "mirrors.cfg").unwrap_err();
-        let at: Vec<(usize, ParseErrorKind)> = e.0.iter().map(|e| (e.line, e.kind)).collect();
-        assert_eq!(at, vec![(2, NotANumber), (4, MissingField), (5, UnknownKey)]);
-        assert_eq!(e.to_string().lines().count(), 3);
-    }
-}
+#[path = "config_file_tests.rs"]
+mod tests;

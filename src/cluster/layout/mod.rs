@@ -1,8 +1,10 @@
 //! Mirror layout for `filerep addmirrors`: where the mirrors of existing
 //! primaries go, on which ports and in which directories, and the
 //! configuration file that describes it (Greenplum's `gpaddmirrors -o`/`-i`
-//! format). Pure: no network, no processes; the only thing it asks of the
-//! world is "what is at this path on this host", through [`PathProbe`].
+//! format). Pure: no network, no processes; what it asks of the world
+//! (which machine a host is, what a path names there once symbolic links
+//! are resolved, whether a directory can be made there, whether a port is
+//! free) goes through [`HostProbe`].
 //!
 //! The flow the tool follows:
 //! 1. describe the existing cluster as a [`Cluster`] (from the catalog);
@@ -17,13 +19,17 @@
 //! `docs/operations.md`, section "Mirror configuration files".
 
 mod config_file;
+mod overlap;
 mod placement;
 mod validate;
 
 pub use config_file::{ParseError, ParseErrorKind, ParseErrors};
+pub use overlap::{DirIndex, Relation};
 pub use placement::{place, Placement};
+pub use validate::{elide, shown};
 pub use validate::{
-    validate, LocalFs, PathProbe, PathState, PlannedMirror, Problem, ProblemKind, ValidationErrors, Where,
+    validate, HostProbe, LocalFs, PathInfo, PathState, PlannedMirror, Problem, ProblemKind, ValidationErrors, Where,
+    SHOWN_PROBLEMS, THIS_MACHINE,
 };
 
 use std::path::PathBuf;
@@ -145,6 +151,9 @@ pub struct Cluster {
     /// Every filespace's name; the first is the default one (`pg_system`).
     pub filespaces: Vec<String>,
     pub instances: Vec<Instance>,
+    /// Directories of the machine validation runs on that no mirror may
+    /// overlap (the cluster directory), each with what it is.
+    pub local_paths: Vec<(PathBuf, String)>,
 }
 
 impl Cluster {
@@ -233,6 +242,22 @@ pub struct LineOrigin {
     pub end: usize,
 }
 
+/// Content `content`'s primary on `host` (dbid content + 2), its data
+/// directory per filespace `BASE/gpseg<content>`: the tests' clusters.
+#[cfg(test)]
+pub(crate) fn test_primary(content: u32, host: &str, port: u16, bases: &[&str]) -> Instance {
+    Instance {
+        content,
+        dbid: content + 2,
+        role: Role::Primary,
+        host: host.into(),
+        address: host.into(),
+        port,
+        replication_port: None,
+        data_dirs: bases.iter().map(|b| format!("{b}/gpseg{content}").into()).collect(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -287,6 +312,7 @@ mod tests {
         let c = Cluster {
             filespaces: vec!["pg_system".into()],
             instances: vec![i(0, "sdw1", "sdw1-1"), i(1, "sdw2", "sdw2")],
+            ..Default::default()
         };
         assert_eq!(c.host_of("sdw1-1"), Some("sdw1"));
         assert_eq!(c.host_of("sdw1"), Some("sdw1"), "a host's own name is one of its addresses");

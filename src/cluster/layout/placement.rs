@@ -168,7 +168,7 @@ mod tests {
                 });
             }
         }
-        Cluster { filespaces: vec!["pg_system".into(), "fast".into()], instances }
+        Cluster { filespaces: vec!["pg_system".into(), "fast".into()], instances, ..Default::default() }
     }
 
     fn bases() -> Vec<PathBuf> {
@@ -263,19 +263,13 @@ mod tests {
         // gp_segment_configuration of the seed: contents 0,1 on sdw1 and
         // 2,3 on sdw2, ports 40000 and 40001; gpstate -m shows group
         // mirroring with gpseg0,1 mirrored on sdw2 and gpseg2,3 on sdw1.
-        let p = |content: u32, host: &str, port: u16| Instance {
-            content,
-            dbid: content + 2,
-            role: Role::Primary,
-            host: host.into(),
-            address: host.into(),
-            port,
-            replication_port: None,
-            data_dirs: vec![format!("/home/hanson/data/primary/gpseg{content}").into()],
+        let p = |content: u32, host: &str, port: u16| {
+            super::super::test_primary(content, host, port, &["/home/hanson/data/primary"])
         };
         let c = Cluster {
             filespaces: vec!["pg_system".into()],
             instances: vec![p(0, "sdw1", 40000), p(2, "sdw2", 40000), p(1, "sdw1", 40001), p(3, "sdw2", 40001)],
+            ..Default::default()
         };
         let base = [PathBuf::from("/home/hanson/data/mirror")];
         let config = place(&c, Placement::Group, 1000, &base).unwrap();

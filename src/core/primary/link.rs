@@ -329,6 +329,9 @@ impl Engine {
             Err(e) => {
                 self.deciding = None;
                 self.set_mode(Mode::Failed(e));
+                // The window is in the change-log (recorded before this
+                // answer applied): on the arbiter's word, it may go on alone.
+                self.unheard = true;
                 self.fail_parked();
             }
         }

@@ -2,9 +2,9 @@
 //!
 //! It assigns sequence numbers and file ids, builds frame headers, checks the
 //! mirror's cumulative acknowledgements, and decides when a heartbeat is due
-//! or the mirror has gone silent. The runtime (`crate::primary`) holds it
-//! under its queue lock and executes what it says; the simulator drives it
-//! directly. Time is passed in as milliseconds, never read.
+//! or the mirror has gone silent. The engine ([`super::Engine`]) owns it;
+//! the runtime and the simulator reach it only through the engine. Time is
+//! passed in as milliseconds, never read.
 
 use crate::protocol::path::FsPath;
 use crate::protocol::{Ack, Header, Kind};

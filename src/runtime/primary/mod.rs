@@ -248,6 +248,12 @@ impl Primary {
         lock(&self.rt.core).engine.mirror_lost()
     }
 
+    /// Failed only because the arbiter could not be asked about a lost
+    /// mirror ([`crate::core::primary::Engine::failed_unheard`]).
+    pub fn failed_unheard(&self) -> bool {
+        lock(&self.rt.core).engine.failed_unheard()
+    }
+
     fn fspath(&self, fs: u16, path: &str) -> Result<FsPath> {
         if fs as usize >= self.config.filespaces.len() {
             return Err(Error::InvalidArgument(format!(

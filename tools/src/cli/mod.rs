@@ -1,6 +1,7 @@
 //! The subcommands of `filerep`, one module each (the mirror daemon, `bench`,
 //! `sim` and `compare` are small enough to live in `main.rs`).
 
+pub mod catalog;
 pub mod cluster;
 pub mod demo;
 pub mod mount;
@@ -8,4 +9,5 @@ pub mod ops;
 pub mod recover;
 pub mod state;
 pub mod story;
+pub mod target;
 pub mod verify;

@@ -3,7 +3,8 @@
 
 use filerep::cluster::layout::{self, MirrorConfig, Placement};
 use filerep::cluster::segment::{ArbiterRequest, ArbiterResponse, NewMirror, SegmentRequest, SegmentResponse};
-use filerep::durable::catalog::Catalog;
+use filerep::durable::catalog::{Catalog, SegmentAddress};
+use filerep::protocol::handshake::ClusterKey;
 use filerep_tools::cluster::{self, ClusterDir, InitSpec};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -41,12 +42,18 @@ pub struct InitCmd {
     /// The arbiter's control address (default 127.0.0.1:BASE-1).
     #[arg(long)]
     arbiter: Option<String>,
+    /// Accept hosts that are all this machine (a test cluster on loopback
+    /// addresses such as 127.0.0.2,127.0.0.3): without it, two hosts that
+    /// are one machine are refused, since a mirror "on another host" would
+    /// share its primary's machine.
+    #[arg(long)]
+    allow_one_machine: bool,
 }
 
 #[derive(clap::Args)]
 pub struct StartCmd {
-    #[arg(long)]
-    cluster_dir: PathBuf,
+    #[command(flatten)]
+    cluster: crate::cli::target::ClusterArg,
     /// Start only this host's segments (and the arbiter if it lives there).
     #[arg(long)]
     host: Option<String>,
@@ -56,8 +63,8 @@ pub struct StartCmd {
 
 #[derive(clap::Args)]
 pub struct StopCmd {
-    #[arg(long)]
-    cluster_dir: PathBuf,
+    #[command(flatten)]
+    cluster: crate::cli::target::ClusterArg,
     /// Stop only this host's segments (and the arbiter if it lives there).
     #[arg(long)]
     host: Option<String>,
@@ -67,8 +74,8 @@ pub struct StopCmd {
 
 #[derive(clap::Args)]
 pub struct AddMirrorsCmd {
-    #[arg(long)]
-    cluster_dir: PathBuf,
+    #[command(flatten)]
+    cluster: crate::cli::target::ClusterArg,
     /// Port offset: mirror port = P + OFFSET, mirror replication port = P + 2 OFFSET, primary replication port = P + 3 OFFSET.
     #[arg(short = 'p', long, default_value_t = layout::DEFAULT_PORT_OFFSET)]
     offset: u32,
@@ -87,6 +94,10 @@ pub struct AddMirrorsCmd {
     /// Limit the initial full resyncs to this many MB/s.
     #[arg(long)]
     max_rate: Option<f64>,
+    /// Accept a cluster whose hosts are all this machine (a test cluster;
+    /// `init --allow-one-machine` records it for the cluster).
+    #[arg(long)]
+    allow_one_machine: bool,
     #[arg(long)]
     json: bool,
 }
@@ -125,7 +136,10 @@ pub fn init(c: InitCmd) -> Result<ExitCode, String> {
     let arbiter = match c.arbiter {
         Some(a) => a,
         None if c.base_port > 1 => format!("127.0.0.1:{}", c.base_port - 1),
-        None => return Err("--base-port 1: give --arbiter HOST:PORT".into()),
+        None if c.base_port == 0 => return Err("--base-port 0: give the first primary port, from 1 to 65535".into()),
+        None => {
+            return Err("--base-port 1 leaves no port below it for the arbiter (by default on BASE-1): give --arbiter HOST:PORT, or a higher --base-port".into())
+        }
     };
     let spec = InitSpec {
         hosts: c.hosts,
@@ -135,18 +149,33 @@ pub fn init(c: InitCmd) -> Result<ExitCode, String> {
         block_size: c.block_size,
         mirrors,
         arbiter,
+        allow_one_machine: c.allow_one_machine,
     };
-    let dir = ClusterDir::new(&c.cluster_dir);
-    let cat = cluster::init(&dir, &spec).map_err(|e| e.to_string())?;
+    let dir = ClusterDir::new(absolute(&c.cluster_dir)?);
+    let made = cluster::init(&dir, &spec).map_err(|e| e.to_string())?;
+    let cat = &made.catalog;
     println!(
         "cluster created in {}: {} contents ({} with mirrors) on {} hosts; start it with: filerep start --cluster-dir {}",
-        c.cluster_dir.display(),
+        dir.root.display(),
         cat.pairs.len() + cat.unmirrored.len(),
         cat.pairs.len(),
         spec.hosts.len(),
-        c.cluster_dir.display()
+        dir.root.display()
     );
+    for host in &made.elsewhere {
+        eprintln!(
+            "host {host} is another machine: its data directories were not created, and were compared with the others as written; \
+             there, create each one empty and make sure none is a symbolic link into another's (readlink -f DIR), \
+             and that its ports are free, before filerep start --host {host}"
+        );
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `p` made absolute against the current directory (a cluster directory
+/// is written into every segment's configuration).
+pub fn absolute(p: &std::path::Path) -> Result<PathBuf, String> {
+    std::path::absolute(p).map_err(|e| format!("{}: {e}", p.display()))
 }
 
 fn exe() -> Result<PathBuf, String> {
@@ -154,7 +183,7 @@ fn exe() -> Result<PathBuf, String> {
 }
 
 pub fn start(c: StartCmd) -> Result<ExitCode, String> {
-    let dir = ClusterDir::new(&c.cluster_dir);
+    let dir = c.cluster.dir()?;
     let r = cluster::start(&dir, &exe()?, c.host.as_deref()).map_err(|e| e.to_string())?;
     if c.json {
         println!("{}", serde_json::to_string(&r).map_err(|e| e.to_string())?);
@@ -169,15 +198,24 @@ pub fn start(c: StartCmd) -> Result<ExitCode, String> {
                 format!(" ({} were running already)", r.already_running.len())
             }
         );
+        for (dbid, why) in &r.failed {
+            eprintln!("dbid {dbid} did not start: {why}");
+        }
+        for content in &r.down {
+            eprintln!(
+                "content {content} is down (a double fault, or its primary lost during a resync): its segments get no role \
+                 until filerep recover restores it from its acting primary (docs/operations.md, When things go wrong)"
+            );
+        }
         if !r.without_role.is_empty() {
             eprintln!("dbids {:?} run but have no role yet: see filerep state -s", r.without_role);
         }
     }
-    Ok(if r.without_role.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if r.without_role.is_empty() && r.failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 pub fn stop(c: StopCmd) -> Result<ExitCode, String> {
-    let dir = ClusterDir::new(&c.cluster_dir);
+    let dir = c.cluster.dir()?;
     let r = cluster::stop(&dir, c.host.as_deref()).map_err(|e| e.to_string())?;
     if c.json {
         println!("{}", serde_json::to_string(&r).map_err(|e| e.to_string())?);
@@ -197,22 +235,29 @@ pub fn current_catalog(dir: &ClusterDir) -> Result<(Catalog, bool), String> {
     let file = dir.load().map_err(|e| e.to_string())?;
     let key = dir.key().map_err(|e| e.to_string())?;
     match filerep::cluster::probe::fetch_catalog(&file.arbiter, &key, Duration::from_secs(3)) {
-        Ok(c) => Ok((c, true)),
-        Err(_) => Catalog::load(&dir.catalog()).map(|c| (c, false)).map_err(|e| e.to_string()),
+        Ok(c) => {
+            dir.agrees(&file, &c).map_err(|r| dir.damaged("catalog", &dir.catalog(), r).to_string())?;
+            if let Err(e) = dir.load_catalog(&file) {
+                eprintln!("warning: {e} (the running arbiter holds a good catalog, which restore writes back)");
+            }
+            Ok((c, true))
+        }
+        Err(_) => dir.load_catalog(&file).map(|c| (c, false)).map_err(|e| e.to_string()),
     }
 }
 
 pub fn addmirrors(c: AddMirrorsCmd) -> Result<ExitCode, String> {
-    let dir = ClusterDir::new(&c.cluster_dir);
+    let dir = c.cluster.dir()?;
     let mut file = dir.load().map_err(|e| e.to_string())?;
     let key = dir.key().map_err(|e| e.to_string())?;
     let (cat, live) = current_catalog(&dir)?;
-    let cluster = cluster::catalog_layout(&file, &cat);
+    let mut cluster = cluster::catalog_layout(&file, &cat);
+    cluster.local_paths.push((dir.root.clone(), "the cluster directory".into()));
     // The configuration: read, or computed by placement.
     let (config, placement) = match &c.input {
         Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-            let cfg = MirrorConfig::parse(&text, &path.display().to_string()).map_err(|e| e.to_string())?;
+            let bytes = std::fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+            let cfg = MirrorConfig::parse_bytes(&bytes, &path.display().to_string()).map_err(|e| e.to_string())?;
             (cfg, "custom".to_string())
         }
         None => {
@@ -233,13 +278,22 @@ pub fn addmirrors(c: AddMirrorsCmd) -> Result<ExitCode, String> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    // Everything is checked before anything changes.
-    let planned = layout::validate(&config, &cluster, &layout::LocalFs).map_err(|e| e.to_string())?;
+    // Everything is checked before anything changes: the hosts are
+    // different machines (or the operator said they may not be), and each
+    // mirror's place on its host, asked of that host.
+    let hosts = filerep::cluster::hosts::check_hosts(&file.hosts, file.one_machine || c.allow_one_machine)
+        .map_err(|e| format!("the cluster's hosts (cluster.json): {e}"))?;
+    let mut agents: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for (_, a) in cat.addresses() {
+        agents.entry(a.host.clone()).or_default().push(a.control.clone());
+    }
+    let probe = cluster::ClusterProbe::new(&hosts).with_agents(key.clone(), agents);
+    let planned = layout::validate(&config, &cluster, &probe).map_err(|e| e.to_string())?;
     if !live {
         return Err(format!(
             "the arbiter on {} does not answer: start the cluster first (filerep start --cluster-dir {})",
             file.arbiter,
-            c.cluster_dir.display()
+            dir.root.display()
         ));
     }
     let first_dbid = cat.addresses().map(|(_, a)| a.dbid).max().unwrap_or(1) + 1;
@@ -254,33 +308,152 @@ pub fn addmirrors(c: AddMirrorsCmd) -> Result<ExitCode, String> {
         let primary_data = format!("{}:{}", primary.address.address(), m.primary_replication_port);
         mirrors.push((m.content, address, primary.address.clone(), primary_data));
     }
-    // The primaries listen for replication on their new ports first (used
-    // only once they act as mirrors), and their configurations say so.
-    for (content, _, p, data) in &mirrors {
-        match filerep::cluster::control::call::<_, SegmentResponse>(
-            &p.control,
-            &key,
-            &SegmentRequest::Rebind { data_listen: data.clone() },
-            RPC,
-        ) {
-            Ok(SegmentResponse::Done) => {}
-            Ok(SegmentResponse::Refused(why)) => {
-                return Err(format!("content {content}: primary dbid {}: {why}", p.dbid))
+    let long: Vec<String> =
+        mirrors.iter().filter_map(|(_, m, _, _)| cluster::socket_path_problem(&dir, m.dbid)).collect();
+    if !long.is_empty() {
+        return Err(format!("nothing was changed: {}", long.join("; ")));
+    }
+    // Every primary that gets a mirror serves, before anything changes.
+    let idle: Vec<String> = mirrors
+        .iter()
+        .filter(|(_, _, p, _)| {
+            cluster::probe(&p.control, &key, Duration::from_secs(2))
+                .is_none_or(|s| s.dbid != p.dbid || s.acting != filerep::cluster::segment::Acting::Primary)
+        })
+        .map(|(content, _, p, _)| format!("content {content} (primary dbid {} on {})", p.dbid, p.control))
+        .collect();
+    if !idle.is_empty() {
+        return Err(format!(
+            "nothing was changed: these primaries do not serve: {}; start them (filerep start) and see filerep state -s",
+            idle.join(", ")
+        ));
+    }
+    let exe = exe()?;
+    let mut applied = Applied::default();
+    if let Err(why) = add(&dir, &file, &key, &exe, &mirrors, &mut applied) {
+        let left = applied.undo(&dir, &key);
+        return Err(if left.is_empty() {
+            format!("{why}; everything addmirrors had done was undone: the cluster is as it was")
+        } else {
+            format!(
+                "{why}; undoing what addmirrors had done left these behind: {}; the catalog was not changed",
+                left.join("; ")
+            )
+        });
+    }
+    file.placement = Some(placement);
+    dir.write_cluster_file(&file).map_err(|e| e.to_string())?;
+    if !c.json {
+        eprintln!("added {} mirrors; building them with full resyncs while the primaries serve", mirrors.len());
+    }
+    // Each new mirror is built by an online full resync: the pair shows r, then s.
+    // The mirrors are in the catalog now: a pair not built stays `n`, and
+    // `filerep recover -F --content N` builds it later.
+    let mut code = ExitCode::SUCCESS;
+    for (content, m, _, _) in &mirrors {
+        let built = wait_mirror_serving(&dir, &key, m, Duration::from_secs(60)).and_then(|()| {
+            let rc = crate::cli::recover::RecoverCmd::full_resync(&dir, *content, c.max_rate, c.json);
+            crate::cli::recover::run(rc)
+        });
+        match built {
+            Ok(ExitCode::SUCCESS) => {}
+            other => {
+                code = ExitCode::from(1);
+                eprintln!(
+                    "content {content}: its mirror (dbid {}) was added but is not built yet{}; build it with: filerep recover -F --content {content} --cluster-dir {}",
+                    m.dbid,
+                    other.err().map(|e| format!(" ({e})")).unwrap_or_default(),
+                    dir.root.display()
+                );
             }
-            other => return Err(format!("content {content}: primary dbid {} did not answer: {other:?}", p.dbid)),
         }
+    }
+    Ok(code)
+}
+
+/// What `addmirrors` changed before the arbiter added the mirrors: undone,
+/// newest first, when a later step fails.
+#[derive(Default)]
+struct Applied {
+    /// Directories, configurations, logs and state made for the new mirrors.
+    journal: cluster::Journal,
+    /// Primaries told to listen for replication elsewhere: their address,
+    /// the old replication address, the old configuration file's bytes.
+    rebound: Vec<(SegmentAddress, String, Vec<u8>)>,
+    /// Mirror processes started.
+    spawned: Vec<cluster::Spawned>,
+}
+
+impl Applied {
+    fn undo(self, dir: &ClusterDir, key: &ClusterKey) -> Vec<String> {
+        let mut left = Vec::new();
+        cluster::stop_spawned(dir, &self.spawned);
+        for (p, old, bytes) in self.rebound.into_iter().rev() {
+            if let Err(e) = rebind(key, &p, &old) {
+                left.push(format!("primary dbid {} still listens for replication on its new port ({e})", p.dbid));
+            }
+            let path = dir.segment_config(p.dbid);
+            if let Err(e) = std::fs::write(&path, bytes) {
+                left.push(format!("{}: {e}", path.display()));
+            }
+        }
+        left.extend(self.journal.undo());
+        left
+    }
+}
+
+/// Tell a primary to listen for replication on `data`.
+fn rebind(key: &ClusterKey, p: &SegmentAddress, data: &str) -> Result<(), String> {
+    let req = SegmentRequest::Rebind { data_listen: data.to_string() };
+    match filerep::cluster::control::call::<_, SegmentResponse>(&p.control, key, &req, RPC) {
+        Ok(SegmentResponse::Done) => Ok(()),
+        Ok(SegmentResponse::Refused(why)) => Err(format!("primary dbid {} cannot listen on {data}: {why}", p.dbid)),
+        Ok(other) => Err(format!("primary dbid {} answered {other:?}", p.dbid)),
+        Err(e) => Err(format!("primary dbid {} did not answer: {e}", p.dbid)),
+    }
+}
+
+/// The changes, in order, each recorded in `applied`: the mirrors' directories and
+/// configurations; the primaries' new replication ports; the mirror
+/// processes, each answering; then the arbiter adds them all in one store.
+fn add(
+    dir: &ClusterDir,
+    file: &cluster::ClusterFile,
+    key: &ClusterKey,
+    exe: &std::path::Path,
+    mirrors: &[(u32, SegmentAddress, SegmentAddress, String)],
+    applied: &mut Applied,
+) -> Result<(), String> {
+    for (content, m, _, _) in mirrors {
+        for fs in &m.filespaces {
+            if let Some((_, d)) = fs.split_once('=') {
+                applied.journal.create_dir_all(std::path::Path::new(d)).map_err(|e| e.to_string())?;
+            }
+        }
+        // A mirror that does not start keeps its log (logs/dbid<N>.log), for the record.
+        for made in [dir.segment_config(m.dbid), dir.segment_dir(m.dbid)] {
+            applied.journal.created(&made);
+        }
+        let cfg = cluster::segment_config(dir, file, *content, m).map_err(|e| e.to_string())?;
+        dir.write_segment(&cfg).map_err(|e| e.to_string())?;
+    }
+    // The primaries listen for replication on their new ports first (used
+    // only once they act as mirrors; a mirror may take a port a primary gives up).
+    for (_, _, p, data) in mirrors {
+        let bytes = std::fs::read(dir.segment_config(p.dbid))
+            .map_err(|e| format!("reading dbid {}'s configuration: {e}", p.dbid))?;
+        rebind(key, p, data)?;
+        applied.rebound.push((p.clone(), p.data.clone(), bytes));
         let mut pc = dir.segment(p.dbid).map_err(|e| e.to_string())?;
         pc.data_listen = data.clone();
         dir.write_segment(&pc).map_err(|e| e.to_string())?;
     }
-    for (content, m, _, _) in &mirrors {
-        for fs in &m.filespaces {
-            if let Some((_, d)) = fs.split_once('=') {
-                filerep::durable::files::create_dir_all(std::path::Path::new(d)).map_err(|e| e.to_string())?;
-            }
-        }
-        dir.write_segment(&cluster::segment_config(&dir, &file, *content, m).map_err(|e| e.to_string())?)
-            .map_err(|e| e.to_string())?;
+    let addrs: Vec<SegmentAddress> = mirrors.iter().map(|(_, m, _, _)| m.clone()).collect();
+    let (spawned, failed) = cluster::start_segments(dir, exe, key, &addrs, Duration::from_secs(30));
+    applied.spawned = spawned;
+    if !failed.is_empty() {
+        let why: Vec<String> = failed.into_iter().map(|(_, why)| why).collect();
+        return Err(why.join("; "));
     }
     let req = ArbiterRequest::AddMirrors {
         mirrors: mirrors
@@ -292,34 +465,18 @@ pub fn addmirrors(c: AddMirrorsCmd) -> Result<ExitCode, String> {
             })
             .collect(),
     };
-    match filerep::cluster::control::call::<_, ArbiterResponse>(&file.arbiter, &key, &req, RPC) {
-        Ok(ArbiterResponse::Started) => {}
-        Ok(ArbiterResponse::Refused(why)) => return Err(why),
-        other => return Err(format!("the arbiter did not add the mirrors: {other:?}")),
+    match filerep::cluster::control::call::<_, ArbiterResponse>(&file.arbiter, key, &req, RPC) {
+        Ok(ArbiterResponse::Started) => Ok(()),
+        Ok(ArbiterResponse::Refused(why)) => Err(format!("the arbiter refused the mirrors: {why}")),
+        Ok(other) => Err(format!("the arbiter answered {other:?}")),
+        // The answer may be lost after the store: then they are added, and stay.
+        Err(e) => match filerep::cluster::probe::fetch_catalog(&file.arbiter, key, RPC) {
+            Ok(cat) if mirrors.iter().all(|(c, m, _, _)| cat.pair(*c).is_some_and(|p| p.address(m.dbid).is_some())) => {
+                Ok(())
+            }
+            _ => Err(format!("the arbiter did not answer: {e}")),
+        },
     }
-    file.placement = Some(placement);
-    std::fs::write(dir.cluster_file(), serde_json::to_vec_pretty(&file).map_err(|e| e.to_string())?)
-        .map_err(|e| format!("writing {}: {e}", dir.cluster_file().display()))?;
-    let exe = exe()?;
-    let started = cluster::start(&dir, &exe, None).map_err(|e| e.to_string())?;
-    if !c.json {
-        eprintln!(
-            "added {} mirrors and started {} segments; building them with full resyncs while the primaries serve",
-            mirrors.len(),
-            started.started.len()
-        );
-    }
-    // Each new mirror is built by an online full resync: the pair shows r, then s.
-    let mut code = ExitCode::SUCCESS;
-    for (content, m, _, _) in &mirrors {
-        wait_mirror_serving(&dir, &key, m, Duration::from_secs(60))?;
-        let rc =
-            crate::cli::recover::RecoverCmd::full_resync(&file.arbiter, &dir.key_file(), *content, c.max_rate, c.json);
-        if crate::cli::recover::run(rc)? != ExitCode::SUCCESS {
-            code = ExitCode::from(1);
-        }
-    }
-    Ok(code)
 }
 
 /// Wait until a new mirror serves as mirror (the arbiter's rounds order it).

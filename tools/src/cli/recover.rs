@@ -7,17 +7,15 @@ use filerep::core::pair::PairMode;
 use filerep::durable::catalog::Catalog;
 use filerep::protocol::handshake::ClusterKey;
 use std::io::IsTerminal;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 #[derive(clap::Args)]
 pub struct RecoverCmd {
-    /// The arbiter's control address.
-    #[arg(long)]
+    #[command(flatten)]
+    target: crate::cli::target::Target,
+    /// The arbiter's address, from `target`.
+    #[arg(skip)]
     arbiter: String,
-    /// File holding the cluster key.
-    #[arg(long)]
-    key_file: PathBuf,
     /// Only this content (default: every pair that is not synchronized).
     #[arg(long)]
     content: Option<u32>,
@@ -30,7 +28,8 @@ pub struct RecoverCmd {
     /// Compare hashes of every listed block on both sides and ship only those that differ.
     #[arg(long, conflicts_with = "full")]
     compare: bool,
-    /// Limit block copies to this many MB/s.
+    /// Limit block copies to this many MB/s (10^6 bytes a second). Given
+    /// while a resync runs, it changes that resync's rate from then on.
     #[arg(long)]
     max_rate: Option<f64>,
     /// Record progress durably every this many MiB shipped (default 64).
@@ -63,15 +62,14 @@ pub fn progress_bar(content: u32, template: &str, json: bool) -> (indicatif::Pro
 impl RecoverCmd {
     /// A full resync of one content (how `filerep addmirrors` builds a new mirror).
     pub fn full_resync(
-        arbiter: &str,
-        key_file: &std::path::Path,
+        dir: &filerep_tools::cluster::ClusterDir,
         content: u32,
         max_rate: Option<f64>,
         json: bool,
     ) -> RecoverCmd {
         RecoverCmd {
-            arbiter: arbiter.to_string(),
-            key_file: key_file.to_path_buf(),
+            target: crate::cli::target::Target::of(dir),
+            arbiter: String::new(),
             content: Some(content),
             full: true,
             rebalance: false,
@@ -93,8 +91,38 @@ struct Summary {
     paths: u64,
     blocks: u64,
     bytes: u64,
+    /// Extra passes over paths renamed while the resync owed them.
+    passes: u64,
     mode: char,
     generation: u64,
+}
+
+impl Summary {
+    fn not_started(content: u32, full: bool, why: String) -> Summary {
+        Summary {
+            content,
+            full,
+            result: format!("not started: {why}"),
+            seconds: 0.0,
+            paths: 0,
+            blocks: 0,
+            bytes: 0,
+            passes: 0,
+            mode: '-',
+            generation: 0,
+        }
+    }
+}
+
+/// The result of a resync the segment stopped short: its cause, and the
+/// advice to run the command again unless the cause gives its own.
+fn stopped_short(cause: &str) -> String {
+    let cause = cause.trim_start_matches("refused: ");
+    if cause.contains("filerep recover") {
+        format!("resync stopped short: {cause}")
+    } else {
+        format!("resync stopped short: {cause}; run filerep recover again")
+    }
 }
 
 const RPC: Duration = Duration::from_secs(5);
@@ -111,8 +139,9 @@ fn status(addr: &str, key: &ClusterKey) -> Option<SegmentStatus> {
     }
 }
 
-pub fn run(c: RecoverCmd) -> Result<std::process::ExitCode, String> {
-    let key = ClusterKey::from_file(&c.key_file).map_err(|e| e.to_string())?;
+pub fn run(mut c: RecoverCmd) -> Result<std::process::ExitCode, String> {
+    let (arbiter, key) = c.target.reach()?;
+    c.arbiter = arbiter;
     let max_rate = match c.max_rate {
         None => None,
         Some(r) if r > 0.0 && r <= 1e6 => Some((r * 1e6) as u64),
@@ -133,21 +162,53 @@ pub fn run(c: RecoverCmd) -> Result<std::process::ExitCode, String> {
         }
         return Ok(std::process::ExitCode::SUCCESS);
     }
+    // A full rebuild empties the segment it rebuilds: never when one of the
+    // pair's directories is, through a symbolic link, another segment's.
+    if c.full {
+        let overlaps: Vec<String> = contents
+            .iter()
+            .flat_map(|&x| filerep_tools::cluster::rebuild_overlaps(&cat, &key, x).into_iter().map(move |p| (x, p)))
+            .map(|(x, p)| format!("content {x}: {p}"))
+            .collect();
+        if !overlaps.is_empty() {
+            return Err(format!(
+                "{}: a full recovery empties the segment it rebuilds and would delete the other segment's files; nothing was started. \
+                 Give each segment a directory of its own (no symbolic link into another segment's), then run recover -F again",
+                overlaps.join("; ")
+            ));
+        }
+    }
+    // Every pair can start before any is started.
+    let refusals: Vec<String> =
+        contents.iter().filter_map(|x| cat.pair(*x).and_then(|p| p.recover_refusal(c.full))).collect();
+    if !refusals.is_empty() {
+        let also =
+            if contents.len() > refusals.len() { "; nothing was started (name the others with --content)" } else { "" };
+        return Err(format!("{}{also}", refusals.join("; ")));
+    }
     let mut failed = false;
+    let several = contents.len() > 1;
     for content in contents {
-        let s = follow(&c, &key, content, max_rate)?;
+        // A pair that cannot start after all stays as it is (c, r or n);
+        // the others go on, and running the command again completes it.
+        let s = match follow(&c, &key, content, max_rate) {
+            Ok(s) => s,
+            Err(e) if several => Summary::not_started(content, c.full, e),
+            Err(e) => return Err(e),
+        };
         failed |= s.result != "synchronized";
         if c.json {
             println!("{}", serde_json::to_string(&s).map_err(|e| e.to_string())?);
         } else {
             println!(
-                "content {}: {} in {:.1} s ({} paths, {} blocks, {:.1} MiB shipped); mode {}, generation {}",
+                "content {}: {} in {:.1} s ({} paths, {} blocks, {:.1} MiB shipped, {} extra passes); mode {}, generation {}",
                 s.content,
                 s.result,
                 s.seconds,
                 s.paths,
                 s.blocks,
                 s.bytes as f64 / 1048576.0,
+                s.passes,
                 s.mode,
                 s.generation
             );
@@ -195,6 +256,7 @@ fn follow(c: &RecoverCmd, key: &ClusterKey, content: u32, max_rate: Option<u64>)
         detail: String::new(),
         changes_pending: false,
         faulted: false,
+        unheard: false,
         resync: None,
         resync_error: None,
         verify: None,
@@ -239,7 +301,7 @@ fn follow(c: &RecoverCmd, key: &ClusterKey, content: u32, max_rate: Option<u64>)
             PairMode::Synchronized => break "synchronized".into(),
             PairMode::Resynchronizing => {
                 if let Some(e) = &last.resync_error {
-                    break format!("resync stopped short: {e}; run filerep recover again");
+                    break stopped_short(e);
                 }
             }
             m => {
@@ -260,6 +322,7 @@ fn follow(c: &RecoverCmd, key: &ClusterKey, content: u32, max_rate: Option<u64>)
         paths: p.paths_done,
         blocks: p.blocks_done,
         bytes: p.bytes_done,
+        passes: p.passes,
         mode: pair.as_ref().map_or('-', |p| p.mode.letter()),
         generation: pair.map_or(0, |p| p.generation),
     })
@@ -369,6 +432,7 @@ fn rebalance(c: &RecoverCmd, key: &ClusterKey, cat: &Catalog) -> Result<std::pro
             paths: 0,
             blocks: 0,
             bytes: 0,
+            passes: 0,
             mode: pair.as_ref().map_or('-', |p| p.mode.letter()),
             generation: pair.as_ref().map_or(0, |p| p.generation),
         };
@@ -382,4 +446,19 @@ fn rebalance(c: &RecoverCmd, key: &ClusterKey, cat: &Catalog) -> Result<std::pro
         }
     }
     Ok(if failed { std::process::ExitCode::from(1) } else { std::process::ExitCode::SUCCESS })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn stopped_short_says_why_once_and_never_refused() {
+        assert_eq!(
+            super::stopped_short("refused: the mirror could not be taken back: connection refused"),
+            "resync stopped short: the mirror could not be taken back: connection refused; run filerep recover again"
+        );
+        let own = "the resync took 1000 extra passes ...: run filerep recover again when fewer renames run";
+        let m = super::stopped_short(own);
+        assert_eq!(m.matches("filerep recover").count(), 1, "{m}");
+        assert!(!m.contains("refused"), "{m}");
+    }
 }

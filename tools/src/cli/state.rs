@@ -6,16 +6,15 @@ use crate::cli::ops::current_catalog;
 use filerep::cluster::segment::{Acting, SegmentStatus};
 use filerep::core::pair::{Pair, PairMode, Role};
 use filerep::durable::catalog::{Catalog, SegmentAddress};
-use filerep_tools::cluster::{self, ClusterDir};
+use filerep_tools::cluster;
 use serde::Serialize;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 #[derive(clap::Args)]
 pub struct StateCmd {
-    #[arg(long)]
-    cluster_dir: PathBuf,
+    #[command(flatten)]
+    cluster: crate::cli::target::ClusterArg,
     /// The mirror list: host, data directory, port, status, data status.
     #[arg(short = 'm', long, group = "view")]
     mirrors: bool,
@@ -152,11 +151,12 @@ fn resync_text(s: &Option<SegmentStatus>) -> String {
     } else {
         String::new()
     };
-    format!("{}/{} blocks ({pct:.0}%){eta}", p.blocks_done, p.blocks_total)
+    let passes = if p.passes > 0 { format!(", {} extra passes", p.passes) } else { String::new() };
+    format!("{}/{} blocks ({pct:.0}%), {} bytes shipped{passes}{eta}", p.blocks_done, p.blocks_total, p.bytes_done)
 }
 
 pub fn run(c: StateCmd) -> Result<ExitCode, String> {
-    let dir = ClusterDir::new(&c.cluster_dir);
+    let dir = c.cluster.dir()?;
     let file = dir.load().map_err(|e| e.to_string())?;
     let key = dir.key().map_err(|e| e.to_string())?;
     let (cat, live) = current_catalog(&dir)?;

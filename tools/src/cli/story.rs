@@ -201,6 +201,7 @@ pub fn run_story(block_size: u32, seed: u64, keep: bool) -> Result<ExitCode, Box
             &fs1,
             "--block-size",
             &bs,
+            "--allow-one-machine",
         ],
     )?;
     // Stop whatever runs, however the story ends.
@@ -259,9 +260,7 @@ pub fn run_story(block_size: u32, seed: u64, keep: bool) -> Result<ExitCode, Box
     run(&exe, &["state", "--cluster-dir", &cd, "-m"])?;
     println!("\n== the host is repaired: start the segment again and recover (incremental)");
     run(&exe, &["start", "--cluster-dir", &cd])?;
-    let arbiter = filerep_tools::cluster::ClusterDir::load(&dir)?.arbiter;
-    let key = dir.key_file().display().to_string();
-    run(&exe, &["recover", "--arbiter", &arbiter, "--key-file", &key])?;
+    run(&exe, &["recover", "--cluster-dir", &cd])?;
     run(&exe, &["state", "--cluster-dir", &cd, "-m"])?;
 
     println!("\n== a primary dies: its mirror is promoted and serves, tracking changes");
@@ -281,10 +280,10 @@ pub fn run_story(block_size: u32, seed: u64, keep: bool) -> Result<ExitCode, Box
     run(&exe, &["state", "--cluster-dir", &cd, "-m"])?;
     println!("\n== the old primary returns as a mirror; recover makes it identical");
     run(&exe, &["start", "--cluster-dir", &cd])?;
-    run(&exe, &["recover", "--arbiter", &arbiter, "--key-file", &key])?;
+    run(&exe, &["recover", "--cluster-dir", &cd])?;
     run(&exe, &["state", "--cluster-dir", &cd, "-m"])?;
     println!("\n== rebalance: every segment back to its preferred role (an orderly switch)");
-    run(&exe, &["recover", "--arbiter", &arbiter, "--key-file", &key, "-r"])?;
+    run(&exe, &["recover", "--cluster-dir", &cd, "-r"])?;
     wait("the preferred roles", Duration::from_secs(30), || {
         catalog().is_ok_and(|c| {
             c.pairs.iter().all(|p| {
@@ -296,7 +295,7 @@ pub fn run_story(block_size: u32, seed: u64, keep: bool) -> Result<ExitCode, Box
     run(&exe, &["state", "--cluster-dir", &cd, "-m"])?;
 
     println!("\n== verify every pair online, block by block, while the workload still runs");
-    run(&exe, &["verify", "--arbiter", &arbiter, "--key-file", &key])?;
+    run(&exe, &["verify", "--cluster-dir", &cd])?;
     let (acked, retried) = work.finish()?;
     println!("\n== the workload: {acked} block writes acknowledged; {retried} calls retried on the new primary");
     run(&exe, &["state", "--cluster-dir", &cd, "-s"])?;

@@ -12,17 +12,15 @@
 use filerep::cluster::segment::{ArbiterRequest, ArbiterResponse, SegmentRequest, SegmentResponse, SegmentStatus};
 use filerep::protocol::handshake::ClusterKey;
 use filerep::verify::online::{Mismatch, VerifyReport, VerifySummary};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 #[derive(clap::Args)]
 pub struct VerifyCmd {
-    /// The arbiter's control address.
-    #[arg(long)]
+    #[command(flatten)]
+    target: crate::cli::target::Target,
+    /// The arbiter's address, from `target`.
+    #[arg(skip)]
     arbiter: String,
-    /// File holding the cluster key.
-    #[arg(long)]
-    key_file: PathBuf,
     /// Only this content (default: every pair).
     #[arg(long)]
     content: Option<u32>,
@@ -63,8 +61,9 @@ fn status(addr: &str, key: &ClusterKey) -> Option<SegmentStatus> {
     }
 }
 
-pub fn run(c: VerifyCmd) -> Result<std::process::ExitCode, String> {
-    let key = ClusterKey::from_file(&c.key_file).map_err(|e| e.to_string())?;
+pub fn run(mut c: VerifyCmd) -> Result<std::process::ExitCode, String> {
+    let (arbiter, key) = c.target.reach()?;
+    c.arbiter = arbiter;
     let cat = filerep::cluster::probe::fetch_catalog(&c.arbiter, &key, RPC)
         .map_err(|e| format!("cannot read the catalog from {}: {e}", c.arbiter))?;
     let contents: Vec<u32> = match c.content {
