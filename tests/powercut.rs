@@ -51,6 +51,11 @@ use writer::Model;
 const KEY: &[u8] = b"power cut test cluster key material";
 const FS: [&str; 2] = ["pg_system", "fs_fast"];
 const LEVELS: [&str; 3] = ["applied", "durable", "async:64"];
+/// Each level's cluster has file systems whose fsyncs take this long, in
+/// microseconds (forgetfs --sync-latency-us): a device's flush, during which
+/// a power cut loses what it syncs, so steps that must wait for a sync are
+/// seen when they do not.
+const SYNC_LATENCY_US: [u64; 3] = [2000, 0, 500];
 const WRITERS: u32 = 2;
 /// How long the cluster has to settle after a cut (restarts, recover).
 const SETTLE: Duration = Duration::from_secs(90);
@@ -251,7 +256,7 @@ impl Drop for Cluster {
 }
 
 impl Cluster {
-    fn start(level: &str, env: Vec<(String, String)>) -> Cluster {
+    fn start(level: &str, sync_latency_us: u64, env: Vec<(String, String)>) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let key_file = dir.path().join("cluster.key");
         std::fs::write(&key_file, KEY).unwrap();
@@ -262,7 +267,9 @@ impl Cluster {
             "{} is missing: build it (cargo build --release -p forgetfs, or run the whole suite)",
             forgetfs_exe.display()
         );
-        let mount = |name: &str| ForgetFs::spawn(&forgetfs_exe, &dir.path().join(name), name).unwrap();
+        let mount = |name: &str| {
+            ForgetFs::spawn_with_latency(&forgetfs_exe, &dir.path().join(name), name, sync_latency_us).unwrap()
+        };
         let arb_fs = mount("arbiter-catalog");
         let listen = free_addr();
         let mut segs = Vec::new();
@@ -715,8 +722,9 @@ fn power_cuts_of_real_processes() {
             continue;
         }
         let t = Instant::now();
-        let mut c = Cluster::start(LEVELS[level as usize], env.clone());
-        say(format!("cluster at sync level {} ready in {:?}", LEVELS[level as usize], t.elapsed()));
+        let (name, latency) = (LEVELS[level as usize], SYNC_LATENCY_US[level as usize]);
+        let mut c = Cluster::start(name, latency, env.clone());
+        say(format!("cluster at sync level {name}, fsyncs taking {latency} µs, ready in {:?}", t.elapsed()));
         for seed in seeds {
             let plan = Plan::new(seed);
             let t = Instant::now();

@@ -59,11 +59,32 @@ pub enum PlantedBug {
     /// A full resync does not record what its walk covered once the walk
     /// is done, so every rename until its end owes another pass.
     FullResyncWithoutWalkCheckpoint,
+    /// The mirror's applier makes files and names durable without the
+    /// fsync of a directory whose entries changed (a create or a rename):
+    /// after a power cut the name is gone although the flush was acknowledged.
+    MirrorSkipsDirectorySync,
+    /// The mirror acknowledges a flush (its synced and durable marks)
+    /// before the fdatasync that makes it so.
+    FlushAckBeforeSync,
+    /// Rule 4 out of order: in change tracking a block is written locally
+    /// first and recorded in the change-log after.
+    RecordAfterLocalWrite,
+}
+
+/// The environment variable that plants a defect in a real process
+/// ([`PlantedBug::from_env`]).
+pub const PLANTED_BUG_ENV: &str = "FILEREP_PLANTED_BUG";
+
+/// The defect planted in this process by [`PLANTED_BUG_ENV`], read once
+/// (the runtime's engines, applier and syncer; the simulator sets its own).
+pub fn planted_in_process() -> Option<PlantedBug> {
+    static PLANTED: std::sync::OnceLock<Option<PlantedBug>> = std::sync::OnceLock::new();
+    *PLANTED.get_or_init(|| PlantedBug::from_env().ok().flatten())
 }
 
 impl PlantedBug {
     /// Every defect with its name on the command line (`filerep sim --faults --bug NAME`).
-    pub const ALL: [(PlantedBug, &'static str); 17] = [
+    pub const ALL: [(PlantedBug, &'static str); 20] = [
         (PlantedBug::SkipRecordBlock, "skip-record-block"),
         (PlantedBug::SkipActivityCover, "skip-activity-cover"),
         (PlantedBug::AckWithoutMirror, "ack-without-mirror"),
@@ -81,7 +102,21 @@ impl PlantedBug {
         (PlantedBug::DecisionDrainsCalls, "decision-drains-calls"),
         (PlantedBug::PromoteInSameGeneration, "promote-in-same-generation"),
         (PlantedBug::FullResyncWithoutWalkCheckpoint, "full-resync-without-walk-checkpoint"),
+        (PlantedBug::MirrorSkipsDirectorySync, "mirror-skips-directory-sync"),
+        (PlantedBug::FlushAckBeforeSync, "flush-ack-before-sync"),
+        (PlantedBug::RecordAfterLocalWrite, "record-after-local-write"),
     ];
+
+    /// The defect a real `filerep` process plants, named by the
+    /// `FILEREP_PLANTED_BUG` environment variable (for the power-cut tests
+    /// only; read once, and said loudly in the log). An unknown name is
+    /// refused at start rather than ignored.
+    pub fn from_env() -> Result<Option<PlantedBug>, String> {
+        match std::env::var(PLANTED_BUG_ENV) {
+            Ok(v) if !v.is_empty() => v.parse().map(Some).map_err(|e| format!("{PLANTED_BUG_ENV}: {e}")),
+            _ => Ok(None),
+        }
+    }
 
     pub fn name(self) -> &'static str {
         Self::ALL.iter().find(|(b, _)| *b == self).map(|(_, n)| *n).unwrap_or("unknown")

@@ -223,9 +223,16 @@ pub struct Applier {
     full_requested: bool,
     applied: u64,
     durable: u64,
+    /// A defect planted for a test (the simulator's, or a power-cut test's).
+    planted: Option<crate::core::PlantedBug>,
 }
 
 impl Applier {
+    /// Plant a defect (tests only: [`crate::core::PlantedBug`]).
+    pub fn plant(&mut self, bug: Option<crate::core::PlantedBug>) {
+        self.planted = bug;
+    }
+
     /// `start_seq` is the session's first sequence number.
     pub fn new(disk: Arc<dyn Disk>, start_seq: u64) -> Applier {
         let base = start_seq.max(1) - 1;
@@ -242,6 +249,7 @@ impl Applier {
             full_requested: false,
             applied: base,
             durable: base,
+            planted: None,
         }
     }
 
@@ -692,6 +700,10 @@ impl Applier {
         files.append(&mut self.reconciled);
         let mut dirs: Vec<Arc<dyn DiskFile>> = std::mem::take(&mut self.moved_dirs);
         dirs.extend(std::mem::take(&mut self.dirty_dirs).into_values());
+        if self.planted == Some(crate::core::PlantedBug::MirrorSkipsDirectorySync) {
+            // The defect: changed directory entries are never made durable.
+            dirs.clear();
+        }
         SyncJob { through: self.applied, durable_through: full.then_some(self.applied), files, dirs }
     }
 

@@ -421,6 +421,7 @@ impl MirrorServer {
     ) -> SessionReport {
         let mut session = MirrorSession::new(self.cfg.block_size, self.cfg.filespaces.len() as u16, hello.start_seq);
         let mut applier = Applier::new(self.disk.clone(), hello.start_seq);
+        applier.plant(crate::core::planted_in_process());
         let base = applier.applied();
         let acks =
             Arc::new(AckSender { marks: Marks::default(), writer: Mutex::new(writer), failed: AtomicBool::new(false) });
@@ -685,9 +686,20 @@ const SYNC_JOBS_QUEUED: usize = 8;
 fn spawn_syncer(disk: Arc<dyn Disk>, acks: Arc<AckSender>) -> std::io::Result<(Sender<SyncJob>, SyncerHandle)> {
     let (tx, rx) = crossbeam_channel::bounded::<SyncJob>(SYNC_JOBS_QUEUED);
     let h = std::thread::Builder::new().name("filerep-syncer".into()).spawn(move || {
+        let ack_first = crate::core::planted_in_process() == Some(crate::core::PlantedBug::FlushAckBeforeSync);
         while let Ok(mut job) = rx.recv() {
             while let Ok(more) = rx.try_recv() {
                 job.merge(more);
+            }
+            if ack_first {
+                // The defect: the flush is acknowledged before it is durable.
+                acks.marks.synced.fetch_max(job.through, Ordering::SeqCst);
+                if let Some(d) = job.durable_through {
+                    acks.marks.durable.fetch_max(d, Ordering::SeqCst);
+                }
+                if !acks.send() {
+                    break;
+                }
             }
             match job.run(disk.as_ref()) {
                 Ok(through) => {

@@ -69,7 +69,11 @@ impl World {
             mirror_dec: Decoder::new(),
             primary_dec: Decoder::new(),
             session: MirrorSession::new(bs, fs, 1),
-            applier: Applier::new(self.nodes[m].data.clone(), 1),
+            applier: {
+                let mut a = Applier::new(self.nodes[m].data.clone(), 1);
+                a.plant(self.cfg.bug);
+                a
+            },
             // Some mirrors checkpoint often: "durable through" keeps up,
             // and the primary's activity entries retire while it streams.
             checkpoints: Checkpoints::every(
@@ -208,6 +212,13 @@ impl World {
         }
         if s.applier.wants_sync() {
             let job = s.applier.take_sync_job();
+            if self.cfg.bug == Some(PlantedBug::FlushAckBeforeSync) {
+                // The defect: acknowledged as durable before the syncer runs it.
+                s.synced = s.synced.max(job.through);
+                if let Some(d) = job.durable_through {
+                    s.durable = s.durable.max(d);
+                }
+            }
             s.sync_jobs.push_back(job);
         }
         let replies = s.applier.take_replies();
@@ -215,6 +226,9 @@ impl World {
             for reply in replies {
                 s.to_primary.send(&mut self.rng, now, &reply.into_frame().to_vec());
             }
+        }
+        if self.cfg.bug == Some(PlantedBug::FlushAckBeforeSync) {
+            self.mirror_ack();
         }
         Ok(())
     }
@@ -246,11 +260,12 @@ impl World {
             }
             Ok(through) => {
                 let Some(s) = self.session.as_mut() else { return Ok(()) };
-                if through < s.synced {
+                let acked_early = self.cfg.bug == Some(PlantedBug::FlushAckBeforeSync);
+                if through < s.synced && !acked_early {
                     let had = s.synced;
                     return Err(self.fail(format!("synced went backwards: {through} < {had}")));
                 }
-                s.synced = through;
+                s.synced = s.synced.max(through);
                 if let Some(d) = job.durable_through {
                     s.durable = s.durable.max(d);
                 }

@@ -48,6 +48,8 @@ fn planted_defects_are_caught_by_the_invariant_they_break() {
         (RetireDropsTrackedPaths, "invariant 4"),
         (DecisionDrainsCalls, "the pair did not settle"),
         (PromoteInSameGeneration, "invariant 2"),
+        (MirrorSkipsDirectorySync, "invariant 3"),
+        (FlushAckBeforeSync, "invariant 3"),
     ] {
         caught(bug, invariant, 500);
     }

@@ -308,6 +308,13 @@ impl Engine {
                 if self.planted(PlantedBug::SkipRecordBlock) {
                     return self.write_local(id);
                 }
+                if self.planted(PlantedBug::RecordAfterLocalWrite) {
+                    // The defect: written first, recorded after (data_written).
+                    if let Some(c) = self.calls.get_mut(&id) {
+                        c.late_record = Some(false);
+                    }
+                    return self.write_local(id);
+                }
                 self.set_step(id, step::RECORDING);
                 let blocks = (first..=last).map(|b| (file.clone(), b)).collect();
                 self.emit(Command::Record { call: id, blocks, touched: Vec::new() });
@@ -485,6 +492,9 @@ impl Engine {
             return self.fail(id, f);
         }
         match st {
+            step::RECORDING if self.calls.get(&id).is_some_and(|c| c.late_record == Some(true)) => {
+                self.complete(id, Ok(Reply::Done))
+            }
             step::RECORDING => match op {
                 Op::WriteBlock { .. } | Op::WriteAt { .. } => self.write_local(id),
                 _ => self.local_namespace(id),
@@ -590,6 +600,17 @@ impl Engine {
         if let Err(why) = result {
             let f = self.fault(why);
             return self.complete(id, Err(f));
+        }
+        let late = self.calls.get_mut(&id).filter(|c| c.late_record == Some(false)).map(|c| {
+            c.late_record = Some(true);
+            c.op.clone()
+        });
+        if let Some(op) = late {
+            if let Some((file, first, last)) = self.data_range(&op) {
+                self.set_step(id, step::RECORDING);
+                let blocks = (first..=last).map(|b| (file.clone(), b)).collect();
+                return self.emit(Command::Record { call: id, blocks, touched: Vec::new() });
+            }
         }
         let Some(c) = self.calls.get(&id) else { return };
         if c.tracked || c.seq == 0 || self.planted(PlantedBug::AckWithoutMirror) {

@@ -126,6 +126,9 @@ struct Call {
     tracked: bool,
     /// A frame built and not yet shipped (resync and verification steps).
     held: Option<resync::Held>,
+    /// Planted defect `RecordAfterLocalWrite` only: the record is still
+    /// owed after the local write (`Some(false)`), or out (`Some(true)`).
+    late_record: Option<bool>,
 }
 
 /// The loss decision in progress.
@@ -439,6 +442,7 @@ impl Engine {
             wait: None,
             tracked: false,
             held: None,
+            late_record: None,
         };
         self.calls.insert(id, call);
         self.admit(id);

@@ -91,7 +91,7 @@ fn engine_config(cfg: &PrimaryConfig) -> EngineConfig {
         ack_timeout_ms: cfg.tuning.ack_timeout.as_millis() as u64,
         max_pending_bytes: cfg.tuning.queue_frames.max(1) * (HEADER_LEN + 32 * 1024),
         activity_limit: crate::core::primary::ACTIVITY_LIMIT,
-        planted: None,
+        planted: crate::core::planted_in_process(),
     }
 }
 

@@ -23,6 +23,9 @@ pub(crate) struct ForgetFs {
     pub model: Arc<Mutex<Model>>,
     /// For statfs: the store directory's file system.
     pub store: std::path::PathBuf,
+    /// How long an fsync takes before it makes anything durable (a
+    /// device's flush latency): a power cut meanwhile loses what it syncs.
+    pub sync_latency: Duration,
 }
 
 pub(crate) fn lock(m: &Mutex<Model>) -> MutexGuard<'_, Model> {
@@ -93,6 +96,11 @@ impl ForgetFs {
 
     /// fsync and fdatasync of a file, fsync of a directory: through a live handle.
     fn sync(&self, ino: INodeNo, fh: FileHandle, reply: ReplyEmpty) {
+        if !self.sync_latency.is_zero() {
+            // The device's flush, before anything is durable (no lock held:
+            // other requests, and a power cut, go on meanwhile).
+            std::thread::sleep(self.sync_latency);
+        }
         let mut m = self.m();
         let r = m.handle(fh.0).map(|_| ()).and_then(|()| m.fsync(ino.0));
         reply_empty(reply, r);

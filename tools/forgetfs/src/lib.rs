@@ -36,6 +36,9 @@ pub struct Options {
     /// Unsynced data held before writes fail with ENOSPC.
     pub max_dirty: u64,
     pub threads: usize,
+    /// How long each fsync and fsyncdir waits before it makes anything
+    /// durable (a device's flush latency; zero: at once).
+    pub sync_latency: std::time::Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -93,7 +96,7 @@ pub fn mount(opts: &Options) -> Result<Mounted, ServeError> {
     ];
     config.n_threads = Some(opts.threads.max(1));
     config.clone_fd = true;
-    let fs = fuse::ForgetFs { model, store: opts.store.clone() };
+    let fs = fuse::ForgetFs { model, store: opts.store.clone(), sync_latency: opts.sync_latency };
     let session = fuser::Session::new(fs, &mountpoint, &config).map_err(io(format!(
         "mounting {} (is /dev/fuse there, and are we root or is fusermount3 installed?)",
         mountpoint.display()

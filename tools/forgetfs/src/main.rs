@@ -28,6 +28,11 @@ struct Cli {
     /// Threads serving FUSE requests.
     #[arg(long, default_value_t = 4)]
     threads: usize,
+    /// Microseconds each fsync waits before it makes anything durable, as a
+    /// device's flush takes time (0 to 1000000): a power cut meanwhile loses
+    /// what it was syncing.
+    #[arg(long, default_value_t = 0)]
+    sync_latency_us: u64,
     /// Where to mount: an existing directory.
     mountpoint: PathBuf,
 }
@@ -59,6 +64,9 @@ fn run(cli: Cli) -> Result<(), String> {
         .checked_mul(1 << 20)
         .filter(|b| *b > 0)
         .ok_or_else(|| format!("--max-dirty-mib {}: use 1 or more (and less than 2^44)", cli.max_dirty_mib))?;
+    if cli.sync_latency_us > 1_000_000 {
+        return Err(format!("--sync-latency-us {}: use 0 to 1000000", cli.sync_latency_us));
+    }
     let opts = forgetfs::Options {
         mountpoint: cli.mountpoint,
         store: cli.store,
@@ -66,6 +74,7 @@ fn run(cli: Cli) -> Result<(), String> {
         label: cli.label,
         max_dirty,
         threads: cli.threads,
+        sync_latency: std::time::Duration::from_micros(cli.sync_latency_us),
     };
     // Taken before mounting: a signal during set-up waits for the handler.
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT]).map_err(|e| format!("signals: {e}"))?;

@@ -38,6 +38,12 @@ impl ForgetFs {
     /// Start `exe` with its mount point, store, control socket and log all
     /// under `dir` (created), named `label`; returns once it is mounted.
     pub fn spawn(exe: &Path, dir: &Path, label: &str) -> Result<ForgetFs, String> {
+        Self::spawn_with_latency(exe, dir, label, 0)
+    }
+
+    /// [`ForgetFs::spawn`], each fsync taking `sync_latency_us` microseconds
+    /// before it makes anything durable.
+    pub fn spawn_with_latency(exe: &Path, dir: &Path, label: &str, sync_latency_us: u64) -> Result<ForgetFs, String> {
         let io = |what: &str, e: std::io::Error| format!("{label}: {what}: {e}");
         let mountpoint = dir.join("mnt");
         let store = dir.join("store");
@@ -54,6 +60,8 @@ impl ForgetFs {
             .arg(&control)
             .arg("--label")
             .arg(label)
+            .arg("--sync-latency-us")
+            .arg(sync_latency_us.to_string())
             .arg(&mountpoint)
             .env("FORGETFS_LOG", std::env::var("FORGETFS_LOG").unwrap_or_else(|_| "info".into()))
             .stdin(Stdio::null())

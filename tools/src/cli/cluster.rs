@@ -48,6 +48,14 @@ fn stop_on_signals(stop: &filerep::io::admission::Stop) -> Result<(), String> {
 }
 
 pub fn run_segment(c: SegmentCmd) -> Result<(), String> {
+    // A defect planted for the power-cut tests: refused if unknown, said loudly if known.
+    if let Some(bug) = filerep::core::PlantedBug::from_env()? {
+        tracing::warn!(
+            bug = bug.name(),
+            "{} plants a defect in this segment, for a test: never run a segment in service so",
+            filerep::core::PLANTED_BUG_ENV
+        );
+    }
     let cfg = SegmentConfig::load(&c.config).map_err(|e| e.to_string())?;
     let seg = Segment::open(cfg).map_err(|e| e.to_string())?;
     stop_on_signals(&seg.stop_signal())?;
