@@ -580,3 +580,68 @@ fn the_catalog_is_old_or_new_at_every_cut() {
     };
     case.check();
 }
+
+// ---- every other sealed state file ---------------------------------------------
+// The cluster file, the segments' configurations and role records are sealed
+// documents replaced through `sealed::replace`, as below: one case covers them.
+
+fn sealed_path() -> FsPath {
+    p("segment.json")
+}
+
+fn sealed_write(d: &dyn Disk, n: u64) -> Result<(), String> {
+    let body = format!("{{\"n\":{n},\"pad\":\"{}\"}}", "x".repeat(700 + n as usize * 300));
+    super::sealed::replace_on(
+        d,
+        &sealed_path(),
+        &super::sealed::seal(super::sealed::Kind::SegmentConfig, 1, body.as_bytes()),
+    )
+    .map_err(|e| e.to_string())
+}
+
+fn sealed_setup(d: Arc<dyn Disk>) {
+    sealed_write(d.as_ref(), 1).unwrap();
+}
+
+fn sealed_run(d: Arc<dyn Disk>, upto: usize) -> Result<(), String> {
+    for n in 2..2 + upto as u64 {
+        sealed_write(d.as_ref(), n)?;
+    }
+    Ok(())
+}
+
+fn sealed_open(d: Arc<dyn Disk>) -> Result<u64, String> {
+    #[derive(serde::Deserialize)]
+    struct Doc {
+        n: u64,
+    }
+    let doc: Option<Doc> = super::sealed::read_state_on(
+        d.as_ref(),
+        &sealed_path(),
+        Path::new("segment.json"),
+        super::sealed::Kind::SegmentConfig,
+        1,
+        false,
+        "restore it",
+    )
+    .map_err(|e| e.to_string())?;
+    doc.map(|d| d.n).ok_or_else(|| "the sealed file is gone".to_string())
+}
+
+fn sealed_after(d: Arc<dyn Disk>, n: &u64) -> Result<u64, String> {
+    sealed_write(d.as_ref(), n + 1)?;
+    sealed_open(d)
+}
+
+#[test]
+fn a_sealed_state_file_is_old_or_new_at_every_cut() {
+    let case = Case {
+        name: "sealed state file",
+        setup: sealed_setup,
+        run: sealed_run,
+        steps: 2,
+        open: sealed_open,
+        after: sealed_after,
+    };
+    case.check();
+}

@@ -26,7 +26,72 @@ impl World {
             self.double_fault = true;
             self.outcome("segment down (double fault)");
         }
+        // Stored before any order or answer that depends on it, as the
+        // arbiter process does.
+        self.store_catalog()?;
         Ok(out)
+    }
+
+    fn catalog_path() -> Result<FsPath, String> {
+        crate::protocol::path::RelPath::new("catalog.json").map(|p| FsPath::new(0, p)).map_err(|e| e.to_string())
+    }
+
+    /// The catalog of this one pair, on the arbiter's disk, through the
+    /// arbiter's own store (sealed, with its good copy).
+    pub(super) fn store_catalog(&mut self) -> Result<(), SimFailure> {
+        let address = |dbid: u32| crate::durable::catalog::SegmentAddress {
+            dbid,
+            host: format!("sim{dbid}"),
+            control: format!("127.0.0.1:{}", 20000 + dbid),
+            data: format!("127.0.0.1:{}", 21000 + dbid),
+            filespaces: Vec::new(),
+        };
+        let mut catalog = crate::durable::catalog::Catalog::new(
+            0x51,
+            self.cfg.block_size,
+            vec![(self.pair.content, address(self.pair.segments[0].dbid), address(self.pair.segments[1].dbid))],
+        );
+        catalog.pairs[0].pair = self.pair.clone();
+        let stored = Self::catalog_path().and_then(|path| {
+            catalog
+                .store_to(self.catalog_disk.as_ref(), &path, std::path::Path::new("the simulated catalog"))
+                .map_err(|e| e.to_string())
+        });
+        stored.map_err(|e| self.fail(format!("arbiter: storing the catalog: {e}")))
+    }
+
+    /// The arbiter's host loses power: its catalog disk keeps what was synced
+    /// (a write in flight may be torn); it returns at `arbiter_back_at`.
+    pub(super) fn arbiter_crash(&mut self, back_in_ms: u64) {
+        // From the clock, not the seed's generator: the schedules stay as they were.
+        let torn = (self.now % 2 == 0).then_some((self.now % 4096) as usize + 1);
+        self.catalog_disk.crash(torn);
+        self.arbiter_up = false;
+        self.arbiter_back_at = self.now + back_in_ms;
+    }
+
+    /// The arbiter starts again from its stored catalog, which must be the
+    /// pair it last decided (stores are durable before anything depends on them).
+    fn arbiter_restart(&mut self) -> Result<(), SimFailure> {
+        let loaded = Self::catalog_path().and_then(|path| {
+            crate::durable::catalog::Catalog::load_from(
+                self.catalog_disk.as_ref(),
+                &path,
+                std::path::Path::new("the simulated catalog"),
+            )
+            .map_err(|e| e.to_string())
+        });
+        let pair = match loaded {
+            Ok(c) => c.pairs.into_iter().next().map(|p| p.pair),
+            Err(e) => return Err(self.fail(format!("arbiter: its catalog does not open after a crash: {e}"))),
+        };
+        match pair {
+            Some(p) if p == self.pair => Ok(()),
+            other => Err(self.fail(format!(
+                "arbiter: the catalog read after a crash ({other:?}) is not the pair it last stored ({:?})",
+                self.pair
+            ))),
+        }
     }
 
     /// What a probe of segment `n` sees (`None`: no answer).
@@ -62,6 +127,7 @@ impl World {
 
     /// The first round, before any call.
     pub(super) fn arbiter_step_now(&mut self) -> Result<(), SimFailure> {
+        self.store_catalog()?;
         for _ in 0..4 {
             self.round()?;
         }
@@ -73,6 +139,7 @@ impl World {
             if self.now < self.arbiter_back_at {
                 return Ok(());
             }
+            self.arbiter_restart()?;
             self.arbiter_up = true;
         }
         if self.now % PROBE_EVERY_MS != 0 {

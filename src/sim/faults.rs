@@ -158,8 +158,8 @@ impl World {
                             if self.arbiter_up {
                                 self.armed = None;
                                 self.count(a.kind);
-                                self.arbiter_up = false;
-                                self.arbiter_back_at = self.now + self.rng.gen_range(30..300);
+                                let back = self.rng.gen_range(30..300);
+                                self.arbiter_crash(back);
                             }
                         }
                     }

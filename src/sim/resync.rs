@@ -199,8 +199,8 @@ impl SimLink<'_> {
             }
             ResyncFault::CrashArbiter => {
                 w.count(kind);
-                w.arbiter_up = false;
-                w.arbiter_back_at = w.now + w.rng.gen_range(30..300);
+                let back = w.rng.gen_range(30..300);
+                w.arbiter_crash(back);
                 self.abandoned = true;
             }
             ResyncFault::Disconnect => {

@@ -106,6 +106,9 @@ pub(super) struct World {
     pub(super) nodes: Vec<Node>,
     pub(super) session: Option<Session>,
     pub(super) pair: Pair,
+    /// The arbiter's disk: the catalog, stored before any order that
+    /// depends on it, read back when the arbiter returns from a crash.
+    pub(super) catalog_disk: Arc<SimDisk>,
     pub(super) arbiter_up: bool,
     pub(super) arbiter_back_at: u64,
     pub(super) partition_heal_at: Option<u64>,
@@ -183,6 +186,7 @@ impl World {
             nodes,
             session: None,
             pair: Pair::new(0, 1, 2),
+            catalog_disk: Arc::new(SimDisk::new(1)),
             arbiter_up: true,
             arbiter_back_at: 0,
             partition_heal_at: None,
