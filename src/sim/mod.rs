@@ -90,7 +90,7 @@ impl std::fmt::Display for SimFailure {
         let (flag, test) = if self.faults { (" --faults", " fault") } else { ("", "") };
         write!(
             f,
-            "simulation seed {} failed at step {}: {}\n  replay: cargo run --release -- sim{flag}{} --seed {}",
+            "simulation seed {} failed at step {}: {}\n  replay: cargo run --release --bin filerep -- sim{flag}{} --seed {}",
             self.seed, self.step, self.message, self.flags, self.seed
         )?;
         // The test replays the default schedules only.
