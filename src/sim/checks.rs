@@ -173,9 +173,8 @@ impl World {
         let (a, b) = self.acting()?;
         self.check_acked(a)?;
         if self.pair.down {
-            // Both copies failed: nothing says what differs (the old
-            // primary's change set never reached the acting one), so the
-            // restore rebuilds the other copy whole; invariant 4 after it.
+            // Both copies failed: the restore serves from the acting
+            // primary, then the checks below hold as after any loss.
             return self.restore();
         }
         let (log, with_window) = self.change_set_of(a)?;
@@ -191,7 +190,10 @@ impl World {
 
     /// `filerep recover` on a down content: the acting primary serves alone
     /// again (a new generation fences any earlier incarnation of it), the
-    /// other segment restarts, and a full resync rebuilds it.
+    /// other segment restarts, and an incremental resync from the acting
+    /// primary's change-log repairs it, as `filerep recover` does (rule 4:
+    /// every durable change has a durable record, so what the change-log
+    /// names is enough; invariant 3 is checked first).
     fn restore(&mut self) -> Result<(), SimFailure> {
         self.arbiter_apply(crate::core::pair::Event::Restore)?;
         if self.pair.down {
@@ -203,7 +205,7 @@ impl World {
                 self.restart_process(n)?;
             }
         }
-        self.resync.full = true;
+        self.resync.full = false;
         self.check_and_repair()
     }
 
