@@ -116,6 +116,10 @@ pub struct StreamTuning {
     /// Frames queued for the sender before callers wait (backpressure).
     pub queue_frames: usize,
     pub handshake_timeout: Duration,
+    /// Activity-log entries (extents of 32 blocks) a streaming primary holds
+    /// before it retires those the mirror has durably (rule 5): fewer means
+    /// a smaller log to resync after a crash and more frequent retiring.
+    pub activity_limit: usize,
 }
 
 impl Default for StreamTuning {
@@ -126,6 +130,7 @@ impl Default for StreamTuning {
             queue_frames: 1024,
             // Also the mirror's deadline for an unauthenticated connection.
             handshake_timeout: crate::io::admission::DEFAULT_DEADLINE,
+            activity_limit: crate::core::primary::ACTIVITY_LIMIT,
         }
     }
 }

@@ -229,6 +229,7 @@ impl Cluster {
                 handshake_timeout_ms: 2000,
                 prefer_uring: true,
                 metrics_listen: metrics.then(free_addr),
+                activity_limit: filerep::core::primary::ACTIVITY_LIMIT,
             };
             let cfg_path = base.join("segment.json");
             std::fs::write(&cfg_path, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
@@ -640,6 +641,7 @@ fn bad_configurations_and_catalogs_are_refused_with_what_and_where() {
         (serde_json::json!({"filespaces": ["no-equals-sign"]}), "NAME=DIRECTORY"),
         (serde_json::json!({"sync_level": "sometimes"}), "sometimes"),
         (serde_json::json!({"heartbeat_ms": 5000, "ack_timeout_ms": 1000}), "heartbeat_ms"),
+        (serde_json::json!({"activity_limit": 2}), "activity_limit = 2: use 4 to 65536"),
         (serde_json::json!({"surprise": 1}), "surprise"),
     ];
     for (patch, expect) in cases {

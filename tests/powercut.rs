@@ -57,6 +57,11 @@ const LEVELS: [&str; 3] = ["applied", "durable", "async:64"];
 /// seen when they do not.
 const SYNC_LATENCY_US: [u64; 3] = [2000, 0, 500];
 const WRITERS: u32 = 2;
+/// Activity-log entries a streaming primary holds before retiring (the
+/// segment's `activity_limit`): small, so the writers' few files make it
+/// retire all through a round (rule 5's retiring is then under the cuts
+/// too; with the default 1024 it would wait for a resync's end).
+const ACTIVITY_LIMIT: usize = 8;
 /// How long the cluster has to settle after a cut (restarts, recover).
 const SETTLE: Duration = Duration::from_secs(90);
 
@@ -308,6 +313,7 @@ impl Cluster {
                 handshake_timeout_ms: 2000,
                 prefer_uring: true,
                 metrics_listen: None,
+                activity_limit: ACTIVITY_LIMIT,
             };
             let cfg_path = base.join("segment.json");
             addrs.push(store_config(&cfg, &cfg_path, &format!("host{dbid}")));

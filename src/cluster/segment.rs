@@ -124,6 +124,11 @@ pub struct SegmentConfig {
     /// (`GET /metrics`); none when absent.
     #[serde(default)]
     pub metrics_listen: Option<String>,
+    /// Activity-log entries (extents of 32 blocks) a streaming primary
+    /// holds before it retires what the mirror has durably (DRBD's
+    /// al-extents): 4 to 65536.
+    #[serde(default = "default_activity_limit")]
+    pub activity_limit: usize,
 }
 
 fn default_level() -> String {
@@ -137,6 +142,9 @@ fn default_ack_ms() -> u64 {
 }
 fn default_heartbeat_ms() -> u64 {
     200
+}
+fn default_activity_limit() -> usize {
+    crate::core::primary::ACTIVITY_LIMIT
 }
 fn default_handshake_ms() -> u64 {
     crate::io::admission::DEFAULT_DEADLINE.as_millis() as u64
@@ -194,6 +202,9 @@ impl SegmentConfig {
                 self.heartbeat_ms
             )));
         }
+        if !(4..=65_536).contains(&self.activity_limit) {
+            return Err(Error::InvalidArgument(format!("activity_limit = {}: use 4 to 65536", self.activity_limit)));
+        }
         Ok(())
     }
 
@@ -208,6 +219,7 @@ impl SegmentConfig {
             heartbeat: Duration::from_millis(self.heartbeat_ms),
             ack_timeout: Duration::from_millis(self.ack_timeout_ms),
             handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),
+            activity_limit: self.activity_limit,
             ..StreamTuning::default()
         }
     }

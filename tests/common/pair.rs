@@ -323,6 +323,7 @@ impl Pair {
                 handshake_timeout_ms: 2000,
                 prefer_uring: true,
                 metrics_listen: None,
+                activity_limit: filerep::core::primary::ACTIVITY_LIMIT,
             };
             let cfg_path = base.join("segment.json");
             addrs.push(store_config(&cfg, &cfg_path, "localhost"));

@@ -536,6 +536,7 @@ pub fn segment_config(
         prefer_uring: true,
         // Prometheus metrics are asked for per segment (docs/operations.md, Metrics).
         metrics_listen: None,
+        activity_limit: filerep::core::primary::ACTIVITY_LIMIT,
     })
 }
 

@@ -90,7 +90,7 @@ fn engine_config(cfg: &PrimaryConfig) -> EngineConfig {
         heartbeat_ms: cfg.tuning.heartbeat.as_millis() as u64,
         ack_timeout_ms: cfg.tuning.ack_timeout.as_millis() as u64,
         max_pending_bytes: cfg.tuning.queue_frames.max(1) * (HEADER_LEN + 32 * 1024),
-        activity_limit: crate::core::primary::ACTIVITY_LIMIT,
+        activity_limit: cfg.tuning.activity_limit,
         planted: crate::core::planted_in_process(),
     }
 }
