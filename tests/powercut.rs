@@ -28,6 +28,8 @@
 //! with the reason, unless `FILEREP_REQUIRE_FUSE=1` (CI), which fails it.
 
 mod common;
+#[path = "powercut/plan.rs"]
+mod plan;
 #[path = "powercut/writer.rs"]
 mod writer;
 
@@ -38,8 +40,7 @@ use filerep::core::pair::{PairMode, Role};
 use filerep::durable::catalog::Catalog;
 use filerep::protocol::handshake::ClusterKey;
 use forgetfs::process::ForgetFs;
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
+use plan::{Host, Phase, Plan};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -119,128 +120,6 @@ fn tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Host {
-    Seg(u32),
-    Arbiter,
-}
-
-/// Which hosts lose power, by their role when it happens.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Victims {
-    None,
-    Primary,
-    Mirror,
-    Arbiter,
-    PrimaryMirror,
-    PrimaryArbiter,
-    MirrorArbiter,
-}
-
-impl Victims {
-    const ANY: [Victims; 6] = [
-        Victims::Primary,
-        Victims::Mirror,
-        Victims::Arbiter,
-        Victims::PrimaryMirror,
-        Victims::PrimaryArbiter,
-        Victims::MirrorArbiter,
-    ];
-
-    fn hosts(self, primary: u32, mirror: u32) -> Vec<Host> {
-        let (p, m, a) = (Host::Seg(primary), Host::Seg(mirror), Host::Arbiter);
-        match self {
-            Victims::None => vec![],
-            Victims::Primary => vec![p],
-            Victims::Mirror => vec![m],
-            Victims::Arbiter => vec![a],
-            Victims::PrimaryMirror => vec![p, m],
-            Victims::PrimaryArbiter => vec![p, a],
-            Victims::MirrorArbiter => vec![m, a],
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Phase {
-    Synchronized,
-    ChangeTracking,
-    IncrementalResync,
-    FullResync,
-    /// The primary's host loses power; during the failover that follows,
-    /// the second cut (possibly none) lands.
-    Failover,
-    /// The primary is killed, its mirror promoted; the old primary returns
-    /// and a resync runs: the cut lands during that return.
-    Return,
-}
-
-const PHASES: [Phase; 6] = [
-    Phase::Synchronized,
-    Phase::ChangeTracking,
-    Phase::IncrementalResync,
-    Phase::FullResync,
-    Phase::Failover,
-    Phase::Return,
-];
-
-/// One round's schedule, all from its seed.
-#[derive(Clone, Debug)]
-struct Plan {
-    seed: u64,
-    phase: Phase,
-    victims: Victims,
-    delay_ms: u64,
-    tear: bool,
-    workload: u64,
-    /// A cut of the mirror's host (not the primary's) waits after the
-    /// delay for the moment the primary trusts a new checkpoint of the
-    /// mirror: its durable mark moved and it retired activity entries.
-    at_retire: bool,
-}
-
-impl Plan {
-    fn new(seed: u64) -> Plan {
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let phase = PHASES[rng.gen_range(0..PHASES.len())];
-        let victims = if phase == Phase::Failover {
-            [Victims::None, Victims::Mirror, Victims::Arbiter, Victims::MirrorArbiter][rng.gen_range(0..4)]
-        } else {
-            Victims::ANY[rng.gen_range(0..Victims::ANY.len())]
-        };
-        let window = match phase {
-            Phase::Synchronized | Phase::ChangeTracking => 800,
-            Phase::IncrementalResync => 1200,
-            Phase::FullResync => 2000,
-            Phase::Failover => 150,
-            Phase::Return => 2500,
-        };
-        let (delay_ms, tear, workload) = (rng.gen_range(0..window), rng.gen_bool(0.5), rng.gen());
-        Plan { seed, phase, victims, delay_ms, tear, workload, at_retire: rng.gen_bool(0.5) }
-    }
-
-    fn level(&self) -> &'static str {
-        LEVELS[(self.seed % 3) as usize]
-    }
-
-    fn describe(&self) -> String {
-        let cut = match self.phase {
-            Phase::Failover => format!("primary cut, then {:?} after {} ms", self.victims, self.delay_ms),
-            _ if self.at_retire && matches!(self.victims, Victims::Mirror | Victims::MirrorArbiter) => {
-                format!("cut {:?} at the first retire after {} ms", self.victims, self.delay_ms)
-            }
-            _ => format!("cut {:?} after {} ms", self.victims, self.delay_ms),
-        };
-        format!(
-            "seed {}: {:?}, {cut}{}, sync level {}",
-            self.seed,
-            self.phase,
-            if self.tear { ", torn" } else { "" },
-            self.level()
-        )
-    }
 }
 
 // ---- the cluster ------------------------------------------------------------
@@ -703,8 +582,7 @@ fn round(c: &mut Cluster, plan: &Plan) -> Result<(String, String), String> {
         (seen, at, format!("{first}; {second}"))
     } else {
         std::thread::sleep(Duration::from_millis(plan.delay_ms));
-        let aimed = (plan.at_retire && matches!(plan.victims, Victims::Mirror | Victims::MirrorArbiter))
-            .then(|| aim_at_retire(c, p));
+        let aimed = plan.aimed_at_retire().then(|| aim_at_retire(c, p));
         // Aimed: cut at once (the primary, not cut, is looked at after).
         let cut_now = match aimed {
             Some(_) => Some(c.cut(&plan.victims.hosts(p, m), plan.tear, plan.seed)?),

@@ -905,7 +905,7 @@ impl Shared {
         // A segment faulted through its handle (a caught panic in the C ABI)
         // counts too, for the probes that reach it before it stops.
         let faulted = faulted || lock(&self.fault).is_some();
-        let unheard = mode == 'f' && primary.as_ref().is_some_and(|p| p.failed_unheard());
+        let unheard = primary.as_ref().is_some_and(|p| p.failed_unheard());
         let replication = primary.map(|p| p.replication());
         let verify = {
             let v = lock(&self.verify);

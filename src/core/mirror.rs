@@ -360,6 +360,14 @@ impl MirrorSession {
 /// it bounds how far "durable through" lags what was applied.
 pub const CHECKPOINT_MS: u64 = 1000;
 
+/// Whether the mirror's syncer acknowledges a sync job's marks before it
+/// runs the job. Never: synced and durable mean on the mirror's disk (rule
+/// 2); only the planted defect `FlushAckBeforeSync` does. The daemon's
+/// syncer and the simulator's both ask here.
+pub fn acks_before_sync(bug: Option<crate::core::PlantedBug>) -> bool {
+    bug == Some(crate::core::PlantedBug::FlushAckBeforeSync)
+}
+
 /// The mirror's durability policy after each batch it applied: whether to
 /// make everything durable now (a full checkpoint) rather than only what
 /// the batch asked for.

@@ -686,7 +686,7 @@ const SYNC_JOBS_QUEUED: usize = 8;
 fn spawn_syncer(disk: Arc<dyn Disk>, acks: Arc<AckSender>) -> std::io::Result<(Sender<SyncJob>, SyncerHandle)> {
     let (tx, rx) = crossbeam_channel::bounded::<SyncJob>(SYNC_JOBS_QUEUED);
     let h = std::thread::Builder::new().name("filerep-syncer".into()).spawn(move || {
-        let ack_first = crate::core::planted_in_process() == Some(crate::core::PlantedBug::FlushAckBeforeSync);
+        let ack_first = crate::core::mirror::acks_before_sync(crate::core::planted_in_process());
         while let Ok(mut job) = rx.recv() {
             while let Ok(more) = rx.try_recv() {
                 job.merge(more);

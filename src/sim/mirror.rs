@@ -212,7 +212,7 @@ impl World {
         }
         if s.applier.wants_sync() {
             let job = s.applier.take_sync_job();
-            if self.cfg.bug == Some(PlantedBug::FlushAckBeforeSync) {
+            if crate::core::mirror::acks_before_sync(self.cfg.bug) {
                 // The defect: acknowledged as durable before the syncer runs it.
                 s.synced = s.synced.max(job.through);
                 if let Some(d) = job.durable_through {
@@ -227,7 +227,7 @@ impl World {
                 s.to_primary.send(&mut self.rng, now, &reply.into_frame().to_vec());
             }
         }
-        if self.cfg.bug == Some(PlantedBug::FlushAckBeforeSync) {
+        if crate::core::mirror::acks_before_sync(self.cfg.bug) {
             self.mirror_ack();
         }
         Ok(())
@@ -260,7 +260,7 @@ impl World {
             }
             Ok(through) => {
                 let Some(s) = self.session.as_mut() else { return Ok(()) };
-                let acked_early = self.cfg.bug == Some(PlantedBug::FlushAckBeforeSync);
+                let acked_early = crate::core::mirror::acks_before_sync(self.cfg.bug);
                 if through < s.synced && !acked_early {
                     let had = s.synced;
                     return Err(self.fail(format!("synced went backwards: {through} < {had}")));
