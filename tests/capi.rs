@@ -81,12 +81,15 @@ fn example(build: Build) -> PathBuf {
 /// does: warnings are errors.
 fn compile(source: &Path, out: &Path, build: Build) -> PathBuf {
     let lib = library();
+    // Written aside, then renamed over: another test run may be executing
+    // the previous build ("Text file busy").
+    let partial = out.with_extension(format!("{}.partial", std::process::id()));
     let mut cc = Command::new("cc");
     cc.args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-pthread", "-I"])
         .arg(workspace().join("include"))
         .arg(source)
         .arg("-o")
-        .arg(out);
+        .arg(&partial);
     match build {
         Build::Shared => {
             cc.arg("-O2").arg("-L").arg(lib).arg("-lfilerep").arg(format!("-Wl,-rpath,{}", lib.display()));
@@ -108,6 +111,7 @@ fn compile(source: &Path, out: &Path, build: Build) -> PathBuf {
         String::from_utf8_lossy(&result.stdout),
         String::from_utf8_lossy(&result.stderr)
     );
+    std::fs::rename(&partial, out).unwrap_or_else(|e| panic!("renaming {}: {e}", partial.display()));
     out.to_path_buf()
 }
 
@@ -241,6 +245,12 @@ impl Drop for CProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A failed test shows what the C process logged (its stderr is
+        // captured, unlike the segments' and the arbiter's).
+        if std::thread::panicking() {
+            let stderr = self.stderr.take().and_then(|t| t.join().ok()).unwrap_or_default();
+            let _ = writeln!(std::io::stderr(), "the C process's stderr:\n{stderr}");
+        }
     }
 }
 

@@ -69,6 +69,9 @@ pub fn free_addr() -> String {
 }
 
 /// `filerep arbiter` on `catalog`, probing every 100 ms (a test's pace).
+/// A segment is lost after four failed attempts of 300 ms: a dead one is
+/// refused at once, a live one starved of CPU on a loaded machine (a
+/// compiler beside four pairs on two cores) is not taken for dead.
 pub fn arbiter_args(catalog: &Path, key_file: &Path, listen: &str) -> Vec<String> {
     [
         "arbiter",
@@ -83,7 +86,7 @@ pub fn arbiter_args(catalog: &Path, key_file: &Path, listen: &str) -> Vec<String
         "--timeout-ms",
         "300",
         "--retries",
-        "1",
+        "3",
     ]
     .iter()
     .map(|s| s.to_string())
