@@ -56,9 +56,11 @@ const LEVELS: [&str; 3] = ["applied", "durable", "async:64"];
 /// microseconds (forgetfs --sync-latency-us), on the host of dbid 2 (and the
 /// arbiter's) and on the host of dbid 3: a device's flush, during which a
 /// power cut loses what it syncs, so steps that must wait for a sync are
-/// seen when they do not. In one cluster dbid 3's device is much slower, as
-/// when one disk is busy or older.
-const SYNC_LATENCY_US: [[u64; 2]; 3] = [[2000, 2000], [0, 0], [500, 20_000]];
+/// seen when they do not. In one cluster both devices are slow and dbid
+/// 3's much slower, as when one disk is busy or older: a mirror's
+/// checkpoint there takes long enough (20 ms a file) for its primary to
+/// act on an acknowledgement that came too early.
+const SYNC_LATENCY_US: [[u64; 2]; 3] = [[2000, 2000], [0, 0], [5000, 20_000]];
 const WRITERS: u32 = 2;
 /// Activity-log entries a streaming primary holds before retiring (the
 /// segment's `activity_limit`): small, so the writers' few files make it
@@ -130,6 +132,11 @@ struct Cluster {
     key: ClusterKey,
     key_file: PathBuf,
     writers: Vec<Model>,
+    /// Each writer's count of first writes into its sparse file (its model is
+    /// away in its thread while it runs).
+    cold_writes: Vec<Arc<std::sync::atomic::AtomicU64>>,
+    /// Each host's fsync latency, microseconds (dbid 2's, dbid 3's).
+    sync_latency_us: [u64; 2],
     /// `FILEREP_PLANTED_BUG` for every filerep process, if set.
     env: Vec<(String, String)>,
     /// Last: removed once every file system in it is unmounted.
@@ -215,7 +222,17 @@ impl Cluster {
         Catalog::new(0x9c, writer::BS as u32, vec![(0, addrs[0].clone(), addrs[1].clone())]).store(&catalog).unwrap();
         let arb =
             ArbiterHost { listen, catalog, fs: arb_fs, child: None, tool: None, log: dir.path().join("arbiter.log") };
-        let mut c = Cluster { segs, arb, key, key_file, writers: Vec::new(), env, dir };
+        let mut c = Cluster {
+            segs,
+            arb,
+            key,
+            key_file,
+            writers: Vec::new(),
+            cold_writes: Vec::new(),
+            sync_latency_us,
+            env,
+            dir,
+        };
         for dbid in [2, 3] {
             c.start_seg(dbid).unwrap();
         }
@@ -225,6 +242,7 @@ impl Cluster {
         for w in 0..WRITERS {
             let mut m = Model::new(w);
             m.setup(&mut cl).unwrap();
+            c.cold_writes.push(m.cold_writes.clone());
             c.writers.push(m);
         }
         c
@@ -341,15 +359,29 @@ impl Cluster {
     /// Power cut: SIGKILL every process of each host, then the forgetfs
     /// cut of its file systems. What was dropped, for the round's log.
     fn cut(&mut self, hosts: &[Host], tear: bool, seed: u64) -> Result<String, String> {
+        // The processes stop and the file systems forget at once: killed,
+        // then cut, then reaped. Reaped first, a process's fsync under way
+        // would finish (its device's wait included) before the cut, and a
+        // power cut never lets one finish; after the cut its file handles
+        // are gone (EIO), so nothing it had under way lands afterwards.
+        let mut dying = Vec::new();
         for h in hosts {
             match h {
-                Host::Seg(d) => kill(&mut self.seg_mut(*d).child),
+                Host::Seg(d) => dying.extend(self.seg_mut(*d).child.take()),
                 Host::Arbiter => {
-                    kill(&mut self.arb.tool);
-                    kill(&mut self.arb.child);
+                    dying.extend(self.arb.tool.take());
+                    dying.extend(self.arb.child.take());
                 }
             }
         }
+        for c in &mut dying {
+            let _ = c.kill();
+        }
+        let reap = |dying: Vec<Child>| {
+            for mut c in dying {
+                let _ = c.wait();
+            }
+        };
         let mut shown = Vec::new();
         for (i, h) in hosts.iter().enumerate() {
             let fses: Vec<&ForgetFs> = match h {
@@ -357,11 +389,35 @@ impl Cluster {
                 Host::Arbiter => vec![&self.arb.fs],
             };
             for (j, f) in fses.into_iter().enumerate() {
-                let r = f.cut(tear, seed ^ ((i * 4 + j) as u64) << 56)?;
+                let r = match f.cut(tear, seed ^ ((i * 4 + j) as u64) << 56) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        reap(dying);
+                        return Err(e);
+                    }
+                };
                 shown.push(format!(
                     "{}: {} files, {} bytes, {} entries dropped, {} torn",
                     f.label, r.files, r.bytes, r.entries, r.torn
                 ));
+            }
+        }
+        reap(dying);
+        // A namespace request under way (no file handle) may have landed
+        // after the cut: cut again, without a tear, so nothing it did stays.
+        for h in hosts {
+            let fses: Vec<&ForgetFs> = match h {
+                Host::Seg(d) => vec![&self.seg(*d).data, &self.seg(*d).state],
+                Host::Arbiter => vec![&self.arb.fs],
+            };
+            for f in fses {
+                let r = f.cut(false, 0)?;
+                if r.files + r.entries > 0 {
+                    shown.push(format!(
+                        "{} after the processes died: {} files, {} entries dropped",
+                        f.label, r.files, r.entries
+                    ));
+                }
             }
         }
         Ok(shown.join("; "))
@@ -541,13 +597,44 @@ fn aim_at_retire(c: &Cluster, primary: u32) -> bool {
     let Some((durable, _)) = figures(c) else { return false };
     let until = Instant::now() + Duration::from_millis(1500);
     let mut extents_then = None;
+    let mut first_retire: Option<Instant> = None;
     while Instant::now() < until {
-        match (figures(c), extents_then) {
-            (Some((d, e)), None) if d > durable => extents_then = Some(e),
-            (Some((_, e)), Some(then)) if e < then => return true,
-            (None, _) => return false,
+        match (figures(c), extents_then, first_retire) {
+            (Some((d, e)), None, _) if d > durable => extents_then = Some(e),
+            // Retiring goes on a few entries at a time: the cut comes once
+            // it has retired several, or 100 ms after the first, while a
+            // checkpoint of a slow device (20 ms a file) is still syncing.
+            (Some((_, e)), Some(then), Some(at)) if e + RETIRED_AT_CUT <= then || at.elapsed().as_millis() >= 100 => {
+                return true
+            }
+            (Some((_, e)), Some(then), None) if e < then => first_retire = Some(Instant::now()),
+            (None, _, _) => return first_retire.is_some(),
             _ => {}
         }
+    }
+    first_retire.is_some()
+}
+
+/// Activity entries an aimed cut of the mirror's host waits to see retired.
+const RETIRED_AT_CUT: u64 = 6;
+
+/// Wait, at most 1.5 s, until a writer sends a first write into a block
+/// of its sparse file, then `lag_us` more: the primary in change tracking
+/// records the block and writes it then. Whether it came.
+fn aim_at_first_write(c: &Cluster, lag_us: u64) -> bool {
+    let counts = |c: &Cluster| c.cold_writes.iter().map(|n| n.load(Ordering::SeqCst)).collect::<Vec<_>>();
+    let then = counts(c);
+    let until = Instant::now() + Duration::from_millis(1500);
+    while Instant::now() < until {
+        if counts(c) != then {
+            // Spun, not slept: a sleep's granularity is the whole window.
+            let at = Instant::now() + Duration::from_micros(lag_us);
+            while Instant::now() < at {
+                std::hint::spin_loop();
+            }
+            return true;
+        }
+        std::hint::spin_loop();
     }
     false
 }
@@ -582,15 +669,29 @@ fn round(c: &mut Cluster, plan: &Plan) -> Result<(String, String), String> {
         (seen, at, format!("{first}; {second}"))
     } else {
         std::thread::sleep(Duration::from_millis(plan.delay_ms));
-        let aimed = plan.aimed_at_retire().then(|| aim_at_retire(c, p));
+        let mut seen_lag = None;
+        let aimed = if plan.aimed_at_retire() {
+            Some(aim_at_retire(c, p))
+        } else if plan.aimed_at_first_write() {
+            let lag = plan.first_write_lag_us(c.sync_latency_us[(p - 2) as usize]);
+            seen_lag = Some(lag);
+            Some(aim_at_first_write(c, lag))
+        } else {
+            None
+        };
         // Aimed: cut at once (the primary, not cut, is looked at after).
         let cut_now = match aimed {
             Some(_) => Some(c.cut(&plan.victims.hosts(p, m), plan.tear, plan.seed)?),
             None => None,
         };
         let (mut seen, at) = (moment(c, p), landed(c, plan, p, m));
-        if let Some(hit) = aimed {
-            seen.push_str(if hit { ", just after a retire" } else { ", no retire in 1.5 s" });
+        match aimed {
+            Some(hit) if plan.aimed_at_retire() => {
+                seen.push_str(if hit { ", just after a retire" } else { ", no retire in 1.5 s" })
+            }
+            Some(true) => seen.push_str(&format!(", {} µs into a first write", seen_lag.unwrap_or(0))),
+            Some(false) => seen.push_str(", no first write in 1.5 s"),
+            None => {}
         }
         let dropped = match cut_now {
             Some(d) => d,

@@ -39,7 +39,13 @@ pub struct ProbeConfig {
     pub retries: u32,
     /// How long a new control connection may take to send its request.
     pub handshake_timeout: Duration,
+    /// Probes in flight at once (Greenplum's probe thread count): a hung
+    /// segment costs its own timeout, not everyone's.
+    pub probe_threads: usize,
 }
+
+/// Most probes in flight at once.
+pub const MAX_PROBE_THREADS: usize = 256;
 
 impl ProbeConfig {
     pub fn check(&self) -> Result<()> {
@@ -48,10 +54,25 @@ impl ProbeConfig {
             return Err(Error::InvalidArgument("probe interval and timeout: use 10 ms to 10 minutes".into()));
         }
         Limits::new(1).with_deadline(self.handshake_timeout).check().map_err(Error::InvalidArgument)?;
+        if !(1..=MAX_PROBE_THREADS).contains(&self.probe_threads) {
+            return Err(Error::InvalidArgument(format!(
+                "{} probe threads: use 1 to {MAX_PROBE_THREADS}",
+                self.probe_threads
+            )));
+        }
         if self.retries > 100 {
             return Err(Error::InvalidArgument(format!("{} probe retries: at most 100", self.retries)));
         }
         Ok(())
+    }
+}
+
+/// What one round's probes found, by control address.
+struct Probed(std::collections::HashMap<String, Option<SegmentStatus>>);
+
+impl Probed {
+    fn get(&self, addr: &str) -> Option<SegmentStatus> {
+        self.0.get(addr).cloned().flatten()
     }
 }
 
@@ -357,9 +378,9 @@ impl State {
 
     /// Contents without a mirror: their primary serves alone (change
     /// tracking), told so whenever it answers and does not serve yet.
-    fn solo_round(&self, snapshot: &Catalog) {
+    fn solo_round(&self, snapshot: &Catalog, probed: &Probed) {
         for solo in &snapshot.unmirrored {
-            let status = self.probe(&solo.address.control);
+            let status = probed.get(&solo.address.control);
             let up = status.as_ref().is_some_and(|s| s.dbid == solo.address.dbid);
             if up != solo.up {
                 let mut cat = lock(&self.catalog);
@@ -400,13 +421,41 @@ impl State {
         }
     }
 
+    /// Every address probed at once, at most `probe_threads` in flight:
+    /// the round waits for its slowest probe, not for the sum of them.
+    fn probe_all(&self, addrs: Vec<String>) -> Probed {
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let found: Mutex<Vec<(usize, Option<SegmentStatus>)>> = Mutex::new(Vec::with_capacity(addrs.len()));
+        let threads = self.cfg.probe_threads.clamp(1, addrs.len().max(1));
+        std::thread::scope(|scope| {
+            for _ in 0..threads {
+                scope.spawn(|| loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(addr) = addrs.get(i) else { break };
+                    let status = self.probe(addr);
+                    lock(&found).push((i, status));
+                });
+            }
+        });
+        let mut found = found.into_inner().unwrap_or_else(|e| e.into_inner());
+        found.sort_by_key(|(i, _)| *i);
+        Probed(addrs.into_iter().zip(found.into_iter().map(|(_, s)| s)).collect())
+    }
+
     fn round(&self) {
         let snapshot = lock(&self.catalog).clone();
-        self.solo_round(&snapshot);
+        let mut addrs: Vec<String> = snapshot.unmirrored.iter().map(|s| s.address.control.clone()).collect();
+        for cp in &snapshot.pairs {
+            addrs.extend(cp.addresses.iter().map(|a| a.control.clone()));
+        }
+        addrs.sort();
+        addrs.dedup();
+        let probed = self.probe_all(addrs);
+        self.solo_round(&snapshot, &probed);
         for cp in &snapshot.pairs {
             let content = cp.pair.content;
             let statuses: Vec<(u32, Option<SegmentStatus>)> =
-                cp.addresses.iter().map(|a| (a.dbid, self.probe(&a.control))).collect();
+                cp.addresses.iter().map(|a| (a.dbid, probed.get(&a.control))).collect();
             for (dbid, st) in &statuses {
                 if let Some(s) = st.as_ref().filter(|s| s.dbid != *dbid) {
                     tracing::error!(expected = dbid, answered = s.dbid, "a different segment answers there");

@@ -83,6 +83,11 @@ pub struct Plan {
     /// delay for the moment the primary trusts a new checkpoint of the
     /// mirror: its durable mark moved and it retired activity entries.
     pub at_retire: bool,
+    /// A cut of the primary's host in change tracking waits after the
+    /// delay for a writer to send a first write into a block of its sparse
+    /// file, then comes within one fsync of the primary's device and 1 ms:
+    /// while the primary records it and writes it.
+    pub at_first_write: bool,
 }
 
 impl Plan {
@@ -102,13 +107,33 @@ impl Plan {
             Phase::Return => 2500,
         };
         let (delay_ms, tear, workload) = (rng.gen_range(0..window), rng.gen_bool(0.5), rng.gen());
-        Plan { seed, phase, victims, delay_ms, tear, workload, at_retire: rng.gen_bool(0.5) }
+        let (at_retire, at_first_write) = (rng.gen_bool(0.75), rng.gen_bool(0.75));
+        let mut plan = Plan { seed, phase, victims, delay_ms, tear, workload, at_retire, at_first_write };
+        // Aimed at a first write, the cut tears: only a torn write keeps
+        // what landed before its record.
+        plan.tear |= plan.aimed_at_first_write();
+        plan
     }
 
     /// Whether this round's cut waits for a retire: the mirror's host is
     /// cut, the primary's is not.
     pub fn aimed_at_retire(&self) -> bool {
         self.at_retire && matches!(self.victims, Victims::Mirror | Victims::MirrorArbiter)
+    }
+
+    /// Whether this round's cut waits for a first write: the primary's
+    /// host is cut in change tracking.
+    pub fn aimed_at_first_write(&self) -> bool {
+        self.at_first_write
+            && self.phase == Phase::ChangeTracking
+            && matches!(self.victims, Victims::Primary | Victims::PrimaryMirror | Victims::PrimaryArbiter)
+    }
+
+    /// Microseconds from the first write to the aimed cut (seeded), up to
+    /// `fsync_us` (the primary's device) and 1 ms more: the write lands,
+    /// then its record is synced, or the other way round.
+    pub fn first_write_lag_us(&self, fsync_us: u64) -> u64 {
+        ChaCha8Rng::seed_from_u64(self.seed ^ 0x5eed).gen_range(0..fsync_us + 1000)
     }
 
     pub fn level(&self) -> &'static str {
@@ -120,6 +145,9 @@ impl Plan {
             Phase::Failover => format!("primary cut, then {:?} after {} ms", self.victims, self.delay_ms),
             _ if self.aimed_at_retire() => {
                 format!("cut {:?} at the first retire after {} ms", self.victims, self.delay_ms)
+            }
+            _ if self.aimed_at_first_write() => {
+                format!("cut {:?} into a first write after {} ms", self.victims, self.delay_ms)
             }
             _ => format!("cut {:?} after {} ms", self.victims, self.delay_ms),
         };

@@ -6,8 +6,12 @@
 //! synced), a log (`log`, appended with `write_at`, flushed after half the
 //! appends, cut back to empty and flushed when long), a file replaced by
 //! the write-sync-rename-sync-directory pattern (`cfg` via `cfg.tmp`),
-//! files created and unlinked (`tmp<K>`), and directories with a file in
-//! them made and removed (`d<K>/f`).
+//! files created and unlinked (`tmp<K>`), directories with a file in
+//! them made and removed (`d<K>/f`), and cold files (`c<N>`: created and
+//! written once, never synced nor written again, the oldest unlinked).
+//! Beside its directory, in filespace 1, an 8 MiB sparse file
+//! (`sparse<N>`) whose extents it writes in turn, outside the model (no
+//! promise is made of it: `verify` compares it).
 //!
 //! For every path the model keeps the state its last durability point
 //! promised (`durable`) and every state a later call produced or may have
@@ -34,6 +38,12 @@ const REL_BLOCKS: u64 = 32;
 const LOG_MAX: usize = 48 << 10;
 const TMPS: u64 = 2;
 const DIRS: u64 = 2;
+/// Cold files a writer keeps.
+const COLD: u64 = 6;
+/// Extents of the sparse file (8 MiB): first writes go round them.
+const SPARSE_EXTENTS: u64 = 32;
+/// The primary's activity-log extent, in blocks.
+const EXTENT_BLOCKS: u64 = filerep::core::primary::EXTENT_BLOCKS;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum State {
@@ -89,6 +99,13 @@ pub struct Model {
     pub w: u32,
     paths: BTreeMap<Key, PathModel>,
     version: u64,
+    /// Cold files made so far (the last is `c<cold>`).
+    cold: u64,
+    /// Writes into the sparse file so far.
+    sparse_writes: u64,
+    /// Counts each write into the sparse file just before it is sent (a
+    /// cut can be aimed at it).
+    pub cold_writes: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// Calls made, and durability points reached, in all rounds.
     pub calls: u64,
     pub syncs: u64,
@@ -136,11 +153,25 @@ enum Call {
 
 impl Model {
     pub fn new(w: u32) -> Model {
-        Model { w, paths: BTreeMap::new(), version: 0, calls: 0, syncs: 0 }
+        Model {
+            w,
+            paths: BTreeMap::new(),
+            version: 0,
+            cold: 0,
+            sparse_writes: 0,
+            cold_writes: Default::default(),
+            calls: 0,
+            syncs: 0,
+        }
     }
 
     fn dir(&self) -> String {
         format!("w{}", self.w)
+    }
+
+    /// The sparse file, in filespace 1 beside the writers' directories.
+    fn sparse(&self) -> String {
+        format!("sparse{}", self.w)
     }
 
     fn key(&self, fs: u16, name: &str) -> Key {
@@ -269,6 +300,12 @@ impl Model {
             self.call(cl, Call::Sync(rel))?;
         }
         self.call(cl, Call::Create(self.key(1, "log")))?;
+        // Outside the model: nothing is ever promised of its content.
+        let sparse = self.sparse();
+        let fail = |e: ClientError| format!("setting up {sparse}: {e}");
+        cl.create(1, &sparse).map_err(fail)?;
+        cl.set_len(1, &sparse, SPARSE_EXTENTS * EXTENT_BLOCKS * BS as u64).map_err(fail)?;
+        cl.sync(1, &sparse).map_err(fail)?;
         for fs in 0..2 {
             self.call(cl, Call::SyncDir(fs, String::new()))?;
             self.call(cl, Call::SyncDir(fs, self.dir()))?;
@@ -288,7 +325,41 @@ impl Model {
     fn step(&mut self, cl: &mut Client, rng: &mut ChaCha8Rng) -> Result<(), String> {
         let len = |s: &State| s.bytes().map_or(0, <[u8]>::len);
         match rng.gen_range(0..100) {
-            0..=44 => {
+            0..=5 => {
+                // A first write into a block of the sparse file: each write
+                // goes to the next extent in turn, so in change tracking it
+                // lands in an extent the activity log no longer covered at
+                // the loss and the change-log does not name yet: it must be
+                // recorded before it lands. A torn cut of the primary's host
+                // keeps what landed; a record that came after names nothing.
+                let i = self.sparse_writes;
+                self.sparse_writes += 1;
+                let block = (i % SPARSE_EXTENTS) * EXTENT_BLOCKS + (i / SPARSE_EXTENTS) % EXTENT_BLOCKS;
+                let data = tagged(BS, self.tag());
+                self.calls += 1;
+                self.cold_writes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                cl.write_block(1, &self.sparse(), block, &data).map_err(|e| e.to_string())
+            }
+            6..=11 => {
+                // A cold file: its data is made durable on the mirror only by
+                // a checkpoint, and once the primary has retired its activity
+                // entries nothing else names it (no later write covers its
+                // extent again): a checkpoint acknowledged before its fsyncs
+                // and then cut loses it for good, and `verify` sees it.
+                self.cold += 1;
+                if self.cold > COLD {
+                    let old = self.key(1, &format!("c{}", self.cold - COLD));
+                    if self.current(&old) != State::Absent {
+                        self.call(cl, Call::Unlink(old))?;
+                    }
+                }
+                let k = self.key(1, &format!("c{}", self.cold));
+                self.call(cl, Call::Create(k.clone()))?;
+                self.call(cl, Call::SyncDir(1, self.dir()))?;
+                let data = tagged(rng.gen_range(100..3 * BS), self.tag());
+                self.call(cl, Call::WriteAt(k, 0, data))
+            }
+            12..=44 => {
                 let k = self.key(0, &format!("rel{}", rng.gen_range(0..RELS)));
                 let n = (len(&self.current(&k)) / BS) as u64;
                 // Grow back after truncates, else rewrite a block.
@@ -405,7 +476,13 @@ impl Model {
             if let State::File { .. } = got {
                 cl.sync(k.0, &k.1).map_err(|e| format!("rebase: sync of fs {} {}: {e}", k.0, k.1))?;
             }
-            self.paths.insert(k.clone(), PathModel { durable: got, since: Vec::new() });
+            if got == State::Absent {
+                // Made again later, it starts from absent; never made again,
+                // it no longer costs a look each round.
+                self.paths.remove(k);
+            } else {
+                self.paths.insert(k.clone(), PathModel { durable: got, since: Vec::new() });
+            }
         }
         for fs in 0..2 {
             for d in [String::new(), self.dir()] {

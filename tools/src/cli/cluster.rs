@@ -41,6 +41,10 @@ pub struct ArbiterCmd {
     /// Milliseconds a new control connection may take to send its request before it is closed.
     #[arg(long, default_value_t = 2000)]
     handshake_timeout_ms: u64,
+    /// Segments probed at once (1 to 256): a hung segment costs its own
+    /// timeout, not every other segment's.
+    #[arg(long, default_value_t = 16)]
+    probe_threads: usize,
 }
 
 fn stop_on_signals(stop: &filerep::io::admission::Stop) -> Result<(), String> {
@@ -74,6 +78,7 @@ pub fn run_arbiter(c: ArbiterCmd) -> Result<(), String> {
         timeout: Duration::from_millis(c.timeout_ms),
         retries: c.retries,
         handshake_timeout: Duration::from_millis(c.handshake_timeout_ms),
+        probe_threads: c.probe_threads,
     };
     let arb = ArbiterProcess::open(cfg).map_err(|e| e.to_string())?;
     stop_on_signals(&arb.stop_signal())?;

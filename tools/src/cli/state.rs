@@ -71,6 +71,17 @@ fn data_status(p: Option<&Pair>) -> String {
 
 fn rows(cat: &Catalog, key: &filerep::protocol::handshake::ClusterKey) -> Vec<Row> {
     let last = |content: u32| cat.history.iter().rev().find(|h| h.content == content).map(|h| h.reason.clone());
+    // Every segment asked at once: a hung host costs one timeout, not one per segment.
+    let controls: Vec<String> = cat
+        .pairs
+        .iter()
+        .flat_map(|p| p.addresses.iter().map(|a| a.control.clone()))
+        .chain(cat.unmirrored.iter().map(|s| s.address.control.clone()))
+        .collect();
+    let answers = cluster::probe_many(&controls, key, Duration::from_secs(1));
+    let answers: std::collections::HashMap<&str, Option<SegmentStatus>> =
+        controls.iter().map(String::as_str).zip(answers).collect();
+    let process = |control: &str| answers.get(control).cloned().flatten();
     let row = |content: u32, a: &SegmentAddress, pair: Option<&Pair>, role: Role, pref: Role, up: bool, gen: u64| {
         let mirror_status = match (pref, role, up) {
             (_, _, false) => "Failed",
@@ -94,7 +105,7 @@ fn rows(cat: &Catalog, key: &filerep::protocol::handshake::ClusterKey) -> Vec<Ro
             datadirs: a.filespaces.clone(),
             mirror_status: mirror_status.into(),
             data_status: data_status(pair),
-            process: cluster::probe(&a.control, key, Duration::from_secs(1)),
+            process: process(&a.control),
             last_event: last(content),
         }
     };
