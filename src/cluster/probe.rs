@@ -540,3 +540,32 @@ pub fn fetch_catalog(addr: &str, key: &ClusterKey, timeout: Duration) -> Result<
         Err(e) => Err(Error::InvalidArgument(e.to_string())),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(probe_threads: usize) -> ProbeConfig {
+        ProbeConfig {
+            catalog: PathBuf::from("catalog.json"),
+            key: ClusterKey::from_material(b"probe config test key material!!").expect("key"),
+            listen: "127.0.0.1:0".into(),
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            retries: 2,
+            handshake_timeout: Duration::from_secs(2),
+            probe_threads,
+        }
+    }
+
+    #[test]
+    fn probe_threads_out_of_range_are_refused_with_the_range() {
+        for bad in [0, MAX_PROBE_THREADS + 1] {
+            let e = config(bad).check().expect_err("refused").to_string();
+            assert!(e.contains(&format!("{bad} probe threads")) && e.contains("1 to 256"), "{e}");
+        }
+        for good in [1, 16, MAX_PROBE_THREADS] {
+            config(good).check().unwrap_or_else(|e| panic!("{good}: {e}"));
+        }
+    }
+}
