@@ -27,6 +27,8 @@
 //! after how many rounds. Where FUSE cannot be mounted the test is skipped
 //! with the reason, unless `FILEREP_REQUIRE_FUSE=1` (CI), which fails it.
 
+#[path = "powercut/aim.rs"]
+mod aim;
 mod common;
 #[path = "powercut/plan.rs"]
 mod plan;
@@ -132,9 +134,9 @@ struct Cluster {
     key: ClusterKey,
     key_file: PathBuf,
     writers: Vec<Model>,
-    /// Each writer's count of first writes into its sparse file (its model is
-    /// away in its thread while it runs).
-    cold_writes: Vec<Arc<std::sync::atomic::AtomicU64>>,
+    /// Each writer's count of writes sent into its sparse file (its model
+    /// is away in its thread while it runs).
+    sparse_sent: Vec<Arc<std::sync::atomic::AtomicU64>>,
     /// Each host's fsync latency, microseconds (dbid 2's, dbid 3's).
     sync_latency_us: [u64; 2],
     /// `FILEREP_PLANTED_BUG` for every filerep process, if set.
@@ -228,7 +230,7 @@ impl Cluster {
             key,
             key_file,
             writers: Vec::new(),
-            cold_writes: Vec::new(),
+            sparse_sent: Vec::new(),
             sync_latency_us,
             env,
             dir,
@@ -242,7 +244,7 @@ impl Cluster {
         for w in 0..WRITERS {
             let mut m = Model::new(w);
             m.setup(&mut cl).unwrap();
-            c.cold_writes.push(m.cold_writes.clone());
+            c.sparse_sent.push(m.sparse_sent.clone());
             c.writers.push(m);
         }
         c
@@ -356,6 +358,14 @@ impl Cluster {
         self.arb.tool = Some(child);
     }
 
+    /// A host's file systems.
+    fn file_systems(&self, h: Host) -> Vec<&ForgetFs> {
+        match h {
+            Host::Seg(d) => vec![&self.seg(d).data, &self.seg(d).state],
+            Host::Arbiter => vec![&self.arb.fs],
+        }
+    }
+
     /// Power cut: SIGKILL every process of each host, then the forgetfs
     /// cut of its file systems. What was dropped, for the round's log.
     fn cut(&mut self, hosts: &[Host], tear: bool, seed: u64) -> Result<String, String> {
@@ -377,40 +387,27 @@ impl Cluster {
         for c in &mut dying {
             let _ = c.kill();
         }
-        let reap = |dying: Vec<Child>| {
-            for mut c in dying {
-                let _ = c.wait();
+        let first: Result<Vec<String>, String> = (|| {
+            let mut shown = Vec::new();
+            for (i, h) in hosts.iter().enumerate() {
+                for (j, f) in self.file_systems(*h).into_iter().enumerate() {
+                    let r = f.cut(tear, seed ^ ((i * 4 + j) as u64) << 56)?;
+                    shown.push(format!(
+                        "{}: {} files, {} bytes, {} entries dropped, {} torn",
+                        f.label, r.files, r.bytes, r.entries, r.torn
+                    ));
+                }
             }
-        };
-        let mut shown = Vec::new();
-        for (i, h) in hosts.iter().enumerate() {
-            let fses: Vec<&ForgetFs> = match h {
-                Host::Seg(d) => vec![&self.seg(*d).data, &self.seg(*d).state],
-                Host::Arbiter => vec![&self.arb.fs],
-            };
-            for (j, f) in fses.into_iter().enumerate() {
-                let r = match f.cut(tear, seed ^ ((i * 4 + j) as u64) << 56) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        reap(dying);
-                        return Err(e);
-                    }
-                };
-                shown.push(format!(
-                    "{}: {} files, {} bytes, {} entries dropped, {} torn",
-                    f.label, r.files, r.bytes, r.entries, r.torn
-                ));
-            }
+            Ok(shown)
+        })();
+        for mut c in dying {
+            let _ = c.wait();
         }
-        reap(dying);
+        let mut shown = first?;
         // A namespace request under way (no file handle) may have landed
         // after the cut: cut again, without a tear, so nothing it did stays.
         for h in hosts {
-            let fses: Vec<&ForgetFs> = match h {
-                Host::Seg(d) => vec![&self.seg(*d).data, &self.seg(*d).state],
-                Host::Arbiter => vec![&self.arb.fs],
-            };
-            for f in fses {
+            for f in self.file_systems(*h) {
                 let r = f.cut(false, 0)?;
                 if r.files + r.entries > 0 {
                     shown.push(format!(
@@ -586,59 +583,6 @@ fn landed(c: &Cluster, plan: &Plan, primary: u32, mirror: u32) -> String {
     c.status(primary).map(|s| format!("mode {}", s.mode)).unwrap_or_else(|| "no answer".into())
 }
 
-/// Wait, at most 1.5 s (the mirror checkpoints every second), until the
-/// mirror's durable mark moves on the primary and the primary then retires
-/// activity entries: from then on it trusts that checkpoint. Whether it came.
-fn aim_at_retire(c: &Cluster, primary: u32) -> bool {
-    let figures = |c: &Cluster| {
-        c.status(primary)
-            .map(|s| (s.replication.map(|r| r.ops_durable).unwrap_or(0), s.changelog.map(|l| l.extents).unwrap_or(0)))
-    };
-    let Some((durable, _)) = figures(c) else { return false };
-    let until = Instant::now() + Duration::from_millis(1500);
-    let mut extents_then = None;
-    let mut first_retire: Option<Instant> = None;
-    while Instant::now() < until {
-        match (figures(c), extents_then, first_retire) {
-            (Some((d, e)), None, _) if d > durable => extents_then = Some(e),
-            // Retiring goes on a few entries at a time: the cut comes once
-            // it has retired several, or 100 ms after the first, while a
-            // checkpoint of a slow device (20 ms a file) is still syncing.
-            (Some((_, e)), Some(then), Some(at)) if e + RETIRED_AT_CUT <= then || at.elapsed().as_millis() >= 100 => {
-                return true
-            }
-            (Some((_, e)), Some(then), None) if e < then => first_retire = Some(Instant::now()),
-            (None, _, _) => return first_retire.is_some(),
-            _ => {}
-        }
-    }
-    first_retire.is_some()
-}
-
-/// Activity entries an aimed cut of the mirror's host waits to see retired.
-const RETIRED_AT_CUT: u64 = 6;
-
-/// Wait, at most 1.5 s, until a writer sends a first write into a block
-/// of its sparse file, then `lag_us` more: the primary in change tracking
-/// records the block and writes it then. Whether it came.
-fn aim_at_first_write(c: &Cluster, lag_us: u64) -> bool {
-    let counts = |c: &Cluster| c.cold_writes.iter().map(|n| n.load(Ordering::SeqCst)).collect::<Vec<_>>();
-    let then = counts(c);
-    let until = Instant::now() + Duration::from_millis(1500);
-    while Instant::now() < until {
-        if counts(c) != then {
-            // Spun, not slept: a sleep's granularity is the whole window.
-            let at = Instant::now() + Duration::from_micros(lag_us);
-            while Instant::now() < at {
-                std::hint::spin_loop();
-            }
-            return true;
-        }
-        std::hint::spin_loop();
-    }
-    false
-}
-
 /// What the round looked like when the power went (for the summary).
 fn moment(c: &Cluster, primary: u32) -> String {
     let s = c.status(primary);
@@ -669,33 +613,16 @@ fn round(c: &mut Cluster, plan: &Plan) -> Result<(String, String), String> {
         (seen, at, format!("{first}; {second}"))
     } else {
         std::thread::sleep(Duration::from_millis(plan.delay_ms));
-        let mut seen_lag = None;
-        let aimed = if plan.aimed_at_retire() {
-            Some(aim_at_retire(c, p))
-        } else if plan.aimed_at_first_write() {
-            let lag = plan.first_write_lag_us(c.sync_latency_us[(p - 2) as usize]);
-            seen_lag = Some(lag);
-            Some(aim_at_first_write(c, lag))
-        } else {
-            None
-        };
-        // Aimed: cut at once (the primary, not cut, is looked at after).
-        let cut_now = match aimed {
-            Some(_) => Some(c.cut(&plan.victims.hosts(p, m), plan.tear, plan.seed)?),
-            None => None,
-        };
-        let (mut seen, at) = (moment(c, p), landed(c, plan, p, m));
-        match aimed {
-            Some(hit) if plan.aimed_at_retire() => {
-                seen.push_str(if hit { ", just after a retire" } else { ", no retire in 1.5 s" })
+        // Aimed: cut at once, and look after (the primary, not cut, tells).
+        let (seen, at, dropped) = match aim::wait(c, plan, p) {
+            Some(aimed) => {
+                let dropped = c.cut(&plan.victims.hosts(p, m), plan.tear, plan.seed)?;
+                (moment(c, p) + &aimed, landed(c, plan, p, m), dropped)
             }
-            Some(true) => seen.push_str(&format!(", {} µs into a first write", seen_lag.unwrap_or(0))),
-            Some(false) => seen.push_str(", no first write in 1.5 s"),
-            None => {}
-        }
-        let dropped = match cut_now {
-            Some(d) => d,
-            None => c.cut(&plan.victims.hosts(p, m), plan.tear, plan.seed)?,
+            None => {
+                let (seen, at) = (moment(c, p), landed(c, plan, p, m));
+                (seen, at, c.cut(&plan.victims.hosts(p, m), plan.tear, plan.seed)?)
+            }
         };
         (seen, at, dropped)
     };

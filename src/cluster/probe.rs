@@ -67,6 +67,25 @@ impl ProbeConfig {
     }
 }
 
+/// `f` of every item, at most `in_flight` at once (scoped threads taking
+/// the next item as they finish): the answers in the order of `items`.
+/// Probing hundreds of segments, a hung one costs its own timeout.
+pub fn at_once<T: Sync, R: Default + Send>(items: &[T], in_flight: usize, f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let found: Mutex<Vec<R>> = Mutex::new(items.iter().map(|_| R::default()).collect());
+    std::thread::scope(|scope| {
+        for _ in 0..in_flight.clamp(1, items.len().max(1)) {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(item) = items.get(i) else { break };
+                let r = f(item);
+                lock(&found)[i] = r;
+            });
+        }
+    });
+    found.into_inner().unwrap_or_else(|e| e.into_inner())
+}
+
 /// What one round's probes found, by control address.
 struct Probed(std::collections::HashMap<String, Option<SegmentStatus>>);
 
@@ -424,22 +443,8 @@ impl State {
     /// Every address probed at once, at most `probe_threads` in flight:
     /// the round waits for its slowest probe, not for the sum of them.
     fn probe_all(&self, addrs: Vec<String>) -> Probed {
-        let next = std::sync::atomic::AtomicUsize::new(0);
-        let found: Mutex<Vec<(usize, Option<SegmentStatus>)>> = Mutex::new(Vec::with_capacity(addrs.len()));
-        let threads = self.cfg.probe_threads.clamp(1, addrs.len().max(1));
-        std::thread::scope(|scope| {
-            for _ in 0..threads {
-                scope.spawn(|| loop {
-                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let Some(addr) = addrs.get(i) else { break };
-                    let status = self.probe(addr);
-                    lock(&found).push((i, status));
-                });
-            }
-        });
-        let mut found = found.into_inner().unwrap_or_else(|e| e.into_inner());
-        found.sort_by_key(|(i, _)| *i);
-        Probed(addrs.into_iter().zip(found.into_iter().map(|(_, s)| s)).collect())
+        let found = at_once(&addrs, self.cfg.probe_threads, |a| self.probe(a));
+        Probed(addrs.into_iter().zip(found).collect())
     }
 
     fn round(&self) {
@@ -567,5 +572,14 @@ mod tests {
         for good in [1, 16, MAX_PROBE_THREADS] {
             config(good).check().unwrap_or_else(|e| panic!("{good}: {e}"));
         }
+    }
+
+    #[test]
+    fn at_once_answers_in_the_order_of_the_items() {
+        let items: Vec<u64> = (0..100).collect();
+        for in_flight in [1, 7, 200] {
+            assert_eq!(at_once(&items, in_flight, |i| i * 2), items.iter().map(|i| i * 2).collect::<Vec<_>>());
+        }
+        assert!(at_once(&[] as &[u64], 4, |i| *i).is_empty());
     }
 }

@@ -101,11 +101,9 @@ pub struct Model {
     version: u64,
     /// Cold files made so far (the last is `c<cold>`).
     cold: u64,
-    /// Writes into the sparse file so far.
-    sparse_writes: u64,
-    /// Counts each write into the sparse file just before it is sent (a
-    /// cut can be aimed at it).
-    pub cold_writes: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Writes into the sparse file, each counted just before it is sent
+    /// (a cut can be aimed at it).
+    pub sparse_sent: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// Calls made, and durability points reached, in all rounds.
     pub calls: u64,
     pub syncs: u64,
@@ -153,16 +151,7 @@ enum Call {
 
 impl Model {
     pub fn new(w: u32) -> Model {
-        Model {
-            w,
-            paths: BTreeMap::new(),
-            version: 0,
-            cold: 0,
-            sparse_writes: 0,
-            cold_writes: Default::default(),
-            calls: 0,
-            syncs: 0,
-        }
+        Model { w, paths: BTreeMap::new(), version: 0, cold: 0, sparse_sent: Default::default(), calls: 0, syncs: 0 }
     }
 
     fn dir(&self) -> String {
@@ -332,12 +321,10 @@ impl Model {
                 // the loss and the change-log does not name yet: it must be
                 // recorded before it lands. A torn cut of the primary's host
                 // keeps what landed; a record that came after names nothing.
-                let i = self.sparse_writes;
-                self.sparse_writes += 1;
-                let block = (i % SPARSE_EXTENTS) * EXTENT_BLOCKS + (i / SPARSE_EXTENTS) % EXTENT_BLOCKS;
                 let data = tagged(BS, self.tag());
                 self.calls += 1;
-                self.cold_writes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let i = self.sparse_sent.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let block = (i % SPARSE_EXTENTS) * EXTENT_BLOCKS + (i / SPARSE_EXTENTS) % EXTENT_BLOCKS;
                 cl.write_block(1, &self.sparse(), block, &data).map_err(|e| e.to_string())
             }
             6..=11 => {

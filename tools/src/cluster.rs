@@ -984,19 +984,7 @@ const PROBES_IN_FLIGHT: usize = 64;
 /// Ask every segment at once (at most 64 in flight): the answers, in the
 /// order of `controls`, within about one `timeout` however many hang.
 pub fn probe_many(controls: &[String], key: &ClusterKey, timeout: Duration) -> Vec<Option<SegmentStatus>> {
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let found = std::sync::Mutex::new(vec![None; controls.len()]);
-    std::thread::scope(|scope| {
-        for _ in 0..controls.len().clamp(1, PROBES_IN_FLIGHT) {
-            scope.spawn(|| loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let Some(control) = controls.get(i) else { break };
-                let status = probe(control, key, timeout);
-                found.lock().unwrap_or_else(|e| e.into_inner())[i] = status;
-            });
-        }
-    });
-    found.into_inner().unwrap_or_else(|e| e.into_inner())
+    filerep::cluster::probe::at_once(controls, PROBES_IN_FLIGHT, |c| probe(c, key, timeout))
 }
 
 fn read_pid(path: &Path) -> Option<i32> {
