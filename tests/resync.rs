@@ -236,8 +236,23 @@ impl resync::ResyncLink for RenameBeforeFirstCopy<'_> {
     fn change_set(&mut self, full: bool) -> filerep::Result<filerep::durable::changelog::ChangeSet> {
         self.link.change_set(full)
     }
-    fn redo(&mut self) -> filerep::Result<BTreeSet<FsPath>> {
+    fn redo(&mut self) -> filerep::Result<filerep::durable::changelog::ChangeSet> {
         self.link.redo()
+    }
+    fn renames_at(&mut self) -> u64 {
+        self.link.renames_at()
+    }
+    fn renames_since(&mut self, pos: u64) -> Option<Vec<resync::Renamed>> {
+        self.link.renames_since(pos)
+    }
+    fn owe(&mut self, children: &[(FsPath, filerep::io::disk::EntryKind)]) -> filerep::Result<()> {
+        self.link.owe(children)
+    }
+    fn hold(&mut self, ms: u64) -> filerep::Result<()> {
+        self.link.hold(ms)
+    }
+    fn step_renames_at(&mut self) -> Option<u64> {
+        self.link.step_renames_at()
     }
     fn walked(&mut self) {
         self.link.walked()
@@ -280,9 +295,10 @@ impl resync::ResyncLink for RenameBeforeFirstCopy<'_> {
         flushed: &BTreeSet<FsPath>,
         blocks: &BTreeMap<FsPath, BTreeSet<u64>>,
         paths: &[FsPath],
+        as_of: u64,
         timeout: Duration,
     ) -> filerep::Result<()> {
-        self.link.checkpoint(synced, flushed, blocks, paths, timeout)
+        self.link.checkpoint(synced, flushed, blocks, paths, as_of, timeout)
     }
     fn finish(&mut self, synced: Option<u64>, flushed: &BTreeSet<FsPath>, timeout: Duration) -> filerep::Result<bool> {
         self.link.finish(synced, flushed, timeout)
@@ -497,4 +513,164 @@ fn compare_mode_ships_only_the_blocks_that_really_differ() {
     assert_eq!(r.bytes, 3 * BS as u64, "only the three changed blocks were shipped: {r:?}");
     assert!(p.log.change_set().is_empty());
     finish(p);
+}
+
+/// What a workload changes in change tracking and then keeps doing while a
+/// rate-limited resync runs (well above the rate: its writes stream, only
+/// what change tracking recorded is the resync's to ship).
+struct Storm {
+    name: &'static str,
+    /// Files per directory, directories, blocks per file.
+    files: usize,
+    dirs: usize,
+    blocks: u64,
+    /// One round of the live workload over file `f` of directory `d`.
+    live: fn(&Primary, usize, usize, u64, &mut u64),
+    /// Between rounds (the workload's shape: a database renaming a few
+    /// times a second, not a synchronisation).
+    pace: Duration,
+    /// Whether a round renames every directory (they end under their first names).
+    renames: bool,
+}
+
+fn dir_name(d: usize, flipped: bool) -> String {
+    if flipped {
+        format!("d{d}.alt")
+    } else {
+        format!("d{d}")
+    }
+}
+
+/// Rename every directory to its other name and back, all the time.
+fn rename_round(p: &Primary, d: usize, _f: usize, round: u64, _ops: &mut u64) {
+    if let Err(e) = p.rename(0, &dir_name(d, round % 2 == 1), &dir_name(d, round % 2 == 0)) {
+        panic!("rename of directory {d} in round {round}: {e}");
+    }
+}
+
+/// Cut a file to nothing and write it again, block by block.
+fn truncate_round(p: &Primary, d: usize, f: usize, round: u64, ops: &mut u64) {
+    let path = format!("{}/f{f}", dir_name(d, false));
+    p.truncate(0, &path, 0).unwrap_or_else(|e| panic!("truncate {path}: {e}"));
+    for b in 0..4u64 {
+        p.extend(0, &path, b, &vec![(round % 251) as u8; BS as usize]).unwrap_or_else(|e| panic!("{path}: {e}"));
+        *ops += 1;
+    }
+}
+
+/// Remove a file and make it again under the same name, new contents.
+fn recreate_round(p: &Primary, d: usize, f: usize, round: u64, ops: &mut u64) {
+    let path = format!("{}/f{f}", dir_name(d, false));
+    p.unlink(0, &path).unwrap_or_else(|e| panic!("unlink {path}: {e}"));
+    p.create(0, &path).unwrap_or_else(|e| panic!("create {path}: {e}"));
+    for b in 0..4u64 {
+        p.extend(0, &path, b, &vec![(round % 249) as u8 + 3; BS as usize]).unwrap_or_else(|e| panic!("{path}: {e}"));
+        *ops += 1;
+    }
+}
+
+/// The issue's bound: the resync finishes within (changed bytes ÷ rate)
+/// × 1.5 + 10 s and ships at most twice the bytes that changed, while the
+/// workload keeps at it; afterwards the mirror is identical.
+fn storm_resync(storm: Storm) -> resync::ResyncReport {
+    let rate: u64 = 2 << 20;
+    let bs = BS as usize;
+    let mut p = pair();
+    for d in 0..storm.dirs {
+        p.primary.mkdir(0, &dir_name(d, false)).unwrap();
+    }
+    lose_mirror(&mut p);
+    // What changes while the mirror is away: every file of every directory.
+    let mut changed = 0u64;
+    for d in 0..storm.dirs {
+        for f in 0..storm.files {
+            let path = format!("{}/f{f}", dir_name(d, false));
+            p.primary.create(0, &path).unwrap();
+            for b in 0..storm.blocks {
+                p.primary.extend(0, &path, b, &vec![(d * 7 + f) as u8; bs]).unwrap();
+                changed += BS as u64;
+            }
+        }
+    }
+    take_back(&mut p);
+    let stop = Arc::new(AtomicBool::new(false));
+    let live = {
+        let (primary, stop) = (p.primary.clone(), stop.clone());
+        let (dirs, files, round_of, pace, renames) = (storm.dirs, storm.files, storm.live, storm.pace, storm.renames);
+        std::thread::spawn(move || {
+            let (mut round, mut ops) = (0u64, 0u64);
+            while !stop.load(Ordering::SeqCst) {
+                for d in 0..dirs {
+                    round_of(&primary, d, (round as usize * 7 + d) % files, round, &mut ops);
+                    ops += 1;
+                }
+                round += 1;
+                std::thread::sleep(pace);
+            }
+            // Directories end under their first names.
+            if round % 2 == 1 && renames {
+                for d in 0..dirs {
+                    rename_round(&primary, d, 0, round, &mut ops);
+                }
+            }
+            ops
+        })
+    };
+    let started = std::time::Instant::now();
+    let progress = Progress::default();
+    let opts = ResyncOptions { max_rate: Some(rate), ..Default::default() };
+    let r = resync::run(&p.primary, &opts, &progress);
+    let took = started.elapsed().as_secs_f64();
+    stop.store(true, Ordering::SeqCst);
+    let ops = live.join().unwrap();
+    let r = r.unwrap_or_else(|e| panic!("{}: the resync did not finish: {e}", storm.name));
+    let bound = changed as f64 / rate as f64 * 1.5 + 10.0;
+    println!(
+        "{}: {:.1} MiB changed, {:.1} MiB shipped ({:.2}x) in {took:.1} s at {} MiB/s (bound {bound:.1} s), \
+         {} extra passes ({} with renames held), {ops} live calls meanwhile",
+        storm.name,
+        changed as f64 / 1048576.0,
+        r.bytes as f64 / 1048576.0,
+        r.bytes as f64 / changed as f64,
+        rate >> 20,
+        r.extra_passes,
+        r.held_passes
+    );
+    assert!(ops > 0, "{}: the live workload never ran", storm.name);
+    assert!(took <= bound, "{}: the resync took {took:.1} s, more than {bound:.1} s", storm.name);
+    assert!(r.bytes <= 2 * changed, "{}: shipped {} bytes for {changed} changed", storm.name, r.bytes);
+    finish(p);
+    r
+}
+
+impl Storm {
+    /// Four directories of 100 files of four blocks each (12.5 MiB), the
+    /// live workload `live` with `pace` between rounds.
+    fn of(name: &'static str, live: fn(&Primary, usize, usize, u64, &mut u64), pace: Duration, renames: bool) -> Storm {
+        Storm { name, files: 100, dirs: 4, blocks: 4, live, pace, renames }
+    }
+}
+
+#[test]
+fn a_rename_storm_of_small_file_directories_does_not_keep_a_rate_limited_resync_from_finishing() {
+    storm_resync(Storm::of("rename storm", rename_round, Duration::from_millis(200), true));
+}
+
+/// Renames with no pause at all move what the resync owes faster than any
+/// pass ships it: once what is left fits in one hold at the rate, new
+/// renames wait while the resync finishes.
+#[test]
+fn a_rename_storm_with_no_pause_is_finished_by_holding_renames() {
+    let r = storm_resync(Storm::of("rename storm, no pause", rename_round, Duration::ZERO, true));
+    assert!(r.held_passes > 0, "the resync finished without holding renames: {r:?}");
+}
+
+#[test]
+fn truncating_and_extending_the_same_files_does_not_keep_a_rate_limited_resync_from_finishing() {
+    storm_resync(Storm::of("truncate-extend", truncate_round, Duration::ZERO, false));
+}
+
+#[test]
+fn unlinking_and_recreating_the_same_files_does_not_keep_a_rate_limited_resync_from_finishing() {
+    storm_resync(Storm::of("unlink-recreate", recreate_round, Duration::ZERO, false));
 }

@@ -68,6 +68,25 @@ fn fault_schedules_keep_the_invariants() {
     }
 }
 
+/// The same schedules with half the writers' calls renaming files and
+/// directories while each resync runs (what it owes among them): every
+/// invariant holds, the resyncs finish, and renames really moved what they
+/// owed (extra passes were taken), some of them outpacing the resync so
+/// that it held new renames to finish.
+#[test]
+fn rename_storms_during_resyncs_keep_the_invariants() {
+    let cfg = FaultConfig { rename_storm: true, ..FaultConfig::default() };
+    let mut totals = ResyncTotals::default();
+    let seeds = seeds();
+    for seed in &seeds {
+        let r = run_faults(*seed, &cfg).unwrap_or_else(|f| panic!("{f}"));
+        totals.add(&r.resync);
+    }
+    if seeds.len() >= 100 {
+        assert!(totals.completed > 0 && totals.extra_passes > 0, "no rename moved what a resync owed: {totals:?}");
+    }
+}
+
 /// What schedules 0..500 reached, run once for the tests below (a fixed
 /// range whatever FILEREP_SIM_SEED says: these are claims about the schedules).
 struct Survey {

@@ -150,8 +150,14 @@ pub fn render(s: &SegmentStatus) -> String {
         o.one(
             "filerep_resync_passes",
             "gauge",
-            "Extra passes the current (or last) resync made over renamed paths.",
+            "Extra passes the current (or last) resync made over what renames moved.",
             p.passes,
+        );
+        o.one(
+            "filerep_resync_renames_held",
+            "gauge",
+            "1 while renames outpace the resync and it holds new ones to finish.",
+            p.renames_held as u64,
         );
     }
     if let Some(v) = &s.verify {

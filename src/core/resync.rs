@@ -75,6 +75,35 @@ impl ChangeSet {
     pub fn is_empty(&self) -> bool {
         self.blocks.is_empty() && self.touched.is_empty() && self.extents.is_empty()
     }
+
+    /// Everything `other` names too.
+    pub fn merge(&mut self, other: ChangeSet) {
+        for (f, b) in other.blocks {
+            self.blocks.entry(f).or_default().extend(b);
+        }
+        for (p, t) in other.touched {
+            *self.touched.entry(p).or_insert(false) |= t;
+        }
+        for (f, e) in other.extents {
+            self.extents.entry(f).or_default().extend(e);
+        }
+    }
+
+    /// Blocks named, exactly or by their extent (not what a touched
+    /// directory holds: unknown until walked).
+    pub fn named_blocks(&self) -> u64 {
+        self.distinct_blocks() + self.extents.values().map(|e| e.len() as u64 * EXTENT_BLOCKS).sum::<u64>()
+    }
+}
+
+/// A rename made while a resync ran, as the primary's journal keeps it:
+/// `whole` when it made everything under `to` owed again (what the resync
+/// shipped under `from` counts for nothing there).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Renamed {
+    pub from: FsPath,
+    pub to: FsPath,
+    pub whole: bool,
 }
 
 /// What a path is on the primary, as a resync found it and shipped it.
@@ -116,6 +145,9 @@ pub struct Progress {
     /// at the start; a later `filerep recover --max-rate` changes it while
     /// the resync runs.
     pub max_rate: AtomicU64,
+    /// Renames kept moving what the resync owed faster than it shipped: it
+    /// holds new renames while it finishes ([`HOLD_AFTER_PASSES`]).
+    pub renames_held: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -128,6 +160,9 @@ pub struct ProgressSnapshot {
     /// Extra passes so far (absent in older answers: 0).
     #[serde(default)]
     pub passes: u64,
+    /// Renames outpaced the resync: it holds new ones while it finishes.
+    #[serde(default)]
+    pub renames_held: bool,
 }
 
 impl Progress {
@@ -139,6 +174,7 @@ impl Progress {
             bytes_done: self.bytes_done.load(Ordering::Relaxed),
             started_unix_ms: self.started_unix_ms.load(Ordering::Relaxed),
             passes: self.passes.load(Ordering::Relaxed),
+            renames_held: self.renames_held.load(Ordering::Relaxed),
         }
     }
 }
@@ -154,13 +190,26 @@ pub struct ResyncReport {
     pub durable_wait_seconds: f64,
     /// Blocks found equal on both sides by compare mode (not shipped).
     pub compared_equal: u64,
-    /// Extra passes over paths renamed while the resync still owed them.
+    /// Extra passes over what renames moved while the resync still owed it.
     pub extra_passes: u64,
+    /// Of which with new renames held.
+    pub held_passes: u64,
 }
 
-/// Extra passes a resync takes over renamed paths before it gives up: a
-/// workload that keeps renaming what the resync has not copied yet faster
-/// than it copies would otherwise keep it from ever finishing.
+/// Extra passes after which new renames are held while the resync finishes:
+/// each pass ships only what renames moved before it was shipped, so a
+/// workload renaming faster than the resync ships can make passes
+/// without end, each one small.
+pub const HOLD_AFTER_PASSES: u64 = 8;
+
+/// How long one hold lasts at most (the primary lets renames go by itself
+/// then). Renames are held only once what is left fits in one hold at the
+/// rate limit: until then passes go on, each shipping what it reaches
+/// before the next rename moves the rest.
+pub const HOLD_MS: u64 = 2000;
+
+/// Extra passes a resync takes before it gives up (it holds renames long
+/// before: only a hold that keeps running out gets here).
 pub const MAX_EXTRA_PASSES: u64 = 1000;
 
 /// What the resync engine drives: the primary's end of the stream, one
@@ -179,8 +228,27 @@ pub trait ResyncLink {
     /// tracking or no mirror taken back.
     /// What to ship (`full`: every path is owed, renames included).
     fn change_set(&mut self, full: bool) -> Result<ChangeSet>;
-    /// Paths renamed meanwhile that the resync owes another pass.
-    fn redo(&mut self) -> Result<BTreeSet<FsPath>>;
+    /// What renames moved while the resync still owed it, as owed now:
+    /// another pass.
+    fn redo(&mut self) -> Result<ChangeSet>;
+    /// The position of the primary's rename journal: renames made so far
+    /// during this resync (what the resync ships is named by it).
+    fn renames_at(&mut self) -> u64;
+    /// The journal's position while the last `reconcile` or `copy` read
+    /// what it shipped, with what it read claimed (exact: no rename of it
+    /// was between), if the link knows it; taken once.
+    fn step_renames_at(&mut self) -> Option<u64> {
+        None
+    }
+    /// The renames made from position `pos` on, in order; `None` when the
+    /// journal no longer reaches back that far.
+    fn renames_since(&mut self, pos: u64) -> Option<Vec<Renamed>>;
+    /// Record the children of a directory the resync walks as owed,
+    /// durably (a directory whole, a file block by block).
+    fn owe(&mut self, children: &[(FsPath, EntryKind)]) -> Result<()>;
+    /// Hold new renames on the primary for `ms` (0: let them go): the
+    /// primary lets them go by itself when the time is up.
+    fn hold(&mut self, ms: u64) -> Result<()>;
     /// A full resync's walk is done: renames owe only what is still named.
     fn walked(&mut self);
     /// What `p` is here, unlocked (a peek: `reconcile` looks again locked).
@@ -211,11 +279,78 @@ pub trait ResyncLink {
         flushed: &BTreeSet<FsPath>,
         blocks: &BTreeMap<FsPath, BTreeSet<u64>>,
         paths: &[FsPath],
+        as_of: u64,
         timeout: Duration,
     ) -> Result<()>;
     /// Everything shipped is durable on the mirror: clear the change-log;
     /// `false` (nothing cleared) if a rename owes another pass.
     fn finish(&mut self, synced: Option<u64>, flushed: &BTreeSet<FsPath>, timeout: Duration) -> Result<bool>;
+}
+
+/// Where the rename journal stood before the first step that established
+/// a fact and after the last: the fact holds only if no rename touched its
+/// path in between, and names its path as it was then; renames after move
+/// it (or, renamed over, end it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Window {
+    since: u64,
+    at: u64,
+}
+
+/// What the resync has shipped since its last checkpoint, by window.
+#[derive(Default)]
+struct Facts {
+    blocks: Vec<(Window, FsPath, BTreeSet<u64>)>,
+    paths: Vec<(Window, FsPath)>,
+    /// Files a copy or a length went to (flushed before the checkpoint).
+    written: Vec<(Window, FsPath)>,
+}
+
+impl Facts {
+    fn is_empty(&self) -> bool {
+        self.blocks.is_empty() && self.paths.is_empty()
+    }
+
+    fn oldest(&self) -> Option<u64> {
+        let b = self.blocks.iter().map(|(w, _, _)| w.since);
+        let p = self.paths.iter().map(|(w, _)| w.since);
+        b.chain(p).chain(self.written.iter().map(|(w, _)| w.since)).min()
+    }
+}
+
+/// `name` after the renames of `journal` (all made after it was named):
+/// `None` if one renamed something else over it.
+pub(crate) fn renamed_since(journal: &[Renamed], name: &FsPath) -> Option<FsPath> {
+    translate(journal, 0, Window { since: 0, at: 0 }, name)
+}
+
+/// `name`, as a fact established within `w` named it, as it is named now
+/// after the renames of `journal` (the first at position `base`): `None`
+/// when a rename touched it within the window (the fact may not hold), or
+/// renamed something else over it later (what it described is gone).
+fn translate(journal: &[Renamed], base: u64, w: Window, name: &FsPath) -> Option<FsPath> {
+    let mut name = name.clone();
+    for (i, Renamed { from, to, whole }) in journal.iter().enumerate() {
+        let at = base + i as u64;
+        if at < w.since {
+            continue;
+        }
+        if at < w.at {
+            if name.related(from) || name.related(to) {
+                return None;
+            }
+            continue;
+        }
+        if name.filespace == from.filespace && name.path.is_within(&from.path) {
+            if *whole {
+                return None;
+            }
+            name = FsPath::new(to.filespace, name.path.rebase(&from.path, &to.path)?);
+        } else if name.filespace == to.filespace && name.path.is_within(&to.path) {
+            return None;
+        }
+    }
+    Some(name)
 }
 
 struct Run<'a> {
@@ -224,107 +359,182 @@ struct Run<'a> {
     progress: &'a Progress,
     bs: u64,
     started_ms: u64,
-    /// Files already copied whole, and trees already walked whole.
-    whole_files: BTreeSet<FsPath>,
-    whole_trees: Vec<(u16, Option<RelPath>)>,
+    /// Where the journal stood when the resync took its plan.
+    start_pos: u64,
+    /// Record a walked directory's children as owed before it counts as
+    /// done (not during a full resync's first walk: everything is owed).
+    expand: bool,
+    /// Paths this pass made right on the mirror already (files copied
+    /// whole, directories walked), with the window that did it.
+    walked: BTreeMap<FsPath, Window>,
     /// Every file a copy or a length went to, for the final flushes.
-    written: BTreeSet<FsPath>,
-    /// Files written since the last checkpoint.
-    written_since: BTreeSet<FsPath>,
+    written: Vec<(Window, FsPath)>,
     /// Copies queued since the last send.
     queued: usize,
     /// Blocks compare mode found equal on both sides (not shipped).
     compared_equal: u64,
-    /// Since the last checkpoint: files whose change-log blocks are shipped,
-    /// touched paths done, bytes shipped.
-    done_blocks: BTreeMap<FsPath, BTreeSet<u64>>,
-    done_paths: Vec<FsPath>,
+    /// Since the last checkpoint: what is shipped, and the bytes of it.
+    facts: Facts,
     since_checkpoint: u64,
-    /// The change-log's blocks per file (extents expanded), to clear as done.
+    /// The journal's position at the last checkpoint.
+    checkpoint_pos: u64,
+    /// This pass's blocks per file (extents expanded), to clear as done.
     listed: BTreeMap<FsPath, BTreeSet<u64>>,
     /// The rate in force (bytes a second, 0: none), since when, and the
     /// bytes shipped by then.
     rate: (u64, u64, u64),
+    /// New renames were held (see [`HOLD_AFTER_PASSES`]).
+    holding: bool,
 }
 
 /// Bytes shipped between durable progress records.
 const CHECKPOINT_BYTES: u64 = 64 << 20;
 
+/// Renames between durable progress records (each checkpoint translates
+/// what it clears through them).
+const CHECKPOINT_RENAMES: u64 = 1024;
+
 /// Copies queued before they are sent together (one vectored write).
 const SEND_EVERY: usize = 16;
 
 impl Run<'_> {
-    fn covered(&self, fs: u16, path: &RelPath) -> bool {
-        self.whole_files.contains(&FsPath::new(fs, path.clone()))
-            || self.whole_trees.iter().any(|(f, t)| *f == fs && t.as_ref().is_none_or(|t| path.is_within(t)))
+    fn pos(&mut self) -> u64 {
+        self.p.renames_at()
     }
 
-    fn reconcile(&mut self, fs: u16, path: Option<&RelPath>, prune: bool) -> Result<LocalEntry> {
+    fn wrote(&mut self, file: &FsPath, w: Window) {
+        if self.facts.written.last().is_some_and(|(lw, f)| f == file && lw.at == w.at) {
+            return;
+        }
+        self.facts.written.push((w, file.clone()));
+        self.written.push((w, file.clone()));
+    }
+
+    fn reconcile(&mut self, fs: u16, path: Option<&RelPath>, prune: bool) -> Result<(LocalEntry, Window)> {
+        let since = self.pos();
         let local = self.p.reconcile(fs, path, prune)?;
+        let w = match self.p.step_renames_at() {
+            Some(at) => Window { since: at, at },
+            None => Window { since, at: self.pos() },
+        };
         if let (LocalEntry::File { .. }, Some(path)) = (&local, path) {
-            self.written.insert(FsPath::new(fs, path.clone()));
-            self.written_since.insert(FsPath::new(fs, path.clone()));
+            self.wrote(&FsPath::new(fs, path.clone()), w);
         }
         self.progress.paths_done.fetch_add(1, Ordering::Relaxed);
-        Ok(local)
+        Ok((local, w))
     }
 
-    /// One path the change-log names (or a rename made owed): made what it
-    /// is here, a directory walked whole with `subtree`, a file copied whole.
+    /// One path the plan names: made what it is here, a directory walked
+    /// whole with `subtree`, a file copied whole.
     fn touched(&mut self, path: &FsPath, subtree: bool) -> Result<()> {
-        self.done_paths.push(path.clone());
-        if self.covered(path.filespace, &path.path) {
+        if let Some(w) = self.walked.get(path).copied() {
+            self.facts.paths.push((w, path.clone()));
             return Ok(());
         }
         // A peek: the reconcile itself looks again with the path locked,
         // and anything that changes meanwhile streams to the mirror anyway.
         match self.p.entry_kind(path)? {
             Some(EntryKind::Dir) if subtree => self.tree(path.filespace, Some(&path.path))?,
-            Some(EntryKind::File) => self.whole_file(path.filespace, &path.path)?,
+            Some(EntryKind::File) => {
+                // Copied whole: the name's fact holds only if no rename of
+                // it came between its reconcile and its last copy.
+                let (_, whole) = self.whole_file(path.filespace, &path.path)?;
+                self.facts.paths.push((whole, path.clone()));
+            }
             _ => {
-                self.reconcile(path.filespace, Some(&path.path), false)?;
+                let (_, w) = self.reconcile(path.filespace, Some(&path.path), false)?;
+                self.facts.paths.push((w, path.clone()));
             }
         }
-        // Between paths only: inside a tree walk its root is not done yet.
         self.checkpoint(false)
     }
 
-    /// A directory and everything under it, pruned on the mirror to what is here.
+    /// A directory and everything under it, pruned on the mirror to what is
+    /// here. In a pass, its children are recorded as owed before the
+    /// directory counts as done, and each counts as done once copied: a
+    /// rename halfway through moves only what is left.
     fn tree(&mut self, fs: u16, dir: Option<&RelPath>) -> Result<()> {
-        let LocalEntry::Dir { children } = self.reconcile(fs, dir, true)? else {
-            return Ok(()); // Gone or replaced meanwhile: its own change is queued.
+        let since = self.pos();
+        let me = dir.map(|d| FsPath::new(fs, d.clone()));
+        let (local, w) = self.reconcile(fs, dir, true)?;
+        let LocalEntry::Dir { children } = local else {
+            // Gone or replaced meanwhile: its own change is queued.
+            if let Some(me) = me {
+                self.facts.paths.push((Window { since, at: w.at }, me));
+            }
+            return Ok(());
         };
-        self.whole_trees.push((fs, dir.cloned()));
+        let mut kids = Vec::with_capacity(children.len());
         for (name, kind) in children {
             let child = match dir {
                 Some(d) => d.join(&name)?,
                 None => RelPath::top(&name)?,
             };
-            match kind {
-                EntryKind::Dir => self.tree(fs, Some(&child))?,
-                EntryKind::File => self.whole_file(fs, &child)?,
-                EntryKind::Other => {}
+            if kind != EntryKind::Other {
+                kids.push((FsPath::new(fs, child), kind));
             }
         }
-        Ok(())
-    }
-
-    /// One file, made the right length and copied whole.
-    fn whole_file(&mut self, fs: u16, path: &RelPath) -> Result<()> {
-        if let LocalEntry::File { len } = self.reconcile(fs, Some(path), false)? {
-            let file = FsPath::new(fs, path.clone());
-            let n = len.div_ceil(self.bs);
-            self.progress.blocks_total.fetch_add(n, Ordering::Relaxed);
-            let blocks = if self.opts.compare { self.differing(&file, (0..n).collect())? } else { (0..n).collect() };
-            self.copy_runs(&file, blocks)?;
-            self.file_done(&file);
-            self.whole_files.insert(file);
+        if self.expand && !kids.is_empty() {
+            self.p.owe(&kids)?;
+        }
+        let w = Window { since, at: self.pos() };
+        if let Some(me) = me {
+            self.walked.insert(me.clone(), w);
+            if self.expand {
+                self.facts.paths.push((w, me));
+            }
+        }
+        for (child, kind) in kids {
+            match kind {
+                EntryKind::Dir => self.tree(fs, Some(&child.path))?,
+                _ => {
+                    // Owed by name (whole) and block by block: each copy is
+                    // a fact of its own; the name's holds only if no rename
+                    // of it came before its last copy (else a later pass
+                    // copies it whole: it may have grown over stale data).
+                    let (_, whole) = self.whole_file(fs, &child.path)?;
+                    if self.expand {
+                        self.facts.paths.push((whole, child));
+                    }
+                }
+            }
+            self.checkpoint(false)?;
         }
         Ok(())
     }
 
-    /// Copy the listed blocks, consecutive ones together (up to 256 KiB).
-    fn copy_runs(&mut self, file: &FsPath, blocks: BTreeSet<u64>) -> Result<()> {
+    /// One file, made the right length and copied whole: the window of its
+    /// reconcile, and the one from its reconcile to its last copy (exact
+    /// when the link knows where each step read: the throttle's pauses
+    /// between copies are not in it).
+    fn whole_file(&mut self, fs: u16, path: &RelPath) -> Result<(Window, Window)> {
+        let file = FsPath::new(fs, path.clone());
+        let (local, rw) = self.reconcile(fs, Some(path), false)?;
+        let mut end = rw.at;
+        if let LocalEntry::File { len } = local {
+            let n = len.div_ceil(self.bs);
+            self.progress.blocks_total.fetch_add(n, Ordering::Relaxed);
+            let blocks = if self.opts.compare {
+                let differ = self.differing(&file, (0..n).collect())?;
+                end = self.pos();
+                differ
+            } else {
+                (0..n).collect()
+            };
+            if let Some(at) = self.copy_runs(&file, blocks)? {
+                end = end.max(at);
+            }
+        }
+        let w = Window { since: rw.since, at: end };
+        self.file_done(&file, w);
+        self.walked.insert(file, w);
+        Ok((rw, w))
+    }
+
+    /// Copy the listed blocks, consecutive ones together (up to 256 KiB);
+    /// each copy is a fact of its own. Where the last one's window ended.
+    fn copy_runs(&mut self, file: &FsPath, blocks: BTreeSet<u64>) -> Result<Option<u64>> {
+        let mut last = None;
         let per_copy = (crate::protocol::MAX_WRITE_AT as u64 / self.bs).max(1);
         let mut it = blocks.into_iter().peekable();
         while let Some(first) = it.next() {
@@ -333,7 +543,17 @@ impl Run<'_> {
                 it.next();
                 count += 1;
             }
+            let since = self.pos();
             let bytes = self.p.copy(file, first, count)?;
+            let w = match self.p.step_renames_at() {
+                Some(at) => Window { since: at, at },
+                None => Window { since, at: self.pos() },
+            };
+            self.facts.blocks.push((w, file.clone(), (first..first + count).collect()));
+            last = Some(w.at);
+            if bytes > 0 {
+                self.wrote(file, w);
+            }
             self.since_checkpoint += bytes;
             self.queued += 1;
             if self.queued >= SEND_EVERY {
@@ -344,7 +564,7 @@ impl Run<'_> {
             let done = self.progress.bytes_done.fetch_add(bytes, Ordering::Relaxed) + bytes;
             self.throttle(done)?;
         }
-        Ok(())
+        Ok(last)
     }
 
     /// Of `blocks`, those whose hash differs between here and the mirror
@@ -383,31 +603,61 @@ impl Run<'_> {
         Ok(out)
     }
 
-    /// `file`'s change-log blocks are all shipped (copied or past its end).
-    fn file_done(&mut self, file: &FsPath) {
+    /// `file`'s listed blocks are all shipped (copied, equal, or past its
+    /// end) within `w`.
+    fn file_done(&mut self, file: &FsPath, w: Window) {
         if let Some(b) = self.listed.get(file) {
-            self.done_blocks.insert(file.clone(), b.clone());
+            self.facts.blocks.push((w, file.clone(), b.clone()));
         }
     }
 
-    /// Record progress durably once enough has been shipped (or `force`):
-    /// flush the files written since, and once the mirror has them, mark
-    /// their blocks and the paths done as no longer differing.
+    /// Record progress durably once enough has been shipped, enough renames
+    /// made, or `force`: flush the files written since, and once the
+    /// mirror has them, mark what is shipped, named as it is now, as no
+    /// longer differing.
     fn checkpoint(&mut self, force: bool) -> Result<()> {
-        if !force && self.since_checkpoint < self.opts.checkpoint_bytes.unwrap_or(CHECKPOINT_BYTES) {
+        let renames = self.pos().saturating_sub(self.checkpoint_pos);
+        if !force
+            && self.since_checkpoint < self.opts.checkpoint_bytes.unwrap_or(CHECKPOINT_BYTES)
+            && renames < CHECKPOINT_RENAMES
+        {
             return Ok(());
         }
-        if self.done_blocks.is_empty() && self.done_paths.is_empty() {
+        if self.facts.is_empty() {
             return Ok(());
         }
-        let flushed = std::mem::take(&mut self.written_since);
+        let base = self.facts.oldest().unwrap_or(self.start_pos);
+        let journal = self.journal(base)?;
+        let as_of = base + journal.len() as u64;
+        self.checkpoint_pos = as_of;
+        let name = |w: Window, f: &FsPath| translate(&journal, base, w, f);
+        let flushed: BTreeSet<FsPath> =
+            std::mem::take(&mut self.facts.written).into_iter().filter_map(|(w, f)| name(w, &f)).collect();
+        let mut blocks: BTreeMap<FsPath, BTreeSet<u64>> = BTreeMap::new();
+        for (w, f, b) in &self.facts.blocks {
+            if let Some(f) = name(*w, f) {
+                blocks.entry(f).or_default().extend(b.iter().copied());
+            }
+        }
+        let paths: Vec<FsPath> =
+            self.facts.paths.iter().filter_map(|(w, p)| name(*w, p)).collect::<BTreeSet<_>>().into_iter().collect();
         let Some(seq) = flush_all(self.p, &flushed)? else { return Ok(()) };
         let timeout = self.opts.finish_timeout.unwrap_or(Duration::from_secs(60));
-        self.p.checkpoint(seq, &flushed, &self.done_blocks, &self.done_paths, timeout)?;
-        self.done_blocks.clear();
-        self.done_paths.clear();
+        self.p.checkpoint(seq, &flushed, &blocks, &paths, as_of, timeout)?;
+        self.facts = Facts::default();
         self.since_checkpoint = 0;
         Ok(())
+    }
+
+    /// The renames from position `base` on.
+    fn journal(&mut self, base: u64) -> Result<Vec<Renamed>> {
+        self.p.renames_since(base).ok_or_else(|| {
+            Error::Rejected(format!(
+                "more than {} renames were made while the resync ran: what it shipped can no longer be named; \
+                 run filerep recover again (nothing is lost: the change-log still names it)",
+                crate::durable::changelog::MAX_JOURNAL
+            ))
+        })
     }
 
     /// Keep the copies under `max_rate` on average, in short pauses so a
@@ -433,6 +683,129 @@ impl Run<'_> {
         }
         Ok(())
     }
+
+    /// One pass over what the change-log owes: namespace first (a prefix
+    /// sorts before what it contains), then blocks in file order.
+    fn pass(&mut self, set: &ChangeSet) -> Result<()> {
+        // Blocks named exactly or by their extent, per file, in file order.
+        let mut blocks: BTreeMap<FsPath, BTreeSet<u64>> = set.blocks.clone();
+        // Blocks named only by an extent may well be unchanged: compared first.
+        let mut by_extent: BTreeMap<FsPath, BTreeSet<u64>> = BTreeMap::new();
+        for (f, es) in &set.extents {
+            let b = blocks.entry(f.clone()).or_default();
+            let x = by_extent.entry(f.clone()).or_default();
+            for e in es {
+                b.extend(e * EXTENT_BLOCKS..(e + 1) * EXTENT_BLOCKS);
+                x.extend(e * EXTENT_BLOCKS..(e + 1) * EXTENT_BLOCKS);
+            }
+        }
+        self.listed = blocks.clone();
+        self.walked.clear();
+        for (path, subtree) in &set.touched {
+            self.touched(path, *subtree)?;
+        }
+        let listed: u64 =
+            blocks.iter().filter(|(f, _)| !self.walked.contains_key(*f)).map(|(_, b)| b.len() as u64).sum();
+        self.progress.blocks_total.fetch_add(listed, Ordering::Relaxed);
+        self.checkpoint(true)?;
+        for (file, wanted) in blocks {
+            if let Some(w) = self.walked.get(&file).copied() {
+                self.file_done(&file, w);
+                continue;
+            }
+            let since = self.pos();
+            // Its length first (writes may have extended or shortened it).
+            if let (LocalEntry::File { len }, _) = self.reconcile(file.filespace, Some(&file.path), false)? {
+                let n = len.div_ceil(self.bs);
+                let (inside, past): (BTreeSet<u64>, BTreeSet<u64>) = wanted.into_iter().partition(|b| *b < n);
+                self.progress.blocks_done.fetch_add(past.len() as u64, Ordering::Relaxed);
+                let compare_all = self.opts.compare;
+                let (compare, mut copy): (BTreeSet<u64>, BTreeSet<u64>) = inside
+                    .into_iter()
+                    .partition(|b| compare_all || by_extent.get(&file).is_some_and(|x| x.contains(b)));
+                copy.extend(self.differing(&file, compare)?);
+                self.copy_runs(&file, copy)?;
+            } else {
+                self.progress.blocks_done.fetch_add(wanted.len() as u64, Ordering::Relaxed);
+            }
+            let w = Window { since, at: self.pos() };
+            self.file_done(&file, w);
+            self.checkpoint(false)?;
+        }
+        Ok(())
+    }
+
+    /// Passes over what renames moved until the change-log is cleared:
+    /// the extra passes, those with renames held, and when shipping ended
+    /// (ms on the link's clock, before the final wait for durability).
+    fn passes(&mut self) -> Result<(u64, u64, u64)> {
+        let (mut extra, mut held) = (0, 0);
+        loop {
+            // Progress first: what is checkpointed is no longer owed, so the
+            // next pass holds only what renames moved before it was shipped.
+            self.checkpoint(true)?;
+            let mut redo = self.p.redo()?;
+            let hold = extra >= HOLD_AFTER_PASSES && !redo.is_empty() && self.fits_one_hold(&redo);
+            self.progress.renames_held.store(hold, Ordering::Relaxed);
+            if hold {
+                if !self.holding {
+                    tracing::warn!(
+                        passes = extra,
+                        hold_ms = HOLD_MS,
+                        "resync: renames keep moving what it owes; holding new renames while it finishes"
+                    );
+                }
+                // Again before each pass: a hold lasts HOLD_MS at most.
+                self.p.hold(HOLD_MS)?;
+                self.holding = true;
+                // What renames moved before the hold took hold.
+                redo.merge(self.p.redo()?);
+            }
+            if redo.is_empty() {
+                let shipped = self.p.now_ms().saturating_sub(self.started_ms);
+                if self.finish()? {
+                    return Ok((extra, held, shipped));
+                }
+                continue;
+            }
+            extra += 1;
+            held += hold as u64;
+            self.progress.passes.store(extra, Ordering::Relaxed);
+            if extra > MAX_EXTRA_PASSES {
+                return Err(Error::Rejected(format!(
+                    "the resync took {MAX_EXTRA_PASSES} extra passes over what renames moved while it still owed it, \
+                     renames held or not: run filerep recover again when fewer renames run"
+                )));
+            }
+            tracing::info!(
+                paths = redo.touched.len(),
+                files = redo.blocks.len(),
+                pass = extra,
+                held = self.holding,
+                "resync: another pass over what renames moved"
+            );
+            self.pass(&redo)?;
+        }
+    }
+
+    /// Whether `set` ships within one hold at the rate in force.
+    fn fits_one_hold(&self, set: &ChangeSet) -> bool {
+        let rate = self.progress.max_rate.load(Ordering::Relaxed);
+        rate == 0 || set.named_blocks().saturating_mul(self.bs) <= rate.saturating_mul(HOLD_MS) / 1000
+    }
+
+    /// Everything shipped is durable on the mirror: one flush per file
+    /// written (named as it is now), then the change-log is cleared;
+    /// `false` if a rename owes another pass first.
+    fn finish(&mut self) -> Result<bool> {
+        let journal = self.journal(self.start_pos)?;
+        let base = self.start_pos;
+        let flushed: BTreeSet<FsPath> =
+            self.written.iter().filter_map(|(w, f)| translate(&journal, base, *w, f)).collect();
+        let synced = flush_all(self.p, &flushed)?;
+        // With no file to flush (only namespace changes), the mirror's own checkpoint is waited for instead.
+        self.p.finish(synced, &flushed, self.opts.finish_timeout.unwrap_or(Duration::from_secs(60)))
+    }
 }
 
 /// Ask the mirror to make each file durable; the last flush's number.
@@ -452,23 +825,25 @@ pub fn run_on(p: &mut dyn ResyncLink, opts: &ResyncOptions, progress: &Progress)
     let bs = p.block_size() as u64;
     let started_ms = p.now_ms();
     let filespaces = p.filespace_count();
+    let start_pos = p.renames_at();
     let mut run = Run {
         p,
         opts,
         progress,
         bs,
         started_ms,
-        whole_files: BTreeSet::new(),
-        whole_trees: Vec::new(),
-        written: BTreeSet::new(),
-        written_since: BTreeSet::new(),
+        start_pos,
+        expand: !opts.full,
+        walked: BTreeMap::new(),
+        written: Vec::new(),
         queued: 0,
         compared_equal: 0,
-        done_blocks: BTreeMap::new(),
-        done_paths: Vec::new(),
+        facts: Facts::default(),
         since_checkpoint: 0,
+        checkpoint_pos: start_pos,
         listed: BTreeMap::new(),
         rate: (opts.max_rate.unwrap_or(0), started_ms, 0),
+        holding: false,
     };
     progress.max_rate.store(opts.max_rate.unwrap_or(0), Ordering::Relaxed);
     if opts.full {
@@ -479,104 +854,35 @@ pub fn run_on(p: &mut dyn ResyncLink, opts: &ResyncOptions, progress: &Progress)
         // once durable, so renames from here on (databases rename all the
         // time) owe another pass only for what is named again.
         run.p.walked();
+        run.expand = true;
         if opts.planted != Some(crate::core::PlantedBug::FullResyncWithoutWalkCheckpoint) {
-            run.done_paths.extend(set.touched.keys().cloned());
+            let w = Window { since: start_pos, at: run.pos() };
+            run.facts.paths.extend(set.touched.keys().map(|p| (w, p.clone())));
             for (f, bs) in &set.blocks {
-                run.done_blocks.entry(f.clone()).or_default().extend(bs.iter().copied());
+                run.facts.blocks.push((w, f.clone(), bs.clone()));
             }
             for (f, es) in &set.extents {
-                let done = run.done_blocks.entry(f.clone()).or_default();
-                for e in es {
-                    done.extend(e * EXTENT_BLOCKS..(e + 1) * EXTENT_BLOCKS);
-                }
+                let all = es.iter().flat_map(|e| e * EXTENT_BLOCKS..(e + 1) * EXTENT_BLOCKS).collect();
+                run.facts.blocks.push((w, f.clone(), all));
             }
-            run.checkpoint(true)?;
         }
     } else {
-        // Blocks named exactly or by their extent, per file, in file order.
-        let mut blocks: BTreeMap<FsPath, BTreeSet<u64>> = set.blocks.clone();
-        // Blocks named only by an extent may well be unchanged: compared first.
-        let mut by_extent: BTreeMap<FsPath, BTreeSet<u64>> = BTreeMap::new();
-        for (f, es) in &set.extents {
-            let b = blocks.entry(f.clone()).or_default();
-            let x = by_extent.entry(f.clone()).or_default();
-            for e in es {
-                b.extend(e * EXTENT_BLOCKS..(e + 1) * EXTENT_BLOCKS);
-                x.extend(e * EXTENT_BLOCKS..(e + 1) * EXTENT_BLOCKS);
-            }
-        }
-        tracing::info!(paths = set.touched.len(), files = blocks.len(), "resync: shipping the change-log");
-        run.listed = blocks.clone();
-        // Namespace first; a prefix sorts before what it contains.
-        for (path, subtree) in &set.touched {
-            run.touched(path, *subtree)?;
-        }
-        let listed: u64 =
-            blocks.iter().filter(|(f, _)| !run.covered(f.filespace, &f.path)).map(|(_, b)| b.len() as u64).sum();
-        progress.blocks_total.fetch_add(listed, Ordering::Relaxed);
-        run.checkpoint(true)?;
-        for (file, wanted) in blocks {
-            if run.covered(file.filespace, &file.path) {
-                run.file_done(&file);
-                continue;
-            }
-            // Its length first (writes may have extended or shortened it).
-            if let LocalEntry::File { len } = run.reconcile(file.filespace, Some(&file.path), false)? {
-                let n = len.div_ceil(run.bs);
-                let (inside, past): (BTreeSet<u64>, BTreeSet<u64>) = wanted.into_iter().partition(|b| *b < n);
-                progress.blocks_done.fetch_add(past.len() as u64, Ordering::Relaxed);
-                let (compare, mut copy): (BTreeSet<u64>, BTreeSet<u64>) = inside
-                    .into_iter()
-                    .partition(|b| opts.compare || by_extent.get(&file).is_some_and(|x| x.contains(b)));
-                copy.extend(run.differing(&file, compare)?);
-                run.copy_runs(&file, copy)?;
-            } else {
-                progress.blocks_done.fetch_add(wanted.len() as u64, Ordering::Relaxed);
-            }
-            run.file_done(&file);
-            run.checkpoint(false)?;
+        tracing::info!(paths = set.touched.len(), files = set.blocks.len(), "resync: shipping the change-log");
+        run.pass(&set)?;
+    }
+    // Renames of what the resync still owed moved it, on the mirror and in
+    // the change-log alike: each rename's share gets another pass, until the
+    // change-log can be cleared with nothing owed.
+    let passes = run.passes();
+    if run.holding {
+        progress.renames_held.store(false, Ordering::Relaxed);
+        // A finished resync let them go; a failed one lets them go now (or
+        // the primary does when the hold runs out, if it cannot be told).
+        if passes.is_err() {
+            let _ = run.p.hold(0);
         }
     }
-    // Renames of paths still owed moved the mirror's stale copies to names
-    // this pass may not have visited: each gets another pass, whole, until
-    // the change-log can be cleared with nothing owed.
-    let mut extra_passes = 0;
-    let shipped = loop {
-        // After an extra pass, its progress first: what is checkpointed is
-        // no longer owed, so renames of it stop asking for more passes.
-        if extra_passes > 0 {
-            run.checkpoint(true)?;
-        }
-        let redo = run.p.redo()?;
-        // Not done any more: a checkpoint must not clear them before this
-        // pass has walked them again (the change-log keeps them meanwhile).
-        run.done_paths.retain(|p| !redo.contains(p));
-        if redo.is_empty() {
-            let shipped = run.p.now_ms().saturating_sub(run.started_ms);
-            // Durable on the mirror: one flush per file written, then wait for the last.
-            // With no file to flush (only namespace changes), the checkpoint is waited for instead.
-            let flushed = run.written.clone();
-            let synced = flush_all(run.p, &flushed)?;
-            if run.p.finish(synced, &flushed, opts.finish_timeout.unwrap_or(Duration::from_secs(60)))? {
-                break shipped;
-            }
-            continue;
-        }
-        extra_passes += 1;
-        progress.passes.store(extra_passes, Ordering::Relaxed);
-        if extra_passes > MAX_EXTRA_PASSES {
-            return Err(Error::Rejected(format!(
-                "the resync took {MAX_EXTRA_PASSES} extra passes over paths renamed while it still owed them, \
-                 and calls keep renaming them: run filerep recover again when fewer renames run"
-            )));
-        }
-        tracing::info!(paths = redo.len(), pass = extra_passes, "resync: another pass over renamed paths");
-        run.whole_files.clear();
-        run.whole_trees.clear();
-        for path in &redo {
-            run.touched(path, true)?;
-        }
-    };
+    let (extra_passes, held_passes, shipped) = passes?;
     let s = progress.snapshot();
     let total_ms = run.p.now_ms().saturating_sub(run.started_ms);
     Ok(ResyncReport {
@@ -588,6 +894,7 @@ pub fn run_on(p: &mut dyn ResyncLink, opts: &ResyncOptions, progress: &Progress)
         durable_wait_seconds: total_ms.saturating_sub(shipped) as f64 / 1000.0,
         compared_equal: run.compared_equal,
         extra_passes,
+        held_passes,
     })
 }
 
@@ -604,7 +911,7 @@ mod tests {
     /// clock that moves only when the resync pauses. Once the walk of a
     /// full resync is done, every path still owed is renamed by a call (a
     /// database renames all the time) and asks for one more pass, as the
-    /// primary's RedoIfOwed does. After the first copy an operator may
+    /// primary's RenameOwed does. After the first copy an operator may
     /// change the rate to `rate_after_first_copy`.
     #[derive(Default)]
     struct Scripted<'a> {
@@ -637,12 +944,25 @@ mod tests {
             let touched = self.owed.iter().map(|p| (p.clone(), true)).collect();
             Ok(ChangeSet { touched, blocks: self.blocks.clone(), ..ChangeSet::default() })
         }
-        fn redo(&mut self) -> Result<BTreeSet<FsPath>> {
+        fn redo(&mut self) -> Result<ChangeSet> {
             if self.walked && !self.renamed {
                 self.renamed = true;
-                return Ok(self.owed.clone());
+                let touched = self.owed.iter().map(|p| (p.clone(), true)).collect();
+                return Ok(ChangeSet { touched, ..ChangeSet::default() });
             }
-            Ok(BTreeSet::new())
+            Ok(ChangeSet::default())
+        }
+        fn renames_at(&mut self) -> u64 {
+            0
+        }
+        fn renames_since(&mut self, _pos: u64) -> Option<Vec<Renamed>> {
+            Some(Vec::new())
+        }
+        fn owe(&mut self, _children: &[(FsPath, EntryKind)]) -> Result<()> {
+            Ok(())
+        }
+        fn hold(&mut self, _ms: u64) -> Result<()> {
+            Ok(())
         }
         fn walked(&mut self) {
             self.walked = true;
@@ -681,6 +1001,7 @@ mod tests {
             _flushed: &BTreeSet<FsPath>,
             _blocks: &BTreeMap<FsPath, BTreeSet<u64>>,
             paths: &[FsPath],
+            _as_of: u64,
             _timeout: Duration,
         ) -> Result<()> {
             for done in paths {
@@ -710,6 +1031,32 @@ mod tests {
         let planted = full_resync(Some(crate::core::PlantedBug::FullResyncWithoutWalkCheckpoint));
         assert!(planted.extra_passes > 0, "the schedule must fail with the fix removed: {planted:?}");
     }
+    fn renamed(from: &str, to: &str) -> Renamed {
+        Renamed { from: p(from), to: p(to), whole: false }
+    }
+
+    /// What a resync shipped is named as renames since have moved it: the
+    /// fact follows its directory back and forth, ends when something else
+    /// is renamed over it or a rename made the target owed whole, and
+    /// never holds when a rename of it fell between its steps.
+    #[test]
+    fn shipped_paths_follow_the_renames_made_after_them() {
+        let journal = vec![renamed("d", "d.alt"), renamed("d.alt", "d"), renamed("x", "d/f"), renamed("d", "e")];
+        let after = |at: u64, name: &str| translate(&journal, 10, Window { since: at, at }, &p(name));
+        assert_eq!(after(10, "d/g"), Some(p("e/g")), "back and forth, then on to e");
+        assert_eq!(after(11, "d.alt/g"), Some(p("e/g")));
+        assert_eq!(after(10, "d/f"), None, "x was renamed over d/f: what was shipped there is gone");
+        assert_eq!(after(13, "d/f"), Some(p("e/f")), "shipped after that rename: it follows d");
+        assert_eq!(after(14, "d/g"), Some(p("d/g")), "after every rename: as it was");
+        assert_eq!(after(10, "other"), Some(p("other")));
+        let spanning = Window { since: 10, at: 12 };
+        assert_eq!(translate(&journal, 10, spanning, &p("d/g")), None, "renamed between its steps");
+        assert_eq!(translate(&journal, 10, spanning, &p("other")), Some(p("other")), "an unrelated rename between");
+        let whole = vec![Renamed { from: p("a"), to: p("b"), whole: true }];
+        assert_eq!(translate(&whole, 0, Window { since: 0, at: 0 }, &p("a/f")), None, "b is owed whole");
+        assert_eq!(renamed_since(&journal[3..], &p("d/f")), Some(p("e/f")));
+    }
+
     /// A rate given while the resync runs applies from then on: 512 KiB in
     /// two copies of 256 KiB at 256 KiB/s takes 2 s of pauses; doubled after
     /// the first copy, the second takes 0.5 s and the first is not made up for.

@@ -31,6 +31,10 @@ pub const GROUP_HEADER_LEN: usize = 24;
 pub const MAX_GROUP: usize = 16 << 20;
 /// Most files one change-log can name.
 pub const MAX_FILES: usize = 1 << 22;
+/// Renames a resync's journal keeps: past it the oldest go, and a resync
+/// that still names what it shipped before them stops with an error
+/// (nothing cleared; the next one starts afresh).
+pub const MAX_JOURNAL: usize = 1 << 16;
 
 const REC_FILE: u8 = 1;
 const REC_BLOCKS: u8 = 2;
@@ -223,10 +227,15 @@ struct Inner {
     /// checkpoint clears them: their copies on the mirror may be stale.
     /// Exact records the activity log adds while streaming are not owed.
     owed_files: BTreeSet<FsPath>,
-    /// Resync: rename targets recorded since the engine last took them
-    /// ([`ChangeLog::redo_if_owed`]); in memory only, their records are
-    /// durable and pinned.
+    /// Resync: where renames moved records still owed since the engine
+    /// last took them ([`ChangeLog::rename_owed`]); in memory only, the
+    /// records they name are durable and owed.
     redo: BTreeSet<FsPath>,
+    /// Resync: every rename made since the mirror was taken back, in
+    /// order, the first at position `journal_base` (the engine names what
+    /// it shipped by position and translates it through later renames).
+    journal: std::collections::VecDeque<crate::core::resync::Renamed>,
+    journal_base: u64,
 }
 
 impl Inner {
@@ -482,6 +491,23 @@ impl Shared {
         Ok(true)
     }
 
+    /// Queue exact records of `blocks` of `file`, one per run.
+    fn add_blocks(&mut self, file: &FsPath, blocks: &BTreeSet<u64>) -> Result<()> {
+        let no = self.inner.file_no(file)?;
+        let mut it = blocks.iter().copied().peekable();
+        while let Some(first) = it.next() {
+            let mut count = 1u32;
+            while count < u32::MAX && it.peek() == Some(&(first + count as u64)) {
+                it.next();
+                count += 1;
+            }
+            self.inner.pending.blocks(no, first, count);
+            self.recorded += 1;
+        }
+        self.inner.set.blocks.entry(file.clone()).or_default().extend(blocks.iter().copied());
+        Ok(())
+    }
+
     /// Queue an extent record unless the extent is recorded; the record
     /// number to wait for (0: already durable).
     fn add_extent(&mut self, file: &FsPath, extent: u64) -> Result<u64> {
@@ -538,6 +564,8 @@ impl ChangeLog {
             recovered_touched: BTreeMap::new(),
             owed_files: BTreeSet::new(),
             redo: BTreeSet::new(),
+            journal: Default::default(),
+            journal_base: 0,
         };
         Ok(Self::wrap(inner))
     }
@@ -561,6 +589,8 @@ impl ChangeLog {
             recovered_touched: BTreeMap::new(),
             owed_files: BTreeSet::new(),
             redo: BTreeSet::new(),
+            journal: Default::default(),
+            journal_base: 0,
         };
         let rec = inner.replay()?;
         Ok((Self::wrap(inner), rec))
@@ -880,7 +910,7 @@ impl ChangeLog {
     /// back, the paths change tracking recorded are owed to the resync, and
     /// an activity-log entry of the same path (hot before the loss, or
     /// covered anew) must not take the record with it when it retires.
-    /// The files with exact blocks are owed likewise ([`ChangeLog::redo_if_owed`]).
+    /// The files with exact blocks are owed likewise ([`ChangeLog::rename_owed`]).
     pub fn pin_touched(&self) {
         let mut s = lock(&self.shared);
         let Inner { set, recovered_touched, owed_files, .. } = &mut s.inner;
@@ -924,12 +954,49 @@ impl ChangeLog {
         keep_extents: &BTreeMap<FsPath, BTreeSet<u64>>,
         keep_paths: &BTreeSet<FsPath>,
     ) -> Result<()> {
-        let mut s = lock(&self.shared);
+        let s = lock(&self.shared);
+        self.clear_locked(s, blocks, paths, keep_extents, keep_paths)
+    }
+
+    /// [`ChangeLog::clear_entries_keeping`] for names as they were at
+    /// rename journal position `as_of`: each is named as renames since then
+    /// moved it, and one that a rename since renamed something over is left
+    /// as it is (what it names now was not shipped).
+    pub fn clear_entries_as_of(
+        &self,
+        blocks: &BTreeMap<FsPath, BTreeSet<u64>>,
+        paths: &[FsPath],
+        keep_extents: &BTreeMap<FsPath, BTreeSet<u64>>,
+        keep_paths: &BTreeSet<FsPath>,
+        as_of: u64,
+    ) -> Result<()> {
+        let s = lock(&self.shared);
+        if as_of < s.inner.journal_base {
+            return Err(ChangeLogError::Corrupt(format!(
+                "a resync checkpoint names paths as of rename {as_of}, before the journal's first ({})",
+                s.inner.journal_base
+            )));
+        }
+        let skip = (as_of - s.inner.journal_base) as usize;
+        let since: Vec<crate::core::resync::Renamed> = s.inner.journal.iter().skip(skip).cloned().collect();
+        let now = |p: &FsPath| crate::core::resync::renamed_since(&since, p);
+        let blocks: BTreeMap<FsPath, BTreeSet<u64>> =
+            blocks.iter().filter_map(|(f, b)| now(f).map(|f| (f, b.clone()))).collect();
+        let paths: Vec<FsPath> = paths.iter().filter_map(now).collect();
+        self.clear_locked(s, &blocks, &paths, keep_extents, keep_paths)
+    }
+
+    fn clear_locked(
+        &self,
+        mut s: MutexGuard<'_, Shared>,
+        blocks: &BTreeMap<FsPath, BTreeSet<u64>>,
+        paths: &[FsPath],
+        keep_extents: &BTreeMap<FsPath, BTreeSet<u64>>,
+        keep_paths: &BTreeSet<FsPath>,
+    ) -> Result<()> {
         s.usable()?;
         let none = BTreeSet::new();
         for (file, set) in blocks {
-            // Every block the resync listed for it is done.
-            s.inner.owed_files.remove(file);
             if set.is_empty() {
                 continue;
             }
@@ -960,12 +1027,13 @@ impl ChangeLog {
                     s.recorded += 1;
                 }
             }
+            // Owed while any of its blocks is: a rename may have moved
+            // more owed blocks here than the resync listed for it.
+            if !s.inner.set.blocks.contains_key(file) {
+                s.inner.owed_files.remove(file);
+            }
         }
         for p in paths {
-            // Recorded again after the resync took it: another pass owes it.
-            if s.inner.redo.contains(p) {
-                continue;
-            }
             s.inner.recovered_touched.remove(p);
             if keep_paths.contains(p) {
                 continue;
@@ -1005,39 +1073,163 @@ impl ChangeLog {
         Ok(true)
     }
 
-    /// Resync: a call renames `from` to `to`. If the resync still owes
-    /// `from` (or anything above or under it) to the mirror, or owes
-    /// everything (`all`: a full resync), the mirror's copy may be stale
-    /// and the rename moves it to a name the resync may never visit: `to`
-    /// is recorded (its whole subtree), durably and pinned (retiring an
-    /// activity entry keeps it), and kept for another pass. Checked and
-    /// recorded in one step with the lock held, so a resync's final clear
-    /// comes wholly before (then nothing is owed any more) or after (then
-    /// it sees the pass owed and clears nothing). Whether it was recorded.
-    pub fn redo_if_owed(&self, from: &FsPath, to: &FsPath, all: bool) -> Result<bool> {
+    /// Resync: a call renamed `from` to `to` here, and the rename goes to
+    /// the mirror next, in the stream's order (if it never gets there, the
+    /// pair is back in change tracking and the rename's own entries name
+    /// both paths whole). The mirror's copy of what the resync still owes
+    /// under `from` moves with it, so what is owed moves too: every owed
+    /// block, extent and path under `from` is recorded, durably, under
+    /// `to` and is owed there, no longer under `from`; and `to` is kept for
+    /// another pass ([`ChangeLog::take_redo`]). Two cases owe `to` whole:
+    /// a full resync (`all`) before its walk is done, and a rename out of
+    /// a directory owed whole that the resync has not walked yet. Checked
+    /// and recorded in one step with the lock held, so a resync's final
+    /// clear comes wholly before (then nothing is owed any more) or after
+    /// (then it sees the pass owed and clears nothing). The rename is
+    /// journaled either way. Whether anything was owed.
+    pub fn rename_owed(&self, from: &FsPath, to: &FsPath, all: bool) -> Result<bool> {
         let mut s = lock(&self.shared);
         s.usable()?;
+        let under = |p: &FsPath| p.filespace == from.filespace && p.path.is_within(&from.path);
+        let moved = |p: &FsPath| p.path.rebase(&from.path, &to.path).map(|r| FsPath::new(to.filespace, r));
         let inner = &s.inner;
-        let owed = all
-            || inner.owed_files.iter().chain(inner.recovered.keys()).any(|f| f.related(from))
-            || inner.recovered_touched.keys().any(|p| p.related(from))
-            || inner.redo.iter().any(|p| p.related(from));
-        if !owed {
+        let whole = all
+            || inner.recovered_touched.iter().any(|(a, subtree)| {
+                *subtree
+                    && a.filespace == from.filespace
+                    && from.path.is_within(&a.path)
+                    && a.path != from.path
+                    && !(to.filespace == a.filespace && to.path.is_within(&a.path))
+            });
+        let files: Vec<FsPath> = inner.owed_files.iter().filter(|f| under(f)).cloned().collect();
+        let extents: Vec<FsPath> = inner.recovered.keys().filter(|f| under(f)).cloned().collect();
+        let paths: Vec<(FsPath, bool)> =
+            inner.recovered_touched.iter().filter(|(p, _)| under(p)).map(|(p, t)| (p.clone(), *t)).collect();
+        s.inner.journal.push_back(crate::core::resync::Renamed { from: from.clone(), to: to.clone(), whole });
+        if s.inner.journal.len() > MAX_JOURNAL {
+            s.inner.journal.pop_front();
+            s.inner.journal_base += 1;
+        }
+        if !whole && files.is_empty() && extents.is_empty() && paths.is_empty() {
             return Ok(false);
         }
-        s.add_touched(to, true);
-        s.inner.recovered_touched.insert(to.clone(), true);
+        for f in files {
+            s.inner.owed_files.remove(&f);
+            let (Some(blocks), Some(nf)) = (s.inner.set.blocks.remove(&f), moved(&f)) else { continue };
+            s.add_blocks(&nf, &blocks)?;
+            s.inner.owed_files.insert(nf);
+        }
+        for f in extents {
+            let (Some(es), Some(nf)) = (s.inner.recovered.remove(&f), moved(&f)) else { continue };
+            for e in &es {
+                s.add_extent(&nf, *e)?;
+            }
+            s.inner.recovered.entry(nf).or_default().extend(es);
+        }
+        for (p, subtree) in paths {
+            s.inner.recovered_touched.remove(&p);
+            let Some(np) = moved(&p) else { continue };
+            s.add_touched(&np, subtree);
+            *s.inner.recovered_touched.entry(np).or_insert(false) |= subtree;
+        }
+        if whole {
+            s.add_touched(to, true);
+            s.inner.recovered_touched.insert(to.clone(), true);
+        }
         s.inner.redo.insert(to.clone());
         let n = s.recorded;
         self.wait_durable(s, n)?;
         Ok(true)
     }
 
-    /// Resync: the paths [`ChangeLog::redo_if_owed`] recorded since the
-    /// last call, for another pass (their records stay until it clears
-    /// them). Called when a mirror is taken back too, to start afresh.
-    pub fn take_redo(&self) -> BTreeSet<FsPath> {
-        std::mem::take(&mut lock(&self.shared).inner.redo)
+    /// Resync: what renames moved to the paths [`ChangeLog::rename_owed`]
+    /// kept since the last call, as it is owed now (what the resync
+    /// recorded done meanwhile is gone from it), for another pass. The
+    /// records stay until the pass clears them. Called when a mirror is
+    /// taken back too, to start afresh.
+    pub fn take_redo(&self) -> ChangeSet {
+        let mut s = lock(&self.shared);
+        let roots = std::mem::take(&mut s.inner.redo);
+        let under = |p: &FsPath| roots.iter().any(|r| r.filespace == p.filespace && p.path.is_within(&r.path));
+        let inner = &s.inner;
+        ChangeSet {
+            blocks: inner
+                .owed_files
+                .iter()
+                .filter(|f| under(f))
+                .filter_map(|f| inner.set.blocks.get(f).map(|b| (f.clone(), b.clone())))
+                .collect(),
+            touched: inner.recovered_touched.iter().filter(|(p, _)| under(p)).map(|(p, t)| (p.clone(), *t)).collect(),
+            extents: inner.recovered.iter().filter(|(f, _)| under(f)).map(|(f, e)| (f.clone(), e.clone())).collect(),
+        }
+    }
+
+    /// Resync: a mirror was taken back: forget renames and passes owed by
+    /// an earlier resync (its plan is in the change-log now).
+    pub fn start_resync(&self) {
+        let mut s = lock(&self.shared);
+        s.inner.redo.clear();
+        let n = s.inner.journal.len() as u64;
+        s.inner.journal.clear();
+        s.inner.journal_base += n;
+    }
+
+    /// Resync: the journal's position now (renames made so far).
+    pub fn rename_position(&self) -> u64 {
+        let s = lock(&self.shared);
+        s.inner.journal_base + s.inner.journal.len() as u64
+    }
+
+    /// Resync: the renames made from position `from` on, in order; `None`
+    /// when the journal no longer reaches back that far.
+    pub fn renames_since(&self, from: u64) -> Option<Vec<crate::core::resync::Renamed>> {
+        let s = lock(&self.shared);
+        let skip = from.checked_sub(s.inner.journal_base)?;
+        Some(s.inner.journal.iter().skip(skip as usize).cloned().collect())
+    }
+
+    /// Resync: the children of a directory the resync walks are owed,
+    /// durably, before the directory counts as done: a directory whole
+    /// (with all under it), a file by name and every block (its length
+    /// read from `disk`; its contents are then named in full by blocks), so
+    /// a rename in the middle of the walk moves only what is still owed,
+    /// block by block. Also a file the plan names, before it is copied. A
+    /// child gone meanwhile needs nothing: its removal streams to the mirror.
+    pub fn owe_children(&self, disk: &dyn Disk, children: &[(FsPath, crate::io::disk::EntryKind)]) -> Result<()> {
+        let mut files = Vec::new();
+        for (p, kind) in children {
+            if *kind != crate::io::disk::EntryKind::File {
+                continue;
+            }
+            let len = match disk.open(p, OpenMode::Existing).and_then(|f| f.len()) {
+                Ok(len) => len,
+                Err(e) if e.kind == crate::io::disk::DiskErrorKind::NotFound => continue,
+                Err(e) => return Err(ChangeLogError::Disk { op: "look at a walked file", source: e }),
+            };
+            files.push((p.clone(), len));
+        }
+        let mut s = lock(&self.shared);
+        s.usable()?;
+        let bs = s.inner.block_size.max(1) as u64;
+        for (p, kind) in children {
+            if *kind == crate::io::disk::EntryKind::Dir {
+                s.add_touched(p, true);
+                *s.inner.recovered_touched.entry(p.clone()).or_insert(false) |= true;
+            }
+        }
+        for (p, len) in files {
+            // Its name (and length) until it is reconciled and synced here,
+            // its contents block by block.
+            s.add_touched(&p, false);
+            s.inner.recovered_touched.entry(p.clone()).or_insert(false);
+            let n = len.div_ceil(bs);
+            if n > 0 {
+                s.add_blocks(&p, &(0..n).collect())?;
+                s.inner.owed_files.insert(p.clone());
+            }
+        }
+        let n = s.recorded;
+        self.wait_durable(s, n)
     }
 
     /// Whether nothing at all is recorded.
@@ -1077,6 +1269,43 @@ mod tests {
         log.compact().unwrap();
         let (log, _) = ChangeLog::open(disk, log_path()).unwrap();
         assert_eq!(log.change_set(), set, "compaction keeps exactly what is left");
+    }
+
+    /// A rename during a resync moves what is still owed under its source
+    /// to its target (blocks, paths, through a replay too) and keeps the
+    /// target for another pass; what a checkpoint names as of a position
+    /// is cleared where renames since moved it, and not at all where
+    /// something else was renamed over it.
+    #[test]
+    fn a_rename_moves_what_is_owed_and_a_checkpoint_follows_it() {
+        let disk = Arc::new(SimDisk::new(1));
+        let log = ChangeLog::create(disk.clone(), log_path(), 8192).unwrap();
+        log.record_batch((0..8).map(|b| (p("d/f"), b)), [(p("d/g"), false)]).unwrap();
+        log.pin_touched();
+        log.start_resync();
+        let at = log.rename_position();
+        assert!(!log.rename_owed(&p("x"), &p("y"), false).unwrap(), "nothing owed under x");
+        assert!(log.rename_owed(&p("d"), &p("e"), false).unwrap());
+        let redo = log.take_redo();
+        assert_eq!(redo.blocks.get(&p("e/f")).map(|b| b.len()), Some(8), "{redo:?}");
+        assert_eq!(redo.touched.keys().cloned().collect::<Vec<_>>(), vec![p("e/g")]);
+        assert!(log.take_redo().is_empty(), "taken once");
+        // Shipped as d/f and d/g before the rename: cleared as e/f and e/g.
+        let shipped = BTreeMap::from([(p("d/f"), (0..4).collect::<BTreeSet<u64>>())]);
+        log.clear_entries_as_of(&shipped, &[p("d/g")], &BTreeMap::new(), &BTreeSet::new(), at).unwrap();
+        let set = log.resync_set();
+        assert_eq!(set.blocks.get(&p("e/f")).map(|b| b.len()), Some(4), "{set:?}");
+        assert!(!set.touched.contains_key(&p("e/g")));
+        // Something renamed over e/f: what was shipped as d/f says nothing of it.
+        let at = log.rename_position();
+        log.rename_owed(&p("z"), &p("e/f"), false).unwrap();
+        let shipped = BTreeMap::from([(p("e/f"), (4..8).collect::<BTreeSet<u64>>())]);
+        log.clear_entries_as_of(&shipped, &[], &BTreeMap::new(), &BTreeSet::new(), at).unwrap();
+        assert_eq!(log.resync_set().blocks.get(&p("e/f")).map(|b| b.len()), Some(4));
+        // The move is durable: a replay names e/f.
+        disk.crash(None);
+        let (log, _) = ChangeLog::open(disk, log_path()).unwrap();
+        assert!(log.change_set().covers_block(&p("e/f"), 7));
     }
 
     /// A resync clearing a run that holds a live activity-log extent and

@@ -206,7 +206,9 @@ impl SyncJob {
 pub struct Applier {
     disk: Arc<dyn Disk>,
     open: HashMap<u32, Arc<dyn DiskFile>>,
-    dirty_files: HashMap<u32, Arc<dyn DiskFile>>,
+    /// Ordered: files are synced in id order, so a simulated fsync error or
+    /// power loss part way through hits the same file in every run.
+    dirty_files: BTreeMap<u32, Arc<dyn DiskFile>>,
     /// Directories whose entries changed since the last sync job.
     dirty_dirs: BTreeMap<DirKey, Arc<dyn DiskFile>>,
     /// Dirty directories that were renamed or removed since: no longer
@@ -217,7 +219,7 @@ pub struct Applier {
     /// Files whose length a resync set, until the next sync job.
     reconciled: Vec<Arc<dyn DiskFile>>,
     /// Files whose sync or flush frames wait for the next job.
-    sync_requests: HashMap<u32, Arc<dyn DiskFile>>,
+    sync_requests: BTreeMap<u32, Arc<dyn DiskFile>>,
     /// A durable-flagged namespace operation waits for the next job.
     dirs_requested: bool,
     full_requested: bool,
@@ -239,12 +241,12 @@ impl Applier {
         Applier {
             disk,
             open: HashMap::new(),
-            dirty_files: HashMap::new(),
+            dirty_files: BTreeMap::new(),
             dirty_dirs: BTreeMap::new(),
             moved_dirs: Vec::new(),
             reconciled: Vec::new(),
             replies: Vec::new(),
-            sync_requests: HashMap::new(),
+            sync_requests: BTreeMap::new(),
             dirs_requested: false,
             full_requested: false,
             applied: base,
@@ -500,7 +502,7 @@ impl Applier {
                 if s.catching_up {
                     if self.disk.entry_kind(from).map_err(err("look up"))?.is_none() {
                         // Not here yet: the resync reconciles `from`, and
-                        // owes `to` another pass (`ChangeLog::redo_if_owed`).
+                        // what it owed there moves to `to` (`ChangeLog::rename_owed`).
                         self.applied = seq;
                         return Ok(());
                     }
@@ -692,9 +694,9 @@ impl Applier {
     pub fn take_sync_job(&mut self) -> SyncJob {
         let full = std::mem::take(&mut self.full_requested);
         self.dirs_requested = false;
-        let mut files: Vec<Arc<dyn DiskFile>> = self.sync_requests.drain().map(|(_, f)| f).collect();
+        let mut files: Vec<Arc<dyn DiskFile>> = std::mem::take(&mut self.sync_requests).into_values().collect();
         if full {
-            files.extend(self.dirty_files.drain().map(|(_, f)| f));
+            files.extend(std::mem::take(&mut self.dirty_files).into_values());
         }
         // Lengths a resync set, like directory entries, go with every job.
         files.append(&mut self.reconciled);

@@ -45,6 +45,9 @@ pub struct Extras {
     pub hashes: Option<(u64, Vec<u64>, u64, u64)>,
     pub pick: Option<Pick>,
     pub listing: Option<Listed>,
+    /// The rename journal's position while a resync's read held its claims
+    /// (exact for every rename of what it read).
+    pub renames_at: Option<u64>,
 }
 
 /// What performing a command came to.
@@ -150,14 +153,15 @@ impl PrimaryExec {
                 let r = self.changelog().and_then(|l| l.record_touched(&path, subtree).map_err(|e| keep_log(x, e)));
                 Some(Event::Recorded { call, result: r })
             }
-            Command::RedoIfOwed { call, from, to, all } => {
+            Command::RenameOwed { call, from, to, all } => {
                 let r = self
                     .changelog()
-                    .and_then(|l| l.redo_if_owed(&from, &to, all).map(|_| ()).map_err(|e| keep_log(x, e)));
+                    .and_then(|l| l.rename_owed(&from, &to, all).map(|_| ()).map_err(|e| keep_log(x, e)));
                 Some(Event::Recorded { call, result: r })
             }
             Command::Local { call, step } => Some(Event::LocalDone { call, result: self.local(step, x) }),
             Command::ReadCopy { call, file, first, count } => {
+                x.renames_at = self.changelog.as_ref().map(|l| l.rename_position());
                 let r = self
                     .file_if_present(&file)
                     .and_then(|f| match f {
@@ -173,6 +177,7 @@ impl PrimaryExec {
                 Some(Event::CopyRead { call, result: r.map_err(|e| keep(x, e)) })
             }
             Command::ReadReconcile { call, fs, path, prune } => {
+                x.renames_at = self.changelog.as_ref().map(|l| l.rename_position());
                 let r = reconcile_frame(self.disk.as_ref(), fs, path.as_ref(), prune).map(|(h, body, local)| {
                     x.entry = Some(local);
                     (h, body)
@@ -190,8 +195,8 @@ impl PrimaryExec {
                 Some(Event::ListedLocal { call, result: r.map_err(|e| keep(x, e)) })
             }
             Command::TakeRedo { call } => {
-                let paths = self.changelog.as_ref().map(|l| l.take_redo()).unwrap_or_default();
-                Some(Event::RedoTaken { call, paths })
+                let set = self.changelog.as_ref().map(|l| l.take_redo()).unwrap_or_default();
+                Some(Event::RedoTaken { call, set })
             }
             Command::Log { call, op } => {
                 let r = self.log_op(op);
@@ -291,11 +296,11 @@ impl PrimaryExec {
             LogOp::PinAttach => {
                 log.pin_touched();
                 // A stopped resync's passes owed are in its plan now.
-                log.take_redo();
+                log.start_resync();
                 Ok(true)
             }
-            LogOp::ClearEntries { blocks, paths, keep_extents, keep_paths } => {
-                log.clear_entries_keeping(&blocks, &paths, &keep_extents, &keep_paths).map(|_| true)
+            LogOp::ClearEntries { blocks, paths, keep_extents, keep_paths, as_of } => {
+                log.clear_entries_as_of(&blocks, &paths, &keep_extents, &keep_paths, as_of).map(|_| true)
             }
             LogOp::ClearKeeping { extents, paths } => log.clear_keeping(&extents, &paths),
             LogOp::Retire { extents, paths } => log.retire_active(&extents, &paths).map(|_| true),

@@ -2,7 +2,7 @@
 //! a [`Primary`] that has taken its mirror back.
 
 pub use crate::core::resync::{
-    run_on, ChangeSet, LocalEntry, Progress, ProgressSnapshot, ResyncLink, ResyncOptions, ResyncReport,
+    run_on, ChangeSet, LocalEntry, Progress, ProgressSnapshot, Renamed, ResyncLink, ResyncOptions, ResyncReport,
     MAX_EXTRA_PASSES,
 };
 use crate::error::Result;
@@ -15,13 +15,13 @@ use std::time::{Duration, Instant};
 
 /// The runtime's link: a [`Primary`] that has taken its mirror back, and
 /// which taking-back this resync works for.
-pub struct PrimaryLink<'a>(&'a Primary, u64, Instant);
+pub struct PrimaryLink<'a>(&'a Primary, u64, Instant, Option<u64>);
 
 impl<'a> PrimaryLink<'a> {
     /// The link for the mirror `p` has taken back last (tests wrap it to
     /// act at a chosen step of a resync).
     pub fn new(p: &'a Primary) -> Self {
-        PrimaryLink(p, p.attachment(), Instant::now())
+        PrimaryLink(p, p.attachment(), Instant::now(), None)
     }
 }
 
@@ -42,8 +42,20 @@ impl ResyncLink for PrimaryLink<'_> {
     fn change_set(&mut self, full: bool) -> Result<ChangeSet> {
         self.0.resync_plan(self.1, full)
     }
-    fn redo(&mut self) -> Result<BTreeSet<FsPath>> {
+    fn redo(&mut self) -> Result<ChangeSet> {
         self.0.resync_redo(self.1)
+    }
+    fn renames_at(&mut self) -> u64 {
+        self.0.resync_renames_at()
+    }
+    fn renames_since(&mut self, pos: u64) -> Option<Vec<crate::core::resync::Renamed>> {
+        self.0.resync_renames_since(pos)
+    }
+    fn owe(&mut self, children: &[(FsPath, EntryKind)]) -> Result<()> {
+        self.0.resync_owe(self.1, children)
+    }
+    fn hold(&mut self, ms: u64) -> Result<()> {
+        self.0.resync_hold(self.1, ms)
     }
     fn walked(&mut self) {
         if let Err(e) = self.0.resync_walked(self.1) {
@@ -55,10 +67,19 @@ impl ResyncLink for PrimaryLink<'_> {
         Ok(self.0.disk().entry_kind(p)?)
     }
     fn reconcile(&mut self, fs: u16, path: Option<&RelPath>, prune: bool) -> Result<LocalEntry> {
-        self.0.reconcile_bound(Some(self.1), fs, path, prune)
+        self.3 = None;
+        let (entry, at) = self.0.reconcile_at(Some(self.1), fs, path, prune)?;
+        self.3 = at;
+        Ok(entry)
     }
     fn copy(&mut self, p: &FsPath, first: u64, count: u64) -> Result<u64> {
-        self.0.copy_bound(Some(self.1), p, first, count)
+        self.3 = None;
+        let (n, at) = self.0.copy_at(Some(self.1), p, first, count)?;
+        self.3 = at;
+        Ok(n)
+    }
+    fn step_renames_at(&mut self) -> Option<u64> {
+        self.3.take()
     }
     fn hashes(
         &mut self,
@@ -84,9 +105,17 @@ impl ResyncLink for PrimaryLink<'_> {
         flushed: &BTreeSet<FsPath>,
         blocks: &BTreeMap<FsPath, BTreeSet<u64>>,
         paths: &[FsPath],
+        as_of: u64,
         timeout: Duration,
     ) -> Result<()> {
-        self.0.resync_checkpoint(self.1, synced, flushed, blocks, paths, timeout)
+        let step = crate::core::primary::ResyncStep::Checkpoint {
+            synced,
+            flushed: flushed.clone(),
+            blocks: blocks.clone(),
+            paths: paths.to_vec(),
+            as_of,
+        };
+        self.0.resync_checkpoint(self.1, step, timeout)
     }
     fn finish(&mut self, synced: Option<u64>, flushed: &BTreeSet<FsPath>, timeout: Duration) -> Result<bool> {
         self.0.resync_finish(self.1, synced, flushed, timeout)

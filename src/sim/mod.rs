@@ -342,8 +342,10 @@ pub struct ResyncTotals {
     pub bytes: u64,
     /// Blocks compare mode found equal on both sides (not shipped).
     pub compared_equal: u64,
-    /// Extra passes over paths renamed while a resync still owed them.
+    /// Extra passes over what renames moved while a resync still owed it.
     pub extra_passes: u64,
+    /// Of which with new renames held.
+    pub held_passes: u64,
     /// Calls the writers issued while a resync ran.
     pub concurrent_calls: u64,
 }
@@ -358,6 +360,7 @@ impl ResyncTotals {
         self.bytes += o.bytes;
         self.compared_equal += o.compared_equal;
         self.extra_passes += o.extra_passes;
+        self.held_passes += o.held_passes;
         self.concurrent_calls += o.concurrent_calls;
     }
 }

@@ -84,6 +84,8 @@ struct SimLink<'a> {
     a: usize,
     b: usize,
     attachment: u64,
+    /// The rename journal's position the last reconcile or copy read at.
+    step_at: Option<u64>,
     /// An invariant or model failure met while the engine ran; the engine
     /// sees an error and stops, and the schedule fails with this.
     failure: Option<SimFailure>,
@@ -251,11 +253,36 @@ impl ResyncLink for SimLink<'_> {
         self.step(ResyncStep::Plan { full }, None)?;
         Ok(self.w.nodes[self.a].log.as_ref().map(|l| l.resync_set()).unwrap_or_default())
     }
-    fn redo(&mut self) -> EResult<BTreeSet<FsPath>> {
+    fn redo(&mut self) -> EResult<ChangeSet> {
         match self.step(ResyncStep::Redo, None)? {
-            Reply::Paths(p) => Ok(p),
+            Reply::Redo(set) => Ok(set),
             other => Err(Error::Rejected(format!("redo answered {other:?}"))),
         }
+    }
+    fn renames_at(&mut self) -> u64 {
+        self.w.nodes[self.a].log.as_ref().map_or(0, |l| l.rename_position())
+    }
+    fn renames_since(&mut self, pos: u64) -> Option<Vec<crate::core::resync::Renamed>> {
+        self.w.nodes[self.a].log.as_ref().and_then(|l| l.renames_since(pos))
+    }
+    fn owe(&mut self, children: &[(FsPath, EntryKind)]) -> EResult<()> {
+        self.gone()?;
+        let Some(log) = self.w.nodes[self.a].log.clone() else {
+            return Err(Error::Rejected("no change-log".into()));
+        };
+        let data = self.w.nodes[self.a].data.clone();
+        let r = log.owe_children(data.as_ref(), children);
+        if self.w.nodes[self.a].log_io.power_lost() {
+            self.w.drain_fired(self.a);
+            if let Err(f) = self.w.crash_node(self.a) {
+                return Err(self.stash(f));
+            }
+            return Err(Error::Closed("the primary lost power recording a walk".into()));
+        }
+        Ok(r?)
+    }
+    fn hold(&mut self, ms: u64) -> EResult<()> {
+        self.step(ResyncStep::Hold { ms }, None).map(|_| ())
     }
     fn walked(&mut self) {
         let _ = self.step(ResyncStep::Walked, None);
@@ -270,15 +297,28 @@ impl ResyncLink for SimLink<'_> {
             bound: Bound::Resync(self.attachment),
             step: ResyncStep::Reconcile { fs, path: path.cloned(), prune },
         };
+        self.step_at = None;
         let (_, x) = self.call(op, Extras::default(), None)?;
+        self.step_at = x.renames_at;
         x.entry.ok_or_else(|| Error::Rejected("a reconcile left no entry".into()))
     }
     fn copy(&mut self, p: &FsPath, first: u64, count: u64) -> EResult<u64> {
         self.enter(Step::Copy)?;
-        match self.step(ResyncStep::Copy { file: p.clone(), first, count }, None)? {
-            Reply::Bytes(n) => Ok(n),
-            other => Err(Error::Rejected(format!("a copy answered {other:?}"))),
+        self.step_at = None;
+        let op = Op::Resync {
+            bound: Bound::Resync(self.attachment),
+            step: ResyncStep::Copy { file: p.clone(), first, count },
+        };
+        match self.call(op, Extras::default(), None)? {
+            (Reply::Bytes(n), x) => {
+                self.step_at = x.renames_at;
+                Ok(n)
+            }
+            (other, _) => Err(Error::Rejected(format!("a copy answered {other:?}"))),
         }
+    }
+    fn step_renames_at(&mut self) -> Option<u64> {
+        self.step_at.take()
     }
     fn hashes(
         &mut self,
@@ -331,11 +371,17 @@ impl ResyncLink for SimLink<'_> {
         flushed: &BTreeSet<FsPath>,
         blocks: &BTreeMap<FsPath, BTreeSet<u64>>,
         paths: &[FsPath],
+        as_of: u64,
         timeout: Duration,
     ) -> EResult<()> {
         self.enter(Step::Checkpoint)?;
-        let step =
-            ResyncStep::Checkpoint { synced, flushed: flushed.clone(), blocks: blocks.clone(), paths: paths.to_vec() };
+        let step = ResyncStep::Checkpoint {
+            synced,
+            flushed: flushed.clone(),
+            blocks: blocks.clone(),
+            paths: paths.to_vec(),
+            as_of,
+        };
         self.step(step, Some(timeout.as_millis() as u64))?;
         // What a checkpoint cleared is durable on both sides: check it.
         if let Err(f) = self.w.check_live(self.a, self.b) {
@@ -488,6 +534,16 @@ impl World {
             }
             (Ok(r), true) => {
                 self.count_report(&r);
+                let streaming = self.nodes[a]
+                    .primary
+                    .as_ref()
+                    .is_some_and(|s| s.engine.mode() == Mode::Streaming && !s.engine.resyncing());
+                if streaming {
+                    // Its fault missed the stream (the recover tool went
+                    // away as it finished): the arbiter hears it drained.
+                    self.outcome("resync completed, its fault left the stream up");
+                    return self.resync_completed(a);
+                }
                 self.outcome("resync completed, then its fault hit the pair");
                 self.after_interruption()
             }
@@ -515,6 +571,7 @@ impl World {
         t.bytes += r.bytes;
         t.compared_equal += r.compared_equal;
         t.extra_passes += r.extra_passes;
+        t.held_passes += r.held_passes;
     }
 
     /// One run of the engine on `a`'s stream, with writers going on.
@@ -547,8 +604,17 @@ impl World {
             .collect();
         self.resync.running = true;
         let deadline = self.step + 500_000;
-        let mut link =
-            SimLink { w: self, a, b: 1 - a, attachment, failure: None, calls: 0, abandoned: false, deadline };
+        let mut link = SimLink {
+            w: self,
+            a,
+            b: 1 - a,
+            attachment,
+            step_at: None,
+            failure: None,
+            calls: 0,
+            abandoned: false,
+            deadline,
+        };
         let progress = crate::core::resync::Progress::default();
         let result = crate::core::resync::run_on(&mut link, &opts, &progress);
         let failure = link.failure.take();

@@ -6,13 +6,15 @@ use super::faulty::{FaultyDisk, Fired};
 use super::*;
 use crate::io::disk::{Disk, DiskErrorKind, OpenMode, SimDisk};
 
-/// The first seed in `0..limit` on which `bug` breaks `invariant`; that
-/// seed must pass without the bug, so the failure is the bug's doing.
+/// The first seed in `0..limit` on which `bug` breaks `invariant` (one of
+/// them, `|`-separated: a lost durability shows as a divergence while the
+/// pair runs or after its repair, whichever the schedule reaches first);
+/// that seed must pass without the bug, so the failure is the bug's doing.
 pub(super) fn caught(bug: PlantedBug, invariant: &str, limit: u64) -> u64 {
     let cfg = FaultConfig { bug: Some(bug), ..FaultConfig::default() };
     for seed in 0..limit {
         if let Err(f) = run_faults(seed, &cfg) {
-            assert!(f.message.starts_with(invariant), "{bug:?} broke something else first: {f}");
+            assert!(invariant.split('|').any(|i| f.message.starts_with(i)), "{bug:?} broke something else first: {f}");
             assert!(
                 f.faults && f.to_string().contains("sim --faults --bug"),
                 "the replay names the fault simulation: {f}"
@@ -27,31 +29,32 @@ pub(super) fn caught(bug: PlantedBug, invariant: &str, limit: u64) -> u64 {
 }
 
 /// Every planted defect the random schedules reach is caught within the
-/// first 500 seeds, by the invariant it breaks. (The three races that need
+/// first 500 seeds (a copy let go before it is queued: 1,000; it is caught
+/// about once in 250 seeds), by the invariant it breaks. (The three races that need
 /// one exact interleaving have scripted schedules in `core::primary::tests`
 /// and `core::resync::tests`.)
 #[test]
 fn planted_defects_are_caught_by_the_invariant_they_break() {
     use PlantedBug::*;
-    for (bug, invariant) in [
-        (SkipRecordBlock, "invariant 3"),
-        (SkipActivityCover, "invariant 3"),
-        (AckWithoutMirror, "invariant 1"),
-        (DropActivityWithoutLocalSync, "invariant 3"),
-        (SyncWithoutDirectory, "invariant 1"),
-        (ResyncCopyWithoutLock, "invariant 3"),
-        (ResyncCheckpointBeforeSynced, "invariant 3"),
-        (ResyncWithoutCatchingUp, "resync liveness"),
-        (ResyncRenameWithoutAnotherPass, "invariant 3"),
-        (ResyncClearDropsActivity, "invariant 3"),
-        (ResyncClearWithoutLocalSync, "invariant 3"),
-        (RetireDropsTrackedPaths, "invariant 4"),
-        (DecisionDrainsCalls, "the pair did not settle"),
-        (PromoteInSameGeneration, "invariant 2"),
-        (MirrorSkipsDirectorySync, "invariant 3"),
-        (FlushAckBeforeSync, "invariant 3"),
+    for (bug, invariant, seeds) in [
+        (SkipRecordBlock, "invariant 3", 500),
+        (SkipActivityCover, "invariant 3", 500),
+        (AckWithoutMirror, "invariant 1", 500),
+        (DropActivityWithoutLocalSync, "invariant 3|invariant 4", 500),
+        (SyncWithoutDirectory, "invariant 1", 500),
+        (ResyncCopyWithoutLock, "invariant 3|invariant 4", 1000),
+        (ResyncCheckpointBeforeSynced, "invariant 3", 500),
+        (ResyncWithoutCatchingUp, "resync liveness", 500),
+        (ResyncRenameWithoutAnotherPass, "invariant 3|invariant 4", 500),
+        (ResyncClearDropsActivity, "invariant 3", 500),
+        (ResyncClearWithoutLocalSync, "invariant 3", 500),
+        (RetireDropsTrackedPaths, "invariant 3|invariant 4", 500),
+        (DecisionDrainsCalls, "the pair did not settle", 500),
+        (PromoteInSameGeneration, "invariant 2", 500),
+        (MirrorSkipsDirectorySync, "invariant 3", 500),
+        (FlushAckBeforeSync, "invariant 3", 500),
     ] {
-        caught(bug, invariant, 500);
+        caught(bug, invariant, seeds);
     }
 }
 

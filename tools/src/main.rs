@@ -523,8 +523,8 @@ fn run_fault_sim(c: &SimCmd, seeds: &[u64]) -> CmdResult {
     let resync = &total.resync;
     println!(
         "resync engine: {} runs, {} completed, {} interrupted by their fault; {} paths, {} blocks ({} bytes) \
-         shipped or compared, {} compared equal, {} extra passes over renamed paths; {} calls by writers while a \
-         resync ran",
+         shipped or compared, {} compared equal, {} extra passes over what renames moved ({} with renames held); \
+         {} calls by writers while a resync ran",
         resync.runs,
         resync.completed,
         resync.interrupted,
@@ -533,6 +533,7 @@ fn run_fault_sim(c: &SimCmd, seeds: &[u64]) -> CmdResult {
         resync.bytes,
         resync.compared_equal,
         resync.extra_passes,
+        resync.held_passes,
         resync.concurrent_calls
     );
     match failed {

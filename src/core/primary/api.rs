@@ -149,8 +149,11 @@ pub enum ResyncStep {
     Plan { full: bool },
     /// A full resync has walked everything: renames owe only what is named.
     Walked,
-    /// Take the paths renamed meanwhile that are owed another pass.
+    /// Take what renames moved meanwhile that is owed another pass.
     Redo,
+    /// Hold new renames for `ms` (0: let them go again): the resync is
+    /// finishing what renames kept moving.
+    Hold { ms: u64 },
     /// Ship what one path is here (`None`: the filespace root), with no
     /// call changing it meanwhile; `prune`: the mirror keeps only its children.
     Reconcile { fs: u16, path: Option<RelPath>, prune: bool },
@@ -160,7 +163,15 @@ pub enum ResyncStep {
     Flush { file: FsPath },
     /// Once `synced` is synced on the mirror, record that `blocks` and
     /// `paths` no longer differ.
-    Checkpoint { synced: u64, flushed: BTreeSet<FsPath>, blocks: BTreeMap<FsPath, BTreeSet<u64>>, paths: Vec<FsPath> },
+    /// `blocks` and `paths` are named as they were at rename journal
+    /// position `as_of`: one renamed over since is not cleared.
+    Checkpoint {
+        synced: u64,
+        flushed: BTreeSet<FsPath>,
+        blocks: BTreeMap<FsPath, BTreeSet<u64>>,
+        paths: Vec<FsPath>,
+        as_of: u64,
+    },
     /// Everything shipped durable on the mirror: clear the change-log.
     Finish { synced: Option<u64>, flushed: BTreeSet<FsPath> },
 }
@@ -179,7 +190,8 @@ pub enum Reply {
     Listing(ListingBody),
     /// Whether a resync's finish cleared the change-log.
     Cleared(bool),
-    Paths(BTreeSet<FsPath>),
+    /// What renames moved while the resync still owed it: another pass.
+    Redo(crate::core::resync::ChangeSet),
 }
 
 /// Why a call failed.
@@ -295,8 +307,9 @@ pub enum Command {
         path: FsPath,
         subtree: bool,
     },
-    /// A rename during a resync: record `to` for another pass if the resync still owes `from`.
-    RedoIfOwed {
+    /// A rename during a resync, made here: what the resync still owes
+    /// under `from` moves to `to` ([`crate::durable::changelog::ChangeLog::rename_owed`]).
+    RenameOwed {
         call: CallId,
         from: FsPath,
         to: FsPath,
@@ -379,6 +392,8 @@ pub enum LogOp {
         paths: Vec<FsPath>,
         keep_extents: BTreeMap<FsPath, BTreeSet<u64>>,
         keep_paths: BTreeSet<FsPath>,
+        /// Rename journal position the names are as of.
+        as_of: u64,
     },
     /// A resync's end: forget all but the live entries, unless a pass is owed.
     ClearKeeping { extents: BTreeMap<FsPath, BTreeSet<u64>>, paths: BTreeSet<FsPath> },
@@ -400,7 +415,7 @@ impl Command {
             | Command::Record { call, .. }
             | Command::CoverBlocks { call, .. }
             | Command::CoverPath { call, .. }
-            | Command::RedoIfOwed { call, .. }
+            | Command::RenameOwed { call, .. }
             | Command::Local { call, .. }
             | Command::ReadCopy { call, .. }
             | Command::ReadReconcile { call, .. }
@@ -423,7 +438,7 @@ impl Command {
             Command::Record { .. } => "record",
             Command::CoverBlocks { .. } => "cover-blocks",
             Command::CoverPath { .. } => "cover-path",
-            Command::RedoIfOwed { .. } => "redo-if-owed",
+            Command::RenameOwed { .. } => "rename-owed",
             Command::Local { step, .. } => match step {
                 LocalStep::Write { .. } => "local-write",
                 LocalStep::Create { .. } => "local-create",
@@ -505,7 +520,7 @@ pub enum Event {
     },
     RedoTaken {
         call: CallId,
-        paths: BTreeSet<FsPath>,
+        set: crate::core::resync::ChangeSet,
     },
     /// A [`Command::Log`] finished; `Ok(false)` only from `ClearKeeping` with a pass owed.
     Logged {
@@ -611,6 +626,7 @@ pub(super) fn op_name(op: &Op) -> &'static str {
         Op::Resync { step, .. } => match step {
             ResyncStep::Plan { .. } => "resync_plan",
             ResyncStep::Walked => "resync_walked",
+            ResyncStep::Hold { .. } => "resync_hold",
             ResyncStep::Redo => "resync_redo",
             ResyncStep::Reconcile { .. } => "resync_reconcile",
             ResyncStep::Copy { .. } => "resync_copy",

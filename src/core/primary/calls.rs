@@ -134,7 +134,7 @@ impl Engine {
             Op::QueueListing { fs, dir, .. } => vec![g, Claim::shared(Tree(*fs, dir.clone()))],
             Op::QueueHashes { file, .. } => vec![g, Claim::exclusive(Path(file.clone()))],
             Op::Resync { step, .. } => match step {
-                ResyncStep::Plan { .. } | ResyncStep::Walked => Vec::new(),
+                ResyncStep::Plan { .. } | ResyncStep::Walked | ResyncStep::Hold { .. } => Vec::new(),
                 ResyncStep::Redo if planted_redo => vec![g],
                 ResyncStep::Redo => vec![g, Claim::exclusive(Renames)],
                 ResyncStep::Reconcile { fs, path, .. } => vec![g, Claim::exclusive(Tree(*fs, path.clone()))],
@@ -149,6 +149,12 @@ impl Engine {
     /// Admit a new call (or one the decision released): the gate, then its claims.
     pub(super) fn admit(&mut self, id: CallId) {
         let Some(c) = self.calls.get(&id) else { return };
+        if matches!(c.op, Op::Rename { .. }) && self.renames_held() {
+            // Before its claims: it holds nothing while it waits.
+            self.set_stage(id, Stage::Held);
+            self.resync.held.push(id);
+            return;
+        }
         match self.gate(&c.op) {
             Gate::Fail(f) => self.complete(id, Err(f)),
             Gate::Park => {
@@ -515,18 +521,6 @@ impl Engine {
                         self.ship_data(id)
                     }
                     Op::Resync { step: ResyncStep::Copy { .. }, .. } => self.ship_copy(id),
-                    Op::Rename { from, to }
-                        if self.resync.active && !self.planted(PlantedBug::ResyncRenameWithoutAnotherPass) =>
-                    {
-                        for p in [from, to] {
-                            self.activity.path_recorded(p);
-                        }
-                        // The mirror's copy of `from` may be stale: renamed, it
-                        // could move where the resync never looks.
-                        self.set_step(id, step::REDO_CHECK);
-                        let all = self.resync.full;
-                        self.emit(Command::RedoIfOwed { call: id, from: from.clone(), to: to.clone(), all });
-                    }
                     _ => {
                         if let Some(Covered::Paths(ps)) = self.calls.get(&id).and_then(|c| c.covered.clone()) {
                             for p in &ps {
@@ -537,7 +531,7 @@ impl Engine {
                     }
                 }
             }
-            step::REDO_CHECK => self.local_namespace(id),
+            step::REDO_CHECK => self.ship_namespace(id),
             _ => self.resync_recorded(id, st, op),
         }
     }
@@ -652,6 +646,17 @@ impl Engine {
             self.end_cover(id);
             self.release_claims(id);
             return self.after_namespace(id);
+        }
+        if let Op::Rename { from, to } = op {
+            if self.resync.active && !self.planted(PlantedBug::ResyncRenameWithoutAnotherPass) {
+                // Made here, and next on the mirror: the mirror's stale copy
+                // of what the resync still owes under `from` moves to `to`,
+                // and so must what the change-log owes (only now: a rename
+                // refused here moves nothing).
+                self.set_step(id, step::REDO_CHECK);
+                let all = self.resync.full;
+                return self.emit(Command::RenameOwed { call: id, from, to, all });
+            }
         }
         self.ship_namespace(id)
     }

@@ -192,6 +192,7 @@ impl Engine {
     /// Time passed: a heartbeat when nothing was sent for a while, the
     /// mirror lost when nothing was heard for too long.
     pub(super) fn tick(&mut self) {
+        self.check_hold();
         if !self.link_up {
             return;
         }

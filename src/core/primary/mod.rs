@@ -106,6 +106,8 @@ enum Stage {
     Reply,
     /// Waiting for its turn at the change-log.
     Log,
+    /// A rename waiting while a resync holds renames.
+    Held,
 }
 
 /// One call in progress.
@@ -169,6 +171,9 @@ struct ResyncState {
     attachments: u64,
     /// The last flush queued for each file, until a checkpoint settles it.
     flushes: HashMap<FsPath, u64>,
+    /// New renames wait until this time (ms; 0: none held), and these are waiting.
+    hold_until: u64,
+    held: Vec<CallId>,
 }
 
 /// Requests to the mirror awaiting answers.
@@ -431,6 +436,7 @@ impl Engine {
         if matches!(op, Op::Shutdown) {
             // New calls are refused from here on; calls already admitted finish.
             self.closing = true;
+            self.check_hold();
         }
         let call = Call {
             op,
@@ -459,9 +465,9 @@ impl Engine {
             Event::ReconcileRead { call, result } => self.reconcile_read(call, result),
             Event::HashedLocal { call, result } => self.hashed_local(call, result),
             Event::ListedLocal { call, result } => self.listed_local(call, result),
-            Event::RedoTaken { call, paths } => {
+            Event::RedoTaken { call, set } => {
                 self.release_claims(call);
-                self.complete(call, Ok(Reply::Paths(paths)));
+                self.complete(call, Ok(Reply::Redo(set)));
             }
             Event::Logged { result } => self.logged(result),
             Event::Sent { epoch, result } => self.sent(epoch, result),
@@ -483,6 +489,7 @@ impl Engine {
     pub fn stop(&mut self, why: &str) {
         self.closing = true;
         self.lose(why.to_string());
+        self.check_hold();
     }
 
     fn planted(&self, bug: PlantedBug) -> bool {

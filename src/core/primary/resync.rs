@@ -38,6 +38,15 @@ impl Engine {
                 self.resync.full = full;
                 self.complete(id, Ok(Reply::Done))
             }
+            (ResyncStep::Hold { ms }, _) => {
+                if ms == 0 {
+                    self.release_renames();
+                } else {
+                    self.resync.hold_until = self.now.saturating_add(ms);
+                    tracing::info!(ms, "resync: holding new renames while it finishes what renames kept moving");
+                }
+                self.complete(id, Ok(Reply::Done))
+            }
             (ResyncStep::Walked, _) => {
                 self.resync.full = false;
                 self.complete(id, Ok(Reply::Done))
@@ -82,6 +91,32 @@ impl Engine {
         }
     }
 
+    /// Whether a new rename waits: a resync holds renames (for a bounded
+    /// time, and only while it streams to its mirror).
+    pub(super) fn renames_held(&self) -> bool {
+        self.resync.active
+            && !self.closing
+            && self.mode == Mode::Streaming
+            && self.lost.is_none()
+            && self.now < self.resync.hold_until
+    }
+
+    /// Let held renames go, in the order they came.
+    pub(super) fn release_renames(&mut self) {
+        self.resync.hold_until = 0;
+        for id in std::mem::take(&mut self.resync.held) {
+            self.admit(id);
+        }
+    }
+
+    /// A hold ends when its time is up or its resync is over, whatever the
+    /// resync does (checked on every tick).
+    pub(super) fn check_hold(&mut self) {
+        if (self.resync.hold_until != 0 || !self.resync.held.is_empty()) && !self.renames_held() {
+            self.release_renames();
+        }
+    }
+
     /// Before entries are cleared, this side's copy of what they name is
     /// made durable too: the files, and every directory changed since the
     /// last local sync. The mirror having a change durably says nothing of
@@ -107,14 +142,21 @@ impl Engine {
         }
     }
 
-    pub(super) fn resync_local_done(&mut self, id: CallId, st: u8, _op: Op, result: Result<(), String>) {
+    pub(super) fn resync_local_done(&mut self, id: CallId, st: u8, op: Op, result: Result<(), String>) {
         if let Err(e) = result {
             let f = self.fault(format!("local sync before a resync checkpoint failed: {e}"));
             return self.fail(id, f);
         }
         match st {
             rstep::SYNC_FILES => {
-                let dirs: Vec<(u16, Option<RelPath>)> = self.dirty_dirs.iter().cloned().collect();
+                let mut dirs: BTreeSet<(u16, Option<RelPath>)> = self.dirty_dirs.iter().cloned().collect();
+                // A path cleared must exist here durably as it does on the
+                // mirror: this host may have it only from its mirror days,
+                // never synced since (a directory the resync walked).
+                if let Op::Resync { step: ResyncStep::Checkpoint { paths, .. }, .. } = &op {
+                    dirs.extend(paths.iter().map(|p| (p.filespace, p.path.parent())));
+                }
+                let dirs: Vec<(u16, Option<RelPath>)> = dirs.into_iter().collect();
                 self.dirs_syncing = dirs.clone();
                 self.set_step(id, rstep::SYNC_DIRS);
                 self.emit(Command::Local { call: id, step: LocalStep::SyncDirs { dirs } });
@@ -192,12 +234,18 @@ impl Engine {
         if keep_extents_only {
             return Some(LogOp::ClearKeeping { extents: keep_extents, paths: keep_paths });
         }
-        let Some(Op::Resync { step: ResyncStep::Checkpoint { blocks, paths, .. }, .. }) =
+        let Some(Op::Resync { step: ResyncStep::Checkpoint { blocks, paths, as_of, .. }, .. }) =
             self.calls.get(&id).map(|c| &c.op)
         else {
             return None;
         };
-        Some(LogOp::ClearEntries { blocks: blocks.clone(), paths: paths.clone(), keep_extents, keep_paths })
+        Some(LogOp::ClearEntries {
+            blocks: blocks.clone(),
+            paths: paths.clone(),
+            keep_extents,
+            keep_paths,
+            as_of: *as_of,
+        })
     }
 
     pub(super) fn resync_logged(&mut self, id: CallId, result: Result<bool, String>) {
@@ -223,6 +271,7 @@ impl Engine {
                     self.prune_window(seq, &flushed);
                 }
                 self.resync.active = false;
+                self.check_hold();
                 tracing::warn!("resync complete: the change-log is drained, the pair is synchronized");
                 // What the table kept and is settled goes once durable here too.
                 self.set_step(id, calls_retire());

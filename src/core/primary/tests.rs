@@ -89,9 +89,9 @@ impl Script {
             Command::Record { call, .. } | Command::CoverBlocks { call, .. } | Command::CoverPath { call, .. } => {
                 Event::Recorded { call, result: Ok(()) }
             }
-            Command::RedoIfOwed { call, .. } => Event::Recorded { call, result: Ok(()) },
+            Command::RenameOwed { call, .. } => Event::Recorded { call, result: Ok(()) },
             Command::Local { call, .. } => Event::LocalDone { call, result: Ok(()) },
-            Command::TakeRedo { call } => Event::RedoTaken { call, paths: BTreeSet::new() },
+            Command::TakeRedo { call } => Event::RedoTaken { call, set: Default::default() },
             Command::Complete { call, result } => {
                 self.done.insert(call, result);
                 return;
@@ -168,7 +168,7 @@ fn redo_waits_for_a_rename_in_flight(planted: Option<PlantedBug>) -> Result<(), 
     }
     s.release(&local_of(r), &|_| false);
     match s.done.get(&redo) {
-        Some(Ok(Reply::Paths(_))) => Ok(()),
+        Some(Ok(Reply::Redo(_))) => Ok(()),
         other => Err(format!("after the rename, the redo answered {other:?}")),
     }
 }
@@ -213,4 +213,34 @@ fn the_loss_decision_does_not_wait_for_calls_to_let_go() {
     decision_applies_with_calls_holding_claims(None).unwrap_or_else(|e| panic!("{e}"));
     let planted = decision_applies_with_calls_holding_claims(Some(PlantedBug::DecisionDrainsCalls));
     assert!(planted.is_err(), "the schedule must fail with the fix removed");
+}
+
+/// A resync's hold keeps new renames waiting (before their claims: they
+/// hold nothing), not writes, and lets them go when the resync says so or,
+/// whatever the resync does, when the hold runs out.
+#[test]
+fn a_resync_hold_keeps_new_renames_waiting_for_a_bounded_time() {
+    for released_by_the_clock in [false, true] {
+        let mut s = Script::resyncing(None);
+        let hold = Op::Resync { bound: Bound::Resync(1), step: ResyncStep::Hold { ms: 500 } };
+        let h = s.submit(hold, &|_| false);
+        assert_eq!(s.done.get(&h), Some(&Ok(Reply::Done)), "{}", s.e.describe());
+        let r = s.submit(Op::Rename { from: p("d1"), to: p("d2") }, &|_| false);
+        let w = s.submit(write(&p("rel1"), 0), &|_| false);
+        assert_eq!(s.e.resync.held, vec![r], "only the rename waits: {}", s.e.describe());
+        assert!(!s.e.resync.held.contains(&w));
+        let sent = s.sent.len();
+        if released_by_the_clock {
+            s.e.on(Event::Tick, 499);
+            s.pump(&|_| false);
+            assert_eq!(s.e.resync.held, vec![r], "let go before its time");
+            s.e.on(Event::Tick, 500);
+        } else {
+            let release = Op::Resync { bound: Bound::Resync(1), step: ResyncStep::Hold { ms: 0 } };
+            s.submit(release, &|_| false);
+        }
+        s.pump(&|_| false);
+        assert!(s.e.resync.held.is_empty(), "still held: {}", s.e.describe());
+        assert!(s.sent.len() > sent, "the rename went out once let go");
+    }
 }

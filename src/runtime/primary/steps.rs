@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::exec::primary::LocalEntry;
 use crate::io::disk::FsPath;
 use crate::protocol::path::RelPath;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 /// A hash request queued with [`Primary::queue_hashes`]: blocks
@@ -78,13 +78,35 @@ impl Primary {
             .ok_or_else(|| Error::InvalidArgument("a resync needs change tracking".into()))
     }
 
-    /// Paths renamed during the resync that it owes another pass.
-    pub(crate) fn resync_redo(&self, attachment: u64) -> Result<BTreeSet<FsPath>> {
+    /// What renames moved while the resync still owed it: another pass.
+    pub(crate) fn resync_redo(&self, attachment: u64) -> Result<crate::durable::changelog::ChangeSet> {
         self.resync_tracking()?;
         match self.resync_step(Some(attachment), ResyncStep::Redo, None, &mut Extras::default())? {
-            Reply::Paths(p) => Ok(p),
+            Reply::Redo(set) => Ok(set),
             other => Err(Error::Rejected(format!("internal: redo answered {other:?}"))),
         }
+    }
+
+    /// The change-log's rename journal position (see [`crate::core::resync::ResyncLink::renames_at`]).
+    pub(crate) fn resync_renames_at(&self) -> u64 {
+        self.resync_tracking().map_or(0, |t| t.changelog.rename_position())
+    }
+
+    /// The renames since `pos`; `None` when the journal no longer reaches back that far.
+    pub(crate) fn resync_renames_since(&self, pos: u64) -> Option<Vec<crate::core::resync::Renamed>> {
+        self.resync_tracking().ok().and_then(|t| t.changelog.renames_since(pos))
+    }
+
+    /// Hold new renames for `ms` (0: let them go).
+    pub(crate) fn resync_hold(&self, attachment: u64, ms: u64) -> Result<()> {
+        self.resync_step(Some(attachment), ResyncStep::Hold { ms }, None, &mut Extras::default()).map(|_| ())
+    }
+
+    /// Record the children of a directory the resync walks as owed, durably.
+    pub(crate) fn resync_owe(&self, attachment: u64, children: &[(FsPath, crate::io::disk::EntryKind)]) -> Result<()> {
+        self.resync_check(attachment)?;
+        let t = self.resync_tracking()?;
+        Ok(t.changelog.owe_children(self.disk().as_ref(), children)?)
     }
 
     /// A full resync has walked everything: from now on a rename owes
@@ -107,10 +129,22 @@ impl Primary {
         path: Option<&RelPath>,
         prune: bool,
     ) -> Result<LocalEntry> {
+        self.reconcile_at(attachment, fs, path, prune).map(|(e, _)| e)
+    }
+
+    /// [`Primary::reconcile_bound`], and the rename journal's position while it read.
+    pub(crate) fn reconcile_at(
+        &self,
+        attachment: Option<u64>,
+        fs: u16,
+        path: Option<&RelPath>,
+        prune: bool,
+    ) -> Result<(LocalEntry, Option<u64>)> {
         let mut x = Extras::default();
         let step = ResyncStep::Reconcile { fs, path: path.cloned(), prune };
         self.resync_step(attachment, step, None, &mut x)?;
-        x.entry.take().ok_or_else(|| Error::Rejected("internal: a reconcile left no entry".into()))
+        let entry = x.entry.take().ok_or_else(|| Error::Rejected("internal: a reconcile left no entry".into()))?;
+        Ok((entry, x.renames_at))
     }
 
     /// Resync: copy blocks `first..first + count` of `p` (as far as the file
@@ -122,9 +156,21 @@ impl Primary {
     }
 
     pub(crate) fn copy_bound(&self, attachment: Option<u64>, p: &FsPath, first: u64, count: u64) -> Result<u64> {
+        self.copy_at(attachment, p, first, count).map(|(n, _)| n)
+    }
+
+    /// [`Primary::copy_bound`], and the rename journal's position while it read.
+    pub(crate) fn copy_at(
+        &self,
+        attachment: Option<u64>,
+        p: &FsPath,
+        first: u64,
+        count: u64,
+    ) -> Result<(u64, Option<u64>)> {
         let step = ResyncStep::Copy { file: p.clone(), first, count };
-        match self.resync_step(attachment, step, None, &mut Extras::default())? {
-            Reply::Bytes(n) => Ok(n),
+        let mut x = Extras::default();
+        match self.resync_step(attachment, step, None, &mut x)? {
+            Reply::Bytes(n) => Ok((n, x.renames_at)),
             other => Err(Error::Rejected(format!("internal: a copy answered {other:?}"))),
         }
     }
@@ -263,18 +309,8 @@ impl Primary {
     /// record durably that `blocks` and `paths` no longer differ (unless the
     /// mirror was lost meanwhile), so a resync that stops later continues
     /// with what is left.
-    pub(crate) fn resync_checkpoint(
-        &self,
-        attachment: u64,
-        synced: u64,
-        flushed: &BTreeSet<FsPath>,
-        blocks: &BTreeMap<FsPath, BTreeSet<u64>>,
-        paths: &[FsPath],
-        timeout: Duration,
-    ) -> Result<()> {
+    pub(crate) fn resync_checkpoint(&self, attachment: u64, step: ResyncStep, timeout: Duration) -> Result<()> {
         self.resync_tracking()?;
-        let step =
-            ResyncStep::Checkpoint { synced, flushed: flushed.clone(), blocks: blocks.clone(), paths: paths.to_vec() };
         self.resync_step(Some(attachment), step, Some(Instant::now() + timeout), &mut Extras::default()).map(|_| ())
     }
 

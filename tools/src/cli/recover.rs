@@ -91,8 +91,10 @@ struct Summary {
     paths: u64,
     blocks: u64,
     bytes: u64,
-    /// Extra passes over paths renamed while the resync owed them.
+    /// Extra passes over what renames moved while the resync owed it.
     passes: u64,
+    /// Whether renames outpaced it when last seen (it was holding new ones to finish).
+    renames_held: bool,
     mode: char,
     generation: u64,
 }
@@ -108,6 +110,7 @@ impl Summary {
             blocks: 0,
             bytes: 0,
             passes: 0,
+            renames_held: false,
             mode: '-',
             generation: 0,
         }
@@ -279,9 +282,10 @@ fn follow(c: &RecoverCmd, key: &ClusterKey, content: u32, max_rate: Option<u64>)
             bar.set_position(p.blocks_done);
             let secs = started.elapsed().as_secs_f64().max(0.001);
             bar.set_message(format!(
-                "{:.1} MiB at {:.1} MiB/s",
+                "{:.1} MiB at {:.1} MiB/s{}",
                 p.bytes_done as f64 / 1048576.0,
-                p.bytes_done as f64 / 1048576.0 / secs
+                p.bytes_done as f64 / 1048576.0 / secs,
+                if p.renames_held { ", renames outpaced it: holding new renames to finish" } else { "" }
             ));
             if !terminal && !c.json && last_line.elapsed() > Duration::from_secs(2) {
                 eprintln!(
@@ -323,6 +327,7 @@ fn follow(c: &RecoverCmd, key: &ClusterKey, content: u32, max_rate: Option<u64>)
         blocks: p.blocks_done,
         bytes: p.bytes_done,
         passes: p.passes,
+        renames_held: p.renames_held,
         mode: pair.as_ref().map_or('-', |p| p.mode.letter()),
         generation: pair.map_or(0, |p| p.generation),
     })
@@ -433,6 +438,7 @@ fn rebalance(c: &RecoverCmd, key: &ClusterKey, cat: &Catalog) -> Result<std::pro
             blocks: 0,
             bytes: 0,
             passes: 0,
+            renames_held: false,
             mode: pair.as_ref().map_or('-', |p| p.mode.letter()),
             generation: pair.as_ref().map_or(0, |p| p.generation),
         };

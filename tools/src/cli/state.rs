@@ -162,7 +162,10 @@ fn resync_text(s: &Option<SegmentStatus>) -> String {
     } else {
         String::new()
     };
-    let passes = if p.passes > 0 { format!(", {} extra passes", p.passes) } else { String::new() };
+    let mut passes = if p.passes > 0 { format!(", {} extra passes", p.passes) } else { String::new() };
+    if p.renames_held {
+        passes.push_str(", renames outpaced it: holding new renames to finish");
+    }
     format!("{}/{} blocks ({pct:.0}%), {} bytes shipped{passes}{eta}", p.blocks_done, p.blocks_total, p.bytes_done)
 }
 
