@@ -16,7 +16,7 @@ pub(super) mod step {
     pub const OPENED: u8 = 1;
     pub const RECORDING: u8 = 2;
     pub const COVERING: u8 = 3;
-    pub const REDO_CHECK: u8 = 4;
+    pub const RENAME_OWED: u8 = 4;
     pub const LOCAL: u8 = 5;
     /// Sync: waiting for, then running, the file's local fdatasync.
     pub const SYNC_FILE: u8 = 6;
@@ -531,7 +531,7 @@ impl Engine {
                     }
                 }
             }
-            step::REDO_CHECK => self.ship_namespace(id),
+            step::RENAME_OWED => self.ship_namespace(id),
             _ => self.resync_recorded(id, st, op),
         }
     }
@@ -653,7 +653,7 @@ impl Engine {
                 // of what the resync still owes under `from` moves to `to`,
                 // and so must what the change-log owes (only now: a rename
                 // refused here moves nothing).
-                self.set_step(id, step::REDO_CHECK);
+                self.set_step(id, step::RENAME_OWED);
                 let all = self.resync.full;
                 return self.emit(Command::RenameOwed { call: id, from, to, all });
             }

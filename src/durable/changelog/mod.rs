@@ -74,7 +74,11 @@ fn disk_err(op: &'static str) -> impl FnOnce(DiskError) -> ChangeLogError {
     move |source| ChangeLogError::Disk { op, source }
 }
 
+use crate::core::resync::runs;
 pub use crate::core::resync::ChangeSet;
+
+/// Blocks one record names at most (its count is a u32).
+const MAX_RUN: u64 = u32::MAX as u64;
 
 /// What replay found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -432,20 +436,8 @@ impl Inner {
             for e in extents.get(p).unwrap_or(&empty) {
                 enc.extent(no, *e);
             }
-            let blocks = self.set.blocks.get(p).unwrap_or(&empty);
-            let mut it = blocks.iter().copied();
-            if let Some(mut first) = it.next() {
-                let mut count = 1u32;
-                for b in it {
-                    if b == first + count as u64 && count < u32::MAX {
-                        count += 1;
-                    } else {
-                        enc.blocks(no, first, count);
-                        first = b;
-                        count = 1;
-                    }
-                }
-                enc.blocks(no, first, count);
+            for (first, count) in runs(self.set.blocks.get(p).unwrap_or(&empty).iter().copied(), MAX_RUN) {
+                enc.blocks(no, first, count as u32);
             }
         }
         for (p, subtree) in &self.set.touched {
@@ -494,14 +486,8 @@ impl Shared {
     /// Queue exact records of `blocks` of `file`, one per run.
     fn add_blocks(&mut self, file: &FsPath, blocks: &BTreeSet<u64>) -> Result<()> {
         let no = self.inner.file_no(file)?;
-        let mut it = blocks.iter().copied().peekable();
-        while let Some(first) = it.next() {
-            let mut count = 1u32;
-            while count < u32::MAX && it.peek() == Some(&(first + count as u64)) {
-                it.next();
-                count += 1;
-            }
-            self.inner.pending.blocks(no, first, count);
+        for (first, count) in runs(blocks.iter().copied(), MAX_RUN) {
+            self.inner.pending.blocks(no, first, count as u32);
             self.recorded += 1;
         }
         self.inner.set.blocks.entry(file.clone()).or_default().extend(blocks.iter().copied());
@@ -539,6 +525,8 @@ pub struct ChangeLog {
     shared: Mutex<Shared>,
     committed: Condvar,
 }
+
+mod resync;
 
 fn lock(m: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -958,34 +946,6 @@ impl ChangeLog {
         self.clear_locked(s, blocks, paths, keep_extents, keep_paths)
     }
 
-    /// [`ChangeLog::clear_entries_keeping`] for names as they were at
-    /// rename journal position `as_of`: each is named as renames since then
-    /// moved it, and one that a rename since renamed something over is left
-    /// as it is (what it names now was not shipped).
-    pub fn clear_entries_as_of(
-        &self,
-        blocks: &BTreeMap<FsPath, BTreeSet<u64>>,
-        paths: &[FsPath],
-        keep_extents: &BTreeMap<FsPath, BTreeSet<u64>>,
-        keep_paths: &BTreeSet<FsPath>,
-        as_of: u64,
-    ) -> Result<()> {
-        let s = lock(&self.shared);
-        if as_of < s.inner.journal_base {
-            return Err(ChangeLogError::Corrupt(format!(
-                "a resync checkpoint names paths as of rename {as_of}, before the journal's first ({})",
-                s.inner.journal_base
-            )));
-        }
-        let skip = (as_of - s.inner.journal_base) as usize;
-        let since: Vec<crate::core::resync::Renamed> = s.inner.journal.iter().skip(skip).cloned().collect();
-        let now = |p: &FsPath| crate::core::resync::renamed_since(&since, p);
-        let blocks: BTreeMap<FsPath, BTreeSet<u64>> =
-            blocks.iter().filter_map(|(f, b)| now(f).map(|f| (f, b.clone()))).collect();
-        let paths: Vec<FsPath> = paths.iter().filter_map(now).collect();
-        self.clear_locked(s, &blocks, &paths, keep_extents, keep_paths)
-    }
-
     fn clear_locked(
         &self,
         mut s: MutexGuard<'_, Shared>,
@@ -1002,14 +962,8 @@ impl ChangeLog {
             }
             let no = s.inner.file_no(file)?;
             let kept = keep_extents.get(file).unwrap_or(&none);
-            let mut it = set.iter().copied().peekable();
-            while let Some(first) = it.next() {
-                let mut count = 1u32;
-                while count < u32::MAX && it.peek() == Some(&(first + count as u64)) {
-                    it.next();
-                    count += 1;
-                }
-                let end = first + count as u64;
+            for (first, count) in runs(set.iter().copied(), MAX_RUN) {
+                let (end, count) = (first + count, count as u32);
                 let inside = |e: &u64| *e * EXTENT_BLOCKS >= first && (*e + 1) * EXTENT_BLOCKS <= end;
                 s.inner.pending.cleared(no, first, count);
                 s.inner.set.remove_blocks(file, first, end);
@@ -1073,165 +1027,6 @@ impl ChangeLog {
         Ok(true)
     }
 
-    /// Resync: a call renamed `from` to `to` here, and the rename goes to
-    /// the mirror next, in the stream's order (if it never gets there, the
-    /// pair is back in change tracking and the rename's own entries name
-    /// both paths whole). The mirror's copy of what the resync still owes
-    /// under `from` moves with it, so what is owed moves too: every owed
-    /// block, extent and path under `from` is recorded, durably, under
-    /// `to` and is owed there, no longer under `from`; and `to` is kept for
-    /// another pass ([`ChangeLog::take_redo`]). Two cases owe `to` whole:
-    /// a full resync (`all`) before its walk is done, and a rename out of
-    /// a directory owed whole that the resync has not walked yet. Checked
-    /// and recorded in one step with the lock held, so a resync's final
-    /// clear comes wholly before (then nothing is owed any more) or after
-    /// (then it sees the pass owed and clears nothing). The rename is
-    /// journaled either way. Whether anything was owed.
-    pub fn rename_owed(&self, from: &FsPath, to: &FsPath, all: bool) -> Result<bool> {
-        let mut s = lock(&self.shared);
-        s.usable()?;
-        let under = |p: &FsPath| p.filespace == from.filespace && p.path.is_within(&from.path);
-        let moved = |p: &FsPath| p.path.rebase(&from.path, &to.path).map(|r| FsPath::new(to.filespace, r));
-        let inner = &s.inner;
-        let whole = all
-            || inner.recovered_touched.iter().any(|(a, subtree)| {
-                *subtree
-                    && a.filespace == from.filespace
-                    && from.path.is_within(&a.path)
-                    && a.path != from.path
-                    && !(to.filespace == a.filespace && to.path.is_within(&a.path))
-            });
-        let files: Vec<FsPath> = inner.owed_files.iter().filter(|f| under(f)).cloned().collect();
-        let extents: Vec<FsPath> = inner.recovered.keys().filter(|f| under(f)).cloned().collect();
-        let paths: Vec<(FsPath, bool)> =
-            inner.recovered_touched.iter().filter(|(p, _)| under(p)).map(|(p, t)| (p.clone(), *t)).collect();
-        s.inner.journal.push_back(crate::core::resync::Renamed { from: from.clone(), to: to.clone(), whole });
-        if s.inner.journal.len() > MAX_JOURNAL {
-            s.inner.journal.pop_front();
-            s.inner.journal_base += 1;
-        }
-        if !whole && files.is_empty() && extents.is_empty() && paths.is_empty() {
-            return Ok(false);
-        }
-        for f in files {
-            s.inner.owed_files.remove(&f);
-            let (Some(blocks), Some(nf)) = (s.inner.set.blocks.remove(&f), moved(&f)) else { continue };
-            s.add_blocks(&nf, &blocks)?;
-            s.inner.owed_files.insert(nf);
-        }
-        for f in extents {
-            let (Some(es), Some(nf)) = (s.inner.recovered.remove(&f), moved(&f)) else { continue };
-            for e in &es {
-                s.add_extent(&nf, *e)?;
-            }
-            s.inner.recovered.entry(nf).or_default().extend(es);
-        }
-        for (p, subtree) in paths {
-            s.inner.recovered_touched.remove(&p);
-            let Some(np) = moved(&p) else { continue };
-            s.add_touched(&np, subtree);
-            *s.inner.recovered_touched.entry(np).or_insert(false) |= subtree;
-        }
-        if whole {
-            s.add_touched(to, true);
-            s.inner.recovered_touched.insert(to.clone(), true);
-        }
-        s.inner.redo.insert(to.clone());
-        let n = s.recorded;
-        self.wait_durable(s, n)?;
-        Ok(true)
-    }
-
-    /// Resync: what renames moved to the paths [`ChangeLog::rename_owed`]
-    /// kept since the last call, as it is owed now (what the resync
-    /// recorded done meanwhile is gone from it), for another pass. The
-    /// records stay until the pass clears them. Called when a mirror is
-    /// taken back too, to start afresh.
-    pub fn take_redo(&self) -> ChangeSet {
-        let mut s = lock(&self.shared);
-        let roots = std::mem::take(&mut s.inner.redo);
-        let under = |p: &FsPath| roots.iter().any(|r| r.filespace == p.filespace && p.path.is_within(&r.path));
-        let inner = &s.inner;
-        ChangeSet {
-            blocks: inner
-                .owed_files
-                .iter()
-                .filter(|f| under(f))
-                .filter_map(|f| inner.set.blocks.get(f).map(|b| (f.clone(), b.clone())))
-                .collect(),
-            touched: inner.recovered_touched.iter().filter(|(p, _)| under(p)).map(|(p, t)| (p.clone(), *t)).collect(),
-            extents: inner.recovered.iter().filter(|(f, _)| under(f)).map(|(f, e)| (f.clone(), e.clone())).collect(),
-        }
-    }
-
-    /// Resync: a mirror was taken back: forget renames and passes owed by
-    /// an earlier resync (its plan is in the change-log now).
-    pub fn start_resync(&self) {
-        let mut s = lock(&self.shared);
-        s.inner.redo.clear();
-        let n = s.inner.journal.len() as u64;
-        s.inner.journal.clear();
-        s.inner.journal_base += n;
-    }
-
-    /// Resync: the journal's position now (renames made so far).
-    pub fn rename_position(&self) -> u64 {
-        let s = lock(&self.shared);
-        s.inner.journal_base + s.inner.journal.len() as u64
-    }
-
-    /// Resync: the renames made from position `from` on, in order; `None`
-    /// when the journal no longer reaches back that far.
-    pub fn renames_since(&self, from: u64) -> Option<Vec<crate::core::resync::Renamed>> {
-        let s = lock(&self.shared);
-        let skip = from.checked_sub(s.inner.journal_base)?;
-        Some(s.inner.journal.iter().skip(skip as usize).cloned().collect())
-    }
-
-    /// Resync: the children of a directory the resync walks are owed,
-    /// durably, before the directory counts as done: a directory whole
-    /// (with all under it), a file by name and every block (its length
-    /// read from `disk`; its contents are then named in full by blocks), so
-    /// a rename in the middle of the walk moves only what is still owed,
-    /// block by block. Also a file the plan names, before it is copied. A
-    /// child gone meanwhile needs nothing: its removal streams to the mirror.
-    pub fn owe_children(&self, disk: &dyn Disk, children: &[(FsPath, crate::io::disk::EntryKind)]) -> Result<()> {
-        let mut files = Vec::new();
-        for (p, kind) in children {
-            if *kind != crate::io::disk::EntryKind::File {
-                continue;
-            }
-            let len = match disk.open(p, OpenMode::Existing).and_then(|f| f.len()) {
-                Ok(len) => len,
-                Err(e) if e.kind == crate::io::disk::DiskErrorKind::NotFound => continue,
-                Err(e) => return Err(ChangeLogError::Disk { op: "look at a walked file", source: e }),
-            };
-            files.push((p.clone(), len));
-        }
-        let mut s = lock(&self.shared);
-        s.usable()?;
-        let bs = s.inner.block_size.max(1) as u64;
-        for (p, kind) in children {
-            if *kind == crate::io::disk::EntryKind::Dir {
-                s.add_touched(p, true);
-                *s.inner.recovered_touched.entry(p.clone()).or_insert(false) |= true;
-            }
-        }
-        for (p, len) in files {
-            // Its name (and length) until it is reconciled and synced here,
-            // its contents block by block.
-            s.add_touched(&p, false);
-            s.inner.recovered_touched.entry(p.clone()).or_insert(false);
-            let n = len.div_ceil(bs);
-            if n > 0 {
-                s.add_blocks(&p, &(0..n).collect())?;
-                s.inner.owed_files.insert(p.clone());
-            }
-        }
-        let n = s.recorded;
-        self.wait_durable(s, n)
-    }
-
     /// Whether nothing at all is recorded.
     pub fn is_empty(&self) -> bool {
         lock(&self.shared).inner.set.is_empty()
@@ -1239,325 +1034,4 @@ impl ChangeLog {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::io::disk::{SimDisk, SimFault};
-    use rand::{Rng, SeedableRng};
-
-    fn p(s: &str) -> FsPath {
-        FsPath::new(0, RelPath::new(s).unwrap())
-    }
-
-    fn log_path() -> FsPath {
-        p("changelog")
-    }
-
-    #[test]
-    fn cleared_entries_stay_cleared_after_replay_and_compaction() {
-        let disk = Arc::new(SimDisk::new(1));
-        let log = ChangeLog::create(disk.clone(), log_path(), 8192).unwrap();
-        log.record_batch((0..64).map(|b| (p("f"), b)), [(p("d"), true), (p("e"), false)]).unwrap();
-        let mut done = BTreeMap::new();
-        done.insert(p("f"), (0..40).collect::<BTreeSet<u64>>());
-        log.clear_entries(&done, &[p("d")]).unwrap();
-        disk.crash(None);
-        let (log, _) = ChangeLog::open(disk.clone(), log_path()).unwrap();
-        let set = log.change_set();
-        assert_eq!(set.blocks.get(&p("f")).map(|b| b.len()), Some(24));
-        assert!(!set.covers_block(&p("f"), 39) && set.covers_block(&p("f"), 40));
-        assert_eq!(set.touched.keys().cloned().collect::<Vec<_>>(), vec![p("e")]);
-        log.compact().unwrap();
-        let (log, _) = ChangeLog::open(disk, log_path()).unwrap();
-        assert_eq!(log.change_set(), set, "compaction keeps exactly what is left");
-    }
-
-    /// A rename during a resync moves what is still owed under its source
-    /// to its target (blocks, paths, through a replay too) and keeps the
-    /// target for another pass; what a checkpoint names as of a position
-    /// is cleared where renames since moved it, and not at all where
-    /// something else was renamed over it.
-    #[test]
-    fn a_rename_moves_what_is_owed_and_a_checkpoint_follows_it() {
-        let disk = Arc::new(SimDisk::new(1));
-        let log = ChangeLog::create(disk.clone(), log_path(), 8192).unwrap();
-        log.record_batch((0..8).map(|b| (p("d/f"), b)), [(p("d/g"), false)]).unwrap();
-        log.pin_touched();
-        log.start_resync();
-        let at = log.rename_position();
-        assert!(!log.rename_owed(&p("x"), &p("y"), false).unwrap(), "nothing owed under x");
-        assert!(log.rename_owed(&p("d"), &p("e"), false).unwrap());
-        let redo = log.take_redo();
-        assert_eq!(redo.blocks.get(&p("e/f")).map(|b| b.len()), Some(8), "{redo:?}");
-        assert_eq!(redo.touched.keys().cloned().collect::<Vec<_>>(), vec![p("e/g")]);
-        assert!(log.take_redo().is_empty(), "taken once");
-        // Shipped as d/f and d/g before the rename: cleared as e/f and e/g.
-        let shipped = BTreeMap::from([(p("d/f"), (0..4).collect::<BTreeSet<u64>>())]);
-        log.clear_entries_as_of(&shipped, &[p("d/g")], &BTreeMap::new(), &BTreeSet::new(), at).unwrap();
-        let set = log.resync_set();
-        assert_eq!(set.blocks.get(&p("e/f")).map(|b| b.len()), Some(4), "{set:?}");
-        assert!(!set.touched.contains_key(&p("e/g")));
-        // Something renamed over e/f: what was shipped as d/f says nothing of it.
-        let at = log.rename_position();
-        log.rename_owed(&p("z"), &p("e/f"), false).unwrap();
-        let shipped = BTreeMap::from([(p("e/f"), (4..8).collect::<BTreeSet<u64>>())]);
-        log.clear_entries_as_of(&shipped, &[], &BTreeMap::new(), &BTreeSet::new(), at).unwrap();
-        assert_eq!(log.resync_set().blocks.get(&p("e/f")).map(|b| b.len()), Some(4));
-        // The move is durable: a replay names e/f.
-        disk.crash(None);
-        let (log, _) = ChangeLog::open(disk, log_path()).unwrap();
-        assert!(log.change_set().covers_block(&p("e/f"), 7));
-    }
-
-    /// A resync clearing a run that holds a live activity-log extent and
-    /// path: both stay recorded, through a crash too (the extent is written
-    /// again after the run's Cleared record), and are no longer pinned.
-    #[test]
-    fn clearing_keeps_the_activity_logs_live_entries_across_a_crash() {
-        let disk = Arc::new(SimDisk::new(1));
-        let log = ChangeLog::create(disk.clone(), log_path(), 8192).unwrap();
-        log.record_batch((0..64).map(|b| (p("f"), b)), [(p("d"), true)]).unwrap();
-        log.record_extents(&p("f"), 0, 63).unwrap();
-        let mut live = BTreeMap::new();
-        live.insert(p("f"), BTreeSet::from([1u64]));
-        log.pin_extents_of(&live);
-        log.pin_touched();
-        let mut done = BTreeMap::new();
-        done.insert(p("f"), (0..64).collect::<BTreeSet<u64>>());
-        log.clear_entries_keeping(&done, &[p("d")], &live, &BTreeSet::from([p("d")])).unwrap();
-        let set = log.change_set();
-        assert!(set.blocks.is_empty());
-        assert!(!set.covers_block(&p("f"), 0) && set.covers_block(&p("f"), 32), "{set:?}");
-        assert_eq!(set.touched.get(&p("d")), Some(&true));
-        assert!(log.resync_set().extents.is_empty(), "no longer pinned: {:?}", log.resync_set());
-        disk.crash(None);
-        let (log, _) = ChangeLog::open(disk.clone(), log_path()).unwrap();
-        assert_eq!(log.change_set(), set);
-        // The final clear keeps them likewise, in one rewrite.
-        assert!(log.clear_keeping(&live, &BTreeSet::from([p("d")])).unwrap());
-        disk.crash(None);
-        let (log, _) = ChangeLog::open(disk, log_path()).unwrap();
-        assert_eq!(log.change_set(), set);
-    }
-
-    /// Paths owed to a resync (pinned when the mirror is taken back, or
-    /// handed over by an old primary) survive retiring an activity entry of
-    /// the same path.
-    #[test]
-    fn pinned_and_handed_over_paths_survive_retiring() {
-        let disk = Arc::new(SimDisk::new(1));
-        let log = ChangeLog::create(disk.clone(), log_path(), 8192).unwrap();
-        log.record_touched(&p("tracked"), false).unwrap();
-        log.record_touched(&p("activity"), false).unwrap();
-        log.pin_touched();
-        let mut peer = ChangeSet::default();
-        peer.touched.insert(p("handed"), true);
-        log.merge(&peer).unwrap();
-        log.record_touched(&p("later"), false).unwrap();
-        let all = BTreeSet::from([p("tracked"), p("activity"), p("handed"), p("later")]);
-        log.retire_active(&BTreeMap::new(), &all).unwrap();
-        let left: Vec<FsPath> = log.change_set().touched.keys().cloned().collect();
-        assert_eq!(left, vec![p("activity"), p("handed"), p("tracked")]);
-    }
-
-    #[test]
-    fn records_survive_reopen() {
-        let disk = Arc::new(SimDisk::new(1));
-        let log = ChangeLog::create(disk.clone(), log_path(), 8192).unwrap();
-        log.record_block(&p("base/1"), 7).unwrap();
-        log.record_block(&p("base/1"), 8).unwrap();
-        log.record_block(&p("base/2"), 0).unwrap();
-        log.record_touched(&p("base/3"), false).unwrap();
-        log.record_touched(&p("dir"), true).unwrap();
-        let want = log.change_set();
-        drop(log);
-        disk.crash(None);
-        let (log, rec) = ChangeLog::open(disk.clone(), log_path()).unwrap();
-        assert_eq!(rec.torn_bytes, 0);
-        assert_eq!(log.change_set(), want);
-        assert_eq!(log.block_size(), 8192);
-        assert!(log.contains_block(&p("base/1"), 8));
-        assert!(!log.contains_block(&p("base/1"), 9));
-    }
-
-    #[test]
-    fn a_torn_tail_is_cut_and_earlier_groups_kept() {
-        let disk = Arc::new(SimDisk::new(1));
-        let log = ChangeLog::create(disk.clone(), log_path(), 8192).unwrap();
-        log.record_block(&p("f"), 1).unwrap();
-        let before = log.change_set();
-        // The next append is torn by a crash before its fdatasync completes.
-        disk.inject(SimFault::FailNextSync);
-        assert!(log.record_block(&p("f"), 2 * EXTENT_BLOCKS).is_err(), "a new extent waits for its record");
-        assert!(matches!(log.record_block(&p("f"), 3), Err(ChangeLogError::Failed(_))), "no retry into success");
-        drop(log);
-        disk.crash(Some(10));
-        let (log, rec) = ChangeLog::open(disk.clone(), log_path()).unwrap();
-        assert!(rec.torn_bytes > 0, "{rec:?}");
-        assert_eq!(log.change_set(), before);
-        // And it goes on working.
-        log.record_block(&p("f"), 5 * EXTENT_BLOCKS).unwrap();
-        drop(log);
-        let (log, rec) = ChangeLog::open(disk, log_path()).unwrap();
-        assert_eq!(rec.torn_bytes, 0);
-        assert!(log.change_set().covers_block(&p("f"), 5 * EXTENT_BLOCKS));
-    }
-
-    #[test]
-    fn corrupt_header_is_refused() {
-        let disk = Arc::new(SimDisk::new(1));
-        drop(ChangeLog::create(disk.clone(), log_path(), 8192).unwrap());
-        let f = disk.open(&log_path(), OpenMode::Existing).unwrap();
-        f.write_at(0, b"XXXX").unwrap();
-        assert!(matches!(ChangeLog::open(disk, log_path()), Err(ChangeLogError::Corrupt(_))));
-    }
-
-    /// A million writes over ten thousand blocks: after compaction the log
-    /// costs at most 32 bytes per distinct block, whatever the write count.
-    #[test]
-    fn compaction_bounds_size_by_distinct_blocks() {
-        let disk = Arc::new(SimDisk::new(1));
-        let log = ChangeLog::create(disk.clone(), log_path(), 8192).unwrap();
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
-        // 10,000 scattered blocks (no two adjacent, the worst case for runs)
-        // over ten files, then a million writes among them.
-        let files: Vec<FsPath> = (0..10).map(|i| p(&format!("base/16384/{}", 16000 + i))).collect();
-        let blocks: Vec<(usize, u64)> = (0..10_000u64).map(|i| ((i % 10) as usize, (i / 10) * 2 * 131 + 1)).collect();
-        for _ in 0..1_000_000 {
-            let (f, b) = blocks[rng.gen_range(0..blocks.len())];
-            log.record_block(&files[f], b).unwrap();
-        }
-        let before = log.stats();
-        assert_eq!(before.distinct_blocks, 10_000, "{before:?}");
-        log.compact().unwrap();
-        let st = log.stats();
-        eprintln!(
-            "change-log: {} distinct blocks, {} bytes before compaction, {} after ({:.1} bytes a block)",
-            st.distinct_blocks,
-            before.bytes_on_disk,
-            st.bytes_on_disk,
-            st.bytes_on_disk as f64 / st.distinct_blocks as f64
-        );
-        assert!(st.bytes_on_disk <= 32 * st.distinct_blocks, "{st:?}");
-        let want = log.change_set();
-        drop(log);
-        disk.crash(None);
-        let (log, _) = ChangeLog::open(disk, log_path()).unwrap();
-        assert_eq!(log.change_set(), want);
-    }
-
-    #[test]
-    fn group_commit_from_many_threads() {
-        let disk = Arc::new(SimDisk::new(1));
-        let log = Arc::new(ChangeLog::create(disk.clone(), log_path(), 8192).unwrap());
-        std::thread::scope(|s| {
-            for t in 0..8u64 {
-                let log = log.clone();
-                s.spawn(move || {
-                    for b in 0..200 {
-                        log.record_block(&p(&format!("f{}", t % 3)), b * 8 + t).unwrap();
-                    }
-                });
-            }
-        });
-        let st = log.stats();
-        assert_eq!(st.distinct_blocks, 1600);
-        assert!(st.groups_written <= 1600 + 3);
-        log.compact().unwrap();
-        let want = log.change_set();
-        drop(log);
-        disk.crash(None);
-        let (log, _) = ChangeLog::open(disk, log_path()).unwrap();
-        assert_eq!(log.change_set(), want);
-    }
-
-    /// Exact records after the first write into an extent are lazy: a
-    /// crash may lose them, and the durable extent record covers them.
-    #[test]
-    fn a_crash_loses_lazy_records_and_their_extent_covers_them() {
-        let disk = Arc::new(SimDisk::new(1));
-        let log = ChangeLog::create(disk.clone(), log_path(), 8192).unwrap();
-        let f = p("rel");
-        for b in 0..10 {
-            log.record_block(&f, b).unwrap();
-        }
-        assert_eq!(log.stats().groups_written, 1, "only the first block of the extent waited");
-        drop(log);
-        disk.crash(None);
-        let (log, _) = ChangeLog::open(disk, log_path()).unwrap();
-        let set = log.change_set();
-        assert!(set.blocks.get(&f).map_or(0, |b| b.len()) < 10, "later exact records were lazy");
-        for b in 0..10 {
-            assert!(set.covers_block(&f, b), "block {b} is covered");
-        }
-        assert!(!set.covers_block(&f, EXTENT_BLOCKS), "the next extent is not");
-        // Compaction after the crash keeps the recovered extent: its lost
-        // exact records are unknown.
-        log.compact().unwrap();
-        let after = log.change_set();
-        for b in 0..10 {
-            assert!(after.covers_block(&f, b), "block {b} is still covered after compaction");
-        }
-        log.clear().unwrap();
-        assert!(log.change_set().is_empty());
-    }
-
-    /// A payload over the group limit is split at record boundaries.
-    #[test]
-    fn large_payloads_split_into_groups() {
-        let mut enc = Encoder::default();
-        let f = p("f");
-        enc.file(0, &f);
-        for b in 0..(MAX_GROUP as u64 / 17 + 1000) {
-            enc.blocks(0, b * 2, 1);
-        }
-        let (bytes, n) = enc.groups(7);
-        assert!(n >= 2, "{n} groups");
-        let mut at = 0;
-        let mut payload = Vec::new();
-        for i in 0..n {
-            assert_eq!(&bytes[at..at + 4], &GROUP_MAGIC);
-            let len = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().unwrap()) as usize;
-            assert!(len <= MAX_GROUP);
-            assert_eq!(u64::from_le_bytes(bytes[at + 8..at + 16].try_into().unwrap()), 7 + i);
-            payload.extend_from_slice(&bytes[at + GROUP_HEADER_LEN..at + GROUP_HEADER_LEN + len]);
-            at += GROUP_HEADER_LEN + len;
-        }
-        assert_eq!(at, bytes.len());
-        assert_eq!(payload, enc.buf);
-    }
-
-    /// Damage in the middle of the file is corruption, not a torn tail: it
-    /// is refused rather than cut (which would drop durable records after it).
-    #[test]
-    fn damage_before_good_groups_is_refused() {
-        let disk = Arc::new(SimDisk::new(1));
-        let log = ChangeLog::create(disk.clone(), log_path(), 8192).unwrap();
-        for e in 0..4 {
-            log.record_block(&p("f"), e * EXTENT_BLOCKS).unwrap();
-        }
-        assert!(log.stats().groups_written >= 4);
-        drop(log);
-        let f = disk.open(&log_path(), OpenMode::Existing).unwrap();
-        let mut b = [0u8; 1];
-        let at = (HEADER_LEN + GROUP_HEADER_LEN + 3) as u64;
-        f.read_at(at, &mut b).unwrap();
-        f.write_at(at, &[b[0] ^ 0xff]).unwrap();
-        match ChangeLog::open(disk, log_path()) {
-            Err(ChangeLogError::Corrupt(why)) => assert!(why.contains("followed by a good one"), "{why}"),
-            other => panic!("expected corruption, got {:?}", other.map(|(_, r)| r)),
-        }
-    }
-
-    #[test]
-    fn clear_empties_durably() {
-        let disk = Arc::new(SimDisk::new(1));
-        let log = ChangeLog::create(disk.clone(), log_path(), 8192).unwrap();
-        log.record_block(&p("f"), 1).unwrap();
-        log.clear().unwrap();
-        assert!(log.change_set().is_empty());
-        drop(log);
-        disk.crash(None);
-        let (log, _) = ChangeLog::open(disk, log_path()).unwrap();
-        assert!(log.change_set().is_empty());
-    }
-}
+mod tests;
