@@ -515,7 +515,11 @@ impl Run<'_> {
                     }
                 }
             }
-            self.checkpoint(false)?;
+            // A full resync's first walk records its progress at its end,
+            // in one checkpoint: nothing it shipped is owed by name before.
+            if self.expand {
+                self.checkpoint(false)?;
+            }
         }
         Ok(())
     }
