@@ -3,28 +3,20 @@
 //! `addmirrors -p` while the workload goes on, every pair synchronized and
 //! identical, `state`, bad mirror configurations refused, `stop`.
 
+mod common;
+use common::pair::run_filerep as filerep;
+
 use filerep::cluster::client::Client;
 use filerep::core::pair::PairMode;
 use filerep::durable::catalog::Catalog;
 use filerep_tools::cluster::ClusterDir;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const BS: u64 = 8192;
-
-fn filerep(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_filerep"))
-        .args(args)
-        .env("FILEREP_LOG", "warn")
-        .output()
-        .expect("run filerep");
-    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
-}
 
 /// The cluster's log directory, shown when a command fails.
 static LOGS: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();

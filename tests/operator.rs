@@ -2,22 +2,13 @@
 //! overlap (through symbolic links too) and hosts that are one machine are
 //! refused before anything is written; the refusals change nothing.
 
+mod common;
+use common::pair::run_filerep as filerep;
+
 use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-/// Run `filerep`; exit code, stdout, stderr.
-fn filerep(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_filerep"))
-        .args(args)
-        .env("FILEREP_LOG", "warn")
-        .env_remove("FILEREP_CLUSTER_DIR")
-        .output()
-        .expect("run filerep");
-    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
-}
 
 /// The stderr of a command that must be refused (exit code 2).
 fn refused(args: &[&str]) -> String {

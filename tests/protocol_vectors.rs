@@ -267,6 +267,23 @@ fn the_control_exchange_is_what_both_sides_compute() {
         wire.extend_from_slice(&key.control_mac(label, &nonce, body));
         assert_eq!(dump_bytes(&lines[1..]), wire, "{info}");
     }
+    // A later exchange on the same connection: its own nonce, its own MAC.
+    let lines = block(&all, "control-exchange");
+    let m = fields(&lines[0], "exchange 1 ");
+    let mut h = blake3::Hasher::new();
+    h.update(b"filerep v1 control exchange");
+    h.update(&nonce);
+    h.update(&1u64.to_le_bytes());
+    let next: [u8; 32] = *h.finalize().as_bytes();
+    assert_eq!(hex(&m["nonce"]), next.to_vec(), "the nonce of exchange 1, as protocol.md § 12 defines it");
+    assert_eq!(filerep::cluster::control::exchange_nonce(&nonce, 1), next, "as the control channel computes it");
+    let body = lines[1].strip_prefix("json ").expect("json BODY").as_bytes();
+    let mut wire = (body.len() as u32).to_le_bytes().to_vec();
+    wire.extend_from_slice(body);
+    wire.extend_from_slice(&key.control_mac(b"request", &next, body));
+    let shown: Vec<String> = wire.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(dump_bytes(&lines[2..]), wire, "exchange 1's request: {}", shown.join(" "));
+    assert_ne!(next, nonce, "exchange 1 does not reuse the connection's nonce");
 }
 
 fn segment_request_name(r: &SegmentRequest) -> &'static str {

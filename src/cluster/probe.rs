@@ -17,10 +17,11 @@ use crate::cluster::segment::{
 };
 use crate::core::arbiter::{self, Order};
 use crate::core::pair::{Event, PairMode, Role, Verdict};
-use crate::durable::catalog::{Catalog, CatalogStore, FileStore};
+use crate::durable::catalog::{Catalog, CatalogPair, CatalogStore, FileStore};
 use crate::error::{Error, Result};
-use crate::io::admission::{Limits, Stop};
+use crate::io::admission::{Limits, Nudge, Stop};
 use crate::protocol::handshake::ClusterKey;
+use std::collections::HashMap;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -45,7 +46,11 @@ pub struct ProbeConfig {
 }
 
 /// Most probes in flight at once.
-pub const MAX_PROBE_THREADS: usize = 256;
+pub const MAX_PROBE_THREADS: usize = 1024;
+/// Probes in flight at once by default: a host of 128 primaries and 128
+/// mirrors that hangs is seen in one probe timeout (a waiting probe costs
+/// a blocked thread, no CPU).
+pub const DEFAULT_PROBE_THREADS: usize = 256;
 
 impl ProbeConfig {
     pub fn check(&self) -> Result<()> {
@@ -86,8 +91,64 @@ pub fn at_once<T: Sync, R: Default + Send>(items: &[T], in_flight: usize, f: imp
     found.into_inner().unwrap_or_else(|e| e.into_inner())
 }
 
+/// A fixed set of threads, made once, that run jobs handed to them: the
+/// rounds' probes and orders reuse them instead of starting threads every
+/// round (hundreds of segments, a round every few hundred milliseconds).
+struct Workers {
+    tx: crossbeam_channel::Sender<Box<dyn FnOnce() + Send>>,
+}
+
+impl Workers {
+    fn new(count: usize) -> Result<Workers> {
+        let (tx, rx) = crossbeam_channel::unbounded::<Box<dyn FnOnce() + Send>>();
+        for _ in 0..count.max(1) {
+            let rx = rx.clone();
+            std::thread::Builder::new()
+                .name("filerep-probe".into())
+                .spawn(move || {
+                    // Ends when the sender is dropped.
+                    for job in rx {
+                        job();
+                    }
+                })
+                .map_err(|e| Error::io("spawning the probe threads", e))?;
+        }
+        Ok(Workers { tx })
+    }
+
+    /// `f` of every item on the workers: the answers in the order of `items`.
+    fn map<T, R>(&self, items: Vec<T>, f: impl Fn(T) -> R + Send + Sync + 'static) -> Vec<Option<R>>
+    where
+        T: Send + 'static,
+        R: Send + 'static,
+    {
+        let f = Arc::new(f);
+        let (done_tx, done_rx) = crossbeam_channel::unbounded();
+        let n = items.len();
+        for (i, item) in items.into_iter().enumerate() {
+            let (f, done_tx) = (f.clone(), done_tx.clone());
+            let job: Box<dyn FnOnce() + Send> = Box::new(move || {
+                let _ = done_tx.send((i, f(item)));
+            });
+            if let Err(e) = self.tx.send(job) {
+                // No worker left (cannot happen while self lives): run it here.
+                (e.0)();
+            }
+        }
+        drop(done_tx);
+        let mut out: Vec<Option<R>> = (0..n).map(|_| None).collect();
+        for (i, r) in done_rx {
+            out[i] = Some(r);
+        }
+        out
+    }
+}
+
+/// What a pair's segments answered, by dbid.
+type Statuses = Vec<(u32, Option<SegmentStatus>)>;
+
 /// What one round's probes found, by control address.
-struct Probed(std::collections::HashMap<String, Option<SegmentStatus>>);
+struct Probed(HashMap<String, Option<SegmentStatus>>);
 
 impl Probed {
     fn get(&self, addr: &str) -> Option<SegmentStatus> {
@@ -99,7 +160,33 @@ struct State {
     cfg: ProbeConfig,
     store: Box<dyn CatalogStore>,
     catalog: Mutex<Catalog>,
+    /// Segments whose last probe failed, by control address.
+    down: Arc<Mutex<HashMap<String, Down>>>,
+    /// Connections to the segments kept between probes.
+    kept: control::Kept,
+    workers: Workers,
+    /// Wakes the round loop when a request changed the catalog, so its
+    /// orders go out now, not at the next interval.
+    nudge: Nudge,
 }
+
+/// A segment that did not answer its last probe: probed again off the
+/// round (one attempt, no retries: it is down already), each time after a
+/// longer pause, so a hung host costs the rounds nothing once it is seen.
+#[derive(Debug)]
+struct Down {
+    /// Probes failed in a row.
+    failures: u32,
+    /// When the next probe is due.
+    next: Instant,
+    /// A probe is under way.
+    probing: bool,
+    /// What the last probe off the round found, if it answered.
+    answered: Option<SegmentStatus>,
+}
+
+/// The longest pause between probes of a segment that is down.
+pub const MAX_DOWN_BACKOFF: Duration = Duration::from_secs(2);
 
 pub struct ArbiterProcess {
     state: Arc<State>,
@@ -117,9 +204,19 @@ impl ArbiterProcess {
         // Held for the arbiter's life: one writer per catalog.
         let store: Box<dyn CatalogStore> = Box::new(FileStore::lock(&cfg.catalog)?);
         let catalog = store.load()?;
+        let workers = Workers::new(cfg.probe_threads)?;
+        let nudge = Nudge::new().map_err(|e| Error::io("making the round's wake-up", e))?;
         let listener = TcpListener::bind(&cfg.listen).map_err(|e| Error::io(format!("binding {}", cfg.listen), e))?;
         Ok(ArbiterProcess {
-            state: Arc::new(State { cfg, store, catalog: Mutex::new(catalog) }),
+            state: Arc::new(State {
+                cfg,
+                store,
+                catalog: Mutex::new(catalog),
+                down: Default::default(),
+                kept: control::Kept::new(),
+                workers,
+                nudge,
+            }),
             listener,
             stop: Stop::new().map_err(|e| Error::io("making the stop signal", e))?,
         })
@@ -142,7 +239,7 @@ impl ArbiterProcess {
         let server = std::thread::Builder::new()
             .name("filerep-arbiter-control".into())
             .spawn(move || {
-                let limits = Limits::new(control::MAX_CONNECTIONS).with_deadline(s.cfg.handshake_timeout);
+                let limits = control::arbiter_limits(s.cfg.handshake_timeout);
                 control::serve(listener, s.cfg.key.clone(), st, limits, Duration::from_secs(10), {
                     let s = s.clone();
                     move |r| s.answer(r)
@@ -153,10 +250,9 @@ impl ArbiterProcess {
         while !stop.is_stopped() {
             let started = Instant::now();
             state.round();
-            // Sleep out the interval, waking early to stop.
-            while !stop.is_stopped() && started.elapsed() < state.cfg.interval {
-                std::thread::sleep(Duration::from_millis(5).min(state.cfg.interval));
-            }
+            // The rest of the interval, woken at once to stop or by a
+            // request that changed the catalog.
+            stop.wait_or(Some(&state.nudge), state.cfg.interval.saturating_sub(started.elapsed()));
         }
         let _ = server.join();
         Ok(())
@@ -179,7 +275,18 @@ impl State {
         }
     }
 
+    /// Answer a request; one that may have changed the catalog wakes the
+    /// round loop, so the orders it calls for go out now.
     fn answer(&self, req: ArbiterRequest) -> ArbiterResponse {
+        let may_change = !matches!(req, ArbiterRequest::Catalog | ArbiterRequest::Verify { .. });
+        let r = self.answer_now(req);
+        if may_change && !matches!(r, ArbiterResponse::Refused(_)) {
+            self.nudge.nudge();
+        }
+        r
+    }
+
+    fn answer_now(&self, req: ArbiterRequest) -> ArbiterResponse {
         match req {
             ArbiterRequest::Catalog => ArbiterResponse::Catalog(Box::new(lock(&self.catalog).clone())),
             ArbiterRequest::StoreCatalog => {
@@ -197,7 +304,6 @@ impl State {
             ArbiterRequest::Verify { content, repair } => self.verify(content, repair),
             ArbiterRequest::Rebalance { content } => {
                 let mut cat = lock(&self.catalog);
-                let before = cat.clone();
                 let Some(o) = cat.apply(content, &Event::Rebalance) else {
                     return ArbiterResponse::Refused(format!("no content {content} in the catalog"));
                 };
@@ -206,7 +312,7 @@ impl State {
                 }
                 // Stored first; the next rounds give the orders (mirror first:
                 // the old primary shuts down in order, then the other streams to it).
-                if *cat != before && !self.store(&mut cat) {
+                if !self.store(&mut cat) {
                     return ArbiterResponse::Refused("the catalog cannot be written".into());
                 }
                 ArbiterResponse::Started
@@ -219,12 +325,11 @@ impl State {
                 if cat.content_of(dbid) != Some(content) {
                     return ArbiterResponse::Refused(format!("dbid {dbid} is not a segment of content {content}"));
                 }
-                let before = cat.clone();
                 let Some(outcome) = cat.apply(content, &Event::MirrorLost { reporter: dbid, generation }) else {
                     return ArbiterResponse::Refused(format!("no content {content}"));
                 };
                 // Recorded durably before the primary hears it (it then goes on alone).
-                if *cat != before && !self.store(&mut cat) {
+                if outcome.changed && !self.store(&mut cat) {
                     return ArbiterResponse::Refused("the catalog cannot be written".into());
                 }
                 match outcome.verdict {
@@ -255,11 +360,10 @@ impl State {
                 // Back from its acting primary's own data and change-log,
                 // once that primary answers again (the rounds then order it
                 // to serve alone at the new generation).
-                let before = cat.clone();
                 let Some(o) = cat.apply(content, &Event::Restore) else {
                     return ArbiterResponse::Refused(format!("no content {content} in the catalog"));
                 };
-                if *cat != before && !self.store(&mut cat) {
+                if o.changed && !self.store(&mut cat) {
                     return ArbiterResponse::Refused("the catalog cannot be written".into());
                 }
                 tracing::warn!(content, reason = %o.reason, "restored a down segment");
@@ -289,9 +393,8 @@ impl State {
                 return ArbiterResponse::Refused(format!("no content {content} in the catalog"));
             };
             if pair.mode != PairMode::Resynchronizing {
-                let before = cat.clone();
-                cat.apply(content, &Event::ResyncStarted);
-                if *cat != before && !self.store(&mut cat) {
+                let started = cat.apply(content, &Event::ResyncStarted).is_some_and(|o| o.changed);
+                if started && !self.store(&mut cat) {
                     return ArbiterResponse::Refused("the catalog cannot be written".into());
                 }
             }
@@ -343,14 +446,17 @@ impl State {
         }
     }
 
+    /// A segment's status, on the connection kept to it (a probe is then
+    /// one round trip), tried `retries` more times before it counts as down.
     fn probe(&self, addr: &str) -> Option<SegmentStatus> {
         for attempt in 0..=self.cfg.retries {
-            match control::call::<_, SegmentResponse>(addr, &self.cfg.key, &SegmentRequest::Probe, self.cfg.timeout) {
+            match self.kept.call::<_, SegmentResponse>(addr, &self.cfg.key, &SegmentRequest::Probe, self.cfg.timeout) {
                 Ok(SegmentResponse::Status(s)) => return Some(s),
                 Ok(other) => tracing::warn!(addr, ?other, "unexpected probe answer"),
                 Err(e) => tracing::debug!(addr, attempt, error = %e, "probe failed"),
             }
         }
+        self.kept.forget(addr);
         None
     }
 
@@ -370,7 +476,6 @@ impl State {
         }
     }
 
-    /// One probe round over every pair.
     /// `filerep addmirrors`: every new mirror is checked against the whole
     /// catalog before any is added; then all are added in one store, each
     /// pair not in sync (`n`) until a full resync builds its mirror.
@@ -395,128 +500,226 @@ impl State {
         ArbiterResponse::Started
     }
 
-    /// Contents without a mirror: their primary serves alone (change
-    /// tracking), told so whenever it answers and does not serve yet.
-    fn solo_round(&self, snapshot: &Catalog, probed: &Probed) {
-        for solo in &snapshot.unmirrored {
-            let status = probed.get(&solo.address.control);
-            let up = status.as_ref().is_some_and(|s| s.dbid == solo.address.dbid);
-            if up != solo.up {
-                let mut cat = lock(&self.catalog);
-                let before = cat.clone();
-                if let Some(s) = cat.unmirrored.iter_mut().find(|s| s.content == solo.content) {
-                    s.up = up;
-                }
-                let word = |u: bool| if u { "up" } else { "down" };
-                cat.note(
-                    solo.content,
-                    format!("gen {} primary {} {}", solo.generation, solo.address.dbid, word(solo.up)),
-                    format!("gen {} primary {} {}", solo.generation, solo.address.dbid, word(up)),
-                    format!(
-                        "primary {} (no mirror) is {}{}",
-                        solo.address.dbid,
-                        word(up),
-                        if up { "" } else { ": the content is unavailable until it returns" }
-                    ),
-                );
-                if *cat != before && !self.store(&mut cat) {
-                    continue;
-                }
+    /// Contents without a mirror: record each primary up or down as its
+    /// probe found it (under the round's lock); whether anything changed.
+    fn solo_events(cat: &mut Catalog, probed: &Probed) -> bool {
+        let mut changed = false;
+        for i in 0..cat.unmirrored.len() {
+            let solo = cat.unmirrored[i].clone();
+            let up = probed.get(&solo.address.control).is_some_and(|s| s.dbid == solo.address.dbid);
+            if up == solo.up {
+                continue;
             }
-            if let Some(s) = status.filter(|_| up) {
-                let serving = s.acting == Acting::Primary && s.generation == solo.generation;
-                if !serving && s.acting != Acting::Starting {
-                    tracing::info!(
-                        dbid = solo.address.dbid,
-                        generation = solo.generation,
-                        "ordering: become primary (no mirror)"
-                    );
-                    self.order(
-                        &solo.address.control,
-                        SegmentRequest::BecomePrimary { generation: solo.generation, mirror: None },
-                    );
-                }
-            }
+            cat.unmirrored[i].up = up;
+            let word = |u: bool| if u { "up" } else { "down" };
+            cat.note(
+                solo.content,
+                format!("gen {} primary {} {}", solo.generation, solo.address.dbid, word(solo.up)),
+                format!("gen {} primary {} {}", solo.generation, solo.address.dbid, word(up)),
+                format!(
+                    "primary {} (no mirror) is {}{}",
+                    solo.address.dbid,
+                    word(up),
+                    if up { "" } else { ": the content is unavailable until it returns" }
+                ),
+            );
+            changed = true;
+        }
+        changed
+    }
+
+    /// A content without a mirror whose primary answers and does not serve
+    /// is told to serve alone.
+    fn solo_orders(&self, solo: &crate::durable::catalog::CatalogSolo, probed: &Probed) {
+        let Some(s) = probed.get(&solo.address.control).filter(|s| solo.up && s.dbid == solo.address.dbid) else {
+            return;
+        };
+        let serving = s.acting == Acting::Primary && s.generation == solo.generation;
+        if !serving && s.acting != Acting::Starting {
+            tracing::info!(
+                dbid = solo.address.dbid,
+                generation = solo.generation,
+                "ordering: become primary (no mirror)"
+            );
+            self.order(
+                &solo.address.control,
+                SegmentRequest::BecomePrimary { generation: solo.generation, mirror: None },
+            );
         }
     }
 
     /// Every address probed at once, at most `probe_threads` in flight:
     /// the round waits for its slowest probe, not for the sum of them.
-    fn probe_all(&self, addrs: Vec<String>) -> Probed {
-        let found = at_once(&addrs, self.cfg.probe_threads, |a| self.probe(a));
-        Probed(addrs.into_iter().zip(found).collect())
+    /// A segment that failed its last probe is not waited for: it is
+    /// probed off the round with backoff ([`Down`]), and counts as down
+    /// until such a probe finds it answering.
+    fn probe_all(self: &Arc<Self>, addrs: Vec<String>) -> Probed {
+        let now = Instant::now();
+        let mut found: HashMap<String, Option<SegmentStatus>> = HashMap::new();
+        let mut live = Vec::new();
+        {
+            let mut down = lock(&self.down);
+            for a in addrs {
+                let Some(d) = down.get_mut(&a) else {
+                    live.push(a);
+                    continue;
+                };
+                if let Some(s) = d.answered.take() {
+                    down.remove(&a);
+                    found.insert(a, Some(s));
+                    continue;
+                }
+                if !d.probing && now >= d.next {
+                    d.probing = self.probe_off_round(a.clone());
+                }
+                found.insert(a, None);
+            }
+        }
+        let me = self.clone();
+        let answers = self.workers.map(live.clone(), move |a: String| me.probe(&a));
+        let mut down = lock(&self.down);
+        for (a, s) in live.into_iter().zip(answers.into_iter().map(Option::flatten)) {
+            if s.is_none() {
+                let next = now + self.cfg.interval.min(MAX_DOWN_BACKOFF);
+                down.insert(a.clone(), Down { failures: 1, next, probing: false, answered: None });
+            }
+            found.insert(a, s);
+        }
+        Probed(found)
     }
 
-    fn round(&self) {
-        let snapshot = lock(&self.catalog).clone();
-        let mut addrs: Vec<String> = snapshot.unmirrored.iter().map(|s| s.address.control.clone()).collect();
-        for cp in &snapshot.pairs {
-            addrs.extend(cp.addresses.iter().map(|a| a.control.clone()));
-        }
-        addrs.sort();
-        addrs.dedup();
-        let probed = self.probe_all(addrs);
-        self.solo_round(&snapshot, &probed);
-        for cp in &snapshot.pairs {
-            let content = cp.pair.content;
-            let statuses: Vec<(u32, Option<SegmentStatus>)> =
-                cp.addresses.iter().map(|a| (a.dbid, probed.get(&a.control))).collect();
-            for (dbid, st) in &statuses {
-                if let Some(s) = st.as_ref().filter(|s| s.dbid != *dbid) {
-                    tracing::error!(expected = dbid, answered = s.dbid, "a different segment answers there");
+    /// One probe attempt of a segment that is down, on a thread of its own
+    /// (at most one per segment), recorded in [`State::down`]; whether it
+    /// started (the caller holds that lock).
+    fn probe_off_round(&self, addr: String) -> bool {
+        let (down, key, timeout, interval) =
+            (self.down.clone(), self.cfg.key.clone(), self.cfg.timeout, self.cfg.interval);
+        let spawned = std::thread::Builder::new().name("filerep-probe-down".into()).spawn(move || {
+            let status = match control::call::<_, SegmentResponse>(&addr, &key, &SegmentRequest::Probe, timeout) {
+                Ok(SegmentResponse::Status(s)) => Some(s),
+                _ => None,
+            };
+            let mut down = lock(&down);
+            if let Some(d) = down.get_mut(&addr) {
+                d.probing = false;
+                match status {
+                    Some(s) => d.answered = Some(s),
+                    None => {
+                        d.failures = d.failures.saturating_add(1);
+                        let pause = interval.saturating_mul(1 << d.failures.min(6)).min(MAX_DOWN_BACKOFF);
+                        d.next = Instant::now() + pause;
+                    }
                 }
             }
-            let seen: Vec<(u32, Option<arbiter::Seen>)> =
-                statuses.iter().map(|(d, s)| (*d, s.as_ref().map(SegmentStatus::seen))).collect();
-            // Feed what the probes saw to the state machine, record, then act.
-            let pair = {
-                let mut cat = lock(&self.catalog);
-                let before = cat.clone();
-                let Some(current) = cat.pair(content).map(|p| p.pair.clone()) else { continue };
+        });
+        match spawned {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot spawn a probe thread");
+                false
+            }
+        }
+    }
+
+    /// One round: probe every segment; feed what the probes saw to every
+    /// pair's state machine under one lock; store the catalog once if
+    /// anything changed (nothing is acted on if that fails); then give
+    /// every pair its orders, pairs at once.
+    fn round(self: &Arc<Self>) {
+        let (solos, addrs) = {
+            let cat = lock(&self.catalog);
+            let mut addrs: Vec<String> = cat.addresses().map(|(_, a)| a.control.clone()).collect();
+            addrs.sort();
+            addrs.dedup();
+            (cat.unmirrored.clone(), addrs)
+        };
+        let probed = self.probe_all(addrs);
+        let decided: Vec<(CatalogPair, Statuses)> = {
+            let mut cat = lock(&self.catalog);
+            let mut changed = Self::solo_events(&mut cat, &probed);
+            let contents: Vec<u32> = cat.pairs.iter().map(|p| p.pair.content).collect();
+            let mut seen_by_content = Vec::with_capacity(contents.len());
+            for content in contents {
+                let Some(cp) = cat.pair(content) else { continue };
+                let statuses: Vec<(u32, Option<SegmentStatus>)> =
+                    cp.addresses.iter().map(|a| (a.dbid, probed.get(&a.control))).collect();
+                for (dbid, st) in &statuses {
+                    if let Some(s) = st.as_ref().filter(|s| s.dbid != *dbid) {
+                        tracing::error!(expected = dbid, answered = s.dbid, "a different segment answers there");
+                    }
+                }
+                let seen: Vec<(u32, Option<arbiter::Seen>)> =
+                    statuses.iter().map(|(d, s)| (*d, s.as_ref().map(SegmentStatus::seen))).collect();
+                let current = cp.pair.clone();
                 for event in arbiter::events(&current, &seen) {
-                    cat.apply(content, &event);
+                    changed |= cat.apply(content, &event).is_some_and(|o| o.changed);
                 }
                 if let Some(p) = cat.pair(content).map(|p| p.pair.clone()) {
                     if arbiter::resync_completed(&p, &seen) {
-                        cat.apply(content, &Event::ResyncCompleted);
+                        changed |= cat.apply(content, &Event::ResyncCompleted).is_some_and(|o| o.changed);
                     }
                 }
-                if *cat != before && !self.store(&mut cat) {
-                    continue;
+                seen_by_content.push((content, statuses));
+            }
+            // Recorded durably before any order that depends on it.
+            if changed && !self.store(&mut cat) {
+                return;
+            }
+            seen_by_content
+                .into_iter()
+                .filter_map(|(content, statuses)| cat.pair(content).map(|p| (p.clone(), statuses)))
+                .collect()
+        };
+        for solo in &solos {
+            self.solo_orders(solo, &probed);
+        }
+        // Each pair's orders in their order (mirrors first); pairs at once,
+        // and only pairs with orders.
+        let ordered: Vec<_> = decided
+            .into_iter()
+            .filter(|(pair, statuses)| {
+                let seen: Vec<(u32, Option<arbiter::Seen>)> =
+                    statuses.iter().map(|(d, s)| (*d, s.as_ref().map(SegmentStatus::seen))).collect();
+                !arbiter::orders(&pair.pair, &seen, None).is_empty()
+            })
+            .collect();
+        if !ordered.is_empty() {
+            let me = self.clone();
+            self.workers.map(ordered, move |(pair, statuses)| me.pair_orders(&pair, &statuses));
+        }
+    }
+
+    /// Bring one pair's segments to the roles the catalog gives them.
+    fn pair_orders(&self, pair: &CatalogPair, statuses: &[(u32, Option<SegmentStatus>)]) {
+        let seen: Vec<(u32, Option<arbiter::Seen>)> =
+            statuses.iter().map(|(d, s)| (*d, s.as_ref().map(SegmentStatus::seen))).collect();
+        let status = |dbid: u32| statuses.iter().find(|(d, _)| *d == dbid).and_then(|(_, s)| s.clone());
+        for order in arbiter::orders(&pair.pair, &seen, None) {
+            match order {
+                Order::BecomeMirror { dbid, generation } => {
+                    let Some(a) = pair.address(dbid) else { continue };
+                    tracing::info!(dbid, generation, "ordering: become mirror");
+                    self.order(&a.control, SegmentRequest::BecomeMirror { generation });
                 }
-                match cat.pair(content) {
-                    Some(p) => p.clone(),
-                    None => continue,
+                Order::BecomePrimary { dbid, generation, mirror } => {
+                    let Some(a) = pair.address(dbid) else { continue };
+                    let mirror = match mirror {
+                        Some(m) => match pair.address(m) {
+                            Some(ma) => Some(ma.data.clone()),
+                            None => continue,
+                        },
+                        None => None,
+                    };
+                    tracing::info!(dbid, generation, streaming = mirror.is_some(), "ordering: become primary");
+                    self.order(&a.control, SegmentRequest::BecomePrimary { generation, mirror });
                 }
-            };
-            let status = |dbid: u32| statuses.iter().find(|(d, _)| *d == dbid).and_then(|(_, s)| s.clone());
-            for order in arbiter::orders(&pair.pair, &seen, None) {
-                match order {
-                    Order::BecomeMirror { dbid, generation } => {
-                        let Some(a) = pair.address(dbid) else { continue };
-                        tracing::info!(dbid, generation, "ordering: become mirror");
-                        self.order(&a.control, SegmentRequest::BecomeMirror { generation });
-                    }
-                    Order::BecomePrimary { dbid, generation, mirror } => {
-                        let Some(a) = pair.address(dbid) else { continue };
-                        let mirror = match mirror {
-                            Some(m) => match pair.address(m) {
-                                Some(ma) => Some(ma.data.clone()),
-                                None => continue,
-                            },
-                            None => None,
-                        };
-                        tracing::info!(dbid, generation, streaming = mirror.is_some(), "ordering: become primary");
-                        self.order(&a.control, SegmentRequest::BecomePrimary { generation, mirror });
-                    }
-                    Order::HandOver { from, to } => {
-                        let (Some(f), Some(t)) = (pair.address(from), pair.address(to)) else { continue };
-                        self.hand_over(&f.control, &t.control, status(to).as_ref());
-                    }
+                Order::HandOver { from, to } => {
+                    let (Some(f), Some(t)) = (pair.address(from), pair.address(to)) else { continue };
+                    self.hand_over(&f.control, &t.control, status(to).as_ref());
                 }
             }
-            debug_assert!(pair.pair.segments.iter().filter(|s| s.role == Role::Primary).count() == 1);
         }
+        debug_assert!(pair.pair.segments.iter().filter(|s| s.role == Role::Primary).count() == 1);
     }
 
     /// A returning old primary's activity log goes to the acting primary's
@@ -567,7 +770,7 @@ mod tests {
     fn probe_threads_out_of_range_are_refused_with_the_range() {
         for bad in [0, MAX_PROBE_THREADS + 1] {
             let e = config(bad).check().expect_err("refused").to_string();
-            assert!(e.contains(&format!("{bad} probe threads")) && e.contains("1 to 256"), "{e}");
+            assert!(e.contains(&format!("{bad} probe threads")) && e.contains("1 to 1024"), "{e}");
         }
         for good in [1, 16, MAX_PROBE_THREADS] {
             config(good).check().unwrap_or_else(|e| panic!("{good}: {e}"));
@@ -581,5 +784,83 @@ mod tests {
             assert_eq!(at_once(&items, in_flight, |i| i * 2), items.iter().map(|i| i * 2).collect::<Vec<_>>());
         }
         assert!(at_once(&[] as &[u64], 4, |i| *i).is_empty());
+    }
+
+    #[test]
+    fn workers_answer_in_the_order_of_the_items() {
+        let w = Workers::new(3).unwrap();
+        let items: Vec<u64> = (0..50).collect();
+        let got = w.map(items.clone(), |i| i * 3);
+        assert_eq!(got, items.iter().map(|i| Some(i * 3)).collect::<Vec<_>>());
+        assert!(w.map(Vec::<u64>::new(), |i| i).is_empty());
+    }
+
+    fn status(dbid: u32) -> SegmentStatus {
+        SegmentStatus {
+            dbid,
+            content: 0,
+            acting: Acting::Idle,
+            generation: 0,
+            mode: '-',
+            detail: String::new(),
+            changes_pending: false,
+            faulted: false,
+            unheard: false,
+            resync: None,
+            resync_error: None,
+            verify: None,
+            replication: None,
+            changelog: None,
+        }
+    }
+
+    /// Wait for a condition another thread makes true, up to 20 s.
+    fn wait_for(what: &str, mut ready: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !ready() {
+            assert!(Instant::now() < deadline, "{what}: not within 20 s");
+            std::thread::sleep(Duration::from_millis(5)); // polling another thread's progress
+        }
+    }
+
+    /// A segment that stops answering is probed within the round once;
+    /// after that only off the round, one attempt at a time, so the round
+    /// does not wait for it; when it answers again the next round sees it.
+    #[test]
+    fn a_down_segment_is_probed_off_the_round_until_it_answers() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("catalog.json");
+        Catalog::new(7, 8192, Vec::new()).store(&path).unwrap();
+        let mut cfg = config(4);
+        cfg.catalog = path;
+        cfg.timeout = Duration::from_millis(300);
+        cfg.interval = Duration::from_millis(20);
+        cfg.retries = 0;
+        let key = cfg.key.clone();
+        let arb = ArbiterProcess::open(cfg).unwrap();
+        let state = arb.state.clone();
+        // Listening, but nobody accepts: every probe waits out its timeout.
+        let hung = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = hung.local_addr().unwrap().to_string();
+        assert!(state.probe_all(vec![addr.clone()]).get(&addr).is_none());
+        assert_eq!(lock(&state.down).get(&addr).map(|d| d.failures), Some(1));
+        // Once due, the next rounds start one probe off the round and do not wait for it.
+        wait_for("an off-round probe started", || {
+            assert!(state.probe_all(vec![addr.clone()]).get(&addr).is_none());
+            lock(&state.down).get(&addr).is_some_and(|d| d.probing)
+        });
+        // It answers from now on: the probe under way gets its answer.
+        let stop = Stop::new().unwrap();
+        let st = stop.clone();
+        std::thread::spawn(move || {
+            control::serve(hung, key, st, Limits::new(4), Duration::from_secs(5), |r: SegmentRequest| match r {
+                SegmentRequest::Probe => SegmentResponse::Status(status(9)),
+                _ => SegmentResponse::Refused("a probe only".into()),
+            })
+        });
+        wait_for("the segment seen again", || state.probe_all(vec![addr.clone()]).get(&addr).is_some());
+        assert!(lock(&state.down).get(&addr).is_none(), "it is no longer down");
+        assert_eq!(state.probe_all(vec![addr.clone()]).get(&addr).map(|s| s.dbid), Some(9));
+        stop.stop();
     }
 }

@@ -34,7 +34,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Client connections served at once, once they made a request (before it,
 /// they are held to the admission gate's small budget: [`crate::io::admission`]).
@@ -535,13 +535,30 @@ pub struct RemoteArbiter {
 }
 
 impl Arbiter for RemoteArbiter {
+    /// Asked again, with backoff, until `timeout` when the arbiter cannot
+    /// be reached (asking twice is harmless: the same loss of the same
+    /// generation gets the same answer); its answers are final.
     fn mirror_lost(&self, content: u32, generation: u64, reason: &str) -> std::result::Result<Decision, String> {
         let req = ArbiterRequest::MirrorLost { dbid: self.dbid, content, generation, reason: reason.into() };
-        match control::call::<_, ArbiterResponse>(&self.addr, &self.key, &req, self.timeout) {
-            Ok(ArbiterResponse::MirrorDown) => Ok(Decision::MirrorDown),
-            Ok(ArbiterResponse::Demoted) => Ok(Decision::Demoted),
-            Ok(other) => Err(format!("the arbiter answered {other:?}")),
-            Err(e) => Err(format!("cannot reach the arbiter: {e}")),
+        let deadline = Instant::now() + self.timeout;
+        let mut pause = Duration::from_millis(50);
+        let mut attempts = 0u32;
+        loop {
+            attempts += 1;
+            let left = deadline.saturating_duration_since(Instant::now());
+            match control::call::<_, ArbiterResponse>(&self.addr, &self.key, &req, left.max(Duration::from_millis(1))) {
+                Ok(ArbiterResponse::MirrorDown) => return Ok(Decision::MirrorDown),
+                Ok(ArbiterResponse::Demoted) => return Ok(Decision::Demoted),
+                Ok(other) => return Err(format!("the arbiter answered {other:?}")),
+                Err(e) if Instant::now() + pause >= deadline => {
+                    return Err(format!("cannot reach the arbiter ({attempts} attempts): {e}"))
+                }
+                Err(e) => {
+                    tracing::warn!(content, generation, attempts, error = %e, "cannot reach the arbiter; asking again");
+                    std::thread::sleep(pause); // a backoff between attempts
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
+            }
         }
     }
 }
@@ -1483,6 +1500,34 @@ mod tests {
 
     fn p(s: &str) -> FsPath {
         FsPath::new(0, RelPath::new(s).unwrap())
+    }
+
+    /// A primary whose arbiter refuses it for a while (its connections
+    /// closed before the hello, more often than one call tries again)
+    /// keeps asking within its decision time, and gets the answer.
+    #[test]
+    fn a_primary_keeps_asking_an_arbiter_it_cannot_reach() {
+        let key = ClusterKey::from_material(b"remote arbiter test key material").unwrap();
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        const CLOSED: usize = 10;
+        let sk = key.clone();
+        let server = std::thread::spawn(move || {
+            for _ in 0..CLOSED {
+                drop(l.accept().unwrap().0);
+            }
+            let (s, peer) = l.accept().unwrap();
+            let stop = crate::io::admission::Stop::new().unwrap();
+            let handle = |r: ArbiterRequest| match r {
+                ArbiterRequest::MirrorLost { dbid: 2, content: 0, generation: 3, .. } => ArbiterResponse::MirrorDown,
+                other => ArbiterResponse::Refused(format!("unexpected {other:?}")),
+            };
+            let ticket = crate::io::admission::Ticket::unlimited();
+            control::serve_one(s, &peer.to_string(), &sk, ticket, Duration::from_secs(5), &stop, &handle)
+        });
+        let arbiter = RemoteArbiter { addr, key, dbid: 2, timeout: Duration::from_secs(30) };
+        assert_eq!(arbiter.mirror_lost(0, 3, "test").unwrap(), Decision::MirrorDown);
+        server.join().unwrap().unwrap();
     }
 
     #[test]

@@ -122,8 +122,16 @@ pub struct Catalog {
     /// Contents without a mirror.
     #[serde(default)]
     pub unmirrored: Vec<CatalogSolo>,
+    /// The last [`MAX_HISTORY`] changes. Stored in the history file beside
+    /// the catalog ([`super::history`]), not in its document; sent whole to
+    /// the tools that ask for the catalog.
     #[serde(default)]
     pub history: Vec<HistoryEntry>,
+    /// Changes ever recorded: the next one's number in the history file,
+    /// and its commit point (0 in a catalog from before the history file,
+    /// whose document holds its history).
+    #[serde(default)]
+    pub history_total: u64,
 }
 
 /// Where the catalog is kept. The arbiter reads it once and replaces it
@@ -142,6 +150,9 @@ pub trait CatalogStore: Send + Sync {
 pub struct FileStore {
     path: PathBuf,
     _lock: nix::fcntl::Flock<std::fs::File>,
+    /// Where the history file ended after the last store (this store is
+    /// its only writer): the next store appends without reading it.
+    history_tail: std::sync::Mutex<Option<super::history::Tail>>,
 }
 
 impl FileStore {
@@ -160,7 +171,7 @@ impl FileStore {
                 lock_path.display()
             ))
         })?;
-        Ok(FileStore { path: path.to_path_buf(), _lock: lock })
+        Ok(FileStore { path: path.to_path_buf(), _lock: lock, history_tail: std::sync::Mutex::new(None) })
     }
 }
 
@@ -169,7 +180,16 @@ impl CatalogStore for FileStore {
         Catalog::load(&self.path)
     }
     fn store(&self, c: &Catalog) -> Result<()> {
-        c.store(&self.path)
+        let mut tail = self.history_tail.lock().unwrap_or_else(|e| e.into_inner());
+        let stored = match files::on_host(&self.path)? {
+            Some((disk, p)) => c.store_after(&disk, &p, &self.path, *tail),
+            None => {
+                Err(Error::io(format!("writing catalog {}", self.path.display()), std::io::ErrorKind::NotFound.into()))
+            }
+        };
+        // A failed store leaves the file as it may be: read it next time.
+        *tail = stored.as_ref().ok().copied();
+        stored.map(|_| ())
     }
     fn describe(&self) -> String {
         self.path.display().to_string()
@@ -207,7 +227,7 @@ impl Catalog {
             .ok_or_else(|| {
                 Error::io(format!("reading catalog {}", shown.display()), std::io::ErrorKind::NotFound.into())
             })?;
-        Catalog::from_bytes(&bytes).map_err(|reason| {
+        let mut cat = Catalog::from_bytes(&bytes).map_err(|reason| {
             tracing::info!(path = %shown.display(), %reason, "the catalog is damaged");
             let restore = match reason.contains("plain JSON") {
                 true => format!(
@@ -218,7 +238,31 @@ impl Catalog {
                 false => restore_command(shown),
             };
             Error::Damaged { what: "catalog", path: shown.display().to_string(), reason, restore }
-        })
+        })?;
+        cat.read_history(disk, path, shown);
+        Ok(cat)
+    }
+
+    /// The history from the history file beside the catalog (a catalog
+    /// from before that file keeps the history its document holds). The
+    /// history only informs: a damaged file is said in the log, and its
+    /// readable entries kept.
+    fn read_history(&mut self, disk: &dyn Disk, path: &FsPath, shown: &Path) {
+        if !self.history.is_empty() || self.history_total == 0 {
+            return; // From before the history file: its document holds it.
+        }
+        let file = match super::history::path_of(path) {
+            Ok(f) => f,
+            Err(e) => return tracing::warn!(catalog = %shown.display(), error = %e, "no history file name"),
+        };
+        match super::history::load(disk, &file, self.history_total) {
+            Ok(h) => self.history = h,
+            Err(reason) => tracing::warn!(
+                catalog = %shown.display(),
+                %reason,
+                "the catalog's history file cannot be read: the catalog goes on without its history"
+            ),
+        }
     }
 
     /// A catalog from a sealed file's bytes: the header and checksums,
@@ -231,14 +275,19 @@ impl Catalog {
 
     /// A catalog from its JSON alone (a hand-written one, to be sealed), checked.
     pub fn from_json(json: &[u8]) -> std::result::Result<Catalog, String> {
-        let c: Catalog = serde_json::from_slice(json).map_err(|e| format!("its JSON does not read: {e}"))?;
+        let mut c: Catalog = serde_json::from_slice(json).map_err(|e| format!("its JSON does not read: {e}"))?;
         c.check()?;
+        if c.history_total == 0 {
+            // From before the history file: its entries are the first ones.
+            c.history_total = c.history.len() as u64;
+        }
         Ok(c)
     }
 
-    /// The sealed bytes of this catalog (what [`Catalog::store`] writes).
+    /// The sealed bytes of this catalog's document (what [`Catalog::store`]
+    /// writes beside its history).
     pub fn to_sealed(&self) -> Result<Vec<u8>> {
-        let json = serde_json::to_vec_pretty(self).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        let json = serde_json::to_vec_pretty(&self.document()).map_err(|e| Error::InvalidArgument(e.to_string()))?;
         Ok(super::sealed::seal(super::sealed::Kind::Catalog, FORMAT_VERSION, &json))
     }
 
@@ -306,9 +355,39 @@ impl Catalog {
 
     /// [`Catalog::store`] through any disk.
     pub fn store_to(&self, disk: &dyn Disk, path: &FsPath, shown: &Path) -> Result<()> {
-        let json = serde_json::to_vec_pretty(self).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        self.store_after(disk, path, shown, None).map(|_| ())
+    }
+
+    /// The history's new entries appended to its file and synced, then the
+    /// document (its commit point, `history_total`), sealed, with its last
+    /// good copy. `tail`: where the previous store left the history file.
+    pub fn store_after(
+        &self,
+        disk: &dyn Disk,
+        path: &FsPath,
+        shown: &Path,
+        tail: Option<super::history::Tail>,
+    ) -> Result<super::history::Tail> {
+        let failed = |e: std::io::Error| Error::io(format!("writing catalog {}", shown.display()), e);
+        let file = super::history::path_of(path).map_err(|e| failed(std::io::Error::other(e)))?;
+        let tail = super::history::store(disk, &file, &self.history, self.history_total, tail)
+            .map_err(|e| failed(std::io::Error::other(e)))?;
+        let json = serde_json::to_vec_pretty(&self.document()).map_err(|e| Error::InvalidArgument(e.to_string()))?;
         super::sealed::store_with_copy_on(disk, path, super::sealed::Kind::Catalog, FORMAT_VERSION, &json)
-            .map_err(|e| Error::io(format!("writing catalog {}", shown.display()), e))
+            .map_err(failed)?;
+        Ok(tail)
+    }
+
+    /// The catalog's document: everything but the history (in its own file).
+    fn document(&self) -> Catalog {
+        Catalog {
+            cluster_id: self.cluster_id,
+            block_size: self.block_size,
+            pairs: self.pairs.clone(),
+            unmirrored: self.unmirrored.clone(),
+            history: Vec::new(),
+            history_total: self.history_total,
+        }
     }
 
     pub fn pair(&self, content: u32) -> Option<&CatalogPair> {
@@ -347,6 +426,7 @@ impl Catalog {
     /// Append to the history, dropping the oldest past [`MAX_HISTORY`].
     fn push_history(&mut self, content: u32, before: String, after: String, reason: String) {
         self.history.push(HistoryEntry { unix_ms: unix_ms(), content, before, after, reason });
+        self.history_total += 1;
         if self.history.len() > MAX_HISTORY {
             let excess = self.history.len() - MAX_HISTORY;
             self.history.drain(..excess);
@@ -405,7 +485,7 @@ impl Catalog {
             .into_iter()
             .map(|(content, p, m)| CatalogPair { pair: Pair::new(content, p.dbid, m.dbid), addresses: [p, m] })
             .collect();
-        Catalog { cluster_id, block_size, pairs, unmirrored: Vec::new(), history: Vec::new() }
+        Catalog { cluster_id, block_size, pairs, unmirrored: Vec::new(), history: Vec::new(), history_total: 0 }
     }
 }
 
@@ -439,6 +519,50 @@ mod tests {
         assert_eq!(Catalog::load(&path).unwrap().history.len(), 1);
     }
 
+    /// The history lives in its own file: a store appends its new entries
+    /// there, and the document holds none of them.
+    #[test]
+    fn the_history_is_appended_beside_the_document() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("catalog.json");
+        let history = dir.path().join("catalog.json.history");
+        let mut c = sample();
+        c.store(&path).unwrap();
+        let document = std::fs::metadata(&path).unwrap().len();
+        let mut sizes = vec![std::fs::metadata(&history).unwrap().len()];
+        for i in 0..20 {
+            c.note(1, format!("before {i}"), format!("after {i}"), format!("a note {i}"));
+            c.store(&path).unwrap();
+            sizes.push(std::fs::metadata(&history).unwrap().len());
+        }
+        assert!(sizes.windows(2).all(|w| w[1] > w[0]), "each store appends: {sizes:?}");
+        let doc_len = std::fs::metadata(&path).unwrap().len();
+        assert!(doc_len < document + 16, "the document does not grow with the history: {document} -> {doc_len}");
+        assert_eq!(Catalog::load(&path).unwrap(), c);
+        assert_eq!(c.history_total, 21);
+    }
+
+    /// A catalog from before the history file (its history in its document)
+    /// reads with that history, and the next store moves it to the file.
+    #[test]
+    fn a_catalog_with_its_history_inside_is_read_and_moved_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("catalog.json");
+        let c = sample();
+        let mut old = serde_json::to_value(&c).unwrap();
+        old.as_object_mut().unwrap().remove("history_total");
+        let body = serde_json::to_vec_pretty(&old).unwrap();
+        std::fs::write(&path, super::super::sealed::seal(super::super::sealed::Kind::Catalog, FORMAT_VERSION, &body))
+            .unwrap();
+        let read = Catalog::load(&path).unwrap();
+        assert_eq!((read.history.len(), read.history_total), (1, 1));
+        assert_eq!(read, c);
+        read.store(&path).unwrap();
+        let document = String::from_utf8_lossy(&std::fs::read(&path).unwrap()).into_owned();
+        assert!(document.contains("\"history_total\": 1") && !document.contains("failed its probe"), "{document}");
+        assert_eq!(Catalog::load(&path).unwrap(), c);
+    }
+
     #[test]
     fn bad_catalogs_are_refused_with_the_reason() {
         let dir = tempfile::tempdir().unwrap();
@@ -470,7 +594,7 @@ mod tests {
     fn every_single_byte_change_to_a_catalog_is_detected() {
         let c = sample();
         let bytes = c.to_sealed().unwrap();
-        assert_eq!(Catalog::from_bytes(&bytes).unwrap(), c);
+        assert_eq!(Catalog::from_bytes(&bytes).unwrap(), c.document(), "the document: all but the history");
         let mut damaged = bytes.clone();
         let mut seen = 0u64;
         for at in 0..bytes.len() {

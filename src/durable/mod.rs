@@ -1,6 +1,6 @@
 //! What must survive a crash, each format documented in `docs/`: the
 //! [`changelog`] (change tracking, the activity log's records of rule 5,
-//! resync progress) and the [`catalog`]; the [`sealed`] framing every JSON
+//! resync progress) and the [`catalog`] with its append-only [`history`]; the [`sealed`] framing every JSON
 //! state file is written in; [`files`], the one way small state files are
 //! replaced and directories made. When records are written and dropped is
 //! decided by the core; this layer keeps them.
@@ -8,6 +8,7 @@
 pub mod catalog;
 pub mod changelog;
 pub mod files;
+pub mod history;
 pub mod sealed;
 
 #[cfg(test)]

@@ -131,6 +131,39 @@ impl Stop {
         self.flag.load(Ordering::SeqCst)
     }
 
+    /// Wait up to `timeout` for the stop; whether it came.
+    pub fn wait(&self, timeout: Duration) -> bool {
+        self.wait_or(None, timeout)
+    }
+
+    /// Wait up to `timeout` for the stop or, if given, a nudge (taken);
+    /// whether the stop came.
+    pub fn wait_or(&self, nudge: Option<&Nudge>, timeout: Duration) -> bool {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        let deadline = Instant::now() + timeout;
+        while !self.is_stopped() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            let ms = PollTimeout::try_from(left.as_millis().clamp(1, 60_000) as i32).unwrap_or(PollTimeout::MAX);
+            let mut fds = vec![PollFd::new(self.wake_fd(), PollFlags::POLLIN)];
+            if let Some(n) = nudge {
+                fds.push(PollFd::new(n.rx.as_fd(), PollFlags::POLLIN));
+            }
+            match poll(&mut fds, ms) {
+                Ok(_) => {}
+                Err(nix::errno::Errno::EINTR) => continue,
+                // No way to wait on the wake-ups: wait out the time instead.
+                Err(_) => std::thread::sleep(left),
+            }
+            if nudge.is_some_and(|n| n.take()) {
+                return self.is_stopped();
+            }
+        }
+        true
+    }
+
     /// The flag alone, for loops that look at it between timed waits.
     pub fn flag(&self) -> &Arc<AtomicBool> {
         &self.flag
@@ -144,6 +177,41 @@ impl Stop {
 
     fn wake_fd(&self) -> BorrowedFd<'_> {
         self.rx.as_fd()
+    }
+}
+
+/// A wake-up for a loop that waits in [`Stop::wait_or`]: "something
+/// changed, do not wait out the interval". Nudges before the wait are not
+/// lost; several count as one.
+pub struct Nudge {
+    rx: UnixStream,
+    tx: UnixStream,
+}
+
+impl Nudge {
+    pub fn new() -> std::io::Result<Nudge> {
+        let (tx, rx) = UnixStream::pair()?;
+        tx.set_nonblocking(true)?;
+        rx.set_nonblocking(true)?;
+        Ok(Nudge { rx, tx })
+    }
+
+    pub fn nudge(&self) {
+        // A full buffer already holds a nudge.
+        let _ = (&self.tx).write(&[1]);
+    }
+
+    /// Whether there were nudges (all taken).
+    fn take(&self) -> bool {
+        let mut buf = [0u8; 64];
+        let mut any = false;
+        while let Ok(n) = std::io::Read::read(&mut (&self.rx), &mut buf) {
+            if n == 0 {
+                break;
+            }
+            any = true;
+        }
+        any
     }
 }
 

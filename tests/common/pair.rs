@@ -54,6 +54,19 @@ pub fn exe() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_filerep"))
 }
 
+/// Run `filerep ARGS` to its end (logging warnings only, and deaf to a
+/// `FILEREP_CLUSTER_DIR` of the caller's): its exit code, stdout and stderr.
+pub fn run_filerep(args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(exe())
+        .args(args)
+        .env("FILEREP_LOG", "warn")
+        .env_remove("FILEREP_CLUSTER_DIR")
+        .output()
+        .expect("run filerep");
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
+}
+
 /// A port nothing listens on now, picked below the kernel's usual
 /// ephemeral range (32768..): between this check and the segment's bind,
 /// no outgoing connection (probes, clients: many, in parallel tests) is

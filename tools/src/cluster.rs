@@ -531,7 +531,9 @@ pub fn segment_config(
         sync_level: "applied".into(),
         decision_timeout_ms: 5000,
         ack_timeout_ms: 3000,
-        heartbeat_ms: 200,
+        // An idle pair's only traffic: hundreds of pairs on a host pay it
+        // together (six heartbeats per ack timeout still find silence in time).
+        heartbeat_ms: 500,
         handshake_timeout_ms: 2000,
         prefer_uring: true,
         // Prometheus metrics are asked for per segment (docs/operations.md, Metrics).
@@ -978,10 +980,11 @@ pub fn probe(control: &str, key: &ClusterKey, timeout: Duration) -> Option<Segme
     }
 }
 
-/// Segments asked at once by [`probe_many`].
-const PROBES_IN_FLIGHT: usize = 64;
+/// Segments asked at once by [`probe_many`] (a waiting probe costs a
+/// blocked thread, no CPU).
+const PROBES_IN_FLIGHT: usize = 256;
 
-/// Ask every segment at once (at most 64 in flight): the answers, in the
+/// Ask every segment at once (at most 256 in flight): the answers, in the
 /// order of `controls`, within about one `timeout` however many hang.
 pub fn probe_many(controls: &[String], key: &ClusterKey, timeout: Duration) -> Vec<Option<SegmentStatus>> {
     filerep::cluster::probe::at_once(controls, PROBES_IN_FLIGHT, |c| probe(c, key, timeout))

@@ -136,6 +136,29 @@ struct BenchCmd {
     /// With --resync: the data set in GiB.
     #[arg(long, default_value_t = 2.0)]
     data_gib: f64,
+    /// Time the cluster tools and the arbiter on a loopback cluster of this
+    /// many mirrored primary segments (addmirrors, verify, idle CPU, a killed
+    /// and a hung host, recover, recover -r).
+    #[arg(long)]
+    cluster: Option<u32>,
+    /// With --cluster: host addresses (127.0.0.2 onwards) the segments are spread over.
+    #[arg(long, default_value_t = 4)]
+    cluster_hosts: u32,
+    /// With --cluster: MiB written to each primary before its mirror is added.
+    #[arg(long, default_value_t = 4)]
+    cluster_mib: u32,
+    /// With --cluster: the first primary port on each host.
+    #[arg(long, default_value_t = 30000)]
+    base_port: u16,
+    /// With --cluster: pairs the cluster tools handle at once (their -B; default: theirs).
+    #[arg(short = 'B', long)]
+    batch: Option<u32>,
+    /// With --cluster: history entries put in the catalog before the cluster starts.
+    #[arg(long, default_value_t = 0)]
+    cluster_history: u32,
+    /// With --cluster: time this `filerep` binary's cluster instead of this one's (compare two versions).
+    #[arg(long)]
+    cluster_exe: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -315,6 +338,43 @@ fn run_bench(c: BenchCmd) -> CmdResult {
             tmp.path().to_path_buf()
         }
     };
+    if let Some(segments) = c.cluster {
+        let cc = filerep_tools::bench_cluster::ClusterBenchConfig {
+            segments,
+            hosts: c.cluster_hosts,
+            mib_per_segment: c.cluster_mib,
+            dir: dir.clone(),
+            base_port: c.base_port,
+            exe: std::env::current_exe()?,
+            batch: c.batch,
+            history: c.cluster_history,
+            tools: c.cluster_exe.clone(),
+            verbose: !c.json,
+        };
+        let r = filerep_tools::bench_cluster::run(&cc)?;
+        if c.json {
+            println!("{}", serde_json::to_string_pretty(&r)?);
+        } else {
+            println!(
+                "{} mirrored segments over {} hosts, {} MiB each, {} history entries",
+                r.segments, r.hosts, r.mib_per_segment, r.history_entries
+            );
+            for (what, v) in [
+                ("addmirrors (s)", r.addmirrors_s),
+                ("verify (s)", r.verify_s),
+                ("idle: all segments (% of a core)", r.idle_segments_cpu_pct),
+                ("idle: arbiter (% of a core)", r.idle_arbiter_cpu_pct),
+                ("killed host: every pair serving (s)", r.killed_host_serving_s),
+                ("recover (s)", r.recover_s),
+                ("recover -r (s)", r.recover_rebalance_s),
+                ("hung host: every pair taken over (s)", r.hung_host_takeover_s),
+                ("state --json while hung (s)", r.state_json_hung_s),
+            ] {
+                println!("{what:<40} {v:>8.2}");
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let cfg = filerep_tools::bench::BenchConfig {
         writers: c.writers,
         block_size: c.block_size,

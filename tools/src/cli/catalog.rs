@@ -140,10 +140,28 @@ fn check(which: &Which) -> Result<ExitCode, String> {
             }
         }
     }
+    history(&path);
     if bad > 0 {
         eprintln!("{bad} damaged; restore them with: filerep catalog restore {}", how(&dir, &path));
     }
     Ok(if bad == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// The history file's state, said: it only informs (a damaged one is cut
+/// back to what reads at the catalog's next change), so it fails no check.
+fn history(catalog: &Path) {
+    let file = PathBuf::from(format!("{}.history", catalog.display()));
+    let Ok(cat) = Catalog::load(catalog) else { return };
+    let expected = (cat.history_total as usize).min(filerep::durable::catalog::MAX_HISTORY);
+    let state = match (file.exists(), cat.history.len()) {
+        (false, 0) => "absent (no change recorded yet)".to_string(),
+        (false, n) => format!("absent: the catalog holds its {n} entries itself (from before the history file)"),
+        (true, n) if n == expected => format!("whole, the last {n} of {} changes", cat.history_total),
+        (true, n) => format!(
+            "{n} of the last {expected} changes read (the rest is damaged or missing; the history only informs,              and the catalog's next change cuts the file back to what reads)"
+        ),
+    };
+    println!("{}: {state}", file.display());
 }
 
 fn how(dir: &Option<ClusterDir>, path: &Path) -> String {

@@ -41,9 +41,9 @@ pub struct ArbiterCmd {
     /// Milliseconds a new control connection may take to send its request before it is closed.
     #[arg(long, default_value_t = 2000)]
     handshake_timeout_ms: u64,
-    /// Segments probed at once (1 to 256): a hung segment costs its own
+    /// Segments probed at once (1 to 1024): a hung segment costs its own
     /// timeout, not every other segment's.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = filerep::cluster::probe::DEFAULT_PROBE_THREADS)]
     probe_threads: usize,
 }
 

@@ -1,6 +1,7 @@
 //! The subcommands of `filerep`, one module each (the mirror daemon, `bench`,
 //! `sim` and `compare` are small enough to live in `main.rs`).
 
+pub mod batch;
 pub mod catalog;
 pub mod cluster;
 pub mod demo;

@@ -91,6 +91,8 @@ pub struct AddMirrorsCmd {
     /// Read the mirrors from FILE (gpaddmirrors format) instead of computing them.
     #[arg(short = 'i', long = "input")]
     input: Option<PathBuf>,
+    #[command(flatten)]
+    batch: crate::cli::batch::BatchArg,
     /// Limit the initial full resyncs to this many MB/s.
     #[arg(long)]
     max_rate: Option<f64>,
@@ -314,13 +316,15 @@ pub fn addmirrors(c: AddMirrorsCmd) -> Result<ExitCode, String> {
         return Err(format!("nothing was changed: {}", long.join("; ")));
     }
     // Every primary that gets a mirror serves, before anything changes.
+    let controls: Vec<String> = mirrors.iter().map(|(_, _, p, _)| p.control.clone()).collect();
+    let statuses = cluster::probe_many(&controls, &key, Duration::from_secs(2));
     let idle: Vec<String> = mirrors
         .iter()
-        .filter(|(_, _, p, _)| {
-            cluster::probe(&p.control, &key, Duration::from_secs(2))
-                .is_none_or(|s| s.dbid != p.dbid || s.acting != filerep::cluster::segment::Acting::Primary)
+        .zip(statuses)
+        .filter(|((_, _, p, _), s)| {
+            s.as_ref().is_none_or(|s| s.dbid != p.dbid || s.acting != filerep::cluster::segment::Acting::Primary)
         })
-        .map(|(content, _, p, _)| format!("content {content} (primary dbid {} on {})", p.dbid, p.control))
+        .map(|((content, _, p, _), _)| format!("content {content} (primary dbid {} on {})", p.dbid, p.control))
         .collect();
     if !idle.is_empty() {
         return Err(format!(
@@ -349,22 +353,45 @@ pub fn addmirrors(c: AddMirrorsCmd) -> Result<ExitCode, String> {
     // Each new mirror is built by an online full resync: the pair shows r, then s.
     // The mirrors are in the catalog now: a pair not built stays `n`, and
     // `filerep recover -F --content N` builds it later.
+    let waited = crate::cli::batch::each(&mirrors.iter().map(|(x, _, _, _)| *x).collect::<Vec<_>>(), c.batch, |x| {
+        let m = mirrors.iter().find(|(y, _, _, _)| *y == x).map(|(_, m, _, _)| m);
+        Some(m.map_or(Ok(()), |m| wait_mirror_serving(&dir, &key, m, Duration::from_secs(60))))
+    });
     let mut code = ExitCode::SUCCESS;
-    for (content, m, _, _) in &mirrors {
-        let built = wait_mirror_serving(&dir, &key, m, Duration::from_secs(60)).and_then(|()| {
-            let rc = crate::cli::recover::RecoverCmd::full_resync(&dir, *content, c.max_rate, c.json);
-            crate::cli::recover::run(rc)
-        });
-        match built {
-            Ok(ExitCode::SUCCESS) => {}
+    let not_built = |content: u32, m: &SegmentAddress, why: String| {
+        eprintln!(
+            "content {content}: its mirror (dbid {}) was added but is not built yet{why}; build it with: filerep recover -F --content {content} --cluster-dir {}",
+            m.dbid,
+            dir.root.display()
+        );
+    };
+    let mut serving = Vec::new();
+    for ((content, m, _, _), w) in mirrors.iter().zip(waited) {
+        match w {
+            Some(Ok(())) => serving.push(*content),
             other => {
                 code = ExitCode::from(1);
+                not_built(*content, m, other.and_then(|r| r.err()).map(|e| format!(" ({e})")).unwrap_or_default());
+            }
+        }
+    }
+    if !serving.is_empty() {
+        let rc = crate::cli::recover::RecoverCmd::full_resync(&dir, serving.clone(), c.max_rate, c.json, c.batch);
+        // Each pair's own line says whether it was built.
+        match crate::cli::recover::run(rc) {
+            Ok(ExitCode::SUCCESS) => {}
+            Ok(_) => {
+                code = ExitCode::from(1);
                 eprintln!(
-                    "content {content}: its mirror (dbid {}) was added but is not built yet{}; build it with: filerep recover -F --content {content} --cluster-dir {}",
-                    m.dbid,
-                    other.err().map(|e| format!(" ({e})")).unwrap_or_default(),
+                    "some mirrors were added but are not built yet (see each content's line); build one with: filerep recover -F --content N --cluster-dir {}",
                     dir.root.display()
                 );
+            }
+            Err(e) => {
+                code = ExitCode::from(1);
+                for (content, m, _, _) in mirrors.iter().filter(|(x, _, _, _)| serving.contains(x)) {
+                    not_built(*content, m, format!(" ({e})"));
+                }
             }
         }
     }

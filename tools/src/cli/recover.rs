@@ -2,11 +2,11 @@
 //! each resync to the end with a progress bar (or plain lines when stderr
 //! is not a terminal) and a summary (`--json` for scripts).
 
+use crate::cli::batch::{RunProgress, Watch};
 use filerep::cluster::segment::{ArbiterRequest, ArbiterResponse, SegmentRequest, SegmentResponse, SegmentStatus};
 use filerep::core::pair::PairMode;
 use filerep::durable::catalog::Catalog;
 use filerep::protocol::handshake::ClusterKey;
-use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 #[derive(clap::Args)]
@@ -41,36 +41,29 @@ pub struct RecoverCmd {
     /// One JSON object per pair instead of a table.
     #[arg(long)]
     json: bool,
-}
-
-/// A progress bar for one content's long job on a terminal (hidden
-/// otherwise, or with `--json`: the caller prints plain lines instead);
-/// whether it shows.
-pub fn progress_bar(content: u32, template: &str, json: bool) -> (indicatif::ProgressBar, bool) {
-    let terminal = std::io::stderr().is_terminal() && !json;
-    if !terminal {
-        return (indicatif::ProgressBar::hidden(), false);
-    }
-    let b = indicatif::ProgressBar::new(0);
-    b.set_style(
-        indicatif::ProgressStyle::with_template(template).unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    b.set_prefix(content.to_string());
-    (b, true)
+    #[command(flatten)]
+    batch: crate::cli::batch::BatchArg,
+    /// These contents (addmirrors builds its new mirrors so).
+    #[arg(skip)]
+    contents: Vec<u32>,
 }
 
 impl RecoverCmd {
-    /// A full resync of one content (how `filerep addmirrors` builds a new mirror).
+    /// A full resync of each of `contents`, `batch` at once (how `filerep
+    /// addmirrors` builds its new mirrors).
     pub fn full_resync(
         dir: &filerep_tools::cluster::ClusterDir,
-        content: u32,
+        contents: Vec<u32>,
         max_rate: Option<f64>,
         json: bool,
+        batch: crate::cli::batch::BatchArg,
     ) -> RecoverCmd {
         RecoverCmd {
             target: crate::cli::target::Target::of(dir),
             arbiter: String::new(),
-            content: Some(content),
+            content: None,
+            contents,
+            batch,
             full: true,
             rebalance: false,
             compare: false,
@@ -130,11 +123,6 @@ fn stopped_short(cause: &str) -> String {
 
 const RPC: Duration = Duration::from_secs(5);
 
-fn catalog(addr: &str, key: &ClusterKey) -> Result<Catalog, String> {
-    filerep::cluster::probe::fetch_catalog(addr, key, RPC)
-        .map_err(|e| format!("cannot read the catalog from {addr}: {e}"))
-}
-
 fn status(addr: &str, key: &ClusterKey) -> Option<SegmentStatus> {
     match filerep::cluster::control::call::<_, SegmentResponse>(addr, key, &SegmentRequest::Probe, RPC) {
         Ok(SegmentResponse::Status(s)) => Some(s),
@@ -150,13 +138,15 @@ pub fn run(mut c: RecoverCmd) -> Result<std::process::ExitCode, String> {
         Some(r) if r > 0.0 && r <= 1e6 => Some((r * 1e6) as u64),
         Some(r) => return Err(format!("--max-rate {r}: give 0 < MB/s <= 1000000")),
     };
-    let cat = catalog(&c.arbiter, &key)?;
+    let watch = Watch::new(&c.arbiter, &key);
+    let cat = watch.catalog()?;
     if c.rebalance {
-        return rebalance(&c, &key, &cat);
+        return rebalance(&c, &watch, &cat);
     }
     let contents: Vec<u32> = match c.content {
         Some(x) if cat.pair(x).is_none() => return Err(format!("--content {x}: no such content in the catalog")),
         Some(x) => vec![x],
+        None if !c.contents.is_empty() => c.contents.clone(),
         None => cat.pairs.iter().filter(|p| p.pair.mode != PairMode::Synchronized).map(|p| p.pair.content).collect(),
     };
     if contents.is_empty() {
@@ -189,15 +179,23 @@ pub fn run(mut c: RecoverCmd) -> Result<std::process::ExitCode, String> {
             if contents.len() > refusals.len() { "; nothing was started (name the others with --content)" } else { "" };
         return Err(format!("{}{also}", refusals.join("; ")));
     }
-    let mut failed = false;
     let several = contents.len() > 1;
-    for content in contents {
+    let progress = RunProgress::new(if c.full { "recover -F" } else { "recover" }, "blocks", contents.len(), c.json);
+    let results = crate::cli::batch::each(&contents, c.batch, |content| {
+        let r = follow(&c, &watch, &progress, content, max_rate);
+        progress.finished();
+        Some(r)
+    });
+    progress.done();
+    let mut failed = false;
+    for (content, r) in contents.iter().zip(results) {
         // A pair that cannot start after all stays as it is (c, r or n);
         // the others go on, and running the command again completes it.
-        let s = match follow(&c, &key, content, max_rate) {
-            Ok(s) => s,
-            Err(e) if several => Summary::not_started(content, c.full, e),
-            Err(e) => return Err(e),
+        let s = match r {
+            Some(Ok(s)) => s,
+            Some(Err(e)) if several => Summary::not_started(*content, c.full, e),
+            Some(Err(e)) => return Err(e),
+            None => Summary::not_started(*content, c.full, "not run".into()),
         };
         failed |= s.result != "synchronized";
         if c.json {
@@ -220,103 +218,74 @@ pub fn run(mut c: RecoverCmd) -> Result<std::process::ExitCode, String> {
     Ok(if failed { std::process::ExitCode::from(1) } else { std::process::ExitCode::SUCCESS })
 }
 
-fn follow(c: &RecoverCmd, key: &ClusterKey, content: u32, max_rate: Option<u64>) -> Result<Summary, String> {
+/// The latest reason the history gives for `content`'s state.
+fn last_reason(cat: &Catalog, content: u32) -> String {
+    cat.history.iter().rev().find(|h| h.content == content).map(|h| h.reason.clone()).unwrap_or_default()
+}
+
+fn follow(
+    c: &RecoverCmd,
+    watch: &Watch,
+    progress: &RunProgress,
+    content: u32,
+    max_rate: Option<u64>,
+) -> Result<Summary, String> {
+    let key = &watch.key;
     let started = Instant::now();
     let checkpoint_bytes = c.checkpoint_mib.map(|m| m << 20);
     let req = ArbiterRequest::Recover { content, full: c.full, max_rate, compare: c.compare, checkpoint_bytes };
     let mut restored = false;
-    loop {
+    let asked = loop {
+        let asked = Instant::now();
         match filerep::cluster::control::call::<_, ArbiterResponse>(&c.arbiter, key, &req, RPC) {
-            Ok(ArbiterResponse::Started) => break,
+            Ok(ArbiterResponse::Started) => break asked,
             // Once only: a second answer like it means the primary fell again.
             Ok(ArbiterResponse::Restored { generation }) if !restored => {
                 restored = true;
                 if !c.json {
-                    eprintln!(
+                    progress.say(&format!(
                         "content {content} was down: restored from its acting primary at generation {generation}; \
                          waiting for it to serve, then resynchronizing the mirror"
-                    );
+                    ));
                 }
-                wait_serving(c, key, content, generation, started)?;
+                wait_serving(c, watch, content, generation, (started, asked))?;
             }
             Ok(ArbiterResponse::Refused(why)) => return Err(format!("content {content}: {why}")),
             Ok(other) => return Err(format!("content {content}: unexpected answer {other:?}")),
             Err(e) => return Err(format!("cannot reach the arbiter: {e}")),
         }
-    }
-    let (bar, terminal) = progress_bar(
-        content,
-        "content {prefix} [{elapsed_precise}] {bar:30} {pos}/{len} blocks {msg} ETA {eta}",
-        c.json,
-    );
-    let mut last_line = Instant::now();
-    let mut last = SegmentStatus {
-        dbid: 0,
-        content,
-        acting: filerep::cluster::segment::Acting::Idle,
-        generation: 0,
-        mode: '-',
-        detail: String::new(),
-        changes_pending: false,
-        faulted: false,
-        unheard: false,
-        resync: None,
-        resync_error: None,
-        verify: None,
-        replication: None,
-        changelog: None,
     };
+    let mut last: Option<SegmentStatus> = None;
     let result = loop {
         if started.elapsed() > Duration::from_secs(c.timeout) {
             break "still resynchronizing (stopped following)".to_string();
         }
         std::thread::sleep(Duration::from_millis(200)); // polling interval of a progress display
-        let cat = catalog(&c.arbiter, key)?;
+        let cat = watch.catalog_after(Some(asked))?;
         let Some(cp) = cat.pair(content) else { break "the content left the catalog".into() };
         let primary = cp.pair.acting_primary().dbid;
         if let Some(s) = cp.address(primary).and_then(|a| status(&a.control, key)) {
-            last = s;
+            last = Some(s);
         }
-        if let Some(p) = &last.resync {
-            bar.set_length(p.blocks_total);
-            bar.set_position(p.blocks_done);
-            let secs = started.elapsed().as_secs_f64().max(0.001);
-            bar.set_message(format!(
-                "{:.1} MiB at {:.1} MiB/s{}",
-                p.bytes_done as f64 / 1048576.0,
-                p.bytes_done as f64 / 1048576.0 / secs,
-                if p.renames_held { ", renames outpaced it: holding new renames to finish" } else { "" }
-            ));
-            if !terminal && !c.json && last_line.elapsed() > Duration::from_secs(2) {
-                eprintln!(
-                    "content {content}: {}/{} blocks, {:.1} MiB",
-                    p.blocks_done,
-                    p.blocks_total,
-                    p.bytes_done as f64 / 1048576.0
-                );
-                last_line = Instant::now();
-            }
+        if let Some(p) = last.as_ref().and_then(|s| s.resync.as_ref()) {
+            let held = if p.renames_held { "; renames outpaced a resync: holding new renames to finish" } else { "" };
+            progress.update(content, p.blocks_done, p.blocks_total, held);
         }
         if cp.pair.down {
-            let why = cat.history.iter().rev().find(|h| h.content == content).map(|h| h.reason.clone());
-            break format!("the content is down ({})", why.unwrap_or_default());
+            break format!("the content is down ({})", last_reason(&cat, content));
         }
         match cp.pair.mode {
             PairMode::Synchronized => break "synchronized".into(),
             PairMode::Resynchronizing => {
-                if let Some(e) = &last.resync_error {
+                if let Some(e) = last.as_ref().and_then(|s| s.resync_error.as_ref()) {
                     break stopped_short(e);
                 }
             }
-            m => {
-                let why = cat.history.iter().rev().find(|h| h.content == content).map(|h| h.reason.clone());
-                break format!("the pair went back to {} ({})", m.letter(), why.unwrap_or_default());
-            }
+            m => break format!("the pair went back to {} ({})", m.letter(), last_reason(&cat, content)),
         }
     };
-    bar.finish_and_clear();
-    let p = last.resync.clone().unwrap_or_default();
-    let cat = catalog(&c.arbiter, key)?;
+    let p = last.and_then(|s| s.resync).unwrap_or_default();
+    let cat = watch.catalog_after(Some(asked))?;
     let pair = cat.pair(content).map(|p| p.pair.clone());
     Ok(Summary {
         content,
@@ -335,20 +304,22 @@ fn follow(c: &RecoverCmd, key: &ClusterKey, content: u32, max_rate: Option<u64>)
 
 /// Wait until a restored pair's primary serves alone at `generation` and
 /// its mirror is up at it, so a resync can be ordered.
+/// `times`: when the command started, and when the arbiter was asked.
 fn wait_serving(
     c: &RecoverCmd,
-    key: &ClusterKey,
+    watch: &Watch,
     content: u32,
     generation: u64,
-    started: Instant,
+    times: (Instant, Instant),
 ) -> Result<(), String> {
+    let (started, asked) = times;
     loop {
         if started.elapsed() > Duration::from_secs(c.timeout) {
             return Err(format!(
                 "content {content}: the restored primary did not serve at generation {generation} in time"
             ));
         }
-        let cat = catalog(&c.arbiter, key)?;
+        let cat = watch.catalog_after(Some(asked))?;
         let Some(cp) = cat.pair(content) else { return Err(format!("content {content} left the catalog")) };
         if cp.pair.down || cp.pair.generation != generation {
             return Err(format!(
@@ -359,7 +330,7 @@ fn wait_serving(
         }
         let ready = |dbid: u32, want: filerep::cluster::segment::Acting| {
             cp.address(dbid)
-                .and_then(|a| status(&a.control, key))
+                .and_then(|a| status(&a.control, &watch.key))
                 .is_some_and(|s| s.acting == want && s.generation == generation)
         };
         let (p, m) = (cp.pair.acting_primary(), cp.pair.acting_mirror());
@@ -373,8 +344,9 @@ fn wait_serving(
     }
 }
 
-/// `-r`: ask for the switch, then follow until the preferred primary streams.
-fn rebalance(c: &RecoverCmd, key: &ClusterKey, cat: &Catalog) -> Result<std::process::ExitCode, String> {
+/// `-r`: ask for the switch of every pair out of its preferred roles,
+/// `-B` at once, then follow each until its preferred primary streams.
+fn rebalance(c: &RecoverCmd, watch: &Watch, cat: &Catalog) -> Result<std::process::ExitCode, String> {
     use filerep::core::pair::Role;
     let contents: Vec<u32> = match c.content {
         Some(x) if cat.pair(x).is_none() => return Err(format!("--content {x}: no such content in the catalog")),
@@ -392,56 +364,20 @@ fn rebalance(c: &RecoverCmd, key: &ClusterKey, cat: &Catalog) -> Result<std::pro
         }
         return Ok(std::process::ExitCode::SUCCESS);
     }
+    let progress = RunProgress::new("recover -r", "pairs", contents.len(), c.json);
+    let results = crate::cli::batch::each(&contents, c.batch, |content| {
+        let r = switch(c, watch, content);
+        progress.finished();
+        Some(r)
+    });
+    progress.done();
     let mut failed = false;
-    for content in contents {
-        let started = Instant::now();
-        match filerep::cluster::control::call::<_, ArbiterResponse>(
-            &c.arbiter,
-            key,
-            &ArbiterRequest::Rebalance { content },
-            RPC,
-        ) {
-            Ok(ArbiterResponse::Started) => {}
-            Ok(ArbiterResponse::Refused(why)) => return Err(format!("content {content}: {why}")),
-            Ok(other) => return Err(format!("content {content}: unexpected answer {other:?}")),
-            Err(e) => return Err(format!("cannot reach the arbiter: {e}")),
-        }
-        let result = loop {
-            if started.elapsed() > Duration::from_secs(c.timeout) {
-                break "still switching (stopped following)".to_string();
-            }
-            std::thread::sleep(Duration::from_millis(100)); // polling interval of a progress display
-            let cat = catalog(&c.arbiter, key)?;
-            let Some(cp) = cat.pair(content) else { break "the content left the catalog".into() };
-            let p = cp.pair.acting_primary();
-            let streaming = cp.address(p.dbid).and_then(|a| status(&a.control, key)).is_some_and(|s| {
-                s.acting == filerep::cluster::segment::Acting::Primary
-                    && s.mode == 's'
-                    && s.generation == cp.pair.generation
-            });
-            if streaming && cp.pair.mode == PairMode::Synchronized {
-                break "rebalanced".into();
-            }
-            if cp.pair.down || cp.pair.mode != PairMode::Synchronized {
-                break format!("the pair left synchronized ({})", cp.pair.mode.letter());
-            }
+    for r in results {
+        let s = match r {
+            Some(r) => r?,
+            None => continue,
         };
-        let cat = catalog(&c.arbiter, key)?;
-        let pair = cat.pair(content).map(|p| p.pair.clone());
-        failed |= result != "rebalanced";
-        let s = Summary {
-            content,
-            full: false,
-            result,
-            seconds: started.elapsed().as_secs_f64(),
-            paths: 0,
-            blocks: 0,
-            bytes: 0,
-            passes: 0,
-            renames_held: false,
-            mode: pair.as_ref().map_or('-', |p| p.mode.letter()),
-            generation: pair.as_ref().map_or(0, |p| p.generation),
-        };
+        failed |= s.result != "rebalanced";
         if c.json {
             println!("{}", serde_json::to_string(&s).map_err(|e| e.to_string())?);
         } else {
@@ -452,6 +388,59 @@ fn rebalance(c: &RecoverCmd, key: &ClusterKey, cat: &Catalog) -> Result<std::pro
         }
     }
     Ok(if failed { std::process::ExitCode::from(1) } else { std::process::ExitCode::SUCCESS })
+}
+
+/// One pair's switch back to its preferred roles, followed to the end.
+fn switch(c: &RecoverCmd, watch: &Watch, content: u32) -> Result<Summary, String> {
+    let key = &watch.key;
+    let started = Instant::now();
+    let asked = Some(started);
+    match filerep::cluster::control::call::<_, ArbiterResponse>(
+        &c.arbiter,
+        key,
+        &ArbiterRequest::Rebalance { content },
+        RPC,
+    ) {
+        Ok(ArbiterResponse::Started) => {}
+        Ok(ArbiterResponse::Refused(why)) => return Err(format!("content {content}: {why}")),
+        Ok(other) => return Err(format!("content {content}: unexpected answer {other:?}")),
+        Err(e) => return Err(format!("cannot reach the arbiter: {e}")),
+    }
+    let result = loop {
+        if started.elapsed() > Duration::from_secs(c.timeout) {
+            break "still switching (stopped following)".to_string();
+        }
+        std::thread::sleep(Duration::from_millis(100)); // polling interval of a progress display
+        let cat = watch.catalog_after(asked)?;
+        let Some(cp) = cat.pair(content) else { break "the content left the catalog".into() };
+        let p = cp.pair.acting_primary();
+        let streaming = cp.address(p.dbid).and_then(|a| status(&a.control, key)).is_some_and(|s| {
+            s.acting == filerep::cluster::segment::Acting::Primary
+                && s.mode == 's'
+                && s.generation == cp.pair.generation
+        });
+        if streaming && cp.pair.mode == PairMode::Synchronized {
+            break "rebalanced".into();
+        }
+        if cp.pair.down || cp.pair.mode != PairMode::Synchronized {
+            break format!("the pair left synchronized ({})", cp.pair.mode.letter());
+        }
+    };
+    let cat = watch.catalog_after(asked)?;
+    let pair = cat.pair(content).map(|p| p.pair.clone());
+    Ok(Summary {
+        content,
+        full: false,
+        result,
+        seconds: started.elapsed().as_secs_f64(),
+        paths: 0,
+        blocks: 0,
+        bytes: 0,
+        passes: 0,
+        renames_held: false,
+        mode: pair.as_ref().map_or('-', |p| p.mode.letter()),
+        generation: pair.as_ref().map_or(0, |p| p.generation),
+    })
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 //! `--repair`: and repaired, unless a row says otherwise); 2 a pair could
 //! not be verified (not synchronized, unreachable, stopped short).
 
+use crate::cli::batch::RunProgress;
 use filerep::cluster::segment::{ArbiterRequest, ArbiterResponse, SegmentRequest, SegmentResponse, SegmentStatus};
 use filerep::protocol::handshake::ClusterKey;
 use filerep::verify::online::{Mismatch, VerifyReport, VerifySummary};
@@ -33,6 +34,8 @@ pub struct VerifyCmd {
     /// One JSON object per pair instead of a table.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    batch: crate::cli::batch::BatchArg,
 }
 
 /// One pair's outcome (`--json`).
@@ -73,8 +76,16 @@ pub fn run(mut c: VerifyCmd) -> Result<std::process::ExitCode, String> {
     };
     let (mut differ, mut failed) = (false, false);
     let mut rows_shown = false;
-    for content in contents {
-        let r = verify_pair(&c, &key, content);
+    let progress =
+        RunProgress::new(if c.repair { "verify --repair" } else { "verify" }, "bytes", contents.len(), c.json);
+    let results = crate::cli::batch::each(&contents, c.batch, |content| {
+        let r = verify_pair(&c, &key, content, &progress);
+        progress.finished();
+        Some(r)
+    });
+    progress.done();
+    for (content, r) in contents.into_iter().zip(results) {
+        let Some(r) = r else { continue };
         failed |= r.result == "error";
         differ |= r.summary.mismatches > 0;
         if c.json {
@@ -149,7 +160,7 @@ fn blocks(m: &Mismatch) -> String {
     parts.join(", ")
 }
 
-fn verify_pair(c: &VerifyCmd, key: &ClusterKey, content: u32) -> PairResult {
+fn verify_pair(c: &VerifyCmd, key: &ClusterKey, content: u32, progress: &RunProgress) -> PairResult {
     let started = Instant::now();
     let mut out = PairResult {
         content,
@@ -163,7 +174,7 @@ fn verify_pair(c: &VerifyCmd, key: &ClusterKey, content: u32) -> PairResult {
         rows_truncated: false,
         error: None,
     };
-    match follow(c, key, content, &mut out) {
+    match follow(c, key, content, &mut out, progress) {
         Ok(report) => {
             out.result = match (report.summary.mismatches, report.summary.repaired) {
                 (0, _) => "identical",
@@ -182,7 +193,13 @@ fn verify_pair(c: &VerifyCmd, key: &ClusterKey, content: u32) -> PairResult {
 }
 
 /// Start the verification of one pair, follow it to the end, fetch the report.
-fn follow(c: &VerifyCmd, key: &ClusterKey, content: u32, out: &mut PairResult) -> Result<VerifyReport, String> {
+fn follow(
+    c: &VerifyCmd,
+    key: &ClusterKey,
+    content: u32,
+    out: &mut PairResult,
+    progress: &RunProgress,
+) -> Result<VerifyReport, String> {
     let started = Instant::now();
     let req = ArbiterRequest::Verify { content, repair: c.repair };
     let (dbid, generation, id) = match filerep::cluster::control::call::<_, ArbiterResponse>(&c.arbiter, key, &req, RPC)
@@ -200,51 +217,28 @@ fn follow(c: &VerifyCmd, key: &ClusterKey, content: u32, out: &mut PairResult) -
         .and_then(|cp| cp.address(dbid))
         .map(|a| a.control.clone())
         .ok_or_else(|| format!("no address for segment {dbid}"))?;
-    let (bar, terminal) = crate::cli::recover::progress_bar(
-        content,
-        "content {prefix} [{elapsed_precise}] {bar:30} {bytes}/{total_bytes} {msg} ETA {eta}",
-        c.json,
-    );
-    let mut last_line = Instant::now();
     let mut unanswered = 0;
     loop {
         if started.elapsed() > Duration::from_secs(c.timeout) {
-            bar.abandon();
             return Err(format!("verification {id} still runs on segment {dbid} (stopped following)"));
         }
         std::thread::sleep(Duration::from_millis(200)); // polling interval of a progress display
         let Some(s) = status(&addr, key) else {
             unanswered += 1;
             if unanswered > 25 {
-                bar.abandon();
                 return Err(format!("segment {dbid} stopped answering during verification {id}"));
             }
             continue;
         };
         unanswered = 0;
         let Some(v) = s.verify.filter(|v| v.id == id) else {
-            bar.abandon();
             return Err(format!("segment {dbid} no longer knows verification {id} (restarted?)"));
         };
         let p = &v.progress;
-        bar.set_length(p.bytes_total.max(p.bytes_done));
-        bar.set_position(p.bytes_done);
-        bar.set_message(format!("{} files, {} mismatches", p.files_done, p.mismatches));
-        if !terminal && !c.json && last_line.elapsed() > Duration::from_secs(2) {
-            eprintln!(
-                "content {content}: {}/{} files, {:.1}/{:.1} MiB compared, {} mismatches",
-                p.files_done,
-                p.files_total,
-                p.bytes_done as f64 / 1048576.0,
-                p.bytes_total as f64 / 1048576.0,
-                p.mismatches
-            );
-            last_line = Instant::now();
-        }
+        progress.update(content, p.bytes_done, p.bytes_total.max(p.bytes_done), "");
         if v.running {
             continue;
         }
-        bar.finish_and_clear();
         if let Some(e) = v.error {
             return Err(format!("verification stopped short: {e}"));
         }
