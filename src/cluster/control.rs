@@ -43,6 +43,11 @@ pub fn arbiter_limits(deadline: Duration) -> Limits {
     Limits { pre_auth: 512, per_source: 128, established: 512, deadline }
 }
 
+/// The largest first request the arbiter reads before its MAC is checked
+/// (`addmirrors` of thousands of mirrors fits): its 512 unauthenticated
+/// connections hold at most 512 MiB, not 512 times [`MAX_BODY`].
+pub const ARBITER_MAX_REQUEST: usize = 1 << 20;
+
 /// Attempts of one call whose connection closed before the server's hello
 /// (its unauthenticated budget was full: the request was never sent, so
 /// sending it again is safe).
@@ -75,13 +80,24 @@ fn read_body(
     label: &[u8],
     nonce: &[u8; 32],
 ) -> Result<Vec<u8>, ControlError> {
+    read_body_at_most(s, addr, key, (label, nonce), MAX_BODY)
+}
+
+/// [`read_body`] of at most `max` bytes (checked before reading it).
+fn read_body_at_most(
+    s: &mut TcpStream,
+    addr: &str,
+    key: &ClusterKey,
+    (label, nonce): (&[u8], &[u8; 32]),
+    max: usize,
+) -> Result<Vec<u8>, ControlError> {
     let mut len = [0u8; 4];
     s.read_exact(&mut len).map_err(io_err(addr))?;
     let len = u32::from_le_bytes(len) as usize;
-    if len > MAX_BODY {
+    if len > max {
         return Err(ControlError::Malformed {
             addr: addr.into(),
-            reason: format!("body of {len} bytes (at most {MAX_BODY})"),
+            reason: format!("body of {len} bytes (at most {max})"),
         });
     }
     let mut body = vec![0u8; len];
@@ -253,21 +269,26 @@ impl Kept {
     fn take(&self, addr: &str) -> Option<Conn> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let conns = idle.get_mut(addr)?;
-        while let Some(c) = conns.pop() {
-            if c.last_used.elapsed() < KEEP_IDLE {
-                return Some(c);
-            }
-        }
-        None
+        // Unused too long: the server may close it any moment (dropped here).
+        conns.retain(|c| c.last_used.elapsed() < KEEP_IDLE);
+        conns.pop()
     }
 
     fn put(&self, addr: &str, c: Conn) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let conns = idle.entry(addr.to_string()).or_default();
+        conns.retain(|c| c.last_used.elapsed() < KEEP_IDLE);
         // One per address is what sequential probes need; a few cover overlaps.
         if conns.len() < 4 {
             conns.push(c);
         }
+    }
+
+    /// Close the connections to every address not in `addrs` (sorted):
+    /// segments that left the catalog.
+    pub fn keep_only(&self, addrs: &[String]) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        idle.retain(|a, _| addrs.binary_search(a).is_ok());
     }
 
     /// Close every kept connection to `addr` (it stopped answering).
@@ -319,11 +340,14 @@ impl Kept {
 /// authenticated ones (the handler running) count against
 /// `limits.established`. `timeout` bounds sending the response. A bad
 /// request is logged and its connection closed; serving goes on.
+/// `first_request_max`: the largest first request read (before its MAC is
+/// checked); later requests on a connection that proved the key may take
+/// [`MAX_BODY`].
 pub fn serve<Req, Resp, H>(
     listener: TcpListener,
     key: ClusterKey,
     stop: Arc<Stop>,
-    limits: Limits,
+    limits: (Limits, usize),
     timeout: Duration,
     handle: H,
 ) where
@@ -331,6 +355,7 @@ pub fn serve<Req, Resp, H>(
     Resp: Serialize,
     H: Fn(Req) -> Resp + Send + Sync + 'static,
 {
+    let (limits, first_request_max) = limits;
     let handle = Arc::new(handle);
     let gate = Gate::new("control", limits);
     let served = crate::io::admission::serve(&listener, &gate, &stop, |stream, ticket| {
@@ -338,7 +363,7 @@ pub fn serve<Req, Resp, H>(
         let spawned = std::thread::Builder::new().name("filerep-control".into()).spawn(move || {
             let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "unknown peer".into());
             let gate = ticket.gate_handle();
-            match serve_one(stream, &peer, &key, ticket, timeout, &stop, handle.as_ref()) {
+            match serve_one(stream, &peer, &key, (ticket, first_request_max), timeout, &stop, handle.as_ref()) {
                 Ok(()) => {}
                 // Normal on an open port: the gate sums these up in the log.
                 Err(e @ ControlError::Unauthenticated { .. }) => {
@@ -368,7 +393,7 @@ pub(crate) fn serve_one<Req: DeserializeOwned, Resp: Serialize>(
     mut s: TcpStream,
     peer: &str,
     key: &ClusterKey,
-    mut ticket: Ticket,
+    (mut ticket, first_request_max): (Ticket, usize),
     timeout: Duration,
     stop: &Stop,
     handle: &dyn Fn(Req) -> Resp,
@@ -398,7 +423,8 @@ pub(crate) fn serve_one<Req: DeserializeOwned, Resp: Serialize>(
     hello.extend_from_slice(&nonce);
     s.write_all(&hello).map_err(io_err(peer)).map_err(|e| unauthenticated(&ticket, e))?;
     // A peer trickling bytes is closed by the gate at the deadline.
-    let body = read_body(&mut s, peer, key, b"request", &nonce).map_err(|e| unauthenticated(&ticket, e))?;
+    let body = read_body_at_most(&mut s, peer, key, (b"request", &nonce), first_request_max)
+        .map_err(|e| unauthenticated(&ticket, e))?;
     // The MAC checked: out of the unauthenticated budget while it is handled.
     ticket.authenticate().map_err(|e| ControlError::Malformed { addr: peer.into(), reason: e.to_string() })?;
     let req: Req = serde_json::from_slice(&body)
@@ -444,7 +470,7 @@ mod tests {
         let stop = Stop::new().unwrap();
         let st = stop.clone();
         std::thread::spawn(move || {
-            serve(l, k, st, Limits::new(MAX_CONNECTIONS), Duration::from_secs(5), |x: u64| x + 1)
+            serve(l, k, st, (Limits::new(MAX_CONNECTIONS), MAX_BODY), Duration::from_secs(5), |x: u64| x + 1)
         });
         (addr, stop)
     }
@@ -526,7 +552,15 @@ mod tests {
             let (s, peer) = l.accept().unwrap();
             let stop = Stop::new().unwrap();
             let handle = |x: u64| x + 1;
-            serve_one(s, &peer.to_string(), &sk, Ticket::unlimited(), Duration::from_secs(5), &stop, &handle)
+            serve_one(
+                s,
+                &peer.to_string(),
+                &sk,
+                (Ticket::unlimited(), MAX_BODY),
+                Duration::from_secs(5),
+                &stop,
+                &handle,
+            )
         });
         let r: u64 = call(&addr, &k, &6u64, Duration::from_secs(5)).unwrap();
         assert_eq!(r, 7);

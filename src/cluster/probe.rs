@@ -17,7 +17,7 @@ use crate::cluster::segment::{
 };
 use crate::core::arbiter::{self, Order};
 use crate::core::pair::{Event, PairMode, Role, Verdict};
-use crate::durable::catalog::{Catalog, CatalogPair, CatalogStore, FileStore};
+use crate::durable::catalog::{Catalog, CatalogPair, CatalogSolo, CatalogStore, FileStore};
 use crate::error::{Error, Result};
 use crate::io::admission::{Limits, Nudge, Stop};
 use crate::protocol::handshake::ClusterKey;
@@ -167,7 +167,10 @@ struct State {
     workers: Workers,
     /// Wakes the round loop when a request changed the catalog, so its
     /// orders go out now, not at the next interval.
-    nudge: Nudge,
+    nudge: Arc<Nudge>,
+    /// A store failed and the stored catalog could not be read back: the
+    /// one in memory may hold what was never stored.
+    unsure: std::sync::atomic::AtomicBool,
 }
 
 /// A segment that did not answer its last probe: probed again off the
@@ -205,7 +208,7 @@ impl ArbiterProcess {
         let store: Box<dyn CatalogStore> = Box::new(FileStore::lock(&cfg.catalog)?);
         let catalog = store.load()?;
         let workers = Workers::new(cfg.probe_threads)?;
-        let nudge = Nudge::new().map_err(|e| Error::io("making the round's wake-up", e))?;
+        let nudge = Arc::new(Nudge::new().map_err(|e| Error::io("making the round's wake-up", e))?);
         let listener = TcpListener::bind(&cfg.listen).map_err(|e| Error::io(format!("binding {}", cfg.listen), e))?;
         Ok(ArbiterProcess {
             state: Arc::new(State {
@@ -216,6 +219,7 @@ impl ArbiterProcess {
                 kept: control::Kept::new(),
                 workers,
                 nudge,
+                unsure: Default::default(),
             }),
             listener,
             stop: Stop::new().map_err(|e| Error::io("making the stop signal", e))?,
@@ -240,6 +244,7 @@ impl ArbiterProcess {
             .name("filerep-arbiter-control".into())
             .spawn(move || {
                 let limits = control::arbiter_limits(s.cfg.handshake_timeout);
+                let limits = (limits, control::ARBITER_MAX_REQUEST);
                 control::serve(listener, s.cfg.key.clone(), st, limits, Duration::from_secs(10), {
                     let s = s.clone();
                     move |r| s.answer(r)
@@ -267,9 +272,36 @@ impl State {
             Ok(()) => true,
             Err(e) => {
                 tracing::error!(error = %e, "cannot store the catalog: nothing is decided");
-                if let Ok(old) = self.store.load() {
-                    *cat = old;
+                match self.store.load() {
+                    Ok(old) => *cat = old,
+                    Err(e) => {
+                        // What is in memory was never stored: nothing may be
+                        // decided from it until the stored one is read back.
+                        self.unsure.store(true, std::sync::atomic::Ordering::SeqCst);
+                        tracing::error!(error = %e, "cannot read the catalog back either: no decision until it can");
+                    }
                 }
+                false
+            }
+        }
+    }
+
+    /// Whether the catalog in memory is the stored one: after a store and
+    /// its read-back both failed it is not, and is read back first.
+    fn sure(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        if !self.unsure.load(Ordering::SeqCst) {
+            return true;
+        }
+        match self.store.load() {
+            Ok(c) => {
+                *lock(&self.catalog) = c;
+                self.unsure.store(false, Ordering::SeqCst);
+                tracing::warn!(catalog = %self.store.describe(), "the stored catalog read back: deciding again");
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the stored catalog still cannot be read: nothing is decided");
                 false
             }
         }
@@ -278,6 +310,12 @@ impl State {
     /// Answer a request; one that may have changed the catalog wakes the
     /// round loop, so the orders it calls for go out now.
     fn answer(&self, req: ArbiterRequest) -> ArbiterResponse {
+        if !self.sure() {
+            return ArbiterResponse::Refused(format!(
+                "the arbiter could not store its catalog nor read it back ({}): it decides nothing until it can",
+                self.store.describe()
+            ));
+        }
         let may_change = !matches!(req, ArbiterRequest::Catalog | ArbiterRequest::Verify { .. });
         let r = self.answer_now(req);
         if may_change && !matches!(r, ArbiterResponse::Refused(_)) {
@@ -530,7 +568,7 @@ impl State {
 
     /// A content without a mirror whose primary answers and does not serve
     /// is told to serve alone.
-    fn solo_orders(&self, solo: &crate::durable::catalog::CatalogSolo, probed: &Probed) {
+    fn solo_orders(&self, solo: &CatalogSolo, probed: &Probed) {
         let Some(s) = probed.get(&solo.address.control).filter(|s| solo.up && s.dbid == solo.address.dbid) else {
             return;
         };
@@ -580,8 +618,8 @@ impl State {
         let mut down = lock(&self.down);
         for (a, s) in live.into_iter().zip(answers.into_iter().map(Option::flatten)) {
             if s.is_none() {
-                let next = now + self.cfg.interval.min(MAX_DOWN_BACKOFF);
-                down.insert(a.clone(), Down { failures: 1, next, probing: false, answered: None });
+                // The next round probes it off the round at once.
+                down.insert(a.clone(), Down { failures: 1, next: now, probing: false, answered: None });
             }
             found.insert(a, s);
         }
@@ -594,6 +632,7 @@ impl State {
     fn probe_off_round(&self, addr: String) -> bool {
         let (down, key, timeout, interval) =
             (self.down.clone(), self.cfg.key.clone(), self.cfg.timeout, self.cfg.interval);
+        let nudge = self.nudge.clone();
         let spawned = std::thread::Builder::new().name("filerep-probe-down".into()).spawn(move || {
             let status = match control::call::<_, SegmentResponse>(&addr, &key, &SegmentRequest::Probe, timeout) {
                 Ok(SegmentResponse::Status(s)) => Some(s),
@@ -603,10 +642,16 @@ impl State {
             if let Some(d) = down.get_mut(&addr) {
                 d.probing = false;
                 match status {
-                    Some(s) => d.answered = Some(s),
+                    Some(s) => {
+                        d.answered = Some(s);
+                        // Back: a round now sees it, not at the next interval.
+                        nudge.nudge();
+                    }
                     None => {
+                        // Pauses of one interval, then two, four … up to MAX_DOWN_BACKOFF.
                         d.failures = d.failures.saturating_add(1);
-                        let pause = interval.saturating_mul(1 << d.failures.min(6)).min(MAX_DOWN_BACKOFF);
+                        let doublings = d.failures.saturating_sub(2).min(6);
+                        let pause = interval.saturating_mul(1 << doublings).min(MAX_DOWN_BACKOFF);
                         d.next = Instant::now() + pause;
                     }
                 }
@@ -626,15 +671,20 @@ impl State {
     /// anything changed (nothing is acted on if that fails); then give
     /// every pair its orders, pairs at once.
     fn round(self: &Arc<Self>) {
-        let (solos, addrs) = {
+        if !self.sure() {
+            return;
+        }
+        let addrs = {
             let cat = lock(&self.catalog);
             let mut addrs: Vec<String> = cat.addresses().map(|(_, a)| a.control.clone()).collect();
             addrs.sort();
             addrs.dedup();
-            (cat.unmirrored.clone(), addrs)
+            addrs
         };
+        self.kept.keep_only(&addrs);
+        lock(&self.down).retain(|a, _| addrs.binary_search(a).is_ok());
         let probed = self.probe_all(addrs);
-        let decided: Vec<(CatalogPair, Statuses)> = {
+        let (solos, decided): (Vec<CatalogSolo>, Vec<(CatalogPair, Statuses)>) = {
             let mut cat = lock(&self.catalog);
             let mut changed = Self::solo_events(&mut cat, &probed);
             let contents: Vec<u32> = cat.pairs.iter().map(|p| p.pair.content).collect();
@@ -665,10 +715,11 @@ impl State {
             if changed && !self.store(&mut cat) {
                 return;
             }
-            seen_by_content
+            let decided = seen_by_content
                 .into_iter()
                 .filter_map(|(content, statuses)| cat.pair(content).map(|p| (p.clone(), statuses)))
-                .collect()
+                .collect();
+            (cat.unmirrored.clone(), decided)
         };
         for solo in &solos {
             self.solo_orders(solo, &probed);
@@ -853,14 +904,48 @@ mod tests {
         let stop = Stop::new().unwrap();
         let st = stop.clone();
         std::thread::spawn(move || {
-            control::serve(hung, key, st, Limits::new(4), Duration::from_secs(5), |r: SegmentRequest| match r {
-                SegmentRequest::Probe => SegmentResponse::Status(status(9)),
-                _ => SegmentResponse::Refused("a probe only".into()),
-            })
+            control::serve(
+                hung,
+                key,
+                st,
+                (Limits::new(4), control::MAX_BODY),
+                Duration::from_secs(5),
+                |r: SegmentRequest| match r {
+                    SegmentRequest::Probe => SegmentResponse::Status(status(9)),
+                    _ => SegmentResponse::Refused("a probe only".into()),
+                },
+            )
         });
         wait_for("the segment seen again", || state.probe_all(vec![addr.clone()]).get(&addr).is_some());
         assert!(lock(&state.down).get(&addr).is_none(), "it is no longer down");
         assert_eq!(state.probe_all(vec![addr.clone()]).get(&addr).map(|s| s.dbid), Some(9));
         stop.stop();
+    }
+
+    /// A store that fails when the stored catalog cannot be read back
+    /// either: the arbiter decides nothing, and says why, until it can.
+    #[test]
+    fn an_arbiter_that_cannot_read_back_its_catalog_decides_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("cluster");
+        std::fs::create_dir(&dir).unwrap();
+        let path = dir.join("catalog.json");
+        Catalog::new(7, 8192, Vec::new()).store(&path).unwrap();
+        let mut cfg = config(2);
+        cfg.catalog = path.clone();
+        let arb = ArbiterProcess::open(cfg).unwrap();
+        let state = arb.state.clone();
+        assert!(matches!(state.answer(ArbiterRequest::Catalog), ArbiterResponse::Catalog(_)));
+        // Its directory gone: the store fails, and so does reading it back.
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(matches!(state.answer(ArbiterRequest::StoreCatalog), ArbiterResponse::Refused(_)));
+        match state.answer(ArbiterRequest::Catalog) {
+            ArbiterResponse::Refused(why) => assert!(why.contains("decides nothing"), "{why}"),
+            other => panic!("answered from a catalog it could not store: {other:?}"),
+        }
+        // Back: read, and answered from again.
+        std::fs::create_dir(&dir).unwrap();
+        Catalog::new(7, 8192, Vec::new()).store(&path).unwrap();
+        assert!(matches!(state.answer(ArbiterRequest::Catalog), ArbiterResponse::Catalog(_)));
     }
 }

@@ -732,7 +732,9 @@ impl Segment {
             .spawn({
                 let (key, stop) = (shared.key.clone(), shared.stop.clone());
                 let limits = shared.cfg.limits(control::MAX_CONNECTIONS);
-                move || control::serve(control, key, stop, limits, timeout, move |r| c_shared.order(r))
+                move || {
+                    control::serve(control, key, stop, (limits, control::MAX_BODY), timeout, move |r| c_shared.order(r))
+                }
             })
             .map_err(|e| Error::io("spawning the control thread", e))?;
         let metrics_thread = match spawn_metrics(metrics, &shared) {
@@ -1523,7 +1525,15 @@ mod tests {
                 other => ArbiterResponse::Refused(format!("unexpected {other:?}")),
             };
             let ticket = crate::io::admission::Ticket::unlimited();
-            control::serve_one(s, &peer.to_string(), &sk, ticket, Duration::from_secs(5), &stop, &handle)
+            control::serve_one(
+                s,
+                &peer.to_string(),
+                &sk,
+                (ticket, control::MAX_BODY),
+                Duration::from_secs(5),
+                &stop,
+                &handle,
+            )
         });
         let arbiter = RemoteArbiter { addr, key, dbid: 2, timeout: Duration::from_secs(30) };
         assert_eq!(arbiter.mirror_lost(0, 3, "test").unwrap(), Decision::MirrorDown);

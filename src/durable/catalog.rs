@@ -188,7 +188,7 @@ impl CatalogStore for FileStore {
             }
         };
         // A failed store leaves the file as it may be: read it next time.
-        *tail = stored.as_ref().ok().copied();
+        *tail = stored.as_ref().ok().copied().flatten();
         stored.map(|_| ())
     }
     fn describe(&self) -> String {
@@ -360,18 +360,24 @@ impl Catalog {
 
     /// The history's new entries appended to its file and synced, then the
     /// document (its commit point, `history_total`), sealed, with its last
-    /// good copy. `tail`: where the previous store left the history file.
+    /// good copy. `tail`: where the previous store left the history file;
+    /// returned: where this one left it (`None` if it could not be written:
+    /// the history only informs, so that is said and the catalog stored).
     pub fn store_after(
         &self,
         disk: &dyn Disk,
         path: &FsPath,
         shown: &Path,
         tail: Option<super::history::Tail>,
-    ) -> Result<super::history::Tail> {
+    ) -> Result<Option<super::history::Tail>> {
         let failed = |e: std::io::Error| Error::io(format!("writing catalog {}", shown.display()), e);
-        let file = super::history::path_of(path).map_err(|e| failed(std::io::Error::other(e)))?;
-        let tail = super::history::store(disk, &file, &self.history, self.history_total, tail)
-            .map_err(|e| failed(std::io::Error::other(e)))?;
+        let tail = super::history::path_of(path)
+            .and_then(|file| super::history::store(disk, &file, &self.history, self.history_total, tail))
+            .map_err(|e| {
+                tracing::warn!(catalog = %shown.display(), error = %e,
+                    "the catalog's history file cannot be written: the catalog is stored without its newest history")
+            })
+            .ok();
         let json = serde_json::to_vec_pretty(&self.document()).map_err(|e| Error::InvalidArgument(e.to_string()))?;
         super::sealed::store_with_copy_on(disk, path, super::sealed::Kind::Catalog, FORMAT_VERSION, &json)
             .map_err(failed)?;

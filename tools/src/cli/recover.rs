@@ -143,7 +143,7 @@ pub fn run(mut c: RecoverCmd) -> Result<std::process::ExitCode, String> {
     if c.rebalance {
         return rebalance(&c, &watch, &cat);
     }
-    let contents: Vec<u32> = match c.content {
+    let mut contents: Vec<u32> = match c.content {
         Some(x) if cat.pair(x).is_none() => return Err(format!("--content {x}: no such content in the catalog")),
         Some(x) => vec![x],
         None if !c.contents.is_empty() => c.contents.clone(),
@@ -157,27 +157,41 @@ pub fn run(mut c: RecoverCmd) -> Result<std::process::ExitCode, String> {
     }
     // A full rebuild empties the segment it rebuilds: never when one of the
     // pair's directories is, through a symbolic link, another segment's.
+    let mut overlaps: Vec<(u32, String)> = Vec::new();
     if c.full {
-        let overlaps: Vec<String> = contents
-            .iter()
-            .flat_map(|&x| filerep_tools::cluster::rebuild_overlaps(&cat, &key, x).into_iter().map(move |p| (x, p)))
-            .map(|(x, p)| format!("content {x}: {p}"))
-            .collect();
+        for &x in &contents {
+            overlaps.extend(filerep_tools::cluster::rebuild_overlaps(&cat, &key, x).into_iter().map(|p| (x, p)));
+        }
+    }
+    let refusals: Vec<(u32, String)> =
+        contents.iter().filter_map(|x| cat.pair(*x).and_then(|p| p.recover_refusal(c.full)).map(|r| (*x, r))).collect();
+    // Pairs addmirrors has just added: those that cannot start are each said
+    // not built, and the others are built.
+    let mut blocked: Vec<Summary> = Vec::new();
+    if !c.contents.is_empty() {
+        for (x, why) in overlaps.drain(..).chain(refusals) {
+            blocked.push(Summary::not_started(x, c.full, why));
+        }
+        contents.retain(|x| !blocked.iter().any(|b| b.content == *x));
+    } else {
         if !overlaps.is_empty() {
+            let each: Vec<String> = overlaps.iter().map(|(x, p)| format!("content {x}: {p}")).collect();
             return Err(format!(
                 "{}: a full recovery empties the segment it rebuilds and would delete the other segment's files; nothing was started. \
                  Give each segment a directory of its own (no symbolic link into another segment's), then run recover -F again",
-                overlaps.join("; ")
+                each.join("; ")
             ));
         }
-    }
-    // Every pair can start before any is started.
-    let refusals: Vec<String> =
-        contents.iter().filter_map(|x| cat.pair(*x).and_then(|p| p.recover_refusal(c.full))).collect();
-    if !refusals.is_empty() {
-        let also =
-            if contents.len() > refusals.len() { "; nothing was started (name the others with --content)" } else { "" };
-        return Err(format!("{}{also}", refusals.join("; ")));
+        // Every pair can start before any is started.
+        if !refusals.is_empty() {
+            let also = if contents.len() > refusals.len() {
+                "; nothing was started (name the others with --content)"
+            } else {
+                ""
+            };
+            let each: Vec<String> = refusals.into_iter().map(|(_, r)| r).collect();
+            return Err(format!("{}{also}", each.join("; ")));
+        }
     }
     let several = contents.len() > 1;
     let progress = RunProgress::new(if c.full { "recover -F" } else { "recover" }, "blocks", contents.len(), c.json);
@@ -188,15 +202,19 @@ pub fn run(mut c: RecoverCmd) -> Result<std::process::ExitCode, String> {
     });
     progress.done();
     let mut failed = false;
+    let mut summaries: Vec<Summary> = blocked;
     for (content, r) in contents.iter().zip(results) {
         // A pair that cannot start after all stays as it is (c, r or n);
         // the others go on, and running the command again completes it.
-        let s = match r {
+        summaries.push(match r {
             Some(Ok(s)) => s,
-            Some(Err(e)) if several => Summary::not_started(*content, c.full, e),
+            Some(Err(e)) if several || !summaries.is_empty() => Summary::not_started(*content, c.full, e),
             Some(Err(e)) => return Err(e),
             None => Summary::not_started(*content, c.full, "not run".into()),
-        };
+        });
+    }
+    summaries.sort_by_key(|s| s.content);
+    for s in summaries {
         failed |= s.result != "synchronized";
         if c.json {
             println!("{}", serde_json::to_string(&s).map_err(|e| e.to_string())?);
@@ -235,10 +253,11 @@ fn follow(
     let checkpoint_bytes = c.checkpoint_mib.map(|m| m << 20);
     let req = ArbiterRequest::Recover { content, full: c.full, max_rate, compare: c.compare, checkpoint_bytes };
     let mut restored = false;
-    let asked = loop {
-        let asked = Instant::now();
+    // The arbiter stores a change before it answers: a catalog fetched
+    // after the answer holds it.
+    let answered = loop {
         match filerep::cluster::control::call::<_, ArbiterResponse>(&c.arbiter, key, &req, RPC) {
-            Ok(ArbiterResponse::Started) => break asked,
+            Ok(ArbiterResponse::Started) => break Instant::now(),
             // Once only: a second answer like it means the primary fell again.
             Ok(ArbiterResponse::Restored { generation }) if !restored => {
                 restored = true;
@@ -248,7 +267,7 @@ fn follow(
                          waiting for it to serve, then resynchronizing the mirror"
                     ));
                 }
-                wait_serving(c, watch, content, generation, (started, asked))?;
+                wait_serving(c, watch, content, generation, (started, Instant::now()))?;
             }
             Ok(ArbiterResponse::Refused(why)) => return Err(format!("content {content}: {why}")),
             Ok(other) => return Err(format!("content {content}: unexpected answer {other:?}")),
@@ -261,7 +280,7 @@ fn follow(
             break "still resynchronizing (stopped following)".to_string();
         }
         std::thread::sleep(Duration::from_millis(200)); // polling interval of a progress display
-        let cat = watch.catalog_after(Some(asked))?;
+        let cat = watch.catalog_after(Some(answered))?;
         let Some(cp) = cat.pair(content) else { break "the content left the catalog".into() };
         let primary = cp.pair.acting_primary().dbid;
         if let Some(s) = cp.address(primary).and_then(|a| status(&a.control, key)) {
@@ -285,7 +304,7 @@ fn follow(
         }
     };
     let p = last.and_then(|s| s.resync).unwrap_or_default();
-    let cat = watch.catalog_after(Some(asked))?;
+    let cat = watch.catalog_after(Some(answered))?;
     let pair = cat.pair(content).map(|p| p.pair.clone());
     Ok(Summary {
         content,
@@ -304,7 +323,7 @@ fn follow(
 
 /// Wait until a restored pair's primary serves alone at `generation` and
 /// its mirror is up at it, so a resync can be ordered.
-/// `times`: when the command started, and when the arbiter was asked.
+/// `times`: when the command started, and when the arbiter answered.
 fn wait_serving(
     c: &RecoverCmd,
     watch: &Watch,
@@ -312,14 +331,14 @@ fn wait_serving(
     generation: u64,
     times: (Instant, Instant),
 ) -> Result<(), String> {
-    let (started, asked) = times;
+    let (started, answered) = times;
     loop {
         if started.elapsed() > Duration::from_secs(c.timeout) {
             return Err(format!(
                 "content {content}: the restored primary did not serve at generation {generation} in time"
             ));
         }
-        let cat = watch.catalog_after(Some(asked))?;
+        let cat = watch.catalog_after(Some(answered))?;
         let Some(cp) = cat.pair(content) else { return Err(format!("content {content} left the catalog")) };
         if cp.pair.down || cp.pair.generation != generation {
             return Err(format!(
@@ -372,10 +391,14 @@ fn rebalance(c: &RecoverCmd, watch: &Watch, cat: &Catalog) -> Result<std::proces
     });
     progress.done();
     let mut failed = false;
-    for r in results {
+    for (content, r) in contents.iter().zip(results) {
+        // One pair refused or unreachable: said on its line; the others' stand.
         let s = match r {
-            Some(r) => r?,
-            None => continue,
+            Some(Ok(s)) => s,
+            Some(Err(e)) => {
+                Summary { result: format!("not switched: {e}"), ..Summary::not_started(*content, false, e) }
+            }
+            None => Summary::not_started(*content, false, "not run".into()),
         };
         failed |= s.result != "rebalanced";
         if c.json {
@@ -394,7 +417,6 @@ fn rebalance(c: &RecoverCmd, watch: &Watch, cat: &Catalog) -> Result<std::proces
 fn switch(c: &RecoverCmd, watch: &Watch, content: u32) -> Result<Summary, String> {
     let key = &watch.key;
     let started = Instant::now();
-    let asked = Some(started);
     match filerep::cluster::control::call::<_, ArbiterResponse>(
         &c.arbiter,
         key,
@@ -406,6 +428,8 @@ fn switch(c: &RecoverCmd, watch: &Watch, content: u32) -> Result<Summary, String
         Ok(other) => return Err(format!("content {content}: unexpected answer {other:?}")),
         Err(e) => return Err(format!("cannot reach the arbiter: {e}")),
     }
+    // Stored before the answer: a catalog fetched from now on holds the switch.
+    let asked = Some(Instant::now());
     let result = loop {
         if started.elapsed() > Duration::from_secs(c.timeout) {
             break "still switching (stopped following)".to_string();
