@@ -366,3 +366,26 @@ fn sync_dir_makes_every_namespace_change_durable_on_both_sides() {
     primary.shutdown(Duration::from_secs(10)).expect("shutdown");
     assert_eq!(session.join().unwrap().end, filerep::runtime::mirror::SessionEnd::Shutdown);
 }
+
+/// `filerep bench` with a fixed count: both sides write every block, and
+/// the report counts the CPU each spent (the machine's, and of the
+/// replicated side, the primary's process and the mirror daemon's).
+#[test]
+fn the_block_bench_reports_cpu_per_block() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    let args = ["bench", "--count", "4096", "--writers", "2", "--rounds", "1", "--dir", &d, "--json"];
+    let (code, out, err) = common::pair::run_filerep(&args);
+    assert_eq!(code, 0, "{out}{err}");
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    for field in [
+        "baseline_cpu_us_per_block",
+        "replicated_cpu_us_per_block",
+        "cpu_ratio",
+        "replicated_primary_cpu_us_per_block",
+        "replicated_mirror_cpu_us_per_block",
+    ] {
+        let v = r[field].as_f64().unwrap_or(-1.0);
+        assert!(v.is_finite() && v > 0.0, "{field}: {v} in {r}");
+    }
+}

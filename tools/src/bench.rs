@@ -74,6 +74,39 @@ pub struct BenchReport {
     pub wire_overhead_pct: f64,
     pub throughput_ratio: f64,
     pub flush_ratio: f64,
+    /// The machine's CPU time (every process and the kernel: user + system
+    /// from /proc/stat) per block written, writing each block twice locally.
+    pub baseline_cpu_us_per_block: f64,
+    /// The same, replicating each block to the mirror daemon.
+    pub replicated_cpu_us_per_block: f64,
+    /// Replicated over baseline CPU per block.
+    pub cpu_ratio: f64,
+    /// Of the replicated CPU per block: this process (the primary and its writers).
+    pub replicated_primary_cpu_us_per_block: f64,
+    /// Of the replicated CPU per block: the mirror daemon's process.
+    pub replicated_mirror_cpu_us_per_block: f64,
+}
+
+/// CPU ticks of a side over its phases: the machine's, then each process's.
+#[derive(Default)]
+struct CpuTicks {
+    machine: u64,
+    processes: Vec<u64>,
+}
+
+impl CpuTicks {
+    fn add(&mut self, (machine, processes): (u64, Vec<u64>)) {
+        self.machine += machine;
+        self.processes.resize(processes.len().max(self.processes.len()), 0);
+        for (t, p) in self.processes.iter_mut().zip(processes) {
+            *t += p;
+        }
+    }
+
+    /// µs per block of `ticks`.
+    fn per_block(ticks: u64, blocks: u64) -> f64 {
+        ticks as f64 / crate::cpu::ticks_per_second() * 1e6 / blocks.max(1) as f64
+    }
 }
 
 fn hist() -> Histogram<u64> {
@@ -253,9 +286,12 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
     // working set, so both sides allocate and overwrite alike.
     let base_offset = std::sync::atomic::AtomicU64::new(0);
     let rep_offset = std::sync::atomic::AtomicU64::new(0);
+    let pids = [std::process::id(), mirror.pid];
+    let (mut base_cpu, mut rep_cpu) = (CpuTicks::default(), CpuTicks::default());
     for _round in 0..cfg.rounds {
         let start = base_offset.load(Ordering::Relaxed);
         bar.set_message(format!("round {} of {}: baseline", _round + 1, cfg.rounds));
+        let cpu = crate::cpu::Sample::now(&pids);
         let b = run_phase(&round_cfg, &bar, |w, n| {
             let (a, b) = &files[w];
             let k = start + n;
@@ -276,12 +312,14 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
             }
             Ok((wd, fd))
         })?;
+        base_cpu.add(crate::cpu::Sample::now(&pids).since(&cpu));
         base_offset.fetch_add(b.blocks / cfg.writers as u64 + 1, Ordering::Relaxed);
         baseline.merge(&b);
 
         let before = primary.stats();
         let start = rep_offset.load(Ordering::Relaxed);
         bar.set_message(format!("round {} of {}: replicated", _round + 1, cfg.rounds));
+        let cpu = crate::cpu::Sample::now(&pids);
         let r = run_phase(&round_cfg, &bar, |w, n| {
             let p = name(w);
             let k = start + n;
@@ -297,6 +335,7 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
             }
             Ok((wd, fd))
         })?;
+        rep_cpu.add(crate::cpu::Sample::now(&pids).since(&cpu));
         wire += primary.stats().wire_bytes_sent - before.wire_bytes_sent;
         rep_offset.fetch_add(r.blocks / cfg.writers as u64 + 1, Ordering::Relaxed);
         replicated.merge(&r);
@@ -315,6 +354,10 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
     let wire_per_block = wire as f64 / replicated.blocks.max(1) as f64;
     let base_mb = mb_s(baseline.blocks, bs, baseline.elapsed);
     let rep_mb = mb_s(replicated.blocks, bs, replicated.elapsed);
+    let base_cpu_us = CpuTicks::per_block(base_cpu.machine, baseline.blocks);
+    let rep_cpu_us = CpuTicks::per_block(rep_cpu.machine, replicated.blocks);
+    let rep_process_us =
+        |i: usize| CpuTicks::per_block(rep_cpu.processes.get(i).copied().unwrap_or(0), replicated.blocks);
     Ok(BenchReport {
         writers: cfg.writers,
         block_size: bs,
@@ -340,6 +383,11 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
         wire_overhead_pct: (wire_per_block - bs as f64) / bs as f64 * 100.0,
         throughput_ratio: rep_mb / base_mb.max(1e-9),
         flush_ratio: p50(&replicated.flushes) / p50(&fsync_hist).max(1.0),
+        baseline_cpu_us_per_block: base_cpu_us,
+        replicated_cpu_us_per_block: rep_cpu_us,
+        cpu_ratio: rep_cpu_us / base_cpu_us.max(1e-9),
+        replicated_primary_cpu_us_per_block: rep_process_us(0),
+        replicated_mirror_cpu_us_per_block: rep_process_us(1),
     })
 }
 

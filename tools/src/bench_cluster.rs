@@ -325,20 +325,9 @@ impl Bench<'_> {
     }
 }
 
-/// CPU time (user + system) of a process so far, in seconds.
-fn cpu_seconds(pid: i32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command (which may hold spaces) in parentheses.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split(' ').collect();
-    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
-    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as f64;
-    Some(ticks / hz)
-}
-
 /// CPU of `pids` together over `window`, in % of one core.
 fn cpu_pct(pids: &[i32], window: Duration) -> f64 {
-    let sum = |pids: &[i32]| pids.iter().filter_map(|p| cpu_seconds(*p)).sum::<f64>();
+    let sum = |pids: &[i32]| pids.iter().filter_map(|p| crate::cpu::process_seconds(*p as u32)).sum::<f64>();
     let before = sum(pids);
     std::thread::sleep(window); // the measurement window itself
     (sum(pids) - before) / window.as_secs_f64() * 100.0

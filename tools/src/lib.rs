@@ -7,5 +7,6 @@ pub mod bench;
 pub mod bench_cluster;
 pub mod bench_resync;
 pub mod cluster;
+pub mod cpu;
 pub mod process;
 pub mod workload;

@@ -482,6 +482,18 @@ fn run_bench(c: BenchCmd) -> CmdResult {
         );
         println!("{:<34} {:>12.0} {:>12.0}", "fdatasync / flush p99 (us)", r.local_fdatasync_p99_us, r.flush_p99_us);
         println!(
+            "{:<34} {:>12.1} {:>12.1} {:>8.2}",
+            "CPU per block, machine (us)", r.baseline_cpu_us_per_block, r.replicated_cpu_us_per_block, r.cpu_ratio
+        );
+        println!(
+            "{:<34} {:>12} {:>12.1} (primary process {:.1}, mirror daemon {:.1})",
+            "",
+            "",
+            r.replicated_primary_cpu_us_per_block + r.replicated_mirror_cpu_us_per_block,
+            r.replicated_primary_cpu_us_per_block,
+            r.replicated_mirror_cpu_us_per_block
+        );
+        println!(
             "{:<34} {:>12} {:>12.1} ({:.3}% over the payload)",
             "wire bytes per block", "", r.wire_bytes_per_block, r.wire_overhead_pct
         );
