@@ -389,3 +389,21 @@ fn the_block_bench_reports_cpu_per_block() {
         assert!(v.is_finite() && v > 0.0, "{field}: {v} in {r}");
     }
 }
+
+/// `filerep bench --pin`: the baseline writes each block once, and the
+/// report gives the replicated throughput over it.
+#[test]
+fn the_pinned_block_bench_reports_its_ratio() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    let args = ["bench", "--pin", "--count", "4096", "--writers", "2", "--rounds", "1", "--dir", &d, "--json"];
+    let (code, out, err) = common::pair::run_filerep(&args);
+    assert_eq!(code, 0, "{out}{err}");
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(r["baseline_copies"].as_u64(), Some(1), "{r}");
+    let ratio = r["pinned_ratio"].as_f64().unwrap_or(-1.0);
+    assert!(ratio.is_finite() && ratio > 0.0, "pinned_ratio {ratio} in {r}");
+    let (code, _, err) = common::pair::run_filerep(&["bench", "--pin", "--mirror-down", "--dir", &d]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--pin") && err.contains("--mirror-down"), "{err}");
+}

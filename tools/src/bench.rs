@@ -46,6 +46,28 @@ pub struct BenchConfig {
     /// Run the replicated side as a segment runs: with change tracking
     /// configured, so the activity log covers every write (rule 5).
     pub activity_log: bool,
+    /// Two hosts emulated on one machine: this process (the primary and its
+    /// writers) on CPU 0, the mirror daemon on CPU 1, and the baseline
+    /// writing each block once, on CPU 0.
+    pub pin: bool,
+}
+
+/// Run on these CPUs only: this thread, and every thread and process it
+/// starts from now on (they inherit it).
+fn pin_to(cpus: &[usize]) -> Result<()> {
+    let mut set = nix::sched::CpuSet::new();
+    for &c in cpus {
+        set.set(c).map_err(|e| Error::InvalidArgument(format!("CPU {c}: {e}")))?;
+    }
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+        .map_err(|e| Error::InvalidArgument(format!("cannot run on CPU {cpus:?} only: {e}")))
+}
+
+/// The CPUs this thread may run on now.
+fn allowed_cpus() -> Result<Vec<usize>> {
+    let set = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0))
+        .map_err(|e| Error::InvalidArgument(format!("cannot read this process's CPUs: {e}")))?;
+    Ok((0..nix::sched::CpuSet::count()).filter(|c| set.is_set(*c).unwrap_or(false)).collect())
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -81,6 +103,12 @@ pub struct BenchReport {
     pub replicated_cpu_us_per_block: f64,
     /// Replicated over baseline CPU per block.
     pub cpu_ratio: f64,
+    /// Copies the baseline writes of each block: 2 (both hosts' writes on
+    /// one), or 1 with `--pin` (one host's).
+    pub baseline_copies: u32,
+    /// With `--pin`: replicated MB/s over one host's single-copy MB/s, the
+    /// primary's side and the mirror's each on a CPU of its own.
+    pub pinned_ratio: Option<f64>,
     /// Of the replicated CPU per block: this process (the primary and its writers).
     pub replicated_primary_cpu_us_per_block: f64,
     /// Of the replicated CPU per block: the mirror daemon's process.
@@ -234,6 +262,26 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
     filerep::config::check_block_size(cfg.block_size)?;
     let bs = cfg.block_size;
     let blocks = random_blocks(bs, 7);
+    // Pinned: everything of this process on CPU 0 from here on, put back as it was after.
+    let unpinned = allowed_cpus()?;
+    if cfg.pin {
+        if !(unpinned.contains(&0) && unpinned.contains(&1)) {
+            return Err(Error::InvalidArgument(format!(
+                "--pin needs CPUs 0 and 1; this process may run on {unpinned:?}"
+            )));
+        }
+        pin_to(&[0])?;
+    }
+    let report = run_sides(cfg, &blocks);
+    if cfg.pin {
+        pin_to(&unpinned)?;
+    }
+    report
+}
+
+/// [`run`]'s two sides, and the report.
+fn run_sides(cfg: &BenchConfig, blocks: &[Vec<u8>]) -> Result<BenchReport> {
+    let bs = cfg.block_size;
     let name = |w: usize| FsPath::new(0, RelPath::new(&format!("bench{w}")).unwrap_or_else(|_| unreachable!()));
     // Each round runs the baseline, then the pair, for an equal share of
     // the time: drift of a shared machine (other tenants, write-back of
@@ -299,14 +347,18 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
             let off = (k % cfg.file_blocks) * bs as u64;
             let t = Instant::now();
             a.write_at(off, data)?;
-            b.write_at(off, data)?;
+            if !cfg.pin {
+                b.write_at(off, data)?;
+            }
             let wd = t.elapsed();
             let mut fd = None;
             if cfg.flush_every > 0 && (n + 1) % cfg.flush_every == 0 {
                 let t = Instant::now();
                 a.sync_data()?;
                 let one = t.elapsed();
-                b.sync_data()?;
+                if !cfg.pin {
+                    b.sync_data()?;
+                }
                 fd = Some(t.elapsed());
                 let _ = fsync_hist.lock().unwrap_or_else(|e| e.into_inner()).record(us(one));
             }
@@ -386,6 +438,8 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
         baseline_cpu_us_per_block: base_cpu_us,
         replicated_cpu_us_per_block: rep_cpu_us,
         cpu_ratio: rep_cpu_us / base_cpu_us.max(1e-9),
+        baseline_copies: if cfg.pin { 1 } else { 2 },
+        pinned_ratio: cfg.pin.then_some(rep_mb / base_mb.max(1e-9)),
         replicated_primary_cpu_us_per_block: rep_process_us(0),
         replicated_mirror_cpu_us_per_block: rep_process_us(1),
     })
@@ -422,6 +476,10 @@ fn start_pair(
     let hex: String = material.iter().map(|b| format!("{b:02x}")).collect();
     std::fs::write(&key_file, &hex).map_err(|e| Error::io("writing the key file", e))?;
     let identity = PairIdentity { cluster_id: 0xbe4c, content_id: 0, block_size: cfg.block_size, generation: 1 };
+    // Pinned: the daemon inherits CPU 1 from this thread, which goes back to CPU 0.
+    if cfg.pin {
+        pin_to(&[1])?;
+    }
     let mirror = MirrorProcess::spawn(
         &cfg.exe,
         &MirrorArgs {
@@ -434,7 +492,11 @@ fn start_pair(
             listen: "127.0.0.1:0".into(),
             extra: if cfg.prefer_uring { vec![] } else { vec!["--std-io".into()] },
         },
-    )?;
+    );
+    if cfg.pin {
+        pin_to(&[0])?;
+    }
+    let mirror = mirror?;
     let stream = std::net::TcpStream::connect(mirror.addr).map_err(|e| Error::io("connecting to the mirror", e))?;
     let conn = filerep::io::net::tcp(stream).map_err(|e| Error::io("configuring the connection", e))?;
     let primary = Primary::start(

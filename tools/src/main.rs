@@ -130,6 +130,11 @@ struct BenchCmd {
     /// Replicate without change tracking configured (no activity log), unlike a segment.
     #[arg(long)]
     no_activity_log: bool,
+    /// Two hosts on one machine: this process (the primary) on CPU 0, the
+    /// mirror daemon on CPU 1, and a baseline that writes each block once,
+    /// on CPU 0 (pinned_ratio).
+    #[arg(long, conflicts_with_all = ["mirror_down", "resync", "cluster"])]
+    pin: bool,
     /// Measure resync (1 %, 10 %, 100 % of the blocks changed, and a full resync) beside rsync.
     #[arg(long)]
     resync: bool,
@@ -389,6 +394,7 @@ fn run_bench(c: BenchCmd) -> CmdResult {
         exe: std::env::current_exe()?,
         progress: !c.json,
         activity_log: !c.no_activity_log,
+        pin: c.pin,
     };
     if !c.json {
         eprintln!(
@@ -467,7 +473,8 @@ fn run_bench(c: BenchCmd) -> CmdResult {
     if c.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
-        println!("{:<34} {:>12} {:>12} {:>8}", "", "baseline", "replicated", "ratio");
+        let baseline = if r.baseline_copies == 1 { "one copy" } else { "baseline" };
+        println!("{:<34} {:>12} {:>12} {:>8}", "", baseline, "replicated", "ratio");
         println!(
             "{:<34} {:>12.1} {:>12.1} {:>8.2}",
             "throughput (MB/s)", r.baseline_double_write_mb_s, r.replicated_mb_s, r.throughput_ratio
@@ -497,6 +504,9 @@ fn run_bench(c: BenchCmd) -> CmdResult {
             "{:<34} {:>12} {:>12.1} ({:.3}% over the payload)",
             "wire bytes per block", "", r.wire_bytes_per_block, r.wire_overhead_pct
         );
+        if let Some(p) = r.pinned_ratio {
+            println!("pinned (primary on CPU 0, mirror on CPU 1): {p:.2} of one copy's throughput");
+        }
         println!("io backend: {}", r.io_backend);
     }
     Ok(ExitCode::SUCCESS)
