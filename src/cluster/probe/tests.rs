@@ -1,0 +1,146 @@
+use super::*;
+
+fn config(probe_threads: usize) -> ProbeConfig {
+    ProbeConfig {
+        catalog: PathBuf::from("catalog.json"),
+        key: ClusterKey::from_material(b"probe config test key material!!").expect("key"),
+        listen: "127.0.0.1:0".into(),
+        interval: Duration::from_secs(1),
+        timeout: Duration::from_secs(1),
+        retries: 2,
+        handshake_timeout: Duration::from_secs(2),
+        probe_threads,
+    }
+}
+
+#[test]
+fn probe_threads_out_of_range_are_refused_with_the_range() {
+    for bad in [0, MAX_PROBE_THREADS + 1] {
+        let e = config(bad).check().expect_err("refused").to_string();
+        assert!(e.contains(&format!("{bad} probe threads")) && e.contains("1 to 1024"), "{e}");
+    }
+    for good in [1, 16, MAX_PROBE_THREADS] {
+        config(good).check().unwrap_or_else(|e| panic!("{good}: {e}"));
+    }
+}
+
+#[test]
+fn at_once_answers_in_the_order_of_the_items() {
+    let items: Vec<u64> = (0..100).collect();
+    for in_flight in [1, 7, 200] {
+        assert_eq!(at_once(&items, in_flight, |i| i * 2), items.iter().map(|i| i * 2).collect::<Vec<_>>());
+    }
+    assert!(at_once(&[] as &[u64], 4, |i| *i).is_empty());
+}
+
+#[test]
+fn workers_answer_in_the_order_of_the_items() {
+    let w = Workers::new(3).unwrap();
+    let items: Vec<u64> = (0..50).collect();
+    let got = w.map(items.clone(), |i| i * 3);
+    assert_eq!(got, items.iter().map(|i| Some(i * 3)).collect::<Vec<_>>());
+    assert!(w.map(Vec::<u64>::new(), |i| i).is_empty());
+}
+
+fn status(dbid: u32) -> SegmentStatus {
+    SegmentStatus {
+        dbid,
+        content: 0,
+        acting: Acting::Idle,
+        generation: 0,
+        mode: '-',
+        detail: String::new(),
+        changes_pending: false,
+        faulted: false,
+        unheard: false,
+        resync: None,
+        resync_error: None,
+        verify: None,
+        replication: None,
+        changelog: None,
+    }
+}
+
+/// Wait for a condition another thread makes true, up to 20 s.
+fn wait_for(what: &str, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !ready() {
+        assert!(Instant::now() < deadline, "{what}: not within 20 s");
+        std::thread::sleep(Duration::from_millis(5)); // polling another thread's progress
+    }
+}
+
+/// A segment that stops answering is probed within the round once;
+/// after that only off the round, one attempt at a time, so the round
+/// does not wait for it; when it answers again the next round sees it.
+#[test]
+fn a_down_segment_is_probed_off_the_round_until_it_answers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("catalog.json");
+    Catalog::new(7, 8192, Vec::new()).store(&path).unwrap();
+    let mut cfg = config(4);
+    cfg.catalog = path;
+    cfg.timeout = Duration::from_millis(300);
+    cfg.interval = Duration::from_millis(20);
+    cfg.retries = 0;
+    let key = cfg.key.clone();
+    let arb = ArbiterProcess::open(cfg).unwrap();
+    let state = arb.state.clone();
+    // Listening, but nobody accepts: every probe waits out its timeout.
+    let hung = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = hung.local_addr().unwrap().to_string();
+    assert!(state.probe_all(vec![addr.clone()]).get(&addr).is_none());
+    assert_eq!(lock(&state.down).get(&addr).map(|d| d.failures), Some(1));
+    // Once due, the next rounds start one probe off the round and do not wait for it.
+    wait_for("an off-round probe started", || {
+        assert!(state.probe_all(vec![addr.clone()]).get(&addr).is_none());
+        lock(&state.down).get(&addr).is_some_and(|d| d.probing)
+    });
+    // It answers from now on: the probe under way gets its answer.
+    let stop = Stop::new().unwrap();
+    let st = stop.clone();
+    std::thread::spawn(move || {
+        control::serve(
+            hung,
+            key,
+            st,
+            (Limits::new(4), control::MAX_BODY),
+            Duration::from_secs(5),
+            |r: SegmentRequest| match r {
+                SegmentRequest::Probe => SegmentResponse::Status(status(9)),
+                _ => SegmentResponse::Refused("a probe only".into()),
+            },
+        )
+    });
+    wait_for("the segment seen again", || state.probe_all(vec![addr.clone()]).get(&addr).is_some());
+    assert!(lock(&state.down).get(&addr).is_none(), "it is no longer down");
+    assert_eq!(state.probe_all(vec![addr.clone()]).get(&addr).map(|s| s.dbid), Some(9));
+    stop.stop();
+}
+
+/// A store that fails when the stored catalog cannot be read back
+/// either: the arbiter decides nothing, and says why, until it can.
+#[test]
+fn an_arbiter_that_cannot_read_back_its_catalog_decides_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("cluster");
+    std::fs::create_dir(&dir).unwrap();
+    let path = dir.join("catalog.json");
+    Catalog::new(7, 8192, Vec::new()).store(&path).unwrap();
+    let mut cfg = config(2);
+    cfg.catalog = path.clone();
+    let arb = ArbiterProcess::open(cfg).unwrap();
+    let state = arb.state.clone();
+    assert!(matches!(state.answer(ArbiterRequest::Catalog), ArbiterResponse::Catalog(_)));
+    // Its directory gone: the store fails, and so does reading it back.
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(matches!(state.answer(ArbiterRequest::StoreCatalog), ArbiterResponse::Refused(_)));
+    match state.answer(ArbiterRequest::Catalog) {
+        ArbiterResponse::Refused(why) => assert!(why.contains("decides nothing"), "{why}"),
+        other => panic!("answered from a catalog it could not store: {other:?}"),
+    }
+    // Back: read, and answered from again.
+    std::fs::create_dir(&dir).unwrap();
+    Catalog::new(7, 8192, Vec::new()).store(&path).unwrap();
+    assert!(matches!(state.answer(ArbiterRequest::Catalog), ArbiterResponse::Catalog(_)));
+}
