@@ -617,11 +617,14 @@ fn spawn_logged_mount(pair: &Pair, path: &Path, extra: &[&str]) -> (std::process
     (child, log)
 }
 
-fn sigterm_and_wait(child: &mut std::process::Child) {
+/// SIGTERM to a mount started by [`spawn_logged_mount`]; it must exit 0
+/// (else its log says why).
+fn sigterm_and_wait(child: &mut std::process::Child, log: &Path) {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM)
         .expect("SIGTERM");
     let status = child.wait().expect("wait");
-    assert!(status.success(), "filerep mount exited with {status}");
+    let said = || std::fs::read_to_string(log).unwrap_or_else(|e| format!("(its log {}: {e})", log.display()));
+    assert!(status.success(), "filerep mount exited with {status}; its log:\n{}", said());
 }
 
 /// After kill -9 of a mount, a new `filerep mount` on the same mountpoint
@@ -651,7 +654,7 @@ fn a_dead_mountpoint_is_named_with_its_remedy_and_force_clears_it() {
     let (mut second, log) = spawn_logged_mount(&pair, &path, &["--force"]);
     assert_eq!(std::fs::read(path.join("kept")).unwrap(), b"written before the crash");
     std::fs::write(path.join("after"), b"through the new mount").unwrap();
-    sigterm_and_wait(&mut second);
+    sigterm_and_wait(&mut second, &log);
     assert!(!mounted(&path), "--force left one live mount, now gone");
     let log = std::fs::read_to_string(log).unwrap();
     assert!(log.contains("dead mount was cleared"), "{log}");
@@ -717,7 +720,7 @@ fn normal_client_behaviour_leaves_the_log_quiet() {
         assert!(w.join().unwrap(), "a write failed under signals");
     }
     drop(f);
-    sigterm_and_wait(&mut m);
+    sigterm_and_wait(&mut m, &log);
     let log = std::fs::read_to_string(log).unwrap();
     let loud: Vec<&str> = log.lines().filter(|l| l.contains("WARN") || l.contains("ERROR")).collect();
     assert!(loud.is_empty(), "normal client behaviour was logged as a problem:\n{}", loud.join("\n"));
