@@ -139,6 +139,22 @@ pub fn resync_completed(pair: &Pair, probes: &[(u32, Option<Seen>)]) -> bool {
     probes.iter().any(|(d, s)| *d == acting && s.is_some_and(|s| s.acting == Acting::Primary && s.mode == 's'))
 }
 
+/// Everything one probe round applies to a pair, in order: what the probes
+/// say happened ([`events`]), then, if the pair it leaves is done
+/// resynchronizing, [`Event::ResyncCompleted`]. The arbiter process and
+/// the simulator both apply exactly these.
+pub fn round_events(pair: &Pair, probes: &[(u32, Option<Seen>)]) -> Vec<Event> {
+    let mut out = events(pair, probes);
+    let mut after = pair.clone();
+    for e in &out {
+        after.apply(e);
+    }
+    if resync_completed(&after, probes) {
+        out.push(Event::ResyncCompleted);
+    }
+    out
+}
+
 /// What each segment of the pair must be told, given what its probe saw.
 /// Mirrors first, so a primary told to stream finds its mirror listening;
 /// a down pair gets no order (the catalog says why).
@@ -199,6 +215,21 @@ mod tests {
         for e in events {
             pair.apply(&e);
         }
+    }
+
+    /// A round completes a resync only from the pair its own events leave:
+    /// a mirror lost in the same round ends the resync instead.
+    #[test]
+    fn a_round_completes_a_resync_only_after_its_own_events() {
+        let mut pair = Pair::new(0, 1, 2);
+        apply(&mut pair, vec![Event::MirrorLost { reporter: 1, generation: 1 }, Event::SegmentUp { dbid: 2 }]);
+        assert!(pair.apply(&Event::ResyncStarted).changed);
+        let streaming = Some(Seen { mode: 's', ..seen(1, Acting::Primary, 1).unwrap() });
+        let probes = [(1, streaming), (2, seen(2, Acting::Mirror, 1))];
+        assert_eq!(round_events(&pair, &probes).last(), Some(&Event::ResyncCompleted));
+        let probes = [(1, streaming), (2, None)];
+        let e = round_events(&pair, &probes);
+        assert!(!e.is_empty() && !e.contains(&Event::ResyncCompleted), "{e:?}");
     }
 
     #[test]

@@ -155,12 +155,8 @@ impl World {
         }
         let probes: Vec<(u32, Option<Seen>)> =
             (0..self.nodes.len()).map(|n| (self.nodes[n].dbid, self.seen(n))).collect();
-        let pair = self.pair.clone();
-        for e in arbiter::events(&pair, &probes) {
+        for e in arbiter::round_events(&self.pair, &probes) {
             self.arbiter_apply(e)?;
-        }
-        if arbiter::resync_completed(&self.pair, &probes) {
-            self.arbiter_apply(Event::ResyncCompleted)?;
         }
         if self.pair.down {
             for n in 0..self.nodes.len() {

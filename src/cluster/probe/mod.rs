@@ -77,8 +77,13 @@ impl ProbeConfig {
     }
 }
 
-/// What a pair's segments answered, by dbid.
-type Statuses = Vec<(u32, Option<SegmentStatus>)>;
+/// A pair as the round stored it, the orders it gives its segments, and
+/// what they answered (by dbid).
+struct Ordered {
+    pair: CatalogPair,
+    orders: Vec<Order>,
+    statuses: Vec<(u32, Option<SegmentStatus>)>,
+}
 
 /// What one round's probes found, by control address.
 struct Probed(HashMap<String, Option<SegmentStatus>>);
@@ -617,7 +622,7 @@ impl State {
         self.kept.keep_only(&addrs);
         lock(&self.down).retain(|a, _| addrs.binary_search(a).is_ok());
         let probed = self.probe_all(addrs);
-        let (solos, decided): (Vec<CatalogSolo>, Vec<(CatalogPair, Statuses)>) = {
+        let (solos, ordered): (Vec<CatalogSolo>, Vec<Ordered>) = {
             let mut cat = lock(&self.catalog);
             let mut changed = Self::solo_events(&mut cat, &probed);
             let contents: Vec<u32> = cat.pairs.iter().map(|p| p.pair.content).collect();
@@ -633,52 +638,40 @@ impl State {
                 }
                 let seen: Vec<(u32, Option<arbiter::Seen>)> =
                     statuses.iter().map(|(d, s)| (*d, s.as_ref().map(SegmentStatus::seen))).collect();
-                let current = cp.pair.clone();
-                for event in arbiter::events(&current, &seen) {
+                for event in arbiter::round_events(&cp.pair, &seen) {
                     changed |= cat.apply(content, &event).is_some_and(|o| o.changed);
                 }
-                if let Some(p) = cat.pair(content).map(|p| p.pair.clone()) {
-                    if arbiter::resync_completed(&p, &seen) {
-                        changed |= cat.apply(content, &Event::ResyncCompleted).is_some_and(|o| o.changed);
-                    }
-                }
-                seen_by_content.push((content, statuses));
+                seen_by_content.push((content, seen, statuses));
             }
             // Recorded durably before any order that depends on it.
             if changed && !self.store(&mut cat) {
                 return;
             }
-            let decided = seen_by_content
+            // The orders of the catalog as stored; only pairs with orders.
+            let ordered = seen_by_content
                 .into_iter()
-                .filter_map(|(content, statuses)| cat.pair(content).map(|p| (p.clone(), statuses)))
+                .filter_map(|(content, seen, statuses)| {
+                    let pair = cat.pair(content)?;
+                    let orders = arbiter::orders(&pair.pair, &seen, None);
+                    (!orders.is_empty()).then(|| Ordered { pair: pair.clone(), orders, statuses })
+                })
                 .collect();
-            (cat.unmirrored.clone(), decided)
+            (cat.unmirrored.clone(), ordered)
         };
         for solo in &solos {
             self.solo_orders(solo, &probed);
         }
-        // Each pair's orders in their order (mirrors first); pairs at once,
-        // and only pairs with orders.
-        let ordered: Vec<_> = decided
-            .into_iter()
-            .filter(|(pair, statuses)| {
-                let seen: Vec<(u32, Option<arbiter::Seen>)> =
-                    statuses.iter().map(|(d, s)| (*d, s.as_ref().map(SegmentStatus::seen))).collect();
-                !arbiter::orders(&pair.pair, &seen, None).is_empty()
-            })
-            .collect();
+        // Each pair's orders in their order (mirrors first); pairs at once.
         if !ordered.is_empty() {
             let me = self.clone();
-            self.workers.map(ordered, move |(pair, statuses)| me.pair_orders(&pair, &statuses));
+            self.workers.map(ordered, move |o| me.pair_orders(&o));
         }
     }
 
     /// Bring one pair's segments to the roles the catalog gives them.
-    fn pair_orders(&self, pair: &CatalogPair, statuses: &[(u32, Option<SegmentStatus>)]) {
-        let seen: Vec<(u32, Option<arbiter::Seen>)> =
-            statuses.iter().map(|(d, s)| (*d, s.as_ref().map(SegmentStatus::seen))).collect();
+    fn pair_orders(&self, Ordered { pair, orders, statuses }: &Ordered) {
         let status = |dbid: u32| statuses.iter().find(|(d, _)| *d == dbid).and_then(|(_, s)| s.clone());
-        for order in arbiter::orders(&pair.pair, &seen, None) {
+        for order in orders.iter().cloned() {
             match order {
                 Order::BecomeMirror { dbid, generation } => {
                     let Some(a) = pair.address(dbid) else { continue };

@@ -144,3 +144,59 @@ fn an_arbiter_that_cannot_read_back_its_catalog_decides_nothing() {
     Catalog::new(7, 8192, Vec::new()).store(&path).unwrap();
     assert!(matches!(state.answer(ArbiterRequest::Catalog), ArbiterResponse::Catalog(_)));
 }
+
+/// A segment that records the orders it is given and answers probes idle.
+fn recording_segment(key: ClusterKey, dbid: u32) -> (String, Arc<Mutex<Vec<String>>>, Arc<Stop>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let stop = Stop::new().unwrap();
+    let (g, st) = (got.clone(), stop.clone());
+    std::thread::spawn(move || {
+        control::serve(l, key, st, (Limits::new(4), control::MAX_BODY), Duration::from_secs(5), move |r| match r {
+            SegmentRequest::Probe => SegmentResponse::Status(status(dbid)),
+            other => {
+                lock(&g).push(format!("{other:?}"));
+                SegmentResponse::Done
+            }
+        })
+    });
+    (addr, got, stop)
+}
+
+/// Rule 7's order: a round whose change cannot be stored gives no order
+/// that depends on it; once it can, the order goes out.
+#[test]
+fn a_round_whose_change_is_not_stored_gives_no_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("catalog.json");
+    let mut cfg = config(2);
+    let (primary, got, stop) = recording_segment(cfg.key.clone(), 2);
+    // The mirror's address: nothing listens there.
+    let gone = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let address = |dbid: u32, control: String| crate::durable::catalog::SegmentAddress {
+        dbid,
+        host: "h".into(),
+        control,
+        data: format!("127.0.0.1:{}", 1000 + dbid),
+        filespaces: Vec::new(),
+    };
+    Catalog::new(7, 8192, vec![(0, address(2, primary), address(3, gone))]).store(&path).unwrap();
+    cfg.catalog = path.clone();
+    cfg.timeout = Duration::from_millis(300);
+    cfg.retries = 0;
+    let arb = ArbiterProcess::open(cfg).unwrap();
+    let state = arb.state.clone();
+    // The last good copy is written first: a directory in its place fails the store.
+    let good = crate::durable::sealed::good_copy(&path);
+    std::fs::remove_file(&good).unwrap();
+    std::fs::create_dir(&good).unwrap();
+    state.round();
+    assert!(lock(&got).is_empty(), "ordered from a change not stored: {:?}", lock(&got));
+    assert_eq!(lock(&state.catalog).pairs[0].pair.mode, PairMode::Synchronized, "the stored catalog, read back");
+    std::fs::remove_dir(&good).unwrap();
+    state.round();
+    assert_eq!(Catalog::load(&path).unwrap().pairs[0].pair.mode, PairMode::ChangeTracking);
+    assert!(lock(&got).iter().any(|o| o.starts_with("BecomePrimary")), "{:?}", lock(&got));
+    stop.stop();
+}

@@ -264,6 +264,29 @@ impl Inner {
         Ok(n)
     }
 
+    /// A change-log holding nothing yet, `len` bytes long.
+    fn empty(disk: Arc<dyn Disk>, path: FsPath, file: Arc<dyn DiskFile>, block_size: u32, len: u64) -> Inner {
+        Inner {
+            disk,
+            path,
+            file,
+            block_size,
+            set: ChangeSet::default(),
+            file_nos: HashMap::new(),
+            pending: Encoder::default(),
+            pending_blocks: Vec::new(),
+            len,
+            next_group: 1,
+            groups_written: 0,
+            recovered: BTreeMap::new(),
+            recovered_touched: BTreeMap::new(),
+            owed_files: BTreeSet::new(),
+            redo: BTreeSet::new(),
+            journal: Default::default(),
+            journal_base: 0,
+        }
+    }
+
     fn replay(&mut self) -> Result<Recovery> {
         let total = self.file.len().map_err(disk_err("length"))?;
         let mut header = [0u8; HEADER_LEN];
@@ -536,50 +559,14 @@ impl ChangeLog {
     /// Create an empty change-log at `path` (replacing any file there).
     pub fn create(disk: Arc<dyn Disk>, path: FsPath, block_size: u32) -> Result<ChangeLog> {
         let (file, _, _) = Self::write_fresh(&disk, &path, block_size, &Encoder::default())?;
-        let inner = Inner {
-            disk,
-            path,
-            file,
-            block_size,
-            set: ChangeSet::default(),
-            file_nos: HashMap::new(),
-            pending: Encoder::default(),
-            pending_blocks: Vec::new(),
-            len: HEADER_LEN as u64,
-            next_group: 1,
-            groups_written: 0,
-            recovered: BTreeMap::new(),
-            recovered_touched: BTreeMap::new(),
-            owed_files: BTreeSet::new(),
-            redo: BTreeSet::new(),
-            journal: Default::default(),
-            journal_base: 0,
-        };
-        Ok(Self::wrap(inner))
+        Ok(Self::wrap(Inner::empty(disk, path, file, block_size, HEADER_LEN as u64)))
     }
 
     /// Open and replay an existing change-log, cutting a torn tail.
     pub fn open(disk: Arc<dyn Disk>, path: FsPath) -> Result<(ChangeLog, Recovery)> {
         let file = disk.open(&path, OpenMode::Existing).map_err(disk_err("open"))?;
-        let mut inner = Inner {
-            disk,
-            path,
-            file,
-            block_size: 0,
-            set: ChangeSet::default(),
-            file_nos: HashMap::new(),
-            pending: Encoder::default(),
-            pending_blocks: Vec::new(),
-            len: 0,
-            next_group: 1,
-            groups_written: 0,
-            recovered: BTreeMap::new(),
-            recovered_touched: BTreeMap::new(),
-            owed_files: BTreeSet::new(),
-            redo: BTreeSet::new(),
-            journal: Default::default(),
-            journal_base: 0,
-        };
+        // The block size and length come from the file's header and groups.
+        let mut inner = Inner::empty(disk, path, file, 0, 0);
         let rec = inner.replay()?;
         Ok((Self::wrap(inner), rec))
     }

@@ -9,6 +9,12 @@ fn p(s: &str) -> FsPath {
     FsPath::new(0, RelPath::new(s).unwrap())
 }
 
+/// Power lost (everything not synced gone), then the change-log opened again.
+fn crash_and_reopen(disk: &Arc<SimDisk>) -> ChangeLog {
+    disk.crash(None);
+    ChangeLog::open(disk.clone(), log_path()).unwrap().0
+}
+
 fn log_path() -> FsPath {
     p("changelog")
 }
@@ -21,8 +27,7 @@ fn cleared_entries_stay_cleared_after_replay_and_compaction() {
     let mut done = BTreeMap::new();
     done.insert(p("f"), (0..40).collect::<BTreeSet<u64>>());
     log.clear_entries(&done, &[p("d")]).unwrap();
-    disk.crash(None);
-    let (log, _) = ChangeLog::open(disk.clone(), log_path()).unwrap();
+    let log = crash_and_reopen(&disk);
     let set = log.change_set();
     assert_eq!(set.blocks.get(&p("f")).map(|b| b.len()), Some(24));
     assert!(!set.covers_block(&p("f"), 39) && set.covers_block(&p("f"), 40));
@@ -64,8 +69,7 @@ fn a_rename_moves_what_is_owed_and_a_checkpoint_follows_it() {
     log.clear_entries_as_of(&shipped, &[], &BTreeMap::new(), &BTreeSet::new(), at).unwrap();
     assert_eq!(log.resync_set().blocks.get(&p("e/f")).map(|b| b.len()), Some(4));
     // The move is durable: a replay names e/f.
-    disk.crash(None);
-    let (log, _) = ChangeLog::open(disk, log_path()).unwrap();
+    let log = crash_and_reopen(&disk);
     assert!(log.change_set().covers_block(&p("e/f"), 7));
 }
 
@@ -90,13 +94,11 @@ fn clearing_keeps_the_activity_logs_live_entries_across_a_crash() {
     assert!(!set.covers_block(&p("f"), 0) && set.covers_block(&p("f"), 32), "{set:?}");
     assert_eq!(set.touched.get(&p("d")), Some(&true));
     assert!(log.resync_set().extents.is_empty(), "no longer pinned: {:?}", log.resync_set());
-    disk.crash(None);
-    let (log, _) = ChangeLog::open(disk.clone(), log_path()).unwrap();
+    let log = crash_and_reopen(&disk);
     assert_eq!(log.change_set(), set);
     // The final clear keeps them likewise, in one rewrite.
     assert!(log.clear_keeping(&live, &BTreeSet::from([p("d")])).unwrap());
-    disk.crash(None);
-    let (log, _) = ChangeLog::open(disk, log_path()).unwrap();
+    let log = crash_and_reopen(&disk);
     assert_eq!(log.change_set(), set);
 }
 
@@ -201,8 +203,7 @@ fn compaction_bounds_size_by_distinct_blocks() {
     assert!(st.bytes_on_disk <= 32 * st.distinct_blocks, "{st:?}");
     let want = log.change_set();
     drop(log);
-    disk.crash(None);
-    let (log, _) = ChangeLog::open(disk, log_path()).unwrap();
+    let log = crash_and_reopen(&disk);
     assert_eq!(log.change_set(), want);
 }
 
@@ -226,8 +227,7 @@ fn group_commit_from_many_threads() {
     log.compact().unwrap();
     let want = log.change_set();
     drop(log);
-    disk.crash(None);
-    let (log, _) = ChangeLog::open(disk, log_path()).unwrap();
+    let log = crash_and_reopen(&disk);
     assert_eq!(log.change_set(), want);
 }
 
@@ -243,8 +243,7 @@ fn a_crash_loses_lazy_records_and_their_extent_covers_them() {
     }
     assert_eq!(log.stats().groups_written, 1, "only the first block of the extent waited");
     drop(log);
-    disk.crash(None);
-    let (log, _) = ChangeLog::open(disk, log_path()).unwrap();
+    let log = crash_and_reopen(&disk);
     let set = log.change_set();
     assert!(set.blocks.get(&f).map_or(0, |b| b.len()) < 10, "later exact records were lazy");
     for b in 0..10 {
@@ -317,7 +316,6 @@ fn clear_empties_durably() {
     log.clear().unwrap();
     assert!(log.change_set().is_empty());
     drop(log);
-    disk.crash(None);
-    let (log, _) = ChangeLog::open(disk, log_path()).unwrap();
+    let log = crash_and_reopen(&disk);
     assert!(log.change_set().is_empty());
 }
