@@ -1,0 +1,197 @@
+//! A segment's configuration file (`SegmentConfig`, sealed or plain
+//! JSON; docs/operations.md) and the role record it keeps in its state
+//! directory (`RoleRecord`, `roles.json`).
+
+use crate::config::{Filespace, StreamTuning, SyncLevel};
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The highest generation at which a segment was ordered to act as
+/// primary, and as mirror, recorded before it does (`roles.json` in its
+/// state directory, sealed): which segment of a pair acted as primary
+/// last, for `filerep catalog restore` when it rebuilds a catalog while
+/// the cluster is stopped.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleRecord {
+    pub primary: u64,
+    pub mirror: u64,
+}
+
+impl RoleRecord {
+    pub const FILE: &'static str = "roles.json";
+    pub const VERSION: u32 = 1;
+
+    /// The record in `state_dir` (none yet: zeros).
+    pub fn load(state_dir: &std::path::Path) -> Result<RoleRecord> {
+        use crate::durable::sealed;
+        let restore = "remove it: the arbiter's next order writes it again";
+        let path = state_dir.join(Self::FILE);
+        Ok(sealed::read_state(&path, sealed::Kind::SegmentRoles, Self::VERSION, false, restore)?.unwrap_or_default())
+    }
+
+    /// Raise the record to these generations, durably.
+    pub(super) fn note(state_dir: &std::path::Path, primary: Option<u64>, mirror: Option<u64>) -> Result<()> {
+        use crate::durable::sealed;
+        let old = RoleRecord::load(state_dir).unwrap_or_default();
+        let new =
+            RoleRecord { primary: old.primary.max(primary.unwrap_or(0)), mirror: old.mirror.max(mirror.unwrap_or(0)) };
+        if new == old {
+            return Ok(());
+        }
+        let path = state_dir.join(Self::FILE);
+        let json = serde_json::to_vec(&new).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        sealed::replace(&path, &sealed::seal(sealed::Kind::SegmentRoles, Self::VERSION, &json))
+            .map_err(|e| Error::io(format!("recording the role in {}", path.display()), e))
+    }
+}
+
+/// The format version of a sealed segment configuration.
+pub const CONFIG_VERSION: u32 = 1;
+
+/// A segment's settings (a JSON file; `docs/operations.md`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SegmentConfig {
+    pub dbid: u32,
+    pub content: u32,
+    pub cluster_id: u64,
+    pub block_size: u32,
+    /// `NAME=DIRECTORY`, in the cluster's filespace order.
+    pub filespaces: Vec<String>,
+    pub key_file: PathBuf,
+    /// Control endpoint (probes and orders), `HOST:PORT`.
+    pub control_listen: String,
+    /// Replication endpoint (used when this segment is the mirror).
+    pub data_listen: String,
+    /// Unix socket for local clients (used when it is the primary).
+    pub socket: PathBuf,
+    /// Change-log, activity log and mirror state live here.
+    pub state_dir: PathBuf,
+    /// The arbiter's control endpoint.
+    pub arbiter: String,
+    #[serde(default = "default_level")]
+    pub sync_level: String,
+    #[serde(default = "default_decision_ms")]
+    pub decision_timeout_ms: u64,
+    #[serde(default = "default_ack_ms")]
+    pub ack_timeout_ms: u64,
+    #[serde(default = "default_heartbeat_ms")]
+    pub heartbeat_ms: u64,
+    /// How long a new connection (replication, control or client socket)
+    /// may take to prove itself before it is closed.
+    #[serde(default = "default_handshake_ms")]
+    pub handshake_timeout_ms: u64,
+    #[serde(default = "default_true")]
+    pub prefer_uring: bool,
+    /// Serve replication statistics as Prometheus text on `HOST:PORT`
+    /// (`GET /metrics`); none when absent.
+    #[serde(default)]
+    pub metrics_listen: Option<String>,
+    /// Activity-log entries (extents of 32 blocks) a streaming primary
+    /// holds before it retires what the mirror has durably (DRBD's
+    /// al-extents): 4 to 65536.
+    #[serde(default = "default_activity_limit")]
+    pub activity_limit: usize,
+}
+
+fn default_level() -> String {
+    "applied".into()
+}
+fn default_decision_ms() -> u64 {
+    5000
+}
+fn default_ack_ms() -> u64 {
+    3000
+}
+fn default_heartbeat_ms() -> u64 {
+    200
+}
+fn default_activity_limit() -> usize {
+    crate::core::primary::ACTIVITY_LIMIT
+}
+fn default_handshake_ms() -> u64 {
+    crate::io::admission::DEFAULT_DEADLINE.as_millis() as u64
+}
+fn default_true() -> bool {
+    true
+}
+
+impl SegmentConfig {
+    /// Read a configuration: sealed (as the cluster tools write it: a
+    /// changed byte is damage) or plain JSON (written by hand).
+    pub fn load(path: &std::path::Path) -> Result<SegmentConfig> {
+        use crate::durable::sealed;
+        let bytes =
+            std::fs::read(path).map_err(|e| Error::io(format!("reading segment config {}", path.display()), e))?;
+        let json =
+            sealed::body_or_plain(sealed::Kind::SegmentConfig, CONFIG_VERSION, &bytes).map_err(|e| Error::Damaged {
+                what: "segment configuration",
+                path: path.display().to_string(),
+                reason: e.to_string(),
+                restore:
+                    "copy it back from another copy of the cluster directory, or write it again (docs/operations.md)"
+                        .into(),
+            })?;
+        Self::parse(json, &path.display().to_string())
+    }
+
+    /// Decode and check a configuration's JSON; `origin` names it in messages.
+    pub fn parse(bytes: &[u8], origin: &str) -> Result<SegmentConfig> {
+        let c: SegmentConfig = serde_json::from_slice(bytes)
+            .map_err(|e| Error::InvalidArgument(format!("segment config {origin}: {e}")))?;
+        c.check().map_err(|e| Error::InvalidArgument(format!("segment config {origin}: {e}")))?;
+        Ok(c)
+    }
+
+    /// The sealed form the cluster tools write.
+    pub fn to_sealed(&self) -> Result<Vec<u8>> {
+        let json = serde_json::to_vec_pretty(self).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        Ok(crate::durable::sealed::seal(crate::durable::sealed::Kind::SegmentConfig, CONFIG_VERSION, &json))
+    }
+
+    pub(super) fn check(&self) -> Result<()> {
+        crate::config::check_block_size(self.block_size)?;
+        self.filespaces()?;
+        SyncLevel::parse(&self.sync_level)?;
+        for (what, v) in [("decision_timeout_ms", self.decision_timeout_ms), ("ack_timeout_ms", self.ack_timeout_ms)] {
+            if !(10..=600_000).contains(&v) {
+                return Err(Error::InvalidArgument(format!("{what} = {v}: use 10 to 600000")));
+            }
+        }
+        self.limits(1).check().map_err(|e| Error::InvalidArgument(format!("handshake_timeout_ms: {e}")))?;
+        if !(10..=60_000).contains(&self.heartbeat_ms) || self.heartbeat_ms >= self.ack_timeout_ms {
+            return Err(Error::InvalidArgument(format!(
+                "heartbeat_ms = {}: use 10 to 60000, below ack_timeout_ms",
+                self.heartbeat_ms
+            )));
+        }
+        if !(4..=65_536).contains(&self.activity_limit) {
+            return Err(Error::InvalidArgument(format!("activity_limit = {}: use 4 to 65536", self.activity_limit)));
+        }
+        Ok(())
+    }
+
+    pub fn filespaces(&self) -> Result<Vec<Filespace>> {
+        let fs = self.filespaces.iter().map(|s| Filespace::parse(s)).collect::<Result<Vec<_>>>()?;
+        crate::config::check_filespaces(&fs)?;
+        Ok(fs)
+    }
+
+    pub(super) fn tuning(&self) -> StreamTuning {
+        StreamTuning {
+            heartbeat: Duration::from_millis(self.heartbeat_ms),
+            ack_timeout: Duration::from_millis(self.ack_timeout_ms),
+            handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),
+            activity_limit: self.activity_limit,
+            ..StreamTuning::default()
+        }
+    }
+
+    /// A listener's admission budgets, with this segment's handshake deadline.
+    pub(super) fn limits(&self, established: usize) -> crate::io::admission::Limits {
+        crate::io::admission::Limits::new(established).with_deadline(Duration::from_millis(self.handshake_timeout_ms))
+    }
+}
