@@ -566,4 +566,35 @@ mod tests {
         assert_eq!(r, 7);
         server.join().unwrap().unwrap();
     }
+
+    /// A first request longer than the server's cap is not read (its
+    /// length is checked before its body), even with a good MAC; the
+    /// server goes on serving.
+    #[test]
+    fn a_first_request_past_the_cap_is_not_read() {
+        let k = key("the cluster key material");
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let stop = Stop::new().unwrap();
+        let (sk, st) = (k.clone(), stop.clone());
+        std::thread::spawn(move || {
+            serve(l, sk, st, (Limits::new(4), 1024), Duration::from_secs(5), |x: String| x.len() as u64)
+        });
+        let mut s = TcpStream::connect(&addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut hello = [0u8; 38];
+        s.read_exact(&mut hello).unwrap();
+        let nonce: [u8; 32] = hello[6..38].try_into().unwrap();
+        let body = serde_json::to_vec(&"x".repeat(2048)).unwrap();
+        let mut request = (body.len() as u32).to_le_bytes().to_vec();
+        request.extend_from_slice(&body);
+        request.extend_from_slice(&k.control_mac(b"request", &nonce, &body));
+        let _ = s.write_all(&request);
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+        assert!(rest.is_empty(), "a request past the cap was answered: {rest:?}");
+        let r: u64 = call(&addr, &k, &"x".repeat(100), Duration::from_secs(5)).unwrap();
+        assert_eq!(r, 100);
+        stop.stop();
+    }
 }
