@@ -228,6 +228,7 @@ impl Cluster {
                 heartbeat_ms: 100,
                 handshake_timeout_ms: 2000,
                 prefer_uring: true,
+                direct: false,
                 metrics_listen: metrics.then(free_addr),
                 activity_limit: filerep::core::primary::ACTIVITY_LIMIT,
             };

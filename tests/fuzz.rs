@@ -27,7 +27,9 @@ use filerep::core::mirror::MirrorSession;
 use filerep::durable::catalog::Catalog;
 use filerep::durable::changelog::ChangeLog;
 use filerep::io::disk::{Disk, FsPath, OpenMode, SimDisk};
-use filerep::protocol::handshake::{split_message, Challenge, Hello, Proof, Status, Verdict};
+use filerep::protocol::handshake::{
+    split_message, Challenge, Hello, NetCheckHello, NetCheckResult, Proof, Status, Verdict, MAX_NET_CHECK_BYTES,
+};
 use filerep::protocol::path::RelPath;
 use filerep::protocol::{Ack, Decoder, Frame, Header, Kind, ListingBody, ReconcileBody};
 use rand::{Rng, RngCore, SeedableRng};
@@ -273,6 +275,8 @@ fn handshake(u: &mut Unstructured) -> arbitrary::Result<()> {
             reason: u.arbitrary::<String>()?.chars().take(1100).collect(),
         }
         .encode(),
+        NetCheckHello { client_nonce: u.arbitrary()?, bytes: u.arbitrary()? }.encode(),
+        NetCheckResult { received: u.arbitrary()?, elapsed_ns: u.arbitrary()? }.encode(),
     ];
     let i = u.choose_index(msgs.len())?;
     let mut b = std::mem::take(&mut msgs[i]);
@@ -283,6 +287,13 @@ fn handshake(u: &mut Unstructured) -> arbitrary::Result<()> {
         }
         if let Ok(v) = Verdict::decode(msg) {
             assert_eq!(Verdict::decode(&v.encode()[4..]), Ok(v));
+        }
+        if let Ok(n) = NetCheckHello::decode(msg) {
+            assert!(n.bytes >= 1 && n.bytes <= MAX_NET_CHECK_BYTES, "{n:?}");
+            assert_eq!(NetCheckHello::decode(&n.encode()[4..]), Ok(n));
+        }
+        if let Ok(r) = NetCheckResult::decode(msg) {
+            assert_eq!(NetCheckResult::decode(&r.encode()[4..]), Ok(r));
         }
         let _ = (Challenge::decode(msg), Proof::decode(msg));
     }

@@ -8,9 +8,10 @@ use bytes::Bytes;
 use common::*;
 use filerep::config::SyncLevel;
 use filerep::io::net::{tcp, Conn};
-use filerep::protocol::handshake::{ClusterKey, Status};
+use filerep::protocol::handshake::{payload, ClusterKey, NetCheckHello, Status, MAX_NET_CHECK_BYTES};
 use filerep::protocol::{Frame, Header, Kind, HEADER_LEN, MAX_BODY};
 use filerep::runtime::mirror::SessionEnd;
+use filerep::runtime::netcheck;
 use filerep::runtime::primary::client_handshake;
 use rand::{Rng, SeedableRng};
 use std::io::IoSlice;
@@ -679,4 +680,86 @@ fn a_connection_flood_does_not_lock_out_the_pair() {
     assert!(all.closed_by_server > 100, "the flood was renewed: the servers closed its connections");
     assert!(all.closed_at_deadline >= first_round, "the deadline closed silent connections");
     assert!(all.opened < FLOOD_MAX_CONNECTIONS, "the flood stayed within its bound ({})", all.opened);
+}
+
+/// A network check (docs/protocol.md § 14) with the key: its bytes are
+/// read and counted, nothing lands in the filespaces, and a primary is
+/// served after it.
+#[test]
+fn a_network_check_is_timed_and_the_mirror_goes_on() {
+    let dirs = Dirs::new();
+    let mirror = InProcessMirror::start(&dirs, 8192, 1);
+    let (mut r, mut w) = tcp(TcpStream::connect(mirror.addr).expect("connect")).expect("tcp");
+    let key = ClusterKey::from_material(common::KEY).expect("key");
+    let bytes = 8 << 20;
+    let check = netcheck::run(r.as_mut(), w.as_mut(), &key, bytes, "test", Duration::from_secs(30)).expect("check");
+    assert_eq!(check.bytes, bytes);
+    assert!(check.seconds > 0.0 && check.mb_s() > 0.0, "{check:?}");
+    assert_eq!(mirror.next_report().end, SessionEnd::NetCheck(Ok(bytes)));
+    assert_eq!(dirs.mirror_entries(), 0);
+    good_primary_still_served(&mirror, &dirs);
+}
+
+/// A network check's handshake for 1 MiB over `conn`, its proof made by
+/// `prove(hello, client nonce, server nonce)`: the connection and the
+/// Verdict's status.
+fn check_handshake(conn: Conn, prove: impl Fn(&[u8], &[u8; 32], &[u8; 32]) -> [u8; 32]) -> (Conn, Status) {
+    use filerep::protocol::handshake::{Challenge, Proof, Verdict};
+    use filerep::runtime::primary::read_message;
+    let (mut r, mut w) = conn;
+    let nonce = [5u8; 32];
+    let hello = NetCheckHello { client_nonce: nonce, bytes: 1 << 20 }.encode();
+    w.send_all(&[IoSlice::new(&hello)]).expect("send");
+    let challenge = Challenge::decode(&read_message(r.as_mut(), None).expect("challenge")).expect("challenge");
+    let proof = prove(payload(&hello), &nonce, &challenge.server_nonce);
+    w.send_all(&[IoSlice::new(&Proof { proof }.encode())]).expect("proof");
+    let status = Verdict::decode(&read_message(r.as_mut(), None).expect("verdict")).expect("verdict").status;
+    ((r, w), status)
+}
+
+/// A network check's hello, proof and byte stream are as untrusted as a
+/// stream's: each bad one ends its connection with the reason, and the
+/// mirror then serves a primary.
+#[test]
+fn bad_network_checks_end_their_connection_only() {
+    let dirs = Dirs::new();
+    let mirror = InProcessMirror::start(&dirs, 8192, 1);
+    let key = ClusterKey::from_material(common::KEY).expect("key");
+    let connect = || tcp(TcpStream::connect(mirror.addr).expect("connect")).expect("tcp");
+
+    // The wrong key: refused before a byte is read.
+    let (mut r, mut w) = connect();
+    let wrong = ClusterKey::from_material(b"some other cluster's key").expect("key");
+    let e = netcheck::run(r.as_mut(), w.as_mut(), &wrong, 1 << 20, "test", Duration::from_secs(30)).unwrap_err();
+    assert!(matches!(e, filerep::Error::Refused { status: Status::BadKey, .. }), "{e}");
+    assert!(matches!(mirror.next_report().end, SessionEnd::Refused(Status::BadKey, _)));
+
+    // A byte count of 0, or past the limit: malformed, refused at once.
+    for bytes in [0, MAX_NET_CHECK_BYTES + 1] {
+        let (mut r, mut w) = connect();
+        let hello = NetCheckHello { client_nonce: [3; 32], bytes }.encode();
+        w.send_all(&[IoSlice::new(&hello)]).expect("send");
+        let answer = filerep::runtime::primary::read_message(r.as_mut(), None).expect("verdict");
+        let v = filerep::protocol::handshake::Verdict::decode(&answer).expect("a verdict");
+        assert_eq!(v.status, Status::Malformed, "{bytes}: {}", v.reason);
+        assert!(v.reason.contains("network check"), "{}", v.reason);
+        let end = mirror.next_report().end;
+        assert!(matches!(&end, SessionEnd::Refused(Status::Malformed, _)), "{end:?}");
+    }
+
+    // Accepted, then the peer goes away half way: the check fails, named.
+    let ((_r, mut w), status) = check_handshake(connect(), |h, n, s| key.net_check_proof(h, n, s));
+    assert_eq!(status, Status::Accepted);
+    w.send_all(&[IoSlice::new(&[0u8; 1000])]).expect("some bytes");
+    w.close();
+    let end = mirror.next_report().end;
+    assert!(matches!(&end, SessionEnd::NetCheck(Err(why)) if why.contains("1000 of 1048576")), "{end:?}");
+
+    // A stream's proof does not open a network check (labels differ).
+    let (_conn, status) = check_handshake(connect(), |h, n, s| key.primary_proof(h, n, s));
+    assert_eq!(status, Status::BadKey);
+    assert!(matches!(mirror.next_report().end, SessionEnd::Refused(Status::BadKey, _)));
+
+    assert_eq!(dirs.mirror_entries(), 0);
+    good_primary_still_served(&mirror, &dirs);
 }

@@ -519,6 +519,7 @@ fn bad_arguments_are_refused_naming_the_field() {
         heartbeat_ms: 100,
         handshake_timeout_ms: 2000,
         prefer_uring: false,
+        direct: false,
         metrics_listen: None,
         activity_limit: filerep::core::primary::ACTIVITY_LIMIT,
     };

@@ -212,6 +212,7 @@ impl Cluster {
                 heartbeat_ms: 100,
                 handshake_timeout_ms: 2000,
                 prefer_uring: true,
+                direct: false,
                 metrics_listen: None,
                 activity_limit: ACTIVITY_LIMIT,
             };

@@ -7,7 +7,8 @@
 use bytes::Bytes;
 use filerep::cluster::segment::{ArbiterRequest, ArbiterResponse, SegmentRequest, SegmentResponse};
 use filerep::protocol::handshake::{
-    payload, split_message, Challenge, ClusterKey, Hello, Proof, Status, Verdict, CHALLENGE_LEN,
+    is_net_check, payload, split_message, Challenge, ClusterKey, Hello, NetCheckHello, NetCheckResult, Proof, Status,
+    Verdict, CHALLENGE_LEN,
 };
 use filerep::protocol::{
     Ack, ChildKind, Decoder, Frame, Header, Kind, ListedKind, ListingBody, ReconcileBody, ReconcileEntry, HEADER_LEN,
@@ -246,6 +247,44 @@ fn the_handshake_transcript_is_what_both_sides_compute() {
     let wire = dump_bytes(&lines[1..]);
     assert_eq!(refused.encode(), wire, "refused Verdict");
     assert_ne!(wire.len() - 4, CHALLENGE_LEN, "an early Verdict is told from a Challenge by its length");
+}
+
+#[test]
+fn the_network_check_is_what_both_sides_compute() {
+    let all = blocks();
+    let k = fields(&block(&all, "key")[0], "key ");
+    let key = ClusterKey::from_material(k["material"].replace('_', " ").as_bytes()).expect("key");
+    let hello_nonce = filled(&fields(&block(&all, "hello")[0], "hello ")["client_nonce"]);
+    let sn = filled(&fields(&block(&all, "challenge")[0], "challenge ")["server_nonce"]);
+
+    let lines = block(&all, "netcheck-hello");
+    let m = fields(&lines[0], "netcheck ");
+    let hello = NetCheckHello { client_nonce: filled(&m["client_nonce"]), bytes: num(&m, "bytes") };
+    assert_eq!(hello.client_nonce, hello_nonce, "the same client nonce as the Hello's");
+    let hello_wire = dump_bytes(&lines[1..]);
+    assert_eq!(hello.encode(), hello_wire, "NetCheckHello");
+    assert!(is_net_check(payload(&hello_wire)));
+    assert_eq!(NetCheckHello::decode(payload(&hello_wire)).expect("decodes"), hello);
+    assert!(Hello::decode(payload(&hello_wire)).is_err(), "a check is not a Hello");
+
+    let lines = block(&all, "netcheck-proof");
+    let proof = key.net_check_proof(payload(&hello_wire), &hello.client_nonce, &sn);
+    assert_eq!(proof.to_vec(), hex(&fields(&lines[0], "proof ")["check_proof"]), "the check proof");
+    assert_ne!(proof, key.primary_proof(payload(&hello_wire), &hello.client_nonce, &sn));
+    assert_eq!(Proof { proof }.encode(), dump_bytes(&lines[1..]), "Proof");
+
+    let lines = block(&all, "netcheck-verdict");
+    let mp = key.net_check_mirror_proof(payload(&hello_wire), &hello.client_nonce, &sn);
+    assert_eq!(mp.to_vec(), hex(&fields(&lines[0], "verdict ")["mirror_check_proof"]), "the mirror's check proof");
+    let accepted = Verdict { status: Status::Accepted, generation: 2, mirror_proof: mp, reason: String::new() };
+    assert_eq!(accepted.encode(), dump_bytes(&lines[1..]), "accepted Verdict");
+
+    let lines = block(&all, "netcheck-result");
+    let m = fields(&lines[0], "result ");
+    let result = NetCheckResult { received: num(&m, "received"), elapsed_ns: num(&m, "elapsed_ns") };
+    let wire = dump_bytes(&lines[1..]);
+    assert_eq!(result.encode(), wire, "NetCheckResult");
+    assert_eq!(NetCheckResult::decode(payload(&wire)).expect("decodes"), result);
 }
 
 #[test]

@@ -225,6 +225,7 @@ fn a_failed_mirror_fsync_faults_the_mirror_for_good() {
                 generation: 1,
                 tuning: filerep::config::StreamTuning::default(),
                 prefer_uring: false,
+                direct: false,
                 state_dir: None,
             },
             mirror_disk.clone() as Arc<dyn Disk>,
@@ -390,20 +391,88 @@ fn the_block_bench_reports_cpu_per_block() {
     }
 }
 
+/// `filerep bench FLAGS --count COUNT` with 2 writers and 1 round, in a
+/// directory of its own: its JSON report.
+fn bench_json(flags: &[&str], count: &str) -> serde_json::Value {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    let mut args = vec!["bench"];
+    args.extend_from_slice(flags);
+    args.extend_from_slice(&["--count", count, "--writers", "2", "--rounds", "1", "--dir", &d, "--json"]);
+    let (code, out, err) = common::pair::run_filerep(&args);
+    assert_eq!(code, 0, "{out}{err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
 /// `filerep bench --pin`: the baseline writes each block once, and the
 /// report gives the replicated throughput over it.
 #[test]
 fn the_pinned_block_bench_reports_its_ratio() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().display().to_string();
-    let args = ["bench", "--pin", "--count", "4096", "--writers", "2", "--rounds", "1", "--dir", &d, "--json"];
-    let (code, out, err) = common::pair::run_filerep(&args);
-    assert_eq!(code, 0, "{out}{err}");
-    let r: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let r = bench_json(&["--pin"], "4096");
     assert_eq!(r["baseline_copies"].as_u64(), Some(1), "{r}");
     let ratio = r["pinned_ratio"].as_f64().unwrap_or(-1.0);
     assert!(ratio.is_finite() && ratio > 0.0, "pinned_ratio {ratio} in {r}");
-    let (code, _, err) = common::pair::run_filerep(&["bench", "--pin", "--mirror-down", "--dir", &d]);
+    let (code, _, err) = common::pair::run_filerep(&["bench", "--pin", "--mirror-down"]);
     assert_ne!(code, 0);
     assert!(err.contains("--pin") && err.contains("--mirror-down"), "{err}");
+}
+
+/// Segments configured with `direct: true` (O_DIRECT for aligned blocks on
+/// both): blocks written and extended through the client socket, an
+/// unaligned write into one of them (buffered, on the same file), a
+/// truncate, syncs; both data directories then hold the same blocks, and
+/// reads see every write.
+#[test]
+fn direct_segments_replicate_byte_for_byte() {
+    use common::pair::{assert_trees_equal, Pair};
+    let pair = Pair::start_direct(8192);
+    let mut c = filerep::cluster::client::Client::connect(&pair.seg(2).cfg.socket).expect("client");
+    c.mkdir(0, "base").expect("mkdir");
+    c.create(0, "base/rel").expect("create");
+    for b in 0..64u64 {
+        c.extend(0, "base/rel", b, &vec![(b % 251) as u8 + 1; 8192]).expect("extend");
+    }
+    for b in (0..64u64).step_by(3) {
+        c.write_block(0, "base/rel", b, &vec![0xa5; 8192]).expect("overwrite");
+    }
+    c.write_at(0, "base/rel", 5 * 8192 + 100, b"an unaligned write into a direct block").expect("write_at");
+    c.truncate(0, "base/rel", 60).expect("truncate");
+    c.create(1, "log").expect("create");
+    c.write_at(1, "log", 0, &[7u8; 5000]).expect("log");
+    c.sync(0, "base/rel").expect("sync");
+    c.sync(1, "log").expect("sync");
+    let block5 = c.read_block(0, "base/rel", 5).expect("read");
+    assert_eq!(&block5[100..138], b"an unaligned write into a direct block");
+    assert_eq!(block5[0], 6);
+    assert_eq!(c.read_block(0, "base/rel", 3).expect("read"), vec![0xa5; 8192]);
+    assert_eq!(c.nblocks(0, "base/rel").expect("nblocks"), 60);
+    let roots = |dbid| vec![pair.seg(dbid).root(0), pair.seg(dbid).root(1)];
+    assert_trees_equal(&roots(2), &roots(3), 8192);
+    // Each segment holds the relation open with O_DIRECT (its fdinfo flags).
+    for dbid in [2, 3] {
+        let pid = pair.seg(dbid).child.as_ref().expect("running").id();
+        let rel = pair.seg(dbid).root(0).join("base/rel");
+        let direct = std::fs::read_dir(format!("/proc/{pid}/fd")).expect("fds").flatten().any(|fd| {
+            let to = std::fs::read_link(fd.path()).unwrap_or_default();
+            let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", fd.file_name().to_string_lossy()))
+                .unwrap_or_default();
+            let flags = info.lines().find_map(|l| l.strip_prefix("flags:")).map(str::trim).unwrap_or("0");
+            to == rel && u32::from_str_radix(flags, 8).is_ok_and(|f| f & libc::O_DIRECT as u32 != 0)
+        });
+        assert!(direct, "segment {dbid} has no O_DIRECT descriptor on {}", rel.display());
+    }
+}
+
+/// `filerep bench --direct`: O_DIRECT on every side, said in the report,
+/// with the replicated throughput over the baseline's.
+#[test]
+fn the_direct_block_bench_reports_its_ratio() {
+    let r = bench_json(&["--direct"], "2048");
+    assert_eq!(r["direct"].as_bool(), Some(true), "{r}");
+    assert!(r["io_backend"].as_str().is_some_and(|b| b.contains("O_DIRECT")), "{r}");
+    let ratio = r["direct_ratio"].as_f64().unwrap_or(-1.0);
+    assert!(ratio.is_finite() && ratio > 0.0, "direct_ratio {ratio} in {r}");
+    let (code, _, err) = common::pair::run_filerep(&["bench", "--direct", "--mirror-down"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--direct") && err.contains("--mirror-down"), "{err}");
 }

@@ -14,6 +14,11 @@
 use xxhash_rust::xxh3::xxh3_64;
 
 pub const MAGIC: [u8; 4] = *b"FRP1";
+/// The magic of a NetCheckHello (docs/protocol.md § 14): a connection that
+/// measures the network, not a stream.
+pub const NET_CHECK_MAGIC: [u8; 4] = *b"FRPN";
+/// The most bytes one network check may send (64 GiB).
+pub const MAX_NET_CHECK_BYTES: u64 = 64 << 30;
 pub const VERSION: u16 = 1;
 pub const MAX_MESSAGE: usize = 8 * 1024;
 pub const MAX_FILESPACES: usize = 64;
@@ -97,6 +102,16 @@ impl ClusterKey {
     pub fn mirror_proof(&self, hello: &[u8], cn: &[u8; 32], sn: &[u8; 32]) -> [u8; 32] {
         self.mac(b"filerep v1 mirror proof", hello, cn, sn)
     }
+
+    /// A network check's proofs (§ 14): labels of their own, so neither can
+    /// stand in for a stream's proof.
+    pub fn net_check_proof(&self, hello: &[u8], cn: &[u8; 32], sn: &[u8; 32]) -> [u8; 32] {
+        self.mac(b"filerep v1 net check proof", hello, cn, sn)
+    }
+
+    pub fn net_check_mirror_proof(&self, hello: &[u8], cn: &[u8; 32], sn: &[u8; 32]) -> [u8; 32] {
+        self.mac(b"filerep v1 net check mirror proof", hello, cn, sn)
+    }
 }
 
 fn trim_ascii(b: &[u8]) -> &[u8] {
@@ -165,9 +180,12 @@ struct Writer(Vec<u8>);
 
 impl Writer {
     fn new() -> Writer {
+        Writer::with_magic(MAGIC)
+    }
+    fn with_magic(magic: [u8; 4]) -> Writer {
         let mut v = Vec::with_capacity(256);
         v.extend_from_slice(&[0u8; 4]);
-        v.extend_from_slice(&MAGIC);
+        v.extend_from_slice(&magic);
         v.extend_from_slice(&VERSION.to_le_bytes());
         Writer(v)
     }
@@ -201,6 +219,9 @@ struct Reader<'a> {
 impl<'a> Reader<'a> {
     /// `msg` is one message without its length prefix; checks checksum, magic, version.
     fn open(msg: &'a [u8]) -> Result<Reader<'a>, HandshakeError> {
+        Reader::open_with(msg, MAGIC)
+    }
+    fn open_with(msg: &'a [u8], expected: [u8; 4]) -> Result<Reader<'a>, HandshakeError> {
         if msg.len() < 14 {
             return Err(HandshakeError::Malformed(format!("message of {} bytes is too short", msg.len())));
         }
@@ -212,7 +233,7 @@ impl<'a> Reader<'a> {
         }
         let mut magic = [0u8; 4];
         magic.copy_from_slice(&body[..4]);
-        if magic != MAGIC {
+        if magic != expected {
             return Err(HandshakeError::Magic(magic));
         }
         let version = u16::from_le_bytes([body[4], body[5]]);
@@ -412,6 +433,66 @@ impl Verdict {
         let reason = String::from_utf8_lossy(r.take(n, "reason")?).into_owned();
         r.end()?;
         Ok(Verdict { status, generation, mirror_proof, reason })
+    }
+}
+
+/// Whether a first message (without its prefix) asks for a network check
+/// rather than a stream.
+pub fn is_net_check(msg: &[u8]) -> bool {
+    msg.len() >= 4 && msg[..4] == NET_CHECK_MAGIC
+}
+
+/// A network check's first message (§ 14): "I will send `bytes` bytes of
+/// nothing, to time the network". Magic `FRPN`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetCheckHello {
+    pub client_nonce: [u8; 32],
+    /// 1..=[`MAX_NET_CHECK_BYTES`].
+    pub bytes: u64,
+}
+
+impl NetCheckHello {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::with_magic(NET_CHECK_MAGIC);
+        w.bytes(&self.client_nonce);
+        w.u64(self.bytes);
+        w.finish()
+    }
+    pub fn decode(msg: &[u8]) -> Result<NetCheckHello, HandshakeError> {
+        let mut r = Reader::open_with(msg, NET_CHECK_MAGIC)?;
+        let client_nonce = r.array32("nonce")?;
+        let bytes = r.u64("byte count")?;
+        r.end()?;
+        if bytes == 0 || bytes > MAX_NET_CHECK_BYTES {
+            return Err(HandshakeError::Malformed(format!(
+                "a network check of {bytes} bytes is outside 1..={MAX_NET_CHECK_BYTES}"
+            )));
+        }
+        Ok(NetCheckHello { client_nonce, bytes })
+    }
+}
+
+/// The mirror's answer once a network check's bytes are in: how many it
+/// read, and the nanoseconds from its first byte to its last.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetCheckResult {
+    pub received: u64,
+    pub elapsed_ns: u64,
+}
+
+impl NetCheckResult {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.u64(self.received);
+        w.u64(self.elapsed_ns);
+        w.finish()
+    }
+    pub fn decode(msg: &[u8]) -> Result<NetCheckResult, HandshakeError> {
+        let mut r = Reader::open(msg)?;
+        let received = r.u64("received")?;
+        let elapsed_ns = r.u64("elapsed")?;
+        r.end()?;
+        Ok(NetCheckResult { received, elapsed_ns })
     }
 }
 

@@ -49,6 +49,8 @@ pub struct MirrorConfig {
     pub generation: u64,
     pub tuning: StreamTuning,
     pub prefer_uring: bool,
+    /// Aligned block writes with O_DIRECT (the NVMe path; durability unchanged).
+    pub direct: bool,
     /// Where the mirror keeps its generation and fault state across restarts
     /// (rule 7: a restarted mirror still refuses a stale primary; rule 8: a
     /// faulted one still refuses every primary). `None`: memory only.
@@ -105,6 +107,23 @@ impl MirrorState {
     }
 }
 
+/// What an authenticated peer asked for, with the right to stream.
+enum Admitted<'a> {
+    Stream(Hello, MutexGuard<'a, ()>),
+    /// A network check of this many bytes (docs/protocol.md § 14), with
+    /// the right to check.
+    NetCheck(u64, MutexGuard<'a, ()>),
+}
+
+/// A connection's first message.
+enum First {
+    Stream(Hello),
+    Check(handshake::NetCheckHello),
+}
+
+/// How long a network check may go without a byte before it is closed.
+const NET_CHECK_IDLE: Duration = Duration::from_secs(10);
+
 /// How a connection ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SessionEnd {
@@ -121,6 +140,9 @@ pub enum SessionEnd {
     BadFrame(String),
     /// The mirror could not apply an operation (reported to the primary).
     ApplyFailed(String),
+    /// A network check ended: its bytes were read (and thrown away), or it
+    /// failed with the reason.
+    NetCheck(Result<u64, String>),
 }
 
 impl std::fmt::Display for SessionEnd {
@@ -132,6 +154,8 @@ impl std::fmt::Display for SessionEnd {
             SessionEnd::Refused(s, r) => write!(f, "refused ({s:?}): {r}"),
             SessionEnd::BadFrame(r) => write!(f, "bad frame: {r}"),
             SessionEnd::ApplyFailed(r) => write!(f, "apply failed: {r}"),
+            SessionEnd::NetCheck(Ok(n)) => write!(f, "network check of {n} bytes done"),
+            SessionEnd::NetCheck(Err(r)) => write!(f, "network check failed: {r}"),
         }
     }
 }
@@ -151,6 +175,8 @@ pub struct MirrorServer {
     generation: AtomicU64,
     /// Held by the one session that streams.
     streaming: Mutex<()>,
+    /// Held by the network check running, if any.
+    net_checking: Mutex<()>,
     /// Set after a failed write or fsync: the files are in doubt, and no
     /// primary is accepted until they are rebuilt.
     fault: Mutex<Option<String>>,
@@ -163,7 +189,7 @@ impl MirrorServer {
         check_block_size(cfg.block_size)?;
         check_filespaces(&cfg.filespaces)?;
         let roots: Vec<_> = cfg.filespaces.iter().map(|f| f.root.clone()).collect();
-        let disk = crate::io::disk::open_local(&roots, cfg.prefer_uring)?;
+        let disk = crate::io::disk::open_local_with(&roots, cfg.prefer_uring, cfg.direct)?;
         crate::io::disk::check_largest_file(&roots)?;
         Self::with_disk(cfg, disk)
     }
@@ -178,7 +204,15 @@ impl MirrorServer {
         }
         let generation = AtomicU64::new(cfg.generation.max(state.generation));
         let fault = Mutex::new(state.fault);
-        Ok(MirrorServer { cfg, disk, generation, streaming: Mutex::new(()), fault, stopping: AtomicBool::new(false) })
+        Ok(MirrorServer {
+            cfg,
+            disk,
+            generation,
+            streaming: Mutex::new(()),
+            net_checking: Mutex::new(()),
+            fault,
+            stopping: AtomicBool::new(false),
+        })
     }
 
     pub fn generation(&self) -> u64 {
@@ -262,29 +296,52 @@ impl MirrorServer {
         let (mut reader, mut writer) = conn;
         let span = tracing::info_span!("mirror_session", peer);
         let _e = span.enter();
-        let (hello, _streaming) = match self.server_handshake(reader.as_mut(), writer.as_mut(), &mut ticket) {
-            Ok(h) => h,
+        let report = |end| SessionReport { peer: peer.into(), end, frames: 0, applied_through: 0, durable_through: 0 };
+        match self.server_handshake(reader.as_mut(), writer.as_mut(), &mut ticket) {
+            Ok(Admitted::Stream(hello, _streaming)) => {
+                tracing::info!(generation = hello.generation, start = hello.start_seq, "stream accepted");
+                self.stream(hello, reader, writer, peer)
+            }
+            Ok(Admitted::NetCheck(bytes, _checking)) => {
+                tracing::info!(bytes, "network check accepted");
+                let end = crate::runtime::netcheck::sink(reader.as_mut(), writer.as_mut(), bytes, NET_CHECK_IDLE);
+                writer.close();
+                report(end)
+            }
             Err(end) => {
                 writer.close();
-                return SessionReport { peer: peer.into(), end, frames: 0, applied_through: 0, durable_through: 0 };
+                report(end)
             }
-        };
-        tracing::info!(generation = hello.generation, start = hello.start_seq, "stream accepted");
-        self.stream(hello, reader, writer, peer)
+        }
     }
 
-    /// Returns the peer's hello and the right to stream (held for the session).
+    fn refuse(&self, writer: &mut dyn ConnWriter, status: Status, reason: String) -> SessionEnd {
+        let v = Verdict { status, generation: self.generation(), mirror_proof: [0; 32], reason: reason.clone() };
+        let _ = writer.send_all(&[IoSlice::new(&v.encode())]);
+        SessionEnd::Refused(status, reason)
+    }
+
+    /// The right to stream (or to check the network): one session at a time.
+    fn streaming_right(&self, writer: &mut dyn ConnWriter) -> Result<MutexGuard<'_, ()>, SessionEnd> {
+        match self.streaming.try_lock() {
+            Ok(g) => Ok(g),
+            // A session that panicked left nothing half-applied worth guarding.
+            Err(std::sync::TryLockError::Poisoned(p)) => Ok(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                Err(self.refuse(writer, Status::Busy, "another primary is streaming to this mirror".into()))
+            }
+        }
+    }
+
+    /// Returns what the authenticated peer asked for, with the right to
+    /// stream (held for the session).
     fn server_handshake(
         &self,
         reader: &mut dyn ConnReader,
         writer: &mut dyn ConnWriter,
         ticket: &mut Ticket,
-    ) -> Result<(Hello, MutexGuard<'_, ()>), SessionEnd> {
-        let refuse = |writer: &mut dyn ConnWriter, status: Status, reason: String| {
-            let v = Verdict { status, generation: self.generation(), mirror_proof: [0; 32], reason: reason.clone() };
-            let _ = writer.send_all(&[IoSlice::new(&v.encode())]);
-            SessionEnd::Refused(status, reason)
-        };
+    ) -> Result<Admitted<'_>, SessionEnd> {
+        let refuse = |writer: &mut dyn ConnWriter, status: Status, reason: String| self.refuse(writer, status, reason);
         // One deadline for the whole handshake: a peer trickling bytes
         // cannot hold a connection slot longer than this.
         let limit = self.cfg.tuning.handshake_timeout;
@@ -305,9 +362,19 @@ impl MirrorServer {
             }
             Err(e) => return Err(disconnected(e, ticket)),
         };
-        let hello = match Hello::decode(&raw) {
-            Ok(h) => h,
+        // A stream's Hello, or a network check's (protocol.md § 14): the
+        // same key proofs, with labels of their own.
+        let first = match handshake::is_net_check(&raw) {
+            true => handshake::NetCheckHello::decode(&raw).map(First::Check),
+            false => Hello::decode(&raw).map(First::Stream),
+        };
+        let first = match first {
+            Ok(f) => f,
             Err(e) => return Err(refuse(writer, Status::Malformed, e.to_string())),
+        };
+        let client_nonce = match &first {
+            First::Stream(h) => h.client_nonce,
+            First::Check(c) => c.client_nonce,
         };
         let mut server_nonce = [0u8; 32];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut server_nonce);
@@ -320,7 +387,10 @@ impl MirrorServer {
             Err(e) => return Err(refuse(writer, Status::Malformed, e.to_string())),
         };
         let key: &ClusterKey = &self.cfg.key;
-        let expect = key.primary_proof(&raw, &hello.client_nonce, &server_nonce);
+        let expect = match &first {
+            First::Stream(_) => key.primary_proof(&raw, &client_nonce, &server_nonce),
+            First::Check(_) => key.net_check_proof(&raw, &client_nonce, &server_nonce),
+        };
         if !handshake::proofs_equal(&expect, &proof.proof) {
             return Err(refuse(writer, Status::BadKey, "the peer did not prove it holds the cluster key".into()));
         }
@@ -328,6 +398,27 @@ impl MirrorServer {
         if let Err(e) = ticket.authenticate() {
             return Err(refuse(writer, Status::Busy, format!("no room for another session: {e}")));
         }
+        let hello = match first {
+            First::Stream(hello) => hello,
+            First::Check(check) => {
+                // Not the streaming right: a check may time the link beside
+                // an idle or live stream (it takes its bandwidth), one at a time.
+                let right = match self.net_checking.try_lock() {
+                    Ok(g) => g,
+                    Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+                    Err(std::sync::TryLockError::WouldBlock) => {
+                        return Err(refuse(writer, Status::Busy, "another network check is running".into()))
+                    }
+                };
+                let mirror_proof = key.net_check_mirror_proof(&raw, &client_nonce, &server_nonce);
+                let generation = self.generation();
+                let v = Verdict { status: Status::Accepted, generation, mirror_proof, reason: String::new() };
+                writer
+                    .send_all(&[IoSlice::new(&v.encode())])
+                    .map_err(|e| SessionEnd::Disconnected(format!("sending the verdict: {e}")))?;
+                return Ok(Admitted::NetCheck(check.bytes, right));
+            }
+        };
         let fault = self.fault.lock().unwrap_or_else(|e| e.into_inner()).clone();
         if let Some(f) = fault {
             return Err(refuse(
@@ -384,14 +475,7 @@ impl MirrorServer {
                 ),
             ));
         }
-        let streaming = match self.streaming.try_lock() {
-            Ok(g) => g,
-            // A session that panicked left nothing half-applied worth guarding.
-            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(std::sync::TryLockError::WouldBlock) => {
-                return Err(refuse(writer, Status::Busy, "another primary is streaming to this mirror".into()));
-            }
-        };
+        let streaming = self.streaming_right(writer)?;
         if hello.generation > current {
             self.generation.store(hello.generation, Ordering::SeqCst);
             // Recorded before the stream is accepted: a restart cannot forget it.
@@ -409,7 +493,7 @@ impl MirrorServer {
         writer
             .send_all(&[IoSlice::new(&v.encode())])
             .map_err(|e| SessionEnd::Disconnected(format!("sending the verdict: {e}")))?;
-        Ok((hello, streaming))
+        Ok(Admitted::Stream(hello, streaming))
     }
 
     fn stream(
@@ -609,6 +693,7 @@ fn log_report(r: &SessionReport) {
         }
         // Normal on an open port: the gate sums these up in the log.
         SessionEnd::Unauthenticated(_) => tracing::debug!(peer = %r.peer, "connection ended: {}", r.end),
+        SessionEnd::NetCheck(Ok(_)) => tracing::info!(peer = %r.peer, "{}", r.end),
         end => tracing::warn!(peer = %r.peer, frames = r.frames, applied = r.applied_through, "session ended: {end}"),
     }
 }

@@ -4,5 +4,6 @@
 
 pub mod arbiter;
 pub mod mirror;
+pub mod netcheck;
 pub mod primary;
 pub mod resync;

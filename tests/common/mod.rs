@@ -79,6 +79,7 @@ pub fn primary_config(dirs: &Dirs, block_size: u32, level: SyncLevel) -> Primary
         sync_level: level,
         tuning: StreamTuning::default(),
         prefer_uring: true,
+        direct: false,
         change_tracking: None,
     }
 }
@@ -108,6 +109,7 @@ impl InProcessMirror {
             generation,
             tuning: StreamTuning { ack_timeout: Duration::from_secs(5), ..StreamTuning::default() },
             prefer_uring: true,
+            direct: false,
             state_dir: None,
         })
         .expect("mirror");
@@ -194,6 +196,7 @@ pub fn mirror_config(dirs: &Dirs, block_size: u32) -> filerep::runtime::mirror::
         generation: 1,
         tuning: StreamTuning::default(),
         prefer_uring: false,
+        direct: false,
         state_dir: None,
     }
 }

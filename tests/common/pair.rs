@@ -280,7 +280,17 @@ impl Pair {
     /// program that opens the segment from `cfg_path`, such as a C storage
     /// process); its mirror is a `filerep segment`.
     pub fn start_with(block_size: u32, primary: impl FnMut(&mut Seg) -> Result<(), String>) -> Pair {
-        let p = Pair::launch_with(block_size, primary);
+        Pair::started(Pair::launch_with(block_size, primary))
+    }
+
+    /// A pair of segments configured with `direct: true` (aligned blocks
+    /// written with O_DIRECT on both), synchronized.
+    #[allow(dead_code)] // not every test binary that shares this module uses it
+    pub fn start_direct(block_size: u32) -> Pair {
+        Pair::started(Pair::launch(block_size, true, Seg::try_start))
+    }
+
+    fn started(p: Pair) -> Pair {
         wait_for("the pair to stream", Duration::from_secs(30), || {
             p.seg(2).status(&p.key).is_some_and(|s| s.acting == Acting::Primary && s.mode == 's')
         });
@@ -289,12 +299,16 @@ impl Pair {
 
     /// The same, without waiting for the pair to stream (a primary that
     /// may be done and gone by then).
-    pub fn launch_with(block_size: u32, mut primary: impl FnMut(&mut Seg) -> Result<(), String>) -> Pair {
+    pub fn launch_with(block_size: u32, primary: impl FnMut(&mut Seg) -> Result<(), String>) -> Pair {
+        Pair::launch(block_size, false, primary)
+    }
+
+    fn launch(block_size: u32, direct: bool, mut primary: impl FnMut(&mut Seg) -> Result<(), String>) -> Pair {
         // Ports are picked free and bound by the child a moment later:
         // another process on this machine may take one in between.
         let mut errors = Vec::new();
         for _ in 0..5 {
-            match Pair::try_start(block_size, &mut primary) {
+            match Pair::try_start(block_size, direct, &mut primary) {
                 Ok(p) => return p,
                 Err(e) => errors.push(e),
             }
@@ -302,7 +316,11 @@ impl Pair {
         panic!("cannot start a pair: {errors:#?}");
     }
 
-    fn try_start(block_size: u32, primary: &mut impl FnMut(&mut Seg) -> Result<(), String>) -> Result<Pair, String> {
+    fn try_start(
+        block_size: u32,
+        direct: bool,
+        primary: &mut impl FnMut(&mut Seg) -> Result<(), String>,
+    ) -> Result<Pair, String> {
         let dir = tempfile::tempdir().expect("tempdir");
         let key_file = dir.path().join("cluster.key");
         std::fs::write(&key_file, KEY).unwrap();
@@ -338,6 +356,7 @@ impl Pair {
                 heartbeat_ms: 100,
                 handshake_timeout_ms: 2000,
                 prefer_uring: true,
+                direct,
                 metrics_listen: None,
                 activity_limit: filerep::core::primary::ACTIVITY_LIMIT,
             };

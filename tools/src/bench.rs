@@ -8,7 +8,7 @@ use crate::process::{MirrorArgs, MirrorProcess};
 use filerep::config::{Filespace, PairIdentity, StreamTuning, SyncLevel};
 use filerep::error::{Error, Result};
 use filerep::io::disk::{DiskFile, FsPath, OpenMode};
-use filerep::protocol::handshake::ClusterKey;
+use filerep::protocol::handshake::{ClusterKey, MAX_NET_CHECK_BYTES};
 use filerep::protocol::path::RelPath;
 use filerep::runtime::primary::{Primary, PrimaryConfig};
 use hdrhistogram::Histogram;
@@ -50,6 +50,38 @@ pub struct BenchConfig {
     /// writers) on CPU 0, the mirror daemon on CPU 1, and the baseline
     /// writing each block once, on CPU 0.
     pub pin: bool,
+    /// A mirror daemon on another host instead of one started here; the
+    /// baseline then writes each block once (this host's local disk).
+    pub remote: Option<RemoteMirror>,
+    /// O_DIRECT for aligned block writes on every side: the baseline, the
+    /// primary and the mirror daemon (a remote one is started with
+    /// `--direct` by its operator).
+    pub direct: bool,
+}
+
+/// `filerep bench --mirror HOST:PORT --key-file F`: a `filerep mirror`
+/// started on the other host with a filespace named [`REMOTE_FILESPACE`],
+/// this cluster id, this key and the bench's block size.
+#[derive(Clone, Debug)]
+pub struct RemoteMirror {
+    pub addr: String,
+    pub key: ClusterKey,
+    pub cluster_id: u64,
+}
+
+/// The filespace name a remote mirror for the bench must have.
+pub const REMOTE_FILESPACE: &str = "bench";
+/// The cluster id the bench's pairs use unless told otherwise.
+pub const BENCH_CLUSTER_ID: u64 = 0xbe4c;
+/// The least a network check sends in a round.
+const MIN_NET_CHECK_BYTES: u64 = 64 << 20;
+
+impl BenchConfig {
+    /// Whether the baseline writes each block once (one host's writes):
+    /// pinned, or with the mirror on another host.
+    fn single_copy(&self) -> bool {
+        self.pin || self.remote.is_some()
+    }
 }
 
 /// Run on these CPUs only: this thread, and every thread and process it
@@ -111,8 +143,21 @@ pub struct BenchReport {
     pub pinned_ratio: Option<f64>,
     /// Of the replicated CPU per block: this process (the primary and its writers).
     pub replicated_primary_cpu_us_per_block: f64,
-    /// Of the replicated CPU per block: the mirror daemon's process.
-    pub replicated_mirror_cpu_us_per_block: f64,
+    /// Of the replicated CPU per block: the mirror daemon's process (null
+    /// with `--mirror`: it runs on the other host).
+    pub replicated_mirror_cpu_us_per_block: Option<f64>,
+    /// With `--mirror`: the mirror's address.
+    pub mirror: Option<String>,
+    /// With `--mirror`: the network's own rate to the mirror's host, a raw
+    /// stream timed by the same tool in the same rounds (MB/s).
+    pub network_mb_s: Option<f64>,
+    /// With `--mirror`: replicated MB/s over min(this host's one-copy
+    /// local writes, the network), what the hardware allows.
+    pub remote_ratio: Option<f64>,
+    /// Aligned block writes with O_DIRECT on every side (`--direct`).
+    pub direct: bool,
+    /// With `--direct`: replicated MB/s over the baseline's, both direct.
+    pub direct_ratio: Option<f64>,
 }
 
 /// CPU ticks of a side over its phases: the machine's, then each process's.
@@ -297,7 +342,7 @@ fn run_sides(cfg: &BenchConfig, blocks: &[Vec<u8>]) -> Result<BenchReport> {
     let (bp, bm) = (base.join("primary"), base.join("mirror"));
     fresh_dir(&bp)?;
     fresh_dir(&bm)?;
-    let disk = filerep::io::disk::open_local(&[bp.clone(), bm.clone()], cfg.prefer_uring)?;
+    let disk = filerep::io::disk::open_local_with(&[bp.clone(), bm.clone()], cfg.prefer_uring, cfg.direct)?;
     let backend = disk.name().to_string();
     let mut files: Vec<(Arc<dyn DiskFile>, Arc<dyn DiskFile>)> = Vec::new();
     for w in 0..cfg.writers {
@@ -312,6 +357,7 @@ fn run_sides(cfg: &BenchConfig, blocks: &[Vec<u8>]) -> Result<BenchReport> {
     let rep = cfg.dir.join("replicated");
     let tracking = if cfg.activity_log { Some(tracking_in(&cfg.dir.join("replicated-state"), bs)?) } else { None };
     let (mirror, primary) = start_pair(cfg, &rep, tracking)?;
+    let mirror_pid = mirror.as_ref().map(|m| m.pid);
     for w in 0..cfg.writers {
         primary.create(0, name(w).path.as_str())?;
     }
@@ -334,7 +380,9 @@ fn run_sides(cfg: &BenchConfig, blocks: &[Vec<u8>]) -> Result<BenchReport> {
     // working set, so both sides allocate and overwrite alike.
     let base_offset = std::sync::atomic::AtomicU64::new(0);
     let rep_offset = std::sync::atomic::AtomicU64::new(0);
-    let pids = [std::process::id(), mirror.pid];
+    // A remote mirror's CPU is the other host's: only this process is counted.
+    let pids: Vec<u32> = std::iter::once(std::process::id()).chain(mirror.as_ref().map(|m| m.pid)).collect();
+    let mut net = (0u64, 0f64);
     let (mut base_cpu, mut rep_cpu) = (CpuTicks::default(), CpuTicks::default());
     for _round in 0..cfg.rounds {
         let start = base_offset.load(Ordering::Relaxed);
@@ -347,7 +395,7 @@ fn run_sides(cfg: &BenchConfig, blocks: &[Vec<u8>]) -> Result<BenchReport> {
             let off = (k % cfg.file_blocks) * bs as u64;
             let t = Instant::now();
             a.write_at(off, data)?;
-            if !cfg.pin {
+            if !cfg.single_copy() {
                 b.write_at(off, data)?;
             }
             let wd = t.elapsed();
@@ -356,7 +404,7 @@ fn run_sides(cfg: &BenchConfig, blocks: &[Vec<u8>]) -> Result<BenchReport> {
                 let t = Instant::now();
                 a.sync_data()?;
                 let one = t.elapsed();
-                if !cfg.pin {
+                if !cfg.single_copy() {
                     b.sync_data()?;
                 }
                 fd = Some(t.elapsed());
@@ -390,12 +438,23 @@ fn run_sides(cfg: &BenchConfig, blocks: &[Vec<u8>]) -> Result<BenchReport> {
         rep_cpu.add(crate::cpu::Sample::now(&pids).since(&cpu));
         wire += primary.stats().wire_bytes_sent - before.wire_bytes_sent;
         rep_offset.fetch_add(r.blocks / cfg.writers as u64 + 1, Ordering::Relaxed);
+        if let Some(remote) = &cfg.remote {
+            // The network's own rate, in the same round: as many bytes as
+            // the pair just shipped.
+            bar.set_message(format!("round {} of {}: network", _round + 1, cfg.rounds));
+            let bytes = (r.blocks * bs as u64).clamp(MIN_NET_CHECK_BYTES, MAX_NET_CHECK_BYTES);
+            let check = net_check(remote, bytes)?;
+            net.0 += check.bytes;
+            net.1 += check.seconds;
+        }
         replicated.merge(&r);
     }
     bar.finish_and_clear();
     primary.shutdown(Duration::from_secs(30))?;
     drop(primary);
-    let _ = mirror.stop();
+    if let Some(m) = mirror {
+        let _ = m.stop();
+    }
     drop(files);
     drop(disk);
     let fsync_hist = fsync_hist.into_inner().unwrap_or_else(|e| e.into_inner());
@@ -404,6 +463,7 @@ fn run_sides(cfg: &BenchConfig, blocks: &[Vec<u8>]) -> Result<BenchReport> {
     let _ = std::fs::remove_dir_all(cfg.dir.join("replicated-state"));
 
     let wire_per_block = wire as f64 / replicated.blocks.max(1) as f64;
+    let net_mb_s = net.0 as f64 / 1e6 / net.1.max(1e-9);
     let base_mb = mb_s(baseline.blocks, bs, baseline.elapsed);
     let rep_mb = mb_s(replicated.blocks, bs, replicated.elapsed);
     let base_cpu_us = CpuTicks::per_block(base_cpu.machine, baseline.blocks);
@@ -438,10 +498,15 @@ fn run_sides(cfg: &BenchConfig, blocks: &[Vec<u8>]) -> Result<BenchReport> {
         baseline_cpu_us_per_block: base_cpu_us,
         replicated_cpu_us_per_block: rep_cpu_us,
         cpu_ratio: rep_cpu_us / base_cpu_us.max(1e-9),
-        baseline_copies: if cfg.pin { 1 } else { 2 },
+        baseline_copies: if cfg.single_copy() { 1 } else { 2 },
         pinned_ratio: cfg.pin.then_some(rep_mb / base_mb.max(1e-9)),
         replicated_primary_cpu_us_per_block: rep_process_us(0),
-        replicated_mirror_cpu_us_per_block: rep_process_us(1),
+        replicated_mirror_cpu_us_per_block: mirror_pid.map(|_| rep_process_us(1)),
+        mirror: cfg.remote.as_ref().map(|r| r.addr.clone()),
+        network_mb_s: cfg.remote.as_ref().map(|_| net_mb_s),
+        remote_ratio: cfg.remote.as_ref().map(|_| rep_mb / base_mb.min(net_mb_s).max(1e-9)),
+        direct: cfg.direct,
+        direct_ratio: cfg.direct.then_some(rep_mb / base_mb.max(1e-9)),
     })
 }
 
@@ -460,22 +525,80 @@ fn tracking_in(state: &Path, bs: u32) -> Result<filerep::runtime::primary::Chang
     })
 }
 
+/// How long the bench waits to connect to a remote mirror and for each
+/// handshake message or network check answer.
+const REMOTE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A TCP connection to a remote mirror's address.
+fn connect_remote(addr: &str) -> Result<std::net::TcpStream> {
+    use std::net::ToSocketAddrs;
+    let resolved = addr
+        .to_socket_addrs()
+        .map_err(|e| Error::InvalidArgument(format!("--mirror {addr}: not a HOST:PORT this host can resolve: {e}")))?;
+    let mut last = None;
+    for a in resolved {
+        match std::net::TcpStream::connect_timeout(&a, REMOTE_TIMEOUT) {
+            Ok(s) => return Ok(s),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(match last {
+        Some(e) => Error::io(format!("connecting to the mirror at {addr}"), e),
+        None => Error::InvalidArgument(format!("--mirror {addr}: resolves to no address")),
+    })
+}
+
+/// Time `bytes` bytes of a raw stream to the remote mirror's host.
+fn net_check(remote: &RemoteMirror, bytes: u64) -> Result<filerep::runtime::netcheck::NetCheck> {
+    let stream = connect_remote(&remote.addr)?;
+    let (mut reader, mut writer) =
+        filerep::io::net::tcp(stream).map_err(|e| Error::io("configuring the connection", e))?;
+    let check = filerep::runtime::netcheck::run(
+        reader.as_mut(),
+        writer.as_mut(),
+        &remote.key,
+        bytes,
+        &remote.addr,
+        REMOTE_TIMEOUT,
+    );
+    writer.close();
+    check
+}
+
 /// A real mirror daemon and a primary connected to it, under `dir`
-/// (`primary/`, `mirror/`, a fresh cluster key).
+/// (`primary/`, `mirror/`, a fresh cluster key); with `cfg.remote`, a
+/// primary connected to the mirror on the other host (no daemon here).
 fn start_pair(
     cfg: &BenchConfig,
     dir: &Path,
     change_tracking: Option<filerep::runtime::primary::ChangeTracking>,
-) -> Result<(MirrorProcess, Primary)> {
+) -> Result<(Option<MirrorProcess>, Primary)> {
     let (rp, rm) = (dir.join("primary"), dir.join("mirror"));
     fresh_dir(&rp)?;
+    let identity = |cluster_id| PairIdentity { cluster_id, content_id: 0, block_size: cfg.block_size, generation: 1 };
+    let primary_config = |identity, name: &str, key| PrimaryConfig {
+        identity,
+        filespaces: vec![Filespace { name: name.into(), root: rp.clone() }],
+        key,
+        sync_level: cfg.sync_level,
+        tuning: StreamTuning::default(),
+        prefer_uring: cfg.prefer_uring,
+        direct: cfg.direct,
+        change_tracking: change_tracking.clone(),
+    };
+    if let Some(remote) = &cfg.remote {
+        let stream = connect_remote(&remote.addr)?;
+        let conn = filerep::io::net::tcp(stream).map_err(|e| Error::io("configuring the connection", e))?;
+        let config = primary_config(identity(remote.cluster_id), REMOTE_FILESPACE, remote.key.clone());
+        return Ok((None, Primary::start(config, conn, &remote.addr)?));
+    }
     fresh_dir(&rm)?;
     let key_file = dir.join("cluster.key");
     let mut material = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut material);
     let hex: String = material.iter().map(|b| format!("{b:02x}")).collect();
     std::fs::write(&key_file, &hex).map_err(|e| Error::io("writing the key file", e))?;
-    let identity = PairIdentity { cluster_id: 0xbe4c, content_id: 0, block_size: cfg.block_size, generation: 1 };
+    let identity = identity(BENCH_CLUSTER_ID);
     // Pinned: the daemon inherits CPU 1 from this thread, which goes back to CPU 0.
     if cfg.pin {
         pin_to(&[1])?;
@@ -490,7 +613,11 @@ fn start_pair(
             block_size: cfg.block_size,
             generation: 1,
             listen: "127.0.0.1:0".into(),
-            extra: if cfg.prefer_uring { vec![] } else { vec!["--std-io".into()] },
+            extra: [(!cfg.prefer_uring, "--std-io"), (cfg.direct, "--direct")]
+                .into_iter()
+                .filter(|&(on, _)| on)
+                .map(|(_, flag)| flag.to_string())
+                .collect(),
         },
     );
     if cfg.pin {
@@ -499,20 +626,9 @@ fn start_pair(
     let mirror = mirror?;
     let stream = std::net::TcpStream::connect(mirror.addr).map_err(|e| Error::io("connecting to the mirror", e))?;
     let conn = filerep::io::net::tcp(stream).map_err(|e| Error::io("configuring the connection", e))?;
-    let primary = Primary::start(
-        PrimaryConfig {
-            identity,
-            filespaces: vec![Filespace { name: "pg_system".into(), root: rp }],
-            key: ClusterKey::from_material(hex.as_bytes()).map_err(|e| Error::InvalidArgument(e.to_string()))?,
-            sync_level: cfg.sync_level,
-            tuning: StreamTuning::default(),
-            prefer_uring: cfg.prefer_uring,
-            change_tracking,
-        },
-        conn,
-        &mirror.addr.to_string(),
-    )?;
-    Ok((mirror, primary))
+    let key = ClusterKey::from_material(hex.as_bytes()).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+    let primary = Primary::start(primary_config(identity, "pg_system", key), conn, &mirror.addr.to_string())?;
+    Ok((Some(mirror), primary))
 }
 
 /// `filerep bench --mirror-down`: writes in change tracking beside
@@ -563,7 +679,10 @@ pub fn run_mirror_down(cfg: &BenchConfig) -> Result<MirrorDownReport> {
     let rep = cfg.dir.join("tracked");
     let tracking = tracking_in(&rep.join("state"), bs)?;
     let log = tracking.changelog.clone();
-    let (mut mirror, primary) = start_pair(cfg, &rep, Some(tracking))?;
+    let (mirror, primary) = start_pair(cfg, &rep, Some(tracking))?;
+    let Some(mut mirror) = mirror else {
+        return Err(Error::InvalidArgument("--mirror-down starts its own mirror: it cannot use --mirror".into()));
+    };
     for w in 0..cfg.writers {
         primary.create(0, &name(w))?;
     }

@@ -248,6 +248,7 @@ pub fn run(cfg: &ResyncBenchConfig) -> Result<ResyncBenchReport> {
         sync_level: SyncLevel::Applied,
         tuning: StreamTuning::default(),
         prefer_uring: cfg.prefer_uring,
+        direct: false,
         change_tracking: Some(ChangeTracking {
             changelog: log,
             arbiter: Arc::new(FixedArbiter(Decision::MirrorDown)),

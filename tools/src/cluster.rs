@@ -536,6 +536,7 @@ pub fn segment_config(
         heartbeat_ms: 500,
         handshake_timeout_ms: 2000,
         prefer_uring: true,
+        direct: false,
         // Prometheus metrics are asked for per segment (docs/operations.md, Metrics).
         metrics_listen: None,
         activity_limit: filerep::core::primary::ACTIVITY_LIMIT,

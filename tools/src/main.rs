@@ -84,6 +84,10 @@ struct MirrorCmd {
     /// Use the std I/O backend instead of io_uring.
     #[arg(long)]
     std_io: bool,
+    /// Write aligned blocks with O_DIRECT (the NVMe path: the page cache
+    /// skipped; a sync is still durable). Refused where the file system cannot.
+    #[arg(long)]
+    direct: bool,
     /// Keep the generation and fault state here across restarts.
     #[arg(long)]
     state_dir: Option<PathBuf>,
@@ -135,6 +139,25 @@ struct BenchCmd {
     /// on CPU 0 (pinned_ratio).
     #[arg(long, conflicts_with_all = ["mirror_down", "resync", "cluster"])]
     pin: bool,
+    /// Two real hosts: replicate to a `filerep mirror` already running on
+    /// the other host at HOST:PORT (its filespace named `bench`, the same
+    /// block size, --cluster-id 48716 unless --mirror-cluster-id says
+    /// otherwise; docs/performance.md). The baseline writes each block
+    /// once here, and each round also times a raw stream to that host
+    /// (network_mb_s, remote_ratio).
+    #[arg(long, value_name = "HOST:PORT", conflicts_with_all = ["pin", "mirror_down", "resync", "cluster"], requires = "key_file")]
+    mirror: Option<String>,
+    /// With --mirror: the cluster key file the remote mirror was given.
+    #[arg(long, requires = "mirror")]
+    key_file: Option<PathBuf>,
+    /// O_DIRECT for aligned block writes on every side (baseline, primary,
+    /// mirror daemon; start a --mirror daemon with --direct too): the NVMe
+    /// path (direct_ratio).
+    #[arg(long, conflicts_with_all = ["mirror_down", "resync", "cluster"])]
+    direct: bool,
+    /// With --mirror: the remote mirror's --cluster-id.
+    #[arg(long, requires = "mirror", default_value_t = filerep_tools::bench::BENCH_CLUSTER_ID)]
+    mirror_cluster_id: u64,
     /// Measure resync (1 %, 10 %, 100 % of the blocks changed, and a full resync) beside rsync.
     #[arg(long)]
     resync: bool,
@@ -318,6 +341,7 @@ fn run_mirror(c: MirrorCmd) -> CmdResult {
         generation: c.generation,
         tuning: StreamTuning { handshake_timeout: Duration::from_millis(c.handshake_timeout_ms), ..Default::default() },
         prefer_uring: !c.std_io,
+        direct: c.direct,
         state_dir: c.state_dir,
     })?;
     let listener = std::net::TcpListener::bind(&c.listen).map_err(|e| format!("cannot listen on {}: {e}", c.listen))?;
@@ -395,6 +419,15 @@ fn run_bench(c: BenchCmd) -> CmdResult {
         progress: !c.json,
         activity_log: !c.no_activity_log,
         pin: c.pin,
+        direct: c.direct,
+        remote: match (&c.mirror, &c.key_file) {
+            (Some(addr), Some(key_file)) => Some(filerep_tools::bench::RemoteMirror {
+                addr: addr.clone(),
+                key: ClusterKey::from_file(key_file)?,
+                cluster_id: c.mirror_cluster_id,
+            }),
+            _ => None,
+        },
     };
     if !c.json {
         eprintln!(
@@ -492,20 +525,32 @@ fn run_bench(c: BenchCmd) -> CmdResult {
             "{:<34} {:>12.1} {:>12.1} {:>8.2}",
             "CPU per block, machine (us)", r.baseline_cpu_us_per_block, r.replicated_cpu_us_per_block, r.cpu_ratio
         );
-        println!(
-            "{:<34} {:>12} {:>12.1} (primary process {:.1}, mirror daemon {:.1})",
-            "",
-            "",
-            r.replicated_primary_cpu_us_per_block + r.replicated_mirror_cpu_us_per_block,
-            r.replicated_primary_cpu_us_per_block,
-            r.replicated_mirror_cpu_us_per_block
-        );
+        match r.replicated_mirror_cpu_us_per_block {
+            Some(m) => println!(
+                "{:<34} {:>12} {:>12.1} (primary process {:.1}, mirror daemon {:.1})",
+                "",
+                "",
+                r.replicated_primary_cpu_us_per_block + m,
+                r.replicated_primary_cpu_us_per_block,
+                m
+            ),
+            None => println!(
+                "{:<34} {:>12} {:>12.1} (primary process; the mirror's host is not counted)",
+                "", "", r.replicated_primary_cpu_us_per_block
+            ),
+        }
         println!(
             "{:<34} {:>12} {:>12.1} ({:.3}% over the payload)",
             "wire bytes per block", "", r.wire_bytes_per_block, r.wire_overhead_pct
         );
         if let Some(p) = r.pinned_ratio {
             println!("pinned (primary on CPU 0, mirror on CPU 1): {p:.2} of one copy's throughput");
+        }
+        if let Some(d) = r.direct_ratio {
+            println!("O_DIRECT on every side: replicated is {d:.2} of the baseline's throughput");
+        }
+        if let (Some(m), Some(n), Some(x)) = (&r.mirror, r.network_mb_s, r.remote_ratio) {
+            println!("mirror at {m}: network {n:.1} MB/s; replicated is {x:.2} of min(local disk, network)");
         }
         println!("io backend: {}", r.io_backend);
     }

@@ -86,6 +86,10 @@ pub struct SegmentConfig {
     pub handshake_timeout_ms: u64,
     #[serde(default = "default_true")]
     pub prefer_uring: bool,
+    /// Aligned block writes with O_DIRECT, on both roles (the NVMe path:
+    /// the page cache skipped, durability unchanged; docs/operations.md).
+    #[serde(default)]
+    pub direct: bool,
     /// Serve replication statistics as Prometheus text on `HOST:PORT`
     /// (`GET /metrics`); none when absent.
     #[serde(default)]

@@ -124,7 +124,7 @@ impl Segment {
         let key = ClusterKey::from_file(&cfg.key_file).map_err(|e| Error::InvalidArgument(e.to_string()))?;
         let filespaces = cfg.filespaces()?;
         let roots: Vec<_> = filespaces.iter().map(|f| f.root.clone()).collect();
-        let disk = crate::io::disk::open_local(&roots, cfg.prefer_uring)?;
+        let disk = crate::io::disk::open_local_with(&roots, cfg.prefer_uring, cfg.direct)?;
         crate::io::disk::check_largest_file(&roots)?;
         // Named durably before anything is written in it: a power cut must
         // not take the change-log (and the activity log in it) away.
@@ -784,6 +784,7 @@ impl Shared {
             generation,
             tuning: self.cfg.tuning(),
             prefer_uring: self.cfg.prefer_uring,
+            direct: self.cfg.direct,
             state_dir: Some(self.cfg.state_dir.clone()),
         };
         let result = (|| {
@@ -852,6 +853,7 @@ impl Shared {
             sync_level: SyncLevel::parse(&self.cfg.sync_level)?,
             tuning: self.cfg.tuning(),
             prefer_uring: self.cfg.prefer_uring,
+            direct: self.cfg.direct,
             change_tracking: Some(ChangeTracking {
                 changelog: self.changelog.clone(),
                 arbiter: arbiter.clone(),

@@ -8,10 +8,14 @@
 //! Backends:
 //! - [`StdDisk`]: `pread`/`pwrite`/`fdatasync` on file descriptors opened with
 //!   `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`.
-//! - [`UringDisk`]: the same namespace handling, file data through io_uring
-//!   (one ring per thread; [`Disk::write_batch`] submits a whole batch at once).
+//! - [`UringDisk`]: the std backend, with [`Disk::sync_batch`] of several
+//!   files through io_uring (one ring per thread).
+//!
+//! Either real backend can be *direct* ([`StdDisk::with_direct`]): aligned
+//! block writes then go to the device with O_DIRECT ([`direct`]).
 //! - [`SimDisk`]: in memory, with a live and a durable image, for the simulator.
 
+pub mod direct;
 mod sim;
 mod std_backend;
 mod uring;
@@ -118,6 +122,11 @@ pub trait DiskFile: Send + Sync + std::fmt::Debug {
     }
     /// The descriptor, for backends that batch by fd (io_uring); `None` in simulation.
     fn raw_fd(&self) -> Option<i32> {
+        None
+    }
+    /// The file's O_DIRECT descriptor on a direct disk ([`direct`]): a
+    /// batch may write aligned blocks through it.
+    fn direct_fd(&self) -> Option<i32> {
         None
     }
 }
@@ -276,13 +285,19 @@ fn unnamed_file_in(dir: &std::path::Path) -> std::io::Result<std::fs::File> {
 /// Choose the local backend at start: io_uring when the kernel offers it,
 /// the std backend otherwise (old kernels, io_uring disabled by sysctl or seccomp).
 pub fn open_local(roots: &[std::path::PathBuf], prefer_uring: bool) -> DiskResult<Arc<dyn Disk>> {
+    open_local_with(roots, prefer_uring, false)
+}
+
+/// [`open_local`], with aligned block writes made with O_DIRECT if `direct`
+/// (refused, naming the root, where the file system cannot).
+pub fn open_local_with(roots: &[std::path::PathBuf], prefer_uring: bool, direct: bool) -> DiskResult<Arc<dyn Disk>> {
     if prefer_uring {
-        match UringDisk::open(roots) {
+        match UringDisk::over(StdDisk::open(roots)?.with_direct(direct)?) {
             Ok(d) => return Ok(Arc::new(d)),
             Err(e) => tracing::warn!(error = %e, "io_uring unavailable; using the std backend"),
         }
     }
-    Ok(Arc::new(StdDisk::open(roots)?))
+    Ok(Arc::new(StdDisk::open(roots)?.with_direct(direct)?))
 }
 
 #[cfg(test)]

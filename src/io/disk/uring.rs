@@ -1,47 +1,49 @@
-//! The io_uring backend: namespace handling and `open` exactly as the std
-//! backend (it wraps a [`StdDisk`]), file data through io_uring.
+//! The io_uring backend: namespace handling, `open` and every single
+//! operation exactly as the std backend (it wraps a [`StdDisk`]);
+//! [`Disk::sync_batch`] of several files through io_uring, so their
+//! `fdatasync`s run in parallel and share journal commits.
 //!
-//! Each thread has two rings, created on first use: a small one for single
-//! operations (`write_at`, `read_at`, `sync_data`) and a larger one for
-//! [`Disk::write_batch`] / [`Disk::sync_batch`], which push a whole batch
-//! (up to the ring's size at a time) and wait for every completion.
+//! Why single operations are plain syscalls: a buffered write, read or
+//! sync submitted alone and waited for is handed by the kernel to an
+//! io_uring worker thread, which costs a second thread's wake-up and about
+//! twice the CPU of `pwrite` for a 32 KiB block (docs/performance.md,
+//! "A leaner write path"). Batches of buffered writes measured the same way:
+//! a `pwrite` loop costs less CPU than the ring, so they go by `pwrite`.
+//! On a direct disk, a batch's aligned block writes go through the ring
+//! together, from aligned copies: O_DIRECT writes wait for the device, and
+//! the ring keeps many in flight where a loop would wait for each in turn.
 //!
-//! Memory safety: a submission entry carries raw pointers into the caller's
-//! buffers, so no function here returns while the kernel may still use one.
+//! Memory safety: a submission entry carries a file descriptor, so no
+//! function here returns while the kernel may still use one.
 //! [`submit_and_drain`] waits for the completion of every entry it was asked
 //! about and gives up only when none of them is left in the kernel (all
 //! remaining ones are still unsubmitted in the queue); the ring is then
-//! dropped with those entries unsubmitted, so the kernel never reads them.
+//! dropped with those entries unsubmitted, so the kernel never sees them.
 //! If a ring can not be created, or breaks, the operation falls back to the
 //! std syscalls, so a ring problem is never reported as an I/O error.
 
-use super::std_backend::{StdDisk, StdFile};
+use super::direct::DIRECT_ALIGN;
+use super::std_backend::StdDisk;
 use super::{BatchWrite, Disk, DiskError, DiskErrorKind, DiskFile, DiskResult, FsPath, OpenMode};
-use io_uring::{opcode, squeue, types, IoUring, Probe};
+use io_uring::{opcode, types, IoUring, Probe};
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::fs::FileExt;
+use std::os::fd::RawFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::LocalKey;
 
-/// Entries of the per-thread ring for single operations.
-const SINGLE_RING_ENTRIES: u32 = 64;
 /// Entries of the per-thread batch ring; also the most SQEs one batch round submits.
 const BATCH_RING_ENTRIES: u32 = 256;
-/// The most bytes one read or write SQE asks for (the SQE length is a u32,
-/// and Linux caps a single transfer just below 2 GiB anyway).
-const MAX_RW: usize = 1 << 30;
 /// Consecutive failed `io_uring_enter` calls, while operations are in the
 /// kernel, after which we give up: we can neither wait for them nor return
 /// while they may still write into a caller's buffer.
 const MAX_ENTER_FAILURES: u32 = 10_000;
 
 thread_local! {
-    static RING: RefCell<Option<IoUring>> = const { RefCell::new(None) };
+    /// Aligned copies of a direct batch's blocks (grown to the largest round, kept).
+    static ARENA: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
     static BATCH_RING: RefCell<Option<IoUring>> = const { RefCell::new(None) };
 }
 
@@ -111,167 +113,12 @@ fn submit_and_drain(ring: &mut IoUring, expected: usize, mut on_cqe: impl FnMut(
     }
 }
 
-/// Run one operation on this thread's single-op ring and return its CQE
-/// result; `None` if no ring is usable (the caller then uses std syscalls).
-///
-/// # Safety
-///
-/// Every buffer `entry` points to must stay valid (and, for a read, not be
-/// accessed otherwise) until this function returns, and the file descriptor
-/// must stay open until then.
-unsafe fn run_one(entry: &squeue::Entry) -> Option<i32> {
-    let mut ring = take_ring(&RING, SINGLE_RING_ENTRIES)?;
-    // SAFETY: the caller keeps the entry's buffers valid until we return, and
-    // we do not return while the kernel may still use them: submit_and_drain
-    // waits for the completion, or fails only while the entry is still
-    // unsubmitted, in which case the ring is dropped below without ever
-    // submitting it.
-    if unsafe { ring.submission().push(entry) }.is_err() {
-        // The ring is idle between calls, so a full queue means it is in an
-        // unknown state: drop it (nothing of ours was queued).
-        return None;
-    }
-    let mut result = None;
-    match submit_and_drain(&mut ring, 1, |_, res| result = Some(res)) {
-        Ok(()) => {
-            put_ring(&RING, ring);
-            result
-        }
-        Err(e) => {
-            tracing::debug!(error = %e, "io_uring submission failed; dropping the ring and using std syscalls");
-            drop(ring);
-            None
-        }
-    }
-}
-
-/// Whether a negative CQE result is worth simply retrying.
-fn retryable(errno: i32) -> bool {
-    errno == libc::EINTR || errno == libc::EAGAIN
-}
-
-fn check_offset(offset: u64) -> io::Result<()> {
-    // An offset of -1 (u64::MAX) would mean "the file position" to io_uring;
-    // anything past i64::MAX is invalid for pwrite/pread anyway.
-    if offset > i64::MAX as u64 {
-        Err(io::Error::from_raw_os_error(libc::EINVAL))
-    } else {
-        Ok(())
-    }
-}
-
-/// `pwrite` all of `buf` at `offset` through the single-op ring.
-fn uring_write_all(file: &File, mut offset: u64, mut buf: &[u8]) -> io::Result<()> {
-    let fd = file.as_raw_fd();
-    while !buf.is_empty() {
-        check_offset(offset)?;
-        let len = buf.len().min(MAX_RW);
-        let entry = opcode::Write::new(types::Fd(fd), buf.as_ptr(), len as u32).offset(offset).build();
-        // SAFETY: `buf` is borrowed for this whole call and `file` (hence
-        // `fd`) is borrowed too, so both outlive the operation, which
-        // run_one waits for before returning.
-        let res = match unsafe { run_one(&entry) } {
-            Some(res) => res,
-            None => return file.write_all_at(buf, offset),
-        };
-        if res < 0 {
-            if retryable(-res) {
-                continue;
-            }
-            return Err(io::Error::from_raw_os_error(-res));
-        }
-        let n = (res as usize).min(len);
-        if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::WriteZero, "write returned 0 bytes"));
-        }
-        buf = &buf[n..];
-        offset += n as u64;
-    }
-    Ok(())
-}
-
-/// `pread` into `buf` at `offset` through the single-op ring, until `buf`
-/// is full or end of file; returns the count.
-fn uring_read(file: &File, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
-    let fd = file.as_raw_fd();
-    let mut done = 0usize;
-    while done < buf.len() {
-        let at = offset.checked_add(done as u64).ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
-        check_offset(at)?;
-        let rest = &mut buf[done..];
-        let len = rest.len().min(MAX_RW);
-        let entry = opcode::Read::new(types::Fd(fd), rest.as_mut_ptr(), len as u32).offset(at).build();
-        // SAFETY: `rest` is an exclusive borrow of the caller's buffer for
-        // this whole call, not touched until run_one returns, which it does
-        // only after the read completed (or was never submitted).
-        let res = match unsafe { run_one(&entry) } {
-            Some(res) => res,
-            None => return std_read(file, offset, buf, done),
-        };
-        if res < 0 {
-            if retryable(-res) {
-                continue;
-            }
-            return Err(io::Error::from_raw_os_error(-res));
-        }
-        if res == 0 {
-            break;
-        }
-        done += (res as usize).min(len);
-    }
-    Ok(done)
-}
-
-/// Finish a read with std `pread` (no ring): fill `buf[done..]` until full or end of file.
-fn std_read(file: &File, offset: u64, buf: &mut [u8], mut done: usize) -> io::Result<usize> {
-    while done < buf.len() {
-        let at = offset.checked_add(done as u64).ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
-        match file.read_at(&mut buf[done..], at) {
-            Ok(0) => break,
-            Ok(n) => done += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(done)
-}
-
-/// `fdatasync` through the single-op ring.
-fn uring_sync_data(file: &File) -> io::Result<()> {
-    let entry = opcode::Fsync::new(types::Fd(file.as_raw_fd())).flags(types::FsyncFlags::DATASYNC).build();
-    loop {
-        // SAFETY: an fsync entry points to no buffer; `file` is borrowed for
-        // the whole call, so its descriptor stays open until completion.
-        match unsafe { run_one(&entry) } {
-            None => return file.sync_data(),
-            Some(res) if res == -libc::EINTR => continue,
-            Some(res) if res < 0 => return Err(io::Error::from_raw_os_error(-res)),
-            Some(_) => return Ok(()),
-        }
-    }
-}
-
 /// Names a descriptor in an error from a batch (the batch only has `&dyn DiskFile`).
 fn fd_label(fd: RawFd) -> String {
     match std::fs::read_link(format!("/proc/self/fd/{fd}")) {
         Ok(p) => format!("fd {fd} ({})", p.display()),
         Err(_) => format!("fd {fd}"),
     }
-}
-
-/// Identifies the file behind a descriptor, so two handles on one file count
-/// as the same file when ordering a batch.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-enum FileKey {
-    Inode(u64, u64),
-    Fd(RawFd),
-}
-
-fn file_key(fd: RawFd, cache: &mut HashMap<RawFd, FileKey>) -> FileKey {
-    *cache.entry(fd).or_insert_with(|| match nix::sys::stat::fstat(fd) {
-        Ok(st) => FileKey::Inode(st.st_dev, st.st_ino),
-        Err(_) => FileKey::Fd(fd),
-    })
 }
 
 /// The local file system with file data through io_uring.
@@ -285,8 +132,13 @@ impl UringDisk {
     /// io_uring works here and supports the operations we use; fails with
     /// [`DiskErrorKind::Io`] otherwise, so the caller can fall back to std.
     pub fn open(roots: &[PathBuf]) -> DiskResult<UringDisk> {
+        UringDisk::over(StdDisk::open(roots)?)
+    }
+
+    /// The io_uring backend over an opened std disk (direct or not).
+    pub fn over(std: StdDisk) -> DiskResult<UringDisk> {
         probe_io_uring().map_err(|e| DiskError::new("io_uring_probe", "", DiskErrorKind::Io, e))?;
-        Ok(UringDisk { std: StdDisk::open(roots)? })
+        Ok(UringDisk { std })
     }
 }
 
@@ -294,7 +146,7 @@ fn probe_io_uring() -> io::Result<()> {
     let mut ring = IoUring::new(8)?;
     let mut probe = Probe::new();
     ring.submitter().register_probe(&mut probe)?;
-    for (name, code) in [("read", opcode::Read::CODE), ("write", opcode::Write::CODE), ("fsync", opcode::Fsync::CODE)] {
+    for (name, code) in [("write", opcode::Write::CODE), ("fsync", opcode::Fsync::CODE)] {
         if !probe.is_supported(code) {
             return Err(io::Error::new(io::ErrorKind::Unsupported, format!("io_uring lacks the {name} opcode")));
         }
@@ -313,7 +165,7 @@ fn probe_io_uring() -> io::Result<()> {
 
 impl Disk for UringDisk {
     fn open(&self, path: &FsPath, mode: OpenMode) -> DiskResult<Arc<dyn DiskFile>> {
-        Ok(Arc::new(UringFile { inner: self.std.open_file(path, mode)? }))
+        self.std.open(path, mode)
     }
 
     fn remove_file(&self, path: &FsPath) -> DiskResult<()> {
@@ -357,25 +209,42 @@ impl Disk for UringDisk {
     }
 
     fn name(&self) -> &'static str {
-        "io_uring"
+        if self.std.direct() {
+            "io_uring, O_DIRECT"
+        } else {
+            "io_uring"
+        }
     }
 
-    /// Pushes the writes (up to [`BATCH_RING_ENTRIES`] at a time) and waits
-    /// for all of them. Writes to overlapping ranges of one file never share
-    /// a submission round, so they land in batch order as with the default.
+    /// On a direct disk: the aligned writes to direct files through the
+    /// ring (up to [`BATCH_RING_ENTRIES`] at a time), the others by the
+    /// file's own `write_at`; in batch order where they overlap. Otherwise
+    /// a `pwrite` loop.
     fn write_batch(&self, writes: &[BatchWrite<'_>]) -> Vec<DiskResult<()>> {
+        if !self.std.direct() {
+            return writes.iter().map(|w| w.file.write_at(w.offset, w.data)).collect();
+        }
         let mut results: Vec<Option<DiskResult<()>>> = writes.iter().map(|_| None).collect();
         let mut round: Vec<usize> = Vec::with_capacity(BATCH_RING_ENTRIES as usize);
         let mut ranges: HashMap<FileKey, Vec<(u64, u64)>> = HashMap::new();
         let mut keys: HashMap<RawFd, FileKey> = HashMap::new();
-
+        let mut bytes = 0usize;
         for (i, w) in writes.iter().enumerate() {
-            let fd = match w.file.raw_fd() {
-                Some(fd) if !w.data.is_empty() && w.offset <= i64::MAX as u64 => fd,
-                // No descriptor (or nothing to submit, or an offset io_uring would
-                // misread): the file's own write_at, which orders fine as this
-                // file shares no descriptor with the round.
+            let fd = match w.file.direct_fd() {
+                Some(fd)
+                    if super::direct::aligned(w.offset, w.data.len())
+                        && w.data.len() <= MAX_ROUND_BYTES
+                        && w.offset <= i64::MAX as u64 =>
+                {
+                    fd
+                }
+                // Not for the ring: the round so far goes first (it may
+                // overlap), then this write on its own.
                 _ => {
+                    direct_round(writes, &round, &mut results);
+                    round.clear();
+                    ranges.clear();
+                    bytes = 0;
                     results[i] = Some(w.file.write_at(w.offset, w.data));
                     continue;
                 }
@@ -383,16 +252,17 @@ impl Disk for UringDisk {
             let key = file_key(fd, &mut keys);
             let end = w.offset.saturating_add(w.data.len() as u64);
             let overlaps = ranges.get(&key).is_some_and(|rs| rs.iter().any(|&(s, e)| w.offset < e && s < end));
-            if overlaps || round.len() == BATCH_RING_ENTRIES as usize {
-                write_round(writes, &round, &mut results);
+            if overlaps || round.len() == BATCH_RING_ENTRIES as usize || bytes + w.data.len() > MAX_ROUND_BYTES {
+                direct_round(writes, &round, &mut results);
                 round.clear();
                 ranges.clear();
+                bytes = 0;
             }
+            bytes += w.data.len();
             round.push(i);
             ranges.entry(key).or_default().push((w.offset, end));
         }
-        write_round(writes, &round, &mut results);
-
+        direct_round(writes, &round, &mut results);
         results
             .into_iter()
             .map(|r| {
@@ -402,8 +272,12 @@ impl Disk for UringDisk {
     }
 
     /// Pushes an `fdatasync` for every file (up to [`BATCH_RING_ENTRIES`] at a
-    /// time) and waits for all of them.
+    /// time) and waits for all of them. One file is synced by the syscall:
+    /// alone, the ring's worker hand-off buys nothing.
     fn sync_batch(&self, files: &[&dyn DiskFile]) -> Vec<DiskResult<()>> {
+        if let [one] = files {
+            return vec![one.sync_data()];
+        }
         let mut results: Vec<Option<DiskResult<()>>> = files.iter().map(|_| None).collect();
         let mut round: Vec<(usize, RawFd)> = Vec::with_capacity(BATCH_RING_ENTRIES as usize);
         for (i, f) in files.iter().enumerate() {
@@ -427,41 +301,83 @@ impl Disk for UringDisk {
     }
 }
 
-/// Submit the writes `round` (indexes into `writes`, each with a descriptor,
-/// non-empty, pairwise non-overlapping per file) together and wait for all.
-/// Short or retryable results are finished with the file's own `write_at`.
-fn write_round(writes: &[BatchWrite<'_>], round: &[usize], results: &mut [Option<DiskResult<()>>]) {
+/// Whether a negative CQE result is worth simply retrying.
+fn retryable(errno: i32) -> bool {
+    errno == libc::EINTR || errno == libc::EAGAIN
+}
+
+/// The most bytes of one direct round (its aligned copies in the arena);
+/// a larger single write goes by the file's own `write_at`.
+const MAX_ROUND_BYTES: usize = 16 << 20;
+
+/// Identifies the file behind a descriptor, so two handles on one file count
+/// as the same file when ordering a batch.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum FileKey {
+    Inode(u64, u64),
+    Fd(RawFd),
+}
+
+fn file_key(fd: RawFd, cache: &mut HashMap<RawFd, FileKey>) -> FileKey {
+    *cache.entry(fd).or_insert_with(|| match nix::sys::stat::fstat(fd) {
+        Ok(st) => FileKey::Inode(st.st_dev, st.st_ino),
+        Err(_) => FileKey::Fd(fd),
+    })
+}
+
+/// Submit the aligned direct writes `round` (indexes into `writes`, each
+/// with a direct descriptor, pairwise non-overlapping per file) together
+/// from aligned copies in this thread's arena, and wait for all. Short or
+/// retryable results are finished with the file's own `write_at`.
+fn direct_round(writes: &[BatchWrite<'_>], round: &[usize], results: &mut [Option<DiskResult<()>>]) {
     if round.is_empty() {
         return;
     }
     let mut cqe_res: HashMap<usize, i32> = HashMap::with_capacity(round.len());
-    if let Some(mut ring) = take_ring(&BATCH_RING, BATCH_RING_ENTRIES) {
-        let mut pushed = 0usize;
-        for &i in round {
-            let w = &writes[i];
-            let Some(fd) = w.file.raw_fd() else { continue };
-            let len = w.data.len().min(MAX_RW) as u32;
-            let entry =
-                opcode::Write::new(types::Fd(fd), w.data.as_ptr(), len).offset(w.offset).build().user_data(i as u64);
-            // SAFETY: `w.data` and `w.file` are borrowed from `writes`, which
-            // outlives this function, and we do not return before the kernel
-            // is done with every pushed entry: submit_and_drain waits for all
-            // their completions, and if it fails none is left in the kernel
-            // and the ring (with any still-unsubmitted entries) is dropped.
-            if unsafe { ring.submission().push(&entry) }.is_err() {
-                break; // Cannot happen (round ≤ ring size, ring idle); the rest go the slow way.
+    let total: usize = round.iter().map(|&i| writes[i].data.len()).sum();
+    let ring = take_ring(&BATCH_RING, BATCH_RING_ENTRIES);
+    if let Some(mut ring) = ring {
+        ARENA.with(|cell| {
+            let mut arena = cell.borrow_mut();
+            if arena.len() < total + DIRECT_ALIGN {
+                arena.resize(total + DIRECT_ALIGN, 0);
             }
-            pushed += 1;
-        }
-        match submit_and_drain(&mut ring, pushed, |ud, res| {
-            cqe_res.insert(ud as usize, res);
-        }) {
-            Ok(()) => put_ring(&BATCH_RING, ring),
-            Err(e) => {
-                tracing::debug!(error = %e, "io_uring batch submission failed; finishing with single writes");
-                drop(ring);
+            let base = arena.as_ptr().align_offset(DIRECT_ALIGN);
+            // Every length is a multiple of DIRECT_ALIGN, so each copy starts aligned.
+            let mut at = base;
+            let mut pushed = 0usize;
+            for &i in round {
+                let w = &writes[i];
+                let Some(fd) = w.file.direct_fd() else { continue };
+                arena[at..at + w.data.len()].copy_from_slice(w.data);
+                let ptr = arena[at..].as_ptr();
+                at += w.data.len();
+                let entry = opcode::Write::new(types::Fd(fd), ptr, w.data.len() as u32)
+                    .offset(w.offset)
+                    .build()
+                    .user_data(i as u64);
+                // SAFETY: the entry points into `arena`, borrowed (and neither
+                // resized nor dropped) until this closure returns, and into
+                // nothing else; `fd` belongs to a file borrowed from `writes`,
+                // open until we return. We return only after every pushed
+                // entry completed: submit_and_drain waits for all of them, and
+                // fails only when none is left in the kernel, in which case
+                // the ring is dropped with the rest unsubmitted.
+                if unsafe { ring.submission().push(&entry) }.is_err() {
+                    break; // Cannot happen (round ≤ ring size, ring idle); the rest go one by one.
+                }
+                pushed += 1;
             }
-        }
+            match submit_and_drain(&mut ring, pushed, |ud, res| {
+                cqe_res.insert(ud as usize, res);
+            }) {
+                Ok(()) => put_ring(&BATCH_RING, ring),
+                Err(e) => {
+                    tracing::debug!(error = %e, "io_uring batch submission failed; finishing with single writes");
+                    drop(ring);
+                }
+            }
+        });
     }
     for &i in round {
         let w = &writes[i];
@@ -522,37 +438,5 @@ fn sync_round(files: &[&dyn DiskFile], round: &[(usize, RawFd)], results: &mut [
             // Never submitted: sync it on its own.
             None => files[i].sync_data(),
         });
-    }
-}
-
-/// A regular file whose data goes through io_uring.
-#[derive(Debug)]
-pub struct UringFile {
-    inner: StdFile,
-}
-
-impl DiskFile for UringFile {
-    fn write_at(&self, offset: u64, buf: &[u8]) -> DiskResult<()> {
-        uring_write_all(self.inner.file(), offset, buf).map_err(|e| DiskError::from_io("write", self.inner.path(), &e))
-    }
-
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> DiskResult<usize> {
-        uring_read(self.inner.file(), offset, buf).map_err(|e| DiskError::from_io("read", self.inner.path(), &e))
-    }
-
-    fn sync_data(&self) -> DiskResult<()> {
-        uring_sync_data(self.inner.file()).map_err(|e| DiskError::from_io("sync_data", self.inner.path(), &e))
-    }
-
-    fn set_len(&self, len: u64) -> DiskResult<()> {
-        self.inner.set_len(len)
-    }
-
-    fn len(&self) -> DiskResult<u64> {
-        self.inner.len()
-    }
-
-    fn raw_fd(&self) -> Option<i32> {
-        self.inner.raw_fd()
     }
 }

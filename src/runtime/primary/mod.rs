@@ -40,6 +40,8 @@ pub struct PrimaryConfig {
     pub tuning: StreamTuning,
     /// Use io_uring for local I/O when the kernel offers it.
     pub prefer_uring: bool,
+    /// Aligned block writes with O_DIRECT (the NVMe path; durability unchanged).
+    pub direct: bool,
     /// What to do when the mirror is lost. `None`: calls fail (`MirrorLost`).
     pub change_tracking: Option<ChangeTracking>,
 }
@@ -118,7 +120,7 @@ impl Primary {
         check_block_size(cfg.identity.block_size)?;
         check_filespaces(&cfg.filespaces)?;
         let roots: Vec<_> = cfg.filespaces.iter().map(|f| f.root.clone()).collect();
-        let disk = crate::io::disk::open_local(&roots, cfg.prefer_uring)?;
+        let disk = crate::io::disk::open_local_with(&roots, cfg.prefer_uring, cfg.direct)?;
         crate::io::disk::check_largest_file(&roots)?;
         Self::start_with_disk(cfg, disk, conn, peer)
     }

@@ -143,6 +143,7 @@ pub fn run(c: DemoCmd) -> Result<ExitCode, Box<dyn std::error::Error>> {
             sync_level,
             tuning: StreamTuning::default(),
             prefer_uring: !c.std_io,
+            direct: false,
             change_tracking: None,
         },
         filerep::io::net::tcp(stream)?,
