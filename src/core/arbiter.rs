@@ -116,6 +116,10 @@ pub fn events(pair: &Pair, probes: &[(u32, Option<Seen>)]) -> Vec<Event> {
     let others = probes.iter().filter(|(d, _)| Some(*d) != acting);
     for (dbid, _) in others.chain(probes.iter().filter(|(d, _)| Some(*d) == acting)) {
         match seen(*dbid) {
+            // An acting primary whose files are in doubt (a mirror whose
+            // disk failed as it was promoted, rule 8) cannot serve: it counts
+            // as lost. With its mirror already down, a double fault.
+            Some(s) if Some(*dbid) == acting && s.faulted => out.push(Event::ProbeFailed { dbid: *dbid }),
             Some(_) => out.push(Event::SegmentUp { dbid: *dbid }),
             None => out.push(Event::ProbeFailed { dbid: *dbid }),
         }
@@ -354,6 +358,24 @@ mod tests {
         let e = events(&pair, &[(1, None), (2, faulted)]);
         apply(&mut pair, e);
         assert!(pair.down && pair.acting_primary().dbid == 1, "{pair:?}");
+    }
+
+    /// The mirror's disk fails as it is promoted (its final sync at the end
+    /// of its mirror session): what it had only applied may be gone, so it
+    /// must not serve. Seen faulted as the acting primary, it counts as
+    /// lost; its mirror (the old primary) is down: a double fault.
+    #[test]
+    fn a_mirror_that_faults_as_it_is_promoted_is_a_double_fault() {
+        let mut pair = Pair::new(0, 1, 2);
+        let e = events(&pair, &[(1, None), (2, seen(2, Acting::Mirror, 1))]);
+        apply(&mut pair, e);
+        assert_eq!((pair.acting_primary().dbid, pair.generation, pair.down), (2, 2, false), "{pair:?}");
+        let faulted = Some(Seen { faulted: true, ..seen(2, Acting::Mirror, 1).unwrap() });
+        let e = events(&pair, &[(1, None), (2, faulted)]);
+        assert!(e.contains(&Event::ProbeFailed { dbid: 2 }), "{e:?}");
+        apply(&mut pair, e);
+        assert!(pair.down, "{pair:?}");
+        assert!(orders(&pair, &[(1, seen(1, Acting::Idle, 1)), (2, faulted)], None).is_empty());
     }
 
     #[test]

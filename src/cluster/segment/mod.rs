@@ -467,7 +467,26 @@ impl Shared {
                     }
                     let old = std::mem::replace(&mut *role, Role::Starting);
                     drop(role);
+                    let was_mirror = match &old {
+                        Role::Mirror { server, .. } => Some(server.clone()),
+                        _ => None,
+                    };
                     self.end_role(old);
+                    // The mirror's session ends with a sync of all it
+                    // applied; if that failed (rule 8), what it had only
+                    // applied may be gone: it must not serve. Its status says
+                    // faulted, and the arbiter counts it lost (a double fault
+                    // when its old primary is gone too).
+                    if let Some(why) = was_mirror.and_then(|server| server.fault()) {
+                        let why = format!(
+                            "this mirror's disk failed as it was promoted ({why}): its files are in doubt \
+                             until a full resync"
+                        );
+                        tracing::error!(generation, reason = %why, "role: promotion refused");
+                        *lock(&self.fault) = Some(why.clone());
+                        *lock(&self.role) = Role::Stopped(why.clone());
+                        return refused(why);
+                    }
                 }
                 let me = self.clone();
                 let spawned = std::thread::Builder::new()

@@ -621,7 +621,7 @@ impl Engine {
     /// Note that the directories holding these paths changed (synced by the next sync).
     pub(super) fn dirty(&mut self, paths: &[&FsPath]) {
         for p in paths {
-            self.dirty_dirs.insert(parent_dir(p));
+            self.dirty_dirs.mark(parent_dir(p));
         }
     }
 
@@ -663,18 +663,7 @@ impl Engine {
 
     /// Directories dirty under a renamed one are dirty under its new name.
     pub(super) fn rebase_dirty(&mut self, from: &FsPath, to: &FsPath) {
-        let moved: Vec<(u16, Option<RelPath>)> = self
-            .dirty_dirs
-            .iter()
-            .filter(|(fs, d)| *fs == from.filespace && d.as_ref().is_some_and(|d| d.is_within(&from.path)))
-            .cloned()
-            .collect();
-        for (fs, d) in moved {
-            self.dirty_dirs.remove(&(fs, d.clone()));
-            if let Some(nd) = d.and_then(|d| d.rebase(&from.path, &to.path)) {
-                self.dirty_dirs.insert((fs, Some(nd)));
-            }
-        }
+        self.dirty_dirs.rebase(from, to);
     }
 
     /// After a namespace change is queued (or recorded): past the dirty

@@ -244,9 +244,10 @@ pub struct Engine {
     shutdown_error: Option<String>,
     retiring: Retiring,
     /// Directories whose entries changed since they were last synced here.
-    dirty_dirs: BTreeSet<(u16, Option<RelPath>)>,
-    /// Those the directory sync out now covers (one at a time).
-    dirs_syncing: Vec<(u16, Option<RelPath>)>,
+    dirty_dirs: sync::DirtyDirs,
+    /// Those the directory sync out now covers (one at a time), with the
+    /// number of the change each was dirty with.
+    dirs_syncing: Vec<(sync::Dir, u64)>,
     resync: ResyncState,
     replies: Replies,
     figures: Figures,
@@ -289,7 +290,7 @@ impl Engine {
             in_send: (0, 0),
             shutdown_error: None,
             retiring: Retiring::Idle,
-            dirty_dirs: BTreeSet::new(),
+            dirty_dirs: sync::DirtyDirs::default(),
             dirs_syncing: Vec::new(),
             resync: ResyncState::default(),
             replies: Replies::default(),

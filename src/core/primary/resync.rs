@@ -149,7 +149,8 @@ impl Engine {
         }
         match st {
             rstep::SYNC_FILES => {
-                let mut dirs: BTreeSet<(u16, Option<RelPath>)> = self.dirty_dirs.iter().cloned().collect();
+                let dirty = self.dirty_dirs.snapshot();
+                let mut dirs: BTreeSet<(u16, Option<RelPath>)> = dirty.iter().map(|(d, _)| d.clone()).collect();
                 // A path cleared must exist here durably as it does on the
                 // mirror: this host may have it only from its mirror days,
                 // never synced since (a directory the resync walked).
@@ -157,14 +158,13 @@ impl Engine {
                     dirs.extend(paths.iter().map(|p| (p.filespace, p.path.parent())));
                 }
                 let dirs: Vec<(u16, Option<RelPath>)> = dirs.into_iter().collect();
-                self.dirs_syncing = dirs.clone();
+                self.dirs_syncing = dirty;
                 self.set_step(id, rstep::SYNC_DIRS);
                 self.emit(Command::Local { call: id, step: LocalStep::SyncDirs { dirs } });
             }
             rstep::SYNC_DIRS => {
-                for d in std::mem::take(&mut self.dirs_syncing) {
-                    self.dirty_dirs.remove(&d);
-                }
+                let synced = std::mem::take(&mut self.dirs_syncing);
+                self.dirty_dirs.synced(&synced);
                 self.release_claims(id);
                 self.resync_synced_here(id)
             }

@@ -120,24 +120,26 @@ impl Engine {
             self.release_target(id, &Target::DirSync);
             return self.synced_here(id);
         }
-        let dirs: Vec<(u16, Option<RelPath>)> = self.dirty_dirs.iter().cloned().collect();
-        self.dirs_syncing = dirs.clone();
+        self.dirs_syncing = self.dirty_dirs.snapshot();
+        let dirs = self.dirs_syncing.iter().map(|(d, _)| d.clone()).collect();
         self.set_step(id, step::SYNC_DIRS);
         self.emit(Command::Local { call: id, step: LocalStep::SyncDirs { dirs } });
     }
 
     pub(super) fn sync_dirs_done(&mut self, id: CallId, result: Result<(), String>) {
-        self.release_target(id, &Target::DirSync);
+        // Settled before the claim goes: releasing it may start the next
+        // caller's sync at once, which records what it covers in the same
+        // place and should not cover again what this one made durable.
         let synced = std::mem::take(&mut self.dirs_syncing);
         if let Err(e) = result {
+            self.release_target(id, &Target::DirSync);
             let f = self.fault(format!("local fsync of a changed directory failed: {e}; its entries are not durable"));
             return self.fail(id, f);
         }
         // Every directory dirty when the sync began is durable now; one
         // dirtied since stays (its change may have come after the fsync).
-        for d in &synced {
-            self.dirty_dirs.remove(d);
-        }
+        self.dirty_dirs.synced(&synced);
+        self.release_target(id, &Target::DirSync);
         self.synced_here(id)
     }
 
@@ -264,6 +266,66 @@ impl Engine {
         match c.op {
             Op::Shutdown => self.shutdown_failed(id, why),
             _ => self.fail(id, Failure::MirrorLost(why)),
+        }
+    }
+}
+
+/// A directory: its filespace and its path (`None`: the root).
+pub(super) type Dir = (u16, Option<RelPath>);
+
+/// Directories whose entries changed since they were last synced here,
+/// each with the number of its latest change. A sync clears only the
+/// directories not changed again since it began: a change made while the
+/// fsync ran (on another thread) may have come after it, and stays owed.
+#[derive(Debug, Default)]
+pub(super) struct DirtyDirs {
+    dirs: BTreeMap<Dir, u64>,
+    changes: u64,
+}
+
+impl DirtyDirs {
+    /// `dir`'s entries changed.
+    pub(super) fn mark(&mut self, dir: Dir) {
+        self.changes += 1;
+        self.dirs.insert(dir, self.changes);
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.dirs.is_empty()
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.dirs.len()
+    }
+
+    /// What a sync beginning now covers.
+    pub(super) fn snapshot(&self) -> Vec<(Dir, u64)> {
+        self.dirs.iter().map(|(d, n)| (d.clone(), *n)).collect()
+    }
+
+    /// The sync of `covered` is done: each directory is clean unless it
+    /// changed since (or moved: it is owed under its new name).
+    pub(super) fn synced(&mut self, covered: &[(Dir, u64)]) {
+        for (d, n) in covered {
+            if self.dirs.get(d) == Some(n) {
+                self.dirs.remove(d);
+            }
+        }
+    }
+
+    /// Directories under a renamed one are dirty under its new name.
+    pub(super) fn rebase(&mut self, from: &FsPath, to: &FsPath) {
+        let moved: Vec<(Dir, u64)> = self
+            .dirs
+            .iter()
+            .filter(|((fs, d), _)| *fs == from.filespace && d.as_ref().is_some_and(|d| d.is_within(&from.path)))
+            .map(|(d, n)| (d.clone(), *n))
+            .collect();
+        for ((fs, d), n) in moved {
+            self.dirs.remove(&(fs, d.clone()));
+            if let Some(nd) = d.and_then(|d| d.rebase(&from.path, &to.path)) {
+                self.dirs.insert((fs, Some(nd)), n);
+            }
         }
     }
 }

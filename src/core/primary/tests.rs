@@ -244,3 +244,64 @@ fn a_resync_hold_keeps_new_renames_waiting_for_a_bounded_time() {
         assert!(s.sent.len() > sent, "the rename went out once let go");
     }
 }
+
+fn is_dir_sync(c: &Command) -> bool {
+    matches!(c, Command::Local { step: LocalStep::SyncDirs { .. }, .. })
+}
+
+fn dir_syncs_of(s: &Script) -> Vec<Vec<(u16, Option<RelPath>)>> {
+    s.held
+        .iter()
+        .filter_map(|c| match c {
+            Command::Local { step: LocalStep::SyncDirs { dirs }, .. } => Some(dirs.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A directory changed again while a sync of it is in flight stays owed:
+/// the fsync may have run before the change (on another thread), so the
+/// next directory sync covers it again. (A sync once cleared every
+/// directory it covered at its end, the changed one too: simulator seed
+/// 54704 lost an unlink that way, with a rename storm during a resync.)
+#[test]
+fn a_directory_changed_during_its_sync_is_synced_again() {
+    let mut s = Script::new(None, true);
+    let a = Some(RelPath::new("a").unwrap_or_else(|e| panic!("{e}")));
+    s.submit(Op::Create { file: p("a/x") }, &|_| false);
+    let first = s.submit(Op::SyncDir { fs: 0 }, &is_dir_sync);
+    assert_eq!(dir_syncs_of(&s), vec![vec![(0, a.clone())]], "{}", s.e.describe());
+    // Changed while the fsync is out.
+    s.submit(Op::Create { file: p("a/y") }, &|_| false);
+    s.release(&|c| is_dir_sync(c), &|_| false);
+    assert!(s.done.get(&first).is_some_and(|r| r.is_ok()), "{}", s.e.describe());
+    // The next sync covers it again.
+    s.submit(Op::SyncDir { fs: 0 }, &is_dir_sync);
+    assert_eq!(dir_syncs_of(&s), vec![vec![(0, a)]], "the change after the fsync is owed: {}", s.e.describe());
+}
+
+/// A sync that finishes while the next caller's waits does not take the
+/// next caller's list as its own: each sync's end clears exactly what it
+/// covered, and a directory dirtied after the next one began stays owed.
+#[test]
+fn each_directory_sync_clears_what_it_covered() {
+    let mut s = Script::new(None, true);
+    let dir = |d: &str| (0u16, Some(RelPath::new(d).unwrap_or_else(|e| panic!("{e}"))));
+    s.submit(Op::Create { file: p("a/x") }, &|_| false);
+    let first = s.submit(Op::SyncDir { fs: 0 }, &is_dir_sync);
+    s.submit(Op::Create { file: p("b/y") }, &|_| false);
+    let second = s.submit(Op::SyncDir { fs: 0 }, &is_dir_sync);
+    assert_eq!(dir_syncs_of(&s).len(), 1, "the second waits for the first: {}", s.e.describe());
+    // The first ends; the second starts at once (held), covering b.
+    let first_sync =
+        |c: &Command| matches!(c, Command::Local { call, step: LocalStep::SyncDirs { .. } } if *call == first);
+    s.release(&first_sync, &is_dir_sync);
+    assert!(s.done.get(&first).is_some_and(|r| r.is_ok()));
+    assert_eq!(dir_syncs_of(&s), vec![vec![dir("b")]], "{}", s.e.describe());
+    // c is dirtied while the second's fsync is out; the second's end must not clear it.
+    s.submit(Op::Create { file: p("c/z") }, &|_| false);
+    s.release(&|c| is_dir_sync(c), &|_| false);
+    assert!(s.done.get(&second).is_some_and(|r| r.is_ok()));
+    s.submit(Op::SyncDir { fs: 0 }, &is_dir_sync);
+    assert_eq!(dir_syncs_of(&s), vec![vec![dir("c")]], "{}", s.e.describe());
+}
