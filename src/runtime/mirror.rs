@@ -121,6 +121,23 @@ enum First {
     Check(handshake::NetCheckHello),
 }
 
+impl First {
+    fn client_nonce(&self) -> [u8; 32] {
+        match self {
+            First::Stream(h) => h.client_nonce,
+            First::Check(c) => c.client_nonce,
+        }
+    }
+}
+
+/// The accepted Verdict, with the mirror's proof.
+fn accept(writer: &mut dyn ConnWriter, generation: u64, mirror_proof: [u8; 32]) -> Result<(), SessionEnd> {
+    let v = Verdict { status: Status::Accepted, generation, mirror_proof, reason: String::new() };
+    writer
+        .send_all(&[IoSlice::new(&v.encode())])
+        .map_err(|e| SessionEnd::Disconnected(format!("sending the verdict: {e}")))
+}
+
 /// How long a network check may go without a byte before it is closed.
 const NET_CHECK_IDLE: Duration = Duration::from_secs(10);
 
@@ -321,15 +338,19 @@ impl MirrorServer {
         SessionEnd::Refused(status, reason)
     }
 
-    /// The right to stream (or to check the network): one session at a time.
-    fn streaming_right(&self, writer: &mut dyn ConnWriter) -> Result<MutexGuard<'_, ()>, SessionEnd> {
-        match self.streaming.try_lock() {
+    /// A right held for a session (`right`: streaming, or checking the
+    /// network), one session at a time; Busy with `taken` if it is held.
+    fn take_right<'a>(
+        &self,
+        right: &'a Mutex<()>,
+        writer: &mut dyn ConnWriter,
+        taken: &str,
+    ) -> Result<MutexGuard<'a, ()>, SessionEnd> {
+        match right.try_lock() {
             Ok(g) => Ok(g),
             // A session that panicked left nothing half-applied worth guarding.
             Err(std::sync::TryLockError::Poisoned(p)) => Ok(p.into_inner()),
-            Err(std::sync::TryLockError::WouldBlock) => {
-                Err(self.refuse(writer, Status::Busy, "another primary is streaming to this mirror".into()))
-            }
+            Err(std::sync::TryLockError::WouldBlock) => Err(self.refuse(writer, Status::Busy, taken.into())),
         }
     }
 
@@ -341,7 +362,6 @@ impl MirrorServer {
         writer: &mut dyn ConnWriter,
         ticket: &mut Ticket,
     ) -> Result<Admitted<'_>, SessionEnd> {
-        let refuse = |writer: &mut dyn ConnWriter, status: Status, reason: String| self.refuse(writer, status, reason);
         // One deadline for the whole handshake: a peer trickling bytes
         // cannot hold a connection slot longer than this.
         let limit = self.cfg.tuning.handshake_timeout;
@@ -358,7 +378,7 @@ impl MirrorServer {
         let raw = match read_message(reader, Some(deadline)) {
             Ok(r) => r,
             Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-                return Err(refuse(writer, Status::Malformed, e.to_string()))
+                return Err(self.refuse(writer, Status::Malformed, e.to_string()))
             }
             Err(e) => return Err(disconnected(e, ticket)),
         };
@@ -370,12 +390,9 @@ impl MirrorServer {
         };
         let first = match first {
             Ok(f) => f,
-            Err(e) => return Err(refuse(writer, Status::Malformed, e.to_string())),
+            Err(e) => return Err(self.refuse(writer, Status::Malformed, e.to_string())),
         };
-        let client_nonce = match &first {
-            First::Stream(h) => h.client_nonce,
-            First::Check(c) => c.client_nonce,
-        };
+        let client_nonce = first.client_nonce();
         let mut server_nonce = [0u8; 32];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut server_nonce);
         writer
@@ -384,7 +401,7 @@ impl MirrorServer {
         let proof = read_message(reader, Some(deadline)).map_err(|e| disconnected(e, ticket))?;
         let proof = match handshake::Proof::decode(&proof) {
             Ok(p) => p,
-            Err(e) => return Err(refuse(writer, Status::Malformed, e.to_string())),
+            Err(e) => return Err(self.refuse(writer, Status::Malformed, e.to_string())),
         };
         let key: &ClusterKey = &self.cfg.key;
         let expect = match &first {
@@ -392,36 +409,26 @@ impl MirrorServer {
             First::Check(_) => key.net_check_proof(&raw, &client_nonce, &server_nonce),
         };
         if !handshake::proofs_equal(&expect, &proof.proof) {
-            return Err(refuse(writer, Status::BadKey, "the peer did not prove it holds the cluster key".into()));
+            return Err(self.refuse(writer, Status::BadKey, "the peer did not prove it holds the cluster key".into()));
         }
         // Authenticated: out of the small unauthenticated budget.
         if let Err(e) = ticket.authenticate() {
-            return Err(refuse(writer, Status::Busy, format!("no room for another session: {e}")));
+            return Err(self.refuse(writer, Status::Busy, format!("no room for another session: {e}")));
         }
         let hello = match first {
             First::Stream(hello) => hello,
             First::Check(check) => {
                 // Not the streaming right: a check may time the link beside
                 // an idle or live stream (it takes its bandwidth), one at a time.
-                let right = match self.net_checking.try_lock() {
-                    Ok(g) => g,
-                    Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
-                    Err(std::sync::TryLockError::WouldBlock) => {
-                        return Err(refuse(writer, Status::Busy, "another network check is running".into()))
-                    }
-                };
+                let right = self.take_right(&self.net_checking, writer, "another network check is running")?;
                 let mirror_proof = key.net_check_mirror_proof(&raw, &client_nonce, &server_nonce);
-                let generation = self.generation();
-                let v = Verdict { status: Status::Accepted, generation, mirror_proof, reason: String::new() };
-                writer
-                    .send_all(&[IoSlice::new(&v.encode())])
-                    .map_err(|e| SessionEnd::Disconnected(format!("sending the verdict: {e}")))?;
+                accept(writer, self.generation(), mirror_proof)?;
                 return Ok(Admitted::NetCheck(check.bytes, right));
             }
         };
         let fault = self.fault.lock().unwrap_or_else(|e| e.into_inner()).clone();
         if let Some(f) = fault {
-            return Err(refuse(
+            return Err(self.refuse(
                 writer,
                 Status::Faulted,
                 format!("this mirror faulted ({f}); its files are in doubt until a full resync"),
@@ -429,28 +436,28 @@ impl MirrorServer {
         }
         let cfg = &self.cfg;
         if hello.start_seq == 0 || hello.start_seq > MAX_START_SEQ {
-            return Err(refuse(
+            return Err(self.refuse(
                 writer,
                 Status::Malformed,
                 format!("start sequence {} is out of range", hello.start_seq),
             ));
         }
         if hello.cluster_id != cfg.cluster_id {
-            return Err(refuse(
+            return Err(self.refuse(
                 writer,
                 Status::WrongCluster,
                 format!("cluster id {:#x} is not this mirror's cluster {:#x}", hello.cluster_id, cfg.cluster_id),
             ));
         }
         if hello.content_id != cfg.content_id {
-            return Err(refuse(
+            return Err(self.refuse(
                 writer,
                 Status::WrongContent,
                 format!("content {} is not this mirror's content {}", hello.content_id, cfg.content_id),
             ));
         }
         if hello.block_size != cfg.block_size {
-            return Err(refuse(
+            return Err(self.refuse(
                 writer,
                 Status::WrongBlockSize,
                 format!("block size {} differs from this mirror's {}", hello.block_size, cfg.block_size),
@@ -458,7 +465,7 @@ impl MirrorServer {
         }
         let names: Vec<&str> = cfg.filespaces.iter().map(|f| f.name.as_str()).collect();
         if hello.filespaces.iter().map(String::as_str).ne(names.iter().copied()) {
-            return Err(refuse(
+            return Err(self.refuse(
                 writer,
                 Status::FilespaceMismatch,
                 format!("filespaces {:?} differ from this mirror's {:?}", hello.filespaces, names),
@@ -466,7 +473,7 @@ impl MirrorServer {
         }
         let current = self.generation();
         if hello.generation < current {
-            return Err(refuse(
+            return Err(self.refuse(
                 writer,
                 Status::StaleGeneration,
                 format!(
@@ -475,13 +482,13 @@ impl MirrorServer {
                 ),
             ));
         }
-        let streaming = self.streaming_right(writer)?;
+        let streaming = self.take_right(&self.streaming, writer, "another primary is streaming to this mirror")?;
         if hello.generation > current {
             self.generation.store(hello.generation, Ordering::SeqCst);
             // Recorded before the stream is accepted: a restart cannot forget it.
             if let Err(e) = self.persist() {
                 self.generation.store(current, Ordering::SeqCst);
-                return Err(refuse(
+                return Err(self.refuse(
                     writer,
                     Status::Faulted,
                     format!("cannot record generation {}: {e}", hello.generation),
@@ -489,10 +496,7 @@ impl MirrorServer {
             }
         }
         let mirror_proof = key.mirror_proof(&raw, &hello.client_nonce, &server_nonce);
-        let v = Verdict { status: Status::Accepted, generation: hello.generation, mirror_proof, reason: String::new() };
-        writer
-            .send_all(&[IoSlice::new(&v.encode())])
-            .map_err(|e| SessionEnd::Disconnected(format!("sending the verdict: {e}")))?;
+        accept(writer, hello.generation, mirror_proof)?;
         Ok(Admitted::Stream(hello, streaming))
     }
 

@@ -6,8 +6,8 @@
 use super::mirror::SessionEnd;
 use crate::error::{Error, Result};
 use crate::io::net::{is_timeout, ConnReader, ConnWriter};
-use crate::protocol::handshake::{self, ClusterKey, NetCheckHello, NetCheckResult, Status, MAX_NET_CHECK_BYTES};
-use crate::runtime::primary::read_message;
+use crate::protocol::handshake::{ClusterKey, NetCheckHello, NetCheckResult, MAX_NET_CHECK_BYTES};
+use crate::runtime::primary::{prove_to_mirror, read_message};
 use std::io::IoSlice;
 use std::time::{Duration, Instant};
 
@@ -53,30 +53,11 @@ pub fn run(
     let mut client_nonce = [0u8; 32];
     rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut client_nonce);
     let hello = NetCheckHello { client_nonce, bytes }.encode();
-    writer.send_all(&[IoSlice::new(&hello)]).map_err(|e| io_err("sending the hello", e))?;
-    let deadline = Some(Instant::now() + timeout);
-    let first = read_message(reader, deadline).map_err(|e| io_err("reading the challenge", e))?;
-    if first.len() != handshake::CHALLENGE_LEN {
-        let v = handshake::Verdict::decode(&first).map_err(hs_err)?;
-        return Err(Error::Refused { peer: peer.to_string(), status: v.status, reason: v.reason });
-    }
-    let challenge = handshake::Challenge::decode(&first).map_err(hs_err)?;
-    let body = handshake::payload(&hello);
-    let proof = key.net_check_proof(body, &client_nonce, &challenge.server_nonce);
-    writer
-        .send_all(&[IoSlice::new(&handshake::Proof { proof }.encode())])
-        .map_err(|e| io_err("sending the proof", e))?;
-    let verdict = read_message(reader, deadline).map_err(|e| io_err("reading the verdict", e))?;
-    let verdict = handshake::Verdict::decode(&verdict).map_err(hs_err)?;
-    if verdict.status != Status::Accepted {
-        return Err(Error::Refused { peer: peer.to_string(), status: verdict.status, reason: verdict.reason });
-    }
-    let expect = key.net_check_mirror_proof(body, &client_nonce, &challenge.server_nonce);
-    if !handshake::proofs_equal(&expect, &verdict.mirror_proof) {
-        return Err(hs_err(handshake::HandshakeError::Malformed(
-            "the mirror did not prove it holds the cluster key".into(),
-        )));
-    }
+    let proofs = (
+        |h: &[u8], cn: &[u8; 32], sn: &[u8; 32]| key.net_check_proof(h, cn, sn),
+        |h: &[u8], cn: &[u8; 32], sn: &[u8; 32]| key.net_check_mirror_proof(h, cn, sn),
+    );
+    prove_to_mirror(reader, writer, &hello, &client_nonce, proofs, peer, timeout)?;
     // Incompressible bytes, in case a link compresses.
     let mut chunk = vec![0u8; CHUNK];
     rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut chunk);

@@ -243,11 +243,9 @@ pub struct Engine {
     /// Why an orderly shutdown failed, while its window is recorded.
     shutdown_error: Option<String>,
     retiring: Retiring,
-    /// Directories whose entries changed since they were last synced here.
+    /// Directories whose entries changed since they were last synced here,
+    /// and what the directory sync out now covers.
     dirty_dirs: sync::DirtyDirs,
-    /// Those the directory sync out now covers (one at a time), with the
-    /// number of the change each was dirty with.
-    dirs_syncing: Vec<(sync::Dir, u64)>,
     resync: ResyncState,
     replies: Replies,
     figures: Figures,
@@ -291,7 +289,6 @@ impl Engine {
             shutdown_error: None,
             retiring: Retiring::Idle,
             dirty_dirs: sync::DirtyDirs::default(),
-            dirs_syncing: Vec::new(),
             resync: ResyncState::default(),
             replies: Replies::default(),
             figures: Figures {

@@ -143,28 +143,29 @@ impl Engine {
     }
 
     pub(super) fn resync_local_done(&mut self, id: CallId, st: u8, op: Op, result: Result<(), String>) {
+        if st == rstep::SYNC_DIRS {
+            self.dirty_dirs.end(result.is_ok());
+        }
         if let Err(e) = result {
             let f = self.fault(format!("local sync before a resync checkpoint failed: {e}"));
             return self.fail(id, f);
         }
         match st {
             rstep::SYNC_FILES => {
-                let dirty = self.dirty_dirs.snapshot();
-                let mut dirs: BTreeSet<(u16, Option<RelPath>)> = dirty.iter().map(|(d, _)| d.clone()).collect();
                 // A path cleared must exist here durably as it does on the
                 // mirror: this host may have it only from its mirror days,
                 // never synced since (a directory the resync walked).
-                if let Op::Resync { step: ResyncStep::Checkpoint { paths, .. }, .. } = &op {
-                    dirs.extend(paths.iter().map(|p| (p.filespace, p.path.parent())));
-                }
-                let dirs: Vec<(u16, Option<RelPath>)> = dirs.into_iter().collect();
-                self.dirs_syncing = dirty;
+                let cleared = match &op {
+                    Op::Resync { step: ResyncStep::Checkpoint { paths, .. }, .. } => {
+                        paths.iter().map(|p| (p.filespace, p.path.parent())).collect()
+                    }
+                    _ => Vec::new(),
+                };
+                let dirs = self.dirty_dirs.begin(cleared);
                 self.set_step(id, rstep::SYNC_DIRS);
                 self.emit(Command::Local { call: id, step: LocalStep::SyncDirs { dirs } });
             }
             rstep::SYNC_DIRS => {
-                let synced = std::mem::take(&mut self.dirs_syncing);
-                self.dirty_dirs.synced(&synced);
                 self.release_claims(id);
                 self.resync_synced_here(id)
             }

@@ -120,26 +120,21 @@ impl Engine {
             self.release_target(id, &Target::DirSync);
             return self.synced_here(id);
         }
-        self.dirs_syncing = self.dirty_dirs.snapshot();
-        let dirs = self.dirs_syncing.iter().map(|(d, _)| d.clone()).collect();
+        let dirs = self.dirty_dirs.begin([]);
         self.set_step(id, step::SYNC_DIRS);
         self.emit(Command::Local { call: id, step: LocalStep::SyncDirs { dirs } });
     }
 
     pub(super) fn sync_dirs_done(&mut self, id: CallId, result: Result<(), String>) {
         // Settled before the claim goes: releasing it may start the next
-        // caller's sync at once, which records what it covers in the same
-        // place and should not cover again what this one made durable.
-        let synced = std::mem::take(&mut self.dirs_syncing);
+        // caller's sync at once, which should not cover again what this one
+        // made durable.
+        self.dirty_dirs.end(result.is_ok());
+        self.release_target(id, &Target::DirSync);
         if let Err(e) = result {
-            self.release_target(id, &Target::DirSync);
             let f = self.fault(format!("local fsync of a changed directory failed: {e}; its entries are not durable"));
             return self.fail(id, f);
         }
-        // Every directory dirty when the sync began is durable now; one
-        // dirtied since stays (its change may have come after the fsync).
-        self.dirty_dirs.synced(&synced);
-        self.release_target(id, &Target::DirSync);
         self.synced_here(id)
     }
 
@@ -274,13 +269,16 @@ impl Engine {
 pub(super) type Dir = (u16, Option<RelPath>);
 
 /// Directories whose entries changed since they were last synced here,
-/// each with the number of its latest change. A sync clears only the
-/// directories not changed again since it began: a change made while the
-/// fsync ran (on another thread) may have come after it, and stays owed.
+/// each with the number of its latest change, and what the directory sync
+/// out now (one at a time: the `DirSync` claim) covers. A sync clears only
+/// the directories not changed again since it began: a change made while
+/// the fsync ran (on another thread) may have come after it, and stays owed.
 #[derive(Debug, Default)]
 pub(super) struct DirtyDirs {
     dirs: BTreeMap<Dir, u64>,
     changes: u64,
+    /// The sync out now: each directory with its number when it began.
+    syncing: Vec<(Dir, u64)>,
 }
 
 impl DirtyDirs {
@@ -298,33 +296,39 @@ impl DirtyDirs {
         self.dirs.len()
     }
 
-    /// What a sync beginning now covers.
-    pub(super) fn snapshot(&self) -> Vec<(Dir, u64)> {
-        self.dirs.iter().map(|(d, n)| (d.clone(), *n)).collect()
+    /// A sync begins: the directories to fsync, every dirty one and
+    /// `extra`, in order.
+    pub(super) fn begin(&mut self, extra: impl IntoIterator<Item = Dir>) -> Vec<Dir> {
+        self.syncing = self.dirs.iter().map(|(d, n)| (d.clone(), *n)).collect();
+        let mut dirs: BTreeSet<Dir> = self.syncing.iter().map(|(d, _)| d.clone()).collect();
+        dirs.extend(extra);
+        dirs.into_iter().collect()
     }
 
-    /// The sync of `covered` is done: each directory is clean unless it
-    /// changed since (or moved: it is owed under its new name).
-    pub(super) fn synced(&mut self, covered: &[(Dir, u64)]) {
-        for (d, n) in covered {
-            if self.dirs.get(d) == Some(n) {
-                self.dirs.remove(d);
+    /// The sync that began is over; if it succeeded, each directory it
+    /// covered is clean unless it changed (or moved) since.
+    pub(super) fn end(&mut self, ok: bool) {
+        for (d, n) in std::mem::take(&mut self.syncing) {
+            if ok && self.dirs.get(&d) == Some(&n) {
+                self.dirs.remove(&d);
             }
         }
     }
 
-    /// Directories under a renamed one are dirty under its new name.
+    /// Directories under a renamed one are dirty under its new name, as a
+    /// new change: a sync that began before the move covered the old name,
+    /// which it may not have found.
     pub(super) fn rebase(&mut self, from: &FsPath, to: &FsPath) {
-        let moved: Vec<(Dir, u64)> = self
+        let moved: Vec<Dir> = self
             .dirs
-            .iter()
-            .filter(|((fs, d), _)| *fs == from.filespace && d.as_ref().is_some_and(|d| d.is_within(&from.path)))
-            .map(|(d, n)| (d.clone(), *n))
+            .keys()
+            .filter(|(fs, d)| *fs == from.filespace && d.as_ref().is_some_and(|d| d.is_within(&from.path)))
+            .cloned()
             .collect();
-        for ((fs, d), n) in moved {
+        for (fs, d) in moved {
             self.dirs.remove(&(fs, d.clone()));
             if let Some(nd) = d.and_then(|d| d.rebase(&from.path, &to.path)) {
-                self.dirs.insert((fs, Some(nd)), n);
+                self.mark((fs, Some(nd)));
             }
         }
     }

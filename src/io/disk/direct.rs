@@ -46,7 +46,8 @@ pub fn aligned(offset: u64, len: usize) -> bool {
     len > 0 && offset % DIRECT_ALIGN as u64 == 0 && len % DIRECT_ALIGN == 0
 }
 
-fn is_aligned_ptr(buf: &[u8]) -> bool {
+/// Whether `buf` starts on a [`DIRECT_ALIGN`] boundary (usable as it is).
+pub fn is_aligned_ptr(buf: &[u8]) -> bool {
     (buf.as_ptr() as usize) % DIRECT_ALIGN == 0
 }
 

@@ -266,7 +266,7 @@ pub fn check_largest_file(roots: &[std::path::PathBuf]) -> DiskResult<()> {
 /// A file in `dir` with no name (O_TMPFILE): nothing is left behind, even
 /// after a crash. A file system without O_TMPFILE gets a named file,
 /// removed at once.
-fn unnamed_file_in(dir: &std::path::Path) -> std::io::Result<std::fs::File> {
+pub(crate) fn unnamed_file_in(dir: &std::path::Path) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
     let open = |path: &std::path::Path, flags| {
         std::fs::OpenOptions::new().read(true).write(true).mode(0o600).custom_flags(flags).open(path)
@@ -291,13 +291,14 @@ pub fn open_local(roots: &[std::path::PathBuf], prefer_uring: bool) -> DiskResul
 /// [`open_local`], with aligned block writes made with O_DIRECT if `direct`
 /// (refused, naming the root, where the file system cannot).
 pub fn open_local_with(roots: &[std::path::PathBuf], prefer_uring: bool, direct: bool) -> DiskResult<Arc<dyn Disk>> {
+    let std = StdDisk::open(roots)?.with_direct(direct)?;
     if prefer_uring {
-        match UringDisk::over(StdDisk::open(roots)?.with_direct(direct)?) {
-            Ok(d) => return Ok(Arc::new(d)),
+        match uring::probe() {
+            Ok(()) => return Ok(Arc::new(UringDisk::over(std)?)),
             Err(e) => tracing::warn!(error = %e, "io_uring unavailable; using the std backend"),
         }
     }
-    Ok(Arc::new(StdDisk::open(roots)?.with_direct(direct)?))
+    Ok(Arc::new(std))
 }
 
 #[cfg(test)]

@@ -40,7 +40,7 @@ fn beneath() -> ResolveFlag {
 /// a non-zero mode otherwise).
 fn open_beneath(dirfd: RawFd, rel: &str, flags: OFlag, mode: Mode) -> nix::Result<OwnedFd> {
     let mut how = OpenHow::new().flags(flags | OFlag::O_CLOEXEC).resolve(beneath());
-    if flags.contains(OFlag::O_CREAT) && !flags.contains(OFlag::O_TMPFILE) {
+    if flags.contains(OFlag::O_CREAT) {
         how = how.mode(mode);
     }
     let fd = openat2(dirfd, rel, how)?;
@@ -127,23 +127,18 @@ impl StdDisk {
     /// naming it, rather than at the first write.
     pub fn with_direct(mut self, direct: bool) -> DiskResult<StdDisk> {
         if direct {
-            for (root, shown) in self.roots.iter().zip(&self.root_paths) {
-                // An unnamed file in the root (O_TMPFILE: nothing to clean up)
-                // opened with O_DIRECT; a file system without O_TMPFILE
-                // cannot be probed this way and is tried at each open instead.
-                let flags = OFlag::O_TMPFILE | OFlag::O_RDWR | OFlag::O_DIRECT | OFlag::O_CLOEXEC;
-                match open_beneath(root.as_raw_fd(), ".", flags, Mode::empty()) {
-                    Ok(fd) => drop(fd),
-                    Err(Errno::EOPNOTSUPP | Errno::EISDIR) => {}
-                    Err(e) => {
-                        return Err(DiskError::new(
-                            "open_root",
-                            shown.display(),
-                            DiskErrorKind::Io,
-                            format!("O_DIRECT is not possible on this file system ({e}); run without direct I/O"),
-                        ))
-                    }
-                }
+            for shown in &self.root_paths {
+                // An unnamed file in the root, reopened with O_DIRECT.
+                let probe =
+                    super::unnamed_file_in(shown).map_err(|e| DiskError::from_io("open_root", shown.display(), &e))?;
+                super::direct::reopen_direct(&probe).map_err(|e| {
+                    DiskError::new(
+                        "open_root",
+                        shown.display(),
+                        DiskErrorKind::Io,
+                        format!("O_DIRECT is not possible on this file system ({e}); run without direct I/O"),
+                    )
+                })?;
             }
         }
         self.direct = direct;

@@ -25,7 +25,7 @@
 use super::direct::DIRECT_ALIGN;
 use super::std_backend::StdDisk;
 use super::{BatchWrite, Disk, DiskError, DiskErrorKind, DiskFile, DiskResult, FsPath, OpenMode};
-use io_uring::{opcode, types, IoUring, Probe};
+use io_uring::{opcode, squeue, types, IoUring, Probe};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io;
@@ -137,9 +137,14 @@ impl UringDisk {
 
     /// The io_uring backend over an opened std disk (direct or not).
     pub fn over(std: StdDisk) -> DiskResult<UringDisk> {
-        probe_io_uring().map_err(|e| DiskError::new("io_uring_probe", "", DiskErrorKind::Io, e))?;
-        Ok(UringDisk { std })
+        probe().map(|()| UringDisk { std })
     }
+}
+
+/// Whether io_uring works here and supports the operations we use
+/// ([`DiskErrorKind::Io`] if not: the caller falls back to std).
+pub fn probe() -> DiskResult<()> {
+    probe_io_uring().map_err(|e| DiskError::new("io_uring_probe", "", DiskErrorKind::Io, e))
 }
 
 fn probe_io_uring() -> io::Result<()> {
@@ -222,7 +227,7 @@ impl Disk for UringDisk {
     /// a `pwrite` loop.
     fn write_batch(&self, writes: &[BatchWrite<'_>]) -> Vec<DiskResult<()>> {
         if !self.std.direct() {
-            return writes.iter().map(|w| w.file.write_at(w.offset, w.data)).collect();
+            return self.std.write_batch(writes);
         }
         let mut results: Vec<Option<DiskResult<()>>> = writes.iter().map(|_| None).collect();
         let mut round: Vec<usize> = Vec::with_capacity(BATCH_RING_ENTRIES as usize);
@@ -230,6 +235,11 @@ impl Disk for UringDisk {
         let mut keys: HashMap<RawFd, FileKey> = HashMap::new();
         let mut bytes = 0usize;
         for (i, w) in writes.iter().enumerate() {
+            let end = w.offset.saturating_add(w.data.len() as u64);
+            let mut overlaps = |fd: RawFd| {
+                let key = file_key(fd, &mut keys);
+                (key, ranges.get(&key).is_some_and(|rs| rs.iter().any(|&(s, e)| w.offset < e && s < end)))
+            };
             let fd = match w.file.direct_fd() {
                 Some(fd)
                     if super::direct::aligned(w.offset, w.data.len())
@@ -238,20 +248,20 @@ impl Disk for UringDisk {
                 {
                     fd
                 }
-                // Not for the ring: the round so far goes first (it may
-                // overlap), then this write on its own.
+                // Not for the ring: on its own, after the round so far if
+                // it overlaps a write there (the same inode, by either descriptor).
                 _ => {
-                    direct_round(writes, &round, &mut results);
-                    round.clear();
-                    ranges.clear();
-                    bytes = 0;
+                    if w.file.raw_fd().is_none_or(|fd| overlaps(fd).1) {
+                        direct_round(writes, &round, &mut results);
+                        round.clear();
+                        ranges.clear();
+                        bytes = 0;
+                    }
                     results[i] = Some(w.file.write_at(w.offset, w.data));
                     continue;
                 }
             };
-            let key = file_key(fd, &mut keys);
-            let end = w.offset.saturating_add(w.data.len() as u64);
-            let overlaps = ranges.get(&key).is_some_and(|rs| rs.iter().any(|&(s, e)| w.offset < e && s < end));
+            let (key, overlaps) = overlaps(fd);
             if overlaps || round.len() == BATCH_RING_ENTRIES as usize || bytes + w.data.len() > MAX_ROUND_BYTES {
                 direct_round(writes, &round, &mut results);
                 round.clear();
@@ -310,6 +320,40 @@ fn retryable(errno: i32) -> bool {
 /// a larger single write goes by the file's own `write_at`.
 const MAX_ROUND_BYTES: usize = 16 << 20;
 
+/// Push `entries` (at most [`BATCH_RING_ENTRIES`]) onto this thread's batch
+/// ring together and wait for every one: their results by user data. One
+/// that is absent was never submitted (no ring, or it broke): the caller
+/// does it without the ring.
+///
+/// # Safety
+///
+/// Every buffer and descriptor an entry refers to must stay valid until
+/// this returns. It returns only when none of the pushed entries is in the
+/// kernel: submit_and_drain waits for them all, or fails only when none is
+/// left there, and the ring is then dropped with the rest unsubmitted.
+unsafe fn run_round(entries: impl Iterator<Item = squeue::Entry>) -> HashMap<usize, i32> {
+    let mut cqe_res = HashMap::new();
+    let Some(mut ring) = take_ring(&BATCH_RING, BATCH_RING_ENTRIES) else { return cqe_res };
+    let mut pushed = 0usize;
+    for entry in entries {
+        // SAFETY: the caller keeps what the entry refers to valid until we return.
+        if unsafe { ring.submission().push(&entry) }.is_err() {
+            break; // Cannot happen (a round fits the ring, which is idle); the rest go without it.
+        }
+        pushed += 1;
+    }
+    match submit_and_drain(&mut ring, pushed, |ud, res| {
+        cqe_res.insert(ud as usize, res);
+    }) {
+        Ok(()) => put_ring(&BATCH_RING, ring),
+        Err(e) => {
+            tracing::debug!(error = %e, "io_uring batch submission failed; finishing without the ring");
+            drop(ring);
+        }
+    }
+    cqe_res
+}
+
 /// Identifies the file behind a descriptor, so two handles on one file count
 /// as the same file when ordering a batch.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -333,52 +377,39 @@ fn direct_round(writes: &[BatchWrite<'_>], round: &[usize], results: &mut [Optio
     if round.is_empty() {
         return;
     }
-    let mut cqe_res: HashMap<usize, i32> = HashMap::with_capacity(round.len());
     let total: usize = round.iter().map(|&i| writes[i].data.len()).sum();
-    let ring = take_ring(&BATCH_RING, BATCH_RING_ENTRIES);
-    if let Some(mut ring) = ring {
-        ARENA.with(|cell| {
-            let mut arena = cell.borrow_mut();
-            if arena.len() < total + DIRECT_ALIGN {
-                arena.resize(total + DIRECT_ALIGN, 0);
+    let cqe_res = ARENA.with(|cell| {
+        let mut arena = cell.borrow_mut();
+        if arena.len() < total + DIRECT_ALIGN {
+            arena.resize(total + DIRECT_ALIGN, 0);
+        }
+        // Every length is a multiple of DIRECT_ALIGN, so each copy starts aligned.
+        let mut at = arena.as_ptr().align_offset(DIRECT_ALIGN);
+        // Where each block goes from: the caller's buffer when it is
+        // aligned already, else a copy in the arena.
+        let mut copies = Vec::with_capacity(round.len());
+        for &i in round {
+            let w = &writes[i];
+            let Some(fd) = w.file.direct_fd() else { continue };
+            if super::direct::is_aligned_ptr(w.data) {
+                copies.push((i, fd, None));
+                continue;
             }
-            let base = arena.as_ptr().align_offset(DIRECT_ALIGN);
-            // Every length is a multiple of DIRECT_ALIGN, so each copy starts aligned.
-            let mut at = base;
-            let mut pushed = 0usize;
-            for &i in round {
-                let w = &writes[i];
-                let Some(fd) = w.file.direct_fd() else { continue };
-                arena[at..at + w.data.len()].copy_from_slice(w.data);
-                let ptr = arena[at..].as_ptr();
-                at += w.data.len();
-                let entry = opcode::Write::new(types::Fd(fd), ptr, w.data.len() as u32)
-                    .offset(w.offset)
-                    .build()
-                    .user_data(i as u64);
-                // SAFETY: the entry points into `arena`, borrowed (and neither
-                // resized nor dropped) until this closure returns, and into
-                // nothing else; `fd` belongs to a file borrowed from `writes`,
-                // open until we return. We return only after every pushed
-                // entry completed: submit_and_drain waits for all of them, and
-                // fails only when none is left in the kernel, in which case
-                // the ring is dropped with the rest unsubmitted.
-                if unsafe { ring.submission().push(&entry) }.is_err() {
-                    break; // Cannot happen (round ≤ ring size, ring idle); the rest go one by one.
-                }
-                pushed += 1;
-            }
-            match submit_and_drain(&mut ring, pushed, |ud, res| {
-                cqe_res.insert(ud as usize, res);
-            }) {
-                Ok(()) => put_ring(&BATCH_RING, ring),
-                Err(e) => {
-                    tracing::debug!(error = %e, "io_uring batch submission failed; finishing with single writes");
-                    drop(ring);
-                }
-            }
+            arena[at..at + w.data.len()].copy_from_slice(w.data);
+            copies.push((i, fd, Some(at)));
+            at += w.data.len();
+        }
+        let entries = copies.into_iter().map(|(i, fd, at)| {
+            let w = &writes[i];
+            let from = at.map_or(w.data.as_ptr(), |at| arena[at..].as_ptr());
+            opcode::Write::new(types::Fd(fd), from, w.data.len() as u32).offset(w.offset).build().user_data(i as u64)
         });
-    }
+        // SAFETY: each entry points into `arena`, borrowed (neither resized
+        // nor dropped) until this closure returns, or into a buffer borrowed
+        // from `writes`, and its descriptor belongs to a file borrowed from
+        // `writes`; run_round returns only when no entry is left in the kernel.
+        unsafe { run_round(entries) }
+    });
     for &i in round {
         let w = &writes[i];
         results[i] = Some(match cqe_res.get(&i).copied() {
@@ -405,31 +436,13 @@ fn sync_round(files: &[&dyn DiskFile], round: &[(usize, RawFd)], results: &mut [
     if round.is_empty() {
         return;
     }
-    let mut cqe_res: HashMap<usize, i32> = HashMap::with_capacity(round.len());
-    if let Some(mut ring) = take_ring(&BATCH_RING, BATCH_RING_ENTRIES) {
-        let mut pushed = 0usize;
-        for &(i, fd) in round {
-            let entry =
-                opcode::Fsync::new(types::Fd(fd)).flags(types::FsyncFlags::DATASYNC).build().user_data(i as u64);
-            // SAFETY: an fsync entry points to no buffer; the descriptors
-            // belong to files borrowed in `files`, which stay open until we
-            // return, and we return only after every pushed entry completed
-            // (or, if submission failed, was dropped unsubmitted with the ring).
-            if unsafe { ring.submission().push(&entry) }.is_err() {
-                break;
-            }
-            pushed += 1;
-        }
-        match submit_and_drain(&mut ring, pushed, |ud, res| {
-            cqe_res.insert(ud as usize, res);
-        }) {
-            Ok(()) => put_ring(&BATCH_RING, ring),
-            Err(e) => {
-                tracing::debug!(error = %e, "io_uring batch submission failed; finishing with single syncs");
-                drop(ring);
-            }
-        }
-    }
+    let entries = round.iter().map(|&(i, fd)| {
+        opcode::Fsync::new(types::Fd(fd)).flags(types::FsyncFlags::DATASYNC).build().user_data(i as u64)
+    });
+    // SAFETY: an fsync entry points to no buffer; the descriptors belong to
+    // files borrowed in `files`, open until we return, and run_round returns
+    // only when no entry is left in the kernel.
+    let cqe_res = unsafe { run_round(entries) };
     for &(i, fd) in round {
         results[i] = Some(match cqe_res.get(&i).copied() {
             Some(res) if res >= 0 => Ok(()),

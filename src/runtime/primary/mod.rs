@@ -519,19 +519,6 @@ pub fn client_handshake(
     writer: &mut dyn ConnWriter,
     peer: &str,
 ) -> Result<()> {
-    let hs_err = |source| Error::Handshake { peer: peer.to_string(), source };
-    let limit = cfg.tuning.handshake_timeout;
-    let io_err = |e: std::io::Error| match crate::io::net::is_timeout(&e) {
-        true => Error::io(
-            format!("handshake with {peer}"),
-            std::io::Error::new(
-                e.kind(),
-                format!("no answer within the handshake deadline ({} ms)", limit.as_millis()),
-            ),
-        ),
-        false => Error::io(format!("handshake with {peer}"), e),
-    };
-    let deadline = Some(Instant::now() + limit);
     let mut client_nonce = [0u8; 32];
     rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut client_nonce);
     let hello = Hello {
@@ -543,25 +530,62 @@ pub fn client_handshake(
         client_nonce,
         filespaces: cfg.filespaces.iter().map(|f| f.name.clone()).collect(),
     };
-    let hello_bytes = hello.encode();
-    writer.send_all(&[IoSlice::new(&hello_bytes)]).map_err(io_err)?;
+    let key = &cfg.key;
+    let proofs = (
+        |h: &[u8], cn: &[u8; 32], sn: &[u8; 32]| key.primary_proof(h, cn, sn),
+        |h: &[u8], cn: &[u8; 32], sn: &[u8; 32]| key.mirror_proof(h, cn, sn),
+    );
+    prove_to_mirror(reader, writer, &hello.encode(), &client_nonce, proofs, peer, cfg.tuning.handshake_timeout)
+}
+
+/// The primary's side of the key proofs, after its first message (a Hello
+/// or a network check's, encoded as sent): send it, read the Challenge (or
+/// the Verdict of a mirror that refuses it at once), send the proof
+/// `proofs.0(first, client nonce, server nonce)`, read the Verdict and
+/// check the mirror's proof against `proofs.1`. `limit` bounds the whole.
+pub(crate) fn prove_to_mirror<P, M>(
+    reader: &mut dyn ConnReader,
+    writer: &mut dyn ConnWriter,
+    first: &[u8],
+    client_nonce: &[u8; 32],
+    proofs: (P, M),
+    peer: &str,
+    limit: Duration,
+) -> Result<()>
+where
+    P: Fn(&[u8], &[u8; 32], &[u8; 32]) -> [u8; 32],
+    M: Fn(&[u8], &[u8; 32], &[u8; 32]) -> [u8; 32],
+{
+    let hs_err = |source| Error::Handshake { peer: peer.to_string(), source };
+    let io_err = |e: std::io::Error| match crate::io::net::is_timeout(&e) {
+        true => Error::io(
+            format!("handshake with {peer}"),
+            std::io::Error::new(
+                e.kind(),
+                format!("no answer within the handshake deadline ({} ms)", limit.as_millis()),
+            ),
+        ),
+        false => Error::io(format!("handshake with {peer}"), e),
+    };
+    let deadline = Some(Instant::now() + limit);
+    writer.send_all(&[IoSlice::new(first)]).map_err(io_err)?;
     let challenge = read_message(reader, deadline).map_err(io_err)?;
-    // A mirror that refuses the Hello answers with a Verdict at once; the
-    // two are told apart by their length (docs/protocol.md § 2.3).
+    // A mirror that refuses the first message answers with a Verdict at
+    // once; the two are told apart by their length (docs/protocol.md § 2.3).
     if challenge.len() != handshake::CHALLENGE_LEN {
         let verdict = handshake::Verdict::decode(&challenge).map_err(hs_err)?;
         return Err(Error::Refused { peer: peer.to_string(), status: verdict.status, reason: verdict.reason });
     }
     let challenge = handshake::Challenge::decode(&challenge).map_err(hs_err)?;
-    let proof = cfg.key.primary_proof(handshake::payload(&hello_bytes), &client_nonce, &challenge.server_nonce);
+    let body = handshake::payload(first);
+    let proof = (proofs.0)(body, client_nonce, &challenge.server_nonce);
     writer.send_all(&[IoSlice::new(&handshake::Proof { proof }.encode())]).map_err(io_err)?;
     let verdict = read_message(reader, deadline).map_err(io_err)?;
     let verdict = handshake::Verdict::decode(&verdict).map_err(hs_err)?;
     if verdict.status != Status::Accepted {
         return Err(Error::Refused { peer: peer.to_string(), status: verdict.status, reason: verdict.reason });
     }
-    let expect = cfg.key.mirror_proof(handshake::payload(&hello_bytes), &client_nonce, &challenge.server_nonce);
-    if !handshake::proofs_equal(&expect, &verdict.mirror_proof) {
+    if !handshake::proofs_equal(&(proofs.1)(body, client_nonce, &challenge.server_nonce), &verdict.mirror_proof) {
         return Err(hs_err(handshake::HandshakeError::Malformed(
             "the mirror did not prove it holds the cluster key".into(),
         )));
