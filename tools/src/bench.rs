@@ -357,7 +357,8 @@ fn run_sides(cfg: &BenchConfig, blocks: &[Vec<u8>]) -> Result<BenchReport> {
     let rep = cfg.dir.join("replicated");
     let tracking = if cfg.activity_log { Some(tracking_in(&cfg.dir.join("replicated-state"), bs)?) } else { None };
     let (mirror, primary) = start_pair(cfg, &rep, tracking)?;
-    let mirror_pid = mirror.as_ref().map(|m| m.pid);
+    // A remote mirror's CPU is the other host's: only this process is counted.
+    let pids: Vec<u32> = std::iter::once(std::process::id()).chain(mirror.as_ref().map(|m| m.pid)).collect();
     for w in 0..cfg.writers {
         primary.create(0, name(w).path.as_str())?;
     }
@@ -380,8 +381,6 @@ fn run_sides(cfg: &BenchConfig, blocks: &[Vec<u8>]) -> Result<BenchReport> {
     // working set, so both sides allocate and overwrite alike.
     let base_offset = std::sync::atomic::AtomicU64::new(0);
     let rep_offset = std::sync::atomic::AtomicU64::new(0);
-    // A remote mirror's CPU is the other host's: only this process is counted.
-    let pids: Vec<u32> = std::iter::once(std::process::id()).chain(mirror.as_ref().map(|m| m.pid)).collect();
     let mut net = (0u64, 0f64);
     let (mut base_cpu, mut rep_cpu) = (CpuTicks::default(), CpuTicks::default());
     for _round in 0..cfg.rounds {
@@ -501,7 +500,7 @@ fn run_sides(cfg: &BenchConfig, blocks: &[Vec<u8>]) -> Result<BenchReport> {
         baseline_copies: if cfg.single_copy() { 1 } else { 2 },
         pinned_ratio: cfg.pin.then_some(rep_mb / base_mb.max(1e-9)),
         replicated_primary_cpu_us_per_block: rep_process_us(0),
-        replicated_mirror_cpu_us_per_block: mirror_pid.map(|_| rep_process_us(1)),
+        replicated_mirror_cpu_us_per_block: (pids.len() > 1).then(|| rep_process_us(1)),
         mirror: cfg.remote.as_ref().map(|r| r.addr.clone()),
         network_mb_s: cfg.remote.as_ref().map(|_| net_mb_s),
         remote_ratio: cfg.remote.as_ref().map(|_| rep_mb / base_mb.min(net_mb_s).max(1e-9)),
@@ -565,40 +564,61 @@ fn net_check(remote: &RemoteMirror, bytes: u64) -> Result<filerep::runtime::netc
     check
 }
 
-/// A real mirror daemon and a primary connected to it, under `dir`
-/// (`primary/`, `mirror/`, a fresh cluster key); with `cfg.remote`, a
-/// primary connected to the mirror on the other host (no daemon here).
-fn start_pair(
+/// The primary's configuration for a bench pair: filespace `name` at `root`.
+fn bench_primary(
     cfg: &BenchConfig,
-    dir: &Path,
+    root: PathBuf,
+    cluster_id: u64,
+    name: &str,
+    key: ClusterKey,
     change_tracking: Option<filerep::runtime::primary::ChangeTracking>,
-) -> Result<(Option<MirrorProcess>, Primary)> {
-    let (rp, rm) = (dir.join("primary"), dir.join("mirror"));
-    fresh_dir(&rp)?;
-    let identity = |cluster_id| PairIdentity { cluster_id, content_id: 0, block_size: cfg.block_size, generation: 1 };
-    let primary_config = |identity, name: &str, key| PrimaryConfig {
-        identity,
-        filespaces: vec![Filespace { name: name.into(), root: rp.clone() }],
+) -> PrimaryConfig {
+    PrimaryConfig {
+        identity: PairIdentity { cluster_id, content_id: 0, block_size: cfg.block_size, generation: 1 },
+        filespaces: vec![Filespace { name: name.into(), root }],
         key,
         sync_level: cfg.sync_level,
         tuning: StreamTuning::default(),
         prefer_uring: cfg.prefer_uring,
         direct: cfg.direct,
-        change_tracking: change_tracking.clone(),
-    };
-    if let Some(remote) = &cfg.remote {
-        let stream = connect_remote(&remote.addr)?;
-        let conn = filerep::io::net::tcp(stream).map_err(|e| Error::io("configuring the connection", e))?;
-        let config = primary_config(identity(remote.cluster_id), REMOTE_FILESPACE, remote.key.clone());
-        return Ok((None, Primary::start(config, conn, &remote.addr)?));
+        change_tracking,
     }
+}
+
+/// A primary under `dir` (`primary/`) connected to the mirror on the
+/// other host (`cfg.remote`), or to a mirror daemon started here
+/// ([`start_local_pair`]).
+fn start_pair(
+    cfg: &BenchConfig,
+    dir: &Path,
+    change_tracking: Option<filerep::runtime::primary::ChangeTracking>,
+) -> Result<(Option<MirrorProcess>, Primary)> {
+    let Some(remote) = &cfg.remote else {
+        return start_local_pair(cfg, dir, change_tracking).map(|(m, p)| (Some(m), p));
+    };
+    let rp = dir.join("primary");
+    fresh_dir(&rp)?;
+    let stream = connect_remote(&remote.addr)?;
+    let conn = filerep::io::net::tcp(stream).map_err(|e| Error::io("configuring the connection", e))?;
+    let config = bench_primary(cfg, rp, remote.cluster_id, REMOTE_FILESPACE, remote.key.clone(), change_tracking);
+    Ok((None, Primary::start(config, conn, &remote.addr)?))
+}
+
+/// A real mirror daemon and a primary connected to it, under `dir`
+/// (`primary/`, `mirror/`, a fresh cluster key).
+fn start_local_pair(
+    cfg: &BenchConfig,
+    dir: &Path,
+    change_tracking: Option<filerep::runtime::primary::ChangeTracking>,
+) -> Result<(MirrorProcess, Primary)> {
+    let (rp, rm) = (dir.join("primary"), dir.join("mirror"));
+    fresh_dir(&rp)?;
     fresh_dir(&rm)?;
     let key_file = dir.join("cluster.key");
     let mut material = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut material);
     let hex: String = material.iter().map(|b| format!("{b:02x}")).collect();
     std::fs::write(&key_file, &hex).map_err(|e| Error::io("writing the key file", e))?;
-    let identity = identity(BENCH_CLUSTER_ID);
     // Pinned: the daemon inherits CPU 1 from this thread, which goes back to CPU 0.
     if cfg.pin {
         pin_to(&[1])?;
@@ -608,7 +628,7 @@ fn start_pair(
         &MirrorArgs {
             filespaces: vec![Filespace { name: "pg_system".into(), root: rm }],
             key_file,
-            cluster_id: identity.cluster_id,
+            cluster_id: BENCH_CLUSTER_ID,
             content_id: 0,
             block_size: cfg.block_size,
             generation: 1,
@@ -627,8 +647,9 @@ fn start_pair(
     let stream = std::net::TcpStream::connect(mirror.addr).map_err(|e| Error::io("connecting to the mirror", e))?;
     let conn = filerep::io::net::tcp(stream).map_err(|e| Error::io("configuring the connection", e))?;
     let key = ClusterKey::from_material(hex.as_bytes()).map_err(|e| Error::InvalidArgument(e.to_string()))?;
-    let primary = Primary::start(primary_config(identity, "pg_system", key), conn, &mirror.addr.to_string())?;
-    Ok((Some(mirror), primary))
+    let config = bench_primary(cfg, rp, BENCH_CLUSTER_ID, "pg_system", key, change_tracking);
+    let primary = Primary::start(config, conn, &mirror.addr.to_string())?;
+    Ok((mirror, primary))
 }
 
 /// `filerep bench --mirror-down`: writes in change tracking beside
@@ -679,10 +700,7 @@ pub fn run_mirror_down(cfg: &BenchConfig) -> Result<MirrorDownReport> {
     let rep = cfg.dir.join("tracked");
     let tracking = tracking_in(&rep.join("state"), bs)?;
     let log = tracking.changelog.clone();
-    let (mirror, primary) = start_pair(cfg, &rep, Some(tracking))?;
-    let Some(mut mirror) = mirror else {
-        return Err(Error::InvalidArgument("--mirror-down starts its own mirror: it cannot use --mirror".into()));
-    };
+    let (mut mirror, primary) = start_local_pair(cfg, &rep, Some(tracking))?;
     for w in 0..cfg.writers {
         primary.create(0, &name(w))?;
     }
