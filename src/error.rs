@@ -49,6 +49,10 @@ pub enum Error {
     },
     #[error("mirror {peer} refused the stream ({status:?}): {reason}")]
     Refused { peer: String, status: Status, reason: String },
+    /// The coordinator (etcd) cannot be reached, refused a call, or this
+    /// arbiter no longer acts on it.
+    #[error("coordinator: {0}")]
+    Coordinator(String),
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -66,7 +70,7 @@ impl Error {
     /// argument: `), for a line that already says what happened.
     pub fn cause(&self) -> String {
         match self {
-            Error::Rejected(m) | Error::InvalidArgument(m) | Error::NotDone(m) => m.clone(),
+            Error::Rejected(m) | Error::InvalidArgument(m) | Error::NotDone(m) | Error::Coordinator(m) => m.clone(),
             Error::Damaged { path, reason, .. } => format!("{path}: {reason}"),
             e => e.to_string(),
         }

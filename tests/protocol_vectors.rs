@@ -339,6 +339,7 @@ fn segment_request_name(r: &SegmentRequest) -> &'static str {
         SegmentRequest::VerifyReport { .. } => "VerifyReport",
         SegmentRequest::Inspect { .. } => "Inspect",
         SegmentRequest::Stop => "Stop",
+        SegmentRequest::Fenced { .. } => "Fenced",
     }
 }
 
@@ -363,6 +364,7 @@ fn arbiter_request_name(r: &ArbiterRequest) -> &'static str {
         ArbiterRequest::Rebalance { .. } => "Rebalance",
         ArbiterRequest::AddMirrors { .. } => "AddMirrors",
         ArbiterRequest::Verify { .. } => "Verify",
+        ArbiterRequest::Leadership => "Leadership",
     }
 }
 
@@ -375,6 +377,8 @@ fn arbiter_response_name(r: &ArbiterResponse) -> &'static str {
         ArbiterResponse::Restored { .. } => "Restored",
         ArbiterResponse::Verifying { .. } => "Verifying",
         ArbiterResponse::Refused(_) => "Refused",
+        ArbiterResponse::NotActing { .. } => "NotActing",
+        ArbiterResponse::Leadership { .. } => "Leadership",
     }
 }
 
@@ -419,14 +423,37 @@ fn every_control_message_has_a_json_example_that_round_trips() {
                 "VerifyReport",
                 "Inspect",
                 "Stop",
+                "Fenced",
             ]),
         ),
         ("SegmentResponse", want(&["Status", "Changes", "Done", "Refused", "Verifying", "VerifyReport", "Inspected"])),
         (
             "ArbiterRequest",
-            want(&["MirrorLost", "Catalog", "StoreCatalog", "Recover", "Rebalance", "AddMirrors", "Verify"]),
+            want(&[
+                "MirrorLost",
+                "Catalog",
+                "StoreCatalog",
+                "Recover",
+                "Rebalance",
+                "AddMirrors",
+                "Verify",
+                "Leadership",
+            ]),
         ),
-        ("ArbiterResponse", want(&["MirrorDown", "Demoted", "Catalog", "Started", "Restored", "Verifying", "Refused"])),
+        (
+            "ArbiterResponse",
+            want(&[
+                "MirrorDown",
+                "Demoted",
+                "Catalog",
+                "Started",
+                "Restored",
+                "Verifying",
+                "Refused",
+                "NotActing",
+                "Leadership",
+            ]),
+        ),
     ];
     for (ty, names) in expect {
         assert_eq!(seen.get(ty), Some(&names), "{ty}: every variant has an example");

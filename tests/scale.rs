@@ -50,3 +50,31 @@ fn batch_sizes_out_of_range_are_refused_with_the_range() {
         }
     }
 }
+
+/// `filerep bench --probe-round`: the arbiter's round over cheap segments,
+/// reported for each size (the figures against the interval belong in
+/// docs/performance.md; here every size must be probed whole and reported).
+#[test]
+fn the_probe_round_is_reported_against_the_number_of_segments() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().display().to_string();
+    let (code, out, err) = filerep(&["bench", "--probe-round", "200", "--dir", &dir, "--json"]);
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}\n{err}"));
+    let rows = r["probe_rounds"].as_array().unwrap_or_else(|| panic!("{r}"));
+    let sizes: Vec<u64> = rows.iter().filter_map(|row| row["segments"].as_u64()).collect();
+    assert_eq!(sizes, vec![10, 100, 200], "{r}");
+    for row in rows {
+        for f in ["first_round_ms", "round_ms_median", "round_ms_max"] {
+            assert!(row[f].as_f64().is_some_and(|v| v > 0.0), "{f} in {row}");
+        }
+        assert_eq!(row["interval_ms"].as_u64(), Some(1000), "{row}");
+        assert!(row["within_interval"].is_boolean(), "{row}");
+    }
+    // The exit code says whether every round fit its interval.
+    let all_within = rows.iter().all(|row| row["within_interval"] == serde_json::Value::Bool(true));
+    assert_eq!(code == 0, all_within, "{out}{err}");
+    // Bad sizes are refused with the range.
+    let (code, _, err) = filerep(&["bench", "--probe-round", "1", "--dir", &dir]);
+    assert_ne!(code, 0);
+    assert!(err.contains("2 to 4096"), "{err}");
+}

@@ -6,6 +6,7 @@
 
 pub mod client;
 pub mod control;
+pub mod coordinator;
 pub mod hosts;
 pub mod layout;
 pub mod metrics;

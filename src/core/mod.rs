@@ -2,6 +2,7 @@
 //! sockets or clocks inside, so they are tested exhaustively without any.
 
 pub mod arbiter;
+pub mod fence;
 pub mod mirror;
 pub mod pair;
 pub mod primary;

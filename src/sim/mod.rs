@@ -41,6 +41,7 @@ mod arbiter;
 mod checks;
 mod faults;
 mod faulty;
+pub mod leases;
 mod mirror;
 mod net;
 mod primary;

@@ -4,6 +4,8 @@
 #[macro_use]
 pub mod pair;
 
+pub mod etcd;
+
 use filerep::config::{Filespace, PairIdentity, StreamTuning, SyncLevel};
 use filerep::protocol::handshake::ClusterKey;
 use filerep::runtime::mirror::{MirrorConfig, MirrorServer, SessionReport};

@@ -40,8 +40,13 @@ pub struct ClusterFile {
     pub filespaces: Vec<String>,
     /// Segment hosts, in content order.
     pub hosts: Vec<String>,
-    /// The arbiter's control address, `HOST:PORT`.
+    /// The arbiter's control address, `HOST:PORT`; on a coordinator,
+    /// several, separated by commas (one arbiter per address, one acting).
     pub arbiter: String,
+    /// Where the catalog lives when not in `catalog.json`: etcd,
+    /// `etcd://HOST:PORT[,HOST:PORT...]/PREFIX` (`filerep init --coordinator`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coordinator: Option<String>,
     /// How the mirrors were placed (`group`, `spread`, `custom`), if any.
     #[serde(default)]
     pub placement: Option<String>,
@@ -124,8 +129,11 @@ impl ClusterDir {
     /// and block size, and each segment's configuration (its cluster,
     /// content and control address). A catalog that disagrees is damaged.
     pub fn load_catalog(&self, file: &ClusterFile) -> Result<Catalog> {
-        let cat = Catalog::load(&self.catalog())?;
-        self.agrees(file, &cat).map_err(|reason| self.damaged("catalog", &self.catalog(), reason))?;
+        let (cat, shown) = match &file.coordinator {
+            Some(spec) => (filerep::cluster::coordinator::read(spec)?, PathBuf::from(spec)),
+            None => (Catalog::load(&self.catalog())?, self.catalog()),
+        };
+        self.agrees(file, &cat).map_err(|reason| self.damaged("catalog", &shown, reason))?;
         Ok(cat)
     }
 
@@ -204,12 +212,19 @@ pub struct InitSpec {
     /// Mirrors from the start: placement, port offset, and per filespace
     /// the base of the mirrors' directories.
     pub mirrors: Option<(Placement, u32, Vec<PathBuf>)>,
-    /// The arbiter's control address.
+    /// The arbiters' control addresses, comma-separated (several only
+    /// with a coordinator).
     pub arbiter: String,
+    /// The catalog and leadership on etcd (`etcd://HOST:PORT[,…][/PREFIX]`;
+    /// the prefix defaults to `/filerep/<cluster id>`).
+    pub coordinator: Option<String>,
     /// Accept hosts that are all this machine (test clusters on loopback
     /// addresses); without it two such hosts are refused.
     pub allow_one_machine: bool,
 }
+
+/// Most arbiters a cluster lists.
+pub const MAX_ARBITERS: usize = 7;
 
 /// Most hosts and segments per host `init` accepts (a bound, not a goal).
 pub const MAX_HOSTS: usize = 256;
@@ -711,31 +726,45 @@ fn check_placement(
             }
         }
     }
-    // The arbiter's endpoint: on a segment's port, or taken on this machine.
-    match (spec.arbiter.rsplit_once(':'), SegmentAddress::port_of(&spec.arbiter)) {
-        (Some((h, _)), Some(port)) => match hosts::resolve_host(h) {
-            Ok(arbiter_host) => {
-                for (_, a) in segments {
-                    let same_host = hosts::resolve_host(&a.host)
-                        .is_ok_and(|s| s.addrs.iter().any(|x| arbiter_host.addrs.contains(x)));
-                    for endpoint in [&a.control, &a.data] {
-                        if same_host && SegmentAddress::port_of(endpoint) == Some(port) {
-                            problems.push(format!("the arbiter's address {} is also the endpoint {endpoint} of dbid {}; give --arbiter another port", spec.arbiter, a.dbid));
+    // Each arbiter's endpoint: on a segment's port, or taken on this machine.
+    let arbiters = filerep::cluster::probe::arbiter_addresses(&spec.arbiter);
+    if arbiters.len() > 1 && spec.coordinator.is_none() {
+        problems.push(format!(
+            "--arbiter {}: several arbiters need a coordinator to choose the acting one (--coordinator etcd://...)",
+            spec.arbiter
+        ));
+    }
+    if arbiters.is_empty() || arbiters.len() > MAX_ARBITERS {
+        problems.push(format!("--arbiter {:?}: give 1 to {MAX_ARBITERS} HOST:PORT, separated by commas", spec.arbiter));
+    }
+    for (i, arbiter) in arbiters.iter().enumerate() {
+        if arbiters[..i].contains(arbiter) {
+            problems.push(format!("--arbiter: {arbiter} appears twice"));
+            continue;
+        }
+        match (arbiter.rsplit_once(':'), SegmentAddress::port_of(arbiter)) {
+            (Some((h, _)), Some(port)) => match hosts::resolve_host(h) {
+                Ok(arbiter_host) => {
+                    for (_, a) in segments {
+                        let same_host = hosts::resolve_host(&a.host)
+                            .is_ok_and(|s| s.addrs.iter().any(|x| arbiter_host.addrs.contains(x)));
+                        for endpoint in [&a.control, &a.data] {
+                            if same_host && SegmentAddress::port_of(endpoint) == Some(port) {
+                                problems.push(format!("the arbiter's address {} is also the endpoint {endpoint} of dbid {}; give --arbiter another port", arbiter, a.dbid));
+                            }
+                        }
+                    }
+                    if arbiter_host.machine == hosts::Machine::This {
+                        if let Err(why) = hosts::port_free(h, port) {
+                            problems
+                                .push(format!("the arbiter's address {}: {why}; give --arbiter another port", arbiter));
                         }
                     }
                 }
-                if arbiter_host.machine == hosts::Machine::This {
-                    if let Err(why) = hosts::port_free(h, port) {
-                        problems.push(format!(
-                            "the arbiter's address {}: {why}; give --arbiter another port",
-                            spec.arbiter
-                        ));
-                    }
-                }
-            }
-            Err(e) => problems.push(format!("--arbiter {}: {e}", spec.arbiter)),
-        },
-        _ => problems.push(format!("--arbiter {:?}: give HOST:PORT", spec.arbiter)),
+                Err(e) => problems.push(format!("--arbiter {}: {e}", arbiter)),
+            },
+            _ => problems.push(format!("--arbiter {:?}: give HOST:PORT", arbiter)),
+        }
     }
     if problems.is_empty() {
         Ok(())
@@ -794,6 +823,7 @@ pub fn init(dir: &ClusterDir, spec: &InitSpec) -> Result<Initialized> {
         filespaces: names.clone(),
         hosts: spec.hosts.clone(),
         arbiter: spec.arbiter.clone(),
+        coordinator: spec.coordinator.as_ref().map(|c| coordinator_name(c, cluster_id)).transpose()?,
         placement: spec.mirrors.as_ref().map(|m| m.0.name().to_string()),
         one_machine: spec.allow_one_machine,
     };
@@ -883,7 +913,20 @@ fn write_cluster(
         }
         dir.write_segment(&segment_config(dir, file, *content, a)?)?;
     }
-    catalog.store(&dir.catalog())
+    match &file.coordinator {
+        Some(spec) => filerep::cluster::coordinator::initialize(spec, catalog),
+        None => catalog.store(&dir.catalog()),
+    }
+}
+
+/// The coordinator's name as recorded: its prefix defaulted to the cluster's.
+fn coordinator_name(spec: &str, cluster_id: u64) -> Result<String> {
+    use filerep::cluster::coordinator::EtcdSpec;
+    let given = match spec.strip_prefix("etcd://") {
+        Some(rest) if !rest.contains('/') => format!("{spec}{}", EtcdSpec::default_prefix(cluster_id)),
+        _ => spec.to_string(),
+    };
+    EtcdSpec::parse(&given).map(|s| s.name()).map_err(|e| Error::InvalidArgument(format!("--coordinator: {e}")))
 }
 
 /// The address of a planned mirror.
@@ -1008,6 +1051,37 @@ fn alive(pid: i32) -> bool {
     }
 }
 
+/// The cluster's arbiters: the process name of each (`arbiter` for the
+/// first, `arbiter2`, `arbiter3`… for the others) and its address.
+pub fn arbiters(file: &ClusterFile) -> Vec<(String, String)> {
+    filerep::cluster::probe::arbiter_addresses(&file.arbiter)
+        .into_iter()
+        .enumerate()
+        .map(|(i, a)| (if i == 0 { "arbiter".to_string() } else { format!("arbiter{}", i + 1) }, a.to_string()))
+        .collect()
+}
+
+/// What the arbiter at `addr` says of itself (acting, standing by, or
+/// cut off from its coordinator).
+pub fn leadership(addr: &str, key: &ClusterKey, timeout: Duration) -> std::result::Result<ArbiterLeadership, String> {
+    use filerep::cluster::segment::{ArbiterRequest, ArbiterResponse};
+    match filerep::cluster::control::call::<_, ArbiterResponse>(addr, key, &ArbiterRequest::Leadership, timeout) {
+        Ok(ArbiterResponse::Leadership { arbiter, coordinator, leadership }) => {
+            Ok(ArbiterLeadership { arbiter, coordinator, leadership })
+        }
+        Ok(other) => Err(format!("{addr} answered {other:?}")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// An arbiter's answer to `Leadership`.
+#[derive(Clone, Debug, Serialize)]
+pub struct ArbiterLeadership {
+    pub arbiter: String,
+    pub coordinator: String,
+    pub leadership: filerep::durable::catalog::Leadership,
+}
+
 /// The pid of process `name` of this cluster (`arbiter`, `dbid<N>`) if it
 /// runs: its pid file names a live process whose command line holds
 /// `mark` (its configuration or catalog path). A stale or damaged pid file
@@ -1016,6 +1090,8 @@ fn running(dir: &ClusterDir, name: &str) -> Option<i32> {
     let pid = read_pid(&dir.pid(name)).filter(|p| alive(*p))?;
     let mark = match name.strip_prefix("dbid").and_then(|d| d.parse::<u32>().ok()) {
         Some(dbid) => dir.segment_config(dbid),
+        // An arbiter on a coordinator names no catalog file: its key file.
+        None if dir.load().is_ok_and(|f| f.coordinator.is_some()) => dir.key_file(),
         None => dir.catalog(),
     };
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
@@ -1185,7 +1261,8 @@ pub fn stop_spawned(dir: &ClusterDir, spawned: &[Spawned]) {
 /// What `start` did.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct StartReport {
-    pub arbiter: Option<String>,
+    /// The arbiters started (their addresses).
+    pub arbiters: Vec<String>,
     pub started: Vec<u32>,
     pub already_running: Vec<u32>,
     /// Started, but given no role by the arbiter in time (see `filerep state`).
@@ -1222,37 +1299,42 @@ pub fn start(dir: &ClusterDir, exe: &Path, host: Option<&str>) -> Result<StartRe
     let (spawned, failed) = start_segments(dir, exe, &key, &to_start, Duration::from_secs(30));
     report.started = spawned.iter().map(|s| s.dbid).collect();
     report.failed = failed;
-    // The arbiter last: segments that are not answering yet would fail its probes.
-    if mine(host_of(&file.arbiter)) && running(dir, "arbiter").is_none() {
-        let args: Vec<String> = vec![
-            "arbiter".into(),
-            "--catalog".into(),
-            dir.catalog().display().to_string(),
+    // The arbiters last: segments that are not answering yet would fail their probes.
+    for (name, addr) in arbiters(&file) {
+        if !mine(host_of(&addr)) || running(dir, &name).is_some() {
+            continue;
+        }
+        let mut args: Vec<String> = vec!["arbiter".into()];
+        match &file.coordinator {
+            Some(spec) => args.extend(["--coordinator".into(), spec.clone()]),
+            None => args.extend(["--catalog".into(), dir.catalog().display().to_string()]),
+        }
+        args.extend([
             "--key-file".into(),
             dir.key_file().display().to_string(),
             "--listen".into(),
-            file.arbiter.clone(),
+            addr.clone(),
             "--interval-ms".into(),
             "200".into(),
-        ];
-        let pid = spawn_detached(exe, &args, &dir.log("arbiter"), &dir.pid("arbiter"))?;
+        ]);
+        let pid = spawn_detached(exe, &args, &dir.log(&name), &dir.pid(&name))?;
+        // Answering: acting, standing by, or saying it cannot reach its coordinator.
         let answering = wait_until("the arbiter answering", Duration::from_secs(20), || {
-            !alive(pid) || filerep::cluster::probe::fetch_catalog(&file.arbiter, &key, Duration::from_secs(1)).is_ok()
+            !alive(pid) || leadership(&addr, &key, Duration::from_secs(1)).is_ok()
         });
         if answering.is_err() || !alive(pid) {
-            let cause = log_cause(&dir.log("arbiter")).unwrap_or_else(|| "its log is empty".into());
+            let cause = log_cause(&dir.log(&name)).unwrap_or_else(|| "its log is empty".into());
             return Err(Error::NotDone(format!(
-                "the arbiter did not start on {}: {cause}; log {}",
-                file.arbiter,
-                dir.log("arbiter").display()
+                "the arbiter did not start on {addr}: {cause}; log {}",
+                dir.log(&name).display()
             )));
         }
-        report.arbiter = Some(file.arbiter.clone());
+        report.arbiters.push(addr);
     }
     // Started means serving: wait until the arbiter has given every started
     // segment its role. A content that is down gets none: said, not waited for.
     let down: Vec<u32> = cat.pairs.iter().filter(|p| p.pair.down).map(|p| p.pair.content).collect();
-    if report.arbiter.is_some() || running(dir, "arbiter").is_some() {
+    if !report.arbiters.is_empty() || arbiters(&file).iter().any(|(name, _)| running(dir, name).is_some()) {
         let deadline = Instant::now() + Duration::from_secs(30);
         for a in &to_start {
             if !report.started.contains(&a.dbid) {
@@ -1290,7 +1372,17 @@ pub struct StopReport {
 pub fn stop(dir: &ClusterDir, host: Option<&str>) -> Result<StopReport> {
     let file = dir.load()?;
     let key = dir.key()?;
-    let cat = dir.load_catalog(&file)?;
+    let cat = match dir.load_catalog(&file) {
+        Ok(c) => c,
+        // A coordinator that cannot be reached does not keep the processes
+        // here running: each segment this directory configured is stopped,
+        // in dbid order (roles unknown).
+        Err(e) if file.coordinator.is_some() => {
+            tracing::warn!(error = %e, "the catalog cannot be read: stopping every configured segment");
+            configured_segments(dir, &file)?
+        }
+        Err(e) => return Err(e),
+    };
     let mut report = StopReport::default();
     let mine = |h: &str| host.is_none_or(|x| x == h);
     let stop_pid = |name: &str| -> bool {
@@ -1303,8 +1395,10 @@ pub fn stop(dir: &ClusterDir, host: Option<&str>) -> Result<StopReport> {
         let _ = std::fs::remove_file(dir.pid(name));
         gone
     };
-    if mine(host_of(&file.arbiter)) {
-        report.arbiter = stop_pid("arbiter");
+    for (name, addr) in arbiters(&file) {
+        if mine(host_of(&addr)) {
+            report.arbiter |= stop_pid(&name);
+        }
     }
     // The catalog as the arbiter left it: primaries first.
     let cat = dir.load_catalog(&file).unwrap_or(cat);
@@ -1341,6 +1435,33 @@ pub fn stop(dir: &ClusterDir, host: Option<&str>) -> Result<StopReport> {
         }
     }
     Ok(report)
+}
+
+/// A catalog of every segment configured in the directory, each as a
+/// content without a mirror (roles unknown), addressed by its control
+/// endpoint's host.
+fn configured_segments(dir: &ClusterDir, file: &ClusterFile) -> Result<Catalog> {
+    let mut cat = Catalog::new(file.cluster_id, file.block_size, Vec::new());
+    let entries = std::fs::read_dir(dir.root.join("segments"))
+        .map_err(|e| Error::io(format!("reading {}", dir.root.join("segments").display()), e))?;
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(dbid) = name.strip_prefix("dbid").and_then(|n| n.strip_suffix(".json")).and_then(|n| n.parse().ok())
+        else {
+            continue;
+        };
+        let cfg = dir.segment(dbid)?;
+        let host = host_of(&cfg.control_listen).to_string();
+        let address = SegmentAddress {
+            dbid,
+            host,
+            control: cfg.control_listen,
+            data: cfg.data_listen,
+            filespaces: cfg.filespaces,
+        };
+        cat.unmirrored.push(CatalogSolo { content: cfg.content, generation: 0, up: true, address });
+    }
+    Ok(cat)
 }
 
 // ---- damage and restore ----------------------------------------------------
@@ -1395,6 +1516,22 @@ pub fn restore(dir: &ClusterDir, rebuild: bool, primaries: &BTreeMap<u32, u32>) 
         }
     };
     let catalog_ok = dir.load_catalog(&file);
+    if let Some(spec) = &file.coordinator {
+        // etcd keeps its own copies on every member: nothing here to put back.
+        return match catalog_ok {
+            Ok(_) if !rebuild => {
+                out.done.push(format!("the catalog on {spec}: whole, and it agrees with the segments: nothing to restore"));
+                Ok(out)
+            }
+            Ok(_) => Err(Error::InvalidArgument(format!(
+                "the catalog is on {spec}, whole: a rebuild from the segments is only for a catalog file"
+            ))),
+            Err(e) => Err(Error::NotDone(format!(
+                "the catalog on {spec}: {}; it is etcd's to restore (etcdctl snapshot restore on its members), not this tool's",
+                reason(&e)
+            ))),
+        };
+    }
     if catalog_ok.is_ok() && !rebuild {
         if out.done.is_empty() {
             out.done.push(format!(
@@ -1410,12 +1547,7 @@ pub fn restore(dir: &ClusterDir, rebuild: bool, primaries: &BTreeMap<u32, u32>) 
         if let Ok(live) = filerep::cluster::probe::fetch_catalog(&file.arbiter, &key, Duration::from_secs(3)) {
             if dir.agrees(&file, &live).is_ok() {
                 let req = filerep::cluster::segment::ArbiterRequest::StoreCatalog;
-                match filerep::cluster::control::call::<_, filerep::cluster::segment::ArbiterResponse>(
-                    &file.arbiter,
-                    &key,
-                    &req,
-                    Duration::from_secs(10),
-                ) {
+                match filerep::cluster::probe::ask(&file.arbiter, &key, &req, Duration::from_secs(10)) {
                     Ok(filerep::cluster::segment::ArbiterResponse::Started) => {
                         dir.load_catalog(&file)?;
                         out.done.push(format!(
@@ -1514,6 +1646,8 @@ fn rebuild_cluster_file(dir: &ClusterDir) -> Result<ClusterFile> {
         filespaces,
         hosts,
         arbiter,
+        // A cluster on a coordinator has no catalog file to rebuild from.
+        coordinator: None,
         placement: (!cat.pairs.is_empty()).then(|| "custom".to_string()),
         one_machine,
     })

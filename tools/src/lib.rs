@@ -5,6 +5,7 @@
 
 pub mod bench;
 pub mod bench_cluster;
+pub mod bench_probe;
 pub mod bench_resync;
 pub mod cluster;
 pub mod cpu;

@@ -187,6 +187,10 @@ struct BenchCmd {
     /// With --cluster: time this `filerep` binary's cluster instead of this one's (compare two versions).
     #[arg(long)]
     cluster_exe: Option<PathBuf>,
+    /// Time the arbiter's probe round over 10, 100 and this many cheap
+    /// segments that answer probes only (against its default interval).
+    #[arg(long, conflicts_with_all = ["cluster", "resync", "mirror", "direct"])]
+    probe_round: Option<usize>,
 }
 
 #[derive(clap::Args)]
@@ -367,6 +371,30 @@ fn run_bench(c: BenchCmd) -> CmdResult {
             tmp.path().to_path_buf()
         }
     };
+    if let Some(max) = c.probe_round {
+        let rows = filerep_tools::bench_probe::run(max, &dir)?;
+        if c.json {
+            println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "probe_rounds": rows }))?);
+        } else {
+            let body: Vec<Vec<String>> = rows
+                .iter()
+                .map(|r| {
+                    vec![
+                        r.segments.to_string(),
+                        format!("{:.1}", r.first_round_ms),
+                        format!("{:.1}", r.round_ms_median),
+                        format!("{:.1}", r.round_ms_max),
+                        format!("{}{}", r.interval_ms, if r.within_interval { "" } else { " (EXCEEDED)" }),
+                    ]
+                })
+                .collect();
+            cli::state::table(
+                &["segments", "first round (ms)", "round median (ms)", "round max (ms)", "interval (ms)"],
+                &body,
+            );
+        }
+        return Ok(if rows.iter().all(|r| r.within_interval) { ExitCode::SUCCESS } else { ExitCode::from(1) });
+    }
     if let Some(segments) = c.cluster {
         let cc = filerep_tools::bench_cluster::ClusterBenchConfig {
             segments,

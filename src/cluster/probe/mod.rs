@@ -22,7 +22,9 @@ use crate::cluster::segment::{
 };
 use crate::core::arbiter::{self, Order};
 use crate::core::pair::{Event, PairMode, Role, Verdict};
-use crate::durable::catalog::{Catalog, CatalogPair, CatalogSolo, CatalogStore, FileStore};
+use crate::durable::catalog::{
+    Catalog, CatalogPair, CatalogSolo, CatalogStore, Committed, FileStore, Leadership, Snapshot,
+};
 use crate::error::{Error, Result};
 use crate::io::admission::{Limits, Nudge, Stop};
 use crate::protocol::handshake::ClusterKey;
@@ -48,7 +50,14 @@ pub struct ProbeConfig {
     /// Probes in flight at once (Greenplum's probe thread count): a hung
     /// segment costs its own timeout, not everyone's.
     pub probe_threads: usize,
+    /// Where the catalog and the leadership are: `None`, the catalog file
+    /// alone (one arbiter); `etcd://HOST:PORT[,HOST:PORT…]`, etcd (several
+    /// arbiters, one acting; [`crate::cluster::coordinator`]).
+    pub coordinator: Option<String>,
 }
+
+/// Times a change is applied again after its commit met another's.
+pub const MAX_COMMIT_ATTEMPTS: u32 = 5;
 
 /// Most probes in flight at once.
 pub const MAX_PROBE_THREADS: usize = 1024;
@@ -85,6 +94,10 @@ struct Ordered {
     statuses: Vec<(u32, Option<SegmentStatus>)>,
 }
 
+/// One pair as a round's probes saw it: its content, what the state
+/// machine weighs, and the segments' whole answers (by dbid).
+type Observed = (u32, Vec<(u32, Option<arbiter::Seen>)>, Vec<(u32, Option<SegmentStatus>)>);
+
 /// What one round's probes found, by control address.
 struct Probed(HashMap<String, Option<SegmentStatus>>);
 
@@ -97,7 +110,10 @@ impl Probed {
 struct State {
     cfg: ProbeConfig,
     store: Box<dyn CatalogStore>,
-    catalog: Mutex<Catalog>,
+    /// The catalog as committed, with what the store needs for the next commit.
+    catalog: Mutex<Snapshot>,
+    /// This arbiter's address, as the others and the segments know it.
+    me: String,
     /// Segments whose last probe failed, by control address.
     down: Arc<Mutex<HashMap<String, Down>>>,
     /// Connections to the segments kept between probes.
@@ -142,17 +158,22 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl ArbiterProcess {
     pub fn open(cfg: ProbeConfig) -> Result<ArbiterProcess> {
         cfg.check()?;
-        // Held for the arbiter's life: one writer per catalog.
-        let store: Box<dyn CatalogStore> = Box::new(FileStore::lock(&cfg.catalog)?);
+        let listener = TcpListener::bind(&cfg.listen).map_err(|e| Error::io(format!("binding {}", cfg.listen), e))?;
+        let me = listener.local_addr().map_err(|e| Error::io("arbiter address", e))?.to_string();
+        let store: Box<dyn CatalogStore> = match &cfg.coordinator {
+            // Held for the arbiter's life: one writer per catalog.
+            None => Box::new(FileStore::for_arbiter(&cfg.catalog)?),
+            Some(spec) => crate::cluster::coordinator::open(spec, &me)?,
+        };
         let catalog = store.load()?;
         let workers = Workers::new(cfg.probe_threads)?;
         let nudge = Arc::new(Nudge::new().map_err(|e| Error::io("making the round's wake-up", e))?);
-        let listener = TcpListener::bind(&cfg.listen).map_err(|e| Error::io(format!("binding {}", cfg.listen), e))?;
         Ok(ArbiterProcess {
             state: Arc::new(State {
                 cfg,
                 store,
                 catalog: Mutex::new(catalog),
+                me,
                 down: Default::default(),
                 kept: control::Kept::new(),
                 workers,
@@ -166,6 +187,17 @@ impl ArbiterProcess {
 
     pub fn local_addr(&self) -> Result<std::net::SocketAddr> {
         self.listener.local_addr().map_err(|e| Error::io("arbiter address", e))
+    }
+
+    /// One probe round now, as [`ArbiterProcess::run`] does at each
+    /// interval (benchmarks: `filerep bench --probe-round`).
+    pub fn probe_round(&self) {
+        self.state.round();
+    }
+
+    /// Segments whose last probe failed.
+    pub fn segments_down(&self) -> usize {
+        lock(&self.state.down).len()
     }
 
     /// Stops [`ArbiterProcess::run`] (wire it to signals with [`Stop::on_signals`]).
@@ -203,22 +235,53 @@ impl ArbiterProcess {
 }
 
 impl State {
-    /// Store the catalog; if that fails nothing is acted on (the caller
-    /// refuses), and the in-memory copy is reloaded from the file.
-    fn store(&self, cat: &mut Catalog) -> bool {
-        match self.store.store(cat) {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot store the catalog: nothing is decided");
-                match self.store.load() {
-                    Ok(old) => *cat = old,
-                    Err(e) => {
-                        // What is in memory was never stored: nothing may be
-                        // decided from it until the stored one is read back.
-                        self.unsure.store(true, std::sync::atomic::Ordering::SeqCst);
-                        tracing::error!(error = %e, "cannot read the catalog back either: no decision until it can");
+    /// Apply `change` (a pure function of the catalog: whether it changed
+    /// anything, and its answer) to the catalog and commit it, before
+    /// anyone hears the answer. A commit that met another's (the store
+    /// changed since it was read) reads the store again and applies the
+    /// change again, up to [`MAX_COMMIT_ATTEMPTS`] times. `Err`: nothing
+    /// was committed (the catalog in memory is the stored one again), and
+    /// the caller refuses with the reason.
+    fn transact<T>(
+        &self,
+        snap: &mut Snapshot,
+        mut change: impl FnMut(&mut Catalog) -> (bool, T),
+    ) -> std::result::Result<T, String> {
+        for attempt in 1..=MAX_COMMIT_ATTEMPTS {
+            let (changed, answer) = change(&mut snap.catalog);
+            if !changed {
+                return Ok(answer);
+            }
+            match self.store.commit(snap) {
+                Ok(Committed::Done) => return Ok(answer),
+                Ok(Committed::Conflict(why)) => {
+                    tracing::warn!(attempt, reason = %why, "the catalog changed in the store since it was read: reading it again");
+                    if !self.reload(snap) {
+                        return Err("the catalog changed in its store and cannot be read back".into());
                     }
                 }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot store the catalog: nothing is decided");
+                    self.reload(snap);
+                    return Err(format!("the catalog cannot be written ({})", e.cause()));
+                }
+            }
+        }
+        Err(format!("the catalog kept changing in its store ({MAX_COMMIT_ATTEMPTS} attempts): nothing was decided"))
+    }
+
+    /// Read the stored catalog into `snap`; if it cannot be read, what is
+    /// in memory may hold what was never stored, and nothing is decided
+    /// from it until the stored one is read back ([`State::sure`]).
+    fn reload(&self, snap: &mut Snapshot) -> bool {
+        match self.store.load() {
+            Ok(stored) => {
+                *snap = stored;
+                true
+            }
+            Err(e) => {
+                self.unsure.store(true, std::sync::atomic::Ordering::SeqCst);
+                tracing::error!(error = %e, "cannot read the catalog back either: no decision until it can");
                 false
             }
         }
@@ -245,9 +308,42 @@ impl State {
         }
     }
 
+    /// This arbiter's epoch while it acts; `None` when it must not order.
+    fn epoch(&self) -> Option<u64> {
+        match self.store.leadership() {
+            Leadership::Acting { epoch } => Some(epoch),
+            _ => None,
+        }
+    }
+
+    /// What this arbiter is, for `filerep state` (any arbiter answers).
+    fn leadership(&self) -> ArbiterResponse {
+        ArbiterResponse::Leadership {
+            arbiter: self.me.clone(),
+            coordinator: self.store.describe(),
+            leadership: self.store.leadership(),
+        }
+    }
+
     /// Answer a request; one that may have changed the catalog wakes the
-    /// round loop, so the orders it calls for go out now.
+    /// round loop, so the orders it calls for go out now. An arbiter that
+    /// does not act answers only who it is.
     fn answer(&self, req: ArbiterRequest) -> ArbiterResponse {
+        if matches!(req, ArbiterRequest::Leadership) {
+            return self.leadership();
+        }
+        match self.store.leadership() {
+            Leadership::Acting { .. } => {}
+            Leadership::Standby { leader } => {
+                return ArbiterResponse::NotActing { leader, why: format!("arbiter {} stands by", self.me) }
+            }
+            Leadership::Unreachable(why) => {
+                return ArbiterResponse::NotActing {
+                    leader: None,
+                    why: format!("arbiter {} cannot reach its coordinator: {why}", self.me),
+                }
+            }
+        }
         if !self.sure() {
             return ArbiterResponse::Refused(format!(
                 "the arbiter could not store its catalog nor read it back ({}): it decides nothing until it can",
@@ -263,14 +359,25 @@ impl State {
     }
 
     fn answer_now(&self, req: ArbiterRequest) -> ArbiterResponse {
+        let refused = |r: std::result::Result<std::result::Result<ArbiterResponse, String>, String>| match r {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(why)) | Err(why) => ArbiterResponse::Refused(why),
+        };
         match req {
-            ArbiterRequest::Catalog => ArbiterResponse::Catalog(Box::new(lock(&self.catalog).clone())),
+            ArbiterRequest::Leadership => self.leadership(),
+            ArbiterRequest::Catalog => ArbiterResponse::Catalog(Box::new(lock(&self.catalog).catalog.clone())),
             ArbiterRequest::StoreCatalog => {
-                let mut cat = lock(&self.catalog);
+                let mut snap = lock(&self.catalog);
                 tracing::warn!(catalog = %self.store.describe(), "catalog written again on request");
-                match self.store(&mut cat) {
-                    true => ArbiterResponse::Started,
-                    false => ArbiterResponse::Refused("the catalog cannot be written".into()),
+                match self.store.commit(&mut snap) {
+                    Ok(Committed::Done) => ArbiterResponse::Started,
+                    Ok(Committed::Conflict(why)) => {
+                        ArbiterResponse::Refused(format!("the catalog changed in its store: {why}"))
+                    }
+                    Err(e) => {
+                        self.reload(&mut snap);
+                        ArbiterResponse::Refused(format!("the catalog cannot be written ({})", e.cause()))
+                    }
                 }
             }
             ArbiterRequest::Recover { content, full, max_rate, compare, checkpoint_bytes } => {
@@ -279,39 +386,36 @@ impl State {
             ArbiterRequest::AddMirrors { mirrors } => self.add_mirrors(mirrors),
             ArbiterRequest::Verify { content, repair } => self.verify(content, repair),
             ArbiterRequest::Rebalance { content } => {
-                let mut cat = lock(&self.catalog);
-                let Some(o) = cat.apply(content, &Event::Rebalance) else {
-                    return ArbiterResponse::Refused(format!("no content {content} in the catalog"));
-                };
-                if !o.changed {
-                    return ArbiterResponse::Refused(format!("content {content}: {}", o.reason));
-                }
-                // Stored first; the next rounds give the orders (mirror first:
+                // Committed first; the next rounds give the orders (mirror first:
                 // the old primary shuts down in order, then the other streams to it).
-                if !self.store(&mut cat) {
-                    return ArbiterResponse::Refused("the catalog cannot be written".into());
-                }
-                ArbiterResponse::Started
+                let r = self.transact(&mut lock(&self.catalog), |cat| match cat.apply(content, &Event::Rebalance) {
+                    None => (false, Err(format!("no content {content} in the catalog"))),
+                    Some(o) if !o.changed => (false, Err(format!("content {content}: {}", o.reason))),
+                    Some(_) => (true, Ok(ArbiterResponse::Started)),
+                });
+                refused(r)
             }
             ArbiterRequest::MirrorLost { dbid, content, generation, reason } => {
                 let span = tracing::info_span!("mirror_lost", dbid, content, generation);
                 let _e = span.enter();
                 tracing::warn!(%reason, "a primary reports its mirror lost");
-                let mut cat = lock(&self.catalog);
-                if cat.content_of(dbid) != Some(content) {
-                    return ArbiterResponse::Refused(format!("dbid {dbid} is not a segment of content {content}"));
-                }
-                let Some(outcome) = cat.apply(content, &Event::MirrorLost { reporter: dbid, generation }) else {
-                    return ArbiterResponse::Refused(format!("no content {content}"));
-                };
-                // Recorded durably before the primary hears it (it then goes on alone).
-                if outcome.changed && !self.store(&mut cat) {
-                    return ArbiterResponse::Refused("the catalog cannot be written".into());
-                }
-                match outcome.verdict {
-                    Verdict::MirrorDown => ArbiterResponse::MirrorDown,
-                    Verdict::Demoted | Verdict::None => ArbiterResponse::Demoted,
-                }
+                // Committed before the primary hears it (it then goes on alone).
+                let r = self.transact(&mut lock(&self.catalog), |cat| {
+                    if cat.content_of(dbid) != Some(content) {
+                        return (false, Err(format!("dbid {dbid} is not a segment of content {content}")));
+                    }
+                    match cat.apply(content, &Event::MirrorLost { reporter: dbid, generation }) {
+                        None => (false, Err(format!("no content {content}"))),
+                        Some(o) => (
+                            o.changed,
+                            Ok(match o.verdict {
+                                Verdict::MirrorDown => ArbiterResponse::MirrorDown,
+                                Verdict::Demoted | Verdict::None => ArbiterResponse::Demoted,
+                            }),
+                        ),
+                    }
+                });
+                refused(r)
             }
         }
     }
@@ -324,8 +428,8 @@ impl State {
         let span = tracing::info_span!("recover", content, full);
         let _e = span.enter();
         let (order, primary_addr) = {
-            let mut cat = lock(&self.catalog);
-            let Some(cp) = cat.pair(content).cloned() else {
+            let mut snap = lock(&self.catalog);
+            let Some(cp) = snap.catalog.pair(content).cloned() else {
                 return ArbiterResponse::Refused(format!("no content {content} in the catalog"));
             };
             let pair = &cp.pair;
@@ -336,15 +440,18 @@ impl State {
                 // Back from its acting primary's own data and change-log,
                 // once that primary answers again (the rounds then order it
                 // to serve alone at the new generation).
-                let Some(o) = cat.apply(content, &Event::Restore) else {
-                    return ArbiterResponse::Refused(format!("no content {content} in the catalog"));
+                let restored = self.transact(&mut snap, |cat| match cat.apply(content, &Event::Restore) {
+                    None => (false, Err(format!("no content {content} in the catalog"))),
+                    Some(o) => (o.changed, Ok(o.reason)),
+                });
+                return match restored {
+                    Ok(Ok(reason)) => {
+                        tracing::warn!(content, %reason, "restored a down segment");
+                        let generation = snap.catalog.pair(content).map(|c| c.pair.generation).unwrap_or(0);
+                        ArbiterResponse::Restored { generation }
+                    }
+                    Ok(Err(why)) | Err(why) => ArbiterResponse::Refused(why),
                 };
-                if o.changed && !self.store(&mut cat) {
-                    return ArbiterResponse::Refused("the catalog cannot be written".into());
-                }
-                tracing::warn!(content, reason = %o.reason, "restored a down segment");
-                let generation = cat.pair(content).map(|c| c.pair.generation).unwrap_or(0);
-                return ArbiterResponse::Restored { generation };
             }
             let (p, m) = (pair.acting_primary().dbid, pair.acting_mirror().dbid);
             let (Some(pa), Some(ma)) = (cp.address(p), cp.address(m)) else {
@@ -354,7 +461,7 @@ impl State {
             // A returning old primary's activity log joins the primary's
             // change-log before the resync reads its plan: merged after,
             // its blocks would be missed and its record wiped by the clear.
-            drop(cat);
+            drop(snap);
             if self.probe(&mc).is_some_and(|s| s.changes_pending) {
                 self.hand_over(&mc, &pc, self.probe(&pc).as_ref());
                 if self.probe(&mc).is_none_or(|s| s.changes_pending) {
@@ -364,17 +471,16 @@ impl State {
                     ));
                 }
             }
-            let mut cat = lock(&self.catalog);
-            let Some(pair) = cat.pair(content).map(|c| c.pair.clone()) else {
-                return ArbiterResponse::Refused(format!("no content {content} in the catalog"));
-            };
-            if pair.mode != PairMode::Resynchronizing {
-                let started = cat.apply(content, &Event::ResyncStarted).is_some_and(|o| o.changed);
-                if started && !self.store(&mut cat) {
-                    return ArbiterResponse::Refused("the catalog cannot be written".into());
-                }
+            let mut snap = lock(&self.catalog);
+            let started = self.transact(&mut snap, |cat| match cat.pair(content).map(|c| c.pair.mode) {
+                None => (false, Err(format!("no content {content} in the catalog"))),
+                Some(PairMode::Resynchronizing) => (false, Ok(())),
+                Some(_) => (cat.apply(content, &Event::ResyncStarted).is_some_and(|o| o.changed), Ok(())),
+            });
+            if let Ok(Err(why)) | Err(why) = started {
+                return ArbiterResponse::Refused(why);
             }
-            let generation = cat.pair(content).map(|c| c.pair.generation).unwrap_or(0);
+            let generation = snap.catalog.pair(content).map(|c| c.pair.generation).unwrap_or(0);
             (SegmentRequest::StartResync { generation, mirror: md, full, max_rate, compare, checkpoint_bytes }, pc)
         };
         match self.order(&primary_addr, order) {
@@ -390,8 +496,8 @@ impl State {
         let span = tracing::info_span!("verify", content, repair);
         let _e = span.enter();
         let (dbid, generation, addr) = {
-            let cat = lock(&self.catalog);
-            let Some(cp) = cat.pair(content) else {
+            let snap = lock(&self.catalog);
+            let Some(cp) = snap.catalog.pair(content) else {
                 return ArbiterResponse::Refused(format!("no content {content} in the catalog"));
             };
             let pair = &cp.pair;
@@ -436,8 +542,15 @@ impl State {
         None
     }
 
+    /// Send an order, fenced with this arbiter's epoch; none is sent while
+    /// it does not act (its lease lapsed since the round began).
     fn order(&self, addr: &str, req: SegmentRequest) -> Option<SegmentResponse> {
         let what = format!("{req:?}");
+        let Some(epoch) = self.epoch() else {
+            tracing::warn!(addr, order = %what, "not sent: this arbiter no longer acts");
+            return None;
+        };
+        let req = SegmentRequest::Fenced { epoch, order: Box::new(req) };
         match control::call::<_, SegmentResponse>(addr, &self.cfg.key, &req, self.cfg.timeout) {
             Ok(r) => {
                 if let SegmentResponse::Refused(why) = &r {
@@ -458,22 +571,25 @@ impl State {
     fn add_mirrors(&self, mirrors: Vec<NewMirror>) -> ArbiterResponse {
         let span = tracing::info_span!("add_mirrors", count = mirrors.len());
         let _e = span.enter();
-        let mut cat = lock(&self.catalog);
-        let mut next = cat.clone();
-        for m in mirrors {
-            if let Err(why) = next.add_mirror(m.content, m.address, m.primary_data) {
-                tracing::error!(content = m.content, %why, "mirror refused");
-                return ArbiterResponse::Refused(format!("content {}: {why}; nothing was added", m.content));
+        let added = self.transact(&mut lock(&self.catalog), |cat| {
+            let mut next = cat.clone();
+            for m in &mirrors {
+                if let Err(why) = next.add_mirror(m.content, m.address.clone(), m.primary_data.clone()) {
+                    tracing::error!(content = m.content, %why, "mirror refused");
+                    return (false, Err(format!("content {}: {why}; nothing was added", m.content)));
+                }
             }
+            if let Err(why) = next.check() {
+                return (false, Err(format!("the catalog would be invalid: {why}; nothing was added")));
+            }
+            *cat = next;
+            (true, Ok(()))
+        });
+        match added {
+            Ok(Ok(())) => ArbiterResponse::Started,
+            Ok(Err(why)) => ArbiterResponse::Refused(why),
+            Err(why) => ArbiterResponse::Refused(format!("{why}; nothing was added")),
         }
-        if let Err(why) = next.check() {
-            return ArbiterResponse::Refused(format!("the catalog would be invalid: {why}; nothing was added"));
-        }
-        if !self.store(&mut next) {
-            return ArbiterResponse::Refused("the catalog cannot be written; nothing was added".into());
-        }
-        *cat = next;
-        ArbiterResponse::Started
     }
 
     /// Contents without a mirror: record each primary up or down as its
@@ -612,9 +728,11 @@ impl State {
         if !self.sure() {
             return;
         }
+        // A standby probes nothing: the acting arbiter does.
+        let Some(epoch) = self.epoch() else { return };
         let addrs = {
-            let cat = lock(&self.catalog);
-            let mut addrs: Vec<String> = cat.addresses().map(|(_, a)| a.control.clone()).collect();
+            let snap = lock(&self.catalog);
+            let mut addrs: Vec<String> = snap.catalog.addresses().map(|(_, a)| a.control.clone()).collect();
             addrs.sort();
             addrs.dedup();
             addrs
@@ -622,33 +740,51 @@ impl State {
         self.kept.keep_only(&addrs);
         lock(&self.down).retain(|a, _| addrs.binary_search(a).is_ok());
         let probed = self.probe_all(addrs);
+        if let Some(seen) = probed.0.values().flatten().map(|s| s.epoch).max().filter(|e| *e > epoch) {
+            if let Err(e) = self.store.raise_epoch(seen) {
+                tracing::error!(error = %e, "cannot raise the arbiter's epoch");
+            }
+        }
         let (solos, ordered): (Vec<CatalogSolo>, Vec<Ordered>) = {
-            let mut cat = lock(&self.catalog);
-            let mut changed = Self::solo_events(&mut cat, &probed);
-            let contents: Vec<u32> = cat.pairs.iter().map(|p| p.pair.content).collect();
-            let mut seen_by_content = Vec::with_capacity(contents.len());
-            for content in contents {
-                let Some(cp) = cat.pair(content) else { continue };
-                let statuses: Vec<(u32, Option<SegmentStatus>)> =
-                    cp.addresses.iter().map(|a| (a.dbid, probed.get(&a.control))).collect();
+            let mut snap = lock(&self.catalog);
+            // What the probes saw, per pair, from the catalog as it is now
+            // (and again if a commit meets another's).
+            let observe = |cat: &Catalog| -> Vec<Observed> {
+                cat.pairs
+                    .iter()
+                    .map(|cp| {
+                        let statuses: Vec<(u32, Option<SegmentStatus>)> =
+                            cp.addresses.iter().map(|a| (a.dbid, probed.get(&a.control))).collect();
+                        let seen = statuses.iter().map(|(d, s)| (*d, s.as_ref().map(SegmentStatus::seen))).collect();
+                        (cp.pair.content, seen, statuses)
+                    })
+                    .collect()
+            };
+            for (_, _, statuses) in observe(&snap.catalog) {
                 for (dbid, st) in &statuses {
                     if let Some(s) = st.as_ref().filter(|s| s.dbid != *dbid) {
                         tracing::error!(expected = dbid, answered = s.dbid, "a different segment answers there");
                     }
                 }
-                let seen: Vec<(u32, Option<arbiter::Seen>)> =
-                    statuses.iter().map(|(d, s)| (*d, s.as_ref().map(SegmentStatus::seen))).collect();
-                for event in arbiter::round_events(&cp.pair, &seen) {
-                    changed |= cat.apply(content, &event).is_some_and(|o| o.changed);
-                }
-                seen_by_content.push((content, seen, statuses));
             }
-            // Recorded durably before any order that depends on it.
-            if changed && !self.store(&mut cat) {
+            // Committed before any order that depends on it.
+            let committed = self.transact(&mut snap, |cat| {
+                let mut changed = Self::solo_events(cat, &probed);
+                for (content, seen, _) in observe(cat) {
+                    let Some(cp) = cat.pair(content) else { continue };
+                    for event in arbiter::round_events(&cp.pair, &seen) {
+                        changed |= cat.apply(content, &event).is_some_and(|o| o.changed);
+                    }
+                }
+                (changed, ())
+            });
+            if let Err(why) = committed {
+                tracing::error!(%why, "the round's changes are not committed: no orders");
                 return;
             }
-            // The orders of the catalog as stored; only pairs with orders.
-            let ordered = seen_by_content
+            // The orders of the catalog as committed; only pairs with orders.
+            let cat = &snap.catalog;
+            let ordered = observe(cat)
                 .into_iter()
                 .filter_map(|(content, seen, statuses)| {
                     let pair = cat.pair(content)?;
@@ -717,12 +853,50 @@ impl State {
     }
 }
 
-/// Ask an arbiter for its catalog (operators, tests).
-pub fn fetch_catalog(addr: &str, key: &ClusterKey, timeout: Duration) -> Result<Catalog> {
-    match control::call::<_, ArbiterResponse>(addr, key, &ArbiterRequest::Catalog, timeout) {
+/// The arbiters of a cluster as its files name them: one address, or
+/// several separated by commas (one acts at a time, on a coordinator).
+pub fn arbiter_addresses(arbiters: &str) -> Vec<&str> {
+    arbiters.split(',').map(str::trim).filter(|a| !a.is_empty()).collect()
+}
+
+/// Ask the acting arbiter among `arbiters` (comma-separated): each in
+/// turn, past those that do not answer or do not act, the one named as
+/// leader first. The last failure if none acts.
+pub fn ask(
+    arbiters: &str,
+    key: &ClusterKey,
+    req: &ArbiterRequest,
+    timeout: Duration,
+) -> std::result::Result<ArbiterResponse, String> {
+    let mut todo: Vec<String> = arbiter_addresses(arbiters).into_iter().map(String::from).collect();
+    let mut asked: Vec<String> = Vec::new();
+    let mut last = format!("no arbiter address in {arbiters:?}");
+    while let Some(addr) = todo.first().cloned() {
+        todo.remove(0);
+        if asked.contains(&addr) || asked.len() >= 16 {
+            continue;
+        }
+        asked.push(addr.clone());
+        match control::call::<_, ArbiterResponse>(&addr, key, req, timeout) {
+            Ok(ArbiterResponse::NotActing { leader, why }) => {
+                last = format!("{addr}: {why}");
+                if let Some(l) = leader.filter(|l| !asked.contains(l)) {
+                    todo.insert(0, l);
+                }
+            }
+            Ok(answer) => return Ok(answer),
+            Err(e) => last = e.to_string(),
+        }
+    }
+    Err(if asked.len() > 1 { format!("no arbiter acts ({} asked); last: {last}", asked.len()) } else { last })
+}
+
+/// Ask the acting arbiter for its catalog (operators, tests).
+pub fn fetch_catalog(arbiters: &str, key: &ClusterKey, timeout: Duration) -> Result<Catalog> {
+    match ask(arbiters, key, &ArbiterRequest::Catalog, timeout) {
         Ok(ArbiterResponse::Catalog(c)) => Ok(*c),
         Ok(other) => Err(Error::InvalidArgument(format!("the arbiter answered {other:?}"))),
-        Err(e) => Err(Error::InvalidArgument(e.to_string())),
+        Err(e) => Err(Error::InvalidArgument(e)),
     }
 }
 

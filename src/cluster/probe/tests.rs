@@ -10,6 +10,7 @@ fn config(probe_threads: usize) -> ProbeConfig {
         retries: 2,
         handshake_timeout: Duration::from_secs(2),
         probe_threads,
+        coordinator: None,
     }
 }
 
@@ -43,22 +44,7 @@ fn workers_answer_in_the_order_of_the_items() {
 }
 
 fn status(dbid: u32) -> SegmentStatus {
-    SegmentStatus {
-        dbid,
-        content: 0,
-        acting: Acting::Idle,
-        generation: 0,
-        mode: '-',
-        detail: String::new(),
-        changes_pending: false,
-        faulted: false,
-        unheard: false,
-        resync: None,
-        resync_error: None,
-        verify: None,
-        replication: None,
-        changelog: None,
-    }
+    SegmentStatus::plain(dbid, 0, Acting::Idle, 0, '-')
 }
 
 /// Wait for a condition another thread makes true, up to 20 s.
@@ -155,8 +141,13 @@ fn recording_segment(key: ClusterKey, dbid: u32) -> (String, Arc<Mutex<Vec<Strin
     std::thread::spawn(move || {
         control::serve(l, key, st, (Limits::new(4), control::MAX_BODY), Duration::from_secs(5), move |r| match r {
             SegmentRequest::Probe => SegmentResponse::Status(status(dbid)),
+            SegmentRequest::Fenced { epoch, order } => {
+                assert!(epoch >= 1, "an arbiter's orders carry its epoch");
+                lock(&g).push(format!("{order:?}"));
+                SegmentResponse::Done
+            }
             other => {
-                lock(&g).push(format!("{other:?}"));
+                lock(&g).push(format!("unfenced {other:?}"));
                 SegmentResponse::Done
             }
         })
@@ -193,7 +184,11 @@ fn a_round_whose_change_is_not_stored_gives_no_order() {
     std::fs::create_dir(&good).unwrap();
     state.round();
     assert!(lock(&got).is_empty(), "ordered from a change not stored: {:?}", lock(&got));
-    assert_eq!(lock(&state.catalog).pairs[0].pair.mode, PairMode::Synchronized, "the stored catalog, read back");
+    assert_eq!(
+        lock(&state.catalog).catalog.pairs[0].pair.mode,
+        PairMode::Synchronized,
+        "the stored catalog, read back"
+    );
     std::fs::remove_dir(&good).unwrap();
     state.round();
     assert_eq!(Catalog::load(&path).unwrap().pairs[0].pair.mode, PairMode::ChangeTracking);

@@ -18,6 +18,10 @@ use std::time::Duration;
 pub struct RoleRecord {
     pub primary: u64,
     pub mirror: u64,
+    /// The highest arbiter epoch whose order it obeyed (0: none yet, or a
+    /// record from before epochs): orders of an older one are refused.
+    #[serde(default)]
+    pub epoch: u64,
 }
 
 impl RoleRecord {
@@ -34,10 +38,22 @@ impl RoleRecord {
 
     /// Raise the record to these generations, durably.
     pub(super) fn note(state_dir: &std::path::Path, primary: Option<u64>, mirror: Option<u64>) -> Result<()> {
+        Self::raise(state_dir, |old| RoleRecord {
+            primary: old.primary.max(primary.unwrap_or(0)),
+            mirror: old.mirror.max(mirror.unwrap_or(0)),
+            epoch: old.epoch,
+        })
+    }
+
+    /// Raise the record's epoch, durably (before the order is obeyed).
+    pub(super) fn note_epoch(state_dir: &std::path::Path, epoch: u64) -> Result<()> {
+        Self::raise(state_dir, |old| RoleRecord { epoch: old.epoch.max(epoch), ..old })
+    }
+
+    fn raise(state_dir: &std::path::Path, to: impl FnOnce(RoleRecord) -> RoleRecord) -> Result<()> {
         use crate::durable::sealed;
         let old = RoleRecord::load(state_dir).unwrap_or_default();
-        let new =
-            RoleRecord { primary: old.primary.max(primary.unwrap_or(0)), mirror: old.mirror.max(mirror.unwrap_or(0)) };
+        let new = to(old);
         if new == old {
             return Ok(());
         }

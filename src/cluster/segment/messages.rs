@@ -2,7 +2,6 @@
 //! § 12, their JSON forms in protocol-vectors.md), the change sets they
 //! carry, and the arbiter as a primary asks it ([`RemoteArbiter`]).
 
-use crate::cluster::control;
 use crate::durable::changelog::{ChangeSet, EXTENT_BLOCKS};
 use crate::io::disk::FsPath;
 use crate::protocol::handshake::ClusterKey;
@@ -81,6 +80,33 @@ pub enum SegmentRequest {
     },
     /// Stop the process.
     Stop,
+    /// An order of the acting arbiter of `epoch`: carried out only if no
+    /// order of a newer epoch was obeyed before (the epoch is recorded
+    /// durably first). Role orders come only this way once the segment
+    /// obeyed any epoch.
+    Fenced {
+        epoch: u64,
+        order: Box<SegmentRequest>,
+    },
+}
+
+impl SegmentRequest {
+    /// An order that changes what the segment does with its data: only the
+    /// acting arbiter gives it, fenced by its epoch. (Probes, reports,
+    /// inspection, `Rebind` by `filerep addmirrors` and `Stop` by the
+    /// operator need none.)
+    pub fn needs_epoch(&self) -> bool {
+        matches!(
+            self,
+            SegmentRequest::BecomeMirror { .. }
+                | SegmentRequest::BecomePrimary { .. }
+                | SegmentRequest::TakeChanges
+                | SegmentRequest::AddChanges { .. }
+                | SegmentRequest::ClearChanges
+                | SegmentRequest::StartResync { .. }
+                | SegmentRequest::StartVerify { .. }
+        )
+    }
 }
 
 /// Most paths (and ports) one `Inspect` asks about.
@@ -142,9 +168,34 @@ pub struct SegmentStatus {
     /// What the change-log holds.
     #[serde(default)]
     pub changelog: Option<crate::durable::changelog::ChangeLogStats>,
+    /// The highest arbiter epoch whose order it obeyed.
+    #[serde(default)]
+    pub epoch: u64,
 }
 
 impl SegmentStatus {
+    /// A plain status: the segment acts so at `generation`, with nothing
+    /// pending, no fault, no figures (test segments and benchmarks).
+    pub fn plain(dbid: u32, content: u32, acting: Acting, generation: u64, mode: char) -> SegmentStatus {
+        SegmentStatus {
+            dbid,
+            content,
+            acting,
+            generation,
+            mode,
+            detail: String::new(),
+            changes_pending: false,
+            faulted: false,
+            unheard: false,
+            resync: None,
+            resync_error: None,
+            verify: None,
+            replication: None,
+            changelog: None,
+            epoch: 0,
+        }
+    }
+
     /// What the arbiter's round decides from.
     pub fn seen(&self) -> crate::core::arbiter::Seen {
         crate::core::arbiter::Seen {
@@ -198,6 +249,8 @@ pub enum ArbiterRequest {
         #[serde(default)]
         repair: bool,
     },
+    /// Whether this arbiter acts (any arbiter answers, acting or not).
+    Leadership,
 }
 
 /// A mirror to add: its content and where it listens.
@@ -230,6 +283,18 @@ pub enum ArbiterResponse {
         id: u64,
     },
     Refused(String),
+    /// This arbiter does not act (it stands by, or cannot reach its
+    /// coordinator): ask `leader`, or another arbiter of the cluster.
+    NotActing {
+        leader: Option<String>,
+        why: String,
+    },
+    /// The answer to `Leadership`.
+    Leadership {
+        arbiter: String,
+        coordinator: String,
+        leadership: crate::durable::catalog::Leadership,
+    },
 }
 
 /// A change set on the wire: runs of blocks, extents and touched paths per file.
@@ -309,8 +374,10 @@ impl WireChangeSet {
     }
 }
 
-/// The arbiter as a primary sees it: a control call to the arbiter process.
+/// The arbiter as a primary sees it: a control call to the acting arbiter
+/// process.
 pub struct RemoteArbiter {
+    /// The arbiters' addresses (comma-separated: one acts at a time).
     pub addr: String,
     pub key: ClusterKey,
     pub dbid: u32,
@@ -329,7 +396,8 @@ impl Arbiter for RemoteArbiter {
         loop {
             attempts += 1;
             let left = deadline.saturating_duration_since(Instant::now());
-            match control::call::<_, ArbiterResponse>(&self.addr, &self.key, &req, left.max(Duration::from_millis(1))) {
+            let asked = crate::cluster::probe::ask(&self.addr, &self.key, &req, left.max(Duration::from_millis(1)));
+            match asked {
                 Ok(ArbiterResponse::MirrorDown) => return Ok(Decision::MirrorDown),
                 Ok(ArbiterResponse::Demoted) => return Ok(Decision::Demoted),
                 Ok(other) => return Err(format!("the arbiter answered {other:?}")),

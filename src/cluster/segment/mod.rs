@@ -68,6 +68,12 @@ pub(crate) struct Shared {
     stop: Arc<Stop>,
     /// Serializes orders: one role change at a time.
     orders: Mutex<()>,
+    /// The highest arbiter epoch obeyed (as recorded in `roles.json`):
+    /// held while a fenced order runs, so no order of an older epoch runs
+    /// after one of a newer.
+    epoch: Mutex<u64>,
+    /// The same, for the status (read without waiting for an order).
+    epoch_obeyed: std::sync::atomic::AtomicU64,
     resync: Mutex<ResyncState>,
     /// Signalled when a resync thread ends.
     resync_ended: std::sync::Condvar,
@@ -161,6 +167,7 @@ impl Segment {
             }
             None => None,
         };
+        let epoch = RoleRecord::load(&cfg.state_dir)?.epoch;
         let _ = std::fs::remove_file(&cfg.socket);
         let clients = UnixListener::bind(&cfg.socket)
             .map_err(|e| Error::io(format!("binding socket {}", cfg.socket.display()), e))?;
@@ -174,6 +181,8 @@ impl Segment {
             role: Mutex::new(Role::Idle),
             stop: Stop::new().map_err(|e| Error::io("making the stop signal", e))?,
             orders: Mutex::new(()),
+            epoch: Mutex::new(epoch),
+            epoch_obeyed: std::sync::atomic::AtomicU64::new(epoch),
             resync: Mutex::new(ResyncState::default()),
             resync_ended: std::sync::Condvar::new(),
             verify: Mutex::new(VerifyJob::default()),
@@ -435,6 +444,7 @@ impl Shared {
             verify,
             replication,
             changelog: Some(self.changelog.stats()),
+            epoch: self.epoch_obeyed.load(std::sync::atomic::Ordering::Relaxed),
         }
     }
 
@@ -444,7 +454,25 @@ impl Shared {
             tracing::warn!(reason = %e, "order refused");
             SegmentResponse::Refused(e)
         };
+        if req.needs_epoch() {
+            // Unfenced: from an arbiter without epochs, or a test driving
+            // the segment by hand; refused once an arbiter's epoch was obeyed.
+            let obeyed = *lock(&self.epoch);
+            if let Err(why) = crate::core::fence::admit_unfenced(obeyed) {
+                return refused(why);
+            }
+        }
+        self.order_unchecked(req)
+    }
+
+    /// Carry out one control request whose epoch was checked.
+    fn order_unchecked(self: &Arc<Self>, req: SegmentRequest) -> SegmentResponse {
+        let refused = |e: String| {
+            tracing::warn!(reason = %e, "order refused");
+            SegmentResponse::Refused(e)
+        };
         match req {
+            SegmentRequest::Fenced { epoch, order } => self.fenced(epoch, *order),
             SegmentRequest::Probe => SegmentResponse::Status(self.status()),
             SegmentRequest::BecomeMirror { generation } => match self.become_mirror(generation) {
                 Ok(()) => SegmentResponse::Done,
@@ -629,6 +657,42 @@ impl Shared {
                 SegmentResponse::Done
             }
         }
+    }
+
+    /// An order of the arbiter of `epoch`: refused if a newer epoch was
+    /// obeyed; a newer one than recorded is recorded durably first. The
+    /// lock is held while the order runs: an older epoch's order waiting
+    /// behind it is then refused.
+    fn fenced(self: &Arc<Self>, epoch: u64, order: SegmentRequest) -> SegmentResponse {
+        let what = format!("{order:?}");
+        let refused = |why: String| {
+            tracing::warn!(epoch, order = %what, reason = %why, "order refused");
+            SegmentResponse::Refused(why)
+        };
+        if matches!(order, SegmentRequest::Fenced { .. }) {
+            return refused("a fenced order inside a fenced order".into());
+        }
+        let mut obeyed = lock(&self.epoch);
+        let newer = match crate::core::fence::admit(*obeyed, epoch) {
+            Ok(newer) => newer,
+            Err(why) => return refused(why),
+        };
+        if let Some(epoch) = newer {
+            if let Err(e) = RoleRecord::note_epoch(&self.cfg.state_dir, epoch) {
+                return refused(format!("cannot record arbiter epoch {epoch}: {e}"));
+            }
+            tracing::warn!(epoch, previous = *obeyed, "orders of a new arbiter epoch");
+            *obeyed = epoch;
+            self.epoch_obeyed.store(epoch, std::sync::atomic::Ordering::Relaxed);
+        }
+        if !order.needs_epoch() {
+            drop(obeyed);
+            return self.order_unchecked(order);
+        }
+        // The order runs under this epoch's lock.
+        let answer = self.order_unchecked(order);
+        drop(obeyed);
+        answer
     }
 
     /// Start a verification on this acting primary (or join the one that

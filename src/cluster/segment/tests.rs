@@ -60,3 +60,71 @@ fn change_sets_cross_the_wire_intact_and_bad_ones_are_refused() {
     bad.files[0].runs.push((u64::MAX, 2));
     assert!(bad.to_set(1).is_err());
 }
+
+/// A segment in this process, on ports of its own, with its state in `dir`.
+fn test_segment(dir: &std::path::Path) -> (SegmentHandle, ClusterKey) {
+    let material = b"epoch fencing test key material!";
+    std::fs::write(dir.join("key"), material).unwrap();
+    std::fs::create_dir_all(dir.join("data")).unwrap();
+    let cfg: SegmentConfig = serde_json::from_value(serde_json::json!({
+        "dbid": 2, "content": 0, "cluster_id": 7, "block_size": 8192,
+        "filespaces": [format!("pg_system={}", dir.join("data").display())],
+        "key_file": dir.join("key"), "control_listen": "127.0.0.1:0", "data_listen": "127.0.0.1:0",
+        "socket": dir.join("s.sock"), "state_dir": dir.join("state"), "arbiter": "127.0.0.1:1",
+    }))
+    .unwrap();
+    (Segment::open(cfg).unwrap().start().unwrap(), ClusterKey::from_material(material).unwrap())
+}
+
+fn send(h: &SegmentHandle, key: &ClusterKey, req: &SegmentRequest) -> SegmentResponse {
+    control::call(&h.control_addr().to_string(), key, req, Duration::from_secs(5)).unwrap()
+}
+
+fn fenced(epoch: u64, order: SegmentRequest) -> SegmentRequest {
+    SegmentRequest::Fenced { epoch, order: Box::new(order) }
+}
+
+/// Once a segment obeyed an arbiter's epoch, orders of an older one, and
+/// role orders without one, are refused with the reason and change
+/// nothing; the epoch is recorded before the order runs, and a restarted
+/// segment still refuses the older one.
+#[test]
+fn orders_of_an_older_epoch_are_refused_and_the_epoch_outlives_a_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (h, key) = test_segment(tmp.path());
+    assert!(matches!(
+        send(&h, &key, &fenced(5, SegmentRequest::BecomeMirror { generation: 1 })),
+        SegmentResponse::Done
+    ));
+    assert_eq!((h.status().epoch, h.status().acting), (5, Acting::Mirror));
+    assert_eq!(RoleRecord::load(&tmp.path().join("state")).unwrap().epoch, 5, "recorded durably");
+    for stale in [
+        fenced(4, SegmentRequest::BecomePrimary { generation: 2, mirror: None }),
+        SegmentRequest::BecomePrimary { generation: 2, mirror: None },
+        fenced(5, fenced(6, SegmentRequest::ClearChanges)),
+    ] {
+        match send(&h, &key, &stale) {
+            SegmentResponse::Refused(why) => assert!(why.contains("epoch") || why.contains("fenced"), "{why}"),
+            other => panic!("{stale:?} answered {other:?}"),
+        }
+        assert_eq!((h.status().epoch, h.status().acting), (5, Acting::Mirror), "{stale:?} changed something");
+    }
+    // Probes and an equal or newer epoch go through.
+    assert!(matches!(send(&h, &key, &SegmentRequest::Probe), SegmentResponse::Status(_)));
+    assert!(matches!(
+        send(&h, &key, &fenced(6, SegmentRequest::BecomeMirror { generation: 1 })),
+        SegmentResponse::Done
+    ));
+    assert_eq!(h.status().epoch, 6);
+    h.close();
+    h.wait();
+    let (h, key) = test_segment(tmp.path());
+    assert_eq!(h.status().epoch, 6, "the epoch read back at start");
+    assert!(matches!(
+        send(&h, &key, &fenced(5, SegmentRequest::BecomeMirror { generation: 1 })),
+        SegmentResponse::Refused(_)
+    ));
+    assert_eq!(h.status().acting, Acting::Idle);
+    h.close();
+    h.wait();
+}

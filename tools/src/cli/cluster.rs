@@ -21,8 +21,13 @@ pub struct SegmentCmd {
 #[derive(clap::Args)]
 pub struct ArbiterCmd {
     /// The catalog file (JSON); rewritten atomically on every change.
-    #[arg(long)]
-    catalog: PathBuf,
+    #[arg(long, required_unless_present = "coordinator")]
+    catalog: Option<PathBuf>,
+    /// The catalog and the leadership on etcd instead of the file:
+    /// `etcd://HOST:PORT[,HOST:PORT...]/PREFIX` (as `filerep init
+    /// --coordinator` recorded it). Several arbiters may run; one acts.
+    #[arg(long, conflicts_with = "catalog")]
+    coordinator: Option<String>,
     /// File holding the cluster key.
     #[arg(long)]
     key_file: PathBuf,
@@ -71,7 +76,7 @@ pub fn run_segment(c: SegmentCmd) -> Result<(), String> {
 pub fn run_arbiter(c: ArbiterCmd) -> Result<(), String> {
     let key = ClusterKey::from_file(&c.key_file).map_err(|e| e.to_string())?;
     let cfg = ProbeConfig {
-        catalog: c.catalog,
+        catalog: c.catalog.unwrap_or_default(),
         key,
         listen: c.listen,
         interval: Duration::from_millis(c.interval_ms),
@@ -79,6 +84,7 @@ pub fn run_arbiter(c: ArbiterCmd) -> Result<(), String> {
         retries: c.retries,
         handshake_timeout: Duration::from_millis(c.handshake_timeout_ms),
         probe_threads: c.probe_threads,
+        coordinator: c.coordinator,
     };
     let arb = ArbiterProcess::open(cfg).map_err(|e| e.to_string())?;
     stop_on_signals(&arb.stop_signal())?;

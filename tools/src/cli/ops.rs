@@ -39,9 +39,16 @@ pub struct InitCmd {
     /// NAME=BASE per filespace for the mirrors' directories (with --mirrors).
     #[arg(long = "mirror-data-dir")]
     mirror_data_dirs: Vec<String>,
-    /// The arbiter's control address (default 127.0.0.1:BASE-1).
+    /// The arbiter's control address (default 127.0.0.1:BASE-1); with
+    /// --coordinator, several separated by commas (one arbiter each, on
+    /// their hosts; one acts at a time).
     #[arg(long)]
     arbiter: Option<String>,
+    /// Keep the catalog and the arbiters' leadership on etcd instead of
+    /// catalog.json: etcd://HOST:PORT[,HOST:PORT...][/PREFIX] (the prefix
+    /// defaults to /filerep/<cluster id>; docs/operations.md).
+    #[arg(long)]
+    coordinator: Option<String>,
     /// Accept hosts that are all this machine (a test cluster on loopback
     /// addresses such as 127.0.0.2,127.0.0.3): without it, two hosts that
     /// are one machine are refused, since a mirror "on another host" would
@@ -151,6 +158,7 @@ pub fn init(c: InitCmd) -> Result<ExitCode, String> {
         block_size: c.block_size,
         mirrors,
         arbiter,
+        coordinator: c.coordinator,
         allow_one_machine: c.allow_one_machine,
     };
     let dir = ClusterDir::new(absolute(&c.cluster_dir)?);
@@ -193,7 +201,11 @@ pub fn start(c: StartCmd) -> Result<ExitCode, String> {
         println!(
             "started {} segments{}{}",
             r.started.len(),
-            r.arbiter.as_ref().map(|a| format!(" and the arbiter on {a}")).unwrap_or_default(),
+            if r.arbiters.is_empty() {
+                String::new()
+            } else {
+                format!(" and the arbiter on {}", r.arbiters.join(", "))
+            },
             if r.already_running.is_empty() {
                 String::new()
             } else {
@@ -492,7 +504,7 @@ fn add(
             })
             .collect(),
     };
-    match filerep::cluster::control::call::<_, ArbiterResponse>(&file.arbiter, key, &req, RPC) {
+    match filerep::cluster::probe::ask(&file.arbiter, key, &req, RPC) {
         Ok(ArbiterResponse::Started) => Ok(()),
         Ok(ArbiterResponse::Refused(why)) => Err(format!("the arbiter refused the mirrors: {why}")),
         Ok(other) => Err(format!("the arbiter answered {other:?}")),

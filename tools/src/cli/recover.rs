@@ -256,7 +256,7 @@ fn follow(
     // The arbiter stores a change before it answers: a catalog fetched
     // after the answer holds it.
     let answered = loop {
-        match filerep::cluster::control::call::<_, ArbiterResponse>(&c.arbiter, key, &req, RPC) {
+        match filerep::cluster::probe::ask(&c.arbiter, key, &req, RPC) {
             Ok(ArbiterResponse::Started) => break Instant::now(),
             // Once only: a second answer like it means the primary fell again.
             Ok(ArbiterResponse::Restored { generation }) if !restored => {
@@ -417,12 +417,7 @@ fn rebalance(c: &RecoverCmd, watch: &Watch, cat: &Catalog) -> Result<std::proces
 fn switch(c: &RecoverCmd, watch: &Watch, content: u32) -> Result<Summary, String> {
     let key = &watch.key;
     let started = Instant::now();
-    match filerep::cluster::control::call::<_, ArbiterResponse>(
-        &c.arbiter,
-        key,
-        &ArbiterRequest::Rebalance { content },
-        RPC,
-    ) {
+    match filerep::cluster::probe::ask(&c.arbiter, key, &ArbiterRequest::Rebalance { content }, RPC) {
         Ok(ArbiterResponse::Started) => {}
         Ok(ArbiterResponse::Refused(why)) => return Err(format!("content {content}: {why}")),
         Ok(other) => return Err(format!("content {content}: unexpected answer {other:?}")),

@@ -169,18 +169,91 @@ fn resync_text(s: &Option<SegmentStatus>) -> String {
     format!("{}/{} blocks ({pct:.0}%), {} bytes shipped{passes}{eta}", p.blocks_done, p.blocks_total, p.bytes_done)
 }
 
+/// One arbiter as `filerep state` shows it.
+#[derive(serde::Serialize)]
+struct ArbiterState {
+    address: String,
+    /// `acting`, `standby`, `cut off` (from its coordinator), `down`.
+    state: &'static str,
+    epoch: Option<u64>,
+    detail: String,
+}
+
+/// What each of the cluster's arbiters says of itself.
+fn arbiter_states(file: &cluster::ClusterFile, key: &filerep::protocol::handshake::ClusterKey) -> Vec<ArbiterState> {
+    use filerep::durable::catalog::Leadership;
+    let addrs: Vec<String> = cluster::arbiters(file).into_iter().map(|(_, a)| a).collect();
+    filerep::cluster::probe::at_once(&addrs, 8, |a| Some(cluster::leadership(a, key, Duration::from_secs(2))))
+        .into_iter()
+        .zip(&addrs)
+        .map(|(answer, address)| {
+            let address = address.clone();
+            match answer {
+                Some(Ok(l)) => match l.leadership {
+                    Leadership::Acting { epoch } => ArbiterState {
+                        address,
+                        state: "acting",
+                        epoch: Some(epoch),
+                        detail: format!("on {}", l.coordinator),
+                    },
+                    Leadership::Standby { leader } => ArbiterState {
+                        address,
+                        state: "standby",
+                        epoch: None,
+                        detail: leader.map_or_else(|| "no leader known".into(), |l| format!("{l} acts")),
+                    },
+                    Leadership::Unreachable(why) => ArbiterState {
+                        address,
+                        state: "cut off",
+                        epoch: None,
+                        detail: format!("cannot reach its coordinator {}: {why}", l.coordinator),
+                    },
+                },
+                Some(Err(e)) => {
+                    ArbiterState { address, state: "down", epoch: None, detail: format!("does not answer: {e}") }
+                }
+                None => ArbiterState { address, state: "down", epoch: None, detail: "does not answer".into() },
+            }
+        })
+        .collect()
+}
+
+fn print_arbiters(arbiters: &[ArbiterState]) {
+    for a in arbiters {
+        let epoch = a.epoch.map(|e| format!(" (epoch {e})")).unwrap_or_default();
+        println!("  arbiter {}: {}{epoch}, {}", a.address, a.state, a.detail);
+    }
+    if !arbiters.iter().any(|a| a.state == "acting") {
+        println!("  NO arbiter acts: nothing is promoted until one does (docs/operations.md, The coordinator on etcd)");
+    }
+}
+
 pub fn run(c: StateCmd) -> Result<ExitCode, String> {
     let dir = c.cluster.dir()?;
     let file = dir.load().map_err(|e| e.to_string())?;
     let key = dir.key().map_err(|e| e.to_string())?;
-    let (cat, live) = current_catalog(&dir)?;
+    let arbiters = arbiter_states(&file, &key);
+    let (cat, live) = match current_catalog(&dir) {
+        Ok(found) => found,
+        Err(e) => {
+            // Which arbiter acts, and why none can, is the answer then.
+            if c.json {
+                let v = serde_json::json!({"arbiters": arbiters, "coordinator": file.coordinator, "error": e});
+                println!("{}", serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?);
+            } else {
+                print_arbiters(&arbiters);
+            }
+            return Err(format!("the catalog cannot be read: {e}"));
+        }
+    };
     let rows = rows(&cat, &key);
     if !live && !c.json {
-        eprintln!("the arbiter on {} does not answer: showing the catalog file as last stored", file.arbiter);
+        eprintln!("the arbiter on {} does not answer: showing the catalog as last stored", file.arbiter);
     }
     if c.json {
         let v = serde_json::json!({
             "arbiter": file.arbiter, "arbiter_answers": live, "placement": file.placement,
+            "coordinator": file.coordinator, "arbiters": arbiters,
             "segments": rows, "history_tail": cat.history.iter().rev().take(20).collect::<Vec<_>>(),
         });
         println!("{}", serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?);
@@ -333,6 +406,9 @@ pub fn run(c: StateCmd) -> Result<ExitCode, String> {
             file.arbiter,
             if live { "answering" } else { "NOT answering" }
         );
+        if file.coordinator.is_some() {
+            print_arbiters(&arbiters);
+        }
         let summary = [
             ("primaries (acting)", count(&|r| r.role == 'p').to_string()),
             ("primaries down", count(&|r| r.role == 'p' && r.status == 'd').to_string()),

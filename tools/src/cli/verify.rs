@@ -202,8 +202,7 @@ fn follow(
 ) -> Result<VerifyReport, String> {
     let started = Instant::now();
     let req = ArbiterRequest::Verify { content, repair: c.repair };
-    let (dbid, generation, id) = match filerep::cluster::control::call::<_, ArbiterResponse>(&c.arbiter, key, &req, RPC)
-    {
+    let (dbid, generation, id) = match filerep::cluster::probe::ask(&c.arbiter, key, &req, RPC) {
         Ok(ArbiterResponse::Verifying { dbid, generation, id }) => (dbid, generation, id),
         Ok(ArbiterResponse::Refused(why)) => return Err(why),
         Ok(other) => return Err(format!("unexpected answer {other:?}")),
