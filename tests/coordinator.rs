@@ -255,6 +255,12 @@ fn the_acting_arbiter_killed_the_other_takes_over_and_promotes_a_mirror() {
     let c = Cluster::start(&etcd, 0);
     let (first, e1) = c.wait_acting(Duration::from_secs(10));
     c.write(0, "before", 16).unwrap();
+    // The catalog commands read it from etcd: there is no catalog file.
+    let shown: Catalog = serde_json::from_str(&ok(&["catalog", "show", "--cluster-dir", &c.cd()])).unwrap();
+    assert_eq!(shown.pairs, c.catalog().pairs);
+    let checked = ok(&["catalog", "check", "--cluster-dir", &c.cd()]);
+    assert!(checked.contains(&format!("the catalog on {}: whole, 2 pairs", c.coordinator())), "{checked}");
+    assert!(!c.dir.catalog().exists());
 
     c.kill(c.arbiter_name(&first));
     let killed = Instant::now();

@@ -83,8 +83,13 @@ pub fn run(c: CatalogCmd) -> Result<ExitCode, String> {
         What::Restore { which, rebuild, primaries } => restore(&which, rebuild, &primaries.into_iter().collect()),
         What::Seal { which } => seal(&which),
         What::Show { which } => {
-            let (_, path) = which.resolve()?;
-            let cat = Catalog::load(&path).map_err(|e| e.to_string())?;
+            let (dir, path) = which.resolve()?;
+            let cat = match coordinated(&dir) {
+                // A cluster on a coordinator: its catalog is on etcd.
+                Some((dir, file)) => dir.load_catalog(&file),
+                None => Catalog::load(&path),
+            }
+            .map_err(|e| e.to_string())?;
             println!("{}", serde_json::to_string_pretty(&cat).map_err(|e| e.to_string())?);
             Ok(ExitCode::SUCCESS)
         }
@@ -101,9 +106,12 @@ fn check(which: &Which) -> Result<ExitCode, String> {
             println!("{what}: {e}");
         }
     };
-    let good = sealed::good_copy(&path);
-    let copy = std::fs::read(&good).map_err(|e| e.to_string()).and_then(|b| Catalog::from_bytes(&b));
-    say(good.display().to_string(), copy.map(|_| "whole".into()));
+    let on_coordinator = coordinated(&dir).map(|(_, f)| f.coordinator.unwrap_or_default());
+    if on_coordinator.is_none() {
+        let good = sealed::good_copy(&path);
+        let copy = std::fs::read(&good).map_err(|e| e.to_string()).and_then(|b| Catalog::from_bytes(&b));
+        say(good.display().to_string(), copy.map(|_| "whole".into()));
+    }
     match &dir {
         None => {
             say(path.display().to_string(), Catalog::load(&path).map(|_| "whole".into()).map_err(|e| e.to_string()))
@@ -122,7 +130,10 @@ fn check(which: &Which) -> Result<ExitCode, String> {
                         c.unmirrored.len()
                     )
                 });
-                say(path.display().to_string(), r.map_err(|e| e.to_string()));
+                let what = on_coordinator
+                    .clone()
+                    .map_or_else(|| path.display().to_string(), |c| format!("the catalog on {c}"));
+                say(what, r.map_err(|e| e.to_string()));
             }
             let segments = dir.root.join("segments");
             let mut configs: Vec<PathBuf> = std::fs::read_dir(&segments)
@@ -140,11 +151,21 @@ fn check(which: &Which) -> Result<ExitCode, String> {
             }
         }
     }
-    history(&path);
+    if on_coordinator.is_none() {
+        history(&path);
+    }
     if bad > 0 {
         eprintln!("{bad} damaged; restore them with: filerep catalog restore {}", how(&dir, &path));
     }
     Ok(if bad == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// The cluster directory and its file, when the cluster keeps its catalog
+/// on a coordinator (no catalog file, no last good copy, no history file).
+fn coordinated(dir: &Option<ClusterDir>) -> Option<(ClusterDir, cluster::ClusterFile)> {
+    let dir = dir.as_ref()?;
+    let file = dir.load().ok().filter(|f| f.coordinator.is_some())?;
+    Some((dir.clone(), file))
 }
 
 /// The history file's state, said: it only informs (a damaged one is cut
@@ -218,6 +239,10 @@ fn seal(which: &Which) -> Result<ExitCode, String> {
                 println!("{}: sealed", p.display());
             }
         }
+    }
+    if coordinated(&dir).is_some() {
+        // No catalog file to seal: the catalog is on etcd.
+        return Ok(ExitCode::SUCCESS);
     }
     match plain(&path)? {
         Some(json) => {
