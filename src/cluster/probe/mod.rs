@@ -861,7 +861,7 @@ pub fn arbiter_addresses(arbiters: &str) -> Vec<&str> {
 
 /// Ask the acting arbiter among `arbiters` (comma-separated): each in
 /// turn, past those that do not answer or do not act, the one named as
-/// leader first. The last failure if none acts.
+/// leader first, within `timeout` in all. The last failure if none acts.
 pub fn ask(
     arbiters: &str,
     key: &ClusterKey,
@@ -871,13 +871,24 @@ pub fn ask(
     let mut todo: Vec<String> = arbiter_addresses(arbiters).into_iter().map(String::from).collect();
     let mut asked: Vec<String> = Vec::new();
     let mut last = format!("no arbiter address in {arbiters:?}");
+    let deadline = Instant::now() + timeout;
     while let Some(addr) = todo.first().cloned() {
         todo.remove(0);
         if asked.contains(&addr) || asked.len() >= 16 {
             continue;
         }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            last = format!("{last}; no time left to ask {addr}");
+            break;
+        }
+        // A host that is gone does not refuse: its connection hangs. Each
+        // arbiter still to ask gets its share of the time (at least a
+        // second), so one lost host does not use up all of it.
+        let candidates = todo.iter().filter(|a| !asked.contains(*a)).count() as u32 + 1;
+        let share = (left / candidates).max(Duration::from_secs(1)).min(left);
         asked.push(addr.clone());
-        match control::call::<_, ArbiterResponse>(&addr, key, req, timeout) {
+        match control::call::<_, ArbiterResponse>(&addr, key, req, share) {
             Ok(ArbiterResponse::NotActing { leader, why }) => {
                 last = format!("{addr}: {why}");
                 if let Some(l) = leader.filter(|l| !asked.contains(l)) {

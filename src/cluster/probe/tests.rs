@@ -195,3 +195,43 @@ fn a_round_whose_change_is_not_stored_gives_no_order() {
     assert!(lock(&got).iter().any(|o| o.starts_with("BecomePrimary")), "{:?}", lock(&got));
     stop.stop();
 }
+
+/// A client asks the acting arbiter past one whose host is gone (its
+/// connection hangs: a listener that never accepts) and one that stands
+/// by, within the time it was given: the hung one gets only its share.
+#[test]
+fn ask_finds_the_acting_arbiter_past_a_hung_one_and_a_standby() {
+    let key = ClusterKey::from_material(b"probe config test key material!!").expect("key");
+    // Accepted by the kernel (backlog), never served: a hung host.
+    let hung = TcpListener::bind("127.0.0.1:0").unwrap();
+    let answering = |answer: ArbiterResponse| {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let (key, stop) = (key.clone(), Stop::new().unwrap());
+        std::thread::spawn(move || {
+            let answer = answer.clone();
+            control::serve(
+                l,
+                key,
+                stop,
+                (Limits::new(4), control::MAX_BODY),
+                Duration::from_secs(5),
+                move |_r: ArbiterRequest| answer.clone(),
+            )
+        });
+        addr
+    };
+    let acting = answering(ArbiterResponse::Started);
+    let standby = answering(ArbiterResponse::NotActing { leader: Some(acting.clone()), why: "stands by".into() });
+    let list = format!("{},{standby}", hung.local_addr().unwrap());
+    let started = Instant::now();
+    let r = ask(&list, &key, &ArbiterRequest::Catalog, Duration::from_secs(6)).expect("the acting arbiter answers");
+    assert!(matches!(r, ArbiterResponse::Started), "{r:?}");
+    assert!(started.elapsed() < Duration::from_secs(6), "within the time given: {:?}", started.elapsed());
+    // None acting: said, with how many were asked and the last reason.
+    let lost = answering(ArbiterResponse::NotActing { leader: None, why: "cannot reach its coordinator".into() });
+    let e =
+        ask(&format!("{lost},{}", hung.local_addr().unwrap()), &key, &ArbiterRequest::Catalog, Duration::from_secs(2))
+            .expect_err("no arbiter acts");
+    assert!(e.contains("no arbiter acts (2 asked)"), "{e}");
+}
