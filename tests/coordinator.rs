@@ -248,6 +248,47 @@ fn wait_promoted(c: &Cluster, content: u32, old_primary: u32) -> u32 {
     }
 }
 
+/// An arbiter started while its coordinator cannot be reached starts all
+/// the same: it says so when asked who it is, and decides nothing.
+#[test]
+fn an_arbiter_starts_while_etcd_cannot_be_reached_and_decides_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let key_file = tmp.path().join("key");
+    std::fs::write(&key_file, b"coordinator test key material!!!").unwrap();
+    let key = ClusterKey::from_file(&key_file).unwrap();
+    // Nothing listens there.
+    let nowhere = free_addr();
+    let listen = free_addr();
+    let args: Vec<String> = [
+        "arbiter",
+        "--coordinator",
+        &format!("etcd://{nowhere}/filerep/1"),
+        "--key-file",
+        &key_file.display().to_string(),
+        "--listen",
+        &listen,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let (mut child, _) = spawn_ready(&args, "filerep arbiter ready on ");
+    let who = filerep_tools::cluster::leadership(&listen, &key, Duration::from_secs(5)).expect("it answers");
+    assert!(matches!(who.leadership, Leadership::Unreachable(_)), "{who:?}");
+    match filerep::cluster::control::call::<_, filerep::cluster::segment::ArbiterResponse>(
+        &listen,
+        &key,
+        &filerep::cluster::segment::ArbiterRequest::Catalog,
+        Duration::from_secs(5),
+    ) {
+        Ok(filerep::cluster::segment::ArbiterResponse::NotActing { why, .. }) => {
+            assert!(why.contains("cannot reach its coordinator"), "{why}")
+        }
+        other => panic!("answered {other:?}"),
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 #[test]
 fn the_acting_arbiter_killed_the_other_takes_over_and_promotes_a_mirror() {
     skip_without_etcd!("the_acting_arbiter_killed_the_other_takes_over_and_promotes_a_mirror");

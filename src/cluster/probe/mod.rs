@@ -165,7 +165,18 @@ impl ArbiterProcess {
             None => Box::new(FileStore::for_arbiter(&cfg.catalog)?),
             Some(spec) => crate::cluster::coordinator::open(spec, &me)?,
         };
-        let catalog = store.load()?;
+        // A coordinator that cannot be reached yet does not keep an arbiter
+        // from starting: it answers who it is, decides nothing, and reads
+        // the catalog once it can ([`State::sure`]). A damaged catalog, or
+        // the file's, still stops it here.
+        let (catalog, unsure) = match store.load() {
+            Ok(c) => (c, false),
+            Err(e @ Error::Coordinator(_)) => {
+                tracing::error!(error = %e, coordinator = %store.describe(), "the catalog cannot be read yet: nothing is decided until it can");
+                (Snapshot::plain(Catalog::new(0, 0, Vec::new())), true)
+            }
+            Err(e) => return Err(e),
+        };
         let workers = Workers::new(cfg.probe_threads)?;
         let nudge = Arc::new(Nudge::new().map_err(|e| Error::io("making the round's wake-up", e))?);
         Ok(ArbiterProcess {
@@ -178,7 +189,7 @@ impl ArbiterProcess {
                 kept: control::Kept::new(),
                 workers,
                 nudge,
-                unsure: Default::default(),
+                unsure: std::sync::atomic::AtomicBool::new(unsure),
             }),
             listener,
             stop: Stop::new().map_err(|e| Error::io("making the stop signal", e))?,
