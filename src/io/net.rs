@@ -6,6 +6,8 @@
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{Shutdown, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Socket buffers large enough for a few hundred 32 KiB frames in flight.
@@ -103,6 +105,9 @@ type Chunk = Option<Vec<u8>>;
 
 pub struct MemReader {
     rx: Receiver<Chunk>,
+    /// Set by a close of either side: the end of stream even when the
+    /// close's end marker found the pipe full (a peer still holds a sender).
+    closed: Arc<AtomicBool>,
     leftover: Vec<u8>,
     at: usize,
     timeout: Option<Duration>,
@@ -111,6 +116,7 @@ pub struct MemReader {
 
 pub struct MemWriter {
     tx: Sender<Chunk>,
+    closed_flag: Arc<AtomicBool>,
     /// Wakes our own reader on close, as shutting down a socket does.
     own_rx_wake: Sender<Chunk>,
     /// Split every send into pieces of at most this many bytes.
@@ -119,16 +125,39 @@ pub struct MemWriter {
     send_timeout: Option<Duration>,
 }
 
+impl MemReader {
+    /// The next piece, waiting in short slices so that a close whose end
+    /// marker could not be queued is still seen once the pipe is empty.
+    fn next_chunk(&mut self) -> Result<Chunk, RecvTimeoutError> {
+        const SLICE: Duration = Duration::from_millis(50);
+        let deadline = self.timeout.map(|t| std::time::Instant::now() + t);
+        loop {
+            let wait = match deadline {
+                Some(d) => d.saturating_duration_since(std::time::Instant::now()).min(SLICE),
+                None => SLICE,
+            };
+            match self.rx.recv_timeout(wait) {
+                Err(RecvTimeoutError::Timeout) => {
+                    if self.closed.load(Ordering::SeqCst) && self.rx.is_empty() {
+                        return Ok(None);
+                    }
+                    if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+                        return Err(RecvTimeoutError::Timeout);
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
 impl ConnReader for MemReader {
     fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.at == self.leftover.len() {
             if self.eof {
                 return Ok(0);
             }
-            let next = match self.timeout {
-                None => self.rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
-                Some(t) => self.rx.recv_timeout(t),
-            };
+            let next = self.next_chunk();
             match next {
                 Ok(Some(v)) => {
                     self.leftover = v;
@@ -177,7 +206,8 @@ impl ConnWriter for MemWriter {
     fn close(&mut self) {
         if !self.closed {
             self.closed = true;
-            // Never block in close: a full pipe still ends when its senders drop.
+            self.closed_flag.store(true, Ordering::SeqCst);
+            // Never block in close: on a full pipe the flag ends the stream.
             let _ = self.tx.try_send(None);
             let _ = self.own_rx_wake.try_send(None);
         }
@@ -185,6 +215,7 @@ impl ConnWriter for MemWriter {
     fn clone_writer(&self) -> io::Result<Box<dyn ConnWriter>> {
         Ok(Box::new(MemWriter {
             tx: self.tx.clone(),
+            closed_flag: self.closed_flag.clone(),
             own_rx_wake: self.own_rx_wake.clone(),
             chunk: self.chunk,
             closed: self.closed,
@@ -209,17 +240,22 @@ impl Drop for MemWriter {
 pub fn mem_pair(chunk: usize, capacity: usize) -> (Conn, Conn) {
     let (a_tx, a_rx) = crossbeam_channel::bounded::<Chunk>(capacity);
     let (b_tx, b_rx) = crossbeam_channel::bounded::<Chunk>(capacity);
-    let reader = |rx| MemReader { rx, leftover: Vec::new(), at: 0, timeout: None, eof: false };
+    // A close of either side ends both directions, as a socket's shutdown does.
+    let closed = Arc::new(AtomicBool::new(false));
+    let reader = |rx| MemReader { rx, closed: closed.clone(), leftover: Vec::new(), at: 0, timeout: None, eof: false };
+    let writer = |tx, own_rx_wake| MemWriter {
+        tx,
+        closed_flag: closed.clone(),
+        own_rx_wake,
+        chunk,
+        closed: false,
+        send_timeout: None,
+    };
     let a = (
         Box::new(reader(b_rx)) as Box<dyn ConnReader>,
-        Box::new(MemWriter { tx: a_tx.clone(), own_rx_wake: b_tx.clone(), chunk, closed: false, send_timeout: None })
-            as Box<dyn ConnWriter>,
+        Box::new(writer(a_tx.clone(), b_tx.clone())) as Box<dyn ConnWriter>,
     );
-    let b = (
-        Box::new(reader(a_rx)) as Box<dyn ConnReader>,
-        Box::new(MemWriter { tx: b_tx, own_rx_wake: a_tx, chunk, closed: false, send_timeout: None })
-            as Box<dyn ConnWriter>,
-    );
+    let b = (Box::new(reader(a_rx)) as Box<dyn ConnReader>, Box::new(writer(b_tx, a_tx)) as Box<dyn ConnWriter>);
     (a, b)
 }
 
@@ -334,5 +370,18 @@ mod conformance {
         ordered_vectored_delivery(make);
         timeout_then_data(make);
         close_wakes_both_sides(make);
+    }
+
+    /// A close that finds the pipe full still ends the stream, though the
+    /// other side's writer (which holds a sender to this pipe) lives on.
+    #[test]
+    fn a_close_on_a_full_pipe_still_ends_the_stream() {
+        let ((_ar, mut aw), (mut br, _bw)) = mem_pair(4, 1);
+        aw.send_all(&[IoSlice::new(b"full")]).unwrap();
+        aw.close();
+        let mut buf = [0u8; 8];
+        assert_eq!(br.recv(&mut buf).unwrap(), 4, "the data sent before the close");
+        assert_eq!(&buf[..4], b"full");
+        assert_eq!(br.recv(&mut buf).unwrap(), 0, "then the end of the stream");
     }
 }
