@@ -368,6 +368,17 @@ pub fn acks_before_sync(bug: Option<crate::core::PlantedBug>) -> bool {
     bug == Some(crate::core::PlantedBug::FlushAckBeforeSync)
 }
 
+/// Why a mirror asked to serve as primary must not (rule 8): its disk
+/// failed (a write, or the sync that ends its session), so what it had
+/// only applied may be gone and its files are in doubt until a full
+/// resync. `None`: it may be promoted. The segment process and the
+/// simulator both ask here.
+pub fn promotion_refusal(fault: Option<&str>) -> Option<String> {
+    fault.map(|why| {
+        format!("this mirror's disk failed as it was promoted ({why}): its files are in doubt until a full resync")
+    })
+}
+
 /// The mirror's durability policy after each batch it applied: whether to
 /// make everything durable now (a full checkpoint) rather than only what
 /// the batch asked for.

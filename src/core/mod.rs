@@ -3,6 +3,7 @@
 
 pub mod arbiter;
 pub mod fence;
+pub mod lease;
 pub mod mirror;
 pub mod pair;
 pub mod primary;

@@ -107,7 +107,7 @@ pub struct MemReader {
     rx: Receiver<Chunk>,
     /// Set by a close of either side: the end of stream even when the
     /// close's end marker found the pipe full (a peer still holds a sender).
-    closed: Arc<AtomicBool>,
+    pair_closed: Arc<AtomicBool>,
     leftover: Vec<u8>,
     at: usize,
     timeout: Option<Duration>,
@@ -116,7 +116,8 @@ pub struct MemReader {
 
 pub struct MemWriter {
     tx: Sender<Chunk>,
-    closed_flag: Arc<AtomicBool>,
+    /// Shared with both readers ([`MemReader::pair_closed`]).
+    pair_closed: Arc<AtomicBool>,
     /// Wakes our own reader on close, as shutting down a socket does.
     own_rx_wake: Sender<Chunk>,
     /// Split every send into pieces of at most this many bytes.
@@ -138,7 +139,7 @@ impl MemReader {
             };
             match self.rx.recv_timeout(wait) {
                 Err(RecvTimeoutError::Timeout) => {
-                    if self.closed.load(Ordering::SeqCst) && self.rx.is_empty() {
+                    if self.pair_closed.load(Ordering::SeqCst) && self.rx.is_empty() {
                         return Ok(None);
                     }
                     if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
@@ -206,7 +207,7 @@ impl ConnWriter for MemWriter {
     fn close(&mut self) {
         if !self.closed {
             self.closed = true;
-            self.closed_flag.store(true, Ordering::SeqCst);
+            self.pair_closed.store(true, Ordering::SeqCst);
             // Never block in close: on a full pipe the flag ends the stream.
             let _ = self.tx.try_send(None);
             let _ = self.own_rx_wake.try_send(None);
@@ -215,7 +216,7 @@ impl ConnWriter for MemWriter {
     fn clone_writer(&self) -> io::Result<Box<dyn ConnWriter>> {
         Ok(Box::new(MemWriter {
             tx: self.tx.clone(),
-            closed_flag: self.closed_flag.clone(),
+            pair_closed: self.pair_closed.clone(),
             own_rx_wake: self.own_rx_wake.clone(),
             chunk: self.chunk,
             closed: self.closed,
@@ -242,10 +243,11 @@ pub fn mem_pair(chunk: usize, capacity: usize) -> (Conn, Conn) {
     let (b_tx, b_rx) = crossbeam_channel::bounded::<Chunk>(capacity);
     // A close of either side ends both directions, as a socket's shutdown does.
     let closed = Arc::new(AtomicBool::new(false));
-    let reader = |rx| MemReader { rx, closed: closed.clone(), leftover: Vec::new(), at: 0, timeout: None, eof: false };
+    let reader =
+        |rx| MemReader { rx, pair_closed: closed.clone(), leftover: Vec::new(), at: 0, timeout: None, eof: false };
     let writer = |tx, own_rx_wake| MemWriter {
         tx,
-        closed_flag: closed.clone(),
+        pair_closed: closed.clone(),
         own_rx_wake,
         chunk,
         closed: false,

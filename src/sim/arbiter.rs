@@ -208,10 +208,20 @@ impl World {
         Ok(())
     }
 
+    /// Whether node `n`, a mirror whose disk faulted, must refuse to be
+    /// promoted: the core's rule, as the segment process asks it.
+    fn promotion_refused(&self, n: usize) -> bool {
+        let faulted = matches!(self.nodes[n].role, Role::Mirror { faulted: true, .. });
+        crate::core::mirror::promotion_refusal(faulted.then_some("a simulated disk fault")).is_some()
+    }
+
     /// Start serving as primary of `gen`: streaming to `mirror`, or alone.
     fn become_primary(&mut self, n: usize, gen: u64, mirror: Option<usize>) -> Result<(), SimFailure> {
+        if self.promotion_refused(n) {
+            return Ok(());
+        }
         match self.nodes[n].role {
-            Role::Mirror { faulted: true, .. } | Role::Down { .. } | Role::Halted => return Ok(()),
+            Role::Down { .. } | Role::Halted => return Ok(()),
             Role::Primary { .. } => {
                 // Serving another generation (or not at all): start afresh.
                 self.drop_engine(n);
@@ -221,7 +231,8 @@ impl World {
                 if self.session.as_ref().is_some_and(|s| s.mirror == n && s.mirror_on) {
                     self.end_mirror_side("promoted")?;
                 }
-                if matches!(self.nodes[n].role, Role::Mirror { faulted: true, .. }) {
+                // Its session's final sync may have failed just now.
+                if self.promotion_refused(n) {
                     return Ok(());
                 }
             }

@@ -5,8 +5,9 @@
 //! by epoch ([`crate::core::fence`]). The store's messages are delayed,
 //! reordered, refused, and answered or not; arbiters crash and come back;
 //! their clocks run up to 5 % apart. What each arbiter decides is the real
-//! pair state machine ([`crate::core::pair`]) and its orders are the real
-//! [`crate::core::arbiter::orders`].
+//! pair state machine ([`crate::core::pair`]), its orders are the real
+//! [`crate::core::arbiter::orders`], and whether it may order at all is the
+//! real leadership state machine ([`crate::core::lease`]).
 //!
 //! Checked: at no instant do two arbiters act; one generation is never
 //! entered by two commits; within one generation every segment that
@@ -15,16 +16,15 @@
 //! below one it obeyed.
 
 use crate::core::arbiter::{orders, Acting, Order, Seen};
+use crate::core::lease::{Lead, LEASE_TTL, RENEW_EVERY};
 use crate::core::pair::{Event, Pair};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::collections::{BTreeMap, BinaryHeap};
 
-/// Lease TTL, renewal period and safety margin, in model milliseconds,
-/// as the etcd store's ([`crate::cluster::coordinator`]).
-const TTL: u64 = 2000;
-const RENEW: u64 = 500;
-const SAFETY: u64 = 700;
+/// Lease TTL and renewal period in model milliseconds: the leadership's own.
+const TTL: u64 = LEASE_TTL.as_millis() as u64;
+const RENEW: u64 = RENEW_EVERY.as_millis() as u64;
 const TICK: u64 = 100;
 /// Longest one-way delay of a message (orders are sometimes held far longer).
 const MAX_DELAY: u64 = 200;
@@ -53,11 +53,26 @@ enum Req {
 
 #[derive(Clone, Debug)]
 enum Reply {
-    Elected { epoch: u64, sent: u64 },
-    Renewed { sent: u64 },
+    Elected {
+        epoch: u64,
+        sent: u64,
+    },
+    /// A renewal of `epoch` sent at `sent`: the lease lives, or not.
+    Renewed {
+        epoch: u64,
+        sent: u64,
+        alive: bool,
+    },
+    /// A campaign lost: another leads.
     Lost,
-    Snapshot { pair: Pair, rev: u64 },
-    Committed { pair: Pair, rev: u64 },
+    Snapshot {
+        pair: Pair,
+        rev: u64,
+    },
+    Committed {
+        pair: Pair,
+        rev: u64,
+    },
     Refused,
 }
 
@@ -79,17 +94,38 @@ struct Store {
     log: Vec<(u64, u64, u64)>,
 }
 
-#[derive(Default)]
 struct Arbiter {
     incarnation: u32,
     up: bool,
-    /// (epoch, acting until by its own clock).
-    lead: Option<(u64, u64)>,
+    lead: Lead,
     snapshot: Option<(Pair, u64)>,
     busy_until: u64,
     last_renew: u64,
     /// Its clock's rate, in parts per thousand.
     rate: u64,
+}
+
+impl Arbiter {
+    fn new(rate: u64) -> Arbiter {
+        Arbiter {
+            incarnation: 0,
+            up: true,
+            lead: Lead::Unreachable("not elected yet".into()),
+            snapshot: None,
+            busy_until: 0,
+            last_renew: 0,
+            rate,
+        }
+    }
+
+    /// Its own clock at model time `now`.
+    fn clock(&self, now: u64) -> std::time::Duration {
+        ms(now * self.rate / 1000)
+    }
+}
+
+fn ms(n: u64) -> std::time::Duration {
+    std::time::Duration::from_millis(n)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -121,8 +157,7 @@ pub fn run(seed: u64, bug: Option<LeaseBug>) -> Result<LeaseReport, String> {
         q.push(std::cmp::Reverse((at, seq, msgs.len() - 1)));
     };
     let mut store = Store { rev: 1, leader: None, pair: Pair::new(0, 2, 3), pair_rev: 1, log: Vec::new() };
-    let mut arbiters: Vec<Arbiter> =
-        (0..2).map(|_| Arbiter { up: true, rate: rng.gen_range(950..=1050), ..Default::default() }).collect();
+    let mut arbiters: Vec<Arbiter> = (0..2).map(|_| Arbiter::new(rng.gen_range(950..=1050))).collect();
     let mut segs = [2u32, 3].map(|dbid| Seg { dbid, acting: Acting::Idle, generation: 0, obeyed: 0 });
     // Per generation: the roles accepted (dbid → primary?).
     let mut told: BTreeMap<u64, BTreeMap<u32, bool>> = BTreeMap::new();
@@ -137,9 +172,7 @@ pub fn run(seed: u64, bug: Option<LeaseBug>) -> Result<LeaseReport, String> {
         }
         // At most one arbiter acts at any instant (each by its own clock).
         let acting: Vec<usize> = (0..2)
-            .filter(|a| {
-                arbiters[*a].up && arbiters[*a].lead.is_some_and(|(_, until)| now * arbiters[*a].rate / 1000 < until)
-            })
+            .filter(|a| arbiters[*a].up && arbiters[*a].lead.acting_epoch(arbiters[*a].clock(now)).is_some())
             .collect();
         if acting.len() > 1 {
             return Err(format!("seed {seed}: at {now} ms arbiters {acting:?} both act"));
@@ -153,7 +186,7 @@ pub fn run(seed: u64, bug: Option<LeaseBug>) -> Result<LeaseReport, String> {
                 // Crash and come back now and then.
                 if ar.up && rng.gen_bool(0.004) {
                     ar.up = false;
-                    ar.lead = None;
+                    ar.lead = Lead::Unreachable("crashed".into());
                     ar.snapshot = None;
                     ar.incarnation += 1;
                     continue;
@@ -162,12 +195,11 @@ pub fn run(seed: u64, bug: Option<LeaseBug>) -> Result<LeaseReport, String> {
                     ar.up = rng.gen_bool(0.05);
                     continue;
                 }
-                if ar.lead.is_some_and(|(_, until)| local >= until) {
-                    ar.lead = None;
-                }
+                let acting = ar.lead.acting_epoch(ar.clock(now));
+                ar.lead.at(ar.clock(now));
                 let inc = ar.incarnation;
                 // Renewals go on beside everything else (the store's own task).
-                if let Some((epoch, _)) = ar.lead.filter(|_| local >= ar.last_renew + RENEW) {
+                if let Some(epoch) = acting.filter(|_| local >= ar.last_renew + RENEW) {
                     ar.last_renew = local;
                     let m =
                         Msg::ToStore { from: a, incarnation: inc, req: Req::Renew { epoch, sent: local }, sent: local };
@@ -176,10 +208,10 @@ pub fn run(seed: u64, bug: Option<LeaseBug>) -> Result<LeaseReport, String> {
                 if now < ar.busy_until {
                     continue;
                 }
-                let req = match (ar.lead, &ar.snapshot) {
+                let req = match (acting, &ar.snapshot) {
                     (None, _) => Req::Campaign,
                     (Some(_), None) => Req::Read,
-                    (Some((epoch, _)), Some((pair, rev))) => {
+                    (Some(epoch), Some((pair, rev))) => {
                         // What the probes saw: a segment fails now and then, and returns.
                         let mut next = pair.clone();
                         let dbid = if rng.gen_bool(0.5) { 2 } else { 3 };
@@ -239,9 +271,9 @@ pub fn run(seed: u64, bug: Option<LeaseBug>) -> Result<LeaseReport, String> {
                     },
                     Req::Renew { epoch, sent } if ours(&store, epoch) => {
                         store.leader = Some((from, epoch, now + TTL));
-                        Reply::Renewed { sent }
+                        Reply::Renewed { epoch, sent, alive: true }
                     }
-                    Req::Renew { .. } => Reply::Lost,
+                    Req::Renew { epoch, sent } => Reply::Renewed { epoch, sent, alive: false },
                     Req::Read => Reply::Snapshot { pair: store.pair.clone(), rev: store.pair_rev },
                     Req::Commit { epoch, base, pair } => {
                         let blind = bug == Some(LeaseBug::BlindCommit);
@@ -285,26 +317,28 @@ pub fn run(seed: u64, bug: Option<LeaseBug>) -> Result<LeaseReport, String> {
                 if !matches!(reply, Reply::Renewed { .. }) {
                     ar.busy_until = 0;
                 }
-                let local = now * ar.rate / 1000;
-                let until = |sent: u64| match bug {
-                    Some(LeaseBug::NoSafetyMargin) => local + TTL,
-                    _ => sent + TTL - SAFETY,
-                };
+                let local = ms(now * ar.rate / 1000);
+                let lease_granted = matches!(reply, Reply::Elected { .. } | Reply::Renewed { alive: true, .. });
                 match reply {
                     Reply::Elected { epoch, sent } => {
-                        ar.lead = Some((epoch, until(sent)));
+                        ar.lead = Lead::elected(epoch, 0, ms(sent));
                         ar.last_renew = sent;
                         ar.snapshot = None;
                     }
-                    Reply::Renewed { sent } => {
-                        if let Some((epoch, _)) = ar.lead {
-                            ar.lead = Some((epoch, until(sent)));
-                        }
+                    Reply::Renewed { epoch, sent, alive } => {
+                        ar.lead.renewal_answered(epoch, ms(sent), alive);
                     }
-                    Reply::Lost => ar.lead = None,
+                    Reply::Lost => ar.lead = Lead::Standby { leader: None },
                     Reply::Snapshot { pair, rev } | Reply::Committed { pair, rev } => ar.snapshot = Some((pair, rev)),
                     // Read again, apply again.
                     Reply::Refused => ar.snapshot = None,
+                }
+                // The defect: acting until the lease's full TTL from the
+                // answer, not from the request less the margin.
+                if let (true, Some(LeaseBug::NoSafetyMargin), Lead::Acting { until, .. }) =
+                    (lease_granted, bug, &mut ar.lead)
+                {
+                    *until = local + LEASE_TTL;
                 }
             }
             Msg::ToSegment { dbid, epoch, order } => {

@@ -104,9 +104,8 @@ impl Etcd {
         self.members.iter().map(|m| m.client.clone()).collect::<Vec<_>>().join(",")
     }
 
-    /// Wait until a majority answers a write (etcdctl is not needed: the
-    /// catalog's own reader is used once a catalog is there; before, a
-    /// put through the v3 HTTP gateway).
+    /// Wait until a majority answers a write: a put through etcd's v3
+    /// JSON gateway (no etcdctl needed).
     pub fn wait_healthy(&self, limit: Duration) {
         let start = Instant::now();
         loop {

@@ -18,7 +18,8 @@
 //! at that revision, and that each pair it replaces is at the revision it
 //! was read at; a pair and its history entries go in one transaction.
 
-use super::{EtcdSpec, CALL_TIMEOUT, CAMPAIGN_EVERY, LEASE_TTL, RENEW_EVERY, SAFETY};
+use super::{EtcdSpec, CALL_TIMEOUT, CAMPAIGN_EVERY, LEASE_TTL, RENEW_EVERY};
+use crate::core::lease::Lead;
 use crate::core::pair::HistoryEntry;
 use crate::durable::catalog::{
     Catalog, CatalogPair, CatalogSolo, CatalogStore, Committed, Leadership, Snapshot, MAX_HISTORY,
@@ -42,19 +43,14 @@ struct Meta {
     block_size: u32,
 }
 
-#[derive(Clone, Debug)]
-enum Lead {
-    Acting { epoch: u64, lease: i64, until: Instant },
-    Standby { leader: Option<String> },
-    Unreachable(String),
-}
-
 pub struct EtcdStore {
     rt: tokio::runtime::Runtime,
     client: Client,
     spec: EtcdSpec,
     me: String,
     lead: Arc<Mutex<Lead>>,
+    /// The origin of the leadership's clock ([`Lead`] counts from it).
+    origin: Instant,
     stop: Arc<AtomicBool>,
 }
 
@@ -77,8 +73,20 @@ async fn timed<T>(
     }
 }
 
-fn connect_options() -> ConnectOptions {
-    ConnectOptions::new().with_connect_timeout(CALL_TIMEOUT).with_timeout(CALL_TIMEOUT)
+/// A client of `spec`'s members on `rt` (it connects as calls need it).
+fn client_on(rt: &tokio::runtime::Runtime, spec: &EtcdSpec) -> Result<Client> {
+    let options = ConnectOptions::new().with_connect_timeout(CALL_TIMEOUT).with_timeout(CALL_TIMEOUT);
+    rt.block_on(timed("connecting to etcd", Client::connect(spec.endpoints.clone(), Some(options))))
+}
+
+/// A runtime for one call of a tool (`init`, a catalog read), and a client on it.
+fn one_shot(spec: &EtcdSpec) -> Result<(tokio::runtime::Runtime, Client)> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io("starting the etcd client's runtime", e))?;
+    let client = client_on(&rt, spec)?;
+    Ok((rt, client))
 }
 
 impl EtcdStore {
@@ -90,24 +98,24 @@ impl EtcdStore {
             .enable_all()
             .build()
             .map_err(|e| Error::io("starting the etcd client's runtime", e))?;
-        let client =
-            rt.block_on(timed("connecting to etcd", Client::connect(spec.endpoints.clone(), Some(connect_options()))))?;
+        let client = client_on(&rt, &spec)?;
         let store = EtcdStore {
             rt,
             client,
             spec,
             me: me.to_string(),
             lead: Arc::new(Mutex::new(Lead::Unreachable("not elected yet".into()))),
+            origin: Instant::now(),
             stop: Arc::new(AtomicBool::new(false)),
         };
         let (client, lead, stop) = (store.client.clone(), store.lead.clone(), store.stop.clone());
-        let (leader_key, me) = (store.key("leader"), store.me.clone());
-        store.rt.spawn(async move { campaign(client, leader_key, me, lead, stop).await });
+        let (leader_key, me, origin) = (store.key("leader"), store.me.clone(), store.origin);
+        store.rt.spawn(async move { campaign(client, leader_key, me, (lead, origin), stop).await });
         Ok(store)
     }
 
     fn key(&self, rest: &str) -> String {
-        format!("{}/{rest}", self.spec.prefix)
+        self.spec.key(rest)
     }
 }
 
@@ -125,30 +133,43 @@ impl Drop for EtcdStore {
 
 /// The leadership loop: a standby campaigns for the leader key; the
 /// leader renews its lease and, if it cannot, stops acting by its own
-/// clock before the lease can expire in etcd.
-async fn campaign(client: Client, leader_key: String, me: String, lead: Arc<Mutex<Lead>>, stop: Arc<AtomicBool>) {
+/// clock before the lease can expire in etcd ([`Lead`]).
+async fn campaign(
+    client: Client,
+    leader_key: String,
+    me: String,
+    (lead, origin): (Arc<Mutex<Lead>>, Instant),
+    stop: Arc<AtomicBool>,
+) {
     let mut keeper: Option<(etcd_client::LeaseKeeper, etcd_client::LeaseKeepAliveStream)> = None;
     while !stop.load(Ordering::SeqCst) {
         let current = lock(&lead).clone();
         match current {
-            Lead::Acting { epoch, lease, until } => {
-                let sent = Instant::now();
+            Lead::Acting { epoch, lease, .. } => {
+                let sent = origin.elapsed();
                 let renewed = renew(&client, lease, &mut keeper).await;
-                let lost = {
+                let (lost, now) = {
                     let mut l = lock(&lead);
-                    set_renewed(&mut l, renewed, (epoch, lease, until), sent)
+                    let lost = match &renewed {
+                        Ok(alive) => l.renewal_answered(epoch, sent, *alive),
+                        Err(e) => l.renewal_failed(epoch, origin.elapsed(), &e.cause()),
+                    };
+                    (lost, l.clone())
                 };
                 if lost {
+                    tracing::error!(epoch, state = ?now, "this arbiter no longer acts");
                     keeper = None;
+                } else if let Err(e) = &renewed {
+                    tracing::warn!(epoch, error = %e, "lease renewal failed; trying again");
                 }
                 tokio::time::sleep(RENEW_EVERY).await;
             }
             _ => {
-                let attempt = Instant::now();
+                let attempt = origin.elapsed();
                 let next = match elect(&client, &leader_key, &me).await {
                     Ok(Ok((epoch, lease))) => {
                         tracing::warn!(epoch, arbiter = %me, "this arbiter acts");
-                        Lead::Acting { epoch, lease, until: attempt + LEASE_TTL - SAFETY }
+                        Lead::elected(epoch, lease, attempt)
                     }
                     Ok(Err(leader)) => Lead::Standby { leader },
                     Err(e) => Lead::Unreachable(e.cause()),
@@ -159,35 +180,6 @@ async fn campaign(client: Client, leader_key: String, me: String, lead: Arc<Mute
                     tokio::time::sleep(CAMPAIGN_EVERY).await;
                 }
             }
-        }
-    }
-}
-
-/// Record a renewal's outcome; whether the lease is lost.
-fn set_renewed(l: &mut Lead, renewed: Result<bool>, (epoch, lease, until): (u64, i64, Instant), sent: Instant) -> bool {
-    // Stepped down meanwhile (a commit found the key gone, or the clock ran
-    // out): it campaigns again, from the start.
-    if !matches!(l, Lead::Acting { epoch: e, .. } if *e == epoch) {
-        return true;
-    }
-    match renewed {
-        Ok(true) => {
-            *l = Lead::Acting { epoch, lease, until: sent + LEASE_TTL - SAFETY };
-            false
-        }
-        Ok(false) => {
-            tracing::error!(epoch, "the arbiter's lease expired: it no longer acts");
-            *l = Lead::Unreachable("this arbiter's lease expired".into());
-            true
-        }
-        Err(e) if Instant::now() >= until => {
-            tracing::error!(epoch, error = %e, "the arbiter's lease could not be renewed in time: it no longer acts");
-            *l = Lead::Unreachable(format!("the lease could not be renewed: {}", e.cause()));
-            true
-        }
-        Err(e) => {
-            tracing::warn!(epoch, error = %e, "lease renewal failed; trying again");
-            false
         }
     }
 }
@@ -252,14 +244,27 @@ async fn elect(client: &Client, leader_key: &str, me: &str) -> Result<std::resul
     Ok(Err(leader))
 }
 
-/// The catalog's keys and values (all but the history).
 /// Per key: the content it belongs to (none: `meta`), and its value.
 type Values = BTreeMap<String, (Option<u32>, Vec<u8>)>;
 /// Writes to commit: per key, its new value (`None`: delete it).
 type Writes = Vec<(String, Option<Vec<u8>>)>;
 
-fn values(cat: &Catalog, key: impl Fn(&str) -> String) -> Result<Values> {
-    let json = |v: &dyn erased::Json| v.to_json();
+/// The history entry numbered `seq` (relative to the prefix).
+fn history_key(seq: u64) -> String {
+    format!("history/{seq:020}")
+}
+
+fn is_history(key: &str) -> bool {
+    key.contains("/history/")
+}
+
+fn json<T: Serialize>(v: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(v).map_err(|e| Error::InvalidArgument(e.to_string()))
+}
+
+/// The catalog's keys and values (all but the history).
+fn values(cat: &Catalog, spec: &EtcdSpec) -> Result<Values> {
+    let key = |rest: &str| spec.key(rest);
     let mut out = BTreeMap::new();
     let meta = Meta { cluster_id: cat.cluster_id, block_size: cat.block_size };
     out.insert(key("meta"), (None, json(&meta)?));
@@ -270,18 +275,6 @@ fn values(cat: &Catalog, key: impl Fn(&str) -> String) -> Result<Values> {
         out.insert(key(&format!("solo/{:010}", s.content)), (Some(s.content), json(s)?));
     }
     Ok(out)
-}
-
-mod erased {
-    use crate::error::{Error, Result};
-    pub trait Json {
-        fn to_json(&self) -> Result<Vec<u8>>;
-    }
-    impl<T: serde::Serialize> Json for T {
-        fn to_json(&self) -> Result<Vec<u8>> {
-            serde_json::to_vec(self).map_err(|e| Error::InvalidArgument(e.to_string()))
-        }
-    }
 }
 
 fn parse<T: serde::de::DeserializeOwned>(key: &str, value: &[u8]) -> Result<T> {
@@ -296,15 +289,10 @@ fn parse<T: serde::de::DeserializeOwned>(key: &str, value: &[u8]) -> Result<T> {
 /// Put a new cluster's catalog on etcd under the prefix: refused if one is
 /// there already (`filerep init --coordinator`).
 pub fn initialize(spec: &EtcdSpec, cat: &Catalog) -> Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Error::io("starting the etcd client's runtime", e))?;
+    let (rt, mut c) = one_shot(spec)?;
     rt.block_on(async {
-        let mut c = timed("connecting to etcd", Client::connect(spec.endpoints.clone(), Some(connect_options()))).await?;
-        let key = |rest: &str| format!("{}/{rest}", spec.prefix);
-        let meta_key = key("meta");
-        let vals = values(cat, key)?;
+        let meta_key = spec.key("meta");
+        let vals = values(cat, spec)?;
         let mut ops: Vec<TxnOp> = Vec::new();
         for (k, (_, v)) in &vals {
             if *k != meta_key {
@@ -385,15 +373,8 @@ async fn read_snapshot(c: &mut Client, spec: &EtcdSpec) -> Result<Snapshot> {
 
 /// The catalog on etcd, read once (the cluster tools; no leadership).
 pub fn read(spec: &EtcdSpec) -> Result<Catalog> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Error::io("starting the etcd client's runtime", e))?;
-    rt.block_on(async {
-        let mut c =
-            timed("connecting to etcd", Client::connect(spec.endpoints.clone(), Some(connect_options()))).await?;
-        Ok(read_snapshot(&mut c, spec).await?.catalog)
-    })
+    let (rt, mut c) = one_shot(spec)?;
+    Ok(rt.block_on(read_snapshot(&mut c, spec))?.catalog)
 }
 
 impl CatalogStore for EtcdStore {
@@ -403,11 +384,11 @@ impl CatalogStore for EtcdStore {
     }
 
     fn commit(&self, snap: &mut Snapshot) -> Result<Committed> {
-        let Lead::Acting { epoch, .. } = self.current() else {
+        let Leadership::Acting { epoch } = self.leadership() else {
             return Err(Error::Coordinator("this arbiter does not act".into()));
         };
         let leader_key = self.key("leader");
-        let vals = values(&snap.catalog, |r| self.key(r))?;
+        let vals = values(&snap.catalog, &self.spec)?;
         // Per content: its puts and deletes, its history entries.
         let mut groups: BTreeMap<Option<u32>, Writes> = BTreeMap::new();
         for (k, (content, v)) in &vals {
@@ -424,8 +405,7 @@ impl CatalogStore for EtcdStore {
             cat.history.len().saturating_sub((cat.history_total.saturating_sub(snap.history_stored)) as usize);
         for (i, h) in cat.history.iter().enumerate().skip(first_new) {
             let seq = cat.history_total - (cat.history.len() - i) as u64;
-            let json = serde_json::to_vec(h).map_err(|e| Error::InvalidArgument(e.to_string()))?;
-            groups.entry(Some(h.content)).or_default().push((self.key(&format!("history/{seq:020}")), Some(json)));
+            groups.entry(Some(h.content)).or_default().push((self.key(&history_key(seq)), Some(json(h)?)));
         }
         // Groups packed into transactions of at most MAX_TXN_OPS writes.
         let mut txns: Vec<Writes> = vec![Vec::new()];
@@ -452,9 +432,7 @@ impl CatalogStore for EtcdStore {
             for (k, v) in writes {
                 match snap.stored.get(k) {
                     Some((rev, _)) => when.push(Compare::mod_revision(k.as_str(), CompareOp::Equal, *rev)),
-                    None if !k.contains("/history/") => {
-                        when.push(Compare::create_revision(k.as_str(), CompareOp::Equal, 0))
-                    }
+                    None if !is_history(k) => when.push(Compare::create_revision(k.as_str(), CompareOp::Equal, 0)),
                     None => {}
                 }
                 ops.push(match v {
@@ -463,8 +441,7 @@ impl CatalogStore for EtcdStore {
                 });
             }
             if trim && n + 1 == txns.len() {
-                let (from, to) =
-                    (self.key(&format!("history/{:020}", 0)), self.key(&format!("history/{keep_from:020}")));
+                let (from, to) = (self.key(&history_key(0)), self.key(&history_key(keep_from)));
                 ops.push(TxnOp::delete(from.as_str(), Some(etcd_client::DeleteOptions::new().with_range(to.as_str()))));
             }
             let mut c = self.client.clone();
@@ -475,7 +452,7 @@ impl CatalogStore for EtcdStore {
             let rev = r.header().map(|h| h.revision()).unwrap_or(0);
             for (k, v) in writes {
                 match v {
-                    Some(v) if !k.contains("/history/") => {
+                    Some(v) if !is_history(k) => {
                         snap.stored.insert(k.clone(), (rev, xxh3_64(v)));
                     }
                     Some(_) => {}
@@ -494,27 +471,11 @@ impl CatalogStore for EtcdStore {
     }
 
     fn leadership(&self) -> Leadership {
-        match self.current() {
-            Lead::Acting { epoch, .. } => Leadership::Acting { epoch },
-            Lead::Standby { leader } => Leadership::Standby { leader },
-            Lead::Unreachable(why) => Leadership::Unreachable(why),
-        }
+        lock(&self.lead).at(self.origin.elapsed())
     }
 }
 
 impl EtcdStore {
-    /// The leadership now: acting only until the time its last renewal
-    /// allows, by this arbiter's clock, whatever the renewal loop is doing.
-    fn current(&self) -> Lead {
-        let mut l = lock(&self.lead);
-        if let Lead::Acting { until, .. } = &*l {
-            if Instant::now() >= *until {
-                *l = Lead::Unreachable("the lease was not renewed in time".into());
-            }
-        }
-        l.clone()
-    }
-
     /// A commit's compares failed: this arbiter lost the leader key (it no
     /// longer acts: an error), or a pair changed since it was read.
     fn why_refused(&self, epoch: u64) -> Result<Committed> {

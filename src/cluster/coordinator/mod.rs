@@ -18,22 +18,10 @@ pub mod etcd;
 /// Most etcd endpoints in a coordinator's name.
 pub const MAX_ENDPOINTS: usize = 16;
 
-/// How long the acting arbiter's lease lives without a renewal. A primary
-/// that lost its mirror asks the arbiters for up to its decision timeout
-/// (5 s by default): a leader that dies is replaced after at most this
-/// TTL plus one campaign pause, well inside it. etcd counts leases in
-/// whole seconds, and its shortest is about 1.5 election timeouts.
-pub const LEASE_TTL: Duration = Duration::from_secs(2);
-/// How often the acting arbiter renews its lease: four renewals a TTL, so
-/// one lost renewal costs nothing.
-pub const RENEW_EVERY: Duration = Duration::from_millis(500);
-/// How long before its lease could expire in etcd an arbiter stops giving
-/// orders: a renewal sent at `t` keeps the lease at least until `t + TTL`
-/// in etcd (it can only be received later), so an arbiter that stops at
-/// `t + TTL - SAFETY` stops before any other can be elected, with this
-/// much left for clock rate differences and an order already in flight
-/// (which the segments' epoch check fences anyway).
-pub const SAFETY: Duration = Duration::from_millis(700);
+/// The lease's TTL, its renewal period and the margin by which an arbiter
+/// stops ordering before its lease could expire: the leadership's rules,
+/// in the core ([`crate::core::lease`]).
+pub use crate::core::lease::{LEASE_TTL, RENEW_EVERY, SAFETY};
 /// Pause between campaigns of a standby arbiter.
 pub const CAMPAIGN_EVERY: Duration = Duration::from_millis(250);
 /// One etcd call's time limit.
@@ -78,6 +66,11 @@ impl EtcdSpec {
     /// The name back, as `filerep init` records it.
     pub fn name(&self) -> String {
         format!("etcd://{}{}", self.endpoints.join(","), self.prefix)
+    }
+
+    /// The key `rest` under this cluster's prefix.
+    pub fn key(&self, rest: &str) -> String {
+        format!("{}/{rest}", self.prefix)
     }
 
     /// The default prefix of a cluster.

@@ -11,7 +11,11 @@
 //! mirrors first (so a primary finds its mirror listening), then primaries;
 //! and hand a returning old primary's activity log to the acting primary.
 
+mod ask;
+mod requests;
 mod workers;
+
+pub use ask::{arbiter_addresses, ask, fetch_catalog};
 
 pub use workers::at_once;
 use workers::Workers;
@@ -247,8 +251,9 @@ impl ArbiterProcess {
 
 impl State {
     /// Apply `change` (a pure function of the catalog: whether it changed
-    /// anything, and its answer) to the catalog and commit it, before
-    /// anyone hears the answer. A commit that met another's (the store
+    /// anything and its answer, or why it is refused, having changed
+    /// nothing) to the catalog and commit it, before anyone hears the
+    /// answer. A commit that met another's (the store
     /// changed since it was read) reads the store again and applies the
     /// change again, up to [`MAX_COMMIT_ATTEMPTS`] times. `Err`: nothing
     /// was committed (the catalog in memory is the stored one again), and
@@ -256,10 +261,10 @@ impl State {
     fn transact<T>(
         &self,
         snap: &mut Snapshot,
-        mut change: impl FnMut(&mut Catalog) -> (bool, T),
+        mut change: impl FnMut(&mut Catalog) -> std::result::Result<(bool, T), String>,
     ) -> std::result::Result<T, String> {
         for attempt in 1..=MAX_COMMIT_ATTEMPTS {
-            let (changed, answer) = change(&mut snap.catalog);
+            let (changed, answer) = change(&mut snap.catalog)?;
             if !changed {
                 return Ok(answer);
             }
@@ -336,209 +341,6 @@ impl State {
         }
     }
 
-    /// Answer a request; one that may have changed the catalog wakes the
-    /// round loop, so the orders it calls for go out now. An arbiter that
-    /// does not act answers only who it is.
-    fn answer(&self, req: ArbiterRequest) -> ArbiterResponse {
-        if matches!(req, ArbiterRequest::Leadership) {
-            return self.leadership();
-        }
-        match self.store.leadership() {
-            Leadership::Acting { .. } => {}
-            Leadership::Standby { leader } => {
-                return ArbiterResponse::NotActing { leader, why: format!("arbiter {} stands by", self.me) }
-            }
-            Leadership::Unreachable(why) => {
-                return ArbiterResponse::NotActing {
-                    leader: None,
-                    why: format!("arbiter {} cannot reach its coordinator: {why}", self.me),
-                }
-            }
-        }
-        if !self.sure() {
-            return ArbiterResponse::Refused(format!(
-                "the arbiter could not store its catalog nor read it back ({}): it decides nothing until it can",
-                self.store.describe()
-            ));
-        }
-        let may_change = !matches!(req, ArbiterRequest::Catalog | ArbiterRequest::Verify { .. });
-        let r = self.answer_now(req);
-        if may_change && !matches!(r, ArbiterResponse::Refused(_)) {
-            self.nudge.nudge();
-        }
-        r
-    }
-
-    fn answer_now(&self, req: ArbiterRequest) -> ArbiterResponse {
-        let refused = |r: std::result::Result<std::result::Result<ArbiterResponse, String>, String>| match r {
-            Ok(Ok(answer)) => answer,
-            Ok(Err(why)) | Err(why) => ArbiterResponse::Refused(why),
-        };
-        match req {
-            ArbiterRequest::Leadership => self.leadership(),
-            ArbiterRequest::Catalog => ArbiterResponse::Catalog(Box::new(lock(&self.catalog).catalog.clone())),
-            ArbiterRequest::StoreCatalog => {
-                let mut snap = lock(&self.catalog);
-                tracing::warn!(catalog = %self.store.describe(), "catalog written again on request");
-                match self.store.commit(&mut snap) {
-                    Ok(Committed::Done) => ArbiterResponse::Started,
-                    Ok(Committed::Conflict(why)) => {
-                        ArbiterResponse::Refused(format!("the catalog changed in its store: {why}"))
-                    }
-                    Err(e) => {
-                        self.reload(&mut snap);
-                        ArbiterResponse::Refused(format!("the catalog cannot be written ({})", e.cause()))
-                    }
-                }
-            }
-            ArbiterRequest::Recover { content, full, max_rate, compare, checkpoint_bytes } => {
-                self.recover(content, (full, compare), (max_rate, checkpoint_bytes))
-            }
-            ArbiterRequest::AddMirrors { mirrors } => self.add_mirrors(mirrors),
-            ArbiterRequest::Verify { content, repair } => self.verify(content, repair),
-            ArbiterRequest::Rebalance { content } => {
-                // Committed first; the next rounds give the orders (mirror first:
-                // the old primary shuts down in order, then the other streams to it).
-                let r = self.transact(&mut lock(&self.catalog), |cat| match cat.apply(content, &Event::Rebalance) {
-                    None => (false, Err(format!("no content {content} in the catalog"))),
-                    Some(o) if !o.changed => (false, Err(format!("content {content}: {}", o.reason))),
-                    Some(_) => (true, Ok(ArbiterResponse::Started)),
-                });
-                refused(r)
-            }
-            ArbiterRequest::MirrorLost { dbid, content, generation, reason } => {
-                let span = tracing::info_span!("mirror_lost", dbid, content, generation);
-                let _e = span.enter();
-                tracing::warn!(%reason, "a primary reports its mirror lost");
-                // Committed before the primary hears it (it then goes on alone).
-                let r = self.transact(&mut lock(&self.catalog), |cat| {
-                    if cat.content_of(dbid) != Some(content) {
-                        return (false, Err(format!("dbid {dbid} is not a segment of content {content}")));
-                    }
-                    match cat.apply(content, &Event::MirrorLost { reporter: dbid, generation }) {
-                        None => (false, Err(format!("no content {content}"))),
-                        Some(o) => (
-                            o.changed,
-                            Ok(match o.verdict {
-                                Verdict::MirrorDown => ArbiterResponse::MirrorDown,
-                                Verdict::Demoted | Verdict::None => ArbiterResponse::Demoted,
-                            }),
-                        ),
-                    }
-                });
-                refused(r)
-            }
-        }
-    }
-
-    /// Start a resync: the pair goes to `r` in the stored catalog, then the
-    /// acting primary is told to take its mirror back.
-    fn recover(&self, content: u32, how: (bool, bool), limits: (Option<u64>, Option<u64>)) -> ArbiterResponse {
-        let (full, compare) = how;
-        let (max_rate, checkpoint_bytes) = limits;
-        let span = tracing::info_span!("recover", content, full);
-        let _e = span.enter();
-        let (order, primary_addr) = {
-            let mut snap = lock(&self.catalog);
-            let Some(cp) = snap.catalog.pair(content).cloned() else {
-                return ArbiterResponse::Refused(format!("no content {content} in the catalog"));
-            };
-            let pair = &cp.pair;
-            if let Some(why) = cp.recover_refusal(full) {
-                return ArbiterResponse::Refused(why);
-            }
-            if pair.down {
-                // Back from its acting primary's own data and change-log,
-                // once that primary answers again (the rounds then order it
-                // to serve alone at the new generation).
-                let restored = self.transact(&mut snap, |cat| match cat.apply(content, &Event::Restore) {
-                    None => (false, Err(format!("no content {content} in the catalog"))),
-                    Some(o) => (o.changed, Ok(o.reason)),
-                });
-                return match restored {
-                    Ok(Ok(reason)) => {
-                        tracing::warn!(content, %reason, "restored a down segment");
-                        let generation = snap.catalog.pair(content).map(|c| c.pair.generation).unwrap_or(0);
-                        ArbiterResponse::Restored { generation }
-                    }
-                    Ok(Err(why)) | Err(why) => ArbiterResponse::Refused(why),
-                };
-            }
-            let (p, m) = (pair.acting_primary().dbid, pair.acting_mirror().dbid);
-            let (Some(pa), Some(ma)) = (cp.address(p), cp.address(m)) else {
-                return ArbiterResponse::Refused(format!("content {content}: addresses missing"));
-            };
-            let (pc, md, mc) = (pa.control.clone(), ma.data.clone(), ma.control.clone());
-            // A returning old primary's activity log joins the primary's
-            // change-log before the resync reads its plan: merged after,
-            // its blocks would be missed and its record wiped by the clear.
-            drop(snap);
-            if self.probe(&mc).is_some_and(|s| s.changes_pending) {
-                self.hand_over(&mc, &pc, self.probe(&pc).as_ref());
-                if self.probe(&mc).is_none_or(|s| s.changes_pending) {
-                    return ArbiterResponse::Refused(format!(
-                        "content {content}: the returning old primary's activity log is not handed over yet; \
-                         run filerep recover again"
-                    ));
-                }
-            }
-            let mut snap = lock(&self.catalog);
-            let started = self.transact(&mut snap, |cat| match cat.pair(content).map(|c| c.pair.mode) {
-                None => (false, Err(format!("no content {content} in the catalog"))),
-                Some(PairMode::Resynchronizing) => (false, Ok(())),
-                Some(_) => (cat.apply(content, &Event::ResyncStarted).is_some_and(|o| o.changed), Ok(())),
-            });
-            if let Ok(Err(why)) | Err(why) = started {
-                return ArbiterResponse::Refused(why);
-            }
-            let generation = snap.catalog.pair(content).map(|c| c.pair.generation).unwrap_or(0);
-            (SegmentRequest::StartResync { generation, mirror: md, full, max_rate, compare, checkpoint_bytes }, pc)
-        };
-        match self.order(&primary_addr, order) {
-            Some(SegmentResponse::Done) => ArbiterResponse::Started,
-            Some(SegmentResponse::Refused(why)) => ArbiterResponse::Refused(format!("the primary refused: {why}")),
-            _ => ArbiterResponse::Refused("the primary did not answer; the resync did not start".into()),
-        }
-    }
-
-    /// Start a verification: only a synchronized pair with both segments
-    /// up; the acting primary runs it (and refuses if it is not streaming).
-    fn verify(&self, content: u32, repair: bool) -> ArbiterResponse {
-        let span = tracing::info_span!("verify", content, repair);
-        let _e = span.enter();
-        let (dbid, generation, addr) = {
-            let snap = lock(&self.catalog);
-            let Some(cp) = snap.catalog.pair(content) else {
-                return ArbiterResponse::Refused(format!("no content {content} in the catalog"));
-            };
-            let pair = &cp.pair;
-            if pair.down {
-                return ArbiterResponse::Refused(format!("content {content} is down: recover it first"));
-            }
-            if pair.mode != PairMode::Synchronized || !pair.segments.iter().all(|s| s.up) {
-                return ArbiterResponse::Refused(format!(
-                    "content {content} is not synchronized (mode {}{}): only a synchronized pair can be verified; \
-                     run filerep recover first",
-                    pair.mode.letter(),
-                    if pair.segments.iter().all(|s| s.up) { "" } else { ", a segment is down" }
-                ));
-            }
-            let p = pair.acting_primary().dbid;
-            let Some(a) = cp.address(p) else {
-                return ArbiterResponse::Refused(format!("content {content}: addresses missing"));
-            };
-            (p, pair.generation, a.control.clone())
-        };
-        match self.order(&addr, SegmentRequest::StartVerify { generation, repair }) {
-            Some(SegmentResponse::Verifying { id }) => {
-                tracing::info!(dbid, id, "verification started");
-                ArbiterResponse::Verifying { dbid, generation, id }
-            }
-            Some(SegmentResponse::Refused(why)) => ArbiterResponse::Refused(format!("the primary refused: {why}")),
-            _ => ArbiterResponse::Refused("the primary did not answer; the verification did not start".into()),
-        }
-    }
-
     /// A segment's status, on the connection kept to it (a probe is then
     /// one round trip), tried `retries` more times before it counts as down.
     fn probe(&self, addr: &str) -> Option<SegmentStatus> {
@@ -573,33 +375,6 @@ impl State {
                 tracing::warn!(addr, order = %what, error = %e, "order not delivered");
                 None
             }
-        }
-    }
-
-    /// `filerep addmirrors`: every new mirror is checked against the whole
-    /// catalog before any is added; then all are added in one store, each
-    /// pair not in sync (`n`) until a full resync builds its mirror.
-    fn add_mirrors(&self, mirrors: Vec<NewMirror>) -> ArbiterResponse {
-        let span = tracing::info_span!("add_mirrors", count = mirrors.len());
-        let _e = span.enter();
-        let added = self.transact(&mut lock(&self.catalog), |cat| {
-            let mut next = cat.clone();
-            for m in &mirrors {
-                if let Err(why) = next.add_mirror(m.content, m.address.clone(), m.primary_data.clone()) {
-                    tracing::error!(content = m.content, %why, "mirror refused");
-                    return (false, Err(format!("content {}: {why}; nothing was added", m.content)));
-                }
-            }
-            if let Err(why) = next.check() {
-                return (false, Err(format!("the catalog would be invalid: {why}; nothing was added")));
-            }
-            *cat = next;
-            (true, Ok(()))
-        });
-        match added {
-            Ok(Ok(())) => ArbiterResponse::Started,
-            Ok(Err(why)) => ArbiterResponse::Refused(why),
-            Err(why) => ArbiterResponse::Refused(format!("{why}; nothing was added")),
         }
     }
 
@@ -787,7 +562,7 @@ impl State {
                         changed |= cat.apply(content, &event).is_some_and(|o| o.changed);
                     }
                 }
-                (changed, ())
+                Ok((changed, ()))
             });
             if let Err(why) = committed {
                 tracing::error!(%why, "the round's changes are not committed: no orders");
@@ -861,64 +636,6 @@ impl State {
         if matches!(self.order(from, SegmentRequest::ClearChanges), Some(SegmentResponse::Done)) {
             tracing::warn!(files, "an old primary's activity log handed to the acting primary");
         }
-    }
-}
-
-/// The arbiters of a cluster as its files name them: one address, or
-/// several separated by commas (one acts at a time, on a coordinator).
-pub fn arbiter_addresses(arbiters: &str) -> Vec<&str> {
-    arbiters.split(',').map(str::trim).filter(|a| !a.is_empty()).collect()
-}
-
-/// Ask the acting arbiter among `arbiters` (comma-separated): each in
-/// turn, past those that do not answer or do not act, the one named as
-/// leader first, within `timeout` in all. The last failure if none acts.
-pub fn ask(
-    arbiters: &str,
-    key: &ClusterKey,
-    req: &ArbiterRequest,
-    timeout: Duration,
-) -> std::result::Result<ArbiterResponse, String> {
-    let mut todo: Vec<String> = arbiter_addresses(arbiters).into_iter().map(String::from).collect();
-    let mut asked: Vec<String> = Vec::new();
-    let mut last = format!("no arbiter address in {arbiters:?}");
-    let deadline = Instant::now() + timeout;
-    while let Some(addr) = todo.first().cloned() {
-        todo.remove(0);
-        if asked.contains(&addr) || asked.len() >= 16 {
-            continue;
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            last = format!("{last}; no time left to ask {addr}");
-            break;
-        }
-        // A host that is gone does not refuse: its connection hangs. Each
-        // arbiter still to ask gets its share of the time (at least a
-        // second), so one lost host does not use up all of it.
-        let candidates = todo.iter().filter(|a| !asked.contains(*a)).count() as u32 + 1;
-        let share = (left / candidates).max(Duration::from_secs(1)).min(left);
-        asked.push(addr.clone());
-        match control::call::<_, ArbiterResponse>(&addr, key, req, share) {
-            Ok(ArbiterResponse::NotActing { leader, why }) => {
-                last = format!("{addr}: {why}");
-                if let Some(l) = leader.filter(|l| !asked.contains(l)) {
-                    todo.insert(0, l);
-                }
-            }
-            Ok(answer) => return Ok(answer),
-            Err(e) => last = e.to_string(),
-        }
-    }
-    Err(if asked.len() > 1 { format!("no arbiter acts ({} asked); last: {last}", asked.len()) } else { last })
-}
-
-/// Ask the acting arbiter for its catalog (operators, tests).
-pub fn fetch_catalog(arbiters: &str, key: &ClusterKey, timeout: Duration) -> Result<Catalog> {
-    match ask(arbiters, key, &ArbiterRequest::Catalog, timeout) {
-        Ok(ArbiterResponse::Catalog(c)) => Ok(*c),
-        Ok(other) => Err(Error::InvalidArgument(format!("the arbiter answered {other:?}"))),
-        Err(e) => Err(Error::InvalidArgument(e)),
     }
 }
 

@@ -35,6 +35,7 @@ use std::time::Duration;
 
 mod config;
 mod messages;
+mod orders;
 
 pub use config::{RoleRecord, SegmentConfig};
 pub use messages::*;
@@ -68,12 +69,12 @@ pub(crate) struct Shared {
     stop: Arc<Stop>,
     /// Serializes orders: one role change at a time.
     orders: Mutex<()>,
-    /// The highest arbiter epoch obeyed (as recorded in `roles.json`):
-    /// held while a fenced order runs, so no order of an older epoch runs
-    /// after one of a newer.
-    epoch: Mutex<u64>,
-    /// The same, for the status (read without waiting for an order).
-    epoch_obeyed: std::sync::atomic::AtomicU64,
+    /// Held while an order that needs an epoch is checked and carried
+    /// out: no order of an older epoch runs after one of a newer.
+    fence: Mutex<()>,
+    /// The highest arbiter epoch obeyed, as recorded in `roles.json`
+    /// (changed only under `fence`; read by the status without it).
+    epoch: std::sync::atomic::AtomicU64,
     resync: Mutex<ResyncState>,
     /// Signalled when a resync thread ends.
     resync_ended: std::sync::Condvar,
@@ -116,6 +117,12 @@ pub struct Segment {
     control: TcpListener,
     clients: UnixListener,
     metrics: Option<TcpListener>,
+}
+
+/// An order refused, said in the log and answered with the reason.
+fn refused(why: String) -> SegmentResponse {
+    tracing::warn!(reason = %why, "order refused");
+    SegmentResponse::Refused(why)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -181,8 +188,8 @@ impl Segment {
             role: Mutex::new(Role::Idle),
             stop: Stop::new().map_err(|e| Error::io("making the stop signal", e))?,
             orders: Mutex::new(()),
-            epoch: Mutex::new(epoch),
-            epoch_obeyed: std::sync::atomic::AtomicU64::new(epoch),
+            fence: Mutex::new(()),
+            epoch: std::sync::atomic::AtomicU64::new(epoch),
             resync: Mutex::new(ResyncState::default()),
             resync_ended: std::sync::Condvar::new(),
             verify: Mutex::new(VerifyJob::default()),
@@ -444,312 +451,7 @@ impl Shared {
             verify,
             replication,
             changelog: Some(self.changelog.stats()),
-            epoch: self.epoch_obeyed.load(std::sync::atomic::Ordering::Relaxed),
-        }
-    }
-
-    /// Carry out one control request.
-    fn order(self: &Arc<Self>, req: SegmentRequest) -> SegmentResponse {
-        let refused = |e: String| {
-            tracing::warn!(reason = %e, "order refused");
-            SegmentResponse::Refused(e)
-        };
-        if req.needs_epoch() {
-            // Unfenced: from an arbiter without epochs, or a test driving
-            // the segment by hand; refused once an arbiter's epoch was obeyed.
-            let obeyed = *lock(&self.epoch);
-            if let Err(why) = crate::core::fence::admit_unfenced(obeyed) {
-                return refused(why);
-            }
-        }
-        self.order_unchecked(req)
-    }
-
-    /// Carry out one control request whose epoch was checked.
-    fn order_unchecked(self: &Arc<Self>, req: SegmentRequest) -> SegmentResponse {
-        let refused = |e: String| {
-            tracing::warn!(reason = %e, "order refused");
-            SegmentResponse::Refused(e)
-        };
-        match req {
-            SegmentRequest::Fenced { epoch, order } => self.fenced(epoch, *order),
-            SegmentRequest::Probe => SegmentResponse::Status(self.status()),
-            SegmentRequest::BecomeMirror { generation } => match self.become_mirror(generation) {
-                Ok(()) => SegmentResponse::Done,
-                Err(e) => refused(e.to_string()),
-            },
-            SegmentRequest::BecomePrimary { generation, mirror } => {
-                // Connecting (and maybe asking the arbiter) takes time, and
-                // the arbiter may be waiting on this reply: answer now.
-                {
-                    let mut role = lock(&self.role);
-                    // A primary of this generation that failed its calls
-                    // (it could not reach the arbiter when it lost its
-                    // mirror) starts again, as the arbiter now says.
-                    if matches!(&*role, Role::Primary(p) if p.generation() == generation && !matches!(p.mode(), Mode::Failed(_)))
-                    {
-                        return SegmentResponse::Done;
-                    }
-                    if matches!(&*role, Role::Starting) {
-                        return refused("already carrying out an order".into());
-                    }
-                    let old = std::mem::replace(&mut *role, Role::Starting);
-                    drop(role);
-                    let was_mirror = match &old {
-                        Role::Mirror { server, .. } => Some(server.clone()),
-                        _ => None,
-                    };
-                    self.end_role(old);
-                    // The mirror's session ends with a sync of all it
-                    // applied; if that failed (rule 8), what it had only
-                    // applied may be gone: it must not serve. Its status says
-                    // faulted, and the arbiter counts it lost (a double fault
-                    // when its old primary is gone too).
-                    if let Some(why) = was_mirror.and_then(|server| server.fault()) {
-                        let why = format!(
-                            "this mirror's disk failed as it was promoted ({why}): its files are in doubt \
-                             until a full resync"
-                        );
-                        tracing::error!(generation, reason = %why, "role: promotion refused");
-                        *lock(&self.fault) = Some(why.clone());
-                        *lock(&self.role) = Role::Stopped(why.clone());
-                        return refused(why);
-                    }
-                }
-                let me = self.clone();
-                let spawned = std::thread::Builder::new()
-                    .name("filerep-promote".into())
-                    .spawn(move || me.become_primary(generation, mirror));
-                match spawned {
-                    Ok(_) => SegmentResponse::Done,
-                    Err(e) => refused(format!("cannot start: {e}")),
-                }
-            }
-            SegmentRequest::TakeChanges => {
-                if matches!(&*lock(&self.role), Role::Primary(_) | Role::Starting) {
-                    return refused("the acting primary keeps its change-log".into());
-                }
-                SegmentResponse::Changes(WireChangeSet::from_set(&self.changelog.change_set()))
-            }
-            SegmentRequest::AddChanges { set } => {
-                if !matches!(&*lock(&self.role), Role::Primary(_)) {
-                    return refused("only the acting primary takes a peer's changes".into());
-                }
-                let set = match set.to_set(self.filespaces.len()) {
-                    Ok(s) => s,
-                    Err(e) => return refused(format!("bad change set: {e}")),
-                };
-                match self.changelog.merge(&set) {
-                    Ok(()) => {
-                        tracing::info!(
-                            blocks = set.distinct_blocks(),
-                            paths = set.touched.len(),
-                            "a peer's changes added to the change-log"
-                        );
-                        SegmentResponse::Done
-                    }
-                    Err(e) => refused(e.to_string()),
-                }
-            }
-            SegmentRequest::ClearChanges => {
-                if matches!(&*lock(&self.role), Role::Primary(_) | Role::Starting) {
-                    return refused("the acting primary keeps its change-log".into());
-                }
-                match self.changelog.clear() {
-                    Ok(()) => SegmentResponse::Done,
-                    Err(e) => refused(e.to_string()),
-                }
-            }
-            SegmentRequest::StartResync { generation, mirror, full, max_rate, compare, checkpoint_bytes } => {
-                let p = match &*lock(&self.role) {
-                    Role::Primary(p) if p.generation() == generation => p.clone(),
-                    _ => return refused(format!("not the acting primary of generation {generation}")),
-                };
-                {
-                    let mut rs = lock(&self.resync);
-                    // One that lost its mirror stops at its next step: let it end.
-                    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-                    while rs.running && !p.resyncing() {
-                        let left = deadline.saturating_duration_since(std::time::Instant::now());
-                        if left.is_zero() {
-                            return refused("the previous resync is still stopping; run filerep recover again".into());
-                        }
-                        rs = self.resync_ended.wait_timeout(rs, left).unwrap_or_else(|e| e.into_inner()).0;
-                    }
-                    if rs.running {
-                        // A rate given to a later recover reaches the running resync.
-                        if let (Some(rate), Some(progress)) = (max_rate, rs.progress.as_ref()) {
-                            progress.max_rate.store(rate, std::sync::atomic::Ordering::Relaxed);
-                            tracing::warn!(bytes_per_second = rate, "the running resync's rate changed");
-                        }
-                        return SegmentResponse::Done;
-                    }
-                    rs.running = true;
-                    rs.error = None;
-                    rs.progress = Some(Arc::new(crate::runtime::resync::Progress::default()));
-                }
-                let me = self.clone();
-                let spawned = std::thread::Builder::new()
-                    .name("filerep-resync".into())
-                    .spawn(move || me.run_resync(p, generation, mirror, (full, compare), (max_rate, checkpoint_bytes)));
-                match spawned {
-                    Ok(_) => SegmentResponse::Done,
-                    Err(e) => {
-                        lock(&self.resync).running = false;
-                        refused(format!("cannot start the resync: {e}"))
-                    }
-                }
-            }
-            SegmentRequest::Rebind { data_listen } => {
-                let _order = lock(&self.orders);
-                if matches!(&*lock(&self.role), Role::Mirror { .. }) {
-                    return refused("acting as mirror: its replication address cannot change now".into());
-                }
-                let mut current = lock(&self.data_listener);
-                let same = current.local_addr().ok().map(|a| a.to_string()) == Some(data_listen.clone());
-                if !same {
-                    match TcpListener::bind(&data_listen) {
-                        Ok(l) => {
-                            tracing::warn!(%data_listen, "replication address changed");
-                            *current = l;
-                        }
-                        Err(e) => return refused(format!("cannot listen on {data_listen}: {e}")),
-                    }
-                }
-                SegmentResponse::Done
-            }
-            SegmentRequest::StartVerify { generation, repair } => match self.start_verify(generation, repair) {
-                Ok(id) => SegmentResponse::Verifying { id },
-                Err(e) => refused(e.to_string()),
-            },
-            SegmentRequest::VerifyReport { id } => {
-                let v = lock(&self.verify);
-                match &v.report {
-                    Some(r) if v.id == id => SegmentResponse::VerifyReport(Box::new(r.clone())),
-                    _ if v.id == id && v.running => refused(format!("verification {id} is still running")),
-                    _ if v.id == id => {
-                        refused(format!("verification {id} stopped short: {}", v.error.clone().unwrap_or_default()))
-                    }
-                    _ => refused(format!("no report for verification {id} (the last one is {})", v.id)),
-                }
-            }
-            SegmentRequest::Inspect { paths, ports } => {
-                if paths.len() > MAX_INSPECT || ports.len() > MAX_INSPECT {
-                    return refused(format!(
-                        "{} paths and {} ports asked; at most {MAX_INSPECT} of each",
-                        paths.len(),
-                        ports.len()
-                    ));
-                }
-                if let Some((p, _)) = paths.iter().find(|(p, _)| p.as_os_str().len() > 4096) {
-                    return refused(format!("a path of {} bytes asked; at most 4096", p.as_os_str().len()));
-                }
-                let paths = crate::cluster::hosts::inspect_paths(&paths)
-                    .into_iter()
-                    .map(|r| r.map_err(|e| e.to_string()))
-                    .collect();
-                let ports = ports.iter().map(|(a, p)| crate::cluster::hosts::port_free(a, *p)).collect();
-                SegmentResponse::Inspected { paths, ports }
-            }
-            SegmentRequest::Stop => {
-                tracing::info!("stop ordered");
-                self.stop.stop();
-                SegmentResponse::Done
-            }
-        }
-    }
-
-    /// An order of the arbiter of `epoch`: refused if a newer epoch was
-    /// obeyed; a newer one than recorded is recorded durably first. The
-    /// lock is held while the order runs: an older epoch's order waiting
-    /// behind it is then refused.
-    fn fenced(self: &Arc<Self>, epoch: u64, order: SegmentRequest) -> SegmentResponse {
-        let what = format!("{order:?}");
-        let refused = |why: String| {
-            tracing::warn!(epoch, order = %what, reason = %why, "order refused");
-            SegmentResponse::Refused(why)
-        };
-        if matches!(order, SegmentRequest::Fenced { .. }) {
-            return refused("a fenced order inside a fenced order".into());
-        }
-        let mut obeyed = lock(&self.epoch);
-        let newer = match crate::core::fence::admit(*obeyed, epoch) {
-            Ok(newer) => newer,
-            Err(why) => return refused(why),
-        };
-        if let Some(epoch) = newer {
-            if let Err(e) = RoleRecord::note_epoch(&self.cfg.state_dir, epoch) {
-                return refused(format!("cannot record arbiter epoch {epoch}: {e}"));
-            }
-            tracing::warn!(epoch, previous = *obeyed, "orders of a new arbiter epoch");
-            *obeyed = epoch;
-            self.epoch_obeyed.store(epoch, std::sync::atomic::Ordering::Relaxed);
-        }
-        if !order.needs_epoch() {
-            drop(obeyed);
-            return self.order_unchecked(order);
-        }
-        // The order runs under this epoch's lock.
-        let answer = self.order_unchecked(order);
-        drop(obeyed);
-        answer
-    }
-
-    /// Start a verification on this acting primary (or join the one that
-    /// runs, if it was started the same way); its id.
-    fn start_verify(self: &Arc<Self>, generation: u64, repair: bool) -> Result<u64> {
-        let p = match &*lock(&self.role) {
-            Role::Primary(p) if p.generation() == generation => p.clone(),
-            _ => return Err(Error::Rejected(format!("not the acting primary of generation {generation}"))),
-        };
-        p.verify_check(p.attachment())
-            .map_err(|e| Error::Rejected(format!("only a synchronized pair can be verified: {e}")))?;
-        let mut v = lock(&self.verify);
-        if v.running {
-            if v.repair == repair {
-                return Ok(v.id);
-            }
-            return Err(Error::Rejected(format!(
-                "verification {} ({}) is running: wait for it to end",
-                v.id,
-                if v.repair { "with repair" } else { "without repair" }
-            )));
-        }
-        let progress = Arc::new(crate::verify::online::VerifyProgress::default());
-        *v = VerifyJob {
-            id: v.id + 1,
-            repair,
-            running: true,
-            progress: Some(progress.clone()),
-            report: None,
-            error: None,
-        };
-        let id = v.id;
-        drop(v);
-        let me = self.clone();
-        let spawned = std::thread::Builder::new().name("filerep-verify".into()).spawn(move || {
-            let span = tracing::info_span!("verify", id, generation, repair);
-            let _e = span.enter();
-            let opts = crate::verify::online::VerifyOptions { repair, ..Default::default() };
-            let result = crate::verify::online::run(&p, &opts, &progress);
-            let mut v = lock(&me.verify);
-            v.running = false;
-            match result {
-                Ok(r) => v.report = Some(r),
-                Err(e) => {
-                    tracing::error!(error = %e, "verification stopped short");
-                    v.error = Some(e.to_string());
-                }
-            }
-        });
-        match spawned {
-            Ok(_) => Ok(id),
-            Err(e) => {
-                let mut v = lock(&self.verify);
-                v.running = false;
-                v.error = Some(format!("cannot start: {e}"));
-                Err(Error::io("spawning the verification thread", e))
-            }
+            epoch: self.epoch.load(std::sync::atomic::Ordering::SeqCst),
         }
     }
 
@@ -768,56 +470,6 @@ impl Shared {
                 }
             }
             Role::Idle | Role::Starting | Role::Stopped(_) => {}
-        }
-    }
-
-    /// Take the mirror back (unless it already is) and resync it.
-    fn run_resync(
-        &self,
-        p: Arc<Primary>,
-        generation: u64,
-        mirror: String,
-        how: (bool, bool),
-        limits: (Option<u64>, Option<u64>),
-    ) {
-        let (full, compare) = how;
-        let (max_rate, checkpoint_bytes) = limits;
-        let span = tracing::info_span!("resync", generation, full);
-        let _e = span.enter();
-        let progress = lock(&self.resync).progress.clone().unwrap_or_default();
-        let result = (|| {
-            if p.mode() == Mode::ChangeTracking {
-                let attached = self.connect(&mirror).and_then(|conn| p.attach_mirror(conn, &mirror));
-                if let Err(e) = attached {
-                    // Still alone: the arbiter hears the mirror is not back.
-                    let why = format!("the mirror could not be taken back: {e}");
-                    let _ = self.remote_arbiter().mirror_lost(self.cfg.content, generation, &why);
-                    return Err(e);
-                }
-            } else if !p.resyncing() {
-                return Err(Error::InvalidArgument(format!("the pair is {:?}: nothing to resync", p.mode())));
-            }
-            let opts = crate::runtime::resync::ResyncOptions {
-                full,
-                max_rate,
-                finish_timeout: None,
-                checkpoint_bytes,
-                compare,
-                planted: None,
-            };
-            crate::runtime::resync::run(&p, &opts, &progress)
-        })();
-        let mut rs = lock(&self.resync);
-        rs.running = false;
-        self.resync_ended.notify_all();
-        match result {
-            Ok(r) => {
-                tracing::warn!(paths = r.paths, blocks = r.blocks, bytes = r.bytes, seconds = r.seconds, "resync done");
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "resync stopped short");
-                rs.error = Some(e.cause());
-            }
         }
     }
 
