@@ -8,7 +8,7 @@
 #[macro_use]
 mod common;
 
-use common::pair::{exe, kill, mounted, Pair};
+use common::pair::{exe, kill, mounted, Mount, Pair};
 use filerep::cluster::client::Client;
 use filerep::cluster::segment::SegmentConfig;
 use rand::{Rng, SeedableRng};
@@ -109,14 +109,34 @@ fn random_bytes(rng: &mut impl Rng, n: usize) -> Vec<u8> {
     v
 }
 
+const BS: u64 = 8192;
+
 #[test]
 fn a_mixed_workload_through_the_mount_matches_its_model_and_the_mirror() {
     skip_without_fuse!("a_mixed_workload_through_the_mount_matches_its_model_and_the_mirror");
-    const BS: u64 = 8192;
-    let seed: u64 = std::env::var("FILEREP_MOUNT_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x6d6f_756e);
-    let ops: usize = std::env::var("FILEREP_MOUNT_OPS").ok().and_then(|s| s.parse().ok()).unwrap_or(600);
     let pair = Pair::start(BS as u32);
     let mut mnt = pair.mount(2, "pg_system");
+    mixed_workload(&pair, &mnt);
+    mnt.stop();
+}
+
+/// The same workload through the file system the primary segment serves
+/// itself (`filerep segment --mount`): no mount process, no client socket.
+#[test]
+fn a_mixed_workload_through_the_segments_own_mount_matches_its_model_and_the_mirror() {
+    skip_without_fuse!("a_mixed_workload_through_the_segments_own_mount_matches_its_model_and_the_mirror");
+    let mut pair = Pair::start_with(BS as u32, |seg| seg.try_start_mounting("pg_system", &[]));
+    let mnt = Mount { child: None, path: pair.seg(2).own_mountpoint("pg_system") };
+    assert!(mounted(&mnt.path), "the segment did not mount {}", mnt.path.display());
+    mixed_workload(&pair, &mnt);
+    // SIGTERM: the segment stops, unmounts and exits 0.
+    pair.seg_mut(2).terminate();
+    assert!(!mounted(&mnt.path), "{} is still mounted after the segment stopped", mnt.path.display());
+}
+
+fn mixed_workload(pair: &Pair, mnt: &Mount) {
+    let seed: u64 = std::env::var("FILEREP_MOUNT_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x6d6f_756e);
+    let ops: usize = std::env::var("FILEREP_MOUNT_OPS").ok().and_then(|s| s.parse().ok()).unwrap_or(600);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let mut m = Model::default();
     let mut done: BTreeMap<&str, usize> = BTreeMap::new();
@@ -383,7 +403,6 @@ fn a_mixed_workload_through_the_mount_matches_its_model_and_the_mirror() {
     {
         assert!(done.get(kind).is_some_and(|n| *n > 0), "the workload never did {kind:?} (seed {seed}): {done:?}");
     }
-    mnt.stop();
 }
 
 #[test]
@@ -548,6 +567,29 @@ fn bad_arguments_are_refused_naming_the_field() {
         let err = run(&args);
         assert!(err.contains(expect), "{args:?}: expected {expect:?} in {err:?}");
     }
+    assert!(!mounted(&mnt));
+    // The segment's own mounts: each checked before the segment opens, so
+    // a bad one starts nothing (no state directory is made).
+    let in_segment = |args: &[&str]| {
+        let out = Command::new(exe()).args(["segment", "--config", c]).args(args).output().expect("run");
+        assert!(!out.status.success(), "{args:?} was accepted");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let inside_spec = format!("pg_system={}", inside.display());
+    let good_spec = format!("pg_system={m}");
+    for (args, expect) in [
+        (vec!["--mount", "pg_system"], "--mount pg_system: give NAME=MOUNTPOINT"),
+        (vec!["--mount", "=x"], "--mount =x: give NAME=MOUNTPOINT"),
+        (vec!["--mount", &format!("nope={m}")], "--filespace nope: the segment config"),
+        (vec!["--mount", "pg_system=/no/such/dir"], "mountpoint /no/such/dir"),
+        (vec!["--mount", &inside_spec], "overlaps filespace pg_system"),
+        (vec!["--mount", &good_spec, "--mount-threads", "0"], "--threads 0"),
+        (vec!["--mount-uid", "7"], "--mount"),
+    ] {
+        let err = in_segment(&args);
+        assert!(err.contains(expect), "segment {args:?}: expected {expect:?} in {err:?}");
+    }
+    assert!(!dir.path().join("state").exists(), "a refused mount left the segment's state directory behind");
     assert!(!mounted(&mnt));
 }
 

@@ -1,9 +1,9 @@
 //! The FUSE request handlers: changes go to the segment's client API,
 //! reads come from the local root (see `docs/mount.md` for why that is safe).
 
+use super::changes::Changes;
 use super::inodes::{Inodes, Resolved, ROOT};
 use super::local::{LocalEntry, Root};
-use super::pool::Pool;
 use crate::cluster::client::{ClientError, ErrorClass};
 use crate::protocol::path::{PathError, RelPath};
 use crate::protocol::MAX_WRITE_AT;
@@ -39,7 +39,7 @@ pub(crate) struct FilerepFs {
     fs: u16,
     bs: u64,
     root: Root,
-    pool: Pool,
+    changes: Box<dyn Changes>,
     inodes: Mutex<Inodes>,
     /// Shared by every request that turns an inode into a path and hands
     /// it to the segment; exclusive for unlink, rmdir and rename, which
@@ -95,7 +95,7 @@ pub(crate) struct FsParams {
     pub filespace: u16,
     pub block_size: u32,
     pub root: Root,
-    pub pool: Pool,
+    pub changes: Box<dyn Changes>,
     pub uid: Option<u32>,
     pub gid: Option<u32>,
 }
@@ -106,7 +106,7 @@ impl FilerepFs {
             fs: p.filespace,
             bs: u64::from(p.block_size),
             root: p.root,
-            pool: p.pool,
+            changes: p.changes,
             inodes: Mutex::new(Inodes::new()),
             ns: RwLock::new(()),
             handles: Mutex::new(HashMap::new()),
@@ -229,14 +229,14 @@ impl FilerepFs {
             for (i, block) in data.chunks(bs).enumerate() {
                 let b = offset / self.bs + i as u64;
                 let call = if len == b * self.bs {
-                    self.pool.call(|c| c.extend(fs, path, b, block)).or_else(|e| match e.class() {
+                    self.changes.extend(fs, path, b, block).or_else(|e| match e.class() {
                         // Another writer extended first (a write-back racing
                         // a write): the block is no longer the next one.
-                        Some(ErrorClass::Invalid) => self.pool.call(|c| c.write_block(fs, path, b, block)),
+                        Some(ErrorClass::Invalid) => self.changes.write_block(fs, path, b, block),
                         _ => Err(e),
                     })
                 } else {
-                    self.pool.call(|c| c.write_block(fs, path, b, block))
+                    self.changes.write_block(fs, path, b, block)
                 };
                 if let Err(e) = call {
                     r = Err(("write_block", e));
@@ -250,7 +250,7 @@ impl FilerepFs {
             let mut r = Ok(());
             for chunk in data.chunks(MAX_WRITE_AT) {
                 let at = offset + done as u64;
-                if let Err(e) = self.pool.call(|c| c.write_at(fs, path, at, chunk)) {
+                if let Err(e) = self.changes.write_at(fs, path, at, chunk) {
                     r = Err(("write_at", e));
                     break;
                 }
@@ -273,12 +273,12 @@ impl FilerepFs {
 
     fn create_file(&self, path: &str, exclusive: bool, truncate: bool) -> Result<(), Errno> {
         let fs = self.fs;
-        match self.pool.call(|c| c.create(fs, path)) {
+        match self.changes.create(fs, path) {
             Ok(()) => {}
             // O_CREAT without O_EXCL: someone created it first; open theirs.
             Err(e) if e.class() == Some(ErrorClass::Exists) && !exclusive => {
                 if truncate {
-                    self.pool.call(|c| c.set_len(fs, path, 0)).map_err(|e| self.failed("set_len", path, &e))?;
+                    self.changes.set_len(fs, path, 0).map_err(|e| self.failed("set_len", path, &e))?;
                 }
             }
             Err(e) => return Err(self.failed("create", path, &e)),
@@ -346,7 +346,7 @@ impl fuser::Filesystem for FilerepFs {
                 Err(e) => return reply.error(e),
             };
             let fs = self.fs;
-            if let Err(e) = self.pool.call(|c| c.set_len(fs, &path, size)) {
+            if let Err(e) = self.changes.set_len(fs, &path, size) {
                 return reply.error(self.failed("set_len", &path, &e));
             }
         }
@@ -385,7 +385,7 @@ impl fuser::Filesystem for FilerepFs {
         let _ns = self.ns_shared();
         let fs = self.fs;
         let r = self.child_of(parent, name).and_then(|p| {
-            self.pool.call(|c| c.mkdir(fs, &p)).map_err(|e| self.failed("mkdir", &p, &e))?;
+            self.changes.mkdir(fs, &p).map_err(|e| self.failed("mkdir", &p, &e))?;
             self.entry(&p)
         });
         match r {
@@ -398,7 +398,7 @@ impl fuser::Filesystem for FilerepFs {
         let _ns = self.ns_exclusive();
         let fs = self.fs;
         let r = self.child_of(parent, name).and_then(|p| {
-            self.pool.call(|c| c.unlink(fs, &p)).map_err(|e| self.failed("unlink", &p, &e))?;
+            self.changes.unlink(fs, &p).map_err(|e| self.failed("unlink", &p, &e))?;
             lock(&self.inodes).detach(&p, false);
             Ok(())
         });
@@ -412,7 +412,7 @@ impl fuser::Filesystem for FilerepFs {
         let _ns = self.ns_exclusive();
         let fs = self.fs;
         let r = self.child_of(parent, name).and_then(|p| {
-            self.pool.call(|c| c.rmdir(fs, &p)).map_err(|e| self.failed("rmdir", &p, &e))?;
+            self.changes.rmdir(fs, &p).map_err(|e| self.failed("rmdir", &p, &e))?;
             lock(&self.inodes).detach(&p, true);
             Ok(())
         });
@@ -472,7 +472,7 @@ impl fuser::Filesystem for FilerepFs {
                 return Err(Errno::EINVAL);
             }
             let fs = self.fs;
-            self.pool.call(|c| c.rename(fs, &from, &to)).map_err(|e| self.failed("rename", &from, &e))?;
+            self.changes.rename(fs, &from, &to).map_err(|e| self.failed("rename", &from, &e))?;
             lock(&self.inodes).rename(&from, &to, src.is_dir());
             Ok(())
         })();
@@ -582,7 +582,7 @@ impl fuser::Filesystem for FilerepFs {
             Err(_) => return reply.ok(),
         };
         let fs = self.fs;
-        match self.pool.call(|c| c.sync(fs, &path)) {
+        match self.changes.sync(fs, &path) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(self.failed("sync", &path, &e)),
         }
@@ -637,7 +637,7 @@ impl fuser::Filesystem for FilerepFs {
         let _ns = self.ns_shared();
         let dir = self.path_of(ino).unwrap_or_default();
         let fs = self.fs;
-        match self.pool.call(|c| c.sync_dir(fs, &dir)) {
+        match self.changes.sync_dir(fs, &dir) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(self.failed("sync_dir", &dir, &e)),
         }

@@ -6,6 +6,7 @@
 //! root, which the segment writes through the same page cache.
 //! Semantics, errno mapping and operation: `docs/mount.md`.
 
+mod changes;
 mod fs;
 mod inodes;
 mod local;
@@ -15,6 +16,7 @@ pub use fs::errno_of;
 
 use crate::cluster::client::{Client, ClientError, ErrorClass};
 use crate::cluster::segment::SegmentConfig;
+use crate::cluster::storage::Storage;
 use std::path::{Path, PathBuf};
 
 /// The line `filerep mount` prints on stdout once the file system is mounted.
@@ -297,15 +299,38 @@ impl MountSession {
     }
 }
 
-/// Mount the filespace (after checking the options and that the segment
-/// answers on its socket). The file system is live when this returns;
-/// requests are served once [`MountSession::run`] is called.
+/// Mount the filespace served by a segment in another process, through its
+/// client socket (after checking the options and that the segment answers
+/// there). The file system is live when this returns; requests are served
+/// once [`MountSession::run`] is called.
 pub fn mount(opts: &MountOptions) -> Result<MountSession, MountError> {
     if opts.force {
         clear_dead_mount(&opts.mountpoint)?;
     }
     opts.check()?;
     probe_segment(opts)?;
+    mount_with(opts, Box::new(pool::Pool::new(opts.socket.clone(), opts.threads)))
+}
+
+/// Mount the filespace of the segment running in this process: each FUSE
+/// request calls its storage API directly, with no client socket and no
+/// second process between the kernel and the segment (the default way to
+/// mount, `filerep segment --mount`).
+pub fn mount_in_process(opts: &MountOptions, storage: Storage) -> Result<MountSession, MountError> {
+    if opts.force {
+        clear_dead_mount(&opts.mountpoint)?;
+    }
+    opts.check()?;
+    if storage.filespaces().get(usize::from(opts.filespace)) != Some(&opts.filespace_name) {
+        return Err(MountError::Invalid(format!(
+            "filespace {} is not filespace {} of this segment",
+            opts.filespace_name, opts.filespace
+        )));
+    }
+    mount_with(opts, Box::new(storage))
+}
+
+fn mount_with(opts: &MountOptions, changes: Box<dyn changes::Changes>) -> Result<MountSession, MountError> {
     let root = local::Root::open(&opts.root).map_err(|e| {
         MountError::io(format!("opening filespace {} root {}", opts.filespace_name, opts.root.display()), e)
     })?;
@@ -313,7 +338,7 @@ pub fn mount(opts: &MountOptions) -> Result<MountSession, MountError> {
         filespace: opts.filespace,
         block_size: opts.block_size,
         root,
-        pool: pool::Pool::new(opts.socket.clone(), opts.threads),
+        changes,
         uid: opts.uid,
         gid: opts.gid,
     });

@@ -6,6 +6,8 @@ pub mod pair;
 
 pub mod etcd;
 
+pub mod postgres;
+
 use filerep::config::{Filespace, PairIdentity, StreamTuning, SyncLevel};
 use filerep::protocol::handshake::ClusterKey;
 use filerep::runtime::mirror::{MirrorConfig, MirrorServer, SessionReport};

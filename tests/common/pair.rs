@@ -7,7 +7,6 @@
 use filerep::cluster::segment::{Acting, SegmentConfig, SegmentRequest, SegmentResponse, SegmentStatus};
 use filerep::durable::catalog::{Catalog, SegmentAddress};
 use filerep::protocol::handshake::ClusterKey;
-use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -133,15 +132,39 @@ pub fn try_spawn_ready_with(
         .stderr(stderr)
         .spawn()
         .expect("spawn");
-    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
-    let mut line = String::new();
-    out.read_line(&mut line).expect("ready line");
+    let line = read_line(&mut child).expect("ready line");
     if !line.starts_with(ready) {
         let _ = child.kill();
         let _ = child.wait();
         return Err(format!("{args:?}: unexpected first line {line:?}"));
     }
     Ok((child, line[ready.len()..].trim().to_string()))
+}
+
+/// One line of the child's stdout, read a byte at a time so that nothing
+/// after it is taken from the pipe (a later line stays for the next read).
+fn read_line(child: &mut Child) -> std::io::Result<String> {
+    let out = child.stdout.as_mut().expect("stdout");
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while std::io::Read::read(out, &mut byte)? == 1 {
+        line.push(byte[0]);
+        if byte[0] == b'\n' {
+            break;
+        }
+    }
+    Ok(String::from_utf8_lossy(&line).into_owned())
+}
+
+/// The next line a process started by [`try_spawn_ready`] prints, which must
+/// start with `ready`: what follows it.
+#[allow(dead_code)] // not every test binary that shares this module uses it
+pub fn next_ready_line(child: &mut Child, ready: &str) -> Result<String, String> {
+    let line = read_line(child).map_err(|e| format!("reading the next ready line: {e}"))?;
+    match line.strip_prefix(ready) {
+        Some(rest) => Ok(rest.trim().to_string()),
+        None => Err(format!("unexpected line {line:?}, expected one starting {ready:?}")),
+    }
 }
 
 /// Poll a condition until it holds (a deadline, not a sleep: the test
@@ -193,6 +216,21 @@ pub fn assert_trees_equal(a: &[PathBuf], b: &[PathBuf], block_size: u32) {
     );
 }
 
+/// SIGTERM, then wait (30 s at most) for the process to exit 0.
+fn sigterm_and_reap(mut c: Child, what: &str) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM)
+        .expect("SIGTERM");
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = c.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "{what} did not exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{what} exited with {status}");
+}
+
 /// SIGKILL and reap.
 pub fn kill(child: &mut Option<Child>) {
     if let Some(mut c) = child.take() {
@@ -234,6 +272,47 @@ impl Seg {
         let args = vec!["segment".into(), "--config".into(), self.cfg_path.display().to_string()];
         self.child = Some(try_spawn_ready(&args, READY_SEGMENT)?.0);
         Ok(())
+    }
+
+    /// Where [`Seg::try_start_mounting`] mounts filespace `name`.
+    #[allow(dead_code)] // not every test binary that shares this module uses it
+    pub fn own_mountpoint(&self, name: &str) -> PathBuf {
+        self.cfg_path.with_file_name(format!("mnt{}-{name}-own", self.cfg.dbid))
+    }
+
+    /// Start the segment serving filespace `name` as a file system itself
+    /// (`filerep segment --mount`, plus `extra` arguments), at
+    /// [`Seg::own_mountpoint`]; returns once it says the mount is ready.
+    #[allow(dead_code)] // not every test binary that shares this module uses it
+    pub fn try_start_mounting(&mut self, name: &str, extra: &[&str]) -> Result<(), String> {
+        let path = self.own_mountpoint(name);
+        std::fs::create_dir_all(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut args: Vec<String> = vec![
+            "segment".into(),
+            "--config".into(),
+            self.cfg_path.display().to_string(),
+            "--mount".into(),
+            format!("{name}={}", path.display()),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut child = try_spawn_ready(&args, READY_SEGMENT)?.0;
+        let shown = next_ready_line(&mut child, READY_MOUNT);
+        self.child = Some(child);
+        let shown = shown?;
+        if Path::new(&shown) != path.canonicalize().map_err(|e| e.to_string())? {
+            return Err(format!("mounted at {shown}, not at {}", path.display()));
+        }
+        Ok(())
+    }
+
+    /// SIGTERM, as an operator would stop it: it exits 0 (and unmounts
+    /// what it served).
+    #[allow(dead_code)] // not every test binary that shares this module uses it
+    pub fn terminate(&mut self) {
+        if let Some(c) = self.child.take() {
+            let what = format!("segment {}", self.cfg.dbid);
+            sigterm_and_reap(c, &what);
+        }
     }
 
     /// (Re)start the segment process (it learns its role from the arbiter).
@@ -443,18 +522,8 @@ impl Mount {
 
     /// SIGTERM, as an operator would stop it: it unmounts and exits 0.
     pub fn stop(&mut self) {
-        let Some(mut c) = self.child.take() else { return };
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM)
-            .expect("SIGTERM");
-        let start = Instant::now();
-        let status = loop {
-            if let Some(s) = c.try_wait().expect("wait") {
-                break s;
-            }
-            assert!(start.elapsed() < Duration::from_secs(20), "the mount did not exit after SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        assert!(status.success(), "filerep mount exited with {status}");
+        let Some(c) = self.child.take() else { return };
+        sigterm_and_reap(c, "filerep mount");
         assert!(!mounted(&self.path), "{} is still mounted", self.path.display());
     }
 

@@ -2,7 +2,8 @@
 //! of a mirrored cluster.
 
 use filerep::cluster::probe::{ArbiterProcess, ProbeConfig};
-use filerep::cluster::segment::{Segment, SegmentConfig};
+use filerep::cluster::segment::{Segment, SegmentConfig, SegmentHandle};
+use filerep::mount::{MountOptions, Unmounter, MOUNT_READY};
 use filerep::protocol::handshake::ClusterKey;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -16,6 +17,26 @@ pub struct SegmentCmd {
     /// The segment's settings (JSON; see docs/operations.md).
     #[arg(long)]
     config: PathBuf,
+    /// Serve filespace NAME as a file system at MOUNTPOINT from this
+    /// process (repeatable; docs/mount.md): FUSE requests call the segment
+    /// directly, with no client socket between them.
+    #[arg(long, value_name = "NAME=MOUNTPOINT")]
+    mount: Vec<String>,
+    /// Present every file and directory of the mounts as owned by this user id.
+    #[arg(long, requires = "mount")]
+    mount_uid: Option<u32>,
+    /// Present every file and directory of the mounts as owned by this group id.
+    #[arg(long, requires = "mount")]
+    mount_gid: Option<u32>,
+    /// Let users other than the one running the segment use the mounts.
+    #[arg(long, requires = "mount")]
+    mount_allow_other: bool,
+    /// Threads serving FUSE requests, per mount.
+    #[arg(long, default_value_t = 8, requires = "mount")]
+    mount_threads: usize,
+    /// Clear a dead mount left on a mountpoint (its process was killed) before mounting.
+    #[arg(long, requires = "mount")]
+    mount_force: bool,
 }
 
 #[derive(clap::Args)]
@@ -66,11 +87,84 @@ pub fn run_segment(c: SegmentCmd) -> Result<(), String> {
         );
     }
     let cfg = SegmentConfig::load(&c.config).map_err(|e| e.to_string())?;
+    // Every mount is checked before the segment opens: a bad one changes nothing.
+    let mut mounts = Vec::with_capacity(c.mount.len());
+    for spec in &c.mount {
+        let Some((name, mountpoint)) = spec.split_once('=').filter(|(n, m)| !n.is_empty() && !m.is_empty()) else {
+            return Err(format!("--mount {spec}: give NAME=MOUNTPOINT (a filespace name and a directory)"));
+        };
+        let mut opts = MountOptions::from_segment(&cfg, &c.config, name, PathBuf::from(mountpoint))
+            .map_err(|e| format!("--mount {spec}: {e}"))?;
+        opts.uid = c.mount_uid;
+        opts.gid = c.mount_gid;
+        opts.allow_other = c.mount_allow_other;
+        opts.threads = c.mount_threads;
+        opts.force = c.mount_force;
+        if !opts.force {
+            opts.check().map_err(|e| format!("--mount {spec}: {e}"))?;
+        }
+        mounts.push(opts);
+    }
     let seg = Segment::open(cfg).map_err(|e| e.to_string())?;
     stop_on_signals(&seg.stop_signal())?;
     let addr = seg.control_addr().map_err(|e| e.to_string())?;
-    println!("{SEGMENT_READY}{addr}");
-    seg.run().map_err(|e| e.to_string())
+    let handle = seg.start().map_err(|e| e.to_string())?;
+    let served = match serve_mounts(&mounts, &handle) {
+        Ok(s) => s,
+        Err(e) => {
+            handle.close();
+            return Err(e);
+        }
+    };
+    // One write: a reader that takes only the first line (and closes the
+    // pipe) cannot make a later line fail.
+    let mut ready = format!("{SEGMENT_READY}{addr}\n");
+    for (_, mountpoint) in &served {
+        ready.push_str(&format!("{MOUNT_READY}{}\n", mountpoint.display()));
+    }
+    let mut out = std::io::stdout().lock();
+    let _ = std::io::Write::write_all(&mut out, ready.as_bytes()).and_then(|_| std::io::Write::flush(&mut out));
+    drop(out);
+    handle.wait();
+    // The segment has stopped (calls through a mount fail with EIO from
+    // then on): unmount, lazily where a file is still open there.
+    for (mut unmounter, mountpoint) in served {
+        if let Err(e) = unmounter.unmount() {
+            tracing::error!(error = %e, mountpoint = %mountpoint.display(), "cannot unmount");
+        }
+    }
+    Ok(())
+}
+
+/// Mount each filespace and serve it from threads of this process; on a
+/// failure, unmount those already mounted.
+fn serve_mounts(mounts: &[MountOptions], handle: &SegmentHandle) -> Result<Vec<(Unmounter, PathBuf)>, String> {
+    let mut served: Vec<(Unmounter, PathBuf)> = Vec::with_capacity(mounts.len());
+    let result = (|| {
+        for opts in mounts {
+            let mut session = filerep::mount::mount_in_process(opts, handle.storage())
+                .map_err(|e| format!("--mount {}={}: {e}", opts.filespace_name, opts.mountpoint.display()))?;
+            let mountpoint = session.mountpoint().to_path_buf();
+            served.push((session.unmounter(), mountpoint.clone()));
+            std::thread::Builder::new()
+                .name(format!("filerep-mount-{}", opts.filespace_name))
+                .spawn(move || match session.run() {
+                    Ok(()) => tracing::info!(mountpoint = %mountpoint.display(), "unmounted"),
+                    Err(e) => tracing::error!(error = %e, "the mount stopped serving"),
+                })
+                .map_err(|e| format!("cannot start a mount thread: {e}"))?;
+        }
+        Ok(())
+    })();
+    match result {
+        Ok(()) => Ok(served),
+        Err(e) => {
+            for (mut unmounter, _) in served {
+                let _ = unmounter.unmount();
+            }
+            Err(e)
+        }
+    }
 }
 
 pub fn run_arbiter(c: ArbiterCmd) -> Result<(), String> {
