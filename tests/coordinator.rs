@@ -22,6 +22,16 @@ use std::time::{Duration, Instant};
 
 const BS: usize = 8192;
 
+/// One test of this file at a time: each runs a three-member etcd cluster,
+/// two arbiters and four segments, with ports from a fixed base per test;
+/// side by side on two cores, elections flap under the load and one
+/// test's picked-free port can be another's segment port.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 struct Cluster {
     tmp: tempfile::TempDir,
     dir: ClusterDir,
@@ -110,10 +120,20 @@ impl Cluster {
         }
     }
 
-    /// The catalog from the acting arbiter.
+    /// The catalog from the acting arbiter; while none acts (a leadership
+    /// changing hands takes up to the lease's TTL and a campaign pause),
+    /// asked again, for 10 s at most.
     fn catalog(&self) -> Catalog {
-        filerep::cluster::probe::fetch_catalog(&self.arbiters.join(","), &self.key, Duration::from_secs(5))
-            .expect("catalog")
+        let start = Instant::now();
+        loop {
+            match filerep::cluster::probe::fetch_catalog(&self.arbiters.join(","), &self.key, Duration::from_secs(5)) {
+                Ok(c) => return c,
+                Err(e) if e.to_string().contains("no arbiter acts") && start.elapsed() < Duration::from_secs(10) => {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => panic!("catalog: {e:?}"),
+            }
+        }
     }
 
     fn status(&self, dbid: u32) -> Option<SegmentStatus> {
@@ -252,6 +272,7 @@ fn wait_promoted(c: &Cluster, content: u32, old_primary: u32) -> u32 {
 /// the same: it says so when asked who it is, and decides nothing.
 #[test]
 fn an_arbiter_starts_while_etcd_cannot_be_reached_and_decides_nothing() {
+    let _serial = one_at_a_time();
     let tmp = tempfile::tempdir().unwrap();
     let key_file = tmp.path().join("key");
     std::fs::write(&key_file, b"coordinator test key material!!!").unwrap();
@@ -292,6 +313,7 @@ fn an_arbiter_starts_while_etcd_cannot_be_reached_and_decides_nothing() {
 #[test]
 fn the_acting_arbiter_killed_the_other_takes_over_and_promotes_a_mirror() {
     skip_without_etcd!("the_acting_arbiter_killed_the_other_takes_over_and_promotes_a_mirror");
+    let _serial = one_at_a_time();
     let etcd = Etcd::start();
     let c = Cluster::start(&etcd, 0);
     let (first, e1) = c.wait_acting(Duration::from_secs(10));
@@ -335,6 +357,7 @@ fn the_acting_arbiter_killed_the_other_takes_over_and_promotes_a_mirror() {
 #[test]
 fn an_arbiter_cut_off_from_etcd_stops_ordering_and_no_segment_obeys_both() {
     skip_without_etcd!("an_arbiter_cut_off_from_etcd_stops_ordering_and_no_segment_obeys_both");
+    let _serial = one_at_a_time();
     let etcd = Etcd::start();
     let mut c = Cluster::start(&etcd, 1);
     c.wait_acting(Duration::from_secs(10));
@@ -414,6 +437,7 @@ fn an_arbiter_cut_off_from_etcd_stops_ordering_and_no_segment_obeys_both() {
 #[test]
 fn etcd_members_lost_one_then_two_then_restored() {
     skip_without_etcd!("etcd_members_lost_one_then_two_then_restored");
+    let _serial = one_at_a_time();
     let mut etcd = Etcd::start();
     let c = Cluster::start(&etcd, 2);
     c.wait_acting(Duration::from_secs(10));
