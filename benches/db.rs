@@ -33,11 +33,10 @@
 mod common;
 
 use common::pair::{fuse_unavailable, wait_for, Mount, Pair};
-use common::postgres::{say, DbUser, PgBin, Postgres};
+use common::postgres::{pgbench_with, say, DbUser, PgBin, Postgres};
 use filerep_tools::cpu;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const BS: u32 = 8192;
@@ -112,10 +111,10 @@ fn main() {
     let found = match fuse_unavailable() {
         Some(why) => Err(format!("the mount cannot be made here: {why}")),
         None => PgBin::find().and_then(|bin| Ok((bin, DbUser::find()?))).and_then(|found| {
-            let sqlite = Command::new("sqlite3").arg("-version").output();
-            match sqlite {
-                Ok(o) if o.status.success() => Ok(found),
-                _ => Err("no sqlite3 program on PATH (Debian: apt-get install sqlite3)".to_string()),
+            if common::sqlite::available() {
+                Ok(found)
+            } else {
+                Err("no sqlite3 program on PATH (Debian: apt-get install sqlite3)".to_string())
             }
         }),
     };
@@ -231,31 +230,8 @@ fn run(args: &Args, bin: &PgBin, user: DbUser) {
     say("PostgreSQL standby streaming, synchronous");
 
     let (clients, threads, seconds) = (args.clients.to_string(), "2", args.seconds.to_string());
-    let bench = |pg: &Postgres, options: Option<&str>| {
-        let mut c = pg.command("pgbench");
-        if let Some(o) = options {
-            c.env("PGOPTIONS", o);
-        }
-        let out = c
-            .args(["-c", &clients, "-j", threads, "-T", &seconds, "--no-vacuum"])
-            .stderr(Stdio::piped())
-            .output()
-            .expect("pgbench");
-        assert!(out.status.success(), "pgbench failed: {}", String::from_utf8_lossy(&out.stderr));
-        out
-    };
-    let parse = |out: std::process::Output| -> (f64, i64) {
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let field = |name: &str| {
-            text.lines().find_map(|l| l.strip_prefix(name)).map(|v| v.trim_start_matches([':', ' ', '=']).to_string())
-        };
-        let committed = field("number of transactions actually processed")
-            .and_then(|v| v.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
-            .unwrap_or_else(|| panic!("no committed count in pgbench's report:\n{text}"));
-        let tps = field("tps")
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap_or_else(|| panic!("no tps:\n{text}"));
-        (tps, committed)
+    let bench = |pg: &Postgres, options: &[(&str, &str)]| {
+        pgbench_with(pg, options, &["-c", &clients, "-j", threads, "-T", &seconds, "--no-vacuum"])
     };
     let names = ["local", "pg_sync", "pg_remote_apply", "mount"];
     let mut rounds: Vec<Rounds> = names.iter().map(|_| Rounds::default()).collect();
@@ -264,14 +240,14 @@ fn run(args: &Args, bin: &PgBin, user: DbUser) {
     for round in 0..args.rounds {
         for (i, name) in names.iter().enumerate() {
             let before = cpu::Sample::now(&pids);
-            let out = match *name {
-                "local" => bench(&local, None),
-                "pg_sync" => bench(&primary, Some("-c synchronous_commit=on")),
-                "pg_remote_apply" => bench(&primary, Some("-c synchronous_commit=remote_apply")),
-                _ => bench(&mounted, None),
+            let report = match *name {
+                "local" => bench(&local, &[]),
+                "pg_sync" => bench(&primary, &[("PGOPTIONS", "-c synchronous_commit=on")]),
+                "pg_remote_apply" => bench(&primary, &[("PGOPTIONS", "-c synchronous_commit=remote_apply")]),
+                _ => bench(&mounted, &[]),
             };
             let (_, spent) = cpu::Sample::now(&pids).since(&before);
-            let (tps, committed) = parse(out);
+            let (tps, committed) = (report.tps, report.committed);
             if *name == "mount" {
                 for (t, s) in cpu_ticks.iter_mut().zip(&spent) {
                     *t += s;
@@ -347,17 +323,7 @@ fn sqlite_tps(db: &Path, mode: &str, n: u32) -> f64 {
         script.push_str("INSERT INTO t(v) VALUES (randomblob(100));\n");
     }
     let t = Instant::now();
-    let mut child = Command::new("sqlite3")
-        .arg(db)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("sqlite3");
-    std::io::Write::write_all(child.stdin.as_mut().expect("stdin"), script.as_bytes()).expect("sqlite3 script");
-    drop(child.stdin.take());
-    let out = child.wait_with_output().expect("sqlite3");
+    common::sqlite::run(db, &script);
     let s = t.elapsed().as_secs_f64();
-    assert!(out.status.success(), "sqlite3 on {} failed: {}", db.display(), String::from_utf8_lossy(&out.stderr));
     f64::from(n) / s
 }

@@ -444,6 +444,19 @@ fn engine_refusals_surface_as_errnos_never_as_success() {
     let f = OpenOptions::new().write(true).open(mnt.p("d/f")).unwrap();
     f.sync_all().unwrap();
 
+    refused_once_the_pair_cannot_take_changes(&mut pair, &mnt, &f);
+
+    // The primary is gone altogether: its socket is closed, still EIO.
+    kill(&mut pair.seg_mut(2).child);
+    let e = f.write_all_at(b"LOST", 0).unwrap_err();
+    assert_eq!(errno(&e), libc::EIO, "a write with the segment gone: {e}");
+    drop(mnt);
+}
+
+/// With `f` open on `d/f` (holding "kept") through `mnt`: the arbiter and
+/// then the mirror are killed, and every change through the mount fails
+/// with EIO (rule 3: no silent continuation) while reads go on.
+fn refused_once_the_pair_cannot_take_changes(pair: &mut Pair, mnt: &Mount, f: &File) {
     // The pair can take no more changes: the arbiter is gone, then the
     // mirror. The primary cannot hear "mirror down", so its calls fail.
     kill(&mut pair.arbiter);
@@ -464,12 +477,23 @@ fn engine_refusals_surface_as_errnos_never_as_success() {
     // Reads are local and still work.
     let now = std::fs::read(mnt.p("d/f")).unwrap();
     assert!(now == b"kept" || now == b"LOST", "a refused write after the loss changed nothing: {now:?}");
+}
 
-    // The primary is gone altogether: its socket is closed, still EIO.
-    kill(&mut pair.seg_mut(2).child);
-    let e = f.write_all_at(b"LOST", 0).unwrap_err();
-    assert_eq!(errno(&e), libc::EIO, "a write with the segment gone: {e}");
-    drop(mnt);
+/// The same refusals through the file system the primary segment serves
+/// itself: its errors come from the storage API in the process, not over
+/// the client socket.
+#[test]
+fn the_segments_own_mount_refuses_what_the_pair_cannot_take() {
+    skip_without_fuse!("the_segments_own_mount_refuses_what_the_pair_cannot_take");
+    let mut pair = Pair::start_with(8192, |seg| seg.try_start_mounting("fs_fast", &[]));
+    let mnt = Mount { child: None, path: pair.seg(2).own_mountpoint("fs_fast") };
+    std::fs::create_dir(mnt.p("d")).unwrap();
+    std::fs::write(mnt.p("d/f"), b"kept").unwrap();
+    let e = std::fs::remove_dir(mnt.p("d")).unwrap_err();
+    assert_eq!(errno(&e), libc::ENOTEMPTY, "{e}");
+    let f = OpenOptions::new().write(true).open(mnt.p("d/f")).unwrap();
+    f.sync_all().unwrap();
+    refused_once_the_pair_cannot_take_changes(&mut pair, &mnt, &f);
 }
 
 #[test]

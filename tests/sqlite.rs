@@ -28,6 +28,7 @@
 mod common;
 
 use common::pair::{fuse_unavailable, kill, skipped, wait_for, Mount, Pair};
+use common::sqlite;
 use filerep::cluster::segment::Acting;
 use rand::{Rng, SeedableRng};
 use std::io::{BufRead, BufReader, Write};
@@ -45,9 +46,7 @@ fn prerequisites(name: &str) -> bool {
     };
     let missing = match fuse_unavailable() {
         Some(why) => Some(why),
-        None if !have("sqlite3", "-version") => {
-            Some("no sqlite3 program on PATH (Debian: apt-get install sqlite3)".into())
-        }
+        None if !sqlite::available() => Some("no sqlite3 program on PATH (Debian: apt-get install sqlite3)".into()),
         None if !have("stdbuf", "--version") => Some("no stdbuf program on PATH (Debian: coreutils)".into()),
         None => None,
     };
@@ -104,21 +103,6 @@ fn script(wal: bool, rng: &mut impl Rng, transactions: usize) -> (String, Vec<u6
         }
     }
     (s, ends)
-}
-
-/// Run `sqlite3` on `db` with `sql` fed to it; its output line by line.
-fn sqlite(db: &std::path::Path, sql: &str) -> String {
-    let mut child = Command::new("sqlite3")
-        .arg(db)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("sqlite3");
-    child.stdin.take().expect("stdin").write_all(sql.as_bytes()).expect("sql");
-    let out = child.wait_with_output().expect("sqlite3");
-    assert!(out.status.success(), "sqlite3 {sql:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 fn round(wal: bool, seed: u64, kill_at: KillAt) {
@@ -200,11 +184,12 @@ fn round(wal: bool, seed: u64, kill_at: KillAt) {
     });
     let promoted = pair.mount(3, "pg_system");
     let db = promoted.p("app.db");
-    assert_eq!(sqlite(&db, "PRAGMA integrity_check;"), "ok", "{what}: the promoted copy is damaged");
+    assert_eq!(sqlite::run(&db, "PRAGMA integrity_check;"), "ok", "{what}: the promoted copy is damaged");
     // The mode the writer ran in (WAL is recorded in the database file).
-    let mode = sqlite(&db, "PRAGMA journal_mode;");
+    let mode = sqlite::run(&db, "PRAGMA journal_mode;");
     assert_eq!(mode, if wal { "wal" } else { "delete" }, "{what}: the database's journal mode");
-    let counts = sqlite(&db, "SELECT count(*) || ' ' || coalesce(max(id), 0) || ' ' || coalesce(min(id), 0) FROM t;");
+    let counts =
+        sqlite::run(&db, "SELECT count(*) || ' ' || coalesce(max(id), 0) || ' ' || coalesce(min(id), 0) FROM t;");
     let v: Vec<u64> = counts.split(' ').map(|x| x.parse().expect("number")).collect();
     let (rows, max) = (v[0], v[1]);
     assert!(max >= acked, "{what}: {acked} acknowledged, only up to id {max} on the promoted side");

@@ -1,11 +1,12 @@
-//! The FUSE request handlers: changes go to the segment's client API,
+//! The FUSE request handlers: changes go to the segment (`changes.rs`),
 //! reads come from the local root (see `docs/mount.md` for why that is safe).
 
 use super::changes::Changes;
+use super::errno::{errno_of, io_errno, path_errno};
 use super::inodes::{Inodes, Resolved, ROOT};
 use super::local::{LocalEntry, Root};
-use crate::cluster::client::{ClientError, ErrorClass};
-use crate::protocol::path::{PathError, RelPath};
+use crate::cluster::client::ClientError;
+use crate::protocol::path::RelPath;
 use crate::protocol::MAX_WRITE_AT;
 use fuser::{
     BsdFileFlags, Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, KernelConfig, LockOwner,
@@ -36,10 +37,10 @@ enum Handle {
 }
 
 pub(crate) struct FilerepFs {
-    fs: u16,
-    bs: u64,
+    pub(super) fs: u16,
+    pub(super) bs: u64,
     root: Root,
-    changes: Box<dyn Changes>,
+    pub(super) changes: Box<dyn Changes>,
     inodes: Mutex<Inodes>,
     /// Shared by every request that turns an inode into a path and hands
     /// it to the segment; exclusive for unlink, rmdir and rename, which
@@ -54,34 +55,6 @@ pub(crate) struct FilerepFs {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// The errno for a refused or failed call (`docs/mount.md`, errno mapping).
-pub fn errno_of(e: &ClientError) -> Errno {
-    match e.class() {
-        Some(ErrorClass::Invalid) => Errno::EINVAL,
-        Some(ErrorClass::NotFound) => Errno::ENOENT,
-        Some(ErrorClass::Exists) => Errno::EEXIST,
-        Some(ErrorClass::NotEmpty) => Errno::ENOTEMPTY,
-        Some(ErrorClass::NoSpace) => Errno::ENOSPC,
-        // Not the primary, the pair cannot take changes, the segment
-        // faulted, or it cannot be reached: the change was not made (or not
-        // made durable), which callers must see as an I/O error.
-        Some(ErrorClass::NotPrimary | ErrorClass::Unavailable | ErrorClass::Faulted | ErrorClass::Other) | None => {
-            Errno::EIO
-        }
-    }
-}
-
-fn io_errno(e: &std::io::Error) -> Errno {
-    Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO))
-}
-
-fn path_errno(e: &PathError) -> Errno {
-    match e {
-        PathError::TooLong(_) | PathError::ComponentTooLong(_) => Errno::ENAMETOOLONG,
-        _ => Errno::EINVAL,
-    }
 }
 
 fn time(secs: i64, nsecs: i64) -> SystemTime {
@@ -199,7 +172,7 @@ impl FilerepFs {
     }
 
     /// Map a failed call to its errno, logging what callers must not miss.
-    fn failed(&self, op: &'static str, path: &str, e: &ClientError) -> Errno {
+    pub(super) fn failed(&self, op: &'static str, path: &str, e: &ClientError) -> Errno {
         let errno = errno_of(e);
         if errno == Errno::EIO {
             tracing::warn!(op, path, error = %e, "the segment refused or failed a change: EIO");
@@ -207,83 +180,6 @@ impl FilerepFs {
             tracing::debug!(op, path, error = %e, errno = errno.code(), "refused");
         }
         errno
-    }
-
-    /// Write through the segment. Whole aligned blocks are block writes
-    /// (an extend when the block is the next one), anything else byte
-    /// writes of at most the API's limit. A failure after some progress
-    /// is a short write, as POSIX has it.
-    fn write_through(
-        &self,
-        path: &str,
-        offset: u64,
-        data: &[u8],
-        local_len: impl FnOnce() -> std::io::Result<u64>,
-    ) -> Result<usize, Errno> {
-        let fs = self.fs;
-        let bs = self.bs as usize;
-        let mut done = 0usize;
-        let result = if offset % self.bs == 0 && data.len() % bs == 0 {
-            let mut len = local_len().map_err(|e| io_errno(&e))?;
-            let mut r = Ok(());
-            for (i, block) in data.chunks(bs).enumerate() {
-                let b = offset / self.bs + i as u64;
-                let call = if len == b * self.bs {
-                    self.changes.extend(fs, path, b, block).or_else(|e| match e.class() {
-                        // Another writer extended first (a write-back racing
-                        // a write): the block is no longer the next one.
-                        Some(ErrorClass::Invalid) => self.changes.write_block(fs, path, b, block),
-                        _ => Err(e),
-                    })
-                } else {
-                    self.changes.write_block(fs, path, b, block)
-                };
-                if let Err(e) = call {
-                    r = Err(("write_block", e));
-                    break;
-                }
-                len = len.max((b + 1) * self.bs);
-                done += bs;
-            }
-            r
-        } else {
-            let mut r = Ok(());
-            for chunk in data.chunks(MAX_WRITE_AT) {
-                let at = offset + done as u64;
-                if let Err(e) = self.changes.write_at(fs, path, at, chunk) {
-                    r = Err(("write_at", e));
-                    break;
-                }
-                done += chunk.len();
-            }
-            r
-        };
-        match result {
-            Ok(()) => Ok(done),
-            Err((op, e)) => {
-                let errno = self.failed(op, path, &e);
-                if done > 0 {
-                    Ok(done)
-                } else {
-                    Err(errno)
-                }
-            }
-        }
-    }
-
-    fn create_file(&self, path: &str, exclusive: bool, truncate: bool) -> Result<(), Errno> {
-        let fs = self.fs;
-        match self.changes.create(fs, path) {
-            Ok(()) => {}
-            // O_CREAT without O_EXCL: someone created it first; open theirs.
-            Err(e) if e.class() == Some(ErrorClass::Exists) && !exclusive => {
-                if truncate {
-                    self.changes.set_len(fs, path, 0).map_err(|e| self.failed("set_len", path, &e))?;
-                }
-            }
-            Err(e) => return Err(self.failed("create", path, &e)),
-        }
-        Ok(())
     }
 }
 
@@ -831,32 +727,5 @@ impl fuser::Filesystem for FilerepFs {
     ) {
         // The kernel copies by reads and writes, which come through here.
         reply.error(Errno::ENOSYS);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn engine_errors_map_to_the_documented_errnos() {
-        let call = |class| ClientError::Call { class, message: String::new() };
-        for (class, errno) in [
-            (ErrorClass::Invalid, Errno::EINVAL),
-            (ErrorClass::NotFound, Errno::ENOENT),
-            (ErrorClass::Exists, Errno::EEXIST),
-            (ErrorClass::NotEmpty, Errno::ENOTEMPTY),
-            (ErrorClass::NoSpace, Errno::ENOSPC),
-            (ErrorClass::NotPrimary, Errno::EIO),
-            (ErrorClass::Unavailable, Errno::EIO),
-            (ErrorClass::Faulted, Errno::EIO),
-            (ErrorClass::Other, Errno::EIO),
-        ] {
-            assert_eq!(errno_of(&call(class)), errno, "{class:?}");
-        }
-        let gone = ClientError::Io(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
-        assert_eq!(errno_of(&gone), Errno::EIO, "an unreachable segment is an I/O error");
-        assert_eq!(path_errno(&PathError::TooLong(2000)), Errno::ENAMETOOLONG);
-        assert_eq!(path_errno(&PathError::DotDot("..".into())), Errno::EINVAL);
     }
 }

@@ -7,12 +7,14 @@
 //! Semantics, errno mapping and operation: `docs/mount.md`.
 
 mod changes;
+mod errno;
 mod fs;
 mod inodes;
 mod local;
 mod pool;
+mod write;
 
-pub use fs::errno_of;
+pub use errno::errno_of;
 
 use crate::cluster::client::{Client, ClientError, ErrorClass};
 use crate::cluster::segment::SegmentConfig;

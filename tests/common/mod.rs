@@ -8,6 +8,8 @@ pub mod etcd;
 
 pub mod postgres;
 
+pub mod sqlite;
+
 use filerep::config::{Filespace, PairIdentity, StreamTuning, SyncLevel};
 use filerep::protocol::handshake::ClusterKey;
 use filerep::runtime::mirror::{MirrorConfig, MirrorServer, SessionReport};

@@ -184,7 +184,17 @@ impl<'a> Postgres<'a> {
     }
 
     pub fn run(&self, program: &str, args: &[&str]) -> Output {
-        let out = self.command(program).args(args).output().unwrap_or_else(|e| panic!("{program}: {e}"));
+        self.run_with(program, &[], args)
+    }
+
+    /// [`Postgres::run`] with more environment (such as `PGOPTIONS`).
+    pub fn run_with(&self, program: &str, env: &[(&str, &str)], args: &[&str]) -> Output {
+        let out = self
+            .command(program)
+            .envs(env.iter().copied())
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("{program}: {e}"));
         assert!(
             out.status.success(),
             "{program} {args:?} failed ({}):\n{}{}",
@@ -334,7 +344,13 @@ pub struct Bench {
 }
 
 pub fn pgbench(pg: &Postgres, args: &[&str]) -> Bench {
-    let out = pg.run("pgbench", args);
+    pgbench_with(pg, &[], args)
+}
+
+/// [`pgbench`] with more environment: `PGOPTIONS` sets a server setting
+/// for its sessions (`-c synchronous_commit=remote_apply`).
+pub fn pgbench_with(pg: &Postgres, env: &[(&str, &str)], args: &[&str]) -> Bench {
+    let out = pg.run_with("pgbench", env, args);
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let field = |name: &str| -> Option<&str> {
         stdout.lines().find_map(|l| l.strip_prefix(name)).map(|v| v.trim_start_matches([':', ' ', '=']))
