@@ -263,13 +263,13 @@ impl resync::ResyncLink for RenameBeforeFirstCopy<'_> {
     fn reconcile(&mut self, fs: u16, path: Option<&RelPath>, prune: bool) -> filerep::Result<resync::LocalEntry> {
         self.link.reconcile(fs, path, prune)
     }
-    fn copy(&mut self, p: &FsPath, first: u64, count: u64) -> filerep::Result<u64> {
+    fn copy(&mut self, p: &FsPath, first: u64, count: u64, ahead: u64) -> filerep::Result<u64> {
         if self.renamed.is_none() {
             let to = format!("{}.moved", p.path.as_str().replace('/', "-"));
             self.primary.rename(p.filespace, p.path.as_str(), &to).expect("rename during the resync");
             self.renamed = Some((p.clone(), to));
         }
-        self.link.copy(p, first, count)
+        self.link.copy(p, first, count, ahead)
     }
     fn hashes(
         &mut self,

@@ -281,3 +281,26 @@ fn durable_flag_syncs_its_file_and_full_jobs_cover_everything() {
     assert_eq!(a.durable(), 4);
     assert_eq!(disk.durable_snapshot(), disk.snapshot());
 }
+
+#[test]
+fn writeback_starts_once_a_file_has_taken_enough_writes() {
+    let disk = Arc::new(SimDisk::new(1));
+    let mut a = Applier::new(disk.clone(), 1);
+    a.apply(&[op(1, Op::Create { id: 1, path: p("big") }), op(2, Op::Create { id: 2, path: p("small") })]).unwrap();
+    let block = bytes::Bytes::from(vec![7u8; 256 << 10]);
+    let write = |seq: u64, id: u32, path: &str, i: u64| {
+        op(seq, Op::Write { id, path: p(path), offset: i * block.len() as u64, data: block.clone() })
+    };
+    // 20 MiB to one file in batches of 1 MiB, 1 MiB to another.
+    let mut seq = 3;
+    for batch in 0..20 {
+        let ops: Vec<_> = (0..4).map(|i| write(seq + i, 1, "big", batch * 4 + i)).collect();
+        a.apply(&ops).unwrap();
+        seq += 4;
+    }
+    a.apply(&(0..4).map(|i| write(seq + i, 2, "small", i)).collect::<Vec<_>>()).unwrap();
+    assert_eq!(a.applied(), seq + 3);
+    // Every WRITEBACK_AFTER bytes of one file: twice for 20 MiB, never for 1 MiB.
+    assert_eq!(WRITEBACK_AFTER, 8 << 20);
+    assert_eq!(disk.writebacks_started(), 2);
+}

@@ -72,9 +72,9 @@ impl ResyncLink for PrimaryLink<'_> {
         self.3 = at;
         Ok(entry)
     }
-    fn copy(&mut self, p: &FsPath, first: u64, count: u64) -> Result<u64> {
+    fn copy(&mut self, p: &FsPath, first: u64, count: u64, ahead: u64) -> Result<u64> {
         self.3 = None;
-        let (n, at) = self.0.copy_at(Some(self.1), p, first, count)?;
+        let (n, at) = self.0.copy_at(Some(self.1), p, first, count, ahead)?;
         self.3 = at;
         Ok(n)
     }

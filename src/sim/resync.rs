@@ -302,12 +302,12 @@ impl ResyncLink for SimLink<'_> {
         self.step_at = x.renames_at;
         x.entry.ok_or_else(|| Error::Rejected("a reconcile left no entry".into()))
     }
-    fn copy(&mut self, p: &FsPath, first: u64, count: u64) -> EResult<u64> {
+    fn copy(&mut self, p: &FsPath, first: u64, count: u64, ahead: u64) -> EResult<u64> {
         self.enter(Step::Copy)?;
         self.step_at = None;
         let op = Op::Resync {
             bound: Bound::Resync(self.attachment),
-            step: ResyncStep::Copy { file: p.clone(), first, count },
+            step: ResyncStep::Copy { file: p.clone(), first, count, ahead },
         };
         match self.call(op, Extras::default(), None)? {
             (Reply::Bytes(n), x) => {

@@ -157,8 +157,10 @@ pub enum ResyncStep {
     /// Ship what one path is here (`None`: the filespace root), with no
     /// call changing it meanwhile; `prune`: the mirror keeps only its children.
     Reconcile { fs: u16, path: Option<RelPath>, prune: bool },
-    /// Queue a copy of blocks `first..first + count` of a file.
-    Copy { file: FsPath, first: u64, count: u64 },
+    /// Queue a copy of blocks `first..first + count` of a file; `ahead`
+    /// blocks right after them are copied next (its activity cover may
+    /// take them too: one change-log record for many copies).
+    Copy { file: FsPath, first: u64, count: u64, ahead: u64 },
     /// Ask the mirror to make a file durable.
     Flush { file: FsPath },
     /// Once `synced` is synced on the mirror, record that `blocks` and

@@ -10,6 +10,11 @@ use super::link::{LogJob, Shipped};
 use super::*;
 use crate::protocol::Kind;
 
+/// Extents one resync copy's activity cover may take ahead of itself (64
+/// MiB of 32 KiB blocks): one change-log sync per that many, where a cover
+/// per copy would cost one per extent (docs/performance.md, "Full resync").
+pub(super) const COVER_AHEAD_EXTENTS: u64 = 64;
+
 /// Resync steps past the generic ones.
 mod rstep {
     /// Waiting for, then running, the local fdatasyncs of a checkpoint or finish.
@@ -59,7 +64,7 @@ impl Engine {
                 self.set_step(id, rstep::READ);
                 self.emit(Command::ReadReconcile { call: id, fs, path, prune });
             }
-            (ResyncStep::Copy { file, first, count }, _) => {
+            (ResyncStep::Copy { file, first, count, .. }, _) => {
                 self.set_step(id, rstep::READ);
                 self.emit(Command::ReadCopy { call: id, file, first, count });
             }
@@ -347,7 +352,27 @@ impl Engine {
         if !self.cfg.tracking || self.mode != Mode::Streaming || self.planted(PlantedBug::SkipActivityCover) {
             return self.ship_held(id);
         }
-        match self.activity.blocks_need(&file, first, last, self.rewriting()) {
+        let rewriting = self.rewriting();
+        let mut need = self.activity.blocks_need(&file, first, last, rewriting);
+        // A new record: take the blocks the resync copies next with it (up
+        // to COVER_AHEAD_EXTENTS), so a long run costs one change-log sync
+        // per that many extents rather than one per extent. Covering more
+        // than is shipped is safe: after a crash it only counts as changed.
+        let ahead = match self.calls.get(&id).map(|c| &c.op) {
+            Some(Op::Resync { step: ResyncStep::Copy { ahead, .. }, .. }) => *ahead,
+            _ => 0,
+        };
+        let mut last = last;
+        if need == activity::CoverNeed::Record && ahead > 0 {
+            let cap = (first / EXTENT_BLOCKS + COVER_AHEAD_EXTENTS) * EXTENT_BLOCKS - 1;
+            let reach = last.saturating_add(ahead).min(cap).max(last);
+            if reach > last && self.activity.blocks_need(&file, first, reach, rewriting) == activity::CoverNeed::Record
+            {
+                last = reach;
+                need = activity::CoverNeed::Record;
+            }
+        }
+        match need {
             activity::CoverNeed::Wait => {
                 self.set_stage(id, Stage::CoverWait);
                 self.log_waiters.push(id);

@@ -92,6 +92,11 @@ impl Script {
             Command::RenameOwed { call, .. } => Event::Recorded { call, result: Ok(()) },
             Command::Local { call, .. } => Event::LocalDone { call, result: Ok(()) },
             Command::TakeRedo { call } => Event::RedoTaken { call, set: Default::default() },
+            Command::ReadCopy { call, first, count, .. } => {
+                let data = Bytes::from(vec![5u8; count as usize * 8192]);
+                let hash = crate::protocol::body_hash(&data);
+                Event::CopyRead { call, result: Ok(Some((first * 8192, data, hash))) }
+            }
             Command::Complete { call, result } => {
                 self.done.insert(call, result);
                 return;
@@ -304,4 +309,43 @@ fn each_directory_sync_clears_what_it_covered() {
     assert!(s.done.get(&second).is_some_and(|r| r.is_ok()));
     s.submit(Op::SyncDir { fs: 0 }, &is_dir_sync);
     assert_eq!(dir_syncs_of(&s), vec![vec![dir("c")]], "{}", s.e.describe());
+}
+
+/// A resync copy's activity cover takes the blocks the resync copies next
+/// (`ahead`, up to COVER_AHEAD_EXTENTS extents) in its one record, so the
+/// copies after it record nothing; without `ahead` it covers only itself.
+#[test]
+fn a_resync_copy_covers_the_run_ahead_of_it_in_one_record() {
+    use super::resync::COVER_AHEAD_EXTENTS;
+    use std::cell::RefCell;
+    let mut s = Script::resyncing(None);
+    let f = p("big");
+    let covers = RefCell::new(Vec::new());
+    let seen = |c: &Command| {
+        if let Command::CoverBlocks { first, last, .. } = c {
+            covers.borrow_mut().push((*first, *last));
+        }
+        false
+    };
+    let reach = COVER_AHEAD_EXTENTS * EXTENT_BLOCKS;
+    let total = reach + 3 * EXTENT_BLOCKS;
+    let mut first = 0;
+    while first < total {
+        let count = 8.min(total - first);
+        let ahead = total - first - count;
+        let copy = ResyncStep::Copy { file: f.clone(), first, count, ahead };
+        let id = s.submit(Op::Resync { bound: Bound::Resync(1), step: copy }, &seen);
+        assert_eq!(s.done.get(&id), Some(&Ok(Reply::Bytes(count * 8192))), "{}", s.e.describe());
+        first += count;
+    }
+    // The first copy covered COVER_AHEAD_EXTENTS extents, the first past
+    // them the three left; none in between recorded anything.
+    assert_eq!(*covers.borrow(), vec![(0, reach - 1), (reach, total - 1)]);
+
+    // Without `ahead`, a copy covers its own blocks only.
+    covers.borrow_mut().clear();
+    let g = p("small");
+    let copy = ResyncStep::Copy { file: g.clone(), first: 40, count: 8, ahead: 0 };
+    s.submit(Op::Resync { bound: Bound::Resync(1), step: copy }, &seen);
+    assert_eq!(*covers.borrow(), vec![(40, 47)]);
 }

@@ -119,6 +119,20 @@ pub(crate) fn runs(blocks: impl IntoIterator<Item = u64>, max: u64) -> Vec<(u64,
     out
 }
 
+/// For each run of `runs`, the blocks of the runs right after it that
+/// continue it without a gap (what a copy may cover ahead of itself).
+pub(crate) fn contiguous_after(runs: &[(u64, u64)]) -> Vec<u64> {
+    let mut out = vec![0u64; runs.len()];
+    for i in (0..runs.len().saturating_sub(1)).rev() {
+        let (first, count) = runs[i];
+        let (next, next_count) = runs[i + 1];
+        if first + count == next {
+            out[i] = next_count + out[i + 1];
+        }
+    }
+    out
+}
+
 /// What a path is on the primary, as a resync found it and shipped it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LocalEntry {
@@ -271,8 +285,10 @@ pub trait ResyncLink {
     fn reconcile(&mut self, fs: u16, path: Option<&RelPath>, prune: bool) -> Result<LocalEntry>;
     /// Queue a copy of blocks `first..first + count` (at most 256 KiB),
     /// read and queued while the step claims the file (no write of it runs
-    /// meanwhile); the bytes queued.
-    fn copy(&mut self, p: &FsPath, first: u64, count: u64) -> Result<u64>;
+    /// meanwhile); the bytes queued. `ahead`: the blocks right after it
+    /// that this resync copies next, which its activity cover may take in
+    /// the same record.
+    fn copy(&mut self, p: &FsPath, first: u64, count: u64, ahead: u64) -> Result<u64>;
     /// Hashes of `count` blocks from `first` here and on the mirror, at
     /// the same point of the stream; `None` if the file is gone here.
     fn hashes(&mut self, p: &FsPath, first: u64, count: u32, timeout: Duration)
@@ -556,9 +572,11 @@ impl Run<'_> {
     fn copy_runs(&mut self, file: &FsPath, blocks: BTreeSet<u64>) -> Result<Option<u64>> {
         let mut last = None;
         let per_copy = (crate::protocol::MAX_WRITE_AT as u64 / self.bs).max(1);
-        for (first, count) in runs(blocks, per_copy) {
+        let runs = runs(blocks, per_copy);
+        let ahead = contiguous_after(&runs);
+        for (&(first, count), ahead) in runs.iter().zip(ahead) {
             let since = self.pos();
-            let bytes = self.p.copy(file, first, count)?;
+            let bytes = self.p.copy(file, first, count, ahead)?;
             let w = match self.p.step_renames_at() {
                 Some(at) => Window { since: at, at },
                 None => Window { since, at: self.pos() },

@@ -77,7 +77,7 @@ impl ResyncLink for Scripted<'_> {
             Some(_) => LocalEntry::File { len: self.len },
         })
     }
-    fn copy(&mut self, _p: &FsPath, _first: u64, count: u64) -> Result<u64> {
+    fn copy(&mut self, _p: &FsPath, _first: u64, count: u64, _ahead: u64) -> Result<u64> {
         self.copies += 1;
         if let (1, Some(progress)) = (self.copies, self.progress) {
             if self.rate_after_first_copy > 0 {
@@ -181,4 +181,13 @@ fn a_rate_changed_during_the_resync_applies_from_then_on() {
     };
     assert_eq!(elapsed(rate), 2000);
     assert_eq!(elapsed(2 * rate), 500);
+}
+
+#[test]
+fn each_run_knows_the_blocks_that_continue_it() {
+    use super::{contiguous_after, runs};
+    let r = runs([0, 1, 2, 3, 4, 5, 6, 9, 10, 20], 3);
+    assert_eq!(r, vec![(0, 3), (3, 3), (6, 1), (9, 2), (20, 1)]);
+    assert_eq!(contiguous_after(&r), vec![4, 1, 0, 0, 0]);
+    assert!(contiguous_after(&[]).is_empty());
 }

@@ -22,7 +22,7 @@ mod uring;
 
 pub use sim::{SimDisk, SimEntry, SimFault};
 pub use std_backend::StdDisk;
-pub use uring::UringDisk;
+pub use uring::{sequential_write_rate, UringDisk, SEQ_WRITE_BLOCK, SEQ_WRITE_DEPTH};
 
 use crate::protocol::path::RelPath;
 pub use crate::protocol::path::{EntryKind, FsPath};
@@ -129,6 +129,10 @@ pub trait DiskFile: Send + Sync + std::fmt::Debug {
     fn direct_fd(&self) -> Option<i32> {
         None
     }
+    /// Start writing the file's dirty pages to the device, without waiting
+    /// for them: a hint, so a later sync finds less to do and the device
+    /// works while more is written. It makes nothing durable.
+    fn start_writeback(&self) {}
 }
 
 /// One write of a batch handed to [`Disk::write_batch`].

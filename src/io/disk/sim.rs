@@ -133,6 +133,9 @@ struct Shared {
     epoch: AtomicU64,
     /// Orders writes across files, to find the most recent one at a crash.
     write_seq: AtomicU64,
+    /// Writeback hints received ([`DiskFile::start_writeback`]): they change
+    /// nothing here, but tests check who sends them.
+    writebacks_started: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -273,8 +276,14 @@ impl SimDisk {
                 faults: Mutex::new(Faults::default()),
                 epoch: AtomicU64::new(0),
                 write_seq: AtomicU64::new(0),
+                writebacks_started: AtomicU64::new(0),
             }),
         }
+    }
+
+    /// Writeback hints its files received so far.
+    pub fn writebacks_started(&self) -> u64 {
+        self.shared.writebacks_started.load(Ordering::Relaxed)
     }
 
     /// Arm a fault; it fires once, on the next matching call (several
@@ -635,6 +644,10 @@ impl SimFile {
 }
 
 impl DiskFile for SimFile {
+    fn start_writeback(&self) {
+        self.shared.writebacks_started.fetch_add(1, Ordering::Relaxed);
+    }
+
     fn write_at(&self, offset: u64, buf: &[u8]) -> DiskResult<()> {
         const OP: &str = "write";
         self.check_epoch(OP)?;

@@ -408,4 +408,8 @@ impl DiskFile for StdFile {
     fn direct_fd(&self) -> Option<i32> {
         self.direct.as_ref().map(|d| d.as_raw_fd())
     }
+
+    fn start_writeback(&self) {
+        super::uring::start_writeback(self.file.as_raw_fd(), &self.path);
+    }
 }

@@ -79,7 +79,21 @@ fn put_ring(key: &'static LocalKey<RefCell<Option<IoUring>>>, ring: IoUring) {
 /// the buffers. While operations are in flight it keeps waiting (and, after
 /// [`MAX_ENTER_FAILURES`] consecutive failures, aborts the process rather
 /// than return while the kernel may still write into freed memory).
-fn submit_and_drain(ring: &mut IoUring, expected: usize, mut on_cqe: impl FnMut(u64, i32)) -> io::Result<()> {
+fn submit_and_drain(ring: &mut IoUring, expected: usize, on_cqe: impl FnMut(u64, i32)) -> io::Result<()> {
+    submit_and_reap(ring, expected, expected, on_cqe).map(|_| ())
+}
+
+/// [`submit_and_drain`] for a ring that keeps operations in flight: of the
+/// `expected` pushed and not yet reaped, return once at least `wait_for`
+/// have completed (every completion already there is reaped too); how
+/// many were. `Err` under the same condition: none of the `expected` is
+/// left in the kernel.
+fn submit_and_reap(
+    ring: &mut IoUring,
+    expected: usize,
+    wait_for: usize,
+    mut on_cqe: impl FnMut(u64, i32),
+) -> io::Result<usize> {
     let mut reaped = 0usize;
     let mut failures = 0u32;
     loop {
@@ -87,8 +101,8 @@ fn submit_and_drain(ring: &mut IoUring, expected: usize, mut on_cqe: impl FnMut(
             on_cqe(cqe.user_data(), cqe.result());
             reaped += 1;
         }
-        if reaped >= expected {
-            return Ok(());
+        if reaped >= wait_for.min(expected) {
+            return Ok(reaped);
         }
         match ring.submit_and_wait(1) {
             Ok(_) => failures = 0,
@@ -451,5 +465,137 @@ fn sync_round(files: &[&dyn DiskFile], round: &[(usize, RawFd)], results: &mut [
             // Never submitted: sync it on its own.
             None => files[i].sync_data(),
         });
+    }
+}
+
+/// `sync_file_range(SYNC_FILE_RANGE_WRITE)` of the whole file behind `fd`
+/// (through the ring: std has no wrapper, and unsafe code stays at this
+/// boundary): writeback of its dirty pages starts, nothing waits for it to
+/// end. A hint: if the ring or the call fails, nothing else changes.
+pub(crate) fn start_writeback(fd: RawFd, label: &str) {
+    let entry =
+        opcode::SyncFileRange::new(types::Fd(fd), 0).offset(0).flags(libc::SYNC_FILE_RANGE_WRITE).build().user_data(0);
+    // SAFETY: the entry points to no buffer; `fd` belongs to a file the
+    // caller borrows until we return, and run_round returns only when the
+    // entry is no longer in the kernel.
+    let res = unsafe { run_round(std::iter::once(entry)) };
+    if let Some(&r) = res.get(&0) {
+        if r < 0 {
+            tracing::debug!(file = label, errno = -r, "starting writeback failed (a hint: ignored)");
+        }
+    }
+}
+
+/// Writes in flight of [`sequential_write_rate`] (the queue depth).
+pub const SEQ_WRITE_DEPTH: u32 = 32;
+/// Bytes of each write of [`sequential_write_rate`].
+pub const SEQ_WRITE_BLOCK: usize = 1 << 20;
+
+/// The device's own sequential write rate, what a full resync is compared
+/// with: `bytes` (rounded up to [`SEQ_WRITE_BLOCK`]) written to the new
+/// file `path` with O_DIRECT in [`SEQ_WRITE_BLOCK`] writes, with
+/// [`SEQ_WRITE_DEPTH`] of them in flight, then `fdatasync`. Bytes per
+/// second, from the open to the end of the sync. The file is removed.
+pub fn sequential_write_rate(path: &std::path::Path, bytes: u64) -> DiskResult<f64> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let label = path.display().to_string();
+    let start = std::time::Instant::now();
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_DIRECT | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| DiskError::from_io("open (O_DIRECT)", &label, &e))?;
+    let result = (|| {
+        // One aligned block of data (not zeros, which a device might elide),
+        // written at every offset: writes only read it. Made before the
+        // ring, so it is dropped after it.
+        let mut backing = vec![0u8; SEQ_WRITE_BLOCK + DIRECT_ALIGN];
+        let at = backing.as_ptr().align_offset(DIRECT_ALIGN);
+        for (i, b) in backing[at..at + SEQ_WRITE_BLOCK].iter_mut().enumerate() {
+            *b = (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[3];
+        }
+        let block = &backing[at..at + SEQ_WRITE_BLOCK];
+        let mut ring = IoUring::new(SEQ_WRITE_DEPTH).map_err(|e| DiskError::from_io("io_uring setup", &label, &e))?;
+        let total = bytes.div_ceil(SEQ_WRITE_BLOCK as u64) * SEQ_WRITE_BLOCK as u64;
+        let fd = file.as_raw_fd();
+        let (mut next, mut in_flight) = (0u64, 0usize);
+        let mut failed: Option<DiskError> = None;
+        loop {
+            while failed.is_none() && in_flight < SEQ_WRITE_DEPTH as usize && next < total {
+                let entry = opcode::Write::new(types::Fd(fd), block.as_ptr(), SEQ_WRITE_BLOCK as u32)
+                    .offset(next)
+                    .build()
+                    .user_data(next);
+                // SAFETY: the entry points into `block` and at `file`'s
+                // descriptor, both alive until this closure returns; it
+                // returns only once `in_flight` is 0 (or submit_and_reap
+                // says none is left in the kernel), and the ring, created
+                // here, is dropped before them.
+                if unsafe { ring.submission().push(&entry) }.is_err() {
+                    break;
+                }
+                in_flight += 1;
+                next += SEQ_WRITE_BLOCK as u64;
+            }
+            if in_flight == 0 {
+                break;
+            }
+            let reaped = submit_and_reap(&mut ring, in_flight, 1, |off, res| {
+                if failed.is_none() {
+                    if res < 0 {
+                        let e = io::Error::from_raw_os_error(-res);
+                        failed = Some(DiskError::from_io("write (O_DIRECT)", format!("{label} at {off}"), &e));
+                    } else if res as usize != SEQ_WRITE_BLOCK {
+                        failed = Some(DiskError::new(
+                            "write (O_DIRECT)",
+                            format!("{label} at {off}"),
+                            DiskErrorKind::Io,
+                            format!("short write: {res} of {SEQ_WRITE_BLOCK} bytes"),
+                        ));
+                    }
+                }
+            });
+            match reaped {
+                Ok(n) => in_flight -= n,
+                // None of ours is left in the kernel: nothing can touch `block` any more.
+                Err(e) => return Err(DiskError::from_io("io_uring_enter", &label, &e)),
+            }
+        }
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        if next < total {
+            return Err(DiskError::new("write (O_DIRECT)", &label, DiskErrorKind::Io, "the ring took no more writes"));
+        }
+        file.sync_data().map_err(|e| DiskError::from_io("fdatasync", &label, &e))?;
+        Ok(total as f64 / start.elapsed().as_secs_f64().max(1e-9))
+    })();
+    let _ = std::fs::remove_file(path);
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sequential_write_rate_writes_syncs_and_removes_its_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("seq");
+        // 5 MiB and a byte: rounded up to whole writes, more than one ring's worth is not needed.
+        let rate = sequential_write_rate(&path, (5 << 20) + 1).expect("O_DIRECT writes on the test's file system");
+        assert!(rate.is_finite() && rate > 0.0, "{rate}");
+        assert!(!path.exists(), "the measurement's file is removed");
+        // It never writes over a file that is there: refused, and left as it was.
+        std::fs::write(&path, b"keep me").unwrap();
+        let e = sequential_write_rate(&path, 1 << 20).unwrap_err();
+        assert!(e.to_string().contains("seq"), "the message names the file: {e}");
+        assert_eq!(std::fs::read(&path).unwrap(), b"keep me");
+        // A directory that is not there: a clear error, nothing made.
+        let missing = dir.path().join("no/such/dir/seq");
+        assert!(sequential_write_rate(&missing, 1 << 20).is_err());
+        assert!(!dir.path().join("no").exists());
     }
 }

@@ -156,7 +156,7 @@ impl Primary {
     }
 
     pub(crate) fn copy_bound(&self, attachment: Option<u64>, p: &FsPath, first: u64, count: u64) -> Result<u64> {
-        self.copy_at(attachment, p, first, count).map(|(n, _)| n)
+        self.copy_at(attachment, p, first, count, 0).map(|(n, _)| n)
     }
 
     /// [`Primary::copy_bound`], and the rename journal's position while it read.
@@ -166,8 +166,9 @@ impl Primary {
         p: &FsPath,
         first: u64,
         count: u64,
+        ahead: u64,
     ) -> Result<(u64, Option<u64>)> {
-        let step = ResyncStep::Copy { file: p.clone(), first, count };
+        let step = ResyncStep::Copy { file: p.clone(), first, count, ahead };
         let mut x = Extras::default();
         match self.resync_step(attachment, step, None, &mut x)? {
             Reply::Bytes(n) => Ok((n, x.renames_at)),
