@@ -448,8 +448,13 @@ fn engine_refusals_surface_as_errnos_never_as_success() {
 
     // The primary is gone altogether: its socket is closed, still EIO.
     kill(&mut pair.seg_mut(2).child);
-    let e = f.write_all_at(b"LOST", 0).unwrap_err();
+    let e = f.write_all_at(&[b'L'; 8192], 0).unwrap_err();
     assert_eq!(errno(&e), libc::EIO, "a write with the segment gone: {e}");
+    // A small one may be held a moment: then its fsync fails.
+    if f.write_all_at(b"LOST", 0).is_ok() {
+        let e = f.sync_all().unwrap_err();
+        assert_eq!(errno(&e), libc::EIO, "the fsync after a held write with the segment gone: {e}");
+    }
     drop(mnt);
 }
 
@@ -463,20 +468,41 @@ fn refused_once_the_pair_cannot_take_changes(pair: &mut Pair, mnt: &Mount, f: &F
     kill(&mut pair.seg_mut(3).child);
     // The first write may already be on its way when the loss is seen (its
     // local write overlaps the send): it fails, and may or may not have
-    // changed the primary's copy, as a failed write may.
-    let e = f.write_all_at(b"LOST", 0).unwrap_err();
+    // changed the primary's copy, as a failed write may. It is a whole
+    // block, so the mount sends it at once.
+    let block = vec![b'L'; 8192];
+    let e = f.write_all_at(&block, 0).unwrap_err();
     assert_eq!(errno(&e), libc::EIO, "a write the pair cannot take: {e}");
     // From then on the loss is known: every call is refused before it changes anything.
-    let e = f.write_all_at(b"GONE", 0).unwrap_err();
+    let e = f.write_all_at(&vec![b'G'; 8192], 0).unwrap_err();
     assert_eq!(errno(&e), libc::EIO, "a write after the loss: {e}");
+    // A small write may be held by the mount a moment (docs/mount.md,
+    // "Small writes"): it fails at once, or its failure is the file's next
+    // fsync's, never a success.
+    match f.write_all_at(b"GONE", 0) {
+        Err(e) => assert_eq!(errno(&e), libc::EIO, "a small write after the loss: {e}"),
+        Ok(()) => {
+            let e = f.sync_all().unwrap_err();
+            assert_eq!(errno(&e), libc::EIO, "the fsync after a held small write that failed: {e}");
+        }
+    }
     let e = f.sync_all().unwrap_err();
     assert_eq!(errno(&e), libc::EIO, "fsync: {e}");
+    // The same through a close: a held write's failure is the close's.
+    let g = OpenOptions::new().write(true).open(mnt.p("d/f")).unwrap();
+    match g.write_all_at(b"GONE", 4) {
+        Err(e) => assert_eq!(errno(&e), libc::EIO, "a small write after the loss: {e}"),
+        Ok(()) => {
+            let e = nix::unistd::close(std::os::fd::IntoRawFd::into_raw_fd(g)).unwrap_err();
+            assert_eq!(e, nix::errno::Errno::EIO, "the close after a held small write that failed");
+        }
+    }
     let e = std::fs::write(mnt.p("new"), b"x").unwrap_err();
     assert_eq!(errno(&e), libc::EIO, "create: {e}");
     assert!(!mnt.p("new").exists(), "a refused create made nothing");
     // Reads are local and still work.
     let now = std::fs::read(mnt.p("d/f")).unwrap();
-    assert!(now == b"kept" || now == b"LOST", "a refused write after the loss changed nothing: {now:?}");
+    assert!(now == b"kept" || now == block, "a refused write after the loss changed nothing: {now:?}");
 }
 
 /// The same refusals through the file system the primary segment serves

@@ -3,6 +3,7 @@
 
 use super::changes::Changes;
 use super::errno::{errno_of, io_errno, path_errno};
+use super::held::{Held, Taken};
 use super::inodes::{Inodes, Resolved, ROOT};
 use super::local::{LocalEntry, Root};
 use crate::cluster::client::ClientError;
@@ -40,7 +41,9 @@ pub(crate) struct FilerepFs {
     pub(super) fs: u16,
     pub(super) bs: u64,
     root: Root,
-    pub(super) changes: Box<dyn Changes>,
+    pub(super) changes: Arc<dyn Changes>,
+    /// A small write held back until the next request (`held.rs`).
+    held: Arc<Held>,
     inodes: Mutex<Inodes>,
     /// Shared by every request that turns an inode into a path and hands
     /// it to the segment; exclusive for unlink, rmdir and rename, which
@@ -68,25 +71,27 @@ pub(crate) struct FsParams {
     pub filespace: u16,
     pub block_size: u32,
     pub root: Root,
-    pub changes: Box<dyn Changes>,
+    pub changes: Arc<dyn Changes>,
     pub uid: Option<u32>,
     pub gid: Option<u32>,
 }
 
 impl FilerepFs {
-    pub fn new(p: FsParams) -> FilerepFs {
-        FilerepFs {
+    pub fn new(p: FsParams) -> std::io::Result<FilerepFs> {
+        let held = Held::start(p.filespace, p.changes.clone())?;
+        Ok(FilerepFs {
             fs: p.filespace,
             bs: u64::from(p.block_size),
             root: p.root,
             changes: p.changes,
+            held,
             inodes: Mutex::new(Inodes::new()),
             ns: RwLock::new(()),
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             uid: p.uid,
             gid: p.gid,
-        }
+        })
     }
 
     fn ns_shared(&self) -> std::sync::RwLockReadGuard<'_, ()> {
@@ -183,7 +188,18 @@ impl FilerepFs {
     }
 }
 
+impl Drop for FilerepFs {
+    fn drop(&mut self) {
+        self.held.stop();
+    }
+}
+
 impl fuser::Filesystem for FilerepFs {
+    fn destroy(&mut self) {
+        // Unmounting: what is held goes now, while the segment still runs.
+        self.held.stop();
+    }
+
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         // One write request is at most one write_at call (larger ones
         // would be split anyway).
@@ -197,6 +213,7 @@ impl fuser::Filesystem for FilerepFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        self.held.settle();
         let _ns = self.ns_shared();
         match self.child_of(parent, name).and_then(|p| self.entry(&p)) {
             Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
@@ -209,6 +226,7 @@ impl fuser::Filesystem for FilerepFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.held.settle();
         match self.stat(ino, fh) {
             Ok(attr) => reply.attr(&TTL, &attr),
             Err(e) => reply.error(e),
@@ -233,6 +251,7 @@ impl fuser::Filesystem for FilerepFs {
         _flags: Option<BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        self.held.settle();
         // Modes, owners and times are accepted and not stored: the engine
         // replicates contents and names only (docs/mount.md).
         if let Some(size) = size {
@@ -266,6 +285,7 @@ impl fuser::Filesystem for FilerepFs {
         if mode & libc::S_IFMT != libc::S_IFREG {
             return reply.error(Errno::EPERM);
         }
+        self.held.settle();
         let _ns = self.ns_shared();
         let r = self.child_of(parent, name).and_then(|p| {
             self.create_file(&p, true, false)?;
@@ -278,6 +298,7 @@ impl fuser::Filesystem for FilerepFs {
     }
 
     fn mkdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, _mode: u32, _umask: u32, reply: ReplyEntry) {
+        self.held.settle();
         let _ns = self.ns_shared();
         let fs = self.fs;
         let r = self.child_of(parent, name).and_then(|p| {
@@ -292,6 +313,8 @@ impl fuser::Filesystem for FilerepFs {
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let _ns = self.ns_exclusive();
+        // Under the exclusive lock: the held write's path names its file.
+        self.held.settle();
         let fs = self.fs;
         let r = self.child_of(parent, name).and_then(|p| {
             self.changes.unlink(fs, &p).map_err(|e| self.failed("unlink", &p, &e))?;
@@ -306,6 +329,8 @@ impl fuser::Filesystem for FilerepFs {
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let _ns = self.ns_exclusive();
+        // Under the exclusive lock: the held write's path names its file.
+        self.held.settle();
         let fs = self.fs;
         let r = self.child_of(parent, name).and_then(|p| {
             self.changes.rmdir(fs, &p).map_err(|e| self.failed("rmdir", &p, &e))?;
@@ -341,6 +366,8 @@ impl fuser::Filesystem for FilerepFs {
             return reply.error(Errno::EINVAL);
         }
         let _ns = self.ns_exclusive();
+        // Under the exclusive lock: the held write's path names its file.
+        self.held.settle();
         let r = (|| {
             let from = self.child_of(parent, name)?;
             let to = self.child_of(newparent, newname)?;
@@ -381,6 +408,7 @@ impl fuser::Filesystem for FilerepFs {
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         // Reads and fstat use a local read-only descriptor; writes go by
         // path to the segment. O_TRUNC arrives as a setattr.
+        self.held.settle();
         let r = self.path_of(ino).and_then(|p| self.root.open_read(&p).map_err(|e| io_errno(&e)));
         match r {
             Ok(f) => reply.opened(self.add_handle(Handle::File(f)), FopenFlags::empty()),
@@ -399,6 +427,7 @@ impl fuser::Filesystem for FilerepFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        self.held.settle();
         let Some(h) = self.handle(fh) else { return reply.error(Errno::EBADF) };
         let Handle::File(f) = h.as_ref() else { return reply.error(Errno::EISDIR) };
         let mut buf = vec![0u8; size as usize];
@@ -439,6 +468,13 @@ impl fuser::Filesystem for FilerepFs {
                 return reply.error(e);
             }
         };
+        let blocks = offset % self.bs == 0 && data.len() as u64 % self.bs == 0;
+        if let Taken::Done(r) = self.held.write(ino.0, &path, offset, data, blocks) {
+            return match r {
+                Ok(n) => reply.written(n as u32),
+                Err(e) => reply.error(e),
+            };
+        }
         let len = || match self.handle(fh).as_deref() {
             // The segment writes the same inode: its length here is current.
             Some(Handle::File(f)) => f.metadata().map(|m| m.len()),
@@ -450,9 +486,13 @@ impl fuser::Filesystem for FilerepFs {
         }
     }
 
-    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
-        // Writes go through at once: close has nothing left to send.
-        reply.ok();
+    fn flush(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        // A close sends what is held, and reports a held write that failed.
+        self.held.settle();
+        match self.held.take_failure(ino.0) {
+            Some(e) => reply.error(e),
+            None => reply.ok(),
+        }
     }
 
     fn release(
@@ -465,11 +505,17 @@ impl fuser::Filesystem for FilerepFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        self.held.settle();
         lock(&self.handles).remove(&fh.0);
         reply.ok();
     }
 
     fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        self.held.settle();
+        // A held write that failed once sent fails the sync that follows it.
+        if let Some(e) = self.held.take_failure(ino.0) {
+            return reply.error(e);
+        }
         let _ns = self.ns_shared();
         let path = match self.path_of(ino) {
             Ok(p) => p,
@@ -485,6 +531,7 @@ impl fuser::Filesystem for FilerepFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        self.held.settle();
         let _ns = self.ns_shared();
         // A snapshot: offsets stay meaningful while the directory changes.
         let r = self.path_of(ino).and_then(|p| self.root.list(&p).map_err(|e| io_errno(&e)));
@@ -530,6 +577,7 @@ impl fuser::Filesystem for FilerepFs {
         // The engine syncs every changed directory, here and on the mirror.
         // A directory removed while open names none: what its removal
         // changed (its parent) is synced with the rest, from the root.
+        self.held.settle();
         let _ns = self.ns_shared();
         let dir = self.path_of(ino).unwrap_or_default();
         let fs = self.fs;
@@ -565,6 +613,7 @@ impl fuser::Filesystem for FilerepFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        self.held.settle();
         let _ns = self.ns_shared();
         let r = self.child_of(parent, name).and_then(|p| {
             self.create_file(&p, flags & libc::O_EXCL != 0, flags & libc::O_TRUNC != 0)?;

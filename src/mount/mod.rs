@@ -9,6 +9,7 @@
 mod changes;
 mod errno;
 mod fs;
+mod held;
 mod inodes;
 mod local;
 mod pool;
@@ -311,7 +312,7 @@ pub fn mount(opts: &MountOptions) -> Result<MountSession, MountError> {
     }
     opts.check()?;
     probe_segment(opts)?;
-    mount_with(opts, Box::new(pool::Pool::new(opts.socket.clone(), opts.threads)))
+    mount_with(opts, std::sync::Arc::new(pool::Pool::new(opts.socket.clone(), opts.threads)))
 }
 
 /// Mount the filespace of the segment running in this process: each FUSE
@@ -329,10 +330,10 @@ pub fn mount_in_process(opts: &MountOptions, storage: Storage) -> Result<MountSe
             opts.filespace_name, opts.filespace
         )));
     }
-    mount_with(opts, Box::new(storage))
+    mount_with(opts, std::sync::Arc::new(storage))
 }
 
-fn mount_with(opts: &MountOptions, changes: Box<dyn changes::Changes>) -> Result<MountSession, MountError> {
+fn mount_with(opts: &MountOptions, changes: std::sync::Arc<dyn changes::Changes>) -> Result<MountSession, MountError> {
     let root = local::Root::open(&opts.root).map_err(|e| {
         MountError::io(format!("opening filespace {} root {}", opts.filespace_name, opts.root.display()), e)
     })?;
@@ -343,7 +344,8 @@ fn mount_with(opts: &MountOptions, changes: Box<dyn changes::Changes>) -> Result
         changes,
         uid: opts.uid,
         gid: opts.gid,
-    });
+    })
+    .map_err(|e| MountError::io("starting the mount's timer thread", e))?;
     let mountpoint = opts.mountpoint.canonicalize().map_err(|e| MountError::io("mountpoint", e))?;
     let mut config = fuser::Config::default();
     config.mount_options = vec![
