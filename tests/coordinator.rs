@@ -188,6 +188,10 @@ impl Cluster {
         .iter()
         .map(|s| s.to_string())
         .collect();
+        // A killed arbiter's main thread shows as a zombie before its other
+        // threads have closed its sockets: its address may still be taken
+        // for a moment (a clean-clone CI run failed on it).
+        wait_for(&format!("{listen} free"), Duration::from_secs(10), || std::net::TcpListener::bind(listen).is_ok());
         let (child, _) = spawn_ready(&args, "filerep arbiter ready on ");
         self.own.push(child);
     }
