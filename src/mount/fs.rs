@@ -468,7 +468,7 @@ impl fuser::Filesystem for FilerepFs {
                 return reply.error(e);
             }
         };
-        let blocks = offset % self.bs == 0 && data.len() as u64 % self.bs == 0;
+        let blocks = self.whole_blocks(offset, data.len());
         if let Taken::Done(r) = self.held.write(ino.0, &path, offset, data, blocks) {
             return match r {
                 Ok(n) => reply.written(n as u32),

@@ -98,9 +98,7 @@ impl Held {
                 // file's to report, and this write's own error.
                 return Taken::Done(self.send(p).map(|()| data.len()));
             }
-            if let Some(p) = slot.take() {
-                let _ = self.send(p);
-            }
+            self.send_held(&mut slot);
         }
         if blocks || data.len() >= HOLD_BELOW {
             return Taken::WriteThrough;
@@ -113,7 +111,12 @@ impl Held {
     /// Send what is held, if anything: before any request that is not a
     /// write continuing it.
     pub(super) fn settle(&self) {
-        let mut slot = lock(&self.slot);
+        self.send_held(&mut lock(&self.slot));
+    }
+
+    /// Send what `slot` (the locked slot) holds, if anything; a failure is
+    /// its file's to report.
+    fn send_held(&self, slot: &mut Option<Pending>) {
         if let Some(p) = slot.take() {
             let _ = self.send(p);
         }
@@ -157,10 +160,7 @@ impl Held {
         let mut slot = lock(&self.slot);
         loop {
             if self.stop.load(Ordering::Acquire) {
-                if let Some(p) = slot.take() {
-                    let _ = self.send(p);
-                }
-                return;
+                return self.send_held(&mut slot);
             }
             let due = slot.as_ref().map(|p| p.since + HOLD_FOR);
             match due {
@@ -168,9 +168,7 @@ impl Held {
                 Some(due) => {
                     let now = Instant::now();
                     if now >= due {
-                        if let Some(p) = slot.take() {
-                            let _ = self.send(p);
-                        }
+                        self.send_held(&mut slot);
                     } else {
                         slot = self.wake.wait_timeout(slot, due - now).unwrap_or_else(|e| e.into_inner()).0;
                     }
@@ -182,9 +180,7 @@ impl Held {
     /// Send what is held and end the timer (the mount is going away).
     pub(super) fn stop(&self) {
         let mut slot = lock(&self.slot);
-        if let Some(p) = slot.take() {
-            let _ = self.send(p);
-        }
+        self.send_held(&mut slot);
         self.stop.store(true, Ordering::Release);
         self.wake.notify_all();
     }

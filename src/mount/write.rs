@@ -10,6 +10,12 @@ use crate::protocol::MAX_WRITE_AT;
 use fuser::Errno;
 
 impl FilerepFs {
+    /// Whether a write of `len` bytes at `offset` is whole aligned blocks
+    /// (block writes; never held, `held.rs`).
+    pub(super) fn whole_blocks(&self, offset: u64, len: usize) -> bool {
+        offset % self.bs == 0 && len as u64 % self.bs == 0
+    }
+
     /// Write through the segment. Whole aligned blocks are block writes
     /// (an extend when the block is the next one), anything else byte
     /// writes of at most the API's limit. A failure after some progress
@@ -24,7 +30,7 @@ impl FilerepFs {
         let fs = self.fs;
         let bs = self.bs as usize;
         let mut done = 0usize;
-        let result = if offset % self.bs == 0 && data.len() % bs == 0 {
+        let result = if self.whole_blocks(offset, data.len()) {
             let mut len = local_len().map_err(|e| io_errno(&e))?;
             let mut r = Ok(());
             for (i, block) in data.chunks(bs).enumerate() {
