@@ -4,7 +4,8 @@
 //!
 //! ```text
 //! cargo bench -p filerep-tools --bench db -- [--seconds 20] [--rounds 3] [--scale 10]
-//!     [--clients 4] [--sqlite-tx 2000] [--mount-process] [--sync-level applied] [--json]
+//!     [--clients 4] [--sqlite-tx 2000] [--mount-process] [--sync-level applied]
+//!     [--sqlite-only] [--json]
 //! ```
 //!
 //! - a real pair on loopback (arbiter and two `filerep segment` processes,
@@ -22,6 +23,9 @@
 //! - small SQLite transactions (one 100-byte row each, `synchronous=FULL`)
 //!   with the WAL and with the rollback journal, on the local directory and
 //!   on the mount, through the `sqlite3` program.
+//!
+//! `--sqlite-only` runs the SQLite part alone (PostgreSQL need not be
+//! installed).
 //!
 //! Medians go to the JSON report (`local_tps`, `pg_sync_tps`,
 //! `pg_remote_apply_tps`, `mount_tps`, `load_s_local`, `load_s_mount`, ...).
@@ -49,6 +53,7 @@ struct Args {
     sqlite_tx: u32,
     mount_process: bool,
     sync_level: String,
+    sqlite_only: bool,
     json: bool,
 }
 
@@ -61,6 +66,7 @@ fn parse_args() -> Result<Args, String> {
         sqlite_tx: 2000,
         mount_process: false,
         sync_level: "applied".into(),
+        sqlite_only: false,
         json: false,
     };
     let mut it = std::env::args().skip(1);
@@ -81,6 +87,7 @@ fn parse_args() -> Result<Args, String> {
                 filerep::config::SyncLevel::parse(&v).map_err(|e| format!("--sync-level {v}: {e}"))?;
                 a.sync_level = v;
             }
+            "--sqlite-only" => a.sqlite_only = true,
             "--json" => a.json = true,
             // cargo bench passes --bench to every bench program.
             "--bench" => {}
@@ -110,11 +117,15 @@ fn main() {
     };
     let found = match fuse_unavailable() {
         Some(why) => Err(format!("the mount cannot be made here: {why}")),
-        None => PgBin::find().and_then(|bin| Ok((bin, DbUser::find()?))).and_then(|found| {
-            if common::sqlite::available() {
-                Ok(found)
+        None if !common::sqlite::available() => {
+            Err("no sqlite3 program on PATH (Debian: apt-get install sqlite3)".to_string())
+        }
+        None if args.sqlite_only => DbUser::find().map(|user| (None, user)),
+        None => PgBin::find().and_then(|bin| {
+            if bin.path("pg_basebackup").is_file() {
+                Ok((Some(bin), DbUser::find()?))
             } else {
-                Err("no sqlite3 program on PATH (Debian: apt-get install sqlite3)".to_string())
+                Err(format!("no pg_basebackup beside {} (the standby is made with it)", bin.dir.display()))
             }
         }),
     };
@@ -125,11 +136,7 @@ fn main() {
             std::process::exit(1);
         }
     };
-    if !bin.path("pg_basebackup").is_file() {
-        eprintln!("db bench: no pg_basebackup beside {} (the standby is made with it)", bin.dir.display());
-        std::process::exit(1);
-    }
-    run(&args, &bin, user);
+    run(&args, bin.as_ref(), user);
 }
 
 /// One setup's pgbench rounds.
@@ -139,7 +146,7 @@ struct Rounds {
     committed: i64,
 }
 
-fn run(args: &Args, bin: &PgBin, user: DbUser) {
+fn run(args: &Args, bin: Option<&PgBin>, user: DbUser) {
     let own = user.segment_mount_args();
     let own: Vec<&str> = own.iter().map(String::as_str).collect();
     // The primary's sync level: what a change waits for before it returns
@@ -177,15 +184,68 @@ fn run(args: &Args, bin: &PgBin, user: DbUser) {
     if let Some(c) = &mnt.child {
         ours.push(("mount_process", c.id()));
     }
-    let dir = |name: &str| {
-        let d = work.join(name);
-        std::fs::create_dir_all(&d).expect("directory");
-        user.own(&d);
-        d
-    };
+    // PostgreSQL first, on a fresh mount, as the figures in the docs were taken.
+    let pg = bin.map(|bin| postgres(args, bin, user, &work, &mnt, &ours));
+    let dir = |name: &str| user_dir(&work, user, name);
+    let sqlite: Vec<(String, f64)> = ["wal", "rollback"]
+        .iter()
+        .flat_map(|mode| {
+            let (l, m) = (dir(&format!("sqlite-{mode}")), mnt.p(&format!("sqlite-{mode}")));
+            std::fs::create_dir_all(&m).expect("sqlite directory on the mount");
+            let mut v = Vec::new();
+            for r in 0..args.rounds {
+                for (place, d) in [("local", &l), ("mount", &m)] {
+                    let tps = sqlite_tps(&d.join(format!("r{r}.db")), mode, args.sqlite_tx);
+                    say(format!("sqlite {mode} round {r}: {place}: {tps:.0} transactions/s"));
+                    v.push((format!("sqlite_{mode}_{place}_tps"), tps));
+                }
+            }
+            v
+        })
+        .collect();
+    let sqlite_med = |k: &str| median(&sqlite.iter().filter(|(n, _)| n == k).map(|(_, t)| *t).collect::<Vec<_>>());
+    let mut report = serde_json::json!({
+        "mount": if args.mount_process { "filerep mount (a separate process)" } else { "filerep segment --mount" },
+        "sync_level": args.sync_level, "seconds": args.seconds, "rounds": args.rounds, "scale": args.scale, "clients": args.clients,
+    });
+    if let (Some(pg), serde_json::Value::Object(r)) = (pg, &mut report) {
+        r.extend(pg);
+    }
+    for mode in ["wal", "rollback"] {
+        let (l, m) = (sqlite_med(&format!("sqlite_{mode}_local_tps")), sqlite_med(&format!("sqlite_{mode}_mount_tps")));
+        report[format!("sqlite_{mode}_local_tps")] = serde_json::json!(l.round());
+        report[format!("sqlite_{mode}_mount_tps")] = serde_json::json!(m.round());
+        report[format!("sqlite_{mode}_mount_over_local")] = serde_json::json!(m / l);
+    }
+    if args.json {
+        println!("{report}");
+    } else {
+        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+    }
+}
+
+/// A directory of the run's own, outside the mount, given to the database's user.
+fn user_dir(work: &Path, user: DbUser, name: &str) -> std::path::PathBuf {
+    let d = work.join(name);
+    std::fs::create_dir_all(&d).expect("directory");
+    user.own(&d);
+    d
+}
+
+/// PostgreSQL's part: the loads, the alternating pgbench rounds, and the
+/// CPU time of our processes per mount transaction.
+fn postgres(
+    args: &Args,
+    bin: &PgBin,
+    user: DbUser,
+    work: &Path,
+    mnt: &Mount,
+    ours: &[(&str, u32)],
+) -> serde_json::Map<String, serde_json::Value> {
+    let dir = |name: &str| user_dir(work, user, name);
     let scale = args.scale.to_string();
-    let mut local = Postgres::new(bin, user, dir("local").join("pgdata"), &work, "local");
-    let mut mounted = Postgres::new(bin, user, mnt.p("pgdata"), &work, "mount");
+    let mut local = Postgres::new(bin, user, dir("local").join("pgdata"), work, "local");
+    let mut mounted = Postgres::new(bin, user, mnt.p("pgdata"), work, "mount");
     let load = |pg: &mut Postgres, what: &str| -> f64 {
         let t = Instant::now();
         pg.initdb();
@@ -199,7 +259,7 @@ fn run(args: &Args, bin: &PgBin, user: DbUser) {
     let load_s_local = load(&mut local, "local directory");
     let load_s_mount = load(&mut mounted, "mount");
     // The replicated setup: a primary and its synchronous standby.
-    let mut primary = Postgres::new(bin, user, dir("sync").join("pgdata"), &work, "sync-primary");
+    let mut primary = Postgres::new(bin, user, dir("sync").join("pgdata"), work, "sync-primary");
     let load_s_pg_sync_primary = load(&mut primary, "PostgreSQL primary (before its standby)");
     let standby_data = dir("standby").join("pgdata");
     let port = primary.port.to_string();
@@ -219,7 +279,7 @@ fn run(args: &Args, bin: &PgBin, user: DbUser) {
             &port,
         ],
     );
-    let mut standby = Postgres::new(bin, user, standby_data, &work, "standby");
+    let mut standby = Postgres::new(bin, user, standby_data, work, "standby");
     standby.start();
     // Named synchronous only now: before, the load would wait for it.
     primary.query("alter system set synchronous_standby_names = '*'");
@@ -269,27 +329,8 @@ fn run(args: &Args, bin: &PgBin, user: DbUser) {
         pg.stop();
     }
 
-    let sqlite: Vec<(String, f64)> = ["wal", "rollback"]
-        .iter()
-        .flat_map(|mode| {
-            let (l, m) = (dir(&format!("sqlite-{mode}")), mnt.p(&format!("sqlite-{mode}")));
-            std::fs::create_dir_all(&m).expect("sqlite directory on the mount");
-            let mut v = Vec::new();
-            for r in 0..args.rounds {
-                for (place, d) in [("local", &l), ("mount", &m)] {
-                    let tps = sqlite_tps(&d.join(format!("r{r}.db")), mode, args.sqlite_tx);
-                    say(format!("sqlite {mode} round {r}: {place}: {tps:.0} transactions/s"));
-                    v.push((format!("sqlite_{mode}_{place}_tps"), tps));
-                }
-            }
-            v
-        })
-        .collect();
     let med = |i: usize| median(&rounds[i].tps);
-    let sqlite_med = |k: &str| median(&sqlite.iter().filter(|(n, _)| n == k).map(|(_, t)| *t).collect::<Vec<_>>());
-    let mut report = serde_json::json!({
-        "mount": if args.mount_process { "filerep mount (a separate process)" } else { "filerep segment --mount" },
-        "sync_level": args.sync_level, "seconds": args.seconds, "rounds": args.rounds, "scale": args.scale, "clients": args.clients,
+    let report = serde_json::json!({
         "local_tps": med(0), "pg_sync_tps": med(1), "pg_remote_apply_tps": med(2), "mount_tps": med(3),
         "mount_over_local": med(3) / med(0), "mount_over_pg_sync": med(3) / med(1),
         "mount_over_pg_remote_apply": med(3) / med(2),
@@ -298,16 +339,9 @@ fn run(args: &Args, bin: &PgBin, user: DbUser) {
         "cpu_us_per_mount_tx": cpu_per_tx,
         "rounds_tps": names.iter().zip(&rounds).map(|(n, r)| (n.to_string(), serde_json::json!(r.tps))).collect::<serde_json::Map<_, _>>(),
     });
-    for mode in ["wal", "rollback"] {
-        let (l, m) = (sqlite_med(&format!("sqlite_{mode}_local_tps")), sqlite_med(&format!("sqlite_{mode}_mount_tps")));
-        report[format!("sqlite_{mode}_local_tps")] = serde_json::json!(l.round());
-        report[format!("sqlite_{mode}_mount_tps")] = serde_json::json!(m.round());
-        report[format!("sqlite_{mode}_mount_over_local")] = serde_json::json!(m / l);
-    }
-    if args.json {
-        println!("{report}");
-    } else {
-        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+    match report {
+        serde_json::Value::Object(m) => m,
+        _ => unreachable!("a JSON object literal"),
     }
 }
 

@@ -315,27 +315,46 @@ fn a_restarted_mirror_remembers_its_generation() {
     assert!(err.to_string().contains("mirror-state.json"), "{err}");
 }
 
+/// A primary and a mirror on simulated disks (whose durable images the
+/// test can read), joined by an in-memory connection.
+struct SimPair {
+    primary_disk: Arc<filerep::io::disk::SimDisk>,
+    mirror_disk: Arc<filerep::io::disk::SimDisk>,
+    primary: filerep::runtime::primary::Primary,
+    session: std::thread::JoinHandle<filerep::runtime::mirror::SessionReport>,
+}
+
+impl SimPair {
+    fn start(dirs: &Dirs) -> SimPair {
+        use filerep::io::disk::{Disk, SimDisk};
+        let primary_disk = Arc::new(SimDisk::new(2));
+        let mirror_disk = Arc::new(SimDisk::new(2));
+        let mirror = filerep::runtime::mirror::MirrorServer::with_disk(
+            mirror_config(dirs, 8192),
+            mirror_disk.clone() as Arc<dyn Disk>,
+        );
+        let server = Arc::new(mirror.expect("mirror"));
+        let (p_conn, m_conn) = filerep::io::net::mem_pair(64 * 1024, 256);
+        let session = std::thread::spawn(move || server.serve_conn(m_conn, "mem"));
+        let primary = filerep::runtime::primary::Primary::start_with_disk(
+            primary_config(dirs, 8192, SyncLevel::Applied),
+            primary_disk.clone() as Arc<dyn Disk>,
+            p_conn,
+            "mem",
+        )
+        .expect("primary");
+        SimPair { primary_disk, mirror_disk, primary, session }
+    }
+}
+
 /// `sync_dir`, a directory fsync: every namespace change made before it is
 /// in the durable image of both disks afterwards, none of the file data it
 /// was not asked for needs to be; bad targets are refused.
 #[test]
 fn sync_dir_makes_every_namespace_change_durable_on_both_sides() {
-    use filerep::io::disk::{Disk, SimDisk, SimEntry};
-    use filerep::runtime::mirror::MirrorServer;
+    use filerep::io::disk::{SimDisk, SimEntry};
     let dirs = Dirs::new();
-    let primary_disk = Arc::new(SimDisk::new(2));
-    let mirror_disk = Arc::new(SimDisk::new(2));
-    let server =
-        Arc::new(MirrorServer::with_disk(mirror_config(&dirs, 8192), mirror_disk.clone() as Arc<dyn Disk>).unwrap());
-    let (p_conn, m_conn) = filerep::io::net::mem_pair(64 * 1024, 256);
-    let session = std::thread::spawn(move || server.serve_conn(m_conn, "mem"));
-    let primary = filerep::runtime::primary::Primary::start_with_disk(
-        primary_config(&dirs, 8192, SyncLevel::Applied),
-        primary_disk.clone() as Arc<dyn Disk>,
-        p_conn,
-        "mem",
-    )
-    .expect("primary");
+    let SimPair { primary_disk, mirror_disk, primary, session } = SimPair::start(&dirs);
     primary.mkdir(0, "base").unwrap();
     primary.mkdir(0, "base/1").unwrap();
     primary.create(0, "base/1/tmp").unwrap();
@@ -364,6 +383,39 @@ fn sync_dir_makes_every_namespace_change_durable_on_both_sides() {
     assert!(matches!(e, filerep::Error::Disk(ref d) if d.kind == filerep::io::disk::DiskErrorKind::NotFound), "{e}");
     assert!(primary.sync_dir(0, "../x").is_err());
     assert!(primary.sync_dir(9, "").is_err());
+    primary.shutdown(Duration::from_secs(10)).expect("shutdown");
+    assert_eq!(session.join().unwrap().end, filerep::runtime::mirror::SessionEnd::Shutdown);
+}
+
+/// `write_at_and_flush` (a held write and the fsync that sends it): when
+/// it returns, its bytes are durable on both disks, with the file's
+/// directory entry; a plain `write_at` after it is not, until a flush.
+#[test]
+fn a_write_with_its_flush_is_durable_on_both_sides_when_it_returns() {
+    use filerep::io::disk::{SimDisk, SimEntry};
+    let dirs = Dirs::new();
+    let SimPair { primary_disk, mirror_disk, primary, session } = SimPair::start(&dirs);
+    primary.mkdir(0, "wal").unwrap();
+    primary.create(0, "wal/log").unwrap();
+    primary.write_at(0, "wal/log", 0, b"header:").unwrap();
+    let durable = |disk: &SimDisk| match disk.durable_snapshot().get(&(0, "wal/log".to_string())) {
+        Some(SimEntry::File(b)) => Some(b.clone()),
+        _ => None,
+    };
+    assert_eq!(durable(&mirror_disk), None, "nothing durable before the flush");
+    primary.write_at_and_flush(0, "wal/log", 7, b"frame one").expect("write and flush");
+    for (side, disk) in [("primary", &primary_disk), ("mirror", &mirror_disk)] {
+        assert_eq!(durable(disk).as_deref(), Some(&b"header:frame one"[..]), "{side}: the write before it and its own");
+    }
+    primary.write_at(0, "wal/log", 16, b", two").unwrap();
+    // (The primary's disk: the mirror's own checkpoint, once a second,
+    // could make it durable there on a slow machine.)
+    assert_eq!(durable(&primary_disk).as_deref(), Some(&b"header:frame one"[..]), "a plain write is not durable yet");
+    primary.flush(0, "wal/log").unwrap();
+    assert_eq!(durable(&mirror_disk).as_deref(), Some(&b"header:frame one, two"[..]));
+    // Refused as write_at refuses: nothing shipped.
+    assert!(primary.write_at_and_flush(0, "wal/log", 0, b"").is_err());
+    assert!(primary.write_at_and_flush(0, "../x", 0, b"x").is_err());
     primary.shutdown(Duration::from_secs(10)).expect("shutdown");
     assert_eq!(session.join().unwrap().end, filerep::runtime::mirror::SessionEnd::Shutdown);
 }

@@ -14,8 +14,7 @@ use crate::cluster::client::{Op, Request};
 use crate::cluster::segment::Shared;
 use crate::error::{Error, Result};
 use crate::protocol::path::RelPath;
-use crate::protocol::MAX_WRITE_AT;
-use crate::runtime::primary::Primary;
+use crate::runtime::primary::{check_write_at_len, Primary};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -140,13 +139,15 @@ impl Storage {
 
     pub fn write_at(&self, fs: u16, path: &str, offset: u64, data: &[u8]) -> Result<()> {
         self.check(fs, path)?;
-        if data.is_empty() || data.len() > MAX_WRITE_AT {
-            return Err(Error::InvalidArgument(format!(
-                "write_at takes 1 to {MAX_WRITE_AT} bytes; {} given",
-                data.len()
-            )));
-        }
+        check_write_at_len(data.len())?;
         self.on_primary(|p| p.write_at(fs, path, offset, data))
+    }
+
+    /// `write_at` then `flush`, as one call (one round trip to the mirror).
+    pub fn write_at_and_flush(&self, fs: u16, path: &str, offset: u64, data: &[u8]) -> Result<()> {
+        self.check(fs, path)?;
+        check_write_at_len(data.len())?;
+        self.on_primary(|p| p.write_at_and_flush(fs, path, offset, data))
     }
 
     pub fn flush(&self, fs: u16, path: &str) -> Result<()> {

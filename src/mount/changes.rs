@@ -15,6 +15,13 @@ pub(crate) trait Changes: Send + Sync + 'static {
     fn write_block(&self, fs: u16, path: &str, block: u64, data: &[u8]) -> Result<(), ClientError>;
     fn extend(&self, fs: u16, path: &str, block: u64, data: &[u8]) -> Result<(), ClientError>;
     fn write_at(&self, fs: u16, path: &str, offset: u64, data: &[u8]) -> Result<(), ClientError>;
+    /// A write and the sync of its file after it; one call where the
+    /// segment is in this process (one round trip to the mirror), two
+    /// over the client socket.
+    fn write_at_and_sync(&self, fs: u16, path: &str, offset: u64, data: &[u8]) -> Result<(), ClientError> {
+        self.write_at(fs, path, offset, data)?;
+        self.sync(fs, path)
+    }
     fn set_len(&self, fs: u16, path: &str, len: u64) -> Result<(), ClientError>;
     fn mkdir(&self, fs: u16, path: &str) -> Result<(), ClientError>;
     fn unlink(&self, fs: u16, path: &str) -> Result<(), ClientError>;
@@ -77,6 +84,9 @@ impl Changes for Storage {
     }
     fn write_at(&self, fs: u16, path: &str, offset: u64, data: &[u8]) -> Result<(), ClientError> {
         as_client(Storage::write_at(self, fs, path, offset, data))
+    }
+    fn write_at_and_sync(&self, fs: u16, path: &str, offset: u64, data: &[u8]) -> Result<(), ClientError> {
+        as_client(Storage::write_at_and_flush(self, fs, path, offset, data))
     }
     fn set_len(&self, fs: u16, path: &str, len: u64) -> Result<(), ClientError> {
         as_client(Storage::set_len(self, fs, path, len))

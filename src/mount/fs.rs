@@ -511,10 +511,18 @@ impl fuser::Filesystem for FilerepFs {
     }
 
     fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        self.held.settle();
+        // The file's own held write goes with the sync, as one call;
+        // another file's goes first.
+        let sent_with_sync = self.held.sync_held(ino.0);
         // A held write that failed once sent fails the sync that follows it.
         if let Some(e) = self.held.take_failure(ino.0) {
             return reply.error(e);
+        }
+        if let Some(r) = sent_with_sync {
+            return match r {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e),
+            };
         }
         let _ns = self.ns_shared();
         let path = match self.path_of(ino) {

@@ -1,15 +1,17 @@
-//! A small write held back a moment, so that the write continuing it goes
-//! out with it as one call. Every write through the mount is a round trip
-//! to the mirror, and SQLite appends each WAL frame as two writes, a
-//! 24-byte frame header and then the page: holding the header makes the
-//! pair one call instead of two (docs/mount.md, "Small writes").
+//! A byte write held back a moment, so that the write continuing it goes
+//! out with it as one call, and the write an `fsync` follows returns
+//! without waiting for the segment. SQLite appends each WAL frame as two
+//! writes, a 24-byte frame header and then the page, and syncs after the
+//! last: holding both makes the frame one call instead of two, sent by the
+//! `fsync` (docs/mount.md, "Small writes").
 //!
 //! What keeps this invisible to clients:
 //! - only a byte write shorter than [`HOLD_BELOW`] is held, at most one at
 //!   a time for the whole mount, and for at most [`HOLD_FOR`] (a timer
 //!   thread sends it then);
 //! - a write that continues it (same file, the next byte) goes out with
-//!   it; any other request sends it first (`settle`), so reads, attributes,
+//!   it; an `fsync` of its file sends it with the sync, as one call; any
+//!   other request sends it first (`settle`), so reads, attributes,
 //!   syncs and namespace changes all see it. Namespace changes settle under
 //!   the exclusive namespace lock, so the held write's path still names its
 //!   file when it goes;
@@ -26,9 +28,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-/// Byte writes shorter than this may be held (a WAL frame header, a
-/// journal header); a write that brings a held one to this size sends it.
-pub(super) const HOLD_BELOW: usize = 4096;
+/// Byte writes shorter than this may be held (a WAL frame header and its
+/// page, a journal header and its records); a write that brings a held
+/// one to this size sends it. A bound on the copy a held write costs.
+pub(super) const HOLD_BELOW: usize = 64 * 1024;
 /// The longest a write is held when nothing follows it.
 pub(super) const HOLD_FOR: Duration = Duration::from_millis(2);
 /// Files with a failure waiting for their next fsync or close, at most (a
@@ -114,6 +117,29 @@ impl Held {
         self.send_held(&mut lock(&self.slot));
     }
 
+    /// An `fsync` of inode `ino`: if the write held is its file's, send it
+    /// with the sync as one call (one round trip to the mirror) and give
+    /// the sync's result; otherwise send what is held and give `None` (the
+    /// caller syncs).
+    pub(super) fn sync_held(&self, ino: u64) -> Option<Result<(), Errno>> {
+        let mut slot = lock(&self.slot);
+        match slot.take() {
+            Some(p) if p.ino == ino => {
+                let r = self.changes.write_at_and_sync(self.fs, &p.path, p.offset, &p.data);
+                Some(r.map_err(|e| {
+                    tracing::warn!(path = %p.path, offset = p.offset, bytes = p.data.len(), error = %e,
+                        "a held write and the fsync that sent it failed");
+                    errno_of(&e)
+                }))
+            }
+            other => {
+                *slot = other;
+                self.send_held(&mut slot);
+                None
+            }
+        }
+    }
+
     /// Send what `slot` (the locked slot) holds, if anything; a failure is
     /// its file's to report.
     fn send_held(&self, slot: &mut Option<Pending>) {
@@ -195,6 +221,8 @@ mod tests {
     #[derive(Default)]
     struct Recorder {
         writes: Mutex<Vec<(String, u64, Vec<u8>)>>,
+        /// Writes that came with their file's sync: path, offset, length.
+        synced: Mutex<Vec<(String, u64, usize)>>,
         fail: AtomicBool,
     }
 
@@ -213,6 +241,11 @@ mod tests {
                 return Err(ClientError::Call { class: ErrorClass::Faulted, message: "injected".into() });
             }
             lock(&self.writes).push((path.to_string(), offset, data.to_vec()));
+            Ok(())
+        }
+        fn write_at_and_sync(&self, fs: u16, path: &str, offset: u64, data: &[u8]) -> Result<(), ClientError> {
+            self.write_at(fs, path, offset, data)?;
+            lock(&self.synced).push((path.to_string(), offset, data.len()));
             Ok(())
         }
         fn set_len(&self, _: u16, _: &str, _: u64) -> Result<(), ClientError> {
@@ -254,10 +287,43 @@ mod tests {
         assert_eq!(done(held.write(7, "db-wal", 32, &[1u8; 24], false)), Ok(24));
         assert!(lock(&seg.writes).is_empty(), "the header is held");
         assert_eq!(done(held.write(7, "db-wal", 56, &[2u8; 4096], false)), Ok(4096));
+        assert!(lock(&seg.writes).is_empty(), "the frame is held until something else comes");
+        held.settle();
         let w = lock(&seg.writes).clone();
         assert_eq!(w.len(), 1, "one call for both");
         assert_eq!((w[0].0.as_str(), w[0].1, w[0].2.len()), ("db-wal", 32, 4120));
         assert_eq!((&w[0].2[..24], &w[0].2[24..]), (&[1u8; 24][..], &[2u8; 4096][..]));
+        // A continuation that brings it to HOLD_BELOW goes out at once, with it.
+        done(held.write(7, "db-wal", 4152, &[3u8; 24], false)).unwrap();
+        assert_eq!(done(held.write(7, "db-wal", 4176, &[4u8; HOLD_BELOW], false)), Ok(HOLD_BELOW));
+        let w = lock(&seg.writes).clone();
+        assert_eq!(w.len(), 2);
+        assert_eq!((w[1].1, w[1].2.len()), (4152, 24 + HOLD_BELOW));
+    }
+
+    #[test]
+    fn an_fsync_sends_its_files_held_write_with_the_sync() {
+        let seg = Arc::new(Recorder::default());
+        let held = Held::start(0, seg.clone()).unwrap();
+        held.stop();
+        done(held.write(7, "db-wal", 32, &[1u8; 24], false)).unwrap();
+        done(held.write(7, "db-wal", 56, &[2u8; 4096], false)).unwrap();
+        // Another file's fsync: the held write goes out alone, first.
+        assert_eq!(held.sync_held(8), None);
+        assert_eq!(lock(&seg.writes).len(), 1);
+        assert!(lock(&seg.synced).is_empty());
+        // Its own file's fsync: the write and the sync as one call.
+        done(held.write(7, "db-wal", 4152, &[3u8; 24], false)).unwrap();
+        done(held.write(7, "db-wal", 4176, &[4u8; 4096], false)).unwrap();
+        assert_eq!(held.sync_held(7), Some(Ok(())));
+        assert_eq!(lock(&seg.synced).clone(), [("db-wal".to_string(), 4152, 4120)]);
+        // Nothing held: the caller syncs.
+        assert_eq!(held.sync_held(7), None);
+        // A failure is the fsync's own result, not kept for later.
+        done(held.write(7, "db-wal", 8272, b"x", false)).unwrap();
+        seg.fail.store(true, Ordering::Relaxed);
+        assert_eq!(held.sync_held(7), Some(Err(Errno::EIO)));
+        assert_eq!(held.take_failure(7), None);
     }
 
     #[test]
@@ -314,7 +380,7 @@ mod tests {
         seg.fail.store(false, Ordering::Relaxed);
         done(held.write(9, "f", 0, &[1u8; 100], false)).unwrap();
         seg.fail.store(true, Ordering::Relaxed);
-        assert_eq!(done(held.write(9, "f", 100, &[2u8; 4000], false)), Err(Errno::EIO));
+        assert_eq!(done(held.write(9, "f", 100, &[2u8; HOLD_BELOW], false)), Err(Errno::EIO));
         assert_eq!(held.take_failure(9), Some(Errno::EIO));
     }
 }

@@ -222,13 +222,17 @@ impl World {
         let Some(done) = self.ops[i].returned else { return false };
         // A sync must end before the next power loss to count.
         let cut = self.power_losses.iter().copied().find(|m| *m > done).unwrap_or(u64::MAX);
+        // A write that carried its flush is its own sync.
+        if matches!(self.ops[i].spec, OpSpec::WriteAt { flush: true, .. }) && self.ops[i].state == CallState::Acked {
+            return done < cut;
+        }
         for op in &self.ops[i + 1..] {
             if op.spec.changes_existence(p) {
                 return false;
             }
             let covers = op.issued > done
                 && op.returned.is_some_and(|r| r < cut)
-                && matches!(&op.spec, OpSpec::Sync { p: q, .. } if q == p);
+                && matches!(&op.spec, OpSpec::Sync { p: q, .. } | OpSpec::WriteAt { p: q, flush: true, .. } if q == p);
             if covers && op.state == CallState::Acked {
                 return true;
             }
@@ -324,7 +328,7 @@ impl World {
                         }
                     }
                 }
-                OpSpec::WriteAt { p, offset, data } => {
+                OpSpec::WriteAt { p, offset, data, .. } => {
                     let (start, end) = (*offset, offset + data.len() as u64);
                     if later().any(|l| l.spec.changes_content(p, start, end, bs)) {
                         continue;
@@ -334,7 +338,7 @@ impl World {
                         other => {
                             let holds: Vec<usize> = match other {
                                 Some(SimEntry::File(b)) => (0..self.ops.len())
-                                    .filter(|j| matches!(&self.ops[*j].spec, OpSpec::WriteAt { p: q, offset: o, data: d } if q == p
+                                    .filter(|j| matches!(&self.ops[*j].spec, OpSpec::WriteAt { p: q, offset: o, data: d, .. } if q == p
                                         && b.get(*o as usize..*o as usize + d.len()) == Some(d.as_slice())))
                                     .collect(),
                                 _ => Vec::new(),

@@ -424,7 +424,8 @@ impl World {
             _ => {
                 let offset = block * self.bs + self.rng.gen_range(0..self.bs);
                 let count = self.rng.gen_range(1..3000);
-                OpSpec::WriteAt { p, offset, data: (0..count).map(|_| self.rng.gen()).collect() }
+                let data = (0..count).map(|_| self.rng.gen()).collect();
+                OpSpec::WriteAt { p, offset, data, flush: count % 8 == 0 }
             }
         })
     }

@@ -66,11 +66,17 @@ pub enum Op {
         hash: u64,
         extend: bool,
     },
+    /// Bytes at an offset; with `flush`, the file's flush too, as one call:
+    /// one frame (flagged durable, so the mirror syncs it before it
+    /// acknowledges), the local write then the local fdatasync, and the
+    /// call returns when both sides are durable, as a write and the flush
+    /// after it would (a held write and the `fsync` that sends it).
     WriteAt {
         file: FsPath,
         offset: u64,
         data: Bytes,
         hash: u64,
+        flush: bool,
     },
     SetLen {
         file: FsPath,

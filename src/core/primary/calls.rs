@@ -8,7 +8,7 @@
 use super::claims::{Claim, Target};
 use super::link::Shipped;
 use super::*;
-use crate::protocol::Kind;
+use crate::protocol::{Kind, FLAG_DURABLE};
 
 /// Steps of the calls that take more than one (see each flow).
 pub(super) mod step {
@@ -401,10 +401,13 @@ impl Engine {
                 let ch = Change::Blocks { path: file.clone(), first: *block, last: *block };
                 (file.clone(), h, data.clone(), data.len(), ch)
             }
-            Op::WriteAt { file, offset, data, hash } => {
+            Op::WriteAt { file, offset, data, hash, flush } => {
                 let mut h = Header::new(Kind::WriteAt);
                 h.offset = *offset;
                 h.body_hash = *hash;
+                if *flush {
+                    h.flags |= FLAG_DURABLE;
+                }
                 let bs = self.cfg.block_size as u64;
                 let ch = Change::Blocks {
                     path: file.clone(),
@@ -498,9 +501,7 @@ impl Engine {
             return self.fail(id, f);
         }
         match st {
-            step::RECORDING if self.calls.get(&id).is_some_and(|c| c.late_record == Some(true)) => {
-                self.complete(id, Ok(Reply::Done))
-            }
+            step::RECORDING if self.calls.get(&id).is_some_and(|c| c.late_record == Some(true)) => self.written(id),
             step::RECORDING => match op {
                 Op::WriteBlock { .. } | Op::WriteAt { .. } => self.write_local(id),
                 _ => self.local_namespace(id),
@@ -606,7 +607,24 @@ impl Engine {
                 return self.emit(Command::Record { call: id, blocks, touched: Vec::new() });
             }
         }
+        self.written(id)
+    }
+
+    /// A data write is made here (and recorded, in change tracking): its
+    /// flush, if it carries one, or wait for its sync level.
+    fn written(&mut self, id: CallId) {
         let Some(c) = self.calls.get(&id) else { return };
+        if let Op::WriteAt { file, flush: true, .. } = &c.op {
+            // The flush it carries: this side's fdatasync, then the
+            // changed directories, then the mirror (`sync.rs`).
+            let file = file.clone();
+            self.set_step(id, step::SYNC_FILE);
+            self.set_stage(id, Stage::Claiming);
+            if self.claims.request(id, vec![Claim::exclusive(Target::SyncOf(file))]) {
+                self.sync_file(id);
+            }
+            return;
+        }
         if c.tracked || c.seq == 0 || self.planted(PlantedBug::AckWithoutMirror) {
             return self.complete(id, Ok(Reply::Done));
         }

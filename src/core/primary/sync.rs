@@ -64,7 +64,10 @@ impl Engine {
     }
 
     pub(super) fn sync_file(&mut self, id: CallId) {
-        let Some(Op::Sync { file, .. }) = self.calls.get(&id).map(|c| c.op.clone()) else { return };
+        let file = match self.calls.get(&id).map(|c| &c.op) {
+            Some(Op::Sync { file, .. } | Op::WriteAt { file, flush: true, .. }) => file.clone(),
+            _ => return,
+        };
         // Rule 8: a failure reported to one fdatasync of a file is seen
         // before another may succeed.
         if let Some(f) = self.faulted.clone() {
@@ -78,7 +81,7 @@ impl Engine {
         self.release_claims(id);
         if let Err(e) = result {
             let file = match self.calls.get(&id).map(|c| &c.op) {
-                Some(Op::Sync { file, .. }) => file.to_string(),
+                Some(Op::Sync { file, .. } | Op::WriteAt { file, flush: true, .. }) => file.to_string(),
                 _ => String::new(),
             };
             let f = self.fault(format!("local fdatasync of {file} failed: {e}; nothing written to it is durable"));
@@ -144,7 +147,7 @@ impl Engine {
         let (seq, tracked) = (c.seq, c.tracked);
         let mark = match &c.op {
             Op::Resync { .. } => return self.resync_synced_here(id),
-            Op::Sync { .. } | Op::SyncDir { .. } => Mark::Synced,
+            Op::Sync { .. } | Op::SyncDir { .. } | Op::WriteAt { flush: true, .. } => Mark::Synced,
             // File operations wait for their own application at every level:
             // they are rare and later writes depend on them.
             _ if self.cfg.level == SyncLevel::Durable => Mark::Synced,

@@ -36,12 +36,23 @@ struct Script {
     held: Vec<Command>,
     done: BTreeMap<CallId, Result<Reply, Failure>>,
     sent: Vec<u64>,
+    /// The flags byte of each frame sent, and the connection's number.
+    sent_flags: Vec<u8>,
+    epoch: u64,
 }
 
 impl Script {
     fn new(planted: Option<PlantedBug>, alone: bool) -> Script {
         let e = Engine::new(config(planted), 0, alone.then(|| "the mirror is down".to_string()));
-        let mut s = Script { e, next: 1, held: Vec::new(), done: BTreeMap::new(), sent: Vec::new() };
+        let mut s = Script {
+            e,
+            next: 1,
+            held: Vec::new(),
+            done: BTreeMap::new(),
+            sent: Vec::new(),
+            sent_flags: Vec::new(),
+            epoch: 0,
+        };
         s.pump(&|_| false);
         s
     }
@@ -103,6 +114,8 @@ impl Script {
             }
             Command::Send { epoch, frames } => {
                 self.sent.extend(frames.iter().map(|f| f.seq));
+                self.sent_flags.extend(frames.iter().map(|f| f.header[1]));
+                self.epoch = epoch;
                 let bytes = frames.iter().map(|f| (f.header.len() + f.body.len()) as u64).sum();
                 Event::Sent { epoch, result: Ok(bytes) }
             }
@@ -112,6 +125,13 @@ impl Script {
             other => panic!("the script does not answer {}", other.name()),
         };
         self.e.on(ev, 0);
+    }
+
+    /// The mirror's acknowledgement, as it arrives on the connection.
+    fn ack(&mut self, applied: u64, synced: u64) {
+        let ack = crate::protocol::Ack { received: applied, applied, synced, durable: 0 };
+        self.e.on(Event::Received { epoch: self.epoch, frame: ack.to_frame() }, 0);
+        self.pump(&|_| false);
     }
 
     fn holds_local_of(&self, id: CallId) -> bool {
@@ -348,4 +368,48 @@ fn a_resync_copy_covers_the_run_ahead_of_it_in_one_record() {
     let copy = ResyncStep::Copy { file: g.clone(), first: 40, count: 8, ahead: 0 };
     s.submit(Op::Resync { bound: Bound::Resync(1), step: copy }, &seen);
     assert_eq!(*covers.borrow(), vec![(40, 47)]);
+}
+
+/// A write that carries its flush (a held write and the fsync after it):
+/// one frame, flagged durable so the mirror syncs before it acknowledges;
+/// the local write, then the file's local fdatasync; and the call returns
+/// only when the mirror's synced mark reaches it, not at applied.
+#[test]
+fn a_write_with_its_flush_returns_when_both_sides_are_durable() {
+    let mut s = Script::new(None, false);
+    let file = p("log");
+    let data = Bytes::from_static(b"a wal frame");
+    let hash = crate::protocol::body_hash(&data);
+    let is_file_sync = |c: &Command| matches!(c, Command::Local { step: LocalStep::SyncFiles { .. }, .. });
+    let op = Op::WriteAt { file: file.clone(), offset: 24, data, hash, flush: true };
+    let id = s.submit(op, &is_file_sync);
+    // The file's binding, then the write: one frame for write and flush.
+    assert_eq!(s.sent, vec![1, 2], "{}", s.e.describe());
+    assert_ne!(s.sent_flags[1] & crate::protocol::FLAG_DURABLE, 0, "the frame asks the mirror to sync");
+    let synced: Vec<_> = s
+        .held
+        .iter()
+        .filter_map(|c| match c {
+            Command::Local { step: LocalStep::SyncFiles { files }, .. } => Some(files.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(synced, vec![vec![file]], "the local fdatasync of the file, after its write");
+    s.release(&is_file_sync, &|_| false);
+    assert!(!s.done.contains_key(&id), "durable here only: {}", s.e.describe());
+    s.ack(2, 1);
+    assert!(!s.done.contains_key(&id), "applied on the mirror is not durable there: {}", s.e.describe());
+    s.ack(2, 2);
+    assert_eq!(s.done.get(&id), Some(&Ok(Reply::Done)), "{}", s.e.describe());
+
+    // Without the flush: no flag, no fdatasync, done at applied.
+    let data = Bytes::from_static(b"another");
+    let hash = crate::protocol::body_hash(&data);
+    let plain = Op::WriteAt { file: p("log"), offset: 35, data, hash, flush: false };
+    let id = s.submit(plain, &is_file_sync);
+    assert_eq!(s.sent, vec![1, 2, 3]);
+    assert_eq!(s.sent_flags[2] & crate::protocol::FLAG_DURABLE, 0);
+    assert!(s.held.is_empty(), "no fdatasync: {:?}", s.held);
+    s.ack(3, 2);
+    assert_eq!(s.done.get(&id), Some(&Ok(Reply::Done)), "{}", s.e.describe());
 }

@@ -326,7 +326,7 @@ impl MirrorServer {
             applied_through: acks.marks.applied.load(Ordering::SeqCst),
             durable_through: acks.marks.durable.load(Ordering::SeqCst),
         };
-        let (sync_tx, syncer) = match spawn_syncer(self.disk.clone(), acks.clone()) {
+        let syncer = match Syncer::spawn(self.disk.clone(), acks.clone()) {
             Ok(x) => x,
             Err(e) => {
                 acks.close();
@@ -346,6 +346,8 @@ impl MirrorServer {
         let clock = Instant::now();
         let now_ms = || clock.elapsed().as_millis() as u64;
         let mut checkpoints = crate::core::mirror::Checkpoints::new(0);
+        // Bytes received since the last sync job (where the next one runs).
+        let mut received_since_sync = 0u64;
         // Receive, validate and apply on this thread: one wake-up per batch
         // between the socket and the disk. Only durability is handed off.
         let end = 'conn: loop {
@@ -369,6 +371,7 @@ impl MirrorServer {
                 Err(e) => break SessionEnd::Disconnected(format!("receive failed: {e}")),
             };
             dec.feed(&buf[..n]);
+            received_since_sync += n as u64;
             let mut ops = Vec::new();
             let mut wake = false;
             let mut shutdown = false;
@@ -413,7 +416,10 @@ impl MirrorServer {
                         applier.request_full();
                     }
                     if wants_sync || applier.wants_sync() {
-                        let _ = sync_tx.send(applier.take_sync_job());
+                        let since = std::mem::take(&mut received_since_sync);
+                        if let Err(e) = syncer.sync(applier.take_sync_job(), since, self.disk.as_ref(), &acks) {
+                            break SessionEnd::ApplyFailed(e);
+                        }
                     }
                 }
                 Err(e) => {
@@ -445,12 +451,18 @@ impl MirrorServer {
             }
         };
         // Whatever was applied is made durable before the session ends.
+        let mut sync_error = None;
         if !matches!(end, SessionEnd::ApplyFailed(_)) && applier.has_unsynced() {
             applier.request_full();
-            let _ = sync_tx.send(applier.take_sync_job());
+            sync_error = syncer.sync(applier.take_sync_job(), u64::MAX, self.disk.as_ref(), &acks).err();
         }
-        drop(sync_tx);
-        let sync_error = syncer.join().unwrap_or_else(|_| Some("syncer panicked".into()));
+        let sync_error = syncer.finish().or(sync_error);
+        let sync_error = match (&end, sync_error) {
+            // A sync that failed on this thread ended the session: the same
+            // rule as one that failed on the syncer.
+            (SessionEnd::ApplyFailed(e), None) if acks.failed.load(Ordering::SeqCst) => Some(e.clone()),
+            (_, e) => e,
+        };
         if let Some(e) = &sync_error {
             // Rule 8: after a failed fsync nothing here is reported durable again.
             self.set_fault(e.clone());
@@ -547,6 +559,27 @@ impl AckSender {
         true
     }
 
+    /// Run a sync job and move the synced (and durable) marks; a failure
+    /// ends the session, with a fault frame to the primary (rule 8: a
+    /// failed fsync is never retried into a success).
+    fn run_sync(&self, job: &SyncJob, disk: &dyn Disk) -> std::result::Result<(), String> {
+        match job.run(disk) {
+            Ok(through) => {
+                self.marks.synced.fetch_max(through, Ordering::SeqCst);
+                if let Some(d) = job.durable_through {
+                    self.marks.durable.fetch_max(d, Ordering::SeqCst);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(seq = e.seq, error = %e, "sync failed; ending the session");
+                self.failed.store(true, Ordering::SeqCst);
+                self.fault(e.seq, &e.to_string());
+                Err(e.to_string())
+            }
+        }
+    }
+
     fn fault(&self, seq: u64, reason: &str) {
         let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let mut h = Header::new(Kind::Fault);
@@ -563,8 +596,6 @@ impl AckSender {
 
 type SyncerHandle = std::thread::JoinHandle<Option<String>>;
 
-/// The syncer thread: runs sync jobs (merged when several are queued: group
-/// commit), then acknowledges the new durable watermark.
 /// Sync jobs waiting for the syncer, at most. Each holds open handles of
 /// up to [`crate::exec::apply::MAX_DIRTY_FILES`] files: when fsyncs are slower
 /// than the stream, the applier waits here (and the primary behind it)
@@ -575,27 +606,48 @@ type SyncerHandle = std::thread::JoinHandle<Option<String>>;
 /// its `ack_timeout` counts the mirror as lost.
 const SYNC_JOBS_QUEUED: usize = 8;
 
-fn spawn_syncer(disk: Arc<dyn Disk>, acks: Arc<AckSender>) -> std::io::Result<(Sender<SyncJob>, SyncerHandle)> {
-    let (tx, rx) = crossbeam_channel::bounded::<SyncJob>(SYNC_JOBS_QUEUED);
-    let h = std::thread::Builder::new().name("filerep-syncer".into()).spawn(move || {
+/// A flush's sync job runs on the session's thread only if at most this
+/// many bytes arrived since the last job: a database's commit (a log
+/// record, a page or two), not a stream of blocks whose fdatasync would
+/// hold up the writers behind it (measured: `filerep bench` shipped a
+/// quarter less with every flush run on the session's thread).
+const INLINE_SYNC_AFTER: u64 = 256 * 1024;
+
+/// Where a session's sync jobs run: the syncer thread (jobs merged when
+/// several are queued: group commit, then the new durable watermark
+/// acknowledged), or, for a job that flushes asked for (not a checkpoint),
+/// the session's own thread when the syncer has nothing in hand. Handing a job to an idle thread costs a wake-up (tens of
+/// microseconds on a virtual machine's idle CPU) on the path of every
+/// flush a lone client waits for, and the acknowledgement of the batch
+/// then carries the synced mark too (docs/performance.md, "A sync on the
+/// session's thread").
+struct Syncer {
+    tx: Sender<SyncJob>,
+    handle: SyncerHandle,
+    /// Jobs handed to the syncer and not finished: with none, no job is
+    /// running there, so one run here cannot finish out of order with it.
+    in_hand: Arc<AtomicU64>,
+    /// The planted defect that acknowledges before syncing lives in the
+    /// syncer: with it, every job goes there.
+    ack_first: bool,
+}
+
+impl Syncer {
+    fn spawn(disk: Arc<dyn Disk>, acks: Arc<AckSender>) -> std::io::Result<Syncer> {
+        let (tx, rx) = crossbeam_channel::bounded::<SyncJob>(SYNC_JOBS_QUEUED);
+        let in_hand = Arc::new(AtomicU64::new(0));
         let ack_first = crate::core::mirror::acks_before_sync(crate::core::planted_in_process());
-        while let Ok(mut job) = rx.recv() {
-            while let Ok(more) = rx.try_recv() {
-                job.merge(more);
-            }
-            if ack_first {
-                // The defect: the flush is acknowledged before it is durable.
-                acks.marks.synced.fetch_max(job.through, Ordering::SeqCst);
-                if let Some(d) = job.durable_through {
-                    acks.marks.durable.fetch_max(d, Ordering::SeqCst);
+        let done = in_hand.clone();
+        let handle = std::thread::Builder::new().name("filerep-syncer".into()).spawn(move || {
+            while let Ok(mut job) = rx.recv() {
+                let mut jobs = 1;
+                while let Ok(more) = rx.try_recv() {
+                    job.merge(more);
+                    jobs += 1;
                 }
-                if !acks.send() {
-                    break;
-                }
-            }
-            match job.run(disk.as_ref()) {
-                Ok(through) => {
-                    acks.marks.synced.fetch_max(through, Ordering::SeqCst);
+                if ack_first {
+                    // The defect: the flush is acknowledged before it is durable.
+                    acks.marks.synced.fetch_max(job.through, Ordering::SeqCst);
                     if let Some(d) = job.durable_through {
                         acks.marks.durable.fetch_max(d, Ordering::SeqCst);
                     }
@@ -603,16 +655,45 @@ fn spawn_syncer(disk: Arc<dyn Disk>, acks: Arc<AckSender>) -> std::io::Result<(S
                         break;
                     }
                 }
-                Err(e) => {
-                    // Rule 8: a failed fsync is never retried into a success.
-                    tracing::error!(seq = e.seq, error = %e, "sync failed; ending the session");
-                    acks.failed.store(true, Ordering::SeqCst);
-                    acks.fault(e.seq, &e.to_string());
-                    return Some(e.to_string());
+                if let Err(e) = acks.run_sync(&job, disk.as_ref()) {
+                    return Some(e);
+                }
+                done.fetch_sub(jobs, Ordering::SeqCst);
+                if !acks.send() {
+                    break;
                 }
             }
+            None
+        })?;
+        Ok(Syncer { tx, handle, in_hand, ack_first })
+    }
+
+    /// Run `job` here if it is what a flush asked for, after little was
+    /// received since the last job (`received_since`, bytes), and the
+    /// syncer has nothing in hand (the caller then acknowledges); else hand
+    /// it over. A full job (a checkpoint: every dirty file) or a job after
+    /// much data goes to the syncer, so applying goes on meanwhile: an
+    /// fdatasync of megabytes takes milliseconds, and writers waiting for
+    /// their acknowledgement would wait for it. Err: it ran here and failed.
+    fn sync(
+        &self,
+        job: SyncJob,
+        received_since: u64,
+        disk: &dyn Disk,
+        acks: &AckSender,
+    ) -> std::result::Result<(), String> {
+        let here = !self.ack_first && job.durable_through.is_none() && received_since <= INLINE_SYNC_AFTER;
+        if here && self.in_hand.load(Ordering::SeqCst) == 0 {
+            return acks.run_sync(&job, disk);
         }
-        None
-    })?;
-    Ok((tx, h))
+        self.in_hand.fetch_add(1, Ordering::SeqCst);
+        let _ = self.tx.send(job);
+        Ok(())
+    }
+
+    /// Wait for the jobs handed over; the error of one that failed.
+    fn finish(self) -> Option<String> {
+        drop(self.tx);
+        self.handle.join().unwrap_or_else(|_| Some("syncer panicked".into()))
+    }
 }
