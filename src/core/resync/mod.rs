@@ -23,115 +23,21 @@
 //! primary's threads; the simulator's is its virtual world, so the same
 //! engine runs there under crashes, disconnects and writers.
 
+mod changes;
+mod renames;
+
+pub use changes::ChangeSet;
+pub(crate) use changes::{contiguous_after, runs};
+pub(crate) use renames::renamed_since;
+pub use renames::Renamed;
+use renames::{translate, Facts, Window};
+
 use crate::core::primary::EXTENT_BLOCKS;
 use crate::error::{Error, Result};
 use crate::protocol::path::{EntryKind, FsPath, RelPath};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-
-/// What the change-log knows: the changed blocks of each file and the paths
-/// whose namespace state changed (created, dropped, truncated, renamed,
-/// directories; `subtree` when everything under the path may differ).
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct ChangeSet {
-    pub blocks: BTreeMap<FsPath, BTreeSet<u64>>,
-    pub touched: BTreeMap<FsPath, bool>,
-    /// Extents (of [`EXTENT_BLOCKS`] blocks) every block of which may have
-    /// changed: their exact records may not have reached the disk.
-    pub extents: BTreeMap<FsPath, BTreeSet<u64>>,
-}
-
-impl ChangeSet {
-    /// Whether `block` of `file` is named, exactly or by its extent.
-    pub fn covers_block(&self, file: &FsPath, block: u64) -> bool {
-        self.blocks.get(file).is_some_and(|b| b.contains(&block))
-            || self.extents.get(file).is_some_and(|e| e.contains(&(block / EXTENT_BLOCKS)))
-    }
-
-    /// Forget blocks `first..end` of `file`, and its extents wholly inside.
-    pub(crate) fn remove_blocks(&mut self, file: &FsPath, first: u64, end: u64) {
-        if let Some(b) = self.blocks.get_mut(file) {
-            let gone: Vec<u64> = b.range(first..end).copied().collect();
-            for x in gone {
-                b.remove(&x);
-            }
-            if b.is_empty() {
-                self.blocks.remove(file);
-            }
-        }
-        if let Some(es) = self.extents.get_mut(file) {
-            es.retain(|e| !(e * EXTENT_BLOCKS >= first && (e + 1) * EXTENT_BLOCKS <= end));
-            if es.is_empty() {
-                self.extents.remove(file);
-            }
-        }
-    }
-
-    pub fn distinct_blocks(&self) -> u64 {
-        self.blocks.values().map(|b| b.len() as u64).sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.blocks.is_empty() && self.touched.is_empty() && self.extents.is_empty()
-    }
-
-    /// Everything `other` names too.
-    pub fn merge(&mut self, other: ChangeSet) {
-        for (f, b) in other.blocks {
-            self.blocks.entry(f).or_default().extend(b);
-        }
-        for (p, t) in other.touched {
-            *self.touched.entry(p).or_insert(false) |= t;
-        }
-        for (f, e) in other.extents {
-            self.extents.entry(f).or_default().extend(e);
-        }
-    }
-
-    /// Blocks named, exactly or by their extent (not what a touched
-    /// directory holds: unknown until walked).
-    pub fn named_blocks(&self) -> u64 {
-        self.distinct_blocks() + self.extents.values().map(|e| e.len() as u64 * EXTENT_BLOCKS).sum::<u64>()
-    }
-}
-
-/// A rename made while a resync ran, as the primary's journal keeps it:
-/// `whole` when it made everything under `to` owed again (what the resync
-/// shipped under `from` counts for nothing there).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Renamed {
-    pub from: FsPath,
-    pub to: FsPath,
-    pub whole: bool,
-}
-
-/// A sorted set of blocks as runs of consecutive ones, `(first, count)`,
-/// each at most `max` long (one record, one copy, one hash request).
-pub(crate) fn runs(blocks: impl IntoIterator<Item = u64>, max: u64) -> Vec<(u64, u64)> {
-    let mut out: Vec<(u64, u64)> = Vec::new();
-    for b in blocks {
-        match out.last_mut() {
-            Some((first, count)) if *count < max && *first + *count == b => *count += 1,
-            _ => out.push((b, 1)),
-        }
-    }
-    out
-}
-
-/// For each run of `runs`, the blocks of the runs right after it that
-/// continue it without a gap (what a copy may cover ahead of itself).
-pub(crate) fn contiguous_after(runs: &[(u64, u64)]) -> Vec<u64> {
-    let mut out = vec![0u64; runs.len()];
-    for i in (0..runs.len().saturating_sub(1)).rev() {
-        let (first, count) = runs[i];
-        let (next, next_count) = runs[i + 1];
-        if first + count == next {
-            out[i] = next_count + out[i + 1];
-        }
-    }
-    out
-}
 
 /// What a path is on the primary, as a resync found it and shipped it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -314,76 +220,6 @@ pub trait ResyncLink {
     /// Everything shipped is durable on the mirror: clear the change-log;
     /// `false` (nothing cleared) if a rename owes another pass.
     fn finish(&mut self, synced: Option<u64>, flushed: &BTreeSet<FsPath>, timeout: Duration) -> Result<bool>;
-}
-
-/// Where the rename journal stood before the first step that established
-/// a fact and after the last: the fact holds only if no rename touched its
-/// path in between, and names its path as it was then; renames after move
-/// it (or, renamed over, end it).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Window {
-    since: u64,
-    at: u64,
-}
-
-/// What the resync has shipped since its last checkpoint, by window.
-#[derive(Default)]
-struct Facts {
-    blocks: Vec<(Window, FsPath, BTreeSet<u64>)>,
-    /// One per copy: blocks `first..end` (kept as a range: a copy is one
-    /// step of the hot loop).
-    copies: Vec<(Window, FsPath, u64, u64)>,
-    paths: Vec<(Window, FsPath)>,
-    /// Files a copy or a length went to (flushed before the checkpoint).
-    written: Vec<(Window, FsPath)>,
-}
-
-impl Facts {
-    fn is_empty(&self) -> bool {
-        self.blocks.is_empty() && self.copies.is_empty() && self.paths.is_empty()
-    }
-
-    fn oldest(&self) -> Option<u64> {
-        let b = self.blocks.iter().map(|(w, _, _)| w.since);
-        let c = self.copies.iter().map(|(w, _, _, _)| w.since);
-        let p = self.paths.iter().chain(&self.written).map(|(w, _)| w.since);
-        b.chain(c).chain(p).min()
-    }
-}
-
-/// `name` after the renames of `journal` (all made after it was named):
-/// `None` if one renamed something else over it.
-pub(crate) fn renamed_since(journal: &[Renamed], name: &FsPath) -> Option<FsPath> {
-    translate(journal, 0, Window { since: 0, at: 0 }, name)
-}
-
-/// `name`, as a fact established within `w` named it, as it is named now
-/// after the renames of `journal` (the first at position `base`): `None`
-/// when a rename touched it within the window (the fact may not hold), or
-/// renamed something else over it later (what it described is gone).
-fn translate(journal: &[Renamed], base: u64, w: Window, name: &FsPath) -> Option<FsPath> {
-    let mut name = name.clone();
-    for (i, Renamed { from, to, whole }) in journal.iter().enumerate() {
-        let at = base + i as u64;
-        if at < w.since {
-            continue;
-        }
-        if at < w.at {
-            if name.related(from) || name.related(to) {
-                return None;
-            }
-            continue;
-        }
-        if name.filespace == from.filespace && name.path.is_within(&from.path) {
-            if *whole {
-                return None;
-            }
-            name = FsPath::new(to.filespace, name.path.rebase(&from.path, &to.path)?);
-        } else if name.filespace == to.filespace && name.path.is_within(&to.path) {
-            return None;
-        }
-    }
-    Some(name)
 }
 
 struct Run<'a> {
