@@ -424,8 +424,7 @@ impl World {
             _ => {
                 let offset = block * self.bs + self.rng.gen_range(0..self.bs);
                 let count = self.rng.gen_range(1..3000);
-                let data = (0..count).map(|_| self.rng.gen()).collect();
-                OpSpec::WriteAt { p, offset, data, flush: count % 8 == 0 }
+                OpSpec::write_at(p, offset, (0..count).map(|_| self.rng.gen()).collect())
             }
         })
     }

@@ -41,6 +41,14 @@ pub(super) enum OpSpec {
 }
 
 impl OpSpec {
+    /// A byte write; one in eight carries its flush (a held write and the
+    /// fsync after it), chosen by its length, so the seeds' random streams
+    /// are what they were before such writes existed.
+    pub(super) fn write_at(p: FsPath, offset: u64, data: Vec<u8>) -> OpSpec {
+        let flush = data.len() % 8 == 0;
+        OpSpec::WriteAt { p, offset, data, flush }
+    }
+
     pub(super) fn name(&self) -> &'static str {
         match self {
             OpSpec::Create(_) => "create",
@@ -296,10 +304,7 @@ impl World {
                 let offset = if self.rng.gen_bool(0.7) { len } else { self.rng.gen_range(0..len + 100) };
                 let count = self.rng.gen_range(1..3000);
                 let data: Vec<u8> = (0..count).map(|_| self.rng.gen()).collect();
-                // One in eight carries its flush (a held write and the
-                // fsync after it); chosen by the count, so the seeds'
-                // random streams are what they were before it existed.
-                Some(OpSpec::WriteAt { p, offset, data, flush: count % 8 == 0 })
+                Some(OpSpec::write_at(p, offset, data))
             }
             61..=68 => {
                 let Some(p) = self.pick_file(None) else { return Ok(None) };

@@ -618,12 +618,7 @@ impl Engine {
             // The flush it carries: this side's fdatasync, then the
             // changed directories, then the mirror (`sync.rs`).
             let file = file.clone();
-            self.set_step(id, step::SYNC_FILE);
-            self.set_stage(id, Stage::Claiming);
-            if self.claims.request(id, vec![Claim::exclusive(Target::SyncOf(file))]) {
-                self.sync_file(id);
-            }
-            return;
+            return self.claim_file_sync(id, file);
         }
         if c.tracked || c.seq == 0 || self.planted(PlantedBug::AckWithoutMirror) {
             return self.complete(id, Ok(Reply::Done));

@@ -56,9 +56,15 @@ impl Engine {
         self.release_claims(id);
         // The mirror syncs while this side does: the caller waits for the slower.
         self.kick();
+        self.claim_file_sync(id, file.clone());
+    }
+
+    /// Take the file's sync claim (one local fdatasync of a file at a
+    /// time), then run it: a sync's, or a write's that carries its flush.
+    pub(super) fn claim_file_sync(&mut self, id: CallId, file: FsPath) {
         self.set_step(id, step::SYNC_FILE);
         self.set_stage(id, Stage::Claiming);
-        if self.claims.request(id, vec![Claim::exclusive(Target::SyncOf(file.clone()))]) {
+        if self.claims.request(id, vec![Claim::exclusive(Target::SyncOf(file))]) {
             self.sync_file(id);
         }
     }
