@@ -5,7 +5,7 @@
 //! ```text
 //! cargo bench -p filerep-tools --bench db -- [--seconds 20] [--rounds 3] [--scale 10]
 //!     [--clients 4] [--sqlite-tx 2000] [--mount-process] [--sync-level applied]
-//!     [--sqlite-only] [--json]
+//!     [--sqlite-only] [--load-only] [--json]
 //! ```
 //!
 //! - a real pair on loopback (arbiter and two `filerep segment` processes,
@@ -25,7 +25,9 @@
 //!   on the mount, through the `sqlite3` program.
 //!
 //! `--sqlite-only` runs the SQLite part alone (PostgreSQL need not be
-//! installed).
+//! installed). `--load-only` runs only the loads (`initdb` and `pgbench -i`),
+//! on the local directory and on the mount alternately, ROUNDS times, each
+//! on a fresh data directory, and reports their medians.
 //!
 //! Medians go to the JSON report (`local_tps`, `pg_sync_tps`,
 //! `pg_remote_apply_tps`, `mount_tps`, `load_s_local`, `load_s_mount`, ...).
@@ -54,6 +56,7 @@ struct Args {
     mount_process: bool,
     sync_level: String,
     sqlite_only: bool,
+    load_only: bool,
     json: bool,
 }
 
@@ -67,6 +70,7 @@ fn parse_args() -> Result<Args, String> {
         mount_process: false,
         sync_level: "applied".into(),
         sqlite_only: false,
+        load_only: false,
         json: false,
     };
     let mut it = std::env::args().skip(1);
@@ -88,11 +92,15 @@ fn parse_args() -> Result<Args, String> {
                 a.sync_level = v;
             }
             "--sqlite-only" => a.sqlite_only = true,
+            "--load-only" => a.load_only = true,
             "--json" => a.json = true,
             // cargo bench passes --bench to every bench program.
             "--bench" => {}
             other => return Err(format!("{other}: unknown argument (see the top of benches/db.rs)")),
         }
+    }
+    if a.sqlite_only && a.load_only {
+        return Err("--sqlite-only and --load-only: give one of them".into());
     }
     Ok(a)
 }
@@ -185,7 +193,18 @@ fn run(args: &Args, bin: Option<&PgBin>, user: DbUser) {
         ours.push(("mount_process", c.id()));
     }
     // PostgreSQL first, on a fresh mount, as the figures in the docs were taken.
-    let pg = bin.map(|bin| postgres(args, bin, user, &work, &mnt, &ours));
+    let pg = match bin {
+        Some(bin) if args.load_only => {
+            let report = serde_json::Value::Object(loads_only(args, bin, user, &work, &mnt));
+            println!(
+                "{}",
+                if args.json { report.to_string() } else { serde_json::to_string_pretty(&report).unwrap_or_default() }
+            );
+            return;
+        }
+        Some(bin) => Some(postgres(args, bin, user, &work, &mnt, &ours)),
+        None => None,
+    };
     let dir = |name: &str| user_dir(&work, user, name);
     let sqlite: Vec<(String, f64)> = ["wal", "rollback"]
         .iter()
@@ -232,6 +251,53 @@ fn user_dir(work: &Path, user: DbUser, name: &str) -> std::path::PathBuf {
     d
 }
 
+/// `initdb`, then the server's start and `pgbench -i -s SCALE`: the
+/// whole load's seconds and initdb's.
+fn load(pg: &mut Postgres, scale: &str, what: &str) -> (f64, f64) {
+    let t = Instant::now();
+    pg.initdb();
+    let initdb = t.elapsed().as_secs_f64();
+    pg.start();
+    pg.run("pgbench", &["-i", "-s", scale, "-q"]);
+    let s = t.elapsed().as_secs_f64();
+    say(format!("{what}: initdb and pgbench -i -s {scale} in {s:.1} s (initdb {initdb:.1} s)"));
+    (s, initdb)
+}
+
+/// `--load-only`: the loads alone, local and mount alternately, each
+/// round on fresh data directories; medians of the rounds.
+fn loads_only(
+    args: &Args,
+    bin: &PgBin,
+    user: DbUser,
+    work: &Path,
+    mnt: &Mount,
+) -> serde_json::Map<String, serde_json::Value> {
+    let scale = args.scale.to_string();
+    let mut seconds: [Vec<f64>; 4] = Default::default();
+    for r in 0..args.rounds {
+        let local_data = user_dir(work, user, &format!("local-{r}")).join("pgdata");
+        for (i, data) in [local_data, mnt.p(&format!("pgdata-{r}"))].into_iter().enumerate() {
+            let what = if i == 0 { "local directory" } else { "mount" };
+            let mut pg = Postgres::new(bin, user, data, work, &format!("load-{i}-{r}"));
+            let (s, initdb) = load(&mut pg, &scale, &format!("round {r}: {what}"));
+            pg.stop();
+            seconds[i].push(s);
+            seconds[2 + i].push(initdb);
+        }
+    }
+    let m: Vec<f64> = seconds.iter().map(|v| median(v)).collect();
+    let report = serde_json::json!({
+        "load_s_local": m[0], "load_s_mount": m[1], "load_mount_over_local": m[1] / m[0],
+        "initdb_s_local": m[2], "initdb_s_mount": m[3],
+        "rounds_load_s_local": seconds[0], "rounds_load_s_mount": seconds[1],
+    });
+    match report {
+        serde_json::Value::Object(m) => m,
+        _ => unreachable!("a JSON object literal"),
+    }
+}
+
 /// PostgreSQL's part: the loads, the alternating pgbench rounds, and the
 /// CPU time of our processes per mount transaction.
 fn postgres(
@@ -246,16 +312,7 @@ fn postgres(
     let scale = args.scale.to_string();
     let mut local = Postgres::new(bin, user, dir("local").join("pgdata"), work, "local");
     let mut mounted = Postgres::new(bin, user, mnt.p("pgdata"), work, "mount");
-    let load = |pg: &mut Postgres, what: &str| -> f64 {
-        let t = Instant::now();
-        pg.initdb();
-        let initdb = t.elapsed().as_secs_f64();
-        pg.start();
-        pg.run("pgbench", &["-i", "-s", &scale, "-q"]);
-        let s = t.elapsed().as_secs_f64();
-        say(format!("{what}: initdb and pgbench -i -s {scale} in {s:.1} s (initdb {initdb:.1} s)"));
-        s
-    };
+    let load = |pg: &mut Postgres, what: &str| load(pg, &scale, what).0;
     let load_s_local = load(&mut local, "local directory");
     let load_s_mount = load(&mut mounted, "mount");
     // The replicated setup: a primary and its synchronous standby.

@@ -448,10 +448,10 @@ fn engine_refusals_surface_as_errnos_never_as_success() {
 
     // The primary is gone altogether: its socket is closed, still EIO.
     kill(&mut pair.seg_mut(2).child);
-    let e = f.write_all_at(&[b'L'; 8192], 0).unwrap_err();
+    let e = f.write_all_at(&vec![b'L'; 128 * 1024], 0).unwrap_err();
     assert_eq!(errno(&e), libc::EIO, "a write with the segment gone: {e}");
-    // A small one may be held a moment: then its fsync fails.
-    if f.write_all_at(b"LOST", 0).is_ok() {
+    // A smaller one may be held a moment: then its fsync fails.
+    if f.write_all_at(&[b'L'; 8192], 0).is_ok() {
         let e = f.sync_all().unwrap_err();
         assert_eq!(errno(&e), libc::EIO, "the fsync after a held write with the segment gone: {e}");
     }
@@ -468,13 +468,20 @@ fn refused_once_the_pair_cannot_take_changes(pair: &mut Pair, mnt: &Mount, f: &F
     kill(&mut pair.seg_mut(3).child);
     // The first write may already be on its way when the loss is seen (its
     // local write overlaps the send): it fails, and may or may not have
-    // changed the primary's copy, as a failed write may. It is a whole
-    // block, so the mount sends it at once.
+    // changed the primary's copy, as a failed write may. The mount may hold
+    // it a moment (docs/mount.md, "Held writes"): it fails at once, or its
+    // failure is the file's next fsync's, never a success.
     let block = vec![b'L'; 8192];
-    let e = f.write_all_at(&block, 0).unwrap_err();
-    assert_eq!(errno(&e), libc::EIO, "a write the pair cannot take: {e}");
-    // From then on the loss is known: every call is refused before it changes anything.
-    let e = f.write_all_at(&vec![b'G'; 8192], 0).unwrap_err();
+    match f.write_all_at(&block, 0) {
+        Err(e) => assert_eq!(errno(&e), libc::EIO, "a write the pair cannot take: {e}"),
+        Ok(()) => {
+            let e = f.sync_all().unwrap_err();
+            assert_eq!(errno(&e), libc::EIO, "the fsync after a held write the pair cannot take: {e}");
+        }
+    }
+    // From then on the loss is known: every call is refused before it
+    // changes anything. A write too large to hold is refused at once.
+    let e = f.write_all_at(&vec![b'G'; 128 * 1024], 0).unwrap_err();
     assert_eq!(errno(&e), libc::EIO, "a write after the loss: {e}");
     // A small write may be held by the mount a moment (docs/mount.md,
     // "Small writes"): it fails at once, or its failure is the file's next

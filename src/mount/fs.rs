@@ -213,9 +213,13 @@ impl fuser::Filesystem for FilerepFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        self.held.settle();
         let _ns = self.ns_shared();
-        match self.child_of(parent, name).and_then(|p| self.entry(&p)) {
+        let r = self.child_of(parent, name).and_then(|p| {
+            // Its length as the client wrote it.
+            self.held.settle_path(&p);
+            self.entry(&p)
+        });
+        match r {
             Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
             Err(e) => reply.error(e),
         }
@@ -226,7 +230,7 @@ impl fuser::Filesystem for FilerepFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
-        self.held.settle();
+        self.held.settle_file(ino.0);
         match self.stat(ino, fh) {
             Ok(attr) => reply.attr(&TTL, &attr),
             Err(e) => reply.error(e),
@@ -251,7 +255,7 @@ impl fuser::Filesystem for FilerepFs {
         _flags: Option<BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        self.held.settle();
+        self.held.settle_file(ino.0);
         // Modes, owners and times are accepted and not stored: the engine
         // replicates contents and names only (docs/mount.md).
         if let Some(size) = size {
@@ -285,7 +289,6 @@ impl fuser::Filesystem for FilerepFs {
         if mode & libc::S_IFMT != libc::S_IFREG {
             return reply.error(Errno::EPERM);
         }
-        self.held.settle();
         let _ns = self.ns_shared();
         let r = self.child_of(parent, name).and_then(|p| {
             self.create_file(&p, true, false)?;
@@ -298,7 +301,6 @@ impl fuser::Filesystem for FilerepFs {
     }
 
     fn mkdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, _mode: u32, _umask: u32, reply: ReplyEntry) {
-        self.held.settle();
         let _ns = self.ns_shared();
         let fs = self.fs;
         let r = self.child_of(parent, name).and_then(|p| {
@@ -408,7 +410,6 @@ impl fuser::Filesystem for FilerepFs {
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         // Reads and fstat use a local read-only descriptor; writes go by
         // path to the segment. O_TRUNC arrives as a setattr.
-        self.held.settle();
         let r = self.path_of(ino).and_then(|p| self.root.open_read(&p).map_err(|e| io_errno(&e)));
         match r {
             Ok(f) => reply.opened(self.add_handle(Handle::File(f)), FopenFlags::empty()),
@@ -419,7 +420,7 @@ impl fuser::Filesystem for FilerepFs {
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -427,7 +428,7 @@ impl fuser::Filesystem for FilerepFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        self.held.settle();
+        self.held.settle_file(ino.0);
         let Some(h) = self.handle(fh) else { return reply.error(Errno::EBADF) };
         let Handle::File(f) = h.as_ref() else { return reply.error(Errno::EISDIR) };
         let mut buf = vec![0u8; size as usize];
@@ -468,8 +469,7 @@ impl fuser::Filesystem for FilerepFs {
                 return reply.error(e);
             }
         };
-        let blocks = self.whole_blocks(offset, data.len());
-        if let Taken::Done(r) = self.held.write(ino.0, &path, offset, data, blocks) {
+        if let Taken::Done(r) = self.held.write(ino.0, &path, offset, data) {
             return match r {
                 Ok(n) => reply.written(n as u32),
                 Err(e) => reply.error(e),
@@ -488,7 +488,7 @@ impl fuser::Filesystem for FilerepFs {
 
     fn flush(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
         // A close sends what is held, and reports a held write that failed.
-        self.held.settle();
+        self.held.settle_file(ino.0);
         match self.held.take_failure(ino.0) {
             Some(e) => reply.error(e),
             None => reply.ok(),
@@ -505,14 +505,13 @@ impl fuser::Filesystem for FilerepFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.held.settle();
         lock(&self.handles).remove(&fh.0);
         reply.ok();
     }
 
     fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
         // The file's own held write goes with the sync, as one call;
-        // another file's goes first.
+        // another file's stays held (this sync does not cover it).
         let sent_with_sync = self.held.sync_held(ino.0);
         // A held write that failed once sent fails the sync that follows it.
         if let Some(e) = self.held.take_failure(ino.0) {
@@ -539,7 +538,6 @@ impl fuser::Filesystem for FilerepFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        self.held.settle();
         let _ns = self.ns_shared();
         // A snapshot: offsets stay meaningful while the directory changes.
         let r = self.path_of(ino).and_then(|p| self.root.list(&p).map_err(|e| io_errno(&e)));
@@ -621,9 +619,10 @@ impl fuser::Filesystem for FilerepFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        self.held.settle();
         let _ns = self.ns_shared();
         let r = self.child_of(parent, name).and_then(|p| {
+            // An O_TRUNC of an existing file goes after what it was written.
+            self.held.settle_path(&p);
             self.create_file(&p, flags & libc::O_EXCL != 0, flags & libc::O_TRUNC != 0)?;
             let f = self.root.open_read(&p).map_err(|e| io_errno(&e))?;
             let attr = self.entry(&p)?;

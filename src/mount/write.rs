@@ -1,6 +1,6 @@
 //! How the file system's writes and creates become calls to the segment:
-//! whole aligned blocks as block writes (an extend for the next block),
-//! anything else as byte writes, a failure after some progress as a short
+//! one whole aligned block as a block write (an extend for the next
+//! block), anything else as byte writes, a failure after some progress as a short
 //! write; an `O_CREAT` that finds the file opens it.
 
 use super::errno::io_errno;
@@ -10,16 +10,17 @@ use crate::protocol::MAX_WRITE_AT;
 use fuser::Errno;
 
 impl FilerepFs {
-    /// Whether a write of `len` bytes at `offset` is whole aligned blocks
-    /// (block writes; never held, `held.rs`).
+    /// Whether a write of `len` bytes at `offset` is whole aligned blocks.
     pub(super) fn whole_blocks(&self, offset: u64, len: usize) -> bool {
         offset % self.bs == 0 && len as u64 % self.bs == 0
     }
 
-    /// Write through the segment. Whole aligned blocks are block writes
-    /// (an extend when the block is the next one), anything else byte
-    /// writes of at most the API's limit. A failure after some progress
-    /// is a short write, as POSIX has it.
+    /// Write through the segment (a write not held, `held.rs`). One whole
+    /// aligned block is a block write (an extend when the block is the
+    /// next one); anything else, several blocks too, byte writes of at
+    /// most the API's limit: one call (one round trip to the mirror) each,
+    /// not one a block. A failure after some progress is a short write,
+    /// as POSIX has it.
     pub(super) fn write_through(
         &self,
         path: &str,
@@ -28,31 +29,21 @@ impl FilerepFs {
         local_len: impl FnOnce() -> std::io::Result<u64>,
     ) -> Result<usize, Errno> {
         let fs = self.fs;
-        let bs = self.bs as usize;
         let mut done = 0usize;
-        let result = if self.whole_blocks(offset, data.len()) {
-            let mut len = local_len().map_err(|e| io_errno(&e))?;
-            let mut r = Ok(());
-            for (i, block) in data.chunks(bs).enumerate() {
-                let b = offset / self.bs + i as u64;
-                let call = if len == b * self.bs {
-                    self.changes.extend(fs, path, b, block).or_else(|e| match e.class() {
-                        // Another writer extended first (a write-back racing
-                        // a write): the block is no longer the next one.
-                        Some(ErrorClass::Invalid) => self.changes.write_block(fs, path, b, block),
-                        _ => Err(e),
-                    })
-                } else {
-                    self.changes.write_block(fs, path, b, block)
-                };
-                if let Err(e) = call {
-                    r = Err(("write_block", e));
-                    break;
-                }
-                len = len.max((b + 1) * self.bs);
-                done += bs;
-            }
-            r
+        let result = if self.whole_blocks(offset, data.len()) && data.len() as u64 == self.bs {
+            let b = offset / self.bs;
+            let len = local_len().map_err(|e| io_errno(&e))?;
+            let call = if len == offset {
+                self.changes.extend(fs, path, b, data).or_else(|e| match e.class() {
+                    // Another writer extended first (a write-back racing
+                    // a write): the block is no longer the next one.
+                    Some(ErrorClass::Invalid) => self.changes.write_block(fs, path, b, data),
+                    _ => Err(e),
+                })
+            } else {
+                self.changes.write_block(fs, path, b, data)
+            };
+            call.map(|()| done = data.len()).map_err(|e| ("write_block", e))
         } else {
             let mut r = Ok(());
             for chunk in data.chunks(MAX_WRITE_AT) {
