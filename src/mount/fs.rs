@@ -215,9 +215,13 @@ impl fuser::Filesystem for FilerepFs {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let _ns = self.ns_shared();
         let r = self.child_of(parent, name).and_then(|p| {
-            // Its length as the client wrote it.
-            self.held.settle_path(&p);
-            self.entry(&p)
+            // Its length as the client wrote it, held writes included
+            // (without sending them: a database looks up the length of
+            // the file it appends to before every page it adds).
+            let held_end = self.held.held_end_of(&p);
+            let mut attr = self.entry(&p)?;
+            attr.size = attr.size.max(held_end.unwrap_or(0));
+            Ok(attr)
         });
         match r {
             Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
@@ -230,9 +234,15 @@ impl fuser::Filesystem for FilerepFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
-        self.held.settle_file(ino.0);
+        // Its length as the client wrote it, held writes included, without
+        // sending them (`lseek(SEEK_END)` asks for it before every page a
+        // database appends).
+        let held_end = self.held.held_end(ino.0);
         match self.stat(ino, fh) {
-            Ok(attr) => reply.attr(&TTL, &attr),
+            Ok(mut attr) => {
+                attr.size = attr.size.max(held_end.unwrap_or(0));
+                reply.attr(&TTL, &attr)
+            }
             Err(e) => reply.error(e),
         }
     }

@@ -1,27 +1,32 @@
-//! A write held back a moment, so that the write continuing it goes out
-//! with it as one call, and the write an `fsync` follows returns without
+//! Writes held back a moment, so that the writes continuing them go out
+//! with them as one call, and the write an `fsync` follows returns without
 //! waiting for the segment. SQLite appends each WAL frame as two writes, a
 //! 24-byte frame header and then the page, and syncs after the last;
-//! PostgreSQL writes a WAL page and then syncs it: holding the write makes
-//! the commit one call to the segment (one round trip to the mirror), sent
-//! by the `fsync` (docs/mount.md, "Small writes").
+//! PostgreSQL writes a WAL page and then syncs it, and loads a table as
+//! two interleaved runs of 8 KiB pages: holding makes a commit one call to
+//! the segment (one round trip to the mirror), sent by the `fsync`, and a
+//! run of pages a call per 64 KiB (docs/mount.md, "Held writes").
 //!
 //! What keeps this invisible to clients:
-//! - only a write shorter than [`HOLD_BELOW`] is held, at most one at a
-//!   time for the whole mount, and for at most [`HOLD_FOR`] (a timer
-//!   thread sends it then);
-//! - a write that continues it (same file, the next byte) goes out with
-//!   it; an `fsync` of its file sends it with the sync, as one call; every
-//!   other request that looks at its file (a read, its attributes, a
-//!   lookup of its name, a close, a length change, another write to it)
-//!   sends it first (`settle_file`, `settle_path`), and every namespace
-//!   change sends it under the exclusive namespace lock (`settle`), so the
-//!   held write's path still names its file when it goes. Requests about
-//!   other files do not wait for it: nothing orders a file's unsynced
-//!   write against another file's requests;
-//! - a held write goes out from outside the lock (another file's requests
-//!   go on meanwhile); until it has landed, requests about its file wait,
-//!   so they see it, and a later write to the file goes after it;
+//! - only a write shorter than [`HOLD_BELOW`] is held, at most
+//!   [`MAX_HELD`] at a time for the whole mount (the oldest goes when one
+//!   more comes), each for at most [`HOLD_FOR`] (a timer thread sends it
+//!   then);
+//! - a write that continues one (same file, the next byte) goes out with
+//!   it; an `fsync` of its file sends its file's, the last with the sync
+//!   as one call; a write that overlaps a held one of its file sends that
+//!   one first; every other request that reads or changes its file (a
+//!   read, a close, a length change, an `O_TRUNC` create) sends it first
+//!   (`settle_file`, `settle_path`), and every namespace change sends all
+//!   under the exclusive namespace lock (`settle`), so a held write's path
+//!   still names its file when it goes. A file's attributes and lookups
+//!   do not send it: they report the length it makes (`held_end`).
+//!   Requests about other files neither send it nor wait for it: nothing
+//!   orders a file's unsynced writes against another file's requests;
+//! - held writes go out from outside the lock (other requests go on
+//!   meanwhile), each file's in the order they were held (`Sending`'s
+//!   tickets); until they have landed, requests about their file wait, so
+//!   they see them, and a later write to the file goes after them;
 //! - a held write that fails once sent is reported by the next `fsync` or
 //!   close (`flush`) of its file, as the kernel reports a failed write-back;
 //!   and nothing is durable before an `fsync` anyway.
@@ -41,6 +46,11 @@ use std::time::{Duration, Instant};
 pub(super) const HOLD_BELOW: usize = 64 * 1024;
 /// The longest a write is held when nothing follows it.
 pub(super) const HOLD_FOR: Duration = Duration::from_millis(2);
+/// Writes held at once, at most (the oldest goes when one more comes): a
+/// database loading a table writes two interleaved runs of pages (the new
+/// pages it appends and the ones its ring evicts), and each run joins up.
+/// A bound on memory too: each is under [`HOLD_BELOW`].
+pub(super) const MAX_HELD: usize = 8;
 /// Files with a failure waiting for their next fsync or close, at most (a
 /// bound on memory if clients never sync; the oldest reports are dropped).
 const MAX_FAILED: usize = 4096;
@@ -53,12 +63,35 @@ struct Pending {
     since: Instant,
 }
 
-/// What the lock guards: the write held, and the held writes on their way.
+impl Pending {
+    fn end(&self) -> u64 {
+        self.offset + self.data.len() as u64
+    }
+
+    /// Whether it is inode `ino`'s and shares a byte with `offset..end`.
+    fn overlaps(&self, ino: u64, offset: u64, end: u64) -> bool {
+        self.ino == ino && self.offset < end && offset < self.end()
+    }
+}
+
+/// A held write taken out of the slot to be sent. Tickets are handed out
+/// as writes are taken, so a file's writes go in the order they were held
+/// (each waits for the earlier tickets of its file), and a request about a
+/// file waits for every one of its writes taken before it looked.
+struct Sending {
+    ticket: u64,
+    ino: u64,
+    path: String,
+    end: u64,
+}
+
+/// What the lock guards: the writes held, and the held writes on their way.
 #[derive(Default)]
 struct Slot {
-    held: Option<Pending>,
-    /// Held writes being sent (outside the lock): inode and path of each.
-    sending: Vec<(u64, String)>,
+    /// Held writes, oldest first.
+    held: Vec<Pending>,
+    sending: Vec<Sending>,
+    next_ticket: u64,
 }
 
 pub(super) struct Held {
@@ -82,8 +115,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub(super) enum Taken {
     /// Held, or sent with the one it continues: the bytes accepted, or the error.
     Done(Result<usize, Errno>),
-    /// Not for holding: the caller writes it through (anything held for
-    /// its file went first).
+    /// Not for holding: the caller writes it through (every earlier write
+    /// to its file that it overlaps has landed).
     WriteThrough,
 }
 
@@ -104,29 +137,36 @@ impl Held {
         Ok(held)
     }
 
-    /// Wait (releasing the lock meanwhile) until no held write that
-    /// `mine` picks is on its way.
-    fn wait_landed<'a>(
-        &self,
-        mut g: MutexGuard<'a, Slot>,
-        mine: impl Fn(&(u64, String)) -> bool,
-    ) -> MutexGuard<'a, Slot> {
+    /// Wait (releasing the lock meanwhile) until no write on its way that
+    /// `mine` picks is left.
+    fn wait_landed<'a>(&self, mut g: MutexGuard<'a, Slot>, mine: impl Fn(&Sending) -> bool) -> MutexGuard<'a, Slot> {
         while g.sending.iter().any(&mine) {
             g = self.landed.wait(g).unwrap_or_else(|e| e.into_inner());
         }
         g
     }
 
-    /// Send `p`, taken from the slot under `g`, from outside the lock:
-    /// after any earlier send to its file has landed, and with requests
-    /// about its file waiting until it has. `with_sync`: the write and its
-    /// file's sync as one call (the caller reports the result); otherwise
-    /// a failure is kept for the file's next fsync or close.
-    fn send_out(&self, g: MutexGuard<'_, Slot>, p: Pending, with_sync: bool) -> Result<(), Errno> {
+    /// Take writes out of the slot to be sent: each gets its ticket, under
+    /// the same lock that took it, so no request can miss it.
+    fn launch(&self, g: &mut Slot, writes: Vec<Pending>) -> Vec<(u64, Pending)> {
+        writes
+            .into_iter()
+            .map(|p| {
+                let ticket = g.next_ticket;
+                g.next_ticket += 1;
+                g.sending.push(Sending { ticket, ino: p.ino, path: p.path.clone(), end: p.end() });
+                (ticket, p)
+            })
+            .collect()
+    }
+
+    /// Send a launched write from outside the lock, once every earlier
+    /// ticket of its file has landed. `with_sync`: the write and its file's
+    /// sync as one call (the caller reports the result); otherwise a
+    /// failure is kept for the file's next fsync or close.
+    fn deliver(&self, ticket: u64, p: Pending, with_sync: bool) -> Result<(), Errno> {
         let ino = p.ino;
-        let mut g = self.wait_landed(g, |(i, _)| *i == ino);
-        g.sending.push((ino, p.path.clone()));
-        drop(g);
+        drop(self.wait_landed(lock(&self.slot), |s| s.ino == ino && s.ticket < ticket));
         let r = if with_sync {
             self.changes.write_at_and_sync(self.fs, &p.path, p.offset, &p.data).map_err(|e| {
                 tracing::warn!(path = %p.path, offset = p.offset, bytes = p.data.len(), error = %e,
@@ -137,57 +177,93 @@ impl Held {
             self.send(p)
         };
         let mut g = lock(&self.slot);
-        if let Some(at) = g.sending.iter().position(|(i, _)| *i == ino) {
-            g.sending.swap_remove(at);
-        }
+        g.sending.retain(|s| s.ticket != ticket);
         drop(g);
         self.landed.notify_all();
         r
     }
 
+    /// Deliver launched writes in order; failures are their files' to report.
+    fn deliver_all(&self, launched: Vec<(u64, Pending)>) {
+        for (ticket, p) in launched {
+            let _ = self.deliver(ticket, p, false);
+        }
+    }
+
     /// A write of `data` at `offset` to inode `ino` (named `path`).
     pub(super) fn write(&self, ino: u64, path: &str, offset: u64, data: &[u8]) -> Taken {
-        // A write goes after every earlier one to its file.
-        let mut g = self.wait_landed(lock(&self.slot), |(i, _)| *i == ino);
-        if let Some(p) = g.held.as_mut() {
-            let continues = p.ino == ino && p.offset + p.data.len() as u64 == offset;
-            if continues && p.data.len() + data.len() <= MAX_WRITE_AT {
-                p.data.extend_from_slice(data);
-                if p.data.len() < HOLD_BELOW {
+        let end = offset + data.len() as u64;
+        let mut g = lock(&self.slot);
+        // It continues a held write of its file, and no other held write
+        // has the bytes it writes: one write.
+        let continues = g.held.iter().position(|p| p.ino == ino && p.end() == offset);
+        let overlaps = |g: &Slot| g.held.iter().any(|p| p.overlaps(ino, offset, end));
+        if let Some(i) = continues {
+            if g.held[i].data.len() + data.len() <= MAX_WRITE_AT && !overlaps(&g) {
+                g.held[i].data.extend_from_slice(data);
+                if g.held[i].data.len() < HOLD_BELOW {
                     return Taken::Done(Ok(data.len()));
                 }
-                let Some(p) = g.held.take() else { return Taken::WriteThrough };
+                let p = g.held.remove(i);
+                let mut launched = self.launch(&mut g, vec![p]);
+                drop(g);
+                let Some((ticket, p)) = launched.pop() else { return Taken::WriteThrough };
                 // The held part was answered already: a failure is its
                 // file's to report, and this write's own error.
-                return Taken::Done(self.send_out(g, p, false).map(|()| data.len()));
+                return Taken::Done(self.deliver(ticket, p, false).map(|()| data.len()));
             }
         }
-        let before = g.held.take();
-        if data.len() >= HOLD_BELOW {
-            if let Some(p) = before {
-                let _ = self.send_out(g, p, false);
+        // Held writes of its file that it overlaps are older: they go first.
+        let (mut out, kept): (Vec<Pending>, Vec<Pending>) =
+            std::mem::take(&mut g.held).into_iter().partition(|p| p.overlaps(ino, offset, end));
+        g.held = kept;
+        let hold = data.len() < HOLD_BELOW;
+        if hold {
+            g.held.push(Pending { ino, path: path.to_string(), offset, data: data.to_vec(), since: Instant::now() });
+            if g.held.len() > MAX_HELD {
+                out.push(g.held.remove(0));
             }
-            return Taken::WriteThrough;
+            // The timer sleeps until the oldest is due; it needs waking
+            // only when there was none (a wake-up per write costs CPU).
+            if g.held.len() == 1 {
+                self.wake.notify_one();
+            }
         }
-        g.held = Some(Pending { ino, path: path.to_string(), offset, data: data.to_vec(), since: Instant::now() });
-        self.wake.notify_one();
-        // The one it displaces goes now. If it is this file's, the new one
-        // cannot overtake it: its send waits for this one to land.
-        if let Some(p) = before {
-            let _ = self.send_out(g, p, false);
+        let launched = self.launch(&mut g, out);
+        drop(g);
+        self.deliver_all(launched);
+        if hold {
+            return Taken::Done(Ok(data.len()));
         }
-        Taken::Done(Ok(data.len()))
+        // Written through by the caller: after every write to its file on its way.
+        drop(self.wait_landed(lock(&self.slot), |s| s.ino == ino));
+        Taken::WriteThrough
     }
 
-    /// Before a request about inode `ino`: its held write sent, and landed.
+    /// The end of the furthest write held or on its way for inode `ino`:
+    /// the file's length as its writer sees it is at least this.
+    pub(super) fn held_end(&self, ino: u64) -> Option<u64> {
+        let g = lock(&self.slot);
+        let held = g.held.iter().filter(|p| p.ino == ino).map(Pending::end);
+        held.chain(g.sending.iter().filter(|s| s.ino == ino).map(|s| s.end)).max()
+    }
+
+    /// [`Held::held_end`] by the file's name.
+    pub(super) fn held_end_of(&self, path: &str) -> Option<u64> {
+        let g = lock(&self.slot);
+        let held = g.held.iter().filter(|p| p.path == path).map(Pending::end);
+        held.chain(g.sending.iter().filter(|s| s.path == path).map(|s| s.end)).max()
+    }
+
+    /// Before a request about inode `ino`: its held writes sent, and landed.
     pub(super) fn settle_file(&self, ino: u64) {
-        self.settle_where(|p| p.ino == ino, |(i, _)| *i == ino)
+        self.settle_where(|p| p.ino == ino, |s| s.ino == ino)
     }
 
-    /// Before a request about the file named `path` (a lookup, a create
-    /// that may truncate it): its held write sent, and landed.
+    /// Before a request about the file named `path` (a create that may
+    /// truncate it): its held writes sent, and landed.
     pub(super) fn settle_path(&self, path: &str) {
-        self.settle_where(|p| p.path == path, |(_, p)| p == path)
+        self.settle_where(|p| p.path == path, |s| s.path == path)
     }
 
     /// Before a namespace change: whatever is held sent, and everything landed.
@@ -195,29 +271,36 @@ impl Held {
         self.settle_where(|_| true, |_| true)
     }
 
-    fn settle_where(&self, held: impl Fn(&Pending) -> bool, sending: impl Fn(&(u64, String)) -> bool) {
+    fn settle_where(&self, held: impl Fn(&Pending) -> bool, sending: impl Fn(&Sending) -> bool) {
         let mut g = lock(&self.slot);
-        if g.held.as_ref().is_some_and(held) {
-            if let Some(p) = g.held.take() {
-                let _ = self.send_out(g, p, false);
-                g = lock(&self.slot);
-            }
-        }
-        drop(self.wait_landed(g, sending));
+        let (out, kept): (Vec<Pending>, Vec<Pending>) = std::mem::take(&mut g.held).into_iter().partition(&held);
+        g.held = kept;
+        let launched = self.launch(&mut g, out);
+        drop(g);
+        self.deliver_all(launched);
+        drop(self.wait_landed(lock(&self.slot), sending));
     }
 
-    /// An `fsync` of inode `ino`: if the write held is its file's, send it
-    /// with the sync as one call (one round trip to the mirror) and give
-    /// the sync's result; otherwise give `None` (the caller syncs; another
-    /// file's held write stays held). Either way every earlier write to
-    /// the file has landed first, and its failure is the fsync's to report.
+    /// An `fsync` of inode `ino`: if writes of its file are held, send them,
+    /// the last with the sync as one call (one round trip to the mirror),
+    /// and give the sync's result; otherwise give `None` (the caller
+    /// syncs; other files' held writes stay held). Either way every earlier
+    /// write to the file has landed first, and a failure of one sent
+    /// without the sync is the fsync's to report.
     pub(super) fn sync_held(&self, ino: u64) -> Option<Result<(), Errno>> {
-        let mut g = self.wait_landed(lock(&self.slot), |(i, _)| *i == ino);
-        if g.held.as_ref().is_some_and(|p| p.ino == ino) {
-            let p = g.held.take()?;
-            return Some(self.send_out(g, p, true));
+        let mut g = lock(&self.slot);
+        let (mine, kept): (Vec<Pending>, Vec<Pending>) =
+            std::mem::take(&mut g.held).into_iter().partition(|p| p.ino == ino);
+        g.held = kept;
+        if mine.is_empty() {
+            drop(self.wait_landed(g, |s| s.ino == ino));
+            return None;
         }
-        None
+        let mut launched = self.launch(&mut g, mine);
+        drop(g);
+        let (ticket, last) = launched.pop()?;
+        self.deliver_all(launched);
+        Some(self.deliver(ticket, last, true))
     }
 
     /// The failure of a held write to inode `ino` not reported yet, if any;
@@ -251,23 +334,25 @@ impl Held {
         Ok(())
     }
 
-    /// Send a held write once it has waited [`HOLD_FOR`]; at the end, what is left.
+    /// Send each held write once it has waited [`HOLD_FOR`]; at the end, what is left.
     fn run_timer(&self) {
         let mut g = lock(&self.slot);
         loop {
             if self.stop.load(Ordering::Acquire) {
-                drop(g);
-                return self.settle();
+                // `stop` sends what is left.
+                return;
             }
-            let due = g.held.as_ref().map(|p| p.since + HOLD_FOR);
+            // Oldest first: the first is the next due.
+            let due = g.held.first().map(|p| p.since + HOLD_FOR);
             match due {
                 None => g = self.wake.wait(g).unwrap_or_else(|e| e.into_inner()),
                 Some(due) => {
                     let now = Instant::now();
                     if now >= due {
-                        if let Some(p) = g.held.take() {
-                            let _ = self.send_out(g, p, false);
-                        }
+                        let p = g.held.remove(0);
+                        let launched = self.launch(&mut g, vec![p]);
+                        drop(g);
+                        self.deliver_all(launched);
                         g = lock(&self.slot);
                     } else {
                         g = self.wake.wait_timeout(g, due - now).unwrap_or_else(|e| e.into_inner()).0;
@@ -277,14 +362,16 @@ impl Held {
         }
     }
 
-    /// Send what is held and end the timer (the mount is going away).
+    /// End the timer and send what is held (the mount is going away).
     pub(super) fn stop(&self) {
-        self.stop.store(true, Ordering::Release);
+        {
+            // Under the lock: the timer is either waiting (and wakes) or
+            // checks the flag before it waits again.
+            let _g = lock(&self.slot);
+            self.stop.store(true, Ordering::Release);
+            self.wake.notify_all();
+        }
         self.settle();
-        // Under the lock: the timer is either waiting (and wakes) or
-        // checks the flag before it waits again.
-        let _g = lock(&self.slot);
-        self.wake.notify_all();
     }
 }
 
@@ -432,38 +519,71 @@ mod tests {
     }
 
     #[test]
-    fn requests_about_a_file_send_its_held_write_first_and_in_order() {
+    fn requests_about_a_file_send_its_held_writes_first_and_in_order() {
         let seg = Arc::new(Recorder::default());
         let held = Held::start(0, seg.clone()).unwrap();
         held.stop();
         let order = || -> Vec<(String, u64)> { lock(&seg.writes).iter().map(|(p, o, _)| (p.clone(), *o)).collect() };
-        // Not continuing it (another file, a gap): the held one goes first.
+        // Writes that do not continue one another are held side by side,
+        // whole blocks too.
         done(held.write(1, "a", 0, b"one")).unwrap();
         done(held.write(2, "b", 0, b"two")).unwrap();
         done(held.write(2, "b", 10, b"gap")).unwrap();
-        // A whole block is held too, and displaces the one before.
         assert_eq!(done(held.write(2, "b", 8192, &[0u8; 8192])), Ok(8192));
-        assert_eq!(order(), [("a".to_string(), 0), ("b".to_string(), 0), ("b".to_string(), 10)]);
-        // A request about another file leaves it held; one about its own
-        // file (by inode, or by name) sends it.
+        assert!(order().is_empty());
+        // Their files' lengths count them.
+        assert_eq!((held.held_end(2), held.held_end_of("b"), held.held_end(3)), (Some(16384), Some(16384), None));
+        // A request about another file sends nothing; one about a file (by
+        // inode, or by name) sends its writes, in the order they were held.
         held.settle_file(3);
+        assert!(order().is_empty(), "another file's request sent nothing");
         held.settle_path("a");
-        assert_eq!(order().len(), 3, "another file's request sent nothing");
-        held.settle_path("b");
-        assert_eq!(order().last(), Some(&("b".to_string(), 8192)));
-        done(held.write(4, "d", 5, b"x")).unwrap();
+        held.settle_file(2);
+        assert_eq!(
+            order(),
+            [("a".to_string(), 0), ("b".to_string(), 0), ("b".to_string(), 10), ("b".to_string(), 8192)]
+        );
+        // A write over a held one of its file sends that one first.
+        done(held.write(4, "d", 0, b"xxxx")).unwrap();
+        done(held.write(4, "d", 2, b"yy")).unwrap();
+        assert_eq!(order().last(), Some(&("d".to_string(), 0)));
         held.settle_file(4);
-        assert_eq!(lock(&seg.writes).last().map(|(p, o, d)| (p.as_str(), *o, d.len())), Some(("d", 5, 1)));
-        // A large write is not held; what was held goes before it.
+        assert_eq!(order().last(), Some(&("d".to_string(), 2)));
+        // One more than MAX_HELD: the oldest goes.
+        for f in 0..=MAX_HELD as u64 {
+            done(held.write(100 + f, &format!("f{f}"), 0, b"z")).unwrap();
+        }
+        assert_eq!(order().last(), Some(&("f0".to_string(), 0)));
+        // (This one sends f1 in its turn.)
         done(held.write(5, "e", 0, b"y")).unwrap();
-        assert!(matches!(held.write(3, "c", 0, &[0u8; HOLD_BELOW]), Taken::WriteThrough));
+        assert_eq!(order().last(), Some(&("f1".to_string(), 0)));
+        let before = order().len();
+        // A large write is not held; a held write of its file that it
+        // overlaps goes before it, others stay.
+        assert!(matches!(held.write(5, "e", 0, &[0u8; HOLD_BELOW]), Taken::WriteThrough));
         assert_eq!(order().last(), Some(&("e".to_string(), 0)));
-        // A namespace change's settle sends whatever is held.
-        done(held.write(6, "f", 0, b"z")).unwrap();
+        assert_eq!(order().len(), before + 1);
+        // A namespace change's settle sends whatever is held (f2 to f8).
         held.settle();
-        assert_eq!(order().last(), Some(&("f".to_string(), 0)));
+        assert_eq!(order().len(), before + MAX_HELD);
         held.settle();
-        assert_eq!(order().len(), 7, "nothing was left held");
+        assert_eq!(order().len(), before + MAX_HELD, "nothing was left held");
+    }
+
+    #[test]
+    fn two_interleaved_runs_of_pages_each_go_out_as_one_write() {
+        let seg = Arc::new(Recorder::default());
+        let held = Held::start(0, seg.clone()).unwrap();
+        held.stop();
+        // A table being loaded: a new page appended, and a page far behind
+        // it written as it is evicted, in turn.
+        let pages = (HOLD_BELOW / 8192) as u64;
+        for i in 0..pages {
+            done(held.write(1, "table", (1000 + i) * 8192, &[1u8; 8192])).unwrap();
+            done(held.write(1, "table", i * 8192, &[2u8; 8192])).unwrap();
+        }
+        let w: Vec<(u64, usize)> = lock(&seg.writes).iter().map(|(_, o, d)| (*o, d.len())).collect();
+        assert_eq!(w, [(1000 * 8192, HOLD_BELOW), (0, HOLD_BELOW)], "each run went out as one write");
     }
 
     #[test]
@@ -473,11 +593,12 @@ mod tests {
         held.stop();
         *lock(&seg.gate) = Some("slow".to_string());
         done(held.write(1, "slow", 0, b"first")).unwrap();
-        // Another file's write displaces it: its sender is held up in the
+        done(held.write(2, "other", 0, b"second")).unwrap();
+        // A close of the slow file sends its write, and is held up in the
         // segment's call, outside the lock.
-        let sender = {
+        let closer = {
             let held = held.clone();
-            std::thread::spawn(move || done(held.write(2, "other", 0, b"second")))
+            std::thread::spawn(move || held.settle_file(1))
         };
         seg.wait_entered();
         // Requests about other files go on meanwhile (a hang here fails
@@ -494,7 +615,7 @@ mod tests {
         assert_eq!(rx.recv_timeout(Duration::from_secs(60)), Ok(None), "another file's requests waited");
         others.join().unwrap();
         // A read of the slow file waits until its write has landed; a later
-        // write to it goes after it.
+        // write over it goes after it.
         let reader = {
             let (held, seg) = (held.clone(), seg.clone());
             std::thread::spawn(move || {
@@ -505,16 +626,17 @@ mod tests {
         let writer = {
             let held = held.clone();
             std::thread::spawn(move || {
-                done(held.write(1, "slow", 100, b"later")).unwrap();
+                done(held.write(1, "slow", 0, b"LATER")).unwrap();
                 held.settle_file(1);
             })
         };
         seg.open_gate();
         assert!(reader.join().unwrap(), "the read of its file returned before its write landed");
         writer.join().unwrap();
-        assert_eq!(sender.join().unwrap(), Ok(6));
-        let slow: Vec<u64> = lock(&seg.writes).iter().filter(|(p, _, _)| p == "slow").map(|(_, o, _)| *o).collect();
-        assert_eq!(slow, [0, 100], "the later write to the file went after the held one");
+        closer.join().unwrap();
+        let slow: Vec<Vec<u8>> =
+            lock(&seg.writes).iter().filter(|(p, _, _)| p == "slow").map(|(_, _, d)| d.clone()).collect();
+        assert_eq!(slow, [b"first".to_vec(), b"LATER".to_vec()], "the later write went after the held one");
         held.settle();
     }
 
