@@ -8,100 +8,18 @@
 #[macro_use]
 mod common;
 
-use common::pair::{exe, kill, mounted, Mount, Pair};
+use common::pair::{exe, mounted, Mount, Pair};
+use common::tree::{assert_matches, errno, walk, Model};
 use filerep::cluster::client::Client;
 use filerep::cluster::segment::SegmentConfig;
 use rand::{Rng, SeedableRng};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
-
-fn errno(e: &std::io::Error) -> i32 {
-    e.raw_os_error().unwrap_or(0)
-}
-
-// ---- the model -------------------------------------------------------------
-
-/// What the mount's tree must hold: files with their contents, directories.
-#[derive(Default)]
-struct Model {
-    files: BTreeMap<String, Vec<u8>>,
-    dirs: BTreeSet<String>,
-}
-
-impl Model {
-    fn write(&mut self, path: &str, offset: u64, data: &[u8]) {
-        let f = self.files.get_mut(path).expect("modelled file");
-        let end = offset as usize + data.len();
-        if f.len() < end {
-            f.resize(end, 0);
-        }
-        f[offset as usize..end].copy_from_slice(data);
-    }
-
-    fn is_empty_dir(&self, d: &str) -> bool {
-        let prefix = format!("{d}/");
-        !self.files.keys().chain(self.dirs.iter()).any(|p| p.starts_with(&prefix))
-    }
-
-    /// Move `from` (and everything under it) to `to`.
-    fn rename(&mut self, from: &str, to: &str) {
-        let moved = |p: &str| -> Option<String> {
-            if p == from {
-                Some(to.to_string())
-            } else {
-                p.strip_prefix(&format!("{from}/")).map(|rest| format!("{to}/{rest}"))
-            }
-        };
-        self.files.remove(to);
-        self.dirs.remove(to);
-        self.files = std::mem::take(&mut self.files).into_iter().map(|(p, c)| (moved(&p).unwrap_or(p), c)).collect();
-        self.dirs = std::mem::take(&mut self.dirs).into_iter().map(|p| moved(&p).unwrap_or(p)).collect();
-    }
-}
-
-/// Everything under `root`: files with contents, directories.
-fn walk(root: &Path) -> Model {
-    let mut m = Model::default();
-    let mut stack = vec![String::new()];
-    while let Some(rel) = stack.pop() {
-        for e in std::fs::read_dir(root.join(&rel)).expect("read_dir") {
-            let e = e.expect("entry");
-            let name = e.file_name().into_string().expect("UTF-8");
-            let p = if rel.is_empty() { name } else { format!("{rel}/{name}") };
-            if e.file_type().expect("type").is_dir() {
-                m.dirs.insert(p.clone());
-                stack.push(p);
-            } else {
-                m.files.insert(p.clone(), std::fs::read(root.join(&p)).expect("read"));
-            }
-        }
-    }
-    m
-}
-
-fn assert_matches(what: &str, got: &Model, want: &Model, seed: u64) {
-    assert_eq!(got.dirs, want.dirs, "{what}: directories differ (seed {seed})");
-    assert_eq!(
-        got.files.keys().collect::<Vec<_>>(),
-        want.files.keys().collect::<Vec<_>>(),
-        "{what}: file names differ (seed {seed})"
-    );
-    for (p, c) in &want.files {
-        let g = &got.files[p];
-        assert!(
-            g == c,
-            "{what}: {p} differs (seed {seed}): {} bytes, {} expected; first difference at {:?}",
-            g.len(),
-            c.len(),
-            g.iter().zip(c).position(|(a, b)| a != b)
-        );
-    }
-}
 
 fn random_bytes(rng: &mut impl Rng, n: usize) -> Vec<u8> {
     let mut v = vec![0u8; n];
@@ -403,130 +321,6 @@ fn mixed_workload(pair: &Pair, mnt: &Mount) {
     {
         assert!(done.get(kind).is_some_and(|n| *n > 0), "the workload never did {kind:?} (seed {seed}): {done:?}");
     }
-}
-
-#[test]
-fn engine_refusals_surface_as_errnos_never_as_success() {
-    skip_without_fuse!("engine_refusals_surface_as_errnos_never_as_success");
-    let mut pair = Pair::start(8192);
-
-    // The mirror's filespace: readable, but it is not the primary (EIO).
-    let mut on_mirror = pair.mount(3, "fs_fast");
-    let e = std::fs::write(on_mirror.p("x"), b"x").unwrap_err();
-    assert_eq!(errno(&e), libc::EIO, "create on the mirror: {e}");
-    let e = std::fs::create_dir(on_mirror.p("d")).unwrap_err();
-    assert_eq!(errno(&e), libc::EIO, "mkdir on the mirror: {e}");
-    on_mirror.stop();
-
-    let mnt = pair.mount(2, "fs_fast");
-    // Directory fsyncs in a filespace without a single regular file (the
-    // engine's directory sync; nothing is created to carry it), and of a
-    // directory removed while open.
-    std::fs::create_dir(mnt.p("empty")).unwrap();
-    File::open(mnt.p("empty")).unwrap().sync_all().unwrap();
-    std::fs::create_dir(mnt.p("removed")).unwrap();
-    let removed = File::open(mnt.p("removed")).unwrap();
-    std::fs::remove_dir(mnt.p("removed")).unwrap();
-    removed.sync_all().unwrap();
-    let on_mirror = walk(&pair.seg(3).root(1));
-    assert_eq!(on_mirror.dirs, BTreeSet::from(["empty".to_string()]));
-    assert!(on_mirror.files.is_empty(), "{:?}", on_mirror.files.keys());
-    std::fs::create_dir(mnt.p("d")).unwrap();
-    std::fs::write(mnt.p("d/f"), b"kept").unwrap();
-    let e = std::fs::remove_dir(mnt.p("d")).unwrap_err();
-    assert_eq!(errno(&e), libc::ENOTEMPTY, "{e}");
-    let e = std::fs::rename(mnt.p("d"), mnt.p("d/f")).unwrap_err();
-    assert!(matches!(errno(&e), libc::EINVAL | libc::ENOTDIR), "{e}");
-    let e = std::fs::hard_link(mnt.p("d/f"), mnt.p("link")).unwrap_err();
-    assert_eq!(errno(&e), libc::EPERM, "hard links are not replicated: {e}");
-    let e = std::os::unix::fs::symlink("d/f", mnt.p("sym")).unwrap_err();
-    assert_eq!(errno(&e), libc::EPERM, "symlinks are not replicated: {e}");
-    let f = OpenOptions::new().write(true).open(mnt.p("d/f")).unwrap();
-    f.sync_all().unwrap();
-
-    refused_once_the_pair_cannot_take_changes(&mut pair, &mnt, &f);
-
-    // The primary is gone altogether: its socket is closed, still EIO.
-    kill(&mut pair.seg_mut(2).child);
-    let e = f.write_all_at(&vec![b'L'; 128 * 1024], 0).unwrap_err();
-    assert_eq!(errno(&e), libc::EIO, "a write with the segment gone: {e}");
-    // A smaller one may be held a moment: then its fsync fails.
-    if f.write_all_at(&[b'L'; 8192], 0).is_ok() {
-        let e = f.sync_all().unwrap_err();
-        assert_eq!(errno(&e), libc::EIO, "the fsync after a held write with the segment gone: {e}");
-    }
-    drop(mnt);
-}
-
-/// With `f` open on `d/f` (holding "kept") through `mnt`: the arbiter and
-/// then the mirror are killed, and every change through the mount fails
-/// with EIO (rule 3: no silent continuation) while reads go on.
-fn refused_once_the_pair_cannot_take_changes(pair: &mut Pair, mnt: &Mount, f: &File) {
-    // The pair can take no more changes: the arbiter is gone, then the
-    // mirror. The primary cannot hear "mirror down", so its calls fail.
-    kill(&mut pair.arbiter);
-    kill(&mut pair.seg_mut(3).child);
-    // The first write may already be on its way when the loss is seen (its
-    // local write overlaps the send): it fails, and may or may not have
-    // changed the primary's copy, as a failed write may. The mount may hold
-    // it a moment (docs/mount.md, "Held writes"): it fails at once, or its
-    // failure is the file's next fsync's, never a success.
-    let block = vec![b'L'; 8192];
-    match f.write_all_at(&block, 0) {
-        Err(e) => assert_eq!(errno(&e), libc::EIO, "a write the pair cannot take: {e}"),
-        Ok(()) => {
-            let e = f.sync_all().unwrap_err();
-            assert_eq!(errno(&e), libc::EIO, "the fsync after a held write the pair cannot take: {e}");
-        }
-    }
-    // From then on the loss is known: every call is refused before it
-    // changes anything. A write too large to hold is refused at once.
-    let e = f.write_all_at(&vec![b'G'; 128 * 1024], 0).unwrap_err();
-    assert_eq!(errno(&e), libc::EIO, "a write after the loss: {e}");
-    // A small write may be held by the mount a moment (docs/mount.md,
-    // "Small writes"): it fails at once, or its failure is the file's next
-    // fsync's, never a success.
-    match f.write_all_at(b"GONE", 0) {
-        Err(e) => assert_eq!(errno(&e), libc::EIO, "a small write after the loss: {e}"),
-        Ok(()) => {
-            let e = f.sync_all().unwrap_err();
-            assert_eq!(errno(&e), libc::EIO, "the fsync after a held small write that failed: {e}");
-        }
-    }
-    let e = f.sync_all().unwrap_err();
-    assert_eq!(errno(&e), libc::EIO, "fsync: {e}");
-    // The same through a close: a held write's failure is the close's.
-    let g = OpenOptions::new().write(true).open(mnt.p("d/f")).unwrap();
-    match g.write_all_at(b"GONE", 4) {
-        Err(e) => assert_eq!(errno(&e), libc::EIO, "a small write after the loss: {e}"),
-        Ok(()) => {
-            let e = nix::unistd::close(std::os::fd::IntoRawFd::into_raw_fd(g)).unwrap_err();
-            assert_eq!(e, nix::errno::Errno::EIO, "the close after a held small write that failed");
-        }
-    }
-    let e = std::fs::write(mnt.p("new"), b"x").unwrap_err();
-    assert_eq!(errno(&e), libc::EIO, "create: {e}");
-    assert!(!mnt.p("new").exists(), "a refused create made nothing");
-    // Reads are local and still work.
-    let now = std::fs::read(mnt.p("d/f")).unwrap();
-    assert!(now == b"kept" || now == block, "a refused write after the loss changed nothing: {now:?}");
-}
-
-/// The same refusals through the file system the primary segment serves
-/// itself: its errors come from the storage API in the process, not over
-/// the client socket.
-#[test]
-fn the_segments_own_mount_refuses_what_the_pair_cannot_take() {
-    skip_without_fuse!("the_segments_own_mount_refuses_what_the_pair_cannot_take");
-    let mut pair = Pair::start_with(8192, |seg| seg.try_start_mounting("fs_fast", &[]));
-    let mnt = Mount { child: None, path: pair.seg(2).own_mountpoint("fs_fast") };
-    std::fs::create_dir(mnt.p("d")).unwrap();
-    std::fs::write(mnt.p("d/f"), b"kept").unwrap();
-    let e = std::fs::remove_dir(mnt.p("d")).unwrap_err();
-    assert_eq!(errno(&e), libc::ENOTEMPTY, "{e}");
-    let f = OpenOptions::new().write(true).open(mnt.p("d/f")).unwrap();
-    f.sync_all().unwrap();
-    refused_once_the_pair_cannot_take_changes(&mut pair, &mnt, &f);
 }
 
 #[test]

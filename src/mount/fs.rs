@@ -60,6 +60,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// `attr` with the length its held writes make (`held_end`, read before
+/// the stat, so a write that lands in between is counted either way).
+fn with_held_length(mut attr: FileAttr, held_end: Option<u64>) -> FileAttr {
+    attr.size = attr.size.max(held_end.unwrap_or(0));
+    attr
+}
+
 fn time(secs: i64, nsecs: i64) -> SystemTime {
     if secs < 0 {
         return UNIX_EPOCH;
@@ -219,9 +226,7 @@ impl fuser::Filesystem for FilerepFs {
             // (without sending them: a database looks up the length of
             // the file it appends to before every page it adds).
             let held_end = self.held.held_end_of(&p);
-            let mut attr = self.entry(&p)?;
-            attr.size = attr.size.max(held_end.unwrap_or(0));
-            Ok(attr)
+            Ok(with_held_length(self.entry(&p)?, held_end))
         });
         match r {
             Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
@@ -239,10 +244,7 @@ impl fuser::Filesystem for FilerepFs {
         // database appends).
         let held_end = self.held.held_end(ino.0);
         match self.stat(ino, fh) {
-            Ok(mut attr) => {
-                attr.size = attr.size.max(held_end.unwrap_or(0));
-                reply.attr(&TTL, &attr)
-            }
+            Ok(attr) => reply.attr(&TTL, &with_held_length(attr, held_end)),
             Err(e) => reply.error(e),
         }
     }

@@ -94,6 +94,15 @@ struct Slot {
     next_ticket: u64,
 }
 
+impl Slot {
+    /// Take the held writes `pick` picks out, oldest first.
+    fn take_held(&mut self, pick: impl Fn(&Pending) -> bool) -> Vec<Pending> {
+        let (taken, kept) = std::mem::take(&mut self.held).into_iter().partition(pick);
+        self.held = kept;
+        taken
+    }
+}
+
 pub(super) struct Held {
     fs: u16,
     changes: Arc<dyn Changes>,
@@ -149,22 +158,21 @@ impl Held {
     /// Take writes out of the slot to be sent: each gets its ticket, under
     /// the same lock that took it, so no request can miss it.
     fn launch(&self, g: &mut Slot, writes: Vec<Pending>) -> Vec<(u64, Pending)> {
-        writes
-            .into_iter()
-            .map(|p| {
-                let ticket = g.next_ticket;
-                g.next_ticket += 1;
-                g.sending.push(Sending { ticket, ino: p.ino, path: p.path.clone(), end: p.end() });
-                (ticket, p)
-            })
-            .collect()
+        writes.into_iter().map(|p| self.launch_one(g, p)).collect()
+    }
+
+    fn launch_one(&self, g: &mut Slot, p: Pending) -> (u64, Pending) {
+        let ticket = g.next_ticket;
+        g.next_ticket += 1;
+        g.sending.push(Sending { ticket, ino: p.ino, path: p.path.clone(), end: p.end() });
+        (ticket, p)
     }
 
     /// Send a launched write from outside the lock, once every earlier
     /// ticket of its file has landed. `with_sync`: the write and its file's
     /// sync as one call (the caller reports the result); otherwise a
     /// failure is kept for the file's next fsync or close.
-    fn deliver(&self, ticket: u64, p: Pending, with_sync: bool) -> Result<(), Errno> {
+    fn deliver(&self, (ticket, p): (u64, Pending), with_sync: bool) -> Result<(), Errno> {
         let ino = p.ino;
         drop(self.wait_landed(lock(&self.slot), |s| s.ino == ino && s.ticket < ticket));
         let r = if with_sync {
@@ -185,8 +193,8 @@ impl Held {
 
     /// Deliver launched writes in order; failures are their files' to report.
     fn deliver_all(&self, launched: Vec<(u64, Pending)>) {
-        for (ticket, p) in launched {
-            let _ = self.deliver(ticket, p, false);
+        for write in launched {
+            let _ = self.deliver(write, false);
         }
     }
 
@@ -205,18 +213,15 @@ impl Held {
                     return Taken::Done(Ok(data.len()));
                 }
                 let p = g.held.remove(i);
-                let mut launched = self.launch(&mut g, vec![p]);
+                let write = self.launch_one(&mut g, p);
                 drop(g);
-                let Some((ticket, p)) = launched.pop() else { return Taken::WriteThrough };
                 // The held part was answered already: a failure is its
                 // file's to report, and this write's own error.
-                return Taken::Done(self.deliver(ticket, p, false).map(|()| data.len()));
+                return Taken::Done(self.deliver(write, false).map(|()| data.len()));
             }
         }
         // Held writes of its file that it overlaps are older: they go first.
-        let (mut out, kept): (Vec<Pending>, Vec<Pending>) =
-            std::mem::take(&mut g.held).into_iter().partition(|p| p.overlaps(ino, offset, end));
-        g.held = kept;
+        let mut out = g.take_held(|p| p.overlaps(ino, offset, end));
         let hold = data.len() < HOLD_BELOW;
         if hold {
             g.held.push(Pending { ino, path: path.to_string(), offset, data: data.to_vec(), since: Instant::now() });
@@ -243,16 +248,18 @@ impl Held {
     /// The end of the furthest write held or on its way for inode `ino`:
     /// the file's length as its writer sees it is at least this.
     pub(super) fn held_end(&self, ino: u64) -> Option<u64> {
-        let g = lock(&self.slot);
-        let held = g.held.iter().filter(|p| p.ino == ino).map(Pending::end);
-        held.chain(g.sending.iter().filter(|s| s.ino == ino).map(|s| s.end)).max()
+        self.end_where(|p| p.ino == ino, |s| s.ino == ino)
     }
 
     /// [`Held::held_end`] by the file's name.
     pub(super) fn held_end_of(&self, path: &str) -> Option<u64> {
+        self.end_where(|p| p.path == path, |s| s.path == path)
+    }
+
+    fn end_where(&self, held: impl Fn(&&Pending) -> bool, sending: impl Fn(&&Sending) -> bool) -> Option<u64> {
         let g = lock(&self.slot);
-        let held = g.held.iter().filter(|p| p.path == path).map(Pending::end);
-        held.chain(g.sending.iter().filter(|s| s.path == path).map(|s| s.end)).max()
+        let held = g.held.iter().filter(held).map(Pending::end);
+        held.chain(g.sending.iter().filter(sending).map(|s| s.end)).max()
     }
 
     /// Before a request about inode `ino`: its held writes sent, and landed.
@@ -273,8 +280,7 @@ impl Held {
 
     fn settle_where(&self, held: impl Fn(&Pending) -> bool, sending: impl Fn(&Sending) -> bool) {
         let mut g = lock(&self.slot);
-        let (out, kept): (Vec<Pending>, Vec<Pending>) = std::mem::take(&mut g.held).into_iter().partition(&held);
-        g.held = kept;
+        let out = g.take_held(held);
         let launched = self.launch(&mut g, out);
         drop(g);
         self.deliver_all(launched);
@@ -289,18 +295,16 @@ impl Held {
     /// without the sync is the fsync's to report.
     pub(super) fn sync_held(&self, ino: u64) -> Option<Result<(), Errno>> {
         let mut g = lock(&self.slot);
-        let (mine, kept): (Vec<Pending>, Vec<Pending>) =
-            std::mem::take(&mut g.held).into_iter().partition(|p| p.ino == ino);
-        g.held = kept;
-        if mine.is_empty() {
+        let mut mine = g.take_held(|p| p.ino == ino);
+        let Some(last) = mine.pop() else {
             drop(self.wait_landed(g, |s| s.ino == ino));
             return None;
-        }
-        let mut launched = self.launch(&mut g, mine);
+        };
+        let before = self.launch(&mut g, mine);
+        let last = self.launch_one(&mut g, last);
         drop(g);
-        let (ticket, last) = launched.pop()?;
-        self.deliver_all(launched);
-        Some(self.deliver(ticket, last, true))
+        self.deliver_all(before);
+        Some(self.deliver(last, true))
     }
 
     /// The failure of a held write to inode `ino` not reported yet, if any;
@@ -350,9 +354,9 @@ impl Held {
                     let now = Instant::now();
                     if now >= due {
                         let p = g.held.remove(0);
-                        let launched = self.launch(&mut g, vec![p]);
+                        let write = self.launch_one(&mut g, p);
                         drop(g);
-                        self.deliver_all(launched);
+                        let _ = self.deliver(write, false);
                         g = lock(&self.slot);
                     } else {
                         g = self.wake.wait_timeout(g, due - now).unwrap_or_else(|e| e.into_inner()).0;

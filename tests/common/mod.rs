@@ -10,6 +10,8 @@ pub mod postgres;
 
 pub mod sqlite;
 
+pub mod tree;
+
 use filerep::config::{Filespace, PairIdentity, StreamTuning, SyncLevel};
 use filerep::protocol::handshake::ClusterKey;
 use filerep::runtime::mirror::{MirrorConfig, MirrorServer, SessionReport};
