@@ -206,9 +206,26 @@ fn calls_after_shutdown_are_refused() {
     dirs.assert_identical();
 }
 
-/// Rule 8 on the mirror: once an fsync failed, it refuses every primary.
+/// Rule 8 on the mirror: once an fsync failed, it refuses every primary,
+/// whichever thread ran the fsync: the session's own (a commit: little
+/// arrived since the last sync) or the syncer (after more than 256 KiB).
 #[test]
-fn a_failed_mirror_fsync_faults_the_mirror_for_good() {
+fn a_failed_mirror_fsync_on_the_session_thread_faults_the_mirror_for_good() {
+    let syncs = failed_mirror_fsync_faults_the_mirror_for_good(1);
+    assert_eq!((syncs.on_session, syncs.on_syncer), (1, 0), "the sync ran on the session's thread");
+}
+
+#[test]
+fn a_failed_mirror_fsync_on_the_syncer_thread_faults_the_mirror_for_good() {
+    // 40 blocks of 8 KiB: 320 KiB since the last sync job.
+    let syncs = failed_mirror_fsync_faults_the_mirror_for_good(40);
+    assert_eq!(syncs.on_session, 0, "no sync ran on the session's thread");
+    assert!(syncs.on_syncer >= 1, "the sync went to the syncer thread");
+}
+
+/// Write `blocks` blocks, fail the mirror's next fsync under a sync, and
+/// check the mirror refuses a new primary; where the failed session's syncs ran.
+fn failed_mirror_fsync_faults_the_mirror_for_good(blocks: u64) -> filerep::runtime::mirror::SyncCounts {
     use filerep::io::disk::{Disk, SimDisk, SimFault};
     use filerep::runtime::mirror::{MirrorConfig, MirrorServer, SessionEnd};
     let dirs = Dirs::new();
@@ -246,11 +263,14 @@ fn a_failed_mirror_fsync_faults_the_mirror_for_good() {
     )
     .expect("primary");
     primary.create(0, "f").expect("create");
-    primary.write_block(0, "f", 0, &[9u8; 8192]).expect("write");
+    for b in 0..blocks {
+        primary.write_block(0, "f", b, &[9u8; 8192]).expect("write");
+    }
     mirror_disk.inject(SimFault::FailNextSync);
     let err = primary.sync(0, "f").expect_err("the mirror's fsync failed");
     assert!(matches!(err, filerep::Error::MirrorLost(_)), "{err}");
-    assert!(matches!(t.join().expect("session").end, SessionEnd::ApplyFailed(_)));
+    let report = t.join().expect("session");
+    assert!(matches!(report.end, SessionEnd::ApplyFailed(_)), "{:?}", report.end);
     assert!(server.fault().is_some());
     drop(primary);
     let (conn, t) = session(server.clone());
@@ -266,6 +286,7 @@ fn a_failed_mirror_fsync_faults_the_mirror_for_good() {
         other => panic!("a faulted mirror must refuse, got {:?}", other.map(|_| ())),
     }
     assert!(matches!(t.join().expect("session").end, SessionEnd::Refused(..)));
+    report.syncs
 }
 
 /// A one-frame send queue: callers constantly wait for room, and whoever

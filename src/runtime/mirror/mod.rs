@@ -155,6 +155,16 @@ pub struct SessionReport {
     pub frames: u64,
     pub applied_through: u64,
     pub durable_through: u64,
+    /// Sync jobs run on the session's own thread, and handed to its syncer
+    /// thread (where each flush's fdatasync ran; see `Syncer`).
+    pub syncs: SyncCounts,
+}
+
+/// Where a session's sync jobs ran.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SyncCounts {
+    pub on_session: u64,
+    pub on_syncer: u64,
 }
 
 pub struct MirrorServer {
@@ -284,7 +294,14 @@ impl MirrorServer {
         let (mut reader, mut writer) = conn;
         let span = tracing::info_span!("mirror_session", peer);
         let _e = span.enter();
-        let report = |end| SessionReport { peer: peer.into(), end, frames: 0, applied_through: 0, durable_through: 0 };
+        let report = |end| SessionReport {
+            peer: peer.into(),
+            end,
+            frames: 0,
+            applied_through: 0,
+            durable_through: 0,
+            syncs: SyncCounts::default(),
+        };
         match self.server_handshake(reader.as_mut(), writer.as_mut(), &mut ticket) {
             Ok(Admitted::Stream(hello, _streaming)) => {
                 tracing::info!(generation = hello.generation, start = hello.start_seq, "stream accepted");
@@ -319,18 +336,20 @@ impl MirrorServer {
         for m in [&acks.marks.received, &acks.marks.applied, &acks.marks.synced, &acks.marks.durable] {
             m.store(base, Ordering::SeqCst);
         }
-        let report = |end, frames| SessionReport {
+        let report = |end, frames, syncs| SessionReport {
             peer: peer.into(),
             end,
             frames,
             applied_through: acks.marks.applied.load(Ordering::SeqCst),
             durable_through: acks.marks.durable.load(Ordering::SeqCst),
+            syncs,
         };
-        let syncer = match Syncer::spawn(self.disk.clone(), acks.clone()) {
+        let mut syncer = match Syncer::spawn(self.disk.clone(), acks.clone()) {
             Ok(x) => x,
             Err(e) => {
                 acks.close();
-                return report(SessionEnd::ApplyFailed(format!("cannot start the syncer thread: {e}")), 0);
+                let why = format!("cannot start the syncer thread: {e}");
+                return report(SessionEnd::ApplyFailed(why), 0, SyncCounts::default());
             }
         };
         let _ = reader.set_timeout(Some(self.cfg.tuning.ack_timeout));
@@ -456,6 +475,7 @@ impl MirrorServer {
             applier.request_full();
             sync_error = syncer.sync(applier.take_sync_job(), u64::MAX, self.disk.as_ref(), &acks).err();
         }
+        let syncs = syncer.counts;
         let sync_error = syncer.finish().or(sync_error);
         let sync_error = match (&end, sync_error) {
             // A sync that failed on this thread ended the session: the same
@@ -476,7 +496,7 @@ impl MirrorServer {
             Some(e) => SessionEnd::ApplyFailed(e),
             None => end,
         };
-        report(end, frames)
+        report(end, frames, syncs)
     }
 }
 
@@ -508,7 +528,14 @@ fn apply_retrying(applier: &mut Applier, ops: &[Sequenced]) -> Result<bool, crat
 fn log_report(r: &SessionReport) {
     match &r.end {
         SessionEnd::Shutdown => {
-            tracing::info!(peer = %r.peer, frames = r.frames, durable = r.durable_through, "session ended: orderly shutdown")
+            tracing::info!(
+                peer = %r.peer,
+                frames = r.frames,
+                durable = r.durable_through,
+                syncs_on_session = r.syncs.on_session,
+                syncs_on_syncer = r.syncs.on_syncer,
+                "session ended: orderly shutdown"
+            )
         }
         // Normal on an open port: the gate sums these up in the log.
         SessionEnd::Unauthenticated(_) => tracing::debug!(peer = %r.peer, "connection ended: {}", r.end),
@@ -630,6 +657,7 @@ struct Syncer {
     /// The planted defect that acknowledges before syncing lives in the
     /// syncer: with it, every job goes there.
     ack_first: bool,
+    counts: SyncCounts,
 }
 
 impl Syncer {
@@ -665,7 +693,7 @@ impl Syncer {
             }
             None
         })?;
-        Ok(Syncer { tx, handle, in_hand, ack_first })
+        Ok(Syncer { tx, handle, in_hand, ack_first, counts: SyncCounts::default() })
     }
 
     /// Run `job` here if it is what a flush asked for, after little was
@@ -676,7 +704,7 @@ impl Syncer {
     /// fdatasync of megabytes takes milliseconds, and writers waiting for
     /// their acknowledgement would wait for it. Err: it ran here and failed.
     fn sync(
-        &self,
+        &mut self,
         job: SyncJob,
         received_since: u64,
         disk: &dyn Disk,
@@ -684,8 +712,10 @@ impl Syncer {
     ) -> std::result::Result<(), String> {
         let here = !self.ack_first && job.durable_through.is_none() && received_since <= INLINE_SYNC_AFTER;
         if here && self.in_hand.load(Ordering::SeqCst) == 0 {
+            self.counts.on_session += 1;
             return acks.run_sync(&job, disk);
         }
+        self.counts.on_syncer += 1;
         self.in_hand.fetch_add(1, Ordering::SeqCst);
         let _ = self.tx.send(job);
         Ok(())
