@@ -4,7 +4,7 @@
 //! tests that run the real primary and mirror threads without sockets.
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use std::io::{self, IoSlice, Read, Write};
+use std::io::{self, IoSlice, Read};
 use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -62,9 +62,9 @@ impl ConnWriter for TcpWriter {
         let mut owned: Vec<IoSlice<'_>> = bufs.to_vec();
         let mut slices: &mut [IoSlice<'_>] = &mut owned;
         while !slices.is_empty() {
-            // writev takes at most IOV_MAX (1024) slices at a time.
+            // sendmsg takes at most IOV_MAX (1024) slices at a time.
             let n = slices.len().min(1024);
-            match self.0.write_vectored(&slices[..n]) {
+            match send_no_signal(&self.0, &slices[..n]) {
                 Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "peer stopped reading")),
                 Ok(written) => IoSlice::advance_slices(&mut slices, written),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -85,6 +85,17 @@ impl ConnWriter for TcpWriter {
 }
 
 /// Tune a TCP stream for the replication stream and split it.
+/// A vectored send that never raises SIGPIPE: a peer gone is the error
+/// `EPIPE`, not the end of the process. `write_vectored` is `writev`,
+/// which raises it, and a C process that links this library (the C API)
+/// keeps SIGPIPE's default, which kills it: the primary died with its
+/// mirror (std's plain `write` on a socket already passes MSG_NOSIGNAL).
+fn send_no_signal(stream: &TcpStream, slices: &[IoSlice<'_>]) -> io::Result<usize> {
+    use nix::sys::socket::{sendmsg, MsgFlags, SockaddrStorage};
+    use std::os::fd::AsRawFd;
+    sendmsg::<SockaddrStorage>(stream.as_raw_fd(), slices, &[], MsgFlags::MSG_NOSIGNAL, None).map_err(io::Error::from)
+}
+
 pub fn tcp(stream: TcpStream) -> io::Result<Conn> {
     stream.set_nodelay(true)?;
     let sock = socket2_ref(&stream);
@@ -385,5 +396,59 @@ mod conformance {
         assert_eq!(br.recv(&mut buf).unwrap(), 4, "the data sent before the close");
         assert_eq!(&buf[..4], b"full");
         assert_eq!(br.recv(&mut buf).unwrap(), 0, "then the end of the stream");
+    }
+}
+
+#[cfg(test)]
+mod no_sigpipe {
+    use super::*;
+    use std::net::TcpListener;
+
+    /// Whether SIGPIPE is pending for this thread (`SigPnd` in its status).
+    fn sigpipe_pending() -> bool {
+        let status = std::fs::read_to_string("/proc/thread-self/status").expect("thread status");
+        let line = status.lines().find(|l| l.starts_with("SigPnd:")).expect("SigPnd line");
+        let mask = u64::from_str_radix(line["SigPnd:".len()..].trim(), 16).expect("hex mask");
+        mask & (1 << (libc::SIGPIPE - 1)) != 0
+    }
+
+    /// A C process that links the library keeps SIGPIPE's default action
+    /// (terminate). A send to a peer that is gone must be an error, not a
+    /// signal. The test blocks SIGPIPE in its own thread, so a raised one
+    /// stays pending where it can be seen (this test binary ignores it).
+    #[test]
+    fn a_send_to_a_peer_that_is_gone_fails_without_raising_sigpipe() {
+        std::thread::spawn(|| {
+            let mut pipe = nix::sys::signal::SigSet::empty();
+            pipe.add(nix::sys::signal::Signal::SIGPIPE);
+            pipe.thread_block().expect("block SIGPIPE in this thread");
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+            let (peer, _) = l.accept().unwrap();
+            // Closed with a reset: the next sends fail at once.
+            nix::sys::socket::setsockopt(
+                &peer,
+                nix::sys::socket::sockopt::Linger,
+                &libc::linger { l_onoff: 1, l_linger: 0 },
+            )
+            .unwrap();
+            drop(peer);
+            let (_r, mut w) = tcp(c).unwrap();
+            let block = [7u8; 4096];
+            let mut broken = false;
+            // The reset arrives within a few sends on loopback; then EPIPE.
+            for _ in 0..10_000 {
+                if let Err(e) = w.send_all(&[IoSlice::new(&block)]) {
+                    broken |= e.kind() == io::ErrorKind::BrokenPipe;
+                    if broken {
+                        break;
+                    }
+                }
+            }
+            assert!(broken, "no send met the closed peer with EPIPE");
+            assert!(!sigpipe_pending(), "a send raised SIGPIPE");
+        })
+        .join()
+        .expect("the test thread");
     }
 }
