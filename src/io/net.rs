@@ -84,7 +84,6 @@ impl ConnWriter for TcpWriter {
     }
 }
 
-/// Tune a TCP stream for the replication stream and split it.
 /// A vectored send that never raises SIGPIPE: a peer gone is the error
 /// `EPIPE`, not the end of the process. `write_vectored` is `writev`,
 /// which raises it, and a C process that links this library (the C API)
@@ -96,6 +95,7 @@ fn send_no_signal(stream: &TcpStream, slices: &[IoSlice<'_>]) -> io::Result<usiz
     sendmsg::<SockaddrStorage>(stream.as_raw_fd(), slices, &[], MsgFlags::MSG_NOSIGNAL, None).map_err(io::Error::from)
 }
 
+/// Tune a TCP stream for the replication stream and split it.
 pub fn tcp(stream: TcpStream) -> io::Result<Conn> {
     stream.set_nodelay(true)?;
     let sock = socket2_ref(&stream);
@@ -438,11 +438,9 @@ mod no_sigpipe {
             let mut broken = false;
             // The reset arrives within a few sends on loopback; then EPIPE.
             for _ in 0..10_000 {
-                if let Err(e) = w.send_all(&[IoSlice::new(&block)]) {
-                    broken |= e.kind() == io::ErrorKind::BrokenPipe;
-                    if broken {
-                        break;
-                    }
+                if w.send_all(&[IoSlice::new(&block)]).is_err_and(|e| e.kind() == io::ErrorKind::BrokenPipe) {
+                    broken = true;
+                    break;
                 }
             }
             assert!(broken, "no send met the closed peer with EPIPE");

@@ -44,6 +44,9 @@ use std::time::{Duration, Instant};
 /// a journal header and its records, a database page); a write that brings
 /// a held one to this size sends it. A bound on the copy a held write costs.
 pub(super) const HOLD_BELOW: usize = 64 * 1024;
+// A held write starts under HOLD_BELOW and grows only up to MAX_WRITE_AT:
+// it is always one call to the segment.
+const _: () = assert!(HOLD_BELOW <= MAX_WRITE_AT);
 /// The longest a write is held when nothing follows it.
 pub(super) const HOLD_FOR: Duration = Duration::from_millis(2);
 /// While writes come, the timer wakes this often on its own and writers
@@ -234,13 +237,14 @@ impl Held {
         let mut out = g.take_held(|p| p.overlaps(ino, offset, end));
         let hold = data.len() < HOLD_BELOW;
         if hold {
-            g.held.push(Pending { ino, path: path.to_string(), offset, data: data.to_vec(), since: Instant::now() });
+            let now = Instant::now();
+            g.held.push(Pending { ino, path: path.to_string(), offset, data: data.to_vec(), since: now });
             if g.held.len() > MAX_HELD {
                 out.push(g.held.remove(0));
             }
             // The timer ticks while writes come and sleeps when they
             // stop: it needs waking only then (a wake-up per write costs CPU).
-            g.last_held = Some(Instant::now());
+            g.last_held = Some(now);
             if g.timer_asleep {
                 g.timer_asleep = false;
                 self.wake.notify_one();
@@ -325,29 +329,25 @@ impl Held {
         lock(&self.failed).remove(&ino)
     }
 
-    /// Send `p`; a failure is kept for its file's next fsync or close.
+    /// Send `p` (one call: a held write never grows past [`MAX_WRITE_AT`]);
+    /// a failure is kept for its file's next fsync or close.
     fn send(&self, p: Pending) -> Result<(), Errno> {
-        let mut done = 0usize;
-        for chunk in p.data.chunks(MAX_WRITE_AT) {
-            if let Err(e) = self.changes.write_at(self.fs, &p.path, p.offset + done as u64, chunk) {
-                let errno = errno_of(&e);
-                tracing::warn!(
-                    path = %p.path,
-                    offset = p.offset,
-                    bytes = p.data.len(),
-                    error = %e,
-                    "a held write failed once sent: the file's next fsync or close reports it"
-                );
-                let mut failed = lock(&self.failed);
-                if failed.len() >= MAX_FAILED {
-                    failed.clear();
-                }
-                failed.insert(p.ino, errno);
-                return Err(errno);
+        self.changes.write_at(self.fs, &p.path, p.offset, &p.data).map_err(|e| {
+            let errno = errno_of(&e);
+            tracing::warn!(
+                path = %p.path,
+                offset = p.offset,
+                bytes = p.data.len(),
+                error = %e,
+                "a held write failed once sent: the file's next fsync or close reports it"
+            );
+            let mut failed = lock(&self.failed);
+            if failed.len() >= MAX_FAILED {
+                failed.clear();
             }
-            done += chunk.len();
-        }
-        Ok(())
+            failed.insert(p.ino, errno);
+            errno
+        })
     }
 
     /// Send each held write once it has waited [`HOLD_FOR`]; at the end, what is left.
