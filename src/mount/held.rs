@@ -60,7 +60,8 @@ const TICK_WHILE_BUSY_FOR: Duration = Duration::from_millis(100);
 /// A bound on memory too: each is under [`HOLD_BELOW`].
 pub(super) const MAX_HELD: usize = 8;
 /// Files with a failure waiting for their next fsync or close, at most (a
-/// bound on memory if clients never sync; the oldest reports are dropped).
+/// bound on memory if clients never sync). A report is never dropped: past
+/// this many, the mount's every later fsync and close fails (see [`Failures`]).
 const MAX_FAILED: usize = 4096;
 
 struct Pending {
@@ -124,9 +125,43 @@ pub(super) struct Held {
     wake: Condvar,
     /// A held write that was on its way has landed.
     landed: Condvar,
-    /// Held writes that failed once sent, by inode.
-    failed: Mutex<HashMap<u64, Errno>>,
+    /// Held writes that failed once sent, waiting to be reported.
+    failed: Mutex<Failures>,
     stop: AtomicBool,
+}
+
+/// Failures of held writes not reported yet. A dropped report would let
+/// the file's next fsync succeed over a write that never landed (rule 8),
+/// so when more files than [`MAX_FAILED`] have one, the mount stops
+/// telling files apart: every later fsync and close fails, for good (a
+/// segment failing writes to thousands of files is beyond one file's
+/// retry; the operator remounts).
+#[derive(Default)]
+struct Failures {
+    by_ino: HashMap<u64, Errno>,
+    /// Set once a failure found no room: what every later report returns.
+    overflow: Option<Errno>,
+}
+
+impl Failures {
+    fn keep(&mut self, ino: u64, errno: Errno) {
+        if self.by_ino.len() >= MAX_FAILED && !self.by_ino.contains_key(&ino) {
+            if self.overflow.is_none() {
+                tracing::error!(
+                    files = MAX_FAILED,
+                    "held writes failed for more files than the mount tracks: every later fsync and close fails"
+                );
+            }
+            self.overflow = Some(errno);
+            return;
+        }
+        self.by_ino.insert(ino, errno);
+    }
+
+    /// `ino`'s failure, reported once; after an overflow, every time.
+    fn take(&mut self, ino: u64) -> Option<Errno> {
+        self.by_ino.remove(&ino).or(self.overflow)
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -151,7 +186,7 @@ impl Held {
             slot: Mutex::new(Slot::default()),
             wake: Condvar::new(),
             landed: Condvar::new(),
-            failed: Mutex::new(HashMap::new()),
+            failed: Mutex::new(Failures::default()),
             stop: AtomicBool::new(false),
         });
         let timer = held.clone();
@@ -326,7 +361,7 @@ impl Held {
     /// The failure of a held write to inode `ino` not reported yet, if any;
     /// reported once.
     pub(super) fn take_failure(&self, ino: u64) -> Option<Errno> {
-        lock(&self.failed).remove(&ino)
+        lock(&self.failed).take(ino)
     }
 
     /// Send `p` (one call: a held write never grows past [`MAX_WRITE_AT`]);
@@ -341,11 +376,7 @@ impl Held {
                 error = %e,
                 "a held write failed once sent: the file's next fsync or close reports it"
             );
-            let mut failed = lock(&self.failed);
-            if failed.len() >= MAX_FAILED {
-                failed.clear();
-            }
-            failed.insert(p.ino, errno);
+            lock(&self.failed).keep(p.ino, errno);
             errno
         })
     }
@@ -711,5 +742,25 @@ mod tests {
         seg.fail.store(true, Ordering::Relaxed);
         assert_eq!(done(held.write(9, "f", 100, &[2u8; HOLD_BELOW])), Err(Errno::EIO));
         assert_eq!(held.take_failure(9), Some(Errno::EIO));
+    }
+
+    #[test]
+    fn failures_past_the_bound_fail_every_later_sync_rather_than_drop_one() {
+        let seg = Arc::new(Recorder::default());
+        let held = Held::start(0, seg.clone()).unwrap();
+        held.stop();
+        seg.fail.store(true, Ordering::Relaxed);
+        // One more failed file than the mount tracks by inode.
+        for ino in 0..=MAX_FAILED as u64 {
+            done(held.write(ino, &format!("f{ino}"), 0, b"lost")).unwrap();
+            held.settle_file(ino);
+        }
+        // Every file that failed still reports it, the first as the last.
+        assert_eq!(held.take_failure(0), Some(Errno::EIO));
+        assert_eq!(held.take_failure(MAX_FAILED as u64), Some(Errno::EIO));
+        // Past the bound the mount cannot tell which files lost a write:
+        // files with no failure of their own, and ones already reported, fail too.
+        assert_eq!(held.take_failure(u64::MAX), Some(Errno::EIO));
+        assert_eq!(held.take_failure(0), Some(Errno::EIO));
     }
 }
