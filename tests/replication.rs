@@ -512,6 +512,27 @@ fn direct_segments_replicate_byte_for_byte() {
     c.truncate(0, "base/rel", 60).expect("truncate");
     c.create(1, "log").expect("create");
     c.write_at(1, "log", 0, &[7u8; 5000]).expect("log");
+    // Four clients overwrite the same two blocks at once: the mirror's
+    // write rounds overlap in flight, and each block must end as the
+    // primary's did (the last write in sequence order, not the last to land).
+    c.create(0, "base/hot").expect("create");
+    for b in 0..16u64 {
+        c.extend(0, "base/hot", b, &vec![0u8; 8192]).expect("extend");
+    }
+    let socket = pair.seg(2).cfg.socket.clone();
+    std::thread::scope(|s| {
+        for w in 0..4u8 {
+            let socket = &socket;
+            s.spawn(move || {
+                let mut c = filerep::cluster::client::Client::connect(socket).expect("client");
+                for i in 0..200u64 {
+                    let b = i % 2;
+                    c.write_block(0, "base/hot", b, &vec![w * 64 + (i % 64) as u8; 8192]).expect("hot write");
+                }
+            });
+        }
+    });
+    c.sync(0, "base/hot").expect("sync");
     c.sync(0, "base/rel").expect("sync");
     c.sync(1, "log").expect("sync");
     let block5 = c.read_block(0, "base/rel", 5).expect("read");

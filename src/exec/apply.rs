@@ -170,6 +170,15 @@ pub struct Sequenced {
 
 type DirKey = (u16, Option<RelPath>);
 
+/// A write staged to be written elsewhere ([`Applier::stage_writes`]).
+pub struct StagedWrite {
+    pub seq: u64,
+    pub path: FsPath,
+    pub file: Arc<dyn DiskFile>,
+    pub offset: u64,
+    pub data: bytes::Bytes,
+}
+
 /// A write waiting for its batch: (sequence number, file, offset, data).
 type PendingWrite<'a> = (u64, Arc<dyn DiskFile>, u64, &'a [u8]);
 
@@ -391,6 +400,34 @@ impl Applier {
             self.applied = last.seq;
         }
         Ok(self.wants_sync())
+    }
+
+    /// Whether [`Applier::stage_writes`] takes `batch`: writes (and
+    /// bindings) only, none asked durable, at least one write.
+    pub fn stageable(batch: &[Sequenced]) -> bool {
+        batch.iter().any(|s| matches!(s.op, Op::Write { .. }))
+            && batch.iter().all(|s| !s.durable && matches!(s.op, Op::Write { .. } | Op::Bind))
+    }
+
+    /// Stage a [`Applier::stageable`] batch for the caller to write: open
+    /// (while catching up, create) its files and count them dirty, without
+    /// writing. `applied` does not move: the caller reports what landed
+    /// with [`Applier::landed`], and takes no sync job before then.
+    pub fn stage_writes(&mut self, batch: &[Sequenced]) -> Result<Vec<StagedWrite>, ApplyError> {
+        let mut staged = Vec::with_capacity(batch.len());
+        for s in batch {
+            if let Op::Write { id, path, offset, data } = &s.op {
+                let file = self.file_for_write(s, *id, path)?;
+                self.dirty_files.insert(*id, file.clone());
+                staged.push(StagedWrite { seq: s.seq, path: path.clone(), file, offset: *offset, data: data.clone() });
+            }
+        }
+        Ok(staged)
+    }
+
+    /// Staged writes through `through` have landed (and every operation before them).
+    pub fn landed(&mut self, through: u64) {
+        self.applied = self.applied.max(through);
     }
 
     /// The strict level: this operation must be durable before it is

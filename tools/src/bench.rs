@@ -435,6 +435,14 @@ fn run_sides(cfg: &BenchConfig, blocks: &[Vec<u8>]) -> Result<BenchReport> {
             Ok((wd, fd))
         })?;
         rep_cpu.add(crate::cpu::Sample::now(&pids).since(&cpu));
+        // Figures of a pair that lost its mirror would be of local writes.
+        if primary.mode() != filerep::runtime::primary::Mode::Streaming {
+            return Err(Error::MirrorLost(format!(
+                "the mirror was lost during round {} (the pair is {:?}): no figures; see the log for why",
+                _round + 1,
+                primary.mode()
+            )));
+        }
         wire += primary.stats().wire_bytes_sent - before.wire_bytes_sent;
         rep_offset.fetch_add(r.blocks / cfg.writers as u64 + 1, Ordering::Relaxed);
         if let Some(remote) = &cfg.remote {

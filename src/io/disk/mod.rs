@@ -165,6 +165,11 @@ pub trait Disk: Send + Sync {
     fn list_dir(&self, filespace: u16, dir: Option<&RelPath>) -> DiskResult<Vec<(String, EntryKind)>>;
     /// The backend's name, for logs and benchmark reports.
     fn name(&self) -> &'static str;
+    /// Whether aligned block writes skip the page cache (O_DIRECT): each
+    /// then costs the device's latency rather than a copy.
+    fn writes_direct(&self) -> bool {
+        false
+    }
 
     /// Write every entry; results in the same order. Backends that can,
     /// submit the whole batch at once (io_uring); the default writes in turn.

@@ -343,6 +343,9 @@ impl Disk for StdDisk {
         Ok(out)
     }
 
+    fn writes_direct(&self) -> bool {
+        self.direct()
+    }
     fn name(&self) -> &'static str {
         if self.direct {
             "std, O_DIRECT"

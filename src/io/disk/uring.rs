@@ -227,6 +227,9 @@ impl Disk for UringDisk {
         self.std.list_dir(filespace, dir)
     }
 
+    fn writes_direct(&self) -> bool {
+        self.std.direct()
+    }
     fn name(&self) -> &'static str {
         if self.std.direct() {
             "io_uring, O_DIRECT"

@@ -5,14 +5,17 @@
 //! validates each one through [`MirrorSession`], applies each chunk's valid
 //! operations as one batch with [`Applier`] and acknowledges once per
 //! batch. Durability (grouped fdatasync and directory fsync) runs on a
-//! syncer thread, so applying never waits for the disk to flush. A bad frame
+//! syncer thread, so applying never waits for the disk to flush. On a
+//! direct disk, batches of plain writes go to round threads instead
+//! ([`rounds`]) and this thread reads on. A bad frame
 //! ends the connection with a logged reason; the chunk it arrived in is
 //! discarded, and the daemon serves the next connection.
 
+mod rounds;
 mod server_handshake;
 
 use crate::config::{check_block_size, check_filespaces, Filespace, StreamTuning};
-use crate::core::mirror::{MirrorSession, Step};
+use crate::core::mirror::{MirrorSession, Op, Step};
 use crate::durable::files;
 use crate::error::{Error, Result};
 use crate::exec::apply::{Applier, FaultClass, Sequenced, SyncJob};
@@ -367,6 +370,18 @@ impl MirrorServer {
         let mut checkpoints = crate::core::mirror::Checkpoints::new(0);
         // Bytes received since the last sync job (where the next one runs).
         let mut received_since_sync = 0u64;
+        let mut rounds = match self.cfg.direct {
+            true => match rounds::Rounds::start(self.disk.clone(), acks.clone(), base) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    acks.close();
+                    drop(syncer.finish());
+                    let why = format!("cannot start the write round threads: {e}");
+                    return report(SessionEnd::ApplyFailed(why), 0, SyncCounts::default());
+                }
+            },
+            false => None,
+        };
         // Receive, validate and apply on this thread: one wake-up per batch
         // between the socket and the disk. Only durability is handed off.
         let end = 'conn: loop {
@@ -417,45 +432,54 @@ impl MirrorServer {
             if ops.is_empty() && !wake && !shutdown {
                 continue;
             }
-            match apply_retrying(&mut applier, &ops) {
-                Ok(wants_sync) => {
-                    acks.marks.received.store(session.received(), Ordering::SeqCst);
-                    acks.marks.applied.store(applier.applied(), Ordering::SeqCst);
-                    // A checkpoint bounds how far "durable through" lags.
-                    // With nothing unsynced (operations that changed nothing, such
-                    // as a reconcile of what is already so) an empty checkpoint
-                    // still moves "durable through" up to what was applied.
-                    let state = crate::core::mirror::ApplyState {
-                        shutdown,
-                        too_many_dirty: applier.too_many_dirty(),
-                        unsynced: applier.has_unsynced(),
-                        durable_behind: acks.marks.durable.load(Ordering::SeqCst) < applier.applied(),
-                    };
-                    if checkpoints.full_due(now_ms(), state) {
-                        applier.request_full();
-                    }
-                    if wants_sync || applier.wants_sync() {
-                        let since = std::mem::take(&mut received_since_sync);
-                        if let Err(e) = syncer.sync(applier.take_sync_job(), since, self.disk.as_ref(), &acks) {
-                            break SessionEnd::ApplyFailed(e);
+            // A batch of plain writes goes to a round thread on a direct
+            // disk (the session reads on); anything else waits for the
+            // rounds in flight, then applies here.
+            let staged = rounds.as_ref().filter(|r| {
+                !shutdown
+                    && Applier::stageable(&ops)
+                    && !r.overlaps(ops.iter().filter_map(|o| match &o.op {
+                        Op::Write { path, offset, data, .. } => {
+                            Some((path, *offset, offset.saturating_add(data.len() as u64)))
                         }
-                    }
+                        _ => None,
+                    }))
+            });
+            // Before a round can land: an acknowledgement never has applied past received.
+            acks.marks.received.store(session.received(), Ordering::SeqCst);
+            let result = match staged {
+                Some(r) => applier
+                    .stage_writes(&ops)
+                    .and_then(|w| r.submit(w, ops.last().map_or(0, |o| o.seq)))
+                    .map(|()| false),
+                None => drain(&rounds, &mut applier).and_then(|()| apply_retrying(&mut applier, &ops)),
+            };
+            let wants_sync = match result {
+                Ok(w) => w,
+                Err(e) => break self.apply_failed(&acks, &e),
+            };
+            acks.marks.applied.fetch_max(applier.applied(), Ordering::SeqCst);
+            // A checkpoint bounds how far "durable through" lags.
+            // With nothing unsynced (operations that changed nothing, such
+            // as a reconcile of what is already so) an empty checkpoint
+            // still moves "durable through" up to what was applied.
+            let state = crate::core::mirror::ApplyState {
+                shutdown,
+                too_many_dirty: applier.too_many_dirty(),
+                unsynced: applier.has_unsynced(),
+                durable_behind: acks.marks.durable.load(Ordering::SeqCst) < applier.applied(),
+            };
+            if checkpoints.full_due(now_ms(), state) {
+                applier.request_full();
+            }
+            if wants_sync || applier.wants_sync() {
+                // A sync job covers landed writes only.
+                if let Err(e) = drain(&rounds, &mut applier) {
+                    break self.apply_failed(&acks, &e);
                 }
-                Err(e) => {
-                    acks.fault(e.seq, &e.to_string());
-                    // What the error says decides (one table: apply::ERRNO_CLASSES).
-                    match e.class() {
-                        FaultClass::DiskFailing => {
-                            tracing::error!(seq = e.seq, error = %e, "apply failed: the disk is failing; ending the session");
-                            // The written data is in doubt (rule 8).
-                            self.set_fault(e.to_string());
-                        }
-                        FaultClass::BadRequest => tracing::warn!(seq = e.seq, error = %e,
-                            "the primary asked for what this mirror's files cannot do; session ended, the mirror stays in service"),
-                        FaultClass::Retry => tracing::warn!(seq = e.seq, error = %e, tries = RETRY_PAUSES.len() + 1,
-                            "apply kept failing for a passing reason; session ended, the mirror stays in service"),
-                    }
-                    break SessionEnd::ApplyFailed(e.to_string());
+                let since = std::mem::take(&mut received_since_sync);
+                if let Err(e) = syncer.sync(applier.take_sync_job(), since, self.disk.as_ref(), &acks) {
+                    break SessionEnd::ApplyFailed(e);
                 }
             }
             let replies = applier.take_replies();
@@ -465,10 +489,21 @@ impl MirrorServer {
             if shutdown {
                 break SessionEnd::Shutdown;
             }
-            if !acks.send() {
+            // A staged batch is acknowledged by its round thread when it lands.
+            if (staged.is_none() || wake) && !acks.send() {
                 break SessionEnd::Disconnected("sending an acknowledgement failed".into());
             }
         };
+        // Rounds in flight land (or fail) before anything else.
+        let mut end = end;
+        if let Some(r) = rounds.take() {
+            match r.drain() {
+                Ok(through) => applier.landed(through),
+                Err(e) if !matches!(end, SessionEnd::ApplyFailed(_)) => end = self.apply_failed(&acks, &e),
+                Err(_) => {}
+            }
+            acks.marks.applied.fetch_max(applier.applied(), Ordering::SeqCst);
+        }
         // Whatever was applied is made durable before the session ends.
         let mut sync_error = None;
         if !matches!(end, SessionEnd::ApplyFailed(_)) && applier.has_unsynced() {
@@ -498,6 +533,35 @@ impl MirrorServer {
         };
         report(end, frames, syncs)
     }
+}
+
+impl MirrorServer {
+    /// Log an operation that failed, tell the primary, and fault this
+    /// mirror if its disk is failing: the end of the session.
+    fn apply_failed(&self, acks: &AckSender, e: &crate::exec::apply::ApplyError) -> SessionEnd {
+        acks.fault(e.seq, &e.to_string());
+        // What the error says decides (one table: apply::ERRNO_CLASSES).
+        match e.class() {
+            FaultClass::DiskFailing => {
+                tracing::error!(seq = e.seq, error = %e, "apply failed: the disk is failing; ending the session");
+                // The written data is in doubt (rule 8).
+                self.set_fault(e.to_string());
+            }
+            FaultClass::BadRequest => tracing::warn!(seq = e.seq, error = %e,
+                "the primary asked for what this mirror's files cannot do; session ended, the mirror stays in service"),
+            FaultClass::Retry => tracing::warn!(seq = e.seq, error = %e, tries = RETRY_PAUSES.len() + 1,
+                "apply kept failing for a passing reason; session ended, the mirror stays in service"),
+        }
+        SessionEnd::ApplyFailed(e.to_string())
+    }
+}
+
+/// Wait for the write rounds in flight, if any, and count them applied.
+fn drain(rounds: &Option<rounds::Rounds>, applier: &mut Applier) -> Result<(), crate::exec::apply::ApplyError> {
+    if let Some(r) = rounds {
+        applier.landed(r.drain()?);
+    }
+    Ok(())
 }
 
 /// Pauses before each new try of an operation that failed for a passing

@@ -1,0 +1,419 @@
+//! Write rounds in flight while the session reads on: the mirror's side of
+//! the NVMe path (`direct` disks).
+//!
+//! With O_DIRECT a round of writes takes the device's latency. Applied on
+//! the session's thread, a frame that arrives while a round is on the
+//! device waits for that round, then for its own: a block's write cost the
+//! primary about three local writes (docs/performance.md, "The NVMe path").
+//! Here the session hands a batch of plain writes to a round thread and
+//! reads on, so several rounds are on the device at once; the applied mark
+//! moves, and an acknowledgement goes out, as the oldest rounds land, in
+//! sequence order (a round that lands early waits for the ones before it).
+//!
+//! What keeps this the same as applying in order:
+//! - a round never overlaps one in flight: a batch with a write to a range
+//!   a round in flight writes is applied the ordinary way, after all land;
+//! - everything else (namespace operations, writes asked durable, hash and
+//!   list requests, every sync job and checkpoint) waits for every round to
+//!   land ([`Rounds::drain`]): a sync job covers only landed writes, and a
+//!   rename never moves a file under a write on its way;
+//! - a write that fails for a passing reason is tried again with the ones
+//!   after it, as on the session's thread; any other failure stops the
+//!   session: the applied mark stays before the failed round, and the
+//!   primary gets a Fault frame at once.
+
+use super::{AckSender, RETRY_PAUSES};
+use crate::exec::apply::{ApplyError, FaultClass, StagedWrite};
+use crate::io::disk::{BatchWrite, Disk, DiskError, DiskErrorKind, FsPath};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+/// Rounds on the device at once, at most (one thread each, each with its
+/// own ring). More would only queue at the device; the session waits to
+/// hand over a round while all are busy, and what arrives meanwhile
+/// joins the next round.
+pub(super) const ROUND_THREADS: usize = 4;
+
+struct Round {
+    writes: Vec<StagedWrite>,
+    /// The batch's last sequence number (bindings may follow its last write).
+    last_seq: u64,
+}
+
+/// A round handed over and not yet retired.
+struct InFlight {
+    last_seq: u64,
+    landed: bool,
+    /// Byte ranges it writes, by file.
+    ranges: HashMap<FsPath, Vec<(u64, u64)>>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Oldest first.
+    queue: VecDeque<InFlight>,
+    /// Every round through this sequence number has landed.
+    applied: u64,
+    /// The first failure; once set, nothing more is retired.
+    failed: Option<ApplyError>,
+    /// The failure was handed to the session (later calls fail too).
+    failure_taken: bool,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// A round landed or failed.
+    changed: Condvar,
+}
+
+fn lock(s: &Shared) -> MutexGuard<'_, State> {
+    s.state.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub(super) struct Rounds {
+    tx: Option<crossbeam_channel::Sender<Round>>,
+    threads: Vec<JoinHandle<()>>,
+    shared: Arc<Shared>,
+}
+
+impl Rounds {
+    /// Round threads writing to `disk`, acknowledging through `acks`;
+    /// everything through `applied` is already applied.
+    pub(super) fn start(disk: Arc<dyn Disk>, acks: Arc<AckSender>, applied: u64) -> std::io::Result<Rounds> {
+        let shared =
+            Arc::new(Shared { state: Mutex::new(State { applied, ..State::default() }), changed: Condvar::new() });
+        // A rendezvous: a round is handed over only to a thread free to write it.
+        let (tx, rx) = crossbeam_channel::bounded::<Round>(0);
+        let mut rounds = Rounds { tx: Some(tx), threads: Vec::new(), shared: shared.clone() };
+        for i in 0..ROUND_THREADS {
+            let (rx, disk, acks, shared) = (rx.clone(), disk.clone(), acks.clone(), shared.clone());
+            let t = std::thread::Builder::new()
+                .name(format!("filerep-round-{i}"))
+                .spawn(move || run(rx, disk.as_ref(), &acks, &shared))?;
+            rounds.threads.push(t);
+        }
+        Ok(rounds)
+    }
+
+    /// Whether a write of `writes` overlaps a round in flight.
+    pub(super) fn overlaps<'a>(&self, mut writes: impl Iterator<Item = (&'a FsPath, u64, u64)>) -> bool {
+        let st = lock(&self.shared);
+        if st.queue.is_empty() {
+            return false;
+        }
+        writes.any(|(path, start, end)| {
+            st.queue.iter().any(|r| r.ranges.get(path).is_some_and(|rs| rs.iter().any(|&(s, e)| start < e && s < end)))
+        })
+    }
+
+    /// Hand `writes` (in sequence order; the batch ends at `last_seq`) to a
+    /// round thread, waiting for one to be free. Err: a round failed, and
+    /// the session ends.
+    pub(super) fn submit(&self, writes: Vec<StagedWrite>, last_seq: u64) -> Result<(), ApplyError> {
+        let mut ranges: HashMap<FsPath, Vec<(u64, u64)>> = HashMap::new();
+        for w in &writes {
+            ranges.entry(w.path.clone()).or_default().push((w.offset, w.offset.saturating_add(w.data.len() as u64)));
+        }
+        {
+            let mut st = lock(&self.shared);
+            if st.failed.is_some() || st.failure_taken {
+                return Err(take_failure(&mut st));
+            }
+            st.queue.push_back(InFlight { last_seq, landed: false, ranges });
+        }
+        let sent = self.tx.as_ref().is_some_and(|tx| tx.send(Round { writes, last_seq }).is_ok());
+        if !sent {
+            // Every round thread is gone: only after a panic in one.
+            let mut st = lock(&self.shared);
+            st.queue.pop_back();
+            st.failure_taken = true;
+            return Err(round_error(last_seq, "the round threads are gone"));
+        }
+        Ok(())
+    }
+
+    /// Wait until every round handed over has landed: through what the
+    /// writes are applied, or the failure that ended them.
+    pub(super) fn drain(&self) -> Result<u64, ApplyError> {
+        let mut st = lock(&self.shared);
+        loop {
+            if st.failed.is_some() || st.failure_taken {
+                return Err(take_failure(&mut st));
+            }
+            if st.queue.is_empty() {
+                return Ok(st.applied);
+            }
+            st = self.shared.changed.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+/// The failure that stopped the rounds: the first time with its cause.
+fn take_failure(st: &mut State) -> ApplyError {
+    st.failure_taken = true;
+    let applied = st.applied;
+    st.failed.take().unwrap_or_else(|| round_error(applied + 1, "a write round failed before"))
+}
+
+fn round_error(seq: u64, why: &str) -> ApplyError {
+    ApplyError { seq, op: "write", error: DiskError::new("write_batch", "", DiskErrorKind::Io, why) }
+}
+
+impl Drop for Rounds {
+    fn drop(&mut self) {
+        self.tx = None;
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn run(rx: crossbeam_channel::Receiver<Round>, disk: &dyn Disk, acks: &AckSender, shared: &Shared) {
+    while let Ok(round) = rx.recv() {
+        let result = write_round(disk, &round.writes);
+        let last_seq = round.last_seq;
+        drop(round);
+        let mut st = lock(shared);
+        let mut retired = false;
+        let mut fault = None;
+        match result {
+            Ok(()) => {
+                // Batches never share a sequence number.
+                if let Some(r) = st.queue.iter_mut().find(|r| r.last_seq == last_seq) {
+                    r.landed = true;
+                }
+                if st.failed.is_none() && !st.failure_taken {
+                    while st.queue.front().is_some_and(|r| r.landed) {
+                        if let Some(r) = st.queue.pop_front() {
+                            st.applied = r.last_seq;
+                            retired = true;
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(seq = e.seq, error = %e, "a write round failed; ending the session");
+                fault = Some((e.seq, e.to_string()));
+                if st.failed.is_none() && !st.failure_taken {
+                    st.failed = Some(e);
+                }
+            }
+        }
+        let applied = st.applied;
+        drop(st);
+        shared.changed.notify_all();
+        if let Some((seq, why)) = fault {
+            // The primary learns at once; closing the connection ends the session's reads.
+            acks.fault(seq, &why);
+        }
+        if retired {
+            acks.marks.applied.fetch_max(applied, Ordering::SeqCst);
+            // A failed send ends the session on its reading side.
+            let _ = acks.send();
+        }
+    }
+}
+
+/// Write a round in order (the disk keeps overlapping writes in order);
+/// a write that fails for a passing reason is tried again after a pause,
+/// with every write after it.
+fn write_round(disk: &dyn Disk, writes: &[StagedWrite]) -> Result<(), ApplyError> {
+    let mut pauses = RETRY_PAUSES.iter();
+    let mut rest = writes;
+    loop {
+        let batch: Vec<BatchWrite<'_>> =
+            rest.iter().map(|w| BatchWrite { file: w.file.as_ref(), offset: w.offset, data: &w.data }).collect();
+        let results = disk.write_batch(&batch);
+        drop(batch);
+        let Some((i, error)) = results.into_iter().enumerate().find_map(|(i, r)| r.err().map(|e| (i, e))) else {
+            return Ok(());
+        };
+        let e = ApplyError { seq: rest[i].seq, op: "write", error };
+        match (e.class(), pauses.next()) {
+            (FaultClass::Retry, Some(pause)) => {
+                tracing::debug!(seq = e.seq, error = %e, "a write failed for a passing reason: trying again");
+                std::thread::sleep(*pause);
+                rest = &rest[i..];
+            }
+            _ => return Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{AckSender, Marks};
+    use super::*;
+    use crate::io::disk::{DiskFile, DiskResult};
+    use crate::io::net::{mem_pair, ConnReader};
+    use crate::protocol::path::RelPath;
+    use crate::protocol::{Ack, Decoder, Kind};
+    use std::sync::atomic::AtomicBool;
+    use std::time::Duration;
+
+    /// A file in memory whose writes can be held at a gate or failed.
+    #[derive(Debug, Default)]
+    struct TestFile {
+        data: Mutex<Vec<u8>>,
+        gated: Mutex<bool>,
+        gate: Condvar,
+        /// Errnos the next writes fail with, in turn.
+        fail_with: Mutex<Vec<i32>>,
+    }
+
+    impl TestFile {
+        fn open_gate(&self) {
+            *self.gated.lock().unwrap() = false;
+            self.gate.notify_all();
+        }
+    }
+
+    impl DiskFile for TestFile {
+        fn write_at(&self, offset: u64, buf: &[u8]) -> DiskResult<()> {
+            // Bounded: a test that fails with a write still held must end.
+            let g = self.gated.lock().unwrap();
+            drop(self.gate.wait_timeout_while(g, Duration::from_secs(10), |gated| *gated).unwrap());
+            let injected = self.fail_with.lock().unwrap().pop();
+            if let Some(errno) = injected {
+                return Err(DiskError::new("write", "test", DiskErrorKind::Io, "injected").with_errno(errno));
+            }
+            let mut d = self.data.lock().unwrap();
+            let end = offset as usize + buf.len();
+            if d.len() < end {
+                d.resize(end, 0);
+            }
+            d[offset as usize..end].copy_from_slice(buf);
+            Ok(())
+        }
+        fn read_at(&self, _: u64, _: &mut [u8]) -> DiskResult<usize> {
+            Ok(0)
+        }
+        fn sync_data(&self) -> DiskResult<()> {
+            Ok(())
+        }
+        fn set_len(&self, _: u64) -> DiskResult<()> {
+            Ok(())
+        }
+        fn len(&self) -> DiskResult<u64> {
+            Ok(self.data.lock().unwrap().len() as u64)
+        }
+    }
+
+    struct Fixture {
+        rounds: Rounds,
+        acks: Arc<AckSender>,
+        /// The primary's end: acknowledgements and faults arrive here.
+        primary: Box<dyn ConnReader>,
+        /// Kept open: a closed end closes the whole connection.
+        _unused: (Box<dyn crate::io::net::ConnWriter>, Box<dyn ConnReader>),
+        _dir: tempfile::TempDir,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Its default write_batch writes each file in turn: the test files decide.
+        let disk = crate::io::disk::open_local(&[dir.path().to_path_buf()], false).expect("disk");
+        let ((primary, primary_writer), (mirror_reader, writer)) = mem_pair(1 << 16, 64);
+        let acks =
+            Arc::new(AckSender { marks: Marks::default(), writer: Mutex::new(writer), failed: AtomicBool::new(false) });
+        acks.marks.received.store(100, Ordering::SeqCst);
+        let rounds = Rounds::start(disk, acks.clone(), 0).expect("rounds");
+        Fixture { rounds, acks, primary, _unused: (primary_writer, mirror_reader), _dir: dir }
+    }
+
+    fn path(name: &str) -> FsPath {
+        FsPath::new(0, RelPath::new(name).expect("path"))
+    }
+
+    fn write(seq: u64, name: &str, file: &Arc<TestFile>, offset: u64, byte: u8) -> StagedWrite {
+        StagedWrite { seq, path: path(name), file: file.clone(), offset, data: bytes::Bytes::from(vec![byte; 4096]) }
+    }
+
+    /// Frames the primary got, up to and including the first of `kind`.
+    fn frames_until(r: &mut dyn ConnReader, kind: Kind) -> Vec<crate::protocol::Frame> {
+        let mut dec = Decoder::new();
+        let mut buf = vec![0u8; 4096];
+        let mut got = Vec::new();
+        r.set_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        loop {
+            while let Some(f) = dec.next_frame().expect("frame") {
+                let done = f.header.kind == kind;
+                got.push(f);
+                if done {
+                    return got;
+                }
+            }
+            let n = r.recv(&mut buf).expect("a frame within 10 s");
+            assert!(n > 0, "the connection ended before a {kind:?} frame: {got:?}");
+            dec.feed(&buf[..n]);
+        }
+    }
+
+    #[test]
+    fn a_round_that_lands_early_is_counted_after_the_ones_before_it() {
+        let mut fx = fixture();
+        let (a, b) = (Arc::new(TestFile::default()), Arc::new(TestFile::default()));
+        *a.gated.lock().unwrap() = true;
+        fx.rounds.submit(vec![write(1, "a", &a, 0, 1)], 1).expect("first round");
+        fx.rounds.submit(vec![write(2, "b", &b, 0, 2), write(3, "b", &b, 4096, 3)], 3).expect("second round");
+        // The second round lands while the first waits at its gate.
+        let st = wait_for(&fx.rounds, |st| st.queue.get(1).is_some_and(|r| r.landed));
+        assert_eq!(st, 0, "nothing counts applied while an earlier round is on its way");
+        assert_eq!(b.data.lock().unwrap().len(), 8192);
+        assert_eq!(fx.acks.marks.applied.load(Ordering::SeqCst), 0);
+        // A write over the first round's range waits for it; one beside it does not.
+        assert!(fx.rounds.overlaps([(&path("a"), 100, 200)].into_iter()));
+        assert!(!fx.rounds.overlaps([(&path("a"), 4096, 8192), (&path("c"), 0, 10)].into_iter()));
+        a.open_gate();
+        assert_eq!(fx.rounds.drain().expect("landed"), 3);
+        assert_eq!(fx.acks.marks.applied.load(Ordering::SeqCst), 3);
+        let acks = frames_until(fx.primary.as_mut(), Kind::Ack);
+        let ack = Ack::from_body(&acks[0].body).expect("ack");
+        assert_eq!((ack.received, ack.applied), (100, 3), "the first acknowledgement covers both rounds");
+        assert!(!fx.rounds.overlaps([(&path("a"), 100, 200)].into_iter()), "nothing is in flight");
+    }
+
+    #[test]
+    fn a_failed_round_ends_the_session_and_counts_nothing_after_it() {
+        let mut fx = fixture();
+        let (a, b) = (Arc::new(TestFile::default()), Arc::new(TestFile::default()));
+        *a.gated.lock().unwrap() = true;
+        a.fail_with.lock().unwrap().push(libc::EIO);
+        fx.rounds.submit(vec![write(1, "a", &a, 0, 1)], 1).expect("first round");
+        fx.rounds.submit(vec![write(2, "b", &b, 0, 2)], 2).expect("second round");
+        a.open_gate();
+        let e = fx.rounds.drain().expect_err("the first round failed");
+        assert_eq!((e.seq, e.class()), (1, FaultClass::DiskFailing), "{e}");
+        assert_eq!(fx.acks.marks.applied.load(Ordering::SeqCst), 0, "the round after it lands but is not counted");
+        let frames = frames_until(fx.primary.as_mut(), Kind::Fault);
+        assert_eq!(frames.last().map(|f| f.header.seq), Some(1), "the primary is told which write failed");
+        assert!(fx.rounds.submit(vec![write(3, "b", &b, 0, 3)], 3).is_err(), "no round after a failure");
+        assert!(fx.rounds.drain().is_err(), "and the session stays failed");
+    }
+
+    #[test]
+    fn a_write_that_fails_for_a_passing_reason_is_tried_again_with_the_ones_after_it() {
+        let fx = fixture();
+        let a = Arc::new(TestFile::default());
+        // Pushed in reverse: the first write fails with EINTR, then all succeed.
+        a.fail_with.lock().unwrap().push(libc::EINTR);
+        fx.rounds.submit(vec![write(1, "a", &a, 0, 1), write(2, "a", &a, 0, 2)], 2).expect("round");
+        assert_eq!(fx.rounds.drain().expect("landed after a retry"), 2);
+        // Tried again in order: the later write over the same range wins.
+        assert_eq!(a.data.lock().unwrap()[..4096], [2u8; 4096]);
+    }
+
+    /// Wait (bounded) until `pred` holds of the rounds' state; their applied mark then.
+    fn wait_for(rounds: &Rounds, pred: impl Fn(&State) -> bool) -> u64 {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut st = lock(&rounds.shared);
+        while !pred(&st) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            assert!(!left.is_zero(), "the rounds never got there");
+            st = rounds.shared.changed.wait_timeout(st, left).unwrap_or_else(|e| e.into_inner()).0;
+        }
+        st.applied
+    }
+}
