@@ -512,11 +512,13 @@ fn direct_segments_replicate_byte_for_byte() {
     c.truncate(0, "base/rel", 60).expect("truncate");
     c.create(1, "log").expect("create");
     c.write_at(1, "log", 0, &[7u8; 5000]).expect("log");
-    // Four clients overwrite the same two blocks at once: the mirror's
-    // write rounds overlap in flight, and each block must end as the
-    // primary's did (the last write in sequence order, not the last to land).
+    // Four clients overwrite eight blocks at once: on the mirror their
+    // writes go to write rounds side by side, often to a block a round on
+    // its way writes (the batch then waits for it), and a short unaligned
+    // write lands inside a block now and then; every block must end as it
+    // did on the primary.
     c.create(0, "base/hot").expect("create");
-    for b in 0..16u64 {
+    for b in 0..8u64 {
         c.extend(0, "base/hot", b, &vec![0u8; 8192]).expect("extend");
     }
     let socket = pair.seg(2).cfg.socket.clone();
@@ -526,8 +528,11 @@ fn direct_segments_replicate_byte_for_byte() {
             s.spawn(move || {
                 let mut c = filerep::cluster::client::Client::connect(socket).expect("client");
                 for i in 0..200u64 {
-                    let b = i % 2;
+                    let b = (i * 3 + w as u64 * 5) % 8;
                     c.write_block(0, "base/hot", b, &vec![w * 64 + (i % 64) as u8; 8192]).expect("hot write");
+                    if i % 16 == w as u64 {
+                        c.write_at(0, "base/hot", b * 8192 + 1000, &[w; 100]).expect("unaligned hot write");
+                    }
                 }
             });
         }

@@ -448,10 +448,11 @@ impl MirrorServer {
             // Before a round can land: an acknowledgement never has applied past received.
             acks.marks.received.store(session.received(), Ordering::SeqCst);
             let result = match staged {
-                Some(r) => applier
-                    .stage_writes(&ops)
+                Some(r) => stage_retrying(&mut applier, &ops)
                     .and_then(|w| r.submit(w, ops.last().map_or(0, |o| o.seq)))
                     .map(|()| false),
+                // A heartbeat alone changes nothing here: nothing to wait for.
+                None if ops.is_empty() => Ok(false),
                 None => drain(&rounds, &mut applier).and_then(|()| apply_retrying(&mut applier, &ops)),
             };
             let wants_sync = match result {
@@ -501,6 +502,11 @@ impl MirrorServer {
                 Ok(through) => applier.landed(through),
                 Err(e) if !matches!(end, SessionEnd::ApplyFailed(_)) => end = self.apply_failed(&acks, &e),
                 Err(_) => {}
+            }
+            // Rule 8: a round that found the disk failing faults the mirror,
+            // even when another failure ended the session first.
+            if let Some(why) = r.disk_failing() {
+                self.set_fault(why);
             }
             acks.marks.applied.fetch_max(applier.applied(), Ordering::SeqCst);
         }
@@ -562,6 +568,25 @@ fn drain(rounds: &Option<rounds::Rounds>, applier: &mut Applier) -> Result<(), c
         applier.landed(r.drain()?);
     }
     Ok(())
+}
+
+/// Stage a batch for the write rounds; opening a file that fails for a
+/// passing reason (EMFILE, ENOMEM) is tried again, as applying is.
+fn stage_retrying(
+    applier: &mut Applier,
+    ops: &[Sequenced],
+) -> Result<Vec<crate::exec::apply::StagedWrite>, crate::exec::apply::ApplyError> {
+    let mut pauses = RETRY_PAUSES.iter();
+    loop {
+        match applier.stage_writes(ops) {
+            Err(e) if e.class() == FaultClass::Retry => {
+                let Some(pause) = pauses.next() else { return Err(e) };
+                tracing::debug!(seq = e.seq, error = %e, "staging failed for a passing reason: trying again");
+                std::thread::sleep(*pause);
+            }
+            r => return r,
+        }
+    }
 }
 
 /// Pauses before each new try of an operation that failed for a passing

@@ -60,6 +60,9 @@ struct State {
     failed: Option<ApplyError>,
     /// The failure was handed to the session (later calls fail too).
     failure_taken: bool,
+    /// A round failed because the disk is failing (the first such): the
+    /// mirror faults, whatever failure ended the session first.
+    disk_failing: Option<String>,
 }
 
 struct Shared {
@@ -73,6 +76,10 @@ fn lock(s: &Shared) -> MutexGuard<'_, State> {
 }
 
 pub(super) struct Rounds {
+    /// Overlaps are judged by whole pages: a buffered write (an unaligned
+    /// one goes through the page cache) and a direct write to the same page
+    /// must not be on their way at once.
+    page: u64,
     tx: Option<crossbeam_channel::Sender<Round>>,
     threads: Vec<JoinHandle<()>>,
     shared: Arc<Shared>,
@@ -86,7 +93,13 @@ impl Rounds {
             Arc::new(Shared { state: Mutex::new(State { applied, ..State::default() }), changed: Condvar::new() });
         // A rendezvous: a round is handed over only to a thread free to write it.
         let (tx, rx) = crossbeam_channel::bounded::<Round>(0);
-        let mut rounds = Rounds { tx: Some(tx), threads: Vec::new(), shared: shared.clone() };
+        let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+            .ok()
+            .flatten()
+            .and_then(|p| u64::try_from(p).ok())
+            .filter(|p| p.is_power_of_two())
+            .unwrap_or(4096);
+        let mut rounds = Rounds { page, tx: Some(tx), threads: Vec::new(), shared: shared.clone() };
         for i in 0..ROUND_THREADS {
             let (rx, disk, acks, shared) = (rx.clone(), disk.clone(), acks.clone(), shared.clone());
             let t = std::thread::Builder::new()
@@ -104,6 +117,7 @@ impl Rounds {
             return false;
         }
         writes.any(|(path, start, end)| {
+            let (start, end) = self.pages(start, end);
             st.queue.iter().any(|r| r.ranges.get(path).is_some_and(|rs| rs.iter().any(|&(s, e)| start < e && s < end)))
         })
     }
@@ -114,7 +128,8 @@ impl Rounds {
     pub(super) fn submit(&self, writes: Vec<StagedWrite>, last_seq: u64) -> Result<(), ApplyError> {
         let mut ranges: HashMap<FsPath, Vec<(u64, u64)>> = HashMap::new();
         for w in &writes {
-            ranges.entry(w.path.clone()).or_default().push((w.offset, w.offset.saturating_add(w.data.len() as u64)));
+            let range = self.pages(w.offset, w.offset.saturating_add(w.data.len() as u64));
+            ranges.entry(w.path.clone()).or_default().push(range);
         }
         {
             let mut st = lock(&self.shared);
@@ -134,6 +149,12 @@ impl Rounds {
         Ok(())
     }
 
+    /// `start..end` widened to whole pages.
+    fn pages(&self, start: u64, end: u64) -> (u64, u64) {
+        let mask = self.page - 1;
+        (start & !mask, end.checked_add(mask).map_or(u64::MAX, |e| e & !mask))
+    }
+
     /// Wait until every round handed over has landed: through what the
     /// writes are applied, or the failure that ended them.
     pub(super) fn drain(&self) -> Result<u64, ApplyError> {
@@ -147,6 +168,13 @@ impl Rounds {
             }
             st = self.shared.changed.wait(st).unwrap_or_else(|e| e.into_inner());
         }
+    }
+}
+
+impl Rounds {
+    /// Why the disk is failing, if a round found it so (kept for good).
+    pub(super) fn disk_failing(&self) -> Option<String> {
+        lock(&self.shared).disk_failing.clone()
     }
 }
 
@@ -172,8 +200,10 @@ impl Drop for Rounds {
 
 fn run(rx: crossbeam_channel::Receiver<Round>, disk: &dyn Disk, acks: &AckSender, shared: &Shared) {
     while let Ok(round) = rx.recv() {
-        let result = write_round(disk, &round.writes);
         let last_seq = round.last_seq;
+        // A panic is a failed round: the session must not wait for it forever.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| write_round(disk, &round.writes)))
+            .unwrap_or_else(|_| Err(round_error(last_seq, "a round thread panicked")));
         drop(round);
         let mut st = lock(shared);
         let mut retired = false;
@@ -196,22 +226,29 @@ fn run(rx: crossbeam_channel::Receiver<Round>, disk: &dyn Disk, acks: &AckSender
             Err(e) => {
                 tracing::error!(seq = e.seq, error = %e, "a write round failed; ending the session");
                 fault = Some((e.seq, e.to_string()));
+                if e.class() == FaultClass::DiskFailing && st.disk_failing.is_none() {
+                    st.disk_failing = Some(e.to_string());
+                }
                 if st.failed.is_none() && !st.failure_taken {
                     st.failed = Some(e);
                 }
             }
         }
-        let applied = st.applied;
+        if retired {
+            // Under the lock: whoever sees these rounds retired (a drain, then
+            // a sync job and its Ack) sees the applied mark there too, so no
+            // Ack says synced past applied.
+            acks.marks.applied.fetch_max(st.applied, Ordering::SeqCst);
+        }
         drop(st);
         shared.changed.notify_all();
         if let Some((seq, why)) = fault {
             // The primary learns at once; closing the connection ends the session's reads.
             acks.fault(seq, &why);
         }
-        if retired {
-            acks.marks.applied.fetch_max(applied, Ordering::SeqCst);
-            // A failed send ends the session on its reading side.
-            let _ = acks.send();
+        if retired && !acks.send() {
+            // The session's reads end too: it then finds nothing more to do.
+            acks.close();
         }
     }
 }
@@ -253,6 +290,9 @@ mod tests {
     use std::sync::atomic::AtomicBool;
     use std::time::Duration;
 
+    /// In `fail_with`: the write panics.
+    const PANIC: i32 = -1;
+
     /// A file in memory whose writes can be held at a gate or failed.
     #[derive(Debug, Default)]
     struct TestFile {
@@ -276,6 +316,9 @@ mod tests {
             let g = self.gated.lock().unwrap();
             drop(self.gate.wait_timeout_while(g, Duration::from_secs(10), |gated| *gated).unwrap());
             let injected = self.fail_with.lock().unwrap().pop();
+            if injected == Some(PANIC) {
+                panic!("injected panic in a write");
+            }
             if let Some(errno) = injected {
                 return Err(DiskError::new("write", "test", DiskErrorKind::Io, "injected").with_errno(errno));
             }
@@ -357,15 +400,19 @@ mod tests {
         let (a, b) = (Arc::new(TestFile::default()), Arc::new(TestFile::default()));
         *a.gated.lock().unwrap() = true;
         fx.rounds.submit(vec![write(1, "a", &a, 0, 1)], 1).expect("first round");
-        fx.rounds.submit(vec![write(2, "b", &b, 0, 2), write(3, "b", &b, 4096, 3)], 3).expect("second round");
+        let short = StagedWrite { data: bytes::Bytes::from_static(b"0123456789"), ..write(3, "b", &b, 8292, 3) };
+        fx.rounds.submit(vec![write(2, "b", &b, 0, 2), short], 3).expect("second round");
         // The second round lands while the first waits at its gate.
         let st = wait_for(&fx.rounds, |st| st.queue.get(1).is_some_and(|r| r.landed));
         assert_eq!(st, 0, "nothing counts applied while an earlier round is on its way");
-        assert_eq!(b.data.lock().unwrap().len(), 8192);
+        assert_eq!(b.data.lock().unwrap().len(), 8302);
         assert_eq!(fx.acks.marks.applied.load(Ordering::SeqCst), 0);
         // A write over the first round's range waits for it; one beside it does not.
         assert!(fx.rounds.overlaps([(&path("a"), 100, 200)].into_iter()));
         assert!(!fx.rounds.overlaps([(&path("a"), 4096, 8192), (&path("c"), 0, 10)].into_iter()));
+        // Judged by pages: a write beside the short one, in its page, overlaps too.
+        assert!(fx.rounds.overlaps([(&path("b"), 8192, 8242)].into_iter()));
+        assert!(!fx.rounds.overlaps([(&path("b"), 4096, 8192)].into_iter()));
         a.open_gate();
         assert_eq!(fx.rounds.drain().expect("landed"), 3);
         assert_eq!(fx.acks.marks.applied.load(Ordering::SeqCst), 3);
@@ -415,5 +462,33 @@ mod tests {
             st = rounds.shared.changed.wait_timeout(st, left).unwrap_or_else(|e| e.into_inner()).0;
         }
         st.applied
+    }
+
+    #[test]
+    fn a_round_thread_that_panics_fails_the_session_instead_of_hanging_it() {
+        let fx = fixture();
+        let a = Arc::new(TestFile::default());
+        a.fail_with.lock().unwrap().push(PANIC);
+        fx.rounds.submit(vec![write(1, "a", &a, 0, 1)], 1).expect("round");
+        let e = fx.rounds.drain().expect_err("the round panicked");
+        assert_eq!(e.seq, 1, "{e}");
+        assert!(e.to_string().contains("panicked"), "{e}");
+    }
+
+    #[test]
+    fn a_failing_disk_is_kept_even_when_another_failure_came_first() {
+        let fx = fixture();
+        let (a, b) = (Arc::new(TestFile::default()), Arc::new(TestFile::default()));
+        *a.gated.lock().unwrap() = true;
+        // The first round keeps failing for a passing reason (four tries), the second finds the disk failing.
+        a.fail_with.lock().unwrap().extend([libc::EINTR; 4]);
+        b.fail_with.lock().unwrap().push(libc::EIO);
+        fx.rounds.submit(vec![write(1, "a", &a, 0, 1)], 1).expect("first round");
+        fx.rounds.submit(vec![write(2, "b", &b, 0, 2)], 2).expect("second round");
+        wait_for(&fx.rounds, |st| st.disk_failing.is_some());
+        a.open_gate();
+        let e = fx.rounds.drain().expect_err("failed");
+        assert!(e.seq == 1 || e.seq == 2, "{e}");
+        assert!(fx.rounds.disk_failing().is_some_and(|why| why.contains("#2")), "{:?}", fx.rounds.disk_failing());
     }
 }

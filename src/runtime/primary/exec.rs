@@ -25,6 +25,8 @@ use std::time::{Duration, Instant};
 /// others parks at once: their polling would only take turns on the CPU
 /// (measured: 10-15 % less CPU per block with 8 writers, docs/performance.md).
 const SPIN_BEFORE_PARK: Duration = Duration::from_micros(50);
+/// On a direct disk, sends a call runs before its own next command, at most.
+const MAX_SENDS_IN_A_ROW: usize = 4;
 /// A call that waits this long with no deadline has its engine's state logged.
 const STALL_REPORT: Duration = Duration::from_secs(30);
 
@@ -303,7 +305,19 @@ impl Runtime {
             if self.sends_first {
                 take_sends(&mut mine, &mut sends);
             }
-            while let Some(cmd) = sends.pop_front().or_else(|| mine.pop_front()) {
+            let mut sends_in_a_row = 0;
+            loop {
+                // Bounded: while others keep queueing frames, the sends
+                // would otherwise keep this call's own write waiting.
+                let cmd = match sends_in_a_row < MAX_SENDS_IN_A_ROW {
+                    true => sends.pop_front().or_else(|| mine.pop_front()),
+                    false => mine.pop_front().or_else(|| sends.pop_front()),
+                };
+                let Some(cmd) = cmd else { break };
+                sends_in_a_row = match cmd.owner() == Owner::Current {
+                    true => sends_in_a_row + 1,
+                    false => 0,
+                };
                 match cmd {
                     Command::Complete { call, result: r } if call == id => result = Some(r),
                     cmd => {
