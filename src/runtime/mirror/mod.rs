@@ -570,18 +570,22 @@ fn drain(rounds: &Option<rounds::Rounds>, applier: &mut Applier) -> Result<(), c
     Ok(())
 }
 
-/// Stage a batch for the write rounds; opening a file that fails for a
-/// passing reason (EMFILE, ENOMEM) is tried again, as applying is.
-fn stage_retrying(
-    applier: &mut Applier,
-    ops: &[Sequenced],
-) -> Result<Vec<crate::exec::apply::StagedWrite>, crate::exec::apply::ApplyError> {
+/// Pauses before each new try of an operation that failed for a passing
+/// reason ([`FaultClass::Retry`]); well under any primary's ack timeout.
+const RETRY_PAUSES: [Duration; 3] = [Duration::from_millis(10), Duration::from_millis(50), Duration::from_millis(200)];
+
+/// Run `attempt` again after each pause of [`RETRY_PAUSES`] while it fails
+/// for a passing reason; its last result.
+fn retrying<T>(
+    what: &'static str,
+    mut attempt: impl FnMut() -> Result<T, crate::exec::apply::ApplyError>,
+) -> Result<T, crate::exec::apply::ApplyError> {
     let mut pauses = RETRY_PAUSES.iter();
     loop {
-        match applier.stage_writes(ops) {
+        match attempt() {
             Err(e) if e.class() == FaultClass::Retry => {
                 let Some(pause) = pauses.next() else { return Err(e) };
-                tracing::debug!(seq = e.seq, error = %e, "staging failed for a passing reason: trying again");
+                tracing::debug!(seq = e.seq, error = %e, what, "failed for a passing reason: trying again");
                 std::thread::sleep(*pause);
             }
             r => return r,
@@ -589,29 +593,29 @@ fn stage_retrying(
     }
 }
 
-/// Pauses before each new try of an operation that failed for a passing
-/// reason ([`FaultClass::Retry`]); well under any primary's ack timeout.
-const RETRY_PAUSES: [Duration; 3] = [Duration::from_millis(10), Duration::from_millis(50), Duration::from_millis(200)];
+/// Stage a batch for the write rounds; opening a file that fails for a
+/// passing reason (EMFILE, ENOMEM) is tried again, as applying is.
+fn stage_retrying(
+    applier: &mut Applier,
+    ops: &[Sequenced],
+) -> Result<Vec<crate::exec::apply::StagedWrite>, crate::exec::apply::ApplyError> {
+    retrying("staging", || applier.stage_writes(ops))
+}
 
 /// Apply a batch; an operation that fails for a passing reason is tried
 /// again (with what follows it) after a pause, a few times. Safe: the
 /// failed operation did not happen, and everything before it is applied
 /// (`Applier::applied` says how far).
 fn apply_retrying(applier: &mut Applier, ops: &[Sequenced]) -> Result<bool, crate::exec::apply::ApplyError> {
-    let mut pauses = RETRY_PAUSES.iter();
     let mut rest = ops;
-    loop {
-        match applier.apply(rest) {
-            Err(e) if e.class() == FaultClass::Retry => {
-                let Some(pause) = pauses.next() else { return Err(e) };
-                tracing::debug!(seq = e.seq, error = %e, "apply failed for a passing reason: trying again");
-                std::thread::sleep(*pause);
-                let done = applier.applied();
-                rest = &rest[rest.iter().position(|o| o.seq > done).unwrap_or(rest.len())..];
-            }
-            r => return r,
+    retrying("apply", || {
+        let r = applier.apply(rest);
+        if r.is_err() {
+            let done = applier.applied();
+            rest = &rest[rest.iter().position(|o| o.seq > done).unwrap_or(rest.len())..];
         }
-    }
+        r
+    })
 }
 
 fn log_report(r: &SessionReport) {

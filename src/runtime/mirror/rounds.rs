@@ -22,7 +22,7 @@
 //!   session: the applied mark stays before the failed round, and the
 //!   primary gets a Fault frame at once.
 
-use super::{AckSender, RETRY_PAUSES};
+use super::{retrying, AckSender};
 use crate::exec::apply::{ApplyError, FaultClass, StagedWrite};
 use crate::io::disk::{BatchWrite, Disk, DiskError, DiskErrorKind, FsPath};
 use std::collections::{HashMap, VecDeque};
@@ -257,26 +257,21 @@ fn run(rx: crossbeam_channel::Receiver<Round>, disk: &dyn Disk, acks: &AckSender
 /// a write that fails for a passing reason is tried again after a pause,
 /// with every write after it.
 fn write_round(disk: &dyn Disk, writes: &[StagedWrite]) -> Result<(), ApplyError> {
-    let mut pauses = RETRY_PAUSES.iter();
     let mut rest = writes;
-    loop {
+    retrying("write round", || {
         let batch: Vec<BatchWrite<'_>> =
             rest.iter().map(|w| BatchWrite { file: w.file.as_ref(), offset: w.offset, data: &w.data }).collect();
         let results = disk.write_batch(&batch);
         drop(batch);
-        let Some((i, error)) = results.into_iter().enumerate().find_map(|(i, r)| r.err().map(|e| (i, e))) else {
-            return Ok(());
-        };
-        let e = ApplyError { seq: rest[i].seq, op: "write", error };
-        match (e.class(), pauses.next()) {
-            (FaultClass::Retry, Some(pause)) => {
-                tracing::debug!(seq = e.seq, error = %e, "a write failed for a passing reason: trying again");
-                std::thread::sleep(*pause);
+        match results.into_iter().enumerate().find_map(|(i, r)| r.err().map(|e| (i, e))) {
+            None => Ok(()),
+            Some((i, error)) => {
+                let e = ApplyError { seq: rest[i].seq, op: "write", error };
                 rest = &rest[i..];
+                Err(e)
             }
-            _ => return Err(e),
         }
-    }
+    })
 }
 
 #[cfg(test)]
