@@ -22,7 +22,8 @@
 //!   session: the applied mark stays before the failed round, and the
 //!   primary gets a Fault frame at once.
 
-use super::{retrying, AckSender};
+use super::retrying;
+use super::syncer::AckSender;
 use crate::exec::apply::{ApplyError, FaultClass, StagedWrite};
 use crate::io::disk::{BatchWrite, Disk, DiskError, DiskErrorKind, FsPath};
 use std::collections::{HashMap, VecDeque};
@@ -56,13 +57,28 @@ struct State {
     queue: VecDeque<InFlight>,
     /// Every round through this sequence number has landed.
     applied: u64,
-    /// The first failure; once set, nothing more is retired.
-    failed: Option<ApplyError>,
-    /// The failure was handed to the session (later calls fail too).
-    failure_taken: bool,
+    /// Once a round failed, nothing more is retired.
+    failure: Failure,
     /// A round failed because the disk is failing (the first such): the
     /// mirror faults, whatever failure ended the session first.
     disk_failing: Option<String>,
+}
+
+/// Where the rounds stand after their first failure.
+#[derive(Default)]
+enum Failure {
+    #[default]
+    None,
+    /// Not yet handed to the session.
+    Waiting(ApplyError),
+    /// Handed to the session; later calls fail too.
+    Reported,
+}
+
+impl State {
+    fn stopped(&self) -> bool {
+        !matches!(self.failure, Failure::None)
+    }
 }
 
 struct Shared {
@@ -133,7 +149,7 @@ impl Rounds {
         }
         {
             let mut st = lock(&self.shared);
-            if st.failed.is_some() || st.failure_taken {
+            if st.stopped() {
                 return Err(take_failure(&mut st));
             }
             st.queue.push_back(InFlight { last_seq, landed: false, ranges });
@@ -143,7 +159,7 @@ impl Rounds {
             // Every round thread is gone: only after a panic in one.
             let mut st = lock(&self.shared);
             st.queue.pop_back();
-            st.failure_taken = true;
+            st.failure = Failure::Reported;
             return Err(round_error(last_seq, "the round threads are gone"));
         }
         Ok(())
@@ -160,7 +176,7 @@ impl Rounds {
     pub(super) fn drain(&self) -> Result<u64, ApplyError> {
         let mut st = lock(&self.shared);
         loop {
-            if st.failed.is_some() || st.failure_taken {
+            if st.stopped() {
                 return Err(take_failure(&mut st));
             }
             if st.queue.is_empty() {
@@ -169,9 +185,7 @@ impl Rounds {
             st = self.shared.changed.wait(st).unwrap_or_else(|e| e.into_inner());
         }
     }
-}
 
-impl Rounds {
     /// Why the disk is failing, if a round found it so (kept for good).
     pub(super) fn disk_failing(&self) -> Option<String> {
         lock(&self.shared).disk_failing.clone()
@@ -180,9 +194,10 @@ impl Rounds {
 
 /// The failure that stopped the rounds: the first time with its cause.
 fn take_failure(st: &mut State) -> ApplyError {
-    st.failure_taken = true;
-    let applied = st.applied;
-    st.failed.take().unwrap_or_else(|| round_error(applied + 1, "a write round failed before"))
+    match std::mem::replace(&mut st.failure, Failure::Reported) {
+        Failure::Waiting(e) => e,
+        _ => round_error(st.applied + 1, "a write round failed before"),
+    }
 }
 
 fn round_error(seq: u64, why: &str) -> ApplyError {
@@ -214,7 +229,7 @@ fn run(rx: crossbeam_channel::Receiver<Round>, disk: &dyn Disk, acks: &AckSender
                 if let Some(r) = st.queue.iter_mut().find(|r| r.last_seq == last_seq) {
                     r.landed = true;
                 }
-                if st.failed.is_none() && !st.failure_taken {
+                if !st.stopped() {
                     while st.queue.front().is_some_and(|r| r.landed) {
                         if let Some(r) = st.queue.pop_front() {
                             st.applied = r.last_seq;
@@ -229,8 +244,8 @@ fn run(rx: crossbeam_channel::Receiver<Round>, disk: &dyn Disk, acks: &AckSender
                 if e.class() == FaultClass::DiskFailing && st.disk_failing.is_none() {
                     st.disk_failing = Some(e.to_string());
                 }
-                if st.failed.is_none() && !st.failure_taken {
-                    st.failed = Some(e);
+                if !st.stopped() {
+                    st.failure = Failure::Waiting(e);
                 }
             }
         }
@@ -276,7 +291,7 @@ fn write_round(disk: &dyn Disk, writes: &[StagedWrite]) -> Result<(), ApplyError
 
 #[cfg(test)]
 mod tests {
-    use super::super::{AckSender, Marks};
+    use super::super::syncer::{AckSender, Marks};
     use super::*;
     use crate::io::disk::{DiskFile, DiskResult};
     use crate::io::net::{mem_pair, ConnReader};
