@@ -18,6 +18,11 @@ pub trait ConnReader: Send {
     /// expired wait is `ErrorKind::WouldBlock` or `ErrorKind::TimedOut`.
     fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize>;
     fn set_timeout(&mut self, t: Option<Duration>) -> io::Result<()>;
+    /// A descriptor that polls readable when a receive would not block
+    /// (a socket's); `None` where there is none (in-memory connections).
+    fn poll_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        None
+    }
 }
 
 pub trait ConnWriter: Send {
@@ -54,6 +59,9 @@ impl ConnReader for TcpReader {
     }
     fn set_timeout(&mut self, t: Option<Duration>) -> io::Result<()> {
         self.0.set_read_timeout(t)
+    }
+    fn poll_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        Some(std::os::fd::AsFd::as_fd(&self.0))
     }
 }
 

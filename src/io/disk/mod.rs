@@ -19,10 +19,12 @@ pub mod direct;
 mod sim;
 mod std_backend;
 mod uring;
+mod write_ring;
 
 pub use sim::{SimDisk, SimEntry, SimFault};
 pub use std_backend::StdDisk;
 pub use uring::{sequential_write_rate, UringDisk, SEQ_WRITE_BLOCK, SEQ_WRITE_DEPTH};
+pub use write_ring::{RingWrite, WriteRing, MAX_RING_ROUNDS};
 
 use crate::protocol::path::RelPath;
 pub use crate::protocol::path::{EntryKind, FsPath};
@@ -169,6 +171,12 @@ pub trait Disk: Send + Sync {
     /// then costs the device's latency rather than a copy.
     fn writes_direct(&self) -> bool {
         false
+    }
+
+    /// On a direct disk with io_uring: a ring of O_DIRECT writes that one
+    /// thread submits to and reaps from ([`WriteRing`]). `None` elsewhere.
+    fn write_ring(&self) -> Option<WriteRing> {
+        None
     }
 
     /// Write every entry; results in the same order. Backends that can,

@@ -88,7 +88,7 @@ fn submit_and_drain(ring: &mut IoUring, expected: usize, on_cqe: impl FnMut(u64,
 /// have completed (every completion already there is reaped too); how
 /// many were. `Err` under the same condition: none of the `expected` is
 /// left in the kernel.
-fn submit_and_reap(
+pub(super) fn submit_and_reap(
     ring: &mut IoUring,
     expected: usize,
     wait_for: usize,
@@ -128,7 +128,7 @@ fn submit_and_reap(
 }
 
 /// Names a descriptor in an error from a batch (the batch only has `&dyn DiskFile`).
-fn fd_label(fd: RawFd) -> String {
+pub(super) fn fd_label(fd: RawFd) -> String {
     match std::fs::read_link(format!("/proc/self/fd/{fd}")) {
         Ok(p) => format!("fd {fd} ({})", p.display()),
         Err(_) => format!("fd {fd}"),
@@ -227,6 +227,18 @@ impl Disk for UringDisk {
         self.std.list_dir(filespace, dir)
     }
 
+    fn write_ring(&self) -> Option<super::WriteRing> {
+        if !self.std.direct() {
+            return None;
+        }
+        match super::WriteRing::new() {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot set up a write ring; write rounds go through threads");
+                None
+            }
+        }
+    }
     fn writes_direct(&self) -> bool {
         self.std.direct()
     }
@@ -329,7 +341,7 @@ impl Disk for UringDisk {
 }
 
 /// Whether a negative CQE result is worth simply retrying.
-fn retryable(errno: i32) -> bool {
+pub(super) fn retryable(errno: i32) -> bool {
     errno == libc::EINTR || errno == libc::EAGAIN
 }
 

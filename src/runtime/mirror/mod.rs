@@ -39,8 +39,9 @@ const MAX_START_SEQ: u64 = 1 << 62;
 /// refused with Busy once they prove the key).
 pub const MAX_CONNECTIONS: usize = 16;
 
-/// Largest single read from the socket.
-const READ_CHUNK: usize = 1 << 20;
+/// Room a receive is offered at least: the socket reads straight into
+/// the decoder's buffer, as much as that holds.
+const RECV_ROOM: usize = 64 << 10;
 
 #[derive(Clone, Debug)]
 pub struct MirrorConfig {
@@ -362,7 +363,6 @@ impl MirrorServer {
             tracing::warn!(error = %e, "cannot set the send timeout");
         }
         let mut dec = Decoder::new();
-        let mut buf = vec![0u8; READ_CHUNK];
         let mut frames = 0u64;
         let clock = Instant::now();
         let now_ms = || clock.elapsed().as_millis() as u64;
@@ -370,7 +370,7 @@ impl MirrorServer {
         // Bytes received since the last sync job (where the next one runs).
         let mut received_since_sync = 0u64;
         let mut rounds = match self.cfg.direct {
-            true => match rounds::Rounds::start(self.disk.clone(), acks.clone(), base) {
+            true => match rounds::Rounds::start(self.disk.clone(), acks.clone(), base, reader.poll_fd().is_some()) {
                 Ok(r) => Some(r),
                 Err(e) => {
                     acks.close();
@@ -390,7 +390,18 @@ impl MirrorServer {
             if self.stopping.load(Ordering::SeqCst) {
                 break SessionEnd::Disconnected("the mirror daemon is stopping".into());
             }
-            let n = match reader.recv(&mut buf) {
+            // With rounds on this thread's ring, a receive must not block
+            // while they are in flight: wait for the socket and settle them.
+            if let (Some(r), Some(fd)) = (&rounds, reader.poll_fd()) {
+                match r.await_readable(fd, self.cfg.tuning.ack_timeout) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        break SessionEnd::Disconnected(format!("silent for {:?}", self.cfg.tuning.ack_timeout))
+                    }
+                    Err(e) => break SessionEnd::Disconnected(format!("waiting to receive failed: {e}")),
+                }
+            }
+            let n = match dec.recv_with(RECV_ROOM, |room| reader.recv(room)) {
                 Ok(0) => {
                     break match dec.finish() {
                         Err(e) => SessionEnd::BadFrame(e.to_string()),
@@ -403,7 +414,6 @@ impl MirrorServer {
                 }
                 Err(e) => break SessionEnd::Disconnected(format!("receive failed: {e}")),
             };
-            dec.feed(&buf[..n]);
             received_since_sync += n as u64;
             let mut ops = Vec::new();
             let mut wake = false;

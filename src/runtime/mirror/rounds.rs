@@ -25,11 +25,13 @@
 use super::retrying;
 use super::syncer::AckSender;
 use crate::exec::apply::{ApplyError, FaultClass, StagedWrite};
-use crate::io::disk::{BatchWrite, Disk, DiskError, DiskErrorKind, FsPath};
+use crate::io::disk::{BatchWrite, Disk, DiskError, DiskErrorKind, FsPath, RingWrite, WriteRing, MAX_RING_ROUNDS};
 use std::collections::{HashMap, VecDeque};
+use std::os::fd::BorrowedFd;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 /// Rounds on the device at once, at most (one thread each, each with its
 /// own ring). More would only queue at the device; the session waits to
@@ -99,23 +101,72 @@ pub(super) struct Rounds {
     tx: Option<crossbeam_channel::Sender<Round>>,
     threads: Vec<JoinHandle<()>>,
     shared: Arc<Shared>,
+    /// With io_uring: the session's own thread puts rounds on the ring and
+    /// reaps them (no round threads, so no wake-up between the socket and
+    /// the device); see [`Rounds::await_readable`].
+    ring: Option<Mutex<RingRounds>>,
+}
+
+/// Rounds on the session's own ring.
+struct RingRounds {
+    ring: WriteRing,
+    /// The staged writes of each round on the ring, by its last sequence number.
+    staged: HashMap<u64, Vec<StagedWrite>>,
+    disk: Arc<dyn Disk>,
+    acks: Arc<AckSender>,
+}
+
+impl RingRounds {
+    /// Settle the rounds that landed; with `wait`, wait for one first.
+    fn reap(&mut self, shared: &Shared, wait: bool) {
+        for (last_seq, _, results) in self.ring.reap(wait) {
+            let staged = self.staged.remove(&last_seq).unwrap_or_default();
+            let failed = results.into_iter().enumerate().find_map(|(i, r)| r.err().map(|e| (i, e)));
+            let result = match failed {
+                None => Ok(()),
+                Some((i, _)) if i >= staged.len() => Err(round_error(last_seq, "a ring round came back unknown")),
+                Some((i, error)) => {
+                    // A failure for a passing reason is tried again with the
+                    // writes after it, as a round thread does; any other ends here.
+                    let failed = ApplyError { seq: staged[i].seq, op: "write", error };
+                    match failed.class() {
+                        FaultClass::Retry => guarded(last_seq, || write_round(self.disk.as_ref(), &staged[i..])),
+                        _ => Err(failed),
+                    }
+                }
+            };
+            settle(shared, &self.acks, last_seq, result);
+        }
+    }
 }
 
 impl Rounds {
-    /// Round threads writing to `disk`, acknowledging through `acks`;
-    /// everything through `applied` is already applied.
-    pub(super) fn start(disk: Arc<dyn Disk>, acks: Arc<AckSender>, applied: u64) -> std::io::Result<Rounds> {
+    /// Rounds writing to `disk`, acknowledged through `acks`; everything
+    /// through `applied` is already applied. On the session's own ring if
+    /// the disk offers one and the connection can be polled (the session
+    /// then calls [`Rounds::await_readable`] before every receive), else
+    /// on round threads.
+    pub(super) fn start(
+        disk: Arc<dyn Disk>,
+        acks: Arc<AckSender>,
+        applied: u64,
+        pollable: bool,
+    ) -> std::io::Result<Rounds> {
         let shared =
             Arc::new(Shared { state: Mutex::new(State { applied, ..State::default() }), changed: Condvar::new() });
-        // A rendezvous: a round is handed over only to a thread free to write it.
-        let (tx, rx) = crossbeam_channel::bounded::<Round>(0);
         let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
             .ok()
             .flatten()
             .and_then(|p| u64::try_from(p).ok())
             .filter(|p| p.is_power_of_two())
             .unwrap_or(4096);
-        let mut rounds = Rounds { page, tx: Some(tx), threads: Vec::new(), shared: shared.clone() };
+        if let Some(ring) = disk.write_ring().filter(|_| pollable) {
+            let ring = RingRounds { ring, staged: HashMap::new(), disk, acks };
+            return Ok(Rounds { page, tx: None, threads: Vec::new(), shared, ring: Some(Mutex::new(ring)) });
+        }
+        // A rendezvous: a round is handed over only to a thread free to write it.
+        let (tx, rx) = crossbeam_channel::bounded::<Round>(0);
+        let mut rounds = Rounds { page, tx: Some(tx), threads: Vec::new(), shared: shared.clone(), ring: None };
         for i in 0..ROUND_THREADS {
             let (rx, disk, acks, shared) = (rx.clone(), disk.clone(), acks.clone(), shared.clone());
             let t = std::thread::Builder::new()
@@ -154,6 +205,28 @@ impl Rounds {
             }
             st.queue.push_back(InFlight { last_seq, landed: false, ranges });
         }
+        if let Some(ring) = &self.ring {
+            let mut rr = lock_ring(ring);
+            while rr.ring.in_flight() >= MAX_RING_ROUNDS {
+                rr.reap(&self.shared, true);
+            }
+            let on_ring: Vec<RingWrite> = writes
+                .iter()
+                .map(|w| RingWrite { file: w.file.clone(), offset: w.offset, data: w.data.clone() })
+                .collect();
+            match rr.ring.submit(last_seq, on_ring) {
+                Ok(()) => {
+                    rr.staged.insert(last_seq, writes);
+                }
+                // Not for the ring (unaligned, or overlapping itself): written
+                // here, now; it overlaps nothing in flight.
+                Err(_) => {
+                    let result = guarded(last_seq, || write_round(rr.disk.as_ref(), &writes));
+                    settle(&self.shared, &rr.acks, last_seq, result);
+                }
+            }
+            return Ok(());
+        }
         let sent = self.tx.as_ref().is_some_and(|tx| tx.send(Round { writes, last_seq }).is_ok());
         if !sent {
             // Every round thread is gone: only after a panic in one.
@@ -174,6 +247,27 @@ impl Rounds {
     /// Wait until every round handed over has landed: through what the
     /// writes are applied, or the failure that ended them.
     pub(super) fn drain(&self) -> Result<u64, ApplyError> {
+        if let Some(ring) = &self.ring {
+            let mut rr = lock_ring(ring);
+            loop {
+                {
+                    let mut st = lock(&self.shared);
+                    if st.stopped() {
+                        return Err(take_failure(&mut st));
+                    }
+                    if st.queue.is_empty() {
+                        return Ok(st.applied);
+                    }
+                }
+                if rr.ring.in_flight() == 0 {
+                    // Cannot happen: a round not retired is on the ring.
+                    let mut st = lock(&self.shared);
+                    st.failure = Failure::Reported;
+                    return Err(round_error(st.applied + 1, "a round was lost from the ring"));
+                }
+                rr.reap(&self.shared, true);
+            }
+        }
         let mut st = lock(&self.shared);
         loop {
             if st.stopped() {
@@ -190,6 +284,46 @@ impl Rounds {
     pub(super) fn disk_failing(&self) -> Option<String> {
         lock(&self.shared).disk_failing.clone()
     }
+
+    /// Before a receive that would block: with rounds on the session's
+    /// ring, wait for `socket` to be readable while settling (and
+    /// acknowledging) the rounds that land meanwhile, so a receive never
+    /// blocks with rounds in flight. `Ok(false)`: the socket stayed silent
+    /// for `timeout`. Without a ring, or nothing in flight, returns at once.
+    pub(super) fn await_readable(&self, socket: BorrowedFd<'_>, timeout: Duration) -> std::io::Result<bool> {
+        use nix::poll::{PollFd, PollFlags, PollTimeout};
+        let Some(ring) = &self.ring else { return Ok(true) };
+        let mut rr = lock_ring(ring);
+        let deadline = Instant::now() + timeout;
+        loop {
+            rr.reap(&self.shared, false);
+            if rr.ring.in_flight() == 0 {
+                return Ok(true);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(false);
+            }
+            let Some(ring_fd) = rr.ring.poll_fd() else { continue };
+            let mut fds = [PollFd::new(socket, PollFlags::POLLIN), PollFd::new(ring_fd, PollFlags::POLLIN)];
+            let wait = PollTimeout::try_from(left.max(Duration::from_millis(1))).unwrap_or(PollTimeout::MAX);
+            match nix::poll::poll(&mut fds, wait) {
+                Ok(_) if fds[0].revents().is_some_and(|r| !r.is_empty()) => return Ok(true),
+                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+fn lock_ring(m: &Mutex<RingRounds>) -> MutexGuard<'_, RingRounds> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A panic while writing is a failed round: the session must not wait for it forever.
+fn guarded(last_seq: u64, write: impl FnOnce() -> Result<(), ApplyError>) -> Result<(), ApplyError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(write))
+        .unwrap_or_else(|_| Err(round_error(last_seq, "a round thread panicked")))
 }
 
 /// The failure that stopped the rounds: the first time with its cause.
@@ -216,55 +350,60 @@ impl Drop for Rounds {
 fn run(rx: crossbeam_channel::Receiver<Round>, disk: &dyn Disk, acks: &AckSender, shared: &Shared) {
     while let Ok(round) = rx.recv() {
         let last_seq = round.last_seq;
-        // A panic is a failed round: the session must not wait for it forever.
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| write_round(disk, &round.writes)))
-            .unwrap_or_else(|_| Err(round_error(last_seq, "a round thread panicked")));
+        let result = guarded(last_seq, || write_round(disk, &round.writes));
         drop(round);
-        let mut st = lock(shared);
-        let mut retired = false;
-        let mut fault = None;
-        match result {
-            Ok(()) => {
-                // Batches never share a sequence number.
-                if let Some(r) = st.queue.iter_mut().find(|r| r.last_seq == last_seq) {
-                    r.landed = true;
-                }
-                if !st.stopped() {
-                    while st.queue.front().is_some_and(|r| r.landed) {
-                        if let Some(r) = st.queue.pop_front() {
-                            st.applied = r.last_seq;
-                            retired = true;
-                        }
+        settle(shared, acks, last_seq, result);
+    }
+}
+
+/// A round landed (or failed): retire the rounds landed in sequence order,
+/// move the applied mark and acknowledge, or stop the rounds and tell the
+/// primary at once.
+fn settle(shared: &Shared, acks: &AckSender, last_seq: u64, result: Result<(), ApplyError>) {
+    let mut st = lock(shared);
+    let mut retired = false;
+    let mut fault = None;
+    match result {
+        Ok(()) => {
+            // Batches never share a sequence number.
+            if let Some(r) = st.queue.iter_mut().find(|r| r.last_seq == last_seq) {
+                r.landed = true;
+            }
+            if !st.stopped() {
+                while st.queue.front().is_some_and(|r| r.landed) {
+                    if let Some(r) = st.queue.pop_front() {
+                        st.applied = r.last_seq;
+                        retired = true;
                     }
                 }
             }
-            Err(e) => {
-                tracing::error!(seq = e.seq, error = %e, "a write round failed; ending the session");
-                fault = Some((e.seq, e.to_string()));
-                if e.class() == FaultClass::DiskFailing && st.disk_failing.is_none() {
-                    st.disk_failing = Some(e.to_string());
-                }
-                if !st.stopped() {
-                    st.failure = Failure::Waiting(e);
-                }
+        }
+        Err(e) => {
+            tracing::error!(seq = e.seq, error = %e, "a write round failed; ending the session");
+            fault = Some((e.seq, e.to_string()));
+            if e.class() == FaultClass::DiskFailing && st.disk_failing.is_none() {
+                st.disk_failing = Some(e.to_string());
+            }
+            if !st.stopped() {
+                st.failure = Failure::Waiting(e);
             }
         }
-        if retired {
-            // Under the lock: whoever sees these rounds retired (a drain, then
-            // a sync job and its Ack) sees the applied mark there too, so no
-            // Ack says synced past applied.
-            acks.marks.applied.fetch_max(st.applied, Ordering::SeqCst);
-        }
-        drop(st);
-        shared.changed.notify_all();
-        if let Some((seq, why)) = fault {
-            // The primary learns at once; closing the connection ends the session's reads.
-            acks.fault(seq, &why);
-        }
-        if retired && !acks.send() {
-            // The session's reads end too: it then finds nothing more to do.
-            acks.close();
-        }
+    }
+    if retired {
+        // Under the lock: whoever sees these rounds retired (a drain, then
+        // a sync job and its Ack) sees the applied mark there too, so no
+        // Ack says synced past applied.
+        acks.marks.applied.fetch_max(st.applied, Ordering::SeqCst);
+    }
+    drop(st);
+    shared.changed.notify_all();
+    if let Some((seq, why)) = fault {
+        // The primary learns at once; closing the connection ends the session's reads.
+        acks.fault(seq, &why);
+    }
+    if retired && !acks.send() {
+        // The session's reads end too: it then finds nothing more to do.
+        acks.close();
     }
 }
 
@@ -372,7 +511,7 @@ mod tests {
         let acks =
             Arc::new(AckSender { marks: Marks::default(), writer: Mutex::new(writer), failed: AtomicBool::new(false) });
         acks.marks.received.store(100, Ordering::SeqCst);
-        let rounds = Rounds::start(disk, acks.clone(), 0).expect("rounds");
+        let rounds = Rounds::start(disk, acks.clone(), 0, false).expect("rounds");
         Fixture { rounds, acks, primary, _unused: (primary_writer, mirror_reader), _dir: dir }
     }
 
@@ -500,5 +639,152 @@ mod tests {
         let e = fx.rounds.drain().expect_err("failed");
         assert!(e.seq == 1 || e.seq == 2, "{e}");
         assert!(fx.rounds.disk_failing().is_some_and(|why| why.contains("#2")), "{:?}", fx.rounds.disk_failing());
+    }
+}
+
+#[cfg(test)]
+mod ring_tests {
+    use super::super::syncer::{AckSender, Marks};
+    use super::*;
+    use crate::io::disk::{OpenMode, StdDisk, UringDisk};
+    use crate::io::net::mem_pair;
+    use crate::protocol::path::RelPath;
+    use crate::protocol::{Ack, Decoder, Kind};
+    use std::os::fd::AsFd;
+    use std::sync::atomic::AtomicBool;
+
+    /// What a ring test holds: the data directory, the disk, the rounds,
+    /// their acknowledgements, and the primary's ends of the connection.
+    type RingFixture = (
+        tempfile::TempDir,
+        Arc<dyn Disk>,
+        Rounds,
+        Arc<AckSender>,
+        Box<dyn crate::io::net::ConnReader>,
+        Box<dyn crate::io::net::ConnWriter>,
+    );
+
+    fn ring_fixture() -> RingFixture {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let std = StdDisk::open(&[dir.path().to_path_buf()]).and_then(|d| d.with_direct(true)).expect("direct disk");
+        let disk: Arc<dyn Disk> = Arc::new(UringDisk::over(std).expect("io_uring"));
+        let ((primary, primary_writer), (_mirror_reader, writer)) = mem_pair(1 << 20, 1024);
+        let acks =
+            Arc::new(AckSender { marks: Marks::default(), writer: Mutex::new(writer), failed: AtomicBool::new(false) });
+        acks.marks.received.store(1000, Ordering::SeqCst);
+        let rounds = Rounds::start(disk.clone(), acks.clone(), 0, true).expect("rounds");
+        assert!(rounds.ring.is_some(), "a direct io_uring disk with a pollable connection uses the ring");
+        (dir, disk, rounds, acks, primary, primary_writer)
+    }
+
+    /// A write the kernel refuses on the ring (past the largest file the
+    /// file system holds) fails its round: nothing after the round before
+    /// it counts applied, the primary gets a Fault naming it, and the
+    /// session's next drain fails.
+    #[test]
+    fn a_write_the_ring_fails_fails_its_round_and_tells_the_primary() {
+        let (_dir, disk, rounds, acks, mut primary, _w) = ring_fixture();
+        let path = FsPath::new(0, RelPath::top("data").expect("name"));
+        let file = disk.open(&path, OpenMode::Create).expect("open");
+        let at = |seq: u64, offset: u64| StagedWrite {
+            seq,
+            path: path.clone(),
+            file: file.clone(),
+            offset,
+            data: bytes::Bytes::from(vec![7u8; 4096]),
+        };
+        rounds.submit(vec![at(1, 0)], 1).expect("a good round");
+        // 2^50 bytes: past ext4's largest file (16 TiB; the tests' temporary
+        // directories are on ext4), aligned, below i64::MAX.
+        rounds.submit(vec![at(2, 1 << 50), at(3, 8192)], 3).expect("submitted");
+        let failed = rounds.drain().expect_err("the round past the largest file fails");
+        assert_eq!(failed.seq, 2, "the failed write is named: {failed}");
+        assert_eq!(acks.marks.applied.load(Ordering::SeqCst), 1, "only the round before it counts");
+        primary.set_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        let mut dec = Decoder::new();
+        let mut buf = vec![0u8; 1 << 16];
+        let fault = 'read: loop {
+            let n = primary.recv(&mut buf).expect("a frame");
+            assert!(n > 0, "the connection ended before the Fault");
+            dec.feed(&buf[..n]);
+            while let Some(f) = dec.next_frame().expect("frame") {
+                if f.header.kind == Kind::Fault {
+                    break 'read f;
+                }
+            }
+        };
+        assert_eq!(fault.header.seq, 2);
+        assert!(rounds.drain().is_err(), "later drains fail too");
+    }
+
+    /// On a direct io_uring disk with a pollable connection, rounds go on
+    /// the session's own ring: waiting to receive settles them, in
+    /// sequence order, and acknowledges them; a round the ring cannot take
+    /// (an unaligned write) is written at once; drain finds all applied;
+    /// and the files hold exactly what the rounds wrote.
+    #[test]
+    fn rounds_on_the_sessions_ring_land_in_order_while_the_session_waits_to_receive() {
+        let (_dir, disk, rounds, acks, mut primary, _w) = ring_fixture();
+        let path = FsPath::new(0, RelPath::top("data").expect("name"));
+        let file = disk.open(&path, OpenMode::Create).expect("open");
+        // A socket that stays silent: waiting on it ends when nothing is in flight.
+        let (socket, _peer) = std::os::unix::net::UnixStream::pair().expect("socket pair");
+        let block = |seq: u64, k: u64| StagedWrite {
+            seq,
+            path: path.clone(),
+            file: file.clone(),
+            offset: k * 8192,
+            data: bytes::Bytes::from(vec![seq as u8; 8192]),
+        };
+        let mut seq = 0;
+        for round in 0..3 * MAX_RING_ROUNDS as u64 {
+            let writes: Vec<StagedWrite> = (0..3)
+                .map(|i| {
+                    seq += 1;
+                    block(seq, round * 3 + i)
+                })
+                .collect();
+            rounds.submit(writes, seq).expect("submit");
+        }
+        // Not for the ring: a tail after the last block.
+        seq += 1;
+        let tail = StagedWrite {
+            offset: 3 * 3 * MAX_RING_ROUNDS as u64 * 8192,
+            data: bytes::Bytes::from_static(b"tail"),
+            ..block(seq, 0)
+        };
+        rounds.submit(vec![tail], seq).expect("submit the tail");
+        assert!(
+            rounds.await_readable(socket.as_fd(), Duration::from_secs(10)).expect("wait"),
+            "nothing left in flight"
+        );
+        assert_eq!(acks.marks.applied.load(Ordering::SeqCst), seq, "every round settled while waiting");
+        assert_eq!(rounds.drain().expect("drain"), seq);
+        // The last acknowledgement says all of it.
+        let mut dec = Decoder::new();
+        let mut last = None;
+        primary.set_timeout(Some(Duration::from_millis(200))).expect("timeout");
+        let mut buf = vec![0u8; 1 << 16];
+        while let Ok(n) = primary.recv(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            dec.feed(&buf[..n]);
+            while let Some(f) = dec.next_frame().expect("frame") {
+                assert_eq!(f.header.kind, Kind::Ack);
+                let ack = Ack::from_body(&f.body).expect("ack");
+                assert!(last.is_none_or(|l: u64| ack.applied >= l), "acknowledgements in order");
+                last = Some(ack.applied);
+            }
+        }
+        assert_eq!(last, Some(seq));
+        let mut back = vec![0u8; 8192];
+        for k in 0..3 * 3 * MAX_RING_ROUNDS as u64 {
+            file.read_at(k * 8192, &mut back).expect("read");
+            assert!(back.iter().all(|&b| u64::from(b) == k + 1), "block {k}");
+        }
+        let mut tail = [0u8; 4];
+        file.read_at(3 * 3 * MAX_RING_ROUNDS as u64 * 8192, &mut tail).expect("read the tail");
+        assert_eq!(&tail, b"tail");
     }
 }
