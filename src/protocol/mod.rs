@@ -353,64 +353,27 @@ impl Ack {
     }
 }
 
-/// Room a [`Decoder`] grows by at least: one grow serves many receives.
-const MIN_ROOM: usize = 1 << 20;
-
 /// Incremental frame decoder: feed bytes as they arrive, take whole frames.
 /// Bodies are split off the receive buffer without copying.
 #[derive(Default)]
 pub struct Decoder {
-    /// `buf[..filled]`: bytes received and not yet returned as frames;
-    /// `buf[filled..]`: room a receive writes into (initialized, its
-    /// contents meaningless), so a socket reads straight into the buffer
-    /// the frames' bodies are split from, with no copy in between.
     buf: BytesMut,
-    filled: usize,
     pending: Option<Header>,
 }
 
 impl Decoder {
     pub fn new() -> Decoder {
-        Decoder { buf: BytesMut::with_capacity(1 << 20), filled: 0, pending: None }
+        Decoder { buf: BytesMut::with_capacity(1 << 20), pending: None }
     }
 
     /// Append received bytes.
     pub fn feed(&mut self, data: &[u8]) {
-        self.room(data.len())[..data.len()].copy_from_slice(data);
-        self.filled += data.len();
-    }
-
-    /// Receive straight into the decoder's buffer: `recv` is handed at
-    /// least `min_room` bytes of room (and at least what the frame being
-    /// read still needs) and returns how many it wrote there, as a read
-    /// does. Saves the copy from a separate receive buffer.
-    pub fn recv_with<E>(
-        &mut self,
-        min_room: usize,
-        recv: impl FnOnce(&mut [u8]) -> Result<usize, E>,
-    ) -> Result<usize, E> {
-        let body_left = self.pending.map_or(0, |h| (h.body_len as usize).saturating_sub(self.filled));
-        let room = self.room(min_room.max(body_left));
-        let len = room.len();
-        let n = recv(room)?.min(len);
-        self.filled += n;
-        Ok(n)
-    }
-
-    /// At least `want` bytes of room after what is filled. Growing keeps
-    /// only the filled bytes (the old room is not copied) and zeroes the
-    /// new room once: a receive then writes into it as often as it fits.
-    fn room(&mut self, want: usize) -> &mut [u8] {
-        if self.buf.len() - self.filled < want {
-            self.buf.truncate(self.filled);
-            self.buf.resize(self.filled + want.max(MIN_ROOM), 0);
-        }
-        &mut self.buf[self.filled..]
+        self.buf.extend_from_slice(data);
     }
 
     /// Bytes buffered but not yet returned as frames.
     pub fn buffered(&self) -> usize {
-        self.filled
+        self.buf.len()
     }
 
     /// The next whole frame, `Ok(None)` if more bytes are needed.
@@ -418,24 +381,25 @@ impl Decoder {
         let header = match self.pending {
             Some(h) => h,
             None => {
-                if self.filled < HEADER_LEN {
+                if self.buf.len() < HEADER_LEN {
                     return Ok(None);
                 }
                 let mut hb = [0u8; HEADER_LEN];
                 hb.copy_from_slice(&self.buf[..HEADER_LEN]);
                 let h = Header::decode(&hb)?;
                 let _ = self.buf.split_to(HEADER_LEN);
-                self.filled -= HEADER_LEN;
                 self.pending = Some(h);
                 h
             }
         };
         let need = header.body_len as usize;
-        if self.filled < need {
+        if self.buf.len() < need {
+            if self.buf.capacity() < need {
+                self.buf.reserve(need - self.buf.len());
+            }
             return Ok(None);
         }
         let body = self.buf.split_to(need).freeze();
-        self.filled -= need;
         self.pending = None;
         let got = body_hash(&body);
         if got != header.body_hash {
@@ -448,9 +412,9 @@ impl Decoder {
     pub fn finish(&self) -> Result<(), FrameError> {
         match self.pending {
             Some(h) => {
-                Err(FrameError::Truncated { have: HEADER_LEN + self.filled, need: HEADER_LEN + h.body_len as usize })
+                Err(FrameError::Truncated { have: HEADER_LEN + self.buf.len(), need: HEADER_LEN + h.body_len as usize })
             }
-            None if self.filled > 0 => Err(FrameError::Truncated { have: self.filled, need: HEADER_LEN }),
+            None if !self.buf.is_empty() => Err(FrameError::Truncated { have: self.buf.len(), need: HEADER_LEN }),
             None => Ok(()),
         }
     }
@@ -490,47 +454,6 @@ mod tests {
             }
             d.finish().unwrap();
             assert_eq!(out, frames);
-        }
-    }
-
-    /// Receives of every size straight into the decoder, as a socket
-    /// does: the same frames as feeding, bodies split off earlier intact
-    /// after the buffer grows (40 blocks and the largest body are more
-    /// than one grow's room).
-    #[test]
-    fn receiving_into_the_decoder_gives_the_frames_fed_ones_give() {
-        let mut frames: Vec<Frame> = (0..40)
-            .map(|i| {
-                let mut f = sample();
-                f.header.seq = i;
-                f
-            })
-            .collect();
-        let mut big = Header::new(Kind::WriteBlock);
-        big.seq = 40;
-        frames.push(Frame::new(big, Bytes::from(vec![0x5a; MAX_BODY])));
-        let wire: Vec<u8> = frames.iter().flat_map(|f| f.to_vec()).collect();
-        for chunk in [1usize, 7, 4096, 70_000, 1 << 20, 4 << 20] {
-            let mut d = Decoder::new();
-            let mut out = vec![];
-            let mut at = 0;
-            while at < wire.len() {
-                let n = d
-                    .recv_with(16, |room: &mut [u8]| {
-                        let n = chunk.min(room.len()).min(wire.len() - at);
-                        room[..n].copy_from_slice(&wire[at..at + n]);
-                        Ok::<usize, ()>(n)
-                    })
-                    .unwrap();
-                assert!(n > 0, "room offered for the rest of a frame");
-                at += n;
-                while let Some(f) = d.next_frame().unwrap() {
-                    out.push(f);
-                }
-            }
-            d.finish().unwrap();
-            assert_eq!(d.buffered(), 0);
-            assert_eq!(out, frames, "chunks of {chunk}");
         }
     }
 

@@ -21,17 +21,20 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 
-/// Submission entries of the ring (its completion queue holds twice as many).
-const RING_ENTRIES: u32 = 256;
-/// The most writes of one round.
-pub const MAX_RING_ROUND_WRITES: usize = 64;
+/// Submission entries of the ring.
+const RING_ENTRIES: u32 = 512;
+/// Entries in the kernel at once, at most: the completion queue's size
+/// (twice the submission queue's), so no completion ever overflows it.
+const MAX_IN_KERNEL: usize = 2 * RING_ENTRIES as usize;
+/// The most writes of one round: a receive's worth of 4 KiB blocks
+/// (the mirror reads up to 1 MiB at once, plus the rest of a frame).
+pub const MAX_RING_ROUND_WRITES: usize = RING_ENTRIES as usize;
 /// The most bytes of one round (its aligned copies).
-pub const MAX_RING_ROUND_BYTES: usize = 4 << 20;
-/// Rounds in flight at once, at most: every entry in flight fits the
-/// completion queue (8 × 64 = 512).
+pub const MAX_RING_ROUND_BYTES: usize = 16 << 20;
+/// Rounds in flight at once, at most.
 pub const MAX_RING_ROUNDS: usize = 8;
 /// Copies kept for reuse.
-const SPARE_ARENAS: usize = MAX_RING_ROUNDS;
+const SPARE_ARENAS: usize = 4;
 
 /// One write of a round: the ring holds the file and the data until it lands.
 pub struct RingWrite {
@@ -86,12 +89,31 @@ impl WriteRing {
         self.rounds.len()
     }
 
+    /// Whether a round of `writes` waits for room: it could go on the
+    /// ring, but rounds in flight hold the room it needs. Reap with `wait`
+    /// until it does not.
+    pub fn full_for(&mut self, writes: usize) -> bool {
+        let queued = self.ring.as_mut().map_or(0, |r| r.submission().len());
+        self.ring.is_some()
+            && !self.rounds.is_empty()
+            && (self.rounds.len() >= MAX_RING_ROUNDS
+                || self.unreaped + writes > MAX_IN_KERNEL
+                || queued + writes > RING_ENTRIES as usize)
+    }
+
+    /// Whether entries wait in the submission queue (a submit failed):
+    /// the ring's descriptor will not poll readable for them until a
+    /// reap with `wait` submits them.
+    pub fn has_queued(&mut self) -> bool {
+        self.ring.as_mut().is_some_and(|r| !r.submission().is_empty())
+    }
+
     /// Whether `writes` can go as one round: each aligned in offset and
     /// length, to a file with a direct descriptor, none overlapping another
     /// write of the round (the ring orders nothing), within the round's
-    /// bounds; and the ring works and has room for one more round.
+    /// bounds; and the ring works. (Room is [`WriteRing::full_for`].)
     pub fn takes(&self, writes: &[RingWrite]) -> bool {
-        if self.ring.is_none() || self.rounds.len() >= MAX_RING_ROUNDS {
+        if self.ring.is_none() {
             return false;
         }
         if writes.is_empty() || writes.len() > MAX_RING_ROUND_WRITES {
@@ -124,10 +146,11 @@ impl WriteRing {
 
     /// Put a round on the device under `tag`; it comes back from
     /// [`WriteRing::reap`] when every write of it has landed. `Err`: the
-    /// round is handed back untouched (the caller writes it another way);
-    /// only for a round [`WriteRing::takes`] refuses.
+    /// round is handed back untouched (the caller writes it another way):
+    /// a round [`WriteRing::takes`] refuses, or one for which the ring is
+    /// [full](WriteRing::full_for).
     pub fn submit(&mut self, tag: u64, writes: Vec<RingWrite>) -> Result<(), Vec<RingWrite>> {
-        if !self.takes(&writes) {
+        if !self.takes(&writes) || self.full_for(writes.len()) {
             return Err(writes);
         }
         let Some(ring) = self.ring.as_mut() else { return Err(writes) };
@@ -138,10 +161,17 @@ impl WriteRing {
         if free < writes.len() {
             return Err(writes);
         }
-        let mut arena = self.spare.pop().unwrap_or_default();
         let copied: usize = writes.iter().filter(|w| !is_aligned_ptr(&w.data)).map(|w| w.data.len()).sum();
-        if arena.len() < copied + DIRECT_ALIGN {
+        let mut arena = match copied {
+            0 => Vec::new(),
+            _ => self.spare.pop().unwrap_or_default(),
+        };
+        if copied > 0 && arena.len() < copied + DIRECT_ALIGN {
             arena.resize(copied + DIRECT_ALIGN, 0);
+        }
+        // An id no round in flight has (it would take 2^32 rounds to wrap).
+        while self.rounds.contains_key(&self.next_id) {
+            self.next_id = self.next_id.wrapping_add(1);
         }
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1);
@@ -180,8 +210,9 @@ impl WriteRing {
                 // in `self.rounds` until all its entries are reaped, and
                 // Drop waits for every entry in the kernel.
                 if unsafe { sq.push(e) }.is_err() {
-                    // Cannot happen: room was checked above, on this thread.
-                    unreachable_push();
+                    // Room was checked above, on this thread; a round
+                    // counted but not all pushed would be waited for forever.
+                    lost_room();
                 }
             }
         }
@@ -193,9 +224,10 @@ impl WriteRing {
         Ok(())
     }
 
-    /// Rounds that have landed, oldest completion first; with `wait`, at
-    /// least one unless none is in flight. A write that came back short or
-    /// for a passing reason is finished here with the file's own write.
+    /// Rounds that have landed, by tag; with `wait`, after waiting for at
+    /// least one completion (unless nothing is in flight). A write that came
+    /// back short or for a passing reason is finished here with the file's
+    /// own write.
     pub fn reap(&mut self, wait: bool) -> Vec<Landed> {
         let mut cqes = Vec::new();
         if self.unreaped > 0 {
@@ -233,11 +265,12 @@ impl WriteRing {
         for id in done {
             let Some(r) = self.rounds.remove(&id) else { continue };
             let results = r.writes.iter().zip(&r.results).map(|(w, res)| finish(w, *res)).collect();
-            if self.spare.len() < SPARE_ARENAS {
+            if self.spare.len() < SPARE_ARENAS && !r.arena.is_empty() {
                 self.spare.push(r.arena);
             }
             landed.push((r.tag, r.writes, results));
         }
+        landed.sort_unstable_by_key(|l| l.0);
         landed
     }
 
@@ -253,9 +286,13 @@ impl WriteRing {
     }
 }
 
+/// The submission queue had no room after its room was checked on this
+/// thread: entries of the round may be in the kernel and the rest can
+/// never be, so neither waiting nor releasing is safe.
 #[cold]
-fn unreachable_push() {
-    tracing::error!("the write ring's submission queue was full after its room was checked");
+fn lost_room() -> ! {
+    eprintln!("filerep: the write ring's submission queue lost room it was checked to have; aborting");
+    std::process::abort();
 }
 
 /// What a write's completion means; short and passing failures are
@@ -319,10 +356,13 @@ mod tests {
             assert!(ring.submit(tag, writes).is_ok(), "round {tag} taken");
         }
         let refused = vec![RingWrite { file: file.clone(), offset: 1 << 20, data: block(0xee) }];
+        assert!(ring.full_for(1), "the ring is full at its bound on rounds");
         assert!(ring.submit(99, refused).is_err(), "a round past the bound is refused");
         let mut tags = Vec::new();
         while ring.in_flight() > 0 {
-            for (tag, writes, results) in ring.reap(true) {
+            let landed = ring.reap(true);
+            assert!(landed.windows(2).all(|w| w[0].0 < w[1].0), "one reap's rounds come by tag");
+            for (tag, writes, results) in landed {
                 assert_eq!(writes.len(), 4);
                 assert!(results.iter().all(|r| r.is_ok()), "round {tag}: {results:?}");
                 tags.push(tag);
@@ -335,6 +375,38 @@ mod tests {
             file.read_at(k * 8192, &mut back).expect("read");
             assert!(back.iter().all(|&b| b == k as u8), "block {k}");
         }
+    }
+
+    /// Data already aligned in memory goes to the kernel as it is (no
+    /// copy, no arena), beside data that is copied.
+    #[test]
+    fn aligned_data_is_written_from_where_it_is() {
+        let (_dir, disk) = direct_disk();
+        let file = disk.open(&FsPath::new(0, RelPath::top("f").expect("name")), OpenMode::Create).expect("open");
+        let backing = bytes::Bytes::from(vec![9u8; 3 * 8192]);
+        let at = backing.as_ptr().align_offset(DIRECT_ALIGN);
+        let aligned = backing.slice(at..at + 8192);
+        assert!(is_aligned_ptr(&aligned));
+        let mut ring = WriteRing::new().expect("ring");
+        let writes = vec![RingWrite { file: file.clone(), offset: 0, data: aligned.clone() }];
+        assert!(ring.submit(1, writes).is_ok());
+        assert!(ring.rounds.values().all(|r| r.arena.is_empty()), "nothing copied");
+        let mixed = vec![
+            RingWrite { file: file.clone(), offset: 8192, data: aligned },
+            RingWrite { file: file.clone(), offset: 16384, data: block(4) },
+        ];
+        assert!(ring.submit(2, mixed).is_ok());
+        let mut tags = Vec::new();
+        while ring.in_flight() > 0 {
+            for (tag, _, results) in ring.reap(true) {
+                assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
+                tags.push(tag);
+            }
+        }
+        assert_eq!(tags, [1, 2]);
+        let mut back = vec![0u8; 3 * 8192];
+        file.read_at(0, &mut back).expect("read");
+        assert!(back[..16384].iter().all(|&b| b == 9) && back[16384..].iter().all(|&b| b == 4));
     }
 
     #[test]

@@ -39,9 +39,8 @@ const MAX_START_SEQ: u64 = 1 << 62;
 /// refused with Busy once they prove the key).
 pub const MAX_CONNECTIONS: usize = 16;
 
-/// Room a receive is offered at least: the socket reads straight into
-/// the decoder's buffer, as much as that holds.
-const RECV_ROOM: usize = 64 << 10;
+/// Largest single read from the socket.
+const READ_CHUNK: usize = 1 << 20;
 
 #[derive(Clone, Debug)]
 pub struct MirrorConfig {
@@ -363,6 +362,7 @@ impl MirrorServer {
             tracing::warn!(error = %e, "cannot set the send timeout");
         }
         let mut dec = Decoder::new();
+        let mut buf = vec![0u8; READ_CHUNK];
         let mut frames = 0u64;
         let clock = Instant::now();
         let now_ms = || clock.elapsed().as_millis() as u64;
@@ -401,7 +401,7 @@ impl MirrorServer {
                     Err(e) => break SessionEnd::Disconnected(format!("waiting to receive failed: {e}")),
                 }
             }
-            let n = match dec.recv_with(RECV_ROOM, |room| reader.recv(room)) {
+            let n = match reader.recv(&mut buf) {
                 Ok(0) => {
                     break match dec.finish() {
                         Err(e) => SessionEnd::BadFrame(e.to_string()),
@@ -414,6 +414,7 @@ impl MirrorServer {
                 }
                 Err(e) => break SessionEnd::Disconnected(format!("receive failed: {e}")),
             };
+            dec.feed(&buf[..n]);
             received_since_sync += n as u64;
             let mut ops = Vec::new();
             let mut wake = false;

@@ -25,7 +25,7 @@
 use super::retrying;
 use super::syncer::AckSender;
 use crate::exec::apply::{ApplyError, FaultClass, StagedWrite};
-use crate::io::disk::{BatchWrite, Disk, DiskError, DiskErrorKind, FsPath, RingWrite, WriteRing, MAX_RING_ROUNDS};
+use crate::io::disk::{BatchWrite, Disk, DiskError, DiskErrorKind, FsPath, RingWrite, WriteRing};
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::BorrowedFd;
 use std::sync::atomic::Ordering;
@@ -33,10 +33,11 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// Rounds on the device at once, at most (one thread each, each with its
-/// own ring). More would only queue at the device; the session waits to
-/// hand over a round while all are busy, and what arrives meanwhile
-/// joins the next round.
+/// Without a session ring: rounds on the device at once, at most (one
+/// thread each, each with its own ring). More would only queue at the
+/// device; the session waits to hand over a round while all are busy, and
+/// what arrives meanwhile joins the next round. (On the session's ring
+/// the bound is `MAX_RING_ROUNDS`.)
 pub(super) const ROUND_THREADS: usize = 4;
 
 struct Round {
@@ -160,7 +161,7 @@ impl Rounds {
             .and_then(|p| u64::try_from(p).ok())
             .filter(|p| p.is_power_of_two())
             .unwrap_or(4096);
-        if let Some(ring) = disk.write_ring().filter(|_| pollable) {
+        if let Some(ring) = pollable.then(|| disk.write_ring()).flatten() {
             let ring = RingRounds { ring, staged: HashMap::new(), disk, acks };
             return Ok(Rounds { page, tx: None, threads: Vec::new(), shared, ring: Some(Mutex::new(ring)) });
         }
@@ -189,7 +190,8 @@ impl Rounds {
         })
     }
 
-    /// Hand `writes` (in sequence order; the batch ends at `last_seq`) to a
+    /// Put `writes` (in sequence order; the batch ends at `last_seq`) on
+    /// their way: on the session's ring, waiting for room there, or to a
     /// round thread, waiting for one to be free. Err: a round failed, and
     /// the session ends.
     pub(super) fn submit(&self, writes: Vec<StagedWrite>, last_seq: u64) -> Result<(), ApplyError> {
@@ -198,34 +200,15 @@ impl Rounds {
             let range = self.pages(w.offset, w.offset.saturating_add(w.data.len() as u64));
             ranges.entry(w.path.clone()).or_default().push(range);
         }
+        if let Some(ring) = &self.ring {
+            return self.submit_on_ring(ring, writes, last_seq, ranges);
+        }
         {
             let mut st = lock(&self.shared);
             if st.stopped() {
                 return Err(take_failure(&mut st));
             }
             st.queue.push_back(InFlight { last_seq, landed: false, ranges });
-        }
-        if let Some(ring) = &self.ring {
-            let mut rr = lock_ring(ring);
-            while rr.ring.in_flight() >= MAX_RING_ROUNDS {
-                rr.reap(&self.shared, true);
-            }
-            let on_ring: Vec<RingWrite> = writes
-                .iter()
-                .map(|w| RingWrite { file: w.file.clone(), offset: w.offset, data: w.data.clone() })
-                .collect();
-            match rr.ring.submit(last_seq, on_ring) {
-                Ok(()) => {
-                    rr.staged.insert(last_seq, writes);
-                }
-                // Not for the ring (unaligned, or overlapping itself): written
-                // here, now; it overlaps nothing in flight.
-                Err(_) => {
-                    let result = guarded(last_seq, || write_round(rr.disk.as_ref(), &writes));
-                    settle(&self.shared, &rr.acks, last_seq, result);
-                }
-            }
-            return Ok(());
         }
         let sent = self.tx.as_ref().is_some_and(|tx| tx.send(Round { writes, last_seq }).is_ok());
         if !sent {
@@ -234,6 +217,43 @@ impl Rounds {
             st.queue.pop_back();
             st.failure = Failure::Reported;
             return Err(round_error(last_seq, "the round threads are gone"));
+        }
+        Ok(())
+    }
+
+    /// [`Rounds::submit`] on the session's ring. Room first: rounds that
+    /// land meanwhile are settled, and one that fails stops this one.
+    fn submit_on_ring(
+        &self,
+        ring: &Mutex<RingRounds>,
+        writes: Vec<StagedWrite>,
+        last_seq: u64,
+        ranges: HashMap<FsPath, Vec<(u64, u64)>>,
+    ) -> Result<(), ApplyError> {
+        let mut rr = lock_ring(ring);
+        while rr.ring.full_for(writes.len()) {
+            rr.reap(&self.shared, true);
+        }
+        {
+            let mut st = lock(&self.shared);
+            if st.stopped() {
+                return Err(take_failure(&mut st));
+            }
+            st.queue.push_back(InFlight { last_seq, landed: false, ranges });
+        }
+        let on_ring: Vec<RingWrite> =
+            writes.iter().map(|w| RingWrite { file: w.file.clone(), offset: w.offset, data: w.data.clone() }).collect();
+        match rr.ring.submit(last_seq, on_ring) {
+            Ok(()) => {
+                rr.staged.insert(last_seq, writes);
+            }
+            // Not for the ring (an unaligned write, two writes of the round
+            // over one range, a broken ring): written here, now; it overlaps
+            // nothing in flight.
+            Err(_) => {
+                let result = guarded(last_seq, || write_round(rr.disk.as_ref(), &writes));
+                settle(&self.shared, &rr.acks, last_seq, result);
+            }
         }
         Ok(())
     }
@@ -248,25 +268,23 @@ impl Rounds {
     /// writes are applied, or the failure that ended them.
     pub(super) fn drain(&self) -> Result<u64, ApplyError> {
         if let Some(ring) = &self.ring {
+            // Every round on the ring is settled first, after a failure too:
+            // a later round that finds the disk failing must still fault the
+            // mirror, and nothing is written after the session ends.
             let mut rr = lock_ring(ring);
-            loop {
-                {
-                    let mut st = lock(&self.shared);
-                    if st.stopped() {
-                        return Err(take_failure(&mut st));
-                    }
-                    if st.queue.is_empty() {
-                        return Ok(st.applied);
-                    }
-                }
-                if rr.ring.in_flight() == 0 {
-                    // Cannot happen: a round not retired is on the ring.
-                    let mut st = lock(&self.shared);
-                    st.failure = Failure::Reported;
-                    return Err(round_error(st.applied + 1, "a round was lost from the ring"));
-                }
+            while rr.ring.in_flight() > 0 {
                 rr.reap(&self.shared, true);
             }
+            let mut st = lock(&self.shared);
+            if st.stopped() {
+                return Err(take_failure(&mut st));
+            }
+            if !st.queue.is_empty() {
+                // Cannot happen: a round not retired is on the ring.
+                st.failure = Failure::Reported;
+                return Err(round_error(st.applied + 1, "a round was lost from the ring"));
+            }
+            return Ok(st.applied);
         }
         let mut st = lock(&self.shared);
         loop {
@@ -285,32 +303,45 @@ impl Rounds {
         lock(&self.shared).disk_failing.clone()
     }
 
-    /// Before a receive that would block: with rounds on the session's
-    /// ring, wait for `socket` to be readable while settling (and
-    /// acknowledging) the rounds that land meanwhile, so a receive never
-    /// blocks with rounds in flight. `Ok(false)`: the socket stayed silent
-    /// for `timeout`. Without a ring, or nothing in flight, returns at once.
+    /// Before every receive on the session's ring: wait for `socket` to be
+    /// readable (or closed), settling (and acknowledging) the rounds that
+    /// land meanwhile, so a receive never blocks with rounds in flight.
+    /// `Ok(false)`: the socket stayed silent for `timeout` (the session's
+    /// silence rule, as a receive's timeout is elsewhere). Without a ring,
+    /// returns at once.
     pub(super) fn await_readable(&self, socket: BorrowedFd<'_>, timeout: Duration) -> std::io::Result<bool> {
         use nix::poll::{PollFd, PollFlags, PollTimeout};
         let Some(ring) = &self.ring else { return Ok(true) };
         let mut rr = lock_ring(ring);
         let deadline = Instant::now() + timeout;
         loop {
+            if rr.ring.has_queued() {
+                // A submit failed: the ring's descriptor would not poll
+                // readable for those entries; a waiting reap submits them
+                // (or finds the ring broken and writes them without it).
+                rr.reap(&self.shared, true);
+            }
             rr.reap(&self.shared, false);
-            if rr.ring.in_flight() == 0 {
-                return Ok(true);
-            }
             let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Ok(false);
-            }
-            let Some(ring_fd) = rr.ring.poll_fd() else { continue };
-            let mut fds = [PollFd::new(socket, PollFlags::POLLIN), PollFd::new(ring_fd, PollFlags::POLLIN)];
-            let wait = PollTimeout::try_from(left.max(Duration::from_millis(1))).unwrap_or(PollTimeout::MAX);
-            match nix::poll::poll(&mut fds, wait) {
+            let in_flight = rr.ring.in_flight() > 0;
+            let ring_fd = rr.ring.poll_fd().filter(|_| in_flight);
+            let mut fds = [PollFd::new(socket, PollFlags::POLLIN), PollFd::new(socket, PollFlags::empty())];
+            let watched = match ring_fd {
+                Some(fd) => {
+                    fds[1] = PollFd::new(fd, PollFlags::POLLIN);
+                    2
+                }
+                None => 1,
+            };
+            let wait = PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX);
+            match nix::poll::poll(&mut fds[..watched], wait) {
                 Ok(_) if fds[0].revents().is_some_and(|r| !r.is_empty()) => return Ok(true),
                 Ok(_) | Err(nix::errno::Errno::EINTR) => {}
                 Err(e) => return Err(e.into()),
+            }
+            // The socket was polled at least once after the deadline passed.
+            if left.is_zero() {
+                return Ok(false);
             }
         }
     }
@@ -323,7 +354,7 @@ fn lock_ring(m: &Mutex<RingRounds>) -> MutexGuard<'_, RingRounds> {
 /// A panic while writing is a failed round: the session must not wait for it forever.
 fn guarded(last_seq: u64, write: impl FnOnce() -> Result<(), ApplyError>) -> Result<(), ApplyError> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(write))
-        .unwrap_or_else(|_| Err(round_error(last_seq, "a round thread panicked")))
+        .unwrap_or_else(|_| Err(round_error(last_seq, "writing a round panicked")))
 }
 
 /// The failure that stopped the rounds: the first time with its cause.
@@ -646,7 +677,7 @@ mod tests {
 mod ring_tests {
     use super::super::syncer::{AckSender, Marks};
     use super::*;
-    use crate::io::disk::{OpenMode, StdDisk, UringDisk};
+    use crate::io::disk::{OpenMode, StdDisk, UringDisk, MAX_RING_ROUNDS};
     use crate::io::net::mem_pair;
     use crate::protocol::path::RelPath;
     use crate::protocol::{Ack, Decoder, Kind};
@@ -694,10 +725,14 @@ mod ring_tests {
             data: bytes::Bytes::from(vec![7u8; 4096]),
         };
         rounds.submit(vec![at(1, 0)], 1).expect("a good round");
+        assert_eq!(rounds.drain().expect("the good round lands"), 1);
         // 2^50 bytes: past ext4's largest file (16 TiB; the tests' temporary
         // directories are on ext4), aligned, below i64::MAX.
         rounds.submit(vec![at(2, 1 << 50), at(3, 8192)], 3).expect("submitted");
+        rounds.submit(vec![at(4, 16384)], 4).expect("a round after it, before its failure is known");
         let failed = rounds.drain().expect_err("the round past the largest file fails");
+        let on_ring = rounds.ring.as_ref().map(|r| lock_ring(r).ring.in_flight());
+        assert_eq!(on_ring, Some(0), "a failed drain first settles every round on the ring");
         assert_eq!(failed.seq, 2, "the failed write is named: {failed}");
         assert_eq!(acks.marks.applied.load(Ordering::SeqCst), 1, "only the round before it counts");
         primary.set_timeout(Some(Duration::from_secs(10))).expect("timeout");
@@ -728,7 +763,7 @@ mod ring_tests {
         let path = FsPath::new(0, RelPath::top("data").expect("name"));
         let file = disk.open(&path, OpenMode::Create).expect("open");
         // A socket that stays silent: waiting on it ends when nothing is in flight.
-        let (socket, _peer) = std::os::unix::net::UnixStream::pair().expect("socket pair");
+        let (socket, peer) = std::os::unix::net::UnixStream::pair().expect("socket pair");
         let block = |seq: u64, k: u64| StagedWrite {
             seq,
             path: path.clone(),
@@ -754,15 +789,22 @@ mod ring_tests {
             ..block(seq, 0)
         };
         rounds.submit(vec![tail], seq).expect("submit the tail");
-        assert!(
-            rounds.await_readable(socket.as_fd(), Duration::from_secs(10)).expect("wait"),
-            "nothing left in flight"
-        );
+        // The socket stays silent: each wait ends at its timeout, settling
+        // what landed meanwhile; every round settles within 10 s of waits.
+        let started = Instant::now();
+        while acks.marks.applied.load(Ordering::SeqCst) < seq && started.elapsed() < Duration::from_secs(10) {
+            let readable = rounds.await_readable(socket.as_fd(), Duration::from_millis(50)).expect("wait");
+            assert!(!readable, "a silent socket is reported silent");
+        }
         assert_eq!(acks.marks.applied.load(Ordering::SeqCst), seq, "every round settled while waiting");
         assert_eq!(rounds.drain().expect("drain"), seq);
+        // A socket with something to read ends the wait at once.
+        std::io::Write::write_all(&mut &peer, b"x").expect("write to the socket");
+        assert!(rounds.await_readable(socket.as_fd(), Duration::from_secs(10)).expect("wait"));
         // The last acknowledgement says all of it.
         let mut dec = Decoder::new();
         let mut last = None;
+        // Every Ack has been sent by now; reading ends when none is left.
         primary.set_timeout(Some(Duration::from_millis(200))).expect("timeout");
         let mut buf = vec![0u8; 1 << 16];
         while let Ok(n) = primary.recv(&mut buf) {
@@ -772,9 +814,7 @@ mod ring_tests {
             dec.feed(&buf[..n]);
             while let Some(f) = dec.next_frame().expect("frame") {
                 assert_eq!(f.header.kind, Kind::Ack);
-                let ack = Ack::from_body(&f.body).expect("ack");
-                assert!(last.is_none_or(|l: u64| ack.applied >= l), "acknowledgements in order");
-                last = Some(ack.applied);
+                last = Some(Ack::from_body(&f.body).expect("ack").applied);
             }
         }
         assert_eq!(last, Some(seq));

@@ -27,8 +27,6 @@ use std::time::{Duration, Instant};
 const SPIN_BEFORE_PARK: Duration = Duration::from_micros(50);
 /// On a direct disk, sends a call runs before its own next command, at most.
 const MAX_SENDS_IN_A_ROW: usize = 4;
-/// Room the receiver offers each receive of acknowledgements and replies.
-const ACK_RECV_ROOM: usize = 64 << 10;
 /// A call that waits this long with no deadline has its engine's state logged.
 const STALL_REPORT: Duration = Duration::from_secs(30);
 
@@ -417,6 +415,7 @@ impl Runtime {
 /// The receiver: reads the mirror's frames and feeds them with the clock.
 pub(super) fn receiver_loop(rt: Arc<Runtime>, mut reader: Box<dyn ConnReader>, epoch: u64) {
     let mut dec = Decoder::new();
+    let mut buf = vec![0u8; 64 * 1024];
     let reason = loop {
         {
             let core = lock(&rt.core);
@@ -424,12 +423,13 @@ pub(super) fn receiver_loop(rt: Arc<Runtime>, mut reader: Box<dyn ConnReader>, e
                 return;
             }
         }
-        match dec.recv_with(ACK_RECV_ROOM, |room| reader.recv(room)) {
+        let n = match reader.recv(&mut buf) {
             Ok(0) => break "the mirror closed the connection".to_string(),
-            Ok(_) => {}
-            Err(e) if is_timeout(&e) => {}
+            Ok(n) => n,
+            Err(e) if is_timeout(&e) => 0,
             Err(e) => break format!("receive failed: {e}"),
-        }
+        };
+        dec.feed(&buf[..n]);
         let mut bad = None;
         let mut frames = Vec::new();
         loop {
