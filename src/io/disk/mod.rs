@@ -173,10 +173,10 @@ pub trait Disk: Send + Sync {
         false
     }
 
-    /// On a direct disk with io_uring: a ring of O_DIRECT writes that one
-    /// thread submits to and reaps from ([`WriteRing`]). `None` elsewhere.
-    fn write_ring(&self) -> Option<WriteRing> {
-        None
+    /// Whether a [`WriteRing`] (O_DIRECT writes one thread submits to and
+    /// reaps from) writes this disk's files: a direct disk with io_uring.
+    fn takes_write_ring(&self) -> bool {
+        false
     }
 
     /// Write every entry; results in the same order. Backends that can,

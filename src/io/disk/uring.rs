@@ -128,7 +128,7 @@ pub(super) fn submit_and_reap(
 }
 
 /// Names a descriptor in an error from a batch (the batch only has `&dyn DiskFile`).
-pub(super) fn fd_label(fd: RawFd) -> String {
+fn fd_label(fd: RawFd) -> String {
     match std::fs::read_link(format!("/proc/self/fd/{fd}")) {
         Ok(p) => format!("fd {fd} ({})", p.display()),
         Err(_) => format!("fd {fd}"),
@@ -227,17 +227,8 @@ impl Disk for UringDisk {
         self.std.list_dir(filespace, dir)
     }
 
-    fn write_ring(&self) -> Option<super::WriteRing> {
-        if !self.std.direct() {
-            return None;
-        }
-        match super::WriteRing::new() {
-            Ok(r) => Some(r),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot set up a write ring; write rounds go through threads");
-                None
-            }
-        }
+    fn takes_write_ring(&self) -> bool {
+        self.std.direct()
     }
     fn writes_direct(&self) -> bool {
         self.std.direct()
@@ -341,7 +332,7 @@ impl Disk for UringDisk {
 }
 
 /// Whether a negative CQE result is worth simply retrying.
-pub(super) fn retryable(errno: i32) -> bool {
+fn retryable(errno: i32) -> bool {
     errno == libc::EINTR || errno == libc::EAGAIN
 }
 
@@ -386,12 +377,12 @@ unsafe fn run_round(entries: impl Iterator<Item = squeue::Entry>) -> HashMap<usi
 /// Identifies the file behind a descriptor, so two handles on one file count
 /// as the same file when ordering a batch.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
-enum FileKey {
+pub(super) enum FileKey {
     Inode(u64, u64),
     Fd(RawFd),
 }
 
-fn file_key(fd: RawFd, cache: &mut HashMap<RawFd, FileKey>) -> FileKey {
+pub(super) fn file_key(fd: RawFd, cache: &mut HashMap<RawFd, FileKey>) -> FileKey {
     *cache.entry(fd).or_insert_with(|| match nix::sys::stat::fstat(fd) {
         Ok(st) => FileKey::Inode(st.st_dev, st.st_ino),
         Err(_) => FileKey::Fd(fd),
@@ -406,31 +397,13 @@ fn direct_round(writes: &[BatchWrite<'_>], round: &[usize], results: &mut [Optio
     if round.is_empty() {
         return;
     }
-    let total: usize = round.iter().map(|&i| writes[i].data.len()).sum();
     let cqe_res = ARENA.with(|cell| {
         let mut arena = cell.borrow_mut();
-        if arena.len() < total + DIRECT_ALIGN {
-            arena.resize(total + DIRECT_ALIGN, 0);
-        }
-        // Every length is a multiple of DIRECT_ALIGN, so each copy starts aligned.
-        let mut at = arena.as_ptr().align_offset(DIRECT_ALIGN);
-        // Where each block goes from: the caller's buffer when it is
-        // aligned already, else a copy in the arena.
-        let mut copies = Vec::with_capacity(round.len());
-        for &i in round {
+        let direct: Vec<(usize, RawFd)> =
+            round.iter().filter_map(|&i| writes[i].file.direct_fd().map(|fd| (i, fd))).collect();
+        let sources = aligned_sources(&mut arena, direct.iter().map(|&(i, _)| writes[i].data));
+        let entries = direct.iter().zip(sources).map(|(&(i, fd), from)| {
             let w = &writes[i];
-            let Some(fd) = w.file.direct_fd() else { continue };
-            if super::direct::is_aligned_ptr(w.data) {
-                copies.push((i, fd, None));
-                continue;
-            }
-            arena[at..at + w.data.len()].copy_from_slice(w.data);
-            copies.push((i, fd, Some(at)));
-            at += w.data.len();
-        }
-        let entries = copies.into_iter().map(|(i, fd, at)| {
-            let w = &writes[i];
-            let from = at.map_or(w.data.as_ptr(), |at| arena[at..].as_ptr());
             opcode::Write::new(types::Fd(fd), from, w.data.len() as u32).offset(w.offset).build().user_data(i as u64)
         });
         // SAFETY: each entry points into `arena`, borrowed (neither resized
@@ -441,22 +414,57 @@ fn direct_round(writes: &[BatchWrite<'_>], round: &[usize], results: &mut [Optio
     });
     for &i in round {
         let w = &writes[i];
-        results[i] = Some(match cqe_res.get(&i).copied() {
-            Some(res) if res >= 0 && res as usize >= w.data.len() => Ok(()),
-            // Short write: finish the remainder (a zero-byte write reports WriteZero there).
-            Some(res) if res >= 0 => {
-                let n = res as usize;
-                w.file.write_at(w.offset + n as u64, &w.data[n..])
+        results[i] = Some(complete_write(w.file, w.offset, w.data, cqe_res.get(&i).copied()));
+    }
+}
+
+/// Where each of `blocks` (lengths multiples of [`DIRECT_ALIGN`]) is
+/// written from with O_DIRECT: the block itself when it is aligned in
+/// memory, else an aligned copy in `arena` (grown to fit; what it held
+/// before is overwritten). The pointers into `arena` stay valid while it is
+/// neither resized nor dropped.
+pub(super) fn aligned_sources<'a>(
+    arena: &mut Vec<u8>,
+    blocks: impl Iterator<Item = &'a [u8]> + Clone,
+) -> Vec<*const u8> {
+    let copied: usize = blocks.clone().filter(|b| !super::direct::is_aligned_ptr(b)).map(|b| b.len()).sum();
+    if copied > 0 && arena.len() < copied + DIRECT_ALIGN {
+        arena.resize(copied + DIRECT_ALIGN, 0);
+    }
+    // Every length is a multiple of DIRECT_ALIGN, so each copy starts aligned.
+    let mut at = arena.as_ptr().align_offset(DIRECT_ALIGN);
+    blocks
+        .map(|b| {
+            if super::direct::is_aligned_ptr(b) {
+                return b.as_ptr();
             }
-            Some(res) if retryable(-res) => w.file.write_at(w.offset, w.data),
-            Some(res) => {
-                let err = io::Error::from_raw_os_error(-res);
-                let label = w.file.raw_fd().map(fd_label).unwrap_or_default();
-                Err(DiskError::from_io("write", label, &err))
-            }
-            // Never submitted (no ring, or the ring broke): the single-op path.
-            None => w.file.write_at(w.offset, w.data),
-        });
+            arena[at..at + b.len()].copy_from_slice(b);
+            let from = arena[at..].as_ptr();
+            at += b.len();
+            from
+        })
+        .collect()
+}
+
+/// What the kernel's result `res` for a direct write of `data` at `offset`
+/// means: a short write is finished, and a write that failed for a passing
+/// reason or never went to the kernel (`None`) is done, by the file's own
+/// `write_at`.
+pub(super) fn complete_write(file: &dyn DiskFile, offset: u64, data: &[u8], res: Option<i32>) -> DiskResult<()> {
+    match res {
+        Some(res) if res >= 0 && res as usize >= data.len() => Ok(()),
+        // Short write: finish the remainder (a zero-byte write reports WriteZero there).
+        Some(res) if res >= 0 => {
+            let n = res as usize;
+            file.write_at(offset + n as u64, &data[n..])
+        }
+        Some(res) if retryable(-res) => file.write_at(offset, data),
+        Some(res) => {
+            let err = io::Error::from_raw_os_error(-res);
+            let label = file.raw_fd().map(fd_label).unwrap_or_default();
+            Err(DiskError::from_io("write", label, &err))
+        }
+        None => file.write_at(offset, data),
     }
 }
 

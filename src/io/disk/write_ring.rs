@@ -12,9 +12,9 @@
 //! [`super::uring::submit_and_reap`] does, aborting the process rather than
 //! returning while the kernel may still read freed memory).
 
-use super::direct::{aligned, is_aligned_ptr, DIRECT_ALIGN};
-use super::uring::{fd_label, retryable, submit_and_reap};
-use super::{DiskError, DiskFile, DiskResult};
+use super::direct::{aligned, is_aligned_ptr};
+use super::uring::{aligned_sources, complete_write, file_key, submit_and_reap};
+use super::{DiskFile, DiskResult};
 use io_uring::{opcode, types, IoUring};
 use std::collections::HashMap;
 use std::io;
@@ -44,8 +44,10 @@ pub struct RingWrite {
 }
 
 /// A round whose writes are (or were) in the kernel.
-struct InFlight {
-    tag: u64,
+struct InFlight<T> {
+    tag: T,
+    /// Submission order: rounds landed together come back in it.
+    order: u64,
     writes: Vec<RingWrite>,
     /// Aligned copies of the writes whose data is not aligned in memory.
     arena: Vec<u8>,
@@ -54,25 +56,28 @@ struct InFlight {
     left: usize,
 }
 
-/// A round that landed: its tag, its writes, and each one's result.
-pub type Landed = (u64, Vec<RingWrite>, Vec<DiskResult<()>>);
+/// A round that landed: its tag and each write's result.
+pub type Landed<T> = (T, Vec<DiskResult<()>>);
 
-pub struct WriteRing {
+/// Rounds are tagged with a `T` the caller gets back when they land.
+pub struct WriteRing<T> {
     /// `None` once the ring broke: every round left was finished without it.
     ring: Option<IoUring>,
-    rounds: HashMap<u32, InFlight>,
+    rounds: HashMap<u32, InFlight<T>>,
     next_id: u32,
+    submitted: u64,
     /// Entries pushed and not yet reaped.
     unreaped: usize,
     spare: Vec<Vec<u8>>,
 }
 
-impl WriteRing {
-    pub fn new() -> io::Result<WriteRing> {
+impl<T> WriteRing<T> {
+    pub fn new() -> io::Result<WriteRing<T>> {
         Ok(WriteRing {
             ring: Some(IoUring::new(RING_ENTRIES)?),
             rounds: HashMap::new(),
             next_id: 0,
+            submitted: 0,
             unreaped: 0,
             spare: Vec::new(),
         })
@@ -120,7 +125,7 @@ impl WriteRing {
             return false;
         }
         let mut bytes = 0usize;
-        let mut ranges: HashMap<(u64, u64), Vec<(u64, u64)>> = HashMap::new();
+        let (mut keys, mut ranges) = (HashMap::new(), HashMap::new());
         for w in writes {
             let Some(fd) = w.file.direct_fd() else { return false };
             if !aligned(w.offset, w.data.len()) || w.offset > i64::MAX as u64 {
@@ -133,9 +138,8 @@ impl WriteRing {
             if writes.len() == 1 {
                 break;
             }
-            let Ok(st) = nix::sys::stat::fstat(fd) else { return false };
             let end = w.offset + w.data.len() as u64;
-            let file = ranges.entry((st.st_dev, st.st_ino)).or_default();
+            let file: &mut Vec<(u64, u64)> = ranges.entry(file_key(fd, &mut keys)).or_default();
             if file.iter().any(|&(s, e)| w.offset < e && s < end) {
                 return false;
             }
@@ -149,45 +153,32 @@ impl WriteRing {
     /// round is handed back untouched (the caller writes it another way):
     /// a round [`WriteRing::takes`] refuses, or one for which the ring is
     /// [full](WriteRing::full_for).
-    pub fn submit(&mut self, tag: u64, writes: Vec<RingWrite>) -> Result<(), Vec<RingWrite>> {
+    pub fn submit(&mut self, tag: T, writes: Vec<RingWrite>) -> Result<(), T> {
         if !self.takes(&writes) || self.full_for(writes.len()) {
-            return Err(writes);
+            return Err(tag);
         }
-        let Some(ring) = self.ring.as_mut() else { return Err(writes) };
+        let Some(ring) = self.ring.as_mut() else { return Err(tag) };
         let free = {
             let sq = ring.submission();
             sq.capacity() - sq.len()
         };
         if free < writes.len() {
-            return Err(writes);
+            return Err(tag);
         }
-        let copied: usize = writes.iter().filter(|w| !is_aligned_ptr(&w.data)).map(|w| w.data.len()).sum();
-        let mut arena = match copied {
-            0 => Vec::new(),
-            _ => self.spare.pop().unwrap_or_default(),
+        let mut arena = match writes.iter().all(|w| is_aligned_ptr(&w.data)) {
+            true => Vec::new(),
+            false => self.spare.pop().unwrap_or_default(),
         };
-        if copied > 0 && arena.len() < copied + DIRECT_ALIGN {
-            arena.resize(copied + DIRECT_ALIGN, 0);
-        }
+        let sources = aligned_sources(&mut arena, writes.iter().map(|w| &w.data[..]));
         // An id no round in flight has (it would take 2^32 rounds to wrap).
         while self.rounds.contains_key(&self.next_id) {
             self.next_id = self.next_id.wrapping_add(1);
         }
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1);
-        let mut at = arena.as_ptr().align_offset(DIRECT_ALIGN);
         let mut entries = Vec::with_capacity(writes.len());
-        for (i, w) in writes.iter().enumerate() {
+        for (i, (w, from)) in writes.iter().zip(sources).enumerate() {
             let fd = w.file.direct_fd().unwrap_or(-1);
-            let from = if is_aligned_ptr(&w.data) {
-                w.data.as_ptr()
-            } else {
-                // Every length is a multiple of DIRECT_ALIGN: each copy starts aligned.
-                arena[at..at + w.data.len()].copy_from_slice(&w.data);
-                let p = arena[at..].as_ptr();
-                at += w.data.len();
-                p
-            };
             let user_data = (u64::from(id) << 32) | i as u64;
             entries.push(
                 opcode::Write::new(types::Fd(fd), from, w.data.len() as u32)
@@ -199,7 +190,9 @@ impl WriteRing {
         let n = writes.len();
         // The round is kept before its entries are pushed: from here on, its
         // arena and files live until every entry is reaped.
-        self.rounds.insert(id, InFlight { tag, writes, arena, results: vec![None; n], left: n });
+        self.submitted += 1;
+        let order = self.submitted;
+        self.rounds.insert(id, InFlight { tag, order, writes, arena, results: vec![None; n], left: n });
         {
             let mut sq = ring.submission();
             for e in &entries {
@@ -224,11 +217,11 @@ impl WriteRing {
         Ok(())
     }
 
-    /// Rounds that have landed, by tag; with `wait`, after waiting for at
+    /// Rounds that have landed, in submission order; with `wait`, after waiting for at
     /// least one completion (unless nothing is in flight). A write that came
     /// back short or for a passing reason is finished here with the file's
     /// own write.
-    pub fn reap(&mut self, wait: bool) -> Vec<Landed> {
+    pub fn reap(&mut self, wait: bool) -> Vec<Landed<T>> {
         let mut cqes = Vec::new();
         if self.unreaped > 0 {
             if let Some(ring) = self.ring.as_mut() {
@@ -264,14 +257,19 @@ impl WriteRing {
         let mut landed = Vec::with_capacity(done.len());
         for id in done {
             let Some(r) = self.rounds.remove(&id) else { continue };
-            let results = r.writes.iter().zip(&r.results).map(|(w, res)| finish(w, *res)).collect();
+            let results = r
+                .writes
+                .iter()
+                .zip(&r.results)
+                .map(|(w, &res)| complete_write(w.file.as_ref(), w.offset, &w.data, res))
+                .collect();
             if self.spare.len() < SPARE_ARENAS && !r.arena.is_empty() {
                 self.spare.push(r.arena);
             }
-            landed.push((r.tag, r.writes, results));
+            landed.push((r.order, r.tag, results));
         }
         landed.sort_unstable_by_key(|l| l.0);
-        landed
+        landed.into_iter().map(|(_, tag, results)| (tag, results)).collect()
     }
 
     fn record(&mut self, user_data: u64, res: i32) {
@@ -295,26 +293,7 @@ fn lost_room() -> ! {
     std::process::abort();
 }
 
-/// What a write's completion means; short and passing failures are
-/// finished by the file's own write, one never submitted too.
-fn finish(w: &RingWrite, res: Option<i32>) -> DiskResult<()> {
-    match res {
-        Some(res) if res >= 0 && res as usize >= w.data.len() => Ok(()),
-        Some(res) if res >= 0 => {
-            let n = res as usize;
-            w.file.write_at(w.offset + n as u64, &w.data[n..])
-        }
-        Some(res) if retryable(-res) => w.file.write_at(w.offset, &w.data),
-        Some(res) => {
-            let err = io::Error::from_raw_os_error(-res);
-            let label = w.file.raw_fd().map(fd_label).unwrap_or_default();
-            Err(DiskError::from_io("write", label, &err))
-        }
-        None => w.file.write_at(w.offset, &w.data),
-    }
-}
-
-impl Drop for WriteRing {
+impl<T> Drop for WriteRing<T> {
     fn drop(&mut self) {
         // Nothing is released while the kernel may still use it.
         while self.unreaped > 0 && self.ring.is_some() {
@@ -326,6 +305,7 @@ impl Drop for WriteRing {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::io::disk::direct::DIRECT_ALIGN;
     use crate::io::disk::{Disk, FsPath, OpenMode, StdDisk};
     use crate::protocol::path::RelPath;
 
@@ -344,7 +324,7 @@ mod tests {
     fn rounds_in_flight_land_with_their_tags_and_write_what_they_were_given() {
         let (_dir, disk) = direct_disk();
         let file = disk.open(&FsPath::new(0, RelPath::top("f").expect("name")), OpenMode::Create).expect("open");
-        let mut ring = WriteRing::new().expect("ring");
+        let mut ring = WriteRing::<u64>::new().expect("ring");
         for tag in 0..MAX_RING_ROUNDS as u64 {
             let writes = (0..4u64)
                 .map(|i| RingWrite {
@@ -362,8 +342,8 @@ mod tests {
         while ring.in_flight() > 0 {
             let landed = ring.reap(true);
             assert!(landed.windows(2).all(|w| w[0].0 < w[1].0), "one reap's rounds come by tag");
-            for (tag, writes, results) in landed {
-                assert_eq!(writes.len(), 4);
+            for (tag, results) in landed {
+                assert_eq!(results.len(), 4);
                 assert!(results.iter().all(|r| r.is_ok()), "round {tag}: {results:?}");
                 tags.push(tag);
             }
@@ -387,7 +367,7 @@ mod tests {
         let at = backing.as_ptr().align_offset(DIRECT_ALIGN);
         let aligned = backing.slice(at..at + 8192);
         assert!(is_aligned_ptr(&aligned));
-        let mut ring = WriteRing::new().expect("ring");
+        let mut ring = WriteRing::<u64>::new().expect("ring");
         let writes = vec![RingWrite { file: file.clone(), offset: 0, data: aligned.clone() }];
         assert!(ring.submit(1, writes).is_ok());
         assert!(ring.rounds.values().all(|r| r.arena.is_empty()), "nothing copied");
@@ -398,7 +378,7 @@ mod tests {
         assert!(ring.submit(2, mixed).is_ok());
         let mut tags = Vec::new();
         while ring.in_flight() > 0 {
-            for (tag, _, results) in ring.reap(true) {
+            for (tag, results) in ring.reap(true) {
                 assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
                 tags.push(tag);
             }
@@ -413,7 +393,7 @@ mod tests {
     fn a_round_the_ring_cannot_take_is_handed_back() {
         let (_dir, disk) = direct_disk();
         let file = disk.open(&FsPath::new(0, RelPath::top("f").expect("name")), OpenMode::Create).expect("open");
-        let mut ring = WriteRing::new().expect("ring");
+        let mut ring = WriteRing::<u64>::new().expect("ring");
         let w = |offset: u64, data: bytes::Bytes| RingWrite { file: file.clone(), offset, data };
         let unaligned = vec![w(100, block(1))];
         let overlapping = vec![w(0, block(1)), w(4096, block(2))];
@@ -428,7 +408,7 @@ mod tests {
     fn a_write_the_kernel_refuses_comes_back_as_its_error() {
         let (_dir, disk) = direct_disk();
         let file = disk.open(&FsPath::new(0, RelPath::top("f").expect("name")), OpenMode::Create).expect("open");
-        let mut ring = WriteRing::new().expect("ring");
+        let mut ring = WriteRing::<u64>::new().expect("ring");
         let w = |offset: u64| RingWrite { file: file.clone(), offset, data: block(3) };
         // 2^50 bytes: past ext4's largest file (16 TiB; the tests' temporary
         // directories are on ext4).
@@ -437,7 +417,7 @@ mod tests {
         while ring.in_flight() > 0 {
             landed.extend(ring.reap(true));
         }
-        let [(tag, _, results)] = &landed[..] else { panic!("one round: {}", landed.len()) };
+        let [(tag, results)] = &landed[..] else { panic!("one round: {}", landed.len()) };
         assert_eq!(*tag, 5);
         assert!(results[0].is_ok());
         let e = results[1].as_ref().expect_err("past the largest file");

@@ -1,0 +1,336 @@
+//! Write rounds in flight while the session reads on: the mirror's side of
+//! the NVMe path (`direct` disks).
+//!
+//! With O_DIRECT a round of writes takes the device's latency. Applied on
+//! the session's thread, a frame that arrives while a round is on the
+//! device waits for that round, then for its own: a block's write cost the
+//! primary about three local writes (docs/performance.md, "The NVMe path").
+//! Here the session hands a batch of plain writes to a round thread and
+//! reads on, so several rounds are on the device at once; the applied mark
+//! moves, and an acknowledgement goes out, as the oldest rounds land, in
+//! sequence order (a round that lands early waits for the ones before it).
+//!
+//! What keeps this the same as applying in order:
+//! - a round never overlaps one in flight: a batch with a write to a range
+//!   a round in flight writes is applied the ordinary way, after all land;
+//! - everything else (namespace operations, writes asked durable, hash and
+//!   list requests, every sync job and checkpoint) waits for every round to
+//!   land ([`Rounds::drain`]): a sync job covers only landed writes, and a
+//!   rename never moves a file under a write on its way;
+//! - a write that fails for a passing reason is tried again with the ones
+//!   after it, as on the session's thread; any other failure stops the
+//!   session: the applied mark stays before the failed round, and the
+//!   primary gets a Fault frame at once.
+
+use super::retrying;
+use super::syncer::AckSender;
+use crate::exec::apply::{ApplyError, FaultClass, StagedWrite};
+use crate::io::disk::{BatchWrite, Disk, DiskError, DiskErrorKind, FsPath, WriteRing};
+use ring::RingRounds;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+mod ring;
+
+/// Without a session ring: rounds on the device at once, at most (one
+/// thread each, each with its own ring). More would only queue at the
+/// device; the session waits to hand over a round while all are busy, and
+/// what arrives meanwhile joins the next round. (On the session's ring
+/// the bound is `MAX_RING_ROUNDS`.)
+pub(super) const ROUND_THREADS: usize = 4;
+
+struct Round {
+    writes: Vec<StagedWrite>,
+    /// The batch's last sequence number (bindings may follow its last write).
+    last_seq: u64,
+}
+
+/// A round handed over and not yet retired.
+struct InFlight {
+    last_seq: u64,
+    landed: bool,
+    /// Byte ranges it writes, by file.
+    ranges: HashMap<FsPath, Vec<(u64, u64)>>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Oldest first.
+    queue: VecDeque<InFlight>,
+    /// Every round through this sequence number has landed.
+    applied: u64,
+    /// Once a round failed, nothing more is retired.
+    failure: Failure,
+    /// A round failed because the disk is failing (the first such): the
+    /// mirror faults, whatever failure ended the session first.
+    disk_failing: Option<String>,
+}
+
+/// Where the rounds stand after their first failure.
+#[derive(Default)]
+enum Failure {
+    #[default]
+    None,
+    /// Not yet handed to the session.
+    Waiting(ApplyError),
+    /// Handed to the session; later calls fail too.
+    Reported,
+}
+
+impl State {
+    fn stopped(&self) -> bool {
+        !matches!(self.failure, Failure::None)
+    }
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// A round landed or failed.
+    changed: Condvar,
+}
+
+fn lock(s: &Shared) -> MutexGuard<'_, State> {
+    s.state.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub(super) struct Rounds {
+    /// Overlaps are judged by whole pages: a buffered write (an unaligned
+    /// one goes through the page cache) and a direct write to the same page
+    /// must not be on their way at once.
+    page: u64,
+    tx: Option<crossbeam_channel::Sender<Round>>,
+    threads: Vec<JoinHandle<()>>,
+    shared: Arc<Shared>,
+    /// With io_uring: the session's own thread puts rounds on the ring and
+    /// reaps them (no round threads, so no wake-up between the socket and
+    /// the device); see [`Rounds::await_readable`].
+    ring: Option<Mutex<RingRounds>>,
+}
+
+impl Rounds {
+    /// Rounds writing to `disk`, acknowledged through `acks`; everything
+    /// through `applied` is already applied. On the session's own ring if
+    /// the disk offers one and the connection can be polled (the session
+    /// then calls [`Rounds::await_readable`] before every receive), else
+    /// on round threads.
+    pub(super) fn start(
+        disk: Arc<dyn Disk>,
+        acks: Arc<AckSender>,
+        applied: u64,
+        pollable: bool,
+    ) -> std::io::Result<Rounds> {
+        let shared =
+            Arc::new(Shared { state: Mutex::new(State { applied, ..State::default() }), changed: Condvar::new() });
+        let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+            .ok()
+            .flatten()
+            .and_then(|p| u64::try_from(p).ok())
+            .filter(|p| p.is_power_of_two())
+            .unwrap_or(4096);
+        if pollable && disk.takes_write_ring() {
+            match WriteRing::new() {
+                Ok(ring) => {
+                    let ring = RingRounds { ring, disk, acks };
+                    return Ok(Rounds { page, tx: None, threads: Vec::new(), shared, ring: Some(Mutex::new(ring)) });
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot set up a write ring; write rounds go through threads"),
+            }
+        }
+        // A rendezvous: a round is handed over only to a thread free to write it.
+        let (tx, rx) = crossbeam_channel::bounded::<Round>(0);
+        let mut rounds = Rounds { page, tx: Some(tx), threads: Vec::new(), shared: shared.clone(), ring: None };
+        for i in 0..ROUND_THREADS {
+            let (rx, disk, acks, shared) = (rx.clone(), disk.clone(), acks.clone(), shared.clone());
+            let t = std::thread::Builder::new()
+                .name(format!("filerep-round-{i}"))
+                .spawn(move || run(rx, disk.as_ref(), &acks, &shared))?;
+            rounds.threads.push(t);
+        }
+        Ok(rounds)
+    }
+
+    /// Whether a write of `writes` overlaps a round in flight.
+    pub(super) fn overlaps<'a>(&self, mut writes: impl Iterator<Item = (&'a FsPath, u64, u64)>) -> bool {
+        let st = lock(&self.shared);
+        if st.queue.is_empty() {
+            return false;
+        }
+        writes.any(|(path, start, end)| {
+            let (start, end) = self.pages(start, end);
+            st.queue.iter().any(|r| r.ranges.get(path).is_some_and(|rs| rs.iter().any(|&(s, e)| start < e && s < end)))
+        })
+    }
+
+    /// Put `writes` (in sequence order; the batch ends at `last_seq`) on
+    /// their way: on the session's ring, waiting for room there, or to a
+    /// round thread, waiting for one to be free. Err: a round failed, and
+    /// the session ends.
+    pub(super) fn submit(&self, writes: Vec<StagedWrite>, last_seq: u64) -> Result<(), ApplyError> {
+        let mut ranges: HashMap<FsPath, Vec<(u64, u64)>> = HashMap::new();
+        for w in &writes {
+            let range = self.pages(w.offset, w.offset.saturating_add(w.data.len() as u64));
+            ranges.entry(w.path.clone()).or_default().push(range);
+        }
+        if let Some(ring) = &self.ring {
+            return self.submit_on_ring(ring, writes, last_seq, ranges);
+        }
+        {
+            let mut st = lock(&self.shared);
+            if st.stopped() {
+                return Err(take_failure(&mut st));
+            }
+            st.queue.push_back(InFlight { last_seq, landed: false, ranges });
+        }
+        let sent = self.tx.as_ref().is_some_and(|tx| tx.send(Round { writes, last_seq }).is_ok());
+        if !sent {
+            // Every round thread is gone: only after a panic in one.
+            let mut st = lock(&self.shared);
+            st.queue.pop_back();
+            st.failure = Failure::Reported;
+            return Err(round_error(last_seq, "the round threads are gone"));
+        }
+        Ok(())
+    }
+
+    /// `start..end` widened to whole pages.
+    fn pages(&self, start: u64, end: u64) -> (u64, u64) {
+        let mask = self.page - 1;
+        (start & !mask, end.checked_add(mask).map_or(u64::MAX, |e| e & !mask))
+    }
+
+    /// Wait until every round handed over has landed: through what the
+    /// writes are applied, or the failure that ended them.
+    pub(super) fn drain(&self) -> Result<u64, ApplyError> {
+        if let Some(ring) = &self.ring {
+            return self.drain_ring(ring);
+        }
+        let mut st = lock(&self.shared);
+        loop {
+            if st.stopped() {
+                return Err(take_failure(&mut st));
+            }
+            if st.queue.is_empty() {
+                return Ok(st.applied);
+            }
+            st = self.shared.changed.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Why the disk is failing, if a round found it so (kept for good).
+    pub(super) fn disk_failing(&self) -> Option<String> {
+        lock(&self.shared).disk_failing.clone()
+    }
+}
+
+/// A panic while writing is a failed round: the session must not wait for it forever.
+fn guarded(last_seq: u64, write: impl FnOnce() -> Result<(), ApplyError>) -> Result<(), ApplyError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(write))
+        .unwrap_or_else(|_| Err(round_error(last_seq, "writing a round panicked")))
+}
+
+/// The failure that stopped the rounds: the first time with its cause.
+fn take_failure(st: &mut State) -> ApplyError {
+    match std::mem::replace(&mut st.failure, Failure::Reported) {
+        Failure::Waiting(e) => e,
+        _ => round_error(st.applied + 1, "a write round failed before"),
+    }
+}
+
+fn round_error(seq: u64, why: &str) -> ApplyError {
+    ApplyError { seq, op: "write", error: DiskError::new("write_batch", "", DiskErrorKind::Io, why) }
+}
+
+impl Drop for Rounds {
+    fn drop(&mut self) {
+        self.tx = None;
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn run(rx: crossbeam_channel::Receiver<Round>, disk: &dyn Disk, acks: &AckSender, shared: &Shared) {
+    while let Ok(round) = rx.recv() {
+        let last_seq = round.last_seq;
+        let result = guarded(last_seq, || write_round(disk, &round.writes));
+        drop(round);
+        settle(shared, acks, last_seq, result);
+    }
+}
+
+/// A round landed (or failed): retire the rounds landed in sequence order,
+/// move the applied mark and acknowledge, or stop the rounds and tell the
+/// primary at once.
+fn settle(shared: &Shared, acks: &AckSender, last_seq: u64, result: Result<(), ApplyError>) {
+    let mut st = lock(shared);
+    let mut retired = false;
+    let mut fault = None;
+    match result {
+        Ok(()) => {
+            // Batches never share a sequence number.
+            if let Some(r) = st.queue.iter_mut().find(|r| r.last_seq == last_seq) {
+                r.landed = true;
+            }
+            if !st.stopped() {
+                while st.queue.front().is_some_and(|r| r.landed) {
+                    if let Some(r) = st.queue.pop_front() {
+                        st.applied = r.last_seq;
+                        retired = true;
+                    }
+                }
+            }
+        }
+        Err(e) => {
+            tracing::error!(seq = e.seq, error = %e, "a write round failed; ending the session");
+            fault = Some((e.seq, e.to_string()));
+            if e.class() == FaultClass::DiskFailing && st.disk_failing.is_none() {
+                st.disk_failing = Some(e.to_string());
+            }
+            if !st.stopped() {
+                st.failure = Failure::Waiting(e);
+            }
+        }
+    }
+    if retired {
+        // Under the lock: whoever sees these rounds retired (a drain, then
+        // a sync job and its Ack) sees the applied mark there too, so no
+        // Ack says synced past applied.
+        acks.marks.applied.fetch_max(st.applied, Ordering::SeqCst);
+    }
+    drop(st);
+    shared.changed.notify_all();
+    if let Some((seq, why)) = fault {
+        // The primary learns at once; closing the connection ends the session's reads.
+        acks.fault(seq, &why);
+    }
+    if retired && !acks.send() {
+        // The session's reads end too: it then finds nothing more to do.
+        acks.close();
+    }
+}
+
+/// Write a round in order (the disk keeps overlapping writes in order);
+/// a write that fails for a passing reason is tried again after a pause,
+/// with every write after it.
+fn write_round(disk: &dyn Disk, writes: &[StagedWrite]) -> Result<(), ApplyError> {
+    let mut rest = writes;
+    retrying("write round", || {
+        let batch: Vec<BatchWrite<'_>> =
+            rest.iter().map(|w| BatchWrite { file: w.file.as_ref(), offset: w.offset, data: &w.data }).collect();
+        let results = disk.write_batch(&batch);
+        drop(batch);
+        match results.into_iter().enumerate().find_map(|(i, r)| r.err().map(|e| (i, e))) {
+            None => Ok(()),
+            Some((i, error)) => {
+                let e = ApplyError { seq: rest[i].seq, op: "write", error };
+                rest = &rest[i..];
+                Err(e)
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests;
