@@ -116,7 +116,8 @@ fn survey() -> &'static Survey {
 
 /// Over 500 seeds the schedules really reach every fault kind, and the
 /// states the invariants are about (a failover, a double fault, change
-/// tracking, an arbiter that does not answer, failed disks on both sides).
+/// tracking, an arbiter that does not answer, failed disks on both sides,
+/// the mirror's write rounds landing out of order and at a power loss).
 #[test]
 fn fault_schedules_reach_every_fault_kind() {
     let Survey { faults, outcomes, .. } = survey();
@@ -133,6 +134,12 @@ fn fault_schedules_reach_every_fault_kind() {
         "change-log failed",
         "mirror faulted",
         "primary faulted",
+        // The mirror's write rounds (a mirror on a direct disk).
+        "mirror write round landed before an older one",
+        "mirror writes waited for a write round they overlap",
+        "mirror sync job waited for the write rounds",
+        "mirror session ended after its write rounds landed",
+        "mirror lost power with write rounds in flight",
     ] {
         assert!(outcomes.contains_key(want), "no schedule led to {want:?}: {outcomes:?}");
     }

@@ -8,6 +8,7 @@ pub mod mirror;
 pub mod pair;
 pub mod primary;
 pub mod resync;
+pub mod rounds;
 
 /// A deliberate defect in the rules, switched on only by the simulator (a
 /// field no runtime sets), to show that its checks catch a broken rule of
@@ -71,6 +72,9 @@ pub enum PlantedBug {
     /// Rule 4 out of order: in change tracking a block is written locally
     /// first and recorded in the change-log after.
     RecordAfterLocalWrite,
+    /// The mirror puts a write round on its way over a range that a round
+    /// still in flight writes: the two can land in either order.
+    RoundsOverlap,
 }
 
 /// The environment variable that plants a defect in a real process
@@ -86,7 +90,7 @@ pub fn planted_in_process() -> Option<PlantedBug> {
 
 impl PlantedBug {
     /// Every defect with its name on the command line (`filerep sim --faults --bug NAME`).
-    pub const ALL: [(PlantedBug, &'static str); 20] = [
+    pub const ALL: [(PlantedBug, &'static str); 21] = [
         (PlantedBug::SkipRecordBlock, "skip-record-block"),
         (PlantedBug::SkipActivityCover, "skip-activity-cover"),
         (PlantedBug::AckWithoutMirror, "ack-without-mirror"),
@@ -107,6 +111,7 @@ impl PlantedBug {
         (PlantedBug::MirrorSkipsDirectorySync, "mirror-skips-directory-sync"),
         (PlantedBug::FlushAckBeforeSync, "flush-ack-before-sync"),
         (PlantedBug::RecordAfterLocalWrite, "record-after-local-write"),
+        (PlantedBug::RoundsOverlap, "rounds-overlap"),
     ];
 
     /// The defect a real `filerep` process plants, named by the

@@ -409,6 +409,15 @@ impl Applier {
             && batch.iter().all(|s| !s.durable && matches!(s.op, Op::Write { .. } | Op::Bind))
     }
 
+    /// The byte ranges (path, start, end) the writes of `batch` cover: what
+    /// a write round of it would have on its way ([`crate::core::rounds`]).
+    pub fn write_ranges(batch: &[Sequenced]) -> impl Iterator<Item = (&FsPath, u64, u64)> {
+        batch.iter().filter_map(|s| match &s.op {
+            Op::Write { path, offset, data, .. } => Some((path, *offset, offset.saturating_add(data.len() as u64))),
+            _ => None,
+        })
+    }
+
     /// Stage a [`Applier::stageable`] batch for the caller to write: open
     /// (while catching up, create) its files and count them dirty, without
     /// writing. `applied` does not move: the caller reports what landed

@@ -3,10 +3,11 @@
 //! mirror daemon runs them, with sync jobs run by a simulated syncer.
 
 use super::net::Link;
+use super::rounds::{Offered, SimRounds};
 use super::world::{Role, World, ACK_TIMEOUT_MS};
 use super::*;
 use crate::core::mirror::{ApplyState, Checkpoints, MirrorSession, Step};
-use crate::exec::apply::{Applier, FaultClass, Sequenced, SyncJob};
+use crate::exec::apply::{Applier, Sequenced, SyncJob};
 use crate::protocol::{Ack, Decoder, Frame, Header, Kind};
 
 /// One stream from a primary to its mirror.
@@ -35,6 +36,8 @@ pub(super) struct Session {
     pub(super) cut: bool,
     pub(super) mirror_heard: u64,
     pub(super) shutdown_seen: bool,
+    /// The mirror's write rounds in flight, if it writes rounds.
+    pub(super) rounds: Option<SimRounds>,
 }
 
 impl World {
@@ -57,6 +60,7 @@ impl World {
             return Err("another primary is streaming to this mirror".into());
         }
         self.session = None;
+        let rounds = self.session_rounds(0);
         // The mirror adopts a newer generation before it accepts (persisted).
         self.nodes[m].role = Role::Mirror { gen, faulted: false };
         let (bs, fs) = (self.cfg.block_size, self.cfg.filespaces);
@@ -90,6 +94,7 @@ impl World {
             cut: false,
             mirror_heard: self.now,
             shutdown_seen: false,
+            rounds,
         });
         Ok(())
     }
@@ -100,7 +105,7 @@ impl World {
         }
     }
 
-    fn mirror_ack(&mut self) {
+    pub(super) fn mirror_ack(&mut self) {
         let now = self.now;
         let Some(s) = self.session.as_mut() else { return };
         if !s.mirror_on || s.mirror_closed || s.cut {
@@ -158,21 +163,18 @@ impl World {
             let k = self.rng.gen_range(1..=ops.len() - at);
             let batch = &ops[at..at + k];
             at += k;
-            let fired = self.nodes[m].data.fired_total();
-            let Some(s) = self.session.as_mut() else { return Ok(()) };
-            if let Err(e) = s.applier.apply(batch) {
-                if self.nodes[m].data.fired_total() > fired || e.class() == FaultClass::DiskFailing {
-                    self.mirror_fault(m);
-                    return Ok(());
+            let on_its_way = match self.offer_batch(batch)? {
+                Offered::Stopped => return Ok(()),
+                Offered::OnItsWay => true,
+                Offered::ApplyInPlace => {
+                    let fired = self.nodes[m].data.fired_total();
+                    let Some(s) = self.session.as_mut() else { return Ok(()) };
+                    if let Err(e) = s.applier.apply(batch) {
+                        return self.mirror_apply_failed(m, fired, e);
+                    }
+                    false
                 }
-                // A stream in sync never refuses an operation: the primary
-                // ships what it did. A resync's mirror may lack what a call
-                // changes: the daemon sends a Fault and ends the session.
-                if self.resync.running {
-                    return self.mirror_refused(e.seq, &e.to_string());
-                }
-                return Err(self.fail(format!("the mirror could not apply an operation of a stream in sync: {e}")));
-            }
+            };
             self.after_batch(now, false)?;
             // The hook names the pair by its primary.
             let primary = self.session.as_ref().map_or(1 - m, |s| s.primary);
@@ -180,7 +182,10 @@ impl World {
             if !self.mirror_alive() {
                 return Ok(());
             }
-            self.mirror_ack();
+            // A round is acknowledged when it lands.
+            if !on_its_way {
+                self.mirror_ack();
+            }
         }
         if shutdown {
             self.after_batch(now, true)?;
@@ -211,6 +216,14 @@ impl World {
             s.applier.request_full();
         }
         if s.applier.wants_sync() {
+            // A sync job covers landed writes only.
+            if s.rounds.as_ref().is_some_and(|r| !r.in_flight.is_empty()) {
+                self.outcome("mirror sync job waited for the write rounds");
+            }
+            if !self.drain_rounds()? {
+                return Ok(());
+            }
+            let Some(s) = self.session.as_mut() else { return Ok(()) };
             let job = s.applier.take_sync_job();
             if crate::core::mirror::acks_before_sync(self.cfg.bug) {
                 // The defect: acknowledged as durable before the syncer runs it.
@@ -221,6 +234,7 @@ impl World {
             }
             s.sync_jobs.push_back(job);
         }
+        let Some(s) = self.session.as_mut() else { return Ok(()) };
         let replies = s.applier.take_replies();
         if !replies.is_empty() && s.primary_on && !s.cut {
             for reply in replies {
@@ -291,6 +305,10 @@ impl World {
                 s.mirror_closed = true;
                 s.sync_jobs.clear();
                 s.to_mirror.queue.clear();
+                // Its files are in doubt: what rounds were on their way no longer matters.
+                if let Some(r) = s.rounds.as_mut() {
+                    r.in_flight.clear();
+                }
             }
         }
         self.drop_session_if_done();
@@ -299,7 +317,7 @@ impl World {
     /// The mirror could not apply an operation (not its disk's fault): as
     /// the daemon does, it runs the sync jobs already queued, sends a Fault
     /// naming the operation and closes; the mirror stays in service.
-    fn mirror_refused(&mut self, seq: u64, why: &str) -> Result<(), SimFailure> {
+    pub(super) fn mirror_refused(&mut self, seq: u64, why: &str) -> Result<(), SimFailure> {
         tracing::debug!(seed = self.seed, step = self.step, why, "sim: the mirror refused an operation");
         self.outcome("resync: the mirror refused an operation");
         self.resync.refusal.get_or_insert_with(|| why.to_string());
@@ -322,6 +340,14 @@ impl World {
             return Ok(());
         }
         tracing::debug!(seed = self.seed, step = self.step, why, "sim: the mirror ends its session");
+        // Rounds in flight land before anything else.
+        if s.rounds.as_ref().is_some_and(|r| !r.in_flight.is_empty()) {
+            self.outcome("mirror session ended after its write rounds landed");
+        }
+        if !self.drain_rounds()? {
+            return Ok(());
+        }
+        let Some(s) = self.session.as_mut() else { return Ok(()) };
         s.mirror_on = false;
         s.mirror_closed = true;
         s.to_mirror.queue.clear();

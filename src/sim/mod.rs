@@ -46,6 +46,7 @@ mod mirror;
 mod net;
 mod primary;
 mod resync;
+mod rounds;
 mod workload;
 mod world;
 

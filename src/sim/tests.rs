@@ -58,6 +58,7 @@ fn planted_defects_are_caught_by_the_invariant_they_break() {
         (PromoteInSameGeneration, "invariant 2", 500),
         (MirrorSkipsDirectorySync, "invariant 3", 500),
         (FlushAckBeforeSync, "invariant 3", 500),
+        (RoundsOverlap, "invariant", 500),
     ] {
         caught(bug, invariant, seeds);
     }

@@ -101,6 +101,8 @@ pub(super) struct World {
     pub(super) bs: u64,
     pub(super) log_path: FsPath,
     pub(super) rng: ChaCha8Rng,
+    /// The mirror's write rounds draw from this one ([`super::rounds`]).
+    pub(super) rounds_rng: ChaCha8Rng,
     pub(super) now: u64,
     pub(super) step: u64,
     pub(super) nodes: Vec<Node>,
@@ -181,6 +183,7 @@ impl World {
             bs: cfg.block_size as u64,
             log_path,
             rng,
+            rounds_rng: super::rounds::rounds_rng(seed),
             now: 0,
             step: 0,
             nodes,
@@ -489,6 +492,9 @@ impl World {
         }
         if self.rng.gen_bool(0.3) {
             self.syncer_step()?;
+        }
+        if self.rounds_rng.gen_bool(0.7) {
+            self.rounds_step()?;
         }
         for n in 0..self.nodes.len() {
             if self.nodes[n].primary.is_some() {

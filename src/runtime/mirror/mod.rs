@@ -16,7 +16,7 @@ mod server_handshake;
 mod syncer;
 
 use crate::config::{check_block_size, check_filespaces, Filespace, StreamTuning};
-use crate::core::mirror::{MirrorSession, Op, Step};
+use crate::core::mirror::{MirrorSession, Step};
 use crate::durable::files;
 use crate::error::{Error, Result};
 use crate::exec::apply::{Applier, FaultClass, Sequenced};
@@ -445,16 +445,9 @@ impl MirrorServer {
             // A batch of plain writes goes to a round thread on a direct
             // disk (the session reads on); anything else waits for the
             // rounds in flight, then applies here.
-            let staged = rounds.as_ref().filter(|r| {
-                !shutdown
-                    && Applier::stageable(&ops)
-                    && !r.overlaps(ops.iter().filter_map(|o| match &o.op {
-                        Op::Write { path, offset, data, .. } => {
-                            Some((path, *offset, offset.saturating_add(data.len() as u64)))
-                        }
-                        _ => None,
-                    }))
-            });
+            let staged = rounds
+                .as_ref()
+                .filter(|r| !shutdown && Applier::stageable(&ops) && r.admits(Applier::write_ranges(&ops)));
             // Before a round can land: an acknowledgement never has applied past received.
             acks.marks.received.store(session.received(), Ordering::SeqCst);
             let result = match staged {

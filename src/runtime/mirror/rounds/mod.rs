@@ -24,10 +24,10 @@
 
 use super::retrying;
 use super::syncer::AckSender;
+use crate::core::rounds::RoundQueue;
 use crate::exec::apply::{ApplyError, FaultClass, StagedWrite};
 use crate::io::disk::{BatchWrite, Disk, DiskError, DiskErrorKind, FsPath, WriteRing};
 use ring::RingRounds;
-use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -47,20 +47,9 @@ struct Round {
     last_seq: u64,
 }
 
-/// A round handed over and not yet retired.
-struct InFlight {
-    last_seq: u64,
-    landed: bool,
-    /// Byte ranges it writes, by file.
-    ranges: HashMap<FsPath, Vec<(u64, u64)>>,
-}
-
-#[derive(Default)]
 struct State {
-    /// Oldest first.
-    queue: VecDeque<InFlight>,
-    /// Every round through this sequence number has landed.
-    applied: u64,
+    /// The rounds in flight and the applied mark (the rules: [`RoundQueue`]).
+    rounds: RoundQueue,
     /// Once a round failed, nothing more is retired.
     failure: Failure,
     /// A round failed because the disk is failing (the first such): the
@@ -96,10 +85,6 @@ fn lock(s: &Shared) -> MutexGuard<'_, State> {
 }
 
 pub(super) struct Rounds {
-    /// Overlaps are judged by whole pages: a buffered write (an unaligned
-    /// one goes through the page cache) and a direct write to the same page
-    /// must not be on their way at once.
-    page: u64,
     tx: Option<crossbeam_channel::Sender<Round>>,
     threads: Vec<JoinHandle<()>>,
     shared: Arc<Shared>,
@@ -121,26 +106,26 @@ impl Rounds {
         applied: u64,
         pollable: bool,
     ) -> std::io::Result<Rounds> {
-        let shared =
-            Arc::new(Shared { state: Mutex::new(State { applied, ..State::default() }), changed: Condvar::new() });
         let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
             .ok()
             .flatten()
             .and_then(|p| u64::try_from(p).ok())
-            .filter(|p| p.is_power_of_two())
             .unwrap_or(4096);
+        let rounds = RoundQueue::new(page, applied).with_bug(crate::core::planted_in_process());
+        let state = State { rounds, failure: Failure::None, disk_failing: None };
+        let shared = Arc::new(Shared { state: Mutex::new(state), changed: Condvar::new() });
         if pollable && disk.takes_write_ring() {
             match WriteRing::new() {
                 Ok(ring) => {
                     let ring = RingRounds { ring, disk, acks };
-                    return Ok(Rounds { page, tx: None, threads: Vec::new(), shared, ring: Some(Mutex::new(ring)) });
+                    return Ok(Rounds { tx: None, threads: Vec::new(), shared, ring: Some(Mutex::new(ring)) });
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot set up a write ring; write rounds go through threads"),
             }
         }
         // A rendezvous: a round is handed over only to a thread free to write it.
         let (tx, rx) = crossbeam_channel::bounded::<Round>(0);
-        let mut rounds = Rounds { page, tx: Some(tx), threads: Vec::new(), shared: shared.clone(), ring: None };
+        let mut rounds = Rounds { tx: Some(tx), threads: Vec::new(), shared: shared.clone(), ring: None };
         for i in 0..ROUND_THREADS {
             let (rx, disk, acks, shared) = (rx.clone(), disk.clone(), acks.clone(), shared.clone());
             let t = std::thread::Builder::new()
@@ -151,16 +136,10 @@ impl Rounds {
         Ok(rounds)
     }
 
-    /// Whether a write of `writes` overlaps a round in flight.
-    pub(super) fn overlaps<'a>(&self, mut writes: impl Iterator<Item = (&'a FsPath, u64, u64)>) -> bool {
-        let st = lock(&self.shared);
-        if st.queue.is_empty() {
-            return false;
-        }
-        writes.any(|(path, start, end)| {
-            let (start, end) = self.pages(start, end);
-            st.queue.iter().any(|r| r.ranges.get(path).is_some_and(|rs| rs.iter().any(|&(s, e)| start < e && s < end)))
-        })
+    /// Whether a batch writing `writes` (path, start, end) may go on its
+    /// way now ([`RoundQueue::admits`]).
+    pub(super) fn admits<'a>(&self, writes: impl Iterator<Item = (&'a FsPath, u64, u64)>) -> bool {
+        lock(&self.shared).rounds.admits(writes)
     }
 
     /// Put `writes` (in sequence order; the batch ends at `last_seq`) on
@@ -168,36 +147,25 @@ impl Rounds {
     /// round thread, waiting for one to be free. Err: a round failed, and
     /// the session ends.
     pub(super) fn submit(&self, writes: Vec<StagedWrite>, last_seq: u64) -> Result<(), ApplyError> {
-        let mut ranges: HashMap<FsPath, Vec<(u64, u64)>> = HashMap::new();
-        for w in &writes {
-            let range = self.pages(w.offset, w.offset.saturating_add(w.data.len() as u64));
-            ranges.entry(w.path.clone()).or_default().push(range);
-        }
         if let Some(ring) = &self.ring {
-            return self.submit_on_ring(ring, writes, last_seq, ranges);
+            return self.submit_on_ring(ring, writes, last_seq);
         }
         {
             let mut st = lock(&self.shared);
             if st.stopped() {
                 return Err(take_failure(&mut st));
             }
-            st.queue.push_back(InFlight { last_seq, landed: false, ranges });
+            st.rounds.push(last_seq, staged_ranges(&writes));
         }
         let sent = self.tx.as_ref().is_some_and(|tx| tx.send(Round { writes, last_seq }).is_ok());
         if !sent {
             // Every round thread is gone: only after a panic in one.
             let mut st = lock(&self.shared);
-            st.queue.pop_back();
+            st.rounds.pop_newest();
             st.failure = Failure::Reported;
             return Err(round_error(last_seq, "the round threads are gone"));
         }
         Ok(())
-    }
-
-    /// `start..end` widened to whole pages.
-    fn pages(&self, start: u64, end: u64) -> (u64, u64) {
-        let mask = self.page - 1;
-        (start & !mask, end.checked_add(mask).map_or(u64::MAX, |e| e & !mask))
     }
 
     /// Wait until every round handed over has landed: through what the
@@ -211,8 +179,8 @@ impl Rounds {
             if st.stopped() {
                 return Err(take_failure(&mut st));
             }
-            if st.queue.is_empty() {
-                return Ok(st.applied);
+            if st.rounds.is_empty() {
+                return Ok(st.rounds.applied());
             }
             st = self.shared.changed.wait(st).unwrap_or_else(|e| e.into_inner());
         }
@@ -234,7 +202,7 @@ fn guarded(last_seq: u64, write: impl FnOnce() -> Result<(), ApplyError>) -> Res
 fn take_failure(st: &mut State) -> ApplyError {
     match std::mem::replace(&mut st.failure, Failure::Reported) {
         Failure::Waiting(e) => e,
-        _ => round_error(st.applied + 1, "a write round failed before"),
+        _ => round_error(st.rounds.applied() + 1, "a write round failed before"),
     }
 }
 
@@ -269,18 +237,8 @@ fn settle(shared: &Shared, acks: &AckSender, last_seq: u64, result: Result<(), A
     let mut fault = None;
     match result {
         Ok(()) => {
-            // Batches never share a sequence number.
-            if let Some(r) = st.queue.iter_mut().find(|r| r.last_seq == last_seq) {
-                r.landed = true;
-            }
-            if !st.stopped() {
-                while st.queue.front().is_some_and(|r| r.landed) {
-                    if let Some(r) = st.queue.pop_front() {
-                        st.applied = r.last_seq;
-                        retired = true;
-                    }
-                }
-            }
+            let retire = !st.stopped();
+            retired = st.rounds.landed(last_seq, retire);
         }
         Err(e) => {
             tracing::error!(seq = e.seq, error = %e, "a write round failed; ending the session");
@@ -297,7 +255,7 @@ fn settle(shared: &Shared, acks: &AckSender, last_seq: u64, result: Result<(), A
         // Under the lock: whoever sees these rounds retired (a drain, then
         // a sync job and its Ack) sees the applied mark there too, so no
         // Ack says synced past applied.
-        acks.marks.applied.fetch_max(st.applied, Ordering::SeqCst);
+        acks.marks.applied.fetch_max(st.rounds.applied(), Ordering::SeqCst);
     }
     drop(st);
     shared.changed.notify_all();
@@ -309,6 +267,11 @@ fn settle(shared: &Shared, acks: &AckSender, last_seq: u64, result: Result<(), A
         // The session's reads end too: it then finds nothing more to do.
         acks.close();
     }
+}
+
+/// The byte ranges a round of staged writes covers, by file.
+fn staged_ranges(writes: &[StagedWrite]) -> impl Iterator<Item = (&FsPath, u64, u64)> {
+    writes.iter().map(|w| (&w.path, w.offset, w.offset.saturating_add(w.data.len() as u64)))
 }
 
 /// Write a round in order (the disk keeps overlapping writes in order);

@@ -4,10 +4,9 @@
 //! section 4.2). No thread is woken between the socket and the device.
 
 use super::super::syncer::AckSender;
-use super::{guarded, lock, round_error, settle, take_failure, write_round, Failure, InFlight, Rounds, Shared};
+use super::{guarded, lock, round_error, settle, staged_ranges, take_failure, write_round, Failure, Rounds, Shared};
 use crate::exec::apply::{ApplyError, FaultClass, StagedWrite};
-use crate::io::disk::{Disk, FsPath, RingWrite, WriteRing};
-use std::collections::HashMap;
+use crate::io::disk::{Disk, RingWrite, WriteRing};
 use std::os::fd::BorrowedFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -50,7 +49,6 @@ impl Rounds {
         ring: &Mutex<RingRounds>,
         writes: Vec<StagedWrite>,
         last_seq: u64,
-        ranges: HashMap<FsPath, Vec<(u64, u64)>>,
     ) -> Result<(), ApplyError> {
         let mut rr = lock_ring(ring);
         while rr.ring.full_for(writes.len()) {
@@ -61,7 +59,7 @@ impl Rounds {
             if st.stopped() {
                 return Err(take_failure(&mut st));
             }
-            st.queue.push_back(InFlight { last_seq, landed: false, ranges });
+            st.rounds.push(last_seq, staged_ranges(&writes));
         }
         let on_ring: Vec<RingWrite> =
             writes.iter().map(|w| RingWrite { file: w.file.clone(), offset: w.offset, data: w.data.clone() }).collect();
@@ -88,12 +86,12 @@ impl Rounds {
         if st.stopped() {
             return Err(take_failure(&mut st));
         }
-        if !st.queue.is_empty() {
+        if !st.rounds.is_empty() {
             // Cannot happen: a round not retired is on the ring.
             st.failure = Failure::Reported;
-            return Err(round_error(st.applied + 1, "a round was lost from the ring"));
+            return Err(round_error(st.rounds.applied() + 1, "a round was lost from the ring"));
         }
-        Ok(st.applied)
+        Ok(st.rounds.applied())
     }
 
     /// Before every receive on the session's ring: wait for `socket` to be
@@ -152,7 +150,7 @@ pub(super) fn lock_ring(m: &Mutex<RingRounds>) -> MutexGuard<'_, RingRounds> {
 mod tests {
     use super::super::super::syncer::{AckSender, Marks};
     use super::*;
-    use crate::io::disk::{OpenMode, StdDisk, UringDisk, MAX_RING_ROUNDS};
+    use crate::io::disk::{FsPath, OpenMode, StdDisk, UringDisk, MAX_RING_ROUNDS};
     use crate::io::net::mem_pair;
     use crate::protocol::path::RelPath;
     use crate::protocol::{Ack, Decoder, Kind};

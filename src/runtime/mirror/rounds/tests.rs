@@ -122,23 +122,23 @@ fn a_round_that_lands_early_is_counted_after_the_ones_before_it() {
     let short = StagedWrite { data: bytes::Bytes::from_static(b"0123456789"), ..write(3, "b", &b, 8292, 3) };
     fx.rounds.submit(vec![write(2, "b", &b, 0, 2), short], 3).expect("second round");
     // The second round lands while the first waits at its gate.
-    let st = wait_for(&fx.rounds, |st| st.queue.get(1).is_some_and(|r| r.landed));
+    let st = wait_for(&fx.rounds, |st| st.rounds.landed_early(3));
     assert_eq!(st, 0, "nothing counts applied while an earlier round is on its way");
     assert_eq!(b.data.lock().unwrap().len(), 8302);
     assert_eq!(fx.acks.marks.applied.load(Ordering::SeqCst), 0);
     // A write over the first round's range waits for it; one beside it does not.
-    assert!(fx.rounds.overlaps([(&path("a"), 100, 200)].into_iter()));
-    assert!(!fx.rounds.overlaps([(&path("a"), 4096, 8192), (&path("c"), 0, 10)].into_iter()));
+    assert!(!fx.rounds.admits([(&path("a"), 100, 200)].into_iter()));
+    assert!(fx.rounds.admits([(&path("a"), 4096, 8192), (&path("c"), 0, 10)].into_iter()));
     // Judged by pages: a write beside the short one, in its page, overlaps too.
-    assert!(fx.rounds.overlaps([(&path("b"), 8192, 8242)].into_iter()));
-    assert!(!fx.rounds.overlaps([(&path("b"), 4096, 8192)].into_iter()));
+    assert!(!fx.rounds.admits([(&path("b"), 8192, 8242)].into_iter()));
+    assert!(fx.rounds.admits([(&path("b"), 4096, 8192)].into_iter()));
     a.open_gate();
     assert_eq!(fx.rounds.drain().expect("landed"), 3);
     assert_eq!(fx.acks.marks.applied.load(Ordering::SeqCst), 3);
     let acks = frames_until(fx.primary.as_mut(), Kind::Ack);
     let ack = Ack::from_body(&acks[0].body).expect("ack");
     assert_eq!((ack.received, ack.applied), (100, 3), "the first acknowledgement covers both rounds");
-    assert!(!fx.rounds.overlaps([(&path("a"), 100, 200)].into_iter()), "nothing is in flight");
+    assert!(fx.rounds.admits([(&path("a"), 100, 200)].into_iter()), "nothing is in flight");
 }
 
 #[test]
@@ -180,7 +180,7 @@ fn wait_for(rounds: &Rounds, pred: impl Fn(&State) -> bool) -> u64 {
         assert!(!left.is_zero(), "the rounds never got there");
         st = rounds.shared.changed.wait_timeout(st, left).unwrap_or_else(|e| e.into_inner()).0;
     }
-    st.applied
+    st.rounds.applied()
 }
 
 #[test]
