@@ -305,6 +305,8 @@ fn a_tiny_send_queue_applies_backpressure_without_losing_anything() {
 
 /// Rule 7 across restarts: a mirror that has seen generation 3 refuses a
 /// generation-2 primary even after it was restarted with `--generation 1`.
+/// The state file also records a session while it streams (the host's boot
+/// id, before the first acknowledgement), cleared by its orderly end.
 #[test]
 fn a_restarted_mirror_remembers_its_generation() {
     let dirs = Dirs::new();
@@ -330,6 +332,20 @@ fn a_restarted_mirror_remembers_its_generation() {
         }
         other => panic!("a stale primary must be refused after a restart, got {:?}", other.map(|_| ())),
     }
+    // The session was recorded as it streamed (this boot), and cleared by
+    // its orderly end: a power loss now takes nothing it acknowledged.
+    assert_eq!(saved.streaming_boot, None, "cleared by the orderly end");
+    let mut cfg = primary_config(&dirs, 8192, SyncLevel::Applied);
+    cfg.identity.generation = 3;
+    let p = connect_primary(cfg, daemon.addr).expect("generation 3 accepted again");
+    p.mkdir(0, "g3-again").expect("mkdir");
+    let streaming = filerep::runtime::mirror::MirrorState::load(state.path()).expect("state file");
+    assert_eq!(streaming.streaming_boot, filerep::runtime::mirror::boot_id(), "recorded before the first ack");
+    p.shutdown(Duration::from_secs(10)).expect("shutdown");
+    drop(p);
+    daemon.stop().expect("stop");
+    let saved = filerep::runtime::mirror::MirrorState::load(state.path()).expect("state file");
+    assert_eq!(saved.streaming_boot, None);
     // A corrupt state file is refused with a message naming it.
     std::fs::write(state.path().join("mirror-state.json"), b"{ not json").expect("write");
     let err = filerep::runtime::mirror::MirrorState::load(state.path()).expect_err("corrupt state");

@@ -236,6 +236,7 @@ mod tests {
             changes_pending: false,
             faulted: false,
             unheard: false,
+            lost_power_streaming: false,
             epoch: 1,
             resync: Some(Default::default()),
             resync_error: None,

@@ -42,6 +42,11 @@ pub struct Seen {
     /// lack. (A primary the arbiter demoted, or whose change-log failed,
     /// is failed for good.)
     pub unheard: bool,
+    /// A mirror (serving, or back and idle) whose host went down while it
+    /// streamed: writes it acknowledged as applied and had not made
+    /// durable may be gone, so it no longer counts as in sync and is never
+    /// promoted (`core::mirror::promotion_refusal`).
+    pub lost_power_streaming: bool,
 }
 
 /// An order for a segment.
@@ -79,8 +84,8 @@ pub fn events(pair: &Pair, probes: &[(u32, Option<Seen>)]) -> Vec<Event> {
     if !pair.down && pair.mode == PairMode::Synchronized {
         let (p, m) = (pair.acting_primary(), pair.acting_mirror());
         let restarted = seen(p.dbid).is_some_and(|s| s.acting == Acting::Idle && s.changes_pending);
-        let mirror_serving =
-            seen(m.dbid).is_some_and(|s| s.acting == Acting::Mirror && s.generation >= pair.generation);
+        let mirror_serving = seen(m.dbid)
+            .is_some_and(|s| s.acting == Acting::Mirror && s.generation >= pair.generation && !s.lost_power_streaming);
         // A mirror found idle beside a primary that serves restarted on
         // its own: what it had only applied may be gone, so it is no longer
         // in sync (its primary may not have been able to say so).
@@ -90,9 +95,18 @@ pub fn events(pair: &Pair, probes: &[(u32, Option<Seen>)]) -> Vec<Event> {
         // off from it) must not be promoted: it leaves the pair's sync
         // now, so a later loss of the primary is a double fault.
         let mirror_faulted = seen(m.dbid).is_some_and(|s| s.acting == Acting::Mirror && s.faulted);
+        // A mirror whose host went down while it streamed says so once
+        // back (idle, or serving again before its primary reconnected):
+        // what it acknowledged as applied may be gone, so it leaves the
+        // pair's sync now, and a loss of the primary is a double fault
+        // (found by the simulator, seed 605 of --steady: the arbiter, down
+        // itself meanwhile, promoted such a mirror while the primary was
+        // cut off, and writes the primary had acknowledged were lost).
+        let mirror_cut =
+            seen(m.dbid).is_some_and(|s| matches!(s.acting, Acting::Mirror | Acting::Idle) && s.lost_power_streaming);
         if restarted {
             out.push(Event::ProbeFailed { dbid: if mirror_serving { p.dbid } else { m.dbid } });
-        } else if mirror_restarted || mirror_faulted {
+        } else if mirror_restarted || mirror_faulted || mirror_cut {
             out.push(Event::ProbeFailed { dbid: m.dbid });
         }
     }
@@ -212,7 +226,16 @@ mod tests {
     use super::*;
 
     fn seen(dbid: u32, acting: Acting, generation: u64) -> Option<Seen> {
-        Some(Seen { dbid, acting, generation, mode: '-', changes_pending: false, faulted: false, unheard: false })
+        Some(Seen {
+            dbid,
+            acting,
+            generation,
+            mode: '-',
+            changes_pending: false,
+            faulted: false,
+            unheard: false,
+            lost_power_streaming: false,
+        })
     }
 
     fn apply(pair: &mut Pair, events: Vec<Event>) {
@@ -283,6 +306,7 @@ mod tests {
             mode: '-',
             changes_pending: true,
             faulted: false,
+            lost_power_streaming: false,
             unheard: false,
         });
         let probes = [(1, back), (2, seen(2, Acting::Mirror, 1))];
@@ -303,6 +327,7 @@ mod tests {
                     mode: '-',
                     changes_pending: true,
                     faulted: false,
+                    lost_power_streaming: false,
                     unheard: false,
                 }),
             ),
@@ -321,6 +346,7 @@ mod tests {
             mode: '-',
             changes_pending: true,
             faulted: false,
+            lost_power_streaming: false,
             unheard: false,
         });
         let probes = [(1, back), (2, seen(2, Acting::Idle, 0))];
@@ -358,6 +384,43 @@ mod tests {
         let e = events(&pair, &[(1, None), (2, faulted)]);
         apply(&mut pair, e);
         assert!(pair.down && pair.acting_primary().dbid == 1, "{pair:?}");
+    }
+
+    /// The mirror's host lost power while it streamed and came back while
+    /// its primary was cut off from the arbiter (which was down itself
+    /// meanwhile): seen back, idle or serving, it leaves the sync in the
+    /// round its primary fails the probe, before that failure is weighed:
+    /// a double fault, never a promotion. A mirror that says nothing of the
+    /// kind is promoted as before.
+    #[test]
+    fn a_mirror_whose_host_went_down_while_it_streamed_is_never_promoted() {
+        for acting in [Acting::Idle, Acting::Mirror] {
+            let mut pair = Pair::new(0, 1, 2);
+            let cut = Some(Seen { lost_power_streaming: true, ..seen(2, acting, 1).unwrap() });
+            let e = events(&pair, &[(1, None), (2, cut)]);
+            apply(&mut pair, e);
+            assert!(pair.down && pair.acting_primary().dbid == 1, "{acting:?}: {pair:?}");
+            assert!(orders(&pair, &[(1, None), (2, cut)], None)
+                .iter()
+                .all(|o| !matches!(o, Order::BecomePrimary { dbid: 2, .. })));
+        }
+        // Beside its serving primary, it is out of sync (no failover at all).
+        let mut pair = Pair::new(0, 1, 2);
+        let cut = Some(Seen { lost_power_streaming: true, ..seen(2, Acting::Mirror, 1).unwrap() });
+        let e = events(&pair, &[(1, seen(1, Acting::Primary, 1)), (2, cut)]);
+        apply(&mut pair, e);
+        assert_eq!((pair.acting_primary().dbid, pair.mode), (1, PairMode::ChangeTracking));
+        // Its primary back idle with changes after a crash: the primary stays.
+        let mut pair = Pair::new(0, 1, 2);
+        let back = Some(Seen { changes_pending: true, ..seen(1, Acting::Idle, 0).unwrap() });
+        let e = events(&pair, &[(1, back), (2, cut)]);
+        apply(&mut pair, e);
+        assert_eq!(pair.acting_primary().dbid, 1, "{pair:?}");
+        // Without the record, the same probes promote it.
+        let mut pair = Pair::new(0, 1, 2);
+        let e = events(&pair, &[(1, None), (2, seen(2, Acting::Mirror, 1))]);
+        apply(&mut pair, e);
+        assert_eq!((pair.acting_primary().dbid, pair.down), (2, false), "{pair:?}");
     }
 
     /// The mirror's disk fails as it is promoted (its final sync at the end

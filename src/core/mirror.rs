@@ -368,15 +368,27 @@ pub fn acks_before_sync(bug: Option<crate::core::PlantedBug>) -> bool {
     bug == Some(crate::core::PlantedBug::FlushAckBeforeSync)
 }
 
-/// Why a mirror asked to serve as primary must not (rule 8): its disk
+/// Why a mirror asked to serve as primary must not. Rule 8: its disk
 /// failed (a write, or the sync that ends its session), so what it had
 /// only applied may be gone and its files are in doubt until a full
-/// resync. `None`: it may be promoted. The segment process and the
-/// simulator both ask here.
-pub fn promotion_refusal(fault: Option<&str>) -> Option<String> {
-    fault.map(|why| {
-        format!("this mirror's disk failed as it was promoted ({why}): its files are in doubt until a full resync")
-    })
+/// resync. Or its host lost power while it streamed (`lost_power_streaming`:
+/// a session of an earlier boot never ended by making what it applied
+/// durable): writes it acknowledged as applied went with the page cache,
+/// and its primary, which still has them, must bring it back first.
+/// `None`: it may be promoted. The segment process and the simulator both
+/// ask here.
+pub fn promotion_refusal(fault: Option<&str>, lost_power_streaming: bool) -> Option<String> {
+    match fault {
+        Some(why) => Some(format!(
+            "this mirror's disk failed as it was promoted ({why}): its files are in doubt until a full resync"
+        )),
+        None if lost_power_streaming => Some(
+            "this mirror's host went down while it streamed: writes it acknowledged as applied and had not yet made \
+             durable may be gone; recover it from its primary (filerep recover) before it serves"
+                .to_string(),
+        ),
+        None => None,
+    }
 }
 
 /// The mirror's durability policy after each batch it applied: whether to

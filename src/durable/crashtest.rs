@@ -479,13 +479,15 @@ fn mirror_state() -> FsPath {
 }
 
 fn mirror_setup(d: Arc<dyn Disk>) {
-    MirrorState { generation: 3, fault: None }.store_to(d.as_ref(), &mirror_state(), Path::new("m")).unwrap();
+    MirrorState { generation: 3, fault: None, streaming_boot: None }
+        .store_to(d.as_ref(), &mirror_state(), Path::new("m"))
+        .unwrap();
 }
 
 fn mirror_run(d: Arc<dyn Disk>, upto: usize) -> Result<(), String> {
     let states = [
-        MirrorState { generation: 4, fault: None },
-        MirrorState { generation: 4, fault: Some("fdatasync failed: EIO".into()) },
+        MirrorState { generation: 4, fault: None, streaming_boot: None },
+        MirrorState { generation: 4, fault: Some("fdatasync failed: EIO".into()), streaming_boot: None },
     ];
     for s in states.iter().take(upto) {
         s.store_to(d.as_ref(), &mirror_state(), Path::new("m")).map_err(|e| e.to_string())?;
@@ -498,7 +500,7 @@ fn mirror_open(d: Arc<dyn Disk>) -> Result<MirrorState, String> {
 }
 
 fn mirror_after(d: Arc<dyn Disk>, s: &MirrorState) -> Result<MirrorState, String> {
-    let next = MirrorState { generation: s.generation + 1, fault: s.fault.clone() };
+    let next = MirrorState { generation: s.generation + 1, fault: s.fault.clone(), streaming_boot: None };
     next.store_to(d.as_ref(), &mirror_state(), Path::new("m")).map_err(|e| e.to_string())?;
     Ok(next)
 }

@@ -103,8 +103,20 @@ impl World {
         let pending = node.log.as_ref().is_some_and(|l| !l.is_empty());
         let faulted = matches!(node.role, Role::Mirror { faulted: true, .. });
         let unheard = node.primary.as_ref().is_some_and(|s| s.engine.failed_unheard());
+        // As the segment process says it: not as a primary.
+        let lost_power_streaming =
+            !matches!(node.role, Role::Primary { .. }) && node.streaming_boot.is_some_and(|b| b != node.boot);
         let seen = |acting, generation, mode| {
-            Some(Seen { dbid: node.dbid, acting, generation, mode, changes_pending: pending, faulted, unheard })
+            Some(Seen {
+                dbid: node.dbid,
+                acting,
+                generation,
+                mode,
+                changes_pending: pending,
+                faulted,
+                unheard,
+                lost_power_streaming,
+            })
         };
         match &node.role {
             Role::Down { .. } => None,
@@ -208,11 +220,24 @@ impl World {
         Ok(())
     }
 
-    /// Whether node `n`, a mirror whose disk faulted, must refuse to be
-    /// promoted: the core's rule, as the segment process asks it.
-    fn promotion_refused(&self, n: usize) -> bool {
-        let faulted = matches!(self.nodes[n].role, Role::Mirror { faulted: true, .. });
-        crate::core::mirror::promotion_refusal(faulted.then_some("a simulated disk fault")).is_some()
+    /// Whether node `n`, a mirror whose disk faulted or whose host lost
+    /// power while it streamed, must refuse to be promoted: the core's
+    /// rule, as the segment process asks it. A refusal for a power loss
+    /// faults the segment (its status says so, and the arbiter counts it
+    /// lost), as in the segment process.
+    fn promotion_refused(&mut self, n: usize) -> bool {
+        let node = &self.nodes[n];
+        let faulted = matches!(node.role, Role::Mirror { faulted: true, .. });
+        let lost_power = node.streaming_boot.is_some_and(|b| b != node.boot);
+        let refused =
+            crate::core::mirror::promotion_refusal(faulted.then_some("a simulated disk fault"), lost_power).is_some();
+        if refused && !faulted {
+            self.outcome("promotion refused: the mirror lost power while it streamed");
+            if let Role::Mirror { faulted, .. } = &mut self.nodes[n].role {
+                *faulted = true;
+            }
+        }
+        refused
     }
 
     /// Start serving as primary of `gen`: streaming to `mirror`, or alone.

@@ -69,6 +69,7 @@ impl World {
             self.outcome("both segments lost power");
         }
         self.rounds_at_power_loss(n);
+        self.nodes[n].boot += 1;
         let mut torn = false;
         for sim in [self.nodes[n].data_sim.clone(), self.nodes[n].log_sim.clone()] {
             let bytes = self.rng.gen_bool(0.7).then(|| self.rng.gen_range(1..self.bs as usize));

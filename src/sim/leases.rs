@@ -401,6 +401,7 @@ fn seen(s: &Seg) -> Seen {
         changes_pending: false,
         faulted: false,
         unheard: false,
+        lost_power_streaming: false,
     }
 }
 

@@ -61,6 +61,8 @@ impl World {
         }
         self.session = None;
         let rounds = self.session_rounds(0);
+        // The daemon records the session durably before it acknowledges anything.
+        self.nodes[m].streaming_boot = Some(self.nodes[m].boot);
         // The mirror adopts a newer generation before it accepts (persisted).
         self.nodes[m].role = Role::Mirror { gen, faulted: false };
         let (bs, fs) = (self.cfg.block_size, self.cfg.filespaces);
@@ -368,6 +370,8 @@ impl World {
             }
             return Err(self.fail(format!("mirror final sync: {e}")));
         }
+        // Everything the session applied is durable.
+        self.nodes[m].streaming_boot = None;
         self.drop_session_if_done();
         Ok(())
     }

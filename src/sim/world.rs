@@ -67,6 +67,11 @@ pub(super) struct Node {
     pub(super) role: Role,
     pub(super) reaches_arbiter: bool,
     pub(super) primary: Option<PrimarySide>,
+    /// Power losses so far: the boot this segment's host is in.
+    pub(super) boot: u64,
+    /// The mirror's state file's record of a session streaming (the boot
+    /// it started in), cleared once its end made everything durable.
+    pub(super) streaming_boot: Option<u64>,
 }
 
 /// Who is waiting for a call of the engine.
@@ -160,6 +165,8 @@ impl World {
                 role,
                 reaches_arbiter: true,
                 primary: None,
+                boot: 0,
+                streaming_boot: None,
             }
         };
         let nodes = vec![node(1, Role::Idle), node(2, Role::Idle)];

@@ -153,6 +153,10 @@ pub struct SegmentStatus {
     /// about its lost mirror: the arbiter may tell it to go on alone.
     #[serde(default)]
     pub unheard: bool,
+    /// A mirror (or a segment back and idle) whose host went down while it
+    /// streamed: never promoted, no longer in sync.
+    #[serde(default)]
+    pub lost_power_streaming: bool,
     /// The resync in progress (or the last one), as counted so far.
     #[serde(default)]
     pub resync: Option<crate::runtime::resync::ProgressSnapshot>,
@@ -187,6 +191,7 @@ impl SegmentStatus {
             changes_pending: false,
             faulted: false,
             unheard: false,
+            lost_power_streaming: false,
             resync: None,
             resync_error: None,
             verify: None,
@@ -206,6 +211,7 @@ impl SegmentStatus {
             changes_pending: self.changes_pending,
             faulted: self.faulted,
             unheard: self.unheard,
+            lost_power_streaming: self.lost_power_streaming,
         }
     }
 }

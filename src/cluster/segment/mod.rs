@@ -82,6 +82,11 @@ pub(crate) struct Shared {
     /// Why the segment faulted, if it did ([`SegmentHandle::fault`]): every
     /// storage call fails with it, and the segment stops.
     fault: Mutex<Option<String>>,
+    /// Its mirror role's state file records a session cut by the host
+    /// going down (`MirrorServer::lost_power_streaming`): read at start,
+    /// then kept as the mirror role sees it, for the probes of a segment
+    /// that is not (or no longer) a mirror.
+    lost_power_streaming: std::sync::atomic::AtomicBool,
 }
 
 struct RoleView {
@@ -91,6 +96,8 @@ struct RoleView {
     detail: String,
     /// A mirror whose disk failed.
     faulted: bool,
+    /// Not a primary, and its mirror role's last session was cut by the host going down.
+    lost_power_streaming: bool,
     primary: Option<Arc<Primary>>,
 }
 
@@ -175,6 +182,19 @@ impl Segment {
             None => None,
         };
         let epoch = RoleRecord::load(&cfg.state_dir)?.epoch;
+        // A mirror session this segment's host went down in the middle of:
+        // it must say so until a new session streams (a state file that
+        // cannot be read stops the mirror role when it starts, with why).
+        let cut = match crate::runtime::mirror::MirrorState::load(&cfg.state_dir) {
+            Ok(state) => crate::runtime::mirror::lost_power_since(state.streaming_boot.as_deref()),
+            Err(_) => false,
+        };
+        if cut {
+            tracing::warn!(
+                "this segment's host went down while its mirror role streamed: it will not be promoted \
+                 until its primary streams to it again (filerep recover)"
+            );
+        }
         let _ = std::fs::remove_file(&cfg.socket);
         let clients = UnixListener::bind(&cfg.socket)
             .map_err(|e| Error::io(format!("binding socket {}", cfg.socket.display()), e))?;
@@ -194,6 +214,7 @@ impl Segment {
             resync_ended: std::sync::Condvar::new(),
             verify: Mutex::new(VerifyJob::default()),
             fault: Mutex::new(None),
+            lost_power_streaming: std::sync::atomic::AtomicBool::new(cut),
         });
         Ok(Segment { shared, control, clients, metrics })
     }
@@ -414,11 +435,20 @@ impl Shared {
             }
             Role::Stopped(w) => (Acting::Stopped, 0, '-', w.clone(), None),
         };
-        RoleView { acting, generation, mode, detail, faulted, primary }
+        let lost_power_streaming = match &*role {
+            Role::Mirror { server, .. } => {
+                let cut = server.lost_power_streaming();
+                self.lost_power_streaming.store(cut, std::sync::atomic::Ordering::Relaxed);
+                cut
+            }
+            Role::Primary(_) => false,
+            _ => self.lost_power_streaming.load(std::sync::atomic::Ordering::Relaxed),
+        };
+        RoleView { acting, generation, mode, detail, faulted, lost_power_streaming, primary }
     }
 
     fn status(&self) -> SegmentStatus {
-        let RoleView { acting, generation, mode, detail, faulted, primary } = self.role_view();
+        let RoleView { acting, generation, mode, detail, faulted, lost_power_streaming, primary } = self.role_view();
         // A segment faulted through its handle (a caught panic in the C ABI)
         // counts too, for the probes that reach it before it stops.
         let faulted = faulted || lock(&self.fault).is_some();
@@ -446,6 +476,7 @@ impl Shared {
             changes_pending: !self.changelog.is_empty(),
             faulted,
             unheard,
+            lost_power_streaming,
             resync: rs.progress.as_ref().map(|p| p.snapshot()),
             resync_error: rs.error.clone(),
             verify,

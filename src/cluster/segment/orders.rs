@@ -81,8 +81,12 @@ impl Shared {
                     // applied may be gone: it must not serve. Its status says
                     // faulted, and the arbiter counts it lost (a double fault
                     // when its old primary is gone too).
-                    let fault = was_mirror.and_then(|server| server.fault());
-                    if let Some(why) = crate::core::mirror::promotion_refusal(fault.as_deref()) {
+                    let fault = was_mirror.as_ref().and_then(|server| server.fault());
+                    let lost_power = match &was_mirror {
+                        Some(server) => server.lost_power_streaming(),
+                        None => self.lost_power_streaming.load(std::sync::atomic::Ordering::Relaxed),
+                    };
+                    if let Some(why) = crate::core::mirror::promotion_refusal(fault.as_deref(), lost_power) {
                         tracing::error!(generation, reason = %why, "role: promotion refused");
                         *lock(&self.fault) = Some(why.clone());
                         *lock(&self.role) = Role::Stopped(why.clone());

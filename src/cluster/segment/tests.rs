@@ -128,3 +128,45 @@ fn orders_of_an_older_epoch_are_refused_and_the_epoch_outlives_a_restart() {
     h.close();
     h.wait();
 }
+
+/// A segment whose host went down while its mirror role streamed (its
+/// state file records a session of another boot) says so in every probe,
+/// idle and as a mirror again, and refuses to be promoted with the reason;
+/// a record from this boot (the process was killed, the page cache kept
+/// what it applied) does not.
+#[test]
+fn a_segment_whose_host_went_down_mid_session_says_so_and_is_not_promoted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let cut = crate::runtime::mirror::MirrorState {
+        generation: 1,
+        fault: None,
+        streaming_boot: Some("a boot before this one".into()),
+    };
+    cut.store(&state).unwrap();
+    let (h, key) = test_segment(tmp.path());
+    assert_eq!(h.status().acting, Acting::Idle);
+    assert!(h.status().lost_power_streaming && h.status().seen().lost_power_streaming, "idle, it says so");
+    assert!(matches!(
+        send(&h, &key, &fenced(1, SegmentRequest::BecomeMirror { generation: 1 })),
+        SegmentResponse::Done
+    ));
+    assert!(h.status().lost_power_streaming, "as a mirror, until a primary streams to it");
+    match send(&h, &key, &fenced(1, SegmentRequest::BecomePrimary { generation: 2, mirror: None })) {
+        SegmentResponse::Refused(why) => assert!(why.contains("went down while it streamed"), "{why}"),
+        other => panic!("a mirror cut by its host going down was promoted: {other:?}"),
+    }
+    h.close();
+    h.wait();
+    // The same record from this boot: a killed process, nothing lost.
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let boot = crate::runtime::mirror::boot_id().expect("this kernel names its boot");
+    crate::runtime::mirror::MirrorState { streaming_boot: Some(boot), ..cut }.store(&state).unwrap();
+    let (h, _key) = test_segment(tmp.path());
+    assert!(!h.status().lost_power_streaming);
+    h.close();
+    h.wait();
+}

@@ -66,6 +66,29 @@ pub struct MirrorConfig {
 pub struct MirrorState {
     pub generation: u64,
     pub fault: Option<String>,
+    /// Set (to the host's boot id) while a session streams, cleared once
+    /// its end made everything it applied durable. Found set from another
+    /// boot: the host lost power (or rebooted) mid-session, so what the
+    /// mirror had applied and acknowledged but not yet synced may be gone,
+    /// and it must not be promoted ([`crate::core::mirror::promotion_refusal`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub streaming_boot: Option<String>,
+}
+
+/// Whether a session recorded as streaming in boot `recorded` was cut by
+/// the host going down: recorded in another boot (or a boot not known).
+pub fn lost_power_since(recorded: Option<&str>) -> bool {
+    recorded.is_some_and(|r| boot_id().is_none_or(|now| now != r))
+}
+
+/// This host's boot id: it changes at every boot, so a record of it tells
+/// a restarted process whether the page cache it wrote through survived.
+/// `None` where the kernel does not say (then a session cut counts as cut
+/// by a power loss).
+pub fn boot_id() -> Option<String> {
+    let id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let id = id.trim();
+    (!id.is_empty()).then(|| id.to_string())
 }
 
 const STATE_FILE: &str = "mirror-state.json";
@@ -162,6 +185,20 @@ pub struct SessionReport {
     pub syncs: SyncCounts,
 }
 
+impl SessionReport {
+    /// A session that ended before it applied anything.
+    fn nothing_applied(peer: &str, end: SessionEnd) -> SessionReport {
+        SessionReport {
+            peer: peer.into(),
+            end,
+            frames: 0,
+            applied_through: 0,
+            durable_through: 0,
+            syncs: SyncCounts::default(),
+        }
+    }
+}
+
 /// Where a session's sync jobs ran.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SyncCounts {
@@ -182,6 +219,8 @@ pub struct MirrorServer {
     fault: Mutex<Option<String>>,
     /// Set when `serve` is asked to stop: sessions end.
     stopping: AtomicBool,
+    /// [`MirrorState::streaming_boot`] as stored.
+    streaming_boot: Mutex<Option<String>>,
 }
 
 impl MirrorServer {
@@ -204,6 +243,7 @@ impl MirrorServer {
         }
         let generation = AtomicU64::new(cfg.generation.max(state.generation));
         let fault = Mutex::new(state.fault);
+        let streaming_boot = Mutex::new(state.streaming_boot);
         Ok(MirrorServer {
             cfg,
             disk,
@@ -212,6 +252,7 @@ impl MirrorServer {
             net_checking: Mutex::new(()),
             fault,
             stopping: AtomicBool::new(false),
+            streaming_boot,
         })
     }
 
@@ -243,8 +284,28 @@ impl MirrorServer {
     fn persist(&self) -> Result<()> {
         match &self.cfg.state_dir {
             None => Ok(()),
-            Some(dir) => MirrorState { generation: self.generation(), fault: self.fault() }.store(dir),
+            Some(dir) => MirrorState {
+                generation: self.generation(),
+                fault: self.fault(),
+                streaming_boot: self.streaming_boot.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            }
+            .store(dir),
         }
+    }
+
+    /// Record (`Some`: this boot's id) or clear that a session streams.
+    fn set_streaming(&self, streaming: bool) -> Result<()> {
+        let boot = streaming.then(|| boot_id().unwrap_or_else(|| "unknown".into()));
+        *self.streaming_boot.lock().unwrap_or_else(|e| e.into_inner()) = boot;
+        self.persist()
+    }
+
+    /// Whether a session was streaming when this host last went down: a
+    /// session of a process of another boot (or of a boot not known) that
+    /// never ended by making what it applied durable. Its acknowledged but
+    /// unsynced writes went with that boot's page cache.
+    pub fn lost_power_streaming(&self) -> bool {
+        lost_power_since(self.streaming_boot.lock().unwrap_or_else(|e| e.into_inner()).as_deref())
     }
 
     /// Serve connections until `stop`. Each connection gets its own thread;
@@ -296,14 +357,7 @@ impl MirrorServer {
         let (mut reader, mut writer) = conn;
         let span = tracing::info_span!("mirror_session", peer);
         let _e = span.enter();
-        let report = |end| SessionReport {
-            peer: peer.into(),
-            end,
-            frames: 0,
-            applied_through: 0,
-            durable_through: 0,
-            syncs: SyncCounts::default(),
-        };
+        let report = |end| SessionReport::nothing_applied(peer, end);
         match self.server_handshake(reader.as_mut(), writer.as_mut(), &mut ticket) {
             Ok(Admitted::Stream(hello, _streaming)) => {
                 tracing::info!(generation = hello.generation, start = hello.start_seq, "stream accepted");
@@ -326,9 +380,18 @@ impl MirrorServer {
         &self,
         hello: Hello,
         mut reader: Box<dyn ConnReader>,
-        writer: Box<dyn ConnWriter>,
+        mut writer: Box<dyn ConnWriter>,
         peer: &str,
     ) -> SessionReport {
+        // Durably recorded before anything is acknowledged: a power loss
+        // from here until the end's final sync makes this mirror one that
+        // must not be promoted.
+        if let Err(e) = self.set_streaming(true) {
+            tracing::error!(error = %e, "cannot record the session in the state file; refusing the stream");
+            writer.close();
+            let end = SessionEnd::ApplyFailed(format!("cannot record the session in the state file: {e}"));
+            return SessionReport::nothing_applied(peer, end);
+        }
         let mut session = MirrorSession::new(self.cfg.block_size, self.cfg.filespaces.len() as u16, hello.start_seq);
         let mut applier = Applier::new(self.disk.clone(), hello.start_seq);
         applier.plant(crate::core::planted_in_process());
@@ -530,6 +593,12 @@ impl MirrorServer {
         if let Some(e) = &sync_error {
             // Rule 8: after a failed fsync nothing here is reported durable again.
             self.set_fault(e.clone());
+        } else if !matches!(end, SessionEnd::ApplyFailed(_)) {
+            // Everything the session applied is durable: a power loss now
+            // takes nothing it acknowledged.
+            if let Err(e) = self.set_streaming(false) {
+                tracing::warn!(error = %e, "cannot clear the session's record in the state file");
+            }
         }
         if end == SessionEnd::Shutdown && sync_error.is_none() {
             // The final acknowledgement: everything durable.
