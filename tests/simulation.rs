@@ -146,7 +146,8 @@ fn survey() -> &'static Survey {
 /// Over 500 seeds the schedules really reach every fault kind, and the
 /// states the invariants are about (a failover, a double fault, change
 /// tracking, an arbiter that does not answer, failed disks on both sides,
-/// the mirror's write rounds landing out of order and at a power loss).
+/// the mirror's write rounds landing out of order and cut off by a power
+/// loss or a kill, a mirror's process killed with its host up).
 #[test]
 fn fault_schedules_reach_every_fault_kind() {
     let Survey { faults, outcomes, .. } = survey();
@@ -168,7 +169,8 @@ fn fault_schedules_reach_every_fault_kind() {
         "mirror writes waited for a write round they overlap",
         "mirror sync job waited for the write rounds",
         "mirror session ended after its write rounds landed",
-        "mirror lost power with write rounds in flight",
+        "mirror ended with write rounds in flight",
+        "a segment's process killed, its host up",
     ] {
         assert!(outcomes.contains_key(want), "no schedule led to {want:?}: {outcomes:?}");
     }

@@ -68,7 +68,7 @@ impl World {
             self.double_fault = true;
             self.outcome("both segments lost power");
         }
-        self.rounds_at_power_loss(n);
+        self.rounds_cut_off(n);
         self.nodes[n].boot += 1;
         let mut torn = false;
         for sim in [self.nodes[n].data_sim.clone(), self.nodes[n].log_sim.clone()] {
@@ -116,6 +116,50 @@ impl World {
         Ok(())
     }
 
+    /// The segment's process is killed (`kill -9`), its host stays up: the
+    /// page cache keeps what it wrote, so nothing it applied is lost; a
+    /// write round in flight reached the disk or did not; queued sync jobs
+    /// never run; its connections reset or fall silent. It restarts after
+    /// 20-200 ms, in the same boot. (Draws from the rounds' stream: the
+    /// schedule's own is left as a power loss would leave it.)
+    pub(super) fn kill_process(&mut self, n: usize) -> Result<(), SimFailure> {
+        tracing::debug!(seed = self.seed, step = self.step, segment = self.nodes[n].dbid, "sim: process killed");
+        self.drain_fired(n);
+        self.outcome("a segment's process killed, its host up");
+        self.rounds_cut_off(n);
+        if self.nodes[n].primary.is_some() {
+            self.drop_engine(n);
+        }
+        let closed = self.rounds_rng.gen_bool(0.5);
+        if let Some(s) = self.session.as_mut() {
+            if s.primary == n && s.primary_on {
+                s.primary_on = false;
+                s.to_primary.queue.clear();
+                s.primary_closed = closed;
+            }
+            if s.mirror == n && s.mirror_on {
+                s.mirror_on = false;
+                s.sync_jobs.clear();
+                s.to_mirror.queue.clear();
+                s.mirror_closed = closed;
+            }
+        }
+        self.drop_session_if_done();
+        let restart_at = self.now + self.rounds_rng.gen_range(20..200);
+        let node = &mut self.nodes[n];
+        node.data.reset();
+        node.log_io.reset();
+        node.log = None;
+        node.role = Role::Down { restart_at };
+        if self.model_node == Some(n) {
+            self.model_node = None;
+        }
+        if self.armed.is_some_and(|a| a.node == n && !matches!(a.kind, FaultKind::Crash(..))) {
+            self.armed = None;
+        }
+        Ok(())
+    }
+
     /// A process restart without a power loss (an operator restarts a
     /// failed segment): memory is gone, the disks are not.
     pub(super) fn restart_process(&mut self, n: usize) -> Result<(), SimFailure> {
@@ -153,7 +197,12 @@ impl World {
                             if !matches!(self.nodes[m].role, Role::Down { .. }) {
                                 self.armed = None;
                                 self.count(a.kind);
-                                self.crash_node(m)?;
+                                // Half the time its process is killed and the host stays up.
+                                if self.rounds_rng.gen_bool(0.5) {
+                                    self.kill_process(m)?;
+                                } else {
+                                    self.crash_node(m)?;
+                                }
                             }
                         }
                         Victim::Arbiter => {

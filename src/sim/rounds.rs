@@ -149,9 +149,10 @@ impl World {
         Ok(moved)
     }
 
-    /// Power loss on the mirror: each round in flight reached the disk or
-    /// did not (none was acknowledged); the rest are gone with the process.
-    pub(super) fn rounds_at_power_loss(&mut self, m: usize) {
+    /// The mirror's process ends without draining (a power loss, a kill):
+    /// each round in flight reached the disk or did not (none was
+    /// acknowledged); the rest are gone with the process.
+    pub(super) fn rounds_cut_off(&mut self, m: usize) {
         let Some(s) = self.session.as_mut() else { return };
         if s.mirror != m {
             return;
@@ -161,7 +162,7 @@ impl World {
             return;
         }
         let in_flight: Vec<_> = r.in_flight.drain(..).collect();
-        self.outcome("mirror lost power with write rounds in flight");
+        self.outcome("mirror ended with write rounds in flight");
         for (_, writes) in in_flight {
             if self.rounds_rng.gen_bool(0.5) {
                 for w in &writes {
