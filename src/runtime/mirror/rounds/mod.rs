@@ -85,13 +85,19 @@ fn lock(s: &Shared) -> MutexGuard<'_, State> {
 }
 
 pub(super) struct Rounds {
-    tx: Option<crossbeam_channel::Sender<Round>>,
-    threads: Vec<JoinHandle<()>>,
     shared: Arc<Shared>,
+    writers: Writers,
+}
+
+/// What writes the rounds.
+enum Writers {
     /// With io_uring: the session's own thread puts rounds on the ring and
     /// reaps them (no round threads, so no wake-up between the socket and
     /// the device); see [`Rounds::await_readable`].
-    ring: Option<Mutex<RingRounds>>,
+    Ring(Box<Mutex<RingRounds>>),
+    /// Round threads, each taking a round from `tx` when it is free
+    /// (`None` once the rounds are dropped: the threads end).
+    Threads { tx: Option<crossbeam_channel::Sender<Round>>, threads: Vec<JoinHandle<()>> },
 }
 
 impl Rounds {
@@ -118,22 +124,32 @@ impl Rounds {
             match WriteRing::new() {
                 Ok(ring) => {
                     let ring = RingRounds { ring, disk, acks };
-                    return Ok(Rounds { tx: None, threads: Vec::new(), shared, ring: Some(Mutex::new(ring)) });
+                    return Ok(Rounds { shared, writers: Writers::Ring(Box::new(Mutex::new(ring))) });
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot set up a write ring; write rounds go through threads"),
             }
         }
         // A rendezvous: a round is handed over only to a thread free to write it.
         let (tx, rx) = crossbeam_channel::bounded::<Round>(0);
-        let mut rounds = Rounds { tx: Some(tx), threads: Vec::new(), shared: shared.clone(), ring: None };
+        let mut threads = Vec::with_capacity(ROUND_THREADS);
         for i in 0..ROUND_THREADS {
             let (rx, disk, acks, shared) = (rx.clone(), disk.clone(), acks.clone(), shared.clone());
-            let t = std::thread::Builder::new()
+            let spawned = std::thread::Builder::new()
                 .name(format!("filerep-round-{i}"))
-                .spawn(move || run(rx, disk.as_ref(), &acks, &shared))?;
-            rounds.threads.push(t);
+                .spawn(move || run(rx, disk.as_ref(), &acks, &shared));
+            match spawned {
+                Ok(t) => threads.push(t),
+                Err(e) => {
+                    // The ones started end once the channel closes.
+                    drop(tx);
+                    for t in threads {
+                        let _ = t.join();
+                    }
+                    return Err(e);
+                }
+            }
         }
-        Ok(rounds)
+        Ok(Rounds { shared, writers: Writers::Threads { tx: Some(tx), threads } })
     }
 
     /// Whether a batch writing `writes` (path, start, end) may go on its
@@ -147,9 +163,10 @@ impl Rounds {
     /// round thread, waiting for one to be free. Err: a round failed, and
     /// the session ends.
     pub(super) fn submit(&self, writes: Vec<StagedWrite>, last_seq: u64) -> Result<(), ApplyError> {
-        if let Some(ring) = &self.ring {
-            return self.submit_on_ring(ring, writes, last_seq);
-        }
+        let tx = match &self.writers {
+            Writers::Ring(ring) => return self.submit_on_ring(ring, writes, last_seq),
+            Writers::Threads { tx, .. } => tx,
+        };
         {
             let mut st = lock(&self.shared);
             if st.stopped() {
@@ -157,7 +174,7 @@ impl Rounds {
             }
             st.rounds.push(last_seq, staged_ranges(&writes));
         }
-        let sent = self.tx.as_ref().is_some_and(|tx| tx.send(Round { writes, last_seq }).is_ok());
+        let sent = tx.as_ref().is_some_and(|tx| tx.send(Round { writes, last_seq }).is_ok());
         if !sent {
             // Every round thread is gone: only after a panic in one.
             let mut st = lock(&self.shared);
@@ -171,7 +188,7 @@ impl Rounds {
     /// Wait until every round handed over has landed: through what the
     /// writes are applied, or the failure that ended them.
     pub(super) fn drain(&self) -> Result<u64, ApplyError> {
-        if let Some(ring) = &self.ring {
+        if let Writers::Ring(ring) = &self.writers {
             return self.drain_ring(ring);
         }
         let mut st = lock(&self.shared);
@@ -212,9 +229,11 @@ fn round_error(seq: u64, why: &str) -> ApplyError {
 
 impl Drop for Rounds {
     fn drop(&mut self) {
-        self.tx = None;
-        for t in self.threads.drain(..) {
-            let _ = t.join();
+        if let Writers::Threads { tx, threads } = &mut self.writers {
+            *tx = None;
+            for t in threads.drain(..) {
+                let _ = t.join();
+            }
         }
     }
 }

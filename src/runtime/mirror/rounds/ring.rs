@@ -4,7 +4,9 @@
 //! section 4.2). No thread is woken between the socket and the device.
 
 use super::super::syncer::AckSender;
-use super::{guarded, lock, round_error, settle, staged_ranges, take_failure, write_round, Failure, Rounds, Shared};
+use super::{
+    guarded, lock, round_error, settle, staged_ranges, take_failure, write_round, Failure, Rounds, Shared, Writers,
+};
 use crate::exec::apply::{ApplyError, FaultClass, StagedWrite};
 use crate::io::disk::{Disk, RingWrite, WriteRing};
 use std::os::fd::BorrowedFd;
@@ -106,7 +108,7 @@ impl Rounds {
         timeout: Duration,
     ) -> std::io::Result<bool> {
         use nix::poll::{PollFd, PollFlags, PollTimeout};
-        let Some(ring) = &self.ring else { return Ok(true) };
+        let Writers::Ring(ring) = &self.writers else { return Ok(true) };
         let mut rr = lock_ring(ring);
         let deadline = Instant::now() + timeout;
         loop {
@@ -178,7 +180,10 @@ mod tests {
             Arc::new(AckSender { marks: Marks::default(), writer: Mutex::new(writer), failed: AtomicBool::new(false) });
         acks.marks.received.store(1000, Ordering::SeqCst);
         let rounds = Rounds::start(disk.clone(), acks.clone(), 0, true).expect("rounds");
-        assert!(rounds.ring.is_some(), "a direct io_uring disk with a pollable connection uses the ring");
+        assert!(
+            matches!(rounds.writers, Writers::Ring(_)),
+            "a direct io_uring disk with a pollable connection uses the ring"
+        );
         (dir, disk, rounds, acks, primary, primary_writer)
     }
 
@@ -205,7 +210,10 @@ mod tests {
         rounds.submit(vec![at(2, 1 << 50), at(3, 8192)], 3).expect("submitted");
         rounds.submit(vec![at(4, 16384)], 4).expect("a round after it, before its failure is known");
         let failed = rounds.drain().expect_err("the round past the largest file fails");
-        let on_ring = rounds.ring.as_ref().map(|r| lock_ring(r).ring.in_flight());
+        let on_ring = match &rounds.writers {
+            Writers::Ring(r) => Some(lock_ring(r).ring.in_flight()),
+            Writers::Threads { .. } => None,
+        };
         assert_eq!(on_ring, Some(0), "a failed drain first settles every round on the ring");
         assert_eq!(failed.seq, 2, "the failed write is named: {failed}");
         assert_eq!(acks.marks.applied.load(Ordering::SeqCst), 1, "only the round before it counts");
