@@ -368,6 +368,14 @@ pub fn acks_before_sync(bug: Option<crate::core::PlantedBug>) -> bool {
     bug == Some(crate::core::PlantedBug::FlushAckBeforeSync)
 }
 
+/// Whether a session recorded as streaming in boot `recorded` was cut by
+/// the host going down: there is a record, and it is of another boot than
+/// `now` (or this boot is not known). The segment process (boot ids) and
+/// the simulator (boot counts) both ask here.
+pub fn lost_power_streaming<B: PartialEq + ?Sized>(recorded: Option<&B>, now: Option<&B>) -> bool {
+    recorded.is_some_and(|r| now.is_none_or(|n| n != r))
+}
+
 /// Why a mirror asked to serve as primary must not. Rule 8: its disk
 /// failed (a write, or the sync that ends its session), so what it had
 /// only applied may be gone and its files are in doubt until a full

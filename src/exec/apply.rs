@@ -418,6 +418,13 @@ impl Applier {
         })
     }
 
+    /// Whether `batch` goes on its way as a write round beside the rounds
+    /// of `rounds` in flight: plain writes, none over a range in flight.
+    /// The daemon's session and the simulator both ask here.
+    pub fn takes_round(rounds: &crate::core::rounds::RoundQueue, batch: &[Sequenced]) -> bool {
+        Self::stageable(batch) && rounds.admits(Self::write_ranges(batch))
+    }
+
     /// Stage a [`Applier::stageable`] batch for the caller to write: open
     /// (while catching up, create) its files and count them dirty, without
     /// writing. `applied` does not move: the caller reports what landed

@@ -104,8 +104,7 @@ impl World {
         let faulted = matches!(node.role, Role::Mirror { faulted: true, .. });
         let unheard = node.primary.as_ref().is_some_and(|s| s.engine.failed_unheard());
         // As the segment process says it: not as a primary.
-        let lost_power_streaming =
-            !matches!(node.role, Role::Primary { .. }) && node.streaming_boot.is_some_and(|b| b != node.boot);
+        let lost_power_streaming = !matches!(node.role, Role::Primary { .. }) && node.lost_power_streaming();
         let seen = |acting, generation, mode| {
             Some(Seen {
                 dbid: node.dbid,
@@ -228,7 +227,7 @@ impl World {
     fn promotion_refused(&mut self, n: usize) -> bool {
         let node = &self.nodes[n];
         let faulted = matches!(node.role, Role::Mirror { faulted: true, .. });
-        let lost_power = node.streaming_boot.is_some_and(|b| b != node.boot);
+        let lost_power = node.lost_power_streaming();
         let refused =
             crate::core::mirror::promotion_refusal(faulted.then_some("a simulated disk fault"), lost_power).is_some();
         if refused && !faulted {

@@ -55,7 +55,7 @@ impl World {
         let Some(s) = self.session.as_mut() else { return Ok(Offered::Stopped) };
         let Some(r) = s.rounds.as_mut() else { return Ok(Offered::ApplyInPlace) };
         let stageable = Applier::stageable(batch);
-        if !(stageable && r.queue.admits(Applier::write_ranges(batch))) {
+        if !Applier::takes_round(&r.queue, batch) {
             if !r.in_flight.is_empty() {
                 self.outcome(match stageable {
                     true => "mirror writes waited for a write round they overlap",

@@ -74,6 +74,14 @@ pub(super) struct Node {
     pub(super) streaming_boot: Option<u64>,
 }
 
+impl Node {
+    /// Its mirror role's record says a session was cut by a power loss
+    /// (the core's rule, on boot counts).
+    pub(super) fn lost_power_streaming(&self) -> bool {
+        crate::core::mirror::lost_power_streaming(self.streaming_boot.as_ref(), Some(&self.boot))
+    }
+}
+
 /// Who is waiting for a call of the engine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum CallOwner {

@@ -78,7 +78,7 @@ pub struct MirrorState {
 /// Whether a session recorded as streaming in boot `recorded` was cut by
 /// the host going down: recorded in another boot (or a boot not known).
 pub fn lost_power_since(recorded: Option<&str>) -> bool {
-    recorded.is_some_and(|r| boot_id().is_none_or(|now| now != r))
+    crate::core::mirror::lost_power_streaming(recorded, boot_id().as_deref())
 }
 
 /// This host's boot id: it changes at every boot, so a record of it tells
@@ -508,9 +508,7 @@ impl MirrorServer {
             // A batch of plain writes goes to a round thread on a direct
             // disk (the session reads on); anything else waits for the
             // rounds in flight, then applies here.
-            let staged = rounds
-                .as_ref()
-                .filter(|r| !shutdown && Applier::stageable(&ops) && r.admits(Applier::write_ranges(&ops)));
+            let staged = rounds.as_ref().filter(|r| !shutdown && r.takes(&ops));
             // Before a round can land: an acknowledgement never has applied past received.
             acks.marks.received.store(session.received(), Ordering::SeqCst);
             let result = match staged {

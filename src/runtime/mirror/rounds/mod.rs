@@ -154,8 +154,14 @@ impl Rounds {
 
     /// Whether a batch writing `writes` (path, start, end) may go on its
     /// way now ([`RoundQueue::admits`]).
+    #[cfg(test)]
     pub(super) fn admits<'a>(&self, writes: impl Iterator<Item = (&'a FsPath, u64, u64)>) -> bool {
         lock(&self.shared).rounds.admits(writes)
+    }
+
+    /// Whether `batch` goes on its way as a round now (`Applier::takes_round`).
+    pub(super) fn takes(&self, batch: &[crate::exec::apply::Sequenced]) -> bool {
+        crate::exec::apply::Applier::takes_round(&lock(&self.shared).rounds, batch)
     }
 
     /// Put `writes` (in sequence order; the batch ends at `last_seq`) on
