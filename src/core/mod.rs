@@ -75,6 +75,9 @@ pub enum PlantedBug {
     /// The mirror puts a write round on its way over a range that a round
     /// still in flight writes: the two can land in either order.
     RoundsOverlap,
+    /// The mirror applies an operation in place while write rounds sent
+    /// before it are still on their way: it can pass them.
+    ApplyPastRounds,
 }
 
 /// The environment variable that plants a defect in a real process
@@ -90,7 +93,7 @@ pub fn planted_in_process() -> Option<PlantedBug> {
 
 impl PlantedBug {
     /// Every defect with its name on the command line (`filerep sim --faults --bug NAME`).
-    pub const ALL: [(PlantedBug, &'static str); 21] = [
+    pub const ALL: [(PlantedBug, &'static str); 22] = [
         (PlantedBug::SkipRecordBlock, "skip-record-block"),
         (PlantedBug::SkipActivityCover, "skip-activity-cover"),
         (PlantedBug::AckWithoutMirror, "ack-without-mirror"),
@@ -112,6 +115,7 @@ impl PlantedBug {
         (PlantedBug::FlushAckBeforeSync, "flush-ack-before-sync"),
         (PlantedBug::RecordAfterLocalWrite, "record-after-local-write"),
         (PlantedBug::RoundsOverlap, "rounds-overlap"),
+        (PlantedBug::ApplyPastRounds, "apply-past-rounds"),
     ];
 
     /// The defect a real `filerep` process plants, named by the

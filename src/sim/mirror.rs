@@ -1,12 +1,14 @@
 //! The stream's mirror end: the real session checks ([`MirrorSession`]),
-//! executor ([`Applier`]) and checkpoint policy ([`Checkpoints`]) as the
-//! mirror daemon runs them, with sync jobs run by a simulated syncer.
+//! executor ([`Applier`]) and session policy ([`SessionPolicy`]: what each
+//! batch does, in order, and what the end tells) as the mirror daemon runs
+//! them, with sync jobs run by a simulated syncer.
 
 use super::net::Link;
-use super::rounds::{Offered, SimRounds};
+use super::rounds::SimRounds;
 use super::world::{Role, World, ACK_TIMEOUT_MS};
 use super::*;
-use crate::core::mirror::{ApplyState, Checkpoints, MirrorSession, Step};
+use crate::core::mirror::policy::{self, Action, Batch};
+use crate::core::mirror::{ApplyState, Checkpoints, MirrorSession, SessionPolicy, Step};
 use crate::exec::apply::{Applier, Sequenced, SyncJob};
 use crate::protocol::{Ack, Decoder, Frame, Header, Kind};
 
@@ -22,7 +24,8 @@ pub(super) struct Session {
     pub(super) primary_dec: Decoder,
     pub(super) session: MirrorSession,
     pub(super) applier: Applier,
-    pub(super) checkpoints: Checkpoints,
+    /// What the mirror does with each batch, as the daemon does it.
+    pub(super) policy: SessionPolicy,
     pub(super) sync_jobs: VecDeque<SyncJob>,
     /// The mirror's real watermarks (acknowledgements may not claim more).
     pub(super) synced: u64,
@@ -82,10 +85,11 @@ impl World {
             },
             // Some mirrors checkpoint often: "durable through" keeps up,
             // and the primary's activity entries retire while it streams.
-            checkpoints: Checkpoints::every(
+            policy: SessionPolicy::new(Checkpoints::every(
                 self.now,
                 if self.rng.gen_bool(0.5) { self.rng.gen_range(10..100) } else { 1000 },
-            ),
+            ))
+            .with_bug(self.cfg.bug),
             sync_jobs: VecDeque::new(),
             synced: 0,
             durable: 0,
@@ -155,98 +159,150 @@ impl World {
                 }
             }
         }
-        let m = s.mirror;
         if let Some(e) = err {
             // The primary is the real engine: anything it sends must pass.
             return Err(self.fail(e));
         }
+        // The receive's operations go in slices the seed picks (the daemon
+        // takes whatever one receive brings); a heartbeat and the end of
+        // the stream come with the last.
         let mut at = 0;
-        while at < ops.len() {
-            let k = self.rng.gen_range(1..=ops.len() - at);
-            let batch = &ops[at..at + k];
+        loop {
+            let k = if at < ops.len() { self.rng.gen_range(1..=ops.len() - at) } else { 0 };
+            let last = at + k == ops.len();
+            let slice = &ops[at..at + k];
             at += k;
-            let on_its_way = match self.offer_batch(batch)? {
-                Offered::Stopped => return Ok(()),
-                Offered::OnItsWay => true,
-                Offered::ApplyInPlace => {
-                    let fired = self.nodes[m].data.fired_total();
-                    let Some(s) = self.session.as_mut() else { return Ok(()) };
-                    if let Err(e) = s.applier.apply(batch) {
-                        return self.mirror_apply_failed(m, fired, e);
-                    }
-                    false
-                }
-            };
-            self.after_batch(now, false)?;
-            // The hook names the pair by its primary.
-            let primary = self.session.as_ref().map_or(1 - m, |s| s.primary);
-            self.hook(Point::BeforeAck, primary)?;
-            if !self.mirror_alive() {
+            let takes = self
+                .session
+                .as_ref()
+                .and_then(|s| s.rounds.as_ref())
+                .is_some_and(|r| Applier::takes_round(&r.queue, slice));
+            let batch =
+                Batch { operations: k, round_takes_it: takes, heartbeat: last && wake, shutdown: last && shutdown };
+            let something = k > 0 || batch.heartbeat || batch.shutdown;
+            if something && !self.mirror_batch(now, slice, &batch)? {
                 return Ok(());
             }
-            // A round is acknowledged when it lands.
-            if !on_its_way {
-                self.mirror_ack();
+            if last {
+                return Ok(());
             }
         }
-        if shutdown {
-            self.after_batch(now, true)?;
-            if let Some(s) = self.session.as_mut() {
-                s.shutdown_seen = true;
-            }
-        }
-        if ops.is_empty() && wake {
-            // A heartbeat runs the daemon's checkpoint too: an idle stream's
-            // "durable through" catches up with what was applied.
-            self.after_batch(now, false)?;
-            self.mirror_ack();
-        }
-        Ok(())
     }
 
-    /// The daemon's policy after a batch: a sync job when asked for, a full
-    /// one when the checkpoint is due; answers to requests go out.
-    fn after_batch(&mut self, now: u64, shutdown: bool) -> Result<(), SimFailure> {
-        let Some(s) = self.session.as_mut() else { return Ok(()) };
+    /// One batch, by the session's policy as the daemon carries it out.
+    /// False: the mirror stopped (it faulted, refused or crashed).
+    fn mirror_batch(&mut self, now: u64, batch: &[Sequenced], b: &Batch) -> Result<bool, SimFailure> {
+        let Some(s) = self.session.as_ref() else { return Ok(false) };
+        let m = s.mirror;
+        let placed = s.policy.place(b);
+        for action in placed.iter() {
+            let carried_on = match action {
+                Action::DrainRounds => {
+                    if self.session.as_ref().and_then(|s| s.rounds.as_ref()).is_some_and(|r| !r.in_flight.is_empty()) {
+                        self.outcome(match Applier::stageable(batch) {
+                            true => "mirror writes waited for a write round they overlap",
+                            false => "mirror operation waited for the write rounds",
+                        });
+                    }
+                    self.drain_rounds()?
+                }
+                Action::StageRound => self.stage_round(batch)?,
+                Action::Apply => {
+                    let fired = self.nodes[m].data.fired_total();
+                    let Some(s) = self.session.as_mut() else { return Ok(false) };
+                    match s.applier.apply(batch) {
+                        Ok(_) => true,
+                        Err(e) => {
+                            self.mirror_apply_failed(m, fired, e)?;
+                            false
+                        }
+                    }
+                }
+                // Not placements.
+                _ => true,
+            };
+            if !carried_on || !self.mirror_alive() {
+                return Ok(false);
+            }
+        }
+        let Some(s) = self.session.as_mut() else { return Ok(false) };
         let state = ApplyState {
-            shutdown,
+            shutdown: b.shutdown,
             too_many_dirty: s.applier.too_many_dirty(),
             unsynced: s.applier.has_unsynced(),
             durable_behind: s.durable < s.applier.applied(),
         };
-        if s.checkpoints.full_due(now, state) {
-            s.applier.request_full();
-        }
-        if s.applier.wants_sync() {
-            // A sync job covers landed writes only.
-            if s.rounds.as_ref().is_some_and(|r| !r.in_flight.is_empty()) {
-                self.outcome("mirror sync job waited for the write rounds");
-            }
-            if !self.drain_rounds()? {
-                return Ok(());
-            }
-            let Some(s) = self.session.as_mut() else { return Ok(()) };
-            let job = s.applier.take_sync_job();
-            if crate::core::mirror::acks_before_sync(self.cfg.bug) {
-                // The defect: acknowledged as durable before the syncer runs it.
-                s.synced = s.synced.max(job.through);
-                if let Some(d) = job.durable_through {
-                    s.durable = s.durable.max(d);
+        let wants_sync = s.applier.wants_sync();
+        let after = s.policy.after(now, b, &placed, wants_sync, state);
+        let mut hooked = false;
+        for action in after.iter() {
+            match action {
+                Action::RequestFull => {
+                    if let Some(s) = self.session.as_mut() {
+                        s.applier.request_full();
+                    }
                 }
+                Action::DrainRounds => {
+                    if self.session.as_ref().and_then(|s| s.rounds.as_ref()).is_some_and(|r| !r.in_flight.is_empty()) {
+                        self.outcome("mirror sync job waited for the write rounds");
+                    }
+                    if !self.drain_rounds()? {
+                        return Ok(false);
+                    }
+                }
+                Action::QueueSync => {
+                    let Some(s) = self.session.as_mut() else { return Ok(false) };
+                    let job = s.applier.take_sync_job();
+                    if crate::core::mirror::acks_before_sync(self.cfg.bug) {
+                        // The defect: acknowledged as durable before the syncer runs it.
+                        s.synced = s.synced.max(job.through);
+                        if let Some(d) = job.durable_through {
+                            s.durable = s.durable.max(d);
+                        }
+                    }
+                    s.sync_jobs.push_back(job);
+                }
+                Action::SendReplies => {
+                    let Some(s) = self.session.as_mut() else { return Ok(false) };
+                    let replies = s.applier.take_replies();
+                    if !replies.is_empty() && s.primary_on && !s.cut {
+                        for reply in replies {
+                            s.to_primary.send(&mut self.rng, now, &reply.into_frame().to_vec());
+                        }
+                    }
+                    if crate::core::mirror::acks_before_sync(self.cfg.bug) {
+                        self.mirror_ack();
+                    }
+                }
+                Action::Ack => {
+                    hooked = true;
+                    if !self.before_ack(m)? {
+                        return Ok(false);
+                    }
+                    self.mirror_ack();
+                }
+                Action::EndStream => {
+                    if let Some(s) = self.session.as_mut() {
+                        s.shutdown_seen = true;
+                    }
+                }
+                // Placements only.
+                Action::StageRound | Action::Apply => {}
             }
-            s.sync_jobs.push_back(job);
         }
-        let Some(s) = self.session.as_mut() else { return Ok(()) };
-        let replies = s.applier.take_replies();
-        if !replies.is_empty() && s.primary_on && !s.cut {
-            for reply in replies {
-                s.to_primary.send(&mut self.rng, now, &reply.into_frame().to_vec());
-            }
+        if !hooked && !self.before_ack(m)? {
+            return Ok(false);
         }
-        if crate::core::mirror::acks_before_sync(self.cfg.bug) {
-            self.mirror_ack();
-        }
-        Ok(())
+        Ok(true)
+    }
+
+    /// The crash point before the mirror acknowledges a batch (whether or
+    /// not it does). False: the mirror is gone.
+    fn before_ack(&mut self, m: usize) -> Result<bool, SimFailure> {
+        // The hook names the pair by its primary.
+        let primary = self.session.as_ref().map_or(1 - m, |s| s.primary);
+        self.hook(Point::BeforeAck, primary)?;
+        Ok(self.mirror_alive())
     }
 
     /// The mirror's syncer: run queued jobs, merged as the daemon merges them.
@@ -334,9 +390,15 @@ impl World {
         self.end_mirror_side("refused an operation")
     }
 
-    /// The mirror ends its session (not by a crash): it drains its syncer
-    /// and makes what it applied durable, as the daemon does.
+    /// The mirror ends its session (not by a crash), as the daemon does:
+    /// its rounds land, its syncer drains, what it applied is made durable;
+    /// then what the policy says the end tells (`orderly`: the primary
+    /// ended the stream and every sync job has run).
     pub(super) fn end_mirror_side(&mut self, why: &str) -> Result<(), SimFailure> {
+        self.close_mirror_side(why, false)
+    }
+
+    fn close_mirror_side(&mut self, why: &str, orderly: bool) -> Result<(), SimFailure> {
         let Some(s) = self.session.as_mut() else { return Ok(()) };
         if !s.mirror_on {
             return Ok(());
@@ -350,8 +412,6 @@ impl World {
             return Ok(());
         }
         let Some(s) = self.session.as_mut() else { return Ok(()) };
-        s.mirror_on = false;
-        s.mirror_closed = true;
         s.to_mirror.queue.clear();
         let m = s.mirror;
         let jobs: Vec<SyncJob> = s.sync_jobs.drain(..).collect();
@@ -360,7 +420,15 @@ impl World {
         let mut r = jobs.iter().try_for_each(|j| j.run(disk.as_ref()).map(drop));
         if r.is_ok() {
             if let Some(s) = self.session.as_mut() {
-                r = s.applier.sync_all();
+                if policy::final_sync_due(false, s.applier.has_unsynced()) {
+                    r = s.applier.sync_all();
+                    if r.is_ok() {
+                        // The final sync's marks, as the daemon's syncer sets them.
+                        let applied = s.applier.applied();
+                        s.synced = s.synced.max(applied);
+                        s.durable = s.durable.max(applied);
+                    }
+                }
             }
         }
         if let Err(e) = r {
@@ -370,8 +438,18 @@ impl World {
             }
             return Err(self.fail(format!("mirror final sync: {e}")));
         }
-        // Everything the session applied is durable.
-        self.nodes[m].streaming_boot = None;
+        let closing = policy::closing(orderly, false, false);
+        if closing.final_ack {
+            self.mirror_ack();
+        }
+        if closing.clear_record {
+            // Everything the session applied is durable.
+            self.nodes[m].streaming_boot = None;
+        }
+        if let Some(s) = self.session.as_mut() {
+            s.mirror_on = false;
+            s.mirror_closed = true;
+        }
         self.drop_session_if_done();
         Ok(())
     }
@@ -387,9 +465,8 @@ impl World {
                 self.end_mirror_side("silence or the primary closed")?;
             }
         } else if s.mirror_on && s.shutdown_seen && s.sync_jobs.is_empty() && s.to_mirror.is_empty() {
-            // After the final acknowledgement of an orderly end.
-            self.mirror_ack();
-            self.end_mirror_side("orderly end")?;
+            // The stream's end, once its sync jobs have run.
+            self.close_mirror_side("orderly end", true)?;
         }
         Ok(())
     }

@@ -2,9 +2,10 @@
 //! writes goes on its way while the session reads on, by the rules of
 //! [`RoundQueue`] as the daemon runs them (`runtime::mirror::rounds`);
 //! rounds land in any order the seed picks, and "applied" moves as the
-//! oldest land. Everything else waits until every round has landed, as in
-//! the daemon: a batch that is not plain writes or overlaps a round in
-//! flight, every sync job and checkpoint, the end of the session.
+//! oldest land. What waits until every round has landed (a batch that is
+//! not plain writes or overlaps a round in flight, every sync job and
+//! checkpoint, the end of the session) is the session's policy
+//! (`core::mirror::policy`), which the daemon follows too.
 //!
 //! The choices here come from a stream of their own, so a schedule whose
 //! mirror writes in place (no rounds) is the same as before rounds existed.
@@ -32,46 +33,23 @@ pub(super) fn rounds_rng(seed: u64) -> ChaCha8Rng {
     ChaCha8Rng::seed_from_u64(seed ^ 0x726f_756e_6473)
 }
 
-/// What became of a batch offered to the rounds.
-pub(super) enum Offered {
-    /// On its way as a round.
-    OnItsWay,
-    /// Not for a round: apply it in place (every round has landed).
-    ApplyInPlace,
-    /// The mirror faulted or refused meanwhile: stop here.
-    Stopped,
-}
-
 impl World {
     /// Whether this session's mirror writes rounds (half the sessions).
     pub(super) fn session_rounds(&mut self, applied: u64) -> Option<SimRounds> {
         self.rounds_rng.gen_bool(0.5).then(|| SimRounds::new(applied, self.cfg.bug))
     }
 
-    /// Offer `batch` to the session's rounds, as the daemon's session does:
-    /// plain writes that overlap no round in flight go on their way;
-    /// anything else first waits for every round to land.
-    pub(super) fn offer_batch(&mut self, batch: &[Sequenced]) -> Result<Offered, SimFailure> {
-        let Some(s) = self.session.as_mut() else { return Ok(Offered::Stopped) };
-        let Some(r) = s.rounds.as_mut() else { return Ok(Offered::ApplyInPlace) };
-        let stageable = Applier::stageable(batch);
-        if !Applier::takes_round(&r.queue, batch) {
-            if !r.in_flight.is_empty() {
-                self.outcome(match stageable {
-                    true => "mirror writes waited for a write round they overlap",
-                    false => "mirror operation waited for the write rounds",
-                });
-            }
-            return Ok(match self.drain_rounds()? {
-                true => Offered::ApplyInPlace,
-                false => Offered::Stopped,
-            });
-        }
+    /// Stage `batch` and put it on its way as a round (the session's policy
+    /// found that a round takes it). False: the mirror stopped.
+    pub(super) fn stage_round(&mut self, batch: &[Sequenced]) -> Result<bool, SimFailure> {
         let last_seq = batch.last().map_or(0, |o| o.seq);
+        let Some(s) = self.session.as_mut() else { return Ok(false) };
         let m = s.mirror;
         let fired = self.nodes[m].data.fired_total();
-        let Some(s) = self.session.as_mut() else { return Ok(Offered::Stopped) };
-        let Some(r) = s.rounds.as_mut() else { return Ok(Offered::ApplyInPlace) };
+        let Some(s) = self.session.as_mut() else { return Ok(false) };
+        let Some(r) = s.rounds.as_mut() else {
+            return Err(self.fail("a round took a batch of a session without rounds"));
+        };
         match s.applier.stage_writes(batch) {
             Ok(writes) => {
                 r.queue.push(last_seq, Applier::write_ranges(batch));
@@ -79,10 +57,10 @@ impl World {
                 if r.in_flight.len() > 1 {
                     self.outcome("mirror write rounds in flight together");
                 }
-                Ok(Offered::OnItsWay)
+                Ok(true)
             }
             // Staging opens files, as applying does: the same outcome.
-            Err(e) => self.mirror_apply_failed(m, fired, e).map(|()| Offered::Stopped),
+            Err(e) => self.mirror_apply_failed(m, fired, e).map(|()| false),
         }
     }
 

@@ -59,6 +59,7 @@ fn planted_defects_are_caught_by_the_invariant_they_break() {
         (MirrorSkipsDirectorySync, "invariant 3", 500),
         (FlushAckBeforeSync, "invariant 3", 500),
         (RoundsOverlap, "invariant", 500),
+        (ApplyPastRounds, "invariant", 500),
     ] {
         caught(bug, invariant, seeds);
     }

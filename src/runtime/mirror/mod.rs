@@ -16,7 +16,8 @@ mod server_handshake;
 mod syncer;
 
 use crate::config::{check_block_size, check_filespaces, Filespace, StreamTuning};
-use crate::core::mirror::{MirrorSession, Step};
+use crate::core::mirror::policy::{self, Action, Batch};
+use crate::core::mirror::{ApplyState, Checkpoints, MirrorSession, SessionPolicy, Step};
 use crate::durable::files;
 use crate::error::{Error, Result};
 use crate::exec::apply::{Applier, FaultClass, Sequenced};
@@ -429,7 +430,7 @@ impl MirrorServer {
         let mut frames = 0u64;
         let clock = Instant::now();
         let now_ms = || clock.elapsed().as_millis() as u64;
-        let mut checkpoints = crate::core::mirror::Checkpoints::new(0);
+        let mut policy = SessionPolicy::new(Checkpoints::new(0)).with_bug(crate::core::planted_in_process());
         // Bytes received since the last sync job (where the next one runs).
         let mut received_since_sync = 0u64;
         let mut rounds = match self.cfg.direct {
@@ -505,58 +506,77 @@ impl MirrorServer {
             if ops.is_empty() && !wake && !shutdown {
                 continue;
             }
-            // A batch of plain writes goes to a round thread on a direct
-            // disk (the session reads on); anything else waits for the
-            // rounds in flight, then applies here.
-            let staged = rounds.as_ref().filter(|r| !shutdown && r.takes(&ops));
+            // What the batch does, in order, is the core's (the simulator
+            // runs the same): a batch of plain writes goes to a round
+            // thread on a direct disk while the session reads on; anything
+            // else waits for the rounds in flight, then applies here.
+            let batch = Batch {
+                operations: ops.len(),
+                round_takes_it: rounds.as_ref().is_some_and(|r| r.takes(&ops)),
+                heartbeat: wake,
+                shutdown,
+            };
             // Before a round can land: an acknowledgement never has applied past received.
             acks.marks.received.store(session.received(), Ordering::SeqCst);
-            let result = match staged {
-                Some(r) => stage_retrying(&mut applier, &ops)
-                    .and_then(|w| r.submit(w, ops.last().map_or(0, |o| o.seq)))
-                    .map(|()| false),
-                // A heartbeat alone changes nothing here: nothing to wait for.
-                None if ops.is_empty() => Ok(false),
-                None => drain(&rounds, &mut applier).and_then(|()| apply_retrying(&mut applier, &ops)),
-            };
-            let wants_sync = match result {
-                Ok(w) => w,
-                Err(e) => break self.apply_failed(&acks, &e),
-            };
+            let placed = policy.place(&batch);
+            let mut asked_sync = false;
+            for action in placed.iter() {
+                let result = match action {
+                    Action::DrainRounds => drain(&rounds, &mut applier),
+                    Action::StageRound => match &rounds {
+                        Some(r) => stage_retrying(&mut applier, &ops)
+                            .and_then(|w| r.submit(w, ops.last().map_or(0, |o| o.seq))),
+                        // Never: no round takes a batch of a session without rounds.
+                        None => apply_retrying(&mut applier, &ops).map(|w| asked_sync |= w),
+                    },
+                    Action::Apply => apply_retrying(&mut applier, &ops).map(|w| asked_sync |= w),
+                    // Not placements.
+                    _ => Ok(()),
+                };
+                if let Err(e) = result {
+                    break 'conn self.apply_failed(&acks, &e);
+                }
+            }
             acks.marks.applied.fetch_max(applier.applied(), Ordering::SeqCst);
-            // A checkpoint bounds how far "durable through" lags.
             // With nothing unsynced (operations that changed nothing, such
-            // as a reconcile of what is already so) an empty checkpoint
-            // still moves "durable through" up to what was applied.
-            let state = crate::core::mirror::ApplyState {
+            // as a reconcile of what is already so) a checkpoint still
+            // moves "durable through" up to what was applied.
+            let state = ApplyState {
                 shutdown,
                 too_many_dirty: applier.too_many_dirty(),
                 unsynced: applier.has_unsynced(),
                 durable_behind: acks.marks.durable.load(Ordering::SeqCst) < applier.applied(),
             };
-            if checkpoints.full_due(now_ms(), state) {
-                applier.request_full();
-            }
-            if wants_sync || applier.wants_sync() {
-                // A sync job covers landed writes only.
-                if let Err(e) = drain(&rounds, &mut applier) {
-                    break self.apply_failed(&acks, &e);
+            let wants_sync = asked_sync || applier.wants_sync();
+            for action in policy.after(now_ms(), &batch, &placed, wants_sync, state).iter() {
+                match action {
+                    Action::RequestFull => applier.request_full(),
+                    Action::DrainRounds => {
+                        if let Err(e) = drain(&rounds, &mut applier) {
+                            break 'conn self.apply_failed(&acks, &e);
+                        }
+                    }
+                    Action::QueueSync => {
+                        let since = std::mem::take(&mut received_since_sync);
+                        if let Err(e) = syncer.sync(applier.take_sync_job(), since, self.disk.as_ref(), &acks) {
+                            break 'conn SessionEnd::ApplyFailed(e);
+                        }
+                    }
+                    Action::SendReplies => {
+                        let replies = applier.take_replies();
+                        if !replies.is_empty() && !acks.replies(replies) {
+                            break 'conn SessionEnd::Disconnected("sending hashes or a listing failed".into());
+                        }
+                    }
+                    Action::Ack => {
+                        if !acks.send() {
+                            break 'conn SessionEnd::Disconnected("sending an acknowledgement failed".into());
+                        }
+                    }
+                    Action::EndStream => break 'conn SessionEnd::Shutdown,
+                    // Placements only.
+                    Action::StageRound | Action::Apply => {}
                 }
-                let since = std::mem::take(&mut received_since_sync);
-                if let Err(e) = syncer.sync(applier.take_sync_job(), since, self.disk.as_ref(), &acks) {
-                    break SessionEnd::ApplyFailed(e);
-                }
-            }
-            let replies = applier.take_replies();
-            if !replies.is_empty() && !acks.replies(replies) {
-                break SessionEnd::Disconnected("sending hashes or a listing failed".into());
-            }
-            if shutdown {
-                break SessionEnd::Shutdown;
-            }
-            // A staged batch is acknowledged by its round thread when it lands.
-            if (staged.is_none() || wake) && !acks.send() {
-                break SessionEnd::Disconnected("sending an acknowledgement failed".into());
             }
         };
         // Rounds in flight land (or fail) before anything else.
@@ -575,8 +595,9 @@ impl MirrorServer {
             acks.marks.applied.fetch_max(applier.applied(), Ordering::SeqCst);
         }
         // Whatever was applied is made durable before the session ends.
+        let apply_failed = matches!(end, SessionEnd::ApplyFailed(_));
         let mut sync_error = None;
-        if !matches!(end, SessionEnd::ApplyFailed(_)) && applier.has_unsynced() {
+        if policy::final_sync_due(apply_failed, applier.has_unsynced()) {
             applier.request_full();
             sync_error = syncer.sync(applier.take_sync_job(), u64::MAX, self.disk.as_ref(), &acks).err();
         }
@@ -591,15 +612,16 @@ impl MirrorServer {
         if let Some(e) = &sync_error {
             // Rule 8: after a failed fsync nothing here is reported durable again.
             self.set_fault(e.clone());
-        } else if !matches!(end, SessionEnd::ApplyFailed(_)) {
-            // Everything the session applied is durable: a power loss now
-            // takes nothing it acknowledged.
+        }
+        let closing = policy::closing(end == SessionEnd::Shutdown, apply_failed, sync_error.is_some());
+        if closing.clear_record {
+            // A power loss now takes nothing it acknowledged.
             if let Err(e) = self.set_streaming(false) {
                 tracing::warn!(error = %e, "cannot clear the session's record in the state file");
             }
         }
-        if end == SessionEnd::Shutdown && sync_error.is_none() {
-            // The final acknowledgement: everything durable.
+        if closing.final_ack {
+            // Everything durable.
             acks.send();
         }
         acks.close();

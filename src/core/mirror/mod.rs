@@ -6,6 +6,10 @@
 //! per-kind bounds and paths (brief rule 9), and keeps the id → path map in
 //! step with the primary's. The executor (`crate::apply`) performs the result.
 
+pub mod policy;
+
+pub use policy::{acks_before_sync, ApplyState, Checkpoints, SessionPolicy, CHECKPOINT_MS};
+
 use crate::core::primary::MAX_BOUND_FILES;
 use crate::protocol::path::FsPath;
 use crate::protocol::path::{PathError, RelPath};
@@ -356,18 +360,6 @@ impl MirrorSession {
     }
 }
 
-/// How often a mirror makes everything durable (its checkpoint), at least:
-/// it bounds how far "durable through" lags what was applied.
-pub const CHECKPOINT_MS: u64 = 1000;
-
-/// Whether the mirror's syncer acknowledges a sync job's marks before it
-/// runs the job. Never: synced and durable mean on the mirror's disk (rule
-/// 2); only the planted defect `FlushAckBeforeSync` does. The daemon's
-/// syncer and the simulator's both ask here.
-pub fn acks_before_sync(bug: Option<crate::core::PlantedBug>) -> bool {
-    bug == Some(crate::core::PlantedBug::FlushAckBeforeSync)
-}
-
 /// Whether a session recorded as streaming in boot `recorded` was cut by
 /// the host going down: there is a record, and it is of another boot than
 /// `now` (or this boot is not known). The segment process (boot ids) and
@@ -396,51 +388,6 @@ pub fn promotion_refusal(fault: Option<&str>, lost_power_streaming: bool) -> Opt
                 .to_string(),
         ),
         None => None,
-    }
-}
-
-/// The mirror's durability policy after each batch it applied: whether to
-/// make everything durable now (a full checkpoint) rather than only what
-/// the batch asked for.
-#[derive(Clone, Debug)]
-pub struct Checkpoints {
-    last_full_ms: u64,
-    interval_ms: u64,
-}
-
-/// What the executor reports about itself after a batch.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct ApplyState {
-    /// The batch ended the stream (a Shutdown frame).
-    pub shutdown: bool,
-    /// As many files are dirty as a sync job may hold open.
-    pub too_many_dirty: bool,
-    /// Something applied is not durable yet.
-    pub unsynced: bool,
-    /// "Durable through" is behind "applied through" (an empty checkpoint
-    /// still moves it up, after operations that changed nothing).
-    pub durable_behind: bool,
-}
-
-impl Checkpoints {
-    pub fn new(now_ms: u64) -> Checkpoints {
-        Checkpoints::every(now_ms, CHECKPOINT_MS)
-    }
-
-    /// A checkpoint at least every `interval_ms` (the simulator varies it).
-    pub fn every(now_ms: u64, interval_ms: u64) -> Checkpoints {
-        Checkpoints { last_full_ms: now_ms, interval_ms: interval_ms.max(1) }
-    }
-
-    /// Whether the next sync job must be a full one.
-    pub fn full_due(&mut self, now_ms: u64, s: ApplyState) -> bool {
-        let due = s.shutdown
-            || s.too_many_dirty
-            || ((s.unsynced || s.durable_behind) && now_ms.saturating_sub(self.last_full_ms) >= self.interval_ms);
-        if due {
-            self.last_full_ms = now_ms;
-        }
-        due
     }
 }
 
