@@ -6,6 +6,9 @@
 //! recover`) and then the forgetfs cut of its file systems: every write,
 //! create, rename, unlink and truncate that no fsync made durable is gone,
 //! and half the cuts tear the last write of each file at a 512-byte sector.
+//! The host then comes back in another boot (its segment reads its boot id
+//! from `FILEREP_BOOT_ID_FILE`), so a mirror cut while it streamed knows
+//! that what it had only applied may be gone, and refuses promotion.
 //!
 //! Each round, seeded: writers that sync (`powercut/writer.rs`) run on the
 //! acting primary; the cluster is brought into a phase (synchronized,
@@ -95,6 +98,10 @@ struct SegHost {
     state: ForgetFs,
     child: Option<Child>,
     log: PathBuf,
+    /// The host's boot id (`FILEREP_BOOT_ID_FILE`), changed by every power
+    /// cut of the host: a cut is a reboot.
+    boot_id: PathBuf,
+    boots: u64,
 }
 
 /// The arbiter's host: the arbiter, `filerep recover` when it runs, the catalog.
@@ -219,7 +226,9 @@ impl Cluster {
             let cfg_path = base.join("segment.json");
             addrs.push(store_config(&cfg, &cfg_path, &format!("host{dbid}")));
             let log = base.join("segment.log");
-            segs.push(SegHost { dbid, cfg, cfg_path, data, state, child: None, log });
+            let boot_id = base.join("boot_id");
+            std::fs::write(&boot_id, format!("host{dbid}-boot0\n")).unwrap();
+            segs.push(SegHost { dbid, cfg, cfg_path, data, state, child: None, log, boot_id, boots: 0 });
         }
         let catalog = arb_fs.mountpoint.join("catalog.json");
         Catalog::new(0x9c, writer::BS as u32, vec![(0, addrs[0].clone(), addrs[1].clone())]).store(&catalog).unwrap();
@@ -260,8 +269,9 @@ impl Cluster {
     }
 
     fn start_seg(&mut self, dbid: u32) -> Result<(), String> {
-        let env = self.env.clone();
+        let mut env = self.env.clone();
         let s = self.seg_mut(dbid);
+        env.push((filerep::runtime::mirror::BOOT_ID_FILE_ENV.into(), s.boot_id.display().to_string()));
         let args = vec!["segment".into(), "--config".into(), s.cfg_path.display().to_string()];
         match try_spawn_ready_with(&args, READY_SEGMENT, &env, log_file(&s.log)) {
             Ok((child, _)) => {
@@ -403,6 +413,15 @@ impl Cluster {
         })();
         for mut c in dying {
             let _ = c.wait();
+        }
+        // The host comes back in another boot.
+        for h in hosts {
+            if let Host::Seg(d) = *h {
+                let s = self.seg_mut(d);
+                s.boots += 1;
+                std::fs::write(&s.boot_id, format!("host{d}-boot{}\n", s.boots))
+                    .map_err(|e| format!("writing {}: {e}", s.boot_id.display()))?;
+            }
         }
         let mut shown = first?;
         // A namespace request under way (no file handle) may have landed

@@ -78,6 +78,9 @@ pub enum PlantedBug {
     /// The mirror applies an operation in place while write rounds sent
     /// before it are still on their way: it can pass them.
     ApplyPastRounds,
+    /// The mirror counts a write round applied when it lands, though a round
+    /// sent before it is still on its way: "applied" passes a write.
+    RoundsRetireOutOfOrder,
 }
 
 /// The environment variable that plants a defect in a real process
@@ -93,7 +96,7 @@ pub fn planted_in_process() -> Option<PlantedBug> {
 
 impl PlantedBug {
     /// Every defect with its name on the command line (`filerep sim --faults --bug NAME`).
-    pub const ALL: [(PlantedBug, &'static str); 22] = [
+    pub const ALL: [(PlantedBug, &'static str); 23] = [
         (PlantedBug::SkipRecordBlock, "skip-record-block"),
         (PlantedBug::SkipActivityCover, "skip-activity-cover"),
         (PlantedBug::AckWithoutMirror, "ack-without-mirror"),
@@ -116,6 +119,7 @@ impl PlantedBug {
         (PlantedBug::RecordAfterLocalWrite, "record-after-local-write"),
         (PlantedBug::RoundsOverlap, "rounds-overlap"),
         (PlantedBug::ApplyPastRounds, "apply-past-rounds"),
+        (PlantedBug::RoundsRetireOutOfOrder, "rounds-retire-out-of-order"),
     ];
 
     /// The defect a real `filerep` process plants, named by the

@@ -106,6 +106,11 @@ impl RoundQueue {
         if !retire {
             return false;
         }
+        if self.bug == Some(PlantedBug::RoundsRetireOutOfOrder) && self.applied < last_seq {
+            // The defect: a round counts applied when it lands, older ones or not.
+            self.applied = last_seq;
+            return true;
+        }
         let mut moved = false;
         while self.queue.front().is_some_and(|r| r.landed) {
             if let Some(r) = self.queue.pop_front() {
@@ -220,5 +225,13 @@ mod tests {
         assert!(q.admits([(&a, 0, 4096)].into_iter()));
         q.landed(1, true);
         assert_eq!(q.applied(), 1, "the rest of the rules hold");
+
+        let (a, b) = (p("a"), p("b"));
+        let mut q = RoundQueue::new(4096, 0).with_bug(Some(PlantedBug::RoundsRetireOutOfOrder));
+        q.push(1, [(&a, 0, 4096)].into_iter());
+        q.push(2, [(&b, 0, 4096)].into_iter());
+        assert!(q.landed(2, true));
+        assert_eq!(q.applied(), 2, "applied passed round 1, still on its way");
+        assert!(!q.admits([(&a, 0, 4096)].into_iter()), "overlaps are still refused");
     }
 }

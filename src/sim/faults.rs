@@ -101,18 +101,8 @@ impl World {
                 s.mirror_closed = self.rng.gen_bool(0.5);
             }
         }
-        self.drop_session_if_done();
-        let node = &mut self.nodes[n];
-        node.data.reset();
-        node.log_io.reset();
-        node.log = None;
-        node.role = Role::Down { restart_at: self.now + self.rng.gen_range(20..200) };
-        if self.model_node == Some(n) {
-            self.model_node = None;
-        }
-        if self.armed.is_some_and(|a| a.node == n && !matches!(a.kind, FaultKind::Crash(..))) {
-            self.armed = None;
-        }
+        let restart_at = self.now + self.rng.gen_range(20..200);
+        self.process_gone(n, restart_at);
         Ok(())
     }
 
@@ -144,8 +134,16 @@ impl World {
                 s.mirror_closed = closed;
             }
         }
-        self.drop_session_if_done();
         let restart_at = self.now + self.rounds_rng.gen_range(20..200);
+        self.process_gone(n, restart_at);
+        Ok(())
+    }
+
+    /// What a power loss and a kill both leave of segment `n`'s process
+    /// (its session sides already cut): nothing, until it restarts at
+    /// `restart_at`; a fault armed on its disks goes with it.
+    fn process_gone(&mut self, n: usize, restart_at: u64) {
+        self.drop_session_if_done();
         let node = &mut self.nodes[n];
         node.data.reset();
         node.log_io.reset();
@@ -157,7 +155,6 @@ impl World {
         if self.armed.is_some_and(|a| a.node == n && !matches!(a.kind, FaultKind::Crash(..))) {
             self.armed = None;
         }
-        Ok(())
     }
 
     /// A process restart without a power loss (an operator restarts a

@@ -111,15 +111,27 @@ impl World {
         }
     }
 
-    pub(super) fn mirror_ack(&mut self) {
+    /// The mirror sends its marks. Invariant 5: they tell the truth about
+    /// what is applied: no write round through "applied" is still on its way.
+    pub(super) fn mirror_ack(&mut self) -> Result<(), SimFailure> {
         let now = self.now;
-        let Some(s) = self.session.as_mut() else { return };
+        let Some(s) = self.session.as_mut() else { return Ok(()) };
         if !s.mirror_on || s.mirror_closed || s.cut {
-            return;
+            return Ok(());
         }
         let ack =
             Ack { received: s.session.received(), applied: s.applier.applied(), synced: s.synced, durable: s.durable };
+        if let Some((seq, _)) = s.rounds.as_ref().and_then(|r| r.in_flight.iter().find(|(seq, _)| *seq <= ack.applied))
+        {
+            let seq = *seq;
+            return Err(self.fail(format!(
+                "invariant 5: the mirror acknowledged applied through {} while its write round through {seq} was \
+                 still on its way",
+                ack.applied
+            )));
+        }
         s.to_primary.send(&mut self.rng, now, &ack.to_frame().to_vec());
+        Ok(())
     }
 
     /// The mirror: take delivered bytes, validate, apply in random batches, acknowledge.
@@ -271,7 +283,7 @@ impl World {
                         }
                     }
                     if crate::core::mirror::acks_before_sync(self.cfg.bug) {
-                        self.mirror_ack();
+                        self.mirror_ack()?;
                     }
                 }
                 Action::Ack => {
@@ -279,7 +291,7 @@ impl World {
                     if !self.before_ack(m)? {
                         return Ok(false);
                     }
-                    self.mirror_ack();
+                    self.mirror_ack()?;
                 }
                 Action::EndStream => {
                     if let Some(s) = self.session.as_mut() {
@@ -341,7 +353,7 @@ impl World {
                 if let Some(d) = job.durable_through {
                     s.durable = s.durable.max(d);
                 }
-                self.mirror_ack();
+                self.mirror_ack()?;
                 Ok(())
             }
         }
@@ -440,7 +452,7 @@ impl World {
         }
         let closing = policy::closing(orderly, false, false);
         if closing.final_ack {
-            self.mirror_ack();
+            self.mirror_ack()?;
         }
         if closing.clear_record {
             // Everything the session applied is durable.

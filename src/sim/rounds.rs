@@ -76,7 +76,7 @@ impl World {
         }
         let i = self.rounds_rng.gen_range(0..n);
         if self.land_round(i)? {
-            self.mirror_ack();
+            self.mirror_ack()?;
         }
         Ok(())
     }

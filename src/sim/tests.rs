@@ -60,6 +60,7 @@ fn planted_defects_are_caught_by_the_invariant_they_break() {
         (FlushAckBeforeSync, "invariant 3", 500),
         (RoundsOverlap, "invariant", 500),
         (ApplyPastRounds, "invariant", 500),
+        (RoundsRetireOutOfOrder, "invariant 5", 500),
     ] {
         caught(bug, invariant, seeds);
     }

@@ -82,12 +82,20 @@ pub fn lost_power_since(recorded: Option<&str>) -> bool {
     crate::core::mirror::lost_power_streaming(recorded, boot_id().as_deref())
 }
 
+/// Names a file to read this host's boot id from instead of the kernel's:
+/// the power-cut tests cut a host's file systems without rebooting it, and
+/// give each host a file whose id they change at every cut.
+pub const BOOT_ID_FILE_ENV: &str = "FILEREP_BOOT_ID_FILE";
+
 /// This host's boot id: it changes at every boot, so a record of it tells
 /// a restarted process whether the page cache it wrote through survived.
 /// `None` where the kernel does not say (then a session cut counts as cut
-/// by a power loss).
+/// by a power loss). Read from [`BOOT_ID_FILE_ENV`] if that is set.
 pub fn boot_id() -> Option<String> {
-    let id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let path = std::env::var_os(BOOT_ID_FILE_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/proc/sys/kernel/random/boot_id"));
+    let id = std::fs::read_to_string(path).ok()?;
     let id = id.trim();
     (!id.is_empty()).then(|| id.to_string())
 }
