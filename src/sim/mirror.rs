@@ -230,8 +230,7 @@ impl World {
                         }
                     }
                 }
-                // Not placements.
-                _ => true,
+                Action::RequestFull | Action::QueueSync | Action::SendReplies | Action::Ack | Action::EndStream => true,
             };
             if !carried_on || !self.mirror_alive() {
                 return Ok(false);

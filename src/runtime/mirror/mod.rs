@@ -527,7 +527,6 @@ impl MirrorServer {
             // Before a round can land: an acknowledgement never has applied past received.
             acks.marks.received.store(session.received(), Ordering::SeqCst);
             let placed = policy.place(&batch);
-            let mut asked_sync = false;
             for action in placed.iter() {
                 let result = match action {
                     Action::DrainRounds => drain(&rounds, &mut applier),
@@ -535,11 +534,13 @@ impl MirrorServer {
                         Some(r) => stage_retrying(&mut applier, &ops)
                             .and_then(|w| r.submit(w, ops.last().map_or(0, |o| o.seq))),
                         // Never: no round takes a batch of a session without rounds.
-                        None => apply_retrying(&mut applier, &ops).map(|w| asked_sync |= w),
+                        None => apply_retrying(&mut applier, &ops),
                     },
-                    Action::Apply => apply_retrying(&mut applier, &ops).map(|w| asked_sync |= w),
-                    // Not placements.
-                    _ => Ok(()),
+                    // Whether the batch asked for a sync the applier says below.
+                    Action::Apply => apply_retrying(&mut applier, &ops),
+                    Action::RequestFull | Action::QueueSync | Action::SendReplies | Action::Ack | Action::EndStream => {
+                        Ok(())
+                    }
                 };
                 if let Err(e) = result {
                     break 'conn self.apply_failed(&acks, &e);
@@ -555,8 +556,7 @@ impl MirrorServer {
                 unsynced: applier.has_unsynced(),
                 durable_behind: acks.marks.durable.load(Ordering::SeqCst) < applier.applied(),
             };
-            let wants_sync = asked_sync || applier.wants_sync();
-            for action in policy.after(now_ms(), &batch, &placed, wants_sync, state).iter() {
+            for action in policy.after(now_ms(), &batch, &placed, applier.wants_sync(), state).iter() {
                 match action {
                     Action::RequestFull => applier.request_full(),
                     Action::DrainRounds => {
@@ -706,7 +706,7 @@ fn stage_retrying(
 /// again (with what follows it) after a pause, a few times. Safe: the
 /// failed operation did not happen, and everything before it is applied
 /// (`Applier::applied` says how far).
-fn apply_retrying(applier: &mut Applier, ops: &[Sequenced]) -> Result<bool, crate::exec::apply::ApplyError> {
+fn apply_retrying(applier: &mut Applier, ops: &[Sequenced]) -> Result<(), crate::exec::apply::ApplyError> {
     let mut rest = ops;
     retrying("apply", || {
         let r = applier.apply(rest);
@@ -714,7 +714,7 @@ fn apply_retrying(applier: &mut Applier, ops: &[Sequenced]) -> Result<bool, crat
             let done = applier.applied();
             rest = &rest[rest.iter().position(|o| o.seq > done).unwrap_or(rest.len())..];
         }
-        r
+        r.map(drop)
     })
 }
 
