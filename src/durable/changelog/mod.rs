@@ -17,33 +17,21 @@
 
 use crate::durable::files;
 use crate::io::disk::{Disk, DiskError, DiskFile, FsPath, OpenMode};
-use crate::protocol::path::RelPath;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use xxhash_rust::xxh3::xxh3_64;
 
-pub const FILE_MAGIC: [u8; 4] = *b"FRCL";
-pub const GROUP_MAGIC: [u8; 4] = *b"FRCG";
-pub const VERSION: u16 = 1;
-pub const HEADER_LEN: usize = 24;
-pub const GROUP_HEADER_LEN: usize = 24;
-/// Largest group payload (a torn or hostile length is refused before use).
-pub const MAX_GROUP: usize = 16 << 20;
+mod format;
+mod replay;
+
+use format::{file_header, Encoder};
+pub use format::{FILE_MAGIC, GROUP_HEADER_LEN, GROUP_MAGIC, HEADER_LEN, MAX_GROUP, VERSION};
+
 /// Most files one change-log can name.
 pub const MAX_FILES: usize = 1 << 22;
 /// Renames a resync's journal keeps: past it the oldest go, and a resync
 /// that still names what it shipped before them stops with an error
 /// (nothing cleared; the next one starts afresh).
 pub const MAX_JOURNAL: usize = 1 << 16;
-
-const REC_FILE: u8 = 1;
-const REC_BLOCKS: u8 = 2;
-const REC_TOUCHED: u8 = 3;
-const REC_EXTENT: u8 = 4;
-/// A resync's progress: these blocks (and extents wholly inside) no longer differ.
-const REC_CLEARED: u8 = 5;
-/// A resync's progress: this path's namespace state no longer differs.
-const REC_CLEARED_PATH: u8 = 6;
 
 /// Blocks per extent. The first write into an extent waits for a durable
 /// extent record; later writes into it record their block exactly, lazily
@@ -98,113 +86,6 @@ pub struct ChangeLogStats {
     pub touched_paths: u64,
     pub bytes_on_disk: u64,
     pub groups_written: u64,
-}
-
-/// Encodes records into a payload, remembering where each record starts so
-/// the payload can be split into groups of at most [`MAX_GROUP`] bytes.
-#[derive(Default)]
-struct Encoder {
-    buf: Vec<u8>,
-    starts: Vec<usize>,
-}
-
-impl Encoder {
-    fn start(&mut self) {
-        self.starts.push(self.buf.len());
-    }
-
-    /// The payload as consecutive groups numbered from `first`, split at
-    /// record boundaries; returns the bytes and the number of groups.
-    fn groups(&self, first: u64) -> (Vec<u8>, u64) {
-        let mut out = Vec::with_capacity(self.buf.len() + GROUP_HEADER_LEN);
-        let (mut n, mut begin, mut prev) = (0u64, 0usize, 0usize);
-        for end in self.starts.iter().skip(1).copied().chain(std::iter::once(self.buf.len())) {
-            if end - begin > MAX_GROUP && prev > begin {
-                out.extend(group_bytes(first + n, &self.buf[begin..prev]));
-                n += 1;
-                begin = prev;
-            }
-            prev = end;
-        }
-        if prev > begin {
-            out.extend(group_bytes(first + n, &self.buf[begin..prev]));
-            n += 1;
-        }
-        (out, n)
-    }
-
-    fn file(&mut self, no: u32, p: &FsPath) {
-        self.start();
-        let path = p.path.as_str().as_bytes();
-        self.buf.push(REC_FILE);
-        self.buf.extend_from_slice(&no.to_le_bytes());
-        self.buf.extend_from_slice(&p.filespace.to_le_bytes());
-        self.buf.extend_from_slice(&(path.len() as u16).to_le_bytes());
-        self.buf.extend_from_slice(path);
-    }
-
-    fn blocks(&mut self, no: u32, first: u64, count: u32) {
-        self.start();
-        self.buf.push(REC_BLOCKS);
-        self.buf.extend_from_slice(&no.to_le_bytes());
-        self.buf.extend_from_slice(&first.to_le_bytes());
-        self.buf.extend_from_slice(&count.to_le_bytes());
-    }
-
-    fn extent(&mut self, no: u32, extent: u64) {
-        self.start();
-        self.buf.push(REC_EXTENT);
-        self.buf.extend_from_slice(&no.to_le_bytes());
-        self.buf.extend_from_slice(&extent.to_le_bytes());
-    }
-
-    fn cleared(&mut self, no: u32, first: u64, count: u32) {
-        self.start();
-        self.buf.push(REC_CLEARED);
-        self.buf.extend_from_slice(&no.to_le_bytes());
-        self.buf.extend_from_slice(&first.to_le_bytes());
-        self.buf.extend_from_slice(&count.to_le_bytes());
-    }
-
-    fn cleared_path(&mut self, p: &FsPath) {
-        self.start();
-        let path = p.path.as_str().as_bytes();
-        self.buf.push(REC_CLEARED_PATH);
-        self.buf.extend_from_slice(&p.filespace.to_le_bytes());
-        self.buf.push(0);
-        self.buf.extend_from_slice(&(path.len() as u16).to_le_bytes());
-        self.buf.extend_from_slice(path);
-    }
-
-    fn touched(&mut self, p: &FsPath, subtree: bool) {
-        self.start();
-        let path = p.path.as_str().as_bytes();
-        self.buf.push(REC_TOUCHED);
-        self.buf.extend_from_slice(&p.filespace.to_le_bytes());
-        self.buf.push(subtree as u8);
-        self.buf.extend_from_slice(&(path.len() as u16).to_le_bytes());
-        self.buf.extend_from_slice(path);
-    }
-}
-
-fn group_bytes(seq: u64, payload: &[u8]) -> Vec<u8> {
-    let mut g = Vec::with_capacity(GROUP_HEADER_LEN + payload.len());
-    g.extend_from_slice(&GROUP_MAGIC);
-    g.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    g.extend_from_slice(&seq.to_le_bytes());
-    g.extend_from_slice(&xxh3_64(payload).to_le_bytes());
-    g.extend_from_slice(payload);
-    g
-}
-
-fn file_header(block_size: u32) -> [u8; HEADER_LEN] {
-    let mut h = [0u8; HEADER_LEN];
-    h[0..4].copy_from_slice(&FILE_MAGIC);
-    h[4..6].copy_from_slice(&VERSION.to_le_bytes());
-    h[8..12].copy_from_slice(&block_size.to_le_bytes());
-    let sum = xxh3_64(&h[..16]);
-    h[16..24].copy_from_slice(&sum.to_le_bytes());
-    h
 }
 
 /// The single-threaded core: state, encoding, replay, compaction.
@@ -285,167 +166,6 @@ impl Inner {
             journal: Default::default(),
             journal_base: 0,
         }
-    }
-
-    fn replay(&mut self) -> Result<Recovery> {
-        let total = self.file.len().map_err(disk_err("length"))?;
-        let mut header = [0u8; HEADER_LEN];
-        if self.file.read_at(0, &mut header).map_err(disk_err("read header"))? != HEADER_LEN
-            || header[..4] != FILE_MAGIC
-            || u64::from_le_bytes(header[16..24].try_into().unwrap_or_default()) != xxh3_64(&header[..16])
-        {
-            return Err(ChangeLogError::Corrupt("bad file header".into()));
-        }
-        let version = u16::from_le_bytes([header[4], header[5]]);
-        if version != VERSION {
-            return Err(ChangeLogError::Corrupt(format!("version {version} is not {VERSION}")));
-        }
-        self.block_size = u32::from_le_bytes(header[8..12].try_into().unwrap_or_default());
-        let mut at = HEADER_LEN as u64;
-        let mut names: HashMap<u32, FsPath> = HashMap::new();
-        let mut rec = Recovery::default();
-        loop {
-            let mut gh = [0u8; GROUP_HEADER_LEN];
-            if total - at < GROUP_HEADER_LEN as u64 {
-                break;
-            }
-            self.file.read_at(at, &mut gh).map_err(disk_err("read"))?;
-            let Some(payload) = self.group_at(at, total, &gh)? else {
-                // Only the last append can be torn: a good group further on
-                // means the damage is in the middle, and that is corruption.
-                if let Some(good) = self.next_good_group(at + 1, total)? {
-                    return Err(ChangeLogError::Corrupt(format!(
-                        "a damaged group at byte {at} is followed by a good one at byte {good}"
-                    )));
-                }
-                break;
-            };
-            let len = payload.len();
-            let seq = u64::from_le_bytes(gh[8..16].try_into().unwrap_or_default());
-            self.apply_payload(&payload, &mut names)?;
-            at += (GROUP_HEADER_LEN + len) as u64;
-            self.next_group = seq + 1;
-            rec.groups += 1;
-        }
-        rec.torn_bytes = total - at;
-        if rec.torn_bytes > 0 {
-            tracing::warn!(torn = rec.torn_bytes, "change-log: cutting a torn tail");
-            self.file.set_len(at).map_err(disk_err("truncate torn tail"))?;
-            self.file.sync_data().map_err(disk_err("fdatasync"))?;
-        }
-        self.len = at;
-        self.file_nos = names.into_iter().map(|(n, p)| (p, n)).collect();
-        self.recovered = self.set.extents.clone();
-        self.recovered_touched = self.set.touched.clone();
-        self.owed_files = self.set.blocks.keys().cloned().collect();
-        Ok(rec)
-    }
-
-    /// The payload of a whole, checksum-matching group at `at`, if there is one.
-    fn group_at(&self, at: u64, total: u64, gh: &[u8; GROUP_HEADER_LEN]) -> Result<Option<Vec<u8>>> {
-        let len = u32::from_le_bytes(gh[4..8].try_into().unwrap_or_default()) as usize;
-        if gh[..4] != GROUP_MAGIC || len > MAX_GROUP || total - at - (GROUP_HEADER_LEN as u64) < len as u64 {
-            return Ok(None);
-        }
-        let mut payload = vec![0u8; len];
-        self.file.read_at(at + GROUP_HEADER_LEN as u64, &mut payload).map_err(disk_err("read"))?;
-        if u64::from_le_bytes(gh[16..24].try_into().unwrap_or_default()) != xxh3_64(&payload) {
-            return Ok(None);
-        }
-        Ok(Some(payload))
-    }
-
-    /// The offset of the first good group at or after `from`, scanning for
-    /// its magic (recovery only).
-    fn next_good_group(&self, from: u64, total: u64) -> Result<Option<u64>> {
-        let mut rest = vec![0u8; (total - from.min(total)) as usize];
-        self.file.read_at(from, &mut rest).map_err(disk_err("read"))?;
-        let mut i = 0;
-        while i + GROUP_HEADER_LEN <= rest.len() {
-            if rest[i..i + 4] == GROUP_MAGIC {
-                let mut gh = [0u8; GROUP_HEADER_LEN];
-                gh.copy_from_slice(&rest[i..i + GROUP_HEADER_LEN]);
-                if self.group_at(from + i as u64, total, &gh)?.is_some() {
-                    return Ok(Some(from + i as u64));
-                }
-            }
-            i += 1;
-        }
-        Ok(None)
-    }
-
-    fn apply_payload(&mut self, mut b: &[u8], names: &mut HashMap<u32, FsPath>) -> Result<()> {
-        let bad = |what: &str| ChangeLogError::Corrupt(format!("a checksummed group holds {what}"));
-        fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
-            if b.len() < n {
-                return None;
-            }
-            let (h, t) = b.split_at(n);
-            *b = t;
-            Some(h)
-        }
-        while let Some(kind) = take(&mut b, 1) {
-            match kind[0] {
-                REC_FILE => {
-                    let f = take(&mut b, 8).ok_or_else(|| bad("a cut file record"))?;
-                    let no = u32::from_le_bytes(f[0..4].try_into().unwrap_or_default());
-                    let fs = u16::from_le_bytes([f[4], f[5]]);
-                    let len = u16::from_le_bytes([f[6], f[7]]) as usize;
-                    let raw = take(&mut b, len).ok_or_else(|| bad("a cut path"))?;
-                    let path = RelPath::from_bytes(raw).map_err(|e| bad(&format!("a bad path ({e})")))?;
-                    if names.len() >= MAX_FILES {
-                        return Err(ChangeLogError::TooManyFiles);
-                    }
-                    names.insert(no, FsPath::new(fs, path));
-                }
-                REC_BLOCKS => {
-                    let f = take(&mut b, 16).ok_or_else(|| bad("a cut block record"))?;
-                    let no = u32::from_le_bytes(f[0..4].try_into().unwrap_or_default());
-                    let first = u64::from_le_bytes(f[4..12].try_into().unwrap_or_default());
-                    let count = u32::from_le_bytes(f[12..16].try_into().unwrap_or_default());
-                    let p = names.get(&no).ok_or_else(|| bad(&format!("blocks of unnamed file {no}")))?;
-                    let end = first.checked_add(count as u64).ok_or_else(|| bad("a block run past the end"))?;
-                    self.set.blocks.entry(p.clone()).or_default().extend(first..end);
-                }
-                REC_TOUCHED => {
-                    let f = take(&mut b, 5).ok_or_else(|| bad("a cut path record"))?;
-                    let fs = u16::from_le_bytes([f[0], f[1]]);
-                    let subtree = f[2] != 0;
-                    let len = u16::from_le_bytes([f[3], f[4]]) as usize;
-                    let raw = take(&mut b, len).ok_or_else(|| bad("a cut path"))?;
-                    let path = RelPath::from_bytes(raw).map_err(|e| bad(&format!("a bad path ({e})")))?;
-                    let e = self.set.touched.entry(FsPath::new(fs, path)).or_insert(false);
-                    *e |= subtree;
-                }
-                REC_EXTENT => {
-                    let f = take(&mut b, 12).ok_or_else(|| bad("a cut extent record"))?;
-                    let no = u32::from_le_bytes(f[0..4].try_into().unwrap_or_default());
-                    let extent = u64::from_le_bytes(f[4..12].try_into().unwrap_or_default());
-                    let p = names.get(&no).ok_or_else(|| bad(&format!("an extent of unnamed file {no}")))?;
-                    self.set.extents.entry(p.clone()).or_default().insert(extent);
-                }
-                REC_CLEARED => {
-                    let f = take(&mut b, 16).ok_or_else(|| bad("a cut cleared record"))?;
-                    let no = u32::from_le_bytes(f[0..4].try_into().unwrap_or_default());
-                    let first = u64::from_le_bytes(f[4..12].try_into().unwrap_or_default());
-                    let count = u32::from_le_bytes(f[12..16].try_into().unwrap_or_default());
-                    let p = names.get(&no).ok_or_else(|| bad(&format!("cleared blocks of unnamed file {no}")))?;
-                    let end = first.checked_add(count as u64).ok_or_else(|| bad("a cleared run past the end"))?;
-                    let p = p.clone();
-                    self.set.remove_blocks(&p, first, end);
-                }
-                REC_CLEARED_PATH => {
-                    let f = take(&mut b, 5).ok_or_else(|| bad("a cut cleared path record"))?;
-                    let fs = u16::from_le_bytes([f[0], f[1]]);
-                    let len = u16::from_le_bytes([f[3], f[4]]) as usize;
-                    let raw = take(&mut b, len).ok_or_else(|| bad("a cut path"))?;
-                    let path = RelPath::from_bytes(raw).map_err(|e| bad(&format!("a bad path ({e})")))?;
-                    self.set.touched.remove(&FsPath::new(fs, path));
-                }
-                other => return Err(bad(&format!("unknown record kind {other}"))),
-            }
-        }
-        Ok(())
     }
 
     /// The current set as one payload: runs of consecutive blocks, touched

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::io::disk::{SimDisk, SimFault};
+use crate::protocol::path::RelPath;
 use rand::{Rng, SeedableRng};
 
 fn p(s: &str) -> FsPath {
