@@ -187,8 +187,8 @@ mod tests {
         (dir, disk, rounds, acks, primary, primary_writer)
     }
 
-    /// A write the kernel refuses on the ring (past the largest file the
-    /// file system holds) fails its round: nothing after the round before
+    /// A write the kernel refuses on the ring (past the largest offset a
+    /// file may have) fails its round: nothing after the round before
     /// it counts applied, the primary gets a Fault naming it, and the
     /// session's next drain fails.
     #[test]
@@ -205,11 +205,11 @@ mod tests {
         };
         rounds.submit(vec![at(1, 0)], 1).expect("a good round");
         assert_eq!(rounds.drain().expect("the good round lands"), 1);
-        // 2^50 bytes: past ext4's largest file (16 TiB; the tests' temporary
-        // directories are on ext4), aligned, below i64::MAX.
-        rounds.submit(vec![at(2, 1 << 50), at(3, 8192)], 3).expect("submitted");
+        // A block ending at 2^63, past the largest offset any file may have
+        // (2^63 - 1), aligned: refused whatever the file system.
+        rounds.submit(vec![at(2, (1 << 63) - 4096), at(3, 8192)], 3).expect("submitted");
         rounds.submit(vec![at(4, 16384)], 4).expect("a round after it, before its failure is known");
-        let failed = rounds.drain().expect_err("the round past the largest file fails");
+        let failed = rounds.drain().expect_err("the round past the largest offset fails");
         let on_ring = match &rounds.writers {
             Writers::Ring(r) => Some(lock_ring(r).ring.in_flight()),
             Writers::Threads { .. } => None,
