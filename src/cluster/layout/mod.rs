@@ -21,16 +21,17 @@
 mod config_file;
 mod overlap;
 mod placement;
+mod probe;
+mod problems;
 mod validate;
 
 pub use config_file::{ParseError, ParseErrorKind, ParseErrors};
 pub use overlap::{DirIndex, Relation};
 pub use placement::{place, Placement};
+pub use probe::{HostProbe, LocalFs, PathInfo, PathState, THIS_MACHINE};
+pub use problems::{Problem, ProblemKind, ValidationErrors, Where, SHOWN_PROBLEMS};
 pub use validate::{elide, shown};
-pub use validate::{
-    validate, HostProbe, LocalFs, PathInfo, PathState, PlannedMirror, Problem, ProblemKind, ValidationErrors, Where,
-    SHOWN_PROBLEMS, THIS_MACHINE,
-};
+pub use validate::{validate, PlannedMirror};
 
 use std::path::PathBuf;
 

@@ -1,6 +1,6 @@
 //! Tests of the placement checks.
 
-use super::super::{test_primary as primary, MirrorLine};
+use super::super::{test_primary as primary, LocalFs, MirrorLine, SHOWN_PROBLEMS};
 use super::*;
 use std::io;
 
