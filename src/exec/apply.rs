@@ -466,6 +466,18 @@ impl Applier {
         self.full_requested || self.dirs_requested || !self.sync_requests.is_empty()
     }
 
+    /// What the session's policy weighs after a batch
+    /// (`core::mirror::SessionPolicy::after`), with `durable_through` the
+    /// mark the session's acknowledgements carry.
+    pub fn state(&self, durable_through: u64) -> crate::core::mirror::ApplyState {
+        crate::core::mirror::ApplyState {
+            wants_sync: self.wants_sync(),
+            too_many_dirty: self.too_many_dirty(),
+            unsynced: self.has_unsynced(),
+            durable_behind: durable_through < self.applied(),
+        }
+    }
+
     /// Ask for a full job (shutdown, periodic checkpoint).
     pub fn request_full(&mut self) {
         self.full_requested = true;

@@ -8,7 +8,7 @@ use super::rounds::SimRounds;
 use super::world::{Role, World, ACK_TIMEOUT_MS};
 use super::*;
 use crate::core::mirror::policy::{self, Action, Batch};
-use crate::core::mirror::{ApplyState, Checkpoints, MirrorSession, SessionPolicy, Step};
+use crate::core::mirror::{Checkpoints, MirrorSession, SessionPolicy, Step};
 use crate::exec::apply::{Applier, Sequenced, SyncJob};
 use crate::protocol::{Ack, Decoder, Frame, Header, Kind};
 
@@ -237,14 +237,8 @@ impl World {
             }
         }
         let Some(s) = self.session.as_mut() else { return Ok(false) };
-        let state = ApplyState {
-            shutdown: b.shutdown,
-            too_many_dirty: s.applier.too_many_dirty(),
-            unsynced: s.applier.has_unsynced(),
-            durable_behind: s.durable < s.applier.applied(),
-        };
-        let wants_sync = s.applier.wants_sync();
-        let after = s.policy.after(now, b, &placed, wants_sync, state);
+        let state = s.applier.state(s.durable);
+        let after = s.policy.after(now, b, &placed, state);
         let mut hooked = false;
         for action in after.iter() {
             match action {

@@ -93,11 +93,12 @@ pub struct Batch {
     pub shutdown: bool,
 }
 
-/// What the executor reports about itself after a batch.
+/// What the executor reports about itself after a batch
+/// (`Applier::state`).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ApplyState {
-    /// The batch ended the stream (a Shutdown frame).
-    pub shutdown: bool,
+    /// Something applied asked for a sync job (a flush, a durable operation).
+    pub wants_sync: bool,
     /// As many files are dirty as a sync job may hold open.
     pub too_many_dirty: bool,
     /// Something applied is not durable yet.
@@ -140,15 +141,15 @@ impl SessionPolicy {
     }
 
     /// After the batch is placed: the checkpoint, the sync job the batch or
-    /// the checkpoint asks for (`wants_sync`: the applier's), the answers,
-    /// and the primary's acknowledgement or the end of the stream.
-    pub fn after(&mut self, now_ms: u64, b: &Batch, placed: &Actions, wants_sync: bool, state: ApplyState) -> Actions {
+    /// the checkpoint asks for, the answers, and the primary's
+    /// acknowledgement or the end of the stream.
+    pub fn after(&mut self, now_ms: u64, b: &Batch, placed: &Actions, state: ApplyState) -> Actions {
         let mut a = Actions::default();
-        let full = self.checkpoints.full_due(now_ms, ApplyState { shutdown: b.shutdown, ..state });
+        let full = self.checkpoints.full_due(now_ms, b.shutdown, state);
         if full {
             a.push(Action::RequestFull);
         }
-        if full || wants_sync {
+        if full || state.wants_sync {
             a.push(Action::DrainRounds);
             a.push(Action::QueueSync);
         }
@@ -212,9 +213,10 @@ impl Checkpoints {
         Checkpoints { last_full_ms: now_ms, interval_ms: interval_ms.max(1) }
     }
 
-    /// Whether the next sync job must be a full one.
-    pub fn full_due(&mut self, now_ms: u64, s: ApplyState) -> bool {
-        let due = s.shutdown
+    /// Whether the next sync job must be a full one (`shutdown`: the batch
+    /// ended the stream).
+    pub fn full_due(&mut self, now_ms: u64, shutdown: bool, s: ApplyState) -> bool {
+        let due = shutdown
             || s.too_many_dirty
             || ((s.unsynced || s.durable_behind) && now_ms.saturating_sub(self.last_full_ms) >= self.interval_ms);
         if due {
@@ -242,10 +244,10 @@ mod tests {
         let b = writes(true);
         let placed = p.place(&b);
         assert_eq!(list(placed), [Action::StageRound]);
-        assert_eq!(list(p.after(1, &b, &placed, false, ApplyState::default())), [Action::SendReplies]);
+        assert_eq!(list(p.after(1, &b, &placed, ApplyState::default())), [Action::SendReplies]);
         // A heartbeat with it waits for an answer now.
         let b = Batch { heartbeat: true, ..b };
-        assert_eq!(list(p.after(1, &b, &placed, false, ApplyState::default())), [Action::SendReplies, Action::Ack]);
+        assert_eq!(list(p.after(1, &b, &placed, ApplyState::default())), [Action::SendReplies, Action::Ack]);
     }
 
     #[test]
@@ -268,16 +270,16 @@ mod tests {
         let placed = p.place(&b);
         let unsynced = ApplyState { unsynced: true, ..ApplyState::default() };
         assert_eq!(
-            list(p.after(10, &b, &placed, true, unsynced)),
+            list(p.after(10, &b, &placed, ApplyState { wants_sync: true, ..unsynced })),
             [Action::DrainRounds, Action::QueueSync, Action::SendReplies, Action::Ack]
         );
         // The interval passed with something not durable: a full job.
         assert_eq!(
-            list(p.after(1000, &b, &placed, false, unsynced)),
+            list(p.after(1000, &b, &placed, unsynced)),
             [Action::RequestFull, Action::DrainRounds, Action::QueueSync, Action::SendReplies, Action::Ack]
         );
         // Just after a checkpoint, nothing asked: no job.
-        assert_eq!(list(p.after(1001, &b, &placed, false, unsynced)), [Action::SendReplies, Action::Ack]);
+        assert_eq!(list(p.after(1001, &b, &placed, unsynced)), [Action::SendReplies, Action::Ack]);
     }
 
     #[test]
@@ -287,7 +289,7 @@ mod tests {
         let placed = p.place(&b);
         // A full job at once, whatever the interval; no acknowledgement yet.
         assert_eq!(
-            list(p.after(1, &b, &placed, false, ApplyState::default())),
+            list(p.after(1, &b, &placed, ApplyState::default())),
             [Action::RequestFull, Action::DrainRounds, Action::QueueSync, Action::SendReplies, Action::EndStream]
         );
         assert!(final_sync_due(false, true));

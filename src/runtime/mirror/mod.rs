@@ -17,7 +17,7 @@ mod syncer;
 
 use crate::config::{check_block_size, check_filespaces, Filespace, StreamTuning};
 use crate::core::mirror::policy::{self, Action, Batch};
-use crate::core::mirror::{ApplyState, Checkpoints, MirrorSession, SessionPolicy, Step};
+use crate::core::mirror::{Checkpoints, MirrorSession, SessionPolicy, Step};
 use crate::durable::files;
 use crate::error::{Error, Result};
 use crate::exec::apply::{Applier, FaultClass, Sequenced};
@@ -550,13 +550,8 @@ impl MirrorServer {
             // With nothing unsynced (operations that changed nothing, such
             // as a reconcile of what is already so) a checkpoint still
             // moves "durable through" up to what was applied.
-            let state = ApplyState {
-                shutdown,
-                too_many_dirty: applier.too_many_dirty(),
-                unsynced: applier.has_unsynced(),
-                durable_behind: acks.marks.durable.load(Ordering::SeqCst) < applier.applied(),
-            };
-            for action in policy.after(now_ms(), &batch, &placed, applier.wants_sync(), state).iter() {
+            let state = applier.state(acks.marks.durable.load(Ordering::SeqCst));
+            for action in policy.after(now_ms(), &batch, &placed, state).iter() {
                 match action {
                     Action::RequestFull => applier.request_full(),
                     Action::DrainRounds => {
