@@ -591,3 +591,25 @@ fn the_direct_block_bench_reports_its_ratio() {
     assert_ne!(code, 0);
     assert!(err.contains("--direct") && err.contains("--mirror-down"), "{err}");
 }
+
+/// `filerep bench --bare`: each round also runs the bare pair (the same
+/// writes with only the copies, the sends and the waits), and the report
+/// gives its throughput over the baseline's and the real pair's over it.
+#[test]
+fn the_bare_pair_bench_reports_its_ratios() {
+    let r = bench_json(&["--bare", "--direct"], "2048");
+    for field in ["bare_mb_s", "bare_ratio", "bare_write_p50_us", "bare_cpu_us_per_block", "replicated_over_bare"] {
+        let v = r[field].as_f64().unwrap_or(-1.0);
+        assert!(v.is_finite() && v > 0.0, "{field}: {v} in {r}");
+    }
+    let (direct, bare, rep) =
+        (r["direct_ratio"].as_f64(), r["bare_ratio"].as_f64(), r["replicated_over_bare"].as_f64());
+    let (Some(direct), Some(bare), Some(rep)) = (direct, bare, rep) else { panic!("{r}") };
+    assert!((direct / bare - rep).abs() < 1e-6 * rep, "the three ratios agree: {r}");
+    let (code, _, err) = common::pair::run_filerep(&["bench", "--bare", "--mirror-down"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--bare") && err.contains("--mirror-down"), "{err}");
+    // Without --bare the fields are null.
+    let r = bench_json(&[], "512");
+    assert!(r["bare_ratio"].is_null() && r["replicated_over_bare"].is_null(), "{r}");
+}

@@ -57,6 +57,9 @@ pub struct BenchConfig {
     /// primary and the mirror daemon (a remote one is started with
     /// `--direct` by its operator).
     pub direct: bool,
+    /// Each round also runs the bare pair ([`crate::bench_bare`]): the same
+    /// writes with nothing but the copies, the sends and the waits.
+    pub bare: bool,
 }
 
 /// `filerep bench --mirror HOST:PORT --key-file F`: a `filerep mirror`
@@ -158,6 +161,16 @@ pub struct BenchReport {
     pub direct: bool,
     /// With `--direct`: replicated MB/s over the baseline's, both direct.
     pub direct_ratio: Option<f64>,
+    /// With `--bare`: the bare pair's MB/s, its ratio over the baseline (an
+    /// upper bound for a pair's ratio here), its CPU per block (the
+    /// machine's) and that over the baseline's, and the real pair's MB/s
+    /// over the bare pair's.
+    pub bare_mb_s: Option<f64>,
+    pub bare_ratio: Option<f64>,
+    pub bare_write_p50_us: Option<f64>,
+    pub bare_cpu_us_per_block: Option<f64>,
+    pub bare_cpu_ratio: Option<f64>,
+    pub replicated_over_bare: Option<f64>,
 }
 
 /// CPU ticks of a side over its phases: the machine's, then each process's.
@@ -365,7 +378,8 @@ fn run_sides(cfg: &BenchConfig, blocks: &[Vec<u8>]) -> Result<BenchReport> {
 
     // Time-based runs show a bar with ETA on a terminal (hidden otherwise).
     let bar = if cfg.progress && cfg.count.is_none() {
-        let b = ProgressBar::new(2 * cfg.phase.as_millis() as u64);
+        let sides = if cfg.bare { 3 } else { 2 };
+        let b = ProgressBar::new(sides * cfg.phase.as_millis() as u64);
         b.set_style(
             ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {percent}% ETA {eta} {msg}")
                 .unwrap_or_else(|_| ProgressStyle::default_bar()),
@@ -383,6 +397,19 @@ fn run_sides(cfg: &BenchConfig, blocks: &[Vec<u8>]) -> Result<BenchReport> {
     let rep_offset = std::sync::atomic::AtomicU64::new(0);
     let mut net = (0u64, 0f64);
     let (mut base_cpu, mut rep_cpu) = (CpuTicks::default(), CpuTicks::default());
+    // The bare pair: its mirror threads on CPU 1 when pinned, as the daemon is.
+    let bare = match cfg.bare {
+        true => Some(crate::bench_bare::BarePair::start(
+            &cfg.dir.join("bare"),
+            cfg.writers,
+            bs,
+            cfg.direct,
+            cfg.pin.then_some(1),
+        )?),
+        false => None,
+    };
+    let mut bare_result = PhaseResult { blocks: 0, elapsed: Duration::ZERO, writes: hist(), flushes: hist() };
+    let (mut bare_cpu, bare_offset) = (CpuTicks::default(), std::sync::atomic::AtomicU64::new(0));
     for _round in 0..cfg.rounds {
         let start = base_offset.load(Ordering::Relaxed);
         bar.set_message(format!("round {} of {}: baseline", _round + 1, cfg.rounds));
@@ -455,8 +482,32 @@ fn run_sides(cfg: &BenchConfig, blocks: &[Vec<u8>]) -> Result<BenchReport> {
             net.1 += check.seconds;
         }
         replicated.merge(&r);
+        if let Some(pair) = &bare {
+            bar.set_message(format!("round {} of {}: bare pair", _round + 1, cfg.rounds));
+            let start = bare_offset.load(Ordering::Relaxed);
+            let cpu = crate::cpu::Sample::now(&pids);
+            let b = run_phase(&round_cfg, &bar, |w, n| {
+                let k = start + n;
+                let t = Instant::now();
+                pair.write(w, (k % cfg.file_blocks) * bs as u64, &blocks[(k % 16) as usize])?;
+                let wd = t.elapsed();
+                let mut fd = None;
+                if cfg.flush_every > 0 && (n + 1) % cfg.flush_every == 0 {
+                    let t = Instant::now();
+                    pair.sync(w)?;
+                    fd = Some(t.elapsed());
+                }
+                Ok((wd, fd))
+            })?;
+            bare_cpu.add(crate::cpu::Sample::now(&pids).since(&cpu));
+            bare_offset.fetch_add(b.blocks / cfg.writers as u64 + 1, Ordering::Relaxed);
+            bare_result.merge(&b);
+        }
     }
     bar.finish_and_clear();
+    if let Some(pair) = bare {
+        pair.stop()?;
+    }
     primary.shutdown(Duration::from_secs(30))?;
     drop(primary);
     if let Some(m) = mirror {
@@ -475,6 +526,8 @@ fn run_sides(cfg: &BenchConfig, blocks: &[Vec<u8>]) -> Result<BenchReport> {
     let rep_mb = mb_s(replicated.blocks, bs, replicated.elapsed);
     let base_cpu_us = CpuTicks::per_block(base_cpu.machine, baseline.blocks);
     let rep_cpu_us = CpuTicks::per_block(rep_cpu.machine, replicated.blocks);
+    let bare_mb = mb_s(bare_result.blocks, bs, bare_result.elapsed);
+    let bare_cpu_us = CpuTicks::per_block(bare_cpu.machine, bare_result.blocks);
     let rep_process_us =
         |i: usize| CpuTicks::per_block(rep_cpu.processes.get(i).copied().unwrap_or(0), replicated.blocks);
     Ok(BenchReport {
@@ -514,6 +567,12 @@ fn run_sides(cfg: &BenchConfig, blocks: &[Vec<u8>]) -> Result<BenchReport> {
         remote_ratio: cfg.remote.as_ref().map(|_| rep_mb / base_mb.min(net_mb_s).max(1e-9)),
         direct: cfg.direct,
         direct_ratio: cfg.direct.then_some(rep_mb / base_mb.max(1e-9)),
+        bare_mb_s: cfg.bare.then_some(bare_mb),
+        bare_ratio: cfg.bare.then_some(bare_mb / base_mb.max(1e-9)),
+        bare_write_p50_us: cfg.bare.then(|| p50(&bare_result.writes)),
+        bare_cpu_us_per_block: cfg.bare.then_some(bare_cpu_us),
+        bare_cpu_ratio: cfg.bare.then_some(bare_cpu_us / base_cpu_us.max(1e-9)),
+        replicated_over_bare: cfg.bare.then_some(rep_mb / bare_mb.max(1e-9)),
     })
 }
 

@@ -4,6 +4,7 @@
 //! and the benchmarks ([`bench`], [`bench_resync`], [`bench_cluster`]).
 
 pub mod bench;
+pub mod bench_bare;
 pub mod bench_cluster;
 pub mod bench_probe;
 pub mod bench_resync;

@@ -155,6 +155,12 @@ struct BenchCmd {
     /// path (direct_ratio).
     #[arg(long, conflicts_with_all = ["mirror_down", "resync", "cluster"])]
     direct: bool,
+    /// Each round also runs the bare pair: the same writes shipped with
+    /// nothing but the copies, the sends and the waits (no engine, checksum
+    /// or log; a TCP connection and a mirror thread per writer), what this
+    /// machine allows a pair (bare_ratio, replicated_over_bare).
+    #[arg(long, conflicts_with_all = ["mirror", "mirror_down", "resync", "cluster"])]
+    bare: bool,
     /// With --mirror: the remote mirror's --cluster-id.
     #[arg(long, requires = "mirror", default_value_t = filerep_tools::bench::BENCH_CLUSTER_ID)]
     mirror_cluster_id: u64,
@@ -448,6 +454,7 @@ fn run_bench(c: BenchCmd) -> CmdResult {
         activity_log: !c.no_activity_log,
         pin: c.pin,
         direct: c.direct,
+        bare: c.bare,
         remote: match (&c.mirror, &c.key_file) {
             (Some(addr), Some(key_file)) => Some(filerep_tools::bench::RemoteMirror {
                 addr: addr.clone(),
@@ -584,6 +591,14 @@ fn run_bench(c: BenchCmd) -> CmdResult {
         }
         if let Some(d) = r.direct_ratio {
             println!("O_DIRECT on every side: replicated is {d:.2} of the baseline's throughput");
+        }
+        if let (Some(mb), Some(ratio), Some(cpu), Some(of)) =
+            (r.bare_mb_s, r.bare_ratio, r.bare_cpu_us_per_block, r.replicated_over_bare)
+        {
+            println!(
+                "bare pair (copies, sends and waits only): {mb:.1} MB/s, {ratio:.2} of the baseline, \
+                 {cpu:.1} us CPU per block; replicated is {of:.2} of it"
+            );
         }
         if let (Some(m), Some(n), Some(x)) = (&r.mirror, r.network_mb_s, r.remote_ratio) {
             println!("mirror at {m}: network {n:.1} MB/s; replicated is {x:.2} of min(local disk, network)");
