@@ -5,7 +5,7 @@
 //! ```text
 //! cargo bench -p filerep-tools --bench db -- [--seconds 20] [--rounds 3] [--scale 10]
 //!     [--clients 4] [--sqlite-tx 2000] [--mount-process] [--sync-level applied]
-//!     [--sqlite-only] [--load-only] [--json]
+//!     [--sqlite-only] [--load-only] [--references] [--json]
 //! ```
 //!
 //! - a real pair on loopback (arbiter and two `filerep segment` processes,
@@ -27,7 +27,13 @@
 //! `--sqlite-only` runs the SQLite part alone (PostgreSQL need not be
 //! installed). `--load-only` runs only the loads (`initdb` and `pgbench -i`),
 //! on the local directory and on the mount alternately, ROUNDS times, each
-//! on a fresh data directory, and reports their medians.
+//! on a fresh data directory, and reports their medians. `--references`
+//! adds two mounts of this process to the SQLite rounds, the mount's own
+//! FUSE layer over changes that are not the engine's
+//! (`filerep::mount::reference`): made in a local directory only
+//! (`sqlite_MODE_fuse_only_tps`: what FUSE costs), and also sent to a bare
+//! mirror thread over loopback TCP that makes them before each returns
+//! (`sqlite_MODE_bare_tps`: the least a synchronous replication adds).
 //!
 //! Medians go to the JSON report (`local_tps`, `pg_sync_tps`,
 //! `pg_remote_apply_tps`, `mount_tps`, `load_s_local`, `load_s_mount`, ...).
@@ -57,6 +63,7 @@ struct Args {
     sync_level: String,
     sqlite_only: bool,
     load_only: bool,
+    references: bool,
     json: bool,
 }
 
@@ -71,6 +78,7 @@ fn parse_args() -> Result<Args, String> {
         sync_level: "applied".into(),
         sqlite_only: false,
         load_only: false,
+        references: false,
         json: false,
     };
     let mut it = std::env::args().skip(1);
@@ -93,6 +101,7 @@ fn parse_args() -> Result<Args, String> {
             }
             "--sqlite-only" => a.sqlite_only = true,
             "--load-only" => a.load_only = true,
+            "--references" => a.references = true,
             "--json" => a.json = true,
             // cargo bench passes --bench to every bench program.
             "--bench" => {}
@@ -206,14 +215,22 @@ fn run(args: &Args, bin: Option<&PgBin>, user: DbUser) {
         None => None,
     };
     let dir = |name: &str| user_dir(&work, user, name);
+    let references = args.references.then(|| References::mount(&work, user));
     let sqlite: Vec<(String, f64)> = ["wal", "rollback"]
         .iter()
         .flat_map(|mode| {
             let (l, m) = (dir(&format!("sqlite-{mode}")), mnt.p(&format!("sqlite-{mode}")));
             std::fs::create_dir_all(&m).expect("sqlite directory on the mount");
+            let mut places = vec![("local", l), ("mount", m)];
+            for (name, r) in references.iter().flat_map(|r| r.places()) {
+                let d = r.join(format!("sqlite-{mode}"));
+                std::fs::create_dir_all(&d).expect("sqlite directory on a reference mount");
+                places.push((name, d));
+            }
             let mut v = Vec::new();
             for r in 0..args.rounds {
-                for (place, d) in [("local", &l), ("mount", &m)] {
+                for (place, d) in &places {
+                    let place = *place;
                     let tps = sqlite_tps(&d.join(format!("r{r}.db")), mode, args.sqlite_tx);
                     say(format!("sqlite {mode} round {r}: {place}: {tps:.0} transactions/s"));
                     v.push((format!("sqlite_{mode}_{place}_tps"), tps));
@@ -235,11 +252,79 @@ fn run(args: &Args, bin: Option<&PgBin>, user: DbUser) {
         report[format!("sqlite_{mode}_local_tps")] = serde_json::json!(l.round());
         report[format!("sqlite_{mode}_mount_tps")] = serde_json::json!(m.round());
         report[format!("sqlite_{mode}_mount_over_local")] = serde_json::json!(m / l);
+        if args.references {
+            for place in ["fuse_only", "bare"] {
+                let t = sqlite_med(&format!("sqlite_{mode}_{place}_tps"));
+                report[format!("sqlite_{mode}_{place}_tps")] = serde_json::json!(t.round());
+                report[format!("sqlite_{mode}_{place}_over_local")] = serde_json::json!(t / l);
+            }
+            report[format!("sqlite_{mode}_mount_over_bare")] =
+                serde_json::json!(m / sqlite_med(&format!("sqlite_{mode}_bare_tps")));
+        }
     }
+    drop(references);
     if args.json {
         println!("{report}");
     } else {
         println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+    }
+}
+
+/// `--references`: the mount's FUSE layer over changes made locally only,
+/// and over a bare synchronous replication (`filerep::mount::reference`),
+/// each served by threads of this process until dropped.
+struct References {
+    mounts: Vec<(&'static str, std::path::PathBuf, filerep::mount::Unmounter, std::thread::JoinHandle<()>)>,
+}
+
+impl References {
+    fn mount(work: &Path, user: DbUser) -> References {
+        use filerep::mount::reference::{mount_reference, Reference};
+        let mut mounts = Vec::new();
+        let mirror_root = user_dir(work, user, "reference-bare-mirror");
+        for (name, reference) in [("fuse_only", Reference::FuseOnly), ("bare", Reference::Bare { mirror_root })] {
+            let root = user_dir(work, user, &format!("reference-{name}-root"));
+            let mountpoint = work.join(format!("reference-{name}"));
+            std::fs::create_dir_all(&mountpoint).expect("reference mountpoint");
+            let opts = filerep::mount::MountOptions {
+                socket: std::path::PathBuf::new(),
+                filespace: 0,
+                filespace_name: format!("reference-{name}"),
+                root,
+                block_size: BS,
+                mountpoint: mountpoint.clone(),
+                uid: user.ids.map(|(u, _)| u),
+                gid: user.ids.map(|(_, g)| g),
+                allow_other: user.ids.is_some(),
+                threads: 8,
+                force: false,
+            };
+            let mut session =
+                mount_reference(&opts, reference).unwrap_or_else(|e| panic!("reference mount {name}: {e}"));
+            let unmounter = session.unmounter();
+            let serving = std::thread::spawn(move || {
+                if let Err(e) = session.run() {
+                    eprintln!("reference mount: {e}");
+                }
+            });
+            mounts.push((name, mountpoint, unmounter, serving));
+        }
+        References { mounts }
+    }
+
+    fn places(&self) -> Vec<(&'static str, std::path::PathBuf)> {
+        self.mounts.iter().map(|(name, mp, _, _)| (*name, mp.clone())).collect()
+    }
+}
+
+impl Drop for References {
+    fn drop(&mut self) {
+        for (name, _, mut unmounter, serving) in self.mounts.drain(..) {
+            if let Err(e) = unmounter.unmount() {
+                eprintln!("unmounting the reference mount {name}: {e}");
+            }
+            let _ = serving.join();
+        }
     }
 }
 

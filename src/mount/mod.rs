@@ -13,6 +13,7 @@ mod held;
 mod inodes;
 mod local;
 mod pool;
+pub mod reference;
 mod write;
 
 pub use errno::errno_of;
