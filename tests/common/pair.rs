@@ -347,6 +347,11 @@ pub struct Pair {
 impl Drop for Pair {
     fn drop(&mut self) {
         kill(&mut self.arbiter);
+        // Before the fields drop: the directory goes first, and segments
+        // still running would log its disappearance as their own failure.
+        for s in &mut self.segs {
+            kill(&mut s.child);
+        }
     }
 }
 

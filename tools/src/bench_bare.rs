@@ -61,6 +61,7 @@ struct Side {
 
 /// The running bare pair: one [`Side`] per writer, one mirror thread each.
 pub struct BarePair {
+    block_size: usize,
     sides: Vec<Mutex<Side>>,
     mirrors: Vec<JoinHandle<Result<()>>>,
     dir: PathBuf,
@@ -159,7 +160,12 @@ impl BarePair {
         }
         let listener = TcpListener::bind("127.0.0.1:0").map_err(io("the bare pair's listener"))?;
         let addr = listener.local_addr().map_err(io("the bare pair's listener"))?;
-        let mut pair = BarePair { sides: Vec::new(), mirrors: Vec::new(), dir: dir.to_path_buf() };
+        let mut pair = BarePair {
+            block_size: block_size as usize,
+            sides: Vec::new(),
+            mirrors: Vec::new(),
+            dir: dir.to_path_buf(),
+        };
         for w in 0..writers {
             let conn = TcpStream::connect(addr).map_err(io("connecting the bare pair"))?;
             let (theirs, _) = listener.accept().map_err(io("accepting the bare pair"))?;
@@ -192,6 +198,13 @@ impl BarePair {
     /// Writer `w` writes `data` at `offset`: sent first, then its own copy,
     /// then the mirror's acknowledgement.
     pub fn write(&self, w: usize, offset: u64, data: &[u8]) -> Result<()> {
+        if data.len() != self.block_size {
+            return Err(Error::InvalidArgument(format!(
+                "bare pair: a write of {} B (blocks are {} B)",
+                data.len(),
+                self.block_size
+            )));
+        }
         let mut side = self.side(w)?;
         let side = &mut *side;
         let h = header(WRITE, data.len() as u32, offset);
@@ -243,6 +256,8 @@ mod tests {
         let b = vec![0xa5u8; 8192];
         pair.write(0, 8192, &a).unwrap();
         pair.write(1, 0, &b).unwrap();
+        let e = pair.write(1, 0, &b[..100]).unwrap_err().to_string();
+        assert!(e.contains("a write of 100 B"), "{e}");
         pair.sync(0).unwrap();
         pair.sync(1).unwrap();
         for side in ["primary", "mirror"] {
