@@ -154,6 +154,10 @@ impl BarePair {
         if direct && block_size as usize % ALIGN != 0 {
             return Err(Error::InvalidArgument(format!("--direct needs blocks in multiples of {ALIGN} B")));
         }
+        // Fresh: what a killed run left there would make the creates fail.
+        if dir.exists() {
+            std::fs::remove_dir_all(dir).map_err(io(format!("clearing {}", dir.display())))?;
+        }
         let (pd, md) = (dir.join("primary"), dir.join("mirror"));
         for d in [&pd, &md] {
             std::fs::create_dir_all(d).map_err(io(format!("creating {}", d.display())))?;
@@ -268,6 +272,10 @@ mod tests {
         }
         pair.stop().unwrap();
         assert!(!dir.path().join("mirror").exists(), "stop removes the files");
+        // What a killed run left is cleared at the next start.
+        std::fs::create_dir_all(dir.path().join("primary")).unwrap();
+        std::fs::write(dir.path().join("primary/bare0"), b"left over").unwrap();
+        BarePair::start(dir.path(), 1, 8192, false, None).unwrap().stop().unwrap();
     }
 
     #[test]
