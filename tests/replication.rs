@@ -613,3 +613,43 @@ fn the_bare_pair_bench_reports_its_ratios() {
     let r = bench_json(&[], "512");
     assert!(r["bare_ratio"].is_null() && r["replicated_over_bare"].is_null(), "{r}");
 }
+
+/// The only call in progress reads the mirror's answer itself (one wake-up
+/// fewer); calls beside others leave it to the receiver. Both ways every
+/// write lands on both sides, and the receiver comes back for the calls
+/// that do not read.
+#[test]
+fn a_call_alone_reads_its_own_answer_and_calls_together_leave_it_to_the_receiver() {
+    let dirs = Dirs::new();
+    let daemon = spawn_daemon(&dirs, 8192);
+    let primary =
+        Arc::new(connect_primary(primary_config(&dirs, 8192, SyncLevel::Applied), daemon.addr).expect("primary"));
+    primary.create(0, "alone").unwrap();
+    for b in 0..40u64 {
+        primary.write_block(0, "alone", b, &[b as u8 + 1; 8192]).unwrap();
+    }
+    primary.sync(0, "alone").unwrap();
+    let alone = primary.stats().answers_read_by_callers;
+    assert!(alone >= 20, "40 writes and a sync one at a time: {alone} answers read by their callers");
+    // Four writers at once, then one alone again: nothing waits forever.
+    std::thread::scope(|s| {
+        for w in 0..4u8 {
+            let primary = &primary;
+            s.spawn(move || {
+                let name = format!("together{w}");
+                primary.create(0, &name).unwrap();
+                for b in 0..200u64 {
+                    primary.write_block(0, &name, b, &[w + 1; 8192]).unwrap();
+                }
+                primary.sync(0, &name).unwrap();
+            });
+        }
+    });
+    primary.write_block(0, "alone", 40, &[9; 8192]).unwrap();
+    primary.sync(0, "alone").unwrap();
+    let last = primary.shutdown(Duration::from_secs(30)).expect("orderly shutdown");
+    assert_eq!(primary.stats().acked_durable, last, "everything durable on the mirror");
+    drop(primary);
+    assert!(daemon.stop().expect("daemon stops").success());
+    dirs.assert_identical();
+}

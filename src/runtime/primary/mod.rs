@@ -7,6 +7,7 @@
 //! ([`exec`]), and turns its replies into results.
 
 mod exec;
+mod reader;
 mod steps;
 
 pub use crate::core::primary::{Decision, Mode, ReplicationStats};
@@ -73,6 +74,9 @@ pub struct StatsSnapshot {
     pub batches_sent: u64,
     pub acked_applied: u64,
     pub acked_durable: u64,
+    /// Waits a call ended by reading the mirror's answer itself, being the
+    /// only call in progress (`reader.rs`), on the current connection.
+    pub answers_read_by_callers: u64,
 }
 
 /// The primary side of a pair. Cheap to share: wrap it in an `Arc` and call
@@ -186,9 +190,14 @@ impl Primary {
 
     fn start_receiver(&self, reader: Box<dyn ConnReader>, epoch: u64) -> Result<()> {
         let rt = self.rt.clone();
+        let link = Arc::new(
+            reader::Link::new(reader, epoch, self.config.tuning.heartbeat)
+                .map_err(|e| Error::io("making the receiver's nudge pipe", e))?,
+        );
+        *lock(&self.rt.link) = Some(link.clone());
         let t = std::thread::Builder::new()
             .name("filerep-receiver".into())
-            .spawn(move || exec::receiver_loop(rt, reader, epoch))
+            .spawn(move || reader::receiver_loop(rt, link))
             .map_err(|e| Error::io("spawning the receiver thread", e))?;
         lock(&self.threads).push(t);
         Ok(())
@@ -232,6 +241,7 @@ impl Primary {
             batches_sent: c.batches_sent,
             acked_applied: ack.applied,
             acked_durable: ack.durable,
+            answers_read_by_callers: lock(&self.rt.link).as_ref().map_or(0, |l| l.leads()),
         }
     }
 
@@ -448,6 +458,9 @@ impl Primary {
     pub fn shutdown(&self, timeout: Duration) -> Result<u64> {
         let r = self.run(Op::Shutdown, Some(Instant::now() + timeout), &mut Extras::default());
         self.rt.stop_background();
+        if let Some(link) = lock(&self.rt.link).as_ref() {
+            link.resume_receiver();
+        }
         for t in lock(&self.threads).drain(..) {
             let _ = t.join();
         }
@@ -510,6 +523,9 @@ impl Drop for Primary {
             lock(&self.rt.closer).close();
         }
         self.rt.stop_background();
+        if let Some(link) = lock(&self.rt.link).as_ref() {
+            link.resume_receiver();
+        }
         for t in lock(&self.threads).drain(..) {
             let _ = t.join();
         }
