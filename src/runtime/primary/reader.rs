@@ -58,10 +58,12 @@ pub(super) struct Link {
     resume: AtomicBool,
     /// The stream ended (disconnected, replaced, the mirror lost): nobody reads.
     ended: AtomicBool,
+    /// The socket again (a duplicate descriptor), for the receiver to
+    /// notice the peer's hang-up while it is aside and holds no read side.
+    watch: Option<std::os::fd::OwnedFd>,
     /// A byte written here takes the receiver out of its `poll`.
     nudge_tx: UnixStream,
     nudge_rx: UnixStream,
-    receiver: Mutex<Option<std::thread::Thread>>,
     /// The engine's clock between reads with nothing to read.
     tick: Duration,
 }
@@ -74,8 +76,10 @@ impl Link {
         let (nudge_tx, nudge_rx) = UnixStream::pair()?;
         nudge_tx.set_nonblocking(true)?;
         nudge_rx.set_nonblocking(true)?;
-        let pollable = conn.poll_fd().is_some();
+        let watch = conn.poll_fd().map(|fd| fd.try_clone_to_owned()).transpose()?;
+        let pollable = watch.is_some();
         Ok(Link {
+            watch,
             epoch,
             side: Mutex::new(ReadSide { conn, dec: Decoder::new(), buf: vec![0u8; 64 * 1024], ticked: Instant::now() }),
             pollable,
@@ -87,7 +91,6 @@ impl Link {
             ended: AtomicBool::new(false),
             nudge_tx,
             nudge_rx,
-            receiver: Mutex::new(None),
             tick,
         })
     }
@@ -107,9 +110,7 @@ impl Link {
     pub fn wait_passively(&self) -> Passive<'_> {
         self.passive.fetch_add(1, Ordering::SeqCst);
         if self.yielded.load(Ordering::SeqCst) {
-            if let Some(t) = lock(&self.receiver).as_ref() {
-                t.unpark();
-            }
+            self.nudge();
         }
         Passive(self)
     }
@@ -118,23 +119,38 @@ impl Link {
     /// is to see the connection's end and exit).
     pub fn resume_receiver(&self) {
         self.resume.store(true, Ordering::SeqCst);
-        if let Some(t) = lock(&self.receiver).as_ref() {
-            t.unpark();
-        }
+        self.nudge();
     }
 
     /// The receiver steps aside until a call waits passively, the stream
-    /// ends, it is told to come back, or no call has read for a tick.
+    /// ends, it is told to come back, the peer hangs up (it comes back to
+    /// read the end at once, as it would have), or no call has read for a
+    /// tick. It sleeps in `poll` on the nudge pipe and the socket's
+    /// hang-up, not its data: the calls read that.
     fn step_aside(&self) {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
         self.yielded.store(true, Ordering::SeqCst);
         while self.passive.load(Ordering::SeqCst) == 0
             && !self.ended.load(Ordering::Acquire)
             && !self.resume.load(Ordering::SeqCst)
         {
             let leads = self.leads.load(Ordering::Acquire);
-            std::thread::park_timeout(self.tick);
+            let nudge = std::os::fd::AsFd::as_fd(&self.nudge_rx);
+            let mut fds = vec![PollFd::new(nudge, PollFlags::POLLIN)];
+            if let Some(w) = &self.watch {
+                fds.push(PollFd::new(std::os::fd::AsFd::as_fd(w), PollFlags::from_bits_retain(libc::POLLRDHUP)));
+            }
+            let ms = PollTimeout::try_from(self.tick.as_millis().clamp(1, 60_000) as i32).unwrap_or(PollTimeout::MAX);
+            if poll(&mut fds, ms).is_err() {
+                break;
+            }
+            let fired = |f: &PollFd<'_>| f.revents().is_some_and(|r| !r.is_empty());
+            let hung_up = fds.get(1).is_some_and(fired);
+            if fired(&fds[0]) {
+                self.drain_nudges();
+            }
             let idle = !self.call_reads.load(Ordering::Acquire) && self.leads.load(Ordering::Acquire) == leads;
-            if idle {
+            if hung_up || idle {
                 break;
             }
         }
@@ -246,7 +262,6 @@ fn wait_readable(link: &Link, side: &ReadSide, limit: Duration, with_nudge: bool
 /// The receiver thread: reads the mirror's frames and feeds them with the
 /// clock, except while a call reads them itself.
 pub(super) fn receiver_loop(rt: Arc<Runtime>, link: Arc<Link>) {
-    *lock(&link.receiver) = Some(std::thread::current());
     let reason = loop {
         if link.ended.load(Ordering::Acquire) || link.stale(&rt) {
             link.ended.store(true, Ordering::Release);
