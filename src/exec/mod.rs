@@ -6,6 +6,7 @@
 //! the mirror's executor (batched writes, grouped syncs).
 
 pub mod apply;
+mod fault;
 pub mod primary;
 
 use crate::error::{Error, Result};

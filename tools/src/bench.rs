@@ -3,6 +3,7 @@
 //! block twice (a primary copy and a mirror copy, no network) and a real
 //! primary shipping to a real mirror daemon over loopback TCP. Ratios
 //! between the two are what the project's performance targets are stated in.
+//! (`--mirror-down`: `bench_mirror_down.rs`; `--bare`: `bench_bare.rs`.)
 
 use crate::process::{MirrorArgs, MirrorProcess};
 use filerep::config::{Filespace, PairIdentity, StreamTuning, SyncLevel};
@@ -195,7 +196,7 @@ impl CpuTicks {
     }
 }
 
-fn hist() -> Histogram<u64> {
+pub(crate) fn hist() -> Histogram<u64> {
     // 1 µs to 60 s at three significant digits.
     Histogram::new_with_bounds(1, 60_000_000, 3)
         .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()))
@@ -205,15 +206,15 @@ fn us(d: Duration) -> u64 {
     (d.as_micros() as u64).max(1)
 }
 
-struct PhaseResult {
-    blocks: u64,
-    elapsed: Duration,
-    writes: Histogram<u64>,
-    flushes: Histogram<u64>,
+pub(crate) struct PhaseResult {
+    pub(crate) blocks: u64,
+    pub(crate) elapsed: Duration,
+    pub(crate) writes: Histogram<u64>,
+    pub(crate) flushes: Histogram<u64>,
 }
 
 impl PhaseResult {
-    fn merge(&mut self, other: &PhaseResult) {
+    pub(crate) fn merge(&mut self, other: &PhaseResult) {
         self.blocks += other.blocks;
         self.elapsed += other.elapsed;
         let _ = self.writes.add(&other.writes);
@@ -221,11 +222,11 @@ impl PhaseResult {
     }
 }
 
-fn mb_s(blocks: u64, bs: u32, d: Duration) -> f64 {
+pub(crate) fn mb_s(blocks: u64, bs: u32, d: Duration) -> f64 {
     blocks as f64 * bs as f64 / 1e6 / d.as_secs_f64().max(1e-9)
 }
 
-fn random_blocks(bs: u32, seed: u64) -> Vec<Vec<u8>> {
+pub(crate) fn random_blocks(bs: u32, seed: u64) -> Vec<Vec<u8>> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     (0..16)
         .map(|_| {
@@ -238,7 +239,7 @@ fn random_blocks(bs: u32, seed: u64) -> Vec<Vec<u8>> {
 
 /// Run `body(writer, block_index)` on every writer until the phase ends;
 /// `body` returns (write latency, optional flush latency).
-fn run_phase<F>(cfg: &BenchConfig, bar: &ProgressBar, body: F) -> Result<PhaseResult>
+pub(crate) fn run_phase<F>(cfg: &BenchConfig, bar: &ProgressBar, body: F) -> Result<PhaseResult>
 where
     F: Fn(usize, u64) -> Result<(Duration, Option<Duration>)> + Sync,
 {
@@ -291,18 +292,18 @@ where
     Ok(PhaseResult { blocks, elapsed, writes, flushes })
 }
 
-fn fresh_dir(p: &Path) -> Result<()> {
+pub(crate) fn fresh_dir(p: &Path) -> Result<()> {
     if p.exists() {
         std::fs::remove_dir_all(p).map_err(|e| Error::io(format!("clearing {}", p.display()), e))?;
     }
     std::fs::create_dir_all(p).map_err(|e| Error::io(format!("creating {}", p.display()), e))
 }
 
-fn p50(h: &Histogram<u64>) -> f64 {
+pub(crate) fn p50(h: &Histogram<u64>) -> f64 {
     h.value_at_quantile(0.5) as f64
 }
 
-fn q(h: &Histogram<u64>, x: f64) -> f64 {
+pub(crate) fn q(h: &Histogram<u64>, x: f64) -> f64 {
     h.value_at_quantile(x) as f64
 }
 
@@ -578,7 +579,7 @@ fn run_sides(cfg: &BenchConfig, blocks: &[Vec<u8>]) -> Result<BenchReport> {
 
 /// Change tracking with a change-log in `state` and an arbiter that marks
 /// a lost mirror down.
-fn tracking_in(state: &Path, bs: u32) -> Result<filerep::runtime::primary::ChangeTracking> {
+pub(crate) fn tracking_in(state: &Path, bs: u32) -> Result<filerep::runtime::primary::ChangeTracking> {
     fresh_dir(state)?;
     let state_disk: Arc<dyn filerep::io::disk::Disk> =
         Arc::new(filerep::io::disk::StdDisk::open(&[state.to_path_buf()])?);
@@ -673,7 +674,7 @@ fn start_pair(
 
 /// A real mirror daemon and a primary connected to it, under `dir`
 /// (`primary/`, `mirror/`, a fresh cluster key).
-fn start_local_pair(
+pub(crate) fn start_local_pair(
     cfg: &BenchConfig,
     dir: &Path,
     change_tracking: Option<filerep::runtime::primary::ChangeTracking>,
@@ -717,123 +718,4 @@ fn start_local_pair(
     let config = bench_primary(cfg, rp, BENCH_CLUSTER_ID, "pg_system", key, change_tracking);
     let primary = Primary::start(config, conn, &mirror.addr.to_string())?;
     Ok((mirror, primary))
-}
-
-/// `filerep bench --mirror-down`: writes in change tracking beside
-/// local-only writes, the same harness on the same disk, sides alternating.
-#[derive(Debug, Clone, Serialize)]
-pub struct MirrorDownReport {
-    pub writers: usize,
-    pub block_size: u32,
-    pub io_backend: String,
-    pub rounds: u32,
-    pub phase_seconds: f64,
-    pub local_mb_s: f64,
-    pub local_write_p50_us: f64,
-    pub change_tracking_mb_s: f64,
-    pub change_tracking_write_p50_us: f64,
-    pub change_tracking_write_p99_us: f64,
-    pub ratio: f64,
-    pub changelog_distinct_blocks: u64,
-    pub changelog_bytes: u64,
-    pub changelog_bytes_after_compaction: u64,
-}
-
-pub fn run_mirror_down(cfg: &BenchConfig) -> Result<MirrorDownReport> {
-    if cfg.writers == 0 || cfg.writers > 1024 || cfg.file_blocks == 0 || cfg.rounds == 0 || cfg.rounds > 100 {
-        return Err(Error::InvalidArgument("writers 1..=1024, file blocks >= 1, rounds 1..=100".into()));
-    }
-    filerep::config::check_block_size(cfg.block_size)?;
-    let bs = cfg.block_size;
-    let blocks = random_blocks(bs, 11);
-    let name = |w: usize| format!("bench{w}");
-    let round_cfg = BenchConfig {
-        phase: cfg.phase / cfg.rounds,
-        count: cfg.count.map(|c| c.div_ceil(cfg.rounds as u64)),
-        ..cfg.clone()
-    };
-
-    // Local-only: each block written once, each sync one fdatasync.
-    let local_dir = cfg.dir.join("local");
-    fresh_dir(&local_dir)?;
-    let disk = filerep::io::disk::open_local(std::slice::from_ref(&local_dir), cfg.prefer_uring)?;
-    let backend = disk.name().to_string();
-    let mut files = Vec::new();
-    for w in 0..cfg.writers {
-        files.push(disk.open(&FsPath::new(0, RelPath::new(&name(w)).map_err(Error::from)?), OpenMode::CreateNew)?);
-    }
-
-    // A real pair whose mirror is then killed: the primary goes on in change tracking.
-    let rep = cfg.dir.join("tracked");
-    let tracking = tracking_in(&rep.join("state"), bs)?;
-    let log = tracking.changelog.clone();
-    let (mut mirror, primary) = start_local_pair(cfg, &rep, Some(tracking))?;
-    for w in 0..cfg.writers {
-        primary.create(0, &name(w))?;
-    }
-    mirror.kill();
-    // The next call waits for the arbiter's decision, then goes on alone.
-    primary.write_block(0, &name(0), 0, &blocks[0])?;
-    if primary.mode() != filerep::runtime::primary::Mode::ChangeTracking {
-        return Err(Error::MirrorLost(format!("expected change tracking, the pair is {:?}", primary.mode())));
-    }
-
-    let bar = ProgressBar::hidden();
-    let mut local = PhaseResult { blocks: 0, elapsed: Duration::ZERO, writes: hist(), flushes: hist() };
-    let mut tracked = PhaseResult { blocks: 0, elapsed: Duration::ZERO, writes: hist(), flushes: hist() };
-    for _ in 0..cfg.rounds {
-        let l = run_phase(&round_cfg, &bar, |w, n| {
-            let data = &blocks[(n % 16) as usize];
-            let t = Instant::now();
-            files[w].write_at((n % cfg.file_blocks) * bs as u64, data)?;
-            let wd = t.elapsed();
-            let mut fd = None;
-            if cfg.flush_every > 0 && (n + 1) % cfg.flush_every == 0 {
-                let t = Instant::now();
-                files[w].sync_data()?;
-                fd = Some(t.elapsed());
-            }
-            Ok((wd, fd))
-        })?;
-        local.merge(&l);
-        let t = run_phase(&round_cfg, &bar, |w, n| {
-            let data = &blocks[(n % 16) as usize];
-            let t = Instant::now();
-            primary.write_block(0, &name(w), n % cfg.file_blocks, data)?;
-            let wd = t.elapsed();
-            let mut fd = None;
-            if cfg.flush_every > 0 && (n + 1) % cfg.flush_every == 0 {
-                let t = Instant::now();
-                primary.sync(0, &name(w))?;
-                fd = Some(t.elapsed());
-            }
-            Ok((wd, fd))
-        })?;
-        tracked.merge(&t);
-    }
-    let before = log.stats();
-    log.compact()?;
-    let after = log.stats();
-    drop(primary);
-    drop(files);
-    let _ = std::fs::remove_dir_all(&local_dir);
-    let _ = std::fs::remove_dir_all(&rep);
-    let local_mb = mb_s(local.blocks, bs, local.elapsed);
-    let tracked_mb = mb_s(tracked.blocks, bs, tracked.elapsed);
-    Ok(MirrorDownReport {
-        writers: cfg.writers,
-        block_size: bs,
-        io_backend: backend,
-        rounds: cfg.rounds,
-        phase_seconds: tracked.elapsed.as_secs_f64(),
-        local_mb_s: local_mb,
-        local_write_p50_us: p50(&local.writes),
-        change_tracking_mb_s: tracked_mb,
-        change_tracking_write_p50_us: p50(&tracked.writes),
-        change_tracking_write_p99_us: q(&tracked.writes, 0.99),
-        ratio: tracked_mb / local_mb.max(1e-9),
-        changelog_distinct_blocks: after.distinct_blocks,
-        changelog_bytes: before.bytes_on_disk,
-        changelog_bytes_after_compaction: after.bytes_on_disk,
-    })
 }

@@ -12,8 +12,9 @@
 //! here, and `replicated_over_bare` is how close the real pair comes.
 
 use filerep::error::{Error, Result};
+use filerep::io::net::{recv_exact, ConnReader, ConnWriter};
 use std::fs::File;
-use std::io::{IoSlice, Read, Write};
+use std::io::IoSlice;
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -54,7 +55,8 @@ impl Aligned {
 
 /// One writer's side: its connection, its file, its aligned copy.
 struct Side {
-    conn: TcpStream,
+    reader: Box<dyn ConnReader>,
+    writer: Box<dyn ConnWriter>,
     file: File,
     copy: Option<Aligned>,
 }
@@ -81,26 +83,6 @@ fn open(path: &Path, direct: bool) -> Result<File> {
     o.open(path).map_err(io(format!("creating {}", path.display())))
 }
 
-/// Send every byte of `parts` (one `sendmsg` when the socket takes them all).
-fn send_all(conn: &mut TcpStream, parts: &[&[u8]]) -> std::io::Result<()> {
-    let (mut part, mut at) = (0, 0);
-    while part < parts.len() {
-        let slices: Vec<IoSlice<'_>> = std::iter::once(IoSlice::new(&parts[part][at..]))
-            .chain(parts[part + 1..].iter().map(|p| IoSlice::new(p)))
-            .collect();
-        let mut n = conn.write_vectored(&slices)?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        while part < parts.len() && n >= parts[part].len() - at {
-            n -= parts[part].len() - at;
-            (part, at) = (part + 1, 0);
-        }
-        at += n;
-    }
-    Ok(())
-}
-
 fn header(kind: u32, len: u32, offset: u64) -> [u8; HEADER] {
     let mut h = [0u8; HEADER];
     h[0..4].copy_from_slice(&kind.to_le_bytes());
@@ -110,17 +92,19 @@ fn header(kind: u32, len: u32, offset: u64) -> [u8; HEADER] {
 }
 
 /// A mirror thread: apply what its connection sends until it closes.
-fn mirror(mut conn: TcpStream, file: File, block_size: usize, direct: bool, cpu: Option<usize>) -> Result<()> {
+fn mirror(conn: TcpStream, file: File, block_size: usize, direct: bool, cpu: Option<usize>) -> Result<()> {
     if let Some(c) = cpu {
         let mut set = nix::sched::CpuSet::new();
         set.set(c).map_err(|e| Error::InvalidArgument(format!("CPU {c}: {e}")))?;
         nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
             .map_err(|e| Error::InvalidArgument(format!("cannot run the bare mirror on CPU {c}: {e}")))?;
     }
+    // The pair's own TCP set-up (no delay, its socket buffers).
+    let (mut reader, mut writer) = filerep::io::net::tcp(conn).map_err(io("the bare mirror's connection"))?;
     let mut buf = Aligned::new(block_size);
     let mut h = [0u8; HEADER];
     loop {
-        match conn.read_exact(&mut h) {
+        match recv_exact(reader.as_mut(), &mut h) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
             Err(e) => return Err(Error::io("the bare mirror's receive", e)),
@@ -130,14 +114,15 @@ fn mirror(mut conn: TcpStream, file: File, block_size: usize, direct: bool, cpu:
         let offset = u64::from_le_bytes([h[8], h[9], h[10], h[11], h[12], h[13], h[14], h[15]]);
         match kind {
             WRITE if len == block_size => {
-                conn.read_exact(buf.get_mut()).map_err(io("the bare mirror's receive"))?;
+                recv_exact(reader.as_mut(), buf.get_mut()).map_err(io("the bare mirror's receive"))?;
                 let data = if direct { buf.get() } else { &buf.get()[..len] };
                 file.write_all_at(data, offset).map_err(io("the bare mirror's write"))?;
             }
             SYNC => file.sync_data().map_err(io("the bare mirror's fdatasync"))?,
             _ => return Err(Error::InvalidArgument(format!("bare pair: header kind {kind}, length {len}"))),
         }
-        conn.write_all(&offset.to_le_bytes()).map_err(io("the bare mirror's acknowledgement"))?;
+        let ack = offset.to_le_bytes();
+        writer.send_all(&[IoSlice::new(&ack)]).map_err(io("the bare mirror's acknowledgement"))?;
     }
 }
 
@@ -173,9 +158,6 @@ impl BarePair {
         for w in 0..writers {
             let conn = TcpStream::connect(addr).map_err(io("connecting the bare pair"))?;
             let (theirs, _) = listener.accept().map_err(io("accepting the bare pair"))?;
-            for c in [&conn, &theirs] {
-                c.set_nodelay(true).map_err(io("TCP_NODELAY"))?;
-            }
             let file = open(&pd.join(format!("bare{w}")), direct)?;
             let mirror_file = open(&md.join(format!("bare{w}")), direct)?;
             let bs = block_size as usize;
@@ -184,7 +166,8 @@ impl BarePair {
                 .spawn(move || mirror(theirs, mirror_file, bs, direct, mirror_cpu))
                 .map_err(io("spawning a bare mirror thread"))?;
             pair.mirrors.push(handle);
-            pair.sides.push(Mutex::new(Side { conn, file, copy: direct.then(|| Aligned::new(bs)) }));
+            let (reader, writer) = filerep::io::net::tcp(conn).map_err(io("the bare pair's connection"))?;
+            pair.sides.push(Mutex::new(Side { reader, writer, file, copy: direct.then(|| Aligned::new(bs)) }));
         }
         Ok(pair)
     }
@@ -196,7 +179,7 @@ impl BarePair {
 
     fn await_ack(side: &mut Side) -> Result<()> {
         let mut ack = [0u8; 8];
-        side.conn.read_exact(&mut ack).map_err(io("the bare pair's acknowledgement"))
+        recv_exact(side.reader.as_mut(), &mut ack).map_err(io("the bare pair's acknowledgement"))
     }
 
     /// Writer `w` writes `data` at `offset`: sent first, then its own copy,
@@ -212,7 +195,7 @@ impl BarePair {
         let mut side = self.side(w)?;
         let side = &mut *side;
         let h = header(WRITE, data.len() as u32, offset);
-        send_all(&mut side.conn, &[&h, data]).map_err(io("the bare pair's send"))?;
+        side.writer.send_all(&[IoSlice::new(&h), IoSlice::new(data)]).map_err(io("the bare pair's send"))?;
         let local = match side.copy.as_mut() {
             Some(copy) => {
                 copy.get_mut().copy_from_slice(data);
@@ -228,7 +211,8 @@ impl BarePair {
     pub fn sync(&self, w: usize) -> Result<()> {
         let mut side = self.side(w)?;
         let side = &mut *side;
-        send_all(&mut side.conn, &[&header(SYNC, 0, 0)]).map_err(io("the bare pair's send"))?;
+        let h = header(SYNC, 0, 0);
+        side.writer.send_all(&[IoSlice::new(&h)]).map_err(io("the bare pair's send"))?;
         side.file.sync_data().map_err(io("the bare pair's fdatasync"))?;
         Self::await_ack(side)
     }
@@ -284,7 +268,8 @@ mod tests {
         let pair = BarePair::start(dir.path(), 1, 4096, false, None).unwrap();
         {
             let mut side = pair.side(0).unwrap();
-            send_all(&mut side.conn, &[&header(WRITE, 100, 0)]).unwrap();
+            let h = header(WRITE, 100, 0);
+            side.writer.send_all(&[IoSlice::new(&h)]).unwrap();
         }
         let err = pair.stop().unwrap_err().to_string();
         assert!(err.contains("header kind 1, length 100"), "{err}");

@@ -6,6 +6,7 @@
 pub mod bench;
 pub mod bench_bare;
 pub mod bench_cluster;
+pub mod bench_mirror_down;
 pub mod bench_probe;
 pub mod bench_resync;
 pub mod cluster;

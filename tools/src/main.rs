@@ -521,7 +521,7 @@ fn run_bench(c: BenchCmd) -> CmdResult {
         return Ok(ExitCode::SUCCESS);
     }
     if c.mirror_down {
-        let r = filerep_tools::bench::run_mirror_down(&cfg)?;
+        let r = filerep_tools::bench_mirror_down::run_mirror_down(&cfg)?;
         if c.json {
             println!("{}", serde_json::to_string_pretty(&r)?);
         } else {

@@ -265,10 +265,14 @@ impl Runtime {
     /// Feed an event with no call of its own (receiver, background) and
     /// carry out the commands left for this thread.
     pub fn feed_and_run(&self, ev: Option<Event>) {
-        let mut mine = match ev {
-            Some(ev) => self.feed(ev, None),
-            None => return,
-        };
+        if let Some(ev) = ev {
+            self.run_left(self.feed(ev, None));
+        }
+    }
+
+    /// Carry out the commands an event left for this thread (no call of
+    /// its own), and those their events leave in turn.
+    pub(super) fn run_left(&self, mut mine: VecDeque<Command>) {
         while let Some(cmd) = mine.pop_front() {
             let mut x = Extras::default();
             if let Some(ev) = self.execute(cmd, &mut x) {

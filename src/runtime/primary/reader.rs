@@ -14,7 +14,7 @@
 //! Where the connection has no descriptor to poll (in-memory connections),
 //! the receiver alone reads, as before.
 
-use super::exec::{lock, Extras, Runtime};
+use super::exec::{lock, Runtime};
 use crate::core::primary::Event;
 use crate::io::net::{is_timeout, ConnReader};
 use crate::protocol::Decoder;
@@ -216,7 +216,7 @@ fn read_once(rt: &Runtime, link: &Link, side: &mut ReadSide, readable: bool) -> 
         }
     }
     side.ticked = Instant::now();
-    let mut mine = {
+    let mine = {
         let routed = {
             let mut core = lock(&rt.core);
             let now = rt.now_ms();
@@ -228,12 +228,7 @@ fn read_once(rt: &Runtime, link: &Link, side: &mut ReadSide, readable: bool) -> 
         };
         routed.wake()
     };
-    while let Some(cmd) = mine.pop_front() {
-        let mut x = Extras::default();
-        if let Some(ev) = rt.execute(cmd, &mut x) {
-            mine.extend(rt.feed(ev, None));
-        }
-    }
+    rt.run_left(mine);
     match bad {
         Some(b) => Err(b),
         None => Ok(()),
