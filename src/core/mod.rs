@@ -81,6 +81,10 @@ pub enum PlantedBug {
     /// The mirror counts a write round applied when it lands, though a round
     /// sent before it is still on its way: "applied" passes a write.
     RoundsRetireOutOfOrder,
+    /// Rule 8 broken: the primary's local sync before it retires
+    /// activity-log entries fails, and it goes on serving instead of
+    /// faulting (as if a later sync could make those files durable).
+    RetireSyncFailureForgiven,
 }
 
 /// The environment variable that plants a defect in a real process
@@ -96,7 +100,7 @@ pub fn planted_in_process() -> Option<PlantedBug> {
 
 impl PlantedBug {
     /// Every defect with its name on the command line (`filerep sim --faults --bug NAME`).
-    pub const ALL: [(PlantedBug, &'static str); 23] = [
+    pub const ALL: [(PlantedBug, &'static str); 24] = [
         (PlantedBug::SkipRecordBlock, "skip-record-block"),
         (PlantedBug::SkipActivityCover, "skip-activity-cover"),
         (PlantedBug::AckWithoutMirror, "ack-without-mirror"),
@@ -120,6 +124,7 @@ impl PlantedBug {
         (PlantedBug::RoundsOverlap, "rounds-overlap"),
         (PlantedBug::ApplyPastRounds, "apply-past-rounds"),
         (PlantedBug::RoundsRetireOutOfOrder, "rounds-retire-out-of-order"),
+        (PlantedBug::RetireSyncFailureForgiven, "retire-sync-failure-forgiven"),
     ];
 
     /// The defect a real `filerep` process plants, named by the

@@ -9,7 +9,7 @@
 //! loss itself ([`SimDisk::crash`], which may tear the write that was in
 //! progress) as soon as it sees [`FaultyDisk::power_lost`].
 
-use crate::io::disk::{Disk, DiskError, DiskErrorKind, DiskFile, DiskResult, FsPath, OpenMode, SimDisk};
+use crate::io::disk::{Disk, DiskError, DiskErrorKind, DiskFile, DiskResult, FsPath, OpenMode, SimDisk, SimFault};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// A fault that fired.
@@ -153,7 +153,7 @@ impl FaultyDisk {
     }
 
     fn wrap(&self, inner: Arc<dyn DiskFile>, path: &FsPath) -> Arc<dyn DiskFile> {
-        Arc::new(FaultyFile { inner, arms: self.arms.clone(), path: path.to_string() })
+        Arc::new(FaultyFile { inner, arms: self.arms.clone(), sim: self.sim.clone(), path: path.to_string() })
     }
 }
 
@@ -228,6 +228,7 @@ impl Disk for FaultyDisk {
 struct FaultyFile {
     inner: Arc<dyn DiskFile>,
     arms: Arc<Mutex<Arms>>,
+    sim: Arc<SimDisk>,
     path: String,
 }
 
@@ -254,7 +255,21 @@ impl DiskFile for FaultyFile {
     }
 
     fn sync_data(&self) -> DiskResult<()> {
-        gate(&self.arms, "sync_data", &self.path, Mutation::Sync)?;
+        let fired = lock(&self.arms).fired_total;
+        if let Err(e) = gate(&self.arms, "sync_data", &self.path, Mutation::Sync) {
+            let a = lock(&self.arms);
+            if a.fired_total > fired && a.fired.last() == Some(&Fired::Fsync) {
+                drop(a);
+                // The file's own sync fails too, so its bytes not yet
+                // durable are let go as Linux lets them go (rule 8: a
+                // sync retried after this one succeeds without them).
+                self.sim.inject(SimFault::FailNextSync);
+                let _ = self.inner.sync_data();
+                // A stale handle fails before it takes the fault: no other sync may.
+                self.sim.disarm_sync_faults();
+            }
+            return Err(e);
+        }
         self.inner.sync_data()
     }
 

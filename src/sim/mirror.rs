@@ -436,20 +436,27 @@ impl World {
                 }
             }
         }
-        if let Err(e) = r {
-            if disk.fired_total() > fired {
-                self.mirror_fault(m);
-                return Ok(());
+        let sync_failed = match r {
+            Ok(()) => false,
+            Err(_) if disk.fired_total() > fired => {
+                self.outcome("mirror final sync failed");
+                true
             }
-            return Err(self.fail(format!("mirror final sync: {e}")));
-        }
-        let closing = policy::closing(orderly, false, false);
+            Err(e) => return Err(self.fail(format!("mirror final sync: {e}"))),
+        };
+        // What the end tells is the policy's, as in the daemon: after a
+        // failed sync nothing is reported durable (rule 8).
+        let closing = policy::closing(orderly, false, sync_failed);
         if closing.final_ack {
             self.mirror_ack()?;
         }
         if closing.clear_record {
             // Everything the session applied is durable.
             self.nodes[m].streaming_boot = None;
+        }
+        if sync_failed {
+            self.mirror_fault(m);
+            return Ok(());
         }
         if let Some(s) = self.session.as_mut() {
             s.mirror_on = false;

@@ -281,12 +281,24 @@ impl World {
     /// the file if there is one, else create it.
     pub(super) fn open_log(&mut self, n: usize) -> Result<(), SimFailure> {
         let io: Arc<dyn crate::io::disk::Disk> = self.nodes[n].log_io.clone();
+        let fired = self.nodes[n].log_io.fired_total();
         let log = match ChangeLog::open(io.clone(), self.log_path.clone()) {
             Ok((log, _)) => Some(log),
             Err(crate::durable::changelog::ChangeLogError::Disk { source, .. })
                 if source.kind == crate::io::disk::DiskErrorKind::NotFound =>
             {
                 ChangeLog::create(io, self.log_path.clone(), self.cfg.block_size).ok()
+            }
+            // A fault fired while the replay made what it read durable:
+            // the segment starts without a change-log, as one whose
+            // change-log cannot be created.
+            Err(crate::durable::changelog::ChangeLogError::Disk { .. })
+                if self.nodes[n].log_io.fired_total() > fired =>
+            {
+                if self.nodes[n].log_io.power_lost() {
+                    return self.crash_node(n);
+                }
+                None
             }
             Err(e) => {
                 return Err(self

@@ -515,7 +515,15 @@ impl Engine {
                 self.write_retire(sure, then_complete);
             }
             Err(e) => {
-                tracing::warn!(error = %e, "activity log: syncing before retiring failed; entries stay");
+                // Rule 8: the failed fsync may have let the pages go; no
+                // later sync of these files may be trusted. Entries stay.
+                if self.planted(PlantedBug::RetireSyncFailureForgiven) {
+                    tracing::warn!(error = %e, "activity log: syncing before retiring failed; entries stay");
+                } else {
+                    self.fault(format!(
+                        "local sync before retiring activity entries failed: {e}; nothing written to those files is durable"
+                    ));
+                }
                 self.activity.retire_later();
                 if let Some(id) = then_complete {
                     self.retire_finished(id);

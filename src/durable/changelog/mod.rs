@@ -288,7 +288,14 @@ impl ChangeLog {
         // The block size and length come from the file's header and groups.
         let mut inner = Inner::empty(disk, path, file, 0, 0);
         let rec = inner.replay()?;
-        Ok((Self::wrap(inner), rec))
+        let log = Self::wrap(inner);
+        // Rule 8 across a restart: what the replay read may be pages that a
+        // failed fdatasync let go before this process started (Linux keeps
+        // them readable but never writes them). Groups appended after them
+        // would leave damage in the middle at the next power cut. A fresh,
+        // durable copy of what was read is the file from here on.
+        log.compact()?;
+        Ok((log, rec))
     }
 
     fn wrap(inner: Inner) -> ChangeLog {

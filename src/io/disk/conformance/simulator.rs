@@ -114,6 +114,11 @@ fn sim_injected_faults_fire_once() {
     d.inject(SimFault::FailNextSync);
     assert_eq!(kind(f.sync_data()), DiskErrorKind::Io);
     assert_eq!(sim_file(&d.durable_snapshot(), 0, "f").as_deref(), Some(&b""[..]));
+    // A later sync does not write what the failed one let go (rule 8):
+    // the length is durable, the bytes are not; written again, they are.
+    f.sync_data().unwrap();
+    assert_eq!(sim_file(&d.durable_snapshot(), 0, "f").as_deref(), Some(&b"\0\0\0"[..]));
+    f.write_at(0, b"abc").unwrap();
     f.sync_data().unwrap();
     assert_eq!(sim_file(&d.durable_snapshot(), 0, "f").as_deref(), Some(&b"abc"[..]));
 

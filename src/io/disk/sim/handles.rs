@@ -2,7 +2,7 @@
 //! descriptor) and a directory (its `sync_data` makes its entries durable).
 //! Both fail once the disk crashed after they were opened.
 
-use super::{apply_write, lock, take, DirId, FileRef, PendingWrite, Shared, SimFileData, MAX_SIM_FILE_BYTES};
+use super::{apply_write, lock, take, DirId, FileRef, PendingWrite, Shared, MAX_SIM_FILE_BYTES};
 use crate::io::disk::{DiskError, DiskErrorKind, DiskFile, DiskResult};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -62,6 +62,7 @@ impl DiskFile for SimFile {
         self.check_size(OP, offset.checked_add(buf.len() as u64))?;
         let mut data = lock(&self.data);
         apply_write(&mut data.live, offset, buf);
+        data.rewritten(offset, offset + buf.len() as u64);
         let seq = self.shared.write_seq.fetch_add(1, Ordering::SeqCst);
         data.last_write = Some(PendingWrite { seq, offset, data: buf.to_vec() });
         Ok(())
@@ -84,14 +85,11 @@ impl DiskFile for SimFile {
         const OP: &str = "sync_data";
         self.check_epoch(OP)?;
         if take(&mut lock(&self.shared.faults).fail_syncs) {
+            lock(&self.data).lose_unsynced();
             return Err(DiskError::new(OP, &self.path, DiskErrorKind::Io, "injected sync failure"));
         }
         let mut data = lock(&self.data);
-        // In place: the simulator syncs often, mostly unchanged files.
-        let SimFileData { live, durable, .. } = &mut *data;
-        if durable != live {
-            durable.clone_from(live);
-        }
+        data.make_durable();
         data.last_write = None;
         Ok(())
     }
@@ -105,6 +103,7 @@ impl DiskFile for SimFile {
             return Err(DiskError::new(OP, &self.path, DiskErrorKind::NoSpace, "injected ENOSPC"));
         }
         data.live.resize(len as usize, 0);
+        data.rewritten(len, u64::MAX);
         Ok(())
     }
 

@@ -31,7 +31,8 @@ const MAX_SIM_FILE_BYTES: u64 = 1 << 30;
 /// A fault to inject; each one fires once, on the next matching call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SimFault {
-    /// The next sync (`sync_data` or `sync_parent_dir`) fails with `Io` and makes nothing durable.
+    /// The next sync (`sync_data` or `sync_parent_dir`) fails with `Io` and makes nothing durable;
+    /// a file's bytes not yet durable then never are (see `SimFileData::lost`).
     FailNextSync,
     /// The next `write_at` fails with `Io` and writes nothing.
     FailNextWrite,
@@ -58,6 +59,46 @@ struct SimFileData {
     live: Vec<u8>,
     durable: Vec<u8>,
     last_write: Option<PendingWrite>,
+    /// Bytes a failed sync let go, by offset, with what the durable image
+    /// holds there: as Linux marks the pages of a failed writeback clean,
+    /// no later sync writes them (the live image keeps them until a
+    /// crash). A write over one makes it dirty again.
+    lost: BTreeMap<u64, u8>,
+}
+
+impl SimFileData {
+    /// A sync failed: every byte not yet durable is let go (see `lost`).
+    fn lose_unsynced(&mut self) {
+        for (i, &b) in self.live.iter().enumerate() {
+            let old = self.durable.get(i).copied().unwrap_or(0);
+            if b != old || i >= self.durable.len() {
+                self.lost.entry(i as u64).or_insert(old);
+            }
+        }
+    }
+
+    /// A sync succeeded: the live image is durable, except what a failed
+    /// sync let go.
+    fn make_durable(&mut self) {
+        if self.durable != self.live {
+            self.durable.clone_from(&self.live);
+        }
+        for (&i, &old) in &self.lost {
+            if let Some(b) = self.durable.get_mut(i as usize) {
+                *b = old;
+            }
+        }
+    }
+
+    /// `[start, end)` was written (or cut off): dirty again, not lost.
+    fn rewritten(&mut self, start: u64, end: u64) {
+        if self.lost.is_empty() || start >= end {
+            return;
+        }
+        let mut tail = self.lost.split_off(&start);
+        let mut after = tail.split_off(&end);
+        self.lost.append(&mut after);
+    }
 }
 
 type FileRef = Arc<Mutex<SimFileData>>;
@@ -301,6 +342,11 @@ impl SimDisk {
         }
     }
 
+    /// Disarm the sync failures still pending.
+    pub fn disarm_sync_faults(&self) {
+        lock(&self.shared.faults).fail_syncs = 0;
+    }
+
     /// Disarm every pending fault.
     pub fn clear_faults(&self) {
         *lock(&self.shared.faults) = Faults::default();
@@ -358,7 +404,11 @@ impl SimDisk {
                                 if let Some((_, offset, keep)) = torn.as_ref().filter(|t| t.0 == ptr) {
                                     apply_write(&mut durable, *offset, keep);
                                 }
-                                Arc::new(Mutex::new(SimFileData { live: durable.clone(), durable, last_write: None }))
+                                Arc::new(Mutex::new(SimFileData {
+                                    live: durable.clone(),
+                                    durable,
+                                    ..SimFileData::default()
+                                }))
                             });
                             children.insert(name.clone(), Node::File(Arc::clone(file)));
                         }
@@ -420,7 +470,10 @@ impl Disk for SimDisk {
             (Some(Node::Dir(_)), _) => return Err(err(OP, path, (DiskErrorKind::Io, "EISDIR"))),
             (Some(Node::File(f)), OpenMode::Existing | OpenMode::Create) => Arc::clone(f),
             (Some(Node::File(f)), OpenMode::CreateTruncate) => {
-                lock(f).live.clear();
+                let mut data = lock(f);
+                data.live.clear();
+                data.rewritten(0, u64::MAX);
+                drop(data);
                 Arc::clone(f)
             }
             (None, OpenMode::Existing) => return Err(err(OP, path, (DiskErrorKind::NotFound, "ENOENT"))),
@@ -622,6 +675,45 @@ mod tests {
 
     fn p(s: &str) -> FsPath {
         FsPath::new(0, RelPath::new(s).unwrap())
+    }
+
+    /// A failed sync lets the file's dirty bytes go for good, as Linux marks
+    /// the pages of a failed writeback clean: a later sync does not write
+    /// them, a crash shows the old bytes. Only writing them again (or a
+    /// truncate over them) makes them durable again.
+    #[test]
+    fn a_failed_sync_lets_unsynced_bytes_go_until_they_are_written_again() {
+        let d = SimDisk::new(1);
+        let f = d.open(&p("f"), OpenMode::CreateNew).unwrap();
+        f.write_at(0, b"aaaa").unwrap();
+        f.sync_data().unwrap();
+        d.sync_parent_dir(&p("f")).unwrap();
+        f.write_at(0, b"bbbbcc").unwrap();
+        d.inject(SimFault::FailNextSync);
+        assert!(f.sync_data().is_err());
+        f.sync_data().unwrap();
+        let durable = |d: &SimDisk| d.durable_snapshot().get(&(0, "f".to_string())).cloned();
+        // The grown tail reads as a hole: its length is durable, its bytes are not.
+        assert_eq!(durable(&d), Some(SimEntry::File(b"aaaa\0\0".to_vec())));
+        assert_eq!(d.snapshot().get(&(0, "f".to_string())), Some(&SimEntry::File(b"bbbbcc".to_vec())));
+        // Written again: dirty, and the next sync makes it durable.
+        f.write_at(1, b"B").unwrap();
+        f.sync_data().unwrap();
+        assert_eq!(durable(&d), Some(SimEntry::File(b"aBaa\0\0".to_vec())));
+        // A crash shows the durable bytes and forgets what was let go.
+        d.crash(None);
+        let g = d.open(&p("f"), OpenMode::Existing).unwrap();
+        g.write_at(4, b"dd").unwrap();
+        g.sync_data().unwrap();
+        assert_eq!(durable(&d), Some(SimEntry::File(b"aBaadd".to_vec())));
+        // Truncated to nothing and written afresh: nothing let go remains.
+        g.write_at(0, b"eeeeee").unwrap();
+        d.inject(SimFault::FailNextSync);
+        assert!(g.sync_data().is_err());
+        let h = d.open(&p("f"), OpenMode::CreateTruncate).unwrap();
+        h.write_at(0, b"ffffff").unwrap();
+        h.sync_data().unwrap();
+        assert_eq!(durable(&d), Some(SimEntry::File(b"ffffff".to_vec())));
     }
 
     /// A rename between two directories is durable whole once either is
