@@ -12,6 +12,7 @@
 //! here, and `replicated_over_bare` is how close the real pair comes.
 
 use filerep::error::{Error, Result};
+use filerep::io::disk::direct::{AlignedBuf, DIRECT_ALIGN as ALIGN};
 use filerep::io::net::{recv_exact, ConnReader, ConnWriter};
 use std::fs::File;
 use std::io::IoSlice;
@@ -26,39 +27,13 @@ const WRITE: u32 = 1;
 const SYNC: u32 = 2;
 /// Header: kind u32, length u32, offset u64, little-endian.
 const HEADER: usize = 16;
-/// O_DIRECT needs buffers, offsets and lengths aligned to this.
-const ALIGN: usize = 4096;
-
-/// A buffer whose usable part starts on an [`ALIGN`] boundary (found
-/// inside a larger allocation, so no unsafe code is needed).
-struct Aligned {
-    raw: Vec<u8>,
-    start: usize,
-    len: usize,
-}
-
-impl Aligned {
-    fn new(len: usize) -> Aligned {
-        let raw = vec![0u8; len + ALIGN];
-        let start = raw.as_ptr().align_offset(ALIGN).min(ALIGN);
-        Aligned { raw, start, len }
-    }
-
-    fn get(&self) -> &[u8] {
-        &self.raw[self.start..self.start + self.len]
-    }
-
-    fn get_mut(&mut self) -> &mut [u8] {
-        &mut self.raw[self.start..self.start + self.len]
-    }
-}
 
 /// One writer's side: its connection, its file, its aligned copy.
 struct Side {
     reader: Box<dyn ConnReader>,
     writer: Box<dyn ConnWriter>,
     file: File,
-    copy: Option<Aligned>,
+    copy: Option<AlignedBuf>,
 }
 
 /// The running bare pair: one [`Side`] per writer, one mirror thread each.
@@ -101,7 +76,7 @@ fn mirror(conn: TcpStream, file: File, block_size: usize, direct: bool, cpu: Opt
     }
     // The pair's own TCP set-up (no delay, its socket buffers).
     let (mut reader, mut writer) = filerep::io::net::tcp(conn).map_err(io("the bare mirror's connection"))?;
-    let mut buf = Aligned::new(block_size);
+    let mut buf = AlignedBuf::new(block_size);
     let mut h = [0u8; HEADER];
     loop {
         match recv_exact(reader.as_mut(), &mut h) {
@@ -114,8 +89,8 @@ fn mirror(conn: TcpStream, file: File, block_size: usize, direct: bool, cpu: Opt
         let offset = u64::from_le_bytes([h[8], h[9], h[10], h[11], h[12], h[13], h[14], h[15]]);
         match kind {
             WRITE if len == block_size => {
-                recv_exact(reader.as_mut(), buf.get_mut()).map_err(io("the bare mirror's receive"))?;
-                let data = if direct { buf.get() } else { &buf.get()[..len] };
+                recv_exact(reader.as_mut(), buf.as_mut_slice()).map_err(io("the bare mirror's receive"))?;
+                let data = if direct { buf.as_slice() } else { &buf.as_slice()[..len] };
                 file.write_all_at(data, offset).map_err(io("the bare mirror's write"))?;
             }
             SYNC => file.sync_data().map_err(io("the bare mirror's fdatasync"))?,
@@ -167,7 +142,7 @@ impl BarePair {
                 .map_err(io("spawning a bare mirror thread"))?;
             pair.mirrors.push(handle);
             let (reader, writer) = filerep::io::net::tcp(conn).map_err(io("the bare pair's connection"))?;
-            pair.sides.push(Mutex::new(Side { reader, writer, file, copy: direct.then(|| Aligned::new(bs)) }));
+            pair.sides.push(Mutex::new(Side { reader, writer, file, copy: direct.then(|| AlignedBuf::new(bs)) }));
         }
         Ok(pair)
     }
@@ -198,8 +173,8 @@ impl BarePair {
         side.writer.send_all(&[IoSlice::new(&h), IoSlice::new(data)]).map_err(io("the bare pair's send"))?;
         let local = match side.copy.as_mut() {
             Some(copy) => {
-                copy.get_mut().copy_from_slice(data);
-                copy.get()
+                copy.as_mut_slice().copy_from_slice(data);
+                copy.as_slice()
             }
             None => data,
         };

@@ -26,8 +26,56 @@ pub const DIRECT_ALIGN: usize = 4096;
 const BOUNCE: usize = 1 << 20;
 
 thread_local! {
-    /// `BOUNCE + DIRECT_ALIGN` bytes, so an aligned window of `BOUNCE` fits.
-    static BOUNCE_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    /// This thread's aligned copy of what a direct write sends (`BOUNCE` bytes once used).
+    static BOUNCE_BUF: RefCell<AlignedBuf> = RefCell::new(AlignedBuf::default());
+}
+
+/// A buffer whose bytes start on a [`DIRECT_ALIGN`] boundary, for direct
+/// writes: a window found inside a larger allocation, so no unsafe
+/// allocation code is needed. It moves only when it grows (what it held is
+/// then not kept), so pointers into it stay valid while it is borrowed.
+#[derive(Debug, Default)]
+pub struct AlignedBuf {
+    raw: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl AlignedBuf {
+    /// `len` zero bytes, aligned.
+    pub fn new(len: usize) -> AlignedBuf {
+        let mut b = AlignedBuf::default();
+        b.set_len(len);
+        b
+    }
+
+    /// Make the buffer `len` bytes long, growing the allocation only if it
+    /// must (then every byte is zero).
+    pub fn set_len(&mut self, len: usize) {
+        if self.raw.len() < len + DIRECT_ALIGN {
+            self.raw = vec![0u8; len + DIRECT_ALIGN];
+            // For a byte pointer the offset is always found; `min` only keeps
+            // the window inside the allocation whatever it answers.
+            self.start = self.raw.as_ptr().align_offset(DIRECT_ALIGN).min(DIRECT_ALIGN);
+        }
+        self.len = len;
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        &self.raw[self.start..self.start + self.len]
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        &mut self.raw[self.start..self.start + self.len]
+    }
 }
 
 /// A second descriptor on the file behind `file`, with O_DIRECT: reopened
@@ -60,12 +108,11 @@ pub fn write_all(direct: &File, buffered: &File, mut offset: u64, mut buf: &[u8]
         } else {
             BOUNCE_BUF.with(|cell| -> io::Result<usize> {
                 let mut bounce = cell.borrow_mut();
-                if bounce.len() < BOUNCE + DIRECT_ALIGN {
-                    bounce.resize(BOUNCE + DIRECT_ALIGN, 0);
+                if bounce.len() < BOUNCE {
+                    bounce.set_len(BOUNCE);
                 }
-                let start = bounce.as_ptr().align_offset(DIRECT_ALIGN);
                 let len = buf.len().min(BOUNCE);
-                let window = &mut bounce[start..start + len];
+                let window = &mut bounce.as_mut_slice()[..len];
                 window.copy_from_slice(&buf[..len]);
                 write_some(direct, offset, window)
             })?
@@ -119,5 +166,23 @@ mod tests {
         f.read_exact_at(&mut back, at).expect("read");
         assert_eq!(back, big);
         assert!(aligned(0, DIRECT_ALIGN) && !aligned(1, DIRECT_ALIGN) && !aligned(0, 100) && !aligned(0, 0));
+    }
+
+    /// Aligned at every length; it moves only when it grows.
+    #[test]
+    fn an_aligned_buffer_stays_aligned_and_moves_only_to_grow() {
+        let mut b = AlignedBuf::default();
+        assert!(b.is_empty() && b.as_slice().is_empty());
+        b.set_len(3 * DIRECT_ALIGN);
+        assert!(is_aligned_ptr(b.as_slice()) && b.len() == 3 * DIRECT_ALIGN);
+        b.as_mut_slice().fill(7);
+        let at = b.as_slice().as_ptr();
+        b.set_len(DIRECT_ALIGN);
+        b.set_len(2 * DIRECT_ALIGN);
+        assert_eq!(b.as_slice().as_ptr(), at, "within its allocation it stays");
+        assert!(b.as_slice().iter().all(|&x| x == 7), "and keeps its bytes");
+        b.set_len(8 * DIRECT_ALIGN);
+        assert!(is_aligned_ptr(b.as_slice()) && b.as_slice().iter().all(|&x| x == 0));
+        assert!(is_aligned_ptr(AlignedBuf::new(100).as_slice()));
     }
 }

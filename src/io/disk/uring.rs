@@ -22,7 +22,7 @@
 //! If a ring can not be created, or breaks, the operation falls back to the
 //! std syscalls, so a ring problem is never reported as an I/O error.
 
-use super::direct::DIRECT_ALIGN;
+use super::direct::AlignedBuf;
 use super::std_backend::StdDisk;
 use super::{BatchWrite, Disk, DiskError, DiskErrorKind, DiskFile, DiskResult, FsPath, OpenMode};
 use io_uring::{opcode, squeue, types, IoUring, Probe};
@@ -43,7 +43,7 @@ const MAX_ENTER_FAILURES: u32 = 10_000;
 
 thread_local! {
     /// Aligned copies of a direct batch's blocks (grown to the largest round, kept).
-    static ARENA: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    static ARENA: RefCell<AlignedBuf> = RefCell::new(AlignedBuf::default());
     static BATCH_RING: RefCell<Option<IoUring>> = const { RefCell::new(None) };
 }
 
@@ -418,21 +418,22 @@ fn direct_round(writes: &[BatchWrite<'_>], round: &[usize], results: &mut [Optio
     }
 }
 
-/// Where each of `blocks` (lengths multiples of [`DIRECT_ALIGN`]) is
+/// Where each of `blocks` (lengths multiples of [`super::direct::DIRECT_ALIGN`]) is
 /// written from with O_DIRECT: the block itself when it is aligned in
 /// memory, else an aligned copy in `arena` (grown to fit; what it held
 /// before is overwritten). The pointers into `arena` stay valid while it is
 /// neither resized nor dropped.
 pub(super) fn aligned_sources<'a>(
-    arena: &mut Vec<u8>,
+    arena: &mut AlignedBuf,
     blocks: impl Iterator<Item = &'a [u8]> + Clone,
 ) -> Vec<*const u8> {
     let copied: usize = blocks.clone().filter(|b| !super::direct::is_aligned_ptr(b)).map(|b| b.len()).sum();
-    if copied > 0 && arena.len() < copied + DIRECT_ALIGN {
-        arena.resize(copied + DIRECT_ALIGN, 0);
+    if copied > arena.len() {
+        arena.set_len(copied);
     }
     // Every length is a multiple of DIRECT_ALIGN, so each copy starts aligned.
-    let mut at = arena.as_ptr().align_offset(DIRECT_ALIGN);
+    let mut at = 0;
+    let arena = arena.as_mut_slice();
     blocks
         .map(|b| {
             if super::direct::is_aligned_ptr(b) {
@@ -534,12 +535,11 @@ pub fn sequential_write_rate(path: &std::path::Path, bytes: u64) -> DiskResult<f
         // One aligned block of data (not zeros, which a device might elide),
         // written at every offset: writes only read it. Made before the
         // ring, so it is dropped after it.
-        let mut backing = vec![0u8; SEQ_WRITE_BLOCK + DIRECT_ALIGN];
-        let at = backing.as_ptr().align_offset(DIRECT_ALIGN);
-        for (i, b) in backing[at..at + SEQ_WRITE_BLOCK].iter_mut().enumerate() {
+        let mut backing = AlignedBuf::new(SEQ_WRITE_BLOCK);
+        for (i, b) in backing.as_mut_slice().iter_mut().enumerate() {
             *b = (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[3];
         }
-        let block = &backing[at..at + SEQ_WRITE_BLOCK];
+        let block = backing.as_slice();
         let mut ring = IoUring::new(SEQ_WRITE_DEPTH).map_err(|e| DiskError::from_io("io_uring setup", &label, &e))?;
         let total = bytes.div_ceil(SEQ_WRITE_BLOCK as u64) * SEQ_WRITE_BLOCK as u64;
         let fd = file.as_raw_fd();

@@ -12,7 +12,7 @@
 //! [`super::uring::submit_and_reap`] does, aborting the process rather than
 //! returning while the kernel may still read freed memory).
 
-use super::direct::{aligned, is_aligned_ptr};
+use super::direct::{aligned, is_aligned_ptr, AlignedBuf};
 use super::uring::{aligned_sources, complete_write, file_key, submit_and_reap};
 use super::{DiskFile, DiskResult};
 use io_uring::{opcode, types, IoUring};
@@ -50,7 +50,7 @@ struct InFlight<T> {
     order: u64,
     writes: Vec<RingWrite>,
     /// Aligned copies of the writes whose data is not aligned in memory.
-    arena: Vec<u8>,
+    arena: AlignedBuf,
     /// The kernel's result of each write, as it comes.
     results: Vec<Option<i32>>,
     left: usize,
@@ -68,7 +68,7 @@ pub struct WriteRing<T> {
     submitted: u64,
     /// Entries pushed and not yet reaped.
     unreaped: usize,
-    spare: Vec<Vec<u8>>,
+    spare: Vec<AlignedBuf>,
 }
 
 impl<T> WriteRing<T> {
@@ -166,7 +166,7 @@ impl<T> WriteRing<T> {
             return Err(tag);
         }
         let mut arena = match writes.iter().all(|w| is_aligned_ptr(&w.data)) {
-            true => Vec::new(),
+            true => AlignedBuf::default(),
             false => self.spare.pop().unwrap_or_default(),
         };
         let sources = aligned_sources(&mut arena, writes.iter().map(|w| &w.data[..]));
