@@ -39,7 +39,7 @@ mod plan;
 mod writer;
 
 use common::pair::{arbiter_args, exe, free_addr, store_config, try_spawn_ready_with, READY_ARBITER, READY_SEGMENT};
-use filerep::cluster::client::Client;
+use filerep::cluster::client::{Client, ErrorClass};
 use filerep::cluster::segment::{Acting, SegmentConfig, SegmentRequest, SegmentResponse, SegmentStatus};
 use filerep::core::pair::{PairMode, Role};
 use filerep::durable::catalog::Catalog;
@@ -647,9 +647,17 @@ fn round(c: &mut Cluster, plan: &Plan) -> Result<(String, String), String> {
         (seen, at, dropped)
     };
     let ends = c.stop_writers(running, &stop);
+    let runs = restart_and_check(c, &dropped)?;
+    Ok((format!("at the cut: {seen}; writers: {}; {runs} recover runs; {dropped}", ends.join(", ")), at))
+}
+
+/// After a cut: every process back, `filerep recover` until the pair is
+/// synchronized, then every promise kept on the acting primary and the
+/// copies identical; the writers' models start again from what is there.
+/// The recover runs it took.
+fn restart_and_check(c: &mut Cluster, dropped: &str) -> Result<usize, String> {
     c.restart()?;
     let runs = c.settle(SETTLE)?;
-    // Every promise kept on the acting primary, then the copies identical.
     let (p, _) = c.roles().ok_or("no catalog after settling")?;
     let roots = c.roots(p);
     let roots: Vec<&Path> = roots.iter().map(PathBuf::as_path).collect();
@@ -668,18 +676,76 @@ fn round(c: &mut Cluster, plan: &Plan) -> Result<(String, String), String> {
     for w in &mut c.writers {
         w.rebase(&mut cl, &roots)?;
     }
-    Ok((format!("at the cut: {seen}; writers: {}; {runs} recover runs; {dropped}", ends.join(", ")), at))
+    Ok(runs)
+}
+
+/// Rule 8 on real processes: the acting primary's data file system fails
+/// one fdatasync with EIO and lets that file's dirty pages go, as Linux
+/// does after a failed writeback (a later fsync succeeds without writing
+/// them). The primary must fault (its status says so, and no call it
+/// answers after reports anything durable), then its host loses power: after
+/// the restart and `filerep recover`, every promise the writers were given
+/// is on the acting primary and the copies are identical. A primary that
+/// retried the fsync, or went on, would have promised pages the cut takes.
+#[test]
+fn a_failed_fdatasync_faults_the_primary_and_breaks_no_promise() {
+    if !fuse_here("a_failed_fdatasync_faults_the_primary_and_breaks_no_promise") {
+        return;
+    }
+    let mut c = Cluster::start(LEVELS[0], SYNC_LATENCY_US[0], Vec::new());
+    for round in 1..=2u64 {
+        let r = (|| -> Result<String, String> {
+            let stop = Arc::new(AtomicBool::new(false));
+            let running = c.start_writers(0xf5_0000 + round, &stop)?;
+            let (p, _) = c.roles().ok_or("no catalog")?;
+            let before = c.seg(p).data.status()?.failed_syncs;
+            // Into a stream of writes and syncs.
+            std::thread::sleep(Duration::from_millis(300));
+            c.seg(p).data.fail_next_sync()?;
+            c.wait("the primary's fdatasync to fail", Duration::from_secs(30), |c| {
+                c.seg(p).data.status().is_ok_and(|r| r.failed_syncs > before)
+            })?;
+            let ends = c.stop_writers(running, &stop);
+            // Faulted: it takes no more changes.
+            let refused = match c.client()?.create(0, &format!("after-the-failed-fsync-{round}")) {
+                Ok(()) => return Err(format!("primary {p} took a change after its fdatasync failed")),
+                Err(e) if e.class() == Some(ErrorClass::Faulted) => e.to_string(),
+                Err(e) => return Err(format!("primary {p} refused a change, but not as faulted: {e}")),
+            };
+            let dropped = c.cut(&[Host::Seg(p)], false, round)?;
+            let runs = restart_and_check(&mut c, &dropped)?;
+            Ok(format!(
+                "primary {p} refused a change ({refused}); writers: {}; {runs} recover runs; {dropped}",
+                ends.join(", ")
+            ))
+        })();
+        match r {
+            Ok(story) => say(format!("failed fdatasync round {round}: ok; {story}")),
+            Err(e) => {
+                let kept = std::mem::replace(&mut c.dir, tempfile::tempdir().unwrap()).keep();
+                panic!("failed fdatasync round {round}: {e}\nlogs kept under {}", kept.display());
+            }
+        }
+    }
 }
 
 // ---- the test -------------------------------------------------------------------
 
+/// Whether FUSE can be mounted here. Where it cannot, test `name` is
+/// skipped with the reason, unless `FILEREP_REQUIRE_FUSE=1` (CI), which
+/// makes that a failure.
+fn fuse_here(name: &str) -> bool {
+    let Some(why) = forgetfs::fuse_unavailable() else { return true };
+    if std::env::var_os("FILEREP_REQUIRE_FUSE").is_some_and(|v| v == "1") {
+        panic!("{name}: FILEREP_REQUIRE_FUSE=1 but {why}");
+    }
+    say(format!("SKIPPED {name}: {why}"));
+    false
+}
+
 #[test]
 fn power_cuts_of_real_processes() {
-    if let Some(why) = forgetfs::fuse_unavailable() {
-        if std::env::var_os("FILEREP_REQUIRE_FUSE").is_some_and(|v| v == "1") {
-            panic!("power_cuts_of_real_processes: FILEREP_REQUIRE_FUSE=1 but {why}");
-        }
-        say(format!("SKIPPED power_cuts_of_real_processes: {why}"));
+    if !fuse_here("power_cuts_of_real_processes") {
         return;
     }
     let rounds = env_u64("FILEREP_POWERCUT_ROUNDS", 21);

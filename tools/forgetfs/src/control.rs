@@ -9,9 +9,9 @@ use std::time::Duration;
 
 pub const REQUEST_MAGIC: [u8; 4] = *b"FGFQ";
 pub const RESPONSE_MAGIC: [u8; 4] = *b"FGFA";
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 pub const REQUEST_LEN: usize = 32;
-pub const RESPONSE_HEADER_LEN: usize = 64;
+pub const RESPONSE_HEADER_LEN: usize = 72;
 /// Longest report text carried by a response (the rest is in the log).
 pub const MAX_TEXT: usize = 1 << 20;
 
@@ -24,6 +24,9 @@ pub enum Op {
     Status = 1,
     /// Power cut.
     Cut = 2,
+    /// The next fsync of a file with unsynced changes fails with EIO and
+    /// lets its dirty pages go, as Linux does (one more per request).
+    FailSync = 3,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,7 +60,8 @@ impl Request {
         let op = match u16::from_le_bytes([b[6], b[7]]) {
             1 => Op::Status,
             2 => Op::Cut,
-            n => return Err(format!("unknown op {n} (1 status, 2 cut)")),
+            3 => Op::FailSync,
+            n => return Err(format!("unknown op {n} (1 status, 2 cut, 3 fail the next fsync)")),
         };
         let flags = u32::from_le_bytes([b[8], b[9], b[10], b[11]]);
         if flags & !FLAG_TEAR != 0 {
@@ -88,6 +92,8 @@ pub struct Response {
     pub torn: u64,
     /// Cut: inodes no durable name leads to any more.
     pub removed: u64,
+    /// Fsyncs failed on purpose so far (every op answers it).
+    pub failed_syncs: u64,
     pub text: String,
 }
 
@@ -106,7 +112,7 @@ impl Response {
         b.extend_from_slice(&RESPONSE_MAGIC);
         b.extend_from_slice(&VERSION.to_le_bytes());
         b.extend_from_slice(&self.status.to_le_bytes());
-        for v in [self.cuts, self.files, self.bytes, self.entries, self.torn, self.removed] {
+        for v in [self.cuts, self.files, self.bytes, self.entries, self.torn, self.removed, self.failed_syncs] {
             b.extend_from_slice(&v.to_le_bytes());
         }
         b.extend_from_slice(&(text.len() as u32).to_le_bytes());
@@ -126,7 +132,7 @@ impl Response {
             return Err(format!("response version {version}, expected {VERSION}"));
         }
         let u = |at: usize| u64::from_le_bytes(h[at..at + 8].try_into().unwrap_or_default());
-        let len = u32::from_le_bytes(h[56..60].try_into().unwrap_or_default()) as usize;
+        let len = u32::from_le_bytes(h[64..68].try_into().unwrap_or_default()) as usize;
         if len > MAX_TEXT {
             return Err(format!("response text of {len} bytes (at most {MAX_TEXT})"));
         }
@@ -140,6 +146,7 @@ impl Response {
             entries: u(32),
             torn: u(40),
             removed: u(48),
+            failed_syncs: u(56),
             text: String::from_utf8(text).map_err(|e| format!("response text is not UTF-8: {e}"))?,
         })
     }
@@ -163,6 +170,12 @@ pub fn cut(socket: &Path, tear: bool, seed: u64) -> Result<Response, String> {
     call(socket, &Request { op: Op::Cut, tear, seed })
 }
 
+/// Make the next fsync of a file with unsynced changes fail (EIO, its
+/// dirty pages let go).
+pub fn fail_next_sync(socket: &Path) -> Result<Response, String> {
+    call(socket, &Request { op: Op::FailSync, tear: false, seed: 0 })
+}
+
 /// What a cut now would drop.
 pub fn status(socket: &Path) -> Result<Response, String> {
     call(socket, &Request { op: Op::Status, tear: false, seed: 0 })
@@ -177,6 +190,7 @@ mod tests {
         for req in [
             Request { op: Op::Cut, tear: true, seed: 0x1234_5678_9abc_def0 },
             Request { op: Op::Status, tear: false, seed: 0 },
+            Request { op: Op::FailSync, tear: false, seed: 0 },
         ] {
             assert_eq!(Request::decode(&req.encode()), Ok(req));
         }
@@ -185,7 +199,7 @@ mod tests {
         b[0] = b'X';
         assert!(Request::decode(&b).unwrap_err().contains("magic"));
         let mut b = good;
-        b[4] = 2;
+        b[4] = 9;
         assert!(Request::decode(&b).unwrap_err().contains("version"));
         let mut b = good;
         b[6] = 9;
@@ -208,6 +222,7 @@ mod tests {
             entries: 5,
             torn: 1,
             removed: 4,
+            failed_syncs: 6,
             text: "/a: unsynced changes dropped\n".into(),
         };
         let b = r.encode();

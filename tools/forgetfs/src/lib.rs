@@ -151,7 +151,19 @@ pub fn handle(req: &Request, model: &Mutex<Model>, label: &str) -> Response {
     match req.op {
         Op::Status => {
             let p = m.pending();
-            Response { cuts: m.cuts(), files: p.files, bytes: p.bytes, entries: p.entries, ..Response::default() }
+            Response {
+                cuts: m.cuts(),
+                files: p.files,
+                bytes: p.bytes,
+                entries: p.entries,
+                failed_syncs: m.failed_syncs(),
+                ..Response::default()
+            }
+        }
+        Op::FailSync => {
+            m.fail_next_sync();
+            tracing::warn!(label, "armed: the next fsync of a file with unsynced changes fails");
+            Response { cuts: m.cuts(), failed_syncs: m.failed_syncs(), ..Response::default() }
         }
         Op::Cut => {
             let r = m.cut(req.tear.then_some(req.seed));
@@ -175,6 +187,7 @@ pub fn handle(req: &Request, model: &Mutex<Model>, label: &str) -> Response {
                 entries: r.entries,
                 torn: r.torn,
                 removed: r.removed,
+                failed_syncs: m.failed_syncs(),
                 text: r.lines.join("\n"),
                 ..Response::default()
             }

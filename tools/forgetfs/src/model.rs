@@ -96,6 +96,11 @@ struct FileData {
     /// Live content of every page changed since the last sync (bytes past
     /// the live length are zero).
     pages: BTreeMap<u64, Box<[u8]>>,
+    /// Pages a failed fsync let go, as Linux marks the pages of a failed
+    /// writeback clean: still read (the page cache keeps them), never
+    /// written by a later fsync, gone at a cut. A write makes one dirty
+    /// again (it moves to `pages`).
+    lost: BTreeMap<u64, Box<[u8]>>,
     /// The last write since the last sync (offset, length), if nothing but
     /// writes followed it: a torn cut keeps a prefix of its sectors.
     last_write: Option<(u64, u64)>,
@@ -105,6 +110,17 @@ struct FileData {
 impl FileData {
     fn dirty(&self) -> bool {
         !self.pages.is_empty() || self.live_len != self.durable_len || self.floor != self.durable_len
+    }
+
+    /// Whether a cut now would change what reads show: dirty, or holding
+    /// pages a failed fsync let go.
+    fn unsynced(&self) -> bool {
+        self.dirty() || !self.lost.is_empty()
+    }
+
+    /// Pages held in memory, dirty or let go.
+    fn held_pages(&self) -> u64 {
+        (self.pages.len() + self.lost.len()) as u64
     }
 }
 
@@ -196,6 +212,10 @@ pub struct Model {
     /// Bytes of dirty pages held, and the most allowed (a write past it: ENOSPC).
     dirty_bytes: u64,
     max_dirty: u64,
+    /// Fsyncs of a file with unsynced changes still to fail (armed by the
+    /// control socket), and how many failed so far.
+    fail_syncs: u64,
+    failed_syncs: u64,
 }
 
 fn eio(e: std::io::Error) -> Errno {
@@ -241,6 +261,8 @@ impl Model {
             cuts: 0,
             dirty_bytes: 0,
             max_dirty: max_dirty.max(PAGE),
+            fail_syncs: 0,
+            failed_syncs: 0,
         })
     }
 
@@ -253,6 +275,17 @@ impl Model {
 
     pub fn cuts(&self) -> u64 {
         self.cuts
+    }
+
+    /// The next fsync of a file with unsynced changes fails with EIO (one
+    /// more each time this is called).
+    pub fn fail_next_sync(&mut self) {
+        self.fail_syncs += 1;
+    }
+
+    /// Fsyncs that failed on purpose so far.
+    pub fn failed_syncs(&self) -> u64 {
+        self.failed_syncs
     }
 
     fn node(&self, ino: Ino) -> Result<&Node, Errno> {
@@ -503,7 +536,10 @@ impl Model {
             let store = f.store.as_ref().ok_or(libc::EIO)?;
             store.read_exact_at(&mut buf[..(base_end - off) as usize], off).map_err(eio)?;
         }
-        for (&p, page) in f.pages.range(off / PAGE..=(end - 1) / PAGE) {
+        // Pages let go first: a page is in one of the two maps, never both.
+        for (&p, page) in
+            f.lost.range(off / PAGE..=(end - 1) / PAGE).chain(f.pages.range(off / PAGE..=(end - 1) / PAGE))
+        {
             let (ps, pe) = (p * PAGE, p * PAGE + PAGE);
             let (s, e) = (ps.max(off), pe.min(end));
             buf[(s - off) as usize..(e - off) as usize].copy_from_slice(&page[(s - ps) as usize..(e - ps) as usize]);
@@ -543,7 +579,8 @@ impl Model {
         let (first, last) = (off / PAGE, (end - 1) / PAGE);
         let new_pages = {
             let Body::File(f) = &self.node(ino)?.body else { return Err(libc::EISDIR) };
-            (first..=last).filter(|p| !f.pages.contains_key(p)).count() as u64
+            // A page let go is held already: dirty again, it costs nothing more.
+            (first..=last).filter(|p| !f.pages.contains_key(p) && !f.lost.contains_key(p)).count() as u64
         };
         if self.dirty_bytes + new_pages * PAGE > self.max_dirty {
             tracing::error!(ino, held = self.dirty_bytes, "too much unsynced data held in memory: ENOSPC");
@@ -567,6 +604,9 @@ impl Model {
         }
         self.dirty_bytes += new_pages * PAGE;
         let f = self.file_mut(ino)?;
+        for (p, _) in &fresh {
+            f.lost.remove(p);
+        }
         f.pages.extend(fresh);
         for p in first..=last {
             let (ps, pe) = (p * PAGE, p * PAGE + PAGE);
@@ -598,14 +638,16 @@ impl Model {
         let mut freed = 0;
         if len < f.live_len {
             let keep = len.div_ceil(PAGE);
-            let gone: Vec<u64> = f.pages.range(keep..).map(|(p, _)| *p).collect();
-            for p in gone {
-                f.pages.remove(&p);
-                freed += PAGE;
-            }
-            if len % PAGE != 0 {
-                if let Some(page) = f.pages.get_mut(&(len / PAGE)) {
-                    page[(len % PAGE) as usize..].fill(0);
+            for map in [&mut f.pages, &mut f.lost] {
+                let gone: Vec<u64> = map.range(keep..).map(|(p, _)| *p).collect();
+                for p in gone {
+                    map.remove(&p);
+                    freed += PAGE;
+                }
+                if len % PAGE != 0 {
+                    if let Some(page) = map.get_mut(&(len / PAGE)) {
+                        page[(len % PAGE) as usize..].fill(0);
+                    }
                 }
             }
             f.floor = f.floor.min(len);
@@ -686,7 +728,7 @@ impl Model {
             let Some(node) = self.nodes.remove(&ino) else { continue };
             match node.body {
                 Body::File(f) => {
-                    self.dirty_bytes = self.dirty_bytes.saturating_sub(f.pages.len() as u64 * PAGE);
+                    self.dirty_bytes = self.dirty_bytes.saturating_sub(f.held_pages() * PAGE);
                     drop(f.store);
                     let _ = std::fs::remove_file(self.store.join(ino.to_string()));
                 }

@@ -87,6 +87,12 @@ impl ForgetFs {
         control::cut(&self.control, tear, seed).map_err(|e| format!("{}: {e}", self.label))
     }
 
+    /// The next fsync of a file with unsynced changes fails with EIO and
+    /// lets its dirty pages go (as Linux does after a failed writeback).
+    pub fn fail_next_sync(&self) -> Result<Response, String> {
+        control::fail_next_sync(&self.control).map_err(|e| format!("{}: {e}", self.label))
+    }
+
     pub fn status(&self) -> Result<Response, String> {
         control::status(&self.control).map_err(|e| format!("{}: {e}", self.label))
     }

@@ -48,6 +48,38 @@ fn a_write_without_fsync_is_gone_after_a_cut() {
     assert_eq!(t.content(ROOT, "f").unwrap(), b"", "the name was synced, the data was not");
 }
 
+/// A failed fsync (armed on the control socket) answers EIO and lets the
+/// file's dirty pages go, as Linux does: reads still show them, a later
+/// fsync succeeds without writing them, a cut shows the durable bytes.
+/// Written again, a page is dirty again and the next fsync keeps it.
+#[test]
+fn a_failed_fsync_lets_its_pages_go_until_they_are_written_again() {
+    let mut t = model();
+    let f = t.file(ROOT, "f");
+    t.m.fsync(ROOT).unwrap();
+    let page = PAGE as usize;
+    t.m.write(f, 0, &vec![b'a'; 2 * page]).unwrap();
+    t.m.fsync(f).unwrap();
+    t.m.write(f, 0, &vec![b'b'; 2 * page]).unwrap();
+    t.m.fail_next_sync();
+    assert_eq!(t.m.fsync(ROOT), Ok(()), "armed for a file with unsynced changes, not a directory");
+    assert_eq!(t.m.fsync(f), Err(libc::EIO));
+    assert_eq!(t.m.failed_syncs(), 1);
+    assert_eq!(t.content(ROOT, "f").unwrap(), vec![b'b'; 2 * page], "still read");
+    assert_eq!(t.m.fsync(f), Ok(()), "a later fsync succeeds");
+    // The second page is written again: dirty, then synced.
+    t.m.write(f, PAGE, b"c").unwrap();
+    t.m.fsync(f).unwrap();
+    assert_eq!(t.m.pending().files, 1, "the page let go is still not durable");
+    let r = t.m.cut(None);
+    assert_eq!((r.files, r.bytes), (1, PAGE), "{r:?}");
+    let mut want = vec![b'a'; page];
+    want.extend_from_slice(b"c");
+    want.extend(vec![b'b'; page - 1]);
+    assert_eq!(t.content(ROOT, "f").unwrap(), want, "the page let go is back to its durable bytes");
+    assert_eq!(t.m.pending(), Default::default());
+}
+
 #[test]
 fn a_write_then_fsync_is_kept() {
     let mut t = model();

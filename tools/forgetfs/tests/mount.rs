@@ -78,6 +78,29 @@ fn what_a_cut_keeps_through_the_kernel() {
     assert!(log.contains("power cut") && log.contains("lost"), "{log}");
 }
 
+/// Rule 14 through the kernel: an armed failure makes the next fsync of a
+/// changed file return EIO; the bytes stay readable, a second fsync
+/// succeeds, and a cut still shows the file's durable content.
+#[test]
+fn a_failed_fsync_answers_eio_and_its_pages_never_become_durable() {
+    let Some((f, _dir)) = fs("a_failed_fsync_answers_eio_and_its_pages_never_become_durable") else { return };
+    let m = &f.mountpoint;
+    let mut file = File::create(m.join("f")).unwrap();
+    file.write_all(b"durable").unwrap();
+    file.sync_data().unwrap();
+    sync_dir(m);
+    file.write_all_at(b"LOST", 0).unwrap();
+    assert_eq!(f.fail_next_sync().unwrap().failed_syncs, 0, "armed, not fired");
+    let e = file.sync_data().unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+    assert_eq!(f.status().unwrap().failed_syncs, 1);
+    assert_eq!(std::fs::read(m.join("f")).unwrap(), b"LOSTble", "still read");
+    file.sync_data().unwrap();
+    let r = f.cut(false, 0).unwrap();
+    assert_eq!(r.files, 1, "{}", r.text);
+    assert_eq!(std::fs::read(m.join("f")).unwrap(), b"durable");
+}
+
 #[test]
 fn a_torn_write_keeps_whole_sectors_through_the_kernel() {
     let Some((f, _dir)) = fs("a_torn_write_keeps_whole_sectors_through_the_kernel") else { return };

@@ -28,6 +28,18 @@ impl Model {
             }
             return Ok(());
         }
+        if self.fail_syncs > 0 {
+            // As Linux after a failed writeback: EIO, and the dirty pages
+            // are clean from now on without having been written (rule 8 of
+            // the design: a later fsync must not be trusted with them).
+            self.fail_syncs -= 1;
+            self.failed_syncs += 1;
+            let f = self.file_mut(ino)?;
+            let pages = std::mem::take(&mut f.pages);
+            f.lost.extend(pages);
+            tracing::warn!(ino, "fsync failed on purpose: EIO, its dirty pages let go");
+            return Err(libc::EIO);
+        }
         self.store_file(ino)?;
         let f = self.file_mut(ino)?;
         let store = f.store.as_ref().ok_or(libc::EIO)?;
@@ -41,6 +53,7 @@ impl Model {
                 store.write_all_at(&page[..(end - p * PAGE) as usize], p * PAGE).map_err(eio)?;
             }
         }
+        // The pages a failed fsync let go stay held (and unwritten).
         let freed = f.pages.len() as u64 * PAGE;
         f.pages.clear();
         f.durable_len = f.live_len;
@@ -96,9 +109,9 @@ impl Model {
         let mut p = Pending::default();
         for n in self.nodes.values() {
             match &n.body {
-                Body::File(f) if f.dirty() => {
+                Body::File(f) if f.unsynced() => {
                     p.files += 1;
-                    p.bytes += f.pages.len() as u64 * PAGE;
+                    p.bytes += f.held_pages() * PAGE;
                 }
                 Body::Dir(d) => p.entries += map_diff(&d.live, &d.durable).len() as u64,
                 Body::File(_) => {}
@@ -118,13 +131,14 @@ impl Model {
         // What is thrown away, before anything changes.
         for &ino in &inos {
             match &self.nodes[&ino].body {
-                Body::File(f) if f.dirty() => {
+                Body::File(f) if f.unsynced() => {
                     r.files += 1;
-                    r.bytes += f.pages.len() as u64 * PAGE;
+                    r.bytes += f.held_pages() * PAGE;
                     r.lines.push(format!(
-                        "{}: unsynced changes dropped ({} dirty pages; length {} -> {})",
+                        "{}: unsynced changes dropped ({} dirty pages, {} let go by a failed fsync; length {} -> {})",
                         name(ino),
                         f.pages.len(),
+                        f.lost.len(),
                         f.live_len,
                         f.durable_len
                     ));
@@ -218,6 +232,7 @@ impl Model {
                 }
                 Body::File(f) => {
                     f.pages.clear();
+                    f.lost.clear();
                     f.live_len = f.durable_len;
                     f.floor = f.durable_len;
                     f.last_write = None;
