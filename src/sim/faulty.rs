@@ -53,9 +53,20 @@ fn fire(a: &mut Arms, f: Fired) {
     a.fired_total += 1;
 }
 
-/// Before a mutating call: `Ok(false)` to go on, `Ok(true)` to perform the
-/// write and then lose power (so the crash may tear it), or the error.
-fn gate(arms: &Mutex<Arms>, op: &'static str, path: &str, m: Mutation) -> DiskResult<bool> {
+/// What a mutating call does, once the gate let it through.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    Go,
+    /// Perform the write, then lose power (the crash may tear it).
+    WriteThenLosePower,
+    /// The sync fails: the simulated disk fails it, so it makes nothing
+    /// durable and a file's bytes not yet durable are let go for good
+    /// ([`failing_sync`]).
+    FailSync,
+}
+
+/// Before a mutating call: how it goes on, or the error.
+fn gate(arms: &Mutex<Arms>, op: &'static str, path: &str, m: Mutation) -> DiskResult<Pass> {
     let mut a = lock(arms);
     if a.power_lost {
         return Err(power_err(op, path));
@@ -66,22 +77,33 @@ fn gate(arms: &Mutex<Arms>, op: &'static str, path: &str, m: Mutation) -> DiskRe
             a.crash_in = None;
             a.power_lost = true;
             fire(&mut a, Fired::PowerLoss);
-            return if m == Mutation::Write { Ok(true) } else { Err(power_err(op, path)) };
+            return if m == Mutation::Write { Ok(Pass::WriteThenLosePower) } else { Err(power_err(op, path)) };
         }
         a.crash_in = Some(n - 1);
     }
     if m == Mutation::Sync && a.fail_sync {
         a.fail_sync = false;
         fire(&mut a, Fired::Fsync);
-        // Nothing is made durable (rule 8: the caller must not retry into a success).
-        return Err(DiskError::new(op, path, DiskErrorKind::Io, "injected fsync failure"));
+        return Ok(Pass::FailSync);
     }
     if matches!(m, Mutation::Write | Mutation::Grow) && a.no_space {
         a.no_space = false;
         fire(&mut a, Fired::NoSpace);
         return Err(DiskError::new(op, path, DiskErrorKind::NoSpace, "injected ENOSPC"));
     }
-    Ok(false)
+    Ok(Pass::Go)
+}
+
+/// Run `sync` with the simulated disk's own sync failure armed: nothing is
+/// made durable, and a file's bytes not yet durable are let go as Linux
+/// lets them go (rule 8: a sync retried after this one succeeds without
+/// them). Always an error.
+fn failing_sync(sim: &SimDisk, op: &'static str, path: &str, sync: impl FnOnce() -> DiskResult<()>) -> DiskResult<()> {
+    sim.inject(SimFault::FailNextSync);
+    let r = sync();
+    // A stale handle fails before it takes the fault: no other sync may.
+    sim.disarm_sync_faults();
+    r.and(Err(DiskError::new(op, path, DiskErrorKind::Io, "injected fsync failure")))
 }
 
 fn alive(arms: &Mutex<Arms>, op: &'static str, path: &str) -> DiskResult<()> {
@@ -190,8 +212,11 @@ impl Disk for FaultyDisk {
     }
 
     fn sync_parent_dir(&self, path: &FsPath) -> DiskResult<()> {
-        gate(&self.arms, "sync_parent_dir", &path.to_string(), Mutation::Sync)?;
-        self.sim.sync_parent_dir(path)
+        let label = path.to_string();
+        match gate(&self.arms, "sync_parent_dir", &label, Mutation::Sync)? {
+            Pass::FailSync => failing_sync(&self.sim, "sync_parent_dir", &label, || self.sim.sync_parent_dir(path)),
+            _ => self.sim.sync_parent_dir(path),
+        }
     }
 
     fn parent_dir_handle(&self, path: &FsPath) -> DiskResult<Arc<dyn DiskFile>> {
@@ -240,7 +265,7 @@ impl std::fmt::Debug for Arms {
 
 impl DiskFile for FaultyFile {
     fn write_at(&self, offset: u64, buf: &[u8]) -> DiskResult<()> {
-        if gate(&self.arms, "write", &self.path, Mutation::Write)? {
+        if gate(&self.arms, "write", &self.path, Mutation::Write)? == Pass::WriteThenLosePower {
             // The power goes while this write is in flight: it reaches the
             // page cache, and the crash that follows may tear it.
             let _ = self.inner.write_at(offset, buf);
@@ -255,22 +280,10 @@ impl DiskFile for FaultyFile {
     }
 
     fn sync_data(&self) -> DiskResult<()> {
-        let fired = lock(&self.arms).fired_total;
-        if let Err(e) = gate(&self.arms, "sync_data", &self.path, Mutation::Sync) {
-            let a = lock(&self.arms);
-            if a.fired_total > fired && a.fired.last() == Some(&Fired::Fsync) {
-                drop(a);
-                // The file's own sync fails too, so its bytes not yet
-                // durable are let go as Linux lets them go (rule 8: a
-                // sync retried after this one succeeds without them).
-                self.sim.inject(SimFault::FailNextSync);
-                let _ = self.inner.sync_data();
-                // A stale handle fails before it takes the fault: no other sync may.
-                self.sim.disarm_sync_faults();
-            }
-            return Err(e);
+        match gate(&self.arms, "sync_data", &self.path, Mutation::Sync)? {
+            Pass::FailSync => failing_sync(&self.sim, "sync_data", &self.path, || self.inner.sync_data()),
+            _ => self.inner.sync_data(),
         }
-        self.inner.sync_data()
     }
 
     fn set_len(&self, len: u64) -> DiskResult<()> {

@@ -51,9 +51,8 @@ impl Inner {
         }
         rec.torn_bytes = total - at;
         if rec.torn_bytes > 0 {
+            // `ChangeLog::open` rewrites the file from what was read: the tail goes with it.
             tracing::warn!(torn = rec.torn_bytes, "change-log: cutting a torn tail");
-            self.file.set_len(at).map_err(disk_err("truncate torn tail"))?;
-            self.file.sync_data().map_err(disk_err("fdatasync"))?;
         }
         self.len = at;
         self.file_nos = names.into_iter().map(|(n, p)| (p, n)).collect();

@@ -112,13 +112,13 @@ impl Core {
 
 /// What routing an engine's commands leaves for the current thread, and
 /// the threads to wake once the lock is released.
-pub(super) struct Routed {
+struct Routed {
     mine: VecDeque<Command>,
     wake: Vec<Arc<Slot>>,
 }
 
 impl Routed {
-    pub(super) fn wake(self) -> VecDeque<Command> {
+    fn wake(self) -> VecDeque<Command> {
         for s in &self.wake {
             s.thread.unpark();
         }
@@ -221,7 +221,7 @@ impl Runtime {
 
     /// Route what the engine queued: this thread's commands are returned,
     /// the others go to their calls' mailboxes or the background worker.
-    pub(super) fn route(&self, core: &mut Core, me: Option<CallId>) -> Routed {
+    fn route(&self, core: &mut Core, me: Option<CallId>) -> Routed {
         let mut routed = Routed { mine: VecDeque::new(), wake: Vec::new() };
         while let Some(cmd) = core.engine.next_command() {
             match cmd.owner() {
@@ -282,9 +282,18 @@ impl Runtime {
     }
 
     pub(super) fn feed(&self, ev: Event, me: Option<CallId>) -> VecDeque<Command> {
+        self.feed_all([ev], me)
+    }
+
+    /// Feed events in order under one hold of the core's lock (at one
+    /// clock reading), then route and wake as [`Runtime::feed`] does.
+    pub(super) fn feed_all(&self, evs: impl IntoIterator<Item = Event>, me: Option<CallId>) -> VecDeque<Command> {
         let routed = {
             let mut core = lock(&self.core);
-            core.engine.on(ev, self.now_ms());
+            let now = self.now_ms();
+            for ev in evs {
+                core.engine.on(ev, now);
+            }
             self.route(&mut core, me)
         };
         routed.wake()

@@ -216,19 +216,8 @@ fn read_once(rt: &Runtime, link: &Link, side: &mut ReadSide, readable: bool) -> 
         }
     }
     side.ticked = Instant::now();
-    let mine = {
-        let routed = {
-            let mut core = lock(&rt.core);
-            let now = rt.now_ms();
-            for frame in frames {
-                core.engine.on(Event::Received { epoch: link.epoch, frame }, now);
-            }
-            core.engine.on(Event::Tick, now);
-            rt.route(&mut core, None)
-        };
-        routed.wake()
-    };
-    rt.run_left(mine);
+    let received = frames.into_iter().map(|frame| Event::Received { epoch: link.epoch, frame });
+    rt.run_left(rt.feed_all(received.chain([Event::Tick]), None));
     match bad {
         Some(b) => Err(b),
         None => Ok(()),
