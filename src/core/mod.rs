@@ -85,6 +85,11 @@ pub enum PlantedBug {
     /// activity-log entries fails, and it goes on serving instead of
     /// faulting (as if a later sync could make those files durable).
     RetireSyncFailureForgiven,
+    /// Rule 8 across a restart broken: a segment whose primary faulted
+    /// takes its next role (or hands its change set over) with the fault
+    /// note cleared but nothing rewritten, so pages a failed fsync let go
+    /// stay readable here and absent from its disk.
+    FaultNoteIgnored,
 }
 
 /// The environment variable that plants a defect in a real process
@@ -100,7 +105,7 @@ pub fn planted_in_process() -> Option<PlantedBug> {
 
 impl PlantedBug {
     /// Every defect with its name on the command line (`filerep sim --faults --bug NAME`).
-    pub const ALL: [(PlantedBug, &'static str); 24] = [
+    pub const ALL: [(PlantedBug, &'static str); 25] = [
         (PlantedBug::SkipRecordBlock, "skip-record-block"),
         (PlantedBug::SkipActivityCover, "skip-activity-cover"),
         (PlantedBug::AckWithoutMirror, "ack-without-mirror"),
@@ -125,6 +130,7 @@ impl PlantedBug {
         (PlantedBug::ApplyPastRounds, "apply-past-rounds"),
         (PlantedBug::RoundsRetireOutOfOrder, "rounds-retire-out-of-order"),
         (PlantedBug::RetireSyncFailureForgiven, "retire-sync-failure-forgiven"),
+        (PlantedBug::FaultNoteIgnored, "fault-note-ignored"),
     ];
 
     /// The defect a real `filerep` process plants, named by the

@@ -6,6 +6,7 @@
 //! the mirror's executor (batched writes, grouped syncs).
 
 pub mod apply;
+pub mod doubt;
 mod fault;
 pub mod primary;
 

@@ -206,7 +206,11 @@ impl PrimaryExec {
                 Some(Event::Logged { result: r })
             }
             Command::RetireSync { files, dirs } => {
-                Some(Event::RetireSynced { result: self.retire_sync(&files, &dirs) })
+                let r = self.retire_sync(&files, &dirs);
+                if let Err(e) = &r {
+                    self.note_fault(e);
+                }
+                Some(Event::RetireSynced { result: r })
             }
             cmd @ (Command::Send { .. } | Command::Close | Command::AskArbiter { .. } | Command::Complete { .. }) => {
                 return Performed::Driver(cmd)
@@ -215,6 +219,15 @@ impl PrimaryExec {
     }
 
     fn local(&self, step: LocalStep, x: &mut Extras) -> std::result::Result<(), String> {
+        // The steps whose failure faults the engine (rule 8): their pages
+        // may be gone from the disk while still readable here.
+        let in_doubt_if_failed = matches!(
+            step,
+            LocalStep::Write { .. }
+                | LocalStep::SetLen { .. }
+                | LocalStep::SyncFiles { .. }
+                | LocalStep::SyncDirs { .. }
+        );
         let r: Result<()> = match step {
             LocalStep::Write { file, offset, data } => self.file(&file).and_then(|f| Ok(f.write_at(offset, &data)?)),
             LocalStep::Create { file } => {
@@ -250,7 +263,26 @@ impl PrimaryExec {
                 })
             }
         };
+        if let (true, Err(e)) = (in_doubt_if_failed, &r) {
+            self.note_fault(&e.to_string());
+        }
         r.map_err(|e| keep(x, e))
+    }
+
+    /// Rule 8's record across restarts: a failed write, truncate or sync
+    /// leaves this host's files in doubt. Noted durably beside the
+    /// change-log before the engine hears of the failure, so a process
+    /// killed right after still knows at its next start
+    /// ([`crate::exec::doubt::settle_in_doubt`]).
+    fn note_fault(&self, what: &str) {
+        let Some(log) = &self.changelog else { return };
+        if let Err(e) = log.note_fault(what) {
+            tracing::error!(
+                error = %e,
+                fault = what,
+                "cannot note the fault beside the change-log: power-cycle this host before the segment serves again"
+            );
+        }
     }
 
     fn hash_local(&self, file: &FsPath, x: &mut Extras) -> Result<Option<(u64, u32)>> {

@@ -101,7 +101,9 @@ impl World {
             return None;
         }
         let pending = node.log.as_ref().is_some_and(|l| !l.is_empty());
-        let faulted = matches!(node.role, Role::Mirror { faulted: true, .. });
+        let faulted = matches!(node.role, Role::Mirror { faulted: true, .. })
+            || (matches!(node.role, Role::Primary { .. })
+                && node.primary.as_ref().is_some_and(|s| s.engine.faulted().is_some()));
         let unheard = node.primary.as_ref().is_some_and(|s| s.engine.failed_unheard());
         // As the segment process says it: not as a primary.
         let lost_power_streaming = !matches!(node.role, Role::Primary { .. }) && node.lost_power_streaming();
@@ -215,6 +217,9 @@ impl World {
         if self.session.as_ref().is_some_and(|s| s.mirror == n && s.mirror_on) {
             self.end_mirror_side("the arbiter restarted it")?;
         }
+        if !self.settle(n)? {
+            return Ok(());
+        }
         self.nodes[n].role = Role::Mirror { gen, faulted: false };
         Ok(())
     }
@@ -294,11 +299,47 @@ impl World {
         Ok(())
     }
 
+    /// Before segment `n` takes a role or hands its change set over, the
+    /// files an earlier fault of its left in doubt are rewritten and
+    /// synced, as the segment process does. False: a fault fired meanwhile
+    /// and the segment is down (or lost power).
+    fn settle(&mut self, n: usize) -> Result<bool, SimFailure> {
+        let Some(log) = self.nodes[n].log.clone() else { return Ok(true) };
+        let disk = self.nodes[n].data.clone();
+        let fired = disk.fired_total() + self.nodes[n].log_io.fired_total();
+        let settled = crate::exec::doubt::settle_in_doubt(disk.as_ref(), &log, self.cfg.bug).map(|s| s.is_some());
+        if self.nodes[n].log_io.power_lost() {
+            // The power went inside the note's removal.
+            self.crash_node(n)?;
+            return Ok(false);
+        }
+        match settled {
+            Ok(true) => self.outcome("a segment rewrote the files a fault left in doubt"),
+            Ok(false) => {}
+            Err(_) if disk.fired_total() + self.nodes[n].log_io.fired_total() > fired => {
+                self.outcome("a segment could not settle the files in doubt");
+                if self.session.as_ref().is_some_and(|s| s.mirror == n && s.mirror_on) {
+                    self.end_mirror_side("its files in doubt could not be settled")?;
+                }
+                if self.nodes[n].primary.is_some() {
+                    self.drop_engine(n);
+                }
+                self.nodes[n].role = Role::Down { restart_at: self.now + self.rng.gen_range(20..200) };
+                return Ok(false);
+            }
+            Err(e) => return Err(self.fail(format!("segment {} settling its files in doubt: {e}", self.nodes[n].dbid))),
+        }
+        Ok(true)
+    }
+
     /// A process starting as primary makes its data directories durable
     /// first, as the runtime does; a disk that fails it stops the start
     /// (the process exits and is restarted later).
     fn sync_at_start(&mut self, n: usize) -> Result<bool, SimFailure> {
         let disk = self.nodes[n].data.clone();
+        if !self.settle(n)? {
+            return Ok(false);
+        }
         let fired = disk.fired_total();
         match crate::io::disk::sync_tree(disk.as_ref(), self.cfg.filespaces) {
             Ok(_) => Ok(true),
@@ -315,6 +356,9 @@ impl World {
     /// change-log, durably, then it forgets it (rule 5).
     fn hand_over(&mut self, from: usize, to: usize) -> Result<(), SimFailure> {
         let (Some(old), Some(new)) = (self.nodes[from].log.clone(), self.nodes[to].log.clone()) else { return Ok(()) };
+        if !self.settle(from)? {
+            return Ok(());
+        }
         let set = old.change_set();
         let merged = new.merge(&set);
         if self.nodes[to].log_io.power_lost() {

@@ -34,7 +34,13 @@ impl World {
                 let engine = self.nodes[n].primary.as_ref().map(|s| (s.engine.mode(), s.engine.faulted()));
                 match (&self.nodes[n].role, engine) {
                     (Role::Down { .. }, _) => self.restart(n)?,
-                    // After an I/O error the page cache is not to be trusted: a power cycle.
+                    // After an I/O error the page cache is not to be trusted:
+                    // an operator power-cycles the host, or restarts the
+                    // segment (which settles its files in doubt first).
+                    (Role::Primary { .. }, Some((_, Some(_)))) if self.rng.gen_bool(0.5) => {
+                        self.outcome("an operator restarted a faulted primary's process");
+                        self.restart_process(n)?;
+                    }
                     (Role::Primary { .. }, Some((_, Some(_)))) | (Role::Mirror { faulted: true, .. }, _) => {
                         self.crash_node(n)?;
                         self.restart(n)?;
@@ -195,6 +201,8 @@ impl World {
     /// every durable change has a durable record, so what the change-log
     /// names is enough; invariant 3 is checked first).
     fn restore(&mut self) -> Result<(), SimFailure> {
+        // The operator runs it once the probes see the primary back.
+        self.arbiter_step_now()?;
         self.arbiter_apply(crate::core::pair::Event::Restore)?;
         if self.pair.down {
             return Err(self.fail(format!("restore left the pair down: {:?}", self.pair)));

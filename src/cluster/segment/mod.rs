@@ -416,7 +416,14 @@ impl Shared {
     fn role_view(&self) -> RoleView {
         let role = lock(&self.role);
         // A mirror whose disk failed (rule 8) says so: it is never promoted.
-        let faulted = matches!(&*role, Role::Mirror { server, .. } if server.fault().is_some());
+        // A primary whose disk failed refuses every change: the arbiter
+        // promotes its mirror if that is in sync (else the content is down).
+        let fault = match &*role {
+            Role::Mirror { server, .. } => server.fault(),
+            Role::Primary(p) => p.faulted(),
+            _ => None,
+        };
+        let faulted = fault.is_some();
         let (acting, generation, mode, detail, primary) = match &*role {
             Role::Idle => (Acting::Idle, 0, '-', "waiting for the arbiter".to_string(), None),
             Role::Starting => (Acting::Starting, 0, '-', "carrying out an order".to_string(), None),
@@ -430,6 +437,10 @@ impl Shared {
                     Mode::Deciding => ('d', "mirror lost: asking the arbiter".to_string()),
                     Mode::ChangeTracking => ('c', "change tracking".to_string()),
                     Mode::Failed(w) => ('f', w),
+                };
+                let detail = match &fault {
+                    Some(f) => format!("faulted: {f}"),
+                    None => detail,
                 };
                 (Acting::Primary, p.generation(), mode, detail, Some(p.clone()))
             }
@@ -555,6 +566,13 @@ impl Shared {
         };
         let result = (|| {
             RoleRecord::note(&self.cfg.state_dir, None, Some(generation))?;
+            // Files an earlier fault as primary left in doubt are made
+            // durable as they read before a resync compares them.
+            crate::exec::doubt::settle_in_doubt(
+                self.disk.as_ref(),
+                &self.changelog,
+                crate::core::planted_in_process(),
+            )?;
             let server = Arc::new(MirrorServer::with_disk(mcfg, self.disk.clone())?);
             let listener = lock(&self.data_listener).try_clone().map_err(|e| Error::io("replication listener", e))?;
             let stop = Stop::new().map_err(|e| Error::io("making the stop signal", e))?;

@@ -106,6 +106,15 @@ impl Shared {
                 if matches!(&*lock(&self.role), Role::Primary(_) | Role::Starting) {
                     return refused("the acting primary keeps its change-log".into());
                 }
+                // What an earlier fault left in doubt here is rewritten
+                // before the set naming it leaves (and is cleared).
+                if let Err(e) = crate::exec::doubt::settle_in_doubt(
+                    self.disk.as_ref(),
+                    &self.changelog,
+                    crate::core::planted_in_process(),
+                ) {
+                    return refused(format!("files in doubt since a fault: {e}"));
+                }
                 SegmentResponse::Changes(WireChangeSet::from_set(&self.changelog.change_set()))
             }
             SegmentRequest::AddChanges { set } => {

@@ -20,6 +20,7 @@ use crate::io::disk::{Disk, DiskError, DiskFile, FsPath, OpenMode};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
+mod doubt;
 mod format;
 mod replay;
 
@@ -739,6 +740,14 @@ impl ChangeLog {
         s.inner.file_nos.clear();
         self.compact_locked(&mut s, extents.clone())?;
         Ok(true)
+    }
+
+    fn disk(&self) -> Arc<dyn Disk> {
+        lock(&self.shared).inner.disk.clone()
+    }
+
+    fn path(&self) -> FsPath {
+        lock(&self.shared).inner.path.clone()
     }
 
     /// Whether nothing at all is recorded.

@@ -344,3 +344,20 @@ fn a_reopened_change_log_is_durable_although_a_sync_before_failed() {
         assert!(log.change_set().covers_block(&p(f), b), "block {b} of {f}");
     }
 }
+
+/// The fault note survives a power cut once written, keeps the first
+/// fault, and is gone for good once cleared.
+#[test]
+fn a_fault_note_is_durable_keeps_the_first_fault_and_clears() {
+    let disk = Arc::new(SimDisk::new(1));
+    let log = ChangeLog::create(disk.clone(), log_path(), 8192).unwrap();
+    assert_eq!(log.fault_noted().unwrap(), None);
+    log.note_fault("fdatasync of a failed").unwrap();
+    log.note_fault("a later failure").unwrap();
+    let log = crash_and_reopen(&disk);
+    assert_eq!(log.fault_noted().unwrap().as_deref(), Some("fdatasync of a failed"));
+    log.clear_fault_note().unwrap();
+    log.clear_fault_note().unwrap();
+    let log = crash_and_reopen(&disk);
+    assert_eq!(log.fault_noted().unwrap(), None);
+}

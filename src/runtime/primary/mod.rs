@@ -170,6 +170,11 @@ impl Primary {
         closer: Box<dyn ConnWriter>,
         alone: Option<String>,
     ) -> Result<Primary> {
+        // Files an earlier fault left in doubt are rewritten first: the
+        // sync below cannot write pages a failed write-back let go.
+        if let Some(t) = &cfg.change_tracking {
+            crate::exec::doubt::settle_in_doubt(disk.as_ref(), &t.changelog, crate::core::planted_in_process())?;
+        }
         // What an earlier process left in the page cache becomes durable
         // before anything is cleared on the strength of it.
         let synced = crate::io::disk::sync_tree(disk.as_ref(), cfg.filespaces.len() as u16)?;
@@ -264,6 +269,12 @@ impl Primary {
     /// mirror ([`crate::core::primary::Engine::failed_unheard`]).
     pub fn failed_unheard(&self) -> bool {
         lock(&self.rt.core).engine.failed_unheard()
+    }
+
+    /// Why this primary faulted (a local write, truncate or sync failed,
+    /// rule 8), if it did: it refuses every change from then on.
+    pub fn faulted(&self) -> Option<String> {
+        lock(&self.rt.core).engine.faulted()
     }
 
     fn fspath(&self, fs: u16, path: &str) -> Result<FsPath> {
