@@ -623,6 +623,9 @@ impl Shared {
 
     fn start_primary(&self, generation: u64, mirror: Option<String>) -> Result<Primary> {
         RoleRecord::note(&self.cfg.state_dir, Some(generation), None)?;
+        // Before the mirror's handshake, not after it: rewriting what a
+        // fault left in doubt can take long, and an idle session times out.
+        crate::exec::doubt::settle_in_doubt(self.disk.as_ref(), &self.changelog, crate::core::planted_in_process())?;
         let decision_timeout = Duration::from_millis(self.cfg.decision_timeout_ms);
         let arbiter = Arc::new(self.remote_arbiter());
         let cfg = PrimaryConfig {
