@@ -220,7 +220,8 @@ impl World {
         if !self.settle(n)? {
             return Ok(());
         }
-        self.nodes[n].role = Role::Mirror { gen, faulted: false };
+        // A mirror that faulted before still refuses every primary.
+        self.nodes[n].role = Role::Mirror { gen, faulted: self.nodes[n].mirror_fault };
         Ok(())
     }
 

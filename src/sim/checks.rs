@@ -41,9 +41,14 @@ impl World {
                         self.outcome("an operator restarted a faulted primary's process");
                         self.restart_process(n)?;
                     }
-                    (Role::Primary { .. }, Some((_, Some(_)))) | (Role::Mirror { faulted: true, .. }, _) => {
+                    (Role::Primary { .. }, Some((_, Some(_)))) => {
                         self.crash_node(n)?;
                         self.restart(n)?;
+                    }
+                    (Role::Mirror { faulted: true, .. }, _) => {
+                        self.crash_node(n)?;
+                        self.restart(n)?;
+                        self.rebuild_mirror(n);
                     }
                     // An operator restarts a primary that failed (demoted, no answer, no change-log).
                     (Role::Primary { .. }, Some((Mode::Failed(_), _))) | (Role::Primary { .. }, None) => {
@@ -212,9 +217,21 @@ impl World {
             if matches!(self.nodes[n].role, Role::Halted) {
                 self.restart_process(n)?;
             }
+            self.rebuild_mirror(n);
         }
-        self.resync.full = false;
         self.check_and_repair()
+    }
+
+    /// An operator's rebuild of a mirror whose disk faulted, as
+    /// docs/catalog.md says: its state file removed, the segment started,
+    /// and `filerep recover -F` (the next resync is full). Its files may
+    /// show pages the failed fsync let go (its host stayed up): nothing it
+    /// holds is compared, every block is shipped again.
+    fn rebuild_mirror(&mut self, n: usize) {
+        if std::mem::take(&mut self.nodes[n].mirror_fault) {
+            self.outcome("an operator rebuilt a faulted mirror (full resync)");
+            self.resync.full = true;
+        }
     }
 
     /// Whether write `i` was followed by a successful sync of its file, before any rename or unlink of it.

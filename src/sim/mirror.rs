@@ -359,6 +359,7 @@ impl World {
     /// The mirror's disk failed (rule 8): Fault, the session ends, the mirror refuses primaries.
     pub(super) fn mirror_fault(&mut self, m: usize) {
         self.outcome("mirror faulted");
+        self.nodes[m].mirror_fault = true;
         if let Role::Mirror { faulted, .. } = &mut self.nodes[m].role {
             *faulted = true;
         }

@@ -576,14 +576,20 @@ impl World {
 
     /// One run of the engine on `a`'s stream, with writers going on.
     fn run_engine(&mut self, a: usize, attachment: u64) -> Result<EResult<ResyncReport>, SimFailure> {
+        // A full resync now and then, and after an operator's rebuild of a
+        // faulted mirror: every path owed, renames included.
+        let full = std::mem::take(&mut self.resync.full) || self.rng.gen_bool(0.1);
+        // Small, so checkpoints (Cleared records) happen within a run.
+        let checkpoint_bytes = Some(self.rng.gen_range(1..=16) * 16 * 1024);
+        // As `filerep recover`, which takes -F or --compare, not both: a
+        // rebuild ships every block, whatever the mirror's page cache shows.
+        let compare = self.rng.gen_bool(0.25) && !full;
         let opts = ResyncOptions {
-            // A full resync now and then, and after a restore: every path owed, renames included.
-            full: std::mem::take(&mut self.resync.full) || self.rng.gen_bool(0.1),
+            full,
             max_rate: None,
             finish_timeout: Some(Duration::from_millis(RESYNC_WAIT_MS)),
-            // Small, so checkpoints (Cleared records) happen within a run.
-            checkpoint_bytes: Some(self.rng.gen_range(1..=16) * 16 * 1024),
-            compare: self.rng.gen_bool(0.25),
+            checkpoint_bytes,
+            compare,
             planted: self.cfg.bug,
         };
         let extra = self.rng.gen_range(10..=80);

@@ -61,9 +61,6 @@ fn planted_defects_are_caught_by_the_invariant_they_break() {
         (ResyncClearWithoutLocalSync, "invariant 3", 500),
         (RetireDropsTrackedPaths, "invariant 3|invariant 4", 500),
         (DecisionDrainsCalls, "the pair did not settle", 500),
-        // Or, where a restore starts the old primary again, it is told
-        // an older generation than the pair's and never settles.
-        (PromoteInSameGeneration, "invariant 2|the pair did not settle", 500),
         (MirrorSkipsDirectorySync, "invariant 3", 500),
         (FlushAckBeforeSync, "invariant 3", 500),
         (RoundsOverlap, "invariant", 500),
@@ -73,6 +70,10 @@ fn planted_defects_are_caught_by_the_invariant_they_break() {
     ] {
         caught(bug, invariant, seeds);
     }
+    // At seed 0 a restore starts the old primary again, told an older
+    // generation than the pair's, and the pair does not settle; invariant 2
+    // catches it from seed 2.
+    caught_in(PromoteInSameGeneration, "invariant 2", 1..500);
 }
 
 /// A block written before its change-log record matters only when the

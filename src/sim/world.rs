@@ -72,6 +72,10 @@ pub(super) struct Node {
     /// The mirror's state file's record of a session streaming (the boot
     /// it started in), cleared once its end made everything durable.
     pub(super) streaming_boot: Option<u64>,
+    /// The mirror's state file's sticky fault (rule 8): its mirror role's
+    /// disk failed, so whatever restarts it, it refuses primaries until an
+    /// operator rebuilds it (`World::rebuild_mirror`).
+    pub(super) mirror_fault: bool,
 }
 
 impl Node {
@@ -175,6 +179,7 @@ impl World {
                 primary: None,
                 boot: 0,
                 streaming_boot: None,
+                mirror_fault: false,
             }
         };
         let nodes = vec![node(1, Role::Idle), node(2, Role::Idle)];

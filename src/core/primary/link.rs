@@ -463,7 +463,14 @@ impl Engine {
     /// Past the limit, retire what the mirror has durably (not on a
     /// writer's path: the driver runs the syncs and the rewrite elsewhere).
     pub(super) fn maybe_retire(&mut self) {
-        if !self.cfg.tracking || self.retiring != Retiring::Idle || self.mode != Mode::Streaming {
+        // Rule 8: after a fault no sync of this host proves anything (a
+        // failed fsync's pages are gone and the next one succeeds): the
+        // entries stay, and name what the fault note's settle rewrites.
+        if !self.cfg.tracking
+            || self.retiring != Retiring::Idle
+            || self.mode != Mode::Streaming
+            || self.faulted.is_some()
+        {
             return;
         }
         if !self.activity.retire_due() {
@@ -480,7 +487,7 @@ impl Engine {
     /// has everything: an orderly shutdown, a finished resync); `then`: a
     /// call to complete once done.
     pub(super) fn retire_all(&mut self, then: Option<CallId>) -> bool {
-        if !self.cfg.tracking || self.retiring != Retiring::Idle {
+        if !self.cfg.tracking || self.retiring != Retiring::Idle || self.faulted.is_some() {
             return false;
         }
         let durable = self.stream.acked().durable;
@@ -510,6 +517,14 @@ impl Engine {
             return;
         };
         match result {
+            // A fault since the sync was asked for (another call's failed
+            // fsync of the same file): this success proves nothing.
+            Ok(()) if self.faulted.is_some() => {
+                self.activity.retire_later();
+                if let Some(id) = then_complete {
+                    self.retire_finished(id);
+                }
+            }
             Ok(()) => {
                 let sure = self.activity.still_idle(&picked);
                 self.write_retire(sure, then_complete);

@@ -208,6 +208,11 @@ impl Engine {
     }
 
     fn resync_gone(&self) -> Option<Failure> {
+        // Rule 8: a checkpoint's sync after a fault proves nothing; what it
+        // would clear must stay named for the fault note's settle.
+        if let Some(f) = &self.faulted {
+            return Some(Failure::Faulted(f.clone()));
+        }
         if let Some(l) = &self.lost {
             return Some(Failure::MirrorLost(l.clone()));
         }

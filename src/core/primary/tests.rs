@@ -413,3 +413,43 @@ fn a_write_with_its_flush_returns_when_both_sides_are_durable() {
     s.ack(3, 2);
     assert_eq!(s.done.get(&id), Some(&Ok(Reply::Done)), "{}", s.e.describe());
 }
+
+/// Rule 8 at an orderly shutdown: the mirror has a file's writes durably,
+/// but this host failed a write since, so no sync here proves anything
+/// (the next fsync of a file succeeds without writing what a failed one
+/// let go): the activity entries stay for the fault note's settle, where
+/// a healthy engine retires them.
+#[test]
+fn a_faulted_primary_retires_nothing_at_its_shutdown() {
+    let is_retire = |c: &Command| matches!(c, Command::RetireSync { .. });
+    for faulted in [false, true] {
+        let mut s = Script::new(None, false);
+        let good = s.submit(write(&p("a"), 0), &|_| false);
+        let ack = crate::protocol::Ack { received: 2, applied: 2, synced: 2, durable: 2 };
+        s.e.on(Event::Received { epoch: s.epoch, frame: ack.to_frame() }, 0);
+        s.pump(&is_retire);
+        assert_eq!(s.done.get(&good), Some(&Ok(Reply::Done)), "{}", s.e.describe());
+        if faulted {
+            // A write of another file whose local step fails: the engine faults.
+            s.e.submit(99, write(&p("b"), 0), 0);
+            s.pump(&local_of(99));
+            let at = s.held.iter().position(local_of(99)).unwrap_or_else(|| panic!("{}", s.e.describe()));
+            s.held.remove(at);
+            s.e.on(Event::LocalDone { call: 99, result: Err("injected EIO".into()) }, 0);
+            s.pump(&is_retire);
+            assert!(s.e.faulted().is_some(), "{}", s.e.describe());
+        }
+        s.submit(Op::Shutdown, &is_retire);
+        // The mirror confirms everything, the Shutdown frame included.
+        let last = s.e.last_seq();
+        let ack = crate::protocol::Ack { received: last, applied: last, synced: last, durable: last };
+        s.e.on(Event::Received { epoch: s.epoch, frame: ack.to_frame() }, 0);
+        s.pump(&is_retire);
+        let retires = s.held.iter().filter(|c| is_retire(c)).count();
+        if faulted {
+            assert_eq!(retires, 0, "a faulted engine asked to retire: {}", s.e.describe());
+        } else {
+            assert!(retires > 0, "a healthy engine retires at its shutdown: {}", s.e.describe());
+        }
+    }
+}

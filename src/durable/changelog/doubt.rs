@@ -26,19 +26,29 @@ impl ChangeLog {
 
     /// Record durably that this segment's data files are in doubt (a local
     /// write, truncate or fsync failed), with why. A note already there
-    /// is kept: the first fault is the one to tell.
+    /// is kept: the first fault is the one to tell. This process remembers
+    /// it even if the file cannot be written (then the error says so).
     pub fn note_fault(&self, reason: &str) -> Result<()> {
-        if self.fault_noted()?.is_some() {
-            return Ok(());
+        let mut mine = self.fault_note.lock().unwrap_or_else(|e| e.into_inner());
+        if mine.is_none() {
+            *mine = Some(reason.to_string());
         }
         let path = self.fault_note_path()?;
+        if files::read(self.disk().as_ref(), &path).map_err(disk_err("fault note read"))?.is_some() {
+            return Ok(());
+        }
         let mut text = reason.as_bytes().to_vec();
         text.truncate(MAX_NOTE);
         files::replace(self.disk().as_ref(), &path, &text).map(drop).map_err(disk_err("fault note"))
     }
 
-    /// The fault noted and not yet settled, if any.
+    /// The fault noted and not yet settled, if any: this process's, or the
+    /// note an earlier one left.
     pub fn fault_noted(&self) -> Result<Option<String>> {
+        let mine = self.fault_note.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(f) = mine.as_ref() {
+            return Ok(Some(f.clone()));
+        }
         let path = self.fault_note_path()?;
         let bytes = files::read(self.disk().as_ref(), &path).map_err(disk_err("fault note read"))?;
         Ok(bytes.map(|mut b| {
@@ -49,13 +59,15 @@ impl ChangeLog {
 
     /// Remove the note durably, once what it covered was rewritten and synced.
     pub fn clear_fault_note(&self) -> Result<()> {
+        let mut mine = self.fault_note.lock().unwrap_or_else(|e| e.into_inner());
         let path = self.fault_note_path()?;
         let disk = self.disk();
         match disk.remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind == DiskErrorKind::NotFound => return Ok(()),
+            Ok(()) => disk.sync_parent_dir(&path).map_err(disk_err("fault note removal"))?,
+            Err(e) if e.kind == DiskErrorKind::NotFound => {}
             Err(e) => return Err(ChangeLogError::Disk { op: "fault note removal", source: e }),
         }
-        disk.sync_parent_dir(&path).map_err(disk_err("fault note removal"))
+        *mine = None;
+        Ok(())
     }
 }

@@ -268,6 +268,9 @@ impl Shared {
 pub struct ChangeLog {
     shared: Mutex<Shared>,
     committed: Condvar,
+    /// The fault noted in this process (`doubt.rs`), kept even when its
+    /// file could not be written; the lock also keeps two notes apart.
+    fault_note: Mutex<Option<String>>,
 }
 
 mod resync;
@@ -311,6 +314,7 @@ impl ChangeLog {
                 extent_pending: HashMap::new(),
             }),
             committed: Condvar::new(),
+            fault_note: Mutex::new(None),
         }
     }
 

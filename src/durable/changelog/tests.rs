@@ -361,3 +361,15 @@ fn a_fault_note_is_durable_keeps_the_first_fault_and_clears() {
     let log = crash_and_reopen(&disk);
     assert_eq!(log.fault_noted().unwrap(), None);
 }
+
+/// A note whose file cannot be written is still known to this process.
+#[test]
+fn a_fault_note_that_cannot_be_written_is_kept_in_memory() {
+    let disk = Arc::new(SimDisk::new(1));
+    let log = ChangeLog::create(disk.clone(), log_path(), 8192).unwrap();
+    disk.inject(SimFault::FailNextSync);
+    assert!(log.note_fault("a write failed").is_err());
+    assert_eq!(log.fault_noted().unwrap().as_deref(), Some("a write failed"));
+    log.clear_fault_note().unwrap();
+    assert_eq!(log.fault_noted().unwrap(), None);
+}
