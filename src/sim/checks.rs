@@ -222,9 +222,9 @@ impl World {
         self.check_and_repair()
     }
 
-    /// An operator's rebuild of a mirror whose disk faulted, as
-    /// docs/catalog.md says: its state file removed, the segment started,
-    /// and `filerep recover -F` (the next resync is full). Its files may
+    /// An operator's rebuild of a mirror whose disk faulted: `filerep
+    /// recover -F`, which tells it to forget its fault (`RebuildMirror`)
+    /// and runs a full resync. Its files may
     /// show pages the failed fsync let go (its host stayed up): nothing it
     /// holds is compared, every block is shipped again.
     fn rebuild_mirror(&mut self, n: usize) {

@@ -128,6 +128,24 @@ impl State {
             // change-log before the resync reads its plan: merged after,
             // its blocks would be missed and its record wiped by the clear.
             drop(snap);
+            // A mirror whose disk failed (rule 8) holds files in doubt: only
+            // a full resync, which ships every block again, rebuilds it, and
+            // then it is told to forget its fault and admit the primary.
+            if self.probe(&mc).is_some_and(|s| s.faulted && s.acting == Acting::Mirror) {
+                if !full {
+                    return ArbiterResponse::Refused(format!(
+                        "content {content}: mirror {m} faulted (its disk failed) and its files are in doubt; \
+                         rebuild it with a full resync: filerep recover -F --content {content}"
+                    ));
+                }
+                match self.order(&mc, SegmentRequest::RebuildMirror) {
+                    Some(SegmentResponse::Done) => tracing::warn!(content, mirror = m, "a faulted mirror is rebuilt"),
+                    Some(SegmentResponse::Refused(why)) => {
+                        return ArbiterResponse::Refused(format!("content {content}: mirror {m} refused: {why}"))
+                    }
+                    _ => return ArbiterResponse::Refused(format!("content {content}: mirror {m} did not answer")),
+                }
+            }
             if self.probe(&mc).is_some_and(|s| s.changes_pending) {
                 self.hand_over(&mc, &pc, self.probe(&pc).as_ref());
                 if self.probe(&mc).is_none_or(|s| s.changes_pending) {

@@ -36,6 +36,10 @@ pub enum SegmentRequest {
     },
     /// Forget the change set (after it was handed over).
     ClearChanges,
+    /// This mirror's files are about to be rebuilt by a full resync
+    /// (`filerep recover -F`): forget its disk's fault (rule 8's sticky
+    /// record), so that the rebuilding primary is admitted.
+    RebuildMirror,
     /// Take the mirror at `mirror` back and resync it (from change
     /// tracking), or run the resync again (a mirror already taken back).
     StartResync {
@@ -103,6 +107,7 @@ impl SegmentRequest {
                 | SegmentRequest::TakeChanges
                 | SegmentRequest::AddChanges { .. }
                 | SegmentRequest::ClearChanges
+                | SegmentRequest::RebuildMirror
                 | SegmentRequest::StartResync { .. }
                 | SegmentRequest::StartVerify { .. }
         )

@@ -186,6 +186,16 @@ impl Shared {
                     }
                 }
             }
+            SegmentRequest::RebuildMirror => {
+                let _order = lock(&self.orders);
+                match &*lock(&self.role) {
+                    Role::Mirror { server, .. } => match server.forget_fault_for_rebuild() {
+                        Ok(_) => SegmentResponse::Done,
+                        Err(e) => refused(format!("cannot forget the fault: {e}")),
+                    },
+                    _ => refused("not acting as mirror: nothing to rebuild".into()),
+                }
+            }
             SegmentRequest::Rebind { data_listen } => {
                 let _order = lock(&self.orders);
                 if matches!(&*lock(&self.role), Role::Mirror { .. }) {

@@ -278,6 +278,22 @@ impl MirrorServer {
         self.fault.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// Forget this mirror's fault, durably, because a full resync is about
+    /// to rebuild its files (`filerep recover -F`): every block is shipped
+    /// and written again, whatever its page cache shows. Returns the fault
+    /// forgotten. The arbiter sends it only with a full resync.
+    pub fn forget_fault_for_rebuild(&self) -> Result<Option<String>> {
+        let mut f = self.fault.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(old) = f.take() else { return Ok(None) };
+        drop(f);
+        if let Err(e) = self.persist() {
+            *self.fault.lock().unwrap_or_else(|e| e.into_inner()) = Some(old);
+            return Err(e);
+        }
+        tracing::warn!(fault = %old, "mirror fault forgotten: a full resync rebuilds its files");
+        Ok(Some(old))
+    }
+
     fn set_fault(&self, reason: String) {
         tracing::error!(%reason, "mirror faulted: refusing primaries until its files are rebuilt");
         let mut f = self.fault.lock().unwrap_or_else(|e| e.into_inner());
