@@ -14,7 +14,7 @@
 //! (entries retire only after such a sync).
 
 use crate::core::PlantedBug;
-use crate::durable::changelog::{ChangeLog, EXTENT_BLOCKS};
+use crate::durable::changelog::ChangeLog;
 use crate::error::{Error, Result};
 use crate::io::disk::{Disk, DiskFile, EntryKind, FsPath, OpenMode};
 use std::collections::{BTreeMap, BTreeSet};
@@ -95,12 +95,9 @@ fn targets(disk: &dyn Disk, log: &ChangeLog) -> Result<BTreeMap<FsPath, Option<B
             _ => {}
         }
     }
-    let extent_blocks = set.extents.iter().map(|(f, es)| {
-        (f, es.iter().flat_map(|e| e * EXTENT_BLOCKS..(e + 1) * EXTENT_BLOCKS).collect::<BTreeSet<u64>>())
-    });
-    for (file, blocks) in set.blocks.iter().map(|(f, b)| (f, b.clone())).chain(extent_blocks) {
+    for (file, blocks) in set.all_named_blocks() {
         // A whole file (`None`) already covers these.
-        if let Some(mine) = out.entry(file.clone()).or_insert_with(|| Some(BTreeSet::new())) {
+        if let Some(mine) = out.entry(file).or_insert_with(|| Some(BTreeSet::new())) {
             mine.extend(blocks);
         }
     }

@@ -219,15 +219,7 @@ impl PrimaryExec {
     }
 
     fn local(&self, step: LocalStep, x: &mut Extras) -> std::result::Result<(), String> {
-        // The steps whose failure faults the engine (rule 8): their pages
-        // may be gone from the disk while still readable here.
-        let in_doubt_if_failed = matches!(
-            step,
-            LocalStep::Write { .. }
-                | LocalStep::SetLen { .. }
-                | LocalStep::SyncFiles { .. }
-                | LocalStep::SyncDirs { .. }
-        );
+        let in_doubt_if_failed = step.faults_when_failed();
         let r: Result<()> = match step {
             LocalStep::Write { file, offset, data } => self.file(&file).and_then(|f| Ok(f.write_at(offset, &data)?)),
             LocalStep::Create { file } => {

@@ -37,13 +37,14 @@ impl World {
                     // After an I/O error the page cache is not to be trusted:
                     // an operator power-cycles the host, or restarts the
                     // segment (which settles its files in doubt first).
-                    (Role::Primary { .. }, Some((_, Some(_)))) if self.rng.gen_bool(0.5) => {
-                        self.outcome("an operator restarted a faulted primary's process");
-                        self.restart_process(n)?;
-                    }
                     (Role::Primary { .. }, Some((_, Some(_)))) => {
-                        self.crash_node(n)?;
-                        self.restart(n)?;
+                        if self.rng.gen_bool(0.5) {
+                            self.outcome("an operator restarted a faulted primary's process");
+                            self.restart_process(n)?;
+                        } else {
+                            self.crash_node(n)?;
+                            self.restart(n)?;
+                        }
                     }
                     (Role::Mirror { faulted: true, .. }, _) => {
                         self.crash_node(n)?;

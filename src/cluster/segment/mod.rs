@@ -568,11 +568,7 @@ impl Shared {
             RoleRecord::note(&self.cfg.state_dir, None, Some(generation))?;
             // Files an earlier fault as primary left in doubt are made
             // durable as they read before a resync compares them.
-            crate::exec::doubt::settle_in_doubt(
-                self.disk.as_ref(),
-                &self.changelog,
-                crate::core::planted_in_process(),
-            )?;
+            self.settle_in_doubt()?;
             let server = Arc::new(MirrorServer::with_disk(mcfg, self.disk.clone())?);
             let listener = lock(&self.data_listener).try_clone().map_err(|e| Error::io("replication listener", e))?;
             let stop = Stop::new().map_err(|e| Error::io("making the stop signal", e))?;
@@ -621,11 +617,20 @@ impl Shared {
         }
     }
 
+    /// Rewrite and sync what an earlier fault as primary left in doubt
+    /// (docs/architecture.md 6.1), before this segment takes a role or
+    /// hands its change set over.
+    fn settle_in_doubt(&self) -> Result<()> {
+        crate::exec::doubt::settle_in_doubt(self.disk.as_ref(), &self.changelog, crate::core::planted_in_process())
+            .map(drop)
+    }
+
     fn start_primary(&self, generation: u64, mirror: Option<String>) -> Result<Primary> {
         RoleRecord::note(&self.cfg.state_dir, Some(generation), None)?;
-        // Before the mirror's handshake, not after it: rewriting what a
-        // fault left in doubt can take long, and an idle session times out.
-        crate::exec::doubt::settle_in_doubt(self.disk.as_ref(), &self.changelog, crate::core::planted_in_process())?;
+        // Before the mirror's handshake, not after it (`Primary::launch`
+        // settles too, for the library's other users, but after the
+        // handshake): rewriting can outlast the mirror's silence timeout.
+        self.settle_in_doubt()?;
         let decision_timeout = Duration::from_millis(self.cfg.decision_timeout_ms);
         let arbiter = Arc::new(self.remote_arbiter());
         let cfg = PrimaryConfig {

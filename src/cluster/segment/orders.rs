@@ -108,11 +108,7 @@ impl Shared {
                 }
                 // What an earlier fault left in doubt here is rewritten
                 // before the set naming it leaves (and is cleared).
-                if let Err(e) = crate::exec::doubt::settle_in_doubt(
-                    self.disk.as_ref(),
-                    &self.changelog,
-                    crate::core::planted_in_process(),
-                ) {
+                if let Err(e) = self.settle_in_doubt() {
                     return refused(format!("files in doubt since a fault: {e}"));
                 }
                 SegmentResponse::Changes(WireChangeSet::from_set(&self.changelog.change_set()))

@@ -102,6 +102,8 @@ fn orders_of_an_older_epoch_are_refused_and_the_epoch_outlives_a_restart() {
         fenced(4, SegmentRequest::BecomePrimary { generation: 2, mirror: None }),
         SegmentRequest::BecomePrimary { generation: 2, mirror: None },
         fenced(5, fenced(6, SegmentRequest::ClearChanges)),
+        SegmentRequest::RebuildMirror,
+        fenced(4, SegmentRequest::RebuildMirror),
     ] {
         match send(&h, &key, &stale) {
             SegmentResponse::Refused(why) => assert!(why.contains("epoch") || why.contains("fenced"), "{why}"),

@@ -274,6 +274,22 @@ pub enum LocalStep {
     },
 }
 
+impl LocalStep {
+    /// Whether this step's failure faults the engine (rule 8): a write,
+    /// truncate or sync that failed may have let pages go that still read
+    /// back here. A namespace change that fails (exists, not found, not
+    /// empty) changed nothing and fails only its call.
+    pub fn faults_when_failed(&self) -> bool {
+        matches!(
+            self,
+            LocalStep::Write { .. }
+                | LocalStep::SetLen { .. }
+                | LocalStep::SyncFiles { .. }
+                | LocalStep::SyncDirs { .. }
+        )
+    }
+}
+
 /// Who carries a command out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Owner {

@@ -64,6 +64,24 @@ impl ChangeSet {
         }
     }
 
+    /// Per file, the blocks its extents name (each extent all of its
+    /// [`EXTENT_BLOCKS`] blocks).
+    pub fn blocks_named_by_extents(&self) -> BTreeMap<FsPath, BTreeSet<u64>> {
+        self.extents
+            .iter()
+            .map(|(f, es)| (f.clone(), es.iter().flat_map(|e| e * EXTENT_BLOCKS..(e + 1) * EXTENT_BLOCKS).collect()))
+            .collect()
+    }
+
+    /// Per file, the blocks named exactly or by their extent.
+    pub fn all_named_blocks(&self) -> BTreeMap<FsPath, BTreeSet<u64>> {
+        let mut all = self.blocks.clone();
+        for (f, b) in self.blocks_named_by_extents() {
+            all.entry(f).or_default().extend(b);
+        }
+        all
+    }
+
     /// Blocks named, exactly or by their extent (not what a touched
     /// directory holds: unknown until walked).
     pub fn named_blocks(&self) -> u64 {

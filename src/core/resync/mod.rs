@@ -32,7 +32,6 @@ pub(crate) use renames::renamed_since;
 pub use renames::Renamed;
 use renames::{translate, Facts, Window};
 
-use crate::core::primary::EXTENT_BLOCKS;
 use crate::error::{Error, Result};
 use crate::protocol::path::{EntryKind, FsPath, RelPath};
 use std::collections::{BTreeMap, BTreeSet};
@@ -556,17 +555,9 @@ impl Run<'_> {
     /// sorts before what it contains), then blocks in file order.
     fn pass(&mut self, set: &ChangeSet) -> Result<()> {
         // Blocks named exactly or by their extent, per file, in file order.
-        let mut blocks: BTreeMap<FsPath, BTreeSet<u64>> = set.blocks.clone();
+        let blocks = set.all_named_blocks();
         // Blocks named only by an extent may well be unchanged: compared first.
-        let mut by_extent: BTreeMap<FsPath, BTreeSet<u64>> = BTreeMap::new();
-        for (f, es) in &set.extents {
-            let b = blocks.entry(f.clone()).or_default();
-            let x = by_extent.entry(f.clone()).or_default();
-            for e in es {
-                b.extend(e * EXTENT_BLOCKS..(e + 1) * EXTENT_BLOCKS);
-                x.extend(e * EXTENT_BLOCKS..(e + 1) * EXTENT_BLOCKS);
-            }
-        }
+        let by_extent = set.blocks_named_by_extents();
         self.listed = blocks.clone();
         self.walked.clear();
         for (path, subtree) in &set.touched {
@@ -729,9 +720,8 @@ pub fn run_on(p: &mut dyn ResyncLink, opts: &ResyncOptions, progress: &Progress)
             for (f, bs) in &set.blocks {
                 run.facts.blocks.push((w, f.clone(), bs.clone()));
             }
-            for (f, es) in &set.extents {
-                let all = es.iter().flat_map(|e| e * EXTENT_BLOCKS..(e + 1) * EXTENT_BLOCKS).collect();
-                run.facts.blocks.push((w, f.clone(), all));
+            for (f, all) in set.blocks_named_by_extents() {
+                run.facts.blocks.push((w, f, all));
             }
         }
     } else {
