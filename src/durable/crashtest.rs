@@ -22,9 +22,9 @@
 use super::catalog::{Catalog, SegmentAddress};
 use super::changelog::{ChangeLog, ChangeSet};
 use super::files;
+use super::mirror_state::MirrorState;
 use crate::io::disk::{Disk, DiskError, DiskErrorKind, DiskFile, DiskResult, EntryKind, FsPath, OpenMode, SimDisk};
 use crate::protocol::path::RelPath;
-use crate::runtime::mirror::MirrorState;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
 use std::path::Path;

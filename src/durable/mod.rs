@@ -9,6 +9,7 @@ pub mod catalog;
 pub mod changelog;
 pub mod files;
 pub mod history;
+pub mod mirror_state;
 pub mod sealed;
 pub mod store;
 

@@ -4,7 +4,7 @@
 //! and verification frames. Sending, closing and asking the arbiter belong
 //! to the driver (they are about the connection and the cluster).
 
-use crate::core::primary::{Command, Event, LocalStep, LogOp, Opened};
+use crate::core::primary::{Command, Event, Failure, LocalStep, LogOp, Opened};
 pub use crate::core::resync::LocalEntry;
 use crate::durable::changelog::{ChangeLog, ChangeLogError};
 use crate::error::{Error, Result};
@@ -427,4 +427,18 @@ pub(crate) fn reconcile_frame(
     h.filespace = fs;
     h.offset = len;
     Ok((h, body, local))
+}
+
+/// An engine's failure as the library's error; `x` holds what the call's
+/// own steps reported.
+pub(crate) fn error_of(f: Failure, x: &mut Extras) -> Error {
+    match f {
+        Failure::InvalidArgument(s) => Error::InvalidArgument(s),
+        Failure::MirrorLost(s) => Error::MirrorLost(s),
+        Failure::Faulted(s) => Error::Faulted(s),
+        Failure::Closed(s) => Error::Closed(s),
+        Failure::Rejected(s) => Error::Rejected(s),
+        Failure::ChangeLog(s) => Error::ChangeLog(x.changelog_error.take().unwrap_or(ChangeLogError::Failed(s))),
+        Failure::Local => x.local_error.take().unwrap_or_else(|| Error::Rejected("a local step failed".into())),
+    }
 }

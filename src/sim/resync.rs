@@ -230,7 +230,7 @@ impl SimLink<'_> {
 
 /// As the runtime maps it (the simulator keeps no local error to hand back).
 fn error_of(f: Failure) -> Error {
-    crate::runtime::primary::error_of(f, &mut Extras::default())
+    crate::exec::primary::error_of(f, &mut Extras::default())
 }
 
 impl ResyncLink for SimLink<'_> {

@@ -38,12 +38,18 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+/// Renames a resync's journal keeps: past it the oldest go, and a resync
+/// that still names what it shipped before them stops with an error
+/// (nothing cleared; the next one starts afresh). The change-log keeps the
+/// journal ([`crate::durable::changelog`]); the limit is the resync's rule.
+pub const MAX_JOURNAL: usize = 1 << 16;
+
 /// What a path is on the primary, as a resync found it and shipped it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LocalEntry {
     Absent,
     File { len: u64 },
-    Dir { children: Vec<(String, crate::io::disk::EntryKind)> },
+    Dir { children: Vec<(String, EntryKind)> },
 }
 
 #[derive(Clone, Debug, Default)]
@@ -522,7 +528,7 @@ impl Run<'_> {
             Error::Rejected(format!(
                 "more than {} renames were made while the resync ran: what it shipped can no longer be named; \
                  run filerep recover again (nothing is lost: the change-log still names it)",
-                crate::durable::changelog::MAX_JOURNAL
+                MAX_JOURNAL
             ))
         })
     }

@@ -29,10 +29,7 @@ pub use format::{FILE_MAGIC, GROUP_HEADER_LEN, GROUP_MAGIC, HEADER_LEN, MAX_GROU
 
 /// Most files one change-log can name.
 pub const MAX_FILES: usize = 1 << 22;
-/// Renames a resync's journal keeps: past it the oldest go, and a resync
-/// that still names what it shipped before them stops with an error
-/// (nothing cleared; the next one starts afresh).
-pub const MAX_JOURNAL: usize = 1 << 16;
+pub use crate::core::resync::MAX_JOURNAL;
 
 /// Blocks per extent. The first write into an extent waits for a durable
 /// extent record; later writes into it record their block exactly, lazily

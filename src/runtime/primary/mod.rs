@@ -15,9 +15,10 @@ pub use crate::exec::primary::LocalEntry;
 pub(crate) use steps::HashTicket;
 
 use crate::config::{check_block_size, check_filespaces, Filespace, PairIdentity, StreamTuning, SyncLevel};
-use crate::core::primary::{EngineConfig, Failure, Op, Reply};
+use crate::core::primary::{EngineConfig, Op, Reply};
 use crate::durable::changelog::ChangeLog;
 use crate::error::{Error, Result};
+use crate::exec::primary::error_of;
 use crate::io::disk::{Disk, DiskError, DiskErrorKind, EntryKind, FsPath};
 use crate::io::net::{recv_exact_until, Conn, ConnReader, ConnWriter};
 use crate::protocol::handshake::{self, ClusterKey, Hello, Status};
@@ -98,22 +99,6 @@ fn engine_config(cfg: &PrimaryConfig) -> EngineConfig {
         max_pending_bytes: cfg.tuning.queue_frames.max(1) * (HEADER_LEN + 32 * 1024),
         activity_limit: cfg.tuning.activity_limit,
         planted: crate::core::planted_in_process(),
-    }
-}
-
-/// An engine's failure as the library's error; `x` holds what the call's
-/// own steps reported.
-pub(crate) fn error_of(f: Failure, x: &mut Extras) -> Error {
-    match f {
-        Failure::InvalidArgument(s) => Error::InvalidArgument(s),
-        Failure::MirrorLost(s) => Error::MirrorLost(s),
-        Failure::Faulted(s) => Error::Faulted(s),
-        Failure::Closed(s) => Error::Closed(s),
-        Failure::Rejected(s) => Error::Rejected(s),
-        Failure::ChangeLog(s) => {
-            Error::ChangeLog(x.changelog_error.take().unwrap_or(crate::durable::changelog::ChangeLogError::Failed(s)))
-        }
-        Failure::Local => x.local_error.take().unwrap_or_else(|| Error::Rejected("a local step failed".into())),
     }
 }
 
