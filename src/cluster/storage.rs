@@ -12,6 +12,7 @@
 
 use crate::cluster::client::{Op, Request};
 use crate::cluster::segment::Shared;
+use crate::core::primary::Wait;
 use crate::error::{Error, Result};
 use crate::protocol::path::RelPath;
 use crate::runtime::primary::{check_write_at_len, Primary};
@@ -22,9 +23,23 @@ use std::time::{Duration, Instant};
 #[derive(Clone)]
 pub struct Storage {
     pub(crate) shared: Arc<Shared>,
+    /// When its changing calls return ([`Storage::queued`]).
+    pub(crate) wait: Wait,
 }
 
 impl Storage {
+    /// The same storage, whose changing calls (create, writes, lengths,
+    /// unlink, directories, renames) return once made on the acting
+    /// primary and on their way to the mirror, at most
+    /// [`crate::core::primary::QUEUED_WINDOW`] changes ahead of it, instead
+    /// of once the mirror applied them: for a host whose own contract
+    /// promises nothing of a change before a sync, as a file system's
+    /// (the mount). Syncs, flushes and directory syncs still return only
+    /// when everything before them is durable on both hosts.
+    pub fn queued(&self) -> Storage {
+        Storage { shared: self.shared.clone(), wait: Wait::Queued }
+    }
+
     /// The cluster's block size: the length of every block buffer.
     pub fn block_size(&self) -> u32 {
         self.shared.cfg.block_size
@@ -97,17 +112,17 @@ impl Storage {
 
     pub fn create(&self, fs: u16, path: &str) -> Result<()> {
         self.check(fs, path)?;
-        self.on_primary(|p| p.create(fs, path))
+        self.on_primary(|p| p.changing(self.wait).create(fs, path))
     }
 
     pub fn write_block(&self, fs: u16, path: &str, block: u64, data: &[u8]) -> Result<()> {
         self.check_block(fs, path, data.len())?;
-        self.on_primary(|p| p.write_block(fs, path, block, data))
+        self.on_primary(|p| p.changing(self.wait).write_block(fs, path, block, data))
     }
 
     pub fn extend(&self, fs: u16, path: &str, block: u64, data: &[u8]) -> Result<()> {
         self.check_block(fs, path, data.len())?;
-        self.on_primary(|p| p.extend(fs, path, block, data))
+        self.on_primary(|p| p.changing(self.wait).extend(fs, path, block, data))
     }
 
     pub fn read_block(&self, fs: u16, path: &str, block: u64, buf: &mut [u8]) -> Result<()> {
@@ -122,12 +137,12 @@ impl Storage {
 
     pub fn truncate(&self, fs: u16, path: &str, nblocks: u64) -> Result<()> {
         self.check(fs, path)?;
-        self.on_primary(|p| p.truncate(fs, path, nblocks))
+        self.on_primary(|p| p.changing(self.wait).truncate(fs, path, nblocks))
     }
 
     pub fn unlink(&self, fs: u16, path: &str) -> Result<()> {
         self.check(fs, path)?;
-        self.on_primary(|p| p.unlink(fs, path))
+        self.on_primary(|p| p.changing(self.wait).unlink(fs, path))
     }
 
     pub fn sync(&self, fs: u16, path: &str) -> Result<()> {
@@ -140,7 +155,7 @@ impl Storage {
     pub fn write_at(&self, fs: u16, path: &str, offset: u64, data: &[u8]) -> Result<()> {
         self.check(fs, path)?;
         check_write_at_len(data.len())?;
-        self.on_primary(|p| p.write_at(fs, path, offset, data))
+        self.on_primary(|p| p.changing(self.wait).write_at(fs, path, offset, data))
     }
 
     /// `write_at` then `flush`, as one call (one round trip to the mirror).
@@ -157,7 +172,7 @@ impl Storage {
 
     pub fn set_len(&self, fs: u16, path: &str, len: u64) -> Result<()> {
         self.check(fs, path)?;
-        self.on_primary(|p| p.set_len(fs, path, len))
+        self.on_primary(|p| p.changing(self.wait).set_len(fs, path, len))
     }
 
     pub fn len(&self, fs: u16, path: &str) -> Result<u64> {
@@ -169,18 +184,18 @@ impl Storage {
 
     pub fn mkdir(&self, fs: u16, path: &str) -> Result<()> {
         self.check(fs, path)?;
-        self.on_primary(|p| p.mkdir(fs, path))
+        self.on_primary(|p| p.changing(self.wait).mkdir(fs, path))
     }
 
     pub fn rmdir(&self, fs: u16, path: &str) -> Result<()> {
         self.check(fs, path)?;
-        self.on_primary(|p| p.rmdir(fs, path))
+        self.on_primary(|p| p.changing(self.wait).rmdir(fs, path))
     }
 
     pub fn rename(&self, fs: u16, from: &str, to: &str) -> Result<()> {
         self.check(fs, from)?;
         RelPath::new(to)?;
-        self.on_primary(|p| p.rename(fs, from, to))
+        self.on_primary(|p| p.changing(self.wait).rename(fs, from, to))
     }
 
     /// A directory fsync; `dir` "" is the filespace's root.

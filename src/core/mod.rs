@@ -90,6 +90,9 @@ pub enum PlantedBug {
     /// note cleared but nothing rewritten, so pages a failed fsync let go
     /// stay readable here and absent from its disk.
     FaultNoteIgnored,
+    /// Rule 2 broken for a host whose changes are queued ([`primary::Wait`]):
+    /// its syncs return queued too, before the mirror has them durably.
+    SyncQueued,
 }
 
 /// The environment variable that plants a defect in a real process
@@ -105,7 +108,7 @@ pub fn planted_in_process() -> Option<PlantedBug> {
 
 impl PlantedBug {
     /// Every defect with its name on the command line (`filerep sim --faults --bug NAME`).
-    pub const ALL: [(PlantedBug, &'static str); 25] = [
+    pub const ALL: [(PlantedBug, &'static str); 26] = [
         (PlantedBug::SkipRecordBlock, "skip-record-block"),
         (PlantedBug::SkipActivityCover, "skip-activity-cover"),
         (PlantedBug::AckWithoutMirror, "ack-without-mirror"),
@@ -131,6 +134,7 @@ impl PlantedBug {
         (PlantedBug::RoundsRetireOutOfOrder, "rounds-retire-out-of-order"),
         (PlantedBug::RetireSyncFailureForgiven, "retire-sync-failure-forgiven"),
         (PlantedBug::FaultNoteIgnored, "fault-note-ignored"),
+        (PlantedBug::SyncQueued, "sync-queued"),
     ];
 
     /// The defect a real `filerep` process plants, named by the

@@ -331,7 +331,11 @@ pub fn mount_in_process(opts: &MountOptions, storage: Storage) -> Result<MountSe
             opts.filespace_name, opts.filespace
         )));
     }
-    mount_with(opts, std::sync::Arc::new(storage))
+    // A file system promises nothing of a change before an fsync, so the
+    // mount's changes return once made here and on their way to the mirror
+    // (`Storage::queued`); its fsyncs, fdatasyncs and directory fsyncs wait
+    // until everything before them is durable on both hosts.
+    mount_with(opts, std::sync::Arc::new(storage.queued()))
 }
 
 fn mount_with(opts: &MountOptions, changes: std::sync::Arc<dyn changes::Changes>) -> Result<MountSession, MountError> {

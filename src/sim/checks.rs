@@ -266,6 +266,46 @@ impl World {
         false
     }
 
+    /// Whether queued call `i` ([`FaultConfig::queued`]) was promised: by
+    /// a later sync in the same term (on the same segment, in the same
+    /// generation: only there was the change made) of its file, for a data
+    /// call or a length change, or of any file, for a namespace call (a
+    /// sync makes every changed directory durable on both hosts). Before
+    /// that it promised nothing: it returned once made here and on its way.
+    pub(super) fn queued_promised(&self, i: usize) -> bool {
+        let file = match &self.ops[i].spec {
+            OpSpec::Block { p, .. } | OpSpec::WriteAt { p, .. } | OpSpec::Truncate { p, .. } => Some(p),
+            // A sync never returns queued: it is checked as any call.
+            OpSpec::Sync { .. } => return true,
+            OpSpec::Create(_) | OpSpec::Unlink(_) | OpSpec::Mkdir(_) | OpSpec::Rmdir(_) | OpSpec::Rename { .. } => None,
+        };
+        let Some(done) = self.ops[i].returned else { return false };
+        let term = self.ops[i].term;
+        let cut = self.power_losses.iter().copied().find(|m| *m > done).unwrap_or(u64::MAX);
+        // A write that carried its flush is its own sync.
+        if matches!(self.ops[i].spec, OpSpec::WriteAt { flush: true, .. }) {
+            return done < cut;
+        }
+        for op in &self.ops[i + 1..] {
+            if file.is_some_and(|p| op.spec.changes_existence(p)) {
+                return false;
+            }
+            let syncs = match &op.spec {
+                OpSpec::Sync { p, .. } | OpSpec::WriteAt { p, flush: true, .. } => file.is_none_or(|f| f == p),
+                _ => false,
+            };
+            if syncs
+                && op.term == term
+                && op.issued > done
+                && op.state == CallState::Acked
+                && op.returned.is_some_and(|r| r < cut)
+            {
+                return true;
+            }
+        }
+        false
+    }
+
     /// The calls that touched `p` or what holds it, for a failure's message.
     fn history_of(&self, p: &FsPath) -> String {
         let calls: Vec<String> = self
@@ -303,7 +343,10 @@ impl World {
         }
         let none = Vec::new();
         for i in 0..self.ops.len() {
-            if self.ops[i].state != CallState::Acked || (down && !self.durably_acked(i)) {
+            if self.ops[i].state != CallState::Acked
+                || (down && !self.durably_acked(i))
+                || (self.ops[i].queued && !self.queued_promised(i))
+            {
                 continue;
             }
             let spec = &self.ops[i].spec;

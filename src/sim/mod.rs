@@ -290,6 +290,10 @@ pub struct FaultConfig {
     /// While a resync runs, half the writers' calls rename files and
     /// directories (what the resync owes among them).
     pub rename_storm: bool,
+    /// Half the writers' calls are queued ([`crate::core::primary::Wait::Queued`],
+    /// as the mount makes them): they return once made and on their way,
+    /// and only a later sync promises them.
+    pub queued: bool,
 }
 
 impl Default for FaultConfig {
@@ -303,6 +307,7 @@ impl Default for FaultConfig {
             bug: None,
             steady: false,
             rename_storm: false,
+            queued: false,
         }
     }
 }
@@ -437,6 +442,7 @@ pub fn run(seed: u64, cfg: &SimConfig) -> Result<SimReport, SimFailure> {
         bug: None,
         steady: false,
         rename_storm: false,
+        queued: false,
     };
     let r = run_faults(seed, &fc).map_err(|f| SimFailure { faults: false, ..f })?;
     Ok(SimReport {

@@ -101,6 +101,15 @@ fn a_primary_that_forgives_a_failed_sync_is_caught_by_invariant_4() {
     caught_with(PlantedBug::RetireSyncFailureForgiven, "invariant 4", 1400..1600, steady);
 }
 
+/// A host that queues its changes (the mount) is promised a change only by
+/// a later sync: a sync that returned queued too breaks invariant 1 in the
+/// queued schedules (the first seed is 163 today).
+#[test]
+fn a_sync_that_returns_queued_is_caught_by_invariant_1() {
+    let queued = FaultConfig { queued: true, ..FaultConfig::default() };
+    caught_with(PlantedBug::SyncQueued, "invariant 1", 0..500, queued);
+}
+
 #[test]
 fn defects_are_named() {
     for (bug, name) in PlantedBug::ALL {

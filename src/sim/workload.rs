@@ -123,6 +123,14 @@ pub(super) struct Issued {
     /// When it was issued and when it returned, on one counter of both.
     pub(super) issued: u64,
     pub(super) returned: Option<u64>,
+    /// Submitted queued (`FaultConfig::queued`): promised only by a later
+    /// sync in the same term.
+    pub(super) queued: bool,
+    /// The segment it was submitted to, and that segment's generation as
+    /// primary then: a sync covers a queued call only in the same term (a
+    /// sync on another segment, or on this one after it lost its role,
+    /// never saw it).
+    pub(super) term: (usize, u64),
 }
 
 /// A writer's call in progress on a segment.

@@ -10,7 +10,7 @@ use super::mirror::Session;
 use super::workload::{CallState, Issued, Waiting};
 use super::*;
 use crate::core::pair::Pair;
-use crate::core::primary::{CallId, Command, Engine, EngineConfig, Event, Failure, Op, Owner, Reply};
+use crate::core::primary::{CallId, Command, Engine, EngineConfig, Event, Failure, Op, Owner, Reply, Wait};
 use crate::durable::changelog::ChangeLog;
 use crate::exec::primary::{Extras, PrimaryExec};
 use crate::io::disk::SimDisk;
@@ -251,6 +251,9 @@ impl World {
         if self.cfg.rename_storm {
             flags.push_str(" --rename-storm");
         }
+        if self.cfg.queued {
+            flags.push_str(" --queued");
+        }
         SimFailure { seed: self.seed, step: self.step, message: message.into(), faults: true, flags }
     }
 
@@ -369,13 +372,24 @@ impl World {
 
     /// A call to segment `n`'s engine.
     pub(super) fn submit(&mut self, n: usize, op: Op, owner: CallOwner, extras: Extras) -> Option<CallId> {
+        self.submit_with(n, op, Wait::Level, owner, extras)
+    }
+
+    pub(super) fn submit_with(
+        &mut self,
+        n: usize,
+        op: Op,
+        wait: Wait,
+        owner: CallOwner,
+        extras: Extras,
+    ) -> Option<CallId> {
         let now = self.now;
         let id = self.next_call;
         let side = self.nodes[n].primary.as_mut()?;
         self.next_call += 1;
         side.extras.insert(id, extras);
         self.calls.insert(id, (n, owner));
-        side.engine.submit(id, op, now);
+        side.engine.submit_with(id, op, wait, now);
         self.route(n);
         Some(id)
     }
@@ -587,7 +601,20 @@ impl World {
         let Some(spec) = spec else { return Ok(()) };
         let op = self.ops.len();
         self.moments += 1;
-        self.ops.push(Issued { spec: spec.clone(), state: CallState::Pending, issued: self.moments, returned: None });
+        // Drawn only in queued schedules: the others replay as before.
+        let queued = self.cfg.queued && self.rng.gen_bool(0.5);
+        let gen = match self.nodes[n].role {
+            Role::Primary { gen } => gen,
+            _ => 0,
+        };
+        self.ops.push(Issued {
+            spec: spec.clone(),
+            state: CallState::Pending,
+            issued: self.moments,
+            returned: None,
+            queued,
+            term: (n, gen),
+        });
         self.writers[w] = Some(Waiting { op, node: n });
         let engine_op = spec.to_op(self.bs);
         tracing::trace!(
@@ -601,7 +628,8 @@ impl World {
         if self.resync.running {
             self.report.resync.concurrent_calls += 1;
         }
-        if self.submit(n, engine_op, CallOwner::Writer { w, op }, Extras::default()).is_none() {
+        let wait = if queued { Wait::Queued } else { Wait::Level };
+        if self.submit_with(n, engine_op, wait, CallOwner::Writer { w, op }, Extras::default()).is_none() {
             self.writers[w] = None;
             self.ops[op].state = CallState::Failed;
         }

@@ -227,6 +227,11 @@ struct SimCmd {
     /// files and directories.
     #[arg(long, requires = "faults")]
     rename_storm: bool,
+    /// With --faults: half the writers' calls are queued, as the mount
+    /// makes them (they return once made and on their way; only a later
+    /// sync promises them).
+    #[arg(long, requires = "faults")]
+    queued: bool,
 }
 
 #[derive(clap::Args)]
@@ -655,6 +660,7 @@ fn run_fault_sim(c: &SimCmd, seeds: &[u64]) -> CmdResult {
         bug,
         steady: c.steady,
         rename_storm: c.rename_storm,
+        queued: c.queued,
         ..defaults
     };
     let start = std::time::Instant::now();

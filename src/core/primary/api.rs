@@ -33,6 +33,28 @@ pub enum Mode {
 
 pub use crate::core::PlantedBug;
 
+/// When a call that changes something returns (rule 2).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Wait {
+    /// At the pair's sync level: applied on the mirror by default.
+    #[default]
+    Level,
+    /// Once made here and on its way to the mirror, with at most
+    /// [`QUEUED_WINDOW`] changes before it not yet applied there. For a host
+    /// whose own contract promises nothing of a change before a sync (a
+    /// file system: `write`, `creat`, `rename` are durable only after an
+    /// `fsync`): a later sync, flush or directory sync covers it, and always
+    /// waits until it is durable on both. A sync never returns queued. A
+    /// change queued when the mirror is lost is in the window, which the
+    /// loss decision records (rule 3), as at the `async` level.
+    Queued,
+}
+
+/// Changes before a queued one that may still be unapplied on the mirror
+/// when it returns: the bound on what a host that queues its changes has
+/// in flight.
+pub const QUEUED_WINDOW: u64 = 64;
+
 /// Limits and settings of one engine.
 #[derive(Clone, Debug)]
 pub struct EngineConfig {

@@ -624,6 +624,9 @@ impl Engine {
             return self.complete(id, Ok(Reply::Done));
         }
         let seq = c.seq;
+        if c.wait_for == Wait::Queued {
+            return self.wait_mark(id, Mark::Applied, seq.saturating_sub(QUEUED_WINDOW));
+        }
         match self.cfg.level {
             SyncLevel::Applied => self.wait_mark(id, Mark::Applied, seq),
             SyncLevel::Durable => self.wait_mark(id, Mark::Synced, seq),

@@ -131,6 +131,8 @@ struct Call {
     /// Planted defect `RecordAfterLocalWrite` only: the record is still
     /// owed after the local write (`Some(false)`), or out (`Some(true)`).
     late_record: Option<bool>,
+    /// When it returns ([`Wait`]).
+    wait_for: Wait,
 }
 
 /// The loss decision in progress.
@@ -429,6 +431,11 @@ impl Engine {
 
     /// A new call. Its commands (and others it leads to) are queued.
     pub fn submit(&mut self, id: CallId, op: Op, now: u64) {
+        self.submit_with(id, op, Wait::Level, now)
+    }
+
+    /// [`Engine::submit`], returning when `wait_for` says.
+    pub fn submit_with(&mut self, id: CallId, op: Op, wait_for: Wait, now: u64) {
         self.now = self.now.max(now);
         debug_assert!(!self.calls.contains_key(&id), "call {id} submitted twice");
         if matches!(op, Op::Shutdown) {
@@ -447,6 +454,7 @@ impl Engine {
             tracked: false,
             held: None,
             late_record: None,
+            wait_for,
         };
         self.calls.insert(id, call);
         self.admit(id);

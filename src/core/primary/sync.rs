@@ -151,6 +151,13 @@ impl Engine {
     pub(super) fn synced_here(&mut self, id: CallId) {
         let Some(c) = self.calls.get(&id) else { return };
         let (seq, tracked) = (c.seq, c.tracked);
+        let is_sync = matches!(c.op, Op::Sync { .. } | Op::SyncDir { .. } | Op::WriteAt { flush: true, .. });
+        // A queued change waits only for room in the window; a sync never
+        // returns queued (rule 2: what it covers is durable on both).
+        let queued = c.wait_for == Wait::Queued && (!is_sync || self.planted(PlantedBug::SyncQueued));
+        if queued && !tracked && seq != 0 && !matches!(c.op, Op::Resync { .. }) {
+            return self.wait_mark(id, Mark::Applied, seq.saturating_sub(QUEUED_WINDOW));
+        }
         let mark = match &c.op {
             Op::Resync { .. } => return self.resync_synced_here(id),
             Op::Sync { .. } | Op::SyncDir { .. } | Op::WriteAt { flush: true, .. } => Mark::Synced,

@@ -453,3 +453,62 @@ fn a_faulted_primary_retires_nothing_at_its_shutdown() {
         }
     }
 }
+
+/// A queued change (`Wait::Queued`, the mount's) returns once made here and
+/// on its way, at most `QUEUED_WINDOW` changes ahead of what the mirror has
+/// applied; a sync submitted queued still waits until the mirror has
+/// everything before it durably (with the planted defect it does not).
+fn queued_changes_and_a_sync(planted: Option<PlantedBug>) -> Result<(), String> {
+    let mut s = Script::new(planted, false);
+    let queued = |s: &mut Script, op: Op| {
+        let id = s.next;
+        s.next += 1;
+        s.e.submit_with(id, op, Wait::Queued, 0);
+        s.pump(&|_| false);
+        id
+    };
+    let c = queued(&mut s, Op::Create { file: p("a") });
+    let w = queued(&mut s, write(&p("a"), 0));
+    if s.done.get(&c) != Some(&Ok(Reply::Done)) || s.done.get(&w) != Some(&Ok(Reply::Done)) {
+        return Err(format!("queued changes waited for the mirror: {}", s.e.describe()));
+    }
+    let level = s.submit(Op::Create { file: p("b") }, &|_| false);
+    if s.done.contains_key(&level) {
+        return Err("a create at the pair's level returned before the mirror applied it".into());
+    }
+    let sync = queued(&mut s, Op::Sync { file: p("a"), flush: false });
+    let last = s.sent.iter().copied().max().unwrap_or(0);
+    s.ack(last, 0);
+    if !s.done.contains_key(&level) {
+        return Err("the create at the pair's level did not return once applied".into());
+    }
+    if s.done.contains_key(&sync) {
+        return Err("a sync submitted queued returned before the mirror synced".into());
+    }
+    s.ack(last, last);
+    if s.done.get(&sync) != Some(&Ok(Reply::Done)) {
+        return Err(format!("the sync answered {:?} once synced", s.done.get(&sync)));
+    }
+    // Past the window, a queued change waits for room.
+    let first = s.next;
+    for i in 0..QUEUED_WINDOW + 2 {
+        queued(&mut s, Op::Create { file: p(&format!("w{i}")) });
+    }
+    let waiting: Vec<CallId> = (first..s.next).filter(|id| !s.done.contains_key(id)).collect();
+    if waiting.is_empty() {
+        return Err(format!("{} queued creates with none applied all returned", QUEUED_WINDOW + 2));
+    }
+    let last = s.sent.iter().copied().max().unwrap_or(0);
+    s.ack(last, last);
+    match waiting.iter().find(|id| !s.done.contains_key(id)) {
+        Some(id) => Err(format!("queued call {id} still waits once everything is applied")),
+        None => Ok(()),
+    }
+}
+
+#[test]
+fn queued_changes_return_on_their_way_and_a_sync_still_waits() {
+    queued_changes_and_a_sync(None).unwrap_or_else(|e| panic!("{e}"));
+    let planted = queued_changes_and_a_sync(Some(PlantedBug::SyncQueued));
+    assert!(planted.is_err(), "the schedule must fail with the rule removed");
+}

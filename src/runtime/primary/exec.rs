@@ -306,6 +306,17 @@ impl Runtime {
         deadline: Option<Instant>,
         x: &mut Extras,
     ) -> std::result::Result<Reply, Failure> {
+        self.call_with(op, crate::core::primary::Wait::Level, deadline, x)
+    }
+
+    /// [`Runtime::call`], returning when `wait_for` says.
+    pub fn call_with(
+        &self,
+        op: crate::core::primary::Op,
+        wait_for: crate::core::primary::Wait,
+        deadline: Option<Instant>,
+        x: &mut Extras,
+    ) -> std::result::Result<Reply, Failure> {
         let id = self.next_call.fetch_add(1, Ordering::Relaxed);
         self.active.fetch_add(1, Ordering::Relaxed);
         let _active = Active(&self.active);
@@ -314,7 +325,7 @@ impl Runtime {
             let routed = {
                 let mut core = lock(&self.core);
                 core.slots.insert(id, slot.clone());
-                core.engine.submit(id, op, self.now_ms());
+                core.engine.submit_with(id, op, wait_for, self.now_ms());
                 self.route(&mut core, Some(id))
             };
             routed.wake()

@@ -15,7 +15,7 @@ pub use crate::exec::primary::LocalEntry;
 pub(crate) use steps::HashTicket;
 
 use crate::config::{check_block_size, check_filespaces, Filespace, PairIdentity, StreamTuning, SyncLevel};
-use crate::core::primary::{EngineConfig, Op, Reply};
+use crate::core::primary::{EngineConfig, Op, Reply, Wait};
 use crate::durable::changelog::ChangeLog;
 use crate::error::{Error, Result};
 use crate::exec::primary::error_of;
@@ -284,30 +284,17 @@ impl Primary {
 
     /// Create a relation (or flat) file. Fails if it exists.
     pub fn create(&self, fs: u16, path: &str) -> Result<()> {
-        let file = self.fspath(fs, path)?;
-        self.run_simple(Op::Create { file })
+        self.changing(Wait::Level).create(fs, path)
     }
 
     /// Write one block (an evicted dirty buffer).
     pub fn write_block(&self, fs: u16, path: &str, block: u64, data: &[u8]) -> Result<()> {
-        self.block_op(fs, path, block, data, false)
+        self.changing(Wait::Level).write_block(fs, path, block, data)
     }
 
     /// Append one block: `block` must equal the current number of blocks.
     pub fn extend(&self, fs: u16, path: &str, block: u64, data: &[u8]) -> Result<()> {
-        self.block_op(fs, path, block, data, true)
-    }
-
-    fn block_op(&self, fs: u16, path: &str, block: u64, data: &[u8], extend: bool) -> Result<()> {
-        let file = self.fspath(fs, path)?;
-        self.check_block(data.len())?;
-        let bs = self.config.identity.block_size as u64;
-        let what = if extend { "extend" } else { "write_block" };
-        check_file_limit(|| format!("{what} of {file} at block {block}"), block.checked_mul(bs), bs)?;
-        // Copied and hashed here, outside the engine's lock.
-        let data = Bytes::copy_from_slice(data);
-        let hash = body_hash(&data);
-        self.run_simple(Op::WriteBlock { file, block, data, hash, extend })
+        self.changing(Wait::Level).extend(fs, path, block, data)
     }
 
     /// Read one block. A block past the end of the file is an error.
@@ -333,22 +320,17 @@ impl Primary {
 
     /// Truncate a relation file to `nblocks` blocks.
     pub fn truncate(&self, fs: u16, path: &str, nblocks: u64) -> Result<()> {
-        let len = nblocks.checked_mul(self.config.identity.block_size as u64);
-        check_file_limit(|| format!("truncate of {path} to {nblocks} blocks"), len, 0)?;
-        self.set_len(fs, path, len.unwrap_or_default())
+        self.changing(Wait::Level).truncate(fs, path, nblocks)
     }
 
     /// Set a flat file's length in bytes.
     pub fn set_len(&self, fs: u16, path: &str, len: u64) -> Result<()> {
-        let file = self.fspath(fs, path)?;
-        check_file_limit(|| format!("set_len of {file} to {len} bytes"), Some(len), 0)?;
-        self.run_simple(Op::SetLen { file, len })
+        self.changing(Wait::Level).set_len(fs, path, len)
     }
 
     /// Remove a file.
     pub fn unlink(&self, fs: u16, path: &str) -> Result<()> {
-        let file = self.fspath(fs, path)?;
-        self.run_simple(Op::Unlink { file })
+        self.changing(Wait::Level).unlink(fs, path)
     }
 
     /// Make a relation file durable on both sides.
@@ -361,23 +343,14 @@ impl Primary {
 
     /// Write bytes at an offset of a flat or log file (at most 256 KiB a call).
     pub fn write_at(&self, fs: u16, path: &str, offset: u64, data: &[u8]) -> Result<()> {
-        self.write_bytes(fs, path, offset, data, false)
+        self.changing(Wait::Level).write_at(fs, path, offset, data)
     }
 
     /// `write_at` and then `flush` of the same file, as one call: one
     /// frame and one round trip to the mirror instead of two. Returns when
     /// the bytes are durable on both sides (or, in change tracking, here).
     pub fn write_at_and_flush(&self, fs: u16, path: &str, offset: u64, data: &[u8]) -> Result<()> {
-        self.write_bytes(fs, path, offset, data, true)
-    }
-
-    fn write_bytes(&self, fs: u16, path: &str, offset: u64, data: &[u8], flush: bool) -> Result<()> {
-        let file = self.fspath(fs, path)?;
-        check_write_at_len(data.len())?;
-        check_file_limit(|| format!("write_at of {file} at byte {offset}"), Some(offset), data.len() as u64)?;
-        let data = Bytes::copy_from_slice(data);
-        let hash = body_hash(&data);
-        self.run_simple(Op::WriteAt { file, offset, data, hash, flush })
+        self.changing(Wait::Level).write_bytes(fs, path, offset, data, true)
     }
 
     /// Make a flat or log file durable on both sides.
@@ -423,23 +396,25 @@ impl Primary {
     // ---- filespace operations -------------------------------------------
 
     pub fn mkdir(&self, fs: u16, path: &str) -> Result<()> {
-        let dir = self.fspath(fs, path)?;
-        self.run_simple(Op::Mkdir { dir })
+        self.changing(Wait::Level).mkdir(fs, path)
     }
 
     pub fn rmdir(&self, fs: u16, path: &str) -> Result<()> {
-        let dir = self.fspath(fs, path)?;
-        self.run_simple(Op::Rmdir { dir })
+        self.changing(Wait::Level).rmdir(fs, path)
     }
 
     /// Rename a file or directory within a filespace (atomic, replaces a file at `to`).
     pub fn rename(&self, fs: u16, from: &str, to: &str) -> Result<()> {
-        let from = self.fspath(fs, from)?;
-        let to = self.fspath(fs, to)?;
-        if to.path.is_within(&from.path) {
-            return Err(Error::InvalidArgument(format!("cannot move {from} into itself ({to})")));
-        }
-        self.run_simple(Op::Rename { from, to })
+        self.changing(Wait::Level).rename(fs, from, to)
+    }
+
+    /// The changing calls, returning when `wait` says: at the pair's sync
+    /// level ([`Wait::Level`], what the methods of `Primary` do), or once
+    /// made here and on their way ([`Wait::Queued`]), for a host that
+    /// promises nothing before a sync (the mount). Syncs are always
+    /// `Primary`'s, and wait.
+    pub fn changing(&self, wait: Wait) -> Changing<'_> {
+        Changing { p: self, wait }
     }
 
     /// Whether a file or directory exists on the primary.
@@ -525,6 +500,102 @@ impl Drop for Primary {
         for t in lock(&self.threads).drain(..) {
             let _ = t.join();
         }
+    }
+}
+
+/// A primary's changing calls, each returning when its [`Wait`] says
+/// ([`Primary::changing`]).
+pub struct Changing<'a> {
+    p: &'a Primary,
+    wait: Wait,
+}
+
+impl Changing<'_> {
+    fn run(&self, op: Op) -> Result<()> {
+        let x = &mut Extras::default();
+        self.p.rt.call_with(op, self.wait, None, x).map(|_| ()).map_err(|f| error_of(f, x))
+    }
+
+    /// Create a relation (or flat) file. Fails if it exists.
+    pub fn create(&self, fs: u16, path: &str) -> Result<()> {
+        let file = self.p.fspath(fs, path)?;
+        self.run(Op::Create { file })
+    }
+
+    /// Write one block (an evicted dirty buffer).
+    pub fn write_block(&self, fs: u16, path: &str, block: u64, data: &[u8]) -> Result<()> {
+        self.block_op(fs, path, block, data, false)
+    }
+
+    /// Append one block: `block` must equal the current number of blocks.
+    pub fn extend(&self, fs: u16, path: &str, block: u64, data: &[u8]) -> Result<()> {
+        self.block_op(fs, path, block, data, true)
+    }
+
+    fn block_op(&self, fs: u16, path: &str, block: u64, data: &[u8], extend: bool) -> Result<()> {
+        let file = self.p.fspath(fs, path)?;
+        self.p.check_block(data.len())?;
+        let bs = self.p.config.identity.block_size as u64;
+        let what = if extend { "extend" } else { "write_block" };
+        check_file_limit(|| format!("{what} of {file} at block {block}"), block.checked_mul(bs), bs)?;
+        // Copied and hashed here, outside the engine's lock.
+        let data = Bytes::copy_from_slice(data);
+        let hash = body_hash(&data);
+        self.run(Op::WriteBlock { file, block, data, hash, extend })
+    }
+
+    /// Truncate a relation file to `nblocks` blocks.
+    pub fn truncate(&self, fs: u16, path: &str, nblocks: u64) -> Result<()> {
+        let len = nblocks.checked_mul(self.p.config.identity.block_size as u64);
+        check_file_limit(|| format!("truncate of {path} to {nblocks} blocks"), len, 0)?;
+        self.set_len(fs, path, len.unwrap_or_default())
+    }
+
+    /// Set a flat file's length in bytes.
+    pub fn set_len(&self, fs: u16, path: &str, len: u64) -> Result<()> {
+        let file = self.p.fspath(fs, path)?;
+        check_file_limit(|| format!("set_len of {file} to {len} bytes"), Some(len), 0)?;
+        self.run(Op::SetLen { file, len })
+    }
+
+    /// Remove a file.
+    pub fn unlink(&self, fs: u16, path: &str) -> Result<()> {
+        let file = self.p.fspath(fs, path)?;
+        self.run(Op::Unlink { file })
+    }
+
+    /// Write bytes at an offset of a flat or log file (at most 256 KiB a call).
+    pub fn write_at(&self, fs: u16, path: &str, offset: u64, data: &[u8]) -> Result<()> {
+        self.write_bytes(fs, path, offset, data, false)
+    }
+
+    pub(crate) fn write_bytes(&self, fs: u16, path: &str, offset: u64, data: &[u8], flush: bool) -> Result<()> {
+        let file = self.p.fspath(fs, path)?;
+        check_write_at_len(data.len())?;
+        check_file_limit(|| format!("write_at of {file} at byte {offset}"), Some(offset), data.len() as u64)?;
+        let data = Bytes::copy_from_slice(data);
+        let hash = body_hash(&data);
+        self.run(Op::WriteAt { file, offset, data, hash, flush })
+    }
+
+    pub fn mkdir(&self, fs: u16, path: &str) -> Result<()> {
+        let dir = self.p.fspath(fs, path)?;
+        self.run(Op::Mkdir { dir })
+    }
+
+    pub fn rmdir(&self, fs: u16, path: &str) -> Result<()> {
+        let dir = self.p.fspath(fs, path)?;
+        self.run(Op::Rmdir { dir })
+    }
+
+    /// Rename a file or directory within a filespace (atomic, replaces a file at `to`).
+    pub fn rename(&self, fs: u16, from: &str, to: &str) -> Result<()> {
+        let from = self.p.fspath(fs, from)?;
+        let to = self.p.fspath(fs, to)?;
+        if to.path.is_within(&from.path) {
+            return Err(Error::InvalidArgument(format!("cannot move {from} into itself ({to})")));
+        }
+        self.run(Op::Rename { from, to })
     }
 }
 
