@@ -31,11 +31,13 @@ impl Storage {
     /// The same storage, whose changing calls (create, writes, lengths,
     /// unlink, directories, renames) return once made on the acting
     /// primary and on their way to the mirror, at most
-    /// [`crate::core::primary::QUEUED_WINDOW`] changes ahead of it, instead
-    /// of once the mirror applied them: for a host whose own contract
-    /// promises nothing of a change before a sync, as a file system's
-    /// (the mount). Syncs, flushes and directory syncs still return only
-    /// when everything before them is durable on both hosts.
+    /// [`crate::core::primary::QUEUED_WINDOW`] sequence numbers ahead of
+    /// it (never looser than the pair's sync level), instead of once the
+    /// mirror applied them: for a host whose own contract promises nothing
+    /// of a change before a sync, as a file system's (the mount). A sync or
+    /// flush of a file still returns only when that file's changes and
+    /// every namespace change before it are durable on both hosts, and a
+    /// directory sync when every namespace change before it is.
     pub fn queued(&self) -> Storage {
         Storage { shared: self.shared.clone(), wait: Wait::Queued }
     }

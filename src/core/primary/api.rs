@@ -39,20 +39,23 @@ pub enum Wait {
     /// At the pair's sync level: applied on the mirror by default.
     #[default]
     Level,
-    /// Once made here and on its way to the mirror, with at most
-    /// [`QUEUED_WINDOW`] changes before it not yet applied there. For a host
-    /// whose own contract promises nothing of a change before a sync (a
-    /// file system: `write`, `creat`, `rename` are durable only after an
-    /// `fsync`): a later sync, flush or directory sync covers it, and always
-    /// waits until it is durable on both. A sync never returns queued. A
-    /// change queued when the mirror is lost is in the window, which the
-    /// loss decision records (rule 3), as at the `async` level.
+    /// Once made here and on its way to the mirror, at most
+    /// [`QUEUED_WINDOW`] sequence numbers ahead of what the mirror applied
+    /// (never looser than the pair's level: at `durable` it waits as the
+    /// level says, at `async:W` the smaller window holds). For a host whose
+    /// own contract promises nothing of a change before a sync (a file
+    /// system: `write`, `creat`, `rename` are durable only after an
+    /// `fsync`): the later sync of its file covers its data and length, and
+    /// any later sync or directory sync covers a namespace change (every
+    /// changed directory is synced on both), as `fsync` does. A sync never returns queued. A change queued when the
+    /// mirror is lost is in the window, which the loss decision records
+    /// (rule 3), as at the `async` level.
     Queued,
 }
 
-/// Changes before a queued one that may still be unapplied on the mirror
-/// when it returns: the bound on what a host that queues its changes has
-/// in flight.
+/// Sequence numbers (Bind frames count) before a queued change that may
+/// still be unapplied on the mirror when it returns: the bound on what a
+/// host that queues its changes has in flight.
 pub const QUEUED_WINDOW: u64 = 64;
 
 /// Limits and settings of one engine.

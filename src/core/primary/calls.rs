@@ -624,8 +624,8 @@ impl Engine {
             return self.complete(id, Ok(Reply::Done));
         }
         let seq = c.seq;
-        if c.wait_for == Wait::Queued {
-            return self.wait_mark(id, Mark::Applied, seq.saturating_sub(QUEUED_WINDOW));
+        if let Some(lag) = self.queued_lag(c.wait_for) {
+            return self.wait_mark(id, Mark::Applied, seq.saturating_sub(lag));
         }
         match self.cfg.level {
             SyncLevel::Applied => self.wait_mark(id, Mark::Applied, seq),

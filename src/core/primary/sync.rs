@@ -154,9 +154,9 @@ impl Engine {
         let is_sync = matches!(c.op, Op::Sync { .. } | Op::SyncDir { .. } | Op::WriteAt { flush: true, .. });
         // A queued change waits only for room in the window; a sync never
         // returns queued (rule 2: what it covers is durable on both).
-        let queued = c.wait_for == Wait::Queued && (!is_sync || self.planted(PlantedBug::SyncQueued));
-        if queued && !tracked && seq != 0 && !matches!(c.op, Op::Resync { .. }) {
-            return self.wait_mark(id, Mark::Applied, seq.saturating_sub(QUEUED_WINDOW));
+        let lag = self.queued_lag(c.wait_for).filter(|_| !is_sync || self.planted(PlantedBug::SyncQueued));
+        if let Some(lag) = lag.filter(|_| !tracked && seq != 0 && !matches!(c.op, Op::Resync { .. })) {
+            return self.wait_mark(id, Mark::Applied, seq.saturating_sub(lag));
         }
         let mark = match &c.op {
             Op::Resync { .. } => return self.resync_synced_here(id),
@@ -170,6 +170,19 @@ impl Engine {
             return self.complete(id, Ok(Reply::Done));
         }
         self.wait_mark(id, mark, seq)
+    }
+
+    /// How many sequence numbers a queued change may return ahead of the
+    /// mirror's applied mark: [`QUEUED_WINDOW`], never looser than the
+    /// pair's level (at `async:W` the smaller of the two; at `durable`
+    /// none: the call waits as its level says). `None` for a call that
+    /// waits at its level.
+    pub(super) fn queued_lag(&self, wait_for: Wait) -> Option<u64> {
+        match (wait_for, self.cfg.level) {
+            (Wait::Level, _) | (Wait::Queued, SyncLevel::Durable) => None,
+            (Wait::Queued, SyncLevel::Async { window }) => Some(window.min(QUEUED_WINDOW)),
+            (Wait::Queued, SyncLevel::Applied) => Some(QUEUED_WINDOW),
+        }
     }
 
     /// Park until watermark `mark` reaches `seq`. With the mirror gone, a

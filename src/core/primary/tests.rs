@@ -43,7 +43,11 @@ struct Script {
 
 impl Script {
     fn new(planted: Option<PlantedBug>, alone: bool) -> Script {
-        let e = Engine::new(config(planted), 0, alone.then(|| "the mirror is down".to_string()));
+        Script::with_config(config(planted), alone)
+    }
+
+    fn with_config(cfg: EngineConfig, alone: bool) -> Script {
+        let e = Engine::new(cfg, 0, alone.then(|| "the mirror is down".to_string()));
         let mut s = Script {
             e,
             next: 1,
@@ -511,4 +515,34 @@ fn queued_changes_return_on_their_way_and_a_sync_still_waits() {
     queued_changes_and_a_sync(None).unwrap_or_else(|e| panic!("{e}"));
     let planted = queued_changes_and_a_sync(Some(PlantedBug::SyncQueued));
     assert!(planted.is_err(), "the schedule must fail with the rule removed");
+}
+
+/// A queued change is never looser than the pair's level: at `durable` it
+/// returns once the mirror synced it, at `async:2` with at most 2 sequence
+/// numbers unapplied before it (not 64).
+#[test]
+fn a_queued_change_waits_as_a_stricter_level_says() {
+    let queued = |s: &mut Script, op: Op| {
+        let id = s.next;
+        s.next += 1;
+        s.e.submit_with(id, op, Wait::Queued, 0);
+        s.pump(&|_| false);
+        id
+    };
+    let mut durable = Script::with_config(EngineConfig { level: SyncLevel::Durable, ..config(None) }, false);
+    let c = queued(&mut durable, Op::Create { file: p("a") });
+    assert!(!durable.done.contains_key(&c), "a queued create returned on a durable pair before the mirror had it");
+    let last = durable.sent.iter().copied().max().unwrap_or(0);
+    durable.ack(last, 0);
+    assert!(!durable.done.contains_key(&c), "a queued create returned on a durable pair once applied, not synced");
+    durable.ack(last, last);
+    assert_eq!(durable.done.get(&c), Some(&Ok(Reply::Done)), "{}", durable.e.describe());
+
+    let mut async2 = Script::with_config(EngineConfig { level: SyncLevel::Async { window: 2 }, ..config(None) }, false);
+    let first = async2.next;
+    for i in 0..8 {
+        queued(&mut async2, Op::Create { file: p(&format!("f{i}")) });
+    }
+    let returned = (first..async2.next).filter(|id| async2.done.contains_key(id)).count();
+    assert!((1..8).contains(&returned), "{returned} of 8 queued creates returned with none applied at async:2");
 }
