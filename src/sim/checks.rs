@@ -276,7 +276,7 @@ impl World {
         let file = match &self.ops[i].spec {
             OpSpec::Block { p, .. } | OpSpec::WriteAt { p, .. } | OpSpec::Truncate { p, .. } => Some(p),
             // A sync never returns queued: it is checked as any call.
-            OpSpec::Sync { .. } => return true,
+            OpSpec::Sync { .. } | OpSpec::SyncDir { .. } => return true,
             OpSpec::Create(_) | OpSpec::Unlink(_) | OpSpec::Mkdir(_) | OpSpec::Rmdir(_) | OpSpec::Rename { .. } => None,
         };
         let Some(done) = self.ops[i].returned else { return false };
@@ -292,6 +292,8 @@ impl World {
             }
             let syncs = match &op.spec {
                 OpSpec::Sync { p, .. } | OpSpec::WriteAt { p, flush: true, .. } => file.is_none_or(|f| f == p),
+                // A directory sync covers namespace changes, not data.
+                OpSpec::SyncDir { .. } => file.is_none(),
                 _ => false,
             };
             if syncs
@@ -337,7 +339,7 @@ impl World {
                 OpSpec::Block { p, .. } | OpSpec::WriteAt { p, .. } | OpSpec::Truncate { p, .. } => {
                     on_file.entry(p).or_default().push(j)
                 }
-                OpSpec::Sync { .. } => {}
+                OpSpec::Sync { .. } | OpSpec::SyncDir { .. } => {}
                 _ => namespace.push(j),
             }
         }
@@ -451,7 +453,7 @@ impl World {
                         return bad(format!("{from} still exists"));
                     }
                 }
-                OpSpec::Sync { .. } => {}
+                OpSpec::Sync { .. } | OpSpec::SyncDir { .. } => {}
             }
         }
         Ok(())

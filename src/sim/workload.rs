@@ -27,6 +27,12 @@ pub(super) enum OpSpec {
         p: FsPath,
         flat: bool,
     },
+    /// A directory fsync of a filespace (`sync_dir`): every namespace change
+    /// before it durable on both. Queued schedules only (the others replay
+    /// as before).
+    SyncDir {
+        fs: u16,
+    },
     Truncate {
         p: FsPath,
         len: u64,
@@ -57,6 +63,7 @@ impl OpSpec {
             OpSpec::WriteAt { .. } => "write_at",
             OpSpec::Sync { flat: true, .. } => "flush",
             OpSpec::Sync { .. } => "sync",
+            OpSpec::SyncDir { .. } => "sync_dir",
             OpSpec::Truncate { .. } => "truncate",
             OpSpec::Unlink(_) => "unlink",
             OpSpec::Mkdir(_) => "mkdir",
@@ -77,6 +84,7 @@ impl OpSpec {
             }
             OpSpec::Sync { p, .. } | OpSpec::Truncate { p, .. } => format!("{} {p}", self.name()),
             OpSpec::Rename { from, to } => format!("rename {from} -> {to}"),
+            OpSpec::SyncDir { fs } => format!("sync_dir fs{fs}"),
         }
     }
 
@@ -97,7 +105,7 @@ impl OpSpec {
             OpSpec::Block { p: q, block, .. } => q == p && overlaps(block * bs, block * bs + bs),
             OpSpec::WriteAt { p: q, offset, data, .. } => q == p && overlaps(*offset, offset + data.len() as u64),
             OpSpec::Truncate { p: q, len } => q == p && *len < end,
-            OpSpec::Sync { .. } => false,
+            OpSpec::Sync { .. } | OpSpec::SyncDir { .. } => false,
             _ => self.changes_existence(p),
         }
     }
@@ -156,6 +164,7 @@ impl OpSpec {
                 Op::WriteAt { file: p, offset, data, hash, flush }
             }
             OpSpec::Sync { p, flat } => Op::Sync { file: p, flush: flat },
+            OpSpec::SyncDir { fs } => Op::SyncDir { fs },
             OpSpec::Truncate { p, len } => Op::SetLen { file: p, len },
             OpSpec::Unlink(file) => Op::Unlink { file },
             OpSpec::Mkdir(dir) => Op::Mkdir { dir },
@@ -315,6 +324,11 @@ impl World {
                 Some(OpSpec::write_at(p, offset, data))
             }
             61..=68 => {
+                // Queued schedules also sync directories, as the mount's
+                // fsyncdir does (drawn only there: the others replay as before).
+                if self.cfg.queued && self.rng.gen_bool(0.25) {
+                    return Ok(Some(OpSpec::SyncDir { fs }));
+                }
                 let Some(p) = self.pick_file(None) else { return Ok(None) };
                 let flat = self.model.files.get(&p) == Some(&FileKind::Flat);
                 Some(OpSpec::Sync { p, flat })
