@@ -28,6 +28,11 @@ pub struct Storage {
 }
 
 impl Storage {
+    /// The storage API of a segment, its changing calls at the pair's level.
+    pub(crate) fn new(shared: Arc<Shared>) -> Storage {
+        Storage { shared, wait: Wait::Level }
+    }
+
     /// The same storage, whose changing calls (create, writes, lengths,
     /// unlink, directories, renames) return once made on the acting
     /// primary and on their way to the mirror, at most

@@ -241,29 +241,10 @@ impl World {
     /// concurrently, so a sync issued while the write was still going on
     /// may not.
     pub(super) fn durably_acked(&self, i: usize) -> bool {
-        let p = match &self.ops[i].spec {
-            OpSpec::Block { p, .. } | OpSpec::WriteAt { p, .. } => p,
-            _ => return false,
-        };
-        let Some(done) = self.ops[i].returned else { return false };
-        // A sync must end before the next power loss to count.
-        let cut = self.power_losses.iter().copied().find(|m| *m > done).unwrap_or(u64::MAX);
-        // A write that carried its flush is its own sync.
-        if matches!(self.ops[i].spec, OpSpec::WriteAt { flush: true, .. }) && self.ops[i].state == CallState::Acked {
-            return done < cut;
+        match &self.ops[i].spec {
+            OpSpec::Block { p, .. } | OpSpec::WriteAt { p, .. } => self.synced_after(i, Some(p), None),
+            _ => false,
         }
-        for op in &self.ops[i + 1..] {
-            if op.spec.changes_existence(p) {
-                return false;
-            }
-            let covers = op.issued > done
-                && op.returned.is_some_and(|r| r < cut)
-                && matches!(&op.spec, OpSpec::Sync { p: q, .. } | OpSpec::WriteAt { p: q, flush: true, .. } if q == p);
-            if covers && op.state == CallState::Acked {
-                return true;
-            }
-        }
-        false
     }
 
     /// Whether queued call `i` ([`FaultConfig::queued`]) was promised: by
@@ -279,11 +260,19 @@ impl World {
             OpSpec::Sync { .. } | OpSpec::SyncDir { .. } => return true,
             OpSpec::Create(_) | OpSpec::Unlink(_) | OpSpec::Mkdir(_) | OpSpec::Rmdir(_) | OpSpec::Rename { .. } => None,
         };
+        self.synced_after(i, file, Some(self.ops[i].term))
+    }
+
+    /// Whether call `i` was followed, before the next power loss, by a
+    /// successful sync issued after it returned: of `file` (before any
+    /// change to its existence), or of any file or a directory sync with
+    /// none; in `term` only, if given. A write that carried its flush is
+    /// its own sync.
+    fn synced_after(&self, i: usize, file: Option<&FsPath>, term: Option<(usize, u64)>) -> bool {
         let Some(done) = self.ops[i].returned else { return false };
-        let term = self.ops[i].term;
+        // A sync must end before the next power loss to count.
         let cut = self.power_losses.iter().copied().find(|m| *m > done).unwrap_or(u64::MAX);
-        // A write that carried its flush is its own sync.
-        if matches!(self.ops[i].spec, OpSpec::WriteAt { flush: true, .. }) {
+        if matches!(self.ops[i].spec, OpSpec::WriteAt { flush: true, .. }) && self.ops[i].state == CallState::Acked {
             return done < cut;
         }
         for op in &self.ops[i + 1..] {
@@ -297,7 +286,7 @@ impl World {
                 _ => false,
             };
             if syncs
-                && op.term == term
+                && term.is_none_or(|t| op.term == t)
                 && op.issued > done
                 && op.state == CallState::Acked
                 && op.returned.is_some_and(|r| r < cut)

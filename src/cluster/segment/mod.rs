@@ -18,7 +18,6 @@ use crate::cluster::client::{self, ErrorClass, Request};
 use crate::cluster::control;
 pub use crate::cluster::storage::Storage;
 use crate::config::{Filespace, PairIdentity, SyncLevel};
-use crate::core::primary::Wait;
 use crate::durable::changelog::ChangeLog;
 use crate::error::{Error, Result};
 use crate::io::admission::{Gate, Stop, Ticket};
@@ -318,7 +317,7 @@ pub struct SegmentInfo {
 impl SegmentHandle {
     /// The storage API, routed to the acting primary in this process.
     pub fn storage(&self) -> Storage {
-        Storage { shared: self.shared.clone(), wait: Wait::Level }
+        Storage::new(self.shared.clone())
     }
 
     /// Role, mode and generation (cheap: no statistics). A segment told to
@@ -711,7 +710,7 @@ impl Shared {
     /// (an idle connection is closed; [`client::Client`] reconnects once
     /// for a first call on a connection closed unused).
     fn serve_client(self: &Arc<Self>, mut stream: UnixStream, mut ticket: Ticket) {
-        let storage = Storage { shared: self.clone(), wait: Wait::Level };
+        let storage = Storage::new(self.clone());
         let left = ticket.deadline().saturating_duration_since(std::time::Instant::now());
         if stream.set_read_timeout(Some(left.max(Duration::from_millis(1)))).is_err() {
             return;

@@ -71,9 +71,17 @@ impl Script {
     }
 
     fn submit(&mut self, op: Op, hold: &dyn Fn(&Command) -> bool) -> CallId {
+        self.submit_waiting(op, Wait::Level, hold)
+    }
+
+    fn submit_queued(&mut self, op: Op) -> CallId {
+        self.submit_waiting(op, Wait::Queued, &|_| false)
+    }
+
+    fn submit_waiting(&mut self, op: Op, wait: Wait, hold: &dyn Fn(&Command) -> bool) -> CallId {
         let id = self.next;
         self.next += 1;
-        self.e.submit(id, op, 0);
+        self.e.submit_with(id, op, wait, 0);
         self.pump(hold);
         id
     }
@@ -464,15 +472,8 @@ fn a_faulted_primary_retires_nothing_at_its_shutdown() {
 /// everything before it durably (with the planted defect it does not).
 fn queued_changes_and_a_sync(planted: Option<PlantedBug>) -> Result<(), String> {
     let mut s = Script::new(planted, false);
-    let queued = |s: &mut Script, op: Op| {
-        let id = s.next;
-        s.next += 1;
-        s.e.submit_with(id, op, Wait::Queued, 0);
-        s.pump(&|_| false);
-        id
-    };
-    let c = queued(&mut s, Op::Create { file: p("a") });
-    let w = queued(&mut s, write(&p("a"), 0));
+    let c = s.submit_queued(Op::Create { file: p("a") });
+    let w = s.submit_queued(write(&p("a"), 0));
     if s.done.get(&c) != Some(&Ok(Reply::Done)) || s.done.get(&w) != Some(&Ok(Reply::Done)) {
         return Err(format!("queued changes waited for the mirror: {}", s.e.describe()));
     }
@@ -480,7 +481,7 @@ fn queued_changes_and_a_sync(planted: Option<PlantedBug>) -> Result<(), String> 
     if s.done.contains_key(&level) {
         return Err("a create at the pair's level returned before the mirror applied it".into());
     }
-    let sync = queued(&mut s, Op::Sync { file: p("a"), flush: false });
+    let sync = s.submit_queued(Op::Sync { file: p("a"), flush: false });
     let last = s.sent.iter().copied().max().unwrap_or(0);
     s.ack(last, 0);
     if !s.done.contains_key(&level) {
@@ -496,7 +497,7 @@ fn queued_changes_and_a_sync(planted: Option<PlantedBug>) -> Result<(), String> 
     // Past the window, a queued change waits for room.
     let first = s.next;
     for i in 0..QUEUED_WINDOW + 2 {
-        queued(&mut s, Op::Create { file: p(&format!("w{i}")) });
+        s.submit_queued(Op::Create { file: p(&format!("w{i}")) });
     }
     let waiting: Vec<CallId> = (first..s.next).filter(|id| !s.done.contains_key(id)).collect();
     if waiting.is_empty() {
@@ -522,15 +523,8 @@ fn queued_changes_return_on_their_way_and_a_sync_still_waits() {
 /// numbers unapplied before it (not 64).
 #[test]
 fn a_queued_change_waits_as_a_stricter_level_says() {
-    let queued = |s: &mut Script, op: Op| {
-        let id = s.next;
-        s.next += 1;
-        s.e.submit_with(id, op, Wait::Queued, 0);
-        s.pump(&|_| false);
-        id
-    };
     let mut durable = Script::with_config(EngineConfig { level: SyncLevel::Durable, ..config(None) }, false);
-    let c = queued(&mut durable, Op::Create { file: p("a") });
+    let c = durable.submit_queued(Op::Create { file: p("a") });
     assert!(!durable.done.contains_key(&c), "a queued create returned on a durable pair before the mirror had it");
     let last = durable.sent.iter().copied().max().unwrap_or(0);
     durable.ack(last, 0);
@@ -541,7 +535,7 @@ fn a_queued_change_waits_as_a_stricter_level_says() {
     let mut async2 = Script::with_config(EngineConfig { level: SyncLevel::Async { window: 2 }, ..config(None) }, false);
     let first = async2.next;
     for i in 0..8 {
-        queued(&mut async2, Op::Create { file: p(&format!("f{i}")) });
+        async2.submit_queued(Op::Create { file: p(&format!("f{i}")) });
     }
     let returned = (first..async2.next).filter(|id| async2.done.contains_key(id)).count();
     assert!((1..8).contains(&returned), "{returned} of 8 queued creates returned with none applied at async:2");
