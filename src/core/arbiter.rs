@@ -221,6 +221,96 @@ pub fn orders(pair: &Pair, probes: &[(u32, Option<Seen>)], bug: Option<PlantedBu
     out
 }
 
+/// What `filerep recover` does next for a pair. The arbiter asks again
+/// after each step it carries out (a rebuild, a hand-over), with a fresh
+/// probe of the acting mirror, until the answer is to restore, to resync or
+/// a refusal; the simulator's operator asks the same.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Recover {
+    /// Nothing is started; the operator is told why.
+    Refused(String),
+    /// The pair is down and its acting primary answers: it serves alone
+    /// again at a new generation ([`Event::Restore`]), and a later
+    /// `recover` repairs its mirror.
+    Restore,
+    /// The acting mirror's disk failed (rule 8): it forgets its fault, and
+    /// the full resync that follows ships every block again, whatever its
+    /// page cache shows.
+    RebuildMirror { dbid: u32 },
+    /// The acting mirror is a returning old primary whose activity log is
+    /// not handed over yet: it joins the acting primary's change-log first,
+    /// or the resync's plan misses its blocks and the clear wipes them.
+    HandOver { from: u32, to: u32 },
+    /// The pair goes to resynchronizing, and its acting primary takes its
+    /// mirror back and repairs it (`full`: every block).
+    Resync { full: bool },
+}
+
+/// Why a resync of `pair` (`full`: a full one) cannot start as the catalog
+/// stands, before any segment is asked; `None` when it can (a pair that is
+/// down is restored from its acting primary first).
+pub fn recover_refusal(pair: &Pair, full: bool) -> Option<String> {
+    let content = pair.content;
+    if pair.down {
+        let p = pair.acting_primary();
+        return (!p.up).then(|| {
+            format!(
+                "content {content} is down and its acting primary {} does not answer: start that segment \
+                 (its data and change-log are the pair's), then run filerep recover again",
+                p.dbid
+            )
+        });
+    }
+    if let Some(s) = pair.segments.iter().find(|s| !s.up) {
+        return Some(format!(
+            "content {content}: both segments must be up to resync, and dbid {} is down: start it (filerep start), \
+             then run filerep recover again",
+            s.dbid
+        ));
+    }
+    match pair.mode {
+        PairMode::Synchronized => Some(format!("content {content} is already synchronized")),
+        PairMode::NotInSync if !full => Some(format!(
+            "content {content} is not in sync and no change-log covers the differences: use a full resync (-F)"
+        )),
+        _ => None,
+    }
+}
+
+/// The next step of `filerep recover` (`full`: the operator asked for a
+/// full resync) for `pair`, given what a probe of its acting mirror sees
+/// now (`None`: no answer, or not asked because the pair is down).
+pub fn recover(pair: &Pair, mirror: Option<&Seen>, full: bool, bug: Option<PlantedBug>) -> Recover {
+    if let Some(why) = recover_refusal(pair, full) {
+        return Recover::Refused(why);
+    }
+    if pair.down {
+        return Recover::Restore;
+    }
+    let (p, m) = (pair.acting_primary().dbid, pair.acting_mirror().dbid);
+    let mirror = mirror.filter(|s| s.dbid == m);
+    // Rule 8: a mirror whose disk failed holds pages a failed fsync let go
+    // (readable here, absent from its disk). An incremental resync would
+    // ship only what the change-log names, and a comparison would find
+    // those pages equal; only a full resync that ships every block again
+    // rebuilds it.
+    let faulted = mirror.is_some_and(|s| s.faulted && s.acting == Acting::Mirror);
+    if faulted {
+        if !full && bug != Some(PlantedBug::RebuildFaultedIncrementally) {
+            return Recover::Refused(format!(
+                "content {}: mirror {m} faulted (its disk failed) and its files are in doubt; rebuild it with a full \
+                 resync: filerep recover -F --content {}",
+                pair.content, pair.content
+            ));
+        }
+        return Recover::RebuildMirror { dbid: m };
+    }
+    if mirror.is_some_and(|s| s.changes_pending) {
+        return Recover::HandOver { from: m, to: p };
+    }
+    Recover::Resync { full }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -257,6 +347,48 @@ mod tests {
         let probes = [(1, streaming), (2, None)];
         let e = round_events(&pair, &probes);
         assert!(!e.is_empty() && !e.contains(&Event::ResyncCompleted), "{e:?}");
+    }
+
+    /// `filerep recover`, step by step: a faulted mirror is refused an
+    /// incremental resync (the answer names -F), rebuilt first for a full
+    /// one; a returning old primary hands its log over first; a down pair
+    /// is restored, and only once its acting primary answers.
+    #[test]
+    fn recover_rebuilds_a_faulted_mirror_only_for_a_full_resync() {
+        let mut pair = Pair::new(7, 1, 2);
+        let sync = recover(&pair, seen(2, Acting::Mirror, 1).as_ref(), false, None);
+        assert!(matches!(&sync, Recover::Refused(why) if why.contains("already synchronized")), "{sync:?}");
+        apply(&mut pair, vec![Event::MirrorLost { reporter: 1, generation: 1 }, Event::SegmentUp { dbid: 2 }]);
+        let faulted = Seen { faulted: true, ..seen(2, Acting::Mirror, 1).unwrap() };
+        let step = recover(&pair, Some(&faulted), false, None);
+        assert!(matches!(&step, Recover::Refused(why) if why.contains("recover -F --content 7")), "{step:?}");
+        assert_eq!(recover(&pair, Some(&faulted), true, None), Recover::RebuildMirror { dbid: 2 });
+        // Rebuilt (it no longer says it faulted): the full resync.
+        assert_eq!(recover(&pair, seen(2, Acting::Mirror, 1).as_ref(), true, None), Recover::Resync { full: true });
+        assert_eq!(recover(&pair, seen(2, Acting::Mirror, 1).as_ref(), false, None), Recover::Resync { full: false });
+        // Another segment answering at the mirror's address says nothing of it.
+        let stranger = Seen { faulted: true, ..seen(3, Acting::Mirror, 1).unwrap() };
+        assert_eq!(recover(&pair, Some(&stranger), false, None), Recover::Resync { full: false });
+        let pending = Seen { changes_pending: true, ..seen(2, Acting::Mirror, 1).unwrap() };
+        assert_eq!(recover(&pair, Some(&pending), false, None), Recover::HandOver { from: 2, to: 1 });
+        // The planted defect: the fault forgotten for an incremental resync.
+        let bug = Some(PlantedBug::RebuildFaultedIncrementally);
+        assert_eq!(recover(&pair, Some(&faulted), false, bug), Recover::RebuildMirror { dbid: 2 });
+    }
+
+    #[test]
+    fn recover_restores_a_down_pair_once_its_acting_primary_answers() {
+        let mut pair = Pair::new(0, 1, 2);
+        apply(&mut pair, vec![Event::MirrorLost { reporter: 1, generation: 1 }, Event::ProbeFailed { dbid: 1 }]);
+        assert!(pair.down, "{pair:?}");
+        let step = recover(&pair, None, false, None);
+        assert!(matches!(&step, Recover::Refused(why) if why.contains("does not answer")), "{step:?}");
+        apply(&mut pair, vec![Event::SegmentUp { dbid: 1 }]);
+        assert_eq!(recover(&pair, None, false, None), Recover::Restore);
+        apply(&mut pair, vec![Event::Restore]);
+        // Back in change tracking with its mirror still down: start that first.
+        let step = recover(&pair, None, false, None);
+        assert!(matches!(&step, Recover::Refused(why) if why.contains("dbid 2 is down")), "{step:?}");
     }
 
     #[test]

@@ -93,6 +93,11 @@ pub enum PlantedBug {
     /// Rule 2 broken for a host whose changes are queued ([`primary::Wait`]):
     /// its syncs return queued too, before the mirror has them durably.
     SyncQueued,
+    /// Rule 8 broken for a mirror: `filerep recover` has a mirror whose disk
+    /// failed forget its fault for an incremental resync (which may
+    /// compare), so pages its failed fsync let go, readable there and
+    /// absent from its disk, are never shipped again.
+    RebuildFaultedIncrementally,
 }
 
 /// The environment variable that plants a defect in a real process
@@ -108,7 +113,7 @@ pub fn planted_in_process() -> Option<PlantedBug> {
 
 impl PlantedBug {
     /// Every defect with its name on the command line (`filerep sim --faults --bug NAME`).
-    pub const ALL: [(PlantedBug, &'static str); 26] = [
+    pub const ALL: [(PlantedBug, &'static str); 27] = [
         (PlantedBug::SkipRecordBlock, "skip-record-block"),
         (PlantedBug::SkipActivityCover, "skip-activity-cover"),
         (PlantedBug::AckWithoutMirror, "ack-without-mirror"),
@@ -135,6 +140,7 @@ impl PlantedBug {
         (PlantedBug::RetireSyncFailureForgiven, "retire-sync-failure-forgiven"),
         (PlantedBug::FaultNoteIgnored, "fault-note-ignored"),
         (PlantedBug::SyncQueued, "sync-queued"),
+        (PlantedBug::RebuildFaultedIncrementally, "rebuild-faulted-incrementally"),
     ];
 
     /// The defect a real `filerep` process plants, named by the

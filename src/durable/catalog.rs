@@ -11,7 +11,7 @@
 //! which `filerep catalog restore` puts back.
 
 use crate::core::pair::{describe, HistoryEntry};
-use crate::core::pair::{Event, Outcome, Pair, PairMode};
+use crate::core::pair::{Event, Outcome, Pair};
 use crate::durable::files;
 use crate::error::{Error, Result};
 use crate::io::disk::{Disk, FsPath};
@@ -84,33 +84,9 @@ impl CatalogPair {
     }
 
     /// Why a resync of this pair (`full`: a full one) cannot start now, as
-    /// the arbiter answers `filerep recover`; `None` when it can (a pair
-    /// that is down is first restored from its acting primary).
+    /// the arbiter answers `filerep recover` ([`crate::core::arbiter::recover_refusal`]).
     pub fn recover_refusal(&self, full: bool) -> Option<String> {
-        let (pair, content) = (&self.pair, self.pair.content);
-        if pair.down {
-            let p = pair.acting_primary();
-            return (!p.up).then(|| {
-                format!(
-                    "content {content} is down and its acting primary {} does not answer: start that segment \
-                     (its data and change-log are the pair's), then run filerep recover again",
-                    p.dbid
-                )
-            });
-        }
-        if let Some(s) = pair.segments.iter().find(|s| !s.up) {
-            return Some(format!(
-                "content {content}: both segments must be up to resync, and dbid {} is down: start it (filerep start), then run filerep recover again",
-                s.dbid
-            ));
-        }
-        match pair.mode {
-            PairMode::Synchronized => Some(format!("content {content} is already synchronized")),
-            PairMode::NotInSync if !full => Some(format!(
-                "content {content} is not in sync and no change-log covers the differences: use a full resync (-F)"
-            )),
-            _ => None,
-        }
+        crate::core::arbiter::recover_refusal(&self.pair, full)
     }
 }
 

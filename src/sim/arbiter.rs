@@ -95,7 +95,7 @@ impl World {
     }
 
     /// What a probe of segment `n` sees (`None`: no answer).
-    fn seen(&self, n: usize) -> Option<Seen> {
+    pub(super) fn seen(&self, n: usize) -> Option<Seen> {
         let node = &self.nodes[n];
         if !node.reaches_arbiter {
             return None;
@@ -355,7 +355,7 @@ impl World {
 
     /// A returning old primary's change set goes to the acting primary's
     /// change-log, durably, then it forgets it (rule 5).
-    fn hand_over(&mut self, from: usize, to: usize) -> Result<(), SimFailure> {
+    pub(super) fn hand_over(&mut self, from: usize, to: usize) -> Result<(), SimFailure> {
         let (Some(old), Some(new)) = (self.nodes[from].log.clone(), self.nodes[to].log.clone()) else { return Ok(()) };
         if !self.settle(from)? {
             return Ok(());

@@ -3,6 +3,7 @@
 use super::workload::{CallState, OpSpec};
 use super::world::{CallOwner, Role, World};
 use super::*;
+use crate::core::pair::PairMode;
 use crate::core::primary::{Mode, Op, Reply};
 use crate::durable::changelog::ChangeSet;
 use crate::exec::primary::Extras;
@@ -46,11 +47,10 @@ impl World {
                             self.restart(n)?;
                         }
                     }
-                    (Role::Mirror { faulted: true, .. }, _) => {
-                        self.crash_node(n)?;
-                        self.restart(n)?;
-                        self.rebuild_mirror(n);
-                    }
+                    // A mirror whose disk failed stays up and refuses every
+                    // primary, its page cache as the failed fsync left it:
+                    // only `filerep recover -F` rebuilds it (take_back).
+                    (Role::Mirror { faulted: true, .. }, _) => {}
                     // An operator restarts a primary that failed (demoted, no answer, no change-log).
                     (Role::Primary { .. }, Some((Mode::Failed(_), _))) | (Role::Primary { .. }, None) => {
                         self.restart_process(n)?
@@ -85,9 +85,11 @@ impl World {
                             && matches!(s.engine.mode(), Mode::Streaming | Mode::ChangeTracking)
                     })
             }
-            // Not faulted, and a returning old primary has handed its change set over.
+            // Not faulted (or faulted and out of the pair's sync, for the
+            // recover to rebuild), and a returning old primary has handed
+            // its change set over.
             Role::Mirror { faulted, .. } => {
-                !faulted
+                (!faulted || matches!(self.pair.mode, PairMode::ChangeTracking | PairMode::NotInSync))
                     && !self.pair.down
                     && self.pair.acting_primary().dbid != node.dbid
                     && node.log.as_ref().is_none_or(|l| l.is_empty())
@@ -209,6 +211,10 @@ impl World {
     fn restore(&mut self) -> Result<(), SimFailure> {
         // The operator runs it once the probes see the primary back.
         self.arbiter_step_now()?;
+        match crate::core::arbiter::recover(&self.pair, None, false, self.cfg.bug) {
+            crate::core::arbiter::Recover::Restore => {}
+            other => return Err(self.fail(format!("recover of a down pair answered {other:?}: {:?}", self.pair))),
+        }
         self.arbiter_apply(crate::core::pair::Event::Restore)?;
         if self.pair.down {
             return Err(self.fail(format!("restore left the pair down: {:?}", self.pair)));
@@ -218,21 +224,8 @@ impl World {
             if matches!(self.nodes[n].role, Role::Halted) {
                 self.restart_process(n)?;
             }
-            self.rebuild_mirror(n);
         }
         self.check_and_repair()
-    }
-
-    /// An operator's rebuild of a mirror whose disk faulted: `filerep
-    /// recover -F`, which tells it to forget its fault (`RebuildMirror`)
-    /// and runs a full resync. Its files may
-    /// show pages the failed fsync let go (its host stayed up): nothing it
-    /// holds is compared, every block is shipped again.
-    fn rebuild_mirror(&mut self, n: usize) {
-        if std::mem::take(&mut self.nodes[n].mirror_fault) {
-            self.outcome("an operator rebuilt a faulted mirror (full resync)");
-            self.resync.full = true;
-        }
     }
 
     /// Whether write `i` was followed by a successful sync of its file, before any rename or unlink of it.

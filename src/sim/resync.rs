@@ -12,6 +12,7 @@
 
 use super::world::{CallOwner, Role, World, FAULT_EXPIRES_MS};
 use super::*;
+use crate::core::arbiter::Recover;
 use crate::core::pair::{Event, PairMode};
 use crate::core::primary::{Bound, Failure, Mode, Op, Reply, ResyncStep, EXTENT_BLOCKS};
 use crate::core::resync::{ChangeSet, LocalEntry, ResyncLink, ResyncOptions, ResyncReport};
@@ -458,7 +459,7 @@ impl World {
     /// `Ok(None)`: it could not (the caller heals and tries again).
     fn take_back(&mut self, a: usize) -> Result<Option<u64>, SimFailure> {
         let b = 1 - a;
-        if !matches!(self.nodes[b].role, Role::Mirror { faulted: false, .. }) {
+        if !matches!(self.nodes[b].role, Role::Mirror { .. }) {
             return Ok(None);
         }
         let Some(side) = self.nodes[a].primary.as_ref() else { return Ok(None) };
@@ -469,6 +470,9 @@ impl World {
         let dbid = self.nodes[b].dbid;
         if !self.pair.segments.iter().any(|s| s.dbid == dbid && s.up) {
             self.arbiter_apply(Event::SegmentUp { dbid })?;
+        }
+        if !self.recover_steps(b)? {
+            return Ok(None);
         }
         self.arbiter_apply(Event::ResyncStarted)?;
         let gen = self.pair.generation;
@@ -483,6 +487,49 @@ impl World {
                 Ok(Some(self.nodes[a].primary.as_ref().map_or(0, |s| s.engine.attachment())))
             }
             _ => Ok(None),
+        }
+    }
+
+    /// The steps of `filerep recover` as the core's [`crate::core::arbiter::recover`]
+    /// says them, with mirror `b` probed before each, up to the resync:
+    /// the operator asks for an incremental resync, and asks again with
+    /// `-F` when refused because the mirror faulted, as the refusal says.
+    /// `false`: refused (the caller heals and tries again).
+    fn recover_steps(&mut self, b: usize) -> Result<bool, SimFailure> {
+        let mut full = false;
+        let mut done = Vec::new();
+        loop {
+            let seen = self.seen(b);
+            let step = crate::core::arbiter::recover(&self.pair, seen.as_ref(), full, self.cfg.bug);
+            if done.contains(&step) {
+                return Err(self.fail(format!("recover: {step:?} again after it was carried out: {}", self.describe())));
+            }
+            match &step {
+                Recover::Refused(_) if !full && seen.is_some_and(|s| s.faulted) => full = true,
+                Recover::Refused(why) => {
+                    tracing::debug!(seed = self.seed, why, "sim: recover refused");
+                    return Ok(false);
+                }
+                Recover::Restore => return Ok(false),
+                Recover::RebuildMirror { .. } => {
+                    // It forgets its fault; every block is shipped again,
+                    // whatever its page cache shows (nothing is compared).
+                    self.outcome("an operator rebuilt a faulted mirror (full resync)");
+                    self.nodes[b].mirror_fault = false;
+                    if let Role::Mirror { faulted, .. } = &mut self.nodes[b].role {
+                        *faulted = false;
+                    }
+                }
+                Recover::HandOver { from, to } => {
+                    let (f, t) = (self.node_of(*from)?, self.node_of(*to)?);
+                    self.hand_over(f, t)?;
+                }
+                Recover::Resync { full } => {
+                    self.resync.full |= *full;
+                    return Ok(true);
+                }
+            }
+            done.push(step);
         }
     }
 

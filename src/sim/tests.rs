@@ -67,6 +67,7 @@ fn planted_defects_are_caught_by_the_invariant_they_break() {
         (ApplyPastRounds, "invariant", 500),
         (RoundsRetireOutOfOrder, "invariant 5", 500),
         (FaultNoteIgnored, "invariant 3", 500),
+        (RebuildFaultedIncrementally, "invariant 3|invariant 4", 500),
     ] {
         caught(bug, invariant, seeds);
     }

@@ -86,76 +86,117 @@ impl State {
         }
     }
 
-    /// Start a resync: the pair goes to `r` in the stored catalog, then the
-    /// acting primary is told to take its mirror back.
+    /// `filerep recover`: the core's [`arbiter::recover`] says each step,
+    /// asked again after each one this carries out with a fresh probe of
+    /// the acting mirror, until it restores a down pair, starts a resync
+    /// (the pair goes to `r` in the stored catalog, then the acting primary
+    /// is told to take its mirror back), or refuses.
     fn recover(&self, content: u32, how: (bool, bool), limits: (Option<u64>, Option<u64>)) -> ArbiterResponse {
         let (full, compare) = how;
         let (max_rate, checkpoint_bytes) = limits;
         let span = tracing::info_span!("recover", content, full);
         let _e = span.enter();
+        // Each step at most once: a rebuild or a hand-over that did not take
+        // is refused rather than tried again.
+        let mut done: Vec<arbiter::Recover> = Vec::new();
+        loop {
+            let (pair, mirror_control) = {
+                let snap = lock(&self.catalog);
+                let Some(cp) = snap.catalog.pair(content) else {
+                    return ArbiterResponse::Refused(format!("no content {content} in the catalog"));
+                };
+                let m = cp.pair.acting_mirror().dbid;
+                (cp.pair.clone(), cp.address(m).map(|a| a.control.clone()))
+            };
+            let mirror = match (&mirror_control, pair.down) {
+                (Some(mc), false) => self.probe(mc).map(|s| s.seen()),
+                _ => None,
+            };
+            let step = arbiter::recover(&pair, mirror.as_ref(), full, crate::core::planted_in_process());
+            if done.contains(&step) {
+                return ArbiterResponse::Refused(match step {
+                    arbiter::Recover::HandOver { .. } => format!(
+                        "content {content}: the returning old primary's activity log is not handed over yet; \
+                         run filerep recover again"
+                    ),
+                    _ => format!("content {content}: the mirror still says it faulted after it was told to forget it"),
+                });
+            }
+            tracing::debug!(?step, "recover step");
+            match &step {
+                arbiter::Recover::Refused(why) => return ArbiterResponse::Refused(why.clone()),
+                arbiter::Recover::Restore => return self.restore(content),
+                arbiter::Recover::RebuildMirror { dbid } => {
+                    let Some(mc) = &mirror_control else {
+                        return ArbiterResponse::Refused(format!("content {content}: addresses missing"));
+                    };
+                    match self.order(mc, SegmentRequest::RebuildMirror) {
+                        Some(SegmentResponse::Done) => {
+                            tracing::warn!(content, mirror = dbid, "a faulted mirror is rebuilt")
+                        }
+                        Some(SegmentResponse::Refused(why)) => {
+                            return ArbiterResponse::Refused(format!("content {content}: mirror {dbid} refused: {why}"))
+                        }
+                        _ => {
+                            return ArbiterResponse::Refused(format!("content {content}: mirror {dbid} did not answer"))
+                        }
+                    }
+                }
+                arbiter::Recover::HandOver { from, to } => {
+                    let snap = lock(&self.catalog);
+                    let addr =
+                        |d: u32| snap.catalog.pair(content).and_then(|cp| cp.address(d)).map(|a| a.control.clone());
+                    let (Some(fc), Some(tc)) = (addr(*from), addr(*to)) else {
+                        return ArbiterResponse::Refused(format!("content {content}: addresses missing"));
+                    };
+                    drop(snap);
+                    self.hand_over(&fc, &tc, self.probe(&tc).as_ref());
+                }
+                arbiter::Recover::Resync { full } => {
+                    return self.start_resync(content, *full, compare, (max_rate, checkpoint_bytes))
+                }
+            }
+            done.push(step);
+        }
+    }
+
+    /// `filerep recover` on a down pair: back from its acting primary's own
+    /// data and change-log, once that primary answers again (the rounds
+    /// then order it to serve alone at the new generation).
+    fn restore(&self, content: u32) -> ArbiterResponse {
+        let mut snap = lock(&self.catalog);
+        let restored = self.transact(&mut snap, |cat| match cat.apply(content, &Event::Restore) {
+            None => Err(format!("no content {content} in the catalog")),
+            Some(o) => Ok((o.changed, o.reason)),
+        });
+        match restored {
+            Ok(reason) => {
+                tracing::warn!(content, %reason, "restored a down segment");
+                let generation = snap.catalog.pair(content).map(|c| c.pair.generation).unwrap_or(0);
+                ArbiterResponse::Restored { generation }
+            }
+            Err(why) => ArbiterResponse::Refused(why),
+        }
+    }
+
+    /// The pair goes to `r` in the stored catalog, then its acting primary
+    /// is told to take its mirror back.
+    fn start_resync(
+        &self,
+        content: u32,
+        full: bool,
+        compare: bool,
+        (max_rate, checkpoint_bytes): (Option<u64>, Option<u64>),
+    ) -> ArbiterResponse {
         let (order, primary_addr) = {
             let mut snap = lock(&self.catalog);
             let Some(cp) = snap.catalog.pair(content).cloned() else {
                 return ArbiterResponse::Refused(format!("no content {content} in the catalog"));
             };
-            let pair = &cp.pair;
-            if let Some(why) = cp.recover_refusal(full) {
-                return ArbiterResponse::Refused(why);
-            }
-            if pair.down {
-                // Back from its acting primary's own data and change-log,
-                // once that primary answers again (the rounds then order it
-                // to serve alone at the new generation).
-                let restored = self.transact(&mut snap, |cat| match cat.apply(content, &Event::Restore) {
-                    None => Err(format!("no content {content} in the catalog")),
-                    Some(o) => Ok((o.changed, o.reason)),
-                });
-                return match restored {
-                    Ok(reason) => {
-                        tracing::warn!(content, %reason, "restored a down segment");
-                        let generation = snap.catalog.pair(content).map(|c| c.pair.generation).unwrap_or(0);
-                        ArbiterResponse::Restored { generation }
-                    }
-                    Err(why) => ArbiterResponse::Refused(why),
-                };
-            }
-            let (p, m) = (pair.acting_primary().dbid, pair.acting_mirror().dbid);
+            let (p, m) = (cp.pair.acting_primary().dbid, cp.pair.acting_mirror().dbid);
             let (Some(pa), Some(ma)) = (cp.address(p), cp.address(m)) else {
                 return ArbiterResponse::Refused(format!("content {content}: addresses missing"));
             };
-            let (pc, md, mc) = (pa.control.clone(), ma.data.clone(), ma.control.clone());
-            // A returning old primary's activity log joins the primary's
-            // change-log before the resync reads its plan: merged after,
-            // its blocks would be missed and its record wiped by the clear.
-            drop(snap);
-            // A mirror whose disk failed (rule 8) holds files in doubt: only
-            // a full resync, which ships every block again, rebuilds it, and
-            // then it is told to forget its fault and admit the primary.
-            if self.probe(&mc).is_some_and(|s| s.faulted && s.acting == Acting::Mirror) {
-                if !full {
-                    return ArbiterResponse::Refused(format!(
-                        "content {content}: mirror {m} faulted (its disk failed) and its files are in doubt; \
-                         rebuild it with a full resync: filerep recover -F --content {content}"
-                    ));
-                }
-                match self.order(&mc, SegmentRequest::RebuildMirror) {
-                    Some(SegmentResponse::Done) => tracing::warn!(content, mirror = m, "a faulted mirror is rebuilt"),
-                    Some(SegmentResponse::Refused(why)) => {
-                        return ArbiterResponse::Refused(format!("content {content}: mirror {m} refused: {why}"))
-                    }
-                    _ => return ArbiterResponse::Refused(format!("content {content}: mirror {m} did not answer")),
-                }
-            }
-            if self.probe(&mc).is_some_and(|s| s.changes_pending) {
-                self.hand_over(&mc, &pc, self.probe(&pc).as_ref());
-                if self.probe(&mc).is_none_or(|s| s.changes_pending) {
-                    return ArbiterResponse::Refused(format!(
-                        "content {content}: the returning old primary's activity log is not handed over yet; \
-                         run filerep recover again"
-                    ));
-                }
-            }
-            let mut snap = lock(&self.catalog);
             let started = self.transact(&mut snap, |cat| match cat.pair(content).map(|c| c.pair.mode) {
                 None => Err(format!("no content {content} in the catalog")),
                 Some(PairMode::Resynchronizing) => Ok((false, ())),
@@ -165,7 +206,11 @@ impl State {
                 return ArbiterResponse::Refused(why);
             }
             let generation = snap.catalog.pair(content).map(|c| c.pair.generation).unwrap_or(0);
-            (SegmentRequest::StartResync { generation, mirror: md, full, max_rate, compare, checkpoint_bytes }, pc)
+            let mirror = ma.data.clone();
+            (
+                SegmentRequest::StartResync { generation, mirror, full, max_rate, compare, checkpoint_bytes },
+                pa.control.clone(),
+            )
         };
         match self.order(&primary_addr, order) {
             Some(SegmentResponse::Done) => ArbiterResponse::Started,
