@@ -1,8 +1,11 @@
 //! Operating a cluster with the real commands: `filerep init` (2 hosts on
 //! loopback addresses, 2 segments each, no mirrors), `start`, a workload,
 //! `addmirrors -p` while the workload goes on, every pair synchronized and
-//! identical, `state`, bad mirror configurations refused, `stop`.
+//! identical, `state`, bad mirror configurations refused, `stop`. And a
+//! cluster whose segments serve a filespace as file systems (`init
+//! --mount`), started and stopped by the same commands.
 
+#[macro_use]
 mod common;
 use common::pair::run_filerep as filerep;
 
@@ -244,4 +247,116 @@ fn init_start_addmirrors_under_load_state_and_stop() {
     }
     let out = ok(&["state", "--cluster-dir", &cd, "--catalog"]);
     assert!(out.contains("(8 rows)"), "{out}");
+}
+
+/// `filerep init --mount NAME=BASE`: `filerep start` starts each segment
+/// serving the filespace at `BASE/segD` (made when it starts); a file
+/// written and fsynced through the acting primary's mount is in the
+/// mirror's directory, byte for byte; `filerep stop` unmounts both. A base
+/// that overlaps a data directory, or names no filespace, is refused and
+/// nothing is made.
+#[test]
+fn init_with_mounts_start_serves_them_and_stop_unmounts() {
+    skip_without_fuse!("init_with_mounts_start_serves_them_and_stop_unmounts");
+    let tmp = tempfile::tempdir().unwrap();
+    let cdir = tmp.path().join("cluster");
+    let cd = cdir.display().to_string();
+    LOGS.get_or_init(|| cdir.join("logs"));
+    // Ports from the process id, apart from the other test's (20000 to
+    // 37000): with offset 5, this cluster's lie within BASE-1..BASE+20.
+    let base = 40000 + (std::process::id() % 1000) as u16 * 25;
+    let data = format!("pg_system={}", tmp.path().join("primary").display());
+    let mirror = format!("pg_system={}", tmp.path().join("mirror").display());
+    let init = |mount: &str| -> (i32, String, String) {
+        filerep(&[
+            "init",
+            "--cluster-dir",
+            &cd,
+            "--hosts",
+            "127.0.0.2,127.0.0.3",
+            "--segments-per-host",
+            "1",
+            "--base-port",
+            &base.to_string(),
+            "--data-dir",
+            &data,
+            "--mirrors",
+            "group",
+            "-p",
+            "5",
+            "--mirror-data-dir",
+            &mirror,
+            "--block-size",
+            &BS.to_string(),
+            "--allow-one-machine",
+            "--mount",
+            mount,
+        ])
+    };
+    for (bad, says) in [
+        (format!("pg_system={}", tmp.path().join("mirror").join("mnt").display()), "overlaps"),
+        (format!("fs_other={}", tmp.path().join("mnt").display()), "no filespace fs_other"),
+        ("pg_system=relative/mnt".to_string(), "absolute"),
+    ] {
+        let (code, _, err) = init(&bad);
+        assert_ne!(code, 0, "--mount {bad} was accepted");
+        assert!(err.contains(says), "--mount {bad}: {err}");
+        assert!(!cdir.join("cluster.json").exists(), "a refused init made the cluster file");
+    }
+    let mounts = tmp.path().join("mnt");
+    let (code, out, err) = init(&format!("pg_system={}", mounts.display()));
+    assert_eq!(code, 0, "{out}{err}");
+    ok(&["start", "--cluster-dir", &cd]);
+    let _running = Running(cdir.clone());
+    let dir = ClusterDir::new(&cdir);
+    let cat = Catalog::load(&dir.catalog()).unwrap();
+    let pair = &cat.pairs[0];
+    let (p, m) = (pair.pair.acting_primary().dbid, pair.pair.acting_mirror().dbid);
+    let at = |dbid: u32| filerep_tools::cluster::mountpoint(&mounts, dbid);
+    for d in [p, m] {
+        assert!(common::pair::mounted(&at(d)), "segment {d} does not serve {}", at(d).display());
+    }
+    // The primary serves once the arbiter's first round gave it its role.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while let Err(e) = std::fs::create_dir(at(p).join("base")) {
+        assert!(Instant::now() < deadline, "mkdir through {}: {e}", at(p).display());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let bytes: Vec<u8> = (0..3).flat_map(|i| block(7, i)).collect();
+    let file = at(p).join("base").join("t1");
+    let mut f = std::fs::File::create(&file).unwrap();
+    std::io::Write::write_all(&mut f, &bytes).unwrap();
+    f.sync_all().unwrap();
+    std::fs::File::open(at(p).join("base")).unwrap().sync_all().unwrap();
+    assert_eq!(std::fs::read(&file).unwrap(), bytes);
+    let root =
+        |a: &filerep::durable::catalog::SegmentAddress| PathBuf::from(a.filespaces[0].split_once('=').unwrap().1);
+    let mirror_root = root(pair.address(m).unwrap());
+    assert_eq!(std::fs::read(mirror_root.join("base/t1")).unwrap(), bytes, "the mirror's copy after the fsync");
+    // A mirror killed leaves a dead mount; `filerep start` starts it again,
+    // clearing the dead mount and serving its mountpoint once more.
+    let pid: i32 = std::fs::read_to_string(dir.pid(&format!("dbid{m}"))).unwrap().trim().parse().unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::metadata(at(m)).err().and_then(|e| e.raw_os_error()) != Some(libc::ENOTCONN) {
+        assert!(Instant::now() < deadline, "no dead mount at {} after kill -9", at(m).display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    ok(&["start", "--cluster-dir", &cd]);
+    assert!(std::fs::metadata(at(m)).is_ok_and(|md| md.is_dir()), "{} after the restart", at(m).display());
+    assert!(common::pair::mounted(&at(m)), "segment {m} does not serve {} again", at(m).display());
+    ok(&["stop", "--cluster-dir", &cd]);
+    for d in [p, m] {
+        assert!(!common::pair::mounted(&at(d)), "{} is still mounted after filerep stop", at(d).display());
+    }
+    assert_eq!(blocks(&root(pair.address(p).unwrap())), blocks(&mirror_root));
+    // The cluster file and its copy lost: rebuilt from the segments'
+    // configurations, the mounts' base with them.
+    let made = dir.load().unwrap();
+    assert_eq!(made.mounts.len(), 1);
+    std::fs::remove_file(dir.cluster_file()).unwrap();
+    std::fs::remove_file(cdir.join("cluster.json.good")).unwrap();
+    let out = ok(&["catalog", "restore", "--cluster-dir", &cd]);
+    assert!(out.contains("rebuilt from the catalog"), "{out}");
+    assert_eq!(dir.load().unwrap().mounts, made.mounts);
 }

@@ -237,6 +237,7 @@ impl Cluster {
                 direct: false,
                 metrics_listen: metrics.then(free_addr),
                 activity_limit: filerep::core::primary::ACTIVITY_LIMIT,
+                mounts: Vec::new(),
             };
             let cfg_path = base.join("segment.json");
             std::fs::write(&cfg_path, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
@@ -650,6 +651,30 @@ fn bad_configurations_and_catalogs_are_refused_with_what_and_where() {
         (serde_json::json!({"heartbeat_ms": 5000, "ack_timeout_ms": 1000}), "heartbeat_ms"),
         (serde_json::json!({"activity_limit": 2}), "activity_limit = 2: use 4 to 65536"),
         (serde_json::json!({"surprise": 1}), "surprise"),
+        (
+            serde_json::json!({"mounts": [{"filespace": "nosuch", "mountpoint": "/mnt/x"}]}),
+            "mounts[0]: filespace \"nosuch\"",
+        ),
+        (
+            serde_json::json!({"mounts": [{"filespace": "pg_system", "mountpoint": "mnt"}]}),
+            "mounts[0]: mountpoint mnt: give an absolute path",
+        ),
+        (
+            serde_json::json!({"mounts": [{"filespace": "pg_system", "mountpoint": dir.path().join("fs").join("m")}]}),
+            "overlaps filespace pg_system",
+        ),
+        (
+            serde_json::json!({"mounts": [{"filespace": "pg_system", "mountpoint": "/mnt/x", "threads": 0}]}),
+            "threads = 0: use 1 to 64",
+        ),
+        (
+            serde_json::json!({"mounts": [{"filespace": "pg_system", "mountpoint": "/mnt/x"}, {"filespace": "pg_system", "mountpoint": "/mnt/y"}]}),
+            "mounts[1]",
+        ),
+        (
+            serde_json::json!({"mounts": [{"filespace": "pg_system", "mountpoint": "/mnt/x", "read_only": true}]}),
+            "read_only",
+        ),
     ];
     for (patch, expect) in cases {
         let mut v = base.clone();

@@ -392,6 +392,7 @@ fn bad_arguments_are_refused_naming_the_field() {
         direct: false,
         metrics_listen: None,
         activity_limit: filerep::core::primary::ACTIVITY_LIMIT,
+        mounts: Vec::new(),
     };
     let cfg_path = dir.path().join("segment.json");
     std::fs::write(&cfg_path, serde_json::to_vec(&cfg).unwrap()).unwrap();

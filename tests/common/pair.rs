@@ -443,6 +443,7 @@ impl Pair {
                 direct,
                 metrics_listen: None,
                 activity_limit: filerep::core::primary::ACTIVITY_LIMIT,
+                mounts: Vec::new(),
             };
             let cfg_path = base.join("segment.json");
             addrs.push(store_config(&cfg, &cfg_path, "localhost"));

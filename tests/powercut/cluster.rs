@@ -155,6 +155,7 @@ impl Cluster {
                 direct: false,
                 metrics_listen: None,
                 activity_limit: ACTIVITY_LIMIT,
+                mounts: Vec::new(),
             };
             let cfg_path = base.join("segment.json");
             addrs.push(store_config(&cfg, &cfg_path, &format!("host{dbid}")));

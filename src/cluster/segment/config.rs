@@ -115,6 +115,36 @@ pub struct SegmentConfig {
     /// al-extents): 4 to 65536.
     #[serde(default = "default_activity_limit")]
     pub activity_limit: usize,
+    /// Filespaces this process serves as file systems, as `filerep segment
+    /// --mount` does (docs/mount.md): `filerep start` starts them with it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<MountEntry>,
+}
+
+/// One filespace served as a file system by the segment process.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MountEntry {
+    /// The filespace's name (one of `filespaces`).
+    pub filespace: String,
+    /// An absolute path outside every filespace; made if absent.
+    pub mountpoint: PathBuf,
+    /// Present every file and directory as owned by this user id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    /// Present every file and directory as owned by this group id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gid: Option<u32>,
+    /// Let users other than the one running the segment use the mount.
+    #[serde(default)]
+    pub allow_other: bool,
+    /// Threads serving FUSE requests (1 to `mount::MAX_THREADS`).
+    #[serde(default = "default_mount_threads")]
+    pub threads: usize,
+}
+
+fn default_mount_threads() -> usize {
+    8
 }
 
 fn default_level() -> String {
@@ -190,6 +220,56 @@ impl SegmentConfig {
         }
         if !(4..=65_536).contains(&self.activity_limit) {
             return Err(Error::InvalidArgument(format!("activity_limit = {}: use 4 to 65536", self.activity_limit)));
+        }
+        self.check_mounts()
+    }
+
+    /// Each mount names a filespace of this segment, at an absolute path
+    /// of its own outside every filespace, with a thread count in range;
+    /// no filespace and no path twice. (Whether the path can be mounted is
+    /// checked when the segment starts.)
+    fn check_mounts(&self) -> Result<()> {
+        let filespaces = self.filespaces()?;
+        let bad = |i: usize, why: String| Err(Error::InvalidArgument(format!("mounts[{i}]: {why}")));
+        for (i, m) in self.mounts.iter().enumerate() {
+            if !filespaces.iter().any(|f| f.name == m.filespace) {
+                let known: Vec<&str> = filespaces.iter().map(|f| f.name.as_str()).collect();
+                return bad(
+                    i,
+                    format!("filespace {:?}: no such filespace (this segment has {})", m.filespace, known.join(", ")),
+                );
+            }
+            if !m.mountpoint.is_absolute() {
+                return bad(i, format!("mountpoint {}: give an absolute path", m.mountpoint.display()));
+            }
+            if let Some(f) =
+                filespaces.iter().find(|f| m.mountpoint.starts_with(&f.root) || f.root.starts_with(&m.mountpoint))
+            {
+                return bad(
+                    i,
+                    format!(
+                        "mountpoint {}: overlaps filespace {}'s root {}; mount outside it",
+                        m.mountpoint.display(),
+                        f.name,
+                        f.root.display()
+                    ),
+                );
+            }
+            if !(1..=crate::mount::MAX_THREADS).contains(&m.threads) {
+                return bad(i, format!("threads = {}: use 1 to {}", m.threads, crate::mount::MAX_THREADS));
+            }
+            if let Some(j) =
+                self.mounts[..i].iter().position(|o| o.filespace == m.filespace || o.mountpoint == m.mountpoint)
+            {
+                return bad(
+                    i,
+                    format!(
+                        "filespace {} at {}: mounts[{j}] serves the same filespace or path",
+                        m.filespace,
+                        m.mountpoint.display()
+                    ),
+                );
+            }
         }
         Ok(())
     }

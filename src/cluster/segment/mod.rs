@@ -37,7 +37,7 @@ mod config;
 mod messages;
 mod orders;
 
-pub use config::{RoleRecord, SegmentConfig};
+pub use config::{MountEntry, RoleRecord, SegmentConfig};
 pub use messages::*;
 
 /// Client connections served at once, once they made a request (before it,

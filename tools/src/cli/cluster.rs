@@ -87,8 +87,26 @@ pub fn run_segment(c: SegmentCmd) -> Result<(), String> {
         );
     }
     let cfg = SegmentConfig::load(&c.config).map_err(|e| e.to_string())?;
-    // Every mount is checked before the segment opens: a bad one changes nothing.
-    let mut mounts = Vec::with_capacity(c.mount.len());
+    // Every mount is checked before the segment opens: a bad one changes
+    // nothing. Those of the configuration first, then those of the command line.
+    let mut mounts = Vec::with_capacity(cfg.mounts.len() + c.mount.len());
+    for (i, m) in cfg.mounts.iter().enumerate() {
+        let at = format!("segment config {}, mounts[{i}]", c.config.display());
+        let mut opts = MountOptions::from_segment(&cfg, &c.config, &m.filespace, m.mountpoint.clone())
+            .map_err(|e| format!("{at}: {e}"))?;
+        opts.uid = m.uid;
+        opts.gid = m.gid;
+        opts.allow_other = m.allow_other;
+        opts.threads = m.threads;
+        // This segment's own mountpoint: a dead mount a killed run of it
+        // left there is cleared (a live one is left alone, and refused by
+        // the check), a missing directory made.
+        filerep::mount::clear_dead_mount(&m.mountpoint).map_err(|e| format!("{at}: {e}"))?;
+        std::fs::create_dir_all(&m.mountpoint)
+            .map_err(|e| format!("{at}: cannot make the mountpoint {}: {e}", m.mountpoint.display()))?;
+        opts.check().map_err(|e| format!("{at}: {e}"))?;
+        mounts.push(opts);
+    }
     for spec in &c.mount {
         let Some((name, mountpoint)) = spec.split_once('=').filter(|(n, m)| !n.is_empty() && !m.is_empty()) else {
             return Err(format!("--mount {spec}: give NAME=MOUNTPOINT (a filespace name and a directory)"));
@@ -104,6 +122,17 @@ pub fn run_segment(c: SegmentCmd) -> Result<(), String> {
             opts.check().map_err(|e| format!("--mount {spec}: {e}"))?;
         }
         mounts.push(opts);
+    }
+    if let Some((a, b)) = mounts.iter().enumerate().find_map(|(i, a)| {
+        mounts[..i].iter().find(|b| b.mountpoint == a.mountpoint || b.filespace == a.filespace).map(|b| (a, b))
+    }) {
+        return Err(format!(
+            "filespace {} at {} and filespace {} at {}: each filespace and each mountpoint once (the segment config's mounts and --mount together)",
+            b.filespace_name,
+            b.mountpoint.display(),
+            a.filespace_name,
+            a.mountpoint.display()
+        ));
     }
     let seg = Segment::open(cfg).map_err(|e| e.to_string())?;
     stop_on_signals(&seg.stop_signal())?;

@@ -55,6 +55,11 @@ pub struct InitCmd {
     /// share its primary's machine.
     #[arg(long)]
     allow_one_machine: bool,
+    /// Serve filespace NAME as a file system from every segment process
+    /// (repeatable; docs/mount.md): segment D mounts it at BASE/segD on its
+    /// host, made when it starts, and `filerep start` starts it so.
+    #[arg(long = "mount", value_name = "NAME=BASE")]
+    mounts: Vec<String>,
 }
 
 #[derive(clap::Args)]
@@ -129,6 +134,16 @@ fn bases_by_name(opts: &[String], names: &[String], flag: &str) -> Result<Vec<Pa
     names.iter().map(|n| given.remove(n).ok_or_else(|| format!("{flag}: give a directory for filespace {n}"))).collect()
 }
 
+/// `--mount NAME=BASE` values as given (checked with the spec).
+fn mount_bases(opts: &[String]) -> Result<Vec<(String, PathBuf)>, String> {
+    opts.iter()
+        .map(|o| match o.split_once('=') {
+            Some((n, b)) if !n.is_empty() && !b.is_empty() => Ok((n.to_string(), PathBuf::from(b))),
+            _ => Err(format!("--mount {o:?}: give NAME=BASE (a filespace name and a directory)")),
+        })
+        .collect()
+}
+
 pub fn init(c: InitCmd) -> Result<ExitCode, String> {
     let mut names = Vec::new();
     let mut data_dirs = Vec::new();
@@ -160,6 +175,7 @@ pub fn init(c: InitCmd) -> Result<ExitCode, String> {
         arbiter,
         coordinator: c.coordinator,
         allow_one_machine: c.allow_one_machine,
+        mounts: mount_bases(&c.mounts)?,
     };
     let dir = ClusterDir::new(absolute(&c.cluster_dir)?);
     let made = cluster::init(&dir, &spec).map_err(|e| e.to_string())?;

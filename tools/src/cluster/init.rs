@@ -27,6 +27,10 @@ pub struct InitSpec {
     /// Accept hosts that are all this machine (test clusters on loopback
     /// addresses); without it two such hosts are refused.
     pub allow_one_machine: bool,
+    /// Filespaces every segment serves as a file system, each with the base
+    /// of the mountpoints (`filerep init --mount NAME=BASE`: segment D at
+    /// `BASE/segD`).
+    pub mounts: Vec<(String, PathBuf)>,
 }
 
 /// Most arbiters a cluster lists.
@@ -93,7 +97,42 @@ impl InitSpec {
                     .map_err(|e| Error::InvalidArgument(e.to_string()))?;
             }
         }
+        self.check_mounts(here)?;
         Ok(hosts)
+    }
+
+    /// Each mount names a filespace, once, at a base of its own apart
+    /// from every data directory base (a mount inside a filespace would
+    /// read through itself).
+    fn check_mounts(&self, here: bool) -> Result<()> {
+        let bad = |m: String| Err(Error::InvalidArgument(m));
+        for (name, base) in &self.mounts {
+            if !self.data_dirs.iter().any(|(n, _)| n == name) {
+                let known: Vec<&str> = self.data_dirs.iter().map(|(n, _)| n.as_str()).collect();
+                return bad(format!(
+                    "--mount {name}={}: no filespace {name} (the cluster has {})",
+                    layout::shown(base),
+                    known.join(", ")
+                ));
+            }
+        }
+        check_bases("--mount", &self.mounts, here)?;
+        let mirror_bases = self.mirrors.iter().flat_map(|(_, _, bases)| bases.iter());
+        let data_bases = self.data_dirs.iter().map(|(_, b)| b).chain(mirror_bases);
+        for data in data_bases {
+            let data: PathBuf = data.components().collect();
+            for (name, base) in &self.mounts {
+                let written: PathBuf = base.components().collect();
+                if written.starts_with(&data) || data.starts_with(&written) {
+                    return bad(format!(
+                        "--mount {name}={}: overlaps the data directory base {}; give the mounts a base apart from the data",
+                        layout::shown(base),
+                        layout::shown(&data)
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -393,6 +432,14 @@ pub fn init(dir: &ClusterDir, spec: &InitSpec) -> Result<Initialized> {
         coordinator: spec.coordinator.as_ref().map(|c| coordinator_name(c, cluster_id)).transpose()?,
         placement: spec.mirrors.as_ref().map(|m| m.0.name().to_string()),
         one_machine: spec.allow_one_machine,
+        mounts: spec
+            .mounts
+            .iter()
+            .map(|(filespace, base)| super::ClusterMount {
+                filespace: filespace.clone(),
+                base: base.components().collect(),
+            })
+            .collect(),
     };
     let mut catalog = Catalog::new(cluster_id, spec.block_size, Vec::new());
     let mut segments: Vec<(u32, SegmentAddress)> = primaries.clone();

@@ -19,7 +19,7 @@
 
 use filerep::cluster::hosts;
 use filerep::cluster::layout::{self, DirIndex, HostProbe, Placement};
-use filerep::cluster::segment::{Acting, SegmentConfig, SegmentRequest, SegmentResponse, SegmentStatus};
+use filerep::cluster::segment::{Acting, MountEntry, SegmentConfig, SegmentRequest, SegmentResponse, SegmentStatus};
 use filerep::core::pair::Pair;
 use filerep::durable::catalog::{Catalog, CatalogPair, CatalogSolo, SegmentAddress};
 use filerep::durable::sealed;
@@ -54,6 +54,25 @@ pub struct ClusterFile {
     /// a test cluster on loopback addresses); `addmirrors` keeps to it.
     #[serde(default)]
     pub one_machine: bool,
+    /// Filespaces every segment serves as a file system (`filerep init
+    /// --mount NAME=BASE`): segment D mounts it at [`mountpoint`] `BASE/segD`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<ClusterMount>,
+}
+
+/// A filespace served as a file system by every segment of the cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterMount {
+    pub filespace: String,
+    /// Absolute; each segment's mountpoint is a directory in it.
+    pub base: PathBuf,
+}
+
+/// Where segment `dbid` mounts a filespace of the cluster, under `base`:
+/// by dbid, so the two segments of a pair on one machine never share one.
+pub fn mountpoint(base: &Path, dbid: u32) -> PathBuf {
+    base.join(format!("seg{dbid}"))
 }
 
 /// The paths of a cluster directory.
@@ -447,6 +466,18 @@ pub fn segment_config(
         // Prometheus metrics are asked for per segment (docs/operations.md, Metrics).
         metrics_listen: None,
         activity_limit: filerep::core::primary::ACTIVITY_LIMIT,
+        mounts: file
+            .mounts
+            .iter()
+            .map(|m| MountEntry {
+                filespace: m.filespace.clone(),
+                mountpoint: mountpoint(&m.base, address.dbid),
+                uid: None,
+                gid: None,
+                allow_other: false,
+                threads: 8,
+            })
+            .collect(),
     })
 }
 

@@ -160,6 +160,7 @@ pub(super) fn rebuild_cluster_file(dir: &ClusterDir) -> Result<ClusterFile> {
     let mut hosts: Vec<String> = Vec::new();
     let mut filespaces = Vec::new();
     let mut arbiter = None;
+    let mut mounts: Vec<super::ClusterMount> = Vec::new();
     let mut addrs: Vec<(u32, &SegmentAddress)> = cat.addresses().collect();
     addrs.sort_by_key(|(c, a)| (*c, a.dbid));
     for (_, a) in addrs {
@@ -170,6 +171,15 @@ pub(super) fn rebuild_cluster_file(dir: &ClusterDir) -> Result<ClusterFile> {
         if filespaces.is_empty() {
             filespaces =
                 cfg.filespaces.iter().map(|f| f.split_once('=').map_or(f.clone(), |(n, _)| n.to_string())).collect();
+        }
+        // Mounts the tools set up (`BASE/segD`) name their base again.
+        for m in &cfg.mounts {
+            let base = m.mountpoint.parent().filter(|b| super::mountpoint(b, a.dbid) == m.mountpoint);
+            if let Some(base) = base {
+                if !mounts.iter().any(|x| x.filespace == m.filespace) {
+                    mounts.push(super::ClusterMount { filespace: m.filespace.clone(), base: base.to_path_buf() });
+                }
+            }
         }
         arbiter.get_or_insert(cfg.arbiter);
     }
@@ -186,6 +196,7 @@ pub(super) fn rebuild_cluster_file(dir: &ClusterDir) -> Result<ClusterFile> {
         coordinator: None,
         placement: (!cat.pairs.is_empty()).then(|| "custom".to_string()),
         one_machine,
+        mounts,
     })
 }
 
