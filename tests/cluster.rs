@@ -262,9 +262,10 @@ fn init_with_mounts_start_serves_them_and_stop_unmounts() {
     let cdir = tmp.path().join("cluster");
     let cd = cdir.display().to_string();
     LOGS.get_or_init(|| cdir.join("logs"));
-    // Ports from the process id, apart from the other test's (20000 to
-    // 37000): with offset 5, this cluster's lie within BASE-1..BASE+20.
-    let base = 40000 + (std::process::id() % 1000) as u16 * 25;
+    // Ports from the process id, apart from the other test's (20000 and
+    // up) and below the kernel's ephemeral ports: with offset 5, this
+    // cluster's lie within BASE-1..BASE+20.
+    let base = 10000 + (std::process::id() % 400) as u16 * 25;
     let data = format!("pg_system={}", tmp.path().join("primary").display());
     let mirror = format!("pg_system={}", tmp.path().join("mirror").display());
     let init = |mount: &str| -> (i32, String, String) {
@@ -293,7 +294,12 @@ fn init_with_mounts_start_serves_them_and_stop_unmounts() {
             mount,
         ])
     };
+    // A base through a symbolic link into content 0's (empty) data directory.
+    std::fs::create_dir_all(tmp.path().join("primary/gpseg0")).unwrap();
+    let link = tmp.path().join("mntlink");
+    std::os::unix::fs::symlink(tmp.path().join("primary/gpseg0"), &link).unwrap();
     for (bad, says) in [
+        (format!("pg_system={}", link.display()), "mountpoint"),
         (format!("pg_system={}", tmp.path().join("mirror").join("mnt").display()), "overlaps"),
         (format!("fs_other={}", tmp.path().join("mnt").display()), "no filespace fs_other"),
         ("pg_system=relative/mnt".to_string(), "absolute"),

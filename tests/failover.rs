@@ -644,8 +644,15 @@ fn bad_configurations_and_catalogs_are_refused_with_what_and_where() {
         "key_file": key, "control_listen": "127.0.0.1:0", "data_listen": "127.0.0.1:0",
         "socket": dir.path().join("s.sock"), "state_dir": dir.path().join("state"), "arbiter": "127.0.0.1:1"
     });
+    // A mountpoint through a symbolic link into the filespace root.
+    std::fs::create_dir_all(dir.path().join("fs")).unwrap();
+    std::os::unix::fs::symlink(dir.path().join("fs"), dir.path().join("into-fs")).unwrap();
     let cases: Vec<(serde_json::Value, &str)> = vec![
         (serde_json::json!({"block_size": 1000}), "block size"),
+        (
+            serde_json::json!({"mounts": [{"filespace": "pg_system", "mountpoint": dir.path().join("into-fs").join("m")}]}),
+            "once symbolic links are resolved) overlaps filespace pg_system",
+        ),
         (serde_json::json!({"filespaces": ["no-equals-sign"]}), "NAME=DIRECTORY"),
         (serde_json::json!({"sync_level": "sometimes"}), "sometimes"),
         (serde_json::json!({"heartbeat_ms": 5000, "ack_timeout_ms": 1000}), "heartbeat_ms"),
@@ -712,6 +719,7 @@ fn bad_configurations_and_catalogs_are_refused_with_what_and_where() {
     let (code, err) = run_fails(&["arbiter", "--catalog", cat.to_str().unwrap(), "--key-file", key.to_str().unwrap()]);
     assert!(code == 2 && err.contains("catalog.json") && err.contains("appears twice"), "{err}");
     assert!(!dir.path().join("state").exists(), "nothing was created for a refused configuration");
+    assert!(!dir.path().join("fs").join("m").exists(), "no mountpoint was made inside the filespace");
 }
 
 impl Cluster {

@@ -288,13 +288,29 @@ pub fn recover(pair: &Pair, mirror: Option<&Seen>, full: bool, bug: Option<Plant
         return Recover::Restore;
     }
     let (p, m) = (pair.acting_primary().dbid, pair.acting_mirror().dbid);
-    let mirror = mirror.filter(|s| s.dbid == m);
+    // What it holds decides the steps (a fault, a returning old primary's
+    // log): unknown, nothing is started. Its log joining the change-log
+    // after the resync read its plan would be missed, and wiped by the clear.
+    let Some(mirror) = mirror.filter(|s| s.dbid == m) else {
+        return Recover::Refused(format!(
+            "content {}: mirror {m} does not answer its probe (or another segment answers at its address): \
+             start it, then run filerep recover again",
+            pair.content
+        ));
+    };
+    if pair.full_resync_owed && !full && bug != Some(PlantedBug::RebuildFaultedIncrementally) {
+        return Recover::Refused(format!(
+            "content {}: mirror {m} was told to forget its disk fault for a rebuild that has not finished; \
+             only a full resync repairs it: filerep recover -F --content {}",
+            pair.content, pair.content
+        ));
+    }
     // Rule 8: a mirror whose disk failed holds pages a failed fsync let go
     // (readable here, absent from its disk). An incremental resync would
     // ship only what the change-log names, and a comparison would find
     // those pages equal; only a full resync that ships every block again
     // rebuilds it.
-    let faulted = mirror.is_some_and(|s| s.faulted && s.acting == Acting::Mirror);
+    let faulted = mirror.faulted && mirror.acting == Acting::Mirror;
     if faulted {
         if !full && bug != Some(PlantedBug::RebuildFaultedIncrementally) {
             return Recover::Refused(format!(
@@ -305,7 +321,7 @@ pub fn recover(pair: &Pair, mirror: Option<&Seen>, full: bool, bug: Option<Plant
         }
         return Recover::RebuildMirror { dbid: m };
     }
-    if mirror.is_some_and(|s| s.changes_pending) {
+    if mirror.changes_pending {
         return Recover::HandOver { from: m, to: p };
     }
     Recover::Resync { full }
@@ -366,9 +382,23 @@ mod tests {
         // Rebuilt (it no longer says it faulted): the full resync.
         assert_eq!(recover(&pair, seen(2, Acting::Mirror, 1).as_ref(), true, None), Recover::Resync { full: true });
         assert_eq!(recover(&pair, seen(2, Acting::Mirror, 1).as_ref(), false, None), Recover::Resync { full: false });
-        // Another segment answering at the mirror's address says nothing of it.
+        // No answer, or another segment answering at the mirror's address:
+        // what it holds is unknown, nothing starts.
         let stranger = Seen { faulted: true, ..seen(3, Acting::Mirror, 1).unwrap() };
-        assert_eq!(recover(&pair, Some(&stranger), false, None), Recover::Resync { full: false });
+        for probe in [None, Some(&stranger)] {
+            let step = recover(&pair, probe, true, None);
+            assert!(matches!(&step, Recover::Refused(why) if why.contains("does not answer its probe")), "{step:?}");
+        }
+        // Told to forget its fault, it owes a full resync until one completes.
+        assert!(pair.apply(&Event::MirrorRebuilt).changed);
+        let step = recover(&pair, seen(2, Acting::Mirror, 1).as_ref(), false, None);
+        assert!(matches!(&step, Recover::Refused(why) if why.contains("recover -F --content 7")), "{step:?}");
+        assert_eq!(recover(&pair, seen(2, Acting::Mirror, 1).as_ref(), true, None), Recover::Resync { full: true });
+        apply(&mut pair, vec![Event::ResyncStarted, Event::MirrorLost { reporter: 1, generation: 1 }]);
+        assert!(pair.full_resync_owed, "an interrupted rebuild still owes the full resync: {pair:?}");
+        apply(&mut pair, vec![Event::SegmentUp { dbid: 2 }, Event::ResyncStarted, Event::ResyncCompleted]);
+        assert!(!pair.full_resync_owed && pair.mode == PairMode::Synchronized, "{pair:?}");
+        apply(&mut pair, vec![Event::MirrorLost { reporter: 1, generation: 1 }, Event::SegmentUp { dbid: 2 }]);
         let pending = Seen { changes_pending: true, ..seen(2, Acting::Mirror, 1).unwrap() };
         assert_eq!(recover(&pair, Some(&pending), false, None), Recover::HandOver { from: 2, to: 1 });
         // The planted defect: the fault forgotten for an incremental resync.

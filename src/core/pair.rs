@@ -61,6 +61,11 @@ pub struct Pair {
     /// The whole content is unavailable (a double fault, or the primary lost
     /// while the mirror was not consistent).
     pub down: bool,
+    /// The acting mirror forgot its disk fault for a rebuild
+    /// ([`Event::MirrorRebuilt`]): its files stay in doubt, and only a full
+    /// resync may repair it, until one completes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub full_resync_owed: bool,
 }
 
 /// What the arbiter learned.
@@ -85,6 +90,11 @@ pub enum Event {
     /// back in change tracking at a new generation (fencing any earlier
     /// incarnation of that primary), and a resync repairs the mirror.
     Restore,
+    /// `filerep recover -F` tells the acting mirror, whose disk failed, to
+    /// forget its fault: recorded first, so that until a resync completes
+    /// only a full one is started (a plain one would trust pages its failed
+    /// fsync let go).
+    MirrorRebuilt,
 }
 
 /// What the reporter of a lost mirror is told.
@@ -119,6 +129,7 @@ impl Pair {
                 Segment { dbid: mirror, role: Role::Mirror, preferred_role: Role::Mirror, up: true },
             ],
             down: false,
+            full_resync_owed: false,
         }
     }
 
@@ -279,6 +290,7 @@ impl Pair {
                     return unchanged(Verdict::None, "no resync in progress");
                 }
                 self.mode = PairMode::Synchronized;
+                self.full_resync_owed = false;
                 Outcome { verdict: Verdict::None, changed: true, reason: "resync completed (r -> s)".into() }
             }
             Event::Rebalance => {
@@ -298,6 +310,23 @@ impl Pair {
                     reason: format!(
                         "rebalance: {} back to primary, {} to mirror, generation {}",
                         self.segments[m].dbid, self.segments[p].dbid, self.generation
+                    ),
+                }
+            }
+            Event::MirrorRebuilt => {
+                if self.down || self.mode == PairMode::Synchronized {
+                    return unchanged(Verdict::None, "only the mirror of a pair out of sync is rebuilt");
+                }
+                if self.full_resync_owed {
+                    return unchanged(Verdict::None, "a full resync is already owed");
+                }
+                self.full_resync_owed = true;
+                Outcome {
+                    verdict: Verdict::None,
+                    changed: true,
+                    reason: format!(
+                        "mirror {} forgets its disk fault for a rebuild: only a full resync repairs it",
+                        self.segments[m].dbid
                     ),
                 }
             }
@@ -339,6 +368,9 @@ impl Pair {
         }
         if !self.down && !self.acting_primary().up {
             return Err("the acting primary is down but the segment is not".into());
+        }
+        if self.mode == PairMode::Synchronized && self.full_resync_owed {
+            return Err("synchronized while its mirror owes a full resync".into());
         }
         Ok(())
     }
@@ -503,6 +535,7 @@ mod tests {
             Event::ResyncCompleted,
             Event::Rebalance,
             Event::Restore,
+            Event::MirrorRebuilt,
         ];
         let mut frontier = vec![pair()];
         let mut seen = std::collections::HashSet::new();

@@ -502,10 +502,14 @@ impl World {
             let seen = self.seen(b);
             let step = crate::core::arbiter::recover(&self.pair, seen.as_ref(), full, self.cfg.bug);
             if done.contains(&step) {
-                return Err(self.fail(format!("recover: {step:?} again after it was carried out: {}", self.describe())));
+                // As the arbiter: refused, the next recover tries again.
+                tracing::debug!(seed = self.seed, ?step, "sim: recover step again after it was carried out");
+                return Ok(false);
             }
             match &step {
-                Recover::Refused(_) if !full && seen.is_some_and(|s| s.faulted) => full = true,
+                Recover::Refused(_) if !full && (seen.is_some_and(|s| s.faulted) || self.pair.full_resync_owed) => {
+                    full = true
+                }
                 Recover::Refused(why) => {
                     tracing::debug!(seed = self.seed, why, "sim: recover refused");
                     return Ok(false);
@@ -514,6 +518,8 @@ impl World {
                 Recover::RebuildMirror { .. } => {
                     // It forgets its fault; every block is shipped again,
                     // whatever its page cache shows (nothing is compared).
+                    // The catalog owes the full resync until one completes.
+                    self.arbiter_apply(Event::MirrorRebuilt)?;
                     self.outcome("an operator rebuilt a faulted mirror (full resync)");
                     self.nodes[b].mirror_fault = false;
                     if let Role::Mirror { faulted, .. } = &mut self.nodes[b].role {

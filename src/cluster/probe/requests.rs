@@ -130,6 +130,17 @@ impl State {
                     let Some(mc) = &mirror_control else {
                         return ArbiterResponse::Refused(format!("content {content}: addresses missing"));
                     };
+                    // Stored first: should the resync not start after the
+                    // mirror forgot its fault, the next recover is full too.
+                    let owed = self.transact(&mut lock(&self.catalog), |cat| {
+                        match cat.apply(content, &Event::MirrorRebuilt) {
+                            None => Err(format!("no content {content} in the catalog")),
+                            Some(o) => Ok((o.changed, ())),
+                        }
+                    });
+                    if let Err(why) = owed {
+                        return ArbiterResponse::Refused(why);
+                    }
                     match self.order(mc, SegmentRequest::RebuildMirror) {
                         Some(SegmentResponse::Done) => {
                             tracing::warn!(content, mirror = dbid, "a faulted mirror is rebuilt")

@@ -90,6 +90,7 @@ pub fn run_segment(c: SegmentCmd) -> Result<(), String> {
     // Every mount is checked before the segment opens: a bad one changes
     // nothing. Those of the configuration first, then those of the command line.
     let mut mounts = Vec::with_capacity(cfg.mounts.len() + c.mount.len());
+    let mut own = Vec::with_capacity(cfg.mounts.len());
     for (i, m) in cfg.mounts.iter().enumerate() {
         let at = format!("segment config {}, mounts[{i}]", c.config.display());
         let mut opts = MountOptions::from_segment(&cfg, &c.config, &m.filespace, m.mountpoint.clone())
@@ -98,13 +99,8 @@ pub fn run_segment(c: SegmentCmd) -> Result<(), String> {
         opts.gid = m.gid;
         opts.allow_other = m.allow_other;
         opts.threads = m.threads;
-        // This segment's own mountpoint: a dead mount a killed run of it
-        // left there is cleared (a live one is left alone, and refused by
-        // the check), a missing directory made.
-        filerep::mount::clear_dead_mount(&m.mountpoint).map_err(|e| format!("{at}: {e}"))?;
-        std::fs::create_dir_all(&m.mountpoint)
-            .map_err(|e| format!("{at}: cannot make the mountpoint {}: {e}", m.mountpoint.display()))?;
-        opts.check().map_err(|e| format!("{at}: {e}"))?;
+        refuse_inside_a_filespace(&opts, &cfg).map_err(|e| format!("{at}: {e}"))?;
+        own.push(at);
         mounts.push(opts);
     }
     for spec in &c.mount {
@@ -134,6 +130,16 @@ pub fn run_segment(c: SegmentCmd) -> Result<(), String> {
             a.mountpoint.display()
         ));
     }
+    // The configuration's mountpoints are this segment's own, named by the
+    // cluster tools: a dead mount a killed run of it left there is cleared
+    // (a live one is left alone, and refused by the check), a missing
+    // directory made; only after everything above passed.
+    for (opts, at) in mounts.iter().zip(&own) {
+        filerep::mount::clear_dead_mount(&opts.mountpoint).map_err(|e| format!("{at}: {e}"))?;
+        std::fs::create_dir_all(&opts.mountpoint)
+            .map_err(|e| format!("{at}: cannot make the mountpoint {}: {e}", opts.mountpoint.display()))?;
+        opts.check().map_err(|e| format!("{at}: {e}"))?;
+    }
     let seg = Segment::open(cfg).map_err(|e| e.to_string())?;
     stop_on_signals(&seg.stop_signal())?;
     let addr = seg.control_addr().map_err(|e| e.to_string())?;
@@ -160,6 +166,43 @@ pub fn run_segment(c: SegmentCmd) -> Result<(), String> {
     for (mut unmounter, mountpoint) in served {
         if let Err(e) = unmounter.unmount() {
             tracing::error!(error = %e, mountpoint = %mountpoint.display(), "cannot unmount");
+        }
+    }
+    Ok(())
+}
+
+/// Refuse a mountpoint that is, once symbolic links are resolved, inside a
+/// filespace root of the segment or over one, before it is made: its
+/// directory would be made in the replicated data. (What does not exist
+/// yet is resolved through its nearest existing ancestor.)
+fn refuse_inside_a_filespace(opts: &MountOptions, cfg: &SegmentConfig) -> Result<(), String> {
+    let resolved = |p: &std::path::Path| -> PathBuf {
+        let mut rest = Vec::new();
+        let mut at = p.to_path_buf();
+        loop {
+            if let Ok(real) = at.canonicalize() {
+                return rest.iter().rev().fold(real, |acc: PathBuf, c| acc.join(c));
+            }
+            match (at.file_name().map(|n| n.to_os_string()), at.parent()) {
+                (Some(name), Some(parent)) => {
+                    rest.push(name);
+                    at = parent.to_path_buf();
+                }
+                _ => return p.to_path_buf(),
+            }
+        }
+    };
+    let mp = resolved(&opts.mountpoint);
+    for f in cfg.filespaces().map_err(|e| e.to_string())? {
+        let root = resolved(&f.root);
+        if mp.starts_with(&root) || root.starts_with(&mp) {
+            return Err(format!(
+                "mountpoint {} (which is {} once symbolic links are resolved) overlaps filespace {}'s root {}; mount outside it",
+                opts.mountpoint.display(),
+                mp.display(),
+                f.name,
+                root.display()
+            ));
         }
     }
     Ok(())

@@ -283,6 +283,9 @@ pub fn addmirrors(c: AddMirrorsCmd) -> Result<ExitCode, String> {
     let (cat, live) = current_catalog(&dir)?;
     let mut cluster = cluster::catalog_layout(&file, &cat);
     cluster.local_paths.push((dir.root.clone(), "the cluster directory".into()));
+    for m in &file.mounts {
+        cluster.local_paths.push((m.base.clone(), format!("the base of filespace {}'s mountpoints", m.filespace)));
+    }
     // The configuration: read, or computed by placement.
     let (config, placement) = match &c.input {
         Some(path) => {

@@ -266,14 +266,21 @@ pub(super) fn check_placement(
             let Some((name, d)) = fs.split_once('=') else { continue };
             let list = asks.entry(a.host.as_str()).or_default();
             list.push((PathBuf::from(d), true));
-            dirs.push((a, name, PathBuf::from(d), list.len() - 1));
+            dirs.push((a, name, PathBuf::from(d), list.len() - 1, "data directory"));
+        }
+        // Its mountpoints: apart from every directory of the cluster too,
+        // or a segment would mount inside another's data.
+        for (name, base) in &spec.mounts {
+            let list = asks.entry(a.host.as_str()).or_default();
+            let d = super::mountpoint(base, a.dbid);
+            list.push((d.clone(), true));
+            dirs.push((a, name.as_str(), d, list.len() - 1, "mountpoint"));
         }
     }
     let answers: std::collections::BTreeMap<&str, Vec<std::io::Result<layout::PathInfo>>> =
         asks.iter().map(|(h, paths)| (*h, probe.inspect(h, paths))).collect();
-    for (a, name, d, k) in dirs {
-        let what =
-            format!("data directory {} of dbid {} (filespace {name}) on host {}", layout::shown(&d), a.dbid, a.host);
+    for (a, name, d, k, kind) in dirs {
+        let what = format!("{kind} {} of dbid {} (filespace {name}) on host {}", layout::shown(&d), a.dbid, a.host);
         let info = match &answers[a.host.as_str()][k] {
             Ok(info) => info,
             Err(e) => {
@@ -297,7 +304,7 @@ pub(super) fn check_placement(
         taken.insert(
             &machine,
             info.resolved.clone(),
-            format!("the {name} directory of dbid {} on host {}", a.dbid, a.host),
+            format!("the {name} {kind} of dbid {} on host {}", a.dbid, a.host),
         );
         match (info.state, &info.unwritable) {
             (layout::PathState::NonEmptyDirectory, _) => {
@@ -454,6 +461,9 @@ pub fn init(dir: &ClusterDir, spec: &InitSpec) -> Result<Initialized> {
             let bases: Vec<PathBuf> = bases.iter().map(|b| b.components().collect()).collect();
             let mut cluster = layout_cluster(&names, primaries.iter().map(|(c, a)| (*c, a, layout::Role::Primary)));
             cluster.local_paths.push((dir.root.clone(), "the cluster directory".into()));
+            for (name, base) in &spec.mounts {
+                cluster.local_paths.push((base.clone(), format!("the base of filespace {name}'s mountpoints")));
+            }
             let cfg = layout::place(&cluster, *placement, *offset, &bases)
                 .map_err(|e| Error::InvalidArgument(e.to_string()))?;
             let planned =

@@ -305,6 +305,7 @@ pub fn rebuild_catalog(
                     },
                     segments: [role(p, filerep::core::pair::Role::Primary), role(m, filerep::core::pair::Role::Mirror)],
                     down: false,
+                    full_resync_owed: false,
                 };
                 if !synchronized {
                     notes.push(format!(
