@@ -442,7 +442,7 @@ fn control(u: &mut Unstructured) -> arbitrary::Result<()> {
         op: filerep::cluster::client::Op::from_u8(u.int_in_range(1..=17u8)?).expect("op"),
         filespace: u.arbitrary()?,
         a: u.arbitrary()?,
-        b: 0,
+        flags: u.int_in_range(0..=1u64)?,
         path: u.arbitrary()?,
         path2: u.arbitrary()?,
         data: u.arbitrary()?,

@@ -620,3 +620,69 @@ fn normal_client_behaviour_leaves_the_log_quiet() {
     let loud: Vec<&str> = log.lines().filter(|l| l.contains("WARN") || l.contains("ERROR")).collect();
     assert!(loud.is_empty(), "normal client behaviour was logged as a problem:\n{}", loud.join("\n"));
 }
+
+/// The client socket's queued flag (`Client::set_queued`: what the separate
+/// `filerep mount` sends, docs/protocol.md § 13). With the mirror's process
+/// stopped, a plain create waits for it; queued creates and writes return,
+/// made on the primary and on their way, while the plain one still waits
+/// and the pair still streams; once the mirror runs again, a queued sync
+/// returns only with everything before it on the mirror, byte for byte.
+/// (No FUSE needed.)
+#[test]
+fn queued_calls_on_the_client_socket_return_on_their_way_and_a_sync_waits() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    use std::sync::mpsc;
+    // Silence from the stopped mirror is not taken for its loss meanwhile.
+    let pair = Pair::start_tuned(BS as u32, &|c| c.ack_timeout_ms = 120_000);
+    let socket = pair.seg(2).cfg.socket.clone();
+    let key = pair.key.clone();
+    let mut queued = Client::connect(&socket).unwrap();
+    queued.set_queued(true);
+    let mut plain = Client::connect(&socket).unwrap();
+    // Both connections in use before the mirror stops.
+    queued.create(0, "warm-q").unwrap();
+    plain.create(0, "warm-p").unwrap();
+    let mirror = Pid::from_raw(pair.seg(3).child.as_ref().unwrap().id() as i32);
+    kill(mirror, Signal::SIGSTOP).unwrap();
+    // Resumed whatever happens below.
+    struct Resume(Pid);
+    impl Drop for Resume {
+        fn drop(&mut self) {
+            let _ = kill(self.0, Signal::SIGCONT);
+        }
+    }
+    let resume = Resume(mirror);
+    let (plain_done, plain_rx) = mpsc::channel();
+    let plain_call = std::thread::spawn(move || {
+        let r = plain.create(0, "plain");
+        let _ = plain_done.send(r.is_ok());
+    });
+    let (queued_done, queued_rx) = mpsc::channel();
+    let queued_calls = std::thread::spawn(move || {
+        let r = (0..8).try_for_each(|i| {
+            let f = format!("q{i}");
+            queued.create(0, &f)?;
+            queued.write_block(0, &f, 0, &vec![i as u8 + 1; BS as usize])
+        });
+        let _ = queued_done.send(r.map_err(|e| e.to_string()));
+        queued
+    });
+    // A bound for a defect (the flag ignored: the calls wait for the mirror), not a pause.
+    match queued_rx.recv_timeout(std::time::Duration::from_secs(60)) {
+        Ok(r) => r.expect("queued calls"),
+        Err(_) => panic!("queued calls waited for the stopped mirror"),
+    }
+    assert!(plain_rx.try_recv().is_err(), "a plain create returned while the mirror was stopped");
+    let s = pair.seg(2).status(&key).expect("the primary answers");
+    assert_eq!(s.mode, 's', "the pair still streams: {s:?}");
+    drop(resume);
+    assert!(plain_rx.recv().unwrap(), "the plain create, once the mirror runs again");
+    plain_call.join().unwrap();
+    let mut queued = queued_calls.join().unwrap();
+    queued.sync(0, "q7").unwrap();
+    queued.sync_dir(0, "").unwrap();
+    let roots = |d: u32| vec![pair.seg(d).root(0)];
+    common::pair::assert_trees_equal(&roots(2), &roots(3), BS as u32);
+    assert_eq!(std::fs::read(pair.seg(3).root(0).join("q7")).unwrap(), vec![8u8; BS as usize]);
+}

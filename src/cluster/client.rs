@@ -17,6 +17,12 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
 pub const REQUEST_HEADER: usize = 27;
+
+/// Request flag (bit 0 of `flags`): a changing call returns once made on
+/// the primary and on its way to the mirror, as the segment's own mount
+/// does (`Storage::queued`); syncs still wait for both hosts. The other
+/// bits are refused.
+pub const FLAG_QUEUED: u64 = 1;
 pub const RESPONSE_HEADER: usize = 13;
 /// Largest request or response after its length (a 256 KiB write plus two paths).
 pub const MAX_MESSAGE: usize = MAX_WRITE_AT + 64 * 1024;
@@ -157,7 +163,8 @@ pub struct Request {
     pub op: Op,
     pub filespace: u16,
     pub a: u64,
-    pub b: u64,
+    /// [`FLAG_QUEUED`], or 0.
+    pub flags: u64,
     pub path: String,
     pub path2: String,
     pub data: Vec<u8>,
@@ -171,7 +178,7 @@ impl Request {
         out.push(self.op as u8);
         out.extend_from_slice(&self.filespace.to_le_bytes());
         out.extend_from_slice(&self.a.to_le_bytes());
-        out.extend_from_slice(&self.b.to_le_bytes());
+        out.extend_from_slice(&self.flags.to_le_bytes());
         out.extend_from_slice(&(self.path.len() as u16).to_le_bytes());
         out.extend_from_slice(&(self.path2.len() as u16).to_le_bytes());
         out.extend_from_slice(&(self.data.len() as u32).to_le_bytes());
@@ -190,7 +197,10 @@ impl Request {
         let u16_at = |i: usize| u16::from_le_bytes([b[i], b[i + 1]]);
         let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap_or_default());
         let filespace = u16_at(1);
-        let (a, bb) = (u64_at(3), u64_at(11));
+        let (a, flags) = (u64_at(3), u64_at(11));
+        if flags & !FLAG_QUEUED != 0 {
+            return Err(format!("flags {flags:#x}: only bit 0 (queued) is defined"));
+        }
         let (pl, p2l) = (u16_at(19) as usize, u16_at(21) as usize);
         let dl = u32::from_le_bytes(b[23..27].try_into().unwrap_or_default()) as usize;
         if REQUEST_HEADER + pl + p2l + dl != b.len() {
@@ -205,7 +215,7 @@ impl Request {
             op,
             filespace,
             a,
-            b: bb,
+            flags,
             path: text(&b[s..s + pl])?,
             path2: text(&b[s + pl..s + pl + p2l])?,
             data: b[s + pl + p2l..].to_vec(),
@@ -254,6 +264,8 @@ pub struct Client {
     socket: PathBuf,
     /// A request was answered on this connection.
     used: bool,
+    /// Every request carries [`FLAG_QUEUED`] ([`Client::set_queued`]).
+    queued: bool,
 }
 
 /// How one request and its response went.
@@ -266,7 +278,16 @@ enum Exchange {
 
 impl Client {
     pub fn connect(socket: &Path) -> Result<Client, ClientError> {
-        Ok(Client { stream: UnixStream::connect(socket)?, socket: socket.to_path_buf(), used: false })
+        Ok(Client { stream: UnixStream::connect(socket)?, socket: socket.to_path_buf(), used: false, queued: false })
+    }
+
+    /// From now on this connection's changing calls return once made on
+    /// the primary and on their way to the mirror ([`FLAG_QUEUED`]): a
+    /// caller with file system semantics, which promises nothing of a
+    /// change before its sync (the separate `filerep mount`). Its syncs
+    /// still return once what they cover is durable on both hosts.
+    pub fn set_queued(&mut self, queued: bool) {
+        self.queued = queued;
     }
 
     fn exchange(&mut self, req: &[u8]) -> Exchange {
@@ -286,7 +307,8 @@ impl Client {
         }
     }
 
-    fn call(&mut self, req: Request) -> Result<(u64, Vec<u8>), ClientError> {
+    fn call(&mut self, mut req: Request) -> Result<(u64, Vec<u8>), ClientError> {
+        req.flags = if self.queued { FLAG_QUEUED } else { 0 };
         let bytes = req.encode();
         let mut answer = self.exchange(&bytes);
         // The segment closes a connection that makes no request within its
@@ -320,7 +342,8 @@ impl Client {
     }
 
     fn simple(&mut self, op: Op, fs: u16, path: &str, a: u64, data: &[u8]) -> Result<u64, ClientError> {
-        let req = Request { op, filespace: fs, a, b: 0, path: path.into(), path2: String::new(), data: data.to_vec() };
+        let req =
+            Request { op, filespace: fs, a, flags: 0, path: path.into(), path2: String::new(), data: data.to_vec() };
         self.call(req).map(|(v, _)| v)
     }
 
@@ -338,7 +361,7 @@ impl Client {
             op: Op::ReadBlock,
             filespace: fs,
             a: block,
-            b: 0,
+            flags: 0,
             path: path.into(),
             path2: String::new(),
             data: vec![],
@@ -376,8 +399,15 @@ impl Client {
         self.simple(Op::Rmdir, fs, path, 0, &[]).map(drop)
     }
     pub fn rename(&mut self, fs: u16, from: &str, to: &str) -> Result<(), ClientError> {
-        let req =
-            Request { op: Op::Rename, filespace: fs, a: 0, b: 0, path: from.into(), path2: to.into(), data: vec![] };
+        let req = Request {
+            op: Op::Rename,
+            filespace: fs,
+            a: 0,
+            flags: 0,
+            path: from.into(),
+            path2: to.into(),
+            data: vec![],
+        };
         self.call(req).map(drop)
     }
     pub fn exists(&mut self, fs: u16, path: &str) -> Result<bool, ClientError> {
@@ -401,7 +431,7 @@ mod tests {
             op: Op::Rename,
             filespace: 1,
             a: 7,
-            b: 9,
+            flags: FLAG_QUEUED,
             path: "a/b".into(),
             path2: "c".into(),
             data: vec![1, 2, 3],
@@ -415,6 +445,9 @@ mod tests {
         bad[0] = 99;
         assert!(Request::decode(&bad).unwrap_err().contains("unknown operation"));
         assert!(Request::decode(&enc[4..10]).is_err());
+        bad = enc[4..].to_vec();
+        bad[11] = 2; // a flag not defined
+        assert!(Request::decode(&bad).unwrap_err().contains("flags 0x2: only bit 0 (queued) is defined"));
     }
 
     #[test]

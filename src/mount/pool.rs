@@ -1,7 +1,10 @@
 //! Connections to the segment's client socket. The socket answers one
 //! request at a time per connection, so concurrent FUSE requests each take
 //! their own: idle ones are kept (at most one per FUSE thread), new ones
-//! opened on demand.
+//! opened on demand. Each carries the queued flag: a file system promises
+//! nothing of a change before its fsync, so the mount's changes return
+//! once made on the primary and on their way, as the segment's own mount's
+//! do; its fsyncs still wait for both hosts.
 
 use crate::cluster::client::{Client, ClientError};
 use std::path::PathBuf;
@@ -23,7 +26,11 @@ impl Pool {
         let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let mut client = match idle {
             Some(c) => c,
-            None => Client::connect(&self.socket)?,
+            None => {
+                let mut c = Client::connect(&self.socket)?;
+                c.set_queued(true);
+                c
+            }
         };
         let r = f(&mut client);
         // A refused call leaves the connection in step; a socket or framing

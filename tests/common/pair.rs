@@ -371,7 +371,13 @@ impl Pair {
     /// written with O_DIRECT on both), synchronized.
     #[allow(dead_code)] // not every test binary that shares this module uses it
     pub fn start_direct(block_size: u32) -> Pair {
-        Pair::started(Pair::launch(block_size, true, Seg::try_start))
+        Pair::started(Pair::launch(block_size, &|c| c.direct = true, Seg::try_start))
+    }
+
+    /// A pair whose two configurations `tune` changes, synchronized.
+    #[allow(dead_code)] // not every test binary that shares this module uses it
+    pub fn start_tuned(block_size: u32, tune: &dyn Fn(&mut SegmentConfig)) -> Pair {
+        Pair::started(Pair::launch(block_size, tune, Seg::try_start))
     }
 
     fn started(p: Pair) -> Pair {
@@ -384,15 +390,19 @@ impl Pair {
     /// The same, without waiting for the pair to stream (a primary that
     /// may be done and gone by then).
     pub fn launch_with(block_size: u32, primary: impl FnMut(&mut Seg) -> Result<(), String>) -> Pair {
-        Pair::launch(block_size, false, primary)
+        Pair::launch(block_size, &|_| {}, primary)
     }
 
-    fn launch(block_size: u32, direct: bool, mut primary: impl FnMut(&mut Seg) -> Result<(), String>) -> Pair {
+    fn launch(
+        block_size: u32,
+        tune: &dyn Fn(&mut SegmentConfig),
+        mut primary: impl FnMut(&mut Seg) -> Result<(), String>,
+    ) -> Pair {
         // Ports are picked free and bound by the child a moment later:
         // another process on this machine may take one in between.
         let mut errors = Vec::new();
         for _ in 0..5 {
-            match Pair::try_start(block_size, direct, &mut primary) {
+            match Pair::try_start(block_size, tune, &mut primary) {
                 Ok(p) => return p,
                 Err(e) => errors.push(e),
             }
@@ -402,7 +412,7 @@ impl Pair {
 
     fn try_start(
         block_size: u32,
-        direct: bool,
+        tune: &dyn Fn(&mut SegmentConfig),
         primary: &mut impl FnMut(&mut Seg) -> Result<(), String>,
     ) -> Result<Pair, String> {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -422,7 +432,7 @@ impl Pair {
                     format!("{n}={}", root.display())
                 })
                 .collect();
-            let cfg = SegmentConfig {
+            let mut cfg = SegmentConfig {
                 dbid,
                 content: 0,
                 cluster_id: 0x6d,
@@ -440,11 +450,12 @@ impl Pair {
                 heartbeat_ms: 100,
                 handshake_timeout_ms: 2000,
                 prefer_uring: true,
-                direct,
+                direct: false,
                 metrics_listen: None,
                 activity_limit: filerep::core::primary::ACTIVITY_LIMIT,
                 mounts: Vec::new(),
             };
+            tune(&mut cfg);
             let cfg_path = base.join("segment.json");
             addrs.push(store_config(&cfg, &cfg_path, "localhost"));
             segs.push(Seg { cfg, cfg_path, child: None });

@@ -743,7 +743,14 @@ impl Shared {
                 }
             }
             let result = match decoded {
-                Ok(req) => storage.request(&req).map_err(|e| (ErrorClass::of(&e), e.to_string())),
+                Ok(req) => {
+                    // A caller with file system semantics (the separate mount).
+                    let r = match req.flags & client::FLAG_QUEUED {
+                        0 => storage.request(&req),
+                        _ => storage.queued().request(&req),
+                    };
+                    r.map_err(|e| (ErrorClass::of(&e), e.to_string()))
+                }
                 Err(e) => Err((ErrorClass::Invalid, format!("malformed request: {e}"))),
             };
             if std::io::Write::write_all(&mut stream, &client::response(result)).is_err() {
