@@ -667,6 +667,10 @@ fn bad_configurations_and_catalogs_are_refused_with_what_and_where() {
             "mounts[0]: mountpoint mnt: give an absolute path",
         ),
         (
+            serde_json::json!({"mounts": [{"filespace": "pg_system", "mountpoint": dir.path().join("new").join("..").join("fs").join("m")}]}),
+            "give an absolute path without . or ..",
+        ),
+        (
             serde_json::json!({"mounts": [{"filespace": "pg_system", "mountpoint": dir.path().join("fs").join("m")}]}),
             "overlaps filespace pg_system",
         ),

@@ -390,12 +390,13 @@ pub struct HistoryEntry {
 pub fn describe(p: &Pair) -> String {
     let seg = |s: &Segment| format!("{}:{}{}", s.dbid, s.role.letter(), if s.up { 'u' } else { 'd' });
     format!(
-        "gen {} mode {} {} {}{}",
+        "gen {} mode {} {} {}{}{}",
         p.generation,
         p.mode.letter(),
         seg(&p.segments[0]),
         seg(&p.segments[1]),
-        if p.down { " (segment down)" } else { "" }
+        if p.down { " (segment down)" } else { "" },
+        if p.full_resync_owed { " (full resync owed)" } else { "" }
     )
 }
 

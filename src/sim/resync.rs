@@ -503,7 +503,11 @@ impl World {
             let step = crate::core::arbiter::recover(&self.pair, seen.as_ref(), full, self.cfg.bug);
             if done.contains(&step) {
                 // As the arbiter: refused, the next recover tries again.
-                tracing::debug!(seed = self.seed, ?step, "sim: recover step again after it was carried out");
+                tracing::debug!(
+                    seed = self.seed,
+                    ?step,
+                    "sim: recover asked for a step it already took or was refused"
+                );
                 return Ok(false);
             }
             match &step {

@@ -239,8 +239,8 @@ impl SegmentConfig {
                     format!("filespace {:?}: no such filespace (this segment has {})", m.filespace, known.join(", ")),
                 );
             }
-            if !m.mountpoint.is_absolute() {
-                return bad(i, format!("mountpoint {}: give an absolute path", m.mountpoint.display()));
+            if !crate::cluster::hosts::plain_absolute(&m.mountpoint) {
+                return bad(i, format!("mountpoint {}: give an absolute path without . or ..", m.mountpoint.display()));
             }
             if let Some(f) =
                 filespaces.iter().find(|f| m.mountpoint.starts_with(&f.root) || f.root.starts_with(&m.mountpoint))

@@ -115,6 +115,8 @@ struct VerifyJob {
 #[derive(Default)]
 struct ResyncState {
     running: bool,
+    /// The running resync is a full one.
+    full: bool,
     progress: Option<Arc<crate::runtime::resync::Progress>>,
     error: Option<String>,
 }

@@ -159,6 +159,13 @@ impl Shared {
                         rs = self.resync_ended.wait_timeout(rs, left).unwrap_or_else(|e| e.into_inner()).0;
                     }
                     if rs.running {
+                        // A mirror that owes a full resync is not repaired by one that is not.
+                        if full && !rs.full {
+                            return refused(
+                                "a resync that is not full is running; a full one was asked for: run filerep recover -F again once it ends"
+                                    .into(),
+                            );
+                        }
                         // A rate given to a later recover reaches the running resync.
                         if let (Some(rate), Some(progress)) = (max_rate, rs.progress.as_ref()) {
                             progress.max_rate.store(rate, std::sync::atomic::Ordering::Relaxed);
@@ -167,6 +174,7 @@ impl Shared {
                         return SegmentResponse::Done;
                     }
                     rs.running = true;
+                    rs.full = full;
                     rs.error = None;
                     rs.progress = Some(Arc::new(crate::runtime::resync::Progress::default()));
                 }
