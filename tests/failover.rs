@@ -11,7 +11,7 @@ mod resync;
 #[path = "failover/verify.rs"]
 mod verify;
 
-use common::pair::{arbiter_args, exe, free_addr, spawn_ready, READY_ARBITER, READY_SEGMENT};
+use common::pair::{arbiter_args, exe, free_addr, spawn_ready, try_spawn_ready, READY_ARBITER, READY_SEGMENT};
 use filerep::cluster::client::{Client, ClientError, ErrorClass};
 use filerep::cluster::segment::{Acting, SegmentConfig, SegmentRequest, SegmentResponse, SegmentStatus};
 use filerep::core::pair::{PairMode, Role};
@@ -102,10 +102,15 @@ struct Seg {
 
 impl Seg {
     fn start(&mut self) {
+        self.try_start().unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    fn try_start(&mut self) -> Result<(), String> {
         let args = vec!["segment".into(), "--config".into(), self.cfg_path.display().to_string()];
-        let (child, addr) = spawn_ready(&args, READY_SEGMENT);
+        let (child, addr) = try_spawn_ready(&args, READY_SEGMENT)?;
         assert_eq!(addr, self.cfg.control_listen);
         self.child = Some(child);
+        Ok(())
     }
 
     fn kill(&mut self) {
@@ -176,7 +181,21 @@ impl Cluster {
     }
 
     /// The same, with `/metrics` served by each segment when `metrics` is set.
+    /// Ports are picked free and bound by the children a moment later:
+    /// another test may take one in between, so a start that fails is
+    /// made again afresh.
     fn start_with(links: Links, metrics: bool) -> Cluster {
+        let mut errors = Vec::new();
+        for _ in 0..5 {
+            match Cluster::try_start_with(links, metrics) {
+                Ok(c) => return c,
+                Err(e) => errors.push(e),
+            }
+        }
+        panic!("cannot start a cluster: {errors:#?}");
+    }
+
+    fn try_start_with(links: Links, metrics: bool) -> Result<Cluster, String> {
         let dir = tempfile::tempdir().expect("tempdir");
         let key_file = dir.path().join("cluster.key");
         std::fs::write(&key_file, KEY).unwrap();
@@ -253,15 +272,15 @@ impl Cluster {
         let catalog_path = dir.path().join("catalog.json");
         Catalog::new(0xfa, BS, vec![(0, addrs[0].clone(), addrs[1].clone())]).store(&catalog_path).unwrap();
         for s in &mut segs {
-            s.start();
+            s.try_start()?;
         }
         let args = arbiter_args(&catalog_path, &key_file, &arbiter_listen);
-        let (arbiter, addr) = spawn_ready(&args, READY_ARBITER);
+        let (arbiter, addr) = try_spawn_ready(&args, READY_ARBITER)?;
         let c = Cluster { _dir: dir, key, key_file, arbiter_addr: addr, arbiter: Some(arbiter), segs, proxies };
         c.wait_for("the pair to stream", Duration::from_secs(20), || {
             c.seg(2).status(&c.key).is_some_and(|s| s.acting == Acting::Primary && s.mode == 's')
         });
-        c
+        Ok(c)
     }
 
     fn seg(&self, dbid: u32) -> &Seg {
