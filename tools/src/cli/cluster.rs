@@ -174,24 +174,13 @@ pub fn run_segment(c: SegmentCmd) -> Result<(), String> {
 /// Refuse a mountpoint that is, once symbolic links are resolved, inside a
 /// filespace root of the segment or over one, before it is made: its
 /// directory would be made in the replicated data. (What does not exist
-/// yet is resolved through its nearest existing ancestor.)
+/// yet is resolved through its longest existing prefix, as `filerep init`
+/// resolves data directories: `hosts::Resolver`.)
 fn refuse_inside_a_filespace(opts: &MountOptions, cfg: &SegmentConfig) -> Result<(), String> {
-    let resolved = |p: &std::path::Path| -> PathBuf {
-        let mut rest = Vec::new();
-        let mut at = p.to_path_buf();
-        loop {
-            if let Ok(real) = at.canonicalize() {
-                return rest.iter().rev().fold(real, |acc: PathBuf, c| acc.join(c));
-            }
-            match (at.file_name().map(|n| n.to_os_string()), at.parent()) {
-                (Some(name), Some(parent)) => {
-                    rest.push(name);
-                    at = parent.to_path_buf();
-                }
-                _ => return p.to_path_buf(),
-            }
-        }
-    };
+    // Configuration mountpoints are absolute without . or .. (checked at
+    // load); a path the resolver refuses is compared as written.
+    let mut resolver = filerep::cluster::hosts::Resolver::default();
+    let mut resolved = |p: &std::path::Path| resolver.resolve(p).unwrap_or_else(|_| p.to_path_buf());
     let mp = resolved(&opts.mountpoint);
     for f in cfg.filespaces().map_err(|e| e.to_string())? {
         let root = resolved(&f.root);
