@@ -74,6 +74,15 @@ impl Storage {
         }
     }
 
+    /// Which term as the acting primary this segment is in, None when it
+    /// is not the acting primary. Between two calls that return the same
+    /// term, only this segment's own changes (the storage API's) touched
+    /// its files: a mirror's applier or a resync writes them only between
+    /// terms. The mount keeps the kernel's cached pages across opens by it.
+    pub fn primary_term(&self) -> Option<u64> {
+        self.shared.primary_term()
+    }
+
     fn acting(&self) -> Result<Arc<Primary>> {
         self.shared.acting_primary()
     }

@@ -4,6 +4,7 @@
 //! separate `filerep mount`). Both answer with the client API's errors, so
 //! the errno mapping is one table (`docs/mount.md`).
 
+use super::inodes::Term;
 use super::pool::Pool;
 use crate::cluster::client::{ClientError, ErrorClass};
 use crate::cluster::storage::Storage;
@@ -29,6 +30,11 @@ pub(crate) trait Changes: Send + Sync + 'static {
     fn rename(&self, fs: u16, from: &str, to: &str) -> Result<(), ClientError>;
     fn sync(&self, fs: u16, path: &str) -> Result<(), ClientError>;
     fn sync_dir(&self, fs: u16, dir: &str) -> Result<(), ClientError>;
+    /// The term the files are in (`inodes.rs`): while it stays `In(n)`,
+    /// nothing but changes made through this trait touch them.
+    fn term(&self) -> Term {
+        Term::Unknown
+    }
 }
 
 impl Changes for Pool {
@@ -108,5 +114,13 @@ impl Changes for Storage {
     }
     fn sync_dir(&self, fs: u16, dir: &str) -> Result<(), ClientError> {
         as_client(Storage::sync_dir(self, fs, dir))
+    }
+    /// The segment's term as the acting primary: a mirror's applier or a
+    /// resync changes its files only between terms.
+    fn term(&self) -> Term {
+        match self.primary_term() {
+            Some(n) => Term::In(n),
+            None => Term::Between,
+        }
     }
 }

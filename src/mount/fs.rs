@@ -4,7 +4,7 @@
 use super::changes::Changes;
 use super::errno::{errno_of, io_errno, path_errno};
 use super::held::{Held, Taken};
-use super::inodes::{Inodes, Resolved, ROOT};
+use super::inodes::{Inodes, Resolved, Term, ROOT};
 use super::local::{LocalEntry, Root};
 use crate::cluster::client::ClientError;
 use crate::protocol::path::RelPath;
@@ -54,6 +54,10 @@ pub(crate) struct FilerepFs {
     next_fh: AtomicU64,
     uid: Option<u32>,
     gid: Option<u32>,
+    /// The kernel's write-back cache is asked for: only where the mount
+    /// knows the files' terms (the segment in this process), since the
+    /// kernel then trusts its own lengths (`inodes.rs`).
+    write_back: bool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -86,6 +90,7 @@ pub(crate) struct FsParams {
 impl FilerepFs {
     pub fn new(p: FsParams) -> std::io::Result<FilerepFs> {
         let held = Held::start(p.filespace, p.changes.clone())?;
+        let write_back = p.changes.term() != Term::Unknown;
         Ok(FilerepFs {
             fs: p.filespace,
             bs: u64::from(p.block_size),
@@ -98,6 +103,7 @@ impl FilerepFs {
             next_fh: AtomicU64::new(1),
             uid: p.uid,
             gid: p.gid,
+            write_back,
         })
     }
 
@@ -112,7 +118,7 @@ impl FilerepFs {
     /// The path an inode names now. A detached inode (unlinked or replaced
     /// since it was opened) names none: ESTALE, as NFS reports it.
     fn path_of(&self, ino: INodeNo) -> Result<String, Errno> {
-        match lock(&self.inodes).resolve(ino.0) {
+        match self.inodes().resolve(ino.0) {
             Resolved::Path(p) => Ok(p.to_string()),
             Resolved::Detached | Resolved::Unknown => Err(Errno::ESTALE),
         }
@@ -157,8 +163,33 @@ impl FilerepFs {
     /// Callers hold the namespace lock (shared or exclusive).
     fn entry(&self, path: &str) -> Result<FileAttr, Errno> {
         let md = self.root.metadata(path).map_err(|e| io_errno(&e))?;
-        let ino = lock(&self.inodes).lookup(path);
+        let ino = self.inodes().lookup(path);
         Ok(self.attr(ino, &md))
+    }
+
+    /// How a file is opened: with the kernel's cached pages of it kept
+    /// (`FOPEN_KEEP_CACHE`) while the segment acts as primary — its inodes
+    /// are of this term (`inodes.rs`), in which only this mount changed the
+    /// files — so a database's reads after reopening a file it wrote (a
+    /// vacuum, an index build) come from memory, not one request each, and
+    /// dirty pages are not written back at every open. Otherwise the kernel
+    /// drops them and reads the file afresh.
+    fn open_flags(&self) -> FopenFlags {
+        if matches!(self.changes.term(), Term::In(_)) {
+            FopenFlags::FOPEN_KEEP_CACHE
+        } else {
+            FopenFlags::empty()
+        }
+    }
+
+    /// The inode table, in the files' current term: a new term (a role
+    /// change) renumbers it first (`inodes.rs`).
+    fn inodes(&self) -> MutexGuard<'_, Inodes> {
+        let mut t = lock(&self.inodes);
+        if self.write_back {
+            t.enter(self.changes.term());
+        }
+        t
     }
 
     fn handle(&self, fh: FileHandle) -> Option<Arc<Handle>> {
@@ -216,6 +247,19 @@ impl fuser::Filesystem for FilerepFs {
         // Lookups and readdirs in one directory may run in parallel: the
         // namespace lock keeps them consistent with changes.
         let _ = config.add_capabilities(fuser::InitFlags::FUSE_PARALLEL_DIROPS);
+        // The kernel's write-back cache: a write(2) lands in the page
+        // cache and returns, and the kernel sends dirty pages in large
+        // writes (on its own, on close, before an fsync), as a local file
+        // system does. An fsync or an O_SYNC/O_DSYNC write still returns
+        // only once the kernel has sent every dirty page of the file and
+        // the segment has made them durable on both hosts; a write that
+        // fails once sent fails the file's next fsync and close, as a
+        // failed write-back does on a local disk (docs/mount.md).
+        if self.write_back {
+            if let Err(missing) = config.add_capabilities(fuser::InitFlags::FUSE_WRITEBACK_CACHE) {
+                tracing::warn!(?missing, "the kernel offers no write-back cache: each write is a request");
+            }
+        }
         Ok(())
     }
 
@@ -235,7 +279,7 @@ impl fuser::Filesystem for FilerepFs {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        lock(&self.inodes).forget(ino.0, nlookup);
+        self.inodes().forget(ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -332,7 +376,7 @@ impl fuser::Filesystem for FilerepFs {
         let fs = self.fs;
         let r = self.child_of(parent, name).and_then(|p| {
             self.changes.unlink(fs, &p).map_err(|e| self.failed("unlink", &p, &e))?;
-            lock(&self.inodes).detach(&p, false);
+            self.inodes().detach(&p, false);
             Ok(())
         });
         match r {
@@ -348,7 +392,7 @@ impl fuser::Filesystem for FilerepFs {
         let fs = self.fs;
         let r = self.child_of(parent, name).and_then(|p| {
             self.changes.rmdir(fs, &p).map_err(|e| self.failed("rmdir", &p, &e))?;
-            lock(&self.inodes).detach(&p, true);
+            self.inodes().detach(&p, true);
             Ok(())
         });
         match r {
@@ -410,7 +454,7 @@ impl fuser::Filesystem for FilerepFs {
             }
             let fs = self.fs;
             self.changes.rename(fs, &from, &to).map_err(|e| self.failed("rename", &from, &e))?;
-            lock(&self.inodes).rename(&from, &to, src.is_dir());
+            self.inodes().rename(&from, &to, src.is_dir());
             Ok(())
         })();
         match r {
@@ -424,7 +468,10 @@ impl fuser::Filesystem for FilerepFs {
         // path to the segment. O_TRUNC arrives as a setattr.
         let r = self.path_of(ino).and_then(|p| self.root.open_read(&p).map_err(|e| io_errno(&e)));
         match r {
-            Ok(f) => reply.opened(self.add_handle(Handle::File(f)), FopenFlags::empty()),
+            Ok(f) => {
+                let flags = self.open_flags();
+                reply.opened(self.add_handle(Handle::File(f)), flags)
+            }
             Err(e) => reply.error(e),
         }
     }
@@ -566,7 +613,7 @@ impl fuser::Filesystem for FilerepFs {
             Ok(p) => p,
             Err(e) => return reply.error(e),
         };
-        let inodes = lock(&self.inodes);
+        let inodes = self.inodes();
         let parent = match dir.rsplit_once('/') {
             Some((p, _)) => inodes.peek(p).unwrap_or(ROOT),
             None => ROOT,
@@ -642,8 +689,14 @@ impl fuser::Filesystem for FilerepFs {
         });
         match r {
             Ok((attr, f)) => {
+                // A file truncated by this create (not by the kernel's own
+                // setattr) keeps no page the kernel had of it.
+                let mut open = self.open_flags();
+                if flags & libc::O_TRUNC != 0 {
+                    open = FopenFlags::empty();
+                }
                 let fh = self.add_handle(Handle::File(f));
-                reply.created(&TTL, &attr, Generation(0), fh, FopenFlags::empty())
+                reply.created(&TTL, &attr, Generation(0), fh, open)
             }
             Err(e) => reply.error(e),
         }

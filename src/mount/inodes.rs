@@ -8,6 +8,15 @@
 //! its old name.
 //!
 //! Numbers are never reused (a counter), so the generation is always 0.
+//!
+//! The numbers belong to a *term*: a stretch in which nothing but the
+//! mount changed the files (the segment acting as primary, without a role
+//! change). With the kernel's write-back cache the kernel trusts its own
+//! idea of a file's length once it has an inode for it, so an inode must
+//! not outlive a role change, in which the mirror's applier or a resync
+//! may have changed the file: a new term detaches every inode but the
+//! root, and lookups hand the kernel new numbers (new inodes, read afresh).
+//! An inode of the old term answers ESTALE.
 
 use std::collections::HashMap;
 
@@ -27,6 +36,23 @@ pub(super) struct Inodes {
     by_ino: HashMap<u64, Node>,
     by_path: HashMap<String, u64>,
     next: u64,
+    /// The term the numbers belong to (see above).
+    term: Term,
+}
+
+/// Which stretch of unchanged ownership the files are in, as the mount's
+/// [`super::changes::Changes`] knows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Term {
+    /// Unknown (a segment over its client socket): the mount keeps no
+    /// write-back cache and no cached page across opens.
+    Unknown,
+    /// The segment is not the acting primary: something else may change
+    /// its files.
+    Between,
+    /// The segment acts as primary, in its term N: only the mount changes
+    /// the files.
+    In(u64),
 }
 
 /// What an inode number stands for now.
@@ -45,7 +71,23 @@ impl Inodes {
         by_ino.insert(ROOT, Node { path: String::new(), lookups: 1, detached: false });
         let mut by_path = HashMap::new();
         by_path.insert(String::new(), ROOT);
-        Inodes { by_ino, by_path, next: ROOT + 1 }
+        Inodes { by_ino, by_path, next: ROOT + 1, term: Term::Unknown }
+    }
+
+    /// Enter term `term`: if it is another one, every inode but the root is
+    /// detached, so the kernel learns the files anew under new numbers.
+    pub fn enter(&mut self, term: Term) {
+        if term == self.term {
+            return;
+        }
+        tracing::debug!(from = ?self.term, to = ?term, inodes = self.by_ino.len(), "mount: a new term renumbers the files");
+        self.term = term;
+        self.by_path.retain(|p, _| p.is_empty());
+        for (&ino, n) in self.by_ino.iter_mut() {
+            if ino != ROOT {
+                n.detached = true;
+            }
+        }
     }
 
     pub fn resolve(&self, ino: u64) -> Resolved<'_> {
@@ -161,6 +203,31 @@ mod tests {
         // A new file at the old name is a new inode.
         let fresh = t.lookup("d");
         assert!(fresh != d && fresh != target);
+    }
+
+    #[test]
+    fn a_new_term_detaches_every_inode_but_the_root_and_numbers_afresh() {
+        let mut t = Inodes::new();
+        t.enter(Term::In(1));
+        let d = t.lookup("d");
+        let f = t.lookup("d/f");
+        t.enter(Term::In(1));
+        assert_eq!(t.resolve(f), Resolved::Path("d/f"), "the same term changes nothing");
+        assert_eq!(t.lookup("d/f"), f);
+        for next in [Term::Between, Term::In(2)] {
+            let before = t.lookup("d/f");
+            t.enter(next);
+            assert_eq!(t.resolve(ROOT), Resolved::Path(""), "the root stays");
+            assert_eq!(t.resolve(before), Resolved::Detached, "{next:?}: an inode of the old term is stale");
+            assert_eq!(t.resolve(d), Resolved::Detached);
+            assert_eq!(t.peek("d/f"), None);
+            let fresh = t.lookup("d/f");
+            assert!(fresh != before && fresh != f, "{next:?}: a new number");
+            assert_eq!(t.resolve(fresh), Resolved::Path("d/f"));
+        }
+        // The kernel's forgets of old numbers still clear them.
+        t.forget(f, 3);
+        assert_eq!(t.resolve(f), Resolved::Unknown);
     }
 
     #[test]

@@ -142,6 +142,11 @@ impl Changes for Local {
     fn sync_dir(&self, _fs: u16, dir: &str) -> Result<(), ClientError> {
         self.fsync(dir, false)
     }
+    /// Only the mount changes a reference's root, as only the mount
+    /// changes a primary's in one term: the same caching as the mount's.
+    fn term(&self) -> super::inodes::Term {
+        super::inodes::Term::In(0)
+    }
 }
 
 /// A change's kind on the bare wire.
@@ -329,6 +334,9 @@ impl Changes for Bare {
     }
     fn sync_dir(&self, fs: u16, dir: &str) -> Result<(), ClientError> {
         self.ship(Op::SyncDir, (dir, ""), 0, &[], |l| l.sync_dir(fs, dir))
+    }
+    fn term(&self) -> super::inodes::Term {
+        super::inodes::Term::In(0)
     }
 }
 

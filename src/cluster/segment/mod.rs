@@ -87,6 +87,11 @@ pub(crate) struct Shared {
     /// then kept as the mirror role sees it, for the probes of a segment
     /// that is not (or no longer) a mirror.
     lost_power_streaming: std::sync::atomic::AtomicBool,
+    /// How many times this process took the primary role (changed under
+    /// the role lock): while it stays the same, nothing but this primary's
+    /// own changes touched the filespaces, so a mount in this process may
+    /// keep the kernel's cached pages of its files across opens.
+    primary_terms: std::sync::atomic::AtomicU64,
 }
 
 struct RoleView {
@@ -217,6 +222,7 @@ impl Segment {
             verify: Mutex::new(VerifyJob::default()),
             fault: Mutex::new(None),
             lost_power_streaming: std::sync::atomic::AtomicBool::new(cut),
+            primary_terms: std::sync::atomic::AtomicU64::new(0),
         });
         Ok(Segment { shared, control, clients, metrics })
     }
@@ -610,6 +616,7 @@ impl Shared {
         match result {
             Ok(p) => {
                 tracing::warn!(generation, mode = ?p.mode(), "role: primary");
+                self.primary_terms.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 *role = Role::Primary(Arc::new(p));
             }
             Err(e) => {
@@ -688,6 +695,19 @@ impl Shared {
     }
 
     /// The acting primary this segment hosts, for one storage call.
+    /// This process's current term as the acting primary (see
+    /// `primary_terms`), or None when it is not the acting primary.
+    pub(crate) fn primary_term(&self) -> Option<u64> {
+        if lock(&self.fault).is_some() {
+            return None;
+        }
+        let role = lock(&self.role);
+        match &*role {
+            Role::Primary(_) => Some(self.primary_terms.load(std::sync::atomic::Ordering::SeqCst)),
+            _ => None,
+        }
+    }
+
     pub(crate) fn acting_primary(&self) -> Result<Arc<Primary>> {
         let fault = lock(&self.fault).clone();
         if let Some(why) = fault {
