@@ -177,17 +177,19 @@ impl Cluster {
     /// An arbiter and two segments (dbid 2 preferred primary, dbid 3
     /// preferred mirror), started and synchronized.
     fn start(links: Links) -> Cluster {
-        Cluster::start_with(links, false)
+        Cluster::start_with(links, false, false)
     }
 
     /// The same, with `/metrics` served by each segment when `metrics` is set.
     /// Ports are picked free and bound by the children a moment later:
     /// another test may take one in between, so a start that fails is
     /// made again afresh.
-    fn start_with(links: Links, metrics: bool) -> Cluster {
+    /// `mount`: the preferred primary also serves its first filespace as a
+    /// file system, at `seg2/mnt` (docs/mount.md).
+    fn start_with(links: Links, metrics: bool, mount: bool) -> Cluster {
         let mut errors = Vec::new();
         for _ in 0..5 {
-            match Cluster::try_start_with(links, metrics) {
+            match Cluster::try_start_with(links, metrics, mount) {
                 Ok(c) => return c,
                 Err(e) => errors.push(e),
             }
@@ -195,7 +197,7 @@ impl Cluster {
         panic!("cannot start a cluster: {errors:#?}");
     }
 
-    fn try_start_with(links: Links, metrics: bool) -> Result<Cluster, String> {
+    fn try_start_with(links: Links, metrics: bool, mount: bool) -> Result<Cluster, String> {
         let dir = tempfile::tempdir().expect("tempdir");
         let key_file = dir.path().join("cluster.key");
         std::fs::write(&key_file, KEY).unwrap();
@@ -256,7 +258,18 @@ impl Cluster {
                 direct: false,
                 metrics_listen: metrics.then(free_addr),
                 activity_limit: filerep::core::primary::ACTIVITY_LIMIT,
-                mounts: Vec::new(),
+                mounts: if mount && dbid == 2 {
+                    vec![filerep::cluster::segment::MountEntry {
+                        filespace: FS[0].into(),
+                        mountpoint: base.join("mnt"),
+                        uid: None,
+                        gid: None,
+                        allow_other: false,
+                        threads: 8,
+                    }]
+                } else {
+                    Vec::new()
+                },
             };
             let cfg_path = base.join("segment.json");
             std::fs::write(&cfg_path, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
@@ -766,4 +779,50 @@ impl Cluster {
 
 fn summary(stdout: &str) -> serde_json::Value {
     serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap_or_else(|e| panic!("{e}: {stdout:?}"))
+}
+
+/// The segment's own mount keeps the kernel's write-back cache, and its
+/// inodes belong to the segment's term as primary (src/mount/inodes.rs).
+/// Pages the kernel sent in one term but no fsync covered may be lost in a
+/// role change; an fsync asked after the change, through a descriptor
+/// opened before it, must fail, never succeed over them.
+#[test]
+fn an_fsync_through_the_mount_after_the_primary_lost_its_role_fails() {
+    if let Some(why) = common::pair::fuse_unavailable() {
+        if std::env::var_os("FILEREP_REQUIRE_FUSE").is_some_and(|v| v == "1") {
+            panic!("FILEREP_REQUIRE_FUSE=1 but {why}");
+        }
+        common::pair::skipped("an_fsync_through_the_mount_after_the_primary_lost_its_role_fails", &why);
+        return;
+    }
+    let mut c = Cluster::start_with(Links::PrimaryProxied, false, true);
+    let mnt = c.seg(2).cfg.mounts[0].mountpoint.clone();
+    assert!(common::pair::mounted(&mnt), "the primary serves {}", mnt.display());
+    let path = mnt.join("f");
+    let mut f = std::fs::OpenOptions::new().create(true).truncate(true).write(true).open(&path).unwrap();
+    f.write_all(&[1u8; 8192]).unwrap();
+    f.sync_all().unwrap();
+    // More, sent by the kernel (a close of the file writes its dirty pages
+    // back) but synced by no one.
+    f.write_all(&[2u8; 8192]).unwrap();
+    drop(std::fs::File::open(&path).unwrap());
+    // The primary is cut off, the mirror promoted, and the old primary,
+    // healed, told it is the mirror.
+    for p in &c.proxies {
+        p.cut();
+    }
+    c.wait_for("the mirror to be promoted", Duration::from_secs(20), || {
+        c.seg(3).status(&c.key).is_some_and(|s| s.acting == Acting::Primary)
+    });
+    for p in &c.proxies {
+        p.heal();
+    }
+    c.wait_for("the old primary to become the mirror", Duration::from_secs(20), || {
+        c.seg(2).status(&c.key).is_some_and(|s| s.acting == Acting::Mirror)
+    });
+    let e = f.sync_all().expect_err("an fsync after the role change succeeded");
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+    // SIGKILL leaves a dead mount: detach it before the directory goes.
+    c.seg_mut(2).kill();
+    common::pair::detach(&mnt);
 }

@@ -120,7 +120,7 @@ impl FilerepFs {
     fn path_of(&self, ino: INodeNo) -> Result<String, Errno> {
         match self.inodes().resolve(ino.0) {
             Resolved::Path(p) => Ok(p.to_string()),
-            Resolved::Detached | Resolved::Unknown => Err(Errno::ESTALE),
+            Resolved::Detached | Resolved::OldTerm | Resolved::Unknown => Err(Errno::ESTALE),
         }
     }
 
@@ -162,20 +162,30 @@ impl FilerepFs {
     /// Stat `path` locally and hand the kernel a reference to its inode.
     /// Callers hold the namespace lock (shared or exclusive).
     fn entry(&self, path: &str) -> Result<FileAttr, Errno> {
-        let md = self.root.metadata(path).map_err(|e| io_errno(&e))?;
-        let ino = self.inodes().lookup(path);
-        Ok(self.attr(ino, &md))
+        loop {
+            // The length handed out must be of the term the inode number
+            // is: with the write-back cache the kernel keeps it for the
+            // whole term. A role change during the stat: stat again.
+            let term = self.changes.term();
+            let md = self.root.metadata(path).map_err(|e| io_errno(&e))?;
+            let mut t = self.inodes();
+            if !self.write_back || t.term() == term {
+                let ino = t.lookup(path);
+                return Ok(self.attr(ino, &md));
+            }
+        }
     }
 
-    /// How a file is opened: with the kernel's cached pages of it kept
+    /// How inode `ino` is opened: with the kernel's cached pages of it kept
     /// (`FOPEN_KEEP_CACHE`) while the segment acts as primary — its inodes
     /// are of this term (`inodes.rs`), in which only this mount changed the
     /// files — so a database's reads after reopening a file it wrote (a
     /// vacuum, an index build) come from memory, not one request each, and
     /// dirty pages are not written back at every open. Otherwise the kernel
     /// drops them and reads the file afresh.
-    fn open_flags(&self) -> FopenFlags {
-        if matches!(self.changes.term(), Term::In(_)) {
+    fn open_flags(&self, ino: u64) -> FopenFlags {
+        let t = self.inodes();
+        if matches!(t.term(), Term::In(_)) && matches!(t.resolve(ino), Resolved::Path(_)) {
             FopenFlags::FOPEN_KEEP_CACHE
         } else {
             FopenFlags::empty()
@@ -469,7 +479,7 @@ impl fuser::Filesystem for FilerepFs {
         let r = self.path_of(ino).and_then(|p| self.root.open_read(&p).map_err(|e| io_errno(&e)));
         match r {
             Ok(f) => {
-                let flags = self.open_flags();
+                let flags = self.open_flags(ino.0);
                 reply.opened(self.add_handle(Handle::File(f)), flags)
             }
             Err(e) => reply.error(e),
@@ -548,7 +558,7 @@ impl fuser::Filesystem for FilerepFs {
     fn flush(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
         // A close sends what is held, and reports a held write that failed.
         self.held.settle_file(ino.0);
-        match self.held.take_failure(ino.0) {
+        match self.held.failure_at_close(ino.0) {
             Some(e) => reply.error(e),
             None => reply.ok(),
         }
@@ -583,11 +593,14 @@ impl fuser::Filesystem for FilerepFs {
             };
         }
         let _ns = self.ns_shared();
-        let path = match self.path_of(ino) {
-            Ok(p) => p,
+        let path = match self.inodes().resolve(ino.0) {
+            Resolved::Path(p) => p.to_string(),
+            // Learned before a role change: what was sent of it then may
+            // not be durable on both hosts, and nothing can make it so now.
+            Resolved::OldTerm => return reply.error(Errno::EIO),
             // Unlinked or replaced while open: no name is left whose data
             // could be lost, and every write to it was refused.
-            Err(_) => return reply.ok(),
+            Resolved::Detached | Resolved::Unknown => return reply.ok(),
         };
         let fs = self.fs;
         match self.changes.sync(fs, &path) {
@@ -644,7 +657,12 @@ impl fuser::Filesystem for FilerepFs {
         // changed (its parent) is synced with the rest, from the root.
         self.held.settle();
         let _ns = self.ns_shared();
-        let dir = self.path_of(ino).unwrap_or_default();
+        let dir = match self.inodes().resolve(ino.0) {
+            Resolved::Path(p) => p.to_string(),
+            // As for a file (fsync): a role change came since it was learned.
+            Resolved::OldTerm => return reply.error(Errno::EIO),
+            Resolved::Detached | Resolved::Unknown => String::new(),
+        };
         let fs = self.fs;
         match self.changes.sync_dir(fs, &dir) {
             Ok(()) => reply.ok(),
@@ -691,7 +709,7 @@ impl fuser::Filesystem for FilerepFs {
             Ok((attr, f)) => {
                 // A file truncated by this create (not by the kernel's own
                 // setattr) keeps no page the kernel had of it.
-                let mut open = self.open_flags();
+                let mut open = self.open_flags(attr.ino.0);
                 if flags & libc::O_TRUNC != 0 {
                     open = FopenFlags::empty();
                 }

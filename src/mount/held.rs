@@ -162,6 +162,11 @@ impl Failures {
     fn take(&mut self, ino: u64) -> Option<Errno> {
         self.by_ino.remove(&ino).or(self.overflow)
     }
+
+    /// `ino`'s failure, left for the next [`Failures::take`].
+    fn peek(&self, ino: u64) -> Option<Errno> {
+        self.by_ino.get(&ino).copied().or(self.overflow)
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -358,8 +363,17 @@ impl Held {
         Some(self.deliver(last, true))
     }
 
+    /// The failure of a held write to inode `ino` not reported by an
+    /// fsync yet, if any, left for that fsync: a close reports it (every
+    /// close, whoever opened the file: a reader's close, or a writer's
+    /// that ignores the error, must not consume what the checkpointer's
+    /// fsync has to see).
+    pub(super) fn failure_at_close(&self, ino: u64) -> Option<Errno> {
+        lock(&self.failed).peek(ino)
+    }
+
     /// The failure of a held write to inode `ino` not reported yet, if any;
-    /// reported once.
+    /// reported once (by an fsync).
     pub(super) fn take_failure(&self, ino: u64) -> Option<Errno> {
         lock(&self.failed).take(ino)
     }
@@ -726,7 +740,7 @@ mod tests {
     }
 
     #[test]
-    fn a_held_write_that_fails_is_reported_once_by_its_file() {
+    fn a_held_write_that_fails_is_reported_by_its_files_closes_and_once_by_its_fsync() {
         let seg = Arc::new(Recorder::default());
         let held = Held::start(0, seg.clone()).unwrap();
         held.stop();
@@ -734,8 +748,14 @@ mod tests {
         seg.fail.store(true, Ordering::Relaxed);
         held.settle();
         assert_eq!(held.take_failure(8), None, "another file has nothing to report");
+        // Closes report it and leave it for the fsync (a reader's close must
+        // not consume what the checkpointer's fsync has to see).
+        assert_eq!(held.failure_at_close(8), None);
+        assert_eq!(held.failure_at_close(9), Some(Errno::EIO));
+        assert_eq!(held.failure_at_close(9), Some(Errno::EIO), "every close until the fsync");
         assert_eq!(held.take_failure(9), Some(Errno::EIO));
-        assert_eq!(held.take_failure(9), None, "reported once");
+        assert_eq!(held.take_failure(9), None, "reported once by an fsync");
+        assert_eq!(held.failure_at_close(9), None, "and then by no close");
         // A write continuing a held one that then fails: its own error too.
         seg.fail.store(false, Ordering::Relaxed);
         done(held.write(9, "f", 0, &[1u8; 100])).unwrap();

@@ -29,6 +29,8 @@ struct Node {
     /// References the kernel holds (entries handed out minus forgets).
     lookups: u64,
     detached: bool,
+    /// Detached by a new term (not by an unlink or a rename over it).
+    old_term: bool,
 }
 
 #[derive(Debug)]
@@ -61,6 +63,8 @@ pub(super) enum Resolved<'a> {
     Path(&'a str),
     /// Unlinked, removed or replaced since the kernel learned it.
     Detached,
+    /// Learned in an earlier term (a role change came since).
+    OldTerm,
     /// Not (or no longer) known: the kernel forgot it.
     Unknown,
 }
@@ -68,7 +72,7 @@ pub(super) enum Resolved<'a> {
 impl Inodes {
     pub fn new() -> Inodes {
         let mut by_ino = HashMap::new();
-        by_ino.insert(ROOT, Node { path: String::new(), lookups: 1, detached: false });
+        by_ino.insert(ROOT, Node { path: String::new(), lookups: 1, detached: false, old_term: false });
         let mut by_path = HashMap::new();
         by_path.insert(String::new(), ROOT);
         Inodes { by_ino, by_path, next: ROOT + 1, term: Term::Unknown }
@@ -84,14 +88,21 @@ impl Inodes {
         self.term = term;
         self.by_path.retain(|p, _| p.is_empty());
         for (&ino, n) in self.by_ino.iter_mut() {
-            if ino != ROOT {
+            if ino != ROOT && !n.detached {
                 n.detached = true;
+                n.old_term = true;
             }
         }
     }
 
+    /// The term the numbers belong to.
+    pub fn term(&self) -> Term {
+        self.term
+    }
+
     pub fn resolve(&self, ino: u64) -> Resolved<'_> {
         match self.by_ino.get(&ino) {
+            Some(n) if n.old_term => Resolved::OldTerm,
             Some(n) if n.detached => Resolved::Detached,
             Some(n) => Resolved::Path(&n.path),
             None => Resolved::Unknown,
@@ -108,7 +119,7 @@ impl Inodes {
         }
         let ino = self.next;
         self.next += 1;
-        self.by_ino.insert(ino, Node { path: path.to_string(), lookups: 1, detached: false });
+        self.by_ino.insert(ino, Node { path: path.to_string(), lookups: 1, detached: false, old_term: false });
         self.by_path.insert(path.to_string(), ino);
         ino
     }
@@ -211,6 +222,8 @@ mod tests {
         t.enter(Term::In(1));
         let d = t.lookup("d");
         let f = t.lookup("d/f");
+        let gone = t.lookup("gone");
+        t.detach("gone", false);
         t.enter(Term::In(1));
         assert_eq!(t.resolve(f), Resolved::Path("d/f"), "the same term changes nothing");
         assert_eq!(t.lookup("d/f"), f);
@@ -218,8 +231,10 @@ mod tests {
             let before = t.lookup("d/f");
             t.enter(next);
             assert_eq!(t.resolve(ROOT), Resolved::Path(""), "the root stays");
-            assert_eq!(t.resolve(before), Resolved::Detached, "{next:?}: an inode of the old term is stale");
-            assert_eq!(t.resolve(d), Resolved::Detached);
+            assert_eq!(t.resolve(before), Resolved::OldTerm, "{next:?}: an inode of the old term is stale");
+            assert_eq!(t.resolve(d), Resolved::OldTerm);
+            assert_eq!(t.term(), next);
+            assert_eq!(t.resolve(gone), Resolved::Detached, "unlinked before: still only unlinked");
             assert_eq!(t.peek("d/f"), None);
             let fresh = t.lookup("d/f");
             assert!(fresh != before && fresh != f, "{next:?}: a new number");

@@ -272,7 +272,7 @@ fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
 
 #[test]
 fn metrics_show_operations_moving_and_the_lag_draining_after_a_sync() {
-    let c = Cluster::start_with(Links::Direct, true);
+    let c = Cluster::start_with(Links::Direct, true, false);
     let addr = c.seg(2).cfg.metrics_listen.clone().unwrap();
     let scrape = || {
         let (code, ctype, body) = http_get(&addr, "/metrics");
