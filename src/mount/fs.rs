@@ -2,12 +2,11 @@
 //! reads come from the local root (see `docs/mount.md` for why that is safe).
 
 use super::changes::Changes;
-use super::errno::{errno_of, io_errno, path_errno};
+use super::errno::{errno_of, io_errno};
 use super::held::{Held, Taken};
-use super::inodes::{Inodes, Resolved, Term, ROOT};
+use super::inodes::{Inodes, Term, ROOT};
 use super::local::{LocalEntry, Root};
 use crate::cluster::client::ClientError;
-use crate::protocol::path::RelPath;
 use crate::protocol::MAX_WRITE_AT;
 use fuser::{
     BsdFileFlags, Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, KernelConfig, LockOwner,
@@ -36,6 +35,8 @@ enum Handle {
     File(File),
     Dir(Vec<LocalEntry>),
 }
+
+mod names;
 
 pub(crate) struct FilerepFs {
     pub(super) fs: u16,
@@ -115,27 +116,6 @@ impl FilerepFs {
         self.ns.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The path an inode names now. A detached inode (unlinked or replaced
-    /// since it was opened) names none: ESTALE, as NFS reports it.
-    fn path_of(&self, ino: INodeNo) -> Result<String, Errno> {
-        match self.inodes().resolve(ino.0) {
-            Resolved::Path(p) => Ok(p.to_string()),
-            Resolved::Detached | Resolved::OldTerm | Resolved::Unknown => Err(Errno::ESTALE),
-        }
-    }
-
-    /// The path of `name` in directory `parent`, checked as the engine checks paths.
-    fn child_of(&self, parent: INodeNo, name: &OsStr) -> Result<String, Errno> {
-        let name = name.to_str().ok_or(Errno::EINVAL)?;
-        if name.contains('/') {
-            return Err(Errno::EINVAL);
-        }
-        let dir = self.path_of(parent)?;
-        let path = if dir.is_empty() { name.to_string() } else { format!("{dir}/{name}") };
-        RelPath::new(&path).map_err(|e| path_errno(&e))?;
-        Ok(path)
-    }
-
     fn attr(&self, ino: u64, md: &Metadata) -> FileAttr {
         let kind = super::local::kind_of_mode(md.mode());
         FileAttr {
@@ -157,49 +137,6 @@ impl FilerepFs {
             blksize: self.bs as u32,
             flags: 0,
         }
-    }
-
-    /// Stat `path` locally and hand the kernel a reference to its inode.
-    /// Callers hold the namespace lock (shared or exclusive).
-    fn entry(&self, path: &str) -> Result<FileAttr, Errno> {
-        loop {
-            // The length handed out must be of the term the inode number
-            // is: with the write-back cache the kernel keeps it for the
-            // whole term. A role change during the stat: stat again.
-            let term = self.changes.term();
-            let md = self.root.metadata(path).map_err(|e| io_errno(&e))?;
-            let mut t = self.inodes();
-            if !self.write_back || t.term() == term {
-                let ino = t.lookup(path);
-                return Ok(self.attr(ino, &md));
-            }
-        }
-    }
-
-    /// How inode `ino` is opened: with the kernel's cached pages of it kept
-    /// (`FOPEN_KEEP_CACHE`) while the segment acts as primary — its inodes
-    /// are of this term (`inodes.rs`), in which only this mount changed the
-    /// files — so a database's reads after reopening a file it wrote (a
-    /// vacuum, an index build) come from memory, not one request each, and
-    /// dirty pages are not written back at every open. Otherwise the kernel
-    /// drops them and reads the file afresh.
-    fn open_flags(&self, ino: u64) -> FopenFlags {
-        let t = self.inodes();
-        if matches!(t.term(), Term::In(_)) && matches!(t.resolve(ino), Resolved::Path(_)) {
-            FopenFlags::FOPEN_KEEP_CACHE
-        } else {
-            FopenFlags::empty()
-        }
-    }
-
-    /// The inode table, in the files' current term: a new term (a role
-    /// change) renumbers it first (`inodes.rs`).
-    fn inodes(&self) -> MutexGuard<'_, Inodes> {
-        let mut t = lock(&self.inodes);
-        if self.write_back {
-            t.enter(self.changes.term());
-        }
-        t
     }
 
     fn handle(&self, fh: FileHandle) -> Option<Arc<Handle>> {
@@ -593,14 +530,10 @@ impl fuser::Filesystem for FilerepFs {
             };
         }
         let _ns = self.ns_shared();
-        let path = match self.inodes().resolve(ino.0) {
-            Resolved::Path(p) => p.to_string(),
-            // Learned before a role change: what was sent of it then may
-            // not be durable on both hosts, and nothing can make it so now.
-            Resolved::OldTerm => return reply.error(Errno::EIO),
-            // Unlinked or replaced while open: no name is left whose data
-            // could be lost, and every write to it was refused.
-            Resolved::Detached | Resolved::Unknown => return reply.ok(),
+        let path = match self.to_sync(ino) {
+            Ok(Some(p)) => p,
+            Ok(None) => return reply.ok(),
+            Err(e) => return reply.error(e),
         };
         let fs = self.fs;
         match self.changes.sync(fs, &path) {
@@ -657,11 +590,9 @@ impl fuser::Filesystem for FilerepFs {
         // changed (its parent) is synced with the rest, from the root.
         self.held.settle();
         let _ns = self.ns_shared();
-        let dir = match self.inodes().resolve(ino.0) {
-            Resolved::Path(p) => p.to_string(),
-            // As for a file (fsync): a role change came since it was learned.
-            Resolved::OldTerm => return reply.error(Errno::EIO),
-            Resolved::Detached | Resolved::Unknown => String::new(),
+        let dir = match self.to_sync(ino) {
+            Ok(p) => p.unwrap_or_default(),
+            Err(e) => return reply.error(e),
         };
         let fs = self.fs;
         match self.changes.sync_dir(fs, &dir) {

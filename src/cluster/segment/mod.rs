@@ -694,7 +694,6 @@ impl Shared {
         true
     }
 
-    /// The acting primary this segment hosts, for one storage call.
     /// This process's current term as the acting primary (see
     /// `primary_terms`), or None when it is not the acting primary.
     pub(crate) fn primary_term(&self) -> Option<u64> {
@@ -708,6 +707,7 @@ impl Shared {
         }
     }
 
+    /// The acting primary this segment hosts, for one storage call.
     pub(crate) fn acting_primary(&self) -> Result<Arc<Primary>> {
         let fault = lock(&self.fault).clone();
         if let Some(why) = fault {
