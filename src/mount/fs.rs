@@ -258,10 +258,14 @@ impl fuser::Filesystem for FilerepFs {
         _flags: Option<BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        self.held.settle_file(ino.0);
         // Modes, owners and times are accepted and not stored: the engine
-        // replicates contents and names only (docs/mount.md).
+        // replicates contents and names only (docs/mount.md). So only a
+        // length change sends the file's held writes; any other change
+        // answers as getattr does. With the write-back cache the kernel
+        // sends the times it keeps between a commit's write and its fsync:
+        // settling there would part the write from the sync it goes with.
         if let Some(size) = size {
+            self.held.settle_file(ino.0);
             let _ns = self.ns_shared();
             let path = match self.path_of(ino) {
                 Ok(p) => p,
@@ -272,8 +276,9 @@ impl fuser::Filesystem for FilerepFs {
                 return reply.error(self.failed("set_len", &path, &e));
             }
         }
+        let held_end = self.held.held_end(ino.0);
         match self.stat(ino, fh) {
-            Ok(attr) => reply.attr(&TTL, &attr),
+            Ok(attr) => reply.attr(&TTL, &with_held_length(attr, held_end)),
             Err(e) => reply.error(e),
         }
     }
