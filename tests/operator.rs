@@ -508,3 +508,27 @@ fn a_mirror_file_of_a_hundred_thousand_lines_is_answered_at_once() {
     assert!(err.lines().count() <= 53, "the message stays readable: {} lines", err.lines().count());
     assert!(!t.join("m").exists(), "nothing was made");
 }
+
+/// `filerep compare ... | head`: the reader stops reading. The command's
+/// output stops; the command does not panic, and its exit status is still
+/// its answer (1: the copies differ).
+#[test]
+fn output_to_a_closed_pipe_stops_the_output_not_the_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    for (d, bytes) in [(&a, b"primary"), (&b, b"mirror!")] {
+        std::fs::create_dir(d).unwrap();
+        std::fs::write(d.join("f"), bytes).unwrap();
+    }
+    let (reader, writer) = nix::unistd::pipe().unwrap();
+    drop(reader);
+    let spec = format!("fs={}={}", a.display(), b.display());
+    let out = Command::new(env!("CARGO_BIN_EXE_filerep"))
+        .args(["compare", "--filespace", &spec])
+        .stdout(std::process::Stdio::from(writer))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "the copies differ: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

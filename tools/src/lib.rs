@@ -11,5 +11,6 @@ pub mod bench_probe;
 pub mod bench_resync;
 pub mod cluster;
 pub mod cpu;
+pub mod output;
 pub mod process;
 pub mod workload;

@@ -1,6 +1,10 @@
 //! The `filerep` command: thin wrappers that parse arguments, call the
 //! library and print.
 
+// `outln!`: operator output that a closed pipe stops instead of panicking.
+#[macro_use]
+extern crate filerep_tools;
+
 mod cli;
 
 use cli::{catalog, cluster, demo, mount, ops, recover, state, verify};
@@ -364,7 +368,7 @@ fn run_mirror(c: MirrorCmd) -> CmdResult {
     let stop = filerep::io::admission::Stop::new()?;
     stop_on_signals(&stop)?;
     tracing::info!(%addr, backend = server.disk_name(), "mirror ready");
-    println!("{}{addr}", filerep_tools::process::READY_PREFIX);
+    outln!("{}{addr}", filerep_tools::process::READY_PREFIX);
     server.serve(&listener, &stop)?;
     Ok(ExitCode::SUCCESS)
 }
@@ -385,7 +389,7 @@ fn run_bench(c: BenchCmd) -> CmdResult {
     if let Some(max) = c.probe_round {
         let rows = filerep_tools::bench_probe::run(max, &dir)?;
         if c.json {
-            println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "probe_rounds": rows }))?);
+            outln!("{}", serde_json::to_string_pretty(&serde_json::json!({ "probe_rounds": rows }))?);
         } else {
             let body: Vec<Vec<String>> = rows
                 .iter()
@@ -421,11 +425,14 @@ fn run_bench(c: BenchCmd) -> CmdResult {
         };
         let r = filerep_tools::bench_cluster::run(&cc)?;
         if c.json {
-            println!("{}", serde_json::to_string_pretty(&r)?);
+            outln!("{}", serde_json::to_string_pretty(&r)?);
         } else {
-            println!(
+            outln!(
                 "{} mirrored segments over {} hosts, {} MiB each, {} history entries",
-                r.segments, r.hosts, r.mib_per_segment, r.history_entries
+                r.segments,
+                r.hosts,
+                r.mib_per_segment,
+                r.history_entries
             );
             for (what, v) in [
                 ("addmirrors (s)", r.addmirrors_s),
@@ -438,7 +445,7 @@ fn run_bench(c: BenchCmd) -> CmdResult {
                 ("hung host: every pair taken over (s)", r.hung_host_takeover_s),
                 ("state --json while hung (s)", r.state_json_hung_s),
             ] {
-                println!("{what:<40} {v:>8.2}");
+                outln!("{what:<40} {v:>8.2}");
             }
         }
         return Ok(ExitCode::SUCCESS);
@@ -497,11 +504,11 @@ fn run_bench(c: BenchCmd) -> CmdResult {
         };
         let r = filerep_tools::bench_resync::run(&rc)?;
         if c.json {
-            println!("{}", serde_json::to_string_pretty(&r)?);
+            outln!("{}", serde_json::to_string_pretty(&r)?);
         } else {
             let gib = r.data_bytes as f64 / (1u64 << 30) as f64;
-            println!("data set: {gib:.1} GiB in {} files of {} B blocks", r.files, r.block_size);
-            println!("{:<40} {:>10}", "", "seconds");
+            outln!("data set: {gib:.1} GiB in {} files of {} B blocks", r.files, r.block_size);
+            outln!("{:<40} {:>10}", "", "seconds");
             for (what, s) in [
                 ("incremental resync, 1 % changed", r.incremental_1pct_s),
                 ("rsync -a --inplace --no-whole-file, 1 %", r.rsync_inplace_1pct_s),
@@ -511,14 +518,15 @@ fn run_bench(c: BenchCmd) -> CmdResult {
                 ("rsync -a -W into an empty directory", r.rsync_whole_s),
                 ("the same, then syncfs (durable)", r.rsync_whole_sync_s),
             ] {
-                println!("{what:<40} {s:>10.2}");
+                outln!("{what:<40} {s:>10.2}");
             }
-            println!("1 %: {:.1}x faster than rsync --inplace (target 20x)", r.speedup_1pct);
-            println!(
+            outln!("1 %: {:.1}x faster than rsync --inplace (target 20x)", r.speedup_1pct);
+            outln!(
                 "full: {:.2}x faster than rsync -W, {:.2}x faster than rsync -W and a sync (target 1.5x)",
-                r.speedup_full, r.speedup_full_sync
+                r.speedup_full,
+                r.speedup_full_sync
             );
-            println!(
+            outln!(
                 "full: {:.0} MB/s, {:.2} of the disk's sequential write rate ({:.0} MB/s, O_DIRECT, 1 MiB x 32; target 0.8)",
                 r.full_resync_mb_s, r.full_over_disk, r.disk_seq_write_mb_s
             );
@@ -528,53 +536,62 @@ fn run_bench(c: BenchCmd) -> CmdResult {
     if c.mirror_down {
         let r = filerep_tools::bench_mirror_down::run_mirror_down(&cfg)?;
         if c.json {
-            println!("{}", serde_json::to_string_pretty(&r)?);
+            outln!("{}", serde_json::to_string_pretty(&r)?);
         } else {
-            println!("{:<34} {:>12} {:>16} {:>8}", "", "local only", "change tracking", "ratio");
-            println!(
+            outln!("{:<34} {:>12} {:>16} {:>8}", "", "local only", "change tracking", "ratio");
+            outln!(
                 "{:<34} {:>12.1} {:>16.1} {:>8.2}",
-                "throughput (MB/s)", r.local_mb_s, r.change_tracking_mb_s, r.ratio
+                "throughput (MB/s)",
+                r.local_mb_s,
+                r.change_tracking_mb_s,
+                r.ratio
             );
-            println!(
-                "{:<34} {:>12.0} {:>16.0}",
-                "write p50 (us)", r.local_write_p50_us, r.change_tracking_write_p50_us
-            );
-            println!(
+            outln!("{:<34} {:>12.0} {:>16.0}", "write p50 (us)", r.local_write_p50_us, r.change_tracking_write_p50_us);
+            outln!(
                 "change-log: {} distinct blocks, {} bytes, {} after compaction ({:.1} bytes a block)",
                 r.changelog_distinct_blocks,
                 r.changelog_bytes,
                 r.changelog_bytes_after_compaction,
                 r.changelog_bytes_after_compaction as f64 / r.changelog_distinct_blocks.max(1) as f64
             );
-            println!("io backend: {}", r.io_backend);
+            outln!("io backend: {}", r.io_backend);
         }
         return Ok(ExitCode::SUCCESS);
     }
     let r = filerep_tools::bench::run(&cfg)?;
     if c.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+        outln!("{}", serde_json::to_string_pretty(&r)?);
     } else {
         let baseline = if r.baseline_copies == 1 { "one copy" } else { "baseline" };
-        println!("{:<34} {:>12} {:>12} {:>8}", "", baseline, "replicated", "ratio");
-        println!(
+        outln!("{:<34} {:>12} {:>12} {:>8}", "", baseline, "replicated", "ratio");
+        outln!(
             "{:<34} {:>12.1} {:>12.1} {:>8.2}",
-            "throughput (MB/s)", r.baseline_double_write_mb_s, r.replicated_mb_s, r.throughput_ratio
+            "throughput (MB/s)",
+            r.baseline_double_write_mb_s,
+            r.replicated_mb_s,
+            r.throughput_ratio
         );
-        println!("{:<34} {:>12.0} {:>12.0}", "blocks/s", r.baseline_blocks_s, r.replicated_blocks_s);
-        println!("{:<34} {:>12.0} {:>12.0}", "write p50 (us)", r.baseline_write_p50_us, r.write_p50_us);
-        println!("{:<34} {:>12.0} {:>12.0}", "write p99 (us)", r.baseline_write_p99_us, r.write_p99_us);
-        println!("{:<34} {:>12} {:>12.0}", "write p99.9 (us)", "", r.write_p999_us);
-        println!(
+        outln!("{:<34} {:>12.0} {:>12.0}", "blocks/s", r.baseline_blocks_s, r.replicated_blocks_s);
+        outln!("{:<34} {:>12.0} {:>12.0}", "write p50 (us)", r.baseline_write_p50_us, r.write_p50_us);
+        outln!("{:<34} {:>12.0} {:>12.0}", "write p99 (us)", r.baseline_write_p99_us, r.write_p99_us);
+        outln!("{:<34} {:>12} {:>12.0}", "write p99.9 (us)", "", r.write_p999_us);
+        outln!(
             "{:<34} {:>12.0} {:>12.0} {:>8.2}",
-            "fdatasync / flush p50 (us)", r.local_fdatasync_p50_us, r.flush_p50_us, r.flush_ratio
+            "fdatasync / flush p50 (us)",
+            r.local_fdatasync_p50_us,
+            r.flush_p50_us,
+            r.flush_ratio
         );
-        println!("{:<34} {:>12.0} {:>12.0}", "fdatasync / flush p99 (us)", r.local_fdatasync_p99_us, r.flush_p99_us);
-        println!(
+        outln!("{:<34} {:>12.0} {:>12.0}", "fdatasync / flush p99 (us)", r.local_fdatasync_p99_us, r.flush_p99_us);
+        outln!(
             "{:<34} {:>12.1} {:>12.1} {:>8.2}",
-            "CPU per block, machine (us)", r.baseline_cpu_us_per_block, r.replicated_cpu_us_per_block, r.cpu_ratio
+            "CPU per block, machine (us)",
+            r.baseline_cpu_us_per_block,
+            r.replicated_cpu_us_per_block,
+            r.cpu_ratio
         );
         match r.replicated_mirror_cpu_us_per_block {
-            Some(m) => println!(
+            Some(m) => outln!(
                 "{:<34} {:>12} {:>12.1} (primary process {:.1}, mirror daemon {:.1})",
                 "",
                 "",
@@ -582,33 +599,38 @@ fn run_bench(c: BenchCmd) -> CmdResult {
                 r.replicated_primary_cpu_us_per_block,
                 m
             ),
-            None => println!(
+            None => outln!(
                 "{:<34} {:>12} {:>12.1} (primary process; the mirror's host is not counted)",
-                "", "", r.replicated_primary_cpu_us_per_block
+                "",
+                "",
+                r.replicated_primary_cpu_us_per_block
             ),
         }
-        println!(
+        outln!(
             "{:<34} {:>12} {:>12.1} ({:.3}% over the payload)",
-            "wire bytes per block", "", r.wire_bytes_per_block, r.wire_overhead_pct
+            "wire bytes per block",
+            "",
+            r.wire_bytes_per_block,
+            r.wire_overhead_pct
         );
         if let Some(p) = r.pinned_ratio {
-            println!("pinned (primary on CPU 0, mirror on CPU 1): {p:.2} of one copy's throughput");
+            outln!("pinned (primary on CPU 0, mirror on CPU 1): {p:.2} of one copy's throughput");
         }
         if let Some(d) = r.direct_ratio {
-            println!("O_DIRECT on every side: replicated is {d:.2} of the baseline's throughput");
+            outln!("O_DIRECT on every side: replicated is {d:.2} of the baseline's throughput");
         }
         if let (Some(mb), Some(ratio), Some(cpu), Some(of)) =
             (r.bare_mb_s, r.bare_ratio, r.bare_cpu_us_per_block, r.replicated_over_bare)
         {
-            println!(
+            outln!(
                 "bare pair (copies, sends and waits only): {mb:.1} MB/s, {ratio:.2} of the baseline, \
                  {cpu:.1} us CPU per block; replicated is {of:.2} of it"
             );
         }
         if let (Some(m), Some(n), Some(x)) = (&r.mirror, r.network_mb_s, r.remote_ratio) {
-            println!("mirror at {m}: network {n:.1} MB/s; replicated is {x:.2} of min(local disk, network)");
+            outln!("mirror at {m}: network {n:.1} MB/s; replicated is {x:.2} of min(local disk, network)");
         }
-        println!("io backend: {}", r.io_backend);
+        outln!("io backend: {}", r.io_backend);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -637,7 +659,7 @@ fn run_sim(c: SimCmd) -> CmdResult {
         bar.inc(1);
     }
     bar.finish_and_clear();
-    println!("{} seeds passed ({} frames) in {:.1} s", seeds.len(), frames, start.elapsed().as_secs_f64());
+    outln!("{} seeds passed ({} frames) in {:.1} s", seeds.len(), frames, start.elapsed().as_secs_f64());
     Ok(ExitCode::SUCCESS)
 }
 
@@ -682,30 +704,30 @@ fn run_fault_sim(c: &SimCmd, seeds: &[u64]) -> CmdResult {
         bar.inc(1);
     }
     bar.finish_and_clear();
-    println!(
+    outln!(
         "{ran} fault schedules, {} calls ({} succeeded) in {:.1} s",
         total.operations,
         total.acked,
         start.elapsed().as_secs_f64()
     );
-    println!("faults that fired:");
+    outln!("faults that fired:");
     for k in FaultKind::all() {
-        println!("  {:<44} {:>8}", k.to_string(), total.faults.get(&k).copied().unwrap_or(0));
+        outln!("  {:<44} {:>8}", k.to_string(), total.faults.get(&k).copied().unwrap_or(0));
     }
-    println!("outcomes:");
+    outln!("outcomes:");
     for (k, v) in &total.outcomes {
-        println!("  {k:<62} {v:>8}");
+        outln!("  {k:<62} {v:>8}");
     }
-    println!("the primary engine's commands carried out (what the schedules exercised):");
+    outln!("the primary engine's commands carried out (what the schedules exercised):");
     for (k, v) in &total.commands {
-        println!("  {k:<30} {v:>10}");
+        outln!("  {k:<30} {v:>10}");
     }
-    println!("events fed to it:");
+    outln!("events fed to it:");
     for (k, v) in &total.events {
-        println!("  {k:<30} {v:>10}");
+        outln!("  {k:<30} {v:>10}");
     }
     let resync = &total.resync;
-    println!(
+    outln!(
         "resync engine: {} runs, {} completed, {} interrupted by their fault; {} paths, {} blocks ({} bytes) \
          shipped or compared, {} compared equal, {} extra passes over what renames moved ({} with renames held); \
          {} calls by writers while a resync ran",
@@ -748,7 +770,7 @@ fn run_compare(c: CompareCmd) -> CmdResult {
         specs.iter().map(|(n, a, b)| (n.clone(), a.as_path(), b.as_path())).collect();
     let cmp = filerep::verify::compare(&refs)?;
     if c.json {
-        println!("{}", serde_json::to_string_pretty(&cmp)?);
+        outln!("{}", serde_json::to_string_pretty(&cmp)?);
     } else {
         demo::print_comparison(&cmp, usize::MAX);
     }

@@ -90,7 +90,7 @@ pub fn run(c: CatalogCmd) -> Result<ExitCode, String> {
                 None => Catalog::load(&path),
             }
             .map_err(|e| e.to_string())?;
-            println!("{}", serde_json::to_string_pretty(&cat).map_err(|e| e.to_string())?);
+            outln!("{}", serde_json::to_string_pretty(&cat).map_err(|e| e.to_string())?);
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -100,10 +100,10 @@ fn check(which: &Which) -> Result<ExitCode, String> {
     let (dir, path) = which.resolve()?;
     let mut bad = 0;
     let mut say = |what: String, r: Result<String, String>| match r {
-        Ok(fine) => println!("{what}: {fine}"),
+        Ok(fine) => outln!("{what}: {fine}"),
         Err(e) => {
             bad += 1;
-            println!("{what}: {e}");
+            outln!("{what}: {e}");
         }
     };
     let on_coordinator = coordinated(&dir).map(|(_, f)| f.coordinator.unwrap_or_default());
@@ -182,7 +182,7 @@ fn history(catalog: &Path) {
             "{n} of the last {expected} changes read (the rest is damaged or missing; the history only informs,              and the catalog's next change cuts the file back to what reads)"
         ),
     };
-    println!("{}: {state}", file.display());
+    outln!("{}: {state}", file.display());
 }
 
 fn how(dir: &Option<ClusterDir>, path: &Path) -> String {
@@ -197,7 +197,7 @@ fn restore(which: &Which, rebuild: bool, primaries: &BTreeMap<u32, u32>) -> Resu
     let Some(dir) = dir else {
         // A lone catalog: its last good copy, or nothing.
         if Catalog::load(&path).is_ok() {
-            println!("{}: whole: nothing to restore", path.display());
+            outln!("{}: whole: nothing to restore", path.display());
             return Ok(ExitCode::SUCCESS);
         }
         let _lock = FileStore::lock(&path).map_err(|e| format!("{}; stop the arbiter first", e.cause()))?;
@@ -206,12 +206,12 @@ fn restore(which: &Which, rebuild: bool, primaries: &BTreeMap<u32, u32>) -> Resu
         Catalog::from_bytes(&bytes)
             .map_err(|why| format!("the last good copy {} is not whole either: {why}", good.display()))?;
         sealed::replace(&path, &bytes).map_err(|e| format!("writing {}: {e}", path.display()))?;
-        println!("{}: put back from its last good copy", path.display());
+        outln!("{}: put back from its last good copy", path.display());
         return Ok(ExitCode::SUCCESS);
     };
     let r = cluster::restore(&dir, rebuild, primaries).map_err(|e| e.to_string())?;
     for line in r.done.iter().chain(&r.notes) {
-        println!("{line}");
+        outln!("{line}");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -228,7 +228,7 @@ fn seal(which: &Which) -> Result<ExitCode, String> {
             let file: cluster::ClusterFile =
                 serde_json::from_slice(&json).map_err(|e| format!("{}: {e}", dir.cluster_file().display()))?;
             dir.write_cluster_file(&file).map_err(|e| e.to_string())?;
-            println!("{}: sealed", dir.cluster_file().display());
+            outln!("{}: sealed", dir.cluster_file().display());
         }
         let segments = dir.root.join("segments");
         for e in std::fs::read_dir(&segments).map_err(|e| format!("{}: {e}", segments.display()))?.flatten() {
@@ -236,7 +236,7 @@ fn seal(which: &Which) -> Result<ExitCode, String> {
             if p.extension().is_some_and(|x| x == "json") && plain(&p)?.is_some() {
                 let cfg = filerep::cluster::segment::SegmentConfig::load(&p).map_err(|e| e.to_string())?;
                 dir.write_segment(&cfg).map_err(|e| e.to_string())?;
-                println!("{}: sealed", p.display());
+                outln!("{}: sealed", p.display());
             }
         }
     }
@@ -250,9 +250,9 @@ fn seal(which: &Which) -> Result<ExitCode, String> {
                 Catalog::from_json(&json).map_err(|why| format!("{}: {why}; fix it, then seal it", path.display()))?;
             let _lock = FileStore::lock(&path).map_err(|e| format!("{}; stop the arbiter first", e.cause()))?;
             cat.store(&path).map_err(|e| e.to_string())?;
-            println!("{}: sealed", path.display());
+            outln!("{}: sealed", path.display());
         }
-        None => println!("{}: already sealed", path.display()),
+        None => outln!("{}: already sealed", path.display()),
     }
     Ok(ExitCode::SUCCESS)
 }

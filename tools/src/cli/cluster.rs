@@ -244,6 +244,6 @@ pub fn run_arbiter(c: ArbiterCmd) -> Result<(), String> {
     let arb = ArbiterProcess::open(cfg).map_err(|e| e.to_string())?;
     stop_on_signals(&arb.stop_signal())?;
     let addr = arb.local_addr().map_err(|e| e.to_string())?;
-    println!("{ARBITER_READY}{addr}");
+    outln!("{ARBITER_READY}{addr}");
     arb.run().map_err(|e| e.to_string())
 }

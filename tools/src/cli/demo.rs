@@ -52,19 +52,19 @@ fn show(e: &Option<Entry>) -> (String, String) {
 }
 
 pub fn print_comparison(cmp: &Comparison, rows: usize) {
-    println!("{:<10} {:<36} {:>10} {:<16} {:<16} status", "filespace", "path", "bytes", "primary xxh3", "mirror xxh3");
+    outln!("{:<10} {:<36} {:>10} {:<16} {:<16} status", "filespace", "path", "bytes", "primary xxh3", "mirror xxh3");
     for (i, r) in cmp.rows.iter().enumerate() {
         if i >= rows {
-            println!("... {} more rows", cmp.rows.len() - rows);
+            outln!("... {} more rows", cmp.rows.len() - rows);
             break;
         }
         let (len, ph) = show(&r.primary);
         let (mlen, mh) = show(&r.mirror);
         let status = if r.identical() { "identical" } else { "DIFFERENT" };
         let size = if r.primary.is_some() { len } else { mlen };
-        println!("{:<10} {:<36} {:>10} {:<16} {:<16} {}", r.filespace, r.path, size, ph, mh, status);
+        outln!("{:<10} {:<36} {:>10} {:<16} {:<16} {}", r.filespace, r.path, size, ph, mh, status);
     }
-    println!(
+    outln!(
         "{} files, {} directories, {} bytes compared: {}",
         cmp.files,
         cmp.dirs,
@@ -106,14 +106,14 @@ pub fn run(c: DemoCmd) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let hex: String = material.iter().map(|b| format!("{b:02x}")).collect();
     std::fs::write(&key_file, &hex)?;
 
-    println!(
+    outln!(
         "filerep demo: seed {seed}, {} writers x {} operations, {} B blocks, sync level {}",
         c.writers,
         c.ops,
         c.block_size,
         sync_level.name()
     );
-    println!(
+    outln!(
         "data under {} ({})",
         root.display(),
         if c.keep { "kept afterwards" } else { "removed at the end; --keep keeps it" }
@@ -133,7 +133,7 @@ pub fn run(c: DemoCmd) -> Result<ExitCode, Box<dyn std::error::Error>> {
             extra: if c.std_io { vec!["--std-io".into()] } else { vec![] },
         },
     )?;
-    println!("mirror daemon: pid {} listening on {}", mirror.pid, mirror.addr);
+    outln!("mirror daemon: pid {} listening on {}", mirror.pid, mirror.addr);
     let stream = std::net::TcpStream::connect(mirror.addr)?;
     let primary = Arc::new(Primary::start(
         PrimaryConfig {
@@ -149,7 +149,7 @@ pub fn run(c: DemoCmd) -> Result<ExitCode, Box<dyn std::error::Error>> {
         filerep::io::net::tcp(stream)?,
         &mirror.addr.to_string(),
     )?);
-    println!("primary: handshake done, streaming\n");
+    outln!("primary: handshake done, streaming\n");
 
     let started = Instant::now();
     let report = workload::run(&primary, &WorkloadConfig { writers: c.writers, ops_per_writer: c.ops, seed })?;
@@ -159,13 +159,13 @@ pub fn run(c: DemoCmd) -> Result<ExitCode, Box<dyn std::error::Error>> {
     drop(primary);
     let status = mirror.stop()?;
 
-    println!("{:<14} {:>10}", "operation", "count");
+    outln!("{:<14} {:>10}", "operation", "count");
     for (k, v) in &report.by_kind {
-        println!("{k:<14} {v:>10}");
+        outln!("{k:<14} {v:>10}");
     }
-    println!("{:<14} {:>10}\n", "total", report.operations);
+    outln!("{:<14} {:>10}\n", "total", report.operations);
     let payload = stats.payload_bytes as f64;
-    println!(
+    outln!(
         "shipped {} frames in {} batches, {:.1} MiB on the wire for {:.1} MiB of payload ({:.2}% overhead)",
         stats.frames_sent,
         stats.batches_sent,
@@ -173,7 +173,7 @@ pub fn run(c: DemoCmd) -> Result<ExitCode, Box<dyn std::error::Error>> {
         payload / 1048576.0,
         (stats.wire_bytes_sent as f64 - payload) / payload.max(1.0) * 100.0
     );
-    println!(
+    outln!(
         "{} operations in {:.2} s: {:.0} ops/s, {:.1} MB/s of payload; last sequence {last}, durable on the mirror through {}",
         report.operations,
         elapsed.as_secs_f64(),
@@ -181,7 +181,7 @@ pub fn run(c: DemoCmd) -> Result<ExitCode, Box<dyn std::error::Error>> {
         payload / 1e6 / elapsed.as_secs_f64(),
         stats.acked_durable
     );
-    println!("mirror daemon stopped: {status}\n");
+    outln!("mirror daemon stopped: {status}\n");
 
     let refs: Vec<(String, &std::path::Path, &std::path::Path)> =
         primary_fs.iter().zip(&mirror_fs).map(|(p, m)| (p.name.clone(), p.root.as_path(), m.root.as_path())).collect();
@@ -189,7 +189,7 @@ pub fn run(c: DemoCmd) -> Result<ExitCode, Box<dyn std::error::Error>> {
     print_comparison(&cmp, if c.rows == 0 { usize::MAX } else { c.rows });
     if c.keep {
         let kept = tmp.keep();
-        println!("kept {}", kept.display());
+        outln!("kept {}", kept.display());
     }
     Ok(if cmp.identical() && cmp.files > 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }

@@ -80,7 +80,7 @@ pub fn run(c: MountCmd) -> Result<(), String> {
             }
         })
         .map_err(|e| format!("cannot start the signal thread: {e}"))?;
-    println!("{MOUNT_READY}{}", session.mountpoint().display());
+    outln!("{MOUNT_READY}{}", session.mountpoint().display());
     let r = session.run().map_err(|e| e.to_string());
     signals_handle.close();
     r

@@ -180,7 +180,7 @@ pub fn init(c: InitCmd) -> Result<ExitCode, String> {
     let dir = ClusterDir::new(absolute(&c.cluster_dir)?);
     let made = cluster::init(&dir, &spec).map_err(|e| e.to_string())?;
     let cat = &made.catalog;
-    println!(
+    outln!(
         "cluster created in {}: {} contents ({} with mirrors) on {} hosts; start it with: filerep start --cluster-dir {}",
         dir.root.display(),
         cat.pairs.len() + cat.unmirrored.len(),
@@ -212,9 +212,9 @@ pub fn start(c: StartCmd) -> Result<ExitCode, String> {
     let dir = c.cluster.dir()?;
     let r = cluster::start(&dir, &exe()?, c.host.as_deref()).map_err(|e| e.to_string())?;
     if c.json {
-        println!("{}", serde_json::to_string(&r).map_err(|e| e.to_string())?);
+        outln!("{}", serde_json::to_string(&r).map_err(|e| e.to_string())?);
     } else {
-        println!(
+        outln!(
             "started {} segments{}{}",
             r.started.len(),
             if r.arbiters.is_empty() {
@@ -248,9 +248,9 @@ pub fn stop(c: StopCmd) -> Result<ExitCode, String> {
     let dir = c.cluster.dir()?;
     let r = cluster::stop(&dir, c.host.as_deref()).map_err(|e| e.to_string())?;
     if c.json {
-        println!("{}", serde_json::to_string(&r).map_err(|e| e.to_string())?);
+        outln!("{}", serde_json::to_string(&r).map_err(|e| e.to_string())?);
     } else {
-        println!(
+        outln!(
             "stopped {} segments{}{}",
             r.stopped.len(),
             if r.arbiter { " and the arbiter" } else { "" },

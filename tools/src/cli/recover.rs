@@ -217,9 +217,9 @@ pub fn run(mut c: RecoverCmd) -> Result<std::process::ExitCode, String> {
     for s in summaries {
         failed |= s.result != "synchronized";
         if c.json {
-            println!("{}", serde_json::to_string(&s).map_err(|e| e.to_string())?);
+            outln!("{}", serde_json::to_string(&s).map_err(|e| e.to_string())?);
         } else {
-            println!(
+            outln!(
                 "content {}: {} in {:.1} s ({} paths, {} blocks, {:.1} MiB shipped, {} extra passes); mode {}, generation {}",
                 s.content,
                 s.result,
@@ -402,11 +402,15 @@ fn rebalance(c: &RecoverCmd, watch: &Watch, cat: &Catalog) -> Result<std::proces
         };
         failed |= s.result != "rebalanced";
         if c.json {
-            println!("{}", serde_json::to_string(&s).map_err(|e| e.to_string())?);
+            outln!("{}", serde_json::to_string(&s).map_err(|e| e.to_string())?);
         } else {
-            println!(
+            outln!(
                 "content {}: {} in {:.1} s; mode {}, generation {}",
-                s.content, s.result, s.seconds, s.mode, s.generation
+                s.content,
+                s.result,
+                s.seconds,
+                s.mode,
+                s.generation
             );
         }
     }

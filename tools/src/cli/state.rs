@@ -139,7 +139,7 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) {
             .enumerate()
             .map(|(i, c)| format!("{c:<width$}", width = w.get(i).copied().unwrap_or(0)))
             .collect();
-        println!("{}", s.join("  ").trim_end());
+        outln!("{}", s.join("  ").trim_end());
     };
     line(headers.iter().map(|h| h.to_string()).collect());
     line(w.iter().map(|n| "-".repeat(*n)).collect());
@@ -221,10 +221,10 @@ fn arbiter_states(file: &cluster::ClusterFile, key: &filerep::protocol::handshak
 fn print_arbiters(arbiters: &[ArbiterState]) {
     for a in arbiters {
         let epoch = a.epoch.map(|e| format!(" (epoch {e})")).unwrap_or_default();
-        println!("  arbiter {}: {}{epoch}, {}", a.address, a.state, a.detail);
+        outln!("  arbiter {}: {}{epoch}, {}", a.address, a.state, a.detail);
     }
     if !arbiters.iter().any(|a| a.state == "acting") {
-        println!("  NO arbiter acts: nothing is promoted until one does (docs/operations.md, The coordinator on etcd)");
+        outln!("  NO arbiter acts: nothing is promoted until one does (docs/operations.md, The coordinator on etcd)");
     }
 }
 
@@ -239,7 +239,7 @@ pub fn run(c: StateCmd) -> Result<ExitCode, String> {
             // Which arbiter acts, and why none can, is the answer then.
             if c.json {
                 let v = serde_json::json!({"arbiters": arbiters, "coordinator": file.coordinator, "error": e});
-                println!("{}", serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?);
+                outln!("{}", serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?);
             } else {
                 print_arbiters(&arbiters);
             }
@@ -256,7 +256,7 @@ pub fn run(c: StateCmd) -> Result<ExitCode, String> {
             "coordinator": file.coordinator, "arbiters": arbiters,
             "segments": rows, "history_tail": cat.history.iter().rev().take(20).collect::<Vec<_>>(),
         });
-        println!("{}", serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?);
+        outln!("{}", serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?);
         return Ok(ExitCode::SUCCESS);
     }
     if c.catalog {
@@ -296,14 +296,14 @@ pub fn run(c: StateCmd) -> Result<ExitCode, String> {
             })
             .collect();
         table(&headers, &body);
-        println!("({} rows)", body.len());
+        outln!("({} rows)", body.len());
     } else if c.mirrors {
         let mirrors: Vec<&Row> = rows.iter().filter(|r| r.preferred_role == 'm').collect();
         if mirrors.is_empty() {
-            println!("no mirrors: add them with filerep addmirrors");
+            outln!("no mirrors: add them with filerep addmirrors");
             return Ok(ExitCode::SUCCESS);
         }
-        println!("Current mirror list and status (type = {})", file.placement.as_deref().unwrap_or("custom"));
+        outln!("Current mirror list and status (type = {})", file.placement.as_deref().unwrap_or("custom"));
         let body: Vec<Vec<String>> = mirrors
             .iter()
             .map(|r| {
@@ -398,7 +398,7 @@ pub fn run(c: StateCmd) -> Result<ExitCode, String> {
     } else {
         let count = |f: &dyn Fn(&Row) -> bool| rows.iter().filter(|r| f(r)).count();
         let contents = cat.pairs.len() + cat.unmirrored.len();
-        println!(
+        outln!(
             "cluster {:016x}: {} contents on {} hosts, arbiter {} ({})",
             cat.cluster_id,
             contents,

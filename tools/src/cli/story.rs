@@ -20,7 +20,7 @@ const OFFSET: u16 = 500;
 
 /// Run one `filerep` command as an operator would, showing it and its output.
 fn run(exe: &Path, args: &[&str]) -> Result<String, String> {
-    println!("\n$ filerep {}", args.join(" "));
+    outln!("\n$ filerep {}", args.join(" "));
     let out = Command::new(exe)
         .args(args)
         .env("FILEREP_LOG", "error")
@@ -28,7 +28,7 @@ fn run(exe: &Path, args: &[&str]) -> Result<String, String> {
         .map_err(|e| format!("running filerep {}: {e}", args[0]))?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     for line in text.lines().chain(String::from_utf8_lossy(&out.stderr).lines()) {
-        println!("  {line}");
+        outln!("  {line}");
     }
     if !out.status.success() {
         return Err(format!("filerep {} failed ({})", args.join(" "), out.status));
@@ -58,7 +58,7 @@ fn wait(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) -> Result<(
         }
         std::thread::sleep(Duration::from_millis(50)); // polling the arbiter's catalog
     }
-    println!("  ... {what} ({:.1} s)", start.elapsed().as_secs_f64());
+    outln!("  ... {what} ({:.1} s)", start.elapsed().as_secs_f64());
     Ok(())
 }
 
@@ -164,7 +164,7 @@ fn kill(dir: &ClusterDir, dbid: u32) -> Result<(), String> {
         .trim()
         .parse()
         .map_err(|e| format!("pid of dbid {dbid}: {e}"))?;
-    println!("\n$ kill -9 {pid}   # segment dbid {dbid}");
+    outln!("\n$ kill -9 {pid}   # segment dbid {dbid}");
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL)
         .map_err(|e| format!("kill {pid}: {e}"))
 }
@@ -177,8 +177,8 @@ pub fn run_story(block_size: u32, seed: u64, keep: bool) -> Result<ExitCode, Box
     let cd = cdir.display().to_string();
     let dir = ClusterDir::new(&cdir);
     let base = pick_base(seed)?;
-    println!("filerep demo: a mirrored cluster on this machine, seed {seed}; data under {}", root.display());
-    println!("hosts {} (loopback addresses), 2 segments each, {block_size} B blocks", HOSTS.join(", "));
+    outln!("filerep demo: a mirrored cluster on this machine, seed {seed}; data under {}", root.display());
+    outln!("hosts {} (loopback addresses), 2 segments each, {block_size} B blocks", HOSTS.join(", "));
     let fs0 = format!("pg_system={}", root.join("primary").display());
     let fs1 = format!("fs_fast={}", root.join("fast").display());
     let bs = block_size.to_string();
@@ -217,11 +217,11 @@ pub fn run_story(block_size: u32, seed: u64, keep: bool) -> Result<ExitCode, Box
     let catalog = || Catalog::load(&dir.catalog()).map_err(|e| e.to_string());
     let contents: Vec<u32> = catalog()?.unmirrored.iter().map(|s| s.content).collect();
 
-    println!("\n== a workload on every content, running through everything that follows");
+    outln!("\n== a workload on every content, running through everything that follows");
     let work = Workload::start(&dir, &contents, block_size);
     wait("the writers to get going", Duration::from_secs(20), || work.acked.load(Ordering::Relaxed) > 200)?;
 
-    println!("\n== add mirrors (group placement, port offset {OFFSET}) while the workload runs");
+    outln!("\n== add mirrors (group placement, port offset {OFFSET}) while the workload runs");
     let m0 = format!("pg_system={}", root.join("mirror").display());
     let m1 = format!("fs_fast={}", root.join("mirror_fast").display());
     let off = OFFSET.to_string();
@@ -242,14 +242,14 @@ pub fn run_story(block_size: u32, seed: u64, keep: bool) -> Result<ExitCode, Box
             &cfg,
         ],
     )?;
-    println!("\n$ cat {cfg}");
+    outln!("\n$ cat {cfg}");
     for line in std::fs::read_to_string(&cfg)?.lines() {
-        println!("  {line}");
+        outln!("  {line}");
     }
     run(&exe, &["addmirrors", "--cluster-dir", &cd, "-i", &cfg])?;
     run(&exe, &["state", "--cluster-dir", &cd, "-m"])?;
 
-    println!("\n== a mirror dies: its primary goes on alone, tracking changes");
+    outln!("\n== a mirror dies: its primary goes on alone, tracking changes");
     let cat = catalog()?;
     let pair0 = cat.pair(contents[0]).ok_or("content 0 has no pair")?;
     let mirror0 = pair0.pair.acting_mirror().dbid;
@@ -258,12 +258,12 @@ pub fn run_story(block_size: u32, seed: u64, keep: bool) -> Result<ExitCode, Box
         catalog().is_ok_and(|c| c.pair(contents[0]).is_some_and(|p| p.pair.mode == PairMode::ChangeTracking))
     })?;
     run(&exe, &["state", "--cluster-dir", &cd, "-m"])?;
-    println!("\n== the host is repaired: start the segment again and recover (incremental)");
+    outln!("\n== the host is repaired: start the segment again and recover (incremental)");
     run(&exe, &["start", "--cluster-dir", &cd])?;
     run(&exe, &["recover", "--cluster-dir", &cd])?;
     run(&exe, &["state", "--cluster-dir", &cd, "-m"])?;
 
-    println!("\n== a primary dies: its mirror is promoted and serves, tracking changes");
+    outln!("\n== a primary dies: its mirror is promoted and serves, tracking changes");
     let pair1 = catalog()?.pair(contents[1]).ok_or("content 1 has no pair")?.clone();
     let primary1 = pair1.pair.acting_primary().dbid;
     kill(&dir, primary1)?;
@@ -278,11 +278,11 @@ pub fn run_story(block_size: u32, seed: u64, keep: bool) -> Result<ExitCode, Box
         work.acked.load(Ordering::Relaxed) > before + 100
     })?;
     run(&exe, &["state", "--cluster-dir", &cd, "-m"])?;
-    println!("\n== the old primary returns as a mirror; recover makes it identical");
+    outln!("\n== the old primary returns as a mirror; recover makes it identical");
     run(&exe, &["start", "--cluster-dir", &cd])?;
     run(&exe, &["recover", "--cluster-dir", &cd])?;
     run(&exe, &["state", "--cluster-dir", &cd, "-m"])?;
-    println!("\n== rebalance: every segment back to its preferred role (an orderly switch)");
+    outln!("\n== rebalance: every segment back to its preferred role (an orderly switch)");
     run(&exe, &["recover", "--cluster-dir", &cd, "-r"])?;
     wait("the preferred roles", Duration::from_secs(30), || {
         catalog().is_ok_and(|c| {
@@ -294,10 +294,10 @@ pub fn run_story(block_size: u32, seed: u64, keep: bool) -> Result<ExitCode, Box
     })?;
     run(&exe, &["state", "--cluster-dir", &cd, "-m"])?;
 
-    println!("\n== verify every pair online, block by block, while the workload still runs");
+    outln!("\n== verify every pair online, block by block, while the workload still runs");
     run(&exe, &["verify", "--cluster-dir", &cd])?;
     let (acked, retried) = work.finish()?;
-    println!("\n== the workload: {acked} block writes acknowledged; {retried} calls retried on the new primary");
+    outln!("\n== the workload: {acked} block writes acknowledged; {retried} calls retried on the new primary");
     run(&exe, &["state", "--cluster-dir", &cd, "-s"])?;
     let cat = catalog()?;
     // Durable on both sides, then stopped in order, then compared.
@@ -311,7 +311,7 @@ pub fn run_story(block_size: u32, seed: u64, keep: bool) -> Result<ExitCode, Box
         }
     }
     run(&exe, &["stop", "--cluster-dir", &cd])?;
-    println!("\n== and once stopped, every pair's directories compared offline, file by file");
+    outln!("\n== and once stopped, every pair's directories compared offline, file by file");
     let mut differences = 0;
     for p in &cat.pairs {
         let dirs = |i: usize| -> Vec<(String, PathBuf)> {
@@ -325,7 +325,7 @@ pub fn run_story(block_size: u32, seed: u64, keep: bool) -> Result<ExitCode, Box
         let refs: Vec<(String, &Path, &Path)> =
             a.iter().zip(&b).map(|((n, x), (_, y))| (n.clone(), x.as_path(), y.as_path())).collect();
         let cmp = filerep::verify::compare(&refs)?;
-        println!(
+        outln!(
             "  content {}: {} files, {} bytes compared: {}",
             p.pair.content,
             cmp.files,
@@ -335,7 +335,7 @@ pub fn run_story(block_size: u32, seed: u64, keep: bool) -> Result<ExitCode, Box
         differences += cmp.differences;
     }
     if keep {
-        println!("kept {}", tmp.keep().display());
+        outln!("kept {}", tmp.keep().display());
     }
     Ok(if differences == 0 && acked > 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }

@@ -89,16 +89,16 @@ pub fn run(mut c: VerifyCmd) -> Result<std::process::ExitCode, String> {
         failed |= r.result == "error";
         differ |= r.summary.mismatches > 0;
         if c.json {
-            println!("{}", serde_json::to_string(&r).map_err(|e| e.to_string())?);
+            outln!("{}", serde_json::to_string(&r).map_err(|e| e.to_string())?);
             continue;
         }
         if !r.rows.is_empty() {
             if !rows_shown {
-                println!("{:<8} {:<12} {:<40} {:<18} {:<9} blocks", "content", "filespace", "path", "what", "repaired");
+                outln!("{:<8} {:<12} {:<40} {:<18} {:<9} blocks", "content", "filespace", "path", "what", "repaired");
                 rows_shown = true;
             }
             for m in &r.rows {
-                println!(
+                outln!(
                     "{:<8} {:<12} {:<40} {:<18} {:<9} {}",
                     content,
                     m.filespace,
@@ -109,13 +109,13 @@ pub fn run(mut c: VerifyCmd) -> Result<std::process::ExitCode, String> {
                 );
             }
             if r.rows_truncated {
-                println!("… more rows: the first {} are listed", r.rows.len());
+                outln!("… more rows: the first {} are listed", r.rows.len());
             }
         }
         let s = &r.summary;
         match &r.error {
-            Some(e) => println!("content {content}: not verified: {e}"),
-            None => println!(
+            Some(e) => outln!("content {content}: not verified: {e}"),
+            None => outln!(
                 "content {content}: {} in {:.1} s: {} files, {} directories, {} blocks ({:.1} MiB) compared; \
                  {} mismatches ({} blocks){}",
                 r.result,
