@@ -94,7 +94,9 @@ pub fn events(pair: &Pair, probes: &[(u32, Option<Seen>)]) -> Vec<Event> {
         // A faulted mirror whose primary could not tell the arbiter (cut
         // off from it) must not be promoted: it leaves the pair's sync
         // now, so a later loss of the primary is a double fault.
-        let mirror_faulted = seen(m.dbid).is_some_and(|s| s.acting == Acting::Mirror && s.faulted);
+        // (Idle: restarted, its state file still says its disk failed.)
+        let mirror_faulted =
+            seen(m.dbid).is_some_and(|s| matches!(s.acting, Acting::Mirror | Acting::Idle) && s.faulted);
         // A mirror whose host went down while it streamed says so once
         // back (idle, or serving again before its primary reconnected):
         // what it acknowledged as applied may be gone, so it leaves the
@@ -310,7 +312,8 @@ pub fn recover(pair: &Pair, mirror: Option<&Seen>, full: bool, bug: Option<Plant
     // ship only what the change-log names, and a comparison would find
     // those pages equal; only a full resync that ships every block again
     // rebuilds it.
-    let faulted = mirror.faulted && mirror.acting == Acting::Mirror;
+    // Idle: restarted and not yet given its role; its state file says.
+    let faulted = mirror.faulted && matches!(mirror.acting, Acting::Mirror | Acting::Idle);
     if faulted {
         if !full && bug != Some(PlantedBug::RebuildFaultedIncrementally) {
             return Recover::Refused(format!(
@@ -379,6 +382,12 @@ mod tests {
         let step = recover(&pair, Some(&faulted), false, None);
         assert!(matches!(&step, Recover::Refused(why) if why.contains("recover -F --content 7")), "{step:?}");
         assert_eq!(recover(&pair, Some(&faulted), true, None), Recover::RebuildMirror { dbid: 2 });
+        // Restarted and not yet given its role, it says so from its state
+        // file: the same answers, not an incremental resync it would refuse.
+        let idle = Seen { faulted: true, ..seen(2, Acting::Idle, 0).unwrap() };
+        let step = recover(&pair, Some(&idle), false, None);
+        assert!(matches!(&step, Recover::Refused(why) if why.contains("recover -F --content 7")), "{step:?}");
+        assert_eq!(recover(&pair, Some(&idle), true, None), Recover::RebuildMirror { dbid: 2 });
         // Rebuilt (it no longer says it faulted): the full resync.
         assert_eq!(recover(&pair, seen(2, Acting::Mirror, 1).as_ref(), true, None), Recover::Resync { full: true });
         assert_eq!(recover(&pair, seen(2, Acting::Mirror, 1).as_ref(), false, None), Recover::Resync { full: false });

@@ -101,7 +101,10 @@ impl World {
             return None;
         }
         let pending = node.log.as_ref().is_some_and(|l| !l.is_empty());
+        // As the segment process says it: a mirror's fault is in its state
+        // file, so a restarted (idle) or halted one still says it.
         let faulted = matches!(node.role, Role::Mirror { faulted: true, .. })
+            || (matches!(node.role, Role::Idle | Role::Halted) && node.mirror_fault)
             || (matches!(node.role, Role::Primary { .. })
                 && node.primary.as_ref().is_some_and(|s| s.engine.faulted().is_some()));
         let unheard = node.primary.as_ref().is_some_and(|s| s.engine.failed_unheard());

@@ -87,6 +87,12 @@ pub(crate) struct Shared {
     /// then kept as the mirror role sees it, for the probes of a segment
     /// that is not (or no longer) a mirror.
     lost_power_streaming: std::sync::atomic::AtomicBool,
+    /// Its mirror role's state file records a disk fault (rule 8): read at
+    /// start, then kept as the mirror role sees it, so a segment that is
+    /// not a mirror (just restarted, idle) still says its files are in
+    /// doubt: `filerep recover` then asks for the full resync at once, and
+    /// it is never promoted or restored as a primary meanwhile.
+    mirror_fault: Mutex<Option<String>>,
     /// How many times this process took the primary role (changed under
     /// the role lock): while it stays the same, nothing but this primary's
     /// own changes touched the filespaces, so a mount in this process may
@@ -192,10 +198,17 @@ impl Segment {
         // A mirror session this segment's host went down in the middle of:
         // it must say so until a new session streams (a state file that
         // cannot be read stops the mirror role when it starts, with why).
-        let cut = match crate::runtime::mirror::MirrorState::load(&cfg.state_dir) {
-            Ok(state) => crate::runtime::mirror::lost_power_since(state.streaming_boot.as_deref()),
-            Err(_) => false,
+        let (cut, mirror_fault) = match crate::runtime::mirror::MirrorState::load(&cfg.state_dir) {
+            Ok(state) => (crate::runtime::mirror::lost_power_since(state.streaming_boot.as_deref()), state.fault),
+            Err(_) => (false, None),
         };
+        if let Some(fault) = &mirror_fault {
+            tracing::warn!(
+                %fault,
+                "this segment faulted as mirror: its files are in doubt until a full resync rebuilds them \
+                 (filerep recover -F)"
+            );
+        }
         if cut {
             tracing::warn!(
                 "this segment's host went down while its mirror role streamed: it will not be promoted \
@@ -222,6 +235,7 @@ impl Segment {
             verify: Mutex::new(VerifyJob::default()),
             fault: Mutex::new(None),
             lost_power_streaming: std::sync::atomic::AtomicBool::new(cut),
+            mirror_fault: Mutex::new(mirror_fault),
             primary_terms: std::sync::atomic::AtomicU64::new(0),
         });
         Ok(Segment { shared, control, clients, metrics })
@@ -427,9 +441,13 @@ impl Shared {
         // A primary whose disk failed refuses every change: the arbiter
         // promotes its mirror if that is in sync (else the content is down).
         let fault = match &*role {
-            Role::Mirror { server, .. } => server.fault(),
+            Role::Mirror { server, .. } => {
+                let fault = server.fault();
+                lock(&self.mirror_fault).clone_from(&fault);
+                fault
+            }
             Role::Primary(p) => p.faulted(),
-            _ => None,
+            Role::Idle | Role::Starting | Role::Stopped(_) => lock(&self.mirror_fault).clone(),
         };
         let faulted = fault.is_some();
         let (acting, generation, mode, detail, primary) = match &*role {
@@ -509,9 +527,12 @@ impl Shared {
     /// durable) before anything else runs; a primary stops taking calls.
     fn end_role(&self, role: Role) {
         match role {
-            Role::Mirror { stop, thread, .. } => {
+            Role::Mirror { server, stop, thread } => {
                 stop.stop();
                 let _ = thread.join();
+                // As its last session left it (its end syncs, which may fault).
+                *lock(&self.mirror_fault) = server.fault();
+                self.lost_power_streaming.store(server.lost_power_streaming(), std::sync::atomic::Ordering::Relaxed);
                 tracing::info!("mirror stopped");
             }
             Role::Primary(p) => {

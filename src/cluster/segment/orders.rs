@@ -81,7 +81,10 @@ impl Shared {
                     // applied may be gone: it must not serve. Its status says
                     // faulted, and the arbiter counts it lost (a double fault
                     // when its old primary is gone too).
-                    let fault = was_mirror.as_ref().and_then(|server| server.fault());
+                    let fault = match &was_mirror {
+                        Some(server) => server.fault(),
+                        None => lock(&self.mirror_fault).clone(),
+                    };
                     let lost_power = match &was_mirror {
                         Some(server) => server.lost_power_streaming(),
                         None => self.lost_power_streaming.load(std::sync::atomic::Ordering::Relaxed),
@@ -192,12 +195,18 @@ impl Shared {
             }
             SegmentRequest::RebuildMirror => {
                 let _order = lock(&self.orders);
-                match &*lock(&self.role) {
-                    Role::Mirror { server, .. } => match server.forget_fault_for_rebuild() {
-                        Ok(_) => SegmentResponse::Done,
-                        Err(e) => refused(format!("cannot forget the fault: {e}")),
-                    },
-                    _ => refused("not acting as mirror: nothing to rebuild".into()),
+                let forgotten = match &*lock(&self.role) {
+                    Role::Mirror { server, .. } => server.forget_fault_for_rebuild().map(drop),
+                    // Restarted, not yet given its role: its state file says.
+                    Role::Idle => self.forget_recorded_mirror_fault(),
+                    _ => return refused("not acting as mirror: nothing to rebuild".into()),
+                };
+                match forgotten {
+                    Ok(()) => {
+                        *lock(&self.mirror_fault) = None;
+                        SegmentResponse::Done
+                    }
+                    Err(e) => refused(format!("cannot forget the fault: {e}")),
                 }
             }
             SegmentRequest::Rebind { data_listen } => {
@@ -261,6 +270,19 @@ impl Shared {
 
     /// Start a verification on this acting primary (or join the one that
     /// runs, if it was started the same way); its id.
+    /// Forget, durably, the disk fault an idle segment's mirror state file
+    /// records (what `MirrorServer::forget_fault_for_rebuild` does for a
+    /// serving mirror): the full resync the arbiter starts next writes
+    /// every block of its files again.
+    fn forget_recorded_mirror_fault(&self) -> Result<()> {
+        let mut state = crate::runtime::mirror::MirrorState::load(&self.cfg.state_dir)?;
+        if let Some(old) = state.fault.take() {
+            state.store(&self.cfg.state_dir)?;
+            tracing::warn!(fault = %old, "mirror fault forgotten: a full resync rebuilds its files");
+        }
+        Ok(())
+    }
+
     fn start_verify(self: &Arc<Self>, generation: u64, repair: bool) -> Result<u64> {
         let p = match &*lock(&self.role) {
             Role::Primary(p) if p.generation() == generation => p.clone(),

@@ -172,3 +172,46 @@ fn a_segment_whose_host_went_down_mid_session_says_so_and_is_not_promoted() {
     h.close();
     h.wait();
 }
+
+/// A segment whose mirror role faulted (its state file records the fault)
+/// says so in every probe once restarted, idle too, and is not promoted
+/// from idle; told to forget the fault for a rebuild while idle, it
+/// forgets it durably, and a restart finds it forgotten.
+#[test]
+fn a_restarted_faulted_mirror_says_so_while_idle_and_forgets_only_when_told() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let faulted = crate::runtime::mirror::MirrorState {
+        generation: 1,
+        fault: Some("fdatasync of base/1 failed".into()),
+        streaming_boot: None,
+    };
+    faulted.store(&state).unwrap();
+    let (h, key) = test_segment(tmp.path());
+    let status = h.status();
+    assert_eq!(status.acting, Acting::Idle);
+    assert!(status.faulted && status.seen().faulted, "idle, it says its disk failed");
+    match send(&h, &key, &fenced(1, SegmentRequest::BecomePrimary { generation: 2, mirror: None })) {
+        SegmentResponse::Refused(why) => assert!(why.contains("fdatasync of base/1 failed"), "{why}"),
+        other => panic!("a faulted mirror was promoted from idle: {other:?}"),
+    }
+    h.close();
+    h.wait();
+    let (h, key) = test_segment(tmp.path());
+    assert!(h.status().faulted, "still, after another restart");
+    assert!(matches!(send(&h, &key, &fenced(1, SegmentRequest::RebuildMirror)), SegmentResponse::Done));
+    assert!(!h.status().faulted);
+    assert_eq!(crate::runtime::mirror::MirrorState::load(&state).unwrap().fault, None, "forgotten durably");
+    assert!(matches!(
+        send(&h, &key, &fenced(1, SegmentRequest::BecomeMirror { generation: 1 })),
+        SegmentResponse::Done
+    ));
+    assert!(!h.status().faulted, "as a mirror too");
+    h.close();
+    h.wait();
+    let (h, _key) = test_segment(tmp.path());
+    assert!(!h.status().faulted);
+    h.close();
+    h.wait();
+}
