@@ -172,13 +172,27 @@ pub(super) fn rebuild_cluster_file(dir: &ClusterDir) -> Result<ClusterFile> {
             filespaces =
                 cfg.filespaces.iter().map(|f| f.split_once('=').map_or(f.clone(), |(n, _)| n.to_string())).collect();
         }
-        // Mounts the tools set up (`BASE/segD`) name their base again.
+        // Mounts the tools set up (`BASE/segD`) name their base again; one
+        // set up otherwise (a configuration edited by hand) is said, not
+        // guessed at: the segment still serves it, and mirrors added later
+        // get the base the file names.
         for m in &cfg.mounts {
             let base = m.mountpoint.parent().filter(|b| super::mountpoint(b, a.dbid) == m.mountpoint);
-            if let Some(base) = base {
-                if !mounts.iter().any(|x| x.filespace == m.filespace) {
-                    mounts.push(super::ClusterMount { filespace: m.filespace.clone(), base: base.to_path_buf() });
+            let kept = mounts.iter().find(|x| x.filespace == m.filespace);
+            match (base, kept) {
+                (Some(base), None) => {
+                    mounts.push(super::ClusterMount { filespace: m.filespace.clone(), base: base.to_path_buf() })
                 }
+                (Some(base), Some(k)) if k.base == base => {}
+                _ => tracing::warn!(
+                    dbid = a.dbid,
+                    filespace = %m.filespace,
+                    mountpoint = %m.mountpoint.display(),
+                    base = %kept.map_or_else(|| "none".to_string(), |k| k.base.display().to_string()),
+                    "the rebuilt cluster file names one mount base per filespace (the first segment's at \
+                     BASE/segD, or none); this segment's mount is not at BASE/segD under it: the segment still \
+                     serves it, and mirrors added later get the file's base"
+                ),
             }
         }
         arbiter.get_or_insert(cfg.arbiter);
