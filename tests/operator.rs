@@ -511,7 +511,8 @@ fn a_mirror_file_of_a_hundred_thousand_lines_is_answered_at_once() {
 
 /// `filerep compare ... | head`: the reader stops reading. The command's
 /// output stops; the command does not panic, and its exit status is still
-/// its answer (1: the copies differ).
+/// its answer (1: the copies differ). Output to a full disk is a failure
+/// (2), said on stderr, never a success.
 #[test]
 fn output_to_a_closed_pipe_stops_the_output_not_the_command() {
     let dir = tempfile::tempdir().unwrap();
@@ -520,15 +521,22 @@ fn output_to_a_closed_pipe_stops_the_output_not_the_command() {
         std::fs::create_dir(d).unwrap();
         std::fs::write(d.join("f"), bytes).unwrap();
     }
-    let (reader, writer) = nix::unistd::pipe().unwrap();
+    // Close-on-exec: no process another test spawns keeps the read end.
+    let (reader, writer) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
     drop(reader);
     let spec = format!("fs={}={}", a.display(), b.display());
-    let out = Command::new(env!("CARGO_BIN_EXE_filerep"))
-        .args(["compare", "--filespace", &spec])
-        .stdout(std::process::Stdio::from(writer))
-        .output()
-        .unwrap();
+    let compare_into = |stdout: std::process::Stdio| {
+        Command::new(env!("CARGO_BIN_EXE_filerep")).args(["compare", "--filespace", &spec]).stdout(stdout).output()
+    };
+    let out = compare_into(writer.into()).unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "the copies differ: {stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
+
+    std::fs::write(b.join("f"), b"primary").unwrap();
+    let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+    let out = compare_into(full.into()).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "identical copies, but the output was lost: {stderr}");
+    assert!(stderr.contains("writing the output failed") && !stderr.contains("panicked"), "{stderr}");
 }

@@ -235,7 +235,9 @@ impl World {
     /// lost), as in the segment process.
     fn promotion_refused(&mut self, n: usize) -> bool {
         let node = &self.nodes[n];
-        let faulted = matches!(node.role, Role::Mirror { faulted: true, .. });
+        // Idle: restarted, its state file still records the fault.
+        let faulted = matches!(node.role, Role::Mirror { faulted: true, .. })
+            || (matches!(node.role, Role::Idle) && node.mirror_fault);
         let lost_power = node.lost_power_streaming();
         let refused =
             crate::core::mirror::promotion_refusal(faulted.then_some("a simulated disk fault"), lost_power).is_some();

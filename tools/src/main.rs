@@ -336,12 +336,21 @@ fn main() -> ExitCode {
         Cmd::Verify(c) => verify::run(c).map_err(Into::into),
         Cmd::Catalog(c) => catalog::run(c).map_err(Into::into),
     };
-    match r {
+    let code = match r {
         Ok(code) => code,
         Err(e) => {
             eprintln!("filerep: {e}");
             ExitCode::from(2)
         }
+    };
+    // Output cut short other than by its reader (a full disk behind a
+    // redirection): not a success, whatever the command found.
+    match filerep_tools::output::failure() {
+        Some(why) => {
+            eprintln!("filerep: writing the output failed ({why}); what was written is incomplete");
+            ExitCode::from(2)
+        }
+        None => code,
     }
 }
 

@@ -5,13 +5,24 @@
 //! the command: the command finishes what it was doing (a daemon keeps
 //! serving, a benchmark cleans up its processes) and exits with its own
 //! status. A closed pipe is what its reader asked for and goes unreported;
-//! any other failure (a full disk behind a redirection) is logged once.
+//! any other failure (a full disk behind a redirection) is kept for
+//! [`failure`]: the command's output is incomplete, and it must not exit
+//! as if it had delivered it.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
 
 /// Set once a write to standard output failed: later lines are dropped.
 static STOPPED: AtomicBool = AtomicBool::new(false);
+/// The first failure of standard output other than a closed pipe.
+static FAILURE: OnceLock<String> = OnceLock::new();
+
+/// Why standard output failed, if it failed other than by its reader
+/// closing it: the output is incomplete.
+pub fn failure() -> Option<&'static str> {
+    FAILURE.get().map(String::as_str)
+}
 
 /// Write `args` and a newline to standard output, unless it failed before.
 /// Use [`outln!`](crate::outln).
@@ -24,7 +35,7 @@ pub fn line(args: std::fmt::Arguments<'_>) {
     if let Err(e) = written {
         STOPPED.store(true, Ordering::Relaxed);
         if e.kind() != std::io::ErrorKind::BrokenPipe {
-            tracing::warn!(error = %e, "standard output failed: the rest of this command's output is dropped");
+            let _ = FAILURE.set(e.to_string());
         }
     }
 }

@@ -124,7 +124,9 @@ impl State {
             }
             tracing::debug!(?step, "recover step");
             match &step {
-                arbiter::Recover::Refused(why) => return ArbiterResponse::Refused(why.clone()),
+                arbiter::Recover::Refused(why) => {
+                    return ArbiterResponse::Refused(self.faulted_primary(&pair).unwrap_or_else(|| why.clone()))
+                }
                 arbiter::Recover::Restore => return self.restore(content),
                 arbiter::Recover::RebuildMirror { dbid } => {
                     let Some(mc) = &mirror_control else {
@@ -169,6 +171,25 @@ impl State {
             }
             done.push(step);
         }
+    }
+
+    /// Why a down pair cannot be restored when its acting primary answers
+    /// and says it faulted (the catalog counts it lost, as if it did not
+    /// answer): its files are in doubt, and which copy to restore from is
+    /// the operator's decision (docs/operations.md).
+    fn faulted_primary(&self, pair: &crate::core::pair::Pair) -> Option<String> {
+        if !pair.down {
+            return None;
+        }
+        let p = pair.acting_primary().dbid;
+        let control = lock(&self.catalog).catalog.pair(pair.content)?.address(p)?.control.clone();
+        let status = self.probe(&control).filter(|s| s.dbid == p && s.faulted)?;
+        Some(format!(
+            "content {} is down, and its acting primary {p} answers but faulted ({}): its files are in doubt, so it \
+             is not restored; which copy to bring back is the operator's decision (docs/operations.md, What \
+             happens when: a mirror's disk fails as it is promoted)",
+            pair.content, status.detail
+        ))
     }
 
     /// `filerep recover` on a down pair: back from its acting primary's own

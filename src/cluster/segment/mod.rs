@@ -198,9 +198,10 @@ impl Segment {
         // A mirror session this segment's host went down in the middle of:
         // it must say so until a new session streams (a state file that
         // cannot be read stops the mirror role when it starts, with why).
+        // A record that cannot be read may have held a fault: in doubt too.
         let (cut, mirror_fault) = match crate::runtime::mirror::MirrorState::load(&cfg.state_dir) {
             Ok(state) => (crate::runtime::mirror::lost_power_since(state.streaming_boot.as_deref()), state.fault),
-            Err(_) => (false, None),
+            Err(e) => (false, Some(format!("its mirror state file cannot be read: {e}"))),
         };
         if let Some(fault) = &mirror_fault {
             tracing::warn!(
@@ -451,7 +452,13 @@ impl Shared {
         };
         let faulted = fault.is_some();
         let (acting, generation, mode, detail, primary) = match &*role {
-            Role::Idle => (Acting::Idle, 0, '-', "waiting for the arbiter".to_string(), None),
+            Role::Idle => {
+                let detail = match &fault {
+                    Some(f) => format!("waiting for the arbiter; faulted as mirror: {f}"),
+                    None => "waiting for the arbiter".to_string(),
+                };
+                (Acting::Idle, 0, '-', detail, None)
+            }
             Role::Starting => (Acting::Starting, 0, '-', "carrying out an order".to_string(), None),
             Role::Mirror { server, .. } => {
                 (Acting::Mirror, server.generation(), '-', server.fault().unwrap_or_else(|| "serving".into()), None)

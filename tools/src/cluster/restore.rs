@@ -38,7 +38,8 @@ pub fn restore(dir: &ClusterDir, rebuild: bool, primaries: &BTreeMap<u32, u32>) 
                     f
                 }
                 Err(why) => {
-                    let f = rebuild_cluster_file(dir)?;
+                    let (f, notes) = rebuild_cluster_file(dir)?;
+                    out.notes.extend(notes);
                     out.done.push(format!(
                         "{}: {}; its last good copy is not whole either ({why}): rebuilt from the catalog and the segments' configurations",
                         dir.cluster_file().display(),
@@ -145,8 +146,8 @@ pub(super) fn reason(e: &Error) -> String {
 }
 
 /// The cluster file again, from the catalog (or its last good copy) and
-/// the segments' configurations.
-pub(super) fn rebuild_cluster_file(dir: &ClusterDir) -> Result<ClusterFile> {
+/// the segments' configurations, with notes of what it cannot say.
+pub(super) fn rebuild_cluster_file(dir: &ClusterDir) -> Result<(ClusterFile, Vec<String>)> {
     let cat = Catalog::load(&dir.catalog()).or_else(|e| {
         std::fs::read(sealed::good_copy(&dir.catalog()))
             .map_err(|_| e.cause())
@@ -161,6 +162,7 @@ pub(super) fn rebuild_cluster_file(dir: &ClusterDir) -> Result<ClusterFile> {
     let mut filespaces = Vec::new();
     let mut arbiter = None;
     let mut mounts: Vec<super::ClusterMount> = Vec::new();
+    let mut served = Vec::new();
     let mut addrs: Vec<(u32, &SegmentAddress)> = cat.addresses().collect();
     addrs.sort_by_key(|(c, a)| (*c, a.dbid));
     for (_, a) in addrs {
@@ -172,35 +174,46 @@ pub(super) fn rebuild_cluster_file(dir: &ClusterDir) -> Result<ClusterFile> {
             filespaces =
                 cfg.filespaces.iter().map(|f| f.split_once('=').map_or(f.clone(), |(n, _)| n.to_string())).collect();
         }
-        // Mounts the tools set up (`BASE/segD`) name their base again; one
-        // set up otherwise (a configuration edited by hand) is said, not
-        // guessed at: the segment still serves it, and mirrors added later
-        // get the base the file names.
+        // Mounts the tools set up (`BASE/segD`) name their base again (the
+        // first segment's, per filespace).
         for m in &cfg.mounts {
             let base = m.mountpoint.parent().filter(|b| super::mountpoint(b, a.dbid) == m.mountpoint);
-            let kept = mounts.iter().find(|x| x.filespace == m.filespace);
-            match (base, kept) {
-                (Some(base), None) => {
-                    mounts.push(super::ClusterMount { filespace: m.filespace.clone(), base: base.to_path_buf() })
+            if let Some(base) = base {
+                if !mounts.iter().any(|x| x.filespace == m.filespace) {
+                    mounts.push(super::ClusterMount { filespace: m.filespace.clone(), base: base.to_path_buf() });
                 }
-                (Some(base), Some(k)) if k.base == base => {}
-                _ => tracing::warn!(
-                    dbid = a.dbid,
-                    filespace = %m.filespace,
-                    mountpoint = %m.mountpoint.display(),
-                    base = %kept.map_or_else(|| "none".to_string(), |k| k.base.display().to_string()),
-                    "the rebuilt cluster file names one mount base per filespace (the first segment's at \
-                     BASE/segD, or none); this segment's mount is not at BASE/segD under it: the segment still \
-                     serves it, and mirrors added later get the file's base"
-                ),
             }
+            served.push((a.dbid, m.filespace.clone(), m.mountpoint.clone()));
         }
         arbiter.get_or_insert(cfg.arbiter);
     }
     let arbiter = arbiter
         .ok_or_else(|| Error::NotDone("the cluster file cannot be rebuilt: the catalog lists no segment".into()))?;
+    // A mount set up otherwise (a configuration edited by hand) is said,
+    // not guessed at: the segment still serves it; mirrors added later get
+    // the base the file names.
+    let notes = served
+        .into_iter()
+        .filter_map(|(dbid, filespace, mountpoint)| {
+            let base = mounts.iter().find(|x| x.filespace == filespace).map(|x| &x.base);
+            match base {
+                Some(b) if super::mountpoint(b, dbid) == mountpoint => None,
+                Some(b) => Some(format!(
+                    "segment {dbid} serves filespace {filespace} at {}, not under the base the rebuilt cluster file \
+                     names ({}): it still serves it there; mirrors added later are given the file's base",
+                    mountpoint.display(),
+                    b.display()
+                )),
+                None => Some(format!(
+                    "segment {dbid} serves filespace {filespace} at {}, which is not BASE/seg{dbid}: the rebuilt \
+                     cluster file names no base for {filespace}; mirrors added later are given no mount for it",
+                    mountpoint.display()
+                )),
+            }
+        })
+        .collect();
     let one_machine = hosts::check_hosts(&hosts, false).is_err();
-    Ok(ClusterFile {
+    let file = ClusterFile {
         cluster_id: cat.cluster_id,
         block_size: cat.block_size,
         filespaces,
@@ -211,7 +224,8 @@ pub(super) fn rebuild_cluster_file(dir: &ClusterDir) -> Result<ClusterFile> {
         placement: (!cat.pairs.is_empty()).then(|| "custom".to_string()),
         one_machine,
         mounts,
-    })
+    };
+    Ok((file, notes))
 }
 
 /// What one segment says of itself: as it answers now, and as its state
