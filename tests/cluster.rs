@@ -365,4 +365,17 @@ fn init_with_mounts_start_serves_them_and_stop_unmounts() {
     let out = ok(&["catalog", "restore", "--cluster-dir", &cd]);
     assert!(out.contains("rebuilt from the catalog"), "{out}");
     assert_eq!(dir.load().unwrap().mounts, made.mounts);
+    // A mount moved by hand off BASE/segD: the rebuilt file keeps the
+    // other segment's base and its report names the one it cannot describe.
+    let mut moved = dir.segment(m).unwrap();
+    let elsewhere = cdir.join("elsewhere");
+    moved.mounts[0].mountpoint = elsewhere.clone();
+    dir.write_segment(&moved).unwrap();
+    std::fs::remove_file(dir.cluster_file()).unwrap();
+    std::fs::remove_file(cdir.join("cluster.json.good")).unwrap();
+    let out = ok(&["catalog", "restore", "--cluster-dir", &cd]);
+    let said = format!("segment {m} serves filespace pg_system at {}", elsewhere.display());
+    assert!(out.contains(&said), "{out}");
+    assert!(!out.contains(&format!("segment {p} serves")), "{out}");
+    assert_eq!(dir.load().unwrap().mounts, made.mounts);
 }
