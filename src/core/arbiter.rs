@@ -49,6 +49,25 @@ pub struct Seen {
     pub lost_power_streaming: bool,
 }
 
+impl Seen {
+    /// A mirror, serving or restarted and idle (its state file speaks
+    /// then), whose disk failed: its files are in doubt (rule 8).
+    pub fn mirror_disk_failed(&self) -> bool {
+        self.faulted && self.as_mirror()
+    }
+
+    /// A mirror, serving or restarted and idle, whose host went down while
+    /// it streamed.
+    pub fn mirror_lost_power(&self) -> bool {
+        self.lost_power_streaming && self.as_mirror()
+    }
+
+    /// Serving as mirror, or idle: what a mirror's state file says counts.
+    fn as_mirror(&self) -> bool {
+        matches!(self.acting, Acting::Mirror | Acting::Idle)
+    }
+}
+
 /// An order for a segment.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Order {
@@ -95,8 +114,7 @@ pub fn events(pair: &Pair, probes: &[(u32, Option<Seen>)]) -> Vec<Event> {
         // off from it) must not be promoted: it leaves the pair's sync
         // now, so a later loss of the primary is a double fault.
         // (Idle: restarted, its state file still says its disk failed.)
-        let mirror_faulted =
-            seen(m.dbid).is_some_and(|s| matches!(s.acting, Acting::Mirror | Acting::Idle) && s.faulted);
+        let mirror_faulted = seen(m.dbid).is_some_and(|s| s.mirror_disk_failed());
         // A mirror whose host went down while it streamed says so once
         // back (idle, or serving again before its primary reconnected):
         // what it acknowledged as applied may be gone, so it leaves the
@@ -104,8 +122,7 @@ pub fn events(pair: &Pair, probes: &[(u32, Option<Seen>)]) -> Vec<Event> {
         // (found by the simulator, seed 605 of --steady: the arbiter, down
         // itself meanwhile, promoted such a mirror while the primary was
         // cut off, and writes the primary had acknowledged were lost).
-        let mirror_cut =
-            seen(m.dbid).is_some_and(|s| matches!(s.acting, Acting::Mirror | Acting::Idle) && s.lost_power_streaming);
+        let mirror_cut = seen(m.dbid).is_some_and(|s| s.mirror_lost_power());
         if restarted {
             out.push(Event::ProbeFailed { dbid: if mirror_serving { p.dbid } else { m.dbid } });
         } else if mirror_restarted || mirror_faulted || mirror_cut {
@@ -312,9 +329,7 @@ pub fn recover(pair: &Pair, mirror: Option<&Seen>, full: bool, bug: Option<Plant
     // ship only what the change-log names, and a comparison would find
     // those pages equal; only a full resync that ships every block again
     // rebuilds it.
-    // Idle: restarted and not yet given its role; its state file says.
-    let faulted = mirror.faulted && matches!(mirror.acting, Acting::Mirror | Acting::Idle);
-    if faulted {
+    if mirror.mirror_disk_failed() {
         if !full && bug != Some(PlantedBug::RebuildFaultedIncrementally) {
             return Recover::Refused(format!(
                 "content {}: mirror {m} faulted (its disk failed) and its files are in doubt; rebuild it with a full \

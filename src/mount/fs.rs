@@ -9,33 +9,29 @@ use super::local::{LocalEntry, Root};
 use crate::cluster::client::ClientError;
 use crate::protocol::MAX_WRITE_AT;
 use fuser::{
-    BsdFileFlags, Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, KernelConfig, LockOwner,
-    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
-    ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
+    BsdFileFlags, Errno, FileHandle, FileType, FopenFlags, Generation, INodeNo, KernelConfig, LockOwner, OpenFlags,
+    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
+    ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
 use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::fs::{File, Metadata};
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 /// How long the kernel may keep attributes and entries. Every change goes
 /// through this mount, so the kernel's caches only go stale if something
 /// else changes the filespace (see `docs/mount.md`).
 const TTL: Duration = Duration::from_secs(1);
-/// Permission bits presented: owner only, what PostgreSQL insists on for
-/// its data directory (nothing is stored: the engine replicates contents,
-/// not modes).
-const DIR_PERM: u16 = 0o700;
-const FILE_PERM: u16 = 0o600;
 
 enum Handle {
     File(File),
     Dir(Vec<LocalEntry>),
 }
 
+mod attrs;
 mod names;
 
 pub(crate) struct FilerepFs {
@@ -63,20 +59,6 @@ pub(crate) struct FilerepFs {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// `attr` with the length its held writes make (`held_end`, read before
-/// the stat, so a write that lands in between is counted either way).
-fn with_held_length(mut attr: FileAttr, held_end: Option<u64>) -> FileAttr {
-    attr.size = attr.size.max(held_end.unwrap_or(0));
-    attr
-}
-
-fn time(secs: i64, nsecs: i64) -> SystemTime {
-    if secs < 0 {
-        return UNIX_EPOCH;
-    }
-    UNIX_EPOCH + Duration::new(secs as u64, nsecs.clamp(0, 999_999_999) as u32)
 }
 
 pub(crate) struct FsParams {
@@ -116,29 +98,6 @@ impl FilerepFs {
         self.ns.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn attr(&self, ino: u64, md: &Metadata) -> FileAttr {
-        let kind = super::local::kind_of_mode(md.mode());
-        FileAttr {
-            ino: INodeNo(ino),
-            size: md.size(),
-            blocks: md.blocks(),
-            atime: time(md.atime(), md.atime_nsec()),
-            mtime: time(md.mtime(), md.mtime_nsec()),
-            ctime: time(md.ctime(), md.ctime_nsec()),
-            crtime: UNIX_EPOCH,
-            kind,
-            perm: if kind == FileType::Directory { DIR_PERM } else { FILE_PERM },
-            nlink: md.nlink().try_into().unwrap_or(u32::MAX),
-            uid: self.uid.unwrap_or(md.uid()),
-            gid: self.gid.unwrap_or(md.gid()),
-            rdev: 0,
-            // Applications size their I/O by st_blksize: whole blocks
-            // become block writes.
-            blksize: self.bs as u32,
-            flags: 0,
-        }
-    }
-
     fn handle(&self, fh: FileHandle) -> Option<Arc<Handle>> {
         lock(&self.handles).get(&fh.0).cloned()
     }
@@ -147,18 +106,6 @@ impl FilerepFs {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         lock(&self.handles).insert(fh, Arc::new(h));
         FileHandle(fh)
-    }
-
-    fn stat(&self, ino: INodeNo, fh: Option<FileHandle>) -> Result<FileAttr, Errno> {
-        // An open file answers from its descriptor, even once unlinked.
-        if let Some(h) = fh.and_then(|fh| self.handle(fh)) {
-            if let Handle::File(f) = h.as_ref() {
-                return f.metadata().map(|md| self.attr(ino.0, &md)).map_err(|e| io_errno(&e));
-            }
-        }
-        let path = self.path_of(ino)?;
-        let md = self.root.metadata(&path).map_err(|e| io_errno(&e))?;
-        Ok(self.attr(ino.0, &md))
     }
 
     /// Map a failed call to its errno, logging what callers must not miss.
@@ -217,7 +164,7 @@ impl fuser::Filesystem for FilerepFs {
             // (without sending them: a database looks up the length of
             // the file it appends to before every page it adds).
             let held_end = self.held.held_end_of(&p);
-            Ok(with_held_length(self.entry(&p)?, held_end))
+            Ok(attrs::with_held_length(self.entry(&p)?, held_end))
         });
         match r {
             Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
@@ -230,12 +177,8 @@ impl fuser::Filesystem for FilerepFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
-        // Its length as the client wrote it, held writes included, without
-        // sending them (`lseek(SEEK_END)` asks for it before every page a
-        // database appends).
-        let held_end = self.held.held_end(ino.0);
-        match self.stat(ino, fh) {
-            Ok(attr) => reply.attr(&TTL, &with_held_length(attr, held_end)),
+        match self.attr_now(ino, fh) {
+            Ok(attr) => reply.attr(&TTL, &attr),
             Err(e) => reply.error(e),
         }
     }
@@ -276,9 +219,8 @@ impl fuser::Filesystem for FilerepFs {
                 return reply.error(self.failed("set_len", &path, &e));
             }
         }
-        let held_end = self.held.held_end(ino.0);
-        match self.stat(ino, fh) {
-            Ok(attr) => reply.attr(&TTL, &with_held_length(attr, held_end)),
+        match self.attr_now(ino, fh) {
+            Ok(attr) => reply.attr(&TTL, &attr),
             Err(e) => reply.error(e),
         }
     }

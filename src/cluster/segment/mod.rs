@@ -83,17 +83,12 @@ pub(crate) struct Shared {
     /// Why the segment faulted, if it did ([`SegmentHandle::fault`]): every
     /// storage call fails with it, and the segment stops.
     fault: Mutex<Option<String>>,
-    /// Its mirror role's state file records a session cut by the host
-    /// going down (`MirrorServer::lost_power_streaming`): read at start,
-    /// then kept as the mirror role sees it, for the probes of a segment
-    /// that is not (or no longer) a mirror.
-    lost_power_streaming: std::sync::atomic::AtomicBool,
-    /// Its mirror role's state file records a disk fault (rule 8): read at
-    /// start, then kept as the mirror role sees it, so a segment that is
-    /// not a mirror (just restarted, idle) still says its files are in
-    /// doubt: `filerep recover` then asks for the full resync at once, and
-    /// it is never promoted or restored as a primary meanwhile.
-    mirror_fault: Mutex<Option<String>>,
+    /// What its mirror role's state file says (a disk fault, a session cut
+    /// by the host going down): read at start, then kept as the mirror
+    /// role sees it, for the probes and orders of a segment that is not
+    /// (or no longer) a mirror, so a restarted one still says its files
+    /// are in doubt (`status::MirrorRecord`).
+    mirror_record: Mutex<status::MirrorRecord>,
     /// How many times this process took the primary role (changed under
     /// the role lock): while it stays the same, nothing but this primary's
     /// own changes touched the filespaces, so a mount in this process may
@@ -224,8 +219,7 @@ impl Segment {
             resync_ended: std::sync::Condvar::new(),
             verify: Mutex::new(VerifyJob::default()),
             fault: Mutex::new(None),
-            lost_power_streaming: std::sync::atomic::AtomicBool::new(cut),
-            mirror_fault: Mutex::new(mirror_fault),
+            mirror_record: Mutex::new(status::MirrorRecord { fault: mirror_fault, lost_power_streaming: cut }),
             primary_terms: std::sync::atomic::AtomicU64::new(0),
         });
         Ok(Segment { shared, control, clients, metrics })
@@ -431,8 +425,7 @@ impl Shared {
                 stop.stop();
                 let _ = thread.join();
                 // As its last session left it (its end syncs, which may fault).
-                *lock(&self.mirror_fault) = server.fault();
-                self.lost_power_streaming.store(server.lost_power_streaming(), std::sync::atomic::Ordering::Relaxed);
+                self.note_mirror(&server);
                 tracing::info!("mirror stopped");
             }
             Role::Primary(p) => {

@@ -71,25 +71,18 @@ impl Shared {
                     }
                     let old = std::mem::replace(&mut *role, Role::Starting);
                     drop(role);
-                    let was_mirror = match &old {
-                        Role::Mirror { server, .. } => Some(server.clone()),
-                        _ => None,
-                    };
                     self.end_role(old);
                     // The mirror's session ends with a sync of all it
                     // applied; if that failed (rule 8), what it had only
                     // applied may be gone: it must not serve. Its status says
                     // faulted, and the arbiter counts it lost (a double fault
-                    // when its old primary is gone too).
-                    let fault = match &was_mirror {
-                        Some(server) => server.fault(),
-                        None => lock(&self.mirror_fault).clone(),
-                    };
-                    let lost_power = match &was_mirror {
-                        Some(server) => server.lost_power_streaming(),
-                        None => self.lost_power_streaming.load(std::sync::atomic::Ordering::Relaxed),
-                    };
-                    if let Some(why) = crate::core::mirror::promotion_refusal(fault.as_deref(), lost_power) {
+                    // when its old primary is gone too). Ending the role
+                    // recorded how it ended; idle, the record is the state
+                    // file's.
+                    let record = self.mirror_record();
+                    let refusal =
+                        crate::core::mirror::promotion_refusal(record.fault.as_deref(), record.lost_power_streaming);
+                    if let Some(why) = refusal {
                         tracing::error!(generation, reason = %why, "role: promotion refused");
                         *lock(&self.fault) = Some(why.clone());
                         *lock(&self.role) = Role::Stopped(why.clone());
@@ -203,7 +196,7 @@ impl Shared {
                 };
                 match forgotten {
                     Ok(()) => {
-                        *lock(&self.mirror_fault) = None;
+                        lock(&self.mirror_record).fault = None;
                         SegmentResponse::Done
                     }
                     Err(e) => refused(format!("cannot forget the fault: {e}")),
@@ -268,8 +261,6 @@ impl Shared {
         }
     }
 
-    /// Start a verification on this acting primary (or join the one that
-    /// runs, if it was started the same way); its id.
     /// Forget, durably, the disk fault an idle segment's mirror state file
     /// records (what `MirrorServer::forget_fault_for_rebuild` does for a
     /// serving mirror): the full resync the arbiter starts next writes
@@ -283,6 +274,8 @@ impl Shared {
         Ok(())
     }
 
+    /// Start a verification on this acting primary (or join the one that
+    /// runs, if it was started the same way); its id.
     fn start_verify(self: &Arc<Self>, generation: u64, repair: bool) -> Result<u64> {
         let p = match &*lock(&self.role) {
             Role::Primary(p) if p.generation() == generation => p.clone(),

@@ -16,7 +16,30 @@ pub(super) struct RoleView {
     pub(super) primary: Option<Arc<Primary>>,
 }
 
+/// What a mirror role's state file says of its files, as the segment
+/// keeps it between roles (`Shared::mirror_record`).
+#[derive(Clone, Debug, Default)]
+pub(super) struct MirrorRecord {
+    /// Its disk failed (rule 8): in doubt until a full resync rebuilds them.
+    pub(super) fault: Option<String>,
+    /// A session was cut by the host going down: what it acknowledged as
+    /// applied may be gone.
+    pub(super) lost_power_streaming: bool,
+}
+
 impl Shared {
+    /// Keep what mirror role `server` says of its files now; returns it.
+    pub(super) fn note_mirror(&self, server: &MirrorServer) -> MirrorRecord {
+        let now = MirrorRecord { fault: server.fault(), lost_power_streaming: server.lost_power_streaming() };
+        lock(&self.mirror_record).clone_from(&now);
+        now
+    }
+
+    /// What the mirror role last said of its files (or its state file, at start).
+    pub(super) fn mirror_record(&self) -> MirrorRecord {
+        lock(&self.mirror_record).clone()
+    }
+
     /// The role, the mode its primary sees and the generation, read under
     /// the role lock only (no statistics).
     pub(super) fn role_view(&self) -> RoleView {
@@ -24,14 +47,16 @@ impl Shared {
         // A mirror whose disk failed (rule 8) says so: it is never promoted.
         // A primary whose disk failed refuses every change: the arbiter
         // promotes its mirror if that is in sync (else the content is down).
-        let fault = match &*role {
+        let (fault, lost_power_streaming) = match &*role {
+            Role::Primary(p) => (p.faulted(), false),
             Role::Mirror { server, .. } => {
-                let fault = server.fault();
-                lock(&self.mirror_fault).clone_from(&fault);
-                fault
+                let r = self.note_mirror(server);
+                (r.fault, r.lost_power_streaming)
             }
-            Role::Primary(p) => p.faulted(),
-            Role::Idle | Role::Starting | Role::Stopped(_) => lock(&self.mirror_fault).clone(),
+            Role::Idle | Role::Starting | Role::Stopped(_) => {
+                let r = self.mirror_record();
+                (r.fault, r.lost_power_streaming)
+            }
         };
         let faulted = fault.is_some();
         let (acting, generation, mode, detail, primary) = match &*role {
@@ -44,7 +69,7 @@ impl Shared {
             }
             Role::Starting => (Acting::Starting, 0, '-', "carrying out an order".to_string(), None),
             Role::Mirror { server, .. } => {
-                (Acting::Mirror, server.generation(), '-', server.fault().unwrap_or_else(|| "serving".into()), None)
+                (Acting::Mirror, server.generation(), '-', fault.clone().unwrap_or_else(|| "serving".into()), None)
             }
             Role::Primary(p) => {
                 let (mode, detail) = match p.mode() {
@@ -61,15 +86,6 @@ impl Shared {
                 (Acting::Primary, p.generation(), mode, detail, Some(p.clone()))
             }
             Role::Stopped(w) => (Acting::Stopped, 0, '-', w.clone(), None),
-        };
-        let lost_power_streaming = match &*role {
-            Role::Mirror { server, .. } => {
-                let cut = server.lost_power_streaming();
-                self.lost_power_streaming.store(cut, std::sync::atomic::Ordering::Relaxed);
-                cut
-            }
-            Role::Primary(_) => false,
-            _ => self.lost_power_streaming.load(std::sync::atomic::Ordering::Relaxed),
         };
         RoleView { acting, generation, mode, detail, faulted, lost_power_streaming, primary }
     }
