@@ -298,6 +298,9 @@ impl References {
                 allow_other: user.ids.is_some(),
                 threads: 8,
                 force: false,
+                // The same log files as the segment's mount: the references
+                // then measure the same FUSE layer.
+                log_files: filerep::mount::LogFiles::default(),
             };
             let mut session =
                 mount_reference(&opts, reference).unwrap_or_else(|e| panic!("reference mount {name}: {e}"));

@@ -270,6 +270,7 @@ impl Cluster {
                         gid: None,
                         allow_other: false,
                         threads: 8,
+                        log_files: None,
                     }]
                 } else {
                     Vec::new()

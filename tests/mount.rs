@@ -451,6 +451,13 @@ fn bad_arguments_are_refused_naming_the_field() {
         (vec!["--mount", &inside_spec], "overlaps filespace pg_system"),
         (vec!["--mount", &good_spec, "--mount-threads", "0"], "--threads 0"),
         (vec!["--mount-uid", "7"], "--mount"),
+        (
+            vec!["--mount", &good_spec, "--mount-log-files", "logs/[x"],
+            "--mount-log-files: log file pattern \"logs/[x\"",
+        ),
+        (vec!["--mount", &good_spec, "--mount-log-files", "/abs/*"], "relative to the filespace root"),
+        (vec!["--mount", &good_spec, "--mount-log-files", ""], "an empty log file pattern"),
+        (vec!["--mount", &good_spec, "--mount-log-files", "a", "--mount-no-log-files"], "cannot be used with"),
     ] {
         let err = in_segment(&args);
         assert!(err.contains(expect), "segment {args:?}: expected {expect:?} in {err:?}");
@@ -714,14 +721,7 @@ fn a_file_seen_through_the_mirrors_mount_reads_whole_once_the_mirror_is_promoted
     // Both segments serve their filespace (the configuration's mounts).
     let mut pair = Pair::start_tuned(8192, &|c| {
         let base = c.socket.parent().expect("the segment's directory").to_path_buf();
-        c.mounts = vec![MountEntry {
-            filespace: "fs_fast".into(),
-            mountpoint: base.join("mnt"),
-            uid: None,
-            gid: None,
-            allow_other: false,
-            threads: 8,
-        }];
+        c.mounts = vec![fast_mount(base.join("mnt"), None)];
     });
     let mount_of = |dbid: u32| pair.seg(dbid).cfg.mounts[0].mountpoint.clone();
     let (mut primary, mirror) = (Mount { child: None, path: mount_of(2) }, Mount { child: None, path: mount_of(3) });
@@ -763,4 +763,55 @@ fn a_file_seen_through_the_mirrors_mount_reads_whole_once_the_mirror_is_promoted
     g.sync_all().unwrap();
     whole.extend_from_slice(b"more");
     assert_eq!(std::fs::read(mirror.p("f")).unwrap(), whole);
+}
+
+/// A database's log file (here `logs/*`) opens without the kernel's
+/// write-back cache once the logs of its directory have been synced a
+/// commit at a time: a write then reaches the segment at once, with no
+/// sync (with the cache it would wait in the kernel for its write-back,
+/// about 30 s), and a sync still makes it durable on the mirror.
+#[test]
+fn a_log_file_synced_a_commit_at_a_time_is_written_through_at_once() {
+    skip_without_fuse!("a_log_file_synced_a_commit_at_a_time_is_written_through_at_once");
+    let pair = Pair::start_tuned(8192, &|c| {
+        if c.dbid != 2 {
+            return;
+        }
+        let base = c.socket.parent().expect("the segment's directory").to_path_buf();
+        c.mounts = vec![fast_mount(base.join("mnt"), Some(vec!["logs/*".into()]))];
+    });
+    let mnt = Mount { child: None, path: pair.seg(2).cfg.mounts[0].mountpoint.clone() };
+    wait_for("the segment's mount", Duration::from_secs(10), || mounted(&mnt.path));
+    std::fs::create_dir(mnt.p("logs")).unwrap();
+    // A log synced after each small write, as a database commits.
+    let mut first = File::create(mnt.p("logs/1")).unwrap();
+    for i in 0..16u8 {
+        first.write_all(&[i; 100]).unwrap();
+        first.sync_data().unwrap();
+    }
+    drop(first);
+    // The directory's next log: its write reaches the primary's copy unsynced.
+    let mut second = File::create(mnt.p("logs/2")).unwrap();
+    second.write_all(b"a commit record").unwrap();
+    let primary_copy = pair.seg(2).root(1).join("logs/2");
+    wait_for("the log's unsynced write in the primary's copy", Duration::from_secs(10), || {
+        std::fs::read(&primary_copy).is_ok_and(|d| d == b"a commit record")
+    });
+    // A sync makes it durable on the mirror, as for every file.
+    second.sync_data().unwrap();
+    assert_eq!(std::fs::read(pair.seg(3).root(1).join("logs/2")).unwrap(), b"a commit record");
+    assert_eq!(std::fs::read(mnt.p("logs/2")).unwrap(), b"a commit record");
+}
+
+/// The segment's own mount of filespace `fs_fast` at `mountpoint`.
+fn fast_mount(mountpoint: std::path::PathBuf, log_files: Option<Vec<String>>) -> MountEntry {
+    MountEntry {
+        filespace: "fs_fast".into(),
+        mountpoint,
+        uid: None,
+        gid: None,
+        allow_other: false,
+        threads: 8,
+        log_files,
+    }
 }

@@ -6,6 +6,7 @@ use super::errno::{errno_of, io_errno};
 use super::held::{Held, Taken};
 use super::inodes::{Inodes, Term, ROOT};
 use super::local::{LocalEntry, Root};
+use super::log_files::{LogFiles, LogHistory};
 use crate::cluster::client::ClientError;
 use crate::protocol::MAX_WRITE_AT;
 use fuser::{
@@ -55,6 +56,16 @@ pub(crate) struct FilerepFs {
     /// knows the files' terms (the segment in this process), since the
     /// kernel then trusts its own lengths (`inodes.rs`).
     write_back: bool,
+    /// A database's log files (`log_files.rs`), opened without the
+    /// write-back cache while their syncs are a commit's worth...
+    log_files: LogFiles,
+    /// ...as the last syncs of logs in their directory tell.
+    log_history: Mutex<LogHistory>,
+    /// The write-back cache is on and the kernel writes a file's cached
+    /// pages before a write that bypasses them (it granted
+    /// `FUSE_DIRECT_IO_ALLOW_MMAP`, Linux 6.6 and later): only then may a
+    /// log be opened without the cache while another open uses it.
+    direct_logs: bool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -68,6 +79,7 @@ pub(crate) struct FsParams {
     pub changes: Arc<dyn Changes>,
     pub uid: Option<u32>,
     pub gid: Option<u32>,
+    pub log_files: LogFiles,
 }
 
 impl FilerepFs {
@@ -87,6 +99,9 @@ impl FilerepFs {
             uid: p.uid,
             gid: p.gid,
             write_back,
+            log_files: p.log_files,
+            log_history: Mutex::new(LogHistory::default()),
+            direct_logs: false,
         })
     }
 
@@ -153,6 +168,15 @@ impl fuser::Filesystem for FilerepFs {
             if let Err(missing) = config.add_capabilities(fuser::InitFlags::FUSE_WRITEBACK_CACHE) {
                 tracing::warn!(?missing, "the kernel offers no write-back cache: each write is a request");
             }
+            // Log files may bypass the cache (`log_files.rs`): where the
+            // kernel writes the cached pages first (and a program may still
+            // map such a file shared, as it could with the cache).
+            if !self.log_files.patterns().is_empty() {
+                self.direct_logs = config.add_capabilities(fuser::InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP).is_ok();
+                if !self.direct_logs {
+                    tracing::info!("the kernel cannot mix cached and direct opens safely: log files use the cache too");
+                }
+            }
         }
         Ok(())
     }
@@ -173,7 +197,10 @@ impl fuser::Filesystem for FilerepFs {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        self.inodes().forget(ino.0, nlookup);
+        let gone = self.inodes().forget(ino.0, nlookup);
+        if gone && self.direct_logs {
+            lock(&self.log_history).forgot(ino.0);
+        }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -412,6 +439,9 @@ impl fuser::Filesystem for FilerepFs {
         if data.is_empty() {
             return reply.written(0);
         }
+        if self.direct_logs {
+            lock(&self.log_history).wrote(ino.0, data.len() as u64);
+        }
         let _ns = self.ns_shared();
         let path = match self.path_of(ino) {
             Ok(p) => p,
@@ -463,6 +493,9 @@ impl fuser::Filesystem for FilerepFs {
     }
 
     fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        if self.direct_logs {
+            lock(&self.log_history).synced(ino.0);
+        }
         // The file's own held write goes with the sync, as one call;
         // another file's stays held (this sync does not cover it).
         let sent_with_sync = self.held.sync_held(ino.0);
@@ -589,7 +622,7 @@ impl fuser::Filesystem for FilerepFs {
                 // setattr) keeps no page the kernel had of it.
                 let mut open = self.open_flags(attr.ino.0);
                 if flags & libc::O_TRUNC != 0 {
-                    open = FopenFlags::empty();
+                    open.remove(FopenFlags::FOPEN_KEEP_CACHE);
                 }
                 let fh = self.add_handle(Handle::File(f));
                 reply.created(&TTL, &attr, Generation(0), fh, open)

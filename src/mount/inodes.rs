@@ -129,19 +129,22 @@ impl Inodes {
         self.by_path.get(path).copied()
     }
 
-    pub fn forget(&mut self, ino: u64, n: u64) {
+    /// Returns whether the inode is gone (numbers are never used again).
+    pub fn forget(&mut self, ino: u64, n: u64) -> bool {
         if ino == ROOT {
-            return;
+            return false;
         }
-        let Some(node) = self.by_ino.get_mut(&ino) else { return };
+        let Some(node) = self.by_ino.get_mut(&ino) else { return false };
         node.lookups = node.lookups.saturating_sub(n);
-        if node.lookups == 0 {
-            if let Some(node) = self.by_ino.remove(&ino) {
-                if !node.detached && self.by_path.get(&node.path) == Some(&ino) {
-                    self.by_path.remove(&node.path);
-                }
+        if node.lookups > 0 {
+            return false;
+        }
+        if let Some(node) = self.by_ino.remove(&ino) {
+            if !node.detached && self.by_path.get(&node.path) == Some(&ino) {
+                self.by_path.remove(&node.path);
             }
         }
+        true
     }
 
     /// `path` (and, for a directory, everything under it) no longer exists.

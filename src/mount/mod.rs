@@ -12,11 +12,13 @@ mod fs;
 mod held;
 mod inodes;
 mod local;
+pub mod log_files;
 mod pool;
 pub mod reference;
 mod write;
 
 pub use errno::errno_of;
+pub use log_files::LogFiles;
 
 use crate::cluster::client::{Client, ClientError, ErrorClass};
 use crate::cluster::segment::SegmentConfig;
@@ -75,6 +77,9 @@ pub struct MountOptions {
     /// Clear a dead mount found on the mountpoint (one whose process was
     /// killed) before mounting, instead of refusing.
     pub force: bool,
+    /// The files opened without the kernel's write-back cache where the
+    /// mount has it (`log_files.rs`).
+    pub log_files: LogFiles,
 }
 
 impl MountOptions {
@@ -108,6 +113,7 @@ impl MountOptions {
             allow_other: false,
             threads: 8,
             force: false,
+            log_files: LogFiles::default(),
         })
     }
 
@@ -349,6 +355,7 @@ fn mount_with(opts: &MountOptions, changes: std::sync::Arc<dyn changes::Changes>
         changes,
         uid: opts.uid,
         gid: opts.gid,
+        log_files: opts.log_files.clone(),
     })
     .map_err(|e| MountError::io("starting the mount's timer thread", e))?;
     let mountpoint = opts.mountpoint.canonicalize().map_err(|e| MountError::io("mountpoint", e))?;

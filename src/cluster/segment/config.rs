@@ -141,6 +141,11 @@ pub struct MountEntry {
     /// Threads serving FUSE requests (1 to `mount::MAX_THREADS`).
     #[serde(default = "default_mount_threads")]
     pub threads: usize,
+    /// Glob patterns (relative to the filespace root) of the database's
+    /// log files, opened without the kernel's write-back cache; absent:
+    /// `mount::log_files::DEFAULT_LOG_FILES`, empty: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_files: Option<Vec<String>>,
 }
 
 fn default_mount_threads() -> usize {

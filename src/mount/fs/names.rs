@@ -69,13 +69,20 @@ impl FilerepFs {
     /// files — so a database's reads after reopening a file it wrote (a
     /// vacuum, an index build) come from memory, not one request each, and
     /// dirty pages are not written back at every open. Otherwise the kernel
-    /// drops them and reads the file afresh.
+    /// drops them and reads the file afresh. A log file (`log_files.rs`)
+    /// whose directory's logs were lately synced a commit at a time is
+    /// opened without the write-back cache: each write is a request at
+    /// once, and there is nothing cached to keep.
     pub(super) fn open_flags(&self, ino: u64) -> FopenFlags {
         let t = self.inodes();
-        if matches!(t.term(), Term::In(_)) && matches!(t.resolve(ino), Resolved::Path(_)) {
-            FopenFlags::FOPEN_KEEP_CACHE
-        } else {
-            FopenFlags::empty()
+        match t.resolve(ino) {
+            Resolved::Path(p)
+                if self.direct_logs && self.log_files.is_log(p) && lock(&self.log_history).opened(ino, p) =>
+            {
+                FopenFlags::FOPEN_DIRECT_IO
+            }
+            Resolved::Path(_) if matches!(t.term(), Term::In(_)) => FopenFlags::FOPEN_KEEP_CACHE,
+            _ => FopenFlags::empty(),
         }
     }
 

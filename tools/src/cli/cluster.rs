@@ -3,7 +3,7 @@
 
 use filerep::cluster::probe::{ArbiterProcess, ProbeConfig};
 use filerep::cluster::segment::{Segment, SegmentConfig, SegmentHandle};
-use filerep::mount::{MountOptions, Unmounter, MOUNT_READY};
+use filerep::mount::{LogFiles, MountOptions, Unmounter, MOUNT_READY};
 use filerep::protocol::handshake::ClusterKey;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -37,6 +37,15 @@ pub struct SegmentCmd {
     /// Clear a dead mount left on a mountpoint (its process was killed) before mounting.
     #[arg(long, requires = "mount")]
     mount_force: bool,
+    /// A database's log files in the mounts (repeatable; replaces the
+    /// defaults `**/pg_wal/*` and `**/*-wal`): glob patterns relative to
+    /// the filespace root, opened without the kernel's write-back cache so
+    /// that a commit's write and fsync are two requests (docs/mount.md).
+    #[arg(long, value_name = "GLOB", requires = "mount")]
+    mount_log_files: Vec<String>,
+    /// No file of the mounts is a log file: every file uses the write-back cache.
+    #[arg(long, requires = "mount", conflicts_with = "mount_log_files")]
+    mount_no_log_files: bool,
 }
 
 #[derive(clap::Args)]
@@ -99,6 +108,9 @@ pub fn run_segment(c: SegmentCmd) -> Result<(), String> {
         opts.gid = m.gid;
         opts.allow_other = m.allow_other;
         opts.threads = m.threads;
+        if let Some(patterns) = &m.log_files {
+            opts.log_files = LogFiles::new(patterns).map_err(|e| format!("{at}: log_files: {e}"))?;
+        }
         refuse_inside_a_filespace(&opts, &cfg).map_err(|e| format!("{at}: {e}"))?;
         own.push(at);
         mounts.push(opts);
@@ -114,6 +126,11 @@ pub fn run_segment(c: SegmentCmd) -> Result<(), String> {
         opts.allow_other = c.mount_allow_other;
         opts.threads = c.mount_threads;
         opts.force = c.mount_force;
+        if c.mount_no_log_files {
+            opts.log_files = LogFiles::none();
+        } else if !c.mount_log_files.is_empty() {
+            opts.log_files = LogFiles::new(&c.mount_log_files).map_err(|e| format!("--mount-log-files: {e}"))?;
+        }
         if !opts.force {
             opts.check().map_err(|e| format!("--mount {spec}: {e}"))?;
         }

@@ -476,6 +476,7 @@ pub fn segment_config(
                 gid: None,
                 allow_other: false,
                 threads: 8,
+                log_files: None,
             })
             .collect(),
     })
