@@ -16,7 +16,7 @@ use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -799,8 +799,21 @@ fn a_log_file_synced_a_commit_at_a_time_is_written_through_at_once() {
     });
     // A sync makes it durable on the mirror, as for every file.
     second.sync_data().unwrap();
-    assert_eq!(std::fs::read(pair.seg(3).root(1).join("logs/2")).unwrap(), b"a commit record");
+    let mirror_copy = |name: &str| std::fs::read(pair.seg(3).root(1).join("logs").join(name)).unwrap();
+    assert_eq!(mirror_copy("2"), b"a commit record");
     assert_eq!(std::fs::read(mnt.p("logs/2")).unwrap(), b"a commit record");
+    // Another handle of that file, opened for synchronous writes, is open
+    // as the first (one file is never open both ways): the kernel follows
+    // none of its writes with an fsync, so each is durable when it returns.
+    let dsync = OpenOptions::new().write(true).custom_flags(libc::O_DSYNC).open(mnt.p("logs/2")).unwrap();
+    dsync.write_all_at(b"COMMIT", 2).unwrap();
+    assert_eq!(mirror_copy("2"), b"a COMMIT record");
+    // A log first opened for synchronous writes keeps the cache, where the
+    // kernel syncs after every write.
+    let mut third =
+        OpenOptions::new().write(true).create(true).custom_flags(libc::O_DSYNC).open(mnt.p("logs/3")).unwrap();
+    third.write_all(b"synchronous").unwrap();
+    assert_eq!(mirror_copy("3"), b"synchronous");
 }
 
 /// The segment's own mount of filespace `fs_fast` at `mountpoint`.

@@ -133,6 +133,23 @@ impl FilerepFs {
         }
         errno
     }
+
+    /// Make file `ino` durable on both hosts: its own held write goes with
+    /// the sync, as one call; another file's stays held (this sync does not
+    /// cover it).
+    fn sync_file(&self, ino: INodeNo) -> Result<(), Errno> {
+        let sent_with_sync = self.held.sync_held(ino.0);
+        // A held write that failed once sent fails the sync that follows it.
+        if let Some(e) = self.held.take_failure(ino.0) {
+            return Err(e);
+        }
+        if let Some(r) = sent_with_sync {
+            return r;
+        }
+        let _ns = self.ns_shared();
+        let Some(path) = self.to_sync(ino)? else { return Ok(()) };
+        self.changes.sync(self.fs, &path).map_err(|e| self.failed("sync", &path, &e))
+    }
 }
 
 impl Drop for FilerepFs {
@@ -384,14 +401,14 @@ impl fuser::Filesystem for FilerepFs {
         }
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         // Reads and fstat use a local read-only descriptor; writes go by
         // path to the segment. O_TRUNC arrives as a setattr.
         let r = self.path_of(ino).and_then(|p| self.root.open_read(&p).map_err(|e| io_errno(&e)));
         match r {
             Ok(f) => {
-                let flags = self.open_flags(ino.0);
-                reply.opened(self.add_handle(Handle::File(f)), flags)
+                let open = self.open_flags(ino.0, flags.0 & libc::O_DSYNC != 0);
+                reply.opened(self.add_handle(Handle::File(f)), open)
             }
             Err(e) => reply.error(e),
         }
@@ -431,8 +448,8 @@ impl fuser::Filesystem for FilerepFs {
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
-        _flags: OpenFlags,
+        write_flags: WriteFlags,
+        flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
@@ -442,7 +459,7 @@ impl fuser::Filesystem for FilerepFs {
         if self.direct_logs {
             lock(&self.log_history).wrote(ino.0, data.len() as u64);
         }
-        let _ns = self.ns_shared();
+        let ns = self.ns_shared();
         let path = match self.path_of(ino) {
             Ok(p) => p,
             Err(e) => {
@@ -452,18 +469,29 @@ impl fuser::Filesystem for FilerepFs {
                 return reply.error(e);
             }
         };
-        if let Taken::Done(r) = self.held.write(ino.0, &path, offset, data) {
-            return match r {
-                Ok(n) => reply.written(n as u32),
-                Err(e) => reply.error(e),
-            };
-        }
-        let len = || match self.handle(fh).as_deref() {
-            // The segment writes the same inode: its length here is current.
-            Some(Handle::File(f)) => f.metadata().map(|m| m.len()),
-            _ => self.root.metadata(&path).map(|m| m.len()),
+        let written = match self.held.write(ino.0, &path, offset, data) {
+            Taken::Done(r) => r,
+            _ => {
+                let len = || match self.handle(fh).as_deref() {
+                    // The segment writes the same inode: its length here is current.
+                    Some(Handle::File(f)) => f.metadata().map(|m| m.len()),
+                    _ => self.root.metadata(&path).map(|m| m.len()),
+                };
+                self.write_through(&path, offset, data, len)
+            }
         };
-        match self.write_through(&path, offset, data, len) {
+        drop(ns);
+        // A synchronous write (O_SYNC, O_DSYNC, RWF_DSYNC) to a file open
+        // without the cache: the kernel sends no fsync after it, as it does
+        // after a cached one, so it is made durable here before it returns.
+        let written = written.and_then(|n| {
+            let sync_write = flags.0 & libc::O_DSYNC != 0 && !write_flags.contains(WriteFlags::FUSE_WRITE_CACHE);
+            if sync_write && self.direct_logs && lock(&self.log_history).is_direct(ino.0) {
+                self.sync_file(ino)?;
+            }
+            Ok(n)
+        });
+        match written {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(e),
         }
@@ -481,14 +509,16 @@ impl fuser::Filesystem for FilerepFs {
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        lock(&self.handles).remove(&fh.0);
+        if lock(&self.handles).remove(&fh.0).is_some() && self.direct_logs {
+            lock(&self.log_history).released(ino.0);
+        }
         reply.ok();
     }
 
@@ -496,29 +526,9 @@ impl fuser::Filesystem for FilerepFs {
         if self.direct_logs {
             lock(&self.log_history).synced(ino.0);
         }
-        // The file's own held write goes with the sync, as one call;
-        // another file's stays held (this sync does not cover it).
-        let sent_with_sync = self.held.sync_held(ino.0);
-        // A held write that failed once sent fails the sync that follows it.
-        if let Some(e) = self.held.take_failure(ino.0) {
-            return reply.error(e);
-        }
-        if let Some(r) = sent_with_sync {
-            return match r {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(e),
-            };
-        }
-        let _ns = self.ns_shared();
-        let path = match self.to_sync(ino) {
-            Ok(Some(p)) => p,
-            Ok(None) => return reply.ok(),
-            Err(e) => return reply.error(e),
-        };
-        let fs = self.fs;
-        match self.changes.sync(fs, &path) {
+        match self.sync_file(ino) {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(self.failed("sync", &path, &e)),
+            Err(e) => reply.error(e),
         }
     }
 
@@ -620,7 +630,7 @@ impl fuser::Filesystem for FilerepFs {
             Ok((attr, f)) => {
                 // A file truncated by this create (not by the kernel's own
                 // setattr) keeps no page the kernel had of it.
-                let mut open = self.open_flags(attr.ino.0);
+                let mut open = self.open_flags(attr.ino.0, flags & libc::O_DSYNC != 0);
                 if flags & libc::O_TRUNC != 0 {
                     open.remove(FopenFlags::FOPEN_KEEP_CACHE);
                 }

@@ -16,7 +16,9 @@
 //! fifth slower). So the choice is made again at every open, from how the
 //! last syncs of log files in the same directory went ([`LogHistory`]): a
 //! log opens without the cache while most of them covered less than
-//! [`SMALL_SYNC`] bytes, and with it otherwise (and before any sync).
+//! [`SMALL_SYNC`] bytes, and with it otherwise (and before any sync). A
+//! file open already is opened again as it is (never both ways at once);
+//! one opened for synchronous writes keeps the cache.
 
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use std::collections::{HashMap, VecDeque};
@@ -107,34 +109,101 @@ const SMALL_SYNCS_NEEDED: usize = 12;
 const MAX_LOG_DIRS: usize = 256;
 /// Log files (inodes) whose bytes since their last sync are counted, at most.
 const MAX_COUNTED_FILES: usize = 4096;
+/// Open files whose mode is remembered, at most (as many as a process may
+/// usually have descriptors).
+const MAX_OPEN_FILES: usize = 1 << 16;
 
-/// How the syncs of log files went, per directory, and the bytes written to
-/// each open log file since its last sync.
+/// How the syncs of log files went, per directory; the bytes written to
+/// each open log file since its last sync; and how each open file is open.
 #[derive(Debug, Default)]
 pub struct LogHistory {
     syncs: HashMap<String, VecDeque<bool>>,
     unsynced: HashMap<u64, (String, u64)>,
+    /// Files with handles open: whether without the cache, and how many.
+    open: HashMap<u64, (bool, u64)>,
+    /// Handles opened when `open` was full (so not remembered, and cached):
+    /// while there are any, every open uses the cache (one of them may be
+    /// a handle of the same file).
+    unremembered: u64,
 }
 
 impl LogHistory {
-    /// Log file `ino` at `path` is opened: count what is written to it, and
-    /// say whether it goes without the cache.
-    pub fn opened(&mut self, ino: u64, path: &str) -> bool {
-        let dir = parent_of(path);
-        let small = self.syncs.get(dir).is_some_and(|s| {
+    /// File `ino` at `path` is opened (`log`: it matches a log file
+    /// pattern; `sync_writes`: opened O_SYNC or O_DSYNC): whether this
+    /// handle goes without the cache. While a file has handles open, every
+    /// new one is opened as the first was: a read through a cached handle
+    /// while a direct write is on its way could cache the old bytes for
+    /// good, so one file is never open both ways at once. A file opened for
+    /// synchronous writes keeps the cache: the kernel follows each of its
+    /// cached writes with an fsync, which it does not for a direct write.
+    pub fn opened(&mut self, ino: u64, path: &str, log: bool, sync_writes: bool) -> bool {
+        if let Some((direct, handles)) = self.open.get_mut(&ino) {
+            *handles += 1;
+            let direct = *direct;
+            if log {
+                self.count(ino, path);
+            }
+            return direct;
+        }
+        if self.open.len() >= MAX_OPEN_FILES {
+            self.unremembered += 1;
+            return false;
+        }
+        let direct = self.unremembered == 0
+            && log
+            && !sync_writes
+            && self.count(ino, path)
+            && self.syncs_were_small(parent_of(path));
+        self.open.insert(ino, (direct, 1));
+        direct
+    }
+
+    /// A handle of file `ino` is released (every handle the mount gave out
+    /// was [`LogHistory::opened`] first).
+    pub fn released(&mut self, ino: u64) {
+        match self.open.get_mut(&ino) {
+            Some((_, handles)) => {
+                *handles = handles.saturating_sub(1);
+                if *handles == 0 {
+                    self.open.remove(&ino);
+                }
+            }
+            None => self.unremembered = self.unremembered.saturating_sub(1),
+        }
+    }
+
+    /// Whether file `ino` is open without the cache.
+    pub fn is_direct(&self, ino: u64) -> bool {
+        self.open.get(&ino).is_some_and(|&(direct, _)| direct)
+    }
+
+    /// Whether most remembered syncs of logs in `dir` were small.
+    fn syncs_were_small(&self, dir: &str) -> bool {
+        self.syncs.get(dir).is_some_and(|s| {
             s.len() >= SMALL_SYNCS_NEEDED && s.iter().filter(|&&small| small).count() >= SMALL_SYNCS_NEEDED
-        });
+        })
+    }
+
+    /// Count what is written to log file `ino` (now at `path`); false if
+    /// there is no room to (then it is not opened without the cache: its
+    /// syncs would go uncounted).
+    fn count(&mut self, ino: u64, path: &str) -> bool {
+        let dir = parent_of(path);
         let room = self.unsynced.len() < MAX_COUNTED_FILES;
         match self.unsynced.get_mut(&ino) {
-            // Renamed since: its syncs count for where it is now.
-            Some(entry) if entry.0 != dir => entry.0 = dir.to_string(),
-            Some(_) => {}
+            Some(entry) => {
+                // Renamed since: its syncs count for where it is now.
+                if entry.0 != dir {
+                    entry.0 = dir.to_string();
+                }
+                true
+            }
             None if room => {
                 self.unsynced.insert(ino, (dir.to_string(), 0));
+                true
             }
-            None => {}
+            None => false,
         }
-        small
     }
 
     /// `bytes` were written to inode `ino` (nothing if it is not a log file).
@@ -173,43 +242,100 @@ fn parent_of(path: &str) -> &str {
 mod tests {
     use super::*;
 
+    /// Open `ino` at `path` as a log (not for synchronous writes), release
+    /// it, and say how it was open.
+    fn open_once(h: &mut LogHistory, ino: u64, path: &str) -> bool {
+        let direct = h.opened(ino, path, true, false);
+        h.released(ino);
+        direct
+    }
+
     #[test]
     fn a_log_goes_without_the_cache_once_most_recent_syncs_in_its_directory_were_small() {
         let mut h = LogHistory::default();
         // No history: the cache.
-        assert!(!h.opened(1, "pg_wal/1"));
+        assert!(!h.opened(1, "pg_wal/1", true, false));
         for _ in 0..SMALL_SYNCS_NEEDED - 1 {
             h.wrote(1, 8192);
             h.synced(1);
         }
-        assert!(!h.opened(2, "pg_wal/2"), "too few syncs yet");
+        assert!(!open_once(&mut h, 2, "pg_wal/2"), "too few syncs yet");
         h.wrote(1, 8192);
         h.synced(1);
-        assert!(h.opened(2, "pg_wal/2"), "a commit's worth at every sync");
-        assert!(!h.opened(3, "other/3"), "another directory has its own history");
+        assert!(open_once(&mut h, 2, "pg_wal/2"), "a commit's worth at every sync");
+        assert!(!open_once(&mut h, 3, "other/3"), "another directory has its own history");
+        assert!(!h.opened(8, "pg_wal/8", false, false), "not a log");
+        assert!(!h.opened(9, "pg_wal/9", true, true), "opened for synchronous writes");
         // A burst of large syncs (a load) switches the next opens back.
+        assert!(h.opened(2, "pg_wal/2", true, false));
         for _ in 0..SYNCS_REMEMBERED - SMALL_SYNCS_NEEDED + 1 {
             h.wrote(2, 16 << 20);
             h.synced(2);
         }
-        assert!(!h.opened(4, "pg_wal/4"));
+        assert!(!open_once(&mut h, 4, "pg_wal/4"));
         // One large sync among small ones does not.
         for _ in 0..SYNCS_REMEMBERED {
-            h.wrote(4, 100);
-            h.synced(4);
+            h.wrote(2, 100);
+            h.synced(2);
         }
-        h.wrote(4, 16 << 20);
-        h.synced(4);
-        assert!(h.opened(5, "pg_wal/5"));
+        h.wrote(2, 16 << 20);
+        h.synced(2);
+        assert!(open_once(&mut h, 5, "pg_wal/5"));
         // Bytes count per file, from its last sync; a forgotten file counts nothing.
         h.forgot(5);
         h.wrote(5, 1 << 30);
         h.synced(5);
-        assert!(h.opened(6, "pg_wal/6"));
+        assert!(open_once(&mut h, 6, "pg_wal/6"));
         // Files outside any log are not counted.
         h.wrote(99, 1 << 30);
         h.synced(99);
-        assert!(h.opened(7, "pg_wal/7"));
+        assert!(open_once(&mut h, 7, "pg_wal/7"));
+    }
+
+    #[test]
+    fn a_file_stays_open_one_way_until_its_last_handle_is_released() {
+        let mut h = LogHistory::default();
+        // Opened with the cache (no history yet), then the history turns.
+        assert!(!h.opened(1, "log/1", true, false));
+        for _ in 0..SYNCS_REMEMBERED {
+            h.wrote(1, 10);
+            h.synced(1);
+        }
+        assert!(!h.opened(1, "log/1", true, false), "a second handle as the first");
+        assert!(!h.is_direct(1));
+        h.released(1);
+        assert!(!h.opened(1, "log/1", true, false), "one handle still open");
+        h.released(1);
+        h.released(1);
+        assert!(h.opened(1, "log/1", true, false), "all released: the history decides");
+        assert!(h.is_direct(1));
+        // The other way round too: a non-log open of a direct file is direct.
+        assert!(h.opened(1, "elsewhere/1", false, false));
+        h.released(1);
+        h.released(1);
+        assert!(!h.is_direct(1));
+    }
+
+    #[test]
+    fn past_the_open_files_bound_every_open_uses_the_cache_until_those_opened_then_are_closed() {
+        let mut h = LogHistory::default();
+        for _ in 0..SYNCS_REMEMBERED {
+            h.opened(0, "log/0", true, false);
+            h.wrote(0, 10);
+            h.synced(0);
+            h.released(0);
+        }
+        for ino in 1..=MAX_OPEN_FILES as u64 {
+            h.opened(ino, "other/x", false, false);
+        }
+        assert!(!h.opened(u64::MAX, "log/y", true, false), "no room to remember it");
+        for ino in 1..=MAX_OPEN_FILES as u64 {
+            h.released(ino);
+        }
+        assert!(!h.opened(u64::MAX - 1, "log/z", true, false), "one not remembered is still open");
+        h.released(u64::MAX - 1);
+        h.released(u64::MAX);
+        assert!(h.opened(u64::MAX - 2, "log/w", true, false), "all such closed: the history decides again");
     }
 
     #[test]

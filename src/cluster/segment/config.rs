@@ -263,6 +263,11 @@ impl SegmentConfig {
             if !(1..=crate::mount::MAX_THREADS).contains(&m.threads) {
                 return bad(i, format!("threads = {}: use 1 to {}", m.threads, crate::mount::MAX_THREADS));
             }
+            if let Some(patterns) = &m.log_files {
+                if let Err(e) = crate::mount::LogFiles::new(patterns) {
+                    return bad(i, format!("log_files: {e}"));
+                }
+            }
             if let Some(j) =
                 self.mounts[..i].iter().position(|o| o.filespace == m.filespace || o.mountpoint == m.mountpoint)
             {

@@ -73,14 +73,20 @@ impl FilerepFs {
     /// whose directory's logs were lately synced a commit at a time is
     /// opened without the write-back cache: each write is a request at
     /// once, and there is nothing cached to keep.
-    pub(super) fn open_flags(&self, ino: u64) -> FopenFlags {
+    pub(super) fn open_flags(&self, ino: u64, sync_writes: bool) -> FopenFlags {
         let t = self.inodes();
-        match t.resolve(ino) {
-            Resolved::Path(p)
-                if self.direct_logs && self.log_files.is_log(p) && lock(&self.log_history).opened(ino, p) =>
-            {
-                FopenFlags::FOPEN_DIRECT_IO
-            }
+        let resolved = t.resolve(ino);
+        // Every open is counted where log files may go without the cache
+        // (one file is never open both ways at once: `LogHistory::opened`).
+        let direct = self.direct_logs && {
+            let (path, log) = match resolved {
+                Resolved::Path(p) => (p, self.log_files.is_log(p)),
+                _ => ("", false),
+            };
+            lock(&self.log_history).opened(ino, path, log, sync_writes)
+        };
+        match resolved {
+            _ if direct => FopenFlags::FOPEN_DIRECT_IO,
             Resolved::Path(_) if matches!(t.term(), Term::In(_)) => FopenFlags::FOPEN_KEEP_CACHE,
             _ => FopenFlags::empty(),
         }
