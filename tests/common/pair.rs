@@ -562,3 +562,16 @@ impl Drop for Mount {
         }
     }
 }
+
+/// The segment's own mount of filespace `fs_fast` at `mountpoint`.
+pub fn fast_mount(mountpoint: PathBuf, log_files: Option<Vec<String>>) -> filerep::cluster::segment::MountEntry {
+    filerep::cluster::segment::MountEntry {
+        filespace: "fs_fast".into(),
+        mountpoint,
+        uid: None,
+        gid: None,
+        allow_other: false,
+        threads: 8,
+        log_files,
+    }
+}
